@@ -1,0 +1,174 @@
+#include "schema/plan_io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace bigplan {
+namespace {
+
+Error Corrupt(const std::string& source, const std::string& what) {
+  return MakeError(ErrorCode::kCorrupt, source + ": " + what);
+}
+
+template <typename Vec>
+uint32_t Len(const Vec* v) {
+  return v ? v->size() : 0;
+}
+
+Status CheckIndices(const schema::Plan& plan, const std::string& src) {
+  if (!plan.checkpoint() || !plan.config() || !plan.run_shape())
+    return Corrupt(src, "plan lacks its checkpoint, config or run_shape section");
+  const uint32_t n_shards = Len(plan.checkpoint()->shards());
+  const uint32_t n_tensors = Len(plan.tensors());
+  const uint32_t n_blocks = Len(plan.blocks());
+  const uint32_t n_buffers = Len(plan.buffers());
+  const uint32_t n_steps = Len(plan.steps());
+  for (uint32_t i = 0; i < n_tensors; ++i) {
+    const auto* t = plan.tensors()->Get(i);
+    if (t->shard() >= n_shards)
+      return Corrupt(src, "tensors[" + std::to_string(i) + "].shard " + std::to_string(t->shard()) + " out of range");
+    if (!t->name()) return Corrupt(src, "tensors[" + std::to_string(i) + "] has no name");
+  }
+  auto check_buffer = [&](int32_t b, const std::string& field) -> Status {
+    if (b < -1 || b >= static_cast<int32_t>(n_buffers))
+      return Corrupt(src, field + " " + std::to_string(b) + " out of range");
+    return Status::Ok();
+  };
+  for (uint32_t i = 0; i < n_blocks; ++i) {
+    const auto* b = plan.blocks()->Get(i);
+    const std::string f = "blocks[" + std::to_string(i) + "]";
+    if (!b->name()) return Corrupt(src, f + " has no name");
+    for (uint32_t w = 0; w < Len(b->weights()); ++w) {
+      const auto* wt = b->weights()->Get(w);
+      if (wt->tensor() >= n_tensors)
+        return Corrupt(src, f + ".weights[" + std::to_string(w) + "].tensor out of range");
+      if (wt->offset_in_block() + wt->size_bytes() > b->weight_bytes() ||
+          wt->offset_in_block() + wt->size_bytes() < wt->offset_in_block())
+        return Corrupt(src, f + ".weights[" + std::to_string(w) + "] exceeds the block's weight_bytes");
+    }
+    BIGPLAN_RETURN_IF_ERROR(check_buffer(b->home_buffer(), f + ".home_buffer"));
+    BIGPLAN_RETURN_IF_ERROR(check_buffer(b->staging_buffer(), f + ".staging_buffer"));
+    BIGPLAN_RETURN_IF_ERROR(check_buffer(b->disk_staging_buffer(), f + ".disk_staging_buffer"));
+    BIGPLAN_RETURN_IF_ERROR(check_buffer(b->kv_buffer(), f + ".kv_buffer"));
+    for (int32_t buf : {b->home_buffer(), b->staging_buffer(), b->disk_staging_buffer()}) {
+      if (buf >= 0 && plan.buffers()->Get(buf)->size_bytes() < b->weight_bytes())
+        return Corrupt(src, f + " weight buffer " + std::to_string(buf) + " is smaller than the block's weights");
+    }
+  }
+  for (uint32_t i = 0; i < n_buffers; ++i) {
+    const auto* b = plan.buffers()->Get(i);
+    const std::string f = "buffers[" + std::to_string(i) + "]";
+    bool found = false;
+    for (uint32_t a = 0; a < Len(plan.arenas()); ++a) {
+      const auto* ar = plan.arenas()->Get(a);
+      if (ar->pool() != b->pool() || (b->pool() == schema::Pool::DeviceArena && ar->device() != b->device())) continue;
+      found = true;
+      if (b->offset() + b->size_bytes() > ar->size_bytes() || b->offset() + b->size_bytes() < b->offset())
+        return Corrupt(src, f + " [" + std::to_string(b->offset()) + ", +" + std::to_string(b->size_bytes()) +
+                                ") exceeds its arena of " + std::to_string(ar->size_bytes()) + " bytes");
+    }
+    if (!found) return Corrupt(src, f + " has no arena for its pool and device");
+    if (b->first_step() > b->last_step() || (n_steps > 0 && b->last_step() >= n_steps))
+      return Corrupt(src, f + " has an invalid step range");
+  }
+  for (uint32_t i = 0; i < n_steps; ++i) {
+    const auto* s = plan.steps()->Get(i);
+    const std::string f = "steps[" + std::to_string(i) + "]";
+    if (s->block() >= n_blocks) return Corrupt(src, f + ".block out of range");
+    for (uint32_t c = 0; c < Len(s->copies()); ++c) {
+      const auto* cp = s->copies()->Get(c);
+      if (cp->block() >= n_blocks) return Corrupt(src, f + ".copies[" + std::to_string(c) + "].block out of range");
+      for (uint32_t k = 0; k < Len(cp->wait_compute_steps()); ++k)
+        if (cp->wait_compute_steps()->Get(k) >= n_steps) return Corrupt(src, f + " waits on a step out of range");
+      for (uint32_t k = 0; k < Len(cp->wait_copy_blocks()); ++k)
+        if (cp->wait_copy_blocks()->Get(k) >= n_blocks) return Corrupt(src, f + " waits on a block out of range");
+    }
+    for (uint32_t k = 0; k < Len(s->frees()); ++k)
+      if (s->frees()->Get(k) >= n_buffers) return Corrupt(src, f + ".frees out of range");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const std::string& source) {
+  if (data == nullptr || size < 8 || !schema::PlanBufferHasIdentifier(data))
+    return Corrupt(source, "not a bigplan plan (missing the \"BGPL\" file identifier)");
+  flatbuffers::Verifier verifier(data, size, /*max_depth=*/64, /*max_tables=*/10'000'000);
+  if (!schema::VerifyPlanBuffer(verifier))
+    return Corrupt(source, "plan file fails flatbuffer verification (truncated or damaged)");
+  const schema::Plan* plan = schema::GetPlan(data);
+  if (plan->version() != kPlanVersion)
+    return MakeError(ErrorCode::kIncompatible,
+                     source + ": plan version " + std::to_string(plan->version()) + " is not supported by this build " +
+                         "(reads version " + std::to_string(kPlanVersion) + "); re-run the planner");
+  BIGPLAN_RETURN_IF_ERROR(CheckIndices(*plan, source));
+  return plan;
+}
+
+Result<std::vector<uint8_t>> ReadFileBytes(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    return MakeError(errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
+                     path + ": cannot open: " + std::strerror(errno));
+  }
+  std::vector<uint8_t> bytes;
+  uint8_t chunk[1 << 16];
+  size_t n;
+  while ((n = std::fread(chunk, 1, sizeof(chunk), f)) > 0) bytes.insert(bytes.end(), chunk, chunk + n);
+  const bool failed = std::ferror(f);
+  std::fclose(f);
+  if (failed) return MakeError(ErrorCode::kIo, path + ": read failed");
+  return bytes;
+}
+
+Status WriteFileBytes(const std::string& path, const uint8_t* data, size_t size) {
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return MakeError(ErrorCode::kIo, path + ": cannot create: " + std::strerror(errno));
+  const bool ok = std::fwrite(data, 1, size, f) == size;
+  const bool closed = std::fclose(f) == 0;
+  if (!ok || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return MakeError(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+Result<PlanFile> PlanFile::Load(const std::string& path) {
+  PlanFile pf;
+  pf.path_ = path;
+  BIGPLAN_ASSIGN_OR_RETURN(pf.bytes_, ReadFileBytes(path));
+  BIGPLAN_ASSIGN_OR_RETURN(pf.plan_, VerifyPlan(pf.bytes_.data(), pf.bytes_.size(), path));
+  return pf;
+}
+
+const char* DTypeName(schema::DType d) {
+  const char* n = schema::EnumNameDType(d);
+  return (n && *n) ? n : "?";
+}
+
+size_t DTypeSize(schema::DType d) {
+  switch (d) {
+    case schema::DType::F64: case schema::DType::I64: return 8;
+    case schema::DType::F32: case schema::DType::I32: return 4;
+    case schema::DType::F16: case schema::DType::BF16: case schema::DType::I16: return 2;
+    default: return 1;
+  }
+}
+
+const char* TierName(schema::Tier t) {
+  switch (t) {
+    case schema::Tier::Gpu: return "gpu";
+    case schema::Tier::Cpu: return "cpu";
+    case schema::Tier::Disk: return "disk";
+  }
+  return "?";
+}
+
+}  // namespace bigplan

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds GPU-side binaries here (-c opt) and copies them into .bundle/ (git-ignored), ready to carry to a GPU
+# machine that has the same torch (2.11.0+cu130) and CUDA 13. On that machine run them through
+# .bundle/gpu_env.sh, which points LD_LIBRARY_PATH at that machine's torch lib/ and CUDA.
+#
+#   tools/bundle_gpu.sh [bazel targets...]     (default: //tools:gpu_smoke)
+# Binaries land in .bundle/bin/<name>; each target's runfiles (data files) in .bundle/bin/<name>.runfiles.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+targets=("$@")
+((${#targets[@]})) || targets=(//tools:gpu_smoke)
+bazel build -c opt "${targets[@]}"
+rm -rf .bundle && mkdir -p .bundle/bin
+for t in "${targets[@]}"; do
+  pkg="${t#//}"; pkg="${pkg%%:*}"; name="${t##*:}"
+  cp -L "bazel-bin/$pkg/$name" ".bundle/bin/$name"
+  if [[ -d "bazel-bin/$pkg/$name.runfiles" ]]; then
+    cp -rL "bazel-bin/$pkg/$name.runfiles" ".bundle/bin/$name.runfiles" 2>/dev/null || true
+    rm -rf ".bundle/bin/$name.runfiles/torch" ".bundle/bin/$name.runfiles/cuda"  # that machine has its own
+  fi
+done
+cp tools/gpu_env.sh .bundle/gpu_env.sh
+du -sh .bundle

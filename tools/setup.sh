@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Makes a fresh Debian 12 machine ready to build and test bigplan. Idempotent: when everything is already
+# installed it only checks, in a few seconds.
+#
+#   - Debian packages: Bazel 4.2.3 (bazel-bootstrap), flatbuffers, nlohmann/json, GoogleTest, Google Benchmark,
+#     clang (libFuzzer targets).
+#   - A Python virtual environment at $BIGPLAN_VENV (default ~/.cache/bigplan/venv) with tools/requirements.txt:
+#     torch (LibTorch's headers and libraries for the build) and the reference packages for the tests.
+#     The Bazel workspace finds it by itself (third_party/torch/torch_repo.bzl).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${BIGPLAN_VENV:-$HOME/.cache/bigplan/venv}"
+req="$here/tools/requirements.txt"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+apt_packages=(bazel-bootstrap flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev googletest libgtest-dev
+              libgmock-dev libbenchmark-dev clang)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -ne 0 ]] && sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+if [[ ! -d /usr/local/cuda/include ]]; then
+  log "error: the CUDA Toolkit is expected at /usr/local/cuda (headers and libcudart)"
+  exit 1
+fi
+
+# The venv is rebuilt only when requirements.txt changed since it was made.
+stamp="$venv/.bigplan-requirements"
+if [[ -x "$venv/bin/python3" ]] && cmp -s "$req" "$stamp"; then
+  log "Python environment up to date at $venv"
+else
+  log "creating Python environment at $venv (torch and the reference packages; a few minutes)"
+  python=python3
+  command -v python3 >/dev/null || { log "error: python3 not found"; exit 1; }
+  [[ -x "$venv/bin/python3" ]] || "$python" -m venv "$venv"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+fi
+log "ready: torch $("$venv/bin/python3" -c 'import torch; print(torch.__version__)')"
