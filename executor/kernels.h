@@ -1,0 +1,79 @@
+// Model kernels: the math of each block kind for each architecture, as LibTorch ops on tensors that view
+// executor-owned memory. Kernels allocate only activations/intermediates (through LibTorch's allocator on the
+// current stream); weights and KV caches are views handed in by the runtime. LibTorch exceptions are caught at
+// this boundary (RunBlock returns a Status).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "support/result.h"
+
+namespace bigplan {
+
+// Hyperparameters (a copy of the plan's ModelConfig; see schema/plan.fbs for meanings).
+struct ModelSpec {
+  std::string architecture;  // "llama", "gpt2", "gptj"
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate_size = 0;
+  int64_t vocab_size = 0;
+  int64_t max_position_embeddings = 0;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  int64_t rotary_dim = 0;
+  bool attention_bias = false;
+  bool mlp_bias = false;
+  bool tie_word_embeddings = false;
+  std::string activation;        // "silu", "gelu_new", ...
+  std::string rope_scaling_json; // "" if none; else the config's rope_scaling object as JSON
+};
+
+// The weights of one block, by full tensor name (e.g. "model.layers.3.self_attn.q_proj.weight"), already at the
+// execution dtype on the compute device. Tied weights appear under their checkpoint name.
+class BlockWeights {
+ public:
+  virtual ~BlockWeights() = default;
+  // The tensor, or an undefined at::Tensor if the block has no such weight.
+  virtual at::Tensor Find(const std::string& name) const = 0;
+  // The tensor; kNotFound naming it if absent.
+  Result<at::Tensor> Get(const std::string& name) const;
+};
+
+// A decoder layer's KV cache: k and v each [max_batch, num_kv_heads, max_seq_len, head_dim], execution dtype,
+// on the compute device (views of the plan's KvCache buffer). Positions [0, start_pos) hold earlier tokens.
+struct KvCache {
+  at::Tensor k;
+  at::Tensor v;
+};
+
+// Per-forward inputs shared by all blocks.
+struct ForwardContext {
+  at::Tensor token_ids;   // [batch, seq] int64 on the compute device of the embedding block
+  int64_t start_pos = 0;  // tokens already in the KV cache (same for every sequence of the batch)
+};
+
+// Block kinds the planner emits: "embedding", "decoder_layer", "final_norm", "lm_head" (see planner/MODEL_FORMAT.md).
+// `hidden` is [batch, seq, hidden_size] in the execution dtype; for "embedding" it is ignored and set; for
+// "lm_head" the result `*logits` is set to [batch, seq, vocab] float32 and `hidden` is left unchanged.
+// `prefix` is the block's tensor-name prefix, e.g. "model.layers.3.".
+class ModelKernels {
+ public:
+  virtual ~ModelKernels() = default;
+  virtual Status RunBlock(const std::string& kind, const std::string& prefix, int layer, const BlockWeights& weights,
+                          const ForwardContext& ctx, KvCache* kv, at::Tensor* hidden, at::Tensor* logits) const = 0;
+};
+
+// kUnsupported naming the architecture if there are no kernels for it.
+Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec);
+
+}  // namespace bigplan
