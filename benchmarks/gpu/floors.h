@@ -1,0 +1,28 @@
+// Physical floors of a GPU machine, measured in the same run as the benchmarks they judge: pinned host-to-device
+// and device-to-host copy bandwidth, device memory bandwidth, dense bf16 matmul rate, and disk read bandwidth with
+// the page cache out of play (O_DIRECT). The same numbers form a planner device profile (planner/profiles/*.json).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "support/result.h"
+
+namespace bigplan {
+
+struct Floors {
+  std::string device_name;
+  double h2d_gbps = 0;          // pinned host -> device, GB/s (1e9 bytes)
+  double d2h_gbps = 0;          // device -> pinned host
+  double device_mem_gbps = 0;   // device-to-device copy, bytes read + written per second
+  double matmul_tflops = 0;     // bf16 8192^3 at::matmul
+  double disk_gbps = 0;         // O_DIRECT sequential read of the given files (0 if none given)
+};
+
+// Measures on CUDA device 0. `disk_files`: files to read with O_DIRECT (up to `disk_bytes_cap` bytes in all).
+Result<Floors> MeasureFloors(const std::vector<std::string>& disk_files, uint64_t disk_bytes_cap);
+
+// The floors as a planner device profile JSON (planner/profiles format).
+std::string FloorsToProfileJson(const Floors& f);
+
+}  // namespace bigplan
