@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/dtype.h"
@@ -34,6 +35,13 @@ struct TensorLocation {
   uint64_t size_bytes = 0;
 };
 
+// Parses an index file's JSON from memory: either Hugging Face's {"metadata": ..., "weight_map": {tensor: file}}
+// (recognized by its "weight_map" key) or the flat {"tensor": "file"} form. Returns tensor -> shard file name
+// (relative to the index's directory). kCorrupt, with the message starting with `source` and naming the tensor,
+// for malformed JSON, a non-object top level, a weight_map that is not an object, a file name that is not a
+// non-empty string, or a repeated tensor name.
+Result<std::map<std::string, std::string>> ParseIndexJson(std::string_view json, const std::string& source);
+
 class Checkpoint {
  public:
   // `path` may be:
@@ -54,9 +62,12 @@ class Checkpoint {
   const TensorLocation* Find(const std::string& name) const;  // nullptr if absent
   const CheckpointFingerprint& fingerprint() const { return fingerprint_; }
   uint64_t total_bytes() const;  // sum of tensor sizes
+  // The index file used (Hugging Face or flat), or empty when the shards were read without one.
+  const std::string& index_path() const { return index_path_; }
 
  private:
   std::string directory_;
+  std::string index_path_;
   std::vector<std::string> shard_paths_;
   std::vector<TensorLocation> tensors_;
   std::map<std::string, size_t> by_name_;
