@@ -1,0 +1,120 @@
+#include "planner/accounting.h"
+
+#include <algorithm>
+
+#include "support/units.h"
+
+namespace bigplan {
+
+DType RuntimeDType(DType src_dtype, DType exec_dtype) { return IsFloatingPoint(src_dtype) ? exec_dtype : src_dtype; }
+
+BlockWeightLayout LayoutBlockWeights(const ModelDescription& model, size_t block_index, DType exec_dtype) {
+  BlockWeightLayout layout;
+  const BlockDesc& b = model.blocks.at(block_index);
+  uint64_t offset = 0;
+  auto add = [&](const TensorSpec& t, bool tied) {
+    WeightSlot w;
+    w.tensor = t.name;
+    w.tied = tied;
+    w.shape = t.shape;
+    w.src_dtype = t.dtype;
+    w.dtype = RuntimeDType(t.dtype, exec_dtype);
+    w.size_bytes = static_cast<uint64_t>(t.numel()) * DTypeBytes(w.dtype);
+    w.offset_in_block = offset;
+    offset = AlignUp(offset + w.size_bytes);
+    layout.weights.push_back(std::move(w));
+  };
+  for (const TensorSpec& t : b.params) add(t, false);
+  for (const std::string& name : b.tied) {
+    if (const TensorSpec* t = model.FindParam(name)) add(*t, true);
+  }
+  layout.total_bytes = offset;
+  return layout;
+}
+
+uint64_t BlockWeightBytes(const ModelDescription& model, size_t block_index, DType exec_dtype) {
+  return LayoutBlockWeights(model, block_index, exec_dtype).total_bytes;
+}
+
+std::vector<uint64_t> AllBlockWeightBytes(const ModelDescription& model, DType exec_dtype) {
+  std::vector<uint64_t> out(model.blocks.size());
+  for (size_t i = 0; i < model.blocks.size(); ++i) out[i] = BlockWeightBytes(model, i, exec_dtype);
+  return out;
+}
+
+uint64_t KvCacheBytesPerLayer(const ModelConfig& c, const RunShape& run, DType exec_dtype) {
+  return AlignUp(2 * uint64_t{run.max_batch} * run.max_seq_len * c.num_kv_heads * c.head_dim * DTypeBytes(exec_dtype));
+}
+
+ActivationEstimate EstimateActivations(const ModelDescription& model, const RunShape& run, DType exec_dtype,
+                                       const std::vector<size_t>& blocks) {
+  ActivationEstimate a;
+  if (blocks.empty()) return a;
+  bool decoder = false, head = false, embed = false;
+  for (size_t i : blocks) {
+    switch (model.blocks.at(i).kind) {
+      case BlockKind::kDecoderLayer: decoder = true; break;
+      case BlockKind::kLmHead: head = true; break;
+      case BlockKind::kEmbedding:
+      case BlockKind::kPositionEmbedding: embed = true; break;
+      default: break;
+    }
+  }
+  const ModelConfig& c = model.config;
+  const uint64_t t = run.tokens();
+  const uint64_t e = DTypeBytes(exec_dtype);
+  a.hidden_states = AlignUp(4 * t * c.hidden_size * e);
+  if (decoder) {
+    a.attention = AlignUp(t * (uint64_t{c.num_heads} + 2 * uint64_t{c.num_kv_heads}) * c.head_dim * e) +
+                  AlignUp(t * c.num_heads * c.head_dim * e) +
+                  AlignUp(uint64_t{run.max_batch} * c.num_heads * run.max_seq_len * run.max_seq_len * 4);
+    a.mlp = AlignUp(3 * t * c.intermediate_size * e);
+  }
+  if (head) a.logits = AlignUp(t * c.vocab_size * 4);
+  if (embed) a.embedding = AlignUp(t * 8);
+  a.total = a.hidden_states + std::max(a.attention, a.mlp) + a.logits + a.embedding;
+  return a;
+}
+
+ActivationEstimate EstimateActivations(const ModelDescription& model, const RunShape& run, DType exec_dtype) {
+  std::vector<size_t> all(model.blocks.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  return EstimateActivations(model, run, exec_dtype, all);
+}
+
+uint64_t StagingBufferCount(uint64_t streamed_blocks, uint32_t prefetch_depth) {
+  return std::min<uint64_t>(streamed_blocks, uint64_t{prefetch_depth} + 1);
+}
+
+namespace {
+
+std::string Breakdown(const DeviceAccount& a) {
+  std::string s;
+  auto term = [&](const char* label, uint64_t v) {
+    if (v == 0) return;
+    s += (s.empty() ? "" : " + ") + std::string(label) + " " + FormatBytes(v);
+  };
+  const bool host = a.device == "cpu" || a.device == "disk";
+  term(host ? "weights" : "resident", a.resident_weights);
+  term(a.device == "cpu" ? "disk staging" : "staging", a.staging);
+  term("KV", a.kv_cache);
+  term("activations", a.activations);
+  term("reserve", a.workspace_reserve);
+  return s.empty() ? "nothing" : s;
+}
+
+}  // namespace
+
+std::string DeviceAccount::ShortfallMessage() const {
+  std::string msg = device + " needs " + FormatBytes(total) + " (" + Breakdown(*this) + ") but its budget is " +
+                    FormatBytes(budget);
+  if (total > budget) msg += ": short by " + FormatBytes(total - budget);
+  return msg;
+}
+
+std::string DeviceAccount::Summary() const {
+  return device + ": " + FormatBytes(total) + " of " + (unlimited ? std::string("unlimited") : FormatBytes(budget)) + " (" +
+         Breakdown(*this) + ")";
+}
+
+}  // namespace bigplan

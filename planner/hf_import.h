@@ -1,0 +1,62 @@
+// Importers: a model description from a Hugging Face model's config.json, with the tensor names and shapes
+// transformers 5.x uses, synthesized from the config (no weights needed).
+//
+// Supported `model_type`s: "llama" (Llama 2/3/3.1, incl. rope_scaling), "mistral", "qwen2" (q/k/v biases),
+// "gpt2", "gptj". Param dtypes come from the tensor list (checkpoint or tensors.json) when one is given, else from
+// the config's `torch_dtype`/`dtype`, else F32. With a tensor list, naming variants are resolved against it
+// (GPT-2's "transformer.h.0..." vs the older "h.0..."); shapes always come from the config, so a checkpoint that
+// disagrees is reported by ValidateAgainstCheckpoint (planner/validate.h), not hidden.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/checkpoint.h"
+#include "planner/model_desc.h"
+#include "support/result.h"
+
+namespace bigplan {
+
+// The model_type values ImportHfConfig accepts, sorted.
+std::vector<std::string> SupportedModelTypes();
+
+struct HfImportOptions {
+  std::string name;  // description name; default: config's "_name_or_path" if set, else model_type
+  // Tensors as the checkpoint holds them (names, shapes, dtypes); nullptr: synthesize from the config alone.
+  const std::vector<TensorSpec>* tensors = nullptr;
+};
+
+// A description from a parsed config.json. `source` prefixes error messages. kUnsupported naming an unknown
+// model_type (and listing the supported ones); kInvalidArgument naming a missing or bad config field.
+Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfImportOptions& options = {},
+                                        const std::string& source = "config.json");
+// Same, from config.json text.
+Result<ModelDescription> ImportHfConfigText(std::string_view config_json, const HfImportOptions& options = {},
+                                            const std::string& source = "config.json");
+// From a config.json file, with dtypes and naming taken from `checkpoint` when given (nullptr: none).
+Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, const Checkpoint* checkpoint = nullptr,
+                                            std::string name = "");
+// From a Hugging Face model directory: DIR/config.json, and the checkpoint in DIR if it has *.safetensors
+// (opened with Checkpoint::Open).
+Result<ModelDescription> ImportHfDirectory(const std::string& dir);
+
+// The tensors of a checkpoint as TensorSpecs (sorted by name).
+std::vector<TensorSpec> TensorSpecsOf(const Checkpoint& checkpoint);
+
+// A tensors.json file: [{"name": ..., "shape": [...], "dtype": "F16"}, ...] (or {"tensors": [...]}).
+Result<std::vector<TensorSpec>> LoadTensorList(const std::string& path);
+Result<std::vector<TensorSpec>> ParseTensorList(std::string_view json, const std::string& source);
+std::string TensorListToJson(const std::vector<TensorSpec>& tensors);
+
+// A bundled example (planner/examples/NAME): DIR/config.json plus DIR/tensors.json when present (else the tensor
+// list is synthesized from the config). The name is the directory's base name.
+Result<ModelDescription> ImportExample(const std::string& dir);
+
+// The tensor list a checkpoint saved by transformers (save_pretrained) holds for this description: every owned
+// param. (Tied params are owned once, so they are saved once, as transformers does.)
+std::vector<TensorSpec> ExpectedTensors(const ModelDescription& model);
+
+}  // namespace bigplan

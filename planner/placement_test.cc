@@ -1,0 +1,476 @@
+#include "planner/placement.h"
+
+#include <chrono>
+#include <random>
+#include <set>
+
+#include <gtest/gtest.h>
+
+#include "planner/hf_import.h"
+
+namespace bigplan {
+
+void PrintTo(const BlockPlacement& p, std::ostream* os) { *os << "{" << p.device << ", " << TierName(p.tier) << "}"; }
+
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+std::string Root() { return std::string(std::getenv("TEST_SRCDIR")) + "/bigplan/"; }
+
+// A Llama-shaped model whose blocks have chosen sizes (fp32 1-D params; execution dtype fp32 keeps the sizes).
+ModelDescription Synthetic(uint64_t embed, const std::vector<uint64_t>& layers, uint64_t norm, uint64_t head,
+                           bool tied = false) {
+  ModelDescription m;
+  m.name = "synthetic";
+  m.architecture = "llama";
+  ModelConfig& c = m.config;
+  c.hidden_size = 64;
+  c.num_layers = static_cast<uint32_t>(layers.size());
+  c.num_heads = 4;
+  c.num_kv_heads = 4;
+  c.head_dim = 16;
+  c.intermediate_size = 128;
+  c.vocab_size = 100;
+  c.max_position_embeddings = 64;
+  c.rotary_dim = 16;
+  c.activation = "silu";
+  c.tie_word_embeddings = tied;
+  m.hf_config = nlohmann::json::object();
+  auto add = [&](std::string name, BlockKind kind, int layer, uint64_t bytes) {
+    BlockDesc b;
+    b.name = name;
+    b.kind = kind;
+    b.layer = layer;
+    b.prefix = name + ".";
+    if (bytes > 0) b.params.push_back(TensorSpec{name + ".weight", {static_cast<int64_t>(bytes / 4)}, DType::kF32});
+    m.blocks.push_back(b);
+  };
+  add("model.embed_tokens", BlockKind::kEmbedding, -1, embed);
+  for (size_t i = 0; i < layers.size(); ++i) add("model.layers." + std::to_string(i), BlockKind::kDecoderLayer, i, layers[i]);
+  add("model.norm", BlockKind::kFinalNorm, -1, norm);
+  add("lm_head", BlockKind::kLmHead, -1, tied ? 0 : head);
+  if (tied) m.blocks.back().tied.push_back("model.embed_tokens.weight");
+  Status st = m.Validate();
+  EXPECT_TRUE(st.ok()) << st.error().ToString();
+  return m;
+}
+
+PlacementRequest Request(const ModelDescription& m, MemoryBudget budget) {
+  PlacementRequest r;
+  r.model = &m;
+  r.budget = std::move(budget);
+  r.run = RunShape{1, 16};
+  r.exec_dtype = DType::kF32;
+  return r;
+}
+
+MemoryBudget Budget(std::map<int, uint64_t> gpus, std::optional<uint64_t> cpu = std::nullopt,
+                    std::optional<uint64_t> disk = std::nullopt) {
+  MemoryBudget b;
+  b.gpus = std::move(gpus);
+  b.cpu = cpu;
+  b.disk = disk;
+  return b;
+}
+
+// Everything but weights and staging that a GPU computing blocks [begin, end) needs.
+uint64_t Overhead(const PlacementRequest& r, size_t begin, size_t end) {
+  std::vector<size_t> blocks;
+  uint64_t layers = 0;
+  for (size_t i = begin; i < end; ++i) {
+    blocks.push_back(i);
+    layers += r.model->blocks[i].kind == BlockKind::kDecoderLayer;
+  }
+  return GpuWorkspaceReserveBytes() + EstimateActivations(*r.model, r.run, r.exec_dtype, blocks).total +
+         layers * KvCacheBytesPerLayer(r.model->config, r.run, r.exec_dtype);
+}
+
+std::string Describe(const ModelDescription& m, const std::vector<BlockPlacement>& p) {
+  return PlacementToDeviceMap(m, p).dump();
+}
+
+BlockPlacement G(int d) { return {d, Tier::kGpu}; }
+BlockPlacement C(int d) { return {d, Tier::kCpu}; }
+BlockPlacement D(int d) { return {d, Tier::kDisk}; }
+
+TEST(PlacementRegistryTest, BuiltinsAndCustom) {
+  std::vector<std::string> names = ListPlacementStrategies();
+  for (const char* n : {"auto", "explicit", "sequential"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+  }
+  EXPECT_EQ(std::string(kDefaultPlacementStrategy), "auto");
+  Result<std::unique_ptr<PlacementStrategy>> bad = MakePlacementStrategy("greedy");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("\"greedy\""), std::string::npos);
+  EXPECT_NE(bad.error().message.find("auto, explicit, sequential"), std::string::npos) << bad.error().message;
+
+  class AllOnFirstGpu : public PlacementStrategy {
+   public:
+    std::string name() const override { return "first_gpu"; }
+    std::string description() const override { return "everything resident on the lowest GPU"; }
+    Result<Placement> Place(const PlacementRequest& r) const override {
+      return FinishPlacement(r, name(), std::vector<BlockPlacement>(r.model->blocks.size(), G(r.budget.gpus.begin()->first)));
+    }
+  };
+  ASSERT_TRUE(RegisterPlacementStrategy("first_gpu", [] { return std::make_unique<AllOnFirstGpu>(); }).ok());
+  EXPECT_FALSE(RegisterPlacementStrategy("first_gpu", [] { return std::make_unique<AllOnFirstGpu>(); }).ok());
+  EXPECT_FALSE(RegisterPlacementStrategy("", [] { return std::make_unique<AllOnFirstGpu>(); }).ok());
+  ModelDescription m = Synthetic(kMiB, {kMiB}, kMiB, kMiB);
+  Result<Placement> p = PlaceModel("first_gpu", Request(m, Budget({{3, 4 * kGiB}})));
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->strategy, "first_gpu");
+  EXPECT_EQ(p->blocks[0], G(3));
+  ASSERT_EQ(p->usage.size(), 1u);
+  EXPECT_EQ(p->usage[0].device, "cuda:3");
+  EXPECT_EQ(p->usage[0].resident_weights, 4 * kMiB);
+}
+
+// ---- sequential ----
+
+// Expected maps are what Accelerate 1.15's infer_auto_device_map returns for an nn.Module tree of the same shape and
+// sizes (no_split_module_classes = the layer class). GPU 0 keeps room for the largest layer (100 MiB); "model"
+// (301 MiB) does not fit in 300 - 100 and is split, then "model.layers"; layer 2 goes to GPU 1, where the lm_head
+// also lands.
+TEST(SequentialTest, AccelerateDecisions) {
+  ModelDescription m = Synthetic(100 * kMiB, {50 * kMiB, 50 * kMiB, 50 * kMiB, 50 * kMiB}, kMiB, 100 * kMiB);
+  PlacementRequest r = Request(m, Budget({{0, 300 * kMiB}, {1, 300 * kMiB}}, 200 * kMiB));
+  r.options.enforce_budget = false;
+  Result<Placement> p = PlaceModel("sequential", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), G(0), G(0), G(1), G(1), G(1), G(1)})) << Describe(m, p->blocks);
+
+  // GPU 1 smaller: layer 3, the norm and the lm_head spill to cpu, which keeps room for the largest remaining layer
+  // (100 MiB, until the lm_head itself is placed: then nothing is left to reserve for). Offloaded blocks are computed
+  // on the main GPU (0).
+  r.budget = Budget({{0, 300 * kMiB}, {1, 60 * kMiB}}, 200 * kMiB);
+  p = PlaceModel("sequential", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), G(0), G(0), G(1), C(0), C(0), C(0)})) << Describe(m, p->blocks);
+
+  // Everything fits at once on GPU 0 (with the largest-layer reserve): one module, "model" + "lm_head".
+  r.budget = Budget({{0, 501 * kMiB + 100 * kMiB}});
+  p = PlaceModel("sequential", r);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->blocks, std::vector<BlockPlacement>(7, G(0)));
+
+  // No GPU: the CPU computes; "cpu" blocks are resident in host memory, the rest on disk.
+  r.budget = Budget({}, 300 * kMiB);
+  p = PlaceModel("sequential", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(-1), G(-1), G(-1), D(-1), D(-1), D(-1), D(-1)})) << Describe(m, p->blocks);
+}
+
+TEST(SequentialTest, TiedHeadFollowsTheEmbedding) {
+  // lm_head reads the embedding; Accelerate places it with the module that owns the tied weight.
+  ModelDescription m = Synthetic(100 * kMiB, {50 * kMiB, 50 * kMiB, 50 * kMiB}, kMiB, 0, /*tied=*/true);
+  PlacementRequest r = Request(m, Budget({{0, 200 * kMiB}}, 150 * kMiB));
+  r.options.enforce_budget = false;
+  Result<Placement> p = PlaceModel("sequential", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  // GPU 0 keeps 50 MiB for a layer: the embedding with the lm_head, and one layer; the rest on cpu.
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), G(0), C(0), C(0), C(0), G(0)})) << Describe(m, p->blocks);
+}
+
+TEST(SequentialTest, EnforcedBudgetReportsTheShortDevice) {
+  ModelDescription m = Synthetic(100 * kMiB, {50 * kMiB, 50 * kMiB}, kMiB, 100 * kMiB);
+  // Accelerate's weights-only budget fits everything on GPU 0, but bigplan also counts the reserve and more.
+  PlacementRequest r = Request(m, Budget({{0, 400 * kMiB}}));
+  Result<Placement> p = PlaceModel("sequential", r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().code, ErrorCode::kInfeasible);
+  EXPECT_NE(p.error().message.find("cuda:0 needs"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("reserve 320.00 MiB"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("but its budget is 400.00 MiB: short by"), std::string::npos) << p.error().message;
+  r.budget.gpus[0] = 2 * kGiB;
+  p = PlaceModel("sequential", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->usage[0].resident_weights, 301 * kMiB);
+  EXPECT_EQ(p->usage[0].workspace_reserve, GpuWorkspaceReserveBytes());
+}
+
+// ---- explicit and device maps ----
+
+TEST(ExplicitTest, ExpandsModuleKeys) {
+  ModelDescription m = Synthetic(kMiB, {kMiB, kMiB, kMiB}, kMiB, kMiB);
+  PlacementRequest r = Request(m, Budget({{0, 4 * kGiB}, {1, 4 * kGiB}}, 4 * kGiB));
+  r.options.device_map = nlohmann::json::parse(
+      R"({"model": 1, "model.embed_tokens": "cuda:0", "model.layers.2": "disk", "model.norm": "cpu",
+          "lm_head": "1", "model.rotary_emb": 0})");
+  Result<Placement> p = PlaceModel("explicit", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  // Offloaded blocks are computed on the main GPU: the GPU of the first GPU-placed block (0).
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), G(1), G(1), D(0), C(0), G(1)}));
+  EXPECT_EQ(PlacementToDeviceMap(m, p->blocks).dump(),
+            R"({"model.embed_tokens":0,"model.layers.0":1,"model.layers.1":1,"model.layers.2":"disk","model.norm":"cpu","lm_head":1})");
+
+  r.options.device_map = nlohmann::json::parse(R"({"": "cpu"})");
+  p = PlaceModel("explicit", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, std::vector<BlockPlacement>(6, G(-1)));  // no block on a GPU: the CPU computes
+}
+
+TEST(ExplicitTest, Errors) {
+  ModelDescription m = Synthetic(kMiB, {kMiB, kMiB}, kMiB, kMiB);
+  PlacementRequest r = Request(m, Budget({{0, 4 * kGiB}}, 4 * kGiB));
+  struct Case {
+    const char* map;
+    const char* message;
+  } cases[] = {
+      {R"({"model": 0, "lm_head": 0, "model.decoder": 0})", "unknown module \"model.decoder\""},
+      {R"({"model": 0})", "block \"lm_head\" is not covered"},
+      {R"({"": 0, "model.layers.0.mlp": "cpu"})", "\"model.layers.0.mlp\" is inside block \"model.layers.0\""},
+      {R"({"": 1})", "cuda:1, which has no budget"},
+      {R"({"": "meta"})", "bad device \"meta\""},
+      {R"({"": -1})", "bad device -1"},
+      {R"([0])", "expected a JSON object"},
+  };
+  for (const Case& c : cases) {
+    r.options.device_map = nlohmann::json::parse(c.map);
+    Result<Placement> p = PlaceModel("explicit", r);
+    ASSERT_FALSE(p.ok()) << c.map;
+    EXPECT_EQ(p.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(p.error().message.find(c.message), std::string::npos) << p.error().message;
+  }
+  r.options.device_map = nullptr;
+  EXPECT_FALSE(PlaceModel("explicit", r).ok());
+}
+
+// ---- auto ----
+
+TEST(AutoTest, EverythingResidentWhenItFits) {
+  ModelDescription m = Synthetic(100 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 100 * kMiB);
+  PlacementRequest r = Request(m, {});
+  r.budget = Budget({{0, Overhead(r, 0, m.blocks.size()) + 601 * kMiB}});
+  Result<Placement> p = PlaceModel("auto", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, std::vector<BlockPlacement>(m.blocks.size(), G(0)));
+  EXPECT_EQ(p->usage[0].total, p->usage[0].budget);
+  EXPECT_EQ(p->usage[0].staging, 0u);
+}
+
+TEST(AutoTest, MaximizesResidentBytesAndSpreadsStreamedBlocks) {
+  ModelDescription m = Synthetic(100 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 100 * kMiB);
+  PlacementRequest r = Request(m, {});
+  // 400 MiB for weights and staging. Streaming a 100 MiB block would cost 2 x 100 MiB of staging (prefetch depth
+  // 1), leaving 200 resident; streaming only layers and the norm costs 2 x 50, leaving 300 resident: the embedding,
+  // the lm_head and two layers, spread out.
+  r.budget = Budget({{0, Overhead(r, 0, m.blocks.size()) + 400 * kMiB}}, 4 * kGiB);
+  Result<Placement> p = PlaceModel("auto", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), C(0), G(0), C(0), C(0), C(0), G(0), C(0), C(0), C(0), G(0)}))
+      << Describe(m, p->blocks);
+  EXPECT_EQ(p->usage[0].resident_weights, 300 * kMiB);
+  EXPECT_EQ(p->usage[0].staging, 100 * kMiB);
+  EXPECT_EQ(p->usage[0].total, p->usage[0].budget);
+  EXPECT_EQ(p->usage[1].device, "cpu");
+  EXPECT_EQ(p->usage[1].resident_weights, 301 * kMiB);
+
+  // With prefetch depth 2 there are three staging buffers: 3 x 50 MiB, so one layer fewer stays resident.
+  r.options.prefetch_depth = 2;
+  p = PlaceModel("auto", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->usage[0].resident_weights, 250 * kMiB);
+  EXPECT_EQ(p->usage[0].staging, 150 * kMiB);
+}
+
+// Brute force over every contiguous split of the blocks over the GPUs and every resident subset: auto must reach
+// the maximum resident bytes that bigplan's own accounting allows.
+TEST(AutoTest, OptimalAgainstBruteForce) {
+  std::mt19937 rng(1234);
+  const uint64_t sizes[] = {0, 1, 3, 8, 20, 33, 50};
+  int checked = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const size_t n_layers = 2 + rng() % 5;
+    std::vector<uint64_t> layers(n_layers, sizes[2 + rng() % 5] * kMiB);
+    if (rng() % 3 == 0) layers[rng() % n_layers] = sizes[rng() % 7] * kMiB;
+    ModelDescription m = Synthetic(sizes[1 + rng() % 6] * kMiB, layers, sizes[rng() % 3] * kMiB, sizes[1 + rng() % 6] * kMiB);
+    const size_t n = m.blocks.size();
+    const int n_gpus = 1 + trial % 2;
+    PlacementRequest r = Request(m, {});
+    r.options.prefetch_depth = rng() % 3;
+    std::map<int, uint64_t> gpus;
+    for (int g = 0; g < n_gpus; ++g) gpus[g] = Overhead(r, 0, n) + (rng() % 160) * kMiB;
+    r.budget = Budget(gpus, 100 * kGiB);
+    // Brute force.
+    uint64_t best = 0;
+    bool any = false;
+    for (size_t split = 0; split <= (n_gpus == 2 ? n : 0); ++split) {
+      for (uint32_t mask = 0; mask < (1u << n); ++mask) {
+        std::vector<BlockPlacement> blocks(n);
+        uint64_t resident = 0;
+        const std::vector<uint64_t> bytes = AllBlockWeightBytes(m, r.exec_dtype);
+        for (size_t i = 0; i < n; ++i) {
+          const int gpu = n_gpus == 2 && i >= split ? 1 : 0;
+          const bool keep = mask & (1u << i);
+          blocks[i] = keep ? G(gpu) : C(gpu);
+          resident += keep ? bytes[i] : 0;
+        }
+        if (any && resident <= best) continue;
+        Result<std::vector<DeviceAccount>> usage = AccountPlacement(r, blocks);
+        ASSERT_TRUE(usage.ok());
+        if (CheckFits(*usage).ok()) {
+          best = resident;
+          any = true;
+        }
+      }
+    }
+    Result<Placement> p = PlaceModel("auto", r);
+    ASSERT_EQ(p.ok(), any) << "trial " << trial << (p.ok() ? "" : ": " + p.error().ToString());
+    if (!any) continue;
+    uint64_t resident = 0;
+    for (const DeviceAccount& a : p->usage) {
+      if (a.device != "cpu" && a.device != "disk") resident += a.resident_weights;
+    }
+    EXPECT_EQ(resident, best) << "trial " << trial << ": " << Describe(m, p->blocks);
+    ++checked;
+  }
+  EXPECT_GT(checked, 30);
+}
+
+TEST(AutoTest, BalancesAcrossGpus) {
+  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 10 * kMiB);
+  PlacementRequest r = Request(m, Budget({{0, 2 * kGiB}, {1, 2 * kGiB}}));
+  Result<Placement> p = PlaceModel("auto", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->usage[0].resident_weights, 210 * kMiB) << Describe(m, p->blocks);  // embedding + 4 layers
+  EXPECT_EQ(p->usage[1].resident_weights, 211 * kMiB);                           // 4 layers + norm + lm_head
+  for (const BlockPlacement& b : p->blocks) EXPECT_EQ(b.tier, Tier::kGpu);
+}
+
+TEST(AutoTest, CpuBeforeDisk) {
+  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(6, 50 * kMiB), kMiB, 10 * kMiB);
+  PlacementRequest r = Request(m, {});
+  // The GPU holds only the staging (2 x 50) plus 21 MiB: the embedding, the norm and the lm_head.
+  // The cpu holds 200 MiB: with disk staging of 2 x 50 MiB pinned too, two layers fit in the CPU tier.
+  r.budget = Budget({{0, Overhead(r, 0, m.blocks.size()) + 121 * kMiB}}, 200 * kMiB);
+  Result<Placement> p = PlaceModel("auto", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), D(0), C(0), D(0), D(0), C(0), D(0), G(0), G(0)}))
+      << Describe(m, p->blocks);
+  const DeviceAccount& cpu = p->usage[1];
+  EXPECT_EQ(cpu.device, "cpu");
+  EXPECT_EQ(cpu.resident_weights, 100 * kMiB);
+  EXPECT_EQ(cpu.staging, 100 * kMiB);
+  EXPECT_EQ(p->usage[2].device, "disk");
+  EXPECT_EQ(p->usage[2].resident_weights, 200 * kMiB);
+
+  // A disk budget too small for the rest: infeasible, naming disk.
+  r.budget.disk = 100 * kMiB;
+  p = PlaceModel("auto", r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().code, ErrorCode::kInfeasible);
+  EXPECT_NE(p.error().message.find("disk needs 200.00 MiB"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("short by 100.00 MiB"), std::string::npos) << p.error().message;
+}
+
+TEST(AutoTest, InfeasibleNamesTheDevice) {
+  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(4, 50 * kMiB), kMiB, 10 * kMiB);
+  PlacementRequest r = Request(m, Budget({{0, 200 * kMiB}}, 4 * kGiB));
+  Result<Placement> p = PlaceModel("auto", r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().code, ErrorCode::kInfeasible);
+  EXPECT_NE(p.error().message.find("even with every block streamed, cuda:0 needs"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("staging 100.00 MiB"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("reserve 320.00 MiB"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("but its budget is 200.00 MiB: short by"), std::string::npos) << p.error().message;
+
+  // Nowhere to stream from: no cpu budget means no pinned memory for disk staging.
+  r.budget = Budget({{0, Overhead(r, 0, m.blocks.size()) + 150 * kMiB}});
+  p = PlaceModel("auto", r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().code, ErrorCode::kInfeasible);
+  EXPECT_NE(p.error().message.find("cpu needs"), std::string::npos) << p.error().message;
+}
+
+TEST(AutoTest, CpuOnly) {
+  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(4, 50 * kMiB), kMiB, 10 * kMiB);
+  PlacementRequest r = Request(m, Budget({}, 4 * kGiB));
+  Result<Placement> p = PlaceModel("auto", r);
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_EQ(p->blocks, std::vector<BlockPlacement>(m.blocks.size(), G(-1)));
+  ASSERT_EQ(p->usage.size(), 1u);
+  EXPECT_EQ(p->usage[0].device, "cpu");
+  EXPECT_EQ(p->usage[0].resident_weights, 221 * kMiB);
+  EXPECT_GT(p->usage[0].kv_cache, 0u);
+  EXPECT_GT(p->usage[0].activations, 0u);
+}
+
+TEST(AutoTest, RequestChecks) {
+  ModelDescription m = Synthetic(kMiB, {kMiB}, kMiB, kMiB);
+  PlacementRequest r = Request(m, Budget({}));
+  EXPECT_FALSE(PlaceModel("auto", r).ok());  // nothing to compute on
+  r.budget = Budget({{0, kGiB}});
+  r.run.max_seq_len = 65;  // above max_position_embeddings
+  EXPECT_FALSE(PlaceModel("auto", r).ok());
+  r.run.max_seq_len = 16;
+  r.exec_dtype = DType::kI8;
+  EXPECT_FALSE(PlaceModel("auto", r).ok());
+  r.model = nullptr;
+  EXPECT_FALSE(PlaceModel("auto", r).ok());
+}
+
+// ---- bundled examples ----
+
+TEST(ExamplesTest, Llama2OnOneSmallGpu) {
+  Result<ModelDescription> m = ImportExample(Root() + "planner/examples/llama-2-7b");
+  ASSERT_TRUE(m.ok());
+  PlacementRequest r;
+  r.model = &*m;
+  r.budget = *ParseMaxMemory("cuda:0=8GiB,cpu=30GiB");
+  r.run = RunShape{1, 2048};
+  r.exec_dtype = DType::kF16;
+  Result<Placement> a = PlaceModel("auto", r);
+  ASSERT_TRUE(a.ok()) << a.error().ToString();
+  ASSERT_TRUE(CheckFits(a->usage).ok());
+  int resident = 0, streamed = 0;
+  for (const BlockPlacement& b : a->blocks) {
+    EXPECT_EQ(b.device, 0);
+    (b.tier == Tier::kGpu ? resident : streamed)++;
+  }
+  EXPECT_GT(resident, 10);
+  EXPECT_GT(streamed, 0);
+  EXPECT_GT(a->usage[0].resident_weights, 4 * kGiB);
+  EXPECT_LE(a->usage[0].total, 8 * kGiB);
+
+  // Accelerate's max_memory counts weights only: its decisions fill the GPU with weights, which does not leave
+  // room for the KV cache, activations, staging and reserve that bigplan accounts for.
+  Result<Placement> q = PlaceModel("sequential", r);
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.error().code, ErrorCode::kInfeasible);
+  EXPECT_NE(q.error().message.find("cuda:0 needs"), std::string::npos);
+  r.options.enforce_budget = false;
+  q = PlaceModel("sequential", r);
+  ASSERT_TRUE(q.ok());
+  EXPECT_GT(q->usage[0].resident_weights, a->usage[0].resident_weights);
+  EXPECT_GT(q->usage[0].total, 8 * kGiB);
+}
+
+TEST(ExamplesTest, Llama405BOnEightGpusIsFast) {
+  Result<ModelDescription> m = ImportExample(Root() + "planner/examples/llama-3.1-405b");
+  ASSERT_TRUE(m.ok());
+  PlacementRequest r;
+  r.model = &*m;
+  r.budget = *ParseMaxMemory("0=80GiB,1=80GiB,2=80GiB,3=80GiB,4=80GiB,5=80GiB,6=80GiB,7=80GiB,cpu=1TiB");
+  r.run = RunShape{1, 4096};
+  r.exec_dtype = DType::kBF16;
+  const auto start = std::chrono::steady_clock::now();
+  Result<Placement> p = PlaceModel("auto", r);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(p.ok()) << p.error().ToString();
+  EXPECT_LT(seconds, 5.0);
+  std::set<int> gpus;
+  uint64_t resident = 0;
+  for (const BlockPlacement& b : p->blocks) gpus.insert(b.device);
+  for (const DeviceAccount& a : p->usage) {
+    if (a.device.rfind("cuda:", 0) == 0) resident += a.resident_weights;
+  }
+  EXPECT_EQ(gpus.size(), 8u);
+  // 8 x 80 GiB minus, per GPU, the reserve, ~16 layers of KV cache and the activations (fp32 attention scores of
+  // 4096^2 x 128 heads alone are 8 GiB).
+  EXPECT_GT(resident, 500 * kGiB);
+}
+
+}  // namespace
+}  // namespace bigplan
