@@ -1,0 +1,122 @@
+#include "planner/accounting.h"
+
+#include <gtest/gtest.h>
+
+#include "planner/hf_import.h"
+
+namespace bigplan {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+ModelDescription TinyTied() {
+  Result<ModelDescription> m = ImportHfConfigText(
+      R"({"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "intermediate_size": 24, "vocab_size": 10, "tie_word_embeddings": true,
+          "torch_dtype": "float32"})");
+  EXPECT_TRUE(m.ok()) << m.error().ToString();
+  return *m;
+}
+
+TEST(AccountingTest, BlockLayoutIsAlignedAndIncludesTiedReads) {
+  ModelDescription m = TinyTied();
+  // Embedding [10, 8] at bf16: 160 bytes -> one 256-byte slot.
+  BlockWeightLayout embed = LayoutBlockWeights(m, 0, DType::kBF16);
+  ASSERT_EQ(embed.weights.size(), 1u);
+  EXPECT_EQ(embed.weights[0].size_bytes, 160u);
+  EXPECT_EQ(embed.weights[0].src_dtype, DType::kF32);
+  EXPECT_EQ(embed.weights[0].dtype, DType::kBF16);
+  EXPECT_EQ(embed.total_bytes, 256u);
+
+  // A decoder layer: q [8,8], k [4,8], v [4,8], o [8,8], gate/up [24,8], down [8,24], two norms [8] at fp32.
+  BlockWeightLayout layer = LayoutBlockWeights(m, 1, DType::kF32);
+  ASSERT_EQ(layer.weights.size(), 9u);
+  uint64_t expect_offset = 0;
+  for (const WeightSlot& w : layer.weights) {
+    EXPECT_EQ(w.offset_in_block, expect_offset) << w.tensor;
+    EXPECT_EQ(w.offset_in_block % kWeightAlignment, 0u);
+    expect_offset = AlignUp(w.offset_in_block + w.size_bytes);
+  }
+  EXPECT_EQ(layer.total_bytes, expect_offset);
+  // 256 + 256 + 256 + 256 + 768 + 768 + 768 + 256 + 256
+  EXPECT_EQ(layer.total_bytes, 3840u);
+
+  // The tied lm_head reads the embedding: a copy in its own buffer.
+  const size_t head = m.blocks.size() - 1;
+  BlockWeightLayout lm = LayoutBlockWeights(m, head, DType::kF16);
+  ASSERT_EQ(lm.weights.size(), 1u);
+  EXPECT_TRUE(lm.weights[0].tied);
+  EXPECT_EQ(lm.weights[0].tensor, "model.embed_tokens.weight");
+  EXPECT_EQ(lm.total_bytes, 256u);
+  EXPECT_EQ(AllBlockWeightBytes(m, DType::kF16).back(), 256u);
+
+  // Integer params keep their dtype.
+  EXPECT_EQ(RuntimeDType(DType::kI64, DType::kBF16), DType::kI64);
+  EXPECT_EQ(RuntimeDType(DType::kF32, DType::kBF16), DType::kBF16);
+}
+
+TEST(AccountingTest, KvCache) {
+  ModelDescription m = TinyTied();  // 2 kv heads x head_dim 2
+  // 2 x batch 3 x seq 100 x 2 x 2 x 2 bytes = 4800 -> 4864 aligned.
+  EXPECT_EQ(KvCacheBytesPerLayer(m.config, RunShape{3, 100}, DType::kBF16), 4864u);
+  // Llama-2-7B at 4096 tokens, fp16: 2 x 4096 x 32 x 128 x 2 = 64 MiB per layer.
+  ModelConfig c;
+  c.num_kv_heads = 32;
+  c.head_dim = 128;
+  EXPECT_EQ(KvCacheBytesPerLayer(c, RunShape{1, 4096}, DType::kF16), 64 * kMiB);
+}
+
+TEST(AccountingTest, Activations) {
+  ModelDescription m = TinyTied();  // hidden 8, heads 4, kv 2, head_dim 2, inter 24, vocab 10
+  const RunShape run{2, 16};          // T = 32 tokens
+  ActivationEstimate all = EstimateActivations(m, run, DType::kF32);
+  EXPECT_EQ(all.hidden_states, AlignUp(4 * 32 * 8 * 4));
+  EXPECT_EQ(all.attention, AlignUp(32 * (4 + 4) * 2 * 4) + AlignUp(32 * 4 * 2 * 4) + AlignUp(2 * 4 * 16 * 16 * 4));
+  EXPECT_EQ(all.mlp, AlignUp(3 * 32 * 24 * 4));
+  EXPECT_EQ(all.logits, AlignUp(32 * 10 * 4));
+  EXPECT_EQ(all.embedding, AlignUp(32 * 8));
+  EXPECT_EQ(all.total, all.hidden_states + std::max(all.attention, all.mlp) + all.logits + all.embedding);
+  // A device with only decoder layers has no logits or token ids.
+  ActivationEstimate layers = EstimateActivations(m, run, DType::kF32, {1, 2});
+  EXPECT_EQ(layers.logits, 0u);
+  EXPECT_EQ(layers.embedding, 0u);
+  EXPECT_EQ(layers.total, layers.hidden_states + std::max(layers.attention, layers.mlp));
+  // Only the lm_head: hidden states and logits.
+  ActivationEstimate head = EstimateActivations(m, run, DType::kF32, {m.blocks.size() - 1});
+  EXPECT_EQ(head.total, head.hidden_states + head.logits);
+  EXPECT_EQ(EstimateActivations(m, run, DType::kF32, {}).total, 0u);
+}
+
+TEST(AccountingTest, StagingAndReserve) {
+  EXPECT_EQ(StagingBufferCount(0, 1), 0u);
+  EXPECT_EQ(StagingBufferCount(1, 1), 1u);
+  EXPECT_EQ(StagingBufferCount(10, 1), 2u);
+  EXPECT_EQ(StagingBufferCount(10, 3), 4u);
+  EXPECT_EQ(GpuWorkspaceReserveBytes(), 320 * kMiB);
+}
+
+TEST(AccountingTest, Messages) {
+  DeviceAccount a;
+  a.device = "cuda:0";
+  a.resident_weights = uint64_t(3.9 * (1 << 30));
+  a.staging = 810 * kMiB;
+  a.kv_cache = 256 * kMiB;
+  a.activations = 120 * kMiB;
+  a.workspace_reserve = 320 * kMiB;
+  a.total = a.resident_weights + a.staging + a.kv_cache + a.activations + a.workspace_reserve;
+  a.budget = uint64_t{4} << 30;
+  EXPECT_FALSE(a.fits());
+  EXPECT_EQ(a.ShortfallMessage(),
+            "cuda:0 needs 5.37 GiB (resident 3.90 GiB + staging 810.00 MiB + KV 256.00 MiB + activations 120.00 MiB + "
+            "reserve 320.00 MiB) but its budget is 4.00 GiB: short by 1.37 GiB");
+  EXPECT_EQ(a.Summary().rfind("cuda:0: 5.37 GiB of 4.00 GiB (resident", 0), 0u);
+  DeviceAccount disk;
+  disk.device = "disk";
+  disk.unlimited = true;
+  disk.total = disk.resident_weights = 100;
+  EXPECT_TRUE(disk.fits());
+  EXPECT_EQ(disk.Summary(), "disk: 100 B of unlimited (weights 100 B)");
+}
+
+}  // namespace
+}  // namespace bigplan

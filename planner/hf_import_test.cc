@@ -1,0 +1,260 @@
+#include "planner/hf_import.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "formats/test_util.h"
+#include "planner/validate.h"
+
+namespace bigplan {
+namespace {
+
+using nlohmann::json;
+
+std::string Root() { return std::string(std::getenv("TEST_SRCDIR")) + "/bigplan/"; }
+
+json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << path;
+  return json::parse(in);
+}
+
+std::vector<TensorSpec> Sorted(std::vector<TensorSpec> v) {
+  std::sort(v.begin(), v.end(), [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
+  return v;
+}
+
+std::string ShapeStr(const std::vector<int64_t>& s) {
+  std::string out;
+  for (int64_t d : s) out += std::to_string(d) + ",";
+  return out;
+}
+
+// The tensors transformers' save_pretrained writes for small configs of every supported type
+// (planner/testdata/make_tiny_models.py), against what the importer synthesizes from the config alone.
+TEST(HfImportTest, SynthesizedTensorsMatchTransformers) {
+  json tiny = ReadJson(Root() + "planner/testdata/tiny_models.json");
+  ASSERT_GE(tiny.size(), 10u);
+  for (auto it = tiny.begin(); it != tiny.end(); ++it) {
+    SCOPED_TRACE(it.key());
+    Result<std::vector<TensorSpec>> saved = ParseTensorList(it.value()["tensors"].dump(), it.key());
+    ASSERT_TRUE(saved.ok()) << saved.error().ToString();
+    Result<ModelDescription> m = ImportHfConfig(it.value()["config"], {}, it.key());
+    ASSERT_TRUE(m.ok()) << m.error().ToString();
+    std::vector<TensorSpec> expected = Sorted(ExpectedTensors(*m));
+    std::vector<TensorSpec> actual = Sorted(*saved);
+    ASSERT_EQ(expected.size(), actual.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(expected[i].name, actual[i].name);
+      EXPECT_EQ(ShapeStr(expected[i].shape), ShapeStr(actual[i].shape)) << actual[i].name;
+      EXPECT_EQ(expected[i].dtype, actual[i].dtype) << actual[i].name;
+    }
+    EXPECT_TRUE(ValidateAgainstTensors(*m, *saved, it.key()).ok());
+    // With the tensor list, the same description.
+    HfImportOptions with;
+    with.tensors = &*saved;
+    Result<ModelDescription> m2 = ImportHfConfig(it.value()["config"], with, it.key());
+    ASSERT_TRUE(m2.ok());
+    EXPECT_EQ(m2->ToJson(), m->ToJson());
+  }
+}
+
+TEST(HfImportTest, LlamaConfigFields) {
+  json tiny = ReadJson(Root() + "planner/testdata/tiny_models.json");
+  Result<ModelDescription> m = ImportHfConfig(tiny["llama_bias_headdim_llama3"]["config"]);
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  const ModelConfig& c = m->config;
+  EXPECT_EQ(m->architecture, "llama");
+  EXPECT_EQ(c.hidden_size, 64u);
+  EXPECT_EQ(c.num_heads, 4u);
+  EXPECT_EQ(c.num_kv_heads, 2u);
+  EXPECT_EQ(c.head_dim, 32u);
+  EXPECT_EQ(c.rotary_dim, 32u);
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_TRUE(c.mlp_bias);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 500000.0);
+  ASSERT_TRUE(c.rope_scaling.is_object());
+  EXPECT_EQ(c.rope_scaling["rope_type"], "llama3");
+  EXPECT_FALSE(c.rope_scaling.contains("rope_theta"));
+  EXPECT_EQ(c.activation, "silu");
+  EXPECT_EQ(m->blocks.front().name, "model.embed_tokens");
+  EXPECT_EQ(m->blocks.back().name, "lm_head");
+  EXPECT_EQ(m->blocks.size(), 5u);
+  EXPECT_EQ(m->hf_config, tiny["llama_bias_headdim_llama3"]["config"]);
+
+  Result<ModelDescription> tied = ImportHfConfig(tiny["llama_tied_linear"]["config"]);
+  ASSERT_TRUE(tied.ok());
+  EXPECT_TRUE(tied->config.tie_word_embeddings);
+  EXPECT_TRUE(tied->blocks.back().params.empty());
+  EXPECT_EQ(tied->blocks.back().tied, std::vector<std::string>{"model.embed_tokens.weight"});
+  EXPECT_EQ(tied->config.rope_scaling["rope_type"], "linear");
+
+  Result<ModelDescription> q = ImportHfConfig(tiny["qwen2_untied"]["config"]);
+  ASSERT_TRUE(q.ok());
+  EXPECT_TRUE(q->config.attention_bias);
+  EXPECT_TRUE(q->config.rope_scaling.is_null());
+  EXPECT_NE(q->FindParam("model.layers.1.self_attn.v_proj.bias"), nullptr);
+  EXPECT_EQ(q->FindParam("model.layers.1.self_attn.o_proj.bias"), nullptr);
+}
+
+TEST(HfImportTest, ClassicRopeFieldsAndTokens) {
+  json cfg = {{"model_type", "llama"},       {"hidden_size", 64},   {"num_hidden_layers", 1},
+              {"num_attention_heads", 4},    {"intermediate_size", 96}, {"vocab_size", 100},
+              {"rope_theta", 250000.0},      {"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}},
+              {"eos_token_id", {7, 8, 9}},   {"bos_token_id", 3}};
+  Result<ModelDescription> m = ImportHfConfig(cfg);
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  EXPECT_DOUBLE_EQ(m->config.rope_theta, 250000.0);
+  EXPECT_EQ(m->config.rope_scaling["type"], "dynamic");
+  EXPECT_EQ(m->config.num_kv_heads, 4u);
+  EXPECT_EQ(m->config.head_dim, 16u);
+  EXPECT_EQ(m->config.bos_token_id, 3);
+  EXPECT_EQ(m->config.eos_token_ids, (std::vector<int64_t>{7, 8, 9}));
+  EXPECT_EQ(m->blocks[1].params[0].dtype, DType::kF32);  // no dtype anywhere: F32
+
+  cfg["rope_scaling"] = {{"rope_type", "su"}};
+  Result<ModelDescription> bad = ImportHfConfig(cfg);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(bad.error().message.find("rope_scaling"), std::string::npos);
+}
+
+TEST(HfImportTest, ErrorsNameTheProblem) {
+  Result<ModelDescription> u = ImportHfConfigText(R"({"model_type": "bert", "hidden_size": 8})");
+  ASSERT_FALSE(u.ok());
+  EXPECT_EQ(u.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(u.error().message.find("\"bert\""), std::string::npos);
+  EXPECT_NE(u.error().message.find("gpt2, gptj, llama, mistral, qwen2"), std::string::npos) << u.error().message;
+
+  Result<ModelDescription> missing = ImportHfConfigText(R"({"model_type": "llama", "hidden_size": 8})", {}, "c.json");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(missing.error().message.find("c.json: field \"num_hidden_layers\": missing"), std::string::npos)
+      << missing.error().message;
+
+  Result<ModelDescription> gqa = ImportHfConfigText(
+      R"({"model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+          "num_key_value_heads": 3, "intermediate_size": 8, "vocab_size": 10})");
+  ASSERT_FALSE(gqa.ok());
+  EXPECT_NE(gqa.error().message.find("num_key_value_heads"), std::string::npos);
+
+  Result<ModelDescription> no_type = ImportHfConfigText(R"({"hidden_size": 8})");
+  ASSERT_FALSE(no_type.ok());
+  EXPECT_NE(no_type.error().message.find("model_type"), std::string::npos);
+
+  Result<ModelDescription> bad_json = ImportHfConfigText("{nope");
+  ASSERT_FALSE(bad_json.ok());
+  EXPECT_EQ(bad_json.error().code, ErrorCode::kCorrupt);
+
+  Result<ModelDescription> bad_dtype = ImportHfConfigText(
+      R"({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 10, "torch_dtype": "int4"})");
+  ASSERT_FALSE(bad_dtype.ok());
+  EXPECT_NE(bad_dtype.error().message.find("torch_dtype"), std::string::npos);
+}
+
+TEST(HfImportTest, DTypePrecedence) {
+  const std::string cfg = R"({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 10,
+                              "n_positions": 4, "torch_dtype": "bfloat16"})";
+  Result<ModelDescription> from_config = ImportHfConfigText(cfg);
+  ASSERT_TRUE(from_config.ok());
+  for (const TensorSpec& t : from_config->AllParams()) EXPECT_EQ(t.dtype, DType::kBF16) << t.name;
+  // A tensor list overrides: its own dtype per tensor, else its dominant dtype.
+  std::vector<TensorSpec> list = {{"transformer.wte.weight", {10, 8}, DType::kF16},
+                                  {"transformer.h.0.ln_1.weight", {8}, DType::kF32}};
+  HfImportOptions o;
+  o.tensors = &list;
+  Result<ModelDescription> with_list = ImportHfConfigText(cfg, o);
+  ASSERT_TRUE(with_list.ok());
+  EXPECT_EQ(with_list->FindParam("transformer.wte.weight")->dtype, DType::kF16);
+  EXPECT_EQ(with_list->FindParam("transformer.h.0.ln_1.weight")->dtype, DType::kF32);
+  EXPECT_EQ(with_list->FindParam("transformer.h.0.attn.c_attn.weight")->dtype, DType::kF16);
+}
+
+TEST(HfImportTest, Examples) {
+  Result<ModelDescription> llama = ImportExample(Root() + "planner/examples/llama-2-7b");
+  ASSERT_TRUE(llama.ok()) << llama.error().ToString();
+  EXPECT_EQ(llama->name, "llama-2-7b");
+  EXPECT_EQ(llama->blocks.size(), 35u);
+  EXPECT_EQ(llama->AllParams().size(), 291u);
+  EXPECT_EQ(llama->TotalParams(), 6738415616);
+  EXPECT_EQ(llama->blocks[1].params[0].dtype, DType::kF16);
+  Result<std::vector<TensorSpec>> llama_tensors = LoadTensorList(Root() + "planner/examples/llama-2-7b/tensors.json");
+  ASSERT_TRUE(llama_tensors.ok());
+  EXPECT_TRUE(ValidateAgainstTensors(*llama, *llama_tensors, "tensors.json").ok());
+
+  Result<ModelDescription> gptj = ImportExample(Root() + "planner/examples/gpt-j-6b");
+  ASSERT_TRUE(gptj.ok()) << gptj.error().ToString();
+  EXPECT_EQ(gptj->architecture, "gptj");
+  EXPECT_EQ(gptj->AllParams().size(), 285u);
+  EXPECT_EQ(gptj->TotalParams(), 6050882784);
+  EXPECT_EQ(gptj->config.rotary_dim, 64u);
+  EXPECT_EQ(gptj->config.head_dim, 256u);
+  EXPECT_EQ(gptj->config.intermediate_size, 16384u);
+  EXPECT_EQ(gptj->blocks[1].runtime_buffers.size(), 1u);
+  EXPECT_EQ(gptj->blocks.back().params.size(), 2u);  // lm_head weight and bias
+  Result<std::vector<TensorSpec>> gptj_tensors = LoadTensorList(Root() + "planner/examples/gpt-j-6b/tensors.json");
+  ASSERT_TRUE(gptj_tensors.ok());
+  EXPECT_TRUE(ValidateAgainstTensors(*gptj, *gptj_tensors, "tensors.json").ok());
+
+  // No tensors.json: synthesized from the config.
+  Result<ModelDescription> big = ImportExample(Root() + "planner/examples/llama-3.1-405b");
+  ASSERT_TRUE(big.ok()) << big.error().ToString();
+  EXPECT_EQ(big->config.num_layers, 126u);
+  EXPECT_EQ(big->config.num_kv_heads, 8u);
+  EXPECT_EQ(big->TotalParams(), 405853388800);
+  EXPECT_EQ(big->blocks[1].params[0].dtype, DType::kBF16);
+  EXPECT_EQ(big->config.rope_scaling["rope_type"], "llama3");
+  EXPECT_DOUBLE_EQ(big->config.rope_theta, 500000.0);
+}
+
+TEST(HfImportTest, TensorListRoundTrip) {
+  std::vector<TensorSpec> list = {{"a", {2, 3}, DType::kF16}, {"b", {}, DType::kI64}};
+  Result<std::vector<TensorSpec>> back = ParseTensorList(TensorListToJson(list), "x");
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, list);
+  EXPECT_FALSE(ParseTensorList(R"([{"name": "a", "shape": [1], "dtype": "Q4"}])", "x").ok());
+  EXPECT_FALSE(ParseTensorList(R"({"x": 1})", "x").ok());
+}
+
+// A tiny GPT-2 checkpoint with the old tensor names ("h.0...." without "transformer.") and the causal-mask
+// buffers old checkpoints carry.
+TEST(HfImportTest, Gpt2OldNamingFromCheckpointDirectory) {
+  const std::string dir = testing::NewTempDir("gpt2_old");
+  const json config = {{"model_type", "gpt2"}, {"n_embd", 8}, {"n_layer", 2}, {"n_head", 2},
+                       {"vocab_size", 10},     {"n_positions", 4}};
+  testing::WriteFileOrDie(dir + "/config.json", config.dump());
+  Result<ModelDescription> synth = ImportHfConfig(config);
+  ASSERT_TRUE(synth.ok());
+  std::vector<TensorSpec> tensors;
+  for (TensorSpec t : synth->AllParams()) {
+    t.name = t.name.substr(std::string("transformer.").size());
+    tensors.push_back(t);
+  }
+  tensors.push_back({"h.0.attn.bias", {1, 1, 4, 4}, DType::kF32});
+  tensors.push_back({"h.1.attn.bias", {1, 1, 4, 4}, DType::kF32});
+  json header = json::object();
+  uint64_t offset = 0;
+  for (const TensorSpec& t : tensors) {
+    header[t.name] = {{"dtype", DTypeString(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes()}}};
+    offset += t.bytes();
+  }
+  testing::WriteFileOrDie(dir + "/model.safetensors", testing::SafetensorsBytes(header.dump(), std::string(offset, '\0')));
+
+  Result<ModelDescription> m = ImportHfDirectory(dir);
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  EXPECT_EQ(m->blocks[0].name, "transformer.wte");
+  EXPECT_EQ(m->blocks[0].prefix, "wte.");
+  EXPECT_EQ(m->blocks[2].prefix, "h.0.");
+  EXPECT_EQ(m->blocks.back().tied, std::vector<std::string>{"wte.weight"});
+  Result<Checkpoint> ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.error().ToString();
+  Status st = ValidateAgainstCheckpoint(*m, *ckpt);
+  EXPECT_TRUE(st.ok()) << st.error().ToString();
+}
+
+}  // namespace
+}  // namespace bigplan
