@@ -60,9 +60,14 @@ struct KvCache {
 struct ForwardContext {
   at::Tensor token_ids;   // [batch, seq] int64 on the compute device of the embedding block
   int64_t start_pos = 0;  // tokens already in the KV cache (same for every sequence of the batch)
+  // When true, "lm_head" computes logits for the last position only: `*logits` is [batch, 1, vocab]
+  // (what generation needs; saves seq x vocab floats per sequence in a prefill).
+  bool logits_last_only = false;
 };
 
 // Block kinds the planner emits: "embedding", "decoder_layer", "final_norm", "lm_head" (see planner/MODEL_FORMAT.md).
+// Also "position_embedding" (GPT-2's transformer.wpe: adds rows [start_pos, start_pos + seq) of the table to `hidden`;
+// kInvalidArgument past the table's end).
 // `hidden` is [batch, seq, hidden_size] in the execution dtype; for "embedding" it is ignored and set; for
 // "lm_head" the result `*logits` is set to [batch, seq, vocab] float32 and `hidden` is left unchanged.
 // `prefix` is the block's tensor-name prefix, e.g. "model.layers.3.".
@@ -73,7 +78,30 @@ class ModelKernels {
                           const ForwardContext& ctx, KvCache* kv, at::Tensor* hidden, at::Tensor* logits) const = 0;
 };
 
-// kUnsupported naming the architecture if there are no kernels for it.
+// kUnsupported naming the architecture if there are no kernels for it ("llama", also accepted as "mistral" and
+// "qwen2"; "gpt2"; "gptj"), or an unknown activation / rope_scaling type; kInvalidArgument for inconsistent
+// hyperparameters (e.g. num_heads not a multiple of num_kv_heads) or malformed rope_scaling_json.
+//
+// Tensor names each kernel reads, as `prefix` + suffix:
+//   llama  embedding "weight"; decoder_layer "input_layernorm.weight", "self_attn.{q,k,v,o}_proj.{weight,bias?}",
+//          "post_attention_layernorm.weight", "mlp.{gate,up,down}_proj.{weight,bias?}"; final_norm "weight";
+//          lm_head "weight", or the tied "model.embed_tokens.weight".
+//   gpt2   embedding "weight" when prefix ends in "wte." (else "wte.weight"), plus the sibling "wpe.weight" when the
+//          block carries it; position_embedding "weight" ("wpe." prefix) or "wpe.weight"; decoder_layer
+//          "ln_{1,2}.{weight,bias}", "attn.c_{attn,proj}.{weight,bias}", "mlp.c_{fc,proj}.{weight,bias}" (Conv1D,
+//          [in, out]); final_norm "weight", "bias"; lm_head "weight" or the tied "transformer.wte.weight"/"wte.weight".
+//   gptj   embedding as gpt2's token part; decoder_layer "ln_1.{weight,bias}", "attn.{q,k,v,out}_proj.weight",
+//          "mlp.fc_{in,out}.{weight,bias}"; final_norm "weight", "bias"; lm_head "weight" (or tied wte) and "bias".
+// Biases marked "?" are required when spec.attention_bias (q/k/v) / spec.mlp_bias (gate/up/down) says so, and
+// otherwise used when the block has them (o_proj's bias is always optional).
+// RoPE types (rope_scaling_json's "rope_type" or "type"): default, linear, dynamic, llama3, yarn (as transformers'
+// ROPE_INIT_FUNCTIONS); longrope and partial rotary are kUnsupported for the Llama family.
+// RunBlock is thread-safe. It never synchronizes the host with the device (checked on CUDA with LibTorch's sync
+// debug mode), so token ids are not range-checked: on CUDA an id >= vocab_size is a device-side assert, which
+// poisons the context; callers check ids on the host. RoPE cos/sin tables are cached per (device, current
+// stream, dtype), sized to the next power of two >= the positions used (>= 256 rows; [rows, head_dim] each).
+// Side effect: disables LibTorch's cuDNN SDPA backend process-wide (at::globalContext().setSDPUseCuDNN(false)); it
+// plans per shape, which costs ~75 ms of host time per decode step as the KV length grows.
 Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec);
 
 }  // namespace bigplan

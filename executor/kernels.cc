@@ -1,0 +1,491 @@
+// Shared kernel building blocks, the block-kind boundary (argument checks, exception capture) and the factory.
+#include "executor/kernels.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <exception>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "executor/kernels_internal.h"
+
+namespace bigplan {
+
+Result<at::Tensor> BlockWeights::Get(const std::string& name) const {
+  at::Tensor t = Find(name);
+  if (!t.defined()) return MakeError(ErrorCode::kNotFound, "weight '" + name + "' not found");
+  return t;
+}
+
+namespace kernels_internal {
+namespace {
+
+std::string Lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  return s;
+}
+
+std::string ShapeString(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+}  // namespace
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Dense layers
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+at::Tensor Conv1D(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = w.size(1);
+  at::Tensor x2 = x.reshape({-1, x.size(-1)});
+  at::Tensor y = b.defined() ? at::addmm(b, x2, w) : at::mm(x2, w);
+  return y.view(out_shape);
+}
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  const at::ScalarType input_dtype = x.scalar_type();
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(variance + eps);
+  return w * h.to(input_dtype);
+}
+
+at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+  return at::layer_norm(x, {x.size(-1)}, w, b, eps);
+}
+
+Result<Activation> ParseActivation(const std::string& name) {
+  const std::string n = Lower(name);
+  if (n == "silu" || n == "swish") return Activation::kSilu;
+  if (n == "gelu_new" || n == "gelu_pytorch_tanh" || n == "gelu_fast") return Activation::kGeluTanh;
+  if (n == "gelu") return Activation::kGelu;
+  if (n == "relu") return Activation::kRelu;
+  return MakeError(ErrorCode::kUnsupported, "activation '" + name +
+                                                "' is not supported (supported: silu, gelu_new, gelu_pytorch_tanh, "
+                                                "gelu_fast, gelu, relu)");
+}
+
+at::Tensor Activate(Activation act, const at::Tensor& x) {
+  switch (act) {
+    case Activation::kSilu: return at::silu(x);
+    case Activation::kGeluTanh: return at::gelu(x, "tanh");
+    case Activation::kGelu: return at::gelu(x);
+    case Activation::kRelu: return at::relu(x);
+  }
+  return x;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rotary position embeddings
+
+Result<RopeConfig> ParseRope(const ModelSpec& spec) {
+  RopeConfig rope;
+  rope.theta = spec.rope_theta;
+  rope.dim = spec.head_dim;
+  rope.max_position_embeddings = spec.max_position_embeddings;
+  rope.original_max_position_embeddings = spec.max_position_embeddings;
+  if (spec.rope_scaling_json.empty()) return rope;
+
+  const std::string src = "rope_scaling_json";
+  nlohmann::json j = nlohmann::json::parse(spec.rope_scaling_json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return MakeError(ErrorCode::kInvalidArgument, src + ": not valid JSON");
+  if (j.is_null()) return rope;
+  if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, src + ": not a JSON object");
+
+  auto number = [&](const char* key, double* out, bool required) -> Status {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) {
+      if (required) return MakeError(ErrorCode::kInvalidArgument, src + ": missing '" + key + "'");
+      return Status::Ok();
+    }
+    if (!it->is_number()) return MakeError(ErrorCode::kInvalidArgument, src + ": '" + key + "' is not a number");
+    *out = it->get<double>();
+    return Status::Ok();
+  };
+
+  std::string type = "default";
+  for (const char* key : {"rope_type", "type"}) {
+    auto it = j.find(key);
+    if (it != j.end() && it->is_string()) {
+      type = it->get<std::string>();
+      break;
+    }
+  }
+  BIGPLAN_RETURN_IF_ERROR(number("rope_theta", &rope.theta, false));
+  double partial = 1.0;
+  BIGPLAN_RETURN_IF_ERROR(number("partial_rotary_factor", &partial, false));
+  if (partial != 1.0) {
+    return MakeError(ErrorCode::kUnsupported, src + ": partial_rotary_factor " + std::to_string(partial) +
+                                                  " is not supported for this architecture");
+  }
+
+  if (type == "default") {
+    rope.type = RopeConfig::Type::kDefault;
+  } else if (type == "linear") {
+    rope.type = RopeConfig::Type::kLinear;
+    BIGPLAN_RETURN_IF_ERROR(number("factor", &rope.factor, true));
+  } else if (type == "dynamic") {
+    rope.type = RopeConfig::Type::kDynamic;
+    BIGPLAN_RETURN_IF_ERROR(number("factor", &rope.factor, true));
+  } else if (type == "llama3") {
+    rope.type = RopeConfig::Type::kLlama3;
+    BIGPLAN_RETURN_IF_ERROR(number("factor", &rope.factor, true));
+    BIGPLAN_RETURN_IF_ERROR(number("low_freq_factor", &rope.low_freq_factor, true));
+    BIGPLAN_RETURN_IF_ERROR(number("high_freq_factor", &rope.high_freq_factor, true));
+    double original = static_cast<double>(spec.max_position_embeddings);
+    BIGPLAN_RETURN_IF_ERROR(number("original_max_position_embeddings", &original, false));
+    rope.original_max_position_embeddings = static_cast<int64_t>(original);
+    if (rope.high_freq_factor == rope.low_freq_factor) {
+      return MakeError(ErrorCode::kInvalidArgument, src + ": llama3 high_freq_factor equals low_freq_factor");
+    }
+  } else if (type == "yarn") {
+    // transformers' _compute_yarn_parameters, with its Python-float arithmetic done here in double.
+    rope.type = RopeConfig::Type::kYarn;
+    double original = static_cast<double>(spec.max_position_embeddings);
+    BIGPLAN_RETURN_IF_ERROR(number("original_max_position_embeddings", &original, false));
+    rope.original_max_position_embeddings = static_cast<int64_t>(original);
+    if (rope.original_max_position_embeddings <= 0) {
+      return MakeError(ErrorCode::kInvalidArgument, src + ": yarn needs original_max_position_embeddings > 0");
+    }
+    double factor = 0;
+    BIGPLAN_RETURN_IF_ERROR(number("factor", &factor, false));
+    rope.factor = j.contains("factor") && !j["factor"].is_null()
+                      ? factor
+                      : static_cast<double>(spec.max_position_embeddings) / original;
+    double attention_factor = 0, mscale = 0, mscale_all_dim = 0, beta_fast = 0, beta_slow = 0;
+    BIGPLAN_RETURN_IF_ERROR(number("attention_factor", &attention_factor, false));
+    BIGPLAN_RETURN_IF_ERROR(number("mscale", &mscale, false));
+    BIGPLAN_RETURN_IF_ERROR(number("mscale_all_dim", &mscale_all_dim, false));
+    BIGPLAN_RETURN_IF_ERROR(number("beta_fast", &beta_fast, false));
+    BIGPLAN_RETURN_IF_ERROR(number("beta_slow", &beta_slow, false));
+    auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    if (j.contains("attention_factor") && !j["attention_factor"].is_null()) {
+      rope.attention_factor = attention_factor;
+    } else if (mscale != 0 && mscale_all_dim != 0) {
+      rope.attention_factor = get_mscale(rope.factor, mscale) / get_mscale(rope.factor, mscale_all_dim);
+    } else {
+      rope.attention_factor = get_mscale(rope.factor, 1.0);
+    }
+    if (beta_fast == 0) beta_fast = 32;
+    if (beta_slow == 0) beta_slow = 1;
+    bool truncate = true;
+    if (j.contains("truncate") && j["truncate"].is_boolean()) truncate = j["truncate"].get<bool>();
+    const double dim = static_cast<double>(spec.head_dim);
+    auto correction_dim = [&](double rotations) {
+      return (dim * std::log(original / (rotations * 2 * M_PI))) / (2 * std::log(rope.theta));
+    };
+    double low = correction_dim(beta_fast), high = correction_dim(beta_slow);
+    if (truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    rope.ramp_low = std::max(low, 0.0);
+    rope.ramp_high = std::min(high, dim - 1);
+    if (rope.ramp_low == rope.ramp_high) rope.ramp_high += 0.001;  // as linear_ramp_factor
+  } else {
+    return MakeError(ErrorCode::kUnsupported,
+                     src + ": rope type '" + type +
+                         "' is not supported (supported: default, linear, dynamic, llama3, yarn)");
+  }
+  if (rope.factor <= 0) return MakeError(ErrorCode::kInvalidArgument, src + ": 'factor' must be positive");
+  if (rope.type == RopeConfig::Type::kDynamic && rope.max_position_embeddings <= 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "dynamic rope scaling needs max_position_embeddings > 0");
+  }
+  if (rope.type == RopeConfig::Type::kLlama3 && rope.original_max_position_embeddings <= 0) {
+    return MakeError(ErrorCode::kInvalidArgument, src + ": llama3 needs original_max_position_embeddings > 0");
+  }
+  return rope;
+}
+
+at::Tensor RopeInvFreq(const RopeConfig& rope, int64_t seq_len, const at::Device& device) {
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(device);
+  const double dim = static_cast<double>(rope.dim);
+  // torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+  at::Tensor exponents = at::arange(0, rope.dim, 2, i64).to(at::kFloat) / dim;
+
+  if (rope.type == RopeConfig::Type::kDynamic && seq_len > rope.max_position_embeddings) {
+    // transformers' dynamic update passes seq_len as a tensor, so this is float32 tensor arithmetic:
+    // base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+    at::Tensor s = at::scalar_tensor(seq_len, i64);
+    at::Tensor scaled = at::pow(s * rope.factor / static_cast<double>(rope.max_position_embeddings) -
+                                    (rope.factor - 1.0),
+                                dim / (dim - 2.0));
+    at::Tensor base = scaled * rope.theta;
+    return at::reciprocal(at::pow(base, exponents));
+  }
+
+  at::Tensor inv_freq = at::reciprocal(at::pow(at::Scalar(rope.theta), exponents));
+  switch (rope.type) {
+    case RopeConfig::Type::kDefault:
+    case RopeConfig::Type::kDynamic:
+      return inv_freq;
+    case RopeConfig::Type::kLinear:
+      return inv_freq / rope.factor;
+    case RopeConfig::Type::kLlama3: {
+      const double old_context_len = static_cast<double>(rope.original_max_position_embeddings);
+      const double low_freq_wavelen = old_context_len / rope.low_freq_factor;
+      const double high_freq_wavelen = old_context_len / rope.high_freq_factor;
+      at::Tensor wavelen = at::reciprocal(inv_freq) * (2.0 * M_PI);
+      at::Tensor inv_freq_llama = at::where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq);
+      at::Tensor smooth_factor = (at::reciprocal(wavelen) * old_context_len - rope.low_freq_factor) /
+                                 (rope.high_freq_factor - rope.low_freq_factor);
+      at::Tensor smoothed = (1.0 - smooth_factor) * inv_freq_llama / rope.factor + smooth_factor * inv_freq_llama;
+      at::Tensor is_medium = at::logical_and(at::logical_not(wavelen < high_freq_wavelen),
+                                             at::logical_not(wavelen > low_freq_wavelen));
+      return at::where(is_medium, smoothed, inv_freq_llama);
+    }
+    case RopeConfig::Type::kYarn: {
+      // pos_freqs = base ** (arange(0, dim, 2).float() / dim); the ramp is over dim // 2 entries.
+      at::Tensor pos_freqs = at::pow(at::Scalar(rope.theta), exponents);
+      at::Tensor inv_freq_extrapolation = at::reciprocal(pos_freqs);
+      at::Tensor inv_freq_interpolation = at::reciprocal(pos_freqs * rope.factor);
+      at::Tensor ramp = at::clamp((at::arange(rope.dim / 2, i64.dtype(at::kFloat)) - rope.ramp_low) /
+                                      (rope.ramp_high - rope.ramp_low),
+                                  0, 1);
+      at::Tensor extrapolation_factor = 1.0 - ramp;
+      return inv_freq_interpolation * (1.0 - extrapolation_factor) + inv_freq_extrapolation * extrapolation_factor;
+    }
+  }
+  return inv_freq;
+}
+
+void RopeCosSin(const RopeConfig& rope, int64_t start_pos, int64_t seq, at::ScalarType dtype,
+                const at::Device& device, at::Tensor* cos, at::Tensor* sin) {
+  at::Tensor inv_freq = RopeInvFreq(rope, start_pos + seq, device);
+  at::Tensor positions =
+      at::arange(start_pos, start_pos + seq, at::TensorOptions().dtype(at::kLong).device(device)).to(at::kFloat);
+  at::Tensor freqs = at::outer(positions, inv_freq);  // [seq, dim / 2], float32
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  if (rope.attention_factor != 1.0) {
+    *cos = (emb.cos() * rope.attention_factor).to(dtype);
+    *sin = (emb.sin() * rope.attention_factor).to(dtype);
+  } else {
+    *cos = emb.cos().to(dtype);
+    *sin = emb.sin().to(dtype);
+  }
+}
+
+at::Tensor ApplyRopeHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half);
+  at::Tensor x2 = x.narrow(-1, half, x.size(-1) - half);
+  at::Tensor rotated = at::cat({-x2, x1}, -1);
+  return x * cos + rotated * sin;
+}
+
+void RopeTableCache::Get(int64_t start, int64_t seq, at::ScalarType dtype, const at::Device& device,
+                         at::Tensor* cos, at::Tensor* sin) const {
+  int64_t stream = 0;
+  if (device.type() != at::kCPU) stream = c10::impl::VirtualGuardImpl(device.type()).getStream(device).id();
+  const int64_t need = start + seq;
+  std::lock_guard<std::mutex> lock(mu_);
+  Entry* entry = nullptr;
+  for (Entry& e : entries_) {
+    if (e.device == device && e.stream == stream && e.dtype == dtype) entry = &e;
+  }
+  if (entry == nullptr || entry->cos.size(0) < need) {
+    int64_t length = 256;
+    while (length < need) length *= 2;
+    at::Tensor c, s;
+    builder_(length, dtype, device, &c, &s);
+    if (entry == nullptr) {
+      entries_.push_back(Entry{device, stream, dtype, c, s});
+      entry = &entries_.back();
+    } else {
+      entry->cos = c;
+      entry->sin = s;
+    }
+  }
+  *cos = entry->cos.narrow(0, start, seq);
+  *sin = entry->sin.narrow(0, start, seq);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attention
+
+Status CheckKvCache(const KvCache* kv, int64_t batch, int64_t kv_heads, int64_t start_pos, int64_t seq,
+                    int64_t head_dim, const at::Device& device, const std::string& block) {
+  if (kv == nullptr) {
+    if (start_pos == 0) return Status::Ok();
+    return MakeError(ErrorCode::kInvalidArgument,
+                     block + ": no KV cache, but start_pos is " + std::to_string(start_pos));
+  }
+  for (const auto* t : {&kv->k, &kv->v}) {
+    const char* which = t == &kv->k ? "k" : "v";
+    if (!t->defined()) {
+      return MakeError(ErrorCode::kInvalidArgument, block + ": KV cache " + which + " is undefined");
+    }
+    if (t->dim() != 4 || t->size(0) < batch || t->size(1) != kv_heads || t->size(2) < start_pos + seq ||
+        t->size(3) != head_dim) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       block + ": KV cache " + which + " has shape " + ShapeString(*t) + ", need [>= " +
+                           std::to_string(batch) + ", " + std::to_string(kv_heads) + ", >= " +
+                           std::to_string(start_pos + seq) + ", " + std::to_string(head_dim) + "]");
+    }
+    if (t->device() != device) {
+      return MakeError(ErrorCode::kInvalidArgument, block + ": KV cache " + which + " is on " +
+                                                        t->device().str() + ", the block computes on " +
+                                                        device.str());
+    }
+    if (t->stride(3) != 1) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       block + ": KV cache " + which + " must be contiguous in head_dim");
+    }
+  }
+  return Status::Ok();
+}
+
+at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                           int64_t start_pos, double scale) {
+  const int64_t batch = q.size(0);
+  const int64_t heads = q.size(1);
+  const int64_t seq = q.size(2);
+  const int64_t kv_heads = k.size(1);
+  const int64_t total = start_pos + seq;
+  at::Tensor keys = k;
+  at::Tensor values = v;
+  if (kv != nullptr) {
+    at::Tensor k_cache = kv->k.narrow(0, 0, batch);
+    at::Tensor v_cache = kv->v.narrow(0, 0, batch);
+    k_cache.narrow(2, start_pos, seq).copy_(k);
+    v_cache.narrow(2, start_pos, seq).copy_(v);
+    keys = k_cache.narrow(2, 0, total);
+    values = v_cache.narrow(2, 0, total);
+  }
+  std::optional<at::Tensor> mask;
+  bool is_causal = false;
+  if (seq > 1) {
+    if (start_pos == 0) {
+      is_causal = true;
+    } else {
+      // New token i (absolute position start_pos + i) sees keys 0..start_pos + i.
+      mask = at::ones({seq, total}, at::TensorOptions().dtype(at::kBool).device(q.device())).tril(start_pos);
+    }
+  }
+  return at::scaled_dot_product_attention(q, keys, values, mask, /*dropout_p=*/0.0, is_causal, scale,
+                                          /*enable_gqa=*/heads != kv_heads);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The block-kind boundary
+
+Status ModelKernelsBase::PositionEmbedding(const Call& c, at::Tensor* /*hidden*/) const {
+  return MakeError(ErrorCode::kUnsupported,
+                   c.block + ": architecture '" + spec_.architecture + "' has no position_embedding block");
+}
+
+Result<at::Tensor> ModelKernelsBase::Get(const Call& c, const std::string& name) const {
+  at::Tensor t = c.weights.Find(name);
+  if (!t.defined()) return MakeError(ErrorCode::kNotFound, c.block + ": weight '" + name + "' not found");
+  return t;
+}
+
+Result<at::Tensor> ModelKernelsBase::GetAny(const Call& c, const std::vector<std::string>& names) const {
+  std::string tried;
+  for (const auto& n : names) {
+    at::Tensor t = c.weights.Find(n);
+    if (t.defined()) return t;
+    tried += (tried.empty() ? "'" : ", '") + n + "'";
+  }
+  return MakeError(ErrorCode::kNotFound, c.block + ": none of the weights " + tried + " found");
+}
+
+Status ModelKernelsBase::RunBlock(const std::string& kind, const std::string& prefix, int layer,
+                                  const BlockWeights& weights, const ForwardContext& ctx, KvCache* kv,
+                                  at::Tensor* hidden, at::Tensor* logits) const {
+  const std::string block = "block '" + prefix + "' (" + kind + ")";
+  try {
+    Call c{kind, prefix, layer, weights, ctx, block};
+    if (hidden == nullptr) return MakeError(ErrorCode::kInvalidArgument, block + ": hidden is null");
+    if (ctx.start_pos < 0) {
+      return MakeError(ErrorCode::kInvalidArgument, block + ": negative start_pos " + std::to_string(ctx.start_pos));
+    }
+    if (kind == "embedding") {
+      const at::Tensor& ids = ctx.token_ids;
+      if (!ids.defined() || ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) == 0) {
+        return MakeError(ErrorCode::kInvalidArgument, block + ": token_ids must be a non-empty [batch, seq] tensor");
+      }
+      if (ids.scalar_type() != at::kLong && ids.scalar_type() != at::kInt) {
+        return MakeError(ErrorCode::kInvalidArgument, block + ": token_ids must be int64 or int32");
+      }
+      return Embedding(c, hidden);
+    }
+
+    const at::Tensor& h = *hidden;
+    if (!h.defined() || h.dim() != 3 || h.size(2) != spec_.hidden_size || h.size(0) == 0 || h.size(1) == 0) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       block + ": hidden must be [batch, seq, " + std::to_string(spec_.hidden_size) + "], got " +
+                           (h.defined() ? ShapeString(h) : std::string("undefined")));
+    }
+    if (kind == "decoder_layer") return DecoderLayer(c, kv, hidden);
+    if (kind == "final_norm") return FinalNorm(c, hidden);
+    if (kind == "position_embedding") return PositionEmbedding(c, hidden);
+    if (kind == "lm_head") {
+      if (logits == nullptr) return MakeError(ErrorCode::kInvalidArgument, block + ": logits is null");
+      at::Tensor last = ctx.logits_last_only ? h.narrow(1, h.size(1) - 1, 1) : h;
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out, LmHead(c, last));
+      *logits = out.to(at::kFloat);
+      return Status::Ok();
+    }
+    return MakeError(ErrorCode::kUnsupported, block + ": unknown block kind for architecture '" +
+                                                  spec_.architecture + "'");
+  } catch (const c10::Error& e) {
+    return MakeError(ErrorCode::kDevice, block + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kInternal, block + ": " + e.what());
+  } catch (...) {
+    return MakeError(ErrorCode::kInternal, block + ": unknown exception");
+  }
+}
+
+}  // namespace kernels_internal
+
+Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec_in) {
+  ModelSpec spec = spec_in;
+  const std::string arch = kernels_internal::Lower(spec.architecture);
+  auto invalid = [&](const std::string& what) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec (" + spec.architecture + "): " + what);
+  };
+  if (arch != "llama" && arch != "mistral" && arch != "qwen2" && arch != "gpt2" && arch != "gptj") {
+    return MakeError(ErrorCode::kUnsupported, "no kernels for architecture '" + spec.architecture +
+                                                  "' (supported: llama, mistral, qwen2, gpt2, gptj)");
+  }
+  if (spec.hidden_size <= 0) return invalid("hidden_size must be positive");
+  if (spec.num_heads <= 0) return invalid("num_heads must be positive");
+  if (spec.vocab_size <= 0) return invalid("vocab_size must be positive");
+  if (spec.num_kv_heads == 0) spec.num_kv_heads = spec.num_heads;
+  if (spec.num_kv_heads < 0 || spec.num_heads % spec.num_kv_heads != 0) {
+    return invalid("num_heads " + std::to_string(spec.num_heads) + " is not a multiple of num_kv_heads " +
+                   std::to_string(spec.num_kv_heads));
+  }
+  if (spec.head_dim == 0) spec.head_dim = spec.hidden_size / spec.num_heads;
+  if (spec.head_dim <= 0) return invalid("head_dim must be positive");
+  if (spec.norm_eps < 0) return invalid("norm_eps must not be negative");
+  // cuDNN's SDPA builds an execution plan for every new (q length, kv length): ~75 ms of host time per decode step
+  // on an H100 with LibTorch 2.11, as the KV length grows by one each step. Flash (half precision) and the
+  // memory-efficient kernels have no per-shape setup. This is process-wide LibTorch state.
+  at::globalContext().setSDPUseCuDNN(false);
+  if (arch == "gpt2") return kernels_internal::MakeGpt2Kernels(spec);
+  if (arch == "gptj") return kernels_internal::MakeGptjKernels(spec);
+  return kernels_internal::MakeLlamaKernels(spec);
+}
+
+}  // namespace bigplan

@@ -1,0 +1,272 @@
+// GPT-2 and GPT-J kernels, as transformers' modeling_gpt2.py / modeling_gptj.py.
+//   GPT-2: wte + wpe, pre-LayerNorm blocks with Conv1D ([in, out]) projections, fused c_attn, gelu_new MLP,
+//          ln_f, lm_head tied to wte.
+//   GPT-J: wte, ln_1 feeding attention (partial interleaved rotary, no biases) and the MLP in parallel,
+//          hidden = attn + mlp + residual, ln_f, lm_head with weight and bias.
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "executor/kernels.h"
+#include "executor/kernels_internal.h"
+
+namespace bigplan::kernels_internal {
+namespace {
+
+// Tensor names of the GPT family (transformers' GPT2LMHeadModel / GPTJForCausalLM state dicts: "transformer.wte.",
+// "transformer.h.N.", "transformer.ln_f.", "lm_head."; older GPT-2 checkpoints drop the "transformer." root).
+namespace names {
+constexpr char kWte[] = "wte.";
+constexpr char kWpe[] = "wpe.";
+constexpr char kWeight[] = "weight";
+constexpr char kBias[] = "bias";
+// lm_head of a tied model: the embedding, under its checkpoint name.
+constexpr char kTiedEmbedding[] = "transformer.wte.weight";
+constexpr char kTiedEmbeddingLegacy[] = "wte.weight";
+
+// The token embedding of an "embedding" block: "<...>wte.weight" whether the prefix is the module's ("...wte.") or
+// the model root's ("transformer.").
+std::string TokenEmbedding(const std::string& prefix) {
+  return EndsWith(prefix, kWte) ? prefix + kWeight : prefix + kWte + kWeight;
+}
+// The position table: in a "position_embedding" block ("...wpe." or root prefix), or next to wte in a combined
+// "embedding" block.
+std::string PositionEmbedding(const std::string& prefix) {
+  if (EndsWith(prefix, kWpe)) return prefix + kWeight;
+  if (EndsWith(prefix, kWte)) return prefix.substr(0, prefix.size() - 4) + kWpe + kWeight;
+  return prefix + kWpe + kWeight;
+}
+}  // namespace names
+
+class GptKernelsBase : public ModelKernelsBase {
+ public:
+  GptKernelsBase(ModelSpec spec, Activation act) : ModelKernelsBase(std::move(spec)), act_(act) {}
+
+ protected:
+  Status Embedding(const Call& c, at::Tensor* hidden) const override {
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wte, Get(c, names::TokenEmbedding(c.prefix)));
+    *hidden = at::embedding(wte, c.ctx.token_ids);
+    return Status::Ok();
+  }
+
+  Status FinalNorm(const Call& c, at::Tensor* hidden) const override {
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, c.prefix + names::kWeight));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor b, Get(c, c.prefix + names::kBias));
+    *hidden = LayerNorm(*hidden, w, b, spec_.norm_eps);
+    return Status::Ok();
+  }
+
+  Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
+    BIGPLAN_ASSIGN_OR_RETURN(
+        at::Tensor w, GetAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding, names::kTiedEmbeddingLegacy}));
+    at::Tensor b;
+    if (lm_head_bias_required()) {
+      BIGPLAN_ASSIGN_OR_RETURN(b, Get(c, c.prefix + names::kBias));
+    } else {
+      b = c.weights.Find(c.prefix + names::kBias);
+    }
+    return Linear(h, w, b);
+  }
+
+  virtual bool lm_head_bias_required() const = 0;
+
+  const Activation act_;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+
+class Gpt2Kernels final : public GptKernelsBase {
+ public:
+  using GptKernelsBase::GptKernelsBase;
+
+ protected:
+  bool lm_head_bias_required() const override { return false; }
+
+  // hidden + wpe[start_pos, start_pos + seq).
+  Status AddPositions(const Call& c, const at::Tensor& wpe, at::Tensor* hidden) const {
+    const int64_t seq = hidden->size(1);
+    if (c.ctx.start_pos + seq > wpe.size(0)) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       c.block + ": positions up to " + std::to_string(c.ctx.start_pos + seq) +
+                           " exceed the " + std::to_string(wpe.size(0)) + " learned position embeddings");
+    }
+    *hidden = *hidden + wpe.narrow(0, c.ctx.start_pos, seq).unsqueeze(0);
+    return Status::Ok();
+  }
+
+  Status Embedding(const Call& c, at::Tensor* hidden) const override {
+    BIGPLAN_RETURN_IF_ERROR(GptKernelsBase::Embedding(c, hidden));
+    // A combined embedding block also carries wpe; otherwise a "position_embedding" block follows.
+    at::Tensor wpe = c.weights.Find(names::PositionEmbedding(c.prefix));
+    if (wpe.defined()) BIGPLAN_RETURN_IF_ERROR(AddPositions(c, wpe, hidden));
+    return Status::Ok();
+  }
+
+  Status PositionEmbedding(const Call& c, at::Tensor* hidden) const override {
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wpe, Get(c, names::PositionEmbedding(c.prefix)));
+    return AddPositions(c, wpe, hidden);
+  }
+
+  Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const override {
+    const std::string& p = c.prefix;
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_w, Get(c, p + "ln_1.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_b, Get(c, p + "ln_1.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor attn_w, Get(c, p + "attn.c_attn.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor attn_b, Get(c, p + "attn.c_attn.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor proj_w, Get(c, p + "attn.c_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor proj_b, Get(c, p + "attn.c_proj.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_w, Get(c, p + "ln_2.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_b, Get(c, p + "ln_2.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_w, Get(c, p + "mlp.c_fc.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_b, Get(c, p + "mlp.c_fc.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out_w, Get(c, p + "mlp.c_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out_b, Get(c, p + "mlp.c_proj.bias"));
+
+    const at::Tensor x = *hidden;
+    const int64_t batch = x.size(0);
+    const int64_t seq = x.size(1);
+    const int64_t heads = spec_.num_heads;
+    const int64_t head_dim = spec_.head_dim;
+    const int64_t width = heads * head_dim;
+    const int64_t start_pos = c.ctx.start_pos;
+    BIGPLAN_RETURN_IF_ERROR(CheckKvCache(kv, batch, heads, start_pos, seq, head_dim, x.device(), c.block));
+
+    at::Tensor h = LayerNorm(x, ln1_w, ln1_b, spec_.norm_eps);
+    at::Tensor qkv = Conv1D(h, attn_w, attn_b);  // [batch, seq, 3 * width]
+    at::Tensor q = qkv.narrow(-1, 0, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
+    at::Tensor k = qkv.narrow(-1, width, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
+    at::Tensor v = qkv.narrow(-1, 2 * width, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
+    at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, std::pow(static_cast<double>(head_dim), -0.5));
+    attn = Conv1D(attn.transpose(1, 2).reshape({batch, seq, width}), proj_w, proj_b);
+    at::Tensor y = attn + x;
+
+    h = LayerNorm(y, ln2_w, ln2_b, spec_.norm_eps);
+    at::Tensor mlp = Conv1D(Activate(act_, Conv1D(h, fc_w, fc_b)), out_w, out_b);
+    *hidden = y + mlp;
+    return Status::Ok();
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+
+class GptjKernels final : public GptKernelsBase {
+ public:
+  GptjKernels(ModelSpec spec, Activation act)
+      : GptKernelsBase(std::move(spec), act),
+        rope_tables_([rot = spec_.rotary_dim](int64_t length, at::ScalarType dtype, const at::Device& device,
+                                              at::Tensor* cos, at::Tensor* sin) {
+          SinusoidTables(rot, length, dtype, device, cos, sin);
+        }) {}
+
+ protected:
+  bool lm_head_bias_required() const override { return true; }
+
+  // GPT-J's rotary on the first rotary_dim dims of x [batch, seq, heads, head_dim]: interleaved pairs
+  // (rotate_every_two), sin/cos repeated per pair. The table is transformers' create_sinusoidal_positions, whose
+  // base is fixed at 10000.
+  at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& sin, const at::Tensor& cos) const {
+    const int64_t rot = spec_.rotary_dim;
+    at::Tensor x_rot = x.narrow(-1, 0, rot);
+    at::Tensor x1 = x_rot.slice(-1, 0, rot, 2);
+    at::Tensor x2 = x_rot.slice(-1, 1, rot, 2);
+    at::Tensor rotated = at::stack({-x2, x1}, -1).flatten(-2);
+    at::Tensor out = x_rot * cos + rotated * sin;
+    if (rot == x.size(-1)) return out;
+    return at::cat({out, x.narrow(-1, rot, x.size(-1) - rot)}, -1);
+  }
+
+  Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const override {
+    const std::string& p = c.prefix;
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_w, Get(c, p + "ln_1.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_b, Get(c, p + "ln_1.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wq, Get(c, p + "attn.q_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wk, Get(c, p + "attn.k_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wv, Get(c, p + "attn.v_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wo, Get(c, p + "attn.out_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_in_w, Get(c, p + "mlp.fc_in.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_in_b, Get(c, p + "mlp.fc_in.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_out_w, Get(c, p + "mlp.fc_out.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_out_b, Get(c, p + "mlp.fc_out.bias"));
+
+    const at::Tensor x = *hidden;
+    const int64_t batch = x.size(0);
+    const int64_t seq = x.size(1);
+    const int64_t heads = spec_.num_heads;
+    const int64_t head_dim = spec_.head_dim;
+    const int64_t width = heads * head_dim;
+    const int64_t start_pos = c.ctx.start_pos;
+    BIGPLAN_RETURN_IF_ERROR(CheckKvCache(kv, batch, heads, start_pos, seq, head_dim, x.device(), c.block));
+
+    at::Tensor h = LayerNorm(x, ln_w, ln_b, spec_.norm_eps);
+    at::Tensor q = Linear(h, wq, {}).view({batch, seq, heads, head_dim});
+    at::Tensor k = Linear(h, wk, {}).view({batch, seq, heads, head_dim});
+    at::Tensor v = Linear(h, wv, {}).view({batch, seq, heads, head_dim}).transpose(1, 2);
+
+    // sin/cos [1, seq, 1, rotary_dim].
+    const int64_t rot = spec_.rotary_dim;
+    at::Tensor sin, cos;
+    rope_tables_.Get(start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
+    sin = sin.view({1, seq, 1, rot});
+    cos = cos.view({1, seq, 1, rot});
+    q = ApplyRotary(q, sin, cos).permute({0, 2, 1, 3});
+    k = ApplyRotary(k, sin, cos).permute({0, 2, 1, 3});
+
+    at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, 1.0 / std::sqrt(static_cast<double>(head_dim)));
+    attn = Linear(attn.transpose(1, 2).reshape({batch, seq, width}), wo, {});
+    at::Tensor mlp = Linear(Activate(act_, Linear(h, fc_in_w, fc_in_b)), fc_out_w, fc_out_b);
+    *hidden = attn + mlp + x;
+    return Status::Ok();
+  }
+
+ private:
+  // transformers' create_sinusoidal_positions(length, rot) (base fixed at 10000), split into sin and cos and each
+  // repeated per pair (repeat_interleave(2), done as an expand): [length, rot].
+  static void SinusoidTables(int64_t rot, int64_t length, at::ScalarType dtype, const at::Device& device,
+                             at::Tensor* cos, at::Tensor* sin) {
+    const auto i64 = at::TensorOptions().dtype(at::kLong).device(device);
+    at::Tensor exponents = at::arange(0, rot, 2, i64).to(at::kFloat) / static_cast<double>(rot);
+    at::Tensor inv_freq = at::reciprocal(at::pow(at::Scalar(10000), exponents));
+    at::Tensor sinusoid = at::outer(at::arange(length, i64).to(at::kFloat), inv_freq);  // [length, rot / 2]
+    auto pairs = [&](const at::Tensor& t) {
+      return t.to(dtype).unsqueeze(-1).expand({length, rot / 2, 2}).reshape({length, rot});
+    };
+    *sin = pairs(sinusoid.sin());
+    *cos = pairs(sinusoid.cos());
+  }
+
+  const RopeTableCache rope_tables_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ModelKernels>> MakeGpt2Kernels(const ModelSpec& spec) {
+  if (spec.num_kv_heads != spec.num_heads) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: gpt2 has no grouped-query attention (num_kv_heads " +
+                                                      std::to_string(spec.num_kv_heads) + " != num_heads " +
+                                                      std::to_string(spec.num_heads) + ")");
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(Activation act, ParseActivation(spec.activation.empty() ? "gelu_new" : spec.activation));
+  return std::unique_ptr<ModelKernels>(new Gpt2Kernels(spec, act));
+}
+
+Result<std::unique_ptr<ModelKernels>> MakeGptjKernels(const ModelSpec& spec_in) {
+  ModelSpec spec = spec_in;
+  if (spec.num_kv_heads != spec.num_heads) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: gptj has no grouped-query attention (num_kv_heads " +
+                                                      std::to_string(spec.num_kv_heads) + " != num_heads " +
+                                                      std::to_string(spec.num_heads) + ")");
+  }
+  if (spec.rotary_dim == 0) spec.rotary_dim = spec.head_dim;
+  if (spec.rotary_dim < 0 || spec.rotary_dim > spec.head_dim || spec.rotary_dim % 2 != 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: gptj rotary_dim " + std::to_string(spec.rotary_dim) +
+                                                      " must be even and at most head_dim " +
+                                                      std::to_string(spec.head_dim));
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(Activation act, ParseActivation(spec.activation.empty() ? "gelu_new" : spec.activation));
+  return std::unique_ptr<ModelKernels>(new GptjKernels(spec, act));
+}
+
+}  // namespace bigplan::kernels_internal

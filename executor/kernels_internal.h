@@ -1,0 +1,151 @@
+// Building blocks shared by the architectures' kernels (executor/kernels_*.cc). Internal to //executor:kernels.
+// Functions returning at::Tensor may throw c10::Error; ModelKernelsBase::RunBlock catches at the boundary.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "executor/kernels.h"
+#include "support/result.h"
+
+namespace bigplan::kernels_internal {
+
+// ---- dense layers ----
+
+// nn.Linear: x @ w^T + b, w [out, in]; `b` may be undefined.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+// transformers' Conv1D (GPT-2): addmm(b, x2d, w), w [in, out] as stored; `b` may be undefined.
+at::Tensor Conv1D(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+// LlamaRMSNorm: float32 variance and rsqrt, cast back to x's dtype, then w *.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);
+// nn.LayerNorm over the last dim.
+at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps);
+
+enum class Activation { kSilu, kGeluTanh, kGelu, kRelu };
+// "silu"/"swish", "gelu_new"/"gelu_pytorch_tanh"/"gelu_fast", "gelu", "relu"; kUnsupported otherwise.
+Result<Activation> ParseActivation(const std::string& name);
+at::Tensor Activate(Activation act, const at::Tensor& x);
+
+// ---- rotary position embeddings (Llama family) ----
+
+struct RopeConfig {
+  enum class Type { kDefault, kLinear, kDynamic, kLlama3, kYarn };
+  Type type = Type::kDefault;
+  double theta = 10000.0;
+  int64_t dim = 0;                    // rotary dims (head_dim)
+  double factor = 1.0;                // linear, dynamic, llama3, yarn
+  double low_freq_factor = 1.0;       // llama3
+  double high_freq_factor = 4.0;      // llama3
+  int64_t original_max_position_embeddings = 0;  // llama3, yarn
+  int64_t max_position_embeddings = 0;           // dynamic
+  // yarn: the dims [ramp_low, ramp_high] blend interpolated and extrapolated frequencies (find_correction_range).
+  double ramp_low = 0;
+  double ramp_high = 0;
+  double attention_factor = 1.0;      // cos and sin are multiplied by it (yarn's mscale; 1 otherwise)
+};
+
+// From spec.rope_theta, spec.head_dim and spec.rope_scaling_json (rope_scaling / rope_parameters object, keys
+// "rope_type" or "type", "factor", ...; its "rope_theta" wins over spec.rope_theta when present).
+Result<RopeConfig> ParseRope(const ModelSpec& spec);
+
+// Inverse frequencies [dim / 2] float32 on `device`, computed with the same float32 tensor operations as
+// transformers' ROPE_INIT_FUNCTIONS (modeling_rope_utils.py). `seq_len` (start_pos + new tokens) matters only for
+// "dynamic": transformers recomputes with seq_len = max(seq_len, max_position_embeddings).
+at::Tensor RopeInvFreq(const RopeConfig& rope, int64_t seq_len, const at::Device& device);
+
+// cos and sin [seq, dim] of positions start_pos..start_pos+seq-1 (emb = cat(freqs, freqs)), cast to `dtype`.
+void RopeCosSin(const RopeConfig& rope, int64_t start_pos, int64_t seq, at::ScalarType dtype,
+                const at::Device& device, at::Tensor* cos, at::Tensor* sin);
+
+// q * cos + rotate_half(q) * sin for x [..., seq, dim] and cos/sin [seq, dim].
+at::Tensor ApplyRopeHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// cos/sin tables by position, built once per (device, current stream, dtype) and grown to the next power of two
+// of the positions asked for (at least 256 rows), so a step reads rows [start, start + seq) as views instead of
+// launching a few dozen small kernels per layer. Each table is built and read on one stream (the device's current
+// stream at the call), so no cross-stream ordering is needed. Thread-safe.
+class RopeTableCache {
+ public:
+  // Fills cos/sin with rows [0, length), each row a position (any trailing shape), in `dtype` on `device`.
+  using Builder = std::function<void(int64_t length, at::ScalarType dtype, const at::Device& device, at::Tensor* cos,
+                                     at::Tensor* sin)>;
+  explicit RopeTableCache(Builder builder) : builder_(std::move(builder)) {}
+  // Rows [start, start + seq) (views of the cached tables).
+  void Get(int64_t start, int64_t seq, at::ScalarType dtype, const at::Device& device, at::Tensor* cos,
+           at::Tensor* sin) const;
+
+ private:
+  struct Entry {
+    at::Device device;
+    int64_t stream;
+    at::ScalarType dtype;
+    at::Tensor cos, sin;
+  };
+  Builder builder_;
+  mutable std::mutex mu_;
+  mutable std::vector<Entry> entries_;
+};
+
+// ---- attention ----
+
+// Checks a decoder layer's cache against the step: k, v are [>= batch, kv_heads, >= start_pos + seq, head_dim]
+// on `device`. kInvalidArgument naming the block otherwise. A null cache is allowed only when start_pos == 0.
+Status CheckKvCache(const KvCache* kv, int64_t batch, int64_t kv_heads, int64_t start_pos, int64_t seq,
+                    int64_t head_dim, const at::Device& device, const std::string& block);
+
+// Writes k, v ([batch, kv_heads, seq, head_dim]) at [start_pos, start_pos + seq) of the cache (when given) and
+// attends q ([batch, heads, seq, head_dim]) over positions [0, start_pos + seq), causally for the new tokens, with
+// SDPA (GQA when heads != kv_heads). Returns [batch, heads, seq, head_dim].
+at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                           int64_t start_pos, double scale);
+
+// ---- the block-kind boundary ----
+
+// Validates the common arguments, dispatches on `kind` and converts LibTorch exceptions into errors naming the
+// block. Subclasses implement the per-kind math; they may throw c10::Error.
+class ModelKernelsBase : public ModelKernels {
+ public:
+  explicit ModelKernelsBase(ModelSpec spec) : spec_(std::move(spec)) {}
+  Status RunBlock(const std::string& kind, const std::string& prefix, int layer, const BlockWeights& weights,
+                  const ForwardContext& ctx, KvCache* kv, at::Tensor* hidden, at::Tensor* logits) const override;
+
+ protected:
+  struct Call {
+    const std::string& kind;
+    const std::string& prefix;
+    int layer;
+    const BlockWeights& weights;
+    const ForwardContext& ctx;
+    std::string block;  // "block 'model.layers.3.' (decoder_layer)" for messages
+  };
+  // `hidden` is [batch, seq, hidden_size] (checked) except for Embedding.
+  virtual Status Embedding(const Call& c, at::Tensor* hidden) const = 0;
+  virtual Status PositionEmbedding(const Call& c, at::Tensor* hidden) const;  // default: kUnsupported
+  virtual Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const = 0;
+  virtual Status FinalNorm(const Call& c, at::Tensor* hidden) const = 0;
+  // `h` is the (possibly last-position-only) hidden state; returns logits in the weights' dtype.
+  virtual Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const = 0;
+
+  // weights.Get(name) with the block named in the error.
+  Result<at::Tensor> Get(const Call& c, const std::string& name) const;
+  // The first of `names` the block has; kNotFound listing them all otherwise.
+  Result<at::Tensor> GetAny(const Call& c, const std::vector<std::string>& names) const;
+
+  const ModelSpec spec_;
+};
+
+// Per-architecture factories (spec already validated for the common fields).
+Result<std::unique_ptr<ModelKernels>> MakeLlamaKernels(const ModelSpec& spec);
+Result<std::unique_ptr<ModelKernels>> MakeGpt2Kernels(const ModelSpec& spec);
+Result<std::unique_ptr<ModelKernels>> MakeGptjKernels(const ModelSpec& spec);
+
+// "transformer.h.0." -> true if `s` ends with `suffix`.
+bool EndsWith(const std::string& s, const std::string& suffix);
+
+}  // namespace bigplan::kernels_internal

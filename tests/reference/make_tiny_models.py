@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Tiny random-weight Hugging Face models and transformers' own outputs for them: the correctness oracle of
+bigplan's executor kernels.
+
+For a family, writes into --out:
+  config.json, model-0000X-of-0000N.safetensors (>= 2 shards), model.safetensors.index.json  (save_pretrained)
+  reference.safetensors:
+    input_ids   [batch, prompt_len] int64       the prompt (same length for every sequence)
+    logits_0    [batch, prompt_len, vocab] f32  transformers' logits for the prefill (start_pos 0)
+    tokens_K    [batch, 1] int64                the input of decode step K (K = 1..steps): greedy token of step K-1
+    logits_K    [batch, 1, vocab] f32           logits of decode step K (start_pos = prompt_len + K - 1)
+    generated   [batch, steps + 1] int64        greedy tokens after the prefill and after each decode step
+  and in its __metadata__:
+    family, architecture, steps, prompt_len, batch
+    spec         JSON of bigplan's ModelSpec fields (executor/kernels.h), taken from the transformers config
+    transformers, torch   versions
+
+transformers runs in float32 with eager attention and a DynamicCache (use_cache=True), one forward per step.
+
+Usage:
+  make_tiny_models.py --out DIR --family FAMILY
+  make_tiny_models.py --out-root DIR --families all|F1,F2,...      (writes DIR/FAMILY for each)
+  make_tiny_models.py --list
+Families: see FAMILIES below (llama, llama_gqa, llama_linear, llama_dynamic, mistral, qwen2, qwen2_yarn, gpt2,
+gptj).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+BATCH = 2
+PROMPT_LEN = 7
+DECODE_STEPS = 3
+SEED = 1234
+
+# Each family: (model_type, config kwargs). Sizes are tiny; vocab/layers chosen so save_pretrained makes >= 2 shards
+# with MAX_SHARD_SIZE.
+MAX_SHARD_SIZE = "150KB"
+
+FAMILIES = {
+    # Llama, MHA, default RoPE, no biases, untied.
+    "llama": ("llama", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        vocab_size=256, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, hidden_act="silu")),
+    # Llama 3.1 style: GQA (4 q heads, 2 kv heads), llama3 rope scaling with all three frequency bands present
+    # (head_dim 16, theta 10000: wavelengths 6.3 .. 19869 vs original_max_position_embeddings 64 -> bands at 16 / 64),
+    # attention_bias (q/k/v/o biases) and mlp_bias, 3 layers.
+    "llama_gqa": ("llama", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=200, max_position_embeddings=256, rms_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=64),
+        attention_bias=True, mlp_bias=True, tie_word_embeddings=False, hidden_act="silu")),
+    # Linear RoPE scaling (factor 2), theta 500000.
+    "llama_linear": ("llama", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=160, max_position_embeddings=64, rms_norm_eps=1e-5,
+        rope_parameters=dict(rope_type="linear", rope_theta=500000.0, factor=2.0),
+        tie_word_embeddings=False, hidden_act="silu")),
+    # Dynamic NTK RoPE with max_position_embeddings 8: the prefill (7 tokens) and the first decode step (8) use the
+    # base frequencies, the later decode steps (9, 10 tokens) the NTK-scaled ones.
+    "llama_dynamic": ("llama", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=160, max_position_embeddings=8, rms_norm_eps=1e-5,
+        rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=3.0),
+        tie_word_embeddings=False, hidden_act="silu")),
+    # Mistral: GQA, explicit head_dim (32) != hidden_size / num_heads (16).
+    "mistral": ("mistral", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, vocab_size=160, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=1000000.0,
+        sliding_window=None, tie_word_embeddings=False, hidden_act="silu")),
+    # Qwen2: q/k/v biases (no o_proj bias), GQA, tied embeddings.
+    "qwen2": ("qwen2", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=300, max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True, use_sliding_window=False, hidden_act="silu")),
+    # Qwen2.5 long-context style: YaRN scaling (factor 4, original 64: ramp over rotary dims 0..3, mscale 1.139).
+    "qwen2_yarn": ("qwen2", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=160, max_position_embeddings=256, rms_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64),
+        tie_word_embeddings=False, use_sliding_window=False, hidden_act="silu")),
+    # GPT-2: learned positions, Conv1D weights, gelu_new, tied lm_head.
+    "gpt2": ("gpt2", dict(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64, activation_function="gelu_new",
+        layer_norm_epsilon=1e-5, bos_token_id=255, eos_token_id=255)),
+    # GPT-J: partial interleaved rotary (8 of head_dim 16), parallel attention + MLP, lm_head with bias.
+    "gptj": ("gptj", dict(
+        n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=256, n_positions=64, activation_function="gelu_new",
+        layer_norm_epsilon=1e-5, tie_word_embeddings=False, bos_token_id=255, eos_token_id=255)),
+}
+
+ARCHITECTURE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gptj": "gptj"}
+
+
+def spec_of(model_type, cfg):
+    """bigplan's ModelSpec fields (executor/kernels.h) for a transformers config object."""
+    if model_type in ("gpt2", "gptj"):
+        hidden = cfg.n_embd
+        heads = cfg.n_head
+        head_dim = hidden // heads
+        spec = dict(
+            architecture=ARCHITECTURE[model_type], hidden_size=hidden, num_layers=cfg.n_layer, num_heads=heads,
+            num_kv_heads=heads, head_dim=head_dim,
+            intermediate_size=cfg.n_inner if cfg.n_inner is not None else 4 * hidden,
+            vocab_size=cfg.vocab_size, max_position_embeddings=cfg.n_positions, norm_eps=cfg.layer_norm_epsilon,
+            rope_theta=10000.0, rotary_dim=(cfg.rotary_dim or head_dim) if model_type == "gptj" else 0,
+            attention_bias=(model_type == "gpt2"), mlp_bias=True, tie_word_embeddings=bool(cfg.tie_word_embeddings),
+            activation=cfg.activation_function, rope_scaling_json="")
+        return spec
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope = dict(cfg.rope_parameters or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    attention_bias = bool(getattr(cfg, "attention_bias", False)) or model_type == "qwen2"
+    return dict(
+        architecture=ARCHITECTURE[model_type], hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
+        num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=head_dim,
+        intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
+        max_position_embeddings=cfg.max_position_embeddings, norm_eps=cfg.rms_norm_eps,
+        rope_theta=float(rope.get("rope_theta", 10000.0)), rotary_dim=head_dim, attention_bias=attention_bias,
+        mlp_bias=bool(getattr(cfg, "mlp_bias", False)), tie_word_embeddings=bool(cfg.tie_word_embeddings),
+        activation=cfg.hidden_act, rope_scaling_json=json.dumps(rope, sort_keys=True) if rope_type != "default" else "")
+
+
+def randomize(model, torch):
+    """O(1)-scale random weights (transformers' init is std 0.02, which makes near-uniform logits and fragile greedy
+    choices): matrices ~ N(0, 1/fan_in), norm weights 1 + N(0, 0.1^2), biases N(0, 0.05^2)."""
+    gen = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                # Linear: [out, in]; Conv1D (GPT-2): [in, out]; embeddings: [vocab, hidden] (fan = hidden).
+                fan_in = p.shape[0] if ".c_" in name else p.shape[1]
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+            else:  # norm weights
+                p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def make(family, out_dir):
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+
+    model_type, kwargs = FAMILIES[family]
+    torch.manual_seed(SEED)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    model.eval()
+    randomize(model, torch)
+    if getattr(config, "tie_word_embeddings", False):
+        emb = model.get_input_embeddings().weight
+        assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr(), "lm_head is not tied"
+
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, max_shard_size=MAX_SHARD_SIZE)
+    shards = [f for f in os.listdir(out_dir) if f.endswith(".safetensors") and f != "reference.safetensors"]
+    assert len(shards) >= 2, f"{family}: expected >= 2 shards, got {shards}"
+
+    gen = torch.Generator().manual_seed(SEED + 2)
+    input_ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT_LEN), generator=gen, dtype=torch.int64)
+    tensors = {"input_ids": input_ids.clone()}
+    generated = []
+    with torch.no_grad():
+        cache = DynamicCache(config=config)
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        tensors["logits_0"] = out.logits.float().contiguous()
+        token = out.logits[:, -1, :].argmax(-1, keepdim=True)
+        generated.append(token)
+        for step in range(1, DECODE_STEPS + 1):
+            tensors[f"tokens_{step}"] = token.clone()
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            tensors[f"logits_{step}"] = out.logits.float().contiguous()
+            token = out.logits[:, -1, :].argmax(-1, keepdim=True)
+            generated.append(token)
+    tensors["generated"] = torch.cat(generated, dim=1).contiguous()
+
+    metadata = {
+        "family": family,
+        "model_type": model_type,
+        "architecture": ARCHITECTURE[model_type],
+        "steps": str(DECODE_STEPS),
+        "prompt_len": str(PROMPT_LEN),
+        "batch": str(BATCH),
+        "spec": json.dumps(spec_of(model_type, config), sort_keys=True),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+    save_file(tensors, os.path.join(out_dir, "reference.safetensors"), metadata=metadata)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="output directory for one --family")
+    ap.add_argument("--family", choices=sorted(FAMILIES))
+    ap.add_argument("--out-root", help="parent directory for --families (writes OUT_ROOT/FAMILY)")
+    ap.add_argument("--families", help="'all' or a comma-separated list")
+    ap.add_argument("--list", action="store_true", help="print the families and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(sorted(FAMILIES)))
+        return 0
+    jobs = []
+    if args.family or args.out:
+        if not (args.family and args.out):
+            ap.error("--out and --family go together")
+        jobs.append((args.family, args.out))
+    if args.families or args.out_root:
+        if not (args.families and args.out_root):
+            ap.error("--out-root and --families go together")
+        names = sorted(FAMILIES) if args.families == "all" else [f for f in args.families.split(",") if f]
+        for f in names:
+            if f not in FAMILIES:
+                ap.error(f"unknown family {f!r} (known: {', '.join(sorted(FAMILIES))})")
+            jobs.append((f, os.path.join(args.out_root, f)))
+    if not jobs:
+        ap.error("nothing to do: give --out/--family or --out-root/--families")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for family, out in jobs:
+        make(family, out)
+        print(f"{family}: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
