@@ -1,0 +1,138 @@
+#include "planner/cost_model.h"
+
+#include <algorithm>
+#include <map>
+
+#include "planner/accounting.h"
+
+namespace bigplan {
+
+BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType exec_dtype) {
+  const BlockDesc& block = model.blocks[index];
+  const ModelConfig& c = model.config;
+  const uint64_t e = DTypeBytes(exec_dtype);
+  BlockWork w;
+  w.weight_bytes = BlockWeightBytes(model, index, exec_dtype);
+  double matrix_params = 0;
+  auto count = [&](const TensorSpec& t) {
+    if (t.shape.size() >= 2) matrix_params += static_cast<double>(t.numel());
+  };
+  for (const TensorSpec& p : block.params) count(p);
+  for (const std::string& name : block.tied)
+    if (const TensorSpec* p = model.FindParam(name)) count(*p);
+  switch (block.kind) {
+    case BlockKind::kDecoderLayer:
+      w.matmul_params = matrix_params;
+      w.attn_dim = uint64_t{c.num_heads} * c.head_dim;
+      w.kv_bytes_per_token = 2ull * c.num_kv_heads * c.head_dim * e;
+      w.act_bytes_per_token =
+          (8ull * c.hidden_size + 2ull * (c.num_heads + 2ull * c.num_kv_heads) * c.head_dim +
+           3ull * c.intermediate_size) * e;
+      w.kernels = kDecoderKernels;
+      break;
+    case BlockKind::kFinalNorm:
+      w.act_bytes_per_token = 2ull * c.hidden_size * e;
+      w.kernels = kNormKernels;
+      break;
+    case BlockKind::kEmbedding:
+      w.act_bytes_per_token = uint64_t{c.hidden_size} * e + 8;
+      w.kernels = kEmbeddingKernels;
+      break;
+    case BlockKind::kPositionEmbedding:
+      w.act_bytes_per_token = 2ull * c.hidden_size * e + 8;
+      w.kernels = kPositionEmbeddingKernels;
+      break;
+    case BlockKind::kLmHead:
+      w.matmul_params = matrix_params;
+      w.act_bytes_per_token = uint64_t{c.hidden_size} * e + uint64_t{c.vocab_size} * 4;
+      w.kernels = kLmHeadKernels;
+      break;
+  }
+  return w;
+}
+
+BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t device, const DeviceProfile& p) {
+  const bool cpu = device < 0;
+  const double flops_per_s = cpu ? p.cpu_gflops * 1e9 : p.matmul_tflops * 1e12;
+  const double bytes_per_s = (cpu ? p.cpu_mem_gbps : p.device_mem_gbps) * 1e9;
+  const double overhead_us = w.kernels * (cpu ? kCpuOpMicros : kGpuLaunchMicros);
+  const double batch = run.max_batch;
+  const double seq = run.max_seq_len;
+  const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
+  auto time_us = [&](double tokens, double context) {
+    const double flops = 2.0 * w.matmul_params * tokens + 4.0 * static_cast<double>(w.attn_dim) * batch * context;
+    const double bytes = static_cast<double>(w.weight_bytes) + kv_bytes +
+                         static_cast<double>(w.act_bytes_per_token) * tokens;
+    return std::max(flops / flops_per_s, bytes / bytes_per_s) * 1e6 + overhead_us;
+  };
+  BlockCost cost;
+  cost.decode_us = time_us(batch, seq);
+  cost.prefill_us = time_us(batch * seq, seq * (seq + 1) / 2);
+  return cost;
+}
+
+double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
+  const double b = static_cast<double>(bytes);
+  double us = b / (p.h2d_gbps * 1e9) * 1e6;
+  if (source == schema::Tier::Disk) us += b / (p.disk_gbps * 1e9) * 1e6;
+  return source == schema::Tier::Gpu ? 0.0 : us;
+}
+
+ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& compute_us,
+                                  const std::vector<double>& copy_us, const std::vector<int32_t>& devices) {
+  ForwardPrediction f;
+  const size_t n = s.steps.size();
+  f.step_start.assign(n, 0);
+  f.step_end.assign(n, 0);
+  f.copy_start.assign(s.copies.size(), 0);
+  f.copy_end.assign(s.copies.size(), 0);
+  std::map<int32_t, double> stream_free;  // copy stream of each destination device
+  std::vector<bool> dependency_held(s.copies.size(), false);  // the stream idled before it, waiting on a dependency
+  double prev_end = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (uint32_t ci : s.steps[i].copies) {
+      const ScheduledCopy& c = s.copies[ci];
+      double& free_at = stream_free[devices[c.block]];
+      double ready = 0;
+      for (uint32_t w : c.wait_compute_steps) ready = std::max(ready, f.step_end[w]);
+      for (uint32_t b : c.wait_copy_blocks) {
+        const int32_t other = s.copy_of_block[b];
+        if (other >= 0) ready = std::max(ready, f.copy_end[other]);
+      }
+      const double start = std::max(free_at, ready);
+      dependency_held[ci] = ready > free_at;
+      f.copy_start[ci] = start;
+      f.copy_end[ci] = start + copy_us[ci];
+      free_at = f.copy_end[ci];
+      f.copy_us += copy_us[ci];
+    }
+    double start = prev_end;
+    const int32_t ci = s.copy_of_block[s.steps[i].block];
+    if (ci >= 0) {
+      if (f.copy_end[ci] > prev_end) {
+        f.compute_stall_us += f.copy_end[ci] - prev_end;
+        start = f.copy_end[ci];
+        if (dependency_held[ci]) {
+          if (s.copies[ci].source == schema::Tier::Disk) ++f.held_disk_copies;
+          else ++f.held_cpu_copies;
+        }
+      }
+    }
+    f.step_start[i] = start;
+    f.step_end[i] = start + compute_us[i];
+    f.compute_us += compute_us[i];
+    prev_end = f.step_end[i];
+  }
+  f.total_us = prev_end;
+  return f;
+}
+
+double CopyFloorMicros(const Schedule& s, const std::vector<double>& copy_us, const std::vector<int32_t>& devices) {
+  std::map<int32_t, double> per_device;
+  for (size_t i = 0; i < s.copies.size(); ++i) per_device[devices[s.copies[i].block]] += copy_us[i];
+  double floor = 0;
+  for (const auto& [device, us] : per_device) floor = std::max(floor, us);
+  return floor;
+}
+
+}  // namespace bigplan

@@ -1,0 +1,56 @@
+// Device profiles: the measured rates the cost model predicts with.
+//
+// A profile is a JSON object with exactly these keys (all rates positive numbers):
+//   "name"             string, e.g. "h100-pcie5"
+//   "h2d_gbps"         pinned host -> device copy bandwidth, GB/s (1 GB = 1e9 bytes)
+//   "d2h_gbps"         device -> pinned host, GB/s
+//   "disk_gbps"        sequential read of checkpoint shards, GB/s
+//   "device_mem_gbps"  device memory bandwidth, GB/s, counting bytes read + bytes written
+//   "matmul_tflops"    dense matmul rate at the execution dtype, TFLOP/s
+//   "cpu_mem_gbps"     host memory bandwidth (for blocks computed on the CPU), GB/s
+//   "cpu_gflops"       host matmul rate (for blocks computed on the CPU), GFLOP/s
+// Bundled: planner/profiles/h100-pcie5.json (measured) and planner/profiles/cpu.json (conservative, for CPU-only
+// plans). DefaultGpuProfile()/DefaultCpuProfile() return the same numbers without reading a file.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "support/result.h"
+
+namespace bigplan {
+
+struct DeviceProfile {
+  std::string name;
+  double h2d_gbps = 0;
+  double d2h_gbps = 0;
+  double disk_gbps = 0;
+  double device_mem_gbps = 0;
+  double matmul_tflops = 0;
+  double cpu_mem_gbps = 0;
+  double cpu_gflops = 0;
+  bool operator==(const DeviceProfile&) const = default;
+};
+
+// Parses a profile. `source` (a file name) prefixes every message. Errors:
+//   kCorrupt          not JSON, or not an object;
+//   kInvalidArgument  a missing key, an unknown key, a key of the wrong type, a rate that is not a finite number > 0,
+//                     an empty name (each naming the key).
+Result<DeviceProfile> ParseDeviceProfile(std::string_view json_text, const std::string& source);
+Result<DeviceProfile> DeviceProfileFromJson(const nlohmann::json& json, const std::string& source);
+// Reads and parses a file (kNotFound / kIo naming it).
+Result<DeviceProfile> LoadDeviceProfile(const std::string& path);
+// The profile as JSON (keys as above; stable order when dumped).
+nlohmann::json DeviceProfileToJson(const DeviceProfile& profile);
+
+// H100 80GB (PCIe Gen5 host link), measured: pinned H2D 53 GB/s, D2H 54 GB/s, checkpoint reads 1.4 GB/s (buffered;
+// 1.3 GB/s with O_DIRECT), device memory 3030 GB/s (read + write), bf16 dense matmul 770 TFLOP/s. Host figures are
+// conservative estimates for a server CPU (not measured): 100 GB/s memory, 1000 GFLOP/s.
+DeviceProfile DefaultGpuProfile();
+// Conservative host-only figures for CPU-only plans: "transfers" are host memcpys (10 GB/s), disk 1 GB/s, memory
+// 20 GB/s, 200 GFLOP/s. device_mem_gbps/matmul_tflops mirror the host figures.
+DeviceProfile DefaultCpuProfile();
+
+}  // namespace bigplan

@@ -1,0 +1,240 @@
+#include "planner/plan_builder.h"
+
+#include <algorithm>
+#include <set>
+
+#include "planner/overlap_check.h"
+#include "schema/plan_io.h"
+#include "support/sha256.h"
+
+namespace bigplan {
+namespace {
+
+schema::DType ToSchema(DType d) { return static_cast<schema::DType>(static_cast<uint8_t>(d)); }
+schema::Tier ToSchema(Tier t) { return static_cast<schema::Tier>(static_cast<uint8_t>(t)); }
+
+std::string DeviceName(int32_t device) { return device < 0 ? "cpu" : "cuda:" + std::to_string(device); }
+
+}  // namespace
+
+bool IsSyntheticFingerprint(const std::string& digest) {
+  return digest.rfind(kSyntheticDigestPrefix, 0) == 0;
+}
+
+CheckpointFingerprint SyntheticFingerprint(const std::vector<std::string>& shard_names) {
+  CheckpointFingerprint fp;
+  std::string names;
+  for (const std::string& n : shard_names) {
+    fp.shards.push_back(ShardFingerprint{n, 0, ""});
+    names += n + "\n";
+  }
+  fp.digest = std::string(kSyntheticDigestPrefix) + Sha256Hex(names);
+  return fp;
+}
+
+std::vector<DeviceAccount> PlanUsage(const ModelDescription& model, const MemoryBudget& budget,
+                                     const std::vector<BlockPlacement>& placement, const Schedule& schedule) {
+  struct Sums {
+    uint64_t resident = 0, kv = 0, act = 0;
+  };
+  std::map<int32_t, Sums> arena;  // device arenas (-1 = CPU)
+  uint64_t host_weights = 0;
+  for (const ScheduledBuffer& b : schedule.buffers) {
+    if (b.request.pool.pool != schema::Pool::DeviceArena) {
+      if (b.kind == schema::BufferKind::HostWeights) host_weights += b.request.size;
+      continue;
+    }
+    Sums& s = arena[b.request.pool.device];
+    if (b.kind == schema::BufferKind::ResidentWeights) s.resident += b.request.size;
+    if (b.kind == schema::BufferKind::KvCache) s.kv += b.request.size;
+    if (b.kind == schema::BufferKind::Activations) s.act += b.request.size;
+  }
+  std::vector<DeviceAccount> out;
+  std::set<int32_t> gpus;
+  for (const auto& [ordinal, bytes] : budget.gpus) gpus.insert(ordinal);
+  for (const auto& [device, sums] : arena)
+    if (device >= 0) gpus.insert(device);
+  for (int32_t g : gpus) {
+    DeviceAccount a;
+    a.device = DeviceName(g);
+    auto it = arena.find(g);
+    const uint64_t size = schedule.memory.ArenaSizeOf({schema::Pool::DeviceArena, g});
+    if (it != arena.end()) {
+      a.resident_weights = it->second.resident;
+      a.kv_cache = it->second.kv;
+      a.activations = it->second.act;
+      a.staging = size - std::min(size, a.resident_weights + a.kv_cache + a.activations);
+      a.workspace_reserve = GpuWorkspaceReserveBytes();
+    }
+    a.total = size + a.workspace_reserve;
+    auto b = budget.gpus.find(g);
+    if (b != budget.gpus.end()) a.budget = b->second;
+    out.push_back(a);
+  }
+  const uint64_t pinned = schedule.memory.ArenaSizeOf({schema::Pool::PinnedHost, -1});
+  const uint64_t cpu_arena = schedule.memory.ArenaSizeOf({schema::Pool::DeviceArena, -1});
+  if (budget.cpu || pinned > 0 || cpu_arena > 0) {
+    DeviceAccount a;
+    a.device = "cpu";
+    a.resident_weights = host_weights;
+    a.staging = pinned - std::min(pinned, host_weights);
+    auto it = arena.find(-1);
+    if (it != arena.end()) {
+      a.resident_weights += it->second.resident;
+      a.kv_cache = it->second.kv;
+      a.activations = it->second.act;
+      a.staging += cpu_arena - std::min(cpu_arena, it->second.resident + it->second.kv + it->second.act);
+    }
+    a.total = pinned + cpu_arena;
+    a.budget = budget.cpu.value_or(0);
+    a.unlimited = !budget.cpu.has_value();  // no cpu budget: disk staging is not capped (as Accelerate)
+    out.push_back(a);
+  }
+  uint64_t disk = 0;
+  for (size_t i = 0; i < model.blocks.size(); ++i)
+    if (placement[i].tier == Tier::kDisk)
+      for (const TensorSpec& p : model.blocks[i].params) disk += p.bytes();
+  if (budget.disk || disk > 0) {
+    DeviceAccount a;
+    a.device = "disk";
+    a.resident_weights = disk;
+    a.total = disk;
+    a.budget = budget.disk.value_or(0);
+    a.unlimited = !budget.disk.has_value();
+    out.push_back(a);
+  }
+  return out;
+}
+
+Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
+  if (!c.model || !c.schedule) return MakeError(ErrorCode::kInternal, "BuildPlan: model or schedule missing");
+  const ModelDescription& model = *c.model;
+  const Schedule& sched = *c.schedule;
+  const size_t n = model.blocks.size();
+  if (c.placement.size() != n || sched.steps.size() != n || c.block_costs.size() != n ||
+      c.copy_us.size() != sched.copies.size())
+    return MakeError(ErrorCode::kInternal, "BuildPlan: placement, schedule and costs disagree on the block count");
+
+  flatbuffers::FlatBufferBuilder fb(1 << 16);
+
+  // Checkpoint fingerprint and tensors.
+  CheckpointFingerprint fp;
+  if (c.checkpoint) {
+    fp = c.checkpoint->fingerprint();
+  } else {
+    fp = SyntheticFingerprint(c.synthetic_shards.empty() ? std::vector<std::string>{"model.safetensors"}
+                                                         : c.synthetic_shards);
+  }
+  std::vector<flatbuffers::Offset<schema::ShardInfo>> shards;
+  for (const ShardFingerprint& s : fp.shards)
+    shards.push_back(schema::CreateShardInfoDirect(fb, s.file_name.c_str(), s.size_bytes, s.header_digest.c_str()));
+  auto fingerprint = schema::CreateFingerprintDirect(fb, &shards, fp.digest.c_str());
+
+  std::map<std::string, uint32_t> tensor_index;
+  std::vector<flatbuffers::Offset<schema::Tensor>> tensors;
+  for (const BlockDesc& block : model.blocks) {
+    for (const TensorSpec& p : block.params) {
+      uint32_t shard = 0;
+      uint64_t offset = 0, size = p.bytes();
+      DType dtype = p.dtype;
+      std::vector<int64_t> shape = p.shape;
+      if (c.checkpoint) {
+        const TensorLocation* loc = c.checkpoint->Find(p.name);
+        if (!loc)
+          return MakeError(ErrorCode::kMismatch, "checkpoint " + c.checkpoint->directory() + " lacks tensor " + p.name);
+        shard = loc->shard;
+        offset = loc->offset;
+        size = loc->size_bytes;
+        dtype = loc->dtype;
+        shape = loc->shape;
+      } else {
+        auto it = c.synthetic_shard_of.find(p.name);
+        if (it != c.synthetic_shard_of.end()) shard = it->second;
+      }
+      tensor_index[p.name] = static_cast<uint32_t>(tensors.size());
+      tensors.push_back(schema::CreateTensorDirect(fb, p.name.c_str(), shard, offset, size, ToSchema(dtype), &shape));
+    }
+  }
+
+  // Blocks.
+  std::vector<flatbuffers::Offset<schema::Block>> blocks;
+  for (size_t i = 0; i < n; ++i) {
+    const BlockDesc& bd = model.blocks[i];
+    BlockWeightLayout layout = LayoutBlockWeights(model, i, c.exec_dtype);
+    std::vector<flatbuffers::Offset<schema::Weight>> weights;
+    for (const WeightSlot& w : layout.weights) {
+      auto it = tensor_index.find(w.tensor);
+      if (it == tensor_index.end())
+        return MakeError(ErrorCode::kInternal, "block " + bd.name + " reads " + w.tensor + ", which no block owns");
+      weights.push_back(schema::CreateWeight(fb, it->second, ToSchema(w.dtype), w.size_bytes, w.offset_in_block));
+    }
+    const BlockBuffers& bb = sched.block_buffers[i];
+    blocks.push_back(schema::CreateBlockDirect(fb, bd.name.c_str(), BlockKindName(bd.kind), bd.layer,
+                                               bd.prefix.c_str(), c.placement[i].device, ToSchema(c.placement[i].tier),
+                                               &weights, layout.total_bytes, bb.home, bb.staging, bb.disk_staging,
+                                               bb.kv));
+  }
+
+  std::vector<flatbuffers::Offset<schema::Buffer>> buffers;
+  for (const ScheduledBuffer& b : sched.buffers)
+    buffers.push_back(schema::CreateBufferDirect(fb, b.request.name.c_str(), b.kind, b.request.pool.pool,
+                                                 b.request.pool.pool == schema::Pool::PinnedHost ? -1
+                                                                                                 : b.request.pool.device,
+                                                 b.offset, b.request.size, b.request.first_step, b.request.last_step));
+  std::vector<flatbuffers::Offset<schema::Arena>> arenas;
+  for (const ArenaSize& a : sched.memory.arenas)
+    arenas.push_back(schema::CreateArena(fb, a.pool.pool, a.pool.device, a.size));
+
+  std::vector<flatbuffers::Offset<schema::Step>> steps;
+  for (size_t i = 0; i < n; ++i) {
+    const ScheduledStep& st = sched.steps[i];
+    std::vector<flatbuffers::Offset<schema::Copy>> copies;
+    double copy_us = 0;
+    for (uint32_t ci : st.copies) {
+      const ScheduledCopy& cp = sched.copies[ci];
+      copies.push_back(schema::CreateCopyDirect(fb, cp.block, cp.source, &cp.wait_compute_steps,
+                                                &cp.wait_copy_blocks, cp.stream));
+      copy_us += c.copy_us[ci];
+    }
+    steps.push_back(schema::CreateStepDirect(fb, st.block, &copies, &st.frees, copy_us,
+                                             c.block_costs[st.block].decode_us, c.block_costs[st.block].prefill_us));
+  }
+
+  std::vector<flatbuffers::Offset<schema::Budget>> budgets;
+  for (const auto& [device, bytes] : c.budget.Entries())
+    budgets.push_back(schema::CreateBudgetDirect(fb, device.c_str(), bytes));
+
+  std::vector<flatbuffers::Offset<schema::DeviceUsage>> usage;
+  for (const DeviceAccount& a : c.usage)
+    usage.push_back(schema::CreateDeviceUsageDirect(fb, a.device.c_str(), a.resident_weights, a.staging, a.kv_cache,
+                                                    a.activations, a.workspace_reserve, a.total, a.budget));
+
+  const ModelConfig& mc = model.config;
+  const std::string rope = mc.rope_scaling.is_null() ? "" : mc.rope_scaling.dump();
+  const std::string config_json = model.hf_config.is_null() ? "{}" : model.hf_config.dump();
+  auto config = schema::CreateModelConfigDirect(
+      fb, model.architecture.c_str(), mc.hidden_size, mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim,
+      mc.intermediate_size, mc.vocab_size, mc.max_position_embeddings, mc.norm_eps, mc.rope_theta, mc.rotary_dim,
+      mc.attention_bias, mc.mlp_bias, mc.tie_word_embeddings, mc.activation.c_str(), rope.c_str(),
+      config_json.c_str(), mc.bos_token_id, &mc.eos_token_ids);
+
+  const DeviceProfile& p = c.profile;
+  auto profile = schema::CreateDeviceProfileDirect(fb, p.name.c_str(), p.h2d_gbps, p.d2h_gbps, p.disk_gbps,
+                                                   p.device_mem_gbps, p.matmul_tflops, p.cpu_mem_gbps, p.cpu_gflops);
+  auto run_shape = schema::CreateRunShape(fb, c.run.max_batch, c.run.max_seq_len);
+  const std::string digest = model.Digest();
+  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, kGeneratorName, c.strategy.c_str(), model.name.c_str(),
+                                       digest.c_str(), config, fingerprint, ToSchema(c.exec_dtype), run_shape,
+                                       &budgets, profile, &tensors, &blocks, &buffers, &arenas, &steps, &usage,
+                                       c.predicted_decode_us, c.predicted_prefill_us);
+  schema::FinishPlanBuffer(fb, plan);
+  std::vector<uint8_t> bytes(fb.GetBufferPointer(), fb.GetBufferPointer() + fb.GetSize());
+
+  auto verified = VerifyPlan(bytes.data(), bytes.size(), "new plan");
+  if (!verified.ok()) return MakeError(ErrorCode::kInternal, "the planner wrote an invalid plan: " + verified.error().message);
+  Status check = CheckPlanMemory(**verified);
+  if (!check.ok()) return MakeError(ErrorCode::kInternal, "the planner's memory plan is unsafe: " + check.error().message);
+  return bytes;
+}
+
+}  // namespace bigplan

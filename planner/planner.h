@@ -1,0 +1,92 @@
+// The planner as a library call: a request in, a verified flatbuffer plan out.
+//
+//   MakePlan: resolve the model (description, description file, HF model directory or bundled example) ->
+//             open and validate the checkpoint (when there is one) -> place (strategy by name) -> choose prefetch
+//             depths (cost model) -> schedule -> memory plan (algorithm by name) -> check fit against the budgets ->
+//             predict (simulate decode and prefill forwards) -> build the plan -> VerifyPlan + overlap check.
+//
+// Errors are values, each naming what is wrong: kNotFound (a path), kCorrupt (a malformed file),
+// kMismatch (description vs checkpoint), kInvalidArgument (strategy, memory algorithm, dtype, run shape, device map),
+// kInfeasible (budgets too small: the device and by how much), kInternal (a plan failing its own checks).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/checkpoint.h"
+#include "formats/dtype.h"
+#include "planner/accounting.h"
+#include "planner/budget.h"
+#include "planner/cost_model.h"
+#include "planner/device_profile.h"
+#include "planner/model_desc.h"
+#include "planner/placement.h"
+#include "planner/schedule.h"
+#include "schema/plan_generated.h"
+#include "support/result.h"
+
+namespace bigplan {
+
+inline constexpr char kDefaultMemoryAlgorithm[] = "greedy_by_size";
+inline constexpr uint32_t kMaxPrefetchDepth = 8;
+
+struct PlanRequest {
+  // The model, from exactly one of:
+  std::optional<ModelDescription> description;  // given directly
+  std::string description_path;                  // a model description JSON (planner/MODEL_FORMAT.md)
+  std::string model_dir;  // a Hugging Face model directory (config.json + *.safetensors), or a directory with just
+                          // config.json (+ tensors.json, as the bundled examples) to plan without weights
+  // A checkpoint (directory, index file or .safetensors file) to validate against and locate tensors in. Default:
+  // model_dir when it holds *.safetensors. Without one the plan carries a synthetic fingerprint (plan_builder.h).
+  std::string checkpoint_path;
+
+  MemoryBudget budget;
+  RunShape run = kDefaultRunShape;
+  std::optional<DType> exec_dtype;  // default: DefaultExecDType(model)
+  std::string strategy = kDefaultPlacementStrategy;
+  std::string memory_algorithm = kDefaultMemoryAlgorithm;
+  std::optional<DeviceProfile> profile;  // default: DefaultGpuProfile(), or DefaultCpuProfile() without GPUs
+  nlohmann::json device_map;             // for strategy "explicit"
+  // Fixed prefetch depth for both tiers instead of the cost model's choice (still capped by memory).
+  std::optional<uint32_t> prefetch_depth;
+  // Called with a short message before each long step; may be empty.
+  std::function<void(const std::string&)> progress;
+};
+
+struct PlanResult {
+  std::vector<uint8_t> bytes;  // the verified plan
+  ModelDescription model;
+  DType exec_dtype = DType::kBF16;
+  DeviceProfile profile;
+  Placement placement;
+  Schedule schedule;
+  std::vector<BlockCost> block_costs;  // parallel to the blocks
+  std::vector<double> copy_us;         // parallel to schedule.copies
+  ForwardPrediction decode;
+  ForwardPrediction prefill;
+  double copy_floor_us = 0;            // CopyFloorMicros: streamed bytes / H2D (+ disk) on the busiest device
+  uint64_t streamed_bytes = 0;         // per forward
+  std::vector<DeviceAccount> usage;    // PlanUsage
+  bool synthetic_checkpoint = false;
+
+  const schema::Plan& plan() const { return *schema::GetPlan(bytes.data()); }
+};
+
+Result<PlanResult> MakePlan(const PlanRequest& request);
+
+// Resolves a request's model source and opens its checkpoint, if any (used by MakePlan and the tools).
+struct ResolvedModel {
+  ModelDescription model;
+  std::string checkpoint_path;                   // "" when planning without weights
+  std::optional<Checkpoint> checkpoint;          // opened (headers validated) when checkpoint_path is set
+  std::vector<std::string> synthetic_shards;     // from DIR/model.safetensors.index.json when present
+  std::map<std::string, uint32_t> synthetic_shard_of;
+};
+Result<ResolvedModel> ResolveModel(const PlanRequest& request);
+
+}  // namespace bigplan

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# End to end: real Hugging Face checkpoints saved by transformers (tiny random Llama, tied Llama, GPT-J, GPT-2)
+# are planned by `plan --model DIR -o FILE` with the auto strategy and with a device map that streams blocks
+# from cpu and disk; every plan is then read back by `inspect`. Also: command-line and input errors give the
+# documented exit codes and named messages.
+set -euo pipefail
+
+runfiles="${RUNFILES_DIR:-${TEST_SRCDIR:-$0.runfiles}}"
+python="$runfiles/torch/python3.sh"
+plan="$runfiles/bigplan/tools/plan"
+inspect="$runfiles/bigplan/tools/inspect"
+work="${TEST_TMPDIR:-$(mktemp -d)}"
+unset BUILD_WORKING_DIRECTORY
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$python" "$runfiles/bigplan/tools/testdata/make_tiny_hf.py" "$work/models" >/dev/null 2>&1 \
+  || fail "could not make the tiny models"
+
+for m in llama llama-tied gptj gpt2; do
+  dir="$work/models/$m"
+  "$plan" --quiet --model "$dir" --max-memory "cuda:0=1GiB,cpu=1GiB" --seq-len 128 -o "$work/$m.bplan" \
+    --export-device-map "$work/$m.map.json" > "$work/$m.txt" || fail "plan $m"
+  grep -q "checkpoint: 1 shard(s)" "$work/$m.txt" || fail "$m: plan did not use the checkpoint"
+  "$inspect" "$work/$m.bplan" > "$work/$m.inspect" || fail "inspect $m"
+  "$inspect" --json "$work/$m.bplan" > "$work/$m.json" || fail "inspect --json $m"
+  "$python" -c "import json,sys; p=json.load(open(sys.argv[1])); assert p['version'] == 1 and p['blocks']" \
+    "$work/$m.json" || fail "$m: inspect --json is not the plan"
+  # Stream every decoder layer: alternate cpu and disk.
+  "$python" - "$work/$m.map.json" "$work/$m.stream.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+layers = [k for k in m if k.rsplit(".", 1)[-1].isdigit()]
+for i, k in enumerate(layers):
+    m[k] = "cpu" if i % 2 == 0 else "disk"
+json.dump(m, open(sys.argv[2], "w"))
+PY
+  "$plan" --quiet --model "$dir" --max-memory "cuda:0=1GiB,cpu=1GiB" --seq-len 128 \
+    --device-map "$work/$m.stream.json" -o "$work/$m.stream.bplan" > "$work/$m.stream.txt" || fail "plan $m streamed"
+  grep -q "disk (streamed)" "$work/$m.stream.txt" || fail "$m: nothing streamed from disk"
+  "$inspect" "$work/$m.stream.bplan" > "$work/$m.stream.inspect" || fail "inspect $m streamed"
+  grep -q "copy block .* from disk" "$work/$m.stream.inspect" || fail "$m: no disk copy in the plan"
+  "$inspect" --diff "$work/$m.bplan" "$work/$m.stream.bplan" > "$work/$m.diff" || fail "inspect --diff $m"
+  grep -q "placement differences: [1-9]" "$work/$m.diff" || fail "$m: diff shows no placement change"
+done
+
+expect_exit() {  # expect_exit CODE NEEDLE COMMAND...
+  local code=$1 needle=$2; shift 2
+  set +e
+  "$@" > "$work/out.txt" 2> "$work/err.txt"
+  local got=$?
+  set -e
+  [[ $got == "$code" ]] || fail "$* exited $got, expected $code: $(cat "$work/err.txt")"
+  grep -q -- "$needle" "$work/err.txt" || fail "$*: stderr lacks \"$needle\": $(cat "$work/err.txt")"
+}
+expect_exit 2 'unknown flag "--frobnicate"' "$plan" --frobnicate
+expect_exit 2 "usage: plan" "$plan" --batch
+expect_exit 2 "--max-memory" "$plan" --model "$work/models/llama" --max-memory "cuda:0=lots"
+expect_exit 1 "infeasible" "$plan" --quiet --model "$work/models/llama" --max-memory "cuda:0=100MiB"
+expect_exit 1 "not_there" "$plan" --quiet --model "$work/not_there"
+expect_exit 2 "unknown memory algorithm" "$plan" --quiet --model "$work/models/llama" --memory-algorithm best
+# A shard cut short is reported, naming the file.
+cp -r "$work/models/llama" "$work/broken"
+truncate -s 1000 "$work/broken/model.safetensors"
+expect_exit 1 "model.safetensors" "$plan" --quiet --model "$work/broken"
+# Not a plan, and a damaged plan.
+expect_exit 1 "not a bigplan plan" "$inspect" "$work/llama.map.json"
+head -c 200 "$work/llama.bplan" > "$work/cut.bplan"
+expect_exit 1 "corrupt" "$inspect" "$work/cut.bplan"
+expect_exit 2 "usage: inspect" "$inspect" --diff "$work/llama.bplan"
+"$plan" --help > "$work/help.txt"
+grep -q -- "--export-device-map" "$work/help.txt" || fail "--help lacks a flag"
+echo "PASS"
