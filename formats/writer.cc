@@ -116,7 +116,7 @@ struct WordMaker {
   }
 };
 
-uint64_t ByteSize(const TensorSpec& spec) {
+uint64_t ByteSize(const WriteSpec& spec) {
   uint64_t n = 1;
   for (int64_t d : spec.shape) n *= static_cast<uint64_t>(d);
   return n * DTypeBytes(spec.dtype);
@@ -149,10 +149,10 @@ struct Chunk {
   uint64_t length;
 };
 
-std::string HeaderFor(const PlannedShard& shard, const std::vector<TensorSpec>& specs) {
+std::string HeaderFor(const PlannedShard& shard, const std::vector<WriteSpec>& specs) {
   std::string json_text = R"({"__metadata__":{"format":"pt"})";
   for (const PlannedTensor& t : shard.tensors) {
-    const TensorSpec& s = specs[t.index];
+    const WriteSpec& s = specs[t.index];
     json_text += "," + json(s.name).dump() + R"(:{"dtype":")" + DTypeString(s.dtype) + R"(","shape":[)";
     for (size_t i = 0; i < s.shape.size(); ++i) json_text += (i ? "," : "") + std::to_string(s.shape[i]);
     json_text += "],\"data_offsets\":[" + std::to_string(t.data_offset) + "," +
@@ -189,9 +189,9 @@ Status WriteWholeFile(const std::string& path, const std::string& bytes) {
   return s;
 }
 
-Status ValidateSpecs(const std::vector<TensorSpec>& tensors) {
+Status ValidateSpecs(const std::vector<WriteSpec>& tensors) {
   std::set<std::string> names;
-  for (const TensorSpec& t : tensors) {
+  for (const WriteSpec& t : tensors) {
     if (t.name.empty()) return MakeError(ErrorCode::kInvalidArgument, "tensor with an empty name");
     if (t.name == "__metadata__") {
       return MakeError(ErrorCode::kInvalidArgument, "tensor name \"__metadata__\" is reserved");
@@ -241,7 +241,7 @@ bool IsNormWeightName(std::string_view name) {
   return false;
 }
 
-void GenerateTensorBytes(const TensorSpec& spec, uint32_t tensor_index, uint64_t seed, float scale,
+void GenerateTensorBytes(const WriteSpec& spec, uint32_t tensor_index, uint64_t seed, float scale,
                          uint64_t byte_offset, uint64_t length, uint8_t* out) {
   if (length == 0) return;
   WordMaker maker{spec.dtype, TensorKey(seed, tensor_index), scale, IsNormWeightName(spec.name) ? 1.0f : 0.0f};
@@ -268,13 +268,13 @@ void GenerateTensorBytes(const TensorSpec& spec, uint32_t tensor_index, uint64_t
   }
 }
 
-Result<std::vector<TensorSpec>> ParseTensorSpecsJson(std::string_view text, const std::string& source) {
+Result<std::vector<WriteSpec>> ParseWriteSpecsJson(std::string_view text, const std::string& source) {
   BIGPLAN_ASSIGN_OR_RETURN(json root, formats_internal::ParseJsonStrict(text, source));
   auto corrupt = [&](const std::string& what) { return MakeError(ErrorCode::kCorrupt, source + ": " + what); };
   if (!root.is_object()) return corrupt("not a JSON object");
   auto list = root.find("tensors");
   if (list == root.end() || !list->is_array()) return corrupt("\"tensors\" must be an array");
-  std::vector<TensorSpec> specs;
+  std::vector<WriteSpec> specs;
   for (size_t i = 0; i < list->size(); ++i) {
     const json& e = (*list)[i];
     const std::string where = "tensors[" + std::to_string(i) + "]";
@@ -283,7 +283,7 @@ Result<std::vector<TensorSpec>> ParseTensorSpecsJson(std::string_view text, cons
     if (name == e.end() || !name->is_string() || name->get_ref<const std::string&>().empty()) {
       return corrupt(where + ": \"name\" must be a non-empty string");
     }
-    TensorSpec spec;
+    WriteSpec spec;
     spec.name = name->get<std::string>();
     const std::string what = where + " (\"" + spec.name + "\")";
     auto shape = e.find("shape");
@@ -308,7 +308,7 @@ Result<std::vector<TensorSpec>> ParseTensorSpecsJson(std::string_view text, cons
 }
 
 Result<std::vector<std::string>> WriteRandomCheckpoint(const std::string& directory,
-                                                       const std::vector<TensorSpec>& tensors,
+                                                       const std::vector<WriteSpec>& tensors,
                                                        const WriterOptions& options) {
   BIGPLAN_RETURN_IF_ERROR(ValidateSpecs(tensors));
   if (options.file_prefix.empty() || options.file_prefix.find('/') != std::string::npos) {

@@ -12,7 +12,7 @@
 
 namespace bigplan {
 
-struct TensorSpec {
+struct WriteSpec {
   std::string name;
   std::vector<int64_t> shape;
   DType dtype = DType::kBF16;
@@ -33,7 +33,7 @@ struct WriterOptions {
 // chunks (bounded memory), with several threads. The same specs and seed give the same bytes.
 // Returns the list of shard file names.
 Result<std::vector<std::string>> WriteRandomCheckpoint(const std::string& directory,
-                                                       const std::vector<TensorSpec>& tensors,
+                                                       const std::vector<WriteSpec>& tensors,
                                                        const WriterOptions& options);
 
 // Tensors whose weights are written near 1 instead of near 0: names ending in "norm.weight" (e.g.
@@ -46,12 +46,12 @@ bool IsNormWeightName(std::string_view name);
 // position): every 8-byte word w of a tensor comes from splitmix64 keyed by (seed, tensor_index) at counter w.
 // F32/F16/BF16/F64 hold uniform values in [-scale, scale] (1 + that for norm weights), BOOL holds 0/1, other
 // dtypes hold the raw random bytes.
-void GenerateTensorBytes(const TensorSpec& spec, uint32_t tensor_index, uint64_t seed, float scale,
+void GenerateTensorBytes(const WriteSpec& spec, uint32_t tensor_index, uint64_t seed, float scale,
                          uint64_t byte_offset, uint64_t length, uint8_t* out);
 
 // Parses a tensor list {"tensors": [{"name": "w", "shape": [4096, 4096], "dtype": "BF16"}, ...]} ("dtype"
 // defaults to BF16). kCorrupt naming `source` and the entry for malformed input, kUnsupported for an unknown
 // dtype.
-Result<std::vector<TensorSpec>> ParseTensorSpecsJson(std::string_view json, const std::string& source);
+Result<std::vector<WriteSpec>> ParseWriteSpecsJson(std::string_view json, const std::string& source);
 
 }  // namespace bigplan

@@ -34,7 +34,7 @@ float F16ToFloat(uint16_t h) {
   return (h & 0x8000) ? -v : v;
 }
 
-std::vector<TensorSpec> Specs() {
+std::vector<WriteSpec> Specs() {
   return {
       {"model.embed_tokens.weight", {64, 32}, DType::kBF16},
       {"model.layers.0.input_layernorm.weight", {32}, DType::kBF16},
@@ -53,7 +53,7 @@ std::vector<TensorSpec> Specs() {
 
 TEST(WriterTest, RoundTripsThroughCheckpoint) {
   std::string dir = NewTempDir("writer");
-  std::vector<TensorSpec> specs = Specs();
+  std::vector<WriteSpec> specs = Specs();
   WriterOptions opts;
   opts.seed = 42;
   opts.max_shard_bytes = 8000;  // several shards
@@ -101,7 +101,7 @@ TEST(WriterTest, RoundTripsThroughCheckpoint) {
 }
 
 // Decodes tensor `i` of `specs` generated with `seed` as floats.
-std::vector<float> Floats(const TensorSpec& spec, uint32_t i, uint64_t seed, float scale) {
+std::vector<float> Floats(const WriteSpec& spec, uint32_t i, uint64_t seed, float scale) {
   uint64_t numel = 1;
   for (int64_t d : spec.shape) numel *= d;
   const size_t bytes = DTypeBytes(spec.dtype);
@@ -121,8 +121,8 @@ std::vector<float> Floats(const TensorSpec& spec, uint32_t i, uint64_t seed, flo
 
 TEST(WriterTest, ValueRanges) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
-    TensorSpec w{"layers.0.attn.q_proj.weight", {4096}, dtype};
-    TensorSpec n{"layers.0.post_attention_layernorm.weight", {4096}, dtype};
+    WriteSpec w{"layers.0.attn.q_proj.weight", {4096}, dtype};
+    WriteSpec n{"layers.0.post_attention_layernorm.weight", {4096}, dtype};
     const float scale = 0.02f;
     std::vector<float> wv = Floats(w, 3, 7, scale);
     std::vector<float> nv = Floats(n, 4, 7, scale);
@@ -147,13 +147,13 @@ TEST(WriterTest, ValueRanges) {
     EXPECT_NEAR(nsum / nv.size(), 1.0, scale * 0.05);
   }
   // Small values become F16 subnormals correctly (no garbage exponents).
-  TensorSpec tiny{"tiny", {4096}, DType::kF16};
+  WriteSpec tiny{"tiny", {4096}, DType::kF16};
   for (float v : Floats(tiny, 0, 1, 1e-5f)) EXPECT_LE(std::fabs(v), 1.01e-5f);
 }
 
 TEST(WriterTest, SubRangesMatchWholeTensor) {
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kI8, DType::kBool, DType::kF64}) {
-    TensorSpec spec{"t", {101}, dtype};
+    WriteSpec spec{"t", {101}, dtype};
     const uint64_t size = 101 * DTypeBytes(dtype);
     std::vector<uint8_t> whole(size);
     GenerateTensorBytes(spec, 5, 9, 0.02f, 0, size, whole.data());
@@ -174,7 +174,7 @@ TEST(WriterTest, SubRangesMatchWholeTensor) {
 
 TEST(WriterTest, DeterministicAcrossRunsAndThreads) {
   // One tensor larger than the 16 MiB write chunk, plus small ones around it.
-  std::vector<TensorSpec> specs = {
+  std::vector<WriteSpec> specs = {
       {"a.weight", {3, 5}, DType::kBF16},
       {"big.weight", {5, 1 << 20}, DType::kF32},
       {"c.weight", {17}, DType::kF16},
@@ -236,7 +236,7 @@ TEST(WriterTest, OversizedTensorGetsItsOwnShard) {
 TEST(WriterTest, RejectsBadSpecs) {
   std::string dir = NewTempDir("bad");
   WriterOptions opts;
-  for (const std::vector<TensorSpec>& specs : std::vector<std::vector<TensorSpec>>{
+  for (const std::vector<WriteSpec>& specs : std::vector<std::vector<WriteSpec>>{
            {{"a", {1}, DType::kF32}, {"a", {2}, DType::kF32}},
            {{"a", {-1}, DType::kF32}},
            {{"", {1}, DType::kF32}},
@@ -263,7 +263,7 @@ TEST(WriterTest, NormNames) {
 }
 
 TEST(WriterTest, ParsesSpecs) {
-  auto specs = ParseTensorSpecsJson(
+  auto specs = ParseWriteSpecsJson(
       R"({"tensors":[{"name":"a","shape":[2,3],"dtype":"F16"},{"name":"b","shape":[]}]})", "spec.json");
   ASSERT_TRUE(specs.ok()) << specs.error().ToString();
   ASSERT_EQ(specs->size(), 2u);
@@ -273,12 +273,12 @@ TEST(WriterTest, ParsesSpecs) {
   for (const char* bad : {"{", "[]", R"({"tensors":{}})", R"({"tensors":[{"shape":[1]}]})",
                           R"({"tensors":[{"name":"a","shape":[-1]}]})", R"({"tensors":[{"name":"a"}]})",
                           R"({"tensors":[{"name":"a","shape":[1.5]}]})"}) {
-    auto r = ParseTensorSpecsJson(bad, "spec.json");
+    auto r = ParseWriteSpecsJson(bad, "spec.json");
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
     EXPECT_EQ(r.error().message.rfind("spec.json", 0), 0u);
   }
-  auto unknown = ParseTensorSpecsJson(R"({"tensors":[{"name":"a","shape":[1],"dtype":"Q4"}]})", "spec.json");
+  auto unknown = ParseWriteSpecsJson(R"({"tensors":[{"name":"a","shape":[1],"dtype":"Q4"}]})", "spec.json");
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.error().code, ErrorCode::kUnsupported);
 }

@@ -37,6 +37,21 @@ struct Error {
 
 inline Error MakeError(ErrorCode code, std::string message) { return Error{code, std::move(message)}; }
 
+class [[nodiscard]] Status {
+ public:
+  Status() = default;
+  Status(Error error) : error_(std::move(error)) {}  // NOLINT(runtime/explicit)
+  static Status Ok() { return Status(); }
+
+  bool ok() const { return !error_.has_value(); }
+  explicit operator bool() const { return ok(); }
+  const Error& error() const { return *error_; }
+  Error&& take_error() { return std::move(*error_); }
+
+ private:
+  std::optional<Error> error_;
+};
+
 template <typename T>
 class [[nodiscard]] Result {
  public:
@@ -56,25 +71,14 @@ class [[nodiscard]] Result {
 
   const Error& error() const { return std::get<1>(v_); }
   Error&& take_error() { return std::get<1>(std::move(v_)); }
+  // The outcome without the value: Ok, or a copy of the error.
+  Status status() const { return ok() ? Status::Ok() : Status(error()); }
 
  private:
   std::variant<T, Error> v_;
 };
 
-class [[nodiscard]] Status {
- public:
-  Status() = default;
-  Status(Error error) : error_(std::move(error)) {}  // NOLINT(runtime/explicit)
-  static Status Ok() { return Status(); }
 
-  bool ok() const { return !error_.has_value(); }
-  explicit operator bool() const { return ok(); }
-  const Error& error() const { return *error_; }
-  Error&& take_error() { return std::move(*error_); }
-
- private:
-  std::optional<Error> error_;
-};
 
 // Prefix an error's message with context, keeping its code: "loading plan p.plan: <original>".
 inline Error WithContext(Error e, const std::string& context) {

@@ -92,7 +92,7 @@ Status Main(int argc, char** argv) {
   if (!f) return MakeError(ErrorCode::kNotFound, spec_path + ": cannot open");
   std::stringstream ss;
   ss << f.rdbuf();
-  BIGPLAN_ASSIGN_OR_RETURN(std::vector<TensorSpec> specs, ParseTensorSpecsJson(ss.str(), spec_path));
+  BIGPLAN_ASSIGN_OR_RETURN(std::vector<WriteSpec> specs, ParseWriteSpecsJson(ss.str(), spec_path));
 
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&]() {
@@ -105,7 +105,7 @@ Status Main(int argc, char** argv) {
   };
   BIGPLAN_ASSIGN_OR_RETURN(std::vector<std::string> shards, WriteRandomCheckpoint(out, specs, options));
   uint64_t total = 0;
-  for (const TensorSpec& s : specs) {
+  for (const WriteSpec& s : specs) {
     uint64_t n = DTypeBytes(s.dtype);
     for (int64_t d : s.shape) n *= static_cast<uint64_t>(d);
     total += n;

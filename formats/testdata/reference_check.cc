@@ -65,7 +65,7 @@ Status Read(const std::string& path) {
 }
 
 Status Write(const std::string& dir, uint64_t seed) {
-  const std::vector<TensorSpec> specs = {
+  const std::vector<WriteSpec> specs = {
       {"model.embed_tokens.weight", {300, 64}, DType::kBF16},
       {"model.layers.0.input_layernorm.weight", {64}, DType::kBF16},
       {"model.layers.0.self_attn.q_proj.weight", {64, 64}, DType::kF16},
