@@ -1,0 +1,371 @@
+#include "executor/executor.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <random>
+
+#include "executor/copy_engine.h"
+#include "executor/kernels.h"
+#include "executor/loader.h"
+#include "executor/sampling.h"
+#include "executor/trace.h"
+#include "support/units.h"
+
+namespace bigplan {
+
+using executor_internal::BlockRuntime;
+using executor_internal::BlockViews;
+using executor_internal::CopyEngine;
+using executor_internal::ForwardTimings;
+using executor_internal::ModelState;
+using executor_internal::TraceEvent;
+using executor_internal::TraceRecorder;
+using Clock = std::chrono::steady_clock;
+
+class Executor::Impl {
+ public:
+  ExecutorOptions options;
+  std::unique_ptr<ModelState> state;
+  std::unique_ptr<ModelKernels> kernels;
+  std::unique_ptr<CopyEngine> engine;
+  std::vector<BlockViews> views;
+  Clock::time_point created;
+
+  std::mutex mu;  // serializes public calls
+  int64_t pos = 0;
+  int64_t cached_batch = 0;
+
+  mutable std::mutex stats_mu;
+  Stats stats;
+  TraceRecorder trace;
+
+  Status CheckInput(const std::vector<int64_t>& ids, int64_t batch, int64_t seq) const;
+  // One forward pass; float logits on the host, [batch, seq, vocab] or, with last_only, [batch, 1, vocab].
+  Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only);
+  Status RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
+  void Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms);
+};
+
+namespace {
+
+Error TorchError(const std::exception& e, const std::string& what) {
+  return MakeError(ErrorCode::kDevice, what + ": " + e.what());
+}
+
+Logits ToLogits(const at::Tensor& t) {
+  Logits out;
+  out.batch = t.size(0);
+  out.seq = t.size(1);
+  out.vocab = t.size(2);
+  out.data.resize(static_cast<size_t>(t.numel()));
+  std::memcpy(out.data.data(), t.data_ptr<float>(), out.data.size() * sizeof(float));
+  return out;
+}
+
+}  // namespace
+
+Status Executor::Impl::CheckInput(const std::vector<int64_t>& ids, int64_t batch, int64_t seq) const {
+  const ModelInfo& info = state->info;
+  if (batch <= 0 || seq <= 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "empty input: batch " + std::to_string(batch) + ", " +
+                                                      std::to_string(seq) + " tokens per row");
+  }
+  if (static_cast<int64_t>(ids.size()) != batch * seq) {
+    return MakeError(ErrorCode::kInvalidArgument, std::to_string(ids.size()) + " token ids is not batch " +
+                                                      std::to_string(batch) + " x a whole number of tokens");
+  }
+  if (batch > info.max_batch) {
+    return MakeError(ErrorCode::kInvalidArgument, "batch " + std::to_string(batch) +
+                                                      " exceeds the plan's max_batch " + std::to_string(info.max_batch));
+  }
+  if (pos + seq > info.max_seq_len) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     std::to_string(pos) + " cached + " + std::to_string(seq) + " new tokens = " +
+                         std::to_string(pos + seq) + " exceeds the plan's max_seq_len " +
+                         std::to_string(info.max_seq_len) + (pos > 0 ? " (Reset() to start over)" : ""));
+  }
+  if (pos > 0 && batch != cached_batch) {
+    return MakeError(ErrorCode::kInvalidArgument, "batch " + std::to_string(batch) + " differs from the cached "
+                                                      "sequence's batch " + std::to_string(cached_batch) +
+                                                      " (Reset() to start a new one)");
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= info.vocab_size) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "token id " + std::to_string(ids[i]) + " at [" + std::to_string(i / seq) + "][" +
+                           std::to_string(i % seq) + "] is outside the vocabulary [0, " +
+                           std::to_string(info.vocab_size) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
+                                at::Tensor* out) {
+  try {
+    c10::InferenceMode inference;
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    if (!state->cuda_devices.empty()) {
+      std::vector<c10::cuda::CUDAStream> streams;
+      for (int d : state->cuda_devices) {
+        streams.push_back(c10::cuda::getStreamFromExternal(engine->compute_stream(d), static_cast<c10::DeviceIndex>(d)));
+      }
+      streams_guard.emplace(streams);
+    }
+    at::Tensor host_ids = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
+    std::memcpy(host_ids.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
+    std::vector<std::pair<int, at::Tensor>> ids_on{{-1, host_ids}};
+    ForwardContext ctx;
+    ctx.start_pos = pos;
+    ctx.logits_last_only = last_only;
+    at::Tensor hidden;
+    at::Tensor logits;
+    for (uint32_t i = 0; i < state->steps.size(); ++i) {
+      BIGPLAN_RETURN_IF_ERROR(engine->IssueCopies(i));
+      BIGPLAN_RETURN_IF_ERROR(engine->WaitReady(i));
+      const BlockRuntime& b = state->blocks[state->steps[i].block];
+      std::optional<c10::cuda::CUDAGuard> device_guard;
+      at::Device device(at::kCPU);
+      if (b.device >= 0) {
+        device_guard.emplace(static_cast<c10::DeviceIndex>(b.device));
+        device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(b.device));
+      }
+      ctx.token_ids = at::Tensor();
+      for (const auto& [d, t] : ids_on) {
+        if (d == b.device) ctx.token_ids = t;
+      }
+      if (!ctx.token_ids.defined()) {
+        ctx.token_ids = host_ids.to(device);
+        ids_on.emplace_back(b.device, ctx.token_ids);
+      }
+      if (hidden.defined() && hidden.device() != device) hidden = hidden.to(device);
+      BlockViews& v = views[b.index];
+      BIGPLAN_RETURN_IF_ERROR(engine->StepBegin(i));
+      Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, v.weights, ctx, v.has_kv ? &v.kv : nullptr, &hidden,
+                                   &logits);
+      if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+      BIGPLAN_RETURN_IF_ERROR(engine->StepEnd(i));
+    }
+    if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+    at::Tensor result = last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits;
+    *out = result.to(at::kCPU, at::kFloat).contiguous();
+  } catch (const std::exception& e) {
+    return TorchError(e, "forward pass");
+  }
+  return Status::Ok();
+}
+
+void Executor::Impl::Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms) {
+  std::lock_guard<std::mutex> lock(stats_mu);
+  ++stats.forward_count;
+  stats.cpu_tier_bytes += t.cpu_tier_bytes;
+  stats.disk_tier_bytes += t.disk_tier_bytes;
+  stats.disk_h2d_bytes += t.disk_h2d_bytes;
+  stats.last_batch = static_cast<uint32_t>(batch);
+  stats.last_seq = static_cast<uint32_t>(seq);
+  stats.last_forward_ms = ms;
+  stats.last_streamed_bytes = t.cpu_tier_bytes + t.disk_tier_bytes;
+  stats.last_steps = t.steps;
+  stats.last_copies = t.copies;
+  if (!options.record_trace) return;
+  const double base = std::chrono::duration<double, std::micro>(t.wall_start - created).count();
+  const std::string fwd = std::to_string(stats.forward_count);
+  for (const StepTiming& s : t.steps) {
+    const BlockRuntime& b = state->blocks[s.block];
+    trace.Add(TraceEvent{b.name, "compute", base + s.start_us, s.end_us - s.start_us,
+                         {{"step", std::to_string(s.step)},
+                          {"forward", fwd},
+                          {"kind", b.kind},
+                          {"tier", TierName(b.tier)},
+                          {"device", s.device < 0 ? "cpu" : "cuda:" + std::to_string(s.device)},
+                          {"tokens", std::to_string(batch) + "x" + std::to_string(seq)}}});
+  }
+  for (const CopyTiming& c : t.copies) {
+    const BlockRuntime& b = state->blocks[c.block];
+    std::string track = "copy";
+    std::string name = "copy " + b.name;
+    if (c.source == "disk_read") {
+      track = c.worker < 0 ? "disk (inline)" : "disk worker " + std::to_string(c.worker);
+      name = "read " + b.name;
+    }
+    trace.Add(TraceEvent{name, track, base + c.start_us, c.end_us - c.start_us,
+                         {{"step", std::to_string(c.step)},
+                          {"forward", fwd},
+                          {"source", c.source},
+                          {"bytes", std::to_string(c.bytes)}}});
+  }
+}
+
+Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq,
+                                              bool last_only) {
+  BIGPLAN_RETURN_IF_ERROR(CheckInput(ids, batch, seq));
+  const auto t0 = Clock::now();
+  at::Tensor out;
+  Status run = engine->BeginForward();
+  if (run.ok()) run = RunSteps(ids, batch, seq, last_only, &out);
+  ForwardTimings timings;
+  Status end = engine->EndForward(run.ok() ? &timings : nullptr);
+  if (!run.ok() || !end.ok()) {
+    // The KV cache may hold part of this pass: start over.
+    pos = 0;
+    cached_batch = 0;
+    return run.ok() ? end.take_error() : run.take_error();
+  }
+  pos += seq;
+  cached_batch = batch;
+  Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  return out;
+}
+
+Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Executor::~Executor() = default;
+
+Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, const std::string& checkpoint_dir,
+                                                 const ExecutorOptions& options) {
+  const auto t0 = Clock::now();
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->created = t0;
+  try {
+    if (options.cpu_threads > 0) at::set_num_threads(options.cpu_threads);
+  } catch (const std::exception& e) {
+    return TorchError(e, "setting CPU threads");
+  }
+  {
+    // Fail fast on an architecture without kernels, before reading any weights.
+    BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
+    BIGPLAN_ASSIGN_OR_RETURN(impl->kernels, MakeModelKernels(executor_internal::SpecFromPlan(plan.plan())));
+  }
+  const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;
+  BIGPLAN_ASSIGN_OR_RETURN(impl->state, executor_internal::LoadModelState(
+                                            plan_path, checkpoint_dir, {.cpu_mode = cpu_mode, .progress = options.progress}));
+  BIGPLAN_ASSIGN_OR_RETURN(impl->engine, CopyEngine::Create(impl->state.get(), {.disk_workers = options.disk_workers,
+                                                                                 .timing = true}));
+  BIGPLAN_ASSIGN_OR_RETURN(impl->views, executor_internal::MakeBlockViews(*impl->state));
+  impl->stats.loaded_bytes = impl->state->loaded_bytes;
+  impl->stats.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return std::unique_ptr<Executor>(new Executor(std::move(impl)));
+}
+
+Result<Logits> Executor::Forward(const std::vector<int64_t>& token_ids, int batch, bool reset) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (reset) {
+    impl_->pos = 0;
+    impl_->cached_batch = 0;
+  }
+  const int64_t seq = batch > 0 ? static_cast<int64_t>(token_ids.size()) / batch : 0;
+  BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(token_ids, batch, seq, false));
+  return ToLogits(logits);
+}
+
+Result<Logits> Executor::Forward(const std::vector<std::vector<int64_t>>& rows, bool reset) {
+  if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty input: no rows");
+  std::vector<int64_t> flat;
+  for (const auto& row : rows) {
+    if (row.size() != rows[0].size()) {
+      return MakeError(ErrorCode::kInvalidArgument, "rows of different lengths (" + std::to_string(rows[0].size()) +
+                                                        " and " + std::to_string(row.size()) + " tokens)");
+    }
+    flat.insert(flat.end(), row.begin(), row.end());
+  }
+  return Forward(flat, static_cast<int>(rows.size()), reset);
+}
+
+int64_t Executor::cached_tokens() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->pos;
+}
+
+Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>>& prompts,
+                                          const GenerateOptions& options) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  const ModelInfo& info = impl_->state->info;
+  if (prompts.empty() || prompts[0].empty()) return MakeError(ErrorCode::kInvalidArgument, "empty prompt");
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  const int64_t len = static_cast<int64_t>(prompts[0].size());
+  std::vector<int64_t> flat;
+  for (const auto& p : prompts) {
+    if (static_cast<int64_t>(p.size()) != len) {
+      return MakeError(ErrorCode::kInvalidArgument, "prompts of different lengths (" + std::to_string(len) + " and " +
+                                                        std::to_string(p.size()) + " tokens); pad them to one length");
+    }
+    flat.insert(flat.end(), p.begin(), p.end());
+  }
+  if (options.max_new_tokens < 1) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "max_new_tokens " + std::to_string(options.max_new_tokens) + " must be at least 1");
+  }
+  if (len + options.max_new_tokens > info.max_seq_len) {
+    return MakeError(ErrorCode::kInvalidArgument, "prompt of " + std::to_string(len) + " tokens + " +
+                                                      std::to_string(options.max_new_tokens) + " new tokens = " +
+                                                      std::to_string(len + options.max_new_tokens) +
+                                                      " exceeds the plan's max_seq_len " +
+                                                      std::to_string(info.max_seq_len));
+  }
+  impl_->pos = 0;
+  impl_->cached_batch = 0;
+  GenerateResult result;
+  result.tokens.assign(batch, {});
+  result.stopped.assign(batch, false);
+  std::mt19937_64 rng(options.seed);
+  auto is_stop = [&](int64_t t) {
+    for (int64_t s : options.stop_token_ids) {
+      if (s == t) return true;
+    }
+    return false;
+  };
+  std::vector<int64_t> next(batch);
+  for (int n = 0; n < options.max_new_tokens; ++n) {
+    const auto t0 = Clock::now();
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(n == 0 ? flat : next, batch, n == 0 ? len : 1, true));
+    const float* data = logits.data_ptr<float>();
+    const int64_t vocab = logits.size(2);
+    bool all_stopped = true;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t token = executor_internal::SampleToken(data + b * vocab, vocab, options.temperature,
+                                                           options.top_k, options.top_p, rng);
+      if (!result.stopped[b]) {
+        result.tokens[b].push_back(token);
+        result.stopped[b] = is_stop(token);
+        next[b] = token;
+      }
+      all_stopped &= result.stopped[b];
+    }
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    (n == 0 ? result.prefill_ms : result.decode_ms.emplace_back()) = ms;
+    if (all_stopped) break;
+  }
+  return result;
+}
+
+Status Executor::Reset() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->pos = 0;
+  impl_->cached_batch = 0;
+  return Status::Ok();
+}
+
+Stats Executor::stats() const {
+  std::lock_guard<std::mutex> lock(impl_->stats_mu);
+  return impl_->stats;
+}
+
+const ModelInfo& Executor::info() const { return impl_->state->info; }
+
+Status Executor::WriteTrace(const std::string& path) const {
+  if (!impl_->options.record_trace) {
+    return MakeError(ErrorCode::kInvalidArgument, "no trace recorded: load with ExecutorOptions::record_trace");
+  }
+  std::lock_guard<std::mutex> lock(impl_->stats_mu);
+  return impl_->trace.Write(path);
+}
+
+}  // namespace bigplan

@@ -1,0 +1,192 @@
+// bigplan's executor: loads a plan and its checkpoint once, then replays the plan's steps for every forward pass,
+// overlapping weight copies (pinned host -> GPU, disk -> pinned -> GPU) with compute.
+//
+// This header is the public API for services. It uses only standard C++ types (no LibTorch, no CUDA).
+//
+// Modes. With a CUDA device (and not ExecutorOptions::force_cpu), blocks run on the device the plan names and
+// streamed blocks are copied on dedicated copy streams. Without one (or forced), every block runs on the CPU from
+// the same plan: GPU-tier weights live in a host arena, CPU-tier weights are used in place from the host pool,
+// disk-tier weights straight from the memory-mapped shard (cast into the block's staging buffer when the plan's
+// execution dtype differs from the file's).
+//
+// Memory. Load allocates one arena per device and one pinned host pool, with the plan's sizes, and fills the
+// resident and CPU-tier weights. A forward pass allocates no weight or staging memory; activations and
+// intermediates come from LibTorch's caching allocator (the plan reserves room for them).
+//
+// Threading contract. An Executor may be shared between threads. Every public method takes one internal mutex,
+// so concurrent calls are serialized: each runs to completion before the next starts, and none observes or
+// leaves a half-updated state. Calls are not reordered relative to lock acquisition order, which the OS decides;
+// a caller that needs a particular interleaving of Forward calls on one KV cache (e.g. continuing a sequence)
+// must order them itself. Generate holds the mutex for the whole generation, so another thread's Forward cannot
+// interleave with its decode steps. stats() and info() are safe at any time.
+//
+// KV cache. Forward continues from the tokens of earlier Forward calls (position = tokens already cached) until
+// Reset(). Generate starts from an empty cache (it resets first) and leaves the generated sequence cached.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support/result.h"
+
+namespace bigplan {
+
+struct ExecutorOptions {
+  // Run every block on the CPU even if a CUDA device is present.
+  bool force_cpu = false;
+  // Worker threads that read disk-tier blocks (and, on the CPU, cast them). 0: min(4, disk-staging buffers),
+  // at least 1 when the plan has disk-tier blocks.
+  int disk_workers = 0;
+  // Print load progress ("loading weights: 1.20 GiB / 10.00 GiB") to stderr about once a second while loading
+  // takes longer than a second.
+  bool progress = true;
+  // Keep a timeline of every forward pass for WriteTrace (copies, compute steps, disk reads). Stats always holds
+  // the timings of the last forward pass.
+  bool record_trace = false;
+  // Intra-op threads for CPU compute; 0 leaves LibTorch's default.
+  int cpu_threads = 0;
+};
+
+// Float logits of one forward pass, row-major [batch, seq, vocab].
+struct Logits {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  int64_t vocab = 0;
+  std::vector<float> data;
+  float at(int64_t b, int64_t s, int64_t v) const { return data[(b * seq + s) * vocab + v]; }
+  const float* row(int64_t b, int64_t s) const { return data.data() + (b * seq + s) * vocab; }
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 16;
+  // Sampling: temperature <= 0 is greedy (argmax; ties to the lowest id). Otherwise logits / temperature, then
+  // top_k (0: off), then top_p (nucleus, 1: off), sampled with a generator seeded by `seed` (same seed, same
+  // prompts, same plan family -> same tokens).
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  // A row stops after it emits one of these (the stop token is included in its output). Generation ends when
+  // every row has stopped or after max_new_tokens.
+  std::vector<int64_t> stop_token_ids;
+};
+
+struct GenerateResult {
+  std::vector<std::vector<int64_t>> tokens;  // generated tokens per row (prompt excluded)
+  std::vector<bool> stopped;                 // per row: ended on a stop token
+  double prefill_ms = 0;                     // prompt forward pass + first token (time to first token)
+  std::vector<double> decode_ms;             // each later token's forward pass + sampling
+};
+
+// Timings of one forward pass, relative to its start (microseconds). GPU mode: CUDA event timestamps; CPU mode
+// and disk reads: wall clock.
+struct StepTiming {
+  uint32_t step = 0;
+  uint32_t block = 0;
+  int32_t device = -1;  // where it ran (-1: CPU)
+  double start_us = 0;
+  double end_us = 0;
+};
+
+struct CopyTiming {
+  uint32_t step = 0;   // the step that issued the copy
+  uint32_t block = 0;  // whose weights
+  std::string source;  // "cpu" (pinned -> device), "disk" (H2D part of a disk copy), "disk_read" (shard ->
+                       // pinned staging, or shard -> staging cast on the CPU), per worker thread
+  int worker = -1;     // disk worker index for "disk_read", else -1
+  uint64_t bytes = 0;
+  double start_us = 0;
+  double end_us = 0;
+};
+
+struct Stats {
+  double load_seconds = 0;
+  uint64_t loaded_bytes = 0;         // weight bytes read at load (resident + CPU tier)
+  uint64_t forward_count = 0;
+  // Totals over all forward passes.
+  uint64_t cpu_tier_bytes = 0;       // pinned host -> device copies
+  uint64_t disk_tier_bytes = 0;      // bytes read from shards for disk-tier blocks
+  uint64_t disk_h2d_bytes = 0;       // pinned disk staging -> device copies
+  // The last forward pass.
+  uint32_t last_batch = 0;
+  uint32_t last_seq = 0;
+  double last_forward_ms = 0;
+  uint64_t last_streamed_bytes = 0;  // cpu + disk bytes moved for that pass
+  std::vector<StepTiming> last_steps;
+  std::vector<CopyTiming> last_copies;
+};
+
+// What the loaded plan describes.
+struct ModelInfo {
+  std::string architecture;
+  std::string model_name;
+  std::string plan_path;
+  std::string exec_dtype;     // "BF16", "F32", ...
+  int64_t vocab_size = 0;
+  uint32_t max_batch = 0;
+  uint32_t max_seq_len = 0;
+  std::vector<int64_t> eos_token_ids;
+  bool cpu_mode = false;      // every block runs on the CPU
+  int blocks = 0;
+  int gpu_tier_blocks = 0;
+  int cpu_tier_blocks = 0;
+  int disk_tier_blocks = 0;
+  uint64_t device_arena_bytes = 0;  // all device arenas
+  uint64_t pinned_pool_bytes = 0;
+};
+
+class Executor {
+ public:
+  // Loads `plan_path`, verified, for the checkpoint at `checkpoint_dir` (see formats/checkpoint.h for accepted
+  // layouts). Errors:
+  //   kNotFound / kCorrupt / kIncompatible: the plan or checkpoint files (named);
+  //   kMismatch: the checkpoint is not the one the plan was made for (names the plan and the differing shard), a
+  //              plan tensor differs from the checkpoint's (names the tensor), or the plan was made from a model
+  //              description without weights (synthetic fingerprint);
+  //   kUnsupported: no kernels for the architecture, or a plan feature this executor does not run;
+  //   kDevice: CUDA allocation or device failures; kIo: mapping or reading shards.
+  static Result<std::unique_ptr<Executor>> Load(const std::string& plan_path, const std::string& checkpoint_dir,
+                                                const ExecutorOptions& options = {});
+
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // One forward pass over `token_ids`, row-major [batch][seq] (token_ids.size() == batch * seq), continuing the
+  // KV cache (or, with `reset`, starting a new sequence: Reset() and the pass as one call). Returns float logits
+  // [batch, seq, vocab]. kInvalidArgument (with the numbers) for a token id outside [0, vocab), batch > the plan's
+  // max_batch, cached + new tokens > max_seq_len, an empty or ragged input, or a batch size different from the
+  // cached sequence's. A pass that fails after it started (device or I/O error) resets the cache.
+  Result<Logits> Forward(const std::vector<int64_t>& token_ids, int batch, bool reset = false);
+  // The same with one vector per row (all rows the same length).
+  Result<Logits> Forward(const std::vector<std::vector<int64_t>>& rows, bool reset = false);
+
+  // Tokens in the KV cache (0 after Reset()). Takes the call mutex, so it waits for a call in progress.
+  int64_t cached_tokens() const;
+
+  // Resets the KV cache, then feeds the prompts (one per row, all the same length) and generates up to
+  // options.max_new_tokens per row. kInvalidArgument as Forward, and when prompt length + max_new_tokens exceeds
+  // max_seq_len.
+  Result<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& options);
+
+  // Forgets the cached tokens.
+  Status Reset();
+
+  Stats stats() const;
+  const ModelInfo& info() const;
+
+  // Writes the recorded timeline (ExecutorOptions::record_trace) as a Chrome/Perfetto trace:
+  // {"traceEvents": [...]} with "X" events on a "compute" track, a "copy" track and one "disk worker N" track
+  // per disk worker. kIo naming the file; kInvalidArgument if tracing was not enabled.
+  Status WriteTrace(const std::string& path) const;
+
+  class Impl;
+
+ private:
+  explicit Executor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace bigplan

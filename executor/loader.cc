@@ -1,0 +1,682 @@
+#include "executor/loader.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "support/units.h"
+
+namespace bigplan::executor_internal {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string Str(const flatbuffers::String* s) { return s == nullptr ? std::string() : s->str(); }
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  return out + "]";
+}
+
+std::vector<int64_t> ShapeOf(const flatbuffers::Vector<int64_t>* shape) {
+  std::vector<int64_t> out;
+  if (shape != nullptr) out.assign(shape->begin(), shape->end());
+  return out;
+}
+
+// Prints "loading weights: X / Y" to stderr about once a second, once loading has taken more than a second.
+class LoadProgress {
+ public:
+  LoadProgress(uint64_t total, bool enabled) : total_(total), enabled_(enabled), start_(Clock::now()), last_(start_) {}
+  void Add(uint64_t bytes) {
+    done_ += bytes;
+    if (!enabled_) return;
+    const auto now = Clock::now();
+    if (now - start_ < std::chrono::seconds(1) || now - last_ < std::chrono::seconds(1)) return;
+    last_ = now;
+    printed_ = true;
+    Print();
+  }
+  void Finish() {
+    if (enabled_ && printed_) Print();
+  }
+
+ private:
+  void Print() const {
+    const double secs = std::chrono::duration<double>(Clock::now() - start_).count();
+    std::fprintf(stderr, "bigplan: loading weights: %s / %s (%.0f%%, %.1f s)\n", FormatBytes(done_).c_str(),
+                 FormatBytes(total_).c_str(), total_ ? 100.0 * double(done_) / double(total_) : 100.0, secs);
+  }
+  uint64_t total_;
+  uint64_t done_ = 0;
+  bool enabled_;
+  bool printed_ = false;
+  Clock::time_point start_;
+  Clock::time_point last_;
+};
+
+constexpr uint64_t kLoadChunkBytes = 64ull << 20;
+
+struct Loader {
+  const LoadOptions& options;
+  ModelState& state;
+  const schema::Plan& plan;
+  std::string plan_name;
+
+  Result<uint8_t*> BufferPtr(int32_t index, schema::Pool pool, int32_t device, const std::string& what,
+                             const std::string& block, uint64_t min_size) {
+    const auto* buffers = plan.buffers();
+    if (index < 0 || buffers == nullptr || static_cast<uint32_t>(index) >= buffers->size()) {
+      return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + block + ": " + what + " buffer " +
+                                                std::to_string(index) + " missing or out of range");
+    }
+    const schema::Buffer* b = buffers->Get(index);
+    if (b->pool() != pool || (pool == schema::Pool::DeviceArena && b->device() != device)) {
+      return MakeError(ErrorCode::kCorrupt,
+                       plan_name + ": block " + block + ": " + what + " buffer '" + Str(b->name()) +
+                           "' is in the wrong pool (" + (b->pool() == schema::Pool::PinnedHost ? "pinned" : "device") +
+                           " " + std::to_string(b->device()) + ")");
+    }
+    if (b->size_bytes() < min_size) {
+      return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + block + ": " + what + " buffer '" +
+                                                Str(b->name()) + "' holds " + std::to_string(b->size_bytes()) +
+                                                " bytes, needs " + std::to_string(min_size));
+    }
+    for (ArenaRuntime& a : state.arenas) {
+      if (a.pool != pool) continue;
+      if (pool == schema::Pool::DeviceArena && a.device != device) continue;
+      if (b->offset() + b->size_bytes() > a.memory.size()) break;
+      return a.memory.data() + b->offset();
+    }
+    return MakeError(ErrorCode::kCorrupt,
+                     plan_name + ": buffer '" + Str(b->name()) + "' lies outside its arena (or has no arena)");
+  }
+
+  Status AllocateArenas(int cuda_count) {
+    const auto* arenas = plan.arenas();
+    std::set<std::pair<int, int>> seen;
+    if (arenas == nullptr) return Status::Ok();
+    for (const schema::Arena* a : *arenas) {
+      const int device = a->pool() == schema::Pool::PinnedHost ? -1 : a->device();
+      if (!seen.insert({static_cast<int>(a->pool()), device}).second) {
+        return MakeError(ErrorCode::kCorrupt, plan_name + ": two arenas for one pool");
+      }
+      ArenaRuntime rt;
+      rt.pool = a->pool();
+      rt.device = device;
+      const uint64_t size = a->size_bytes();
+      if (a->pool() == schema::Pool::PinnedHost) {
+        if (state.cpu_mode) {
+          BIGPLAN_ASSIGN_OR_RETURN(rt.memory, Allocation::Host(size, "host pool"));
+        } else {
+          BIGPLAN_ASSIGN_OR_RETURN(rt.memory, Allocation::Pinned(size, "pinned host pool"));
+        }
+      } else if (device < 0 || state.cpu_mode) {
+        const std::string name = device < 0 ? "cpu arena" : "cuda:" + std::to_string(device) + " arena (on the host)";
+        BIGPLAN_ASSIGN_OR_RETURN(rt.memory, Allocation::Host(size, name));
+      } else {
+        if (device >= cuda_count) {
+          return MakeError(ErrorCode::kDevice, plan_name + ": the plan has an arena on cuda:" +
+                                                   std::to_string(device) + " but " + std::to_string(cuda_count) +
+                                                   " CUDA device(s) are visible (run on the CPU with force_cpu)");
+        }
+        BIGPLAN_ASSIGN_OR_RETURN(rt.memory,
+                                 Allocation::Device(device, size, "cuda:" + std::to_string(device) + " arena"));
+      }
+      state.arenas.push_back(std::move(rt));
+    }
+    return Status::Ok();
+  }
+
+  Status MapShards(const Checkpoint& checkpoint) {
+    const auto* shards = plan.checkpoint()->shards();
+    const auto& fp = checkpoint.fingerprint();
+    for (uint32_t i = 0; i < shards->size(); ++i) {
+      const std::string name = Str(shards->Get(i)->file_name());
+      std::string path;
+      for (size_t j = 0; j < fp.shards.size() && j < checkpoint.shard_paths().size(); ++j) {
+        if (fp.shards[j].file_name == name) path = checkpoint.shard_paths()[j];
+      }
+      if (path.empty()) return MakeError(ErrorCode::kInternal, "shard " + name + " has no path");
+      BIGPLAN_ASSIGN_OR_RETURN(MappedFile mapped, MappedFile::Open(path));
+      state.shards.push_back(std::make_unique<MappedFile>(std::move(mapped)));
+    }
+    return Status::Ok();
+  }
+
+  Status BuildBlocks(int cuda_count) {
+    const auto* blocks = plan.blocks();
+    const auto* tensors = plan.tensors();
+    const schema::ModelConfig* config = plan.config();
+    const schema::RunShape* run = plan.run_shape();
+    if (blocks == nullptr || blocks->size() == 0) return MakeError(ErrorCode::kCorrupt, plan_name + ": no blocks");
+    if (config == nullptr || run == nullptr) {
+      return MakeError(ErrorCode::kCorrupt, plan_name + ": no model config or run shape");
+    }
+    const uint64_t kv_bytes_needed = 2ull * run->max_batch() * config->num_kv_heads() * run->max_seq_len() *
+                                     config->head_dim() * DTypeSize(plan.exec_dtype());
+    std::set<int> devices;
+    for (uint32_t i = 0; i < blocks->size(); ++i) {
+      const schema::Block* b = blocks->Get(i);
+      BlockRuntime br;
+      br.index = i;
+      br.name = Str(b->name());
+      br.kind = Str(b->kind());
+      br.prefix = Str(b->prefix());
+      br.layer = b->layer();
+      br.tier = b->tier();
+      br.weight_bytes = b->weight_bytes();
+      const int plan_device = b->device();
+      if (plan_device < -1) {
+        return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": device " +
+                                                  std::to_string(plan_device));
+      }
+      br.device = state.cpu_mode ? -1 : plan_device;
+      if (br.device >= cuda_count) {
+        return MakeError(ErrorCode::kDevice, plan_name + ": block " + br.name + " runs on cuda:" +
+                                                 std::to_string(br.device) + " but " + std::to_string(cuda_count) +
+                                                 " CUDA device(s) are visible (run on the CPU with force_cpu)");
+      }
+      if (br.device >= 0) devices.insert(br.device);
+      const bool on_cpu = br.device < 0;
+      // Weights.
+      if (b->weights() != nullptr) {
+        for (const schema::Weight* w : *b->weights()) {
+          const schema::Tensor* t = tensors->Get(w->tensor());
+          WeightRuntime wr;
+          wr.name = Str(t->name());
+          wr.shape = ShapeOf(t->shape());
+          wr.numel = 1;
+          for (int64_t d : wr.shape) wr.numel *= d;
+          wr.source_dtype = t->src_dtype();
+          wr.dtype = w->dtype();
+          wr.bytes = w->size_bytes();
+          wr.offset_in_block = w->offset_in_block();
+          wr.source_bytes = t->size_bytes();
+          wr.source_offset = t->offset();
+          wr.shard = state.shards[t->shard()].get();
+          BIGPLAN_ASSIGN_OR_RETURN(wr.source, wr.shard->View(t->offset(), t->size_bytes()));
+          if (wr.bytes != uint64_t(wr.numel) * DTypeSize(wr.dtype)) {
+            return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
+                                                      " has size_bytes " + std::to_string(wr.bytes) + ", expected " +
+                                                      std::to_string(uint64_t(wr.numel) * DTypeSize(wr.dtype)));
+          }
+          if (wr.offset_in_block + wr.bytes > br.weight_bytes) {
+            return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
+                                                      " ends past the block's weight_bytes");
+          }
+          br.source_bytes += wr.source_bytes;
+          br.weights.push_back(std::move(wr));
+        }
+      }
+      // Where the weights live and how they reach compute.
+      switch (br.tier) {
+        case schema::Tier::Gpu: {
+          br.feed = Feed::kResident;
+          BIGPLAN_ASSIGN_OR_RETURN(br.home, BufferPtr(b->home_buffer(), schema::Pool::DeviceArena, plan_device,
+                                                      "home", br.name, br.weight_bytes));
+          br.weights_base = br.home;
+          break;
+        }
+        case schema::Tier::Cpu: {
+          BIGPLAN_ASSIGN_OR_RETURN(br.home, BufferPtr(b->home_buffer(), schema::Pool::PinnedHost, -1, "home",
+                                                      br.name, br.weight_bytes));
+          if (on_cpu) {
+            br.feed = Feed::kHostInPlace;
+            br.weights_base = br.home;
+          } else {
+            br.feed = Feed::kCopyH2D;
+            BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->staging_buffer(), schema::Pool::DeviceArena,
+                                                           plan_device, "staging", br.name, br.weight_bytes));
+            br.weights_base = br.staging;
+          }
+          break;
+        }
+        case schema::Tier::Disk: {
+          if (on_cpu) {
+            br.feed = Feed::kDiskOnCpu;
+            for (WeightRuntime& w : br.weights) {
+              const size_t elem = DTypeSize(w.dtype);
+              w.cast_on_cpu = w.dtype != w.source_dtype || (elem > 0 && reinterpret_cast<uintptr_t>(w.source) % elem);
+              br.needs_cpu_cast |= w.cast_on_cpu;
+            }
+            if (br.needs_cpu_cast) {
+              if (b->staging_buffer() >= 0) {
+                BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->staging_buffer(), schema::Pool::DeviceArena,
+                                                               plan_device, "staging", br.name, br.weight_bytes));
+              } else if (b->disk_staging_buffer() >= 0) {
+                BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->disk_staging_buffer(), schema::Pool::PinnedHost,
+                                                               -1, "disk staging", br.name, br.weight_bytes));
+                br.cast_inline = true;
+              } else {
+                return MakeError(ErrorCode::kUnsupported,
+                                 plan_name + ": disk-tier block " + br.name +
+                                     " must be cast to the execution dtype but has no staging buffer");
+              }
+              br.weights_base = br.staging;
+            }
+          } else {
+            br.feed = Feed::kDiskH2D;
+            BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->staging_buffer(), schema::Pool::DeviceArena,
+                                                           plan_device, "staging", br.name, br.weight_bytes));
+            BIGPLAN_ASSIGN_OR_RETURN(br.disk_staging, BufferPtr(b->disk_staging_buffer(), schema::Pool::PinnedHost,
+                                                                -1, "disk staging", br.name, br.weight_bytes));
+            br.weights_base = br.staging;
+          }
+          break;
+        }
+        default:
+          return MakeError(ErrorCode::kUnsupported, plan_name + ": block " + br.name + ": unknown tier " +
+                                                        std::to_string(static_cast<int>(br.tier)));
+      }
+      if (b->kv_buffer() >= 0) {
+        BIGPLAN_ASSIGN_OR_RETURN(
+            br.kv, BufferPtr(b->kv_buffer(), schema::Pool::DeviceArena, plan_device, "kv", br.name, kv_bytes_needed));
+        br.kv_bytes = kv_bytes_needed;
+      } else if (br.kind == "decoder_layer") {
+        return MakeError(ErrorCode::kCorrupt, plan_name + ": decoder layer " + br.name + " has no kv_buffer");
+      }
+      state.blocks.push_back(std::move(br));
+    }
+    state.cuda_devices.assign(devices.begin(), devices.end());
+    std::set<int32_t> disk_staging;
+    for (const schema::Block* b : *blocks) {
+      if (b->disk_staging_buffer() >= 0) disk_staging.insert(b->disk_staging_buffer());
+    }
+    state.num_disk_staging_buffers = static_cast<int>(disk_staging.size());
+    return Status::Ok();
+  }
+
+  Status BuildSteps() {
+    const auto* steps = plan.steps();
+    const uint32_t nblocks = state.blocks.size();
+    if (steps == nullptr || steps->size() != nblocks) {
+      return MakeError(ErrorCode::kUnsupported, plan_name + ": the plan has " +
+                                                    std::to_string(steps ? steps->size() : 0) + " steps for " +
+                                                    std::to_string(nblocks) + " blocks; one step per block expected");
+    }
+    std::vector<int> computed(nblocks, -1);
+    std::vector<int> copied(nblocks, 0);
+    uint32_t copy_index = 0;
+    state.steps.resize(steps->size());
+    for (uint32_t i = 0; i < steps->size(); ++i) {
+      const schema::Step* s = steps->Get(i);
+      StepRuntime& sr = state.steps[i];
+      sr.block = s->block();
+      if (sr.block >= nblocks || computed[sr.block] >= 0) {
+        return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) + " computes block " +
+                                                  std::to_string(sr.block) + " (out of range or computed twice)");
+      }
+      computed[sr.block] = static_cast<int>(i);
+      state.blocks[sr.block].step = i;
+    }
+    for (uint32_t i = 0; i < steps->size(); ++i) {
+      const schema::Step* s = steps->Get(i);
+      if (s->copies() == nullptr) continue;
+      for (const schema::Copy* c : *s->copies()) {
+        CopyRuntime cr;
+        cr.step = i;
+        cr.block = c->block();
+        cr.source = c->source();
+        cr.stream = c->stream();
+        if (cr.block >= nblocks) {
+          return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) + " copies block " +
+                                                    std::to_string(cr.block) + " (out of range)");
+        }
+        const BlockRuntime& br = state.blocks[cr.block];
+        if (br.tier != cr.source || br.tier == schema::Tier::Gpu) {
+          return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) + " copies block " +
+                                                    br.name + " from the " + TierName(cr.source) +
+                                                    " tier, but its tier is " + TierName(br.tier));
+        }
+        if (br.step < i) {
+          return MakeError(ErrorCode::kUnsupported,
+                           plan_name + ": step " + std::to_string(i) + " copies block " + br.name +
+                               ", which step " + std::to_string(br.step) +
+                               " computes earlier (copies for the next forward pass are not supported)");
+        }
+        if (c->wait_compute_steps() != nullptr) {
+          for (uint32_t w : *c->wait_compute_steps()) {
+            if (w >= steps->size()) {
+              return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) +
+                                                        ": wait_compute_steps entry " + std::to_string(w) +
+                                                        " out of range");
+            }
+            cr.wait_compute_steps.push_back(w);
+          }
+        }
+        if (c->wait_copy_blocks() != nullptr) {
+          for (uint32_t w : *c->wait_copy_blocks()) {
+            if (w >= nblocks) {
+              return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) +
+                                                        ": wait_copy_blocks entry " + std::to_string(w) +
+                                                        " out of range");
+            }
+            cr.wait_copy_blocks.push_back(w);
+          }
+        }
+        if (++copied[cr.block] > 1) {
+          return MakeError(ErrorCode::kUnsupported,
+                           plan_name + ": block " + br.name + " is copied more than once per forward pass");
+        }
+        state.max_streams_per_device = std::max<uint32_t>(state.max_streams_per_device, cr.stream + 1u);
+        cr.index = copy_index++;
+        state.steps[i].copies.push_back(std::move(cr));
+      }
+    }
+    for (StepRuntime& s : state.steps) {
+      for (CopyRuntime& c : s.copies) state.copies.push_back(&c);
+    }
+    for (const BlockRuntime& br : state.blocks) {
+      if ((br.feed == Feed::kCopyH2D || br.feed == Feed::kDiskH2D) && copied[br.index] == 0) {
+        return MakeError(ErrorCode::kCorrupt,
+                         plan_name + ": block " + br.name + " is streamed (" + TierName(br.tier) +
+                             " tier) but no step copies it");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status FillWeights() {
+    uint64_t total = 0;
+    for (const BlockRuntime& br : state.blocks) {
+      if (br.tier == schema::Tier::Disk) continue;
+      for (const WeightRuntime& w : br.weights) total += w.bytes;
+    }
+    LoadProgress progress(total, options.progress);
+    std::vector<uint8_t> bounce;
+    for (const BlockRuntime& br : state.blocks) {
+      if (br.tier == schema::Tier::Disk) continue;
+      const bool device_home = br.tier == schema::Tier::Gpu && br.device >= 0;
+      if (device_home) {
+        BIGPLAN_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(br.device), "cudaSetDevice"));
+      }
+      for (const WeightRuntime& w : br.weights) {
+        uint8_t* dst = br.home + w.offset_in_block;
+        w.shard->WillNeed(w.source_offset, w.source_bytes);
+        const size_t src_elem = DTypeSize(w.source_dtype);
+        const size_t dst_elem = DTypeSize(w.dtype);
+        const int64_t chunk_elems =
+            std::max<int64_t>(1, kLoadChunkBytes / std::max<size_t>({src_elem, dst_elem, size_t{1}}));
+        for (int64_t e = 0; e < w.numel; e += chunk_elems) {
+          const int64_t n = std::min(chunk_elems, w.numel - e);
+          const uint8_t* src = w.source + e * src_elem;
+          uint8_t* d = dst + e * dst_elem;
+          if (!device_home) {
+            BIGPLAN_RETURN_IF_ERROR(CastInto(d, w.dtype, src, w.source_dtype, n));
+          } else if (w.dtype == w.source_dtype) {
+            BIGPLAN_RETURN_IF_ERROR(
+                CudaStatus(cudaMemcpy(d, src, n * dst_elem, cudaMemcpyHostToDevice), "loading " + w.name));
+          } else {
+            bounce.resize(std::max<size_t>(bounce.size(), n * dst_elem));
+            BIGPLAN_RETURN_IF_ERROR(CastInto(bounce.data(), w.dtype, src, w.source_dtype, n));
+            BIGPLAN_RETURN_IF_ERROR(
+                CudaStatus(cudaMemcpy(d, bounce.data(), n * dst_elem, cudaMemcpyHostToDevice), "loading " + w.name));
+          }
+          progress.Add(n * dst_elem);
+        }
+      }
+    }
+    progress.Finish();
+    state.loaded_bytes = total;
+    return Status::Ok();
+  }
+};
+
+at::TensorOptions OptionsFor(schema::DType dtype, int device) {
+  auto opts = at::TensorOptions().dtype(ToScalarType(dtype));
+  return device < 0 ? opts.device(at::kCPU) : opts.device(at::kCUDA, device);
+}
+
+}  // namespace
+
+const char* FeedName(Feed feed) {
+  switch (feed) {
+    case Feed::kResident: return "resident";
+    case Feed::kHostInPlace: return "host in place";
+    case Feed::kCopyH2D: return "pinned -> device";
+    case Feed::kDiskH2D: return "disk -> pinned -> device";
+    case Feed::kDiskOnCpu: return "disk on cpu";
+  }
+  return "?";
+}
+
+at::ScalarType ToScalarType(schema::DType dtype) {
+  switch (dtype) {
+    case schema::DType::F32: return at::kFloat;
+    case schema::DType::F16: return at::kHalf;
+    case schema::DType::BF16: return at::kBFloat16;
+    case schema::DType::F64: return at::kDouble;
+    case schema::DType::I64: return at::kLong;
+    case schema::DType::I32: return at::kInt;
+    case schema::DType::I16: return at::kShort;
+    case schema::DType::I8: return at::kChar;
+    case schema::DType::U8: return at::kByte;
+    case schema::DType::Bool: return at::kBool;
+    case schema::DType::F8_E4M3: return at::kFloat8_e4m3fn;
+    case schema::DType::F8_E5M2: return at::kFloat8_e5m2;
+  }
+  return at::kFloat;
+}
+
+Status CastInto(void* dst, schema::DType dst_dtype, const void* src, schema::DType src_dtype, int64_t numel) {
+  if (numel <= 0) return Status::Ok();
+  if (dst_dtype == src_dtype) {
+    std::memcpy(dst, src, numel * DTypeSize(dst_dtype));
+    return Status::Ok();
+  }
+  try {
+    at::Tensor s = at::from_blob(const_cast<void*>(src), {numel}, at::TensorOptions().dtype(ToScalarType(src_dtype)));
+    at::Tensor d = at::from_blob(dst, {numel}, at::TensorOptions().dtype(ToScalarType(dst_dtype)));
+    d.copy_(s);
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kUnsupported, std::string("casting ") + DTypeName(src_dtype) + " to " +
+                                                  DTypeName(dst_dtype) + " failed: " + e.what());
+  }
+  return Status::Ok();
+}
+
+Status CheckPlanAgainstCheckpoint(const PlanFile& plan_file, const Checkpoint& checkpoint) {
+  const schema::Plan& plan = plan_file.plan();
+  const std::string& pname = plan_file.path();
+  const schema::Fingerprint* fp = plan.checkpoint();
+  const auto* shards = fp == nullptr ? nullptr : fp->shards();
+  bool synthetic = shards == nullptr || shards->size() == 0;
+  if (!synthetic) {
+    synthetic = true;
+    for (const schema::ShardInfo* s : *shards) synthetic &= s->size_bytes() == 0;
+  }
+  if (synthetic) {
+    return MakeError(ErrorCode::kMismatch,
+                     "plan " + pname +
+                         " was made from a model description without weights (its checkpoint fingerprint is "
+                         "synthetic: no shard has a size), so it cannot run; plan again with --model pointing at "
+                         "the checkpoint directory " + checkpoint.directory());
+  }
+  const auto& ck = checkpoint.fingerprint();
+  const std::string stale = " (the checkpoint is not the one the plan was made for, or it changed after planning; "
+                            "plan again)";
+  for (uint32_t i = 0; i < shards->size(); ++i) {
+    const schema::ShardInfo* s = shards->Get(i);
+    const std::string name = Str(s->file_name());
+    const ShardFingerprint* have = nullptr;
+    for (const ShardFingerprint& c : ck.shards) {
+      if (c.file_name == name) have = &c;
+    }
+    if (have == nullptr) {
+      return MakeError(ErrorCode::kMismatch, "plan " + pname + " needs shard " + name + ", which checkpoint " +
+                                                 checkpoint.directory() + " does not have" + stale);
+    }
+    if (have->size_bytes != s->size_bytes()) {
+      return MakeError(ErrorCode::kMismatch, "plan " + pname + ": shard " + name + " has " +
+                                                 std::to_string(have->size_bytes) + " bytes in " +
+                                                 checkpoint.directory() + " but " + std::to_string(s->size_bytes()) +
+                                                 " in the plan" + stale);
+    }
+    if (have->header_digest != Str(s->header_digest())) {
+      return MakeError(ErrorCode::kMismatch, "plan " + pname + ": shard " + name + " in " + checkpoint.directory() +
+                                                 " has a different header (digest " + have->header_digest.substr(0, 12) +
+                                                 "..., plan " + Str(s->header_digest()).substr(0, 12) + "...)" + stale);
+    }
+  }
+  if (ck.shards.size() != shards->size()) {
+    for (const ShardFingerprint& c : ck.shards) {
+      bool listed = false;
+      for (const schema::ShardInfo* s : *shards) listed |= Str(s->file_name()) == c.file_name;
+      if (!listed) {
+        return MakeError(ErrorCode::kMismatch, "plan " + pname + ": checkpoint " + checkpoint.directory() +
+                                                   " has shard " + c.file_name + ", which the plan does not list" +
+                                                   stale);
+      }
+    }
+  }
+  const auto* tensors = plan.tensors();
+  if (tensors != nullptr) {
+    for (const schema::Tensor* t : *tensors) {
+      const std::string name = Str(t->name());
+      const TensorLocation* loc = checkpoint.Find(name);
+      if (loc == nullptr) {
+        return MakeError(ErrorCode::kMismatch, "plan " + pname + ": tensor " + name + " is not in checkpoint " +
+                                                   checkpoint.directory());
+      }
+      const std::string plan_shard = Str(shards->Get(t->shard())->file_name());
+      const std::string ck_shard =
+          loc->shard < ck.shards.size() ? ck.shards[loc->shard].file_name : std::to_string(loc->shard);
+      const std::vector<int64_t> shape = ShapeOf(t->shape());
+      std::string what;
+      if (plan_shard != ck_shard) {
+        what = "shard " + ck_shard + " (plan: " + plan_shard + ")";
+      } else if (loc->offset != t->offset()) {
+        what = "offset " + std::to_string(loc->offset) + " (plan: " + std::to_string(t->offset()) + ")";
+      } else if (loc->size_bytes != t->size_bytes()) {
+        what = "size " + std::to_string(loc->size_bytes) + " bytes (plan: " + std::to_string(t->size_bytes()) + ")";
+      } else if (static_cast<int>(loc->dtype) != static_cast<int>(t->src_dtype())) {
+        what = std::string("dtype ") + DTypeString(loc->dtype) + " (plan: " + DTypeName(t->src_dtype()) + ")";
+      } else if (loc->shape != shape) {
+        what = "shape " + ShapeString(loc->shape) + " (plan: " + ShapeString(shape) + ")";
+      }
+      if (!what.empty()) {
+        return MakeError(ErrorCode::kMismatch,
+                         "plan " + pname + ": tensor " + name + " differs in the checkpoint: " + what + stale);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path, const std::string& checkpoint_dir,
+                                                   const LoadOptions& options) {
+  const auto start = Clock::now();
+  auto state = std::make_unique<ModelState>();
+  BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan_file, PlanFile::Load(plan_path));
+  state->plan = std::make_unique<PlanFile>(std::move(plan_file));
+  state->checkpoint_dir = checkpoint_dir;
+  state->cpu_mode = options.cpu_mode;
+  const schema::Plan& plan = state->plan->plan();
+  {
+    BIGPLAN_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(checkpoint_dir));
+    BIGPLAN_RETURN_IF_ERROR(CheckPlanAgainstCheckpoint(*state->plan, checkpoint));
+    Loader loader{options, *state, plan, plan_path};
+    BIGPLAN_RETURN_IF_ERROR(loader.MapShards(checkpoint));
+  }
+  const int cuda_count = options.cpu_mode ? 0 : CudaDeviceCount();
+  Loader loader{options, *state, plan, plan_path};
+  BIGPLAN_RETURN_IF_ERROR(loader.AllocateArenas(cuda_count));
+  BIGPLAN_RETURN_IF_ERROR(loader.BuildBlocks(cuda_count));
+  BIGPLAN_RETURN_IF_ERROR(loader.BuildSteps());
+  BIGPLAN_RETURN_IF_ERROR(loader.FillWeights());
+
+  ModelInfo& info = state->info;
+  const schema::ModelConfig* config = plan.config();
+  info.architecture = Str(config->architecture());
+  info.model_name = Str(plan.model_name());
+  info.plan_path = plan_path;
+  info.exec_dtype = DTypeName(plan.exec_dtype());
+  info.vocab_size = config->vocab_size();
+  info.max_batch = plan.run_shape()->max_batch();
+  info.max_seq_len = plan.run_shape()->max_seq_len();
+  if (config->eos_token_ids() != nullptr) info.eos_token_ids.assign(config->eos_token_ids()->begin(), config->eos_token_ids()->end());
+  info.cpu_mode = state->cpu_mode;
+  info.blocks = static_cast<int>(state->blocks.size());
+  for (const BlockRuntime& b : state->blocks) {
+    info.gpu_tier_blocks += b.tier == schema::Tier::Gpu;
+    info.cpu_tier_blocks += b.tier == schema::Tier::Cpu;
+    info.disk_tier_blocks += b.tier == schema::Tier::Disk;
+  }
+  for (const ArenaRuntime& a : state->arenas) {
+    (a.pool == schema::Pool::PinnedHost ? info.pinned_pool_bytes : info.device_arena_bytes) += a.memory.size();
+  }
+  state->load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return state;
+}
+
+at::Tensor ViewWeights::Find(const std::string& name) const {
+  auto it = tensors.find(name);
+  return it == tensors.end() ? at::Tensor() : it->second;
+}
+
+Result<std::vector<BlockViews>> MakeBlockViews(const ModelState& state) {
+  const schema::Plan& plan = state.plan->plan();
+  const schema::ModelConfig* config = plan.config();
+  const schema::RunShape* run = plan.run_shape();
+  std::vector<BlockViews> views(state.blocks.size());
+  try {
+    for (const BlockRuntime& br : state.blocks) {
+      BlockViews& v = views[br.index];
+      for (const WeightRuntime& w : br.weights) {
+        void* ptr = nullptr;
+        if (br.feed == Feed::kDiskOnCpu && !w.cast_on_cpu) {
+          ptr = const_cast<uint8_t*>(w.source);
+        } else {
+          ptr = br.weights_base + w.offset_in_block;
+        }
+        v.weights.tensors[w.name] = at::from_blob(ptr, w.shape, OptionsFor(w.dtype, br.device));
+      }
+      if (br.kv != nullptr) {
+        const std::vector<int64_t> shape{run->max_batch(), config->num_kv_heads(), run->max_seq_len(),
+                                         config->head_dim()};
+        const auto opts = OptionsFor(plan.exec_dtype(), br.device);
+        v.kv.k = at::from_blob(br.kv, shape, opts);
+        v.kv.v = at::from_blob(br.kv + br.kv_bytes / 2, shape, opts);
+        v.has_kv = true;
+      }
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kDevice, std::string("making weight views: ") + e.what());
+  }
+  return views;
+}
+
+ModelSpec SpecFromPlan(const schema::Plan& plan) {
+  const schema::ModelConfig* c = plan.config();
+  ModelSpec s;
+  s.architecture = Str(c->architecture());
+  s.hidden_size = c->hidden_size();
+  s.num_layers = c->num_layers();
+  s.num_heads = c->num_heads();
+  s.num_kv_heads = c->num_kv_heads();
+  s.head_dim = c->head_dim();
+  s.intermediate_size = c->intermediate_size();
+  s.vocab_size = c->vocab_size();
+  s.max_position_embeddings = c->max_position_embeddings();
+  s.norm_eps = c->norm_eps();
+  s.rope_theta = c->rope_theta();
+  s.rotary_dim = c->rotary_dim();
+  s.attention_bias = c->attention_bias();
+  s.mlp_bias = c->mlp_bias();
+  s.tie_word_embeddings = c->tie_word_embeddings();
+  s.activation = Str(c->activation());
+  s.rope_scaling_json = Str(c->rope_scaling_json());
+  return s;
+}
+
+}  // namespace bigplan::executor_internal

@@ -1,0 +1,54 @@
+// Loading: plan verification, checkpoint checks, arenas, mmap'd shards, weight fill, and the LibTorch views the
+// kernels read (internal to executor/).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "executor/kernels.h"
+#include "executor/model_state.h"
+#include "formats/checkpoint.h"
+#include "schema/plan_io.h"
+#include "support/result.h"
+
+namespace bigplan::executor_internal {
+
+struct LoadOptions {
+  bool cpu_mode = false;
+  bool progress = true;
+};
+
+// Everything up to (and including) filling resident and CPU-tier weights. Error codes as Executor::Load.
+Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path, const std::string& checkpoint_dir,
+                                                   const LoadOptions& options);
+
+// The plan-vs-checkpoint checks LoadModelState runs: the plan's fingerprint is not synthetic, matches the
+// checkpoint's shard by shard (names, sizes, header digests), and every plan tensor's (shard, offset, size,
+// dtype, shape) matches. kMismatch naming the plan and the shard or tensor.
+Status CheckPlanAgainstCheckpoint(const PlanFile& plan, const Checkpoint& checkpoint);
+
+at::ScalarType ToScalarType(schema::DType dtype);
+
+// A block's weights as tensors over executor memory, by checkpoint tensor name.
+class ViewWeights : public BlockWeights {
+ public:
+  at::Tensor Find(const std::string& name) const override;
+  std::unordered_map<std::string, at::Tensor> tensors;
+};
+
+struct BlockViews {
+  ViewWeights weights;
+  bool has_kv = false;
+  KvCache kv;
+};
+
+// One entry per block. Views never move: buffers are fixed for the executor's lifetime.
+Result<std::vector<BlockViews>> MakeBlockViews(const ModelState& state);
+
+ModelSpec SpecFromPlan(const schema::Plan& plan);
+
+}  // namespace bigplan::executor_internal

@@ -1,0 +1,243 @@
+// End to end on a GPU (tag "gpu"; skips without a CUDA device).
+//
+// 1. Every tiny family x every placement of PlanSuite on cuda:0 (plans whose blocks compute on the CPU run there),
+//    compared with transformers' float32 logits (CPU) for a prefill and KV-cached decode steps:
+//      float32   max|ours - transformers| / max|transformers| <= 1e-4 and the greedy tokens equal transformers'.
+//                (LibTorch's default keeps TF32 off for float32 matmuls, so only summation order differs.)
+//      bfloat16  max relative error <= 3e-2 against the float32 reference: bf16 keeps 8 significant bits
+//                (~4e-3 relative per rounding of weights and activations), compounded over the layers; the CPU
+//                suite measures 1-2e-2 for these models. Top-1 agreement >= 90% where transformers' top-1 leads by
+//                more than 2% of the logit range.
+//    Placement never changes the result: plans that compute on the same devices give the same tokens and logits
+//    within 1e-6 relative.
+// 2. Copies overlap compute, and streaming is exact, on a model big enough for copies to take milliseconds
+//    (a random bf16 Llama of ~0.9 GB written by formats/writer): CPU-tier and disk-tier plans give bit-identical
+//    logits to the all-resident plan, and the recorded CUDA events show a copy running while an earlier step
+//    computes.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+
+#include "executor/executor.h"
+#include "formats/writer.h"
+#include "tests/e2e/e2e_util.h"
+
+namespace bigplan::e2e {
+namespace {
+
+constexpr double kF32Tolerance = 1e-4;
+constexpr double kBf16Tolerance = 3e-2;
+constexpr double kBf16TopOne = 0.9;
+constexpr double kTopOneMargin = 0.02;
+constexpr double kSamePlacementTolerance = 1e-6;
+
+bool HaveCuda() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+class E2eGpu : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
+    if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models";
+  }
+
+  void RunSuite(const std::string& dtype, double tolerance, bool exact_tokens) {
+    const std::string family = GetParam();
+    const std::string model = ModelDir(family);
+    auto ref = LoadReference(model);
+    ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+    const uint32_t seq_len = SuiteSeqLen(model);
+    const int64_t steps = std::min<int64_t>(ref->steps, seq_len - ref->prompt_len);
+    auto plans = PlanSuite(model, TempDir(family + "_gpu_" + dtype), dtype, seq_len);
+    ASSERT_TRUE(plans.ok()) << plans.error().ToString();
+    // Results of the first plan of each compute-device group ("cuda" or "cpu"-only).
+    std::map<std::string, std::pair<std::vector<std::vector<int64_t>>, std::vector<Logits>>> first;
+    for (const PlanCase& c : *plans) {
+      SCOPED_TRACE(family + " " + dtype + " " + c.name + " (" + c.max_memory + "; " + c.summary.ToString() + ")");
+      ExecutorOptions options;
+      options.progress = false;
+      auto exec = Executor::Load(c.path, model, options);
+      ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+      ASSERT_FALSE((*exec)->info().cpu_mode);
+      auto errors = CompareWithReference(**exec, *ref, steps);
+      ASSERT_TRUE(errors.ok()) << errors.error().ToString();
+      const double top1 = TopOneAgreement(*errors, *ref, kTopOneMargin);
+      EXPECT_LE(errors->max_rel, tolerance);
+      if (!exact_tokens) {
+        EXPECT_GE(top1, kBf16TopOne);
+      }
+      const Stats stats = (*exec)->stats();
+      const bool on_gpu = c.summary.cpu_compute < c.summary.blocks;
+      if (on_gpu && c.summary.cpu_tier > 0) {
+        EXPECT_GT(stats.cpu_tier_bytes, 0u);
+      }
+      if (c.summary.disk_tier > 0) {
+        EXPECT_GT(stats.disk_tier_bytes, 0u);
+      }
+      GenerateOptions g;
+      g.max_new_tokens = static_cast<int>(std::min<int64_t>(steps + 1, seq_len - ref->prompt_len));
+      auto gen = (*exec)->Generate(ref->Prompts(), g);
+      ASSERT_TRUE(gen.ok()) << gen.error().ToString();
+      if (exact_tokens) {
+        for (int64_t b = 0; b < ref->batch; ++b) {
+          std::vector<int64_t> want = ref->GeneratedRow(b);
+          want.resize(g.max_new_tokens);
+          EXPECT_EQ(gen->tokens[b], want) << "row " << b;
+        }
+      }
+      std::printf("%-14s %-5s %-17s %-44s max rel err %.2e (steps:", family.c_str(), dtype.c_str(), c.name.c_str(),
+                  c.summary.ToString().c_str(), errors->max_rel);
+      for (double e : errors->rel) std::printf(" %.1e", e);
+      std::printf("), top-1 %.3f\n", top1);
+      const std::string group = on_gpu ? "cuda" : "cpu";
+      auto it = first.find(group);
+      if (it == first.end()) {
+        first[group] = {gen->tokens, errors->logits};
+      } else {
+        EXPECT_EQ(gen->tokens, it->second.first) << "plan " << c.name << " (" << group << ")";
+        for (size_t k = 0; k < it->second.second.size(); ++k) {
+          EXPECT_LE(MaxRelError(errors->logits[k].data, it->second.second[k].data), kSamePlacementTolerance)
+              << "step " << k << ": plan " << c.name << " (" << group << ")";
+        }
+      }
+    }
+  }
+};
+
+TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
+
+TEST_P(E2eGpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, false); }
+
+INSTANTIATE_TEST_SUITE_P(Families, E2eGpu, ::testing::ValuesIn(AllFamilies()),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// A random Llama big enough that copies take milliseconds: config.json + sharded bf16 safetensors.
+std::string WriteMediumLlama(const std::string& dir) {
+  constexpr int64_t kHidden = 2048, kInter = 5632, kLayers = 6, kHeads = 16, kVocab = 32000;
+  std::vector<WriteSpec> tensors;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    tensors.push_back(WriteSpec{name, std::move(shape), DType::kBF16});
+  };
+  add("model.embed_tokens.weight", {kVocab, kHidden});
+  for (int l = 0; l < kLayers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {kHidden});
+    for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+      add(p + "self_attn." + proj + ".weight", {kHidden, kHidden});
+    }
+    add(p + "post_attention_layernorm.weight", {kHidden});
+    add(p + "mlp.gate_proj.weight", {kInter, kHidden});
+    add(p + "mlp.up_proj.weight", {kInter, kHidden});
+    add(p + "mlp.down_proj.weight", {kHidden, kInter});
+  }
+  add("model.norm.weight", {kHidden});
+  add("lm_head.weight", {kVocab, kHidden});
+  WriterOptions w;
+  w.max_shard_bytes = 256ull << 20;
+  w.seed = 5;
+  auto shards = WriteRandomCheckpoint(dir, tensors, w);
+  if (!shards.ok()) return shards.error().ToString();
+  std::ofstream(dir + "/config.json")
+      << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": )" << kHidden
+      << R"(, "intermediate_size": )" << kInter << R"(, "num_hidden_layers": )" << kLayers
+      << R"(, "num_attention_heads": )" << kHeads << R"(, "num_key_value_heads": )" << kHeads
+      << R"(, "vocab_size": )" << kVocab
+      << R"(, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+          "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})";
+  return "";
+}
+
+TEST(E2eGpuStreaming, CopiesOverlapComputeAndStreamingIsExact) {
+  if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = TempDir("medium_llama");
+  const std::string model = dir + "/model";
+  ASSERT_EQ(WriteMediumLlama(model), "");
+  constexpr uint32_t kBatch = 2, kSeqLen = 1024;
+  const std::string big = std::to_string(64ull << 30);
+  auto feasible = [&](const std::string& spec, const std::string& out) {
+    return MakePlan(model, spec, "bf16", kBatch, kSeqLen, out).ok();
+  };
+  const std::string resident = dir + "/resident.bplan", cpu_tier = dir + "/cpu_tier.bplan",
+                    disk_tier = dir + "/disk_tier.bplan", probe = dir + "/probe.bplan";
+  Status s = MakePlan(model, "cuda:0=" + big + ",cpu=" + big, "bf16", kBatch, kSeqLen, resident);
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  auto min_gpu = SmallestFeasible([&](uint64_t b) { return feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big, probe); },
+                                  0, 64ull << 30, 1 << 20);
+  ASSERT_TRUE(min_gpu.ok()) << min_gpu.error().ToString();
+  ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_gpu) + ",cpu=" + big, "bf16", kBatch, kSeqLen, cpu_tier).ok());
+  auto min_cpu = SmallestFeasible(
+      [&](uint64_t b) { return feasible("cuda:0=" + std::to_string(*min_gpu) + ",cpu=" + std::to_string(b), probe); }, 0,
+      64ull << 30, 1 << 20);
+  ASSERT_TRUE(min_cpu.ok()) << min_cpu.error().ToString();
+  ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_gpu) + ",cpu=" + std::to_string(*min_cpu), "bf16",
+                       kBatch, kSeqLen, disk_tier)
+                  .ok());
+
+  std::vector<int64_t> prompt(kBatch * 512);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int64_t>((i * 7919) % 32000);
+  std::vector<float> want_prefill, want_decode;
+  for (const std::string& plan : {resident, cpu_tier, disk_tier}) {
+    auto summary = SummarizePlan(plan);
+    ASSERT_TRUE(summary.ok());
+    SCOPED_TRACE(plan + ": " + summary->ToString());
+    ExecutorOptions options;
+    options.progress = false;
+    options.record_trace = true;
+    auto exec = Executor::Load(plan, model, options);
+    ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+    // Warm up (cuBLAS handles, allocator), then measure.
+    ASSERT_TRUE((*exec)->Forward(prompt, kBatch, /*reset=*/true).ok());
+    auto prefill = (*exec)->Forward(prompt, kBatch, /*reset=*/true);
+    ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
+    const Stats p = (*exec)->stats();
+    auto decode = (*exec)->Forward(std::vector<int64_t>(kBatch, 17), kBatch);
+    ASSERT_TRUE(decode.ok()) << decode.error().ToString();
+    const Stats d = (*exec)->stats();
+    if (want_prefill.empty()) {
+      want_prefill = prefill->data;
+      want_decode = decode->data;
+    } else {
+      EXPECT_EQ(prefill->data, want_prefill) << "streamed weights must give the resident plan's logits exactly";
+      EXPECT_EQ(decode->data, want_decode);
+    }
+    for (const Stats* st : {&p, &d}) {
+      double compute_ms = 0, copy_ms = 0;
+      for (const StepTiming& t : st->last_steps) compute_ms += (t.end_us - t.start_us) / 1000;
+      for (const CopyTiming& c : st->last_copies) {
+        if (c.source != "disk_read") copy_ms += (c.end_us - c.start_us) / 1000;
+      }
+      // Overlap: some H2D copy for a later step runs while an earlier step computes.
+      double overlap_us = 0;
+      for (const CopyTiming& c : st->last_copies) {
+        if (c.source == "disk_read") continue;
+        for (const StepTiming& t : st->last_steps) {
+          if (t.block >= c.block) continue;
+          overlap_us += std::max(0.0, std::min(c.end_us, t.end_us) - std::max(c.start_us, t.start_us));
+        }
+      }
+      std::printf("%-40s %-7s %2zu copies, forward %8.3f ms, compute %8.3f ms, copies %8.3f ms (%s), "
+                  "copy/compute overlap %8.3f ms\n",
+                  summary->ToString().c_str(), st == &p ? "prefill" : "decode", st->last_copies.size(),
+                  st->last_forward_ms, compute_ms, copy_ms,
+                  (std::to_string(st->last_streamed_bytes >> 20) + " MiB").c_str(), overlap_us / 1000);
+      if (summary->cpu_tier + summary->disk_tier > 1 && st == &p) {
+        EXPECT_GT(overlap_us, 0.0) << "no copy ran while an earlier step computed";
+      }
+    }
+    EXPECT_TRUE((*exec)->WriteTrace(dir + "/" + std::to_string(summary->disk_tier) + ".trace.json").ok());
+  }
+}
+
+}  // namespace
+}  // namespace bigplan::e2e

@@ -1,0 +1,372 @@
+#include "tests/e2e/e2e_util.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/safetensors.h"
+#include "schema/plan_io.h"
+
+namespace bigplan::e2e {
+
+namespace fs = std::filesystem;
+
+const std::vector<std::string>& AllFamilies() {
+  static const std::vector<std::string> kFamilies = {"llama",   "llama_gqa", "llama_linear", "llama_dynamic",
+                                                     "mistral", "qwen2",     "gpt2",         "gptj"};
+  return kFamilies;
+}
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+std::string Runfile(const std::string& rel) {
+  std::vector<std::string> roots;
+  for (const char* var : {"RUNFILES_DIR", "TEST_SRCDIR"}) {
+    if (!Env(var).empty()) roots.push_back(Env(var));
+  }
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) roots.push_back(exe.string() + ".runfiles");
+  for (const std::string& root : roots) {
+    for (const std::string& ws : {std::string("bigplan/"), std::string()}) {
+      const fs::path p = fs::path(root) / (ws + rel);
+      if (fs::exists(p)) return p.string();
+    }
+  }
+  if (!Env("BIGPLAN_REPO").empty() && fs::exists(fs::path(Env("BIGPLAN_REPO")) / rel)) {
+    return (fs::path(Env("BIGPLAN_REPO")) / rel).string();
+  }
+  return "";
+}
+
+std::string TempDir(const std::string& name) {
+  static std::atomic<int> counter{0};
+  const std::string base = Env("TEST_TMPDIR").empty() ? "/tmp" : Env("TEST_TMPDIR");
+  const std::string dir =
+      base + "/" + name + "." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+int RunCommand(const std::string& command, std::string* output) {
+  output->clear();
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) output->append(buf, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+namespace {
+
+std::string Quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string PythonPath() {
+  if (!Env("BIGPLAN_PYTHON").empty()) return Env("BIGPLAN_PYTHON");
+  const std::string wrapped = Runfile("torch/python3.sh");
+  if (!wrapped.empty()) return wrapped;
+  const std::string external = Runfile("../torch/python3.sh");
+  if (!external.empty()) return external;
+  return "python3";
+}
+
+Status WriteText(const std::string& path, const std::string& text) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) return MakeError(ErrorCode::kIo, "cannot write " + path);
+  std::fwrite(text.data(), 1, text.size(), f);
+  std::fclose(f);
+  return Status::Ok();
+}
+
+}  // namespace
+
+const std::string& ModelsRoot() {
+  static std::once_flag once;
+  static std::string root;
+  std::call_once(once, [] {
+    root = Env("BIGPLAN_TINY_MODELS");
+    if (!root.empty()) return;
+    const std::string script = Runfile("tests/reference/make_tiny_models.py");
+    if (script.empty()) {
+      std::fprintf(stderr, "make_tiny_models.py not found (set BIGPLAN_TINY_MODELS or BIGPLAN_REPO)\n");
+      return;
+    }
+    const std::string dir = TempDir("tiny_models");
+    std::string out;
+    const std::string cmd = Quote(PythonPath()) + " " + Quote(script) + " --out-root " + Quote(dir) + " --families all";
+    if (RunCommand(cmd, &out) != 0) {
+      std::fprintf(stderr, "generating tiny models failed: %s\n%s\n", cmd.c_str(), out.c_str());
+      return;
+    }
+    root = dir;
+  });
+  return root;
+}
+
+std::string ModelDir(const std::string& family) { return ModelsRoot() + "/" + family; }
+
+Status MakePlan(const std::string& model_dir, const std::string& max_memory, const std::string& dtype,
+                uint32_t batch, uint32_t seq_len, const std::string& out, const std::string& extra) {
+  std::string tool = Env("BIGPLAN_PLAN_TOOL");
+  if (tool.empty()) tool = Runfile("tools/plan");
+  if (tool.empty()) return MakeError(ErrorCode::kNotFound, "the plan tool (set BIGPLAN_PLAN_TOOL)");
+  const std::string cmd = Quote(tool) + " --quiet --model " + Quote(model_dir) + " --max-memory " +
+                          Quote(max_memory) + " --dtype " + dtype + " --batch " + std::to_string(batch) +
+                          " --seq-len " + std::to_string(seq_len) + " -o " + Quote(out) +
+                          (extra.empty() ? "" : " " + extra);
+  std::string output;
+  const int rc = RunCommand(cmd, &output);
+  if (rc == 0) return Status::Ok();
+  if (output.find("infeasible") != std::string::npos) return MakeError(ErrorCode::kInfeasible, output);
+  return MakeError(ErrorCode::kInternal, cmd + " exited " + std::to_string(rc) + ": " + output);
+}
+
+std::string PlanSummary::ToString() const {
+  return std::to_string(blocks) + " blocks: gpu " + std::to_string(gpu_tier) + ", cpu " + std::to_string(cpu_tier) +
+         ", disk " + std::to_string(disk_tier) + " tier; " + std::to_string(cpu_compute) + " on the cpu; " +
+         exec_dtype;
+}
+
+Result<PlanSummary> SummarizePlan(const std::string& plan_path) {
+  BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
+  PlanSummary s;
+  s.exec_dtype = DTypeName(plan.plan().exec_dtype());
+  for (const schema::Block* b : *plan.plan().blocks()) {
+    ++s.blocks;
+    s.gpu_tier += b->tier() == schema::Tier::Gpu;
+    s.cpu_tier += b->tier() == schema::Tier::Cpu;
+    s.disk_tier += b->tier() == schema::Tier::Disk;
+    s.cpu_compute += b->device() < 0;
+  }
+  return s;
+}
+
+Result<uint64_t> SmallestFeasible(const std::function<bool(uint64_t)>& feasible, uint64_t lo, uint64_t hi,
+                                  uint64_t granularity) {
+  if (!feasible(hi)) return MakeError(ErrorCode::kInfeasible, "infeasible even at " + std::to_string(hi));
+  while (hi - lo > granularity) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    if (feasible(mid)) {
+      hi = mid;
+    } else {
+      lo = mid;
+    }
+  }
+  return hi;
+}
+
+uint32_t SuiteSeqLen(const std::string& model_dir) {
+  uint32_t len = 16;
+  std::ifstream in(model_dir + "/config.json");
+  nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  for (const char* key : {"max_position_embeddings", "n_positions"}) {
+    if (config.is_object() && config.contains(key) && config[key].is_number_unsigned()) {
+      len = std::min(len, config[key].get<uint32_t>());
+    }
+  }
+  return len;
+}
+
+Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std::string& dir,
+                                        const std::string& dtype, uint32_t seq_len) {
+  constexpr uint32_t kBatch = 2;
+  const uint32_t kSeqLen = seq_len;
+  constexpr uint64_t kBig = 8ull << 30, kGranularity = 4096;
+  const std::string scratch = dir + "/probe.bplan";
+  auto feasible = [&](const std::string& spec) {
+    Status s = MakePlan(model_dir, spec, dtype, kBatch, kSeqLen, scratch);
+    return s.ok();
+  };
+  std::vector<PlanCase> cases;
+  auto add = [&](const std::string& name, const std::string& spec, const std::string& extra = "") -> Status {
+    PlanCase c;
+    c.name = name;
+    c.path = dir + "/" + name + ".bplan";
+    c.max_memory = spec + (extra.empty() ? "" : " " + extra.substr(extra.rfind('/') + 1));
+    BIGPLAN_RETURN_IF_ERROR(MakePlan(model_dir, spec, dtype, kBatch, kSeqLen, c.path, extra));
+    BIGPLAN_ASSIGN_OR_RETURN(c.summary, SummarizePlan(c.path));
+    cases.push_back(std::move(c));
+    return Status::Ok();
+  };
+  const std::string big = std::to_string(kBig);
+  BIGPLAN_RETURN_IF_ERROR(add("gpu_resident", "cuda:0=" + big + ",cpu=" + big));
+  BIGPLAN_ASSIGN_OR_RETURN(
+      uint64_t min_gpu,
+      SmallestFeasible([&](uint64_t b) { return feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big); }, 0, kBig,
+                       kGranularity));
+  BIGPLAN_RETURN_IF_ERROR(add("cpu_tier", "cuda:0=" + std::to_string(min_gpu) + ",cpu=" + big));
+  BIGPLAN_ASSIGN_OR_RETURN(uint64_t min_cpu, SmallestFeasible(
+                                                 [&](uint64_t b) {
+                                                   return feasible("cuda:0=" + std::to_string(min_gpu) +
+                                                                   ",cpu=" + std::to_string(b));
+                                                 },
+                                                 0, kBig, kGranularity));
+  BIGPLAN_RETURN_IF_ERROR(
+      add("disk_tier", "cuda:0=" + std::to_string(min_gpu) + ",cpu=" + std::to_string(min_cpu)));
+  BIGPLAN_ASSIGN_OR_RETURN(uint64_t all_resident, SmallestFeasible(
+                                                      [&](uint64_t b) {
+                                                        if (!feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big)) {
+                                                          return false;
+                                                        }
+                                                        auto s = SummarizePlan(scratch);
+                                                        return s.ok() && s->gpu_tier == s->blocks;
+                                                      },
+                                                      min_gpu, kBig, kGranularity));
+  BIGPLAN_RETURN_IF_ERROR(add("mixed", "cuda:0=" + std::to_string((min_gpu + all_resident) / 2) + ",cpu=" + big));
+  BIGPLAN_RETURN_IF_ERROR(add("cpu_compute", "cpu=" + big));
+  // Explicit device maps over the block names of the first plan.
+  nlohmann::json cpu_disk = nlohmann::json::object(), tiers = nlohmann::json::object();
+  {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(cases[0].path));
+    int layer = 0;
+    for (const schema::Block* b : *plan.plan().blocks()) {
+      const std::string name = b->name()->str(), kind = b->kind()->str();
+      if (kind == "decoder_layer") {
+        cpu_disk[name] = "disk";
+        tiers[name] = layer++ % 2 == 0 ? "cpu" : "disk";
+      } else if (kind == "lm_head") {
+        cpu_disk[name] = "disk";
+        tiers[name] = "disk";
+      } else {
+        cpu_disk[name] = "cpu";
+        tiers[name] = 0;
+      }
+    }
+  }
+  const std::string cpu_disk_map = dir + "/cpu_disk_map.json", tiers_map = dir + "/tiers_map.json";
+  BIGPLAN_RETURN_IF_ERROR(WriteText(cpu_disk_map, cpu_disk.dump(1)));
+  BIGPLAN_RETURN_IF_ERROR(WriteText(tiers_map, tiers.dump(1)));
+  BIGPLAN_RETURN_IF_ERROR(add("cpu_compute_disk", "cpu=" + big, "--device-map " + Quote(cpu_disk_map)));
+  BIGPLAN_RETURN_IF_ERROR(add("explicit_tiers", "cuda:0=" + big + ",cpu=" + big, "--device-map " + Quote(tiers_map)));
+  return cases;
+}
+
+namespace {
+
+template <typename T>
+Result<std::vector<T>> ReadTensor(const SafetensorsFile& f, const std::string& name, DType want) {
+  const TensorInfo* info = f.header().Find(name);
+  if (info == nullptr) return MakeError(ErrorCode::kNotFound, f.path() + ": no tensor " + name);
+  if (info->dtype != want) return MakeError(ErrorCode::kMismatch, f.path() + ": " + name + " has another dtype");
+  BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* data, f.TensorData(name));
+  std::vector<T> out(info->size_bytes / sizeof(T));
+  std::memcpy(out.data(), data, info->size_bytes);
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> Reference::Prompts() const {
+  std::vector<std::vector<int64_t>> rows;
+  for (int64_t b = 0; b < batch; ++b) {
+    rows.emplace_back(input_ids.begin() + b * prompt_len, input_ids.begin() + (b + 1) * prompt_len);
+  }
+  return rows;
+}
+
+std::vector<int64_t> Reference::GeneratedRow(int64_t b) const {
+  return std::vector<int64_t>(generated.begin() + b * (steps + 1), generated.begin() + (b + 1) * (steps + 1));
+}
+
+Result<Reference> LoadReference(const std::string& model_dir) {
+  BIGPLAN_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(model_dir + "/reference.safetensors"));
+  Reference r;
+  const auto& meta = f.header().metadata;
+  auto get = [&](const char* key) -> int64_t {
+    auto it = meta.find(key);
+    return it == meta.end() ? 0 : std::stoll(it->second);
+  };
+  r.batch = get("batch");
+  r.prompt_len = get("prompt_len");
+  r.steps = get("steps");
+  BIGPLAN_ASSIGN_OR_RETURN(r.input_ids, ReadTensor<int64_t>(f, "input_ids", DType::kI64));
+  BIGPLAN_ASSIGN_OR_RETURN(r.generated, ReadTensor<int64_t>(f, "generated", DType::kI64));
+  r.step_tokens.resize(r.steps + 1);
+  for (int64_t k = 0; k <= r.steps; ++k) {
+    BIGPLAN_ASSIGN_OR_RETURN(std::vector<float> l, ReadTensor<float>(f, "logits_" + std::to_string(k), DType::kF32));
+    r.logits.push_back(std::move(l));
+    if (k > 0) {
+      BIGPLAN_ASSIGN_OR_RETURN(r.step_tokens[k], ReadTensor<int64_t>(f, "tokens_" + std::to_string(k), DType::kI64));
+    }
+  }
+  const TensorInfo* l0 = f.header().Find("logits_0");
+  r.vocab = l0->shape.back();
+  return r;
+}
+
+double MaxRelError(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double diff = 0, scale = 1e-6;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - double(b[i]));
+    diff = std::isnan(d) ? INFINITY : std::max(diff, d);
+    scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return diff / scale;
+}
+
+Result<StepErrors> CompareWithReference(Executor& exec, const Reference& ref, int64_t max_steps) {
+  StepErrors out;
+  const int64_t steps = max_steps < 0 ? ref.steps : std::min(ref.steps, max_steps);
+  for (int64_t k = 0; k <= steps; ++k) {
+    Result<Logits> logits = k == 0 ? exec.Forward(ref.input_ids, static_cast<int>(ref.batch), /*reset=*/true)
+                                   : exec.Forward(ref.step_tokens[k], static_cast<int>(ref.batch));
+    if (!logits.ok()) return WithContext(logits.take_error(), "step " + std::to_string(k));
+    const double e = MaxRelError(logits->data, ref.logits[k]);
+    out.rel.push_back(e);
+    out.max_rel = std::max(out.max_rel, e);
+    out.logits.push_back(std::move(*logits));
+  }
+  return out;
+}
+
+double TopOneAgreement(const StepErrors& ours, const Reference& ref, double margin) {
+  int64_t counted = 0, agree = 0;
+  for (size_t k = 0; k < ours.logits.size(); ++k) {
+    const std::vector<float>& want = ref.logits[k];
+    double scale = 1e-6;
+    for (float v : want) scale = std::max(scale, std::fabs(double(v)));
+    const int64_t rows = static_cast<int64_t>(want.size()) / ref.vocab;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* w = want.data() + r * ref.vocab;
+      const float* o = ours.logits[k].data.data() + r * ref.vocab;
+      int64_t best = 0, second = -1;
+      for (int64_t v = 1; v < ref.vocab; ++v) {
+        if (w[v] > w[best]) {
+          second = best;
+          best = v;
+        } else if (second < 0 || w[v] > w[second]) {
+          second = v;
+        }
+      }
+      if (w[best] - w[second] <= margin * scale) continue;
+      ++counted;
+      const int64_t mine = std::max_element(o, o + ref.vocab) - o;
+      agree += mine == best;
+    }
+  }
+  return counted == 0 ? 1.0 : double(agree) / double(counted);
+}
+
+}  // namespace bigplan::e2e

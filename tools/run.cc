@@ -1,0 +1,260 @@
+// run: loads a plan and its checkpoint, generates tokens, and prints them with timings.
+//
+//   run --plan model.bplan --model DIR --prompt-ids 1,2,3 --max-new-tokens 16
+//
+// See kUsage for every flag. Relative paths are taken from the directory `bazel run` was started in.
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "executor/executor.h"
+#include "support/result.h"
+#include "support/tool_main.h"
+#include "support/units.h"
+
+namespace bigplan {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kUsage =
+    "usage: run --plan PLAN --model DIR --prompt-ids IDS [FLAGS]\n"
+    "\n"
+    "Loads a plan (from `plan -o`) and the checkpoint it was made for, then generates tokens, overlapping weight\n"
+    "copies with compute as the plan schedules them. Prints the generated token ids and timings.\n"
+    "\n"
+    "  --plan FILE              the plan (.bplan)\n"
+    "  --model DIR              the checkpoint directory the plan was made for\n"
+    "  --prompt-ids IDS         prompt token ids, comma-separated (\"1,2,3\"); rows separated by ';' for a batch\n"
+    "                           (\"1,2,3;4,5,6\"; every row the same length)\n"
+    "  --batch B                repeat a single-row prompt B times (default 1)\n"
+    "  --max-new-tokens N       tokens to generate per row (default 16)\n"
+    "  --temperature T          sample with temperature T (default 0: greedy)\n"
+    "  --top-k K                keep the K most likely tokens when sampling (default 0: all)\n"
+    "  --top-p P                nucleus sampling threshold (default 1: off)\n"
+    "  --seed S                 sampling seed (default 0)\n"
+    "  --stop-ids IDS           stop a row after one of these token ids (comma-separated)\n"
+    "  --cpu                    run every block on the CPU even if a GPU is present\n"
+    "  --disk-workers N         threads reading disk-tier blocks (default: automatic)\n"
+    "  --trace FILE             write a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing)\n"
+    "  --repeat N               generate N times and report each run's timings (default 1)\n"
+    "  --quiet                  no load progress on stderr\n"
+    "  -h, --help               this text\n"
+    "\n"
+    "Exit status: 0 ok, 1 the request failed, 2 bad command line.\n";
+
+Error Usage(const std::string& why) { return MakeError(ErrorCode::kInvalidArgument, why + "\n\n" + kUsage); }
+
+std::string UserPath(const std::string& path) {
+  if (path.empty() || fs::path(path).is_absolute()) return path;
+  const char* wd = std::getenv("BUILD_WORKING_DIRECTORY");
+  return wd && *wd ? (fs::path(wd) / path).string() : path;
+}
+
+Result<int64_t> ParseInt(const std::string& flag, const std::string& text, int64_t min) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno != 0 || v < min) {
+    return Usage(flag + ": expected an integer >= " + std::to_string(min) + ", got \"" + text + "\"");
+  }
+  return static_cast<int64_t>(v);
+}
+
+Result<double> ParseDouble(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0') return Usage(flag + ": expected a number, got \"" + text + "\"");
+  return v;
+}
+
+Result<std::vector<int64_t>> ParseIds(const std::string& flag, const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(text);
+  std::string piece;
+  while (std::getline(ss, piece, ',')) {
+    piece.erase(0, piece.find_first_not_of(" \t"));
+    piece.erase(piece.find_last_not_of(" \t") + 1);
+    BIGPLAN_ASSIGN_OR_RETURN(int64_t id, ParseInt(flag, piece, 0));
+    ids.push_back(id);
+  }
+  if (ids.empty()) return Usage(flag + ": no token ids in \"" + text + "\"");
+  return ids;
+}
+
+struct Flags {
+  std::string plan;
+  std::string model;
+  std::string prompt;
+  std::string stop_ids;
+  int64_t batch = 1;
+  GenerateOptions gen;
+  ExecutorOptions exec;
+  std::string trace;
+  int64_t repeat = 1;
+};
+
+Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
+  Flags f;
+  f.gen.max_new_tokens = 16;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      *help = true;
+      return f;
+    }
+    if (arg == "--cpu") {
+      f.exec.force_cpu = true;
+      continue;
+    }
+    if (arg == "--quiet") {
+      f.exec.progress = false;
+      continue;
+    }
+    std::string flag = arg, value;
+    const size_t eq = arg.find('=');
+    if (eq != std::string::npos && arg.rfind("--", 0) == 0) {
+      flag = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    } else {
+      static const char* kKnown[] = {"--plan", "--model", "--prompt-ids", "--batch", "--max-new-tokens",
+                                     "--temperature", "--top-k", "--top-p", "--seed", "--stop-ids",
+                                     "--disk-workers", "--trace", "--repeat"};
+      if (std::find_if(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return flag == k; }) ==
+          std::end(kKnown)) {
+        return Usage("unknown flag " + arg);
+      }
+      if (i + 1 >= argc) return Usage(flag + " needs a value");
+      value = argv[++i];
+    }
+    if (flag == "--plan") f.plan = UserPath(value);
+    else if (flag == "--model") f.model = UserPath(value);
+    else if (flag == "--prompt-ids") f.prompt = value;
+    else if (flag == "--stop-ids") f.stop_ids = value;
+    else if (flag == "--trace") f.trace = UserPath(value);
+    else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, ParseInt(flag, value, 1)); }
+    else if (flag == "--max-new-tokens") {
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1));
+      f.gen.max_new_tokens = static_cast<int>(n);
+    } else if (flag == "--temperature") {
+      BIGPLAN_ASSIGN_OR_RETURN(double t, ParseDouble(flag, value));
+      f.gen.temperature = static_cast<float>(t);
+    } else if (flag == "--top-k") {
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t k, ParseInt(flag, value, 0));
+      f.gen.top_k = static_cast<int>(k);
+    } else if (flag == "--top-p") {
+      BIGPLAN_ASSIGN_OR_RETURN(double p, ParseDouble(flag, value));
+      if (p <= 0 || p > 1) return Usage("--top-p: expected a number in (0, 1], got \"" + value + "\"");
+      f.gen.top_p = static_cast<float>(p);
+    } else if (flag == "--seed") {
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t s, ParseInt(flag, value, 0));
+      f.gen.seed = static_cast<uint64_t>(s);
+    } else if (flag == "--disk-workers") {
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1));
+      f.exec.disk_workers = static_cast<int>(n);
+    } else if (flag == "--repeat") {
+      BIGPLAN_ASSIGN_OR_RETURN(f.repeat, ParseInt(flag, value, 1));
+    } else {
+      return Usage("unknown flag " + flag);
+    }
+  }
+  if (f.plan.empty()) return Usage("--plan is required");
+  if (f.model.empty()) return Usage("--model is required");
+  if (f.prompt.empty()) return Usage("--prompt-ids is required");
+  if (!f.stop_ids.empty()) {
+    BIGPLAN_ASSIGN_OR_RETURN(f.gen.stop_token_ids, ParseIds("--stop-ids", f.stop_ids));
+  }
+  f.exec.record_trace = !f.trace.empty();
+  return f;
+}
+
+std::string Join(const std::vector<int64_t>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? " " : "") + std::to_string(v[i]);
+  return out;
+}
+
+Status Main(int argc, char** argv) {
+  bool help = false;
+  BIGPLAN_ASSIGN_OR_RETURN(Flags f, ParseFlags(argc, argv, &help));
+  if (help) {
+    std::fputs(kUsage, stdout);
+    return Status::Ok();
+  }
+  std::vector<std::vector<int64_t>> prompts;
+  {
+    std::stringstream ss(f.prompt);
+    std::string row;
+    while (std::getline(ss, row, ';')) {
+      BIGPLAN_ASSIGN_OR_RETURN(std::vector<int64_t> ids, ParseIds("--prompt-ids", row));
+      prompts.push_back(std::move(ids));
+    }
+  }
+  if (prompts.size() == 1 && f.batch > 1) prompts.assign(f.batch, prompts[0]);
+  if (prompts.size() > 1 && f.batch > 1 && static_cast<int64_t>(prompts.size()) != f.batch) {
+    return Usage("--batch " + std::to_string(f.batch) + " but --prompt-ids has " + std::to_string(prompts.size()) +
+                 " rows");
+  }
+
+  BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, Executor::Load(f.plan, f.model, f.exec));
+  const ModelInfo& info = exec->info();
+  const Stats load = exec->stats();
+  std::printf("plan: %s (%s, %s, %d blocks: %d gpu, %d cpu, %d disk tier)\n", info.plan_path.c_str(),
+              info.architecture.c_str(), info.exec_dtype.c_str(), info.blocks, info.gpu_tier_blocks,
+              info.cpu_tier_blocks, info.disk_tier_blocks);
+  std::printf("mode: %s; device arenas %s, pinned pool %s\n", info.cpu_mode ? "cpu" : "cuda",
+              FormatBytes(info.device_arena_bytes).c_str(), FormatBytes(info.pinned_pool_bytes).c_str());
+  std::printf("load: %.3f s (%s of resident and cpu-tier weights)\n", load.load_seconds,
+              FormatBytes(load.loaded_bytes).c_str());
+
+  for (int64_t r = 0; r < f.repeat; ++r) {
+    const Stats before = exec->stats();
+    BIGPLAN_ASSIGN_OR_RETURN(GenerateResult result, exec->Generate(prompts, f.gen));
+    const Stats after = exec->stats();
+    if (r == 0 || f.repeat > 1) {
+      if (f.repeat > 1) std::printf("run %lld:\n", static_cast<long long>(r + 1));
+      if (r == 0) {
+        for (size_t b = 0; b < result.tokens.size(); ++b) {
+          std::printf("tokens[%zu]: %s%s\n", b, Join(result.tokens[b]).c_str(),
+                      result.stopped[b] ? " (stop)" : "");
+        }
+      }
+      std::printf("time to first token: %.3f ms (prompt %zu tokens x batch %zu)\n", result.prefill_ms,
+                  prompts[0].size(), prompts.size());
+      if (!result.decode_ms.empty()) {
+        std::vector<double> d = result.decode_ms;
+        const double mean = std::accumulate(d.begin(), d.end(), 0.0) / d.size();
+        std::sort(d.begin(), d.end());
+        std::printf("decode: %.3f ms/token (mean of %zu; min %.3f, median %.3f, max %.3f)\n", mean, d.size(),
+                    d.front(), d[d.size() / 2], d.back());
+      }
+      const uint64_t forwards = after.forward_count - before.forward_count;
+      const uint64_t cpu = after.cpu_tier_bytes - before.cpu_tier_bytes;
+      const uint64_t disk = after.disk_tier_bytes - before.disk_tier_bytes;
+      if (forwards > 0) {
+        std::printf("streamed per forward: %s (cpu tier %s, disk tier %s)\n",
+                    FormatBytes((cpu + disk) / forwards).c_str(), FormatBytes(cpu / forwards).c_str(),
+                    FormatBytes(disk / forwards).c_str());
+      }
+    }
+  }
+  if (!f.trace.empty()) {
+    BIGPLAN_RETURN_IF_ERROR(exec->WriteTrace(f.trace));
+    std::printf("trace: %s\n", f.trace.c_str());
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+}  // namespace bigplan
+
+int main(int argc, char** argv) {
+  return bigplan::RunTool("run", [&] { return bigplan::Main(argc, argv); });
+}
