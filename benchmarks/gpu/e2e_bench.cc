@@ -1,0 +1,315 @@
+// End-to-end GPU benchmark: in one run, measures the machine's floors, plans the model for each configuration,
+// runs the plan with the executor and writes JSON results (and a Chrome trace per configuration).
+//
+//   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
+//             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
+//             [--drop-caches]
+//
+// For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
+// fresh sequence), the floor (bytes streamed per forward / pinned H2D bandwidth measured in this run; for disk
+// configurations disk bytes / O_DIRECT disk bandwidth + the rest over PCIe), and the planner's prediction. With
+// --resident-budget-gib it also times a KV-cached decode step at `--prefill` context and a prefill with every
+// weight resident, against weight bytes / device memory bandwidth and FLOPs / matmul rate.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "benchmarks/gpu/floors.h"
+#include "executor/executor.h"
+#include "planner/planner.h"
+#include "schema/plan_io.h"
+#include "support/tool_main.h"
+#include "support/units.h"
+
+namespace bigplan {
+namespace {
+
+struct Args {
+  std::string model;
+  std::vector<double> gpu_budgets{4};
+  double cpu_budget_gib = 100;
+  std::vector<std::pair<double, double>> disk_configs;  // (gpu GiB, cpu GiB)
+  double resident_budget_gib = 0;
+  int prefill = 512;
+  int repeat = 5;
+  std::string out = "e2e_results.json";
+  std::string trace_dir;
+  bool drop_caches = false;
+};
+
+Result<Args> ParseArgs(int argc, char** argv) {
+  Args a;
+  auto need = [&](int& i) -> Result<std::string> {
+    if (i + 1 >= argc) return MakeError(ErrorCode::kInvalidArgument, std::string(argv[i]) + " needs a value");
+    return std::string(argv[++i]);
+  };
+  auto numbers = [](const std::string& s) {
+    std::vector<double> v;
+    size_t p = 0;
+    while (p < s.size()) {
+      size_t q = s.find(',', p);
+      if (q == std::string::npos) q = s.size();
+      if (q > p) v.push_back(std::stod(s.substr(p, q - p)));
+      p = q + 1;
+    }
+    return v;
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string f = argv[i];
+    try {
+      if (f == "--model") { BIGPLAN_ASSIGN_OR_RETURN(a.model, need(i)); }
+      else if (f == "--gpu-budgets") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.gpu_budgets = numbers(v); }
+      else if (f == "--cpu-budget-gib") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.cpu_budget_gib = std::stod(v); }
+      else if (f == "--disk-config") {
+        BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
+        size_t c = v.find(':');
+        if (c == std::string::npos) return MakeError(ErrorCode::kInvalidArgument, "--disk-config wants GPU_GIB:CPU_GIB");
+        a.disk_configs.emplace_back(std::stod(v.substr(0, c)), std::stod(v.substr(c + 1)));
+      }
+      else if (f == "--resident-budget-gib") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.resident_budget_gib = std::stod(v); }
+      else if (f == "--prefill") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.prefill = std::stoi(v); }
+      else if (f == "--repeat") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.repeat = std::stoi(v); }
+      else if (f == "--out") { BIGPLAN_ASSIGN_OR_RETURN(a.out, need(i)); }
+      else if (f == "--trace-dir") { BIGPLAN_ASSIGN_OR_RETURN(a.trace_dir, need(i)); }
+      else if (f == "--drop-caches") { a.drop_caches = true; }
+      else return MakeError(ErrorCode::kInvalidArgument, "unknown flag " + f);
+    } catch (const std::exception&) {
+      return MakeError(ErrorCode::kInvalidArgument, "bad number after " + f);
+    }
+  }
+  if (a.model.empty()) return MakeError(ErrorCode::kInvalidArgument, "--model DIR is required");
+  return a;
+}
+
+void DropPageCache() {
+  ::sync();
+  if (FILE* f = std::fopen("/proc/sys/vm/drop_caches", "w")) {
+    std::fputs("3\n", f);
+    std::fclose(f);
+  }
+}
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::vector<int64_t> RandomTokens(int n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::vector<int64_t> ids(n);
+  for (auto& x : ids) x = static_cast<int64_t>(g() % static_cast<uint64_t>(vocab));
+  return ids;
+}
+
+struct Timing {
+  double best = 0, median = 0;
+  std::vector<double> all;
+};
+
+template <typename Fn>
+Result<Timing> TimeIt(int repeat, Fn fn) {
+  BIGPLAN_RETURN_IF_ERROR(fn());  // warm-up
+  Timing t;
+  for (int i = 0; i < repeat; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    BIGPLAN_RETURN_IF_ERROR(fn());
+    t.all.push_back(Seconds(t0));
+  }
+  std::vector<double> s = t.all;
+  std::sort(s.begin(), s.end());
+  t.best = s.front();
+  t.median = s[s.size() / 2];
+  return t;
+}
+
+nlohmann::json TimingJson(const Timing& t) { return {{"best_s", t.best}, {"median_s", t.median}, {"all_s", t.all}}; }
+
+struct Config {
+  std::string name;
+  std::string tier;  // "cpu", "disk", "resident"
+  double gpu_gib = 0;
+  std::string max_memory;
+};
+
+Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& profile, const Config& cfg,
+                 nlohmann::json* out) {
+  std::fprintf(stderr, "== %s: --max-memory %s\n", cfg.name.c_str(), cfg.max_memory.c_str());
+  PlanRequest req;
+  req.model_dir = args.model;
+  BIGPLAN_ASSIGN_OR_RETURN(req.budget, ParseMaxMemory(cfg.max_memory));
+  const bool resident = cfg.tier == "resident";
+  req.run = RunShape{1, static_cast<uint32_t>(resident ? 2 * args.prefill : args.prefill)};
+  req.exec_dtype = DType::kBF16;
+  req.profile = profile;
+  auto t_plan = std::chrono::steady_clock::now();
+  BIGPLAN_ASSIGN_OR_RETURN(PlanResult plan, MakePlan(req));
+  const double plan_s = Seconds(t_plan);
+  const std::string plan_path = (args.trace_dir.empty() ? std::string("/tmp") : args.trace_dir) + "/" + cfg.name + ".bplan";
+  BIGPLAN_RETURN_IF_ERROR(WriteFileBytes(plan_path, plan.bytes.data(), plan.bytes.size()));
+
+  uint64_t cpu_bytes = 0, disk_bytes = 0;
+  const auto& p = plan.plan();
+  for (uint32_t i = 0; i < p.blocks()->size(); ++i) {
+    const auto* b = p.blocks()->Get(i);
+    if (b->tier() == schema::Tier::Cpu) cpu_bytes += b->weight_bytes();
+    if (b->tier() == schema::Tier::Disk) disk_bytes += b->weight_bytes();
+  }
+  if (args.drop_caches) DropPageCache();
+  ExecutorOptions opts;
+  opts.record_trace = !args.trace_dir.empty();
+  auto t_load = std::chrono::steady_clock::now();
+  BIGPLAN_ASSIGN_OR_RETURN(auto exec, Executor::Load(plan_path, args.model, opts));
+  const double load_s = Seconds(t_load);
+  const int64_t vocab = exec->info().vocab_size;
+  auto one = RandomTokens(1, vocab, 1);
+  auto prompt = RandomTokens(args.prefill, vocab, 2);
+  auto t_first = std::chrono::steady_clock::now();
+  BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, /*reset=*/true).status());
+  const double first_s = Seconds(t_first);
+
+  nlohmann::json j = {{"name", cfg.name}, {"tier", cfg.tier}, {"gpu_budget_gib", cfg.gpu_gib},
+                      {"max_memory", cfg.max_memory}, {"plan_s", plan_s}, {"load_s", load_s},
+                      {"first_forward_s", first_s}, {"loaded_bytes", exec->stats().loaded_bytes},
+                      {"cpu_tier_bytes", cpu_bytes}, {"disk_tier_bytes", disk_bytes},
+                      {"gpu_tier_blocks", exec->info().gpu_tier_blocks}, {"cpu_tier_blocks", exec->info().cpu_tier_blocks},
+                      {"disk_tier_blocks", exec->info().disk_tier_blocks},
+                      {"device_arena_bytes", exec->info().device_arena_bytes},
+                      {"pinned_pool_bytes", exec->info().pinned_pool_bytes},
+                      {"predicted_1_s", plan.decode.total_us / 1e6}, {"predicted_prefill_s", plan.prefill.total_us / 1e6}};
+  if (!resident) {
+    auto drop = [&] { if (args.drop_caches && disk_bytes) DropPageCache(); };
+    BIGPLAN_ASSIGN_OR_RETURN(Timing f1, TimeIt(args.repeat, [&]() -> Status {
+      drop();
+      return exec->Forward(one, 1, true).status();
+    }));
+    const uint64_t streamed = exec->stats().last_streamed_bytes;
+    BIGPLAN_ASSIGN_OR_RETURN(Timing fp, TimeIt(args.repeat, [&]() -> Status {
+      drop();
+      return exec->Forward(prompt, 1, true).status();
+    }));
+    const double floor_s = cpu_bytes / (floors.h2d_gbps * 1e9) +
+                           (disk_bytes ? disk_bytes / (floors.disk_gbps * 1e9) : 0.0);
+    j["forward_1"] = TimingJson(f1);
+    j["forward_prefill"] = TimingJson(fp);
+    j["forward_1_s"] = f1.best;
+    j["forward_prefill_s"] = fp.best;
+    j["streamed_bytes"] = streamed;
+    j["floor_s"] = floor_s;
+    j["ratio_1_to_floor"] = floor_s > 0 ? f1.best / floor_s : 0.0;
+    j["ratio_prefill_to_floor"] = floor_s > 0 ? fp.best / floor_s : 0.0;
+    j["prediction_error_1"] = plan.decode.total_us / 1e6 / f1.best - 1.0;
+    j["prediction_error_prefill"] = plan.prefill.total_us / 1e6 / fp.best - 1.0;
+    std::fprintf(stderr, "   1 token %.4f s, prefill %.4f s, floor %.4f s (%.3fx / %.3fx), predicted %.4f / %.4f s\n",
+                 f1.best, fp.best, floor_s, f1.best / std::max(floor_s, 1e-12), fp.best / std::max(floor_s, 1e-12),
+                 plan.decode.total_us / 1e6, plan.prefill.total_us / 1e6);
+  } else {
+    uint64_t weight_bytes = 0;
+    for (uint32_t i = 0; i < p.blocks()->size(); ++i) weight_bytes += p.blocks()->Get(i)->weight_bytes();
+    BIGPLAN_ASSIGN_OR_RETURN(Timing fp, TimeIt(args.repeat, [&]() -> Status {
+      return exec->Forward(prompt, 1, true).status();
+    }));
+    // Decode: a prompt of `prefill` tokens is cached, then single-token steps continue it.
+    BIGPLAN_RETURN_IF_ERROR(exec->Forward(prompt, 1, true).status());
+    int64_t next = 0;
+    BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeIt(args.repeat * 4, [&]() -> Status {
+      std::vector<int64_t> tok{next};
+      next = (next + 1) % vocab;
+      return exec->Forward(tok, 1, false).status();
+    }));
+    // FLOPs of a prefill: 2 x params x tokens for the matmuls, + attention 4 x layers x hidden x T^2 / 2 (causal).
+    const auto* c = p.config();
+    double params = 0;
+    for (uint32_t i = 0; i < p.tensors()->size(); ++i) {
+      double n = 1;
+      for (auto d : *p.tensors()->Get(i)->shape()) n *= d;
+      params += n;
+    }
+    const double T = args.prefill;
+    const double flops = 2.0 * params * T + 2.0 * c->num_layers() * c->hidden_size() * T * T;
+    const double decode_floor = weight_bytes / (floors.device_mem_gbps * 1e9);
+    const double prefill_floor = flops / (floors.matmul_tflops * 1e12);
+    j["weight_bytes"] = weight_bytes;
+    j["prefill"] = TimingJson(fp);
+    j["decode_step"] = TimingJson(dec);
+    j["prefill_s"] = fp.best;
+    j["decode_step_s"] = dec.median;
+    j["decode_floor_s"] = decode_floor;
+    j["prefill_flops"] = flops;
+    j["prefill_floor_s"] = prefill_floor;
+    j["ratio_decode_to_floor"] = dec.median / decode_floor;
+    j["ratio_prefill_to_floor"] = fp.best / prefill_floor;
+    std::fprintf(stderr, "   decode step %.3f ms (floor %.3f ms, %.2fx), prefill %.3f ms (floor %.3f ms, %.2fx)\n",
+                 dec.median * 1e3, decode_floor * 1e3, dec.median / decode_floor, fp.best * 1e3,
+                 prefill_floor * 1e3, fp.best / prefill_floor);
+  }
+  if (!args.trace_dir.empty()) {
+    BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, true).status());
+    BIGPLAN_RETURN_IF_ERROR(exec->WriteTrace(args.trace_dir + "/" + cfg.name + ".trace.json"));
+  }
+  *out = j;
+  return Status::Ok();
+}
+
+Status Main(int argc, char** argv) {
+  BIGPLAN_ASSIGN_OR_RETURN(Args args, ParseArgs(argc, argv));
+  std::vector<std::string> shards;
+  for (const auto& e : std::filesystem::directory_iterator(args.model))
+    if (e.path().extension() == ".safetensors") shards.push_back(e.path().string());
+  std::sort(shards.begin(), shards.end());
+  if (args.drop_caches) DropPageCache();
+  BIGPLAN_ASSIGN_OR_RETURN(Floors floors, MeasureFloors(shards, uint64_t{8} << 30));
+  std::fprintf(stderr, "floors: %s: H2D %.1f GB/s, D2H %.1f GB/s, device memory %.0f GB/s, bf16 matmul %.0f TFLOP/s, "
+               "disk (O_DIRECT) %.2f GB/s\n", floors.device_name.c_str(), floors.h2d_gbps, floors.d2h_gbps,
+               floors.device_mem_gbps, floors.matmul_tflops, floors.disk_gbps);
+  BIGPLAN_ASSIGN_OR_RETURN(DeviceProfile profile, ParseDeviceProfile(FloorsToProfileJson(floors), "measured floors"));
+  if (!args.trace_dir.empty()) std::filesystem::create_directories(args.trace_dir);
+
+  std::vector<Config> configs;
+  char buf[256];
+  for (double g : args.gpu_budgets) {
+    std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB", g, args.cpu_budget_gib);
+    configs.push_back({"cpu_offload_" + std::to_string(static_cast<int>(g * 10)), "cpu", g, buf});
+  }
+  for (auto [g, c] : args.disk_configs) {
+    std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB,disk=1000GiB", g, c);
+    configs.push_back({"disk_offload_" + std::to_string(static_cast<int>(g * 10)) + "_" +
+                           std::to_string(static_cast<int>(c * 10)), "disk", g, buf});
+  }
+  if (args.resident_budget_gib > 0) {
+    std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB", args.resident_budget_gib, args.cpu_budget_gib);
+    configs.push_back({"resident", "resident", args.resident_budget_gib, buf});
+  }
+  nlohmann::json results = {{"model", std::filesystem::path(args.model).filename().string()},
+                            {"device", floors.device_name},
+                            {"prefill_tokens", args.prefill},
+                            {"floors", {{"h2d_gbps", floors.h2d_gbps}, {"d2h_gbps", floors.d2h_gbps},
+                                        {"device_mem_gbps", floors.device_mem_gbps},
+                                        {"matmul_tflops", floors.matmul_tflops}, {"disk_gbps", floors.disk_gbps}}},
+                            {"configs", nlohmann::json::array()}};
+  for (const auto& cfg : configs) {
+    nlohmann::json j;
+    Status s = RunConfig(args, floors, profile, cfg, &j);
+    if (!s.ok()) {
+      std::fprintf(stderr, "   %s failed: %s\n", cfg.name.c_str(), s.error().ToString().c_str());
+      j = {{"name", cfg.name}, {"tier", cfg.tier}, {"gpu_budget_gib", cfg.gpu_gib}, {"error", s.error().ToString()}};
+    }
+    results["configs"].push_back(j);
+    std::ofstream(args.out) << results.dump(1) << "\n";
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+}  // namespace bigplan
+
+int main(int argc, char** argv) {
+  return bigplan::RunTool("e2e_bench", [&] { return bigplan::Main(argc, argv); });
+}
