@@ -7,6 +7,7 @@
 #include "formats/checkpoint.h"
 #include "planner/hf_import.h"
 #include "planner/memory_plan.h"
+#include "planner/placement_balanced.h"
 #include "planner/plan_builder.h"
 #include "planner/validate.h"
 #include "schema/plan_io.h"
@@ -136,6 +137,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   preq.options.prefetch_depth = request.prefetch_depth.value_or(1);
   preq.options.device_map = request.device_map;
   preq.options.enforce_budget = true;
+  RegisterBalancedStrategies();
   BIGPLAN_ASSIGN_OR_RETURN(result.placement, PlaceModel(request.strategy, preq));
   const Placement& placement = result.placement;
   const size_t n = model.blocks.size();
