@@ -15,7 +15,21 @@ Status NewEvent(cudaEvent_t* event, bool timing) {
 
 bool IsGpuStreamed(const BlockRuntime& b) { return b.feed == Feed::kCopyH2D || b.feed == Feed::kDiskH2D; }
 
+// Blocks whose weights a disk worker (or the calling thread) reads: GPU disk-tier blocks and CPU disk-tier blocks
+// with weights to cast.
+bool ReadsDisk(const BlockRuntime& b) { return b.feed == Feed::kDiskH2D || b.needs_cpu_cast; }
+
 }  // namespace
+
+const char* DiskPathName(DiskPath path) {
+  switch (path) {
+    case DiskPath::kMapped: return "mmap";
+    case DiskPath::kMappedFallback: return "mmap_fallback";
+    case DiskPath::kDirect: return "direct";
+    case DiskPath::kBounce: return "bounce";
+  }
+  return "?";
+}
 
 ChunkPool::ChunkPool(int threads) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
@@ -161,8 +175,79 @@ Status CopyEngine::Init() {
     const int cores = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
     chunks_ = std::make_unique<ChunkPool>(std::min(8, cores / 2));
   }
+  BIGPLAN_RETURN_IF_ERROR(InitDiskReads());
   for (int w = 0; w < nworkers; ++w) workers_.emplace_back([this, w] { WorkerLoop(w); });
   return Status::Ok();
+}
+
+Status CopyEngine::InitDiskReads() {
+  const size_t nblocks = state_->blocks.size();
+  disk_path_.assign(nblocks, DiskPath::kMapped);
+  read_plans_.assign(nblocks, {});
+  if (!options_.disk_direct_io) return Status::Ok();
+  readers_.resize(state_->shards.size());
+  for (const BlockRuntime& b : state_->blocks) {
+    if (!ReadsDisk(b)) continue;
+    for (const WeightRuntime& w : b.weights) {
+      if (w.shard_index >= readers_.size()) {
+        return MakeError(ErrorCode::kInternal, b.name + ": weight " + w.name + " has no shard");
+      }
+      if (readers_[w.shard_index] != nullptr) continue;
+      BIGPLAN_ASSIGN_OR_RETURN(ShardReader reader, ShardReader::Open(w.shard->path()));
+      readers_[w.shard_index] = std::make_unique<ShardReader>(std::move(reader));
+    }
+  }
+  for (const BlockRuntime& b : state_->blocks) {
+    if (!ReadsDisk(b)) continue;
+    if (b.feed == Feed::kDiskOnCpu) {
+      disk_path_[b.index] = DiskPath::kBounce;
+      continue;
+    }
+    bool cast = false;
+    std::vector<TensorSpan> spans;
+    for (const WeightRuntime& w : b.weights) {
+      cast |= w.dtype != w.source_dtype || w.bytes != w.source_bytes;
+      spans.push_back({w.shard_index, w.source_offset, w.source_bytes, w.offset_in_block});
+    }
+    if (cast) {
+      disk_path_[b.index] = DiskPath::kBounce;
+      continue;
+    }
+    BlockReadPlan plan =
+        PlanBlockReads(spans, reinterpret_cast<uintptr_t>(b.disk_staging), b.disk_staging_bytes);
+    if (plan.fits) {
+      disk_path_[b.index] = DiskPath::kDirect;
+      read_plans_[b.index] = std::move(plan);
+    } else {
+      disk_path_[b.index] = DiskPath::kMappedFallback;
+    }
+  }
+  return Status::Ok();
+}
+
+std::string CopyEngine::disk_read_mode() const {
+  bool any_disk = false;
+  for (const BlockRuntime& b : state_->blocks) any_disk |= b.tier == schema::Tier::Disk;
+  if (!any_disk) return "";
+  for (const auto& r : readers_) {
+    if (r != nullptr) return r->direct() ? "o_direct" : "pread+dontneed";
+  }
+  return "mmap";
+}
+
+int CopyEngine::direct_fallback_blocks() const {
+  return static_cast<int>(std::count(disk_path_.begin(), disk_path_.end(), DiskPath::kMappedFallback));
+}
+
+uint64_t CopyEngine::ReadBytes(const BlockRuntime& b) const {
+  if (disk_path_[b.index] == DiskPath::kDirect) {
+    const BlockReadPlan& p = read_plans_[b.index];
+    return p.direct_bytes + p.bounce_bytes;
+  }
+  if (b.feed != Feed::kDiskOnCpu) return b.source_bytes;
+  uint64_t bytes = 0;
+  for (const WeightRuntime& w : b.weights) bytes += w.cast_on_cpu ? w.source_bytes : 0;
+  return bytes;
 }
 
 CopyEngine::~CopyEngine() {
@@ -269,10 +354,16 @@ Status CopyEngine::IssueCopies(uint32_t step) {
       case Feed::kDiskH2D:
       case Feed::kDiskOnCpu: {
         disk_bytes_ += b.source_bytes;
+        // Ask the kernel to start reading what will be read from the mapping (never what pread will read: that
+        // would pull it into the page cache).
+        const bool mapped_reads =
+            disk_path_[b.index] == DiskPath::kMapped || disk_path_[b.index] == DiskPath::kMappedFallback;
+        for (const WeightRuntime& w : b.weights) {
+          const bool in_place = b.feed == Feed::kDiskOnCpu && !w.cast_on_cpu;
+          if (mapped_reads || in_place) w.shard->WillNeed(w.source_offset, w.source_bytes);
+        }
         if (b.feed == Feed::kDiskOnCpu && (!b.needs_cpu_cast || b.cast_inline)) {
-          enqueued_gen_[b.index] = gen;
-          // Used in place from the mapping (or cast at its own step): ask the kernel to start reading now.
-          for (const WeightRuntime& w : b.weights) w.shard->WillNeed(w.source_offset, w.source_bytes);
+          enqueued_gen_[b.index] = gen;  // used in place from the mapping, or cast at its own step
           break;
         }
         Job job;
@@ -291,7 +382,6 @@ Status CopyEngine::IssueCopies(uint32_t step) {
           }
           disk_h2d_bytes_ += b.weight_bytes;
         }
-        for (const WeightRuntime& w : b.weights) w.shard->WillNeed(w.source_offset, w.source_bytes);
         enqueued_gen_[b.index] = gen;
         copies_issued_.push_back(c.index);
         {
@@ -322,28 +412,56 @@ Status CopyEngine::WaitIssued(uint32_t block, uint64_t gen) {
   return Status::Ok();
 }
 
-Status CopyEngine::ReadWeights(const BlockRuntime& b, uint8_t* base, bool only_cast_weights) {
-  constexpr uint64_t kChunkBytes = 4ull << 20;
-  std::vector<std::function<Status()>> tasks;
-  for (const WeightRuntime& w : b.weights) {
-    if (only_cast_weights && !w.cast_on_cpu) continue;
-    const size_t src_elem = DTypeSize(w.source_dtype), dst_elem = DTypeSize(w.dtype);
-    const int64_t chunk = std::max<int64_t>(1, kChunkBytes / std::max<size_t>({src_elem, dst_elem, size_t{1}}));
-    for (int64_t e = 0; e < w.numel; e += chunk) {
-      const int64_t n = std::min(chunk, w.numel - e);
-      tasks.push_back([&w, &b, base, e, n, src_elem, dst_elem]() -> Status {
-        Status s = CastInto(base + w.offset_in_block + e * dst_elem, w.dtype, w.source + e * src_elem,
-                            w.source_dtype, n);
-        if (!s.ok()) return WithContext(s.take_error(), "reading " + b.name + " (" + w.name + ")");
-        return Status::Ok();
-      });
-    }
-  }
+Status CopyEngine::RunTasks(const std::vector<std::function<Status()>>& tasks) {
   if (chunks_ == nullptr) {
     for (const auto& t : tasks) BIGPLAN_RETURN_IF_ERROR(t());
     return Status::Ok();
   }
   return chunks_->Run(tasks);
+}
+
+Status CopyEngine::ReadWeights(const BlockRuntime& b, uint8_t* base, bool only_cast_weights) {
+  constexpr uint64_t kChunkBytes = 4ull << 20;
+  const bool bounce = disk_path_[b.index] == DiskPath::kBounce;
+  std::vector<std::function<Status()>> tasks;
+  for (const WeightRuntime& w : b.weights) {
+    if (only_cast_weights && !w.cast_on_cpu) continue;
+    const size_t src_elem = DTypeSize(w.source_dtype), dst_elem = DTypeSize(w.dtype);
+    const int64_t chunk = std::max<int64_t>(1, kChunkBytes / std::max<size_t>({src_elem, dst_elem, size_t{1}}));
+    const ShardReader* reader = bounce ? readers_[w.shard_index].get() : nullptr;
+    for (int64_t e = 0; e < w.numel; e += chunk) {
+      const int64_t n = std::min(chunk, w.numel - e);
+      tasks.push_back([&w, &b, base, e, n, src_elem, dst_elem, reader]() -> Status {
+        const uint8_t* src = w.source + e * src_elem;
+        if (reader != nullptr) {
+          auto read = reader->ReadToBounce(w.source_offset + e * src_elem, n * src_elem);
+          if (!read.ok()) return WithContext(read.take_error(), "reading " + b.name + " (" + w.name + ")");
+          src = *read;
+        }
+        Status s = CastInto(base + w.offset_in_block + e * dst_elem, w.dtype, src, w.source_dtype, n);
+        if (!s.ok()) return WithContext(s.take_error(), "reading " + b.name + " (" + w.name + ")");
+        return Status::Ok();
+      });
+    }
+  }
+  return RunTasks(tasks);
+}
+
+Status CopyEngine::ReadDirect(const BlockRuntime& b) {
+  const BlockReadPlan& plan = read_plans_[b.index];
+  std::vector<std::function<Status()>> tasks;
+  tasks.reserve(plan.reads.size());
+  for (const StagingRead& r : plan.reads) {
+    tasks.push_back([this, &r, &b]() -> Status {
+      const ShardReader& reader = *readers_[r.shard];
+      uint8_t* dst = b.disk_staging + r.staging_offset;
+      Status s = r.direct ? reader.ReadAligned(r.file_offset, r.bytes, r.needed, dst)
+                          : reader.Read(r.file_offset, r.bytes, dst);
+      if (!s.ok()) return WithContext(s.take_error(), "reading " + b.name);
+      return Status::Ok();
+    });
+  }
+  return RunTasks(tasks);
 }
 
 Status CopyEngine::CastBlockOnCpu(const BlockRuntime& b) { return ReadWeights(b, b.staging, true); }
@@ -360,7 +478,7 @@ Status CopyEngine::WaitReady(uint32_t step) {
       const double t0 = WallUs();
       BIGPLAN_RETURN_IF_ERROR(CastBlockOnCpu(b));
       std::lock_guard<std::mutex> lock(mu_);
-      disk_reads_.push_back({step, b.index, -1, b.source_bytes, t0, WallUs()});
+      disk_reads_.push_back({step, b.index, -1, ReadBytes(b), t0, WallUs(), disk_path_[b.index]});
       return Status::Ok();
     }
     return WaitIssued(b.index, gen);
@@ -416,7 +534,7 @@ Status CopyEngine::RunJob(int worker, const Job& job) {
     const double t0 = WallUs();
     BIGPLAN_RETURN_IF_ERROR(CastBlockOnCpu(b));
     std::lock_guard<std::mutex> lock(mu_);
-    disk_reads_.push_back({c.step, b.index, worker, b.source_bytes, t0, WallUs()});
+    disk_reads_.push_back({c.step, b.index, worker, ReadBytes(b), t0, WallUs(), disk_path_[b.index]});
     return Status::Ok();
   }
   // Disk staging may be reused only once the H2D copies that read it have finished.
@@ -429,8 +547,13 @@ Status CopyEngine::RunJob(int worker, const Job& job) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(ready_[block][gen % 2]),
                                  "waiting for " + state_->blocks[block].name + "'s copy"));
   }
+  const DiskPath path = disk_path_[b.index];
   const double t0 = WallUs();
-  BIGPLAN_RETURN_IF_ERROR(ReadWeights(b, b.disk_staging, false));
+  if (path == DiskPath::kDirect) {
+    BIGPLAN_RETURN_IF_ERROR(ReadDirect(b));
+  } else {
+    BIGPLAN_RETURN_IF_ERROR(ReadWeights(b, b.disk_staging, false));
+  }
   const double t1 = WallUs();
   size_t slot = 0;
   while (slot < devices_.size() && devices_[slot].device != b.device) ++slot;
@@ -440,12 +563,22 @@ Status CopyEngine::RunJob(int worker, const Job& job) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(s, e, 0), "cudaStreamWaitEvent"));
   }
   BIGPLAN_RETURN_IF_ERROR(Record(copy_start_[c.index], s, "recording a copy start"));
-  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(b.staging, b.disk_staging, b.weight_bytes, cudaMemcpyHostToDevice, s),
-                               "copying " + b.name + " to cuda:" + std::to_string(b.device)));
+  const std::string what = "copying " + b.name + " to cuda:" + std::to_string(b.device);
+  if (path == DiskPath::kDirect) {
+    // Each tensor from where its bytes landed in disk staging (the read plan's copies, coalesced).
+    for (const StagingCopy& copy : read_plans_[b.index].copies) {
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(b.staging + copy.block_offset, b.disk_staging + copy.staging_offset,
+                                                   copy.bytes, cudaMemcpyHostToDevice, s),
+                                   what));
+    }
+  } else {
+    BIGPLAN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpyAsync(b.staging, b.disk_staging, b.weight_bytes, cudaMemcpyHostToDevice, s), what));
+  }
   BIGPLAN_RETURN_IF_ERROR(Record(copy_end_[c.index], s, "recording a copy end"));
   BIGPLAN_RETURN_IF_ERROR(Record(ready_[b.index][job.gen % 2], s, "recording a ready event"));
   std::lock_guard<std::mutex> lock(mu_);
-  disk_reads_.push_back({c.step, b.index, worker, b.source_bytes, t0, t1});
+  disk_reads_.push_back({c.step, b.index, worker, ReadBytes(b), t0, t1, path});
   return Status::Ok();
 }
 
@@ -522,10 +655,18 @@ Status CopyEngine::EndForward(ForwardTimings* timings) {
       t.block = r.block;
       t.source = "disk_read";
       t.worker = r.worker;
+      t.read = DiskPathName(r.path);
       t.bytes = r.bytes;
       t.start_us = r.start_us;
       t.end_us = r.end_us;
       timings->copies.push_back(t);
+      switch (r.path) {
+        case DiskPath::kDirect: ++timings->disk_direct_blocks; break;
+        case DiskPath::kBounce: ++timings->disk_bounce_blocks; break;
+        case DiskPath::kMappedFallback: ++timings->disk_direct_fallbacks; [[fallthrough]];
+        case DiskPath::kMapped: ++timings->disk_mmap_blocks; break;
+      }
+      if (r.path == DiskPath::kDirect || r.path == DiskPath::kBounce) timings->disk_read_bytes += r.bytes;
     }
   }
   timings->cpu_tier_bytes = cpu_bytes_;

@@ -5,17 +5,23 @@
 //     stream, after cudaStreamWaitEvent on the compute-done events of the copy's wait_compute_steps, then records
 //     the block's ready event.
 //   * Disk tier: a worker thread waits (cudaEventSynchronize) for the H2D copies of wait_copy_blocks, reads the
-//     block's tensors from the mapped shard into its pinned disk staging (casting the dtype when needed), then
-//     issues the H2D copy on its own stream after the compute-done waits, records the ready event and marks the
-//     block issued. Each worker has its own stream per device, so a worker's copy is never queued behind another
-//     worker's copy that the plan issued later.
+//     block's tensors into its pinned disk staging, then issues the H2D copies on its own stream after the
+//     compute-done waits, records the ready event and marks the block issued. Each worker has its own stream per
+//     device, so a worker's copy is never queued behind another worker's copy that the plan issued later.
+//     How a block is read (DiskPath, fixed at load): kDirect, pread of the aligned ranges PlanBlockReads chose
+//     (disk_reads.h) through the shard's O_DIRECT descriptor straight into disk staging, split across the chunk
+//     pool, then one H2D copy per tensor (coalesced) from where it landed; kBounce (a weight needs a dtype cast),
+//     pread through a per-thread aligned bounce buffer and cast into disk staging at offset_in_block, then one H2D
+//     copy; kMapped (disk_direct_io off) / kMappedFallback (the direct reads do not fit), memcpy or cast from the
+//     mapped shard, then one H2D copy.
 //   * Before a streamed block's compute, the main thread waits until its copy has been issued this forward pass
 //     (a per-block generation counter), then makes the compute stream wait on the ready event.
 // Event semantics: compute-done and ready events are double-buffered by forward-pass parity. A copy issued at step
 // i that waits on step j uses step j's event of this pass when j < i and of the previous pass when j >= i (the
 // earlier user of the buffer ran in the previous pass). Waiting on an event never recorded is a no-op, so the
 // first pass needs no special case. All streams and events are created here, at load.
-// CPU blocks: Cpu tier and disk weights whose dtype matches are used in place; other disk weights are cast into
+// CPU blocks: Cpu tier and disk weights whose dtype matches are used in place (from the mapping); other disk
+// weights are read through the bounce buffer (kBounce; from the mapping with disk_direct_io off) and cast into
 // the staging buffer by a worker (started at the plan's copy step), and the main thread waits for it before the
 // block's compute. Compute is synchronous, so compute-done waits are always met.
 #pragma once
@@ -35,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "executor/disk_reads.h"
 #include "executor/executor.h"
 #include "executor/model_state.h"
 #include "support/result.h"
@@ -48,6 +55,11 @@ struct ForwardTimings {
   uint64_t cpu_tier_bytes = 0;
   uint64_t disk_tier_bytes = 0;
   uint64_t disk_h2d_bytes = 0;
+  uint64_t disk_direct_blocks = 0;
+  uint64_t disk_bounce_blocks = 0;
+  uint64_t disk_mmap_blocks = 0;
+  uint64_t disk_direct_fallbacks = 0;
+  uint64_t disk_read_bytes = 0;
 };
 
 // Helper threads that a disk job's copies are split across (chunks of a few MiB): one block's read from the
@@ -82,9 +94,14 @@ class ChunkPool {
 };
 
 struct CopyEngineOptions {
-  int disk_workers = 0;  // 0: automatic
-  bool timing = true;    // record per-step and per-copy timing events
+  int disk_workers = 0;        // 0: automatic
+  bool timing = true;          // record per-step and per-copy timing events
+  bool disk_direct_io = true;  // ExecutorOptions::disk_direct_io
 };
+
+// How a disk-tier block's weights are read (see above).
+enum class DiskPath : uint8_t { kMapped, kMappedFallback, kDirect, kBounce };
+const char* DiskPathName(DiskPath path);  // "mmap", "mmap_fallback", "direct", "bounce"
 
 class CopyEngine {
  public:
@@ -96,6 +113,9 @@ class CopyEngine {
   // The stream the block computes on for a CUDA device (nullptr for the CPU or an unknown device).
   cudaStream_t compute_stream(int device) const;
   int disk_workers() const { return static_cast<int>(workers_.size()); }
+  // ModelInfo::disk_read_mode and ModelInfo::disk_direct_fallback_blocks.
+  std::string disk_read_mode() const;
+  int direct_fallback_blocks() const;
 
   // One forward pass, on the main thread: BeginForward; per step: IssueCopies, WaitReady, StepBegin, (compute),
   // StepEnd; then EndForward once the results are on the host, or after a failure (it waits for every job and
@@ -129,6 +149,7 @@ class CopyEngine {
     uint64_t bytes = 0;
     double start_us = 0;
     double end_us = 0;
+    DiskPath path = DiskPath::kMapped;
   };
 
   CopyEngine(ModelState* state, const CopyEngineOptions& options) : state_(state), options_(options) {}
@@ -138,10 +159,16 @@ class CopyEngine {
   double WallUs() const;
   void WorkerLoop(int worker);
   Status RunJob(int worker, const Job& job);
+  Status InitDiskReads();
   Status CastBlockOnCpu(const BlockRuntime& block);
-  // Copies (casting as needed) the selected weights of `block` from the mapping to `base` + offset_in_block,
-  // split into chunks across the chunk pool.
+  // Copies (casting as needed) the selected weights of `block` to `base` + offset_in_block, from the mapping or
+  // (kBounce) through the shard readers' bounce buffers, split into chunks across the chunk pool.
   Status ReadWeights(const BlockRuntime& block, uint8_t* base, bool only_cast_weights);
+  // kDirect: the block's planned reads into its disk staging, across the chunk pool.
+  Status ReadDirect(const BlockRuntime& block);
+  Status RunTasks(const std::vector<std::function<Status()>>& tasks);
+  // Bytes a read of the block moves from its shards.
+  uint64_t ReadBytes(const BlockRuntime& block) const;
   Status WaitIssued(uint32_t block, uint64_t gen);
   void MarkIssued(uint32_t block, uint64_t gen);
   Status Record(cudaEvent_t event, cudaStream_t stream, const char* what);
@@ -156,6 +183,11 @@ class CopyEngine {
   std::vector<cudaEvent_t> step_start_, step_end_;
   std::vector<cudaEvent_t> copy_start_, copy_end_;
   std::vector<std::vector<cudaStream_t>> worker_streams_;  // [worker][device slot]
+  // Disk reads: one reader per shard a read uses (by plan shard index; null for others), the path and (kDirect)
+  // the read plan of each block.
+  std::vector<std::unique_ptr<ShardReader>> readers_;
+  std::vector<DiskPath> disk_path_;
+  std::vector<BlockReadPlan> read_plans_;
 
   // Forward state (main thread).
   uint64_t gen_ = 0;

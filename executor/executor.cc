@@ -169,6 +169,11 @@ void Executor::Impl::Account(const ForwardTimings& t, int64_t batch, int64_t seq
   stats.cpu_tier_bytes += t.cpu_tier_bytes;
   stats.disk_tier_bytes += t.disk_tier_bytes;
   stats.disk_h2d_bytes += t.disk_h2d_bytes;
+  stats.disk_direct_blocks += t.disk_direct_blocks;
+  stats.disk_bounce_blocks += t.disk_bounce_blocks;
+  stats.disk_mmap_blocks += t.disk_mmap_blocks;
+  stats.disk_direct_fallbacks += t.disk_direct_fallbacks;
+  stats.disk_read_bytes += t.disk_read_bytes;
   stats.last_batch = static_cast<uint32_t>(batch);
   stats.last_seq = static_cast<uint32_t>(seq);
   stats.last_forward_ms = ms;
@@ -192,15 +197,17 @@ void Executor::Impl::Account(const ForwardTimings& t, int64_t batch, int64_t seq
     const BlockRuntime& b = state->blocks[c.block];
     std::string track = "copy";
     std::string name = "copy " + b.name;
+    std::vector<std::pair<std::string, std::string>> args{
+        {"step", std::to_string(c.step)}, {"forward", fwd}, {"source", c.source}, {"bytes", std::to_string(c.bytes)}};
     if (c.source == "disk_read") {
       track = c.worker < 0 ? "disk (inline)" : "disk worker " + std::to_string(c.worker);
       name = "read " + b.name;
+      args.emplace_back("read", c.read);
+      if (c.read == "mmap_fallback") {
+        args.emplace_back("note", "direct reads do not fit the disk staging buffer: copied from the mapping");
+      }
     }
-    trace.Add(TraceEvent{name, track, base + c.start_us, c.end_us - c.start_us,
-                         {{"step", std::to_string(c.step)},
-                          {"forward", fwd},
-                          {"source", c.source},
-                          {"bytes", std::to_string(c.bytes)}}});
+    trace.Add(TraceEvent{name, track, base + c.start_us, c.end_us - c.start_us, std::move(args)});
   }
 }
 
@@ -247,8 +254,12 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;
   BIGPLAN_ASSIGN_OR_RETURN(impl->state, executor_internal::LoadModelState(
                                             plan_path, checkpoint_dir, {.cpu_mode = cpu_mode, .progress = options.progress}));
-  BIGPLAN_ASSIGN_OR_RETURN(impl->engine, CopyEngine::Create(impl->state.get(), {.disk_workers = options.disk_workers,
-                                                                                 .timing = true}));
+  BIGPLAN_ASSIGN_OR_RETURN(impl->engine,
+                           CopyEngine::Create(impl->state.get(), {.disk_workers = options.disk_workers,
+                                                                  .timing = true,
+                                                                  .disk_direct_io = options.disk_direct_io}));
+  impl->state->info.disk_read_mode = impl->engine->disk_read_mode();
+  impl->state->info.disk_direct_fallback_blocks = impl->engine->direct_fallback_blocks();
   BIGPLAN_ASSIGN_OR_RETURN(impl->views, executor_internal::MakeBlockViews(*impl->state));
   impl->stats.loaded_bytes = impl->state->loaded_bytes;
   impl->stats.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -256,17 +267,26 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
 }
 
 Result<Logits> Executor::Forward(const std::vector<int64_t>& token_ids, int batch, bool reset) {
+  return Forward(token_ids, batch, ForwardOptions{.reset = reset});
+}
+
+Result<Logits> Executor::Forward(const std::vector<int64_t>& token_ids, int batch, const ForwardOptions& options) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  if (reset) {
+  if (options.reset) {
     impl_->pos = 0;
     impl_->cached_batch = 0;
   }
   const int64_t seq = batch > 0 ? static_cast<int64_t>(token_ids.size()) / batch : 0;
-  BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(token_ids, batch, seq, false));
+  BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits,
+                           impl_->RunForward(token_ids, batch, seq, options.last_position_only));
   return ToLogits(logits);
 }
 
 Result<Logits> Executor::Forward(const std::vector<std::vector<int64_t>>& rows, bool reset) {
+  return Forward(rows, ForwardOptions{.reset = reset});
+}
+
+Result<Logits> Executor::Forward(const std::vector<std::vector<int64_t>>& rows, const ForwardOptions& options) {
   if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty input: no rows");
   std::vector<int64_t> flat;
   for (const auto& row : rows) {
@@ -276,7 +296,7 @@ Result<Logits> Executor::Forward(const std::vector<std::vector<int64_t>>& rows, 
     }
     flat.insert(flat.end(), row.begin(), row.end());
   }
-  return Forward(flat, static_cast<int>(rows.size()), reset);
+  return Forward(flat, static_cast<int>(rows.size()), options);
 }
 
 int64_t Executor::cached_tokens() const {

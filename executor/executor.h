@@ -9,6 +9,18 @@
 // disk-tier weights straight from the memory-mapped shard (cast into the block's staging buffer when the plan's
 // execution dtype differs from the file's).
 //
+// Disk tier (ExecutorOptions::disk_direct_io, the default). On a GPU, a disk worker reads a block's tensors with
+// pread on a file descriptor opened with O_DIRECT (opened once per shard at load) straight into the block's pinned
+// disk staging buffer, in 4 KiB-aligned chunks of up to 16 MiB read in parallel, then copies each tensor from
+// where it landed to the device staging buffer. The page cache is left out: the disk tier does not silently stay
+// in RAM after the first pass, and dropping the caches measures the disk. Where the filesystem refuses O_DIRECT
+// (e.g. tmpfs), a plain descriptor is read and posix_fadvise(POSIX_FADV_DONTNEED) drops the pages after each read.
+// A block whose weights must be cast to the execution dtype is read through a small aligned bounce buffer per
+// thread and cast on the CPU into the pinned staging (on the CPU too: that is the only disk read CPU mode does).
+// CPU mode uses disk-tier weights that need no cast in place from the mapping (zero-copy; they go through the
+// page cache, which is what a CPU-only run wants). Blocks the direct reads cannot take (their aligned reads would
+// not fit the staging buffer) are copied from the mapping and counted in Stats::disk_direct_fallbacks.
+//
 // Memory. Load allocates one arena per device and one pinned host pool, with the plan's sizes, and fills the
 // resident and CPU-tier weights. A forward pass allocates no weight or staging memory; activations and
 // intermediates come from LibTorch's caching allocator (the plan reserves room for them).
@@ -47,6 +59,18 @@ struct ExecutorOptions {
   bool record_trace = false;
   // Intra-op threads for CPU compute; 0 leaves LibTorch's default.
   int cpu_threads = 0;
+  // Read disk-tier blocks with pread (O_DIRECT where the filesystem allows) instead of copying from the mapped
+  // shard (see "Disk tier" above). Off: every disk-tier read copies or casts from the mapping, through the page
+  // cache.
+  bool disk_direct_io = true;
+};
+
+struct ForwardOptions {
+  // Reset() and the pass as one call: start a new sequence.
+  bool reset = false;
+  // Logits of the last position only: [batch, 1, vocab]. The lm_head computes only that position, and only it is
+  // copied to the host (what a prefill for generation needs).
+  bool last_position_only = false;
 };
 
 // Float logits of one forward pass, row-major [batch, seq, vocab].
@@ -96,7 +120,11 @@ struct CopyTiming {
   std::string source;  // "cpu" (pinned -> device), "disk" (H2D part of a disk copy), "disk_read" (shard ->
                        // pinned staging, or shard -> staging cast on the CPU), per worker thread
   int worker = -1;     // disk worker index for "disk_read", else -1
-  uint64_t bytes = 0;
+  // "disk_read" only, how the block was read: "direct" (pread into pinned staging; O_DIRECT where the filesystem
+  // allows), "bounce" (pread through a bounce buffer, cast on the CPU), "mmap" (copied or cast from the mapping:
+  // disk_direct_io off), "mmap_fallback" (from the mapping because the direct reads do not fit the staging buffer).
+  std::string read;
+  uint64_t bytes = 0;  // "disk_read": bytes read from the shard (for "direct", whole 4 KiB pages)
   double start_us = 0;
   double end_us = 0;
 };
@@ -109,6 +137,12 @@ struct Stats {
   uint64_t cpu_tier_bytes = 0;       // pinned host -> device copies
   uint64_t disk_tier_bytes = 0;      // bytes read from shards for disk-tier blocks
   uint64_t disk_h2d_bytes = 0;       // pinned disk staging -> device copies
+  // Disk-tier block reads by how they were done (CopyTiming::read); CPU-mode blocks used in place are not reads.
+  uint64_t disk_direct_blocks = 0;     // "direct"
+  uint64_t disk_bounce_blocks = 0;     // "bounce"
+  uint64_t disk_mmap_blocks = 0;       // "mmap" and "mmap_fallback"
+  uint64_t disk_direct_fallbacks = 0;  // "mmap_fallback": the direct path was on but the block's reads did not fit
+  uint64_t disk_read_bytes = 0;        // bytes read from shards by "direct" and "bounce" reads (whole pages)
   // The last forward pass.
   uint32_t last_batch = 0;
   uint32_t last_seq = 0;
@@ -135,6 +169,11 @@ struct ModelInfo {
   int disk_tier_blocks = 0;
   uint64_t device_arena_bytes = 0;  // all device arenas
   uint64_t pinned_pool_bytes = 0;
+  // How disk-tier shards are read: "o_direct", "pread+dontneed" (the filesystem refused O_DIRECT), "mmap"
+  // (disk_direct_io off), or "" (no disk-tier blocks). Mixed filesystems: the first shard's.
+  std::string disk_read_mode;
+  // Disk-tier blocks computed on a GPU whose direct reads do not fit their staging buffer (read from the mapping).
+  int disk_direct_fallback_blocks = 0;
 };
 
 class Executor {
@@ -160,15 +199,19 @@ class Executor {
   // max_batch, cached + new tokens > max_seq_len, an empty or ragged input, or a batch size different from the
   // cached sequence's. A pass that fails after it started (device or I/O error) resets the cache.
   Result<Logits> Forward(const std::vector<int64_t>& token_ids, int batch, bool reset = false);
+  // The same with options: with last_position_only the logits are [batch, 1, vocab] (the last position of each
+  // row), equal to the last row of the full logits.
+  Result<Logits> Forward(const std::vector<int64_t>& token_ids, int batch, const ForwardOptions& options);
   // The same with one vector per row (all rows the same length).
   Result<Logits> Forward(const std::vector<std::vector<int64_t>>& rows, bool reset = false);
+  Result<Logits> Forward(const std::vector<std::vector<int64_t>>& rows, const ForwardOptions& options);
 
   // Tokens in the KV cache (0 after Reset()). Takes the call mutex, so it waits for a call in progress.
   int64_t cached_tokens() const;
 
   // Resets the KV cache, then feeds the prompts (one per row, all the same length) and generates up to
   // options.max_new_tokens per row. kInvalidArgument as Forward, and when prompt length + max_new_tokens exceeds
-  // max_seq_len.
+  // max_seq_len. Every forward pass computes and copies only the last position's logits.
   Result<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& options);
 
   // Forgets the cached tokens.

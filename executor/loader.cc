@@ -204,6 +204,7 @@ struct Loader {
           wr.source_bytes = t->size_bytes();
           wr.source_offset = t->offset();
           wr.shard = state.shards[t->shard()].get();
+          wr.shard_index = t->shard();
           BIGPLAN_ASSIGN_OR_RETURN(wr.source, wr.shard->View(t->offset(), t->size_bytes()));
           if (wr.bytes != uint64_t(wr.numel) * DTypeSize(wr.dtype)) {
             return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
@@ -270,6 +271,7 @@ struct Loader {
                                                            plan_device, "staging", br.name, br.weight_bytes));
             BIGPLAN_ASSIGN_OR_RETURN(br.disk_staging, BufferPtr(b->disk_staging_buffer(), schema::Pool::PinnedHost,
                                                                 -1, "disk staging", br.name, br.weight_bytes));
+            br.disk_staging_bytes = plan.buffers()->Get(b->disk_staging_buffer())->size_bytes();
             br.weights_base = br.staging;
           }
           break;

@@ -40,6 +40,7 @@ struct WeightRuntime {
   // aligned for the dtype); false when it is used in place from the mapping.
   bool cast_on_cpu = false;
   const MappedFile* shard = nullptr;
+  uint32_t shard_index = 0;    // the plan's shard index (ModelState::shards)
   uint64_t source_offset = 0;  // in the shard file
 };
 
@@ -57,6 +58,7 @@ struct BlockRuntime {
   uint8_t* home = nullptr;          // kResident, kHostInPlace, kCopyH2D
   uint8_t* staging = nullptr;       // kCopyH2D, kDiskH2D, kDiskOnCpu (cast target)
   uint8_t* disk_staging = nullptr;  // kDiskH2D
+  uint64_t disk_staging_bytes = 0;  // kDiskH2D: the disk staging buffer's size in the plan (>= weight_bytes)
   // Where the weight views point (offset_in_block added per weight): home, staging, or (kDiskOnCpu) staging for
   // cast weights, the mapping for the others.
   uint8_t* weights_base = nullptr;

@@ -43,6 +43,8 @@ constexpr const char* kUsage =
     "  --stop-ids IDS           stop a row after one of these token ids (comma-separated)\n"
     "  --cpu                    run every block on the CPU even if a GPU is present\n"
     "  --disk-workers N         threads reading disk-tier blocks (default: automatic)\n"
+    "  --no-direct-io           read disk-tier blocks from the memory-mapped shards (through the page cache)\n"
+    "                           instead of with O_DIRECT pread into pinned staging\n"
     "  --trace FILE             write a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing)\n"
     "  --repeat N               generate N times and report each run's timings (default 1)\n"
     "  --quiet                  no load progress on stderr\n"
@@ -116,6 +118,10 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     }
     if (arg == "--quiet") {
       f.exec.progress = false;
+      continue;
+    }
+    if (arg == "--no-direct-io") {
+      f.exec.disk_direct_io = false;
       continue;
     }
     std::string flag = arg, value;
@@ -213,6 +219,13 @@ Status Main(int argc, char** argv) {
               FormatBytes(info.device_arena_bytes).c_str(), FormatBytes(info.pinned_pool_bytes).c_str());
   std::printf("load: %.3f s (%s of resident and cpu-tier weights)\n", load.load_seconds,
               FormatBytes(load.loaded_bytes).c_str());
+  if (!info.disk_read_mode.empty()) {
+    std::printf("disk reads: %s", info.disk_read_mode.c_str());
+    if (info.disk_direct_fallback_blocks > 0) {
+      std::printf(" (%d blocks do not fit direct reads: copied from the mapping)", info.disk_direct_fallback_blocks);
+    }
+    std::printf("\n");
+  }
 
   for (int64_t r = 0; r < f.repeat; ++r) {
     const Stats before = exec->stats();
@@ -242,6 +255,17 @@ Status Main(int argc, char** argv) {
         std::printf("streamed per forward: %s (cpu tier %s, disk tier %s)\n",
                     FormatBytes((cpu + disk) / forwards).c_str(), FormatBytes(cpu / forwards).c_str(),
                     FormatBytes(disk / forwards).c_str());
+        const uint64_t direct = after.disk_direct_blocks - before.disk_direct_blocks;
+        const uint64_t bounce = after.disk_bounce_blocks - before.disk_bounce_blocks;
+        const uint64_t mmap = after.disk_mmap_blocks - before.disk_mmap_blocks;
+        const uint64_t fallbacks = after.disk_direct_fallbacks - before.disk_direct_fallbacks;
+        if (direct + bounce + mmap > 0) {
+          std::printf("disk block reads: %llu direct, %llu bounce (cast), %llu from the mapping (%llu fallbacks); "
+                      "%s read with pread\n",
+                      static_cast<unsigned long long>(direct), static_cast<unsigned long long>(bounce),
+                      static_cast<unsigned long long>(mmap), static_cast<unsigned long long>(fallbacks),
+                      FormatBytes(after.disk_read_bytes - before.disk_read_bytes).c_str());
+        }
       }
     }
   }

@@ -68,6 +68,17 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
         EXPECT_GT(stats.disk_tier_bytes, 0u);
       }
       EXPECT_EQ(stats.cpu_tier_bytes, 0u) << "CPU-tier weights are used in place on the CPU";
+      // Disk-tier weights: used in place from the mapping when no cast is needed; else read with pread through
+      // the bounce buffer (never copied from the mapping while disk_direct_io is on).
+      EXPECT_EQ(stats.disk_mmap_blocks, 0u);
+      EXPECT_EQ(stats.disk_direct_blocks, 0u) << "direct reads are for blocks computed on a GPU";
+      if (c.summary.disk_tier > 0 && dtype == "bf16") {
+        EXPECT_GT(stats.disk_bounce_blocks, 0u) << "float32 checkpoint, bfloat16 execution: disk blocks are cast";
+        EXPECT_GT(stats.disk_read_bytes, 0u);
+        EXPECT_TRUE((*exec)->info().disk_read_mode == "o_direct" ||
+                    (*exec)->info().disk_read_mode == "pread+dontneed")
+            << (*exec)->info().disk_read_mode;
+      }
 
       GenerateOptions g;
       g.max_new_tokens = static_cast<int>(std::min<int64_t>(steps + 1, seq_len - ref->prompt_len));
@@ -118,6 +129,73 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
 TEST_P(E2eCpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
 
 TEST_P(E2eCpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, false); }
+
+// Last-position logits equal the last row of the full logits; disk-tier reads through the mapping
+// (disk_direct_io off) give the same logits as pread through the bounce buffer.
+TEST(E2eCpuOptions, LastPositionLogitsAndDiskReadPaths) {
+  if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models (see the generator's output above)";
+  const std::string model = ModelDir("llama");
+  auto ref = LoadReference(model);
+  ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+  auto plans = PlanSuite(model, TempDir("llama_options"), "bf16", SuiteSeqLen(model));
+  ASSERT_TRUE(plans.ok()) << plans.error().ToString();
+  const PlanCase* disk = nullptr;
+  for (const PlanCase& c : *plans) {
+    if (c.name == "cpu_compute_disk") disk = &c;
+  }
+  ASSERT_NE(disk, nullptr);
+  ASSERT_GT(disk->summary.disk_tier, 0);
+  ExecutorOptions options;
+  options.force_cpu = true;
+  options.progress = false;
+  auto exec = Executor::Load(disk->path, model, options);
+  ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+  const int batch = static_cast<int>(ref->batch);
+  const int64_t seq = ref->prompt_len;
+
+  auto full = (*exec)->Forward(ref->input_ids, batch, ForwardOptions{.reset = true});
+  ASSERT_TRUE(full.ok()) << full.error().ToString();
+  ASSERT_EQ(full->seq, seq);
+  auto last = (*exec)->Forward(ref->input_ids, batch, ForwardOptions{.reset = true, .last_position_only = true});
+  ASSERT_TRUE(last.ok()) << last.error().ToString();
+  EXPECT_EQ((*exec)->cached_tokens(), seq);
+  ASSERT_EQ(last->batch, batch);
+  ASSERT_EQ(last->seq, 1);
+  ASSERT_EQ(last->vocab, full->vocab);
+  ASSERT_EQ(last->data.size(), static_cast<size_t>(batch * full->vocab));
+  bool exact = true;
+  for (int b = 0; b < batch; ++b) {
+    const std::vector<float> want(full->row(b, seq - 1), full->row(b, seq - 1) + full->vocab);
+    const std::vector<float> got(last->row(b, 0), last->row(b, 0) + last->vocab);
+    EXPECT_LE(MaxRelError(got, want), 1e-6) << "row " << b;
+    exact &= got == want;
+  }
+  std::printf("last-position logits %s the last row of the full logits\n", exact ? "equal" : "are close to");
+  // The rows overload, and a decode step after a last-only prefill.
+  auto rows = (*exec)->Forward(ref->Prompts(), ForwardOptions{.reset = true, .last_position_only = true});
+  ASSERT_TRUE(rows.ok()) << rows.error().ToString();
+  EXPECT_EQ(rows->data, last->data);
+  auto step = (*exec)->Forward(std::vector<int64_t>(batch, 1), batch, ForwardOptions{.last_position_only = true});
+  ASSERT_TRUE(step.ok()) << step.error().ToString();
+  EXPECT_EQ(step->seq, 1);
+  EXPECT_EQ((*exec)->cached_tokens(), seq + 1);
+
+  const Stats direct_stats = (*exec)->stats();
+  EXPECT_GT(direct_stats.disk_bounce_blocks, 0u);
+  EXPECT_EQ(direct_stats.disk_mmap_blocks, 0u);
+
+  options.disk_direct_io = false;
+  auto mapped = Executor::Load(disk->path, model, options);
+  ASSERT_TRUE(mapped.ok()) << mapped.error().ToString();
+  EXPECT_EQ((*mapped)->info().disk_read_mode, "mmap");
+  auto mapped_full = (*mapped)->Forward(ref->input_ids, batch, /*reset=*/true);
+  ASSERT_TRUE(mapped_full.ok()) << mapped_full.error().ToString();
+  EXPECT_EQ(mapped_full->data, full->data) << "the read path must not change the weights";
+  const Stats mapped_stats = (*mapped)->stats();
+  EXPECT_GT(mapped_stats.disk_mmap_blocks, 0u);
+  EXPECT_EQ(mapped_stats.disk_bounce_blocks, 0u);
+  EXPECT_EQ(mapped_stats.disk_direct_fallbacks, 0u) << "disk_direct_io off is not a fallback";
+}
 
 INSTANTIATE_TEST_SUITE_P(Families, E2eCpu, ::testing::ValuesIn(AllFamilies()),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });

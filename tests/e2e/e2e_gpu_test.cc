@@ -13,7 +13,12 @@
 // 2. Copies overlap compute, and streaming is exact, on a model big enough for copies to take milliseconds
 //    (a random bf16 Llama of ~0.9 GB written by formats/writer): CPU-tier and disk-tier plans give bit-identical
 //    logits to the all-resident plan, and the recorded CUDA events show a copy running while an earlier step
-//    computes.
+//    computes. Disk-tier blocks are read with pread into pinned staging ("direct"; O_DIRECT where the filesystem
+//    allows), never from the mapping, and reading them from the mapping (disk_direct_io off) gives the same bits.
+//    Last-position logits match the last row of the full logits.
+// Disk reads in part 1: no plan reads a block from the mapping (no fallback); the explicit_tiers plan's disk-tier
+// blocks (computed on cuda:0) are read directly in float32 (no cast) and through the bounce buffer in bfloat16
+// (cast from the float32 checkpoint).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -84,6 +89,17 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       }
       if (c.summary.disk_tier > 0) {
         EXPECT_GT(stats.disk_tier_bytes, 0u);
+      }
+      EXPECT_EQ(stats.disk_mmap_blocks, 0u) << "a disk-tier block was copied from the mapping";
+      EXPECT_EQ(stats.disk_direct_fallbacks, 0u);
+      EXPECT_EQ((*exec)->info().disk_direct_fallback_blocks, 0);
+      if (c.name == "explicit_tiers") {
+        if (dtype == "fp32") {
+          EXPECT_GT(stats.disk_direct_blocks, 0u);
+          EXPECT_EQ(stats.disk_bounce_blocks, 0u);
+        } else {
+          EXPECT_GT(stats.disk_bounce_blocks, 0u);
+        }
       }
       GenerateOptions g;
       g.max_new_tokens = static_cast<int>(std::min<int64_t>(steps + 1, seq_len - ref->prompt_len));
@@ -187,13 +203,17 @@ TEST(E2eGpuStreaming, CopiesOverlapComputeAndStreamingIsExact) {
   std::vector<int64_t> prompt(kBatch * 512);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int64_t>((i * 7919) % 32000);
   std::vector<float> want_prefill, want_decode;
-  for (const std::string& plan : {resident, cpu_tier, disk_tier}) {
+  const std::string disk_mapped = disk_tier + " (disk_direct_io off)";
+  for (const std::string& name : {resident, cpu_tier, disk_tier, disk_mapped}) {
+    const bool mapped = name == disk_mapped;
+    const std::string plan = mapped ? disk_tier : name;
     auto summary = SummarizePlan(plan);
     ASSERT_TRUE(summary.ok());
-    SCOPED_TRACE(plan + ": " + summary->ToString());
+    SCOPED_TRACE(name + ": " + summary->ToString());
     ExecutorOptions options;
     options.progress = false;
     options.record_trace = true;
+    options.disk_direct_io = !mapped;
     auto exec = Executor::Load(plan, model, options);
     ASSERT_TRUE(exec.ok()) << exec.error().ToString();
     // Warm up (cuBLAS handles, allocator), then measure.
@@ -210,6 +230,44 @@ TEST(E2eGpuStreaming, CopiesOverlapComputeAndStreamingIsExact) {
     } else {
       EXPECT_EQ(prefill->data, want_prefill) << "streamed weights must give the resident plan's logits exactly";
       EXPECT_EQ(decode->data, want_decode);
+    }
+    if (summary->disk_tier > 0) {
+      // bf16 checkpoint, bf16 execution: no cast, so every disk-tier block is read straight into pinned staging
+      // (or, with disk_direct_io off, copied from the mapping).
+      std::printf("disk reads: %s, %llu direct, %llu bounce, %llu mmap (%llu fallbacks), %s read\n",
+                  (*exec)->info().disk_read_mode.c_str(), static_cast<unsigned long long>(d.disk_direct_blocks),
+                  static_cast<unsigned long long>(d.disk_bounce_blocks),
+                  static_cast<unsigned long long>(d.disk_mmap_blocks),
+                  static_cast<unsigned long long>(d.disk_direct_fallbacks),
+                  (std::to_string(d.disk_read_bytes >> 20) + " MiB").c_str());
+      EXPECT_EQ(d.disk_direct_fallbacks, 0u);
+      EXPECT_EQ((*exec)->info().disk_direct_fallback_blocks, 0);
+      EXPECT_EQ(d.disk_bounce_blocks, 0u);
+      if (mapped) {
+        EXPECT_EQ((*exec)->info().disk_read_mode, "mmap");
+        EXPECT_EQ(d.disk_direct_blocks, 0u);
+        EXPECT_GT(d.disk_mmap_blocks, 0u);
+      } else {
+        EXPECT_GT(d.disk_direct_blocks, 0u);
+        EXPECT_EQ(d.disk_mmap_blocks, 0u);
+        EXPECT_GE(d.disk_read_bytes, d.disk_tier_bytes) << "direct reads cover at least the tensors' bytes";
+        bool traced = false;
+        for (const CopyTiming& c : d.last_copies) traced |= c.source == "disk_read" && c.read == "direct";
+        EXPECT_TRUE(traced) << "no \"direct\" disk_read in the last pass's copies";
+      }
+    }
+    if (name == resident) {
+      // Last-position logits: the lm_head computes one position; the result matches the full pass's last row
+      // (cuBLAS may pick another kernel for one row, so not necessarily bit for bit).
+      auto last = (*exec)->Forward(prompt, kBatch, ForwardOptions{.reset = true, .last_position_only = true});
+      ASSERT_TRUE(last.ok()) << last.error().ToString();
+      ASSERT_EQ(last->seq, 1);
+      ASSERT_EQ(last->vocab, prefill->vocab);
+      for (int64_t b = 0; b < kBatch; ++b) {
+        const std::vector<float> want(prefill->row(b, prefill->seq - 1), prefill->row(b, prefill->seq - 1) + prefill->vocab);
+        const std::vector<float> got(last->row(b, 0), last->row(b, 0) + last->vocab);
+        EXPECT_LE(MaxRelError(got, want), 1e-2) << "row " << b;
+      }
     }
     for (const Stats* st : {&p, &d}) {
       double compute_ms = 0, copy_ms = 0;
@@ -235,7 +293,7 @@ TEST(E2eGpuStreaming, CopiesOverlapComputeAndStreamingIsExact) {
         EXPECT_GT(overlap_us, 0.0) << "no copy ran while an earlier step computed";
       }
     }
-    EXPECT_TRUE((*exec)->WriteTrace(dir + "/" + std::to_string(summary->disk_tier) + ".trace.json").ok());
+    EXPECT_TRUE((*exec)->WriteTrace(dir + "/" + std::to_string(summary->disk_tier) + (mapped ? ".mapped" : "") + ".trace.json").ok());
   }
 }
 
