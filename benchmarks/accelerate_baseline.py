@@ -84,6 +84,8 @@ def main():
             torch.cuda.synchronize()
             first_logits_s = time.time() - t_first
             load_s = t_first - t_load
+            if "process_to_first_logits_s" not in result:
+                result["process_to_first_logits_s"] = time.time() - T0
             f1, f1_all = timed(lambda: model(ids_1.to(0), use_cache=False), args.repeat)
             fp, fp_all = timed(lambda: model(ids_p.to(0), use_cache=False), args.repeat)
         entry = {"gpu_budget_gib": budget, "load_s": load_s, "first_forward_s": first_logits_s,

@@ -47,7 +47,8 @@ def main():
     xs = [r[0] for r in rows]
     ax.plot(xs, [r[1] for r in rows], "o-", label="bigplan, 1 token")
     ax.plot(xs, [r[2] for r in rows], "s-", label=f"bigplan, {ours.get('prefill_tokens', 512)}-token prefill")
-    ax.plot(xs, [r[3] for r in rows], "k--", label="floor: streamed bytes / pinned H2D")
+    streamed = [r for r in rows if r[3] > 0]  # all-resident budgets stream nothing: no PCIe floor
+    ax.plot([r[0] for r in streamed], [r[3] for r in streamed], "k--", label="floor: streamed bytes / pinned H2D")
     if any(r[4] for r in rows):
         ax.plot([r[0] for r in rows if r[4]], [r[4] for r in rows if r[4]], "^-", label="Accelerate, 1 token")
         ax.plot([r[0] for r in rows if r[5]], [r[5] for r in rows if r[5]], "v-", label="Accelerate, prefill")

@@ -171,8 +171,11 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   const int64_t vocab = exec->info().vocab_size;
   auto one = RandomTokens(1, vocab, 1);
   auto prompt = RandomTokens(args.prefill, vocab, 2);
+  ForwardOptions fresh;  // a new sequence each time; only the last position's logits come back to the host
+  fresh.reset = true;
+  fresh.last_position_only = true;
   auto t_first = std::chrono::steady_clock::now();
-  BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, /*reset=*/true).status());
+  BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, fresh).status());
   const double first_s = Seconds(t_first);
 
   nlohmann::json j = {{"name", cfg.name}, {"tier", cfg.tier}, {"gpu_budget_gib", cfg.gpu_gib},
@@ -181,6 +184,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                       {"cpu_tier_bytes", cpu_bytes}, {"disk_tier_bytes", disk_bytes},
                       {"gpu_tier_blocks", exec->info().gpu_tier_blocks}, {"cpu_tier_blocks", exec->info().cpu_tier_blocks},
                       {"disk_tier_blocks", exec->info().disk_tier_blocks},
+                      {"disk_read_mode", exec->info().disk_read_mode},
                       {"device_arena_bytes", exec->info().device_arena_bytes},
                       {"pinned_pool_bytes", exec->info().pinned_pool_bytes},
                       {"predicted_1_s", plan.decode.total_us / 1e6}, {"predicted_prefill_s", plan.prefill.total_us / 1e6}};
@@ -188,12 +192,12 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     auto drop = [&] { if (args.drop_caches && disk_bytes) DropPageCache(); };
     BIGPLAN_ASSIGN_OR_RETURN(Timing f1, TimeIt(args.repeat, [&]() -> Status {
       drop();
-      return exec->Forward(one, 1, true).status();
+      return exec->Forward(one, 1, fresh).status();
     }));
     const uint64_t streamed = exec->stats().last_streamed_bytes;
     BIGPLAN_ASSIGN_OR_RETURN(Timing fp, TimeIt(args.repeat, [&]() -> Status {
       drop();
-      return exec->Forward(prompt, 1, true).status();
+      return exec->Forward(prompt, 1, fresh).status();
     }));
     const double floor_s = cpu_bytes / (floors.h2d_gbps * 1e9) +
                            (disk_bytes ? disk_bytes / (floors.disk_gbps * 1e9) : 0.0);
@@ -214,15 +218,17 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     uint64_t weight_bytes = 0;
     for (uint32_t i = 0; i < p.blocks()->size(); ++i) weight_bytes += p.blocks()->Get(i)->weight_bytes();
     BIGPLAN_ASSIGN_OR_RETURN(Timing fp, TimeIt(args.repeat, [&]() -> Status {
-      return exec->Forward(prompt, 1, true).status();
+      return exec->Forward(prompt, 1, fresh).status();
     }));
     // Decode: a prompt of `prefill` tokens is cached, then single-token steps continue it.
-    BIGPLAN_RETURN_IF_ERROR(exec->Forward(prompt, 1, true).status());
+    BIGPLAN_RETURN_IF_ERROR(exec->Forward(prompt, 1, fresh).status());
     int64_t next = 0;
     BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeIt(args.repeat * 4, [&]() -> Status {
       std::vector<int64_t> tok{next};
       next = (next + 1) % vocab;
-      return exec->Forward(tok, 1, false).status();
+      ForwardOptions cont;
+      cont.last_position_only = true;
+      return exec->Forward(tok, 1, cont).status();
     }));
     // FLOPs of a prefill: 2 x params x tokens for the matmuls, + attention 4 x layers x hidden x T^2 / 2 (causal).
     const auto* c = p.config();
@@ -251,7 +257,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                  prefill_floor * 1e3, fp.best / prefill_floor);
   }
   if (!args.trace_dir.empty()) {
-    BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, true).status());
+    BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, fresh).status());
     BIGPLAN_RETURN_IF_ERROR(exec->WriteTrace(args.trace_dir + "/" + cfg.name + ".trace.json"));
   }
   *out = j;
