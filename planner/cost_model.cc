@@ -28,11 +28,15 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
       w.act_bytes_per_token =
           (8ull * c.hidden_size + 2ull * (c.num_heads + 2ull * c.num_kv_heads) * c.head_dim +
            3ull * c.intermediate_size) * e;
-      w.kernels = kDecoderKernels;
+      w.kernels = model.architecture == "gpt2"   ? kGpt2DecoderKernels
+                  : model.architecture == "gptj" ? (c.rotary_dim != 0 && c.rotary_dim < c.head_dim
+                                                        ? kGptjDecoderKernels + 2
+                                                        : kGptjDecoderKernels)
+                                                 : kLlamaDecoderKernels;
       break;
     case BlockKind::kFinalNorm:
       w.act_bytes_per_token = 2ull * c.hidden_size * e;
-      w.kernels = kNormKernels;
+      w.kernels = model.architecture == "gpt2" || model.architecture == "gptj" ? kLayerNormKernels : kRmsNormKernels;
       break;
     case BlockKind::kEmbedding:
       w.act_bytes_per_token = uint64_t{c.hidden_size} * e + 8;
@@ -55,7 +59,8 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const bool cpu = device < 0;
   const double flops_per_s = cpu ? p.cpu_gflops * 1e9 : p.matmul_tflops * 1e12;
   const double bytes_per_s = (cpu ? p.cpu_mem_gbps : p.device_mem_gbps) * 1e9;
-  const double overhead_us = w.kernels * (cpu ? kCpuOpMicros : kGpuLaunchMicros);
+  const double overhead_us = w.kernels * (cpu ? kCpuOpMicros : kGpuKernelMicros);
+  const double host_us = cpu ? 0.0 : HostDispatchMicros(w);
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
@@ -66,10 +71,19 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
     return std::max(flops / flops_per_s, bytes / bytes_per_s) * 1e6 + overhead_us;
   };
   BlockCost cost;
-  cost.decode_us = time_us(batch, seq);
-  cost.prefill_us = time_us(batch * seq, seq * (seq + 1) / 2);
+  cost.decode_device_us = time_us(batch, seq);
+  cost.prefill_device_us = time_us(batch * seq, seq * (seq + 1) / 2);
+  cost.host_us = host_us;
+  // Host-bound, the block ends when its last op is dispatched plus that kernel's run (its share of the device time).
+  auto block_us = [&](double device_us) {
+    return host_us > 0 ? std::max(device_us, host_us + device_us / std::max<uint32_t>(1, w.kernels)) : device_us;
+  };
+  cost.decode_us = block_us(cost.decode_device_us);
+  cost.prefill_us = block_us(cost.prefill_device_us);
   return cost;
 }
+
+double HostDispatchMicros(const BlockWork& w) { return w.kernels * kHostOpMicros; }
 
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
   const double b = static_cast<double>(bytes);
@@ -79,7 +93,8 @@ double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
 }
 
 ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& compute_us,
-                                  const std::vector<double>& copy_us, const std::vector<int32_t>& devices) {
+                                  const std::vector<double>& copy_us, const std::vector<int32_t>& devices,
+                                  const std::vector<double>& host_us) {
   ForwardPrediction f;
   const size_t n = s.steps.size();
   f.step_start.assign(n, 0);
@@ -89,7 +104,9 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
   std::map<int32_t, double> stream_free;  // copy stream of each destination device
   std::vector<bool> dependency_held(s.copies.size(), false);  // the stream idled before it, waiting on a dependency
   double prev_end = 0;
+  double host_free = 0;  // when the host thread finished dispatching the previous step
   for (size_t i = 0; i < n; ++i) {
+    const double host = host_us.empty() ? 0.0 : host_us[i];
     for (uint32_t ci : s.steps[i].copies) {
       const ScheduledCopy& c = s.copies[ci];
       double& free_at = stream_free[devices[c.block]];
@@ -118,9 +135,13 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
         }
       }
     }
+    // The step cannot end before the host has dispatched its last op. (Its start needs no host term: the host began
+    // dispatching it when it finished the previous step's ops, and the previous step ended no earlier.)
+    host_free += host;
     f.step_start[i] = start;
-    f.step_end[i] = start + compute_us[i];
-    f.compute_us += compute_us[i];
+    f.step_end[i] = std::max(start + compute_us[i], host_free);
+    f.compute_us += f.step_end[i] - start;
+    f.host_us += host;
     prev_end = f.step_end[i];
   }
   f.total_us = prev_end;

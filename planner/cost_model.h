@@ -2,9 +2,13 @@
 // pass obtained by simulating the schedule.
 //
 // Compute time of a block, for a forward pass of T tokens (decode: T = max_batch, one new token per sequence, the
-// KV cache at max_seq_len; prefill: T = max_batch x max_seq_len):
+// KV cache at max_seq_len; prefill: T = max_batch x max_seq_len). The executor issues eager LibTorch ops from one host
+// thread, so a block takes as long as the slower of the GPU running its kernels and the host dispatching them:
 //
-//   time = max(FLOPs / matmul rate, bytes touched / memory bandwidth) + kernels x launch overhead
+//   time        = max(device time, host time + device time / kernels)   (host-bound, the last kernel still runs
+//                                                                         after its dispatch)
+//   device time = max(FLOPs / matmul rate, bytes touched / memory bandwidth) + kernels x kGpuKernelMicros
+//   host time   = kernels x kHostOpMicros                                        (GPU blocks; 0 for CPU blocks)
 //
 //   FLOPs          = 2 x matmul_params x T                                      (every weight matrix, once per token)
 //                  + 4 x attn_dim x max_batch x C                               (QK^T and AV, 2 FLOPs per MAC)
@@ -14,20 +18,51 @@
 //                  + kv_bytes_per_token x max_batch x max_seq_len               (decode: the cache is read;
 //                                                                                prefill: it is written)
 //                  + act_bytes_per_token x T                                    (activations read and written)
-//   GPU: matmul rate = matmul_tflops, bandwidth = device_mem_gbps (read + write), launch overhead
-//        kGpuLaunchMicros = 5 us per kernel (eager LibTorch: dispatch + launch, measured range 3-8 us);
-//   CPU: matmul rate = cpu_gflops, bandwidth = cpu_mem_gbps, kCpuOpMicros = 2 us per op.
-//   Kernels per block (eager LibTorch, no fusion beyond SDPA): decoder layer kDecoderKernels = 24 (2 norms x 5,
-//   q/k/v/o projections, rotary 4, SDPA 1, MLP 4, residual adds 2, cache writes 2 ...), norm 5, embedding 1,
-//   lm_head 2 (matmul + cast), position embedding 2.
+//   GPU: matmul rate = matmul_tflops, bandwidth = device_mem_gbps (read + write).
+//   CPU: matmul rate = cpu_gflops, bandwidth = cpu_mem_gbps, kCpuOpMicros = 2 us per op, no separate host term.
+//
+// Kernels per block: the CUDA kernels the executor's eager ops launch (executor/kernels*.cc; views, narrows and
+// transposes launch none):
+//   Llama family decoder layer, kLlamaDecoderKernels = 41: 2 RMSNorms x 8 (to float, pow, mean, + eps, rsqrt, mul,
+//     to dtype, x weight), q/k/v projections 3, rotary 2 x 5 (neg, cat, 2 mul, add), KV cache writes 2, SDPA 1,
+//     transpose-reshape copy 1, o_proj 1, residual 1, MLP 5 (gate, act, up, mul, down), residual 1;
+//   GPT-2 decoder layer, kGpt2DecoderKernels = 13: 2 LayerNorms, c_attn, KV writes 2, SDPA, reshape copy, c_proj,
+//     residual, c_fc, act, c_proj, residual;
+//   GPT-J decoder layer, kGptjDecoderKernels = 24 (+2 with partial rotary, the pass-through cat per q/k): LayerNorm,
+//     q/k/v 3, rotary 2 x 5 (neg, stack, 2 mul, add), KV writes 2, SDPA, reshape copy, out_proj, fc_in, act,
+//     fc_out, 2 adds;
+//   final norm: kRmsNormKernels = 8 (Llama family), kLayerNormKernels = 1 (GPT-2, GPT-J); embedding
+//   kEmbeddingKernels = 2 (the token ids' copy to the device + the lookup); position embedding 1 (add); lm_head
+//   kLmHeadKernels = 2 (matmul + cast of the logits to float).
+//
+// kHostOpMicros = 10.8 us: the host's cost per kernel-launching op, including LibTorch dispatch, the launch, and
+// the op's share of the view ops and per-step event records around it. Calibrated on an H100 (LibTorch eager from
+// C++, Llama-2-7B bf16, batch 1, weights resident): a KV-cached decode step (512 cached tokens) took 14.3 ms, and
+// the GPU's own work for it is ~2.7 ms, so the step is host-bound: 14.3 ms over 32 x 41 + 2 + 8 + 2 = 1324 kernels
+// = 10.8 us (0.44 ms per decoder layer).
+// kGpuKernelMicros = 7 us: the GPU-side time per kernel beyond the roofline term: the launch-to-launch gap plus
+// the run time of the small non-matmul kernels (norms, rotary, residuals, copies), which the roofline's max() hides
+// behind the matmuls. Calibrated from the same run's 512-token prefill (19.0 ms, device-bound: ~0.58 ms per layer,
+// of which the matmuls at the measured 770.6 TFLOP/s are 0.27 ms): (0.58 - 0.27) ms / 41 = ~7.5 us. It does not grow
+// with T, so long prefills (where those kernels' traffic grows) are underestimated somewhat.
+// Predicted with the H100 profile of that run (h2d 53.0, device memory 2991 GB/s, matmul 770.6 TFLOP/s), Llama-2-7B
+// bf16 batch 1 resident: decode at KV 512 14.8 ms (measured 14.3), prefill of 512 tokens 18.3 ms (measured 19.0).
+// Not modelled: a forward without the KV cache (the planner plans cached decode; it measured 19.1 ms for 1 token).
 //
 // Copy time of a streamed block of B bytes: B / h2d_gbps (Cpu tier), B / disk_gbps + B / h2d_gbps (Disk tier: the
 // disk read into pinned staging and the H2D copy are counted back to back on the copy stream, conservatively).
 //
 // Forward simulation (SimulateForward): one compute stream per device plus one copy stream per destination device,
-// replaying the schedule exactly as the executor does:
+// and the one host thread that dispatches every step, replaying the schedule exactly as the executor does:
 //   * steps run in order; step i's compute starts when step i-1's compute ended (activations flow block to block,
 //     across devices too) and, if block i is streamed, when its copy ended;
+//   * the host dispatches the steps back to back without waiting for the GPU (host_free += host time per step), so
+//     it runs ahead while the GPU is busy or waiting for copies; step i ends at max(start + compute time, the
+//     host's end of dispatching it). Given per-step host times, the compute times are the device times alone;
+//     without them (as the planner calls it) the compute times are the blocks' times above, which
+//     count each host-bound block in full but not the host running ahead across blocks. Both agree when every block
+//     is host-bound or every block is device-bound; they differ by at most the host time of the blocks after a
+//     stall (under 1% of the copy-bound forwards of streamed plans);
 //   * a copy starts when its copy stream is free (copies run in issue order), every step in wait_compute_steps
 //     ended, and every block in wait_copy_blocks has finished its copy; the host issues asynchronously, so the issue
 //     step itself adds no delay (the waits carry the memory-reuse constraints).
@@ -51,12 +86,16 @@
 
 namespace bigplan {
 
-inline constexpr double kGpuLaunchMicros = 5.0;
+inline constexpr double kGpuKernelMicros = 7.0;
+inline constexpr double kHostOpMicros = 10.8;
 inline constexpr double kCpuOpMicros = 2.0;
-inline constexpr uint32_t kDecoderKernels = 24;
-inline constexpr uint32_t kNormKernels = 5;
-inline constexpr uint32_t kEmbeddingKernels = 1;
-inline constexpr uint32_t kPositionEmbeddingKernels = 2;
+inline constexpr uint32_t kLlamaDecoderKernels = 41;
+inline constexpr uint32_t kGpt2DecoderKernels = 13;
+inline constexpr uint32_t kGptjDecoderKernels = 24;
+inline constexpr uint32_t kRmsNormKernels = 8;
+inline constexpr uint32_t kLayerNormKernels = 1;
+inline constexpr uint32_t kEmbeddingKernels = 2;
+inline constexpr uint32_t kPositionEmbeddingKernels = 1;
 inline constexpr uint32_t kLmHeadKernels = 2;
 
 // What one block computes, independent of placement.
@@ -81,19 +120,26 @@ struct RunSize {
 };
 
 struct BlockCost {
-  double decode_us = 0;
-  double prefill_us = 0;
+  double decode_us = 0;          // max(decode_device_us, host_us + decode_device_us / kernels)
+  double prefill_us = 0;         // the same with prefill_device_us
+  double decode_device_us = 0;   // the GPU's (or, on the CPU, the host's) own time
+  double prefill_device_us = 0;
+  double host_us = 0;            // host dispatch time (GPU blocks; 0 on the CPU, where it is in the device time)
 };
 
 // Compute time of a block on `device` (-1 = CPU) for the run size.
 BlockCost EstimateBlockCost(const BlockWork& work, const RunSize& run, int32_t device, const DeviceProfile& profile);
+
+// Host time to dispatch a GPU block's ops: kernels x kHostOpMicros.
+double HostDispatchMicros(const BlockWork& work);
 
 // Copy time of `bytes` of a streamed block from `source` (Cpu or Disk) to `device`.
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& profile);
 
 struct ForwardPrediction {
   double total_us = 0;            // end of the last step's compute
-  double compute_us = 0;          // sum of compute times
+  double compute_us = 0;          // sum of the steps' durations (start to end)
+  double host_us = 0;             // sum of host dispatch times (0 without per-step host times)
   double copy_us = 0;             // sum of copy times
   double compute_stall_us = 0;    // time compute streams waited for copies
   std::vector<double> step_start, step_end;  // per step
@@ -103,9 +149,11 @@ struct ForwardPrediction {
 };
 
 // Replays `schedule` with the given per-step compute times and per-copy copy times. `devices` = each block's compute
-// device (parallel to the steps), to pick the copy stream of each copy.
+// device (parallel to the steps), to pick the copy stream of each copy. `host_us`: per-step host dispatch times
+// (parallel to the steps; empty = already folded into compute_us, see the header comment).
 ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<double>& compute_us,
-                                  const std::vector<double>& copy_us, const std::vector<int32_t>& devices);
+                                  const std::vector<double>& copy_us, const std::vector<int32_t>& devices,
+                                  const std::vector<double>& host_us = {});
 
 // The lower bound for the streamed part of a forward: the largest, over destination devices, of the summed copy
 // times of the copies to that device.
