@@ -33,7 +33,7 @@ json.dump(cfg, open(d + "/config.json", "w"), indent=2)
 PY
   start=$(date +%s.%N)
   "$env" "$bin/gen_checkpoint" --out "$ckpt" --spec "$ckpt/spec.json" --max-shard-bytes 2GiB --seed 7
-  echo "checkpoint written in $(echo "$(date +%s.%N) - $start" | bc) s: $(du -sh "$ckpt" | cut -f1)"
+  echo "checkpoint written in $(( $(date +%s) - ${start%.*} )) s: $(du -sh "$ckpt" | cut -f1)"
 fi
 
 if has bigplan; then
