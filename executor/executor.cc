@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -232,6 +233,20 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   return out;
 }
 
+namespace {
+
+// A model the plan describes that the kernels refuse (bad shapes, rope parameters) is a problem of the plan
+// file, not of the caller's arguments: kCorrupt, naming the file.
+Error PlanContentError(Error e, const std::string& plan_path) {
+  if (e.code == ErrorCode::kInvalidArgument) {
+    e.code = ErrorCode::kCorrupt;
+    e.message = plan_path + ": " + e.message;
+  }
+  return e;
+}
+
+}  // namespace
+
 Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Executor::~Executor() = default;
 
@@ -249,7 +264,9 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   {
     // Fail fast on an architecture without kernels, before reading any weights.
     BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
-    BIGPLAN_ASSIGN_OR_RETURN(impl->kernels, MakeModelKernels(executor_internal::SpecFromPlan(plan.plan())));
+    auto kernels = MakeModelKernels(executor_internal::SpecFromPlan(plan.plan()));
+    if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
+    impl->kernels = std::move(*kernels);
   }
   const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;
   BIGPLAN_ASSIGN_OR_RETURN(impl->state, executor_internal::LoadModelState(
@@ -260,7 +277,9 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
                                                                   .disk_direct_io = options.disk_direct_io}));
   impl->state->info.disk_read_mode = impl->engine->disk_read_mode();
   impl->state->info.disk_direct_fallback_blocks = impl->engine->direct_fallback_blocks();
-  BIGPLAN_ASSIGN_OR_RETURN(impl->views, executor_internal::MakeBlockViews(*impl->state));
+  auto views = executor_internal::MakeBlockViews(*impl->state);
+  if (!views.ok()) return PlanContentError(views.take_error(), plan_path);
+  impl->views = std::move(*views);
   impl->stats.loaded_bytes = impl->state->loaded_bytes;
   impl->stats.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return std::unique_ptr<Executor>(new Executor(std::move(impl)));
@@ -322,6 +341,13 @@ Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>
   if (options.max_new_tokens < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "max_new_tokens " + std::to_string(options.max_new_tokens) + " must be at least 1");
+  }
+  if (std::isnan(options.temperature) || std::isnan(options.top_p) || options.top_k < 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "sampling options: temperature " +
+                                                      std::to_string(options.temperature) + ", top_p " +
+                                                      std::to_string(options.top_p) + ", top_k " +
+                                                      std::to_string(options.top_k) +
+                                                      " (temperature and top_p must be numbers, top_k >= 0)");
   }
   if (len + options.max_new_tokens > info.max_seq_len) {
     return MakeError(ErrorCode::kInvalidArgument, "prompt of " + std::to_string(len) + " tokens + " +

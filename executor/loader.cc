@@ -171,6 +171,11 @@ struct Loader {
       br.index = i;
       br.name = Str(b->name());
       br.kind = Str(b->kind());
+      if (br.kind != "embedding" && br.kind != "position_embedding" && br.kind != "decoder_layer" &&
+          br.kind != "final_norm" && br.kind != "lm_head") {
+        return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": unknown block kind \"" +
+                                                  br.kind + "\"");
+      }
       br.prefix = Str(b->prefix());
       br.layer = b->layer();
       br.tier = b->tier();

@@ -35,6 +35,17 @@ Result<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
+// Content of a file that fails validation makes the file corrupt (exit status 1), not the command line bad.
+template <typename T>
+Result<T> AsFileContent(Result<T> r) {
+  if (!r.ok() && r.error().code == ErrorCode::kInvalidArgument) {
+    Error e = r.take_error();
+    e.code = ErrorCode::kCorrupt;
+    return e;
+  }
+  return r;
+}
+
 Result<json> ParseJson(std::string_view text, const std::string& source) {
   try {
     return json::parse(text.begin(), text.end());
@@ -65,6 +76,23 @@ class Config {
       return Bad(key, "expected a positive integer, got " + v->dump());
     }
     return static_cast<uint32_t>(v->get<int64_t>());
+  }
+  // A decoder layer count: positive and at most kMaxDecoderLayers (checked before any layer is built).
+  Result<uint32_t> Layers(std::initializer_list<const char*> keys) const {
+    const char* key = *keys.begin();
+    for (const char* k : keys) {
+      if (Has(k)) {
+        key = k;
+        break;
+      }
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(uint32_t n, U32Any(keys));
+    if (n > kMaxDecoderLayers) {
+      return MakeError(ErrorCode::kUnsupported, source_ + ": field \"" + key + "\": " + std::to_string(n) +
+                                                    " decoder layers exceed the limit of " +
+                                                    std::to_string(kMaxDecoderLayers));
+    }
+    return n;
   }
   // The first of several spellings that is present.
   Result<uint32_t> U32Any(std::initializer_list<const char*> keys, std::optional<uint32_t> dflt = std::nullopt) const {
@@ -243,7 +271,7 @@ Result<ModelDescription> ImportLlamaFamily(const Config& c, const std::string& m
   m.architecture = "llama";
   ModelConfig& mc = m.config;
   BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32("hidden_size"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.U32("num_hidden_layers"));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"num_hidden_layers"}));
   BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32("num_attention_heads"));
   BIGPLAN_ASSIGN_OR_RETURN(mc.num_kv_heads, c.U32("num_key_value_heads", mc.num_heads));
   if (mc.hidden_size % mc.num_heads != 0 && !c.Has("head_dim")) {
@@ -321,7 +349,7 @@ Result<ModelDescription> ImportGpt2(const Config& c, const DTypeSource& dtypes, 
   m.architecture = "gpt2";
   ModelConfig& mc = m.config;
   BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32Any({"n_embd", "hidden_size"}));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.U32Any({"n_layer", "num_hidden_layers"}));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"n_layer", "num_hidden_layers"}));
   BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32Any({"n_head", "num_attention_heads"}));
   if (mc.hidden_size % mc.num_heads != 0) return c.Bad("n_head", "n_embd is not a multiple of n_head");
   mc.num_kv_heads = mc.num_heads;
@@ -386,7 +414,7 @@ Result<ModelDescription> ImportGptj(const Config& c, const DTypeSource& dtypes) 
   m.architecture = "gptj";
   ModelConfig& mc = m.config;
   BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32Any({"n_embd", "hidden_size"}));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.U32Any({"n_layer", "num_hidden_layers"}));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"n_layer", "num_hidden_layers"}));
   BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32Any({"n_head", "num_attention_heads"}));
   if (mc.hidden_size % mc.num_heads != 0) return c.Bad("n_head", "n_embd is not a multiple of n_head");
   mc.num_kv_heads = mc.num_heads;
@@ -481,7 +509,10 @@ Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfIm
     m->name = model_type;
   }
   Status st = m->Validate();
-  if (!st.ok()) return MakeError(ErrorCode::kInternal, source + ": imported description is invalid: " + st.error().message);
+  if (!st.ok()) {
+    const ErrorCode code = st.error().code == ErrorCode::kInvalidArgument ? ErrorCode::kCorrupt : st.error().code;
+    return MakeError(code, source + ": imported description is invalid: " + st.error().message);
+  }
   return m;
 }
 
@@ -500,7 +531,7 @@ Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, cons
     tensors = TensorSpecsOf(*checkpoint);
     options.tensors = &tensors;
   }
-  return ImportHfConfigText(text, options, config_path);
+  return AsFileContent(ImportHfConfigText(text, options, config_path));
 }
 
 Result<ModelDescription> ImportHfDirectory(const std::string& dir) {
@@ -560,7 +591,7 @@ Result<std::vector<TensorSpec>> ParseTensorList(std::string_view text, const std
 
 Result<std::vector<TensorSpec>> LoadTensorList(const std::string& path) {
   BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  return ParseTensorList(text, path);
+  return AsFileContent(ParseTensorList(text, path));
 }
 
 std::string TensorListToJson(const std::vector<TensorSpec>& tensors) {
@@ -589,7 +620,7 @@ Result<ModelDescription> ImportExample(const std::string& dir) {
     BIGPLAN_ASSIGN_OR_RETURN(tensors, LoadTensorList(tensors_path.string()));
     options.tensors = &tensors;
   }
-  return ImportHfConfigText(text, options, (d / "config.json").string());
+  return AsFileContent(ImportHfConfigText(text, options, (d / "config.json").string()));
 }
 
 std::vector<TensorSpec> ExpectedTensors(const ModelDescription& model) { return model.AllParams(); }

@@ -156,6 +156,45 @@ TEST(HfImportTest, ErrorsNameTheProblem) {
   EXPECT_NE(bad_dtype.error().message.find("torch_dtype"), std::string::npos);
 }
 
+TEST(HfImportTest, AbsurdLayerCountsAreRefusedBeforeBuilding) {
+  // A billion layers would build a billion blocks (hours, then out of memory); refused at once instead.
+  for (const char* type : {"llama", "gpt2", "gptj"}) {
+    json config = {{"model_type", type}, {"hidden_size", 64}, {"n_embd", 64},           {"num_attention_heads", 4},
+                   {"n_head", 4},        {"intermediate_size", 128}, {"vocab_size", 256}, {"n_positions", 64}};
+    config[std::string(type) == "llama" ? "num_hidden_layers" : "n_layer"] = 1000000000;
+    Result<ModelDescription> m = ImportHfConfig(config, {}, "c.json");
+    ASSERT_FALSE(m.ok()) << type;
+    EXPECT_EQ(m.error().code, ErrorCode::kUnsupported) << m.error().ToString();
+    EXPECT_NE(m.error().message.find("1000000000 decoder layers exceed the limit of"), std::string::npos)
+        << m.error().message;
+    EXPECT_NE(m.error().message.find("c.json: field \""), std::string::npos) << m.error().message;
+  }
+}
+
+TEST(HfImportTest, BadConfigFileIsCorruptNotABadCommandLine) {
+  // Errors in a config.json's content are the file's problem (exit status 1), naming the file and field.
+  const std::string dir = testing::NewTempDir("bad_config");
+  const std::string path = dir + "/config.json";
+  struct Case {
+    std::string text, needle;
+  } cases[] = {
+      {"[1, 2]", "config must be a JSON object"},
+      {R"({"hidden_size": 8})", "field \"model_type\": missing"},
+      {R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 8,
+           "vocab_size": 16})", "field \"num_attention_heads\": missing"},
+      {R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "intermediate_size": 8, "vocab_size": 16, "rms_norm_eps": -1})", "norm_eps"},
+  };
+  for (const Case& c : cases) {
+    testing::WriteFileOrDie(path, c.text);
+    Result<ModelDescription> m = ImportHfConfigFile(path, nullptr);
+    ASSERT_FALSE(m.ok()) << c.text;
+    EXPECT_EQ(m.error().code, ErrorCode::kCorrupt) << m.error().ToString();
+    EXPECT_NE(m.error().message.find(path), std::string::npos) << m.error().message;
+    EXPECT_NE(m.error().message.find(c.needle), std::string::npos) << m.error().message;
+  }
+}
+
 TEST(HfImportTest, DTypePrecedence) {
   const std::string cfg = R"({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 10,
                               "n_positions": 4, "torch_dtype": "bfloat16"})";

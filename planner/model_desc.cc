@@ -312,7 +312,14 @@ Result<ModelDescription> ModelDescription::Load(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   if (in.bad()) return MakeError(ErrorCode::kIo, path + ": read failed");
-  return Parse(ss.str(), path);
+  Result<ModelDescription> m = Parse(ss.str(), path);
+  // A description file whose content fails validation is corrupt (exit status 1), not a bad command line.
+  if (!m.ok() && m.error().code == ErrorCode::kInvalidArgument) {
+    Error e = m.take_error();
+    e.code = ErrorCode::kCorrupt;
+    return e;
+  }
+  return m;
 }
 
 Result<ModelDescription> ModelDescription::Parse(std::string_view text, const std::string& source) {
@@ -377,6 +384,11 @@ Status ModelDescription::Validate() const {
                   {"max_position_embeddings", c.max_position_embeddings}};
   for (const auto& p : positive) {
     if (p.value == 0) return bad(std::string("config.") + p.name, "must be positive");
+  }
+  if (c.num_layers > kMaxDecoderLayers) {
+    return MakeError(ErrorCode::kUnsupported, "field \"config.num_layers\": " + std::to_string(c.num_layers) +
+                                                  " decoder layers exceed the limit of " +
+                                                  std::to_string(kMaxDecoderLayers));
   }
   if (c.num_heads % c.num_kv_heads != 0) {
     return bad("config.num_kv_heads", "num_heads (" + std::to_string(c.num_heads) + ") is not a multiple of num_kv_heads (" +

@@ -20,6 +20,10 @@ namespace bigplan {
 
 inline constexpr char kModelFormat[] = "bigplan.model/1";
 
+// The most decoder layers a model may have (the largest published models have a few hundred). Larger counts are
+// refused up front: they are never real, and planning them would take unbounded time and memory.
+inline constexpr uint32_t kMaxDecoderLayers = 4096;
+
 enum class BlockKind : uint8_t {
   kEmbedding,          // token embedding (model.embed_tokens, transformer.wte)
   kPositionEmbedding,  // learned absolute positions (GPT-2's transformer.wpe)

@@ -226,9 +226,10 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   auto plan = schema::CreatePlanDirect(fb, kPlanVersion, kGeneratorName, c.strategy.c_str(), model.name.c_str(),
                                        digest.c_str(), config, fingerprint, ToSchema(c.exec_dtype), run_shape,
                                        &budgets, profile, &tensors, &blocks, &buffers, &arenas, &steps, &usage,
-                                       c.predicted_decode_us, c.predicted_prefill_us);
+                                       c.predicted_decode_us, c.predicted_prefill_us, kPlanChecksumPlaceholder);
   schema::FinishPlanBuffer(fb, plan);
   std::vector<uint8_t> bytes(fb.GetBufferPointer(), fb.GetBufferPointer() + fb.GetSize());
+  BIGPLAN_RETURN_IF_ERROR(SealPlan(&bytes));
 
   auto verified = VerifyPlan(bytes.data(), bytes.size(), "new plan");
   if (!verified.ok()) return MakeError(ErrorCode::kInternal, "the planner wrote an invalid plan: " + verified.error().message);

@@ -6,7 +6,10 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+#include "support/sha256.h"
 
 namespace bigplan {
 namespace {
@@ -94,7 +97,30 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
   return Status::Ok();
 }
 
+constexpr size_t kChecksumChars = sizeof(kPlanChecksumPlaceholder) - 1;
+
+// SHA-256 of the buffer with the checksum's characters [at, at + 64) read as the placeholder.
+std::string ContentChecksum(const uint8_t* data, size_t size, size_t at) {
+  Sha256 h;
+  h.Update(data, at);
+  h.Update(kPlanChecksumPlaceholder, kChecksumChars);
+  h.Update(data + at + kChecksumChars, size - at - kChecksumChars);
+  return h.HexDigest();
+}
+
 }  // namespace
+
+Status SealPlan(std::vector<uint8_t>* bytes) {
+  if (bytes->size() < 8 || !schema::PlanBufferHasIdentifier(bytes->data()))
+    return MakeError(ErrorCode::kInternal, "SealPlan: not a plan buffer");
+  const flatbuffers::String* sum = schema::GetPlan(bytes->data())->content_sha256();
+  if (sum == nullptr || sum->str() != kPlanChecksumPlaceholder)
+    return MakeError(ErrorCode::kInternal, "SealPlan: the plan has no checksum placeholder");
+  const size_t at = reinterpret_cast<const uint8_t*>(sum->data()) - bytes->data();
+  const std::string hex = ContentChecksum(bytes->data(), bytes->size(), at);
+  std::memcpy(bytes->data() + at, hex.data(), kChecksumChars);
+  return Status::Ok();
+}
 
 Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const std::string& source) {
   if (data == nullptr || size < 8 || !schema::PlanBufferHasIdentifier(data))
@@ -103,6 +129,15 @@ Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const s
   if (!schema::VerifyPlanBuffer(verifier))
     return Corrupt(source, "plan file fails flatbuffer verification (truncated or damaged)");
   const schema::Plan* plan = schema::GetPlan(data);
+  // The checksum first: a damaged version field must read as damage, not as another version.
+  if (const flatbuffers::String* sum = plan->content_sha256()) {
+    const size_t at = reinterpret_cast<const uint8_t*>(sum->data()) - data;
+    if (sum->size() != kChecksumChars || at + kChecksumChars > size)
+      return Corrupt(source, "plan checksum (content_sha256) is malformed: the file is damaged; re-run the planner");
+    if (ContentChecksum(data, size, at) != sum->str())
+      return Corrupt(source, "plan file is damaged: its bytes do not match its checksum (content_sha256); "
+                             "re-run the planner");
+  }
   if (plan->version() != kPlanVersion)
     return MakeError(ErrorCode::kIncompatible,
                      source + ": plan version " + std::to_string(plan->version()) + " is not supported by this build " +
@@ -112,6 +147,10 @@ Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const s
 }
 
 Result<std::vector<uint8_t>> ReadFileBytes(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    return MakeError(ErrorCode::kIo, path + ": is a directory, not a file");
+  }
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) {
     return MakeError(errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
@@ -122,22 +161,55 @@ Result<std::vector<uint8_t>> ReadFileBytes(const std::string& path) {
   size_t n;
   while ((n = std::fread(chunk, 1, sizeof(chunk), f)) > 0) bytes.insert(bytes.end(), chunk, chunk + n);
   const bool failed = std::ferror(f);
+  const int err = errno;
   std::fclose(f);
-  if (failed) return MakeError(ErrorCode::kIo, path + ": read failed");
+  if (failed) return MakeError(ErrorCode::kIo, path + ": read failed: " + std::strerror(err));
   return bytes;
 }
 
+namespace {
+
+// Writes all of `data` to an open stream and closes it; the error names `path` and the system's reason.
+Status WriteAndClose(FILE* f, const std::string& path, const uint8_t* data, size_t size) {
+  const bool wrote = std::fwrite(data, 1, size, f) == size && std::fflush(f) == 0;
+  int err = errno;
+  const bool closed = std::fclose(f) == 0;
+  if (wrote && !closed) err = errno;
+  if (!wrote || !closed) return MakeError(ErrorCode::kIo, path + ": write failed: " + std::strerror(err));
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status WriteFileBytes(const std::string& path, const uint8_t* data, size_t size) {
-  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  // A symbolic link keeps pointing where it did: write to its target.
+  std::string target = path;
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    if (char* real = ::realpath(path.c_str(), nullptr)) {
+      target = real;
+      std::free(real);
+    }
+  }
+  if (::stat(target.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return MakeError(ErrorCode::kIo, path + ": is a directory, not a file");
+    if (!S_ISREG(st.st_mode)) {
+      // A device or a pipe (/dev/stdout, a FIFO): write into it; renaming a file over it would replace it.
+      FILE* f = std::fopen(target.c_str(), "wb");
+      if (!f) return MakeError(ErrorCode::kIo, path + ": cannot open for writing: " + std::strerror(errno));
+      return WriteAndClose(f, path, data, size);
+    }
+  }
+  // A regular file is replaced atomically: readers see the old or the new file, never a partial one.
+  const std::string tmp = target + ".tmp" + std::to_string(::getpid());
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) return MakeError(ErrorCode::kIo, path + ": cannot create: " + std::strerror(errno));
-  const bool ok = std::fwrite(data, 1, size, f) == size;
-  const bool closed = std::fclose(f) == 0;
-  if (!ok || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return MakeError(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
+  Status written = WriteAndClose(f, path, data, size);
+  if (written.ok() && std::rename(tmp.c_str(), target.c_str()) != 0) {
+    written = MakeError(ErrorCode::kIo, path + ": cannot replace: " + std::strerror(errno));
   }
-  return Status::Ok();
+  if (!written.ok()) std::remove(tmp.c_str());
+  return written;
 }
 
 Result<PlanFile> PlanFile::Load(const std::string& path) {

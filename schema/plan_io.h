@@ -16,9 +16,18 @@ inline constexpr uint32_t kPlanVersion = 1;
 // Checks, in order: the buffer is large enough and carries the "BGPL" identifier (else kCorrupt,
 // "not a bigplan plan"); the flatbuffer verifier accepts it (else kCorrupt); Plan.version == kPlanVersion
 // (else kIncompatible naming both versions); every index inside the plan is in range (tensor, block,
-// buffer, shard, step indices; buffers fit their arenas) (else kCorrupt naming the field).
+// buffer, shard, step indices; buffers fit their arenas) (else kCorrupt naming the field). A plan carrying
+// content_sha256 must match it (else kCorrupt: the file was damaged after it was written).
 // `source` (a file name) prefixes every message. On success the returned pointer aliases `data`.
 Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const std::string& source);
+
+// The placeholder a writer stores in Plan.content_sha256 before SealPlan fills in the checksum.
+inline constexpr char kPlanChecksumPlaceholder[] =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+// Fills in Plan.content_sha256 of a finished plan buffer (written with kPlanChecksumPlaceholder), so that
+// VerifyPlan detects any later change to the file's bytes. kInternal if the buffer has no placeholder.
+Status SealPlan(std::vector<uint8_t>* bytes);
 
 // Reads a whole file into memory (kNotFound / kIo naming the file).
 Result<std::vector<uint8_t>> ReadFileBytes(const std::string& path);

@@ -1,13 +1,17 @@
 #include "schema/plan_io.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 namespace bigplan {
 namespace {
 
 // A minimal valid plan: one shard, one tensor, one resident block, one buffer, one arena, one step.
 flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_t arena_size = 1024,
-                                        uint32_t tensor_shard = 0) {
+                                        uint32_t tensor_shard = 0, const char* checksum = nullptr) {
   flatbuffers::FlatBufferBuilder fb;
   auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
   std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
@@ -31,7 +35,7 @@ flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_
   auto run_shape = schema::CreateRunShape(fb, 1, 16);
   auto plan = schema::CreatePlanDirect(fb, version, "test", "sequential", "m", "d", config, fp,
                                        schema::DType::F32, run_shape, nullptr, 0, &tensors, &blocks, &buffers,
-                                       &arenas, &steps);
+                                       &arenas, &steps, nullptr, 0, 0, checksum);
   schema::FinishPlanBuffer(fb, plan);
   return fb.Release();
 }
@@ -90,6 +94,87 @@ TEST(PlanIoTest, FileRoundTripAndMissingFile) {
   auto missing = PlanFile::Load(path + ".nope");
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+}
+
+std::vector<uint8_t> SealedPlan() {
+  auto buf = MinimalPlan(kPlanVersion, 1024, 0, kPlanChecksumPlaceholder);
+  std::vector<uint8_t> bytes(buf.data(), buf.data() + buf.size());
+  EXPECT_TRUE(SealPlan(&bytes).ok());
+  return bytes;
+}
+
+TEST(PlanIoTest, ChecksumCatchesEveryDamagedByte) {
+  const std::vector<uint8_t> sealed = SealedPlan();
+  ASSERT_TRUE(VerifyPlan(sealed.data(), sealed.size(), "p.bplan").ok());
+  // Whatever byte is damaged (the checksum's own included), the plan is refused as corrupt, never accepted with
+  // different values.
+  for (size_t i = 0; i < sealed.size(); ++i) {
+    for (uint8_t flip : {uint8_t{0x01}, uint8_t{0x80}}) {
+      std::vector<uint8_t> bad = sealed;
+      bad[i] ^= flip;
+      auto r = VerifyPlan(bad.data(), bad.size(), "p.bplan");
+      if (r.ok()) {
+        // Only a flip that hides the checksum field itself (its vtable slot) may leave an otherwise intact plan.
+        EXPECT_EQ((*r)->content_sha256(), nullptr) << "byte " << i;
+        continue;
+      }
+      // (A damaged root offset reads another table: no checksum there, and no plan version either.)
+      EXPECT_TRUE(r.error().code == ErrorCode::kCorrupt || r.error().code == ErrorCode::kIncompatible)
+          << "byte " << i << ": " << r.error().ToString();
+      EXPECT_NE(r.error().message.find("p.bplan: "), std::string::npos) << r.error().message;
+    }
+  }
+  std::vector<uint8_t> bad = sealed;
+  bad[bad.size() / 2] ^= 0x10;
+  auto r = VerifyPlan(bad.data(), bad.size(), "p.bplan");
+  if (!r.ok() && r.error().message.find("checksum") == std::string::npos) GTEST_SKIP() << "caught by the verifier";
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("do not match its checksum"), std::string::npos) << r.error().message;
+}
+
+TEST(PlanIoTest, SealNeedsThePlaceholder) {
+  auto buf = MinimalPlan();
+  std::vector<uint8_t> bytes(buf.data(), buf.data() + buf.size());
+  EXPECT_EQ(SealPlan(&bytes).error().code, ErrorCode::kInternal);
+}
+
+TEST(PlanIoTest, WriteIntoDirectoryOrThroughSymlink) {
+  const std::string dir = ::testing::TempDir() + "/plan_io_dir";
+  std::remove(dir.c_str());
+  ::mkdir(dir.c_str(), 0755);
+  const uint8_t data[] = {1, 2, 3};
+  Status s = WriteFileBytes(dir, data, sizeof(data));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, ErrorCode::kIo);
+  EXPECT_NE(s.error().message.find("is a directory"), std::string::npos) << s.error().message;
+  auto read_dir = ReadFileBytes(dir);
+  ASSERT_FALSE(read_dir.ok());
+  EXPECT_NE(read_dir.error().message.find(dir + ": is a directory"), std::string::npos) << read_dir.error().message;
+
+  // A symbolic link stays a link; the file it names gets the bytes.
+  const std::string target = dir + "/target.bin", link = dir + "/link.bin";
+  ASSERT_TRUE(WriteFileBytes(target, data, 1).ok());
+  std::remove(link.c_str());
+  ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
+  ASSERT_TRUE(WriteFileBytes(link, data, sizeof(data)).ok());
+  struct stat st;
+  ASSERT_EQ(::lstat(link.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  auto back = ReadFileBytes(target);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->size(), sizeof(data));
+}
+
+TEST(PlanIoTest, WriteReportsAFullDevice) {
+  struct stat st;
+  if (::stat("/dev/full", &st) != 0 || !S_ISCHR(st.st_mode)) GTEST_SKIP() << "no /dev/full";
+  const uint8_t data[] = {1, 2, 3};
+  Status s = WriteFileBytes("/dev/full", data, sizeof(data));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, ErrorCode::kIo);
+  EXPECT_NE(s.error().message.find("/dev/full: write failed"), std::string::npos) << s.error().message;
+  ASSERT_EQ(::stat("/dev/full", &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode)) << "the device was replaced by a file";
 }
 
 TEST(PlanIoTest, DTypeSizes) {

@@ -335,7 +335,7 @@ Status Main(int argc, char** argv) {
   PlanRequest base;
   {
     auto budget = ParseMaxMemory(f.max_memory.empty() ? kDefaultBudget : f.max_memory);
-    if (!budget.ok()) return Usage("--max-memory: " + budget.error().message);
+    if (!budget.ok()) return Usage(budget.error().message);  // names --max-memory and the entry
     base.budget = *budget;
   }
   base.run.max_batch = f.batch.value_or(kDefaultBatch);
@@ -343,7 +343,7 @@ Status Main(int argc, char** argv) {
   const std::string dtype = !f.dtype.empty() ? f.dtype : examples ? kDefaultDType : "";
   if (!dtype.empty()) {
     auto d = ParseExecDType(dtype);
-    if (!d.ok()) return Usage("--dtype: " + d.error().message);
+    if (!d.ok()) return Usage(d.error().message);  // names --dtype
     base.exec_dtype = *d;
   }
   if (!f.strategy.empty()) base.strategy = f.strategy;

@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -60,22 +62,32 @@ std::string UserPath(const std::string& path) {
   return wd && *wd ? (fs::path(wd) / path).string() : path;
 }
 
-Result<int64_t> ParseInt(const std::string& flag, const std::string& text, int64_t min) {
+Result<int64_t> ParseInt(const std::string& flag, const std::string& text, int64_t min,
+                         int64_t max = std::numeric_limits<int64_t>::max()) {
   char* end = nullptr;
   errno = 0;
   const long long v = std::strtoll(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || errno != 0 || v < min) {
     return Usage(flag + ": expected an integer >= " + std::to_string(min) + ", got \"" + text + "\"");
   }
+  if (v > max) {
+    return Usage(flag + ": " + text + " is too large (at most " + std::to_string(max) + ")");
+  }
   return static_cast<int64_t>(v);
 }
 
-Result<double> ParseDouble(const std::string& flag, const std::string& text) {
+// A finite number >= min.
+Result<double> ParseDouble(const std::string& flag, const std::string& text, double min) {
   char* end = nullptr;
   const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0') return Usage(flag + ": expected a number, got \"" + text + "\"");
+  if (text.empty() || *end != '\0' || !std::isfinite(v) || v < min) {
+    return Usage(flag + ": expected a finite number >= " + std::to_string(min).substr(0, 3) + ", got \"" + text +
+                 "\"");
+  }
   return v;
 }
+
+constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 
 Result<std::vector<int64_t>> ParseIds(const std::string& flag, const std::string& text) {
   std::vector<int64_t> ids;
@@ -147,23 +159,23 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     else if (flag == "--trace") f.trace = UserPath(value);
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, ParseInt(flag, value, 1)); }
     else if (flag == "--max-new-tokens") {
-      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1));
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1, kIntMax));
       f.gen.max_new_tokens = static_cast<int>(n);
     } else if (flag == "--temperature") {
-      BIGPLAN_ASSIGN_OR_RETURN(double t, ParseDouble(flag, value));
+      BIGPLAN_ASSIGN_OR_RETURN(double t, ParseDouble(flag, value, 0));
       f.gen.temperature = static_cast<float>(t);
     } else if (flag == "--top-k") {
-      BIGPLAN_ASSIGN_OR_RETURN(int64_t k, ParseInt(flag, value, 0));
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t k, ParseInt(flag, value, 0, kIntMax));
       f.gen.top_k = static_cast<int>(k);
     } else if (flag == "--top-p") {
-      BIGPLAN_ASSIGN_OR_RETURN(double p, ParseDouble(flag, value));
+      BIGPLAN_ASSIGN_OR_RETURN(double p, ParseDouble(flag, value, 0));
       if (p <= 0 || p > 1) return Usage("--top-p: expected a number in (0, 1], got \"" + value + "\"");
       f.gen.top_p = static_cast<float>(p);
     } else if (flag == "--seed") {
       BIGPLAN_ASSIGN_OR_RETURN(int64_t s, ParseInt(flag, value, 0));
       f.gen.seed = static_cast<uint64_t>(s);
     } else if (flag == "--disk-workers") {
-      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1));
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1, 1024));
       f.exec.disk_workers = static_cast<int>(n);
     } else if (flag == "--repeat") {
       BIGPLAN_ASSIGN_OR_RETURN(f.repeat, ParseInt(flag, value, 1));
@@ -203,7 +215,6 @@ Status Main(int argc, char** argv) {
       prompts.push_back(std::move(ids));
     }
   }
-  if (prompts.size() == 1 && f.batch > 1) prompts.assign(f.batch, prompts[0]);
   if (prompts.size() > 1 && f.batch > 1 && static_cast<int64_t>(prompts.size()) != f.batch) {
     return Usage("--batch " + std::to_string(f.batch) + " but --prompt-ids has " + std::to_string(prompts.size()) +
                  " rows");
@@ -211,6 +222,11 @@ Status Main(int argc, char** argv) {
 
   BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, Executor::Load(f.plan, f.model, f.exec));
   const ModelInfo& info = exec->info();
+  if (f.batch > static_cast<int64_t>(info.max_batch)) {
+    return Usage("--batch " + std::to_string(f.batch) + " exceeds the plan's max_batch " +
+                 std::to_string(info.max_batch));
+  }
+  if (prompts.size() == 1 && f.batch > 1) prompts.assign(f.batch, prompts[0]);
   const Stats load = exec->stats();
   std::printf("plan: %s (%s, %s, %d blocks: %d gpu, %d cpu, %d disk tier)\n", info.plan_path.c_str(),
               info.architecture.c_str(), info.exec_dtype.c_str(), info.blocks, info.gpu_tier_blocks,

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -248,6 +249,45 @@ TEST_F(LoadErrors, StopTokensAndSampling) {
   auto c = exec.Generate({{3, 1, 4}, {1, 5, 9}}, s);
   ASSERT_TRUE(c.ok());
   EXPECT_NE(a->tokens, c->tokens);
+}
+
+TEST_F(LoadErrors, NonsenseSamplingOptionsAreRefused) {
+  auto loaded = Load(plan_, model_);
+  ASSERT_TRUE(loaded.ok()) << loaded.error().ToString();
+  Executor& exec = **loaded;
+  // NaN would turn every probability into NaN and sample garbage; a negative top_k has no meaning.
+  GenerateOptions nan_temperature;
+  nan_temperature.temperature = std::numeric_limits<float>::quiet_NaN();
+  GenerateOptions nan_top_p;
+  nan_top_p.temperature = 1.0f;
+  nan_top_p.top_p = std::numeric_limits<float>::quiet_NaN();
+  GenerateOptions negative_top_k;
+  negative_top_k.top_k = -3;
+  for (GenerateOptions g : {nan_temperature, nan_top_p, negative_top_k}) {
+    g.max_new_tokens = 2;
+    auto r = exec.Generate({{3, 1, 4}}, g);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_TRUE(Contains(r.error().message, "sampling options")) << r.error().message;
+  }
+}
+
+TEST_F(LoadErrors, DamagedPlanIsRefused) {
+  std::ifstream in(plan_, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(bytes.size(), 100u);
+  // Any changed byte (here a value deep inside the plan) is caught by the plan's checksum.
+  for (size_t at : {bytes.size() / 3, bytes.size() / 2, bytes.size() - 40}) {
+    std::string bad = bytes;
+    bad[at] = static_cast<char>(bad[at] ^ 0x20);
+    const std::string path = dir_ + "/damaged.bplan";
+    WriteAll(path, bad);
+    auto exec = Load(path, model_);
+    ASSERT_FALSE(exec.ok()) << at;
+    EXPECT_TRUE(exec.error().code == ErrorCode::kCorrupt || exec.error().code == ErrorCode::kIncompatible)
+        << exec.error().ToString();
+    EXPECT_TRUE(Contains(exec.error().message, "damaged.bplan")) << exec.error().message;
+  }
 }
 
 }  // namespace

@@ -81,5 +81,25 @@ err="$("$run" --quiet --plan "$tmp/p.bplan" --model "$model" --prompt-ids 1,9999
 [[ $rc -eq 2 && "$err" == *"token id 99999"* ]] || { echo "FAIL: out-of-vocab exited $rc: $err"; exit 1; }
 "$run" --quiet --plan "$tmp/missing.bplan" --model "$model" --prompt-ids 1 >/dev/null 2>&1; rc=$?
 [[ $rc -eq 1 ]] || { echo "FAIL: missing plan exited $rc"; exit 1; }
+# Numbers that do not fit, or make no sense, are bad command lines (never wrapped, never NaN sampling, never an
+# allocation of billions of rows).
+expect_usage() {  # expect_usage NEEDLE FLAGS...
+  local needle=$1; shift
+  err="$("$run" --quiet --plan "$tmp/p.bplan" --model "$model" --prompt-ids 1,2 --cpu "$@" 2>&1 >/dev/null)"; rc=$?
+  [[ $rc -eq 2 && "$err" == *"$needle"* ]] || { echo "FAIL: $* exited $rc: $err"; exit 1; }
+}
+expect_usage "--max-new-tokens: 4294967297 is too large" --max-new-tokens 4294967297
+expect_usage "--temperature: expected a finite number" --temperature -1
+expect_usage "--temperature: expected a finite number" --temperature nan
+expect_usage "--top-p: expected a finite number" --top-p nan
+expect_usage "--top-p: expected a number in (0, 1]" --top-p 2
+expect_usage "--batch 8589934592 exceeds the plan's max_batch 2" --batch 8589934592
+# A plan damaged after it was written is refused, naming the file.
+cp "$tmp/p.bplan" "$tmp/damaged.bplan"
+size=$(stat -c %s "$tmp/damaged.bplan")
+printf '\x5a' | dd of="$tmp/damaged.bplan" bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
+cmp -s "$tmp/p.bplan" "$tmp/damaged.bplan" && printf '\x5b' | dd of="$tmp/damaged.bplan" bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
+err="$("$run" --quiet --plan "$tmp/damaged.bplan" --model "$model" --prompt-ids 1 --cpu 2>&1 >/dev/null)"; rc=$?
+[[ $rc -eq 1 && "$err" == *"damaged.bplan"* ]] || { echo "FAIL: damaged plan exited $rc: $err"; exit 1; }
 set -e
 echo PASS

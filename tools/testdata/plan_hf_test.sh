@@ -62,10 +62,38 @@ expect_exit 2 "unknown memory algorithm" "$plan" --quiet --model "$work/models/l
 cp -r "$work/models/llama" "$work/broken"
 truncate -s 1000 "$work/broken/model.safetensors"
 expect_exit 1 "model.safetensors" "$plan" --quiet --model "$work/broken"
+# Bad config.json content is bad input (exit 1) naming the file and field; an absurd layer count is refused at
+# once instead of building a billion layers.
+cp -r "$work/models/llama" "$work/badcfg"
+"$python" - "$work/badcfg/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); del c["num_attention_heads"]; json.dump(c, open(sys.argv[1], "w"))
+PY
+expect_exit 1 'config.json: field "num_attention_heads": missing' "$plan" --quiet --model "$work/badcfg"
+"$python" - "$work/badcfg/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_attention_heads"] = 4; c["num_hidden_layers"] = 1000000000
+json.dump(c, open(sys.argv[1], "w"))
+PY
+expect_exit 1 "1000000000 decoder layers exceed the limit" timeout 60 "$plan" --quiet --model "$work/badcfg"
+# Writing into a directory fails, naming it; a full device is reported, not announced as written.
+expect_exit 1 "is a directory" "$plan" --quiet --model "$work/models/llama" --max-memory "cuda:0=1GiB,cpu=1GiB" \
+  --seq-len 128 -o "$work"
+if [[ -c /dev/full ]]; then
+  expect_exit 1 "/dev/full: write failed" "$plan" --quiet --model "$work/models/llama" \
+    --max-memory "cuda:0=1GiB,cpu=1GiB" --seq-len 128 -o /dev/full
+  [[ -c /dev/full ]] || fail "plan -o /dev/full replaced the device with a file"
+fi
 # Not a plan, and a damaged plan.
 expect_exit 1 "not a bigplan plan" "$inspect" "$work/llama.map.json"
 head -c 200 "$work/llama.bplan" > "$work/cut.bplan"
 expect_exit 1 "corrupt" "$inspect" "$work/cut.bplan"
+cp "$work/llama.bplan" "$work/flipped.bplan"
+"$python" - "$work/flipped.bplan" <<'PY'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 3] ^= 0x04; open(p, "wb").write(b)
+PY
+expect_exit 1 "flipped.bplan" "$inspect" "$work/flipped.bplan"
 expect_exit 2 "usage: inspect" "$inspect" --diff "$work/llama.bplan"
 "$plan" --help > "$work/help.txt"
 grep -q -- "--export-device-map" "$work/help.txt" || fail "--help lacks a flag"
