@@ -2,6 +2,11 @@
 
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
 namespace bigplan {
 namespace {
 
@@ -18,6 +23,53 @@ constexpr uint32_t kK[64] = {
 
 inline uint32_t Rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
+#if defined(__x86_64__)
+// The SHA extensions (SHA-NI): about 5x the portable code. Used when CPUID reports SHA, SSSE3 and SSE4.1.
+bool HasShaNi() {
+  static const bool has = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const bool ssse3 = c & (1u << 9), sse41 = c & (1u << 19);
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    return ssse3 && sse41 && (b & (1u << 29));
+  }();
+  return has;
+}
+
+// Processes `blocks` 64-byte blocks. State layout as the portable code (h[0..7] = A..H).
+__attribute__((target("sha,ssse3,sse4.1"))) void ShaNiBlocks(uint32_t h[8], const uint8_t* p, size_t blocks) {
+  const __m128i kMask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&h[0])), 0xB1);  // CDAB
+  __m128i state1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&h[4])), 0x1B);  // EFGH
+  __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);       // ABEF
+  state1 = _mm_blend_epi16(state1, tmp, 0xF0);            // CDGH
+  for (; blocks > 0; --blocks, p += 64) {
+    const __m128i abef = state0, cdgh = state1;
+    __m128i w[4];
+    for (int i = 0; i < 4; ++i)
+      w[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i)), kMask);
+    for (int i = 0; i < 16; ++i) {  // 4 rounds each
+      __m128i msg = _mm_add_epi32(w[i & 3], _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kK[4 * i])));
+      state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
+      state0 = _mm_sha256rnds2_epu32(state0, state1, _mm_shuffle_epi32(msg, 0x0E));
+      if (i < 12) {  // W[4i+16 .. 4i+19] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16]
+        __m128i t = _mm_sha256msg1_epu32(w[i & 3], w[(i + 1) & 3]);
+        t = _mm_add_epi32(t, _mm_alignr_epi8(w[(i + 3) & 3], w[(i + 2) & 3], 4));
+        w[i & 3] = _mm_sha256msg2_epu32(t, w[(i + 3) & 3]);
+      }
+    }
+    state0 = _mm_add_epi32(state0, abef);
+    state1 = _mm_add_epi32(state1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(state0, 0x1B);      // FEBA
+  state1 = _mm_shuffle_epi32(state1, 0xB1);   // DCHG
+  state0 = _mm_blend_epi16(tmp, state1, 0xF0);  // DCBA
+  state1 = _mm_alignr_epi8(state1, tmp, 8);   // HGFE
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&h[0]), state0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&h[4]), state1);
+}
+#endif
+
 }  // namespace
 
 void Sha256::Reset() {
@@ -27,6 +79,16 @@ void Sha256::Reset() {
   buf_len_ = 0;
   total_len_ = 0;
   finalized_ = false;
+}
+
+void Sha256::Blocks(const uint8_t* p, size_t blocks) {
+#if defined(__x86_64__)
+  if (!portable_ && HasShaNi()) {
+    ShaNiBlocks(h_, p, blocks);
+    return;
+  }
+#endif
+  for (; blocks > 0; --blocks, p += 64) Block(p);
 }
 
 void Sha256::Block(const uint8_t* p) {
@@ -73,13 +135,13 @@ void Sha256::Update(const void* data, size_t n) {
     p += take;
     n -= take;
     if (buf_len_ < 64) return;
-    Block(buf_);
+    Blocks(buf_, 1);
     buf_len_ = 0;
   }
-  while (n >= 64) {
-    Block(p);
-    p += 64;
-    n -= 64;
+  if (n >= 64) {
+    Blocks(p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
   }
   if (n > 0) {
     std::memcpy(buf_, p, n);
@@ -93,12 +155,12 @@ void Sha256::Finalize() {
   buf_[buf_len_++] = 0x80;
   if (buf_len_ > 56) {
     std::memset(buf_ + buf_len_, 0, 64 - buf_len_);
-    Block(buf_);
+    Blocks(buf_, 1);
     buf_len_ = 0;
   }
   std::memset(buf_ + buf_len_, 0, 56 - buf_len_);
   for (int i = 0; i < 8; ++i) buf_[56 + i] = uint8_t(bits >> (56 - 8 * i));
-  Block(buf_);
+  Blocks(buf_, 1);
   buf_len_ = 0;
   finalized_ = true;
 }

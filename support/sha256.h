@@ -13,6 +13,12 @@ namespace bigplan {
 class Sha256 {
  public:
   Sha256() { Reset(); }
+  // A hasher that never uses the CPU's SHA extensions (the portable code), for cross-checking.
+  static Sha256 Portable() {
+    Sha256 h;
+    h.portable_ = true;
+    return h;
+  }
   void Reset();
   void Update(const void* data, size_t n);
   void Update(std::string_view s) { Update(s.data(), s.size()); }
@@ -22,7 +28,9 @@ class Sha256 {
   std::string HexDigest();
 
  private:
-  void Block(const uint8_t* p);
+  bool portable_ = false;                       // never use SHA-NI (tests compare both paths)
+  void Block(const uint8_t* p);                  // one block, portable code
+  void Blocks(const uint8_t* p, size_t blocks);  // SHA-NI when the CPU has it, else Block()
   void Finalize();
 
   uint32_t h_[8];

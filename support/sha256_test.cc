@@ -4,6 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+#include <vector>
+
 namespace bigplan {
 namespace {
 
@@ -47,6 +51,26 @@ TEST(Sha256Test, ResetStartsOver) {
   h.Reset();
   h.Update("abc");
   EXPECT_EQ(h.HexDigest(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(Sha256Test, HardwareAndPortablePathsAgree) {
+  std::mt19937 rng(7);
+  std::vector<uint8_t> data(200000);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  for (size_t len : {0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 4096, 65537, 200000}) {
+    Sha256 fast;
+    Sha256 portable = Sha256::Portable();
+    // Uneven pieces exercise the buffered and the bulk paths.
+    size_t at = 0, piece = 1;
+    while (at < len) {
+      const size_t n = std::min(piece, len - at);
+      fast.Update(data.data() + at, n);
+      portable.Update(data.data() + at, n);
+      at += n;
+      piece = piece * 3 + 1;
+    }
+    EXPECT_EQ(fast.HexDigest(), portable.HexDigest()) << len;
+  }
 }
 
 }  // namespace
