@@ -340,14 +340,9 @@ Result<ModelDescription> ImportLlamaFamily(const Config& c, const std::string& m
   return m;
 }
 
-// GPT-2: transformer.wte, transformer.wpe (a block of its own, kind position_embedding), transformer.h.N,
-// transformer.ln_f, lm_head (tied to wte by default). Conv1D weights are [in, out]. Checkpoints saved by old
-// versions of transformers name tensors without the "transformer." prefix ("h.0.attn.c_attn.weight", "wte.weight");
-// with a tensor list that uses those names, block prefixes follow it (block names stay the module names).
-Result<ModelDescription> ImportGpt2(const Config& c, const DTypeSource& dtypes, const std::vector<TensorSpec>* tensors) {
-  ModelDescription m;
-  m.architecture = "gpt2";
-  ModelConfig& mc = m.config;
+// The shape fields GPT-2 and GPT-J configs share (n_embd, n_layer, n_head, n_inner, vocab_size, n_positions with
+// the model's default, layer_norm_epsilon); every head is a KV head.
+Status ReadGptShape(const Config& c, uint32_t default_positions, ModelConfig& mc) {
   BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32Any({"n_embd", "hidden_size"}));
   BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"n_layer", "num_hidden_layers"}));
   BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32Any({"n_head", "num_attention_heads"}));
@@ -356,8 +351,21 @@ Result<ModelDescription> ImportGpt2(const Config& c, const DTypeSource& dtypes, 
   mc.head_dim = mc.hidden_size / mc.num_heads;
   BIGPLAN_ASSIGN_OR_RETURN(mc.intermediate_size, c.U32("n_inner", 4 * mc.hidden_size));
   BIGPLAN_ASSIGN_OR_RETURN(mc.vocab_size, c.U32("vocab_size"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings, c.U32Any({"n_positions", "max_position_embeddings"}, 1024));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings,
+                           c.U32Any({"n_positions", "max_position_embeddings"}, default_positions));
   BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("layer_norm_epsilon", 1e-5));
+  return Status::Ok();
+}
+
+// GPT-2: transformer.wte, transformer.wpe (a block of its own, kind position_embedding), transformer.h.N,
+// transformer.ln_f, lm_head (tied to wte by default). Conv1D weights are [in, out]. Checkpoints saved by old
+// versions of transformers name tensors without the "transformer." prefix ("h.0.attn.c_attn.weight", "wte.weight");
+// with a tensor list that uses those names, block prefixes follow it (block names stay the module names).
+Result<ModelDescription> ImportGpt2(const Config& c, const DTypeSource& dtypes, const std::vector<TensorSpec>* tensors) {
+  ModelDescription m;
+  m.architecture = "gpt2";
+  ModelConfig& mc = m.config;
+  BIGPLAN_RETURN_IF_ERROR(ReadGptShape(c, 1024, mc));
   mc.rope_theta = 10000.0;  // unused: learned positions
   mc.rotary_dim = 0;
   mc.rope_scaling = nullptr;
@@ -413,16 +421,7 @@ Result<ModelDescription> ImportGptj(const Config& c, const DTypeSource& dtypes) 
   ModelDescription m;
   m.architecture = "gptj";
   ModelConfig& mc = m.config;
-  BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32Any({"n_embd", "hidden_size"}));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"n_layer", "num_hidden_layers"}));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32Any({"n_head", "num_attention_heads"}));
-  if (mc.hidden_size % mc.num_heads != 0) return c.Bad("n_head", "n_embd is not a multiple of n_head");
-  mc.num_kv_heads = mc.num_heads;
-  mc.head_dim = mc.hidden_size / mc.num_heads;
-  BIGPLAN_ASSIGN_OR_RETURN(mc.intermediate_size, c.U32("n_inner", 4 * mc.hidden_size));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.vocab_size, c.U32("vocab_size"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings, c.U32Any({"n_positions", "max_position_embeddings"}, 2048));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("layer_norm_epsilon", 1e-5));
+  BIGPLAN_RETURN_IF_ERROR(ReadGptShape(c, 2048, mc));
   // rotary_dim: absent -> GPTJConfig's default 64; null (older configs) -> rotary over whole heads, with the
   // sinusoid table sized by n_embd as transformers does. Rotation covers min(rotary_dim, head_dim) dims of a head.
   uint32_t pos_embd_dim = 64;

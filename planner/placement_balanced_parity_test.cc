@@ -13,6 +13,7 @@
 
 #include "planner/budget.h"
 #include "planner/hf_import.h"
+#include "planner/parity_util.h"
 #include "planner/placement.h"
 #include "planner/placement_balanced.h"
 
@@ -54,12 +55,7 @@ TEST(BalancedParityTest, MatchesAccelerate) {
         << c.at("balanced_max_memory").dump();
     rebalanced += !(balanced.budget == *budget);
 
-    PlacementRequest req;
-    req.model = &model;
-    req.budget = *budget;
-    req.exec_dtype = *dtype;
-    req.run = RunShape{1, 128};
-    req.options.enforce_budget = false;
+    const PlacementRequest req = ParityRequest(model, *budget, *dtype);
     Result<Placement> ours = PlaceModel(strategy, req);
     ASSERT_TRUE(ours.ok()) << label << ": " << ours.error().ToString();
     Result<std::vector<BlockPlacement>> theirs = DeviceMapToPlacement(model, c.at("accelerate_device_map"), *budget);

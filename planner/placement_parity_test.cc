@@ -11,6 +11,7 @@
 
 #include "planner/budget.h"
 #include "planner/hf_import.h"
+#include "planner/parity_util.h"
 #include "planner/placement.h"
 
 namespace bigplan {
@@ -38,12 +39,7 @@ TEST(PlacementParityTest, SequentialMatchesAccelerate) {
     ASSERT_TRUE(budget.ok()) << budget.error().ToString();
     Result<DType> dtype = ParseExecDType(c.at("dtype").get<std::string>());
     ASSERT_TRUE(dtype.ok());
-    PlacementRequest req;
-    req.model = &model;
-    req.budget = *budget;
-    req.exec_dtype = *dtype;
-    req.run = RunShape{1, 128};
-    req.options.enforce_budget = false;
+    const PlacementRequest req = ParityRequest(model, *budget, *dtype);
     Result<Placement> ours = PlaceModel("sequential", req);
     ASSERT_TRUE(ours.ok()) << ours.error().ToString();
     Result<std::vector<BlockPlacement>> theirs = DeviceMapToPlacement(model, c.at("accelerate_device_map"), *budget);

@@ -5,11 +5,7 @@
 // See kUsage for every flag. Relative paths are taken from the directory `bazel run` was started in.
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
-#include <cmath>
-#include <filesystem>
 #include <limits>
 #include <numeric>
 #include <sstream>
@@ -17,14 +13,13 @@
 #include <vector>
 
 #include "executor/executor.h"
+#include "support/cli.h"
 #include "support/result.h"
 #include "support/tool_main.h"
 #include "support/units.h"
 
 namespace bigplan {
 namespace {
-
-namespace fs = std::filesystem;
 
 constexpr const char* kUsage =
     "usage: run --plan PLAN --model DIR --prompt-ids IDS [FLAGS]\n"
@@ -54,38 +49,9 @@ constexpr const char* kUsage =
     "\n"
     "Exit status: 0 ok, 1 the request failed, 2 bad command line.\n";
 
-Error Usage(const std::string& why) { return MakeError(ErrorCode::kInvalidArgument, why + "\n\n" + kUsage); }
+constexpr Cli kCli(kUsage);
 
-std::string UserPath(const std::string& path) {
-  if (path.empty() || fs::path(path).is_absolute()) return path;
-  const char* wd = std::getenv("BUILD_WORKING_DIRECTORY");
-  return wd && *wd ? (fs::path(wd) / path).string() : path;
-}
-
-Result<int64_t> ParseInt(const std::string& flag, const std::string& text, int64_t min,
-                         int64_t max = std::numeric_limits<int64_t>::max()) {
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno != 0 || v < min) {
-    return Usage(flag + ": expected an integer >= " + std::to_string(min) + ", got \"" + text + "\"");
-  }
-  if (v > max) {
-    return Usage(flag + ": " + text + " is too large (at most " + std::to_string(max) + ")");
-  }
-  return static_cast<int64_t>(v);
-}
-
-// A finite number >= min.
-Result<double> ParseDouble(const std::string& flag, const std::string& text, double min) {
-  char* end = nullptr;
-  const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || !std::isfinite(v) || v < min) {
-    return Usage(flag + ": expected a finite number >= " + std::to_string(min).substr(0, 3) + ", got \"" + text +
-                 "\"");
-  }
-  return v;
-}
+Error Usage(const std::string& why) { return kCli.Usage(why); }
 
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
 
@@ -96,7 +62,7 @@ Result<std::vector<int64_t>> ParseIds(const std::string& flag, const std::string
   while (std::getline(ss, piece, ',')) {
     piece.erase(0, piece.find_first_not_of(" \t"));
     piece.erase(piece.find_last_not_of(" \t") + 1);
-    BIGPLAN_ASSIGN_OR_RETURN(int64_t id, ParseInt(flag, piece, 0));
+    BIGPLAN_ASSIGN_OR_RETURN(int64_t id, kCli.ParseInt(flag, piece, 0));
     ids.push_back(id);
   }
   if (ids.empty()) return Usage(flag + ": no token ids in \"" + text + "\"");
@@ -136,49 +102,42 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       f.exec.disk_direct_io = false;
       continue;
     }
-    std::string flag = arg, value;
-    const size_t eq = arg.find('=');
-    if (eq != std::string::npos && arg.rfind("--", 0) == 0) {
-      flag = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-    } else {
-      static const char* kKnown[] = {"--plan", "--model", "--prompt-ids", "--batch", "--max-new-tokens",
-                                     "--temperature", "--top-k", "--top-p", "--seed", "--stop-ids",
-                                     "--disk-workers", "--trace", "--repeat"};
-      if (std::find_if(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return flag == k; }) ==
-          std::end(kKnown)) {
-        return Usage("unknown flag " + arg);
-      }
-      if (i + 1 >= argc) return Usage(flag + " needs a value");
-      value = argv[++i];
+    std::string flag, value;
+    switch (SplitFlag(argc, argv, &i,
+                      {"--plan", "--model", "--prompt-ids", "--batch", "--max-new-tokens", "--temperature", "--top-k",
+                       "--top-p", "--seed", "--stop-ids", "--disk-workers", "--trace", "--repeat"},
+                      &flag, &value)) {
+      case FlagSplit::kOk: break;
+      case FlagSplit::kUnknown: return Usage("unknown flag " + arg);
+      case FlagSplit::kMissingValue: return Usage(flag + " needs a value");
     }
     if (flag == "--plan") f.plan = UserPath(value);
     else if (flag == "--model") f.model = UserPath(value);
     else if (flag == "--prompt-ids") f.prompt = value;
     else if (flag == "--stop-ids") f.stop_ids = value;
     else if (flag == "--trace") f.trace = UserPath(value);
-    else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, ParseInt(flag, value, 1)); }
+    else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParseInt(flag, value, 1)); }
     else if (flag == "--max-new-tokens") {
-      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1, kIntMax));
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, kCli.ParseInt(flag, value, 1, kIntMax));
       f.gen.max_new_tokens = static_cast<int>(n);
     } else if (flag == "--temperature") {
-      BIGPLAN_ASSIGN_OR_RETURN(double t, ParseDouble(flag, value, 0));
+      BIGPLAN_ASSIGN_OR_RETURN(double t, kCli.ParseDouble(flag, value, 0));
       f.gen.temperature = static_cast<float>(t);
     } else if (flag == "--top-k") {
-      BIGPLAN_ASSIGN_OR_RETURN(int64_t k, ParseInt(flag, value, 0, kIntMax));
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t k, kCli.ParseInt(flag, value, 0, kIntMax));
       f.gen.top_k = static_cast<int>(k);
     } else if (flag == "--top-p") {
-      BIGPLAN_ASSIGN_OR_RETURN(double p, ParseDouble(flag, value, 0));
+      BIGPLAN_ASSIGN_OR_RETURN(double p, kCli.ParseDouble(flag, value, 0));
       if (p <= 0 || p > 1) return Usage("--top-p: expected a number in (0, 1], got \"" + value + "\"");
       f.gen.top_p = static_cast<float>(p);
     } else if (flag == "--seed") {
-      BIGPLAN_ASSIGN_OR_RETURN(int64_t s, ParseInt(flag, value, 0));
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t s, kCli.ParseInt(flag, value, 0));
       f.gen.seed = static_cast<uint64_t>(s);
     } else if (flag == "--disk-workers") {
-      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, ParseInt(flag, value, 1, 1024));
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, kCli.ParseInt(flag, value, 1, 1024));
       f.exec.disk_workers = static_cast<int>(n);
     } else if (flag == "--repeat") {
-      BIGPLAN_ASSIGN_OR_RETURN(f.repeat, ParseInt(flag, value, 1));
+      BIGPLAN_ASSIGN_OR_RETURN(f.repeat, kCli.ParseInt(flag, value, 1));
     } else {
       return Usage("unknown flag " + flag);
     }

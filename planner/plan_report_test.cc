@@ -1,0 +1,99 @@
+#include "planner/plan_report.h"
+
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "planner/hf_import.h"
+
+namespace bigplan {
+namespace {
+
+// A 4-layer Llama-shaped model, planned without weights.
+constexpr const char* kTinyConfig = R"({
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 160,
+  "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+  "vocab_size": 256, "max_position_embeddings": 512, "rms_norm_eps": 1e-06, "hidden_act": "silu",
+  "rope_theta": 10000.0, "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2,
+  "torch_dtype": "bfloat16"})";
+
+std::string Report(const std::string& budget, const std::string& strategy) {
+  Result<ModelDescription> model = ImportHfConfigText(kTinyConfig);
+  EXPECT_TRUE(model.ok()) << model.error().ToString();
+  model->name = "tiny";
+  PlanRequest req;
+  req.description = *model;
+  Result<MemoryBudget> b = ParseMaxMemory(budget);
+  EXPECT_TRUE(b.ok()) << b.error().ToString();
+  req.budget = *b;
+  req.run.max_batch = 1;
+  req.run.max_seq_len = 64;
+  req.strategy = strategy;
+  Result<PlanResult> result = MakePlan(req);
+  EXPECT_TRUE(result.ok()) << result.error().ToString();
+  if (!result.ok()) return "";
+  std::ostringstream out;
+  WritePlanReport(out, *result, req);
+  return out.str();
+}
+
+TEST(PlanReportTest, Resident) {
+  EXPECT_EQ(Report("cuda:0=1GiB,cpu=1GiB", "auto"),
+            "== tiny (llama, 7 blocks, 205376 params, 402.25 KiB at BF16) ==\n"
+            "budget: cuda:0=1.00 GiB,cpu=1.00 GiB,disk=unlimited\n"
+            "run: batch 1, seq 64, dtype BF16\n"
+            "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n"
+            "placement (auto):\n"
+            "  block               compute  weights                 blocks         bytes\n"
+            "  model.embed_tokens  cuda:0   resident                     1     32.00 KiB\n"
+            "  model.layers.0-3    cuda:0   resident                     4    338.00 KiB\n"
+            "  model.norm          cuda:0   resident                     1         256 B\n"
+            "  lm_head             cuda:0   resident                     1     32.00 KiB\n"
+            "  weights by location: cuda:0 402.25 KiB\n"
+            "memory plan (greedy_by_size):\n"
+            "  arena cuda:0    618.75 KiB  (12 buffers)\n"
+            "  usage vs budget:\n"
+            "    cuda:0    320.60 MiB of 1.00 GiB  (resident 402.25 KiB + KV 32.00 KiB + activations 184.50 KiB + "
+            "reserve 320.00 MiB)\n"
+            "    cpu              0 B of 1.00 GiB\n"
+            "prefetch depth: cpu 1, disk 1\n"
+            "predicted per forward (profile h100-pcie5):\n"
+            "  decode  (1 x 1 token, KV at 64): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
+            "  prefill (1 x 64 tokens): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
+            "  floor: streamed 0 B per forward at 53 GB/s H2D: 0.000 ms\n");
+}
+
+// A budget just short of everything resident: consecutive layers with the same placement become one row.
+TEST(PlanReportTest, GroupsStreamedLayers) {
+  EXPECT_EQ(Report("cuda:0=320.5MiB,cpu=1GiB,disk=1GiB", "auto"),
+            "== tiny (llama, 7 blocks, 205376 params, 402.25 KiB at BF16) ==\n"
+            "budget: cuda:0=320.50 MiB,cpu=1.00 GiB,disk=1.00 GiB\n"
+            "run: batch 1, seq 64, dtype BF16\n"
+            "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n"
+            "placement (auto):\n"
+            "  block               compute  weights                 blocks         bytes\n"
+            "  model.embed_tokens  cuda:0   resident                     1     32.00 KiB\n"
+            "  model.layers.0      cuda:0   cpu (pinned, streamed)       1     84.50 KiB\n"
+            "  model.layers.1      cuda:0   resident                     1     84.50 KiB\n"
+            "  model.layers.2-3    cuda:0   cpu (pinned, streamed)       2    169.00 KiB\n"
+            "  model.norm          cuda:0   resident                     1         256 B\n"
+            "  lm_head             cuda:0   cpu (pinned, streamed)       1     32.00 KiB\n"
+            "  weights by location: cpu 285.50 KiB, cuda:0 116.75 KiB\n"
+            "memory plan (greedy_by_size):\n"
+            "  arena cuda:0    502.25 KiB  (12 buffers)\n"
+            "  arena pinned    285.50 KiB  (4 buffers)\n"
+            "  usage vs budget:\n"
+            "    cuda:0    320.49 MiB of 320.50 MiB  (resident 116.75 KiB + staging 169.00 KiB + KV 32.00 KiB + "
+            "activations 184.50 KiB + reserve 320.00 MiB)\n"
+            "    cpu       285.50 KiB of 1.00 GiB  (weights 285.50 KiB)\n"
+            "    disk             0 B of 1.00 GiB\n"
+            "prefetch depth: cpu 1, disk 1\n"
+            "predicted per forward (profile h100-pcie5):\n"
+            "  decode  (1 x 1 token, KV at 64): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
+            "  prefill (1 x 64 tokens): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
+            "  floor: streamed 285.50 KiB per forward at 53 GB/s H2D: 0.006 ms\n");
+}
+
+}  // namespace
+}  // namespace bigplan

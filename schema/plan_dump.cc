@@ -1,0 +1,322 @@
+#include "schema/plan_dump.h"
+
+#include <cstdio>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "support/units.h"
+
+namespace bigplan {
+namespace {
+
+std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+
+template <typename T>
+std::string List(const flatbuffers::Vector<T>* v) {
+  std::string out = "[";
+  if (v)
+    for (uint32_t i = 0; i < v->size(); ++i) out += (i ? "," : "") + std::to_string(v->Get(i));
+  return out + "]";
+}
+
+std::string Fixed(double v, int digits = 3) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+std::string DeviceName(int32_t d) { return d < 0 ? "cpu" : "cuda:" + std::to_string(d); }
+
+// "pinned" for the pinned host pool, else the device's arena ("cuda:0").
+std::string PoolName(schema::Pool pool, int32_t device) {
+  return pool == schema::Pool::PinnedHost ? "pinned" : DeviceName(device);
+}
+
+template <typename T>
+uint32_t Len(const flatbuffers::Vector<T>* v) {
+  return v ? v->size() : 0;
+}
+
+template <typename T>
+nlohmann::ordered_json JList(const flatbuffers::Vector<T>* v) {
+  nlohmann::ordered_json a = nlohmann::ordered_json::array();
+  if (v)
+    for (uint32_t i = 0; i < v->size(); ++i) a.push_back(v->Get(i));
+  return a;
+}
+
+// Weight bytes per "where they rest": "cuda:N" (resident), "cpu", "disk".
+std::map<std::string, uint64_t> BytesByTier(const schema::Plan& p) {
+  std::map<std::string, uint64_t> out;
+  for (uint32_t i = 0; i < Len(p.blocks()); ++i) {
+    const auto* b = p.blocks()->Get(i);
+    out[b->tier() == schema::Tier::Gpu ? DeviceName(b->device()) : TierName(b->tier())] += b->weight_bytes();
+  }
+  return out;
+}
+
+std::string Placement(const schema::Block& b) { return DeviceName(b.device()) + " " + TierName(b.tier()); }
+
+}  // namespace
+
+void WritePlanText(std::ostream& o, const schema::Plan& p) {
+  o << "bigplan plan, version " << p.version() << ", written by " << Str(p.generator()) << "\n";
+  o << "model: " << Str(p.model_name()) << " (" << Str(p.config()->architecture()) << "), digest "
+    << Str(p.model_digest()) << "\n";
+  o << "strategy: " << Str(p.strategy()) << "\n";
+  o << "exec dtype: " << DTypeName(p.exec_dtype()) << "\n";
+  o << "run shape: batch " << p.run_shape()->max_batch() << ", seq " << p.run_shape()->max_seq_len() << "\n";
+  const schema::ModelConfig& c = *p.config();
+  o << "config: hidden " << c.hidden_size() << ", layers " << c.num_layers() << ", heads " << c.num_heads() << "/"
+    << c.num_kv_heads() << " kv, head_dim " << c.head_dim() << ", intermediate " << c.intermediate_size()
+    << ", vocab " << c.vocab_size() << ", max_pos " << c.max_position_embeddings() << ", rotary_dim "
+    << c.rotary_dim() << ", rope_theta " << Fixed(c.rope_theta(), 1) << ", eps " << c.norm_eps() << ", act "
+    << Str(c.activation()) << ", tied " << (c.tie_word_embeddings() ? "yes" : "no") << ", bias attn/mlp "
+    << (c.attention_bias() ? "yes" : "no") << "/" << (c.mlp_bias() ? "yes" : "no") << ", bos " << c.bos_token_id()
+    << ", eos " << List(c.eos_token_ids()) << "\n";
+  if (c.rope_scaling_json() && c.rope_scaling_json()->size()) o << "rope_scaling: " << Str(c.rope_scaling_json()) << "\n";
+  const schema::Fingerprint& fp = *p.checkpoint();
+  o << "checkpoint: digest " << Str(fp.digest()) << "\n";
+  for (uint32_t i = 0; i < Len(fp.shards()); ++i) {
+    const auto* s = fp.shards()->Get(i);
+    o << "  shard " << i << ": " << Str(s->file_name()) << ", " << s->size_bytes() << " bytes, header "
+      << (s->header_digest() && s->header_digest()->size() ? Str(s->header_digest()) : "-") << "\n";
+  }
+  o << "budgets:";
+  for (uint32_t i = 0; i < Len(p.budgets()); ++i)
+    o << " " << Str(p.budgets()->Get(i)->device()) << "=" << FormatBytes(p.budgets()->Get(i)->bytes());
+  o << "\n";
+  if (const auto* pr = p.profile())
+    o << "profile: " << Str(pr->name()) << ": h2d " << pr->h2d_gbps() << " GB/s, d2h " << pr->d2h_gbps()
+      << " GB/s, disk " << pr->disk_gbps() << " GB/s, device memory " << pr->device_mem_gbps() << " GB/s, matmul "
+      << pr->matmul_tflops() << " TFLOP/s, cpu memory " << pr->cpu_mem_gbps() << " GB/s, cpu " << pr->cpu_gflops()
+      << " GFLOP/s\n";
+
+  uint64_t tensor_bytes = 0;
+  for (uint32_t i = 0; i < Len(p.tensors()); ++i) tensor_bytes += p.tensors()->Get(i)->size_bytes();
+  o << "tensors: " << Len(p.tensors()) << " (" << FormatBytes(tensor_bytes) << " in the checkpoint)\n";
+  for (uint32_t i = 0; i < Len(p.tensors()); ++i) {
+    const auto* t = p.tensors()->Get(i);
+    o << "  [" << i << "] " << Str(t->name()) << " " << DTypeName(t->src_dtype()) << List(t->shape()) << " shard "
+      << t->shard() << " @" << t->offset() << " +" << t->size_bytes() << "\n";
+  }
+  o << "blocks: " << Len(p.blocks()) << "\n";
+  for (uint32_t i = 0; i < Len(p.blocks()); ++i) {
+    const auto* b = p.blocks()->Get(i);
+    o << "  [" << i << "] " << Str(b->name()) << " " << Str(b->kind());
+    if (b->layer() >= 0) o << " layer " << b->layer();
+    o << ", " << DeviceName(b->device()) << " " << TierName(b->tier()) << ", " << b->weight_bytes()
+      << " bytes, buffers home " << b->home_buffer() << " staging " << b->staging_buffer() << " disk_staging "
+      << b->disk_staging_buffer() << " kv " << b->kv_buffer() << "\n";
+    for (uint32_t w = 0; w < Len(b->weights()); ++w) {
+      const auto* wt = b->weights()->Get(w);
+      o << "      weight tensor " << wt->tensor() << " " << DTypeName(wt->dtype()) << " @" << wt->offset_in_block()
+        << " +" << wt->size_bytes() << "\n";
+    }
+  }
+  o << "arenas:\n";
+  for (uint32_t i = 0; i < Len(p.arenas()); ++i) {
+    const auto* a = p.arenas()->Get(i);
+    o << "  " << PoolName(a->pool(), a->device()) << ": " << a->size_bytes() << " bytes (" << FormatBytes(a->size_bytes()) << ")\n";
+  }
+  o << "buffers: " << Len(p.buffers()) << "\n";
+  for (uint32_t i = 0; i < Len(p.buffers()); ++i) {
+    const auto* b = p.buffers()->Get(i);
+    o << "  [" << i << "] " << Str(b->name()) << " " << schema::EnumNameBufferKind(b->kind()) << " "
+      << PoolName(b->pool(), b->device()) << " @" << b->offset() << " +" << b->size_bytes() << " steps " << b->first_step() << ".." << b->last_step()
+      << "\n";
+  }
+  o << "steps: " << Len(p.steps()) << "\n";
+  for (uint32_t i = 0; i < Len(p.steps()); ++i) {
+    const auto* s = p.steps()->Get(i);
+    o << "  [" << i << "] block " << s->block() << " (" << Str(p.blocks()->Get(s->block())->name())
+      << "): decode " << Fixed(s->predicted_decode_us()) << " us, prefill " << Fixed(s->predicted_prefill_us())
+      << " us, copies " << Fixed(s->predicted_copy_us()) << " us\n";
+    for (uint32_t k = 0; k < Len(s->copies()); ++k) {
+      const auto* c = s->copies()->Get(k);
+      o << "      copy block " << c->block() << " from " << TierName(c->source()) << " on stream " << int{c->stream()}
+        << ", waits for steps " << List(c->wait_compute_steps()) << " and copies of blocks "
+        << List(c->wait_copy_blocks()) << "\n";
+    }
+    if (Len(s->frees())) o << "      frees " << List(s->frees()) << "\n";
+  }
+  o << "usage:\n";
+  for (uint32_t i = 0; i < Len(p.usage()); ++i) {
+    const auto* u = p.usage()->Get(i);
+    o << "  " << Str(u->device()) << ": total " << u->total() << " of "
+      << (u->budget() ? std::to_string(u->budget()) : std::string("no budget")) << " (resident "
+      << u->resident_weights() << ", staging " << u->staging() << ", kv " << u->kv_cache() << ", activations "
+      << u->activations() << ", reserve " << u->workspace_reserve() << ")\n";
+  }
+  o << "predicted: decode " << Fixed(p.predicted_decode_us()) << " us, prefill " << Fixed(p.predicted_prefill_us())
+    << " us per forward\n";
+}
+
+nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
+  using J = nlohmann::ordered_json;
+  J j;
+  j["version"] = p.version();
+  j["generator"] = Str(p.generator());
+  j["strategy"] = Str(p.strategy());
+  j["model_name"] = Str(p.model_name());
+  j["model_digest"] = Str(p.model_digest());
+  const schema::ModelConfig& c = *p.config();
+  j["config"] = {{"architecture", Str(c.architecture())}, {"hidden_size", c.hidden_size()},
+                 {"num_layers", c.num_layers()}, {"num_heads", c.num_heads()}, {"num_kv_heads", c.num_kv_heads()},
+                 {"head_dim", c.head_dim()}, {"intermediate_size", c.intermediate_size()},
+                 {"vocab_size", c.vocab_size()}, {"max_position_embeddings", c.max_position_embeddings()},
+                 {"norm_eps", c.norm_eps()}, {"rope_theta", c.rope_theta()}, {"rotary_dim", c.rotary_dim()},
+                 {"attention_bias", c.attention_bias()}, {"mlp_bias", c.mlp_bias()},
+                 {"tie_word_embeddings", c.tie_word_embeddings()}, {"activation", Str(c.activation())},
+                 {"rope_scaling_json", Str(c.rope_scaling_json())}, {"config_json", Str(c.config_json())},
+                 {"bos_token_id", c.bos_token_id()}, {"eos_token_ids", JList(c.eos_token_ids())}};
+  J shards = J::array();
+  for (uint32_t i = 0; i < Len(p.checkpoint()->shards()); ++i) {
+    const auto* s = p.checkpoint()->shards()->Get(i);
+    shards.push_back({{"file_name", Str(s->file_name())}, {"size_bytes", s->size_bytes()},
+                      {"header_digest", Str(s->header_digest())}});
+  }
+  j["checkpoint"] = {{"shards", shards}, {"digest", Str(p.checkpoint()->digest())}};
+  j["exec_dtype"] = DTypeName(p.exec_dtype());
+  j["run_shape"] = {{"max_batch", p.run_shape()->max_batch()}, {"max_seq_len", p.run_shape()->max_seq_len()}};
+  J budgets = J::array();
+  for (uint32_t i = 0; i < Len(p.budgets()); ++i)
+    budgets.push_back({{"device", Str(p.budgets()->Get(i)->device())}, {"bytes", p.budgets()->Get(i)->bytes()}});
+  j["budgets"] = budgets;
+  if (const auto* pr = p.profile())
+    j["profile"] = {{"name", Str(pr->name())}, {"h2d_gbps", pr->h2d_gbps()}, {"d2h_gbps", pr->d2h_gbps()},
+                    {"disk_gbps", pr->disk_gbps()}, {"device_mem_gbps", pr->device_mem_gbps()},
+                    {"matmul_tflops", pr->matmul_tflops()}, {"cpu_mem_gbps", pr->cpu_mem_gbps()},
+                    {"cpu_gflops", pr->cpu_gflops()}};
+  J tensors = J::array();
+  for (uint32_t i = 0; i < Len(p.tensors()); ++i) {
+    const auto* t = p.tensors()->Get(i);
+    tensors.push_back({{"name", Str(t->name())}, {"shard", t->shard()}, {"offset", t->offset()},
+                       {"size_bytes", t->size_bytes()}, {"src_dtype", DTypeName(t->src_dtype())},
+                       {"shape", JList(t->shape())}});
+  }
+  j["tensors"] = tensors;
+  J blocks = J::array();
+  for (uint32_t i = 0; i < Len(p.blocks()); ++i) {
+    const auto* b = p.blocks()->Get(i);
+    J weights = J::array();
+    for (uint32_t w = 0; w < Len(b->weights()); ++w) {
+      const auto* wt = b->weights()->Get(w);
+      weights.push_back({{"tensor", wt->tensor()}, {"dtype", DTypeName(wt->dtype())}, {"size_bytes", wt->size_bytes()},
+                         {"offset_in_block", wt->offset_in_block()}});
+    }
+    blocks.push_back({{"name", Str(b->name())}, {"kind", Str(b->kind())}, {"layer", b->layer()},
+                      {"prefix", Str(b->prefix())}, {"device", b->device()}, {"tier", TierName(b->tier())},
+                      {"weights", weights}, {"weight_bytes", b->weight_bytes()}, {"home_buffer", b->home_buffer()},
+                      {"staging_buffer", b->staging_buffer()}, {"disk_staging_buffer", b->disk_staging_buffer()},
+                      {"kv_buffer", b->kv_buffer()}});
+  }
+  j["blocks"] = blocks;
+  J buffers = J::array();
+  for (uint32_t i = 0; i < Len(p.buffers()); ++i) {
+    const auto* b = p.buffers()->Get(i);
+    buffers.push_back({{"name", Str(b->name())}, {"kind", schema::EnumNameBufferKind(b->kind())},
+                       {"pool", schema::EnumNamePool(b->pool())}, {"device", b->device()}, {"offset", b->offset()},
+                       {"size_bytes", b->size_bytes()}, {"first_step", b->first_step()},
+                       {"last_step", b->last_step()}});
+  }
+  j["buffers"] = buffers;
+  J arenas = J::array();
+  for (uint32_t i = 0; i < Len(p.arenas()); ++i) {
+    const auto* a = p.arenas()->Get(i);
+    arenas.push_back({{"pool", schema::EnumNamePool(a->pool())}, {"device", a->device()}, {"size_bytes", a->size_bytes()}});
+  }
+  j["arenas"] = arenas;
+  J steps = J::array();
+  for (uint32_t i = 0; i < Len(p.steps()); ++i) {
+    const auto* s = p.steps()->Get(i);
+    J copies = J::array();
+    for (uint32_t k = 0; k < Len(s->copies()); ++k) {
+      const auto* c = s->copies()->Get(k);
+      copies.push_back({{"block", c->block()}, {"source", TierName(c->source())},
+                        {"wait_compute_steps", JList(c->wait_compute_steps())},
+                        {"wait_copy_blocks", JList(c->wait_copy_blocks())}, {"stream", c->stream()}});
+    }
+    steps.push_back({{"block", s->block()}, {"copies", copies}, {"frees", JList(s->frees())},
+                     {"predicted_copy_us", s->predicted_copy_us()}, {"predicted_decode_us", s->predicted_decode_us()},
+                     {"predicted_prefill_us", s->predicted_prefill_us()}});
+  }
+  j["steps"] = steps;
+  J usage = J::array();
+  for (uint32_t i = 0; i < Len(p.usage()); ++i) {
+    const auto* u = p.usage()->Get(i);
+    usage.push_back({{"device", Str(u->device())}, {"resident_weights", u->resident_weights()},
+                     {"staging", u->staging()}, {"kv_cache", u->kv_cache()}, {"activations", u->activations()},
+                     {"workspace_reserve", u->workspace_reserve()}, {"total", u->total()}, {"budget", u->budget()}});
+  }
+  j["usage"] = usage;
+  j["predicted_decode_us"] = p.predicted_decode_us();
+  j["predicted_prefill_us"] = p.predicted_prefill_us();
+  return j;
+}
+
+void WritePlanDiff(std::ostream& o, const schema::Plan& a, const schema::Plan& b, const std::string& an,
+                   const std::string& bn) {
+  o << "A: " << an << "\nB: " << bn << "\n";
+  auto field = [&](const char* name, const std::string& x, const std::string& y) {
+    if (x != y) o << name << ": " << x << " -> " << y << "\n";
+  };
+  field("model", Str(a.model_name()), Str(b.model_name()));
+  field("model digest", Str(a.model_digest()), Str(b.model_digest()));
+  field("checkpoint digest", Str(a.checkpoint()->digest()), Str(b.checkpoint()->digest()));
+  field("strategy", Str(a.strategy()), Str(b.strategy()));
+  field("exec dtype", DTypeName(a.exec_dtype()), DTypeName(b.exec_dtype()));
+  field("run shape", std::to_string(a.run_shape()->max_batch()) + "x" + std::to_string(a.run_shape()->max_seq_len()),
+        std::to_string(b.run_shape()->max_batch()) + "x" + std::to_string(b.run_shape()->max_seq_len()));
+  auto pct = [](double x, double y) { return x > 0 ? " (" + Fixed((y - x) / x * 100.0, 1) + "%)" : std::string(); };
+  o << "predicted decode:  " << Fixed(a.predicted_decode_us() / 1000) << " ms -> " << Fixed(b.predicted_decode_us() / 1000)
+    << " ms" << pct(a.predicted_decode_us(), b.predicted_decode_us()) << "\n";
+  o << "predicted prefill: " << Fixed(a.predicted_prefill_us() / 1000) << " ms -> "
+    << Fixed(b.predicted_prefill_us() / 1000) << " ms" << pct(a.predicted_prefill_us(), b.predicted_prefill_us())
+    << "\n";
+  o << "weight bytes by location:\n";
+  auto ta = BytesByTier(a), tb = BytesByTier(b);
+  std::set<std::string> keys;
+  for (const auto& [k, v] : ta) keys.insert(k);
+  for (const auto& [k, v] : tb) keys.insert(k);
+  for (const std::string& k : keys)
+    o << "  " << k << ": " << FormatBytes(ta[k]) << " -> " << FormatBytes(tb[k]) << (ta[k] == tb[k] ? "" : "  *")
+      << "\n";
+  o << "arenas:\n";
+  std::map<std::string, std::pair<uint64_t, uint64_t>> arenas;
+  for (uint32_t i = 0; i < Len(a.arenas()); ++i) {
+    const auto* x = a.arenas()->Get(i);
+    arenas[PoolName(x->pool(), x->device())].first = x->size_bytes();
+  }
+  for (uint32_t i = 0; i < Len(b.arenas()); ++i) {
+    const auto* x = b.arenas()->Get(i);
+    arenas[PoolName(x->pool(), x->device())].second = x->size_bytes();
+  }
+  for (const auto& [k, v] : arenas)
+    o << "  " << k << ": " << FormatBytes(v.first) << " -> " << FormatBytes(v.second) << (v.first == v.second ? "" : "  *")
+      << "\n";
+  // Placement differences by block name.
+  std::map<std::string, const schema::Block*> bb;
+  for (uint32_t i = 0; i < Len(b.blocks()); ++i) bb[Str(b.blocks()->Get(i)->name())] = b.blocks()->Get(i);
+  std::vector<std::string> lines;
+  std::set<std::string> seen;
+  for (uint32_t i = 0; i < Len(a.blocks()); ++i) {
+    const auto* x = a.blocks()->Get(i);
+    const std::string name = Str(x->name());
+    seen.insert(name);
+    auto it = bb.find(name);
+    if (it == bb.end()) lines.push_back("  " + name + ": " + Placement(*x) + " -> (absent)");
+    else if (Placement(*x) != Placement(*it->second))
+      lines.push_back("  " + name + ": " + Placement(*x) + " -> " + Placement(*it->second));
+  }
+  for (uint32_t i = 0; i < Len(b.blocks()); ++i)
+    if (!seen.count(Str(b.blocks()->Get(i)->name())))
+      lines.push_back("  " + Str(b.blocks()->Get(i)->name()) + ": (absent) -> " + Placement(*b.blocks()->Get(i)));
+  o << "placement differences: " << lines.size() << "\n";
+  for (const std::string& l : lines) o << l << "\n";
+}
+
+}  // namespace bigplan

@@ -1,0 +1,123 @@
+#include "schema/plan_dump.h"
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace bigplan {
+namespace {
+
+// A small plan: one shard, one tensor, one block of 1024 bytes (resident on cuda:0, or in the pinned pool), one
+// buffer, one arena, one step.
+flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us) {
+  flatbuffers::FlatBufferBuilder fb;
+  auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
+  std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
+  auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
+  std::vector<int64_t> shape{16, 16};
+  auto tensor = schema::CreateTensorDirect(fb, "w", 0, 8, 1024, schema::DType::F32, &shape);
+  std::vector<flatbuffers::Offset<schema::Tensor>> tensors{tensor};
+  auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0);
+  std::vector<flatbuffers::Offset<schema::Weight>> weights{weight};
+  const schema::Tier tier = pinned ? schema::Tier::Cpu : schema::Tier::Gpu;
+  const schema::Pool pool = pinned ? schema::Pool::PinnedHost : schema::Pool::DeviceArena;
+  auto block = schema::CreateBlockDirect(fb, "b", "decoder_layer", 0, "b.", 0, tier, &weights, 1024, 0);
+  std::vector<flatbuffers::Offset<schema::Block>> blocks{block};
+  auto buffer = schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights, pool, 0, 0, 1024, 0, 0);
+  std::vector<flatbuffers::Offset<schema::Buffer>> buffers{buffer};
+  auto arena = schema::CreateArena(fb, pool, 0, 1024);
+  std::vector<flatbuffers::Offset<schema::Arena>> arenas{arena};
+  auto step = schema::CreateStepDirect(fb, 0);
+  std::vector<flatbuffers::Offset<schema::Step>> steps{step};
+  auto config = schema::CreateModelConfigDirect(fb, "llama");
+  auto run_shape = schema::CreateRunShape(fb, 1, 16);
+  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "sequential", "m", "d", config, fp,
+                                       schema::DType::F32, run_shape, nullptr, 0, &tensors, &blocks, &buffers,
+                                       &arenas, &steps, nullptr, decode_us, 2000);
+  schema::FinishPlanBuffer(fb, plan);
+  return fb.Release();
+}
+
+const schema::Plan& Verified(const flatbuffers::DetachedBuffer& buf) {
+  auto plan = VerifyPlan(buf.data(), buf.size(), "tiny.bplan");
+  EXPECT_TRUE(plan.ok()) << plan.error().ToString();
+  return **plan;
+}
+
+TEST(PlanDumpTest, Text) {
+  auto buf = TinyPlan(false, 1500);
+  std::ostringstream out;
+  WritePlanText(out, Verified(buf));
+  const std::string v = std::to_string(kPlanVersion);
+  EXPECT_EQ(out.str(),
+            "bigplan plan, version " + v + ", written by test\n"
+            "model: m (llama), digest d\n"
+            "strategy: sequential\n"
+            "exec dtype: F32\n"
+            "run shape: batch 1, seq 16\n"
+            "config: hidden 0, layers 0, heads 0/0 kv, head_dim 0, intermediate 0, vocab 0, max_pos 0, rotary_dim 0, "
+            "rope_theta 0.0, eps 0, act , tied no, bias attn/mlp no/no, bos -1, eos []\n"
+            "checkpoint: digest ff\n"
+            "  shard 0: model.safetensors, 4096 bytes, header 00\n"
+            "budgets:\n"
+            "tensors: 1 (1.00 KiB in the checkpoint)\n"
+            "  [0] w F32[16,16] shard 0 @8 +1024\n"
+            "blocks: 1\n"
+            "  [0] b decoder_layer layer 0, cuda:0 gpu, 1024 bytes, buffers home 0 staging -1 disk_staging -1 kv -1\n"
+            "      weight tensor 0 F32 @0 +1024\n"
+            "arenas:\n"
+            "  cuda:0: 1024 bytes (1.00 KiB)\n"
+            "buffers: 1\n"
+            "  [0] b.weights ResidentWeights cuda:0 @0 +1024 steps 0..0\n"
+            "steps: 1\n"
+            "  [0] block 0 (b): decode 0.000 us, prefill 0.000 us, copies 0.000 us\n"
+            "usage:\n"
+            "predicted: decode 1500.000 us, prefill 2000.000 us per forward\n");
+}
+
+TEST(PlanDumpTest, Json) {
+  auto buf = TinyPlan(true, 1500);
+  const nlohmann::ordered_json j = PlanToJson(Verified(buf));
+  EXPECT_EQ(j.begin().key(), "version");
+  EXPECT_EQ(j["version"], kPlanVersion);
+  EXPECT_EQ(j["model_name"], "m");
+  EXPECT_EQ(j["checkpoint"].dump(), R"({"shards":[{"file_name":"model.safetensors","size_bytes":4096,)"
+                                    R"("header_digest":"00"}],"digest":"ff"})");
+  EXPECT_EQ(j["blocks"][0]["tier"], "cpu");
+  EXPECT_EQ(j["tensors"][0]["shape"].dump(), "[16,16]");
+  EXPECT_EQ(j["arenas"].dump(), R"([{"pool":"PinnedHost","device":0,"size_bytes":1024}])");
+  EXPECT_EQ(j["predicted_decode_us"], 1500.0);
+  EXPECT_FALSE(j.contains("profile"));
+}
+
+TEST(PlanDumpTest, Diff) {
+  auto a = TinyPlan(false, 1000), b = TinyPlan(true, 1500);
+  std::ostringstream out;
+  WritePlanDiff(out, Verified(a), Verified(b), "a.bplan", "b.bplan");
+  EXPECT_EQ(out.str(),
+            "A: a.bplan\n"
+            "B: b.bplan\n"
+            "predicted decode:  1.000 ms -> 1.500 ms (50.0%)\n"
+            "predicted prefill: 2.000 ms -> 2.000 ms (0.0%)\n"
+            "weight bytes by location:\n"
+            "  cpu: 0 B -> 1.00 KiB  *\n"
+            "  cuda:0: 1.00 KiB -> 0 B  *\n"
+            "arenas:\n"
+            "  cuda:0: 1.00 KiB -> 0 B  *\n"
+            "  pinned: 0 B -> 1.00 KiB  *\n"
+            "placement differences: 1\n"
+            "  b: cuda:0 gpu -> cuda:0 cpu\n");
+}
+
+TEST(PlanDumpTest, DiffOfAPlanWithItselfShowsNoDifferences) {
+  auto a = TinyPlan(false, 1000);
+  std::ostringstream out;
+  WritePlanDiff(out, Verified(a), Verified(a), "a", "a");
+  EXPECT_NE(out.str().find("placement differences: 0\n"), std::string::npos) << out.str();
+  EXPECT_EQ(out.str().find(" *"), std::string::npos) << out.str();
+}
+
+}  // namespace
+}  // namespace bigplan
