@@ -6,9 +6,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <set>
 
+#include "support/sha256.h"
 #include "support/units.h"
 
 namespace bigplan::executor_internal {
@@ -492,6 +494,36 @@ Status CastInto(void* dst, schema::DType dst_dtype, const void* src, schema::DTy
   return Status::Ok();
 }
 
+namespace {
+
+// A plan that records its config.json's sha256 (Fingerprint.config_sha256) runs only with those exact bytes in the
+// checkpoint directory: the plan's ModelConfig was derived from them, and an edited config.json (norm eps, rope
+// scaling, ...) would otherwise be ignored silently.
+Status CheckConfigUnchanged(const std::string& pname, const std::string& planned_sha256,
+                            const std::string& checkpoint_dir) {
+  if (planned_sha256.empty()) return Status::Ok();  // a plan that does not record its config.json
+  const std::string path =
+      (std::filesystem::path(checkpoint_dir.empty() ? "." : checkpoint_dir) / "config.json").string();
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return MakeError(ErrorCode::kMismatch, "plan " + pname + ": it was made from a config.json (sha256 " +
+                                               planned_sha256.substr(0, 12) + "...), but " + path +
+                                               " does not exist; restore it or plan again");
+  }
+  auto bytes = ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.error();
+  const std::string have = Sha256Hex(bytes->data(), bytes->size());
+  if (have != planned_sha256) {
+    return MakeError(ErrorCode::kMismatch, "plan " + pname + ": " + path +
+                                               " changed since the plan was made (sha256 " + have.substr(0, 12) +
+                                               "..., plan " + planned_sha256.substr(0, 12) +
+                                               "...); plan again");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status CheckPlanAgainstCheckpoint(const PlanFile& plan_file, const Checkpoint& checkpoint) {
   const schema::Plan& plan = plan_file.plan();
   const std::string& pname = plan_file.path();
@@ -577,7 +609,7 @@ Status CheckPlanAgainstCheckpoint(const PlanFile& plan_file, const Checkpoint& c
       }
     }
   }
-  return Status::Ok();
+  return CheckConfigUnchanged(pname, Str(fp->config_sha256()), checkpoint.directory());
 }
 
 Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path, const std::string& checkpoint_dir,

@@ -28,7 +28,8 @@ Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path,
 
 // The plan-vs-checkpoint checks LoadModelState runs: the plan's fingerprint is not synthetic, matches the
 // checkpoint's shard by shard (names, sizes, header digests), and every plan tensor's (shard, offset, size,
-// dtype, shape) matches. kMismatch naming the plan and the shard or tensor.
+// dtype, shape) matches, and, when the plan records Fingerprint.config_sha256, the checkpoint directory's
+// config.json exists and has exactly those bytes. kMismatch naming the plan and the shard, tensor or config.json.
 Status CheckPlanAgainstCheckpoint(const PlanFile& plan, const Checkpoint& checkpoint);
 
 at::ScalarType ToScalarType(schema::DType dtype);

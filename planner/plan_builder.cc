@@ -128,7 +128,8 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   std::vector<flatbuffers::Offset<schema::ShardInfo>> shards;
   for (const ShardFingerprint& s : fp.shards)
     shards.push_back(schema::CreateShardInfoDirect(fb, s.file_name.c_str(), s.size_bytes, s.header_digest.c_str()));
-  auto fingerprint = schema::CreateFingerprintDirect(fb, &shards, fp.digest.c_str());
+  auto fingerprint = schema::CreateFingerprintDirect(fb, &shards, fp.digest.c_str(),
+                                                     c.config_sha256.empty() ? nullptr : c.config_sha256.c_str());
 
   std::map<std::string, uint32_t> tensor_index;
   std::vector<flatbuffers::Offset<schema::Tensor>> tensors;

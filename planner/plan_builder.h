@@ -2,7 +2,8 @@
 //
 // Every field of schema::Plan is filled:
 //   version/generator/strategy/model_name/model_digest (ModelDescription::Digest), config (from the description's
-//   normalized config; config_json = the original config.json, compact), checkpoint (the fingerprint, see below),
+//   normalized config; config_json = the original config.json, compact), checkpoint (the fingerprint, see below;
+//   its config_sha256 only when PlanContent::config_sha256 is set: the field is left out, not "", otherwise),
 //   exec_dtype, run_shape, budgets (MemoryBudget::Entries, unlimited disk omitted), profile, tensors, blocks,
 //   buffers, arenas, steps (copies with their dependencies, frees, per-step predictions), usage, predictions.
 //
@@ -59,6 +60,7 @@ struct PlanContent {
   const Checkpoint* checkpoint = nullptr;       // nullptr: synthetic fingerprint
   std::vector<std::string> synthetic_shards;    // shard names when checkpoint == nullptr (default: model.safetensors)
   std::map<std::string, uint32_t> synthetic_shard_of;  // tensor -> index into synthetic_shards (default 0)
+  std::string config_sha256;  // Fingerprint.config_sha256 (ResolvedModel::config_sha256); "" leaves it out
   MemoryBudget budget;
   RunShape run;
   DType exec_dtype = DType::kBF16;

@@ -11,6 +11,7 @@
 #include "planner/plan_builder.h"
 #include "planner/validate.h"
 #include "schema/plan_io.h"
+#include "support/sha256.h"
 
 namespace bigplan {
 namespace {
@@ -48,6 +49,12 @@ Status ReadIndexShards(const std::string& dir, ResolvedModel* out) {
   for (const auto& [tensor, file] : j["weight_map"].items())
     out->synthetic_shard_of[tensor] = shard_index[file.get<std::string>()];
   return Status::Ok();
+}
+
+bool SameDirectory(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  const bool same = fs::equivalent(a.empty() ? "." : a, b.empty() ? "." : b, ec);
+  return !ec && same;
 }
 
 // The directory's base name, as ImportExample names the bundled examples.
@@ -98,6 +105,12 @@ Result<ResolvedModel> ResolveModel(const PlanRequest& request) {
       BIGPLAN_ASSIGN_OR_RETURN(out.model, ImportExample(dir));
     }
     if (out.checkpoint_path.empty()) BIGPLAN_RETURN_IF_ERROR(ReadIndexShards(dir, &out));
+    // The executor compares this with the config.json next to the shards it loads, so record it only when that is
+    // the file the hyperparameters came from.
+    if (!out.checkpoint || SameDirectory(out.checkpoint->directory(), dir)) {
+      BIGPLAN_ASSIGN_OR_RETURN(std::vector<uint8_t> config, ReadFileBytes((fs::path(dir) / "config.json").string()));
+      out.config_sha256 = Sha256Hex(config.data(), config.size());
+    }
   }
   if (!out.checkpoint_path.empty() && !out.checkpoint) {
     BIGPLAN_ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::Open(out.checkpoint_path));
@@ -250,6 +263,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   content.checkpoint = checkpoint ? &*checkpoint : nullptr;
   content.synthetic_shards = resolved.synthetic_shards;
   content.synthetic_shard_of = resolved.synthetic_shard_of;
+  content.config_sha256 = resolved.config_sha256;
   content.budget = request.budget;
   content.run = request.run;
   content.exec_dtype = exec;

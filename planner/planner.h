@@ -86,6 +86,10 @@ struct ResolvedModel {
   std::optional<Checkpoint> checkpoint;          // opened (headers validated) when checkpoint_path is set
   std::vector<std::string> synthetic_shards;     // from DIR/model.safetensors.index.json when present
   std::map<std::string, uint32_t> synthetic_shard_of;
+  // Lowercase hex sha256 of the bytes of DIR/config.json when the model came from a model directory whose
+  // config.json is the checkpoint directory's (always so without weights); "" otherwise (a description, or a
+  // checkpoint elsewhere). Recorded in the plan as Fingerprint.config_sha256 (plan_builder.h).
+  std::string config_sha256;
 };
 Result<ResolvedModel> ResolveModel(const PlanRequest& request);
 

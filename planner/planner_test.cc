@@ -11,6 +11,7 @@
 #include "planner/overlap_check.h"
 #include "planner/plan_builder.h"
 #include "schema/plan_io.h"
+#include "support/sha256.h"
 
 namespace bigplan {
 namespace {
@@ -204,6 +205,60 @@ TEST(PlannerTest, NamedErrors) {
   expect(TinyRequest(broken, "cuda:0=1GiB"), ErrorCode::kMismatch, "model.layers.2.mlp.up_proj.weight");
   PlanRequest none;
   expect(none, ErrorCode::kInvalidArgument, "model source");
+}
+
+std::string ConfigSha256Of(const schema::Plan& plan) {
+  const flatbuffers::String* s = plan.checkpoint()->config_sha256();
+  return s == nullptr ? std::string() : s->str();
+}
+
+// Fingerprint.config_sha256 pins the exact config.json bytes the plan's hyperparameters came from.
+TEST(PlannerTest, RecordsTheConfigJsonDigest) {
+  const std::string dir = TempDir("tiny_config_sha");
+  WriteTinyCheckpoint(dir);
+  auto result = MakePlan(TinyRequest(dir, "cuda:0=1GiB,cpu=1GiB"));
+  ASSERT_TRUE(result.ok()) << result.error().ToString();
+  EXPECT_EQ(ConfigSha256Of(result->plan()), Sha256Hex(std::string_view(kTinyConfig)));
+  EXPECT_EQ(ConfigSha256Of(result->plan()).size(), 64u);
+
+  // Not part of the shard fingerprint: the same checkpoint with another config.json keeps its digest.
+  std::ofstream(dir + "/config.json") << std::string(kTinyConfig) << "\n";
+  auto edited = MakePlan(TinyRequest(dir, "cuda:0=1GiB,cpu=1GiB"));
+  ASSERT_TRUE(edited.ok()) << edited.error().ToString();
+  EXPECT_EQ(ConfigSha256Of(edited->plan()), Sha256Hex(std::string(kTinyConfig) + "\n"));
+  EXPECT_EQ(edited->plan().checkpoint()->digest()->str(), result->plan().checkpoint()->digest()->str());
+
+  // A model directory without weights (a bundled example): its config.json.
+  PlanRequest example;
+  example.model_dir = Runfile("planner/examples/llama-2-7b");
+  auto b = ParseMaxMemory("cuda:0=4GiB,cpu=64GiB,disk=200GiB");
+  ASSERT_TRUE(b.ok());
+  example.budget = *b;
+  example.run = RunShape{1, 512};
+  auto from_example = MakePlan(example);
+  ASSERT_TRUE(from_example.ok()) << from_example.error().ToString();
+  auto config_bytes = ReadFileBytes(example.model_dir + "/config.json");
+  ASSERT_TRUE(config_bytes.ok());
+  EXPECT_EQ(ConfigSha256Of(from_example->plan()), Sha256Hex(config_bytes->data(), config_bytes->size()));
+
+  // A model description: no config.json, no digest (the field is left out).
+  PlanRequest described = TinyRequest(dir, "cuda:0=1GiB,cpu=1GiB");
+  described.model_dir.clear();
+  described.description = result->model;
+  auto from_description = MakePlan(described);
+  ASSERT_TRUE(from_description.ok()) << from_description.error().ToString();
+  EXPECT_EQ(from_description->plan().checkpoint()->config_sha256(), nullptr);
+
+  // A checkpoint given apart from the model directory: its own directory's config.json is not the one planned
+  // from, so nothing is recorded.
+  const std::string other = TempDir("tiny_config_sha_other");
+  std::ofstream(other + "/config.json") << kTinyConfig;
+  PlanRequest split = TinyRequest(other, "cuda:0=1GiB,cpu=1GiB");
+  split.checkpoint_path = dir;
+  auto from_split = MakePlan(split);
+  ASSERT_TRUE(from_split.ok()) << from_split.error().ToString();
+  EXPECT_FALSE(from_split->synthetic_checkpoint);
+  EXPECT_EQ(ConfigSha256Of(from_split->plan()), "");
 }
 
 }  // namespace

@@ -112,6 +112,63 @@ TEST_F(LoadErrors, CheckpointChangedAfterPlanning) {
   EXPECT_TRUE(Contains(exec.error().message, "plan again"));
 }
 
+TEST_F(LoadErrors, ConfigJsonChangedAfterPlanning) {
+  // Same shards, another hyperparameter: the plan's ModelConfig is stale, so Load must refuse rather than run
+  // with the old value.
+  const std::string config_path = model_ + "/config.json";
+  const std::string original = ReadAll(config_path);
+  nlohmann::json config = nlohmann::json::parse(original);
+  ASSERT_TRUE(config.contains("rms_norm_eps"));
+  config["rms_norm_eps"] = config["rms_norm_eps"].get<double>() * 10;
+  WriteAll(config_path, config.dump(2));
+
+  auto exec = Load(plan_, model_);
+  ASSERT_FALSE(exec.ok());
+  EXPECT_EQ(exec.error().code, ErrorCode::kMismatch) << exec.error().ToString();
+  EXPECT_TRUE(Contains(exec.error().message, plan_));
+  EXPECT_TRUE(Contains(exec.error().message, config_path + " changed since the plan was made (sha256 "));
+  EXPECT_TRUE(Contains(exec.error().message, "plan again"));
+
+  // Even a change that leaves the JSON's meaning alone is refused: the check is on the exact bytes.
+  WriteAll(config_path, original + "\n");
+  exec = Load(plan_, model_);
+  ASSERT_FALSE(exec.ok());
+  EXPECT_TRUE(Contains(exec.error().message, "config.json changed")) << exec.error().ToString();
+
+  WriteAll(config_path, original);
+  exec = Load(plan_, model_);
+  ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+}
+
+TEST_F(LoadErrors, ConfigJsonMissingAfterPlanning) {
+  const std::string config_path = model_ + "/config.json";
+  const std::string original = ReadAll(config_path);
+  fs::remove(config_path);
+  auto exec = Load(plan_, model_);
+  ASSERT_FALSE(exec.ok());
+  EXPECT_EQ(exec.error().code, ErrorCode::kMismatch) << exec.error().ToString();
+  EXPECT_TRUE(Contains(exec.error().message, plan_));
+  EXPECT_TRUE(Contains(exec.error().message, config_path + " does not exist"));
+
+  WriteAll(config_path, original);
+  exec = Load(plan_, model_);
+  ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+}
+
+TEST_F(LoadErrors, PlanWithoutConfigDigestIsNotChecked) {
+  // Planned from a config.json outside the checkpoint directory (--checkpoint elsewhere): the plan records no
+  // config digest, and the checkpoint directory's config.json (here: none) is not compared.
+  const std::string config_dir = dir_ + "/config_dir";
+  fs::create_directories(config_dir);
+  fs::copy_file(model_ + "/config.json", config_dir + "/config.json");
+  const std::string plan = dir_ + "/split.bplan";
+  Status s = MakePlan(config_dir, "cpu=8GiB", "fp32", 2, 16, plan, "--checkpoint " + model_);
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  fs::remove(model_ + "/config.json");
+  auto exec = Load(plan, model_);
+  ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+}
+
 TEST_F(LoadErrors, TruncatedShard) {
   const std::string shard = Shards(model_).front();
   const std::string path = model_ + "/" + shard;
