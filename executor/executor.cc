@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -48,7 +50,22 @@ class Executor::Impl {
   Stats stats;
   TraceRecorder trace;
 
+  // Captured single-token steps (ExecutorOptions::cuda_graphs), one per batch size.
+  struct DecodeGraph {
+    int64_t batch = 0;
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    at::Tensor inputs;  // [batch + 1] int64 on the device: the token ids, then the position
+    at::Tensor logits;  // [batch, 1, vocab] float32, written by each replay
+  };
+  int graph_device = -1;  // the device of a plan whose decode steps may be captured; -1: none
+  std::vector<DecodeGraph> graphs;
+
   Status CheckInput(const std::vector<int64_t>& ids, int64_t batch, int64_t seq) const;
+  // A decode step from a CUDA graph (capturing it first for a new batch size). If the capture fails, graphs are
+  // off for this executor from then on and `*out` is left undefined: the step is to run eagerly.
+  Status RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out);
+  // The plan's blocks as a static single-token step (ForwardContext::position) on the current stream.
+  Status StaticStep(const at::Tensor& inputs, int64_t batch, at::Tensor* logits);
   // One forward pass; float logits on the host, [batch, seq, vocab] or, with last_only, [batch, 1, vocab].
   Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only);
   Status RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
@@ -164,6 +181,98 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
   return Status::Ok();
 }
 
+Status Executor::Impl::StaticStep(const at::Tensor& inputs, int64_t batch, at::Tensor* logits) {
+  ForwardContext ctx;
+  ctx.token_ids = inputs.narrow(0, 0, batch).view({batch, 1});
+  ctx.position = inputs.narrow(0, batch, 1);
+  ctx.start_pos = pos;
+  ctx.logits_last_only = true;
+  at::Tensor hidden;
+  for (uint32_t i = 0; i < state->steps.size(); ++i) {
+    const BlockRuntime& b = state->blocks[state->steps[i].block];
+    BlockViews& v = views[b.index];
+    Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, v.weights, ctx, v.has_kv ? &v.kv : nullptr, &hidden,
+                                 logits);
+    if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+  }
+  if (!logits->defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+  return Status::Ok();
+}
+
+Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out) {
+  try {
+    c10::InferenceMode inference;
+    const auto device_index = static_cast<c10::DeviceIndex>(graph_device);
+    const at::Device device(at::kCUDA, device_index);
+    c10::cuda::CUDAGuard device_guard(device_index);
+    const c10::cuda::CUDAStream compute =
+        c10::cuda::getStreamFromExternal(engine->compute_stream(graph_device), device_index);
+    c10::cuda::CUDAStreamGuard compute_guard(compute);
+    at::Tensor host = at::empty({batch + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    std::memcpy(host.data_ptr<int64_t>(), ids.data(), batch * sizeof(int64_t));
+    host.data_ptr<int64_t>()[batch] = pos;
+
+    DecodeGraph* graph = nullptr;
+    for (DecodeGraph& g : graphs) {
+      if (g.batch == batch) graph = &g;
+    }
+    if (graph == nullptr) {
+      DecodeGraph g;
+      g.batch = batch;
+      g.inputs = at::empty({batch + 1}, at::TensorOptions().dtype(at::kLong).device(device));
+      g.inputs.copy_(host, /*non_blocking=*/true);
+      // Masked cache positions enter the attention products with weight 0, so they must hold finite values:
+      // clear what no token has written yet (later positions hold zeros or earlier sequences' tokens).
+      const int64_t max_seq = state->info.max_seq_len;
+      for (BlockViews& v : views) {
+        if (!v.has_kv || pos + 1 >= max_seq) continue;
+        v.kv.k.narrow(2, pos + 1, max_seq - pos - 1).zero_();
+        v.kv.v.narrow(2, pos + 1, max_seq - pos - 1).zero_();
+      }
+      // Warm up (cuBLAS handles and workspaces, RoPE tables) and capture on a side stream. Each run writes the
+      // same K/V at the same position, so this step's own result is the replay's.
+      const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_index);
+      at::cuda::CUDAEvent to_side, to_compute;
+      to_side.record(compute);
+      to_side.block(side);
+      Status captured;
+      {
+        c10::cuda::CUDAStreamGuard side_guard(side);
+        for (int w = 0; w < 2 && captured.ok(); ++w) {
+          at::Tensor warm;
+          captured = StaticStep(g.inputs, batch, &warm);
+        }
+        if (captured.ok()) {
+          g.graph = std::make_unique<at::cuda::CUDAGraph>();
+          try {
+            g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+            captured = StaticStep(g.inputs, batch, &g.logits);
+            g.graph->capture_end();
+          } catch (const std::exception& e) {
+            captured = MakeError(ErrorCode::kDevice, std::string("capturing the decode step: ") + e.what());
+          }
+        }
+      }
+      to_compute.record(side);
+      to_compute.block(compute);
+      if (!captured.ok()) {
+        graph_device = -1;
+        graphs.clear();
+        return Status::Ok();
+      }
+      graphs.push_back(std::move(g));
+      graph = &graphs.back();
+    } else {
+      graph->inputs.copy_(host, /*non_blocking=*/true);
+    }
+    graph->graph->replay();
+    *out = graph->logits.to(at::kCPU, at::kFloat).contiguous();
+  } catch (const std::exception& e) {
+    return TorchError(e, "decode step");
+  }
+  return Status::Ok();
+}
+
 void Executor::Impl::Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms) {
   std::lock_guard<std::mutex> lock(stats_mu);
   ++stats.forward_count;
@@ -217,6 +326,23 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   BIGPLAN_RETURN_IF_ERROR(CheckInput(ids, batch, seq));
   const auto t0 = Clock::now();
   at::Tensor out;
+  if (seq == 1 && pos > 0 && graph_device >= 0) {
+    Status step = RunGraphStep(ids, batch, &out);
+    if (step.ok() && out.defined()) {
+      pos += seq;
+      cached_batch = batch;
+      ForwardTimings timings;
+      timings.wall_start = t0;
+      Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      return out;
+    }
+    if (!step.ok()) {
+      pos = 0;
+      cached_batch = 0;
+      return step.take_error();
+    }
+    // The capture failed: graphs are off now; run the step eagerly.
+  }
   Status run = engine->BeginForward();
   if (run.ok()) run = RunSteps(ids, batch, seq, last_only, &out);
   ForwardTimings timings;
@@ -280,6 +406,14 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   auto views = executor_internal::MakeBlockViews(*impl->state);
   if (!views.ok()) return PlanContentError(views.take_error(), plan_path);
   impl->views = std::move(*views);
+  if (options.cuda_graphs && !cpu_mode && impl->state->cuda_devices.size() == 1 &&
+      impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
+    bool resident = true;
+    for (const BlockRuntime& b : impl->state->blocks) {
+      resident &= b.device == impl->state->cuda_devices[0] && b.feed == executor_internal::Feed::kResident;
+    }
+    if (resident) impl->graph_device = impl->state->cuda_devices[0];
+  }
   impl->stats.loaded_bytes = impl->state->loaded_bytes;
   impl->stats.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return std::unique_ptr<Executor>(new Executor(std::move(impl)));

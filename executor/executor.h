@@ -63,6 +63,15 @@ struct ExecutorOptions {
   // shard (see "Disk tier" above). Off: every disk-tier read copies or casts from the mapping, through the page
   // cache.
   bool disk_direct_io = true;
+  // Replay decode steps (one token per row after at least one cached token) from CUDA graphs. Applies to plans
+  // whose every block is Gpu tier on one CUDA device, for architectures whose kernels have a static decode step
+  // (the Llama family; not dynamic NTK RoPE past max_position_embeddings). The first decode step at a batch size
+  // runs eagerly on a side stream (warm-up) and is captured; later ones copy the token ids and the position to
+  // the device and replay it. Everything else (prefills, a first pass of one token, other plans, CPU mode) runs
+  // eagerly. The captured step attends over the whole KV cache with a mask (results equal the eager path's within
+  // the execution dtype's rounding). A replayed step has no per-block events: its Stats::last_steps is empty and
+  // it adds nothing to the trace but the time it takes in Stats::last_forward_ms.
+  bool cuda_graphs = true;
 };
 
 struct ForwardOptions {
@@ -183,7 +192,8 @@ class Executor {
   //   kNotFound / kCorrupt / kIncompatible: the plan or checkpoint files (named);
   //   kMismatch: the checkpoint is not the one the plan was made for (names the plan and the differing shard), a
   //              plan tensor differs from the checkpoint's (names the tensor), or the plan was made from a model
-  //              description without weights (synthetic fingerprint);
+  //              description without weights (synthetic fingerprint), or the checkpoint directory's config.json
+  //              is missing or changed since the plan was made (plans that record its sha256);
   //   kUnsupported: no kernels for the architecture, or a plan feature this executor does not run;
   //   kDevice: CUDA allocation or device failures; kIo: mapping or reading shards.
   static Result<std::unique_ptr<Executor>> Load(const std::string& plan_path, const std::string& checkpoint_dir,

@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cmath>
 #include <exception>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -382,6 +383,28 @@ at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::T
   }
   return at::scaled_dot_product_attention(q, keys, values, mask, /*dropout_p=*/0.0, is_causal, scale,
                                           /*enable_gqa=*/heads != kv_heads);
+}
+
+at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                                 const at::Tensor& position, double scale) {
+  const int64_t batch = q.size(0);
+  const int64_t heads = q.size(1);
+  const int64_t head_dim = q.size(3);
+  const int64_t kv_heads = k.size(1);
+  at::Tensor k_cache = kv->k.narrow(0, 0, batch);
+  at::Tensor v_cache = kv->v.narrow(0, 0, batch);
+  k_cache.index_copy_(2, position, k);
+  v_cache.index_copy_(2, position, v);
+  const int64_t max_seq = k_cache.size(2);
+  // Head h attends with kv head h / (heads / kv_heads) (repeat_interleave), so q regroups as [batch, kv_heads,
+  // group, head_dim] against the cache without expanding it.
+  at::Tensor qg = q.reshape({batch, kv_heads, heads / kv_heads, head_dim});
+  at::Tensor scores = at::matmul(qg, k_cache.transpose(2, 3)) * scale;  // [batch, kv_heads, group, max_seq]
+  at::Tensor mask = at::zeros({max_seq}, q.options().dtype(at::kFloat))
+                        .masked_fill_(at::arange(max_seq, position.options()) > position,
+                                      -std::numeric_limits<float>::infinity());
+  at::Tensor probs = at::softmax(scores.to(at::kFloat) + mask, -1).to(q.scalar_type());
+  return at::matmul(probs, v_cache).reshape({batch, heads, 1, head_dim});
 }
 
 // ---------------------------------------------------------------------------------------------------------------

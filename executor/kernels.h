@@ -63,6 +63,13 @@ struct ForwardContext {
   // When true, "lm_head" computes logits for the last position only: `*logits` is [batch, 1, vocab]
   // (what generation needs; saves seq x vocab floats per sequence in a prefill).
   bool logits_last_only = false;
+  // Static single-token step (only where ModelKernels::StaticDecode says so): when defined, a one-element int64
+  // tensor on the compute device holding the position of the token (start_pos is then used only for argument
+  // checks). token_ids is [batch, 1]; a decoder layer writes its K/V at that position with index_copy_ and attends
+  // over every position of the cache with a mask built on the device from it, so no shape, host value or
+  // allocation size depends on the position and the step can be captured in a CUDA graph and replayed at any
+  // position. Cache positions after it must hold finite values (zeros, or earlier tokens): they are masked out.
+  at::Tensor position;
 };
 
 // Block kinds the planner emits: "embedding", "decoder_layer", "final_norm", "lm_head" (see planner/MODEL_FORMAT.md).
@@ -76,6 +83,10 @@ class ModelKernels {
   virtual ~ModelKernels() = default;
   virtual Status RunBlock(const std::string& kind, const std::string& prefix, int layer, const BlockWeights& weights,
                           const ForwardContext& ctx, KvCache* kv, at::Tensor* hidden, at::Tensor* logits) const = 0;
+  // Whether RunBlock takes ForwardContext::position (static single-token steps) for KV caches of max_seq_len
+  // positions: the Llama family, except dynamic NTK RoPE past max_position_embeddings (its frequencies depend on
+  // the length). False for the other architectures.
+  virtual bool StaticDecode(int64_t /*max_seq_len*/) const { return false; }
 };
 
 // kUnsupported naming the architecture if there are no kernels for it ("llama", also accepted as "mistral" and

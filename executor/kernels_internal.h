@@ -105,6 +105,13 @@ Status CheckKvCache(const KvCache* kv, int64_t batch, int64_t kv_heads, int64_t 
 at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
                            int64_t start_pos, double scale);
 
+// The static single-token step (ForwardContext::position): writes k, v ([batch, kv_heads, 1, head_dim]) at
+// `position` (a one-element int64 device tensor) of the cache with index_copy_, and attends q ([batch, heads, 1,
+// head_dim]) over every cache position with an additive mask (0 up to `position`, -inf after), as transformers'
+// eager attention: scores in q's dtype, softmax in float32, cast back. Returns [batch, heads, 1, head_dim].
+at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                                 const at::Tensor& position, double scale);
+
 // ---- the block-kind boundary ----
 
 // Validates the common arguments, dispatches on `kind` and converts LibTorch exceptions into errors naming the

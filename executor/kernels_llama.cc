@@ -92,7 +92,17 @@ class LlamaKernels final : public ModelKernelsBase {
     // cos/sin depend on the position alone, except for dynamic NTK past max_position_embeddings, where the
     // frequencies depend on the current length.
     at::Tensor cos, sin;
-    if (rope_.type == RopeConfig::Type::kDynamic && start_pos + seq > rope_.max_position_embeddings) {
+    const at::Tensor& position = c.ctx.position;
+    if (position.defined()) {
+      if (seq != 1 || kv == nullptr) {
+        return MakeError(ErrorCode::kInvalidArgument, c.block + ": a static decode step takes one token per row "
+                                                                "and a KV cache");
+      }
+      // Rows of the whole cache, so the table never grows (and is never reallocated) between steps.
+      rope_tables_.Get(0, kv->k.size(2), x.scalar_type(), x.device(), &cos, &sin);
+      cos = cos.index_select(0, position);
+      sin = sin.index_select(0, position);
+    } else if (rope_.type == RopeConfig::Type::kDynamic && start_pos + seq > rope_.max_position_embeddings) {
       RopeCosSin(rope_, start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
     } else {
       rope_tables_.Get(start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
@@ -100,7 +110,9 @@ class LlamaKernels final : public ModelKernelsBase {
     q = ApplyRopeHalf(q, cos, sin);
     k = ApplyRopeHalf(k, cos, sin);
 
-    at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, std::pow(static_cast<double>(head_dim), -0.5));
+    const double scale = std::pow(static_cast<double>(head_dim), -0.5);
+    at::Tensor attn = position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale)
+                                         : CachedAttention(q, k, v, kv, start_pos, scale);
     attn = attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
     at::Tensor y = x + Linear(attn, wo, bo);
 
@@ -120,6 +132,11 @@ class LlamaKernels final : public ModelKernelsBase {
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, GetAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding}));
     at::Tensor b = c.weights.Find(c.prefix + "bias");
     return Linear(h, w, b);
+  }
+
+ public:
+  bool StaticDecode(int64_t max_seq_len) const override {
+    return rope_.type != RopeConfig::Type::kDynamic || max_seq_len <= rope_.max_position_embeddings;
   }
 
  private:

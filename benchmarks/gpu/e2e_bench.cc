@@ -3,13 +3,14 @@
 //
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
-//             [--drop-caches]
+//             [--drop-caches] [--no-cuda-graphs]
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
 // fresh sequence), the floor (bytes streamed per forward / pinned H2D bandwidth measured in this run; for disk
 // configurations disk bytes / O_DIRECT disk bandwidth + the rest over PCIe), and the planner's prediction. With
 // --resident-budget-gib it also times a KV-cached decode step at `--prefill` context and a prefill with every
 // weight resident, against weight bytes / device memory bandwidth and FLOPs / matmul rate.
+// Decode steps of the resident plan replay a CUDA graph (ExecutorOptions::cuda_graphs) unless --no-cuda-graphs.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,6 +45,7 @@ struct Args {
   std::string out = "e2e_results.json";
   std::string trace_dir;
   bool drop_caches = false;
+  bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
 };
 
 Result<Args> ParseArgs(int argc, char** argv) {
@@ -81,6 +83,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--out") { BIGPLAN_ASSIGN_OR_RETURN(a.out, need(i)); }
       else if (f == "--trace-dir") { BIGPLAN_ASSIGN_OR_RETURN(a.trace_dir, need(i)); }
       else if (f == "--drop-caches") { a.drop_caches = true; }
+      else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
       else return MakeError(ErrorCode::kInvalidArgument, "unknown flag " + f);
     } catch (const std::exception&) {
       return MakeError(ErrorCode::kInvalidArgument, "bad number after " + f);
@@ -165,6 +168,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   if (args.drop_caches) DropPageCache();
   ExecutorOptions opts;
   opts.record_trace = !args.trace_dir.empty();
+  opts.cuda_graphs = args.cuda_graphs;
   auto t_load = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(auto exec, Executor::Load(plan_path, args.model, opts));
   const double load_s = Seconds(t_load);

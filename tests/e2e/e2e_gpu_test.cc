@@ -9,13 +9,20 @@
 //                suite measures 1-2e-2 for these models. Top-1 agreement >= 90% where transformers' top-1 leads by
 //                more than 2% of the logit range.
 //    Placement never changes the result: plans that compute on the same devices give the same tokens and logits
-//    within 1e-6 relative.
+//    within 1e-6 relative. (Eager steps: ExecutorOptions::cuda_graphs off; part 3 covers the graphs.)
 // 2. Copies overlap compute, and streaming is exact, on a model big enough for copies to take milliseconds
 //    (a random bf16 Llama of ~0.9 GB written by formats/writer): CPU-tier and disk-tier plans give bit-identical
 //    logits to the all-resident plan, and the recorded CUDA events show a copy running while an earlier step
 //    computes. Disk-tier blocks are read with pread into pinned staging ("direct"; O_DIRECT where the filesystem
 //    allows), never from the mapping, and reading them from the mapping (disk_direct_io off) gives the same bits.
 //    Last-position logits match the last row of the full logits.
+// 3. CUDA graphs (ExecutorOptions::cuda_graphs) on the all-resident plan of every family: decode steps are
+//    replayed from a captured graph for the Llama family (none for GPT-2/GPT-J), still match transformers as in
+//    part 1, and equal the eager steps within 1e-5 relative in float32 (same tokens) and within part 1's bf16
+//    tolerance in bfloat16 (the captured step attends over the whole cache with a mask, with scores rounded to bf16
+//    as transformers' eager attention, where the eager step's SDPA keeps them in float32: 0.6-1.6e-2 measured, the
+//    size of either path's distance to the float32 reference); batch sizes below the captured one, a new sequence
+//    after it and sampling give the eager path's tokens (float32).
 // Disk reads in part 1: no plan reads a block from the mapping (no fallback); the explicit_tiers plan's disk-tier
 // blocks (computed on cuda:0) are read directly in float32 (no cast) and through the bounce buffer in bfloat16
 // (cast from the float32 checkpoint).
@@ -72,6 +79,7 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       SCOPED_TRACE(family + " " + dtype + " " + c.name + " (" + c.max_memory + "; " + c.summary.ToString() + ")");
       ExecutorOptions options;
       options.progress = false;
+      options.cuda_graphs = false;
       auto exec = Executor::Load(c.path, model, options);
       ASSERT_TRUE(exec.ok()) << exec.error().ToString();
       ASSERT_FALSE((*exec)->info().cpu_mode);
@@ -129,11 +137,90 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       }
     }
   }
+
+  void RunGraphs(const std::string& dtype, double tolerance, double eager_tolerance, bool exact_tokens) {
+    const std::string family = GetParam();
+    const std::string model = ModelDir(family);
+    auto ref = LoadReference(model);
+    ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+    const uint32_t seq_len = SuiteSeqLen(model);
+    const int64_t steps = std::min<int64_t>(ref->steps, seq_len - ref->prompt_len);
+    auto plans = PlanSuite(model, TempDir(family + "_graphs_" + dtype), dtype, seq_len);
+    ASSERT_TRUE(plans.ok()) << plans.error().ToString();
+    const PlanCase* resident = nullptr;
+    for (const PlanCase& c : *plans) {
+      if (resident == nullptr && c.summary.cpu_tier == 0 && c.summary.disk_tier == 0 && c.summary.cpu_compute == 0) {
+        resident = &c;
+      }
+    }
+    ASSERT_NE(resident, nullptr) << "no all-resident plan in the suite";
+    SCOPED_TRACE(family + " " + dtype + " " + resident->name);
+    std::unique_ptr<Executor> exec[2];  // [0]: eager, [1]: graphs
+    for (int g = 0; g < 2; ++g) {
+      ExecutorOptions options;
+      options.progress = false;
+      options.cuda_graphs = g == 1;
+      auto e = Executor::Load(resident->path, model, options);
+      ASSERT_TRUE(e.ok()) << e.error().ToString();
+      exec[g] = std::move(*e);
+    }
+    const std::string arch = exec[1]->info().architecture;
+    const bool captured = arch != "gpt2" && arch != "gptj";
+    StepErrors errors[2];
+    for (int g = 0; g < 2; ++g) {
+      auto e = CompareWithReference(*exec[g], *ref, steps);
+      ASSERT_TRUE(e.ok()) << e.error().ToString();
+      errors[g] = std::move(*e);
+      EXPECT_LE(errors[g].max_rel, tolerance) << (g ? "graphs" : "eager");
+      // Per-block events exist for eager steps only.
+      EXPECT_EQ(exec[g]->stats().last_steps.empty(), g == 1 && captured && steps > 0);
+    }
+    double worst = 0;
+    for (size_t k = 0; k < errors[0].logits.size(); ++k) {
+      const double e = MaxRelError(errors[1].logits[k].data, errors[0].logits[k].data);
+      worst = std::max(worst, e);
+      EXPECT_LE(e, eager_tolerance) << "step " << k;
+    }
+    std::printf("%-14s %-5s graphs %-3s vs eager: max rel %.2e, vs transformers %.2e (eager %.2e)\n", family.c_str(),
+                dtype.c_str(), captured ? "on" : "off", worst, errors[1].max_rel, errors[0].max_rel);
+    // Generation: the reference batch, a smaller batch (another graph), a new sequence, and sampling.
+    const int max_new = static_cast<int>(std::min<int64_t>(steps + 1, seq_len - ref->prompt_len));
+    std::vector<std::vector<int64_t>> prompts = ref->Prompts();
+    std::vector<std::vector<int64_t>> one(prompts.begin(), prompts.begin() + 1);
+    GenerateOptions greedy;
+    greedy.max_new_tokens = max_new;
+    GenerateOptions sampled = greedy;
+    sampled.temperature = 0.8f;
+    sampled.top_k = 20;
+    sampled.seed = 3;
+    for (const auto& [input, options] :
+         std::vector<std::pair<std::vector<std::vector<int64_t>>, GenerateOptions>>{
+             {prompts, greedy}, {one, greedy}, {prompts, greedy}, {prompts, sampled}}) {
+      auto want = exec[0]->Generate(input, options);
+      auto got = exec[1]->Generate(input, options);
+      ASSERT_TRUE(want.ok()) << want.error().ToString();
+      ASSERT_TRUE(got.ok()) << got.error().ToString();
+      if (exact_tokens) {
+        EXPECT_EQ(got->tokens, want->tokens) << "batch " << input.size() << ", temperature " << options.temperature;
+      }
+      if (options.temperature == 0 && input.size() == prompts.size() && exact_tokens) {
+        for (int64_t b = 0; b < ref->batch; ++b) {
+          std::vector<int64_t> r = ref->GeneratedRow(b);
+          r.resize(max_new);
+          EXPECT_EQ(got->tokens[b], r) << "row " << b;
+        }
+      }
+    }
+  }
 };
 
 TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
 
 TEST_P(E2eGpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, false); }
+
+TEST_P(E2eGpu, Float32CudaGraphsMatchEager) { RunGraphs("fp32", kF32Tolerance, 1e-5, true); }
+
+TEST_P(E2eGpu, Bfloat16CudaGraphsMatchEager) { RunGraphs("bf16", kBf16Tolerance, kBf16Tolerance, false); }
 
 INSTANTIATE_TEST_SUITE_P(Families, E2eGpu, ::testing::ValuesIn(AllFamilies()),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
@@ -214,6 +301,7 @@ TEST(E2eGpuStreaming, CopiesOverlapComputeAndStreamingIsExact) {
     options.progress = false;
     options.record_trace = true;
     options.disk_direct_io = !mapped;
+    options.cuda_graphs = false;  // the resident plan's decode step eager too, so the tiers compare bit for bit
     auto exec = Executor::Load(plan, model, options);
     ASSERT_TRUE(exec.ok()) << exec.error().ToString();
     // Warm up (cuBLAS handles, allocator), then measure.
