@@ -85,6 +85,10 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
 
 double HostDispatchMicros(const BlockWork& w) { return w.kernels * kHostOpMicros; }
 
+double GraphDecodeMicros(const BlockCost& cost, const BlockWork& w) {
+  return cost.decode_device_us - w.kernels * (kGpuKernelMicros - kGraphKernelMicros);
+}
+
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
   const double b = static_cast<double>(bytes);
   double us = b / (p.h2d_gbps * 1e9) * 1e6;

@@ -146,6 +146,30 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
   EXPECT_NEAR(d2.host_us, std::accumulate(host.begin(), host.end(), 0.0), 1e-6);
 }
 
+// The same model with the decode step replayed from a CUDA graph: measured 9.13 ms on an H100 (median of 20 steps
+// at 512 cached tokens), against 22.9 ms dispatched op by op on the same machine.
+TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
+  const ModelDescription m = Llama2_7b();
+  const DeviceProfile p = MeasuredH100();
+  const RunSize run{1, 512};
+  std::vector<ScheduleBlock> blocks;
+  std::vector<double> graph, eager;
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    const BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
+    const BlockCost c = EstimateBlockCost(w, run, 0, p);
+    graph.push_back(GraphDecodeMicros(c, w));
+    eager.push_back(c.decode_us);
+    EXPECT_NEAR(graph.back(), c.decode_device_us - w.kernels * (kGpuKernelMicros - kGraphKernelMicros), 1e-9);
+    blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, Tier::Gpu, w.weight_bytes, 0});
+  }
+  auto s = BuildSchedule(blocks, {});
+  ASSERT_TRUE(s.ok());
+  const std::vector<int32_t> devices(m.blocks.size(), 0);
+  const ForwardPrediction g = SimulateForward(*s, graph, {}, devices);
+  EXPECT_NEAR(g.total_us, 9130, 0.15 * 9130);
+  EXPECT_LT(g.total_us, SimulateForward(*s, eager, {}, devices).total_us);
+}
+
 TEST(CostModelTest, CopyTimes) {
   DeviceProfile p = DefaultGpuProfile();
   EXPECT_NEAR(CopyMicros(53'000'000, Tier::Cpu, p), 1000.0, 1e-9);

@@ -59,7 +59,7 @@ TEST(PlanReportTest, Resident) {
             "    cpu              0 B of 1.00 GiB\n"
             "prefetch depth: cpu 1, disk 1\n"
             "predicted per forward (profile h100-pcie5):\n"
-            "  decode  (1 x 1 token, KV at 64): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
+            "  decode  (1 x 1 token, KV at 64): 0.669 ms  (compute 0.669 ms, waiting for copies 0.000 ms)\n"
             "  prefill (1 x 64 tokens): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
             "  floor: streamed 0 B per forward at 53 GB/s H2D: 0.000 ms\n");
 }

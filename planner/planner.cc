@@ -182,9 +182,20 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   const RunSize run_size{request.run.max_batch, request.run.max_seq_len};
   result.block_costs.resize(n);
   std::vector<double> decode_us(n), prefill_us(n);
+  // The executor replays decode steps of all-resident single-GPU Llama-family plans from a CUDA graph
+  // (ExecutorOptions::cuda_graphs), except dynamic NTK RoPE past the model's positions: no host dispatch then.
+  const bool graph_decode = [&] {
+    if (model.architecture != "llama" || n == 0 || devices[0] < 0) return false;
+    for (size_t i = 0; i < n; ++i)
+      if (devices[i] != devices[0] || result.placement.blocks[i].tier != Tier::kGpu) return false;
+    const auto& rs = model.config.rope_scaling;
+    const bool dynamic = rs.is_object() && rs.value("rope_type", rs.value("type", std::string())) == "dynamic";
+    return !(dynamic && request.run.max_seq_len > model.config.max_position_embeddings);
+  }();
   for (size_t i = 0; i < n; ++i) {
-    result.block_costs[i] = EstimateBlockCost(DescribeBlockWork(model, i, exec), run_size, devices[i], result.profile);
-    decode_us[i] = result.block_costs[i].decode_us;
+    const BlockWork work = DescribeBlockWork(model, i, exec);
+    result.block_costs[i] = EstimateBlockCost(work, run_size, devices[i], result.profile);
+    decode_us[i] = graph_decode ? GraphDecodeMicros(result.block_costs[i], work) : result.block_costs[i].decode_us;
     prefill_us[i] = result.block_costs[i].prefill_us;
   }
   auto copy_times = [&](const Schedule& s) {
