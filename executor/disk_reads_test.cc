@@ -30,7 +30,9 @@ void ExpectReads(const std::vector<StagingRead>& got, const std::vector<StagingR
     EXPECT_EQ(got[i].bytes, want[i].bytes);
     EXPECT_EQ(got[i].staging_offset, want[i].staging_offset);
     EXPECT_EQ(got[i].direct, want[i].direct);
-    if (want[i].direct) EXPECT_EQ(got[i].needed, want[i].needed);
+    if (want[i].direct) {
+      EXPECT_EQ(got[i].needed, want[i].needed);
+    }
   }
 }
 
@@ -225,7 +227,9 @@ TEST(ShardReader, ReadsAlignedAndUnalignedRanges) {
     auto r = ShardReader::Open(path, try_direct);
     ASSERT_TRUE(r.ok()) << r.error().ToString();
     std::printf("%s: direct %d\n", path.c_str(), r->direct());
-    if (!try_direct) EXPECT_FALSE(r->direct());
+    if (!try_direct) {
+      EXPECT_FALSE(r->direct());
+    }
     EXPECT_EQ(r->size(), bytes.size());
     void* raw = nullptr;
     ASSERT_EQ(posix_memalign(&raw, 4096, 4 * 4096), 0);
