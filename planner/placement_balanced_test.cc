@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "planner/synthetic_model_testutil.h"
+
 #include "planner/accounting.h"
 #include "planner/hf_import.h"
 
@@ -22,41 +24,6 @@ constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 std::string Root() { return std::string(std::getenv("TEST_SRCDIR")) + "/bigplan/"; }
 
-// A Llama-shaped model whose blocks have chosen sizes (fp32 1-D params; execution dtype fp32 keeps the sizes). As a
-// "llama" model with rotary_dim 16, Accelerate also sees model.rotary_emb's two F32 buffers of 8 elements: 64 bytes.
-ModelDescription Synthetic(uint64_t embed, const std::vector<uint64_t>& layers, uint64_t norm, uint64_t head) {
-  ModelDescription m;
-  m.name = "synthetic";
-  m.architecture = "llama";
-  ModelConfig& c = m.config;
-  c.hidden_size = 64;
-  c.num_layers = static_cast<uint32_t>(layers.size());
-  c.num_heads = 4;
-  c.num_kv_heads = 4;
-  c.head_dim = 16;
-  c.intermediate_size = 128;
-  c.vocab_size = 100;
-  c.max_position_embeddings = 64;
-  c.rotary_dim = 16;
-  c.activation = "silu";
-  m.hf_config = nlohmann::json::object();
-  auto add = [&](std::string name, BlockKind kind, int layer, uint64_t bytes) {
-    BlockDesc b;
-    b.name = name;
-    b.kind = kind;
-    b.layer = layer;
-    b.prefix = name + ".";
-    b.params.push_back(TensorSpec{name + ".weight", {static_cast<int64_t>(bytes / 4)}, DType::kF32});
-    m.blocks.push_back(b);
-  };
-  add("model.embed_tokens", BlockKind::kEmbedding, -1, embed);
-  for (size_t i = 0; i < layers.size(); ++i) add("model.layers." + std::to_string(i), BlockKind::kDecoderLayer, i, layers[i]);
-  add("model.norm", BlockKind::kFinalNorm, -1, norm);
-  add("lm_head", BlockKind::kLmHead, -1, head);
-  Status st = m.Validate();
-  EXPECT_TRUE(st.ok()) << st.error().ToString();
-  return m;
-}
 
 MemoryBudget Budget(std::map<int, uint64_t> gpus, std::optional<uint64_t> cpu = std::nullopt) {
   MemoryBudget b;
@@ -88,7 +55,7 @@ std::vector<BlockPlacement> Place(const std::string& strategy, const PlacementRe
 }
 
 // embed 4000, 8 layers of 1000, norm 4, lm_head 4000 (+ 64 bytes of rotary buffers): total 16068 bytes.
-ModelDescription Small() { return Synthetic(4000, std::vector<uint64_t>(8, 1000), 4, 4000); }
+ModelDescription Small() { return SyntheticModel(4000, std::vector<uint64_t>(8, 1000), 4, 4000); }
 
 TEST(BalancedRegistryTest, RegisteredWithoutAnExplicitCall) {
   std::vector<std::string> names = ListPlacementStrategies();
@@ -193,7 +160,7 @@ TEST(BalancedTest, OneGpuIsSequential) {
 }
 
 TEST(BalancedTest, AccountsAgainstTheCallersBudget) {
-  ModelDescription m = Synthetic(400 * kMiB, std::vector<uint64_t>(8, 100 * kMiB), 4 * kMiB, 400 * kMiB);
+  ModelDescription m = SyntheticModel(400 * kMiB, std::vector<uint64_t>(8, 100 * kMiB), 4 * kMiB, 400 * kMiB);
   PlacementRequest r = Request(m, Budget({{0, 4 * kGiB}, {1, 4 * kGiB}}, 8 * kGiB), /*enforce=*/true);
   Result<Placement> p = PlaceModel("balanced", r);
   ASSERT_TRUE(p.ok()) << p.error().ToString();
@@ -257,7 +224,7 @@ TEST(BalancedTest, Llama2OnThreeGpus) {
 }
 
 TEST(BoundaryActivationBytesTest, CopiesWhereTheComputeDeviceChanges) {
-  ModelDescription m = Synthetic(4000, std::vector<uint64_t>(4, 1000), 4, 4000);  // 7 blocks
+  ModelDescription m = SyntheticModel(4000, std::vector<uint64_t>(4, 1000), 4, 4000);  // 7 blocks
   const RunShape run{2, 16};
   const uint64_t h32 = 2 * 16 * 64 * 4;
   // embed on 0, layers 0-1 on 0 (layer 1 streamed from cpu, computed on 0), layer 2 on 1, layer 3 from disk computed

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "planner/synthetic_model_testutil.h"
+
 #include "planner/hf_import.h"
 
 namespace bigplan {
@@ -19,43 +21,6 @@ constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 std::string Root() { return std::string(std::getenv("TEST_SRCDIR")) + "/bigplan/"; }
 
-// A Llama-shaped model whose blocks have chosen sizes (fp32 1-D params; execution dtype fp32 keeps the sizes).
-ModelDescription Synthetic(uint64_t embed, const std::vector<uint64_t>& layers, uint64_t norm, uint64_t head,
-                           bool tied = false) {
-  ModelDescription m;
-  m.name = "synthetic";
-  m.architecture = "llama";
-  ModelConfig& c = m.config;
-  c.hidden_size = 64;
-  c.num_layers = static_cast<uint32_t>(layers.size());
-  c.num_heads = 4;
-  c.num_kv_heads = 4;
-  c.head_dim = 16;
-  c.intermediate_size = 128;
-  c.vocab_size = 100;
-  c.max_position_embeddings = 64;
-  c.rotary_dim = 16;
-  c.activation = "silu";
-  c.tie_word_embeddings = tied;
-  m.hf_config = nlohmann::json::object();
-  auto add = [&](std::string name, BlockKind kind, int layer, uint64_t bytes) {
-    BlockDesc b;
-    b.name = name;
-    b.kind = kind;
-    b.layer = layer;
-    b.prefix = name + ".";
-    if (bytes > 0) b.params.push_back(TensorSpec{name + ".weight", {static_cast<int64_t>(bytes / 4)}, DType::kF32});
-    m.blocks.push_back(b);
-  };
-  add("model.embed_tokens", BlockKind::kEmbedding, -1, embed);
-  for (size_t i = 0; i < layers.size(); ++i) add("model.layers." + std::to_string(i), BlockKind::kDecoderLayer, i, layers[i]);
-  add("model.norm", BlockKind::kFinalNorm, -1, norm);
-  add("lm_head", BlockKind::kLmHead, -1, tied ? 0 : head);
-  if (tied) m.blocks.back().tied.push_back("model.embed_tokens.weight");
-  Status st = m.Validate();
-  EXPECT_TRUE(st.ok()) << st.error().ToString();
-  return m;
-}
 
 PlacementRequest Request(const ModelDescription& m, MemoryBudget budget) {
   PlacementRequest r;
@@ -117,7 +82,7 @@ TEST(PlacementRegistryTest, BuiltinsAndCustom) {
   ASSERT_TRUE(RegisterPlacementStrategy("first_gpu", [] { return std::make_unique<AllOnFirstGpu>(); }).ok());
   EXPECT_FALSE(RegisterPlacementStrategy("first_gpu", [] { return std::make_unique<AllOnFirstGpu>(); }).ok());
   EXPECT_FALSE(RegisterPlacementStrategy("", [] { return std::make_unique<AllOnFirstGpu>(); }).ok());
-  ModelDescription m = Synthetic(kMiB, {kMiB}, kMiB, kMiB);
+  ModelDescription m = SyntheticModel(kMiB, {kMiB}, kMiB, kMiB);
   Result<Placement> p = PlaceModel("first_gpu", Request(m, Budget({{3, 4 * kGiB}})));
   ASSERT_TRUE(p.ok()) << p.error().ToString();
   EXPECT_EQ(p->strategy, "first_gpu");
@@ -134,7 +99,7 @@ TEST(PlacementRegistryTest, BuiltinsAndCustom) {
 // (301 MiB) does not fit in 300 - 100 and is split, then "model.layers"; layer 2 goes to GPU 1, where the lm_head
 // also lands.
 TEST(SequentialTest, AccelerateDecisions) {
-  ModelDescription m = Synthetic(100 * kMiB, {50 * kMiB, 50 * kMiB, 50 * kMiB, 50 * kMiB}, kMiB, 100 * kMiB);
+  ModelDescription m = SyntheticModel(100 * kMiB, {50 * kMiB, 50 * kMiB, 50 * kMiB, 50 * kMiB}, kMiB, 100 * kMiB);
   PlacementRequest r = Request(m, Budget({{0, 300 * kMiB}, {1, 300 * kMiB}}, 200 * kMiB));
   r.options.enforce_budget = false;
   Result<Placement> p = PlaceModel("sequential", r);
@@ -164,7 +129,7 @@ TEST(SequentialTest, AccelerateDecisions) {
 
 TEST(SequentialTest, TiedHeadFollowsTheEmbedding) {
   // lm_head reads the embedding; Accelerate places it with the module that owns the tied weight.
-  ModelDescription m = Synthetic(100 * kMiB, {50 * kMiB, 50 * kMiB, 50 * kMiB}, kMiB, 0, /*tied=*/true);
+  ModelDescription m = SyntheticModel(100 * kMiB, {50 * kMiB, 50 * kMiB, 50 * kMiB}, kMiB, 0, /*tied=*/true);
   PlacementRequest r = Request(m, Budget({{0, 200 * kMiB}}, 150 * kMiB));
   r.options.enforce_budget = false;
   Result<Placement> p = PlaceModel("sequential", r);
@@ -174,7 +139,7 @@ TEST(SequentialTest, TiedHeadFollowsTheEmbedding) {
 }
 
 TEST(SequentialTest, EnforcedBudgetReportsTheShortDevice) {
-  ModelDescription m = Synthetic(100 * kMiB, {50 * kMiB, 50 * kMiB}, kMiB, 100 * kMiB);
+  ModelDescription m = SyntheticModel(100 * kMiB, {50 * kMiB, 50 * kMiB}, kMiB, 100 * kMiB);
   // Accelerate's weights-only budget fits everything on GPU 0, but bigplan also counts the reserve and more.
   PlacementRequest r = Request(m, Budget({{0, 400 * kMiB}}));
   Result<Placement> p = PlaceModel("sequential", r);
@@ -193,7 +158,7 @@ TEST(SequentialTest, EnforcedBudgetReportsTheShortDevice) {
 // ---- explicit and device maps ----
 
 TEST(ExplicitTest, ExpandsModuleKeys) {
-  ModelDescription m = Synthetic(kMiB, {kMiB, kMiB, kMiB}, kMiB, kMiB);
+  ModelDescription m = SyntheticModel(kMiB, {kMiB, kMiB, kMiB}, kMiB, kMiB);
   PlacementRequest r = Request(m, Budget({{0, 4 * kGiB}, {1, 4 * kGiB}}, 4 * kGiB));
   r.options.device_map = nlohmann::json::parse(
       R"({"model": 1, "model.embed_tokens": "cuda:0", "model.layers.2": "disk", "model.norm": "cpu",
@@ -212,7 +177,7 @@ TEST(ExplicitTest, ExpandsModuleKeys) {
 }
 
 TEST(ExplicitTest, Errors) {
-  ModelDescription m = Synthetic(kMiB, {kMiB, kMiB}, kMiB, kMiB);
+  ModelDescription m = SyntheticModel(kMiB, {kMiB, kMiB}, kMiB, kMiB);
   PlacementRequest r = Request(m, Budget({{0, 4 * kGiB}}, 4 * kGiB));
   struct Case {
     const char* map;
@@ -240,7 +205,7 @@ TEST(ExplicitTest, Errors) {
 // ---- auto ----
 
 TEST(AutoTest, EverythingResidentWhenItFits) {
-  ModelDescription m = Synthetic(100 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 100 * kMiB);
+  ModelDescription m = SyntheticModel(100 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 100 * kMiB);
   PlacementRequest r = Request(m, {});
   r.budget = Budget({{0, Overhead(r, 0, m.blocks.size()) + 601 * kMiB}});
   Result<Placement> p = PlaceModel("auto", r);
@@ -251,7 +216,7 @@ TEST(AutoTest, EverythingResidentWhenItFits) {
 }
 
 TEST(AutoTest, MaximizesResidentBytesAndSpreadsStreamedBlocks) {
-  ModelDescription m = Synthetic(100 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 100 * kMiB);
+  ModelDescription m = SyntheticModel(100 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 100 * kMiB);
   PlacementRequest r = Request(m, {});
   // 400 MiB for weights and staging. Streaming a 100 MiB block would cost 2 x 100 MiB of staging (prefetch depth
   // 1), leaving 200 resident; streaming only layers and the norm costs 2 x 50, leaving 300 resident: the embedding,
@@ -285,7 +250,7 @@ TEST(AutoTest, OptimalAgainstBruteForce) {
     const size_t n_layers = 2 + rng() % 5;
     std::vector<uint64_t> layers(n_layers, sizes[2 + rng() % 5] * kMiB);
     if (rng() % 3 == 0) layers[rng() % n_layers] = sizes[rng() % 7] * kMiB;
-    ModelDescription m = Synthetic(sizes[1 + rng() % 6] * kMiB, layers, sizes[rng() % 3] * kMiB, sizes[1 + rng() % 6] * kMiB);
+    ModelDescription m = SyntheticModel(sizes[1 + rng() % 6] * kMiB, layers, sizes[rng() % 3] * kMiB, sizes[1 + rng() % 6] * kMiB);
     const size_t n = m.blocks.size();
     const int n_gpus = 1 + trial % 2;
     PlacementRequest r = Request(m, {});
@@ -330,7 +295,7 @@ TEST(AutoTest, OptimalAgainstBruteForce) {
 }
 
 TEST(AutoTest, BalancesAcrossGpus) {
-  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 10 * kMiB);
+  ModelDescription m = SyntheticModel(10 * kMiB, std::vector<uint64_t>(8, 50 * kMiB), kMiB, 10 * kMiB);
   PlacementRequest r = Request(m, Budget({{0, 2 * kGiB}, {1, 2 * kGiB}}));
   Result<Placement> p = PlaceModel("auto", r);
   ASSERT_TRUE(p.ok()) << p.error().ToString();
@@ -340,7 +305,7 @@ TEST(AutoTest, BalancesAcrossGpus) {
 }
 
 TEST(AutoTest, CpuBeforeDisk) {
-  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(6, 50 * kMiB), kMiB, 10 * kMiB);
+  ModelDescription m = SyntheticModel(10 * kMiB, std::vector<uint64_t>(6, 50 * kMiB), kMiB, 10 * kMiB);
   PlacementRequest r = Request(m, {});
   // The GPU holds only the staging (2 x 50) plus 21 MiB: the embedding, the norm and the lm_head.
   // The cpu holds 200 MiB: with disk staging of 2 x 50 MiB pinned too, two layers fit in the CPU tier.
@@ -366,7 +331,7 @@ TEST(AutoTest, CpuBeforeDisk) {
 }
 
 TEST(AutoTest, InfeasibleNamesTheDevice) {
-  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(4, 50 * kMiB), kMiB, 10 * kMiB);
+  ModelDescription m = SyntheticModel(10 * kMiB, std::vector<uint64_t>(4, 50 * kMiB), kMiB, 10 * kMiB);
   PlacementRequest r = Request(m, Budget({{0, 200 * kMiB}}, 4 * kGiB));
   Result<Placement> p = PlaceModel("auto", r);
   ASSERT_FALSE(p.ok());
@@ -385,7 +350,7 @@ TEST(AutoTest, InfeasibleNamesTheDevice) {
 }
 
 TEST(AutoTest, CpuOnly) {
-  ModelDescription m = Synthetic(10 * kMiB, std::vector<uint64_t>(4, 50 * kMiB), kMiB, 10 * kMiB);
+  ModelDescription m = SyntheticModel(10 * kMiB, std::vector<uint64_t>(4, 50 * kMiB), kMiB, 10 * kMiB);
   PlacementRequest r = Request(m, Budget({}, 4 * kGiB));
   Result<Placement> p = PlaceModel("auto", r);
   ASSERT_TRUE(p.ok()) << p.error().ToString();
@@ -398,7 +363,7 @@ TEST(AutoTest, CpuOnly) {
 }
 
 TEST(AutoTest, RequestChecks) {
-  ModelDescription m = Synthetic(kMiB, {kMiB}, kMiB, kMiB);
+  ModelDescription m = SyntheticModel(kMiB, {kMiB}, kMiB, kMiB);
   PlacementRequest r = Request(m, Budget({}));
   EXPECT_FALSE(PlaceModel("auto", r).ok());  // nothing to compute on
   r.budget = Budget({{0, kGiB}});

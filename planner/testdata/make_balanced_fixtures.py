@@ -22,10 +22,10 @@ import logging
 import os
 import warnings
 
-import torch
-from accelerate import init_empty_weights
 from accelerate.utils import compute_module_sizes, get_balanced_memory, infer_auto_device_map
-from transformers import AutoConfig, AutoModelForCausalLM
+
+# The meta-device model builder and dtype table shared with the sequential fixtures (same directory).
+from make_accelerate_fixtures import TORCH_DTYPES, build
 
 MODELS = [
     # (model directory, exec dtype)
@@ -50,17 +50,6 @@ BUDGETS = [
 ]
 
 MODES = ["balanced", "balanced_low_0"]
-
-TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
-
-
-def build(root, model_dir, dtype):
-    config = AutoConfig.from_pretrained(os.path.join(root, model_dir))
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[dtype])
-    model.tie_weights()
-    return model
-
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
