@@ -521,8 +521,10 @@ Result<ModelDescription> ImportHfConfigText(std::string_view config_json, const 
   return ImportHfConfig(j, options, source);
 }
 
-Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, const Checkpoint* checkpoint, std::string name) {
+Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, const Checkpoint* checkpoint, std::string name,
+                                            std::string* config_text) {
   BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+  if (config_text != nullptr) *config_text = text;
   std::vector<TensorSpec> tensors;
   HfImportOptions options;
   options.name = std::move(name);
@@ -605,11 +607,12 @@ std::string TensorListToJson(const std::vector<TensorSpec>& tensors) {
   return out + "]\n";
 }
 
-Result<ModelDescription> ImportExample(const std::string& dir) {
+Result<ModelDescription> ImportExample(const std::string& dir, std::string* config_text) {
   const fs::path d(dir);
   std::string name = d.lexically_normal().filename().string();
   if (name.empty()) name = d.lexically_normal().parent_path().filename().string();
   BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile((d / "config.json").string()));
+  if (config_text != nullptr) *config_text = text;
   HfImportOptions options;
   options.name = name;
   std::vector<TensorSpec> tensors;

@@ -36,9 +36,10 @@ Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfIm
 // Same, from config.json text.
 Result<ModelDescription> ImportHfConfigText(std::string_view config_json, const HfImportOptions& options = {},
                                             const std::string& source = "config.json");
-// From a config.json file, with dtypes and naming taken from `checkpoint` when given (nullptr: none).
+// From a config.json file, with dtypes and naming taken from `checkpoint` when given (nullptr: none). With
+// `config_text`, also returns the exact bytes that were parsed (so callers can fingerprint them without a re-read).
 Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, const Checkpoint* checkpoint = nullptr,
-                                            std::string name = "");
+                                            std::string name = "", std::string* config_text = nullptr);
 // From a Hugging Face model directory: DIR/config.json, and the checkpoint in DIR if it has *.safetensors
 // (opened with Checkpoint::Open).
 Result<ModelDescription> ImportHfDirectory(const std::string& dir);
@@ -52,8 +53,8 @@ Result<std::vector<TensorSpec>> ParseTensorList(std::string_view json, const std
 std::string TensorListToJson(const std::vector<TensorSpec>& tensors);
 
 // A bundled example (planner/examples/NAME): DIR/config.json plus DIR/tensors.json when present (else the tensor
-// list is synthesized from the config). The name is the directory's base name.
-Result<ModelDescription> ImportExample(const std::string& dir);
+// list is synthesized from the config). The name is the directory's base name. `config_text` as ImportHfConfigFile.
+Result<ModelDescription> ImportExample(const std::string& dir, std::string* config_text = nullptr);
 
 // The tensor list a checkpoint saved by transformers (save_pretrained) holds for this description: every owned
 // param. (Tied params are owned once, so they are saved once, as transformers does.)

@@ -94,23 +94,23 @@ Result<ResolvedModel> ResolveModel(const PlanRequest& request) {
     const std::string& dir = request.model_dir;
     if (!fs::is_directory(dir)) return MakeError(ErrorCode::kNotFound, dir + ": no such model directory");
     if (out.checkpoint_path.empty() && HasSafetensors(dir)) out.checkpoint_path = dir;
+    std::string config_text;  // the config.json bytes the description was imported from
     if (!out.checkpoint_path.empty()) {
       // The description's dtypes and tensor naming come from the checkpoint.
       BIGPLAN_ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::Open(out.checkpoint_path));
       out.checkpoint = std::move(ckpt);
       BIGPLAN_ASSIGN_OR_RETURN(
-          out.model, ImportHfConfigFile((fs::path(dir) / "config.json").string(), &*out.checkpoint, ModelName(dir)));
+          out.model,
+          ImportHfConfigFile((fs::path(dir) / "config.json").string(), &*out.checkpoint, ModelName(dir), &config_text));
     } else {
       // No weights: config.json, plus tensors.json when present (the bundled examples).
-      BIGPLAN_ASSIGN_OR_RETURN(out.model, ImportExample(dir));
+      BIGPLAN_ASSIGN_OR_RETURN(out.model, ImportExample(dir, &config_text));
     }
     if (out.checkpoint_path.empty()) BIGPLAN_RETURN_IF_ERROR(ReadIndexShards(dir, &out));
     // The executor compares this with the config.json next to the shards it loads, so record it only when that is
     // the file the hyperparameters came from.
-    if (!out.checkpoint || SameDirectory(out.checkpoint->directory(), dir)) {
-      BIGPLAN_ASSIGN_OR_RETURN(std::vector<uint8_t> config, ReadFileBytes((fs::path(dir) / "config.json").string()));
-      out.config_sha256 = Sha256Hex(config.data(), config.size());
-    }
+    if (!out.checkpoint || SameDirectory(out.checkpoint->directory(), dir))
+      out.config_sha256 = Sha256Hex(config_text.data(), config_text.size());
   }
   if (!out.checkpoint_path.empty() && !out.checkpoint) {
     BIGPLAN_ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::Open(out.checkpoint_path));
