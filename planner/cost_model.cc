@@ -96,54 +96,118 @@ double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
   return source == schema::Tier::Gpu ? 0.0 : us;
 }
 
+double UnitCopyMicros(uint64_t bytes, const DeviceProfile& p) {
+  return static_cast<double>(bytes) / (p.h2d_gbps * 1e9) * 1e6;
+}
+
+double UnitReadMicros(uint64_t file_bytes, const DeviceProfile& p) {
+  return static_cast<double>(file_bytes) / (p.disk_gbps * 1e9) * 1e6;
+}
+
 ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& compute_us,
-                                  const std::vector<double>& copy_us, const std::vector<int32_t>& devices,
+                                  const std::vector<int32_t>& devices, const DeviceProfile& profile,
                                   const std::vector<double>& host_us) {
   ForwardPrediction f;
   const size_t n = s.steps.size();
   f.step_start.assign(n, 0);
   f.step_end.assign(n, 0);
-  f.copy_start.assign(s.copies.size(), 0);
-  f.copy_end.assign(s.copies.size(), 0);
-  std::map<int32_t, double> stream_free;  // copy stream of each destination device
-  std::vector<bool> dependency_held(s.copies.size(), false);  // the stream idled before it, waiting on a dependency
-  double prev_end = 0;
-  double host_free = 0;  // when the host thread finished dispatching the previous step
-  for (size_t i = 0; i < n; ++i) {
-    const double host = host_us.empty() ? 0.0 : host_us[i];
-    for (uint32_t ci : s.steps[i].copies) {
-      const ScheduledCopy& c = s.copies[ci];
-      double& free_at = stream_free[devices[c.block]];
+  // Per device stream: units of each block, copy and read progress.
+  struct StreamState {
+    const DeviceStreamPlan* plan = nullptr;
+    std::vector<double> copy_end, read_end, release;
+    size_t next_copy = 0;
+    double copy_free = 0, disk_free = 0;
+    size_t first_unit = 0;  // index of the stream's first unit in f.copy_start
+  };
+  std::map<int32_t, StreamState> streams;
+  std::map<uint32_t, std::vector<size_t>> units_of_block;  // block -> unit indices in its device's stream
+  size_t total_units = 0;
+  for (const DeviceStreamPlan& st : s.streams) {
+    StreamState& ss = streams[st.device];
+    ss.plan = &st;
+    ss.copy_end.assign(st.units.size(), 0);
+    ss.read_end.assign(st.units.size(), 0);
+    ss.release.assign(st.units.size(), 0);
+    ss.first_unit = total_units;
+    total_units += st.units.size();
+    for (size_t u = 0; u < st.units.size(); ++u) units_of_block[st.units[u].block].push_back(u);
+  }
+  f.copy_start.assign(total_units, 0);
+  f.copy_end.assign(total_units, 0);
+  // Copies run in unit order on the device's copy stream; a unit waits for its wait_unit's release (this pass, an
+  // earlier unit; later units name the previous pass, over by now) and, from disk, for its read, which waits for
+  // the H2D copy of the unit whose disk slot it reuses.
+  auto ensure_copied = [&](StreamState& ss, size_t upto) {
+    const DeviceStreamPlan& st = *ss.plan;
+    while (ss.next_copy <= upto && ss.next_copy < st.units.size()) {
+      const size_t u = ss.next_copy++;
+      const StreamUnitPlan& un = st.units[u];
       double ready = 0;
-      for (uint32_t w : c.wait_compute_steps) ready = std::max(ready, f.step_end[w]);
-      for (uint32_t b : c.wait_copy_blocks) {
-        const int32_t other = s.copy_of_block[b];
-        if (other >= 0) ready = std::max(ready, f.copy_end[other]);
+      if (un.wait_unit >= 0 && static_cast<size_t>(un.wait_unit) < u) ready = ss.release[un.wait_unit];
+      if (un.source == Tier::kDisk) {
+        double slot_free = 0;
+        if (un.disk_wait_unit >= 0 && static_cast<size_t>(un.disk_wait_unit) < u)
+          slot_free = ss.copy_end[un.disk_wait_unit];
+        const double read_start = std::max(ss.disk_free, slot_free);
+        ss.read_end[u] = read_start + UnitReadMicros(un.file_bytes, profile);
+        ss.disk_free = ss.read_end[u];
+        ready = std::max(ready, ss.read_end[u]);
       }
-      const double start = std::max(free_at, ready);
-      dependency_held[ci] = ready > free_at;
-      f.copy_start[ci] = start;
-      f.copy_end[ci] = start + copy_us[ci];
-      free_at = f.copy_end[ci];
-      f.copy_us += copy_us[ci];
+      const double start = std::max(ss.copy_free, ready);
+      const double us = UnitCopyMicros(un.bytes, profile);
+      ss.copy_end[u] = start + us;
+      ss.copy_free = ss.copy_end[u];
+      f.copy_start[ss.first_unit + u] = start;
+      f.copy_end[ss.first_unit + u] = ss.copy_end[u];
+      f.copy_us += us;
     }
+  };
+  double prev_end = 0;
+  double host_free = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t block = s.steps[i].block;
+    const double host = host_us.empty() ? 0.0 : host_us[i];
+    host_free += host;
     double start = prev_end;
-    const int32_t ci = s.copy_of_block[s.steps[i].block];
-    if (ci >= 0) {
-      if (f.copy_end[ci] > prev_end) {
-        f.compute_stall_us += f.copy_end[ci] - prev_end;
-        start = f.copy_end[ci];
-        if (dependency_held[ci]) {
-          if (s.copies[ci].source == schema::Tier::Disk) ++f.held_disk_copies;
-          else ++f.held_cpu_copies;
+    double t = 0;
+    auto it = streams.find(devices[block]);
+    auto ub = units_of_block.find(block);
+    if (it != streams.end() && ub != units_of_block.end()) {
+      StreamState& ss = it->second;
+      const DeviceStreamPlan& st = *ss.plan;
+      uint64_t chunk_bytes = 0;
+      for (size_t u : ub->second) {
+        if (st.units[u].whole) {
+          ensure_copied(ss, u);
+          start = std::max(start, ss.copy_end[u]);
+        } else {
+          chunk_bytes += st.units[u].bytes;
         }
       }
+      const double total = compute_us[i];
+      // A block with chunks runs half of its compute first, the other half spread over its chunks by bytes.
+      const double chunk_share = chunk_bytes > 0 ? 0.5 : 0.0;
+      t = start + total * (1.0 - chunk_share);
+      for (size_t u : ub->second) {
+        if (st.units[u].whole) continue;
+        ensure_copied(ss, u);
+        const double ready = ss.copy_end[u];
+        if (ready > t) f.compute_stall_us += ready - t;
+        t = std::max(t, ready) +
+            total * chunk_share * static_cast<double>(st.units[u].bytes) / static_cast<double>(chunk_bytes);
+        ss.release[u] = t;
+      }
+      if (start > prev_end) f.compute_stall_us += start - prev_end;
+    } else {
+      t = start + compute_us[i];
     }
-    // The step cannot end before the host has dispatched its last op. (Its start needs no host term: the host began
-    // dispatching it when it finished the previous step's ops, and the previous step ended no earlier.)
-    host_free += host;
     f.step_start[i] = start;
-    f.step_end[i] = std::max(start + compute_us[i], host_free);
+    f.step_end[i] = std::max(t, host_free);
+    if (it != streams.end() && ub != units_of_block.end()) {
+      StreamState& ss = it->second;
+      for (size_t u : ub->second)
+        if (ss.plan->units[u].whole) ss.release[u] = f.step_end[i];
+    }
     f.compute_us += f.step_end[i] - start;
     f.host_us += host;
     prev_end = f.step_end[i];
@@ -152,11 +216,16 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
   return f;
 }
 
-double CopyFloorMicros(const Schedule& s, const std::vector<double>& copy_us, const std::vector<int32_t>& devices) {
-  std::map<int32_t, double> per_device;
-  for (size_t i = 0; i < s.copies.size(); ++i) per_device[devices[s.copies[i].block]] += copy_us[i];
+double CopyFloorMicros(const Schedule& s, const DeviceProfile& profile) {
   double floor = 0;
-  for (const auto& [device, us] : per_device) floor = std::max(floor, us);
+  for (const DeviceStreamPlan& st : s.streams) {
+    double h2d = 0, disk = 0;
+    for (const StreamUnitPlan& u : st.units) {
+      h2d += UnitCopyMicros(u.bytes, profile);
+      if (u.source == Tier::kDisk) disk += UnitReadMicros(u.file_bytes, profile);
+    }
+    floor = std::max({floor, h2d, disk});
+  }
   return floor;
 }
 

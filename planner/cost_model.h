@@ -67,12 +67,7 @@
 //     ended, and every block in wait_copy_blocks has finished its copy; the host issues asynchronously, so the issue
 //     step itself adds no delay (the waits carry the memory-reuse constraints).
 //
-// Prefetch depth (ChoosePrefetchDepths in planner/planner.h uses these): a copy is "held" when its copy stream was
-// idle before it because of a dependency (not because nothing was issued) AND the compute of its block then waited
-// for it. The planner picks, per tier, the smallest depth >= 1 at which the decode forward has no held copy of that
-// tier; depth grows only while the schedule's memory still fits the budgets (staging memory caps it), and stops at
-// the number of streamed blocks of that tier. Idle copy time that does not delay compute (compute-bound stretches)
-// cannot be removed by deeper prefetching and is not counted.
+// Streams: see SimulateForward below and planner/streaming.h.
 #pragma once
 
 #include <cstdint>
@@ -83,6 +78,7 @@
 #include "planner/device_profile.h"
 #include "planner/model_desc.h"
 #include "planner/schedule.h"
+#include "planner/streaming.h"
 
 namespace bigplan {
 
@@ -141,31 +137,36 @@ double GraphDecodeMicros(const BlockCost& cost, const BlockWork& work);
 // Host time to dispatch a GPU block's ops: kernels x kHostOpMicros.
 double HostDispatchMicros(const BlockWork& work);
 
-// Copy time of `bytes` of a streamed block from `source` (Cpu or Disk) to `device`.
+// Copy time of `bytes` of a streamed block from `source` (Cpu or Disk) to `device`: B / h2d (+ B / disk for Disk).
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& profile);
+// A stream unit's H2D copy (bytes / h2d_gbps) and its disk read (file bytes / disk_gbps).
+double UnitCopyMicros(uint64_t bytes, const DeviceProfile& profile);
+double UnitReadMicros(uint64_t file_bytes, const DeviceProfile& profile);
 
 struct ForwardPrediction {
   double total_us = 0;            // end of the last step's compute
   double compute_us = 0;          // sum of the steps' durations (start to end)
   double host_us = 0;             // sum of host dispatch times (0 without per-step host times)
-  double copy_us = 0;             // sum of copy times
-  double compute_stall_us = 0;    // time compute streams waited for copies
+  double copy_us = 0;             // sum of H2D copy times
+  double compute_stall_us = 0;    // time compute waited for copies
   std::vector<double> step_start, step_end;  // per step
-  std::vector<double> copy_start, copy_end;  // per copy (Schedule::copies order)
-  uint32_t held_cpu_copies = 0;   // held copies (see the header comment) per tier
-  uint32_t held_disk_copies = 0;
+  std::vector<double> copy_start, copy_end;  // per stream unit (streams in order, units in order)
 };
 
-// Replays `schedule` with the given per-step compute times and per-copy copy times. `devices` = each block's compute
-// device (parallel to the steps), to pick the copy stream of each copy. `host_us`: per-step host dispatch times
-// (parallel to the steps; empty = already folded into compute_us, see the header comment).
+// Replays `schedule` with the given per-step compute times (see the header comment for the stream model):
+//   * steps run in order; a step starts when the previous one ended and its block's whole units are copied;
+//   * each device's copy stream copies its units in order, each once its wait_unit was released (a chunk is
+//     released when the compute share it feeds ends, a whole unit when its step ends) and, for disk units, once
+//     its read finished; reads run in order on the disk, each once the H2D copy of the unit whose disk slot it
+//     reuses finished;
+//   * a block with chunks runs half of its compute before its chunks and spreads the other half over them by bytes.
+// `devices`: each block's compute device. `host_us`: per-step host dispatch times (empty = folded into compute_us).
 ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<double>& compute_us,
-                                  const std::vector<double>& copy_us, const std::vector<int32_t>& devices,
+                                  const std::vector<int32_t>& devices, const DeviceProfile& profile,
                                   const std::vector<double>& host_us = {});
 
-// The lower bound for the streamed part of a forward: the largest, over destination devices, of the summed copy
-// times of the copies to that device.
-double CopyFloorMicros(const Schedule& schedule, const std::vector<double>& copy_us,
-                       const std::vector<int32_t>& devices);
+// The lower bound for the streamed part of a forward: over devices, the larger of the summed H2D copy times and
+// the summed disk read times of its units.
+double CopyFloorMicros(const Schedule& schedule, const DeviceProfile& profile);
 
 }  // namespace bigplan

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "planner/placement_strategies.h"
 #include "support/units.h"
@@ -30,13 +31,97 @@ std::string GpuName(int ordinal) { return "cuda:" + std::to_string(ordinal); }
 
 }  // namespace
 
-const char* TierName(Tier tier) {
-  switch (tier) {
-    case Tier::kGpu: return "gpu";
-    case Tier::kCpu: return "cpu";
-    case Tier::kDisk: return "disk";
+std::vector<Tier> WeightTiersOf(const BlockPlacement& p, size_t n_weights) {
+  if (p.weight_tiers.size() == n_weights) return p.weight_tiers;
+  return std::vector<Tier>(n_weights, p.tier);
+}
+
+TieredLayout LayoutByTier(const BlockWeightLayout& layout, const std::vector<Tier>& tiers) {
+  TieredLayout t;
+  t.offset.assign(layout.weights.size(), 0);
+  for (size_t w = 0; w < layout.weights.size(); ++w) {
+    const Tier tier = w < tiers.size() ? tiers[w] : Tier::kGpu;
+    if (tier == Tier::kDisk) continue;
+    uint64_t& end = tier == Tier::kGpu ? t.resident_bytes : t.host_bytes;
+    t.offset[w] = end;
+    end = AlignUp(end + layout.weights[w].size_bytes);
   }
-  return "invalid";
+  return t;
+}
+
+Tier SlowestTier(const std::vector<Tier>& tiers) {
+  Tier slowest = Tier::kGpu;
+  for (Tier t : tiers) slowest = static_cast<uint8_t>(t) > static_cast<uint8_t>(slowest) ? t : slowest;
+  return slowest;
+}
+
+namespace {
+
+// The order in which the kernels consume a block's matrices (executor/kernels_*.cc), for row-chunked streaming:
+// attention input projections, attention output, MLP input projections, MLP output; embeddings and heads alone.
+uint32_t ConsumptionRank(const std::string& name) {
+  auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+  if (has("q_proj") || has("qkv_proj") || has("c_attn")) return 0;
+  if (has("k_proj")) return 1;
+  if (has("v_proj")) return 2;
+  if (has("o_proj") || has("out_proj") || has("attn.c_proj")) return 3;
+  if (has("gate_proj") || has("gate_up_proj") || has("fc_in") || has("c_fc") || has(".w1.")) return 4;
+  if (has("up_proj") || has(".w3.")) return 5;
+  if (has("down_proj") || has("fc_out") || has("mlp.c_proj") || has(".w2.")) return 6;
+  return 7;
+}
+
+}  // namespace
+
+std::vector<StreamWeight> StreamWeightsFor(const ModelDescription& model, const std::vector<BlockPlacement>& blocks,
+                                           DType exec_dtype, int32_t device) {
+  std::vector<StreamWeight> out;
+  for (size_t i = 0; i < model.blocks.size() && i < blocks.size(); ++i) {
+    if (blocks[i].device != device) continue;
+    const BlockWeightLayout layout = LayoutBlockWeights(model, i, exec_dtype);
+    const std::vector<Tier> tiers = WeightTiersOf(blocks[i], layout.weights.size());
+    for (size_t w = 0; w < layout.weights.size(); ++w) {
+      const WeightSlot& ws = layout.weights[w];
+      if (tiers[w] == Tier::kGpu || (device < 0 && tiers[w] == Tier::kCpu) || ws.size_bytes == 0) continue;
+      StreamWeight sw;
+      sw.block = static_cast<uint32_t>(i);
+      sw.weight = static_cast<uint32_t>(w);
+      sw.source = tiers[w];
+      sw.bytes = ws.size_bytes;
+      sw.rows = ws.shape.empty() ? 1 : std::max<int64_t>(1, ws.shape[0]);
+      sw.row_bytes = ws.size_bytes / static_cast<uint64_t>(sw.rows);
+      sw.chunkable = ws.shape.size() >= 2 && sw.rows > 1;
+      sw.order = ConsumptionRank(ws.tensor);
+      int64_t numel = 1;
+      for (int64_t d : ws.shape) numel *= d;
+      sw.file_bytes = static_cast<uint64_t>(numel) * DTypeBytes(ws.src_dtype);
+      sw.file_row_bytes = sw.file_bytes / static_cast<uint64_t>(sw.rows);
+      sw.cast = ws.src_dtype != ws.dtype;
+      out.push_back(sw);
+    }
+  }
+  return out;
+}
+
+uint64_t DefaultRingBytes(const std::vector<StreamWeight>& weights, uint32_t prefetch_depth) {
+  std::map<uint32_t, uint64_t> per_block;
+  for (const StreamWeight& w : weights) per_block[w.block] += AlignUp(w.bytes);
+  uint64_t largest = 0;
+  for (const auto& [b, bytes] : per_block) largest = std::max(largest, bytes);
+  return StagingBufferCount(per_block.size(), std::max<uint32_t>(1, prefetch_depth)) * largest;
+}
+
+uint64_t DiskRingBytes(const std::vector<StreamWeight>& weights, int32_t device) {
+  if (device < 0) return 0;
+  uint64_t slot = 0;
+  for (const StreamWeight& w : weights) {
+    if (w.source != Tier::kDisk) continue;
+    const uint64_t s = w.cast ? (std::max(w.bytes, w.file_bytes) + kDiskSlotAlignment - 1) / kDiskSlotAlignment * kDiskSlotAlignment
+                              : (w.file_bytes + kDiskSlotAlignment - 1) / kDiskSlotAlignment * kDiskSlotAlignment +
+                                    kDiskSlotAlignment;
+    slot = std::max(slot, s);
+  }
+  return slot * StreamOptions{}.disk_slots;
 }
 
 Status RegisterPlacementStrategy(const std::string& name, PlacementStrategyFactory factory) {
@@ -81,22 +166,20 @@ Result<Placement> PlaceModel(std::string_view strategy, const PlacementRequest& 
 }
 
 Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& request,
-                                                    const std::vector<BlockPlacement>& blocks) {
+                                                    const std::vector<BlockPlacement>& blocks,
+                                                    const std::map<int32_t, uint64_t>& ring_bytes) {
   const ModelDescription& model = *request.model;
   if (blocks.size() != model.blocks.size()) {
     return MakeError(ErrorCode::kInternal, "placement has " + std::to_string(blocks.size()) + " blocks, model " +
                                                std::to_string(model.blocks.size()));
   }
-  const std::vector<uint64_t> bytes = AllBlockWeightBytes(model, request.exec_dtype);
   const uint64_t kv = KvCacheBytesPerLayer(model.config, request.run, request.exec_dtype);
-  const uint32_t depth = request.options.prefetch_depth;
-
   struct Compute {
     std::vector<size_t> blocks;
-    uint64_t resident = 0, kv = 0, streamed = 0, largest_streamed = 0;
+    uint64_t resident = 0, kv = 0;
   };
   std::map<int32_t, Compute> per_device;
-  uint64_t cpu_tier = 0, disk_tier = 0, disk_count = 0, largest_disk = 0;
+  uint64_t cpu_tier = 0, disk_tier = 0;
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockPlacement& p = blocks[i];
     if (p.device >= 0 && !request.budget.gpus.count(p.device)) {
@@ -109,21 +192,20 @@ Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& requ
     Compute& c = per_device[p.device];
     c.blocks.push_back(i);
     if (model.blocks[i].kind == BlockKind::kDecoderLayer) c.kv += kv;
-    if (p.tier == Tier::kGpu) {
-      c.resident += bytes[i];
-    } else {
-      ++c.streamed;
-      c.largest_streamed = std::max(c.largest_streamed, bytes[i]);
-      if (p.tier == Tier::kCpu) {
-        cpu_tier += bytes[i];
-      } else {
-        disk_tier += bytes[i];
-        ++disk_count;
-        largest_disk = std::max(largest_disk, bytes[i]);
-      }
+    const BlockWeightLayout layout = LayoutBlockWeights(model, i, request.exec_dtype);
+    const std::vector<Tier> tiers = WeightTiersOf(p, layout.weights.size());
+    for (size_t w = 0; w < layout.weights.size(); ++w) {
+      const uint64_t bytes = AlignUp(layout.weights[w].size_bytes);
+      if (tiers[w] == Tier::kGpu) c.resident += bytes;
+      if (tiers[w] == Tier::kCpu) cpu_tier += bytes;
+      if (tiers[w] == Tier::kDisk) disk_tier += bytes;
     }
   }
-
+  auto ring_of = [&](int32_t device, const std::vector<StreamWeight>& weights) {
+    auto it = ring_bytes.find(device);
+    return it != ring_bytes.end() ? it->second : DefaultRingBytes(weights, request.options.prefetch_depth);
+  };
+  uint64_t disk_rings = 0;
   std::vector<DeviceAccount> out;
   for (const auto& [ordinal, budget] : request.budget.gpus) {
     DeviceAccount a;
@@ -132,11 +214,13 @@ Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& requ
     auto it = per_device.find(ordinal);
     if (it != per_device.end()) {
       const Compute& c = it->second;
+      const std::vector<StreamWeight> streamed = StreamWeightsFor(model, blocks, request.exec_dtype, ordinal);
       a.resident_weights = c.resident;
-      a.staging = StagingBufferCount(c.streamed, depth) * c.largest_streamed;
+      a.staging = streamed.empty() ? 0 : ring_of(ordinal, streamed);
       a.kv_cache = c.kv;
       a.activations = EstimateActivations(model, request.run, request.exec_dtype, c.blocks).total;
       a.workspace_reserve = GpuWorkspaceReserveBytes();
+      disk_rings += DiskRingBytes(streamed, ordinal);
     }
     a.total = a.resident_weights + a.staging + a.kv_cache + a.activations + a.workspace_reserve;
     out.push_back(a);
@@ -145,11 +229,12 @@ Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& requ
   cpu.device = "cpu";
   cpu.budget = request.budget.cpu.value_or(0);
   cpu.resident_weights = cpu_tier;
-  cpu.staging = StagingBufferCount(disk_count, depth) * largest_disk;
+  cpu.staging = disk_rings;
   if (auto it = per_device.find(-1); it != per_device.end()) {
     const Compute& c = it->second;
+    const std::vector<StreamWeight> streamed = StreamWeightsFor(model, blocks, request.exec_dtype, -1);
     cpu.resident_weights += c.resident;
-    cpu.staging += StagingBufferCount(c.streamed, depth) * c.largest_streamed;
+    cpu.staging += streamed.empty() ? 0 : ring_of(-1, streamed);
     cpu.kv_cache = c.kv;
     cpu.activations = EstimateActivations(model, request.run, request.exec_dtype, c.blocks).total;
   }
@@ -176,12 +261,23 @@ Status CheckFits(const std::vector<DeviceAccount>& usage) {
 }
 
 Result<Placement> FinishPlacement(const PlacementRequest& request, std::string strategy,
-                                  std::vector<BlockPlacement> blocks) {
+                                  std::vector<BlockPlacement> blocks, std::map<int32_t, uint64_t> ring_bytes,
+                                  std::map<int32_t, uint64_t> chunk_bytes) {
   BIGPLAN_RETURN_IF_ERROR(placement_internal::CheckRequest(request));
   Placement p;
   p.strategy = std::move(strategy);
   p.block_weight_bytes = AllBlockWeightBytes(*request.model, request.exec_dtype);
-  BIGPLAN_ASSIGN_OR_RETURN(p.usage, AccountPlacement(request, blocks));
+  // Rings of the devices that stream (given, or the block-granular default) and their chunk sizes.
+  std::set<int32_t> devices;
+  for (const BlockPlacement& b : blocks) devices.insert(b.device);
+  for (int32_t d : devices) {
+    const std::vector<StreamWeight> streamed = StreamWeightsFor(*request.model, blocks, request.exec_dtype, d);
+    if (streamed.empty()) continue;
+    if (!ring_bytes.count(d)) ring_bytes[d] = DefaultRingBytes(streamed, request.options.prefetch_depth);
+  }
+  p.ring_bytes = ring_bytes;
+  p.chunk_bytes = std::move(chunk_bytes);
+  BIGPLAN_ASSIGN_OR_RETURN(p.usage, AccountPlacement(request, blocks, ring_bytes));
   p.blocks = std::move(blocks);
   if (request.options.enforce_budget) {
     Status fits = CheckFits(p.usage);

@@ -39,6 +39,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -50,23 +51,38 @@
 #include "planner/accounting.h"
 #include "planner/budget.h"
 #include "planner/model_desc.h"
+#include "planner/streaming.h"
+#include "planner/tier.h"
 #include "support/result.h"
 
 namespace bigplan {
 
-// Where a block's weights rest between forward passes. Values match schema::Tier.
-enum class Tier : uint8_t {
-  kGpu = 0,   // resident in the compute device's arena (host arena when device == -1)
-  kCpu = 1,   // pinned host pool, streamed to a staging buffer on the compute device before use
-  kDisk = 2,  // the checkpoint shard (mmap) -> pinned disk staging -> staging buffer on the compute device
-};
-const char* TierName(Tier tier);  // "gpu", "cpu", "disk"
-
 struct BlockPlacement {
   int32_t device = -1;  // compute device: CUDA ordinal, or -1 for the CPU (only when no GPU is budgeted)
+  // The block's tier: with weight_tiers, the slowest of its weights' (Disk > Cpu > Gpu), which is what an HF
+  // device map says of the block.
   Tier tier = Tier::kGpu;
+  // Empty: every weight of the block rests in `tier`. Else one tier per weight of LayoutBlockWeights (a partially
+  // resident block: some weights resident, the rest streamed).
+  std::vector<Tier> weight_tiers;
   bool operator==(const BlockPlacement&) const = default;
 };
+
+// Each weight's tier (weight_tiers, or `tier` for all of the block's n_weights weights).
+std::vector<Tier> WeightTiersOf(const BlockPlacement& placement, size_t n_weights);
+
+// A block's weights split by where they rest (plan version 2): the Gpu-tier weights packed in layout order into
+// the block's resident buffer, the Cpu-tier weights likewise into its host buffer, each 256-aligned; Disk-tier
+// weights have no buffer (offset 0).
+struct TieredLayout {
+  std::vector<uint64_t> offset;  // per weight, inside the buffer of its tier
+  uint64_t resident_bytes = 0;
+  uint64_t host_bytes = 0;
+};
+TieredLayout LayoutByTier(const BlockWeightLayout& layout, const std::vector<Tier>& tiers);
+
+// The slowest tier of a block's weights (Disk > Cpu > Gpu).
+Tier SlowestTier(const std::vector<Tier>& tiers);
 
 struct PlacementOptions {
   uint32_t prefetch_depth = 1;        // streamed blocks copied ahead of the computing one (staging reservation)
@@ -87,6 +103,10 @@ struct Placement {
   std::vector<BlockPlacement> blocks;       // parallel to model.blocks
   std::vector<uint64_t> block_weight_bytes; // BlockWeightBytes at the exec dtype, parallel to model.blocks
   std::vector<DeviceAccount> usage;         // budgeted GPUs by ordinal, then "cpu" (if budgeted or used), "disk"
+  // The ring of each compute device that streams weights (planner/streaming.h), as the accounting counted it.
+  std::map<int32_t, uint64_t> ring_bytes;
+  // Chunk size for devices whose ring uses the chunks layout (0: the stream builder's default).
+  std::map<int32_t, uint64_t> chunk_bytes;
 };
 
 class PlacementStrategy {
@@ -110,16 +130,31 @@ std::vector<std::string> ListPlacementStrategies();  // sorted
 // Convenience: MakePlacementStrategy(name) then Place(request).
 Result<Placement> PlaceModel(std::string_view strategy, const PlacementRequest& request);
 
+// The streamed weights of the blocks computed on `device`, in step order, as the stream builder takes them
+// (each block's Cpu- and Disk-tier weights in layout order; on the CPU (device -1) only Disk-tier weights, since
+// Cpu-tier weights are used where they rest).
+std::vector<StreamWeight> StreamWeightsFor(const ModelDescription& model, const std::vector<BlockPlacement>& blocks,
+                                           DType exec_dtype, int32_t device);
+// The ring of block-granular placements: min(#streaming blocks, prefetch_depth + 1) x the largest block's
+// streamed bytes (the slots layout; version 1's staging buffers).
+uint64_t DefaultRingBytes(const std::vector<StreamWeight>& weights, uint32_t prefetch_depth);
+// The pinned disk ring that the stream builder gives these weights' disk units (StreamOptions::disk_slots of the
+// largest whole-weight slot; 0 without disk units or on the CPU).
+uint64_t DiskRingBytes(const std::vector<StreamWeight>& weights, int32_t device);
+
 // bigplan's accounting (planner/accounting.h) of a given placement: one DeviceAccount per budgeted GPU (by
-// ordinal), then "cpu" (if budgeted, or used), then "disk". kInvalidArgument for a block on a GPU with no budget.
+// ordinal), then "cpu" (if budgeted, or used), then "disk". Rings: `ring_bytes` per device where given, else
+// DefaultRingBytes at the request's prefetch depth. kInvalidArgument for a block on a GPU with no budget.
 Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& request,
-                                                    const std::vector<BlockPlacement>& blocks);
+                                                    const std::vector<BlockPlacement>& blocks,
+                                                    const std::map<int32_t, uint64_t>& ring_bytes = {});
 // Ok when every account fits; else kInfeasible with the ShortfallMessage of each device that is short ("; "-joined).
 Status CheckFits(const std::vector<DeviceAccount>& usage);
 // Checks the request (model present and valid for placement, run shape, budgets) and fills a Placement's
 // block_weight_bytes and usage from `blocks`; with options.enforce_budget, CheckFits.
 Result<Placement> FinishPlacement(const PlacementRequest& request, std::string strategy,
-                                  std::vector<BlockPlacement> blocks);
+                                  std::vector<BlockPlacement> blocks, std::map<int32_t, uint64_t> ring_bytes = {},
+                                  std::map<int32_t, uint64_t> chunk_bytes = {});
 
 // HF-style device map of a placement, one key per block in execution order: Gpu tier -> the ordinal (int), Cpu
 // tier -> "cpu", Disk tier -> "disk"; blocks computed on the CPU (device -1) -> "cpu". (Which GPU computes a

@@ -11,7 +11,6 @@ namespace bigplan {
 namespace {
 
 schema::DType ToSchema(DType d) { return static_cast<schema::DType>(static_cast<uint8_t>(d)); }
-schema::Tier ToSchema(Tier t) { return static_cast<schema::Tier>(static_cast<uint8_t>(t)); }
 
 std::string DeviceName(int32_t device) { return device < 0 ? "cpu" : "cuda:" + std::to_string(device); }
 
@@ -91,9 +90,11 @@ std::vector<DeviceAccount> PlanUsage(const ModelDescription& model, const Memory
     out.push_back(a);
   }
   uint64_t disk = 0;
-  for (size_t i = 0; i < model.blocks.size(); ++i)
-    if (placement[i].tier == Tier::kDisk)
-      for (const TensorSpec& p : model.blocks[i].params) disk += p.bytes();
+  for (size_t i = 0; i < model.blocks.size() && i < placement.size(); ++i) {
+    const std::vector<Tier> tiers = WeightTiersOf(placement[i], model.blocks[i].params.size() + model.blocks[i].tied.size());
+    for (size_t w = 0; w < model.blocks[i].params.size(); ++w)
+      if (tiers[w] == Tier::kDisk) disk += model.blocks[i].params[w].bytes();
+  }
   if (budget.disk || disk > 0) {
     DeviceAccount a;
     a.device = "disk";
@@ -111,8 +112,7 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   const ModelDescription& model = *c.model;
   const Schedule& sched = *c.schedule;
   const size_t n = model.blocks.size();
-  if (c.placement.size() != n || sched.steps.size() != n || c.block_costs.size() != n ||
-      c.copy_us.size() != sched.copies.size())
+  if (c.placement.size() != n || sched.steps.size() != n || c.block_costs.size() != n)
     return MakeError(ErrorCode::kInternal, "BuildPlan: placement, schedule and costs disagree on the block count");
 
   flatbuffers::FlatBufferBuilder fb(1 << 16);
@@ -161,19 +161,23 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   std::vector<flatbuffers::Offset<schema::Block>> blocks;
   for (size_t i = 0; i < n; ++i) {
     const BlockDesc& bd = model.blocks[i];
-    BlockWeightLayout layout = LayoutBlockWeights(model, i, c.exec_dtype);
+    const BlockWeightLayout layout = LayoutBlockWeights(model, i, c.exec_dtype);
+    const std::vector<Tier> tiers = WeightTiersOf(c.placement[i], layout.weights.size());
+    const TieredLayout tiered = LayoutByTier(layout, tiers);
     std::vector<flatbuffers::Offset<schema::Weight>> weights;
-    for (const WeightSlot& w : layout.weights) {
-      auto it = tensor_index.find(w.tensor);
+    for (size_t w = 0; w < layout.weights.size(); ++w) {
+      const WeightSlot& ws = layout.weights[w];
+      auto it = tensor_index.find(ws.tensor);
       if (it == tensor_index.end())
-        return MakeError(ErrorCode::kInternal, "block " + bd.name + " reads " + w.tensor + ", which no block owns");
-      weights.push_back(schema::CreateWeight(fb, it->second, ToSchema(w.dtype), w.size_bytes, w.offset_in_block));
+        return MakeError(ErrorCode::kInternal, "block " + bd.name + " reads " + ws.tensor + ", which no block owns");
+      weights.push_back(schema::CreateWeight(fb, it->second, ToSchema(ws.dtype), ws.size_bytes, tiered.offset[w],
+                                             ToSchemaTier(tiers[w])));
     }
     const BlockBuffers& bb = sched.block_buffers[i];
     blocks.push_back(schema::CreateBlockDirect(fb, bd.name.c_str(), BlockKindName(bd.kind), bd.layer,
-                                               bd.prefix.c_str(), c.placement[i].device, ToSchema(c.placement[i].tier),
-                                               &weights, layout.total_bytes, bb.home, bb.staging, bb.disk_staging,
-                                               bb.kv));
+                                               bd.prefix.c_str(), c.placement[i].device,
+                                               ToSchemaTier(SlowestTier(tiers)), &weights, layout.total_bytes, bb.home,
+                                               -1, -1, bb.kv, bb.host));
   }
 
   std::vector<flatbuffers::Offset<schema::Buffer>> buffers;
@@ -187,18 +191,32 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
     arenas.push_back(schema::CreateArena(fb, a.pool.pool, a.pool.device, a.size));
 
   std::vector<flatbuffers::Offset<schema::Step>> steps;
+  std::map<uint32_t, double> copy_us_of_block;
+  for (const DeviceStreamPlan& st : sched.streams)
+    for (const StreamUnitPlan& u : st.units) copy_us_of_block[u.block] += UnitCopyMicros(u.bytes, c.profile);
   for (size_t i = 0; i < n; ++i) {
     const ScheduledStep& st = sched.steps[i];
     std::vector<flatbuffers::Offset<schema::Copy>> copies;
-    double copy_us = 0;
-    for (uint32_t ci : st.copies) {
-      const ScheduledCopy& cp = sched.copies[ci];
-      copies.push_back(schema::CreateCopyDirect(fb, cp.block, cp.source, &cp.wait_compute_steps,
-                                                &cp.wait_copy_blocks, cp.stream));
-      copy_us += c.copy_us[ci];
-    }
-    steps.push_back(schema::CreateStepDirect(fb, st.block, &copies, &st.frees, copy_us,
+    steps.push_back(schema::CreateStepDirect(fb, st.block, &copies, &st.frees, copy_us_of_block[st.block],
                                              c.block_costs[st.block].decode_us, c.block_costs[st.block].prefill_us));
+  }
+
+  std::vector<flatbuffers::Offset<schema::Stream>> streams;
+  for (const DeviceStreamPlan& st : sched.streams) {
+    if (st.units.empty()) continue;
+    std::vector<flatbuffers::Offset<schema::Unit>> units;
+    for (const StreamUnitPlan& u : st.units) {
+      double us = UnitCopyMicros(u.bytes, c.profile);
+      if (u.source == Tier::kDisk) us += UnitReadMicros(u.file_bytes, c.profile);
+      units.push_back(schema::CreateUnit(fb, u.block, u.weight, u.row_begin, u.row_end, ToSchemaTier(u.source),
+                                         u.bytes, u.whole, u.ring_offset, u.wait_unit, u.disk_slot_offset,
+                                         u.disk_slot_bytes, u.disk_wait_unit, us));
+    }
+    auto ring = sched.ring_buffer.find(st.device);
+    auto disk_ring = sched.disk_ring_buffer.find(st.device);
+    streams.push_back(schema::CreateStreamDirect(fb, st.device, ring == sched.ring_buffer.end() ? -1 : ring->second,
+                                                 disk_ring == sched.disk_ring_buffer.end() ? -1 : disk_ring->second,
+                                                 st.chunk_bytes, &units));
   }
 
   std::vector<flatbuffers::Offset<schema::Budget>> budgets;
@@ -227,7 +245,8 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   auto plan = schema::CreatePlanDirect(fb, kPlanVersion, kGeneratorName, c.strategy.c_str(), model.name.c_str(),
                                        digest.c_str(), config, fingerprint, ToSchema(c.exec_dtype), run_shape,
                                        &budgets, profile, &tensors, &blocks, &buffers, &arenas, &steps, &usage,
-                                       c.predicted_decode_us, c.predicted_prefill_us, kPlanChecksumPlaceholder);
+                                       c.predicted_decode_us, c.predicted_prefill_us, kPlanChecksumPlaceholder,
+                                       &streams);
   schema::FinishPlanBuffer(fb, plan);
   std::vector<uint8_t> bytes(fb.GetBufferPointer(), fb.GetBufferPointer() + fb.GetSize());
   BIGPLAN_RETURN_IF_ERROR(SealPlan(&bytes));
@@ -236,6 +255,11 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   if (!verified.ok()) return MakeError(ErrorCode::kInternal, "the planner wrote an invalid plan: " + verified.error().message);
   Status check = CheckPlanMemory(**verified);
   if (!check.ok()) return MakeError(ErrorCode::kInternal, "the planner's memory plan is unsafe: " + check.error().message);
+  for (const DeviceStreamPlan& st : sched.streams) {
+    Status streams_ok = CheckDeviceStream(st);
+    if (!streams_ok.ok())
+      return MakeError(ErrorCode::kInternal, "the planner's stream is unsafe: " + streams_ok.error().message);
+  }
   return bytes;
 }
 

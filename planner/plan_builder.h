@@ -5,7 +5,8 @@
 //   normalized config; config_json = the original config.json, compact), checkpoint (the fingerprint, see below;
 //   its config_sha256 only when PlanContent::config_sha256 is set: the field is left out, not "", otherwise),
 //   exec_dtype, run_shape, budgets (MemoryBudget::Entries, unlimited disk omitted), profile, tensors, blocks,
-//   buffers, arenas, steps (copies with their dependencies, frees, per-step predictions), usage, predictions.
+//   buffers, arenas, steps (frees, per-step predictions; no copies in version 2), streams (every device's units),
+//   usage, predictions.
 //
 // Tensors: every param a block owns, in block order (a tied param appears once; each block reading it carries its
 // own Weight pointing at it). With a checkpoint: shard index, absolute offset, size and dtype from the shard headers.
@@ -69,7 +70,6 @@ struct PlanContent {
   std::vector<BlockPlacement> placement;        // parallel to model->blocks
   const Schedule* schedule = nullptr;
   std::vector<BlockCost> block_costs;           // parallel to the blocks
-  std::vector<double> copy_us;                  // parallel to schedule->copies
   double predicted_decode_us = 0;
   double predicted_prefill_us = 0;
   std::vector<DeviceAccount> usage;

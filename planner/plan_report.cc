@@ -42,7 +42,7 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
   struct Row {
     std::string name;
     int32_t device;
-    Tier tier;
+    std::string rests;
     size_t blocks;
     uint64_t bytes;
   };
@@ -66,7 +66,14 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
     }
     std::string name = b.name;
     if (j - i > 1) name = stem + std::to_string(b.layer) + "-" + std::to_string(m.blocks[j - 1].layer);
-    rows.push_back({name, p.device, p.tier, j - i, bytes});
+    std::string rests = RestsIn(p.tier);
+    if (!p.weight_tiers.empty()) {
+      size_t resident = 0;
+      for (Tier t : p.weight_tiers) resident += t == Tier::kGpu;
+      if (resident > 0 && resident < p.weight_tiers.size())
+        rests = std::string("partly resident, rest ") + TierName(p.tier);
+    }
+    rows.push_back({name, p.device, rests, j - i, bytes});
     i = j;
   }
   size_t width = 10;
@@ -75,14 +82,18 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
   out << "  " << Pad("block", width) << Pad("compute", 9) << Pad("weights", 24) << PadLeft("blocks", 6)
       << PadLeft("bytes", 14) << "\n";
   for (const Row& row : rows)
-    out << "  " << Pad(row.name, width) << Pad(DeviceName(row.device), 9) << Pad(RestsIn(row.tier), 24)
+    out << "  " << Pad(row.name, width) << Pad(DeviceName(row.device), 9) << Pad(row.rests, 24)
         << PadLeft(std::to_string(row.blocks), 6) << PadLeft(FormatBytes(row.bytes), 14) << "\n";
   // Weight bytes by where they rest.
   std::map<std::string, uint64_t> by_place;
   for (size_t i = 0; i < m.blocks.size(); ++i) {
     const BlockPlacement& p = r.placement.blocks[i];
-    const std::string key = p.tier == Tier::kGpu ? DeviceName(p.device) : TierName(p.tier);
-    by_place[key] += r.placement.block_weight_bytes[i];
+    const BlockWeightLayout layout = LayoutBlockWeights(m, i, r.exec_dtype);
+    const std::vector<Tier> tiers = WeightTiersOf(p, layout.weights.size());
+    for (size_t w = 0; w < layout.weights.size(); ++w) {
+      const std::string key = tiers[w] == Tier::kGpu ? DeviceName(p.device) : TierName(tiers[w]);
+      by_place[key] += AlignUp(layout.weights[w].size_bytes);
+    }
   }
   out << "  weights by location:";
   bool first = true;
@@ -125,8 +136,17 @@ void PrintMemory(std::ostream& out, const PlanResult& r) {
 }
 
 void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run) {
-  out << "prefetch depth: cpu " << r.schedule.cpu_prefetch_depth << ", disk " << r.schedule.disk_prefetch_depth
-      << "\n";
+  for (const DeviceStreamPlan& st : r.schedule.streams) {
+    if (st.units.empty()) continue;
+    size_t chunks = 0;
+    for (const StreamUnitPlan& u : st.units) chunks += u.whole ? 0 : 1;
+    out << "stream " << DeviceName(st.device) << ": " << st.units.size() << " units (" << chunks << " row chunks), ring "
+        << FormatBytes(st.ring_bytes);
+    if (st.layout == "slots") out << " (" << st.slots << " slots)";
+    else out << " (chunks up to " << FormatBytes(st.chunk_bytes) << ")";
+    if (st.disk_ring_bytes) out << ", disk ring " << FormatBytes(st.disk_ring_bytes);
+    out << "\n";
+  }
   out << "predicted per forward (profile " << r.profile.name << "):\n";
   out << "  decode  (" << run.max_batch << " x 1 token, KV at " << run.max_seq_len << "): " << Ms(r.decode.total_us)
       << "  (compute " << Ms(r.decode.compute_us) << ", waiting for copies " << Ms(r.decode.compute_stall_us) << ")\n";
@@ -136,8 +156,9 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
   out << "  floor: streamed " << FormatBytes(r.streamed_bytes) << " per forward at " << r.profile.h2d_gbps
       << " GB/s H2D";
   bool disk = false;
-  for (const ScheduledCopy& c : r.schedule.copies) disk = disk || c.source == schema::Tier::Disk;
-  if (disk) out << " (disk blocks also at " << r.profile.disk_gbps << " GB/s)";
+  for (const DeviceStreamPlan& st : r.schedule.streams)
+    for (const StreamUnitPlan& u : st.units) disk = disk || u.source == Tier::kDisk;
+  if (disk) out << " (disk weights read at " << r.profile.disk_gbps << " GB/s)";
   out << ": " << Ms(r.copy_floor_us) << "\n";
 }
 

@@ -67,6 +67,47 @@ void Progress(const PlanRequest& r, const std::string& message) {
   if (r.progress) r.progress(message);
 }
 
+}  // namespace
+
+Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& request, const Placement& placement,
+                             DType exec) {
+  const size_t n = model.blocks.size();
+  std::vector<ScheduleBlock> sblocks(n);
+  std::map<int32_t, std::vector<size_t>> blocks_of_device;
+  const uint64_t kv_per_layer = KvCacheBytesPerLayer(model.config, request.run, exec);
+  for (size_t i = 0; i < n; ++i) {
+    const BlockPlacement& bp = placement.blocks[i];
+    const BlockWeightLayout layout = LayoutBlockWeights(model, i, exec);
+    const TieredLayout tiered = LayoutByTier(layout, WeightTiersOf(bp, layout.weights.size()));
+    sblocks[i].name = model.blocks[i].name;
+    sblocks[i].device = bp.device;
+    sblocks[i].resident_bytes = tiered.resident_bytes;
+    sblocks[i].host_bytes = bp.device < 0 ? tiered.host_bytes : tiered.host_bytes;
+    sblocks[i].kv_bytes = model.blocks[i].kind == BlockKind::kDecoderLayer ? kv_per_layer : 0;
+    blocks_of_device[bp.device].push_back(i);
+  }
+  ScheduleOptions sopt;
+  sopt.memory_algorithm = request.memory_algorithm;
+  for (const auto& [device, blocks] : blocks_of_device)
+    sopt.activation_bytes[device] = EstimateActivations(model, request.run, exec, blocks).total;
+  std::vector<DeviceStreamPlan> streams;
+  for (const auto& [device, blocks] : blocks_of_device) {
+    const std::vector<StreamWeight> weights = StreamWeightsFor(model, placement.blocks, exec, device);
+    if (weights.empty()) continue;
+    StreamOptions so;
+    auto ring = placement.ring_bytes.find(device);
+    so.ring_bytes = ring != placement.ring_bytes.end() ? ring->second : DefaultRingBytes(weights, 1);
+    auto chunk = placement.chunk_bytes.find(device);
+    if (chunk != placement.chunk_bytes.end()) so.chunk_bytes = chunk->second;
+    if (device < 0) so.disk_slots = 0;
+    BIGPLAN_ASSIGN_OR_RETURN(DeviceStreamPlan st, BuildDeviceStream(device, weights, so));
+    streams.push_back(std::move(st));
+  }
+  return BuildSchedule(sblocks, std::move(streams), sopt);
+}
+
+namespace {
+
 Status CheckAllFit(const std::vector<DeviceAccount>& usage) {
   std::string shortfalls;
   for (const DeviceAccount& a : usage)
@@ -147,6 +188,8 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   preq.budget = request.budget;
   preq.run = request.run;
   preq.exec_dtype = exec;
+  if (request.prefetch_depth && *request.prefetch_depth == 0)
+    return MakeError(ErrorCode::kInvalidArgument, "prefetch depth must be at least 1");
   preq.options.prefetch_depth = request.prefetch_depth.value_or(1);
   preq.options.device_map = request.device_map;
   preq.options.enforce_budget = true;
@@ -155,28 +198,13 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   const Placement& placement = result.placement;
   const size_t n = model.blocks.size();
 
-  // Schedule inputs.
-  std::vector<ScheduleBlock> sblocks(n);
+  Progress(request, "streaming units and memory plan (" + request.memory_algorithm + ")");
+  BIGPLAN_ASSIGN_OR_RETURN(result.schedule, ScheduleFor(model, request, placement, exec));
+  const Schedule& sched = result.schedule;
   std::vector<int32_t> devices(n);
-  std::map<int32_t, std::vector<size_t>> blocks_of_device;
-  const uint64_t kv_per_layer = KvCacheBytesPerLayer(model.config, request.run, exec);
-  uint32_t cpu_streamed = 0, disk_streamed = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const BlockPlacement& bp = placement.blocks[i];
-    sblocks[i].name = model.blocks[i].name;
-    sblocks[i].device = bp.device;
-    sblocks[i].tier = static_cast<schema::Tier>(static_cast<uint8_t>(bp.tier));
-    sblocks[i].weight_bytes = placement.block_weight_bytes[i];
-    sblocks[i].kv_bytes = model.blocks[i].kind == BlockKind::kDecoderLayer ? kv_per_layer : 0;
-    devices[i] = bp.device;
-    blocks_of_device[bp.device].push_back(i);
-    if (bp.tier == Tier::kCpu) ++cpu_streamed;
-    if (bp.tier == Tier::kDisk) ++disk_streamed;
-  }
-  ScheduleOptions sopt;
-  sopt.memory_algorithm = request.memory_algorithm;
-  for (const auto& [device, blocks] : blocks_of_device)
-    sopt.activation_bytes[device] = EstimateActivations(model, request.run, exec, blocks).total;
+  for (size_t i = 0; i < n; ++i) devices[i] = placement.blocks[i].device;
+  result.usage = PlanUsage(model, request.budget, placement.blocks, sched);
+  BIGPLAN_RETURN_IF_ERROR(CheckAllFit(result.usage));
 
   // Costs.
   const RunSize run_size{request.run.max_batch, request.run.max_seq_len};
@@ -185,88 +213,29 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   // The executor replays decode steps of all-resident single-GPU Llama-family plans from a CUDA graph
   // (ExecutorOptions::cuda_graphs), except dynamic NTK RoPE past the model's positions: no host dispatch then.
   const bool graph_decode = [&] {
-    if (model.architecture != "llama" || n == 0 || devices[0] < 0) return false;
+    if (model.architecture != "llama" || n == 0 || devices[0] < 0 || !sched.streams.empty()) return false;
     for (size_t i = 0; i < n; ++i)
-      if (devices[i] != devices[0] || result.placement.blocks[i].tier != Tier::kGpu) return false;
+      if (devices[i] != devices[0]) return false;
     const auto& rs = model.config.rope_scaling;
     const bool dynamic = rs.is_object() && rs.value("rope_type", rs.value("type", std::string())) == "dynamic";
     return !(dynamic && request.run.max_seq_len > model.config.max_position_embeddings);
   }();
+  std::map<uint32_t, uint32_t> chunks_of_block;
+  for (const DeviceStreamPlan& st : sched.streams)
+    for (const StreamUnitPlan& u : st.units) chunks_of_block[u.block] += u.whole ? 0 : 1;
   for (size_t i = 0; i < n; ++i) {
-    const BlockWork work = DescribeBlockWork(model, i, exec);
+    BlockWork work = DescribeBlockWork(model, i, exec);
+    // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
+    work.kernels += 2 * chunks_of_block[static_cast<uint32_t>(i)];
     result.block_costs[i] = EstimateBlockCost(work, run_size, devices[i], result.profile);
     decode_us[i] = graph_decode ? GraphDecodeMicros(result.block_costs[i], work) : result.block_costs[i].decode_us;
     prefill_us[i] = result.block_costs[i].prefill_us;
   }
-  auto copy_times = [&](const Schedule& s) {
-    std::vector<double> us(s.copies.size());
-    for (size_t k = 0; k < s.copies.size(); ++k) us[k] = CopyMicros(s.copies[k].bytes, s.copies[k].source, result.profile);
-    return us;
-  };
-
-  // Prefetch depths: see planner/cost_model.h.
-  Progress(request, "scheduling and planning memory (" + request.memory_algorithm + ")");
-  auto build = [&](uint32_t cpu_depth, uint32_t disk_depth) -> Result<Schedule> {
-    ScheduleOptions o = sopt;
-    o.cpu_prefetch_depth = cpu_depth;
-    o.disk_prefetch_depth = disk_depth;
-    return BuildSchedule(sblocks, o);
-  };
-  auto fits = [&](const Schedule& s) { return CheckAllFit(PlanUsage(model, request.budget, placement.blocks, s)); };
-  const uint32_t cpu_cap = std::max<uint32_t>(1, std::min(kMaxPrefetchDepth, cpu_streamed));
-  const uint32_t disk_cap = std::max<uint32_t>(1, std::min(kMaxPrefetchDepth, disk_streamed));
-  uint32_t cpu_depth = 1, disk_depth = 1;
-  if (request.prefetch_depth) {
-    if (*request.prefetch_depth == 0)
-      return MakeError(ErrorCode::kInvalidArgument, "prefetch depth must be at least 1");
-    cpu_depth = std::min(*request.prefetch_depth, std::max<uint32_t>(1, cpu_streamed));
-    disk_depth = std::min(*request.prefetch_depth, std::max<uint32_t>(1, disk_streamed));
-  }
-  BIGPLAN_ASSIGN_OR_RETURN(Schedule schedule, build(cpu_depth, disk_depth));
-  // A fixed depth that does not fit is lowered until it does.
-  while (!fits(schedule).ok() && (cpu_depth > 1 || disk_depth > 1)) {
-    cpu_depth = std::max<uint32_t>(1, cpu_depth - 1);
-    disk_depth = std::max<uint32_t>(1, disk_depth - 1);
-    BIGPLAN_ASSIGN_OR_RETURN(schedule, build(cpu_depth, disk_depth));
-  }
-  BIGPLAN_RETURN_IF_ERROR(fits(schedule));
-  if (!request.prefetch_depth) {
-    bool grow_cpu = cpu_streamed > 0, grow_disk = disk_streamed > 0;
-    while (grow_cpu || grow_disk) {
-      ForwardPrediction f = SimulateForward(schedule, decode_us, copy_times(schedule), devices);
-      grow_cpu = grow_cpu && f.held_cpu_copies > 0 && cpu_depth < cpu_cap;
-      grow_disk = grow_disk && f.held_disk_copies > 0 && disk_depth < disk_cap;
-      if (!grow_cpu && !grow_disk) break;
-      // Deepen both tiers that need it; if that does not fit, each alone; a tier that cannot deepen stops.
-      std::vector<std::pair<bool, bool>> tries;
-      if (grow_cpu && grow_disk) tries.push_back({true, true});
-      if (grow_cpu) tries.push_back({true, false});
-      if (grow_disk) tries.push_back({false, true});
-      bool deepened = false;
-      for (const auto& [c, d] : tries) {
-        BIGPLAN_ASSIGN_OR_RETURN(Schedule deeper, build(cpu_depth + c, disk_depth + d));
-        if (!fits(deeper).ok()) continue;  // staging memory caps the depth
-        schedule = std::move(deeper);
-        cpu_depth += c;
-        disk_depth += d;
-        grow_cpu = grow_cpu && c;
-        grow_disk = grow_disk && d;
-        deepened = true;
-        break;
-      }
-      if (!deepened) break;
-    }
-  }
-  result.schedule = std::move(schedule);
-  const Schedule& sched = result.schedule;
-
   Progress(request, "predicting");
-  result.copy_us = copy_times(sched);
-  result.decode = SimulateForward(sched, decode_us, result.copy_us, devices);
-  result.prefill = SimulateForward(sched, prefill_us, result.copy_us, devices);
-  result.copy_floor_us = CopyFloorMicros(sched, result.copy_us, devices);
-  for (const ScheduledCopy& c : sched.copies) result.streamed_bytes += c.bytes;
-  result.usage = PlanUsage(model, request.budget, placement.blocks, sched);
+  result.decode = SimulateForward(sched, decode_us, devices, result.profile);
+  result.prefill = SimulateForward(sched, prefill_us, devices, result.profile);
+  result.copy_floor_us = CopyFloorMicros(sched, result.profile);
+  for (const DeviceStreamPlan& st : sched.streams) result.streamed_bytes += st.streamed_bytes();
 
   Progress(request, "writing the plan");
   PlanContent content;
@@ -283,7 +252,6 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   content.placement = placement.blocks;
   content.schedule = &sched;
   content.block_costs = result.block_costs;
-  content.copy_us = result.copy_us;
   content.predicted_decode_us = result.decode.total_us;
   content.predicted_prefill_us = result.prefill.total_us;
   content.usage = result.usage;

@@ -52,7 +52,8 @@ struct PlanRequest {
   std::string memory_algorithm = kDefaultMemoryAlgorithm;
   std::optional<DeviceProfile> profile;  // default: DefaultGpuProfile(), or DefaultCpuProfile() without GPUs
   nlohmann::json device_map;             // for strategy "explicit"
-  // Fixed prefetch depth for both tiers instead of the cost model's choice (still capped by memory).
+  // Blocks streamed whole are double-buffered by default (a ring of 2 slots of the largest streamed block); a
+  // depth d gives d + 1 slots (still capped by the number of streaming blocks).
   std::optional<uint32_t> prefetch_depth;
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
@@ -66,7 +67,6 @@ struct PlanResult {
   Placement placement;
   Schedule schedule;
   std::vector<BlockCost> block_costs;  // parallel to the blocks
-  std::vector<double> copy_us;         // parallel to schedule.copies
   ForwardPrediction decode;
   ForwardPrediction prefill;
   double copy_floor_us = 0;            // CopyFloorMicros: streamed bytes / H2D (+ disk) on the busiest device
@@ -92,5 +92,10 @@ struct ResolvedModel {
   std::string config_sha256;
 };
 Result<ResolvedModel> ResolveModel(const PlanRequest& request);
+
+// The schedule of a placement: each block's resident and host buffers, KV caches, activations, and every streaming
+// device's units in a ring of the placement's size (planner/streaming.h); then the memory plan.
+Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& request, const Placement& placement,
+                             DType exec_dtype);
 
 }  // namespace bigplan

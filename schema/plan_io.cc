@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +22,70 @@ Error Corrupt(const std::string& source, const std::string& what) {
 template <typename Vec>
 uint32_t Len(const Vec* v) {
   return v ? v->size() : 0;
+}
+
+// Every stream unit names a streamed weight of a block its device computes, a row range inside the weight, its exact
+// byte count, a ring range inside the ring buffer, and waits in range; rings and disk rings are buffers of the
+// right pool. (Whether the waits order every overlap is the planner's stream checker's proof, planner/streaming.h.)
+Status CheckStreams(const schema::Plan& plan, const std::string& src) {
+  const uint32_t n_blocks = Len(plan.blocks());
+  const uint32_t n_buffers = Len(plan.buffers());
+  for (uint32_t s = 0; s < Len(plan.streams()); ++s) {
+    const auto* st = plan.streams()->Get(s);
+    const std::string f = "streams[" + std::to_string(s) + "]";
+    for (uint32_t t = 0; t < s; ++t)
+      if (plan.streams()->Get(t)->device() == st->device()) return Corrupt(src, f + " repeats device " + std::to_string(st->device()));
+    const uint32_t n_units = Len(st->units());
+    if (n_units == 0) continue;
+    if (st->ring_buffer() < 0 || st->ring_buffer() >= static_cast<int32_t>(n_buffers))
+      return Corrupt(src, f + ".ring_buffer " + std::to_string(st->ring_buffer()) + " out of range");
+    const auto* ring = plan.buffers()->Get(st->ring_buffer());
+    if (ring->pool() != schema::Pool::DeviceArena || ring->device() != st->device())
+      return Corrupt(src, f + ".ring_buffer is not in the arena of device " + std::to_string(st->device()));
+    const schema::Buffer* disk_ring = nullptr;
+    if (st->disk_ring_buffer() >= 0) {
+      if (st->disk_ring_buffer() >= static_cast<int32_t>(n_buffers))
+        return Corrupt(src, f + ".disk_ring_buffer out of range");
+      disk_ring = plan.buffers()->Get(st->disk_ring_buffer());
+      if (disk_ring->pool() != schema::Pool::PinnedHost) return Corrupt(src, f + ".disk_ring_buffer is not pinned");
+    } else if (st->disk_ring_buffer() < -1) {
+      return Corrupt(src, f + ".disk_ring_buffer out of range");
+    }
+    for (uint32_t u = 0; u < n_units; ++u) {
+      const auto* un = st->units()->Get(u);
+      const std::string fu = f + ".units[" + std::to_string(u) + "]";
+      if (un->block() >= n_blocks) return Corrupt(src, fu + ".block out of range");
+      const auto* b = plan.blocks()->Get(un->block());
+      if (b->device() != st->device()) return Corrupt(src, fu + " streams a block another device computes");
+      if (un->weight() >= Len(b->weights())) return Corrupt(src, fu + ".weight out of range");
+      const auto* w = b->weights()->Get(un->weight());
+      if (w->tier() == schema::Tier::Gpu || w->tier() != un->source())
+        return Corrupt(src, fu + ".source does not match its weight's tier");
+      const auto* t = plan.tensors()->Get(w->tensor());
+      const int64_t rows = (t->shape() && t->shape()->size() > 0) ? t->shape()->Get(0) : 1;
+      int64_t numel = 1;
+      for (uint32_t d = 0; t->shape() && d < t->shape()->size(); ++d) numel *= t->shape()->Get(d);
+      if (un->row_begin() < 0 || un->row_begin() >= un->row_end() || un->row_end() > std::max<int64_t>(rows, 1))
+        return Corrupt(src, fu + " rows [" + std::to_string(un->row_begin()) + ", " + std::to_string(un->row_end()) +
+                                ") outside the weight's " + std::to_string(rows) + " rows");
+      const uint64_t row_bytes = rows > 0 ? uint64_t(numel / rows) * DTypeSize(w->dtype()) : 0;
+      const uint64_t expect = rows > 0 ? uint64_t(un->row_end() - un->row_begin()) * row_bytes : w->size_bytes();
+      if (un->bytes() != expect)
+        return Corrupt(src, fu + ".bytes " + std::to_string(un->bytes()) + ", expected " + std::to_string(expect));
+      if (un->ring_offset() + un->bytes() > ring->size_bytes() || un->ring_offset() + un->bytes() < un->ring_offset())
+        return Corrupt(src, fu + " lies outside its ring");
+      if (un->wait_unit() < -1 || un->wait_unit() >= static_cast<int32_t>(n_units) || un->disk_wait_unit() < -1 ||
+          un->disk_wait_unit() >= static_cast<int32_t>(n_units))
+        return Corrupt(src, fu + " waits on a unit out of range");
+      if (un->source() == schema::Tier::Disk) {
+        if (disk_ring == nullptr) return Corrupt(src, fu + " is read from disk but the stream has no disk ring");
+        if (un->disk_slot_offset() + un->disk_slot_bytes() > disk_ring->size_bytes() ||
+            un->disk_slot_offset() + un->disk_slot_bytes() < un->disk_slot_offset() || un->disk_slot_bytes() < un->bytes())
+          return Corrupt(src, fu + " disk slot lies outside its disk ring or is too small");
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 Status CheckIndices(const schema::Plan& plan, const std::string& src) {
@@ -46,21 +111,33 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
     const auto* b = plan.blocks()->Get(i);
     const std::string f = "blocks[" + std::to_string(i) + "]";
     if (!b->name()) return Corrupt(src, f + " has no name");
-    for (uint32_t w = 0; w < Len(b->weights()); ++w) {
-      const auto* wt = b->weights()->Get(w);
-      if (wt->tensor() >= n_tensors)
-        return Corrupt(src, f + ".weights[" + std::to_string(w) + "].tensor out of range");
-      if (wt->offset_in_block() + wt->size_bytes() > b->weight_bytes() ||
-          wt->offset_in_block() + wt->size_bytes() < wt->offset_in_block())
-        return Corrupt(src, f + ".weights[" + std::to_string(w) + "] exceeds the block's weight_bytes");
-    }
     BIGPLAN_RETURN_IF_ERROR(check_buffer(b->home_buffer(), f + ".home_buffer"));
+    BIGPLAN_RETURN_IF_ERROR(check_buffer(b->host_buffer(), f + ".host_buffer"));
     BIGPLAN_RETURN_IF_ERROR(check_buffer(b->staging_buffer(), f + ".staging_buffer"));
     BIGPLAN_RETURN_IF_ERROR(check_buffer(b->disk_staging_buffer(), f + ".disk_staging_buffer"));
     BIGPLAN_RETURN_IF_ERROR(check_buffer(b->kv_buffer(), f + ".kv_buffer"));
-    for (int32_t buf : {b->home_buffer(), b->staging_buffer(), b->disk_staging_buffer()}) {
-      if (buf >= 0 && plan.buffers()->Get(buf)->size_bytes() < b->weight_bytes())
-        return Corrupt(src, f + " weight buffer " + std::to_string(buf) + " is smaller than the block's weights");
+    if (static_cast<uint8_t>(b->tier()) > static_cast<uint8_t>(schema::Tier::MAX))
+      return Corrupt(src, f + ".tier " + std::to_string(static_cast<int>(b->tier())) + " is unknown");
+    for (uint32_t w = 0; w < Len(b->weights()); ++w) {
+      const auto* wt = b->weights()->Get(w);
+      const std::string fw = f + ".weights[" + std::to_string(w) + "]";
+      if (wt->tensor() >= n_tensors) return Corrupt(src, fw + ".tensor out of range");
+      if (static_cast<uint8_t>(wt->tier()) > static_cast<uint8_t>(schema::Tier::MAX))
+        return Corrupt(src, fw + ".tier is unknown");
+      if (static_cast<uint8_t>(wt->dtype()) > static_cast<uint8_t>(schema::DType::MAX))
+        return Corrupt(src, fw + ".dtype is unknown");
+      const uint64_t end = wt->offset_in_block() + wt->size_bytes();
+      if (end < wt->offset_in_block()) return Corrupt(src, fw + " overflows");
+      // Each resting weight lies inside the buffer of its tier.
+      int32_t home = -1;
+      if (wt->tier() == schema::Tier::Gpu) home = b->home_buffer();
+      if (wt->tier() == schema::Tier::Cpu) home = b->host_buffer();
+      if (wt->tier() != schema::Tier::Disk) {
+        if (home < 0) return Corrupt(src, fw + " rests in the " + TierName(wt->tier()) + " tier, but the block has no buffer there");
+        if (end > plan.buffers()->Get(home)->size_bytes())
+          return Corrupt(src, fw + " [" + std::to_string(wt->offset_in_block()) + ", " + std::to_string(end) +
+                                  ") exceeds its buffer " + std::to_string(home));
+      }
     }
   }
   for (uint32_t i = 0; i < n_buffers; ++i) {
@@ -94,7 +171,7 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
     for (uint32_t k = 0; k < Len(s->frees()); ++k)
       if (s->frees()->Get(k) >= n_buffers) return Corrupt(src, f + ".frees out of range");
   }
-  return Status::Ok();
+  return CheckStreams(plan, src);
 }
 
 constexpr size_t kChecksumChars = sizeof(kPlanChecksumPlaceholder) - 1;
@@ -138,6 +215,10 @@ Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const s
       return Corrupt(source, "plan file is damaged: its bytes do not match its checksum (content_sha256); "
                              "re-run the planner");
   }
+  if (plan->version() < kPlanVersion)
+    return MakeError(ErrorCode::kIncompatible,
+                     source + ": made by an older planner (plan version " + std::to_string(plan->version()) +
+                         "; this build reads version " + std::to_string(kPlanVersion) + "): plan again");
   if (plan->version() != kPlanVersion)
     return MakeError(ErrorCode::kIncompatible,
                      source + ": plan version " + std::to_string(plan->version()) + " is not supported by this build " +

@@ -11,7 +11,7 @@
 namespace bigplan {
 
 // The plan layout version this build writes and reads. See schema/README.md for when it changes.
-inline constexpr uint32_t kPlanVersion = 1;
+inline constexpr uint32_t kPlanVersion = 2;
 
 // Checks, in order: the buffer is large enough and carries the "BGPL" identifier (else kCorrupt,
 // "not a bigplan plan"); the flatbuffer verifier accepts it (else kCorrupt); Plan.version == kPlanVersion
