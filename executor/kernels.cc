@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -24,6 +25,20 @@ Result<at::Tensor> BlockWeights::Get(const std::string& name) const {
   at::Tensor t = Find(name);
   if (!t.defined()) return MakeError(ErrorCode::kNotFound, "weight '" + name + "' not found");
   return t;
+}
+
+std::vector<int64_t> BlockWeights::Shape(const std::string& name) const {
+  at::Tensor t = Find(name);
+  if (!t.defined()) return {};
+  return std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
+}
+
+Result<at::Tensor> BlockWeights::AcquireChunk(const std::string& name, int /*i*/, int64_t* /*row_begin*/) const {
+  return MakeError(ErrorCode::kNotFound, "weight '" + name + "' is not streamed in chunks");
+}
+
+Status BlockWeights::ReleaseChunk(const std::string& name, int /*i*/) const {
+  return MakeError(ErrorCode::kNotFound, "weight '" + name + "' is not streamed in chunks");
 }
 
 namespace kernels_internal {
@@ -408,6 +423,80 @@ at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Weights streamed in row chunks
+
+WeightRef FindRef(const BlockWeights& weights, const std::string& name) {
+  WeightRef r;
+  r.weights = &weights;
+  r.name = name;
+  r.whole = weights.Find(name);
+  if (!r.whole.defined()) r.chunks = weights.NumChunks(name);
+  return r;
+}
+
+namespace {
+
+// Runs `use` on each chunk of `w` in order, acquiring and releasing it around the call.
+Status ForEachChunk(const WeightRef& w, const std::function<void(const at::Tensor&, int64_t)>& use) {
+  for (int i = 0; i < w.chunks; ++i) {
+    int64_t row_begin = 0;
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor chunk, w.weights->AcquireChunk(w.name, i, &row_begin));
+    use(chunk, row_begin);
+    BIGPLAN_RETURN_IF_ERROR(w.weights->ReleaseChunk(w.name, i));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b) {
+  if (w.whole.defined()) return Linear(x, w.whole, b);
+  const std::vector<int64_t> shape = w.weights->Shape(w.name);
+  if (shape.size() != 2) return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.name + "' is not a matrix");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = shape[0];
+  at::Tensor out = at::empty(out_shape, x.options());
+  BIGPLAN_RETURN_IF_ERROR(ForEachChunk(w, [&](const at::Tensor& chunk, int64_t row_begin) {
+    out.narrow(-1, row_begin, chunk.size(0)).copy_(at::linear(x, chunk));
+  }));
+  if (b.defined()) out.add_(b);
+  return out;
+}
+
+Result<at::Tensor> Conv1DW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b) {
+  if (w.whole.defined()) return Conv1D(x, w.whole, b);
+  const std::vector<int64_t> shape = w.weights->Shape(w.name);
+  if (shape.size() != 2) return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.name + "' is not a matrix");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = shape[1];
+  at::Tensor x2 = x.reshape({-1, x.size(-1)});
+  at::Tensor out = b.defined() ? b.expand({x2.size(0), shape[1]}).contiguous() : at::zeros({x2.size(0), shape[1]}, x.options());
+  BIGPLAN_RETURN_IF_ERROR(ForEachChunk(w, [&](const at::Tensor& chunk, int64_t row_begin) {
+    out.addmm_(x2.narrow(1, row_begin, chunk.size(0)), chunk);
+  }));
+  return out.view(out_shape);
+}
+
+Result<at::Tensor> EmbeddingW(const WeightRef& w, const at::Tensor& ids) {
+  if (w.whole.defined()) return at::embedding(w.whole, ids);
+  const std::vector<int64_t> shape = w.weights->Shape(w.name);
+  if (shape.size() != 2) return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.name + "' is not a matrix");
+  at::Tensor out;
+  BIGPLAN_RETURN_IF_ERROR(ForEachChunk(w, [&](const at::Tensor& chunk, int64_t row_begin) {
+    const int64_t rows = chunk.size(0);
+    at::Tensor local = ids - row_begin;
+    at::Tensor inside = at::logical_and(local >= 0, local < rows);
+    at::Tensor part = at::embedding(chunk, local.clamp(0, rows - 1)) * inside.unsqueeze(-1).to(chunk.scalar_type());
+    if (out.defined()) {
+      out.add_(part);
+    } else {
+      out = part;
+    }
+  }));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // The block-kind boundary
 
 Status ModelKernelsBase::PositionEmbedding(const Call& c, at::Tensor* /*hidden*/) const {
@@ -419,6 +508,22 @@ Result<at::Tensor> ModelKernelsBase::Get(const Call& c, const std::string& name)
   at::Tensor t = c.weights.Find(name);
   if (!t.defined()) return MakeError(ErrorCode::kNotFound, c.block + ": weight '" + name + "' not found");
   return t;
+}
+
+Result<WeightRef> ModelKernelsBase::Ref(const Call& c, const std::string& name, bool required) const {
+  WeightRef r = FindRef(c.weights, name);
+  if (required && !r.present()) return MakeError(ErrorCode::kNotFound, c.block + ": weight '" + name + "' not found");
+  return r;
+}
+
+Result<WeightRef> ModelKernelsBase::RefAny(const Call& c, const std::vector<std::string>& names) const {
+  std::string tried;
+  for (const auto& n : names) {
+    WeightRef r = FindRef(c.weights, n);
+    if (r.present()) return r;
+    tried += (tried.empty() ? "'" : ", '") + n + "'";
+  }
+  return MakeError(ErrorCode::kNotFound, c.block + ": none of the weights " + tried + " found");
 }
 
 Result<at::Tensor> ModelKernelsBase::GetAny(const Call& c, const std::vector<std::string>& names) const {

@@ -40,13 +40,29 @@ struct ModelSpec {
 
 // The weights of one block, by full tensor name (e.g. "model.layers.3.self_attn.q_proj.weight"), already at the
 // execution dtype on the compute device. Tied weights appear under their checkpoint name.
+//
+// Streamed weights (plan version 2) are either whole (on the device for the whole step: Find returns them like
+// resident ones) or streamed in row chunks: then Find returns an undefined tensor and the kernel reads the weight
+// chunk by chunk, in row order, with AcquireChunk / ReleaseChunk around the one operation that reads each chunk
+// (the chunk's memory is reused for later units once released). Kernels consume chunked weights in the order the
+// planner streams them (planner/placement.cc ConsumptionRank): attention input projections (q, k, v), attention
+// output, MLP input projections (gate, up), MLP output; kernels_internal's LinearW / Conv1DW / EmbeddingW do this.
 class BlockWeights {
  public:
   virtual ~BlockWeights() = default;
-  // The tensor, or an undefined at::Tensor if the block has no such weight.
+  // The whole tensor, or an undefined at::Tensor if the block has no such weight or streams it in chunks.
   virtual at::Tensor Find(const std::string& name) const = 0;
-  // The tensor; kNotFound naming it if absent.
+  // The tensor; kNotFound naming it if absent (or chunked).
   Result<at::Tensor> Get(const std::string& name) const;
+  // Row chunks of a chunk-streamed weight; 0 for whole, resident or absent weights.
+  virtual int NumChunks(const std::string& /*name*/) const { return 0; }
+  // The full shape of a weight (also of a chunked one); empty if absent.
+  virtual std::vector<int64_t> Shape(const std::string& name) const;
+  // Chunk i (0 <= i < NumChunks, in increasing order): makes the current stream wait for its copy and returns its
+  // rows as a tensor [rows, ...] with *row_begin set to its first row.
+  virtual Result<at::Tensor> AcquireChunk(const std::string& name, int i, int64_t* row_begin) const;
+  // Marks chunk i consumed once the operation reading it has been issued on the current stream.
+  virtual Status ReleaseChunk(const std::string& name, int i) const;
 };
 
 // A decoder layer's KV cache: k and v each [max_batch, num_kv_heads, max_seq_len, head_dim], execution dtype,

@@ -47,8 +47,8 @@ class GptKernelsBase : public ModelKernelsBase {
 
  protected:
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wte, Get(c, names::TokenEmbedding(c.prefix)));
-    *hidden = at::embedding(wte, c.ctx.token_ids);
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wte, Ref(c, names::TokenEmbedding(c.prefix)));
+    BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(wte, c.ctx.token_ids));
     return Status::Ok();
   }
 
@@ -61,14 +61,14 @@ class GptKernelsBase : public ModelKernelsBase {
 
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
     BIGPLAN_ASSIGN_OR_RETURN(
-        at::Tensor w, GetAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding, names::kTiedEmbeddingLegacy}));
+        WeightRef w, RefAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding, names::kTiedEmbeddingLegacy}));
     at::Tensor b;
     if (lm_head_bias_required()) {
       BIGPLAN_ASSIGN_OR_RETURN(b, Get(c, c.prefix + names::kBias));
     } else {
       b = c.weights.Find(c.prefix + names::kBias);
     }
-    return Linear(h, w, b);
+    return LinearW(w, h, b);
   }
 
   virtual bool lm_head_bias_required() const = 0;
@@ -114,15 +114,15 @@ class Gpt2Kernels final : public GptKernelsBase {
     const std::string& p = c.prefix;
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_w, Get(c, p + "ln_1.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_b, Get(c, p + "ln_1.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor attn_w, Get(c, p + "attn.c_attn.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef attn_w, Ref(c, p + "attn.c_attn.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor attn_b, Get(c, p + "attn.c_attn.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor proj_w, Get(c, p + "attn.c_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef proj_w, Ref(c, p + "attn.c_proj.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor proj_b, Get(c, p + "attn.c_proj.bias"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_w, Get(c, p + "ln_2.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_b, Get(c, p + "ln_2.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_w, Get(c, p + "mlp.c_fc.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_w, Ref(c, p + "mlp.c_fc.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_b, Get(c, p + "mlp.c_fc.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out_w, Get(c, p + "mlp.c_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef out_w, Ref(c, p + "mlp.c_proj.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out_b, Get(c, p + "mlp.c_proj.bias"));
 
     const at::Tensor x = *hidden;
@@ -135,16 +135,17 @@ class Gpt2Kernels final : public GptKernelsBase {
     BIGPLAN_RETURN_IF_ERROR(CheckKvCache(kv, batch, heads, start_pos, seq, head_dim, x.device(), c.block));
 
     at::Tensor h = LayerNorm(x, ln1_w, ln1_b, spec_.norm_eps);
-    at::Tensor qkv = Conv1D(h, attn_w, attn_b);  // [batch, seq, 3 * width]
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor qkv, Conv1DW(attn_w, h, attn_b));  // [batch, seq, 3 * width]
     at::Tensor q = qkv.narrow(-1, 0, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
     at::Tensor k = qkv.narrow(-1, width, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
     at::Tensor v = qkv.narrow(-1, 2 * width, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
     at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, std::pow(static_cast<double>(head_dim), -0.5));
-    attn = Conv1D(attn.transpose(1, 2).reshape({batch, seq, width}), proj_w, proj_b);
+    BIGPLAN_ASSIGN_OR_RETURN(attn, Conv1DW(proj_w, attn.transpose(1, 2).reshape({batch, seq, width}), proj_b));
     at::Tensor y = attn + x;
 
     h = LayerNorm(y, ln2_w, ln2_b, spec_.norm_eps);
-    at::Tensor mlp = Conv1D(Activate(act_, Conv1D(h, fc_w, fc_b)), out_w, out_b);
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc, Conv1DW(fc_w, h, fc_b));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, Conv1DW(out_w, Activate(act_, fc), out_b));
     *hidden = y + mlp;
     return Status::Ok();
   }
@@ -182,13 +183,13 @@ class GptjKernels final : public GptKernelsBase {
     const std::string& p = c.prefix;
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_w, Get(c, p + "ln_1.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_b, Get(c, p + "ln_1.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wq, Get(c, p + "attn.q_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wk, Get(c, p + "attn.k_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wv, Get(c, p + "attn.v_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wo, Get(c, p + "attn.out_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_in_w, Get(c, p + "mlp.fc_in.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wq, Ref(c, p + "attn.q_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wk, Ref(c, p + "attn.k_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wv, Ref(c, p + "attn.v_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wo, Ref(c, p + "attn.out_proj.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_in_w, Ref(c, p + "mlp.fc_in.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_in_b, Get(c, p + "mlp.fc_in.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_out_w, Get(c, p + "mlp.fc_out.weight"));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_out_w, Ref(c, p + "mlp.fc_out.weight"));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_out_b, Get(c, p + "mlp.fc_out.bias"));
 
     const at::Tensor x = *hidden;
@@ -201,9 +202,12 @@ class GptjKernels final : public GptKernelsBase {
     BIGPLAN_RETURN_IF_ERROR(CheckKvCache(kv, batch, heads, start_pos, seq, head_dim, x.device(), c.block));
 
     at::Tensor h = LayerNorm(x, ln_w, ln_b, spec_.norm_eps);
-    at::Tensor q = Linear(h, wq, {}).view({batch, seq, heads, head_dim});
-    at::Tensor k = Linear(h, wk, {}).view({batch, seq, heads, head_dim});
-    at::Tensor v = Linear(h, wv, {}).view({batch, seq, heads, head_dim}).transpose(1, 2);
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor q, LinearW(wq, h, {}));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor k, LinearW(wk, h, {}));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor v, LinearW(wv, h, {}));
+    q = q.view({batch, seq, heads, head_dim});
+    k = k.view({batch, seq, heads, head_dim});
+    v = v.view({batch, seq, heads, head_dim}).transpose(1, 2);
 
     // sin/cos [1, seq, 1, rotary_dim].
     const int64_t rot = spec_.rotary_dim;
@@ -215,8 +219,9 @@ class GptjKernels final : public GptKernelsBase {
     k = ApplyRotary(k, sin, cos).permute({0, 2, 1, 3});
 
     at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, 1.0 / std::sqrt(static_cast<double>(head_dim)));
-    attn = Linear(attn.transpose(1, 2).reshape({batch, seq, width}), wo, {});
-    at::Tensor mlp = Linear(Activate(act_, Linear(h, fc_in_w, fc_in_b)), fc_out_w, fc_out_b);
+    BIGPLAN_ASSIGN_OR_RETURN(attn, LinearW(wo, attn.transpose(1, 2).reshape({batch, seq, width}), {}));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc, LinearW(fc_in_w, h, fc_in_b));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, LinearW(fc_out_w, Activate(act_, fc), fc_out_b));
     *hidden = attn + mlp + x;
     return Status::Ok();
   }

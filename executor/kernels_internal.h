@@ -112,6 +112,28 @@ at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::T
 at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
                                  const at::Tensor& position, double scale);
 
+// ---- weights that may be streamed in row chunks ----
+
+// A block weight by name: whole (resident, or streamed whole) or streamed in row chunks (BlockWeights::NumChunks).
+struct WeightRef {
+  const BlockWeights* weights = nullptr;
+  std::string name;
+  at::Tensor whole;  // defined when whole
+  int chunks = 0;    // > 0 when chunked
+  bool present() const { return whole.defined() || chunks > 0; }
+};
+WeightRef FindRef(const BlockWeights& weights, const std::string& name);
+
+// x @ w^T + b for w [out, in] (nn.Linear). Chunks of w's rows give columns of the output: each chunk's product is
+// written into its columns, then the chunk is released. `b` may be undefined.
+Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b);
+// transformers' Conv1D (GPT-2), w [in, out]: addmm(b, x2d, w). Chunks of w's rows multiply the matching slice of
+// x's last dimension; their products are summed.
+Result<at::Tensor> Conv1DW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b);
+// Embedding lookup of `ids` in w [vocab, hidden]. Chunks of w's rows serve the ids in their range (masked lookups,
+// summed), so no host synchronization is needed.
+Result<at::Tensor> EmbeddingW(const WeightRef& w, const at::Tensor& ids);
+
 // ---- the block-kind boundary ----
 
 // Validates the common arguments, dispatches on `kind` and converts LibTorch exceptions into errors naming the
@@ -141,6 +163,10 @@ class ModelKernelsBase : public ModelKernels {
 
   // weights.Get(name) with the block named in the error.
   Result<at::Tensor> Get(const Call& c, const std::string& name) const;
+  // A weight that may be chunked; kNotFound naming the block when `required` and absent.
+  Result<WeightRef> Ref(const Call& c, const std::string& name, bool required = true) const;
+  // The first of `names` the block has, possibly chunked; kNotFound listing them all otherwise.
+  Result<WeightRef> RefAny(const Call& c, const std::vector<std::string>& names) const;
   // The first of `names` the block has; kNotFound listing them all otherwise.
   Result<at::Tensor> GetAny(const Call& c, const std::vector<std::string>& names) const;
 

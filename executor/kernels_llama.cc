@@ -46,34 +46,39 @@ class LlamaKernels final : public ModelKernelsBase {
 
  protected:
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, c.prefix + names::kWeight));
-    *hidden = at::embedding(w, c.ctx.token_ids);
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, c.prefix + names::kWeight));
+    BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(w, c.ctx.token_ids));
     return Status::Ok();
   }
 
   Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const override {
     const std::string& p = c.prefix;
-    // Projection weight and bias. Biases are required when the spec says so, else used when the block has them
-    // (Qwen2: q/k/v biases only; Llama attention_bias: all four).
-    auto proj = [&](const char* module, bool bias_required, at::Tensor* w, at::Tensor* b) -> Status {
-      BIGPLAN_ASSIGN_OR_RETURN(*w, Get(c, p + module + "weight"));
+    // Projection weight (whole or streamed in row chunks) and bias. Biases are required when the spec says so,
+    // else used when the block has them (Qwen2: q/k/v biases only; Llama attention_bias: all four).
+    struct Proj {
+      WeightRef w;
+      at::Tensor b;
+    };
+    auto proj = [&](const char* module, bool bias_required, Proj* out) -> Status {
+      BIGPLAN_ASSIGN_OR_RETURN(out->w, Ref(c, p + module + "weight"));
       if (bias_required) {
-        BIGPLAN_ASSIGN_OR_RETURN(*b, Get(c, p + module + "bias"));
+        BIGPLAN_ASSIGN_OR_RETURN(out->b, Get(c, p + module + "bias"));
       } else {
-        *b = c.weights.Find(p + module + "bias");
+        out->b = c.weights.Find(p + module + "bias");
       }
       return Status::Ok();
     };
-    at::Tensor wq, bq, wk, bk, wv, bv, wo, bo, wg, bg, wu, bu, wd, bd;
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kQ, spec_.attention_bias, &wq, &bq));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kK, spec_.attention_bias, &wk, &bk));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kV, spec_.attention_bias, &wv, &bv));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kO, false, &wo, &bo));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kGate, spec_.mlp_bias, &wg, &bg));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kUp, spec_.mlp_bias, &wu, &bu));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kDown, spec_.mlp_bias, &wd, &bd));
+    Proj q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
+    BIGPLAN_RETURN_IF_ERROR(proj(names::kQ, spec_.attention_bias, &q_proj));
+    BIGPLAN_RETURN_IF_ERROR(proj(names::kK, spec_.attention_bias, &k_proj));
+    BIGPLAN_RETURN_IF_ERROR(proj(names::kV, spec_.attention_bias, &v_proj));
+    BIGPLAN_RETURN_IF_ERROR(proj(names::kO, false, &o_proj));
+    BIGPLAN_RETURN_IF_ERROR(proj(names::kGate, spec_.mlp_bias, &gate_proj));
+    BIGPLAN_RETURN_IF_ERROR(proj(names::kUp, spec_.mlp_bias, &up_proj));
+    BIGPLAN_RETURN_IF_ERROR(proj(names::kDown, spec_.mlp_bias, &down_proj));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor input_norm, Get(c, p + names::kInputNorm));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor post_norm, Get(c, p + names::kPostNorm));
+    auto apply = [](const Proj& pr, const at::Tensor& x) { return LinearW(pr.w, x, pr.b); };
 
     const at::Tensor x = *hidden;
     const int64_t batch = x.size(0);
@@ -84,10 +89,14 @@ class LlamaKernels final : public ModelKernelsBase {
     const int64_t start_pos = c.ctx.start_pos;
     BIGPLAN_RETURN_IF_ERROR(CheckKvCache(kv, batch, kv_heads, start_pos, seq, head_dim, x.device(), c.block));
 
+    // Projections run in the order the planner streams chunked weights: q, k, v, o, gate, up, down.
     at::Tensor h = RmsNorm(x, input_norm, spec_.norm_eps);
-    at::Tensor q = Linear(h, wq, bq).view({batch, seq, heads, head_dim}).transpose(1, 2);
-    at::Tensor k = Linear(h, wk, bk).view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
-    at::Tensor v = Linear(h, wv, bv).view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor q, apply(q_proj, h));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor k, apply(k_proj, h));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor v, apply(v_proj, h));
+    q = q.view({batch, seq, heads, head_dim}).transpose(1, 2);
+    k = k.view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
+    v = v.view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
 
     // cos/sin depend on the position alone, except for dynamic NTK past max_position_embeddings, where the
     // frequencies depend on the current length.
@@ -114,10 +123,13 @@ class LlamaKernels final : public ModelKernelsBase {
     at::Tensor attn = position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale)
                                          : CachedAttention(q, k, v, kv, start_pos, scale);
     attn = attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
-    at::Tensor y = x + Linear(attn, wo, bo);
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor o, apply(o_proj, attn));
+    at::Tensor y = x + o;
 
     h = RmsNorm(y, post_norm, spec_.norm_eps);
-    at::Tensor mlp = Linear(Activate(act_, Linear(h, wg, bg)) * Linear(h, wu, bu), wd, bd);
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate, apply(gate_proj, h));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor up, apply(up_proj, h));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, apply(down_proj, Activate(act_, gate) * up));
     *hidden = y + mlp;
     return Status::Ok();
   }
@@ -129,9 +141,9 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, GetAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding}));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, RefAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding}));
     at::Tensor b = c.weights.Find(c.prefix + "bias");
-    return Linear(h, w, b);
+    return LinearW(w, h, b);
   }
 
  public:

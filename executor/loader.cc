@@ -187,6 +187,7 @@ struct Loader {
         return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": device " +
                                                   std::to_string(plan_device));
       }
+      br.plan_device = plan_device;
       br.device = state.cpu_mode ? -1 : plan_device;
       if (br.device >= cuda_count) {
         return MakeError(ErrorCode::kDevice, plan_name + ": block " + br.name + " runs on cuda:" +
@@ -194,8 +195,18 @@ struct Loader {
                                                  " CUDA device(s) are visible (run on the CPU with force_cpu)");
       }
       if (br.device >= 0) devices.insert(br.device);
-      const bool on_cpu = br.device < 0;
-      // Weights.
+      uint8_t* home = nullptr;
+      uint8_t* host = nullptr;
+      uint64_t home_size = 0, host_size = 0;
+      if (b->home_buffer() >= 0) {
+        BIGPLAN_ASSIGN_OR_RETURN(home, BufferPtr(b->home_buffer(), schema::Pool::DeviceArena, plan_device, "home",
+                                                 br.name, 0));
+        home_size = plan.buffers()->Get(b->home_buffer())->size_bytes();
+      }
+      if (b->host_buffer() >= 0) {
+        BIGPLAN_ASSIGN_OR_RETURN(host, BufferPtr(b->host_buffer(), schema::Pool::PinnedHost, -1, "host", br.name, 0));
+        host_size = plan.buffers()->Get(b->host_buffer())->size_bytes();
+      }
       if (b->weights() != nullptr) {
         for (const schema::Weight* w : *b->weights()) {
           const schema::Tensor* t = tensors->Get(w->tensor());
@@ -204,10 +215,11 @@ struct Loader {
           wr.shape = ShapeOf(t->shape());
           wr.numel = 1;
           for (int64_t d : wr.shape) wr.numel *= d;
+          wr.rows = wr.shape.empty() ? 1 : std::max<int64_t>(1, wr.shape[0]);
           wr.source_dtype = t->src_dtype();
           wr.dtype = w->dtype();
           wr.bytes = w->size_bytes();
-          wr.offset_in_block = w->offset_in_block();
+          wr.tier = w->tier();
           wr.source_bytes = t->size_bytes();
           wr.source_offset = t->offset();
           wr.shard = state.shards[t->shard()].get();
@@ -218,74 +230,21 @@ struct Loader {
                                                       " has size_bytes " + std::to_string(wr.bytes) + ", expected " +
                                                       std::to_string(uint64_t(wr.numel) * DTypeSize(wr.dtype)));
           }
-          if (wr.offset_in_block + wr.bytes > br.weight_bytes) {
-            return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
-                                                      " ends past the block's weight_bytes");
+          if (wr.tier == schema::Tier::Gpu) {
+            if (home == nullptr || w->offset_in_block() + wr.bytes > home_size) {
+              return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": resident weight " +
+                                                        wr.name + " lies outside its home buffer");
+            }
+            wr.home = home + w->offset_in_block();
+          } else if (wr.tier == schema::Tier::Cpu) {
+            if (host == nullptr || w->offset_in_block() + wr.bytes > host_size) {
+              return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": cpu-tier weight " +
+                                                        wr.name + " lies outside its host buffer");
+            }
+            wr.home = host + w->offset_in_block();
           }
-          br.source_bytes += wr.source_bytes;
           br.weights.push_back(std::move(wr));
         }
-      }
-      // Where the weights live and how they reach compute.
-      switch (br.tier) {
-        case schema::Tier::Gpu: {
-          br.feed = Feed::kResident;
-          BIGPLAN_ASSIGN_OR_RETURN(br.home, BufferPtr(b->home_buffer(), schema::Pool::DeviceArena, plan_device,
-                                                      "home", br.name, br.weight_bytes));
-          br.weights_base = br.home;
-          break;
-        }
-        case schema::Tier::Cpu: {
-          BIGPLAN_ASSIGN_OR_RETURN(br.home, BufferPtr(b->home_buffer(), schema::Pool::PinnedHost, -1, "home",
-                                                      br.name, br.weight_bytes));
-          if (on_cpu) {
-            br.feed = Feed::kHostInPlace;
-            br.weights_base = br.home;
-          } else {
-            br.feed = Feed::kCopyH2D;
-            BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->staging_buffer(), schema::Pool::DeviceArena,
-                                                           plan_device, "staging", br.name, br.weight_bytes));
-            br.weights_base = br.staging;
-          }
-          break;
-        }
-        case schema::Tier::Disk: {
-          if (on_cpu) {
-            br.feed = Feed::kDiskOnCpu;
-            for (WeightRuntime& w : br.weights) {
-              const size_t elem = DTypeSize(w.dtype);
-              w.cast_on_cpu = w.dtype != w.source_dtype || (elem > 0 && reinterpret_cast<uintptr_t>(w.source) % elem);
-              br.needs_cpu_cast |= w.cast_on_cpu;
-            }
-            if (br.needs_cpu_cast) {
-              if (b->staging_buffer() >= 0) {
-                BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->staging_buffer(), schema::Pool::DeviceArena,
-                                                               plan_device, "staging", br.name, br.weight_bytes));
-              } else if (b->disk_staging_buffer() >= 0) {
-                BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->disk_staging_buffer(), schema::Pool::PinnedHost,
-                                                               -1, "disk staging", br.name, br.weight_bytes));
-                br.cast_inline = true;
-              } else {
-                return MakeError(ErrorCode::kUnsupported,
-                                 plan_name + ": disk-tier block " + br.name +
-                                     " must be cast to the execution dtype but has no staging buffer");
-              }
-              br.weights_base = br.staging;
-            }
-          } else {
-            br.feed = Feed::kDiskH2D;
-            BIGPLAN_ASSIGN_OR_RETURN(br.staging, BufferPtr(b->staging_buffer(), schema::Pool::DeviceArena,
-                                                           plan_device, "staging", br.name, br.weight_bytes));
-            BIGPLAN_ASSIGN_OR_RETURN(br.disk_staging, BufferPtr(b->disk_staging_buffer(), schema::Pool::PinnedHost,
-                                                                -1, "disk staging", br.name, br.weight_bytes));
-            br.disk_staging_bytes = plan.buffers()->Get(b->disk_staging_buffer())->size_bytes();
-            br.weights_base = br.staging;
-          }
-          break;
-        }
-        default:
-          return MakeError(ErrorCode::kUnsupported, plan_name + ": block " + br.name + ": unknown tier " +
-                                                        std::to_string(static_cast<int>(br.tier)));
       }
       if (b->kv_buffer() >= 0) {
         BIGPLAN_ASSIGN_OR_RETURN(
@@ -297,11 +256,6 @@ struct Loader {
       state.blocks.push_back(std::move(br));
     }
     state.cuda_devices.assign(devices.begin(), devices.end());
-    std::set<int32_t> disk_staging;
-    for (const schema::Block* b : *blocks) {
-      if (b->disk_staging_buffer() >= 0) disk_staging.insert(b->disk_staging_buffer());
-    }
-    state.num_disk_staging_buffers = static_cast<int>(disk_staging.size());
     return Status::Ok();
   }
 
@@ -314,8 +268,6 @@ struct Loader {
                                                     std::to_string(nblocks) + " blocks; one step per block expected");
     }
     std::vector<int> computed(nblocks, -1);
-    std::vector<int> copied(nblocks, 0);
-    uint32_t copy_index = 0;
     state.steps.resize(steps->size());
     for (uint32_t i = 0; i < steps->size(); ++i) {
       const schema::Step* s = steps->Get(i);
@@ -325,71 +277,107 @@ struct Loader {
         return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) + " computes block " +
                                                   std::to_string(sr.block) + " (out of range or computed twice)");
       }
+      if (s->copies() != nullptr && s->copies()->size() > 0) {
+        return MakeError(ErrorCode::kUnsupported, plan_name + ": step " + std::to_string(i) +
+                                                      " has per-step copies (a version 1 plan): plan again");
+      }
       computed[sr.block] = static_cast<int>(i);
       state.blocks[sr.block].step = i;
     }
-    for (uint32_t i = 0; i < steps->size(); ++i) {
-      const schema::Step* s = steps->Get(i);
-      if (s->copies() == nullptr) continue;
-      for (const schema::Copy* c : *s->copies()) {
-        CopyRuntime cr;
-        cr.step = i;
-        cr.block = c->block();
-        cr.source = c->source();
-        cr.stream = c->stream();
-        if (cr.block >= nblocks) {
-          return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) + " copies block " +
-                                                    std::to_string(cr.block) + " (out of range)");
-        }
-        const BlockRuntime& br = state.blocks[cr.block];
-        if (br.tier != cr.source || br.tier == schema::Tier::Gpu) {
-          return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) + " copies block " +
-                                                    br.name + " from the " + TierName(cr.source) +
-                                                    " tier, but its tier is " + TierName(br.tier));
-        }
-        if (br.step < i) {
-          return MakeError(ErrorCode::kUnsupported,
-                           plan_name + ": step " + std::to_string(i) + " copies block " + br.name +
-                               ", which step " + std::to_string(br.step) +
-                               " computes earlier (copies for the next forward pass are not supported)");
-        }
-        if (c->wait_compute_steps() != nullptr) {
-          for (uint32_t w : *c->wait_compute_steps()) {
-            if (w >= steps->size()) {
-              return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) +
-                                                        ": wait_compute_steps entry " + std::to_string(w) +
-                                                        " out of range");
-            }
-            cr.wait_compute_steps.push_back(w);
-          }
-        }
-        if (c->wait_copy_blocks() != nullptr) {
-          for (uint32_t w : *c->wait_copy_blocks()) {
-            if (w >= nblocks) {
-              return MakeError(ErrorCode::kCorrupt, plan_name + ": step " + std::to_string(i) +
-                                                        ": wait_copy_blocks entry " + std::to_string(w) +
-                                                        " out of range");
-            }
-            cr.wait_copy_blocks.push_back(w);
-          }
-        }
-        if (++copied[cr.block] > 1) {
-          return MakeError(ErrorCode::kUnsupported,
-                           plan_name + ": block " + br.name + " is copied more than once per forward pass");
-        }
-        state.max_streams_per_device = std::max<uint32_t>(state.max_streams_per_device, cr.stream + 1u);
-        cr.index = copy_index++;
-        state.steps[i].copies.push_back(std::move(cr));
+    return Status::Ok();
+  }
+
+  // Streams: every unit's source and ring pointers; each streamed weight's units; each block's whole units. The
+  // verifier (schema/plan_io) checked indices, rows, byte counts and ring bounds.
+  Status BuildStreams() {
+    const auto* streams = plan.streams();
+    if (streams == nullptr) return CheckEveryStreamedWeightHasUnits();
+    for (uint32_t si = 0; si < streams->size(); ++si) {
+      const schema::Stream* st = streams->Get(si);
+      if (st->units() == nullptr || st->units()->size() == 0) continue;
+      StreamRuntime sr;
+      sr.plan_device = st->device();
+      sr.device = state.cpu_mode ? -1 : st->device();
+      BIGPLAN_ASSIGN_OR_RETURN(sr.ring, BufferPtr(st->ring_buffer(), schema::Pool::DeviceArena, st->device(), "ring",
+                                                  "stream of device " + std::to_string(st->device()), 0));
+      sr.ring_bytes = plan.buffers()->Get(st->ring_buffer())->size_bytes();
+      if (st->disk_ring_buffer() >= 0) {
+        BIGPLAN_ASSIGN_OR_RETURN(sr.disk_ring, BufferPtr(st->disk_ring_buffer(), schema::Pool::PinnedHost, -1,
+                                                         "disk ring", "stream of device " +
+                                                                          std::to_string(st->device()), 0));
+        sr.disk_ring_bytes = plan.buffers()->Get(st->disk_ring_buffer())->size_bytes();
       }
+      const int32_t stream_index = static_cast<int32_t>(state.streams.size());
+      for (uint32_t u = 0; u < st->units()->size(); ++u) {
+        const schema::Unit* un = st->units()->Get(u);
+        BlockRuntime& br = state.blocks[un->block()];
+        WeightRuntime& w = br.weights[un->weight()];
+        if (br.stream >= 0 && br.stream != stream_index) {
+          return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + " is streamed by two streams");
+        }
+        br.stream = stream_index;
+        UnitRuntime ur;
+        ur.block = un->block();
+        ur.weight = un->weight();
+        ur.row_begin = un->row_begin();
+        ur.row_end = un->row_end();
+        ur.source = un->source();
+        ur.bytes = un->bytes();
+        ur.whole = un->whole();
+        ur.ring = sr.ring + un->ring_offset();
+        ur.wait_unit = un->wait_unit();
+        ur.disk_wait_unit = un->disk_wait_unit();
+        const bool all_rows = ur.row_begin == 0 && ur.row_end == w.rows;
+        if (ur.whole != all_rows && ur.whole) {
+          return MakeError(ErrorCode::kCorrupt, plan_name + ": unit " + std::to_string(u) + " of " + w.name +
+                                                    " is whole but covers rows " + std::to_string(ur.row_begin) +
+                                                    "-" + std::to_string(ur.row_end));
+        }
+        if (ur.source == schema::Tier::Cpu) {
+          ur.host = w.home + static_cast<uint64_t>(ur.row_begin) * w.row_bytes();
+        } else {
+          ur.shard_index = w.shard_index;
+          ur.file_offset = w.source_offset + static_cast<uint64_t>(ur.row_begin) * w.source_row_bytes();
+          ur.file_bytes = static_cast<uint64_t>(ur.row_end - ur.row_begin) * w.source_row_bytes();
+          ur.cast = w.source_dtype != w.dtype;
+          if (sr.disk_ring != nullptr) {
+            ur.disk_slot = sr.disk_ring + un->disk_slot_offset();
+            ur.disk_slot_bytes = un->disk_slot_bytes();
+          }
+        }
+        if (!w.units.empty()) {
+          const UnitRuntime& prev = sr.units[w.units.back()];
+          if (prev.row_end != ur.row_begin) {
+            return MakeError(ErrorCode::kCorrupt, plan_name + ": the units of " + w.name + " do not cover its rows in order");
+          }
+        } else if (ur.row_begin != 0) {
+          return MakeError(ErrorCode::kCorrupt, plan_name + ": the units of " + w.name + " do not start at row 0");
+        }
+        w.units.push_back(u);
+        w.chunked = w.chunked || !ur.whole;
+        if (ur.whole) br.whole_units.push_back(u);
+        sr.units.push_back(ur);
+      }
+      state.streams.push_back(std::move(sr));
     }
-    for (StepRuntime& s : state.steps) {
-      for (CopyRuntime& c : s.copies) state.copies.push_back(&c);
-    }
-    for (const BlockRuntime& br : state.blocks) {
-      if ((br.feed == Feed::kCopyH2D || br.feed == Feed::kDiskH2D) && copied[br.index] == 0) {
-        return MakeError(ErrorCode::kCorrupt,
-                         plan_name + ": block " + br.name + " is streamed (" + TierName(br.tier) +
-                             " tier) but no step copies it");
+    return CheckEveryStreamedWeightHasUnits();
+  }
+
+  Status CheckEveryStreamedWeightHasUnits() {
+    for (BlockRuntime& br : state.blocks) {
+      for (const WeightRuntime& w : br.weights) {
+        const bool needs_units =
+            w.tier == schema::Tier::Disk || (w.tier == schema::Tier::Cpu && br.plan_device >= 0);
+        if (needs_units && w.units.empty()) {
+          return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + w.name +
+                                                    " rests in the " + TierName(w.tier) + " tier but no stream carries it");
+        }
+        if (!w.units.empty()) {
+          const UnitRuntime& last = state.streams[br.stream].units[w.units.back()];
+          if (last.row_end != w.rows) {
+            return MakeError(ErrorCode::kCorrupt, plan_name + ": the units of " + w.name + " do not cover its rows");
+          }
+        }
       }
     }
     return Status::Ok();
@@ -398,19 +386,18 @@ struct Loader {
   Status FillWeights() {
     uint64_t total = 0;
     for (const BlockRuntime& br : state.blocks) {
-      if (br.tier == schema::Tier::Disk) continue;
-      for (const WeightRuntime& w : br.weights) total += w.bytes;
+      for (const WeightRuntime& w : br.weights) total += w.tier == schema::Tier::Disk ? 0 : w.bytes;
     }
     LoadProgress progress(total, options.progress);
     std::vector<uint8_t> bounce;
     for (const BlockRuntime& br : state.blocks) {
-      if (br.tier == schema::Tier::Disk) continue;
-      const bool device_home = br.tier == schema::Tier::Gpu && br.device >= 0;
-      if (device_home) {
-        BIGPLAN_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(br.device), "cudaSetDevice"));
-      }
       for (const WeightRuntime& w : br.weights) {
-        uint8_t* dst = br.home + w.offset_in_block;
+        if (w.tier == schema::Tier::Disk) continue;
+        const bool device_home = w.tier == schema::Tier::Gpu && br.device >= 0;
+        if (device_home) {
+          BIGPLAN_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(br.device), "cudaSetDevice"));
+        }
+        uint8_t* dst = w.home;
         w.shard->WillNeed(w.source_offset, w.source_bytes);
         const size_t src_elem = DTypeSize(w.source_dtype);
         const size_t dst_elem = DTypeSize(w.dtype);
@@ -447,17 +434,6 @@ at::TensorOptions OptionsFor(schema::DType dtype, int device) {
 }
 
 }  // namespace
-
-const char* FeedName(Feed feed) {
-  switch (feed) {
-    case Feed::kResident: return "resident";
-    case Feed::kHostInPlace: return "host in place";
-    case Feed::kCopyH2D: return "pinned -> device";
-    case Feed::kDiskH2D: return "disk -> pinned -> device";
-    case Feed::kDiskOnCpu: return "disk on cpu";
-  }
-  return "?";
-}
 
 at::ScalarType ToScalarType(schema::DType dtype) {
   switch (dtype) {
@@ -632,6 +608,7 @@ Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path,
   BIGPLAN_RETURN_IF_ERROR(loader.AllocateArenas(cuda_count));
   BIGPLAN_RETURN_IF_ERROR(loader.BuildBlocks(cuda_count));
   BIGPLAN_RETURN_IF_ERROR(loader.BuildSteps());
+  BIGPLAN_RETURN_IF_ERROR(loader.BuildStreams());
   BIGPLAN_RETURN_IF_ERROR(loader.FillWeights());
 
   ModelInfo& info = state->info;
@@ -650,49 +627,19 @@ Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path,
     info.gpu_tier_blocks += b.tier == schema::Tier::Gpu;
     info.cpu_tier_blocks += b.tier == schema::Tier::Cpu;
     info.disk_tier_blocks += b.tier == schema::Tier::Disk;
+    bool resident = false;
+    for (const WeightRuntime& w : b.weights) resident |= w.tier == schema::Tier::Gpu;
+    info.partially_resident_blocks += b.tier != schema::Tier::Gpu && resident;
+  }
+  for (const StreamRuntime& s : state->streams) {
+    info.stream_units += static_cast<int>(s.units.size());
+    for (const UnitRuntime& u : s.units) info.chunk_units += u.whole ? 0 : 1;
   }
   for (const ArenaRuntime& a : state->arenas) {
     (a.pool == schema::Pool::PinnedHost ? info.pinned_pool_bytes : info.device_arena_bytes) += a.memory.size();
   }
   state->load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return state;
-}
-
-at::Tensor ViewWeights::Find(const std::string& name) const {
-  auto it = tensors.find(name);
-  return it == tensors.end() ? at::Tensor() : it->second;
-}
-
-Result<std::vector<BlockViews>> MakeBlockViews(const ModelState& state) {
-  const schema::Plan& plan = state.plan->plan();
-  const schema::ModelConfig* config = plan.config();
-  const schema::RunShape* run = plan.run_shape();
-  std::vector<BlockViews> views(state.blocks.size());
-  try {
-    for (const BlockRuntime& br : state.blocks) {
-      BlockViews& v = views[br.index];
-      for (const WeightRuntime& w : br.weights) {
-        void* ptr = nullptr;
-        if (br.feed == Feed::kDiskOnCpu && !w.cast_on_cpu) {
-          ptr = const_cast<uint8_t*>(w.source);
-        } else {
-          ptr = br.weights_base + w.offset_in_block;
-        }
-        v.weights.tensors[w.name] = at::from_blob(ptr, w.shape, OptionsFor(w.dtype, br.device));
-      }
-      if (br.kv != nullptr) {
-        const std::vector<int64_t> shape{run->max_batch(), config->num_kv_heads(), run->max_seq_len(),
-                                         config->head_dim()};
-        const auto opts = OptionsFor(plan.exec_dtype(), br.device);
-        v.kv.k = at::from_blob(br.kv, shape, opts);
-        v.kv.v = at::from_blob(br.kv + br.kv_bytes / 2, shape, opts);
-        v.has_kv = true;
-      }
-    }
-  } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kDevice, std::string("making weight views: ") + e.what());
-  }
-  return views;
 }
 
 ModelSpec SpecFromPlan(const schema::Plan& plan) {

@@ -1,4 +1,4 @@
-// What the loader builds from a plan and a checkpoint, and the copy engine and executor run from
+// What the loader builds from a plan (version 2) and a checkpoint, and the stream engine and executor run from
 // (internal to executor/). Plain data: no LibTorch, no CUDA types.
 #pragma once
 
@@ -15,33 +15,29 @@
 
 namespace bigplan::executor_internal {
 
-// How a block's weights reach its compute.
-enum class Feed : uint8_t {
-  kResident,     // Gpu tier: in the block's home buffer in its device arena (host arena on the CPU)
-  kHostInPlace,  // Cpu tier computed on the CPU: used where they rest, in the pinned pool
-  kCopyH2D,      // Cpu tier computed on a GPU: pinned home -> device staging on a copy stream
-  kDiskH2D,      // Disk tier computed on a GPU: shard -> pinned disk staging (worker) -> device staging
-  kDiskOnCpu,    // Disk tier computed on the CPU: from the mapping in place, or cast into staging (worker)
-};
-
-const char* FeedName(Feed feed);
-
 struct WeightRuntime {
-  std::string name;               // checkpoint tensor name
-  const uint8_t* source = nullptr;  // the tensor's bytes in the mapped shard
-  uint64_t source_bytes = 0;
+  std::string name;                 // checkpoint tensor name
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  int64_t rows = 1;                 // shape[0] (1 for a 0-d tensor)
   schema::DType source_dtype = schema::DType::F32;
   schema::DType dtype = schema::DType::F32;  // execution dtype
   uint64_t bytes = 0;                        // at the execution dtype
-  uint64_t offset_in_block = 0;
-  std::vector<int64_t> shape;
-  int64_t numel = 0;
-  // kDiskOnCpu only: true when the weight is cast into the staging buffer (dtype differs, or the mapping is not
-  // aligned for the dtype); false when it is used in place from the mapping.
-  bool cast_on_cpu = false;
-  const MappedFile* shard = nullptr;
-  uint32_t shard_index = 0;    // the plan's shard index (ModelState::shards)
+  schema::Tier tier = schema::Tier::Gpu;     // where it rests
+  // Gpu tier: its bytes in the device arena (the host arena on the CPU); Cpu tier: in the pinned host pool.
+  uint8_t* home = nullptr;
+  // The tensor's bytes in the mapped shard.
+  const uint8_t* source = nullptr;
+  uint64_t source_bytes = 0;
   uint64_t source_offset = 0;  // in the shard file
+  const MappedFile* shard = nullptr;
+  uint32_t shard_index = 0;
+  // Streamed (a Cpu- or Disk-tier weight of a block computed on a GPU, or a Disk-tier weight on the CPU): its
+  // units in its device's stream, in row order. Empty for a weight used where it rests.
+  std::vector<uint32_t> units;
+  bool chunked = false;  // streamed in row chunks (the units are not whole)
+  uint64_t row_bytes() const { return rows > 0 ? bytes / static_cast<uint64_t>(rows) : bytes; }
+  uint64_t source_row_bytes() const { return rows > 0 ? source_bytes / static_cast<uint64_t>(rows) : source_bytes; }
 };
 
 struct BlockRuntime {
@@ -50,42 +46,53 @@ struct BlockRuntime {
   std::string kind;
   std::string prefix;
   int32_t layer = -1;
-  schema::Tier tier = schema::Tier::Gpu;
+  schema::Tier tier = schema::Tier::Gpu;  // the slowest tier of its weights
   int32_t device = -1;  // where it runs: CUDA ordinal, or -1 for the CPU (always -1 in CPU mode)
-  Feed feed = Feed::kResident;
-  uint64_t weight_bytes = 0;
+  int32_t plan_device = -1;
   std::vector<WeightRuntime> weights;
-  uint8_t* home = nullptr;          // kResident, kHostInPlace, kCopyH2D
-  uint8_t* staging = nullptr;       // kCopyH2D, kDiskH2D, kDiskOnCpu (cast target)
-  uint8_t* disk_staging = nullptr;  // kDiskH2D
-  uint64_t disk_staging_bytes = 0;  // kDiskH2D: the disk staging buffer's size in the plan (>= weight_bytes)
-  // Where the weight views point (offset_in_block added per weight): home, staging, or (kDiskOnCpu) staging for
-  // cast weights, the mapping for the others.
-  uint8_t* weights_base = nullptr;
-  bool needs_cpu_cast = false;  // kDiskOnCpu with at least one cast weight
-  // kDiskOnCpu cast into the pinned disk staging (the block has no staging buffer): done at the block's own step
-  // on the calling thread, because the plan does not keep disk staging alive until the block's compute.
-  bool cast_inline = false;
-  uint8_t* kv = nullptr;        // KvCache buffer (decoder layers), null otherwise
+  uint8_t* kv = nullptr;  // KvCache buffer (decoder layers), null otherwise
   uint64_t kv_bytes = 0;
-  uint32_t step = 0;            // the step that computes it
-  uint64_t source_bytes = 0;    // sum of the weights' file bytes
-  bool streamed() const { return feed == Feed::kCopyH2D || feed == Feed::kDiskH2D || needs_cpu_cast; }
+  uint32_t step = 0;      // the step that computes it
+  int32_t stream = -1;    // index into ModelState::streams of its device's stream (-1: streams nothing)
+  std::vector<uint32_t> whole_units;  // its whole units in that stream, acquired when its step begins
+  uint64_t weight_bytes = 0;          // all its weights at the execution dtype
 };
 
-struct CopyRuntime {
-  uint32_t index = 0;  // global index over all steps' copies (for per-copy events)
-  uint32_t step = 0;   // the issuing step
+// One stream unit (schema::Unit) with its pointers resolved.
+struct UnitRuntime {
   uint32_t block = 0;
+  uint32_t weight = 0;
+  int64_t row_begin = 0;
+  int64_t row_end = 1;
   schema::Tier source = schema::Tier::Cpu;
-  std::vector<uint32_t> wait_compute_steps;
-  std::vector<uint32_t> wait_copy_blocks;
-  uint8_t stream = 0;
+  uint64_t bytes = 0;
+  bool whole = true;
+  uint8_t* ring = nullptr;             // destination in the device ring
+  int32_t wait_unit = -1;              // see schema::Unit
+  // Cpu source: the unit's bytes in the pinned host pool.
+  const uint8_t* host = nullptr;
+  // Disk source: the unit's bytes in the shard file, and the pinned disk ring slot.
+  uint32_t shard_index = 0;
+  uint64_t file_offset = 0;
+  uint64_t file_bytes = 0;
+  bool cast = false;                   // the file dtype differs from the execution dtype
+  uint8_t* disk_slot = nullptr;
+  uint64_t disk_slot_bytes = 0;
+  int32_t disk_wait_unit = -1;
+};
+
+struct StreamRuntime {
+  int32_t device = -1;  // compute device of its blocks (-1: the CPU, also every stream in CPU mode)
+  int32_t plan_device = -1;
+  uint8_t* ring = nullptr;
+  uint64_t ring_bytes = 0;
+  uint8_t* disk_ring = nullptr;
+  uint64_t disk_ring_bytes = 0;
+  std::vector<UnitRuntime> units;
 };
 
 struct StepRuntime {
   uint32_t block = 0;
-  std::vector<CopyRuntime> copies;
 };
 
 struct ArenaRuntime {
@@ -101,11 +108,9 @@ struct ModelState {
   std::vector<ArenaRuntime> arenas;
   std::vector<BlockRuntime> blocks;
   std::vector<StepRuntime> steps;
-  std::vector<CopyRuntime*> copies;  // by CopyRuntime::index
+  std::vector<StreamRuntime> streams;
   std::vector<int> cuda_devices;     // distinct CUDA devices blocks run on (empty in CPU mode)
   bool cpu_mode = false;
-  uint32_t max_streams_per_device = 1;
-  int num_disk_staging_buffers = 0;
   ModelInfo info;
   uint64_t loaded_bytes = 0;
   double load_seconds = 0;

@@ -90,7 +90,8 @@ std::vector<StreamWeight> StreamWeightsFor(const ModelDescription& model, const 
       sw.bytes = ws.size_bytes;
       sw.rows = ws.shape.empty() ? 1 : std::max<int64_t>(1, ws.shape[0]);
       sw.row_bytes = ws.size_bytes / static_cast<uint64_t>(sw.rows);
-      sw.chunkable = ws.shape.size() >= 2 && sw.rows > 1;
+      // Learned position tables are read by position ranges, not through a chunk-aware kernel.
+      sw.chunkable = ws.shape.size() >= 2 && sw.rows > 1 && ws.tensor.find("wpe.") == std::string::npos;
       sw.order = ConsumptionRank(ws.tensor);
       int64_t numel = 1;
       for (int64_t d : ws.shape) numel *= d;
