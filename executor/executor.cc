@@ -15,7 +15,8 @@
 #include <optional>
 #include <random>
 
-#include "executor/copy_engine.h"
+#include "executor/step_weights.h"
+#include "executor/stream_engine.h"
 #include "executor/kernels.h"
 #include "executor/loader.h"
 #include "executor/sampling.h"
@@ -24,9 +25,10 @@
 
 namespace bigplan {
 
+using executor_internal::BlockKv;
 using executor_internal::BlockRuntime;
-using executor_internal::BlockViews;
-using executor_internal::CopyEngine;
+using executor_internal::StepWeights;
+using executor_internal::StreamEngine;
 using executor_internal::ForwardTimings;
 using executor_internal::ModelState;
 using executor_internal::TraceEvent;
@@ -38,8 +40,9 @@ class Executor::Impl {
   ExecutorOptions options;
   std::unique_ptr<ModelState> state;
   std::unique_ptr<ModelKernels> kernels;
-  std::unique_ptr<CopyEngine> engine;
-  std::vector<BlockViews> views;
+  std::unique_ptr<StreamEngine> engine;
+  std::vector<StepWeights> weights;  // per block
+  std::vector<BlockKv> kv;           // per block
   Clock::time_point created;
 
   std::mutex mu;  // serializes public calls
@@ -147,8 +150,6 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
     at::Tensor hidden;
     at::Tensor logits;
     for (uint32_t i = 0; i < state->steps.size(); ++i) {
-      BIGPLAN_RETURN_IF_ERROR(engine->IssueCopies(i));
-      BIGPLAN_RETURN_IF_ERROR(engine->WaitReady(i));
       const BlockRuntime& b = state->blocks[state->steps[i].block];
       std::optional<c10::cuda::CUDAGuard> device_guard;
       at::Device device(at::kCPU);
@@ -165,12 +166,13 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
         ids_on.emplace_back(b.device, ctx.token_ids);
       }
       if (hidden.defined() && hidden.device() != device) hidden = hidden.to(device);
-      BlockViews& v = views[b.index];
-      BIGPLAN_RETURN_IF_ERROR(engine->StepBegin(i));
-      Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, v.weights, ctx, v.has_kv ? &v.kv : nullptr, &hidden,
-                                   &logits);
+      BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
+      StepWeights& w = weights[b.index];
+      BIGPLAN_RETURN_IF_ERROR(w.Prepare());
+      BlockKv& k = kv[b.index];
+      Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, w, ctx, k.has_kv ? &k.kv : nullptr, &hidden, &logits);
       if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
-      BIGPLAN_RETURN_IF_ERROR(engine->StepEnd(i));
+      BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
     }
     if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
     at::Tensor result = last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits;
@@ -190,9 +192,9 @@ Status Executor::Impl::StaticStep(const at::Tensor& inputs, int64_t batch, at::T
   at::Tensor hidden;
   for (uint32_t i = 0; i < state->steps.size(); ++i) {
     const BlockRuntime& b = state->blocks[state->steps[i].block];
-    BlockViews& v = views[b.index];
-    Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, v.weights, ctx, v.has_kv ? &v.kv : nullptr, &hidden,
-                                 logits);
+    BlockKv& k = kv[b.index];
+    Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr,
+                                 &hidden, logits);
     if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
   }
   if (!logits->defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
@@ -224,7 +226,7 @@ Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t bat
       // Masked cache positions enter the attention products with weight 0, so they must hold finite values:
       // clear what no token has written yet (later positions hold zeros or earlier sequences' tokens).
       const int64_t max_seq = state->info.max_seq_len;
-      for (BlockViews& v : views) {
+      for (BlockKv& v : kv) {
         if (!v.has_kv || pos + 1 >= max_seq) continue;
         v.kv.k.narrow(2, pos + 1, max_seq - pos - 1).zero_();
         v.kv.v.narrow(2, pos + 1, max_seq - pos - 1).zero_();
@@ -306,12 +308,12 @@ void Executor::Impl::Account(const ForwardTimings& t, int64_t batch, int64_t seq
   for (const CopyTiming& c : t.copies) {
     const BlockRuntime& b = state->blocks[c.block];
     std::string track = "copy";
-    std::string name = "copy " + b.name;
+    std::string name = "copy " + (c.what.empty() ? b.name : c.what);
     std::vector<std::pair<std::string, std::string>> args{
         {"step", std::to_string(c.step)}, {"forward", fwd}, {"source", c.source}, {"bytes", std::to_string(c.bytes)}};
     if (c.source == "disk_read") {
       track = c.worker < 0 ? "disk (inline)" : "disk worker " + std::to_string(c.worker);
-      name = "read " + b.name;
+      name = "read " + (c.what.empty() ? b.name : c.what);
       args.emplace_back("read", c.read);
       if (c.read == "mmap_fallback") {
         args.emplace_back("note", "direct reads do not fit the disk staging buffer: copied from the mapping");
@@ -398,19 +400,23 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   BIGPLAN_ASSIGN_OR_RETURN(impl->state, executor_internal::LoadModelState(
                                             plan_path, checkpoint_dir, {.cpu_mode = cpu_mode, .progress = options.progress}));
   BIGPLAN_ASSIGN_OR_RETURN(impl->engine,
-                           CopyEngine::Create(impl->state.get(), {.disk_workers = options.disk_workers,
-                                                                  .timing = true,
-                                                                  .disk_direct_io = options.disk_direct_io}));
+                           StreamEngine::Create(impl->state.get(), {.disk_workers = options.disk_workers,
+                                                                    .timing = true,
+                                                                    .disk_direct_io = options.disk_direct_io}));
   impl->state->info.disk_read_mode = impl->engine->disk_read_mode();
-  impl->state->info.disk_direct_fallback_blocks = impl->engine->direct_fallback_blocks();
-  auto views = executor_internal::MakeBlockViews(*impl->state);
-  if (!views.ok()) return PlanContentError(views.take_error(), plan_path);
-  impl->views = std::move(*views);
-  if (options.cuda_graphs && !cpu_mode && impl->state->cuda_devices.size() == 1 &&
+  for (uint32_t b = 0; b < impl->state->blocks.size(); ++b) {
+    auto w = StepWeights::Make(impl->engine.get(), *impl->state, b);
+    if (!w.ok()) return PlanContentError(w.take_error(), plan_path);
+    impl->weights.push_back(std::move(*w));
+  }
+  auto kv = executor_internal::MakeKvViews(*impl->state);
+  if (!kv.ok()) return PlanContentError(kv.take_error(), plan_path);
+  impl->kv = std::move(*kv);
+  if (options.cuda_graphs && !cpu_mode && impl->state->cuda_devices.size() == 1 && impl->state->streams.empty() &&
       impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
     bool resident = true;
     for (const BlockRuntime& b : impl->state->blocks) {
-      resident &= b.device == impl->state->cuda_devices[0] && b.feed == executor_internal::Feed::kResident;
+      resident &= b.device == impl->state->cuda_devices[0] && b.tier == schema::Tier::Gpu;
     }
     if (resident) impl->graph_device = impl->state->cuda_devices[0];
   }

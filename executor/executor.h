@@ -134,6 +134,7 @@ struct CopyTiming {
   // disk_direct_io off), "mmap_fallback" (from the mapping because the direct reads do not fit the staging buffer).
   std::string read;
   uint64_t bytes = 0;  // "disk_read": bytes read from the shard (for "direct", whole 4 KiB pages)
+  std::string what;    // the weight (with its rows, "name[begin:end]", for a row chunk)
   double start_us = 0;
   double end_us = 0;
 };
@@ -176,6 +177,9 @@ struct ModelInfo {
   int gpu_tier_blocks = 0;
   int cpu_tier_blocks = 0;
   int disk_tier_blocks = 0;
+  int partially_resident_blocks = 0;  // blocks with some weights resident and the rest streamed
+  int stream_units = 0;               // units streamed per forward pass (all devices)
+  int chunk_units = 0;                // of which row chunks of weights larger than the chunk size
   uint64_t device_arena_bytes = 0;  // all device arenas
   uint64_t pinned_pool_bytes = 0;
   // How disk-tier shards are read: "o_direct", "pread+dontneed" (the filesystem refused O_DIRECT), "mmap"

@@ -642,6 +642,28 @@ Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path,
   return state;
 }
 
+Result<std::vector<BlockKv>> MakeKvViews(const ModelState& state) {
+  const schema::Plan& plan = state.plan->plan();
+  const schema::ModelConfig* config = plan.config();
+  const schema::RunShape* run = plan.run_shape();
+  std::vector<BlockKv> views(state.blocks.size());
+  try {
+    for (const BlockRuntime& br : state.blocks) {
+      if (br.kv == nullptr) continue;
+      BlockKv& v = views[br.index];
+      const std::vector<int64_t> shape{run->max_batch(), config->num_kv_heads(), run->max_seq_len(),
+                                       config->head_dim()};
+      const auto opts = OptionsFor(plan.exec_dtype(), br.device);
+      v.kv.k = at::from_blob(br.kv, shape, opts);
+      v.kv.v = at::from_blob(br.kv + br.kv_bytes / 2, shape, opts);
+      v.has_kv = true;
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kDevice, std::string("making KV cache views: ") + e.what());
+  }
+  return views;
+}
+
 ModelSpec SpecFromPlan(const schema::Plan& plan) {
   const schema::ModelConfig* c = plan.config();
   ModelSpec s;

@@ -34,21 +34,13 @@ Status CheckPlanAgainstCheckpoint(const PlanFile& plan, const Checkpoint& checkp
 
 at::ScalarType ToScalarType(schema::DType dtype);
 
-// A block's weights as tensors over executor memory, by checkpoint tensor name.
-class ViewWeights : public BlockWeights {
- public:
-  at::Tensor Find(const std::string& name) const override;
-  std::unordered_map<std::string, at::Tensor> tensors;
-};
-
-struct BlockViews {
-  ViewWeights weights;
+// A block's KV cache as tensors over its KvCache buffer (has_kv false for blocks without one).
+struct BlockKv {
   bool has_kv = false;
   KvCache kv;
 };
-
 // One entry per block. Views never move: buffers are fixed for the executor's lifetime.
-Result<std::vector<BlockViews>> MakeBlockViews(const ModelState& state);
+Result<std::vector<BlockKv>> MakeKvViews(const ModelState& state);
 
 ModelSpec SpecFromPlan(const schema::Plan& plan);
 

@@ -345,25 +345,18 @@ class AutoPlanner {
     if (streamed.empty()) return Status::Ok();
     const uint64_t cap = req_.budget.cpu.value_or(0);
     if (total <= cap) return Status::Ok();  // all CPU tier
-    std::map<uint64_t, uint64_t, std::greater<>> by_size;
-    for (size_t i : streamed) ++by_size[bytes_[i]];
-    std::vector<Group> groups;
-    for (const auto& [size, count] : by_size) groups.push_back({size, count});
-    const KeepChoice choice = BestKeep(groups, cap, depth_, 1);
-    if (!choice.feasible) {
-      // Not even the disk staging fits in pinned memory: report the cpu account of all-disk.
-      for (size_t i : streamed) blocks[i].tier = Tier::kDisk;
-      return CheckHostFits(blocks);
+    // The most streamed blocks (spread over the model) that the cpu budget holds in the CPU tier, with the pinned
+    // disk ring the rest need, by the accounting itself.
+    for (size_t keep = streamed.size() + 1; keep-- > 0;) {
+      const std::vector<bool> kept = SpreadKeep(streamed.size(), keep);
+      for (size_t t = 0; t < streamed.size(); ++t) blocks[streamed[t]].tier = kept[t] ? Tier::kCpu : Tier::kDisk;
+      BIGPLAN_ASSIGN_OR_RETURN(std::vector<DeviceAccount> usage, AccountPlacement(req_, blocks));
+      bool fits = true;
+      for (const DeviceAccount& a : usage)
+        if (a.device == "cpu" && !a.fits()) fits = false;
+      if (fits) return CheckDisk(blocks);
     }
-    for (size_t g = 0; g < groups.size(); ++g) {
-      std::vector<size_t> members;
-      for (size_t i : streamed) {
-        if (bytes_[i] == groups[g].size) members.push_back(i);
-      }
-      const std::vector<bool> kept = SpreadKeep(members.size(), choice.kept[g]);
-      for (size_t t = 0; t < members.size(); ++t) blocks[members[t]].tier = kept[t] ? Tier::kCpu : Tier::kDisk;
-    }
-    return CheckDisk(blocks);
+    return CheckHostFits(blocks);  // all disk, and still short: the error names cpu
   }
 
   Status CheckDisk(const std::vector<BlockPlacement>& blocks) const {

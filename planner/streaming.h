@@ -90,8 +90,9 @@ struct DeviceStreamPlan {
 struct StreamOptions {
   uint64_t ring_bytes = 0;   // the ring's size (> 0)
   uint64_t chunk_bytes = 0;  // chunks layout: the largest chunk; 0 = ring_bytes / 4
-  // Disk ring: this many of the largest disk slots (at least 2).
-  uint32_t disk_slots = 4;
+  // Disk ring: this many of the largest disk slots (at least 2). Each read is split into parallel pieces, so two
+  // slots keep the disk busy while the previous unit is copied to the device.
+  uint32_t disk_slots = 2;
 };
 
 // The units of one device's streamed weights (`weights` in step order, each block's weights in layout order), laid

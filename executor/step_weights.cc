@@ -1,0 +1,101 @@
+#include "executor/step_weights.h"
+
+#include <exception>
+
+namespace bigplan::executor_internal {
+namespace {
+
+std::vector<int64_t> RowsShape(const WeightRuntime& w, int64_t rows) {
+  std::vector<int64_t> shape = w.shape;
+  if (shape.empty()) return shape;
+  shape[0] = rows;
+  return shape;
+}
+
+}  // namespace
+
+Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& state, uint32_t block) {
+  StepWeights sw;
+  sw.engine_ = engine;
+  sw.block_ = &state.blocks[block];
+  const BlockRuntime& b = *sw.block_;
+  sw.stream_ = b.stream >= 0 ? &state.streams[b.stream] : nullptr;
+  sw.options_ = at::TensorOptions().dtype(ToScalarType(state.plan->plan().exec_dtype()));
+  sw.options_ = b.device < 0 ? sw.options_.device(at::kCPU) : sw.options_.device(at::kCUDA, b.device);
+  try {
+    for (const WeightRuntime& w : b.weights) {
+      Entry e;
+      e.weight = &w;
+      if (w.units.empty()) {
+        // Resident, or a Cpu-tier weight of a block computed on the CPU (used where it rests).
+        e.view = at::from_blob(w.home, w.shape, sw.options_.dtype(ToScalarType(w.dtype)));
+      }
+      sw.entries_[w.name] = std::move(e);
+    }
+  } catch (const std::exception& ex) {
+    return MakeError(ErrorCode::kDevice, b.name + ": making weight views: " + ex.what());
+  }
+  return sw;
+}
+
+Status StepWeights::Prepare() {
+  try {
+    for (auto& [name, e] : entries_) {
+      const WeightRuntime& w = *e.weight;
+      if (w.units.empty() || w.chunked) continue;
+      BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* data, engine_->UnitData(block_->stream, w.units[0]));
+      e.view = at::from_blob(const_cast<uint8_t*>(data), w.shape, options_.dtype(ToScalarType(w.dtype)));
+    }
+  } catch (const std::exception& ex) {
+    return MakeError(ErrorCode::kDevice, block_->name + ": making weight views: " + ex.what());
+  }
+  return Status::Ok();
+}
+
+at::Tensor StepWeights::Find(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end() || it->second.weight->chunked) return at::Tensor();
+  return it->second.view;
+}
+
+int StepWeights::NumChunks(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end() || !it->second.weight->chunked) return 0;
+  return static_cast<int>(it->second.weight->units.size());
+}
+
+std::vector<int64_t> StepWeights::Shape(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return {};
+  return it->second.weight->shape;
+}
+
+Result<at::Tensor> StepWeights::AcquireChunk(const std::string& name, int i, int64_t* row_begin) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end() || !it->second.weight->chunked || i < 0 ||
+      i >= static_cast<int>(it->second.weight->units.size())) {
+    return MakeError(ErrorCode::kInternal, block_->name + ": no chunk " + std::to_string(i) + " of " + name);
+  }
+  const WeightRuntime& w = *it->second.weight;
+  const uint32_t unit = w.units[i];
+  BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* data, engine_->AcquireChunk(block_->stream, unit));
+  const UnitRuntime& un = stream_->units[unit];
+  const int64_t begin = un.row_begin, end = un.row_end;
+  *row_begin = begin;
+  try {
+    return at::from_blob(const_cast<uint8_t*>(data), RowsShape(w, end - begin), options_.dtype(ToScalarType(w.dtype)));
+  } catch (const std::exception& ex) {
+    return MakeError(ErrorCode::kDevice, block_->name + ": a chunk view of " + name + ": " + ex.what());
+  }
+}
+
+Status StepWeights::ReleaseChunk(const std::string& name, int i) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end() || !it->second.weight->chunked || i < 0 ||
+      i >= static_cast<int>(it->second.weight->units.size())) {
+    return MakeError(ErrorCode::kInternal, block_->name + ": no chunk " + std::to_string(i) + " of " + name);
+  }
+  return engine_->ReleaseChunk(block_->stream, it->second.weight->units[i]);
+}
+
+}  // namespace bigplan::executor_internal

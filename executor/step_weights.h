@@ -1,0 +1,46 @@
+// A block's weights as the kernels see them during its step (internal to executor/): resident weights as fixed
+// views; whole streamed units as views of where the stream engine put them for this step; chunked weights through
+// the engine's AcquireChunk / ReleaseChunk. Names are resolved once at load, into one entry per weight.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "executor/kernels.h"
+#include "executor/model_state.h"
+#include "executor/stream_engine.h"
+
+namespace bigplan::executor_internal {
+
+at::ScalarType ToScalarType(schema::DType dtype);
+
+class StepWeights : public BlockWeights {
+ public:
+  // Resident and in-place (Cpu tier on the CPU) weights get their views here; kDevice on a LibTorch failure.
+  static Result<StepWeights> Make(StreamEngine* engine, const ModelState& state, uint32_t block);
+
+  // After StreamEngine::BeginStep of the block's step: views of its whole streamed units for this step.
+  Status Prepare();
+
+  at::Tensor Find(const std::string& name) const override;
+  int NumChunks(const std::string& name) const override;
+  std::vector<int64_t> Shape(const std::string& name) const override;
+  Result<at::Tensor> AcquireChunk(const std::string& name, int i, int64_t* row_begin) const override;
+  Status ReleaseChunk(const std::string& name, int i) const override;
+
+ private:
+  struct Entry {
+    const WeightRuntime* weight = nullptr;
+    at::Tensor view;  // resident / in place, or this step's whole streamed unit
+  };
+  StreamEngine* engine_ = nullptr;
+  const BlockRuntime* block_ = nullptr;
+  const StreamRuntime* stream_ = nullptr;
+  at::TensorOptions options_;
+  std::unordered_map<std::string, Entry> entries_;
+};
+
+}  // namespace bigplan::executor_internal

@@ -1,0 +1,615 @@
+#include "executor/stream_engine.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace bigplan::executor_internal {
+namespace {
+
+Status Cuda(cudaError_t err, const std::string& what) { return CudaStatus(static_cast<int>(err), what); }
+
+Status NewEvent(cudaEvent_t* event, bool timing) {
+  return Cuda(cudaEventCreateWithFlags(event, timing ? cudaEventDefault : cudaEventDisableTiming), "cudaEventCreate");
+}
+
+std::string UnitName(const ModelState& state, const UnitRuntime& u) {
+  const WeightRuntime& w = state.blocks[u.block].weights[u.weight];
+  if (u.whole) return w.name;
+  return w.name + "[" + std::to_string(u.row_begin) + ":" + std::to_string(u.row_end) + "]";
+}
+
+}  // namespace
+
+struct StreamEngine::Stream {
+  int32_t index = 0;
+  StreamRuntime* rt = nullptr;
+  bool gpu = false;
+  int device = -1;
+  cudaStream_t copy = nullptr;
+  cudaStream_t compute = nullptr;
+  std::vector<cudaEvent_t> ready, release, copy_start, copy_end;
+  // Per unit, the pass (generation) of its latest copy issue, release and disk read (guarded by mu_).
+  std::vector<uint64_t> issued, released, read;
+  std::vector<const uint8_t*> h2d_source;  // Disk units: where the read put the unit's bytes
+  std::vector<const uint8_t*> data;        // where each unit's bytes are for the current step
+  std::vector<double> read_start, read_end;
+  std::vector<int> read_worker;
+  std::vector<int> read_path;  // 0 direct, 1 bounce (cast), 2 plain
+  uint64_t done = 0;           // the last pass the copy thread finished
+};
+
+StreamEngine::StreamEngine(ModelState* state, const StreamEngineOptions& options) : state_(state), options_(options) {}
+
+Result<std::unique_ptr<StreamEngine>> StreamEngine::Create(ModelState* state, const StreamEngineOptions& options) {
+  std::unique_ptr<StreamEngine> engine(new StreamEngine(state, options));
+  BIGPLAN_RETURN_IF_ERROR(engine->Init());
+  return engine;
+}
+
+Status StreamEngine::Init() {
+  const bool gpu = !state_->cuda_devices.empty();
+  const size_t nsteps = state_->steps.size();
+  step_start_.assign(nsteps, nullptr);
+  step_end_.assign(nsteps, nullptr);
+  step_wall_start_.assign(nsteps, 0);
+  step_wall_end_.assign(nsteps, 0);
+  if (gpu) {
+    for (int device : state_->cuda_devices) {
+      Device d;
+      d.device = device;
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(device), "cudaSetDevice"));
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&d.compute, cudaStreamNonBlocking), "cudaStreamCreate"));
+      BIGPLAN_RETURN_IF_ERROR(NewEvent(&d.forward_start, true));
+      devices_.push_back(d);
+    }
+    for (size_t i = 0; i < nsteps; ++i) {
+      const BlockRuntime& b = state_->blocks[state_->steps[i].block];
+      if (b.device < 0 || !options_.timing) continue;
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(b.device), "cudaSetDevice"));
+      BIGPLAN_RETURN_IF_ERROR(NewEvent(&step_start_[i], true));
+      BIGPLAN_RETURN_IF_ERROR(NewEvent(&step_end_[i], true));
+    }
+  }
+  bool any_disk = false;
+  for (size_t si = 0; si < state_->streams.size(); ++si) {
+    auto s = std::make_unique<Stream>();
+    s->index = static_cast<int32_t>(si);
+    s->rt = &state_->streams[si];
+    s->device = s->rt->device;
+    s->gpu = s->device >= 0;
+    const size_t n = s->rt->units.size();
+    s->issued.assign(n, 0);
+    s->released.assign(n, 0);
+    s->read.assign(n, 0);
+    s->h2d_source.assign(n, nullptr);
+    s->data.assign(n, nullptr);
+    s->read_start.assign(n, 0);
+    s->read_end.assign(n, 0);
+    s->read_worker.assign(n, -1);
+    s->read_path.assign(n, -1);
+    if (s->gpu) {
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s->device), "cudaSetDevice"));
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking), "cudaStreamCreate"));
+      for (const Device& d : devices_)
+        if (d.device == s->device) s->compute = d.compute;
+      s->ready.assign(n, nullptr);
+      s->release.assign(n, nullptr);
+      s->copy_start.assign(n, nullptr);
+      s->copy_end.assign(n, nullptr);
+      for (size_t u = 0; u < n; ++u) {
+        BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->ready[u], false));
+        BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->release[u], false));
+        if (options_.timing) {
+          BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->copy_start[u], true));
+          BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->copy_end[u], true));
+        }
+        s->data[u] = s->rt->units[u].ring;
+        any_disk |= s->rt->units[u].source == schema::Tier::Disk;
+      }
+    }
+    streams_.push_back(std::move(s));
+  }
+  // Shard readers (disk units computed on a GPU; cast disk units on the CPU) and the disk read jobs (GPU streams),
+  // in step order.
+  if (any_disk || options_.disk_direct_io) {
+    readers_.resize(state_->shards.size());
+    std::vector<std::pair<uint32_t, std::pair<Stream*, uint32_t>>> jobs;
+    for (auto& s : streams_) {
+      for (uint32_t u = 0; u < s->rt->units.size(); ++u) {
+        const UnitRuntime& un = s->rt->units[u];
+        if (un.source != schema::Tier::Disk) continue;
+        if (!s->gpu && (!un.cast || !options_.disk_direct_io)) continue;
+        if (s->gpu && un.disk_slot == nullptr) {
+          return MakeError(ErrorCode::kCorrupt, "a disk unit of " + UnitName(*state_, un) + " has no disk ring slot");
+        }
+        if (readers_[un.shard_index] == nullptr && options_.disk_direct_io) {
+          const MappedFile* shard = state_->shards[un.shard_index].get();
+          BIGPLAN_ASSIGN_OR_RETURN(ShardReader reader, ShardReader::Open(shard->path(), options_.disk_direct_io));
+          readers_[un.shard_index] = std::make_unique<ShardReader>(std::move(reader));
+        }
+        if (s->gpu) jobs.push_back({state_->blocks[un.block].step, {s.get(), u}});
+      }
+    }
+    std::stable_sort(jobs.begin(), jobs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& j : jobs) read_jobs_.push_back(j.second);
+  }
+  for (auto& s : streams_) {
+    if (s->gpu) threads_.emplace_back([this, p = s.get()] { CopyLoop(p); });
+  }
+  if (!read_jobs_.empty()) {
+    const int workers = options_.disk_workers > 0 ? options_.disk_workers : 4;
+    for (int w = 0; w < workers; ++w) threads_.emplace_back([this, w] { ReadLoop(w); });
+  }
+  return Status::Ok();
+}
+
+StreamEngine::~StreamEngine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (std::thread& t : threads_) t.join();
+  auto destroy = [](cudaEvent_t e) {
+    if (e != nullptr) cudaEventDestroy(e);
+  };
+  for (const Device& d : devices_) {
+    cudaSetDevice(d.device);
+    cudaDeviceSynchronize();
+  }
+  for (auto& s : streams_) {
+    for (auto* v : {&s->ready, &s->release, &s->copy_start, &s->copy_end}) std::for_each(v->begin(), v->end(), destroy);
+    if (s->copy != nullptr) cudaStreamDestroy(s->copy);
+  }
+  std::for_each(step_start_.begin(), step_start_.end(), destroy);
+  std::for_each(step_end_.begin(), step_end_.end(), destroy);
+  for (Device& d : devices_) {
+    destroy(d.forward_start);
+    cudaStreamDestroy(d.compute);
+  }
+}
+
+cudaStream_t StreamEngine::compute_stream(int device) const {
+  for (const Device& d : devices_)
+    if (d.device == device) return d.compute;
+  return nullptr;
+}
+
+std::string StreamEngine::disk_read_mode() const {
+  for (const auto& r : readers_)
+    if (r != nullptr) return r->direct() ? "o_direct" : "pread+dontneed";
+  for (const auto& s : streams_)
+    for (const UnitRuntime& u : s->rt->units)
+      if (u.source == schema::Tier::Disk) return "mmap";
+  return "";
+}
+
+double StreamEngine::WallUs() const {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - wall_start_).count();
+}
+
+void StreamEngine::Fail(const Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_.ok()) error_ = status;
+    abort_ = true;
+  }
+  cv_.notify_all();
+}
+
+void StreamEngine::CopyLoop(Stream* s) {
+  uint64_t gen = 0;
+  const std::vector<UnitRuntime>& units = s->rt->units;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || gen_ > gen; });
+      if (stop_) return;
+      gen = gen_;
+    }
+    Status st = Cuda(cudaSetDevice(s->device), "cudaSetDevice");
+    for (uint32_t u = 0; u < units.size() && st.ok(); ++u) {
+      const UnitRuntime& un = units[u];
+      const int32_t w = un.wait_unit;
+      const bool this_pass = w >= 0 && static_cast<uint32_t>(w) < u;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] {
+          return stop_ || abort_ ||
+                 ((!this_pass || s->released[w] == gen) && (un.source != schema::Tier::Disk || s->read[u] == gen));
+        });
+        if (stop_ || abort_) break;
+      }
+      if (w >= 0) st = Cuda(cudaStreamWaitEvent(s->copy, s->release[w], 0), "cudaStreamWaitEvent");
+      const uint8_t* src = un.source == schema::Tier::Cpu ? un.host : s->h2d_source[u];
+      if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_start[u], s->copy), "cudaEventRecord");
+      if (st.ok()) {
+        st = Cuda(cudaMemcpyAsync(un.ring, src, un.bytes, cudaMemcpyHostToDevice, s->copy),
+                  "copying " + UnitName(*state_, un) + " to cuda:" + std::to_string(s->device));
+      }
+      if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_end[u], s->copy), "cudaEventRecord");
+      if (st.ok()) st = Cuda(cudaEventRecord(s->ready[u], s->copy), "cudaEventRecord");
+      if (!st.ok()) break;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        s->issued[u] = gen;
+      }
+      cv_.notify_all();
+    }
+    if (!st.ok()) Fail(st);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      s->done = gen;
+    }
+    cv_.notify_all();
+  }
+}
+
+void StreamEngine::ReadLoop(int worker) {
+  uint64_t gen = 0;
+  bool set_device = false;
+  for (;;) {
+    Stream* s = nullptr;
+    uint32_t u = 0;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || (gen_ > 0 && !abort_ && next_read_ < read_jobs_.size()) || gen_ > gen; });
+      if (stop_) return;
+      gen = gen_;
+      if (abort_ || next_read_ >= read_jobs_.size()) continue;
+      std::tie(s, u) = read_jobs_[next_read_++];
+      ++readers_busy_;
+    }
+    if (!set_device) {
+      cudaSetDevice(s->device);
+      set_device = true;
+    }
+    Status st = ReadUnit(worker, s, u);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --readers_busy_;
+      if (st.ok()) s->read[u] = gen;
+    }
+    if (!st.ok()) Fail(st);
+    cv_.notify_all();
+  }
+}
+
+Status StreamEngine::ReadUnit(int worker, Stream* s, uint32_t u) {
+  const UnitRuntime& un = s->rt->units[u];
+  const int32_t v = un.disk_wait_unit;
+  uint64_t gen;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    gen = gen_;
+    if (v >= 0 && static_cast<uint32_t>(v) < u) {
+      cv_.wait(lock, [&] { return stop_ || abort_ || s->issued[v] == gen; });
+      if (stop_ || abort_) return Status::Ok();
+    }
+  }
+  // The slot's previous occupant was copied (or is being copied) to the device: wait for that copy to finish.
+  if (v >= 0) BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(s->ready[v]), "waiting for a disk slot"));
+  s->read_start[u] = WallUs();
+  s->read_worker[u] = worker;
+  const WeightRuntime& w = state_->blocks[un.block].weights[un.weight];
+  if (readers_.empty() || readers_[un.shard_index] == nullptr) {
+    // disk_direct_io off: copy or cast from the mapped shard.
+    const uint8_t* src = w.source + static_cast<uint64_t>(un.row_begin) * w.source_row_bytes();
+    const int64_t numel = (un.row_end - un.row_begin) * (w.rows > 0 ? w.numel / w.rows : w.numel);
+    w.shard->WillNeed(un.file_offset, un.file_bytes);
+    BIGPLAN_RETURN_IF_ERROR(CastInto(un.disk_slot, w.dtype, src, w.source_dtype, numel));
+    s->h2d_source[u] = un.disk_slot;
+    s->read_path[u] = 3;
+    s->read_end[u] = WallUs();
+    return Status::Ok();
+  }
+  const ShardReader& reader = *readers_[un.shard_index];
+  if (un.cast) {
+    BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* bytes, reader.ReadToBounce(un.file_offset, un.file_bytes));
+    const int64_t numel = (un.row_end - un.row_begin) * (w.rows > 0 ? w.numel / w.rows : w.numel);
+    BIGPLAN_RETURN_IF_ERROR(CastInto(un.disk_slot, w.dtype, bytes, w.source_dtype, numel));
+    s->h2d_source[u] = un.disk_slot;
+    s->read_path[u] = 1;
+    std::lock_guard<std::mutex> lock(mu_);
+    disk_read_bytes_ += un.file_bytes;
+  } else if (reader.direct()) {
+    const uint64_t a0 = un.file_offset / kDirectAlignment * kDirectAlignment;
+    const uint64_t end = un.file_offset + un.file_bytes;
+    const uint64_t a1 = (end + kDirectAlignment - 1) / kDirectAlignment * kDirectAlignment;
+    if (a1 - a0 > un.disk_slot_bytes) {
+      return MakeError(ErrorCode::kCorrupt, "the disk slot of " + UnitName(*state_, un) + " is too small for its read");
+    }
+    // Large reads in parallel pieces of at least 16 MiB (aligned), so one unit keeps the disk busy.
+    constexpr uint64_t kPiece = 16ull << 20;
+    const uint64_t length = a1 - a0;
+    const uint64_t pieces = std::min<uint64_t>(4, std::max<uint64_t>(1, length / kPiece));
+    const uint64_t piece = (length / pieces + kDirectAlignment - 1) / kDirectAlignment * kDirectAlignment;
+    std::vector<std::thread> helpers;
+    std::vector<Status> results(pieces);
+    for (uint64_t k = 0; k < pieces; ++k) {
+      const uint64_t off = k * piece;
+      if (off >= length) break;
+      const uint64_t len = std::min(piece, length - off);
+      const uint64_t need = std::min(len, (end - a0) > off ? (end - a0) - off : 0);
+      auto read = [&, k, off, len, need] { results[k] = reader.ReadAligned(a0 + off, len, need, un.disk_slot + off); };
+      if (k + 1 == pieces) {
+        read();
+      } else {
+        helpers.emplace_back(read);
+      }
+    }
+    for (std::thread& t : helpers) t.join();
+    for (const Status& r : results) BIGPLAN_RETURN_IF_ERROR(r);
+    s->h2d_source[u] = un.disk_slot + (un.file_offset - a0);
+    s->read_path[u] = 0;
+    std::lock_guard<std::mutex> lock(mu_);
+    disk_read_bytes_ += a1 - a0;
+  } else {
+    BIGPLAN_RETURN_IF_ERROR(reader.Read(un.file_offset, un.file_bytes, un.disk_slot));
+    s->h2d_source[u] = un.disk_slot;
+    s->read_path[u] = 2;
+    std::lock_guard<std::mutex> lock(mu_);
+    disk_read_bytes_ += un.file_bytes;
+  }
+  s->read_end[u] = WallUs();
+  (void)gen;
+  return Status::Ok();
+}
+
+Status StreamEngine::BeginForward() {
+  wall_start_ = std::chrono::steady_clock::now();
+  cpu_bytes_ = disk_bytes_ = disk_h2d_bytes_ = disk_read_bytes_ = 0;
+  direct_units_ = bounce_units_ = mmap_units_ = units_ = 0;
+  for (Device& d : devices_) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(d.device), "cudaSetDevice"));
+    d.start_offset_us = WallUs();
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(d.forward_start, d.compute), "recording the forward start"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++gen_;
+    abort_ = false;
+    error_ = Status::Ok();
+    next_read_ = 0;
+  }
+  cv_.notify_all();
+  return Status::Ok();
+}
+
+Status StreamEngine::PrepareOnCpu(Stream* s, uint32_t u) {
+  const UnitRuntime& un = s->rt->units[u];
+  const WeightRuntime& w = state_->blocks[un.block].weights[un.weight];
+  ++units_;
+  if (un.source == schema::Tier::Cpu) {
+    s->data[u] = un.host;
+    return Status::Ok();
+  }
+  disk_bytes_ += un.file_bytes;
+  const uint8_t* src = w.source + static_cast<uint64_t>(un.row_begin) * w.source_row_bytes();
+  const size_t elem = DTypeSize(w.dtype);
+  if (!un.cast && (elem == 0 || reinterpret_cast<uintptr_t>(src) % elem == 0)) {
+    s->data[u] = src;  // in place from the mapping (zero-copy; not a read)
+    return Status::Ok();
+  }
+  const int64_t numel = (un.row_end - un.row_begin) * (w.rows > 0 ? w.numel / w.rows : w.numel);
+  const ShardReader* reader = un.shard_index < readers_.size() ? readers_[un.shard_index].get() : nullptr;
+  if (reader != nullptr) {
+    // Read with pread (O_DIRECT where allowed) through the bounce buffer, so the page cache is left alone.
+    BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* bytes, reader->ReadToBounce(un.file_offset, un.file_bytes));
+    BIGPLAN_RETURN_IF_ERROR(CastInto(un.ring, w.dtype, bytes, w.source_dtype, numel));
+    ++bounce_units_;
+    disk_read_bytes_ += un.file_bytes;
+  } else {
+    w.shard->WillNeed(un.file_offset, un.file_bytes);
+    BIGPLAN_RETURN_IF_ERROR(CastInto(un.ring, w.dtype, src, w.source_dtype, numel));
+    ++mmap_units_;
+  }
+  s->data[u] = un.ring;
+  return Status::Ok();
+}
+
+Status StreamEngine::Acquire(Stream* s, uint32_t u) {
+  if (!s->gpu) return PrepareOnCpu(s, u);
+  const UnitRuntime& un = s->rt->units[u];
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return abort_ || s->issued[u] == gen_; });
+    if (abort_) {
+      return error_.ok() ? MakeError(ErrorCode::kInternal, "the forward pass was aborted") : error_;
+    }
+  }
+  ++units_;
+  if (un.source == schema::Tier::Cpu) {
+    cpu_bytes_ += un.bytes;
+  } else {
+    disk_bytes_ += un.file_bytes;
+    disk_h2d_bytes_ += un.bytes;
+    const int path = s->read_path[u];
+    direct_units_ += path == 0 || path == 2;
+    bounce_units_ += path == 1;
+    mmap_units_ += path == 3;
+  }
+  return Cuda(cudaStreamWaitEvent(s->compute, s->ready[u], 0), "waiting for " + UnitName(*state_, un));
+}
+
+Status StreamEngine::Release(Stream* s, uint32_t u) {
+  if (!s->gpu) return Status::Ok();
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->release[u], s->compute), "recording a release"));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s->released[u] = gen_;
+  }
+  cv_.notify_all();
+  return Status::Ok();
+}
+
+Status StreamEngine::BeginStep(uint32_t step) {
+  const BlockRuntime& b = state_->blocks[state_->steps[step].block];
+  if (b.device >= 0) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(b.device), "cudaSetDevice"));
+  }
+  if (b.stream >= 0) {
+    Stream* s = streams_[b.stream].get();
+    for (uint32_t u : b.whole_units) BIGPLAN_RETURN_IF_ERROR(Acquire(s, u));
+  }
+  step_wall_start_[step] = WallUs();
+  if (step_start_[step] != nullptr) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(step_start_[step], compute_stream(b.device)), "cudaEventRecord"));
+  }
+  return Status::Ok();
+}
+
+Result<const uint8_t*> StreamEngine::UnitData(int32_t stream, uint32_t unit) {
+  if (stream < 0 || static_cast<size_t>(stream) >= streams_.size() || unit >= streams_[stream]->data.size()) {
+    return MakeError(ErrorCode::kInternal, "no such stream unit");
+  }
+  return streams_[stream]->data[unit];
+}
+
+Result<const uint8_t*> StreamEngine::AcquireChunk(int32_t stream, uint32_t unit) {
+  if (stream < 0 || static_cast<size_t>(stream) >= streams_.size() || unit >= streams_[stream]->data.size()) {
+    return MakeError(ErrorCode::kInternal, "no such stream unit");
+  }
+  Stream* s = streams_[stream].get();
+  BIGPLAN_RETURN_IF_ERROR(Acquire(s, unit));
+  return s->data[unit];
+}
+
+Status StreamEngine::ReleaseChunk(int32_t stream, uint32_t unit) {
+  if (stream < 0 || static_cast<size_t>(stream) >= streams_.size() || unit >= streams_[stream]->data.size()) {
+    return MakeError(ErrorCode::kInternal, "no such stream unit");
+  }
+  return Release(streams_[stream].get(), unit);
+}
+
+Status StreamEngine::EndStep(uint32_t step) {
+  const BlockRuntime& b = state_->blocks[state_->steps[step].block];
+  if (step_end_[step] != nullptr) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(step_end_[step], compute_stream(b.device)), "cudaEventRecord"));
+  }
+  step_wall_end_[step] = WallUs();
+  if (b.stream >= 0) {
+    Stream* s = streams_[b.stream].get();
+    for (uint32_t u : b.whole_units) BIGPLAN_RETURN_IF_ERROR(Release(s, u));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+Status StreamEngine::EndForward(ForwardTimings* t) {
+  // Units a kernel did not read (or a failed pass never reached) are released now, so every copy thread finishes.
+  Status status;
+  uint64_t gen;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    gen = gen_;
+  }
+  for (auto& s : streams_) {
+    if (!s->gpu) continue;
+    for (uint32_t u = 0; u < s->rt->units.size(); ++u) {
+      bool released;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        released = s->released[u] == gen;
+      }
+      if (!released) {
+        Status r = Release(s.get(), u);
+        if (status.ok() && !r.ok()) status = r;
+      }
+    }
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      bool done = readers_busy_ == 0;
+      for (auto& s : streams_) done = done && (!s->gpu || s->done == gen);
+      return done;
+    });
+    if (status.ok() && !error_.ok()) status = error_;
+    abort_ = true;  // readers stop taking this pass's jobs
+  }
+  cv_.notify_all();
+  for (const Device& d : devices_) {
+    Status sync = Cuda(cudaSetDevice(d.device), "cudaSetDevice");
+    if (sync.ok()) sync = Cuda(cudaStreamSynchronize(d.compute), "synchronizing cuda:" + std::to_string(d.device));
+    if (status.ok() && !sync.ok()) status = sync;
+  }
+  for (auto& s : streams_) {
+    if (!s->gpu) continue;
+    Status sync = Cuda(cudaStreamSynchronize(s->copy), "synchronizing a copy stream");
+    if (status.ok() && !sync.ok()) status = sync;
+  }
+  if (!status.ok() || t == nullptr) return status;
+  t->wall_start = wall_start_;
+  t->cpu_tier_bytes = cpu_bytes_;
+  t->disk_tier_bytes = disk_bytes_;
+  t->disk_h2d_bytes = disk_h2d_bytes_;
+  t->disk_read_bytes = disk_read_bytes_;
+  t->disk_direct_blocks = direct_units_;
+  t->disk_bounce_blocks = bounce_units_;
+  t->disk_mmap_blocks = mmap_units_;
+  t->units = units_;
+  auto device_offset = [&](int device) {
+    for (const Device& d : devices_)
+      if (d.device == device) return d.start_offset_us;
+    return 0.0;
+  };
+  auto event_us = [&](int device, cudaEvent_t e, double* out) {
+    for (const Device& d : devices_) {
+      if (d.device != device) continue;
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, d.forward_start, e) != cudaSuccess) return false;
+      *out = d.start_offset_us + ms * 1000.0;
+      return true;
+    }
+    return false;
+  };
+  for (uint32_t i = 0; i < state_->steps.size(); ++i) {
+    const BlockRuntime& b = state_->blocks[state_->steps[i].block];
+    StepTiming st;
+    st.step = i;
+    st.block = b.index;
+    st.device = b.device;
+    st.start_us = step_wall_start_[i];
+    st.end_us = step_wall_end_[i];
+    if (b.device >= 0 && step_start_[i] != nullptr) {
+      event_us(b.device, step_start_[i], &st.start_us);
+      event_us(b.device, step_end_[i], &st.end_us);
+    }
+    t->steps.push_back(st);
+  }
+  (void)device_offset;
+  for (auto& s : streams_) {
+    if (!s->gpu) continue;
+    for (uint32_t u = 0; u < s->rt->units.size(); ++u) {
+      const UnitRuntime& un = s->rt->units[u];
+      const BlockRuntime& b = state_->blocks[un.block];
+      if (un.source == schema::Tier::Disk && s->read_worker[u] >= 0) {
+        CopyTiming r;
+        r.step = b.step;
+        r.block = un.block;
+        r.source = "disk_read";
+        r.worker = s->read_worker[u];
+        r.read = s->read_path[u] == 1 ? "bounce" : s->read_path[u] == 3 ? "mmap" : "direct";
+        r.bytes = un.file_bytes;
+        r.start_us = s->read_start[u];
+        r.end_us = s->read_end[u];
+        r.what = UnitName(*state_, un);
+        t->copies.push_back(r);
+      }
+      if (!options_.timing) continue;
+      CopyTiming c;
+      c.step = b.step;
+      c.block = un.block;
+      c.source = un.source == schema::Tier::Cpu ? "cpu" : "disk";
+      c.bytes = un.bytes;
+      c.what = UnitName(*state_, un);
+      if (event_us(s->device, s->copy_start[u], &c.start_us) && event_us(s->device, s->copy_end[u], &c.end_us)) {
+        t->copies.push_back(c);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace bigplan::executor_internal

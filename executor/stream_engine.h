@@ -1,0 +1,133 @@
+// The stream engine (plan version 2): moves every streamed weight unit into its device's ring, overlapped with
+// compute, exactly in the order and with the dependencies the plan's streams give (internal to executor/).
+//
+// GPU streams. Each device that streams has a copy stream and a copy thread. Per forward pass the copy thread walks
+// the device's units in order; for each it waits (on the host) until the unit's wait_unit has been released in this
+// pass (a later index names the previous pass, which finished), makes the copy stream wait on that release event,
+// and issues the H2D copy into the unit's ring bytes (from the pinned host pool for Cpu units, from the pinned disk
+// ring slot for Disk units once read), then records the unit's ready event and marks it issued.
+// Disk units are read by worker threads, in step order across devices: a read waits until the H2D copy of its slot's
+// previous occupant (disk_wait_unit) is done (cudaEventSynchronize), then preads the 4096-aligned superset of the
+// unit's file range into the slot with O_DIRECT (where the filesystem allows; else a plain pread and DONTNEED), or
+// reads and casts it when the execution dtype differs.
+// The calling (compute) thread: BeginStep makes the compute stream wait for the block's whole units; a kernel's
+// AcquireChunk waits likewise for one chunk; ReleaseChunk and EndStep record release events on the compute stream
+// and wake the copy thread. A unit is only waited for after its copy was issued (the host blocks until then), so
+// every event waited on was recorded first. The planner proved (CheckDeviceStream) that this order never needs a
+// release that comes after the acquire waiting for it; should a plan break that, the wait is bounded only by the
+// forward's end: EndForward releases every unit not released and the copy thread finishes.
+// CPU streams (CPU mode, or blocks computed on the CPU): no threads. A Cpu-tier unit is used where it rests; a
+// Disk-tier unit in place from the mapped shard when its dtype and alignment allow, else cast into its ring bytes
+// when acquired.
+// Errors (a failed read or copy) are kept and returned by the next Begin/Acquire/End call; EndForward always waits
+// for every thread and stream of the pass, so the next pass starts clean.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "executor/disk_reads.h"
+#include "executor/executor.h"
+#include "executor/model_state.h"
+#include "support/result.h"
+
+namespace bigplan::executor_internal {
+
+struct ForwardTimings {
+  std::chrono::steady_clock::time_point wall_start;  // what the times below are relative to
+  std::vector<StepTiming> steps;
+  std::vector<CopyTiming> copies;
+  uint64_t cpu_tier_bytes = 0;
+  uint64_t disk_tier_bytes = 0;
+  uint64_t disk_h2d_bytes = 0;
+  uint64_t disk_direct_blocks = 0;  // disk units read with direct I/O
+  uint64_t disk_bounce_blocks = 0;  // disk units read and cast
+  uint64_t disk_mmap_blocks = 0;    // disk units used from the mapping (CPU)
+  uint64_t disk_direct_fallbacks = 0;
+  uint64_t disk_read_bytes = 0;
+  uint64_t units = 0;
+};
+
+struct StreamEngineOptions {
+  int disk_workers = 0;        // 0: automatic (4 when there are disk units)
+  bool timing = true;          // per-step and per-unit timing events
+  bool disk_direct_io = true;  // ExecutorOptions::disk_direct_io
+};
+
+class StreamEngine {
+ public:
+  static Result<std::unique_ptr<StreamEngine>> Create(ModelState* state, const StreamEngineOptions& options);
+  ~StreamEngine();
+  StreamEngine(const StreamEngine&) = delete;
+  StreamEngine& operator=(const StreamEngine&) = delete;
+
+  // The stream a device's blocks compute on (nullptr for the CPU or an unknown device).
+  cudaStream_t compute_stream(int device) const;
+  // ModelInfo::disk_read_mode: "o_direct", "pread+dontneed", "mmap" or "".
+  std::string disk_read_mode() const;
+
+  // One forward pass, on the calling thread: BeginForward; per step: BeginStep, (kernels: AcquireChunk /
+  // ReleaseChunk), EndStep; then EndForward (also after a failure).
+  Status BeginForward();
+  Status BeginStep(uint32_t step);
+  // Where a unit's bytes are for the current step (GPU: its ring bytes; CPU: in place, or its ring bytes after a
+  // cast). For a whole unit of the current block, valid after BeginStep; for a chunk, AcquireChunk returns it.
+  Result<const uint8_t*> UnitData(int32_t stream, uint32_t unit);
+  Result<const uint8_t*> AcquireChunk(int32_t stream, uint32_t unit);
+  Status ReleaseChunk(int32_t stream, uint32_t unit);
+  Status EndStep(uint32_t step);
+  Status EndForward(ForwardTimings* timings);
+
+ private:
+  struct Stream;
+  StreamEngine(ModelState* state, const StreamEngineOptions& options);
+  Status Init();
+  void CopyLoop(Stream* s);
+  void ReadLoop(int worker);
+  Status ReadUnit(int worker, Stream* s, uint32_t u);
+  Status Acquire(Stream* s, uint32_t u);
+  Status Release(Stream* s, uint32_t u);
+  Status PrepareOnCpu(Stream* s, uint32_t u);
+  double WallUs() const;
+  void Fail(const Status& status);  // keeps the first error, aborts the pass
+
+  ModelState* state_;
+  StreamEngineOptions options_;
+  std::vector<std::unique_ptr<Stream>> streams_;
+  struct Device {
+    int device = -1;
+    cudaStream_t compute = nullptr;
+    cudaEvent_t forward_start = nullptr;
+    double start_offset_us = 0;
+  };
+  std::vector<Device> devices_;
+  std::vector<cudaEvent_t> step_start_, step_end_;
+  std::vector<double> step_wall_start_, step_wall_end_;
+  std::vector<std::unique_ptr<ShardReader>> readers_;  // by shard index, for disk units
+  // Disk reads of a pass, in step order: (stream, unit).
+  std::vector<std::pair<Stream*, uint32_t>> read_jobs_;
+
+  // Shared with the copy and read threads.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t gen_ = 0;        // the current pass
+  bool abort_ = false;      // the current pass failed: threads stop waiting
+  bool stop_ = false;
+  size_t next_read_ = 0;    // next job of read_jobs_
+  int readers_busy_ = 0;
+  Status error_;
+  std::vector<std::thread> threads_;
+  std::chrono::steady_clock::time_point wall_start_;
+  uint64_t cpu_bytes_ = 0, disk_bytes_ = 0, disk_h2d_bytes_ = 0, disk_read_bytes_ = 0;
+  uint64_t direct_units_ = 0, bounce_units_ = 0, mmap_units_ = 0, units_ = 0;
+};
+
+}  // namespace bigplan::executor_internal
