@@ -99,6 +99,7 @@ Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& r
     so.ring_bytes = ring != placement.ring_bytes.end() ? ring->second : DefaultRingBytes(weights, 1);
     auto chunk = placement.chunk_bytes.find(device);
     if (chunk != placement.chunk_bytes.end()) so.chunk_bytes = chunk->second;
+    if (request.chunk_bytes) so.chunk_bytes = *request.chunk_bytes;
     if (device < 0) so.disk_slots = 0;
     BIGPLAN_ASSIGN_OR_RETURN(DeviceStreamPlan st, BuildDeviceStream(device, weights, so));
     streams.push_back(std::move(st));

@@ -55,6 +55,9 @@ struct PlanRequest {
   // Blocks streamed whole are double-buffered by default (a ring of 2 slots of the largest streamed block); a
   // depth d gives d + 1 slots (still capped by the number of streaming blocks).
   std::optional<uint32_t> prefetch_depth;
+  // Stream every device's weights in the chunks layout with row chunks of at most this many bytes (planner/
+  // streaming.h), instead of the layout the placement chose.
+  std::optional<uint64_t> chunk_bytes;
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };

@@ -142,7 +142,7 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
     u.file_bytes = all ? w.file_bytes : static_cast<uint64_t>(r1 - r0) * w.file_row_bytes;
     return u;
   };
-  if (2 * largest <= ring) {
+  if (2 * largest <= ring && options.chunk_bytes == 0) {
     s.layout = "slots";
     s.slots = static_cast<uint32_t>(std::min<uint64_t>(ring / largest, blocks.size()));
     uint32_t k = 0;

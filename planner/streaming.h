@@ -89,14 +89,17 @@ struct DeviceStreamPlan {
 
 struct StreamOptions {
   uint64_t ring_bytes = 0;   // the ring's size (> 0)
-  uint64_t chunk_bytes = 0;  // chunks layout: the largest chunk; 0 = ring_bytes / 4
+  // > 0: the chunks layout with chunks of at most this many bytes, whatever the blocks' sizes; 0: the slots layout
+  // when every block's streamed bytes fit half the ring, else chunks of ring_bytes / 4 (halved until they fit).
+  uint64_t chunk_bytes = 0;
   // Disk ring: this many of the largest disk slots (at least 2). Each read is split into parallel pieces, so two
   // slots keep the disk busy while the previous unit is copied to the device.
   uint32_t disk_slots = 2;
 };
 
 // The units of one device's streamed weights (`weights` in step order, each block's weights in layout order), laid
-// out in a ring of options.ring_bytes: "slots" when every block's streamed bytes fit half the ring, else "chunks".
+// out in a ring of options.ring_bytes: "slots" when every block's streamed bytes fit half the ring (and no chunk size
+// is given), else "chunks".
 // Fills the waits and the disk ring, then runs CheckDeviceStream. kInfeasible when the ring cannot hold what must
 // be held at once (a block's whole units plus one chunk, or one row of a weight), naming the device and sizes.
 Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<StreamWeight>& weights,

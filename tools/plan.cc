@@ -22,6 +22,7 @@
 #include "planner/planner.h"
 #include "schema/plan_io.h"
 #include "support/cli.h"
+#include "support/units.h"
 #include "support/result.h"
 #include "support/tool_main.h"
 
@@ -64,7 +65,9 @@ constexpr const char* kUsage =
     "  --device-map FILE        HF-style device map JSON for --strategy explicit (implies it when no strategy\n"
     "                           is given)\n"
     "  --memory-algorithm NAME  arena planner: greedy_by_size (default), linear\n"
-    "  --prefetch-depth N       copy N streamed blocks ahead (default: chosen by the cost model)\n"
+    "  --prefetch-depth N       blocks streamed whole: a ring of N + 1 slots of the largest one (default 1)\n"
+    "  --chunk-bytes SIZE       stream every streamed weight larger than SIZE in row chunks of at most SIZE\n"
+    "                           (the chunks layout; default: only when a layer does not fit half the ring)\n"
     "  --profile FILE           device profile JSON (default: the H100 profile, or the CPU profile without GPUs)\n"
     "output:\n"
     "  -o, --output FILE        write the plan (a .bplan flatbuffer)\n"
@@ -101,6 +104,7 @@ struct Flags {
   std::string model_dir, description, checkpoint, max_memory, dtype, strategy, memory_algorithm, profile,
       device_map, export_device_map, output;
   std::optional<uint32_t> batch, seq_len, prefetch_depth;
+  std::optional<uint64_t> chunk_bytes;
   bool quiet = false;
 };
 
@@ -121,7 +125,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     switch (SplitFlag(argc, argv, &i,
                       {"--model", "--description", "--checkpoint", "--max-memory", "--dtype", "--batch", "--seq-len",
                        "--strategy", "--memory-algorithm", "--profile", "--device-map", "--export-device-map", "-o",
-                       "--output", "--prefetch-depth"},
+                       "--output", "--prefetch-depth", "--chunk-bytes"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag \"" + flag + "\"");
@@ -135,6 +139,11 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParsePositive(flag, value)); }
     else if (flag == "--seq-len") { BIGPLAN_ASSIGN_OR_RETURN(f.seq_len, kCli.ParsePositive(flag, value)); }
     else if (flag == "--prefetch-depth") { BIGPLAN_ASSIGN_OR_RETURN(f.prefetch_depth, kCli.ParsePositive(flag, value)); }
+    else if (flag == "--chunk-bytes") {
+      auto bytes = ParseByteSize(value);
+      if (!bytes.ok() || *bytes == 0) return Usage(flag + ": expected a positive size such as 64MiB, got \"" + value + "\"");
+      f.chunk_bytes = *bytes;
+    }
     else if (flag == "--strategy") f.strategy = value;
     else if (flag == "--memory-algorithm") f.memory_algorithm = value;
     else if (flag == "--profile") f.profile = UserPath(value);
@@ -184,6 +193,7 @@ Status Main(int argc, char** argv) {
   if (!f.memory_algorithm.empty()) base.memory_algorithm = f.memory_algorithm;
   if (!f.profile.empty()) { BIGPLAN_ASSIGN_OR_RETURN(base.profile, LoadDeviceProfile(f.profile)); }
   base.prefetch_depth = f.prefetch_depth;
+  base.chunk_bytes = f.chunk_bytes;
   if (!f.quiet) base.progress = [](const std::string& m) { std::fprintf(stderr, "plan: %s\n", m.c_str()); };
 
   std::vector<PlanRequest> requests;

@@ -24,6 +24,10 @@ namespace {
 
 constexpr double kF32Tolerance = 1e-4;
 constexpr double kSamePlacementTolerance = 1e-6;
+// Row-chunked weights are multiplied chunk by chunk: in fp32 that matches the whole product to rounding, in bf16 the
+// partial products round to bf16 at other points (LibTorch picks other GEMM kernels for a slice of the rows), so
+// chunked bf16 plans are held to the bf16 tolerance against the other plans, as against transformers.
+constexpr double kChunkedBf16Tolerance = 3e-2;  // = the bf16 tolerance against transformers
 constexpr double kBf16Tolerance = 3e-2;
 constexpr double kBf16TopOne = 0.9;
 constexpr double kTopOneMargin = 0.02;
@@ -102,7 +106,9 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
       } else {
         EXPECT_EQ(gen->tokens, first_tokens) << "plan " << c.name << " vs " << first_name;
         for (size_t k = 0; k < first_logits.size(); ++k) {
-          EXPECT_LE(MaxRelError(errors->logits[k].data, first_logits[k].data), kSamePlacementTolerance)
+          const double same = c.summary.chunk_units > 0 && dtype == "bf16" ? kChunkedBf16Tolerance
+                                                                           : kSamePlacementTolerance;
+          EXPECT_LE(MaxRelError(errors->logits[k].data, first_logits[k].data), same)
               << "step " << k << ": plan " << c.name << " vs " << first_name;
         }
       }
@@ -123,6 +129,9 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
     EXPECT_EQ(find("cpu_compute_disk").cpu_compute, find("cpu_compute_disk").blocks);
     EXPECT_GT(find("explicit_tiers").cpu_tier, 0);
     EXPECT_GT(find("explicit_tiers").disk_tier, 0);
+    EXPECT_GT(find("chunked_cpu").chunk_units, 0);
+    EXPECT_GT(find("chunked_tiers").chunk_units, 0);
+    EXPECT_GT(find("chunked_cpu_compute").chunk_units, 0);
   }
 };
 

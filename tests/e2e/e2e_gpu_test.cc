@@ -47,6 +47,10 @@ constexpr double kBf16Tolerance = 3e-2;
 constexpr double kBf16TopOne = 0.9;
 constexpr double kTopOneMargin = 0.02;
 constexpr double kSamePlacementTolerance = 1e-6;
+// Row-chunked weights are multiplied chunk by chunk (see e2e_cpu_test.cc): bf16 plans with chunks agree with the
+// others to bf16 precision, and GPU GEMMs on row slices may sum in another order than on the whole matrix.
+constexpr double kChunkedBf16Tolerance = 3e-2;  // = the bf16 tolerance against transformers
+constexpr double kChunkedFp32Tolerance = 1e-5;
 
 bool HaveCuda() {
   int n = 0;
@@ -101,7 +105,7 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       EXPECT_EQ(stats.disk_mmap_blocks, 0u) << "a disk-tier block was copied from the mapping";
       EXPECT_EQ(stats.disk_direct_fallbacks, 0u);
       EXPECT_EQ((*exec)->info().disk_direct_fallback_blocks, 0);
-      if (c.name == "explicit_tiers") {
+      if (c.name == "explicit_tiers" || c.name == "chunked_tiers") {
         if (dtype == "fp32") {
           EXPECT_GT(stats.disk_direct_blocks, 0u);
           EXPECT_EQ(stats.disk_bounce_blocks, 0u);
@@ -131,7 +135,10 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       } else {
         EXPECT_EQ(gen->tokens, it->second.first) << "plan " << c.name << " (" << group << ")";
         for (size_t k = 0; k < it->second.second.size(); ++k) {
-          EXPECT_LE(MaxRelError(errors->logits[k].data, it->second.second[k].data), kSamePlacementTolerance)
+          const double same = c.summary.chunk_units == 0 ? kSamePlacementTolerance
+                              : dtype == "fp32"          ? kChunkedFp32Tolerance
+                                                         : kChunkedBf16Tolerance;
+          EXPECT_LE(MaxRelError(errors->logits[k].data, it->second.second[k].data), same)
               << "step " << k << ": plan " << c.name << " (" << group << ")";
         }
       }

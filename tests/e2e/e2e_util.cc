@@ -145,7 +145,7 @@ Status MakePlan(const std::string& model_dir, const std::string& max_memory, con
 std::string PlanSummary::ToString() const {
   return std::to_string(blocks) + " blocks: gpu " + std::to_string(gpu_tier) + ", cpu " + std::to_string(cpu_tier) +
          ", disk " + std::to_string(disk_tier) + " tier; " + std::to_string(cpu_compute) + " on the cpu; " +
-         exec_dtype;
+         std::to_string(chunk_units) + " row chunks; " + exec_dtype;
 }
 
 Result<PlanSummary> SummarizePlan(const std::string& plan_path) {
@@ -158,6 +158,12 @@ Result<PlanSummary> SummarizePlan(const std::string& plan_path) {
     s.cpu_tier += b->tier() == schema::Tier::Cpu;
     s.disk_tier += b->tier() == schema::Tier::Disk;
     s.cpu_compute += b->device() < 0;
+  }
+  if (plan.plan().streams() != nullptr) {
+    for (const schema::Stream* st : *plan.plan().streams()) {
+      if (st->units() == nullptr) continue;
+      for (const schema::Unit* u : *st->units()) s.chunk_units += u->whole() ? 0 : 1;
+    }
   }
   return s;
 }
@@ -259,6 +265,13 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
   BIGPLAN_RETURN_IF_ERROR(WriteText(tiers_map, tiers.dump(1)));
   BIGPLAN_RETURN_IF_ERROR(add("cpu_compute_disk", "cpu=" + big, "--device-map " + Quote(cpu_disk_map)));
   BIGPLAN_RETURN_IF_ERROR(add("explicit_tiers", "cuda:0=" + big + ",cpu=" + big, "--device-map " + Quote(tiers_map)));
+  // Weights streamed in row chunks (kernels read them chunk by chunk), from pinned memory and from disk, and on the
+  // CPU from the mapping.
+  BIGPLAN_RETURN_IF_ERROR(add("chunked_cpu", "cuda:0=" + std::to_string(min_gpu) + ",cpu=" + big, "--chunk-bytes 2048"));
+  BIGPLAN_RETURN_IF_ERROR(add("chunked_tiers", "cuda:0=" + big + ",cpu=" + big,
+                              "--device-map " + Quote(tiers_map) + " --chunk-bytes 2048"));
+  BIGPLAN_RETURN_IF_ERROR(add("chunked_cpu_compute", "cpu=" + big,
+                              "--device-map " + Quote(cpu_disk_map) + " --chunk-bytes 2048"));
   return cases;
 }
 

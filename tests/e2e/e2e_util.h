@@ -46,6 +46,7 @@ struct PlanSummary {
   int gpu_tier = 0;
   int cpu_tier = 0;
   int disk_tier = 0;
+  int chunk_units = 0;  // stream units that are row chunks
   int cpu_compute = 0;  // blocks with device -1
   std::string exec_dtype;
   std::string ToString() const;  // "5 blocks: gpu 1, cpu 2, disk 2 tier; 0 on the cpu; F32"
