@@ -112,6 +112,22 @@ uint64_t DefaultRingBytes(const std::vector<StreamWeight>& weights, uint32_t pre
   return StagingBufferCount(per_block.size(), std::max<uint32_t>(1, prefetch_depth)) * largest;
 }
 
+uint64_t ChunkedRingBytes(const std::vector<StreamWeight>& weights, uint64_t chunk_bytes) {
+  std::map<uint32_t, uint64_t> whole;
+  uint64_t chunk = 0;
+  for (const StreamWeight& w : weights) {
+    if (w.chunkable && w.bytes > chunk_bytes) {
+      const uint64_t rows = std::max<uint64_t>(1, chunk_bytes / std::max<uint64_t>(1, w.row_bytes));
+      chunk = std::max(chunk, AlignUp(rows * w.row_bytes));
+    } else {
+      whole[w.block] += AlignUp(w.bytes);
+    }
+  }
+  uint64_t max_whole = 0;
+  for (const auto& [b, bytes] : whole) max_whole = std::max(max_whole, bytes);
+  return 2 * max_whole + 4 * chunk;
+}
+
 uint64_t DiskRingBytes(const std::vector<StreamWeight>& weights, int32_t device) {
   if (device < 0) return 0;
   uint64_t slot = 0;
@@ -204,7 +220,9 @@ Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& requ
   }
   auto ring_of = [&](int32_t device, const std::vector<StreamWeight>& weights) {
     auto it = ring_bytes.find(device);
-    return it != ring_bytes.end() ? it->second : DefaultRingBytes(weights, request.options.prefetch_depth);
+    if (it != ring_bytes.end()) return it->second;
+    return request.options.chunk_bytes ? ChunkedRingBytes(weights, request.options.chunk_bytes)
+                                       : DefaultRingBytes(weights, request.options.prefetch_depth);
   };
   uint64_t disk_rings = 0;
   std::vector<DeviceAccount> out;
@@ -274,7 +292,10 @@ Result<Placement> FinishPlacement(const PlacementRequest& request, std::string s
   for (int32_t d : devices) {
     const std::vector<StreamWeight> streamed = StreamWeightsFor(*request.model, blocks, request.exec_dtype, d);
     if (streamed.empty()) continue;
-    if (!ring_bytes.count(d)) ring_bytes[d] = DefaultRingBytes(streamed, request.options.prefetch_depth);
+    if (!ring_bytes.count(d)) {
+      ring_bytes[d] = request.options.chunk_bytes ? ChunkedRingBytes(streamed, request.options.chunk_bytes)
+                                                  : DefaultRingBytes(streamed, request.options.prefetch_depth);
+    }
   }
   p.ring_bytes = ring_bytes;
   p.chunk_bytes = std::move(chunk_bytes);

@@ -88,6 +88,9 @@ struct PlacementOptions {
   uint32_t prefetch_depth = 1;        // streamed blocks copied ahead of the computing one (staging reservation)
   nlohmann::json device_map;          // for "explicit": the HF-style device map (an object)
   bool enforce_budget = true;         // fail with kInfeasible when the accounting exceeds a budget
+  // > 0: devices stream in the chunks layout with chunks of at most this many bytes (PlanRequest::chunk_bytes);
+  // their rings default to ChunkedRingBytes instead of DefaultRingBytes.
+  uint64_t chunk_bytes = 0;
 };
 
 struct PlacementRequest {
@@ -138,6 +141,9 @@ std::vector<StreamWeight> StreamWeightsFor(const ModelDescription& model, const 
 // The ring of block-granular placements: min(#streaming blocks, prefetch_depth + 1) x the largest block's
 // streamed bytes (the slots layout; version 1's staging buffers).
 uint64_t DefaultRingBytes(const std::vector<StreamWeight>& weights, uint32_t prefetch_depth);
+// The ring of the chunks layout with chunks of at most `chunk_bytes`: room for two blocks' whole units and four
+// chunks (planner/streaming.h).
+uint64_t ChunkedRingBytes(const std::vector<StreamWeight>& weights, uint64_t chunk_bytes);
 // The pinned disk ring that the stream builder gives these weights' disk units (StreamOptions::disk_slots of the
 // largest whole-weight slot; 0 without disk units or on the CPU).
 uint64_t DiskRingBytes(const std::vector<StreamWeight>& weights, int32_t device);

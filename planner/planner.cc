@@ -192,6 +192,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   if (request.prefetch_depth && *request.prefetch_depth == 0)
     return MakeError(ErrorCode::kInvalidArgument, "prefetch depth must be at least 1");
   preq.options.prefetch_depth = request.prefetch_depth.value_or(1);
+  preq.options.chunk_bytes = request.chunk_bytes.value_or(0);
   preq.options.device_map = request.device_map;
   preq.options.enforce_budget = true;
   RegisterBalancedStrategies();
