@@ -1,12 +1,16 @@
-// Llama-family kernels (Llama 2/3/3.1, Mistral, Qwen2), as transformers' modeling_llama.py / modeling_qwen2.py:
-// RMSNorm -> q/k/v projections (optional biases) -> RoPE -> GQA attention over the KV cache -> o_proj -> residual
-// -> RMSNorm -> SwiGLU MLP -> residual.
+// Llama-family kernels (Llama 2/3/3.1, Mistral, Qwen2) and Phi-3, as transformers' modeling_llama.py /
+// modeling_qwen2.py / modeling_phi3.py: RMSNorm -> q/k/v projections (optional biases) -> RoPE -> GQA attention over
+// the KV cache -> o_proj -> residual -> RMSNorm -> SwiGLU MLP -> residual. Phi-3 stores q/k/v and gate/up fused
+// along the rows (qkv_proj, gate_up_proj: the registry's kQkv / kGateUp slots); the kernel slices them into narrow
+// views (no copies) and runs the same math. Partial rotary (Phi-3's partial_rotary_factor) rotates the first
+// rotary_dim dims of each head.
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "executor/kernels.h"
 #include "executor/kernels_internal.h"
@@ -27,7 +31,30 @@ constexpr char kO[] = "self_attn.o_proj.";
 constexpr char kGate[] = "mlp.gate_proj.";
 constexpr char kUp[] = "mlp.up_proj.";
 constexpr char kDown[] = "mlp.down_proj.";
+// Phi-3's fused projections: rows [q; k; v] and [gate; up] (arch::FusedRows gives the same row ranges).
+constexpr char kQkv[] = "self_attn.qkv_proj.";
+constexpr char kGateUp[] = "mlp.gate_up_proj.";
 }  // namespace names
+
+// Narrow row views [rows[0]; rows[1]; ...] of a fused weight or bias; kInvalidArgument naming the block if its first
+// dim is not their sum. Views share the fused tensor's storage (rows are contiguous), so nothing is copied.
+Result<std::vector<at::Tensor>> SplitRows(const std::string& block, const std::string& name, const at::Tensor& fused,
+                                          const std::vector<int64_t>& rows) {
+  int64_t total = 0;
+  for (int64_t r : rows) total += r;
+  if (fused.dim() < 1 || fused.size(0) != total) {
+    return MakeError(ErrorCode::kInvalidArgument, block + ": fused weight '" + name + "' has " +
+                                                      (fused.dim() < 1 ? std::string("no rows") : std::to_string(fused.size(0)) + " rows") +
+                                                      ", expected " + std::to_string(total));
+  }
+  std::vector<at::Tensor> parts;
+  int64_t begin = 0;
+  for (int64_t r : rows) {
+    parts.push_back(fused.narrow(0, begin, r));
+    begin += r;
+  }
+  return parts;
+}
 
 class LlamaKernels final : public ModelKernelsBase {
  public:
@@ -37,11 +64,9 @@ class LlamaKernels final : public ModelKernelsBase {
         act_(act),
         rope_tables_([rope](int64_t length, at::ScalarType dtype, const at::Device& device, at::Tensor* cos,
                             at::Tensor* sin) {
-          // The table holds the unscaled frequencies of dynamic NTK (used while the length is within
-          // max_position_embeddings), whatever its own length.
-          RopeConfig fixed = rope;
-          if (fixed.type == RopeConfig::Type::kDynamic) fixed.type = RopeConfig::Type::kDefault;
-          RopeCosSin(fixed, 0, length, dtype, device, cos, sin);
+          // The table holds the length-independent frequencies (dynamic NTK unscaled, longrope's short factors,
+          // used while the length stays within the model's limits), whatever its own length.
+          RopeCosSin(rope.ShortForm(), 0, length, dtype, device, cos, sin);
         }) {}
 
  protected:
@@ -64,13 +89,35 @@ class LlamaKernels final : public ModelKernelsBase {
       }
       return Status::Ok();
     };
+    // A fused projection (Phi-3): the parts are row views of its weight (and bias, if it has one).
+    auto fused = [&](const char* module, const std::vector<int64_t>& rows, std::vector<at::Tensor*> w,
+                     std::vector<at::Tensor*> b) -> Status {
+      BIGPLAN_ASSIGN_OR_RETURN(std::vector<at::Tensor> ws, SplitRows(c.block, p + module + "weight",
+                                                                     c.weights.Find(p + module + "weight"), rows));
+      for (size_t i = 0; i < w.size(); ++i) *w[i] = ws[i];
+      if (at::Tensor fb = c.weights.Find(p + module + "bias"); fb.defined()) {
+        BIGPLAN_ASSIGN_OR_RETURN(std::vector<at::Tensor> bs, SplitRows(c.block, p + module + "bias", fb, rows));
+        for (size_t i = 0; i < b.size(); ++i) *b[i] = bs[i];
+      }
+      return Status::Ok();
+    };
+    const int64_t q_rows = spec_.num_heads * spec_.head_dim, kv_rows = spec_.num_kv_heads * spec_.head_dim;
     at::Tensor wq, bq, wk, bk, wv, bv, wo, bo, wg, bg, wu, bu, wd, bd;
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kQ, spec_.attention_bias, &wq, &bq));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kK, spec_.attention_bias, &wk, &bk));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kV, spec_.attention_bias, &wv, &bv));
+    if (c.weights.Find(p + names::kQkv + "weight").defined()) {
+      BIGPLAN_RETURN_IF_ERROR(fused(names::kQkv, {q_rows, kv_rows, kv_rows}, {&wq, &wk, &wv}, {&bq, &bk, &bv}));
+    } else {
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kQ, spec_.attention_bias, &wq, &bq));
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kK, spec_.attention_bias, &wk, &bk));
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kV, spec_.attention_bias, &wv, &bv));
+    }
     BIGPLAN_RETURN_IF_ERROR(proj(names::kO, false, &wo, &bo));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kGate, spec_.mlp_bias, &wg, &bg));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kUp, spec_.mlp_bias, &wu, &bu));
+    if (c.weights.Find(p + names::kGateUp + "weight").defined()) {
+      const int64_t inter = spec_.intermediate_size;
+      BIGPLAN_RETURN_IF_ERROR(fused(names::kGateUp, {inter, inter}, {&wg, &wu}, {&bg, &bu}));
+    } else {
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kGate, spec_.mlp_bias, &wg, &bg));
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kUp, spec_.mlp_bias, &wu, &bu));
+    }
     BIGPLAN_RETURN_IF_ERROR(proj(names::kDown, spec_.mlp_bias, &wd, &bd));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor input_norm, Get(c, p + names::kInputNorm));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor post_norm, Get(c, p + names::kPostNorm));
@@ -89,8 +136,8 @@ class LlamaKernels final : public ModelKernelsBase {
     at::Tensor k = Linear(h, wk, bk).view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
     at::Tensor v = Linear(h, wv, bv).view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
 
-    // cos/sin depend on the position alone, except for dynamic NTK past max_position_embeddings, where the
-    // frequencies depend on the current length.
+    // cos/sin depend on the position alone, except for dynamic NTK past max_position_embeddings and longrope past
+    // original_max_position_embeddings, where the frequencies depend on the current length.
     at::Tensor cos, sin;
     const at::Tensor& position = c.ctx.position;
     if (position.defined()) {
@@ -102,7 +149,7 @@ class LlamaKernels final : public ModelKernelsBase {
       rope_tables_.Get(0, kv->k.size(2), x.scalar_type(), x.device(), &cos, &sin);
       cos = cos.index_select(0, position);
       sin = sin.index_select(0, position);
-    } else if (rope_.type == RopeConfig::Type::kDynamic && start_pos + seq > rope_.max_position_embeddings) {
+    } else if (rope_.LengthDependent(start_pos + seq)) {
       RopeCosSin(rope_, start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
     } else {
       rope_tables_.Get(start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
@@ -135,9 +182,8 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
  public:
-  bool StaticDecode(int64_t max_seq_len) const override {
-    return rope_.type != RopeConfig::Type::kDynamic || max_seq_len <= rope_.max_position_embeddings;
-  }
+  // (The registry's arch::GraphDecodeEligible says the same for the planner.)
+  bool StaticDecode(int64_t max_seq_len) const override { return !rope_.LengthDependent(max_seq_len); }
 
  private:
   const RopeConfig rope_;
@@ -152,11 +198,11 @@ Result<std::unique_ptr<ModelKernels>> MakeLlamaKernels(const ModelSpec& spec) {
     return MakeError(ErrorCode::kInvalidArgument, "model spec: head_dim " + std::to_string(spec.head_dim) +
                                                       " must be even for rotary embeddings");
   }
-  if (spec.rotary_dim != 0 && spec.rotary_dim != spec.head_dim) {
-    return MakeError(ErrorCode::kUnsupported, "model spec: partial rotary (rotary_dim " +
-                                                  std::to_string(spec.rotary_dim) + " of head_dim " +
-                                                  std::to_string(spec.head_dim) + ") is not supported for " +
-                                                  spec.architecture);
+  // Partial rotary is refused by MakeModelKernels for families the registry does not mark (the Llama family).
+  if (spec.rotary_dim < 0 || spec.rotary_dim > spec.head_dim || spec.rotary_dim % 2 != 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: rotary_dim " + std::to_string(spec.rotary_dim) +
+                                                      " must be even and at most head_dim " +
+                                                      std::to_string(spec.head_dim));
   }
   BIGPLAN_ASSIGN_OR_RETURN(RopeConfig rope, ParseRope(spec));
   BIGPLAN_ASSIGN_OR_RETURN(Activation act, ParseActivation(spec.activation.empty() ? "silu" : spec.activation));

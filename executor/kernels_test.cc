@@ -49,7 +49,8 @@ struct NoSyncScope {};
 
 const std::vector<std::string>& Families() {
   static const std::vector<std::string> kFamilies = {"llama", "llama_gqa",  "llama_linear", "llama_dynamic", "mistral",
-                                                     "qwen2", "qwen2_yarn", "gpt2",         "gptj"};
+                                                     "qwen2", "qwen2_yarn", "phi3",         "phi3_longrope", "gpt2",
+                                                     "gptj"};
   return kFamilies;
 }
 
@@ -243,7 +244,7 @@ std::vector<std::unique_ptr<Block>> MakeBlocks(const TinyModel& m, at::ScalarTyp
   };
   std::vector<Desc> descs;
   const ModelSpec& s = m.spec;
-  const bool llama = s.architecture == "llama";
+  const bool llama = s.architecture == "llama" || s.architecture == "phi3";  // model.* layout
   const std::string root = llama ? "model." : "transformer.";
   const std::string emb = llama ? "model.embed_tokens." : "transformer.wte.";
   const std::string emb_weight = emb + "weight";
@@ -577,11 +578,37 @@ TEST(MakeModelKernels, RejectsUnknownAndInconsistentSpecs) {
   EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 
   s = TinyLlamaSpec();
-  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1, 1], \"short_factor\": [1, 1]}";
+  s.rope_scaling_json = "{\"rope_type\": \"su\"}";  // Phi-3's legacy name: the importer maps it to longrope
   r = MakeModelKernels(s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
-  EXPECT_NE(r.error().message.find("longrope"), std::string::npos);
+  EXPECT_NE(r.error().message.find("'su'"), std::string::npos);
+
+  // longrope needs short_factor and long_factor of rotary_dim / 2 numbers each.
+  s = TinyLlamaSpec();
+  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1, 1], \"short_factor\": [1, 1], "
+                        "\"original_max_position_embeddings\": 8}";
+  EXPECT_TRUE(MakeModelKernels(s).ok());
+  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1], \"short_factor\": [1, 1]}";
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(r.error().message.find("long_factor"), std::string::npos);
+
+  // Partial rotary: Phi-3 computes it, the Llama family refuses it; partial_rotary_factor must agree.
+  s = TinyLlamaSpec();
+  s.head_dim = 8;
+  s.rotary_dim = 4;
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(r.error().message.find("partial rotary"), std::string::npos);
+  s.architecture = "phi3";
+  EXPECT_TRUE(MakeModelKernels(s).ok());
+  s.rope_scaling_json = "{\"rope_type\": \"default\", \"partial_rotary_factor\": 0.75}";
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 
   s = TinyLlamaSpec();
   s.rope_scaling_json = "{\"rope_type\": \"llama3\", \"factor\": 8}";  // no low/high_freq_factor
