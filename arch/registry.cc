@@ -826,7 +826,20 @@ Result<ParsedConfig> ParseHfConfig(const nlohmann::json& config, const std::stri
   return p;
 }
 
+bool IsSupportedActivation(std::string_view activation) {
+  const std::string a = Lower(activation);
+  for (const char* k : {"silu", "swish", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu"}) {
+    if (a == k) return true;
+  }
+  return false;
+}
+
 Status CheckModelConfig(const FamilyInfo& family, const ModelConfig& c) {
+  if (!c.activation.empty() && !IsSupportedActivation(c.activation)) {
+    return MakeError(ErrorCode::kUnsupported, "activation \"" + c.activation +
+                                                  "\" is not supported (supported: silu, swish, gelu_new, "
+                                                  "gelu_pytorch_tanh, gelu_fast, gelu, relu)");
+  }
   const json& rs = c.rope_scaling;
   Result<RopeType> type = RopeTypeOf(c);
   if (!type.ok()) {

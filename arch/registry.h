@@ -326,8 +326,13 @@ struct ParsedConfig {
 // missing or malformed field.
 Result<ParsedConfig> ParseHfConfig(const nlohmann::json& config, const std::string& source);
 
+// The activations the kernels compute (case-insensitive, as config.json spells them): silu, swish, gelu_new,
+// gelu_pytorch_tanh, gelu_fast, gelu, relu.
+bool IsSupportedActivation(std::string_view activation);
+
 // Checks hyperparameters against what the family's kernels compute: a supported RoPE type with well-formed
-// parameters (longrope: short_factor/long_factor of rotary_dim / 2 numbers), partial rotary only where supported.
+// parameters (longrope: short_factor/long_factor of rotary_dim / 2 numbers), partial rotary only where supported,
+// a supported activation (an empty one means the family's default).
 // This is what the executor would refuse at load time; the planner refuses it at plan time. kUnsupported or
 // kInvalidArgument with a message naming the field.
 Status CheckModelConfig(const FamilyInfo& family, const ModelConfig& config);

@@ -294,6 +294,11 @@ TEST(RegistryTest, CheckModelConfigMirrorsTheKernels) {
   c.rope_scaling = {{"rope_type", "linear"}, {"factor", 2.0}};
   EXPECT_EQ(CheckModelConfig(*FindFamily("gpt2"), c).error().code, ErrorCode::kUnsupported);
   EXPECT_FALSE(GraphDecodeEligible(*FindFamily("gpt2"), ModelConfig{}, 8));
+  ModelConfig act;
+  act.activation = "GELU_new";
+  EXPECT_TRUE(CheckModelConfig(*FindFamily("gpt2"), act).ok());
+  act.activation = "mish";
+  EXPECT_EQ(CheckModelConfig(*FindFamily("gpt2"), act).error().code, ErrorCode::kUnsupported);
   EXPECT_FALSE(GraphDecodeEligible(*FindFamily("gptj"), ModelConfig{}, 8));
 
   // Refused math keys: llama's partial_rotary_factor (1.0 is the default and fine).

@@ -28,7 +28,8 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps);
 
 enum class Activation { kSilu, kGeluTanh, kGelu, kRelu };
-// "silu"/"swish", "gelu_new"/"gelu_pytorch_tanh"/"gelu_fast", "gelu", "relu"; kUnsupported otherwise.
+// "silu"/"swish", "gelu_new"/"gelu_pytorch_tanh"/"gelu_fast", "gelu", "relu"; kUnsupported otherwise. (The
+// registry's arch::IsSupportedActivation lists the same names, so the planner refuses the others at plan time.)
 Result<Activation> ParseActivation(const std::string& name);
 at::Tensor Activate(Activation act, const at::Tensor& x);
 

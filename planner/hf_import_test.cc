@@ -169,6 +169,22 @@ TEST(HfImportTest, ErrorsNameTheProblem) {
   ASSERT_FALSE(gqa.ok());
   EXPECT_NE(gqa.error().message.find("num_key_value_heads"), std::string::npos);
 
+  // What the executor's kernels would refuse is refused at import (plan time), naming the field.
+  Result<ModelDescription> mish = ImportHfConfigText(
+      R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+          "intermediate_size": 8, "vocab_size": 10, "hidden_act": "mish"})", {}, "c.json");
+  ASSERT_FALSE(mish.ok());
+  EXPECT_EQ(mish.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(mish.error().message.find("activation \"mish\""), std::string::npos) << mish.error().message;
+  Result<ModelDescription> phi3_linear = ImportHfConfigText(
+      R"({"model_type": "phi3", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+          "intermediate_size": 8, "vocab_size": 10, "rope_scaling": {"rope_type": "linear", "factor": 2.0}})",
+      {}, "c.json");
+  ASSERT_FALSE(phi3_linear.ok());
+  EXPECT_EQ(phi3_linear.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(phi3_linear.error().message.find("c.json: field \"rope_scaling\""), std::string::npos)
+      << phi3_linear.error().message;
+
   Result<ModelDescription> no_type = ImportHfConfigText(R"({"hidden_size": 8})");
   ASSERT_FALSE(no_type.ok());
   EXPECT_NE(no_type.error().message.find("model_type"), std::string::npos);
