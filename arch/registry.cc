@@ -74,7 +74,7 @@ constexpr MathKey kLlamaKeys[] = {
     {"mlp_bias", KeyHandling::kImplemented, "llama: gate/up/down biases"},
     {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads model.embed_tokens.weight"},
     {"hidden_act", KeyHandling::kImplemented, "silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu"},
-    {"partial_rotary_factor", KeyHandling::kRefused, "the Llama family rotates whole heads"},
+    {"partial_rotary_factor", KeyHandling::kRefused, "the Llama family rotates whole heads", "1.0"},
     {"sliding_window", KeyHandling::kExactWithin,
      "Mistral/Qwen2 sliding-window attention: exact while max_seq_len <= sliding_window"},
 };
@@ -111,8 +111,8 @@ constexpr MathKey kGpt2Keys[] = {
     {"n_inner", KeyHandling::kImplemented, "MLP inner size (default 4 n_embd)"},
     {"activation_function", KeyHandling::kImplemented, "gelu_new by default"},
     {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads transformer.wte.weight (the default)"},
-    {"scale_attn_by_inverse_layer_idx", KeyHandling::kRefused, "attention scores scaled by 1 / (layer + 1)"},
-    {"scale_attn_weights", KeyHandling::kRefused, "unscaled attention scores (false)"},
+    {"scale_attn_by_inverse_layer_idx", KeyHandling::kRefused, "attention scores scaled by 1 / (layer + 1)", "false"},
+    {"scale_attn_weights", KeyHandling::kRefused, "unscaled attention scores", "true"},
 };
 
 // ---- gptj: GPTJForCausalLM ----
@@ -379,13 +379,8 @@ Status CheckRefusedKeys(const FamilyInfo& f, const Config& c, const std::string&
     if (k.handling != KeyHandling::kRefused) continue;
     const json* v = c.Get(k.key);
     if (v == nullptr) continue;
-    const std::string key = k.key;
-    bool default_value = false;
-    if (key == "partial_rotary_factor") default_value = v->is_number() && v->get<double>() == 1.0;
-    if (key == "scale_attn_by_inverse_layer_idx") default_value = v->is_boolean() && !v->get<bool>();
-    if (key == "scale_attn_weights") default_value = v->is_boolean() && v->get<bool>();
-    if (!default_value) {
-      return c.Unsupported(key, v->dump() + " is not supported for " + model_type + " (" + k.note + ")");
+    if (k.default_value == nullptr || *v != json::parse(k.default_value)) {
+      return c.Unsupported(k.key, v->dump() + " is not supported for " + model_type + " (" + k.note + ")");
     }
   }
   return Status::Ok();

@@ -250,6 +250,9 @@ struct MathKey {
   const char* key;         // config.json key
   KeyHandling handling;
   const char* note;        // what is implemented / why refused
+  // kRefused: the value (JSON text) that leaves the math unchanged and is accepted; nullptr: any non-null value
+  // is refused.
+  const char* default_value = nullptr;
 };
 
 enum class Family : uint8_t { kLlama, kGpt2, kGptj, kPhi3 };

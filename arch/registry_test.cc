@@ -315,6 +315,14 @@ TEST(RegistryTest, CheckModelConfigMirrorsTheKernels) {
   Result<ParsedConfig> g = ParseHfConfig(gpt2, "g.json");
   ASSERT_FALSE(g.ok());
   EXPECT_NE(g.error().message.find("scale_attn_by_inverse_layer_idx"), std::string::npos);
+  gpt2["scale_attn_by_inverse_layer_idx"] = false;
+  gpt2["scale_attn_weights"] = true;
+  EXPECT_TRUE(ParseHfConfig(gpt2, "g.json").ok());
+  for (const FamilyInfo& f : Families()) {
+    for (const MathKey& k : f.math_keys) {
+      if (k.default_value != nullptr) EXPECT_NO_THROW((void)json::parse(k.default_value)) << k.key;
+    }
+  }
 }
 
 TEST(RegistryTest, KernelCountsAndBuffers) {
