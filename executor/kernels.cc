@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "arch/registry.h"
 #include "executor/kernels_internal.h"
 
 namespace bigplan {
@@ -115,7 +116,7 @@ at::Tensor Activate(Activation act, const at::Tensor& x) {
 Result<RopeConfig> ParseRope(const ModelSpec& spec) {
   RopeConfig rope;
   rope.theta = spec.rope_theta;
-  rope.dim = spec.head_dim;
+  rope.dim = spec.rotary_dim > 0 ? spec.rotary_dim : spec.head_dim;
   rope.max_position_embeddings = spec.max_position_embeddings;
   rope.original_max_position_embeddings = spec.max_position_embeddings;
   if (spec.rope_scaling_json.empty()) return rope;
@@ -148,9 +149,11 @@ Result<RopeConfig> ParseRope(const ModelSpec& spec) {
   BIGPLAN_RETURN_IF_ERROR(number("rope_theta", &rope.theta, false));
   double partial = 1.0;
   BIGPLAN_RETURN_IF_ERROR(number("partial_rotary_factor", &partial, false));
-  if (partial != 1.0) {
-    return MakeError(ErrorCode::kUnsupported, src + ": partial_rotary_factor " + std::to_string(partial) +
-                                                  " is not supported for this architecture");
+  // transformers: dim = int(head_dim * partial_rotary_factor); the spec's rotary_dim must say the same.
+  if (static_cast<int64_t>(static_cast<double>(spec.head_dim) * partial) != rope.dim) {
+    return MakeError(ErrorCode::kInvalidArgument, src + ": partial_rotary_factor " + std::to_string(partial) +
+                                                      " disagrees with rotary_dim " + std::to_string(rope.dim) +
+                                                      " of head_dim " + std::to_string(spec.head_dim));
   }
 
   if (type == "default") {
@@ -204,7 +207,7 @@ Result<RopeConfig> ParseRope(const ModelSpec& spec) {
     if (beta_slow == 0) beta_slow = 1;
     bool truncate = true;
     if (j.contains("truncate") && j["truncate"].is_boolean()) truncate = j["truncate"].get<bool>();
-    const double dim = static_cast<double>(spec.head_dim);
+    const double dim = static_cast<double>(rope.dim);
     auto correction_dim = [&](double rotations) {
       return (dim * std::log(original / (rotations * 2 * M_PI))) / (2 * std::log(rope.theta));
     };
@@ -216,10 +219,43 @@ Result<RopeConfig> ParseRope(const ModelSpec& spec) {
     rope.ramp_low = std::max(low, 0.0);
     rope.ramp_high = std::min(high, dim - 1);
     if (rope.ramp_low == rope.ramp_high) rope.ramp_high += 0.001;  // as linear_ramp_factor
+  } else if (type == "longrope") {
+    // transformers' _compute_longrope_parameters (Phi-3): divisors per frequency, short or long by the forward's
+    // length; factor defaults to max_position_embeddings / original_max_position_embeddings.
+    rope.type = RopeConfig::Type::kLongrope;
+    double original = static_cast<double>(spec.max_position_embeddings);
+    BIGPLAN_RETURN_IF_ERROR(number("original_max_position_embeddings", &original, false));
+    rope.original_max_position_embeddings = static_cast<int64_t>(original);
+    if (rope.original_max_position_embeddings <= 0) {
+      return MakeError(ErrorCode::kInvalidArgument, src + ": longrope needs original_max_position_embeddings > 0");
+    }
+    for (auto [key, out] : {std::pair<const char*, std::vector<float>*>{"short_factor", &rope.short_factor},
+                            std::pair<const char*, std::vector<float>*>{"long_factor", &rope.long_factor}}) {
+      auto it = j.find(key);
+      if (it == j.end() || !it->is_array() || static_cast<int64_t>(it->size()) != rope.dim / 2) {
+        return MakeError(ErrorCode::kInvalidArgument, src + ": longrope needs '" + key + "': a list of " +
+                                                          std::to_string(rope.dim / 2) + " numbers (rotary dims / 2)");
+      }
+      for (const auto& v : *it) {
+        if (!v.is_number() || !(v.get<double>() > 0)) {
+          return MakeError(ErrorCode::kInvalidArgument, src + ": '" + key + "' holds " + v.dump());
+        }
+        out->push_back(static_cast<float>(v.get<double>()));
+      }
+    }
+    double factor = static_cast<double>(spec.max_position_embeddings) / original;
+    BIGPLAN_RETURN_IF_ERROR(number("factor", &factor, false));
+    double attention_factor = 0;
+    BIGPLAN_RETURN_IF_ERROR(number("attention_factor", &attention_factor, false));
+    if (j.contains("attention_factor") && !j["attention_factor"].is_null()) {
+      rope.attention_factor = attention_factor;
+    } else {
+      rope.attention_factor = factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(original));
+    }
   } else {
     return MakeError(ErrorCode::kUnsupported,
                      src + ": rope type '" + type +
-                         "' is not supported (supported: default, linear, dynamic, llama3, yarn)");
+                         "' is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)");
   }
   if (rope.factor <= 0) return MakeError(ErrorCode::kInvalidArgument, src + ": 'factor' must be positive");
   if (rope.type == RopeConfig::Type::kDynamic && rope.max_position_embeddings <= 0) {
@@ -248,8 +284,16 @@ at::Tensor RopeInvFreq(const RopeConfig& rope, int64_t seq_len, const at::Device
     return at::reciprocal(at::pow(base, exponents));
   }
 
+  if (rope.type == RopeConfig::Type::kLongrope) {
+    // inv_freq = 1.0 / (ext_factors * base ** (arange(0, dim, 2).float() / dim)), ext float32.
+    const std::vector<float>& f =
+        seq_len > rope.original_max_position_embeddings ? rope.long_factor : rope.short_factor;
+    at::Tensor ext = at::tensor(at::ArrayRef<float>(f), at::TensorOptions().dtype(at::kFloat)).to(device);
+    return at::reciprocal(ext * at::pow(at::Scalar(rope.theta), exponents));
+  }
   at::Tensor inv_freq = at::reciprocal(at::pow(at::Scalar(rope.theta), exponents));
   switch (rope.type) {
+    case RopeConfig::Type::kLongrope:
     case RopeConfig::Type::kDefault:
     case RopeConfig::Type::kDynamic:
       return inv_freq;
@@ -299,7 +343,20 @@ void RopeCosSin(const RopeConfig& rope, int64_t start_pos, int64_t seq, at::Scal
   }
 }
 
+RopeConfig RopeConfig::ShortForm() const {
+  RopeConfig r = *this;
+  if (r.type == Type::kDynamic) r.type = Type::kDefault;
+  if (r.type == Type::kLongrope) r.long_factor = r.short_factor;
+  return r;
+}
+
 at::Tensor ApplyRopeHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t rotary = cos.size(-1);
+  if (rotary < x.size(-1)) {
+    // Partial rotary: rotate the first `rotary` dims, pass the rest through.
+    at::Tensor rotated = ApplyRopeHalf(x.narrow(-1, 0, rotary), cos, sin);
+    return at::cat({rotated, x.narrow(-1, rotary, x.size(-1) - rotary)}, -1);
+  }
   const int64_t half = x.size(-1) / 2;
   at::Tensor x1 = x.narrow(-1, 0, half);
   at::Tensor x2 = x.narrow(-1, half, x.size(-1) - half);
@@ -588,13 +645,14 @@ Status ModelKernelsBase::RunBlock(const std::string& kind, const std::string& pr
 
 Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec_in) {
   ModelSpec spec = spec_in;
-  const std::string arch = kernels_internal::Lower(spec.architecture);
   auto invalid = [&](const std::string& what) {
     return MakeError(ErrorCode::kInvalidArgument, "model spec (" + spec.architecture + "): " + what);
   };
-  if (arch != "llama" && arch != "mistral" && arch != "qwen2" && arch != "gpt2" && arch != "gptj") {
-    return MakeError(ErrorCode::kUnsupported, "no kernels for architecture '" + spec.architecture +
-                                                  "' (supported: llama, mistral, qwen2, gpt2, gptj)");
+  // The registry's families (and their model_type aliases, e.g. "mistral" for llama).
+  Result<const arch::FamilyInfo*> family = arch::LookupFamily(spec.architecture);
+  if (!family.ok()) {
+    return MakeError(ErrorCode::kUnsupported, "no kernels for architecture '" + spec.architecture + "' (" +
+                                                  family.error().message + ")");
   }
   if (spec.hidden_size <= 0) return invalid("hidden_size must be positive");
   if (spec.num_heads <= 0) return invalid("num_heads must be positive");
@@ -611,9 +669,19 @@ Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec_in)
   // on an H100 with LibTorch 2.11, as the KV length grows by one each step. Flash (half precision) and the
   // memory-efficient kernels have no per-shape setup. This is process-wide LibTorch state.
   at::globalContext().setSDPUseCuDNN(false);
-  if (arch == "gpt2") return kernels_internal::MakeGpt2Kernels(spec);
-  if (arch == "gptj") return kernels_internal::MakeGptjKernels(spec);
-  return kernels_internal::MakeLlamaKernels(spec);
+  if (spec.rotary_dim > 0 && spec.rotary_dim < spec.head_dim && !(*family)->partial_rotary) {
+    return MakeError(ErrorCode::kUnsupported, "model spec: partial rotary (rotary_dim " +
+                                                  std::to_string(spec.rotary_dim) + " of head_dim " +
+                                                  std::to_string(spec.head_dim) + ") is not supported for " +
+                                                  spec.architecture);
+  }
+  switch ((*family)->family) {
+    case arch::Family::kGpt2: return kernels_internal::MakeGpt2Kernels(spec);
+    case arch::Family::kGptj: return kernels_internal::MakeGptjKernels(spec);
+    case arch::Family::kLlama:
+    case arch::Family::kPhi3: return kernels_internal::MakeLlamaKernels(spec);
+  }
+  return MakeError(ErrorCode::kInternal, "no kernel factory for family " + std::string((*family)->name));
 }
 
 }  // namespace bigplan

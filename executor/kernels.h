@@ -19,7 +19,7 @@ namespace bigplan {
 
 // Hyperparameters (a copy of the plan's ModelConfig; see schema/plan.fbs for meanings).
 struct ModelSpec {
-  std::string architecture;  // "llama", "gpt2", "gptj"
+  std::string architecture;  // a registry family or model_type (arch/registry.h): "llama", "gpt2", "gptj", "phi3"
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
   int64_t num_heads = 0;
@@ -100,19 +100,24 @@ class ModelKernels {
   virtual Status RunBlock(const std::string& kind, const std::string& prefix, int layer, const BlockWeights& weights,
                           const ForwardContext& ctx, KvCache* kv, at::Tensor* hidden, at::Tensor* logits) const = 0;
   // Whether RunBlock takes ForwardContext::position (static single-token steps) for KV caches of max_seq_len
-  // positions: the Llama family, except dynamic NTK RoPE past max_position_embeddings (its frequencies depend on
-  // the length). False for the other architectures.
+  // positions: the Llama family and Phi-3, except dynamic NTK RoPE past max_position_embeddings and longrope past
+  // original_max_position_embeddings (their frequencies depend on the length). False for the other architectures.
+  // arch::GraphDecodeEligible gives the planner the same answer.
   virtual bool StaticDecode(int64_t /*max_seq_len*/) const { return false; }
 };
 
-// kUnsupported naming the architecture if there are no kernels for it ("llama", also accepted as "mistral" and
-// "qwen2"; "gpt2"; "gptj"), or an unknown activation / rope_scaling type; kInvalidArgument for inconsistent
-// hyperparameters (e.g. num_heads not a multiple of num_kv_heads) or malformed rope_scaling_json.
+// kUnsupported naming the architecture if the architecture registry (arch/registry.h) has no such family or
+// model_type ("llama", also accepted as "mistral" and "qwen2"; "gpt2"; "gptj"; "phi3"), an unknown activation /
+// rope_scaling type, or partial rotary for a family the registry does not mark partial_rotary; kInvalidArgument for
+// inconsistent hyperparameters (e.g. num_heads not a multiple of num_kv_heads) or malformed rope_scaling_json.
 //
 // Tensor names each kernel reads, as `prefix` + suffix:
 //   llama  embedding "weight"; decoder_layer "input_layernorm.weight", "self_attn.{q,k,v,o}_proj.{weight,bias?}",
 //          "post_attention_layernorm.weight", "mlp.{gate,up,down}_proj.{weight,bias?}"; final_norm "weight";
 //          lm_head "weight", or the tied "model.embed_tokens.weight".
+//   phi3   as llama, with "self_attn.qkv_proj.weight" ([q; k; v] rows) instead of q/k/v_proj and
+//          "mlp.gate_up_proj.weight" ([gate; up] rows) instead of gate/up_proj, sliced into narrow views (the
+//          llama kernel takes the fused form wherever the block has it).
 //   gpt2   embedding "weight" when prefix ends in "wte." (else "wte.weight"), plus the sibling "wpe.weight" when the
 //          block carries it; position_embedding "weight" ("wpe." prefix) or "wpe.weight"; decoder_layer
 //          "ln_{1,2}.{weight,bias}", "attn.c_{attn,proj}.{weight,bias}", "mlp.c_{fc,proj}.{weight,bias}" (Conv1D,
@@ -121,8 +126,10 @@ class ModelKernels {
 //          "mlp.fc_{in,out}.{weight,bias}"; final_norm "weight", "bias"; lm_head "weight" (or tied wte) and "bias".
 // Biases marked "?" are required when spec.attention_bias (q/k/v) / spec.mlp_bias (gate/up/down) says so, and
 // otherwise used when the block has them (o_proj's bias is always optional).
-// RoPE types (rope_scaling_json's "rope_type" or "type"): default, linear, dynamic, llama3, yarn (as transformers'
-// ROPE_INIT_FUNCTIONS); longrope and partial rotary are kUnsupported for the Llama family.
+// RoPE types (rope_scaling_json's "rope_type" or "type"): default, linear, dynamic, llama3, yarn, longrope (as
+// transformers' ROPE_INIT_FUNCTIONS and its dynamic update: longrope's long factors for forwards longer than
+// original_max_position_embeddings). Partial rotary (0 < rotary_dim < head_dim) rotates the first rotary_dim dims of
+// a head (transformers' apply_rotary_pos_emb) for phi3; it is kUnsupported for the Llama family.
 // RunBlock is thread-safe. It never synchronizes the host with the device (checked on CUDA with LibTorch's sync
 // debug mode), so token ids are not range-checked: on CUDA an id >= vocab_size is a device-side assert, which
 // poisons the context; callers check ids on the host. RoPE cos/sin tables are cached per (device, current

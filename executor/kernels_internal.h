@@ -28,30 +28,45 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps);
 
 enum class Activation { kSilu, kGeluTanh, kGelu, kRelu };
-// "silu"/"swish", "gelu_new"/"gelu_pytorch_tanh"/"gelu_fast", "gelu", "relu"; kUnsupported otherwise.
+// "silu"/"swish", "gelu_new"/"gelu_pytorch_tanh"/"gelu_fast", "gelu", "relu"; kUnsupported otherwise. (The
+// registry's arch::IsSupportedActivation lists the same names, so the planner refuses the others at plan time.)
 Result<Activation> ParseActivation(const std::string& name);
 at::Tensor Activate(Activation act, const at::Tensor& x);
 
 // ---- rotary position embeddings (Llama family) ----
 
 struct RopeConfig {
-  enum class Type { kDefault, kLinear, kDynamic, kLlama3, kYarn };
+  enum class Type { kDefault, kLinear, kDynamic, kLlama3, kYarn, kLongrope };
   Type type = Type::kDefault;
   double theta = 10000.0;
-  int64_t dim = 0;                    // rotary dims (head_dim)
+  int64_t dim = 0;                    // rotary dims (spec.rotary_dim; head_dim when 0): the first `dim` of a head
   double factor = 1.0;                // linear, dynamic, llama3, yarn
   double low_freq_factor = 1.0;       // llama3
   double high_freq_factor = 4.0;      // llama3
-  int64_t original_max_position_embeddings = 0;  // llama3, yarn
+  int64_t original_max_position_embeddings = 0;  // llama3, yarn, longrope
   int64_t max_position_embeddings = 0;           // dynamic
   // yarn: the dims [ramp_low, ramp_high] blend interpolated and extrapolated frequencies (find_correction_range).
   double ramp_low = 0;
   double ramp_high = 0;
-  double attention_factor = 1.0;      // cos and sin are multiplied by it (yarn's mscale; 1 otherwise)
+  double attention_factor = 1.0;      // cos and sin are multiplied by it (yarn's mscale, longrope's; 1 otherwise)
+  // longrope (transformers' _compute_longrope_parameters): per-frequency divisors [dim / 2], the long ones for a
+  // forward whose length (start_pos + new tokens) exceeds original_max_position_embeddings, else the short ones.
+  std::vector<float> short_factor;
+  std::vector<float> long_factor;
+
+  // Whether the frequencies of a forward of `length` positions differ from those of short forwards (dynamic NTK
+  // past max_position_embeddings, longrope past original_max_position_embeddings).
+  bool LengthDependent(int64_t length) const {
+    return (type == Type::kDynamic && length > max_position_embeddings) ||
+           (type == Type::kLongrope && length > original_max_position_embeddings);
+  }
+  // The configuration for forwards within those lengths (length-independent frequencies).
+  RopeConfig ShortForm() const;
 };
 
-// From spec.rope_theta, spec.head_dim and spec.rope_scaling_json (rope_scaling / rope_parameters object, keys
-// "rope_type" or "type", "factor", ...; its "rope_theta" wins over spec.rope_theta when present).
+// From spec.rope_theta, spec.head_dim / spec.rotary_dim and spec.rope_scaling_json (rope_scaling / rope_parameters
+// object, keys "rope_type" or "type", "factor", ...; its "rope_theta" wins over spec.rope_theta when present; a
+// "partial_rotary_factor" must agree with rotary_dim). Types: default, linear, dynamic, llama3, yarn, longrope.
 Result<RopeConfig> ParseRope(const ModelSpec& spec);
 
 // Inverse frequencies [dim / 2] float32 on `device`, computed with the same float32 tensor operations as
@@ -59,11 +74,13 @@ Result<RopeConfig> ParseRope(const ModelSpec& spec);
 // "dynamic": transformers recomputes with seq_len = max(seq_len, max_position_embeddings).
 at::Tensor RopeInvFreq(const RopeConfig& rope, int64_t seq_len, const at::Device& device);
 
-// cos and sin [seq, dim] of positions start_pos..start_pos+seq-1 (emb = cat(freqs, freqs)), cast to `dtype`.
+// cos and sin [seq, dim] of positions start_pos..start_pos+seq-1 (emb = cat(freqs, freqs)), cast to `dtype`. The
+// frequencies are those of a forward of start_pos + seq positions.
 void RopeCosSin(const RopeConfig& rope, int64_t start_pos, int64_t seq, at::ScalarType dtype,
                 const at::Device& device, at::Tensor* cos, at::Tensor* sin);
 
-// q * cos + rotate_half(q) * sin for x [..., seq, dim] and cos/sin [seq, dim].
+// q * cos + rotate_half(q) * sin for x [..., seq, dim] and cos/sin [seq, dim]. With cos/sin narrower than x's last
+// dim (partial rotary, transformers' apply_rotary_pos_emb), only the first cos.size(-1) dims rotate; the rest pass.
 at::Tensor ApplyRopeHalf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 // cos/sin tables by position, built once per (device, current stream, dtype) and grown to the next power of two

@@ -1,12 +1,16 @@
-// Llama-family kernels (Llama 2/3/3.1, Mistral, Qwen2), as transformers' modeling_llama.py / modeling_qwen2.py:
-// RMSNorm -> q/k/v projections (optional biases) -> RoPE -> GQA attention over the KV cache -> o_proj -> residual
-// -> RMSNorm -> SwiGLU MLP -> residual.
+// Llama-family kernels (Llama 2/3/3.1, Mistral, Qwen2) and Phi-3, as transformers' modeling_llama.py /
+// modeling_qwen2.py / modeling_phi3.py: RMSNorm -> q/k/v projections (optional biases) -> RoPE -> GQA attention over
+// the KV cache -> o_proj -> residual -> RMSNorm -> SwiGLU MLP -> residual. Phi-3 stores q/k/v and gate/up fused
+// along the rows (qkv_proj, gate_up_proj: the registry's kQkv / kGateUp slots); the kernel slices them into narrow
+// views (no copies) and runs the same math. Partial rotary (Phi-3's partial_rotary_factor) rotates the first
+// rotary_dim dims of each head.
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "executor/kernels.h"
 #include "executor/kernels_internal.h"
@@ -27,6 +31,9 @@ constexpr char kO[] = "self_attn.o_proj.";
 constexpr char kGate[] = "mlp.gate_proj.";
 constexpr char kUp[] = "mlp.up_proj.";
 constexpr char kDown[] = "mlp.down_proj.";
+// Phi-3's fused projections: rows [q; k; v] and [gate; up] (arch::FusedRows gives the same row ranges).
+constexpr char kQkv[] = "self_attn.qkv_proj.";
+constexpr char kGateUp[] = "mlp.gate_up_proj.";
 }  // namespace names
 
 class LlamaKernels final : public ModelKernelsBase {
@@ -37,11 +44,9 @@ class LlamaKernels final : public ModelKernelsBase {
         act_(act),
         rope_tables_([rope](int64_t length, at::ScalarType dtype, const at::Device& device, at::Tensor* cos,
                             at::Tensor* sin) {
-          // The table holds the unscaled frequencies of dynamic NTK (used while the length is within
-          // max_position_embeddings), whatever its own length.
-          RopeConfig fixed = rope;
-          if (fixed.type == RopeConfig::Type::kDynamic) fixed.type = RopeConfig::Type::kDefault;
-          RopeCosSin(fixed, 0, length, dtype, device, cos, sin);
+          // The table holds the length-independent frequencies (dynamic NTK unscaled, longrope's short factors,
+          // used while the length stays within the model's limits), whatever its own length.
+          RopeCosSin(rope.ShortForm(), 0, length, dtype, device, cos, sin);
         }) {}
 
  protected:
@@ -68,13 +73,25 @@ class LlamaKernels final : public ModelKernelsBase {
       }
       return Status::Ok();
     };
-    Proj q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kQ, spec_.attention_bias, &q_proj));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kK, spec_.attention_bias, &k_proj));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kV, spec_.attention_bias, &v_proj));
+    // A fused projection (Phi-3's qkv_proj [q; k; v] and gate_up_proj [gate; up]) is one product whose output
+    // columns are split afterwards, so a fused weight streams in row chunks like any other.
+    const bool fused_qkv = FindRef(c.weights, p + names::kQkv + "weight").present();
+    const bool fused_gate_up = FindRef(c.weights, p + names::kGateUp + "weight").present();
+    Proj q_proj, k_proj, v_proj, qkv_proj, o_proj, gate_proj, up_proj, gate_up_proj, down_proj;
+    if (fused_qkv) {
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kQkv, false, &qkv_proj));
+    } else {
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kQ, spec_.attention_bias, &q_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kK, spec_.attention_bias, &k_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kV, spec_.attention_bias, &v_proj));
+    }
     BIGPLAN_RETURN_IF_ERROR(proj(names::kO, false, &o_proj));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kGate, spec_.mlp_bias, &gate_proj));
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kUp, spec_.mlp_bias, &up_proj));
+    if (fused_gate_up) {
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kGateUp, false, &gate_up_proj));
+    } else {
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kGate, spec_.mlp_bias, &gate_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(names::kUp, spec_.mlp_bias, &up_proj));
+    }
     BIGPLAN_RETURN_IF_ERROR(proj(names::kDown, spec_.mlp_bias, &down_proj));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor input_norm, Get(c, p + names::kInputNorm));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor post_norm, Get(c, p + names::kPostNorm));
@@ -91,15 +108,28 @@ class LlamaKernels final : public ModelKernelsBase {
 
     // Projections run in the order the planner streams chunked weights: q, k, v, o, gate, up, down.
     at::Tensor h = RmsNorm(x, input_norm, spec_.norm_eps);
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor q, apply(q_proj, h));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor k, apply(k_proj, h));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor v, apply(v_proj, h));
-    q = q.view({batch, seq, heads, head_dim}).transpose(1, 2);
-    k = k.view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
-    v = v.view({batch, seq, kv_heads, head_dim}).transpose(1, 2);
+    at::Tensor q, k, v;
+    if (fused_qkv) {
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor qkv, apply(qkv_proj, h));
+      const int64_t q_cols = heads * head_dim, kv_cols = kv_heads * head_dim;
+      if (qkv.size(-1) != q_cols + 2 * kv_cols) {
+        return MakeError(ErrorCode::kInvalidArgument, c.block + ": qkv_proj gives " + std::to_string(qkv.size(-1)) +
+                                                          " columns, expected " + std::to_string(q_cols + 2 * kv_cols));
+      }
+      q = qkv.narrow(-1, 0, q_cols);
+      k = qkv.narrow(-1, q_cols, kv_cols);
+      v = qkv.narrow(-1, q_cols + kv_cols, kv_cols);
+    } else {
+      BIGPLAN_ASSIGN_OR_RETURN(q, apply(q_proj, h));
+      BIGPLAN_ASSIGN_OR_RETURN(k, apply(k_proj, h));
+      BIGPLAN_ASSIGN_OR_RETURN(v, apply(v_proj, h));
+    }
+    q = q.reshape({batch, seq, heads, head_dim}).transpose(1, 2);
+    k = k.reshape({batch, seq, kv_heads, head_dim}).transpose(1, 2);
+    v = v.reshape({batch, seq, kv_heads, head_dim}).transpose(1, 2);
 
-    // cos/sin depend on the position alone, except for dynamic NTK past max_position_embeddings, where the
-    // frequencies depend on the current length.
+    // cos/sin depend on the position alone, except for dynamic NTK past max_position_embeddings and longrope past
+    // original_max_position_embeddings, where the frequencies depend on the current length.
     at::Tensor cos, sin;
     const at::Tensor& position = c.ctx.position;
     if (position.defined()) {
@@ -111,7 +141,7 @@ class LlamaKernels final : public ModelKernelsBase {
       rope_tables_.Get(0, kv->k.size(2), x.scalar_type(), x.device(), &cos, &sin);
       cos = cos.index_select(0, position);
       sin = sin.index_select(0, position);
-    } else if (rope_.type == RopeConfig::Type::kDynamic && start_pos + seq > rope_.max_position_embeddings) {
+    } else if (rope_.LengthDependent(start_pos + seq)) {
       RopeCosSin(rope_, start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
     } else {
       rope_tables_.Get(start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
@@ -127,8 +157,16 @@ class LlamaKernels final : public ModelKernelsBase {
     at::Tensor y = x + o;
 
     h = RmsNorm(y, post_norm, spec_.norm_eps);
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate, apply(gate_proj, h));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor up, apply(up_proj, h));
+    at::Tensor gate, up;
+    if (fused_gate_up) {
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_up, apply(gate_up_proj, h));
+      const int64_t inter = gate_up.size(-1) / 2;
+      gate = gate_up.narrow(-1, 0, inter);
+      up = gate_up.narrow(-1, inter, inter);
+    } else {
+      BIGPLAN_ASSIGN_OR_RETURN(gate, apply(gate_proj, h));
+      BIGPLAN_ASSIGN_OR_RETURN(up, apply(up_proj, h));
+    }
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, apply(down_proj, Activate(act_, gate) * up));
     *hidden = y + mlp;
     return Status::Ok();
@@ -147,9 +185,8 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
  public:
-  bool StaticDecode(int64_t max_seq_len) const override {
-    return rope_.type != RopeConfig::Type::kDynamic || max_seq_len <= rope_.max_position_embeddings;
-  }
+  // (The registry's arch::GraphDecodeEligible says the same for the planner.)
+  bool StaticDecode(int64_t max_seq_len) const override { return !rope_.LengthDependent(max_seq_len); }
 
  private:
   const RopeConfig rope_;
@@ -164,11 +201,11 @@ Result<std::unique_ptr<ModelKernels>> MakeLlamaKernels(const ModelSpec& spec) {
     return MakeError(ErrorCode::kInvalidArgument, "model spec: head_dim " + std::to_string(spec.head_dim) +
                                                       " must be even for rotary embeddings");
   }
-  if (spec.rotary_dim != 0 && spec.rotary_dim != spec.head_dim) {
-    return MakeError(ErrorCode::kUnsupported, "model spec: partial rotary (rotary_dim " +
-                                                  std::to_string(spec.rotary_dim) + " of head_dim " +
-                                                  std::to_string(spec.head_dim) + ") is not supported for " +
-                                                  spec.architecture);
+  // Partial rotary is refused by MakeModelKernels for families the registry does not mark (the Llama family).
+  if (spec.rotary_dim < 0 || spec.rotary_dim > spec.head_dim || spec.rotary_dim % 2 != 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: rotary_dim " + std::to_string(spec.rotary_dim) +
+                                                      " must be even and at most head_dim " +
+                                                      std::to_string(spec.head_dim));
   }
   BIGPLAN_ASSIGN_OR_RETURN(RopeConfig rope, ParseRope(spec));
   BIGPLAN_ASSIGN_OR_RETURN(Activation act, ParseActivation(spec.activation.empty() ? "silu" : spec.activation));

@@ -49,7 +49,8 @@ struct NoSyncScope {};
 
 const std::vector<std::string>& Families() {
   static const std::vector<std::string> kFamilies = {"llama", "llama_gqa",  "llama_linear", "llama_dynamic", "mistral",
-                                                     "qwen2", "qwen2_yarn", "gpt2",         "gptj"};
+                                                     "qwen2", "qwen2_yarn", "phi3",         "phi3_longrope", "gpt2",
+                                                     "gptj"};
   return kFamilies;
 }
 
@@ -243,7 +244,7 @@ std::vector<std::unique_ptr<Block>> MakeBlocks(const TinyModel& m, at::ScalarTyp
   };
   std::vector<Desc> descs;
   const ModelSpec& s = m.spec;
-  const bool llama = s.architecture == "llama";
+  const bool llama = s.architecture == "llama" || s.architecture == "phi3";  // model.* layout
   const std::string root = llama ? "model." : "transformer.";
   const std::string emb = llama ? "model.embed_tokens." : "transformer.wte.";
   const std::string emb_weight = emb + "weight";
@@ -315,12 +316,14 @@ struct Runner {
     }
   }
 
-  // Runs every block; returns the logits.
-  at::Tensor Forward(const at::Tensor& ids, int64_t start_pos, bool last_only = false) {
+  // Runs every block; returns the logits. With `static_step`, a single-token step takes its position from a device
+  // tensor (ForwardContext::position, the CUDA-graph path).
+  at::Tensor Forward(const at::Tensor& ids, int64_t start_pos, bool last_only = false, bool static_step = false) {
     ForwardContext ctx;
     ctx.token_ids = ids.to(TestDevice());
     ctx.start_pos = start_pos;
     ctx.logits_last_only = last_only;
+    if (static_step) ctx.position = at::full({1}, start_pos, at::TensorOptions().dtype(at::kLong).device(TestDevice()));
     at::Tensor hidden, logits;
     {
       [[maybe_unused]] NoSyncScope no_sync;
@@ -364,6 +367,39 @@ TEST_P(KernelsVsTransformers, Float32PrefillAndDecodeMatch) {
   }
   std::printf("[ max rel err ] %-14s prefill, decode 1..%d: %s\n", GetParam().c_str(), m.steps, report.c_str());
   RecordProperty("max_rel_err", report);
+}
+
+// Decode steps through the static single-token path (ForwardContext::position, what CUDA graphs replay) match
+// transformers where the kernels offer it: for a cache of prompt + steps positions, or of prompt + 1 where the RoPE
+// frequencies change past a length (llama_dynamic, phi3_longrope: StaticDecode is false beyond it). Unused cache
+// positions hold zeros (the static step attends over the whole cache with a mask).
+TEST_P(KernelsVsTransformers, StaticDecodeStepsMatch) {
+  const TinyModel& m = LoadTiny(GetParam());
+  ASSERT_GT(m.steps, 0);
+  const at::Tensor input = m.reference.Get("input_ids");
+  const int64_t prompt = input.size(1);
+  int steps = m.steps;
+  auto probe = MakeModelKernels(m.spec);
+  ASSERT_TRUE(probe.ok());
+  if (!(*probe)->StaticDecode(prompt + steps)) steps = 1;
+  if (!(*probe)->StaticDecode(prompt + steps)) {
+    EXPECT_TRUE(m.spec.architecture == "gpt2" || m.spec.architecture == "gptj") << "no static decode step";
+    GTEST_SKIP() << m.spec.architecture << " has no static decode step";
+  }
+  Runner r(m, at::kFloat, 2, prompt + steps);
+  ASSERT_TRUE(r.kernels);
+  for (KvCache& c : r.caches) {
+    c.k.zero_();
+    c.v.zero_();
+  }
+  ASSERT_TRUE(r.Forward(input, 0).defined());
+  for (int step = 1; step <= steps; ++step) {
+    at::Tensor logits = r.Forward(m.reference.Get("tokens_" + std::to_string(step)), prompt + step - 1,
+                                  /*last_only=*/false, /*static_step=*/true);
+    ASSERT_TRUE(logits.defined());
+    EXPECT_LE(MaxRelError(logits, m.reference.Get("logits_" + std::to_string(step))), 1e-4)
+        << GetParam() << " step " << step;
+  }
 }
 
 // Prefill in two chunks (the second attends to the cached first chunk through an explicit causal mask), then
@@ -577,11 +613,37 @@ TEST(MakeModelKernels, RejectsUnknownAndInconsistentSpecs) {
   EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 
   s = TinyLlamaSpec();
-  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1, 1], \"short_factor\": [1, 1]}";
+  s.rope_scaling_json = "{\"rope_type\": \"su\"}";  // Phi-3's legacy name: the importer maps it to longrope
   r = MakeModelKernels(s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
-  EXPECT_NE(r.error().message.find("longrope"), std::string::npos);
+  EXPECT_NE(r.error().message.find("'su'"), std::string::npos);
+
+  // longrope needs short_factor and long_factor of rotary_dim / 2 numbers each.
+  s = TinyLlamaSpec();
+  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1, 1], \"short_factor\": [1, 1], "
+                        "\"original_max_position_embeddings\": 8}";
+  EXPECT_TRUE(MakeModelKernels(s).ok());
+  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1], \"short_factor\": [1, 1]}";
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(r.error().message.find("long_factor"), std::string::npos);
+
+  // Partial rotary: Phi-3 computes it, the Llama family refuses it; partial_rotary_factor must agree.
+  s = TinyLlamaSpec();
+  s.head_dim = 8;
+  s.rotary_dim = 4;
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(r.error().message.find("partial rotary"), std::string::npos);
+  s.architecture = "phi3";
+  EXPECT_TRUE(MakeModelKernels(s).ok());
+  s.rope_scaling_json = "{\"rope_type\": \"default\", \"partial_rotary_factor\": 0.75}";
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 
   s = TinyLlamaSpec();
   s.rope_scaling_json = "{\"rope_type\": \"llama3\", \"factor\": 8}";  // no low/high_freq_factor

@@ -19,6 +19,7 @@
 #include <set>
 #include <thread>
 
+#include "arch/registry.h"
 #include "formats/json_util.h"
 
 namespace bigplan {
@@ -227,19 +228,7 @@ Status ValidateSpecs(const std::vector<WriteSpec>& tensors) {
 
 }  // namespace
 
-bool IsNormWeightName(std::string_view name) {
-  constexpr std::string_view kSuffix = "weight";
-  if (name.size() < kSuffix.size() || name.substr(name.size() - kSuffix.size()) != kSuffix) return false;
-  std::string_view stem = name.substr(0, name.size() - kSuffix.size());
-  if (stem.empty()) return false;
-  if (stem.back() != '.') return false;
-  stem.remove_suffix(1);
-  size_t dot = stem.rfind('.');
-  std::string_view last = dot == std::string_view::npos ? stem : stem.substr(dot + 1);
-  if (last.size() >= 4 && last.substr(last.size() - 4) == "norm") return true;
-  if (last.size() >= 3 && last.substr(0, 3) == "ln_") return true;
-  return false;
-}
+bool IsNormWeightName(std::string_view name) { return arch::IsNormWeightName(name); }
 
 void GenerateTensorBytes(const WriteSpec& spec, uint32_t tensor_index, uint64_t seed, float scale,
                          uint64_t byte_offset, uint64_t length, uint8_t* out) {

@@ -36,7 +36,8 @@ Result<std::vector<std::string>> WriteRandomCheckpoint(const std::string& direct
                                                        const std::vector<WriteSpec>& tensors,
                                                        const WriterOptions& options);
 
-// Tensors whose weights are written near 1 instead of near 0: names ending in "norm.weight" (e.g.
+// Tensors whose weights are written near 1 instead of near 0: the registry's norm-weight rule
+// (arch::IsNormWeightName, which covers every family's norm weights): names ending in "norm.weight" (e.g.
 // "model.norm.weight", "input_layernorm.weight") or whose last component before ".weight" starts with "ln_"
 // ("h.0.ln_1.weight", "ln_f.weight").
 bool IsNormWeightName(std::string_view name);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 
+#include "arch/registry.h"
 #include "planner/accounting.h"
 
 namespace bigplan {
@@ -20,6 +21,9 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   for (const TensorSpec& p : block.params) count(p);
   for (const std::string& name : block.tied)
     if (const TensorSpec* p = model.FindParam(name)) count(*p);
+  // The registry's kernel counts for the family (a validated description always names one).
+  const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+  w.kernels = arch::BlockKernels(family ? *family : arch::GetFamily(arch::Family::kLlama), block.kind, c);
   switch (block.kind) {
     case BlockKind::kDecoderLayer:
       w.matmul_params = matrix_params;
@@ -28,28 +32,19 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
       w.act_bytes_per_token =
           (8ull * c.hidden_size + 2ull * (c.num_heads + 2ull * c.num_kv_heads) * c.head_dim +
            3ull * c.intermediate_size) * e;
-      w.kernels = model.architecture == "gpt2"   ? kGpt2DecoderKernels
-                  : model.architecture == "gptj" ? (c.rotary_dim != 0 && c.rotary_dim < c.head_dim
-                                                        ? kGptjDecoderKernels + 2
-                                                        : kGptjDecoderKernels)
-                                                 : kLlamaDecoderKernels;
       break;
     case BlockKind::kFinalNorm:
       w.act_bytes_per_token = 2ull * c.hidden_size * e;
-      w.kernels = model.architecture == "gpt2" || model.architecture == "gptj" ? kLayerNormKernels : kRmsNormKernels;
       break;
     case BlockKind::kEmbedding:
       w.act_bytes_per_token = uint64_t{c.hidden_size} * e + 8;
-      w.kernels = kEmbeddingKernels;
       break;
     case BlockKind::kPositionEmbedding:
       w.act_bytes_per_token = 2ull * c.hidden_size * e + 8;
-      w.kernels = kPositionEmbeddingKernels;
       break;
     case BlockKind::kLmHead:
       w.matmul_params = matrix_params;
       w.act_bytes_per_token = uint64_t{c.hidden_size} * e + uint64_t{c.vocab_size} * 4;
-      w.kernels = kLmHeadKernels;
       break;
   }
   return w;

@@ -22,10 +22,11 @@
 //   CPU: matmul rate = cpu_gflops, bandwidth = cpu_mem_gbps, kCpuOpMicros = 2 us per op, no separate host term.
 //
 // Kernels per block: the CUDA kernels the executor's eager ops launch (executor/kernels*.cc; views, narrows and
-// transposes launch none):
+// transposes launch none). The counts are the architecture registry's (arch::BlockKernels, arch/registry.cc):
 //   Llama family decoder layer, kLlamaDecoderKernels = 41: 2 RMSNorms x 8 (to float, pow, mean, + eps, rsqrt, mul,
 //     to dtype, x weight), q/k/v projections 3, rotary 2 x 5 (neg, cat, 2 mul, add), KV cache writes 2, SDPA 1,
-//     transpose-reshape copy 1, o_proj 1, residual 1, MLP 5 (gate, act, up, mul, down), residual 1;
+//     transpose-reshape copy 1, o_proj 1, residual 1, MLP 5 (gate, act, up, mul, down), residual 1; Phi-3 the same
+//     (its fused qkv_proj / gate_up_proj are sliced into narrow views: the same matmuls), +2 with partial rotary;
 //   GPT-2 decoder layer, kGpt2DecoderKernels = 13: 2 LayerNorms, c_attn, KV writes 2, SDPA, reshape copy, c_proj,
 //     residual, c_fc, act, c_proj, residual;
 //   GPT-J decoder layer, kGptjDecoderKernels = 24 (+2 with partial rotary, the pass-through cat per q/k): LayerNorm,
@@ -90,14 +91,6 @@ inline constexpr double kHostOpMicros = 10.8;
 // replayed in 9.13 ms (32 layers x 41 kernels; 0.129 ms of weight reads per layer at 2991 GB/s).
 inline constexpr double kGraphKernelMicros = 3.8;
 inline constexpr double kCpuOpMicros = 2.0;
-inline constexpr uint32_t kLlamaDecoderKernels = 41;
-inline constexpr uint32_t kGpt2DecoderKernels = 13;
-inline constexpr uint32_t kGptjDecoderKernels = 24;
-inline constexpr uint32_t kRmsNormKernels = 8;
-inline constexpr uint32_t kLayerNormKernels = 1;
-inline constexpr uint32_t kEmbeddingKernels = 2;
-inline constexpr uint32_t kPositionEmbeddingKernels = 1;
-inline constexpr uint32_t kLmHeadKernels = 2;
 
 // What one block computes, independent of placement.
 struct BlockWork {

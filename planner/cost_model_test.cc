@@ -125,7 +125,7 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
     host.push_back(c.host_us);
     blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, Tier::Gpu, w.weight_bytes, 0});
   }
-  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, kLlamaDecoderKernels);
+  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, 41u);  // the registry's Llama decoder layer
   // Decode is host-bound in every decoder layer (41 x 10.8 = 443 us vs ~190 us on the GPU), prefill device-bound.
   EXPECT_GT(host[1], decode_device[1]);
   EXPECT_LT(host[1], prefill_device[1]);

@@ -9,22 +9,13 @@
 #include <unordered_map>
 #include <utility>
 
+#include "arch/registry.h"
+
 namespace bigplan {
 namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
-
-const char* const kSupported[] = {"gpt2", "gptj", "llama", "mistral", "qwen2"};
-
-std::string JoinSupported() {
-  std::string s;
-  for (const char* t : kSupported) {
-    if (!s.empty()) s += ", ";
-    s += t;
-  }
-  return s;
-}
 
 Result<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -54,7 +45,7 @@ Result<json> ParseJson(std::string_view text, const std::string& source) {
   }
 }
 
-// Typed access to config.json fields; errors name the field.
+// Access to config.json fields the importer itself reads (dtype, name); the registry parses the rest.
 class Config {
  public:
   Config(const json& j, const std::string& source) : j_(j), source_(source) {}
@@ -66,61 +57,6 @@ class Config {
     return MakeError(ErrorCode::kInvalidArgument, source_ + ": field \"" + key + "\": " + why);
   }
 
-  Result<uint32_t> U32(const std::string& key, std::optional<uint32_t> dflt = std::nullopt) const {
-    const json* v = Get(key);
-    if (v == nullptr) {
-      if (dflt) return *dflt;
-      return Bad(key, "missing");
-    }
-    if (!v->is_number_integer() || v->get<int64_t>() <= 0 || v->get<int64_t>() > UINT32_MAX) {
-      return Bad(key, "expected a positive integer, got " + v->dump());
-    }
-    return static_cast<uint32_t>(v->get<int64_t>());
-  }
-  // A decoder layer count: positive and at most kMaxDecoderLayers (checked before any layer is built).
-  Result<uint32_t> Layers(std::initializer_list<const char*> keys) const {
-    const char* key = *keys.begin();
-    for (const char* k : keys) {
-      if (Has(k)) {
-        key = k;
-        break;
-      }
-    }
-    BIGPLAN_ASSIGN_OR_RETURN(uint32_t n, U32Any(keys));
-    if (n > kMaxDecoderLayers) {
-      return MakeError(ErrorCode::kUnsupported, source_ + ": field \"" + key + "\": " + std::to_string(n) +
-                                                    " decoder layers exceed the limit of " +
-                                                    std::to_string(kMaxDecoderLayers));
-    }
-    return n;
-  }
-  // The first of several spellings that is present.
-  Result<uint32_t> U32Any(std::initializer_list<const char*> keys, std::optional<uint32_t> dflt = std::nullopt) const {
-    for (const char* k : keys) {
-      if (Has(k)) return U32(k);
-    }
-    if (dflt) return *dflt;
-    return Bad(*keys.begin(), "missing");
-  }
-  Result<double> Number(const std::string& key, double dflt) const {
-    const json* v = Get(key);
-    if (v == nullptr) return dflt;
-    if (!v->is_number()) return Bad(key, "expected a number, got " + v->dump());
-    return v->get<double>();
-  }
-  Result<bool> Bool(const std::string& key, bool dflt) const {
-    const json* v = Get(key);
-    if (v == nullptr) return dflt;
-    if (!v->is_boolean()) return Bad(key, "expected true or false, got " + v->dump());
-    return v->get<bool>();
-  }
-  Result<std::string> String(const std::string& key, const std::string& dflt) const {
-    const json* v = Get(key);
-    if (v == nullptr) return dflt;
-    if (!v->is_string()) return Bad(key, "expected a string, got " + v->dump());
-    return v->get<std::string>();
-  }
-  const json& raw() const { return j_; }
   const std::string& source() const { return source_; }
 
  private:
@@ -206,298 +142,73 @@ class Builder {
   std::vector<BlockDesc> blocks_;
 };
 
-Status ReadTokens(const Config& c, ModelConfig& mc) {
-  mc.bos_token_id = -1;
-  if (const json* bos = c.Get("bos_token_id")) {
-    if (!bos->is_number_integer()) return c.Bad("bos_token_id", "expected an integer, got " + bos->dump());
-    mc.bos_token_id = bos->get<int64_t>();
+// A description from the registry's tables: the family's blocks in execution order, each with the tensors its
+// rules say this model has (shapes from the hyperparameters), tied reads and runtime buffers. Checkpoints saved by
+// old versions of transformers may omit the family's optional root prefix (GPT-2's "h.0.attn.c_attn.weight",
+// "wte.weight"); with a tensor list that uses those names, block prefixes follow it (block names stay the module
+// names).
+ModelDescription BuildFromRegistry(const arch::ParsedConfig& p, const DTypeSource& dtypes,
+                                   const std::vector<TensorSpec>* tensors) {
+  const arch::FamilyInfo& f = *p.family;
+  ModelDescription m;
+  m.architecture = f.name;
+  m.config = p.config;
+  const std::string root = f.optional_root_prefix;
+  bool strip_root = false;
+  if (!root.empty() && tensors != nullptr) {
+    for (const arch::BlockLayout& layout : f.blocks) {
+      if (layout.kind != BlockKind::kEmbedding) continue;
+      const std::string weight = arch::BlockName(layout, -1) + ".weight";
+      strip_root = weight.rfind(root, 0) == 0 && !dtypes.Has(weight) && dtypes.Has(weight.substr(root.size()));
+    }
   }
-  mc.eos_token_ids.clear();
-  if (const json* eos = c.Get("eos_token_id")) {
-    if (eos->is_number_integer()) {
-      mc.eos_token_ids.push_back(eos->get<int64_t>());
-    } else if (eos->is_array()) {
-      for (const json& e : *eos) {
-        if (!e.is_number_integer()) return c.Bad("eos_token_id", "expected integers, got " + eos->dump());
-        mc.eos_token_ids.push_back(e.get<int64_t>());
+  std::map<BlockKind, std::string> prefix_of;
+  Builder b(dtypes);
+  for (const arch::BlockLayout& layout : f.blocks) {
+    const bool decoder = layout.kind == BlockKind::kDecoderLayer;
+    const uint32_t count = decoder ? p.config.num_layers : 1;
+    for (uint32_t i = 0; i < count; ++i) {
+      const int32_t layer = decoder ? static_cast<int32_t>(i) : -1;
+      const std::string name = arch::BlockName(layout, layer);
+      std::string prefix = name + ".";
+      if (strip_root && prefix.rfind(root, 0) == 0) prefix = prefix.substr(root.size());
+      prefix_of[layout.kind] = prefix;
+      BlockDesc& block = b.Block(name, layout.kind, layer, prefix);
+      for (const arch::RuntimeBufferRule& r : f.runtime_buffers) {
+        if (r.block != layout.kind) continue;
+        std::vector<int64_t> shape;
+        for (uint8_t d = 0; d < r.rank; ++d) shape.push_back(arch::EvalDim(r.dims[d], p.config, p.features));
+        block.runtime_buffers.push_back(TensorSpec{name + "." + r.name, std::move(shape), r.dtype});
       }
-    } else {
-      return c.Bad("eos_token_id", "expected an integer or a list of integers, got " + eos->dump());
+      for (const arch::TiedRead& t : f.tied) {
+        if (t.reader != layout.kind || !p.features.tied) continue;
+        const arch::TensorRule* owner = arch::FindSlotRule(f, t.owner, t.owner_slot);
+        if (owner != nullptr) block.tied.push_back(prefix_of[t.owner] + owner->name);
+      }
+      for (const arch::TensorRule& r : f.tensors) {
+        if (r.block == layout.kind && arch::IsPresent(r.presence, p.features)) {
+          b.Param(r.name, arch::ShapeOf(r, p.config, p.features));
+        }
+      }
     }
   }
-  return Status::Ok();
-}
-
-// rope_theta and rope_scaling from either the classic top-level fields or transformers 5's "rope_parameters"
-// ({"rope_type": ..., "rope_theta": ..., scaling fields}). rope_scaling becomes the scaling object without
-// rope_theta, or null for the default rope type.
-Status ReadRope(const Config& c, ModelConfig& mc, double default_theta) {
-  BIGPLAN_ASSIGN_OR_RETURN(mc.rope_theta, c.Number("rope_theta", default_theta));
-  mc.rope_scaling = nullptr;
-  if (const json* rs = c.Get("rope_scaling")) {
-    if (!rs->is_object()) return c.Bad("rope_scaling", "expected an object or null, got " + rs->dump());
-    mc.rope_scaling = *rs;
-  }
-  if (const json* rp = c.Get("rope_parameters")) {
-    if (!rp->is_object()) return c.Bad("rope_parameters", "expected an object, got " + rp->dump());
-    if (rp->contains("rope_theta")) {
-      if (!(*rp)["rope_theta"].is_number()) return c.Bad("rope_parameters.rope_theta", "expected a number");
-      mc.rope_theta = (*rp)["rope_theta"].get<double>();
-    }
-    std::string type = rp->value("rope_type", rp->value("type", std::string("default")));
-    if (mc.rope_scaling.is_null() && type != "default") {
-      json scaling = *rp;
-      scaling.erase("rope_theta");
-      mc.rope_scaling = scaling;
-    }
-  }
-  if (mc.rope_scaling.is_object()) {
-    const json& rs = mc.rope_scaling;
-    std::string type = rs.value("rope_type", rs.value("type", std::string()));
-    static const char* kKnown[] = {"default", "linear", "dynamic", "llama3", "yarn", "longrope"};
-    bool known = false;
-    for (const char* k : kKnown) known = known || type == k;
-    if (!known) {
-      return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"rope_scaling\": unsupported rope type \"" + type +
-                                                    "\" (supported: linear, dynamic, llama3, yarn, longrope)");
-    }
-  }
-  return Status::Ok();
-}
-
-// Llama, Mistral, Qwen2: model.embed_tokens, model.layers.N, model.norm, lm_head.
-Result<ModelDescription> ImportLlamaFamily(const Config& c, const std::string& model_type, const DTypeSource& dtypes) {
-  ModelDescription m;
-  m.architecture = "llama";
-  ModelConfig& mc = m.config;
-  BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32("hidden_size"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"num_hidden_layers"}));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32("num_attention_heads"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_kv_heads, c.U32("num_key_value_heads", mc.num_heads));
-  if (mc.hidden_size % mc.num_heads != 0 && !c.Has("head_dim")) {
-    return c.Bad("num_attention_heads", "hidden_size " + std::to_string(mc.hidden_size) + " is not a multiple of " +
-                                            std::to_string(mc.num_heads) + " heads and the config gives no head_dim");
-  }
-  BIGPLAN_ASSIGN_OR_RETURN(mc.head_dim, c.U32("head_dim", mc.hidden_size / mc.num_heads));
-  if (mc.num_heads % mc.num_kv_heads != 0) {
-    return c.Bad("num_key_value_heads", std::to_string(mc.num_heads) + " attention heads are not a multiple of " +
-                                            std::to_string(mc.num_kv_heads) + " key/value heads");
-  }
-  BIGPLAN_ASSIGN_OR_RETURN(mc.intermediate_size, c.U32("intermediate_size"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.vocab_size, c.U32("vocab_size"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings, c.U32("max_position_embeddings", 2048));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("rms_norm_eps", 1e-6));
-  BIGPLAN_RETURN_IF_ERROR(ReadRope(c, mc, 10000.0));
-  if (c.Has("partial_rotary_factor")) {
-    return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"partial_rotary_factor\": partial rotary is not supported for " + model_type);
-  }
-  mc.rotary_dim = mc.head_dim;
-  const bool qkv_bias = model_type == "qwen2";
-  bool o_bias = false;
-  if (model_type == "llama") {
-    BIGPLAN_ASSIGN_OR_RETURN(o_bias, c.Bool("attention_bias", false));
-    BIGPLAN_ASSIGN_OR_RETURN(mc.mlp_bias, c.Bool("mlp_bias", false));
-  }
-  mc.attention_bias = qkv_bias || o_bias;
-  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("hidden_act", "silu"));
-  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
-
-  const int64_t h = mc.hidden_size, q = int64_t{mc.num_heads} * mc.head_dim, kv = int64_t{mc.num_kv_heads} * mc.head_dim;
-  const int64_t inter = mc.intermediate_size, vocab = mc.vocab_size;
-  Builder b(dtypes);
-  b.Block("model.embed_tokens", BlockKind::kEmbedding, -1, "model.embed_tokens.");
-  b.Param("weight", {vocab, h});
-  for (uint32_t i = 0; i < mc.num_layers; ++i) {
-    const std::string name = "model.layers." + std::to_string(i);
-    b.Block(name, BlockKind::kDecoderLayer, static_cast<int32_t>(i), name + ".");
-    b.Param("self_attn.q_proj.weight", {q, h});
-    if (qkv_bias || o_bias) b.Param("self_attn.q_proj.bias", {q});
-    b.Param("self_attn.k_proj.weight", {kv, h});
-    if (qkv_bias || o_bias) b.Param("self_attn.k_proj.bias", {kv});
-    b.Param("self_attn.v_proj.weight", {kv, h});
-    if (qkv_bias || o_bias) b.Param("self_attn.v_proj.bias", {kv});
-    b.Param("self_attn.o_proj.weight", {h, q});
-    if (o_bias) b.Param("self_attn.o_proj.bias", {h});
-    b.Param("mlp.gate_proj.weight", {inter, h});
-    if (mc.mlp_bias) b.Param("mlp.gate_proj.bias", {inter});
-    b.Param("mlp.up_proj.weight", {inter, h});
-    if (mc.mlp_bias) b.Param("mlp.up_proj.bias", {inter});
-    b.Param("mlp.down_proj.weight", {h, inter});
-    if (mc.mlp_bias) b.Param("mlp.down_proj.bias", {h});
-    b.Param("input_layernorm.weight", {h});
-    b.Param("post_attention_layernorm.weight", {h});
-  }
-  b.Block("model.norm", BlockKind::kFinalNorm, -1, "model.norm.");
-  b.Param("weight", {h});
-  BlockDesc& head = b.Block("lm_head", BlockKind::kLmHead, -1, "lm_head.");
-  if (mc.tie_word_embeddings) {
-    head.tied.push_back("model.embed_tokens.weight");
-  } else {
-    b.Param("weight", {vocab, h});
-  }
-  m.blocks = b.Take();
-  return m;
-}
-
-// The shape fields GPT-2 and GPT-J configs share (n_embd, n_layer, n_head, n_inner, vocab_size, n_positions with
-// the model's default, layer_norm_epsilon); every head is a KV head.
-Status ReadGptShape(const Config& c, uint32_t default_positions, ModelConfig& mc) {
-  BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32Any({"n_embd", "hidden_size"}));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"n_layer", "num_hidden_layers"}));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32Any({"n_head", "num_attention_heads"}));
-  if (mc.hidden_size % mc.num_heads != 0) return c.Bad("n_head", "n_embd is not a multiple of n_head");
-  mc.num_kv_heads = mc.num_heads;
-  mc.head_dim = mc.hidden_size / mc.num_heads;
-  BIGPLAN_ASSIGN_OR_RETURN(mc.intermediate_size, c.U32("n_inner", 4 * mc.hidden_size));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.vocab_size, c.U32("vocab_size"));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings,
-                           c.U32Any({"n_positions", "max_position_embeddings"}, default_positions));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("layer_norm_epsilon", 1e-5));
-  return Status::Ok();
-}
-
-// GPT-2: transformer.wte, transformer.wpe (a block of its own, kind position_embedding), transformer.h.N,
-// transformer.ln_f, lm_head (tied to wte by default). Conv1D weights are [in, out]. Checkpoints saved by old
-// versions of transformers name tensors without the "transformer." prefix ("h.0.attn.c_attn.weight", "wte.weight");
-// with a tensor list that uses those names, block prefixes follow it (block names stay the module names).
-Result<ModelDescription> ImportGpt2(const Config& c, const DTypeSource& dtypes, const std::vector<TensorSpec>* tensors) {
-  ModelDescription m;
-  m.architecture = "gpt2";
-  ModelConfig& mc = m.config;
-  BIGPLAN_RETURN_IF_ERROR(ReadGptShape(c, 1024, mc));
-  mc.rope_theta = 10000.0;  // unused: learned positions
-  mc.rotary_dim = 0;
-  mc.rope_scaling = nullptr;
-  mc.attention_bias = true;
-  mc.mlp_bias = true;
-  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", true));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("activation_function", "gelu_new"));
-  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
-
-  std::string tp = "transformer.";
-  if (tensors != nullptr && !dtypes.Has("transformer.wte.weight") && dtypes.Has("wte.weight")) tp = "";
-
-  const int64_t h = mc.hidden_size, inner = mc.intermediate_size;
-  Builder b(dtypes);
-  b.Block("transformer.wte", BlockKind::kEmbedding, -1, tp + "wte.");
-  b.Param("weight", {int64_t{mc.vocab_size}, h});
-  b.Block("transformer.wpe", BlockKind::kPositionEmbedding, -1, tp + "wpe.");
-  b.Param("weight", {int64_t{mc.max_position_embeddings}, h});
-  for (uint32_t i = 0; i < mc.num_layers; ++i) {
-    const std::string local = "h." + std::to_string(i);
-    b.Block("transformer." + local, BlockKind::kDecoderLayer, static_cast<int32_t>(i), tp + local + ".");
-    b.Param("ln_1.weight", {h});
-    b.Param("ln_1.bias", {h});
-    b.Param("attn.c_attn.weight", {h, 3 * h});
-    b.Param("attn.c_attn.bias", {3 * h});
-    b.Param("attn.c_proj.weight", {h, h});
-    b.Param("attn.c_proj.bias", {h});
-    b.Param("ln_2.weight", {h});
-    b.Param("ln_2.bias", {h});
-    b.Param("mlp.c_fc.weight", {h, inner});
-    b.Param("mlp.c_fc.bias", {inner});
-    b.Param("mlp.c_proj.weight", {inner, h});
-    b.Param("mlp.c_proj.bias", {h});
-  }
-  b.Block("transformer.ln_f", BlockKind::kFinalNorm, -1, tp + "ln_f.");
-  b.Param("weight", {h});
-  b.Param("bias", {h});
-  BlockDesc& head = b.Block("lm_head", BlockKind::kLmHead, -1, "lm_head.");
-  if (mc.tie_word_embeddings) {
-    head.tied.push_back(tp + "wte.weight");
-  } else {
-    b.Param("weight", {int64_t{mc.vocab_size}, h});
-  }
-  m.blocks = b.Take();
-  return m;
-}
-
-// GPT-J: transformer.wte, transformer.h.N (ln_1 only: attention and MLP run in parallel on the same normed input;
-// q/k/v/out projections without bias, fc_in/fc_out with bias), transformer.ln_f, lm_head with weight and bias.
-// Each layer's attention module also holds a sinusoidal table `attn.embed_positions` [n_positions, rotary_dim] (F32,
-// a non-persistent buffer), recorded as a runtime buffer.
-Result<ModelDescription> ImportGptj(const Config& c, const DTypeSource& dtypes) {
-  ModelDescription m;
-  m.architecture = "gptj";
-  ModelConfig& mc = m.config;
-  BIGPLAN_RETURN_IF_ERROR(ReadGptShape(c, 2048, mc));
-  // rotary_dim: absent -> GPTJConfig's default 64; null (older configs) -> rotary over whole heads, with the
-  // sinusoid table sized by n_embd as transformers does. Rotation covers min(rotary_dim, head_dim) dims of a head.
-  uint32_t pos_embd_dim = 64;
-  if (c.raw().contains("rotary_dim") && c.raw()["rotary_dim"].is_null()) {
-    pos_embd_dim = mc.hidden_size;
-    mc.rotary_dim = mc.head_dim;
-  } else {
-    BIGPLAN_ASSIGN_OR_RETURN(pos_embd_dim, c.U32("rotary_dim", 64));
-    mc.rotary_dim = std::min(pos_embd_dim, mc.head_dim);
-  }
-  mc.rope_theta = 10000.0;
-  mc.rope_scaling = nullptr;
-  mc.attention_bias = false;
-  mc.mlp_bias = true;
-  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
-  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("activation_function", "gelu_new"));
-  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
-
-  const int64_t h = mc.hidden_size, inner = mc.intermediate_size, vocab = mc.vocab_size;
-  Builder b(dtypes);
-  b.Block("transformer.wte", BlockKind::kEmbedding, -1, "transformer.wte.");
-  b.Param("weight", {vocab, h});
-  for (uint32_t i = 0; i < mc.num_layers; ++i) {
-    const std::string name = "transformer.h." + std::to_string(i);
-    BlockDesc& layer = b.Block(name, BlockKind::kDecoderLayer, static_cast<int32_t>(i), name + ".");
-    layer.runtime_buffers.push_back(
-        TensorSpec{name + ".attn.embed_positions", {int64_t{mc.max_position_embeddings}, int64_t{pos_embd_dim}}, DType::kF32});
-    b.Param("ln_1.weight", {h});
-    b.Param("ln_1.bias", {h});
-    b.Param("attn.k_proj.weight", {h, h});
-    b.Param("attn.v_proj.weight", {h, h});
-    b.Param("attn.q_proj.weight", {h, h});
-    b.Param("attn.out_proj.weight", {h, h});
-    b.Param("mlp.fc_in.weight", {inner, h});
-    b.Param("mlp.fc_in.bias", {inner});
-    b.Param("mlp.fc_out.weight", {h, inner});
-    b.Param("mlp.fc_out.bias", {h});
-  }
-  b.Block("transformer.ln_f", BlockKind::kFinalNorm, -1, "transformer.ln_f.");
-  b.Param("weight", {h});
-  b.Param("bias", {h});
-  BlockDesc& head = b.Block("lm_head", BlockKind::kLmHead, -1, "lm_head.");
-  if (mc.tie_word_embeddings) head.tied.push_back("transformer.wte.weight");
-  else b.Param("weight", {vocab, h});
-  b.Param("bias", {vocab});
   m.blocks = b.Take();
   return m;
 }
 
 }  // namespace
 
-std::vector<std::string> SupportedModelTypes() { return std::vector<std::string>(std::begin(kSupported), std::end(kSupported)); }
+std::vector<std::string> SupportedModelTypes() { return arch::SupportedModelTypes(); }
 
 Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfImportOptions& options,
                                         const std::string& source) {
   if (!config.is_object()) return MakeError(ErrorCode::kInvalidArgument, source + ": config must be a JSON object");
   Config c(config, source);
-  const json* mt = c.Get("model_type");
-  if (mt == nullptr || !mt->is_string()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     source + ": field \"model_type\": missing (supported model types: " + JoinSupported() + ")");
-  }
-  const std::string model_type = mt->get<std::string>();
+  // The family, hyperparameters and tensor features from the registry (arch/registry.h).
+  BIGPLAN_ASSIGN_OR_RETURN(arch::ParsedConfig parsed, arch::ParseHfConfig(config, source));
+  const std::string& model_type = parsed.model_type;
   BIGPLAN_ASSIGN_OR_RETURN(DTypeSource dtypes, DTypeSource::Make(c, options.tensors));
-
-  Result<ModelDescription> m = MakeError(ErrorCode::kInternal, "unset");
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") {
-    m = ImportLlamaFamily(c, model_type, dtypes);
-  } else if (model_type == "gpt2") {
-    m = ImportGpt2(c, dtypes, options.tensors);
-  } else if (model_type == "gptj") {
-    m = ImportGptj(c, dtypes);
-  } else {
-    return MakeError(ErrorCode::kUnsupported, source + ": unsupported model_type \"" + model_type +
-                                                  "\" (supported model types: " + JoinSupported() + ")");
-  }
+  Result<ModelDescription> m = BuildFromRegistry(parsed, dtypes, options.tensors);
   if (!m.ok()) return m;
   m->hf_config = config;
   if (!options.name.empty()) {

@@ -1,9 +1,10 @@
 // Importers: a model description from a Hugging Face model's config.json, with the tensor names and shapes
 // transformers 5.x uses, synthesized from the config (no weights needed).
 //
-// Supported `model_type`s: "llama" (Llama 2/3/3.1, incl. rope_scaling), "mistral", "qwen2" (q/k/v biases),
-// "gpt2", "gptj". Param dtypes come from the tensor list (checkpoint or tensors.json) when one is given, else from
-// the config's `torch_dtype`/`dtype`, else F32. With a tensor list, naming variants are resolved against it
+// The families, their `model_type`s, config fields and tensor tables are the architecture registry's
+// (arch/registry.h): "llama" (Llama 2/3/3.1, incl. rope_scaling), "mistral", "qwen2" (q/k/v biases), "gpt2", "gptj",
+// "phi3" (fused qkv_proj / gate_up_proj, longrope, partial rotary). Param dtypes come from the tensor list
+// (checkpoint or tensors.json) when one is given, else from the config's `torch_dtype`/`dtype`, else F32. With a tensor list, naming variants are resolved against it
 // (GPT-2's "transformer.h.0..." vs the older "h.0..."); shapes always come from the config, so a checkpoint that
 // disagrees is reported by ValidateAgainstCheckpoint (planner/validate.h), not hidden.
 #pragma once

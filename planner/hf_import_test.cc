@@ -101,6 +101,33 @@ TEST(HfImportTest, LlamaConfigFields) {
   EXPECT_EQ(q->FindParam("model.layers.1.self_attn.o_proj.bias"), nullptr);
 }
 
+TEST(HfImportTest, Phi3ConfigFields) {
+  json tiny = ReadJson(Root() + "planner/testdata/tiny_models.json");
+  Result<ModelDescription> m = ImportHfConfig(tiny["phi3"]["config"]);
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  EXPECT_EQ(m->architecture, "phi3");
+  EXPECT_EQ(m->config.rotary_dim, m->config.head_dim);
+  EXPECT_TRUE(m->config.rope_scaling.is_null());
+  const TensorSpec* qkv = m->FindParam("model.layers.1.self_attn.qkv_proj.weight");
+  ASSERT_NE(qkv, nullptr);
+  EXPECT_EQ(qkv->shape, (std::vector<int64_t>{(4 + 2 * 2) * 16, 64}));
+  EXPECT_EQ(qkv->dtype, DType::kBF16);
+  EXPECT_NE(m->FindParam("model.layers.1.mlp.gate_up_proj.weight"), nullptr);
+  EXPECT_EQ(m->FindParam("model.layers.1.self_attn.q_proj.weight"), nullptr);
+  EXPECT_EQ(m->blocks.back().params.size(), 1u);  // untied lm_head
+
+  Result<ModelDescription> lr = ImportHfConfig(tiny["phi3_longrope_partial_tied"]["config"]);
+  ASSERT_TRUE(lr.ok()) << lr.error().ToString();
+  EXPECT_EQ(lr->config.rotary_dim, 8u);
+  EXPECT_EQ(lr->config.rope_scaling["rope_type"], "longrope");
+  EXPECT_EQ(lr->config.rope_scaling["original_max_position_embeddings"], 64);
+  EXPECT_EQ(lr->blocks.back().tied, std::vector<std::string>{"model.embed_tokens.weight"});
+  // The description round-trips through its JSON form.
+  Result<ModelDescription> again = ModelDescription::Parse(lr->ToJson(), "phi3.json");
+  ASSERT_TRUE(again.ok()) << again.error().ToString();
+  EXPECT_EQ(*again, *lr);
+}
+
 TEST(HfImportTest, ClassicRopeFieldsAndTokens) {
   json cfg = {{"model_type", "llama"},       {"hidden_size", 64},   {"num_hidden_layers", 1},
               {"num_attention_heads", 4},    {"intermediate_size", 96}, {"vocab_size", 100},
@@ -128,7 +155,7 @@ TEST(HfImportTest, ErrorsNameTheProblem) {
   ASSERT_FALSE(u.ok());
   EXPECT_EQ(u.error().code, ErrorCode::kUnsupported);
   EXPECT_NE(u.error().message.find("\"bert\""), std::string::npos);
-  EXPECT_NE(u.error().message.find("gpt2, gptj, llama, mistral, qwen2"), std::string::npos) << u.error().message;
+  EXPECT_NE(u.error().message.find("gpt2, gptj, llama, mistral, phi3, qwen2"), std::string::npos) << u.error().message;
 
   Result<ModelDescription> missing = ImportHfConfigText(R"({"model_type": "llama", "hidden_size": 8})", {}, "c.json");
   ASSERT_FALSE(missing.ok());
@@ -141,6 +168,22 @@ TEST(HfImportTest, ErrorsNameTheProblem) {
           "num_key_value_heads": 3, "intermediate_size": 8, "vocab_size": 10})");
   ASSERT_FALSE(gqa.ok());
   EXPECT_NE(gqa.error().message.find("num_key_value_heads"), std::string::npos);
+
+  // What the executor's kernels would refuse is refused at import (plan time), naming the field.
+  Result<ModelDescription> mish = ImportHfConfigText(
+      R"({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+          "intermediate_size": 8, "vocab_size": 10, "hidden_act": "mish"})", {}, "c.json");
+  ASSERT_FALSE(mish.ok());
+  EXPECT_EQ(mish.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(mish.error().message.find("activation \"mish\""), std::string::npos) << mish.error().message;
+  Result<ModelDescription> phi3_linear = ImportHfConfigText(
+      R"({"model_type": "phi3", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+          "intermediate_size": 8, "vocab_size": 10, "rope_scaling": {"rope_type": "linear", "factor": 2.0}})",
+      {}, "c.json");
+  ASSERT_FALSE(phi3_linear.ok());
+  EXPECT_EQ(phi3_linear.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(phi3_linear.error().message.find("c.json: field \"rope_scaling\""), std::string::npos)
+      << phi3_linear.error().message;
 
   Result<ModelDescription> no_type = ImportHfConfigText(R"({"hidden_size": 8})");
   ASSERT_FALSE(no_type.ok());

@@ -14,17 +14,6 @@ namespace {
 using nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 
-constexpr struct {
-  BlockKind kind;
-  const char* name;
-} kBlockKinds[] = {
-    {BlockKind::kEmbedding, "embedding"},     {BlockKind::kPositionEmbedding, "position_embedding"},
-    {BlockKind::kDecoderLayer, "decoder_layer"}, {BlockKind::kFinalNorm, "final_norm"},
-    {BlockKind::kLmHead, "lm_head"},
-};
-
-const char* kArchitectures[] = {"llama", "gpt2", "gptj"};
-
 const char* TypeName(const json& j) {
   switch (j.type()) {
     case json::value_t::null: return "null";
@@ -277,22 +266,6 @@ std::string Idx(const std::string& base, size_t i) { return base + "[" + std::to
 
 }  // namespace
 
-const char* BlockKindName(BlockKind kind) {
-  for (const auto& e : kBlockKinds) {
-    if (e.kind == kind) return e.name;
-  }
-  return "invalid";
-}
-
-Result<BlockKind> ParseBlockKind(std::string_view name) {
-  for (const auto& e : kBlockKinds) {
-    if (name == e.name) return e.kind;
-  }
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "unknown block kind \"" + std::string(name) +
-                       "\" (expected embedding, position_embedding, decoder_layer, final_norm or lm_head)");
-}
-
 int64_t TensorSpec::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -364,11 +337,11 @@ Status ModelDescription::Validate() const {
     return MakeError(ErrorCode::kInvalidArgument, "field \"" + path + "\": " + why);
   };
   if (name.empty()) return bad("name", "empty");
-  bool known_arch = false;
-  for (const char* a : kArchitectures) known_arch = known_arch || architecture == a;
-  if (!known_arch) {
-    return MakeError(ErrorCode::kUnsupported,
-                     "field \"architecture\": unsupported architecture \"" + architecture + "\" (supported: llama, gpt2, gptj)");
+  const arch::FamilyInfo* family = arch::FindFamily(architecture);
+  if (family == nullptr) {
+    return MakeError(ErrorCode::kUnsupported, "field \"architecture\": unsupported architecture \"" + architecture +
+                                                  "\" (supported: " + arch::JoinNames(arch::SupportedArchitectures()) +
+                                                  ")");
   }
   const ModelConfig& c = config;
   struct {
@@ -401,6 +374,11 @@ Status ModelDescription::Validate() const {
   if (!(c.rope_theta > 0)) return bad("config.rope_theta", "must be positive");
   if (c.activation.empty()) return bad("config.activation", "empty");
   if (!c.rope_scaling.is_null() && !c.rope_scaling.is_object()) return bad("config.rope_scaling", "expected an object or null");
+  if (Status k = arch::CheckModelConfig(*family, c); !k.ok()) {
+    Error e = k.take_error();
+    e.message = "field \"config\": " + e.message;
+    return e;
+  }
   if (!hf_config.is_object()) return bad("hf_config", "expected an object");
   if (blocks.empty()) return bad("blocks", "empty");
 

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "arch/registry.h"
 #include "formats/dtype.h"
 #include "support/result.h"
 
@@ -20,22 +21,15 @@ namespace bigplan {
 
 inline constexpr char kModelFormat[] = "bigplan.model/1";
 
-// The most decoder layers a model may have (the largest published models have a few hundred). Larger counts are
-// refused up front: they are never real, and planning them would take unbounded time and memory.
-inline constexpr uint32_t kMaxDecoderLayers = 4096;
+// The most decoder layers a model may have (see arch/registry.h).
+inline constexpr uint32_t kMaxDecoderLayers = arch::kMaxDecoderLayers;
 
-enum class BlockKind : uint8_t {
-  kEmbedding,          // token embedding (model.embed_tokens, transformer.wte)
-  kPositionEmbedding,  // learned absolute positions (GPT-2's transformer.wpe)
-  kDecoderLayer,       // one transformer layer
-  kFinalNorm,          // the norm after the last layer (model.norm, transformer.ln_f)
-  kLmHead,             // output projection to the vocabulary
-};
-
-// "embedding", "position_embedding", "decoder_layer", "final_norm", "lm_head".
-const char* BlockKindName(BlockKind kind);
-// Inverse of BlockKindName; kInvalidArgument naming the string otherwise.
-Result<BlockKind> ParseBlockKind(std::string_view name);
+// Block kinds are the registry's (arch/registry.h): kEmbedding, kPositionEmbedding, kDecoderLayer, kFinalNorm,
+// kLmHead; BlockKindName gives "embedding", "position_embedding", "decoder_layer", "final_norm", "lm_head" and
+// ParseBlockKind is its inverse (kInvalidArgument naming the string otherwise).
+using arch::BlockKind;
+using arch::BlockKindName;
+using arch::ParseBlockKind;
 
 // A tensor by name, shape and dtype (no location). Used for description params, runtime buffers and for tensor
 // lists (the examples' tensors.json, or a checkpoint's tensors).
@@ -68,33 +62,13 @@ struct BlockDesc {
   bool operator==(const BlockDesc&) const = default;
 };
 
-// Normalized hyperparameters (names and meaning as in schema/plan.fbs's ModelConfig).
-struct ModelConfig {
-  uint32_t hidden_size = 0;
-  uint32_t num_layers = 0;
-  uint32_t num_heads = 0;
-  uint32_t num_kv_heads = 0;          // = num_heads without GQA
-  uint32_t head_dim = 0;              // hidden_size / num_heads unless the config says otherwise
-  uint32_t intermediate_size = 0;     // MLP inner size
-  uint32_t vocab_size = 0;
-  uint32_t max_position_embeddings = 0;
-  double norm_eps = 1e-5;
-  double rope_theta = 10000.0;        // unused by learned-position models (GPT-2)
-  uint32_t rotary_dim = 0;            // rotary dims per head: head_dim for full rotary, GPT-J's rotary_dim, 0 for none
-  bool attention_bias = false;        // q/k/v (and o for Llama's attention_bias) projections carry biases
-  bool mlp_bias = false;
-  bool tie_word_embeddings = false;
-  std::string activation;             // "silu", "gelu_new", ...
-  nlohmann::json rope_scaling;        // the config's rope_scaling object, or null
-  int64_t bos_token_id = -1;          // -1 if none
-  std::vector<int64_t> eos_token_ids;
-
-  bool operator==(const ModelConfig&) const = default;
-};
+// Normalized hyperparameters: the registry's arch::ModelConfig (names and meaning as in schema/plan.fbs's
+// ModelConfig), serialized field by field in the description's "config" object.
+using ModelConfig = arch::ModelConfig;
 
 struct ModelDescription {
   std::string name;
-  std::string architecture;  // "llama", "gpt2", "gptj"
+  std::string architecture;  // a registry family name: "llama", "gpt2", "gptj", "phi3"
   ModelConfig config;
   nlohmann::json hf_config;  // the original config.json, verbatim (an object; {} if none)
   std::vector<BlockDesc> blocks;  // in execution order
@@ -107,7 +81,10 @@ struct ModelDescription {
   static Result<ModelDescription> Parse(std::string_view json, const std::string& source);
   // Structural validation: format fields present, unique block and param names, params start with their block's
   // prefix, layers numbered 0..num_layers-1 in order, tied names refer to params of another block, positive
-  // hyperparameters, num_heads % num_kv_heads == 0, ... kInvalidArgument naming the field.
+  // hyperparameters, num_heads % num_kv_heads == 0, ... kInvalidArgument naming the field. The architecture must
+  // be a registry family and the hyperparameters what its kernels compute (arch::CheckModelConfig: RoPE type and
+  // parameters, partial rotary): kUnsupported / kInvalidArgument otherwise, so a description the executor would
+  // refuse is refused at plan time.
   Status Validate() const;
 
   // Canonical JSON: fixed key order, no insignificant whitespace when indent < 0. Parse(ToJson()) == *this.

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <set>
 
+#include "arch/registry.h"
 #include "planner/placement_strategies.h"
 #include "support/units.h"
 
@@ -347,8 +348,9 @@ int32_t MainDevice(const std::vector<BlockPlacement>& blocks) {
   return -1;
 }
 
-bool IsParameterlessModule(const std::string& name) {
-  return name == "model.rotary_emb" || name == "transformer.drop" || name == "model.embed_dropout";
+bool IsParameterlessModule(const ModelDescription& model, const std::string& name) {
+  const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+  return family != nullptr && arch::IsParameterlessModule(*family, name);
 }
 
 }  // namespace placement_internal

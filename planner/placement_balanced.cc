@@ -10,6 +10,8 @@
 #include <string>
 #include <utility>
 
+#include "arch/registry.h"
+
 namespace bigplan {
 namespace {
 
@@ -35,11 +37,12 @@ std::vector<SizedTensor> AccelerateTensors(const ModelDescription& model, DType 
   for (const BlockDesc& b : model.blocks) {
     for (const TensorSpec& t : b.runtime_buffers) out.push_back({t.name, AccelerateBytes(t, exec, false)});
   }
-  // transformers' Llama-family models hold the rotary frequencies in a parameter-free module of their own.
-  if (model.architecture == "llama" && model.config.rotary_dim > 0) {
-    const int64_t n = (int64_t{model.config.rotary_dim} + 1) / 2;
-    for (const char* name : {"model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"}) {
-      const TensorSpec t{name, {n}, DType::kF32};
+  // Buffers of parameter-free modules (the registry's accelerate_buffers: e.g. the Llama family's and Phi-3's
+  // model.rotary_emb frequencies).
+  if (const arch::FamilyInfo* family = arch::FindFamily(model.architecture)) {
+    for (const arch::ModelBufferRule& r : family->accelerate_buffers) {
+      if (r.needs_rotary && model.config.rotary_dim == 0) continue;
+      const TensorSpec t{r.name, {arch::EvalDim(r.dim, model.config, arch::TensorFeatures{})}, r.dtype};
       out.push_back({t.name, AccelerateBytes(t, exec, false)});
     }
   }

@@ -86,7 +86,7 @@ Result<std::vector<BlockPlacement>> DeviceMapToPlacement(const ModelDescription&
       matched = true;
       if (!chosen[i] || chosen[i]->first < key.size()) chosen[i] = std::make_pair(key.size(), device);
     }
-    if (!matched && !IsParameterlessModule(key)) {
+    if (!matched && !IsParameterlessModule(model, key)) {
       std::string some;
       for (size_t i = 0; i < model.blocks.size() && i < 3; ++i) some += (i ? ", " : "") + model.blocks[i].name;
       return MakeError(ErrorCode::kInvalidArgument, "device map: unknown module \"" + key + "\" (model " + model.name +

@@ -21,8 +21,8 @@ Status CheckRequest(const PlacementRequest& request);
 // a GPU, in execution order; -1 (CPU compute) when no block is on a GPU.
 int32_t MainDevice(const std::vector<BlockPlacement>& blocks);
 
-// Module names without parameters that Hugging Face device maps may carry for the supported architectures
-// (e.g. "model.rotary_emb", "transformer.drop"); the explicit strategy accepts and ignores them.
-bool IsParameterlessModule(const std::string& name);
+// Module names without parameters that Hugging Face device maps may carry for the model's family (the registry's
+// parameterless_modules, e.g. "model.rotary_emb", "transformer.drop"); the explicit strategy accepts and ignores them.
+bool IsParameterlessModule(const ModelDescription& model, const std::string& name);
 
 }  // namespace bigplan::placement_internal

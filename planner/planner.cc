@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <set>
 
+#include "arch/registry.h"
 #include "formats/checkpoint.h"
 #include "planner/hf_import.h"
 #include "planner/memory_plan.h"
@@ -212,15 +213,15 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   const RunSize run_size{request.run.max_batch, request.run.max_seq_len};
   result.block_costs.resize(n);
   std::vector<double> decode_us(n), prefill_us(n);
-  // The executor replays decode steps of all-resident single-GPU Llama-family plans from a CUDA graph
-  // (ExecutorOptions::cuda_graphs), except dynamic NTK RoPE past the model's positions: no host dispatch then.
+  // The executor replays decode steps of all-resident single-GPU plans from a CUDA graph (ExecutorOptions::cuda_graphs)
+  // where the registry says the family's kernels have a static decode step for this run length: no host dispatch.
   const bool graph_decode = [&] {
-    if (model.architecture != "llama" || n == 0 || devices[0] < 0 || !sched.streams.empty()) return false;
+    const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+    if (family == nullptr || !arch::GraphDecodeEligible(*family, model.config, request.run.max_seq_len)) return false;
+    if (n == 0 || devices[0] < 0 || !sched.streams.empty()) return false;
     for (size_t i = 0; i < n; ++i)
-      if (devices[i] != devices[0]) return false;
-    const auto& rs = model.config.rope_scaling;
-    const bool dynamic = rs.is_object() && rs.value("rope_type", rs.value("type", std::string())) == "dynamic";
-    return !(dynamic && request.run.max_seq_len > model.config.max_position_embeddings);
+      if (devices[i] != devices[0] || result.placement.blocks[i].tier != Tier::kGpu) return false;
+    return true;
   }();
   std::map<uint32_t, uint32_t> chunks_of_block;
   for (const DeviceStreamPlan& st : sched.streams)

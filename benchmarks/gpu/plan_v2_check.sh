@@ -3,6 +3,8 @@
 #   benchmarks/gpu/plan_v2_check.sh OUT_DIR [tests] [sweep] [big]
 #   tests  the GPU test binaries (tools/run_gpu_tests.sh)
 #   sweep  the Llama-2-7B-shaped offload sweep at 4, 6, 8 GiB against the PCIe floor (e2e_bench)
+#   big32  the same model executed in fp32 (cast at load): the chunked 4 GiB plan and a whole-layer plan give the
+#          same greedy tokens (bf16 random-weight logits have near-ties that rounding order decides)
 #   big    a Llama-3.1-405B-shaped model cut to 4 layers (random bf16 weights, ~26 GB): plan and run at
 #          cuda:0=4GiB (layers larger than the budget, streamed in row chunks) against its floor, and the same
 #          tokens as a plan with a larger budget
@@ -20,7 +22,7 @@ fi
 if has sweep; then
   BIGPLAN_BENCH_BUDGETS="${SWEEP:-4,6,8}" BIGPLAN_BENCH_DISK="${DISK:-4:4}" benchmarks/gpu/run_gpu_suite.sh "$out/sweep" ckpt bigplan 2>&1 | tail -40
 fi
-if has big; then
+if has big || has big32; then
   ckpt=/tmp/llama-405b-4l
   mkdir -p "$ckpt"
   python3 - "$ckpt" <<'PY'
@@ -53,6 +55,19 @@ json.dump({"tensors": t}, open(d + "/spec.json", "w"))
 PY
   [[ -f "$ckpt/model.safetensors.index.json" ]] || "$env" "$bin/gen_checkpoint" --out "$ckpt" --spec "$ckpt/spec.json" --max-shard-bytes 4GiB --seed 11
   du -sh "$ckpt"
+fi
+if has big32; then
+  echo '{"model.norm": 0, "model.embed_tokens": "cpu", "model.layers": "cpu", "lm_head": "cpu"}' > "$out/big32.map.json"
+  "$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=4GiB,cpu=110GiB --dtype fp32 --seq-len 64 --strategy explicit \
+    --device-map "$out/big32.map.json" --chunk-bytes 256MiB -o "$out/big32_4.bplan" 2>&1 | grep -E "stream|decode|floor|error"
+  "$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=${BIG32_REF_GIB:-60}GiB,cpu=110GiB --dtype fp32 --seq-len 64 \
+    -o "$out/big32_ref.bplan" 2>&1 | grep -E "layers|stream|decode|floor|error"
+  for p in big32_4 big32_ref; do
+    "$env" "$bin/run" --plan "$out/$p.bplan" --model "$ckpt" --prompt-ids 128000,791,6864,315,9822,374 \
+      --max-new-tokens 6 2>&1 | grep -E "tokens|decode:|load:|streamed|plan:" | tee "$out/$p.run.txt"
+  done
+fi
+if has big; then
   # auto; if this build's auto cannot place it, every layer streamed in row chunks by an explicit map.
   if ! "$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=4GiB,cpu=100GiB --dtype bf16 --seq-len 256 \
       -o "$out/big4.bplan" > "$out/big4.plan.txt" 2>&1; then

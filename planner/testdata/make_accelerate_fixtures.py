@@ -30,6 +30,9 @@ MODELS = [
     ("planner/testdata/configs/gpt2", "F32"),
     ("planner/testdata/configs/mistral-7b", "BF16"),
     ("planner/testdata/configs/qwen2-0.5b", "BF16"),
+    # Phi-4-mini's shape (model_type phi3: fused qkv/gate_up, GQA, partial rotary, tied embeddings); its longrope
+    # factors are placeholders (they do not change sizes).
+    ("planner/testdata/configs/phi4-mini-shape", "BF16"),
 ]
 
 # Fractions of the model's total size.

@@ -17,6 +17,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 BASE_LLAMA = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=100, max_position_embeddings=128)
+# Phi3Config's token ids default to 32000/32064, outside a tiny vocabulary.
+PHI3_TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 CASES = {
     "llama_bias_headdim_llama3": dict(model_type="llama", **BASE_LLAMA, head_dim=32, attention_bias=True, mlp_bias=True,
                                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -33,6 +35,13 @@ CASES = {
     "gpt2_untied_inner": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32,
                               n_inner=80, tie_word_embeddings=False, dtype="float16"),
     "gptj": dict(model_type="gptj", n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, rotary_dim=8),
+    # Phi-3: fused qkv_proj / gate_up_proj, GQA.
+    "phi3": dict(model_type="phi3", **BASE_LLAMA, **PHI3_TOKENS, dtype="bfloat16"),
+    # Phi-3-128k / Phi-4-mini style: longrope (legacy "type" key), partial rotary (8 of head_dim 16), tied embeddings.
+    "phi3_longrope_partial_tied": dict(model_type="phi3", **BASE_LLAMA, **PHI3_TOKENS, tie_word_embeddings=True,
+                                       partial_rotary_factor=0.5, original_max_position_embeddings=64,
+                                       rope_scaling={"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3],
+                                                     "long_factor": [1.5, 2.0, 3.0, 4.0]}),
     "gptj_default_rotary": dict(model_type="gptj", n_embd=128, n_layer=2, n_head=2, vocab_size=100, n_positions=32,
                                 n_inner=96, dtype="float16"),
 }

@@ -17,7 +17,8 @@
 //    allows), never from the mapping, and reading them from the mapping (disk_direct_io off) gives the same bits.
 //    Last-position logits match the last row of the full logits.
 // 3. CUDA graphs (ExecutorOptions::cuda_graphs) on the all-resident plan of every family: decode steps are
-//    replayed from a captured graph for the Llama family (none for GPT-2/GPT-J), still match transformers as in
+//    replayed from a captured graph where the architecture registry says so (the Llama family and Phi-3 within
+//    their length-independent RoPE range; none for GPT-2/GPT-J), still match transformers as in
 //    part 1, and equal the eager steps within 1e-5 relative in float32 (same tokens) and within part 1's bf16
 //    tolerance in bfloat16 (the captured step attends over the whole cache with a mask, with scores rounded to bf16
 //    as transformers' eager attention, where the eager step's SDPA keeps them in float32: 0.6-1.6e-2 measured, the
@@ -35,6 +36,9 @@
 #include <map>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
+#include "arch/registry.h"
 #include "executor/executor.h"
 #include "formats/writer.h"
 #include "tests/e2e/e2e_util.h"
@@ -171,8 +175,12 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       ASSERT_TRUE(e.ok()) << e.error().ToString();
       exec[g] = std::move(*e);
     }
-    const std::string arch = exec[1]->info().architecture;
-    const bool captured = arch != "gpt2" && arch != "gptj";
+    // Captured where the registry says the family has a static decode step for this run length (the Llama family
+    // and Phi-3, except length-dependent RoPE past its limit: phi3_longrope's runs cross its original length).
+    std::ifstream config_file(model + "/config.json");
+    auto parsed = arch::ParseHfConfig(nlohmann::json::parse(config_file), model + "/config.json");
+    ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+    const bool captured = arch::GraphDecodeEligible(*parsed->family, parsed->config, seq_len);
     StepErrors errors[2];
     for (int g = 0; g < 2; ++g) {
       auto e = CompareWithReference(*exec[g], *ref, steps);

@@ -21,8 +21,8 @@ Usage:
   make_tiny_models.py --out DIR --family FAMILY
   make_tiny_models.py --out-root DIR --families all|F1,F2,...      (writes DIR/FAMILY for each)
   make_tiny_models.py --list
-Families: see FAMILIES below (llama, llama_gqa, llama_linear, llama_dynamic, mistral, qwen2, qwen2_yarn, gpt2,
-gptj).
+Families: see FAMILIES below (llama, llama_gqa, llama_linear, llama_dynamic, mistral, qwen2, qwen2_yarn, phi3,
+phi3_longrope, gpt2, gptj).
 """
 
 import argparse
@@ -84,6 +84,21 @@ FAMILIES = {
         vocab_size=160, max_position_embeddings=256, rms_norm_eps=1e-6,
         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64),
         tie_word_embeddings=False, use_sliding_window=False, hidden_act="silu")),
+    # Phi-3: fused qkv_proj ([q; k; v] rows) and gate_up_proj ([gate; up] rows), GQA, default RoPE, untied.
+    "phi3": ("phi3", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=160, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # Phi-3-128k / Phi-4-mini style: longrope with original_max_position_embeddings 8 (the prefill (7) and the first
+    # decode step (8) use short_factor, the later steps (9, 10) long_factor; attention factor sqrt(1 + ln 4 / ln 8)),
+    # partial rotary (8 of head_dim 16), tied embeddings.
+    "phi3_longrope": ("phi3", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=160, max_position_embeddings=32, original_max_position_embeddings=8, rms_norm_eps=1e-5,
+        partial_rotary_factor=0.5,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0, 1.25, 1.5, 2.0],
+                             long_factor=[2.0, 3.0, 5.0, 8.0], original_max_position_embeddings=8),
+        tie_word_embeddings=True, hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     # GPT-2: learned positions, Conv1D weights, gelu_new, tied lm_head.
     "gpt2": ("gpt2", dict(
         n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64, activation_function="gelu_new",
@@ -94,7 +109,7 @@ FAMILIES = {
         layer_norm_epsilon=1e-5, tie_word_embeddings=False, bos_token_id=255, eos_token_id=255)),
 }
 
-ARCHITECTURE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gptj": "gptj"}
+ARCHITECTURE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gptj": "gptj", "phi3": "phi3"}
 
 
 def spec_of(model_type, cfg):
@@ -115,13 +130,14 @@ def spec_of(model_type, cfg):
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     rope = dict(cfg.rope_parameters or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    rotary_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
     attention_bias = bool(getattr(cfg, "attention_bias", False)) or model_type == "qwen2"
     return dict(
         architecture=ARCHITECTURE[model_type], hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=head_dim,
         intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
         max_position_embeddings=cfg.max_position_embeddings, norm_eps=cfg.rms_norm_eps,
-        rope_theta=float(rope.get("rope_theta", 10000.0)), rotary_dim=head_dim, attention_bias=attention_bias,
+        rope_theta=float(rope.get("rope_theta", 10000.0)), rotary_dim=rotary_dim, attention_bias=attention_bias,
         mlp_bias=bool(getattr(cfg, "mlp_bias", False)), tie_word_embeddings=bool(cfg.tie_word_embeddings),
         activation=cfg.hidden_act, rope_scaling_json=json.dumps(rope, sort_keys=True) if rope_type != "default" else "")
 

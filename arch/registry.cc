@@ -1,0 +1,913 @@
+#include "arch/registry.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <initializer_list>
+#include <optional>
+#include <utility>
+
+namespace bigplan::arch {
+namespace {
+
+using nlohmann::json;
+
+constexpr Slot kNoParts[3] = {Slot::kCount, Slot::kCount, Slot::kCount};
+
+// Shorthands for the tables.
+constexpr TensorRule V(BlockKind b, Slot s, const char* name, Dim d, Presence p = Presence::kAlways) {
+  return TensorRule{b, s, name, 1, {d, Dim::kHidden}, p, Layout::kVector, {Slot::kCount, Slot::kCount, Slot::kCount}};
+}
+constexpr TensorRule M(BlockKind b, Slot s, const char* name, Dim d0, Dim d1, Layout layout = Layout::kLinear,
+                       Presence p = Presence::kAlways) {
+  return TensorRule{b, s, name, 2, {d0, d1}, p, layout, {Slot::kCount, Slot::kCount, Slot::kCount}};
+}
+constexpr TensorRule Fused(BlockKind b, Slot s, const char* name, Dim d0, Dim d1, Slot p0, Slot p1,
+                           Slot p2 = Slot::kCount) {
+  return TensorRule{b, s, name, 2, {d0, d1}, Presence::kAlways, Layout::kLinear, {p0, p1, p2}};
+}
+
+constexpr BlockKind kEmb = BlockKind::kEmbedding;
+constexpr BlockKind kPos = BlockKind::kPositionEmbedding;
+constexpr BlockKind kLayer = BlockKind::kDecoderLayer;
+constexpr BlockKind kFinal = BlockKind::kFinalNorm;
+constexpr BlockKind kHead = BlockKind::kLmHead;
+
+// ---- llama (Llama 2/3/3.1, Mistral, Qwen2): transformers' LlamaForCausalLM state dict ----
+
+constexpr const char* kLlamaTypes[] = {"llama", "mistral", "qwen2"};
+constexpr BlockLayout kLlamaBlocks[] = {
+    {kEmb, "model.embed_tokens"}, {kLayer, "model.layers.{i}"}, {kFinal, "model.norm"}, {kHead, "lm_head"}};
+constexpr TensorRule kLlamaTensors[] = {
+    M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
+    M(kLayer, Slot::kQ, "self_attn.q_proj.weight", Dim::kQDim, Dim::kHidden),
+    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
+    M(kLayer, Slot::kK, "self_attn.k_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
+    M(kLayer, Slot::kV, "self_attn.v_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kVBias, "self_attn.v_proj.bias", Dim::kKvDim, Presence::kQkvBias),
+    M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
+    V(kLayer, Slot::kOBias, "self_attn.o_proj.bias", Dim::kHidden, Presence::kOBias),
+    M(kLayer, Slot::kGate, "mlp.gate_proj.weight", Dim::kIntermediate, Dim::kHidden),
+    V(kLayer, Slot::kGateBias, "mlp.gate_proj.bias", Dim::kIntermediate, Presence::kMlpBias),
+    M(kLayer, Slot::kUp, "mlp.up_proj.weight", Dim::kIntermediate, Dim::kHidden),
+    V(kLayer, Slot::kUpBias, "mlp.up_proj.bias", Dim::kIntermediate, Presence::kMlpBias),
+    M(kLayer, Slot::kDown, "mlp.down_proj.weight", Dim::kHidden, Dim::kIntermediate),
+    V(kLayer, Slot::kDownBias, "mlp.down_proj.bias", Dim::kHidden, Presence::kMlpBias),
+    V(kLayer, Slot::kInputNorm, "input_layernorm.weight", Dim::kHidden),
+    V(kLayer, Slot::kPostNorm, "post_attention_layernorm.weight", Dim::kHidden),
+    V(kFinal, Slot::kFinalNorm, "weight", Dim::kHidden),
+    M(kHead, Slot::kLmHead, "weight", Dim::kVocab, Dim::kHidden, Layout::kLinear, Presence::kUntied),
+};
+constexpr TiedRead kTiedHead[] = {{kHead, Slot::kLmHead, kEmb, Slot::kTokenEmbedding}};
+constexpr ModelBufferRule kRotaryBuffers[] = {
+    {"model.rotary_emb.inv_freq", Dim::kRotaryHalf, DType::kF32, true},
+    {"model.rotary_emb.original_inv_freq", Dim::kRotaryHalf, DType::kF32, true},
+};
+constexpr const char* kLlamaParameterless[] = {"model.rotary_emb"};
+constexpr RopeType kLlamaRope[] = {RopeType::kDefault, RopeType::kLinear, RopeType::kDynamic,
+                                   RopeType::kLlama3,  RopeType::kYarn,   RopeType::kLongrope};
+constexpr MathKey kLlamaKeys[] = {
+    {"rope_scaling", KeyHandling::kImplemented, "the family's RoPE types (also transformers 5's rope_parameters)"},
+    {"head_dim", KeyHandling::kImplemented, "explicit head_dim (Mistral)"},
+    {"attention_bias", KeyHandling::kImplemented, "llama: q/k/v/o biases (Qwen2 always has q/k/v biases)"},
+    {"mlp_bias", KeyHandling::kImplemented, "llama: gate/up/down biases"},
+    {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads model.embed_tokens.weight"},
+    {"hidden_act", KeyHandling::kImplemented, "silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu"},
+    {"partial_rotary_factor", KeyHandling::kRefused, "the Llama family rotates whole heads", "1.0"},
+    {"sliding_window", KeyHandling::kExactWithin,
+     "Mistral/Qwen2 sliding-window attention: exact while max_seq_len <= sliding_window"},
+};
+
+// ---- gpt2: GPT2LMHeadModel ----
+
+constexpr const char* kGpt2Types[] = {"gpt2"};
+constexpr BlockLayout kGpt2Blocks[] = {{kEmb, "transformer.wte"},
+                                       {kPos, "transformer.wpe"},
+                                       {kLayer, "transformer.h.{i}"},
+                                       {kFinal, "transformer.ln_f"},
+                                       {kHead, "lm_head"}};
+constexpr TensorRule kGpt2Tensors[] = {
+    M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
+    M(kPos, Slot::kPositionEmbedding, "weight", Dim::kPositions, Dim::kHidden, Layout::kEmbedding),
+    V(kLayer, Slot::kInputNorm, "ln_1.weight", Dim::kHidden),
+    V(kLayer, Slot::kInputNormBias, "ln_1.bias", Dim::kHidden),
+    M(kLayer, Slot::kQkv, "attn.c_attn.weight", Dim::kHidden, Dim::kThreeHidden, Layout::kConv1D),
+    V(kLayer, Slot::kQkvBias, "attn.c_attn.bias", Dim::kThreeHidden),
+    M(kLayer, Slot::kO, "attn.c_proj.weight", Dim::kHidden, Dim::kHidden, Layout::kConv1D),
+    V(kLayer, Slot::kOBias, "attn.c_proj.bias", Dim::kHidden),
+    V(kLayer, Slot::kPostNorm, "ln_2.weight", Dim::kHidden),
+    V(kLayer, Slot::kPostNormBias, "ln_2.bias", Dim::kHidden),
+    M(kLayer, Slot::kFcIn, "mlp.c_fc.weight", Dim::kHidden, Dim::kIntermediate, Layout::kConv1D),
+    V(kLayer, Slot::kFcInBias, "mlp.c_fc.bias", Dim::kIntermediate),
+    M(kLayer, Slot::kDown, "mlp.c_proj.weight", Dim::kIntermediate, Dim::kHidden, Layout::kConv1D),
+    V(kLayer, Slot::kDownBias, "mlp.c_proj.bias", Dim::kHidden),
+    V(kFinal, Slot::kFinalNorm, "weight", Dim::kHidden),
+    V(kFinal, Slot::kFinalNormBias, "bias", Dim::kHidden),
+    M(kHead, Slot::kLmHead, "weight", Dim::kVocab, Dim::kHidden, Layout::kLinear, Presence::kUntied),
+};
+constexpr const char* kGptParameterless[] = {"transformer.drop"};
+constexpr MathKey kGpt2Keys[] = {
+    {"n_inner", KeyHandling::kImplemented, "MLP inner size (default 4 n_embd)"},
+    {"activation_function", KeyHandling::kImplemented, "gelu_new by default"},
+    {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads transformer.wte.weight (the default)"},
+    {"scale_attn_by_inverse_layer_idx", KeyHandling::kRefused, "attention scores scaled by 1 / (layer + 1)", "false"},
+    {"scale_attn_weights", KeyHandling::kRefused, "unscaled attention scores", "true"},
+};
+
+// ---- gptj: GPTJForCausalLM ----
+
+constexpr const char* kGptjTypes[] = {"gptj"};
+constexpr BlockLayout kGptjBlocks[] = {
+    {kEmb, "transformer.wte"}, {kLayer, "transformer.h.{i}"}, {kFinal, "transformer.ln_f"}, {kHead, "lm_head"}};
+constexpr TensorRule kGptjTensors[] = {
+    M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
+    V(kLayer, Slot::kInputNorm, "ln_1.weight", Dim::kHidden),
+    V(kLayer, Slot::kInputNormBias, "ln_1.bias", Dim::kHidden),
+    M(kLayer, Slot::kK, "attn.k_proj.weight", Dim::kHidden, Dim::kHidden),
+    M(kLayer, Slot::kV, "attn.v_proj.weight", Dim::kHidden, Dim::kHidden),
+    M(kLayer, Slot::kQ, "attn.q_proj.weight", Dim::kHidden, Dim::kHidden),
+    M(kLayer, Slot::kO, "attn.out_proj.weight", Dim::kHidden, Dim::kHidden),
+    M(kLayer, Slot::kFcIn, "mlp.fc_in.weight", Dim::kIntermediate, Dim::kHidden),
+    V(kLayer, Slot::kFcInBias, "mlp.fc_in.bias", Dim::kIntermediate),
+    M(kLayer, Slot::kDown, "mlp.fc_out.weight", Dim::kHidden, Dim::kIntermediate),
+    V(kLayer, Slot::kDownBias, "mlp.fc_out.bias", Dim::kHidden),
+    V(kFinal, Slot::kFinalNorm, "weight", Dim::kHidden),
+    V(kFinal, Slot::kFinalNormBias, "bias", Dim::kHidden),
+    M(kHead, Slot::kLmHead, "weight", Dim::kVocab, Dim::kHidden, Layout::kLinear, Presence::kUntied),
+    V(kHead, Slot::kLmHeadBias, "bias", Dim::kVocab),
+};
+constexpr RuntimeBufferRule kGptjBuffers[] = {
+    {kLayer, "attn.embed_positions", 2, {Dim::kPositions, Dim::kPositionTableDim}, DType::kF32}};
+constexpr RopeType kGptjRope[] = {RopeType::kDefault};
+constexpr MathKey kGptjKeys[] = {
+    {"rotary_dim", KeyHandling::kImplemented, "interleaved rotary over the first rotary_dim dims (null: whole heads)"},
+    {"n_inner", KeyHandling::kImplemented, "MLP inner size (default 4 n_embd)"},
+    {"activation_function", KeyHandling::kImplemented, "gelu_new by default"},
+    {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads transformer.wte.weight; its bias stays"},
+};
+
+// ---- phi3: Phi3ForCausalLM (fused qkv_proj and gate_up_proj) ----
+
+constexpr const char* kPhi3Types[] = {"phi3"};
+constexpr TensorRule kPhi3Tensors[] = {
+    M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
+    Fused(kLayer, Slot::kQkv, "self_attn.qkv_proj.weight", Dim::kQkvDim, Dim::kHidden, Slot::kQ, Slot::kK, Slot::kV),
+    M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
+    Fused(kLayer, Slot::kGateUp, "mlp.gate_up_proj.weight", Dim::kTwoIntermediate, Dim::kHidden, Slot::kGate,
+          Slot::kUp),
+    M(kLayer, Slot::kDown, "mlp.down_proj.weight", Dim::kHidden, Dim::kIntermediate),
+    V(kLayer, Slot::kInputNorm, "input_layernorm.weight", Dim::kHidden),
+    V(kLayer, Slot::kPostNorm, "post_attention_layernorm.weight", Dim::kHidden),
+    V(kFinal, Slot::kFinalNorm, "weight", Dim::kHidden),
+    M(kHead, Slot::kLmHead, "weight", Dim::kVocab, Dim::kHidden, Layout::kLinear, Presence::kUntied),
+};
+// Older transformers' Phi3Model also had an embedding dropout module.
+constexpr const char* kPhi3Parameterless[] = {"model.rotary_emb", "model.embed_dropout"};
+constexpr RopeType kPhi3Rope[] = {RopeType::kDefault, RopeType::kLongrope};
+constexpr MathKey kPhi3Keys[] = {
+    {"rope_scaling", KeyHandling::kImplemented,
+     "default and longrope (legacy types su and yarn mean longrope, as Phi3Config says); also rope_parameters"},
+    {"original_max_position_embeddings", KeyHandling::kImplemented, "longrope's switch to long_factor (default 4096)"},
+    {"partial_rotary_factor", KeyHandling::kImplemented, "rotate-half RoPE over int(head_dim x factor) dims"},
+    {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads model.embed_tokens.weight"},
+    {"hidden_act", KeyHandling::kImplemented, "silu by default"},
+    {"sliding_window", KeyHandling::kExactWithin, "sliding-window attention: exact while max_seq_len <= sliding_window"},
+};
+
+constexpr RopeType kNoRope[1] = {RopeType::kDefault};
+
+const FamilyInfo kFamilies[] = {
+    {Family::kLlama, "llama", kLlamaTypes, "LlamaForCausalLM", kLlamaBlocks, kLlamaTensors, kTiedHead, {},
+     kRotaryBuffers, kLlamaParameterless, "",
+     KernelCounts{.decoder_layer = 41, .partial_rotary_extra = 0, .final_norm = 8}, kLlamaRope,
+     /*partial_rotary=*/false, GraphDecode::kWhileRopeLengthIndependent, kLlamaKeys},
+    {Family::kGpt2, "gpt2", kGpt2Types, "GPT2LMHeadModel", kGpt2Blocks, kGpt2Tensors, kTiedHead, {}, {},
+     kGptParameterless, "transformer.", KernelCounts{.decoder_layer = 13, .partial_rotary_extra = 0, .final_norm = 1},
+     std::span<const RopeType>(kNoRope, 0), /*partial_rotary=*/false, GraphDecode::kNever, kGpt2Keys},
+    {Family::kGptj, "gptj", kGptjTypes, "GPTJForCausalLM", kGptjBlocks, kGptjTensors, kTiedHead, kGptjBuffers, {},
+     kGptParameterless, "", KernelCounts{.decoder_layer = 24, .partial_rotary_extra = 2, .final_norm = 1}, kGptjRope,
+     /*partial_rotary=*/true, GraphDecode::kNever, kGptjKeys},
+    {Family::kPhi3, "phi3", kPhi3Types, "Phi3ForCausalLM", kLlamaBlocks, kPhi3Tensors, kTiedHead, {}, kRotaryBuffers,
+     kPhi3Parameterless, "", KernelCounts{.decoder_layer = 41, .partial_rotary_extra = 2, .final_norm = 8},
+     kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
+};
+
+constexpr struct {
+  BlockKind kind;
+  const char* name;
+} kBlockKinds[] = {
+    {BlockKind::kEmbedding, "embedding"},        {BlockKind::kPositionEmbedding, "position_embedding"},
+    {BlockKind::kDecoderLayer, "decoder_layer"}, {BlockKind::kFinalNorm, "final_norm"},
+    {BlockKind::kLmHead, "lm_head"},
+};
+
+constexpr const char* kSlotNames[] = {
+    "token_embedding", "position_embedding", "input_norm", "input_norm_bias", "post_norm", "post_norm_bias",
+    "q",               "q_bias",             "k",          "k_bias",          "v",         "v_bias",
+    "qkv",             "qkv_bias",           "o",          "o_bias",          "gate",      "gate_bias",
+    "up",              "up_bias",            "gate_up",    "fc_in",           "fc_in_bias", "down",
+    "down_bias",       "final_norm",         "final_norm_bias", "lm_head",    "lm_head_bias",
+};
+static_assert(std::size(kSlotNames) == static_cast<size_t>(Slot::kCount), "one name per slot");
+
+constexpr const char* kRopeTypeNames[] = {"default", "linear", "dynamic", "llama3", "yarn", "longrope"};
+static_assert(std::size(kRopeTypeNames) == static_cast<size_t>(RopeType::kLongrope) + 1, "one name per rope type");
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// ---- config.json access ----
+
+// Typed access to config.json fields; errors name the field.
+class Config {
+ public:
+  Config(const json& j, const std::string& source) : j_(j), source_(source) {}
+
+  bool Has(const std::string& key) const { return j_.contains(key) && !j_.at(key).is_null(); }
+  const json* Get(const std::string& key) const { return Has(key) ? &j_.at(key) : nullptr; }
+
+  Error Bad(const std::string& key, const std::string& why) const {
+    return MakeError(ErrorCode::kInvalidArgument, source_ + ": field \"" + key + "\": " + why);
+  }
+  Error Unsupported(const std::string& key, const std::string& why) const {
+    return MakeError(ErrorCode::kUnsupported, source_ + ": field \"" + key + "\": " + why);
+  }
+
+  Result<uint32_t> U32(const std::string& key, std::optional<uint32_t> dflt = std::nullopt) const {
+    const json* v = Get(key);
+    if (v == nullptr) {
+      if (dflt) return *dflt;
+      return Bad(key, "missing");
+    }
+    if (!v->is_number_integer() || v->get<int64_t>() <= 0 || v->get<int64_t>() > UINT32_MAX) {
+      return Bad(key, "expected a positive integer, got " + v->dump());
+    }
+    return static_cast<uint32_t>(v->get<int64_t>());
+  }
+  // A decoder layer count: positive and at most kMaxDecoderLayers (checked before any layer is built).
+  Result<uint32_t> Layers(std::initializer_list<const char*> keys) const {
+    const char* key = *keys.begin();
+    for (const char* k : keys) {
+      if (Has(k)) {
+        key = k;
+        break;
+      }
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(uint32_t n, U32Any(keys));
+    if (n > kMaxDecoderLayers) {
+      return Unsupported(key, std::to_string(n) + " decoder layers exceed the limit of " +
+                                  std::to_string(kMaxDecoderLayers));
+    }
+    return n;
+  }
+  // The first of several spellings that is present.
+  Result<uint32_t> U32Any(std::initializer_list<const char*> keys, std::optional<uint32_t> dflt = std::nullopt) const {
+    for (const char* k : keys) {
+      if (Has(k)) return U32(k);
+    }
+    if (dflt) return *dflt;
+    return Bad(*keys.begin(), "missing");
+  }
+  Result<double> Number(const std::string& key, double dflt) const {
+    const json* v = Get(key);
+    if (v == nullptr) return dflt;
+    if (!v->is_number()) return Bad(key, "expected a number, got " + v->dump());
+    return v->get<double>();
+  }
+  Result<bool> Bool(const std::string& key, bool dflt) const {
+    const json* v = Get(key);
+    if (v == nullptr) return dflt;
+    if (!v->is_boolean()) return Bad(key, "expected true or false, got " + v->dump());
+    return v->get<bool>();
+  }
+  Result<std::string> String(const std::string& key, const std::string& dflt) const {
+    const json* v = Get(key);
+    if (v == nullptr) return dflt;
+    if (!v->is_string()) return Bad(key, "expected a string, got " + v->dump());
+    return v->get<std::string>();
+  }
+  const json& raw() const { return j_; }
+  const std::string& source() const { return source_; }
+
+ private:
+  const json& j_;
+  const std::string& source_;
+};
+
+Status ReadTokens(const Config& c, ModelConfig& mc) {
+  mc.bos_token_id = -1;
+  if (const json* bos = c.Get("bos_token_id")) {
+    if (!bos->is_number_integer()) return c.Bad("bos_token_id", "expected an integer, got " + bos->dump());
+    mc.bos_token_id = bos->get<int64_t>();
+  }
+  mc.eos_token_ids.clear();
+  if (const json* eos = c.Get("eos_token_id")) {
+    if (eos->is_number_integer()) {
+      mc.eos_token_ids.push_back(eos->get<int64_t>());
+    } else if (eos->is_array()) {
+      for (const json& e : *eos) {
+        if (!e.is_number_integer()) return c.Bad("eos_token_id", "expected integers, got " + eos->dump());
+        mc.eos_token_ids.push_back(e.get<int64_t>());
+      }
+    } else {
+      return c.Bad("eos_token_id", "expected an integer or a list of integers, got " + eos->dump());
+    }
+  }
+  return Status::Ok();
+}
+
+std::string RopeTypeString(const json& rs) {
+  for (const char* key : {"rope_type", "type"}) {
+    auto it = rs.find(key);
+    if (it != rs.end() && it->is_string()) return it->get<std::string>();
+  }
+  return "default";
+}
+
+// rope_theta and rope_scaling from either the classic top-level fields or transformers 5's "rope_parameters"
+// ({"rope_type": ..., "rope_theta": ..., scaling fields}). rope_scaling becomes the scaling object without
+// rope_theta, or null for the default rope type. The type name is checked by CheckModelConfig.
+Status ReadRope(const Config& c, ModelConfig& mc, double default_theta) {
+  BIGPLAN_ASSIGN_OR_RETURN(mc.rope_theta, c.Number("rope_theta", default_theta));
+  mc.rope_scaling = nullptr;
+  if (const json* rs = c.Get("rope_scaling")) {
+    if (!rs->is_object()) return c.Bad("rope_scaling", "expected an object or null, got " + rs->dump());
+    mc.rope_scaling = *rs;
+  }
+  if (const json* rp = c.Get("rope_parameters")) {
+    if (!rp->is_object()) return c.Bad("rope_parameters", "expected an object, got " + rp->dump());
+    if (rp->contains("rope_theta")) {
+      if (!(*rp)["rope_theta"].is_number()) return c.Bad("rope_parameters.rope_theta", "expected a number");
+      mc.rope_theta = (*rp)["rope_theta"].get<double>();
+    }
+    if (mc.rope_scaling.is_null() && RopeTypeString(*rp) != "default") {
+      json scaling = *rp;
+      scaling.erase("rope_theta");
+      mc.rope_scaling = scaling;
+    }
+  }
+  return Status::Ok();
+}
+
+// partial_rotary_factor from the top level, else from rope_parameters / rope_scaling; nullopt if absent.
+Result<std::optional<double>> PartialRotaryFactor(const Config& c) {
+  const char* where = "partial_rotary_factor";
+  const json* v = c.Get("partial_rotary_factor");
+  for (const char* obj : {"rope_parameters", "rope_scaling"}) {
+    if (v != nullptr) break;
+    const json* o = c.Get(obj);
+    if (o != nullptr && o->is_object() && o->contains("partial_rotary_factor") &&
+        !(*o)["partial_rotary_factor"].is_null()) {
+      v = &(*o)["partial_rotary_factor"];
+      where = obj;
+    }
+  }
+  if (v == nullptr) return std::optional<double>();
+  if (!v->is_number() || !(v->get<double>() > 0) || v->get<double>() > 1) {
+    return c.Bad(where, "partial_rotary_factor must be a number in (0, 1], got " + v->dump());
+  }
+  return std::optional<double>(v->get<double>());
+}
+
+// Refused math keys present with a value that changes the math.
+Status CheckRefusedKeys(const FamilyInfo& f, const Config& c, const std::string& model_type) {
+  for (const MathKey& k : f.math_keys) {
+    if (k.handling != KeyHandling::kRefused) continue;
+    const json* v = c.Get(k.key);
+    if (v == nullptr) continue;
+    if (k.default_value == nullptr || *v != json::parse(k.default_value)) {
+      return c.Unsupported(k.key, v->dump() + " is not supported for " + model_type + " (" + k.note + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ReadAttentionShape(const Config& c, ModelConfig& mc) {
+  BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32("hidden_size"));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"num_hidden_layers"}));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32("num_attention_heads"));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_kv_heads, c.U32("num_key_value_heads", mc.num_heads));
+  if (mc.hidden_size % mc.num_heads != 0 && !c.Has("head_dim")) {
+    return c.Bad("num_attention_heads", "hidden_size " + std::to_string(mc.hidden_size) + " is not a multiple of " +
+                                            std::to_string(mc.num_heads) + " heads and the config gives no head_dim");
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(mc.head_dim, c.U32("head_dim", mc.hidden_size / mc.num_heads));
+  if (mc.num_heads % mc.num_kv_heads != 0) {
+    return c.Bad("num_key_value_heads", std::to_string(mc.num_heads) + " attention heads are not a multiple of " +
+                                            std::to_string(mc.num_kv_heads) + " key/value heads");
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(mc.intermediate_size, c.U32("intermediate_size"));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.vocab_size, c.U32("vocab_size"));
+  return Status::Ok();
+}
+
+// Llama, Mistral, Qwen2.
+Status ParseLlama(const Config& c, const std::string& model_type, ParsedConfig& p) {
+  ModelConfig& mc = p.config;
+  BIGPLAN_RETURN_IF_ERROR(ReadAttentionShape(c, mc));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings, c.U32("max_position_embeddings", 2048));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("rms_norm_eps", 1e-6));
+  BIGPLAN_RETURN_IF_ERROR(ReadRope(c, mc, 10000.0));
+  BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> partial, PartialRotaryFactor(c));
+  if (partial && *partial != 1.0) {
+    return c.Unsupported("partial_rotary_factor", "partial rotary is not supported for " + model_type);
+  }
+  mc.rotary_dim = mc.head_dim;
+  const bool qkv_bias = model_type == "qwen2";
+  bool o_bias = false;
+  if (model_type == "llama") {
+    BIGPLAN_ASSIGN_OR_RETURN(o_bias, c.Bool("attention_bias", false));
+    BIGPLAN_ASSIGN_OR_RETURN(mc.mlp_bias, c.Bool("mlp_bias", false));
+  }
+  mc.attention_bias = qkv_bias || o_bias;
+  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("hidden_act", "silu"));
+  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  p.features.qkv_bias = qkv_bias || o_bias;
+  p.features.o_bias = o_bias;
+  p.features.mlp_bias = mc.mlp_bias;
+  p.features.tied = mc.tie_word_embeddings;
+  return Status::Ok();
+}
+
+// Phi-3 (Phi3Config's defaults; rope as Phi3Config.convert_rope_params_to_dict and standardize_rope_params).
+Status ParsePhi3(const Config& c, ParsedConfig& p) {
+  ModelConfig& mc = p.config;
+  BIGPLAN_RETURN_IF_ERROR(ReadAttentionShape(c, mc));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings, c.U32("max_position_embeddings", 4096));
+  BIGPLAN_ASSIGN_OR_RETURN(uint32_t original, c.U32("original_max_position_embeddings", 4096));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("rms_norm_eps", 1e-5));
+  BIGPLAN_RETURN_IF_ERROR(ReadRope(c, mc, 10000.0));
+  if (mc.rope_scaling.is_object()) {
+    const std::string type = RopeTypeString(mc.rope_scaling);
+    if (type == "su" || type == "yarn" || type == "longrope") {
+      mc.rope_scaling["rope_type"] = "longrope";
+      mc.rope_scaling.erase("type");
+      // Phi-3 keeps the pretraining length at the top level, and transformers gives it priority.
+      mc.rope_scaling["original_max_position_embeddings"] = original;
+    } else if (type == "default") {
+      mc.rope_scaling = nullptr;
+    }
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> partial, PartialRotaryFactor(c));
+  // transformers: dim = int(head_dim * partial_rotary_factor).
+  mc.rotary_dim = static_cast<uint32_t>(static_cast<double>(mc.head_dim) * partial.value_or(1.0));
+  if (mc.rotary_dim == 0 || mc.rotary_dim % 2 != 0) {
+    return c.Bad("partial_rotary_factor", "gives " + std::to_string(mc.rotary_dim) + " rotary dims of head_dim " +
+                                              std::to_string(mc.head_dim) + " (must be positive and even)");
+  }
+  mc.attention_bias = false;
+  mc.mlp_bias = false;
+  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("hidden_act", "silu"));
+  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  p.features.tied = mc.tie_word_embeddings;
+  return Status::Ok();
+}
+
+// The shape fields GPT-2 and GPT-J configs share (n_embd, n_layer, n_head, n_inner, vocab_size, n_positions with
+// the model's default, layer_norm_epsilon); every head is a KV head.
+Status ReadGptShape(const Config& c, uint32_t default_positions, ModelConfig& mc) {
+  BIGPLAN_ASSIGN_OR_RETURN(mc.hidden_size, c.U32Any({"n_embd", "hidden_size"}));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_layers, c.Layers({"n_layer", "num_hidden_layers"}));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_heads, c.U32Any({"n_head", "num_attention_heads"}));
+  if (mc.hidden_size % mc.num_heads != 0) return c.Bad("n_head", "n_embd is not a multiple of n_head");
+  mc.num_kv_heads = mc.num_heads;
+  mc.head_dim = mc.hidden_size / mc.num_heads;
+  BIGPLAN_ASSIGN_OR_RETURN(mc.intermediate_size, c.U32("n_inner", 4 * mc.hidden_size));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.vocab_size, c.U32("vocab_size"));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings,
+                           c.U32Any({"n_positions", "max_position_embeddings"}, default_positions));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("layer_norm_epsilon", 1e-5));
+  return Status::Ok();
+}
+
+Status ParseGpt2(const Config& c, ParsedConfig& p) {
+  ModelConfig& mc = p.config;
+  BIGPLAN_RETURN_IF_ERROR(ReadGptShape(c, 1024, mc));
+  mc.rope_theta = 10000.0;  // unused: learned positions
+  mc.rotary_dim = 0;
+  mc.rope_scaling = nullptr;
+  mc.attention_bias = true;
+  mc.mlp_bias = true;
+  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", true));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("activation_function", "gelu_new"));
+  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  p.features.qkv_bias = p.features.o_bias = p.features.mlp_bias = true;
+  p.features.tied = mc.tie_word_embeddings;
+  return Status::Ok();
+}
+
+// rotary_dim: absent -> GPTJConfig's default 64; null (older configs) -> rotary over whole heads, with the sinusoid
+// table sized by n_embd as transformers does. Rotation covers min(rotary_dim, head_dim) dims of a head.
+Status ParseGptj(const Config& c, ParsedConfig& p) {
+  ModelConfig& mc = p.config;
+  BIGPLAN_RETURN_IF_ERROR(ReadGptShape(c, 2048, mc));
+  uint32_t pos_embd_dim = 64;
+  if (c.raw().contains("rotary_dim") && c.raw()["rotary_dim"].is_null()) {
+    pos_embd_dim = mc.hidden_size;
+    mc.rotary_dim = mc.head_dim;
+  } else {
+    BIGPLAN_ASSIGN_OR_RETURN(pos_embd_dim, c.U32("rotary_dim", 64));
+    mc.rotary_dim = std::min(pos_embd_dim, mc.head_dim);
+  }
+  mc.rope_theta = 10000.0;
+  mc.rope_scaling = nullptr;
+  mc.attention_bias = false;
+  mc.mlp_bias = true;
+  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("activation_function", "gelu_new"));
+  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  p.features.mlp_bias = true;
+  p.features.tied = mc.tie_word_embeddings;
+  p.features.position_table_dim = pos_embd_dim;
+  return Status::Ok();
+}
+
+Error ConfigError(ErrorCode code, const std::string& message) { return MakeError(code, message); }
+
+}  // namespace
+
+// ---- names ----
+
+const char* BlockKindName(BlockKind kind) {
+  for (const auto& e : kBlockKinds) {
+    if (e.kind == kind) return e.name;
+  }
+  return "invalid";
+}
+
+Result<BlockKind> ParseBlockKind(std::string_view name) {
+  for (const auto& e : kBlockKinds) {
+    if (name == e.name) return e.kind;
+  }
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "unknown block kind \"" + std::string(name) +
+                       "\" (expected embedding, position_embedding, decoder_layer, final_norm or lm_head)");
+}
+
+const char* SlotName(Slot slot) {
+  const size_t i = static_cast<size_t>(slot);
+  return i < std::size(kSlotNames) ? kSlotNames[i] : "invalid";
+}
+
+const char* RopeTypeName(RopeType type) {
+  const size_t i = static_cast<size_t>(type);
+  return i < std::size(kRopeTypeNames) ? kRopeTypeNames[i] : "invalid";
+}
+
+Result<RopeType> ParseRopeType(std::string_view name) {
+  for (size_t i = 0; i < std::size(kRopeTypeNames); ++i) {
+    if (name == kRopeTypeNames[i]) return static_cast<RopeType>(i);
+  }
+  return MakeError(ErrorCode::kUnsupported, "unsupported rope type \"" + std::string(name) +
+                                                "\" (known: default, linear, dynamic, llama3, yarn, longrope)");
+}
+
+Result<RopeType> RopeTypeOf(const ModelConfig& config) {
+  const json& rs = config.rope_scaling;
+  if (rs.is_null()) return RopeType::kDefault;
+  if (!rs.is_object()) return MakeError(ErrorCode::kInvalidArgument, "rope_scaling: expected an object or null");
+  for (const char* key : {"rope_type", "type"}) {
+    auto it = rs.find(key);
+    if (it == rs.end()) continue;
+    if (!it->is_string()) {
+      return MakeError(ErrorCode::kInvalidArgument, std::string("rope_scaling.") + key + ": expected a string");
+    }
+    return ParseRopeType(it->get<std::string>());
+  }
+  return RopeType::kDefault;
+}
+
+uint32_t LengthIndependentRopePositions(const ModelConfig& config) {
+  Result<RopeType> type = RopeTypeOf(config);
+  if (!type.ok()) return UINT32_MAX;
+  if (*type == RopeType::kDynamic) return config.max_position_embeddings;
+  if (*type == RopeType::kLongrope) {
+    auto it = config.rope_scaling.find("original_max_position_embeddings");
+    if (it != config.rope_scaling.end() && it->is_number() && it->get<double>() >= 0 && it->get<double>() < 4e9) {
+      return static_cast<uint32_t>(it->get<double>());
+    }
+    return config.max_position_embeddings;
+  }
+  return UINT32_MAX;
+}
+
+// ---- shapes ----
+
+int64_t EvalDim(Dim dim, const ModelConfig& c, const TensorFeatures& f) {
+  const int64_t hd = c.head_dim;
+  switch (dim) {
+    case Dim::kHidden: return c.hidden_size;
+    case Dim::kQDim: return int64_t{c.num_heads} * hd;
+    case Dim::kKvDim: return int64_t{c.num_kv_heads} * hd;
+    case Dim::kQkvDim: return (int64_t{c.num_heads} + 2 * int64_t{c.num_kv_heads}) * hd;
+    case Dim::kThreeHidden: return 3 * int64_t{c.hidden_size};
+    case Dim::kIntermediate: return c.intermediate_size;
+    case Dim::kTwoIntermediate: return 2 * int64_t{c.intermediate_size};
+    case Dim::kVocab: return c.vocab_size;
+    case Dim::kPositions: return c.max_position_embeddings;
+    case Dim::kPositionTableDim: return f.position_table_dim;
+    case Dim::kRotaryHalf: return (int64_t{c.rotary_dim} + 1) / 2;
+  }
+  return 0;
+}
+
+bool IsPresent(Presence presence, const TensorFeatures& f) {
+  switch (presence) {
+    case Presence::kAlways: return true;
+    case Presence::kQkvBias: return f.qkv_bias;
+    case Presence::kOBias: return f.o_bias;
+    case Presence::kMlpBias: return f.mlp_bias;
+    case Presence::kUntied: return !f.tied;
+  }
+  return false;
+}
+
+std::vector<int64_t> ShapeOf(const TensorRule& rule, const ModelConfig& config, const TensorFeatures& features) {
+  std::vector<int64_t> shape;
+  for (uint8_t i = 0; i < rule.rank && i < 2; ++i) shape.push_back(EvalDim(rule.dims[i], config, features));
+  return shape;
+}
+
+std::vector<FusedPart> FusedRows(const TensorRule& rule, const ModelConfig& config) {
+  std::vector<FusedPart> parts;
+  const TensorFeatures none;
+  int64_t row = 0;
+  for (Slot s : rule.parts) {
+    if (s == Slot::kCount) break;
+    Dim d = Dim::kHidden;
+    switch (s) {
+      case Slot::kQ: d = Dim::kQDim; break;
+      case Slot::kK:
+      case Slot::kV: d = Dim::kKvDim; break;
+      case Slot::kGate:
+      case Slot::kUp: d = Dim::kIntermediate; break;
+      default: break;
+    }
+    const int64_t rows = EvalDim(d, config, none);
+    parts.push_back(FusedPart{s, row, rows});
+    row += rows;
+  }
+  return parts;
+}
+
+std::string BlockName(const BlockLayout& layout, int32_t layer) {
+  std::string name = layout.name;
+  const size_t at = name.find("{i}");
+  if (at != std::string::npos) name.replace(at, 3, std::to_string(layer));
+  return name;
+}
+
+// ---- lookups ----
+
+std::span<const FamilyInfo> Families() { return kFamilies; }
+
+const FamilyInfo* FindFamily(std::string_view architecture) {
+  for (const FamilyInfo& f : kFamilies) {
+    if (architecture == f.name) return &f;
+  }
+  return nullptr;
+}
+
+const FamilyInfo* FindModelType(std::string_view model_type) {
+  for (const FamilyInfo& f : kFamilies) {
+    for (const char* t : f.model_types) {
+      if (model_type == t) return &f;
+    }
+  }
+  return nullptr;
+}
+
+Result<const FamilyInfo*> LookupFamily(std::string_view name) {
+  const std::string lower = Lower(name);
+  if (const FamilyInfo* f = FindFamily(lower)) return f;
+  if (const FamilyInfo* f = FindModelType(lower)) return f;
+  std::vector<std::string> all = SupportedArchitectures();
+  for (const std::string& t : SupportedModelTypes()) {
+    if (std::find(all.begin(), all.end(), t) == all.end()) all.push_back(t);
+  }
+  std::sort(all.begin(), all.end());
+  return MakeError(ErrorCode::kUnsupported,
+                   "unsupported architecture \"" + std::string(name) + "\" (supported: " + JoinNames(all) + ")");
+}
+
+const FamilyInfo& GetFamily(Family family) {
+  for (const FamilyInfo& f : kFamilies) {
+    if (f.family == family) return f;
+  }
+  return kFamilies[0];
+}
+
+std::vector<std::string> SupportedModelTypes() {
+  std::vector<std::string> out;
+  for (const FamilyInfo& f : kFamilies) out.insert(out.end(), f.model_types.begin(), f.model_types.end());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::string> SupportedArchitectures() {
+  std::vector<std::string> out;
+  for (const FamilyInfo& f : kFamilies) out.push_back(f.name);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string JoinNames(const std::vector<std::string>& names) {
+  std::string s;
+  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+const TensorRule* FindTensorRule(const FamilyInfo& family, BlockKind kind, std::string_view local_name) {
+  for (const TensorRule& r : family.tensors) {
+    if (r.block == kind && local_name == r.name) return &r;
+  }
+  return nullptr;
+}
+
+const TensorRule* FindSlotRule(const FamilyInfo& family, BlockKind kind, Slot slot) {
+  for (const TensorRule& r : family.tensors) {
+    if (r.block != kind) continue;
+    if (r.slot == slot) return &r;
+    for (Slot p : r.parts) {
+      if (p == slot) return &r;
+    }
+  }
+  return nullptr;
+}
+
+uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config) {
+  const KernelCounts& k = family.kernels;
+  switch (kind) {
+    case BlockKind::kEmbedding: return k.embedding;
+    case BlockKind::kPositionEmbedding: return k.position_embedding;
+    case BlockKind::kDecoderLayer:
+      return k.decoder_layer +
+             (config.rotary_dim != 0 && config.rotary_dim < config.head_dim ? k.partial_rotary_extra : 0);
+    case BlockKind::kFinalNorm: return k.final_norm;
+    case BlockKind::kLmHead: return k.lm_head;
+  }
+  return 0;
+}
+
+bool GraphDecodeEligible(const FamilyInfo& family, const ModelConfig& config, uint32_t max_seq_len) {
+  switch (family.graph_decode) {
+    case GraphDecode::kNever: return false;
+    case GraphDecode::kWhileRopeLengthIndependent: return max_seq_len <= LengthIndependentRopePositions(config);
+  }
+  return false;
+}
+
+bool IsParameterlessModule(const FamilyInfo& family, std::string_view module) {
+  for (const char* m : family.parameterless_modules) {
+    if (module == m) return true;
+  }
+  return false;
+}
+
+bool IsNormWeightName(std::string_view name) {
+  constexpr std::string_view kSuffix = "weight";
+  if (name.size() < kSuffix.size() || name.substr(name.size() - kSuffix.size()) != kSuffix) return false;
+  std::string_view stem = name.substr(0, name.size() - kSuffix.size());
+  if (stem.empty()) return false;
+  if (stem.back() != '.') return false;
+  stem.remove_suffix(1);
+  size_t dot = stem.rfind('.');
+  std::string_view last = dot == std::string_view::npos ? stem : stem.substr(dot + 1);
+  if (last.size() >= 4 && last.substr(last.size() - 4) == "norm") return true;
+  if (last.size() >= 3 && last.substr(0, 3) == "ln_") return true;
+  return false;
+}
+
+// ---- config.json ----
+
+Result<ParsedConfig> ParseHfConfig(const nlohmann::json& config, const std::string& source) {
+  if (!config.is_object()) return ConfigError(ErrorCode::kInvalidArgument, source + ": config must be a JSON object");
+  Config c(config, source);
+  const json* mt = c.Get("model_type");
+  if (mt == nullptr || !mt->is_string()) {
+    return ConfigError(ErrorCode::kInvalidArgument, source + ": field \"model_type\": missing (supported model types: " +
+                                                        JoinNames(SupportedModelTypes()) + ")");
+  }
+  ParsedConfig p;
+  p.model_type = mt->get<std::string>();
+  p.family = FindModelType(p.model_type);
+  if (p.family == nullptr) {
+    return ConfigError(ErrorCode::kUnsupported, source + ": unsupported model_type \"" + p.model_type +
+                                                    "\" (supported model types: " + JoinNames(SupportedModelTypes()) +
+                                                    ")");
+  }
+  switch (p.family->family) {
+    case Family::kLlama: BIGPLAN_RETURN_IF_ERROR(ParseLlama(c, p.model_type, p)); break;
+    case Family::kGpt2: BIGPLAN_RETURN_IF_ERROR(ParseGpt2(c, p)); break;
+    case Family::kGptj: BIGPLAN_RETURN_IF_ERROR(ParseGptj(c, p)); break;
+    case Family::kPhi3: BIGPLAN_RETURN_IF_ERROR(ParsePhi3(c, p)); break;
+  }
+  BIGPLAN_RETURN_IF_ERROR(CheckRefusedKeys(*p.family, c, p.model_type));
+  Status st = CheckModelConfig(*p.family, p.config);
+  if (!st.ok()) {
+    Error e = st.take_error();
+    constexpr std::string_view kRope = "rope_scaling: ";
+    if (e.message.rfind(kRope, 0) == 0) {
+      return ConfigError(e.code, source + ": field \"rope_scaling\": " + e.message.substr(kRope.size()));
+    }
+    return ConfigError(e.code, source + ": " + e.message);
+  }
+  return p;
+}
+
+bool IsSupportedActivation(std::string_view activation) {
+  const std::string a = Lower(activation);
+  for (const char* k : {"silu", "swish", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu"}) {
+    if (a == k) return true;
+  }
+  return false;
+}
+
+Status CheckModelConfig(const FamilyInfo& family, const ModelConfig& c) {
+  if (!c.activation.empty() && !IsSupportedActivation(c.activation)) {
+    return MakeError(ErrorCode::kUnsupported, "activation \"" + c.activation +
+                                                  "\" is not supported (supported: silu, swish, gelu_new, "
+                                                  "gelu_pytorch_tanh, gelu_fast, gelu, relu)");
+  }
+  const json& rs = c.rope_scaling;
+  Result<RopeType> type = RopeTypeOf(c);
+  if (!type.ok()) {
+    Error e = type.take_error();
+    e.message = "rope_scaling: " + e.message;
+    return e;
+  }
+  if (family.rope_types.empty()) {
+    if (!rs.is_null()) {
+      return MakeError(ErrorCode::kUnsupported,
+                       std::string("rope_scaling: ") + family.name + " has learned positions, no RoPE to scale");
+    }
+  } else if (std::find(family.rope_types.begin(), family.rope_types.end(), *type) == family.rope_types.end()) {
+    std::string supported;
+    for (RopeType t : family.rope_types) supported += (supported.empty() ? "" : ", ") + std::string(RopeTypeName(t));
+    return MakeError(ErrorCode::kUnsupported, std::string("rope_scaling: unsupported rope type \"") +
+                                                  RopeTypeName(*type) + "\" for " + family.name +
+                                                  " (supported: " + supported + ")");
+  }
+  auto bad = [](const std::string& what) { return MakeError(ErrorCode::kInvalidArgument, "rope_scaling: " + what); };
+  auto number = [&](const char* key) -> const json* {
+    auto it = rs.find(key);
+    return it != rs.end() && it->is_number() ? &*it : nullptr;
+  };
+  switch (*type) {
+    case RopeType::kDefault:
+    case RopeType::kYarn: break;
+    case RopeType::kLinear:
+    case RopeType::kDynamic:
+      if (number("factor") == nullptr) return bad(std::string(RopeTypeName(*type)) + " needs a numeric 'factor'");
+      break;
+    case RopeType::kLlama3:
+      for (const char* k : {"factor", "low_freq_factor", "high_freq_factor"}) {
+        if (number(k) == nullptr) return bad(std::string("llama3 needs a numeric '") + k + "'");
+      }
+      if (rs["low_freq_factor"].get<double>() == rs["high_freq_factor"].get<double>()) {
+        return bad("llama3 high_freq_factor equals low_freq_factor");
+      }
+      break;
+    case RopeType::kLongrope: {
+      const size_t half = c.rotary_dim / 2;
+      for (const char* k : {"short_factor", "long_factor"}) {
+        auto it = rs.find(k);
+        if (it == rs.end() || !it->is_array() || it->size() != half) {
+          return bad(std::string("longrope needs '") + k + "': a list of rotary_dim / 2 = " + std::to_string(half) +
+                     " numbers");
+        }
+        for (const json& v : *it) {
+          if (!v.is_number() || !(v.get<double>() > 0)) return bad(std::string("'") + k + "' holds " + v.dump());
+        }
+      }
+      if (LengthIndependentRopePositions(c) == 0) return bad("longrope needs original_max_position_embeddings > 0");
+      break;
+    }
+  }
+  if (!family.rope_types.empty() && c.rotary_dim != 0) {
+    if (c.rotary_dim % 2 != 0) {
+      return MakeError(ErrorCode::kInvalidArgument, "rotary_dim " + std::to_string(c.rotary_dim) + " is odd");
+    }
+    if (c.rotary_dim < c.head_dim && !family.partial_rotary) {
+      return MakeError(ErrorCode::kUnsupported, "partial rotary (rotary_dim " + std::to_string(c.rotary_dim) +
+                                                    " of head_dim " + std::to_string(c.head_dim) +
+                                                    ") is not supported for " + family.name);
+    }
+    if (const json* prf = rs.is_object() ? number("partial_rotary_factor") : nullptr) {
+      const uint32_t dim = static_cast<uint32_t>(static_cast<double>(c.head_dim) * prf->get<double>());
+      if (dim != c.rotary_dim) {
+        return bad("partial_rotary_factor " + prf->dump() + " gives " + std::to_string(dim) +
+                   " rotary dims, but rotary_dim is " + std::to_string(c.rotary_dim));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace bigplan::arch
