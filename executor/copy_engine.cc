@@ -4,6 +4,8 @@
 #include <array>
 #include <set>
 
+#include "formats/guarded_copy.h"
+
 namespace bigplan::executor_internal {
 namespace {
 
@@ -437,6 +439,13 @@ Status CopyEngine::ReadWeights(const BlockRuntime& b, uint8_t* base, bool only_c
           auto read = reader->ReadToBounce(w.source_offset + e * src_elem, n * src_elem);
           if (!read.ok()) return WithContext(read.take_error(), "reading " + b.name + " (" + w.name + ")");
           src = *read;
+        } else {
+          // From the mapping: copied under a SIGBUS guard, so a shard that shrank is an error naming it.
+          uint8_t* dst = base + w.offset_in_block + e * dst_elem;
+          auto copied = w.dtype == w.source_dtype ? GuardedCopy(dst, src, n * src_elem, w.shard->path())
+                                                  : GuardedCopyToBounce(src, n * src_elem, w.shard->path(), &src);
+          if (!copied.ok()) return WithContext(copied.take_error(), "reading " + b.name + " (" + w.name + ")");
+          if (w.dtype == w.source_dtype) return Status::Ok();
         }
         Status s = CastInto(base + w.offset_in_block + e * dst_elem, w.dtype, src, w.source_dtype, n);
         if (!s.ok()) return WithContext(s.take_error(), "reading " + b.name + " (" + w.name + ")");
