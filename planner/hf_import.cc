@@ -1,13 +1,16 @@
 #include "planner/hf_import.h"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
+
+#include "support/file_read.h"
+#include "support/json_parse.h"
 
 namespace bigplan {
 namespace {
@@ -26,14 +29,6 @@ std::string JoinSupported() {
   return s;
 }
 
-Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return MakeError(ErrorCode::kNotFound, path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return MakeError(ErrorCode::kIo, path + ": read failed");
-  return ss.str();
-}
 
 // Content of a file that fails validation makes the file corrupt (exit status 1), not the command line bad.
 template <typename T>
@@ -46,13 +41,7 @@ Result<T> AsFileContent(Result<T> r) {
   return r;
 }
 
-Result<json> ParseJson(std::string_view text, const std::string& source) {
-  try {
-    return json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return MakeError(ErrorCode::kCorrupt, source + ": not valid JSON: " + e.what());
-  }
-}
+Result<json> ParseJson(std::string_view text, const std::string& source) { return ParseJsonStrict(text, source); }
 
 // Typed access to config.json fields; errors name the field.
 class Config {
@@ -228,6 +217,75 @@ Status ReadTokens(const Config& c, ModelConfig& mc) {
   return Status::Ok();
 }
 
+// What the executor's RoPE setup (executor/kernels.cc ParseRope) would refuse, refused here first, naming the config
+// file and the field: an unknown or unimplemented rope type (longrope), a partial_rotary_factor other than 1, a
+// missing or non-numeric parameter, factor <= 0, llama3 with equal low and high frequency factors or a
+// non-positive original_max_position_embeddings, yarn with a non-positive original_max_position_embeddings.
+Status CheckRopeScaling(const Config& c, const ModelConfig& mc) {
+  const json& rs = mc.rope_scaling;
+  const std::string field = c.Has("rope_scaling") ? "rope_scaling" : "rope_parameters";
+  auto bad = [&](ErrorCode code, const std::string& why) {
+    return MakeError(code, c.source() + ": field \"" + field + "\": " + why);
+  };
+  std::string type = "default";
+  for (const char* key : {"rope_type", "type"}) {
+    if (rs.contains(key) && rs[key].is_string()) {
+      type = rs[key].get<std::string>();
+      break;
+    }
+  }
+  static const char* kImplemented[] = {"default", "linear", "dynamic", "llama3", "yarn"};
+  bool implemented = false;
+  for (const char* k : kImplemented) implemented = implemented || type == k;
+  if (!implemented) {
+    return bad(ErrorCode::kUnsupported, "rope type \"" + type + "\" is not supported (supported: default, linear, "
+                                        "dynamic, llama3, yarn)");
+  }
+  auto number = [&](const char* key, bool required, double* out) -> Status {
+    if (!rs.contains(key) || rs[key].is_null()) {
+      if (required) return bad(ErrorCode::kInvalidArgument, std::string("rope type ") + type + " needs \"" + key + "\"");
+      return Status::Ok();
+    }
+    if (!rs[key].is_number()) return bad(ErrorCode::kInvalidArgument, std::string("\"") + key + "\" is not a number");
+    *out = rs[key].get<double>();
+    return Status::Ok();
+  };
+  double ignored = 0;
+  BIGPLAN_RETURN_IF_ERROR(number("rope_theta", false, &ignored));
+  double partial = 1.0;
+  BIGPLAN_RETURN_IF_ERROR(number("partial_rotary_factor", false, &partial));
+  if (partial != 1.0) {
+    return bad(ErrorCode::kUnsupported, "partial_rotary_factor " + rs["partial_rotary_factor"].dump() +
+                                            " is not supported (only 1: rotary over whole heads)");
+  }
+  double factor = 1.0;
+  const bool needs_factor = type == "linear" || type == "dynamic" || type == "llama3";
+  BIGPLAN_RETURN_IF_ERROR(number("factor", needs_factor, &factor));
+  if (type != "default" && !(factor > 0)) {
+    return bad(ErrorCode::kInvalidArgument, "\"factor\" must be positive, got " + rs["factor"].dump());
+  }
+  double original = mc.max_position_embeddings;
+  BIGPLAN_RETURN_IF_ERROR(number("original_max_position_embeddings", false, &original));
+  if (type == "llama3") {
+    double low = 0, high = 0;
+    BIGPLAN_RETURN_IF_ERROR(number("low_freq_factor", true, &low));
+    BIGPLAN_RETURN_IF_ERROR(number("high_freq_factor", true, &high));
+    if (low == high) {
+      return bad(ErrorCode::kInvalidArgument, "llama3 high_freq_factor equals low_freq_factor (" + rs["low_freq_factor"].dump() +
+                                                  "): the frequency bands would divide by zero");
+    }
+  }
+  if ((type == "llama3" || type == "yarn") && !(static_cast<int64_t>(original) > 0)) {
+    return bad(ErrorCode::kInvalidArgument, type + " needs original_max_position_embeddings > 0");
+  }
+  if (type == "yarn") {
+    for (const char* key : {"attention_factor", "mscale", "mscale_all_dim", "beta_fast", "beta_slow"}) {
+      BIGPLAN_RETURN_IF_ERROR(number(key, false, &ignored));
+    }
+  }
+  return Status::Ok();
+}
+
 // rope_theta and rope_scaling from either the classic top-level fields or transformers 5's "rope_parameters"
 // ({"rope_type": ..., "rope_theta": ..., scaling fields}). rope_scaling becomes the scaling object without
 // rope_theta, or null for the default rope type.
@@ -245,21 +303,179 @@ Status ReadRope(const Config& c, ModelConfig& mc, double default_theta) {
       mc.rope_theta = (*rp)["rope_theta"].get<double>();
     }
     std::string type = rp->value("rope_type", rp->value("type", std::string("default")));
+    if (rp->contains("partial_rotary_factor") &&
+        !((*rp)["partial_rotary_factor"].is_number() && (*rp)["partial_rotary_factor"].get<double>() == 1.0)) {
+      return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"rope_parameters\": partial_rotary_factor " +
+                                                    (*rp)["partial_rotary_factor"].dump() +
+                                                    " is not supported (only 1: rotary over whole heads)");
+    }
     if (mc.rope_scaling.is_null() && type != "default") {
       json scaling = *rp;
       scaling.erase("rope_theta");
       mc.rope_scaling = scaling;
     }
   }
-  if (mc.rope_scaling.is_object()) {
-    const json& rs = mc.rope_scaling;
-    std::string type = rs.value("rope_type", rs.value("type", std::string()));
-    static const char* kKnown[] = {"default", "linear", "dynamic", "llama3", "yarn", "longrope"};
-    bool known = false;
-    for (const char* k : kKnown) known = known || type == k;
-    if (!known) {
-      return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"rope_scaling\": unsupported rope type \"" + type +
-                                                    "\" (supported: linear, dynamic, llama3, yarn, longrope)");
+  if (mc.rope_scaling.is_object()) BIGPLAN_RETURN_IF_ERROR(CheckRopeScaling(c, mc));
+  return Status::Ok();
+}
+
+// The activations the executor implements (executor/kernels.cc ParseActivation); others are refused here first.
+Status CheckActivation(const Config& c, const std::string& key, const std::string& name) {
+  std::string n = name;
+  for (char& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  for (const char* known : {"silu", "swish", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu"}) {
+    if (n == known) return Status::Ok();
+  }
+  return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"" + key + "\": activation \"" + name +
+                                                "\" is not supported (supported: silu, swish, gelu_new, "
+                                                "gelu_pytorch_tanh, gelu_fast, gelu, relu)");
+}
+
+// A window size: a positive integer, or null (none); absent -> `dflt` (the transformers config class's default).
+Result<uint32_t> WindowSize(const Config& c, const char* key, uint32_t dflt) {
+  if (!c.raw().contains(key)) return dflt;
+  if (c.raw()[key].is_null()) return uint32_t{0};
+  return c.U32(key);
+}
+
+// Sliding-window attention exactly as transformers 5.17 decides it:
+//   mistral  every layer slides when "sliding_window" is set (MistralConfig's default 4096 when the key is absent;
+//            null: none). layer_types is ignored by MistralModel, so it is here too.
+//   qwen2    "sliding_window" counts only with "use_sliding_window" true (Qwen2Config sets it to None otherwise);
+//            per layer: "layer_types" when given (each "full_attention" or "sliding_attention"), else layers
+//            i >= "max_window_layers" (default 28) slide. A layer marked sliding while the window is off is
+//            refused (transformers fails to build the mask for it).
+//   llama    no sliding window (LlamaModel has none; a "sliding_window" key has no effect there).
+Status ReadSlidingWindow(const Config& c, const std::string& model_type, ModelConfig& mc) {
+  mc.sliding_window = 0;
+  mc.sliding_window_layers.clear();
+  std::vector<bool> layers(mc.num_layers, false);
+  uint32_t window = 0;
+  if (model_type == "mistral") {
+    BIGPLAN_ASSIGN_OR_RETURN(window, WindowSize(c, "sliding_window", 4096));
+    if (window > 0) layers.assign(mc.num_layers, true);
+  } else if (model_type == "qwen2") {
+    BIGPLAN_ASSIGN_OR_RETURN(const bool use, c.Bool("use_sliding_window", false));
+    BIGPLAN_ASSIGN_OR_RETURN(const uint32_t size, WindowSize(c, "sliding_window", 4096));
+    window = use ? size : 0;
+    int64_t max_window_layers = 28;
+    if (const json* m = c.Get("max_window_layers")) {
+      if (!m->is_number_integer() || m->get<int64_t>() < 0) {
+        return c.Bad("max_window_layers", "expected a non-negative integer, got " + m->dump());
+      }
+      max_window_layers = m->get<int64_t>();
+    }
+    if (const json* types = c.Get("layer_types")) {
+      if (!types->is_array() || types->size() != mc.num_layers) {
+        return c.Bad("layer_types", "expected a list of " + std::to_string(mc.num_layers) + " layer types, got " +
+                                        (types->is_array() ? std::to_string(types->size()) + " entries" : types->dump()));
+      }
+      for (uint32_t i = 0; i < mc.num_layers; ++i) {
+        const json& t = (*types)[i];
+        const std::string s = t.is_string() ? t.get<std::string>() : t.dump();
+        if (s == "full_attention") continue;
+        if (s != "sliding_attention") {
+          return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"layer_types\": layer " + std::to_string(i) +
+                                                        " is \"" + s + "\" (supported: full_attention, "
+                                                        "sliding_attention)");
+        }
+        if (window == 0) {
+          return c.Bad("layer_types", "layer " + std::to_string(i) + " is sliding_attention but the sliding window is "
+                                      "off (use_sliding_window false or sliding_window null)");
+        }
+        layers[i] = true;
+      }
+    } else if (window > 0) {
+      for (uint32_t i = 0; i < mc.num_layers; ++i) layers[i] = i >= max_window_layers;
+    }
+  }
+  bool any = false;
+  for (bool b : layers) any = any || b;
+  if (window > 0 && any) {
+    mc.sliding_window = window;
+    mc.sliding_window_layers = std::move(layers);
+  }
+  return Status::Ok();
+}
+
+// Config keys that change the computation, by family: each is either implemented (read into the description and
+// honoured by the executor) or refused at plan time with the key named. See MathKeysOf in hf_import.h.
+struct MathKeyRow {
+  const char* families;  // space-separated model types, or "*" for every family
+  const char* key;
+  bool implemented;
+  const char* note;
+};
+constexpr MathKeyRow kMathKeys[] = {
+    // Shapes and normalization (every family).
+    {"llama mistral qwen2", "hidden_size num_hidden_layers num_attention_heads num_key_value_heads head_dim "
+                            "intermediate_size vocab_size max_position_embeddings rms_norm_eps tie_word_embeddings",
+     true, "shapes and RMSNorm epsilon"},
+    {"gpt2 gptj", "n_embd n_layer n_head n_inner vocab_size n_positions layer_norm_epsilon tie_word_embeddings", true,
+     "shapes and LayerNorm epsilon"},
+    {"llama mistral qwen2", "hidden_act", true, "silu, swish, gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu; others refused"},
+    {"gpt2 gptj", "activation_function", true, "silu, swish, gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu; others refused"},
+    {"llama mistral qwen2", "rope_theta rope_scaling rope_parameters", true,
+     "rope types default, linear, dynamic, llama3, yarn; longrope, factor <= 0, llama3 with low == high frequency "
+     "factor, partial_rotary_factor != 1 refused"},
+    {"llama mistral qwen2", "partial_rotary_factor", false, "refused unless 1"},
+    {"llama", "attention_bias mlp_bias", true, "q/k/v/o and MLP biases"},
+    {"mistral", "sliding_window", true, "every layer attends to the last sliding_window positions (4096 if absent)"},
+    {"qwen2", "use_sliding_window sliding_window max_window_layers layer_types", true,
+     "sliding-window layers as Qwen2Config decides them"},
+    {"gpt2", "scale_attn_weights scale_attn_by_inverse_layer_idx reorder_and_upcast_attn", true,
+     "attention scaling by 1/sqrt(head_dim) and 1/(layer + 1); float32 scores and softmax"},
+    {"gptj", "rotary_dim", true, "partial interleaved rotary"},
+    {"gpt2", "add_cross_attention", false, "refused when true (cross-attention layers)"},
+    {"*", "quantization_config", false, "refused: quantized weights"},
+    {"*", "attn_logit_softcapping final_logit_softcapping logit_scale embedding_multiplier residual_multiplier "
+          "attention_multiplier logits_scaling", false, "refused unless null"},
+    {"*", "num_experts num_local_experts", false, "refused unless null or 0 (mixture of experts)"},
+};
+
+bool FamilyMatches(const char* families, const std::string& model_type) {
+  if (std::string_view(families) == "*") return true;
+  std::string_view f(families);
+  size_t start = 0;
+  while (start <= f.size()) {
+    size_t end = f.find(' ', start);
+    if (end == std::string_view::npos) end = f.size();
+    if (f.substr(start, end - start) == model_type) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+std::vector<std::string> SplitKeys(const char* keys) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (const char* p = keys;; ++p) {
+    if (*p == ' ' || *p == '\0') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+      if (*p == '\0') break;
+    } else {
+      cur += *p;
+    }
+  }
+  return out;
+}
+
+// Refuses, naming the key, every refused math key whose value is not neutral (absent, null, false, 0, or for
+// partial_rotary_factor 1). (Implemented keys are validated by the importers themselves.)
+Status CheckRefusedKeys(const Config& c, const std::string& model_type) {
+  for (const MathKeyRow& row : kMathKeys) {
+    if (row.implemented || !FamilyMatches(row.families, model_type)) continue;
+    for (const std::string& key : SplitKeys(row.key)) {
+      const json* v = c.Get(key);
+      if (v == nullptr) continue;
+      bool neutral = v->is_boolean() ? !v->get<bool>() : (v->is_number() && v->get<double>() == 0);
+      if (key == "partial_rotary_factor") neutral = v->is_number() && v->get<double>() == 1.0;
+      if (v->is_object() && v->empty()) neutral = true;
+      if (neutral) continue;
+      return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"" + key + "\": " + v->dump() +
+                                                    " changes the computation and is not supported for " +
+                                                    model_type + " (" + row.note + ")");
     }
   }
   return Status::Ok();
@@ -288,8 +504,9 @@ Result<ModelDescription> ImportLlamaFamily(const Config& c, const std::string& m
   BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings, c.U32("max_position_embeddings", 2048));
   BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("rms_norm_eps", 1e-6));
   BIGPLAN_RETURN_IF_ERROR(ReadRope(c, mc, 10000.0));
-  if (c.Has("partial_rotary_factor")) {
-    return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"partial_rotary_factor\": partial rotary is not supported for " + model_type);
+  if (const json* prf = c.Get("partial_rotary_factor"); prf != nullptr && !(prf->is_number() && prf->get<double>() == 1.0)) {
+    return MakeError(ErrorCode::kUnsupported, c.source() + ": field \"partial_rotary_factor\": " + prf->dump() +
+                                                  " (partial rotary) is not supported for " + model_type);
   }
   mc.rotary_dim = mc.head_dim;
   const bool qkv_bias = model_type == "qwen2";
@@ -301,7 +518,9 @@ Result<ModelDescription> ImportLlamaFamily(const Config& c, const std::string& m
   mc.attention_bias = qkv_bias || o_bias;
   BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
   BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("hidden_act", "silu"));
+  BIGPLAN_RETURN_IF_ERROR(CheckActivation(c, "hidden_act", mc.activation));
   BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  BIGPLAN_RETURN_IF_ERROR(ReadSlidingWindow(c, model_type, mc));
 
   const int64_t h = mc.hidden_size, q = int64_t{mc.num_heads} * mc.head_dim, kv = int64_t{mc.num_kv_heads} * mc.head_dim;
   const int64_t inter = mc.intermediate_size, vocab = mc.vocab_size;
@@ -373,7 +592,11 @@ Result<ModelDescription> ImportGpt2(const Config& c, const DTypeSource& dtypes, 
   mc.mlp_bias = true;
   BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", true));
   BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("activation_function", "gelu_new"));
+  BIGPLAN_RETURN_IF_ERROR(CheckActivation(c, "activation_function", mc.activation));
   BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.scale_attn_weights, c.Bool("scale_attn_weights", true));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.scale_attn_by_inverse_layer_idx, c.Bool("scale_attn_by_inverse_layer_idx", false));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.reorder_and_upcast_attn, c.Bool("reorder_and_upcast_attn", false));
 
   std::string tp = "transformer.";
   if (tensors != nullptr && !dtypes.Has("transformer.wte.weight") && dtypes.Has("wte.weight")) tp = "";
@@ -438,6 +661,7 @@ Result<ModelDescription> ImportGptj(const Config& c, const DTypeSource& dtypes) 
   mc.mlp_bias = true;
   BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
   BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("activation_function", "gelu_new"));
+  BIGPLAN_RETURN_IF_ERROR(CheckActivation(c, "activation_function", mc.activation));
   BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
 
   const int64_t h = mc.hidden_size, inner = mc.intermediate_size, vocab = mc.vocab_size;
@@ -473,6 +697,15 @@ Result<ModelDescription> ImportGptj(const Config& c, const DTypeSource& dtypes) 
 
 }  // namespace
 
+std::vector<MathKey> MathKeysOf(const std::string& model_type) {
+  std::vector<MathKey> out;
+  for (const MathKeyRow& row : kMathKeys) {
+    if (!FamilyMatches(row.families, model_type)) continue;
+    for (const std::string& key : SplitKeys(row.key)) out.push_back(MathKey{key, row.implemented, row.note});
+  }
+  return out;
+}
+
 std::vector<std::string> SupportedModelTypes() { return std::vector<std::string>(std::begin(kSupported), std::end(kSupported)); }
 
 Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfImportOptions& options,
@@ -486,6 +719,9 @@ Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfIm
   }
   const std::string model_type = mt->get<std::string>();
   BIGPLAN_ASSIGN_OR_RETURN(DTypeSource dtypes, DTypeSource::Make(c, options.tensors));
+  if (std::find(std::begin(kSupported), std::end(kSupported), model_type) != std::end(kSupported)) {
+    BIGPLAN_RETURN_IF_ERROR(CheckRefusedKeys(c, model_type));
+  }
 
   Result<ModelDescription> m = MakeError(ErrorCode::kInternal, "unset");
   if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") {
@@ -523,7 +759,7 @@ Result<ModelDescription> ImportHfConfigText(std::string_view config_json, const 
 
 Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, const Checkpoint* checkpoint, std::string name,
                                             std::string* config_text) {
-  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(config_path, kConfigFile));
   if (config_text != nullptr) *config_text = text;
   std::vector<TensorSpec> tensors;
   HfImportOptions options;
@@ -591,7 +827,7 @@ Result<std::vector<TensorSpec>> ParseTensorList(std::string_view text, const std
 }
 
 Result<std::vector<TensorSpec>> LoadTensorList(const std::string& path) {
-  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(path, kModelDescriptionFile));
   return AsFileContent(ParseTensorList(text, path));
 }
 
@@ -611,7 +847,7 @@ Result<ModelDescription> ImportExample(const std::string& dir, std::string* conf
   const fs::path d(dir);
   std::string name = d.lexically_normal().filename().string();
   if (name.empty()) name = d.lexically_normal().parent_path().filename().string();
-  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile((d / "config.json").string()));
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile((d / "config.json").string(), kConfigFile));
   if (config_text != nullptr) *config_text = text;
   HfImportOptions options;
   options.name = name;
