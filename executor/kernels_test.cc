@@ -322,11 +322,13 @@ struct Runner {
   }
 
   // Runs every block; returns the logits.
-  at::Tensor Forward(const at::Tensor& ids, int64_t start_pos, bool last_only = false) {
+  // With `static_position`, a static single-token step (ForwardContext::position at start_pos).
+  at::Tensor Forward(const at::Tensor& ids, int64_t start_pos, bool last_only = false, bool static_position = false) {
     ForwardContext ctx;
     ctx.token_ids = ids.to(TestDevice());
     ctx.start_pos = start_pos;
     ctx.logits_last_only = last_only;
+    if (static_position) ctx.position = at::full({1}, start_pos, at::TensorOptions().dtype(at::kLong).device(TestDevice()));
     at::Tensor hidden, logits;
     {
       [[maybe_unused]] NoSyncScope no_sync;
@@ -370,6 +372,31 @@ TEST_P(KernelsVsTransformers, Float32PrefillAndDecodeMatch) {
   }
   std::printf("[ max rel err ] %-14s prefill, decode 1..%d: %s\n", GetParam().c_str(), m.steps, report.c_str());
   RecordProperty("max_rel_err", report);
+}
+
+// Decode steps as static single-token steps (what CUDA graphs replay): the same logits as transformers, including
+// sliding windows (the static step masks the cache positions outside the window on the device).
+TEST_P(KernelsVsTransformers, StaticDecodeStepsMatch) {
+  const TinyModel& m = LoadTiny(GetParam());
+  ASSERT_GT(m.steps, 0);
+  Runner r(m, at::kFloat, /*max_batch=*/2, /*max_seq=*/16);
+  ASSERT_TRUE(r.kernels);
+  if (!r.kernels->StaticDecode(16)) GTEST_SKIP() << GetParam() << " has no static decode steps";
+  for (KvCache& c : r.caches) {  // positions after the current one must hold finite values
+    c.k.zero_();
+    c.v.zero_();
+  }
+  at::Tensor ids = m.reference.Get("input_ids");
+  ASSERT_TRUE(r.Forward(ids, 0).defined());
+  int64_t pos = ids.size(1);
+  for (int step = 1; step <= m.steps; ++step) {
+    ids = m.reference.Get("tokens_" + std::to_string(step));
+    at::Tensor logits = r.Forward(ids, pos, /*last_only=*/false, /*static_position=*/true);
+    ASSERT_TRUE(logits.defined());
+    EXPECT_LE(MaxRelError(logits, m.reference.Get("logits_" + std::to_string(step))), 1e-4)
+        << GetParam() << " static step " << step;
+    pos += 1;
+  }
 }
 
 // Prefill in two chunks (the second attends to the cached first chunk through an explicit causal mask), then
