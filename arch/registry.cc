@@ -67,6 +67,19 @@ constexpr ModelBufferRule kRotaryBuffers[] = {
 constexpr const char* kLlamaParameterless[] = {"model.rotary_emb"};
 constexpr RopeType kLlamaRope[] = {RopeType::kDefault, RopeType::kLinear, RopeType::kDynamic,
                                    RopeType::kLlama3,  RopeType::kYarn,   RopeType::kLongrope};
+// Keys no supported family implements: refused unless absent or neutral (null, false, 0, {}).
+#define GENERIC_REFUSED_KEYS                                                                                      \
+  {"quantization_config", KeyHandling::kRefused, "quantized weights", nullptr},                                  \
+      {"attn_logit_softcapping", KeyHandling::kRefused, "attention logit soft-capping", nullptr},                \
+      {"final_logit_softcapping", KeyHandling::kRefused, "final logit soft-capping", nullptr},                   \
+      {"logit_scale", KeyHandling::kRefused, "scaled logits", nullptr},                                         \
+      {"embedding_multiplier", KeyHandling::kRefused, "scaled embeddings", nullptr},                            \
+      {"residual_multiplier", KeyHandling::kRefused, "scaled residuals", nullptr},                              \
+      {"attention_multiplier", KeyHandling::kRefused, "scaled attention", nullptr},                             \
+      {"logits_scaling", KeyHandling::kRefused, "scaled logits", nullptr},                                      \
+      {"num_experts", KeyHandling::kRefused, "mixture of experts", nullptr},                                     \
+      {"num_local_experts", KeyHandling::kRefused, "mixture of experts", nullptr},
+
 constexpr MathKey kLlamaKeys[] = {
     {"rope_scaling", KeyHandling::kImplemented, "the family's RoPE types (also transformers 5's rope_parameters)"},
     {"head_dim", KeyHandling::kImplemented, "explicit head_dim (Mistral)"},
@@ -75,8 +88,13 @@ constexpr MathKey kLlamaKeys[] = {
     {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads model.embed_tokens.weight"},
     {"hidden_act", KeyHandling::kImplemented, "silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu"},
     {"partial_rotary_factor", KeyHandling::kRefused, "the Llama family rotates whole heads", "1.0"},
-    {"sliding_window", KeyHandling::kExactWithin,
-     "Mistral/Qwen2 sliding-window attention: exact while max_seq_len <= sliding_window"},
+    {"sliding_window", KeyHandling::kImplemented,
+     "Mistral: every layer attends to the last sliding_window positions (4096 if absent); Qwen2: with "
+     "use_sliding_window"},
+    {"use_sliding_window", KeyHandling::kImplemented, "Qwen2: turns sliding_window on"},
+    {"max_window_layers", KeyHandling::kImplemented, "Qwen2: layers from this index on slide (without layer_types)"},
+    {"layer_types", KeyHandling::kImplemented, "Qwen2: full_attention / sliding_attention per layer"},
+    GENERIC_REFUSED_KEYS
 };
 
 // ---- gpt2: GPT2LMHeadModel ----
@@ -111,8 +129,11 @@ constexpr MathKey kGpt2Keys[] = {
     {"n_inner", KeyHandling::kImplemented, "MLP inner size (default 4 n_embd)"},
     {"activation_function", KeyHandling::kImplemented, "gelu_new by default"},
     {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads transformer.wte.weight (the default)"},
-    {"scale_attn_by_inverse_layer_idx", KeyHandling::kRefused, "attention scores scaled by 1 / (layer + 1)", "false"},
-    {"scale_attn_weights", KeyHandling::kRefused, "unscaled attention scores", "true"},
+    {"scale_attn_by_inverse_layer_idx", KeyHandling::kImplemented, "attention scores also divided by (layer + 1)"},
+    {"scale_attn_weights", KeyHandling::kImplemented, "false: unscaled attention scores"},
+    {"reorder_and_upcast_attn", KeyHandling::kImplemented, "scores and softmax in float32, cast back"},
+    {"add_cross_attention", KeyHandling::kRefused, "cross-attention layers", nullptr},
+    GENERIC_REFUSED_KEYS
 };
 
 // ---- gptj: GPTJForCausalLM ----
@@ -145,6 +166,7 @@ constexpr MathKey kGptjKeys[] = {
     {"n_inner", KeyHandling::kImplemented, "MLP inner size (default 4 n_embd)"},
     {"activation_function", KeyHandling::kImplemented, "gelu_new by default"},
     {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads transformer.wte.weight; its bias stays"},
+    GENERIC_REFUSED_KEYS
 };
 
 // ---- phi3: Phi3ForCausalLM (fused qkv_proj and gate_up_proj) ----
@@ -172,7 +194,8 @@ constexpr MathKey kPhi3Keys[] = {
     {"partial_rotary_factor", KeyHandling::kImplemented, "rotate-half RoPE over int(head_dim x factor) dims"},
     {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads model.embed_tokens.weight"},
     {"hidden_act", KeyHandling::kImplemented, "silu by default"},
-    {"sliding_window", KeyHandling::kExactWithin, "sliding-window attention: exact while max_seq_len <= sliding_window"},
+    {"sliding_window", KeyHandling::kImplemented, "every layer attends to the last sliding_window positions"},
+    GENERIC_REFUSED_KEYS
 };
 
 constexpr RopeType kNoRope[1] = {RopeType::kDefault};
@@ -379,7 +402,12 @@ Status CheckRefusedKeys(const FamilyInfo& f, const Config& c, const std::string&
     if (k.handling != KeyHandling::kRefused) continue;
     const json* v = c.Get(k.key);
     if (v == nullptr) continue;
-    if (k.default_value == nullptr || *v != json::parse(k.default_value)) {
+    // Without a default, null (Get skips it), false, 0 and {} are neutral.
+    const bool neutral = k.default_value != nullptr
+                             ? *v == json::parse(k.default_value)
+                             : (v->is_boolean() && !v->get<bool>()) || (v->is_number() && v->get<double>() == 0) ||
+                                   (v->is_object() && v->empty());
+    if (!neutral) {
       return c.Unsupported(k.key, v->dump() + " is not supported for " + model_type + " (" + k.note + ")");
     }
   }
@@ -405,6 +433,73 @@ Status ReadAttentionShape(const Config& c, ModelConfig& mc) {
   return Status::Ok();
 }
 
+// A window size: a positive integer, or null (none); absent -> `dflt` (the transformers config class's default).
+Result<uint32_t> WindowSize(const Config& c, const char* key, uint32_t dflt) {
+  if (!c.raw().contains(key)) return dflt;
+  if (c.raw()[key].is_null()) return uint32_t{0};
+  return c.U32(key);
+}
+
+// Sliding-window attention exactly as transformers 5.17 decides it:
+//   mistral  every layer slides when "sliding_window" is set (MistralConfig's default 4096 when the key is absent;
+//            null: none). layer_types is ignored by MistralModel, so it is here too.
+//   qwen2    "sliding_window" counts only with "use_sliding_window" true (Qwen2Config sets it to None otherwise);
+//            per layer: "layer_types" when given (each "full_attention" or "sliding_attention"), else layers
+//            i >= "max_window_layers" (default 28) slide. A layer marked sliding while the window is off is
+//            refused (transformers fails to build the mask for it).
+//   phi3     every layer slides when "sliding_window" is set (Phi3Config's default: none).
+//   llama    no sliding window (LlamaModel has none; a "sliding_window" key has no effect there).
+Status ReadSlidingWindow(const Config& c, const std::string& model_type, ModelConfig& mc) {
+  mc.sliding_window = 0;
+  mc.sliding_window_layers.clear();
+  std::vector<bool> layers(mc.num_layers, false);
+  uint32_t window = 0;
+  if (model_type == "mistral" || model_type == "phi3") {
+    BIGPLAN_ASSIGN_OR_RETURN(window, WindowSize(c, "sliding_window", model_type == "mistral" ? 4096 : 0));
+    if (window > 0) layers.assign(mc.num_layers, true);
+  } else if (model_type == "qwen2") {
+    BIGPLAN_ASSIGN_OR_RETURN(const bool use, c.Bool("use_sliding_window", false));
+    BIGPLAN_ASSIGN_OR_RETURN(const uint32_t size, WindowSize(c, "sliding_window", 4096));
+    window = use ? size : 0;
+    int64_t max_window_layers = 28;
+    if (const json* m = c.Get("max_window_layers")) {
+      if (!m->is_number_integer() || m->get<int64_t>() < 0) {
+        return c.Bad("max_window_layers", "expected a non-negative integer, got " + m->dump());
+      }
+      max_window_layers = m->get<int64_t>();
+    }
+    if (const json* types = c.Get("layer_types")) {
+      if (!types->is_array() || types->size() != mc.num_layers) {
+        return c.Bad("layer_types", "expected a list of " + std::to_string(mc.num_layers) + " layer types, got " +
+                                        (types->is_array() ? std::to_string(types->size()) + " entries" : types->dump()));
+      }
+      for (uint32_t i = 0; i < mc.num_layers; ++i) {
+        const json& t = (*types)[i];
+        const std::string s = t.is_string() ? t.get<std::string>() : t.dump();
+        if (s == "full_attention") continue;
+        if (s != "sliding_attention") {
+          return c.Unsupported("layer_types", "layer " + std::to_string(i) + " is \"" + s +
+                                                  "\" (supported: full_attention, sliding_attention)");
+        }
+        if (window == 0) {
+          return c.Bad("layer_types", "layer " + std::to_string(i) + " is sliding_attention but the sliding window is "
+                                      "off (use_sliding_window false or sliding_window null)");
+        }
+        layers[i] = true;
+      }
+    } else if (window > 0) {
+      for (uint32_t i = 0; i < mc.num_layers; ++i) layers[i] = i >= max_window_layers;
+    }
+  }
+  bool any = false;
+  for (bool b : layers) any = any || b;
+  if (window > 0 && any) {
+    mc.sliding_window = window;
+    mc.sliding_window_layers = std::move(layers);
+  }
+  return Status::Ok();
+}
+
 // Llama, Mistral, Qwen2.
 Status ParseLlama(const Config& c, const std::string& model_type, ParsedConfig& p) {
   ModelConfig& mc = p.config;
@@ -427,6 +522,7 @@ Status ParseLlama(const Config& c, const std::string& model_type, ParsedConfig& 
   BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
   BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("hidden_act", "silu"));
   BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  BIGPLAN_RETURN_IF_ERROR(ReadSlidingWindow(c, model_type, mc));
   p.features.qkv_bias = qkv_bias || o_bias;
   p.features.o_bias = o_bias;
   p.features.mlp_bias = mc.mlp_bias;
@@ -465,6 +561,7 @@ Status ParsePhi3(const Config& c, ParsedConfig& p) {
   BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
   BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("hidden_act", "silu"));
   BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  BIGPLAN_RETURN_IF_ERROR(ReadSlidingWindow(c, "phi3", mc));
   p.features.tied = mc.tie_word_embeddings;
   return Status::Ok();
 }
@@ -497,6 +594,11 @@ Status ParseGpt2(const Config& c, ParsedConfig& p) {
   BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", true));
   BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("activation_function", "gelu_new"));
   BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  // GPT2Attention: scores scaled by 1/sqrt(head_dim) unless scale_attn_weights is false, also by 1/(layer + 1) with
+  // scale_attn_by_inverse_layer_idx; reorder_and_upcast_attn computes them and the softmax in float32.
+  BIGPLAN_ASSIGN_OR_RETURN(mc.scale_attn_weights, c.Bool("scale_attn_weights", true));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.scale_attn_by_inverse_layer_idx, c.Bool("scale_attn_by_inverse_layer_idx", false));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.reorder_and_upcast_attn, c.Bool("reorder_and_upcast_attn", false));
   p.features.qkv_bias = p.features.o_bias = p.features.mlp_bias = true;
   p.features.tied = mc.tie_word_embeddings;
   return Status::Ok();

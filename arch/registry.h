@@ -77,6 +77,15 @@ struct ModelConfig {
   nlohmann::json rope_scaling;
   int64_t bos_token_id = -1;          // -1 if none
   std::vector<int64_t> eos_token_ids;
+  // Attention variants. In a description file each is optional and written only when it differs from its default
+  // (so descriptions, and their digests, of models without them are unchanged).
+  uint32_t sliding_window = 0;              // > 0: the flagged layers attend to the last sliding_window positions
+                                            // (key k for query q when q - sliding_window < k <= q), as transformers'
+                                            // sliding-window mask; 0: none
+  std::vector<bool> sliding_window_layers;  // one flag per decoder layer when sliding_window > 0, else empty
+  bool scale_attn_weights = true;           // GPT-2: scores scaled by 1/sqrt(head_dim) (false: unscaled)
+  bool scale_attn_by_inverse_layer_idx = false;  // GPT-2: scores also divided by (layer index + 1)
+  bool reorder_and_upcast_attn = false;     // GPT-2: scores and softmax in float32, probabilities cast back
 
   bool operator==(const ModelConfig&) const = default;
 };

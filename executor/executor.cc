@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -349,6 +350,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   if (run.ok()) run = RunSteps(ids, batch, seq, last_only, &out);
   ForwardTimings timings;
   Status end = engine->EndForward(run.ok() ? &timings : nullptr);
+  // A shard that shrank under us was read as zeros (formats/guarded_copy.h): this pass's results are invalid.
+  for (size_t i = 0; run.ok() && end.ok() && i < state->shards.size(); ++i) end = state->shards[i]->CheckIntact();
   if (!run.ok() || !end.ok()) {
     // The KV cache may hold part of this pass: start over.
     pos = 0;
@@ -482,12 +485,16 @@ Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>
     return MakeError(ErrorCode::kInvalidArgument,
                      "max_new_tokens " + std::to_string(options.max_new_tokens) + " must be at least 1");
   }
-  if (std::isnan(options.temperature) || std::isnan(options.top_p) || options.top_k < 0) {
-    return MakeError(ErrorCode::kInvalidArgument, "sampling options: temperature " +
-                                                      std::to_string(options.temperature) + ", top_p " +
-                                                      std::to_string(options.top_p) + ", top_k " +
-                                                      std::to_string(options.top_k) +
-                                                      " (temperature and top_p must be numbers, top_k >= 0)");
+  if (!std::isfinite(options.temperature) || !(options.top_p > 0.0 && options.top_p <= 1.0) || options.top_k < 0) {
+    auto g = [](double v) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%.17g", v);
+      return std::string(buf);
+    };
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "sampling options: temperature " + g(options.temperature) + ", top_p " + g(options.top_p) +
+                         ", top_k " + std::to_string(options.top_k) +
+                         " (temperature must be a finite number, top_p a number in (0, 1], top_k >= 0)");
   }
   if (len + options.max_new_tokens > info.max_seq_len) {
     return MakeError(ErrorCode::kInvalidArgument, "prompt of " + std::to_string(len) + " tokens + " +

@@ -95,11 +95,13 @@ struct Logits {
 struct GenerateOptions {
   int max_new_tokens = 16;
   // Sampling: temperature <= 0 is greedy (argmax; ties to the lowest id). Otherwise logits / temperature, then
-  // top_k (0: off), then top_p (nucleus, 1: off), sampled with a generator seeded by `seed` (same seed, same
-  // prompts, same plan family -> same tokens).
-  float temperature = 0.0f;
+  // top_k (0: off), then top_p (nucleus, in (0, 1]; 1: off), sampled with a generator seeded by `seed` (same seed,
+  // same prompts, same plan family -> same tokens). Doubles, used as doubles throughout: a top_p of 1e-300 keeps
+  // the single most likely token (as a float it would be 0). Generate refuses (kInvalidArgument) a temperature
+  // that is NaN or infinite, a top_p that is NaN or outside (0, 1], and top_k < 0.
+  double temperature = 0.0;
   int top_k = 0;
-  float top_p = 1.0f;
+  double top_p = 1.0;
   uint64_t seed = 0;
   // A row stops after it emits one of these (the stop token is included in its output). Generation ends when
   // every row has stopped or after max_new_tokens.
@@ -212,6 +214,14 @@ class Executor {
   // [batch, seq, vocab]. kInvalidArgument (with the numbers) for a token id outside [0, vocab), batch > the plan's
   // max_batch, cached + new tokens > max_seq_len, an empty or ragged input, or a batch size different from the
   // cached sequence's. A pass that fails after it started (device or I/O error) resets the cache.
+  //
+  // Shards that change under a loaded executor: a shard truncated (or rewritten shorter) after Load is never a
+  // dead process. Reads that copy from a shard (disk staging, casts) stop with kIo naming the shard at the first
+  // missing byte; weights used in place from the mapping read zeros for the lost pages, and the pass then returns
+  // kIo naming the shard ("the file shrank while it was in use ...") instead of its logits (formats/
+  // guarded_copy.h). In both cases the pass's results are discarded and the KV cache is reset; the executor stays
+  // loaded (its memory is intact and it can be destroyed normally), but every later pass that reads the damaged
+  // shard fails the same way: destroy it and Load again once the checkpoint is whole.
   Result<Logits> Forward(const std::vector<int64_t>& token_ids, int batch, bool reset = false);
   // The same with options: with last_position_only the logits are [batch, 1, vocab] (the last position of each
   // row), equal to the last row of the full logits.

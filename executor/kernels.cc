@@ -19,6 +19,7 @@
 
 #include "arch/registry.h"
 #include "executor/kernels_internal.h"
+#include "support/json_parse.h"
 
 namespace bigplan {
 
@@ -122,8 +123,9 @@ Result<RopeConfig> ParseRope(const ModelSpec& spec) {
   if (spec.rope_scaling_json.empty()) return rope;
 
   const std::string src = "rope_scaling_json";
-  nlohmann::json j = nlohmann::json::parse(spec.rope_scaling_json, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return MakeError(ErrorCode::kInvalidArgument, src + ": not valid JSON");
+  auto parsed = ParseJsonStrict(spec.rope_scaling_json, src);
+  if (!parsed.ok()) return MakeError(ErrorCode::kInvalidArgument, parsed.error().message);
+  const nlohmann::json& j = *parsed;
   if (j.is_null()) return rope;
   if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, src + ": not a JSON object");
 
@@ -427,7 +429,7 @@ Status CheckKvCache(const KvCache* kv, int64_t batch, int64_t kv_heads, int64_t 
 }
 
 at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
-                           int64_t start_pos, double scale) {
+                           int64_t start_pos, double scale, int64_t window, bool upcast) {
   const int64_t batch = q.size(0);
   const int64_t heads = q.size(1);
   const int64_t seq = q.size(2);
@@ -443,22 +445,40 @@ at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::T
     keys = k_cache.narrow(2, 0, total);
     values = v_cache.narrow(2, 0, total);
   }
+  // Sliding window: some token sees a key older than its window only once the keys outnumber the window.
+  const bool windowed = window > 0 && total > window;
+  upcast = upcast && q.scalar_type() != at::kFloat;
   std::optional<at::Tensor> mask;
   bool is_causal = false;
-  if (seq > 1) {
-    if (start_pos == 0) {
+  if (seq > 1 || windowed || upcast) {
+    if (start_pos == 0 && !windowed && !upcast) {
       is_causal = true;
     } else {
-      // New token i (absolute position start_pos + i) sees keys 0..start_pos + i.
-      mask = at::ones({seq, total}, at::TensorOptions().dtype(at::kBool).device(q.device())).tril(start_pos);
+      // New token i (absolute position start_pos + i) sees keys 0..start_pos + i; with a window, only keys
+      // > start_pos + i - window.
+      at::Tensor allowed = at::ones({seq, total}, at::TensorOptions().dtype(at::kBool).device(q.device())).tril(start_pos);
+      if (windowed) allowed = allowed.triu(start_pos - window + 1);
+      mask = allowed;
     }
+  }
+  if (upcast) {
+    // transformers' GPT2Attention._upcast_and_reordered_attn.
+    at::Tensor kf = keys.to(at::kFloat), vv = values;
+    if (heads != kv_heads) {
+      kf = kf.repeat_interleave(heads / kv_heads, 1);
+      vv = vv.repeat_interleave(heads / kv_heads, 1);
+    }
+    at::Tensor scores = at::matmul(q.to(at::kFloat), kf.transpose(-1, -2)) * scale;
+    scores = scores.masked_fill(mask->logical_not(), -std::numeric_limits<float>::infinity());
+    at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());
+    return at::matmul(probs, vv);
   }
   return at::scaled_dot_product_attention(q, keys, values, mask, /*dropout_p=*/0.0, is_causal, scale,
                                           /*enable_gqa=*/heads != kv_heads);
 }
 
 at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
-                                 const at::Tensor& position, double scale) {
+                                 const at::Tensor& position, double scale, int64_t window) {
   const int64_t batch = q.size(0);
   const int64_t heads = q.size(1);
   const int64_t head_dim = q.size(3);
@@ -472,9 +492,11 @@ at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const
   // group, head_dim] against the cache without expanding it.
   at::Tensor qg = q.reshape({batch, kv_heads, heads / kv_heads, head_dim});
   at::Tensor scores = at::matmul(qg, k_cache.transpose(2, 3)) * scale;  // [batch, kv_heads, group, max_seq]
+  const at::Tensor positions = at::arange(max_seq, position.options());
+  at::Tensor hidden_keys = positions > position;
+  if (window > 0) hidden_keys = hidden_keys.logical_or(positions <= position - window);  // outside the window
   at::Tensor mask = at::zeros({max_seq}, q.options().dtype(at::kFloat))
-                        .masked_fill_(at::arange(max_seq, position.options()) > position,
-                                      -std::numeric_limits<float>::infinity());
+                        .masked_fill_(hidden_keys, -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores.to(at::kFloat) + mask, -1).to(q.scalar_type());
   return at::matmul(probs, v_cache).reshape({batch, heads, 1, head_dim});
 }

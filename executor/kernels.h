@@ -36,6 +36,14 @@ struct ModelSpec {
   bool tie_word_embeddings = false;
   std::string activation;        // "silu", "gelu_new", ...
   std::string rope_scaling_json; // "" if none; else the config's rope_scaling object as JSON
+  // Attention variants (schema/plan.fbs ModelConfig):
+  int64_t sliding_window = 0;               // Llama family: > 0 on the layers flagged below: a query at position q
+                                            // attends to keys q - sliding_window < k <= q (prefill, decode and static
+                                            // decode steps; the KV cache keeps every position, older ones are masked)
+  std::vector<bool> sliding_window_layers;  // per decoder layer; missing flags: full attention
+  bool scale_attn_weights = true;           // gpt2: scores x 1/sqrt(head_dim)
+  bool scale_attn_by_inverse_layer_idx = false;  // gpt2: scores / (layer + 1)
+  bool reorder_and_upcast_attn = false;     // gpt2: scores and softmax in float32 (transformers' eager path)
 };
 
 // The weights of one block, by full tensor name (e.g. "model.layers.3.self_attn.q_proj.weight"), already at the

@@ -139,7 +139,11 @@ class Gpt2Kernels final : public GptKernelsBase {
     at::Tensor q = qkv.narrow(-1, 0, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
     at::Tensor k = qkv.narrow(-1, width, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
     at::Tensor v = qkv.narrow(-1, 2 * width, width).view({batch, seq, heads, head_dim}).transpose(1, 2);
-    at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, std::pow(static_cast<double>(head_dim), -0.5));
+    // transformers' GPT2Attention.scaling: 1/sqrt(head_dim) unless scale_attn_weights is false, divided by
+    // (layer + 1) with scale_attn_by_inverse_layer_idx.
+    double scale = spec_.scale_attn_weights ? std::pow(static_cast<double>(head_dim), -0.5) : 1.0;
+    if (spec_.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(c.layer + 1);
+    at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, scale, /*window=*/0, spec_.reorder_and_upcast_attn);
     BIGPLAN_ASSIGN_OR_RETURN(attn, Conv1DW(proj_w, attn.transpose(1, 2).reshape({batch, seq, width}), proj_b));
     at::Tensor y = attn + x;
 

@@ -119,15 +119,20 @@ Status CheckKvCache(const KvCache* kv, int64_t batch, int64_t kv_heads, int64_t 
 // Writes k, v ([batch, kv_heads, seq, head_dim]) at [start_pos, start_pos + seq) of the cache (when given) and
 // attends q ([batch, heads, seq, head_dim]) over positions [0, start_pos + seq), causally for the new tokens, with
 // SDPA (GQA when heads != kv_heads). Returns [batch, heads, seq, head_dim].
+// `window` > 0: sliding-window attention as transformers' mask: the token at position p attends to keys
+// p - window < j <= p only (the cache keeps every position; older ones are masked out).
+// `upcast`: GPT-2's reorder_and_upcast_attn: scores (q k^T x scale) and softmax in float32, the probabilities cast to
+// v's dtype before the product with v (a no-op when q is float32).
 at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
-                           int64_t start_pos, double scale);
+                           int64_t start_pos, double scale, int64_t window = 0, bool upcast = false);
 
 // The static single-token step (ForwardContext::position): writes k, v ([batch, kv_heads, 1, head_dim]) at
 // `position` (a one-element int64 device tensor) of the cache with index_copy_, and attends q ([batch, heads, 1,
 // head_dim]) over every cache position with an additive mask (0 up to `position`, -inf after), as transformers'
 // eager attention: scores in q's dtype, softmax in float32, cast back. Returns [batch, heads, 1, head_dim].
+// `window` > 0 also masks the positions <= position - window (sliding-window attention).
 at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
-                                 const at::Tensor& position, double scale);
+                                 const at::Tensor& position, double scale, int64_t window = 0);
 
 // ---- weights that may be streamed in row chunks ----
 

@@ -150,8 +150,13 @@ class LlamaKernels final : public ModelKernelsBase {
     k = ApplyRopeHalf(k, cos, sin);
 
     const double scale = std::pow(static_cast<double>(head_dim), -0.5);
-    at::Tensor attn = position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale)
-                                         : CachedAttention(q, k, v, kv, start_pos, scale);
+    // Sliding-window layers (Mistral; Qwen2's layers past max_window_layers or marked in layer_types).
+    const bool sliding = spec_.sliding_window > 0 && c.layer >= 0 &&
+                         static_cast<size_t>(c.layer) < spec_.sliding_window_layers.size() &&
+                         spec_.sliding_window_layers[c.layer];
+    const int64_t window = sliding ? spec_.sliding_window : 0;
+    at::Tensor attn = position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale, window)
+                                         : CachedAttention(q, k, v, kv, start_pos, scale, window);
     attn = attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor o, apply(o_proj, attn));
     at::Tensor y = x + o;

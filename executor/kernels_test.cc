@@ -48,9 +48,10 @@ struct NoSyncScope {};
 #endif
 
 const std::vector<std::string>& Families() {
-  static const std::vector<std::string> kFamilies = {"llama", "llama_gqa",  "llama_linear", "llama_dynamic", "mistral",
-                                                     "qwen2", "qwen2_yarn", "phi3",         "phi3_longrope", "gpt2",
-                                                     "gptj"};
+  static const std::vector<std::string> kFamilies = {
+      "llama",      "llama_gqa",  "llama_linear",  "llama_dynamic",   "mistral", "mistral_sliding",
+      "qwen2",      "qwen2_sliding", "qwen2_yarn", "phi3",            "phi3_longrope", "gpt2",
+      "gpt2_scaled", "gptj"};
   return kFamilies;
 }
 
@@ -191,6 +192,11 @@ Result<ModelSpec> SpecFromJson(const std::string& text) {
   s.tie_word_embeddings = j.at("tie_word_embeddings").get<bool>();
   s.activation = j.at("activation").get<std::string>();
   s.rope_scaling_json = j.at("rope_scaling_json").get<std::string>();
+  s.sliding_window = j.value("sliding_window", int64_t{0});
+  if (j.contains("sliding_window_layers")) s.sliding_window_layers = j["sliding_window_layers"].get<std::vector<bool>>();
+  s.scale_attn_weights = j.value("scale_attn_weights", true);
+  s.scale_attn_by_inverse_layer_idx = j.value("scale_attn_by_inverse_layer_idx", false);
+  s.reorder_and_upcast_attn = j.value("reorder_and_upcast_attn", false);
   return s;
 }
 

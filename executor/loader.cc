@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 
+#include "support/file_read.h"
 #include "support/sha256.h"
 #include "support/units.h"
 
@@ -150,6 +151,7 @@ struct Loader {
       }
       if (path.empty()) return MakeError(ErrorCode::kInternal, "shard " + name + " has no path");
       BIGPLAN_ASSIGN_OR_RETURN(MappedFile mapped, MappedFile::Open(path));
+      mapped.ProtectFromTruncation();  // a shard that shrinks while running: an error naming it, not SIGBUS
       state.shards.push_back(std::make_unique<MappedFile>(std::move(mapped)));
     }
     return Status::Ok();
@@ -423,6 +425,7 @@ struct Loader {
       }
     }
     progress.Finish();
+    for (const auto& shard : state.shards) BIGPLAN_RETURN_IF_ERROR(shard->CheckIntact());
     state.loaded_bytes = total;
     return Status::Ok();
   }
@@ -486,7 +489,7 @@ Status CheckConfigUnchanged(const std::string& pname, const std::string& planned
                                                planned_sha256.substr(0, 12) + "...), but " + path +
                                                " does not exist; restore it or plan again");
   }
-  auto bytes = ReadFileBytes(path);
+  auto bytes = ReadBoundedFileBytes(path, kConfigFile);
   if (!bytes.ok()) return bytes.error();
   const std::string have = Sha256Hex(bytes->data(), bytes->size());
   if (have != planned_sha256) {
@@ -684,6 +687,15 @@ ModelSpec SpecFromPlan(const schema::Plan& plan) {
   s.tie_word_embeddings = c->tie_word_embeddings();
   s.activation = Str(c->activation());
   s.rope_scaling_json = Str(c->rope_scaling_json());
+  s.sliding_window = c->sliding_window();
+  if (c->sliding_window_layers() != nullptr) {
+    for (uint32_t i = 0; i < c->sliding_window_layers()->size(); ++i) {
+      s.sliding_window_layers.push_back(c->sliding_window_layers()->Get(i) != 0);
+    }
+  }
+  s.scale_attn_weights = c->scale_attn_weights();
+  s.scale_attn_by_inverse_layer_idx = c->scale_attn_by_inverse_layer_idx();
+  s.reorder_and_upcast_attn = c->reorder_and_upcast_attn();
   return s;
 }
 

@@ -23,9 +23,9 @@ int64_t Argmax(const float* logits, int64_t vocab) {
   return best;
 }
 
-int64_t SampleToken(const float* logits, int64_t vocab, float temperature, int top_k, float top_p,
+int64_t SampleToken(const float* logits, int64_t vocab, double temperature, int top_k, double top_p,
                     std::mt19937_64& rng) {
-  if (temperature <= 0.0f || vocab <= 1) return Argmax(logits, vocab);
+  if (temperature <= 0.0 || vocab <= 1) return Argmax(logits, vocab);
   // Candidates sorted by logit, descending (ties: lower id first), so the result does not depend on the order
   // the sort visits equal elements.
   std::vector<int64_t> order(vocab);
@@ -52,7 +52,7 @@ int64_t SampleToken(const float* logits, int64_t vocab, float temperature, int t
     total += probs[i];
   }
   if (!(total > 0)) return order[0];
-  if (top_p < 1.0f && top_p > 0.0f) {
+  if (top_p < 1.0 && top_p > 0.0) {
     double cum = 0;
     int64_t n = 0;
     while (n < keep) {

@@ -10,7 +10,7 @@ namespace bigplan::executor_internal {
 int64_t Argmax(const float* logits, int64_t vocab);
 
 // Greedy when temperature <= 0; else temperature, top_k (0 = off), top_p (>= 1 = off), then a draw from `rng`.
-int64_t SampleToken(const float* logits, int64_t vocab, float temperature, int top_k, float top_p,
+int64_t SampleToken(const float* logits, int64_t vocab, double temperature, int top_k, double top_p,
                     std::mt19937_64& rng);
 
 }  // namespace bigplan::executor_internal

@@ -8,6 +8,7 @@
 
 #include "formats/json_util.h"
 #include "formats/mapped_file.h"
+#include "support/file_read.h"
 #include "support/sha256.h"
 
 namespace bigplan {
@@ -61,12 +62,30 @@ bool IsSafetensorsName(const std::string& n) { return EndsWith(n, ".safetensors"
 bool IsSafetensorsIndexName(const std::string& n) { return EndsWith(n, ".safetensors.index.json"); }
 
 Result<std::map<std::string, std::string>> ReadIndexFile(const std::string& path) {
-  BIGPLAN_ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
-  std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(path, kIndexFile));
   return ParseIndexJson(text, path);
 }
 
 }  // namespace
+
+Status CheckShardNameContained(const std::string& file_name, const std::string& tensor, const std::string& source) {
+  auto bad = [&](const std::string& why) {
+    std::string shown;
+    for (char c : file_name) shown += (c == '\0') ? std::string("\\0") : std::string(1, c);
+    return MakeError(ErrorCode::kCorrupt, source + ": tensor " + Quote(tensor) + ": shard file name " + Quote(shown) +
+                                              " " + why + "; shard names must be relative paths inside the model "
+                                              "directory");
+  };
+  if (file_name.find('\0') != std::string::npos) return bad("contains a NUL byte");
+  const fs::path p(file_name);
+  if (p.is_absolute() || p.has_root_name() || p.has_root_directory()) return bad("is an absolute path");
+  const fs::path normal = p.lexically_normal();
+  if (normal.empty() || normal == "." || normal.filename().empty()) return bad("names no file");
+  for (const fs::path& part : normal) {
+    if (part == "..") return bad("leaves the model directory");
+  }
+  return Status::Ok();
+}
 
 Result<std::map<std::string, std::string>> ParseIndexJson(std::string_view text, const std::string& source) {
   BIGPLAN_ASSIGN_OR_RETURN(json root, formats_internal::ParseJsonStrict(text, source));
@@ -93,7 +112,9 @@ Result<std::map<std::string, std::string>> ParseIndexJson(std::string_view text,
     if (file.empty()) {
       return MakeError(ErrorCode::kCorrupt, source + ": tensor " + Quote(it.key()) + ": empty shard file name");
     }
-    result.emplace(it.key(), file);
+    BIGPLAN_RETURN_IF_ERROR(CheckShardNameContained(file, it.key(), source));
+    // Opened as checked: "sub/../a" is "a" even where sub is a link to elsewhere.
+    result.emplace(it.key(), fs::path(file).lexically_normal().string());
   }
   return result;
 }
@@ -125,7 +146,9 @@ Result<Checkpoint> Checkpoint::Open(const std::string& path) {
   if (fs::is_directory(st)) {
     directory = path;
     std::string hf = JoinPath(directory, "model.safetensors.index.json");
-    if (IsRegularFile(hf)) {
+    std::error_code exists_ec;
+    // Present but not a regular file (a FIFO, a device): read it anyway, so that the refusal names it.
+    if (IsRegularFile(hf) || fs::exists(fs::symlink_status(hf, exists_ec))) {
       index_path = hf;
     } else {
       BIGPLAN_ASSIGN_OR_RETURN(std::vector<std::string> indexes, ListDir(directory, IsSafetensorsIndexName));

@@ -35,11 +35,20 @@ struct TensorLocation {
   uint64_t size_bytes = 0;
 };
 
+// Checks that a shard file name taken from an index stays inside the index's directory, lexically: a relative
+// path, no NUL byte, and no ".." component that climbs above the directory once the path is normalized
+// ("sub/../a.safetensors" is fine, "../a.safetensors", "a/../../b" and "/etc/passwd" are not). Symbolic links are
+// not resolved: a name inside the directory that is a link elsewhere (the Hugging Face cache's snapshot folders
+// link into its blobs/ folder) stays allowed. kCorrupt naming `source`, the tensor and the name; the file named is
+// never opened, so nothing of its content can reach the message.
+Status CheckShardNameContained(const std::string& file_name, const std::string& tensor, const std::string& source);
+
 // Parses an index file's JSON from memory: either Hugging Face's {"metadata": ..., "weight_map": {tensor: file}}
 // (recognized by its "weight_map" key) or the flat {"tensor": "file"} form. Returns tensor -> shard file name
 // (relative to the index's directory). kCorrupt, with the message starting with `source` and naming the tensor,
 // for malformed JSON, a non-object top level, a weight_map that is not an object, a file name that is not a
-// non-empty string, or a repeated tensor name.
+// non-empty string, a file name that leaves the index's directory (CheckShardNameContained), or a repeated
+// tensor name. File names come back lexically normalized ("./sub/../a.safetensors" -> "a.safetensors").
 Result<std::map<std::string, std::string>> ParseIndexJson(std::string_view json, const std::string& source);
 
 class Checkpoint {

@@ -1,11 +1,14 @@
 #include "formats/checkpoint.h"
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "formats/test_util.h"
 #include "support/sha256.h"
@@ -311,6 +314,100 @@ TEST(CheckpointTest, ParseIndexJsonFromMemory) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().code, ErrorCode::kCorrupt);
   EXPECT_EQ(bad.error().message.rfind("mem", 0), 0u);
+}
+
+}  // namespace
+}  // namespace bigplan
+
+namespace bigplan {
+namespace {
+
+using testing::NewTempDir;
+using testing::WriteFileOrDie;
+
+// A directory with a valid one-tensor shard and an index that names `shard_name` for it.
+std::string IndexedDir(const std::string& tag, const std::string& shard_name) {
+  const std::string dir = NewTempDir(tag);
+  WriteFileOrDie(dir + "/model.safetensors.index.json",
+                 "{\"weight_map\":{\"a.weight\":" + nlohmann::json(shard_name).dump() + "}}");
+  return dir;
+}
+
+std::string OneTensorShard() {
+  return testing::SafetensorsBytes(R"({"a.weight":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})", "aaa");
+}
+
+TEST(CheckpointContainmentTest, TraversalAndAbsoluteNamesAreRefusedWithoutOpening) {
+  // A readable file outside the model directory, holding a valid shard: it must not be used.
+  const std::string outside = NewTempDir("outside");
+  WriteFileOrDie(outside + "/model.safetensors", OneTensorShard());
+  const std::string outside_rel = "../" + std::filesystem::path(outside).filename().string() + "/model.safetensors";
+  struct Case {
+    std::string name, why;
+  } cases[] = {
+      {"../../etc/passwd", "leaves the model directory"},
+      {"/etc/passwd", "is an absolute path"},
+      {outside + "/model.safetensors", "is an absolute path"},
+      {outside_rel, "leaves the model directory"},
+      {"sub/../../x.safetensors", "leaves the model directory"},
+      {"..", "leaves the model directory"},
+      {"sub/..", "names no file"},
+      {std::string("a.safetensors") + '\0' + "/../../etc/passwd", "contains a NUL byte"},
+  };
+  for (const Case& c : cases) {
+    const std::string dir = IndexedDir("trav", c.name);
+    auto r = Checkpoint::Open(dir);
+    ASSERT_FALSE(r.ok()) << c.name;
+    EXPECT_EQ(r.error().code, ErrorCode::kCorrupt) << r.error().message;
+    ExpectMentions(r.error(), dir + "/model.safetensors.index.json: tensor \"a.weight\": shard file name");
+    ExpectMentions(r.error(), c.why);
+    EXPECT_EQ(r.error().message.find("root:"), std::string::npos) << r.error().message;
+  }
+}
+
+TEST(CheckpointContainmentTest, NamesInsideTheDirectoryAndSymlinksStayAllowed) {
+  // sub/./x and sub/../y normalize inside; a symbolic link inside the directory pointing elsewhere (the HF cache's
+  // snapshots -> blobs layout) is followed.
+  const std::string blobs = NewTempDir("blobs");
+  WriteFileOrDie(blobs + "/abc123", OneTensorShard());
+  const std::string dir = IndexedDir("snap", "sub/../model.safetensors");
+  std::filesystem::create_symlink(blobs + "/abc123", dir + "/model.safetensors");
+  auto r = Checkpoint::Open(dir);
+  ASSERT_TRUE(r.ok()) << r.error().ToString();
+  ASSERT_NE(r->Find("a.weight"), nullptr);
+}
+
+TEST(CheckpointContainmentTest, CheckShardNameContained) {
+  EXPECT_TRUE(CheckShardNameContained("model-00001-of-00002.safetensors", "t", "i").ok());
+  EXPECT_TRUE(CheckShardNameContained("./a/b.safetensors", "t", "i").ok());
+  EXPECT_TRUE(CheckShardNameContained("a/../b.safetensors", "t", "i").ok());
+  EXPECT_FALSE(CheckShardNameContained("a/../../b.safetensors", "t", "i").ok());
+  EXPECT_FALSE(CheckShardNameContained("/b.safetensors", "t", "i").ok());
+  EXPECT_FALSE(CheckShardNameContained("a/", "t", "i").ok());
+}
+
+TEST(CheckpointTest, FifoIndexAndShardAreRefusedWithoutBlocking) {
+  const std::string dir = NewTempDir("fifo_index");
+  ASSERT_EQ(::mkfifo((dir + "/model.safetensors.index.json").c_str(), 0600), 0);
+  auto r = Checkpoint::Open(dir + "/model.safetensors.index.json");
+  ASSERT_FALSE(r.ok());
+  ExpectMentions(r.error(), "model.safetensors.index.json: not a regular file (it is a FIFO");
+  const std::string dir2 = IndexedDir("fifo_shard", "model.safetensors");
+  ASSERT_EQ(::mkfifo((dir2 + "/model.safetensors").c_str(), 0600), 0);
+  auto r2 = Checkpoint::Open(dir2);
+  ASSERT_FALSE(r2.ok());
+  ExpectMentions(r2.error(), "FIFO");
+}
+
+TEST(CheckpointTest, HugeSparseIndexIsRefusedBeforeReading) {
+  const std::string dir = NewTempDir("sparse_index");
+  const std::string p = dir + "/model.safetensors.index.json";
+  WriteFileOrDie(p, "");
+  std::filesystem::resize_file(p, uint64_t{20} << 30);
+  auto r = Checkpoint::Open(dir);
+  ASSERT_FALSE(r.ok());
+  ExpectMentions(r.error(), p + ": 21474836480 bytes is more than the limit of");
+  std::filesystem::remove(p);
 }
 
 }  // namespace

@@ -10,8 +10,8 @@
 
 namespace bigplan::formats_internal {
 
-// Parses `text` as JSON without throwing. kCorrupt, with a message starting with `source`, for malformed JSON
-// and for an object that repeats a key (nlohmann would silently keep the last value).
+// bigplan::ParseJsonStrict (support/json_parse.h): kCorrupt, with a message starting with `source`, for malformed
+// JSON, nesting deeper than kMaxJsonDepth and an object that repeats a key; linear in the text's size.
 Result<nlohmann::json> ParseJsonStrict(std::string_view text, const std::string& source);
 
 // "object", "array", "string", "number", ... for error messages.

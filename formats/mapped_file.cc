@@ -9,6 +9,9 @@
 #include <cstring>
 #include <utility>
 
+#include "formats/guarded_copy.h"
+#include "support/file_read.h"
+
 namespace bigplan {
 namespace {
 
@@ -17,60 +20,58 @@ std::string ErrnoText(int err) { return std::strerror(err); }
 }  // namespace
 
 Result<MappedFile> MappedFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    ErrorCode code = (err == ENOENT || err == ENOTDIR) ? ErrorCode::kNotFound : ErrorCode::kIo;
-    return MakeError(code, path + ": cannot open: " + ErrnoText(err));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    return MakeError(ErrorCode::kIo, path + ": cannot stat: " + ErrnoText(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return MakeError(ErrorCode::kIo, path + ": not a regular file");
-  }
+  // Non-blocking open + fstat: a FIFO or a device is refused before anything could block on it.
+  BIGPLAN_ASSIGN_OR_RETURN(RegularFile regular, RegularFile::Open(path));
   MappedFile file;
   file.path_ = path;
-  file.size_ = static_cast<uint64_t>(st.st_size);
+  file.size_ = regular.size();
   if (file.size_ > 0) {
-    void* p = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* p = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, regular.fd(), 0);
     if (p == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
       return MakeError(ErrorCode::kIo, path + ": cannot mmap " + std::to_string(file.size_) +
-                                           " bytes: " + ErrnoText(err));
+                                           " bytes: " + ErrnoText(errno));
     }
     file.data_ = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);  // the mapping keeps the file referenced
-  return file;
+  return file;  // the mapping keeps the file referenced after `regular` closes it
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : path_(std::move(other.path_)), data_(other.data_), size_(other.size_) {
+    : path_(std::move(other.path_)), data_(other.data_), size_(other.size_), guard_id_(other.guard_id_) {
   other.data_ = nullptr;
   other.size_ = 0;
+  other.guard_id_ = -1;
 }
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
-    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+    Release();
     path_ = std::move(other.path_);
     data_ = other.data_;
     size_ = other.size_;
+    guard_id_ = other.guard_id_;
     other.data_ = nullptr;
     other.size_ = 0;
+    other.guard_id_ = -1;
   }
   return *this;
 }
 
-MappedFile::~MappedFile() {
+void MappedFile::Release() {
+  if (guard_id_ >= 0) UnregisterMappedRegion(guard_id_);
+  guard_id_ = -1;
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  data_ = nullptr;
 }
+
+MappedFile::~MappedFile() { Release(); }
+
+void MappedFile::ProtectFromTruncation() {
+  if (guard_id_ >= 0 || data_ == nullptr) return;
+  guard_id_ = RegisterMappedRegion(data_, size_, path_);
+}
+
+Status MappedFile::CheckIntact() const { return CheckMappedRegion(guard_id_); }
 
 Result<const uint8_t*> MappedFile::View(uint64_t offset, uint64_t length) const {
   if (offset > size_ || length > size_ - offset) {

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "formats/json_util.h"
+#include "support/file_read.h"
 
 namespace bigplan {
 namespace {
@@ -227,20 +228,10 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, uint64_t
 }
 
 Result<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path, std::string* header_bytes) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    ErrorCode code = (err == ENOENT || err == ENOTDIR) ? ErrorCode::kNotFound : ErrorCode::kIo;
-    return MakeError(code, path + ": cannot open: " + std::strerror(err));
-  }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return MakeError(ErrorCode::kIo, path + ": cannot stat: " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) return MakeError(ErrorCode::kIo, path + ": not a regular file");
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  // Non-blocking open + fstat: a FIFO or a device is refused before anything could block on it.
+  BIGPLAN_ASSIGN_OR_RETURN(RegularFile file, RegularFile::Open(path));
+  const int fd = file.fd();
+  const uint64_t file_size = file.size();
 
   auto read_exact = [&](std::string* buf, uint64_t offset, uint64_t n) -> Status {
     size_t old = buf->size();

@@ -1,5 +1,10 @@
 #include "formats/safetensors.h"
 
+#include <sys/stat.h>
+
+#include <time.h>
+
+#include <chrono>
 #include <cstring>
 #include <string>
 
@@ -318,6 +323,57 @@ TEST(SafetensorsTest, MissingFileAndEmptyFile) {
   auto e = SafetensorsFile::Open(dir + "/empty.safetensors");
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.error().code, ErrorCode::kCorrupt);
+}
+
+}  // namespace
+}  // namespace bigplan
+
+namespace bigplan {
+namespace {
+
+// 100k zero-size tensors in one header: parsing is linear in the header's size (it took 88 s when nlohmann's
+// callback parser rescanned the top-level object at the end of every entry).
+TEST(SafetensorsTest, HundredThousandTensorsParseFast) {
+  std::string json = "{";
+  for (int i = 0; i < 100000; ++i) {
+    if (i) json += ",";
+    json += "\"model.t" + std::to_string(i) + "\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}";
+  }
+  json += "}";
+  const std::string dir = NewTempDir("many");
+  WriteFileOrDie(dir + "/many.safetensors", SafetensorsBytes(json, ""));
+  // CPU time of this thread: the bound is about the parser's work, not about how busy the machine is.
+  auto cpu_seconds = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+  };
+  const double start = cpu_seconds();
+  auto h = ReadSafetensorsHeader(dir + "/many.safetensors");
+  const double s = cpu_seconds() - start;
+  ASSERT_TRUE(h.ok()) << h.error().ToString();
+  EXPECT_EQ(h->tensors.size(), 100000u);
+  EXPECT_NE(h->Find("model.t99999"), nullptr);
+  EXPECT_LT(s, 2.0) << "100k-tensor header took " << s << " s";
+}
+
+TEST(SafetensorsTest, DeeplyNestedHeaderIsRefused) {
+  std::string json = "{\"__metadata__\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  auto r = Parse(SafetensorsBytes(json, ""));
+  ASSERT_FALSE(r.ok());
+  ExpectMentions(r.error(), "nested deeper than");
+}
+
+TEST(SafetensorsTest, FifoShardIsRefusedWithoutBlocking) {
+  const std::string dir = NewTempDir("fifo");
+  const std::string p = dir + "/model.safetensors";
+  ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0);
+  auto h = ReadSafetensorsHeader(p);
+  ASSERT_FALSE(h.ok());
+  ExpectMentions(h.error(), p + ": not a regular file (it is a FIFO");
+  auto f = SafetensorsFile::Open(p);
+  ASSERT_FALSE(f.ok());
+  ExpectMentions(f.error(), "FIFO");
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
 #include "planner/accounting.h"
 
 #include <algorithm>
+#include <optional>
+#include <string>
 
+#include "support/checked_math.h"
 #include "support/units.h"
 
 namespace bigplan {
@@ -19,9 +22,11 @@ BlockWeightLayout LayoutBlockWeights(const ModelDescription& model, size_t block
     w.shape = t.shape;
     w.src_dtype = t.dtype;
     w.dtype = RuntimeDType(t.dtype, exec_dtype);
-    w.size_bytes = static_cast<uint64_t>(t.numel()) * DTypeBytes(w.dtype);
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) numel = SatMul(numel, d < 0 ? 0 : static_cast<uint64_t>(d));
+    w.size_bytes = SatMul(numel, DTypeBytes(w.dtype));
     w.offset_in_block = offset;
-    offset = AlignUp(offset + w.size_bytes);
+    offset = AlignUp(SatAdd(offset, w.size_bytes));
     layout.weights.push_back(std::move(w));
   };
   for (const TensorSpec& t : b.params) add(t, false);
@@ -43,7 +48,7 @@ std::vector<uint64_t> AllBlockWeightBytes(const ModelDescription& model, DType e
 }
 
 uint64_t KvCacheBytesPerLayer(const ModelConfig& c, const RunShape& run, DType exec_dtype) {
-  return AlignUp(2 * uint64_t{run.max_batch} * run.max_seq_len * c.num_kv_heads * c.head_dim * DTypeBytes(exec_dtype));
+  return AlignUp(SatProduct({2, run.max_batch, run.max_seq_len, c.num_kv_heads, c.head_dim, DTypeBytes(exec_dtype)}));
 }
 
 ActivationEstimate EstimateActivations(const ModelDescription& model, const RunShape& run, DType exec_dtype,
@@ -63,16 +68,16 @@ ActivationEstimate EstimateActivations(const ModelDescription& model, const RunS
   const ModelConfig& c = model.config;
   const uint64_t t = run.tokens();
   const uint64_t e = DTypeBytes(exec_dtype);
-  a.hidden_states = AlignUp(4 * t * c.hidden_size * e);
+  a.hidden_states = AlignUp(SatProduct({4, t, c.hidden_size, e}));
   if (decoder) {
-    a.attention = AlignUp(t * (uint64_t{c.num_heads} + 2 * uint64_t{c.num_kv_heads}) * c.head_dim * e) +
-                  AlignUp(t * c.num_heads * c.head_dim * e) +
-                  AlignUp(uint64_t{run.max_batch} * c.num_heads * run.max_seq_len * run.max_seq_len * 4);
-    a.mlp = AlignUp(3 * t * c.intermediate_size * e);
+    a.attention = SatSum({AlignUp(SatProduct({t, uint64_t{c.num_heads} + 2 * uint64_t{c.num_kv_heads}, c.head_dim, e})),
+                          AlignUp(SatProduct({t, c.num_heads, c.head_dim, e})),
+                          AlignUp(SatProduct({run.max_batch, c.num_heads, run.max_seq_len, run.max_seq_len, 4}))});
+    a.mlp = AlignUp(SatProduct({3, t, c.intermediate_size, e}));
   }
-  if (head) a.logits = AlignUp(t * c.vocab_size * 4);
-  if (embed) a.embedding = AlignUp(t * 8);
-  a.total = a.hidden_states + std::max(a.attention, a.mlp) + a.logits + a.embedding;
+  if (head) a.logits = AlignUp(SatProduct({t, c.vocab_size, 4}));
+  if (embed) a.embedding = AlignUp(SatMul(t, 8));
+  a.total = SatSum({a.hidden_states, std::max(a.attention, a.mlp), a.logits, a.embedding});
   return a;
 }
 
@@ -80,6 +85,55 @@ ActivationEstimate EstimateActivations(const ModelDescription& model, const RunS
   std::vector<size_t> all(model.blocks.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   return EstimateActivations(model, run, exec_dtype, all);
+}
+
+Status CheckAccountingSizes(const ModelDescription& model, const RunShape& run, DType exec_dtype) {
+  const ModelConfig& c = model.config;
+  const std::string shape = "run shape batch " + std::to_string(run.max_batch) + " x seq " +
+                            std::to_string(run.max_seq_len);
+  auto check = [&](std::optional<uint64_t> v, const std::string& what) -> Status {
+    if (!v) return MakeError(ErrorCode::kInvalidArgument, shape + ": " + what + " overflow 64 bits");
+    if (*v > kMaxAccountedBytes) {
+      return MakeError(ErrorCode::kInvalidArgument, shape + ": " + what + " come to " + std::to_string(*v) +
+                                                        " bytes, more than the " + std::to_string(kMaxAccountedBytes) +
+                                                        " bytes (1 EiB) any plan may account for");
+    }
+    return Status::Ok();
+  };
+  const uint64_t e = DTypeBytes(exec_dtype);
+  const uint64_t t = run.tokens();
+  // Weights: each tensor at its source and runtime dtype, and the model's total.
+  uint64_t total = 0;
+  for (const BlockDesc& b : model.blocks) {
+    for (const TensorSpec& p : b.params) {
+      std::optional<uint64_t> numel = 1;
+      for (int64_t d : p.shape) numel = numel ? CheckedMul(*numel, d < 0 ? 0 : static_cast<uint64_t>(d)) : numel;
+      std::optional<uint64_t> bytes;
+      if (numel) bytes = CheckedMul(*numel, std::max<uint64_t>(DTypeBytes(p.dtype), e));
+      if (!bytes || *bytes > kMaxAccountedBytes) {
+        return MakeError(ErrorCode::kCorrupt, "tensor \"" + p.name + "\" of block " + b.name +
+                                                  ": its size overflows (more than 1 EiB)");
+      }
+      total = SatAdd(total, *bytes);
+    }
+  }
+  if (total > kMaxAccountedBytes) {
+    return MakeError(ErrorCode::kCorrupt, "the model's weights come to more than 1 EiB");
+  }
+  size_t layers = 0;
+  for (const BlockDesc& b : model.blocks) layers += b.kind == BlockKind::kDecoderLayer ? 1 : 0;
+  const auto kv = CheckedProduct({2, run.max_batch, run.max_seq_len, c.num_kv_heads, c.head_dim, e});
+  BIGPLAN_RETURN_IF_ERROR(check(kv, "the KV cache per layer (2 x batch x seq x kv_heads x head_dim x dtype bytes)"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedMul(*kv, layers), "the KV cache of all layers"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({4, t, c.hidden_size, e}), "the hidden states (4 x batch x seq x hidden)"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({t, uint64_t{c.num_heads} + 2 * uint64_t{c.num_kv_heads}, c.head_dim, e}),
+                                "q, k and v (batch x seq x (heads + 2 x kv_heads) x head_dim)"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({run.max_batch, c.num_heads, run.max_seq_len, run.max_seq_len, 4}),
+                                "the attention scores (batch x heads x seq^2 x 4 bytes)"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({3, t, c.intermediate_size, e}), "the MLP temporaries (3 x batch x seq x "
+                                                                                 "intermediate)"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({t, c.vocab_size, 4}), "the logits (batch x seq x vocab x 4 bytes)"));
+  return Status::Ok();
 }
 
 uint64_t StagingBufferCount(uint64_t streamed_blocks, uint32_t prefetch_depth) {

@@ -29,9 +29,24 @@
 namespace bigplan {
 
 inline constexpr uint64_t kWeightAlignment = 256;
+// Saturates: a value within `alignment` of 2^64 rounds to the largest multiple below it, never wraps to 0.
 constexpr uint64_t AlignUp(uint64_t value, uint64_t alignment = kWeightAlignment) {
+  if (value > ~uint64_t{0} - (alignment - 1)) return ~uint64_t{0} / alignment * alignment;
   return (value + alignment - 1) / alignment * alignment;
 }
+
+// The most bytes any accounted quantity may reach (1 EiB): far above any machine, low enough that sums of a few
+// such terms cannot wrap around 64 bits.
+inline constexpr uint64_t kMaxAccountedBytes = uint64_t{1} << 60;
+
+// Computes every size the accounting below derives from the model and the run shape (each tensor at its runtime
+// dtype, the whole model, the KV cache per layer and for all layers, each activation term) with overflow-checked
+// arithmetic. kInvalidArgument naming the quantity and the run shape when one overflows 64 bits or exceeds
+// kMaxAccountedBytes (e.g. "run shape batch 65536 x seq 2147483648: the attention scores (batch x heads x seq^2 x 4
+// bytes) overflow 64 bits"); kCorrupt naming the tensor for a tensor whose size overflows. The planner calls it
+// before placing anything, so no wrapped-around size can reach a plan. (The functions below saturate at 2^64 - 1
+// instead of wrapping, as a second line of defense.)
+Status CheckAccountingSizes(const ModelDescription& model, const RunShape& run, DType exec_dtype);
 
 // The dtype a param is held in at run time: floating params are cast to the execution dtype, others keep theirs.
 DType RuntimeDType(DType src_dtype, DType exec_dtype);

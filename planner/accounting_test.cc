@@ -120,3 +120,43 @@ TEST(AccountingTest, Messages) {
 
 }  // namespace
 }  // namespace bigplan
+
+namespace bigplan {
+namespace {
+
+// A model whose max_position_embeddings allows a huge sequence: batch x heads x seq^2 x 4 wraps around 64 bits.
+ModelDescription LongContext() {
+  Result<ModelDescription> m = ImportHfConfigText(
+      R"({"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "intermediate_size": 24, "vocab_size": 10, "torch_dtype": "float32",
+          "max_position_embeddings": 4294967295})");
+  EXPECT_TRUE(m.ok()) << m.error().ToString();
+  return *m;
+}
+
+TEST(AccountingTest, OverflowingRunShapeIsAnErrorNotAWrappedSize) {
+  ModelDescription m = LongContext();
+  const RunShape huge{65536, 2147483648u};
+  // Plain arithmetic wraps the scores term to 0; the estimate saturates instead.
+  EXPECT_EQ(uint64_t{huge.max_batch} * 4 * huge.max_seq_len * huge.max_seq_len * 4, 0u);
+  ActivationEstimate a = EstimateActivations(m, huge, DType::kF32);
+  EXPECT_GT(a.attention, kMaxAccountedBytes);
+  EXPECT_GT(a.total, kMaxAccountedBytes);
+  Status s = CheckAccountingSizes(m, huge, DType::kF32);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(s.error().message.find("run shape batch 65536 x seq 2147483648: the attention scores (batch x heads x seq^2 x 4 bytes) "
+                                    "overflow 64 bits"), std::string::npos)
+      << s.error().message;
+  // Scores alone: a shape whose KV cache fits but whose seq^2 term does not.
+  Status s2 = CheckAccountingSizes(m, RunShape{1, 536870912u}, DType::kF32);
+  ASSERT_FALSE(s2.ok());
+  EXPECT_NE(s2.error().message.find("attention scores (batch x heads x seq^2 x 4 bytes) come to"), std::string::npos)
+      << s2.error().message;
+  EXPECT_TRUE(CheckAccountingSizes(m, RunShape{1, 4096}, DType::kF32).ok());
+  EXPECT_GT(KvCacheBytesPerLayer(m.config, RunShape{4294967295u, 4294967295u}, DType::kF32), kMaxAccountedBytes);
+  EXPECT_EQ(AlignUp(~uint64_t{0} - 3), ~uint64_t{0} / 256 * 256);
+}
+
+}  // namespace
+}  // namespace bigplan

@@ -2,7 +2,8 @@
 
 #include <cmath>
 
-#include "schema/plan_io.h"
+#include "support/file_read.h"
+#include "support/json_parse.h"
 
 namespace bigplan {
 namespace {
@@ -51,14 +52,13 @@ Result<DeviceProfile> DeviceProfileFromJson(const nlohmann::json& j, const std::
 }
 
 Result<DeviceProfile> ParseDeviceProfile(std::string_view json_text, const std::string& source) {
-  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return MakeError(ErrorCode::kCorrupt, source + ": device profile is not valid JSON");
+  BIGPLAN_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonStrict(json_text, source));
   return DeviceProfileFromJson(j, source);
 }
 
 Result<DeviceProfile> LoadDeviceProfile(const std::string& path) {
-  BIGPLAN_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadFileBytes(path));
-  return ParseDeviceProfile(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path);
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(path, kProfileFile));
+  return ParseDeviceProfile(text, path);
 }
 
 nlohmann::json DeviceProfileToJson(const DeviceProfile& p) {

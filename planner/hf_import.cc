@@ -1,15 +1,17 @@
 #include "planner/hf_import.h"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
 #include "arch/registry.h"
+#include "support/file_read.h"
+#include "support/json_parse.h"
 
 namespace bigplan {
 namespace {
@@ -17,14 +19,6 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return MakeError(ErrorCode::kNotFound, path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return MakeError(ErrorCode::kIo, path + ": read failed");
-  return ss.str();
-}
 
 // Content of a file that fails validation makes the file corrupt (exit status 1), not the command line bad.
 template <typename T>
@@ -37,13 +31,7 @@ Result<T> AsFileContent(Result<T> r) {
   return r;
 }
 
-Result<json> ParseJson(std::string_view text, const std::string& source) {
-  try {
-    return json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return MakeError(ErrorCode::kCorrupt, source + ": not valid JSON: " + e.what());
-  }
-}
+Result<json> ParseJson(std::string_view text, const std::string& source) { return ParseJsonStrict(text, source); }
 
 // Access to config.json fields the importer itself reads (dtype, name); the registry parses the rest.
 class Config {
@@ -198,6 +186,16 @@ ModelDescription BuildFromRegistry(const arch::ParsedConfig& p, const DTypeSourc
 
 }  // namespace
 
+std::vector<MathKey> MathKeysOf(const std::string& model_type) {
+  std::vector<MathKey> out;
+  const arch::FamilyInfo* f = arch::FindModelType(model_type);
+  if (f == nullptr) return out;
+  for (const arch::MathKey& k : f->math_keys) {
+    out.push_back(MathKey{k.key, k.handling != arch::KeyHandling::kRefused, k.note});
+  }
+  return out;
+}
+
 std::vector<std::string> SupportedModelTypes() { return arch::SupportedModelTypes(); }
 
 Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfImportOptions& options,
@@ -234,7 +232,7 @@ Result<ModelDescription> ImportHfConfigText(std::string_view config_json, const 
 
 Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, const Checkpoint* checkpoint, std::string name,
                                             std::string* config_text) {
-  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(config_path, kConfigFile));
   if (config_text != nullptr) *config_text = text;
   std::vector<TensorSpec> tensors;
   HfImportOptions options;
@@ -302,7 +300,7 @@ Result<std::vector<TensorSpec>> ParseTensorList(std::string_view text, const std
 }
 
 Result<std::vector<TensorSpec>> LoadTensorList(const std::string& path) {
-  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(path, kModelDescriptionFile));
   return AsFileContent(ParseTensorList(text, path));
 }
 
@@ -322,7 +320,7 @@ Result<ModelDescription> ImportExample(const std::string& dir, std::string* conf
   const fs::path d(dir);
   std::string name = d.lexically_normal().filename().string();
   if (name.empty()) name = d.lexically_normal().parent_path().filename().string();
-  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadFile((d / "config.json").string()));
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile((d / "config.json").string(), kConfigFile));
   if (config_text != nullptr) *config_text = text;
   HfImportOptions options;
   options.name = name;

@@ -24,6 +24,17 @@ namespace bigplan {
 // The model_type values ImportHfConfig accepts, sorted.
 std::vector<std::string> SupportedModelTypes();
 
+// The registry of config.json keys that change the computation, for one model type: each is implemented (read into
+// the description and honoured by the executor) or refused (ImportHfConfig returns kUnsupported naming the config
+// file and the key when its value is not the neutral one). Everything the executor would refuse for a config
+// (unknown activation, unimplemented rope type, bad rope parameters, partial rotary) is refused at import.
+struct MathKey {
+  std::string key;
+  bool implemented = false;
+  std::string note;
+};
+std::vector<MathKey> MathKeysOf(const std::string& model_type);
+
 struct HfImportOptions {
   std::string name;  // description name; default: config's "_name_or_path" if set, else model_type
   // Tensors as the checkpoint holds them (names, shapes, dtypes); nullptr: synthesize from the config alone.

@@ -340,3 +340,167 @@ TEST(HfImportTest, Gpt2OldNamingFromCheckpointDirectory) {
 
 }  // namespace
 }  // namespace bigplan
+
+namespace bigplan {
+namespace {
+
+const char* kLlamaShape = R"("hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "intermediate_size": 8, "vocab_size": 10)";
+
+Result<ModelDescription> Llamaish(const std::string& model_type, const std::string& extra) {
+  return ImportHfConfigText("{\"model_type\": \"" + model_type + "\", " + kLlamaShape + (extra.empty() ? "" : ", ") +
+                                extra + "}",
+                            {}, "/m/config.json");
+}
+
+std::vector<bool> Flags(std::initializer_list<int> v) {
+  std::vector<bool> out;
+  for (int b : v) out.push_back(b != 0);
+  return out;
+}
+
+TEST(HfImportSlidingWindowTest, MistralAsTransformersDecides) {
+  auto absent = Llamaish("mistral", "");  // MistralConfig's default: 4096
+  ASSERT_TRUE(absent.ok()) << absent.error().ToString();
+  EXPECT_EQ(absent->config.sliding_window, 4096u);
+  EXPECT_EQ(absent->config.sliding_window_layers, Flags({1, 1, 1, 1}));
+  auto none = Llamaish("mistral", R"("sliding_window": null)");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->config.sliding_window, 0u);
+  EXPECT_TRUE(none->config.sliding_window_layers.empty());
+  // layer_types has no effect on MistralModel.
+  auto w = Llamaish("mistral", R"("sliding_window": 16, "layer_types": ["full_attention", "full_attention",
+                                  "full_attention", "full_attention"])");
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->config.sliding_window, 16u);
+  EXPECT_EQ(w->config.sliding_window_layers, Flags({1, 1, 1, 1}));
+  auto bad = Llamaish("mistral", R"("sliding_window": 0)");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("/m/config.json: field \"sliding_window\""), std::string::npos);
+  // Llama has no sliding window.
+  auto llama = Llamaish("llama", R"("sliding_window": 16)");
+  ASSERT_TRUE(llama.ok());
+  EXPECT_EQ(llama->config.sliding_window, 0u);
+}
+
+TEST(HfImportSlidingWindowTest, Qwen2AsTransformersDecides) {
+  auto off = Llamaish("qwen2", R"("sliding_window": 16, "max_window_layers": 1)");  // use_sliding_window false
+  ASSERT_TRUE(off.ok()) << off.error().ToString();
+  EXPECT_EQ(off->config.sliding_window, 0u);
+  auto by_max = Llamaish("qwen2", R"("use_sliding_window": true, "sliding_window": 16, "max_window_layers": 2)");
+  ASSERT_TRUE(by_max.ok());
+  EXPECT_EQ(by_max->config.sliding_window, 16u);
+  EXPECT_EQ(by_max->config.sliding_window_layers, Flags({0, 0, 1, 1}));
+  auto default_max = Llamaish("qwen2", R"("use_sliding_window": true, "sliding_window": 16)");  // 28 > 4 layers
+  ASSERT_TRUE(default_max.ok());
+  EXPECT_EQ(default_max->config.sliding_window, 0u);
+  auto by_types = Llamaish("qwen2", R"("use_sliding_window": true, "sliding_window": 8, "layer_types":
+      ["sliding_attention", "full_attention", "sliding_attention", "full_attention"])");
+  ASSERT_TRUE(by_types.ok());
+  EXPECT_EQ(by_types->config.sliding_window_layers, Flags({1, 0, 1, 0}));
+  auto sliding_without_window = Llamaish("qwen2", R"("layer_types":
+      ["sliding_attention", "full_attention", "full_attention", "full_attention"])");
+  ASSERT_FALSE(sliding_without_window.ok());
+  EXPECT_NE(sliding_without_window.error().message.find("field \"layer_types\": layer 0 is sliding_attention but"),
+            std::string::npos)
+      << sliding_without_window.error().message;
+  auto unknown_type = Llamaish("qwen2", R"("use_sliding_window": true, "layer_types":
+      ["chunked_attention", "full_attention", "full_attention", "full_attention"])");
+  ASSERT_FALSE(unknown_type.ok());
+  EXPECT_EQ(unknown_type.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(unknown_type.error().message.find("\"chunked_attention\""), std::string::npos);
+  auto wrong_count = Llamaish("qwen2", R"("layer_types": ["full_attention"])");
+  ASSERT_FALSE(wrong_count.ok());
+  EXPECT_NE(wrong_count.error().message.find("layer_types"), std::string::npos);
+}
+
+TEST(HfImportSlidingWindowTest, DescriptionRoundTripKeepsTheWindowAndOldDigests) {
+  auto m = Llamaish("qwen2", R"("use_sliding_window": true, "sliding_window": 16, "max_window_layers": 2)");
+  ASSERT_TRUE(m.ok());
+  auto back = ModelDescription::Parse(m->ToJson(), "d.json");
+  ASSERT_TRUE(back.ok()) << back.error().ToString();
+  EXPECT_EQ(back->config, m->config);
+  // A model without the features writes none of the new keys.
+  auto plain = Llamaish("llama", "");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->ToJson().find("sliding_window"), std::string::npos);
+  EXPECT_EQ(plain->ToJson().find("scale_attn"), std::string::npos);
+}
+
+TEST(HfImportTest, Gpt2AttentionScalingKeys) {
+  auto m = ImportHfConfigText(R"({"model_type": "gpt2", "n_embd": 8, "n_layer": 2, "n_head": 2, "vocab_size": 10,
+      "scale_attn_by_inverse_layer_idx": true, "reorder_and_upcast_attn": true, "scale_attn_weights": false})");
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  EXPECT_TRUE(m->config.scale_attn_by_inverse_layer_idx);
+  EXPECT_TRUE(m->config.reorder_and_upcast_attn);
+  EXPECT_FALSE(m->config.scale_attn_weights);
+  auto back = ModelDescription::Parse(m->ToJson(), "d.json");
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->config, m->config);
+}
+
+// What the executor would refuse, the importer refuses first, naming the config file and the key.
+TEST(HfImportTest, MathKeysTheExecutorWouldRefuseAreRefusedAtImport) {
+  struct Case {
+    std::string model_type, extra, expect;
+  } cases[] = {
+      {"llama", R"("rope_scaling": {"rope_type": "longrope", "short_factor": [1], "long_factor": [1]})",
+       "field \"rope_scaling\": rope type \"longrope\" is not supported"},
+      {"llama", R"("rope_scaling": {"rope_type": "linear", "factor": 0})", "\"factor\" must be positive"},
+      {"llama", R"("rope_scaling": {"rope_type": "linear", "factor": -2.0})", "\"factor\" must be positive"},
+      {"llama", R"("rope_scaling": {"rope_type": "linear"})", "rope type linear needs \"factor\""},
+      {"llama", R"("rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 2, "high_freq_factor": 2,
+                   "original_max_position_embeddings": 64})",
+       "llama3 high_freq_factor equals low_freq_factor"},
+      {"llama", R"("rope_parameters": {"rope_type": "llama3", "rope_theta": 10000, "factor": 8, "low_freq_factor": 1,
+                   "high_freq_factor": 4, "original_max_position_embeddings": 0})",
+       "field \"rope_parameters\": llama3 needs original_max_position_embeddings > 0"},
+      {"llama", R"("rope_scaling": {"rope_type": "magic", "factor": 2})", "rope type \"magic\" is not supported"},
+      {"llama", R"("partial_rotary_factor": 0.5)", "field \"partial_rotary_factor\": 0.5"},
+      {"llama", R"("rope_parameters": {"rope_type": "default", "rope_theta": 10000, "partial_rotary_factor": 0.5})",
+       "partial_rotary_factor 0.5 is not supported"},
+      {"llama", R"("hidden_act": "quick_gelu")", "field \"hidden_act\": activation \"quick_gelu\" is not supported"},
+      {"mistral", R"("quantization_config": {"quant_method": "gptq", "bits": 4})", "field \"quantization_config\""},
+      {"qwen2", R"("final_logit_softcapping": 30.0)", "field \"final_logit_softcapping\": 30.0 changes the computation"},
+      {"llama", R"("num_local_experts": 8)", "field \"num_local_experts\""},
+  };
+  for (const Case& c : cases) {
+    auto r = Llamaish(c.model_type, c.extra);
+    ASSERT_FALSE(r.ok()) << c.extra;
+    EXPECT_EQ(r.error().message.rfind("/m/config.json: ", 0), 0u) << r.error().message;
+    EXPECT_NE(r.error().message.find(c.expect), std::string::npos) << r.error().message;
+  }
+  auto gelu = ImportHfConfigText(R"({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 10,
+      "activation_function": "gelu_10"})", {}, "/g/config.json");
+  ASSERT_FALSE(gelu.ok());
+  EXPECT_NE(gelu.error().message.find("/g/config.json: field \"activation_function\""), std::string::npos);
+  auto cross = ImportHfConfigText(R"({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 10,
+      "add_cross_attention": true})", {}, "/g/config.json");
+  ASSERT_FALSE(cross.ok());
+  EXPECT_NE(cross.error().message.find("field \"add_cross_attention\""), std::string::npos);
+  // Neutral values pass.
+  EXPECT_TRUE(Llamaish("llama", R"("partial_rotary_factor": 1.0, "quantization_config": null,
+                                   "num_local_experts": 0, "rope_scaling": {"rope_type": "linear", "factor": 2})").ok());
+}
+
+TEST(HfImportTest, MathKeyRegistryListsEveryFamily) {
+  for (const std::string& type : SupportedModelTypes()) {
+    auto keys = MathKeysOf(type);
+    EXPECT_GT(keys.size(), 10u) << type;
+    bool has_refused = false, has_quant = false;
+    for (const MathKey& k : keys) {
+      has_refused = has_refused || !k.implemented;
+      has_quant = has_quant || (k.key == "quantization_config" && !k.implemented);
+    }
+    EXPECT_TRUE(has_refused && has_quant) << type;
+  }
+  auto qwen = MathKeysOf("qwen2");
+  EXPECT_TRUE(std::any_of(qwen.begin(), qwen.end(),
+                          [](const MathKey& k) { return k.key == "max_window_layers" && k.implemented; }));
+  auto gpt2 = MathKeysOf("gpt2");
+  EXPECT_TRUE(std::any_of(gpt2.begin(), gpt2.end(),
+                          [](const MathKey& k) { return k.key == "scale_attn_by_inverse_layer_idx" && k.implemented; }));
+}
+
+}  // namespace
+}  // namespace bigplan

@@ -1,11 +1,12 @@
 #include "planner/model_desc.h"
 
-#include <fstream>
 #include <set>
 #include <sstream>
 #include <unordered_map>
 #include <utility>
 
+#include "support/file_read.h"
+#include "support/json_parse.h"
 #include "support/sha256.h"
 
 namespace bigplan {
@@ -175,6 +176,20 @@ Result<ModelConfig> ParseConfig(const json& j, const std::string& source) {
     }
     c.eos_token_ids.push_back(e.get<int64_t>());
   }
+  BIGPLAN_ASSIGN_OR_RETURN(c.sliding_window, f.U32("sliding_window", 0));
+  BIGPLAN_ASSIGN_OR_RETURN(const json* layers, f.Array("sliding_window_layers", false));
+  if (layers != nullptr) {
+    for (size_t i = 0; i < layers->size(); ++i) {
+      if (!(*layers)[i].is_boolean()) {
+        return InvalidAt(source, "config.sliding_window_layers[" + std::to_string(i) + "]",
+                         "expected true or false, got " + (*layers)[i].dump());
+      }
+      c.sliding_window_layers.push_back((*layers)[i].get<bool>());
+    }
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(c.scale_attn_weights, f.Bool("scale_attn_weights", true));
+  BIGPLAN_ASSIGN_OR_RETURN(c.scale_attn_by_inverse_layer_idx, f.Bool("scale_attn_by_inverse_layer_idx", false));
+  BIGPLAN_ASSIGN_OR_RETURN(c.reorder_and_upcast_attn, f.Bool("reorder_and_upcast_attn", false));
   return c;
 }
 
@@ -202,6 +217,12 @@ ordered_json ConfigToJson(const ModelConfig& c) {
     j["bos_token_id"] = c.bos_token_id;
   }
   j["eos_token_ids"] = c.eos_token_ids;
+  // Optional fields, only when not their default (the canonical JSON of older models is unchanged).
+  if (c.sliding_window != 0) j["sliding_window"] = c.sliding_window;
+  if (!c.sliding_window_layers.empty()) j["sliding_window_layers"] = c.sliding_window_layers;
+  if (!c.scale_attn_weights) j["scale_attn_weights"] = false;
+  if (c.scale_attn_by_inverse_layer_idx) j["scale_attn_by_inverse_layer_idx"] = true;
+  if (c.reorder_and_upcast_attn) j["reorder_and_upcast_attn"] = true;
   return j;
 }
 
@@ -280,12 +301,8 @@ uint64_t TensorSpec::bytes_as(DType exec_dtype) const {
 }
 
 Result<ModelDescription> ModelDescription::Load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return MakeError(ErrorCode::kNotFound, path + ": cannot open model description");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return MakeError(ErrorCode::kIo, path + ": read failed");
-  Result<ModelDescription> m = Parse(ss.str(), path);
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(path, kModelDescriptionFile));
+  Result<ModelDescription> m = Parse(text, path);
   // A description file whose content fails validation is corrupt (exit status 1), not a bad command line.
   if (!m.ok() && m.error().code == ErrorCode::kInvalidArgument) {
     Error e = m.take_error();
@@ -296,12 +313,7 @@ Result<ModelDescription> ModelDescription::Load(const std::string& path) {
 }
 
 Result<ModelDescription> ModelDescription::Parse(std::string_view text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return MakeError(ErrorCode::kCorrupt, source + ": not valid JSON: " + e.what());
-  }
+  BIGPLAN_ASSIGN_OR_RETURN(json j, ParseJsonStrict(text, source));
   if (!j.is_object()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      source + ": a model description must be a JSON object, got " + TypeName(j));
@@ -374,6 +386,13 @@ Status ModelDescription::Validate() const {
   if (!(c.rope_theta > 0)) return bad("config.rope_theta", "must be positive");
   if (c.activation.empty()) return bad("config.activation", "empty");
   if (!c.rope_scaling.is_null() && !c.rope_scaling.is_object()) return bad("config.rope_scaling", "expected an object or null");
+  if (c.sliding_window == 0 && !c.sliding_window_layers.empty()) {
+    return bad("config.sliding_window_layers", "given without a sliding_window");
+  }
+  if (c.sliding_window != 0 && c.sliding_window_layers.size() != c.num_layers) {
+    return bad("config.sliding_window_layers", "has " + std::to_string(c.sliding_window_layers.size()) +
+                                                   " flags for " + std::to_string(c.num_layers) + " layers");
+  }
   if (Status k = arch::CheckModelConfig(*family, c); !k.ok()) {
     Error e = k.take_error();
     e.message = "field \"config\": " + e.message;

@@ -12,6 +12,8 @@
 #include "planner/plan_builder.h"
 #include "planner/validate.h"
 #include "schema/plan_io.h"
+#include "support/file_read.h"
+#include "support/json_parse.h"
 #include "support/sha256.h"
 
 namespace bigplan {
@@ -32,15 +34,16 @@ bool HasSafetensors(const std::string& dir) {
 Status ReadIndexShards(const std::string& dir, ResolvedModel* out) {
   const std::string path = (fs::path(dir) / "model.safetensors.index.json").string();
   if (!fs::exists(path)) return Status::Ok();
-  BIGPLAN_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadFileBytes(path));
-  nlohmann::json j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(path, kIndexFile));
+  BIGPLAN_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonStrict(text, path));
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
     return MakeError(ErrorCode::kCorrupt, path + ": not a safetensors index (no \"weight_map\" object)");
   std::map<std::string, uint32_t> shard_index;
   // weight_map is ordered by tensor name in nlohmann::json; shard order follows file names for determinism.
   std::set<std::string> files;
   for (const auto& [tensor, file] : j["weight_map"].items()) {
     if (!file.is_string()) return MakeError(ErrorCode::kCorrupt, path + ": weight_map[\"" + tensor + "\"] is not a string");
+    BIGPLAN_RETURN_IF_ERROR(CheckShardNameContained(file.get<std::string>(), tensor, path));
     files.insert(file.get<std::string>());
   }
   for (const std::string& f : files) {
@@ -181,6 +184,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
     return MakeError(ErrorCode::kInvalidArgument,
                      std::string("execution dtype ") + DTypeString(result.exec_dtype) + " is not a floating-point type");
   BIGPLAN_RETURN_IF_ERROR(ValidateRunShape(request.run, model));
+  BIGPLAN_RETURN_IF_ERROR(CheckAccountingSizes(model, request.run, result.exec_dtype));
   result.profile = request.profile.value_or(request.budget.gpus.empty() ? DefaultCpuProfile() : DefaultGpuProfile());
   const DType exec = result.exec_dtype;
 

@@ -72,6 +72,19 @@ Status ValidateAgainstTensors(const ModelDescription& model, const std::vector<T
 
 Status ValidateAgainstCheckpoint(const ModelDescription& model, const Checkpoint& checkpoint,
                                  const ValidateOptions& options) {
+  // Every param of the supported architectures is a floating-point weight; the executor cannot compute with an
+  // integer one. Refused here, naming the shard that holds it.
+  for (const BlockDesc& b : model.blocks) {
+    for (const TensorSpec& p : b.params) {
+      const TensorLocation* loc = checkpoint.Find(p.name);
+      if (loc == nullptr || IsFloatingPoint(loc->dtype)) continue;
+      const std::string shard =
+          loc->shard < checkpoint.shard_paths().size() ? checkpoint.shard_paths()[loc->shard] : checkpoint.directory();
+      return MakeError(ErrorCode::kUnsupported, shard + ": tensor \"" + p.name + "\" is " + DTypeString(loc->dtype) +
+                                                    ", but " + model.architecture + " weights must be floating point "
+                                                    "(F32, F16, BF16, F64 or F8)");
+    }
+  }
   return ValidateAgainstTensors(model, TensorSpecsOf(checkpoint), checkpoint.directory(), options);
 }
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "support/file_read.h"
 #include "support/sha256.h"
 
 namespace bigplan {
@@ -228,24 +229,7 @@ Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const s
 }
 
 Result<std::vector<uint8_t>> ReadFileBytes(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    return MakeError(ErrorCode::kIo, path + ": is a directory, not a file");
-  }
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) {
-    return MakeError(errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
-                     path + ": cannot open: " + std::strerror(errno));
-  }
-  std::vector<uint8_t> bytes;
-  uint8_t chunk[1 << 16];
-  size_t n;
-  while ((n = std::fread(chunk, 1, sizeof(chunk), f)) > 0) bytes.insert(bytes.end(), chunk, chunk + n);
-  const bool failed = std::ferror(f);
-  const int err = errno;
-  std::fclose(f);
-  if (failed) return MakeError(ErrorCode::kIo, path + ": read failed: " + std::strerror(err));
-  return bytes;
+  return ReadBoundedFileBytes(path, kPlanFile);
 }
 
 namespace {

@@ -29,7 +29,8 @@ inline constexpr char kPlanChecksumPlaceholder[] =
 // VerifyPlan detects any later change to the file's bytes. kInternal if the buffer has no placeholder.
 Status SealPlan(std::vector<uint8_t>* bytes);
 
-// Reads a whole file into memory (kNotFound / kIo naming the file).
+// Reads a whole plan file into memory under support/file_read.h's rules (regular files only, non-blocking open,
+// at most kMaxPlanFileBytes). Other kinds of files: ReadBoundedFileBytes with their own cap.
 Result<std::vector<uint8_t>> ReadFileBytes(const std::string& path);
 
 // Writes bytes to `path` atomically (temporary file + rename), kIo on failure.

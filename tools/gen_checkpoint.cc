@@ -9,12 +9,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <string_view>
 
 #include "formats/writer.h"
+#include "support/file_read.h"
 #include "support/result.h"
 #include "support/tool_main.h"
 #include "support/units.h"
@@ -88,11 +87,8 @@ Status Main(int argc, char** argv) {
   if (spec_path.empty()) return Usage("--spec is required");
   options.file_prefix = prefix;
 
-  std::ifstream f(spec_path, std::ios::binary);
-  if (!f) return MakeError(ErrorCode::kNotFound, spec_path + ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  BIGPLAN_ASSIGN_OR_RETURN(std::vector<WriteSpec> specs, ParseWriteSpecsJson(ss.str(), spec_path));
+  BIGPLAN_ASSIGN_OR_RETURN(std::string spec_text, ReadBoundedFile(spec_path, kSpecFile));
+  BIGPLAN_ASSIGN_OR_RETURN(std::vector<WriteSpec> specs, ParseWriteSpecsJson(spec_text, spec_path));
 
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&]() {

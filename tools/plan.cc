@@ -23,6 +23,8 @@
 #include "schema/plan_io.h"
 #include "support/cli.h"
 #include "support/units.h"
+#include "support/file_read.h"
+#include "support/json_parse.h"
 #include "support/result.h"
 #include "support/tool_main.h"
 
@@ -94,10 +96,8 @@ std::string Runfile(const std::string& rel, const char* argv0) {
 }
 
 Result<nlohmann::json> ReadJsonFile(const std::string& path) {
-  BIGPLAN_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadFileBytes(path));
-  nlohmann::json j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
-  if (j.is_discarded()) return MakeError(ErrorCode::kCorrupt, path + ": not valid JSON");
-  return j;
+  BIGPLAN_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(path, kDeviceMapFile));
+  return ParseJsonStrict(text, path);
 }
 
 struct Flags {

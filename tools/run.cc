@@ -122,14 +122,14 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       f.gen.max_new_tokens = static_cast<int>(n);
     } else if (flag == "--temperature") {
       BIGPLAN_ASSIGN_OR_RETURN(double t, kCli.ParseDouble(flag, value, 0));
-      f.gen.temperature = static_cast<float>(t);
+      f.gen.temperature = t;
     } else if (flag == "--top-k") {
       BIGPLAN_ASSIGN_OR_RETURN(int64_t k, kCli.ParseInt(flag, value, 0, kIntMax));
       f.gen.top_k = static_cast<int>(k);
     } else if (flag == "--top-p") {
       BIGPLAN_ASSIGN_OR_RETURN(double p, kCli.ParseDouble(flag, value, 0));
       if (p <= 0 || p > 1) return Usage("--top-p: expected a number in (0, 1], got \"" + value + "\"");
-      f.gen.top_p = static_cast<float>(p);
+      f.gen.top_p = p;
     } else if (flag == "--seed") {
       BIGPLAN_ASSIGN_OR_RETURN(int64_t s, kCli.ParseInt(flag, value, 0));
       f.gen.seed = static_cast<uint64_t>(s);

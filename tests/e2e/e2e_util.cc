@@ -23,8 +23,9 @@ namespace bigplan::e2e {
 namespace fs = std::filesystem;
 
 const std::vector<std::string>& AllFamilies() {
-  static const std::vector<std::string> kFamilies = {"llama", "llama_gqa", "llama_linear", "llama_dynamic", "mistral",
-                                                     "qwen2", "phi3",      "phi3_longrope", "gpt2",         "gptj"};
+  static const std::vector<std::string> kFamilies = {
+      "llama", "llama_gqa",     "llama_linear", "llama_dynamic", "mistral", "mistral_sliding", "qwen2",
+      "qwen2_sliding", "phi3", "phi3_longrope", "gpt2", "gpt2_scaled", "gptj"};
   return kFamilies;
 }
 

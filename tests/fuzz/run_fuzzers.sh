@@ -13,8 +13,8 @@ cd "$root"
 CXX="${CXX_FUZZ:-clang++}"
 flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
        -fno-sanitize-recover=undefined -I. -Wall -Wno-sign-compare)
-common=(support/result.cc support/sha256.cc formats/dtype.cc formats/mapped_file.cc formats/json_util.cc
-        formats/safetensors.cc)
+common=(support/result.cc support/sha256.cc support/file_read.cc support/json_parse.cc formats/dtype.cc
+        formats/guarded_copy.cc formats/mapped_file.cc formats/json_util.cc formats/safetensors.cc)
 
 mkdir -p "$work/bin"
 python3 tests/fuzz/make_seeds.py "$work/seeds"

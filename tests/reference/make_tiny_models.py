@@ -21,8 +21,8 @@ Usage:
   make_tiny_models.py --out DIR --family FAMILY
   make_tiny_models.py --out-root DIR --families all|F1,F2,...      (writes DIR/FAMILY for each)
   make_tiny_models.py --list
-Families: see FAMILIES below (llama, llama_gqa, llama_linear, llama_dynamic, mistral, qwen2, qwen2_yarn, phi3,
-phi3_longrope, gpt2, gptj).
+Families: see FAMILIES below (llama, llama_gqa, llama_linear, llama_dynamic, mistral, mistral_sliding, qwen2,
+qwen2_sliding, qwen2_yarn, phi3, phi3_longrope, gpt2, gpt2_scaled, gptj).
 """
 
 import argparse
@@ -99,6 +99,25 @@ FAMILIES = {
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0, 1.25, 1.5, 2.0],
                              long_factor=[2.0, 3.0, 5.0, 8.0], original_max_position_embeddings=8),
         tie_word_embeddings=True, hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # Mistral with a sliding window of 4 tokens: the 7-token prefill and every KV-cached decode step (positions 7..9)
+    # reach past it, in every layer.
+    "mistral_sliding": ("mistral", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=160, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+        sliding_window=4, tie_word_embeddings=False, hidden_act="silu")),
+    # Qwen2 with use_sliding_window, a window of 3 and max_window_layers 1: layer 0 attends to everything, layers 1
+    # and 2 to the last 3 positions only.
+    "qwen2_sliding": ("qwen2", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=160, max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=10000.0,
+        tie_word_embeddings=False, use_sliding_window=True, sliding_window=3, max_window_layers=1,
+        hidden_act="silu")),
+    # GPT-2 with scale_attn_by_inverse_layer_idx (layer i's scores divided by i + 1) and reorder_and_upcast_attn
+    # (float32 scores and softmax in transformers' eager attention), 3 layers.
+    "gpt2_scaled": ("gpt2", dict(
+        n_embd=64, n_layer=3, n_head=4, vocab_size=256, n_positions=64, activation_function="gelu_new",
+        layer_norm_epsilon=1e-5, bos_token_id=255, eos_token_id=255, scale_attn_by_inverse_layer_idx=True,
+        reorder_and_upcast_attn=True)),
     # GPT-2: learned positions, Conv1D weights, gelu_new, tied lm_head.
     "gpt2": ("gpt2", dict(
         n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64, activation_function="gelu_new",
@@ -126,13 +145,30 @@ def spec_of(model_type, cfg):
             rope_theta=10000.0, rotary_dim=(cfg.rotary_dim or head_dim) if model_type == "gptj" else 0,
             attention_bias=(model_type == "gpt2"), mlp_bias=True, tie_word_embeddings=bool(cfg.tie_word_embeddings),
             activation=cfg.activation_function, rope_scaling_json="")
+        if model_type == "gpt2":
+            spec.update(scale_attn_weights=bool(cfg.scale_attn_weights),
+                        scale_attn_by_inverse_layer_idx=bool(cfg.scale_attn_by_inverse_layer_idx),
+                        reorder_and_upcast_attn=bool(cfg.reorder_and_upcast_attn))
         return spec
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     rope = dict(cfg.rope_parameters or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     rotary_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
     attention_bias = bool(getattr(cfg, "attention_bias", False)) or model_type == "qwen2"
+    # Sliding-window layers as the modeling code decides them: MistralModel slides every layer when
+    # config.sliding_window is set; Qwen2 slides the layers its config.layer_types marks (sliding_window is None
+    # unless use_sliding_window).
+    window = getattr(cfg, "sliding_window", None) if model_type in ("mistral", "qwen2") else None
+    if window is None:
+        sliding_layers = []
+    elif model_type == "mistral":
+        sliding_layers = [True] * cfg.num_hidden_layers
+    else:
+        sliding_layers = [t == "sliding_attention" for t in cfg.layer_types]
+    if not any(sliding_layers):
+        window, sliding_layers = None, []
     return dict(
+        sliding_window=window or 0, sliding_window_layers=sliding_layers,
         architecture=ARCHITECTURE[model_type], hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=head_dim,
         intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
