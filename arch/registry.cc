@@ -918,6 +918,11 @@ Result<ParsedConfig> ParseHfConfig(const nlohmann::json& config, const std::stri
     if (e.message.rfind(kRope, 0) == 0) {
       return ConfigError(e.code, source + ": field \"rope_scaling\": " + e.message.substr(kRope.size()));
     }
+    if (e.message.rfind("activation ", 0) == 0) {
+      const bool gpt = p.family->family == Family::kGpt2 || p.family->family == Family::kGptj;
+      return ConfigError(e.code, source + ": field \"" + (gpt ? "activation_function" : "hidden_act") + "\": " +
+                                     e.message);
+    }
     return ConfigError(e.code, source + ": " + e.message);
   }
   return p;
@@ -961,6 +966,16 @@ Status CheckModelConfig(const FamilyInfo& family, const ModelConfig& c) {
     auto it = rs.find(key);
     return it != rs.end() && it->is_number() ? &*it : nullptr;
   };
+  if (rs.is_object() && *type != RopeType::kDefault && *type != RopeType::kLongrope) {
+    if (const json* f = number("factor"); f != nullptr && !(f->get<double>() > 0)) {
+      return bad("'factor' must be positive, got " + f->dump());
+    }
+  }
+  if (*type == RopeType::kLlama3 || *type == RopeType::kYarn) {
+    if (const json* o = number("original_max_position_embeddings"); o != nullptr && !(o->get<double>() > 0)) {
+      return bad(std::string(RopeTypeName(*type)) + " needs original_max_position_embeddings > 0");
+    }
+  }
   switch (*type) {
     case RopeType::kDefault:
     case RopeType::kYarn: break;

@@ -548,11 +548,14 @@ Result<at::Tensor> Conv1DW(const WeightRef& w, const at::Tensor& x, const at::Te
   if (shape.size() != 2) return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.name + "' is not a matrix");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = shape[1];
-  at::Tensor x2 = x.reshape({-1, x.size(-1)});
-  at::Tensor out = b.defined() ? b.expand({x2.size(0), shape[1]}).contiguous() : at::zeros({x2.size(0), shape[1]}, x.options());
+  // The partial products are summed in float32 and rounded once, as one whole product would be.
+  at::Tensor x2 = x.reshape({-1, x.size(-1)}).to(at::kFloat);
+  at::Tensor out = b.defined() ? b.to(at::kFloat).expand({x2.size(0), shape[1]}).contiguous()
+                               : at::zeros({x2.size(0), shape[1]}, x.options().dtype(at::kFloat));
   BIGPLAN_RETURN_IF_ERROR(ForEachChunk(w, [&](const at::Tensor& chunk, int64_t row_begin) {
-    out.addmm_(x2.narrow(1, row_begin, chunk.size(0)), chunk);
+    out.addmm_(x2.narrow(1, row_begin, chunk.size(0)), chunk.to(at::kFloat));
   }));
+  out = out.to(x.scalar_type());
   return out.view(out_shape);
 }
 

@@ -161,11 +161,11 @@ LIMIT_MS=8000 expect_error header_100k_tensors "many_tensors" "problems" -- \
   "$plan" --quiet --model "$work/many_tensors" --max-memory cpu=1GiB --seq-len 32
 
 # ---- config keys that change the math: refused by plan, naming config.json ----
-expect_error rope_factor_zero "rope_zero/config.json" "\"factor\" must be positive" -- \
+expect_error rope_factor_zero "rope_zero/config.json" "'factor' must be positive" -- \
   "$plan" --quiet --model "$work/rope_zero" --max-memory cpu=1GiB --seq-len 32
 expect_error rope_llama3_equal "rope_llama3_equal/config.json" "high_freq_factor equals low_freq_factor" -- \
   "$plan" --quiet --model "$work/rope_llama3_equal" --max-memory cpu=1GiB --seq-len 32
-expect_error rope_longrope "rope_longrope/config.json" "\"longrope\" is not supported" -- \
+expect_error rope_longrope "rope_longrope/config.json" "longrope needs 'short_factor'" -- \
   "$plan" --quiet --model "$work/rope_longrope" --max-memory cpu=1GiB --seq-len 32
 expect_error activation_unknown "act_unknown/config.json" "\"quick_gelu\" is not supported" -- \
   "$plan" --quiet --model "$work/act_unknown" --max-memory cpu=1GiB --seq-len 32

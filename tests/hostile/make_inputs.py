@@ -123,8 +123,9 @@ def main(work):
         "rope_zero": {"rope_scaling": {"rope_type": "linear", "factor": 0.0}},
         "rope_llama3_equal": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0,
                                                "high_freq_factor": 2.0, "original_max_position_embeddings": 32}},
-        "rope_longrope": {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 4,
-                                           "long_factor": [1.0] * 4}},
+        # longrope is implemented; factor lists of the wrong length are refused.
+        "rope_longrope": {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 3,
+                                           "long_factor": [1.0] * 3, "original_max_position_embeddings": 16}},
         "act_unknown": {"hidden_act": "quick_gelu"},
         "partial_rotary": {"partial_rotary_factor": 0.5},
         "quantized": {"quantization_config": {"quant_method": "gptq", "bits": 4}},
