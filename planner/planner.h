@@ -55,6 +55,8 @@ struct PlanRequest {
   // Blocks streamed whole are double-buffered by default (a ring of 2 slots of the largest streamed block); a
   // depth d gives d + 1 slots (still capped by the number of streaming blocks).
   std::optional<uint32_t> prefetch_depth;
+  // Strategy "auto": the candidates it may choose from (PlacementOptions::auto_candidates).
+  std::string auto_candidates = "BPC";
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };

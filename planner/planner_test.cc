@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -183,6 +184,83 @@ TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
   EXPECT_EQ(result->streamed_bytes, result->schedule.streams[0].streamed_bytes());
   for (const DeviceAccount& a : result->usage) EXPECT_TRUE(a.fits()) << a.Summary();
   EXPECT_TRUE(CheckPlanMemory(p).ok());
+}
+
+// Issue 9's target: a Llama-3.1-405B-shaped model (4 layers of 6.4 GB) at cuda:0=4GiB plans by streaming its weights
+// in row chunks through the ring, and the prediction is within 1.1x of its PCIe floor.
+TEST(PlannerTest, LayersLargerThanTheGpuPlanNearTheCopyFloor) {
+  PlanRequest r;
+  r.model_dir = Runfile("planner/testdata/configs/llama-3.1-405b-4layers");
+  auto b = ParseMaxMemory("cuda:0=4GiB,cpu=200GiB");
+  ASSERT_TRUE(b.ok());
+  r.budget = *b;
+  auto result = MakePlan(r);
+  ASSERT_TRUE(result.ok()) << result.error().ToString();
+  EXPECT_EQ(result->placement.chosen, "C");
+  ASSERT_EQ(result->schedule.streams.size(), 1u);
+  const DeviceStreamPlan& st = result->schedule.streams[0];
+  EXPECT_EQ(st.layout, "chunks");
+  size_t chunks = 0;
+  for (const StreamUnitPlan& u : st.units) chunks += !u.whole;
+  EXPECT_GT(chunks, 100u);
+  EXPECT_GT(result->streamed_bytes, 20ull << 30);
+  for (const DeviceAccount& a : result->usage) EXPECT_TRUE(a.fits()) << a.Summary();
+  EXPECT_GE(result->decode.total_us, result->copy_floor_us);
+  EXPECT_LE(result->decode.total_us, 1.1 * result->copy_floor_us)
+      << "decode " << result->decode.total_us << " us, floor " << result->copy_floor_us << " us";
+  const schema::Plan& p = result->plan();
+  ASSERT_EQ(p.streams()->size(), 1u);
+  EXPECT_EQ(p.streams()->Get(0)->chunk_bytes(), st.chunk_bytes);
+  EXPECT_TRUE(CheckPlanMemory(p).ok());
+}
+
+// Llama-2-7B at cuda:0=6GiB: auto keeps parts of every layer resident (candidate P), which keeps more bytes
+// resident than whole-block residency (candidate B) and predicts no slower.
+TEST(PlannerTest, PartiallyResidentBlocksPredictNoSlowerThanWholeBlocks) {
+  PlanRequest r;
+  r.model_dir = Runfile("planner/examples/llama-2-7b");
+  auto b = ParseMaxMemory("cuda:0=6GiB,cpu=64GiB");
+  ASSERT_TRUE(b.ok());
+  r.budget = *b;
+  r.run = RunShape{1, 512};
+  auto chosen = MakePlan(r);
+  ASSERT_TRUE(chosen.ok()) << chosen.error().ToString();
+  EXPECT_EQ(chosen->placement.chosen, "P");
+  r.auto_candidates = "B";
+  auto whole = MakePlan(r);
+  ASSERT_TRUE(whole.ok()) << whole.error().ToString();
+  EXPECT_EQ(whole->placement.chosen, "B");
+  EXPECT_LT(chosen->streamed_bytes, whole->streamed_bytes);
+  EXPECT_LE(chosen->decode.total_us, whole->decode.total_us);
+  EXPECT_LE(chosen->prefill.total_us, whole->prefill.total_us);
+  for (const PlacementCandidate& c : chosen->placement.candidates)
+    std::printf("candidate %s: %s, resident %llu bytes\n", c.name.c_str(), c.feasible ? "feasible" : c.why.c_str(),
+                static_cast<unsigned long long>(c.resident_bytes));
+  std::printf("llama-2-7b at 6 GiB: P decode %.3f ms (floor %.3f), B decode %.3f ms (floor %.3f)\n",
+              chosen->decode.total_us / 1000, chosen->copy_floor_us / 1000, whole->decode.total_us / 1000,
+              whole->copy_floor_us / 1000);
+  // The plan records each weight's tier, and its stream carries exactly the Cpu-tier weights.
+  const schema::Plan& p = chosen->plan();
+  uint64_t cpu_weights = 0;
+  size_t partial = 0;
+  for (const schema::Block* blk : *p.blocks()) {
+    bool gpu = false, cpu = false;
+    for (const schema::Weight* w : *blk->weights()) {
+      gpu |= w->tier() == schema::Tier::Gpu;
+      cpu |= w->tier() == schema::Tier::Cpu;
+      if (w->tier() == schema::Tier::Cpu) cpu_weights += w->size_bytes();
+    }
+    if (gpu && cpu) {
+      ++partial;
+      EXPECT_GE(blk->home_buffer(), 0);
+      EXPECT_GE(blk->host_buffer(), 0);
+      EXPECT_EQ(blk->tier(), schema::Tier::Cpu);
+    }
+  }
+  EXPECT_GE(partial, 30u);
+  uint64_t unit_bytes = 0;
+  for (const schema::Unit* u : *p.streams()->Get(0)->units()) unit_bytes += u->bytes();
+  EXPECT_EQ(unit_bytes, cpu_weights);
 }
 
 TEST(PlannerTest, GreedyNeverUsesMoreThanLinear) {
