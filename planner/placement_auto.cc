@@ -22,6 +22,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "planner/placement.h"
@@ -562,13 +563,43 @@ class AutoPlanner {
       }
       const uint64_t ring = StagingBufferCount(n_streaming, depth_) * largest;
       if (total - streamed + ring > avail) continue;
+      std::vector<std::vector<bool>> in(end - begin);
+      std::vector<uint64_t> stream(end - begin, 0);
+      for (size_t i = begin; i < end; ++i) std::tie(stream[i - begin], in[i - begin]) = BestSubset(TableFor(sizes_[i]), x);
+      // What the cap leaves unused: streamed weights (largest first, then in execution order) become resident while
+      // the resident bytes and the ring (which shrinks with the largest stream) still fit.
+      auto ring_of = [&](const std::vector<uint64_t>& st) {
+        uint64_t n = 0, m = 0;
+        for (uint64_t v : st) {
+          n += v > 0;
+          m = std::max(m, v);
+        }
+        return StagingBufferCount(n, depth_) * m;
+      };
+      uint64_t resident = total - streamed;
+      std::vector<std::pair<size_t, size_t>> movable;  // (block offset, weight)
+      for (size_t k = 0; k < in.size(); ++k)
+        for (size_t w = 0; w < in[k].size(); ++w)
+          if (in[k][w]) movable.emplace_back(k, w);
+      std::stable_sort(movable.begin(), movable.end(), [&](const auto& a, const auto& b) {
+        return sizes_[begin + a.first][a.second] > sizes_[begin + b.first][b.second];
+      });
+      for (const auto& [k, w] : movable) {
+        const uint64_t v = sizes_[begin + k][w];
+        stream[k] -= v;
+        if (resident + v + ring_of(stream) <= avail) {
+          resident += v;
+          in[k][w] = false;
+        } else {
+          stream[k] += v;
+        }
+      }
       for (size_t i = begin; i < end; ++i) {
-        const std::vector<bool> in = BestSubset(TableFor(sizes_[i]), x).second;
-        std::vector<Tier> tiers(in.size(), Tier::kGpu);
-        for (size_t w = 0; w < in.size(); ++w) tiers[w] = in[w] ? Tier::kCpu : Tier::kGpu;
+        std::vector<Tier> tiers(in[i - begin].size(), Tier::kGpu);
+        for (size_t w = 0; w < tiers.size(); ++w) tiers[w] = in[i - begin][w] ? Tier::kCpu : Tier::kGpu;
         (*blocks)[i].weight_tiers = tiers;
       }
-      (*rings)[gpu] = ring;
+      (*rings)[gpu] = ring_of(stream);
       return Status::Ok();
     }
     return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": no per-block stream cap fits " +
