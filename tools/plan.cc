@@ -39,9 +39,10 @@ const char* const kBundledExamples[] = {"llama-2-7b", "gpt-j-6b"};
 constexpr const char* kUsage =
     "usage: plan [FLAGS]\n"
     "\n"
-    "Plans a model for the given memory budgets: which device computes each block, where its weights rest\n"
-    "(resident on the GPU, pinned CPU memory, or disk), the prefetch schedule and every buffer's offset. Prints\n"
-    "the placement, the memory plan and the predicted time per forward pass; -o writes the plan file.\n"
+    "Plans a model for the given memory budgets: which device computes each block, where each weight rests\n"
+    "(resident on the GPU, pinned CPU memory, or disk), how streamed weights flow through each GPU's ring, and\n"
+    "every buffer's offset. Prints the placement, the memory plan and the predicted time per forward pass;\n"
+    "-o writes the plan file.\n"
     "With no model flag, plans the bundled examples (Llama-2-7B and GPT-J-6B, no weights needed) for\n"
     "--max-memory cuda:0=4GiB,cpu=64GiB,disk=200GiB, bf16, batch 1, sequence length 512.\n"
     "\n"
@@ -64,7 +65,9 @@ constexpr const char* kUsage =
     "  --device-map FILE        HF-style device map JSON for --strategy explicit (implies it when no strategy\n"
     "                           is given)\n"
     "  --memory-algorithm NAME  arena planner: greedy_by_size (default), linear\n"
-    "  --prefetch-depth N       copy N streamed blocks ahead (default: chosen by the cost model)\n"
+    "  --prefetch-depth N       streamed blocks copied ahead: rings of N + 1 block slots (default 1)\n"
+    "  --auto-candidates LETTERS  which placements auto chooses from (default BPC): B whole blocks, P partly\n"
+    "                           resident blocks, C row-chunked streaming through a quarter of the budget\n"
     "  --profile FILE           device profile JSON (default: the H100 profile, or the CPU profile without GPUs)\n"
     "output:\n"
     "  -o, --output FILE        write the plan (a .bplan flatbuffer)\n"
@@ -101,6 +104,7 @@ struct Flags {
   std::string model_dir, description, checkpoint, max_memory, dtype, strategy, memory_algorithm, profile,
       device_map, export_device_map, output;
   std::optional<uint32_t> batch, seq_len, prefetch_depth;
+  std::string auto_candidates;
   bool quiet = false;
 };
 
@@ -121,7 +125,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     switch (SplitFlag(argc, argv, &i,
                       {"--model", "--description", "--checkpoint", "--max-memory", "--dtype", "--batch", "--seq-len",
                        "--strategy", "--memory-algorithm", "--profile", "--device-map", "--export-device-map", "-o",
-                       "--output", "--prefetch-depth"},
+                       "--output", "--prefetch-depth", "--auto-candidates"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag \"" + flag + "\"");
@@ -135,6 +139,11 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParsePositive(flag, value)); }
     else if (flag == "--seq-len") { BIGPLAN_ASSIGN_OR_RETURN(f.seq_len, kCli.ParsePositive(flag, value)); }
     else if (flag == "--prefetch-depth") { BIGPLAN_ASSIGN_OR_RETURN(f.prefetch_depth, kCli.ParsePositive(flag, value)); }
+    else if (flag == "--auto-candidates") {
+      if (value.empty() || value.find_first_not_of("BPC") != std::string::npos)
+        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C");
+      f.auto_candidates = value;
+    }
     else if (flag == "--strategy") f.strategy = value;
     else if (flag == "--memory-algorithm") f.memory_algorithm = value;
     else if (flag == "--profile") f.profile = UserPath(value);
@@ -184,6 +193,7 @@ Status Main(int argc, char** argv) {
   if (!f.memory_algorithm.empty()) base.memory_algorithm = f.memory_algorithm;
   if (!f.profile.empty()) { BIGPLAN_ASSIGN_OR_RETURN(base.profile, LoadDeviceProfile(f.profile)); }
   base.prefetch_depth = f.prefetch_depth;
+  if (!f.auto_candidates.empty()) base.auto_candidates = f.auto_candidates;
   if (!f.quiet) base.progress = [](const std::string& m) { std::fprintf(stderr, "plan: %s\n", m.c_str()); };
 
   std::vector<PlanRequest> requests;
