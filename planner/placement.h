@@ -24,7 +24,8 @@
 //                      (min(#streamed, prefetch_depth + 1) slots of the largest streamed block);
 //                   P  partially resident blocks: the smallest per-block cap X such that, with every block streaming
 //                      its subset of weights of largest sum <= X, the rest plus a ring of (prefetch_depth + 1) slots
-//                      of the largest such subset fits A (slots layout);
+//                      of the largest such subset fits A (slots layout); what that leaves is filled by making
+//                      streamed weights resident, largest first, while they and the (shrinking) ring fit;
 //                   C  chunked streaming: a ring R = clamp(A / 4, 256 MiB, 2 GiB) with chunks of R / 8 (chunks layout,
 //                      for layers larger than the GPU), whole weights resident in execution order while they fit A - R.
 //                 Streamed weights rest in the CPU tier while the cpu budget holds them and the pinned disk rings of
