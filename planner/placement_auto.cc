@@ -537,7 +537,7 @@ class AutoPlanner {
   // depth + 1) slots of the largest stream X' fit.
   Status PartialRange(std::pair<size_t, size_t> range, int gpu, uint64_t budget, std::vector<BlockPlacement>* blocks,
                       std::map<int32_t, uint64_t>* rings) const {
-    const auto [begin, end] = range;
+    const size_t begin = range.first, end = range.second;
     if (begin == end) return Status::Ok();
     BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(range, gpu, budget));
     uint64_t total = 0;
@@ -610,7 +610,7 @@ class AutoPlanner {
   // resident in execution order (largest first within a block) while they fit avail - R; the rest streamed.
   Status ChunkedRange(std::pair<size_t, size_t> range, int gpu, uint64_t budget, std::vector<BlockPlacement>* blocks,
                       std::map<int32_t, uint64_t>* rings, std::map<int32_t, uint64_t>* chunks) const {
-    const auto [begin, end] = range;
+    const size_t begin = range.first, end = range.second;
     if (begin == end) return Status::Ok();
     BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(range, gpu, budget));
     const uint64_t ring = std::clamp<uint64_t>(avail / 4, kMinChunkRing, kMaxChunkRing) / kWeightAlignment * kWeightAlignment;

@@ -203,6 +203,11 @@ TEST(PlannerTest, LayersLargerThanTheGpuPlanNearTheCopyFloor) {
   size_t chunks = 0;
   for (const StreamUnitPlan& u : st.units) chunks += !u.whole;
   EXPECT_GT(chunks, 100u);
+  EXPECT_TRUE(CheckDeviceStream(st).ok());
+  // Every chunk waits for the release of what it overwrites (the ring holds far less than one layer).
+  size_t waiting = 0;
+  for (const StreamUnitPlan& u : st.units) waiting += u.wait_unit >= 0;
+  EXPECT_EQ(waiting, st.units.size());
   EXPECT_GT(result->streamed_bytes, 20ull << 30);
   for (const DeviceAccount& a : result->usage) EXPECT_TRUE(a.fits()) << a.Summary();
   EXPECT_GE(result->decode.total_us, result->copy_floor_us);
