@@ -26,7 +26,7 @@ lib=(support/result.cc support/sha256.cc support/units.cc
      formats/dtype.cc formats/mapped_file.cc formats/json_util.cc formats/safetensors.cc formats/checkpoint.cc
      schema/plan_io.cc)
 for f in planner/*.cc; do
-  case "$f" in *_test.cc|*_main.cc) continue ;; esac
+  case "$f" in *_test.cc|*_main.cc|*_testutil.cc) continue ;; esac
   lib+=("$f")
 done
 
@@ -36,11 +36,11 @@ echo "building with $("$CXX" --version | head -1)"
 rm -rf "$work/seeds"
 "$work/bin/planner_seed_gen" "$work/seeds"
 
-"$CXX" "${fuzz[@]}" support/result.cc schema/plan_io.cc planner/overlap_check.cc tests/fuzz/plan_verify_fuzzer.cc \
+"$CXX" "${fuzz[@]}" support/result.cc support/sha256.cc schema/plan_io.cc planner/overlap_check.cc tests/fuzz/plan_verify_fuzzer.cc \
   -o "$work/bin/plan_verify_fuzzer"
 "$CXX" "${fuzz[@]}" support/result.cc support/sha256.cc formats/dtype.cc planner/model_desc.cc \
   tests/fuzz/model_desc_fuzzer.cc -o "$work/bin/model_desc_fuzzer"
-"$CXX" "${fuzz[@]}" support/result.cc schema/plan_io.cc planner/device_profile.cc tests/fuzz/device_profile_fuzzer.cc \
+"$CXX" "${fuzz[@]}" support/result.cc support/sha256.cc schema/plan_io.cc planner/device_profile.cc tests/fuzz/device_profile_fuzzer.cc \
   -o "$work/bin/device_profile_fuzzer"
 
 status=0
