@@ -1,9 +1,10 @@
 // Memory accounting: how many bytes each thing the executor allocates takes, for placement and the memory planner.
 //
 // Device (GPU) memory, per compute device, all inside that device's arena and counted against its budget:
-//   resident weights  sum of BlockWeightBytes of the Gpu-tier blocks computed there
-//   staging           for streamed (Cpu/Disk-tier) blocks computed there: min(#streamed, prefetch_depth + 1)
-//                     buffers of the largest streamed block's BlockWeightBytes
+//   resident weights  sum of the Gpu-tier weights' bytes (each 256-aligned) of the blocks computed there
+//   staging           the ring its streamed (Cpu/Disk-tier) weights pass through (planner/streaming.h): the
+//                     placement's Placement::ring_bytes, by default min(#streaming blocks, prefetch_depth + 1) slots
+//                     of the largest block's streamed bytes (DefaultRingBytes)
 //   KV cache          KvCacheBytesPerLayer for each decoder layer computed there
 //   activations       EstimateActivations over the kinds of blocks computed there (formula below)
 //   workspace reserve GpuWorkspaceReserveBytes() on every device that computes at least one block
@@ -11,8 +12,9 @@
 // allocation bigplan makes; like Accelerate's max_memory, the budget does NOT include it: leave room for it.
 //
 // Host memory (the "cpu" budget), all pinned (cudaHostAlloc) except in CPU-only mode:
-//   CPU-tier weights  sum of BlockWeightBytes of Cpu-tier blocks (at the execution dtype, cast at load)
-//   disk staging      min(#disk blocks, prefetch_depth + 1) buffers of the largest Disk-tier block's BlockWeightBytes
+//   CPU-tier weights  sum of the Cpu-tier weights' bytes, each 256-aligned (at the execution dtype, cast at load)
+//   disk staging      per device that streams Disk-tier weights, its pinned disk ring: StreamOptions::disk_slots
+//                     slots of its largest disk weight (DiskRingBytes)
 //   CPU compute       blocks computed on the CPU (device -1, when no GPU is budgeted): their weights, KV cache and
 //                     activations live in the host arena and count against the cpu budget too.
 // Disk-tier weights are read from the checkpoint's shards in place; they count against the "disk" budget only.

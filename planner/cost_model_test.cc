@@ -7,8 +7,6 @@
 namespace bigplan {
 namespace {
 
-using schema::Tier;
-
 TEST(CostModelTest, BlockCostIsRooflinePlusKernels) {
   DeviceProfile p = DefaultGpuProfile();
   BlockWork w;
@@ -123,24 +121,24 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
     decode_device.push_back(c.decode_device_us);
     prefill_device.push_back(c.prefill_device_us);
     host.push_back(c.host_us);
-    blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, Tier::Gpu, w.weight_bytes, 0});
+    blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, w.weight_bytes, 0, 0});
   }
   EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, 41u);  // the registry's Llama decoder layer
   // Decode is host-bound in every decoder layer (41 x 10.8 = 443 us vs ~190 us on the GPU), prefill device-bound.
   EXPECT_GT(host[1], decode_device[1]);
   EXPECT_LT(host[1], prefill_device[1]);
-  auto s = BuildSchedule(blocks, {});
+  auto s = BuildSchedule(blocks, {}, {});
   ASSERT_TRUE(s.ok());
   const std::vector<int32_t> devices(m.blocks.size(), 0);
-  const ForwardPrediction d = SimulateForward(*s, decode, {}, devices);
-  const ForwardPrediction f = SimulateForward(*s, prefill, {}, devices);
+  const ForwardPrediction d = SimulateForward(*s, decode, devices, p);
+  const ForwardPrediction f = SimulateForward(*s, prefill, devices, p);
   EXPECT_NEAR(d.total_us, 14300, 0.15 * 14300);
   EXPECT_NEAR(f.total_us, 19000, 0.15 * 19000);
   // With the host simulated separately (device times + host times), nearly the same: all layers are host-bound
   // (decode) or device-bound (prefill), so the host never gets ahead in a way the per-block times miss. (The
   // simulated host ends a host-bound step at its last dispatch, without the last kernel's run: ~3% lower decode.)
-  const ForwardPrediction d2 = SimulateForward(*s, decode_device, {}, devices, host);
-  const ForwardPrediction f2 = SimulateForward(*s, prefill_device, {}, devices, host);
+  const ForwardPrediction d2 = SimulateForward(*s, decode_device, devices, p, host);
+  const ForwardPrediction f2 = SimulateForward(*s, prefill_device, devices, p, host);
   EXPECT_NEAR(d2.total_us, d.total_us, 0.04 * d.total_us);
   EXPECT_NEAR(f2.total_us, f.total_us, 0.02 * f.total_us);
   EXPECT_NEAR(d2.host_us, std::accumulate(host.begin(), host.end(), 0.0), 1e-6);
@@ -160,107 +158,164 @@ TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
     graph.push_back(GraphDecodeMicros(c, w));
     eager.push_back(c.decode_us);
     EXPECT_NEAR(graph.back(), c.decode_device_us - w.kernels * (kGpuKernelMicros - kGraphKernelMicros), 1e-9);
-    blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, Tier::Gpu, w.weight_bytes, 0});
+    blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, w.weight_bytes, 0, 0});
   }
-  auto s = BuildSchedule(blocks, {});
+  auto s = BuildSchedule(blocks, {}, {});
   ASSERT_TRUE(s.ok());
   const std::vector<int32_t> devices(m.blocks.size(), 0);
-  const ForwardPrediction g = SimulateForward(*s, graph, {}, devices);
+  const ForwardPrediction g = SimulateForward(*s, graph, devices, p);
   EXPECT_NEAR(g.total_us, 9130, 0.15 * 9130);
-  EXPECT_LT(g.total_us, SimulateForward(*s, eager, {}, devices).total_us);
+  EXPECT_LT(g.total_us, SimulateForward(*s, eager, devices, p).total_us);
 }
 
 TEST(CostModelTest, CopyTimes) {
   DeviceProfile p = DefaultGpuProfile();
-  EXPECT_NEAR(CopyMicros(53'000'000, Tier::Cpu, p), 1000.0, 1e-9);
-  EXPECT_NEAR(CopyMicros(53'000'000, Tier::Disk, p), 1000.0 + 53e6 / 1.4e9 * 1e6, 1e-6);
-  EXPECT_EQ(CopyMicros(53'000'000, Tier::Gpu, p), 0.0);
+  EXPECT_NEAR(CopyMicros(53'000'000, schema::Tier::Cpu, p), 1000.0, 1e-9);
+  EXPECT_NEAR(CopyMicros(53'000'000, schema::Tier::Disk, p), 1000.0 + 53e6 / 1.4e9 * 1e6, 1e-6);
+  EXPECT_EQ(CopyMicros(53'000'000, schema::Tier::Gpu, p), 0.0);
+  EXPECT_NEAR(UnitCopyMicros(53'000'000, p), 1000.0, 1e-9);
+  EXPECT_NEAR(UnitReadMicros(14'000'000, p), 10000.0, 1e-6);
 }
 
-ScheduleBlock B(const std::string& name, Tier tier, uint64_t bytes) { return ScheduleBlock{name, 0, tier, bytes, 0}; }
+StreamWeight W(uint32_t block, uint32_t weight, uint64_t bytes, int64_t rows = 1, Tier source = Tier::kCpu) {
+  StreamWeight w;
+  w.block = block;
+  w.weight = weight;
+  w.source = source;
+  w.bytes = bytes;
+  w.rows = rows;
+  w.row_bytes = bytes / rows;
+  w.chunkable = rows > 1;
+  w.file_bytes = bytes;
+  w.file_row_bytes = bytes / rows;
+  return w;
+}
 
-// emb, L0 resident; L1, L2, head on the CPU tier; L3 on disk. Depth 1 (hand-checked in schedule_test):
-// copies c0 (L1) at step 0, c1 (L2) at 2, c2 (L3) at 3 waiting on step 2, c3 (head) at 4 waiting on step 3.
-Schedule SixBlockSchedule() {
-  auto s = BuildSchedule({B("emb", Tier::Gpu, 1024), B("L0", Tier::Gpu, 2048), B("L1", Tier::Cpu, 2048),
-                          B("L2", Tier::Cpu, 2048), B("L3", Tier::Disk, 2048), B("head", Tier::Cpu, 1024)},
-                         {});
-  EXPECT_TRUE(s.ok());
+// 1 GB/s H2D and disk: a unit of B bytes copies in B / 1000 us.
+DeviceProfile SlowLinks() {
+  DeviceProfile p = DefaultGpuProfile();
+  p.h2d_gbps = 1.0;
+  p.disk_gbps = 1.0;
+  return p;
+}
+
+Schedule StreamedSchedule(size_t n_blocks, const std::vector<StreamWeight>& weights, const StreamOptions& so,
+                          int32_t device = 0) {
+  std::vector<ScheduleBlock> blocks;
+  for (size_t i = 0; i < n_blocks; ++i) blocks.push_back(ScheduleBlock{"b" + std::to_string(i), device, 0, 0, 0});
+  auto st = BuildDeviceStream(device, weights, so);
+  EXPECT_TRUE(st.ok()) << st.error().ToString();
+  auto s = BuildSchedule(blocks, {*st}, {});
+  EXPECT_TRUE(s.ok()) << s.error().ToString();
   return *s;
 }
 
-TEST(CostModelTest, SimulateCopyBound) {
-  Schedule s = SixBlockSchedule();
-  ASSERT_EQ(s.copies[2].wait_compute_steps, (std::vector<uint32_t>{2}));
-  std::vector<int32_t> devices(6, 0);
-  // Compute 100 us per block, copies 300 us each.
-  //   c0 0-300; steps 0: 0-100, 1: 100-200; c1 300-600; step 2 waits c0: 300-400; c2 (after step 2) 600-900;
-  //   step 3 waits c1: 600-700; c3 900-1200; step 4 waits c2: 900-1000; step 5 waits c3: 1200-1300.
-  auto f = SimulateForward(s, std::vector<double>(6, 100), std::vector<double>(4, 300), devices);
-  EXPECT_DOUBLE_EQ(f.total_us, 1300);
-  EXPECT_EQ(f.step_start, (std::vector<double>{0, 100, 300, 600, 900, 1200}));
-  EXPECT_EQ(f.copy_start, (std::vector<double>{0, 300, 600, 900}));
-  EXPECT_DOUBLE_EQ(f.compute_stall_us, 100 + 200 + 200 + 200);
-  EXPECT_DOUBLE_EQ(f.copy_us, 1200);
-  EXPECT_EQ(f.held_cpu_copies + f.held_disk_copies, 0u);  // the copy stream never idles
-  EXPECT_DOUBLE_EQ(CopyFloorMicros(s, std::vector<double>(4, 300), devices), 1200);
+// Four blocks of one 256000-byte weight each (256 us per copy), double-buffered in two slots, compute 100 us each:
+//   copies u0 0-256, u1 256-512; step 0 256-356; u2 waits for step 0's release (356): 512-768 (the copy stream was
+//   busy until 512); step 1 512-612; u3 waits for step 1 (612): 768-1024; step 2 768-868; step 3 1024-1124.
+TEST(CostModelTest, SlotsCopyBound) {
+  std::vector<StreamWeight> ws;
+  for (uint32_t b = 0; b < 4; ++b) ws.push_back(W(b, 0, 256000));
+  const Schedule s = StreamedSchedule(4, ws, {.ring_bytes = 2 * 256000});
+  ASSERT_EQ(s.streams[0].layout, "slots");
+  ASSERT_EQ(s.streams[0].slots, 2u);
+  const DeviceProfile p = SlowLinks();
+  auto f = SimulateForward(s, std::vector<double>(4, 100), std::vector<int32_t>(4, 0), p);
+  EXPECT_EQ(f.copy_start, (std::vector<double>{0, 256, 512, 768}));
+  EXPECT_EQ(f.step_start, (std::vector<double>{256, 512, 768, 1024}));
+  EXPECT_DOUBLE_EQ(f.total_us, 1124);
+  EXPECT_DOUBLE_EQ(f.copy_us, 1024);
+  EXPECT_DOUBLE_EQ(f.compute_stall_us, 256 + 156 * 3);
+  EXPECT_DOUBLE_EQ(CopyFloorMicros(s, p), 1024);
 }
 
-TEST(CostModelTest, SimulateComputeBound) {
-  Schedule s = SixBlockSchedule();
-  // Compute 300 us, copies 100 us: c2 waits for step 2 (ends 900) although the stream is free at 200, but step 3
-  // never waits for it, so it is not "held".
-  auto f = SimulateForward(s, std::vector<double>(6, 300), std::vector<double>(4, 100), std::vector<int32_t>(6, 0));
-  EXPECT_DOUBLE_EQ(f.total_us, 1800);
-  EXPECT_DOUBLE_EQ(f.compute_stall_us, 0);
-  EXPECT_DOUBLE_EQ(f.copy_start[2], 900);
-  EXPECT_EQ(f.held_cpu_copies + f.held_disk_copies, 0u);
+// Compute-bound: copies of 256 us, compute of 500 us. A copy into a slot waits for the release of the block that
+// used it: u2 starts when step 0 ends (756), not when the copy stream is free (512).
+TEST(CostModelTest, SlotsComputeBoundWaitsForRelease) {
+  std::vector<StreamWeight> ws;
+  for (uint32_t b = 0; b < 4; ++b) ws.push_back(W(b, 0, 256000));
+  const Schedule s = StreamedSchedule(4, ws, {.ring_bytes = 2 * 256000});
+  auto f = SimulateForward(s, std::vector<double>(4, 500), std::vector<int32_t>(4, 0), SlowLinks());
+  EXPECT_DOUBLE_EQ(f.copy_start[2], 756);
+  EXPECT_DOUBLE_EQ(f.copy_start[3], 1256);
+  EXPECT_DOUBLE_EQ(f.total_us, 256 + 4 * 500);
+  EXPECT_DOUBLE_EQ(f.compute_stall_us, 256);
 }
 
-TEST(CostModelTest, HeldCopyGoesAwayWithDeeperPrefetch) {
-  std::vector<ScheduleBlock> blocks{B("s0", Tier::Cpu, 1024), B("s1", Tier::Cpu, 1024), B("s2", Tier::Cpu, 1024)};
-  std::vector<double> compute{150, 50, 100}, copies(3, 100);
-  std::vector<int32_t> devices(3, 0);
-  // Depth 1: s2's staging reuses s0's, so its copy waits for step 0 (ends 250) while the stream is free at 200,
-  // and step 2 then waits for it (ends 350, step 1 ended at 300).
-  auto d1 = BuildSchedule(blocks, {});
-  ASSERT_TRUE(d1.ok());
-  ASSERT_EQ(d1->copies[2].wait_compute_steps, (std::vector<uint32_t>{0}));
-  auto f1 = SimulateForward(*d1, compute, copies, devices);
-  EXPECT_EQ(f1.held_cpu_copies, 1u);
-  EXPECT_DOUBLE_EQ(f1.total_us, 450);
-  ScheduleOptions deeper;
-  deeper.cpu_prefetch_depth = 2;
-  auto d2 = BuildSchedule(blocks, deeper);
-  ASSERT_TRUE(d2.ok());
-  auto f2 = SimulateForward(*d2, compute, copies, devices);
-  EXPECT_EQ(f2.held_cpu_copies, 0u);
-  EXPECT_DOUBLE_EQ(f2.total_us, 400);
+// A chunked weight: 4 row chunks of 256000 bytes. The block runs half of its compute (100 of 200 us) before its
+// chunks, then 25 us per chunk once it has arrived: chunk k arrives at 256 (k + 1) us, so the block ends at
+// 1024 + 25 = 1049 us, not at 1024 + 200.
+TEST(CostModelTest, ChunkedBlockComputeWaitsForItsChunks) {
+  const Schedule s = StreamedSchedule(1, {W(0, 0, 4 * 256000, 4)}, {.ring_bytes = 4 * 256000, .chunk_bytes = 256000});
+  ASSERT_EQ(s.streams[0].layout, "chunks");
+  ASSERT_EQ(s.streams[0].units.size(), 4u);
+  for (const StreamUnitPlan& u : s.streams[0].units) EXPECT_FALSE(u.whole);
+  auto f = SimulateForward(s, {200}, {0}, SlowLinks());
+  EXPECT_DOUBLE_EQ(f.step_start[0], 0);  // no whole units to wait for
+  EXPECT_EQ(f.copy_end, (std::vector<double>{256, 512, 768, 1024}));
+  EXPECT_DOUBLE_EQ(f.total_us, 1049);
+  EXPECT_DOUBLE_EQ(f.compute_stall_us, (256 - 100) + (512 - 281) + (768 - 537) + (1024 - 793));
+}
+
+// A Llama-2-7B-sized stream (32 layers of 404 MiB, whole units in 2 slots) with next to no compute: the forward
+// is the copies back to back, within 1% of the copy floor.
+TEST(CostModelTest, StreamedForwardWithTinyComputeIsAtTheCopyFloor) {
+  std::vector<StreamWeight> ws;
+  const uint64_t kMiB = 1 << 20;
+  for (uint32_t b = 0; b < 32; ++b) {
+    ws.push_back(W(b, 0, 4 * 32 * kMiB, 4096));
+    ws.push_back(W(b, 1, 3 * 86 * kMiB, 11008));
+    ws.push_back(W(b, 2, 8192, 1));
+  }
+  const Schedule s = StreamedSchedule(32, ws, {.ring_bytes = 2 * LargestBlockStream(ws)});
+  const DeviceProfile p = DefaultGpuProfile();
+  auto f = SimulateForward(s, std::vector<double>(32, 5), std::vector<int32_t>(32, 0), p);
+  const double floor = CopyFloorMicros(s, p);
+  EXPECT_GT(floor, 0);
+  EXPECT_GE(f.total_us, floor);
+  EXPECT_LE(f.total_us, 1.01 * floor);
+}
+
+// Disk units: read (file bytes at disk_gbps) then copied; the floor is the larger of the two sums.
+TEST(CostModelTest, DiskUnitsAreReadThenCopied) {
+  DeviceProfile p = SlowLinks();
+  p.disk_gbps = 0.5;  // reads take twice as long as copies
+  std::vector<StreamWeight> ws;
+  for (uint32_t b = 0; b < 3; ++b) ws.push_back(W(b, 0, 256000, 1, Tier::kDisk));
+  const Schedule s = StreamedSchedule(3, ws, {.ring_bytes = 3 * 256000, .disk_slots = 3});
+  auto f = SimulateForward(s, std::vector<double>(3, 1), std::vector<int32_t>(3, 0), p);
+  // Reads 0-512, 512-1024, 1024-1536; each copy follows its read.
+  EXPECT_EQ(f.copy_start, (std::vector<double>{512, 1024, 1536}));
+  EXPECT_DOUBLE_EQ(f.total_us, 1536 + 256 + 1);
+  EXPECT_DOUBLE_EQ(CopyFloorMicros(s, p), 1536);
 }
 
 TEST(CostModelTest, CopyStreamsPerDevice) {
-  std::vector<ScheduleBlock> blocks{ScheduleBlock{"a", 0, Tier::Cpu, 256, 0}, ScheduleBlock{"b", 1, Tier::Cpu, 256, 0}};
-  ScheduleOptions opt;
-  opt.cpu_prefetch_depth = 2;
-  auto s = BuildSchedule(blocks, opt);
+  std::vector<ScheduleBlock> blocks{ScheduleBlock{"a", 0, 0, 0, 0}, ScheduleBlock{"b", 1, 0, 0, 0}};
+  auto s0 = BuildDeviceStream(0, {W(0, 0, 100000)}, {.ring_bytes = 2 * 100096});
+  auto s1 = BuildDeviceStream(1, {W(1, 0, 100000)}, {.ring_bytes = 2 * 100096});
+  ASSERT_TRUE(s0.ok() && s1.ok());
+  auto s = BuildSchedule(blocks, {*s0, *s1}, {});
   ASSERT_TRUE(s.ok());
-  // Both copies at step 0 on different devices' streams run concurrently.
-  auto f = SimulateForward(*s, {10, 10}, {100, 100}, {0, 1});
+  // Both copies run at once on their devices' copy streams.
+  auto f = SimulateForward(*s, {10, 10}, {0, 1}, SlowLinks());
   EXPECT_EQ(f.copy_start, (std::vector<double>{0, 0}));
   EXPECT_DOUBLE_EQ(f.total_us, 120);  // a: 100-110, b: 110-120 (its copy was done at 100)
-  EXPECT_DOUBLE_EQ(CopyFloorMicros(*s, {100, 100}, {0, 1}), 100);
+  EXPECT_DOUBLE_EQ(CopyFloorMicros(*s, SlowLinks()), 100);
 }
 
 TEST(CostModelTest, HostRunsAheadWhileTheGpuWaits) {
   // Three resident steps of 100 us host time; step 0 takes 500 us on the GPU, steps 1 and 2 take 10 us. The host
   // has dispatched all three by 300 us, so steps 1 and 2 run at GPU speed after step 0: 500, 510, 520.
-  std::vector<ScheduleBlock> blocks{B("a", Tier::Gpu, 256), B("b", Tier::Gpu, 256), B("c", Tier::Gpu, 256)};
-  auto s = BuildSchedule(blocks, {});
+  std::vector<ScheduleBlock> blocks{ScheduleBlock{"a", 0, 256, 0, 0}, ScheduleBlock{"b", 0, 256, 0, 0},
+                                    ScheduleBlock{"c", 0, 256, 0, 0}};
+  const DeviceProfile p = DefaultGpuProfile();
+  auto s = BuildSchedule(blocks, {}, {});
   ASSERT_TRUE(s.ok());
-  auto f = SimulateForward(*s, {500, 10, 10}, {}, {0, 0, 0}, {100, 100, 100});
+  auto f = SimulateForward(*s, {500, 10, 10}, {0, 0, 0}, p, {100, 100, 100});
   EXPECT_EQ(f.step_end, (std::vector<double>{500, 510, 520}));
   // Reversed: the GPU finishes each step before the host has dispatched the next: 100, 200, 500.
-  auto g = SimulateForward(*s, {10, 10, 300}, {}, {0, 0, 0}, {100, 100, 100});
+  auto g = SimulateForward(*s, {10, 10, 300}, {0, 0, 0}, p, {100, 100, 100});
   EXPECT_EQ(g.step_end, (std::vector<double>{100, 200, 500}));
   EXPECT_DOUBLE_EQ(g.compute_us, 500);
   EXPECT_DOUBLE_EQ(g.host_us, 300);

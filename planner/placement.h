@@ -13,20 +13,24 @@
 //                 options.enforce_budget, the placement is then checked against bigplan's full accounting (KV cache,
 //                 activations, staging, reserve are not in Accelerate's weights-only budget).
 //
-//   "auto"        (default) Minimizes predicted forward time. Every streamed byte costs the same per forward pass
-//                 (one copy of each streamed block per pass; disk bytes cost more than CPU bytes), so the objective is
-//                 (1) maximize resident bytes summed over GPUs, then (2) among the streamed, put as many bytes as
-//                 possible in the CPU tier rather than disk, then (3) balance. Per GPU, what is left of the budget
-//                 after the workspace reserve, activations, the KV cache of the layers it computes and, if it streams
-//                 any block, the staging buffers (prefetch_depth + 1 buffers of its largest streamed block) is filled
-//                 with resident blocks by an exact 0/1 knapsack over block sizes (dynamic programming over distinct
-//                 sizes in 256-byte units, bounded; decoder layers are equal so this degenerates to greedy for them).
+//   "auto"        (default) Maximizes resident bytes summed over GPUs (every streamed byte costs a copy per forward
+//                 pass), then puts as many streamed bytes as possible in the CPU tier rather than disk, then balances.
 //                 Blocks are assigned to GPUs as contiguous ranges in execution order (so activations cross each GPU
-//                 boundary once); ranges are chosen to balance resident bytes, and a GPU computes the streamed blocks
-//                 of its range. Streamed blocks fill the cpu budget (pinned weights + disk staging), the rest go to
-//                 disk. The embedding/lm_head are kept resident only when that maximizes resident bytes (the
-//                 knapsack decides; ties prefer keeping earlier blocks, which need no prefetch at step 0).
-//
+//                 boundary once), chosen by the block-granular knapsack below; a GPU computes the streamed weights of
+//                 its range. Per GPU, A = budget - workspace reserve - activations - KV cache of its range holds the
+//                 resident weights and the ring. Three candidates (placement_auto.cc), the feasible one with the most
+//                 resident bytes wins (ties: B, P, C), each checked by the full accounting and by building its streams:
+//                   B  whole blocks: an exact 0/1 knapsack over block sizes fills A minus the default ring
+//                      (min(#streamed, prefetch_depth + 1) slots of the largest streamed block);
+//                   P  partially resident blocks: the smallest per-block cap X such that, with every block streaming
+//                      its subset of weights of largest sum <= X, the rest plus a ring of (prefetch_depth + 1) slots
+//                      of the largest such subset fits A (slots layout); what that leaves is filled by making
+//                      streamed weights resident, largest first, while they and the (shrinking) ring fit;
+//                   C  chunked streaming: a ring R = clamp(A / 4, 256 MiB, 2 GiB) with chunks of R / 8 (chunks layout,
+//                      for layers larger than the GPU), whole weights resident in execution order while they fit A - R.
+//                 Streamed weights rest in the CPU tier while the cpu budget holds them and the pinned disk rings of
+//                 the rest, in execution order, weight by weight; the others on disk. Placement::candidates reports
+//                 each candidate's resident bytes.
 //   "explicit"    From options.device_map, an HF-style device map ({"model.embed_tokens": 0, "model.layers": 1,
 //                 "lm_head": "cpu", ...}; values: GPU ordinal int or "N"/"cuda:N", "cpu", "disk"). A key may name
 //                 a block or any coarser module ("model", or "" for everything); the most specific key wins. An
@@ -91,6 +95,9 @@ struct PlacementOptions {
   // > 0: devices stream in the chunks layout with chunks of at most this many bytes (PlanRequest::chunk_bytes);
   // their rings default to ChunkedRingBytes instead of DefaultRingBytes.
   uint64_t chunk_bytes = 0;
+  // "auto": the candidates it may choose from, by letter ("B", "P", "C"; see Placement::candidates). Others are
+  // reported as not considered.
+  std::string auto_candidates = "BPC";
 };
 
 struct PlacementRequest {
@@ -101,8 +108,20 @@ struct PlacementRequest {
   PlacementOptions options;
 };
 
+// One placement the "auto" strategy weighed (see placement_auto.cc): "B" block-granular knapsack, "P" partially
+// resident blocks (slots ring), "C" chunked streaming through a ring of budget/4.
+struct PlacementCandidate {
+  std::string name;
+  bool feasible = false;
+  uint64_t resident_bytes = 0;  // Gpu-tier weight bytes over all GPUs (aligned), when feasible
+  std::string why;              // when infeasible: the reason
+};
+
 struct Placement {
   std::string strategy;
+  // "auto" only: every candidate it weighed, in order B, P, C, and the name of the one it chose.
+  std::vector<PlacementCandidate> candidates;
+  std::string chosen;
   std::vector<BlockPlacement> blocks;       // parallel to model.blocks
   std::vector<uint64_t> block_weight_bytes; // BlockWeightBytes at the exec dtype, parallel to model.blocks
   std::vector<DeviceAccount> usage;         // budgeted GPUs by ordinal, then "cpu" (if budgeted or used), "disk"

@@ -11,15 +11,18 @@
 //    k <= depth blocks are streamed and the cheapest such k-block choice is enumerated. The best candidate wins.
 //    Which blocks of one size are streamed is spread evenly over the range, so copies overlap the compute of the
 //    resident blocks between them instead of queueing up behind a limited number of staging buffers.
-// 3. Tiers of the streamed blocks: CPU (pinned) as long as the cpu budget holds them plus the disk staging buffers,
-//    maximizing CPU-tier bytes with the same BestKeep (dropped = Disk tier, staged in pinned memory); the disk
-//    budget, if given, caps the Disk-tier bytes.
+// 3. Candidates at tensor granularity on the same ranges (or, when no block-granular split fits, ranges balanced by
+//    weight bytes): B (step 2's block choice), P (partially resident blocks, slots ring) and C (chunked streaming);
+//    see planner/placement.h. The feasible one with the most resident bytes wins.
+// 4. Host tiers, per weight in execution order: CPU (pinned) while the cpu budget holds them and the disk rings of
+//    the rest (bounded by the largest disk slot still possible), else Disk; the disk budget, if given, caps Disk bytes.
 // With no GPU budgeted, the CPU computes everything: the range is all blocks on device -1 with the cpu budget,
 // blocks that do not fit stay on disk (staged twice in host memory: pinned disk staging and the compute staging).
 #include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "planner/placement.h"
@@ -190,6 +193,9 @@ KeepChoice BestKeep(const std::vector<Group>& groups, uint64_t avail, uint32_t d
   return best;
 }
 
+constexpr uint64_t kMinChunkRing = uint64_t{256} << 20;
+constexpr uint64_t kMaxChunkRing = uint64_t{2} << 30;
+
 struct RangeScore {
   bool feasible = false;
   uint64_t resident = 0;
@@ -203,7 +209,14 @@ class AutoPlanner {
         model_(*request.model),
         bytes_(AllBlockWeightBytes(model_, request.exec_dtype)),
         kv_(KvCacheBytesPerLayer(model_.config, request.run, request.exec_dtype)),
-        depth_(request.options.prefetch_depth) {}
+        depth_(std::max<uint32_t>(1, request.options.prefetch_depth)) {
+    for (size_t i = 0; i < model_.blocks.size(); ++i) {
+      layouts_.push_back(LayoutBlockWeights(model_, i, request.exec_dtype));
+      std::vector<uint64_t> sz;
+      for (const WeightSlot& w : layouts_.back().weights) sz.push_back(AlignUp(w.size_bytes));
+      sizes_.push_back(std::move(sz));
+    }
+  }
 
   // Everything the range [begin, end) needs besides weights and staging, on a GPU (or on the CPU).
   uint64_t Overhead(size_t begin, size_t end, bool cpu_compute) const {
@@ -317,46 +330,385 @@ class AutoPlanner {
         best[g][i] = b;
       }
     }
-    if (!best[0][0].feasible) return Infeasible(gpus);
 
-    size_t begin = 0;
-    for (size_t g = 0; g < n_gpus; ++g) {
-      const size_t end = choice[g][begin];
-      std::vector<bool> keep;
-      Score(begin, end, budgets[g], false, &keep);
-      for (size_t i = begin; i < end; ++i) blocks[i] = BlockPlacement{gpus[g], keep[i - begin] ? Tier::kGpu : Tier::kCpu};
-      begin = end;
+    // Ranges: the block-granular split when there is one, else one balanced by weight bytes.
+    std::vector<std::pair<size_t, size_t>> ranges(n_gpus);
+    const bool split_found = best[0][0].feasible;
+    if (split_found) {
+      size_t begin = 0;
+      for (size_t g = 0; g < n_gpus; ++g) {
+        const size_t end = choice[g][begin];
+        ranges[g] = {begin, end};
+        begin = end;
+      }
+    } else {
+      uint64_t total = 0;
+      for (uint64_t b : bytes_) total += b;
+      size_t begin = 0;
+      uint64_t acc = 0;
+      for (size_t g = 0; g < n_gpus; ++g) {
+        size_t end = begin;
+        const uint64_t target = total / n_gpus * (g + 1);
+        while (end < n_blocks && (g + 1 == n_gpus || acc + bytes_[end] / 2 <= target)) acc += bytes_[end++];
+        ranges[g] = {begin, end};
+        begin = end;
+      }
     }
-    BIGPLAN_RETURN_IF_ERROR(AssignHostTiers(blocks));
-    return FinishPlacement(req_, "auto", std::move(blocks));
+
+    std::vector<PlacementCandidate> report;
+    std::optional<Placement> chosen;
+    std::optional<Error> first_error;
+    const std::string& allowed = req_.options.auto_candidates;
+    auto enabled = [&](const char* name) { return allowed.find(name) != std::string::npos; };
+    auto consider = [&](const std::string& name, Result<Placement> p) {
+      PlacementCandidate c;
+      c.name = name;
+      if (!p.ok()) {
+        c.why = p.error().message;
+        if (!first_error) first_error = p.error();
+        report.push_back(c);
+        return;
+      }
+      c.feasible = true;
+      for (const DeviceAccount& a : p->usage) {
+        if (a.device.rfind("cuda:", 0) == 0) c.resident_bytes += a.resident_weights;
+      }
+      report.push_back(c);
+      // Most resident bytes; ties keep the earlier candidate (B, then P, then C).
+      if (!chosen || c.resident_bytes > ResidentBytes(*chosen)) chosen = std::move(*p);
+    };
+
+    // B: block-granular knapsack (the version-1 result), default rings.
+    if (!enabled("B")) {
+      report.push_back(PlacementCandidate{"B", false, 0, "not considered"});
+    } else if (split_found) {
+      for (size_t g = 0; g < n_gpus; ++g) {
+        std::vector<bool> keep;
+        Score(ranges[g].first, ranges[g].second, budgets[g], false, &keep);
+        for (size_t i = ranges[g].first; i < ranges[g].second; ++i)
+          blocks[i] = BlockPlacement{gpus[g], keep[i - ranges[g].first] ? Tier::kGpu : Tier::kCpu};
+      }
+      consider("B", Candidate("B", blocks, {}, {}));
+    } else {
+      PlacementCandidate c;
+      c.name = "B";
+      c.why = "no split of whole blocks over the GPUs fits their budgets";
+      report.push_back(c);
+    }
+    // P: partially resident blocks, slots ring.
+    if (!enabled("P")) {
+      report.push_back(PlacementCandidate{"P", false, 0, "not considered"});
+    } else {
+      std::vector<BlockPlacement> pb(n_blocks);
+      std::map<int32_t, uint64_t> rings;
+      Status st = Status::Ok();
+      for (size_t g = 0; g < n_gpus && st.ok(); ++g) st = PartialRange(ranges[g], gpus[g], budgets[g], &pb, &rings);
+      consider("P", st.ok() ? Candidate("P", pb, rings, {}) : Result<Placement>(st.take_error()));
+    }
+    // C: chunked streaming through a ring of a quarter of what is left.
+    if (!enabled("C")) {
+      report.push_back(PlacementCandidate{"C", false, 0, "not considered"});
+    } else {
+      std::vector<BlockPlacement> cb(n_blocks);
+      std::map<int32_t, uint64_t> rings, chunks;
+      Status st = Status::Ok();
+      for (size_t g = 0; g < n_gpus && st.ok(); ++g)
+        st = ChunkedRange(ranges[g], gpus[g], budgets[g], &cb, &rings, &chunks);
+      consider("C", st.ok() ? Candidate("C", cb, rings, chunks) : Result<Placement>(st.take_error()));
+    }
+    if (!chosen) {
+      if (!split_found || !first_error) return Infeasible(gpus);
+      return *first_error;
+    }
+    chosen->candidates = std::move(report);
+    return std::move(*chosen);
   }
 
  private:
-  // Streamed blocks: CPU tier while the cpu budget holds them (with the disk staging for the rest), else Disk.
-  Status AssignHostTiers(std::vector<BlockPlacement>& blocks) const {
-    std::vector<size_t> streamed;
-    uint64_t total = 0;
-    for (size_t i = 0; i < blocks.size(); ++i) {
-      if (blocks[i].tier != Tier::kGpu) {
-        streamed.push_back(i);
-        total += bytes_[i];
+  static uint64_t ResidentBytes(const Placement& p) {
+    uint64_t r = 0;
+    for (const DeviceAccount& a : p.usage) {
+      if (a.device.rfind("cuda:", 0) == 0) r += a.resident_weights;
+    }
+    return r;
+  }
+
+  // A candidate: host tiers for its streamed weights, the accounting (always enforced: candidates are compared
+  // only when they fit), and each streaming device's units built in its ring (which runs the stream checker).
+  Result<Placement> Candidate(const std::string& name, std::vector<BlockPlacement> blocks,
+                              std::map<int32_t, uint64_t> rings, std::map<int32_t, uint64_t> chunks) const {
+    AssignHostTiers(blocks);
+    PlacementRequest req = req_;
+    req.options.enforce_budget = true;
+    BIGPLAN_ASSIGN_OR_RETURN(Placement p, FinishPlacement(req, "auto", std::move(blocks), rings, chunks));
+    for (const auto& [device, ring] : p.ring_bytes) {
+      const std::vector<StreamWeight> weights = StreamWeightsFor(model_, p.blocks, req_.exec_dtype, device);
+      if (weights.empty()) continue;
+      StreamOptions so;
+      so.ring_bytes = ring;
+      auto c = p.chunk_bytes.find(device);
+      if (c != p.chunk_bytes.end()) so.chunk_bytes = c->second;
+      Result<DeviceStreamPlan> stream = BuildDeviceStream(device, weights, so);
+      if (!stream.ok()) return WithContext(stream.take_error(), "candidate " + name);
+    }
+    p.chosen = name;
+    return p;
+  }
+
+  // What a GPU's range leaves for weights and its ring: budget - reserve - activations - KV; kInfeasible if none.
+  Result<uint64_t> Available(std::pair<size_t, size_t> range, int gpu, uint64_t budget) const {
+    const uint64_t overhead = Overhead(range.first, range.second, false);
+    if (overhead > budget) {
+      return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": the reserve, activations and KV "
+                                                   "cache (" + FormatBytes(overhead) + ") exceed its budget");
+    }
+    return budget - overhead;
+  }
+
+  // The subset sums of one block signature (its weights' aligned sizes): exact for <= kMaxExact weights (each
+  // distinct sum with one subset), else the prefix sums of the largest-first order (greedy).
+  static constexpr size_t kMaxExact = 16;
+  struct SubsetTable {
+    std::vector<uint64_t> sizes;
+    std::vector<uint64_t> sums;    // sorted, distinct (exact), or the candidates (greedy)
+    std::vector<uint32_t> masks;   // parallel to sums (exact)
+    bool exact = true;
+  };
+  const SubsetTable& TableFor(const std::vector<uint64_t>& sizes) const {
+    auto it = tables_.find(sizes);
+    if (it != tables_.end()) return it->second;
+    SubsetTable t;
+    t.sizes = sizes;
+    const size_t n = sizes.size();
+    if (n <= kMaxExact) {
+      std::vector<uint64_t> sum(size_t{1} << n, 0);
+      std::map<uint64_t, uint32_t> first;
+      for (uint32_t mask = 0; mask < (1u << n); ++mask) {
+        if (mask) {
+          const uint32_t low = mask & (~mask + 1);
+          sum[mask] = sum[mask ^ low] + sizes[__builtin_ctz(low)];
+        }
+        first.emplace(sum[mask], mask);
+      }
+      for (const auto& [v, mask] : first) {
+        t.sums.push_back(v);
+        t.masks.push_back(mask);
+      }
+    } else {
+      t.exact = false;
+      std::vector<uint64_t> desc = sizes;
+      std::sort(desc.begin(), desc.end(), std::greater<>());
+      uint64_t acc = 0;
+      t.sums.push_back(0);
+      for (uint64_t v : desc) {
+        acc += v;
+        t.sums.push_back(acc);
+        t.sums.push_back(v);
+      }
+      std::sort(t.sums.begin(), t.sums.end());
+      t.sums.erase(std::unique(t.sums.begin(), t.sums.end()), t.sums.end());
+    }
+    return tables_.emplace(sizes, std::move(t)).first->second;
+  }
+  // The streamed subset of largest sum <= x: its sum and which weights (a bit per weight).
+  static std::pair<uint64_t, std::vector<bool>> BestSubset(const SubsetTable& t, uint64_t x) {
+    std::vector<bool> in(t.sizes.size(), false);
+    if (t.exact) {
+      auto it = std::upper_bound(t.sums.begin(), t.sums.end(), x);
+      const size_t k = static_cast<size_t>(it - t.sums.begin()) - 1;  // sums[0] == 0 <= x
+      for (size_t w = 0; w < t.sizes.size(); ++w) in[w] = (t.masks[k] >> w) & 1u;
+      return {t.sums[k], in};
+    }
+    std::vector<size_t> order(t.sizes.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return t.sizes[a] > t.sizes[b]; });
+    uint64_t sum = 0;
+    for (size_t w : order) {
+      if (sum + t.sizes[w] <= x) {
+        sum += t.sizes[w];
+        in[w] = true;
       }
     }
-    if (streamed.empty()) return Status::Ok();
-    const uint64_t cap = req_.budget.cpu.value_or(0);
-    if (total <= cap) return Status::Ok();  // all CPU tier
-    // The most streamed blocks (spread over the model) that the cpu budget holds in the CPU tier, with the pinned
-    // disk ring the rest need, by the accounting itself.
-    for (size_t keep = streamed.size() + 1; keep-- > 0;) {
-      const std::vector<bool> kept = SpreadKeep(streamed.size(), keep);
-      for (size_t t = 0; t < streamed.size(); ++t) blocks[streamed[t]].tier = kept[t] ? Tier::kCpu : Tier::kDisk;
-      BIGPLAN_ASSIGN_OR_RETURN(std::vector<DeviceAccount> usage, AccountPlacement(req_, blocks));
-      bool fits = true;
-      for (const DeviceAccount& a : usage)
-        if (a.device == "cpu" && !a.fits()) fits = false;
-      if (fits) return CheckDisk(blocks);
+    return {sum, in};
+  }
+
+  // Candidate P on one GPU's range: everything resident if it fits; else the smallest per-block stream cap X such
+  // that each block streams its subset of largest sum <= X, and the rest plus a ring of min(#streaming blocks,
+  // depth + 1) slots of the largest stream X' fit.
+  Status PartialRange(std::pair<size_t, size_t> range, int gpu, uint64_t budget, std::vector<BlockPlacement>* blocks,
+                      std::map<int32_t, uint64_t>* rings) const {
+    const size_t begin = range.first, end = range.second;
+    if (begin == end) return Status::Ok();
+    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(range, gpu, budget));
+    uint64_t total = 0;
+    for (size_t i = begin; i < end; ++i)
+      for (uint64_t v : sizes_[i]) total += v;
+    for (size_t i = begin; i < end; ++i) (*blocks)[i] = BlockPlacement{gpu, Tier::kGpu};
+    if (total <= avail) return Status::Ok();
+    std::vector<uint64_t> xs;
+    for (size_t i = begin; i < end; ++i) {
+      const SubsetTable& t = TableFor(sizes_[i]);
+      xs.insert(xs.end(), t.sums.begin(), t.sums.end());
     }
-    return CheckHostFits(blocks);  // all disk, and still short: the error names cpu
+    std::sort(xs.begin(), xs.end());
+    xs.erase(std::unique(xs.begin(), xs.end()), xs.end());
+    for (uint64_t x : xs) {
+      if (x == 0) continue;
+      uint64_t streamed = 0, largest = 0, n_streaming = 0;
+      for (size_t i = begin; i < end; ++i) {
+        const uint64_t s = BestSubset(TableFor(sizes_[i]), x).first;
+        streamed += s;
+        largest = std::max(largest, s);
+        n_streaming += s > 0;
+      }
+      const uint64_t ring = StagingBufferCount(n_streaming, depth_) * largest;
+      if (total - streamed + ring > avail) continue;
+      std::vector<std::vector<bool>> in(end - begin);
+      std::vector<uint64_t> stream(end - begin, 0);
+      for (size_t i = begin; i < end; ++i) std::tie(stream[i - begin], in[i - begin]) = BestSubset(TableFor(sizes_[i]), x);
+      // What the cap leaves unused: streamed weights (largest first, then in execution order) become resident while
+      // the resident bytes and the ring (which shrinks with the largest stream) still fit.
+      auto ring_of = [&](const std::vector<uint64_t>& st) {
+        uint64_t n = 0, m = 0;
+        for (uint64_t v : st) {
+          n += v > 0;
+          m = std::max(m, v);
+        }
+        return StagingBufferCount(n, depth_) * m;
+      };
+      uint64_t resident = total - streamed;
+      std::vector<std::pair<size_t, size_t>> movable;  // (block offset, weight)
+      for (size_t k = 0; k < in.size(); ++k)
+        for (size_t w = 0; w < in[k].size(); ++w)
+          if (in[k][w]) movable.emplace_back(k, w);
+      std::stable_sort(movable.begin(), movable.end(), [&](const auto& a, const auto& b) {
+        return sizes_[begin + a.first][a.second] > sizes_[begin + b.first][b.second];
+      });
+      for (const auto& [k, w] : movable) {
+        const uint64_t v = sizes_[begin + k][w];
+        stream[k] -= v;
+        if (resident + v + ring_of(stream) <= avail) {
+          resident += v;
+          in[k][w] = false;
+        } else {
+          stream[k] += v;
+        }
+      }
+      for (size_t i = begin; i < end; ++i) {
+        std::vector<Tier> tiers(in[i - begin].size(), Tier::kGpu);
+        for (size_t w = 0; w < tiers.size(); ++w) tiers[w] = in[i - begin][w] ? Tier::kCpu : Tier::kGpu;
+        (*blocks)[i].weight_tiers = tiers;
+      }
+      (*rings)[gpu] = ring_of(stream);
+      return Status::Ok();
+    }
+    return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": no per-block stream cap fits " +
+                                                 FormatBytes(avail) + " (weights " + FormatBytes(total) + ")");
+  }
+
+  // Candidate C on one GPU's range: a ring R = clamp(avail / 4, 256 MiB, 2 GiB) with chunks of R / 8; whole weights
+  // resident in execution order (largest first within a block) while they fit avail - R; the rest streamed.
+  Status ChunkedRange(std::pair<size_t, size_t> range, int gpu, uint64_t budget, std::vector<BlockPlacement>* blocks,
+                      std::map<int32_t, uint64_t>* rings, std::map<int32_t, uint64_t>* chunks) const {
+    const size_t begin = range.first, end = range.second;
+    if (begin == end) return Status::Ok();
+    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(range, gpu, budget));
+    const uint64_t ring = std::clamp<uint64_t>(avail / 4, kMinChunkRing, kMaxChunkRing) / kWeightAlignment * kWeightAlignment;
+    if (ring >= avail) {
+      return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": a chunk ring of " +
+                                                   FormatBytes(ring) + " does not fit " + FormatBytes(avail));
+    }
+    uint64_t used = 0;
+    bool streams = false;
+    for (size_t i = begin; i < end; ++i) {
+      const std::vector<uint64_t>& sz = sizes_[i];
+      std::vector<size_t> order(sz.size());
+      for (size_t w = 0; w < order.size(); ++w) order[w] = w;
+      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sz[a] > sz[b]; });
+      std::vector<Tier> tiers(sz.size(), Tier::kCpu);
+      for (size_t w : order) {
+        if (used + sz[w] <= avail - ring) {
+          used += sz[w];
+          tiers[w] = Tier::kGpu;
+        } else {
+          streams = true;
+        }
+      }
+      (*blocks)[i] = BlockPlacement{gpu, Tier::kGpu, tiers};
+    }
+    if (streams) {
+      (*rings)[gpu] = ring;
+      (*chunks)[gpu] = std::max(kWeightAlignment, ring / 8 / kWeightAlignment * kWeightAlignment);
+    }
+    return Status::Ok();
+  }
+
+  // Streamed weights (every weight not in the Gpu tier) rest in the CPU tier while the cpu budget holds them and the
+  // disk rings of the rest, in execution order; the others on disk. The disk rings are bounded, at each decision,
+  // by the largest disk slot of the weights already on disk or not yet decided, per device. Then each block's
+  // weight_tiers is dropped when all its weights share one tier, and `tier` is the slowest of them.
+  void AssignHostTiers(std::vector<BlockPlacement>& blocks) const {
+    struct Item {
+      size_t block, weight;
+      int32_t device;
+      uint64_t bytes, slot;
+    };
+    std::vector<std::vector<Tier>> tiers(blocks.size());
+    std::vector<Item> items;
+    uint64_t total = 0;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      tiers[i] = WeightTiersOf(blocks[i], layouts_[i].weights.size());
+      for (size_t w = 0; w < tiers[i].size(); ++w) {
+        if (tiers[i][w] == Tier::kGpu) continue;
+        tiers[i][w] = Tier::kCpu;
+        const WeightSlot& ws = layouts_[i].weights[w];
+        int64_t numel = 1;
+        for (int64_t d : ws.shape) numel *= d;
+        const uint64_t file = static_cast<uint64_t>(numel) * DTypeBytes(ws.src_dtype);
+        const uint64_t a = kDiskSlotAlignment;
+        const uint64_t slot = ws.src_dtype != ws.dtype ? (std::max(ws.size_bytes, file) + a - 1) / a * a
+                                                       : (file + a - 1) / a * a + a;
+        items.push_back({i, w, blocks[i].device, AlignUp(ws.size_bytes), ws.size_bytes == 0 ? 0 : slot});
+        total += items.back().bytes;
+      }
+    }
+    const uint64_t cap = req_.budget.cpu.value_or(0);
+    if (total > cap) {
+      const uint64_t slots = StreamOptions{}.disk_slots;
+      std::map<int32_t, std::vector<uint64_t>> suffix;  // per device: max slot of items k.. of that device
+      for (const Item& it : items) suffix[it.device];
+      for (auto& [d, v] : suffix) {
+        v.assign(items.size() + 1, 0);
+        for (size_t k = items.size(); k-- > 0;) v[k] = std::max(v[k + 1], items[k].device == d ? items[k].slot : 0);
+      }
+      std::map<int32_t, uint64_t> on_disk;
+      uint64_t used = 0;
+      for (size_t k = 0; k < items.size(); ++k) {
+        const Item& it = items[k];
+        uint64_t bound = 0;
+        for (const auto& [d, v] : suffix) {
+          if (d < 0) continue;  // no disk ring on the CPU
+          bound += slots * std::max(on_disk[d], v[k + 1]);
+        }
+        if (used + it.bytes + bound <= cap) {
+          used += it.bytes;
+        } else {
+          tiers[it.block][it.weight] = Tier::kDisk;
+          on_disk[it.device] = std::max(on_disk[it.device], it.slot);
+        }
+      }
+    }
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      const std::vector<Tier>& t = tiers[i];
+      const bool uniform = std::all_of(t.begin(), t.end(), [&](Tier x) { return x == t.front(); });
+      if (t.empty() || uniform) {
+        if (!t.empty()) blocks[i].tier = t.front();
+        blocks[i].weight_tiers.clear();
+      } else {
+        blocks[i].weight_tiers = t;
+        blocks[i].tier = SlowestTier(t);
+      }
+    }
   }
 
   Status CheckDisk(const std::vector<BlockPlacement>& blocks) const {
@@ -410,6 +762,9 @@ class AutoPlanner {
   std::vector<uint64_t> bytes_;
   uint64_t kv_;
   uint32_t depth_;
+  std::vector<BlockWeightLayout> layouts_;
+  std::vector<std::vector<uint64_t>> sizes_;  // per block: each weight's aligned bytes
+  mutable std::map<std::vector<uint64_t>, SubsetTable> tables_;
 };
 
 class AutoStrategy : public PlacementStrategy {

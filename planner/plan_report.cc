@@ -71,7 +71,7 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
       size_t resident = 0;
       for (Tier t : p.weight_tiers) resident += t == Tier::kGpu;
       if (resident > 0 && resident < p.weight_tiers.size())
-        rests = std::string("partly resident, rest ") + TierName(p.tier);
+        rests = std::string("partly resident + ") + TierName(p.tier);
     }
     rows.push_back({name, p.device, rests, j - i, bytes});
     i = j;
@@ -79,6 +79,15 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
   size_t width = 10;
   for (const Row& row : rows) width = std::max(width, row.name.size() + 2);
   out << "placement (" << r.placement.strategy << "):\n";
+  if (!r.placement.candidates.empty()) {
+    out << "  candidates (resident bytes):";
+    for (size_t k = 0; k < r.placement.candidates.size(); ++k) {
+      const PlacementCandidate& c = r.placement.candidates[k];
+      out << (k ? ", " : " ") << c.name << " "
+          << (c.feasible ? FormatBytes(c.resident_bytes) : c.why == "not considered" ? "not considered" : "infeasible");
+    }
+    out << "; chosen " << r.placement.chosen << "\n";
+  }
   out << "  " << Pad("block", width) << Pad("compute", 9) << Pad("weights", 24) << PadLeft("blocks", 6)
       << PadLeft("bytes", 14) << "\n";
   for (const Row& row : rows)

@@ -18,7 +18,7 @@ constexpr const char* kTinyConfig = R"({
   "rope_theta": 10000.0, "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2,
   "torch_dtype": "bfloat16"})";
 
-std::string Report(const std::string& budget, const std::string& strategy) {
+std::string Report(const std::string& budget, const std::string& strategy, const std::string& candidates = "BPC") {
   Result<ModelDescription> model = ImportHfConfigText(kTinyConfig);
   EXPECT_TRUE(model.ok()) << model.error().ToString();
   model->name = "tiny";
@@ -30,6 +30,7 @@ std::string Report(const std::string& budget, const std::string& strategy) {
   req.run.max_batch = 1;
   req.run.max_seq_len = 64;
   req.strategy = strategy;
+  req.auto_candidates = candidates;
   Result<PlanResult> result = MakePlan(req);
   EXPECT_TRUE(result.ok()) << result.error().ToString();
   if (!result.ok()) return "";
@@ -45,6 +46,7 @@ TEST(PlanReportTest, Resident) {
             "run: batch 1, seq 64, dtype BF16\n"
             "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n"
             "placement (auto):\n"
+            "  candidates (resident bytes): B 402.25 KiB, P 402.25 KiB, C 402.25 KiB; chosen B\n"
             "  block               compute  weights                 blocks         bytes\n"
             "  model.embed_tokens  cuda:0   resident                     1     32.00 KiB\n"
             "  model.layers.0-3    cuda:0   resident                     4    338.00 KiB\n"
@@ -57,21 +59,22 @@ TEST(PlanReportTest, Resident) {
             "    cuda:0    320.60 MiB of 1.00 GiB  (resident 402.25 KiB + KV 32.00 KiB + activations 184.50 KiB + "
             "reserve 320.00 MiB)\n"
             "    cpu              0 B of 1.00 GiB\n"
-            "prefetch depth: cpu 1, disk 1\n"
             "predicted per forward (profile h100-pcie5):\n"
             "  decode  (1 x 1 token, KV at 64): 0.669 ms  (compute 0.669 ms, waiting for copies 0.000 ms)\n"
             "  prefill (1 x 64 tokens): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
             "  floor: streamed 0 B per forward at 53 GB/s H2D: 0.000 ms\n");
 }
 
-// A budget just short of everything resident: consecutive layers with the same placement become one row.
+// A budget just short of everything resident, whole blocks only (candidate B): consecutive layers with the same
+// placement become one row.
 TEST(PlanReportTest, GroupsStreamedLayers) {
-  EXPECT_EQ(Report("cuda:0=320.5MiB,cpu=1GiB,disk=1GiB", "auto"),
+  EXPECT_EQ(Report("cuda:0=320.5MiB,cpu=1GiB,disk=1GiB", "auto", "B"),
             "== tiny (llama, 7 blocks, 205376 params, 402.25 KiB at BF16) ==\n"
             "budget: cuda:0=320.50 MiB,cpu=1.00 GiB,disk=1.00 GiB\n"
             "run: batch 1, seq 64, dtype BF16\n"
             "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n"
             "placement (auto):\n"
+            "  candidates (resident bytes): B 116.75 KiB, P not considered, C not considered; chosen B\n"
             "  block               compute  weights                 blocks         bytes\n"
             "  model.embed_tokens  cuda:0   resident                     1     32.00 KiB\n"
             "  model.layers.0      cuda:0   cpu (pinned, streamed)       1     84.50 KiB\n"
@@ -81,18 +84,50 @@ TEST(PlanReportTest, GroupsStreamedLayers) {
             "  lm_head             cuda:0   cpu (pinned, streamed)       1     32.00 KiB\n"
             "  weights by location: cpu 285.50 KiB, cuda:0 116.75 KiB\n"
             "memory plan (greedy_by_size):\n"
-            "  arena cuda:0    502.25 KiB  (12 buffers)\n"
+            "  arena cuda:0    502.25 KiB  (9 buffers)\n"
             "  arena pinned    285.50 KiB  (4 buffers)\n"
             "  usage vs budget:\n"
             "    cuda:0    320.49 MiB of 320.50 MiB  (resident 116.75 KiB + staging 169.00 KiB + KV 32.00 KiB + "
             "activations 184.50 KiB + reserve 320.00 MiB)\n"
             "    cpu       285.50 KiB of 1.00 GiB  (weights 285.50 KiB)\n"
             "    disk             0 B of 1.00 GiB\n"
-            "prefetch depth: cpu 1, disk 1\n"
+            "stream cuda:0: 28 units (0 row chunks), ring 169.00 KiB (2 slots)\n"
             "predicted per forward (profile h100-pcie5):\n"
             "  decode  (1 x 1 token, KV at 64): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
             "  prefill (1 x 64 tokens): 1.950 ms  (compute 1.950 ms, waiting for copies 0.000 ms)\n"
-            "  floor: streamed 285.50 KiB per forward at 53 GB/s H2D: 0.006 ms\n");
+            "  floor: streamed 284.75 KiB per forward at 53 GB/s H2D: 0.006 ms\n");
+}
+
+// The same budget with every candidate: keeping part of each layer resident (candidate P) holds 230.25 KiB (what
+// the stream cap leaves is filled with streamed weights made resident) instead of 116.75 KiB.
+TEST(PlanReportTest, PartlyResidentLayers) {
+  EXPECT_EQ(Report("cuda:0=320.5MiB,cpu=1GiB,disk=1GiB", "auto"),
+            "== tiny (llama, 7 blocks, 205376 params, 402.25 KiB at BF16) ==\n"
+            "budget: cuda:0=320.50 MiB,cpu=1.00 GiB,disk=1.00 GiB\n"
+            "run: batch 1, seq 64, dtype BF16\n"
+            "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n"
+            "placement (auto):\n"
+            "  candidates (resident bytes): B 116.75 KiB, P 230.25 KiB, C infeasible; chosen P\n"
+            "  block               compute  weights                 blocks         bytes\n"
+            "  model.embed_tokens  cuda:0   cpu (pinned, streamed)       1     32.00 KiB\n"
+            "  model.layers.0      cuda:0   partly resident + cpu        1     84.50 KiB\n"
+            "  model.layers.1-3    cuda:0   partly resident + cpu        3    253.50 KiB\n"
+            "  model.norm          cuda:0   resident                     1         256 B\n"
+            "  lm_head             cuda:0   cpu (pinned, streamed)       1     32.00 KiB\n"
+            "  weights by location: cpu 172.00 KiB, cuda:0 230.25 KiB\n"
+            "memory plan (greedy_by_size):\n"
+            "  arena cuda:0    510.75 KiB  (11 buffers)\n"
+            "  arena pinned    172.00 KiB  (6 buffers)\n"
+            "  usage vs budget:\n"
+            "    cuda:0    320.50 MiB of 320.50 MiB  (resident 230.25 KiB + staging 64.00 KiB + KV 32.00 KiB + "
+            "activations 184.50 KiB + reserve 320.00 MiB)\n"
+            "    cpu       172.00 KiB of 1.00 GiB  (weights 172.00 KiB)\n"
+            "    disk             0 B of 1.00 GiB\n"
+            "stream cuda:0: 13 units (0 row chunks), ring 64.00 KiB (2 slots)\n"
+            "predicted per forward (profile h100-pcie5):\n"
+            "  decode  (1 x 1 token, KV at 64): 1.950 ms  (compute 1.950 ms, waiting for copies 0.001 ms)\n"
+            "  prefill (1 x 64 tokens): 1.950 ms  (compute 1.950 ms, waiting for copies 0.001 ms)\n"
+            "  floor: streamed 172.00 KiB per forward at 53 GB/s H2D: 0.003 ms\n");
 }
 
 }  // namespace

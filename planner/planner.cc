@@ -199,6 +199,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   preq.options.prefetch_depth = request.prefetch_depth.value_or(1);
   preq.options.chunk_bytes = request.chunk_bytes.value_or(0);
   preq.options.device_map = request.device_map;
+  preq.options.auto_candidates = request.auto_candidates;
   preq.options.enforce_budget = true;
   RegisterBalancedStrategies();
   BIGPLAN_ASSIGN_OR_RETURN(result.placement, PlaceModel(request.strategy, preq));

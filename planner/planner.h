@@ -58,6 +58,8 @@ struct PlanRequest {
   // Stream every device's weights in the chunks layout with row chunks of at most this many bytes (planner/
   // streaming.h), instead of the layout the placement chose.
   std::optional<uint64_t> chunk_bytes;
+  // Strategy "auto": the candidates it may choose from (PlacementOptions::auto_candidates).
+  std::string auto_candidates = "BPC";
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };

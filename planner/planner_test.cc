@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -97,9 +98,10 @@ TEST(PlannerTest, PlansARealCheckpoint) {
     EXPECT_EQ(t->size_bytes(), loc->size_bytes);
   }
   EXPECT_TRUE(CheckPlanMemory(p).ok());
-  // Everything fits on the GPU: nothing streams, no copies.
+  // Everything fits on the GPU: nothing streams.
   for (const schema::Block* b : *p.blocks()) EXPECT_EQ(b->tier(), schema::Tier::Gpu) << b->name()->str();
   for (const schema::Step* s : *p.steps()) EXPECT_EQ(s->copies()->size(), 0u);
+  EXPECT_TRUE(p.streams() == nullptr || p.streams()->size() == 0u);
   EXPECT_GT(p.predicted_decode_us(), 0);
   EXPECT_GT(p.predicted_prefill_us(), p.predicted_decode_us());
 }
@@ -115,29 +117,49 @@ TEST(PlannerTest, ExplicitMapStreamsBlocks) {
   ASSERT_TRUE(result.ok()) << result.error().ToString();
   const schema::Plan& p = result->plan();
   EXPECT_EQ(p.blocks()->Get(3)->tier(), schema::Tier::Disk);
-  EXPECT_GE(p.blocks()->Get(3)->disk_staging_buffer(), 0);
   EXPECT_EQ(p.blocks()->Get(3)->home_buffer(), -1);
-  EXPECT_GE(p.blocks()->Get(2)->staging_buffer(), 0);
-  EXPECT_EQ(result->schedule.copies.size(), 4u);
-  // Every streamed block's copy is issued no later than its step, and its staging buffer lives from issue to use.
-  for (const ScheduledCopy& c : result->schedule.copies) {
-    EXPECT_LE(c.issue_step, c.block);
-    const schema::Buffer* st = p.buffers()->Get(p.blocks()->Get(c.block)->staging_buffer());
-    EXPECT_EQ(st->first_step(), c.issue_step);
-    EXPECT_EQ(st->last_step(), c.block);
+  EXPECT_EQ(p.blocks()->Get(3)->host_buffer(), -1);  // disk weights are read from the shard
+  EXPECT_GE(p.blocks()->Get(2)->host_buffer(), 0);
+  EXPECT_EQ(p.blocks()->Get(2)->home_buffer(), -1);
+  EXPECT_EQ(p.blocks()->Get(2)->staging_buffer(), -1);  // v2: no per-block staging
+  for (const schema::Step* s : *p.steps()) EXPECT_EQ(s->copies()->size(), 0u);
+  // One stream on cuda:0: every Cpu/Disk-tier weight of layers.1-3 and lm_head, whole, in step order.
+  ASSERT_EQ(p.streams()->size(), 1u);
+  const schema::Stream* st = p.streams()->Get(0);
+  EXPECT_EQ(st->device(), 0);
+  EXPECT_GE(st->ring_buffer(), 0);
+  EXPECT_GE(st->disk_ring_buffer(), 0);
+  EXPECT_EQ(p.buffers()->Get(st->ring_buffer())->kind(), schema::BufferKind::Staging);
+  EXPECT_EQ(p.buffers()->Get(st->disk_ring_buffer())->kind(), schema::BufferKind::DiskStaging);
+  size_t expected_units = 0;
+  for (uint32_t b : {2u, 3u, 4u, 6u}) expected_units += p.blocks()->Get(b)->weights()->size();
+  ASSERT_EQ(st->units()->size(), expected_units);
+  uint32_t prev_block = 0;
+  for (const schema::Unit* u : *st->units()) {
+    EXPECT_GE(u->block(), prev_block);
+    prev_block = u->block();
+    EXPECT_TRUE(u->whole());
+    const schema::Weight* w = p.blocks()->Get(u->block())->weights()->Get(u->weight());
+    EXPECT_EQ(u->source(), w->tier());
+    EXPECT_EQ(u->bytes(), w->size_bytes());
+    EXPECT_EQ(u->source(), u->block() == 3 ? schema::Tier::Disk : schema::Tier::Cpu);
   }
+  ASSERT_EQ(result->schedule.streams.size(), 1u);
+  EXPECT_EQ(result->schedule.streams[0].layout, "slots");
+  EXPECT_EQ(result->schedule.streams[0].slots, 2u);
+  EXPECT_TRUE(CheckDeviceStream(result->schedule.streams[0]).ok());
   EXPECT_GE(result->decode.total_us, result->copy_floor_us);
   EXPECT_GT(result->streamed_bytes, 0u);
-  // A fixed prefetch depth: capped by the number of streamed blocks of each tier (3 cpu, 1 disk).
+  // A deeper prefetch gives the ring more slots (capped by the 4 streaming blocks).
   r.prefetch_depth = 2;
   auto deeper = MakePlan(r);
   ASSERT_TRUE(deeper.ok()) << deeper.error().ToString();
-  EXPECT_EQ(deeper->schedule.cpu_prefetch_depth, 2u);
-  EXPECT_EQ(deeper->schedule.disk_prefetch_depth, 1u);
-  // Streamed: layers.1 (cpu, step 2), layers.2 (disk, 3), layers.3 (cpu, 4), lm_head (cpu, 6). lm_head's copy is
-  // issued two streamed blocks ahead (at layers.2's step 3) instead of one (layers.3's step 4).
-  EXPECT_EQ(result->schedule.copies[3].issue_step, 4u);
-  EXPECT_EQ(deeper->schedule.copies[3].issue_step, 3u);
+  EXPECT_EQ(deeper->schedule.streams[0].slots, 3u);
+  EXPECT_EQ(deeper->schedule.streams[0].ring_bytes, result->schedule.streams[0].ring_bytes / 2 * 3);
+  r.prefetch_depth = 8;
+  auto deepest = MakePlan(r);
+  ASSERT_TRUE(deepest.ok()) << deepest.error().ToString();
+  EXPECT_EQ(deepest->schedule.streams[0].slots, 4u);
 }
 
 TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
@@ -157,9 +179,93 @@ TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
   EXPECT_EQ(p.blocks()->size(), 35u);
   EXPECT_GT(result->streamed_bytes, 8ull << 30);  // 12.5 GiB of bf16 weights, < 4 GiB resident
   EXPECT_GE(result->decode.total_us, result->copy_floor_us);
-  EXPECT_GE(result->schedule.cpu_prefetch_depth, 1u);
+  ASSERT_EQ(result->schedule.streams.size(), 1u);
+  EXPECT_EQ(result->schedule.streams[0].device, 0);
+  EXPECT_EQ(result->streamed_bytes, result->schedule.streams[0].streamed_bytes());
   for (const DeviceAccount& a : result->usage) EXPECT_TRUE(a.fits()) << a.Summary();
   EXPECT_TRUE(CheckPlanMemory(p).ok());
+}
+
+// Issue 9's target: a Llama-3.1-405B-shaped model (4 layers of 6.4 GB) at cuda:0=4GiB plans by streaming its weights
+// in row chunks through the ring, and the prediction is within 1.1x of its PCIe floor.
+TEST(PlannerTest, LayersLargerThanTheGpuPlanNearTheCopyFloor) {
+  PlanRequest r;
+  r.model_dir = Runfile("planner/testdata/configs/llama-3.1-405b-4layers");
+  auto b = ParseMaxMemory("cuda:0=4GiB,cpu=200GiB");
+  ASSERT_TRUE(b.ok());
+  r.budget = *b;
+  auto result = MakePlan(r);
+  ASSERT_TRUE(result.ok()) << result.error().ToString();
+  EXPECT_EQ(result->placement.chosen, "C");
+  ASSERT_EQ(result->schedule.streams.size(), 1u);
+  const DeviceStreamPlan& st = result->schedule.streams[0];
+  EXPECT_EQ(st.layout, "chunks");
+  size_t chunks = 0;
+  for (const StreamUnitPlan& u : st.units) chunks += !u.whole;
+  EXPECT_GT(chunks, 100u);
+  EXPECT_TRUE(CheckDeviceStream(st).ok());
+  // Every chunk waits for the release of what it overwrites (the ring holds far less than one layer).
+  size_t waiting = 0;
+  for (const StreamUnitPlan& u : st.units) waiting += u.wait_unit >= 0;
+  EXPECT_EQ(waiting, st.units.size());
+  EXPECT_GT(result->streamed_bytes, 20ull << 30);
+  for (const DeviceAccount& a : result->usage) EXPECT_TRUE(a.fits()) << a.Summary();
+  EXPECT_GE(result->decode.total_us, result->copy_floor_us);
+  EXPECT_LE(result->decode.total_us, 1.1 * result->copy_floor_us)
+      << "decode " << result->decode.total_us << " us, floor " << result->copy_floor_us << " us";
+  const schema::Plan& p = result->plan();
+  ASSERT_EQ(p.streams()->size(), 1u);
+  EXPECT_EQ(p.streams()->Get(0)->chunk_bytes(), st.chunk_bytes);
+  EXPECT_TRUE(CheckPlanMemory(p).ok());
+}
+
+// Llama-2-7B at cuda:0=6GiB: auto keeps parts of every layer resident (candidate P), which keeps more bytes
+// resident than whole-block residency (candidate B) and predicts no slower.
+TEST(PlannerTest, PartiallyResidentBlocksPredictNoSlowerThanWholeBlocks) {
+  PlanRequest r;
+  r.model_dir = Runfile("planner/examples/llama-2-7b");
+  auto b = ParseMaxMemory("cuda:0=6GiB,cpu=64GiB");
+  ASSERT_TRUE(b.ok());
+  r.budget = *b;
+  r.run = RunShape{1, 512};
+  auto chosen = MakePlan(r);
+  ASSERT_TRUE(chosen.ok()) << chosen.error().ToString();
+  EXPECT_EQ(chosen->placement.chosen, "P");
+  r.auto_candidates = "B";
+  auto whole = MakePlan(r);
+  ASSERT_TRUE(whole.ok()) << whole.error().ToString();
+  EXPECT_EQ(whole->placement.chosen, "B");
+  EXPECT_LT(chosen->streamed_bytes, whole->streamed_bytes);
+  EXPECT_LE(chosen->decode.total_us, whole->decode.total_us);
+  EXPECT_LE(chosen->prefill.total_us, whole->prefill.total_us);
+  for (const PlacementCandidate& c : chosen->placement.candidates)
+    std::printf("candidate %s: %s, resident %llu bytes\n", c.name.c_str(), c.feasible ? "feasible" : c.why.c_str(),
+                static_cast<unsigned long long>(c.resident_bytes));
+  std::printf("llama-2-7b at 6 GiB: P decode %.3f ms (floor %.3f), B decode %.3f ms (floor %.3f)\n",
+              chosen->decode.total_us / 1000, chosen->copy_floor_us / 1000, whole->decode.total_us / 1000,
+              whole->copy_floor_us / 1000);
+  // The plan records each weight's tier, and its stream carries exactly the Cpu-tier weights.
+  const schema::Plan& p = chosen->plan();
+  uint64_t cpu_weights = 0;
+  size_t partial = 0;
+  for (const schema::Block* blk : *p.blocks()) {
+    bool gpu = false, cpu = false;
+    for (const schema::Weight* w : *blk->weights()) {
+      gpu |= w->tier() == schema::Tier::Gpu;
+      cpu |= w->tier() == schema::Tier::Cpu;
+      if (w->tier() == schema::Tier::Cpu) cpu_weights += w->size_bytes();
+    }
+    if (gpu && cpu) {
+      ++partial;
+      EXPECT_GE(blk->home_buffer(), 0);
+      EXPECT_GE(blk->host_buffer(), 0);
+      EXPECT_EQ(blk->tier(), schema::Tier::Cpu);
+    }
+  }
+  EXPECT_GE(partial, 30u);
+  uint64_t unit_bytes = 0;
+  for (const schema::Unit* u : *p.streams()->Get(0)->units()) unit_bytes += u->bytes();
+  EXPECT_EQ(unit_bytes, cpu_weights);
 }
 
 TEST(PlannerTest, GreedyNeverUsesMoreThanLinear) {
@@ -170,13 +276,15 @@ TEST(PlannerTest, GreedyNeverUsesMoreThanLinear) {
   r.budget = *b;
   r.run = RunShape{1, 512};
   r.exec_dtype = DType::kBF16;
+  auto placed = MakePlan(r);
+  ASSERT_TRUE(placed.ok()) << placed.error().ToString();
+  // The same placement (as a device map) under both algorithms, with room for the linear one.
+  r.budget.gpus[0] = 64ull << 30;
+  r.strategy = "explicit";
+  r.device_map = PlacementToDeviceMap(placed->model, placed->placement.blocks);
   auto greedy = MakePlan(r);
   ASSERT_TRUE(greedy.ok()) << greedy.error().ToString();
   r.memory_algorithm = "linear";
-  r.prefetch_depth = greedy->schedule.cpu_prefetch_depth;
-  r.budget.gpus[0] = 64ull << 30;  // linear needs room; keep the placement comparable with explicit device map
-  r.strategy = "explicit";
-  r.device_map = PlacementToDeviceMap(greedy->model, greedy->placement.blocks);
   auto linear = MakePlan(r);
   ASSERT_TRUE(linear.ok()) << linear.error().ToString();
   EXPECT_LE(greedy->schedule.memory.ArenaSizeOf({schema::Pool::DeviceArena, 0}),

@@ -53,12 +53,77 @@ std::map<std::string, uint64_t> BytesByTier(const schema::Plan& p) {
   std::map<std::string, uint64_t> out;
   for (uint32_t i = 0; i < Len(p.blocks()); ++i) {
     const auto* b = p.blocks()->Get(i);
-    out[b->tier() == schema::Tier::Gpu ? DeviceName(b->device()) : TierName(b->tier())] += b->weight_bytes();
+    for (uint32_t w = 0; w < Len(b->weights()); ++w) {
+      const auto* wt = b->weights()->Get(w);
+      out[wt->tier() == schema::Tier::Gpu ? DeviceName(b->device()) : TierName(wt->tier())] += wt->size_bytes();
+    }
   }
   return out;
 }
 
-std::string Placement(const schema::Block& b) { return DeviceName(b.device()) + " " + TierName(b.tier()); }
+// "" when every weight of the block rests in one tier, else " (partly resident: 5 gpu, 4 cpu weights)".
+std::string PartialNote(const schema::Block& b) {
+  uint32_t n[3] = {0, 0, 0};
+  for (uint32_t w = 0; w < Len(b.weights()); ++w) {
+    const uint8_t t = static_cast<uint8_t>(b.weights()->Get(w)->tier());
+    if (t < 3) ++n[t];
+  }
+  if ((n[0] > 0) + (n[1] > 0) + (n[2] > 0) < 2) return "";
+  std::string out = " (partly resident:";
+  const char* names[3] = {"gpu", "cpu", "disk"};
+  bool first = true;
+  for (int t = 0; t < 3; ++t) {
+    if (!n[t]) continue;
+    out += std::string(first ? " " : ", ") + std::to_string(n[t]) + " " + names[t];
+    first = false;
+  }
+  return out + " weights)";
+}
+
+std::string Placement(const schema::Block& b) {
+  return DeviceName(b.device()) + " " + TierName(b.tier()) + PartialNote(b);
+}
+
+// A stream's layout as its units show it: "chunks" when any unit is a row chunk, else "slots".
+std::string StreamLayout(const schema::Stream& st) {
+  for (uint32_t u = 0; u < Len(st.units()); ++u)
+    if (!st.units()->Get(u)->whole()) return "chunks";
+  return "slots";
+}
+
+struct StreamSummary {
+  uint32_t units = 0, chunks = 0, disk = 0;
+  uint64_t bytes = 0;
+};
+StreamSummary Summarize(const schema::Stream& st) {
+  StreamSummary s;
+  for (uint32_t u = 0; u < Len(st.units()); ++u) {
+    const auto* un = st.units()->Get(u);
+    ++s.units;
+    s.chunks += !un->whole();
+    s.disk += un->source() == schema::Tier::Disk;
+    s.bytes += un->bytes();
+  }
+  return s;
+}
+
+uint64_t BufferSize(const schema::Plan& p, int32_t index) {
+  return index >= 0 && static_cast<uint32_t>(index) < Len(p.buffers()) ? p.buffers()->Get(index)->size_bytes() : 0;
+}
+
+// "cuda:0: layout chunks, ring 1.00 GiB (buffer 12), chunks up to 128.00 MiB, disk ring 0 B (buffer -1), 130 units
+// (120 row chunks, 0 from disk), 5.00 GiB per forward"
+std::string StreamLine(const schema::Plan& p, const schema::Stream& st) {
+  const StreamSummary s = Summarize(st);
+  std::string out = DeviceName(st.device()) + ": layout " + StreamLayout(st) + ", ring " +
+                    FormatBytes(BufferSize(p, st.ring_buffer())) + " (buffer " + std::to_string(st.ring_buffer()) +
+                    "), chunks up to " + FormatBytes(st.chunk_bytes());
+  if (st.disk_ring_buffer() >= 0)
+    out += ", disk ring " + FormatBytes(BufferSize(p, st.disk_ring_buffer())) + " (buffer " +
+           std::to_string(st.disk_ring_buffer()) + ")";
+  return out + ", " + std::to_string(s.units) + " units (" + std::to_string(s.chunks) + " row chunks, " +
+         std::to_string(s.disk) + " from disk), " + FormatBytes(s.bytes) + " per forward";
+}
 
 }  // namespace
 
@@ -108,13 +173,12 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
     const auto* b = p.blocks()->Get(i);
     o << "  [" << i << "] " << Str(b->name()) << " " << Str(b->kind());
     if (b->layer() >= 0) o << " layer " << b->layer();
-    o << ", " << DeviceName(b->device()) << " " << TierName(b->tier()) << ", " << b->weight_bytes()
-      << " bytes, buffers home " << b->home_buffer() << " staging " << b->staging_buffer() << " disk_staging "
-      << b->disk_staging_buffer() << " kv " << b->kv_buffer() << "\n";
+    o << ", " << Placement(*b) << ", " << b->weight_bytes() << " bytes, buffers home " << b->home_buffer()
+      << " host " << b->host_buffer() << " kv " << b->kv_buffer() << "\n";
     for (uint32_t w = 0; w < Len(b->weights()); ++w) {
       const auto* wt = b->weights()->Get(w);
-      o << "      weight tensor " << wt->tensor() << " " << DTypeName(wt->dtype()) << " @" << wt->offset_in_block()
-        << " +" << wt->size_bytes() << "\n";
+      o << "      weight tensor " << wt->tensor() << " " << DTypeName(wt->dtype()) << " " << TierName(wt->tier())
+        << " @" << wt->offset_in_block() << " +" << wt->size_bytes() << "\n";
     }
   }
   o << "arenas:\n";
@@ -142,6 +206,21 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
         << List(c->wait_copy_blocks()) << "\n";
     }
     if (Len(s->frees())) o << "      frees " << List(s->frees()) << "\n";
+  }
+  o << "streams: " << Len(p.streams()) << "\n";
+  for (uint32_t i = 0; i < Len(p.streams()); ++i) {
+    const auto* st = p.streams()->Get(i);
+    o << "  " << StreamLine(p, *st) << "\n";
+    for (uint32_t u = 0; u < Len(st->units()); ++u) {
+      const auto* un = st->units()->Get(u);
+      o << "    [" << u << "] block " << un->block() << " weight " << un->weight() << " rows " << un->row_begin()
+        << "-" << un->row_end() << (un->whole() ? " whole" : " chunk") << " from " << TierName(un->source())
+        << " +" << un->bytes() << " @" << un->ring_offset() << " waits " << un->wait_unit();
+      if (un->source() == schema::Tier::Disk)
+        o << ", disk slot @" << un->disk_slot_offset() << " +" << un->disk_slot_bytes() << " waits "
+          << un->disk_wait_unit();
+      o << ", " << Fixed(un->predicted_copy_us()) << " us\n";
+    }
   }
   o << "usage:\n";
   for (uint32_t i = 0; i < Len(p.usage()); ++i) {
@@ -206,13 +285,13 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
     for (uint32_t w = 0; w < Len(b->weights()); ++w) {
       const auto* wt = b->weights()->Get(w);
       weights.push_back({{"tensor", wt->tensor()}, {"dtype", DTypeName(wt->dtype())}, {"size_bytes", wt->size_bytes()},
-                         {"offset_in_block", wt->offset_in_block()}});
+                         {"offset_in_block", wt->offset_in_block()}, {"tier", TierName(wt->tier())}});
     }
     blocks.push_back({{"name", Str(b->name())}, {"kind", Str(b->kind())}, {"layer", b->layer()},
                       {"prefix", Str(b->prefix())}, {"device", b->device()}, {"tier", TierName(b->tier())},
                       {"weights", weights}, {"weight_bytes", b->weight_bytes()}, {"home_buffer", b->home_buffer()},
                       {"staging_buffer", b->staging_buffer()}, {"disk_staging_buffer", b->disk_staging_buffer()},
-                      {"kv_buffer", b->kv_buffer()}});
+                      {"kv_buffer", b->kv_buffer()}, {"host_buffer", b->host_buffer()}});
   }
   j["blocks"] = blocks;
   J buffers = J::array();
@@ -255,6 +334,27 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
   j["usage"] = usage;
   j["predicted_decode_us"] = p.predicted_decode_us();
   j["predicted_prefill_us"] = p.predicted_prefill_us();
+  J streams = J::array();
+  for (uint32_t i = 0; i < Len(p.streams()); ++i) {
+    const auto* st = p.streams()->Get(i);
+    J units = J::array();
+    for (uint32_t u = 0; u < Len(st->units()); ++u) {
+      const auto* un = st->units()->Get(u);
+      units.push_back({{"block", un->block()}, {"weight", un->weight()}, {"row_begin", un->row_begin()},
+                       {"row_end", un->row_end()}, {"source", TierName(un->source())}, {"bytes", un->bytes()},
+                       {"whole", un->whole()}, {"ring_offset", un->ring_offset()}, {"wait_unit", un->wait_unit()},
+                       {"disk_slot_offset", un->disk_slot_offset()}, {"disk_slot_bytes", un->disk_slot_bytes()},
+                       {"disk_wait_unit", un->disk_wait_unit()}, {"predicted_copy_us", un->predicted_copy_us()}});
+    }
+    const StreamSummary sum = Summarize(*st);
+    streams.push_back({{"device", st->device()}, {"ring_buffer", st->ring_buffer()},
+                       {"disk_ring_buffer", st->disk_ring_buffer()}, {"chunk_bytes", st->chunk_bytes()},
+                       {"layout", StreamLayout(*st)}, {"ring_bytes", BufferSize(p, st->ring_buffer())},
+                       {"disk_ring_bytes", BufferSize(p, st->disk_ring_buffer())}, {"unit_count", sum.units},
+                       {"row_chunks", sum.chunks}, {"disk_units", sum.disk}, {"streamed_bytes", sum.bytes},
+                       {"units", units}});
+  }
+  j["streams"] = streams;
   return j;
 }
 
@@ -298,6 +398,14 @@ void WritePlanDiff(std::ostream& o, const schema::Plan& a, const schema::Plan& b
   for (const auto& [k, v] : arenas)
     o << "  " << k << ": " << FormatBytes(v.first) << " -> " << FormatBytes(v.second) << (v.first == v.second ? "" : "  *")
       << "\n";
+  std::map<int32_t, std::pair<std::string, std::string>> st_lines;
+  for (uint32_t i = 0; i < Len(a.streams()); ++i) st_lines[a.streams()->Get(i)->device()].first = StreamLine(a, *a.streams()->Get(i));
+  for (uint32_t i = 0; i < Len(b.streams()); ++i) st_lines[b.streams()->Get(i)->device()].second = StreamLine(b, *b.streams()->Get(i));
+  if (!st_lines.empty()) o << "streams:\n";
+  for (const auto& [d, v] : st_lines) {
+    o << "  A " << (v.first.empty() ? DeviceName(d) + ": none" : v.first) << "\n";
+    o << "  B " << (v.second.empty() ? DeviceName(d) + ": none" : v.second) << (v.first == v.second ? "" : "  *") << "\n";
+  }
   // Placement differences by block name.
   std::map<std::string, const schema::Block*> bb;
   for (uint32_t i = 0; i < Len(b.blocks()); ++i) bb[Str(b.blocks()->Get(i)->name())] = b.blocks()->Get(i);

@@ -19,13 +19,16 @@ flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us) {
   std::vector<int64_t> shape{16, 16};
   auto tensor = schema::CreateTensorDirect(fb, "w", 0, 8, 1024, schema::DType::F32, &shape);
   std::vector<flatbuffers::Offset<schema::Tensor>> tensors{tensor};
-  auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0);
-  std::vector<flatbuffers::Offset<schema::Weight>> weights{weight};
   const schema::Tier tier = pinned ? schema::Tier::Cpu : schema::Tier::Gpu;
   const schema::Pool pool = pinned ? schema::Pool::PinnedHost : schema::Pool::DeviceArena;
-  auto block = schema::CreateBlockDirect(fb, "b", "decoder_layer", 0, "b.", 0, tier, &weights, 1024, 0);
+  auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0, tier);
+  std::vector<flatbuffers::Offset<schema::Weight>> weights{weight};
+  auto block = schema::CreateBlockDirect(fb, "b", "decoder_layer", 0, "b.", 0, tier, &weights, 1024, pinned ? -1 : 0,
+                                         -1, -1, -1, pinned ? 0 : -1);
   std::vector<flatbuffers::Offset<schema::Block>> blocks{block};
-  auto buffer = schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights, pool, 0, 0, 1024, 0, 0);
+  auto buffer = schema::CreateBufferDirect(fb, pinned ? "b.host" : "b.weights",
+                                           pinned ? schema::BufferKind::HostWeights : schema::BufferKind::ResidentWeights,
+                                           pool, 0, 0, 1024, 0, 0);
   std::vector<flatbuffers::Offset<schema::Buffer>> buffers{buffer};
   auto arena = schema::CreateArena(fb, pool, 0, 1024);
   std::vector<flatbuffers::Offset<schema::Arena>> arenas{arena};
@@ -36,6 +39,46 @@ flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us) {
   auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "sequential", "m", "d", config, fp,
                                        schema::DType::F32, run_shape, nullptr, 0, &tensors, &blocks, &buffers,
                                        &arenas, &steps, nullptr, decode_us, 2000);
+  schema::FinishPlanBuffer(fb, plan);
+  return fb.Release();
+}
+
+// Block "b" partly resident: weight 0 (tensor w0) on cuda:0, weight 1 (w1, 16 x 16 F32) in the Cpu tier, streamed to
+// cuda:0 as two row chunks of 512 bytes through a 1 KiB ring.
+flatbuffers::DetachedBuffer PartialPlan() {
+  flatbuffers::FlatBufferBuilder fb;
+  auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
+  std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
+  auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
+  std::vector<int64_t> shape{16, 16};
+  std::vector<flatbuffers::Offset<schema::Tensor>> tensors{
+      schema::CreateTensorDirect(fb, "w0", 0, 8, 1024, schema::DType::F32, &shape),
+      schema::CreateTensorDirect(fb, "w1", 0, 1032, 1024, schema::DType::F32, &shape)};
+  std::vector<flatbuffers::Offset<schema::Weight>> weights{
+      schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0, schema::Tier::Gpu),
+      schema::CreateWeight(fb, 1, schema::DType::F32, 1024, 0, schema::Tier::Cpu)};
+  std::vector<flatbuffers::Offset<schema::Block>> blocks{schema::CreateBlockDirect(
+      fb, "b", "decoder_layer", 0, "b.", 0, schema::Tier::Cpu, &weights, 2048, 0, -1, -1, -1, 1)};
+  std::vector<flatbuffers::Offset<schema::Buffer>> buffers{
+      schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights, schema::Pool::DeviceArena, 0,
+                                 0, 1024, 0, 0),
+      schema::CreateBufferDirect(fb, "b.host", schema::BufferKind::HostWeights, schema::Pool::PinnedHost, -1, 0,
+                                 1024, 0, 0),
+      schema::CreateBufferDirect(fb, "ring.cuda:0", schema::BufferKind::Staging, schema::Pool::DeviceArena, 0, 1024,
+                                 1024, 0, 0)};
+  std::vector<flatbuffers::Offset<schema::Arena>> arenas{
+      schema::CreateArena(fb, schema::Pool::DeviceArena, 0, 2048),
+      schema::CreateArena(fb, schema::Pool::PinnedHost, -1, 1024)};
+  std::vector<flatbuffers::Offset<schema::Step>> steps{schema::CreateStepDirect(fb, 0)};
+  std::vector<flatbuffers::Offset<schema::Unit>> units{
+      schema::CreateUnit(fb, 0, 1, 0, 8, schema::Tier::Cpu, 512, false, 0, 1, 0, 0, -1, 0.25),
+      schema::CreateUnit(fb, 0, 1, 8, 16, schema::Tier::Cpu, 512, false, 512, 0, 0, 0, -1, 0.25)};
+  std::vector<flatbuffers::Offset<schema::Stream>> streams{schema::CreateStreamDirect(fb, 0, 2, -1, 512, &units)};
+  auto config = schema::CreateModelConfigDirect(fb, "llama");
+  auto run_shape = schema::CreateRunShape(fb, 1, 16);
+  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "auto", "m", "d", config, fp, schema::DType::F32,
+                                       run_shape, nullptr, 0, &tensors, &blocks, &buffers, &arenas, &steps, nullptr,
+                                       1200, 2000, nullptr, &streams);
   schema::FinishPlanBuffer(fb, plan);
   return fb.Release();
 }
@@ -65,14 +108,15 @@ TEST(PlanDumpTest, Text) {
             "tensors: 1 (1.00 KiB in the checkpoint)\n"
             "  [0] w F32[16,16] shard 0 @8 +1024\n"
             "blocks: 1\n"
-            "  [0] b decoder_layer layer 0, cuda:0 gpu, 1024 bytes, buffers home 0 staging -1 disk_staging -1 kv -1\n"
-            "      weight tensor 0 F32 @0 +1024\n"
+            "  [0] b decoder_layer layer 0, cuda:0 gpu, 1024 bytes, buffers home 0 host -1 kv -1\n"
+            "      weight tensor 0 F32 gpu @0 +1024\n"
             "arenas:\n"
             "  cuda:0: 1024 bytes (1.00 KiB)\n"
             "buffers: 1\n"
             "  [0] b.weights ResidentWeights cuda:0 @0 +1024 steps 0..0\n"
             "steps: 1\n"
             "  [0] block 0 (b): decode 0.000 us, prefill 0.000 us, copies 0.000 us\n"
+            "streams: 0\n"
             "usage:\n"
             "predicted: decode 1500.000 us, prefill 2000.000 us per forward\n");
 }
@@ -109,6 +153,50 @@ TEST(PlanDumpTest, Diff) {
             "  pinned: 0 B -> 1.00 KiB  *\n"
             "placement differences: 1\n"
             "  b: cuda:0 gpu -> cuda:0 cpu\n");
+}
+
+// Partly resident blocks show each weight's tier; streams show device, layout, ring, chunk size and their units.
+TEST(PlanDumpTest, PartlyResidentBlockAndStream) {
+  auto buf = PartialPlan();
+  const schema::Plan& p = Verified(buf);
+  std::ostringstream text;
+  WritePlanText(text, p);
+  const std::string t = text.str();
+  for (const char* needle :
+       {"  [0] b decoder_layer layer 0, cuda:0 cpu (partly resident: 1 gpu, 1 cpu weights), 2048 bytes, buffers home "
+        "0 host 1 kv -1\n",
+        "      weight tensor 0 F32 gpu @0 +1024\n", "      weight tensor 1 F32 cpu @0 +1024\n", "streams: 1\n",
+        "  cuda:0: layout chunks, ring 1.00 KiB (buffer 2), chunks up to 512 B, 2 units (2 row chunks, 0 from disk), "
+        "1.00 KiB per forward\n",
+        "    [0] block 0 weight 1 rows 0-8 chunk from cpu +512 @0 waits 1, 0.250 us\n",
+        "    [1] block 0 weight 1 rows 8-16 chunk from cpu +512 @512 waits 0, 0.250 us\n"}) {
+    EXPECT_NE(t.find(needle), std::string::npos) << needle << "\nin:\n" << t;
+  }
+  const nlohmann::ordered_json j = PlanToJson(p);
+  EXPECT_EQ(j["blocks"][0]["weights"][0]["tier"], "gpu");
+  EXPECT_EQ(j["blocks"][0]["weights"][1]["tier"], "cpu");
+  EXPECT_EQ(j["blocks"][0]["host_buffer"], 1);
+  ASSERT_EQ(j["streams"].size(), 1u);
+  const auto& st = j["streams"][0];
+  EXPECT_EQ(st["device"], 0);
+  EXPECT_EQ(st["layout"], "chunks");
+  EXPECT_EQ(st["ring_bytes"], 1024);
+  EXPECT_EQ(st["chunk_bytes"], 512);
+  EXPECT_EQ(st["unit_count"], 2);
+  EXPECT_EQ(st["row_chunks"], 2);
+  EXPECT_EQ(st["disk_units"], 0);
+  EXPECT_EQ(st["streamed_bytes"], 1024);
+  EXPECT_EQ(st["units"][1].dump(),
+            R"({"block":0,"weight":1,"row_begin":8,"row_end":16,"source":"cpu","bytes":512,"whole":false,)"
+            R"("ring_offset":512,"wait_unit":0,"disk_slot_offset":0,"disk_slot_bytes":0,"disk_wait_unit":-1,)"
+            R"("predicted_copy_us":0.25})");
+  auto resident = TinyPlan(false, 1000);
+  std::ostringstream diff;
+  WritePlanDiff(diff, Verified(resident), p, "a", "b");
+  const std::string d = diff.str();
+  EXPECT_NE(d.find("  cpu: 0 B -> 1.00 KiB  *\n"), std::string::npos) << d;
+  EXPECT_NE(d.find("streams:\n  A cuda:0: none\n  B cuda:0: layout chunks, ring 1.00 KiB"), std::string::npos) << d;
+  EXPECT_NE(d.find("  b: cuda:0 gpu -> cuda:0 cpu (partly resident: 1 gpu, 1 cpu weights)\n"), std::string::npos) << d;
 }
 
 TEST(PlanDumpTest, DiffOfAPlanWithItselfShowsNoDifferences) {

@@ -73,6 +73,120 @@ TEST(PlanIoTest, RejectsOtherVersionAsIncompatible) {
   EXPECT_NE(r.error().message.find("version 2"), std::string::npos) << r.error().message;
 }
 
+TEST(PlanIoTest, RefusesAnOlderPlanWithPlanAgain) {
+  auto buf = MinimalPlan(1);
+  auto r = VerifyPlan(buf.data(), buf.size(), "old.bplan");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kIncompatible);
+  EXPECT_NE(r.error().message.find("old.bplan: made by an older planner"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("plan again"), std::string::npos) << r.error().message;
+}
+
+// A version-2 plan with a stream: block "b" has weight 0 resident (its home buffer) and weight 1 (16 x 16 F32) in the
+// Cpu tier (its host buffer), streamed to cuda:0 as two row chunks through a 1 KiB ring. `damage` edits the fields
+// before they are written.
+struct StreamFields {
+  int32_t device = 0, ring_buffer = 2, disk_ring_buffer = -1;
+  uint32_t block = 0, weight = 1;
+  int64_t row_begin = 0, row_end = 8;
+  schema::Tier source = schema::Tier::Cpu;
+  uint64_t bytes = 512, ring_offset = 0;
+  int32_t wait_unit = 1;
+  schema::Tier weight1_tier = schema::Tier::Cpu;
+  bool second_stream = false;
+};
+
+flatbuffers::DetachedBuffer StreamedPlan(const StreamFields& f = {}) {
+  flatbuffers::FlatBufferBuilder fb;
+  auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
+  std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
+  auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
+  std::vector<int64_t> shape{16, 16};
+  std::vector<flatbuffers::Offset<schema::Tensor>> tensors{
+      schema::CreateTensorDirect(fb, "w0", 0, 8, 1024, schema::DType::F32, &shape),
+      schema::CreateTensorDirect(fb, "w1", 0, 1032, 1024, schema::DType::F32, &shape)};
+  std::vector<flatbuffers::Offset<schema::Weight>> weights{
+      schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0, schema::Tier::Gpu),
+      schema::CreateWeight(fb, 1, schema::DType::F32, 1024, 0, f.weight1_tier)};
+  std::vector<flatbuffers::Offset<schema::Block>> blocks{schema::CreateBlockDirect(
+      fb, "b", "decoder_layer", 0, "b.", 0, schema::Tier::Cpu, &weights, 2048, 0, -1, -1, -1, 1)};
+  std::vector<flatbuffers::Offset<schema::Buffer>> buffers{
+      schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights, schema::Pool::DeviceArena, 0,
+                                 0, 1024, 0, 0),
+      schema::CreateBufferDirect(fb, "b.host", schema::BufferKind::HostWeights, schema::Pool::PinnedHost, -1, 0,
+                                 1024, 0, 0),
+      schema::CreateBufferDirect(fb, "ring.cuda:0", schema::BufferKind::Staging, schema::Pool::DeviceArena, 0, 1024,
+                                 1024, 0, 0)};
+  std::vector<flatbuffers::Offset<schema::Arena>> arenas{
+      schema::CreateArena(fb, schema::Pool::DeviceArena, 0, 2048),
+      schema::CreateArena(fb, schema::Pool::PinnedHost, -1, 1024)};
+  std::vector<flatbuffers::Offset<schema::Step>> steps{schema::CreateStepDirect(fb, 0)};
+  std::vector<flatbuffers::Offset<schema::Unit>> units{
+      schema::CreateUnit(fb, f.block, f.weight, f.row_begin, f.row_end, f.source, f.bytes, false, f.ring_offset,
+                         f.wait_unit),
+      schema::CreateUnit(fb, 0, 1, 8, 16, schema::Tier::Cpu, 512, false, 512, 0)};
+  std::vector<flatbuffers::Offset<schema::Stream>> streams{
+      schema::CreateStreamDirect(fb, f.device, f.ring_buffer, f.disk_ring_buffer, 512, &units)};
+  if (f.second_stream) streams.push_back(schema::CreateStreamDirect(fb, f.device, f.ring_buffer, -1, 512, &units));
+  auto config = schema::CreateModelConfigDirect(fb, "llama");
+  auto run_shape = schema::CreateRunShape(fb, 1, 16);
+  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "auto", "m", "d", config, fp, schema::DType::F32,
+                                       run_shape, nullptr, 0, &tensors, &blocks, &buffers, &arenas, &steps, nullptr,
+                                       0, 0, nullptr, &streams);
+  schema::FinishPlanBuffer(fb, plan);
+  return fb.Release();
+}
+
+TEST(PlanIoTest, AcceptsAStreamedPlan) {
+  auto buf = StreamedPlan();
+  auto plan = VerifyPlan(buf.data(), buf.size(), "s.bplan");
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  ASSERT_EQ((*plan)->streams()->size(), 1u);
+  EXPECT_EQ((*plan)->streams()->Get(0)->units()->size(), 2u);
+  EXPECT_EQ((*plan)->blocks()->Get(0)->weights()->Get(1)->tier(), schema::Tier::Cpu);
+}
+
+TEST(PlanIoTest, RefusesDamagedStreamFields) {
+  struct Case {
+    const char* what;
+    StreamFields f;
+    const char* needle;
+  };
+  std::vector<Case> cases;
+  auto add = [&](const char* what, auto edit, const char* needle) {
+    StreamFields f;
+    edit(f);
+    cases.push_back({what, f, needle});
+  };
+  add("block out of range", [](StreamFields& f) { f.block = 7; }, "units[0].block out of range");
+  add("weight out of range", [](StreamFields& f) { f.weight = 5; }, "units[0].weight out of range");
+  add("a resident weight", [](StreamFields& f) { f.weight = 0; }, "does not match its weight's tier");
+  add("source is not the weight's tier", [](StreamFields& f) { f.source = schema::Tier::Disk; },
+      "does not match its weight's tier");
+  add("rows past the end", [](StreamFields& f) { f.row_end = 17; f.bytes = 17 * 64; }, "outside the weight's 16 rows");
+  add("empty row range", [](StreamFields& f) { f.row_end = 0; f.bytes = 0; }, "rows [0, 0)");
+  add("bytes", [](StreamFields& f) { f.bytes = 513; }, "units[0].bytes 513, expected 512");
+  add("outside the ring", [](StreamFields& f) { f.ring_offset = 768; }, "lies outside its ring");
+  add("wait out of range", [](StreamFields& f) { f.wait_unit = 2; }, "waits on a unit out of range");
+  add("wait below -1", [](StreamFields& f) { f.wait_unit = -2; }, "waits on a unit out of range");
+  add("ring buffer out of range", [](StreamFields& f) { f.ring_buffer = 9; }, "ring_buffer 9 out of range");
+  add("ring not in the device's arena", [](StreamFields& f) { f.ring_buffer = 1; }, "not in the arena of device 0");
+  add("stream of another device", [](StreamFields& f) { f.device = 1; }, "not in the arena of device 1");
+  add("disk ring out of range", [](StreamFields& f) { f.disk_ring_buffer = 3; }, "disk_ring_buffer out of range");
+  add("disk ring not pinned", [](StreamFields& f) { f.disk_ring_buffer = 0; }, "disk_ring_buffer is not pinned");
+  add("disk unit without a disk ring",
+      [](StreamFields& f) { f.source = schema::Tier::Disk; f.weight1_tier = schema::Tier::Disk; },
+      "the stream has no disk ring");
+  add("repeated device", [](StreamFields& f) { f.second_stream = true; }, "repeats device 0");
+  for (const Case& c : cases) {
+    auto buf = StreamedPlan(c.f);
+    auto r = VerifyPlan(buf.data(), buf.size(), "s.bplan");
+    ASSERT_FALSE(r.ok()) << c.what;
+    EXPECT_EQ(r.error().code, ErrorCode::kCorrupt) << c.what;
+    EXPECT_NE(r.error().message.find(c.needle), std::string::npos) << c.what << ": " << r.error().message;
+  }
+}
+
 TEST(PlanIoTest, RejectsOutOfRangeIndices) {
   auto small_arena = MinimalPlan(kPlanVersion, 512);
   auto r = VerifyPlan(small_arena.data(), small_arena.size(), "p.bplan");

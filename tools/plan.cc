@@ -42,9 +42,10 @@ const char* const kBundledExamples[] = {"llama-2-7b", "gpt-j-6b"};
 constexpr const char* kUsage =
     "usage: plan [FLAGS]\n"
     "\n"
-    "Plans a model for the given memory budgets: which device computes each block, where its weights rest\n"
-    "(resident on the GPU, pinned CPU memory, or disk), the prefetch schedule and every buffer's offset. Prints\n"
-    "the placement, the memory plan and the predicted time per forward pass; -o writes the plan file.\n"
+    "Plans a model for the given memory budgets: which device computes each block, where each weight rests\n"
+    "(resident on the GPU, pinned CPU memory, or disk), how streamed weights flow through each GPU's ring, and\n"
+    "every buffer's offset. Prints the placement, the memory plan and the predicted time per forward pass;\n"
+    "-o writes the plan file.\n"
     "With no model flag, plans the bundled examples (Llama-2-7B and GPT-J-6B, no weights needed) for\n"
     "--max-memory cuda:0=4GiB,cpu=64GiB,disk=200GiB, bf16, batch 1, sequence length 512.\n"
     "\n"
@@ -70,6 +71,8 @@ constexpr const char* kUsage =
     "  --prefetch-depth N       blocks streamed whole: a ring of N + 1 slots of the largest one (default 1)\n"
     "  --chunk-bytes SIZE       stream every streamed weight larger than SIZE in row chunks of at most SIZE\n"
     "                           (the chunks layout; default: only when a layer does not fit half the ring)\n"
+    "  --auto-candidates LETTERS  which placements auto chooses from (default BPC): B whole blocks, P partly\n"
+    "                           resident blocks, C row-chunked streaming through a quarter of the budget\n"
     "  --profile FILE           device profile JSON (default: the H100 profile, or the CPU profile without GPUs)\n"
     "output:\n"
     "  -o, --output FILE        write the plan (a .bplan flatbuffer)\n"
@@ -105,6 +108,7 @@ struct Flags {
       device_map, export_device_map, output;
   std::optional<uint32_t> batch, seq_len, prefetch_depth;
   std::optional<uint64_t> chunk_bytes;
+  std::string auto_candidates;
   bool quiet = false;
 };
 
@@ -125,7 +129,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     switch (SplitFlag(argc, argv, &i,
                       {"--model", "--description", "--checkpoint", "--max-memory", "--dtype", "--batch", "--seq-len",
                        "--strategy", "--memory-algorithm", "--profile", "--device-map", "--export-device-map", "-o",
-                       "--output", "--prefetch-depth", "--chunk-bytes"},
+                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag \"" + flag + "\"");
@@ -143,6 +147,11 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       auto bytes = ParseByteSize(value);
       if (!bytes.ok() || *bytes == 0) return Usage(flag + ": expected a positive size such as 64MiB, got \"" + value + "\"");
       f.chunk_bytes = *bytes;
+    }
+    else if (flag == "--auto-candidates") {
+      if (value.empty() || value.find_first_not_of("BPC") != std::string::npos)
+        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C");
+      f.auto_candidates = value;
     }
     else if (flag == "--strategy") f.strategy = value;
     else if (flag == "--memory-algorithm") f.memory_algorithm = value;
@@ -194,6 +203,7 @@ Status Main(int argc, char** argv) {
   if (!f.profile.empty()) { BIGPLAN_ASSIGN_OR_RETURN(base.profile, LoadDeviceProfile(f.profile)); }
   base.prefetch_depth = f.prefetch_depth;
   base.chunk_bytes = f.chunk_bytes;
+  if (!f.auto_candidates.empty()) base.auto_candidates = f.auto_candidates;
   if (!f.quiet) base.progress = [](const std::string& m) { std::fprintf(stderr, "plan: %s\n", m.c_str()); };
 
   std::vector<PlanRequest> requests;

@@ -38,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const auto* wt = b->weights()->Get(w);
       sink += Touch(p.tensors()->Get(wt->tensor())->name());  // in range per VerifyPlan
     }
-    for (int32_t buf : {b->home_buffer(), b->staging_buffer(), b->disk_staging_buffer(), b->kv_buffer()})
+    for (int32_t buf : {b->home_buffer(), b->staging_buffer(), b->disk_staging_buffer(), b->kv_buffer(), b->host_buffer()})
       if (buf >= 0) sink += p.buffers()->Get(buf)->size_bytes();
   }
   for (uint32_t i = 0; i < Len(p.steps()); ++i) {
@@ -53,6 +53,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         sink += Touch(p.blocks()->Get(cp->wait_copy_blocks()->Get(k))->name());
     }
     for (uint32_t k = 0; k < Len(s->frees()); ++k) sink += p.buffers()->Get(s->frees()->Get(k))->offset();
+  }
+  for (uint32_t i = 0; i < Len(p.streams()); ++i) {
+    const auto* st = p.streams()->Get(i);
+    if (Len(st->units()) == 0) continue;
+    sink += p.buffers()->Get(st->ring_buffer())->size_bytes();  // in range per VerifyPlan
+    if (st->disk_ring_buffer() >= 0) sink += p.buffers()->Get(st->disk_ring_buffer())->size_bytes();
+    for (uint32_t u = 0; u < Len(st->units()); ++u) {
+      const auto* un = st->units()->Get(u);
+      const auto* w = p.blocks()->Get(un->block())->weights()->Get(un->weight());
+      sink += Touch(p.tensors()->Get(w->tensor())->name());
+      if (un->wait_unit() >= 0) sink += st->units()->Get(un->wait_unit())->bytes();
+      if (un->disk_wait_unit() >= 0) sink += st->units()->Get(un->disk_wait_unit())->bytes();
+    }
   }
   for (uint32_t i = 0; i < Len(p.usage()); ++i) sink += Touch(p.usage()->Get(i)->device());
   for (uint32_t i = 0; i < Len(p.budgets()); ++i) sink += Touch(p.budgets()->Get(i)->device());

@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
       {"tools/testdata/tiny-llama", "cuda:0=1GiB,cpu=1GiB", "tools/testdata/tiny-llama-device-map.json", 64},
       {"tools/testdata/tiny-llama", "cuda:0=1GiB,cuda:1=1GiB,cpu=1GiB", "", 32},
       {"tools/testdata/tiny-llama", "cpu=1GiB", "", 16},
+      // Partly resident layers (auto's candidate P) and row-chunked streaming (candidate C).
+      {"tools/testdata/tiny-llama", "cuda:0=320.5MiB,cpu=1GiB", "", 64},
+      {"planner/testdata/configs/llama-3.1-405b-4layers", "cuda:0=4GiB,cpu=200GiB", "", 64},
   };
   for (const Case& c : cases) {
     PlanRequest r;

@@ -26,7 +26,7 @@ lib=(support/result.cc support/sha256.cc support/units.cc support/file_read.cc s
      formats/dtype.cc formats/guarded_copy.cc formats/mapped_file.cc formats/json_util.cc formats/safetensors.cc
      formats/checkpoint.cc schema/plan_io.cc)
 for f in planner/*.cc; do
-  case "$f" in *_test.cc|*_main.cc) continue ;; esac
+  case "$f" in *_test.cc|*_main.cc|*_testutil.cc) continue ;; esac
   lib+=("$f")
 done
 

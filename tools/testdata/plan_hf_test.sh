@@ -23,7 +23,7 @@ for m in llama llama-tied gptj gpt2; do
   grep -q "checkpoint: 1 shard(s)" "$work/$m.txt" || fail "$m: plan did not use the checkpoint"
   "$inspect" "$work/$m.bplan" > "$work/$m.inspect" || fail "inspect $m"
   "$inspect" --json "$work/$m.bplan" > "$work/$m.json" || fail "inspect --json $m"
-  "$python" -c "import json,sys; p=json.load(open(sys.argv[1])); assert p['version'] == 1 and p['blocks']" \
+  "$python" -c "import json,sys; p=json.load(open(sys.argv[1])); assert p['version'] == 2 and p['blocks'] and 'streams' in p" \
     "$work/$m.json" || fail "$m: inspect --json is not the plan"
   # Stream every decoder layer: alternate cpu and disk.
   "$python" - "$work/$m.map.json" "$work/$m.stream.json" <<'PY'
@@ -38,7 +38,10 @@ PY
     --device-map "$work/$m.stream.json" -o "$work/$m.stream.bplan" > "$work/$m.stream.txt" || fail "plan $m streamed"
   grep -q "disk (streamed)" "$work/$m.stream.txt" || fail "$m: nothing streamed from disk"
   "$inspect" "$work/$m.stream.bplan" > "$work/$m.stream.inspect" || fail "inspect $m streamed"
-  grep -q "copy block .* from disk" "$work/$m.stream.inspect" || fail "$m: no disk copy in the plan"
+  grep -q " from disk +" "$work/$m.stream.inspect" || fail "$m: no stream unit from disk in the plan"
+  "$inspect" --json "$work/$m.stream.bplan" > "$work/$m.stream.json" || fail "inspect --json $m streamed"
+  "$python" -c "import json,sys; p=json.load(open(sys.argv[1])); s=p['streams'][0]; assert s['device'] == 0 and s['disk_units'] > 0 and s['unit_count'] == len(s['units'])" \
+    "$work/$m.stream.json" || fail "$m: inspect --json lacks the stream"
   "$inspect" --diff "$work/$m.bplan" "$work/$m.stream.bplan" > "$work/$m.diff" || fail "inspect --diff $m"
   grep -q "placement differences: [1-9]" "$work/$m.diff" || fail "$m: diff shows no placement change"
 done
@@ -57,6 +60,7 @@ expect_exit 2 "usage: plan" "$plan" --batch
 expect_exit 2 "--max-memory" "$plan" --model "$work/models/llama" --max-memory "cuda:0=lots"
 expect_exit 1 "infeasible" "$plan" --quiet --model "$work/models/llama" --max-memory "cuda:0=100MiB"
 expect_exit 1 "not_there" "$plan" --quiet --model "$work/not_there"
+expect_exit 2 "--auto-candidates" "$plan" --quiet --model "$work/models/llama" --auto-candidates BX
 expect_exit 2 "unknown memory algorithm" "$plan" --quiet --model "$work/models/llama" --memory-algorithm best
 # A shard cut short is reported, naming the file.
 cp -r "$work/models/llama" "$work/broken"
