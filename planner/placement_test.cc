@@ -308,27 +308,27 @@ TEST(AutoTest, CpuBeforeDisk) {
   ModelDescription m = SyntheticModel(10 * kMiB, std::vector<uint64_t>(6, 50 * kMiB), kMiB, 10 * kMiB);
   PlacementRequest r = Request(m, {});
   // The GPU holds only the ring (2 x 50) plus 21 MiB: the embedding, the norm and the lm_head.
-  // The cpu holds 280 MiB: with the pinned disk ring (4 slots of a 50 MiB weight + 4 KiB) too, one layer fits in
+  // The cpu holds 280 MiB: with the pinned disk ring (2 slots of a 50 MiB weight + 4 KiB) too, three layers fit in
   // the CPU tier, the first in execution order.
   r.budget = Budget({{0, Overhead(r, 0, m.blocks.size()) + 121 * kMiB}}, 280 * kMiB);
   Result<Placement> p = PlaceModel("auto", r);
   ASSERT_TRUE(p.ok()) << p.error().ToString();
-  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), C(0), D(0), D(0), D(0), D(0), D(0), G(0), G(0)}))
+  EXPECT_EQ(p->blocks, (std::vector<BlockPlacement>{G(0), C(0), C(0), C(0), D(0), D(0), D(0), G(0), G(0)}))
       << Describe(m, p->blocks);
   const DeviceAccount& cpu = p->usage[1];
   EXPECT_EQ(cpu.device, "cpu");
-  EXPECT_EQ(cpu.resident_weights, 50 * kMiB);
-  EXPECT_EQ(cpu.staging, 4 * (50 * kMiB + 4096));
+  EXPECT_EQ(cpu.resident_weights, 150 * kMiB);
+  EXPECT_EQ(cpu.staging, 2 * (50 * kMiB + 4096));
   EXPECT_EQ(p->usage[2].device, "disk");
-  EXPECT_EQ(p->usage[2].resident_weights, 250 * kMiB);
+  EXPECT_EQ(p->usage[2].resident_weights, 150 * kMiB);
 
   // A disk budget too small for the rest: infeasible, naming disk.
   r.budget.disk = 100 * kMiB;
   p = PlaceModel("auto", r);
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.error().code, ErrorCode::kInfeasible);
-  EXPECT_NE(p.error().message.find("disk needs 250.00 MiB"), std::string::npos) << p.error().message;
-  EXPECT_NE(p.error().message.find("short by 150.00 MiB"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("disk needs 150.00 MiB"), std::string::npos) << p.error().message;
+  EXPECT_NE(p.error().message.find("short by 50.00 MiB"), std::string::npos) << p.error().message;
 }
 
 TEST(AutoTest, InfeasibleNamesTheDevice) {

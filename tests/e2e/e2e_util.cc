@@ -223,14 +223,30 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
       SmallestFeasible([&](uint64_t b) { return feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big); }, 0, kBig,
                        kGranularity));
   BIGPLAN_RETURN_IF_ERROR(add("cpu_tier", "cuda:0=" + std::to_string(min_gpu) + ",cpu=" + big));
-  BIGPLAN_ASSIGN_OR_RETURN(uint64_t min_cpu, SmallestFeasible(
-                                                 [&](uint64_t b) {
-                                                   return feasible("cuda:0=" + std::to_string(min_gpu) +
-                                                                   ",cpu=" + std::to_string(b));
-                                                 },
-                                                 0, kBig, kGranularity));
-  BIGPLAN_RETURN_IF_ERROR(
-      add("disk_tier", "cuda:0=" + std::to_string(min_gpu) + ",cpu=" + std::to_string(min_cpu)));
+  // A cpu budget of three quarters of what the cpu-tier plan pins: some streamed weights must rest on disk.
+  uint64_t disk_cpu = 0;
+  {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanFile cpu_plan, PlanFile::Load(cases.back().path));
+    for (const schema::Arena* a : *cpu_plan.plan().arenas())
+      if (a->pool() == schema::Pool::PinnedHost) disk_cpu = a->size_bytes();
+  }
+  disk_cpu = disk_cpu / 4 * 3 / kGranularity * kGranularity;
+  if (disk_cpu >= kGranularity &&
+      feasible("cuda:0=" + std::to_string(min_gpu) + ",cpu=" + std::to_string(disk_cpu))) {
+    BIGPLAN_RETURN_IF_ERROR(
+        add("disk_tier", "cuda:0=" + std::to_string(min_gpu) + ",cpu=" + std::to_string(disk_cpu)));
+  } else {
+    // The pinned disk ring (two slots of the largest weight, cast to the execution dtype) costs more than keeping
+    // these tiny models' weights in the cpu tier, so auto never picks disk for them: the decoder layers go to disk
+    // by an explicit map instead.
+    nlohmann::json map = nlohmann::json::object();
+    BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(cases[0].path));
+    for (const schema::Block* b : *plan.plan().blocks())
+      map[b->name()->str()] = b->kind()->str() == "decoder_layer" ? nlohmann::json("disk") : nlohmann::json(0);
+    const std::string path = dir + "/disk_layers_map.json";
+    BIGPLAN_RETURN_IF_ERROR(WriteText(path, map.dump(1)));
+    BIGPLAN_RETURN_IF_ERROR(add("disk_tier", "cuda:0=" + big + ",cpu=" + big, "--device-map " + Quote(path)));
+  }
   BIGPLAN_ASSIGN_OR_RETURN(uint64_t all_resident, SmallestFeasible(
                                                       [&](uint64_t b) {
                                                         if (!feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big)) {
