@@ -51,6 +51,7 @@ def convert(gguf_path, out):
 
     gguf_dir, gguf_file = os.path.split(gguf_path)
     tmp = tempfile.mkdtemp(prefix=".smollm2-", dir=os.path.dirname(out))
+    os.chmod(tmp, 0o755)
     try:
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
