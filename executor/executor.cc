@@ -521,6 +521,13 @@ Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>
     }
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     (n == 0 ? result.prefill_ms : result.decode_ms.emplace_back()) = ms;
+    if (options.on_step) {
+      std::vector<int64_t> emitted(batch, -1);
+      for (int64_t b = 0; b < batch; ++b) {
+        if (static_cast<int64_t>(result.tokens[b].size()) == n + 1) emitted[b] = result.tokens[b].back();
+      }
+      if (!options.on_step(n, emitted)) break;
+    }
     if (all_stopped) break;
   }
   return result;

@@ -37,6 +37,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,6 +105,11 @@ struct GenerateOptions {
   // A row stops after it emits one of these (the stop token is included in its output). Generation ends when
   // every row has stopped or after max_new_tokens.
   std::vector<int64_t> stop_token_ids;
+  // Called after every step (the prefill's first token is step 0) with the token each row emitted, -1 for rows
+  // that had already stopped, from the thread that called Generate (with the executor's mutex held: it must not
+  // call the executor). Returning false ends the generation after this step (the tokens so far are the result;
+  // rows not stopped by a stop token keep stopped = false). Use it to stream text, match stop strings or cancel.
+  std::function<bool(int step, const std::vector<int64_t>& tokens)> on_step;
 };
 
 struct GenerateResult {
