@@ -102,6 +102,10 @@ class LlamaKernels final : public ModelKernelsBase {
       rope_tables_.Get(0, kv->k.size(2), x.scalar_type(), x.device(), &cos, &sin);
       cos = cos.index_select(0, position);
       sin = sin.index_select(0, position);
+      if (c.ctx.rows.defined()) {  // one position per row: [n, 1, 1, head_dim] against q/k [n, heads, 1, head_dim]
+        cos = cos.view({batch, 1, 1, head_dim});
+        sin = sin.view({batch, 1, 1, head_dim});
+      }
     } else if (rope_.type == RopeConfig::Type::kDynamic && start_pos + seq > rope_.max_position_embeddings) {
       RopeCosSin(rope_, start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
     } else {
@@ -111,8 +115,10 @@ class LlamaKernels final : public ModelKernelsBase {
     k = ApplyRopeHalf(k, cos, sin);
 
     const double scale = std::pow(static_cast<double>(head_dim), -0.5);
-    at::Tensor attn = position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale)
-                                         : CachedAttention(q, k, v, kv, start_pos, scale);
+    at::Tensor attn = c.ctx.rows.defined()
+                          ? RowsDecodeAttention(q, k, v, kv, c.ctx.rows, position, c.ctx.attend_len, scale)
+                      : position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale)
+                                           : CachedAttention(q, k, v, kv, start_pos, scale);
     attn = attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
     at::Tensor y = x + Linear(attn, wo, bo);
 
