@@ -94,6 +94,14 @@ std::string ParseCommon(const json& body, CompletionRequest* r, bool* stream, st
     *param = "n";
     return "only n = 1 is supported";
   }
+  // "ignore_eos" (as vLLM's): generate max_tokens whatever the model emits (benchmarks with random weights).
+  if (body.contains("ignore_eos") && !body["ignore_eos"].is_null()) {
+    if (!body["ignore_eos"].is_boolean()) {
+      *param = "ignore_eos";
+      return "'ignore_eos' must be a boolean";
+    }
+    r->ignore_eos = body["ignore_eos"].get<bool>();
+  }
   *stream = body.contains("stream") && body["stream"].is_boolean() && body["stream"].get<bool>();
   if (body.contains("stream") && !body["stream"].is_null() && !body["stream"].is_boolean()) {
     *param = "stream";

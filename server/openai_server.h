@@ -2,7 +2,7 @@
 //   GET  /health                 {"status": "ok", "active": N, "queued": N}
 //   GET  /v1/models              the one model
 //   POST /v1/completions         {"prompt": "..." | ["..."], "max_tokens", "temperature", "top_p", "top_k",
-//                                 "seed", "stop": "..." | [...], "stream"}
+//                                 "seed", "stop": "..." | [...], "stream", "ignore_eos" (vLLM's extension)}
 //   POST /v1/chat/completions    {"messages": [...], "max_tokens" | "max_completion_tokens", ... as above}
 // Streaming ("stream": true) sends server-sent events (data: {chunk}, then data: [DONE]). Bad requests get 4xx
 // with {"error": {"message", "type", "param", "code"}}; 503 while shutting down. A client that disconnects has
