@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Clients of `serve` for serve_test.sh: the openai package and raw HTTP against http://127.0.0.1:PORT.
 
-    serve_client.py PORT REFERENCE.json
-Checks (exits non-zero with a message on the first failure):
-  - greedy text equals transformers' (REFERENCE.json from smollm2_reference.py): chat and completions, streamed
-    and not;
-  - a load test: 32 concurrent clients, 200 requests (a mix of streamed and not, chat and completions, 4 prompts),
-    nothing lost, every response well-formed, every greedy text equal to that prompt's text when alone;
-  - bad requests get 4xx JSON errors;
-  - a client that disconnects mid-stream has its request cancelled (the server goes idle).
+    serve_client.py quality PORT REFERENCE.json
+      greedy text equals transformers' (REFERENCE.json from smollm2_reference.py): chat and completions, streamed
+      and not; bad requests get 4xx JSON errors; a client that disconnects mid-stream has its request cancelled
+      (the server goes idle).
+    serve_client.py load PORT [CLIENTS REQUESTS]
+      a load test: 32 concurrent clients, 200 requests (a mix of streamed and not, chat and completions, greedy
+      and sampled, 4 prompts): nothing lost, every response well-formed, every greedy text equal to that prompt's
+      text when it ran alone.
+Exits non-zero with a message on the first failure.
 """
 import concurrent.futures
 import http.client
@@ -24,9 +25,8 @@ def fail(msg):
     sys.exit(1)
 
 
-def main():
-    port = int(sys.argv[1])
-    ref = {c["name"]: c for c in json.load(open(sys.argv[2]))["cases"]}
+def quality(port, ref_path):
+    ref = {c["name"]: c for c in json.load(open(ref_path))["cases"]}
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
     model = client.models.list().data[0].id
 
@@ -54,52 +54,6 @@ def main():
     if text != col["text"]:
         fail(f"streamed completions: {text!r}")
     print("ok: greedy text equals transformers (chat, completions, streamed and not)")
-
-    # Load: 32 clients, 200 requests; greedy results must equal each prompt's result alone.
-    prompts = ["The capital of Italy is", "def fibonacci(n):", "List three fruits:", "Water boils at"]
-    alone = {p: client.completions.create(model=model, prompt=p, temperature=0, max_tokens=5).choices[0].text
-             for p in prompts}
-
-    def one(i):
-        p = prompts[i % len(prompts)]
-        kind = i % 4
-        if kind == 0:
-            r = client.completions.create(model=model, prompt=p, temperature=0, max_tokens=5)
-            return p, r.choices[0].text, r.choices[0].finish_reason
-        if kind == 1:
-            s = client.completions.create(model=model, prompt=p, temperature=0, max_tokens=5, stream=True)
-            parts = list(s)
-            return p, "".join(c.choices[0].text for c in parts if c.choices), parts[-1].choices[0].finish_reason
-        if kind == 2:
-            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
-                                               temperature=0.8, seed=i, max_tokens=4)
-            if r.choices[0].message.role != "assistant" or r.usage.completion_tokens > 4:
-                raise ValueError(f"chat response {r}")
-            return None, r.choices[0].message.content, r.choices[0].finish_reason
-        r = client.completions.create(model=model, prompt=p, temperature=1.0, top_p=0.9, seed=i, max_tokens=3)
-        return None, r.choices[0].text, r.choices[0].finish_reason
-
-    t0 = time.time()
-    results, errors = [], []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
-        futures = [pool.submit(one, i) for i in range(200)]
-        for f in concurrent.futures.as_completed(futures):
-            try:
-                results.append(f.result())
-            except Exception as e:  # noqa: BLE001 - every failure is reported
-                errors.append(repr(e))
-    elapsed = time.time() - t0
-    if errors:
-        fail(f"{len(errors)} of 200 requests failed, e.g. {errors[0]}")
-    if len(results) != 200:
-        fail(f"{len(results)} responses for 200 requests")
-    for p, text, finish in results:
-        if finish not in ("stop", "length") or not isinstance(text, str):
-            fail(f"malformed response: {text!r} {finish!r}")
-        if p is not None and text != alone[p]:
-            fail(f"under load {p!r} gave {text!r}, alone {alone[p]!r}")
-    print(f"ok: load test, 200 requests from 32 clients in {elapsed:.1f} s, all well-formed, greedy texts equal "
-          "to each prompt alone")
 
     # Bad requests: 4xx with an error object.
     def post(path, body, expect):
@@ -141,6 +95,68 @@ def main():
     else:
         fail(f"the dropped request was not cancelled: {h}")
     print("ok: a dropped client's request was cancelled")
+
+
+def load(port, clients, requests):
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+    model = client.models.list().data[0].id
+    # Greedy results under load must equal each prompt's result alone.
+    prompts = ["The capital of Italy is", "def fibonacci(n):", "List three fruits:", "Water boils at"]
+    alone = {p: client.completions.create(model=model, prompt=p, temperature=0, max_tokens=5).choices[0].text
+             for p in prompts}
+
+    def one(i):
+        p = prompts[i % len(prompts)]
+        kind = i % 4
+        if kind == 0:
+            r = client.completions.create(model=model, prompt=p, temperature=0, max_tokens=5)
+            return p, r.choices[0].text, r.choices[0].finish_reason
+        if kind == 1:
+            s = client.completions.create(model=model, prompt=p, temperature=0, max_tokens=5, stream=True)
+            parts = list(s)
+            return p, "".join(c.choices[0].text for c in parts if c.choices), parts[-1].choices[0].finish_reason
+        if kind == 2:
+            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
+                                               temperature=0.8, seed=i, max_tokens=4)
+            if r.choices[0].message.role != "assistant" or r.usage.completion_tokens > 4:
+                raise ValueError(f"chat response {r}")
+            return None, r.choices[0].message.content, r.choices[0].finish_reason
+        r = client.completions.create(model=model, prompt=p, temperature=1.0, top_p=0.9, seed=i, max_tokens=3)
+        return None, r.choices[0].text, r.choices[0].finish_reason
+
+    t0 = time.time()
+    results, errors = [], []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+        futures = [pool.submit(one, i) for i in range(requests)]
+        for f in concurrent.futures.as_completed(futures):
+            try:
+                results.append(f.result())
+            except Exception as e:  # noqa: BLE001 - every failure is reported
+                errors.append(repr(e))
+    elapsed = time.time() - t0
+    if errors:
+        fail(f"{len(errors)} of {requests} requests failed, e.g. {errors[0]}")
+    if len(results) != requests:
+        fail(f"{len(results)} responses for {requests} requests")
+    for p, text, finish in results:
+        if finish not in ("stop", "length") or not isinstance(text, str):
+            fail(f"malformed response: {text!r} {finish!r}")
+        if p is not None and text != alone[p]:
+            fail(f"under load {p!r} gave {text!r}, alone {alone[p]!r}")
+    print(f"ok: load test, {requests} requests from {clients} clients in {elapsed:.1f} s, all well-formed, greedy "
+          "texts equal to each prompt alone")
+
+
+
+def main():
+    if len(sys.argv) >= 4 and sys.argv[1] == "quality":
+        quality(int(sys.argv[2]), sys.argv[3])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "load":
+        clients = int(sys.argv[3]) if len(sys.argv) > 3 else 32
+        requests = int(sys.argv[4]) if len(sys.argv) > 4 else 200
+        load(int(sys.argv[2]), clients, requests)
+    else:
+        fail("usage: serve_client.py quality PORT REFERENCE.json | load PORT [CLIENTS REQUESTS]")
 
 
 if __name__ == "__main__":
