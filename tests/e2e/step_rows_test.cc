@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "executor/executor.h"
 #include "tests/e2e/e2e_util.h"
@@ -32,17 +33,22 @@ std::vector<std::vector<float>> Alone(Executor& exec, const std::vector<int64_t>
   return out;
 }
 
-void CheckStaggered(const std::string& family) {
+// `gpu`: plan for cuda:0 and run there; returns without checking when no CUDA device is present.
+void CheckStaggered(const std::string& family, bool gpu) {
   const std::string model = ModelDir(family);
-  const std::string plan = TempDir("rows_" + family) + "/p.bplan";
-  Status s = MakePlan(model, "cpu=8GiB", "fp32", /*batch=*/4, /*seq_len=*/16, plan);
+  const std::string plan = TempDir(std::string("rows_") + (gpu ? "gpu_" : "cpu_") + family) + "/p.bplan";
+  Status s = MakePlan(model, gpu ? "cuda:0=8GiB,cpu=8GiB" : "cpu=8GiB", "fp32", /*batch=*/4, /*seq_len=*/16, plan);
   ASSERT_TRUE(s.ok()) << s.error().ToString();
   ExecutorOptions options;
   options.progress = false;
-  options.force_cpu = true;
+  options.force_cpu = !gpu;
   auto loaded = Executor::Load(plan, model, options);
   ASSERT_TRUE(loaded.ok()) << loaded.error().ToString();
   Executor& exec = **loaded;
+  if (gpu && exec.info().cpu_mode) {
+    std::printf("no CUDA device: %s on cuda:0 skipped\n", family.c_str());
+    return;
+  }
 
   // Sequence i joins at step join[i] in row rows[i].
   const std::vector<std::vector<int64_t>> prompts = {{1, 2, 3, 4, 5}, {7, 9}, {30, 31, 32}, {5}};
@@ -108,7 +114,16 @@ TEST(StepRows, StaggeredSequencesEqualEachAlone) {
   ASSERT_FALSE(ModelsRoot().empty()) << "no tiny models";
   for (const char* family : {"llama_gqa", "qwen2", "gpt2"}) {
     SCOPED_TRACE(family);
-    CheckStaggered(family);
+    CheckStaggered(family, /*gpu=*/false);
+  }
+}
+
+// The same on cuda:0 (a no-op without a CUDA device; run on the GPU machine).
+TEST(StepRows, StaggeredSequencesEqualEachAloneOnGpu) {
+  ASSERT_FALSE(ModelsRoot().empty()) << "no tiny models";
+  for (const char* family : {"llama_gqa", "qwen2", "gpt2"}) {
+    SCOPED_TRACE(family);
+    CheckStaggered(family, /*gpu=*/true);
   }
 }
 
