@@ -3,7 +3,7 @@
 # offloaded at cuda:0=6GiB; target aggregate >= 12x one stream's tokens/s), with random bf16 weights.
 #
 # On the development machine (bundles the binaries plus the shared libraries the GPU host may lack):
-#   benchmarks/gpu/serve_bench.sh prepare
+#   benchmarks/gpu/serve_bench.sh prepare [more bazel targets to bundle]   (tools/bundle_gpu.sh replaces .bundle/)
 # Then on the GPU machine, from a copy of the repository with .bundle/ in it:
 #   benchmarks/gpu/serve_bench.sh run OUT_DIR
 # Environment (run): BIGPLAN_BENCH_CKPT (default /tmp/llama-3-8b-bf16), BIGPLAN_SERVE_BUDGET (cuda:0=6GiB,cpu=100GiB),
@@ -16,12 +16,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 mode="${1:?usage: serve_bench.sh prepare | run OUT_DIR}"
 
 if [[ $mode == prepare ]]; then
-  tools/bundle_gpu.sh //tools:plan //tools:serve //tools:gen_checkpoint
+  shift
+  tools/bundle_gpu.sh //tools:plan //tools:serve //tools:gen_checkpoint "$@"
   # Debian 12 libraries of the text and server code that an Ubuntu GPU host may not have (or not this version).
   mkdir -p .bundle/lib
   for bin in .bundle/bin/serve .bundle/bin/plan; do
-    ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libicu|libpcre2|libsentencepiece|libprotobuf|libcpp-httplib|libbrotli' \
-      | while read -r lib; do cp -L "$lib" .bundle/lib/; done
+    { ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libicu|libpcre2|libsentencepiece|libprotobuf|libcpp-httplib|libbrotli' \
+      || true; } | while read -r lib; do cp -L "$lib" .bundle/lib/; done
   done
   # The SmolLM2 tokenizer serves as the random model's tokenizer (its ids are a subset of the model's vocabulary).
   smol="${BIGPLAN_MODELS:-$HOME/.cache/bigplan/models}/smollm2-135m-instruct"
