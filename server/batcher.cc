@@ -42,7 +42,8 @@ int64_t Sample(const float* logits, int64_t vocab, const CompletionRequest& r, s
   if (r.temperature <= 0) return Argmax(logits, vocab);
   std::vector<int64_t> idx(vocab);
   std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  std::sort(idx.begin(), idx.end(),
+            [&](int64_t a, int64_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
   int64_t keep = vocab;
   if (r.top_k > 0) keep = std::min<int64_t>(keep, r.top_k);
   std::vector<double> p(keep);
@@ -72,8 +73,8 @@ struct Batcher::Active {
   CompletionRequest req;
   std::shared_ptr<Job> job;
   int row = 0;
-  int64_t pos = 0;                 // tokens cached in the row
-  std::vector<int64_t> next;       // tokens to feed at the next step
+  int64_t pos = 0;            // tokens cached in the row
+  std::vector<int64_t> next;  // tokens to feed at the next step
   int generated = 0;
   std::mt19937_64 rng;
   std::unique_ptr<text::TextStreamer> streamer;
@@ -106,10 +107,10 @@ Result<std::shared_ptr<Job>> Batcher::Submit(CompletionRequest r) {
   }
   if (r.max_tokens < 1) return MakeError(ErrorCode::kInvalidArgument, "max_tokens must be at least 1");
   if (static_cast<int64_t>(r.prompt.size()) + r.max_tokens > info.max_seq_len) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "the prompt's " + std::to_string(r.prompt.size()) + " tokens + max_tokens " +
-                         std::to_string(r.max_tokens) + " exceed the plan's context of " +
-                         std::to_string(info.max_seq_len) + " tokens");
+    return MakeError(ErrorCode::kInvalidArgument, "the prompt's " + std::to_string(r.prompt.size()) +
+                                                      " tokens + max_tokens " + std::to_string(r.max_tokens) +
+                                                      " exceed the plan's context of " +
+                                                      std::to_string(info.max_seq_len) + " tokens");
   }
   auto job = std::make_shared<Job>();
   {

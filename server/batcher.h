@@ -22,24 +22,24 @@
 namespace bigplan::server {
 
 struct CompletionRequest {
-  std::vector<int64_t> prompt;     // token ids (not empty)
-  int max_tokens = 16;             // new tokens at most (>= 1)
-  float temperature = 1.0f;        // <= 0: greedy (argmax, ties to the lowest id)
-  float top_p = 1.0f;              // nucleus sampling (1: off)
-  int top_k = 0;                   // 0: off
-  std::optional<uint64_t> seed;    // sampling seed (none: random)
-  std::vector<std::string> stop;   // stop strings (the text ends before the first one)
-  bool ignore_eos = false;         // go on past the model's end-of-sequence ids
+  std::vector<int64_t> prompt;    // token ids (not empty)
+  int max_tokens = 16;            // new tokens at most (>= 1)
+  float temperature = 1.0f;       // <= 0: greedy (argmax, ties to the lowest id)
+  float top_p = 1.0f;             // nucleus sampling (1: off)
+  int top_k = 0;                  // 0: off
+  std::optional<uint64_t> seed;   // sampling seed (none: random)
+  std::vector<std::string> stop;  // stop strings (the text ends before the first one)
+  bool ignore_eos = false;        // go on past the model's end-of-sequence ids
 };
 
 // What a job produced: text chunks as they are generated, then one final event.
 struct JobEvent {
-  std::string text;                // a chunk (never part of a UTF-8 character)
-  bool done = false;               // the final event
-  std::string finish_reason;       // final: "stop" (EOS or a stop string), "length", "cancelled", "error"
-  std::string error;               // final, finish_reason "error": what failed
-  int prompt_tokens = 0;           // final
-  int completion_tokens = 0;       // final
+  std::string text;           // a chunk (never part of a UTF-8 character)
+  bool done = false;          // the final event
+  std::string finish_reason;  // final: "stop" (EOS or a stop string), "length", "cancelled", "error"
+  std::string error;          // final, finish_reason "error": what failed
+  int prompt_tokens = 0;      // final
+  int completion_tokens = 0;  // final
 };
 
 class Job {
@@ -60,13 +60,13 @@ class Job {
 };
 
 struct BatcherStats {
-  uint64_t steps = 0;              // StepRows passes
-  uint64_t rows_stepped = 0;       // sum of rows over the passes
-  uint64_t completed = 0;          // jobs finished (any reason)
+  uint64_t steps = 0;         // StepRows passes
+  uint64_t rows_stepped = 0;  // sum of rows over the passes
+  uint64_t completed = 0;     // jobs finished (any reason)
   uint64_t generated_tokens = 0;
   int active = 0;
   int queued = 0;
-  int max_active = 0;              // the most rows in one pass so far
+  int max_active = 0;  // the most rows in one pass so far
 };
 
 class Batcher {
@@ -93,7 +93,7 @@ class Batcher {
   const text::Tokenizer& tok_;
   std::vector<int64_t> eos_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;       // work arrived / worker idle
+  std::condition_variable cv_;  // work arrived / worker idle
   std::deque<std::pair<CompletionRequest, std::shared_ptr<Job>>> queue_;
   std::vector<std::unique_ptr<Active>> active_;
   bool draining_ = false;

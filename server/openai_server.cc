@@ -5,7 +5,6 @@
 #include <atomic>
 #include <chrono>
 #include <ctime>
-
 #include <nlohmann/json.hpp>
 
 namespace bigplan::server {
@@ -15,8 +14,9 @@ using json = nlohmann::json;
 namespace {
 
 json ErrorBody(const std::string& message, const std::string& type, const std::string& param = "") {
-  return json{{"error", {{"message", message}, {"type", type}, {"param", param.empty() ? json() : json(param)},
-                         {"code", json()}}}};
+  return json{
+      {"error",
+       {{"message", message}, {"type", type}, {"param", param.empty() ? json() : json(param)}, {"code", json()}}}};
 }
 
 void SendError(httplib::Response& res, int status, const std::string& message, const std::string& param = "") {
@@ -90,7 +90,8 @@ std::string ParseCommon(const json& body, CompletionRequest* r, bool* stream, st
       return "'stop' must be a string or a list of up to 4 strings";
     }
   }
-  if (body.contains("n") && !(body["n"].is_null() || (body["n"].is_number_integer() && body["n"].get<int64_t>() == 1))) {
+  if (body.contains("n") &&
+      !(body["n"].is_null() || (body["n"].is_number_integer() && body["n"].get<int64_t>() == 1))) {
     *param = "n";
     return "only n = 1 is supported";
   }
@@ -140,8 +141,11 @@ struct OpenAiServer::Impl {
         choice["text"] = text;
         choice["logprobs"] = nullptr;
       }
-      return json{{"id", id}, {"object", chat_api ? "chat.completion.chunk" : "text_completion"},
-                  {"created", created}, {"model", model}, {"choices", json::array({choice})}};
+      return json{{"id", id},
+                  {"object", chat_api ? "chat.completion.chunk" : "text_completion"},
+                  {"created", created},
+                  {"model", model},
+                  {"choices", json::array({choice})}};
     };
     auto finish_reason = [](const JobEvent& e) -> json {
       if (e.finish_reason == "stop" || e.finish_reason == "length") return e.finish_reason;
@@ -149,46 +153,45 @@ struct OpenAiServer::Impl {
     };
     if (stream) {
       res.set_header("Cache-Control", "no-cache");
-      res.set_chunked_content_provider(
-          "text/event-stream", [=, first = true](size_t, httplib::DataSink& sink) mutable {
-            (void)guard;
-            auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
-            if (chat_api && first) {
-              first = false;
-              if (!write("data: " + chunk_json("", nullptr, true).dump() + "\n\n")) {
-                job->Cancel();
-                return false;
-              }
+      res.set_chunked_content_provider("text/event-stream", [=, first = true](size_t, httplib::DataSink& sink) mutable {
+        (void)guard;
+        auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+        if (chat_api && first) {
+          first = false;
+          if (!write("data: " + chunk_json("", nullptr, true).dump() + "\n\n")) {
+            job->Cancel();
+            return false;
+          }
+        }
+        for (;;) {
+          std::optional<JobEvent> e = job->Next(200);
+          if (!e) {
+            if (!sink.is_writable()) {
+              job->Cancel();
+              return false;
             }
-            for (;;) {
-              std::optional<JobEvent> e = job->Next(200);
-              if (!e) {
-                if (!sink.is_writable()) {
-                  job->Cancel();
-                  return false;
-                }
-                continue;
-              }
-              if (e->done) {
-                if (e->finish_reason == "error") {
-                  write("data: " + ErrorBody(e->error, "server_error").dump() + "\n\n");
-                } else {
-                  json last = chunk_json("", finish_reason(*e), false);
-                  last["usage"] = {{"prompt_tokens", e->prompt_tokens},
-                                   {"completion_tokens", e->completion_tokens},
-                                   {"total_tokens", e->prompt_tokens + e->completion_tokens}};
-                  write("data: " + last.dump() + "\n\n");
-                }
-                write("data: [DONE]\n\n");
-                sink.done();
-                return true;
-              }
-              if (!write("data: " + chunk_json(e->text, nullptr, false).dump() + "\n\n")) {
-                job->Cancel();
-                return false;
-              }
+            continue;
+          }
+          if (e->done) {
+            if (e->finish_reason == "error") {
+              write("data: " + ErrorBody(e->error, "server_error").dump() + "\n\n");
+            } else {
+              json last = chunk_json("", finish_reason(*e), false);
+              last["usage"] = {{"prompt_tokens", e->prompt_tokens},
+                               {"completion_tokens", e->completion_tokens},
+                               {"total_tokens", e->prompt_tokens + e->completion_tokens}};
+              write("data: " + last.dump() + "\n\n");
             }
-          });
+            write("data: [DONE]\n\n");
+            sink.done();
+            return true;
+          }
+          if (!write("data: " + chunk_json(e->text, nullptr, false).dump() + "\n\n")) {
+            job->Cancel();
+            return false;
+          }
+        }
+      });
       return;
     }
     res.set_chunked_content_provider("application/json", [=](size_t, httplib::DataSink& sink) {
@@ -217,15 +220,21 @@ struct OpenAiServer::Impl {
           body = ErrorBody(e->error, "server_error");
         } else {
           json choice = {{"index", 0}, {"finish_reason", finish_reason(*e)}};
-          if (chat_api) choice["message"] = {{"role", "assistant"}, {"content", text}};
+          if (chat_api)
+            choice["message"] = {{"role", "assistant"}, {"content", text}};
           else {
             choice["text"] = text;
             choice["logprobs"] = nullptr;
           }
-          body = {{"id", id}, {"object", chat_api ? "chat.completion" : "text_completion"}, {"created", created},
-                  {"model", model}, {"choices", json::array({choice})},
-                  {"usage", {{"prompt_tokens", e->prompt_tokens}, {"completion_tokens", e->completion_tokens},
-                             {"total_tokens", e->prompt_tokens + e->completion_tokens}}}};
+          body = {{"id", id},
+                  {"object", chat_api ? "chat.completion" : "text_completion"},
+                  {"created", created},
+                  {"model", model},
+                  {"choices", json::array({choice})},
+                  {"usage",
+                   {{"prompt_tokens", e->prompt_tokens},
+                    {"completion_tokens", e->completion_tokens},
+                    {"total_tokens", e->prompt_tokens + e->completion_tokens}}}};
         }
         const std::string s = body.dump();
         sink.write(s.data(), s.size());
@@ -278,7 +287,8 @@ struct OpenAiServer::Impl {
         r.prompt.push_back(x.get<int64_t>());
       }
     } else {
-      return SendError(res, 400, "'prompt' must be a string (or one string in a list, or a list of token ids)", "prompt");
+      return SendError(res, 400, "'prompt' must be a string (or one string in a list, or a list of token ids)",
+                       "prompt");
     }
     if (r.prompt.empty()) {
       auto ids = tok.Encode(prompt, /*add_special_tokens=*/true);
@@ -315,7 +325,8 @@ struct OpenAiServer::Impl {
       if (m.contains("content") && m["content"].is_array()) {
         std::string text;
         for (const json& part : m["content"]) {
-          if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string()) {
+          if (part.is_object() && part.value("type", "") == "text" && part.contains("text") &&
+              part["text"].is_string()) {
             text += part["text"].get<std::string>();
           } else {
             return SendError(res, 400, "only text content parts are supported", "messages");
@@ -331,8 +342,8 @@ struct OpenAiServer::Impl {
     if (!ids.ok()) return SendError(res, 400, ids.error().message, "messages");
     r.prompt = std::move(*ids);
     if (r.max_tokens < 0) {
-      r.max_tokens = static_cast<int>(std::max<int64_t>(1, static_cast<int64_t>(batcher.info().max_seq_len) -
-                                                                static_cast<int64_t>(r.prompt.size())));
+      r.max_tokens = static_cast<int>(std::max<int64_t>(
+          1, static_cast<int64_t>(batcher.info().max_seq_len) - static_cast<int64_t>(r.prompt.size())));
     }
     Submit(res, std::move(r), stream, /*chat_api=*/true);
   }
@@ -351,11 +362,15 @@ OpenAiServer::OpenAiServer(Batcher& batcher, const text::Tokenizer& tokenizer, c
     res.set_content(json{{"status", "ok"}, {"active", s.active}, {"queued", s.queued}}.dump(), "application/json");
   });
   http.Get("/v1/models", [im](const httplib::Request&, httplib::Response& res) {
-    json m = {{"id", im->options.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "bigplan"},
+    json m = {{"id", im->options.model_name},
+              {"object", "model"},
+              {"created", 0},
+              {"owned_by", "bigplan"},
               {"max_model_len", im->batcher.info().max_seq_len}};
     res.set_content(json{{"object", "list"}, {"data", json::array({m})}}.dump(), "application/json");
   });
-  http.Post("/v1/completions", [im](const httplib::Request& req, httplib::Response& res) { im->Completions(req, res); });
+  http.Post("/v1/completions",
+            [im](const httplib::Request& req, httplib::Response& res) { im->Completions(req, res); });
   http.Post("/v1/chat/completions",
             [im](const httplib::Request& req, httplib::Response& res) { im->ChatCompletions(req, res); });
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {

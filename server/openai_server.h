@@ -23,9 +23,9 @@ namespace bigplan::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8000;                 // 0: any free port (see OpenAiServer::port())
-  std::string model_name;          // "id" in /v1/models and responses
-  int threads = 64;                // HTTP worker threads (concurrent connections served)
+  int port = 8000;         // 0: any free port (see OpenAiServer::port())
+  std::string model_name;  // "id" in /v1/models and responses
+  int threads = 64;        // HTTP worker threads (concurrent connections served)
 };
 
 class OpenAiServer {

@@ -1,9 +1,8 @@
 #include "text/chat_template.h"
 
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 namespace bigplan::text {
 namespace {
@@ -54,15 +53,18 @@ Result<ChatTemplate> ChatTemplate::Load(const std::string& dir) {
       return MakeError(ErrorCode::kCorrupt, name + ": expected a string or a list of {name, template}");
     }
   } else {
-    return MakeError(ErrorCode::kNotFound, dir + ": no chat template (no chat_template.jinja, no chat_template in "
-                                                 "tokenizer_config.json)");
+    return MakeError(ErrorCode::kNotFound, dir +
+                                               ": no chat template (no chat_template.jinja, no chat_template in "
+                                               "tokenizer_config.json)");
   }
   jinja::Value special = jinja::Value::MakeDict();
   if (config.is_object()) {
-    for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
+    for (const char* key :
+         {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
       if (!config.contains(key)) continue;
       const nlohmann::json& v = config[key];
-      if (v.is_string()) special.Set(key, jinja::Value::Str(v.get<std::string>()));
+      if (v.is_string())
+        special.Set(key, jinja::Value::Str(v.get<std::string>()));
       else if (v.is_object() && v.contains("content") && v["content"].is_string()) {
         special.Set(key, jinja::Value::Str(v["content"].get<std::string>()));
       }

@@ -9,11 +9,10 @@
 
 #include <algorithm>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <queue>
 #include <unordered_map>
 #include <unordered_set>
-
-#include <nlohmann/json.hpp>
 
 #include "text/regex.h"
 #include "text/unicode.h"
@@ -82,8 +81,10 @@ void SplitPiece(const Piece& p, std::vector<Span> spans, Behavior behavior, std:
     case Behavior::kContiguous: {
       bool prev = false;
       for (const Span& s : spans) {
-        if (s.match == prev && !splits.empty()) splits.back().first.end = s.end;
-        else splits.push_back({s, false});
+        if (s.match == prev && !splits.empty())
+          splits.back().first.end = s.end;
+        else
+          splits.push_back({s, false});
         prev = s.match;
       }
       break;
@@ -91,8 +92,10 @@ void SplitPiece(const Piece& p, std::vector<Span> spans, Behavior behavior, std:
     case Behavior::kMergedWithPrevious: {
       bool prev = false;
       for (const Span& s : spans) {
-        if (s.match && !prev && !splits.empty()) splits.back().first.end = s.end;
-        else splits.push_back({s, false});
+        if (s.match && !prev && !splits.empty())
+          splits.back().first.end = s.end;
+        else
+          splits.push_back({s, false});
         prev = s.match;
       }
       break;
@@ -100,8 +103,10 @@ void SplitPiece(const Piece& p, std::vector<Span> spans, Behavior behavior, std:
     case Behavior::kMergedWithNext: {
       bool prev = false;
       for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
-        if (it->match && !prev && !splits.empty()) splits.back().first.start = it->start;
-        else splits.push_back({*it, false});
+        if (it->match && !prev && !splits.empty())
+          splits.back().first.start = it->start;
+        else
+          splits.push_back({*it, false});
         prev = it->match;
       }
       std::reverse(splits.begin(), splits.end());
@@ -162,7 +167,9 @@ Error Unsupported(const std::string& name, const std::string& what) {
   return MakeError(ErrorCode::kUnsupported, name + ": " + what);
 }
 
-std::string TypeOf(const json& j) { return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : ""; }
+std::string TypeOf(const json& j) {
+  return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "";
+}
 
 // A "pattern" field: {"String": "..."} or {"Regex": "..."}.
 Result<Regex> ParsePattern(const json& j, const std::string& name, const std::string& where) {
@@ -191,7 +198,8 @@ Status ParseNormalizer(const json& j, const std::string& name, std::vector<Norma
   if (j.is_null()) return Status::Ok();
   const std::string type = TypeOf(j);
   if (type == "Sequence") {
-    if (!j.contains("normalizers") || !j["normalizers"].is_array()) return Corrupt(name, "normalizer Sequence without normalizers");
+    if (!j.contains("normalizers") || !j["normalizers"].is_array())
+      return Corrupt(name, "normalizer Sequence without normalizers");
     for (const json& n : j["normalizers"]) BIGPLAN_RETURN_IF_ERROR(ParseNormalizer(n, name, out));
     return Status::Ok();
   }
@@ -212,9 +220,8 @@ Status ParseNormalizer(const json& j, const std::string& name, std::vector<Norma
   }
   if (type == "Prepend") {
     const std::string pre = StrField(j, "prepend");
-    out->push_back([pre](std::string_view s) -> Result<std::string> {
-      return s.empty() ? std::string() : pre + std::string(s);
-    });
+    out->push_back(
+        [pre](std::string_view s) -> Result<std::string> { return s.empty() ? std::string() : pre + std::string(s); });
     return Status::Ok();
   }
   if (type == "Replace") {
@@ -222,9 +229,8 @@ Status ParseNormalizer(const json& j, const std::string& name, std::vector<Norma
     BIGPLAN_ASSIGN_OR_RETURN(Regex re, ParsePattern(j["pattern"], name, "normalizer Replace"));
     auto shared = std::make_shared<Regex>(std::move(re));
     const std::string content = StrField(j, "content");
-    out->push_back([shared, content](std::string_view s) -> Result<std::string> {
-      return ReplaceAll(s, *shared, content);
-    });
+    out->push_back(
+        [shared, content](std::string_view s) -> Result<std::string> { return ReplaceAll(s, *shared, content); });
     return Status::Ok();
   }
   if (type == "Strip") {
@@ -268,8 +274,7 @@ Status ParseNormalizer(const json& j, const std::string& name, std::vector<Norma
 // Splits every non-final piece.
 using PreTokenizerFn = std::function<void(const Piece&, std::vector<Piece>*)>;
 
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 Result<Behavior> ParseBehavior(const json& j, const std::string& name) {
   const std::string b = j.is_string() ? j.get<std::string>() : "";
@@ -291,7 +296,8 @@ Status ParsePreTokenizer(const json& j, const std::string& name, std::vector<Pre
   if (j.is_null()) return Status::Ok();
   const std::string type = TypeOf(j);
   if (type == "Sequence") {
-    if (!j.contains("pretokenizers") || !j["pretokenizers"].is_array()) return Corrupt(name, "pre-tokenizer Sequence without pretokenizers");
+    if (!j.contains("pretokenizers") || !j["pretokenizers"].is_array())
+      return Corrupt(name, "pre-tokenizer Sequence without pretokenizers");
     for (const json& p : j["pretokenizers"]) BIGPLAN_RETURN_IF_ERROR(ParsePreTokenizer(p, name, out));
     return Status::Ok();
   }
@@ -308,8 +314,10 @@ Status ParsePreTokenizer(const json& j, const std::string& name, std::vector<Pre
       Piece p = in;
       if (prefix && (p.s.empty() || p.s[0] != ' ')) p.s.insert(0, " ");
       std::vector<Piece> parts;
-      if (re) SplitPiece(p, SpansFromMatches(p.s, re->FindAll(p.s), false), Behavior::kIsolated, &parts);
-      else if (!p.s.empty()) parts.push_back(p);
+      if (re)
+        SplitPiece(p, SpansFromMatches(p.s, re->FindAll(p.s), false), Behavior::kIsolated, &parts);
+      else if (!p.s.empty())
+        parts.push_back(p);
       for (Piece& q : parts) {
         std::string mapped;
         mapped.reserve(q.s.size() * 2);
@@ -344,8 +352,10 @@ Status ParsePreTokenizer(const json& j, const std::string& name, std::vector<Pre
       Piece p = in;
       std::string r;
       for (char c : p.s) {
-        if (c == ' ') r += rep;
-        else r += c;
+        if (c == ' ')
+          r += rep;
+        else
+          r += c;
       }
       p.s = std::move(r);
       const bool starts = p.s.compare(0, rep.size(), rep) == 0;
@@ -361,9 +371,8 @@ Status ParsePreTokenizer(const json& j, const std::string& name, std::vector<Pre
   }
   if (type == "Digits") {
     const Behavior b = BoolField(j, "individual_digits", false) ? Behavior::kIsolated : Behavior::kContiguous;
-    out->push_back([b](const Piece& p, std::vector<Piece>* o) {
-      SplitPiece(p, SpansFromCharPredicate(p.s, IsNumeric), b, o);
-    });
+    out->push_back(
+        [b](const Piece& p, std::vector<Piece>* o) { SplitPiece(p, SpansFromCharPredicate(p.s, IsNumeric), b, o); });
     return Status::Ok();
   }
   if (type == "Whitespace") {
@@ -534,7 +543,8 @@ Status ParsePostProcessor(const json& j, const std::string& name, std::vector<Po
   if (j.is_null()) return Status::Ok();
   const std::string type = TypeOf(j);
   if (type == "Sequence") {
-    if (!j.contains("processors") || !j["processors"].is_array()) return Corrupt(name, "post-processor Sequence without processors");
+    if (!j.contains("processors") || !j["processors"].is_array())
+      return Corrupt(name, "post-processor Sequence without processors");
     for (const json& p : j["processors"]) BIGPLAN_RETURN_IF_ERROR(ParsePostProcessor(p, name, out));
     return Status::Ok();
   }
@@ -561,7 +571,8 @@ Status ParsePostProcessor(const json& j, const std::string& name, std::vector<Po
       } else if (item.contains("SpecialToken")) {
         const std::string id = StrField(item["SpecialToken"], "id");
         auto it = specials.find(id);
-        if (it == specials.end()) return Corrupt(name, "TemplateProcessing: special token \"" + id + "\" not in special_tokens");
+        if (it == specials.end())
+          return Corrupt(name, "TemplateProcessing: special token \"" + id + "\" not in special_tokens");
         items.push_back(it->second);
         is_seq.push_back(false);
       } else {
@@ -571,8 +582,10 @@ Status ParsePostProcessor(const json& j, const std::string& name, std::vector<Po
     out->push_back([items, is_seq](std::vector<int64_t> ids) {
       std::vector<int64_t> r;
       for (size_t i = 0; i < items.size(); ++i) {
-        if (is_seq[i]) r.insert(r.end(), ids.begin(), ids.end());
-        else r.insert(r.end(), items[i].begin(), items[i].end());
+        if (is_seq[i])
+          r.insert(r.end(), ids.begin(), ids.end());
+        else
+          r.insert(r.end(), items[i].begin(), items[i].end());
       }
       return r;
     });
@@ -759,7 +772,8 @@ Result<std::unique_ptr<Tokenizer>> HfTokenizer::Parse(const std::string& text, c
         return Corrupt(name, "merge " + m.dump() + " is neither \"a b\" nor [a, b]");
       }
       auto ia = t->vocab_.find(a), ib = t->vocab_.find(b);
-      if (ia == t->vocab_.end() || ib == t->vocab_.end()) return Corrupt(name, "merge \"" + a + " " + b + "\": token not in vocab");
+      if (ia == t->vocab_.end() || ib == t->vocab_.end())
+        return Corrupt(name, "merge \"" + a + " " + b + "\": token not in vocab");
       const size_t plen = t->continuing_prefix_.size();
       const std::string merged = a + (b.size() >= plen ? b.substr(plen) : b);
       auto im = t->vocab_.find(merged);
@@ -841,7 +855,8 @@ void HfTokenizer::SplitAdded(const Piece& p, const TokenMatcher& m, std::vector<
         stop = i;
       }
     }
-    if (start_offset < start) out->push_back({s.substr(start_offset, start - start_offset), p.first && start_offset == 0, -1});
+    if (start_offset < start)
+      out->push_back({s.substr(start_offset, start - start_offset), p.first && start_offset == 0, -1});
     out->push_back({s.substr(start, stop - start), p.first && start == 0, t->id});
     start_offset = stop;
   }
@@ -931,7 +946,8 @@ Status HfTokenizer::Bpe(const std::string& w, std::vector<int64_t>* out) const {
     cur.len += right.len;
     cur.next = right.next;
     syms[next_pos].len = 0;
-    if (right.next > -1 && right.next < static_cast<int>(syms.size())) syms[right.next].prev = static_cast<int>(top.pos);
+    if (right.next > -1 && right.next < static_cast<int>(syms.size()))
+      syms[right.next].prev = static_cast<int>(top.pos);
     if (cur.prev >= 0) {
       auto p = merges_.find(PairKey(syms[cur.prev].c, cur.c));
       if (p != merges_.end()) queue.push({static_cast<size_t>(cur.prev), p->second.first, p->second.second});
@@ -967,15 +983,19 @@ Result<std::vector<int64_t>> HfTokenizer::Encode(std::string_view text, bool add
     std::vector<Piece> next;
     next.reserve(pieces.size());
     for (Piece& p : pieces) {
-      if (p.id >= 0) next.push_back(std::move(p));
-      else pre(p, &next);
+      if (p.id >= 0)
+        next.push_back(std::move(p));
+      else
+        pre(p, &next);
     }
     pieces = std::move(next);
   }
   std::vector<int64_t> ids;
   for (const Piece& p : pieces) {
-    if (p.id >= 0) ids.push_back(p.id);
-    else BIGPLAN_RETURN_IF_ERROR(Bpe(p.s, &ids));
+    if (p.id >= 0)
+      ids.push_back(p.id);
+    else
+      BIGPLAN_RETURN_IF_ERROR(Bpe(p.s, &ids));
   }
   if (add_special_tokens) {
     for (const PostFn& post : post_) ids = post(std::move(ids));

@@ -7,10 +7,9 @@
 #include <charconv>
 #include <cmath>
 #include <ctime>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <unordered_map>
-
-#include <nlohmann/json.hpp>
 
 #include "text/unicode.h"
 
@@ -33,14 +32,22 @@ using Kind = Value::Kind;
 bool Value::Truthy() const {
   switch (kind) {
     case Kind::kUndefined:
-    case Kind::kNone: return false;
-    case Kind::kBool: return b;
-    case Kind::kInt: return i != 0;
-    case Kind::kFloat: return f != 0;
-    case Kind::kString: return !s.empty();
-    case Kind::kList: return !list->empty();
-    case Kind::kDict: return !dict->empty();
-    case Kind::kFunction: return true;
+    case Kind::kNone:
+      return false;
+    case Kind::kBool:
+      return b;
+    case Kind::kInt:
+      return i != 0;
+    case Kind::kFloat:
+      return f != 0;
+    case Kind::kString:
+      return !s.empty();
+    case Kind::kList:
+      return !list->empty();
+    case Kind::kDict:
+      return !dict->empty();
+    case Kind::kFunction:
+      return true;
   }
   return false;
 }
@@ -67,12 +74,17 @@ namespace {
 
 Value FromNlohmann(const nlohmann::ordered_json& j) {
   switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return Value::None();
-    case nlohmann::ordered_json::value_t::boolean: return Value::Bool(j.get<bool>());
+    case nlohmann::ordered_json::value_t::null:
+      return Value::None();
+    case nlohmann::ordered_json::value_t::boolean:
+      return Value::Bool(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer:
-    case nlohmann::ordered_json::value_t::number_unsigned: return Value::Int(j.get<int64_t>());
-    case nlohmann::ordered_json::value_t::number_float: return Value::Float(j.get<double>());
-    case nlohmann::ordered_json::value_t::string: return Value::Str(j.get<std::string>());
+    case nlohmann::ordered_json::value_t::number_unsigned:
+      return Value::Int(j.get<int64_t>());
+    case nlohmann::ordered_json::value_t::number_float:
+      return Value::Float(j.get<double>());
+    case nlohmann::ordered_json::value_t::string:
+      return Value::Str(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       List l;
       for (const auto& e : j) l.push_back(FromNlohmann(e));
@@ -83,7 +95,8 @@ Value FromNlohmann(const nlohmann::ordered_json& j) {
       for (const auto& [k, v] : j.items()) d.emplace_back(k, FromNlohmann(v));
       return Value::MakeDict(std::move(d));
     }
-    default: return Value::None();
+    default:
+      return Value::None();
   }
 }
 
@@ -141,9 +154,12 @@ std::string PyStrRepr(const std::string& s) {
     if (c == q || c == '\\') {
       out += '\\';
       out += static_cast<char>(c);
-    } else if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
+    } else if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\t')
+      out += "\\t";
     else if (c < 0x20 || c == 0x7F) {
       char b[8];
       std::snprintf(b, sizeof(b), "\\x%02x", c);
@@ -164,13 +180,27 @@ void JsonString(const std::string& s, std::string* out) {
   *out += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      case '\b': *out += "\\b"; break;
-      case '\f': *out += "\\f"; break;
+      case '"':
+        *out += "\\\"";
+        break;
+      case '\\':
+        *out += "\\\\";
+        break;
+      case '\n':
+        *out += "\\n";
+        break;
+      case '\r':
+        *out += "\\r";
+        break;
+      case '\t':
+        *out += "\\t";
+        break;
+      case '\b':
+        *out += "\\b";
+        break;
+      case '\f':
+        *out += "\\f";
+        break;
       default:
         if (c < 0x20) {
           char b[8];
@@ -190,15 +220,26 @@ void ToJsonImpl(const Value& v, int indent, int depth, std::string* out) {
   const std::string item_sep = indent >= 0 ? "," : ", ";
   switch (v.kind) {
     case Kind::kUndefined:
-    case Kind::kNone: *out += "null"; return;
-    case Kind::kBool: *out += v.b ? "true" : "false"; return;
-    case Kind::kInt: *out += std::to_string(v.i); return;
-    case Kind::kFloat:
-      if (std::isnan(v.f)) *out += "NaN";
-      else if (std::isinf(v.f)) *out += v.f > 0 ? "Infinity" : "-Infinity";
-      else *out += PyFloat(v.f);
+    case Kind::kNone:
+      *out += "null";
       return;
-    case Kind::kString: JsonString(v.s, out); return;
+    case Kind::kBool:
+      *out += v.b ? "true" : "false";
+      return;
+    case Kind::kInt:
+      *out += std::to_string(v.i);
+      return;
+    case Kind::kFloat:
+      if (std::isnan(v.f))
+        *out += "NaN";
+      else if (std::isinf(v.f))
+        *out += v.f > 0 ? "Infinity" : "-Infinity";
+      else
+        *out += PyFloat(v.f);
+      return;
+    case Kind::kString:
+      JsonString(v.s, out);
+      return;
     case Kind::kList:
       if (v.list->empty()) {
         *out += "[]";
@@ -225,7 +266,8 @@ void ToJsonImpl(const Value& v, int indent, int depth, std::string* out) {
       }
       *out += nl_end + "}";
       return;
-    case Kind::kFunction: Fail("Object of type function is not JSON serializable");
+    case Kind::kFunction:
+      Fail("Object of type function is not JSON serializable");
   }
 }
 
@@ -233,12 +275,18 @@ void ToJsonImpl(const Value& v, int indent, int depth, std::string* out) {
 
 std::string ToString(const Value& v) {
   switch (v.kind) {
-    case Kind::kUndefined: return "";
-    case Kind::kNone: return "None";
-    case Kind::kBool: return v.b ? "True" : "False";
-    case Kind::kInt: return std::to_string(v.i);
-    case Kind::kFloat: return PyFloat(v.f);
-    case Kind::kString: return v.s;
+    case Kind::kUndefined:
+      return "";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return v.b ? "True" : "False";
+    case Kind::kInt:
+      return std::to_string(v.i);
+    case Kind::kFloat:
+      return PyFloat(v.f);
+    case Kind::kString:
+      return v.s;
     case Kind::kList: {
       std::string out = "[";
       for (size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + PyRepr((*v.list)[k]);
@@ -252,7 +300,8 @@ std::string ToString(const Value& v) {
       }
       return out + "}";
     }
-    case Kind::kFunction: return "<function>";
+    case Kind::kFunction:
+      return "<function>";
   }
   return "";
 }
@@ -320,8 +369,10 @@ std::vector<Token> LexExpr(const std::string& s, int line) {
       Token t;
       t.type = is_float ? TT::kFloat : TT::kInt;
       t.text = num;
-      if (is_float) t.f = std::stod(num);
-      else t.i = std::stoll(num);
+      if (is_float)
+        t.f = std::stod(num);
+      else
+        t.i = std::stoll(num);
       out.push_back(t);
       p = q;
       continue;
@@ -334,15 +385,33 @@ std::vector<Token> LexExpr(const std::string& s, int line) {
           const char e = s[q + 1];
           q += 2;
           switch (e) {
-            case 'n': val += '\n'; break;
-            case 't': val += '\t'; break;
-            case 'r': val += '\r'; break;
-            case '\\': val += '\\'; break;
-            case '\'': val += '\''; break;
-            case '"': val += '"'; break;
-            case '0': val += '\0'; break;
-            case 'b': val += '\b'; break;
-            case 'f': val += '\f'; break;
+            case 'n':
+              val += '\n';
+              break;
+            case 't':
+              val += '\t';
+              break;
+            case 'r':
+              val += '\r';
+              break;
+            case '\\':
+              val += '\\';
+              break;
+            case '\'':
+              val += '\'';
+              break;
+            case '"':
+              val += '"';
+              break;
+            case '0':
+              val += '\0';
+              break;
+            case 'b':
+              val += '\b';
+              break;
+            case 'f':
+              val += '\f';
+              break;
             case 'u':
             case 'x': {
               const int n = e == 'u' ? 4 : 2;
@@ -352,7 +421,8 @@ std::vector<Token> LexExpr(const std::string& s, int line) {
               q += n;
               break;
             }
-            case '\n': break;
+            case '\n':
+              break;
             default:
               val += '\\';
               val += e;
@@ -366,8 +436,8 @@ std::vector<Token> LexExpr(const std::string& s, int line) {
       p = q + 1;
       continue;
     }
-    static const char* ops[] = {"==", "!=", "<=", ">=", "//", "**", "<", ">", "+", "-", "*", "/", "%", "~", "|",
-                                ".",  ",",  ":",  "(",  ")",  "[", "]", "{", "}", "="};
+    static const char* ops[] = {"==", "!=", "<=", ">=", "//", "**", "<", ">", "+", "-", "*", "/", "%",
+                                "~",  "|",  ".",  ",",  ":",  "(",  ")", "[", "]", "{", "}", "="};
     bool matched = false;
     for (const char* op : ops) {
       const size_t n = std::strlen(op);
@@ -390,8 +460,25 @@ struct Expr;
 using ExprP = std::shared_ptr<Expr>;
 
 struct Expr {
-  enum class K { kLiteral, kName, kList, kDict, kTuple, kAttr, kItem, kSlice, kCall, kFilter, kTest, kUnary, kBinary,
-                 kAnd, kOr, kNot, kCond };
+  enum class K {
+    kLiteral,
+    kName,
+    kList,
+    kDict,
+    kTuple,
+    kAttr,
+    kItem,
+    kSlice,
+    kCall,
+    kFilter,
+    kTest,
+    kUnary,
+    kBinary,
+    kAnd,
+    kOr,
+    kNot,
+    kCond
+  };
   K k;
   Value lit;
   std::string name;  // names, attributes, filters, tests, operators
@@ -407,12 +494,12 @@ struct Template::Node {
   enum class K { kRoot, kText, kOutput, kIf, kFor, kSet, kSetBlock, kBreak, kContinue, kMacro, kBody };
   K k = K::kRoot;
   std::string text;
-  ExprP expr;                                    // output, set value, for iterable
+  ExprP expr;                                                                  // output, set value, for iterable
   std::vector<std::pair<ExprP, std::vector<std::shared_ptr<Node>>>> branches;  // if: (cond or null, body)
   std::vector<std::shared_ptr<Node>> body, else_body;
-  std::vector<std::string> targets;              // for / set names
-  std::string ns_attr;                           // set ns.attr
-  ExprP filter;                                  // for ... if filter
+  std::vector<std::string> targets;                   // for / set names
+  std::string ns_attr;                                // set ns.attr
+  ExprP filter;                                       // for ... if filter
   std::vector<std::pair<std::string, ExprP>> params;  // macro parameters with defaults (null: none)
   int line = 0;
 };
@@ -622,9 +709,12 @@ class ExprParser {
     if (t.type == TT::kName) {
       ++p_;
       auto e = Make(Expr::K::kLiteral);
-      if (t.text == "true" || t.text == "True") e->lit = Value::Bool(true);
-      else if (t.text == "false" || t.text == "False") e->lit = Value::Bool(false);
-      else if (t.text == "none" || t.text == "None") e->lit = Value::None();
+      if (t.text == "true" || t.text == "True")
+        e->lit = Value::Bool(true);
+      else if (t.text == "false" || t.text == "False")
+        e->lit = Value::Bool(false);
+      else if (t.text == "none" || t.text == "None")
+        e->lit = Value::None();
       else {
         e->k = Expr::K::kName;
         e->name = t.text;
@@ -835,8 +925,10 @@ std::vector<Segment> Segments(std::string src) {
       end = std::string::npos;
       for (; q + 1 < src.size(); ++q) {
         if (quote) {
-          if (src[q] == '\\') ++q;
-          else if (src[q] == quote) quote = 0;
+          if (src[q] == '\\')
+            ++q;
+          else if (src[q] == quote)
+            quote = 0;
         } else if (src[q] == '\'' || src[q] == '"') {
           quote = src[q];
         } else if (depth == 0 && src.compare(q, 2, close) == 0) {
@@ -868,8 +960,10 @@ std::vector<Segment> Segments(std::string src) {
       ++line;
       line_starting = true;
     }
-    if (kind == '{') out.push_back({Segment::T::kExpr, body, tag_line});
-    else if (kind == '%') out.push_back({Segment::T::kStmt, body, tag_line});
+    if (kind == '{')
+      out.push_back({Segment::T::kExpr, body, tag_line});
+    else if (kind == '%')
+      out.push_back({Segment::T::kStmt, body, tag_line});
   }
   return out;
 }
@@ -1090,8 +1184,10 @@ bool Equal(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case Kind::kUndefined:
-    case Kind::kNone: return true;
-    case Kind::kString: return a.s == b.s;
+    case Kind::kNone:
+      return true;
+    case Kind::kString:
+      return a.s == b.s;
     case Kind::kList:
       if (a.list->size() != b.list->size()) return false;
       for (size_t i = 0; i < a.list->size(); ++i) {
@@ -1106,22 +1202,33 @@ bool Equal(const Value& a, const Value& b) {
         if (!o || !Equal(v, *o)) return false;
       }
       return true;
-    case Kind::kFunction: return a.fn == b.fn;
-    default: return false;
+    case Kind::kFunction:
+      return a.fn == b.fn;
+    default:
+      return false;
   }
 }
 
 std::string TypeName(const Value& v) {
   switch (v.kind) {
-    case Kind::kUndefined: return "undefined";
-    case Kind::kNone: return "NoneType";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kString: return "str";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kFunction: return "function";
+    case Kind::kUndefined:
+      return "undefined";
+    case Kind::kNone:
+      return "NoneType";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kString:
+      return "str";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kFunction:
+      return "function";
   }
   return "?";
 }
@@ -1130,8 +1237,10 @@ std::string TypeName(const Value& v) {
 List Iterate(const Value& v) {
   switch (v.kind) {
     case Kind::kUndefined:
-    case Kind::kNone: return {};
-    case Kind::kList: return *v.list;
+    case Kind::kNone:
+      return {};
+    case Kind::kList:
+      return *v.list;
     case Kind::kDict: {
       List keys;
       for (const auto& [k, _] : *v.dict) keys.push_back(Value::Str(k));
@@ -1146,7 +1255,8 @@ List Iterate(const Value& v) {
       }
       return chars;
     }
-    default: Fail("'" + TypeName(v) + "' object is not iterable");
+    default:
+      Fail("'" + TypeName(v) + "' object is not iterable");
   }
 }
 
@@ -1184,7 +1294,8 @@ class Interpreter {
       for (const Value& v : a) {
         if (v.kind != Kind::kInt) return MakeError(ErrorCode::kInvalidArgument, "range() expects integers");
       }
-      if (a.size() == 1) stop = a[0].i;
+      if (a.size() == 1)
+        stop = a[0].i;
       else if (a.size() >= 2) {
         start = a[0].i;
         stop = a[1].i;
@@ -1245,15 +1356,21 @@ class Interpreter {
   Flow ExecNode(const Node& n, std::string* out) {
     switch (n.k) {
       case Node::K::kRoot:
-      case Node::K::kBody: return Exec(n.body, out);
-      case Node::K::kText: *out += n.text; return Flow::kNormal;
-      case Node::K::kOutput: *out += ToString(Eval(*n.expr)); return Flow::kNormal;
+      case Node::K::kBody:
+        return Exec(n.body, out);
+      case Node::K::kText:
+        *out += n.text;
+        return Flow::kNormal;
+      case Node::K::kOutput:
+        *out += ToString(Eval(*n.expr));
+        return Flow::kNormal;
       case Node::K::kIf:
         for (const auto& [cond, body] : n.branches) {
           if (!cond || Eval(*cond).Truthy()) return Exec(body, out);
         }
         return Flow::kNormal;
-      case Node::K::kFor: return ExecFor(n, out);
+      case Node::K::kFor:
+        return ExecFor(n, out);
       case Node::K::kSet: {
         Value v = Eval(*n.expr);
         Assign(n, std::move(v));
@@ -1267,19 +1384,23 @@ class Interpreter {
         Assign(n, std::move(v));
         return Flow::kNormal;
       }
-      case Node::K::kBreak: return Flow::kBreak;
-      case Node::K::kContinue: return Flow::kContinue;
+      case Node::K::kBreak:
+        return Flow::kBreak;
+      case Node::K::kContinue:
+        return Flow::kContinue;
       case Node::K::kMacro: {
         const Node* node = &n;
-        scopes_.back()[n.text] = Value::Func(
-            [this, node](const std::vector<Value>& args, const std::vector<std::pair<std::string, Value>>& kw)
-                -> Result<Value> {
+        scopes_.back()[n.text] =
+            Value::Func([this, node](const std::vector<Value>& args,
+                                     const std::vector<std::pair<std::string, Value>>& kw) -> Result<Value> {
               std::unordered_map<std::string, Value> scope;
               for (size_t i = 0; i < node->params.size(); ++i) {
                 const auto& [name, def] = node->params[i];
                 Value v;
-                if (i < args.size()) v = args[i];
-                else if (def) v = Eval(*def);
+                if (i < args.size())
+                  v = args[i];
+                else if (def)
+                  v = Eval(*def);
                 for (const auto& [k, val] : kw) {
                   if (k == name) v = val;
                 }
@@ -1357,9 +1478,9 @@ class Interpreter {
       loop.Set("depth", Value::Int(1));
       loop.Set("depth0", Value::Int(0));
       loop.Set("cycle", Value::Func([i](const std::vector<Value>& a, const auto&) -> Result<Value> {
-        if (a.empty()) return Value::Undefined();
-        return a[i % a.size()];
-      }));
+                 if (a.empty()) return Value::Undefined();
+                 return a[i % a.size()];
+               }));
       scopes_.back()["loop"] = loop;
       Bind(n.targets, items[i], n.line);
       const Flow f = Exec(n.body, out);
@@ -1371,7 +1492,8 @@ class Interpreter {
 
   Value Call(const Value& f, const std::vector<Value>& args, const std::vector<std::pair<std::string, Value>>& kw,
              int line) {
-    if (f.kind != Kind::kFunction) Fail("line " + std::to_string(line) + ": '" + TypeName(f) + "' object is not callable");
+    if (f.kind != Kind::kFunction)
+      Fail("line " + std::to_string(line) + ": '" + TypeName(f) + "' object is not callable");
     Result<Value> r = (*f.fn)(args, kw);
     if (!r.ok()) Fail(r.error().message);
     return std::move(r).value();
@@ -1384,9 +1506,9 @@ class Interpreter {
       auto fn = [this, s, name, line](const std::vector<Value>& a, const auto&) -> Result<Value> {
         return StringMethod(s, name, a, line);
       };
-      static const char* kStr[] = {"strip", "lstrip", "rstrip", "split", "startswith", "endswith", "upper", "lower",
-                                   "title", "capitalize", "replace", "find", "count", "join", "splitlines", "isdigit",
-                                   "isspace", "isalpha"};
+      static const char* kStr[] = {"strip", "lstrip", "rstrip",     "split",      "startswith", "endswith",
+                                   "upper", "lower",  "title",      "capitalize", "replace",    "find",
+                                   "count", "join",   "splitlines", "isdigit",    "isspace",    "isalpha"};
       for (const char* m : kStr) {
         if (name == m) return Value::Func(fn);
       }
@@ -1428,7 +1550,8 @@ class Interpreter {
     if (name == "rstrip") return Value::Str(PyStrip(s, false, true, a0));
     if (name == "upper" || name == "lower") {
       std::string r = s;
-      for (char& c : r) c = name == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c));
+      for (char& c : r)
+        c = name == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c));
       return Value::Str(r);
     }
     if (name == "title" || name == "capitalize") return ApplyFilter(name, {Value::Str(s)}, {});
@@ -1503,8 +1626,9 @@ class Interpreter {
     if (name == "isdigit" || name == "isspace" || name == "isalpha") {
       if (s.empty()) return Value::Bool(false);
       for (uint32_t c : CodePoints(s)) {
-        const bool ok = name == "isdigit" ? (c >= '0' && c <= '9') : name == "isspace" ? IsPySpace(c)
-                                                                                       : std::isalpha(static_cast<int>(c < 128 ? c : 0)) != 0;
+        const bool ok = name == "isdigit"   ? (c >= '0' && c <= '9')
+                        : name == "isspace" ? IsPySpace(c)
+                                            : std::isalpha(static_cast<int>(c < 128 ? c : 0)) != 0;
         if (!ok) return Value::Bool(false);
       }
       return Value::Bool(true);
@@ -1513,7 +1637,8 @@ class Interpreter {
   }
 
   Value GetAttr(const Value& obj, const std::string& name, int line) {
-    if (obj.kind == Kind::kUndefined) Fail("line " + std::to_string(line) + ": undefined value has no attribute '" + name + "'");
+    if (obj.kind == Kind::kUndefined)
+      Fail("line " + std::to_string(line) + ": undefined value has no attribute '" + name + "'");
     if (obj.kind == Kind::kDict) {
       if (const Value* v = obj.Get(name)) return *v;
     }
@@ -1561,8 +1686,10 @@ class Interpreter {
     List l;
     std::string s;
     for (int64_t i = a; st > 0 ? i < b : i > b; i += st) {
-      if (is_str) AppendUtf8(cps[i], &s);
-      else l.push_back((*obj.list)[i]);
+      if (is_str)
+        AppendUtf8(cps[i], &s);
+      else
+        l.push_back((*obj.list)[i]);
     }
     return is_str ? Value::Str(s) : Value::MakeList(std::move(l));
   }
@@ -1593,7 +1720,8 @@ class Interpreter {
     if (op == "<=") return Value::Bool(Compare(a, b) <= 0);
     if (op == ">") return Value::Bool(Compare(a, b) > 0);
     if (op == ">=") return Value::Bool(Compare(a, b) >= 0);
-    const bool ints = (a.kind == Kind::kInt || a.kind == Kind::kBool) && (b.kind == Kind::kInt || b.kind == Kind::kBool);
+    const bool ints =
+        (a.kind == Kind::kInt || a.kind == Kind::kBool) && (b.kind == Kind::kInt || b.kind == Kind::kBool);
     const bool nums = (a.kind == Kind::kInt || a.kind == Kind::kFloat || a.kind == Kind::kBool) &&
                       (b.kind == Kind::kInt || b.kind == Kind::kFloat || b.kind == Kind::kBool);
     auto ai = [](const Value& v) { return v.kind == Kind::kInt ? v.i : static_cast<int64_t>(v.b); };
@@ -1675,7 +1803,8 @@ class Interpreter {
     if (name == "lower" || name == "upper") {
       if (v.kind != Kind::kString) return false;
       for (char c : v.s) {
-        if (name == "lower" ? std::isupper(static_cast<unsigned char>(c)) : std::islower(static_cast<unsigned char>(c))) return false;
+        if (name == "lower" ? std::isupper(static_cast<unsigned char>(c)) : std::islower(static_cast<unsigned char>(c)))
+          return false;
       }
       return true;
     }
@@ -1705,8 +1834,10 @@ class Interpreter {
     while (p <= path.size()) {
       const size_t q = path.find('.', p);
       const std::string part = path.substr(p, q == std::string::npos ? std::string::npos : q - p);
-      bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
-      cur = digits ? GetItem(cur, Value::Int(std::stoll(part)), line) : (cur.defined() ? GetItem(cur, Value::Str(part), line) : cur);
+      bool digits = !part.empty() && std::all_of(part.begin(), part.end(),
+                                                 [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+      cur = digits ? GetItem(cur, Value::Int(std::stoll(part)), line)
+                   : (cur.defined() ? GetItem(cur, Value::Str(part), line) : cur);
       if (q == std::string::npos) break;
       p = q + 1;
     }
@@ -1731,12 +1862,14 @@ class Interpreter {
     }
     if (name == "upper" || name == "lower") {
       std::string r = ToString(v);
-      for (char& c : r) c = name == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c));
+      for (char& c : r)
+        c = name == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c));
       return Value::Str(r);
     }
     if (name == "capitalize") {
       std::string r = ToString(v);
-      for (size_t i = 0; i < r.size(); ++i) r[i] = i == 0 ? std::toupper(static_cast<unsigned char>(r[i])) : std::tolower(static_cast<unsigned char>(r[i]));
+      for (size_t i = 0; i < r.size(); ++i)
+        r[i] = i == 0 ? std::toupper(static_cast<unsigned char>(r[i])) : std::tolower(static_cast<unsigned char>(r[i]));
       return Value::Str(r);
     }
     if (name == "title") {
@@ -1800,12 +1933,23 @@ class Interpreter {
       std::string r;
       for (char c : ToString(v)) {
         switch (c) {
-          case '&': r += "&amp;"; break;
-          case '<': r += "&lt;"; break;
-          case '>': r += "&gt;"; break;
-          case '"': r += "&#34;"; break;
-          case '\'': r += "&#39;"; break;
-          default: r += c;
+          case '&':
+            r += "&amp;";
+            break;
+          case '<':
+            r += "&lt;";
+            break;
+          case '>':
+            r += "&gt;";
+            break;
+          case '"':
+            r += "&#34;";
+            break;
+          case '\'':
+            r += "&#39;";
+            break;
+          default:
+            r += c;
         }
       }
       return Value::Str(r);
@@ -1831,7 +1975,8 @@ class Interpreter {
       const Value* attr = Kw(kw, "attribute");
       std::string r;
       List l = Iterate(v);
-      for (size_t i = 0; i < l.size(); ++i) r += (i ? sep : "") + ToString(attr ? AttrPath(l[i], ToString(*attr), line) : l[i]);
+      for (size_t i = 0; i < l.size(); ++i)
+        r += (i ? sep : "") + ToString(attr ? AttrPath(l[i], ToString(*attr), line) : l[i]);
       return Value::Str(r);
     }
     if (name == "replace") {
@@ -1912,8 +2057,9 @@ class Interpreter {
       return Value::MakeList(std::move(out));
     }
     if (name == "sort" || name == "dictsort") {
-      List l = name == "dictsort" ? ApplyFilter("items", {v}, {}, line).list ? *ApplyFilter("items", {v}, {}, line).list : List{}
-                                  : Iterate(v);
+      List l = name == "dictsort"
+                   ? ApplyFilter("items", {v}, {}, line).list ? *ApplyFilter("items", {v}, {}, line).list : List{}
+                   : Iterate(v);
       const bool reverse = Kw(kw, "reverse") && Kw(kw, "reverse")->Truthy();
       const Value* attr = Kw(kw, "attribute");
       std::stable_sort(l.begin(), l.end(), [&](const Value& x, const Value& y) {
@@ -1944,14 +2090,17 @@ class Interpreter {
       const double m = std::pow(10.0, static_cast<double>(prec));
       return Value::Float(std::nearbyint(x * m) / m);
     }
-    if (name == "wordcount") return Value::Int(static_cast<int64_t>(StringMethod(ToString(v), "split", {}, line)->list->size()));
+    if (name == "wordcount")
+      return Value::Int(static_cast<int64_t>(StringMethod(ToString(v), "split", {}, line)->list->size()));
     err("unknown filter");
   }
 
   Value Eval(const Expr& e) {
     switch (e.k) {
-      case Expr::K::kLiteral: return e.lit;
-      case Expr::K::kName: return Lookup(e.name);
+      case Expr::K::kLiteral:
+        return e.lit;
+      case Expr::K::kName:
+        return Lookup(e.name);
       case Expr::K::kList:
       case Expr::K::kTuple: {
         List l;
@@ -1963,8 +2112,10 @@ class Interpreter {
         for (size_t i = 0; i + 1 < e.args.size(); i += 2) d.Set(ToString(Eval(*e.args[i])), Eval(*e.args[i + 1]));
         return d;
       }
-      case Expr::K::kAttr: return GetAttr(Eval(*e.args[0]), e.name, e.line);
-      case Expr::K::kItem: return GetItem(Eval(*e.args[0]), Eval(*e.args[1]), e.line);
+      case Expr::K::kAttr:
+        return GetAttr(Eval(*e.args[0]), e.name, e.line);
+      case Expr::K::kItem:
+        return GetItem(Eval(*e.args[0]), Eval(*e.args[1]), e.line);
       case Expr::K::kSlice: {
         auto opt = [&](const ExprP& x) { return x ? Eval(*x) : Value::None(); };
         return Slice(Eval(*e.args[0]), opt(e.args[1]), opt(e.args[2]), opt(e.args[3]), e.line);
@@ -1978,7 +2129,9 @@ class Interpreter {
         std::vector<std::pair<std::string, Value>> kw;
         for (const auto& [k, x] : e.kwargs) kw.emplace_back(k, Eval(*x));
         if (f.kind == Kind::kUndefined) {
-          std::string what = e.args[0]->k == Expr::K::kName ? e.args[0]->name : e.args[0]->k == Expr::K::kAttr ? e.args[0]->name : "value";
+          std::string what = e.args[0]->k == Expr::K::kName   ? e.args[0]->name
+                             : e.args[0]->k == Expr::K::kAttr ? e.args[0]->name
+                                                              : "value";
           Fail("line " + std::to_string(e.line) + ": '" + what + "' is undefined or not callable");
         }
         return Call(f, args, kw, e.line);
@@ -2003,7 +2156,8 @@ class Interpreter {
         if (v.kind == Kind::kFloat) return Value::Float(e.name == "-" ? -v.f : v.f);
         Fail("line " + std::to_string(e.line) + ": bad operand type for unary " + e.name + ": '" + TypeName(v) + "'");
       }
-      case Expr::K::kBinary: return Binary(e.name, Eval(*e.args[0]), Eval(*e.args[1]), e.line);
+      case Expr::K::kBinary:
+        return Binary(e.name, Eval(*e.args[0]), Eval(*e.args[1]), e.line);
       case Expr::K::kAnd: {
         Value a = Eval(*e.args[0]);
         return a.Truthy() ? Eval(*e.args[1]) : a;
@@ -2012,7 +2166,8 @@ class Interpreter {
         Value a = Eval(*e.args[0]);
         return a.Truthy() ? a : Eval(*e.args[1]);
       }
-      case Expr::K::kNot: return Value::Bool(!Eval(*e.args[0]).Truthy());
+      case Expr::K::kNot:
+        return Value::Bool(!Eval(*e.args[0]).Truthy());
       case Expr::K::kCond:
         if (Eval(*e.args[0]).Truthy()) return Eval(*e.args[1]);
         return e.args[2] ? Eval(*e.args[2]) : Value::Undefined();

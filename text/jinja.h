@@ -45,14 +45,53 @@ struct Value {
   bool is_namespace = false;  // a namespace(): its attributes may be assigned with {% set ns.x = ... %}
 
   static Value Undefined() { return Value(); }
-  static Value None() { Value v; v.kind = Kind::kNone; return v; }
-  static Value Bool(bool x) { Value v; v.kind = Kind::kBool; v.b = x; return v; }
-  static Value Int(int64_t x) { Value v; v.kind = Kind::kInt; v.i = x; return v; }
-  static Value Float(double x) { Value v; v.kind = Kind::kFloat; v.f = x; return v; }
-  static Value Str(std::string x) { Value v; v.kind = Kind::kString; v.s = std::move(x); return v; }
-  static Value MakeList(List x = {}) { Value v; v.kind = Kind::kList; v.list = std::make_shared<List>(std::move(x)); return v; }
-  static Value MakeDict(Dict x = {}) { Value v; v.kind = Kind::kDict; v.dict = std::make_shared<Dict>(std::move(x)); return v; }
-  static Value Func(Function f) { Value v; v.kind = Kind::kFunction; v.fn = std::make_shared<Function>(std::move(f)); return v; }
+  static Value None() {
+    Value v;
+    v.kind = Kind::kNone;
+    return v;
+  }
+  static Value Bool(bool x) {
+    Value v;
+    v.kind = Kind::kBool;
+    v.b = x;
+    return v;
+  }
+  static Value Int(int64_t x) {
+    Value v;
+    v.kind = Kind::kInt;
+    v.i = x;
+    return v;
+  }
+  static Value Float(double x) {
+    Value v;
+    v.kind = Kind::kFloat;
+    v.f = x;
+    return v;
+  }
+  static Value Str(std::string x) {
+    Value v;
+    v.kind = Kind::kString;
+    v.s = std::move(x);
+    return v;
+  }
+  static Value MakeList(List x = {}) {
+    Value v;
+    v.kind = Kind::kList;
+    v.list = std::make_shared<List>(std::move(x));
+    return v;
+  }
+  static Value MakeDict(Dict x = {}) {
+    Value v;
+    v.kind = Kind::kDict;
+    v.dict = std::make_shared<Dict>(std::move(x));
+    return v;
+  }
+  static Value Func(Function f) {
+    Value v;
+    v.kind = Kind::kFunction;
+    v.fn = std::make_shared<Function>(std::move(f));
+    return v;
+  }
 
   // Parses JSON text into a Value (objects keep their key order). kInvalidArgument when it is not JSON.
   static Result<Value> FromJson(const std::string& json_text);

@@ -23,8 +23,10 @@ std::string Translate(const std::string& p) {
     const char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {
       const char n = p[i + 1];
-      if (n == 's') out += in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
-      else if (n == 'S' && !in_class) out += "[^\\s\\x{85}]";
+      if (n == 's')
+        out += in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
+      else if (n == 'S' && !in_class)
+        out += "[^\\s\\x{85}]";
       else {
         out += c;
         out += n;
@@ -91,8 +93,8 @@ std::vector<std::pair<size_t, size_t>> Regex::FindAll(std::string_view s) const 
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(impl_->code, nullptr);
   size_t pos = 0;
   while (pos <= s.size()) {
-    const int rc = pcre2_match(impl_->code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos,
-                               PCRE2_NO_UTF_CHECK, md, nullptr);
+    const int rc = pcre2_match(impl_->code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, PCRE2_NO_UTF_CHECK,
+                               md, nullptr);
     if (rc < 0) break;
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     const size_t start = ov[0], end = ov[1];

@@ -21,9 +21,10 @@ std::string TrainModel() {
       corpus << "The quick brown fox jumps over the lazy dog " << i * 7 << " times.\n";
     }
   }
-  const auto st = sentencepiece::SentencePieceTrainer::Train(
-      "--input=" + dir + "/corpus.txt --model_prefix=" + dir + "/tokenizer --vocab_size=300 --model_type=bpe "
-      "--byte_fallback=true --character_coverage=1.0 --minloglevel=2");
+  const auto st =
+      sentencepiece::SentencePieceTrainer::Train("--input=" + dir + "/corpus.txt --model_prefix=" + dir +
+                                                 "/tokenizer --vocab_size=300 --model_type=bpe "
+                                                 "--byte_fallback=true --character_coverage=1.0 --minloglevel=2");
   EXPECT_TRUE(st.ok()) << st.ToString();
   return dir;
 }

@@ -2,9 +2,8 @@
 
 #include <algorithm>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 namespace bigplan::text {
 
@@ -45,8 +44,7 @@ Result<std::vector<int64_t>> LoadEosTokenIds(const std::string& dir) {
   return ids;
 }
 
-TextStreamer::TextStreamer(const Tokenizer& tokenizer, std::vector<std::string> stop_strings,
-                           bool skip_special_tokens)
+TextStreamer::TextStreamer(const Tokenizer& tokenizer, std::vector<std::string> stop_strings, bool skip_special_tokens)
     : decoder_(tokenizer, skip_special_tokens), stops_(std::move(stop_strings)) {
   stops_.erase(std::remove_if(stops_.begin(), stops_.end(), [](const std::string& s) { return s.empty(); }),
                stops_.end());

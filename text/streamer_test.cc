@@ -19,8 +19,8 @@ std::unique_ptr<Tokenizer> CharTokenizer() {
   return std::move(t).value();
 }
 
-std::string Stream(const Tokenizer& tok, const std::vector<int64_t>& ids, std::vector<std::string> stops,
-                   bool* stopped, std::vector<std::string>* chunks = nullptr) {
+std::string Stream(const Tokenizer& tok, const std::vector<int64_t>& ids, std::vector<std::string> stops, bool* stopped,
+                   std::vector<std::string>* chunks = nullptr) {
   TextStreamer s(tok, std::move(stops));
   std::string all;
   *stopped = false;

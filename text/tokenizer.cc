@@ -34,12 +34,17 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const std::string& json_t
 Result<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& path) {
   std::string json_path, sp_path;
   if (IsDir(path)) {
-    if (IsFile(path + "/tokenizer.json")) json_path = path + "/tokenizer.json";
-    else if (IsFile(path + "/tokenizer.model")) sp_path = path + "/tokenizer.model";
-    else return MakeError(ErrorCode::kNotFound, path + ": no tokenizer.json or tokenizer.model");
+    if (IsFile(path + "/tokenizer.json"))
+      json_path = path + "/tokenizer.json";
+    else if (IsFile(path + "/tokenizer.model"))
+      sp_path = path + "/tokenizer.model";
+    else
+      return MakeError(ErrorCode::kNotFound, path + ": no tokenizer.json or tokenizer.model");
   } else if (IsFile(path)) {
-    if (EndsWith(path, ".model")) sp_path = path;
-    else json_path = path;
+    if (EndsWith(path, ".model"))
+      sp_path = path;
+    else
+      json_path = path;
   } else {
     return MakeError(ErrorCode::kNotFound, path + ": no such file or directory");
   }

@@ -8,11 +8,10 @@
 
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "text/tokenizer.h"
 
@@ -31,7 +30,8 @@ std::string Join(const std::vector<int64_t>& v) {
 std::string Show(const std::string& s) {
   std::string r;
   for (unsigned char c : s) {
-    if (c == '\n') r += "\\n";
+    if (c == '\n')
+      r += "\\n";
     else if (c < 0x20) {
       char b[8];
       std::snprintf(b, sizeof(b), "\\x%02x", c);
@@ -113,8 +113,11 @@ int main(int argc, char** argv) {
       const std::vector<int64_t> w = c["ids"].get<std::vector<int64_t>>();
       auto g = (*tok)->Encode(text, special);
       ++n_enc;
-      if (!g.ok()) report("encode \"" + Show(text) + "\": " + g.error().ToString());
-      else if (*g != w) report("encode \"" + Show(text) + "\" (special " + std::to_string(special) + "): got " + Join(*g) + " want " + Join(w));
+      if (!g.ok())
+        report("encode \"" + Show(text) + "\": " + g.error().ToString());
+      else if (*g != w)
+        report("encode \"" + Show(text) + "\" (special " + std::to_string(special) + "): got " + Join(*g) + " want " +
+               Join(w));
     }
     for (const json& c : fam["decode"]) {
       const std::vector<int64_t> ids = c["ids"].get<std::vector<int64_t>>();
@@ -122,7 +125,9 @@ int main(int argc, char** argv) {
       const std::string w = c["text"];
       const std::string g = (*tok)->Decode(ids, skip);
       ++n_dec;
-      if (g != w) report("decode [" + Join(ids) + "] skip " + std::to_string(skip) + ": got \"" + Show(g) + "\" want \"" + Show(w) + "\"");
+      if (g != w)
+        report("decode [" + Join(ids) + "] skip " + std::to_string(skip) + ": got \"" + Show(g) + "\" want \"" +
+               Show(w) + "\"");
       StreamDecoder sd(**tok, skip);
       std::string all;
       for (int64_t id : ids) all += sd.Next(id);

@@ -21,8 +21,10 @@ std::string ByteLevelJson(const std::string& extra_model = "") {
     "post_processor": null,
     "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
     "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, )" + extra_model + R"(
-      "vocab": {)" + vocab + R"(}, "merges": [["a", "b"], ["ab", "b"], ["Ġ", "ab"]]}})";
+      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, )" +
+         extra_model + R"(
+      "vocab": {)" +
+         vocab + R"(}, "merges": [["a", "b"], ["ab", "b"], ["Ġ", "ab"]]}})";
 }
 
 TEST(Tokenizer, ByteLevelBpeMergesByRank) {

@@ -22,10 +22,14 @@ namespace {
 void SecondByteRange(unsigned char lead, unsigned char* lo, unsigned char* hi) {
   *lo = 0x80;
   *hi = 0xBF;
-  if (lead == 0xE0) *lo = 0xA0;
-  else if (lead == 0xED) *hi = 0x9F;
-  else if (lead == 0xF0) *lo = 0x90;
-  else if (lead == 0xF4) *hi = 0x8F;
+  if (lead == 0xE0)
+    *lo = 0xA0;
+  else if (lead == 0xED)
+    *hi = 0x9F;
+  else if (lead == 0xF0)
+    *lo = 0x90;
+  else if (lead == 0xF4)
+    *hi = 0x8F;
 }
 
 // Length of the valid sequence at s[i], or -(bytes of the maximal invalid subpart) (at least 1).
@@ -153,10 +157,18 @@ Result<std::string> Normalize(std::string_view s, NormalForm form) {
   UErrorCode err = U_ZERO_ERROR;
   const UNormalizer2* norm = nullptr;
   switch (form) {
-    case NormalForm::kNFC: norm = unorm2_getNFCInstance(&err); break;
-    case NormalForm::kNFD: norm = unorm2_getNFDInstance(&err); break;
-    case NormalForm::kNFKC: norm = unorm2_getNFKCInstance(&err); break;
-    case NormalForm::kNFKD: norm = unorm2_getNFKDInstance(&err); break;
+    case NormalForm::kNFC:
+      norm = unorm2_getNFCInstance(&err);
+      break;
+    case NormalForm::kNFD:
+      norm = unorm2_getNFDInstance(&err);
+      break;
+    case NormalForm::kNFKC:
+      norm = unorm2_getNFKCInstance(&err);
+      break;
+    case NormalForm::kNFKD:
+      norm = unorm2_getNFKDInstance(&err);
+      break;
   }
   if (U_FAILURE(err)) return MakeError(ErrorCode::kInternal, std::string("ICU normalizer: ") + u_errorName(err));
   int32_t len16 = 0;

@@ -18,11 +18,13 @@ TEST(Unicode, ValidUtf8) {
 }
 
 TEST(Unicode, LossyReplacesMaximalSubparts) {
-  EXPECT_EQ(Utf8Lossy("a\xE4\xB8" "b"), "a" + kFffd + "b");        // one U+FFFD for a truncated sequence
-  EXPECT_EQ(Utf8Lossy("\x80\x80"), kFffd + kFffd);                   // lone continuation bytes: one each
-  EXPECT_EQ(Utf8Lossy("\xF0\x9F\x98"), kFffd);                       // truncated 4-byte sequence at the end
-  EXPECT_EQ(Utf8Lossy("\xE0\x80\x80"), kFffd + kFffd + kFffd);       // E0 80: 80 is outside A0..BF
-  EXPECT_EQ(Utf8Lossy("\xED\xA0\x80"), kFffd + kFffd + kFffd);       // surrogates
+  EXPECT_EQ(Utf8Lossy("a\xE4\xB8"
+                      "b"),
+            "a" + kFffd + "b");                                 // one U+FFFD for a truncated sequence
+  EXPECT_EQ(Utf8Lossy("\x80\x80"), kFffd + kFffd);              // lone continuation bytes: one each
+  EXPECT_EQ(Utf8Lossy("\xF0\x9F\x98"), kFffd);                  // truncated 4-byte sequence at the end
+  EXPECT_EQ(Utf8Lossy("\xE0\x80\x80"), kFffd + kFffd + kFffd);  // E0 80: 80 is outside A0..BF
+  EXPECT_EQ(Utf8Lossy("\xED\xA0\x80"), kFffd + kFffd + kFffd);  // surrogates
   EXPECT_EQ(Utf8Lossy("ok \xF0\x9F\x98\x80"), "ok \xF0\x9F\x98\x80");
 }
 
@@ -34,7 +36,7 @@ TEST(Unicode, CompletePrefixHoldsBackUnfinishedCharacters) {
 }
 
 TEST(Unicode, ByteLevelMapRoundTrips) {
-  EXPECT_EQ(ByteToUnicode(' '), "\xC4\xA0");  // Ġ
+  EXPECT_EQ(ByteToUnicode(' '), "\xC4\xA0");   // Ġ
   EXPECT_EQ(ByteToUnicode('\n'), "\xC4\x8A");  // Ċ
   EXPECT_EQ(ByteToUnicode('a'), "a");
   for (int b = 0; b < 256; ++b) {
@@ -70,7 +72,9 @@ TEST(Regex, FindAllAndUnicodeClasses) {
 TEST(Regex, WhitespaceIncludesNelAsOniguruma) {
   auto re = Regex::Compile(R"(\s+|[^\s]+)");
   ASSERT_TRUE(re.ok());
-  const std::string s = "a\xC2\x85\xC2\x85" "b";  // a NEL NEL b
+  const std::string s =
+      "a\xC2\x85\xC2\x85"
+      "b";  // a NEL NEL b
   auto m = re->FindAll(s);
   ASSERT_EQ(m.size(), 3u);
   EXPECT_EQ(m[1], (std::pair<size_t, size_t>{1, 5}));

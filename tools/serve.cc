@@ -59,19 +59,32 @@ Status Main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return Status::Ok();
     }
-    if (arg == "--cpu") { eo.force_cpu = true; continue; }
-    if (arg == "--quiet") { eo.progress = false; continue; }
+    if (arg == "--cpu") {
+      eo.force_cpu = true;
+      continue;
+    }
+    if (arg == "--quiet") {
+      eo.progress = false;
+      continue;
+    }
     std::string flag, value;
     switch (SplitFlag(argc, argv, &i, {"--plan", "--model", "--host", "--port", "--model-name", "--threads"}, &flag,
                       &value)) {
-      case FlagSplit::kOk: break;
-      case FlagSplit::kUnknown: return kCli.Usage("unknown flag " + arg);
-      case FlagSplit::kMissingValue: return kCli.Usage(flag + " needs a value");
+      case FlagSplit::kOk:
+        break;
+      case FlagSplit::kUnknown:
+        return kCli.Usage("unknown flag " + arg);
+      case FlagSplit::kMissingValue:
+        return kCli.Usage(flag + " needs a value");
     }
-    if (flag == "--plan") plan = UserPath(value);
-    else if (flag == "--model") model = UserPath(value);
-    else if (flag == "--host") so.host = value;
-    else if (flag == "--model-name") name = value;
+    if (flag == "--plan")
+      plan = UserPath(value);
+    else if (flag == "--model")
+      model = UserPath(value);
+    else if (flag == "--host")
+      so.host = value;
+    else if (flag == "--model-name")
+      name = value;
     else if (flag == "--port") {
       BIGPLAN_ASSIGN_OR_RETURN(int64_t p, kCli.ParseInt(flag, value, 0, 65535));
       so.port = static_cast<int>(p);
@@ -112,8 +125,8 @@ Status Main(int argc, char** argv) {
   server::Batcher batcher(*exec, *tok, eos);
   server::OpenAiServer http(batcher, *tok, chat ? &*chat : nullptr, so);
   BIGPLAN_RETURN_IF_ERROR(http.Bind());
-  std::fprintf(stderr, "serve: %s (%s, max_batch %u, context %u tokens, %s) listening on http://%s:%d\n",
-               name.c_str(), exec->info().architecture.c_str(), exec->info().max_batch, exec->info().max_seq_len,
+  std::fprintf(stderr, "serve: %s (%s, max_batch %u, context %u tokens, %s) listening on http://%s:%d\n", name.c_str(),
+               exec->info().architecture.c_str(), exec->info().max_batch, exec->info().max_seq_len,
                exec->info().cpu_mode ? "cpu" : "cuda", so.host.c_str(), http.port());
   std::fflush(stderr);
 

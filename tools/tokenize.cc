@@ -44,17 +44,31 @@ Status Main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return Status::Ok();
     }
-    if (arg == "--decode") { decode = true; continue; }
-    if (arg == "--no-special-tokens") { add_special = false; continue; }
-    if (arg == "--skip-special-tokens") { skip_special = true; continue; }
+    if (arg == "--decode") {
+      decode = true;
+      continue;
+    }
+    if (arg == "--no-special-tokens") {
+      add_special = false;
+      continue;
+    }
+    if (arg == "--skip-special-tokens") {
+      skip_special = true;
+      continue;
+    }
     std::string flag, value;
     switch (SplitFlag(argc, argv, &i, {"--model"}, &flag, &value)) {
-      case FlagSplit::kOk: break;
-      case FlagSplit::kUnknown: return kCli.Usage("unknown flag " + arg);
-      case FlagSplit::kMissingValue: return kCli.Usage(flag + " needs a value");
+      case FlagSplit::kOk:
+        break;
+      case FlagSplit::kUnknown:
+        return kCli.Usage("unknown flag " + arg);
+      case FlagSplit::kMissingValue:
+        return kCli.Usage(flag + " needs a value");
     }
-    if (flag == "--model") model = UserPath(value);
-    else return kCli.Usage("unknown flag " + flag);
+    if (flag == "--model")
+      model = UserPath(value);
+    else
+      return kCli.Usage("unknown flag " + flag);
   }
   if (model.empty()) return kCli.Usage("--model is required");
   BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<text::Tokenizer> tok, text::Tokenizer::Load(model));
@@ -69,9 +83,8 @@ Status Main(int argc, char** argv) {
     while (ss >> word) {
       BIGPLAN_ASSIGN_OR_RETURN(int64_t id, kCli.ParseInt("token id", word, 0));
       if (!tok->IdToToken(id)) {
-        return MakeError(ErrorCode::kInvalidArgument,
-                         "token id " + word + " is not in the vocabulary (" + std::to_string(tok->vocab_size()) +
-                             " ids)");
+        return MakeError(ErrorCode::kInvalidArgument, "token id " + word + " is not in the vocabulary (" +
+                                                          std::to_string(tok->vocab_size()) + " ids)");
       }
       ids.push_back(id);
     }

@@ -100,7 +100,8 @@ void CheckStaggered(const std::string& family, bool gpu) {
   bad = exec.StepRows({RowStep{.row = 4, .start_pos = 0, .tokens = {1}}});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message.find("max_batch"), std::string::npos) << bad.error().message;
-  bad = exec.StepRows({RowStep{.row = 1, .start_pos = 0, .tokens = {1}}, RowStep{.row = 1, .start_pos = 0, .tokens = {2}}});
+  bad = exec.StepRows(
+      {RowStep{.row = 1, .start_pos = 0, .tokens = {1}}, RowStep{.row = 1, .start_pos = 0, .tokens = {2}}});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message.find("twice"), std::string::npos);
   bad = exec.StepRows({RowStep{.row = 0, .start_pos = 15, .tokens = {1, 2}}});
