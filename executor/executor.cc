@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -74,6 +75,8 @@ class Executor::Impl {
   Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only);
   Status RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
   void Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms);
+  // StepRows' pass: every block once, each group of rows through it in turn.
+  Status RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out);
 };
 
 namespace {
@@ -534,9 +537,186 @@ Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>
     }
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     (n == 0 ? result.prefill_ms : result.decode_ms.emplace_back()) = ms;
+    if (options.on_step) {
+      std::vector<int64_t> emitted(batch, -1);
+      for (int64_t b = 0; b < batch; ++b) {
+        if (static_cast<int64_t>(result.tokens[b].size()) == n + 1) emitted[b] = result.tokens[b].back();
+      }
+      if (!options.on_step(n, emitted)) break;
+    }
     if (all_stopped) break;
   }
   return result;
+}
+
+Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out) {
+  try {
+    c10::InferenceMode inference;
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    if (!state->cuda_devices.empty()) {
+      std::vector<c10::cuda::CUDAStream> streams;
+      for (int d : state->cuda_devices) {
+        streams.push_back(c10::cuda::getStreamFromExternal(engine->compute_stream(d), static_cast<c10::DeviceIndex>(d)));
+      }
+      streams_guard.emplace(streams);
+    }
+    // Groups: the one-token rows together where the kernels take per-row positions; every other row alone.
+    struct Group {
+      std::vector<size_t> members;  // indices into `rows`
+      bool batched = false;         // ForwardContext::rows
+      at::Tensor host_ids, host_rows, host_pos;
+      std::vector<std::pair<int, std::array<at::Tensor, 3>>> on_device;  // ids, rows, positions per device
+      int64_t start_pos = 0, attend_len = 0;
+      at::Tensor hidden, logits;
+    };
+    std::vector<Group> groups;
+    const bool per_row = kernels->StaticDecode(state->info.max_seq_len);
+    Group decode;
+    decode.batched = true;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (per_row && rows[i].tokens.size() == 1) {
+        decode.members.push_back(i);
+      } else {
+        Group g;
+        g.members = {i};
+        g.start_pos = rows[i].start_pos;
+        groups.push_back(std::move(g));
+      }
+    }
+    if (!decode.members.empty()) groups.insert(groups.begin(), std::move(decode));
+    for (Group& g : groups) {
+      const int64_t n = static_cast<int64_t>(g.members.size());
+      const int64_t seq = static_cast<int64_t>(rows[g.members[0]].tokens.size());
+      g.host_ids = at::empty({n, seq}, at::TensorOptions().dtype(at::kLong));
+      g.host_rows = at::empty({n}, at::TensorOptions().dtype(at::kLong));
+      g.host_pos = at::empty({n}, at::TensorOptions().dtype(at::kLong));
+      for (int64_t j = 0; j < n; ++j) {
+        const RowStep& r = rows[g.members[j]];
+        std::memcpy(g.host_ids.data_ptr<int64_t>() + j * seq, r.tokens.data(), seq * sizeof(int64_t));
+        g.host_rows.data_ptr<int64_t>()[j] = r.row;
+        g.host_pos.data_ptr<int64_t>()[j] = r.start_pos;
+        g.attend_len = std::max(g.attend_len, r.start_pos + 1);
+      }
+    }
+    // New sequences start from a cleared row: masked positions must hold finite values.
+    for (const RowStep& r : rows) {
+      if (r.start_pos != 0) continue;
+      for (BlockKv& v : kv) {
+        if (!v.has_kv) continue;
+        v.kv.k.select(0, r.row).zero_();
+        v.kv.v.select(0, r.row).zero_();
+      }
+    }
+    for (uint32_t i = 0; i < state->steps.size(); ++i) {
+      const BlockRuntime& b = state->blocks[state->steps[i].block];
+      std::optional<c10::cuda::CUDAGuard> device_guard;
+      at::Device device(at::kCPU);
+      if (b.device >= 0) {
+        device_guard.emplace(static_cast<c10::DeviceIndex>(b.device));
+        device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(b.device));
+      }
+      BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
+      StepWeights& w = weights[b.index];
+      BIGPLAN_RETURN_IF_ERROR(w.Prepare());
+      BlockKv& v = kv[b.index];
+      for (Group& g : groups) {
+        std::array<at::Tensor, 3>* inputs = nullptr;
+        for (auto& [d, t] : g.on_device) {
+          if (d == b.device) inputs = &t;
+        }
+        if (inputs == nullptr) {
+          g.on_device.emplace_back(b.device, std::array<at::Tensor, 3>{g.host_ids.to(device), g.host_rows.to(device),
+                                                                       g.host_pos.to(device)});
+          inputs = &g.on_device.back().second;
+        }
+        ForwardContext ctx;
+        ctx.token_ids = (*inputs)[0];
+        ctx.logits_last_only = true;
+        KvCache row_kv;
+        KvCache* block_kv = nullptr;
+        if (g.batched) {
+          ctx.rows = (*inputs)[1];
+          ctx.position = (*inputs)[2];
+          ctx.attend_len = g.attend_len;
+          ctx.start_pos = g.attend_len - 1;
+          if (v.has_kv) block_kv = &v.kv;
+        } else {
+          ctx.start_pos = g.start_pos;
+          if (v.has_kv) {
+            const int row = rows[g.members[0]].row;
+            row_kv.k = v.kv.k.narrow(0, row, 1);
+            row_kv.v = v.kv.v.narrow(0, row, 1);
+            block_kv = &row_kv;
+          }
+        }
+        if (g.hidden.defined() && g.hidden.device() != device) g.hidden = g.hidden.to(device);
+        Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, w, ctx, block_kv, &g.hidden, &g.logits);
+        if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+      }
+      BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
+    }
+    const int64_t vocab = state->info.vocab_size;
+    at::Tensor result = at::empty({static_cast<int64_t>(rows.size()), 1, vocab}, at::TensorOptions().dtype(at::kFloat));
+    for (Group& g : groups) {
+      if (!g.logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+      at::Tensor l = g.logits.narrow(1, g.logits.size(1) - 1, 1).to(at::kCPU, at::kFloat).contiguous();
+      for (size_t j = 0; j < g.members.size(); ++j) result[g.members[j]].copy_(l[j]);
+    }
+    *out = result;
+  } catch (const std::exception& e) {
+    return TorchError(e, "forward pass (rows)");
+  }
+  return Status::Ok();
+}
+
+Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  const ModelInfo& info = impl_->state->info;
+  if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "StepRows: no rows");
+  if (info.chunk_units > 0) {
+    // Row groups run one after another through a block; a row chunk can be read once per pass.
+    return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " streams weights in row chunks, "
+                                              "which rows at their own positions cannot share yet; plan with a larger "
+                                              "GPU budget (no row chunks) to serve it");
+  }
+  std::vector<bool> used(info.max_batch, false);
+  int64_t max_seq = 0;
+  for (const RowStep& r : rows) {
+    if (r.row < 0 || r.row >= static_cast<int>(info.max_batch)) {
+      return MakeError(ErrorCode::kInvalidArgument, "StepRows: row " + std::to_string(r.row) +
+                                                        " outside the plan's max_batch " + std::to_string(info.max_batch));
+    }
+    if (used[r.row]) return MakeError(ErrorCode::kInvalidArgument, "StepRows: row " + std::to_string(r.row) + " given twice");
+    used[r.row] = true;
+    if (r.tokens.empty()) return MakeError(ErrorCode::kInvalidArgument, "StepRows: row " + std::to_string(r.row) + " has no tokens");
+    if (r.start_pos < 0 || r.start_pos + static_cast<int64_t>(r.tokens.size()) > info.max_seq_len) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "StepRows: row " + std::to_string(r.row) + ": " + std::to_string(r.start_pos) + " cached + " +
+                           std::to_string(r.tokens.size()) + " new tokens exceeds the plan's max_seq_len " +
+                           std::to_string(info.max_seq_len));
+    }
+    for (int64_t id : r.tokens) {
+      if (id < 0 || id >= info.vocab_size) {
+        return MakeError(ErrorCode::kInvalidArgument, "StepRows: row " + std::to_string(r.row) + ": token id " +
+                                                          std::to_string(id) + " is outside the vocabulary [0, " +
+                                                          std::to_string(info.vocab_size) + ")");
+      }
+    }
+    max_seq = std::max<int64_t>(max_seq, static_cast<int64_t>(r.tokens.size()));
+  }
+  impl_->pos = 0;  // Forward's sequence is gone
+  impl_->cached_batch = 0;
+  const auto t0 = Clock::now();
+  at::Tensor out;
+  Status run = impl_->engine->BeginForward();
+  if (run.ok()) run = impl_->RunRowSteps(rows, &out);
+  ForwardTimings timings;
+  Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);
+  if (!run.ok()) return run.take_error();
+  if (!end.ok()) return end.take_error();
+  impl_->Account(timings, static_cast<int64_t>(rows.size()), max_seq,
+                 std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  return ToLogits(out);
 }
 
 Status Executor::Reset() {

@@ -37,6 +37,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -106,6 +107,18 @@ struct GenerateOptions {
   // A row stops after it emits one of these (the stop token is included in its output). Generation ends when
   // every row has stopped or after max_new_tokens.
   std::vector<int64_t> stop_token_ids;
+  // Called after every step (the prefill's first token is step 0) with the token each row emitted, -1 for rows
+  // that had already stopped, from the thread that called Generate (with the executor's mutex held: it must not
+  // call the executor). Returning false ends the generation after this step (the tokens so far are the result;
+  // rows not stopped by a stop token keep stopped = false). Use it to stream text, match stop strings or cancel.
+  std::function<bool(int step, const std::vector<int64_t>& tokens)> on_step;
+};
+
+// One sequence's part of a StepRows pass (continuous batching).
+struct RowStep {
+  int row = 0;                  // its KV-cache row (slot) in [0, max_batch)
+  int64_t start_pos = 0;        // tokens of the sequence already cached in that row (0: a new sequence)
+  std::vector<int64_t> tokens;  // the new tokens: a prompt, or the token generated last
 };
 
 struct GenerateResult {
@@ -237,6 +250,20 @@ class Executor {
   // options.max_new_tokens per row. kInvalidArgument as Forward, and when prompt length + max_new_tokens exceeds
   // max_seq_len. Every forward pass computes and copies only the last position's logits.
   Result<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& options);
+
+  // Continuous batching: one pass over the plan's blocks for several independent sequences, each in its own
+  // KV-cache row at its own position (e.g. requests that joined a server at different times). Returns the logits
+  // of each row's last new token, [rows.size(), 1, vocab] in the order of `rows`. Every block's weights are
+  // fetched once for all rows (a streamed block is copied once per call, whatever the number of rows). Rows with
+  // one new token are computed together as one batch (Llama family: per-row positions, ForwardContext::rows);
+  // prompts, and one-token rows of other architectures, are computed one row after the other inside each block.
+  // A row with start_pos 0 starts a new sequence: its cache row is cleared first. StepRows and Forward/Generate
+  // share the KV cache: after StepRows, Forward starts a new sequence (cached_tokens() is 0), and Forward or
+  // Generate overwrite the rows StepRows uses. Always eager (no CUDA graphs).
+  // kInvalidArgument (with the numbers) for no rows, a row outside [0, max_batch) or given twice, a row without
+  // tokens, start_pos + tokens > max_seq_len, or a token id outside [0, vocab). A pass that fails after it
+  // started (device or I/O error) leaves the rows' caches undefined: start those sequences again.
+  Result<Logits> StepRows(const std::vector<RowStep>& rows);
 
   // Forgets the cached tokens.
   Status Reset();

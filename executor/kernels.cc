@@ -501,6 +501,29 @@ at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const
   return at::matmul(probs, v_cache).reshape({batch, heads, 1, head_dim});
 }
 
+at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                               const at::Tensor& rows, const at::Tensor& positions, int64_t attend_len,
+                               double scale) {
+  const int64_t n = q.size(0);
+  const int64_t heads = q.size(1);
+  const int64_t head_dim = q.size(3);
+  const int64_t kv_heads = k.size(1);
+  // cache[rows[b], :, positions[b], :] = k[b, :, 0, :] (advanced indices on dims 0 and 2 -> [n, kv_heads, hd]).
+  const c10::List<std::optional<at::Tensor>> where({rows, std::nullopt, positions});
+  kv->k.index_put_(where, k.select(2, 0));
+  kv->v.index_put_(where, v.select(2, 0));
+  const at::Tensor keys = kv->k.narrow(2, 0, attend_len).index_select(0, rows);  // [n, kv_heads, L, hd]
+  const at::Tensor values = kv->v.narrow(2, 0, attend_len).index_select(0, rows);
+  at::Tensor qg = q.reshape({n, kv_heads, heads / kv_heads, head_dim});
+  at::Tensor scores = at::matmul(qg, keys.transpose(2, 3)) * scale;  // [n, kv_heads, group, L]
+  at::Tensor mask = at::zeros({n, 1, 1, attend_len}, q.options().dtype(at::kFloat))
+                        .masked_fill_(at::arange(attend_len, positions.options()).view({1, 1, 1, attend_len}) >
+                                          positions.view({n, 1, 1, 1}),
+                                      -std::numeric_limits<float>::infinity());
+  at::Tensor probs = at::softmax(scores.to(at::kFloat) + mask, -1).to(q.scalar_type());
+  return at::matmul(probs, values).reshape({n, heads, 1, head_dim});
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Weights streamed in row chunks
 

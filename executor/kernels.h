@@ -94,6 +94,14 @@ struct ForwardContext {
   // allocation size depends on the position and the step can be captured in a CUDA graph and replayed at any
   // position. Cache positions after it must hold finite values (zeros, or earlier tokens): they are masked out.
   at::Tensor position;
+  // Per-row single-token step (continuous batching; honored where ModelKernels::StaticDecode is true, the Llama
+  // family): when defined, an [n] int64 tensor on the compute device naming the KV-cache row of each of the n
+  // rows of token_ids ([n, 1]); `position` is then [n], each row's position, and the KvCache given to RunBlock is
+  // the whole cache. A decoder layer writes each row's K/V at its position of its row and attends over the first
+  // `attend_len` positions (at least max(position) + 1) of its row, masked after its position. Cache positions
+  // below attend_len that a row has not written must hold finite values.
+  at::Tensor rows;
+  int64_t attend_len = 0;
 };
 
 // Block kinds the planner emits: "embedding", "decoder_layer", "final_norm", "lm_head" (see planner/MODEL_FORMAT.md).

@@ -156,6 +156,15 @@ Result<at::Tensor> Conv1DW(const WeightRef& w, const at::Tensor& x, const at::Te
 // summed), so no host synchronization is needed.
 Result<at::Tensor> EmbeddingW(const WeightRef& w, const at::Tensor& ids);
 
+// The per-row single-token step (ForwardContext::rows, continuous batching): row b of q, k, v ([n, heads or
+// kv_heads, 1, head_dim]) belongs to cache row rows[b] at position positions[b] (both [n] int64 device tensors).
+// Writes each row's k, v at its position of its cache row, and attends over the first `attend_len` positions of
+// its cache row with an additive mask (0 up to its position, -inf after), computed as StaticDecodeAttention.
+// `kv` is the whole cache ([max_batch, ...]). Returns [n, heads, 1, head_dim].
+at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                               const at::Tensor& rows, const at::Tensor& positions, int64_t attend_len,
+                               double scale);
+
 // ---- the block-kind boundary ----
 
 // Validates the common arguments, dispatches on `kind` and converts LibTorch exceptions into errors naming the

@@ -141,6 +141,10 @@ class LlamaKernels final : public ModelKernelsBase {
       rope_tables_.Get(0, kv->k.size(2), x.scalar_type(), x.device(), &cos, &sin);
       cos = cos.index_select(0, position);
       sin = sin.index_select(0, position);
+      if (c.ctx.rows.defined()) {  // one position per row: [n, 1, 1, head_dim] against q/k [n, heads, 1, head_dim]
+        cos = cos.view({batch, 1, 1, head_dim});
+        sin = sin.view({batch, 1, 1, head_dim});
+      }
     } else if (rope_.LengthDependent(start_pos + seq)) {
       RopeCosSin(rope_, start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
     } else {
@@ -155,8 +159,14 @@ class LlamaKernels final : public ModelKernelsBase {
                          static_cast<size_t>(c.layer) < spec_.sliding_window_layers.size() &&
                          spec_.sliding_window_layers[c.layer];
     const int64_t window = sliding ? spec_.sliding_window : 0;
-    at::Tensor attn = position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale, window)
-                                         : CachedAttention(q, k, v, kv, start_pos, scale, window);
+    if (c.ctx.rows.defined() && window > 0) {
+      return MakeError(ErrorCode::kUnsupported, c.block + ": rows at their own positions (StepRows) with a sliding "
+                                                          "window are not supported");
+    }
+    at::Tensor attn = c.ctx.rows.defined()
+                          ? RowsDecodeAttention(q, k, v, kv, c.ctx.rows, position, c.ctx.attend_len, scale)
+                      : position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale, window)
+                                           : CachedAttention(q, k, v, kv, start_pos, scale, window);
     attn = attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor o, apply(o_proj, attn));
     at::Tensor y = x + o;

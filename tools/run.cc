@@ -1,13 +1,18 @@
-// run: loads a plan and its checkpoint, generates tokens, and prints them with timings.
+// run: loads a plan and its checkpoint, generates tokens, and prints them with timings; or, with a text prompt,
+// streams the generated text.
 //
 //   run --plan model.bplan --model DIR --prompt-ids 1,2,3 --max-new-tokens 16
+//   run --plan model.bplan --model DIR --chat --prompt "What is the capital of France?"
 //
 // See kUsage for every flag. Relative paths are taken from the directory `bazel run` was started in.
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -17,18 +22,32 @@
 #include "support/result.h"
 #include "support/tool_main.h"
 #include "support/units.h"
+#include "text/chat_template.h"
+#include "text/streamer.h"
+#include "text/tokenizer.h"
 
 namespace bigplan {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: run --plan PLAN --model DIR --prompt-ids IDS [FLAGS]\n"
+    "usage: run --plan PLAN --model DIR (--prompt TEXT | --prompt-file F | --chat | --prompt-ids IDS) [FLAGS]\n"
     "\n"
     "Loads a plan (from `plan -o`) and the checkpoint it was made for, then generates tokens, overlapping weight\n"
-    "copies with compute as the plan schedules them. Prints the generated token ids and timings.\n"
+    "copies with compute as the plan schedules them. With a text prompt the model's tokenizer (tokenizer.json or\n"
+    "tokenizer.model in DIR) encodes it and the generated text is printed to stdout as it is generated (timings\n"
+    "go to stderr); with --prompt-ids the generated token ids and timings are printed.\n"
     "\n"
     "  --plan FILE              the plan (.bplan)\n"
     "  --model DIR              the checkpoint directory the plan was made for\n"
+    "  --prompt TEXT            a text prompt (encoded with the tokenizer's special tokens, e.g. BOS)\n"
+    "  --prompt-file F          the text prompt from a file\n"
+    "  --chat                   render the prompt as a user message with the model's chat template (and the\n"
+    "                           generation prompt); without --prompt/--prompt-file, a conversation: every line\n"
+    "                           on stdin is a user message, each answer is printed and kept in the history\n"
+    "  --system TEXT            with --chat: a system message first\n"
+    "  --stop STRING            text mode: end when the text contains STRING (not printed); repeatable\n"
+    "  --ignore-eos             do not stop at the model's end-of-sequence ids (generation_config.json, else\n"
+    "                           config.json; by default generation stops there)\n"
     "  --prompt-ids IDS         prompt token ids, comma-separated (\"1,2,3\"); rows separated by ';' for a batch\n"
     "                           (\"1,2,3;4,5,6\"; every row the same length)\n"
     "  --batch B                repeat a single-row prompt B times (default 1)\n"
@@ -48,6 +67,8 @@ constexpr const char* kUsage =
     "  -h, --help               this text\n"
     "\n"
     "Exit status: 0 ok, 1 the request failed, 2 bad command line.\n";
+
+namespace jinja = text::jinja;
 
 constexpr Cli kCli(kUsage);
 
@@ -72,7 +93,13 @@ Result<std::vector<int64_t>> ParseIds(const std::string& flag, const std::string
 struct Flags {
   std::string plan;
   std::string model;
-  std::string prompt;
+  std::string prompt;  // --prompt-ids
+  std::string text;    // --prompt / --prompt-file
+  bool has_text = false;
+  bool chat = false;
+  std::string system;
+  std::vector<std::string> stops;
+  bool ignore_eos = false;
   std::string stop_ids;
   int64_t batch = 1;
   GenerateOptions gen;
@@ -102,9 +129,17 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       f.exec.disk_direct_io = false;
       continue;
     }
+    if (arg == "--chat") {
+      f.chat = true;
+      continue;
+    }
+    if (arg == "--ignore-eos") {
+      f.ignore_eos = true;
+      continue;
+    }
     std::string flag, value;
     switch (SplitFlag(argc, argv, &i,
-                      {"--plan", "--model", "--prompt-ids", "--batch", "--max-new-tokens", "--temperature", "--top-k",
+                      {"--plan", "--model", "--prompt-ids", "--prompt", "--prompt-file", "--system", "--stop", "--batch", "--max-new-tokens", "--temperature", "--top-k",
                        "--top-p", "--seed", "--stop-ids", "--disk-workers", "--trace", "--repeat"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
@@ -114,6 +149,21 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     if (flag == "--plan") f.plan = UserPath(value);
     else if (flag == "--model") f.model = UserPath(value);
     else if (flag == "--prompt-ids") f.prompt = value;
+    else if (flag == "--prompt") {
+      if (f.has_text) return Usage("give one of --prompt and --prompt-file");
+      f.text = value;
+      f.has_text = true;
+    } else if (flag == "--prompt-file") {
+      if (f.has_text) return Usage("give one of --prompt and --prompt-file");
+      std::ifstream in(UserPath(value), std::ios::binary);
+      if (!in) return MakeError(ErrorCode::kNotFound, UserPath(value) + ": cannot open the prompt file");
+      f.text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      f.has_text = true;
+    } else if (flag == "--system") f.system = value;
+    else if (flag == "--stop") {
+      if (value.empty()) return Usage("--stop: empty string");
+      f.stops.push_back(value);
+    }
     else if (flag == "--stop-ids") f.stop_ids = value;
     else if (flag == "--trace") f.trace = UserPath(value);
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParseInt(flag, value, 1)); }
@@ -144,7 +194,12 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
   }
   if (f.plan.empty()) return Usage("--plan is required");
   if (f.model.empty()) return Usage("--model is required");
-  if (f.prompt.empty()) return Usage("--prompt-ids is required");
+  const bool text_mode = f.has_text || f.chat;
+  if (text_mode && !f.prompt.empty()) return Usage("give either a text prompt (--prompt, --prompt-file, --chat) or --prompt-ids");
+  if (!text_mode && f.prompt.empty()) return Usage("a prompt is required: --prompt, --prompt-file, --chat or --prompt-ids");
+  if (!f.stops.empty() && !text_mode) return Usage("--stop needs a text prompt (--prompt, --prompt-file or --chat)");
+  if (!f.system.empty() && !f.chat) return Usage("--system needs --chat");
+  if (text_mode && f.batch != 1) return Usage("--batch: text prompts run one row");
   if (!f.stop_ids.empty()) {
     BIGPLAN_ASSIGN_OR_RETURN(f.gen.stop_token_ids, ParseIds("--stop-ids", f.stop_ids));
   }
@@ -158,6 +213,91 @@ std::string Join(const std::vector<int64_t>& v) {
   return out;
 }
 
+// One generation from `prompt` (token ids), streaming its text to stdout. Returns the text (stop string and
+// what follows excluded).
+Result<std::string> GenerateText(Executor& exec, const text::Tokenizer& tok, const Flags& f,
+                                 const std::vector<int64_t>& prompt, const GenerateOptions& base) {
+  GenerateOptions gen = base;
+  text::TextStreamer streamer(tok, f.stops);
+  std::string all;
+  gen.on_step = [&](int, const std::vector<int64_t>& tokens) {
+    if (tokens[0] < 0) return false;
+    bool stop = false;
+    // The end-of-sequence token itself is not text.
+    const bool eos = std::find(gen.stop_token_ids.begin(), gen.stop_token_ids.end(), tokens[0]) != gen.stop_token_ids.end();
+    const std::string chunk = eos ? "" : streamer.Next(tokens[0], &stop);
+    all += chunk;
+    std::fwrite(chunk.data(), 1, chunk.size(), stdout);
+    std::fflush(stdout);
+    return !stop;
+  };
+  BIGPLAN_ASSIGN_OR_RETURN(GenerateResult result, exec.Generate({prompt}, gen));
+  const std::string rest = streamer.Finish();
+  all += rest;
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputs("\n", stdout);
+  std::fflush(stdout);
+  if (f.exec.progress) {
+    const size_t n = result.tokens[0].size();
+    std::fprintf(stderr, "[%zu prompt tokens, %zu generated%s; time to first token %.1f ms", prompt.size(), n,
+                 result.stopped[0] ? ", stopped at end-of-sequence" : streamer.stopped() ? ", stopped at a stop string" : "",
+                 result.prefill_ms);
+    if (!result.decode_ms.empty()) {
+      const double mean = std::accumulate(result.decode_ms.begin(), result.decode_ms.end(), 0.0) / result.decode_ms.size();
+      std::fprintf(stderr, ", decode %.1f ms/token (%.2f tokens/s)", mean, mean > 0 ? 1000.0 / mean : 0.0);
+    }
+    std::fprintf(stderr, "]\n");
+  }
+  return all;
+}
+
+Status TextMain(const Flags& f) {
+  BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<text::Tokenizer> tok, text::Tokenizer::Load(f.model));
+  std::optional<text::ChatTemplate> chat;
+  if (f.chat) {
+    BIGPLAN_ASSIGN_OR_RETURN(text::ChatTemplate t, text::ChatTemplate::Load(f.model));
+    chat.emplace(std::move(t));
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, Executor::Load(f.plan, f.model, f.exec));
+  GenerateOptions gen = f.gen;
+  if (!f.ignore_eos) {
+    BIGPLAN_ASSIGN_OR_RETURN(std::vector<int64_t> eos, text::LoadEosTokenIds(f.model));
+    if (eos.empty()) eos = exec->info().eos_token_ids;
+    gen.stop_token_ids.insert(gen.stop_token_ids.end(), eos.begin(), eos.end());
+  }
+  if (!chat) {
+    BIGPLAN_ASSIGN_OR_RETURN(std::vector<int64_t> ids, tok->Encode(f.text, /*add_special_tokens=*/true));
+    if (ids.empty()) return Usage("the prompt encodes to no tokens");
+    BIGPLAN_ASSIGN_OR_RETURN(std::string out, GenerateText(*exec, *tok, f, ids, gen));
+    (void)out;
+    return Status::Ok();
+  }
+  jinja::Value messages = jinja::Value::MakeList();
+  auto add = [&](const std::string& role, const std::string& content) {
+    jinja::Value m = jinja::Value::MakeDict();
+    m.Set("role", jinja::Value::Str(role));
+    m.Set("content", jinja::Value::Str(content));
+    messages.list->push_back(m);
+  };
+  if (!f.system.empty()) add("system", f.system);
+  auto turn = [&](const std::string& user) -> Status {
+    add("user", user);
+    BIGPLAN_ASSIGN_OR_RETURN(std::string prompt, chat->Apply(messages, /*add_generation_prompt=*/true));
+    // As apply_chat_template(tokenize=True): the template already holds the special tokens it wants.
+    BIGPLAN_ASSIGN_OR_RETURN(std::vector<int64_t> ids, tok->Encode(prompt, /*add_special_tokens=*/false));
+    BIGPLAN_ASSIGN_OR_RETURN(std::string answer, GenerateText(*exec, *tok, f, ids, gen));
+    add("assistant", answer);
+    return Status::Ok();
+  };
+  if (f.has_text) return turn(f.text);
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    if (line.empty()) continue;
+    BIGPLAN_RETURN_IF_ERROR(turn(line));
+  }
+  return Status::Ok();
+}
+
 Status Main(int argc, char** argv) {
   bool help = false;
   BIGPLAN_ASSIGN_OR_RETURN(Flags f, ParseFlags(argc, argv, &help));
@@ -165,6 +305,7 @@ Status Main(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return Status::Ok();
   }
+  if (f.has_text || f.chat) return TextMain(f);
   std::vector<std::vector<int64_t>> prompts;
   {
     std::stringstream ss(f.prompt);
