@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -290,7 +291,12 @@ at::Tensor RopeInvFreq(const RopeConfig& rope, int64_t seq_len, const at::Device
     // inv_freq = 1.0 / (ext_factors * base ** (arange(0, dim, 2).float() / dim)), ext float32.
     const std::vector<float>& f =
         seq_len > rope.original_max_position_embeddings ? rope.long_factor : rope.short_factor;
-    at::Tensor ext = at::tensor(at::ArrayRef<float>(f), at::TensorOptions().dtype(at::kFloat)).to(device);
+    // From pinned memory without blocking: no host synchronization (the step may be captured or replayed).
+    const bool cuda = device.is_cuda();
+    at::Tensor host = at::empty({static_cast<int64_t>(f.size())},
+                                at::TensorOptions().dtype(at::kFloat).pinned_memory(cuda));
+    std::memcpy(host.data_ptr<float>(), f.data(), f.size() * sizeof(float));
+    at::Tensor ext = cuda ? host.to(device, /*non_blocking=*/true) : host;
     return at::reciprocal(ext * at::pow(at::Scalar(rope.theta), exponents));
   }
   at::Tensor inv_freq = at::reciprocal(at::pow(at::Scalar(rope.theta), exponents));

@@ -158,12 +158,15 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   const std::string plan_path = (args.trace_dir.empty() ? std::string("/tmp") : args.trace_dir) + "/" + cfg.name + ".bplan";
   BIGPLAN_RETURN_IF_ERROR(WriteFileBytes(plan_path, plan.bytes.data(), plan.bytes.size()));
 
+  // Bytes the plan streams per forward, by source: its stream units (a partly resident block streams only part of
+  // its weights).
   uint64_t cpu_bytes = 0, disk_bytes = 0;
   const auto& p = plan.plan();
-  for (uint32_t i = 0; i < p.blocks()->size(); ++i) {
-    const auto* b = p.blocks()->Get(i);
-    if (b->tier() == schema::Tier::Cpu) cpu_bytes += b->weight_bytes();
-    if (b->tier() == schema::Tier::Disk) disk_bytes += b->weight_bytes();
+  if (p.streams() != nullptr) {
+    for (const schema::Stream* st : *p.streams()) {
+      if (st->units() == nullptr) continue;
+      for (const schema::Unit* u : *st->units()) (u->source() == schema::Tier::Disk ? disk_bytes : cpu_bytes) += u->bytes();
+    }
   }
   if (args.drop_caches) DropPageCache();
   ExecutorOptions opts;

@@ -5,6 +5,7 @@
 #   sweep  the Llama-2-7B-shaped offload sweep at 4, 6, 8 GiB against the PCIe floor (e2e_bench)
 #   big32  the same model executed in fp32 (cast at load): the chunked 4 GiB plan and a whole-layer plan give the
 #          same greedy tokens (bf16 random-weight logits have near-ties that rounding order decides)
+#   bigbench  only the e2e_bench run of that model (BIG_BUDGETS GiB, default 4)
 #   big    a Llama-3.1-405B-shaped model cut to 4 layers (random bf16 weights, ~26 GB): plan and run at
 #          cuda:0=4GiB (layers larger than the budget, streamed in row chunks) against its floor, and the same
 #          tokens as a plan with a larger budget
@@ -22,7 +23,7 @@ fi
 if has sweep; then
   BIGPLAN_BENCH_BUDGETS="${SWEEP:-4,6,8}" BIGPLAN_BENCH_DISK="${DISK:-4:4}" benchmarks/gpu/run_gpu_suite.sh "$out/sweep" ckpt bigplan 2>&1 | tail -40
 fi
-if has big || has big32; then
+if has big || has big32 || has bigbench; then
   ckpt=/tmp/llama-405b-4l
   mkdir -p "$ckpt"
   python3 - "$ckpt" <<'PY'
@@ -67,6 +68,10 @@ if has big32; then
       --max-new-tokens 6 2>&1 | grep -E "tokens|decode:|load:|streamed|plan:" | tee "$out/$p.run.txt"
   done
 fi
+if has bigbench; then
+  "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets ${BIG_BUDGETS:-4} --cpu-budget-gib 100 --prefill 128 --repeat 3 \
+    --out "$out/big_bench.json" 2>&1 | tail -8
+fi
 if has big; then
   # auto; if this build's auto cannot place it, every layer streamed in row chunks by an explicit map.
   if ! "$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=4GiB,cpu=100GiB --dtype bf16 --seq-len 256 \
@@ -82,6 +87,6 @@ if has big; then
     "$env" "$bin/run" --plan "$out/$p.bplan" --model "$ckpt" --prompt-ids 128000,791,6864,315,9822,374 --max-new-tokens 4 \
       --trace "$out/$p.trace.json" 2>&1 | tail -12 | tee "$out/$p.run.txt"
   done
-  "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets 4 --cpu-budget-gib 100 --prefill 128 --repeat 3 \
+  "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets ${BIG_BUDGETS:-4} --cpu-budget-gib 100 --prefill 128 --repeat 3 \
     --out "$out/big_bench.json" 2>&1 | tail -20
 fi
