@@ -8,7 +8,7 @@
 #   benchmarks/gpu/serve_bench.sh run OUT_DIR
 # Environment (run): BIGPLAN_BENCH_CKPT (default /tmp/llama-3-8b-bf16), BIGPLAN_SERVE_BUDGET (cuda:0=6GiB,cpu=100GiB),
 #   BIGPLAN_SERVE_TOKENS (64 new tokens per request), BIGPLAN_SERVE_REQUESTS (requests per stream, default 2),
-#   BIGPLAN_SERVE_STREAMS ("1 16": the runs to make).
+#   BIGPLAN_SERVE_STREAMS ("1 16": the runs to make), BIGPLAN_SERVE_SEQ (the plan's max_seq_len, default 1024).
 # Writes OUT_DIR/streams_<S>.json (aggregate and per-stream tokens/s, TTFT mean/p50/p90/max), OUT_DIR/plan.txt,
 # OUT_DIR/serve_<S>.log and OUT_DIR/summary.txt (the ratio of 16 streams' aggregate to one stream's).
 set -euo pipefail
@@ -78,7 +78,7 @@ cp .bundle/tokenizer.json .bundle/tokenizer_config.json "$ckpt/"
 
 max_streams=1
 for s in $streams_list; do ((s > max_streams)) && max_streams=$s; done
-"$env" "$bin/plan" --model "$ckpt" --max-memory "$budget" --dtype bf16 --batch "$max_streams" --seq-len 1024 \
+"$env" "$bin/plan" --model "$ckpt" --max-memory "$budget" --dtype bf16 --batch "$max_streams" --seq-len "${BIGPLAN_SERVE_SEQ:-1024}" \
   -o "$out/plan.bplan" | tee "$out/plan.txt"
 
 for s in $streams_list; do
