@@ -74,6 +74,15 @@ class Executor::Impl {
   // One forward pass; float logits on the host, [batch, seq, vocab] or, with last_only, [batch, 1, vocab].
   Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only);
   Status RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
+  // Makes every CUDA device's current stream its compute stream (no-op in CPU mode) until `guard` is destroyed.
+  void GuardComputeStreams(std::optional<c10::cuda::CUDAMultiStreamGuard>* guard) const {
+    if (state->cuda_devices.empty()) return;
+    std::vector<c10::cuda::CUDAStream> streams;
+    for (int d : state->cuda_devices) {
+      streams.push_back(c10::cuda::getStreamFromExternal(engine->compute_stream(d), static_cast<c10::DeviceIndex>(d)));
+    }
+    guard->emplace(streams);
+  }
   void Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms);
   // StepRows' pass: every block once, each group of rows through it in turn.
   Status RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out);
@@ -138,13 +147,7 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
   try {
     c10::InferenceMode inference;
     std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
-    if (!state->cuda_devices.empty()) {
-      std::vector<c10::cuda::CUDAStream> streams;
-      for (int d : state->cuda_devices) {
-        streams.push_back(c10::cuda::getStreamFromExternal(engine->compute_stream(d), static_cast<c10::DeviceIndex>(d)));
-      }
-      streams_guard.emplace(streams);
-    }
+    GuardComputeStreams(&streams_guard);
     at::Tensor host_ids = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
     std::memcpy(host_ids.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
     std::vector<std::pair<int, at::Tensor>> ids_on{{-1, host_ids}};
@@ -553,13 +556,7 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
   try {
     c10::InferenceMode inference;
     std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
-    if (!state->cuda_devices.empty()) {
-      std::vector<c10::cuda::CUDAStream> streams;
-      for (int d : state->cuda_devices) {
-        streams.push_back(c10::cuda::getStreamFromExternal(engine->compute_stream(d), static_cast<c10::DeviceIndex>(d)));
-      }
-      streams_guard.emplace(streams);
-    }
+    GuardComputeStreams(&streams_guard);
     // Groups: the one-token rows together where the kernels take per-row positions; every other row alone.
     struct Group {
       std::vector<size_t> members;  // indices into `rows`
