@@ -1,4 +1,5 @@
 #include "schema/plan_dump.h"
+#include "schema/streamed_plan_testutil.h"
 
 #include <sstream>
 #include <string>
@@ -46,41 +47,7 @@ flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us) {
 // Block "b" partly resident: weight 0 (tensor w0) on cuda:0, weight 1 (w1, 16 x 16 F32) in the Cpu tier, streamed to
 // cuda:0 as two row chunks of 512 bytes through a 1 KiB ring.
 flatbuffers::DetachedBuffer PartialPlan() {
-  flatbuffers::FlatBufferBuilder fb;
-  auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
-  std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
-  auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
-  std::vector<int64_t> shape{16, 16};
-  std::vector<flatbuffers::Offset<schema::Tensor>> tensors{
-      schema::CreateTensorDirect(fb, "w0", 0, 8, 1024, schema::DType::F32, &shape),
-      schema::CreateTensorDirect(fb, "w1", 0, 1032, 1024, schema::DType::F32, &shape)};
-  std::vector<flatbuffers::Offset<schema::Weight>> weights{
-      schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0, schema::Tier::Gpu),
-      schema::CreateWeight(fb, 1, schema::DType::F32, 1024, 0, schema::Tier::Cpu)};
-  std::vector<flatbuffers::Offset<schema::Block>> blocks{schema::CreateBlockDirect(
-      fb, "b", "decoder_layer", 0, "b.", 0, schema::Tier::Cpu, &weights, 2048, 0, -1, -1, -1, 1)};
-  std::vector<flatbuffers::Offset<schema::Buffer>> buffers{
-      schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights, schema::Pool::DeviceArena, 0,
-                                 0, 1024, 0, 0),
-      schema::CreateBufferDirect(fb, "b.host", schema::BufferKind::HostWeights, schema::Pool::PinnedHost, -1, 0,
-                                 1024, 0, 0),
-      schema::CreateBufferDirect(fb, "ring.cuda:0", schema::BufferKind::Staging, schema::Pool::DeviceArena, 0, 1024,
-                                 1024, 0, 0)};
-  std::vector<flatbuffers::Offset<schema::Arena>> arenas{
-      schema::CreateArena(fb, schema::Pool::DeviceArena, 0, 2048),
-      schema::CreateArena(fb, schema::Pool::PinnedHost, -1, 1024)};
-  std::vector<flatbuffers::Offset<schema::Step>> steps{schema::CreateStepDirect(fb, 0)};
-  std::vector<flatbuffers::Offset<schema::Unit>> units{
-      schema::CreateUnit(fb, 0, 1, 0, 8, schema::Tier::Cpu, 512, false, 0, 1, 0, 0, -1, 0.25),
-      schema::CreateUnit(fb, 0, 1, 8, 16, schema::Tier::Cpu, 512, false, 512, 0, 0, 0, -1, 0.25)};
-  std::vector<flatbuffers::Offset<schema::Stream>> streams{schema::CreateStreamDirect(fb, 0, 2, -1, 512, &units)};
-  auto config = schema::CreateModelConfigDirect(fb, "llama");
-  auto run_shape = schema::CreateRunShape(fb, 1, 16);
-  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "auto", "m", "d", config, fp, schema::DType::F32,
-                                       run_shape, nullptr, 0, &tensors, &blocks, &buffers, &arenas, &steps, nullptr,
-                                       1200, 2000, nullptr, &streams);
-  schema::FinishPlanBuffer(fb, plan);
-  return fb.Release();
+  return schema_testing::StreamedPlan({.unit_copy_us = 0.25, .predicted_decode_us = 1200, .predicted_prefill_us = 2000});
 }
 
 const schema::Plan& Verified(const flatbuffers::DetachedBuffer& buf) {

@@ -1,4 +1,5 @@
 #include "schema/plan_io.h"
+#include "schema/streamed_plan_testutil.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -82,60 +83,8 @@ TEST(PlanIoTest, RefusesAnOlderPlanWithPlanAgain) {
   EXPECT_NE(r.error().message.find("plan again"), std::string::npos) << r.error().message;
 }
 
-// A version-2 plan with a stream: block "b" has weight 0 resident (its home buffer) and weight 1 (16 x 16 F32) in the
-// Cpu tier (its host buffer), streamed to cuda:0 as two row chunks through a 1 KiB ring. `damage` edits the fields
-// before they are written.
-struct StreamFields {
-  int32_t device = 0, ring_buffer = 2, disk_ring_buffer = -1;
-  uint32_t block = 0, weight = 1;
-  int64_t row_begin = 0, row_end = 8;
-  schema::Tier source = schema::Tier::Cpu;
-  uint64_t bytes = 512, ring_offset = 0;
-  int32_t wait_unit = 1;
-  schema::Tier weight1_tier = schema::Tier::Cpu;
-  bool second_stream = false;
-};
-
-flatbuffers::DetachedBuffer StreamedPlan(const StreamFields& f = {}) {
-  flatbuffers::FlatBufferBuilder fb;
-  auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
-  std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
-  auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
-  std::vector<int64_t> shape{16, 16};
-  std::vector<flatbuffers::Offset<schema::Tensor>> tensors{
-      schema::CreateTensorDirect(fb, "w0", 0, 8, 1024, schema::DType::F32, &shape),
-      schema::CreateTensorDirect(fb, "w1", 0, 1032, 1024, schema::DType::F32, &shape)};
-  std::vector<flatbuffers::Offset<schema::Weight>> weights{
-      schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0, schema::Tier::Gpu),
-      schema::CreateWeight(fb, 1, schema::DType::F32, 1024, 0, f.weight1_tier)};
-  std::vector<flatbuffers::Offset<schema::Block>> blocks{schema::CreateBlockDirect(
-      fb, "b", "decoder_layer", 0, "b.", 0, schema::Tier::Cpu, &weights, 2048, 0, -1, -1, -1, 1)};
-  std::vector<flatbuffers::Offset<schema::Buffer>> buffers{
-      schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights, schema::Pool::DeviceArena, 0,
-                                 0, 1024, 0, 0),
-      schema::CreateBufferDirect(fb, "b.host", schema::BufferKind::HostWeights, schema::Pool::PinnedHost, -1, 0,
-                                 1024, 0, 0),
-      schema::CreateBufferDirect(fb, "ring.cuda:0", schema::BufferKind::Staging, schema::Pool::DeviceArena, 0, 1024,
-                                 1024, 0, 0)};
-  std::vector<flatbuffers::Offset<schema::Arena>> arenas{
-      schema::CreateArena(fb, schema::Pool::DeviceArena, 0, 2048),
-      schema::CreateArena(fb, schema::Pool::PinnedHost, -1, 1024)};
-  std::vector<flatbuffers::Offset<schema::Step>> steps{schema::CreateStepDirect(fb, 0)};
-  std::vector<flatbuffers::Offset<schema::Unit>> units{
-      schema::CreateUnit(fb, f.block, f.weight, f.row_begin, f.row_end, f.source, f.bytes, false, f.ring_offset,
-                         f.wait_unit),
-      schema::CreateUnit(fb, 0, 1, 8, 16, schema::Tier::Cpu, 512, false, 512, 0)};
-  std::vector<flatbuffers::Offset<schema::Stream>> streams{
-      schema::CreateStreamDirect(fb, f.device, f.ring_buffer, f.disk_ring_buffer, 512, &units)};
-  if (f.second_stream) streams.push_back(schema::CreateStreamDirect(fb, f.device, f.ring_buffer, -1, 512, &units));
-  auto config = schema::CreateModelConfigDirect(fb, "llama");
-  auto run_shape = schema::CreateRunShape(fb, 1, 16);
-  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "auto", "m", "d", config, fp, schema::DType::F32,
-                                       run_shape, nullptr, 0, &tensors, &blocks, &buffers, &arenas, &steps, nullptr,
-                                       0, 0, nullptr, &streams);
-  schema::FinishPlanBuffer(fb, plan);
-  return fb.Release();
-}
+using schema_testing::StreamedPlan;
+using schema_testing::StreamFields;
 
 TEST(PlanIoTest, AcceptsAStreamedPlan) {
   auto buf = StreamedPlan();

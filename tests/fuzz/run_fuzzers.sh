@@ -23,23 +23,7 @@ echo "building fuzzers with $("$CXX" --version | head -1)"
 "$CXX" "${flags[@]}" "${common[@]}" tests/fuzz/safetensors_header_fuzzer.cc -o "$work/bin/safetensors_header_fuzzer"
 "$CXX" "${flags[@]}" "${common[@]}" formats/checkpoint.cc tests/fuzz/index_fuzzer.cc -o "$work/bin/index_fuzzer"
 
-status=0
-run() {
-  local name="$1" seeds="$2"
-  local dir="$work/$name"
-  mkdir -p "$dir/corpus"
-  cp -n "$seeds"/* "$dir/corpus/" 2>/dev/null || true
-  echo "running $name for ${seconds}s"
-  if (cd "$dir" && "$work/bin/$name" -max_total_time="$seconds" -max_len=16384 -timeout=10 -rss_limit_mb=4096 \
-        -print_final_stats=1 corpus > "$dir/log.txt" 2>&1); then
-    echo "$name: $(grep -E '^Done [0-9]+ runs' "$dir/log.txt" || true)"
-    grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb' "$dir/log.txt" || true
-  else
-    echo "$name: FAILED (see $dir/log.txt)"
-    tail -40 "$dir/log.txt"
-    status=1
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/fuzz_run.sh"
 run safetensors_header_fuzzer "$work/seeds/safetensors"
 run index_fuzzer "$work/seeds/index"
 exit $status

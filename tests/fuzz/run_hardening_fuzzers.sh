@@ -64,23 +64,7 @@ planner_o=$(objects "${planner[@]}")
 # shellcheck disable=SC2086
 "$CXX" "${flags[@]}" $planner_o tests/fuzz/device_map_fuzzer.cc -o "$work/bin/device_map_fuzzer"
 
-status=0
-run() {
-  local name="$1" seeds="$2" max_len="$3"
-  local dir="$work/$name"
-  mkdir -p "$dir/corpus"
-  cp -n "$seeds"/* "$dir/corpus/" 2>/dev/null || true
-  echo "running $name for ${seconds}s"
-  if (cd "$dir" && "$work/bin/$name" -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 \
-        -print_final_stats=1 corpus > "$dir/log.txt" 2>&1); then
-    echo "$name: $(grep -E '^Done [0-9]+ runs' "$dir/log.txt" || true)"
-    grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb' "$dir/log.txt" || true
-  else
-    echo "$name: FAILED (see $dir/log.txt)"
-    tail -40 "$dir/log.txt"
-    status=1
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/fuzz_run.sh"
 run hf_config_fuzzer "$work/seeds/config" 16384
 run index_fuzzer "$work/seeds/index" 16384
 run device_map_fuzzer "$work/seeds/map" 4096

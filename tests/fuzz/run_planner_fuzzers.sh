@@ -43,23 +43,7 @@ rm -rf "$work/seeds"
 "$CXX" "${fuzz[@]}" support/result.cc support/file_read.cc support/json_parse.cc planner/device_profile.cc \
   tests/fuzz/device_profile_fuzzer.cc -o "$work/bin/device_profile_fuzzer"
 
-status=0
-run() {
-  local name="$1" seeds="$2" max_len="$3"
-  local dir="$work/$name"
-  mkdir -p "$dir/corpus"
-  cp -n "$seeds"/* "$dir/corpus/" 2>/dev/null || true
-  echo "running $name for ${seconds}s"
-  if (cd "$dir" && "$work/bin/$name" -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 \
-        -print_final_stats=1 corpus > "$dir/log.txt" 2>&1); then
-    echo "$name: $(grep -E '^Done [0-9]+ runs' "$dir/log.txt" || true)"
-    grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb' "$dir/log.txt" || true
-  else
-    echo "$name: FAILED (see $dir/log.txt)"
-    tail -40 "$dir/log.txt"
-    status=1
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/fuzz_run.sh"
 run plan_verify_fuzzer "$work/seeds/plan" 32768
 run model_desc_fuzzer "$work/seeds/desc" 131072
 run device_profile_fuzzer "$work/seeds/profile" 4096
