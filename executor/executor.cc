@@ -177,7 +177,7 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
       StepWeights& w = weights[b.index];
       BIGPLAN_RETURN_IF_ERROR(w.Prepare());
       BlockKv& k = kv[b.index];
-      Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, w, ctx, k.has_kv ? &k.kv : nullptr, &hidden, &logits);
+      Status s = kernels->RunBlock(b.kind, b.name, b.layer, w, ctx, k.has_kv ? &k.kv : nullptr, &hidden, &logits);
       if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
       BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
     }
@@ -200,7 +200,7 @@ Status Executor::Impl::StaticStep(const at::Tensor& inputs, int64_t batch, at::T
   for (uint32_t i = 0; i < state->steps.size(); ++i) {
     const BlockRuntime& b = state->blocks[state->steps[i].block];
     BlockKv& k = kv[b.index];
-    Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr,
+    Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr,
                                  &hidden, logits);
     if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
   }
@@ -307,7 +307,7 @@ void Executor::Impl::Account(const ForwardTimings& t, int64_t batch, int64_t seq
     trace.Add(TraceEvent{b.name, "compute", base + s.start_us, s.end_us - s.start_us,
                          {{"step", std::to_string(s.step)},
                           {"forward", fwd},
-                          {"kind", b.kind},
+                          {"kind", arch::BlockKindName(b.kind)},
                           {"tier", TierName(b.tier)},
                           {"device", s.device < 0 ? "cpu" : "cuda:" + std::to_string(s.device)},
                           {"tokens", std::to_string(batch) + "x" + std::to_string(seq)}}});
@@ -398,16 +398,16 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   } catch (const std::exception& e) {
     return TorchError(e, "setting CPU threads");
   }
-  {
-    // Fail fast on an architecture without kernels, before reading any weights.
-    BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
-    auto kernels = MakeModelKernels(executor_internal::SpecFromPlan(plan.plan()));
-    if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
-    impl->kernels = std::move(*kernels);
-  }
+  // The plan is read and verified once (schema/plan_io); an architecture without kernels fails here, before any
+  // weights are read.
+  BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
+  auto kernels = MakeModelKernels(executor_internal::SpecFromPlan(plan.plan()));
+  if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
+  impl->kernels = std::move(*kernels);
   const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;
-  BIGPLAN_ASSIGN_OR_RETURN(impl->state, executor_internal::LoadModelState(
-                                            plan_path, checkpoint_dir, {.cpu_mode = cpu_mode, .progress = options.progress}));
+  BIGPLAN_ASSIGN_OR_RETURN(impl->state,
+                           executor_internal::LoadModelState(std::move(plan), plan_path, checkpoint_dir,
+                                                             {.cpu_mode = cpu_mode, .progress = options.progress}));
   BIGPLAN_ASSIGN_OR_RETURN(impl->engine,
                            StreamEngine::Create(impl->state.get(), {.disk_workers = options.disk_workers,
                                                                     .timing = true,
@@ -647,7 +647,7 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
           }
         }
         if (g.hidden.defined() && g.hidden.device() != device) g.hidden = g.hidden.to(device);
-        Status s = kernels->RunBlock(b.kind, b.prefix, b.layer, w, ctx, block_kv, &g.hidden, &g.logits);
+        Status s = kernels->RunBlock(b.kind, b.name, b.layer, w, ctx, block_kv, &g.hidden, &g.logits);
         if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
       }
       BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));

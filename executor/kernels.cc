@@ -24,24 +24,26 @@
 
 namespace bigplan {
 
-Result<at::Tensor> BlockWeights::Get(const std::string& name) const {
-  at::Tensor t = Find(name);
-  if (!t.defined()) return MakeError(ErrorCode::kNotFound, "weight '" + name + "' not found");
+Result<at::Tensor> BlockWeights::Get(arch::Slot slot) const {
+  at::Tensor t = Find(slot);
+  if (!t.defined()) return MakeError(ErrorCode::kNotFound, std::string("no weight in slot ") + arch::SlotName(slot));
   return t;
 }
 
-std::vector<int64_t> BlockWeights::Shape(const std::string& name) const {
-  at::Tensor t = Find(name);
+std::vector<int64_t> BlockWeights::Shape(arch::Slot slot) const {
+  at::Tensor t = Find(slot);
   if (!t.defined()) return {};
   return std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
 }
 
-Result<at::Tensor> BlockWeights::AcquireChunk(const std::string& name, int /*i*/, int64_t* /*row_begin*/) const {
-  return MakeError(ErrorCode::kNotFound, "weight '" + name + "' is not streamed in chunks");
+std::string BlockWeights::Name(arch::Slot slot) const { return std::string("slot ") + arch::SlotName(slot); }
+
+Result<at::Tensor> BlockWeights::AcquireChunk(arch::Slot slot, int /*i*/, int64_t* /*row_begin*/) const {
+  return MakeError(ErrorCode::kNotFound, "weight '" + Name(slot) + "' is not streamed in chunks");
 }
 
-Status BlockWeights::ReleaseChunk(const std::string& name, int /*i*/) const {
-  return MakeError(ErrorCode::kNotFound, "weight '" + name + "' is not streamed in chunks");
+Status BlockWeights::ReleaseChunk(arch::Slot slot, int /*i*/) const {
+  return MakeError(ErrorCode::kNotFound, "weight '" + Name(slot) + "' is not streamed in chunks");
 }
 
 namespace kernels_internal {
@@ -59,10 +61,6 @@ std::string ShapeString(const at::Tensor& t) {
 }
 
 }  // namespace
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Dense layers
@@ -533,12 +531,12 @@ at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const a
 // ---------------------------------------------------------------------------------------------------------------
 // Weights streamed in row chunks
 
-WeightRef FindRef(const BlockWeights& weights, const std::string& name) {
+WeightRef FindRef(const BlockWeights& weights, arch::Slot slot) {
   WeightRef r;
   r.weights = &weights;
-  r.name = name;
-  r.whole = weights.Find(name);
-  if (!r.whole.defined()) r.chunks = weights.NumChunks(name);
+  r.slot = slot;
+  r.whole = weights.Find(slot);
+  if (!r.whole.defined()) r.chunks = weights.NumChunks(slot);
   return r;
 }
 
@@ -548,9 +546,9 @@ namespace {
 Status ForEachChunk(const WeightRef& w, const std::function<void(const at::Tensor&, int64_t)>& use) {
   for (int i = 0; i < w.chunks; ++i) {
     int64_t row_begin = 0;
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor chunk, w.weights->AcquireChunk(w.name, i, &row_begin));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor chunk, w.weights->AcquireChunk(w.slot, i, &row_begin));
     use(chunk, row_begin);
-    BIGPLAN_RETURN_IF_ERROR(w.weights->ReleaseChunk(w.name, i));
+    BIGPLAN_RETURN_IF_ERROR(w.weights->ReleaseChunk(w.slot, i));
   }
   return Status::Ok();
 }
@@ -559,8 +557,10 @@ Status ForEachChunk(const WeightRef& w, const std::function<void(const at::Tenso
 
 Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b) {
   if (w.whole.defined()) return Linear(x, w.whole, b);
-  const std::vector<int64_t> shape = w.weights->Shape(w.name);
-  if (shape.size() != 2) return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.name + "' is not a matrix");
+  const std::vector<int64_t> shape = w.weights->Shape(w.slot);
+  if (shape.size() != 2) {
+    return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.weights->Name(w.slot) + "' is not a matrix");
+  }
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = shape[0];
   at::Tensor out = at::empty(out_shape, x.options());
@@ -573,8 +573,10 @@ Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Te
 
 Result<at::Tensor> Conv1DW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b) {
   if (w.whole.defined()) return Conv1D(x, w.whole, b);
-  const std::vector<int64_t> shape = w.weights->Shape(w.name);
-  if (shape.size() != 2) return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.name + "' is not a matrix");
+  const std::vector<int64_t> shape = w.weights->Shape(w.slot);
+  if (shape.size() != 2) {
+    return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.weights->Name(w.slot) + "' is not a matrix");
+  }
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = shape[1];
   // The partial products are summed in float32 and rounded once, as one whole product would be.
@@ -590,8 +592,10 @@ Result<at::Tensor> Conv1DW(const WeightRef& w, const at::Tensor& x, const at::Te
 
 Result<at::Tensor> EmbeddingW(const WeightRef& w, const at::Tensor& ids) {
   if (w.whole.defined()) return at::embedding(w.whole, ids);
-  const std::vector<int64_t> shape = w.weights->Shape(w.name);
-  if (shape.size() != 2) return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.name + "' is not a matrix");
+  const std::vector<int64_t> shape = w.weights->Shape(w.slot);
+  if (shape.size() != 2) {
+    return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.weights->Name(w.slot) + "' is not a matrix");
+  }
   at::Tensor out;
   BIGPLAN_RETURN_IF_ERROR(ForEachChunk(w, [&](const at::Tensor& chunk, int64_t row_begin) {
     const int64_t rows = chunk.size(0);
@@ -615,49 +619,33 @@ Status ModelKernelsBase::PositionEmbedding(const Call& c, at::Tensor* /*hidden*/
                    c.block + ": architecture '" + spec_.architecture + "' has no position_embedding block");
 }
 
-Result<at::Tensor> ModelKernelsBase::Get(const Call& c, const std::string& name) const {
-  at::Tensor t = c.weights.Find(name);
-  if (!t.defined()) return MakeError(ErrorCode::kNotFound, c.block + ": weight '" + name + "' not found");
+Result<at::Tensor> ModelKernelsBase::Get(const Call& c, arch::Slot slot) const {
+  at::Tensor t = c.weights.Find(slot);
+  if (!t.defined()) {
+    return MakeError(ErrorCode::kNotFound, c.block + ": no weight in slot " + arch::SlotName(slot));
+  }
   return t;
 }
 
-Result<WeightRef> ModelKernelsBase::Ref(const Call& c, const std::string& name, bool required) const {
-  WeightRef r = FindRef(c.weights, name);
-  if (required && !r.present()) return MakeError(ErrorCode::kNotFound, c.block + ": weight '" + name + "' not found");
+Result<WeightRef> ModelKernelsBase::Ref(const Call& c, arch::Slot slot, bool required) const {
+  WeightRef r = FindRef(c.weights, slot);
+  if (required && !r.present()) {
+    return MakeError(ErrorCode::kNotFound, c.block + ": no weight in slot " + arch::SlotName(slot));
+  }
   return r;
 }
 
-Result<WeightRef> ModelKernelsBase::RefAny(const Call& c, const std::vector<std::string>& names) const {
-  std::string tried;
-  for (const auto& n : names) {
-    WeightRef r = FindRef(c.weights, n);
-    if (r.present()) return r;
-    tried += (tried.empty() ? "'" : ", '") + n + "'";
-  }
-  return MakeError(ErrorCode::kNotFound, c.block + ": none of the weights " + tried + " found");
-}
-
-Result<at::Tensor> ModelKernelsBase::GetAny(const Call& c, const std::vector<std::string>& names) const {
-  std::string tried;
-  for (const auto& n : names) {
-    at::Tensor t = c.weights.Find(n);
-    if (t.defined()) return t;
-    tried += (tried.empty() ? "'" : ", '") + n + "'";
-  }
-  return MakeError(ErrorCode::kNotFound, c.block + ": none of the weights " + tried + " found");
-}
-
-Status ModelKernelsBase::RunBlock(const std::string& kind, const std::string& prefix, int layer,
+Status ModelKernelsBase::RunBlock(arch::BlockKind kind, const std::string& block_name, int layer,
                                   const BlockWeights& weights, const ForwardContext& ctx, KvCache* kv,
                                   at::Tensor* hidden, at::Tensor* logits) const {
-  const std::string block = "block '" + prefix + "' (" + kind + ")";
+  const std::string block = "block '" + block_name + "' (" + arch::BlockKindName(kind) + ")";
   try {
-    Call c{kind, prefix, layer, weights, ctx, block};
+    Call c{kind, layer, weights, ctx, block};
     if (hidden == nullptr) return MakeError(ErrorCode::kInvalidArgument, block + ": hidden is null");
     if (ctx.start_pos < 0) {
       return MakeError(ErrorCode::kInvalidArgument, block + ": negative start_pos " + std::to_string(ctx.start_pos));
     }
-    if (kind == "embedding") {
+    if (kind == arch::BlockKind::kEmbedding) {
       const at::Tensor& ids = ctx.token_ids;
       if (!ids.defined() || ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) == 0) {
         return MakeError(ErrorCode::kInvalidArgument, block + ": token_ids must be a non-empty [batch, seq] tensor");
@@ -674,10 +662,10 @@ Status ModelKernelsBase::RunBlock(const std::string& kind, const std::string& pr
                        block + ": hidden must be [batch, seq, " + std::to_string(spec_.hidden_size) + "], got " +
                            (h.defined() ? ShapeString(h) : std::string("undefined")));
     }
-    if (kind == "decoder_layer") return DecoderLayer(c, kv, hidden);
-    if (kind == "final_norm") return FinalNorm(c, hidden);
-    if (kind == "position_embedding") return PositionEmbedding(c, hidden);
-    if (kind == "lm_head") {
+    if (kind == arch::BlockKind::kDecoderLayer) return DecoderLayer(c, kv, hidden);
+    if (kind == arch::BlockKind::kFinalNorm) return FinalNorm(c, hidden);
+    if (kind == arch::BlockKind::kPositionEmbedding) return PositionEmbedding(c, hidden);
+    if (kind == arch::BlockKind::kLmHead) {
       if (logits == nullptr) return MakeError(ErrorCode::kInvalidArgument, block + ": logits is null");
       at::Tensor last = ctx.logits_last_only ? h.narrow(1, h.size(1) - 1, 1) : h;
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out, LmHead(c, last));

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "arch/registry.h"
 #include "support/result.h"
 
 namespace bigplan {
@@ -46,8 +47,10 @@ struct ModelSpec {
   bool reorder_and_upcast_attn = false;     // gpt2: scores and softmax in float32 (transformers' eager path)
 };
 
-// The weights of one block, by full tensor name (e.g. "model.layers.3.self_attn.q_proj.weight"), already at the
-// execution dtype on the compute device. Tied weights appear under their checkpoint name.
+// The weights of one block, by the typed slot of its kernel (arch::Slot: kQ, kGateUp, kLmHead, ...), already at the
+// execution dtype on the compute device. The executor binds each block's tensors to slots once, at load
+// (arch/binding.h: unknown, mis-shaped or missing tensors fail there); a tied weight fills the reader's slot
+// (lm_head's kLmHead holds the token embedding).
 //
 // Streamed weights (plan version 2) are either whole (on the device for the whole step: Find returns them like
 // resident ones) or streamed in row chunks: then Find returns an undefined tensor and the kernel reads the weight
@@ -58,19 +61,23 @@ struct ModelSpec {
 class BlockWeights {
  public:
   virtual ~BlockWeights() = default;
-  // The whole tensor, or an undefined at::Tensor if the block has no such weight or streams it in chunks.
-  virtual at::Tensor Find(const std::string& name) const = 0;
-  // The tensor; kNotFound naming it if absent (or chunked).
-  Result<at::Tensor> Get(const std::string& name) const;
+  // The whole tensor in `slot`, or an undefined at::Tensor if the block has none there or streams it in chunks.
+  virtual at::Tensor Find(arch::Slot slot) const = 0;
+  // The tensor; kNotFound naming the slot if absent (or chunked).
+  Result<at::Tensor> Get(arch::Slot slot) const;
+  // Whether the block has a tensor in `slot` (whole or chunked).
+  bool Has(arch::Slot slot) const { return Find(slot).defined() || NumChunks(slot) > 0; }
   // Row chunks of a chunk-streamed weight; 0 for whole, resident or absent weights.
-  virtual int NumChunks(const std::string& /*name*/) const { return 0; }
+  virtual int NumChunks(arch::Slot /*slot*/) const { return 0; }
   // The full shape of a weight (also of a chunked one); empty if absent.
-  virtual std::vector<int64_t> Shape(const std::string& name) const;
+  virtual std::vector<int64_t> Shape(arch::Slot slot) const;
+  // The checkpoint name of the tensor in `slot`, for messages (the slot's name when unknown).
+  virtual std::string Name(arch::Slot slot) const;
   // Chunk i (0 <= i < NumChunks, in increasing order): makes the current stream wait for its copy and returns its
   // rows as a tensor [rows, ...] with *row_begin set to its first row.
-  virtual Result<at::Tensor> AcquireChunk(const std::string& name, int i, int64_t* row_begin) const;
+  virtual Result<at::Tensor> AcquireChunk(arch::Slot slot, int i, int64_t* row_begin) const;
   // Marks chunk i consumed once the operation reading it has been issued on the current stream.
-  virtual Status ReleaseChunk(const std::string& name, int i) const;
+  virtual Status ReleaseChunk(arch::Slot slot, int i) const;
 };
 
 // A decoder layer's KV cache: k and v each [max_batch, num_kv_heads, max_seq_len, head_dim], execution dtype,
@@ -104,16 +111,15 @@ struct ForwardContext {
   int64_t attend_len = 0;
 };
 
-// Block kinds the planner emits: "embedding", "decoder_layer", "final_norm", "lm_head" (see planner/MODEL_FORMAT.md).
-// Also "position_embedding" (GPT-2's transformer.wpe: adds rows [start_pos, start_pos + seq) of the table to `hidden`;
-// kInvalidArgument past the table's end).
+// Block kinds (arch::BlockKind): embedding, decoder_layer, final_norm, lm_head, and position_embedding (GPT-2's
+// transformer.wpe: adds rows [start_pos, start_pos + seq) of the table to `hidden`; kInvalidArgument past its end).
 // `hidden` is [batch, seq, hidden_size] in the execution dtype; for "embedding" it is ignored and set; for
 // "lm_head" the result `*logits` is set to [batch, seq, vocab] float32 and `hidden` is left unchanged.
-// `prefix` is the block's tensor-name prefix, e.g. "model.layers.3.".
+// `block` names the block in messages, e.g. "model.layers.3".
 class ModelKernels {
  public:
   virtual ~ModelKernels() = default;
-  virtual Status RunBlock(const std::string& kind, const std::string& prefix, int layer, const BlockWeights& weights,
+  virtual Status RunBlock(arch::BlockKind kind, const std::string& block, int layer, const BlockWeights& weights,
                           const ForwardContext& ctx, KvCache* kv, at::Tensor* hidden, at::Tensor* logits) const = 0;
   // Whether RunBlock takes ForwardContext::position (static single-token steps) for KV caches of max_seq_len
   // positions: the Llama family and Phi-3, except dynamic NTK RoPE past max_position_embeddings and longrope past
@@ -127,21 +133,19 @@ class ModelKernels {
 // rope_scaling type, or partial rotary for a family the registry does not mark partial_rotary; kInvalidArgument for
 // inconsistent hyperparameters (e.g. num_heads not a multiple of num_kv_heads) or malformed rope_scaling_json.
 //
-// Tensor names each kernel reads, as `prefix` + suffix:
-//   llama  embedding "weight"; decoder_layer "input_layernorm.weight", "self_attn.{q,k,v,o}_proj.{weight,bias?}",
-//          "post_attention_layernorm.weight", "mlp.{gate,up,down}_proj.{weight,bias?}"; final_norm "weight";
-//          lm_head "weight", or the tied "model.embed_tokens.weight".
-//   phi3   as llama, with "self_attn.qkv_proj.weight" ([q; k; v] rows) instead of q/k/v_proj and
-//          "mlp.gate_up_proj.weight" ([gate; up] rows) instead of gate/up_proj, sliced into narrow views (the
-//          llama kernel takes the fused form wherever the block has it).
-//   gpt2   embedding "weight" when prefix ends in "wte." (else "wte.weight"), plus the sibling "wpe.weight" when the
-//          block carries it; position_embedding "weight" ("wpe." prefix) or "wpe.weight"; decoder_layer
-//          "ln_{1,2}.{weight,bias}", "attn.c_{attn,proj}.{weight,bias}", "mlp.c_{fc,proj}.{weight,bias}" (Conv1D,
-//          [in, out]); final_norm "weight", "bias"; lm_head "weight" or the tied "transformer.wte.weight"/"wte.weight".
-//   gptj   embedding as gpt2's token part; decoder_layer "ln_1.{weight,bias}", "attn.{q,k,v,out}_proj.weight",
-//          "mlp.fc_{in,out}.{weight,bias}"; final_norm "weight", "bias"; lm_head "weight" (or tied wte) and "bias".
-// Biases marked "?" are required when spec.attention_bias (q/k/v) / spec.mlp_bias (gate/up/down) says so, and
-// otherwise used when the block has them (o_proj's bias is always optional).
+// Slots each kernel reads (the registry's tensor tables say which tensor fills each):
+//   llama  embedding kTokenEmbedding; decoder_layer kInputNorm, kQ/kK/kV/kO (+ biases when present), kPostNorm,
+//          kGate/kUp/kDown (+ biases when present); final_norm kFinalNorm; lm_head kLmHead (+ kLmHeadBias if present).
+//   phi3   as llama, with kQkv ([q; k; v] rows) instead of kQ/kK/kV and kGateUp ([gate; up] rows) instead of
+//          kGate/kUp: one product each, split into narrow views (the llama kernel takes the fused form wherever the
+//          block has it).
+//   gpt2   embedding kTokenEmbedding; position_embedding kPositionEmbedding; decoder_layer kInputNorm(+Bias),
+//          kQkv(+Bias) (Conv1D c_attn), kO(+Bias), kPostNorm(+Bias), kFcIn(+Bias), kDown(+Bias) (Conv1D, [in, out]);
+//          final_norm kFinalNorm(+Bias); lm_head kLmHead.
+//   gptj   embedding kTokenEmbedding; decoder_layer kInputNorm(+Bias), kQ, kK, kV, kO, kFcIn(+Bias), kDown(+Bias);
+//          final_norm kFinalNorm(+Bias); lm_head kLmHead and kLmHeadBias.
+// A missing slot the kernel needs is kNotFound naming the block and the slot (the executor's load-time binding
+// refuses such blocks first).
 // RoPE types (rope_scaling_json's "rope_type" or "type"): default, linear, dynamic, llama3, yarn, longrope (as
 // transformers' ROPE_INIT_FUNCTIONS and its dynamic update: longrope's long factors for forwards longer than
 // original_max_position_embeddings). Partial rotary (0 < rotary_dim < head_dim) rotates the first rotary_dim dims of

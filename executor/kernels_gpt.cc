@@ -16,30 +16,7 @@
 namespace bigplan::kernels_internal {
 namespace {
 
-// Tensor names of the GPT family (transformers' GPT2LMHeadModel / GPTJForCausalLM state dicts: "transformer.wte.",
-// "transformer.h.N.", "transformer.ln_f.", "lm_head."; older GPT-2 checkpoints drop the "transformer." root).
-namespace names {
-constexpr char kWte[] = "wte.";
-constexpr char kWpe[] = "wpe.";
-constexpr char kWeight[] = "weight";
-constexpr char kBias[] = "bias";
-// lm_head of a tied model: the embedding, under its checkpoint name.
-constexpr char kTiedEmbedding[] = "transformer.wte.weight";
-constexpr char kTiedEmbeddingLegacy[] = "wte.weight";
-
-// The token embedding of an "embedding" block: "<...>wte.weight" whether the prefix is the module's ("...wte.") or
-// the model root's ("transformer.").
-std::string TokenEmbedding(const std::string& prefix) {
-  return EndsWith(prefix, kWte) ? prefix + kWeight : prefix + kWte + kWeight;
-}
-// The position table: in a "position_embedding" block ("...wpe." or root prefix), or next to wte in a combined
-// "embedding" block.
-std::string PositionEmbedding(const std::string& prefix) {
-  if (EndsWith(prefix, kWpe)) return prefix + kWeight;
-  if (EndsWith(prefix, kWte)) return prefix.substr(0, prefix.size() - 4) + kWpe + kWeight;
-  return prefix + kWpe + kWeight;
-}
-}  // namespace names
+using arch::Slot;
 
 class GptKernelsBase : public ModelKernelsBase {
  public:
@@ -47,26 +24,25 @@ class GptKernelsBase : public ModelKernelsBase {
 
  protected:
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wte, Ref(c, names::TokenEmbedding(c.prefix)));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wte, Ref(c, Slot::kTokenEmbedding));
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(wte, c.ctx.token_ids));
     return Status::Ok();
   }
 
   Status FinalNorm(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, c.prefix + names::kWeight));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor b, Get(c, c.prefix + names::kBias));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, Slot::kFinalNorm));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor b, Get(c, Slot::kFinalNormBias));
     *hidden = LayerNorm(*hidden, w, b, spec_.norm_eps);
     return Status::Ok();
   }
 
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(
-        WeightRef w, RefAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding, names::kTiedEmbeddingLegacy}));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kLmHead));
     at::Tensor b;
     if (lm_head_bias_required()) {
-      BIGPLAN_ASSIGN_OR_RETURN(b, Get(c, c.prefix + names::kBias));
+      BIGPLAN_ASSIGN_OR_RETURN(b, Get(c, Slot::kLmHeadBias));
     } else {
-      b = c.weights.Find(c.prefix + names::kBias);
+      b = Optional(c, Slot::kLmHeadBias);
     }
     return LinearW(w, h, b);
   }
@@ -97,33 +73,24 @@ class Gpt2Kernels final : public GptKernelsBase {
     return Status::Ok();
   }
 
-  Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_RETURN_IF_ERROR(GptKernelsBase::Embedding(c, hidden));
-    // A combined embedding block also carries wpe; otherwise a "position_embedding" block follows.
-    at::Tensor wpe = c.weights.Find(names::PositionEmbedding(c.prefix));
-    if (wpe.defined()) BIGPLAN_RETURN_IF_ERROR(AddPositions(c, wpe, hidden));
-    return Status::Ok();
-  }
-
   Status PositionEmbedding(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wpe, Get(c, names::PositionEmbedding(c.prefix)));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor wpe, Get(c, Slot::kPositionEmbedding));
     return AddPositions(c, wpe, hidden);
   }
 
   Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const override {
-    const std::string& p = c.prefix;
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_w, Get(c, p + "ln_1.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_b, Get(c, p + "ln_1.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef attn_w, Ref(c, p + "attn.c_attn.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor attn_b, Get(c, p + "attn.c_attn.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef proj_w, Ref(c, p + "attn.c_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor proj_b, Get(c, p + "attn.c_proj.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_w, Get(c, p + "ln_2.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_b, Get(c, p + "ln_2.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_w, Ref(c, p + "mlp.c_fc.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_b, Get(c, p + "mlp.c_fc.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef out_w, Ref(c, p + "mlp.c_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out_b, Get(c, p + "mlp.c_proj.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_w, Get(c, Slot::kInputNorm));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln1_b, Get(c, Slot::kInputNormBias));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef attn_w, Ref(c, Slot::kQkv));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor attn_b, Get(c, Slot::kQkvBias));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef proj_w, Ref(c, Slot::kO));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor proj_b, Get(c, Slot::kOBias));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_w, Get(c, Slot::kPostNorm));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln2_b, Get(c, Slot::kPostNormBias));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_w, Ref(c, Slot::kFcIn));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_b, Get(c, Slot::kFcInBias));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef out_w, Ref(c, Slot::kDown));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor out_b, Get(c, Slot::kDownBias));
 
     const at::Tensor x = *hidden;
     const int64_t batch = x.size(0);
@@ -184,17 +151,16 @@ class GptjKernels final : public GptKernelsBase {
   }
 
   Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const override {
-    const std::string& p = c.prefix;
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_w, Get(c, p + "ln_1.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_b, Get(c, p + "ln_1.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wq, Ref(c, p + "attn.q_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wk, Ref(c, p + "attn.k_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wv, Ref(c, p + "attn.v_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wo, Ref(c, p + "attn.out_proj.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_in_w, Ref(c, p + "mlp.fc_in.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_in_b, Get(c, p + "mlp.fc_in.bias"));
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_out_w, Ref(c, p + "mlp.fc_out.weight"));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_out_b, Get(c, p + "mlp.fc_out.bias"));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_w, Get(c, Slot::kInputNorm));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ln_b, Get(c, Slot::kInputNormBias));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wq, Ref(c, Slot::kQ));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wk, Ref(c, Slot::kK));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wv, Ref(c, Slot::kV));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef wo, Ref(c, Slot::kO));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_in_w, Ref(c, Slot::kFcIn));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_in_b, Get(c, Slot::kFcInBias));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef fc_out_w, Ref(c, Slot::kDown));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc_out_b, Get(c, Slot::kDownBias));
 
     const at::Tensor x = *hidden;
     const int64_t batch = x.size(0);

@@ -136,15 +136,15 @@ at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const
 
 // ---- weights that may be streamed in row chunks ----
 
-// A block weight by name: whole (resident, or streamed whole) or streamed in row chunks (BlockWeights::NumChunks).
+// A block weight by slot: whole (resident, or streamed whole) or streamed in row chunks (BlockWeights::NumChunks).
 struct WeightRef {
   const BlockWeights* weights = nullptr;
-  std::string name;
+  arch::Slot slot = arch::Slot::kCount;
   at::Tensor whole;  // defined when whole
   int chunks = 0;    // > 0 when chunked
   bool present() const { return whole.defined() || chunks > 0; }
 };
-WeightRef FindRef(const BlockWeights& weights, const std::string& name);
+WeightRef FindRef(const BlockWeights& weights, arch::Slot slot);
 
 // x @ w^T + b for w [out, in] (nn.Linear). Chunks of w's rows give columns of the output: each chunk's product is
 // written into its columns, then the chunk is released. `b` may be undefined.
@@ -172,17 +172,16 @@ at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const a
 class ModelKernelsBase : public ModelKernels {
  public:
   explicit ModelKernelsBase(ModelSpec spec) : spec_(std::move(spec)) {}
-  Status RunBlock(const std::string& kind, const std::string& prefix, int layer, const BlockWeights& weights,
+  Status RunBlock(arch::BlockKind kind, const std::string& block, int layer, const BlockWeights& weights,
                   const ForwardContext& ctx, KvCache* kv, at::Tensor* hidden, at::Tensor* logits) const override;
 
  protected:
   struct Call {
-    const std::string& kind;
-    const std::string& prefix;
+    arch::BlockKind kind;
     int layer;
     const BlockWeights& weights;
     const ForwardContext& ctx;
-    std::string block;  // "block 'model.layers.3.' (decoder_layer)" for messages
+    std::string block;  // "block 'model.layers.3' (decoder_layer)" for messages
   };
   // `hidden` is [batch, seq, hidden_size] (checked) except for Embedding.
   virtual Status Embedding(const Call& c, at::Tensor* hidden) const = 0;
@@ -192,14 +191,12 @@ class ModelKernelsBase : public ModelKernels {
   // `h` is the (possibly last-position-only) hidden state; returns logits in the weights' dtype.
   virtual Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const = 0;
 
-  // weights.Get(name) with the block named in the error.
-  Result<at::Tensor> Get(const Call& c, const std::string& name) const;
-  // A weight that may be chunked; kNotFound naming the block when `required` and absent.
-  Result<WeightRef> Ref(const Call& c, const std::string& name, bool required = true) const;
-  // The first of `names` the block has, possibly chunked; kNotFound listing them all otherwise.
-  Result<WeightRef> RefAny(const Call& c, const std::vector<std::string>& names) const;
-  // The first of `names` the block has; kNotFound listing them all otherwise.
-  Result<at::Tensor> GetAny(const Call& c, const std::vector<std::string>& names) const;
+  // The whole tensor in `slot`; kNotFound naming the block and the slot when absent (or chunked).
+  Result<at::Tensor> Get(const Call& c, arch::Slot slot) const;
+  // The tensor in `slot` if the block has one (an undefined tensor otherwise).
+  at::Tensor Optional(const Call& c, arch::Slot slot) const { return c.weights.Find(slot); }
+  // A weight that may be chunked; kNotFound naming the block and the slot when `required` and absent.
+  Result<WeightRef> Ref(const Call& c, arch::Slot slot, bool required = true) const;
 
   const ModelSpec spec_;
 };
@@ -208,8 +205,5 @@ class ModelKernelsBase : public ModelKernels {
 Result<std::unique_ptr<ModelKernels>> MakeLlamaKernels(const ModelSpec& spec);
 Result<std::unique_ptr<ModelKernels>> MakeGpt2Kernels(const ModelSpec& spec);
 Result<std::unique_ptr<ModelKernels>> MakeGptjKernels(const ModelSpec& spec);
-
-// "transformer.h.0." -> true if `s` ends with `suffix`.
-bool EndsWith(const std::string& s, const std::string& suffix);
 
 }  // namespace bigplan::kernels_internal

@@ -18,23 +18,7 @@
 namespace bigplan::kernels_internal {
 namespace {
 
-// Tensor names of the Llama family (transformers' LlamaForCausalLM state dict), relative to a block's prefix.
-namespace names {
-constexpr char kWeight[] = "weight";  // embedding, final_norm, lm_head
-constexpr char kTiedEmbedding[] = "model.embed_tokens.weight";  // lm_head when tie_word_embeddings
-constexpr char kInputNorm[] = "input_layernorm.weight";
-constexpr char kPostNorm[] = "post_attention_layernorm.weight";
-constexpr char kQ[] = "self_attn.q_proj.";
-constexpr char kK[] = "self_attn.k_proj.";
-constexpr char kV[] = "self_attn.v_proj.";
-constexpr char kO[] = "self_attn.o_proj.";
-constexpr char kGate[] = "mlp.gate_proj.";
-constexpr char kUp[] = "mlp.up_proj.";
-constexpr char kDown[] = "mlp.down_proj.";
-// Phi-3's fused projections: rows [q; k; v] and [gate; up] (arch::FusedRows gives the same row ranges).
-constexpr char kQkv[] = "self_attn.qkv_proj.";
-constexpr char kGateUp[] = "mlp.gate_up_proj.";
-}  // namespace names
+using arch::Slot;
 
 class LlamaKernels final : public ModelKernelsBase {
  public:
@@ -51,50 +35,49 @@ class LlamaKernels final : public ModelKernelsBase {
 
  protected:
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, c.prefix + names::kWeight));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kTokenEmbedding));
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(w, c.ctx.token_ids));
     return Status::Ok();
   }
 
   Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const override {
-    const std::string& p = c.prefix;
     // Projection weight (whole or streamed in row chunks) and bias. Biases are required when the spec says so,
     // else used when the block has them (Qwen2: q/k/v biases only; Llama attention_bias: all four).
     struct Proj {
       WeightRef w;
       at::Tensor b;
     };
-    auto proj = [&](const char* module, bool bias_required, Proj* out) -> Status {
-      BIGPLAN_ASSIGN_OR_RETURN(out->w, Ref(c, p + module + "weight"));
+    auto proj = [&](Slot weight, Slot bias, bool bias_required, Proj* out) -> Status {
+      BIGPLAN_ASSIGN_OR_RETURN(out->w, Ref(c, weight));
       if (bias_required) {
-        BIGPLAN_ASSIGN_OR_RETURN(out->b, Get(c, p + module + "bias"));
-      } else {
-        out->b = c.weights.Find(p + module + "bias");
+        BIGPLAN_ASSIGN_OR_RETURN(out->b, Get(c, bias));
+      } else if (bias != Slot::kCount) {
+        out->b = Optional(c, bias);
       }
       return Status::Ok();
     };
     // A fused projection (Phi-3's qkv_proj [q; k; v] and gate_up_proj [gate; up]) is one product whose output
     // columns are split afterwards, so a fused weight streams in row chunks like any other.
-    const bool fused_qkv = FindRef(c.weights, p + names::kQkv + "weight").present();
-    const bool fused_gate_up = FindRef(c.weights, p + names::kGateUp + "weight").present();
+    const bool fused_qkv = c.weights.Has(Slot::kQkv);
+    const bool fused_gate_up = c.weights.Has(Slot::kGateUp);
     Proj q_proj, k_proj, v_proj, qkv_proj, o_proj, gate_proj, up_proj, gate_up_proj, down_proj;
     if (fused_qkv) {
-      BIGPLAN_RETURN_IF_ERROR(proj(names::kQkv, false, &qkv_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(Slot::kQkv, Slot::kQkvBias, false, &qkv_proj));
     } else {
-      BIGPLAN_RETURN_IF_ERROR(proj(names::kQ, spec_.attention_bias, &q_proj));
-      BIGPLAN_RETURN_IF_ERROR(proj(names::kK, spec_.attention_bias, &k_proj));
-      BIGPLAN_RETURN_IF_ERROR(proj(names::kV, spec_.attention_bias, &v_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(Slot::kQ, Slot::kQBias, spec_.attention_bias, &q_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(Slot::kK, Slot::kKBias, spec_.attention_bias, &k_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(Slot::kV, Slot::kVBias, spec_.attention_bias, &v_proj));
     }
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kO, false, &o_proj));
+    BIGPLAN_RETURN_IF_ERROR(proj(Slot::kO, Slot::kOBias, false, &o_proj));
     if (fused_gate_up) {
-      BIGPLAN_RETURN_IF_ERROR(proj(names::kGateUp, false, &gate_up_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(Slot::kGateUp, Slot::kCount, false, &gate_up_proj));
     } else {
-      BIGPLAN_RETURN_IF_ERROR(proj(names::kGate, spec_.mlp_bias, &gate_proj));
-      BIGPLAN_RETURN_IF_ERROR(proj(names::kUp, spec_.mlp_bias, &up_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(Slot::kGate, Slot::kGateBias, spec_.mlp_bias, &gate_proj));
+      BIGPLAN_RETURN_IF_ERROR(proj(Slot::kUp, Slot::kUpBias, spec_.mlp_bias, &up_proj));
     }
-    BIGPLAN_RETURN_IF_ERROR(proj(names::kDown, spec_.mlp_bias, &down_proj));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor input_norm, Get(c, p + names::kInputNorm));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor post_norm, Get(c, p + names::kPostNorm));
+    BIGPLAN_RETURN_IF_ERROR(proj(Slot::kDown, Slot::kDownBias, spec_.mlp_bias, &down_proj));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor input_norm, Get(c, Slot::kInputNorm));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor post_norm, Get(c, Slot::kPostNorm));
     auto apply = [](const Proj& pr, const at::Tensor& x) { return LinearW(pr.w, x, pr.b); };
 
     const at::Tensor x = *hidden;
@@ -188,15 +171,14 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
   Status FinalNorm(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, c.prefix + names::kWeight));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, Slot::kFinalNorm));
     *hidden = RmsNorm(*hidden, w, spec_.norm_eps);
     return Status::Ok();
   }
 
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, RefAny(c, {c.prefix + names::kWeight, names::kTiedEmbedding}));
-    at::Tensor b = c.weights.Find(c.prefix + "bias");
-    return LinearW(w, h, b);
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kLmHead));
+    return LinearW(w, h, Optional(c, Slot::kLmHeadBias));
   }
 
  public:

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "arch/binding.h"
+#include "arch/registry.h"
 #include "executor/kernels.h"
 #include "formats/checkpoint.h"
 #include "formats/mapped_file.h"
@@ -147,17 +150,61 @@ class TensorFiles {
   std::map<std::string, at::Tensor> tensors_;
 };
 
+using arch::BlockKind;
+using arch::Slot;
+
+// The registry's view of a spec (what shape rules need).
+arch::ModelConfig ArchConfig(const ModelSpec& s) {
+  arch::ModelConfig c;
+  c.hidden_size = s.hidden_size;
+  c.num_layers = s.num_layers;
+  c.num_heads = s.num_heads;
+  c.num_kv_heads = s.num_kv_heads;
+  c.head_dim = s.head_dim;
+  c.intermediate_size = s.intermediate_size;
+  c.vocab_size = s.vocab_size;
+  c.max_position_embeddings = s.max_position_embeddings;
+  c.rotary_dim = s.rotary_dim;
+  c.attention_bias = s.attention_bias;
+  c.mlp_bias = s.mlp_bias;
+  return c;
+}
+
+// Weights by checkpoint name (`m`), bound to slots as the executor's loader binds them (arch::BindBlock), or set
+// directly in `slots`.
 class MapWeights : public BlockWeights {
  public:
-  at::Tensor Find(const std::string& name) const override {
-    auto it = m.find(name);
-    return it == m.end() ? at::Tensor() : it->second;
+  at::Tensor Find(Slot slot) const override { return slots[static_cast<size_t>(slot)]; }
+  std::string Name(Slot slot) const override {
+    const std::string& n = names[static_cast<size_t>(slot)];
+    return n.empty() ? BlockWeights::Name(slot) : n;
+  }
+  Status Bind(const ModelSpec& spec, const std::vector<arch::BlockRef>& blocks, size_t self) {
+    BIGPLAN_ASSIGN_OR_RETURN(const arch::FamilyInfo* family, arch::LookupFamily(spec.architecture));
+    std::vector<std::string> keys;
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& [name, t] : m) {
+      keys.push_back(name);
+      shapes.emplace_back(t.sizes().begin(), t.sizes().end());
+    }
+    std::vector<arch::BlockTensor> tensors;
+    for (size_t i = 0; i < keys.size(); ++i) tensors.push_back(arch::BlockTensor{keys[i], shapes[i]});
+    BIGPLAN_ASSIGN_OR_RETURN(arch::SlotTable table,
+                             arch::BindBlock(*family, ArchConfig(spec), blocks, self, tensors, blocks[self].prefix));
+    for (size_t s = 0; s < arch::kSlotCount; ++s) {
+      if (table[s] < 0) continue;
+      slots[s] = m.at(keys[table[s]]);
+      names[s] = keys[table[s]];
+    }
+    return Status::Ok();
   }
   std::map<std::string, at::Tensor> m;
+  std::array<at::Tensor, arch::kSlotCount> slots;
+  std::array<std::string, arch::kSlotCount> names;
 };
 
 struct Block {
-  std::string kind;
+  BlockKind kind = BlockKind::kEmbedding;
   std::string prefix;
   int layer = -1;
   MapWeights weights;
@@ -231,20 +278,20 @@ const TinyModel& LoadTiny(const std::string& family) {
   return *slot;
 }
 
-// The blocks in execution order, each with the checkpoint tensors under its prefix plus its tied weights.
+// The blocks in execution order, each with the checkpoint tensors under its prefix plus its tied weights, bound to
+// their slots.
 struct Layout {
-  bool gpt2_combined_embedding = false;  // GPT-2's wte and wpe in one "embedding" block
   bool gpt2_legacy_names = false;        // GPT-2 names without the "transformer." root ("wte.weight", "h.0.")
 };
 
 std::vector<std::unique_ptr<Block>> MakeBlocks(const TinyModel& m, at::ScalarType dtype, Layout layout = {}) {
-  const bool gpt2_combined_embedding = layout.gpt2_combined_embedding;
   auto rename = [&](const std::string& name) {
     const std::string root = "transformer.";
     return layout.gpt2_legacy_names && name.rfind(root, 0) == 0 ? name.substr(root.size()) : name;
   };
   struct Desc {
-    std::string kind, prefix;
+    BlockKind kind;
+    std::string prefix;
     int layer;
     std::vector<std::string> tied;
   };
@@ -254,19 +301,15 @@ std::vector<std::unique_ptr<Block>> MakeBlocks(const TinyModel& m, at::ScalarTyp
   const std::string root = llama ? "model." : "transformer.";
   const std::string emb = llama ? "model.embed_tokens." : "transformer.wte.";
   const std::string emb_weight = emb + "weight";
-  if (!llama && s.architecture == "gpt2" && gpt2_combined_embedding) {
-    descs.push_back({"embedding", emb, -1, {"transformer.wpe.weight"}});
-  } else {
-    descs.push_back({"embedding", emb, -1, {}});
-    if (s.architecture == "gpt2") descs.push_back({"position_embedding", "transformer.wpe.", -1, {}});
-  }
+  descs.push_back({BlockKind::kEmbedding, emb, -1, {}});
+  if (s.architecture == "gpt2") descs.push_back({BlockKind::kPositionEmbedding, "transformer.wpe.", -1, {}});
   for (int i = 0; i < s.num_layers; ++i) {
-    descs.push_back({"decoder_layer", root + (llama ? "layers." : "h.") + std::to_string(i) + ".", i, {}});
+    descs.push_back({BlockKind::kDecoderLayer, root + (llama ? "layers." : "h.") + std::to_string(i) + ".", i, {}});
   }
-  descs.push_back({"final_norm", llama ? "model.norm." : "transformer.ln_f.", -1, {}});
+  descs.push_back({BlockKind::kFinalNorm, llama ? "model.norm." : "transformer.ln_f.", -1, {}});
   std::vector<std::string> tied;
   if (s.tie_word_embeddings) tied.push_back(emb_weight);
-  descs.push_back({"lm_head", "lm_head.", -1, tied});
+  descs.push_back({BlockKind::kLmHead, "lm_head.", -1, tied});
 
   std::vector<std::unique_ptr<Block>> blocks;
   std::map<std::string, int> used;
@@ -291,6 +334,12 @@ std::vector<std::unique_ptr<Block>> MakeBlocks(const TinyModel& m, at::ScalarTyp
   }
   for (const auto& [name, t] : m.checkpoint.tensors()) {
     EXPECT_EQ(used[name], name == emb_weight && s.tie_word_embeddings ? 2 : 1) << "tensor " << name;
+  }
+  std::vector<arch::BlockRef> refs;
+  for (const auto& b : blocks) refs.push_back(arch::BlockRef{b->kind, b->prefix});
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    Status st = blocks[i]->weights.Bind(s, refs, i);
+    EXPECT_TRUE(st.ok()) << blocks[i]->prefix << ": " << (st.ok() ? "" : st.error().ToString());
   }
   return blocks;
 }
@@ -467,24 +516,23 @@ TEST_P(KernelsVsTransformers, HalfPrecisionRuns) {
 INSTANTIATE_TEST_SUITE_P(Tiny, KernelsVsTransformers, ::testing::ValuesIn(Families()),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
-// Other block layouts the importer may emit for GPT-2: wte + wpe in one block; old checkpoints' names.
+// The importer's other GPT-2 layout: old checkpoints' names without the "transformer." root.
 TEST(Gpt2, OtherLayoutsMatch) {
   const TinyModel& m = LoadTiny("gpt2");
   ASSERT_GT(m.steps, 0);
-  for (bool combined : {false, true}) {
+  {
     for (bool legacy : {false, true}) {
       Layout layout;
-      layout.gpt2_combined_embedding = combined;
       layout.gpt2_legacy_names = legacy;
       Runner r(m, at::kFloat, 2, 16, layout);
       ASSERT_TRUE(r.kernels);
       EXPECT_EQ(r.blocks[0]->prefix, legacy ? "wte." : "transformer.wte.");
       at::Tensor logits = r.Forward(m.reference.Get("input_ids"), 0);
       ASSERT_TRUE(logits.defined());
-      EXPECT_LE(MaxRelError(logits, m.reference.Get("logits_0")), 1e-4) << combined << legacy;
+      EXPECT_LE(MaxRelError(logits, m.reference.Get("logits_0")), 1e-4) << legacy;
       logits = r.Forward(m.reference.Get("tokens_1"), m.reference.Get("input_ids").size(1));
       ASSERT_TRUE(logits.defined());
-      EXPECT_LE(MaxRelError(logits, m.reference.Get("logits_1")), 1e-4) << combined << legacy;
+      EXPECT_LE(MaxRelError(logits, m.reference.Get("logits_1")), 1e-4) << legacy;
     }
   }
 }
@@ -497,14 +545,14 @@ TEST(Gpt2, PositionsBeyondTableAreAnError) {
   ctx.token_ids = m.reference.Get("input_ids").to(TestDevice());
   ctx.start_pos = m.spec.max_position_embeddings - 1;
   at::Tensor hidden, logits;
-  ASSERT_TRUE(r.kernels->RunBlock("embedding", "transformer.wte.", -1, r.blocks[0]->weights, ctx, nullptr, &hidden,
+  ASSERT_TRUE(r.kernels->RunBlock(BlockKind::kEmbedding, "transformer.wte", -1, r.blocks[0]->weights, ctx, nullptr, &hidden,
                                   &logits)
                   .ok());
-  Status st = r.kernels->RunBlock("position_embedding", "transformer.wpe.", -1, r.blocks[1]->weights, ctx, nullptr,
+  Status st = r.kernels->RunBlock(BlockKind::kPositionEmbedding, "transformer.wpe", -1, r.blocks[1]->weights, ctx, nullptr,
                                   &hidden, &logits);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
-  EXPECT_NE(st.error().message.find("transformer.wpe."), std::string::npos) << st.error().message;
+  EXPECT_NE(st.error().message.find("transformer.wpe"), std::string::npos) << st.error().message;
 }
 
 #ifdef BIGPLAN_TEST_CUDA
@@ -550,6 +598,8 @@ TEST(Cuda, Llama8BLayerShapes) {
   w.m[p + "mlp.down_proj.weight"] = rnd({h, inter}, 0.02);
   w.m[p + "input_layernorm.weight"] = at::ones({h}, opts);
   w.m[p + "post_attention_layernorm.weight"] = at::ones({h}, opts);
+  Status bound = w.Bind(s, {{BlockKind::kDecoderLayer, p}}, 0);
+  ASSERT_TRUE(bound.ok()) << bound.error().ToString();
   const int64_t batch = 1, max_seq = 4096, prompt = 512;
   KvCache cache{at::zeros({batch, 8, max_seq, 128}, opts), at::zeros({batch, 8, max_seq, 128}, opts)};
   ForwardContext ctx;
@@ -557,7 +607,7 @@ TEST(Cuda, Llama8BLayerShapes) {
   at::Tensor hidden = rnd({batch, prompt, h}, 1.0);
   {
     NoSyncScope no_sync;
-    Status st = (*k)->RunBlock("decoder_layer", p, 0, w, ctx, &cache, &hidden, &logits);
+    Status st = (*k)->RunBlock(BlockKind::kDecoderLayer, p, 0, w, ctx, &cache, &hidden, &logits);
     ASSERT_TRUE(st.ok()) << st.error().ToString();
   }
   EXPECT_TRUE(hidden.isfinite().all().item<bool>());
@@ -565,7 +615,7 @@ TEST(Cuda, Llama8BLayerShapes) {
   for (int i = 0; i < warmup; ++i) {
     ctx.start_pos = prompt + i;
     at::Tensor x = rnd({batch, 1, h}, 1.0);
-    ASSERT_TRUE((*k)->RunBlock("decoder_layer", p, 0, w, ctx, &cache, &x, &logits).ok());
+    ASSERT_TRUE((*k)->RunBlock(BlockKind::kDecoderLayer, p, 0, w, ctx, &cache, &x, &logits).ok());
   }
   c10::cuda::device_synchronize();
   const auto t0 = std::chrono::steady_clock::now();
@@ -574,7 +624,7 @@ TEST(Cuda, Llama8BLayerShapes) {
     for (int i = 0; i < steps; ++i) {
       ctx.start_pos = prompt + warmup + i;
       at::Tensor x = rnd({batch, 1, h}, 1.0);
-      Status st = (*k)->RunBlock("decoder_layer", p, 0, w, ctx, &cache, &x, &logits);
+      Status st = (*k)->RunBlock(BlockKind::kDecoderLayer, p, 0, w, ctx, &cache, &x, &logits);
       ASSERT_TRUE(st.ok()) << st.error().ToString();
       hidden = x;
     }
@@ -689,28 +739,30 @@ TEST(RunBlock, ErrorsNameTheBlockAndNothingThrows) {
   ctx.token_ids = at::zeros({1, 3}, at::kLong);
   at::Tensor hidden, logits;
 
-  // Missing weight: kNotFound naming the tensor and the block.
-  Status st = kernels.RunBlock("embedding", "model.embed_tokens.", -1, w, ctx, nullptr, &hidden, &logits);
+  // Missing weight: kNotFound naming the slot and the block.
+  Status st = kernels.RunBlock(BlockKind::kEmbedding, "model.embed_tokens", -1, w, ctx, nullptr, &hidden, &logits);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kNotFound);
-  EXPECT_NE(st.error().message.find("model.embed_tokens.weight"), std::string::npos) << st.error().message;
+  EXPECT_NE(st.error().message.find("block 'model.embed_tokens' (embedding)"), std::string::npos)
+      << st.error().message;
+  EXPECT_NE(st.error().message.find("token_embedding"), std::string::npos) << st.error().message;
 
-  // A LibTorch failure (wrongly shaped weight): kDevice naming the block.
-  w.m["model.norm.weight"] = at::ones({5});
+  // A LibTorch failure (a wrongly shaped weight, which load-time binding would refuse): kDevice naming the block.
+  w.slots[static_cast<size_t>(Slot::kFinalNorm)] = at::ones({5});
   hidden = at::ones({1, 3, 8});
-  st = kernels.RunBlock("final_norm", "model.norm.", -1, w, ctx, nullptr, &hidden, &logits);
+  st = kernels.RunBlock(BlockKind::kFinalNorm, "model.norm", -1, w, ctx, nullptr, &hidden, &logits);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kDevice);
-  EXPECT_NE(st.error().message.find("model.norm."), std::string::npos) << st.error().message;
+  EXPECT_NE(st.error().message.find("model.norm"), std::string::npos) << st.error().message;
 
   // Bad hidden shape, unknown kind, missing logits output, decode without a cache.
   hidden = at::ones({1, 3, 7});
-  st = kernels.RunBlock("final_norm", "model.norm.", -1, w, ctx, nullptr, &hidden, &logits);
+  st = kernels.RunBlock(BlockKind::kFinalNorm, "model.norm", -1, w, ctx, nullptr, &hidden, &logits);
   EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
   hidden = at::ones({1, 3, 8});
-  st = kernels.RunBlock("mixer", "model.mixer.", -1, w, ctx, nullptr, &hidden, &logits);
+  st = kernels.RunBlock(static_cast<BlockKind>(99), "model.mixer", -1, w, ctx, nullptr, &hidden, &logits);
   EXPECT_EQ(st.error().code, ErrorCode::kUnsupported);
-  st = kernels.RunBlock("lm_head", "lm_head.", -1, w, ctx, nullptr, &hidden, nullptr);
+  st = kernels.RunBlock(BlockKind::kLmHead, "lm_head", -1, w, ctx, nullptr, &hidden, nullptr);
   EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
 
   MapWeights layer;
@@ -721,34 +773,55 @@ TEST(RunBlock, ErrorsNameTheBlockAndNothingThrows) {
   layer.m[p + "mlp.down_proj.weight"] = at::ones({8, 16});
   layer.m[p + "input_layernorm.weight"] = at::ones({8});
   layer.m[p + "post_attention_layernorm.weight"] = at::ones({8});
+  Status bound = layer.Bind(s, {{BlockKind::kDecoderLayer, p}}, 0);
+  ASSERT_TRUE(bound.ok()) << bound.error().ToString();
   ctx.start_pos = 4;
-  st = kernels.RunBlock("decoder_layer", p, 0, layer, ctx, nullptr, &hidden, &logits);
+  st = kernels.RunBlock(BlockKind::kDecoderLayer, p, 0, layer, ctx, nullptr, &hidden, &logits);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
   EXPECT_NE(st.error().message.find(p), std::string::npos);
 
   // A cache too short for start_pos + seq.
   KvCache kv{at::zeros({1, 1, 6, 4}), at::zeros({1, 1, 6, 4})};
-  st = kernels.RunBlock("decoder_layer", p, 0, layer, ctx, &kv, &hidden, &logits);
+  st = kernels.RunBlock(BlockKind::kDecoderLayer, p, 0, layer, ctx, &kv, &hidden, &logits);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
   EXPECT_NE(st.error().message.find("KV cache"), std::string::npos) << st.error().message;
 
   // The same layer with a big enough cache works.
   KvCache kv2{at::zeros({1, 1, 8, 4}), at::zeros({1, 1, 8, 4})};
-  st = kernels.RunBlock("decoder_layer", p, 0, layer, ctx, &kv2, &hidden, &logits);
+  st = kernels.RunBlock(BlockKind::kDecoderLayer, p, 0, layer, ctx, &kv2, &hidden, &logits);
   EXPECT_TRUE(st.ok()) << st.error().ToString();
   EXPECT_EQ(hidden.sizes(), (std::vector<int64_t>{1, 3, 8}));
 }
 
-TEST(BlockWeights, GetNamesTheMissingTensor) {
+TEST(BlockWeights, GetNamesTheMissingSlot) {
   MapWeights w;
-  w.m["a"] = at::ones({1});
-  EXPECT_TRUE(w.Get("a").ok());
-  auto r = w.Get("b");
+  w.slots[static_cast<size_t>(Slot::kQ)] = at::ones({1});
+  EXPECT_TRUE(w.Get(Slot::kQ).ok());
+  auto r = w.Get(Slot::kGateUp);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
-  EXPECT_NE(r.error().message.find("'b'"), std::string::npos);
+  EXPECT_NE(r.error().message.find("gate_up"), std::string::npos) << r.error().message;
+}
+
+// What the loader refuses at load time: a tensor the kernel does not read, a mis-shaped one, a missing one.
+TEST(BlockWeights, BindingRefusesWhatTheKernelCannotRead) {
+  ModelSpec s = TinyLlamaSpec();
+  const std::string p = "model.layers.0.";
+  MapWeights layer;
+  for (const char* n : {"q_proj", "o_proj"}) layer.m[p + "self_attn." + n + ".weight"] = at::ones({8, 8});
+  for (const char* n : {"k_proj", "v_proj"}) layer.m[p + "self_attn." + n + ".weight"] = at::ones({4, 8});
+  for (const char* n : {"gate_proj", "up_proj"}) layer.m[p + "mlp." + n + ".weight"] = at::ones({16, 8});
+  layer.m[p + "mlp.down_proj.weight"] = at::ones({8, 16});
+  layer.m[p + "input_layernorm.weight"] = at::ones({8});
+  EXPECT_FALSE(layer.Bind(s, {{BlockKind::kDecoderLayer, p}}, 0).ok());  // no post_attention_layernorm
+  layer.m[p + "post_attention_layernorm.weight"] = at::ones({7});
+  EXPECT_FALSE(layer.Bind(s, {{BlockKind::kDecoderLayer, p}}, 0).ok());  // mis-shaped
+  layer.m[p + "post_attention_layernorm.weight"] = at::ones({8});
+  EXPECT_TRUE(layer.Bind(s, {{BlockKind::kDecoderLayer, p}}, 0).ok());
+  layer.m[p + "mlp.extra.weight"] = at::ones({8});
+  EXPECT_FALSE(layer.Bind(s, {{BlockKind::kDecoderLayer, p}}, 0).ok());  // unknown
 }
 
 }  // namespace

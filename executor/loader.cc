@@ -74,6 +74,8 @@ struct Loader {
   ModelState& state;
   const schema::Plan& plan;
   std::string plan_name;
+  std::vector<arch::BlockKind> block_kinds;  // per block, from BindSlots
+  std::vector<arch::SlotTable> slot_tables;  // per block, from BindSlots
 
   Result<uint8_t*> BufferPtr(int32_t index, schema::Pool pool, int32_t device, const std::string& what,
                              const std::string& block, uint64_t min_size) {
@@ -157,6 +159,61 @@ struct Loader {
     return Status::Ok();
   }
 
+  // Binds every block's tensors to its kernel's slots (arch/binding.h), from the plan alone, before any memory is
+  // allocated: a block whose tensors the kernels cannot read (unknown, mis-shaped or missing) fails the load here,
+  // never a forward pass.
+  Status BindSlots() {
+    const auto* blocks = plan.blocks();
+    const auto* tensors = plan.tensors();
+    const schema::ModelConfig* c = plan.config();
+    if (blocks == nullptr || blocks->size() == 0) return MakeError(ErrorCode::kCorrupt, plan_name + ": no blocks");
+    if (c == nullptr) return MakeError(ErrorCode::kCorrupt, plan_name + ": no model config");
+    Result<const arch::FamilyInfo*> family = arch::LookupFamily(Str(c->architecture()));
+    if (!family.ok()) return WithContext(family.take_error(), plan_name);
+    arch::ModelConfig config;
+    config.hidden_size = c->hidden_size();
+    config.num_layers = c->num_layers();
+    config.num_heads = c->num_heads();
+    config.num_kv_heads = c->num_kv_heads();
+    config.head_dim = c->head_dim();
+    config.intermediate_size = c->intermediate_size();
+    config.vocab_size = c->vocab_size();
+    config.max_position_embeddings = c->max_position_embeddings();
+    config.rotary_dim = c->rotary_dim();
+    config.attention_bias = c->attention_bias();
+    config.mlp_bias = c->mlp_bias();
+    std::vector<std::string> prefixes(blocks->size());
+    std::vector<arch::BlockRef> refs;
+    for (uint32_t i = 0; i < blocks->size(); ++i) {
+      const schema::Block* b = blocks->Get(i);
+      Result<arch::BlockKind> kind = arch::ParseBlockKind(Str(b->kind()));
+      if (!kind.ok()) {
+        return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + Str(b->name()) + ": " + kind.error().message);
+      }
+      block_kinds.push_back(*kind);
+      prefixes[i] = Str(b->prefix());
+    }
+    for (uint32_t i = 0; i < blocks->size(); ++i) refs.push_back(arch::BlockRef{block_kinds[i], prefixes[i]});
+    for (uint32_t i = 0; i < blocks->size(); ++i) {
+      const schema::Block* b = blocks->Get(i);
+      std::vector<std::string> names;
+      std::vector<std::vector<int64_t>> shapes;
+      if (b->weights() != nullptr) {
+        for (const schema::Weight* w : *b->weights()) {
+          const schema::Tensor* t = tensors->Get(w->tensor());
+          names.push_back(Str(t->name()));
+          shapes.push_back(ShapeOf(t->shape()));
+        }
+      }
+      std::vector<arch::BlockTensor> bound;
+      for (size_t k = 0; k < names.size(); ++k) bound.push_back(arch::BlockTensor{names[k], shapes[k]});
+      Result<arch::SlotTable> table = arch::BindBlock(**family, config, refs, i, bound, Str(b->name()));
+      if (!table.ok()) return WithContext(table.take_error(), plan_name);
+      slot_tables.push_back(*table);
+    }
+    return Status::Ok();
+  }
+
   Status BuildBlocks(int cuda_count) {
     const auto* blocks = plan.blocks();
     const auto* tensors = plan.tensors();
@@ -174,12 +231,8 @@ struct Loader {
       BlockRuntime br;
       br.index = i;
       br.name = Str(b->name());
-      br.kind = Str(b->kind());
-      if (br.kind != "embedding" && br.kind != "position_embedding" && br.kind != "decoder_layer" &&
-          br.kind != "final_norm" && br.kind != "lm_head") {
-        return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": unknown block kind \"" +
-                                                  br.kind + "\"");
-      }
+      br.kind = block_kinds[i];
+      br.slots = slot_tables[i];
       br.prefix = Str(b->prefix());
       br.layer = b->layer();
       br.tier = b->tier();
@@ -252,7 +305,7 @@ struct Loader {
         BIGPLAN_ASSIGN_OR_RETURN(
             br.kv, BufferPtr(b->kv_buffer(), schema::Pool::DeviceArena, plan_device, "kv", br.name, kv_bytes_needed));
         br.kv_bytes = kv_bytes_needed;
-      } else if (br.kind == "decoder_layer") {
+      } else if (br.kind == arch::BlockKind::kDecoderLayer) {
         return MakeError(ErrorCode::kCorrupt, plan_name + ": decoder layer " + br.name + " has no kv_buffer");
       }
       state.blocks.push_back(std::move(br));
@@ -591,11 +644,10 @@ Status CheckPlanAgainstCheckpoint(const PlanFile& plan_file, const Checkpoint& c
   return CheckConfigUnchanged(pname, Str(fp->config_sha256()), checkpoint.directory());
 }
 
-Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path, const std::string& checkpoint_dir,
-                                                   const LoadOptions& options) {
+Result<std::unique_ptr<ModelState>> LoadModelState(PlanFile plan_file, const std::string& plan_path,
+                                                   const std::string& checkpoint_dir, const LoadOptions& options) {
   const auto start = Clock::now();
   auto state = std::make_unique<ModelState>();
-  BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan_file, PlanFile::Load(plan_path));
   state->plan = std::make_unique<PlanFile>(std::move(plan_file));
   state->checkpoint_dir = checkpoint_dir;
   state->cpu_mode = options.cpu_mode;
@@ -608,6 +660,7 @@ Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path,
   }
   const int cuda_count = options.cpu_mode ? 0 : CudaDeviceCount();
   Loader loader{options, *state, plan, plan_path};
+  BIGPLAN_RETURN_IF_ERROR(loader.BindSlots());
   BIGPLAN_RETURN_IF_ERROR(loader.AllocateArenas(cuda_count));
   BIGPLAN_RETURN_IF_ERROR(loader.BuildBlocks(cuda_count));
   BIGPLAN_RETURN_IF_ERROR(loader.BuildSteps());

@@ -22,9 +22,11 @@ struct LoadOptions {
   bool progress = true;
 };
 
-// Everything up to (and including) filling resident and CPU-tier weights. Error codes as Executor::Load.
-Result<std::unique_ptr<ModelState>> LoadModelState(const std::string& plan_path, const std::string& checkpoint_dir,
-                                                   const LoadOptions& options);
+// Everything up to (and including) filling resident and CPU-tier weights, from a plan read (and verified) once by
+// PlanFile::Load, whose ownership moves into the state; `plan_path` names it in messages. Error codes as
+// Executor::Load.
+Result<std::unique_ptr<ModelState>> LoadModelState(PlanFile plan, const std::string& plan_path,
+                                                   const std::string& checkpoint_dir, const LoadOptions& options);
 
 // The plan-vs-checkpoint checks LoadModelState runs: the plan's fingerprint is not synthetic, matches the
 // checkpoint's shard by shard (names, sizes, header digests), and every plan tensor's (shard, offset, size,

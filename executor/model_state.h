@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "arch/binding.h"
 #include "executor/arena.h"
 #include "executor/executor.h"
 #include "formats/mapped_file.h"
@@ -43,8 +44,10 @@ struct WeightRuntime {
 struct BlockRuntime {
   uint32_t index = 0;
   std::string name;
-  std::string kind;
+  arch::BlockKind kind = arch::BlockKind::kEmbedding;
   std::string prefix;
+  // Its kernel's slots -> index into `weights` (-1: none), bound at load (arch::BindBlock).
+  arch::SlotTable slots = arch::EmptySlotTable();
   int32_t layer = -1;
   schema::Tier tier = schema::Tier::Gpu;  // the slowest tier of its weights
   int32_t device = -1;  // where it runs: CUDA ordinal, or -1 for the CPU (always -1 in CPU mode)

@@ -23,14 +23,15 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
   sw.options_ = at::TensorOptions().dtype(ToScalarType(state.plan->plan().exec_dtype()));
   sw.options_ = b.device < 0 ? sw.options_.device(at::kCPU) : sw.options_.device(at::kCUDA, b.device);
   try {
-    for (const WeightRuntime& w : b.weights) {
-      Entry e;
+    for (size_t s = 0; s < arch::kSlotCount; ++s) {
+      if (b.slots[s] < 0) continue;
+      const WeightRuntime& w = b.weights[b.slots[s]];
+      Entry& e = sw.entries_[s];
       e.weight = &w;
       if (w.units.empty()) {
         // Resident, or a Cpu-tier weight of a block computed on the CPU (used where it rests).
         e.view = at::from_blob(w.home, w.shape, sw.options_.dtype(ToScalarType(w.dtype)));
       }
-      sw.entries_[w.name] = std::move(e);
     }
   } catch (const std::exception& ex) {
     return MakeError(ErrorCode::kDevice, b.name + ": making weight views: " + ex.what());
@@ -40,7 +41,8 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
 
 Status StepWeights::Prepare() {
   try {
-    for (auto& [name, e] : entries_) {
+    for (Entry& e : entries_) {
+      if (e.weight == nullptr) continue;
       const WeightRuntime& w = *e.weight;
       if (w.units.empty() || w.chunked) continue;
       BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* data, engine_->UnitData(block_->stream, w.units[0]));
@@ -52,31 +54,40 @@ Status StepWeights::Prepare() {
   return Status::Ok();
 }
 
-at::Tensor StepWeights::Find(const std::string& name) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end() || it->second.weight->chunked) return at::Tensor();
-  return it->second.view;
+const StepWeights::Entry& StepWeights::At(arch::Slot slot) const {
+  static const Entry kNone;
+  const size_t s = static_cast<size_t>(slot);
+  return s < entries_.size() ? entries_[s] : kNone;
 }
 
-int StepWeights::NumChunks(const std::string& name) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end() || !it->second.weight->chunked) return 0;
-  return static_cast<int>(it->second.weight->units.size());
+at::Tensor StepWeights::Find(arch::Slot slot) const {
+  const Entry& e = At(slot);
+  if (e.weight == nullptr || e.weight->chunked) return at::Tensor();
+  return e.view;
 }
 
-std::vector<int64_t> StepWeights::Shape(const std::string& name) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end()) return {};
-  return it->second.weight->shape;
+int StepWeights::NumChunks(arch::Slot slot) const {
+  const Entry& e = At(slot);
+  if (e.weight == nullptr || !e.weight->chunked) return 0;
+  return static_cast<int>(e.weight->units.size());
 }
 
-Result<at::Tensor> StepWeights::AcquireChunk(const std::string& name, int i, int64_t* row_begin) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end() || !it->second.weight->chunked || i < 0 ||
-      i >= static_cast<int>(it->second.weight->units.size())) {
-    return MakeError(ErrorCode::kInternal, block_->name + ": no chunk " + std::to_string(i) + " of " + name);
+std::vector<int64_t> StepWeights::Shape(arch::Slot slot) const {
+  const Entry& e = At(slot);
+  return e.weight == nullptr ? std::vector<int64_t>{} : e.weight->shape;
+}
+
+std::string StepWeights::Name(arch::Slot slot) const {
+  const Entry& e = At(slot);
+  return e.weight == nullptr ? BlockWeights::Name(slot) : e.weight->name;
+}
+
+Result<at::Tensor> StepWeights::AcquireChunk(arch::Slot slot, int i, int64_t* row_begin) const {
+  const Entry& e = At(slot);
+  if (e.weight == nullptr || !e.weight->chunked || i < 0 || i >= static_cast<int>(e.weight->units.size())) {
+    return MakeError(ErrorCode::kInternal, block_->name + ": no chunk " + std::to_string(i) + " of " + Name(slot));
   }
-  const WeightRuntime& w = *it->second.weight;
+  const WeightRuntime& w = *e.weight;
   const uint32_t unit = w.units[i];
   BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* data, engine_->AcquireChunk(block_->stream, unit));
   const UnitRuntime& un = stream_->units[unit];
@@ -85,17 +96,16 @@ Result<at::Tensor> StepWeights::AcquireChunk(const std::string& name, int i, int
   try {
     return at::from_blob(const_cast<uint8_t*>(data), RowsShape(w, end - begin), options_.dtype(ToScalarType(w.dtype)));
   } catch (const std::exception& ex) {
-    return MakeError(ErrorCode::kDevice, block_->name + ": a chunk view of " + name + ": " + ex.what());
+    return MakeError(ErrorCode::kDevice, block_->name + ": a chunk view of " + w.name + ": " + ex.what());
   }
 }
 
-Status StepWeights::ReleaseChunk(const std::string& name, int i) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end() || !it->second.weight->chunked || i < 0 ||
-      i >= static_cast<int>(it->second.weight->units.size())) {
-    return MakeError(ErrorCode::kInternal, block_->name + ": no chunk " + std::to_string(i) + " of " + name);
+Status StepWeights::ReleaseChunk(arch::Slot slot, int i) const {
+  const Entry& e = At(slot);
+  if (e.weight == nullptr || !e.weight->chunked || i < 0 || i >= static_cast<int>(e.weight->units.size())) {
+    return MakeError(ErrorCode::kInternal, block_->name + ": no chunk " + std::to_string(i) + " of " + Name(slot));
   }
-  return engine_->ReleaseChunk(block_->stream, it->second.weight->units[i]);
+  return engine_->ReleaseChunk(block_->stream, e.weight->units[i]);
 }
 
 }  // namespace bigplan::executor_internal

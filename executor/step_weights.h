@@ -1,12 +1,12 @@
 // A block's weights as the kernels see them during its step (internal to executor/): resident weights as fixed
 // views; whole streamed units as views of where the stream engine put them for this step; chunked weights through
-// the engine's AcquireChunk / ReleaseChunk. Names are resolved once at load, into one entry per weight.
+// the engine's AcquireChunk / ReleaseChunk. Slots were bound at load (BlockRuntime::slots): a lookup is an index.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <string>
-#include <unordered_map>
+#include <array>
 #include <vector>
 
 #include "executor/kernels.h"
@@ -25,22 +25,24 @@ class StepWeights : public BlockWeights {
   // After StreamEngine::BeginStep of the block's step: views of its whole streamed units for this step.
   Status Prepare();
 
-  at::Tensor Find(const std::string& name) const override;
-  int NumChunks(const std::string& name) const override;
-  std::vector<int64_t> Shape(const std::string& name) const override;
-  Result<at::Tensor> AcquireChunk(const std::string& name, int i, int64_t* row_begin) const override;
-  Status ReleaseChunk(const std::string& name, int i) const override;
+  at::Tensor Find(arch::Slot slot) const override;
+  int NumChunks(arch::Slot slot) const override;
+  std::vector<int64_t> Shape(arch::Slot slot) const override;
+  std::string Name(arch::Slot slot) const override;
+  Result<at::Tensor> AcquireChunk(arch::Slot slot, int i, int64_t* row_begin) const override;
+  Status ReleaseChunk(arch::Slot slot, int i) const override;
 
  private:
   struct Entry {
-    const WeightRuntime* weight = nullptr;
+    const WeightRuntime* weight = nullptr;  // null: the block has nothing in this slot
     at::Tensor view;  // resident / in place, or this step's whole streamed unit
   };
+  const Entry& At(arch::Slot slot) const;
   StreamEngine* engine_ = nullptr;
   const BlockRuntime* block_ = nullptr;
   const StreamRuntime* stream_ = nullptr;
   at::TensorOptions options_;
-  std::unordered_map<std::string, Entry> entries_;
+  std::array<Entry, arch::kSlotCount> entries_;
 };
 
 }  // namespace bigplan::executor_internal

@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "arch/binding.h"
 #include "support/file_read.h"
 #include "support/json_parse.h"
 #include "support/sha256.h"
@@ -449,6 +450,34 @@ Status ModelDescription::Validate() const {
       if (it->second == i) return bad(tpath, "\"" + b.tied[t] + "\" is owned by this block itself");
       if (!seen.insert(b.tied[t]).second) return bad(tpath, "\"" + b.tied[t] + "\" listed twice");
     }
+  }
+  return Status::Ok();
+}
+
+Status ModelDescription::CheckKernelBinding() const {
+  const arch::FamilyInfo* family = arch::FindFamily(architecture);
+  if (family == nullptr) {
+    return MakeError(ErrorCode::kUnsupported, "unsupported architecture \"" + architecture + "\"");
+  }
+  std::vector<arch::BlockRef> refs;
+  std::unordered_map<std::string, const TensorSpec*> params;
+  for (const BlockDesc& b : blocks) {
+    refs.push_back(arch::BlockRef{b.kind, b.prefix});
+    for (const TensorSpec& t : b.params) params.emplace(t.name, &t);
+  }
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const BlockDesc& b = blocks[i];
+    std::vector<arch::BlockTensor> tensors;
+    for (const TensorSpec& t : b.params) tensors.push_back(arch::BlockTensor{t.name, t.shape});
+    for (const std::string& name : b.tied) {
+      auto it = params.find(name);
+      if (it == params.end()) {
+        return MakeError(ErrorCode::kMismatch, "block " + b.name + ": tied tensor '" + name + "' is no block's param");
+      }
+      tensors.push_back(arch::BlockTensor{name, it->second->shape});
+    }
+    Result<arch::SlotTable> table = arch::BindBlock(*family, config, refs, i, tensors, b.name);
+    if (!table.ok()) return table.take_error();
   }
   return Status::Ok();
 }

@@ -86,6 +86,11 @@ struct ModelDescription {
   // parameters, partial rotary): kUnsupported / kInvalidArgument otherwise, so a description the executor would
   // refuse is refused at plan time.
   Status Validate() const;
+  // Whether the executor's kernels can read every block: each block's params and tied reads bind to its kernel's
+  // slots (arch::BindBlock: names, shapes and required tensors from the family's tables). The planner refuses a
+  // model that fails here (what `run` would refuse at load, `plan` refuses first); Validate alone accepts abstract
+  // blocks (planning studies and tests). kMismatch naming the block and the tensor.
+  Status CheckKernelBinding() const;
 
   // Canonical JSON: fixed key order, no insignificant whitespace when indent < 0. Parse(ToJson()) == *this.
   std::string ToJson(int indent = 2) const;

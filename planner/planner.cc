@@ -171,6 +171,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   BIGPLAN_ASSIGN_OR_RETURN(ResolvedModel resolved, ResolveModel(request));
   result.model = std::move(resolved.model);
   const ModelDescription& model = result.model;
+  if (Status bind = model.CheckKernelBinding(); !bind.ok()) {
+    return WithContext(bind.take_error(), "model " + model.name + ": the kernels cannot run it");
+  }
 
   const std::optional<Checkpoint>& checkpoint = resolved.checkpoint;
   if (checkpoint) {

@@ -313,6 +313,26 @@ TEST(PlannerTest, NamedErrors) {
   expect(TinyRequest(broken, "cuda:0=1GiB"), ErrorCode::kMismatch, "model.layers.2.mlp.up_proj.weight");
   PlanRequest none;
   expect(none, ErrorCode::kInvalidArgument, "model source");
+
+  // A description the kernels cannot read (what `run` would refuse at load): a tensor renamed, another mis-shaped.
+  auto good = MakePlan(TinyRequest(dir, "cuda:0=1GiB,cpu=1GiB"));
+  ASSERT_TRUE(good.ok()) << good.error().ToString();
+  PlanRequest described = TinyRequest(dir, "cuda:0=1GiB,cpu=1GiB");
+  described.model_dir.clear();
+  described.description = good->model;
+  for (BlockDesc& b : described.description->blocks) {
+    for (TensorSpec& t : b.params) {
+      if (t.name == "model.layers.1.mlp.up_proj.weight") t.name = "model.layers.1.mlp.upper_proj.weight";
+    }
+  }
+  expect(described, ErrorCode::kMismatch, "tensor 'model.layers.1.mlp.upper_proj.weight' is not one the kernel reads");
+  described.description = good->model;
+  for (BlockDesc& b : described.description->blocks) {
+    for (TensorSpec& t : b.params) {
+      if (t.name == "model.norm.weight") t.shape = {t.shape[0] + 1};
+    }
+  }
+  expect(described, ErrorCode::kMismatch, "'model.norm.weight' has shape");
 }
 
 std::string ConfigSha256Of(const schema::Plan& plan) {
