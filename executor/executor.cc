@@ -2,38 +2,35 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cuda/CUDAEvent.h>
-#include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <array>
 #include <chrono>
-#include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <optional>
-#include <random>
 
-#include "executor/step_weights.h"
-#include "executor/stream_engine.h"
+#include "executor/generation.h"
+#include "executor/graph_decode.h"
 #include "executor/kernels.h"
 #include "executor/loader.h"
-#include "executor/sampling.h"
+#include "executor/step_weights.h"
+#include "executor/stream_engine.h"
 #include "executor/trace.h"
 #include "support/units.h"
 
 namespace bigplan {
 
 using executor_internal::BlockKv;
+using executor_internal::BlockLabel;
 using executor_internal::BlockRuntime;
+using executor_internal::GraphDecoder;
 using executor_internal::StepWeights;
 using executor_internal::StreamEngine;
 using executor_internal::ForwardTimings;
 using executor_internal::ModelState;
-using executor_internal::TraceEvent;
 using executor_internal::TraceRecorder;
 using Clock = std::chrono::steady_clock;
 
@@ -54,20 +51,15 @@ class Executor::Impl {
   mutable std::mutex stats_mu;
   Stats stats;
   TraceRecorder trace;
+  std::vector<BlockLabel> labels;  // per block, for the trace
 
-  // Captured single-token steps (ExecutorOptions::cuda_graphs), one per batch size.
-  struct DecodeGraph {
-    int64_t batch = 0;
-    std::unique_ptr<at::cuda::CUDAGraph> graph;
-    at::Tensor inputs;  // [batch + 1] int64 on the device: the token ids, then the position
-    at::Tensor logits;  // [batch, 1, vocab] float32, written by each replay
-  };
-  int graph_device = -1;  // the device of a plan whose decode steps may be captured; -1: none
-  std::vector<DecodeGraph> graphs;
+  // Captured single-token steps (ExecutorOptions::cuda_graphs), one per batch size; off (device -1) for plans
+  // whose decode steps may not be captured.
+  GraphDecoder graphs{-1};
 
   Status CheckInput(const std::vector<int64_t>& ids, int64_t batch, int64_t seq) const;
-  // A decode step from a CUDA graph (capturing it first for a new batch size). If the capture fails, graphs are
-  // off for this executor from then on and `*out` is left undefined: the step is to run eagerly.
+  // A decode step from a CUDA graph (graph_decode.h). If the capture fails, graphs are off for this executor from
+  // then on and `*out` is left undefined: the step is to run eagerly.
   Status RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out);
   // The plan's blocks as a static single-token step (ForwardContext::position) on the current stream.
   Status StaticStep(const at::Tensor& inputs, int64_t batch, at::Tensor* logits);
@@ -83,7 +75,12 @@ class Executor::Impl {
     }
     guard->emplace(streams);
   }
-  void Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms);
+  void Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms) {
+    std::lock_guard<std::mutex> lock(stats_mu);
+    const double base = std::chrono::duration<double, std::micro>(t.wall_start - created).count();
+    executor_internal::AccountForward(t, batch, seq, ms, base, labels, &stats,
+                                      options.record_trace ? &trace : nullptr);
+  }
   // StepRows' pass: every block once, each group of rows through it in turn.
   Status RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out);
 };
@@ -209,125 +206,18 @@ Status Executor::Impl::StaticStep(const at::Tensor& inputs, int64_t batch, at::T
 }
 
 Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out) {
-  try {
-    c10::InferenceMode inference;
-    const auto device_index = static_cast<c10::DeviceIndex>(graph_device);
-    const at::Device device(at::kCUDA, device_index);
-    c10::cuda::CUDAGuard device_guard(device_index);
-    const c10::cuda::CUDAStream compute =
-        c10::cuda::getStreamFromExternal(engine->compute_stream(graph_device), device_index);
-    c10::cuda::CUDAStreamGuard compute_guard(compute);
-    at::Tensor host = at::empty({batch + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-    std::memcpy(host.data_ptr<int64_t>(), ids.data(), batch * sizeof(int64_t));
-    host.data_ptr<int64_t>()[batch] = pos;
-
-    DecodeGraph* graph = nullptr;
-    for (DecodeGraph& g : graphs) {
-      if (g.batch == batch) graph = &g;
+  // Masked cache positions enter the attention products with weight 0, so they must hold finite values: before a
+  // capture, clear what no token has written yet (later positions hold zeros or earlier sequences' tokens).
+  auto clear_kv_tail = [this](int64_t at) {
+    const int64_t max_seq = state->info.max_seq_len;
+    for (BlockKv& v : kv) {
+      if (!v.has_kv || at + 1 >= max_seq) continue;
+      v.kv.k.narrow(2, at + 1, max_seq - at - 1).zero_();
+      v.kv.v.narrow(2, at + 1, max_seq - at - 1).zero_();
     }
-    if (graph == nullptr) {
-      DecodeGraph g;
-      g.batch = batch;
-      g.inputs = at::empty({batch + 1}, at::TensorOptions().dtype(at::kLong).device(device));
-      g.inputs.copy_(host, /*non_blocking=*/true);
-      // Masked cache positions enter the attention products with weight 0, so they must hold finite values:
-      // clear what no token has written yet (later positions hold zeros or earlier sequences' tokens).
-      const int64_t max_seq = state->info.max_seq_len;
-      for (BlockKv& v : kv) {
-        if (!v.has_kv || pos + 1 >= max_seq) continue;
-        v.kv.k.narrow(2, pos + 1, max_seq - pos - 1).zero_();
-        v.kv.v.narrow(2, pos + 1, max_seq - pos - 1).zero_();
-      }
-      // Warm up (cuBLAS handles and workspaces, RoPE tables) and capture on a side stream. Each run writes the
-      // same K/V at the same position, so this step's own result is the replay's.
-      const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_index);
-      at::cuda::CUDAEvent to_side, to_compute;
-      to_side.record(compute);
-      to_side.block(side);
-      Status captured;
-      {
-        c10::cuda::CUDAStreamGuard side_guard(side);
-        for (int w = 0; w < 2 && captured.ok(); ++w) {
-          at::Tensor warm;
-          captured = StaticStep(g.inputs, batch, &warm);
-        }
-        if (captured.ok()) {
-          g.graph = std::make_unique<at::cuda::CUDAGraph>();
-          try {
-            g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-            captured = StaticStep(g.inputs, batch, &g.logits);
-            g.graph->capture_end();
-          } catch (const std::exception& e) {
-            captured = MakeError(ErrorCode::kDevice, std::string("capturing the decode step: ") + e.what());
-          }
-        }
-      }
-      to_compute.record(side);
-      to_compute.block(compute);
-      if (!captured.ok()) {
-        graph_device = -1;
-        graphs.clear();
-        return Status::Ok();
-      }
-      graphs.push_back(std::move(g));
-      graph = &graphs.back();
-    } else {
-      graph->inputs.copy_(host, /*non_blocking=*/true);
-    }
-    graph->graph->replay();
-    *out = graph->logits.to(at::kCPU, at::kFloat).contiguous();
-  } catch (const std::exception& e) {
-    return TorchError(e, "decode step");
-  }
-  return Status::Ok();
-}
-
-void Executor::Impl::Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms) {
-  std::lock_guard<std::mutex> lock(stats_mu);
-  ++stats.forward_count;
-  stats.cpu_tier_bytes += t.cpu_tier_bytes;
-  stats.disk_tier_bytes += t.disk_tier_bytes;
-  stats.disk_h2d_bytes += t.disk_h2d_bytes;
-  stats.disk_direct_blocks += t.disk_direct_blocks;
-  stats.disk_bounce_blocks += t.disk_bounce_blocks;
-  stats.disk_mmap_blocks += t.disk_mmap_blocks;
-  stats.disk_direct_fallbacks += t.disk_direct_fallbacks;
-  stats.disk_read_bytes += t.disk_read_bytes;
-  stats.last_batch = static_cast<uint32_t>(batch);
-  stats.last_seq = static_cast<uint32_t>(seq);
-  stats.last_forward_ms = ms;
-  stats.last_streamed_bytes = t.cpu_tier_bytes + t.disk_tier_bytes;
-  stats.last_steps = t.steps;
-  stats.last_copies = t.copies;
-  if (!options.record_trace) return;
-  const double base = std::chrono::duration<double, std::micro>(t.wall_start - created).count();
-  const std::string fwd = std::to_string(stats.forward_count);
-  for (const StepTiming& s : t.steps) {
-    const BlockRuntime& b = state->blocks[s.block];
-    trace.Add(TraceEvent{b.name, "compute", base + s.start_us, s.end_us - s.start_us,
-                         {{"step", std::to_string(s.step)},
-                          {"forward", fwd},
-                          {"kind", arch::BlockKindName(b.kind)},
-                          {"tier", TierName(b.tier)},
-                          {"device", s.device < 0 ? "cpu" : "cuda:" + std::to_string(s.device)},
-                          {"tokens", std::to_string(batch) + "x" + std::to_string(seq)}}});
-  }
-  for (const CopyTiming& c : t.copies) {
-    const BlockRuntime& b = state->blocks[c.block];
-    std::string track = "copy";
-    std::string name = "copy " + (c.what.empty() ? b.name : c.what);
-    std::vector<std::pair<std::string, std::string>> args{
-        {"step", std::to_string(c.step)}, {"forward", fwd}, {"source", c.source}, {"bytes", std::to_string(c.bytes)}};
-    if (c.source == "disk_read") {
-      track = c.worker < 0 ? "disk (inline)" : "disk worker " + std::to_string(c.worker);
-      name = "read " + (c.what.empty() ? b.name : c.what);
-      args.emplace_back("read", c.read);
-      if (c.read == "mmap_fallback") {
-        args.emplace_back("note", "direct reads do not fit the disk staging buffer: copied from the mapping");
-      }
-    }
-    trace.Add(TraceEvent{name, track, base + c.start_us, c.end_us - c.start_us, std::move(args)});
-  }
+  };
+  auto step = [this](const at::Tensor& inputs, int64_t b, at::Tensor* logits) { return StaticStep(inputs, b, logits); };
+  return graphs.Step(ids, batch, pos, engine->compute_stream(graphs.device()), clear_kv_tail, step, out);
 }
 
 Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq,
@@ -335,7 +225,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   BIGPLAN_RETURN_IF_ERROR(CheckInput(ids, batch, seq));
   const auto t0 = Clock::now();
   at::Tensor out;
-  if (seq == 1 && pos > 0 && graph_device >= 0) {
+  if (seq == 1 && pos > 0 && graphs.enabled()) {
     Status step = RunGraphStep(ids, batch, &out);
     if (step.ok() && out.defined()) {
       pos += seq;
@@ -427,7 +317,10 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     for (const BlockRuntime& b : impl->state->blocks) {
       resident &= b.device == impl->state->cuda_devices[0] && b.tier == schema::Tier::Gpu;
     }
-    if (resident) impl->graph_device = impl->state->cuda_devices[0];
+    if (resident) impl->graphs = GraphDecoder(impl->state->cuda_devices[0]);
+  }
+  for (const BlockRuntime& b : impl->state->blocks) {
+    impl->labels.push_back({b.name, arch::BlockKindName(b.kind), TierName(b.tier)});
   }
   impl->stats.loaded_bytes = impl->state->loaded_bytes;
   impl->stats.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -475,81 +368,17 @@ int64_t Executor::cached_tokens() const {
 Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>>& prompts,
                                           const GenerateOptions& options) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  const ModelInfo& info = impl_->state->info;
-  if (prompts.empty() || prompts[0].empty()) return MakeError(ErrorCode::kInvalidArgument, "empty prompt");
-  const int64_t batch = static_cast<int64_t>(prompts.size());
-  const int64_t len = static_cast<int64_t>(prompts[0].size());
-  std::vector<int64_t> flat;
-  for (const auto& p : prompts) {
-    if (static_cast<int64_t>(p.size()) != len) {
-      return MakeError(ErrorCode::kInvalidArgument, "prompts of different lengths (" + std::to_string(len) + " and " +
-                                                        std::to_string(p.size()) + " tokens); pad them to one length");
+  at::Tensor logits;  // the last step's, kept alive for the loop's sampling
+  auto forward = [&](int step, const std::vector<int64_t>& tokens, int64_t batch,
+                     int64_t seq) -> Result<executor_internal::LastLogits> {
+    if (step == 0) {
+      impl_->pos = 0;
+      impl_->cached_batch = 0;
     }
-    flat.insert(flat.end(), p.begin(), p.end());
-  }
-  if (options.max_new_tokens < 1) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "max_new_tokens " + std::to_string(options.max_new_tokens) + " must be at least 1");
-  }
-  if (!std::isfinite(options.temperature) || !(options.top_p > 0.0 && options.top_p <= 1.0) || options.top_k < 0) {
-    auto g = [](double v) {
-      char buf[32];
-      std::snprintf(buf, sizeof(buf), "%.17g", v);
-      return std::string(buf);
-    };
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "sampling options: temperature " + g(options.temperature) + ", top_p " + g(options.top_p) +
-                         ", top_k " + std::to_string(options.top_k) +
-                         " (temperature must be a finite number, top_p a number in (0, 1], top_k >= 0)");
-  }
-  if (len + options.max_new_tokens > info.max_seq_len) {
-    return MakeError(ErrorCode::kInvalidArgument, "prompt of " + std::to_string(len) + " tokens + " +
-                                                      std::to_string(options.max_new_tokens) + " new tokens = " +
-                                                      std::to_string(len + options.max_new_tokens) +
-                                                      " exceeds the plan's max_seq_len " +
-                                                      std::to_string(info.max_seq_len));
-  }
-  impl_->pos = 0;
-  impl_->cached_batch = 0;
-  GenerateResult result;
-  result.tokens.assign(batch, {});
-  result.stopped.assign(batch, false);
-  std::mt19937_64 rng(options.seed);
-  auto is_stop = [&](int64_t t) {
-    for (int64_t s : options.stop_token_ids) {
-      if (s == t) return true;
-    }
-    return false;
+    BIGPLAN_ASSIGN_OR_RETURN(logits, impl_->RunForward(tokens, batch, seq, true));
+    return executor_internal::LastLogits{logits.data_ptr<float>(), logits.size(2)};
   };
-  std::vector<int64_t> next(batch);
-  for (int n = 0; n < options.max_new_tokens; ++n) {
-    const auto t0 = Clock::now();
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(n == 0 ? flat : next, batch, n == 0 ? len : 1, true));
-    const float* data = logits.data_ptr<float>();
-    const int64_t vocab = logits.size(2);
-    bool all_stopped = true;
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t token = executor_internal::SampleToken(data + b * vocab, vocab, options.temperature,
-                                                           options.top_k, options.top_p, rng);
-      if (!result.stopped[b]) {
-        result.tokens[b].push_back(token);
-        result.stopped[b] = is_stop(token);
-        next[b] = token;
-      }
-      all_stopped &= result.stopped[b];
-    }
-    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-    (n == 0 ? result.prefill_ms : result.decode_ms.emplace_back()) = ms;
-    if (options.on_step) {
-      std::vector<int64_t> emitted(batch, -1);
-      for (int64_t b = 0; b < batch; ++b) {
-        if (static_cast<int64_t>(result.tokens[b].size()) == n + 1) emitted[b] = result.tokens[b].back();
-      }
-      if (!options.on_step(n, emitted)) break;
-    }
-    if (all_stopped) break;
-  }
-  return result;
+  return executor_internal::Generate(prompts, options, impl_->state->info.max_seq_len, forward);
 }
 
 Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out) {

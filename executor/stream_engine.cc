@@ -2,15 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 namespace bigplan::executor_internal {
 namespace {
 
 Status Cuda(cudaError_t err, const std::string& what) { return CudaStatus(static_cast<int>(err), what); }
-
-Status NewEvent(cudaEvent_t* event, bool timing) {
-  return Cuda(cudaEventCreateWithFlags(event, timing ? cudaEventDefault : cudaEventDisableTiming), "cudaEventCreate");
-}
 
 std::string UnitName(const ModelState& state, const UnitRuntime& u) {
   const WeightRuntime& w = state.blocks[u.block].weights[u.weight];
@@ -25,9 +22,9 @@ struct StreamEngine::Stream {
   StreamRuntime* rt = nullptr;
   bool gpu = false;
   int device = -1;
-  cudaStream_t copy = nullptr;
-  cudaStream_t compute = nullptr;
-  std::vector<cudaEvent_t> ready, release, copy_start, copy_end;
+  CudaStream copy;
+  cudaStream_t compute = nullptr;  // its device's compute stream (owned by devices_)
+  std::vector<CudaEvent> ready, release, copy_start, copy_end;  // per unit (copy_*: empty without timing)
   // Per unit, the pass (generation) of its latest copy issue, release and disk read (guarded by mu_).
   std::vector<uint64_t> issued, released, read;
   std::vector<const uint8_t*> h2d_source;  // Disk units: where the read put the unit's bytes
@@ -49,25 +46,25 @@ Result<std::unique_ptr<StreamEngine>> StreamEngine::Create(ModelState* state, co
 Status StreamEngine::Init() {
   const bool gpu = !state_->cuda_devices.empty();
   const size_t nsteps = state_->steps.size();
-  step_start_.assign(nsteps, nullptr);
-  step_end_.assign(nsteps, nullptr);
+  step_start_.resize(nsteps);
+  step_end_.resize(nsteps);
   step_wall_start_.assign(nsteps, 0);
   step_wall_end_.assign(nsteps, 0);
   if (gpu) {
     for (int device : state_->cuda_devices) {
       Device d;
       d.device = device;
-      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(device), "cudaSetDevice"));
-      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&d.compute, cudaStreamNonBlocking), "cudaStreamCreate"));
-      BIGPLAN_RETURN_IF_ERROR(NewEvent(&d.forward_start, true));
-      devices_.push_back(d);
+      const std::string where = "cuda:" + std::to_string(device);
+      BIGPLAN_ASSIGN_OR_RETURN(d.compute, CudaStream::Create(device, "the compute stream of " + where));
+      BIGPLAN_ASSIGN_OR_RETURN(d.forward_start, CudaEvent::Create(device, true, "the forward start event of " + where));
+      devices_.push_back(std::move(d));
     }
     for (size_t i = 0; i < nsteps; ++i) {
       const BlockRuntime& b = state_->blocks[state_->steps[i].block];
       if (b.device < 0 || !options_.timing) continue;
-      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(b.device), "cudaSetDevice"));
-      BIGPLAN_RETURN_IF_ERROR(NewEvent(&step_start_[i], true));
-      BIGPLAN_RETURN_IF_ERROR(NewEvent(&step_end_[i], true));
+      const std::string what = "step " + std::to_string(i) + " (" + b.name + ")";
+      BIGPLAN_ASSIGN_OR_RETURN(step_start_[i], CudaEvent::Create(b.device, true, "the start event of " + what));
+      BIGPLAN_ASSIGN_OR_RETURN(step_end_[i], CudaEvent::Create(b.device, true, "the end event of " + what));
     }
   }
   bool any_disk = false;
@@ -88,20 +85,21 @@ Status StreamEngine::Init() {
     s->read_worker.assign(n, -1);
     s->read_path.assign(n, -1);
     if (s->gpu) {
-      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s->device), "cudaSetDevice"));
-      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking), "cudaStreamCreate"));
+      BIGPLAN_ASSIGN_OR_RETURN(s->copy, CudaStream::Create(s->device, "the copy stream of cuda:" +
+                                                                           std::to_string(s->device)));
       for (const Device& d : devices_)
-        if (d.device == s->device) s->compute = d.compute;
-      s->ready.assign(n, nullptr);
-      s->release.assign(n, nullptr);
-      s->copy_start.assign(n, nullptr);
-      s->copy_end.assign(n, nullptr);
+        if (d.device == s->device) s->compute = d.compute.get();
+      s->ready.resize(n);
+      s->release.resize(n);
+      s->copy_start.resize(n);
+      s->copy_end.resize(n);
       for (size_t u = 0; u < n; ++u) {
-        BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->ready[u], false));
-        BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->release[u], false));
+        const std::string what = UnitName(*state_, s->rt->units[u]);
+        BIGPLAN_ASSIGN_OR_RETURN(s->ready[u], CudaEvent::Create(s->device, false, "the ready event of " + what));
+        BIGPLAN_ASSIGN_OR_RETURN(s->release[u], CudaEvent::Create(s->device, false, "the release event of " + what));
         if (options_.timing) {
-          BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->copy_start[u], true));
-          BIGPLAN_RETURN_IF_ERROR(NewEvent(&s->copy_end[u], true));
+          BIGPLAN_ASSIGN_OR_RETURN(s->copy_start[u], CudaEvent::Create(s->device, true, "the copy start of " + what));
+          BIGPLAN_ASSIGN_OR_RETURN(s->copy_end[u], CudaEvent::Create(s->device, true, "the copy end of " + what));
         }
         s->data[u] = s->rt->units[u].ring;
         any_disk |= s->rt->units[u].source == schema::Tier::Disk;
@@ -139,6 +137,8 @@ Status StreamEngine::Init() {
   if (!read_jobs_.empty()) {
     const int workers = options_.disk_workers > 0 ? options_.disk_workers : 4;
     for (int w = 0; w < workers; ++w) threads_.emplace_back([this, w] { ReadLoop(w); });
+    // Up to 3 helpers per worker for the pieces of large direct reads (a worker reads one piece itself).
+    if (options_.disk_direct_io) read_pieces_ = std::make_unique<WorkerPool>(3 * workers);
   }
   return Status::Ok();
 }
@@ -150,28 +150,21 @@ StreamEngine::~StreamEngine() {
   }
   cv_.notify_all();
   for (std::thread& t : threads_) t.join();
-  auto destroy = [](cudaEvent_t e) {
-    if (e != nullptr) cudaEventDestroy(e);
-  };
+  read_pieces_.reset();
+  // Work queued on the streams finishes before the events and streams (owned by the members) are destroyed.
   for (const Device& d : devices_) {
     cudaSetDevice(d.device);
     cudaDeviceSynchronize();
   }
-  for (auto& s : streams_) {
-    for (auto* v : {&s->ready, &s->release, &s->copy_start, &s->copy_end}) std::for_each(v->begin(), v->end(), destroy);
-    if (s->copy != nullptr) cudaStreamDestroy(s->copy);
-  }
-  std::for_each(step_start_.begin(), step_start_.end(), destroy);
-  std::for_each(step_end_.begin(), step_end_.end(), destroy);
-  for (Device& d : devices_) {
-    destroy(d.forward_start);
-    cudaStreamDestroy(d.compute);
-  }
+  streams_.clear();
+  step_start_.clear();
+  step_end_.clear();
+  devices_.clear();
 }
 
 cudaStream_t StreamEngine::compute_stream(int device) const {
   for (const Device& d : devices_)
-    if (d.device == device) return d.compute;
+    if (d.device == device) return d.compute.get();
   return nullptr;
 }
 
@@ -220,15 +213,17 @@ void StreamEngine::CopyLoop(Stream* s) {
         });
         if (stop_ || abort_) break;
       }
-      if (w >= 0) st = Cuda(cudaStreamWaitEvent(s->copy, s->release[w], 0), "cudaStreamWaitEvent");
+      if (w >= 0) st = Cuda(cudaStreamWaitEvent(s->copy.get(), s->release[w].get(), 0), "cudaStreamWaitEvent");
       const uint8_t* src = un.source == schema::Tier::Cpu ? un.host : s->h2d_source[u];
-      if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_start[u], s->copy), "cudaEventRecord");
+      if (st.ok() && options_.timing) {
+        st = Cuda(cudaEventRecord(s->copy_start[u].get(), s->copy.get()), "cudaEventRecord");
+      }
       if (st.ok()) {
-        st = Cuda(cudaMemcpyAsync(un.ring, src, un.bytes, cudaMemcpyHostToDevice, s->copy),
+        st = Cuda(cudaMemcpyAsync(un.ring, src, un.bytes, cudaMemcpyHostToDevice, s->copy.get()),
                   "copying " + UnitName(*state_, un) + " to cuda:" + std::to_string(s->device));
       }
-      if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_end[u], s->copy), "cudaEventRecord");
-      if (st.ok()) st = Cuda(cudaEventRecord(s->ready[u], s->copy), "cudaEventRecord");
+      if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_end[u].get(), s->copy.get()), "cudaEventRecord");
+      if (st.ok()) st = Cuda(cudaEventRecord(s->ready[u].get(), s->copy.get()), "cudaEventRecord");
       if (!st.ok()) break;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -288,7 +283,7 @@ Status StreamEngine::ReadUnit(int worker, Stream* s, uint32_t u) {
     }
   }
   // The slot's previous occupant was copied (or is being copied) to the device: wait for that copy to finish.
-  if (v >= 0) BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(s->ready[v]), "waiting for a disk slot"));
+  if (v >= 0) BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(s->ready[v].get()), "waiting for a disk slot"));
   s->read_start[u] = WallUs();
   s->read_worker[u] = worker;
   const WeightRuntime& w = state_->blocks[un.block].weights[un.weight];
@@ -324,22 +319,19 @@ Status StreamEngine::ReadUnit(int worker, Stream* s, uint32_t u) {
     const uint64_t length = a1 - a0;
     const uint64_t pieces = std::min<uint64_t>(4, std::max<uint64_t>(1, length / kPiece));
     const uint64_t piece = (length / pieces + kDirectAlignment - 1) / kDirectAlignment * kDirectAlignment;
-    std::vector<std::thread> helpers;
-    std::vector<Status> results(pieces);
+    std::vector<std::function<Status()>> reads;
     for (uint64_t k = 0; k < pieces; ++k) {
       const uint64_t off = k * piece;
       if (off >= length) break;
       const uint64_t len = std::min(piece, length - off);
       const uint64_t need = std::min(len, (end - a0) > off ? (end - a0) - off : 0);
-      auto read = [&, k, off, len, need] { results[k] = reader.ReadAligned(a0 + off, len, need, un.disk_slot + off); };
-      if (k + 1 == pieces) {
-        read();
-      } else {
-        helpers.emplace_back(read);
-      }
+      reads.push_back([&, off, len, need] { return reader.ReadAligned(a0 + off, len, need, un.disk_slot + off); });
     }
-    for (std::thread& t : helpers) t.join();
-    for (const Status& r : results) BIGPLAN_RETURN_IF_ERROR(r);
+    if (reads.size() == 1 || read_pieces_ == nullptr) {
+      for (auto& read : reads) BIGPLAN_RETURN_IF_ERROR(read());
+    } else {
+      BIGPLAN_RETURN_IF_ERROR(read_pieces_->RunAll(std::move(reads)));
+    }
     s->h2d_source[u] = un.disk_slot + (un.file_offset - a0);
     s->read_path[u] = 0;
     std::lock_guard<std::mutex> lock(mu_);
@@ -363,7 +355,7 @@ Status StreamEngine::BeginForward() {
   for (Device& d : devices_) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(d.device), "cudaSetDevice"));
     d.start_offset_us = WallUs();
-    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(d.forward_start, d.compute), "recording the forward start"));
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(d.forward_start.get(), d.compute.get()), "recording the forward start"));
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -429,12 +421,12 @@ Status StreamEngine::Acquire(Stream* s, uint32_t u) {
     bounce_units_ += path == 1;
     mmap_units_ += path == 3;
   }
-  return Cuda(cudaStreamWaitEvent(s->compute, s->ready[u], 0), "waiting for " + UnitName(*state_, un));
+  return Cuda(cudaStreamWaitEvent(s->compute, s->ready[u].get(), 0), "waiting for " + UnitName(*state_, un));
 }
 
 Status StreamEngine::Release(Stream* s, uint32_t u) {
   if (!s->gpu) return Status::Ok();
-  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->release[u], s->compute), "recording a release"));
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->release[u].get(), s->compute), "recording a release"));
   {
     std::lock_guard<std::mutex> lock(mu_);
     s->released[u] = gen_;
@@ -453,8 +445,9 @@ Status StreamEngine::BeginStep(uint32_t step) {
     for (uint32_t u : b.whole_units) BIGPLAN_RETURN_IF_ERROR(Acquire(s, u));
   }
   step_wall_start_[step] = WallUs();
-  if (step_start_[step] != nullptr) {
-    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(step_start_[step], compute_stream(b.device)), "cudaEventRecord"));
+  if (step_start_[step]) {
+    BIGPLAN_RETURN_IF_ERROR(
+        Cuda(cudaEventRecord(step_start_[step].get(), compute_stream(b.device)), "cudaEventRecord"));
   }
   return Status::Ok();
 }
@@ -484,8 +477,8 @@ Status StreamEngine::ReleaseChunk(int32_t stream, uint32_t unit) {
 
 Status StreamEngine::EndStep(uint32_t step) {
   const BlockRuntime& b = state_->blocks[state_->steps[step].block];
-  if (step_end_[step] != nullptr) {
-    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(step_end_[step], compute_stream(b.device)), "cudaEventRecord"));
+  if (step_end_[step]) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(step_end_[step].get(), compute_stream(b.device)), "cudaEventRecord"));
   }
   step_wall_end_[step] = WallUs();
   if (b.stream >= 0) {
@@ -531,12 +524,12 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
   cv_.notify_all();
   for (const Device& d : devices_) {
     Status sync = Cuda(cudaSetDevice(d.device), "cudaSetDevice");
-    if (sync.ok()) sync = Cuda(cudaStreamSynchronize(d.compute), "synchronizing cuda:" + std::to_string(d.device));
+    if (sync.ok()) sync = Cuda(cudaStreamSynchronize(d.compute.get()), "synchronizing cuda:" + std::to_string(d.device));
     if (status.ok() && !sync.ok()) status = sync;
   }
   for (auto& s : streams_) {
     if (!s->gpu) continue;
-    Status sync = Cuda(cudaStreamSynchronize(s->copy), "synchronizing a copy stream");
+    Status sync = Cuda(cudaStreamSynchronize(s->copy.get()), "synchronizing a copy stream");
     if (status.ok() && !sync.ok()) status = sync;
   }
   if (!status.ok() || t == nullptr) return status;
@@ -558,7 +551,7 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
     for (const Device& d : devices_) {
       if (d.device != device) continue;
       float ms = 0;
-      if (cudaEventElapsedTime(&ms, d.forward_start, e) != cudaSuccess) return false;
+      if (e == nullptr || cudaEventElapsedTime(&ms, d.forward_start.get(), e) != cudaSuccess) return false;
       *out = d.start_offset_us + ms * 1000.0;
       return true;
     }
@@ -572,9 +565,9 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
     st.device = b.device;
     st.start_us = step_wall_start_[i];
     st.end_us = step_wall_end_[i];
-    if (b.device >= 0 && step_start_[i] != nullptr) {
-      event_us(b.device, step_start_[i], &st.start_us);
-      event_us(b.device, step_end_[i], &st.end_us);
+    if (b.device >= 0 && step_start_[i]) {
+      event_us(b.device, step_start_[i].get(), &st.start_us);
+      event_us(b.device, step_end_[i].get(), &st.end_us);
     }
     t->steps.push_back(st);
   }
@@ -604,7 +597,8 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
       c.source = un.source == schema::Tier::Cpu ? "cpu" : "disk";
       c.bytes = un.bytes;
       c.what = UnitName(*state_, un);
-      if (event_us(s->device, s->copy_start[u], &c.start_us) && event_us(s->device, s->copy_end[u], &c.end_us)) {
+      if (event_us(s->device, s->copy_start[u].get(), &c.start_us) &&
+          event_us(s->device, s->copy_end[u].get(), &c.end_us)) {
         t->copies.push_back(c);
       }
     }

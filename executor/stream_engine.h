@@ -34,27 +34,15 @@
 #include <thread>
 #include <vector>
 
+#include "executor/cuda_handles.h"
 #include "executor/disk_reads.h"
 #include "executor/executor.h"
 #include "executor/model_state.h"
+#include "executor/trace.h"
+#include "executor/worker_pool.h"
 #include "support/result.h"
 
 namespace bigplan::executor_internal {
-
-struct ForwardTimings {
-  std::chrono::steady_clock::time_point wall_start;  // what the times below are relative to
-  std::vector<StepTiming> steps;
-  std::vector<CopyTiming> copies;
-  uint64_t cpu_tier_bytes = 0;
-  uint64_t disk_tier_bytes = 0;
-  uint64_t disk_h2d_bytes = 0;
-  uint64_t disk_direct_blocks = 0;  // disk units read with direct I/O
-  uint64_t disk_bounce_blocks = 0;  // disk units read and cast
-  uint64_t disk_mmap_blocks = 0;    // disk units used from the mapping (CPU)
-  uint64_t disk_direct_fallbacks = 0;
-  uint64_t disk_read_bytes = 0;
-  uint64_t units = 0;
-};
 
 struct StreamEngineOptions {
   int disk_workers = 0;        // 0: automatic (4 when there are disk units)
@@ -104,16 +92,18 @@ class StreamEngine {
   std::vector<std::unique_ptr<Stream>> streams_;
   struct Device {
     int device = -1;
-    cudaStream_t compute = nullptr;
-    cudaEvent_t forward_start = nullptr;
+    CudaStream compute;
+    CudaEvent forward_start;
     double start_offset_us = 0;
   };
   std::vector<Device> devices_;
-  std::vector<cudaEvent_t> step_start_, step_end_;
+  std::vector<CudaEvent> step_start_, step_end_;  // empty owners for CPU steps or without timing
   std::vector<double> step_wall_start_, step_wall_end_;
   std::vector<std::unique_ptr<ShardReader>> readers_;  // by shard index, for disk units
   // Disk reads of a pass, in step order: (stream, unit).
   std::vector<std::pair<Stream*, uint32_t>> read_jobs_;
+  // Helpers for the parallel pieces of large direct reads (the read workers run one piece each themselves).
+  std::unique_ptr<WorkerPool> read_pieces_;
 
   // Shared with the copy and read threads.
   std::mutex mu_;

@@ -1,0 +1,52 @@
+// Decode steps replayed from CUDA graphs (ExecutorOptions::cuda_graphs; internal to executor/).
+//
+// A GraphDecoder belongs to an executor whose plan may capture its decode steps (every block Gpu tier on one CUDA
+// device, static-decode kernels). Per batch size, the first decode step runs the model's static step twice on a
+// side stream (warm-up: cuBLAS handles and workspaces, RoPE tables) and captures a third run as a CUDA graph;
+// later steps copy the token ids and the position into the graph's input tensor and replay it. A capture that
+// fails turns graphs off for good (graph_cache.h): the caller then runs that step, and every later one, eagerly.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "executor/graph_cache.h"
+#include "support/result.h"
+
+namespace bigplan::executor_internal {
+
+class GraphDecoder {
+ public:
+  // `device` < 0: never replays (enabled() false).
+  explicit GraphDecoder(int device);
+  GraphDecoder(GraphDecoder&&) noexcept;
+  GraphDecoder& operator=(GraphDecoder&&) noexcept;
+  ~GraphDecoder();
+
+  bool enabled() const { return cache_.enabled(); }
+  int device() const { return device_; }
+
+  // The model's blocks as one single-token step on the current stream: token ids = inputs[0:batch] as
+  // [batch, 1], position = inputs[batch] (a device tensor), logits [batch, 1, vocab] into *logits.
+  using StaticStep = std::function<Status(const at::Tensor& inputs, int64_t batch, at::Tensor* logits)>;
+  // Called before a capture at cache position `pos` (e.g. to clear KV entries no token has written yet).
+  using BeforeCapture = std::function<void(int64_t pos)>;
+
+  // One decode step of `ids` (one token per row) at cache position `pos` on the compute stream `compute` of the
+  // decoder's device. OK with *out = float logits [batch, 1, vocab] on the host: replayed (captured first for a
+  // new batch size). OK with *out undefined: graphs are off (now, or before): run the step eagerly. An error:
+  // LibTorch/CUDA failed (kDevice, "decode step: ...").
+  Status Step(const std::vector<int64_t>& ids, int64_t batch, int64_t pos, cudaStream_t compute,
+              const BeforeCapture& before_capture, const StaticStep& step, at::Tensor* out);
+
+ private:
+  struct Graph;
+  int device_;
+  GraphCache<Graph> cache_;
+};
+
+}  // namespace bigplan::executor_internal
