@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "arch/rope.h"
 #include "support/result.h"
 
 namespace bigplan {
@@ -29,13 +30,15 @@ struct ModelSpec {
   int64_t vocab_size = 0;
   int64_t max_position_embeddings = 0;
   double norm_eps = 1e-5;
-  double rope_theta = 10000.0;
   int64_t rotary_dim = 0;
   bool attention_bias = false;
   bool mlp_bias = false;
   bool tie_word_embeddings = false;
   std::string activation;        // "silu", "gelu_new", ...
-  std::string rope_scaling_json; // "" if none; else the config's rope_scaling object as JSON
+  // The RoPE the Llama-family kernels compute (the plan's config.rope, resolved by the planner with
+  // arch::ResolveRope; no JSON is read here). rope.rotary_dim 0 means rotary_dim above (head_dim when 0); otherwise
+  // the two must agree. GPT-J's rotary uses rotary_dim above (its table's base is fixed at 10000); GPT-2 has none.
+  arch::RopeParams rope;
   // Attention variants (schema/plan.fbs ModelConfig):
   int64_t sliding_window = 0;               // Llama family: > 0 on the layers flagged below: a query at position q
                                             // attends to keys q - sliding_window < k <= q (prefill, decode and static
@@ -124,8 +127,9 @@ class ModelKernels {
 
 // kUnsupported naming the architecture if the architecture registry (arch/registry.h) has no such family or
 // model_type ("llama", also accepted as "mistral" and "qwen2"; "gpt2"; "gptj"; "phi3"), an unknown activation /
-// rope_scaling type, or partial rotary for a family the registry does not mark partial_rotary; kInvalidArgument for
-// inconsistent hyperparameters (e.g. num_heads not a multiple of num_kv_heads) or malformed rope_scaling_json.
+// RoPE type (spec.rope.type) the family does not compute, or partial rotary for a family the registry does not mark
+// partial_rotary; kInvalidArgument for inconsistent hyperparameters (e.g. num_heads not a multiple of num_kv_heads,
+// spec.rope.rotary_dim disagreeing with spec.rotary_dim) or RoPE parameters arch::CheckRopeParams refuses.
 //
 // Tensor names each kernel reads, as `prefix` + suffix:
 //   llama  embedding "weight"; decoder_layer "input_layernorm.weight", "self_attn.{q,k,v,o}_proj.{weight,bias?}",
@@ -142,7 +146,7 @@ class ModelKernels {
 //          "mlp.fc_{in,out}.{weight,bias}"; final_norm "weight", "bias"; lm_head "weight" (or tied wte) and "bias".
 // Biases marked "?" are required when spec.attention_bias (q/k/v) / spec.mlp_bias (gate/up/down) says so, and
 // otherwise used when the block has them (o_proj's bias is always optional).
-// RoPE types (rope_scaling_json's "rope_type" or "type"): default, linear, dynamic, llama3, yarn, longrope (as
+// RoPE types (spec.rope.type): default, linear, dynamic, llama3, yarn, longrope (as
 // transformers' ROPE_INIT_FUNCTIONS and its dynamic update: longrope's long factors for forwards longer than
 // original_max_position_embeddings). Partial rotary (0 < rotary_dim < head_dim) rotates the first rotary_dim dims of
 // a head (transformers' apply_rotary_pos_emb) for phi3; it is kUnsupported for the Llama family.
