@@ -186,11 +186,7 @@ struct Loader {
     std::vector<arch::BlockRef> refs;
     for (uint32_t i = 0; i < blocks->size(); ++i) {
       const schema::Block* b = blocks->Get(i);
-      Result<arch::BlockKind> kind = arch::ParseBlockKind(Str(b->kind()));
-      if (!kind.ok()) {
-        return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + Str(b->name()) + ": " + kind.error().message);
-      }
-      block_kinds.push_back(*kind);
+      block_kinds.push_back(BlockKindOf(*b));  // the typed kind, checked by VerifyPlan
       prefixes[i] = Str(b->prefix());
     }
     for (uint32_t i = 0; i < blocks->size(); ++i) refs.push_back(arch::BlockRef{block_kinds[i], prefixes[i]});
