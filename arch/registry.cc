@@ -216,14 +216,6 @@ const FamilyInfo kFamilies[] = {
      kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
 };
 
-constexpr struct {
-  BlockKind kind;
-  const char* name;
-} kBlockKinds[] = {
-    {BlockKind::kEmbedding, "embedding"},        {BlockKind::kPositionEmbedding, "position_embedding"},
-    {BlockKind::kDecoderLayer, "decoder_layer"}, {BlockKind::kFinalNorm, "final_norm"},
-    {BlockKind::kLmHead, "lm_head"},
-};
 
 constexpr const char* kSlotNames[] = {
     "token_embedding", "position_embedding", "input_norm", "input_norm_bias", "post_norm", "post_norm_bias",
@@ -234,8 +226,6 @@ constexpr const char* kSlotNames[] = {
 };
 static_assert(std::size(kSlotNames) == static_cast<size_t>(Slot::kCount), "one name per slot");
 
-constexpr const char* kRopeTypeNames[] = {"default", "linear", "dynamic", "llama3", "yarn", "longrope"};
-static_assert(std::size(kRopeTypeNames) == static_cast<size_t>(RopeType::kLongrope) + 1, "one name per rope type");
 
 std::string Lower(std::string_view s) {
   std::string out(s);
@@ -636,38 +626,9 @@ Error ConfigError(ErrorCode code, const std::string& message) { return MakeError
 
 // ---- names ----
 
-const char* BlockKindName(BlockKind kind) {
-  for (const auto& e : kBlockKinds) {
-    if (e.kind == kind) return e.name;
-  }
-  return "invalid";
-}
-
-Result<BlockKind> ParseBlockKind(std::string_view name) {
-  for (const auto& e : kBlockKinds) {
-    if (name == e.name) return e.kind;
-  }
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "unknown block kind \"" + std::string(name) +
-                       "\" (expected embedding, position_embedding, decoder_layer, final_norm or lm_head)");
-}
-
 const char* SlotName(Slot slot) {
   const size_t i = static_cast<size_t>(slot);
   return i < std::size(kSlotNames) ? kSlotNames[i] : "invalid";
-}
-
-const char* RopeTypeName(RopeType type) {
-  const size_t i = static_cast<size_t>(type);
-  return i < std::size(kRopeTypeNames) ? kRopeTypeNames[i] : "invalid";
-}
-
-Result<RopeType> ParseRopeType(std::string_view name) {
-  for (size_t i = 0; i < std::size(kRopeTypeNames); ++i) {
-    if (name == kRopeTypeNames[i]) return static_cast<RopeType>(i);
-  }
-  return MakeError(ErrorCode::kUnsupported, "unsupported rope type \"" + std::string(name) +
-                                                "\" (known: default, linear, dynamic, llama3, yarn, longrope)");
 }
 
 Result<RopeType> RopeTypeOf(const ModelConfig& config) {
@@ -942,89 +903,188 @@ Status CheckModelConfig(const FamilyInfo& family, const ModelConfig& c) {
                                                   "\" is not supported (supported: silu, swish, gelu_new, "
                                                   "gelu_pytorch_tanh, gelu_fast, gelu, relu)");
   }
+  return ResolveRope(family, c).status();
+}
+
+Result<RopeParams> ResolveRope(const FamilyInfo& family, const ModelConfig& c) {
   const json& rs = c.rope_scaling;
-  Result<RopeType> type = RopeTypeOf(c);
-  if (!type.ok()) {
-    Error e = type.take_error();
+  auto bad = [](const std::string& what) { return MakeError(ErrorCode::kInvalidArgument, "rope_scaling: " + what); };
+  Result<RopeType> type_or = RopeTypeOf(c);
+  if (!type_or.ok()) {
+    Error e = type_or.take_error();
     e.message = "rope_scaling: " + e.message;
     return e;
   }
+  const RopeType type = *type_or;
+  const std::string type_name = RopeTypeName(type);
+  RopeParams r;
+  r.type = type;
+  r.theta = c.rope_theta;
+  r.original_max_position_embeddings = c.max_position_embeddings;
   if (family.rope_types.empty()) {
     if (!rs.is_null()) {
       return MakeError(ErrorCode::kUnsupported,
                        std::string("rope_scaling: ") + family.name + " has learned positions, no RoPE to scale");
     }
-  } else if (std::find(family.rope_types.begin(), family.rope_types.end(), *type) == family.rope_types.end()) {
+    return r;  // no rotary dims
+  }
+  if (std::find(family.rope_types.begin(), family.rope_types.end(), type) == family.rope_types.end()) {
     std::string supported;
     for (RopeType t : family.rope_types) supported += (supported.empty() ? "" : ", ") + std::string(RopeTypeName(t));
-    return MakeError(ErrorCode::kUnsupported, std::string("rope_scaling: unsupported rope type \"") +
-                                                  RopeTypeName(*type) + "\" for " + family.name +
-                                                  " (supported: " + supported + ")");
+    return MakeError(ErrorCode::kUnsupported, "rope_scaling: unsupported rope type \"" + type_name + "\" for " +
+                                                  family.name + " (supported: " + supported + ")");
   }
-  auto bad = [](const std::string& what) { return MakeError(ErrorCode::kInvalidArgument, "rope_scaling: " + what); };
-  auto number = [&](const char* key) -> const json* {
+  // A number of the scaling object: nullopt when absent or null; an error when present and not a number.
+  auto opt = [&](const char* key) -> Result<std::optional<double>> {
+    if (!rs.is_object()) return std::optional<double>();
     auto it = rs.find(key);
-    return it != rs.end() && it->is_number() ? &*it : nullptr;
+    if (it == rs.end() || it->is_null()) return std::optional<double>();
+    if (!it->is_number()) return bad(std::string("'") + key + "' must be a number, got " + it->dump());
+    return std::optional<double>(it->get<double>());
   };
-  if (rs.is_object() && *type != RopeType::kDefault && *type != RopeType::kLongrope) {
-    if (const json* f = number("factor"); f != nullptr && !(f->get<double>() > 0)) {
-      return bad("'factor' must be positive, got " + f->dump());
+  auto required = [&](const char* key) -> Result<double> {
+    BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> v, opt(key));
+    if (!v) return bad(type_name + " needs a numeric '" + key + "'");
+    return *v;
+  };
+  // original_max_position_embeddings: the scaling object's (a positive integer), else max_position_embeddings.
+  auto original = [&]() -> Result<uint32_t> {
+    BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> o, opt("original_max_position_embeddings"));
+    if (!o) {
+      if (c.max_position_embeddings == 0) return bad(type_name + " needs original_max_position_embeddings > 0");
+      return c.max_position_embeddings;
+    }
+    if (!(*o > 0)) return bad(type_name + " needs original_max_position_embeddings > 0");
+    if (*o != std::floor(*o) || *o > 4294967295.0) {
+      return bad("original_max_position_embeddings " + rs["original_max_position_embeddings"].dump() +
+                 " is not an integer below 2^32");
+    }
+    return static_cast<uint32_t>(*o);
+  };
+
+  BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> theta, opt("rope_theta"));
+  if (theta) r.theta = *theta;
+  if (!(r.theta > 0) || !std::isfinite(r.theta)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "rope_theta " + json(r.theta).dump() + " must be finite and positive");
+  }
+  if (type != RopeType::kDefault && type != RopeType::kLongrope) {
+    BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> f, opt("factor"));
+    if (f && !(*f > 0)) return bad("'factor' must be positive, got " + rs["factor"].dump());
+  }
+
+  r.rotary_dim = c.rotary_dim > 0 ? c.rotary_dim : c.head_dim;
+  if (r.rotary_dim % 2 != 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "rotary_dim " + std::to_string(r.rotary_dim) + " is odd");
+  }
+  if (r.rotary_dim < c.head_dim && !family.partial_rotary) {
+    return MakeError(ErrorCode::kUnsupported, "partial rotary (rotary_dim " + std::to_string(r.rotary_dim) +
+                                                  " of head_dim " + std::to_string(c.head_dim) +
+                                                  ") is not supported for " + family.name);
+  }
+  // transformers: dim = int(head_dim * partial_rotary_factor); rotary_dim must say the same.
+  BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> prf, opt("partial_rotary_factor"));
+  if (prf) {
+    const uint32_t dim = static_cast<uint32_t>(static_cast<double>(c.head_dim) * *prf);
+    if (!(*prf > 0) || dim != r.rotary_dim) {
+      return bad("partial_rotary_factor " + rs["partial_rotary_factor"].dump() + " gives " + std::to_string(dim) +
+                 " rotary dims, but rotary_dim is " + std::to_string(r.rotary_dim));
     }
   }
-  if (*type == RopeType::kLlama3 || *type == RopeType::kYarn) {
-    if (const json* o = number("original_max_position_embeddings"); o != nullptr && !(o->get<double>() > 0)) {
-      return bad(std::string(RopeTypeName(*type)) + " needs original_max_position_embeddings > 0");
+
+  switch (type) {
+    case RopeType::kDefault: break;
+    case RopeType::kLinear: {
+      BIGPLAN_ASSIGN_OR_RETURN(r.factor, required("factor"));
+      break;
     }
-  }
-  switch (*type) {
-    case RopeType::kDefault:
-    case RopeType::kYarn: break;
-    case RopeType::kLinear:
-    case RopeType::kDynamic:
-      if (number("factor") == nullptr) return bad(std::string(RopeTypeName(*type)) + " needs a numeric 'factor'");
+    case RopeType::kDynamic: {
+      BIGPLAN_ASSIGN_OR_RETURN(r.factor, required("factor"));
+      if (c.max_position_embeddings == 0) return bad("dynamic needs max_position_embeddings > 0");
       break;
-    case RopeType::kLlama3:
-      for (const char* k : {"factor", "low_freq_factor", "high_freq_factor"}) {
-        if (number(k) == nullptr) return bad(std::string("llama3 needs a numeric '") + k + "'");
-      }
-      if (rs["low_freq_factor"].get<double>() == rs["high_freq_factor"].get<double>()) {
-        return bad("llama3 high_freq_factor equals low_freq_factor");
-      }
+    }
+    case RopeType::kLlama3: {
+      BIGPLAN_ASSIGN_OR_RETURN(r.factor, required("factor"));
+      BIGPLAN_ASSIGN_OR_RETURN(r.low_freq_factor, required("low_freq_factor"));
+      BIGPLAN_ASSIGN_OR_RETURN(r.high_freq_factor, required("high_freq_factor"));
+      if (r.low_freq_factor == r.high_freq_factor) return bad("llama3 high_freq_factor equals low_freq_factor");
+      BIGPLAN_ASSIGN_OR_RETURN(r.original_max_position_embeddings, original());
       break;
+    }
+    case RopeType::kYarn: {
+      // transformers' _compute_yarn_parameters, with its Python-float arithmetic done here in double.
+      BIGPLAN_ASSIGN_OR_RETURN(r.original_max_position_embeddings, original());
+      const double orig = static_cast<double>(r.original_max_position_embeddings);
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> factor, opt("factor"));
+      r.factor = factor ? *factor : static_cast<double>(c.max_position_embeddings) / orig;
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> attention_factor, opt("attention_factor"));
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> mscale, opt("mscale"));
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> mscale_all_dim, opt("mscale_all_dim"));
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> beta_fast, opt("beta_fast"));
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> beta_slow, opt("beta_slow"));
+      auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+      if (attention_factor) {
+        r.attention_factor = *attention_factor;
+      } else if (mscale.value_or(0) != 0 && mscale_all_dim.value_or(0) != 0) {
+        r.attention_factor = get_mscale(r.factor, *mscale) / get_mscale(r.factor, *mscale_all_dim);
+      } else {
+        r.attention_factor = get_mscale(r.factor, 1.0);
+      }
+      r.beta_fast = beta_fast.value_or(0) != 0 ? *beta_fast : 32.0;
+      r.beta_slow = beta_slow.value_or(0) != 0 ? *beta_slow : 1.0;
+      bool truncate = true;
+      if (rs.is_object() && rs.contains("truncate") && !rs["truncate"].is_null()) {
+        if (!rs["truncate"].is_boolean()) return bad("'truncate' must be a boolean, got " + rs["truncate"].dump());
+        truncate = rs["truncate"].get<bool>();
+      }
+      const double dim = static_cast<double>(r.rotary_dim);
+      auto correction_dim = [&](double rotations) {
+        return (dim * std::log(orig / (rotations * 2 * M_PI))) / (2 * std::log(r.theta));
+      };
+      double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+      if (truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+      }
+      r.ramp_low = std::max(low, 0.0);
+      r.ramp_high = std::min(high, dim - 1);
+      if (r.ramp_low == r.ramp_high) r.ramp_high += 0.001;  // as linear_ramp_factor
+      break;
+    }
     case RopeType::kLongrope: {
-      const size_t half = c.rotary_dim / 2;
-      for (const char* k : {"short_factor", "long_factor"}) {
-        auto it = rs.find(k);
-        if (it == rs.end() || !it->is_array() || it->size() != half) {
-          return bad(std::string("longrope needs '") + k + "': a list of rotary_dim / 2 = " + std::to_string(half) +
+      // transformers' _compute_longrope_parameters (Phi-3): divisors per frequency, short or long by the forward's
+      // length; factor defaults to max_position_embeddings / original_max_position_embeddings.
+      BIGPLAN_ASSIGN_OR_RETURN(r.original_max_position_embeddings, original());
+      const double orig = static_cast<double>(r.original_max_position_embeddings);
+      const size_t half = r.rotary_dim / 2;
+      for (auto [key, out] : {std::pair<const char*, std::vector<float>*>{"short_factor", &r.short_factor},
+                              std::pair<const char*, std::vector<float>*>{"long_factor", &r.long_factor}}) {
+        auto it = rs.is_object() ? rs.find(key) : rs.end();
+        if (!rs.is_object() || it == rs.end() || !it->is_array() || it->size() != half) {
+          return bad(std::string("longrope needs '") + key + "': a list of rotary_dim / 2 = " + std::to_string(half) +
                      " numbers");
         }
         for (const json& v : *it) {
-          if (!v.is_number() || !(v.get<double>() > 0)) return bad(std::string("'") + k + "' holds " + v.dump());
+          if (!v.is_number() || !(v.get<double>() > 0)) return bad(std::string("'") + key + "' holds " + v.dump());
+          out->push_back(static_cast<float>(v.get<double>()));
         }
       }
-      if (LengthIndependentRopePositions(c) == 0) return bad("longrope needs original_max_position_embeddings > 0");
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> factor, opt("factor"));
+      r.factor = factor ? *factor : static_cast<double>(c.max_position_embeddings) / orig;
+      if (!(r.factor > 0)) return bad("'factor' must be positive, got " + json(r.factor).dump());
+      BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> attention_factor, opt("attention_factor"));
+      r.attention_factor = attention_factor ? *attention_factor
+                           : r.factor <= 1.0 ? 1.0
+                                             : std::sqrt(1 + std::log(r.factor) / std::log(orig));
       break;
     }
   }
-  if (!family.rope_types.empty() && c.rotary_dim != 0) {
-    if (c.rotary_dim % 2 != 0) {
-      return MakeError(ErrorCode::kInvalidArgument, "rotary_dim " + std::to_string(c.rotary_dim) + " is odd");
-    }
-    if (c.rotary_dim < c.head_dim && !family.partial_rotary) {
-      return MakeError(ErrorCode::kUnsupported, "partial rotary (rotary_dim " + std::to_string(c.rotary_dim) +
-                                                    " of head_dim " + std::to_string(c.head_dim) +
-                                                    ") is not supported for " + family.name);
-    }
-    if (const json* prf = rs.is_object() ? number("partial_rotary_factor") : nullptr) {
-      const uint32_t dim = static_cast<uint32_t>(static_cast<double>(c.head_dim) * prf->get<double>());
-      if (dim != c.rotary_dim) {
-        return bad("partial_rotary_factor " + prf->dump() + " gives " + std::to_string(dim) +
-                   " rotary dims, but rotary_dim is " + std::to_string(c.rotary_dim));
-      }
-    }
+  if (Status st = CheckRopeParams(r, c.head_dim); !st.ok()) {
+    Error e = st.take_error();
+    e.message = "rope_scaling: " + e.message;
+    return e;
   }
-  return Status::Ok();
+  return r;
 }
 
 }  // namespace bigplan::arch

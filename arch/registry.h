@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "arch/block_kind.h"
+#include "arch/rope.h"
 #include "formats/dtype.h"
 #include "support/result.h"
 
@@ -36,19 +38,8 @@ inline constexpr uint32_t kMaxDecoderLayers = 4096;
 
 // ---- block kinds ----
 
-enum class BlockKind : uint8_t {
-  kEmbedding,          // token embedding (model.embed_tokens, transformer.wte)
-  kPositionEmbedding,  // learned absolute positions (GPT-2's transformer.wpe)
-  kDecoderLayer,       // one transformer layer
-  kFinalNorm,          // the norm after the last layer (model.norm, transformer.ln_f)
-  kLmHead,             // output projection to the vocabulary
-};
-inline constexpr int kNumBlockKinds = 5;
-
-// "embedding", "position_embedding", "decoder_layer", "final_norm", "lm_head" ("invalid" for other values).
-const char* BlockKindName(BlockKind kind);
-// Inverse of BlockKindName; kInvalidArgument naming the string otherwise.
-Result<BlockKind> ParseBlockKind(std::string_view name);
+// BlockKind (kEmbedding, kPositionEmbedding, kDecoderLayer, kFinalNorm, kLmHead), BlockKindName and ParseBlockKind
+// live in arch/block_kind.h.
 
 // ---- hyperparameters ----
 
@@ -104,11 +95,7 @@ struct TensorFeatures {
 
 // ---- RoPE ----
 
-enum class RopeType : uint8_t { kDefault, kLinear, kDynamic, kLlama3, kYarn, kLongrope };
-// "default", "linear", "dynamic", "llama3", "yarn", "longrope".
-const char* RopeTypeName(RopeType type);
-// Inverse of RopeTypeName; kUnsupported naming the string otherwise.
-Result<RopeType> ParseRopeType(std::string_view name);
+// RopeType, RopeTypeName, ParseRopeType, RopeParams and CheckRopeParams live in arch/rope.h.
 // The RoPE type of a config: rope_scaling's "rope_type" (else "type"), default when rope_scaling is null.
 // kUnsupported for an unknown name, kInvalidArgument for a non-string type or a non-object rope_scaling.
 Result<RopeType> RopeTypeOf(const ModelConfig& config);
@@ -346,7 +333,22 @@ bool IsSupportedActivation(std::string_view activation);
 // parameters (longrope: short_factor/long_factor of rotary_dim / 2 numbers), partial rotary only where supported,
 // a supported activation (an empty one means the family's default).
 // This is what the executor would refuse at load time; the planner refuses it at plan time. kUnsupported or
-// kInvalidArgument with a message naming the field.
+// kInvalidArgument with a message naming the field. The RoPE checks are ResolveRope's.
 Status CheckModelConfig(const FamilyInfo& family, const ModelConfig& config);
+
+// The model's RoPE, typed, as transformers' ROPE_INIT_FUNCTIONS compute it from the config (the defaults of each
+// type applied, yarn's correction range and the yarn/longrope attention factors computed): what the planner writes
+// into the plan (schema::RopeParams) and the executor's kernels compute from, so no JSON is read after planning.
+// From config.rope_theta (a numeric "rope_theta" inside rope_scaling wins), rotary_dim (head_dim when 0),
+// max_position_embeddings and rope_scaling ("rope_type" or "type"; linear/dynamic: "factor"; llama3: "factor",
+// "low_freq_factor", "high_freq_factor", optional "original_max_position_embeddings"; yarn: optional "factor",
+// "original_max_position_embeddings", "attention_factor", "mscale", "mscale_all_dim", "beta_fast", "beta_slow",
+// "truncate"; longrope: "short_factor", "long_factor", optional "factor", "attention_factor",
+// "original_max_position_embeddings"; any type: an optional "partial_rotary_factor" that must give rotary_dim).
+// A family without RoPE (GPT-2) gets type default with rotary_dim 0, and refuses a rope_scaling object.
+// Errors (kUnsupported: a type the family does not compute, partial rotary where unsupported; kInvalidArgument: a
+// missing, non-numeric or out-of-range parameter) start with "rope_scaling: " or name the field; the result passes
+// CheckRopeParams.
+Result<RopeParams> ResolveRope(const FamilyInfo& family, const ModelConfig& config);
 
 }  // namespace bigplan::arch

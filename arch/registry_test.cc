@@ -1,6 +1,8 @@
 #include "arch/registry.h"
 
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <fstream>
 #include <map>
 #include <set>
@@ -351,6 +353,216 @@ TEST(RegistryTest, KernelCountsAndBuffers) {
   }
   for (const char* n : {"model.norm.bias", "lm_head.weight", "weight", "model.normal_proj.weight", "kln_1.weight"}) {
     EXPECT_FALSE(IsNormWeightName(n)) << n;
+  }
+}
+
+}  // namespace
+}  // namespace bigplan::arch
+
+namespace bigplan::arch {
+namespace {
+
+// A Llama-family config for ResolveRope: head_dim 16, 128 positions, the given rope_scaling.
+ModelConfig RopeConfigWith(json rope_scaling, uint32_t head_dim = 16, uint32_t rotary_dim = 16) {
+  ModelConfig c;
+  c.hidden_size = 4 * head_dim;
+  c.num_heads = 4;
+  c.num_kv_heads = 4;
+  c.head_dim = head_dim;
+  c.rotary_dim = rotary_dim;
+  c.max_position_embeddings = 128;
+  c.rope_theta = 10000.0;
+  c.rope_scaling = std::move(rope_scaling);
+  return c;
+}
+
+// The typed RoPE is what transformers' ROPE_INIT_FUNCTIONS compute (modeling_rope_utils.py, transformers 5.17):
+// the expected numbers below were printed by it for the same configs.
+TEST(ResolveRopeTest, TypedParametersAsTransformersComputesThem) {
+  const FamilyInfo& llama = *FindFamily("llama");
+  Result<RopeParams> d = ResolveRope(llama, RopeConfigWith(nullptr));
+  ASSERT_TRUE(d.ok()) << d.error().ToString();
+  EXPECT_EQ(d->type, RopeType::kDefault);
+  EXPECT_EQ(d->rotary_dim, 16u);
+  EXPECT_DOUBLE_EQ(d->theta, 10000.0);
+  EXPECT_DOUBLE_EQ(d->attention_factor, 1.0);
+  EXPECT_EQ(d->original_max_position_embeddings, 128u);
+
+  // Older "type" key; a rope_theta inside the scaling object wins over the top-level one.
+  Result<RopeParams> lin = ResolveRope(llama, RopeConfigWith({{"type", "linear"}, {"factor", 2.0}, {"rope_theta", 500000.0}}));
+  ASSERT_TRUE(lin.ok()) << lin.error().ToString();
+  EXPECT_EQ(lin->type, RopeType::kLinear);
+  EXPECT_DOUBLE_EQ(lin->factor, 2.0);
+  EXPECT_DOUBLE_EQ(lin->theta, 500000.0);
+
+  Result<RopeParams> l3 = ResolveRope(llama, RopeConfigWith({{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                                             {"high_freq_factor", 4.0},
+                                                             {"original_max_position_embeddings", 32}}));
+  ASSERT_TRUE(l3.ok()) << l3.error().ToString();
+  EXPECT_EQ(l3->type, RopeType::kLlama3);
+  EXPECT_DOUBLE_EQ(l3->low_freq_factor, 1.0);
+  EXPECT_DOUBLE_EQ(l3->high_freq_factor, 4.0);
+  EXPECT_EQ(l3->original_max_position_embeddings, 32u);
+
+  // yarn (head_dim 16, theta 1e4, factor 4, original 64): transformers' find_correction_range gives [0, 3] (the
+  // interpolation blend of its inv_freq is 1/3, 2/3 at dims 1, 2), attention factor 0.1 ln 4 + 1 = 1.138629436111989.
+  Result<RopeParams> y = ResolveRope(llama, RopeConfigWith({{"rope_type", "yarn"}, {"factor", 4.0},
+                                                            {"original_max_position_embeddings", 64}}));
+  ASSERT_TRUE(y.ok()) << y.error().ToString();
+  EXPECT_EQ(y->type, RopeType::kYarn);
+  EXPECT_DOUBLE_EQ(y->ramp_low, 0.0);
+  EXPECT_DOUBLE_EQ(y->ramp_high, 3.0);
+  EXPECT_DOUBLE_EQ(y->beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(y->beta_slow, 1.0);
+  EXPECT_NEAR(y->attention_factor, 1.138629436111989, 1e-15);
+  // An explicit attention_factor wins; without factor, yarn's factor is max_position_embeddings / original.
+  Result<RopeParams> y2 = ResolveRope(llama, RopeConfigWith({{"rope_type", "yarn"}, {"attention_factor", 0.5},
+                                                             {"original_max_position_embeddings", 64}}));
+  ASSERT_TRUE(y2.ok()) << y2.error().ToString();
+  EXPECT_DOUBLE_EQ(y2->factor, 2.0);
+  EXPECT_DOUBLE_EQ(y2->attention_factor, 0.5);
+
+  // Phi-3 longrope with partial rotary (12 of 16 dims; the rope_scaling object need not repeat the factor):
+  // attention factor sqrt(1 + ln(128 / 16) / ln 16) = 1.3228756555322954.
+  const FamilyInfo& phi3 = *FindFamily("phi3");
+  std::vector<double> s{1.0, 1.25, 1.5, 2.0, 2.5, 3.0};
+  Result<RopeParams> lr = ResolveRope(
+      phi3, RopeConfigWith({{"rope_type", "longrope"}, {"short_factor", s}, {"long_factor", std::vector<double>(6, 4.0)},
+                            {"original_max_position_embeddings", 16}},
+                           16, 12));
+  ASSERT_TRUE(lr.ok()) << lr.error().ToString();
+  EXPECT_EQ(lr->type, RopeType::kLongrope);
+  EXPECT_EQ(lr->rotary_dim, 12u);
+  EXPECT_EQ(lr->original_max_position_embeddings, 16u);
+  EXPECT_EQ(lr->short_factor, (std::vector<float>{1.0f, 1.25f, 1.5f, 2.0f, 2.5f, 3.0f}));
+  EXPECT_EQ(lr->long_factor, std::vector<float>(6, 4.0f));
+  EXPECT_DOUBLE_EQ(lr->factor, 8.0);
+  EXPECT_NEAR(lr->attention_factor, 1.3228756555322954, 1e-15);
+
+  // GPT-2: no RoPE. GPT-J: default over its rotary dims.
+  Result<RopeParams> g2 = ResolveRope(*FindFamily("gpt2"), RopeConfigWith(nullptr, 16, 0));
+  ASSERT_TRUE(g2.ok());
+  EXPECT_EQ(g2->rotary_dim, 0u);
+  Result<RopeParams> gj = ResolveRope(*FindFamily("gptj"), RopeConfigWith(nullptr, 16, 8));
+  ASSERT_TRUE(gj.ok());
+  EXPECT_EQ(gj->rotary_dim, 8u);
+  for (const Result<RopeParams>* r : {&d, &lin, &l3, &y, &y2, &lr, &g2, &gj}) {
+    EXPECT_TRUE(CheckRopeParams(**r, 16).ok()) << DescribeRope(**r);
+  }
+}
+
+// What the executor used to refuse when it parsed rope_scaling itself is refused here, at plan time.
+TEST(ResolveRopeTest, RefusesWhatTheKernelsCannotCompute) {
+  const FamilyInfo& llama = *FindFamily("llama");
+  const FamilyInfo& phi3 = *FindFamily("phi3");
+  struct Case {
+    const FamilyInfo* family;
+    json rope_scaling;
+    uint32_t rotary_dim;
+    ErrorCode code;
+    const char* message;
+  } cases[] = {
+      {&llama, {{"rope_type", "su"}}, 16, ErrorCode::kUnsupported, "unsupported rope type \"su\""},
+      {&llama, {{"rope_type", "longrope"}, {"long_factor", {1}}, {"short_factor", std::vector<int>(8, 1)}}, 16,
+       ErrorCode::kInvalidArgument, "longrope needs 'long_factor'"},
+      {&llama, {{"rope_type", "llama3"}, {"factor", 8}}, 16, ErrorCode::kInvalidArgument,
+       "llama3 needs a numeric 'low_freq_factor'"},
+      {&llama, {{"rope_type", "llama3"}, {"factor", 8}, {"low_freq_factor", 2}, {"high_freq_factor", 2}}, 16,
+       ErrorCode::kInvalidArgument, "high_freq_factor equals low_freq_factor"},
+      {&llama, {{"rope_type", "linear"}, {"factor", "2"}}, 16, ErrorCode::kInvalidArgument, "'factor' must be"},
+      {&llama, {{"rope_type", "yarn"}, {"beta_fast", "x"}}, 16, ErrorCode::kInvalidArgument, "'beta_fast' must be a number"},
+      {&llama, {{"rope_type", "yarn"}, {"original_max_position_embeddings", 64.5}}, 16, ErrorCode::kInvalidArgument,
+       "is not an integer"},
+      {&llama, {{"rope_type", "dynamic"}, {"factor", 2}, {"rope_theta", 0}}, 16, ErrorCode::kInvalidArgument,
+       "rope_theta 0"},
+      {&phi3, {{"rope_type", "default"}, {"partial_rotary_factor", 0.75}}, 4, ErrorCode::kInvalidArgument,
+       "partial_rotary_factor 0.75 gives 6 rotary dims, but rotary_dim is 4"},
+      {&llama, nullptr, 4, ErrorCode::kUnsupported, "partial rotary"},
+  };
+  for (const Case& c : cases) {
+    Result<RopeParams> r = ResolveRope(*c.family, RopeConfigWith(c.rope_scaling, 8, c.rotary_dim));
+    ASSERT_FALSE(r.ok()) << c.rope_scaling.dump();
+    EXPECT_EQ(r.error().code, c.code) << r.error().ToString();
+    EXPECT_NE(r.error().message.find(c.message), std::string::npos) << r.error().message;
+    // CheckModelConfig refuses the same configs (it is what the planner runs on every model).
+    EXPECT_FALSE(CheckModelConfig(*c.family, RopeConfigWith(c.rope_scaling, 8, c.rotary_dim)).ok());
+  }
+  // Partial rotary with a longrope object that does not repeat partial_rotary_factor is accepted (the executor's
+  // own JSON parsing refused it, although transformers computes it).
+  Result<RopeParams> ok = ResolveRope(phi3, RopeConfigWith({{"rope_type", "longrope"}, {"short_factor", {1, 1}},
+                                                            {"long_factor", {2, 2}}, {"original_max_position_embeddings", 8}},
+                                                           8, 4));
+  EXPECT_TRUE(ok.ok()) << ok.error().ToString();
+}
+
+TEST(RopeParamsTest, CheckRopeParamsRefusesMalformedValues) {
+  RopeParams r;
+  r.rotary_dim = 8;
+  EXPECT_TRUE(CheckRopeParams(r, 8).ok());
+  auto refused = [](RopeParams p, const char* what) {
+    Status st = CheckRopeParams(p, 8);
+    ASSERT_FALSE(st.ok()) << what;
+    EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(st.error().message.find(what), std::string::npos) << st.error().message;
+  };
+  RopeParams bad = r;
+  bad.type = static_cast<RopeType>(6);
+  refused(bad, "rope.type 6 is unknown");
+  bad = r;
+  bad.theta = std::numeric_limits<double>::infinity();
+  refused(bad, "rope.theta");
+  bad = r;
+  bad.rotary_dim = 10;
+  refused(bad, "exceeds head_dim 8");
+  bad = r;
+  bad.rotary_dim = 3;
+  refused(bad, "is odd");
+  bad = r;
+  bad.factor = -1;
+  refused(bad, "rope.factor -1");
+  bad = r;
+  bad.attention_factor = std::nan("");
+  refused(bad, "rope.attention_factor");
+  bad = r;
+  bad.type = RopeType::kLlama3;
+  bad.original_max_position_embeddings = 8;
+  bad.low_freq_factor = bad.high_freq_factor = 2;
+  refused(bad, "high_freq_factor equals low_freq_factor");
+  bad = r;
+  bad.type = RopeType::kLongrope;
+  bad.original_max_position_embeddings = 8;
+  bad.short_factor = {1, 1, 1, 1};
+  bad.long_factor = {1, 1, 1};
+  refused(bad, "long_factor has 3 entries, expected rotary_dim / 2 = 4");
+  bad.long_factor = {1, 1, 1, 0};
+  refused(bad, "long_factor holds 0");
+  bad.long_factor = {1, 1, 1, 1};
+  EXPECT_TRUE(CheckRopeParams(bad, 8).ok());
+  bad.original_max_position_embeddings = 0;
+  refused(bad, "original_max_position_embeddings is 0");
+  bad = r;
+  bad.short_factor = {1};
+  refused(bad, "longrope only");
+  bad = r;
+  bad.type = RopeType::kYarn;
+  bad.original_max_position_embeddings = 8;
+  bad.ramp_low = bad.ramp_high = 2;
+  refused(bad, "ramp_low equals ramp_high");
+}
+
+TEST(BlockKindTest, NamesRoundTrip) {
+  for (int i = 0; i < kNumBlockKinds; ++i) {
+    const BlockKind k = static_cast<BlockKind>(i);
+    Result<BlockKind> back = ParseBlockKind(BlockKindName(k));
+    ASSERT_TRUE(back.ok()) << i;
+    EXPECT_EQ(*back, k);
+  }
+  EXPECT_STREQ(BlockKindName(static_cast<BlockKind>(kNumBlockKinds)), "invalid");
+  EXPECT_EQ(ParseBlockKind("mlp").error().code, ErrorCode::kInvalidArgument);
+  for (int i = 0; i < kNumRopeTypes; ++i) {
+    Result<RopeType> back = ParseRopeType(RopeTypeName(static_cast<RopeType>(i)));
+    ASSERT_TRUE(back.ok()) << i;
+    EXPECT_EQ(static_cast<int>(*back), i);
   }
 }
 

@@ -49,14 +49,16 @@ Result<Allocation> Allocation::Pinned(uint64_t size, const std::string& name) {
   a.kind_ = Kind::kPinned;
   a.size_ = size;
   if (size == 0) return a;
+  constexpr uint64_t kAlign = 4096;
   void* p = nullptr;
-  cudaError_t err = cudaHostAlloc(&p, size, cudaHostAllocPortable);
+  cudaError_t err = cudaHostAlloc(&p, size + kAlign, cudaHostAllocPortable);
   if (err != cudaSuccess) {
     cudaGetLastError();
     return MakeError(ErrorCode::kDevice,
                      name + ": cudaHostAlloc of " + FormatBytes(size) + " failed: " + cudaGetErrorString(err));
   }
-  a.data_ = static_cast<uint8_t*>(p);
+  a.base_ = static_cast<uint8_t*>(p);
+  a.data_ = a.base_ + (kAlign - reinterpret_cast<uintptr_t>(p) % kAlign) % kAlign;
   return a;
 }
 
@@ -79,6 +81,7 @@ Allocation::Allocation(Allocation&& other) noexcept { *this = std::move(other); 
 Allocation& Allocation::operator=(Allocation&& other) noexcept {
   if (this != &other) {
     Release();
+    base_ = std::exchange(other.base_, nullptr);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     kind_ = std::exchange(other.kind_, Kind::kNone);
@@ -97,7 +100,7 @@ void Allocation::Release() {
         cudaFree(data_);
         break;
       case Kind::kPinned:
-        cudaFreeHost(data_);
+        cudaFreeHost(base_);
         break;
       case Kind::kHost:
         munmap(data_, size_);
@@ -106,6 +109,7 @@ void Allocation::Release() {
         break;
     }
   }
+  base_ = nullptr;
   data_ = nullptr;
   size_ = 0;
   kind_ = Kind::kNone;

@@ -2,7 +2,9 @@
 //
 // Kinds of allocation:
 //   kDevice  cudaMalloc on a CUDA device (a device arena in GPU mode).
-//   kPinned  cudaHostAlloc (the pinned host pool in GPU mode).
+//   kPinned  cudaHostAlloc (the pinned host pool in GPU mode), 4 KiB-aligned like kHost: O_DIRECT reads land in it,
+//            and cudaHostAlloc sub-allocates small requests at a smaller alignment, so it asks 4 KiB more and
+//            aligns the start.
 //   kHost    anonymous private mmap, 4 KiB-aligned and committed lazily page by page (the device arenas and the
 //            pinned pool in CPU-only mode, and device arenas of CPU-compute blocks). Untouched bytes cost nothing,
 //            so a CPU run of a plan made for a large GPU arena only pays for what it uses.
@@ -47,6 +49,7 @@ class Allocation {
 
  private:
   void Release();
+  uint8_t* base_ = nullptr;  // what was allocated (kPinned: data_ is base_ rounded up to 4 KiB)
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
   Kind kind_ = Kind::kNone;

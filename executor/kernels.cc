@@ -16,11 +16,8 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "arch/registry.h"
 #include "executor/kernels_internal.h"
-#include "support/json_parse.h"
 
 namespace bigplan {
 
@@ -113,158 +110,41 @@ at::Tensor Activate(Activation act, const at::Tensor& x) {
 // ---------------------------------------------------------------------------------------------------------------
 // Rotary position embeddings
 
-Result<RopeConfig> ParseRope(const ModelSpec& spec) {
+Result<RopeConfig> RopeFromSpec(const ModelSpec& spec) {
+  const arch::RopeParams& p = spec.rope;
+  const int64_t dim = spec.rotary_dim > 0 ? spec.rotary_dim : spec.head_dim;
+  if (p.rotary_dim != 0 && static_cast<int64_t>(p.rotary_dim) != dim) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: rope.rotary_dim " + std::to_string(p.rotary_dim) +
+                                                      " disagrees with rotary_dim " + std::to_string(dim));
+  }
+  if (dim < 0 || dim > std::numeric_limits<uint32_t>::max() || spec.head_dim > std::numeric_limits<uint32_t>::max()) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: rotary_dim " + std::to_string(dim) + " out of range");
+  }
+  arch::RopeParams checked = p;
+  checked.rotary_dim = static_cast<uint32_t>(dim);
+  if (Status st = arch::CheckRopeParams(checked, static_cast<uint32_t>(spec.head_dim)); !st.ok()) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: " + st.error().message);
+  }
+  if (p.type == arch::RopeType::kDynamic && spec.max_position_embeddings <= 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: dynamic rope needs max_position_embeddings > 0");
+  }
   RopeConfig rope;
-  rope.theta = spec.rope_theta;
-  rope.dim = spec.rotary_dim > 0 ? spec.rotary_dim : spec.head_dim;
+  rope.type = p.type;
+  rope.theta = p.theta;
+  rope.dim = dim;
+  rope.factor = p.factor;
+  rope.low_freq_factor = p.low_freq_factor;
+  rope.high_freq_factor = p.high_freq_factor;
   rope.max_position_embeddings = spec.max_position_embeddings;
-  rope.original_max_position_embeddings = spec.max_position_embeddings;
-  if (spec.rope_scaling_json.empty()) return rope;
-
-  const std::string src = "rope_scaling_json";
-  auto parsed = ParseJsonStrict(spec.rope_scaling_json, src);
-  if (!parsed.ok()) return MakeError(ErrorCode::kInvalidArgument, parsed.error().message);
-  const nlohmann::json& j = *parsed;
-  if (j.is_null()) return rope;
-  if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, src + ": not a JSON object");
-
-  auto number = [&](const char* key, double* out, bool required) -> Status {
-    auto it = j.find(key);
-    if (it == j.end() || it->is_null()) {
-      if (required) return MakeError(ErrorCode::kInvalidArgument, src + ": missing '" + key + "'");
-      return Status::Ok();
-    }
-    if (!it->is_number()) return MakeError(ErrorCode::kInvalidArgument, src + ": '" + key + "' is not a number");
-    *out = it->get<double>();
-    return Status::Ok();
-  };
-
-  std::string type = "default";
-  for (const char* key : {"rope_type", "type"}) {
-    auto it = j.find(key);
-    if (it != j.end() && it->is_string()) {
-      type = it->get<std::string>();
-      break;
-    }
-  }
-  BIGPLAN_RETURN_IF_ERROR(number("rope_theta", &rope.theta, false));
-  double partial = 1.0;
-  BIGPLAN_RETURN_IF_ERROR(number("partial_rotary_factor", &partial, false));
-  // transformers: dim = int(head_dim * partial_rotary_factor); the spec's rotary_dim must say the same.
-  if (static_cast<int64_t>(static_cast<double>(spec.head_dim) * partial) != rope.dim) {
-    return MakeError(ErrorCode::kInvalidArgument, src + ": partial_rotary_factor " + std::to_string(partial) +
-                                                      " disagrees with rotary_dim " + std::to_string(rope.dim) +
-                                                      " of head_dim " + std::to_string(spec.head_dim));
-  }
-
-  if (type == "default") {
-    rope.type = RopeConfig::Type::kDefault;
-  } else if (type == "linear") {
-    rope.type = RopeConfig::Type::kLinear;
-    BIGPLAN_RETURN_IF_ERROR(number("factor", &rope.factor, true));
-  } else if (type == "dynamic") {
-    rope.type = RopeConfig::Type::kDynamic;
-    BIGPLAN_RETURN_IF_ERROR(number("factor", &rope.factor, true));
-  } else if (type == "llama3") {
-    rope.type = RopeConfig::Type::kLlama3;
-    BIGPLAN_RETURN_IF_ERROR(number("factor", &rope.factor, true));
-    BIGPLAN_RETURN_IF_ERROR(number("low_freq_factor", &rope.low_freq_factor, true));
-    BIGPLAN_RETURN_IF_ERROR(number("high_freq_factor", &rope.high_freq_factor, true));
-    double original = static_cast<double>(spec.max_position_embeddings);
-    BIGPLAN_RETURN_IF_ERROR(number("original_max_position_embeddings", &original, false));
-    rope.original_max_position_embeddings = static_cast<int64_t>(original);
-    if (rope.high_freq_factor == rope.low_freq_factor) {
-      return MakeError(ErrorCode::kInvalidArgument, src + ": llama3 high_freq_factor equals low_freq_factor");
-    }
-  } else if (type == "yarn") {
-    // transformers' _compute_yarn_parameters, with its Python-float arithmetic done here in double.
-    rope.type = RopeConfig::Type::kYarn;
-    double original = static_cast<double>(spec.max_position_embeddings);
-    BIGPLAN_RETURN_IF_ERROR(number("original_max_position_embeddings", &original, false));
-    rope.original_max_position_embeddings = static_cast<int64_t>(original);
-    if (rope.original_max_position_embeddings <= 0) {
-      return MakeError(ErrorCode::kInvalidArgument, src + ": yarn needs original_max_position_embeddings > 0");
-    }
-    double factor = 0;
-    BIGPLAN_RETURN_IF_ERROR(number("factor", &factor, false));
-    rope.factor = j.contains("factor") && !j["factor"].is_null()
-                      ? factor
-                      : static_cast<double>(spec.max_position_embeddings) / original;
-    double attention_factor = 0, mscale = 0, mscale_all_dim = 0, beta_fast = 0, beta_slow = 0;
-    BIGPLAN_RETURN_IF_ERROR(number("attention_factor", &attention_factor, false));
-    BIGPLAN_RETURN_IF_ERROR(number("mscale", &mscale, false));
-    BIGPLAN_RETURN_IF_ERROR(number("mscale_all_dim", &mscale_all_dim, false));
-    BIGPLAN_RETURN_IF_ERROR(number("beta_fast", &beta_fast, false));
-    BIGPLAN_RETURN_IF_ERROR(number("beta_slow", &beta_slow, false));
-    auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
-    if (j.contains("attention_factor") && !j["attention_factor"].is_null()) {
-      rope.attention_factor = attention_factor;
-    } else if (mscale != 0 && mscale_all_dim != 0) {
-      rope.attention_factor = get_mscale(rope.factor, mscale) / get_mscale(rope.factor, mscale_all_dim);
-    } else {
-      rope.attention_factor = get_mscale(rope.factor, 1.0);
-    }
-    if (beta_fast == 0) beta_fast = 32;
-    if (beta_slow == 0) beta_slow = 1;
-    bool truncate = true;
-    if (j.contains("truncate") && j["truncate"].is_boolean()) truncate = j["truncate"].get<bool>();
-    const double dim = static_cast<double>(rope.dim);
-    auto correction_dim = [&](double rotations) {
-      return (dim * std::log(original / (rotations * 2 * M_PI))) / (2 * std::log(rope.theta));
-    };
-    double low = correction_dim(beta_fast), high = correction_dim(beta_slow);
-    if (truncate) {
-      low = std::floor(low);
-      high = std::ceil(high);
-    }
-    rope.ramp_low = std::max(low, 0.0);
-    rope.ramp_high = std::min(high, dim - 1);
-    if (rope.ramp_low == rope.ramp_high) rope.ramp_high += 0.001;  // as linear_ramp_factor
-  } else if (type == "longrope") {
-    // transformers' _compute_longrope_parameters (Phi-3): divisors per frequency, short or long by the forward's
-    // length; factor defaults to max_position_embeddings / original_max_position_embeddings.
-    rope.type = RopeConfig::Type::kLongrope;
-    double original = static_cast<double>(spec.max_position_embeddings);
-    BIGPLAN_RETURN_IF_ERROR(number("original_max_position_embeddings", &original, false));
-    rope.original_max_position_embeddings = static_cast<int64_t>(original);
-    if (rope.original_max_position_embeddings <= 0) {
-      return MakeError(ErrorCode::kInvalidArgument, src + ": longrope needs original_max_position_embeddings > 0");
-    }
-    for (auto [key, out] : {std::pair<const char*, std::vector<float>*>{"short_factor", &rope.short_factor},
-                            std::pair<const char*, std::vector<float>*>{"long_factor", &rope.long_factor}}) {
-      auto it = j.find(key);
-      if (it == j.end() || !it->is_array() || static_cast<int64_t>(it->size()) != rope.dim / 2) {
-        return MakeError(ErrorCode::kInvalidArgument, src + ": longrope needs '" + key + "': a list of " +
-                                                          std::to_string(rope.dim / 2) + " numbers (rotary dims / 2)");
-      }
-      for (const auto& v : *it) {
-        if (!v.is_number() || !(v.get<double>() > 0)) {
-          return MakeError(ErrorCode::kInvalidArgument, src + ": '" + key + "' holds " + v.dump());
-        }
-        out->push_back(static_cast<float>(v.get<double>()));
-      }
-    }
-    double factor = static_cast<double>(spec.max_position_embeddings) / original;
-    BIGPLAN_RETURN_IF_ERROR(number("factor", &factor, false));
-    double attention_factor = 0;
-    BIGPLAN_RETURN_IF_ERROR(number("attention_factor", &attention_factor, false));
-    if (j.contains("attention_factor") && !j["attention_factor"].is_null()) {
-      rope.attention_factor = attention_factor;
-    } else {
-      rope.attention_factor = factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(original));
-    }
-  } else {
-    return MakeError(ErrorCode::kUnsupported,
-                     src + ": rope type '" + type +
-                         "' is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)");
-  }
-  if (rope.factor <= 0) return MakeError(ErrorCode::kInvalidArgument, src + ": 'factor' must be positive");
-  if (rope.type == RopeConfig::Type::kDynamic && rope.max_position_embeddings <= 0) {
-    return MakeError(ErrorCode::kInvalidArgument, "dynamic rope scaling needs max_position_embeddings > 0");
-  }
-  if (rope.type == RopeConfig::Type::kLlama3 && rope.original_max_position_embeddings <= 0) {
-    return MakeError(ErrorCode::kInvalidArgument, src + ": llama3 needs original_max_position_embeddings > 0");
-  }
+  // The resolved parameters carry max_position_embeddings here for the types without their own; a spec built by
+  // hand may leave it 0.
+  rope.original_max_position_embeddings =
+      p.original_max_position_embeddings > 0 ? p.original_max_position_embeddings : spec.max_position_embeddings;
+  rope.ramp_low = p.ramp_low;
+  rope.ramp_high = p.ramp_high;
+  rope.attention_factor = p.attention_factor;
+  rope.short_factor = p.short_factor;
+  rope.long_factor = p.long_factor;
   return rope;
 }
 
@@ -716,6 +596,14 @@ Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec_in)
                                                   std::to_string(spec.rotary_dim) + " of head_dim " +
                                                   std::to_string(spec.head_dim) + ") is not supported for " +
                                                   spec.architecture);
+  }
+  // The RoPE types the family computes (the planner's arch::ResolveRope refuses the others at plan time).
+  const auto& types = (*family)->rope_types;
+  if (types.empty() ? spec.rope.type != arch::RopeType::kDefault
+                    : std::find(types.begin(), types.end(), spec.rope.type) == types.end()) {
+    return MakeError(ErrorCode::kUnsupported, "model spec: rope type \"" +
+                                                  std::string(arch::RopeTypeName(spec.rope.type)) +
+                                                  "\" is not supported for " + spec.architecture);
   }
   switch ((*family)->family) {
     case arch::Family::kGpt2: return kernels_internal::MakeGpt2Kernels(spec);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "arch/registry.h"
+#include "arch/rope.h"
 #include "support/result.h"
 
 namespace bigplan {
@@ -30,13 +31,15 @@ struct ModelSpec {
   int64_t vocab_size = 0;
   int64_t max_position_embeddings = 0;
   double norm_eps = 1e-5;
-  double rope_theta = 10000.0;
   int64_t rotary_dim = 0;
   bool attention_bias = false;
   bool mlp_bias = false;
   bool tie_word_embeddings = false;
   std::string activation;        // "silu", "gelu_new", ...
-  std::string rope_scaling_json; // "" if none; else the config's rope_scaling object as JSON
+  // The RoPE the Llama-family kernels compute (the plan's config.rope, resolved by the planner with
+  // arch::ResolveRope; no JSON is read here). rope.rotary_dim 0 means rotary_dim above (head_dim when 0); otherwise
+  // the two must agree. GPT-J's rotary uses rotary_dim above (its table's base is fixed at 10000); GPT-2 has none.
+  arch::RopeParams rope;
   // Attention variants (schema/plan.fbs ModelConfig):
   int64_t sliding_window = 0;               // Llama family: > 0 on the layers flagged below: a query at position q
                                             // attends to keys q - sliding_window < k <= q (prefill, decode and static
@@ -130,8 +133,9 @@ class ModelKernels {
 
 // kUnsupported naming the architecture if the architecture registry (arch/registry.h) has no such family or
 // model_type ("llama", also accepted as "mistral" and "qwen2"; "gpt2"; "gptj"; "phi3"), an unknown activation /
-// rope_scaling type, or partial rotary for a family the registry does not mark partial_rotary; kInvalidArgument for
-// inconsistent hyperparameters (e.g. num_heads not a multiple of num_kv_heads) or malformed rope_scaling_json.
+// RoPE type (spec.rope.type) the family does not compute, or partial rotary for a family the registry does not mark
+// partial_rotary; kInvalidArgument for inconsistent hyperparameters (e.g. num_heads not a multiple of num_kv_heads,
+// spec.rope.rotary_dim disagreeing with spec.rotary_dim) or RoPE parameters arch::CheckRopeParams refuses.
 //
 // Slots each kernel reads (the registry's tensor tables say which tensor fills each):
 //   llama  embedding kTokenEmbedding; decoder_layer kInputNorm, kQ/kK/kV/kO (+ biases when present), kPostNorm,
@@ -146,7 +150,7 @@ class ModelKernels {
 //          final_norm kFinalNorm(+Bias); lm_head kLmHead and kLmHeadBias.
 // A missing slot the kernel needs is kNotFound naming the block and the slot (the executor's load-time binding
 // refuses such blocks first).
-// RoPE types (rope_scaling_json's "rope_type" or "type"): default, linear, dynamic, llama3, yarn, longrope (as
+// RoPE types (spec.rope.type): default, linear, dynamic, llama3, yarn, longrope (as
 // transformers' ROPE_INIT_FUNCTIONS and its dynamic update: longrope's long factors for forwards longer than
 // original_max_position_embeddings). Partial rotary (0 < rotary_dim < head_dim) rotates the first rotary_dim dims of
 // a head (transformers' apply_rotary_pos_emb) for phi3; it is kUnsupported for the Llama family.

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "arch/rope.h"
 #include "executor/kernels.h"
 #include "support/result.h"
 
@@ -36,7 +37,7 @@ at::Tensor Activate(Activation act, const at::Tensor& x);
 // ---- rotary position embeddings (Llama family) ----
 
 struct RopeConfig {
-  enum class Type { kDefault, kLinear, kDynamic, kLlama3, kYarn, kLongrope };
+  using Type = arch::RopeType;  // kDefault, kLinear, kDynamic, kLlama3, kYarn, kLongrope
   Type type = Type::kDefault;
   double theta = 10000.0;
   int64_t dim = 0;                    // rotary dims (spec.rotary_dim; head_dim when 0): the first `dim` of a head
@@ -64,10 +65,10 @@ struct RopeConfig {
   RopeConfig ShortForm() const;
 };
 
-// From spec.rope_theta, spec.head_dim / spec.rotary_dim and spec.rope_scaling_json (rope_scaling / rope_parameters
-// object, keys "rope_type" or "type", "factor", ...; its "rope_theta" wins over spec.rope_theta when present; a
-// "partial_rotary_factor" must agree with rotary_dim). Types: default, linear, dynamic, llama3, yarn, longrope.
-Result<RopeConfig> ParseRope(const ModelSpec& spec);
+// From the typed spec.rope (the plan's config.rope; no JSON), spec.rotary_dim / spec.head_dim (the rotary dims when
+// spec.rope.rotary_dim is 0) and spec.max_position_embeddings (dynamic's threshold). kInvalidArgument when the
+// rotary dims disagree or arch::CheckRopeParams refuses the values.
+Result<RopeConfig> RopeFromSpec(const ModelSpec& spec);
 
 // Inverse frequencies [dim / 2] float32 on `device`, computed with the same float32 tensor operations as
 // transformers' ROPE_INIT_FUNCTIONS (modeling_rope_utils.py). `seq_len` (start_pos + new tokens) matters only for

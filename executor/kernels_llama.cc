@@ -204,7 +204,7 @@ Result<std::unique_ptr<ModelKernels>> MakeLlamaKernels(const ModelSpec& spec) {
                                                       " must be even and at most head_dim " +
                                                       std::to_string(spec.head_dim));
   }
-  BIGPLAN_ASSIGN_OR_RETURN(RopeConfig rope, ParseRope(spec));
+  BIGPLAN_ASSIGN_OR_RETURN(RopeConfig rope, RopeFromSpec(spec));
   BIGPLAN_ASSIGN_OR_RETURN(Activation act, ParseActivation(spec.activation.empty() ? "silu" : spec.activation));
   return std::unique_ptr<ModelKernels>(new LlamaKernels(spec, rope, act));
 }

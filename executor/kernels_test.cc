@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -232,19 +233,28 @@ Result<ModelSpec> SpecFromJson(const std::string& text) {
   s.vocab_size = j.at("vocab_size").get<int64_t>();
   s.max_position_embeddings = j.at("max_position_embeddings").get<int64_t>();
   s.norm_eps = j.at("norm_eps").get<double>();
-  s.rope_theta = j.at("rope_theta").get<double>();
   s.rotary_dim = j.at("rotary_dim").get<int64_t>();
   s.attention_bias = j.at("attention_bias").get<bool>();
   s.mlp_bias = j.at("mlp_bias").get<bool>();
   s.tie_word_embeddings = j.at("tie_word_embeddings").get<bool>();
   s.activation = j.at("activation").get<std::string>();
-  s.rope_scaling_json = j.at("rope_scaling_json").get<std::string>();
   s.sliding_window = j.value("sliding_window", int64_t{0});
   if (j.contains("sliding_window_layers")) s.sliding_window_layers = j["sliding_window_layers"].get<std::vector<bool>>();
   s.scale_attn_weights = j.value("scale_attn_weights", true);
   s.scale_attn_by_inverse_layer_idx = j.value("scale_attn_by_inverse_layer_idx", false);
   s.reorder_and_upcast_attn = j.value("reorder_and_upcast_attn", false);
   return s;
+}
+
+// The typed RoPE of a tiny model as the planner resolves it: its config.json (written by transformers'
+// save_pretrained) through the registry's ParseHfConfig and ResolveRope. The kernels compute from it alone, so the
+// logits comparisons below check the registry's RoPE parsing and the kernels' typed path against transformers.
+Result<arch::RopeParams> RopeOfCheckpoint(const fs::path& config_path) {
+  std::ifstream in(config_path);
+  if (!in) return MakeError(ErrorCode::kNotFound, config_path.string() + ": cannot open");
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  BIGPLAN_ASSIGN_OR_RETURN(arch::ParsedConfig parsed, arch::ParseHfConfig(j, config_path.string()));
+  return arch::ResolveRope(*parsed.family, parsed.config);
 }
 
 const TinyModel& LoadTiny(const std::string& family) {
@@ -272,6 +282,13 @@ const TinyModel& LoadTiny(const std::string& family) {
     auto spec = SpecFromJson(meta.at("spec"));
     EXPECT_TRUE(spec.ok());
     if (spec.ok()) m->spec = *spec;
+    Result<arch::RopeParams> rope = RopeOfCheckpoint(dir / "config.json");
+    EXPECT_TRUE(rope.ok()) << family << ": " << (rope.ok() ? "" : rope.error().ToString());
+    if (rope.ok()) {
+      m->spec.rope = *rope;
+      // The registry agrees with the generator's own reading of the config on the rotary dims.
+      if (rope->rotary_dim != 0) EXPECT_EQ(rope->rotary_dim, m->spec.rotary_dim > 0 ? m->spec.rotary_dim : m->spec.head_dim) << family;
+    }
     m->steps = std::stoi(meta.at("steps"));
   }
   slot = std::move(m);
@@ -577,11 +594,13 @@ TEST(Cuda, Llama8BLayerShapes) {
   s.intermediate_size = 14336;
   s.vocab_size = 128256;
   s.max_position_embeddings = 131072;
-  s.rope_theta = 500000.0;
   s.activation = "silu";
-  s.rope_scaling_json =
-      R"({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,)"
-      R"( "rope_type": "llama3"})";
+  s.rope.type = arch::RopeType::kLlama3;  // Llama 3.1's rope_scaling, typed
+  s.rope.theta = 500000.0;
+  s.rope.factor = 8.0;
+  s.rope.low_freq_factor = 1.0;
+  s.rope.high_freq_factor = 4.0;
+  s.rope.original_max_position_embeddings = 8192;
   auto k = MakeModelKernels(s);
   ASSERT_TRUE(k.ok()) << k.error().ToString();
   auto opts = at::TensorOptions().dtype(at::kBFloat16).device(TestDevice());
@@ -668,25 +687,34 @@ TEST(MakeModelKernels, RejectsUnknownAndInconsistentSpecs) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 
+  // RoPE comes typed (the plan's config.rope); the registry's ResolveRope refuses malformed configs at plan time
+  // (arch/registry_test), and the kernels re-check what a hand-built spec gives them.
   s = TinyLlamaSpec();
-  s.rope_scaling_json = "{\"rope_type\": \"su\"}";  // Phi-3's legacy name: the importer maps it to longrope
+  s.architecture = "gptj";
+  s.rope.type = arch::RopeType::kLinear;  // GPT-J computes default RoPE only
+  s.rope.factor = 2.0;
   r = MakeModelKernels(s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
-  EXPECT_NE(r.error().message.find("'su'"), std::string::npos);
+  EXPECT_NE(r.error().message.find("rope type \"linear\" is not supported for gptj"), std::string::npos)
+      << r.error().message;
+  s.architecture = "gpt2";  // learned positions: no RoPE at all
+  EXPECT_EQ(MakeModelKernels(s).error().code, ErrorCode::kUnsupported);
 
   // longrope needs short_factor and long_factor of rotary_dim / 2 numbers each.
   s = TinyLlamaSpec();
-  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1, 1], \"short_factor\": [1, 1], "
-                        "\"original_max_position_embeddings\": 8}";
+  s.rope.type = arch::RopeType::kLongrope;
+  s.rope.original_max_position_embeddings = 8;
+  s.rope.short_factor = {1, 1};
+  s.rope.long_factor = {1, 1};
   EXPECT_TRUE(MakeModelKernels(s).ok());
-  s.rope_scaling_json = "{\"rope_type\": \"longrope\", \"long_factor\": [1], \"short_factor\": [1, 1]}";
+  s.rope.long_factor = {1};
   r = MakeModelKernels(s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
-  EXPECT_NE(r.error().message.find("long_factor"), std::string::npos);
+  EXPECT_NE(r.error().message.find("long_factor"), std::string::npos) << r.error().message;
 
-  // Partial rotary: Phi-3 computes it, the Llama family refuses it; partial_rotary_factor must agree.
+  // Partial rotary: Phi-3 computes it, the Llama family refuses it; the typed rope's rotary dims must agree.
   s = TinyLlamaSpec();
   s.head_dim = 8;
   s.rotary_dim = 4;
@@ -696,22 +724,33 @@ TEST(MakeModelKernels, RejectsUnknownAndInconsistentSpecs) {
   EXPECT_NE(r.error().message.find("partial rotary"), std::string::npos);
   s.architecture = "phi3";
   EXPECT_TRUE(MakeModelKernels(s).ok());
-  s.rope_scaling_json = "{\"rope_type\": \"default\", \"partial_rotary_factor\": 0.75}";
+  s.rope.rotary_dim = 4;
+  EXPECT_TRUE(MakeModelKernels(s).ok());
+  s.rope.rotary_dim = 6;
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(r.error().message.find("disagrees with rotary_dim 4"), std::string::npos) << r.error().message;
+
+  s = TinyLlamaSpec();
+  s.rope.type = arch::RopeType::kLlama3;
+  s.rope.factor = 8;
+  s.rope.original_max_position_embeddings = 32;
+  s.rope.low_freq_factor = s.rope.high_freq_factor = 2;
+  r = MakeModelKernels(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(r.error().message.find("high_freq_factor equals low_freq_factor"), std::string::npos) << r.error().message;
+
+  s = TinyLlamaSpec();
+  s.rope.theta = std::nan("");
   r = MakeModelKernels(s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 
   s = TinyLlamaSpec();
-  s.rope_scaling_json = "{\"rope_type\": \"llama3\", \"factor\": 8}";  // no low/high_freq_factor
-  r = MakeModelKernels(s);
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
-
-  s = TinyLlamaSpec();
-  s.rope_scaling_json = "{not json";
-  r = MakeModelKernels(s);
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  s.rope.type = static_cast<arch::RopeType>(9);
+  EXPECT_FALSE(MakeModelKernels(s).ok());
 
   s = TinyLlamaSpec();
   s.activation = "mish";
@@ -720,7 +759,8 @@ TEST(MakeModelKernels, RejectsUnknownAndInconsistentSpecs) {
   EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
 
   s = TinyLlamaSpec();
-  s.rope_scaling_json = "{\"type\": \"linear\", \"factor\": 2.0}";  // the older "type" key
+  s.rope.type = arch::RopeType::kLinear;
+  s.rope.factor = 2.0;
   EXPECT_TRUE(MakeModelKernels(s).ok());
   for (const char* arch : {"mistral", "qwen2"}) {
     s = TinyLlamaSpec();

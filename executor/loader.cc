@@ -186,11 +186,7 @@ struct Loader {
     std::vector<arch::BlockRef> refs;
     for (uint32_t i = 0; i < blocks->size(); ++i) {
       const schema::Block* b = blocks->Get(i);
-      Result<arch::BlockKind> kind = arch::ParseBlockKind(Str(b->kind()));
-      if (!kind.ok()) {
-        return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + Str(b->name()) + ": " + kind.error().message);
-      }
-      block_kinds.push_back(*kind);
+      block_kinds.push_back(BlockKindOf(*b));  // the typed kind, checked by VerifyPlan
       prefixes[i] = Str(b->prefix());
     }
     for (uint32_t i = 0; i < blocks->size(); ++i) refs.push_back(arch::BlockRef{block_kinds[i], prefixes[i]});
@@ -733,13 +729,12 @@ ModelSpec SpecFromPlan(const schema::Plan& plan) {
   s.vocab_size = c->vocab_size();
   s.max_position_embeddings = c->max_position_embeddings();
   s.norm_eps = c->norm_eps();
-  s.rope_theta = c->rope_theta();
   s.rotary_dim = c->rotary_dim();
   s.attention_bias = c->attention_bias();
   s.mlp_bias = c->mlp_bias();
   s.tie_word_embeddings = c->tie_word_embeddings();
   s.activation = Str(c->activation());
-  s.rope_scaling_json = Str(c->rope_scaling_json());
+  s.rope = RopeParamsOf(*c->rope());  // present in every verified plan (VerifyPlan checks it)
   s.sliding_window = c->sliding_window();
   if (c->sliding_window_layers() != nullptr) {
     for (uint32_t i = 0; i < c->sliding_window_layers()->size(); ++i) {

@@ -190,6 +190,24 @@ void StreamEngine::Fail(const Status& status) {
   cv_.notify_all();
 }
 
+Status StreamEngine::IssueCopy(Stream* s, uint32_t u) {
+  const UnitRuntime& un = s->rt->units[u];
+  cudaStream_t copy = s->copy.get();
+  Status st;
+  if (un.wait_unit >= 0) {
+    st = Cuda(cudaStreamWaitEvent(copy, s->release[un.wait_unit].get(), 0), "cudaStreamWaitEvent");
+  }
+  const uint8_t* src = un.source == schema::Tier::Cpu ? un.host : s->h2d_source[u];
+  if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_start[u].get(), copy), "cudaEventRecord");
+  if (st.ok()) {
+    st = Cuda(cudaMemcpyAsync(un.ring, src, un.bytes, cudaMemcpyHostToDevice, copy),
+              "copying " + UnitName(*state_, un) + " to cuda:" + std::to_string(s->device));
+  }
+  if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_end[u].get(), copy), "cudaEventRecord");
+  if (st.ok()) st = Cuda(cudaEventRecord(s->ready[u].get(), copy), "cudaEventRecord");
+  return st;
+}
+
 void StreamEngine::CopyLoop(Stream* s) {
   uint64_t gen = 0;
   const std::vector<UnitRuntime>& units = s->rt->units;
@@ -207,23 +225,14 @@ void StreamEngine::CopyLoop(Stream* s) {
       const bool this_pass = w >= 0 && static_cast<uint32_t>(w) < u;
       {
         std::unique_lock<std::mutex> lock(mu_);
+        if (s->issued[u] == gen) continue;  // copied ahead, while the previous pass finished (RunAhead)
         cv_.wait(lock, [&] {
           return stop_ || abort_ ||
                  ((!this_pass || s->released[w] == gen) && (un.source != schema::Tier::Disk || s->read[u] == gen));
         });
         if (stop_ || abort_) break;
       }
-      if (w >= 0) st = Cuda(cudaStreamWaitEvent(s->copy.get(), s->release[w].get(), 0), "cudaStreamWaitEvent");
-      const uint8_t* src = un.source == schema::Tier::Cpu ? un.host : s->h2d_source[u];
-      if (st.ok() && options_.timing) {
-        st = Cuda(cudaEventRecord(s->copy_start[u].get(), s->copy.get()), "cudaEventRecord");
-      }
-      if (st.ok()) {
-        st = Cuda(cudaMemcpyAsync(un.ring, src, un.bytes, cudaMemcpyHostToDevice, s->copy.get()),
-                  "copying " + UnitName(*state_, un) + " to cuda:" + std::to_string(s->device));
-      }
-      if (st.ok() && options_.timing) st = Cuda(cudaEventRecord(s->copy_end[u].get(), s->copy.get()), "cudaEventRecord");
-      if (st.ok()) st = Cuda(cudaEventRecord(s->ready[u].get(), s->copy.get()), "cudaEventRecord");
+      st = IssueCopy(s, u);
       if (!st.ok()) break;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -235,6 +244,35 @@ void StreamEngine::CopyLoop(Stream* s) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       s->done = gen;
+    }
+    cv_.notify_all();
+    if (st.ok()) RunAhead(s, gen);
+  }
+}
+
+void StreamEngine::RunAhead(Stream* s, uint64_t gen) {
+  // The leading units of the next pass whose ring bytes were last used in pass `gen` (wait_unit >= their index)
+  // and whose bytes are in the pinned pool: each is copied once its predecessor's release in pass `gen` has been
+  // recorded, so the copy stream stays busy through this pass's last computations and the host's turn between
+  // passes. The first unit that depends on the next pass's compute (or a disk read) ends the run; so does the
+  // next pass beginning (its loop issues the rest) or a failure (its loop retries the unit and reports).
+  const std::vector<UnitRuntime>& units = s->rt->units;
+  const uint64_t next = gen + 1;
+  for (uint32_t u = 0; u < units.size(); ++u) {
+    const UnitRuntime& un = units[u];
+    const int32_t w = un.wait_unit;
+    // (w < 0 never comes from the planner, whose cyclic order makes a unit at least its own predecessor; such a
+    // unit could be copied again before this pass's kernels acquired it, so it ends the run too.)
+    if (un.source != schema::Tier::Cpu || w < 0 || static_cast<uint32_t>(w) < u) return;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || gen_ != gen || s->released[w] == gen; });
+      if (stop_ || gen_ != gen) return;
+    }
+    if (!IssueCopy(s, u).ok()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      s->issued[u] = next;
     }
     cv_.notify_all();
   }
@@ -506,7 +544,10 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
         released = s->released[u] == gen;
       }
       if (!released) {
-        Status r = Release(s.get(), u);
+        // The compute stream waits for its copy before releasing it, so synchronizing the compute streams below
+        // covers every copy of this pass (the copy streams may already be copying the next pass's first units).
+        Status r = Cuda(cudaStreamWaitEvent(s->compute, s->ready[u].get(), 0), "waiting for an unread unit");
+        if (r.ok()) r = Release(s.get(), u);
         if (status.ok() && !r.ok()) status = r;
       }
     }
@@ -525,11 +566,6 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
   for (const Device& d : devices_) {
     Status sync = Cuda(cudaSetDevice(d.device), "cudaSetDevice");
     if (sync.ok()) sync = Cuda(cudaStreamSynchronize(d.compute.get()), "synchronizing cuda:" + std::to_string(d.device));
-    if (status.ok() && !sync.ok()) status = sync;
-  }
-  for (auto& s : streams_) {
-    if (!s->gpu) continue;
-    Status sync = Cuda(cudaStreamSynchronize(s->copy.get()), "synchronizing a copy stream");
     if (status.ok() && !sync.ok()) status = sync;
   }
   if (!status.ok() || t == nullptr) return status;

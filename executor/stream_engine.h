@@ -79,6 +79,10 @@ class StreamEngine {
   StreamEngine(ModelState* state, const StreamEngineOptions& options);
   Status Init();
   void CopyLoop(Stream* s);
+  // Copy thread: after issuing pass `gen`, copies the next pass's leading units early (see the .cc).
+  void RunAhead(Stream* s, uint64_t gen);
+  // Enqueues one unit's H2D copy on its stream's copy stream (after its wait_unit's release) with its events.
+  Status IssueCopy(Stream* s, uint32_t u);
   void ReadLoop(int worker);
   Status ReadUnit(int worker, Stream* s, uint32_t u);
   Status Acquire(Stream* s, uint32_t u);

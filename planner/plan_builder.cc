@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "arch/registry.h"
 #include "planner/overlap_check.h"
 #include "schema/plan_io.h"
 #include "support/sha256.h"
@@ -177,7 +178,7 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
     blocks.push_back(schema::CreateBlockDirect(fb, bd.name.c_str(), BlockKindName(bd.kind), bd.layer,
                                                bd.prefix.c_str(), c.placement[i].device,
                                                ToSchemaTier(SlowestTier(tiers)), &weights, layout.total_bytes, bb.home,
-                                               -1, -1, bb.kv, bb.host));
+                                               -1, -1, bb.kv, bb.host, ToSchemaBlockKind(bd.kind)));
   }
 
   std::vector<flatbuffers::Offset<schema::Buffer>> buffers;
@@ -229,16 +230,22 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
                                                     a.activations, a.workspace_reserve, a.total, a.budget));
 
   const ModelConfig& mc = model.config;
+  // The RoPE the executor computes, resolved here once (the description was checked with the same rules).
+  Result<const arch::FamilyInfo*> family = arch::LookupFamily(model.architecture);
+  if (!family.ok()) return WithContext(family.take_error(), "BuildPlan");
+  Result<arch::RopeParams> rope_params = arch::ResolveRope(**family, mc);
+  if (!rope_params.ok()) return WithContext(rope_params.take_error(), "BuildPlan: model " + model.name);
+  auto rope_table = CreateRopeParams(fb, *rope_params);
   const std::string rope = mc.rope_scaling.is_null() ? "" : mc.rope_scaling.dump();
   const std::string config_json = model.hf_config.is_null() ? "{}" : model.hf_config.dump();
   const std::vector<uint8_t> sliding_layers(mc.sliding_window_layers.begin(), mc.sliding_window_layers.end());
   auto config = schema::CreateModelConfigDirect(
       fb, model.architecture.c_str(), mc.hidden_size, mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim,
-      mc.intermediate_size, mc.vocab_size, mc.max_position_embeddings, mc.norm_eps, mc.rope_theta, mc.rotary_dim,
+      mc.intermediate_size, mc.vocab_size, mc.max_position_embeddings, mc.norm_eps, rope_params->theta, mc.rotary_dim,
       mc.attention_bias, mc.mlp_bias, mc.tie_word_embeddings, mc.activation.c_str(), rope.c_str(),
       config_json.c_str(), mc.bos_token_id, &mc.eos_token_ids, mc.sliding_window,
       sliding_layers.empty() ? nullptr : &sliding_layers, mc.scale_attn_weights, mc.scale_attn_by_inverse_layer_idx,
-      mc.reorder_and_upcast_attn);
+      mc.reorder_and_upcast_attn, rope_table);
 
   const DeviceProfile& p = c.profile;
   auto profile = schema::CreateDeviceProfileDirect(fb, p.name.c_str(), p.h2d_gbps, p.d2h_gbps, p.disk_gbps,

@@ -88,6 +88,18 @@ TEST(PlannerTest, PlansARealCheckpoint) {
   EXPECT_EQ(p.config()->architecture()->str(), "llama");
   EXPECT_EQ(p.config()->eos_token_ids()->size(), 1u);
   EXPECT_EQ(p.model_digest()->str(), result->model.Digest());
+  EXPECT_EQ(p.version(), kPlanVersion);
+  // Version 3: the typed RoPE (default, over whole heads) and block kinds, in execution order.
+  ASSERT_NE(p.config()->rope(), nullptr);
+  const arch::RopeParams rope = RopeParamsOf(*p.config()->rope());
+  EXPECT_EQ(rope.type, arch::RopeType::kDefault);
+  EXPECT_EQ(rope.rotary_dim, 16u);
+  EXPECT_DOUBLE_EQ(rope.theta, 10000.0);
+  const arch::BlockKind kinds[] = {arch::BlockKind::kEmbedding,    arch::BlockKind::kDecoderLayer,
+                                   arch::BlockKind::kDecoderLayer, arch::BlockKind::kDecoderLayer,
+                                   arch::BlockKind::kDecoderLayer, arch::BlockKind::kFinalNorm,
+                                   arch::BlockKind::kLmHead};
+  for (uint32_t i = 0; i < p.blocks()->size(); ++i) EXPECT_EQ(BlockKindOf(*p.blocks()->Get(i)), kinds[i]) << i;
   // Tensor locations are the checkpoint's.
   auto ckpt = Checkpoint::Open(dir);
   ASSERT_TRUE(ckpt.ok());
@@ -216,6 +228,15 @@ TEST(PlannerTest, LayersLargerThanTheGpuPlanNearTheCopyFloor) {
   const schema::Plan& p = result->plan();
   ASSERT_EQ(p.streams()->size(), 1u);
   EXPECT_EQ(p.streams()->Get(0)->chunk_bytes(), st.chunk_bytes);
+  // Llama 3.1's rope_scaling, typed: what the executor computes from.
+  const arch::RopeParams rope = RopeParamsOf(*p.config()->rope());
+  EXPECT_EQ(rope.type, arch::RopeType::kLlama3);
+  EXPECT_DOUBLE_EQ(rope.theta, 500000.0);
+  EXPECT_EQ(rope.rotary_dim, 128u);
+  EXPECT_DOUBLE_EQ(rope.factor, 8.0);
+  EXPECT_DOUBLE_EQ(rope.low_freq_factor, 1.0);
+  EXPECT_DOUBLE_EQ(rope.high_freq_factor, 4.0);
+  EXPECT_EQ(rope.original_max_position_embeddings, 8192u);
   EXPECT_TRUE(CheckPlanMemory(p).ok());
 }
 

@@ -143,6 +143,7 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
     << (c.attention_bias() ? "yes" : "no") << "/" << (c.mlp_bias() ? "yes" : "no") << ", bos " << c.bos_token_id()
     << ", eos " << List(c.eos_token_ids()) << "\n";
   if (c.rope_scaling_json() && c.rope_scaling_json()->size()) o << "rope_scaling: " << Str(c.rope_scaling_json()) << "\n";
+  if (c.rope()) o << "rope: " << arch::DescribeRope(RopeParamsOf(*c.rope())) << "\n";
   const schema::Fingerprint& fp = *p.checkpoint();
   o << "checkpoint: digest " << Str(fp.digest()) << "\n";
   for (uint32_t i = 0; i < Len(fp.shards()); ++i) {
@@ -171,7 +172,7 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
   o << "blocks: " << Len(p.blocks()) << "\n";
   for (uint32_t i = 0; i < Len(p.blocks()); ++i) {
     const auto* b = p.blocks()->Get(i);
-    o << "  [" << i << "] " << Str(b->name()) << " " << Str(b->kind());
+    o << "  [" << i << "] " << Str(b->name()) << " " << arch::BlockKindName(BlockKindOf(*b));
     if (b->layer() >= 0) o << " layer " << b->layer();
     o << ", " << Placement(*b) << ", " << b->weight_bytes() << " bytes, buffers home " << b->home_buffer()
       << " host " << b->host_buffer() << " kv " << b->kv_buffer() << "\n";
@@ -252,6 +253,15 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
                  {"tie_word_embeddings", c.tie_word_embeddings()}, {"activation", Str(c.activation())},
                  {"rope_scaling_json", Str(c.rope_scaling_json())}, {"config_json", Str(c.config_json())},
                  {"bos_token_id", c.bos_token_id()}, {"eos_token_ids", JList(c.eos_token_ids())}};
+  if (const schema::RopeParams* r = c.rope()) {
+    j["config"]["rope"] = {{"type", arch::RopeTypeName(static_cast<arch::RopeType>(r->type()))},
+                           {"theta", r->theta()}, {"rotary_dim", r->rotary_dim()}, {"factor", r->factor()},
+                           {"low_freq_factor", r->low_freq_factor()}, {"high_freq_factor", r->high_freq_factor()},
+                           {"original_max_position_embeddings", r->original_max_position_embeddings()},
+                           {"beta_fast", r->beta_fast()}, {"beta_slow", r->beta_slow()}, {"ramp_low", r->ramp_low()},
+                           {"ramp_high", r->ramp_high()}, {"attention_factor", r->attention_factor()},
+                           {"short_factor", JList(r->short_factor())}, {"long_factor", JList(r->long_factor())}};
+  }
   J shards = J::array();
   for (uint32_t i = 0; i < Len(p.checkpoint()->shards()); ++i) {
     const auto* s = p.checkpoint()->shards()->Get(i);
@@ -291,7 +301,8 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
                       {"prefix", Str(b->prefix())}, {"device", b->device()}, {"tier", TierName(b->tier())},
                       {"weights", weights}, {"weight_bytes", b->weight_bytes()}, {"home_buffer", b->home_buffer()},
                       {"staging_buffer", b->staging_buffer()}, {"disk_staging_buffer", b->disk_staging_buffer()},
-                      {"kv_buffer", b->kv_buffer()}, {"host_buffer", b->host_buffer()}});
+                      {"kv_buffer", b->kv_buffer()}, {"host_buffer", b->host_buffer()},
+                      {"block_kind", arch::BlockKindName(BlockKindOf(*b))}});
   }
   j["blocks"] = blocks;
   J buffers = J::array();

@@ -12,7 +12,8 @@ namespace {
 
 // A small plan: one shard, one tensor, one block of 1024 bytes (resident on cuda:0, or in the pinned pool), one
 // buffer, one arena, one step.
-flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us) {
+flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us, const arch::RopeParams& rope = {},
+                                     uint32_t head_dim = 0) {
   flatbuffers::FlatBufferBuilder fb;
   auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
   std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
@@ -25,7 +26,7 @@ flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us) {
   auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0, tier);
   std::vector<flatbuffers::Offset<schema::Weight>> weights{weight};
   auto block = schema::CreateBlockDirect(fb, "b", "decoder_layer", 0, "b.", 0, tier, &weights, 1024, pinned ? -1 : 0,
-                                         -1, -1, -1, pinned ? 0 : -1);
+                                         -1, -1, -1, pinned ? 0 : -1, schema::BlockKind::DecoderLayer);
   std::vector<flatbuffers::Offset<schema::Block>> blocks{block};
   auto buffer = schema::CreateBufferDirect(fb, pinned ? "b.host" : "b.weights",
                                            pinned ? schema::BufferKind::HostWeights : schema::BufferKind::ResidentWeights,
@@ -35,7 +36,7 @@ flatbuffers::DetachedBuffer TinyPlan(bool pinned, double decode_us) {
   std::vector<flatbuffers::Offset<schema::Arena>> arenas{arena};
   auto step = schema::CreateStepDirect(fb, 0);
   std::vector<flatbuffers::Offset<schema::Step>> steps{step};
-  auto config = schema::CreateModelConfigDirect(fb, "llama");
+  auto config = schema_testing::TestModelConfig(fb, rope, head_dim);
   auto run_shape = schema::CreateRunShape(fb, 1, 16);
   auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "sequential", "m", "d", config, fp,
                                        schema::DType::F32, run_shape, nullptr, 0, &tensors, &blocks, &buffers,
@@ -68,7 +69,8 @@ TEST(PlanDumpTest, Text) {
             "exec dtype: F32\n"
             "run shape: batch 1, seq 16\n"
             "config: hidden 0, layers 0, heads 0/0 kv, head_dim 0, intermediate 0, vocab 0, max_pos 0, rotary_dim 0, "
-            "rope_theta 0.0, eps 0, act , tied no, bias attn/mlp no/no, bos -1, eos []\n"
+            "rope_theta 10000.0, eps 0, act , tied no, bias attn/mlp no/no, bos -1, eos []\n"
+            "rope: default theta 10000 dims 0\n"
             "checkpoint: digest ff\n"
             "  shard 0: model.safetensors, 4096 bytes, header 00\n"
             "budgets:\n"
@@ -97,6 +99,9 @@ TEST(PlanDumpTest, Json) {
   EXPECT_EQ(j["checkpoint"].dump(), R"({"shards":[{"file_name":"model.safetensors","size_bytes":4096,)"
                                     R"("header_digest":"00"}],"digest":"ff"})");
   EXPECT_EQ(j["blocks"][0]["tier"], "cpu");
+  EXPECT_EQ(j["blocks"][0]["block_kind"], "decoder_layer");
+  EXPECT_EQ(j["config"]["rope"]["type"], "default");
+  EXPECT_EQ(j["config"]["rope"]["theta"], 10000.0);
   EXPECT_EQ(j["tensors"][0]["shape"].dump(), "[16,16]");
   EXPECT_EQ(j["arenas"].dump(), R"([{"pool":"PinnedHost","device":0,"size_bytes":1024}])");
   EXPECT_EQ(j["predicted_decode_us"], 1500.0);
@@ -164,6 +169,34 @@ TEST(PlanDumpTest, PartlyResidentBlockAndStream) {
   EXPECT_NE(d.find("  cpu: 0 B -> 1.00 KiB  *\n"), std::string::npos) << d;
   EXPECT_NE(d.find("streams:\n  A cuda:0: none\n  B cuda:0: layout chunks, ring 1.00 KiB"), std::string::npos) << d;
   EXPECT_NE(d.find("  b: cuda:0 gpu -> cuda:0 cpu (partly resident: 1 gpu, 1 cpu weights)\n"), std::string::npos) << d;
+}
+
+// The typed RoPE the executor computes from, as text and JSON.
+TEST(PlanDumpTest, TypedRope) {
+  arch::RopeParams yarn;
+  yarn.type = arch::RopeType::kYarn;
+  yarn.theta = 10000;
+  yarn.rotary_dim = 16;
+  yarn.factor = 4;
+  yarn.original_max_position_embeddings = 64;
+  yarn.beta_fast = 32;
+  yarn.beta_slow = 1;
+  yarn.ramp_low = 0;
+  yarn.ramp_high = 3;
+  yarn.attention_factor = 1.138629436111989;
+  auto buf = TinyPlan(false, 1000, yarn, 16);
+  const schema::Plan& p = Verified(buf);
+  std::ostringstream text;
+  WritePlanText(text, p);
+  EXPECT_NE(text.str().find("\nrope: yarn theta 10000 dims 16 factor 4 original 64 beta_fast 32 beta_slow 1 ramp [0, 3] "
+                            "attention_factor 1.13862944\n"),
+            std::string::npos)
+      << text.str();
+  const nlohmann::ordered_json j = PlanToJson(p);
+  EXPECT_EQ(j["config"]["rope"].dump(),
+            R"({"type":"yarn","theta":10000.0,"rotary_dim":16,"factor":4.0,"low_freq_factor":1.0,)"
+            R"("high_freq_factor":4.0,"original_max_position_embeddings":64,"beta_fast":32.0,"beta_slow":1.0,)"
+            R"("ramp_low":0.0,"ramp_high":3.0,"attention_factor":1.138629436111989,"short_factor":[],"long_factor":[]})");
 }
 
 TEST(PlanDumpTest, DiffOfAPlanWithItselfShowsNoDifferences) {

@@ -89,9 +89,24 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
   return Status::Ok();
 }
 
+// config.rope: present (every version-3 plan has it), a known type, values the kernels can compute.
+Status CheckRope(const schema::ModelConfig& config, const std::string& src) {
+  const schema::RopeParams* rope = config.rope();
+  if (rope == nullptr) return Corrupt(src, "plan lacks config.rope (the model's RoPE parameters)");
+  if (static_cast<uint8_t>(rope->type()) > static_cast<uint8_t>(schema::RopeType::MAX))
+    return Corrupt(src, "config.rope.type " + std::to_string(static_cast<int>(rope->type())) + " is unknown");
+  Status st = arch::CheckRopeParams(RopeParamsOf(*rope), config.head_dim());
+  if (!st.ok()) return Corrupt(src, "config." + st.error().message);
+  if (config.rotary_dim() > 0 && rope->rotary_dim() != config.rotary_dim())
+    return Corrupt(src, "config.rope.rotary_dim " + std::to_string(rope->rotary_dim()) +
+                            " disagrees with config.rotary_dim " + std::to_string(config.rotary_dim()));
+  return Status::Ok();
+}
+
 Status CheckIndices(const schema::Plan& plan, const std::string& src) {
   if (!plan.checkpoint() || !plan.config() || !plan.run_shape())
     return Corrupt(src, "plan lacks its checkpoint, config or run_shape section");
+  BIGPLAN_RETURN_IF_ERROR(CheckRope(*plan.config(), src));
   const uint32_t n_shards = Len(plan.checkpoint()->shards());
   const uint32_t n_tensors = Len(plan.tensors());
   const uint32_t n_blocks = Len(plan.blocks());
@@ -119,6 +134,11 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
     BIGPLAN_RETURN_IF_ERROR(check_buffer(b->kv_buffer(), f + ".kv_buffer"));
     if (static_cast<uint8_t>(b->tier()) > static_cast<uint8_t>(schema::Tier::MAX))
       return Corrupt(src, f + ".tier " + std::to_string(static_cast<int>(b->tier())) + " is unknown");
+    if (static_cast<uint8_t>(b->block_kind()) > static_cast<uint8_t>(schema::BlockKind::MAX))
+      return Corrupt(src, f + ".block_kind " + std::to_string(static_cast<int>(b->block_kind())) + " is unknown");
+    if (b->kind() && b->kind()->size() > 0 && b->kind()->str() != arch::BlockKindName(BlockKindOf(*b)))
+      return Corrupt(src, f + ".kind \"" + b->kind()->str() + "\" disagrees with its block_kind " +
+                              arch::BlockKindName(BlockKindOf(*b)));
     for (uint32_t w = 0; w < Len(b->weights()); ++w) {
       const auto* wt = b->weights()->Get(w);
       const std::string fw = f + ".weights[" + std::to_string(w) + "]";
@@ -283,6 +303,35 @@ Result<PlanFile> PlanFile::Load(const std::string& path) {
   BIGPLAN_ASSIGN_OR_RETURN(pf.bytes_, ReadFileBytes(path));
   BIGPLAN_ASSIGN_OR_RETURN(pf.plan_, VerifyPlan(pf.bytes_.data(), pf.bytes_.size(), path));
   return pf;
+}
+
+arch::BlockKind BlockKindOf(const schema::Block& block) { return static_cast<arch::BlockKind>(block.block_kind()); }
+
+arch::RopeParams RopeParamsOf(const schema::RopeParams& r) {
+  arch::RopeParams p;
+  p.type = static_cast<arch::RopeType>(r.type());
+  p.theta = r.theta();
+  p.rotary_dim = r.rotary_dim();
+  p.factor = r.factor();
+  p.low_freq_factor = r.low_freq_factor();
+  p.high_freq_factor = r.high_freq_factor();
+  p.original_max_position_embeddings = r.original_max_position_embeddings();
+  p.beta_fast = r.beta_fast();
+  p.beta_slow = r.beta_slow();
+  p.ramp_low = r.ramp_low();
+  p.ramp_high = r.ramp_high();
+  p.attention_factor = r.attention_factor();
+  if (r.short_factor()) p.short_factor.assign(r.short_factor()->begin(), r.short_factor()->end());
+  if (r.long_factor()) p.long_factor.assign(r.long_factor()->begin(), r.long_factor()->end());
+  return p;
+}
+
+flatbuffers::Offset<schema::RopeParams> CreateRopeParams(flatbuffers::FlatBufferBuilder& fb, const arch::RopeParams& r) {
+  return schema::CreateRopeParamsDirect(fb, ToSchemaRopeType(r.type), r.theta, r.rotary_dim, r.factor,
+                                        r.low_freq_factor, r.high_freq_factor, r.original_max_position_embeddings,
+                                        r.beta_fast, r.beta_slow, r.ramp_low, r.ramp_high, r.attention_factor,
+                                        r.short_factor.empty() ? nullptr : &r.short_factor,
+                                        r.long_factor.empty() ? nullptr : &r.long_factor);
 }
 
 const char* DTypeName(schema::DType d) {

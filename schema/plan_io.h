@@ -5,19 +5,44 @@
 #include <string>
 #include <vector>
 
+#include "arch/block_kind.h"
+#include "arch/rope.h"
 #include "schema/plan_generated.h"
 #include "support/result.h"
 
 namespace bigplan {
 
 // The plan layout version this build writes and reads. See schema/README.md for when it changes.
-inline constexpr uint32_t kPlanVersion = 2;
+inline constexpr uint32_t kPlanVersion = 3;
+
+// The schema's enums mirror the architecture registry's (same values), checked here at compile time.
+static_assert(static_cast<uint8_t>(schema::BlockKind::Embedding) == static_cast<uint8_t>(arch::BlockKind::kEmbedding));
+static_assert(static_cast<uint8_t>(schema::BlockKind::PositionEmbedding) ==
+              static_cast<uint8_t>(arch::BlockKind::kPositionEmbedding));
+static_assert(static_cast<uint8_t>(schema::BlockKind::DecoderLayer) ==
+              static_cast<uint8_t>(arch::BlockKind::kDecoderLayer));
+static_assert(static_cast<uint8_t>(schema::BlockKind::FinalNorm) == static_cast<uint8_t>(arch::BlockKind::kFinalNorm));
+static_assert(static_cast<uint8_t>(schema::BlockKind::LmHead) == static_cast<uint8_t>(arch::BlockKind::kLmHead));
+static_assert(static_cast<int>(schema::BlockKind::MAX) + 1 == arch::kNumBlockKinds);
+static_assert(static_cast<uint8_t>(schema::RopeType::Default) == static_cast<uint8_t>(arch::RopeType::kDefault));
+static_assert(static_cast<uint8_t>(schema::RopeType::Linear) == static_cast<uint8_t>(arch::RopeType::kLinear));
+static_assert(static_cast<uint8_t>(schema::RopeType::Dynamic) == static_cast<uint8_t>(arch::RopeType::kDynamic));
+static_assert(static_cast<uint8_t>(schema::RopeType::Llama3) == static_cast<uint8_t>(arch::RopeType::kLlama3));
+static_assert(static_cast<uint8_t>(schema::RopeType::Yarn) == static_cast<uint8_t>(arch::RopeType::kYarn));
+static_assert(static_cast<uint8_t>(schema::RopeType::Longrope) == static_cast<uint8_t>(arch::RopeType::kLongrope));
+static_assert(static_cast<int>(schema::RopeType::MAX) + 1 == arch::kNumRopeTypes);
+
+inline schema::BlockKind ToSchemaBlockKind(arch::BlockKind k) { return static_cast<schema::BlockKind>(k); }
+inline schema::RopeType ToSchemaRopeType(arch::RopeType t) { return static_cast<schema::RopeType>(t); }
 
 // Checks, in order: the buffer is large enough and carries the "BGPL" identifier (else kCorrupt,
 // "not a bigplan plan"); the flatbuffer verifier accepts it (else kCorrupt); Plan.version == kPlanVersion
-// (else kIncompatible naming both versions); every index inside the plan is in range (tensor, block,
-// buffer, shard, step indices; buffers fit their arenas) (else kCorrupt naming the field). A plan carrying
-// content_sha256 must match it (else kCorrupt: the file was damaged after it was written).
+// (else kIncompatible naming both versions; an older version: "made by an older planner ...: plan again"); every
+// index inside the plan is in range (tensor, block, buffer, shard, step indices; buffers fit their arenas); every
+// block's block_kind is known and agrees with its `kind` string; config.rope is present, its type known and its
+// values pass arch::CheckRopeParams for config.head_dim, its rotary_dim agrees with config.rotary_dim (else
+// kCorrupt naming the field). A plan carrying content_sha256 must match it (else kCorrupt: the file was damaged
+// after it was written).
 // `source` (a file name) prefixes every message. On success the returned pointer aliases `data`.
 Result<const schema::Plan*> VerifyPlan(const uint8_t* data, size_t size, const std::string& source);
 
@@ -49,6 +74,14 @@ class PlanFile {
   std::vector<uint8_t> bytes_;
   const schema::Plan* plan_ = nullptr;
 };
+
+// The block's kind, typed (a block of a verified plan has a known one).
+arch::BlockKind BlockKindOf(const schema::Block& block);
+// The plan's RoPE, typed: config.rope of a verified plan (which always has one) converted field by field.
+arch::RopeParams RopeParamsOf(const schema::RopeParams& rope);
+// Writes `rope` as a schema::RopeParams table (the planner and tests).
+flatbuffers::Offset<schema::RopeParams> CreateRopeParams(flatbuffers::FlatBufferBuilder& fb,
+                                                         const arch::RopeParams& rope);
 
 const char* DTypeName(schema::DType dtype);      // "BF16"
 size_t DTypeSize(schema::DType dtype);           // bytes per element

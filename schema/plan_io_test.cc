@@ -10,9 +10,19 @@
 namespace bigplan {
 namespace {
 
+// What MinimalPlan writes for the model and its block (version 3's typed fields).
+struct ModelFields {
+  bool rope_table = true;  // false: config.rope absent (as in plans of older versions)
+  arch::RopeParams rope;   // config.rope
+  uint32_t head_dim = 0;   // config.head_dim
+  schema::BlockKind block_kind = schema::BlockKind::DecoderLayer;
+  const char* kind = "decoder_layer";  // Block.kind
+};
+
 // A minimal valid plan: one shard, one tensor, one resident block, one buffer, one arena, one step.
 flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_t arena_size = 1024,
-                                        uint32_t tensor_shard = 0, const char* checksum = nullptr) {
+                                        uint32_t tensor_shard = 0, const char* checksum = nullptr,
+                                        const ModelFields& m = {}) {
   flatbuffers::FlatBufferBuilder fb;
   auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
   std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
@@ -23,7 +33,8 @@ flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_
   std::vector<schema::Weight> unused;
   auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0);
   std::vector<flatbuffers::Offset<schema::Weight>> weights{weight};
-  auto block = schema::CreateBlockDirect(fb, "b", "decoder_layer", 0, "b.", 0, schema::Tier::Gpu, &weights, 1024, 0);
+  auto block = schema::CreateBlockDirect(fb, "b", m.kind, 0, "b.", 0, schema::Tier::Gpu, &weights, 1024, 0, -1, -1, -1,
+                                         -1, m.block_kind);
   std::vector<flatbuffers::Offset<schema::Block>> blocks{block};
   auto buffer = schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights,
                                            schema::Pool::DeviceArena, 0, 0, 1024, 0, 0);
@@ -32,7 +43,8 @@ flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_
   std::vector<flatbuffers::Offset<schema::Arena>> arenas{arena};
   auto step = schema::CreateStepDirect(fb, 0);
   std::vector<flatbuffers::Offset<schema::Step>> steps{step};
-  auto config = schema::CreateModelConfigDirect(fb, "llama");
+  auto config = m.rope_table ? schema_testing::TestModelConfig(fb, m.rope, m.head_dim)
+                             : schema::CreateModelConfigDirect(fb, "llama");
   auto run_shape = schema::CreateRunShape(fb, 1, 16);
   auto plan = schema::CreatePlanDirect(fb, version, "test", "sequential", "m", "d", config, fp,
                                        schema::DType::F32, run_shape, nullptr, 0, &tensors, &blocks, &buffers,
@@ -71,7 +83,94 @@ TEST(PlanIoTest, RejectsOtherVersionAsIncompatible) {
   auto r = VerifyPlan(buf.data(), buf.size(), "p.bplan");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kIncompatible);
-  EXPECT_NE(r.error().message.find("version 2"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("reads version " + std::to_string(kPlanVersion)), std::string::npos)
+      << r.error().message;
+}
+
+// Version 3 (typed RoPE and block kinds): a version-2 plan has no typed RoPE; it is refused with "plan again", never
+// read with a guessed RoPE.
+TEST(PlanIoTest, RefusesAVersion2PlanWithPlanAgain) {
+  ASSERT_EQ(kPlanVersion, 3u);
+  ModelFields v2;
+  v2.rope_table = false;
+  auto buf = MinimalPlan(2, 1024, 0, nullptr, v2);
+  auto r = VerifyPlan(buf.data(), buf.size(), "v2.bplan");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kIncompatible);
+  EXPECT_NE(r.error().message.find("v2.bplan: made by an older planner (plan version 2; this build reads version 3): "
+                                   "plan again"),
+            std::string::npos)
+      << r.error().message;
+}
+
+TEST(PlanIoTest, TypedRopeAndBlockKindReadBack) {
+  ModelFields m;
+  m.head_dim = 16;
+  m.rope.type = arch::RopeType::kLongrope;
+  m.rope.theta = 250000.0;
+  m.rope.rotary_dim = 12;
+  m.rope.original_max_position_embeddings = 4096;
+  m.rope.factor = 32.0;
+  m.rope.attention_factor = 1.19;
+  m.rope.short_factor = {1, 1.5f, 2, 2.5f, 3, 3.5f};
+  m.rope.long_factor = {4, 4, 4, 4, 4, 8};
+  m.block_kind = schema::BlockKind::LmHead;
+  m.kind = "lm_head";
+  auto buf = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  auto plan = VerifyPlan(buf.data(), buf.size(), "p.bplan");
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  EXPECT_EQ(RopeParamsOf(*(*plan)->config()->rope()), m.rope);
+  EXPECT_EQ(BlockKindOf(*(*plan)->blocks()->Get(0)), arch::BlockKind::kLmHead);
+}
+
+TEST(PlanIoTest, RefusesDamagedRopeAndBlockKind) {
+  struct Case {
+    const char* what;
+    ModelFields m;
+    const char* needle;
+  };
+  std::vector<Case> cases;
+  auto add = [&](const char* what, auto edit, const char* needle) {
+    ModelFields m;
+    m.head_dim = 8;
+    m.rope.rotary_dim = 8;
+    edit(m);
+    cases.push_back({what, m, needle});
+  };
+  add("no rope", [](ModelFields& m) { m.rope_table = false; }, "plan lacks config.rope");
+  add("unknown rope type", [](ModelFields& m) { m.rope.type = static_cast<arch::RopeType>(9); },
+      "config.rope.type 9 is unknown");
+  add("theta 0", [](ModelFields& m) { m.rope.theta = 0; }, "config.rope.theta 0 must be finite and positive");
+  add("negative factor", [](ModelFields& m) { m.rope.type = arch::RopeType::kLinear; m.rope.factor = -2; },
+      "config.rope.factor -2");
+  add("infinite attention factor", [](ModelFields& m) { m.rope.attention_factor = 1.0 / 0.0; },
+      "config.rope.attention_factor inf");
+  add("rotary dims past the head", [](ModelFields& m) { m.rope.rotary_dim = 10; }, "exceeds head_dim 8");
+  add("longrope factors", [](ModelFields& m) {
+        m.rope.type = arch::RopeType::kLongrope;
+        m.rope.original_max_position_embeddings = 16;
+        m.rope.short_factor = {1, 1, 1, 1};
+        m.rope.long_factor = {1, 1};
+      },
+      "config.rope.long_factor has 2 entries, expected rotary_dim / 2 = 4");
+  add("factors of another type", [](ModelFields& m) { m.rope.short_factor = {1, 1, 1, 1}; }, "longrope only");
+  add("llama3 bands", [](ModelFields& m) {
+        m.rope.type = arch::RopeType::kLlama3;
+        m.rope.original_max_position_embeddings = 16;
+        m.rope.low_freq_factor = m.rope.high_freq_factor = 2;
+      },
+      "high_freq_factor equals low_freq_factor");
+  add("unknown block kind", [](ModelFields& m) { m.block_kind = static_cast<schema::BlockKind>(7); },
+      "blocks[0].block_kind 7 is unknown");
+  add("kind string disagrees", [](ModelFields& m) { m.block_kind = schema::BlockKind::Embedding; },
+      "blocks[0].kind \"decoder_layer\" disagrees with its block_kind embedding");
+  for (const Case& c : cases) {
+    auto buf = MinimalPlan(kPlanVersion, 1024, 0, nullptr, c.m);
+    auto r = VerifyPlan(buf.data(), buf.size(), "p.bplan");
+    ASSERT_FALSE(r.ok()) << c.what;
+    EXPECT_EQ(r.error().code, ErrorCode::kCorrupt) << c.what;
+    EXPECT_NE(r.error().message.find(c.needle), std::string::npos) << c.what << ": " << r.error().message;
+  }
 }
 
 TEST(PlanIoTest, RefusesAnOlderPlanWithPlanAgain) {

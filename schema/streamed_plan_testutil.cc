@@ -6,6 +6,19 @@
 
 namespace bigplan::schema_testing {
 
+flatbuffers::Offset<schema::ModelConfig> TestModelConfig(flatbuffers::FlatBufferBuilder& fb,
+                                                         const arch::RopeParams& rope, uint32_t head_dim) {
+  auto architecture = fb.CreateString("llama");
+  auto rope_table = CreateRopeParams(fb, rope);
+  schema::ModelConfigBuilder b(fb);
+  b.add_architecture(architecture);
+  b.add_head_dim(head_dim);
+  b.add_rotary_dim(rope.rotary_dim);
+  b.add_rope_theta(rope.theta);
+  b.add_rope(rope_table);
+  return b.Finish();
+}
+
 flatbuffers::DetachedBuffer StreamedPlan(const StreamFields& f) {
   flatbuffers::FlatBufferBuilder fb;
   auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
@@ -19,7 +32,8 @@ flatbuffers::DetachedBuffer StreamedPlan(const StreamFields& f) {
       schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0, schema::Tier::Gpu),
       schema::CreateWeight(fb, 1, schema::DType::F32, 1024, 0, f.weight1_tier)};
   std::vector<flatbuffers::Offset<schema::Block>> blocks{schema::CreateBlockDirect(
-      fb, "b", "decoder_layer", 0, "b.", 0, schema::Tier::Cpu, &weights, 2048, 0, -1, -1, -1, 1)};
+      fb, "b", "decoder_layer", 0, "b.", 0, schema::Tier::Cpu, &weights, 2048, 0, -1, -1, -1, 1,
+      schema::BlockKind::DecoderLayer)};
   std::vector<flatbuffers::Offset<schema::Buffer>> buffers{
       schema::CreateBufferDirect(fb, "b.weights", schema::BufferKind::ResidentWeights, schema::Pool::DeviceArena, 0,
                                  0, 1024, 0, 0),
@@ -38,7 +52,7 @@ flatbuffers::DetachedBuffer StreamedPlan(const StreamFields& f) {
   std::vector<flatbuffers::Offset<schema::Stream>> streams{
       schema::CreateStreamDirect(fb, f.device, f.ring_buffer, f.disk_ring_buffer, 512, &units)};
   if (f.second_stream) streams.push_back(schema::CreateStreamDirect(fb, f.device, f.ring_buffer, -1, 512, &units));
-  auto config = schema::CreateModelConfigDirect(fb, "llama");
+  auto config = TestModelConfig(fb);
   auto run_shape = schema::CreateRunShape(fb, 1, 16);
   auto plan = schema::CreatePlanDirect(fb, kPlanVersion, "test", "auto", "m", "d", config, fp, schema::DType::F32,
                                        run_shape, nullptr, 0, &tensors, &blocks, &buffers, &arenas, &steps, nullptr,

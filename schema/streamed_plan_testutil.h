@@ -1,8 +1,9 @@
-// Test support (testonly): a small version-2 plan with one stream, for the schema tests.
+// Test support (testonly): a small plan (current version) with one stream, and a model config, for the schema tests.
 #pragma once
 
 #include <cstdint>
 
+#include "arch/rope.h"
 #include "schema/plan_generated.h"
 
 namespace bigplan::schema_testing {
@@ -25,5 +26,11 @@ struct StreamFields {
 };
 
 flatbuffers::DetachedBuffer StreamedPlan(const StreamFields& f = {});
+
+// A ModelConfig of architecture "llama" with head_dim `head_dim`, rotary_dim `rope.rotary_dim` and config.rope =
+// `rope` (by default: default RoPE, no rotary dims), every other field at its default.
+flatbuffers::Offset<bigplan::schema::ModelConfig> TestModelConfig(flatbuffers::FlatBufferBuilder& fb,
+                                                                  const arch::RopeParams& rope = {},
+                                                                  uint32_t head_dim = 0);
 
 }  // namespace bigplan::schema_testing

@@ -1,5 +1,8 @@
 #include "support/result.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 namespace bigplan {
 
 const char* ErrorCodeName(ErrorCode code) {
@@ -20,5 +23,17 @@ const char* ErrorCodeName(ErrorCode code) {
 }
 
 std::string Error::ToString() const { return std::string(ErrorCodeName(code)) + ": " + message; }
+
+namespace result_internal {
+
+void Die(const char* what, const Error* error, const std::source_location& where) {
+  const std::string detail = error != nullptr ? ": " + error->ToString() : std::string();
+  std::fprintf(stderr, "bigplan: %s%s (at %s:%u in %s)\n", what, detail.c_str(), where.file_name(),
+               static_cast<unsigned>(where.line()), where.function_name());
+  std::fflush(stderr);
+  std::abort();
+}
+
+}  // namespace result_internal
 
 }  // namespace bigplan

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <source_location>
 #include <string>
 #include <utility>
 #include <variant>
@@ -37,6 +38,12 @@ struct Error {
 
 inline Error MakeError(ErrorCode code, std::string message) { return Error{code, std::move(message)}; }
 
+namespace result_internal {
+// A broken caller contract: prints "bigplan: <what>[: <error>] (at file:line in function)" to stderr and aborts.
+// Reached only by reading the value of an error, or the error of a success: never an exception.
+[[noreturn]] void Die(const char* what, const Error* error, const std::source_location& where);
+}  // namespace result_internal
+
 class [[nodiscard]] Status {
  public:
   Status() = default;
@@ -45,8 +52,15 @@ class [[nodiscard]] Status {
 
   bool ok() const { return !error_.has_value(); }
   explicit operator bool() const { return ok(); }
-  const Error& error() const { return *error_; }
-  Error&& take_error() { return std::move(*error_); }
+  // The error. On an OK status: a checked failure (message to stderr naming the caller, then abort).
+  const Error& error(std::source_location where = std::source_location::current()) const {
+    if (!error_) result_internal::Die("Status::error() called on an OK status", nullptr, where);
+    return *error_;
+  }
+  Error&& take_error(std::source_location where = std::source_location::current()) {
+    if (!error_) result_internal::Die("Status::take_error() called on an OK status", nullptr, where);
+    return std::move(*error_);
+  }
 
  private:
   std::optional<Error> error_;
@@ -61,20 +75,41 @@ class [[nodiscard]] Result {
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
 
-  T& value() & { return std::get<0>(v_); }
-  const T& value() const& { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
-  T& operator*() & { return value(); }
-  const T& operator*() const& { return value(); }
-  T* operator->() { return &value(); }
-  const T* operator->() const { return &value(); }
+  // The value. On an error: a checked failure, never an exception: "bigplan: Result::value() called on an error:
+  // <error.ToString()> (at <caller file:line> in <function>)" on stderr, then std::abort(). (operator* and
+  // operator-> cannot take the caller's location; they name themselves.)
+  T& value(std::source_location where = std::source_location::current()) & { return *Checked(where); }
+  const T& value(std::source_location where = std::source_location::current()) const& { return *Checked(where); }
+  T&& value(std::source_location where = std::source_location::current()) && { return std::move(*Checked(where)); }
+  T& operator*() & { return *Checked(std::source_location::current()); }
+  const T& operator*() const& { return *Checked(std::source_location::current()); }
+  T* operator->() { return Checked(std::source_location::current()); }
+  const T* operator->() const { return Checked(std::source_location::current()); }
 
-  const Error& error() const { return std::get<1>(v_); }
-  Error&& take_error() { return std::get<1>(std::move(v_)); }
+  // The error. On a value: a checked failure (message naming the caller, then abort).
+  const Error& error(std::source_location where = std::source_location::current()) const {
+    const Error* e = std::get_if<1>(&v_);
+    if (e == nullptr) result_internal::Die("Result::error() called on a value", nullptr, where);
+    return *e;
+  }
+  Error&& take_error(std::source_location where = std::source_location::current()) {
+    Error* e = std::get_if<1>(&v_);
+    if (e == nullptr) result_internal::Die("Result::take_error() called on a value", nullptr, where);
+    return std::move(*e);
+  }
   // The outcome without the value: Ok, or a copy of the error.
   Status status() const { return ok() ? Status::Ok() : Status(error()); }
 
  private:
+  T* Checked(const std::source_location& where) {
+    if (T* v = std::get_if<0>(&v_)) return v;
+    result_internal::Die("Result::value() called on an error", std::get_if<1>(&v_), where);
+  }
+  const T* Checked(const std::source_location& where) const {
+    if (const T* v = std::get_if<0>(&v_)) return v;
+    result_internal::Die("Result::value() called on an error", std::get_if<1>(&v_), where);
+  }
+
   std::variant<T, Error> v_;
 };
 

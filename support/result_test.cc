@@ -32,6 +32,28 @@ TEST(ResultTest, ContextKeepsCode) {
   EXPECT_EQ(e.message, "a.safetensors: bad header");
 }
 
+// Reading the value of an error (or the error of a success) is a broken contract: a checked failure that prints the
+// error and the caller's file:line, then aborts. Never an exception (which a caller could swallow or that would
+// escape a thread).
+TEST(ResultDeathTest, ValueOfAnErrorAbortsWithTheErrorAndTheCaller) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  Result<int> r = MakeError(ErrorCode::kNotFound, "weights.bin: missing");
+  EXPECT_DEATH((void)r.value(),
+               "bigplan: Result::value\\(\\) called on an error: not found: weights.bin: missing \\(at "
+               ".*support/result_test.cc:[0-9]+ in ");
+  EXPECT_DEATH((void)*r, "Result::value\\(\\) called on an error: not found: weights.bin: missing");
+  EXPECT_DEATH((void)std::move(r).value(), "not found: weights.bin: missing");
+  Result<std::string> s = MakeError(ErrorCode::kCorrupt, "plan damaged");
+  EXPECT_DEATH((void)s->size(), "called on an error: corrupt: plan damaged");
+  Result<int> fine = 3;
+  EXPECT_DEATH((void)fine.error(), "Result::error\\(\\) called on a value \\(at .*support/result_test.cc:[0-9]+");
+  EXPECT_DEATH((void)Status::Ok().error(), "Status::error\\(\\) called on an OK status \\(at .*result_test.cc");
+  EXPECT_DEATH((void)Status::Ok().take_error(), "Status::take_error\\(\\) called on an OK status");
+  // A std::bad_variant_access is not what happens: nothing is thrown.
+  EXPECT_EQ(*fine, 3);
+  EXPECT_EQ(fine.value(), 3);
+}
+
 TEST(ToolMainTest, MapsErrorsToExitCodes) {
   EXPECT_EQ(RunTool("t", [] { return Status::Ok(); }), kExitOk);
   EXPECT_EQ(RunTool("t", [] { return Status(MakeError(ErrorCode::kInvalidArgument, "x")); }), kExitUsage);
