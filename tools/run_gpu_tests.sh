@@ -12,7 +12,7 @@ export BIGPLAN_TINY_MODELS="${BIGPLAN_TINY_MODELS:-/tmp/bigplan-tiny-models}"
 if [[ ! -d "$BIGPLAN_TINY_MODELS/gptj" ]]; then
   "${BIGPLAN_PYTHON:-python3}" tests/reference/make_tiny_models.py --out-root "$BIGPLAN_TINY_MODELS" --families all >/dev/null
 fi
-for t in e2e_gpu_test kernels_gpu_test thread_safety_test step_rows_test; do
+for t in e2e_gpu_test kernels_gpu_test thread_safety_test step_rows_test cuda_handles_gpu_test; do
   [[ -x .bundle/bin/$t ]] || continue
   echo "=== $t"
   if .bundle/gpu_env.sh ".bundle/bin/$t" 2>&1 | tee "${OUT:-/tmp}/$t.log" | grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|max rel|overlap" | tail -40; then :; fi
