@@ -119,6 +119,7 @@ while read -r s o _; do obj[$s]=$o; done < "$objmap"
 for n in $names; do
   objs=()
   for s in ${srcs[$n]}; do objs+=("${obj[$s]}"); done
+  rm -f "$work/bin/${n}_fuzzer"
   echo "$CXX ${link_flags[*]} ${objs[*]} -o $work/bin/${n}_fuzzer"
 done | xargs -P "$jobs" -I{} bash -c '{}' || { echo "fuzz: linking failed"; exit 1; }
 for n in $names; do [[ -x "$work/bin/${n}_fuzzer" ]] || { echo "fuzz: linking ${n}_fuzzer failed"; exit 1; }; done
