@@ -3,7 +3,8 @@
 # installed it only checks, in a few seconds.
 #
 #   - Debian packages: Bazel 4.2.3 (bazel-bootstrap), flatbuffers, nlohmann/json, GoogleTest, Google Benchmark,
-#     clang (libFuzzer targets), PCRE2 and ICU (tokenizers), SentencePiece, cpp-httplib (the server), curl.
+#     clang and its sanitizer/libFuzzer runtimes (libclang-rt-dev, only "recommended" by clang; the fuzzers in CI),
+#     PCRE2 and ICU (tokenizers), SentencePiece, cpp-httplib (the server), curl.
 #   - A Python virtual environment at $BIGPLAN_VENV (default ~/.cache/bigplan/venv) with tools/requirements.txt:
 #     torch (LibTorch's headers and libraries for the build) and the reference packages for the tests.
 #     The Bazel workspace finds it by itself (third_party/torch/torch_repo.bzl).
@@ -19,7 +20,8 @@ req="$here/tools/requirements.txt"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 apt_packages=(bazel-bootstrap flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev googletest libgtest-dev
-              libgmock-dev libbenchmark-dev clang libpcre2-dev libicu-dev libsentencepiece-dev libcpp-httplib-dev curl)
+              libgmock-dev libbenchmark-dev clang libclang-rt-dev libpcre2-dev libicu-dev libsentencepiece-dev
+              libcpp-httplib-dev curl)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

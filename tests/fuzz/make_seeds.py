@@ -1,6 +1,10 @@
-"""Writes seed corpora for the fuzzers: valid and nearly valid safetensors files and index JSONs."""
+"""Writes seed corpora for the formats and hardening fuzzers: valid and nearly valid safetensors files and index
+JSONs, the repository's config.json files and a few device maps. Run from the repository root: make_seeds.py OUT_DIR
+(the planner fuzzers' seeds come from planner_seed_gen)."""
 import json
+import glob
 import os
+import shutil
 import struct
 import sys
 
@@ -48,6 +52,38 @@ def main(out):
             json.dump(ix, f)
     with open(os.path.join(ix_dir, "dup"), "w") as f:
         f.write('{"weight_map":{"a":"x.safetensors","a":"y.safetensors"}}')
+
+    # config.json: the bundled examples, the test configs and two that switch on config keys that change the math.
+    cfg_dir = os.path.join(out, "config")
+    os.makedirs(cfg_dir, exist_ok=True)
+    configs = sorted(glob.glob("planner/examples/*/config.json") + glob.glob("planner/testdata/configs/*/config.json")
+                     + glob.glob("tools/testdata/tiny-llama/config.json"))
+    for i, c in enumerate(configs):
+        shutil.copyfile(c, os.path.join(cfg_dir, f"seed{i}.json"))
+    extra_configs = {
+        "qwen2_sliding.json": {"model_type": "qwen2", "hidden_size": 16, "num_hidden_layers": 3,
+                               "num_attention_heads": 2, "intermediate_size": 8, "vocab_size": 8,
+                               "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+        "gpt2_scaled.json": {"model_type": "gpt2", "n_embd": 8, "n_layer": 2, "n_head": 2, "vocab_size": 8,
+                             "scale_attn_by_inverse_layer_idx": True},
+    }
+    for name, c in extra_configs.items():
+        with open(os.path.join(cfg_dir, name), "w") as f:
+            json.dump(c, f, separators=(",", ":"))
+
+    # --device-map files.
+    map_dir = os.path.join(out, "map")
+    os.makedirs(map_dir, exist_ok=True)
+    maps = {
+        "all_cpu.json": {"": "cpu"},
+        "mixed.json": {"model.embed_tokens": 0, "model.layers.0": "cpu", "model.layers.1": "disk",
+                       "model.layers.2": 1, "model.norm": 0, "lm_head": "cuda:0"},
+    }
+    for name, m in maps.items():
+        with open(os.path.join(map_dir, name), "w") as f:
+            json.dump(m, f, separators=(",", ":"))
+    if os.path.isfile("tools/testdata/tiny-llama-device-map.json"):
+        shutil.copyfile("tools/testdata/tiny-llama-device-map.json", os.path.join(map_dir, "tiny-llama.json"))
 
 
 if __name__ == "__main__":
