@@ -12,7 +12,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr Slot kNoParts[3] = {Slot::kCount, Slot::kCount, Slot::kCount};
 
 // Shorthands for the tables.
 constexpr TensorRule V(BlockKind b, Slot s, const char* name, Dim d, Presence p = Presence::kAlways) {
