@@ -26,10 +26,10 @@ std::string Error::ToString() const { return std::string(ErrorCodeName(code)) + 
 
 namespace result_internal {
 
-void Die(const char* what, const Error* error, const std::source_location& where) {
+void Die(const char* what, const Error* error, const CallSite& where) {
   const std::string detail = error != nullptr ? ": " + error->ToString() : std::string();
-  std::fprintf(stderr, "bigplan: %s%s (at %s:%u in %s)\n", what, detail.c_str(), where.file_name(),
-               static_cast<unsigned>(where.line()), where.function_name());
+  std::fprintf(stderr, "bigplan: %s%s (at %s:%u in %s)\n", what, detail.c_str(), where.file, where.line,
+               where.function);
   std::fflush(stderr);
   std::abort();
 }

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <optional>
-#include <source_location>
 #include <string>
 #include <utility>
 #include <variant>
@@ -39,9 +38,22 @@ struct Error {
 inline Error MakeError(ErrorCode code, std::string message) { return Error{code, std::move(message)}; }
 
 namespace result_internal {
+// Where a call came from, as std::source_location would say (built from the compiler builtins that GCC and Clang
+// both have: Clang 14, which builds the fuzzers, cannot compile libstdc++'s <source_location>). As a default
+// argument, Here() describes the caller of the function that declares it.
+struct CallSite {
+  const char* file = "";
+  unsigned line = 0;
+  const char* function = "";
+  static constexpr CallSite Here(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE(),
+                                 const char* function = __builtin_FUNCTION()) {
+    return CallSite{file, line, function};
+  }
+};
+
 // A broken caller contract: prints "bigplan: <what>[: <error>] (at file:line in function)" to stderr and aborts.
 // Reached only by reading the value of an error, or the error of a success: never an exception.
-[[noreturn]] void Die(const char* what, const Error* error, const std::source_location& where);
+[[noreturn]] void Die(const char* what, const Error* error, const CallSite& where);
 }  // namespace result_internal
 
 class [[nodiscard]] Status {
@@ -53,11 +65,11 @@ class [[nodiscard]] Status {
   bool ok() const { return !error_.has_value(); }
   explicit operator bool() const { return ok(); }
   // The error. On an OK status: a checked failure (message to stderr naming the caller, then abort).
-  const Error& error(std::source_location where = std::source_location::current()) const {
+  const Error& error(result_internal::CallSite where = result_internal::CallSite::Here()) const {
     if (!error_) result_internal::Die("Status::error() called on an OK status", nullptr, where);
     return *error_;
   }
-  Error&& take_error(std::source_location where = std::source_location::current()) {
+  Error&& take_error(result_internal::CallSite where = result_internal::CallSite::Here()) {
     if (!error_) result_internal::Die("Status::take_error() called on an OK status", nullptr, where);
     return std::move(*error_);
   }
@@ -78,21 +90,21 @@ class [[nodiscard]] Result {
   // The value. On an error: a checked failure, never an exception: "bigplan: Result::value() called on an error:
   // <error.ToString()> (at <caller file:line> in <function>)" on stderr, then std::abort(). (operator* and
   // operator-> cannot take the caller's location; they name themselves.)
-  T& value(std::source_location where = std::source_location::current()) & { return *Checked(where); }
-  const T& value(std::source_location where = std::source_location::current()) const& { return *Checked(where); }
-  T&& value(std::source_location where = std::source_location::current()) && { return std::move(*Checked(where)); }
-  T& operator*() & { return *Checked(std::source_location::current()); }
-  const T& operator*() const& { return *Checked(std::source_location::current()); }
-  T* operator->() { return Checked(std::source_location::current()); }
-  const T* operator->() const { return Checked(std::source_location::current()); }
+  T& value(result_internal::CallSite where = result_internal::CallSite::Here()) & { return *Checked(where); }
+  const T& value(result_internal::CallSite where = result_internal::CallSite::Here()) const& { return *Checked(where); }
+  T&& value(result_internal::CallSite where = result_internal::CallSite::Here()) && { return std::move(*Checked(where)); }
+  T& operator*() & { return *Checked(result_internal::CallSite::Here()); }
+  const T& operator*() const& { return *Checked(result_internal::CallSite::Here()); }
+  T* operator->() { return Checked(result_internal::CallSite::Here()); }
+  const T* operator->() const { return Checked(result_internal::CallSite::Here()); }
 
   // The error. On a value: a checked failure (message naming the caller, then abort).
-  const Error& error(std::source_location where = std::source_location::current()) const {
+  const Error& error(result_internal::CallSite where = result_internal::CallSite::Here()) const {
     const Error* e = std::get_if<1>(&v_);
     if (e == nullptr) result_internal::Die("Result::error() called on a value", nullptr, where);
     return *e;
   }
-  Error&& take_error(std::source_location where = std::source_location::current()) {
+  Error&& take_error(result_internal::CallSite where = result_internal::CallSite::Here()) {
     Error* e = std::get_if<1>(&v_);
     if (e == nullptr) result_internal::Die("Result::take_error() called on a value", nullptr, where);
     return std::move(*e);
@@ -101,11 +113,11 @@ class [[nodiscard]] Result {
   Status status() const { return ok() ? Status::Ok() : Status(error()); }
 
  private:
-  T* Checked(const std::source_location& where) {
+  T* Checked(const result_internal::CallSite& where) {
     if (T* v = std::get_if<0>(&v_)) return v;
     result_internal::Die("Result::value() called on an error", std::get_if<1>(&v_), where);
   }
-  const T* Checked(const std::source_location& where) const {
+  const T* Checked(const result_internal::CallSite& where) const {
     if (const T* v = std::get_if<0>(&v_)) return v;
     result_internal::Die("Result::value() called on an error", std::get_if<1>(&v_), where);
   }
