@@ -128,31 +128,27 @@ Result<RopeConfig> RopeFromSpec(const ModelSpec& spec) {
   if (p.type == arch::RopeType::kDynamic && spec.max_position_embeddings <= 0) {
     return MakeError(ErrorCode::kInvalidArgument, "model spec: dynamic rope needs max_position_embeddings > 0");
   }
+  if (spec.max_position_embeddings < 0 || spec.max_position_embeddings > std::numeric_limits<uint32_t>::max()) {
+    return MakeError(ErrorCode::kInvalidArgument, "model spec: max_position_embeddings " +
+                                                      std::to_string(spec.max_position_embeddings) + " out of range");
+  }
   RopeConfig rope;
-  rope.type = p.type;
-  rope.theta = p.theta;
-  rope.dim = dim;
-  rope.factor = p.factor;
-  rope.low_freq_factor = p.low_freq_factor;
-  rope.high_freq_factor = p.high_freq_factor;
+  static_cast<arch::RopeParams&>(rope) = checked;
   rope.max_position_embeddings = spec.max_position_embeddings;
   // The resolved parameters carry max_position_embeddings here for the types without their own; a spec built by
   // hand may leave it 0.
-  rope.original_max_position_embeddings =
-      p.original_max_position_embeddings > 0 ? p.original_max_position_embeddings : spec.max_position_embeddings;
-  rope.ramp_low = p.ramp_low;
-  rope.ramp_high = p.ramp_high;
-  rope.attention_factor = p.attention_factor;
-  rope.short_factor = p.short_factor;
-  rope.long_factor = p.long_factor;
+  if (rope.original_max_position_embeddings == 0) {
+    rope.original_max_position_embeddings = static_cast<uint32_t>(spec.max_position_embeddings);
+  }
   return rope;
 }
 
 at::Tensor RopeInvFreq(const RopeConfig& rope, int64_t seq_len, const at::Device& device) {
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(device);
-  const double dim = static_cast<double>(rope.dim);
+  const int64_t rotary = rope.rotary_dim;
+  const double dim = static_cast<double>(rotary);
   // torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-  at::Tensor exponents = at::arange(0, rope.dim, 2, i64).to(at::kFloat) / dim;
+  at::Tensor exponents = at::arange(0, rotary, 2, i64).to(at::kFloat) / dim;
 
   if (rope.type == RopeConfig::Type::kDynamic && seq_len > rope.max_position_embeddings) {
     // transformers' dynamic update passes seq_len as a tensor, so this is float32 tensor arithmetic:
@@ -203,7 +199,7 @@ at::Tensor RopeInvFreq(const RopeConfig& rope, int64_t seq_len, const at::Device
       at::Tensor pos_freqs = at::pow(at::Scalar(rope.theta), exponents);
       at::Tensor inv_freq_extrapolation = at::reciprocal(pos_freqs);
       at::Tensor inv_freq_interpolation = at::reciprocal(pos_freqs * rope.factor);
-      at::Tensor ramp = at::clamp((at::arange(rope.dim / 2, i64.dtype(at::kFloat)) - rope.ramp_low) /
+      at::Tensor ramp = at::clamp((at::arange(rotary / 2, i64.dtype(at::kFloat)) - rope.ramp_low) /
                                       (rope.ramp_high - rope.ramp_low),
                                   0, 1);
       at::Tensor extrapolation_factor = 1.0 - ramp;

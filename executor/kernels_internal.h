@@ -36,24 +36,12 @@ at::Tensor Activate(Activation act, const at::Tensor& x);
 
 // ---- rotary position embeddings (Llama family) ----
 
-struct RopeConfig {
+// The plan's typed RoPE (arch::RopeParams, resolved by the planner) completed for the kernels: rotary_dim is the
+// rotated dims (spec.rotary_dim, head_dim when 0), original_max_position_embeddings is set for every type, and
+// max_position_embeddings is dynamic NTK's threshold.
+struct RopeConfig : arch::RopeParams {
   using Type = arch::RopeType;  // kDefault, kLinear, kDynamic, kLlama3, kYarn, kLongrope
-  Type type = Type::kDefault;
-  double theta = 10000.0;
-  int64_t dim = 0;                    // rotary dims (spec.rotary_dim; head_dim when 0): the first `dim` of a head
-  double factor = 1.0;                // linear, dynamic, llama3, yarn
-  double low_freq_factor = 1.0;       // llama3
-  double high_freq_factor = 4.0;      // llama3
-  int64_t original_max_position_embeddings = 0;  // llama3, yarn, longrope
-  int64_t max_position_embeddings = 0;           // dynamic
-  // yarn: the dims [ramp_low, ramp_high] blend interpolated and extrapolated frequencies (find_correction_range).
-  double ramp_low = 0;
-  double ramp_high = 0;
-  double attention_factor = 1.0;      // cos and sin are multiplied by it (yarn's mscale, longrope's; 1 otherwise)
-  // longrope (transformers' _compute_longrope_parameters): per-frequency divisors [dim / 2], the long ones for a
-  // forward whose length (start_pos + new tokens) exceeds original_max_position_embeddings, else the short ones.
-  std::vector<float> short_factor;
-  std::vector<float> long_factor;
+  int64_t max_position_embeddings = 0;  // dynamic
 
   // Whether the frequencies of a forward of `length` positions differ from those of short forwards (dynamic NTK
   // past max_position_embeddings, longrope past original_max_position_embeddings).
