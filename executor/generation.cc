@@ -70,8 +70,8 @@ Result<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts
     bool all_stopped = true;
     for (int64_t b = 0; b < batch; ++b) {
       // Every row draws (stopped ones too), so a row's tokens do not depend on when the others stopped.
-      const int64_t token = SampleToken(logits.data + b * logits.vocab, logits.vocab, options.temperature,
-                                        options.top_k, options.top_p, rng);
+      const int64_t token = sampling::SampleToken(logits.data + b * logits.vocab, logits.vocab,
+                                                  options.temperature, options.top_k, options.top_p, rng);
       if (!result.stopped[b]) {
         result.tokens[b].push_back(token);
         result.stopped[b] = is_stop(token);

@@ -5,7 +5,7 @@
 #include <numeric>
 #include <vector>
 
-namespace bigplan::executor_internal {
+namespace bigplan::sampling {
 
 int64_t Argmax(const float* logits, int64_t vocab) {
   int64_t best = 0;
@@ -75,4 +75,4 @@ int64_t SampleToken(const float* logits, int64_t vocab, double temperature, int 
   return order[keep - 1];
 }
 
-}  // namespace bigplan::executor_internal
+}  // namespace bigplan::sampling

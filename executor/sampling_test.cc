@@ -7,7 +7,7 @@
 
 #include <gtest/gtest.h>
 
-namespace bigplan::executor_internal {
+namespace bigplan::sampling {
 namespace {
 
 TEST(SamplingTest, GreedyIsArgmaxWithLowestIdOnTies) {
@@ -47,4 +47,4 @@ TEST(SamplingTest, TopKLimitsCandidates) {
 }
 
 }  // namespace
-}  // namespace bigplan::executor_internal
+}  // namespace bigplan::sampling

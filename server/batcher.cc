@@ -6,6 +6,7 @@
 #include <numeric>
 #include <random>
 
+#include "executor/sampling.h"
 #include "text/streamer.h"
 
 namespace bigplan::server {
@@ -27,47 +28,6 @@ void Job::Push(JobEvent e) {
   }
   cv_.notify_all();
 }
-
-namespace {
-
-int64_t Argmax(const float* l, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i) {
-    if (l[i] > l[best] || (std::isnan(l[best]) && !std::isnan(l[i]))) best = i;
-  }
-  return best;
-}
-
-int64_t Sample(const float* logits, int64_t vocab, const CompletionRequest& r, std::mt19937_64& rng) {
-  if (r.temperature <= 0) return Argmax(logits, vocab);
-  std::vector<int64_t> idx(vocab);
-  std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(),
-            [&](int64_t a, int64_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-  int64_t keep = vocab;
-  if (r.top_k > 0) keep = std::min<int64_t>(keep, r.top_k);
-  std::vector<double> p(keep);
-  const double m = logits[idx[0]] / r.temperature;
-  double sum = 0;
-  for (int64_t i = 0; i < keep; ++i) sum += p[i] = std::exp(logits[idx[i]] / r.temperature - m);
-  if (r.top_p < 1) {
-    double acc = 0;
-    int64_t cut = keep;
-    for (int64_t i = 0; i < keep; ++i) {
-      acc += p[i] / sum;
-      if (acc >= r.top_p) {
-        cut = i + 1;
-        break;
-      }
-    }
-    keep = cut;
-    p.resize(keep);
-  }
-  std::discrete_distribution<int64_t> d(p.begin(), p.end());
-  return idx[d(rng)];
-}
-
-}  // namespace
 
 struct Batcher::Active {
   CompletionRequest req;
@@ -214,7 +174,8 @@ void Batcher::Loop() {
       for (size_t j = 0; j < order.size(); ++j) {
         Active& a = *order[j];
         a.pos += static_cast<int64_t>(a.next.size());
-        const int64_t token = Sample(logits->row(static_cast<int64_t>(j), 0), logits->vocab, a.req, a.rng);
+        const int64_t token = sampling::SampleToken(logits->row(static_cast<int64_t>(j), 0), logits->vocab, a.req.temperature,
+                                                      a.req.top_k, a.req.top_p, a.rng);
         ++a.generated;
         ++stats_.generated_tokens;
         const bool eos = !a.req.ignore_eos && std::find(eos_.begin(), eos_.end(), token) != eos_.end();
