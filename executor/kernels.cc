@@ -561,6 +561,22 @@ Status ModelKernelsBase::RunBlock(arch::BlockKind kind, const std::string& block
 
 }  // namespace kernels_internal
 
+arch::ModelConfig ShapeConfigOf(const ModelSpec& s) {
+  arch::ModelConfig c;
+  c.hidden_size = static_cast<uint32_t>(s.hidden_size);
+  c.num_layers = static_cast<uint32_t>(s.num_layers);
+  c.num_heads = static_cast<uint32_t>(s.num_heads);
+  c.num_kv_heads = static_cast<uint32_t>(s.num_kv_heads);
+  c.head_dim = static_cast<uint32_t>(s.head_dim);
+  c.intermediate_size = static_cast<uint32_t>(s.intermediate_size);
+  c.vocab_size = static_cast<uint32_t>(s.vocab_size);
+  c.max_position_embeddings = static_cast<uint32_t>(s.max_position_embeddings);
+  c.rotary_dim = static_cast<uint32_t>(s.rotary_dim);
+  c.attention_bias = s.attention_bias;
+  c.mlp_bias = s.mlp_bias;
+  return c;
+}
+
 Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec_in) {
   ModelSpec spec = spec_in;
   auto invalid = [&](const std::string& what) {

@@ -162,4 +162,8 @@ class ModelKernels {
 // plans per shape, which costs ~75 ms of host time per decode step as the KV length grows.
 Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec);
 
+// The registry's view of a spec: the hyperparameters the tensor tables' shape and presence rules read, for binding
+// a block's weights to the kernels' slots (arch::BindBlock).
+arch::ModelConfig ShapeConfigOf(const ModelSpec& spec);
+
 }  // namespace bigplan

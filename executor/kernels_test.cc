@@ -154,23 +154,6 @@ class TensorFiles {
 using arch::BlockKind;
 using arch::Slot;
 
-// The registry's view of a spec (what shape rules need).
-arch::ModelConfig ArchConfig(const ModelSpec& s) {
-  arch::ModelConfig c;
-  c.hidden_size = s.hidden_size;
-  c.num_layers = s.num_layers;
-  c.num_heads = s.num_heads;
-  c.num_kv_heads = s.num_kv_heads;
-  c.head_dim = s.head_dim;
-  c.intermediate_size = s.intermediate_size;
-  c.vocab_size = s.vocab_size;
-  c.max_position_embeddings = s.max_position_embeddings;
-  c.rotary_dim = s.rotary_dim;
-  c.attention_bias = s.attention_bias;
-  c.mlp_bias = s.mlp_bias;
-  return c;
-}
-
 // Weights by checkpoint name (`m`), bound to slots as the executor's loader binds them (arch::BindBlock), or set
 // directly in `slots`.
 class MapWeights : public BlockWeights {
@@ -191,7 +174,7 @@ class MapWeights : public BlockWeights {
     std::vector<arch::BlockTensor> tensors;
     for (size_t i = 0; i < keys.size(); ++i) tensors.push_back(arch::BlockTensor{keys[i], shapes[i]});
     BIGPLAN_ASSIGN_OR_RETURN(arch::SlotTable table,
-                             arch::BindBlock(*family, ArchConfig(spec), blocks, self, tensors, blocks[self].prefix));
+                             arch::BindBlock(*family, ShapeConfigOf(spec), blocks, self, tensors, blocks[self].prefix));
     for (size_t s = 0; s < arch::kSlotCount; ++s) {
       if (table[s] < 0) continue;
       slots[s] = m.at(keys[table[s]]);

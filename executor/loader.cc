@@ -170,18 +170,7 @@ struct Loader {
     if (c == nullptr) return MakeError(ErrorCode::kCorrupt, plan_name + ": no model config");
     Result<const arch::FamilyInfo*> family = arch::LookupFamily(Str(c->architecture()));
     if (!family.ok()) return WithContext(family.take_error(), plan_name);
-    arch::ModelConfig config;
-    config.hidden_size = c->hidden_size();
-    config.num_layers = c->num_layers();
-    config.num_heads = c->num_heads();
-    config.num_kv_heads = c->num_kv_heads();
-    config.head_dim = c->head_dim();
-    config.intermediate_size = c->intermediate_size();
-    config.vocab_size = c->vocab_size();
-    config.max_position_embeddings = c->max_position_embeddings();
-    config.rotary_dim = c->rotary_dim();
-    config.attention_bias = c->attention_bias();
-    config.mlp_bias = c->mlp_bias();
+    const arch::ModelConfig config = ShapeConfigOf(SpecFromPlan(plan));
     std::vector<std::string> prefixes(blocks->size());
     std::vector<arch::BlockRef> refs;
     for (uint32_t i = 0; i < blocks->size(); ++i) {
