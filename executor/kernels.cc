@@ -413,6 +413,7 @@ WeightRef FindRef(const BlockWeights& weights, arch::Slot slot) {
   r.slot = slot;
   r.whole = weights.Find(slot);
   if (!r.whole.defined()) r.chunks = weights.NumChunks(slot);
+  r.quant = weights.Quant(slot);
   return r;
 }
 
@@ -432,7 +433,11 @@ Status ForEachChunk(const WeightRef& w, const std::function<void(const at::Tenso
 }  // namespace
 
 Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b) {
-  if (w.whole.defined()) return Linear(x, w.whole, b);
+  if (w.quant.quantized()) {
+    if (w.whole.defined()) return QuantLinear(x, w.whole, w.quant, b);
+  } else if (w.whole.defined()) {
+    return Linear(x, w.whole, b);
+  }
   const std::vector<int64_t> shape = w.weights->Shape(w.slot);
   if (shape.size() != 2) {
     return MakeError(ErrorCode::kInvalidArgument, "weight '" + w.weights->Name(w.slot) + "' is not a matrix");
@@ -441,7 +446,8 @@ Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Te
   out_shape.back() = shape[0];
   at::Tensor out = at::empty(out_shape, x.options());
   BIGPLAN_RETURN_IF_ERROR(ForEachChunk(w, [&](const at::Tensor& chunk, int64_t row_begin) {
-    out.narrow(-1, row_begin, chunk.size(0)).copy_(at::linear(x, chunk));
+    out.narrow(-1, row_begin, chunk.size(0))
+        .copy_(w.quant.quantized() ? QuantLinear(x, chunk, w.quant, {}) : at::linear(x, chunk));
   }));
   if (b.defined()) out.add_(b);
   return out;

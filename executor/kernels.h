@@ -15,6 +15,7 @@
 
 #include "arch/registry.h"
 #include "arch/rope.h"
+#include "formats/quant.h"
 #include "support/result.h"
 
 namespace bigplan {
@@ -50,6 +51,16 @@ struct ModelSpec {
   bool reorder_and_upcast_attn = false;     // gpt2: scores and softmax in float32 (transformers' eager path)
 };
 
+// How a weight is stored when it is row-quantized (formats/quant.h, plan --weights): its tensor (Find, or each
+// chunk) is then uint8 [rows, quant::RowBytes(format, cols, group)], each row the quantized values of `cols`
+// columns and one scale record per group; the kernels dequantize it (or multiply in the compressed form).
+struct WeightQuant {
+  quant::Format format = quant::Format::kNone;
+  int64_t group = 0;
+  int64_t cols = 0;  // the logical matrix's columns (Shape(slot)[1])
+  bool quantized() const { return format != quant::Format::kNone; }
+};
+
 // The weights of one block, by the typed slot of its kernel (arch::Slot: kQ, kGateUp, kLmHead, ...), already at the
 // execution dtype on the compute device. The executor binds each block's tensors to slots once, at load
 // (arch/binding.h: unknown, mis-shaped or missing tensors fail there); a tied weight fills the reader's slot
@@ -72,8 +83,11 @@ class BlockWeights {
   bool Has(arch::Slot slot) const { return Find(slot).defined() || NumChunks(slot) > 0; }
   // Row chunks of a chunk-streamed weight; 0 for whole, resident or absent weights.
   virtual int NumChunks(arch::Slot /*slot*/) const { return 0; }
-  // The full shape of a weight (also of a chunked one); empty if absent.
+  // The full shape of a weight (also of a chunked one); empty if absent. For a quantized weight: the logical
+  // [rows, cols] matrix (its tensors are uint8 rows, see WeightQuant).
   virtual std::vector<int64_t> Shape(arch::Slot slot) const;
+  // How the weight in `slot` is stored: not quantized (the default) or row-quantized.
+  virtual WeightQuant Quant(arch::Slot /*slot*/) const { return {}; }
   // The checkpoint name of the tensor in `slot`, for messages (the slot's name when unknown).
   virtual std::string Name(arch::Slot slot) const;
   // Chunk i (0 <= i < NumChunks, in increasing order): makes the current stream wait for its copy and returns its

@@ -131,9 +131,20 @@ struct WeightRef {
   arch::Slot slot = arch::Slot::kCount;
   at::Tensor whole;  // defined when whole
   int chunks = 0;    // > 0 when chunked
+  WeightQuant quant; // row-quantized: whole and each chunk are uint8 rows (BlockWeights::Quant)
   bool present() const { return whole.defined() || chunks > 0; }
 };
 WeightRef FindRef(const BlockWeights& weights, arch::Slot slot);
+
+// ---- row-quantized weights (formats/quant.h) ----
+
+// A row-quantized weight (uint8 [rows, RowBytes], or some of its rows) dequantized to [rows, q.cols] of `dtype`:
+// fp8/int8 values x scale, int4 (q - 8) x scale + zero, per group, computed in float32 and rounded once.
+at::Tensor DequantizeWeight(const at::Tensor& wq, const WeightQuant& q, at::ScalarType dtype);
+// x @ w^T + b for a row-quantized w. On CUDA with bf16 activations, int4 weights (rows a multiple of 8, groups of
+// 32-256) run PyTorch's tinygemm kernel (_weight_int4pack_mm) after packing the rows; per-row fp8/int8 multiply
+// by the stored values and scale the output; everything else dequantizes first. Throws c10::Error on bad shapes.
+at::Tensor QuantLinear(const at::Tensor& x, const at::Tensor& wq, const WeightQuant& q, const at::Tensor& b);
 
 // x @ w^T + b for w [out, in] (nn.Linear). Chunks of w's rows give columns of the output: each chunk's product is
 // written into its columns, then the chunk is released. `b` may be undefined.

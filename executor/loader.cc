@@ -265,10 +265,30 @@ struct Loader {
           wr.shard = state.shards[t->shard()].get();
           wr.shard_index = t->shard();
           BIGPLAN_ASSIGN_OR_RETURN(wr.source, wr.shard->View(t->offset(), t->size_bytes()));
-          if (wr.bytes != uint64_t(wr.numel) * DTypeSize(wr.dtype)) {
+          wr.format = FormatOf(w->format());
+          wr.group = w->group_size();
+          uint64_t expect_bytes = uint64_t(wr.numel) * DTypeSize(wr.dtype);
+          if (wr.quantized()) {
+            // VerifyPlan checked the size against the format; the loader quantizes from a floating-point tensor
+            // and never reads a quantized weight from disk (the planner refuses such placements).
+            expect_bytes = uint64_t(wr.rows) * WeightRowBytes(*w, *t);
+            if (!IsFloatingPoint(static_cast<DType>(wr.source_dtype))) {
+              return MakeError(ErrorCode::kUnsupported, plan_name + ": weight " + wr.name + " is " +
+                                                            DTypeName(wr.source_dtype) +
+                                                            " in the checkpoint; only floating-point weights are "
+                                                            "quantized at load");
+            }
+            if (wr.tier == schema::Tier::Disk) {
+              return MakeError(ErrorCode::kUnsupported, plan_name + ": the " +
+                                                            quant::FormatName(wr.format) + " weight " + wr.name +
+                                                            " rests on disk; quantized weights must rest on the GPU "
+                                                            "or in CPU memory: plan again with a larger cpu budget");
+            }
+          }
+          if (wr.bytes != expect_bytes) {
             return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
                                                       " has size_bytes " + std::to_string(wr.bytes) + ", expected " +
-                                                      std::to_string(uint64_t(wr.numel) * DTypeSize(wr.dtype)));
+                                                      std::to_string(expect_bytes));
           }
           if (wr.tier == schema::Tier::Gpu) {
             if (home == nullptr || w->offset_in_block() + wr.bytes > home_size) {
@@ -423,6 +443,34 @@ struct Loader {
     return Status::Ok();
   }
 
+  // Quantizes a floating-point checkpoint tensor into the row-quantized layout at w.home (pinned host memory, or
+  // the device arena through `bounce`), a slice of rows at a time.
+  Status QuantizeWeight(const WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce,
+                        LoadProgress* progress) {
+    const int64_t rows = w.rows, cols = w.shape.size() == 2 ? w.shape[1] : 0;
+    const uint64_t row_bytes = w.row_bytes();
+    const uint64_t src_row = w.source_row_bytes();
+    const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / std::max<uint64_t>(src_row, 1)));
+    for (int64_t r = 0; r < rows; r += step) {
+      const int64_t n = std::min(step, rows - r);
+      std::span<const uint8_t> src(w.source + r * src_row, n * src_row);
+      uint8_t* out = w.home + r * row_bytes;
+      if (device_home) {
+        bounce->resize(std::max<size_t>(bounce->size(), n * row_bytes));
+        out = bounce->data();
+      }
+      Status q = quant::Quantize(src, static_cast<DType>(w.source_dtype), n, cols, w.format, w.group,
+                                 std::span<uint8_t>(out, n * row_bytes));
+      if (!q.ok()) return WithContext(q.take_error(), plan_name + ": quantizing " + w.name);
+      if (device_home) {
+        BIGPLAN_RETURN_IF_ERROR(CudaStatus(
+            cudaMemcpy(w.home + r * row_bytes, out, n * row_bytes, cudaMemcpyHostToDevice), "loading " + w.name));
+      }
+      progress->Add(n * row_bytes);
+    }
+    return Status::Ok();
+  }
+
   Status FillWeights() {
     uint64_t total = 0;
     for (const BlockRuntime& br : state.blocks) {
@@ -439,6 +487,10 @@ struct Loader {
         }
         uint8_t* dst = w.home;
         w.shard->WillNeed(w.source_offset, w.source_bytes);
+        if (w.quantized()) {
+          BIGPLAN_RETURN_IF_ERROR(QuantizeWeight(w, device_home, &bounce, &progress));
+          continue;
+        }
         const size_t src_elem = DTypeSize(w.source_dtype);
         const size_t dst_elem = DTypeSize(w.dtype);
         const int64_t chunk_elems =

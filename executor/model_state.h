@@ -11,6 +11,7 @@
 #include "executor/arena.h"
 #include "executor/executor.h"
 #include "formats/mapped_file.h"
+#include "formats/quant.h"
 #include "schema/plan_io.h"
 #include "support/result.h"
 
@@ -23,7 +24,11 @@ struct WeightRuntime {
   int64_t rows = 1;                 // shape[0] (1 for a 0-d tensor)
   schema::DType source_dtype = schema::DType::F32;
   schema::DType dtype = schema::DType::F32;  // execution dtype
-  uint64_t bytes = 0;                        // at the execution dtype
+  uint64_t bytes = 0;                        // at the execution dtype, or quantized (below)
+  // Row-quantized storage (formats/quant.h; schema::Weight.format): a [rows, cols] matrix of `rows` rows of
+  // row_bytes() each, quantized from the checkpoint at load. kNone: numel values of `dtype`.
+  quant::Format format = quant::Format::kNone;
+  int64_t group = 0;
   schema::Tier tier = schema::Tier::Gpu;     // where it rests
   // Gpu tier: its bytes in the device arena (the host arena on the CPU); Cpu tier: in the pinned host pool.
   uint8_t* home = nullptr;
@@ -39,6 +44,12 @@ struct WeightRuntime {
   bool chunked = false;  // streamed in row chunks (the units are not whole)
   uint64_t row_bytes() const { return rows > 0 ? bytes / static_cast<uint64_t>(rows) : bytes; }
   uint64_t source_row_bytes() const { return rows > 0 ? source_bytes / static_cast<uint64_t>(rows) : source_bytes; }
+  bool quantized() const { return format != quant::Format::kNone; }
+  // The shape and element type of its bytes as stored: `shape` and `dtype`, or [rows, row_bytes()] U8 when quantized.
+  std::vector<int64_t> stored_shape() const {
+    return quantized() ? std::vector<int64_t>{rows, static_cast<int64_t>(row_bytes())} : shape;
+  }
+  schema::DType stored_dtype() const { return quantized() ? schema::DType::U8 : dtype; }
 };
 
 struct BlockRuntime {

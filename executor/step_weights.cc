@@ -6,7 +6,7 @@ namespace bigplan::executor_internal {
 namespace {
 
 std::vector<int64_t> RowsShape(const WeightRuntime& w, int64_t rows) {
-  std::vector<int64_t> shape = w.shape;
+  std::vector<int64_t> shape = w.stored_shape();
   if (shape.empty()) return shape;
   shape[0] = rows;
   return shape;
@@ -30,7 +30,7 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
       e.weight = &w;
       if (w.units.empty()) {
         // Resident, or a Cpu-tier weight of a block computed on the CPU (used where it rests).
-        e.view = at::from_blob(w.home, w.shape, sw.options_.dtype(ToScalarType(w.dtype)));
+        e.view = at::from_blob(w.home, w.stored_shape(), sw.options_.dtype(ToScalarType(w.stored_dtype())));
       }
     }
   } catch (const std::exception& ex) {
@@ -46,7 +46,7 @@ Status StepWeights::Prepare() {
       const WeightRuntime& w = *e.weight;
       if (w.units.empty() || w.chunked) continue;
       BIGPLAN_ASSIGN_OR_RETURN(const uint8_t* data, engine_->UnitData(block_->stream, w.units[0]));
-      e.view = at::from_blob(const_cast<uint8_t*>(data), w.shape, options_.dtype(ToScalarType(w.dtype)));
+      e.view = at::from_blob(const_cast<uint8_t*>(data), w.stored_shape(), options_.dtype(ToScalarType(w.stored_dtype())));
     }
   } catch (const std::exception& ex) {
     return MakeError(ErrorCode::kDevice, block_->name + ": making weight views: " + ex.what());
@@ -77,6 +77,12 @@ std::vector<int64_t> StepWeights::Shape(arch::Slot slot) const {
   return e.weight == nullptr ? std::vector<int64_t>{} : e.weight->shape;
 }
 
+WeightQuant StepWeights::Quant(arch::Slot slot) const {
+  const Entry& e = At(slot);
+  if (e.weight == nullptr || !e.weight->quantized() || e.weight->shape.size() != 2) return {};
+  return WeightQuant{e.weight->format, e.weight->group, e.weight->shape[1]};
+}
+
 std::string StepWeights::Name(arch::Slot slot) const {
   const Entry& e = At(slot);
   return e.weight == nullptr ? BlockWeights::Name(slot) : e.weight->name;
@@ -94,7 +100,8 @@ Result<at::Tensor> StepWeights::AcquireChunk(arch::Slot slot, int i, int64_t* ro
   const int64_t begin = un.row_begin, end = un.row_end;
   *row_begin = begin;
   try {
-    return at::from_blob(const_cast<uint8_t*>(data), RowsShape(w, end - begin), options_.dtype(ToScalarType(w.dtype)));
+    return at::from_blob(const_cast<uint8_t*>(data), RowsShape(w, end - begin),
+                          options_.dtype(ToScalarType(w.stored_dtype())));
   } catch (const std::exception& ex) {
     return MakeError(ErrorCode::kDevice, block_->name + ": a chunk view of " + w.name + ": " + ex.what());
   }

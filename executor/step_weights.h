@@ -28,6 +28,7 @@ class StepWeights : public BlockWeights {
   at::Tensor Find(arch::Slot slot) const override;
   int NumChunks(arch::Slot slot) const override;
   std::vector<int64_t> Shape(arch::Slot slot) const override;
+  WeightQuant Quant(arch::Slot slot) const override;
   std::string Name(arch::Slot slot) const override;
   Result<at::Tensor> AcquireChunk(arch::Slot slot, int i, int64_t* row_begin) const override;
   Status ReleaseChunk(arch::Slot slot, int i) const override;

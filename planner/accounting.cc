@@ -25,6 +25,9 @@ BlockWeightLayout LayoutBlockWeights(const ModelDescription& model, size_t block
     uint64_t numel = 1;
     for (int64_t d : t.shape) numel = SatMul(numel, d < 0 ? 0 : static_cast<uint64_t>(d));
     w.size_bytes = SatMul(numel, DTypeBytes(w.dtype));
+    w.format = t.format;
+    w.group = t.group;
+    if (t.format != quant::Format::kNone) w.size_bytes = t.bytes_as(exec_dtype);
     w.offset_in_block = offset;
     offset = AlignUp(SatAdd(offset, w.size_bytes));
     layout.weights.push_back(std::move(w));

@@ -60,8 +60,10 @@ struct WeightSlot {
   std::vector<int64_t> shape;
   DType src_dtype = DType::kF32;
   DType dtype = DType::kF32;    // RuntimeDType(src_dtype, exec)
-  uint64_t size_bytes = 0;      // numel x DTypeBytes(dtype)
+  uint64_t size_bytes = 0;      // numel x DTypeBytes(dtype), or the quantized size (TensorSpec::bytes_as)
   uint64_t offset_in_block = 0; // 256-aligned
+  quant::Format format = quant::Format::kNone;  // the param's TensorSpec::format / group
+  int64_t group = 0;
 };
 
 // A block's weight buffer: its own params in description order, then its tied reads (each tied tensor is copied

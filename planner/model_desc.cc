@@ -129,6 +129,26 @@ Result<TensorSpec> ParseTensorSpec(const json& j, const std::string& path, const
   Result<DType> parsed = ParseDType(dtype);
   if (!parsed.ok()) return InvalidAt(source, f.Path("dtype"), parsed.error().message);
   t.dtype = *parsed;
+  if (j.contains("format")) {
+    BIGPLAN_ASSIGN_OR_RETURN(std::string format, f.String("format"));
+    Result<quant::Format> q = quant::ParseFormat(format);
+    if (!q.ok()) return InvalidAt(source, f.Path("format"), q.error().message);
+    t.format = *q;
+    const json& g = j.contains("group") ? j["group"] : json();
+    if (!g.is_number_integer() || g.get<int64_t>() <= 0) {
+      return InvalidAt(source, f.Path("group"), "expected a positive integer with \"format\", got " + g.dump());
+    }
+    t.group = g.get<int64_t>();
+    if (t.format != quant::Format::kNone) {
+      if (t.shape.size() != 2) return InvalidAt(source, f.Path("format"), "only 2-D weights are quantized");
+      Result<uint64_t> rb = quant::RowBytes(t.format, t.shape[1], t.group);
+      if (!rb.ok()) return InvalidAt(source, f.Path("group"), rb.error().message);
+    } else {
+      t.group = 0;
+    }
+  } else if (j.contains("group")) {
+    return InvalidAt(source, f.Path("group"), "given without \"format\"");
+  }
   return t;
 }
 
@@ -137,6 +157,10 @@ ordered_json TensorSpecToJson(const TensorSpec& t) {
   j["name"] = t.name;
   j["shape"] = t.shape;
   j["dtype"] = DTypeString(t.dtype);
+  if (t.format != quant::Format::kNone) {
+    j["format"] = quant::FormatName(t.format);
+    j["group"] = t.group;
+  }
   return j;
 }
 
@@ -297,6 +321,10 @@ int64_t TensorSpec::numel() const {
 uint64_t TensorSpec::bytes() const { return static_cast<uint64_t>(numel()) * DTypeBytes(dtype); }
 
 uint64_t TensorSpec::bytes_as(DType exec_dtype) const {
+  if (format != quant::Format::kNone && shape.size() == 2) {
+    Result<uint64_t> b = quant::TensorBytes(format, shape[0], shape[1], group);
+    if (b.ok()) return *b;
+  }
   if (!IsFloatingPoint(dtype)) return bytes();
   return static_cast<uint64_t>(numel()) * DTypeBytes(exec_dtype);
 }

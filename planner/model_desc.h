@@ -15,6 +15,7 @@
 
 #include "arch/registry.h"
 #include "formats/dtype.h"
+#include "formats/quant.h"
 #include "support/result.h"
 
 namespace bigplan {
@@ -37,10 +38,18 @@ struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
   DType dtype = DType::kF32;
+  // How the executor stores the tensor: kNone (at the execution dtype), or bigplan's row-quantized layout
+  // (formats/quant.h) of a 2-D [rows, cols] matrix with groups of `group` columns, which the loader quantizes from
+  // the checkpoint's `dtype` (plan --weights, ApplyWeightFormat in planner/weight_format.h). JSON: optional
+  // "format" ("fp8", "int8", "int4") and "group" keys, written only when quantized.
+  quant::Format format = quant::Format::kNone;
+  int64_t group = 0;
 
   int64_t numel() const;                        // product of shape (1 for a scalar)
   uint64_t bytes() const;                       // numel x DTypeBytes(dtype)
-  uint64_t bytes_as(DType exec_dtype) const;    // numel x DTypeBytes(exec) for floating tensors, else bytes()
+  // Its bytes at run time: the quantized size (quant::TensorBytes) when quantized; numel x DTypeBytes(exec) for
+  // floating tensors; else bytes().
+  uint64_t bytes_as(DType exec_dtype) const;
   bool operator==(const TensorSpec&) const = default;
 };
 

@@ -172,7 +172,8 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
       if (it == tensor_index.end())
         return MakeError(ErrorCode::kInternal, "block " + bd.name + " reads " + ws.tensor + ", which no block owns");
       weights.push_back(schema::CreateWeight(fb, it->second, ToSchema(ws.dtype), ws.size_bytes, tiered.offset[w],
-                                             ToSchemaTier(tiers[w])));
+                                             ToSchemaTier(tiers[w]), ToSchemaFormat(ws.format),
+                                             static_cast<uint32_t>(ws.group)));
     }
     const BlockBuffers& bb = sched.block_buffers[i];
     blocks.push_back(schema::CreateBlockDirect(fb, bd.name.c_str(), BlockKindName(bd.kind), bd.layer,
@@ -256,7 +257,7 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
                                        digest.c_str(), config, fingerprint, ToSchema(c.exec_dtype), run_shape,
                                        &budgets, profile, &tensors, &blocks, &buffers, &arenas, &steps, &usage,
                                        c.predicted_decode_us, c.predicted_prefill_us, kPlanChecksumPlaceholder,
-                                       &streams);
+                                       &streams, ToSchemaFormat(c.weights));
   schema::FinishPlanBuffer(fb, plan);
   std::vector<uint8_t> bytes(fb.GetBufferPointer(), fb.GetBufferPointer() + fb.GetSize());
   BIGPLAN_RETURN_IF_ERROR(SealPlan(&bytes));

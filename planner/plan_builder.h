@@ -65,6 +65,7 @@ struct PlanContent {
   MemoryBudget budget;
   RunShape run;
   DType exec_dtype = DType::kBF16;
+  quant::Format weights = quant::Format::kNone;  // recorded as Plan.weights (what `plan --weights` asked for)
   std::string strategy;
   DeviceProfile profile;
   std::vector<BlockPlacement> placement;        // parallel to model->blocks

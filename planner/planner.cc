@@ -1,5 +1,7 @@
 #include "planner/planner.h"
 
+#include "planner/weight_format.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <set>
@@ -11,6 +13,7 @@
 #include "planner/placement_balanced.h"
 #include "planner/plan_builder.h"
 #include "planner/validate.h"
+#include "planner/weight_format.h"
 #include "schema/plan_io.h"
 #include "support/file_read.h"
 #include "support/json_parse.h"
@@ -181,6 +184,10 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
     BIGPLAN_RETURN_IF_ERROR(ValidateAgainstCheckpoint(model, *checkpoint));
   }
   result.synthetic_checkpoint = !checkpoint.has_value();
+  if (request.weights != quant::Format::kNone) {
+    Progress(request, std::string("marking linear-layer weights ") + quant::FormatName(request.weights));
+    BIGPLAN_RETURN_IF_ERROR(ApplyWeightFormat(&result.model, request.weights));
+  }
 
   result.exec_dtype = request.exec_dtype.value_or(DefaultExecDType(model));
   if (!IsFloatingPoint(result.exec_dtype))
@@ -214,6 +221,19 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   const Schedule& sched = result.schedule;
   std::vector<int32_t> devices(n);
   for (size_t i = 0; i < n; ++i) devices[i] = placement.blocks[i].device;
+  for (size_t i = 0; i < n; ++i) {
+    const BlockWeightLayout layout = LayoutBlockWeights(model, i, exec);
+    const std::vector<Tier> tiers = WeightTiersOf(placement.blocks[i], layout.weights.size());
+    for (size_t w = 0; w < layout.weights.size(); ++w) {
+      if (layout.weights[w].format != quant::Format::kNone && tiers[w] == Tier::kDisk) {
+        return MakeError(ErrorCode::kUnsupported,
+                         "the placement leaves the " + std::string(quant::FormatName(layout.weights[w].format)) +
+                             " weight " + layout.weights[w].tensor +
+                             " on disk, but quantized weights rest on the GPU or in pinned CPU memory (the executor "
+                             "quantizes them at load): raise the cpu budget");
+      }
+    }
+  }
   result.usage = PlanUsage(model, request.budget, placement.blocks, sched);
   BIGPLAN_RETURN_IF_ERROR(CheckAllFit(result.usage));
 
@@ -258,6 +278,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   content.budget = request.budget;
   content.run = request.run;
   content.exec_dtype = exec;
+  content.weights = request.weights;
   content.strategy = placement.strategy;
   content.profile = result.profile;
   content.placement = placement.blocks;

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/checkpoint.h"
+#include "formats/quant.h"
 #include "formats/dtype.h"
 #include "planner/accounting.h"
 #include "planner/budget.h"
@@ -60,6 +61,10 @@ struct PlanRequest {
   std::optional<uint64_t> chunk_bytes;
   // Strategy "auto": the candidates it may choose from (PlacementOptions::auto_candidates).
   std::string auto_candidates = "BPC";
+  // Compressed weights (`plan --weights`): every linear-layer matrix is stored in this format (ApplyWeightFormat in
+  // planner/weight_format.h), quantized by the executor at load. kNone: as the checkpoint (at the execution dtype).
+  // Quantized weights rest on the GPU or in pinned CPU memory; a placement that would leave one on disk is refused.
+  quant::Format weights = quant::Format::kNone;
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };

@@ -64,12 +64,10 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
         return Corrupt(src, fu + ".source does not match its weight's tier");
       const auto* t = plan.tensors()->Get(w->tensor());
       const int64_t rows = (t->shape() && t->shape()->size() > 0) ? t->shape()->Get(0) : 1;
-      int64_t numel = 1;
-      for (uint32_t d = 0; t->shape() && d < t->shape()->size(); ++d) numel *= t->shape()->Get(d);
       if (un->row_begin() < 0 || un->row_begin() >= un->row_end() || un->row_end() > std::max<int64_t>(rows, 1))
         return Corrupt(src, fu + " rows [" + std::to_string(un->row_begin()) + ", " + std::to_string(un->row_end()) +
                                 ") outside the weight's " + std::to_string(rows) + " rows");
-      const uint64_t row_bytes = rows > 0 ? uint64_t(numel / rows) * DTypeSize(w->dtype()) : 0;
+      const uint64_t row_bytes = WeightRowBytes(*w, *t);
       const uint64_t expect = rows > 0 ? uint64_t(un->row_end() - un->row_begin()) * row_bytes : w->size_bytes();
       if (un->bytes() != expect)
         return Corrupt(src, fu + ".bytes " + std::to_string(un->bytes()) + ", expected " + std::to_string(expect));
@@ -147,6 +145,19 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
         return Corrupt(src, fw + ".tier is unknown");
       if (static_cast<uint8_t>(wt->dtype()) > static_cast<uint8_t>(schema::DType::MAX))
         return Corrupt(src, fw + ".dtype is unknown");
+      if (static_cast<uint8_t>(wt->format()) > static_cast<uint8_t>(schema::WeightFormat::MAX))
+        return Corrupt(src, fw + ".format is unknown");
+      if (wt->format() != schema::WeightFormat::Plain) {
+        // A quantized weight is a 2-D matrix of whole groups whose size is rows x RowBytes.
+        const auto* t = plan.tensors()->Get(wt->tensor());
+        const uint64_t row_bytes = WeightRowBytes(*wt, *t);
+        if (row_bytes == 0)
+          return Corrupt(src, fw + ": a " + quant::FormatName(FormatOf(wt->format())) + " weight with group size " +
+                                  std::to_string(wt->group_size()) + " does not fit its tensor's shape");
+        if (wt->size_bytes() != row_bytes * uint64_t(t->shape()->Get(0)))
+          return Corrupt(src, fw + ".size_bytes " + std::to_string(wt->size_bytes()) + ", expected " +
+                                  std::to_string(row_bytes * uint64_t(t->shape()->Get(0))) + " for its format");
+      }
       const uint64_t end = wt->offset_in_block() + wt->size_bytes();
       if (end < wt->offset_in_block()) return Corrupt(src, fw + " overflows");
       // Each resting weight lies inside the buffer of its tier.
@@ -346,6 +357,19 @@ size_t DTypeSize(schema::DType d) {
     case schema::DType::F16: case schema::DType::BF16: case schema::DType::I16: return 2;
     default: return 1;
   }
+}
+
+uint64_t WeightRowBytes(const schema::Weight& w, const schema::Tensor& t) {
+  const auto* shape = t.shape();
+  const int64_t rows = (shape && shape->size() > 0) ? shape->Get(0) : 1;
+  if (w.format() == schema::WeightFormat::Plain) {
+    int64_t numel = 1;
+    for (uint32_t d = 0; shape && d < shape->size(); ++d) numel *= shape->Get(d);
+    return rows > 0 ? uint64_t(numel / rows) * DTypeSize(w.dtype()) : 0;
+  }
+  if (shape == nullptr || shape->size() != 2) return 0;
+  Result<uint64_t> r = quant::RowBytes(FormatOf(w.format()), shape->Get(1), w.group_size());
+  return r.ok() ? *r : 0;
 }
 
 const char* TierName(schema::Tier t) {

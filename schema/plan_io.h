@@ -7,13 +7,14 @@
 
 #include "arch/block_kind.h"
 #include "arch/rope.h"
+#include "formats/quant.h"
 #include "schema/plan_generated.h"
 #include "support/result.h"
 
 namespace bigplan {
 
 // The plan layout version this build writes and reads. See schema/README.md for when it changes.
-inline constexpr uint32_t kPlanVersion = 3;
+inline constexpr uint32_t kPlanVersion = 4;
 
 // The schema's enums mirror the architecture registry's (same values), checked here at compile time.
 static_assert(static_cast<uint8_t>(schema::BlockKind::Embedding) == static_cast<uint8_t>(arch::BlockKind::kEmbedding));
@@ -31,6 +32,14 @@ static_assert(static_cast<uint8_t>(schema::RopeType::Llama3) == static_cast<uint
 static_assert(static_cast<uint8_t>(schema::RopeType::Yarn) == static_cast<uint8_t>(arch::RopeType::kYarn));
 static_assert(static_cast<uint8_t>(schema::RopeType::Longrope) == static_cast<uint8_t>(arch::RopeType::kLongrope));
 static_assert(static_cast<int>(schema::RopeType::MAX) + 1 == arch::kNumRopeTypes);
+
+static_assert(static_cast<uint8_t>(schema::WeightFormat::Plain) == static_cast<uint8_t>(quant::Format::kNone));
+static_assert(static_cast<uint8_t>(schema::WeightFormat::Fp8E4M3) == static_cast<uint8_t>(quant::Format::kFp8E4M3));
+static_assert(static_cast<uint8_t>(schema::WeightFormat::Int8) == static_cast<uint8_t>(quant::Format::kInt8));
+static_assert(static_cast<uint8_t>(schema::WeightFormat::Int4) == static_cast<uint8_t>(quant::Format::kInt4));
+static_assert(static_cast<int>(schema::WeightFormat::MAX) == 3);
+inline quant::Format FormatOf(schema::WeightFormat f) { return static_cast<quant::Format>(f); }
+inline schema::WeightFormat ToSchemaFormat(quant::Format f) { return static_cast<schema::WeightFormat>(f); }
 
 inline schema::BlockKind ToSchemaBlockKind(arch::BlockKind k) { return static_cast<schema::BlockKind>(k); }
 inline schema::RopeType ToSchemaRopeType(arch::RopeType t) { return static_cast<schema::RopeType>(t); }
@@ -86,5 +95,9 @@ flatbuffers::Offset<schema::RopeParams> CreateRopeParams(flatbuffers::FlatBuffer
 const char* DTypeName(schema::DType dtype);      // "BF16"
 size_t DTypeSize(schema::DType dtype);           // bytes per element
 const char* TierName(schema::Tier tier);         // "gpu", "cpu", "disk"
+// The bytes of one row (shape[0] slice) of a weight of `tensor`'s shape stored as `weight` says: numel / rows x
+// DTypeSize(dtype) for Plain, quant::RowBytes(format, cols, group_size) for a quantized 2-D weight; 0 when the
+// weight's format does not fit its shape (VerifyPlan refuses such plans).
+uint64_t WeightRowBytes(const schema::Weight& weight, const schema::Tensor& tensor);
 
 }  // namespace bigplan

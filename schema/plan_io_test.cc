@@ -17,6 +17,9 @@ struct ModelFields {
   uint32_t head_dim = 0;   // config.head_dim
   schema::BlockKind block_kind = schema::BlockKind::DecoderLayer;
   const char* kind = "decoder_layer";  // Block.kind
+  schema::WeightFormat format = schema::WeightFormat::Plain;  // the weight's format, group size and size
+  uint32_t group = 0;
+  uint64_t weight_bytes = 1024;
 };
 
 // A minimal valid plan: one shard, one tensor, one resident block, one buffer, one arena, one step.
@@ -31,7 +34,7 @@ flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_
   auto tensor = schema::CreateTensorDirect(fb, "w", tensor_shard, 8, 1024, schema::DType::F32, &shape);
   std::vector<flatbuffers::Offset<schema::Tensor>> tensors{tensor};
   std::vector<schema::Weight> unused;
-  auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, 1024, 0);
+  auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, m.weight_bytes, 0, schema::Tier::Gpu, m.format, m.group);
   std::vector<flatbuffers::Offset<schema::Weight>> weights{weight};
   auto block = schema::CreateBlockDirect(fb, "b", m.kind, 0, "b.", 0, schema::Tier::Gpu, &weights, 1024, 0, -1, -1, -1,
                                          -1, m.block_kind);
@@ -87,19 +90,48 @@ TEST(PlanIoTest, RejectsOtherVersionAsIncompatible) {
       << r.error().message;
 }
 
-// Version 3 (typed RoPE and block kinds): a version-2 plan has no typed RoPE; it is refused with "plan again", never
-// read with a guessed RoPE.
-TEST(PlanIoTest, RefusesAVersion2PlanWithPlanAgain) {
-  ASSERT_EQ(kPlanVersion, 3u);
-  ModelFields v2;
-  v2.rope_table = false;
-  auto buf = MinimalPlan(2, 1024, 0, nullptr, v2);
-  auto r = VerifyPlan(buf.data(), buf.size(), "v2.bplan");
+// Version 4 (weight formats): a version-3 reader would read quantized weights as plain ones, and a version-3 plan
+// is refused with "plan again", as is a version-2 plan (no typed RoPE), never read with a guessed field.
+TEST(PlanIoTest, RefusesVersion2And3PlansWithPlanAgain) {
+  ASSERT_EQ(kPlanVersion, 4u);
+  for (uint32_t version : {2u, 3u}) {
+    ModelFields old;
+    old.rope_table = version >= 3;
+    auto buf = MinimalPlan(version, 1024, 0, nullptr, old);
+    auto r = VerifyPlan(buf.data(), buf.size(), "old.bplan");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, ErrorCode::kIncompatible);
+    EXPECT_NE(r.error().message.find("old.bplan: made by an older planner (plan version " + std::to_string(version) +
+                                     "; this build reads version 4): plan again"),
+              std::string::npos)
+        << r.error().message;
+  }
+}
+
+// A quantized weight's size is rows x RowBytes of its format; a group that does not divide its columns, or another
+// size, is damage.
+TEST(PlanIoTest, ChecksQuantizedWeightSizes) {
+  ModelFields m;
+  m.format = schema::WeightFormat::Fp8E4M3;
+  m.group = 16;
+  m.weight_bytes = 16 * (16 + 4);  // 16 rows of 16 fp8 values and one float32 scale
+  auto ok = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  auto plan = VerifyPlan(ok.data(), ok.size(), "q.bplan");
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  EXPECT_EQ(WeightRowBytes(*(*plan)->blocks()->Get(0)->weights()->Get(0), *(*plan)->tensors()->Get(0)), 20u);
+
+  m.weight_bytes = 1024;
+  auto wrong_size = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  auto r = VerifyPlan(wrong_size.data(), wrong_size.size(), "q.bplan");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().code, ErrorCode::kIncompatible);
-  EXPECT_NE(r.error().message.find("v2.bplan: made by an older planner (plan version 2; this build reads version 3): "
-                                   "plan again"),
-            std::string::npos)
+  EXPECT_NE(r.error().message.find("size_bytes 1024, expected 320"), std::string::npos) << r.error().message;
+
+  m.format = schema::WeightFormat::Int4;
+  m.group = 5;
+  auto bad_group = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  r = VerifyPlan(bad_group.data(), bad_group.size(), "q.bplan");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("int4 weight with group size 5 does not fit"), std::string::npos)
       << r.error().message;
 }
 

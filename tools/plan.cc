@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/quant.h"
 #include "planner/budget.h"
 #include "planner/device_profile.h"
 #include "planner/placement.h"
@@ -60,6 +61,9 @@ constexpr const char* kUsage =
     "                           cuda:0=4GiB,cpu=64GiB,disk=200GiB). Without cuda entries the plan is CPU-only.\n"
     "  --dtype DTYPE            execution dtype: bf16, fp16, fp32 (default: bf16 for the examples, else the\n"
     "                           checkpoint's dtype)\n"
+    "  --weights FORMAT         how linear-layer weights are stored and streamed: bf16 (as the execution dtype,\n"
+    "                           default), fp8 (e4m3, a scale per row), int8 (a scale per row), int4 (groups of\n"
+    "                           128 columns with a scale and a zero each); quantized by the executor at load\n"
     "  --batch N                maximum batch size (default 1)\n"
     "  --seq-len N              maximum sequence length, prompt + generated (default 512)\n"
     "  --strategy NAME          placement strategy: auto (default), sequential (Accelerate's\n"
@@ -105,7 +109,7 @@ Result<nlohmann::json> ReadJsonFile(const std::string& path) {
 
 struct Flags {
   std::string model_dir, description, checkpoint, max_memory, dtype, strategy, memory_algorithm, profile,
-      device_map, export_device_map, output;
+      device_map, export_device_map, output, weights;
   std::optional<uint32_t> batch, seq_len, prefetch_depth;
   std::optional<uint64_t> chunk_bytes;
   std::string auto_candidates;
@@ -129,7 +133,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     switch (SplitFlag(argc, argv, &i,
                       {"--model", "--description", "--checkpoint", "--max-memory", "--dtype", "--batch", "--seq-len",
                        "--strategy", "--memory-algorithm", "--profile", "--device-map", "--export-device-map", "-o",
-                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates"},
+                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates", "--weights"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag \"" + flag + "\"");
@@ -140,6 +144,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     else if (flag == "--checkpoint") f.checkpoint = UserPath(value);
     else if (flag == "--max-memory") f.max_memory = value;
     else if (flag == "--dtype") f.dtype = value;
+    else if (flag == "--weights") f.weights = value;
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParsePositive(flag, value)); }
     else if (flag == "--seq-len") { BIGPLAN_ASSIGN_OR_RETURN(f.seq_len, kCli.ParsePositive(flag, value)); }
     else if (flag == "--prefetch-depth") { BIGPLAN_ASSIGN_OR_RETURN(f.prefetch_depth, kCli.ParsePositive(flag, value)); }
@@ -203,6 +208,11 @@ Status Main(int argc, char** argv) {
   if (!f.profile.empty()) { BIGPLAN_ASSIGN_OR_RETURN(base.profile, LoadDeviceProfile(f.profile)); }
   base.prefetch_depth = f.prefetch_depth;
   base.chunk_bytes = f.chunk_bytes;
+  if (!f.weights.empty()) {
+    Result<quant::Format> w = quant::ParseFormat(f.weights);
+    if (!w.ok()) return Usage("--weights: " + w.error().message);
+    base.weights = *w;
+  }
   if (!f.auto_candidates.empty()) base.auto_candidates = f.auto_candidates;
   if (!f.quiet) base.progress = [](const std::string& m) { std::fprintf(stderr, "plan: %s\n", m.c_str()); };
 

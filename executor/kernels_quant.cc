@@ -1,0 +1,111 @@
+// Products with row-quantized weights (formats/quant.h): dequantization with LibTorch ops on any device and dtype,
+// and PyTorch's tinygemm int4 kernel on CUDA for bf16 activations.
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "executor/kernels_internal.h"
+
+namespace bigplan::kernels_internal {
+namespace {
+
+struct Parts {
+  at::Tensor data;     // [n, data bytes] uint8 (a strided view of the rows)
+  at::Tensor records;  // fp8/int8: [n, groups] float32; int4: [n, groups, 2] bf16 (scale, zero)
+};
+
+Parts Split(const at::Tensor& wq, const WeightQuant& q) {
+  TORCH_CHECK(wq.dim() == 2 && wq.scalar_type() == at::kByte, "a quantized weight must be uint8 rows, got ",
+              wq.sizes(), " ", wq.scalar_type());
+  TORCH_CHECK(q.group > 0 && q.cols > 0 && q.cols % q.group == 0, "quantized weight: bad group ", q.group,
+              " for ", q.cols, " columns");
+  const int64_t n = wq.size(0), groups = q.cols / q.group;
+  const int64_t data = q.format == quant::Format::kInt4 ? q.cols / 2 : q.cols;
+  TORCH_CHECK(wq.size(1) == data + 4 * groups, "quantized weight rows of ", wq.size(1), " bytes, expected ",
+              data + 4 * groups);
+  Parts p;
+  p.data = wq.narrow(1, 0, data);
+  at::Tensor rec = wq.narrow(1, data, 4 * groups).contiguous();
+  if (q.format == quant::Format::kInt4) {
+    p.records = rec.view(at::kBFloat16).view({n, groups, 2});
+  } else {
+    p.records = rec.view(at::kFloat).view({n, groups});
+  }
+  return p;
+}
+
+// The int4 values [n, cols] as `dtype` (0..15; the high nibble of byte j is column 2j).
+at::Tensor UnpackInt4(const at::Tensor& data, int64_t cols, at::ScalarType dtype) {
+  at::Tensor hi = at::bitwise_right_shift(data, 4);
+  at::Tensor lo = at::bitwise_and(data, 15);
+  return at::stack({hi, lo}, -1).view({data.size(0), cols}).to(dtype);
+}
+
+// tinygemm's innerKTiles for `cols` (cols % (innerKTiles * 16) == 0), 0 when none fits.
+int64_t InnerKTiles(int64_t cols) {
+  for (int64_t t : {8, 4, 2})
+    if (cols % (t * 16) == 0) return t;
+  return 0;
+}
+
+bool TinyGemmEligible(const at::Tensor& x, const at::Tensor& wq, const WeightQuant& q) {
+  if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || q.format != quant::Format::kInt4) return false;
+  if (wq.size(0) % 8 != 0 || InnerKTiles(q.cols) == 0) return false;
+  return q.group == 32 || q.group == 64 || q.group == 128 || q.group == 256;
+}
+
+}  // namespace
+
+at::Tensor DequantizeWeight(const at::Tensor& wq, const WeightQuant& q, at::ScalarType dtype) {
+  const Parts p = Split(wq, q);
+  const int64_t n = wq.size(0), groups = q.cols / q.group;
+  at::Tensor w;
+  switch (q.format) {
+    case quant::Format::kFp8E4M3:
+    case quant::Format::kInt8: {
+      const at::ScalarType stored = q.format == quant::Format::kInt8 ? at::kChar : at::kFloat8_e4m3fn;
+      // Scales in float32, then one rounding to `dtype`.
+      w = p.data.view(stored).to(at::kFloat).view({n, groups, q.group}) * p.records.unsqueeze(-1);
+      return w.view({n, q.cols}).to(dtype);
+    }
+    case quant::Format::kInt4: {
+      at::Tensor v = UnpackInt4(p.data, q.cols, at::kFloat).view({n, groups, q.group});
+      at::Tensor s = p.records.select(-1, 0).to(at::kFloat).unsqueeze(-1);
+      at::Tensor z = p.records.select(-1, 1).to(at::kFloat).unsqueeze(-1);
+      return ((v - 8.0) * s + z).view({n, q.cols}).to(dtype);
+    }
+    case quant::Format::kNone: break;
+  }
+  TORCH_CHECK(false, "DequantizeWeight: not a quantized weight");
+}
+
+at::Tensor QuantLinear(const at::Tensor& x, const at::Tensor& wq, const WeightQuant& q, const at::Tensor& b) {
+  TORCH_CHECK(x.size(-1) == q.cols, "input has ", x.size(-1), " features, the quantized weight ", q.cols);
+  const int64_t n = wq.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = n;
+  at::Tensor y;
+  if (TinyGemmEligible(x, wq, q)) {
+    const Parts p = Split(wq, q);
+    at::Tensor packed = at::_convert_weight_to_int4pack(p.data.contiguous(), InnerKTiles(q.cols));
+    at::Tensor scale_zero = p.records.transpose(0, 1).contiguous();  // [groups, n, 2]
+    y = at::_weight_int4pack_mm(x.reshape({-1, q.cols}).contiguous(), packed, q.group, scale_zero).view(out_shape);
+  } else if (q.format != quant::Format::kInt4 && q.group == q.cols) {
+    // One scale per row: multiply by the stored values, scale the output columns (no scaled copy of the weight).
+    const Parts p = Split(wq, q);
+    const at::ScalarType stored = q.format == quant::Format::kInt8 ? at::kChar : at::kFloat8_e4m3fn;
+    at::Tensor w = p.data.view(stored).to(x.scalar_type());
+    y = at::linear(x, w);
+    if (x.scalar_type() == at::kFloat) {
+      y.mul_(p.records.view({n}));
+    } else {
+      y = (y.to(at::kFloat) * p.records.view({n})).to(x.scalar_type());
+    }
+  } else {
+    y = at::linear(x, DequantizeWeight(wq, q, x.scalar_type()));
+  }
+  if (b.defined()) y.add_(b);
+  return y;
+}
+
+}  // namespace bigplan::kernels_internal
