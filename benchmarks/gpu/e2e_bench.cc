@@ -3,7 +3,11 @@
 //
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
-//             [--drop-caches] [--no-cuda-graphs]
+//             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4]
+//
+// --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
+// reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
+// and hybrid plans are measured against.
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
 // fresh sequence), the floor (bytes streamed per forward / pinned H2D bandwidth measured in this run; for disk
@@ -26,6 +30,7 @@
 
 #include "benchmarks/gpu/floors.h"
 #include "executor/executor.h"
+#include "formats/quant.h"
 #include "planner/planner.h"
 #include "schema/plan_io.h"
 #include "support/tool_main.h"
@@ -46,6 +51,7 @@ struct Args {
   std::string trace_dir;
   bool drop_caches = false;
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
+  std::vector<quant::Format> weights{quant::Format::kNone};
 };
 
 Result<Args> ParseArgs(int argc, char** argv) {
@@ -84,6 +90,17 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--trace-dir") { BIGPLAN_ASSIGN_OR_RETURN(a.trace_dir, need(i)); }
       else if (f == "--drop-caches") { a.drop_caches = true; }
       else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
+      else if (f == "--weights") {
+        BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
+        a.weights.clear();
+        size_t p = 0;
+        while (p <= v.size()) {
+          const size_t c = std::min(v.find(',', p), v.size());
+          BIGPLAN_ASSIGN_OR_RETURN(quant::Format fmt, quant::ParseFormat(v.substr(p, c - p)));
+          a.weights.push_back(fmt);
+          p = c + 1;
+        }
+      }
       else return MakeError(ErrorCode::kInvalidArgument, "unknown flag " + f);
     } catch (const std::exception&) {
       return MakeError(ErrorCode::kInvalidArgument, "bad number after " + f);
@@ -140,7 +157,18 @@ struct Config {
   std::string tier;  // "cpu", "disk", "resident"
   double gpu_gib = 0;
   std::string max_memory;
+  quant::Format weights = quant::Format::kNone;
 };
+
+// Bytes a plan's streams carry per forward, from pinned CPU memory and from disk.
+void StreamedBytes(const schema::Plan& p, uint64_t* cpu_bytes, uint64_t* disk_bytes) {
+  *cpu_bytes = *disk_bytes = 0;
+  if (p.streams() == nullptr) return;
+  for (const schema::Stream* st : *p.streams()) {
+    if (st->units() == nullptr) continue;
+    for (const schema::Unit* u : *st->units()) (u->source() == schema::Tier::Disk ? *disk_bytes : *cpu_bytes) += u->bytes();
+  }
+}
 
 Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& profile, const Config& cfg,
                  nlohmann::json* out) {
@@ -152,6 +180,17 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   req.run = RunShape{1, static_cast<uint32_t>(resident ? 2 * args.prefill : args.prefill)};
   req.exec_dtype = DType::kBF16;
   req.profile = profile;
+  // The bf16 floor of this budget: what a bf16 plan streams per forward / H2D.
+  double bf16_floor_s = 0;
+  {
+    PlanRequest bf16 = req;
+    bf16.weights = quant::Format::kNone;
+    BIGPLAN_ASSIGN_OR_RETURN(PlanResult b, MakePlan(bf16));
+    uint64_t c = 0, d = 0;
+    StreamedBytes(b.plan(), &c, &d);
+    bf16_floor_s = c / (floors.h2d_gbps * 1e9) + (d ? d / (floors.disk_gbps * 1e9) : 0.0);
+  }
+  req.weights = cfg.weights;
   auto t_plan = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(PlanResult plan, MakePlan(req));
   const double plan_s = Seconds(t_plan);
@@ -162,12 +201,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   // its weights).
   uint64_t cpu_bytes = 0, disk_bytes = 0;
   const auto& p = plan.plan();
-  if (p.streams() != nullptr) {
-    for (const schema::Stream* st : *p.streams()) {
-      if (st->units() == nullptr) continue;
-      for (const schema::Unit* u : *st->units()) (u->source() == schema::Tier::Disk ? disk_bytes : cpu_bytes) += u->bytes();
-    }
-  }
+  StreamedBytes(p, &cpu_bytes, &disk_bytes);
   if (args.drop_caches) DropPageCache();
   ExecutorOptions opts;
   opts.record_trace = !args.trace_dir.empty();
@@ -186,7 +220,8 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   const double first_s = Seconds(t_first);
 
   nlohmann::json j = {{"name", cfg.name}, {"tier", cfg.tier}, {"gpu_budget_gib", cfg.gpu_gib},
-                      {"max_memory", cfg.max_memory}, {"plan_s", plan_s}, {"load_s", load_s},
+                      {"max_memory", cfg.max_memory}, {"weights", quant::FormatName(cfg.weights)},
+                      {"bf16_floor_s", bf16_floor_s}, {"plan_s", plan_s}, {"load_s", load_s},
                       {"first_forward_s", first_s}, {"loaded_bytes", exec->stats().loaded_bytes},
                       {"cpu_tier_bytes", cpu_bytes}, {"disk_tier_bytes", disk_bytes},
                       {"gpu_tier_blocks", exec->info().gpu_tier_blocks}, {"cpu_tier_blocks", exec->info().cpu_tier_blocks},
@@ -216,11 +251,14 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     j["floor_s"] = floor_s;
     j["ratio_1_to_floor"] = floor_s > 0 ? f1.best / floor_s : 0.0;
     j["ratio_prefill_to_floor"] = floor_s > 0 ? fp.best / floor_s : 0.0;
+    j["ratio_1_to_bf16_floor"] = bf16_floor_s > 0 ? f1.best / bf16_floor_s : 0.0;
     j["prediction_error_1"] = plan.decode.total_us / 1e6 / f1.best - 1.0;
     j["prediction_error_prefill"] = plan.prefill.total_us / 1e6 / fp.best - 1.0;
     std::fprintf(stderr, "   1 token %.4f s, prefill %.4f s, floor %.4f s (%.3fx / %.3fx), predicted %.4f / %.4f s\n",
                  f1.best, fp.best, floor_s, f1.best / std::max(floor_s, 1e-12), fp.best / std::max(floor_s, 1e-12),
                  plan.decode.total_us / 1e6, plan.prefill.total_us / 1e6);
+    std::fprintf(stderr, "   weights %s: 1 token %.4f s = %.3fx the bf16 floor %.4f s of this budget\n",
+                 quant::FormatName(cfg.weights), f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s);
   } else {
     uint64_t weight_bytes = 0;
     for (uint32_t i = 0; i < p.blocks()->size(); ++i) weight_bytes += p.blocks()->Get(i)->weight_bytes();
@@ -289,7 +327,10 @@ Status Main(int argc, char** argv) {
   char buf[256];
   for (double g : args.gpu_budgets) {
     std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB", g, args.cpu_budget_gib);
-    configs.push_back({"cpu_offload_" + std::to_string(static_cast<int>(g * 10)), "cpu", g, buf});
+    for (quant::Format w : args.weights) {
+      const std::string suffix = w == quant::Format::kNone ? "" : std::string("_") + quant::FormatName(w);
+      configs.push_back({"cpu_offload_" + std::to_string(static_cast<int>(g * 10)) + suffix, "cpu", g, buf, w});
+    }
   }
   for (auto [g, c] : args.disk_configs) {
     std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB,disk=1000GiB", g, c);

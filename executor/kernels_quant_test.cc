@@ -1,0 +1,93 @@
+// Products with row-quantized weights: every format, against the dequantized weight in float32 (CPU) and, on CUDA
+// (kernels_quant_gpu_test), the tinygemm int4 path and the per-row fp8/int8 paths in bf16.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "executor/kernels_internal.h"
+#include "formats/quant.h"
+
+namespace bigplan::kernels_internal {
+namespace {
+
+at::Device TestDevice() {
+#ifdef BIGPLAN_TEST_CUDA
+  return at::Device(at::kCUDA, 0);
+#else
+  return at::Device(at::kCPU);
+#endif
+}
+
+// A random [n, k] weight quantized with formats/quant into uint8 rows.
+at::Tensor QuantizedRows(const at::Tensor& w, quant::Format f, int64_t group) {
+  const int64_t n = w.size(0), k = w.size(1);
+  at::Tensor src = w.to(at::kFloat).contiguous();
+  const uint64_t row = *quant::RowBytes(f, k, group);
+  at::Tensor out = at::empty({n, static_cast<int64_t>(row)}, at::kByte);
+  Status s = quant::Quantize(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(src.data_ptr()), n * k * 4),
+                             DType::kF32, n, k, f, group, std::span<uint8_t>(out.data_ptr<uint8_t>(), n * row));
+  EXPECT_TRUE(s.ok()) << s.error().ToString();
+  return out;
+}
+
+struct Case {
+  quant::Format format;
+  int64_t n, k, group;
+};
+
+class QuantLinearTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(QuantLinearTest, MatchesTheDequantizedWeight) {
+  const Case c = GetParam();
+  at::manual_seed(7);
+  at::Tensor w = at::randn({c.n, c.k}) * 0.05;
+  at::Tensor wq = QuantizedRows(w, c.format, c.group);
+  const WeightQuant q{c.format, c.group, c.k};
+  // The reference: the dequantized weight in float32 on the CPU.
+  at::Tensor deq = DequantizeWeight(wq, q, at::kFloat);
+  ASSERT_EQ(deq.sizes(), w.sizes());
+  // Quantization error is bounded (the layout is read as it was written).
+  const double rel = ((deq - w).norm() / w.norm()).item<double>();
+  EXPECT_LT(rel, c.format == quant::Format::kInt4 ? 0.15 : 0.05);
+  for (int64_t m : {1, 3, 17}) {
+    at::Tensor x = at::randn({m, c.k});
+    at::Tensor bias = at::randn({c.n});
+    at::Tensor ref = at::linear(x, deq, bias);
+    // float32 on the CPU: the same products.
+    at::Tensor y = QuantLinear(x, wq, q, bias);
+    EXPECT_TRUE(at::allclose(y, ref, 1e-4, 1e-4)) << (y - ref).abs().max().item<float>();
+    const at::Device dev = TestDevice();
+    if (dev.is_cuda()) {
+      at::Tensor yd = QuantLinear(x.to(dev).to(at::kBFloat16), wq.to(dev), q, bias.to(dev).to(at::kBFloat16));
+      const double err = ((yd.to(at::kCPU).to(at::kFloat) - ref).norm() / ref.norm()).item<double>();
+      EXPECT_LT(err, 0.02) << "bf16 on CUDA, m=" << m;
+      // A chunk of rows (rows [8, 16)) multiplies like the whole weight's rows.
+      at::Tensor part = QuantLinear(x.to(dev).to(at::kBFloat16), wq.narrow(0, 8, 8).to(dev), q, {});
+      at::Tensor part_ref = at::linear(x, deq.narrow(0, 8, 8));
+      EXPECT_LT(((part.to(at::kCPU).to(at::kFloat) - part_ref).norm() / part_ref.norm()).item<double>(), 0.02);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, QuantLinearTest,
+                         ::testing::Values(Case{quant::Format::kFp8E4M3, 64, 256, 256},
+                                           Case{quant::Format::kFp8E4M3, 48, 256, 128},
+                                           Case{quant::Format::kInt8, 64, 256, 256},
+                                           Case{quant::Format::kInt4, 64, 256, 128},
+                                           Case{quant::Format::kInt4, 64, 576, 64},
+                                           Case{quant::Format::kInt4, 40, 1024, 32},
+                                           Case{quant::Format::kInt4, 12, 96, 32}));  // rows not a multiple of 8
+
+TEST(QuantLinear, WrongShapesThrow) {
+  at::Tensor wq = at::zeros({4, 10}, at::kByte);
+  const WeightQuant q{quant::Format::kInt8, 8, 8};
+  EXPECT_NO_THROW(QuantLinear(at::zeros({1, 8}), at::zeros({4, 12}, at::kByte), q, {}));  // 8 values + a scale
+  EXPECT_THROW(QuantLinear(at::zeros({1, 8}), wq, q, {}), c10::Error);         // rows of 10 bytes, 12 expected
+  EXPECT_THROW(QuantLinear(at::zeros({1, 9}), wq, q, {}), c10::Error);         // 9 features for 8 columns
+  EXPECT_THROW(DequantizeWeight(wq, WeightQuant{quant::Format::kInt4, 3, 8}, at::kFloat), c10::Error);
+}
+
+}  // namespace
+}  // namespace bigplan::kernels_internal
