@@ -183,6 +183,8 @@ struct ModelInfo {
   std::string model_name;
   std::string plan_path;
   std::string exec_dtype;     // "BF16", "F32", ...
+  std::string weights;        // the plan's weight format (plan --weights): "bf16" (none), "fp8", "int8", "int4"
+  int quantized_weights = 0;  // weights stored row-quantized
   int64_t vocab_size = 0;
   uint32_t max_batch = 0;
   uint32_t max_seq_len = 0;

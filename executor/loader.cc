@@ -710,6 +710,9 @@ Result<std::unique_ptr<ModelState>> LoadModelState(PlanFile plan_file, const std
   info.model_name = Str(plan.model_name());
   info.plan_path = plan_path;
   info.exec_dtype = DTypeName(plan.exec_dtype());
+  info.weights = quant::FormatName(FormatOf(plan.weights()));
+  for (const BlockRuntime& b : state->blocks)
+    for (const WeightRuntime& w : b.weights) info.quantized_weights += w.quantized() ? 1 : 0;
   info.vocab_size = config->vocab_size();
   info.max_batch = plan.run_shape()->max_batch();
   info.max_seq_len = plan.run_shape()->max_seq_len();

@@ -188,7 +188,8 @@ Status Main(int argc, char** argv) {
     }
   }
 
-  std::printf("plan: %s (%s, %s, %s)\n", info.plan_path.c_str(), info.architecture.c_str(), info.exec_dtype.c_str(),
+  std::printf("plan: %s (%s, %s, weights %s, %s)\n", info.plan_path.c_str(), info.architecture.c_str(),
+              info.exec_dtype.c_str(), info.weights.c_str(),
               info.cpu_mode ? "cpu" : "cuda");
   std::printf("text: %s: %zu tokens, %zu windows of up to %lld\n", f.text.c_str(), ids.size(), windows.size(),
               static_cast<long long>(f.window));
@@ -239,6 +240,7 @@ Status Main(int argc, char** argv) {
         {"plan", info.plan_path},
         {"model", f.model},
         {"exec_dtype", info.exec_dtype},
+        {"weights", info.weights},
         {"text", f.text},
         {"window", f.window},
         {"max_tokens", f.max_tokens ? nlohmann::json(*f.max_tokens) : nlohmann::json(nullptr)},
