@@ -15,15 +15,21 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   BlockWork w;
   w.weight_bytes = BlockWeightBytes(model, index, exec_dtype);
   double matrix_params = 0;
+  uint32_t quantized = 0;
   auto count = [&](const TensorSpec& t) {
     if (t.shape.size() >= 2) matrix_params += static_cast<double>(t.numel());
+    if (t.format == quant::Format::kNone) return;
+    ++quantized;
+    const uint64_t n = static_cast<uint64_t>(t.numel());
+    w.dequant_bytes += t.format == quant::Format::kInt4 ? n : 2 * n * e;
   };
   for (const TensorSpec& p : block.params) count(p);
   for (const std::string& name : block.tied)
     if (const TensorSpec* p = model.FindParam(name)) count(*p);
   // The registry's kernel counts for the family (a validated description always names one).
   const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
-  w.kernels = arch::BlockKernels(family ? *family : arch::GetFamily(arch::Family::kLlama), block.kind, c);
+  w.kernels = arch::BlockKernels(family ? *family : arch::GetFamily(arch::Family::kLlama), block.kind, c) +
+              3 * quantized;
   switch (block.kind) {
     case BlockKind::kDecoderLayer:
       w.matmul_params = matrix_params;
@@ -61,7 +67,7 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
   auto time_us = [&](double tokens, double context) {
     const double flops = 2.0 * w.matmul_params * tokens + 4.0 * static_cast<double>(w.attn_dim) * batch * context;
-    const double bytes = static_cast<double>(w.weight_bytes) + kv_bytes +
+    const double bytes = static_cast<double>(w.weight_bytes) + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
                          static_cast<double>(w.act_bytes_per_token) * tokens;
     return std::max(flops / flops_per_s, bytes / bytes_per_s) * 1e6 + overhead_us;
   };

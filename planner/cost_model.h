@@ -100,10 +100,15 @@ struct BlockWork {
   uint64_t kv_bytes_per_token = 0;   // K + V bytes per token of context per sequence (decoder layers)
   uint64_t act_bytes_per_token = 0;  // activation bytes read + written per token
   uint32_t kernels = 1;
+  // Device-memory traffic of unpacking row-quantized weights per forward (beyond reading them once), on a GPU:
+  // int4 is repacked for the tinygemm kernel (0.5 B written + 0.5 B read again per element), fp8/int8 are widened
+  // to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized weights.
+  uint64_t dequant_bytes = 0;
 };
 
 // The work of block `index` of `model` at `exec_dtype` (weight_bytes = the block's weight-buffer bytes, as
-// planner/accounting.h's BlockWeightBytes). Activation traffic per token, e = DTypeBytes(exec):
+// planner/accounting.h's BlockWeightBytes; a quantized matrix adds dequant_bytes and 3 kernels: the unpacking copy,
+// the pack or widen, and the scale or transpose). Activation traffic per token, e = DTypeBytes(exec):
 //   decoder layer: (8 x hidden + 2 x (num_heads + 2 x num_kv_heads) x head_dim + 3 x intermediate) x e
 //   norm: 2 x hidden x e;  embedding: hidden x e + 8;  lm_head: hidden x e + vocab x 4.
 BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType exec_dtype);
