@@ -138,21 +138,23 @@ inline int32_t LoadI32(const uint8_t* p) {
   StoreF32(record, s);
 }
 
-// q = clamp(round-half-even((w - z) / s) + 8, 0, 15), as a float.
-[[gnu::always_inline]] inline float Int4Code(float w, float z, float inv) {
-  float t = (w - z) * inv + 8.0f;
-  t = t < 0.0f ? 0.0f : t;
-  t = t > 15.0f ? 15.0f : t;
-  return (t + kRoundMagic) - kRoundMagic;
+// q = clamp(round-half-even(w / s + (8 - z / s)), 0, 15), given inv = 1 / s and c = 8 - z * inv. The clamp is on the
+// rounded integer (the same result as clamping first), where it vectorizes to integer min/max.
+[[gnu::always_inline]] inline int32_t Int4Code(float w, float inv, float c) {
+  int32_t q = static_cast<int32_t>(FloatBits(w * inv + c + kRoundMagic) - kRoundMagicBits);
+  q = q < 0 ? 0 : q;
+  q = q > 15 ? 15 : q;
+  return q;
 }
 
 [[gnu::always_inline]] inline float Int4Error(const float* w, int64_t g, float s, float z, float inv) {
   constexpr int kLanes = 16;
+  const float c = 8.0f - z * inv;
   float acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= g; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const float q = Int4Code(w[i + l], z, inv);
+      const float q = static_cast<float>(Int4Code(w[i + l], inv, c));
       const float d = (q - 8.0f) * s + z - w[i + l];
       acc[l] += d * d;
     }
@@ -162,7 +164,7 @@ inline int32_t LoadI32(const uint8_t* p) {
   }
   float total = acc[0];
   for (; i < g; ++i) {
-    const float d = (Int4Code(w[i], z, inv) - 8.0f) * s + z - w[i];
+    const float d = (static_cast<float>(Int4Code(w[i], inv, c)) - 8.0f) * s + z - w[i];
     total += d * d;
   }
   return total;
@@ -235,8 +237,8 @@ struct Int4Best {
     }
   }
   if (best_s > 0) {
-    const float inv = 1.0f / best_s;
-    for (int64_t i = 0; i < g; ++i) codes[i] = static_cast<uint8_t>(Int4Code(w[i], best_z, inv));
+    const float inv = 1.0f / best_s, c = 8.0f - best_z * inv;
+    for (int64_t i = 0; i < g; ++i) codes[i] = static_cast<uint8_t>(Int4Code(w[i], inv, c));
   } else {
     std::memset(codes, 8, static_cast<size_t>(g));
   }
