@@ -584,12 +584,12 @@ Status CheckGptqTensor(const char* name, std::span<const uint8_t> bytes, DType d
     return MakeError(ErrorCode::kMismatch,
                      std::string("gptq ") + name + " has shape " + ShapeString(shape) + ", expected " + ShapeString(want));
   }
-  uint64_t count = 1;
-  for (int64_t d : want) count *= static_cast<uint64_t>(d);  // small: validated dimensions of a real tensor
-  if (bytes.size() != count * DTypeBytes(dtype)) {
+  uint64_t count = DTypeBytes(dtype);
+  for (int64_t d : want) count = SatMul(count, static_cast<uint64_t>(d));
+  if (bytes.size() != count) {
     return MakeError(ErrorCode::kMismatch, std::string("gptq ") + name + " holds " + std::to_string(bytes.size()) +
-                                               " bytes, not the " + std::to_string(count * DTypeBytes(dtype)) +
-                                               " of shape " + ShapeString(want));
+                                               " bytes, not the " + std::to_string(count) + " of shape " +
+                                               ShapeString(want));
   }
   return Status::Ok();
 }
@@ -676,28 +676,43 @@ Status FromGptq(const GptqTensors& t, int64_t n, int64_t k, int64_t group, bool 
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const int64_t zero_offset = v1_zero_offset ? 1 : 0;
   Status st = ParallelRows(blocks, 0, std::max<int64_t>(1, (int64_t{1} << 18) / k), [&](int64_t b0, int64_t b1) -> Status {
-    std::vector<uint8_t> codes(static_cast<size_t>(kBlock * k));
+    std::vector<uint8_t> codes(order.empty() ? 0 : static_cast<size_t>(kBlock * k));
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kBlock, rows = std::min(kBlock, n - r0);
-      for (int64_t j = 0; j < k / 8; ++j) {
-        const uint8_t* in = t.qweight.data() + 4 * (j * n + r0);
+      if (order.empty()) {
+        // Byte m of a word holds q[8j + 2m] (low nibble) and q[8j + 2m + 1] (high): swapping the nibbles of each byte
+        // gives our bytes 4j..4j+3 directly.
+        for (int64_t j = 0; j < k / 8; ++j) {
+          const uint8_t* in = t.qweight.data() + 4 * (j * n + r0);
+          for (int64_t rr = 0; rr < rows; ++rr) {
+            uint32_t word;
+            std::memcpy(&word, in + 4 * rr, 4);
+            word = ((word & 0x0F0F0F0Fu) << 4) | ((word >> 4) & 0x0F0F0F0Fu);
+            std::memcpy(dst.data() + static_cast<uint64_t>(r0 + rr) * shape.row_bytes + 4 * j, &word, 4);
+          }
+        }
+      } else {
+        // Unpack the block's codes in checkpoint column order, then write them in ours.
+        for (int64_t j = 0; j < k / 8; ++j) {
+          const uint8_t* in = t.qweight.data() + 4 * (j * n + r0);
+          for (int64_t rr = 0; rr < rows; ++rr) {
+            const uint32_t word = static_cast<uint32_t>(LoadI32(in + 4 * rr));
+            uint8_t* out = codes.data() + rr * k + 8 * j;
+            for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>((word >> (4 * i)) & 0xFu);
+          }
+        }
         for (int64_t rr = 0; rr < rows; ++rr) {
-          const uint32_t word = static_cast<uint32_t>(LoadI32(in + 4 * rr));
-          uint8_t* out = codes.data() + rr * k + 8 * j;
-          for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>((word >> (4 * i)) & 0xFu);
+          const uint8_t* q = codes.data() + rr * k;
+          uint8_t* row = dst.data() + static_cast<uint64_t>(r0 + rr) * shape.row_bytes;
+          for (int64_t j = 0; j < k / 2; ++j) {
+            row[j] = static_cast<uint8_t>((q[order[static_cast<size_t>(2 * j)]] << 4) |
+                                          q[order[static_cast<size_t>(2 * j + 1)]]);
+          }
         }
       }
       for (int64_t rr = 0; rr < rows; ++rr) {
         const int64_t r = r0 + rr;
-        const uint8_t* q = codes.data() + rr * k;
         uint8_t* row = dst.data() + static_cast<uint64_t>(r) * shape.row_bytes;
-        if (order.empty()) {
-          for (int64_t j = 0; j < k / 2; ++j) row[j] = static_cast<uint8_t>((q[2 * j] << 4) | q[2 * j + 1]);
-        } else {
-          for (int64_t j = 0; j < k / 2; ++j) {
-            row[j] = static_cast<uint8_t>((q[order[static_cast<size_t>(2 * j)]] << 4) | q[order[static_cast<size_t>(2 * j + 1)]]);
-          }
-        }
         uint8_t* records = row + shape.data_bytes;
         for (int64_t gi = 0; gi < groups; ++gi) {
           const float s = LoadScale(t.scales.data(), t.scales_dtype, static_cast<uint64_t>(gi * n + r));

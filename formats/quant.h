@@ -86,7 +86,8 @@ struct ScaleShape {
   int64_t cols = 1;
 };
 
-// An FP8 e4m3fn weight [n, k] with float32 scales (w = fp8 * scale; transformers' `weight_scale_inv` multiplies too,
+// An FP8 e4m3fn weight [n, k] with float32 scales (`scale`: an aligned array of scale_shape.rows * cols floats; copy
+// them out of a mapped file first, where a tensor's offset need not be a multiple of 4) (w = fp8 * scale; transformers' `weight_scale_inv` multiplies too,
 // despite its name), written to `dst` (exactly TensorBytes(kFp8E4M3, n, k, *group_out) bytes) with the fp8 bytes
 // copied verbatim: exact.
 //   block_rows > 0 and block_cols > 0: block scales (quant_method "fp8" with weight_block_size [block_rows,

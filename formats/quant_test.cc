@@ -595,6 +595,20 @@ TEST(FromGptqTest, ActOrderExact) {
   }
 }
 
+TEST(FromGptqTest, Throughput) {
+  const int64_t n = 4096, k = 4096, g = 128;
+  for (bool act_order : {false, true}) {
+    const auto c = RandomGptq(n, k, g, act_order, act_order, 8);
+    std::vector<uint8_t> dst(*TensorBytes(Format::kInt4, n, k, g));
+    std::vector<int32_t> perm;
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSERT_TRUE(FromGptq(c.tensors(), n, k, g, true, dst, &perm).ok());
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << "FromGptq [4096, 4096] g128" << (act_order ? " act-order" : "") << ": " << s * 1e3 << " ms, "
+              << double(n) * double(k) / s / 1e9 << " G weights/s\n";
+  }
+}
+
 TEST(FromGptqTest, GroupMinusOneMeansK) {
   const auto c = RandomGptq(16, 64, 64, false, false, 6);
   std::vector<uint8_t> dst(*TensorBytes(Format::kInt4, 16, 64, 64));
