@@ -139,10 +139,12 @@ WeightRef FindRef(const BlockWeights& weights, arch::Slot slot);
 // ---- row-quantized weights (formats/quant.h) ----
 
 // A row-quantized weight (uint8 [rows, RowBytes], or some of its rows) dequantized to [rows, q.cols] of `dtype`:
-// fp8/int8 values x scale, int4 (q - 8) x scale + zero, per group, computed in float32 and rounded once.
+// fp8/int8 values x scale, int4 (q - 8) x scale + zero, per group, computed in float32 for float32 results and in
+// `dtype` itself for half-precision ones.
 at::Tensor DequantizeWeight(const at::Tensor& wq, const WeightQuant& q, at::ScalarType dtype);
-// x @ w^T + b for a row-quantized w. On CUDA with bf16 activations, int4 weights (rows a multiple of 8, groups of
-// 32-256) run PyTorch's tinygemm kernel (_weight_int4pack_mm) after packing the rows; per-row fp8/int8 multiply
+// x @ w^T + b for a row-quantized w. On CUDA with bf16 activations and at most 16 rows of x (decode), int4 weights
+// (rows a multiple of 8, groups of 32-256) run PyTorch's tinygemm kernel (_weight_int4pack_mm) after packing the
+// rows; per-row fp8/int8 multiply
 // by the stored values and scale the output; everything else dequantizes first. Throws c10::Error on bad shapes.
 at::Tensor QuantLinear(const at::Tensor& x, const at::Tensor& wq, const WeightQuant& q, const at::Tensor& b);
 

@@ -51,7 +51,7 @@ TEST_P(QuantLinearTest, MatchesTheDequantizedWeight) {
   // Quantization error is bounded (the layout is read as it was written).
   const double rel = ((deq - w).norm() / w.norm()).item<double>();
   EXPECT_LT(rel, c.format == quant::Format::kInt4 ? 0.15 : 0.05);
-  for (int64_t m : {1, 3, 17}) {
+  for (int64_t m : {1, 3, 17, 40}) {
     at::Tensor x = at::randn({m, c.k});
     at::Tensor bias = at::randn({c.n});
     at::Tensor ref = at::linear(x, deq, bias);
@@ -63,9 +63,10 @@ TEST_P(QuantLinearTest, MatchesTheDequantizedWeight) {
       at::Tensor yd = QuantLinear(x.to(dev).to(at::kBFloat16), wq.to(dev), q, bias.to(dev).to(at::kBFloat16));
       const double err = ((yd.to(at::kCPU).to(at::kFloat) - ref).norm() / ref.norm()).item<double>();
       EXPECT_LT(err, 0.02) << "bf16 on CUDA, m=" << m;
-      // A chunk of rows (rows [8, 16)) multiplies like the whole weight's rows.
-      at::Tensor part = QuantLinear(x.to(dev).to(at::kBFloat16), wq.narrow(0, 8, 8).to(dev), q, {});
-      at::Tensor part_ref = at::linear(x, deq.narrow(0, 8, 8));
+      // A chunk of rows (8 rows, or the last 4 of a small weight) multiplies like the whole weight's rows.
+      const int64_t first = c.n >= 16 ? 8 : c.n - 4, rows = c.n >= 16 ? 8 : 4;
+      at::Tensor part = QuantLinear(x.to(dev).to(at::kBFloat16), wq.narrow(0, first, rows).to(dev), q, {});
+      at::Tensor part_ref = at::linear(x, deq.narrow(0, first, rows));
       EXPECT_LT(((part.to(at::kCPU).to(at::kFloat) - part_ref).norm() / part_ref.norm()).item<double>(), 0.02);
     }
   }

@@ -168,6 +168,22 @@ TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
   EXPECT_LT(g.total_us, SimulateForward(*s, eager, devices, p).total_us);
 }
 
+// Row-quantized matrices: fewer weight bytes, plus their unpacking traffic on the GPU and 3 kernels each.
+TEST(CostModelTest, QuantizedMatricesAddUnpackingWork) {
+  ModelDescription m = Llama2_7b();
+  const BlockWork plain = DescribeBlockWork(m, 1, DType::kBF16);
+  for (TensorSpec& t : m.blocks[1].params) {
+    if (t.shape.size() != 2) continue;
+    t.format = quant::Format::kInt4;
+    t.group = 128;
+  }
+  const BlockWork q = DescribeBlockWork(m, 1, DType::kBF16);
+  EXPECT_EQ(q.kernels, plain.kernels + 3 * 7);
+  EXPECT_LT(q.weight_bytes * 3, plain.weight_bytes);         // ~0.53 of 2 bytes per element
+  EXPECT_EQ(q.dequant_bytes, static_cast<uint64_t>(plain.matmul_params));  // 1 byte per element for int4
+  EXPECT_EQ(plain.dequant_bytes, 0u);
+}
+
 TEST(CostModelTest, CopyTimes) {
   DeviceProfile p = DefaultGpuProfile();
   EXPECT_NEAR(CopyMicros(53'000'000, schema::Tier::Cpu, p), 1000.0, 1e-9);

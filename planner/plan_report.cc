@@ -8,6 +8,7 @@
 
 #include "formats/dtype.h"
 #include "planner/budget.h"
+#include "planner/weight_format.h"
 #include "planner/memory_plan.h"
 #include "planner/placement.h"
 #include "schema/plan_io.h"
@@ -187,6 +188,12 @@ void WritePlanReport(std::ostream& out, const PlanResult& r, const PlanRequest& 
   out << "budget: " << req.budget.ToString() << "\n";
   out << "run: batch " << req.run.max_batch << ", seq " << req.run.max_seq_len << ", dtype "
       << DTypeString(r.exec_dtype) << "\n";
+  const QuantizedSummary q = SummarizeQuantized(m, r.exec_dtype);
+  if (q.tensors > 0) {
+    out << "weights: " << q.tensors << " linear-layer matrices stored " << quant::FormatName(req.weights)
+        << " (quantized at load): " << FormatBytes(q.bytes) << " instead of " << FormatBytes(q.plain_bytes) << " at "
+        << DTypeString(r.exec_dtype) << "\n";
+  }
   const auto& fp = *r.plan().checkpoint();
   if (r.synthetic_checkpoint)
     out << "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n";
