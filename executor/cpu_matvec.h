@@ -13,8 +13,10 @@
 //
 // Sums accumulate in float32 (products w * x rounded to float32, several partial sums per row), so a result
 // differs from the exact sum by a few float32 roundings of sum |w * x|. Kernels are chosen at run time: AVX-512
-// (F, BW, DQ, VL), AVX2 + FMA, or portable code; no instruction-set flags are needed at compile time. The threads
-// clear the denormals-are-zero flag while they compute (fp8 subnormal codes pass through float32 subnormals).
+// (F, BW, DQ, VL) or AVX2 + FMA (both with F16C), or portable code; no instruction-set flags are needed at compile time. Decoding
+// never passes through float32 subnormals, so the results do not depend on the denormals-are-zero flag (only
+// products or sums below 2^-126 may be flushed when flush-to-zero is set). kFp8E4M3 scales must stay below 2^120
+// in magnitude (the vector kernels multiply them by 256; larger ones give infinities there).
 #pragma once
 
 #include <atomic>
