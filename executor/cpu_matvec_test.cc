@@ -2,10 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -320,6 +323,35 @@ TEST(CpuMatVecTest, ManyCallsAfterIdle) {
     ASSERT_TRUE(pool.Run({&job, 1}, 1).ok());
     ExpectMatches(job, 1, "call " + std::to_string(i));
   }
+}
+
+// Two threads calling Run on one pool: each call either runs (and is right) or says kBusy; never both at once.
+TEST(CpuMatVecTest, ConcurrentRunIsBusyOrCorrect) {
+  TestMatrix t = MakeMatrix(Format::kBF16, 256, 1024, 1024, 0, 41);
+  std::vector<float> x = RandomX(2, 1024, 42);
+  MatVecPool pool(3);
+  std::atomic<int> ok{0}, busy{0}, other{0};
+  auto caller = [&] {
+    std::vector<float> y(2 * 256);
+    const Job job{t.m, 0, 256, x.data(), y.data(), 256};
+    for (int i = 0; i < 100; ++i) {
+      Status s = pool.Run({&job, 1}, 2);
+      if (s.ok()) {
+        ++ok;
+        ExpectMatches(job, 2, "concurrent");
+      } else if (s.error().code == ErrorCode::kBusy) {
+        ++busy;
+      } else {
+        ++other;
+      }
+    }
+  };
+  std::thread a(caller), b(caller);
+  a.join();
+  b.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(ok.load() + busy.load(), 200);
+  EXPECT_GT(ok.load(), 0);
 }
 
 TEST(CpuMatVecTest, BadArguments) {
