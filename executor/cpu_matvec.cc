@@ -173,14 +173,16 @@ struct Vec {
     const __m256i h = _mm256_add_epi16(c, _mm256_and_si256(c, _mm256_set1_epi16(0x4000)));
     return _mm512_cvtph_ps(h);
   }
-  // 16 columns from 8 bytes (high nibble first): q - 8 as floats.
+  // 16 columns from 8 bytes (high nibble first): q - 8 as floats. XOR 0x88 turns each nibble into q - 8 as a 4-bit
+  // two's complement number; lane i takes the dword holding column i, shifts that nibble to the top and shifts it
+  // back arithmetically (one lane permute, no byte shuffles or widening).
   static inline V I4Minus8(const uint8_t* p) {
-    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    const __m128i low4 = _mm_set1_epi8(0x0F);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
-    const __m128i lo = _mm_and_si128(bytes, low4);
-    const __m128i q = _mm_sub_epi8(_mm_unpacklo_epi8(hi, lo), _mm_set1_epi8(8));
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+    const __m128i bytes = _mm_xor_si128(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), _mm_set1_epi8(-0x78));
+    const __m512i dwords = _mm512_permutexvar_epi32(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                                                    _mm512_castsi128_si512(bytes));
+    // Column c sits in byte (c / 2) % 4 of its dword, in the high nibble when c is even.
+    const __m512i shift = _mm512_set_epi32(4, 0, 12, 8, 20, 16, 28, 24, 4, 0, 12, 8, 20, 16, 28, 24);
+    return _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_sllv_epi32(dwords, shift), 28));
   }
 };
 #include "executor/cpu_matvec_kernel.inc"
@@ -228,15 +230,13 @@ struct Vec {
     const __m128i c = _mm_slli_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 7);
     return _mm256_cvtph_ps(_mm_add_epi16(c, _mm_and_si128(c, _mm_set1_epi16(0x4000))));
   }
+  // As the AVX-512 version: 8 columns from one dword, broadcast (a load, no shuffle) and shifted per lane.
   static inline V I4Minus8(const uint8_t* p) {
-    int32_t four;
+    uint32_t four;
     std::memcpy(&four, p, 4);
-    const __m128i bytes = _mm_cvtsi32_si128(four);
-    const __m128i low4 = _mm_set1_epi8(0x0F);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
-    const __m128i lo = _mm_and_si128(bytes, low4);
-    const __m128i q = _mm_sub_epi8(_mm_unpacklo_epi8(hi, lo), _mm_set1_epi8(8));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+    const __m256i dwords = _mm256_set1_epi32(static_cast<int32_t>(four ^ 0x88888888u));
+    const __m256i shift = _mm256_set_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+    return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_sllv_epi32(dwords, shift), 28));
   }
 };
 #include "executor/cpu_matvec_kernel.inc"
