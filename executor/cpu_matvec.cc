@@ -340,9 +340,6 @@ Status Validate(const Matrix& w) {
 
 namespace internal {
 float Fp8E4M3ToFloat(uint8_t code) { return Fp8().v[code]; }
-void RunRows(const Job& job, int64_t row_begin, int64_t row_end, int batch, Isa isa) {
-  RunKernel(job, row_begin, row_end, batch, isa == Isa::kAuto ? DetectIsa() : isa);
-}
 }  // namespace internal
 
 // ---- the pool ----

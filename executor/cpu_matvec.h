@@ -121,9 +121,6 @@ class MatVecPool {
 namespace internal {
 // Decodes one float8 e4m3fn code (the portable kernel's table): exact for every code, NaN for 0x7F and 0xFF.
 float Fp8E4M3ToFloat(uint8_t code);
-// Runs one job's rows [row_begin, row_end) (absolute rows of job.w) on the calling thread with `isa` (which the
-// CPU must support; kAuto = best). No validation: for tests and benchmarks of single kernels.
-void RunRows(const Job& job, int64_t row_begin, int64_t row_end, int batch, Isa isa);
 }  // namespace internal
 
 }  // namespace bigplan::cpu_matvec
