@@ -9,6 +9,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #define BIGPLAN_CPU_MATVEC_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define BIGPLAN_CPU_MATVEC_X86 0
@@ -301,11 +302,13 @@ const char* IsaName(Isa isa) {
 Isa DetectIsa() {
 #if BIGPLAN_CPU_MATVEC_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c"))
+  // F16C (float16 conversions) by CPUID leaf 1, ECX bit 29: Clang 14's __builtin_cpu_supports does not name it.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+  if (f16c && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
     return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return Isa::kAvx2;
+  if (f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
 }
