@@ -1,0 +1,126 @@
+// Matrix-vector products on the host CPU over bf16 and row-quantized weights, split across a pool of persistent
+// threads. Plain C++ (no LibTorch): the offloaded layers' host-side rows during GPU decode.
+//
+// A matrix W has `rows` rows (outputs) and `cols` columns (inputs); row r starts at base + r * row_stride bytes.
+// Row layouts (all little-endian, no padding inside a row; row_stride may add padding after it):
+//   kBF16      cols bf16 values.
+//   kFp8E4M3   cols bytes of float8 e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; exponent 0 gives
+//              subnormals m * 2^-9; 0x7F/0xFF are NaN), then cols/group float32 scales s: w = fp8 * s.
+//   kInt8      cols int8 values q, then cols/group float32 scales s: w = q * s.
+//   kInt4      cols/2 bytes, byte j = (q[2j] << 4) | q[2j+1] (the HIGH nibble holds the even column), q in 0..15,
+//              then cols/group records of two bf16 values (scale s, then zero z): w = (q - 8) * s + z.
+// The group size divides cols (group == cols: one group per row); kBF16 ignores it.
+//
+// Sums accumulate in float32 (products w * x rounded to float32, several partial sums per row), so a result
+// differs from the exact sum by a few float32 roundings of sum |w * x|. Kernels are chosen at run time: AVX-512
+// (F, BW, DQ, VL) or AVX2 + FMA (both with F16C), or portable code; no instruction-set flags are needed at compile time. Decoding
+// never passes through float32 subnormals, so the results do not depend on the denormals-are-zero flag (only
+// products or sums below 2^-126 may be flushed when flush-to-zero is set). kFp8E4M3 scales must stay below 2^120
+// in magnitude (the vector kernels multiply them by 256; larger ones give infinities there).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "support/result.h"
+
+namespace bigplan::cpu_matvec {
+
+enum class Format { kBF16, kFp8E4M3, kInt8, kInt4 };
+const char* FormatName(Format format);
+
+// The kernels' instruction sets, in increasing order. kAuto: the best one this CPU supports.
+enum class Isa { kAuto, kScalar, kAvx2, kAvx512 };
+const char* IsaName(Isa isa);
+// The best instruction set this CPU supports (kAvx512, kAvx2 or kScalar; never kAuto).
+Isa DetectIsa();
+
+// Bytes of one row of `cols` columns in the layout above: kInvalidArgument when cols < 1, the group does not
+// divide cols (group < 1), kInt4 has an odd cols or group, or the size overflows.
+Result<int64_t> RowBytes(Format format, int64_t cols, int64_t group);
+
+struct Matrix {
+  Format format = Format::kBF16;
+  const uint8_t* base = nullptr;  // row 0; need not be aligned
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t group = 0;       // columns per scale record (quantized formats); ignored for kBF16
+  int64_t row_stride = 0;  // bytes from one row to the next, >= RowBytes(format, cols, group)
+};
+
+// Checks a matrix's shape and layout (not its bytes): kInvalidArgument naming the problem.
+Status Validate(const Matrix& w);
+
+// One product over rows [row_begin, row_end) of w, for each b < batch:
+//   y[b * y_stride + (r - row_begin)] = sum_j W[r, j] * x[b * w.cols + j]
+// x is float32 [batch, w.cols]; y must not overlap x or another job's y. Jobs may share x and w.
+struct Job {
+  Matrix w;
+  int64_t row_begin = 0;
+  int64_t row_end = 0;
+  const float* x = nullptr;
+  float* y = nullptr;
+  int64_t y_stride = 0;  // >= row_end - row_begin
+};
+
+inline constexpr int kMaxBatch = 16;
+
+// Persistent worker threads that run a list of jobs together, split into pieces of rows balanced by bytes read
+// (each thread takes the next piece when it finishes one, so a slow thread delays the call by one piece at most).
+// The calling thread computes too. Idle threads spin for about 50 microseconds after a call, then sleep (futex);
+// Run does not allocate once it has seen the largest job list it will get.
+class MatVecPool {
+ public:
+  // `threads` computing threads in all, the caller included (0: std::thread::hardware_concurrency()). `isa`
+  // forces an instruction set (tests); one the CPU lacks falls back to the best one it has (see isa()).
+  explicit MatVecPool(int threads = 0, Isa isa = Isa::kAuto);
+  ~MatVecPool();
+  MatVecPool(const MatVecPool&) = delete;
+  MatVecPool& operator=(const MatVecPool&) = delete;
+
+  int threads() const { return threads_; }
+  // The instruction set the kernels use (never kAuto). A matrix whose group is not a multiple of the vector
+  // width (16 columns for kAvx512, 8 for kAvx2) runs the portable kernel.
+  Isa isa() const { return isa_; }
+
+  // Runs every job for `batch` inputs (1..kMaxBatch) and returns when all are done. kInvalidArgument (naming the
+  // job) for a bad matrix, row range, null pointer, y_stride or batch: then nothing is written. kBusy when
+  // another thread is inside Run on this pool.
+  Status Run(std::span<const Job> jobs, int batch);
+
+ private:
+  struct Piece {  // the jobs' rows cut into pieces; a thread takes pieces in order
+    int32_t job;
+    int64_t row_begin;
+    int64_t row_end;
+  };
+  void WorkerLoop();
+  void Work();  // takes pieces of the current call until none is left
+
+  int threads_ = 1;
+  Isa isa_ = Isa::kScalar;
+  std::vector<std::thread> workers_;
+
+  // The current call (written by Run before it bumps generation_).
+  std::span<const Job> jobs_;
+  int batch_ = 1;
+  std::vector<Piece> pieces_;
+  std::atomic<int64_t> next_piece_{0};
+
+  std::atomic<uint32_t> generation_{0};  // bumped by each Run; workers wait on it (futex-sized)
+  std::atomic<int> busy_workers_{0};      // workers still inside the current call
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> in_run_{false};
+};
+
+namespace internal {
+// Decodes one float8 e4m3fn code (the portable kernel's table): exact for every code, NaN for 0x7F and 0xFF.
+float Fp8E4M3ToFloat(uint8_t code);
+}  // namespace internal
+
+}  // namespace bigplan::cpu_matvec
