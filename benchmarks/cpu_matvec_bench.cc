@@ -39,17 +39,17 @@ uint64_t Next(uint64_t& s) {
 // Random rows in the layout: bf16 values of moderate size (no NaN, no subnormal), fp8 codes other than NaN,
 // scales 0.01 (int4: scale 0.01, zero 0).
 void FillRows(Format f, uint8_t* base, int64_t rows, int64_t cols, uint64_t& seed) {
-  const int64_t row_bytes = RowBytes(f, cols, kGroup).value();
+  const int64_t row_bytes = quant::RowBytes(f, cols, kGroup).value();
   for (int64_t r = 0; r < rows; ++r) {
     uint8_t* row = base + r * row_bytes;
-    const int64_t data = f == Format::kBF16 ? 2 * cols : f == Format::kInt4 ? cols / 2 : cols;
+    const int64_t data = f == Format::kNone ? 2 * cols : f == Format::kInt4 ? cols / 2 : cols;
     for (int64_t i = 0; i < data; i += 8) {
       uint64_t v = Next(seed);
-      if (f == Format::kBF16) v = (v & 0x807F807F807F807Full) | 0x3C003C003C003C00ull;  // |w| in [2^-7, 2^-6)
+      if (f == Format::kNone) v = (v & 0x807F807F807F807Full) | 0x3C003C003C003C00ull;  // |w| in [2^-7, 2^-6)
       if (f == Format::kFp8E4M3) v &= 0xF7F7F7F7F7F7F7F7ull;                            // no NaN codes
       std::memcpy(row + i, &v, 8);
     }
-    for (int64_t g = 0; f != Format::kBF16 && g < cols / kGroup; ++g) {
+    for (int64_t g = 0; f != Format::kNone && g < cols / kGroup; ++g) {
       uint8_t* rec = row + data + 4 * g;
       if (f == Format::kInt4) {
         const uint16_t scale = 0x3C24, zero = 0;  // bf16 0.01
@@ -75,12 +75,12 @@ struct Weights {
 Weights MakeWeights(Format f) {
   Weights w;
   w.format = f;
-  for (const Shape& s : kLayer) w.layer_bytes += s.rows * RowBytes(f, s.cols, kGroup).value();
+  for (const Shape& s : kLayer) w.layer_bytes += s.rows * quant::RowBytes(f, s.cols, kGroup).value();
   w.layers = static_cast<int>(std::max<int64_t>(2, ((int64_t{512} << 20) + w.layer_bytes - 1) / w.layer_bytes));
   uint64_t seed = 0x9E3779B97F4A7C15ull;
   for (int l = 0; l < w.layers; ++l)
     for (const Shape& s : kLayer) {
-      const int64_t row_bytes = RowBytes(f, s.cols, kGroup).value();
+      const int64_t row_bytes = quant::RowBytes(f, s.cols, kGroup).value();
       auto buf = std::make_unique<uint8_t[]>(s.rows * row_bytes);
       FillRows(f, buf.get(), s.rows, s.cols, seed);
       w.matrices.push_back(Matrix{f, buf.get(), s.rows, s.cols, kGroup, row_bytes});
@@ -135,7 +135,7 @@ void RunPool(benchmark::State& state, MatVecPool& pool) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(state.iterations() * w.layer_bytes);
-  state.SetLabel(std::string(FormatName(format)) + " " + IsaName(pool.isa()) + " threads " +
+  state.SetLabel(std::string(quant::FormatName(format)) + " " + IsaName(pool.isa()) + " threads " +
                  std::to_string(pool.threads()));
 }
 
@@ -168,8 +168,8 @@ void PlainMatVec(const Matrix& m, const float* x, int batch, float* y) {
     const uint8_t* row = m.base + r * m.row_stride;
     for (int64_t j = 0; j < k; ++j) {
       switch (m.format) {
-        case Format::kBF16: w[j] = bf16(row + 2 * j); break;
-        case Format::kFp8E4M3: w[j] = internal::Fp8E4M3ToFloat(row[j]) * f32(row + k + 4 * (j / m.group)); break;
+        case Format::kNone: w[j] = bf16(row + 2 * j); break;
+        case Format::kFp8E4M3: w[j] = quant::Fp8E4M3ToFloat(row[j]) * f32(row + k + 4 * (j / m.group)); break;
         case Format::kInt8: w[j] = static_cast<int8_t>(row[j]) * f32(row + k + 4 * (j / m.group)); break;
         default: {
           const int q = j % 2 == 0 ? row[j / 2] >> 4 : row[j / 2] & 15;
@@ -198,14 +198,14 @@ void BM_PlainLoop(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(state.iterations() * w.layer_bytes);
-  state.SetLabel(std::string(FormatName(format)) + " plain loop");
+  state.SetLabel(std::string(quant::FormatName(format)) + " plain loop");
 }
 
 // The kernels' arithmetic rate: one thread over about 512 KiB of weights (4096 columns) that stay in L2.
 void BM_InCache(benchmark::State& state) {
   const auto format = static_cast<Format>(state.range(0));
   const int batch = static_cast<int>(state.range(1));
-  const int64_t cols = 4096, row_bytes = RowBytes(format, cols, kGroup).value();
+  const int64_t cols = 4096, row_bytes = quant::RowBytes(format, cols, kGroup).value();
   const int64_t rows = (int64_t{512} << 10) / row_bytes;
   std::vector<uint8_t> bytes(rows * row_bytes);
   uint64_t seed = 12345;
@@ -219,7 +219,7 @@ void BM_InCache(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(state.iterations() * rows * row_bytes);
-  state.SetLabel(std::string(FormatName(format)) + " " + IsaName(pool.isa()) + " in L2");
+  state.SetLabel(std::string(quant::FormatName(format)) + " " + IsaName(pool.isa()) + " in L2");
 }
 
 void PoolArgs(benchmark::internal::Benchmark* b) {

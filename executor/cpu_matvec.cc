@@ -7,6 +7,8 @@
 #include <limits>
 #include <string>
 
+#include "formats/dtype.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #define BIGPLAN_CPU_MATVEC_X86 1
 #include <cpuid.h>
@@ -33,37 +35,38 @@ inline uint16_t LoadU16(const uint8_t* p) {
   std::memcpy(&v, p, 2);
   return v;
 }
-inline float Bf16ToFloat(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 inline void Prefetch(const uint8_t* p) { __builtin_prefetch(p, 0, 3); }
 
 // Bytes of a row's data before its scale records.
 inline int64_t DataBytes(Format f, int64_t k) {
   switch (f) {
-    case Format::kBF16: return 2 * k;
+    case Format::kNone: return 2 * k;
     case Format::kFp8E4M3:
     case Format::kInt8: return k;
     case Format::kInt4: return k / 2;
   }
   return 0;
 }
-inline int64_t RecordBytes(Format f) { return f == Format::kBF16 ? 0 : 4; }
+inline int64_t RecordBytes(Format f) { return f == Format::kNone ? 0 : 4; }
+
+// "bf16" for plain rows, else the quantized format's name.
+const char* RowsName(Format f) { return f == Format::kNone ? "bf16" : quant::FormatName(f); }
+
+// quant::RowBytes, with the kernels' own limits: a known format, at most 2^40 columns, even int4 groups.
+Result<int64_t> KernelRowBytes(Format format, int64_t cols, int64_t group) {
+  if (format != Format::kNone && format != Format::kFp8E4M3 && format != Format::kInt8 && format != Format::kInt4)
+    return MakeError(ErrorCode::kInvalidArgument, "unknown weight format " + std::to_string(static_cast<int>(format)));
+  if (cols > (int64_t{1} << 40)) return MakeError(ErrorCode::kInvalidArgument, "too many columns");
+  BIGPLAN_ASSIGN_OR_RETURN(uint64_t bytes, quant::RowBytes(format, cols, group));
+  if (format == Format::kInt4 && group % 2 != 0)
+    return MakeError(ErrorCode::kInvalidArgument, "int4 needs an even group (group " + std::to_string(group) + ")");
+  return static_cast<int64_t>(bytes);
+}
 
 struct Fp8Table {
   float v[256];
   Fp8Table() {
-    for (int c = 0; c < 256; ++c) {
-      const int e = (c >> 3) & 15, m = c & 7;
-      double mag;
-      if (e == 15 && m == 7) mag = std::numeric_limits<double>::quiet_NaN();
-      else if (e == 0) mag = std::ldexp(m, -9);
-      else mag = std::ldexp(8 + m, e - 10);
-      v[c] = static_cast<float>((c & 0x80) ? -mag : mag);
-    }
+    for (int c = 0; c < 256; ++c) v[c] = quant::Fp8E4M3ToFloat(static_cast<uint8_t>(c));
   }
 };
 const Fp8Table& Fp8() {
@@ -77,7 +80,7 @@ template <Format F>
 void ScalarRows(const Job& job, int64_t r0, int64_t r1, int batch) {
   const Matrix& w = job.w;
   const int64_t k = w.cols;
-  const int64_t group = F == Format::kBF16 ? k : w.group;
+  const int64_t group = F == Format::kNone ? k : w.group;
   const int64_t data_bytes = DataBytes(F, k);
   const float* fp8 = Fp8().v;
   constexpr int kChunk = 64;
@@ -96,7 +99,7 @@ void ScalarRows(const Job& job, int64_t r0, int64_t r1, int batch) {
         float wv[kChunk];
         for (int t = 0; t < n; ++t) {
           const int64_t j = j0 + t;
-          if constexpr (F == Format::kBF16) {
+          if constexpr (F == Format::kNone) {
             wv[t] = Bf16ToFloat(LoadU16(row + 2 * j));
           } else if constexpr (F == Format::kFp8E4M3) {
             wv[t] = fp8[row[j]] * s;
@@ -124,7 +127,7 @@ void ScalarRows(const Job& job, int64_t r0, int64_t r1, int batch) {
 
 void ScalarKernel(const Job& job, int64_t r0, int64_t r1, int batch) {
   switch (job.w.format) {
-    case Format::kBF16: ScalarRows<Format::kBF16>(job, r0, r1, batch); break;
+    case Format::kNone: ScalarRows<Format::kNone>(job, r0, r1, batch); break;
     case Format::kFp8E4M3: ScalarRows<Format::kFp8E4M3>(job, r0, r1, batch); break;
     case Format::kInt8: ScalarRows<Format::kInt8>(job, r0, r1, batch); break;
     case Format::kInt4: ScalarRows<Format::kInt4>(job, r0, r1, batch); break;
@@ -254,7 +257,7 @@ namespace {
 
 // The kernel a job runs under the pool's instruction set: quantized groups must hold whole vectors.
 Isa KernelIsa(const Matrix& w, Isa isa) {
-  const bool bf16 = w.format == Format::kBF16;
+  const bool bf16 = w.format == Format::kNone;
   if (isa == Isa::kAvx512 && (bf16 || w.group % 16 == 0)) return Isa::kAvx512;
   if (isa >= Isa::kAvx2 && (bf16 || w.group % 8 == 0)) return Isa::kAvx2;
   return Isa::kScalar;
@@ -278,16 +281,6 @@ bool MulOverflows(int64_t a, int64_t b) {
 std::string Str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
-
-const char* FormatName(Format format) {
-  switch (format) {
-    case Format::kBF16: return "bf16";
-    case Format::kFp8E4M3: return "fp8_e4m3";
-    case Format::kInt8: return "int8";
-    case Format::kInt4: return "int4";
-  }
-  return "unknown";
-}
 
 const char* IsaName(Isa isa) {
   switch (isa) {
@@ -313,25 +306,10 @@ Isa DetectIsa() {
   return Isa::kScalar;
 }
 
-Result<int64_t> RowBytes(Format format, int64_t cols, int64_t group) {
-  const std::string what = std::string(FormatName(format)) + " rows of " + Str(cols) + " columns";
-  if (format != Format::kBF16 && format != Format::kFp8E4M3 && format != Format::kInt8 && format != Format::kInt4)
-    return MakeError(ErrorCode::kInvalidArgument, "unknown weight format " + Str(static_cast<int>(format)));
-  if (cols < 1) return MakeError(ErrorCode::kInvalidArgument, what + ": need at least one column");
-  if (cols > (int64_t{1} << 40)) return MakeError(ErrorCode::kInvalidArgument, what + ": too many columns");
-  if (format == Format::kBF16) return 2 * cols;
-  if (group < 1 || cols % group != 0)
-    return MakeError(ErrorCode::kInvalidArgument, what + ": group " + Str(group) + " does not divide the columns");
-  if (format == Format::kInt4 && (cols % 2 != 0 || group % 2 != 0))
-    return MakeError(ErrorCode::kInvalidArgument,
-                     what + ": int4 needs an even column count and group (group " + Str(group) + ")");
-  return DataBytes(format, cols) + (cols / group) * RecordBytes(format);
-}
-
 Status Validate(const Matrix& w) {
-  auto bytes = RowBytes(w.format, w.cols, w.group);
-  if (!bytes.ok()) return bytes.take_error();
-  const std::string what = std::string(FormatName(w.format)) + " matrix " + Str(w.rows) + "x" + Str(w.cols);
+  const std::string what = std::string(RowsName(w.format)) + " matrix " + Str(w.rows) + "x" + Str(w.cols);
+  Result<int64_t> bytes = KernelRowBytes(w.format, w.cols, w.group);
+  if (!bytes.ok()) return WithContext(bytes.take_error(), what);
   if (w.rows < 0) return MakeError(ErrorCode::kInvalidArgument, what + ": negative row count");
   if (w.row_stride < *bytes)
     return MakeError(ErrorCode::kInvalidArgument, what + ": row stride " + Str(w.row_stride) +
@@ -341,9 +319,6 @@ Status Validate(const Matrix& w) {
   return Status::Ok();
 }
 
-namespace internal {
-float Fp8E4M3ToFloat(uint8_t code) { return Fp8().v[code]; }
-}  // namespace internal
 
 // ---- the pool ----
 
@@ -417,7 +392,7 @@ Status MatVecPool::Run(std::span<const Job> jobs, int batch) {
     if (j.y_stride < n || MulOverflows(j.y_stride, batch) || MulOverflows(j.w.cols, batch))
       return MakeError(ErrorCode::kInvalidArgument,
                        what + ": y stride " + Str(j.y_stride) + " is below its " + Str(n) + " rows");
-    total_bytes += n * RowBytes(j.w.format, j.w.cols, j.w.group).value();
+    total_bytes += n * KernelRowBytes(j.w.format, j.w.cols, j.w.group).value();
   }
   if (in_run_.exchange(true, std::memory_order_acquire))
     return MakeError(ErrorCode::kBusy, "cpu_matvec: another thread is running this pool");
@@ -431,7 +406,7 @@ Status MatVecPool::Run(std::span<const Job> jobs, int batch) {
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
     if (j.row_end == j.row_begin) continue;
-    const int64_t row_bytes = RowBytes(j.w.format, j.w.cols, j.w.group).value();
+    const int64_t row_bytes = KernelRowBytes(j.w.format, j.w.cols, j.w.group).value();
     int64_t rows_per_piece = std::max<int64_t>(1, piece_bytes / row_bytes);
     if (rows_per_piece > 4) rows_per_piece -= rows_per_piece % 4;
     for (int64_t r = j.row_begin; r < j.row_end; r += rows_per_piece)

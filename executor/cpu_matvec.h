@@ -2,14 +2,10 @@
 // threads. Plain C++ (no LibTorch): the offloaded layers' host-side rows during GPU decode.
 //
 // A matrix W has `rows` rows (outputs) and `cols` columns (inputs); row r starts at base + r * row_stride bytes.
-// Row layouts (all little-endian, no padding inside a row; row_stride may add padding after it):
-//   kBF16      cols bf16 values.
-//   kFp8E4M3   cols bytes of float8 e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; exponent 0 gives
-//              subnormals m * 2^-9; 0x7F/0xFF are NaN), then cols/group float32 scales s: w = fp8 * s.
-//   kInt8      cols int8 values q, then cols/group float32 scales s: w = q * s.
-//   kInt4      cols/2 bytes, byte j = (q[2j] << 4) | q[2j+1] (the HIGH nibble holds the even column), q in 0..15,
-//              then cols/group records of two bf16 values (scale s, then zero z): w = (q - 8) * s + z.
-// The group size divides cols (group == cols: one group per row); kBF16 ignores it.
+// Rows are in formats/quant.h's row-quantized layout (fp8 e4m3 or int8 values with float32 scales, int4 values
+// with bf16 scale and zero, one record per group of columns), or plain bf16 values for quant::Format::kNone (the
+// group is then ignored); row_stride may add padding after quant::RowBytes. The kernels also need an even group
+// for int4 (a group starts on a byte).
 //
 // Sums accumulate in float32 (products w * x rounded to float32, several partial sums per row), so a result
 // differs from the exact sum by a few float32 roundings of sum |w * x|. Kernels are chosen at run time: AVX-512
@@ -27,12 +23,13 @@
 #include <thread>
 #include <vector>
 
+#include "formats/quant.h"
 #include "support/result.h"
 
 namespace bigplan::cpu_matvec {
 
-enum class Format { kBF16, kFp8E4M3, kInt8, kInt4 };
-const char* FormatName(Format format);
+// The row layout: quant::Format, where kNone stands for plain bf16 rows.
+using Format = quant::Format;
 
 // The kernels' instruction sets, in increasing order. kAuto: the best one this CPU supports.
 enum class Isa { kAuto, kScalar, kAvx2, kAvx512 };
@@ -40,20 +37,17 @@ const char* IsaName(Isa isa);
 // The best instruction set this CPU supports (kAvx512, kAvx2 or kScalar; never kAuto).
 Isa DetectIsa();
 
-// Bytes of one row of `cols` columns in the layout above: kInvalidArgument when cols < 1, the group does not
-// divide cols (group < 1), kInt4 has an odd cols or group, or the size overflows.
-Result<int64_t> RowBytes(Format format, int64_t cols, int64_t group);
-
 struct Matrix {
-  Format format = Format::kBF16;
+  Format format = Format::kNone;  // kNone: bf16 rows
   const uint8_t* base = nullptr;  // row 0; need not be aligned
   int64_t rows = 0;
   int64_t cols = 0;
-  int64_t group = 0;       // columns per scale record (quantized formats); ignored for kBF16
-  int64_t row_stride = 0;  // bytes from one row to the next, >= RowBytes(format, cols, group)
+  int64_t group = 0;       // columns per scale record (quantized formats); ignored for bf16 rows
+  int64_t row_stride = 0;  // bytes from one row to the next, >= quant::RowBytes(format, cols, group)
 };
 
-// Checks a matrix's shape and layout (not its bytes): kInvalidArgument naming the problem.
+// Checks a matrix's shape and layout (not its bytes): quant::RowBytes accepts the format, columns and group, int4
+// groups are even, the stride holds a row. kInvalidArgument naming the problem.
 Status Validate(const Matrix& w);
 
 // One product over rows [row_begin, row_end) of w, for each b < batch:
@@ -117,10 +111,5 @@ class MatVecPool {
   std::atomic<bool> stop_{false};
   std::atomic<bool> in_run_{false};
 };
-
-namespace internal {
-// Decodes one float8 e4m3fn code (the portable kernel's table): exact for every code, NaN for 0x7F and 0xFF.
-float Fp8E4M3ToFloat(uint8_t code);
-}  // namespace internal
 
 }  // namespace bigplan::cpu_matvec

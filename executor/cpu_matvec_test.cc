@@ -48,7 +48,7 @@ double WeightRef(const Matrix& w, int64_t r, int64_t j) {
   };
   auto u16 = [](const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); };
   switch (w.format) {
-    case Format::kBF16: return Bf16Ref(u16(row + 2 * j));
+    case Format::kNone: return Bf16Ref(u16(row + 2 * j));
     case Format::kFp8E4M3: return Fp8Ref(row[j]) * f32(row + k + 4 * (j / w.group));
     case Format::kInt8: return static_cast<int8_t>(row[j]) * f32(row + k + 4 * (j / w.group));
     case Format::kInt4: {
@@ -67,7 +67,7 @@ struct TestMatrix {
 };
 TestMatrix MakeMatrix(Format f, int64_t rows, int64_t cols, int64_t group, int64_t pad, uint32_t seed) {
   TestMatrix t;
-  const int64_t row_bytes = RowBytes(f, cols, group).value();
+  const int64_t row_bytes = quant::RowBytes(f, cols, group).value();
   t.m = Matrix{f, nullptr, rows, cols, group, row_bytes + pad};
   t.bytes.assign(rows * t.m.row_stride, 0xAB);
   std::mt19937 rng(seed);
@@ -75,7 +75,7 @@ TestMatrix MakeMatrix(Format f, int64_t rows, int64_t cols, int64_t group, int64
   for (int64_t r = 0; r < rows; ++r) {
     uint8_t* row = t.bytes.data() + r * t.m.row_stride;
     switch (f) {
-      case Format::kBF16:
+      case Format::kNone:
         for (int64_t j = 0; j < cols; ++j) {
           const uint16_t h = ToBf16(uni(rng));
           std::memcpy(row + 2 * j, &h, 2);
@@ -137,34 +137,28 @@ std::vector<Isa> SupportedIsas() {
   return out;
 }
 
-const Format kFormats[] = {Format::kBF16, Format::kFp8E4M3, Format::kInt8, Format::kInt4};
+const Format kFormats[] = {Format::kNone, Format::kFp8E4M3, Format::kInt8, Format::kInt4};
 
-TEST(CpuMatVecTest, RowBytes) {
-  EXPECT_EQ(RowBytes(Format::kBF16, 4096, 0).value(), 8192);
-  EXPECT_EQ(RowBytes(Format::kFp8E4M3, 4096, 128).value(), 4096 + 32 * 4);
-  EXPECT_EQ(RowBytes(Format::kInt8, 4096, 4096).value(), 4096 + 4);
-  EXPECT_EQ(RowBytes(Format::kInt4, 4096, 64).value(), 2048 + 64 * 4);
-  EXPECT_FALSE(RowBytes(Format::kInt8, 100, 64).ok());
-  EXPECT_FALSE(RowBytes(Format::kInt8, 64, 0).ok());
-  EXPECT_FALSE(RowBytes(Format::kInt4, 63, 63).ok());
-  EXPECT_FALSE(RowBytes(Format::kInt4, 66, 33).ok());
-  EXPECT_FALSE(RowBytes(Format::kBF16, 0, 0).ok());
-  EXPECT_FALSE(RowBytes(static_cast<Format>(9), 64, 64).ok());
-  EXPECT_EQ(RowBytes(Format::kInt8, 100, 64).error().code, ErrorCode::kInvalidArgument);
-}
-
-TEST(CpuMatVecTest, Fp8TableAllCodes) {
-  for (int c = 0; c < 256; ++c) {
-    const float v = internal::Fp8E4M3ToFloat(static_cast<uint8_t>(c));
-    if ((c & 0x7F) == 0x7F) {
-      EXPECT_TRUE(std::isnan(v)) << c;
-    } else {
-      EXPECT_EQ(static_cast<double>(v), Fp8Ref(static_cast<uint8_t>(c))) << c;
-    }
-  }
-  EXPECT_EQ(internal::Fp8E4M3ToFloat(0x7E), 448.0f);
-  EXPECT_EQ(internal::Fp8E4M3ToFloat(0x01), std::ldexp(1.0f, -9));
-  EXPECT_EQ(internal::Fp8E4M3ToFloat(0x38), 1.0f);
+// The kernels read formats/quant.h's rows (sizes: quant::RowBytes) and add their own limits, checked by Validate.
+TEST(CpuMatVecTest, ValidateUsesTheLayoutsRowBytes) {
+  EXPECT_EQ(quant::RowBytes(Format::kNone, 4096, 0).value(), 8192u);
+  EXPECT_EQ(quant::RowBytes(Format::kFp8E4M3, 4096, 128).value(), 4096u + 32 * 4);
+  EXPECT_EQ(quant::RowBytes(Format::kInt8, 4096, 4096).value(), 4096u + 4);
+  EXPECT_EQ(quant::RowBytes(Format::kInt4, 4096, 64).value(), 2048u + 64 * 4);
+  static const uint8_t byte = 0;
+  auto valid = [](Format f, int64_t cols, int64_t group) {
+    return Validate(Matrix{f, &byte, 1, cols, group, int64_t{1} << 20});
+  };
+  EXPECT_TRUE(valid(Format::kInt4, 4096, 64).ok());
+  EXPECT_TRUE(valid(Format::kNone, 4096, 0).ok());
+  EXPECT_FALSE(valid(Format::kInt8, 100, 64).ok());
+  EXPECT_FALSE(valid(Format::kInt8, 64, 0).ok());
+  EXPECT_FALSE(valid(Format::kInt4, 63, 63).ok());
+  EXPECT_FALSE(valid(Format::kInt4, 66, 33).ok());  // the layout allows it; the kernels need even int4 groups
+  EXPECT_FALSE(valid(Format::kNone, 0, 0).ok());
+  EXPECT_FALSE(valid(static_cast<Format>(9), 64, 64).ok());
+  EXPECT_EQ(valid(Format::kInt8, 100, 64).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(Validate(Matrix{Format::kInt8, &byte, 1, 64, 64, 67}).error().code, ErrorCode::kInvalidArgument);  // stride
 }
 
 // Every non-NaN fp8 code through each kernel: row c holds code c in column 0 and zeros elsewhere; x = e_0. The
@@ -172,7 +166,7 @@ TEST(CpuMatVecTest, Fp8TableAllCodes) {
 // denormals-are-zero set on the calling thread: the kernels must not depend on it.
 TEST(CpuMatVecTest, Fp8AllCodesEachKernel) {
   const int64_t cols = 32, group = 16, rows = 256;
-  const int64_t row_bytes = RowBytes(Format::kFp8E4M3, cols, group).value();
+  const int64_t row_bytes = quant::RowBytes(Format::kFp8E4M3, cols, group).value();
   for (float scale : {1.0f, 0.0078125f, 1000.0f}) {
     std::vector<uint8_t> bytes(rows * row_bytes, 0);
     for (int64_t c = 0; c < rows; ++c) {
@@ -208,7 +202,7 @@ TEST(CpuMatVecTest, Fp8AllCodesEachKernel) {
 // Int4 nibble order: the high nibble is the even column.
 TEST(CpuMatVecTest, Int4NibbleOrder) {
   const int64_t cols = 16;
-  const int64_t row_bytes = RowBytes(Format::kInt4, cols, cols).value();
+  const int64_t row_bytes = quant::RowBytes(Format::kInt4, cols, cols).value();
   std::vector<uint8_t> row(row_bytes, 0x88);  // every q = 8: w = z
   row[0] = 0xF0;                               // q[0] = 15, q[1] = 0
   const uint16_t s = ToBf16(1.0f), z = ToBf16(0.0f);
@@ -240,7 +234,7 @@ TEST(CpuMatVecTest, MatchesReference) {
       for (const Shape& sh : shapes)
         for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, sh.cols}) {
           if (sh.cols % group != 0) continue;
-          if (f == Format::kBF16 && group != sh.cols) continue;
+          if (f == Format::kNone && group != sh.cols) continue;
           TestMatrix t = MakeMatrix(f, sh.rows, sh.cols, group, /*pad=*/24, seed++);
           for (int batch : {1, 3, 8}) {
             std::vector<float> x = RandomX(batch, sh.cols, seed++);
@@ -248,7 +242,7 @@ TEST(CpuMatVecTest, MatchesReference) {
             std::vector<float> y(batch * y_stride, -7.0f);
             Job job{t.m, 0, sh.rows, x.data(), y.data(), y_stride};
             ASSERT_TRUE(pool.Run({&job, 1}, batch).ok());
-            const std::string what = std::string(IsaName(isa)) + " " + FormatName(f) + " " +
+            const std::string what = std::string(IsaName(isa)) + " " + quant::FormatName(f) + " " +
                                      std::to_string(sh.rows) + "x" + std::to_string(sh.cols) + " group " +
                                      std::to_string(group) + " batch " + std::to_string(batch);
             ExpectMatches(job, batch, what);
@@ -268,7 +262,7 @@ TEST(CpuMatVecTest, OddGroupsAndColumns) {
       Format f;
       int64_t cols, group;
     };
-    const Case cases[] = {{Format::kBF16, 1, 1},          {Format::kBF16, 23, 23},  {Format::kBF16, 100, 100},
+    const Case cases[] = {{Format::kNone, 1, 1},          {Format::kNone, 23, 23},  {Format::kNone, 100, 100},
                           {Format::kInt8, 48, 24},        {Format::kFp8E4M3, 36, 12}, {Format::kInt4, 40, 8},
                           {Format::kInt4, 96, 6},         {Format::kInt8, 7, 7}};
     for (const Case& c : cases)
@@ -278,7 +272,7 @@ TEST(CpuMatVecTest, OddGroupsAndColumns) {
         std::vector<float> y(batch * 11);
         Job job{t.m, 0, 11, x.data(), y.data(), 11};
         ASSERT_TRUE(pool.Run({&job, 1}, batch).ok());
-        ExpectMatches(job, batch, std::string(IsaName(isa)) + " " + FormatName(c.f) + " cols " +
+        ExpectMatches(job, batch, std::string(IsaName(isa)) + " " + quant::FormatName(c.f) + " cols " +
                                       std::to_string(c.cols) + " group " + std::to_string(c.group));
       }
   }
@@ -287,7 +281,7 @@ TEST(CpuMatVecTest, OddGroupsAndColumns) {
 // Several jobs in one call (sharing x, with row sub-ranges), on more threads than pieces and on many.
 TEST(CpuMatVecTest, SeveralJobsAndSubRanges) {
   const int64_t cols = 576;
-  TestMatrix a = MakeMatrix(Format::kBF16, 203, cols, cols, 0, 7);
+  TestMatrix a = MakeMatrix(Format::kNone, 203, cols, cols, 0, 7);
   TestMatrix b = MakeMatrix(Format::kInt4, 150, cols, 64, 8, 8);
   TestMatrix c = MakeMatrix(Format::kFp8E4M3, 77, cols, 32, 0, 9);
   TestMatrix d = MakeMatrix(Format::kInt8, 1000, cols, 576, 4, 10);
@@ -327,7 +321,7 @@ TEST(CpuMatVecTest, ManyCallsAfterIdle) {
 
 // Two threads calling Run on one pool: each call either runs (and is right) or says kBusy; never both at once.
 TEST(CpuMatVecTest, ConcurrentRunIsBusyOrCorrect) {
-  TestMatrix t = MakeMatrix(Format::kBF16, 256, 1024, 1024, 0, 41);
+  TestMatrix t = MakeMatrix(Format::kNone, 256, 1024, 1024, 0, 41);
   std::vector<float> x = RandomX(2, 1024, 42);
   MatVecPool pool(3);
   std::atomic<int> ok{0}, busy{0}, other{0};

@@ -43,21 +43,7 @@ constexpr uint32_t kRoundMagicBits = 0x4B400000u;
   return static_cast<uint8_t>(code | sign);
 }
 
-[[gnu::always_inline]] inline uint16_t RoundBf16(float f) {
-  const uint32_t u = FloatBits(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-[[gnu::always_inline]] inline float Bf16Value(float f) { return BitsFloat(static_cast<uint32_t>(RoundBf16(f)) << 16); }
-
-inline float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t em = h & 0x7FFFu;
-  // Rebias by scaling: exact for normals and subnormals alike.
-  uint32_t bits = FloatBits(BitsFloat(em << 13) * 0x1p112f);
-  bits = em >= 0x7C00u ? (0x7F800000u | (em << 13)) : bits;  // infinity, NaN
-  return BitsFloat(bits | sign);
-}
+[[gnu::always_inline]] inline float Bf16Value(float f) { return BitsFloat(static_cast<uint32_t>(FloatToBf16(f)) << 16); }
 
 std::string Str(int64_t v) { return std::to_string(v); }
 
@@ -92,7 +78,7 @@ inline int32_t LoadI32(const uint8_t* p) {
     }
   } else if (dtype == DType::kF16) {
     for (int64_t i = 0; i < k; ++i) {
-      const float f = HalfToFloat(LoadU16(src + 2 * i));
+      const float f = F16ToFloat(LoadU16(src + 2 * i));
       out[i] = f;
       const uint32_t a = FloatBits(f) & 0x7FFFFFFFu;
       maxbits = a > maxbits ? a : maxbits;
@@ -242,8 +228,8 @@ struct Int4Best {
   } else {
     std::memset(codes, 8, static_cast<size_t>(g));
   }
-  StoreU16(record, RoundBf16(best_s));
-  StoreU16(record + 2, RoundBf16(best_z));
+  StoreU16(record, FloatToBf16(best_s));
+  StoreU16(record + 2, FloatToBf16(best_z));
 }
 
 // The row quantizer, compiled for AVX2 as well as for the baseline x86-64 (picked at load time by the CPU), so that a
@@ -343,9 +329,6 @@ uint8_t FloatToFp8E4M3(float value) {
   return EncodeFp8Finite(value);
 }
 
-float Bf16ToFloat(uint16_t bits) { return BitsFloat(static_cast<uint32_t>(bits) << 16); }
-uint16_t FloatToBf16(float value) { return RoundBf16(value); }
-float F16ToFloat(uint16_t bits) { return HalfToFloat(bits); }
 
 Result<Format> ParseFormat(std::string_view name) {
   if (name == "bf16" || name == "none") return Format::kNone;
@@ -596,7 +579,7 @@ Status CheckGptqTensor(const char* name, std::span<const uint8_t> bytes, DType d
 
 float LoadScale(const uint8_t* base, DType dtype, uint64_t index) {
   switch (dtype) {
-    case DType::kF16: return HalfToFloat(LoadU16(base + 2 * index));
+    case DType::kF16: return F16ToFloat(LoadU16(base + 2 * index));
     case DType::kBF16: return Bf16ToFloat(LoadU16(base + 2 * index));
     default: return LoadF32(base + 4 * index);
   }
@@ -718,8 +701,8 @@ Status FromGptq(const GptqTensors& t, int64_t n, int64_t k, int64_t group, bool 
           const float s = LoadScale(t.scales.data(), t.scales_dtype, static_cast<uint64_t>(gi * n + r));
           const uint32_t zword = static_cast<uint32_t>(LoadI32(t.qzeros.data() + 4 * (gi * (n / 8) + r / 8)));
           const int64_t z = static_cast<int64_t>((zword >> (4 * (r % 8))) & 0xFu) + zero_offset;
-          StoreU16(records + 4 * gi, RoundBf16(s));
-          StoreU16(records + 4 * gi + 2, RoundBf16(static_cast<float>(8 - z) * s));
+          StoreU16(records + 4 * gi, FloatToBf16(s));
+          StoreU16(records + 4 * gi + 2, FloatToBf16(static_cast<float>(8 - z) * s));
         }
       }
     }

@@ -72,10 +72,7 @@ Status Dequantize(std::span<const uint8_t> q, Format format, int64_t n, int64_t 
 // even, saturates finite and infinite values beyond +-448 to +-448 (0x7E / 0xFE), and maps NaN to 0x7F.
 float Fp8E4M3ToFloat(uint8_t code);
 uint8_t FloatToFp8E4M3(float value);
-// bfloat16 / float16 bit patterns (round to nearest even; NaN stays NaN).
-float Bf16ToFloat(uint16_t bits);
-uint16_t FloatToBf16(float value);
-float F16ToFloat(uint16_t bits);
+// (bfloat16 / float16 bit patterns: Bf16ToFloat, FloatToBf16, F16ToFloat in formats/dtype.h.)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Pre-quantized checkpoints, converted into the layout above.

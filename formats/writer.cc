@@ -40,36 +40,6 @@ inline uint64_t TensorKey(uint64_t seed, uint32_t tensor_index) {
   return Mix64(seed ^ Mix64((static_cast<uint64_t>(tensor_index) + 1) * kGolden));
 }
 
-inline uint32_t FloatBits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-inline uint16_t FloatToBf16(float f) {
-  uint32_t x = FloatBits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40);  // NaN stays NaN
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>(x >> 16);
-}
-
-inline uint16_t FloatToF16(float f) {
-  uint32_t x = FloatBits(f);
-  uint32_t sign = (x >> 16) & 0x8000u;
-  uint32_t a = x & 0x7fffffffu;
-  if (a >= 0x47800000u) {  // >= 65536: inf (or NaN)
-    return static_cast<uint16_t>(sign | (a > 0x7f800000u ? 0x7e00u : 0x7c00u));
-  }
-  if (a < 0x38800000u) {  // below the smallest normal half: subnormal, in units of 2^-24
-    float mag;
-    std::memcpy(&mag, &a, 4);
-    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(mag * 16777216.0f)));
-  }
-  uint32_t odd = (a >> 13) & 1u;
-  a += 0xc8000fffu + odd;  // rebias the exponent (127 -> 15) and round to nearest even
-  return static_cast<uint16_t>(sign | (a >> 13));
-}
-
 // One 8-byte word of a tensor's data.
 struct WordMaker {
   DType dtype;
