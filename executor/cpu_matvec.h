@@ -72,12 +72,14 @@ inline constexpr int kMaxBatch = 16;
 
 // Persistent worker threads that run a list of jobs together, split into pieces of rows balanced by bytes read
 // (each thread takes the next piece when it finishes one, so a slow thread delays the call by one piece at most).
-// The calling thread computes too. Idle threads spin for about 50 microseconds after a call, then sleep (futex);
-// Run does not allocate once it has seen the largest job list it will get.
+// The calling thread computes too, and Run returns as soon as every piece is done: a worker that the OS has not
+// scheduled in time (busy cores) costs nothing. Idle threads spin for about 50 microseconds after a call, then
+// sleep (futex); Run does not allocate once it has seen the largest job list it will get.
 class MatVecPool {
  public:
-  // `threads` computing threads in all, the caller included (0: std::thread::hardware_concurrency()). `isa`
-  // forces an instruction set (tests); one the CPU lacks falls back to the best one it has (see isa()).
+  // At most this many jobs per call (pieces are counted in 16 bits).
+  static constexpr int kMaxJobs = 32768;
+
   explicit MatVecPool(int threads = 0, Isa isa = Isa::kAuto);
   ~MatVecPool();
   MatVecPool(const MatVecPool&) = delete;
@@ -89,7 +91,8 @@ class MatVecPool {
   Isa isa() const { return isa_; }
 
   // Runs every job for `batch` inputs (1..kMaxBatch) and returns when all are done. kInvalidArgument (naming the
-  // job) for a bad matrix, row range, null pointer, y_stride or batch: then nothing is written. kBusy when
+  // job) for a bad matrix, row range, null pointer, y_stride or batch, or more than kMaxJobs jobs: then nothing is
+  // written. kBusy when
   // another thread is inside Run on this pool.
   Status Run(std::span<const Job> jobs, int batch);
 
@@ -100,20 +103,25 @@ class MatVecPool {
     int64_t row_end;
   };
   void WorkerLoop();
-  void Work();  // takes pieces of the current call until none is left
+  // Claims and runs pieces of the published call until none is left.
+  void Work();
 
   int threads_ = 1;
   Isa isa_ = Isa::kScalar;
   std::vector<std::thread> workers_;
 
-  // The current call (written by Run before it bumps generation_).
+  // The current call (written by Run before it publishes claims_, read only by a thread holding a claimed piece,
+  // which keeps the call alive: Run returns only when every piece is done).
   std::span<const Job> jobs_;
   int batch_ = 1;
   std::vector<Piece> pieces_;
-  std::atomic<int64_t> next_piece_{0};
 
-  std::atomic<uint32_t> generation_{0};  // bumped by each Run; workers wait on it (futex-sized)
-  std::atomic<int> busy_workers_{0};      // workers still inside the current call
+  // (call number << 32) | (piece count << 16) | next piece: a thread claims piece i by raising "next" from i to
+  // i + 1 with a compare-and-swap, so a thread that wakes after its call ended can never claim a later call's
+  // piece by mistake.
+  std::atomic<uint64_t> claims_{0};
+  std::atomic<int> done_pieces_{0};      // pieces of the current call finished; Run waits on it
+  std::atomic<uint32_t> generation_{0};  // bumped after each publish and at shutdown; idle workers wait on it
   std::atomic<bool> stop_{false};
   std::atomic<bool> in_run_{false};
 };
