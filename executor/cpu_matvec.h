@@ -12,17 +12,16 @@
 // The group size divides cols (group == cols: one group per row); kBF16 ignores it.
 //
 // Sums accumulate in float32 (products w * x rounded to float32, several partial sums per row), so a result
-// differs from the exact sum by a few float32 roundings of sum |w * x|. Kernels are chosen at run time: AVX-512
-// (F, BW, DQ, VL) or AVX2 + FMA (both with F16C), or portable code; no instruction-set flags are needed at compile time. Decoding
-// never passes through float32 subnormals, so the results do not depend on the denormals-are-zero flag (only
-// products or sums below 2^-126 may be flushed when flush-to-zero is set). kFp8E4M3 scales must stay below 2^120
-// in magnitude (the vector kernels multiply them by 256; larger ones give infinities there).
+// differs from the exact sum by a few float32 roundings of sum |w * x|; each weight is decoded exactly and scaled
+// with one rounding (int4: one FMA). Kernels are chosen at run time: AVX-512 (F, BW, DQ, VL) or AVX2 + FMA (both
+// with F16C), or portable code; no instruction-set flags are needed at compile time. Decoding never passes through
+// float32 subnormals, so the results do not depend on the denormals-are-zero flag (only products or sums below
+// 2^-126 may be flushed when flush-to-zero is set). kFp8E4M3 scales must stay below 2^120 in magnitude (the vector
+// kernels multiply them by 256; larger ones give infinities there).
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <span>
 #include <thread>
 #include <vector>
