@@ -7,7 +7,8 @@
 //
 // BM_Pool/F/B/I: all hardware threads with instruction set I (0 best, 1 scalar, 2 avx2, 3 avx512; one the CPU lacks
 // falls back); BM_OneThread/F/B: one thread, best kernels; BM_InCache/F/B: one thread over weights that fit in
-// L2 (the kernels' arithmetic rate); BM_PlainLoop/F/B: a plain single-threaded loop
+// L2 (the kernels' arithmetic rate); BM_SmallRun/T: back-to-back calls on 2 MiB of bf16 with all threads (T = 0) or
+// one (T = 1), the pool's per-call overhead; BM_PlainLoop/F/B: a plain single-threaded loop
 // (decode each weight, multiply, add) for comparison. F: 0 bf16, 1 fp8_e4m3, 2 int8, 3 int4 (groups of 128).
 
 #include <benchmark/benchmark.h>
@@ -222,6 +223,25 @@ void BM_InCache(benchmark::State& state) {
   state.SetLabel(std::string(quant::FormatName(format)) + " " + IsaName(pool.isa()) + " in L2");
 }
 
+// The cost of one small call (a bf16 job of 256 x 4096, 2 MiB that stays in cache) with all hardware threads
+// (range 0: 0) or one (range 0: 1), back to back: the pool's hand-off and wake-up overhead on top of the arithmetic.
+void BM_SmallRun(benchmark::State& state) {
+  const int64_t rows = 256, cols = 4096, row_bytes = 2 * cols;
+  std::vector<uint8_t> bytes(rows * row_bytes);
+  uint64_t seed = 777;
+  FillRows(Format::kNone, bytes.data(), rows, cols, seed);
+  std::vector<float> x(cols, 0.5f), y(rows);
+  const Job job{Matrix{Format::kNone, bytes.data(), rows, cols, cols, row_bytes}, 0, rows, x.data(), y.data(), rows};
+  MatVecPool pool(state.range(0) == 0 ? 0 : 1);
+  for (auto _ : state) {
+    Status s = pool.Run({&job, 1}, 1);
+    if (!s.ok()) state.SkipWithError(s.error().ToString().c_str());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * rows * row_bytes);
+  state.SetLabel("threads " + std::to_string(pool.threads()));
+}
+
 void PoolArgs(benchmark::internal::Benchmark* b) {
   for (int f = 0; f < 4; ++f)
     for (int batch : {1, 8})
@@ -235,6 +255,7 @@ void FormatBatchArgs(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Pool)->Apply(PoolArgs)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);
 BENCHMARK(BM_OneThread)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);
 BENCHMARK(BM_InCache)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_SmallRun)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PlainLoop)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
 
 }  // namespace

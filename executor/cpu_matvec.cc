@@ -340,35 +340,36 @@ MatVecPool::~MatVecPool() {
 }
 
 void MatVecPool::Work() {
-  const int64_t n = static_cast<int64_t>(pieces_.size());
+  uint64_t c = claims_.load(std::memory_order_acquire);
   for (;;) {
-    const int64_t i = next_piece_.fetch_add(1, std::memory_order_relaxed);
-    if (i >= n) return;
-    const Piece& p = pieces_[i];
+    const uint64_t count = (c >> 16) & 0xFFFF, next = c & 0xFFFF;
+    if (next >= count) return;
+    if (!claims_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    const Piece& p = pieces_[next];
     RunKernel(jobs_[p.job], p.row_begin, p.row_end, batch_, isa_);
+    if (done_pieces_.fetch_add(1, std::memory_order_acq_rel) + 1 == static_cast<int>(count))
+      done_pieces_.notify_all();
+    c = claims_.load(std::memory_order_acquire);
   }
 }
 
 void MatVecPool::WorkerLoop() {
-  uint32_t seen = 0;
+  uint32_t seen = 0;  // the constructor's value: a bump before this thread started still wakes it
   for (;;) {
-    uint32_t g = generation_.load(std::memory_order_acquire);
-    if (g == seen) {
-      const auto until = std::chrono::steady_clock::now() + kSpinTime;
-      for (int spins = 0; (g = generation_.load(std::memory_order_acquire)) == seen; ++spins) {
-        if ((spins & 63) == 63 && std::chrono::steady_clock::now() > until) {
-          generation_.wait(seen, std::memory_order_acquire);
-        } else {
+    uint32_t g;
+    const auto until = std::chrono::steady_clock::now() + kSpinTime;
+    for (int spins = 0; (g = generation_.load(std::memory_order_acquire)) == seen; ++spins) {
+      if ((spins & 63) == 63 && std::chrono::steady_clock::now() > until) {
+        generation_.wait(seen, std::memory_order_acquire);
+      } else {
 #if BIGPLAN_CPU_MATVEC_X86
-          _mm_pause();
+        _mm_pause();
 #endif
-        }
       }
     }
     seen = g;
     if (stop_.load(std::memory_order_acquire)) return;
     Work();
-    if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) busy_workers_.notify_one();
   }
 }
 
@@ -376,8 +377,9 @@ Status MatVecPool::Run(std::span<const Job> jobs, int batch) {
   if (batch < 1 || batch > kMaxBatch)
     return MakeError(ErrorCode::kInvalidArgument,
                      "cpu_matvec: batch " + Str(batch) + " is outside 1.." + Str(kMaxBatch));
-  if (jobs.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
-    return MakeError(ErrorCode::kInvalidArgument, "cpu_matvec: too many jobs");
+  if (jobs.size() > static_cast<size_t>(kMaxJobs))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cpu_matvec: " + std::to_string(jobs.size()) + " jobs, more than " + Str(kMaxJobs));
   int64_t total_bytes = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
@@ -398,42 +400,45 @@ Status MatVecPool::Run(std::span<const Job> jobs, int batch) {
     return MakeError(ErrorCode::kBusy, "cpu_matvec: another thread is running this pool");
 
   // Pieces: about 16 per thread over all jobs, at least 64 KiB each (whole jobs when single-threaded), rows in
-  // multiples of 4 so the kernels' row blocks stay whole.
-  const int64_t piece_bytes =
-      threads_ == 1 ? std::numeric_limits<int64_t>::max()
-                    : std::max<int64_t>(int64_t{64} << 10, total_bytes / (int64_t{16} * threads_));
-  pieces_.clear();
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const Job& j = jobs[i];
-    if (j.row_end == j.row_begin) continue;
-    const int64_t row_bytes = KernelRowBytes(j.w.format, j.w.cols, j.w.group).value();
-    int64_t rows_per_piece = std::max<int64_t>(1, piece_bytes / row_bytes);
-    if (rows_per_piece > 4) rows_per_piece -= rows_per_piece % 4;
-    for (int64_t r = j.row_begin; r < j.row_end; r += rows_per_piece)
-      pieces_.push_back(Piece{static_cast<int32_t>(i), r, std::min(j.row_end, r + rows_per_piece)});
+  // multiples of 4 so the kernels' row blocks stay whole; fewer, larger pieces if they would not fit in 16 bits.
+  int64_t piece_bytes = threads_ == 1 ? std::numeric_limits<int64_t>::max()
+                                      : std::max<int64_t>(int64_t{64} << 10, total_bytes / (int64_t{16} * threads_));
+  for (;;) {
+    pieces_.clear();
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const Job& j = jobs[i];
+      if (j.row_end == j.row_begin) continue;
+      const int64_t row_bytes = KernelRowBytes(j.w.format, j.w.cols, j.w.group).value();
+      int64_t rows_per_piece = std::max<int64_t>(1, piece_bytes / row_bytes);
+      if (rows_per_piece > 4) rows_per_piece -= rows_per_piece % 4;
+      for (int64_t r = j.row_begin; r < j.row_end; r += rows_per_piece)
+        pieces_.push_back(Piece{static_cast<int32_t>(i), r, std::min(j.row_end, r + rows_per_piece)});
+    }
+    if (pieces_.size() <= 0xFFFF) break;
+    piece_bytes *= 2;  // at most kMaxJobs + total / piece_bytes pieces
   }
   jobs_ = jobs;
   batch_ = batch;
-  next_piece_.store(0, std::memory_order_relaxed);
+  const int count = static_cast<int>(pieces_.size());
+  done_pieces_.store(0, std::memory_order_relaxed);
+  const uint64_t call = (claims_.load(std::memory_order_relaxed) >> 32) + 1;
+  claims_.store((call << 32) | (static_cast<uint64_t>(count) << 16), std::memory_order_release);
 
-  if (!workers_.empty() && pieces_.size() > 1) {
-    busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  if (!workers_.empty() && count > 1) {
     generation_.fetch_add(1, std::memory_order_acq_rel);
     generation_.notify_all();
-    Work();
-    const auto until = std::chrono::steady_clock::now() + kSpinTime;
-    int busy;
-    for (int spins = 0; (busy = busy_workers_.load(std::memory_order_acquire)) != 0; ++spins) {
-      if ((spins & 63) == 63 && std::chrono::steady_clock::now() > until) {
-        busy_workers_.wait(busy, std::memory_order_acquire);
-      } else {
+  }
+  Work();
+  const auto until = std::chrono::steady_clock::now() + kSpinTime;
+  int done;
+  for (int spins = 0; (done = done_pieces_.load(std::memory_order_acquire)) != count; ++spins) {
+    if ((spins & 63) == 63 && std::chrono::steady_clock::now() > until) {
+      done_pieces_.wait(done, std::memory_order_acquire);
+    } else {
 #if BIGPLAN_CPU_MATVEC_X86
-        _mm_pause();
+      _mm_pause();
 #endif
-      }
     }
-  } else {
-    Work();
   }
   jobs_ = {};
   in_run_.store(false, std::memory_order_release);

@@ -8,17 +8,16 @@
 // for int4 (a group starts on a byte).
 //
 // Sums accumulate in float32 (products w * x rounded to float32, several partial sums per row), so a result
-// differs from the exact sum by a few float32 roundings of sum |w * x|. Kernels are chosen at run time: AVX-512
-// (F, BW, DQ, VL) or AVX2 + FMA (both with F16C), or portable code; no instruction-set flags are needed at compile time. Decoding
-// never passes through float32 subnormals, so the results do not depend on the denormals-are-zero flag (only
-// products or sums below 2^-126 may be flushed when flush-to-zero is set). kFp8E4M3 scales must stay below 2^120
-// in magnitude (the vector kernels multiply them by 256; larger ones give infinities there).
+// differs from the exact sum by a few float32 roundings of sum |w * x|; each weight is decoded exactly and scaled
+// with one rounding (int4: one FMA). Kernels are chosen at run time: AVX-512 (F, BW, DQ, VL) or AVX2 + FMA (both
+// with F16C), or portable code; no instruction-set flags are needed at compile time. Decoding never passes through
+// float32 subnormals, so the results do not depend on the denormals-are-zero flag (only products or sums below
+// 2^-126 may be flushed when flush-to-zero is set). kFp8E4M3 scales must stay below 2^120 in magnitude (the vector
+// kernels multiply them by 256; larger ones give infinities there).
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <span>
 #include <thread>
 #include <vector>
@@ -66,10 +65,14 @@ inline constexpr int kMaxBatch = 16;
 
 // Persistent worker threads that run a list of jobs together, split into pieces of rows balanced by bytes read
 // (each thread takes the next piece when it finishes one, so a slow thread delays the call by one piece at most).
-// The calling thread computes too. Idle threads spin for about 50 microseconds after a call, then sleep (futex);
-// Run does not allocate once it has seen the largest job list it will get.
+// The calling thread computes too, and Run returns as soon as every piece is done: a worker that the OS has not
+// scheduled in time (busy cores) costs nothing. Idle threads spin for about 50 microseconds after a call, then
+// sleep (futex); Run does not allocate once it has seen the largest job list it will get.
 class MatVecPool {
  public:
+  // At most this many jobs per call (pieces are counted in 16 bits).
+  static constexpr int kMaxJobs = 32768;
+
   // `threads` computing threads in all, the caller included (0: std::thread::hardware_concurrency()). `isa`
   // forces an instruction set (tests); one the CPU lacks falls back to the best one it has (see isa()).
   explicit MatVecPool(int threads = 0, Isa isa = Isa::kAuto);
@@ -83,8 +86,8 @@ class MatVecPool {
   Isa isa() const { return isa_; }
 
   // Runs every job for `batch` inputs (1..kMaxBatch) and returns when all are done. kInvalidArgument (naming the
-  // job) for a bad matrix, row range, null pointer, y_stride or batch: then nothing is written. kBusy when
-  // another thread is inside Run on this pool.
+  // job) for a bad matrix, row range, null pointer, y_stride or batch, or more than kMaxJobs jobs: then nothing is
+  // written. kBusy when another thread is inside Run on this pool.
   Status Run(std::span<const Job> jobs, int batch);
 
  private:
@@ -94,20 +97,25 @@ class MatVecPool {
     int64_t row_end;
   };
   void WorkerLoop();
-  void Work();  // takes pieces of the current call until none is left
+  // Claims and runs pieces of the published call until none is left.
+  void Work();
 
   int threads_ = 1;
   Isa isa_ = Isa::kScalar;
   std::vector<std::thread> workers_;
 
-  // The current call (written by Run before it bumps generation_).
+  // The current call (written by Run before it publishes claims_, read only by a thread holding a claimed piece,
+  // which keeps the call alive: Run returns only when every piece is done).
   std::span<const Job> jobs_;
   int batch_ = 1;
   std::vector<Piece> pieces_;
-  std::atomic<int64_t> next_piece_{0};
 
-  std::atomic<uint32_t> generation_{0};  // bumped by each Run; workers wait on it (futex-sized)
-  std::atomic<int> busy_workers_{0};      // workers still inside the current call
+  // (call number << 32) | (piece count << 16) | next piece: a thread claims piece i by raising "next" from i to
+  // i + 1 with a compare-and-swap, so a thread that wakes after its call ended can never claim a later call's
+  // piece by mistake.
+  std::atomic<uint64_t> claims_{0};
+  std::atomic<int> done_pieces_{0};      // pieces of the current call finished; Run waits on it
+  std::atomic<uint32_t> generation_{0};  // bumped after each publish and at shutdown; idle workers wait on it
   std::atomic<bool> stop_{false};
   std::atomic<bool> in_run_{false};
 };
