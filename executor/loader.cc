@@ -268,23 +268,8 @@ struct Loader {
           wr.format = FormatOf(w->format());
           wr.group = w->group_size();
           uint64_t expect_bytes = uint64_t(wr.numel) * DTypeSize(wr.dtype);
-          if (wr.quantized()) {
-            // VerifyPlan checked the size against the format; the loader quantizes from a floating-point tensor
-            // and never reads a quantized weight from disk (the planner refuses such placements).
-            expect_bytes = uint64_t(wr.rows) * WeightRowBytes(*w, *t);
-            if (!IsFloatingPoint(static_cast<DType>(wr.source_dtype))) {
-              return MakeError(ErrorCode::kUnsupported, plan_name + ": weight " + wr.name + " is " +
-                                                            DTypeName(wr.source_dtype) +
-                                                            " in the checkpoint; only floating-point weights are "
-                                                            "quantized at load");
-            }
-            if (wr.tier == schema::Tier::Disk) {
-              return MakeError(ErrorCode::kUnsupported, plan_name + ": the " +
-                                                            quant::FormatName(wr.format) + " weight " + wr.name +
-                                                            " rests on disk; quantized weights must rest on the GPU "
-                                                            "or in CPU memory: plan again with a larger cpu budget");
-            }
-          }
+          // VerifyPlan checked a quantized weight's size, source dtype and tier.
+          if (wr.quantized()) expect_bytes = uint64_t(wr.rows) * WeightRowBytes(*w, *t);
           if (wr.bytes != expect_bytes) {
             return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
                                                       " has size_bytes " + std::to_string(wr.bytes) + ", expected " +

@@ -157,6 +157,15 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
         if (wt->size_bytes() != row_bytes * uint64_t(t->shape()->Get(0)))
           return Corrupt(src, fw + ".size_bytes " + std::to_string(wt->size_bytes()) + ", expected " +
                                   std::to_string(row_bytes * uint64_t(t->shape()->Get(0))) + " for its format");
+        // The executor quantizes it at load from a floating-point tensor into GPU or pinned CPU memory: a quantized
+        // weight is never read from disk while streaming.
+        const schema::DType s = t->src_dtype();
+        if (s != schema::DType::F32 && s != schema::DType::F16 && s != schema::DType::BF16 && s != schema::DType::F64)
+          return Corrupt(src, fw + " is quantized from a " + DTypeName(s) + " tensor; only floating-point tensors are");
+        if (wt->tier() == schema::Tier::Disk)
+          return MakeError(ErrorCode::kUnsupported,
+                           src + ": " + fw + " is quantized but rests on disk; quantized weights rest on the GPU or "
+                                             "in CPU memory: plan again with a larger cpu budget");
       }
       const uint64_t end = wt->offset_in_block() + wt->size_bytes();
       if (end < wt->offset_in_block()) return Corrupt(src, fw + " overflows");

@@ -20,6 +20,8 @@ struct ModelFields {
   schema::WeightFormat format = schema::WeightFormat::Plain;  // the weight's format, group size and size
   uint32_t group = 0;
   uint64_t weight_bytes = 1024;
+  schema::Tier tier = schema::Tier::Gpu;           // the weight's tier
+  schema::DType src_dtype = schema::DType::F32;    // the tensor's dtype in the checkpoint
 };
 
 // A minimal valid plan: one shard, one tensor, one resident block, one buffer, one arena, one step.
@@ -31,10 +33,10 @@ flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_
   std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
   auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
   std::vector<int64_t> shape{16, 16};
-  auto tensor = schema::CreateTensorDirect(fb, "w", tensor_shard, 8, 1024, schema::DType::F32, &shape);
+  auto tensor = schema::CreateTensorDirect(fb, "w", tensor_shard, 8, 1024, m.src_dtype, &shape);
   std::vector<flatbuffers::Offset<schema::Tensor>> tensors{tensor};
   std::vector<schema::Weight> unused;
-  auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, m.weight_bytes, 0, schema::Tier::Gpu, m.format, m.group);
+  auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, m.weight_bytes, 0, m.tier, m.format, m.group);
   std::vector<flatbuffers::Offset<schema::Weight>> weights{weight};
   auto block = schema::CreateBlockDirect(fb, "b", m.kind, 0, "b.", 0, schema::Tier::Gpu, &weights, 1024, 0, -1, -1, -1,
                                          -1, m.block_kind);
@@ -133,6 +135,23 @@ TEST(PlanIoTest, ChecksQuantizedWeightSizes) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("int4 weight with group size 5 does not fit"), std::string::npos)
       << r.error().message;
+
+  // Quantized at load from a floating-point tensor, into GPU or CPU memory: never from an integer tensor, never on
+  // disk.
+  m.group = 16;
+  m.weight_bytes = 16 * (8 + 4);
+  m.src_dtype = schema::DType::I32;
+  auto from_int = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  r = VerifyPlan(from_int.data(), from_int.size(), "q.bplan");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("is quantized from a I32 tensor"), std::string::npos) << r.error().message;
+  m.src_dtype = schema::DType::BF16;
+  m.tier = schema::Tier::Disk;
+  auto on_disk = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  r = VerifyPlan(on_disk.data(), on_disk.size(), "q.bplan");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(r.error().message.find("is quantized but rests on disk"), std::string::npos) << r.error().message;
 }
 
 TEST(PlanIoTest, TypedRopeAndBlockKindReadBack) {
