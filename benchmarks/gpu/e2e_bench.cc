@@ -160,6 +160,23 @@ struct Config {
   quant::Format weights = quant::Format::kNone;
 };
 
+// KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
+// token id.
+Result<Timing> TimeDecodeSteps(Executor* exec, const std::vector<int64_t>& context, int64_t vocab, int repeat) {
+  ForwardOptions fresh;
+  fresh.reset = true;
+  fresh.last_position_only = true;
+  BIGPLAN_RETURN_IF_ERROR(exec->Forward(context, 1, fresh).status());
+  int64_t next = 0;
+  return TimeIt(repeat * 4, [&]() -> Status {
+    std::vector<int64_t> tok{next};
+    next = (next + 1) % vocab;
+    ForwardOptions cont;
+    cont.last_position_only = true;
+    return exec->Forward(tok, 1, cont).status();
+  });
+}
+
 // Bytes a plan's streams carry per forward, from pinned CPU memory and from disk.
 void StreamedBytes(const schema::Plan& p, uint64_t* cpu_bytes, uint64_t* disk_bytes) {
   *cpu_bytes = *disk_bytes = 0;
@@ -180,20 +197,25 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   req.run = RunShape{1, static_cast<uint32_t>(resident ? 2 * args.prefill : args.prefill)};
   req.exec_dtype = DType::kBF16;
   req.profile = profile;
-  // The bf16 floor of this budget: what a bf16 plan streams per forward / H2D.
-  double bf16_floor_s = 0;
-  {
-    PlanRequest bf16 = req;
-    bf16.weights = quant::Format::kNone;
-    BIGPLAN_ASSIGN_OR_RETURN(PlanResult b, MakePlan(bf16));
-    uint64_t c = 0, d = 0;
-    StreamedBytes(b.plan(), &c, &d);
-    bf16_floor_s = c / (floors.h2d_gbps * 1e9) + (d ? d / (floors.disk_gbps * 1e9) : 0.0);
-  }
   req.weights = cfg.weights;
   auto t_plan = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(PlanResult plan, MakePlan(req));
   const double plan_s = Seconds(t_plan);
+  // The bf16 floor of this budget: what a bf16 plan of it streams per forward / H2D (this plan, when it is bf16).
+  auto floor_of = [&](const schema::Plan& p) {
+    uint64_t c = 0, d = 0;
+    StreamedBytes(p, &c, &d);
+    return c / (floors.h2d_gbps * 1e9) + (d ? d / (floors.disk_gbps * 1e9) : 0.0);
+  };
+  double bf16_floor_s = 0;
+  if (cfg.weights == quant::Format::kNone) {
+    bf16_floor_s = floor_of(plan.plan());
+  } else {
+    PlanRequest bf16 = req;
+    bf16.weights = quant::Format::kNone;
+    BIGPLAN_ASSIGN_OR_RETURN(PlanResult b, MakePlan(bf16));
+    bf16_floor_s = floor_of(b.plan());
+  }
   const std::string plan_path = (args.trace_dir.empty() ? std::string("/tmp") : args.trace_dir) + "/" + cfg.name + ".bplan";
   BIGPLAN_RETURN_IF_ERROR(WriteFileBytes(plan_path, plan.bytes.data(), plan.bytes.size()));
 
@@ -241,8 +263,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       drop();
       return exec->Forward(prompt, 1, fresh).status();
     }));
-    const double floor_s = cpu_bytes / (floors.h2d_gbps * 1e9) +
-                           (disk_bytes ? disk_bytes / (floors.disk_gbps * 1e9) : 0.0);
+    const double floor_s = floor_of(p);
     j["forward_1"] = TimingJson(f1);
     j["forward_prefill"] = TimingJson(fp);
     j["forward_1_s"] = f1.best;
@@ -264,15 +285,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       // All resident: the planner's decode prediction is a KV-cached step (CUDA-graph replayed where eligible),
       // after half a prompt (the plan's run shape holds `prefill` positions).
       const std::vector<int64_t> half(prompt.begin(), prompt.begin() + args.prefill / 2);
-      BIGPLAN_RETURN_IF_ERROR(exec->Forward(half, 1, fresh).status());
-      int64_t next = 0;
-      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeIt(args.repeat * 4, [&]() -> Status {
-        std::vector<int64_t> tok{next};
-        next = (next + 1) % vocab;
-        ForwardOptions cont;
-        cont.last_position_only = true;
-        return exec->Forward(tok, 1, cont).status();
-      }));
+      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), half, vocab, args.repeat));
       j["decode_step"] = TimingJson(dec);
       j["decode_step_s"] = dec.median;
       j["ratio_decode_step_to_bf16_floor"] = bf16_floor_s > 0 ? dec.median / bf16_floor_s : 0.0;
@@ -287,15 +300,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       return exec->Forward(prompt, 1, fresh).status();
     }));
     // Decode: a prompt of `prefill` tokens is cached, then single-token steps continue it.
-    BIGPLAN_RETURN_IF_ERROR(exec->Forward(prompt, 1, fresh).status());
-    int64_t next = 0;
-    BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeIt(args.repeat * 4, [&]() -> Status {
-      std::vector<int64_t> tok{next};
-      next = (next + 1) % vocab;
-      ForwardOptions cont;
-      cont.last_position_only = true;
-      return exec->Forward(tok, 1, cont).status();
-    }));
+    BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), prompt, vocab, args.repeat));
     // FLOPs of a prefill: 2 x params x tokens for the matmuls, + attention 4 x layers x hidden x T^2 / 2 (causal).
     const auto* c = p.config();
     double params = 0;
