@@ -267,13 +267,12 @@ struct Loader {
           BIGPLAN_ASSIGN_OR_RETURN(wr.source, wr.shard->View(t->offset(), t->size_bytes()));
           wr.format = FormatOf(w->format());
           wr.group = w->group_size();
-          uint64_t expect_bytes = uint64_t(wr.numel) * DTypeSize(wr.dtype);
-          // VerifyPlan checked a quantized weight's size, source dtype and tier.
-          if (wr.quantized()) expect_bytes = uint64_t(wr.rows) * WeightRowBytes(*w, *t);
-          if (wr.bytes != expect_bytes) {
+          // (VerifyPlan checked a quantized weight's size, source dtype and tier.)
+          const uint64_t plain_bytes = uint64_t(wr.numel) * DTypeSize(wr.dtype);
+          if (!wr.quantized() && wr.bytes != plain_bytes) {
             return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
                                                       " has size_bytes " + std::to_string(wr.bytes) + ", expected " +
-                                                      std::to_string(expect_bytes));
+                                                      std::to_string(plain_bytes));
           }
           if (wr.tier == schema::Tier::Gpu) {
             if (home == nullptr || w->offset_in_block() + wr.bytes > home_size) {

@@ -134,11 +134,8 @@ Result<TensorSpec> ParseTensorSpec(const json& j, const std::string& path, const
     Result<quant::Format> q = quant::ParseFormat(format);
     if (!q.ok()) return InvalidAt(source, f.Path("format"), q.error().message);
     t.format = *q;
-    const json& g = j.contains("group") ? j["group"] : json();
-    if (!g.is_number_integer() || g.get<int64_t>() <= 0) {
-      return InvalidAt(source, f.Path("group"), "expected a positive integer with \"format\", got " + g.dump());
-    }
-    t.group = g.get<int64_t>();
+    BIGPLAN_ASSIGN_OR_RETURN(t.group, f.Int("group"));
+    if (t.group <= 0) return f.Bad("group", "expected a positive group size, got " + std::to_string(t.group));
     if (t.format != quant::Format::kNone) {
       if (t.shape.size() != 2) return InvalidAt(source, f.Path("format"), "only 2-D weights are quantized");
       Result<uint64_t> rb = quant::RowBytes(t.format, t.shape[1], t.group);

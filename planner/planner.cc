@@ -1,7 +1,5 @@
 #include "planner/planner.h"
 
-#include "planner/weight_format.h"
-
 #include <algorithm>
 #include <filesystem>
 #include <set>
