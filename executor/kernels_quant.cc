@@ -15,6 +15,11 @@ struct Parts {
   at::Tensor records;  // fp8/int8: [n, groups] float32; int4: [n, groups, 2] bf16 (scale, zero)
 };
 
+// The element type of fp8/int8 values as LibTorch reads them.
+at::ScalarType StoredType(quant::Format format) {
+  return format == quant::Format::kInt8 ? at::kChar : at::kFloat8_e4m3fn;
+}
+
 Parts Split(const at::Tensor& wq, const WeightQuant& q) {
   TORCH_CHECK(wq.dim() == 2 && wq.scalar_type() == at::kByte, "a quantized weight must be uint8 rows, got ",
               wq.sizes(), " ", wq.scalar_type());
@@ -22,8 +27,10 @@ Parts Split(const at::Tensor& wq, const WeightQuant& q) {
               " for ", q.cols, " columns");
   const int64_t n = wq.size(0), groups = q.cols / q.group;
   const int64_t data = q.format == quant::Format::kInt4 ? q.cols / 2 : q.cols;
-  TORCH_CHECK(wq.size(1) == data + 4 * groups, "quantized weight rows of ", wq.size(1), " bytes, expected ",
-              data + 4 * groups);
+  const Result<uint64_t> row_bytes = quant::RowBytes(q.format, q.cols, q.group);
+  TORCH_CHECK(row_bytes.ok() && wq.size(1) == static_cast<int64_t>(*row_bytes), "quantized weight rows of ",
+              wq.size(1), " bytes do not hold ", quant::FormatName(q.format), " rows of ", q.cols, " columns in groups of ",
+              q.group);
   Parts p;
   p.data = wq.narrow(1, 0, data);
   at::Tensor rec = wq.narrow(1, data, 4 * groups).contiguous();
@@ -71,8 +78,7 @@ at::Tensor DequantizeWeight(const at::Tensor& wq, const WeightQuant& q, at::Scal
   switch (q.format) {
     case quant::Format::kFp8E4M3:
     case quant::Format::kInt8: {
-      const at::ScalarType stored = q.format == quant::Format::kInt8 ? at::kChar : at::kFloat8_e4m3fn;
-      at::Tensor w = p.data.view(stored).to(math).view({n, groups, q.group}) * p.records.to(math).unsqueeze(-1);
+      at::Tensor w = p.data.view(StoredType(q.format)).to(math).view({n, groups, q.group}) * p.records.to(math).unsqueeze(-1);
       return w.view({n, q.cols}).to(dtype);
     }
     case quant::Format::kInt4: {
@@ -100,8 +106,7 @@ at::Tensor QuantLinear(const at::Tensor& x, const at::Tensor& wq, const WeightQu
   } else if (q.format != quant::Format::kInt4 && q.group == q.cols) {
     // One scale per row: multiply by the stored values, scale the output columns (no scaled copy of the weight).
     const Parts p = Split(wq, q);
-    const at::ScalarType stored = q.format == quant::Format::kInt8 ? at::kChar : at::kFloat8_e4m3fn;
-    at::Tensor w = p.data.view(stored).to(x.scalar_type());
+    at::Tensor w = p.data.view(StoredType(q.format)).to(x.scalar_type());
     y = at::linear(x, w);
     if (x.scalar_type() == at::kFloat) {
       y.mul_(p.records.view({n}));
