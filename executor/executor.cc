@@ -233,6 +233,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
       ForwardTimings timings;
       timings.wall_start = t0;
       Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      std::lock_guard<std::mutex> lock(stats_mu);
+      ++stats.graph_steps;
       return out;
     }
     if (!step.ok()) {
@@ -241,6 +243,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
       return step.take_error();
     }
     // The capture failed: graphs are off now; run the step eagerly.
+    std::lock_guard<std::mutex> lock(stats_mu);
+    stats.graph_capture_error = graphs.capture_error();
   }
   Status run = engine->BeginForward();
   if (run.ok()) run = RunSteps(ids, batch, seq, last_only, &out);

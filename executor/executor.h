@@ -168,6 +168,10 @@ struct Stats {
   uint64_t disk_mmap_blocks = 0;       // "mmap" and "mmap_fallback"
   uint64_t disk_direct_fallbacks = 0;  // "mmap_fallback": the direct path was on but the block's reads did not fit
   uint64_t disk_read_bytes = 0;        // bytes read from shards by "direct" and "bounce" reads (whole pages)
+  // Decode steps replayed from a CUDA graph (ExecutorOptions::cuda_graphs), and why graphs turned off when a
+  // capture failed ("" otherwise): those steps, and every later one, ran eagerly.
+  uint64_t graph_steps = 0;
+  std::string graph_capture_error;
   // The last forward pass.
   uint32_t last_batch = 0;
   uint32_t last_seq = 0;

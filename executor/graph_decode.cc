@@ -69,7 +69,10 @@ Status GraphDecoder::Step(const std::vector<int64_t>& ids, int64_t batch, int64_
       }
       to_compute.record(side);
       to_compute.block(compute);
-      if (!captured.ok()) return std::optional<Graph>();
+      if (!captured.ok()) {
+        capture_error_ = captured.error().message;
+        return std::optional<Graph>();
+      }
       return std::optional<Graph>(std::move(g));
     };
     BIGPLAN_ASSIGN_OR_RETURN(auto found, cache_.Get(batch, capture));

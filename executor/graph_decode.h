@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "executor/graph_cache.h"
@@ -29,6 +30,8 @@ class GraphDecoder {
 
   bool enabled() const { return cache_.enabled(); }
   int device() const { return device_; }
+  // Why graphs turned off: the failed capture's error message; "" while they are on (or were never tried).
+  const std::string& capture_error() const { return capture_error_; }
 
   // The model's blocks as one single-token step on the current stream: token ids = inputs[0:batch] as
   // [batch, 1], position = inputs[batch] (a device tensor), logits [batch, 1, vocab] into *logits.
@@ -47,6 +50,7 @@ class GraphDecoder {
   struct Graph;
   int device_;
   GraphCache<Graph> cache_;
+  std::string capture_error_;
 };
 
 }  // namespace bigplan::executor_internal

@@ -161,20 +161,27 @@ struct Config {
 };
 
 // KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
-// token id.
-Result<Timing> TimeDecodeSteps(Executor* exec, const std::vector<int64_t>& context, int64_t vocab, int repeat) {
+// token id. Records in *j how many steps replayed a CUDA graph, and why graphs turned off if a capture failed.
+Result<Timing> TimeDecodeSteps(Executor* exec, const std::vector<int64_t>& context, int64_t vocab, int repeat,
+                               nlohmann::json* j) {
   ForwardOptions fresh;
   fresh.reset = true;
   fresh.last_position_only = true;
   BIGPLAN_RETURN_IF_ERROR(exec->Forward(context, 1, fresh).status());
   int64_t next = 0;
-  return TimeIt(repeat * 4, [&]() -> Status {
+  const uint64_t graph_steps = exec->stats().graph_steps;
+  BIGPLAN_ASSIGN_OR_RETURN(Timing t, TimeIt(repeat * 4, [&]() -> Status {
     std::vector<int64_t> tok{next};
     next = (next + 1) % vocab;
     ForwardOptions cont;
     cont.last_position_only = true;
     return exec->Forward(tok, 1, cont).status();
-  });
+  }));
+  const Stats stats = exec->stats();
+  (*j)["decode_graph_steps"] = stats.graph_steps - graph_steps;
+  (*j)["decode_steps"] = repeat * 4 + 1;
+  (*j)["graph_capture_error"] = stats.graph_capture_error;
+  return t;
 }
 
 // Bytes a plan's streams carry per forward, from pinned CPU memory and from disk.
@@ -285,13 +292,16 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       // All resident: the planner's decode prediction is a KV-cached step (CUDA-graph replayed where eligible),
       // after half a prompt (the plan's run shape holds `prefill` positions).
       const std::vector<int64_t> half(prompt.begin(), prompt.begin() + args.prefill / 2);
-      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), half, vocab, args.repeat));
+      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), half, vocab, args.repeat, &j));
       j["decode_step"] = TimingJson(dec);
       j["decode_step_s"] = dec.median;
       j["ratio_decode_step_to_bf16_floor"] = bf16_floor_s > 0 ? dec.median / bf16_floor_s : 0.0;
       j["prediction_error_decode_step"] = plan.decode.total_us / 1e6 / dec.median - 1.0;
-      std::fprintf(stderr, "   KV-cached decode step %.4f s (%.3fx the bf16 floor), predicted %.4f s\n", dec.median,
-                   dec.median / std::max(bf16_floor_s, 1e-12), plan.decode.total_us / 1e6);
+      std::fprintf(stderr, "   KV-cached decode step %.4f s (%.3fx the bf16 floor), predicted %.4f s; %s of %s steps "
+                   "replayed a CUDA graph%s%s\n", dec.median, dec.median / std::max(bf16_floor_s, 1e-12),
+                   plan.decode.total_us / 1e6, j["decode_graph_steps"].dump().c_str(), j["decode_steps"].dump().c_str(),
+                   j["graph_capture_error"].get<std::string>().empty() ? "" : ": ",
+                   j["graph_capture_error"].get<std::string>().c_str());
     }
   } else {
     uint64_t weight_bytes = 0;
@@ -300,7 +310,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       return exec->Forward(prompt, 1, fresh).status();
     }));
     // Decode: a prompt of `prefill` tokens is cached, then single-token steps continue it.
-    BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), prompt, vocab, args.repeat));
+    BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), prompt, vocab, args.repeat, &j));
     // FLOPs of a prefill: 2 x params x tokens for the matmuls, + attention 4 x layers x hidden x T^2 / 2 (causal).
     const auto* c = p.config();
     double params = 0;

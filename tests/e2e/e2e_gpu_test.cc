@@ -189,6 +189,9 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       EXPECT_LE(errors[g].max_rel, tolerance) << (g ? "graphs" : "eager");
       // Per-block events exist for eager steps only.
       EXPECT_EQ(exec[g]->stats().last_steps.empty(), g == 1 && captured && steps > 0);
+      // Replays are counted, and nothing was captured and dropped.
+      EXPECT_EQ(exec[g]->stats().graph_steps > 0, g == 1 && captured && steps > 0);
+      EXPECT_EQ(exec[g]->stats().graph_capture_error, "");
     }
     double worst = 0;
     for (size_t k = 0; k < errors[0].logits.size(); ++k) {
