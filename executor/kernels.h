@@ -58,6 +58,11 @@ struct WeightQuant {
   quant::Format format = quant::Format::kNone;
   int64_t group = 0;
   int64_t cols = 0;  // the logical matrix's columns (Shape(slot)[1])
+  // int4 only: the same bytes arranged as two blocks instead of rows: every row's values ([rows, cols / 2], so a
+  // product reads them without gathering them out of the rows), then the records transposed to [groups, rows, 2]
+  // bf16 (the scale/zero layout PyTorch's tinygemm kernel takes). The executor stores GPU-resident int4 weights so;
+  // rows of such a weight are never handed out in chunks.
+  bool split = false;
   bool quantized() const { return format != quant::Format::kNone; }
 };
 

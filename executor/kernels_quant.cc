@@ -11,8 +11,8 @@ namespace bigplan::kernels_internal {
 namespace {
 
 struct Parts {
-  at::Tensor data;     // [n, data bytes] uint8 (a strided view of the rows)
-  at::Tensor records;  // fp8/int8: [n, groups] float32; int4: [n, groups, 2] bf16 (scale, zero)
+  at::Tensor data;     // [n, data bytes] uint8 (a strided view of the rows; contiguous for a split layout)
+  at::Tensor records;  // fp8/int8: [n, groups] float32; int4: [n, groups, 2] bf16 (scale, zero), maybe strided
 };
 
 // The element type of fp8/int8 values as LibTorch reads them.
@@ -32,6 +32,13 @@ Parts Split(const at::Tensor& wq, const WeightQuant& q) {
               wq.size(1), " bytes do not hold ", quant::FormatName(q.format), " rows of ", q.cols, " columns in groups of ",
               q.group);
   Parts p;
+  if (q.split) {
+    TORCH_CHECK(q.format == quant::Format::kInt4 && wq.is_contiguous(), "a split layout is an int4 weight's, whole");
+    const at::Tensor flat = wq.reshape({-1});
+    p.data = flat.narrow(0, 0, n * data).view({n, data});
+    p.records = flat.narrow(0, n * data, n * 4 * groups).view(at::kBFloat16).view({groups, n, 2}).transpose(0, 1);
+    return p;
+  }
   p.data = wq.narrow(1, 0, data);
   at::Tensor rec = wq.narrow(1, data, 4 * groups).contiguous();
   if (q.format == quant::Format::kInt4) {
@@ -79,13 +86,14 @@ at::Tensor DequantizeWeight(const at::Tensor& wq, const WeightQuant& q, at::Scal
     case quant::Format::kFp8E4M3:
     case quant::Format::kInt8: {
       at::Tensor w = p.data.view(StoredType(q.format)).to(math).view({n, groups, q.group}) * p.records.to(math).unsqueeze(-1);
-      return w.view({n, q.cols}).to(dtype);
+      return w.reshape({n, q.cols}).to(dtype);
     }
     case quant::Format::kInt4: {
       at::Tensor v = UnpackInt4(p.data, q.cols, math).view({n, groups, q.group});
       at::Tensor s = p.records.select(-1, 0).to(math).unsqueeze(-1);
       at::Tensor z = p.records.select(-1, 1).to(math).unsqueeze(-1);
-      return at::addcmul(z, v.sub_(8.0), s).view({n, q.cols}).to(dtype);
+      // (The result may follow the records' strides: reshape, not view.)
+      return at::addcmul(z, v.sub_(8.0), s).reshape({n, q.cols}).to(dtype);
     }
     case quant::Format::kNone: break;
   }

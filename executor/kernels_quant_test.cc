@@ -51,6 +51,17 @@ TEST_P(QuantLinearTest, MatchesTheDequantizedWeight) {
   // Quantization error is bounded (the layout is read as it was written).
   const double rel = ((deq - w).norm() / w.norm()).item<double>();
   EXPECT_LT(rel, c.format == quant::Format::kInt4 ? 0.15 : 0.05);
+  // An int4 weight split into a values block and transposed records (as the executor stores GPU-resident ones).
+  at::Tensor split;
+  WeightQuant qs = q;
+  if (c.format == quant::Format::kInt4) {
+    const int64_t data = c.k / 2, groups = c.k / c.group;
+    at::Tensor values = wq.narrow(1, 0, data).contiguous().reshape({-1});
+    at::Tensor records = wq.narrow(1, data, 4 * groups).contiguous().view({c.n, groups, 4}).transpose(0, 1);
+    split = at::cat({values, records.contiguous().reshape({-1})}).view(wq.sizes());
+    qs.split = true;
+    EXPECT_TRUE(at::equal(DequantizeWeight(split, qs, at::kFloat), deq));
+  }
   for (int64_t m : {1, 3, 17, 40}) {
     at::Tensor x = at::randn({m, c.k});
     at::Tensor bias = at::randn({c.n});
@@ -58,11 +69,19 @@ TEST_P(QuantLinearTest, MatchesTheDequantizedWeight) {
     // float32 on the CPU: the same products.
     at::Tensor y = QuantLinear(x, wq, q, bias);
     EXPECT_TRUE(at::allclose(y, ref, 1e-4, 1e-4)) << (y - ref).abs().max().item<float>();
+    if (split.defined()) {
+      at::Tensor ys = QuantLinear(x, split, qs, bias);
+      EXPECT_TRUE(at::allclose(ys, ref, 1e-4, 1e-4)) << "split layout";
+    }
     const at::Device dev = TestDevice();
     if (dev.is_cuda()) {
       at::Tensor yd = QuantLinear(x.to(dev).to(at::kBFloat16), wq.to(dev), q, bias.to(dev).to(at::kBFloat16));
       const double err = ((yd.to(at::kCPU).to(at::kFloat) - ref).norm() / ref.norm()).item<double>();
       EXPECT_LT(err, 0.02) << "bf16 on CUDA, m=" << m;
+      if (split.defined()) {
+        at::Tensor ys = QuantLinear(x.to(dev).to(at::kBFloat16), split.to(dev), qs, bias.to(dev).to(at::kBFloat16));
+        EXPECT_LT(((ys.to(at::kCPU).to(at::kFloat) - ref).norm() / ref.norm()).item<double>(), 0.02) << "split, m=" << m;
+      }
       // A chunk of rows (8 rows, or the last 4 of a small weight) multiplies like the whole weight's rows.
       const int64_t first = c.n >= 16 ? 8 : c.n - 4, rows = c.n >= 16 ? 8 : 4;
       at::Tensor part = QuantLinear(x.to(dev).to(at::kBFloat16), wq.narrow(0, first, rows).to(dev), q, {});

@@ -274,6 +274,7 @@ struct Loader {
                                                       " has size_bytes " + std::to_string(wr.bytes) + ", expected " +
                                                       std::to_string(plain_bytes));
           }
+          wr.split = wr.format == quant::Format::kInt4 && wr.tier == schema::Tier::Gpu && br.device >= 0;
           if (wr.tier == schema::Tier::Gpu) {
             if (home == nullptr || w->offset_in_block() + wr.bytes > home_size) {
               return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": resident weight " +
@@ -428,13 +429,17 @@ struct Loader {
   }
 
   // Quantizes a floating-point checkpoint tensor into the row-quantized layout at w.home (pinned host memory, or
-  // the device arena through `bounce`), a slice of rows at a time.
+  // the device arena through `bounce`), a slice of rows at a time. A split weight (WeightQuant::split) puts each
+  // slice's values in the values block and its records, transposed, in the records block.
   Status QuantizeWeight(const WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce,
                         LoadProgress* progress) {
     const int64_t rows = w.rows, cols = w.shape.size() == 2 ? w.shape[1] : 0;
     const uint64_t row_bytes = w.row_bytes();
     const uint64_t src_row = w.source_row_bytes();
     const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / std::max<uint64_t>(src_row, 1)));
+    const uint64_t data_bytes = static_cast<uint64_t>(cols) / 2;  // split (int4) only
+    const int64_t groups = w.group > 0 ? cols / w.group : 0;
+    std::vector<uint8_t> records(w.split ? rows * groups * 4 : 0);  // [groups, rows] 4-byte records
     for (int64_t r = 0; r < rows; r += step) {
       const int64_t n = std::min(step, rows - r);
       std::span<const uint8_t> src(w.source + r * src_row, n * src_row);
@@ -446,11 +451,26 @@ struct Loader {
       Status q = quant::Quantize(src, static_cast<DType>(w.source_dtype), n, cols, w.format, w.group,
                                  std::span<uint8_t>(out, n * row_bytes));
       if (!q.ok()) return WithContext(q.take_error(), plan_name + ": quantizing " + w.name);
-      if (device_home) {
+      if (w.split) {
+        // Rows [r, r + n): their values to rows of the values block (now), record g of row r + i to [g, r + i] of
+        // the records block (gathered here, copied once after the last slice).
+        for (int64_t i = 0; i < n; ++i) {
+          const uint8_t* row = out + i * row_bytes;
+          for (int64_t g = 0; g < groups; ++g) std::memcpy(&records[(g * rows + r + i) * 4], row + data_bytes + 4 * g, 4);
+          std::memmove(out + i * data_bytes, row, data_bytes);  // row i's values never overlap a later row's
+        }
+        BIGPLAN_RETURN_IF_ERROR(CudaStatus(
+            cudaMemcpy(w.home + r * data_bytes, out, n * data_bytes, cudaMemcpyHostToDevice), "loading " + w.name));
+      } else if (device_home) {
         BIGPLAN_RETURN_IF_ERROR(CudaStatus(
             cudaMemcpy(w.home + r * row_bytes, out, n * row_bytes, cudaMemcpyHostToDevice), "loading " + w.name));
       }
       progress->Add(n * row_bytes);
+    }
+    if (w.split) {
+      BIGPLAN_RETURN_IF_ERROR(CudaStatus(cudaMemcpy(w.home + rows * data_bytes, records.data(), records.size(),
+                                                    cudaMemcpyHostToDevice),
+                                         "loading " + w.name));
     }
     return Status::Ok();
   }

@@ -29,6 +29,8 @@ struct WeightRuntime {
   // row_bytes() each, quantized from the checkpoint at load. kNone: numel values of `dtype`.
   quant::Format format = quant::Format::kNone;
   int64_t group = 0;
+  // An int4 weight resident on a GPU is stored split (WeightQuant::split): values, then transposed records.
+  bool split = false;
   schema::Tier tier = schema::Tier::Gpu;     // where it rests
   // Gpu tier: its bytes in the device arena (the host arena on the CPU); Cpu tier: in the pinned host pool.
   uint8_t* home = nullptr;

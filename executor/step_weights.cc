@@ -80,7 +80,7 @@ std::vector<int64_t> StepWeights::Shape(arch::Slot slot) const {
 WeightQuant StepWeights::Quant(arch::Slot slot) const {
   const Entry& e = At(slot);
   if (e.weight == nullptr || !e.weight->quantized() || e.weight->shape.size() != 2) return {};
-  return WeightQuant{e.weight->format, e.weight->group, e.weight->shape[1]};
+  return WeightQuant{e.weight->format, e.weight->group, e.weight->shape[1], e.weight->split};
 }
 
 std::string StepWeights::Name(arch::Slot slot) const {

@@ -19,5 +19,13 @@ for t in "${targets[@]}"; do
     rm -rf ".bundle/bin/$name.runfiles/torch" ".bundle/bin/$name.runfiles/cuda"  # that machine has its own
   fi
 done
+# Libraries from this machine's Debian packages that the GPU machine lacks (Google Benchmark, ICU, PCRE2,
+# SentencePiece): copied beside the binaries; gpu_env.sh puts .bundle/lib on the library path. (LibTorch, CUDA and
+# the C/C++ runtimes come from that machine.)
+mkdir -p .bundle/lib
+for bin in .bundle/bin/*; do
+  [[ -f "$bin" && -x "$bin" ]] || continue
+  ldd "$bin" 2>/dev/null | awk '/=> \//{print $3}' | grep -E '/lib(benchmark|icu|pcre2|sentencepiece)[^/]*$' || true
+done | sort -u | while read -r lib; do cp -L "$lib" .bundle/lib/; done
 cp tools/gpu_env.sh .bundle/gpu_env.sh
 du -sh .bundle
