@@ -136,7 +136,7 @@ void RunPool(benchmark::State& state, MatVecPool& pool) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(state.iterations() * w.layer_bytes);
-  state.SetLabel(std::string(quant::FormatName(format)) + " " + IsaName(pool.isa()) + " threads " +
+  state.SetLabel(std::string(RowsName(format)) + " " + IsaName(pool.isa()) + " threads " +
                  std::to_string(pool.threads()));
 }
 
@@ -199,7 +199,7 @@ void BM_PlainLoop(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(state.iterations() * w.layer_bytes);
-  state.SetLabel(std::string(quant::FormatName(format)) + " plain loop");
+  state.SetLabel(std::string(RowsName(format)) + " plain loop");
 }
 
 // The kernels' arithmetic rate: one thread over about 512 KiB of weights (4096 columns) that stay in L2.
@@ -220,7 +220,7 @@ void BM_InCache(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(state.iterations() * rows * row_bytes);
-  state.SetLabel(std::string(quant::FormatName(format)) + " " + IsaName(pool.isa()) + " in L2");
+  state.SetLabel(std::string(RowsName(format)) + " " + IsaName(pool.isa()) + " in L2");
 }
 
 // The cost of one small call (a bf16 job of 256 x 4096, 2 MiB that stays in cache) with all hardware threads

@@ -49,9 +49,6 @@ inline int64_t DataBytes(Format f, int64_t k) {
 }
 inline int64_t RecordBytes(Format f) { return f == Format::kNone ? 0 : 4; }
 
-// "bf16" for plain rows, else the quantized format's name.
-const char* RowsName(Format f) { return f == Format::kNone ? "bf16" : quant::FormatName(f); }
-
 // quant::RowBytes, with the kernels' own limits: a known format, at most 2^40 columns, even int4 groups.
 Result<int64_t> KernelRowBytes(Format format, int64_t cols, int64_t group) {
   if (format != Format::kNone && format != Format::kFp8E4M3 && format != Format::kInt8 && format != Format::kInt4)
@@ -281,6 +278,8 @@ bool MulOverflows(int64_t a, int64_t b) {
 std::string Str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
+
+const char* RowsName(Format format) { return format == Format::kNone ? "bf16" : quant::FormatName(format); }
 
 const char* IsaName(Isa isa) {
   switch (isa) {

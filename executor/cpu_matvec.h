@@ -29,6 +29,8 @@ namespace bigplan::cpu_matvec {
 
 // The row layout: quant::Format, where kNone stands for plain bf16 rows.
 using Format = quant::Format;
+// "bf16" for plain rows, else the quantized format's name (for messages and benchmark labels).
+const char* RowsName(Format format);
 
 // The kernels' instruction sets, in increasing order. kAuto: the best one this CPU supports.
 enum class Isa { kAuto, kScalar, kAvx2, kAvx512 };
