@@ -182,9 +182,12 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
     BIGPLAN_RETURN_IF_ERROR(ValidateAgainstCheckpoint(model, *checkpoint));
   }
   result.synthetic_checkpoint = !checkpoint.has_value();
+  if (request.weights == quant::Format::kNone && request.weights_group > 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "a weight group size needs a quantized --weights format");
+  }
   if (request.weights != quant::Format::kNone) {
     Progress(request, std::string("marking linear-layer weights ") + quant::FormatName(request.weights));
-    BIGPLAN_RETURN_IF_ERROR(ApplyWeightFormat(&result.model, request.weights));
+    BIGPLAN_RETURN_IF_ERROR(ApplyWeightFormat(&result.model, request.weights, request.weights_group));
   }
 
   result.exec_dtype = request.exec_dtype.value_or(DefaultExecDType(model));

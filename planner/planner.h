@@ -65,6 +65,9 @@ struct PlanRequest {
   // planner/weight_format.h), quantized by the executor at load. kNone: as the checkpoint (at the execution dtype).
   // Quantized weights rest on the GPU or in pinned CPU memory; a placement that would leave one on disk is refused.
   quant::Format weights = quant::Format::kNone;
+  // With `weights`: the group size of every quantized matrix (0: quant::DefaultGroup, i.e. per row for fp8/int8,
+  // 128 columns for int4 where it divides them).
+  int64_t weights_group = 0;
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };

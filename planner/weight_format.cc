@@ -6,7 +6,7 @@
 
 namespace bigplan {
 
-Status ApplyWeightFormat(ModelDescription* model, quant::Format format) {
+Status ApplyWeightFormat(ModelDescription* model, quant::Format format, int64_t group_size) {
   if (format == quant::Format::kNone) return Status::Ok();
   const arch::FamilyInfo* family = arch::FindFamily(model->architecture);
   if (family == nullptr) {
@@ -24,8 +24,14 @@ Status ApplyWeightFormat(ModelDescription* model, quant::Format format) {
         return MakeError(ErrorCode::kUnsupported, "tensor " + t.name + " is " + DTypeString(t.dtype) +
                                                       " in the checkpoint; only floating-point weights are quantized");
       }
-      Result<int64_t> group = quant::DefaultGroup(format, t.shape[1]);
+      Result<int64_t> group = group_size > 0 ? Result<int64_t>(group_size) : quant::DefaultGroup(format, t.shape[1]);
       if (!group.ok()) return WithContext(group.take_error(), "tensor " + t.name);
+      if (t.shape[1] % *group != 0 || (format == quant::Format::kInt4 && *group % 2 != 0)) {
+        return MakeError(ErrorCode::kInvalidArgument, "tensor " + t.name + " has " + std::to_string(t.shape[1]) +
+                                                          " columns: " + quant::FormatName(format) + " groups of " +
+                                                          std::to_string(*group) + " do not fit (the group must divide them" +
+                                                          (format == quant::Format::kInt4 ? " and be even)" : ")"));
+      }
       Result<uint64_t> bytes = quant::TensorBytes(format, t.shape[0], t.shape[1], *group);
       if (!bytes.ok()) return WithContext(bytes.take_error(), "tensor " + t.name);
       t.format = format;

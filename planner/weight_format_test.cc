@@ -78,6 +78,20 @@ TEST(WeightFormatTest, TiedHeadStaysPlainAndDescriptionRoundTrips) {
   EXPECT_NE(m.Digest(), Llama(true).Digest());  // the format is part of the plan's model digest
 }
 
+TEST(WeightFormatTest, AGivenGroupReplacesTheDefaultOrIsRefusedNamingTheTensor) {
+  ModelDescription m = Llama(false);
+  ASSERT_TRUE(ApplyWeightFormat(&m, quant::Format::kInt4, 32).ok());
+  for (const BlockDesc& b : m.blocks)
+    for (const TensorSpec& t : b.params)
+      if (t.format != quant::Format::kNone) EXPECT_EQ(t.group, 32) << t.name;
+  ModelDescription bad = Llama(false);
+  Status s = ApplyWeightFormat(&bad, quant::Format::kInt8, 256);  // down_proj has 704 columns
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(s.error().message.find("down_proj.weight has 704 columns"), std::string::npos) << s.error().message;
+  EXPECT_FALSE(ApplyWeightFormat(&bad, quant::Format::kInt4, 11).ok());
+}
+
 TEST(WeightFormatTest, NoneIsANoOpAndBadDescriptionsAreRefused) {
   ModelDescription m = Llama(false);
   const ModelDescription before = m;

@@ -64,6 +64,8 @@ constexpr const char* kUsage =
     "  --weights FORMAT         how linear-layer weights are stored and streamed: bf16 (as the execution dtype,\n"
     "                           default), fp8 (e4m3, a scale per row), int8 (a scale per row), int4 (groups of\n"
     "                           128 columns with a scale and a zero each); quantized by the executor at load\n"
+    "  --weights-group N        columns per scale of every quantized matrix (default: per row for fp8/int8,\n"
+    "                           128 for int4); 32 for checkpoints converted from GGUF Q4 blocks\n"
     "  --batch N                maximum batch size (default 1)\n"
     "  --seq-len N              maximum sequence length, prompt + generated (default 512)\n"
     "  --strategy NAME          placement strategy: auto (default), sequential (Accelerate's\n"
@@ -110,7 +112,7 @@ Result<nlohmann::json> ReadJsonFile(const std::string& path) {
 struct Flags {
   std::string model_dir, description, checkpoint, max_memory, dtype, strategy, memory_algorithm, profile,
       device_map, export_device_map, output, weights;
-  std::optional<uint32_t> batch, seq_len, prefetch_depth;
+  std::optional<uint32_t> batch, seq_len, prefetch_depth, weights_group;
   std::optional<uint64_t> chunk_bytes;
   std::string auto_candidates;
   bool quiet = false;
@@ -133,7 +135,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     switch (SplitFlag(argc, argv, &i,
                       {"--model", "--description", "--checkpoint", "--max-memory", "--dtype", "--batch", "--seq-len",
                        "--strategy", "--memory-algorithm", "--profile", "--device-map", "--export-device-map", "-o",
-                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates", "--weights"},
+                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates", "--weights", "--weights-group"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag \"" + flag + "\"");
@@ -145,6 +147,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     else if (flag == "--max-memory") f.max_memory = value;
     else if (flag == "--dtype") f.dtype = value;
     else if (flag == "--weights") f.weights = value;
+    else if (flag == "--weights-group") { BIGPLAN_ASSIGN_OR_RETURN(f.weights_group, kCli.ParsePositive(flag, value)); }
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParsePositive(flag, value)); }
     else if (flag == "--seq-len") { BIGPLAN_ASSIGN_OR_RETURN(f.seq_len, kCli.ParsePositive(flag, value)); }
     else if (flag == "--prefetch-depth") { BIGPLAN_ASSIGN_OR_RETURN(f.prefetch_depth, kCli.ParsePositive(flag, value)); }
@@ -212,6 +215,10 @@ Status Main(int argc, char** argv) {
     Result<quant::Format> w = quant::ParseFormat(f.weights);
     if (!w.ok()) return Usage("--weights: " + w.error().message);
     base.weights = *w;
+  }
+  if (f.weights_group) {
+    if (base.weights == quant::Format::kNone) return Usage("--weights-group needs --weights fp8, int8 or int4");
+    base.weights_group = *f.weights_group;
   }
   if (!f.auto_candidates.empty()) base.auto_candidates = f.auto_candidates;
   if (!f.quiet) base.progress = [](const std::string& m) { std::fprintf(stderr, "plan: %s\n", m.c_str()); };
