@@ -2,7 +2,9 @@
 # Perplexity of SmolLM2-135M-Instruct (fp32 plan, CPU) over the first 512 tokens of the GPL-3 text in windows of
 # 256 must equal transformers' (benchmarks/perplexity_hf.py, float32) within 0.5%, over the same number of tokens;
 # greedy agreement with transformers' argmaxes (through the argmax file) must be near 1; a run agrees with itself
-# exactly. Then the errors: missing, empty and unreadable texts, window < 2, a window past the plan's sequence
+# exactly. Each weight format (plan --weights) on the same tokens: int8 and fp8 per row, int4 in groups of 32 (the
+# grid this GGUF-converted checkpoint was quantized on) stay within a few percent of the unquantized perplexity and
+# agree greedily on most positions. Then the errors: missing, empty and unreadable texts, window < 2, a window past the plan's sequence
 # length, a reference argmax file of other tokens or another window.
 set -euo pipefail
 
@@ -57,6 +59,26 @@ grep "greedy agreement" "$work/agree.out"
 "$ppl" --quiet --plan "$work/smol.bplan" --model "$model" "${common[@]}" --reference-argmax "$work/ours.txt" \
   > "$work/self.out" 2>&1 || fail "--reference-argmax self: $(cat "$work/self.out")"
 grep -q "^greedy agreement: 1.000000" "$work/self.out" || fail "a run does not agree with itself: $(cat "$work/self.out")"
+
+# Weight formats: perplexity and greedy agreement against the unquantized plan (measured on the whole text in
+# benchmarks/RESULTS.md: int8 +0.4%, fp8 +1.0%, int4 groups of 32 +0.1%).
+for spec in "int8" "fp8" "int4 --weights-group 32"; do
+  name="${spec%% *}"
+  # shellcheck disable=SC2086
+  "$plan" --quiet --model "$model" --max-memory cpu=4GiB --dtype f32 --seq-len 256 --weights $spec \
+    -o "$work/$name.bplan" >/dev/null 2>&1 || fail "plan --weights $spec"
+  "$ppl" --quiet --plan "$work/$name.bplan" --model "$model" "${common[@]}" --reference-argmax "$work/ours.txt" \
+    --json "$work/$name.json" > "$work/$name.out" 2>&1 || fail "perplexity --weights $spec: $(cat "$work/$name.out")"
+  "$python" - "$work/ours.json" "$work/$name.json" "$spec" <<'PY' || fail "--weights $spec is too far from unquantized"
+import json, sys
+base, q = (json.load(open(p)) for p in sys.argv[1:3])
+rel = q["ppl"] / base["ppl"] - 1
+print(f"--weights {sys.argv[3]}: ppl {q['ppl']:.4f} ({rel:+.2%}), greedy agreement {q['agreement']:.3f}")
+assert q["weights"] == sys.argv[3].split()[0], q["weights"]
+assert abs(rel) < 0.03, rel
+assert q["agreement"] >= 0.85, q["agreement"]
+PY
+done
 
 # Errors: exit status and a message naming the file or the flag.
 expect_error() {  # expect_error STATUS PATTERN ARGS...
