@@ -16,6 +16,7 @@
 #include "executor/graph_decode.h"
 #include "executor/kernels.h"
 #include "executor/loader.h"
+#include "executor/host_products.h"
 #include "executor/step_weights.h"
 #include "executor/stream_engine.h"
 #include "executor/trace.h"
@@ -40,6 +41,7 @@ class Executor::Impl {
   std::unique_ptr<ModelState> state;
   std::unique_ptr<ModelKernels> kernels;
   std::unique_ptr<StreamEngine> engine;
+  std::unique_ptr<executor_internal::HostProducts> host;  // null without host units (or host_compute off)
   std::vector<StepWeights> weights;  // per block
   std::vector<BlockKv> kv;           // per block
   Clock::time_point created;
@@ -246,7 +248,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     std::lock_guard<std::mutex> lock(stats_mu);
     stats.graph_capture_error = graphs.capture_error();
   }
-  Status run = engine->BeginForward();
+  const bool host_pass = host != nullptr && batch * seq <= static_cast<int64_t>(state->host_max_tokens);
+  Status run = engine->BeginForward(host_pass);
   if (run.ok()) run = RunSteps(ids, batch, seq, last_only, &out);
   ForwardTimings timings;
   Status end = engine->EndForward(run.ok() ? &timings : nullptr);
@@ -307,8 +310,21 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
                                                                     .timing = true,
                                                                     .disk_direct_io = options.disk_direct_io}));
   impl->state->info.disk_read_mode = impl->engine->disk_read_mode();
+  if (options.host_compute) {
+    auto host = executor_internal::HostProducts::Create(*impl->state, options.host_threads);
+    if (!host.ok()) return PlanContentError(host.take_error(), plan_path);
+    impl->host = std::move(*host);
+  }
+  if (impl->host != nullptr) {
+    ModelInfo& info = impl->state->info;
+    info.host_max_tokens = impl->state->host_max_tokens;
+    info.host_threads = impl->host->threads();
+    for (const auto& b : impl->state->blocks)
+      for (const auto& w : b.weights)
+        if (w.host_row_begin >= 0) info.host_bytes += static_cast<uint64_t>(w.rows - w.host_row_begin) * w.row_bytes();
+  }
   for (uint32_t b = 0; b < impl->state->blocks.size(); ++b) {
-    auto w = StepWeights::Make(impl->engine.get(), *impl->state, b);
+    auto w = StepWeights::Make(impl->engine.get(), *impl->state, b, impl->host.get());
     if (!w.ok()) return PlanContentError(w.take_error(), plan_path);
     impl->weights.push_back(std::move(*w));
   }

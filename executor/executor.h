@@ -73,6 +73,12 @@ struct ExecutorOptions {
   // the execution dtype's rounding). A replayed step has no per-block events: its Stats::last_steps is empty and
   // it adds nothing to the trace but the time it takes in Stats::last_forward_ms.
   bool cuda_graphs = true;
+  // Host compute (plans made with `plan --cpu-share`): forwards of at most the plan's host_max_tokens tokens
+  // multiply the last rows of the streamed matrices the plan marks on the host CPU, with this many threads (0: every
+  // core; the calling thread is one of them), while the other rows stream. Off: every row streams (the plan's
+  // predictions for decode then do not hold).
+  bool host_compute = true;
+  int host_threads = 0;
 };
 
 struct ForwardOptions {
@@ -168,6 +174,10 @@ struct Stats {
   uint64_t disk_mmap_blocks = 0;       // "mmap" and "mmap_fallback"
   uint64_t disk_direct_fallbacks = 0;  // "mmap_fallback": the direct path was on but the block's reads did not fit
   uint64_t disk_read_bytes = 0;        // bytes read from shards by "direct" and "bounce" reads (whole pages)
+  // Weight bytes the host multiplied in place instead of copying (host units, ExecutorOptions::host_compute), and
+  // the forward passes that did.
+  uint64_t host_compute_bytes = 0;
+  uint64_t host_compute_forwards = 0;
   // Decode steps replayed from a CUDA graph (ExecutorOptions::cuda_graphs), and why graphs turned off when a
   // capture failed ("" otherwise): those steps, and every later one, ran eagerly.
   uint64_t graph_steps = 0;
@@ -201,6 +211,12 @@ struct ModelInfo {
   int partially_resident_blocks = 0;  // blocks with some weights resident and the rest streamed
   int stream_units = 0;               // units streamed per forward pass (all devices)
   int chunk_units = 0;                // of which row chunks of weights larger than the chunk size
+  // Host compute: forwards of at most this many tokens multiply the plan's host units on the host (0: none, or
+  // ExecutorOptions::host_compute off, or CPU mode), with host_threads threads; host_bytes of weight rows per
+  // such forward.
+  uint32_t host_max_tokens = 0;
+  int host_threads = 0;
+  uint64_t host_bytes = 0;
   uint64_t device_arena_bytes = 0;  // all device arenas
   uint64_t pinned_pool_bytes = 0;
   // How disk-tier shards are read: "o_direct", "pread+dontneed" (the filesystem refused O_DIRECT), "mmap"

@@ -43,6 +43,14 @@ Status BlockWeights::ReleaseChunk(arch::Slot slot, int /*i*/) const {
   return MakeError(ErrorCode::kNotFound, "weight '" + Name(slot) + "' is not streamed in chunks");
 }
 
+Status BlockWeights::HostBegin(const at::Tensor& /*x*/) const {
+  return MakeError(ErrorCode::kInternal, "these weights have no host compute");
+}
+
+Result<at::Tensor> BlockWeights::HostProduct(arch::Slot slot) const {
+  return MakeError(ErrorCode::kInternal, "weight '" + Name(slot) + "' has no rows the host computes");
+}
+
 namespace kernels_internal {
 namespace {
 
@@ -445,10 +453,21 @@ Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Te
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = shape[0];
   at::Tensor out = at::empty(out_shape, x.options());
+  // In a decode forward the host may compute the last rows: x goes to the host first, so the host can start as soon
+  // as the GPU reaches this point, while the GPU's chunks are multiplied as their copies land.
+  const int64_t host_begin = std::min(w.weights->HostRowBegin(w.slot), shape[0]);
+  if (host_begin < shape[0]) BIGPLAN_RETURN_IF_ERROR(w.weights->HostBegin(x));
   BIGPLAN_RETURN_IF_ERROR(ForEachChunk(w, [&](const at::Tensor& chunk, int64_t row_begin) {
+    if (row_begin >= host_begin) return;  // the host's rows (not copied in this forward)
     out.narrow(-1, row_begin, chunk.size(0))
         .copy_(w.quant.quantized() ? QuantLinear(x, chunk, w.quant, {}) : at::linear(x, chunk));
   }));
+  if (host_begin < shape[0]) {
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor y, w.weights->HostProduct(w.slot));
+    std::vector<int64_t> y_shape = out_shape;
+    y_shape.back() = shape[0] - host_begin;
+    out.narrow(-1, host_begin, shape[0] - host_begin).copy_(y.view(y_shape));
+  }
   if (b.defined()) out.add_(b);
   return out;
 }

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -100,6 +101,18 @@ class BlockWeights {
   virtual Result<at::Tensor> AcquireChunk(arch::Slot slot, int i, int64_t* row_begin) const;
   // Marks chunk i consumed once the operation reading it has been issued on the current stream.
   virtual Status ReleaseChunk(arch::Slot slot, int i) const;
+  // Host compute (a decode forward of a plan whose stream units include `host` ones, schema/plan.fbs): the first row
+  // of the chunked matrix in `slot` whose product the host computes in this forward; INT64_MAX when it computes none
+  // (the default). Chunks from that row on are still acquired and released in order, but hold no bytes.
+  virtual int64_t HostRowBegin(arch::Slot /*slot*/) const { return INT64_MAX; }
+  // Starts copying x ([..., cols], at most Plan.host_max_tokens rows of cols) to the host on the current stream,
+  // for the HostProduct calls that follow; a no-op when x is the tensor given last in this step (x must not be
+  // changed in place in between).
+  virtual Status HostBegin(const at::Tensor& x) const;
+  // x (of the last HostBegin) times rows [HostRowBegin(slot), rows) of the matrix in `slot`, computed by the host
+  // CPU: [tokens, rows - HostRowBegin(slot)] in x's dtype on x's device, ready in stream order on the current
+  // stream.
+  virtual Result<at::Tensor> HostProduct(arch::Slot slot) const;
 };
 
 // A decoder layer's KV cache: k and v each [max_batch, num_kv_heads, max_seq_len, head_dim], execution dtype,

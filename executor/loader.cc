@@ -398,6 +398,11 @@ struct Loader {
         } else if (ur.row_begin != 0) {
           return MakeError(ErrorCode::kCorrupt, plan_name + ": the units of " + w.name + " do not start at row 0");
         }
+        ur.host_compute = un->host() && !state.cpu_mode;
+        if (un->host()) {
+          // VerifyPlan checked that host units are a suffix of their weight's chunks (Cpu source, a matrix).
+          if (w.host_row_begin < 0) w.host_row_begin = ur.row_begin;
+        }
         w.units.push_back(u);
         w.chunked = w.chunked || !ur.whole;
         if (ur.whole) br.whole_units.push_back(u);
@@ -693,6 +698,7 @@ Result<std::unique_ptr<ModelState>> LoadModelState(PlanFile plan_file, const std
   state->checkpoint_dir = checkpoint_dir;
   state->cpu_mode = options.cpu_mode;
   const schema::Plan& plan = state->plan->plan();
+  state->host_max_tokens = options.cpu_mode ? 0 : plan.host_max_tokens();
   {
     BIGPLAN_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(checkpoint_dir));
     BIGPLAN_RETURN_IF_ERROR(CheckPlanAgainstCheckpoint(*state->plan, checkpoint));

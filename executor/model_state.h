@@ -44,6 +44,9 @@ struct WeightRuntime {
   // units in its device's stream, in row order. Empty for a weight used where it rests.
   std::vector<uint32_t> units;
   bool chunked = false;  // streamed in row chunks (the units are not whole)
+  // >= 0: rows [host_row_begin, rows) are the plan's `host` units, which the host computes in decode forwards
+  // (StreamEngine::BeginForward(true)) from `home` in pinned memory; -1: none.
+  int64_t host_row_begin = -1;
   uint64_t row_bytes() const { return rows > 0 ? bytes / static_cast<uint64_t>(rows) : bytes; }
   uint64_t source_row_bytes() const { return rows > 0 ? source_bytes / static_cast<uint64_t>(rows) : source_bytes; }
   bool quantized() const { return format != quant::Format::kNone; }
@@ -92,6 +95,7 @@ struct UnitRuntime {
   uint64_t file_offset = 0;
   uint64_t file_bytes = 0;
   bool cast = false;                   // the file dtype differs from the execution dtype
+  bool host_compute = false;           // a `host` unit (schema::Unit::host) of a GPU stream: not copied in decode
   uint8_t* disk_slot = nullptr;
   uint64_t disk_slot_bytes = 0;
   int32_t disk_wait_unit = -1;
@@ -127,6 +131,9 @@ struct ModelState {
   std::vector<StreamRuntime> streams;
   std::vector<int> cuda_devices;     // distinct CUDA devices blocks run on (empty in CPU mode)
   bool cpu_mode = false;
+  // Plan.host_max_tokens: forwards of at most this many tokens compute the host units on the host (0: none; also in
+  // CPU mode, where every weight is used where it rests).
+  uint32_t host_max_tokens = 0;
   ModelInfo info;
   uint64_t loaded_bytes = 0;
   double load_seconds = 0;

@@ -14,9 +14,11 @@ std::vector<int64_t> RowsShape(const WeightRuntime& w, int64_t rows) {
 
 }  // namespace
 
-Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& state, uint32_t block) {
+Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& state, uint32_t block,
+                                      HostProducts* host) {
   StepWeights sw;
   sw.engine_ = engine;
+  sw.host_ = host;
   sw.block_ = &state.blocks[block];
   const BlockRuntime& b = *sw.block_;
   sw.stream_ = b.stream >= 0 ? &state.streams[b.stream] : nullptr;
@@ -40,6 +42,7 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
 }
 
 Status StepWeights::Prepare() {
+  if (host_ != nullptr) host_->Reset();
   try {
     for (Entry& e : entries_) {
       if (e.weight == nullptr) continue;
@@ -113,6 +116,39 @@ Status StepWeights::ReleaseChunk(arch::Slot slot, int i) const {
     return MakeError(ErrorCode::kInternal, block_->name + ": no chunk " + std::to_string(i) + " of " + Name(slot));
   }
   return engine_->ReleaseChunk(block_->stream, e.weight->units[i]);
+}
+
+int64_t StepWeights::HostRowBegin(arch::Slot slot) const {
+  const Entry& e = At(slot);
+  if (host_ == nullptr || e.weight == nullptr || e.weight->host_row_begin < 0 || !engine_->host_pass()) return INT64_MAX;
+  return e.weight->host_row_begin;
+}
+
+Status StepWeights::HostBegin(const at::Tensor& x) const {
+  if (host_ == nullptr) return BlockWeights::HostBegin(x);
+  try {
+    return host_->Begin(x, engine_->compute_stream(block_->device));
+  } catch (const std::exception& ex) {
+    return MakeError(ErrorCode::kDevice, block_->name + ": host compute input: " + ex.what());
+  }
+}
+
+Result<at::Tensor> StepWeights::HostProduct(arch::Slot slot) const {
+  const Entry& e = At(slot);
+  if (host_ == nullptr || e.weight == nullptr || e.weight->host_row_begin < 0) return BlockWeights::HostProduct(slot);
+  const WeightRuntime& w = *e.weight;
+  const double start = engine_->NowUs();
+  Result<at::Tensor> y = MakeError(ErrorCode::kInternal, "unset");
+  try {
+    y = host_->Product(w, w.host_row_begin, engine_->compute_stream(block_->device));
+  } catch (const std::exception& ex) {
+    return MakeError(ErrorCode::kDevice, block_->name + ": host compute of " + w.name + ": " + ex.what());
+  }
+  if (!y.ok()) return WithContext(y.take_error(), block_->name);
+  engine_->RecordHostProduct(block_->index, w.name + "[" + std::to_string(w.host_row_begin) + ":" +
+                                                std::to_string(w.rows) + "]",
+                             static_cast<uint64_t>(w.rows - w.host_row_begin) * w.row_bytes(), start, engine_->NowUs());
+  return y;
 }
 
 }  // namespace bigplan::executor_internal

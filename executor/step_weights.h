@@ -9,6 +9,7 @@
 #include <array>
 #include <vector>
 
+#include "executor/host_products.h"
 #include "executor/kernels.h"
 #include "executor/model_state.h"
 #include "executor/stream_engine.h"
@@ -20,7 +21,9 @@ at::ScalarType ToScalarType(schema::DType dtype);
 class StepWeights : public BlockWeights {
  public:
   // Resident and in-place (Cpu tier on the CPU) weights get their views here; kDevice on a LibTorch failure.
-  static Result<StepWeights> Make(StreamEngine* engine, const ModelState& state, uint32_t block);
+  // `host`: the executor's host compute (nullptr when the plan has no host units).
+  static Result<StepWeights> Make(StreamEngine* engine, const ModelState& state, uint32_t block,
+                                  HostProducts* host = nullptr);
 
   // After StreamEngine::BeginStep of the block's step: views of its whole streamed units for this step.
   Status Prepare();
@@ -32,6 +35,9 @@ class StepWeights : public BlockWeights {
   std::string Name(arch::Slot slot) const override;
   Result<at::Tensor> AcquireChunk(arch::Slot slot, int i, int64_t* row_begin) const override;
   Status ReleaseChunk(arch::Slot slot, int i) const override;
+  int64_t HostRowBegin(arch::Slot slot) const override;
+  Status HostBegin(const at::Tensor& x) const override;
+  Result<at::Tensor> HostProduct(arch::Slot slot) const override;
 
  private:
   struct Entry {
@@ -40,6 +46,7 @@ class StepWeights : public BlockWeights {
   };
   const Entry& At(arch::Slot slot) const;
   StreamEngine* engine_ = nullptr;
+  HostProducts* host_ = nullptr;
   const BlockRuntime* block_ = nullptr;
   const StreamRuntime* stream_ = nullptr;
   at::TensorOptions options_;

@@ -27,6 +27,8 @@ struct StreamEngine::Stream {
   std::vector<CudaEvent> ready, release, copy_start, copy_end;  // per unit (copy_*: empty without timing)
   // Per unit, the pass (generation) of its latest copy issue, release and disk read (guarded by mu_).
   std::vector<uint64_t> issued, released, read;
+  // Per unit, the pass in which it was skipped (a host unit of a host-compute pass: not copied; guarded by mu_).
+  std::vector<uint64_t> skipped;
   std::vector<const uint8_t*> h2d_source;  // Disk units: where the read put the unit's bytes
   std::vector<const uint8_t*> data;        // where each unit's bytes are for the current step
   std::vector<double> read_start, read_end;
@@ -78,6 +80,7 @@ Status StreamEngine::Init() {
     s->issued.assign(n, 0);
     s->released.assign(n, 0);
     s->read.assign(n, 0);
+    s->skipped.assign(n, 0);
     s->h2d_source.assign(n, nullptr);
     s->data.assign(n, nullptr);
     s->read_start.assign(n, 0);
@@ -210,6 +213,7 @@ Status StreamEngine::IssueCopy(Stream* s, uint32_t u) {
 
 void StreamEngine::CopyLoop(Stream* s) {
   uint64_t gen = 0;
+  bool host_pass = false;
   const std::vector<UnitRuntime>& units = s->rt->units;
   for (;;) {
     {
@@ -217,12 +221,25 @@ void StreamEngine::CopyLoop(Stream* s) {
       cv_.wait(lock, [&] { return stop_ || gen_ > gen; });
       if (stop_) return;
       gen = gen_;
+      host_pass = host_pass_ == gen;
     }
     Status st = Cuda(cudaSetDevice(s->device), "cudaSetDevice");
     for (uint32_t u = 0; u < units.size() && st.ok(); ++u) {
       const UnitRuntime& un = units[u];
       const int32_t w = un.wait_unit;
       const bool this_pass = w >= 0 && static_cast<uint32_t>(w) < u;
+      if (un.host_compute && host_pass) {
+        // The host computes these rows in this pass: nothing to copy and nothing to wait for (its release still
+        // comes at its place in the compute order, so the units that reuse its ring bytes wait as planned).
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (s->issued[u] == gen) continue;
+          s->skipped[u] = gen;
+          s->issued[u] = gen;
+        }
+        cv_.notify_all();
+        continue;
+      }
       {
         std::unique_lock<std::mutex> lock(mu_);
         if (s->issued[u] == gen) continue;  // copied ahead, while the previous pass finished (RunAhead)
@@ -246,11 +263,11 @@ void StreamEngine::CopyLoop(Stream* s) {
       s->done = gen;
     }
     cv_.notify_all();
-    if (st.ok()) RunAhead(s, gen);
+    if (st.ok()) RunAhead(s, gen, host_pass);
   }
 }
 
-void StreamEngine::RunAhead(Stream* s, uint64_t gen) {
+void StreamEngine::RunAhead(Stream* s, uint64_t gen, bool host_pass) {
   // The leading units of the next pass whose ring bytes were last used in pass `gen` (wait_unit >= their index)
   // and whose bytes are in the pinned pool: each is copied once its predecessor's release in pass `gen` has been
   // recorded, so the copy stream stays busy through this pass's last computations and the host's turn between
@@ -264,6 +281,9 @@ void StreamEngine::RunAhead(Stream* s, uint64_t gen) {
     // (w < 0 never comes from the planner, whose cyclic order makes a unit at least its own predecessor; such a
     // unit could be copied again before this pass's kernels acquired it, so it ends the run too.)
     if (un.source != schema::Tier::Cpu || w < 0 || static_cast<uint32_t>(w) < u) return;
+    // A host unit after a host-compute pass: the next pass is most likely a decode step that skips it (a prefill
+    // copies it in its own loop).
+    if (un.host_compute && host_pass) return;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stop_ || gen_ != gen || s->released[w] == gen; });
@@ -386,9 +406,10 @@ Status StreamEngine::ReadUnit(int worker, Stream* s, uint32_t u) {
   return Status::Ok();
 }
 
-Status StreamEngine::BeginForward() {
+Status StreamEngine::BeginForward(bool host_compute) {
   wall_start_ = std::chrono::steady_clock::now();
-  cpu_bytes_ = disk_bytes_ = disk_h2d_bytes_ = disk_read_bytes_ = 0;
+  cpu_bytes_ = disk_bytes_ = disk_h2d_bytes_ = disk_read_bytes_ = host_bytes_ = 0;
+  host_products_.clear();
   direct_units_ = bounce_units_ = mmap_units_ = units_ = 0;
   for (Device& d : devices_) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(d.device), "cudaSetDevice"));
@@ -398,12 +419,33 @@ Status StreamEngine::BeginForward() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++gen_;
+    if (host_compute) host_pass_ = gen_;
     abort_ = false;
     error_ = Status::Ok();
     next_read_ = 0;
   }
   cv_.notify_all();
   return Status::Ok();
+}
+
+bool StreamEngine::host_pass() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return host_pass_ == gen_;
+}
+
+double StreamEngine::NowUs() const { return WallUs(); }
+
+void StreamEngine::RecordHostProduct(uint32_t block, const std::string& what, uint64_t bytes, double start_us,
+                                     double end_us) {
+  CopyTiming c;
+  c.step = state_->blocks[block].step;
+  c.block = block;
+  c.source = "host";
+  c.bytes = bytes;
+  c.what = what;
+  c.start_us = start_us;
+  c.end_us = end_us;
+  host_products_.push_back(std::move(c));
 }
 
 Status StreamEngine::PrepareOnCpu(Stream* s, uint32_t u) {
@@ -449,6 +491,10 @@ Status StreamEngine::Acquire(Stream* s, uint32_t u) {
     }
   }
   ++units_;
+  if (un.host_compute && host_pass_ == gen_) {
+    host_bytes_ += un.bytes;  // not copied: the host computes its rows from where they rest
+    return Status::Ok();
+  }
   if (un.source == schema::Tier::Cpu) {
     cpu_bytes_ += un.bytes;
   } else {
@@ -578,6 +624,8 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
   t->disk_bounce_blocks = bounce_units_;
   t->disk_mmap_blocks = mmap_units_;
   t->units = units_;
+  t->host_compute_bytes = host_bytes_;
+  for (const CopyTiming& h : host_products_) t->copies.push_back(h);
   auto device_offset = [&](int device) {
     for (const Device& d : devices_)
       if (d.device == device) return d.start_offset_us;
@@ -626,7 +674,7 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
         r.what = UnitName(*state_, un);
         t->copies.push_back(r);
       }
-      if (!options_.timing) continue;
+      if (!options_.timing || s->skipped[u] == gen) continue;
       CopyTiming c;
       c.step = b.step;
       c.block = un.block;

@@ -64,7 +64,15 @@ class StreamEngine {
 
   // One forward pass, on the calling thread: BeginForward; per step: BeginStep, (kernels: AcquireChunk /
   // ReleaseChunk), EndStep; then EndForward (also after a failure).
-  Status BeginForward();
+  // `host_compute`: this pass computes the plan's host units on the host (a decode forward of at most
+  // Plan.host_max_tokens tokens): the copy thread skips them without waiting, and acquiring one waits for nothing.
+  Status BeginForward(bool host_compute = false);
+  // Whether the current pass computes the host units on the host.
+  bool host_pass() const;
+  // The engine's clock for this pass (microseconds since BeginForward), and a host product's timing for the trace
+  // (source "host"), returned by EndForward among the copies. Called by the compute thread.
+  double NowUs() const;
+  void RecordHostProduct(uint32_t block, const std::string& what, uint64_t bytes, double start_us, double end_us);
   Status BeginStep(uint32_t step);
   // Where a unit's bytes are for the current step (GPU: its ring bytes; CPU: in place, or its ring bytes after a
   // cast). For a whole unit of the current block, valid after BeginStep; for a chunk, AcquireChunk returns it.
@@ -80,7 +88,7 @@ class StreamEngine {
   Status Init();
   void CopyLoop(Stream* s);
   // Copy thread: after issuing pass `gen`, copies the next pass's leading units early (see the .cc).
-  void RunAhead(Stream* s, uint64_t gen);
+  void RunAhead(Stream* s, uint64_t gen, bool host_pass);
   // Enqueues one unit's H2D copy on its stream's copy stream (after its wait_unit's release) with its events.
   Status IssueCopy(Stream* s, uint32_t u);
   void ReadLoop(int worker);
@@ -110,9 +118,10 @@ class StreamEngine {
   std::unique_ptr<WorkerPool> read_pieces_;
 
   // Shared with the copy and read threads.
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   uint64_t gen_ = 0;        // the current pass
+  uint64_t host_pass_ = 0;  // the latest pass that computes the host units on the host
   bool abort_ = false;      // the current pass failed: threads stop waiting
   bool stop_ = false;
   size_t next_read_ = 0;    // next job of read_jobs_
@@ -120,7 +129,8 @@ class StreamEngine {
   Status error_;
   std::vector<std::thread> threads_;
   std::chrono::steady_clock::time_point wall_start_;
-  uint64_t cpu_bytes_ = 0, disk_bytes_ = 0, disk_h2d_bytes_ = 0, disk_read_bytes_ = 0;
+  uint64_t cpu_bytes_ = 0, disk_bytes_ = 0, disk_h2d_bytes_ = 0, disk_read_bytes_ = 0, host_bytes_ = 0;
+  std::vector<CopyTiming> host_products_;  // this pass's (compute thread only)
   uint64_t direct_units_ = 0, bounce_units_ = 0, mmap_units_ = 0, units_ = 0;
 };
 

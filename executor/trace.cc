@@ -53,6 +53,8 @@ void AccountForward(const ForwardTimings& t, int64_t batch, int64_t seq, double 
                     const std::vector<BlockLabel>& blocks, Stats* stats, TraceRecorder* trace) {
   ++stats->forward_count;
   stats->cpu_tier_bytes += t.cpu_tier_bytes;
+  stats->host_compute_bytes += t.host_compute_bytes;
+  stats->host_compute_forwards += t.host_compute_bytes > 0 ? 1 : 0;
   stats->disk_tier_bytes += t.disk_tier_bytes;
   stats->disk_h2d_bytes += t.disk_h2d_bytes;
   stats->disk_direct_blocks += t.disk_direct_blocks;
@@ -91,7 +93,10 @@ void AccountForward(const ForwardTimings& t, int64_t batch, int64_t seq, double 
     std::string name = "copy " + (c.what.empty() ? b.name : c.what);
     std::vector<std::pair<std::string, std::string>> args{
         {"step", std::to_string(c.step)}, {"forward", fwd}, {"source", c.source}, {"bytes", std::to_string(c.bytes)}};
-    if (c.source == "disk_read") {
+    if (c.source == "host") {
+      track = "host compute";
+      name = "host " + (c.what.empty() ? b.name : c.what);
+    } else if (c.source == "disk_read") {
       track = c.worker < 0 ? "disk (inline)" : "disk worker " + std::to_string(c.worker);
       name = "read " + (c.what.empty() ? b.name : c.what);
       args.emplace_back("read", c.read);

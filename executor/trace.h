@@ -49,6 +49,7 @@ struct ForwardTimings {
   uint64_t disk_direct_fallbacks = 0;
   uint64_t disk_read_bytes = 0;
   uint64_t units = 0;
+  uint64_t host_compute_bytes = 0;  // weight rows the host multiplied instead of copying (host units)
 };
 
 // How a block is named in trace events (StepTiming::block and CopyTiming::block index a vector of these).

@@ -97,6 +97,11 @@ double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
   return source == schema::Tier::Gpu ? 0.0 : us;
 }
 
+double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& p) {
+  if (!(p.cpu_gemv_gbps > 0)) return 0;
+  return static_cast<double>(bytes) / (p.cpu_gemv_gbps * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
+}
+
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& p) {
   return static_cast<double>(bytes) / (p.h2d_gbps * 1e9) * 1e6;
 }
@@ -107,8 +112,9 @@ double UnitReadMicros(uint64_t file_bytes, const DeviceProfile& p) {
 
 ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& compute_us,
                                   const std::vector<int32_t>& devices, const DeviceProfile& profile,
-                                  const std::vector<double>& host_us) {
+                                  const std::vector<double>& host_us, uint32_t host_tokens) {
   ForwardPrediction f;
+  const bool host_mode = host_tokens > 0;
   const size_t n = s.steps.size();
   f.step_start.assign(n, 0);
   f.step_end.assign(n, 0);
@@ -143,6 +149,7 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
     while (ss.next_copy <= upto && ss.next_copy < st.units.size()) {
       const size_t u = ss.next_copy++;
       const StreamUnitPlan& un = st.units[u];
+      if (host_mode && un.host) continue;  // not copied: the host computes its rows
       double ready = 0;
       if (un.wait_unit >= 0 && static_cast<size_t>(un.wait_unit) < u) ready = ss.release[un.wait_unit];
       if (un.source == Tier::kDisk) {
@@ -182,7 +189,7 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
           ensure_copied(ss, u);
           start = std::max(start, ss.copy_end[u]);
         } else {
-          chunk_bytes += st.units[u].bytes;
+          if (!(host_mode && st.units[u].host)) chunk_bytes += st.units[u].bytes;
         }
       }
       const double total = compute_us[i];
@@ -192,6 +199,13 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
       for (size_t u : ub->second) {
         if (st.units[u].whole) continue;
         ensure_copied(ss, u);
+        if (host_mode && st.units[u].host) {
+          const bool first = u == 0 || !st.units[u - 1].host || st.units[u - 1].weight != st.units[u].weight ||
+                             st.units[u - 1].block != st.units[u].block;
+          t += HostProductMicros(st.units[u].bytes, host_tokens, profile) + (first ? kHostProductMicros : 0.0);
+          ss.release[u] = t;
+          continue;
+        }
         const double ready = ss.copy_end[u];
         if (ready > t) f.compute_stall_us += ready - t;
         t = std::max(t, ready) +
@@ -217,11 +231,12 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
   return f;
 }
 
-double CopyFloorMicros(const Schedule& s, const DeviceProfile& profile) {
+double CopyFloorMicros(const Schedule& s, const DeviceProfile& profile, bool skip_host) {
   double floor = 0;
   for (const DeviceStreamPlan& st : s.streams) {
     double h2d = 0, disk = 0;
     for (const StreamUnitPlan& u : st.units) {
+      if (skip_host && u.host) continue;
       h2d += UnitCopyMicros(u.bytes, profile);
       if (u.source == Tier::kDisk) disk += UnitReadMicros(u.file_bytes, profile);
     }

@@ -91,6 +91,10 @@ inline constexpr double kHostOpMicros = 10.8;
 // replayed in 9.13 ms (32 layers x 41 kernels; 0.129 ms of weight reads per layer at 2991 GB/s).
 inline constexpr double kGraphKernelMicros = 3.8;
 inline constexpr double kCpuOpMicros = 2.0;
+// kHostProductMicros: the fixed cost of one matrix whose last rows the host computes in a decode forward (planner/
+// host_compute.h), beyond reading those rows: the activation's copy to the host and the wait for it, waking the
+// host's threads, the partial result's copy back and the join on the GPU.
+inline constexpr double kHostProductMicros = 25.0;
 
 // What one block computes, independent of placement.
 struct BlockWork {
@@ -140,6 +144,11 @@ double HostDispatchMicros(const BlockWork& work);
 
 // Copy time of `bytes` of a streamed block from `source` (Cpu or Disk) to `device`: B / h2d (+ B / disk for Disk).
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& profile);
+// The host's product over `bytes` of weight rows for a forward of `tokens` tokens: bytes / cpu_gemv_gbps x
+// max(1, tokens / 4) (reading the weights bounds it for a few tokens; past that the multiply-adds grow with the
+// tokens). 0 when the profile has no cpu_gemv_gbps.
+double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& profile);
+
 // A stream unit's H2D copy (bytes / h2d_gbps) and its disk read (file bytes / disk_gbps).
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& profile);
 double UnitReadMicros(uint64_t file_bytes, const DeviceProfile& profile);
@@ -161,13 +170,17 @@ struct ForwardPrediction {
 //     its read finished; reads run in order on the disk, each once the H2D copy of the unit whose disk slot it
 //     reuses finished;
 //   * a block with chunks runs half of its compute before its chunks and spreads the other half over them by bytes.
+//   * with `host_tokens` > 0 (a decode forward of that many tokens that computes the `host` units on the host), host
+//     units are not copied: the compute thread spends HostProductMicros on each in its place among the chunks (plus
+//     kHostProductMicros per matrix), and releases it after.
 // `devices`: each block's compute device. `host_us`: per-step host dispatch times (empty = folded into compute_us).
 ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<double>& compute_us,
                                   const std::vector<int32_t>& devices, const DeviceProfile& profile,
-                                  const std::vector<double>& host_us = {});
+                                  const std::vector<double>& host_us = {}, uint32_t host_tokens = 0);
 
 // The lower bound for the streamed part of a forward: over devices, the larger of the summed H2D copy times and
-// the summed disk read times of its units.
-double CopyFloorMicros(const Schedule& schedule, const DeviceProfile& profile);
+// the summed disk read times of its units (`skip_host`: without the `host` units, as a decode forward that computes
+// them on the host).
+double CopyFloorMicros(const Schedule& schedule, const DeviceProfile& profile, bool skip_host = false);
 
 }  // namespace bigplan

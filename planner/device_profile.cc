@@ -29,7 +29,7 @@ Error Invalid(const std::string& source, const std::string& what) {
 Result<DeviceProfile> DeviceProfileFromJson(const nlohmann::json& j, const std::string& source) {
   if (!j.is_object()) return MakeError(ErrorCode::kCorrupt, source + ": a device profile must be a JSON object");
   for (const auto& [key, value] : j.items()) {
-    bool known = key == "name";
+    bool known = key == "name" || key == "cpu_gemv_gbps";
     for (const RateField& f : kRates) known = known || key == f.key;
     if (!known) return Invalid(source, "unknown key \"" + key + "\" in the device profile");
   }
@@ -48,6 +48,13 @@ Result<DeviceProfile> DeviceProfileFromJson(const nlohmann::json& j, const std::
       return Invalid(source, std::string("\"") + f.key + "\" must be a positive number, not " + it->dump());
     p.*(f.member) = v;
   }
+  if (auto it = j.find("cpu_gemv_gbps"); it != j.end()) {
+    if (!it->is_number()) return Invalid(source, "\"cpu_gemv_gbps\" must be a number");
+    const double v = it->get<double>();
+    if (!std::isfinite(v) || v < 0)
+      return Invalid(source, "\"cpu_gemv_gbps\" must be a number >= 0 (0: not measured), not " + it->dump());
+    p.cpu_gemv_gbps = v;
+  }
   return p;
 }
 
@@ -65,6 +72,7 @@ nlohmann::json DeviceProfileToJson(const DeviceProfile& p) {
   nlohmann::ordered_json o;
   o["name"] = p.name;
   for (const RateField& f : kRates) o[f.key] = p.*(f.member);
+  if (p.cpu_gemv_gbps > 0) o["cpu_gemv_gbps"] = p.cpu_gemv_gbps;
   return nlohmann::json::parse(o.dump());
 }
 

@@ -9,6 +9,10 @@
 //   "matmul_tflops"    dense matmul rate at the execution dtype, TFLOP/s
 //   "cpu_mem_gbps"     host memory bandwidth (for blocks computed on the CPU), GB/s
 //   "cpu_gflops"       host matmul rate (for blocks computed on the CPU), GFLOP/s
+// and optionally
+//   "cpu_gemv_gbps"    the host's multi-threaded matrix-vector product over bf16 weight rows in pinned memory while
+//                      H2D copies run, GB/s of weights read (planner/host_compute.h; absent or 0: not measured, and
+//                      `plan --cpu-share auto` cannot choose a share)
 // Bundled: planner/profiles/h100-pcie5.json (measured) and planner/profiles/cpu.json (conservative, for CPU-only
 // plans). DefaultGpuProfile()/DefaultCpuProfile() return the same numbers without reading a file.
 #pragma once
@@ -31,6 +35,7 @@ struct DeviceProfile {
   double matmul_tflops = 0;
   double cpu_mem_gbps = 0;
   double cpu_gflops = 0;
+  double cpu_gemv_gbps = 0;  // 0: not measured
   bool operator==(const DeviceProfile&) const = default;
 };
 

@@ -212,7 +212,7 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
       if (u.source == Tier::kDisk) us += UnitReadMicros(u.file_bytes, c.profile);
       units.push_back(schema::CreateUnit(fb, u.block, u.weight, u.row_begin, u.row_end, ToSchemaTier(u.source),
                                          u.bytes, u.whole, u.ring_offset, u.wait_unit, u.disk_slot_offset,
-                                         u.disk_slot_bytes, u.disk_wait_unit, us));
+                                         u.disk_slot_bytes, u.disk_wait_unit, us, u.host));
     }
     auto ring = sched.ring_buffer.find(st.device);
     auto disk_ring = sched.disk_ring_buffer.find(st.device);
@@ -250,14 +250,15 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
 
   const DeviceProfile& p = c.profile;
   auto profile = schema::CreateDeviceProfileDirect(fb, p.name.c_str(), p.h2d_gbps, p.d2h_gbps, p.disk_gbps,
-                                                   p.device_mem_gbps, p.matmul_tflops, p.cpu_mem_gbps, p.cpu_gflops);
+                                                   p.device_mem_gbps, p.matmul_tflops, p.cpu_mem_gbps, p.cpu_gflops,
+                                                   p.cpu_gemv_gbps);
   auto run_shape = schema::CreateRunShape(fb, c.run.max_batch, c.run.max_seq_len);
   const std::string digest = model.Digest();
   auto plan = schema::CreatePlanDirect(fb, kPlanVersion, kGeneratorName, c.strategy.c_str(), model.name.c_str(),
                                        digest.c_str(), config, fingerprint, ToSchema(c.exec_dtype), run_shape,
                                        &budgets, profile, &tensors, &blocks, &buffers, &arenas, &steps, &usage,
                                        c.predicted_decode_us, c.predicted_prefill_us, kPlanChecksumPlaceholder,
-                                       &streams, ToSchemaFormat(c.weights));
+                                       &streams, ToSchemaFormat(c.weights), c.host_max_tokens);
   schema::FinishPlanBuffer(fb, plan);
   std::vector<uint8_t> bytes(fb.GetBufferPointer(), fb.GetBufferPointer() + fb.GetSize());
   BIGPLAN_RETURN_IF_ERROR(SealPlan(&bytes));

@@ -71,6 +71,9 @@ struct PlanContent {
   std::vector<BlockPlacement> placement;        // parallel to model->blocks
   const Schedule* schedule = nullptr;
   std::vector<BlockCost> block_costs;           // parallel to the blocks
+  // Plan.host_max_tokens: forwards of at most this many tokens compute the schedule's `host` units on the host (0
+  // when there are none).
+  uint32_t host_max_tokens = 0;
   double predicted_decode_us = 0;
   double predicted_prefill_us = 0;
   std::vector<DeviceAccount> usage;

@@ -170,6 +170,14 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
     for (const StreamUnitPlan& u : st.units) disk = disk || u.source == Tier::kDisk;
   if (disk) out << " (disk weights read at " << r.profile.disk_gbps << " GB/s)";
   out << ": " << Ms(r.copy_floor_us) << "\n";
+  if (r.cpu_share > 0) {
+    out << "  host compute: " << r.host_rows.size() << " streamed matrices keep "
+        << static_cast<int>(r.cpu_share * 100 + 0.5) << "% of their rows (" << FormatBytes(r.host_bytes)
+        << ") for the CPU in decode forwards (at most " << run.max_batch << (run.max_batch == 1 ? " token" : " tokens")
+        << ", host rate " << r.profile.cpu_gemv_gbps << " GB/s); streaming everything would take "
+        << Ms(r.decode_streamed_us) << ", and what still streams has a floor of " << Ms(r.decode_copy_floor_us)
+        << "\n";
+  }
 }
 
 }  // namespace

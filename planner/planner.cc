@@ -75,7 +75,7 @@ void Progress(const PlanRequest& r, const std::string& message) {
 }  // namespace
 
 Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& request, const Placement& placement,
-                             DType exec) {
+                             DType exec, const HostRows* host_rows) {
   const size_t n = model.blocks.size();
   std::vector<ScheduleBlock> sblocks(n);
   std::map<int32_t, std::vector<size_t>> blocks_of_device;
@@ -97,11 +97,21 @@ Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& r
     sopt.activation_bytes[device] = EstimateActivations(model, request.run, exec, blocks).total;
   std::vector<DeviceStreamPlan> streams;
   for (const auto& [device, blocks] : blocks_of_device) {
-    const std::vector<StreamWeight> weights = StreamWeightsFor(model, placement.blocks, exec, device);
+    std::vector<StreamWeight> weights = StreamWeightsFor(model, placement.blocks, exec, device);
     if (weights.empty()) continue;
     StreamOptions so;
     auto ring = placement.ring_bytes.find(device);
     so.ring_bytes = ring != placement.ring_bytes.end() ? ring->second : DefaultRingBytes(weights, 1);
+    if (host_rows != nullptr && !host_rows->empty()) {
+      const uint64_t before = LargestBlockStream(weights);
+      for (StreamWeight& w : weights) {
+        auto it = host_rows->find({w.block, w.weight});
+        if (it != host_rows->end()) w.host_rows = it->second;
+      }
+      // A weight split for the host lies in two aligned chunks: keep the slots' count.
+      const uint64_t after = LargestBlockStream(weights);
+      if (after > before && before > 0) so.ring_bytes = so.ring_bytes / before * after + so.ring_bytes % before;
+    }
     auto chunk = placement.chunk_bytes.find(device);
     if (chunk != placement.chunk_bytes.end()) so.chunk_bytes = chunk->second;
     if (request.chunk_bytes) so.chunk_bytes = *request.chunk_bytes;
@@ -198,6 +208,20 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   BIGPLAN_RETURN_IF_ERROR(CheckAccountingSizes(model, request.run, result.exec_dtype));
   result.profile = request.profile.value_or(request.budget.gpus.empty() ? DefaultCpuProfile() : DefaultGpuProfile());
   const DType exec = result.exec_dtype;
+  if (request.cpu_share_auto || request.cpu_share != 0) {
+    if (!request.cpu_share_auto && !(request.cpu_share > 0 && request.cpu_share < 1))
+    return MakeError(ErrorCode::kInvalidArgument, "--cpu-share must be \"auto\", \"off\" or a share between 0 and 1, "
+                                                  "not " + std::to_string(request.cpu_share));
+  if (request.run.max_batch > kMaxHostTokens)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--cpu-share: the host computes decode forwards of at most " + std::to_string(kMaxHostTokens) +
+                         " tokens, but the run shape's batch is " + std::to_string(request.run.max_batch));
+  if (!(result.profile.cpu_gemv_gbps > 0))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--cpu-share: the device profile \"" + result.profile.name +
+                         "\" has no cpu_gemv_gbps (the host's measured matrix-vector rate; see "
+                         "benchmarks/gpu/measure_profile): give a profile that has it");
+  }
 
   Progress(request, "placing " + std::to_string(model.blocks.size()) + " blocks (" + request.strategy + ")");
   PlacementRequest preq;
@@ -235,13 +259,10 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
       }
     }
   }
-  result.usage = PlanUsage(model, request.budget, placement.blocks, sched);
-  BIGPLAN_RETURN_IF_ERROR(CheckAllFit(result.usage));
+  BIGPLAN_RETURN_IF_ERROR(CheckAllFit(PlanUsage(model, request.budget, placement.blocks, sched)));
 
   // Costs.
   const RunSize run_size{request.run.max_batch, request.run.max_seq_len};
-  result.block_costs.resize(n);
-  std::vector<double> decode_us(n), prefill_us(n);
   // The executor replays decode steps of all-resident single-GPU plans from a CUDA graph (ExecutorOptions::cuda_graphs)
   // where the registry says the family's kernels have a static decode step for this run length: no host dispatch.
   const bool graph_decode = [&] {
@@ -252,22 +273,95 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
       if (devices[i] != devices[0] || result.placement.blocks[i].tier != Tier::kGpu) return false;
     return true;
   }();
-  std::map<uint32_t, uint32_t> chunks_of_block;
-  for (const DeviceStreamPlan& st : sched.streams)
-    for (const StreamUnitPlan& u : st.units) chunks_of_block[u.block] += u.whole ? 0 : 1;
-  for (size_t i = 0; i < n; ++i) {
-    BlockWork work = DescribeBlockWork(model, i, exec);
-    // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
-    work.kernels += 2 * chunks_of_block[static_cast<uint32_t>(i)];
-    result.block_costs[i] = EstimateBlockCost(work, run_size, devices[i], result.profile);
-    decode_us[i] = graph_decode ? GraphDecodeMicros(result.block_costs[i], work) : result.block_costs[i].decode_us;
-    prefill_us[i] = result.block_costs[i].prefill_us;
-  }
+  // Per-block costs of a schedule; `host_tokens` > 0: a decode forward that computes the host units on the host.
+  auto costs_of = [&](const Schedule& sc, uint32_t host_tokens, std::vector<BlockCost>* block_costs,
+                      std::vector<double>* decode, std::vector<double>* prefill) {
+    std::map<uint32_t, uint32_t> chunks_of_block, host_weights_of_block;
+    for (const DeviceStreamPlan& st : sc.streams) {
+      for (size_t u = 0; u < st.units.size(); ++u) {
+        const StreamUnitPlan& un = st.units[u];
+        if (un.whole) continue;
+        if (host_tokens > 0 && un.host) {
+          // The host's product: the activation's cast and copy out, the result's copy in and its placement.
+          if (u == 0 || !st.units[u - 1].host) host_weights_of_block[un.block] += 1;
+        } else {
+          chunks_of_block[un.block] += 1;
+        }
+      }
+    }
+    block_costs->assign(n, {});
+    decode->assign(n, 0);
+    prefill->assign(n, 0);
+    for (size_t i = 0; i < n; ++i) {
+      BlockWork work = DescribeBlockWork(model, i, exec);
+      // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
+      work.kernels += 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
+      (*block_costs)[i] = EstimateBlockCost(work, run_size, devices[i], result.profile);
+      (*decode)[i] = graph_decode ? GraphDecodeMicros((*block_costs)[i], work) : (*block_costs)[i].decode_us;
+      (*prefill)[i] = (*block_costs)[i].prefill_us;
+    }
+  };
+  std::vector<double> decode_us, prefill_us;
+  costs_of(sched, 0, &result.block_costs, &decode_us, &prefill_us);
   Progress(request, "predicting");
   result.decode = SimulateForward(sched, decode_us, devices, result.profile);
   result.prefill = SimulateForward(sched, prefill_us, devices, result.profile);
   result.copy_floor_us = CopyFloorMicros(sched, result.profile);
-  for (const DeviceStreamPlan& st : sched.streams) result.streamed_bytes += st.streamed_bytes();
+  result.decode_copy_floor_us = result.copy_floor_us;
+  result.decode_streamed_us = result.decode.total_us;
+
+  // Host compute in decode: each candidate share's schedule, predicted for a decode forward of max_batch tokens.
+  if (request.cpu_share_auto || request.cpu_share != 0) {
+    std::vector<double> shares;
+    if (request.cpu_share_auto) {
+      for (int k = 1; k <= 18; ++k) shares.push_back(0.05 * k);
+    } else {
+      shares.push_back(request.cpu_share);
+    }
+    Progress(request, "choosing the host's share of the streamed matrices (" + std::to_string(shares.size()) +
+                          (shares.size() == 1 ? " share)" : " shares)"));
+    const uint32_t tokens = request.run.max_batch;
+    bool any_rows = false;
+    for (double share : shares) {
+      HostRows rows = AssignHostRows(model, placement.blocks, exec, share);
+      if (rows.empty()) continue;
+      any_rows = true;
+      Result<Schedule> sc = ScheduleFor(model, request, placement, exec, &rows);
+      if (!sc.ok()) {
+        if (!request.cpu_share_auto) return sc.take_error();
+        continue;
+      }
+      const std::vector<DeviceAccount> usage = PlanUsage(model, request.budget, placement.blocks, *sc);
+      if (!CheckAllFit(usage).ok()) {
+        if (!request.cpu_share_auto) BIGPLAN_RETURN_IF_ERROR(CheckAllFit(usage));
+        continue;
+      }
+      std::vector<BlockCost> bc_host, bc_plain;
+      std::vector<double> dec_host, pre_host, dec_plain, pre_plain;
+      costs_of(*sc, tokens, &bc_host, &dec_host, &pre_host);
+      costs_of(*sc, 0, &bc_plain, &dec_plain, &pre_plain);
+      ForwardPrediction decode = SimulateForward(*sc, dec_host, devices, result.profile, {}, tokens);
+      if (!request.cpu_share_auto || decode.total_us < result.decode.total_us) {
+        result.cpu_share = share;
+        result.host_rows = std::move(rows);
+        result.schedule = std::move(*sc);
+        result.decode = decode;
+        result.block_costs = bc_host;
+        result.prefill = SimulateForward(result.schedule, pre_plain, devices, result.profile);
+        result.copy_floor_us = CopyFloorMicros(result.schedule, result.profile);
+        result.decode_copy_floor_us = CopyFloorMicros(result.schedule, result.profile, true);
+      }
+    }
+    if (!any_rows)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "--cpu-share: no streamed matrix can be computed by the host (it computes linear-layer "
+                       "matrices in pinned CPU memory of blocks computed on a GPU, in bf16 or a --weights format, with "
+                       "at least " + std::to_string(2 * kHostRowAlign) + " rows)");
+    result.host_bytes = HostRowBytes(model, result.host_rows, exec);
+  }
+  result.usage = PlanUsage(model, request.budget, placement.blocks, result.schedule);
+  BIGPLAN_RETURN_IF_ERROR(CheckAllFit(result.usage));
+  for (const DeviceStreamPlan& st : result.schedule.streams) result.streamed_bytes += st.streamed_bytes();
 
   Progress(request, "writing the plan");
   PlanContent content;
@@ -283,7 +377,8 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   content.strategy = placement.strategy;
   content.profile = result.profile;
   content.placement = placement.blocks;
-  content.schedule = &sched;
+  content.schedule = &result.schedule;
+  content.host_max_tokens = result.host_rows.empty() ? 0 : request.run.max_batch;
   content.block_costs = result.block_costs;
   content.predicted_decode_us = result.decode.total_us;
   content.predicted_prefill_us = result.prefill.total_us;

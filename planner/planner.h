@@ -25,6 +25,7 @@
 #include "planner/budget.h"
 #include "planner/cost_model.h"
 #include "planner/device_profile.h"
+#include "planner/host_compute.h"
 #include "planner/model_desc.h"
 #include "planner/placement.h"
 #include "planner/schedule.h"
@@ -68,6 +69,13 @@ struct PlanRequest {
   // With `weights`: the group size of every quantized matrix (0: quant::DefaultGroup, i.e. per row for fp8/int8,
   // 128 columns for int4 where it divides them).
   int64_t weights_group = 0;
+  // Host compute in decode (`plan --cpu-share`, planner/host_compute.h): the share of each eligible streamed matrix's
+  // rows the host CPU multiplies in decode forwards (0 < share < 1), or, with cpu_share_auto, the share among 5%,
+  // 10%, ..., 90% that the cost model predicts fastest for a decode forward of run.max_batch tokens (none when no
+  // share beats streaming everything; the profile must have cpu_gemv_gbps). run.max_batch must be at most
+  // kMaxHostTokens. 0 and no auto: off.
+  double cpu_share = 0;
+  bool cpu_share_auto = false;
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };
@@ -83,6 +91,14 @@ struct PlanResult {
   ForwardPrediction decode;
   ForwardPrediction prefill;
   double copy_floor_us = 0;            // CopyFloorMicros: streamed bytes / H2D (+ disk) on the busiest device
+  // Host compute (PlanRequest::cpu_share): the share chosen (0: none), the rows the host computes in a decode forward
+  // and their bytes, the copy floor of such a forward (CopyFloorMicros without the host units), and the decode
+  // prediction without host compute, for comparison (equal to decode.total_us when the share is 0).
+  double cpu_share = 0;
+  HostRows host_rows;
+  uint64_t host_bytes = 0;
+  double decode_copy_floor_us = 0;
+  double decode_streamed_us = 0;
   uint64_t streamed_bytes = 0;         // per forward
   std::vector<DeviceAccount> usage;    // PlanUsage
   bool synthetic_checkpoint = false;
@@ -108,7 +124,9 @@ Result<ResolvedModel> ResolveModel(const PlanRequest& request);
 
 // The schedule of a placement: each block's resident and host buffers, KV caches, activations, and every streaming
 // device's units in a ring of the placement's size (planner/streaming.h); then the memory plan.
+// With `host_rows`, those weights' last rows are marked as host units (planner/host_compute.h); the ring keeps its
+// slot count (its slots grow by the extra chunk alignment).
 Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& request, const Placement& placement,
-                             DType exec_dtype);
+                             DType exec_dtype, const HostRows* host_rows = nullptr);
 
 }  // namespace bigplan

@@ -289,6 +289,99 @@ TEST(PlannerTest, PartiallyResidentBlocksPredictNoSlowerThanWholeBlocks) {
   EXPECT_EQ(unit_bytes, cpu_weights);
 }
 
+// Host compute in decode (--cpu-share auto): Llama-2-7B at cuda:0=4GiB streams most of every layer; with the host's
+// matrix-vector rate in the profile, the planner gives the host a share of each streamed matrix's rows, predicts a
+// faster decode than streaming everything, and no faster than the copy floor of what still streams; prefill still
+// copies every row.
+TEST(PlannerTest, CpuShareAutoSplitsStreamedMatrices) {
+  PlanRequest r;
+  r.model_dir = Runfile("planner/examples/llama-2-7b");
+  auto b = ParseMaxMemory("cuda:0=4GiB,cpu=64GiB");
+  ASSERT_TRUE(b.ok());
+  r.budget = *b;
+  r.run = RunShape{1, 512};
+  r.exec_dtype = DType::kBF16;
+  DeviceProfile profile = DefaultGpuProfile();
+  profile.cpu_gemv_gbps = 55.0;
+  r.profile = profile;
+  r.cpu_share_auto = true;
+  auto result = MakePlan(r);
+  ASSERT_TRUE(result.ok()) << result.error().ToString();
+  EXPECT_GT(result->cpu_share, 0.2);
+  EXPECT_LT(result->cpu_share, 0.8);
+  EXPECT_FALSE(result->host_rows.empty());
+  EXPECT_LT(result->decode.total_us, 0.8 * result->decode_streamed_us);
+  EXPECT_GE(result->decode.total_us, result->decode_copy_floor_us);
+  EXPECT_LT(result->decode_copy_floor_us, result->copy_floor_us);
+  // Host rows: 64-row multiples of the linear-layer matrices only.
+  for (const auto& [key, rows] : result->host_rows) {
+    EXPECT_EQ(rows % kHostRowAlign, 0);
+    const BlockWeightLayout layout = LayoutBlockWeights(result->model, key.first, DType::kBF16);
+    const std::string& name = layout.weights[key.second].tensor;
+    EXPECT_TRUE(name.find("_proj.weight") != std::string::npos || name == "lm_head.weight") << name;
+  }
+  const schema::Plan& p = result->plan();
+  EXPECT_EQ(p.host_max_tokens(), 1u);
+  EXPECT_DOUBLE_EQ(p.profile()->cpu_gemv_gbps(), 55.0);
+  uint64_t host_bytes = 0;
+  for (const schema::Unit* u : *p.streams()->Get(0)->units()) host_bytes += u->host() ? u->bytes() : 0;
+  EXPECT_EQ(host_bytes, result->host_bytes);
+  EXPECT_GT(host_bytes, 2ull << 30);
+  for (const DeviceAccount& a : result->usage) EXPECT_TRUE(a.fits()) << a.Summary();
+  EXPECT_TRUE(CheckPlanMemory(p).ok());
+  for (const DeviceStreamPlan& st : result->schedule.streams) EXPECT_TRUE(CheckDeviceStream(st).ok());
+
+  // A fixed share: every eligible matrix gets floor(share x rows) rounded down to 64 rows.
+  r.cpu_share_auto = false;
+  r.cpu_share = 0.25;
+  auto fixed = MakePlan(r);
+  ASSERT_TRUE(fixed.ok()) << fixed.error().ToString();
+  EXPECT_DOUBLE_EQ(fixed->cpu_share, 0.25);
+  for (const auto& [key, rows] : fixed->host_rows) {
+    const BlockWeightLayout layout = LayoutBlockWeights(fixed->model, key.first, DType::kBF16);
+    EXPECT_EQ(rows, layout.weights[key.second].shape[0] / 4 / kHostRowAlign * kHostRowAlign);
+  }
+}
+
+TEST(PlannerTest, CpuShareErrors) {
+  PlanRequest r;
+  r.model_dir = Runfile("planner/examples/llama-2-7b");
+  auto b = ParseMaxMemory("cuda:0=4GiB,cpu=64GiB");
+  ASSERT_TRUE(b.ok());
+  r.budget = *b;
+  r.run = RunShape{1, 512};
+  r.cpu_share_auto = true;
+  // The default profile has no measured host rate.
+  DeviceProfile profile = DefaultGpuProfile();
+  profile.cpu_gemv_gbps = 0;
+  r.profile = profile;
+  auto no_rate = MakePlan(r);
+  ASSERT_FALSE(no_rate.ok());
+  EXPECT_NE(no_rate.error().message.find("cpu_gemv_gbps"), std::string::npos) << no_rate.error().message;
+  profile.cpu_gemv_gbps = 50;
+  r.profile = profile;
+  r.run = RunShape{32, 512};
+  auto batch = MakePlan(r);
+  ASSERT_FALSE(batch.ok());
+  EXPECT_NE(batch.error().message.find("at most 16 tokens"), std::string::npos) << batch.error().message;
+  r.run = RunShape{1, 512};
+  r.cpu_share_auto = false;
+  r.cpu_share = 1.5;
+  EXPECT_FALSE(MakePlan(r).ok());
+  // float16 execution: the host multiplies bf16 or quantized rows only.
+  r.cpu_share = 0.5;
+  r.exec_dtype = DType::kF16;
+  auto f16 = MakePlan(r);
+  ASSERT_FALSE(f16.ok());
+  EXPECT_NE(f16.error().message.find("no streamed matrix"), std::string::npos) << f16.error().message;
+  // Everything resident: nothing streams, so nothing for the host.
+  r.exec_dtype = DType::kBF16;
+  auto big = ParseMaxMemory("cuda:0=40GiB,cpu=64GiB");
+  ASSERT_TRUE(big.ok());
+  r.budget = *big;
+  EXPECT_FALSE(MakePlan(r).ok());
+}
+
 TEST(PlannerTest, GreedyNeverUsesMoreThanLinear) {
   PlanRequest r;
   r.model_dir = Runfile("planner/examples/gpt-j-6b");

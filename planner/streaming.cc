@@ -97,7 +97,12 @@ uint64_t DeviceStreamPlan::streamed_bytes() const {
 
 uint64_t LargestBlockStream(const std::vector<StreamWeight>& weights) {
   std::map<uint32_t, uint64_t> per_block;
-  for (const StreamWeight& w : weights) per_block[w.block] += AlignUp(w.bytes);
+  for (const StreamWeight& w : weights) {
+    // A weight with host rows lies in the ring as two chunks, each aligned.
+    per_block[w.block] += w.host_rows > 0 ? AlignUp(static_cast<uint64_t>(w.rows - w.host_rows) * w.row_bytes) +
+                                                AlignUp(static_cast<uint64_t>(w.host_rows) * w.row_bytes)
+                                          : AlignUp(w.bytes);
+  }
   uint64_t m = 0;
   for (const auto& [b, bytes] : per_block) m = std::max(m, bytes);
   return m;
@@ -128,6 +133,12 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
     blocks.emplace_back(i, e);
     i = e;
   }
+  for (const StreamWeight& w : weights) {
+    if (w.host_rows < 0 || w.host_rows >= w.rows || (w.host_rows > 0 && (w.source != Tier::kCpu || !w.chunkable)))
+      return MakeError(ErrorCode::kInternal, where + "block " + std::to_string(w.block) + " weight " +
+                                                 std::to_string(w.weight) + ": bad host rows " +
+                                                 std::to_string(w.host_rows) + " of " + std::to_string(w.rows));
+  }
   const uint64_t largest = LargestBlockStream(weights);
   auto unit_of = [](const StreamWeight& w, int64_t r0, int64_t r1, bool whole) {
     StreamUnitPlan u;
@@ -149,11 +160,31 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
     for (auto [b, e] : blocks) {
       uint64_t off = (k % s.slots) * largest;
       ++k;
+      std::vector<size_t> split;
       for (size_t i = b; i < e; ++i) {
+        if (weights[i].host_rows > 0) {
+          split.push_back(i);
+          continue;
+        }
         StreamUnitPlan u = unit_of(weights[i], 0, weights[i].rows, true);
         u.ring_offset = off;
         off += AlignUp(u.bytes);
         s.units.push_back(u);
+      }
+      // Weights with host rows: two chunks each (the GPU's rows, then the host's), in consumption order.
+      std::stable_sort(split.begin(), split.end(),
+                       [&](size_t x, size_t y) { return weights[x].order < weights[y].order; });
+      for (size_t i : split) {
+        const StreamWeight& w = weights[i];
+        const int64_t g = w.rows - w.host_rows;
+        for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, g}, std::pair<int64_t, int64_t>{g, w.rows}}) {
+          StreamUnitPlan u = unit_of(w, r0, r1, false);
+          u.host = r0 == g;
+          u.ring_offset = off;
+          off += AlignUp(u.bytes);
+          s.chunk_bytes = std::max(s.chunk_bytes, u.bytes);
+          s.units.push_back(u);
+        }
       }
     }
     s.ring_bytes = AlignUp(uint64_t{s.slots} * largest);
@@ -171,9 +202,9 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
         uint64_t whole = 0;
         for (size_t i = b; i < e; ++i) {
           const StreamWeight& w = weights[i];
-          if (w.chunkable && w.bytes > c) {
+          if ((w.chunkable && w.bytes > c) || w.host_rows > 0) {
             const uint64_t rows_per = std::max<uint64_t>(1, c / std::max<uint64_t>(1, w.row_bytes));
-            max_chunk = std::max(max_chunk, AlignUp(rows_per * w.row_bytes));
+            max_chunk = std::max(max_chunk, AlignUp(std::min<uint64_t>(rows_per, w.rows) * w.row_bytes));
           } else {
             whole += AlignUp(w.bytes);
           }
@@ -203,7 +234,7 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
       std::vector<size_t> chunked;
       for (size_t i = b; i < e; ++i) {
         const StreamWeight& w = weights[i];
-        if (w.chunkable && w.bytes > c) {
+        if ((w.chunkable && w.bytes > c) || w.host_rows > 0) {
           chunked.push_back(i);
         } else {
           place(unit_of(w, 0, w.rows, true));
@@ -214,10 +245,15 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
       for (size_t i : chunked) {
         const StreamWeight& w = weights[i];
         const int64_t rows_per = std::max<int64_t>(1, static_cast<int64_t>(c / std::max<uint64_t>(1, w.row_bytes)));
-        for (int64_t r = 0; r < w.rows; r += rows_per) {
-          StreamUnitPlan u = unit_of(w, r, std::min(w.rows, r + rows_per), false);
-          s.chunk_bytes = std::max(s.chunk_bytes, u.bytes);
-          place(u);
+        // The GPU's rows, then the host's (if any), each cut into chunks of rows_per rows.
+        const int64_t g = w.rows - w.host_rows;
+        for (auto [p0, p1] : {std::pair<int64_t, int64_t>{0, g}, std::pair<int64_t, int64_t>{g, w.rows}}) {
+          for (int64_t r = p0; r < p1; r += rows_per) {
+            StreamUnitPlan u = unit_of(w, r, std::min(p1, r + rows_per), false);
+            u.host = p0 == g && w.host_rows > 0;
+            s.chunk_bytes = std::max(s.chunk_bytes, u.bytes);
+            place(u);
+          }
         }
       }
     }

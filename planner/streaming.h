@@ -26,6 +26,8 @@
 //          Weights of more than `chunk_bytes` with at least 2 dimensions are split into row chunks of at most
 //          `chunk_bytes` (at least one row); the rest are whole units. Within a block, whole units come first,
 //          then the chunked weights in consumption order.
+// A weight with host rows (StreamWeight::host_rows) is streamed as row chunks in either layout (in "slots", two: the
+// GPU's rows and the host's), so the kernel can multiply the first part on the GPU and leave the rest to the host.
 //
 // Disk units are read from their shard into a pinned disk ring (a byte FIFO of 4096-aligned slots that hold the
 // 4096-aligned superset of the unit's file bytes, or the unit cast to the execution dtype), then copied to the
@@ -58,6 +60,10 @@ struct StreamWeight {
   uint64_t file_bytes = 0;
   uint64_t file_row_bytes = 0;
   bool cast = false;
+  // > 0: the weight's last host_rows rows are computed by the host CPU in decode forwards (planner/host_compute.h):
+  // the weight is streamed in row chunks whatever its size, split at rows - host_rows, and the chunks past that row
+  // are marked `host` (a Cpu-source matrix only).
+  int64_t host_rows = 0;
 };
 
 struct StreamUnitPlan {
@@ -74,6 +80,7 @@ struct StreamUnitPlan {
   uint64_t disk_slot_bytes = 0;
   int32_t disk_wait_unit = -1;
   uint64_t file_bytes = 0;  // bytes the disk read moves (disk units)
+  bool host = false;        // rows the host computes in decode forwards (StreamWeight::host_rows)
 };
 
 struct DeviceStreamPlan {

@@ -142,5 +142,69 @@ TEST(Streaming, DiskUnitsGetSlotsAndWaits) {
   EXPECT_FALSE(CheckDeviceStream(broken).ok());
 }
 
+
+// Host rows in the slots layout: a weight with host rows becomes two chunks (GPU rows, then host rows), after the
+// block's whole units, and the slot grows by the extra alignment only.
+TEST(Streaming, HostRowsSplitAWeightInSlots) {
+  std::vector<StreamWeight> ws;
+  for (uint32_t b = 0; b < 4; ++b) {
+    ws.push_back(W(b, 0, 1 * kMiB, 256));
+    ws.push_back(W(b, 1, 2 * kMiB, 512));
+    ws.back().host_rows = 192;
+    ws.push_back(W(b, 2, 1 * kMiB, 256));
+  }
+  auto s = BuildDeviceStream(0, ws, {.ring_bytes = 8 * kMiB});
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  EXPECT_EQ(s->layout, "slots");
+  EXPECT_EQ(s->slots, 2u);
+  ASSERT_EQ(s->units.size(), 16u);
+  // Per block: weights 0 and 2 whole, then weight 1's rows [0, 320) and its host rows [320, 512).
+  for (uint32_t b = 0; b < 4; ++b) {
+    const StreamUnitPlan* u = &s->units[4 * b];
+    EXPECT_TRUE(u[0].whole && u[1].whole);
+    EXPECT_EQ(u[0].weight, 0u);
+    EXPECT_EQ(u[1].weight, 2u);
+    EXPECT_FALSE(u[2].whole || u[2].host);
+    EXPECT_EQ(u[2].row_begin, 0);
+    EXPECT_EQ(u[2].row_end, 320);
+    EXPECT_TRUE(!u[3].whole && u[3].host);
+    EXPECT_EQ(u[3].row_begin, 320);
+    EXPECT_EQ(u[3].row_end, 512);
+    EXPECT_EQ(u[2].bytes + u[3].bytes, 2 * kMiB);
+  }
+  EXPECT_TRUE(CheckDeviceStream(*s).ok());
+}
+
+// Host rows in the chunks layout: the GPU's rows and the host's are chunked separately, so no chunk straddles them.
+TEST(Streaming, HostRowsSplitChunksAtTheBoundary) {
+  std::vector<StreamWeight> ws;
+  for (uint32_t b = 0; b < 3; ++b) {
+    ws.push_back(W(b, 0, 8 * kMiB, 1024));
+    ws.back().host_rows = 448;
+  }
+  auto s = BuildDeviceStream(0, ws, {.ring_bytes = 8 * kMiB, .chunk_bytes = 2 * kMiB});
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  EXPECT_EQ(s->layout, "chunks");
+  // 576 GPU rows in chunks of 256 (256, 256, 64) and 448 host rows (256, 192) per block.
+  ASSERT_EQ(s->units.size(), 15u);
+  const int64_t begins[] = {0, 256, 512, 576, 832};
+  const bool host[] = {false, false, false, true, true};
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(s->units[i].row_begin, begins[i]) << i;
+    EXPECT_EQ(s->units[i].host, host[i]) << i;
+  }
+  EXPECT_EQ(s->units[4].row_end, 1024);
+  EXPECT_TRUE(CheckDeviceStream(*s).ok());
+}
+
+TEST(Streaming, HostRowsOnlyForCpuMatrices) {
+  std::vector<StreamWeight> ws{W(0, 0, 1 * kMiB, 256, Tier::kDisk)};
+  ws[0].host_rows = 64;
+  EXPECT_FALSE(BuildDeviceStream(0, ws, {.ring_bytes = 8 * kMiB}).ok());
+  ws[0].source = Tier::kCpu;
+  ws[0].host_rows = 256;  // every row: the GPU would have none
+  EXPECT_FALSE(BuildDeviceStream(0, ws, {.ring_bytes = 8 * kMiB}).ok());
+}
+
 }  // namespace
 }  // namespace bigplan

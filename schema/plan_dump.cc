@@ -92,8 +92,8 @@ std::string StreamLayout(const schema::Stream& st) {
 }
 
 struct StreamSummary {
-  uint32_t units = 0, chunks = 0, disk = 0;
-  uint64_t bytes = 0;
+  uint32_t units = 0, chunks = 0, disk = 0, host = 0;
+  uint64_t bytes = 0, host_bytes = 0;
 };
 StreamSummary Summarize(const schema::Stream& st) {
   StreamSummary s;
@@ -103,6 +103,8 @@ StreamSummary Summarize(const schema::Stream& st) {
     s.chunks += !un->whole();
     s.disk += un->source() == schema::Tier::Disk;
     s.bytes += un->bytes();
+    s.host += un->host();
+    s.host_bytes += un->host() ? un->bytes() : 0;
   }
   return s;
 }
@@ -121,8 +123,12 @@ std::string StreamLine(const schema::Plan& p, const schema::Stream& st) {
   if (st.disk_ring_buffer() >= 0)
     out += ", disk ring " + FormatBytes(BufferSize(p, st.disk_ring_buffer())) + " (buffer " +
            std::to_string(st.disk_ring_buffer()) + ")";
-  return out + ", " + std::to_string(s.units) + " units (" + std::to_string(s.chunks) + " row chunks, " +
+  out += ", " + std::to_string(s.units) + " units (" + std::to_string(s.chunks) + " row chunks, " +
          std::to_string(s.disk) + " from disk), " + FormatBytes(s.bytes) + " per forward";
+  if (s.host > 0)
+    out += "; " + std::to_string(s.host) + " units (" + FormatBytes(s.host_bytes) +
+           ") computed by the host in decode forwards";
+  return out;
 }
 
 }  // namespace
@@ -134,6 +140,8 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
   o << "strategy: " << Str(p.strategy()) << "\n";
   o << "exec dtype: " << DTypeName(p.exec_dtype()) << "\n";
   o << "run shape: batch " << p.run_shape()->max_batch() << ", seq " << p.run_shape()->max_seq_len() << "\n";
+  if (p.host_max_tokens() > 0)
+    o << "host compute: forwards of at most " << p.host_max_tokens() << " tokens compute the host units on the CPU\n";
   const schema::ModelConfig& c = *p.config();
   o << "config: hidden " << c.hidden_size() << ", layers " << c.num_layers() << ", heads " << c.num_heads() << "/"
     << c.num_kv_heads() << " kv, head_dim " << c.head_dim() << ", intermediate " << c.intermediate_size()
@@ -159,7 +167,7 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
     o << "profile: " << Str(pr->name()) << ": h2d " << pr->h2d_gbps() << " GB/s, d2h " << pr->d2h_gbps()
       << " GB/s, disk " << pr->disk_gbps() << " GB/s, device memory " << pr->device_mem_gbps() << " GB/s, matmul "
       << pr->matmul_tflops() << " TFLOP/s, cpu memory " << pr->cpu_mem_gbps() << " GB/s, cpu " << pr->cpu_gflops()
-      << " GFLOP/s\n";
+      << " GFLOP/s" << (pr->cpu_gemv_gbps() > 0 ? ", cpu gemv " + Fixed(pr->cpu_gemv_gbps()) + " GB/s" : "") << "\n";
 
   uint64_t tensor_bytes = 0;
   for (uint32_t i = 0; i < Len(p.tensors()); ++i) tensor_bytes += p.tensors()->Get(i)->size_bytes();
@@ -215,7 +223,7 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
     for (uint32_t u = 0; u < Len(st->units()); ++u) {
       const auto* un = st->units()->Get(u);
       o << "    [" << u << "] block " << un->block() << " weight " << un->weight() << " rows " << un->row_begin()
-        << "-" << un->row_end() << (un->whole() ? " whole" : " chunk") << " from " << TierName(un->source())
+        << "-" << un->row_end() << (un->whole() ? " whole" : un->host() ? " host chunk" : " chunk") << " from " << TierName(un->source())
         << " +" << un->bytes() << " @" << un->ring_offset() << " waits " << un->wait_unit();
       if (un->source() == schema::Tier::Disk)
         o << ", disk slot @" << un->disk_slot_offset() << " +" << un->disk_slot_bytes() << " waits "
@@ -280,6 +288,8 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
                     {"disk_gbps", pr->disk_gbps()}, {"device_mem_gbps", pr->device_mem_gbps()},
                     {"matmul_tflops", pr->matmul_tflops()}, {"cpu_mem_gbps", pr->cpu_mem_gbps()},
                     {"cpu_gflops", pr->cpu_gflops()}};
+  if (p.profile() && p.profile()->cpu_gemv_gbps() > 0) j["profile"]["cpu_gemv_gbps"] = p.profile()->cpu_gemv_gbps();
+  if (p.host_max_tokens() > 0) j["host_max_tokens"] = p.host_max_tokens();
   J tensors = J::array();
   for (uint32_t i = 0; i < Len(p.tensors()); ++i) {
     const auto* t = p.tensors()->Get(i);
@@ -356,6 +366,7 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
                        {"whole", un->whole()}, {"ring_offset", un->ring_offset()}, {"wait_unit", un->wait_unit()},
                        {"disk_slot_offset", un->disk_slot_offset()}, {"disk_slot_bytes", un->disk_slot_bytes()},
                        {"disk_wait_unit", un->disk_wait_unit()}, {"predicted_copy_us", un->predicted_copy_us()}});
+      if (un->host()) units.back()["host"] = true;
     }
     const StreamSummary sum = Summarize(*st);
     streams.push_back({{"device", st->device()}, {"ring_buffer", st->ring_buffer()},

@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "support/file_read.h"
 #include "support/sha256.h"
@@ -52,6 +54,8 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
     } else if (st->disk_ring_buffer() < -1) {
       return Corrupt(src, f + ".disk_ring_buffer out of range");
     }
+    std::map<uint64_t, int64_t> host_rows;  // (block, weight) -> the next row its host units must cover, or -1
+    std::set<uint64_t> host_done;
     for (uint32_t u = 0; u < n_units; ++u) {
       const auto* un = st->units()->Get(u);
       const std::string fu = f + ".units[" + std::to_string(u) + "]";
@@ -76,12 +80,39 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
       if (un->wait_unit() < -1 || un->wait_unit() >= static_cast<int32_t>(n_units) || un->disk_wait_unit() < -1 ||
           un->disk_wait_unit() >= static_cast<int32_t>(n_units))
         return Corrupt(src, fu + " waits on a unit out of range");
+      if (un->host()) {
+        if (un->source() != schema::Tier::Cpu || un->whole() || st->device() < 0 || !t->shape() ||
+            t->shape()->size() != 2)
+          return Corrupt(src, fu + " is computed by the host but is not a row chunk of a matrix in pinned CPU memory "
+                                   "streamed to a GPU");
+        if (w->format() == schema::WeightFormat::Plain && plan.exec_dtype() != schema::DType::BF16)
+          return Corrupt(src, fu + " is computed by the host, which multiplies bf16 or row-quantized weights only");
+        if (plan.host_max_tokens() == 0 || plan.host_max_tokens() > kMaxHostTokens)
+          return Corrupt(src, fu + " is computed by the host but host_max_tokens is " +
+                                  std::to_string(plan.host_max_tokens()) + " (1.." + std::to_string(kMaxHostTokens) +
+                                  ")");
+      }
+      // A weight's host units are its last ones and cover its rows up to the end, contiguously.
+      const uint64_t key = (uint64_t{un->block()} << 32) | un->weight();
+      auto [it, fresh] = host_rows.try_emplace(key, un->host() ? un->row_begin() : -1);
+      if (!fresh) {
+        if (it->second >= 0 && (!un->host() || un->row_begin() != it->second))
+          return Corrupt(src, fu + " follows its weight's host-computed rows but is not the next host row chunk");
+        if (un->host() && it->second < 0) it->second = un->row_begin();
+      }
+      if (un->host()) it->second = un->row_end();
+      if (un->host() && un->row_end() == rows) host_done.insert(key);
       if (un->source() == schema::Tier::Disk) {
         if (disk_ring == nullptr) return Corrupt(src, fu + " is read from disk but the stream has no disk ring");
         if (un->disk_slot_offset() + un->disk_slot_bytes() > disk_ring->size_bytes() ||
             un->disk_slot_offset() + un->disk_slot_bytes() < un->disk_slot_offset() || un->disk_slot_bytes() < un->bytes())
           return Corrupt(src, fu + " disk slot lies outside its disk ring or is too small");
       }
+    }
+    for (const auto& [key, next] : host_rows) {
+      if (next >= 0 && !host_done.count(key))
+        return Corrupt(src, f + ": the host-computed rows of blocks[" + std::to_string(key >> 32) + "].weights[" +
+                                std::to_string(key & 0xffffffffu) + "] do not reach its last row");
     }
   }
   return Status::Ok();

@@ -15,6 +15,8 @@ namespace bigplan {
 
 // The plan layout version this build writes and reads. See schema/README.md for when it changes.
 inline constexpr uint32_t kPlanVersion = 4;
+// The most tokens a forward may have for the host to compute a plan's `host` stream units (Plan.host_max_tokens).
+inline constexpr uint32_t kMaxHostTokens = 16;
 
 // The schema's enums mirror the architecture registry's (same values), checked here at compile time.
 static_assert(static_cast<uint8_t>(schema::BlockKind::Embedding) == static_cast<uint8_t>(arch::BlockKind::kEmbedding));

@@ -66,6 +66,11 @@ constexpr const char* kUsage =
     "                           128 columns with a scale and a zero each); quantized by the executor at load\n"
     "  --weights-group N        columns per scale of every quantized matrix (default: per row for fp8/int8,\n"
     "                           128 for int4); 32 for checkpoints converted from GGUF Q4 blocks\n"
+    "  --cpu-share SHARE        host compute in decode: the share of each streamed linear-layer matrix's rows\n"
+    "                           the CPU multiplies from pinned memory while the rest streams (0 < SHARE < 1),\n"
+    "                           auto (the share the cost model predicts fastest; needs a profile with\n"
+    "                           cpu_gemv_gbps, such as the bundled h100-pcie5), or off (default). Decode\n"
+    "                           forwards of at most --batch tokens (<= 16) use it; prefill streams every row\n"
     "  --batch N                maximum batch size (default 1)\n"
     "  --seq-len N              maximum sequence length, prompt + generated (default 512)\n"
     "  --strategy NAME          placement strategy: auto (default), sequential (Accelerate's\n"
@@ -111,7 +116,7 @@ Result<nlohmann::json> ReadJsonFile(const std::string& path) {
 
 struct Flags {
   std::string model_dir, description, checkpoint, max_memory, dtype, strategy, memory_algorithm, profile,
-      device_map, export_device_map, output, weights;
+      device_map, export_device_map, output, weights, cpu_share;
   std::optional<uint32_t> batch, seq_len, prefetch_depth, weights_group;
   std::optional<uint64_t> chunk_bytes;
   std::string auto_candidates;
@@ -135,7 +140,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     switch (SplitFlag(argc, argv, &i,
                       {"--model", "--description", "--checkpoint", "--max-memory", "--dtype", "--batch", "--seq-len",
                        "--strategy", "--memory-algorithm", "--profile", "--device-map", "--export-device-map", "-o",
-                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates", "--weights", "--weights-group"},
+                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates", "--weights", "--weights-group", "--cpu-share"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag \"" + flag + "\"");
@@ -147,6 +152,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     else if (flag == "--max-memory") f.max_memory = value;
     else if (flag == "--dtype") f.dtype = value;
     else if (flag == "--weights") f.weights = value;
+    else if (flag == "--cpu-share") f.cpu_share = value;
     else if (flag == "--weights-group") { BIGPLAN_ASSIGN_OR_RETURN(f.weights_group, kCli.ParsePositive(flag, value)); }
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParsePositive(flag, value)); }
     else if (flag == "--seq-len") { BIGPLAN_ASSIGN_OR_RETURN(f.seq_len, kCli.ParsePositive(flag, value)); }
@@ -219,6 +225,15 @@ Status Main(int argc, char** argv) {
   if (f.weights_group) {
     if (base.weights == quant::Format::kNone) return Usage("--weights-group needs --weights fp8, int8 or int4");
     base.weights_group = *f.weights_group;
+  }
+  if (f.cpu_share == "auto") {
+    base.cpu_share_auto = true;
+  } else if (!f.cpu_share.empty() && f.cpu_share != "off") {
+    char* end = nullptr;
+    const double share = std::strtod(f.cpu_share.c_str(), &end);
+    if (end == f.cpu_share.c_str() || *end != '\0' || !(share > 0 && share < 1))
+      return Usage("--cpu-share: expected auto, off or a share between 0 and 1, got \"" + f.cpu_share + "\"");
+    base.cpu_share = share;
   }
   if (!f.auto_candidates.empty()) base.auto_candidates = f.auto_candidates;
   if (!f.quiet) base.progress = [](const std::string& m) { std::fprintf(stderr, "plan: %s\n", m.c_str()); };

@@ -10,6 +10,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "executor/cpu_matvec.h"
 
 namespace bigplan {
 namespace {
@@ -65,6 +69,57 @@ Result<double> DiskGbps(const std::vector<std::string>& files, uint64_t cap) {
   return total ? total / s / 1e9 : 0.0;
 }
 
+// The host's bf16 matrix-vector rate (GB/s of weights), best of 5, alone and with H2D copies running.
+Status MeasureCpuGemv(Floors* f) {
+  constexpr int64_t kCols = 4096, kRows = 192 * 1024;  // 1.5 GiB of bf16
+  const uint64_t bytes = static_cast<uint64_t>(kRows * kCols) * 2;
+  constexpr uint64_t kCopyBytes = 512ull << 20;
+  void *w = nullptr, *src = nullptr, *dst = nullptr;
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostAlloc(&w, bytes, cudaHostAllocPortable), "cudaHostAlloc"));
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostAlloc(&src, kCopyBytes, cudaHostAllocPortable), "cudaHostAlloc"));
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMalloc(&dst, kCopyBytes), "cudaMalloc"));
+  // Small finite bf16 values (0x3c00..0x3cff: about 0.0078..0.0156).
+  uint16_t* wv = static_cast<uint16_t*>(w);
+  for (uint64_t i = 0; i < bytes / 2; ++i) wv[i] = static_cast<uint16_t>(0x3c00 | (i * 2654435761u >> 24));
+  std::memset(src, 1, kCopyBytes);
+  std::vector<float> x(kCols, 0.5f), y(kRows);
+  cpu_matvec::MatVecPool pool(0);
+  f->cpu_threads = pool.threads();
+  cpu_matvec::Job job;
+  job.w = cpu_matvec::Matrix{cpu_matvec::Format::kNone, static_cast<const uint8_t*>(w), kRows, kCols, 0, kCols * 2};
+  job.row_begin = 0;
+  job.row_end = kRows;
+  job.x = x.data();
+  job.y = y.data();
+  job.y_stride = kRows;
+  auto best_gbps = [&](int reps) -> Result<double> {
+    double best = 1e30;
+    for (int i = 0; i < reps + 1; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      BIGPLAN_RETURN_IF_ERROR(pool.Run(std::span<const cpu_matvec::Job>(&job, 1), 1));
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (i > 0) best = std::min(best, s);
+    }
+    return bytes / best / 1e9;
+  };
+  BIGPLAN_ASSIGN_OR_RETURN(f->cpu_gemv_alone_gbps, best_gbps(5));
+  cudaStream_t s;
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
+  // Enough copies to outlast the products (~10 ms each at 55 GB/s).
+  for (int i = 0; i < 40; ++i) cudaMemcpyAsync(dst, src, kCopyBytes, cudaMemcpyHostToDevice, s);
+  Result<double> busy = best_gbps(5);
+  const bool copies_outlasted = cudaStreamQuery(s) == cudaErrorNotReady;
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize"));
+  cudaStreamDestroy(s);
+  cudaFree(dst);
+  cudaFreeHost(src);
+  cudaFreeHost(w);
+  if (!busy.ok()) return busy.take_error();
+  if (!copies_outlasted) return MakeError(ErrorCode::kInternal, "the H2D copies ended before the host products");
+  f->cpu_gemv_gbps = *busy;
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<Floors> MeasureFloors(const std::vector<std::string>& disk_files, uint64_t disk_bytes_cap) {
@@ -108,6 +163,7 @@ Result<Floors> MeasureFloors(const std::vector<std::string>& disk_files, uint64_
     return MakeError(ErrorCode::kDevice, std::string("matmul rate: ") + e.what());
   }
   cudaStreamDestroy(s);
+  BIGPLAN_RETURN_IF_ERROR(MeasureCpuGemv(&f));
   if (!disk_files.empty()) {
     BIGPLAN_ASSIGN_OR_RETURN(f.disk_gbps, DiskGbps(disk_files, disk_bytes_cap));
   }
@@ -122,7 +178,8 @@ std::string FloorsToProfileJson(const Floors& f) {
                       {"device_mem_gbps", f.device_mem_gbps},
                       {"matmul_tflops", f.matmul_tflops},
                       {"cpu_mem_gbps", 20.0},
-                      {"cpu_gflops", 200.0}};
+                      {"cpu_gflops", 200.0},
+                      {"cpu_gemv_gbps", f.cpu_gemv_gbps}};
   return j.dump(1);
 }
 

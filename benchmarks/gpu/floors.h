@@ -17,6 +17,12 @@ struct Floors {
   double device_mem_gbps = 0;   // device-to-device copy, bytes read + written per second
   double matmul_tflops = 0;     // bf16 8192^3 at::matmul
   double disk_gbps = 0;         // O_DIRECT sequential read of the given files (0 if none given)
+  // The host's multi-threaded bf16 matrix-vector product (executor/cpu_matvec.h, every core) over a 1.5 GiB
+  // matrix in pinned memory, GB/s of weights read: alone, and while pinned H2D copies of another buffer run (what
+  // host compute in decode sees; the profile's cpu_gemv_gbps).
+  double cpu_gemv_alone_gbps = 0;
+  double cpu_gemv_gbps = 0;
+  int cpu_threads = 0;
 };
 
 // Measures on CUDA device 0. `disk_files`: files to read with O_DIRECT (up to `disk_bytes_cap` bytes in all).
