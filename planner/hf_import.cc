@@ -225,6 +225,7 @@ class PreQuantMarker {
   Status Apply(ModelDescription* model) {
     const arch::FamilyInfo* family = arch::FindFamily(model->architecture);
     if (family == nullptr) return Status::Ok();
+    int marked = 0;
     for (BlockDesc& b : model->blocks) {
       for (TensorSpec& t : b.params) {
         const std::string local = t.name.substr(b.prefix.size());
@@ -240,7 +241,19 @@ class PreQuantMarker {
         } else {
           BIGPLAN_RETURN_IF_ERROR(MarkFp8(module, &t));
         }
+        marked += t.prequant.kind != PreQuant::Kind::kNone;
       }
+    }
+    // A config that says the weights are quantized, over a checkpoint whose weights are not (or a family without
+    // linear layers bigplan reads quantized, e.g. GPT-2's Conv1D): the config and the weights disagree.
+    if (marked == 0) {
+      const bool gptq = q_.kind == quant::CheckpointQuant::Kind::kGptq;
+      return MakeError(ErrorCode::kUnsupported,
+                       source_ + ": quantization_config says quant_method \"" + q_.method + "\", but no linear-layer "
+                       "weight of this " + model->architecture + " model is stored that way in the checkpoint" +
+                       " (for a linear layer X: " +
+                       (gptq ? std::string("X.qweight, X.qzeros and X.scales")
+                             : std::string("an F8_E4M3 X.weight with X.weight_scale_inv or X.weight_scale")) + ")");
     }
     return Status::Ok();
   }
@@ -258,6 +271,16 @@ class PreQuantMarker {
     if (options_.checkpoint != nullptr) {
       file = options_.checkpoint->directory();
       const TensorLocation* loc = options_.checkpoint->Find(tensor);
+      if (loc == nullptr) {
+        // A missing tensor: the shard holding its module's other tensors.
+        const std::string module = tensor.substr(0, tensor.rfind('.') + 1);
+        for (const TensorLocation& t : options_.checkpoint->tensors()) {
+          if (t.name.rfind(module, 0) == 0) {
+            loc = &t;
+            break;
+          }
+        }
+      }
       if (loc != nullptr && loc->shard < options_.checkpoint->shard_paths().size())
         file = options_.checkpoint->shard_paths()[loc->shard];
     }

@@ -14,7 +14,7 @@
 namespace bigplan {
 
 // The plan layout version this build writes and reads. See schema/README.md for when it changes.
-inline constexpr uint32_t kPlanVersion = 4;
+inline constexpr uint32_t kPlanVersion = 5;
 
 // The schema's enums mirror the architecture registry's (same values), checked here at compile time.
 static_assert(static_cast<uint8_t>(schema::BlockKind::Embedding) == static_cast<uint8_t>(arch::BlockKind::kEmbedding));
