@@ -205,12 +205,12 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
         if (t->prequant() == schema::PreQuantKind::None && s != schema::DType::F32 && s != schema::DType::F16 &&
             s != schema::DType::BF16 && s != schema::DType::F64)
           return Corrupt(src, fw + " is quantized from a " + DTypeName(s) + " tensor; only floating-point tensors are");
-      } else if (plan.tensors()->Get(wt->tensor())->prequant() != schema::PreQuantKind::None) {
-        return Corrupt(src, fw + ": a pre-quantized tensor used as a plain weight");
         if (wt->tier() == schema::Tier::Disk)
           return MakeError(ErrorCode::kUnsupported,
                            src + ": " + fw + " is quantized but rests on disk; quantized weights rest on the GPU or "
                                              "in CPU memory: plan again with a larger cpu budget");
+      } else if (plan.tensors()->Get(wt->tensor())->prequant() != schema::PreQuantKind::None) {
+        return Corrupt(src, fw + ": a pre-quantized tensor used as a plain weight");
       }
       const uint64_t end = wt->offset_in_block() + wt->size_bytes();
       if (end < wt->offset_in_block()) return Corrupt(src, fw + " overflows");
