@@ -312,7 +312,10 @@ class PreQuantMarker {
     const int64_t n = t->shape[0], k = t->shape[1];
     const std::string weight = module + ".weight";
     const bool block = q_.kind == quant::CheckpointQuant::Kind::kFp8Block;
-    const std::string scale = module + (block ? ".weight_scale_inv" : ".weight_scale");
+    // Block scales are X.weight_scale_inv (transformers' "fp8") or X.weight_scale (compressed-tensors' "block").
+    std::string scale = module + (block ? ".weight_scale_inv" : ".weight_scale");
+    if (block && !synthesized() && Find(scale) == nullptr && Find(module + ".weight_scale") != nullptr)
+      scale = module + ".weight_scale";
     if (!synthesized()) {
       const TensorSpec* w = Find(weight);
       // A plain (floating, not fp8) weight: a module the checkpoint left unquantized.

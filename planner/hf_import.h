@@ -50,7 +50,8 @@ struct HfImportOptions {
 // refuses is refused here, kUnsupported / kCorrupt naming `source`), each linear-layer weight X.weight (the
 // registry's Layout::kLinear tensors) that the checkpoint stores quantized becomes one param [n, k] with
 // TensorSpec::prequant naming its source tensors and format/group fixed by the checkpoint:
-//   fp8 (block): X.weight F8_E4M3 [n, k] + X.weight_scale_inv F32 [ceil(n / br), ceil(k / bc)] -> fp8, group bc;
+//   fp8 (block): X.weight F8_E4M3 [n, k] + X.weight_scale_inv F32 [ceil(n / br), ceil(k / bc)] (compressed-tensors:
+//     X.weight_scale) -> fp8, group bc;
 //   fp8 (per channel / tensor): X.weight F8_E4M3 [n, k] + X.weight_scale F32 [n], [n, 1], [1] or [] -> fp8, group k;
 //   gptq: X.qweight I32 [k / 8, n], X.qzeros I32 [k / g, n / 8], X.scales F16/BF16/F32 [k / g, n], optional
 //     X.g_idx I32 [k] -> int4, group g (k for group_size -1); the param's dtype is the scales' dtype.

@@ -203,6 +203,8 @@ void WritePlanReport(std::ostream& out, const PlanResult& r, const PlanRequest& 
         << " (pre-quantized in the checkpoint: " << PreQuantKindName(prequant->prequant.kind);
     if (prequant->prequant.block_rows > 0)
       out << " blocks " << prequant->prequant.block_rows << "x" << prequant->prequant.block_cols;
+    else if (prequant->shape.size() == 2 && prequant->group == prequant->shape[1])
+      out << ", per row";
     else
       out << ", groups of " << prequant->group;
     out << ", " << prequant_count << " converted at load): " << FormatBytes(q.bytes) << " instead of "

@@ -134,6 +134,38 @@ TEST(PreQuantPlan, WeightsFlagMayOnlyRepeatTheCheckpointFormat) {
   ASSERT_TRUE(same.ok()) << same.error().message;
 }
 
+// compressed-tensors' block-quantized checkpoints name the block scales X.weight_scale.
+TEST(PreQuantImport, Fp8BlockScalesNamedWeightScale) {
+  TinyPreQuantOptions options;
+  options.mutate = [](std::vector<RawTensor>* ts, std::string*) {
+    for (RawTensor& t : *ts) {
+      const std::string suffix = ".weight_scale_inv";
+      if (t.name.size() > suffix.size() && t.name.ends_with(suffix)) t.name.resize(t.name.size() - 4);
+    }
+  };
+  Result<ModelDescription> m = ImportHfDirectory(Write("fp8_block_ct", TinyQuant::kFp8Block, options));
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  const TensorSpec* q = Param(*m, "model.layers.0.mlp.up_proj.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->prequant.sources[1], "model.layers.0.mlp.up_proj.weight_scale");
+  EXPECT_EQ(q->group, 32);
+}
+
+// A config that says quantized over plain weights is refused naming config.json.
+TEST(PreQuantImport, QuantizationConfigOverPlainWeightsIsRefused) {
+  const std::string root = TempDir("plain_with_config");
+  ASSERT_TRUE(WriteTinyPreQuantLlama(root + "/q", root + "/plain", TinyQuant::kGptq).ok());
+  // The dequantized twin holds plain F32 weights; give it the quantized checkpoint's config.json.
+  fs::copy_file(root + "/q/config.json", root + "/plain/config.json", fs::copy_options::overwrite_existing);
+  Result<ModelDescription> m = ImportHfDirectory(root + "/plain");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(m.error().message.find("plain/config.json: quantization_config says quant_method \"gptq\", but no "
+                                   "linear-layer weight"),
+            std::string::npos)
+      << m.error().message;
+}
+
 // Bad checkpoints: the error names the shard file and the tensor.
 TEST(PreQuantImport, RefusesBadCheckpointsNamingFileAndTensor) {
   struct Case {
