@@ -235,7 +235,17 @@ class PreQuantMarker {
         if (t.name.size() <= suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0)
           continue;
         const std::string module = t.name.substr(0, t.name.size() - suffix.size());
-        if (IsNotQuantized(module, q_.not_quantized)) continue;
+        if (IsNotQuantized(module, q_.not_quantized)) {
+          // Read as a plain weight: refuse one the checkpoint stores quantized after all (its scales would be lost).
+          const TensorSpec* w = Find(t.name);
+          const std::string stored = Find(module + ".qweight") != nullptr ? module + ".qweight"
+                                     : w != nullptr && w->dtype == DType::kF8E4M3 ? t.name
+                                                                                 : std::string();
+          if (!synthesized() && !stored.empty()) {
+            return Mismatch(stored, "is stored quantized, but " + source_ + " lists " + module + " as not quantized");
+          }
+          continue;
+        }
         if (q_.kind == quant::CheckpointQuant::Kind::kGptq) {
           BIGPLAN_RETURN_IF_ERROR(MarkGptq(module, &t));
         } else {

@@ -212,6 +212,13 @@ TEST(PreQuantImport, RefusesBadCheckpointsNamingFileAndTensor) {
          config->replace(at, 6, "\"awq\"");
        },
        ErrorCode::kUnsupported, {"config.json: quantization_config", "awq"}},
+      {"listed_but_quantized", TinyQuant::kFp8Block,
+       [](std::vector<RawTensor>*, std::string* config) {
+         const size_t at = config->find("\"lm_head\"");
+         config->replace(at, 9, "\"model.layers.1.mlp.up_proj\"");
+       },
+       ErrorCode::kMismatch,
+       {"tensor model.layers.1.mlp.up_proj.weight: is stored quantized, but", "as not quantized"}},
       {"act_order_config", TinyQuant::kGptq,
        [](std::vector<RawTensor>*, std::string* config) {
          const size_t at = config->find("\"desc_act\": false");
