@@ -66,9 +66,12 @@ constexpr ModelBufferRule kRotaryBuffers[] = {
 constexpr const char* kLlamaParameterless[] = {"model.rotary_emb"};
 constexpr RopeType kLlamaRope[] = {RopeType::kDefault, RopeType::kLinear, RopeType::kDynamic,
                                    RopeType::kLlama3,  RopeType::kYarn,   RopeType::kLongrope};
-// Keys no supported family implements: refused unless absent or neutral (null, false, 0, {}).
+// Keys no supported family implements (refused unless absent or neutral: null, false, 0, {}), and
+// quantization_config, which the importer reads (planner/hf_import.h).
 #define GENERIC_REFUSED_KEYS                                                                                      \
-  {"quantization_config", KeyHandling::kRefused, "quantized weights", nullptr},                                  \
+  {"quantization_config", KeyHandling::kImplemented,                                                            \
+   "pre-quantized linear weights: fp8 (block, per channel or tensor) and gptq 4-bit, converted at load "         \
+   "(planner/hf_import.h); other methods refused"},                                                               \
       {"attn_logit_softcapping", KeyHandling::kRefused, "attention logit soft-capping", nullptr},                \
       {"final_logit_softcapping", KeyHandling::kRefused, "final logit soft-capping", nullptr},                   \
       {"logit_scale", KeyHandling::kRefused, "scaled logits", nullptr},                                         \

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <span>
 #include <map>
 #include <set>
 
@@ -267,6 +269,21 @@ struct Loader {
           BIGPLAN_ASSIGN_OR_RETURN(wr.source, wr.shard->View(t->offset(), t->size_bytes()));
           wr.format = FormatOf(w->format());
           wr.group = w->group_size();
+          wr.prequant = t->prequant();
+          wr.block_rows = t->block_rows();
+          wr.block_cols = t->block_cols();
+          wr.gptq_v1_zero_offset = t->gptq_v1_zero_offset();
+          if (t->sources() != nullptr) {
+            for (const schema::SourceTensor* s : *t->sources()) {
+              WeightRuntime::Source src;
+              src.name = Str(s->name());
+              src.bytes = s->size_bytes();
+              src.dtype = s->src_dtype();
+              src.shape = ShapeOf(s->shape());
+              BIGPLAN_ASSIGN_OR_RETURN(src.data, state.shards[s->shard()]->View(s->offset(), s->size_bytes()));
+              wr.sources.push_back(std::move(src));
+            }
+          }
           // (VerifyPlan checked a quantized weight's size, source dtype and tier.)
           const uint64_t plain_bytes = uint64_t(wr.numel) * DTypeSize(wr.dtype);
           if (!wr.quantized() && wr.bytes != plain_bytes) {
@@ -438,24 +455,107 @@ struct Loader {
   // slice's values in the values block and its records, transposed, in the records block.
   Status QuantizeWeight(const WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce,
                         LoadProgress* progress) {
-    const int64_t rows = w.rows, cols = w.shape.size() == 2 ? w.shape[1] : 0;
-    const uint64_t row_bytes = w.row_bytes();
+    const int64_t cols = w.shape.size() == 2 ? w.shape[1] : 0;
     const uint64_t src_row = w.source_row_bytes();
     const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / std::max<uint64_t>(src_row, 1)));
+    return StoreQuantized(w, device_home, bounce, progress, step,
+                          [&](int64_t r, int64_t n, std::span<uint8_t> out) -> Status {
+                            std::span<const uint8_t> src(w.source + r * src_row, n * src_row);
+                            Status q = quant::Quantize(src, static_cast<DType>(w.source_dtype), n, cols, w.format,
+                                                       w.group, out);
+                            if (!q.ok()) return WithContext(q.take_error(), plan_name + ": quantizing " + w.name);
+                            return Status::Ok();
+                          });
+  }
+
+  // A pre-quantized checkpoint's weight: converted from its source tensors (exactly for fp8; GPTQ's f16 scales
+  // rounded to bf16) into the row-quantized layout in host memory, then stored as QuantizeWeight stores.
+  Status ConvertWeight(const WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce,
+                       LoadProgress* progress) {
+    const int64_t n = w.rows, k = w.shape.size() == 2 ? w.shape[1] : 0;
+    std::vector<uint8_t> converted(w.bytes);
+    const std::string what = plan_name + ": converting " + w.name;
+    if (w.prequant == schema::PreQuantKind::Fp8) {
+      const WeightRuntime::Source& weight = w.sources[0];
+      const WeightRuntime::Source& scale = w.sources[1];
+      // Scales to aligned floats: a mapped tensor's offset need not be a multiple of 4.
+      std::vector<float> scales(scale.bytes / sizeof(float));
+      if (scales.size() * sizeof(float) != scale.bytes || scales.empty()) {
+        return MakeError(ErrorCode::kMismatch, what + ": scale tensor " + scale.name + " has " +
+                                                   std::to_string(scale.bytes) + " bytes, not a float32 array");
+      }
+      std::memcpy(scales.data(), scale.data, scale.bytes);
+      quant::ScaleShape shape;
+      if (scale.shape.size() == 2) shape = {scale.shape[0], scale.shape[1]};
+      else if (scale.shape.size() == 1) shape = {scale.shape[0], 1};
+      if (static_cast<uint64_t>(shape.rows * shape.cols) != scales.size()) {
+        return MakeError(ErrorCode::kMismatch, what + ": scale tensor " + scale.name + " has " +
+                                                   std::to_string(scales.size()) + " values for its shape");
+      }
+      int64_t group = 0;
+      Status st = quant::FromFp8(std::span<const uint8_t>(weight.data, weight.bytes), scales.data(), shape, w.block_rows,
+                                 w.block_cols, n, k, converted, &group);
+      if (!st.ok()) return WithContext(st.take_error(), what + " (from " + weight.name + ", " + scale.name + ")");
+      if (group != w.group) {
+        return MakeError(ErrorCode::kCorrupt, what + ": the checkpoint's fp8 groups are " + std::to_string(group) +
+                                                  " columns, the plan's " + std::to_string(w.group));
+      }
+    } else if (w.prequant == schema::PreQuantKind::Gptq) {
+      quant::GptqTensors g;
+      auto span = [](const WeightRuntime::Source& s) { return std::span<const uint8_t>(s.data, s.bytes); };
+      g.qweight = span(w.sources[0]);
+      g.qweight_dtype = static_cast<DType>(w.sources[0].dtype);
+      g.qweight_shape = w.sources[0].shape;
+      g.qzeros = span(w.sources[1]);
+      g.qzeros_dtype = static_cast<DType>(w.sources[1].dtype);
+      g.qzeros_shape = w.sources[1].shape;
+      g.scales = span(w.sources[2]);
+      g.scales_dtype = static_cast<DType>(w.sources[2].dtype);
+      g.scales_shape = w.sources[2].shape;
+      if (w.sources.size() > 3) {
+        g.g_idx = span(w.sources[3]);
+        g.g_idx_dtype = static_cast<DType>(w.sources[3].dtype);
+        g.g_idx_shape = w.sources[3].shape;
+      }
+      std::vector<int32_t> perm;
+      Status st = quant::FromGptq(g, n, k, w.group, w.gptq_v1_zero_offset, converted, &perm);
+      if (!st.ok()) return WithContext(st.take_error(), what + " (from " + w.sources[0].name + ", ...)");
+      if (!perm.empty()) {
+        return MakeError(ErrorCode::kUnsupported, what + ": " + w.sources[3].name +
+                                                      " orders the columns by activation (act-order GPTQ), which "
+                                                      "bigplan does not run");
+      }
+    } else {
+      return MakeError(ErrorCode::kInternal, what + ": not a pre-quantized weight");
+    }
+    const uint64_t row_bytes = w.row_bytes();
+    const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / std::max<uint64_t>(row_bytes, 1)));
+    return StoreQuantized(w, device_home, bounce, progress, step,
+                          [&](int64_t r, int64_t rows, std::span<uint8_t> out) -> Status {
+                            std::memcpy(out.data(), converted.data() + r * row_bytes, rows * row_bytes);
+                            return Status::Ok();
+                          });
+  }
+
+  // Stores a quantized weight at w.home (pinned host memory, or the device arena through `bounce`), `step` rows at a
+  // time, each slice's rows written by `produce(first_row, rows, out)`. A split weight (WeightQuant::split) puts
+  // each slice's values in the values block and its records, transposed, in the records block.
+  Status StoreQuantized(const WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce, LoadProgress* progress,
+                        int64_t step,
+                        const std::function<Status(int64_t, int64_t, std::span<uint8_t>)>& produce) {
+    const int64_t rows = w.rows, cols = w.shape.size() == 2 ? w.shape[1] : 0;
+    const uint64_t row_bytes = w.row_bytes();
     const uint64_t data_bytes = static_cast<uint64_t>(cols) / 2;  // split (int4) only
     const int64_t groups = w.group > 0 ? cols / w.group : 0;
     std::vector<uint8_t> records(w.split ? rows * groups * 4 : 0);  // [groups, rows] 4-byte records
     for (int64_t r = 0; r < rows; r += step) {
       const int64_t n = std::min(step, rows - r);
-      std::span<const uint8_t> src(w.source + r * src_row, n * src_row);
       uint8_t* out = w.home + r * row_bytes;
       if (device_home) {
         bounce->resize(std::max<size_t>(bounce->size(), n * row_bytes));
         out = bounce->data();
       }
-      Status q = quant::Quantize(src, static_cast<DType>(w.source_dtype), n, cols, w.format, w.group,
-                                 std::span<uint8_t>(out, n * row_bytes));
-      if (!q.ok()) return WithContext(q.take_error(), plan_name + ": quantizing " + w.name);
+      BIGPLAN_RETURN_IF_ERROR(produce(r, n, std::span<uint8_t>(out, n * row_bytes)));
       if (w.split) {
         // Rows [r, r + n): their values to rows of the values block (now), record g of row r + i to [g, r + i] of
         // the records block (gathered here, copied once after the last slice).
@@ -496,6 +596,10 @@ struct Loader {
         }
         uint8_t* dst = w.home;
         w.shard->WillNeed(w.source_offset, w.source_bytes);
+        if (w.prequant != schema::PreQuantKind::None) {
+          BIGPLAN_RETURN_IF_ERROR(ConvertWeight(w, device_home, &bounce, &progress));
+          continue;
+        }
         if (w.quantized()) {
           BIGPLAN_RETURN_IF_ERROR(QuantizeWeight(w, device_home, &bounce, &progress));
           continue;
@@ -657,8 +761,19 @@ Status CheckPlanAgainstCheckpoint(const PlanFile& plan_file, const Checkpoint& c
     }
   }
   const auto* tensors = plan.tensors();
+  // Each checkpoint tensor the plan reads: a plain tensor itself, a pre-quantized weight's sources (v5).
+  std::vector<const schema::Tensor*> plain;
+  std::vector<const schema::SourceTensor*> sources;
   if (tensors != nullptr) {
     for (const schema::Tensor* t : *tensors) {
+      if (t->sources() != nullptr && t->sources()->size() > 0) {
+        for (const schema::SourceTensor* s : *t->sources()) sources.push_back(s);
+      } else {
+        plain.push_back(t);
+      }
+    }
+  }
+  auto check = [&](const auto* t) -> Status {
       const std::string name = Str(t->name());
       const TensorLocation* loc = checkpoint.Find(name);
       if (loc == nullptr) {
@@ -685,8 +800,10 @@ Status CheckPlanAgainstCheckpoint(const PlanFile& plan_file, const Checkpoint& c
         return MakeError(ErrorCode::kMismatch,
                          "plan " + pname + ": tensor " + name + " differs in the checkpoint: " + what + stale);
       }
-    }
-  }
+      return Status::Ok();
+  };
+  for (const schema::Tensor* t : plain) BIGPLAN_RETURN_IF_ERROR(check(t));
+  for (const schema::SourceTensor* t : sources) BIGPLAN_RETURN_IF_ERROR(check(t));
   return CheckConfigUnchanged(pname, Str(fp->config_sha256()), checkpoint.directory());
 }
 

@@ -40,6 +40,20 @@ struct WeightRuntime {
   uint64_t source_offset = 0;  // in the shard file
   const MappedFile* shard = nullptr;
   uint32_t shard_index = 0;
+  // A weight of a pre-quantized checkpoint (schema::Tensor.prequant, plan version 5): converted at load from these
+  // checkpoint tensors (formats/quant.h: FromFp8, FromGptq) into `format`; `source` above is sources[0]'s bytes.
+  struct Source {
+    std::string name;
+    const uint8_t* data = nullptr;  // in the mapped shard (any alignment)
+    uint64_t bytes = 0;
+    schema::DType dtype = schema::DType::F32;
+    std::vector<int64_t> shape;
+  };
+  schema::PreQuantKind prequant = schema::PreQuantKind::None;
+  int64_t block_rows = 0;
+  int64_t block_cols = 0;
+  bool gptq_v1_zero_offset = true;
+  std::vector<Source> sources;
   // Streamed (a Cpu- or Disk-tier weight of a block computed on a GPU, or a Disk-tier weight on the CPU): its
   // units in its device's stream, in row order. Empty for a weight used where it rests.
   std::vector<uint32_t> units;

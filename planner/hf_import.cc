@@ -3,13 +3,17 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <fstream>
+#include <initializer_list>
 #include <map>
 #include <optional>
+#include <regex>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 
 #include "arch/registry.h"
+#include "formats/quant.h"
 #include "support/file_read.h"
 #include "support/json_parse.h"
 
@@ -184,6 +188,245 @@ ModelDescription BuildFromRegistry(const arch::ParsedConfig& p, const DTypeSourc
   return m;
 }
 
+std::string ShapeStr(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Whether module `module` (e.g. "model.layers.0.mlp.down_proj", "lm_head") is one the checkpoint lists as not
+// quantized: equal to an entry, ending in "." + entry, or matching an entry "re:REGEX" (compressed-tensors).
+bool IsNotQuantized(const std::string& module, const std::vector<std::string>& not_quantized) {
+  for (const std::string& e : not_quantized) {
+    if (e.rfind("re:", 0) == 0) {
+      try {
+        if (std::regex_match(module, std::regex(e.substr(3)))) return true;
+      } catch (const std::regex_error&) {
+      }
+      continue;
+    }
+    if (module == e) return true;
+    if (module.size() > e.size() && module.compare(module.size() - e.size(), e.size(), e) == 0 &&
+        module[module.size() - e.size() - 1] == '.')
+      return true;
+  }
+  return false;
+}
+
+// Marks the linear weights a pre-quantized checkpoint stores quantized (see ImportHfConfig in the header).
+class PreQuantMarker {
+ public:
+  PreQuantMarker(const quant::CheckpointQuant& q, const HfImportOptions& options, const std::string& source)
+      : q_(q), options_(options), source_(source) {
+    if (options.tensors != nullptr)
+      for (const TensorSpec& t : *options.tensors) by_name_[t.name] = &t;
+  }
+
+  Status Apply(ModelDescription* model) {
+    const arch::FamilyInfo* family = arch::FindFamily(model->architecture);
+    if (family == nullptr) return Status::Ok();
+    int marked = 0;
+    for (BlockDesc& b : model->blocks) {
+      for (TensorSpec& t : b.params) {
+        const std::string local = t.name.substr(b.prefix.size());
+        const arch::TensorRule* rule = arch::FindTensorRule(*family, b.kind, local);
+        if (rule == nullptr || rule->layout != arch::Layout::kLinear || t.shape.size() != 2) continue;
+        const std::string suffix = ".weight";
+        if (t.name.size() <= suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0)
+          continue;
+        const std::string module = t.name.substr(0, t.name.size() - suffix.size());
+        if (IsNotQuantized(module, q_.not_quantized)) {
+          // Read as a plain weight: refuse one the checkpoint stores quantized after all (its scales would be lost).
+          const TensorSpec* w = Find(t.name);
+          const std::string stored = Find(module + ".qweight") != nullptr ? module + ".qweight"
+                                     : w != nullptr && w->dtype == DType::kF8E4M3 ? t.name
+                                                                                 : std::string();
+          if (!synthesized() && !stored.empty()) {
+            return Mismatch(stored, "is stored quantized, but " + source_ + " lists " + module + " as not quantized");
+          }
+          continue;
+        }
+        if (q_.kind == quant::CheckpointQuant::Kind::kGptq) {
+          BIGPLAN_RETURN_IF_ERROR(MarkGptq(module, &t));
+        } else {
+          BIGPLAN_RETURN_IF_ERROR(MarkFp8(module, &t));
+        }
+        marked += t.prequant.kind != PreQuant::Kind::kNone;
+      }
+    }
+    // A config that says the weights are quantized, over a checkpoint whose weights are not (or a family without
+    // linear layers bigplan reads quantized, e.g. GPT-2's Conv1D): the config and the weights disagree.
+    if (marked == 0) {
+      const bool gptq = q_.kind == quant::CheckpointQuant::Kind::kGptq;
+      return MakeError(ErrorCode::kUnsupported,
+                       source_ + ": quantization_config says quant_method \"" + q_.method + "\", but no linear-layer "
+                       "weight of this " + model->architecture + " model is stored that way in the checkpoint" +
+                       " (for a linear layer X: " +
+                       (gptq ? std::string("X.qweight, X.qzeros and X.scales")
+                             : std::string("an F8_E4M3 X.weight with X.weight_scale_inv or X.weight_scale")) + ")");
+    }
+    return Status::Ok();
+  }
+
+ private:
+  const TensorSpec* Find(const std::string& name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : it->second;
+  }
+  bool synthesized() const { return options_.tensors == nullptr; }
+
+  // "<shard file>: tensor NAME" (or the checkpoint directory / "the checkpoint" when unknown).
+  std::string Where(const std::string& tensor) const {
+    std::string file = "the checkpoint";
+    if (options_.checkpoint != nullptr) {
+      file = options_.checkpoint->directory();
+      const TensorLocation* loc = options_.checkpoint->Find(tensor);
+      if (loc == nullptr) {
+        // A missing tensor: the shard holding its module's other tensors.
+        const std::string module = tensor.substr(0, tensor.rfind('.') + 1);
+        for (const TensorLocation& t : options_.checkpoint->tensors()) {
+          if (t.name.rfind(module, 0) == 0) {
+            loc = &t;
+            break;
+          }
+        }
+      }
+      if (loc != nullptr && loc->shard < options_.checkpoint->shard_paths().size())
+        file = options_.checkpoint->shard_paths()[loc->shard];
+    }
+    return file + ": tensor " + tensor;
+  }
+  Error Mismatch(const std::string& tensor, const std::string& why) const {
+    return MakeError(ErrorCode::kMismatch, Where(tensor) + ": " + why + " (" + source_ + " says quant_method \"" +
+                                               q_.method + "\")");
+  }
+  Status Expect(const std::string& name, const TensorSpec* t, std::initializer_list<DType> dtypes,
+                const std::vector<std::vector<int64_t>>& shapes, const std::string& what) const {
+    if (t == nullptr) return Mismatch(name, "missing (the " + what + " of a quantized weight)");
+    bool dtype_ok = false;
+    std::string dtype_names;
+    for (DType d : dtypes) {
+      dtype_ok |= t->dtype == d;
+      dtype_names += std::string(dtype_names.empty() ? "" : " or ") + DTypeString(d);
+    }
+    if (!dtype_ok)
+      return Mismatch(name, std::string("is ") + DTypeString(t->dtype) + ", expected " + dtype_names + " (" + what + ")");
+    for (const std::vector<int64_t>& s : shapes)
+      if (t->shape == s) return Status::Ok();
+    std::string expected;
+    for (const std::vector<int64_t>& s : shapes) expected += (expected.empty() ? "" : " or ") + ShapeStr(s);
+    return Mismatch(name, "has shape " + ShapeStr(t->shape) + ", expected " + expected + " (" + what + ")");
+  }
+
+  Status MarkFp8(const std::string& module, TensorSpec* t) {
+    const int64_t n = t->shape[0], k = t->shape[1];
+    const std::string weight = module + ".weight";
+    const bool block = q_.kind == quant::CheckpointQuant::Kind::kFp8Block;
+    // Block scales are X.weight_scale_inv (transformers' "fp8") or X.weight_scale (compressed-tensors' "block").
+    std::string scale = module + (block ? ".weight_scale_inv" : ".weight_scale");
+    if (block && !synthesized() && Find(scale) == nullptr && Find(module + ".weight_scale") != nullptr)
+      scale = module + ".weight_scale";
+    if (!synthesized()) {
+      const TensorSpec* w = Find(weight);
+      // A plain (floating, not fp8) weight: a module the checkpoint left unquantized.
+      if (w != nullptr && w->dtype != DType::kF8E4M3 && IsFloatingPoint(w->dtype) && Find(scale) == nullptr)
+        return Status::Ok();
+      BIGPLAN_RETURN_IF_ERROR(Expect(weight, w, {DType::kF8E4M3}, {{n, k}}, "fp8 weight"));
+      if (block) {
+        const int64_t br = q_.block_rows, bc = q_.block_cols;
+        BIGPLAN_RETURN_IF_ERROR(Expect(scale, Find(scale), {DType::kF32}, {{(n + br - 1) / br, (k + bc - 1) / bc}},
+                                       "block scales"));
+      } else {
+        BIGPLAN_RETURN_IF_ERROR(Expect(scale, Find(scale), {DType::kF32}, {{n}, {n, 1}, {1}, {}, {1, 1}},
+                                       "per-channel or per-tensor scale"));
+      }
+    }
+    if (block && k % q_.block_cols != 0) {
+      return MakeError(ErrorCode::kUnsupported, Where(weight) + ": " + std::to_string(k) +
+                                                    " columns are not a whole number of fp8 blocks of " +
+                                                    std::to_string(q_.block_cols));
+    }
+    t->dtype = DType::kF8E4M3;
+    t->format = quant::Format::kFp8E4M3;
+    t->group = block ? q_.block_cols : k;
+    t->prequant.kind = PreQuant::Kind::kFp8;
+    t->prequant.block_rows = block ? q_.block_rows : 0;
+    t->prequant.block_cols = block ? q_.block_cols : 0;
+    t->prequant.sources = {weight, scale};
+    return Status::Ok();
+  }
+
+  Status MarkGptq(const std::string& module, TensorSpec* t) {
+    const int64_t n = t->shape[0], k = t->shape[1];
+    const std::string qweight = module + ".qweight", qzeros = module + ".qzeros", scales = module + ".scales",
+                      g_idx = module + ".g_idx";
+    const int64_t g = q_.gptq.group_size < 0 ? k : q_.gptq.group_size;
+    DType scale_dtype = DType::kF16;
+    bool has_g_idx = synthesized();
+    if (!synthesized()) {
+      if (Find(qweight) == nullptr) {
+        const TensorSpec* w = Find(t->name);
+        if (w != nullptr && IsFloatingPoint(w->dtype)) return Status::Ok();  // left unquantized (e.g. lm_head)
+      }
+      if (n % 8 != 0 || k % 8 != 0 || k % g != 0) {
+        return MakeError(ErrorCode::kUnsupported, Where(qweight) + ": a GPTQ weight of " + std::to_string(n) + " x " +
+                                                      std::to_string(k) + " (rows and columns must be multiples of 8 "
+                                                      "and the group size " + std::to_string(g) + " must divide the columns)");
+      }
+      BIGPLAN_RETURN_IF_ERROR(Expect(qweight, Find(qweight), {DType::kI32}, {{k / 8, n}}, "packed 4-bit values"));
+      BIGPLAN_RETURN_IF_ERROR(Expect(qzeros, Find(qzeros), {DType::kI32}, {{k / g, n / 8}}, "packed zeros"));
+      BIGPLAN_RETURN_IF_ERROR(
+          Expect(scales, Find(scales), {DType::kF16, DType::kBF16, DType::kF32}, {{k / g, n}}, "scales"));
+      scale_dtype = Find(scales)->dtype;
+      if (const TensorSpec* gi = Find(g_idx); gi != nullptr) {
+        BIGPLAN_RETURN_IF_ERROR(Expect(g_idx, gi, {DType::kI32}, {{k}}, "group index"));
+        has_g_idx = true;
+      }
+    }
+    if (q_.gptq.desc_act && has_g_idx) {
+      return MakeError(ErrorCode::kUnsupported,
+                       Where(g_idx) + ": act-order GPTQ (" + source_ + ": quantization_config.desc_act true) is not "
+                                      "supported: its columns are permuted, and bigplan's kernels multiply in order");
+    }
+    if (has_g_idx && !synthesized()) BIGPLAN_RETURN_IF_ERROR(CheckTrivialGIdx(g_idx, k, g));
+    t->dtype = scale_dtype;
+    t->format = quant::Format::kInt4;
+    t->group = g;
+    t->prequant.kind = PreQuant::Kind::kGptq;
+    t->prequant.v1_zero_offset = q_.gptq.v1_zero_offset;
+    t->prequant.sources = {qweight, qzeros, scales};
+    if (has_g_idx) t->prequant.sources.push_back(g_idx);
+    return Status::Ok();
+  }
+
+  // With the checkpoint at hand: g_idx must be c / g for every column c (act-order is refused at plan time).
+  Status CheckTrivialGIdx(const std::string& name, int64_t k, int64_t g) const {
+    if (options_.checkpoint == nullptr) return Status::Ok();
+    const TensorLocation* loc = options_.checkpoint->Find(name);
+    if (loc == nullptr || loc->shard >= options_.checkpoint->shard_paths().size()) return Status::Ok();
+    const std::string& path = options_.checkpoint->shard_paths()[loc->shard];
+    std::vector<int32_t> values(static_cast<size_t>(k));
+    std::ifstream in(path, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(loc->offset));
+    in.read(reinterpret_cast<char*>(values.data()), static_cast<std::streamsize>(k * 4));
+    if (!in) return MakeError(ErrorCode::kCorrupt, Where(name) + ": cannot read its " + std::to_string(k * 4) + " bytes");
+    for (int64_t c = 0; c < k; ++c) {
+      if (values[c] != c / g) {
+        return MakeError(ErrorCode::kUnsupported,
+                         Where(name) + ": act-order GPTQ (column " + std::to_string(c) + " is in group " +
+                             std::to_string(values[c]) + ", not " + std::to_string(c / g) +
+                             ") is not supported: its columns are permuted, and bigplan's kernels multiply in order");
+      }
+    }
+    return Status::Ok();
+  }
+
+  const quant::CheckpointQuant& q_;
+  const HfImportOptions& options_;
+  const std::string& source_;
+  std::unordered_map<std::string, const TensorSpec*> by_name_;
+};
+
 }  // namespace
 
 std::vector<MathKey> MathKeysOf(const std::string& model_type) {
@@ -208,6 +451,12 @@ Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfIm
   BIGPLAN_ASSIGN_OR_RETURN(DTypeSource dtypes, DTypeSource::Make(c, options.tensors));
   Result<ModelDescription> m = BuildFromRegistry(parsed, dtypes, options.tensors);
   if (!m.ok()) return m;
+  Result<quant::CheckpointQuant> q = quant::ParseQuantizationConfig(config);
+  if (!q.ok()) return WithContext(q.take_error(), source + ": quantization_config");
+  if (q->kind != quant::CheckpointQuant::Kind::kNone) {
+    PreQuantMarker marker(*q, options, source);
+    BIGPLAN_RETURN_IF_ERROR(marker.Apply(&*m));
+  }
   m->hf_config = config;
   if (!options.name.empty()) {
     m->name = options.name;
@@ -240,6 +489,7 @@ Result<ModelDescription> ImportHfConfigFile(const std::string& config_path, cons
   if (checkpoint != nullptr) {
     tensors = TensorSpecsOf(*checkpoint);
     options.tensors = &tensors;
+    options.checkpoint = checkpoint;
   }
   return AsFileContent(ImportHfConfigText(text, options, config_path));
 }

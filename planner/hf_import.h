@@ -39,9 +39,29 @@ struct HfImportOptions {
   std::string name;  // description name; default: config's "_name_or_path" if set, else model_type
   // Tensors as the checkpoint holds them (names, shapes, dtypes); nullptr: synthesize from the config alone.
   const std::vector<TensorSpec>* tensors = nullptr;
+  // The checkpoint those tensors come from (optional): errors about a pre-quantized checkpoint's tensors name the
+  // shard file that holds them, and a GPTQ g_idx is read from it to refuse act-order.
+  const Checkpoint* checkpoint = nullptr;
 };
 
-// A description from a parsed config.json. `source` prefixes error messages. kUnsupported naming an unknown
+// A description from a parsed config.json. `source` prefixes error messages.
+//
+// Pre-quantized checkpoints: when the config has a quantization_config (quant::ParseQuantizationConfig; anything it
+// refuses is refused here, kUnsupported / kCorrupt naming `source`), each linear-layer weight X.weight (the
+// registry's Layout::kLinear tensors) that the checkpoint stores quantized becomes one param [n, k] with
+// TensorSpec::prequant naming its source tensors and format/group fixed by the checkpoint:
+//   fp8 (block): X.weight F8_E4M3 [n, k] + X.weight_scale_inv F32 [ceil(n / br), ceil(k / bc)] (compressed-tensors:
+//     X.weight_scale) -> fp8, group bc;
+//   fp8 (per channel / tensor): X.weight F8_E4M3 [n, k] + X.weight_scale F32 [n], [n, 1], [1] or [] -> fp8, group k;
+//   gptq: X.qweight I32 [k / 8, n], X.qzeros I32 [k / g, n / 8], X.scales F16/BF16/F32 [k / g, n], optional
+//     X.g_idx I32 [k] -> int4, group g (k for group_size -1); the param's dtype is the scales' dtype.
+// Other tensors of a quantized module (X.input_scale, X.weight_scale_2 of activations, ...) are accepted and unused.
+// A module the checkpoint stores plainly (listed as not quantized, e.g. lm_head, or an F16/BF16 X.weight) stays a
+// plain param. With a tensor list, a quantized module whose tensors are missing or have the wrong dtype or shape
+// for n, k and the config is refused (kMismatch naming the shard file, when `options.checkpoint` is set, and the
+// tensor), and so is GPTQ act-order (desc_act, or with a checkpoint a g_idx that is not c / g): kUnsupported naming
+// the g_idx tensor. Without a tensor list every linear weight outside not_quantized is taken as quantized, with the
+// source names above. kUnsupported naming an unknown
 // model_type (and listing the supported ones); kInvalidArgument naming a missing or bad config field.
 Result<ModelDescription> ImportHfConfig(const nlohmann::json& config, const HfImportOptions& options = {},
                                         const std::string& source = "config.json");

@@ -146,6 +146,53 @@ Result<TensorSpec> ParseTensorSpec(const json& j, const std::string& path, const
   } else if (j.contains("group")) {
     return InvalidAt(source, f.Path("group"), "given without \"format\"");
   }
+  if (j.contains("prequant")) {
+    BIGPLAN_ASSIGN_OR_RETURN(const json* pq, f.Object("prequant"));
+    Fields q(*pq, f.Path("prequant"), source);
+    BIGPLAN_ASSIGN_OR_RETURN(std::string method, q.String("method"));
+    size_t min_sources = 0, max_sources = 0;
+    quant::Format expected = quant::Format::kNone;
+    if (method == "fp8") {
+      t.prequant.kind = PreQuant::Kind::kFp8;
+      min_sources = max_sources = 2;
+      expected = quant::Format::kFp8E4M3;
+    } else if (method == "gptq") {
+      t.prequant.kind = PreQuant::Kind::kGptq;
+      min_sources = 3;
+      max_sources = 4;
+      expected = quant::Format::kInt4;
+    } else {
+      return q.Bad("method", "expected \"fp8\" or \"gptq\", got \"" + method + "\"");
+    }
+    if (t.format != expected) {
+      return InvalidAt(source, f.Path("format"), std::string("a ") + method + " pre-quantized weight must be \"" +
+                                                     quant::FormatName(expected) + "\"");
+    }
+    if (pq->contains("block")) {
+      BIGPLAN_ASSIGN_OR_RETURN(const json* block, q.Array("block"));
+      if (block->size() != 2 || !(*block)[0].is_number_integer() || !(*block)[1].is_number_integer() ||
+          (*block)[0].get<int64_t>() <= 0 || (*block)[1].get<int64_t>() <= 0) {
+        return q.Bad("block", "expected two positive integers, got " + block->dump());
+      }
+      t.prequant.block_rows = (*block)[0].get<int64_t>();
+      t.prequant.block_cols = (*block)[1].get<int64_t>();
+    }
+    if (pq->contains("v1_zero_offset")) {
+      const json& v = pq->at("v1_zero_offset");
+      if (!v.is_boolean()) return q.Bad("v1_zero_offset", "expected a boolean");
+      t.prequant.v1_zero_offset = v.get<bool>();
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(const json* sources, q.Array("sources"));
+    for (const json& s : *sources) {
+      if (!s.is_string() || s.get<std::string>().empty()) return q.Bad("sources", "expected tensor names");
+      t.prequant.sources.push_back(s.get<std::string>());
+    }
+    if (t.prequant.sources.size() < min_sources || t.prequant.sources.size() > max_sources) {
+      return q.Bad("sources", "a " + method + " weight has " + std::to_string(min_sources) +
+                                  (min_sources == max_sources ? "" : " or " + std::to_string(max_sources)) +
+                                  " source tensors, got " + std::to_string(t.prequant.sources.size()));
+    }
+  }
   return t;
 }
 
@@ -157,6 +204,14 @@ ordered_json TensorSpecToJson(const TensorSpec& t) {
   if (t.format != quant::Format::kNone) {
     j["format"] = quant::FormatName(t.format);
     j["group"] = t.group;
+  }
+  if (t.prequant.kind != PreQuant::Kind::kNone) {
+    ordered_json q;
+    q["method"] = PreQuantKindName(t.prequant.kind);
+    if (t.prequant.block_rows > 0) q["block"] = {t.prequant.block_rows, t.prequant.block_cols};
+    if (t.prequant.kind == PreQuant::Kind::kGptq) q["v1_zero_offset"] = t.prequant.v1_zero_offset;
+    q["sources"] = t.prequant.sources;
+    j["prequant"] = std::move(q);
   }
   return j;
 }
@@ -315,7 +370,22 @@ int64_t TensorSpec::numel() const {
   return n;
 }
 
-uint64_t TensorSpec::bytes() const { return static_cast<uint64_t>(numel()) * DTypeBytes(dtype); }
+const char* PreQuantKindName(PreQuant::Kind kind) {
+  switch (kind) {
+    case PreQuant::Kind::kNone: return "none";
+    case PreQuant::Kind::kFp8: return "fp8";
+    case PreQuant::Kind::kGptq: return "gptq";
+  }
+  return "none";
+}
+
+uint64_t TensorSpec::bytes() const {
+  if (prequant.kind != PreQuant::Kind::kNone && format != quant::Format::kNone && shape.size() == 2) {
+    Result<uint64_t> b = quant::TensorBytes(format, shape[0], shape[1], group);
+    if (b.ok()) return *b;
+  }
+  return static_cast<uint64_t>(numel()) * DTypeBytes(dtype);
+}
 
 uint64_t TensorSpec::bytes_as(DType exec_dtype) const {
   if (format != quant::Format::kNone && shape.size() == 2) {

@@ -32,6 +32,25 @@ using arch::BlockKind;
 using arch::BlockKindName;
 using arch::ParseBlockKind;
 
+// Where a parameter of a pre-quantized checkpoint (config.json's quantization_config) comes from: the checkpoint
+// stores it as several tensors, which the loader converts into bigplan's layout (formats/quant.h: FromFp8, FromGptq)
+// without requantizing. Set by ImportHfConfig; the param's `format` and `group` are then fixed by the checkpoint.
+struct PreQuant {
+  enum class Kind : uint8_t {
+    kNone = 0,
+    kFp8 = 1,   // sources {X.weight (F8_E4M3 [n, k]), its float32 scale (X.weight_scale_inv or X.weight_scale)}
+    kGptq = 2,  // sources {X.qweight, X.qzeros, X.scales} and X.g_idx when the checkpoint has it
+  };
+  Kind kind = Kind::kNone;
+  int64_t block_rows = 0;  // kFp8 with block scales: weight_block_size; 0 and 0: per-channel or per-tensor scale
+  int64_t block_cols = 0;
+  bool v1_zero_offset = true;        // kGptq: checkpoint_format "gptq" (stored zero = z - 1); false: "gptq_v2"
+  std::vector<std::string> sources;  // checkpoint tensor names, in the order above
+  bool operator==(const PreQuant&) const = default;
+};
+// "fp8", "gptq" ("none" for kNone).
+const char* PreQuantKindName(PreQuant::Kind kind);
+
 // A tensor by name, shape and dtype (no location). Used for description params, runtime buffers and for tensor
 // lists (the examples' tensors.json, or a checkpoint's tensors).
 struct TensorSpec {
@@ -44,9 +63,14 @@ struct TensorSpec {
   // "format" ("fp8", "int8", "int4") and "group" keys, written only when quantized.
   quant::Format format = quant::Format::kNone;
   int64_t group = 0;
+  // Pre-quantized checkpoints: the checkpoint tensors the param is converted from (no tensor named `name` need
+  // exist). `dtype` is then the dtype the weight dequantizes to (F8_E4M3 for fp8; the scales' dtype for GPTQ), and
+  // `format`/`group` are the checkpoint's (fp8 per row or in blocks of block_cols columns; int4 in GPTQ's groups).
+  // JSON: an optional "prequant" object {"method", "block": [rows, cols], "v1_zero_offset", "sources": [...]}.
+  PreQuant prequant;
 
   int64_t numel() const;                        // product of shape (1 for a scalar)
-  uint64_t bytes() const;                       // numel x DTypeBytes(dtype)
+  uint64_t bytes() const;                       // numel x DTypeBytes(dtype); the quantized size when pre-quantized
   // Its bytes at run time: the quantized size (quant::TensorBytes) when quantized; numel x DTypeBytes(exec) for
   // floating tensors; else bytes().
   uint64_t bytes_as(DType exec_dtype) const;

@@ -197,7 +197,27 @@ void WritePlanReport(std::ostream& out, const PlanResult& r, const PlanRequest& 
   out << "run: batch " << req.run.max_batch << ", seq " << req.run.max_seq_len << ", dtype "
       << DTypeString(r.exec_dtype) << "\n";
   const QuantizedSummary q = SummarizeQuantized(m, r.exec_dtype);
-  if (q.tensors > 0) {
+  const TensorSpec* prequant = nullptr;
+  int prequant_count = 0;
+  for (const BlockDesc& b : m.blocks) {
+    for (const TensorSpec& t : b.params) {
+      if (t.prequant.kind == PreQuant::Kind::kNone) continue;
+      if (prequant == nullptr) prequant = &t;
+      ++prequant_count;
+    }
+  }
+  if (prequant != nullptr) {
+    out << "weights: " << q.tensors << " linear-layer matrices stored " << quant::FormatName(prequant->format)
+        << " (pre-quantized in the checkpoint: " << PreQuantKindName(prequant->prequant.kind);
+    if (prequant->prequant.block_rows > 0)
+      out << " blocks " << prequant->prequant.block_rows << "x" << prequant->prequant.block_cols;
+    else if (prequant->shape.size() == 2 && prequant->group == prequant->shape[1])
+      out << ", per row";
+    else
+      out << ", groups of " << prequant->group;
+    out << ", " << prequant_count << " converted at load): " << FormatBytes(q.bytes) << " instead of "
+        << FormatBytes(q.plain_bytes) << " at " << DTypeString(r.exec_dtype) << "\n";
+  } else if (q.tensors > 0) {
     out << "weights: " << q.tensors << " linear-layer matrices stored " << quant::FormatName(req.weights)
         << " (quantized at load): " << FormatBytes(q.bytes) << " instead of " << FormatBytes(q.plain_bytes) << " at "
         << DTypeString(r.exec_dtype) << "\n";

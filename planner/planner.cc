@@ -195,7 +195,25 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   if (request.weights == quant::Format::kNone && request.weights_group > 0) {
     return MakeError(ErrorCode::kInvalidArgument, "a weight group size needs a quantized --weights format");
   }
-  if (request.weights != quant::Format::kNone) {
+  // A pre-quantized checkpoint's weights keep the checkpoint's format: --weights may only repeat it (a no-op).
+  for (const BlockDesc& b : model.blocks) {
+    for (const TensorSpec& t : b.params) {
+      if (t.prequant.kind == PreQuant::Kind::kNone || request.weights == quant::Format::kNone) continue;
+      if (request.weights != t.format || request.weights_group > 0) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "--weights " + std::string(quant::FormatName(request.weights)) +
+                             (request.weights_group > 0 ? " --weights-group " + std::to_string(request.weights_group) : "") +
+                             ": model " + model.name + " is pre-quantized (" + PreQuantKindName(t.prequant.kind) +
+                             ", e.g. " + t.name + " is " + quant::FormatName(t.format) + " in groups of " +
+                             std::to_string(t.group) +
+                             "); its weights are planned in the checkpoint's format: leave --weights out");
+      }
+    }
+  }
+  bool prequantized = false;
+  for (const BlockDesc& b : model.blocks)
+    for (const TensorSpec& t : b.params) prequantized |= t.prequant.kind != PreQuant::Kind::kNone;
+  if (request.weights != quant::Format::kNone && !prequantized) {
     Progress(request, std::string("marking linear-layer weights ") + quant::FormatName(request.weights));
     BIGPLAN_RETURN_IF_ERROR(ApplyWeightFormat(&result.model, request.weights, request.weights_group));
   }
@@ -255,7 +273,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
                          "the placement leaves the " + std::string(quant::FormatName(layout.weights[w].format)) +
                              " weight " + layout.weights[w].tensor +
                              " on disk, but quantized weights rest on the GPU or in pinned CPU memory (the executor "
-                             "quantizes them at load): raise the cpu budget");
+                             "quantizes or converts them at load): raise the cpu budget");
       }
     }
   }

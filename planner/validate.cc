@@ -39,6 +39,17 @@ Status ValidateAgainstTensors(const ModelDescription& model, const std::vector<T
   for (const BlockDesc& b : model.blocks) {
     for (const TensorSpec& p : b.params) {
       owned[p.name] = true;
+      if (p.prequant.kind != PreQuant::Kind::kNone) {
+        // Converted from its source tensors (checked by the importer); the module's other tensors (activation
+        // scales, ...) are accepted and unused.
+        for (const std::string& s : p.prequant.sources) {
+          if (!present.count(s)) problems.push_back("missing: " + s + " (source of " + p.name + ", block " + b.name + ")");
+        }
+        const std::string module = p.name.substr(0, p.name.rfind('.') + 1);
+        for (auto it = present.lower_bound(module); it != present.end() && it->first.rfind(module, 0) == 0; ++it)
+          owned[it->first] = true;
+        continue;
+      }
       auto it = present.find(p.name);
       if (it == present.end()) {
         problems.push_back("missing: " + Describe(p) + " (block " + b.name + ")");
@@ -76,6 +87,7 @@ Status ValidateAgainstCheckpoint(const ModelDescription& model, const Checkpoint
   // integer one. Refused here, naming the shard that holds it.
   for (const BlockDesc& b : model.blocks) {
     for (const TensorSpec& p : b.params) {
+      if (p.prequant.kind != PreQuant::Kind::kNone) continue;  // its sources' dtypes are checked by the importer
       const TensorLocation* loc = checkpoint.Find(p.name);
       if (loc == nullptr || IsFloatingPoint(loc->dtype)) continue;
       const std::string shard =

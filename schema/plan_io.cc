@@ -132,6 +132,43 @@ Status CheckRope(const schema::ModelConfig& config, const std::string& src) {
   return Status::Ok();
 }
 
+// (v5) A pre-quantized tensor: its kind is known, it is a 2-D [n, k] weight, its sources are in range and of the
+// kind's dtypes, and its own location is that of sources[0]. Plain tensors have no sources.
+Status CheckPreQuant(const schema::Tensor& t, uint32_t n_shards, const std::string& f, const std::string& src) {
+  const uint32_t n_sources = Len(t.sources());
+  if (static_cast<uint8_t>(t.prequant()) > static_cast<uint8_t>(schema::PreQuantKind::MAX))
+    return Corrupt(src, f + ".prequant is unknown");
+  if (t.prequant() == schema::PreQuantKind::None) {
+    if (n_sources != 0) return Corrupt(src, f + " has source tensors but is not pre-quantized");
+    return Status::Ok();
+  }
+  const bool fp8 = t.prequant() == schema::PreQuantKind::Fp8;
+  if (t.shape() == nullptr || t.shape()->size() != 2 || t.shape()->Get(0) <= 0 || t.shape()->Get(1) <= 0)
+    return Corrupt(src, f + " is pre-quantized but not a 2-D matrix");
+  if (fp8 ? n_sources != 2 : (n_sources != 3 && n_sources != 4))
+    return Corrupt(src, f + " has " + std::to_string(n_sources) + " source tensors, expected " + (fp8 ? "2" : "3 or 4"));
+  if (fp8 && (t.block_rows() == 0) != (t.block_cols() == 0))
+    return Corrupt(src, f + " has block_rows " + std::to_string(t.block_rows()) + " and block_cols " +
+                            std::to_string(t.block_cols()) + " (both or neither)");
+  for (uint32_t i = 0; i < n_sources; ++i) {
+    const schema::SourceTensor* s = t.sources()->Get(i);
+    const std::string fs = f + ".sources[" + std::to_string(i) + "]";
+    if (s->name() == nullptr) return Corrupt(src, fs + " has no name");
+    if (s->shard() >= n_shards) return Corrupt(src, fs + ".shard out of range");
+    const schema::DType d = s->src_dtype();
+    bool ok = true;
+    if (fp8) ok = i == 0 ? d == schema::DType::F8_E4M3 : d == schema::DType::F32;
+    else if (i == 2) ok = d == schema::DType::F16 || d == schema::DType::BF16 || d == schema::DType::F32;
+    else ok = d == schema::DType::I32;
+    if (!ok) return Corrupt(src, fs + " (" + s->name()->str() + ") has dtype " + DTypeName(d));
+  }
+  const schema::SourceTensor* s0 = t.sources()->Get(0);
+  if (t.shard() != s0->shard() || t.offset() != s0->offset() || t.size_bytes() != s0->size_bytes() ||
+      t.src_dtype() != s0->src_dtype())
+    return Corrupt(src, f + ": its location is not that of its first source tensor");
+  return Status::Ok();
+}
+
 Status CheckIndices(const schema::Plan& plan, const std::string& src) {
   if (!plan.checkpoint() || !plan.config() || !plan.run_shape())
     return Corrupt(src, "plan lacks its checkpoint, config or run_shape section");
@@ -146,6 +183,7 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
     if (t->shard() >= n_shards)
       return Corrupt(src, "tensors[" + std::to_string(i) + "].shard " + std::to_string(t->shard()) + " out of range");
     if (!t->name()) return Corrupt(src, "tensors[" + std::to_string(i) + "] has no name");
+    BIGPLAN_RETURN_IF_ERROR(CheckPreQuant(*t, n_shards, "tensors[" + std::to_string(i) + "] (" + t->name()->str() + ")", src));
   }
   auto check_buffer = [&](int32_t b, const std::string& field) -> Status {
     if (b < -1 || b >= static_cast<int32_t>(n_buffers))
@@ -188,15 +226,22 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
         if (wt->size_bytes() != row_bytes * uint64_t(t->shape()->Get(0)))
           return Corrupt(src, fw + ".size_bytes " + std::to_string(wt->size_bytes()) + ", expected " +
                                   std::to_string(row_bytes * uint64_t(t->shape()->Get(0))) + " for its format");
-        // The executor quantizes it at load from a floating-point tensor into GPU or pinned CPU memory: a quantized
-        // weight is never read from disk while streaming.
+        // The executor quantizes it at load from a floating-point tensor (or converts a pre-quantized one) into GPU
+        // or pinned CPU memory: a quantized weight is never read from disk while streaming.
         const schema::DType s = t->src_dtype();
-        if (s != schema::DType::F32 && s != schema::DType::F16 && s != schema::DType::BF16 && s != schema::DType::F64)
+        if (t->prequant() == schema::PreQuantKind::Fp8 && wt->format() != schema::WeightFormat::Fp8E4M3)
+          return Corrupt(src, fw + ": an fp8 pre-quantized tensor stored as " + quant::FormatName(FormatOf(wt->format())));
+        if (t->prequant() == schema::PreQuantKind::Gptq && wt->format() != schema::WeightFormat::Int4)
+          return Corrupt(src, fw + ": a GPTQ pre-quantized tensor stored as " + quant::FormatName(FormatOf(wt->format())));
+        if (t->prequant() == schema::PreQuantKind::None && s != schema::DType::F32 && s != schema::DType::F16 &&
+            s != schema::DType::BF16 && s != schema::DType::F64)
           return Corrupt(src, fw + " is quantized from a " + DTypeName(s) + " tensor; only floating-point tensors are");
         if (wt->tier() == schema::Tier::Disk)
           return MakeError(ErrorCode::kUnsupported,
                            src + ": " + fw + " is quantized but rests on disk; quantized weights rest on the GPU or "
                                              "in CPU memory: plan again with a larger cpu budget");
+      } else if (plan.tensors()->Get(wt->tensor())->prequant() != schema::PreQuantKind::None) {
+        return Corrupt(src, fw + ": a pre-quantized tensor used as a plain weight");
       }
       const uint64_t end = wt->offset_in_block() + wt->size_bytes();
       if (end < wt->offset_in_block()) return Corrupt(src, fw + " overflows");

@@ -22,6 +22,11 @@ struct ModelFields {
   uint64_t weight_bytes = 1024;
   schema::Tier tier = schema::Tier::Gpu;           // the weight's tier
   schema::DType src_dtype = schema::DType::F32;    // the tensor's dtype in the checkpoint
+  // (v5) A pre-quantized tensor: its kind and source tensors (name, dtype); the tensor's own location is the
+  // first source's unless `moved_source`.
+  schema::PreQuantKind prequant = schema::PreQuantKind::None;
+  std::vector<std::pair<std::string, schema::DType>> sources;
+  bool moved_source = false;
 };
 
 // A minimal valid plan: one shard, one tensor, one resident block, one buffer, one arena, one step.
@@ -33,7 +38,15 @@ flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_
   std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
   auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
   std::vector<int64_t> shape{16, 16};
-  auto tensor = schema::CreateTensorDirect(fb, "w", tensor_shard, 8, 1024, m.src_dtype, &shape);
+  std::vector<flatbuffers::Offset<schema::SourceTensor>> sources;
+  for (size_t i = 0; i < m.sources.size(); ++i) {
+    std::vector<int64_t> source_shape{16};
+    sources.push_back(schema::CreateSourceTensorDirect(fb, m.sources[i].first.c_str(), tensor_shard,
+                                                       8 + (i == 0 && !m.moved_source ? 0 : 2048), 1024,
+                                                       m.sources[i].second, &source_shape));
+  }
+  auto tensor = schema::CreateTensorDirect(fb, "w", tensor_shard, 8, 1024, m.src_dtype, &shape, m.prequant, 0, 0,
+                                           true, m.sources.empty() ? nullptr : &sources);
   std::vector<flatbuffers::Offset<schema::Tensor>> tensors{tensor};
   std::vector<schema::Weight> unused;
   auto weight = schema::CreateWeight(fb, 0, schema::DType::F32, m.weight_bytes, 0, m.tier, m.format, m.group);
@@ -92,11 +105,12 @@ TEST(PlanIoTest, RejectsOtherVersionAsIncompatible) {
       << r.error().message;
 }
 
-// Version 4 (weight formats): a version-3 reader would read quantized weights as plain ones, and a version-3 plan
-// is refused with "plan again", as is a version-2 plan (no typed RoPE), never read with a guessed field.
-TEST(PlanIoTest, RefusesVersion2And3PlansWithPlanAgain) {
-  ASSERT_EQ(kPlanVersion, 4u);
-  for (uint32_t version : {2u, 3u}) {
+// Version 5 (pre-quantized checkpoints): a version-4 reader would read a pre-quantized weight's first source
+// tensor as the weight. Version 4 (weight formats): a version-3 reader would read quantized weights as plain ones.
+// Older plans are refused with "plan again", never read with a guessed field.
+TEST(PlanIoTest, RefusesVersion2To4PlansWithPlanAgain) {
+  ASSERT_EQ(kPlanVersion, 5u);
+  for (uint32_t version : {2u, 3u, 4u}) {
     ModelFields old;
     old.rope_table = version >= 3;
     auto buf = MinimalPlan(version, 1024, 0, nullptr, old);
@@ -104,10 +118,60 @@ TEST(PlanIoTest, RefusesVersion2And3PlansWithPlanAgain) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().code, ErrorCode::kIncompatible);
     EXPECT_NE(r.error().message.find("old.bplan: made by an older planner (plan version " + std::to_string(version) +
-                                     "; this build reads version 4): plan again"),
+                                     "; this build reads version 5): plan again"),
               std::string::npos)
         << r.error().message;
   }
+}
+
+// (v5) A pre-quantized tensor: its sources' count and dtypes fit its kind, its location is its first source's, and
+// its weight is stored in the kind's format.
+TEST(PlanIoTest, ChecksPreQuantizedTensors) {
+  ModelFields m;
+  m.format = schema::WeightFormat::Int4;
+  m.group = 16;
+  m.weight_bytes = 16 * (8 + 4);
+  m.src_dtype = schema::DType::I32;
+  m.prequant = schema::PreQuantKind::Gptq;
+  m.sources = {{"w.qweight", schema::DType::I32}, {"w.qzeros", schema::DType::I32}, {"w.scales", schema::DType::F16}};
+  auto ok = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  auto plan = VerifyPlan(ok.data(), ok.size(), "q.bplan");
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  EXPECT_EQ((*plan)->tensors()->Get(0)->sources()->size(), 3u);
+
+  auto expect_corrupt = [](const ModelFields& bad, const std::string& what) {
+    auto buf = MinimalPlan(kPlanVersion, 1024, 0, nullptr, bad);
+    auto r = VerifyPlan(buf.data(), buf.size(), "q.bplan");
+    ASSERT_FALSE(r.ok()) << what;
+    EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+    EXPECT_NE(r.error().message.find(what), std::string::npos) << r.error().message;
+  };
+  ModelFields bad = m;
+  bad.sources.pop_back();
+  expect_corrupt(bad, "has 2 source tensors, expected 3 or 4");
+  bad = m;
+  bad.sources[2].second = schema::DType::I8;
+  expect_corrupt(bad, "sources[2] (w.scales) has dtype I8");
+  bad = m;
+  bad.moved_source = true;
+  expect_corrupt(bad, "its location is not that of its first source tensor");
+  bad = m;
+  bad.format = schema::WeightFormat::Int8;
+  bad.weight_bytes = 16 * (16 + 4);
+  expect_corrupt(bad, "a GPTQ pre-quantized tensor stored as int8");
+  bad = m;
+  bad.format = schema::WeightFormat::Plain;
+  bad.group = 0;
+  bad.weight_bytes = 1024;
+  expect_corrupt(bad, "a pre-quantized tensor used as a plain weight");
+  bad = m;
+  bad.prequant = schema::PreQuantKind::None;
+  expect_corrupt(bad, "has source tensors but is not pre-quantized");
+  bad = m;
+  bad.prequant = schema::PreQuantKind::Fp8;
+  bad.format = schema::WeightFormat::Fp8E4M3;
+  bad.weight_bytes = 16 * (16 + 4);
+  expect_corrupt(bad, "has 3 source tensors, expected 2");
 }
 
 // A quantized weight's size is rows x RowBytes of its format; a group that does not divide its columns, or another

@@ -2,6 +2,10 @@
 //
 //   gen_checkpoint --out DIR --spec FILE.json [--max-shard-bytes 2GiB] [--seed 0] [--scale 0.02]
 //                  [--threads N] [--prefix model]
+//   gen_checkpoint --out DIR --tiny-llama fp8-block|fp8-channel|gptq [--reference-out DIR2] [--seed N]
+//
+// The second form writes a tiny pre-quantized Llama (tools/tiny_prequant.h) and, in DIR2, the same model with its
+// weights dequantized into a plain F32 checkpoint (the oracle of the pre-quantized loaders).
 //
 // FILE.json: {"tensors": [{"name": "w", "shape": [4096, 4096], "dtype": "BF16"}, ...]}
 
@@ -17,6 +21,7 @@
 #include "support/result.h"
 #include "support/tool_main.h"
 #include "support/units.h"
+#include "tools/tiny_prequant.h"
 
 namespace bigplan {
 namespace {
@@ -24,7 +29,9 @@ namespace {
 constexpr const char* kUsage =
     "usage: gen_checkpoint --out DIR --spec FILE.json [--max-shard-bytes SIZE (default 2GiB)] [--seed N]\n"
     "                      [--scale X (default 0.02)] [--threads N] [--prefix NAME (default model)]\n"
-    "FILE.json: {\"tensors\": [{\"name\": \"w\", \"shape\": [4096, 4096], \"dtype\": \"BF16\"}, ...]}\n";
+    "FILE.json: {\"tensors\": [{\"name\": \"w\", \"shape\": [4096, 4096], \"dtype\": \"BF16\"}, ...]}\n"
+    "       gen_checkpoint --out DIR --tiny-llama fp8-block|fp8-channel|gptq [--reference-out DIR2] [--seed N]\n"
+    "                      (a tiny pre-quantized Llama; DIR2: the same model dequantized, F32)\n";
 
 Error Usage(const std::string& why) { return MakeError(ErrorCode::kInvalidArgument, why + "\n" + kUsage); }
 
@@ -39,7 +46,7 @@ Result<uint64_t> ParseUint(const std::string& flag, const std::string& text) {
 }
 
 Status Main(int argc, char** argv) {
-  std::string out, spec_path, prefix = "model";
+  std::string out, spec_path, prefix = "model", tiny, reference_out;
   WriterOptions options;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -79,11 +86,27 @@ Status Main(int argc, char** argv) {
       options.scale = scale;
     } else if (flag == "--prefix") {
       prefix = value;
+    } else if (flag == "--tiny-llama") {
+      tiny = value;
+    } else if (flag == "--reference-out") {
+      reference_out = value;
     } else {
       return Usage("unknown flag " + flag);
     }
   }
   if (out.empty()) return Usage("--out is required");
+  if (!tiny.empty()) {
+    if (!spec_path.empty()) return Usage("--tiny-llama and --spec exclude each other");
+    Result<TinyQuant> kind = ParseTinyQuant(tiny);
+    if (!kind.ok()) return Usage("--tiny-llama: " + kind.error().message);
+    TinyPreQuantOptions tiny_options;
+    tiny_options.seed = options.seed;
+    BIGPLAN_RETURN_IF_ERROR(WriteTinyPreQuantLlama(out, reference_out, *kind, tiny_options));
+    std::fprintf(stderr, "gen_checkpoint: wrote a tiny %s Llama to %s%s%s\n", tiny.c_str(), out.c_str(),
+                 reference_out.empty() ? "" : " and its dequantized F32 copy to ", reference_out.c_str());
+    return Status::Ok();
+  }
+  if (!reference_out.empty()) return Usage("--reference-out needs --tiny-llama");
   if (spec_path.empty()) return Usage("--spec is required");
   options.file_prefix = prefix;
 
