@@ -98,8 +98,8 @@ double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
 }
 
 double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& p) {
-  if (!(p.cpu_gemv_gbps > 0)) return 0;
-  return static_cast<double>(bytes) / (p.cpu_gemv_gbps * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
+  const double gbps = p.cpu_gemv_gbps > 0 ? p.cpu_gemv_gbps : p.cpu_mem_gbps / 2;
+  return static_cast<double>(bytes) / (gbps * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
 }
 
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& p) {

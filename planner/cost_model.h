@@ -146,7 +146,7 @@ double HostDispatchMicros(const BlockWork& work);
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& profile);
 // The host's product over `bytes` of weight rows for a forward of `tokens` tokens: bytes / cpu_gemv_gbps x
 // max(1, tokens / 4) (reading the weights bounds it for a few tokens; past that the multiply-adds grow with the
-// tokens). 0 when the profile has no cpu_gemv_gbps.
+// tokens). Without a measured cpu_gemv_gbps, half of cpu_mem_gbps stands in.
 double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& profile);
 
 // A stream unit's H2D copy (bytes / h2d_gbps) and its disk read (file bytes / disk_gbps).

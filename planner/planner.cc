@@ -228,17 +228,17 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   const DType exec = result.exec_dtype;
   if (request.cpu_share_auto || request.cpu_share != 0) {
     if (!request.cpu_share_auto && !(request.cpu_share > 0 && request.cpu_share < 1))
-    return MakeError(ErrorCode::kInvalidArgument, "--cpu-share must be \"auto\", \"off\" or a share between 0 and 1, "
-                                                  "not " + std::to_string(request.cpu_share));
-  if (request.run.max_batch > kMaxHostTokens)
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "--cpu-share: the host computes decode forwards of at most " + std::to_string(kMaxHostTokens) +
-                         " tokens, but the run shape's batch is " + std::to_string(request.run.max_batch));
-  if (!(result.profile.cpu_gemv_gbps > 0))
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "--cpu-share: the device profile \"" + result.profile.name +
-                         "\" has no cpu_gemv_gbps (the host's measured matrix-vector rate; see "
-                         "benchmarks/gpu/measure_profile): give a profile that has it");
+      return MakeError(ErrorCode::kInvalidArgument, "--cpu-share must be \"auto\", \"off\" or a share between 0 and 1, "
+                                                    "not " + std::to_string(request.cpu_share));
+    if (request.run.max_batch > kMaxHostTokens)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "--cpu-share: the host computes decode forwards of at most " + std::to_string(kMaxHostTokens) +
+                           " tokens, but the run shape's batch is " + std::to_string(request.run.max_batch));
+    if (request.cpu_share_auto && !(result.profile.cpu_gemv_gbps > 0))
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "--cpu-share: the device profile \"" + result.profile.name +
+                           "\" has no cpu_gemv_gbps (the host's measured matrix-vector rate; see "
+                           "benchmarks/gpu/measure_profile): give a profile that has it");
   }
 
   Progress(request, "placing " + std::to_string(model.blocks.size()) + " blocks (" + request.strategy + ")");

@@ -72,7 +72,8 @@ struct PlanRequest {
   // Host compute in decode (`plan --cpu-share`, planner/host_compute.h): the share of each eligible streamed matrix's
   // rows the host CPU multiplies in decode forwards (0 < share < 1), or, with cpu_share_auto, the share among 5%,
   // 10%, ..., 90% that the cost model predicts fastest for a decode forward of run.max_batch tokens (none when no
-  // share beats streaming everything; the profile must have cpu_gemv_gbps). run.max_batch must be at most
+  // share beats streaming everything; the profile must have cpu_gemv_gbps, which predictions of a fixed share use
+  // too when present). run.max_batch must be at most
   // kMaxHostTokens. 0 and no auto: off.
   double cpu_share = 0;
   bool cpu_share_auto = false;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compressed weights and hybrid decode on one GPU (issue "below the PCIe floor"): a Llama-3-8B-shaped checkpoint
 # (GQA 32:8, vocab 128256, random bf16 weights), planned at `cuda:0=6GiB` once per weight format, each 1-token
-# forward against the bf16 floor of that budget; then transformers + Accelerate at the same budget.
+# forward against the bf16 floor of that budget, with and without host compute (BIGPLAN_CPU_SHARE, default
+# "off,auto"); then transformers + Accelerate at the same budget.
 #
 #   benchmarks/gpu/compressed_check.sh OUT_DIR [parts...]
 # parts: kernels (kernels_quant_gpu_test), matvec (cpu_matvec_bench), ckpt, bigplan, accelerate (default: all).
@@ -15,6 +16,7 @@ env=.bundle/gpu_env.sh; bin=.bundle/bin
 ckpt="${BIGPLAN_CKPT:-/tmp/llama-3-8b-bf16}"
 budget="${BIGPLAN_BUDGET:-6}"
 formats="${BIGPLAN_WEIGHTS:-bf16,fp8,int8,int4}"
+shares="${BIGPLAN_CPU_SHARE:-off,auto}"  # plan --cpu-share per configuration (host compute in decode)
 
 if has kernels && [[ -x $bin/kernels_quant_gpu_test ]]; then
   "$env" "$bin/kernels_quant_gpu_test" 2>&1 | tail -25 | tee "$out/kernels_quant_gpu_test.txt"
@@ -58,8 +60,8 @@ PY
 fi
 if has bigplan; then
   "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "$budget" --cpu-budget-gib 100 --weights "$formats" \
-    --prefill 512 --repeat 5 --trace-dir "$out/traces" --out "$out/bigplan.json" 2>&1 | grep -v "loading weights" \
-    | tee "$out/bigplan.txt"
+    --cpu-share "$shares" --prefill 512 --repeat 5 --trace-dir "$out/traces" --out "$out/bigplan.json" 2>&1 \
+    | grep -v "loading weights" | tee "$out/bigplan.txt"
 fi
 if has accelerate; then
   PYTHONUNBUFFERED=1 python3 benchmarks/accelerate_baseline.py --checkpoint "$ckpt" --gpu-budgets-gib "$budget" \

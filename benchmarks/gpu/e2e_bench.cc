@@ -3,11 +3,13 @@
 //
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
-//             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4]
+//             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
 // and hybrid plans are measured against.
+// --cpu-share: every cpu-offload configuration is planned once per listed host share (plan --cpu-share; "off" is
+// the plain streamed plan), with the host's matrix-vector rate measured in this run in the profile.
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
 // fresh sequence), the floor (bytes streamed per forward / pinned H2D bandwidth measured in this run; for disk
@@ -52,6 +54,7 @@ struct Args {
   bool drop_caches = false;
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
   std::vector<quant::Format> weights{quant::Format::kNone};
+  std::vector<std::string> cpu_shares{"off"};
 };
 
 Result<Args> ParseArgs(int argc, char** argv) {
@@ -98,6 +101,19 @@ Result<Args> ParseArgs(int argc, char** argv) {
           const size_t c = std::min(v.find(',', p), v.size());
           BIGPLAN_ASSIGN_OR_RETURN(quant::Format fmt, quant::ParseFormat(v.substr(p, c - p)));
           a.weights.push_back(fmt);
+          p = c + 1;
+        }
+      }
+      else if (f == "--cpu-share") {
+        BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
+        a.cpu_shares.clear();
+        size_t p = 0;
+        while (p <= v.size()) {
+          const size_t c = std::min(v.find(',', p), v.size());
+          const std::string share = v.substr(p, c - p);
+          if (share != "auto" && share != "off" && !(std::stod(share) > 0 && std::stod(share) < 1))
+            return MakeError(ErrorCode::kInvalidArgument, "--cpu-share: auto, off or a share in (0, 1), not " + share);
+          a.cpu_shares.push_back(share);
           p = c + 1;
         }
       }
@@ -158,6 +174,7 @@ struct Config {
   double gpu_gib = 0;
   std::string max_memory;
   quant::Format weights = quant::Format::kNone;
+  std::string cpu_share = "off";  // plan --cpu-share
 };
 
 // KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
@@ -205,6 +222,8 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   req.exec_dtype = DType::kBF16;
   req.profile = profile;
   req.weights = cfg.weights;
+  if (cfg.cpu_share == "auto") req.cpu_share_auto = true;
+  else if (cfg.cpu_share != "off") req.cpu_share = std::stod(cfg.cpu_share);
   auto t_plan = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(PlanResult plan, MakePlan(req));
   const double plan_s = Seconds(t_plan);
@@ -215,11 +234,13 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     return c / (floors.h2d_gbps * 1e9) + (d ? d / (floors.disk_gbps * 1e9) : 0.0);
   };
   double bf16_floor_s = 0;
-  if (cfg.weights == quant::Format::kNone) {
+  if (cfg.weights == quant::Format::kNone && cfg.cpu_share == "off") {
     bf16_floor_s = floor_of(plan.plan());
   } else {
     PlanRequest bf16 = req;
     bf16.weights = quant::Format::kNone;
+    bf16.cpu_share = 0;
+    bf16.cpu_share_auto = false;
     BIGPLAN_ASSIGN_OR_RETURN(PlanResult b, MakePlan(bf16));
     bf16_floor_s = floor_of(b.plan());
   }
@@ -258,7 +279,11 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                       {"disk_read_mode", exec->info().disk_read_mode},
                       {"device_arena_bytes", exec->info().device_arena_bytes},
                       {"pinned_pool_bytes", exec->info().pinned_pool_bytes},
-                      {"predicted_1_s", plan.decode.total_us / 1e6}, {"predicted_prefill_s", plan.prefill.total_us / 1e6}};
+                      {"predicted_1_s", plan.decode.total_us / 1e6}, {"predicted_prefill_s", plan.prefill.total_us / 1e6},
+                      {"cpu_share_asked", cfg.cpu_share}, {"cpu_share", plan.cpu_share},
+                      {"host_bytes", plan.host_bytes}, {"host_threads", exec->info().host_threads},
+                      {"predicted_1_streamed_s", plan.decode_streamed_us / 1e6},
+                      {"decode_copy_floor_predicted_s", plan.decode_copy_floor_us / 1e6}};
   if (!resident) {
     auto drop = [&] { if (args.drop_caches && disk_bytes) DropPageCache(); };
     BIGPLAN_ASSIGN_OR_RETURN(Timing f1, TimeIt(args.repeat, [&]() -> Status {
@@ -266,6 +291,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       return exec->Forward(one, 1, fresh).status();
     }));
     const uint64_t streamed = exec->stats().last_streamed_bytes;
+    const uint64_t host_computed = exec->stats().host_compute_bytes;
     BIGPLAN_ASSIGN_OR_RETURN(Timing fp, TimeIt(args.repeat, [&]() -> Status {
       drop();
       return exec->Forward(prompt, 1, fresh).status();
@@ -276,6 +302,9 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     j["forward_1_s"] = f1.best;
     j["forward_prefill_s"] = fp.best;
     j["streamed_bytes"] = streamed;
+    j["host_compute_bytes_total"] = host_computed;
+    // What a 1-token forward still copies, at the measured H2D rate (the host's rows are not copied).
+    j["floor_1_s"] = static_cast<double>(streamed) / (floors.h2d_gbps * 1e9);
     j["floor_s"] = floor_s;
     j["ratio_1_to_floor"] = floor_s > 0 ? f1.best / floor_s : 0.0;
     j["ratio_prefill_to_floor"] = floor_s > 0 ? fp.best / floor_s : 0.0;
@@ -285,8 +314,9 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     std::fprintf(stderr, "   1 token %.4f s, prefill %.4f s, floor %.4f s (%.3fx / %.3fx), predicted %.4f / %.4f s\n",
                  f1.best, fp.best, floor_s, f1.best / std::max(floor_s, 1e-12), fp.best / std::max(floor_s, 1e-12),
                  plan.decode.total_us / 1e6, plan.prefill.total_us / 1e6);
-    std::fprintf(stderr, "   weights %s: 1 token %.4f s = %.3fx the bf16 floor %.4f s of this budget%s\n",
-                 quant::FormatName(cfg.weights), f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s,
+    std::fprintf(stderr, "   weights %s, cpu share %s (%.2f, %.2f GiB on the host): 1 token %.4f s = %.3fx the bf16 floor "
+                 "%.4f s of this budget%s\n", quant::FormatName(cfg.weights), cfg.cpu_share.c_str(), plan.cpu_share,
+                 plan.host_bytes / 1073741824.0, f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s,
                  cpu_bytes + disk_bytes == 0 ? " (every weight resident: nothing streamed)" : "");
     if (cpu_bytes + disk_bytes == 0) {
       // All resident: the planner's decode prediction is a KV-cached step (CUDA-graph replayed where eligible),
@@ -354,8 +384,10 @@ Status Main(int argc, char** argv) {
   if (args.drop_caches) DropPageCache();
   BIGPLAN_ASSIGN_OR_RETURN(Floors floors, MeasureFloors(shards, uint64_t{8} << 30));
   std::fprintf(stderr, "floors: %s: H2D %.1f GB/s, D2H %.1f GB/s, device memory %.0f GB/s, bf16 matmul %.0f TFLOP/s, "
-               "disk (O_DIRECT) %.2f GB/s\n", floors.device_name.c_str(), floors.h2d_gbps, floors.d2h_gbps,
-               floors.device_mem_gbps, floors.matmul_tflops, floors.disk_gbps);
+               "disk (O_DIRECT) %.2f GB/s, host bf16 gemv %.1f GB/s (%.1f GB/s without copies, %d threads)\n",
+               floors.device_name.c_str(), floors.h2d_gbps, floors.d2h_gbps, floors.device_mem_gbps,
+               floors.matmul_tflops, floors.disk_gbps, floors.cpu_gemv_gbps, floors.cpu_gemv_alone_gbps,
+               floors.cpu_threads);
   BIGPLAN_ASSIGN_OR_RETURN(DeviceProfile profile, ParseDeviceProfile(FloorsToProfileJson(floors), "measured floors"));
   if (!args.trace_dir.empty()) std::filesystem::create_directories(args.trace_dir);
 
@@ -364,8 +396,11 @@ Status Main(int argc, char** argv) {
   for (double g : args.gpu_budgets) {
     std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB", g, args.cpu_budget_gib);
     for (quant::Format w : args.weights) {
-      const std::string suffix = w == quant::Format::kNone ? "" : std::string("_") + quant::FormatName(w);
-      configs.push_back({"cpu_offload_" + std::to_string(static_cast<int>(g * 10)) + suffix, "cpu", g, buf, w});
+      for (const std::string& share : args.cpu_shares) {
+        std::string suffix = w == quant::Format::kNone ? "" : std::string("_") + quant::FormatName(w);
+        if (share != "off") suffix += "_host_" + share;
+        configs.push_back({"cpu_offload_" + std::to_string(static_cast<int>(g * 10)) + suffix, "cpu", g, buf, w, share});
+      }
     }
   }
   for (auto [g, c] : args.disk_configs) {
@@ -382,7 +417,10 @@ Status Main(int argc, char** argv) {
                             {"prefill_tokens", args.prefill},
                             {"floors", {{"h2d_gbps", floors.h2d_gbps}, {"d2h_gbps", floors.d2h_gbps},
                                         {"device_mem_gbps", floors.device_mem_gbps},
-                                        {"matmul_tflops", floors.matmul_tflops}, {"disk_gbps", floors.disk_gbps}}},
+                                        {"matmul_tflops", floors.matmul_tflops}, {"disk_gbps", floors.disk_gbps},
+                                        {"cpu_gemv_gbps", floors.cpu_gemv_gbps},
+                                        {"cpu_gemv_alone_gbps", floors.cpu_gemv_alone_gbps},
+                                        {"cpu_threads", floors.cpu_threads}}},
                             {"configs", nlohmann::json::array()}};
   for (const auto& cfg : configs) {
     nlohmann::json j;

@@ -1,0 +1,188 @@
+// Host compute in decode (plan --cpu-share) on the GPU: a random-weight Llama whose decoder layers and lm_head
+// stream from pinned CPU memory is planned with and without a host share, for bf16 and each --weights format. The
+// plan with the share must give the same logits as the plan without (the oracle: the same weights, every row
+// streamed and multiplied on the GPU; that path matches transformers in e2e_gpu_test) within the rounding of
+// bf16 outputs, for a prefill (more tokens than host_max_tokens: every row streams), KV-cached decode steps of
+// batch 2 and 1 (the host multiplies its rows) and greedy generation; and the host must have computed the bytes
+// the plan gives it. Needs CUDA (skips without it) and the plan and gen_checkpoint tools (runfiles).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "executor/executor.h"
+#include "tests/e2e/e2e_util.h"
+
+namespace bigplan::e2e {
+namespace {
+
+bool HaveCuda() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+constexpr int kHidden = 512, kInter = 1024, kLayers = 3, kHeads = 8, kKvHeads = 4, kHeadDim = 64, kVocab = 2048;
+
+// config.json, spec.json and the random bf16 checkpoint (gen_checkpoint) in `dir`.
+Status WriteModel(const std::string& dir) {
+  std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 3, "num_attention_heads": 8,
+    "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 2048, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5, "hidden_act": "silu", "rope_theta": 10000.0, "tie_word_embeddings": false,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"})";
+  std::string t = R"({"tensors": [{"name": "model.embed_tokens.weight", "shape": [2048, 512], "dtype": "BF16"})";
+  auto add = [&](const std::string& name, std::vector<int> shape) {
+    t += R"(, {"name": ")" + name + R"(", "dtype": "BF16", "shape": [)" + std::to_string(shape[0]) +
+         (shape.size() > 1 ? ", " + std::to_string(shape[1]) : "") + "]}";
+  };
+  for (int i = 0; i < kLayers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "input_layernorm.weight", {kHidden});
+    add(p + "self_attn.q_proj.weight", {kHeads * kHeadDim, kHidden});
+    add(p + "self_attn.k_proj.weight", {kKvHeads * kHeadDim, kHidden});
+    add(p + "self_attn.v_proj.weight", {kKvHeads * kHeadDim, kHidden});
+    add(p + "self_attn.o_proj.weight", {kHidden, kHeads * kHeadDim});
+    add(p + "post_attention_layernorm.weight", {kHidden});
+    add(p + "mlp.gate_proj.weight", {kInter, kHidden});
+    add(p + "mlp.up_proj.weight", {kInter, kHidden});
+    add(p + "mlp.down_proj.weight", {kHidden, kInter});
+  }
+  add("model.norm.weight", {kHidden});
+  add("lm_head.weight", {kVocab, kHidden});
+  t += "]}";
+  std::ofstream(dir + "/spec.json") << t;
+  const std::string tool = Runfile("tools/gen_checkpoint");
+  if (tool.empty()) return MakeError(ErrorCode::kNotFound, "tools/gen_checkpoint");
+  std::string out;
+  if (RunCommand(tool + " --out " + dir + " --spec " + dir + "/spec.json --seed 11 --scale 0.05", &out) != 0)
+    return MakeError(ErrorCode::kInternal, "gen_checkpoint: " + out);
+  return Status::Ok();
+}
+
+struct Run {
+  std::vector<Logits> logits;  // prefill, then each decode step
+  std::vector<std::vector<int64_t>> generated;
+  Stats stats;
+  ModelInfo info;
+};
+
+Result<Run> RunPlan(const std::string& model, const std::string& plan) {
+  ExecutorOptions options;
+  options.progress = false;
+  options.record_trace = true;
+  BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, Executor::Load(plan, model, options));
+  Run r;
+  r.info = exec->info();
+  const std::vector<std::vector<int64_t>> prompts = {{1, 17, 200, 33, 5, 99, 128, 7, 1500, 3},
+                                                     {1, 250, 3, 64, 64, 12, 180, 41, 2000, 9}};
+  BIGPLAN_ASSIGN_OR_RETURN(Logits prefill, exec->Forward(prompts, true));
+  r.logits.push_back(prefill);
+  for (int step = 0; step < 4; ++step) {
+    BIGPLAN_ASSIGN_OR_RETURN(Logits l, exec->Forward(std::vector<std::vector<int64_t>>{{42 + step}, {77 + step}}, false));
+    r.logits.push_back(l);
+  }
+  // Batch 1 decode (fewer tokens than host_max_tokens).
+  BIGPLAN_ASSIGN_OR_RETURN(Logits one, exec->Forward(std::vector<std::vector<int64_t>>{{5, 6, 7}}, true));
+  r.logits.push_back(one);
+  BIGPLAN_ASSIGN_OR_RETURN(Logits step, exec->Forward(std::vector<std::vector<int64_t>>{{8}}, false));
+  r.logits.push_back(step);
+  GenerateOptions g;
+  g.max_new_tokens = 12;
+  BIGPLAN_ASSIGN_OR_RETURN(GenerateResult gen, exec->Generate(prompts, g));
+  r.generated = gen.tokens;
+  r.stats = exec->stats();
+  return r;
+}
+
+TEST(HostComputeGpu, SameLogitsAsStreamingEveryRow) {
+  if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = TempDir("host_compute_model");
+  Status written = WriteModel(dir);
+  ASSERT_TRUE(written.ok()) << written.error().ToString();
+  // Embedding, final norm resident; decoder layers and lm_head stream from pinned CPU memory.
+  const std::string map = dir + "/device_map.json";
+  {
+    std::ofstream out(map);
+    out << R"({"model.embed_tokens": 0, "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "cpu",
+               "model.norm": 0, "lm_head": "cpu"})";
+  }
+  for (const std::string weights : {"bf16", "fp8", "int8", "int4"}) {
+    for (const std::string chunks : {"", " --chunk-bytes 256KiB"}) {
+      SCOPED_TRACE(weights + chunks);
+      const std::string extra = "--device-map " + map + " --weights " + weights + chunks;
+      const std::string plain = dir + "/" + weights + "_plain.bplan", hybrid = dir + "/" + weights + "_host.bplan";
+      Status a = MakePlan(dir, "cuda:0=1GiB,cpu=4GiB", "bf16", 2, 64, plain, extra);
+      ASSERT_TRUE(a.ok()) << a.error().ToString();
+      Status b = MakePlan(dir, "cuda:0=1GiB,cpu=4GiB", "bf16", 2, 64, hybrid, extra + " --cpu-share 0.4");
+      ASSERT_TRUE(b.ok()) << b.error().ToString();
+      Result<Run> want = RunPlan(dir, plain);
+      ASSERT_TRUE(want.ok()) << want.error().ToString();
+      Result<Run> got = RunPlan(dir, hybrid);
+      ASSERT_TRUE(got.ok()) << got.error().ToString();
+      EXPECT_EQ(want->info.host_max_tokens, 0u);
+      EXPECT_EQ(got->info.host_max_tokens, 2u);
+      ASSERT_GT(got->info.host_bytes, 0u);
+      // Decode forwards (4 batch-2 steps, 1 batch-1 step, 11 generation steps) used the host; prefills did not.
+      EXPECT_EQ(got->stats.host_compute_forwards, 16u);
+      EXPECT_EQ(got->stats.host_compute_bytes, 16 * got->info.host_bytes);
+      EXPECT_EQ(want->stats.host_compute_bytes, 0u);
+      // The last forward (a generation step) multiplied on the host: its timings show the host's products.
+      int host_products = 0;
+      for (const CopyTiming& c : got->stats.last_copies) host_products += c.source == "host";
+      EXPECT_EQ(host_products, kLayers * 7 + 1);
+      ASSERT_EQ(got->logits.size(), want->logits.size());
+      double worst = 0;
+      for (size_t k = 0; k < want->logits.size(); ++k) {
+        const double e = MaxRelError(got->logits[k].data, want->logits[k].data);
+        worst = std::max(worst, e);
+        // bf16 outputs: the host sums in float32 and rounds once, like cuBLAS, in another order; a last-bit
+        // difference in one output moves the later layers a little.
+        EXPECT_LE(e, 3e-2) << "forward " << k;
+      }
+      int same = 0, total = 0;
+      for (size_t b = 0; b < want->generated.size(); ++b) {
+        for (size_t i = 0; i < want->generated[b].size() && i < got->generated[b].size(); ++i) {
+          ++total;
+          if (got->generated[b][i] != want->generated[b][i]) break;
+          ++same;
+        }
+      }
+      EXPECT_GE(same, total * 3 / 4) << "greedy tokens diverged early";
+      std::printf("%-5s%-22s host share %.2f MiB per decode forward: max rel err %.2e, same greedy prefix %d/%d\n",
+                  weights.c_str(), chunks.c_str(), got->info.host_bytes / 1048576.0, worst, same, total);
+    }
+  }
+}
+
+TEST(HostComputeGpu, OffByOptionStreamsEveryRow) {
+  if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = TempDir("host_compute_model_off");
+  Status written = WriteModel(dir);
+  ASSERT_TRUE(written.ok()) << written.error().ToString();
+  const std::string plan = dir + "/host.bplan";
+  Status made = MakePlan(dir, "cuda:0=40MiB,cpu=4GiB", "bf16", 1, 64, plan, "--cpu-share 0.5");
+  ASSERT_TRUE(made.ok()) << made.error().ToString();
+  ExecutorOptions options;
+  options.progress = false;
+  options.host_compute = false;
+  auto exec = Executor::Load(plan, dir, options);
+  ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+  EXPECT_EQ((*exec)->info().host_max_tokens, 0u);
+  auto l = (*exec)->Forward(std::vector<std::vector<int64_t>>{{1, 2, 3}}, true);
+  ASSERT_TRUE(l.ok()) << l.error().ToString();
+  auto s = (*exec)->Forward(std::vector<std::vector<int64_t>>{{4}}, false);
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  EXPECT_EQ((*exec)->stats().host_compute_bytes, 0u);
+  EXPECT_GT((*exec)->stats().cpu_tier_bytes, 0u);
+}
+
+}  // namespace
+}  // namespace bigplan::e2e
