@@ -67,19 +67,19 @@ Status WriteModel(const std::string& dir) {
   return Status::Ok();
 }
 
-struct Run {
+struct RunResult {
   std::vector<Logits> logits;  // prefill, then each decode step
   std::vector<std::vector<int64_t>> generated;
   Stats stats;
   ModelInfo info;
 };
 
-Result<Run> RunPlan(const std::string& model, const std::string& plan) {
+Result<RunResult> RunPlan(const std::string& model, const std::string& plan) {
   ExecutorOptions options;
   options.progress = false;
   options.record_trace = true;
   BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, Executor::Load(plan, model, options));
-  Run r;
+  RunResult r;
   r.info = exec->info();
   const std::vector<std::vector<int64_t>> prompts = {{1, 17, 200, 33, 5, 99, 128, 7, 1500, 3},
                                                      {1, 250, 3, 64, 64, 12, 180, 41, 2000, 9}};
@@ -123,9 +123,9 @@ TEST(HostComputeGpu, SameLogitsAsStreamingEveryRow) {
       ASSERT_TRUE(a.ok()) << a.error().ToString();
       Status b = MakePlan(dir, "cuda:0=1GiB,cpu=4GiB", "bf16", 2, 64, hybrid, extra + " --cpu-share 0.4");
       ASSERT_TRUE(b.ok()) << b.error().ToString();
-      Result<Run> want = RunPlan(dir, plain);
+      Result<RunResult> want = RunPlan(dir, plain);
       ASSERT_TRUE(want.ok()) << want.error().ToString();
-      Result<Run> got = RunPlan(dir, hybrid);
+      Result<RunResult> got = RunPlan(dir, hybrid);
       ASSERT_TRUE(got.ok()) << got.error().ToString();
       EXPECT_EQ(want->info.host_max_tokens, 0u);
       EXPECT_EQ(got->info.host_max_tokens, 2u);
