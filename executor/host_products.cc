@@ -20,10 +20,11 @@ Result<std::unique_ptr<HostProducts>> HostProducts::Create(const ModelState& sta
     for (const WeightRuntime& w : b.weights) {
       if (w.host_row_begin < 0) continue;
       if (w.shape.size() != 2 || w.home == nullptr || w.tier != schema::Tier::Cpu || w.split ||
-          (!w.quantized() && w.dtype != schema::DType::BF16)) {
+          (w.dtype != schema::DType::BF16 && (!w.quantized() || w.dtype != schema::DType::F16))) {
         return MakeError(ErrorCode::kInvalidArgument,
                          b.name + ": the host cannot multiply " + w.name +
-                             " (it multiplies bf16 or row-quantized matrices resting in pinned CPU memory)");
+                             " (it multiplies bf16 matrices, or row-quantized ones for bf16 or fp16 activations, "
+                             "resting in pinned CPU memory)");
       }
       const cpu_matvec::Matrix m{w.format, w.home, w.rows, w.shape[1], w.group, static_cast<int64_t>(w.row_bytes())};
       Status valid = cpu_matvec::Validate(m);
@@ -46,14 +47,30 @@ Result<std::unique_ptr<HostProducts>> HostProducts::Create(const ModelState& sta
     BIGPLAN_ASSIGN_OR_RETURN(h->y_copied_[i], CudaEvent::Create(h->device_, false, "host compute output copy"));
   }
   BIGPLAN_ASSIGN_OR_RETURN(h->x_ready_, CudaEvent::Create(h->device_, false, "host compute input copy"));
+  // The kernels read and write the pinned buffers through the device's mapping of them, which unified addressing
+  // gives every cudaHostAlloc allocation at the same address.
+  cudaDeviceProp prop{};
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaGetDeviceProperties(&prop, h->device_), "cudaGetDeviceProperties"));
+  if (!prop.unifiedAddressing || !prop.canMapHostMemory) {
+    return MakeError(ErrorCode::kUnsupported, "host compute needs a GPU that maps pinned host memory (unified "
+                                              "addressing): cuda:" + std::to_string(h->device_));
+  }
+  for (const Allocation* a : {&h->x_host_, &h->y_host_[0], &h->y_host_[1], &h->y_host_[2], &h->y_host_[3]}) {
+    void* device_ptr = nullptr;
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostGetDevicePointer(&device_ptr, a->data(), 0), "mapping a host compute buffer"));
+    if (device_ptr != a->data()) {
+      return MakeError(ErrorCode::kUnsupported, "host compute: a pinned buffer is mapped at another device address");
+    }
+  }
   const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   h->pool_ = std::make_unique<cpu_matvec::MatVecPool>(n);
   return h;
 }
 
-void HostProducts::Reset() {
-  x_ = at::Tensor();
-  x_float_ = at::Tensor();
+void HostProducts::Reset() { x_ = at::Tensor(); }
+
+at::Tensor HostProducts::MappedX(int64_t tokens, int64_t cols) const {
+  return at::from_blob(x_host_.data(), {tokens, cols}, x_.options().dtype(at::kFloat));
 }
 
 Status HostProducts::Begin(const at::Tensor& x, cudaStream_t stream) {
@@ -68,14 +85,12 @@ Status HostProducts::Begin(const at::Tensor& x, cudaStream_t stream) {
                                                       std::to_string(max_tokens_) + " x " + std::to_string(max_cols_));
   }
   x_ = x;
-  x_float_ = x.reshape({tokens, cols}).to(at::kFloat).contiguous();
   tokens_ = tokens;
   cols_ = cols;
   x_waited_ = false;
-  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(x_host_.data(), x_float_.data_ptr(),
-                                               static_cast<size_t>(tokens * cols) * sizeof(float),
-                                               cudaMemcpyDeviceToHost, stream),
-                               "copying a host-compute input to the host"));
+  // One kernel casts x to float32 and writes it straight into the pinned buffer (mapped into the device's address
+  // space): no copy engine, which the weight stream keeps busy.
+  MappedX(tokens, cols).copy_(x.reshape({tokens, cols}));
   return Cuda(cudaEventRecord(x_ready_.get(), stream), "recording a host-compute input copy");
 }
 
@@ -86,7 +101,6 @@ Result<at::Tensor> HostProducts::Product(const WeightRuntime& w, int64_t row_beg
   }
   if (!x_waited_) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(x_ready_.get()), "waiting for a host-compute input"));
-    x_float_ = at::Tensor();
     x_waited_ = true;
   }
   const int slot = next_slot_;
@@ -107,13 +121,12 @@ Result<at::Tensor> HostProducts::Product(const WeightRuntime& w, int64_t row_beg
   job.y_stride = rows;
   Status run = pool_->Run(std::span<const cpu_matvec::Job>(&job, 1), static_cast<int>(tokens_));
   if (!run.ok()) return WithContext(run.take_error(), "host compute of " + w.name);
-  at::Tensor out = at::empty({tokens_, rows}, x_.options().dtype(at::kFloat));
-  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(out.data_ptr(), y, static_cast<size_t>(tokens_ * rows) * sizeof(float),
-                                               cudaMemcpyHostToDevice, stream),
-                               "copying a host-compute result to the GPU"));
-  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(y_copied_[slot].get(), stream), "recording a host-compute output copy"));
+  // One kernel reads the result from the mapped pinned buffer and casts it to x's dtype on the GPU (again no copy
+  // engine: a small copy queued behind a weight copy would wait for it).
+  at::Tensor out = at::from_blob(y, {tokens_, rows}, x_.options().dtype(at::kFloat)).to(x_.scalar_type());
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(y_copied_[slot].get(), stream), "recording a host-compute output read"));
   y_pending_[slot] = true;
-  return out.to(x_.scalar_type());
+  return out;
 }
 
 }  // namespace bigplan::executor_internal

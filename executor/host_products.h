@@ -2,12 +2,14 @@
 // rows of streamed linear-layer matrices, computed by the host CPU from the pinned memory where they rest while the
 // GPU multiplies the rows that streamed (planner/host_compute.h).
 //
-// For each such matrix a kernel calls Begin(x) (x's float32 copy to pinned memory, on the compute stream), enqueues
-// the GPU's rows, then Product(w): the host waits for x, runs the rows through a MatVecPool
-// (executor/cpu_matvec.h) into pinned float32 memory, and copies the result to the GPU on the compute stream,
-// returned cast to x's dtype. Consecutive products of one input (q, k and v; gate and up) share Begin's copy. The
-// results rotate through kSlots pinned buffers; a slot is reused only after its previous copy to the GPU finished.
-// Nothing is allocated per product beyond LibTorch's caching allocator.
+// For each such matrix a kernel calls Begin(x) (a kernel on the compute stream writes x as float32 into pinned
+// memory through the device's mapping of it), enqueues the GPU's rows, then Product(w): the host waits for x, runs
+// the rows through a MatVecPool (executor/cpu_matvec.h) into pinned float32 memory, and a kernel on the compute
+// stream reads the result through the mapping, cast to x's dtype. No copy engine is involved: the weight stream
+// keeps the host-to-device one busy, and a small copy queued behind a weight copy would wait up to a millisecond.
+// Consecutive products of one input (q, k and v; gate and up) share Begin's copy. The results rotate through kSlots
+// pinned buffers; a slot is reused only after the kernel that read it finished. Nothing is allocated per product
+// beyond LibTorch's caching allocator.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -57,8 +59,9 @@ class HostProducts {
   std::array<CudaEvent, kSlots> y_copied_;
   std::array<bool, kSlots> y_pending_{};
   int next_slot_ = 0;
-  at::Tensor x_;        // the begun input (kept so its storage is not reused while cached)
-  at::Tensor x_float_;  // its float32 copy on the GPU, until the host has it
+  // x_host_ as a float32 [tokens, cols] tensor on the device (its mapping).
+  at::Tensor MappedX(int64_t tokens, int64_t cols) const;
+  at::Tensor x_;  // the begun input (kept so its storage is not reused while cached)
   int64_t tokens_ = 0, cols_ = 0;
   bool x_waited_ = false;
 };

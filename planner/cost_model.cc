@@ -97,9 +97,18 @@ double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {
   return source == schema::Tier::Gpu ? 0.0 : us;
 }
 
-double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& p) {
-  const double gbps = p.cpu_gemv_gbps > 0 ? p.cpu_gemv_gbps : p.cpu_mem_gbps / 2;
-  return static_cast<double>(bytes) / (gbps * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
+double HostGemvGbps(const DeviceProfile& p, quant::Format format) {
+  const double measured = format == quant::Format::kFp8E4M3 ? p.cpu_gemv_fp8_gbps
+                          : format == quant::Format::kInt8  ? p.cpu_gemv_int8_gbps
+                          : format == quant::Format::kInt4  ? p.cpu_gemv_int4_gbps
+                                                            : p.cpu_gemv_gbps;
+  if (measured > 0) return measured;
+  const double bf16 = p.cpu_gemv_gbps > 0 ? p.cpu_gemv_gbps : p.cpu_mem_gbps / 2;
+  return bf16 * kHostFormatFactor[static_cast<int>(format)];
+}
+
+double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& p, quant::Format format) {
+  return static_cast<double>(bytes) / (HostGemvGbps(p, format) * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
 }
 
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& p) {
@@ -162,7 +171,10 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
         ready = std::max(ready, ss.read_end[u]);
       }
       const double start = std::max(ss.copy_free, ready);
-      const double us = UnitCopyMicros(un.bytes, profile);
+      // While the host computes, it shares host memory with the copies: they run at h2d_busy_gbps.
+      const double us = host_mode && profile.h2d_busy_gbps > 0
+                            ? static_cast<double>(un.bytes) / (profile.h2d_busy_gbps * 1e9) * 1e6
+                            : UnitCopyMicros(un.bytes, profile);
       ss.copy_end[u] = start + us;
       ss.copy_free = ss.copy_end[u];
       f.copy_start[ss.first_unit + u] = start;
@@ -202,7 +214,8 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
         if (host_mode && st.units[u].host) {
           const bool first = u == 0 || !st.units[u - 1].host || st.units[u - 1].weight != st.units[u].weight ||
                              st.units[u - 1].block != st.units[u].block;
-          t += HostProductMicros(st.units[u].bytes, host_tokens, profile) + (first ? kHostProductMicros : 0.0);
+          t += HostProductMicros(st.units[u].bytes, host_tokens, profile, st.units[u].format) +
+               (first ? kHostProductMicros : 0.0);
           ss.release[u] = t;
           continue;
         }

@@ -76,6 +76,7 @@
 #include <vector>
 
 #include "formats/dtype.h"
+#include "formats/quant.h"
 #include "planner/device_profile.h"
 #include "planner/model_desc.h"
 #include "planner/schedule.h"
@@ -94,7 +95,9 @@ inline constexpr double kCpuOpMicros = 2.0;
 // kHostProductMicros: the fixed cost of one matrix whose last rows the host computes in a decode forward (planner/
 // host_compute.h), beyond reading those rows: the activation's copy to the host and the wait for it, waking the
 // host's threads, the partial result's copy back and the join on the GPU.
-inline constexpr double kHostProductMicros = 25.0;
+// Calibrated on an H100 host (16 cores; Llama-3-8B shape, cuda:0=6GiB, 60% of each streamed MLP matrix on the
+// host): products of 70 MB took 690-840 us against 680 us at the measured 103 GB/s, 75 us more on average.
+inline constexpr double kHostProductMicros = 75.0;
 
 // What one block computes, independent of placement.
 struct BlockWork {
@@ -147,7 +150,15 @@ double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& prof
 // The host's product over `bytes` of weight rows for a forward of `tokens` tokens: bytes / cpu_gemv_gbps x
 // max(1, tokens / 4) (reading the weights bounds it for a few tokens; past that the multiply-adds grow with the
 // tokens). Without a measured cpu_gemv_gbps, half of cpu_mem_gbps stands in.
-double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& profile);
+double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& profile,
+                         quant::Format format = quant::Format::kNone);
+// The host's product rate over `format` rows, GB/s of their bytes: the profile's measured rate for the format, else
+// cpu_gemv_gbps x kHostFormatFactor (else half of cpu_mem_gbps for bf16).
+double HostGemvGbps(const DeviceProfile& profile, quant::Format format);
+// Rates of the host kernels over fp8, int8 and int4 rows relative to bf16 rows, in bytes read per second (decoding
+// costs instructions; fewer bytes per weight): measured on the H100 machine's 16-core host with H2D copies running,
+// fp8 30 vs 90 GB/s, int8 ~0.6x, int4 ~0.3x (executor/cpu_matvec.h, benchmarks/cpu_matvec_bench.cc).
+inline constexpr double kHostFormatFactor[] = {1.0, 0.33, 0.6, 0.3};  // kNone, kFp8E4M3, kInt8, kInt4
 
 // A stream unit's H2D copy (bytes / h2d_gbps) and its disk read (file bytes / disk_gbps).
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& profile);
@@ -172,7 +183,8 @@ struct ForwardPrediction {
 //   * a block with chunks runs half of its compute before its chunks and spreads the other half over them by bytes.
 //   * with `host_tokens` > 0 (a decode forward of that many tokens that computes the `host` units on the host), host
 //     units are not copied: the compute thread spends HostProductMicros on each in its place among the chunks (plus
-//     kHostProductMicros per matrix), and releases it after.
+//     kHostProductMicros per matrix), and releases it after; the other units copy at h2d_busy_gbps when the profile
+//     has it (host memory serves both).
 // `devices`: each block's compute device. `host_us`: per-step host dispatch times (empty = folded into compute_us).
 ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<double>& compute_us,
                                   const std::vector<int32_t>& devices, const DeviceProfile& profile,

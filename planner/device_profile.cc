@@ -20,6 +20,13 @@ constexpr RateField kRates[] = {
     {"cpu_gflops", &DeviceProfile::cpu_gflops},
 };
 
+// Optional: absent or 0 means not measured.
+constexpr RateField kOptionalRates[] = {
+    {"cpu_gemv_gbps", &DeviceProfile::cpu_gemv_gbps},           {"cpu_gemv_fp8_gbps", &DeviceProfile::cpu_gemv_fp8_gbps},
+    {"cpu_gemv_int8_gbps", &DeviceProfile::cpu_gemv_int8_gbps}, {"cpu_gemv_int4_gbps", &DeviceProfile::cpu_gemv_int4_gbps},
+    {"h2d_busy_gbps", &DeviceProfile::h2d_busy_gbps},
+};
+
 Error Invalid(const std::string& source, const std::string& what) {
   return MakeError(ErrorCode::kInvalidArgument, source + ": " + what);
 }
@@ -29,7 +36,8 @@ Error Invalid(const std::string& source, const std::string& what) {
 Result<DeviceProfile> DeviceProfileFromJson(const nlohmann::json& j, const std::string& source) {
   if (!j.is_object()) return MakeError(ErrorCode::kCorrupt, source + ": a device profile must be a JSON object");
   for (const auto& [key, value] : j.items()) {
-    bool known = key == "name" || key == "cpu_gemv_gbps";
+    bool known = key == "name";
+    for (const RateField& f : kOptionalRates) known = known || key == f.key;
     for (const RateField& f : kRates) known = known || key == f.key;
     if (!known) return Invalid(source, "unknown key \"" + key + "\" in the device profile");
   }
@@ -48,12 +56,16 @@ Result<DeviceProfile> DeviceProfileFromJson(const nlohmann::json& j, const std::
       return Invalid(source, std::string("\"") + f.key + "\" must be a positive number, not " + it->dump());
     p.*(f.member) = v;
   }
-  if (auto it = j.find("cpu_gemv_gbps"); it != j.end()) {
-    if (!it->is_number()) return Invalid(source, "\"cpu_gemv_gbps\" must be a number");
+  for (const RateField& f : kOptionalRates) {
+    const char* key = f.key;
+    double DeviceProfile::*member = f.member;
+    auto it = j.find(key);
+    if (it == j.end()) continue;
+    if (!it->is_number()) return Invalid(source, std::string("\"") + key + "\" must be a number");
     const double v = it->get<double>();
     if (!std::isfinite(v) || v < 0)
-      return Invalid(source, "\"cpu_gemv_gbps\" must be a number >= 0 (0: not measured), not " + it->dump());
-    p.cpu_gemv_gbps = v;
+      return Invalid(source, std::string("\"") + key + "\" must be a number >= 0 (0: not measured), not " + it->dump());
+    p.*member = v;
   }
   return p;
 }
@@ -72,7 +84,8 @@ nlohmann::json DeviceProfileToJson(const DeviceProfile& p) {
   nlohmann::ordered_json o;
   o["name"] = p.name;
   for (const RateField& f : kRates) o[f.key] = p.*(f.member);
-  if (p.cpu_gemv_gbps > 0) o["cpu_gemv_gbps"] = p.cpu_gemv_gbps;
+  for (const RateField& f : kOptionalRates)
+    if (p.*(f.member) > 0) o[f.key] = p.*(f.member);
   return nlohmann::json::parse(o.dump());
 }
 

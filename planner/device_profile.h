@@ -13,6 +13,11 @@
 //   "cpu_gemv_gbps"    the host's multi-threaded matrix-vector product over bf16 weight rows in pinned memory while
 //                      H2D copies run, GB/s of weights read (planner/host_compute.h; absent or 0: not measured, and
 //                      `plan --cpu-share auto` cannot choose a share)
+//   "cpu_gemv_fp8_gbps", "cpu_gemv_int8_gbps", "cpu_gemv_int4_gbps"
+//                      the same over row-quantized weights (formats/quant.h), GB/s of their stored bytes (absent or
+//                      0: cpu_gemv_gbps x kHostFormatFactor of planner/cost_model.h)
+//   "h2d_busy_gbps"    pinned H2D copies while the host computes those products (host memory is shared), GB/s
+//                      (absent or 0: h2d_gbps)
 // Bundled: planner/profiles/h100-pcie5.json (measured) and planner/profiles/cpu.json (conservative, for CPU-only
 // plans). DefaultGpuProfile()/DefaultCpuProfile() return the same numbers without reading a file.
 #pragma once
@@ -36,6 +41,8 @@ struct DeviceProfile {
   double cpu_mem_gbps = 0;
   double cpu_gflops = 0;
   double cpu_gemv_gbps = 0;  // 0: not measured
+  double h2d_busy_gbps = 0;  // 0: not measured (h2d_gbps stands in)
+  double cpu_gemv_fp8_gbps = 0, cpu_gemv_int8_gbps = 0, cpu_gemv_int4_gbps = 0;  // 0: not measured
   bool operator==(const DeviceProfile&) const = default;
 };
 

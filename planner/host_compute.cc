@@ -11,7 +11,9 @@ namespace bigplan {
 bool HostComputable(const ModelDescription& model, size_t block, const WeightSlot& ws, Tier tier, int32_t device) {
   if (tier != Tier::kCpu || device < 0 || ws.tied || ws.shape.size() != 2 || ws.shape[0] < 2 * kHostRowAlign)
     return false;
-  if (ws.format == quant::Format::kNone && ws.dtype != DType::kBF16) return false;
+  // bf16 rows, or quantized rows for bf16 or fp16 activations (the executor moves activations to and from the host
+  // through casting kernels).
+  if (ws.dtype != DType::kBF16 && (ws.format == quant::Format::kNone || ws.dtype != DType::kF16)) return false;
   const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
   if (family == nullptr || block >= model.blocks.size()) return false;
   const BlockDesc& b = model.blocks[block];

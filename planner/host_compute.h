@@ -29,7 +29,7 @@ using HostRows = std::map<std::pair<uint32_t, uint32_t>, int64_t>;
 
 // Whether weight `ws` of block `block` may have host rows when it rests in `tier` and the block runs on `device`:
 // a registry linear-layer matrix (Layout::kLinear, [out, in], not a tied read) of a block computed on a GPU, resting
-// in pinned CPU memory, in bf16 at the execution dtype or row-quantized (the host kernels' formats), with at least
+// in pinned CPU memory, in bf16 at the execution dtype or row-quantized at a bf16 or fp16 one, with at least
 // 2 x kHostRowAlign rows.
 bool HostComputable(const ModelDescription& model, size_t block, const WeightSlot& ws, Tier tier, int32_t device);
 

@@ -72,11 +72,12 @@ TEST(HostComputeTest, NothingForResidentCpuBlocksOrOtherDtypes) {
   EXPECT_TRUE(AssignHostRows(m, p, DType::kBF16, 0.5).empty());
 }
 
-TEST(HostComputeTest, QuantizedRowsAtAnyExecutionDtypeAndTheGpuKeepsSomeRows) {
+TEST(HostComputeTest, QuantizedRowsForHalfActivationsAndTheGpuKeepsSomeRows) {
   ModelDescription m = Llama(false);
   ASSERT_TRUE(ApplyWeightFormat(&m, quant::Format::kInt8).ok());
   const HostRows rows = AssignHostRows(m, AllStreamed(m), DType::kF16, 0.95);
   EXPECT_EQ(rows.size(), 2u * 7 + 1);
+  EXPECT_TRUE(AssignHostRows(m, AllStreamed(m), DType::kF32, 0.5).empty());  // bf16 or fp16 activations only
   for (const auto& [key, n] : rows) {
     const BlockWeightLayout layout = LayoutBlockWeights(m, key.first, DType::kF16);
     EXPECT_LE(n, layout.weights[key.second].shape[0] - kHostRowAlign);

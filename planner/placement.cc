@@ -99,6 +99,7 @@ std::vector<StreamWeight> StreamWeightsFor(const ModelDescription& model, const 
       sw.file_bytes = static_cast<uint64_t>(numel) * DTypeBytes(ws.src_dtype);
       sw.file_row_bytes = sw.file_bytes / static_cast<uint64_t>(sw.rows);
       sw.cast = ws.src_dtype != ws.dtype;
+      sw.format = ws.format;
       out.push_back(sw);
     }
   }

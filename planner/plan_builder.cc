@@ -295,7 +295,8 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   const DeviceProfile& p = c.profile;
   auto profile = schema::CreateDeviceProfileDirect(fb, p.name.c_str(), p.h2d_gbps, p.d2h_gbps, p.disk_gbps,
                                                    p.device_mem_gbps, p.matmul_tflops, p.cpu_mem_gbps, p.cpu_gflops,
-                                                   p.cpu_gemv_gbps);
+                                                   p.cpu_gemv_gbps, p.h2d_busy_gbps, p.cpu_gemv_fp8_gbps,
+                                                   p.cpu_gemv_int8_gbps, p.cpu_gemv_int4_gbps);
   auto run_shape = schema::CreateRunShape(fb, c.run.max_batch, c.run.max_seq_len);
   const std::string digest = model.Digest();
   auto plan = schema::CreatePlanDirect(fb, kPlanVersion, kGeneratorName, c.strategy.c_str(), model.name.c_str(),

@@ -147,6 +147,7 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
     u.row_begin = r0;
     u.row_end = r1;
     u.source = w.source;
+    u.format = w.format;
     u.whole = whole;
     const bool all = r0 == 0 && r1 == w.rows;
     u.bytes = all ? w.bytes : static_cast<uint64_t>(r1 - r0) * w.row_bytes;

@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/quant.h"
 #include "planner/tier.h"
 #include "support/result.h"
 
@@ -64,6 +65,7 @@ struct StreamWeight {
   // the weight is streamed in row chunks whatever its size, split at rows - host_rows, and the chunks past that row
   // are marked `host` (a Cpu-source matrix only).
   int64_t host_rows = 0;
+  quant::Format format = quant::Format::kNone;  // its storage (the host's product rate depends on it)
 };
 
 struct StreamUnitPlan {
@@ -81,6 +83,7 @@ struct StreamUnitPlan {
   int32_t disk_wait_unit = -1;
   uint64_t file_bytes = 0;  // bytes the disk read moves (disk units)
   bool host = false;        // rows the host computes in decode forwards (StreamWeight::host_rows)
+  quant::Format format = quant::Format::kNone;  // the weight's storage
 };
 
 struct DeviceStreamPlan {

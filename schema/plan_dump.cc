@@ -167,7 +167,9 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
     o << "profile: " << Str(pr->name()) << ": h2d " << pr->h2d_gbps() << " GB/s, d2h " << pr->d2h_gbps()
       << " GB/s, disk " << pr->disk_gbps() << " GB/s, device memory " << pr->device_mem_gbps() << " GB/s, matmul "
       << pr->matmul_tflops() << " TFLOP/s, cpu memory " << pr->cpu_mem_gbps() << " GB/s, cpu " << pr->cpu_gflops()
-      << " GFLOP/s" << (pr->cpu_gemv_gbps() > 0 ? ", cpu gemv " + Fixed(pr->cpu_gemv_gbps()) + " GB/s" : "") << "\n";
+      << " GFLOP/s" << (pr->cpu_gemv_gbps() > 0 ? ", cpu gemv " + Fixed(pr->cpu_gemv_gbps()) + " GB/s" : "")
+      << (pr->h2d_busy_gbps() > 0 ? ", h2d while the host computes " + Fixed(pr->h2d_busy_gbps()) + " GB/s" : "")
+      << "\n";
 
   uint64_t tensor_bytes = 0;
   for (uint32_t i = 0; i < Len(p.tensors()); ++i) tensor_bytes += p.tensors()->Get(i)->size_bytes();
@@ -289,6 +291,13 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
                     {"matmul_tflops", pr->matmul_tflops()}, {"cpu_mem_gbps", pr->cpu_mem_gbps()},
                     {"cpu_gflops", pr->cpu_gflops()}};
   if (p.profile() && p.profile()->cpu_gemv_gbps() > 0) j["profile"]["cpu_gemv_gbps"] = p.profile()->cpu_gemv_gbps();
+  if (const auto* pr = p.profile()) {
+    for (auto [key, v] : {std::pair<const char*, double>{"h2d_busy_gbps", pr->h2d_busy_gbps()},
+                          {"cpu_gemv_fp8_gbps", pr->cpu_gemv_fp8_gbps()},
+                          {"cpu_gemv_int8_gbps", pr->cpu_gemv_int8_gbps()},
+                          {"cpu_gemv_int4_gbps", pr->cpu_gemv_int4_gbps()}})
+      if (v > 0) j["profile"][key] = v;
+  }
   if (p.host_max_tokens() > 0) j["host_max_tokens"] = p.host_max_tokens();
   J tensors = J::array();
   for (uint32_t i = 0; i < Len(p.tensors()); ++i) {

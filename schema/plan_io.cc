@@ -85,8 +85,10 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
             t->shape()->size() != 2)
           return Corrupt(src, fu + " is computed by the host but is not a row chunk of a matrix in pinned CPU memory "
                                    "streamed to a GPU");
-        if (w->format() == schema::WeightFormat::Plain && plan.exec_dtype() != schema::DType::BF16)
-          return Corrupt(src, fu + " is computed by the host, which multiplies bf16 or row-quantized weights only");
+        if (plan.exec_dtype() != schema::DType::BF16 &&
+            (w->format() == schema::WeightFormat::Plain || plan.exec_dtype() != schema::DType::F16))
+          return Corrupt(src, fu + " is computed by the host, which multiplies bf16 weights, or row-quantized ones "
+                                   "for bf16 or fp16 activations");
         if (plan.host_max_tokens() == 0 || plan.host_max_tokens() > kMaxHostTokens)
           return Corrupt(src, fu + " is computed by the host but host_max_tokens is " +
                                   std::to_string(plan.host_max_tokens()) + " (1.." + std::to_string(kMaxHostTokens) +

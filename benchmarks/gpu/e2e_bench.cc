@@ -4,6 +4,7 @@
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
+//             [--host-threads N]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -55,6 +56,7 @@ struct Args {
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
   std::vector<quant::Format> weights{quant::Format::kNone};
   std::vector<std::string> cpu_shares{"off"};
+  int host_threads = 0;  // ExecutorOptions::host_threads
 };
 
 Result<Args> ParseArgs(int argc, char** argv) {
@@ -104,6 +106,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
           p = c + 1;
         }
       }
+      else if (f == "--host-threads") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.host_threads = std::stoi(v); }
       else if (f == "--cpu-share") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
         a.cpu_shares.clear();
@@ -256,6 +259,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   ExecutorOptions opts;
   opts.record_trace = !args.trace_dir.empty();
   opts.cuda_graphs = args.cuda_graphs;
+  opts.host_threads = args.host_threads;
   auto t_load = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(auto exec, Executor::Load(plan_path, args.model, opts));
   const double load_s = Seconds(t_load);

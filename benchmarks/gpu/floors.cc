@@ -10,10 +10,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <atomic>
 #include <thread>
 #include <vector>
 
 #include "executor/cpu_matvec.h"
+#include "formats/quant.h"
 
 namespace bigplan {
 namespace {
@@ -78,7 +80,7 @@ Status MeasureCpuGemv(Floors* f) {
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostAlloc(&w, bytes, cudaHostAllocPortable), "cudaHostAlloc"));
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostAlloc(&src, kCopyBytes, cudaHostAllocPortable), "cudaHostAlloc"));
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMalloc(&dst, kCopyBytes), "cudaMalloc"));
-  // Small finite bf16 values (0x3c00..0x3cff: about 0.0078..0.0156).
+  // Small finite bf16 values (0x3c00..0x3cff: about 0.0078..0.0156); refilled for the quantized formats below.
   uint16_t* wv = static_cast<uint16_t*>(w);
   for (uint64_t i = 0; i < bytes / 2; ++i) wv[i] = static_cast<uint16_t>(0x3c00 | (i * 2654435761u >> 24));
   std::memset(src, 1, kCopyBytes);
@@ -110,6 +112,75 @@ Status MeasureCpuGemv(Floors* f) {
   Result<double> busy = best_gbps(5);
   const bool copies_outlasted = cudaStreamQuery(s) == cudaErrorNotReady;
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize"));
+  // The other way round: H2D copies timed while the host computes bf16 products of 64 MiB one after another (the
+  // size of a layer's matrices, with the pause between products that each call has).
+  std::atomic<bool> stop{false};
+  Status host_status;
+  std::thread host([&] {
+    constexpr int64_t kPiece = (64 << 20) / (kCols * 2);
+    cpu_matvec::Job piece = job;
+    for (int64_t r = 0; !stop.load() && host_status.ok(); r = (r + kPiece) % (kRows - kPiece)) {
+      piece.w.base = static_cast<const uint8_t*>(w) + r * kCols * 2;
+      piece.w.rows = kPiece;
+      piece.row_end = kPiece;
+      host_status = pool.Run(std::span<const cpu_matvec::Job>(&piece, 1), 1);
+    }
+  });
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  cudaEventRecord(a, s);
+  for (int i = 0; i < 8; ++i) cudaMemcpyAsync(dst, src, kCopyBytes, cudaMemcpyHostToDevice, s);
+  cudaEventRecord(b, s);
+  const Status copies = Cuda(cudaEventSynchronize(b), "cudaEventSynchronize");
+  stop = true;
+  host.join();
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  BIGPLAN_RETURN_IF_ERROR(copies);
+  BIGPLAN_RETURN_IF_ERROR(host_status);
+  f->h2d_busy_gbps = 8.0 * kCopyBytes / (ms * 1e6);
+  // The quantized formats, over the same bytes reinterpreted: random codes (fp8 without NaN codes), scales 0.01.
+  for (auto [format, out] : {std::pair<cpu_matvec::Format, double*>{cpu_matvec::Format::kFp8E4M3, &f->cpu_gemv_fp8_gbps},
+                             {cpu_matvec::Format::kInt8, &f->cpu_gemv_int8_gbps},
+                             {cpu_matvec::Format::kInt4, &f->cpu_gemv_int4_gbps}}) {
+    const int64_t group = 128;
+    const int64_t row_bytes = static_cast<int64_t>(quant::RowBytes(format, kCols, group).value());
+    const int64_t rows = static_cast<int64_t>(bytes) / row_bytes;
+    uint8_t* base = static_cast<uint8_t*>(w);
+    const int64_t data = format == cpu_matvec::Format::kInt4 ? kCols / 2 : kCols;
+    for (int64_t r = 0; r < rows; ++r) {
+      uint8_t* row = base + r * row_bytes;
+      for (int64_t i = 0; i < data; ++i) row[i] = static_cast<uint8_t>((r * 131 + i * 7) & 0xF7);
+      for (int64_t g = 0; g < kCols / group; ++g) {
+        uint8_t* rec = row + data + 4 * g;
+        if (format == cpu_matvec::Format::kInt4) {
+          const uint16_t scale = 0x3C24, zero = 0;  // bf16 0.01, 0
+          std::memcpy(rec, &scale, 2);
+          std::memcpy(rec + 2, &zero, 2);
+        } else {
+          const float scale = 0.01f;
+          std::memcpy(rec, &scale, 4);
+        }
+      }
+    }
+    cpu_matvec::Job q = job;
+    q.w = cpu_matvec::Matrix{format, base, rows, kCols, group, row_bytes};
+    q.row_end = rows;
+    double best = 1e30;
+    for (int i = 0; i < 40; ++i) cudaMemcpyAsync(dst, src, kCopyBytes, cudaMemcpyHostToDevice, s);
+    for (int i = 0; i < 4; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      BIGPLAN_RETURN_IF_ERROR(pool.Run(std::span<const cpu_matvec::Job>(&q, 1), 1));
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (i > 0) best = std::min(best, sec);
+    }
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize"));
+    *out = static_cast<double>(rows * row_bytes) / best / 1e9;
+  }
   cudaStreamDestroy(s);
   cudaFree(dst);
   cudaFreeHost(src);
@@ -179,7 +250,11 @@ std::string FloorsToProfileJson(const Floors& f) {
                       {"matmul_tflops", f.matmul_tflops},
                       {"cpu_mem_gbps", 20.0},
                       {"cpu_gflops", 200.0},
-                      {"cpu_gemv_gbps", f.cpu_gemv_gbps}};
+                      {"cpu_gemv_gbps", f.cpu_gemv_gbps},
+                      {"h2d_busy_gbps", f.h2d_busy_gbps},
+                      {"cpu_gemv_fp8_gbps", f.cpu_gemv_fp8_gbps},
+                      {"cpu_gemv_int8_gbps", f.cpu_gemv_int8_gbps},
+                      {"cpu_gemv_int4_gbps", f.cpu_gemv_int4_gbps}};
   return j.dump(1);
 }
 

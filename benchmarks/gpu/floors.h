@@ -22,6 +22,11 @@ struct Floors {
   // host compute in decode sees; the profile's cpu_gemv_gbps).
   double cpu_gemv_alone_gbps = 0;
   double cpu_gemv_gbps = 0;
+  // Pinned H2D copies while the host computes those products without pause (the profile's h2d_busy_gbps).
+  double h2d_busy_gbps = 0;
+  // The host's products over fp8, int8 and int4 rows (groups of 128 columns for int4) with copies running, GB/s of
+  // their bytes.
+  double cpu_gemv_fp8_gbps = 0, cpu_gemv_int8_gbps = 0, cpu_gemv_int4_gbps = 0;
   int cpu_threads = 0;
 };
 

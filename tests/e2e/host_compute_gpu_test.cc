@@ -167,8 +167,11 @@ TEST(HostComputeGpu, OffByOptionStreamsEveryRow) {
   const std::string dir = TempDir("host_compute_model_off");
   Status written = WriteModel(dir);
   ASSERT_TRUE(written.ok()) << written.error().ToString();
+  const std::string map = dir + "/device_map.json";
+  std::ofstream(map) << R"({"model.embed_tokens": 0, "model.layers.0": "cpu", "model.layers.1": "cpu",
+                            "model.layers.2": "cpu", "model.norm": 0, "lm_head": 0})";
   const std::string plan = dir + "/host.bplan";
-  Status made = MakePlan(dir, "cuda:0=40MiB,cpu=4GiB", "bf16", 1, 64, plan, "--cpu-share 0.5");
+  Status made = MakePlan(dir, "cuda:0=1GiB,cpu=4GiB", "bf16", 1, 64, plan, "--device-map " + map + " --cpu-share 0.5");
   ASSERT_TRUE(made.ok()) << made.error().ToString();
   ExecutorOptions options;
   options.progress = false;
