@@ -149,7 +149,7 @@ Status MeasureCpuGemv(Floors* f) {
                              {cpu_matvec::Format::kInt4, &f->cpu_gemv_int4_gbps}}) {
     const int64_t group = 128;
     const int64_t row_bytes = static_cast<int64_t>(quant::RowBytes(format, kCols, group).value());
-    const int64_t rows = static_cast<int64_t>(bytes) / row_bytes;
+    const int64_t rows = std::min<int64_t>(kRows, static_cast<int64_t>(bytes) / row_bytes);  // y holds kRows
     uint8_t* base = static_cast<uint8_t*>(w);
     const int64_t data = format == cpu_matvec::Format::kInt4 ? kCols / 2 : kCols;
     for (int64_t r = 0; r < rows; ++r) {
