@@ -306,6 +306,41 @@ TEST(CostModelTest, DiskUnitsAreReadThenCopied) {
   EXPECT_DOUBLE_EQ(CopyFloorMicros(s, p), 1536);
 }
 
+// Host compute in decode: with host_tokens, host units are not copied and the compute thread spends their product
+// time (at the format's host rate, plus kHostProductMicros per matrix) in their place; other copies run at
+// h2d_busy_gbps. Without host_tokens (prefill), every unit is copied as before.
+TEST(CostModelTest, HostUnitsAreComputedInsteadOfCopied) {
+  DeviceProfile p = SlowLinks();  // 1 GB/s: B bytes copy in B / 1000 us
+  p.h2d_busy_gbps = 0.5;
+  p.cpu_gemv_gbps = 2.0;
+  p.cpu_gemv_int4_gbps = 0.25;
+  p.cpu_gemv_fp8_gbps = 0;  // not measured
+  std::vector<StreamWeight> ws;
+  for (uint32_t b = 0; b < 2; ++b) {
+    ws.push_back(W(b, 0, 256000, 256));
+    ws.back().host_rows = 128;  // 128000 bytes each side
+  }
+  const Schedule s = StreamedSchedule(2, ws, {.ring_bytes = 4 * 256000});
+  ASSERT_EQ(s.streams[0].units.size(), 4u);
+  EXPECT_TRUE(s.streams[0].units[1].host && s.streams[0].units[3].host);
+  const std::vector<double> compute{10, 10};
+  auto prefill = SimulateForward(s, compute, {0, 0}, p);
+  EXPECT_DOUBLE_EQ(prefill.copy_us, 512);
+  auto decode = SimulateForward(s, compute, {0, 0}, p, {}, 1);
+  // Two copies of 128000 bytes at 0.5 GB/s: 256 us each, back to back (0-256, 256-512).
+  EXPECT_DOUBLE_EQ(decode.copy_us, 512);
+  // Block 0: 5 us of compute before its chunk, which lands at 256; 5 us after it; then the host's 64 us at
+  // 2 GB/s + kHostProductMicros. Block 1 likewise after its chunk at 512.
+  EXPECT_DOUBLE_EQ(decode.step_end[0], 256 + 5 + 64 + kHostProductMicros);
+  EXPECT_DOUBLE_EQ(decode.total_us, 512 + 5 + 64 + kHostProductMicros);
+  EXPECT_DOUBLE_EQ(CopyFloorMicros(s, p, /*skip_host=*/true), 256);
+  EXPECT_DOUBLE_EQ(CopyFloorMicros(s, p), 512);
+  // The host's rate depends on the rows' format; unmeasured formats scale the bf16 rate.
+  EXPECT_DOUBLE_EQ(HostGemvGbps(p, quant::Format::kInt4), 0.25);
+  EXPECT_DOUBLE_EQ(HostGemvGbps(p, quant::Format::kFp8E4M3), 2.0 * kHostFormatFactor[1]);
+  EXPECT_DOUBLE_EQ(HostProductMicros(1000000, 8, p), 1000.0);  // 500 us x 8 tokens / 4
+}
+
 TEST(CostModelTest, CopyStreamsPerDevice) {
   std::vector<ScheduleBlock> blocks{ScheduleBlock{"a", 0, 0, 0, 0}, ScheduleBlock{"b", 1, 0, 0, 0}};
   auto s0 = BuildDeviceStream(0, {W(0, 0, 100000)}, {.ring_bytes = 2 * 100096});

@@ -99,6 +99,11 @@ DeviceProfile DefaultGpuProfile() {
   p.matmul_tflops = 770.0;
   p.cpu_mem_gbps = 100.0;
   p.cpu_gflops = 1000.0;
+  p.cpu_gemv_gbps = 101.8;
+  p.cpu_gemv_fp8_gbps = 54.8;
+  p.cpu_gemv_int8_gbps = 54.8;
+  p.cpu_gemv_int4_gbps = 29.8;
+  p.h2d_busy_gbps = 47.4;
   return p;
 }
 

@@ -59,7 +59,9 @@ nlohmann::json DeviceProfileToJson(const DeviceProfile& profile);
 
 // H100 80GB (PCIe Gen5 host link), measured: pinned H2D 53 GB/s, D2H 54 GB/s, checkpoint reads 1.4 GB/s (buffered;
 // 1.3 GB/s with O_DIRECT), device memory 3030 GB/s (read + write), bf16 dense matmul 770 TFLOP/s. Host figures are
-// conservative estimates for a server CPU (not measured): 100 GB/s memory, 1000 GFLOP/s.
+// conservative estimates for a server CPU (not measured): 100 GB/s memory, 1000 GFLOP/s. Host compute in decode,
+// measured on the same machine's 16-core host with benchmarks/gpu/measure_profile: bf16 products 101.8 GB/s, fp8
+// and int8 54.8, int4 29.8 (with H2D copies running), H2D 47.4 GB/s while the host computes.
 DeviceProfile DefaultGpuProfile();
 // Conservative host-only figures for CPU-only plans: "transfers" are host memcpys (10 GB/s), disk 1 GB/s, memory
 // 20 GB/s, 200 GFLOP/s. device_mem_gbps/matmul_tflops mirror the host figures.

@@ -316,6 +316,11 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
       work.kernels += 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
       (*block_costs)[i] = EstimateBlockCost(work, run_size, devices[i], result.profile);
       (*decode)[i] = graph_decode ? GraphDecodeMicros((*block_costs)[i], work) : (*block_costs)[i].decode_us;
+      // A block the host computes part of waits for the GPU at each host product (its input must be on the host):
+      // the host cannot dispatch ahead of the GPU, so dispatch and GPU time add up (the products are added by the
+      // simulation).
+      if (host_weights_of_block[static_cast<uint32_t>(i)] > 0)
+        (*decode)[i] = (*block_costs)[i].host_us + (*block_costs)[i].decode_device_us;
       (*prefill)[i] = (*block_costs)[i].prefill_us;
     }
   };

@@ -167,8 +167,12 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
     o << "profile: " << Str(pr->name()) << ": h2d " << pr->h2d_gbps() << " GB/s, d2h " << pr->d2h_gbps()
       << " GB/s, disk " << pr->disk_gbps() << " GB/s, device memory " << pr->device_mem_gbps() << " GB/s, matmul "
       << pr->matmul_tflops() << " TFLOP/s, cpu memory " << pr->cpu_mem_gbps() << " GB/s, cpu " << pr->cpu_gflops()
-      << " GFLOP/s" << (pr->cpu_gemv_gbps() > 0 ? ", cpu gemv " + Fixed(pr->cpu_gemv_gbps()) + " GB/s" : "")
-      << (pr->h2d_busy_gbps() > 0 ? ", h2d while the host computes " + Fixed(pr->h2d_busy_gbps()) + " GB/s" : "")
+      << " GFLOP/s"
+      << (pr->cpu_gemv_gbps() > 0 ? ", cpu gemv " + Fixed(pr->cpu_gemv_gbps(), 1) + " GB/s (fp8 " +
+                                        Fixed(pr->cpu_gemv_fp8_gbps(), 1) + ", int8 " + Fixed(pr->cpu_gemv_int8_gbps(), 1) +
+                                        ", int4 " + Fixed(pr->cpu_gemv_int4_gbps(), 1) + ")"
+                                  : "")
+      << (pr->h2d_busy_gbps() > 0 ? ", h2d while the host computes " + Fixed(pr->h2d_busy_gbps(), 1) + " GB/s" : "")
       << "\n";
 
   uint64_t tensor_bytes = 0;
