@@ -440,7 +440,9 @@ Status ForEachChunk(const WeightRef& w, const std::function<void(const at::Tenso
 
 }  // namespace
 
-Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x, const at::Tensor& b) {
+Result<at::Tensor> LinearW(const WeightRef& w, const at::Tensor& x_in, const at::Tensor& b) {
+  // Act-order GPTQ: the stored columns are a permutation of the checkpoint's; so are the activations'.
+  const at::Tensor x = w.quant.perm.defined() ? x_in.index_select(-1, w.quant.perm) : x_in;
   if (w.quant.quantized()) {
     if (w.whole.defined()) return QuantLinear(x, w.whole, w.quant, b);
   } else if (w.whole.defined()) {

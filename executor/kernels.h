@@ -64,6 +64,9 @@ struct WeightQuant {
   // bf16 (the scale/zero layout PyTorch's tinygemm kernel takes). The executor stores GPU-resident int4 weights so;
   // rows of such a weight are never handed out in chunks.
   bool split = false;
+  // Act-order GPTQ: int64 [cols] on the weight's device; the stored column i multiplies x[..., perm[i]] (LinearW
+  // applies it). Undefined otherwise.
+  at::Tensor perm;
   bool quantized() const { return format != quant::Format::kNone; }
 };
 

@@ -469,8 +469,9 @@ struct Loader {
   }
 
   // A pre-quantized checkpoint's weight: converted from its source tensors (exactly for fp8; GPTQ's f16 scales
-  // rounded to bf16) into the row-quantized layout in host memory, then stored as QuantizeWeight stores.
-  Status ConvertWeight(const WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce,
+  // rounded to bf16) into the row-quantized layout in host memory, then stored as QuantizeWeight stores. Act-order
+  // GPTQ leaves its column order in w.perm.
+  Status ConvertWeight(WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce,
                        LoadProgress* progress) {
     const int64_t n = w.rows, k = w.shape.size() == 2 ? w.shape[1] : 0;
     std::vector<uint8_t> converted(w.bytes);
@@ -520,11 +521,8 @@ struct Loader {
       std::vector<int32_t> perm;
       Status st = quant::FromGptq(g, n, k, w.group, w.gptq_v1_zero_offset, converted, &perm);
       if (!st.ok()) return WithContext(st.take_error(), what + " (from " + w.sources[0].name + ", ...)");
-      if (!perm.empty()) {
-        return MakeError(ErrorCode::kUnsupported, what + ": " + w.sources[3].name +
-                                                      " orders the columns by activation (act-order GPTQ), which "
-                                                      "bigplan does not run");
-      }
+      // Act-order: our column i is the checkpoint's column perm[i]; the kernels multiply with x[..., perm].
+      w.perm = std::move(perm);
     } else {
       return MakeError(ErrorCode::kInternal, what + ": not a pre-quantized weight");
     }
@@ -587,8 +585,8 @@ struct Loader {
     }
     LoadProgress progress(total, options.progress);
     std::vector<uint8_t> bounce;
-    for (const BlockRuntime& br : state.blocks) {
-      for (const WeightRuntime& w : br.weights) {
+    for (BlockRuntime& br : state.blocks) {
+      for (WeightRuntime& w : br.weights) {
         if (w.tier == schema::Tier::Disk) continue;
         const bool device_home = w.tier == schema::Tier::Gpu && br.device >= 0;
         if (device_home) {

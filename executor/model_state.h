@@ -61,6 +61,9 @@ struct WeightRuntime {
   // >= 0: rows [host_row_begin, rows) are the plan's `host` units, which the host computes in decode forwards
   // (StreamEngine::BeginForward(true)) from `home` in pinned memory; -1: none.
   int64_t host_row_begin = -1;
+  // Act-order GPTQ (formats/quant.h FromGptq): the stored columns are the checkpoint's columns perm[0..cols), so a
+  // product takes the activations' columns in that order. Empty otherwise.
+  std::vector<int32_t> perm;
   uint64_t row_bytes() const { return rows > 0 ? bytes / static_cast<uint64_t>(rows) : bytes; }
   uint64_t source_row_bytes() const { return rows > 0 ? source_bytes / static_cast<uint64_t>(rows) : source_bytes; }
   bool quantized() const { return format != quant::Format::kNone; }

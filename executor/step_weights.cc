@@ -30,6 +30,11 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
       const WeightRuntime& w = b.weights[b.slots[s]];
       Entry& e = sw.entries_[s];
       e.weight = &w;
+      if (!w.perm.empty()) {
+        const at::Tensor host = at::from_blob(const_cast<int32_t*>(w.perm.data()),
+                                              {static_cast<int64_t>(w.perm.size())}, at::TensorOptions().dtype(at::kInt));
+        e.perm = host.to(sw.options_.device(), at::kLong);
+      }
       if (w.units.empty()) {
         // Resident, or a Cpu-tier weight of a block computed on the CPU (used where it rests).
         e.view = at::from_blob(w.home, w.stored_shape(), sw.options_.dtype(ToScalarType(w.stored_dtype())));
@@ -83,7 +88,7 @@ std::vector<int64_t> StepWeights::Shape(arch::Slot slot) const {
 WeightQuant StepWeights::Quant(arch::Slot slot) const {
   const Entry& e = At(slot);
   if (e.weight == nullptr || !e.weight->quantized() || e.weight->shape.size() != 2) return {};
-  return WeightQuant{e.weight->format, e.weight->group, e.weight->shape[1], e.weight->split};
+  return WeightQuant{e.weight->format, e.weight->group, e.weight->shape[1], e.weight->split, e.perm};
 }
 
 std::string StepWeights::Name(arch::Slot slot) const {

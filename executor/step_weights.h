@@ -43,6 +43,7 @@ class StepWeights : public BlockWeights {
   struct Entry {
     const WeightRuntime* weight = nullptr;  // null: the block has nothing in this slot
     at::Tensor view;  // resident / in place, or this step's whole streamed unit
+    at::Tensor perm;  // act-order GPTQ: WeightQuant::perm on the compute device
   };
   const Entry& At(arch::Slot slot) const;
   StreamEngine* engine_ = nullptr;

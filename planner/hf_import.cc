@@ -383,12 +383,9 @@ class PreQuantMarker {
         has_g_idx = true;
       }
     }
-    if (q_.gptq.desc_act && has_g_idx) {
-      return MakeError(ErrorCode::kUnsupported,
-                       Where(g_idx) + ": act-order GPTQ (" + source_ + ": quantization_config.desc_act true) is not "
-                                      "supported: its columns are permuted, and bigplan's kernels multiply in order");
-    }
-    if (has_g_idx && !synthesized()) BIGPLAN_RETURN_IF_ERROR(CheckTrivialGIdx(g_idx, k, g));
+    // Act-order (desc_act, or any g_idx that is not c / g) is run: the loader orders the columns by group and the
+    // kernels multiply with the activations in the same order (formats/quant.h FromGptq).
+    if (has_g_idx && !synthesized()) BIGPLAN_RETURN_IF_ERROR(CheckGIdx(g_idx, k, g));
     t->dtype = scale_dtype;
     t->format = quant::Format::kInt4;
     t->group = g;
@@ -399,8 +396,9 @@ class PreQuantMarker {
     return Status::Ok();
   }
 
-  // With the checkpoint at hand: g_idx must be c / g for every column c (act-order is refused at plan time).
-  Status CheckTrivialGIdx(const std::string& name, int64_t k, int64_t g) const {
+  // With the checkpoint at hand: every g_idx entry names a group, and every group holds exactly g columns (in order,
+  // c / g, or permuted: act-order).
+  Status CheckGIdx(const std::string& name, int64_t k, int64_t g) const {
     if (options_.checkpoint == nullptr) return Status::Ok();
     const TensorLocation* loc = options_.checkpoint->Find(name);
     if (loc == nullptr || loc->shard >= options_.checkpoint->shard_paths().size()) return Status::Ok();
@@ -410,12 +408,21 @@ class PreQuantMarker {
     in.seekg(static_cast<std::streamoff>(loc->offset));
     in.read(reinterpret_cast<char*>(values.data()), static_cast<std::streamsize>(k * 4));
     if (!in) return MakeError(ErrorCode::kCorrupt, Where(name) + ": cannot read its " + std::to_string(k * 4) + " bytes");
+    const int64_t groups = k / g;
+    std::vector<int64_t> count(static_cast<size_t>(groups), 0);
     for (int64_t c = 0; c < k; ++c) {
-      if (values[c] != c / g) {
-        return MakeError(ErrorCode::kUnsupported,
-                         Where(name) + ": act-order GPTQ (column " + std::to_string(c) + " is in group " +
-                             std::to_string(values[c]) + ", not " + std::to_string(c / g) +
-                             ") is not supported: its columns are permuted, and bigplan's kernels multiply in order");
+      if (values[c] < 0 || values[c] >= groups) {
+        return MakeError(ErrorCode::kCorrupt, Where(name) + ": column " + std::to_string(c) + " is in group " +
+                                                  std::to_string(values[c]) + ", outside 0.." +
+                                                  std::to_string(groups - 1));
+      }
+      ++count[static_cast<size_t>(values[c])];
+    }
+    for (int64_t i = 0; i < groups; ++i) {
+      if (count[static_cast<size_t>(i)] != g) {
+        return MakeError(ErrorCode::kCorrupt, Where(name) + ": group " + std::to_string(i) + " holds " +
+                                                  std::to_string(count[static_cast<size_t>(i)]) + " columns, not " +
+                                                  std::to_string(g));
       }
     }
     return Status::Ok();

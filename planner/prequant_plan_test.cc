@@ -99,7 +99,7 @@ TEST(PreQuantImport, Fp8ChannelAndGptq) {
 }
 
 TEST(PreQuantPlan, EveryLayoutPlansAndVerifies) {
-  for (TinyQuant kind : {TinyQuant::kFp8Block, TinyQuant::kFp8Channel, TinyQuant::kGptq}) {
+  for (TinyQuant kind : {TinyQuant::kFp8Block, TinyQuant::kFp8Channel, TinyQuant::kGptq, TinyQuant::kGptqActOrder}) {
     const std::string dir = Write("plan_" + std::to_string(static_cast<int>(kind)), kind);
     PlanRequest req = CpuRequest(dir);
     Result<PlanResult> r = MakePlan(req);
@@ -219,21 +219,25 @@ TEST(PreQuantImport, RefusesBadCheckpointsNamingFileAndTensor) {
        },
        ErrorCode::kMismatch,
        {"tensor model.layers.1.mlp.up_proj.weight: is stored quantized, but", "as not quantized"}},
-      {"act_order_config", TinyQuant::kGptq,
-       [](std::vector<RawTensor>*, std::string* config) {
-         const size_t at = config->find("\"desc_act\": false");
-         config->replace(at, 17, "\"desc_act\": true");
-       },
-       ErrorCode::kUnsupported, {"tensor model.layers.0.self_attn.q_proj.g_idx: act-order GPTQ"}},
-      {"act_order_g_idx", TinyQuant::kGptq,
+      // Act-order g_idx is run (EveryLayoutPlansAndVerifies), but every group must hold group_size columns.
+      {"g_idx_group_too_large", TinyQuant::kGptqActOrder,
        [&](std::vector<RawTensor>* ts, std::string*) {
          for (RawTensor& t : *ts) {
            if (t.name != kq + "g_idx") continue;
            int32_t* g = reinterpret_cast<int32_t*>(t.bytes.data());
-           std::swap(g[0], g[40]);
+           g[1] = g[0];
          }
        },
-       ErrorCode::kUnsupported, {"model.safetensors: tensor " + kq + "g_idx: act-order GPTQ (column 0 is in group 1"}},
+       ErrorCode::kCorrupt, {"model.safetensors: tensor " + kq + "g_idx: group 0 holds 33 columns, not 32"}},
+      {"g_idx_out_of_range", TinyQuant::kGptq,
+       [&](std::vector<RawTensor>* ts, std::string*) {
+         for (RawTensor& t : *ts) {
+           if (t.name != kq + "g_idx") continue;
+           int32_t* g = reinterpret_cast<int32_t*>(t.bytes.data());
+           g[5] = 99;
+         }
+       },
+       ErrorCode::kCorrupt, {"tensor " + kq + "g_idx: column 5 is in group 99, outside 0..1"}},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

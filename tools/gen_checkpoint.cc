@@ -2,7 +2,7 @@
 //
 //   gen_checkpoint --out DIR --spec FILE.json [--max-shard-bytes 2GiB] [--seed 0] [--scale 0.02]
 //                  [--threads N] [--prefix model]
-//   gen_checkpoint --out DIR --tiny-llama fp8-block|fp8-channel|gptq [--reference-out DIR2] [--seed N]
+//   gen_checkpoint --out DIR --tiny-llama fp8-block|fp8-channel|gptq|gptq-act [--reference-out DIR2] [--seed N]
 //
 // The second form writes a tiny pre-quantized Llama (tools/tiny_prequant.h) and, in DIR2, the same model with its
 // weights dequantized into a plain F32 checkpoint (the oracle of the pre-quantized loaders).
@@ -30,7 +30,7 @@ constexpr const char* kUsage =
     "usage: gen_checkpoint --out DIR --spec FILE.json [--max-shard-bytes SIZE (default 2GiB)] [--seed N]\n"
     "                      [--scale X (default 0.02)] [--threads N] [--prefix NAME (default model)]\n"
     "FILE.json: {\"tensors\": [{\"name\": \"w\", \"shape\": [4096, 4096], \"dtype\": \"BF16\"}, ...]}\n"
-    "       gen_checkpoint --out DIR --tiny-llama fp8-block|fp8-channel|gptq [--reference-out DIR2] [--seed N]\n"
+    "       gen_checkpoint --out DIR --tiny-llama fp8-block|fp8-channel|gptq|gptq-act [--reference-out DIR2] [--seed N]\n"
     "                      (a tiny pre-quantized Llama; DIR2: the same model dequantized, F32)\n";
 
 Error Usage(const std::string& why) { return MakeError(ErrorCode::kInvalidArgument, why + "\n" + kUsage); }

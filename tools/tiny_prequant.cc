@@ -71,10 +71,11 @@ std::string ConfigJson(bool quantized, TinyQuant kind) {
         q["modules_to_not_convert"] = {"lm_head"};
         break;
       case TinyQuant::kGptq:
+      case TinyQuant::kGptqActOrder:
         q["quant_method"] = "gptq";
         q["bits"] = 4;
         q["group_size"] = kGroup;
-        q["desc_act"] = false;
+        q["desc_act"] = kind == TinyQuant::kGptqActOrder;
         q["sym"] = false;
         q["checkpoint_format"] = "gptq";
         q["lm_head"] = false;
@@ -107,7 +108,7 @@ struct Maker {
   // A linear weight [n, k] named module + ".weight".
   void Linear(const std::string& module, int64_t n, int64_t k) {
     std::vector<float> w(n * k);
-    if (kind == TinyQuant::kGptq) {
+    if (kind == TinyQuant::kGptq || kind == TinyQuant::kGptqActOrder) {
       Gptq(module, n, k, &w);
     } else {
       Fp8(module, n, k, &w);
@@ -145,9 +146,11 @@ struct Maker {
     for (int& v : q) v = Int(0, 15);
     for (int& v : z) v = Int(1, 15);  // stored as z - 1 (checkpoint_format "gptq")
     for (float& v : s) v = static_cast<float>(Int(4, 15)) / 1024.0f;
+    // Column c's group: in order, or scattered (act-order: c mod groups, so each group keeps kGroup columns).
+    auto group_of = [&](int64_t c) { return kind == TinyQuant::kGptqActOrder ? c % groups : c / kGroup; };
     for (int64_t r = 0; r < n; ++r)
       for (int64_t c = 0; c < k; ++c)
-        (*w)[r * k + c] = static_cast<float>(q[r * k + c] - z[(c / kGroup) * n + r]) * s[(c / kGroup) * n + r];
+        (*w)[r * k + c] = static_cast<float>(q[r * k + c] - z[group_of(c) * n + r]) * s[group_of(c) * n + r];
     std::string qweight, qzeros, scales, g_idx;
     for (int64_t j = 0; j < k / 8; ++j) {
       for (int64_t col = 0; col < n; ++col) {
@@ -164,7 +167,7 @@ struct Maker {
       }
       for (int64_t col = 0; col < n; ++col) Append(&scales, FloatToF16(s[g * n + col]));
     }
-    for (int64_t c = 0; c < k; ++c) Append(&g_idx, static_cast<int32_t>(c / kGroup));
+    for (int64_t c = 0; c < k; ++c) Append(&g_idx, static_cast<int32_t>(group_of(c)));
     quantized.push_back(RawTensor{module + ".qweight", DType::kI32, {k / 8, n}, qweight});
     quantized.push_back(RawTensor{module + ".qzeros", DType::kI32, {groups, n / 8}, qzeros});
     quantized.push_back(RawTensor{module + ".scales", DType::kF16, {groups, n}, scales});
@@ -178,8 +181,9 @@ Result<TinyQuant> ParseTinyQuant(const std::string& name) {
   if (name == "fp8-block") return TinyQuant::kFp8Block;
   if (name == "fp8-channel") return TinyQuant::kFp8Channel;
   if (name == "gptq") return TinyQuant::kGptq;
+  if (name == "gptq-act") return TinyQuant::kGptqActOrder;
   return MakeError(ErrorCode::kInvalidArgument,
-                   "\"" + name + "\" is not a tiny pre-quantized layout (fp8-block, fp8-channel, gptq)");
+                   "\"" + name + "\" is not a tiny pre-quantized layout (fp8-block, fp8-channel, gptq, gptq-act)");
 }
 
 Status WriteSafetensorsFile(const std::string& path, const std::vector<RawTensor>& tensors) {

@@ -10,6 +10,7 @@
 //                 X.input_scale_ub, as fbgemm checkpoints carry;
 //   gptq:         X.qweight I32 [k / 8, n], X.qzeros I32 [k / 32, n / 8], X.scales F16 [k / 32, n], X.g_idx I32 [k]
 //                 (c / 32) (quant_method "gptq", bits 4, group_size 32, checkpoint_format "gptq": stored zero = z - 1);
+//   gptq-act:     the same with act-order (desc_act true): g_idx[c] = c mod (k / 32), every group's columns scattered;
 //                 w = (q - z) * s, with s = m / 1024 (m in 4..15) so that bf16 holds s and (8 - z) * s exactly.
 // Embeddings, norms and lm_head are plain F32 in both (lm_head listed as not quantized).
 #pragma once
@@ -24,9 +25,9 @@
 
 namespace bigplan {
 
-enum class TinyQuant { kFp8Block, kFp8Channel, kGptq };
+enum class TinyQuant { kFp8Block, kFp8Channel, kGptq, kGptqActOrder };
 
-// "fp8-block", "fp8-channel", "gptq"; kInvalidArgument naming the string otherwise.
+// "fp8-block", "fp8-channel", "gptq", "gptq-act"; kInvalidArgument naming the string otherwise.
 Result<TinyQuant> ParseTinyQuant(const std::string& name);
 
 struct RawTensor {

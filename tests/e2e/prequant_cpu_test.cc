@@ -3,6 +3,9 @@
 // those of the same model written with the dequantized weights as a plain F32 checkpoint (the oracle: the quantized
 // values were drawn first, so both checkpoints hold exactly the same weights).
 #include <gtest/gtest.h>
+#ifdef BIGPLAN_PREQUANT_ON_GPU
+#include <cuda_runtime.h>
+#endif
 
 #include <cstdio>
 #include <fstream>
@@ -17,8 +20,23 @@ namespace bigplan::e2e {
 namespace {
 
 // fp32 execution: the kernels dequantize to float32 exactly as the oracle's weights were computed; what differs is
-// the order of the float32 sums inside the matrix products.
+// the order of the float32 sums inside the matrix products (cuBLAS's, on the GPU).
+#ifdef BIGPLAN_PREQUANT_ON_GPU
+bool HaveCuda() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+constexpr bool kOnGpu = true;  // prequant_gpu_test: the same plans run on cuda:0 (skips without a GPU)
+constexpr double kTolerance = 1e-4;
+#else
+bool HaveCuda() { return false; }
+constexpr bool kOnGpu = false;
 constexpr double kTolerance = 1e-5;
+#endif
 
 std::vector<std::vector<int64_t>> Prompts() {
   return {{1, 17, 200, 33, 5, 99, 128, 7}, {1, 250, 3, 64, 64, 12, 180, 41}};
@@ -29,7 +47,7 @@ Result<Logits> RunPlan(const std::string& model_dir, const std::string& budget, 
   const std::string plan = TempDir("prequant_plans") + "/" + name + ".bplan";
   BIGPLAN_RETURN_IF_ERROR(MakePlan(model_dir, budget, "fp32", 2, 16, plan, extra));
   ExecutorOptions options;
-  options.force_cpu = true;
+  options.force_cpu = !kOnGpu;
   options.progress = false;
   BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, Executor::Load(plan, model_dir, options));
   BIGPLAN_ASSIGN_OR_RETURN(Logits prefill, exec->Forward(Prompts(), true));
@@ -42,6 +60,7 @@ Result<Logits> RunPlan(const std::string& model_dir, const std::string& budget, 
 class PreQuantCpu : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PreQuantCpu, LogitsEqualTheDequantizedCheckpoints) {
+  if (kOnGpu && !HaveCuda()) GTEST_SKIP() << "no CUDA device";
   Result<TinyQuant> kind = ParseTinyQuant(GetParam());
   ASSERT_TRUE(kind.ok());
   const std::string root = TempDir("prequant_" + GetParam());
@@ -78,7 +97,7 @@ TEST_P(PreQuantCpu, LogitsEqualTheDequantizedCheckpoints) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, PreQuantCpu, ::testing::Values("fp8-block", "fp8-channel", "gptq"),
+INSTANTIATE_TEST_SUITE_P(Layouts, PreQuantCpu, ::testing::Values("fp8-block", "fp8-channel", "gptq", "gptq-act"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string n = info.param;
                            for (char& c : n)
