@@ -349,6 +349,13 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
       HostRows rows = AssignHostRows(model, placement.blocks, exec, share);
       if (rows.empty()) continue;
       any_rows = true;
+      std::set<int32_t> host_devices;
+      for (const auto& [key, n] : rows) host_devices.insert(placement.blocks[key.first].device);
+      if (host_devices.size() > 1) {
+        return MakeError(ErrorCode::kUnsupported,
+                         "--cpu-share: the host computes the streamed matrices of one GPU, but this placement streams "
+                         "to " + std::to_string(host_devices.size()) + " GPUs");
+      }
       Result<Schedule> sc = ScheduleFor(model, request, placement, exec, &rows);
       if (!sc.ok()) {
         if (!request.cpu_share_auto) return sc.take_error();
