@@ -521,6 +521,12 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "StepRows: no rows");
   if (info.chunk_units > 0) {
     // Row groups run one after another through a block; a row chunk can be read once per pass.
+    if (impl_->state->plan->plan().host_max_tokens() > 0) {
+      return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " splits streamed weights between "
+                                                "the host and the GPU (plan --cpu-share), in row chunks, which rows at "
+                                                "their own positions cannot share yet; plan without --cpu-share to "
+                                                "serve it");
+    }
     return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " streams weights in row chunks, "
                                               "which rows at their own positions cannot share yet; plan with a larger "
                                               "GPU budget (no row chunks) to serve it");
@@ -554,7 +560,7 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   impl_->cached_batch = 0;
   const auto t0 = Clock::now();
   at::Tensor out;
-  Status run = impl_->engine->BeginForward();
+  Status run = impl_->engine->BeginForward();  // plans with host units have row chunks: refused above
   if (run.ok()) run = impl_->RunRowSteps(rows, &out);
   ForwardTimings timings;
   Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);

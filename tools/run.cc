@@ -371,6 +371,14 @@ Status Main(int argc, char** argv) {
         std::printf("streamed per forward: %s (cpu tier %s, disk tier %s)\n",
                     FormatBytes((cpu + disk) / forwards).c_str(), FormatBytes(cpu / forwards).c_str(),
                     FormatBytes(disk / forwards).c_str());
+        const uint64_t host_forwards = after.host_compute_forwards - before.host_compute_forwards;
+        if (host_forwards > 0) {
+          std::printf("host compute: %llu decode forwards multiplied %s per forward on the CPU (%d threads) instead "
+                      "of copying it\n",
+                      static_cast<unsigned long long>(host_forwards),
+                      FormatBytes((after.host_compute_bytes - before.host_compute_bytes) / host_forwards).c_str(),
+                      exec->info().host_threads);
+        }
         const uint64_t direct = after.disk_direct_blocks - before.disk_direct_blocks;
         const uint64_t bounce = after.disk_bounce_blocks - before.disk_bounce_blocks;
         const uint64_t mmap = after.disk_mmap_blocks - before.disk_mmap_blocks;

@@ -3,8 +3,8 @@
 // plan with the share must give the same logits as the plan without (the oracle: the same weights, every row
 // streamed and multiplied on the GPU; that path matches transformers in e2e_gpu_test) within the rounding of
 // bf16 outputs, for a prefill (more tokens than host_max_tokens: every row streams), KV-cached decode steps of
-// batch 2 and 1 (the host multiplies its rows) and greedy generation; and the host must have computed the bytes
-// the plan gives it. Needs CUDA (skips without it) and the plan and gen_checkpoint tools (runfiles).
+// batch 2 and 1 (the host multiplies its rows) and greedy generation; the host must have computed the bytes the
+// plan gives it; continuous batching (StepRows) refuses such plans, naming --cpu-share. Needs CUDA (skips without it) and the plan and gen_checkpoint tools (runfiles).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -72,6 +72,7 @@ struct RunResult {
   std::vector<std::vector<int64_t>> generated;
   Stats stats;
   ModelInfo info;
+  Status step_rows;
 };
 
 Result<RunResult> RunPlan(const std::string& model, const std::string& plan) {
@@ -99,6 +100,8 @@ Result<RunResult> RunPlan(const std::string& model, const std::string& plan) {
   BIGPLAN_ASSIGN_OR_RETURN(GenerateResult gen, exec->Generate(prompts, g));
   r.generated = gen.tokens;
   r.stats = exec->stats();
+  // Continuous batching (StepRows) refuses plans that stream row chunks, which every plan with host units does.
+  r.step_rows = exec->StepRows({{0, 0, {1, 2, 3, 4}}, {1, 0, {9, 8, 7}}}).status();
   return r;
 }
 
@@ -133,6 +136,12 @@ TEST(HostComputeGpu, SameLogitsAsStreamingEveryRow) {
       // Decode forwards (4 batch-2 steps, 1 batch-1 step, 11 generation steps) used the host; prefills did not.
       EXPECT_EQ(got->stats.host_compute_forwards, 16u);
       EXPECT_EQ(got->stats.host_compute_bytes, 16 * got->info.host_bytes);
+      ASSERT_FALSE(got->step_rows.ok());
+      EXPECT_EQ(got->step_rows.error().code, ErrorCode::kUnsupported);
+      EXPECT_NE(got->step_rows.error().message.find("plan without --cpu-share"), std::string::npos)
+          << got->step_rows.error().message;
+      EXPECT_EQ(want->step_rows.ok(), chunks.empty())
+          << (want->step_rows.ok() ? std::string() : want->step_rows.error().message);
       EXPECT_EQ(want->stats.host_compute_bytes, 0u);
       // The last forward (a generation step) multiplied on the host: its timings show the host's products.
       int host_products = 0;
