@@ -519,8 +519,11 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   const ModelInfo& info = impl_->state->info;
   if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "StepRows: no rows");
-  if (info.chunk_units > 0) {
-    // Row groups run one after another through a block; a row chunk can be read once per pass.
+  bool holdable = true;  // every stream's chunks may stay held until their block's step ends
+  for (const auto& s : impl_->state->streams) holdable = holdable && s.chunks_holdable;
+  if (info.chunk_units > 0 && !holdable) {
+    // Row groups run one after another through a block; a chunk whose ring bytes a later chunk of the same block
+    // reuses can be read once per pass.
     if (impl_->state->plan->plan().host_max_tokens() > 0) {
       return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " splits streamed weights between "
                                                 "the host and the GPU (plan --cpu-share), in row chunks, which rows at "
@@ -560,7 +563,11 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   impl_->cached_batch = 0;
   const auto t0 = Clock::now();
   at::Tensor out;
-  Status run = impl_->engine->BeginForward();  // plans with host units have row chunks: refused above
+  int64_t total_tokens = 0;
+  for (const RowStep& r : rows) total_tokens += static_cast<int64_t>(r.tokens.size());
+  const bool host_pass =
+      impl_->host != nullptr && total_tokens <= static_cast<int64_t>(impl_->state->host_max_tokens);
+  Status run = impl_->engine->BeginForward(host_pass, /*hold_chunks=*/info.chunk_units > 0);
   if (run.ok()) run = impl_->RunRowSteps(rows, &out);
   ForwardTimings timings;
   Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);

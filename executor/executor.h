@@ -281,7 +281,10 @@ class Executor {
   // prompts, and one-token rows of other architectures, are computed one row after the other inside each block.
   // A row with start_pos 0 starts a new sequence: its cache row is cleared first. StepRows and Forward/Generate
   // share the KV cache: after StepRows, Forward starts a new sequence (cached_tokens() is 0), and Forward or
-  // Generate overwrite the rows StepRows uses. Always eager (no CUDA graphs).
+  // Generate overwrite the rows StepRows uses. Always eager (no CUDA graphs). Weights streamed in row chunks are held
+  // until their block's step ends (every row group reads them); a plan whose chunks reuse each other's ring bytes
+  // within a block (the "chunks" ring of layers larger than the GPU) is refused with kUnsupported. A pass of at most
+  // the plan's host_max_tokens tokens in all computes the host units on the host (plan --cpu-share).
   // kInvalidArgument (with the numbers) for no rows, a row outside [0, max_batch) or given twice, a row without
   // tokens, start_pos + tokens > max_seq_len, or a token id outside [0, vocab). A pass that fails after it
   // started (device or I/O error) leaves the rows' caches undefined: start those sequences again.

@@ -423,7 +423,12 @@ struct Loader {
         w.units.push_back(u);
         w.chunked = w.chunked || !ur.whole;
         if (ur.whole) br.whole_units.push_back(u);
+        if (!ur.whole) br.chunk_units.push_back(u);
         sr.units.push_back(ur);
+      }
+      for (uint32_t u = 0; u < sr.units.size(); ++u) {
+        const int32_t w = sr.units[u].wait_unit;
+        if (w >= 0 && static_cast<uint32_t>(w) < u && sr.units[w].block == sr.units[u].block) sr.chunks_holdable = false;
       }
       state.streams.push_back(std::move(sr));
     }

@@ -91,6 +91,7 @@ struct BlockRuntime {
   uint32_t step = 0;      // the step that computes it
   int32_t stream = -1;    // index into ModelState::streams of its device's stream (-1: streams nothing)
   std::vector<uint32_t> whole_units;  // its whole units in that stream, acquired when its step begins
+  std::vector<uint32_t> chunk_units;  // its row chunks in that stream, in order
   uint64_t weight_bytes = 0;          // all its weights at the execution dtype
 };
 
@@ -126,6 +127,9 @@ struct StreamRuntime {
   uint8_t* disk_ring = nullptr;
   uint64_t disk_ring_bytes = 0;
   std::vector<UnitRuntime> units;
+  // No unit waits for the release of a unit of its own block in the same pass (every "slots" ring): a block's
+  // chunks may then all stay held until its step ends (StreamEngine::BeginForward's hold_chunks).
+  bool chunks_holdable = true;
 };
 
 struct StepRuntime {

@@ -29,6 +29,8 @@ struct StreamEngine::Stream {
   std::vector<uint64_t> issued, released, read;
   // Per unit, the pass in which it was skipped (a host unit of a host-compute pass: not copied; guarded by mu_).
   std::vector<uint64_t> skipped;
+  // Per unit, the pass of its latest acquire (compute thread only).
+  std::vector<uint64_t> acquired;
   std::vector<const uint8_t*> h2d_source;  // Disk units: where the read put the unit's bytes
   std::vector<const uint8_t*> data;        // where each unit's bytes are for the current step
   std::vector<double> read_start, read_end;
@@ -81,6 +83,7 @@ Status StreamEngine::Init() {
     s->released.assign(n, 0);
     s->read.assign(n, 0);
     s->skipped.assign(n, 0);
+    s->acquired.assign(n, 0);
     s->h2d_source.assign(n, nullptr);
     s->data.assign(n, nullptr);
     s->read_start.assign(n, 0);
@@ -406,7 +409,15 @@ Status StreamEngine::ReadUnit(int worker, Stream* s, uint32_t u) {
   return Status::Ok();
 }
 
-Status StreamEngine::BeginForward(bool host_compute) {
+Status StreamEngine::BeginForward(bool host_compute, bool hold_chunks) {
+  if (hold_chunks) {
+    for (const auto& s : streams_) {
+      if (!s->rt->chunks_holdable) {
+        return MakeError(ErrorCode::kInternal, "a stream whose chunks wait for each other cannot hold them");
+      }
+    }
+  }
+  hold_chunks_ = hold_chunks;
   wall_start_ = std::chrono::steady_clock::now();
   cpu_bytes_ = disk_bytes_ = disk_h2d_bytes_ = disk_read_bytes_ = host_bytes_ = 0;
   host_products_.clear();
@@ -481,8 +492,9 @@ Status StreamEngine::PrepareOnCpu(Stream* s, uint32_t u) {
 }
 
 Status StreamEngine::Acquire(Stream* s, uint32_t u) {
-  if (!s->gpu) return PrepareOnCpu(s, u);
   const UnitRuntime& un = s->rt->units[u];
+  if (hold_chunks_ && !un.whole && s->acquired[u] == gen_) return Status::Ok();  // held since its first use
+  if (!s->gpu) return PrepareOnCpu(s, u);
   {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return abort_ || s->issued[u] == gen_; });
@@ -491,6 +503,7 @@ Status StreamEngine::Acquire(Stream* s, uint32_t u) {
     }
   }
   ++units_;
+  s->acquired[u] = gen_;
   if (un.host_compute && host_pass_ == gen_) {
     host_bytes_ += un.bytes;  // not copied: the host computes its rows from where they rest
     return Status::Ok();
@@ -510,6 +523,11 @@ Status StreamEngine::Acquire(Stream* s, uint32_t u) {
 
 Status StreamEngine::Release(Stream* s, uint32_t u) {
   if (!s->gpu) return Status::Ok();
+  if (hold_chunks_ && !s->rt->units[u].whole) return Status::Ok();  // released when its step ends
+  return ReleaseNow(s, u);
+}
+
+Status StreamEngine::ReleaseNow(Stream* s, uint32_t u) {
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->release[u].get(), s->compute), "recording a release"));
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -568,6 +586,16 @@ Status StreamEngine::EndStep(uint32_t step) {
   if (b.stream >= 0) {
     Stream* s = streams_[b.stream].get();
     for (uint32_t u : b.whole_units) BIGPLAN_RETURN_IF_ERROR(Release(s, u));
+    if (hold_chunks_ && s->gpu) {
+      for (uint32_t u : b.chunk_units) {
+        bool acquired;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          acquired = s->acquired[u] == gen_ && s->released[u] != gen_;
+        }
+        if (acquired) BIGPLAN_RETURN_IF_ERROR(ReleaseNow(s, u));
+      }
+    }
   }
   std::lock_guard<std::mutex> lock(mu_);
   return error_;
@@ -593,7 +621,7 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
         // The compute stream waits for its copy before releasing it, so synchronizing the compute streams below
         // covers every copy of this pass (the copy streams may already be copying the next pass's first units).
         Status r = Cuda(cudaStreamWaitEvent(s->compute, s->ready[u].get(), 0), "waiting for an unread unit");
-        if (r.ok()) r = Release(s.get(), u);
+        if (r.ok()) r = ReleaseNow(s.get(), u);
         if (status.ok() && !r.ok()) status = r;
       }
     }

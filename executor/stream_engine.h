@@ -66,7 +66,10 @@ class StreamEngine {
   // ReleaseChunk), EndStep; then EndForward (also after a failure).
   // `host_compute`: this pass computes the plan's host units on the host (a decode forward of at most
   // Plan.host_max_tokens tokens): the copy thread skips them without waiting, and acquiring one waits for nothing.
-  Status BeginForward(bool host_compute = false);
+  // `hold_chunks` (continuous batching, where several row groups run each block's kernels one after another): a row
+  // chunk acquired again in its step is not waited for again, and chunks are released when their block's step ends
+  // instead of after each use. Only for streams whose chunks_holdable holds (else kInternal).
+  Status BeginForward(bool host_compute = false, bool hold_chunks = false);
   // Whether the current pass computes the host units on the host.
   bool host_pass() const;
   // The engine's clock for this pass (microseconds since BeginForward), and a host product's timing for the trace
@@ -94,7 +97,8 @@ class StreamEngine {
   void ReadLoop(int worker);
   Status ReadUnit(int worker, Stream* s, uint32_t u);
   Status Acquire(Stream* s, uint32_t u);
-  Status Release(Stream* s, uint32_t u);
+  Status Release(Stream* s, uint32_t u);     // deferred to the step's end for chunks when holding them
+  Status ReleaseNow(Stream* s, uint32_t u);
   Status PrepareOnCpu(Stream* s, uint32_t u);
   double WallUs() const;
   void Fail(const Status& status);  // keeps the first error, aborts the pass
@@ -122,6 +126,7 @@ class StreamEngine {
   std::condition_variable cv_;
   uint64_t gen_ = 0;        // the current pass
   uint64_t host_pass_ = 0;  // the latest pass that computes the host units on the host
+  bool hold_chunks_ = false;  // this pass (compute thread only)
   bool abort_ = false;      // the current pass failed: threads stop waiting
   bool stop_ = false;
   size_t next_read_ = 0;    // next job of read_jobs_
