@@ -134,71 +134,55 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
 
   std::map<std::string, uint32_t> tensor_index;
   std::vector<flatbuffers::Offset<schema::Tensor>> tensors;
+  // Where a checkpoint tensor lies: from the checkpoint, or (planning without weights) its synthetic shard and the
+  // given size, dtype and shape. `role` is added to the message when the checkpoint lacks it.
+  struct Location {
+    uint32_t shard = 0;
+    uint64_t offset = 0, size = 0;
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+  };
+  auto locate = [&](const std::string& name, Location fallback, const std::string& role) -> Result<Location> {
+    if (c.checkpoint) {
+      const TensorLocation* loc = c.checkpoint->Find(name);
+      if (!loc)
+        return MakeError(ErrorCode::kMismatch,
+                         "checkpoint " + c.checkpoint->directory() + " lacks tensor " + name + role);
+      return Location{loc->shard, loc->offset, loc->size_bytes, loc->dtype, loc->shape};
+    }
+    auto it = c.synthetic_shard_of.find(name);
+    if (it != c.synthetic_shard_of.end()) fallback.shard = it->second;
+    return fallback;
+  };
   for (const BlockDesc& block : model.blocks) {
     for (const TensorSpec& p : block.params) {
       if (p.prequant.kind != PreQuant::Kind::kNone) {
         // (v5) A pre-quantized weight: its source tensors, and its own location that of the first.
         std::vector<flatbuffers::Offset<schema::SourceTensor>> sources;
-        uint32_t shard0 = 0;
-        uint64_t offset0 = 0, size0 = 0;
-        DType dtype0 = DType::kF32;
+        Location first;
         for (size_t i = 0; i < p.prequant.sources.size(); ++i) {
           const std::string& name = p.prequant.sources[i];
-          uint32_t shard = 0;
-          uint64_t offset = 0, size = 0;
-          DType dtype = p.prequant.kind == PreQuant::Kind::kFp8 ? (i == 0 ? DType::kF8E4M3 : DType::kF32)
-                                                                 : (i == 2 ? p.dtype : DType::kI32);
-          std::vector<int64_t> shape;
-          if (c.checkpoint) {
-            const TensorLocation* loc = c.checkpoint->Find(name);
-            if (!loc)
-              return MakeError(ErrorCode::kMismatch, "checkpoint " + c.checkpoint->directory() + " lacks tensor " +
-                                                         name + " (a source of " + p.name + ")");
-            shard = loc->shard;
-            offset = loc->offset;
-            size = loc->size_bytes;
-            dtype = loc->dtype;
-            shape = loc->shape;
-          } else {
-            auto it = c.synthetic_shard_of.find(name);
-            if (it != c.synthetic_shard_of.end()) shard = it->second;
-          }
-          if (i == 0) {
-            shard0 = shard;
-            offset0 = offset;
-            size0 = size;
-            dtype0 = dtype;
-          }
-          sources.push_back(schema::CreateSourceTensorDirect(fb, name.c_str(), shard, offset, size, ToSchema(dtype), &shape));
+          Location fallback;
+          fallback.dtype = p.prequant.kind == PreQuant::Kind::kFp8 ? (i == 0 ? DType::kF8E4M3 : DType::kF32)
+                                                                    : (i == 2 ? p.dtype : DType::kI32);
+          BIGPLAN_ASSIGN_OR_RETURN(Location loc, locate(name, fallback, " (a source of " + p.name + ")"));
+          if (i == 0) first = loc;
+          sources.push_back(schema::CreateSourceTensorDirect(fb, name.c_str(), loc.shard, loc.offset, loc.size,
+                                                             ToSchema(loc.dtype), &loc.shape));
         }
         tensor_index[p.name] = static_cast<uint32_t>(tensors.size());
         const schema::PreQuantKind kind =
             p.prequant.kind == PreQuant::Kind::kFp8 ? schema::PreQuantKind::Fp8 : schema::PreQuantKind::Gptq;
         tensors.push_back(schema::CreateTensorDirect(
-            fb, p.name.c_str(), shard0, offset0, size0, ToSchema(dtype0), &p.shape, kind,
+            fb, p.name.c_str(), first.shard, first.offset, first.size, ToSchema(first.dtype), &p.shape, kind,
             static_cast<uint32_t>(p.prequant.block_rows), static_cast<uint32_t>(p.prequant.block_cols),
             p.prequant.v1_zero_offset, &sources));
         continue;
       }
-      uint32_t shard = 0;
-      uint64_t offset = 0, size = p.bytes();
-      DType dtype = p.dtype;
-      std::vector<int64_t> shape = p.shape;
-      if (c.checkpoint) {
-        const TensorLocation* loc = c.checkpoint->Find(p.name);
-        if (!loc)
-          return MakeError(ErrorCode::kMismatch, "checkpoint " + c.checkpoint->directory() + " lacks tensor " + p.name);
-        shard = loc->shard;
-        offset = loc->offset;
-        size = loc->size_bytes;
-        dtype = loc->dtype;
-        shape = loc->shape;
-      } else {
-        auto it = c.synthetic_shard_of.find(p.name);
-        if (it != c.synthetic_shard_of.end()) shard = it->second;
-      }
+      BIGPLAN_ASSIGN_OR_RETURN(Location loc, locate(p.name, Location{0, 0, p.bytes(), p.dtype, p.shape}, ""));
       tensor_index[p.name] = static_cast<uint32_t>(tensors.size());
-      tensors.push_back(schema::CreateTensorDirect(fb, p.name.c_str(), shard, offset, size, ToSchema(dtype), &shape));
+      tensors.push_back(schema::CreateTensorDirect(fb, p.name.c_str(), loc.shard, loc.offset, loc.size,
+                                                   ToSchema(loc.dtype), &loc.shape));
     }
   }
 

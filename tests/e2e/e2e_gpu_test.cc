@@ -27,7 +27,6 @@
 // Disk reads in part 1: no plan reads a block from the mapping (no fallback); the explicit_tiers plan's disk-tier
 // blocks (computed on cuda:0) are read directly in float32 (no cast) and through the bounce buffer in bfloat16
 // (cast from the float32 checkpoint).
-#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -55,15 +54,6 @@ constexpr double kSamePlacementTolerance = 1e-6;
 // others to bf16 precision, and GPU GEMMs on row slices may sum in another order than on the whole matrix.
 constexpr double kChunkedBf16Tolerance = 3e-2;  // = the bf16 tolerance against transformers
 constexpr double kChunkedFp32Tolerance = 1e-5;
-
-bool HaveCuda() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
 
 class E2eGpu : public ::testing::TestWithParam<std::string> {
  protected:

@@ -1,5 +1,6 @@
 #include "tests/e2e/e2e_util.h"
 
+#include <cuda_runtime.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +33,15 @@ const std::vector<std::string>& AllFamilies() {
 std::string Env(const char* name) {
   const char* v = std::getenv(name);
   return v ? v : "";
+}
+
+bool HaveCuda() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
 }
 
 std::string Runfile(const std::string& rel) {

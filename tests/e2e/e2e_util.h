@@ -24,6 +24,8 @@ namespace bigplan::e2e {
 const std::vector<std::string>& AllFamilies();
 
 std::string Env(const char* name);
+// Whether a CUDA device is present (GPU tests skip without one).
+bool HaveCuda();
 // A runfile path (workspace-relative, e.g. "tools/plan"), or "" when absent.
 std::string Runfile(const std::string& rel);
 // A fresh directory under $TEST_TMPDIR (or /tmp).

@@ -5,7 +5,6 @@
 // bf16 outputs, for a prefill (more tokens than host_max_tokens: every row streams), KV-cached decode steps of
 // batch 2 and 1 (the host multiplies its rows), greedy generation and continuous batching (StepRows, slots ring);
 // the host must have computed the bytes the plan gives it. Needs CUDA (skips without it) and the plan and gen_checkpoint tools (runfiles).
-#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,15 +18,6 @@
 
 namespace bigplan::e2e {
 namespace {
-
-bool HaveCuda() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
 
 constexpr int kHidden = 512, kInter = 1024, kLayers = 3, kHeads = 8, kKvHeads = 4, kHeadDim = 64, kVocab = 2048;
 

@@ -3,9 +3,6 @@
 // those of the same model written with the dequantized weights as a plain F32 checkpoint (the oracle: the quantized
 // values were drawn first, so both checkpoints hold exactly the same weights).
 #include <gtest/gtest.h>
-#ifdef BIGPLAN_PREQUANT_ON_GPU
-#include <cuda_runtime.h>
-#endif
 
 #include <cstdio>
 #include <fstream>
@@ -22,18 +19,9 @@ namespace {
 // fp32 execution: the kernels dequantize to float32 exactly as the oracle's weights were computed; what differs is
 // the order of the float32 sums inside the matrix products (cuBLAS's, on the GPU).
 #ifdef BIGPLAN_PREQUANT_ON_GPU
-bool HaveCuda() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
 constexpr bool kOnGpu = true;  // prequant_gpu_test: the same plans run on cuda:0 (skips without a GPU)
 constexpr double kTolerance = 1e-4;
 #else
-bool HaveCuda() { return false; }
 constexpr bool kOnGpu = false;
 constexpr double kTolerance = 1e-5;
 #endif
