@@ -316,7 +316,9 @@ class Config {
 Status ReadTokens(const Config& c, ModelConfig& mc) {
   mc.bos_token_id = -1;
   if (const json* bos = c.Get("bos_token_id")) {
-    if (!bos->is_number_integer()) return c.Bad("bos_token_id", "expected an integer, got " + bos->dump());
+    // A token id, or null for none (a negative id names no token: the description would write it as null).
+    if (!bos->is_number_integer() || bos->get<int64_t>() < 0)
+      return c.Bad("bos_token_id", "expected a token id (an integer >= 0) or null, got " + bos->dump());
     mc.bos_token_id = bos->get<int64_t>();
   }
   mc.eos_token_ids.clear();

@@ -143,6 +143,13 @@ TEST(HfImportTest, ClassicRopeFieldsAndTokens) {
   EXPECT_EQ(m->config.eos_token_ids, (std::vector<int64_t>{7, 8, 9}));
   EXPECT_EQ(m->blocks[1].params[0].dtype, DType::kF32);  // no dtype anywhere: F32
 
+  // A negative bos_token_id names no token (the fuzzer found it breaking the description's round trip): refused.
+  json negative = cfg;
+  negative["bos_token_id"] = -128000;
+  Result<ModelDescription> neg = ImportHfConfig(negative);
+  ASSERT_FALSE(neg.ok());
+  EXPECT_NE(neg.error().message.find("bos_token_id"), std::string::npos) << neg.error().message;
+
   cfg["rope_scaling"] = {{"rope_type", "su"}};
   Result<ModelDescription> bad = ImportHfConfig(cfg);
   ASSERT_FALSE(bad.ok());
