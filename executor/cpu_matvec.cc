@@ -306,15 +306,16 @@ Isa DetectIsa() {
 }
 
 Status Validate(const Matrix& w) {
-  const std::string what = std::string(RowsName(w.format)) + " matrix " + Str(w.rows) + "x" + Str(w.cols);
+  // The message prefix is built only on failure, so a passing check does not allocate.
+  auto what = [&] { return std::string(RowsName(w.format)) + " matrix " + Str(w.rows) + "x" + Str(w.cols); };
   Result<int64_t> bytes = KernelRowBytes(w.format, w.cols, w.group);
-  if (!bytes.ok()) return WithContext(bytes.take_error(), what);
-  if (w.rows < 0) return MakeError(ErrorCode::kInvalidArgument, what + ": negative row count");
+  if (!bytes.ok()) return WithContext(bytes.take_error(), what());
+  if (w.rows < 0) return MakeError(ErrorCode::kInvalidArgument, what() + ": negative row count");
   if (w.row_stride < *bytes)
-    return MakeError(ErrorCode::kInvalidArgument, what + ": row stride " + Str(w.row_stride) +
+    return MakeError(ErrorCode::kInvalidArgument, what() + ": row stride " + Str(w.row_stride) +
                                                       " is below the row's " + Str(*bytes) + " bytes");
-  if (w.rows > 0 && w.base == nullptr) return MakeError(ErrorCode::kInvalidArgument, what + ": null base");
-  if (MulOverflows(w.rows, w.row_stride)) return MakeError(ErrorCode::kInvalidArgument, what + ": size overflows");
+  if (w.rows > 0 && w.base == nullptr) return MakeError(ErrorCode::kInvalidArgument, what() + ": null base");
+  if (MulOverflows(w.rows, w.row_stride)) return MakeError(ErrorCode::kInvalidArgument, what() + ": size overflows");
   return Status::Ok();
 }
 
@@ -382,17 +383,17 @@ Status MatVecPool::Run(std::span<const Job> jobs, int batch) {
   int64_t total_bytes = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
-    const std::string what = "cpu_matvec job " + std::to_string(i);
-    if (Status s = Validate(j.w); !s.ok()) return WithContext(s.take_error(), what);
+    auto what = [&] { return "cpu_matvec job " + std::to_string(i); };  // built only on failure
+    if (Status s = Validate(j.w); !s.ok()) return WithContext(s.take_error(), what());
     if (j.row_begin < 0 || j.row_end < j.row_begin || j.row_end > j.w.rows)
-      return MakeError(ErrorCode::kInvalidArgument, what + ": rows [" + Str(j.row_begin) + ", " + Str(j.row_end) +
+      return MakeError(ErrorCode::kInvalidArgument, what() + ": rows [" + Str(j.row_begin) + ", " + Str(j.row_end) +
                                                         ") are outside the matrix's " + Str(j.w.rows));
     const int64_t n = j.row_end - j.row_begin;
     if (n == 0) continue;
-    if (j.x == nullptr || j.y == nullptr) return MakeError(ErrorCode::kInvalidArgument, what + ": null x or y");
+    if (j.x == nullptr || j.y == nullptr) return MakeError(ErrorCode::kInvalidArgument, what() + ": null x or y");
     if (j.y_stride < n || MulOverflows(j.y_stride, batch) || MulOverflows(j.w.cols, batch))
       return MakeError(ErrorCode::kInvalidArgument,
-                       what + ": y stride " + Str(j.y_stride) + " is below its " + Str(n) + " rows");
+                       what() + ": y stride " + Str(j.y_stride) + " is below its " + Str(n) + " rows");
     total_bytes += n * KernelRowBytes(j.w.format, j.w.cols, j.w.group).value();
   }
   if (in_run_.exchange(true, std::memory_order_acquire))
