@@ -10,6 +10,12 @@
 // L2 (the kernels' arithmetic rate); BM_SmallRun/T: back-to-back calls on 2 MiB of bf16 with all threads (T = 0) or
 // one (T = 1), the pool's per-call overhead; BM_PlainLoop/F/B: a plain single-threaded loop
 // (decode each weight, multiply, add) for comparison. F: 0 bf16, 1 fp8_e4m3, 2 int8, 3 int4 (groups of 128).
+//
+// BM_Experts/T: cpu_experts::ExpertRunner::Run on Qwen3-30B-A3B-shaped bf16 experts (hidden 2048, intermediate
+// 768, SiLU) with all hardware threads: T tokens, each routed to 8 of 64 experts (604 MiB, rotated through so the
+// weights come from DRAM); bytes/s counts the weights of the distinct experts read. BM_ExpertMatrices/1: the same
+// matrices for one token in one plain MatVecPool::Run (no activation, no dependency between gate/up and down), the
+// bound that the runner's two pool calls can approach.
 
 #include <benchmark/benchmark.h>
 
@@ -18,6 +24,7 @@
 #include <memory>
 #include <vector>
 
+#include "executor/cpu_experts.h"
 #include "executor/cpu_matvec.h"
 
 namespace bigplan::cpu_matvec {
@@ -242,6 +249,121 @@ void BM_SmallRun(benchmark::State& state) {
   state.SetLabel("threads " + std::to_string(pool.threads()));
 }
 
+// ---- mixture-of-experts FFNs ----
+
+constexpr int64_t kMoeHidden = 2048, kMoeInter = 768;
+constexpr int kMoeExperts = 64, kMoeTopK = 8, kMoeRoutings = 8;
+
+struct MoeWeights {
+  std::vector<std::unique_ptr<uint8_t[]>> buffers;
+  std::vector<cpu_experts::Expert> experts;
+  int64_t expert_bytes = 0;
+};
+const MoeWeights& Moe() {
+  static const MoeWeights* w = [] {
+    auto* m = new MoeWeights;
+    uint64_t seed = 0x243F6A8885A308D3ull;
+    auto matrix = [&](int64_t rows, int64_t cols) {
+      auto buf = std::make_unique<uint8_t[]>(rows * cols * 2);
+      FillRows(Format::kNone, buf.get(), rows, cols, seed);
+      const Matrix mat{Format::kNone, buf.get(), rows, cols, 0, cols * 2};
+      m->buffers.push_back(std::move(buf));
+      return mat;
+    };
+    for (int e = 0; e < kMoeExperts; ++e)
+      m->experts.push_back(cpu_experts::Expert{matrix(kMoeInter, kMoeHidden), matrix(kMoeInter, kMoeHidden),
+                                               matrix(kMoeHidden, kMoeInter)});
+    m->expert_bytes = 3 * kMoeHidden * kMoeInter * 2;
+    return m;
+  }();
+  return *w;
+}
+
+// kMoeRoutings routings of `tokens` tokens, each token to kMoeTopK distinct experts with weights summing to 1
+// (one token: routing r takes experts 8r..8r+7, so consecutive calls read different weights); and the bytes of the
+// distinct experts each routing reads.
+struct MoeRoutings {
+  std::vector<std::vector<cpu_experts::Assignment>> assignments;
+  std::vector<int64_t> bytes;
+};
+MoeRoutings MakeRoutings(int tokens) {
+  MoeRoutings out;
+  uint64_t seed = 99;
+  for (int r = 0; r < kMoeRoutings; ++r) {
+    std::vector<cpu_experts::Assignment> as;
+    std::vector<bool> used(kMoeExperts, false);
+    for (int t = 0; t < tokens; ++t) {
+      std::vector<bool> mine(kMoeExperts, false);
+      for (int k = 0; k < kMoeTopK; ++k) {
+        int e = t == 0 ? (r * kMoeTopK + k) % kMoeExperts : static_cast<int>(Next(seed) % kMoeExperts);
+        while (mine[e]) e = (e + 1) % kMoeExperts;
+        mine[e] = used[e] = true;
+        as.push_back({e, t, 1.0f / kMoeTopK});
+      }
+    }
+    out.assignments.push_back(as);
+    int64_t bytes = 0;
+    for (bool u : used) bytes += u ? Moe().expert_bytes : 0;
+    out.bytes.push_back(bytes);
+  }
+  return out;
+}
+
+void BM_Experts(benchmark::State& state) {
+  const int tokens = static_cast<int>(state.range(0));
+  const MoeWeights& w = Moe();
+  const MoeRoutings routings = MakeRoutings(tokens);
+  MatVecPool pool(0);
+  cpu_experts::ExpertRunner runner(&pool, kMoeHidden, kMoeInter, tokens, tokens * kMoeTopK);
+  std::vector<float> x(tokens * kMoeHidden, 0.5f), out(tokens * kMoeHidden);
+  int r = 0;
+  int64_t bytes = 0;
+  for (auto _ : state) {
+    Status s = runner.Run(w.experts, routings.assignments[r], x.data(), tokens, cpu_experts::Activation::kSilu,
+                          out.data());
+    if (!s.ok()) state.SkipWithError(s.error().ToString().c_str());
+    bytes += routings.bytes[r];
+    r = (r + 1) % kMoeRoutings;
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(bytes);
+  state.SetLabel("bf16 " + std::string(IsaName(pool.isa())) + " threads " + std::to_string(pool.threads()));
+}
+
+// The same weights as BM_Experts in one pool call per routing: each distinct expert's gate, up and down matrices
+// as independent jobs for a batch of `tokens`.
+void BM_ExpertMatrices(benchmark::State& state) {
+  const int tokens = static_cast<int>(state.range(0));
+  const MoeWeights& w = Moe();
+  const MoeRoutings routings = MakeRoutings(tokens);
+  std::vector<float> x(tokens * kMoeHidden, 0.5f), h(tokens * kMoeInter, 0.25f);
+  std::vector<std::vector<float>> ys;
+  std::vector<std::vector<Job>> jobs(kMoeRoutings);
+  for (int r = 0; r < kMoeRoutings; ++r) {
+    std::vector<bool> used(kMoeExperts, false);
+    for (const auto& a : routings.assignments[r]) used[a.expert] = true;
+    for (int e = 0; e < kMoeExperts; ++e) {
+      if (!used[e]) continue;
+      for (const Matrix& m : {w.experts[e].gate, w.experts[e].up, w.experts[e].down}) {
+        ys.emplace_back(tokens * m.rows);
+        jobs[r].push_back(Job{m, 0, m.rows, m.cols == kMoeHidden ? x.data() : h.data(), ys.back().data(), m.rows});
+      }
+    }
+  }
+  MatVecPool pool(0);
+  int r = 0;
+  int64_t bytes = 0;
+  for (auto _ : state) {
+    Status s = pool.Run(jobs[r], tokens);
+    if (!s.ok()) state.SkipWithError(s.error().ToString().c_str());
+    bytes += routings.bytes[r];
+    r = (r + 1) % kMoeRoutings;
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(bytes);
+  state.SetLabel("bf16 " + std::string(IsaName(pool.isa())) + " threads " + std::to_string(pool.threads()));
+}
+
 void PoolArgs(benchmark::internal::Benchmark* b) {
   for (int f = 0; f < 4; ++f)
     for (int batch : {1, 8})
@@ -256,6 +378,8 @@ BENCHMARK(BM_Pool)->Apply(PoolArgs)->UseRealTime()->Unit(benchmark::kMillisecond
 BENCHMARK(BM_OneThread)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);
 BENCHMARK(BM_InCache)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_SmallRun)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Experts)->Arg(1)->Arg(4)->Arg(16)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5);
+BENCHMARK(BM_ExpertMatrices)->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_PlainLoop)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
 
 }  // namespace

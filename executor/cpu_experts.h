@@ -10,7 +10,7 @@
 // thread in float32, then the experts' outputs are scaled by their routing weights and summed per token.
 //
 // Numerics: the products accumulate in float32 as cpu_matvec documents; SiLU is g / (1 + exp(-g)) and tanh-GELU is
-// 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), both in float32 with std::exp / std::tanh, times up; the routed
+// 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), both in float32 (see ActivateRows for the exp), times up; the routed
 // outputs are summed per token in float32 in the order of (expert, token). The result is deterministic for a
 // given pool thread count and instruction set.
 #pragma once
@@ -27,8 +27,14 @@ namespace bigplan::cpu_experts {
 enum class Activation { kSilu, kGeluTanh };  // act(gate) * up
 const char* ActivationName(Activation act);
 
-// act(g) in float32, exactly as Run computes it (for tests and for callers that mirror the host result).
+// act(g) in float32 by the formulas above, with std::exp / std::tanh.
 float Activate(Activation act, float g);
+
+// g[i] = act(g[i]) * u[i] for i < n, as Run computes the intermediate. tanh-GELU, and SiLU with isa kScalar (or on
+// a CPU without AVX2 and FMA), use Activate. SiLU with isa kAvx2 or kAvx512 uses AVX2 + FMA with its own exp (a
+// degree-7 polynomial after range reduction, within a few float32 roundings of exp): std::exp one element at a
+// time cost about as much as a tenth of the weights' reading in batch-1 decode.
+void ActivateRows(Activation act, cpu_matvec::Isa isa, float* g, const float* u, int64_t n);
 
 // One expert's gated FFN: down(act(gate x) * up x).
 struct Expert {
@@ -100,6 +106,7 @@ class ExpertRunner {
   int64_t max_inter_;
   int max_tokens_;
   int max_assignments_;
+  cpu_matvec::Isa isa_;  // the pool's, for the activation
 
   // Per call: assignment indices sorted by (expert, token), then merged into rows (one per distinct pair).
   std::vector<int32_t> order_;       // [max_assignments]

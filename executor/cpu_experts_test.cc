@@ -177,6 +177,34 @@ TEST(CpuExpertsTest, ActivationFormulas) {
   EXPECT_NEAR(Activate(Activation::kGeluTanh, 1.0f), 0.841192, 1e-6);
 }
 
+// ActivateRows against the double formula: every instruction set, a sweep over g (past both clamps of the vector
+// exp), u = 1 and u = -0.75, lengths that leave a tail. SiLU's vector exp: within 1e-6 relative (about 8 float32
+// roundings; std::exp's path is within 3e-7), or 1e-30 absolute where SiLU is below 1e-36 in magnitude. (The
+// expert tests' bound covers the GELU cancellation below: 1.2 |u| kDot sum|G x| is far above 0.5 |g u| 2^-24.)
+TEST(CpuExpertsTest, ActivateRowsEachIsa) {
+  std::vector<float> gs;
+  for (float g = -120.0f; g <= 120.0f; g += 0.0371f) gs.push_back(g);
+  for (float g : {0.0f, -0.0f, 1e-20f, -1e-20f, 87.29f, -87.31f, 88.31f, -88.29f}) gs.push_back(g);
+  for (cpu_matvec::Isa isa : {cpu_matvec::Isa::kScalar, cpu_matvec::Isa::kAvx2, cpu_matvec::Isa::kAvx512})
+    for (Activation act : kActs)
+      for (float uval : {1.0f, -0.75f}) {
+        std::vector<float> g = gs, u(gs.size(), uval);
+        ActivateRows(act, isa, g.data(), u.data(), static_cast<int64_t>(g.size()));
+        for (size_t i = 0; i < gs.size(); ++i) {
+          const double want = ActRef(act, gs[i]) * uval;
+          const double tol = act == Activation::kSilu && isa != cpu_matvec::Isa::kScalar ? 1e-6 : 3e-7;
+          // tanh-GELU's 1 + tanh(...) cancels for g below about -5 (tanh rounds to -1): an absolute error of half a
+          // float32 rounding of 1, times 0.5 |g u|, as in any float32 evaluation of the formula.
+          const double cancel = act == Activation::kGeluTanh ? 0.5 * std::fabs(gs[i] * uval) * 0x1p-24 : 0.0;
+          ASSERT_NEAR(g[i], want, tol * std::fabs(want) + cancel + 1e-30)
+              << ActivationName(act) << " isa " << cpu_matvec::IsaName(isa) << " g " << gs[i];
+        }
+      }
+  std::vector<float> g = {std::nanf(""), 2.0f}, u = {1.0f, 1.0f};
+  ActivateRows(Activation::kSilu, cpu_matvec::Isa::kAvx2, g.data(), u.data(), 2);
+  EXPECT_TRUE(std::isnan(g[0]));
+}
+
 // Batch 1, 4 of 8 experts (two intermediate sizes), both activations, one and two threads.
 TEST(CpuExpertsTest, OneTokenFourExperts) {
   const int64_t hidden = 200;
