@@ -155,8 +155,9 @@ Status ExpertRunner::Check(std::span<const Expert> experts, std::span<const Assi
                    Str(max_assignments_));
   if (tokens > 0) {
     if (x == nullptr || out == nullptr) return Invalid("null x or out");
-    const int64_t n = int64_t{tokens} * hidden_;
-    if (out < x + n && x < out + n) return Invalid("out overlaps x");
+    const uintptr_t bytes = static_cast<uintptr_t>(tokens) * static_cast<uintptr_t>(hidden_) * sizeof(float);
+    const uintptr_t xa = reinterpret_cast<uintptr_t>(x), oa = reinterpret_cast<uintptr_t>(out);
+    if (oa < xa + bytes && xa < oa + bytes) return Invalid("out overlaps x");
   }
   for (size_t i = 0; i < assignments.size(); ++i) {
     const Assignment& a = assignments[i];
