@@ -7,8 +7,19 @@ max_memory={0: budget, "cpu": cpu_budget}, no_split_module_classes=[...])`, and 
 one of `--prefill` tokens (no KV cache, as bigplan's forward benchmark), after a warm-up. With `--resident` it
 also loads the whole model on the GPU and times a KV-cached decode step at `--prefill` context and a prefill.
 
-Writes JSON: {"device", "torch", "transformers", "accelerate", "configs": [{"gpu_budget_gib", "load_s",
-"forward_1_s", "forward_prefill_s", "hf_device_map_summary"}], "resident": {...}}.
+Mixture-of-experts checkpoints (mixtral, qwen2_moe, qwen3_moe) are loaded with
+`AutoModelForCausalLM.from_pretrained(checkpoint, device_map="auto", max_memory=...)` instead (`--loader auto`):
+transformers 5 holds a layer's experts as fused 3-D parameters and converts the Hub's per-expert tensors only in
+from_pretrained; load_checkpoint_and_dispatch would find no tensor for the fused parameters and fail on meta tensors.
+
+`--decode-steps K` (K > 0) also times a KV-cached greedy decode per budget: a prefill of `--decode-prefill` tokens,
+then K single-token steps; decode_token_s is the median step time (Accelerate moves every offloaded layer's weights
+each step, so a few steps suffice). `--skip-forward` leaves out the uncached forward timings.
+
+Without CUDA everything runs on the CPU (max_memory {"cpu": ...}); only for checking the code path on tiny models.
+
+Writes JSON: {"device", "torch", "transformers", "accelerate", "configs": [{"gpu_budget_gib", "loader", "load_s",
+"forward_1_s", "forward_prefill_s", "decode_token_s", "hf_device_map_summary"}], "resident": {...}}.
 """
 import argparse
 import json
@@ -24,19 +35,61 @@ from accelerate import init_empty_weights, load_checkpoint_and_dispatch  # noqa:
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 NO_SPLIT = {"llama": ["LlamaDecoderLayer"], "mistral": ["MistralDecoderLayer"], "qwen2": ["Qwen2DecoderLayer"],
-            "gpt2": ["GPT2Block"], "gptj": ["GPTJBlock"]}
+            "gpt2": ["GPT2Block"], "gptj": ["GPTJBlock"], "mixtral": ["MixtralDecoderLayer"],
+            "qwen2_moe": ["Qwen2MoeDecoderLayer"], "qwen3_moe": ["Qwen3MoeDecoderLayer"]}
+# Checkpoints in the Hub's per-expert layout, which only from_pretrained converts to transformers 5's fused experts.
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
+CUDA = torch.cuda.is_available()
+DEVICE = 0 if CUDA else "cpu"
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeat):
     fn()  # warm-up
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t)
     return min(times), times
+
+
+def decode_times(model, ids, steps):
+    """A KV-cached greedy decode: prefill `ids`, then `steps` single-token steps; returns (prefill_s, [step_s])."""
+    sync()
+    t = time.perf_counter()
+    out = model(ids.to(DEVICE), use_cache=True)
+    sync()
+    prefill_s = time.perf_counter() - t
+    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    steps_s = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        out = model(nxt.to(DEVICE), past_key_values=past, use_cache=True)
+        nxt = out.logits[:, -1:].argmax(-1)
+        sync()
+        steps_s.append(time.perf_counter() - t)
+        past = out.past_key_values
+    return prefill_s, steps_s
+
+
+def load_offloaded(args, config, budget, no_split, loader, dtype):
+    max_memory = {0: f"{budget}GiB", "cpu": f"{args.cpu_budget_gib}GiB"} if CUDA else \
+        {"cpu": f"{args.cpu_budget_gib}GiB"}
+    if loader == "from_pretrained":
+        return AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=dtype, device_map="auto",
+                                                    max_memory=max_memory)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    return load_checkpoint_and_dispatch(model, args.checkpoint, device_map="auto", max_memory=max_memory,
+                                        no_split_module_classes=no_split, dtype=dtype)
 
 
 def summarize(device_map):
@@ -54,59 +107,71 @@ def main():
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--resident", action="store_true", help="also time transformers eager, all on the GPU")
+    ap.add_argument("--loader", choices=["auto", "dispatch", "from_pretrained"], default="auto",
+                    help="dispatch: init_empty_weights + load_checkpoint_and_dispatch; from_pretrained: "
+                         "from_pretrained(device_map='auto'); auto: from_pretrained for MoE types, else dispatch")
+    ap.add_argument("--decode-steps", type=int, default=0, help="also time this many KV-cached decode steps")
+    ap.add_argument("--decode-prefill", type=int, default=16, help="prompt tokens before the timed decode steps")
+    ap.add_argument("--skip-forward", action="store_true", help="leave out the uncached forward timings")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     config = AutoConfig.from_pretrained(args.checkpoint)
     dtype = torch.bfloat16
     no_split = NO_SPLIT[config.model_type]
+    loader = args.loader
+    if loader == "auto":
+        loader = "from_pretrained" if config.model_type in MOE_TYPES else "dispatch"
     vocab = config.vocab_size
     g = torch.Generator().manual_seed(0)
     ids_1 = torch.randint(0, vocab, (1, 1), generator=g)
     ids_p = torch.randint(0, vocab, (1, args.prefill), generator=g)
-    result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    ids_d = torch.randint(0, vocab, (1, args.decode_prefill), generator=g)
+    result = {"device": torch.cuda.get_device_name(0) if CUDA else "cpu", "torch": torch.__version__,
               "transformers": transformers.__version__, "accelerate": accelerate.__version__,
               "prefill_tokens": args.prefill, "configs": []}
 
     for budget in [float(x) for x in args.gpu_budgets_gib.split(",") if x]:
         t_load = time.time()
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model.tie_weights()
-        model = load_checkpoint_and_dispatch(
-            model, args.checkpoint, device_map="auto",
-            max_memory={0: f"{budget}GiB", "cpu": f"{args.cpu_budget_gib}GiB"},
-            no_split_module_classes=no_split, dtype=dtype)
+        model = load_offloaded(args, config, budget, no_split, loader, dtype)
         model.eval()
+        entry = {"gpu_budget_gib": budget, "loader": loader}
         with torch.no_grad():
             t_first = time.time()
-            model(ids_1.to(0), use_cache=False)
-            torch.cuda.synchronize()
-            first_logits_s = time.time() - t_first
-            load_s = t_first - t_load
+            model(ids_1.to(DEVICE), use_cache=False)
+            sync()
+            entry["first_forward_s"] = time.time() - t_first
+            entry["load_s"] = t_first - t_load
             if "process_to_first_logits_s" not in result:
                 result["process_to_first_logits_s"] = time.time() - T0
-            f1, f1_all = timed(lambda: model(ids_1.to(0), use_cache=False), args.repeat)
-            fp, fp_all = timed(lambda: model(ids_p.to(0), use_cache=False), args.repeat)
-        entry = {"gpu_budget_gib": budget, "load_s": load_s, "first_forward_s": first_logits_s,
-                 "forward_1_s": f1, "forward_1_all": f1_all, "forward_prefill_s": fp, "forward_prefill_all": fp_all,
-                 "hf_device_map_summary": summarize(model.hf_device_map),
-                 "max_memory_allocated_gib": torch.cuda.max_memory_allocated(0) / 2**30}
+            if not args.skip_forward:
+                entry["forward_1_s"], entry["forward_1_all"] = timed(
+                    lambda: model(ids_1.to(DEVICE), use_cache=False), args.repeat)
+                entry["forward_prefill_s"], entry["forward_prefill_all"] = timed(
+                    lambda: model(ids_p.to(DEVICE), use_cache=False), args.repeat)
+            if args.decode_steps > 0:
+                prefill_s, steps_s = decode_times(model, ids_d, args.decode_steps)
+                entry.update(decode_prefill_tokens=args.decode_prefill, decode_prefill_s=prefill_s,
+                             decode_token_s=sorted(steps_s)[len(steps_s) // 2], decode_all=steps_s)
+        entry["hf_device_map_summary"] = summarize(getattr(model, "hf_device_map", None) or {"": DEVICE})
+        if CUDA:
+            entry["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(0) / 2**30
         print(json.dumps(entry), flush=True)
         result["configs"].append(entry)
         del model
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(0)
+        if CUDA:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(0)
 
     if args.resident:
         t_load = time.time()
-        model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=dtype, device_map={"": 0},
+        model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=dtype, device_map={"": DEVICE},
                                                      attn_implementation="eager")
         model.eval()
         with torch.no_grad():
             load_s = time.time() - t_load
-            fp, _ = timed(lambda: model(ids_p.to(0), use_cache=False), args.repeat)
-            out = model(ids_p.to(0), use_cache=True)
+            fp, _ = timed(lambda: model(ids_p.to(DEVICE), use_cache=False), args.repeat)
+            out = model(ids_p.to(DEVICE), use_cache=True)
             past = out.past_key_values
             # Decode steps at `prefill` context: each step appends one token to the same cache; the cache growth
             # over `repeat`+1 steps is negligible against the context.

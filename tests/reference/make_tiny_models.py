@@ -22,7 +22,14 @@ Usage:
   make_tiny_models.py --out-root DIR --families all|F1,F2,...      (writes DIR/FAMILY for each)
   make_tiny_models.py --list
 Families: see FAMILIES below (llama, llama_gqa, llama_linear, llama_dynamic, mistral, mistral_sliding, qwen2,
-qwen2_sliding, qwen2_yarn, phi3, phi3_longrope, gpt2, gpt2_scaled, gptj).
+qwen2_sliding, qwen2_yarn, phi3, phi3_longrope, gpt2, gpt2_scaled, gptj, and the mixture-of-experts mixtral, qwen2_moe,
+qwen2_moe_sparse_step, qwen3_moe).
+
+Mixture-of-experts families are saved in the Hub's per-expert layout (transformers 5 splits its fused 3-D expert
+parameters back into one tensor per expert and projection on save_pretrained), and transformers runs them with the
+eager experts implementation. The reference run checks that every routed token's k-th and (k+1)-th router
+probabilities are at least ROUTER_MIN_GAP apart (else an executor's rounding could legitimately pick another expert)
+and records the smallest gap in the metadata as min_router_gap.
 """
 
 import argparse
@@ -39,6 +46,8 @@ SEED = 1234
 # Each family: (model_type, config kwargs). Sizes are tiny; vocab/layers chosen so save_pretrained makes >= 2 shards
 # with MAX_SHARD_SIZE.
 MAX_SHARD_SIZE = "150KB"
+# Smallest allowed gap between a token's k-th and (k+1)-th router probabilities in the reference run.
+ROUTER_MIN_GAP = 1e-3
 
 FAMILIES = {
     # Llama, MHA, default RoPE, no biases, untied.
@@ -126,9 +135,61 @@ FAMILIES = {
     "gptj": ("gptj", dict(
         n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=256, n_positions=64, activation_function="gelu_new",
         layer_norm_epsilon=1e-5, tie_word_embeddings=False, bos_token_id=255, eos_token_id=255)),
+    # Mixtral: 4 experts, top-2 (softmax over all experts, top-k renormalized), GQA, no biases, 2 layers.
+    # Hub layout: block_sparse_moe.gate.weight [E, hidden], block_sparse_moe.experts.E.w1/w3 [inter, hidden] (gate /
+    # up), w2 [hidden, inter] (down).
+    "mixtral": ("mixtral", dict(
+        hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        num_local_experts=4, num_experts_per_tok=2, vocab_size=160, max_position_embeddings=128, rms_norm_eps=1e-5,
+        rope_theta=1000000.0, sliding_window=None, tie_word_embeddings=False, hidden_act="silu")),
+    # Qwen1.5-MoE / Qwen2-MoE: 4 experts top-2 without renormalization (norm_topk_prob False), a shared expert of
+    # another width (48 vs 32) scaled by sigmoid(shared_expert_gate), q/k/v biases; 3 layers, layer 1 listed in
+    # mlp_only_layers, so it is a dense MLP of intermediate_size (96).
+    "qwen2_moe": ("qwen2_moe", dict(
+        hidden_size=64, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1],
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, qkv_bias=True, vocab_size=160,
+        max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0, use_sliding_window=False,
+        tie_word_embeddings=False, hidden_act="silu")),
+    # Qwen2-MoE with decoder_sparse_step 2: layer i is sparse iff (i + 1) % 2 == 0, so layers 1 and 3 are MoE and 0
+    # and 2 dense; norm_topk_prob True.
+    "qwen2_moe_sparse_step": ("qwen2_moe", dict(
+        hidden_size=64, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=2, mlp_only_layers=[],
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, qkv_bias=True, vocab_size=160,
+        max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0, use_sliding_window=False,
+        tie_word_embeddings=False, hidden_act="silu")),
+    # Qwen3-MoE (Qwen3-30B-A3B style): 8 experts top-2, norm_topk_prob True, no shared expert, RMSNorm over each q / k
+    # head (q_norm, k_norm), no biases, explicit head_dim (32) != hidden_size / num_heads (16), untied.
+    "qwen3_moe": ("qwen3_moe", dict(
+        hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, attention_bias=False, vocab_size=160, max_position_embeddings=128,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, use_sliding_window=False, tie_word_embeddings=False,
+        hidden_act="silu")),
 }
 
-ARCHITECTURE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gptj": "gptj", "phi3": "phi3"}
+ARCHITECTURE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gptj": "gptj", "phi3": "phi3",
+                "mixtral": "mixtral", "qwen2_moe": "qwen2_moe", "qwen3_moe": "qwen3_moe"}
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
+
+
+def moe_spec_of(model_type, cfg):
+    """The mixture-of-experts ModelSpec fields, as transformers' modeling code builds the layers: Mixtral routes every
+    layer; Qwen2-MoE / Qwen3-MoE layer i uses the sparse block iff i is not in mlp_only_layers and num_experts > 0 and
+    (i + 1) % decoder_sparse_step == 0 (Qwen2MoeDecoderLayer / Qwen3MoeDecoderLayer.__init__), else a dense MLP of
+    intermediate_size."""
+    layers = cfg.num_hidden_layers
+    if model_type == "mixtral":
+        return dict(num_experts=cfg.num_local_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                    moe_intermediate_size=cfg.intermediate_size, shared_expert_intermediate_size=0,
+                    norm_topk_prob=True, sparse_layers=[True] * layers, qk_norm=False)
+    sparse = [(i not in cfg.mlp_only_layers) and (cfg.num_experts > 0 and (i + 1) % cfg.decoder_sparse_step == 0)
+              for i in range(layers)]
+    return dict(num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                moe_intermediate_size=cfg.moe_intermediate_size,
+                shared_expert_intermediate_size=cfg.shared_expert_intermediate_size if model_type == "qwen2_moe" else 0,
+                norm_topk_prob=bool(cfg.norm_topk_prob), sparse_layers=sparse, qk_norm=(model_type == "qwen3_moe"))
 
 
 def spec_of(model_type, cfg):
@@ -154,20 +215,28 @@ def spec_of(model_type, cfg):
     rope = dict(cfg.rope_parameters or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     rotary_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
-    attention_bias = bool(getattr(cfg, "attention_bias", False)) or model_type == "qwen2"
-    # Sliding-window layers as the modeling code decides them: MistralModel slides every layer when
-    # config.sliding_window is set; Qwen2 slides the layers its config.layer_types marks (sliding_window is None
-    # unless use_sliding_window).
-    window = getattr(cfg, "sliding_window", None) if model_type in ("mistral", "qwen2") else None
-    if window is None:
+    # Qwen2 and Qwen2-MoE: q/k/v biases (Qwen2-MoE: config.qkv_bias), never an o_proj bias. Qwen3-MoE:
+    # attention_bias puts biases on q/k/v and o_proj. Mixtral: none.
+    if model_type == "qwen2_moe":
+        attention_bias = bool(cfg.qkv_bias)
+    else:
+        attention_bias = bool(getattr(cfg, "attention_bias", False)) or model_type == "qwen2"
+    # Sliding-window layers as the modeling code decides them: MistralModel, MixtralModel and Qwen3MoeModel slide
+    # every layer when config.sliding_window is set (Qwen3-MoE: None unless use_sliding_window); Qwen2 and Qwen2-MoE
+    # slide the layers their config.layer_types marks (Qwen2: sliding_window None unless use_sliding_window;
+    # Qwen2-MoE: 0 unless use_sliding_window, and its default layer_types marks the even layers below
+    # max_window_layers).
+    window = (getattr(cfg, "sliding_window", None)
+              if model_type in ("mistral", "qwen2", "mixtral", "qwen2_moe", "qwen3_moe") else None)
+    if not window:
         sliding_layers = []
-    elif model_type == "mistral":
+    elif model_type in ("mistral", "mixtral", "qwen3_moe"):
         sliding_layers = [True] * cfg.num_hidden_layers
     else:
         sliding_layers = [t == "sliding_attention" for t in cfg.layer_types]
     if not any(sliding_layers):
         window, sliding_layers = None, []
-    return dict(
+    spec = dict(
         sliding_window=window or 0, sliding_window_layers=sliding_layers,
         architecture=ARCHITECTURE[model_type], hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=head_dim,
@@ -176,6 +245,9 @@ def spec_of(model_type, cfg):
         rope_theta=float(rope.get("rope_theta", 10000.0)), rotary_dim=rotary_dim, attention_bias=attention_bias,
         mlp_bias=bool(getattr(cfg, "mlp_bias", False)), tie_word_embeddings=bool(cfg.tie_word_embeddings),
         activation=cfg.hidden_act, rope_scaling_json=json.dumps(rope, sort_keys=True) if rope_type != "default" else "")
+    if model_type in MOE_TYPES:
+        spec.update(moe_spec_of(model_type, cfg))
+    return spec
 
 
 def randomize(model, torch):
@@ -185,13 +257,32 @@ def randomize(model, torch):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() >= 2:
-                # Linear: [out, in]; Conv1D (GPT-2): [in, out]; embeddings: [vocab, hidden] (fan = hidden).
-                fan_in = p.shape[0] if ".c_" in name else p.shape[1]
+                # Linear: [out, in]; Conv1D (GPT-2): [in, out]; embeddings: [vocab, hidden] (fan = hidden); fused
+                # experts (transformers 5): gate_up_proj [E, 2 * inter, hidden], down_proj [E, hidden, inter]; MoE
+                # routers: [E, hidden] (O(1) logits, well-separated top-k choices).
+                fan_in = p.shape[0] if ".c_" in name else p.shape[-1]
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
             else:  # norm weights
                 p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def watch_routers(model, torch):
+    """Hooks every MoE router (transformers 5: mlp.gate, a *TopKRouter returning (router_logits, scores, indices));
+    returns a list that each router call extends with the smallest gap, over its tokens, between the k-th and
+    (k+1)-th largest softmax probabilities (the float32 softmax transformers routes with)."""
+    gaps = []
+
+    def hook(module, _inputs, output):
+        probs = torch.softmax(output[0].float(), dim=-1)
+        top = probs.topk(module.top_k + 1, dim=-1).values
+        gaps.append(float((top[:, module.top_k - 1] - top[:, module.top_k]).min()))
+
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("TopKRouter"):
+            module.register_forward_hook(hook)
+    return gaps
 
 
 def make(family, out_dir):
@@ -203,9 +294,11 @@ def make(family, out_dir):
     model_type, kwargs = FAMILIES[family]
     torch.manual_seed(SEED)
     config = AutoConfig.for_model(model_type, **kwargs)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    extra = dict(experts_implementation="eager") if model_type in MOE_TYPES else {}
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32, **extra)
     model.eval()
     randomize(model, torch)
+    router_gaps = watch_routers(model, torch)
     if getattr(config, "tie_word_embeddings", False):
         emb = model.get_input_embeddings().weight
         assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr(), "lm_head is not tied"
@@ -234,6 +327,12 @@ def make(family, out_dir):
             token = out.logits[:, -1, :].argmax(-1, keepdim=True)
             generated.append(token)
     tensors["generated"] = torch.cat(generated, dim=1).contiguous()
+    if model_type in MOE_TYPES:
+        assert router_gaps, f"{family}: no router ran"
+        min_gap = min(router_gaps)
+        if min_gap < ROUTER_MIN_GAP:
+            print(f"WARNING: {family}: a token's k-th and (k+1)-th router probabilities are only {min_gap:.2e} apart "
+                  f"(< {ROUTER_MIN_GAP}); an executor may route it differently", file=sys.stderr)
 
     metadata = {
         "family": family,
@@ -246,6 +345,8 @@ def make(family, out_dir):
         "transformers": transformers.__version__,
         "torch": torch.__version__,
     }
+    if model_type in MOE_TYPES:
+        metadata["min_router_gap"] = repr(min(router_gaps))
     save_file(tensors, os.path.join(out_dir, "reference.safetensors"), metadata=metadata)
 
 
