@@ -23,8 +23,9 @@ bool MatchTensor(const FamilyInfo& family, std::span<const BlockRef> blocks, siz
                  Match* out) {
   const BlockRef& b = blocks[self];
   if (StartsWith(name, b.prefix)) {
-    if (const TensorRule* r = FindTensorRule(family, b.kind, name.substr(b.prefix.size()))) {
-      *out = Match{r->slot, r};
+    uint32_t expert = 0;
+    if (const TensorRule* r = FindTensorRule(family, b.kind, name.substr(b.prefix.size()), &expert)) {
+      *out = Match{IsExpertRule(*r) ? ExpertSlot(r->slot, expert) : r->slot, r};
       return true;
     }
   }
@@ -45,20 +46,31 @@ bool MatchTensor(const FamilyInfo& family, std::span<const BlockRef> blocks, siz
 
 }  // namespace
 
-SlotTable EmptySlotTable() {
-  SlotTable t;
-  t.fill(-1);
-  return t;
-}
+SlotTable EmptySlotTable(size_t slots) { return SlotTable(slots, -1); }
 
-std::vector<Slot> RequiredSlots(const FamilyInfo& family, BlockKind kind, const ModelConfig& config) {
+std::vector<Slot> RequiredSlots(const FamilyInfo& family, BlockKind kind, const ModelConfig& config,
+                                int32_t layer) {
   std::vector<Slot> out;
   for (const TensorRule& r : family.tensors) {
     if (r.block != kind) continue;
-    const bool required = r.presence == Presence::kAlways || r.presence == Presence::kUntied ||
-                          (r.presence == Presence::kQkvBias && config.attention_bias) ||
-                          (r.presence == Presence::kMlpBias && config.mlp_bias);
-    if (required) out.push_back(r.slot);
+    bool required = false;
+    switch (r.presence) {
+      case Presence::kAlways:
+      case Presence::kUntied: required = true; break;
+      case Presence::kQkvBias: required = config.attention_bias; break;
+      case Presence::kMlpBias: required = config.mlp_bias; break;
+      case Presence::kOBias: required = false; break;
+      case Presence::kDenseMlp:
+      case Presence::kSparseMlp:
+      case Presence::kSharedExpert:
+      case Presence::kQkNorm: required = IsPresent(r.presence, config, TensorFeatures{}, layer); break;
+    }
+    if (!required) continue;
+    if (IsExpertRule(r)) {
+      for (uint32_t e = 0; e < config.num_experts; ++e) out.push_back(ExpertSlot(r.slot, e));
+    } else {
+      out.push_back(r.slot);
+    }
   }
   return out;
 }
@@ -69,7 +81,7 @@ Result<SlotTable> BindBlock(const FamilyInfo& family, const ModelConfig& config,
                             BlockKindName(self < blocks.size() ? blocks[self].kind : BlockKind::kEmbedding) + ")";
   if (self >= blocks.size()) return MakeError(ErrorCode::kInternal, block + ": block index out of range");
   const BlockRef& b = blocks[self];
-  SlotTable table = EmptySlotTable();
+  SlotTable table = EmptySlotTable(SlotCount(config));
   const TensorFeatures no_features;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const BlockTensor& t = tensors[i];
@@ -83,7 +95,23 @@ Result<SlotTable> BindBlock(const FamilyInfo& family, const ModelConfig& config,
                                                  "' is not one the kernel reads (expected: " +
                                                  (expected.empty() ? std::string("none") : expected) + ")");
     }
+    const Presence pr = m.rule->presence;
+    const bool per_layer = pr == Presence::kDenseMlp || pr == Presence::kSparseMlp ||
+                           pr == Presence::kSharedExpert || pr == Presence::kQkNorm;
+    if (per_layer && !IsPresent(pr, config, no_features, b.layer)) {
+      return MakeError(ErrorCode::kMismatch,
+                       block + ": tensor '" + std::string(t.name) + "' does not belong in this layer (" +
+                           (pr == Presence::kDenseMlp ? "the layer is a mixture of experts"
+                            : pr == Presence::kQkNorm ? "the model has no q/k norms"
+                                                      : "the layer has a dense MLP") +
+                           ")");
+    }
     const size_t s = static_cast<size_t>(m.slot);
+    if (s >= table.size()) {
+      return MakeError(ErrorCode::kMismatch, block + ": tensor '" + std::string(t.name) + "' names expert " +
+                                                 std::to_string(ExpertOf(m.slot)) + " but the model has " +
+                                                 std::to_string(config.num_experts) + " experts");
+    }
     if (table[s] >= 0) {
       return MakeError(ErrorCode::kMismatch, block + ": tensors '" + std::string(tensors[table[s]].name) + "' and '" +
                                                  std::string(t.name) + "' both fill slot " + SlotName(m.slot));
@@ -96,11 +124,12 @@ Result<SlotTable> BindBlock(const FamilyInfo& family, const ModelConfig& config,
     }
     table[s] = static_cast<int32_t>(i);
   }
-  for (Slot s : RequiredSlots(family, b.kind, config)) {
+  for (Slot s : RequiredSlots(family, b.kind, config, b.layer)) {
     if (table[static_cast<size_t>(s)] >= 0) continue;
-    const TensorRule* r = FindSlotRule(family, b.kind, s);
-    return MakeError(ErrorCode::kMismatch, block + ": missing tensor '" + std::string(b.prefix) +
-                                               (r != nullptr ? r->name : "?") + "' (slot " + SlotName(s) + ")");
+    const TensorRule* r = FindSlotRule(family, b.kind, IsExpertSlot(s) ? ExpertRole(s) : s);
+    const std::string name = r == nullptr ? "?" : IsExpertSlot(s) ? RuleName(*r, ExpertOf(s)) : r->name;
+    return MakeError(ErrorCode::kMismatch, block + ": missing tensor '" + std::string(b.prefix) + name + "' (slot " +
+                                               SlotName(s) + ")");
   }
   return table;
 }

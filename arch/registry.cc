@@ -200,6 +200,143 @@ constexpr MathKey kPhi3Keys[] = {
     GENERIC_REFUSED_KEYS
 };
 
+// ---- mixture of experts: mixtral (MixtralForCausalLM), qwen2_moe (Qwen2MoeForCausalLM), qwen3_moe ----
+// The Hub's per-expert checkpoint layout (what transformers 5 reads and writes): one tensor per expert and matrix;
+// "{e}" stands for the expert index.
+
+constexpr TensorRule VP(BlockKind b, Slot s, const char* name, Dim d, Presence p) { return V(b, s, name, d, p); }
+constexpr TensorRule MP(BlockKind b, Slot s, const char* name, Dim d0, Dim d1, Presence p) {
+  return M(b, s, name, d0, d1, Layout::kLinear, p);
+}
+
+constexpr const char* kMixtralTypes[] = {"mixtral"};
+constexpr TensorRule kMixtralTensors[] = {
+    M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
+    M(kLayer, Slot::kQ, "self_attn.q_proj.weight", Dim::kQDim, Dim::kHidden),
+    M(kLayer, Slot::kK, "self_attn.k_proj.weight", Dim::kKvDim, Dim::kHidden),
+    M(kLayer, Slot::kV, "self_attn.v_proj.weight", Dim::kKvDim, Dim::kHidden),
+    M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
+    MP(kLayer, Slot::kRouter, "block_sparse_moe.gate.weight", Dim::kNumExperts, Dim::kHidden, Presence::kSparseMlp),
+    MP(kLayer, Slot::kExpertGate, "block_sparse_moe.experts.{e}.w1.weight", Dim::kExpertIntermediate, Dim::kHidden,
+       Presence::kSparseMlp),
+    MP(kLayer, Slot::kExpertDown, "block_sparse_moe.experts.{e}.w2.weight", Dim::kHidden, Dim::kExpertIntermediate,
+       Presence::kSparseMlp),
+    MP(kLayer, Slot::kExpertUp, "block_sparse_moe.experts.{e}.w3.weight", Dim::kExpertIntermediate, Dim::kHidden,
+       Presence::kSparseMlp),
+    V(kLayer, Slot::kInputNorm, "input_layernorm.weight", Dim::kHidden),
+    V(kLayer, Slot::kPostNorm, "post_attention_layernorm.weight", Dim::kHidden),
+    V(kFinal, Slot::kFinalNorm, "weight", Dim::kHidden),
+    M(kHead, Slot::kLmHead, "weight", Dim::kVocab, Dim::kHidden, Layout::kLinear, Presence::kUntied),
+};
+
+// Qwen2-MoE and Qwen3-MoE share the layout of their MLPs: a dense MLP in the layers that are not sparse
+// (mlp_only_layers, decoder_sparse_step), else the router, the experts and (Qwen2-MoE) the shared expert.
+#define QWEN_MOE_MLP_TENSORS                                                                                        \
+  MP(kLayer, Slot::kGate, "mlp.gate_proj.weight", Dim::kIntermediate, Dim::kHidden, Presence::kDenseMlp),           \
+      MP(kLayer, Slot::kUp, "mlp.up_proj.weight", Dim::kIntermediate, Dim::kHidden, Presence::kDenseMlp),           \
+      MP(kLayer, Slot::kDown, "mlp.down_proj.weight", Dim::kHidden, Dim::kIntermediate, Presence::kDenseMlp),       \
+      MP(kLayer, Slot::kRouter, "mlp.gate.weight", Dim::kNumExperts, Dim::kHidden, Presence::kSparseMlp),           \
+      MP(kLayer, Slot::kExpertGate, "mlp.experts.{e}.gate_proj.weight", Dim::kExpertIntermediate, Dim::kHidden,     \
+         Presence::kSparseMlp),                                                                                     \
+      MP(kLayer, Slot::kExpertUp, "mlp.experts.{e}.up_proj.weight", Dim::kExpertIntermediate, Dim::kHidden,         \
+         Presence::kSparseMlp),                                                                                     \
+      MP(kLayer, Slot::kExpertDown, "mlp.experts.{e}.down_proj.weight", Dim::kHidden, Dim::kExpertIntermediate,     \
+         Presence::kSparseMlp)
+
+constexpr const char* kQwen2MoeTypes[] = {"qwen2_moe"};
+constexpr TensorRule kQwen2MoeTensors[] = {
+    M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
+    M(kLayer, Slot::kQ, "self_attn.q_proj.weight", Dim::kQDim, Dim::kHidden),
+    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
+    M(kLayer, Slot::kK, "self_attn.k_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
+    M(kLayer, Slot::kV, "self_attn.v_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kVBias, "self_attn.v_proj.bias", Dim::kKvDim, Presence::kQkvBias),
+    M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
+    QWEN_MOE_MLP_TENSORS,
+    MP(kLayer, Slot::kSharedGate, "mlp.shared_expert.gate_proj.weight", Dim::kSharedIntermediate, Dim::kHidden,
+       Presence::kSharedExpert),
+    MP(kLayer, Slot::kSharedUp, "mlp.shared_expert.up_proj.weight", Dim::kSharedIntermediate, Dim::kHidden,
+       Presence::kSharedExpert),
+    MP(kLayer, Slot::kSharedDown, "mlp.shared_expert.down_proj.weight", Dim::kHidden, Dim::kSharedIntermediate,
+       Presence::kSharedExpert),
+    MP(kLayer, Slot::kSharedExpertGate, "mlp.shared_expert_gate.weight", Dim::kOne, Dim::kHidden,
+       Presence::kSharedExpert),
+    V(kLayer, Slot::kInputNorm, "input_layernorm.weight", Dim::kHidden),
+    V(kLayer, Slot::kPostNorm, "post_attention_layernorm.weight", Dim::kHidden),
+    V(kFinal, Slot::kFinalNorm, "weight", Dim::kHidden),
+    M(kHead, Slot::kLmHead, "weight", Dim::kVocab, Dim::kHidden, Layout::kLinear, Presence::kUntied),
+};
+
+constexpr const char* kQwen3MoeTypes[] = {"qwen3_moe"};
+constexpr TensorRule kQwen3MoeTensors[] = {
+    M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
+    M(kLayer, Slot::kQ, "self_attn.q_proj.weight", Dim::kQDim, Dim::kHidden),
+    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
+    M(kLayer, Slot::kK, "self_attn.k_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
+    M(kLayer, Slot::kV, "self_attn.v_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kVBias, "self_attn.v_proj.bias", Dim::kKvDim, Presence::kQkvBias),
+    M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
+    V(kLayer, Slot::kOBias, "self_attn.o_proj.bias", Dim::kHidden, Presence::kOBias),
+    VP(kLayer, Slot::kQNorm, "self_attn.q_norm.weight", Dim::kHeadDim, Presence::kQkNorm),
+    VP(kLayer, Slot::kKNorm, "self_attn.k_norm.weight", Dim::kHeadDim, Presence::kQkNorm),
+    QWEN_MOE_MLP_TENSORS,
+    V(kLayer, Slot::kInputNorm, "input_layernorm.weight", Dim::kHidden),
+    V(kLayer, Slot::kPostNorm, "post_attention_layernorm.weight", Dim::kHidden),
+    V(kFinal, Slot::kFinalNorm, "weight", Dim::kHidden),
+    M(kHead, Slot::kLmHead, "weight", Dim::kVocab, Dim::kHidden, Layout::kLinear, Presence::kUntied),
+};
+#undef QWEN_MOE_MLP_TENSORS
+
+#define MOE_KEYS                                                                                                   \
+  {"num_experts_per_tok", KeyHandling::kImplemented, "experts routed per token (softmax in float32, top-k)"},     \
+      {"norm_topk_prob", KeyHandling::kImplemented, "top-k routing weights renormalized to sum 1"},               \
+      {"router_aux_loss_coef", KeyHandling::kImplemented, "training only (no effect on a forward pass)"},         \
+      {"output_router_logits", KeyHandling::kImplemented, "training only (no effect on a forward pass)"},         \
+      {"router_jitter_noise", KeyHandling::kImplemented, "training only (no effect in eval mode)"},               \
+      {"rope_scaling", KeyHandling::kImplemented, "the Llama family's RoPE types (also rope_parameters)"},        \
+      {"head_dim", KeyHandling::kImplemented, "explicit head_dim"},                                               \
+      {"tie_word_embeddings", KeyHandling::kImplemented, "lm_head reads model.embed_tokens.weight"},              \
+      {"hidden_act", KeyHandling::kImplemented, "silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu"},      \
+      {"partial_rotary_factor", KeyHandling::kRefused, "whole heads rotate", "1.0"},                              \
+      {"quantization_config", KeyHandling::kRefused, "pre-quantized mixture-of-experts checkpoints", nullptr},    \
+      {"attn_logit_softcapping", KeyHandling::kRefused, "attention logit soft-capping", nullptr},                 \
+      {"final_logit_softcapping", KeyHandling::kRefused, "final logit soft-capping", nullptr},                    \
+      {"logit_scale", KeyHandling::kRefused, "scaled logits", nullptr},                                          \
+      {"embedding_multiplier", KeyHandling::kRefused, "scaled embeddings", nullptr},                             \
+      {"residual_multiplier", KeyHandling::kRefused, "scaled residuals", nullptr},                               \
+      {"attention_multiplier", KeyHandling::kRefused, "scaled attention", nullptr},                              \
+      {"logits_scaling", KeyHandling::kRefused, "scaled logits", nullptr},                                       \
+      {"n_shared_experts", KeyHandling::kRefused, "shared experts other than Qwen2-MoE's", nullptr},             \
+      {"routed_scaling_factor", KeyHandling::kRefused, "scaled routing weights", "1.0"},
+
+constexpr MathKey kMixtralKeys[] = {
+    {"num_local_experts", KeyHandling::kImplemented, "routed experts per layer"},
+    {"sliding_window", KeyHandling::kImplemented, "every layer attends to the last sliding_window positions"},
+    MOE_KEYS
+};
+constexpr MathKey kQwen2MoeKeys[] = {
+    {"num_experts", KeyHandling::kImplemented, "routed experts per sparse layer"},
+    {"moe_intermediate_size", KeyHandling::kImplemented, "the routed experts' inner size"},
+    {"shared_expert_intermediate_size", KeyHandling::kImplemented, "the shared expert (sigmoid-gated)"},
+    {"decoder_sparse_step", KeyHandling::kImplemented, "layers with (i + 1) % step == 0 are sparse"},
+    {"mlp_only_layers", KeyHandling::kImplemented, "layers with a dense MLP of intermediate_size"},
+    {"qkv_bias", KeyHandling::kImplemented, "q/k/v biases (default true)"},
+    {"use_sliding_window", KeyHandling::kRefused, "sliding-window attention in Qwen2-MoE", "false"},
+    MOE_KEYS
+};
+constexpr MathKey kQwen3MoeKeys[] = {
+    {"num_experts", KeyHandling::kImplemented, "routed experts per sparse layer"},
+    {"moe_intermediate_size", KeyHandling::kImplemented, "the routed experts' inner size"},
+    {"decoder_sparse_step", KeyHandling::kImplemented, "layers with (i + 1) % step == 0 are sparse"},
+    {"mlp_only_layers", KeyHandling::kImplemented, "layers with a dense MLP of intermediate_size"},
+    {"attention_bias", KeyHandling::kImplemented, "q/k/v/o biases"},
+    {"use_sliding_window", KeyHandling::kRefused, "sliding-window attention in Qwen3-MoE", "false"},
+    MOE_KEYS
+};
+#undef MOE_KEYS
+
 constexpr RopeType kNoRope[1] = {RopeType::kDefault};
 
 const FamilyInfo kFamilies[] = {
@@ -216,6 +353,17 @@ const FamilyInfo kFamilies[] = {
     {Family::kPhi3, "phi3", kPhi3Types, "Phi3ForCausalLM", kLlamaBlocks, kPhi3Tensors, kTiedHead, {}, kRotaryBuffers,
      kPhi3Parameterless, "", KernelCounts{.decoder_layer = 41, .partial_rotary_extra = 2, .final_norm = 8},
      kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
+    // Mixture-of-experts layers synchronize with the host once per layer (the router's choices), so their decode
+    // is not captured in a CUDA graph. decoder_layer counts a layer's attention half; BlockKernels adds the MLP's.
+    {Family::kMixtral, "mixtral", kMixtralTypes, "MixtralForCausalLM", kLlamaBlocks, kMixtralTensors, kTiedHead, {},
+     kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
+     .final_norm = 8}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kMixtralKeys},
+    {Family::kQwen2Moe, "qwen2_moe", kQwen2MoeTypes, "Qwen2MoeForCausalLM", kLlamaBlocks, kQwen2MoeTensors, kTiedHead,
+     {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
+     .final_norm = 8}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen2MoeKeys},
+    {Family::kQwen3Moe, "qwen3_moe", kQwen3MoeTypes, "Qwen3MoeForCausalLM", kLlamaBlocks, kQwen3MoeTensors, kTiedHead,
+     {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 46, .partial_rotary_extra = 0,
+     .final_norm = 8}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen3MoeKeys},
 };
 
 
@@ -225,6 +373,8 @@ constexpr const char* kSlotNames[] = {
     "qkv",             "qkv_bias",           "o",          "o_bias",          "gate",      "gate_bias",
     "up",              "up_bias",            "gate_up",    "fc_in",           "fc_in_bias", "down",
     "down_bias",       "final_norm",         "final_norm_bias", "lm_head",    "lm_head_bias",
+    "q_norm",          "k_norm",             "router",     "shared_gate",     "shared_up", "shared_down",
+    "shared_expert_gate", "expert_gate",     "expert_up",  "expert_down",
 };
 static_assert(std::size(kSlotNames) == static_cast<size_t>(Slot::kCount), "one name per slot");
 
@@ -448,7 +598,7 @@ Status ReadSlidingWindow(const Config& c, const std::string& model_type, ModelCo
   mc.sliding_window_layers.clear();
   std::vector<bool> layers(mc.num_layers, false);
   uint32_t window = 0;
-  if (model_type == "mistral" || model_type == "phi3") {
+  if (model_type == "mistral" || model_type == "phi3" || model_type == "mixtral") {
     BIGPLAN_ASSIGN_OR_RETURN(window, WindowSize(c, "sliding_window", model_type == "mistral" ? 4096 : 0));
     if (window > 0) layers.assign(mc.num_layers, true);
   } else if (model_type == "qwen2") {
@@ -624,15 +774,128 @@ Status ParseGptj(const Config& c, ParsedConfig& p) {
   return Status::Ok();
 }
 
+// Mixtral, Qwen2-MoE, Qwen3-MoE (their transformers 5.17 config classes' defaults).
+//   mixtral    num_local_experts (8), num_experts_per_tok (2), experts of intermediate_size, renormalized top-k, every
+//              layer sparse; sliding_window as Mistral's but null by default.
+//   qwen2_moe  num_experts (60), num_experts_per_tok (4), moe_intermediate_size (1408), shared expert of
+//              shared_expert_intermediate_size (5632; 0: none), norm_topk_prob (false), q/k/v biases (qkv_bias, true).
+//   qwen3_moe  num_experts (128), num_experts_per_tok (8), moe_intermediate_size (768), norm_topk_prob (false), q/k
+//              RMSNorm per head, attention_bias (false) on q/k/v/o.
+// Both Qwen families: layer i is sparse when i is not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0
+// (decoder_sparse_step 1); the other layers have a dense MLP of intermediate_size.
+Status ParseMoe(const Config& c, const std::string& model_type, ParsedConfig& p) {
+  ModelConfig& mc = p.config;
+  const bool mixtral = model_type == "mixtral";
+  BIGPLAN_RETURN_IF_ERROR(ReadAttentionShape(c, mc));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.max_position_embeddings, c.U32("max_position_embeddings", mixtral ? 131072 : 32768));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.norm_eps, c.Number("rms_norm_eps", mixtral ? 1e-5 : 1e-6));
+  BIGPLAN_RETURN_IF_ERROR(ReadRope(c, mc, mixtral ? 1e6 : 10000.0));
+  BIGPLAN_ASSIGN_OR_RETURN(std::optional<double> partial, PartialRotaryFactor(c));
+  if (partial && *partial != 1.0) {
+    return c.Unsupported("partial_rotary_factor", "partial rotary is not supported for " + model_type);
+  }
+  mc.rotary_dim = mc.head_dim;
+  bool qkv_bias = false, o_bias = false;
+  if (model_type == "qwen2_moe") {
+    BIGPLAN_ASSIGN_OR_RETURN(qkv_bias, c.Bool("qkv_bias", true));
+  } else if (model_type == "qwen3_moe") {
+    BIGPLAN_ASSIGN_OR_RETURN(qkv_bias, c.Bool("attention_bias", false));
+    o_bias = qkv_bias;
+    mc.qk_norm = true;
+  }
+  mc.attention_bias = qkv_bias || o_bias;
+  mc.mlp_bias = false;
+  BIGPLAN_ASSIGN_OR_RETURN(mc.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
+  BIGPLAN_ASSIGN_OR_RETURN(mc.activation, c.String("hidden_act", "silu"));
+  BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
+  BIGPLAN_RETURN_IF_ERROR(ReadSlidingWindow(c, model_type, mc));
+
+  const char* experts_key = mixtral ? "num_local_experts" : "num_experts";
+  if (mixtral && !c.Has("num_local_experts") && c.Has("num_experts")) experts_key = "num_experts";
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_experts, c.U32(experts_key, mixtral ? 8 : model_type == "qwen2_moe" ? 60 : 128));
+  if (mc.num_experts > kMaxExperts) {
+    return c.Unsupported(experts_key, std::to_string(mc.num_experts) + " experts exceed the limit of " +
+                                          std::to_string(kMaxExperts));
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(mc.num_experts_per_tok,
+                           c.U32("num_experts_per_tok", mixtral ? 2 : model_type == "qwen2_moe" ? 4 : 8));
+  if (mc.num_experts_per_tok > mc.num_experts) {
+    return c.Bad("num_experts_per_tok", std::to_string(mc.num_experts_per_tok) + " exceeds the " +
+                                            std::to_string(mc.num_experts) + " experts");
+  }
+  if (mixtral) {
+    mc.moe_intermediate_size = mc.intermediate_size;
+    mc.norm_topk_prob = true;
+    mc.sparse_layers.assign(mc.num_layers, true);
+  } else {
+    const bool qwen2 = model_type == "qwen2_moe";
+    BIGPLAN_ASSIGN_OR_RETURN(mc.moe_intermediate_size, c.U32("moe_intermediate_size", qwen2 ? 1408 : 768));
+    if (qwen2) {
+      const json* shared = c.Get("shared_expert_intermediate_size");
+      if (shared != nullptr && shared->is_number_integer() && shared->get<int64_t>() == 0) {
+        mc.shared_expert_intermediate_size = 0;
+      } else {
+        BIGPLAN_ASSIGN_OR_RETURN(mc.shared_expert_intermediate_size, c.U32("shared_expert_intermediate_size", 5632));
+      }
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(mc.norm_topk_prob, c.Bool("norm_topk_prob", false));
+    BIGPLAN_ASSIGN_OR_RETURN(const uint32_t step, c.U32("decoder_sparse_step", 1));
+    std::vector<bool> dense(mc.num_layers, false);
+    if (const json* only = c.Get("mlp_only_layers")) {
+      if (!only->is_array()) return c.Bad("mlp_only_layers", "expected a list of layer indices, got " + only->dump());
+      for (const json& i : *only) {
+        if (!i.is_number_integer() || i.get<int64_t>() < 0) {
+          return c.Bad("mlp_only_layers", "expected layer indices (integers >= 0), got " + only->dump());
+        }
+        if (i.get<int64_t>() < static_cast<int64_t>(mc.num_layers)) dense[i.get<int64_t>()] = true;
+      }
+    }
+    mc.sparse_layers.assign(mc.num_layers, false);
+    for (uint32_t i = 0; i < mc.num_layers; ++i) mc.sparse_layers[i] = !dense[i] && (i + 1) % step == 0;
+  }
+  p.features.qkv_bias = qkv_bias;
+  p.features.o_bias = o_bias;
+  p.features.tied = mc.tie_word_embeddings;
+  return Status::Ok();
+}
+
 Error ConfigError(ErrorCode code, const std::string& message) { return MakeError(code, message); }
 
 }  // namespace
 
 // ---- names ----
 
-const char* SlotName(Slot slot) {
+std::string SlotName(Slot slot) {
   const size_t i = static_cast<size_t>(slot);
-  return i < std::size(kSlotNames) ? kSlotNames[i] : "invalid";
+  if (i < std::size(kSlotNames)) return kSlotNames[i];
+  if (ExpertOf(slot) < kMaxExperts) {
+    return std::string(kSlotNames[static_cast<size_t>(ExpertRole(slot))]) + "[" + std::to_string(ExpertOf(slot)) + "]";
+  }
+  return "invalid";
+}
+
+Slot ExpertSlot(Slot role, uint32_t expert) {
+  const uint32_t part = static_cast<uint32_t>(role) - static_cast<uint32_t>(Slot::kExpertGate);
+  return static_cast<Slot>(static_cast<uint32_t>(Slot::kCount) + 3 * expert + part);
+}
+uint32_t ExpertOf(Slot slot) {
+  return (static_cast<uint32_t>(slot) - static_cast<uint32_t>(Slot::kCount)) / 3;
+}
+Slot ExpertRole(Slot slot) {
+  const uint32_t part = (static_cast<uint32_t>(slot) - static_cast<uint32_t>(Slot::kCount)) % 3;
+  return static_cast<Slot>(static_cast<uint32_t>(Slot::kExpertGate) + part);
+}
+size_t SlotCount(const ModelConfig& config) {
+  return static_cast<size_t>(Slot::kCount) + 3 * static_cast<size_t>(config.num_experts);
+}
+bool IsExpertRule(const TensorRule& rule) {
+  return rule.slot == Slot::kExpertGate || rule.slot == Slot::kExpertUp || rule.slot == Slot::kExpertDown;
+}
+std::string RuleName(const TensorRule& rule, uint32_t expert) {
+  std::string name = rule.name;
+  const size_t at = name.find("{e}");
+  if (at != std::string::npos) name.replace(at, 3, std::to_string(expert));
+  return name;
 }
 
 Result<RopeType> RopeTypeOf(const ModelConfig& config) {
@@ -680,6 +943,11 @@ int64_t EvalDim(Dim dim, const ModelConfig& c, const TensorFeatures& f) {
     case Dim::kPositions: return c.max_position_embeddings;
     case Dim::kPositionTableDim: return f.position_table_dim;
     case Dim::kRotaryHalf: return (int64_t{c.rotary_dim} + 1) / 2;
+    case Dim::kHeadDim: return hd;
+    case Dim::kNumExperts: return c.num_experts;
+    case Dim::kExpertIntermediate: return c.moe_intermediate_size;
+    case Dim::kSharedIntermediate: return c.shared_expert_intermediate_size;
+    case Dim::kOne: return 1;
   }
   return 0;
 }
@@ -691,8 +959,22 @@ bool IsPresent(Presence presence, const TensorFeatures& f) {
     case Presence::kOBias: return f.o_bias;
     case Presence::kMlpBias: return f.mlp_bias;
     case Presence::kUntied: return !f.tied;
+    case Presence::kDenseMlp:
+    case Presence::kSparseMlp:
+    case Presence::kSharedExpert:
+    case Presence::kQkNorm: return true;
   }
   return false;
+}
+
+bool IsPresent(Presence presence, const ModelConfig& c, const TensorFeatures& f, int32_t layer) {
+  switch (presence) {
+    case Presence::kDenseMlp: return layer >= 0 && !c.SparseLayer(layer);
+    case Presence::kSparseMlp: return c.SparseLayer(layer);
+    case Presence::kSharedExpert: return c.SparseLayer(layer) && c.shared_expert_intermediate_size > 0;
+    case Presence::kQkNorm: return c.qk_norm;
+    default: return IsPresent(presence, f);
+  }
 }
 
 std::vector<int64_t> ShapeOf(const TensorRule& rule, const ModelConfig& config, const TensorFeatures& features) {
@@ -790,9 +1072,38 @@ std::string JoinNames(const std::vector<std::string>& names) {
   return s;
 }
 
-const TensorRule* FindTensorRule(const FamilyInfo& family, BlockKind kind, std::string_view local_name) {
+namespace {
+// Whether `name` is `pattern` with its "{e}" replaced by a decimal index below kMaxExperts (no leading zeros).
+bool MatchExpertName(std::string_view pattern, std::string_view name, uint32_t* expert) {
+  const size_t at = pattern.find("{e}");
+  if (at == std::string_view::npos) return false;
+  const std::string_view head = pattern.substr(0, at), tail = pattern.substr(at + 3);
+  if (name.size() <= head.size() + tail.size() || name.substr(0, head.size()) != head ||
+      name.substr(name.size() - tail.size()) != tail) {
+    return false;
+  }
+  const std::string_view digits = name.substr(head.size(), name.size() - head.size() - tail.size());
+  if (digits.empty() || digits.size() > 5 || (digits.size() > 1 && digits[0] == '0')) return false;
+  uint32_t v = 0;
+  for (char ch : digits) {
+    if (ch < '0' || ch > '9') return false;
+    v = v * 10 + static_cast<uint32_t>(ch - '0');
+  }
+  if (v >= kMaxExperts) return false;
+  *expert = v;
+  return true;
+}
+}  // namespace
+
+const TensorRule* FindTensorRule(const FamilyInfo& family, BlockKind kind, std::string_view local_name,
+                                 uint32_t* expert) {
   for (const TensorRule& r : family.tensors) {
-    if (r.block == kind && local_name == r.name) return &r;
+    if (r.block != kind) continue;
+    uint32_t e = 0;
+    if (IsExpertRule(r) ? MatchExpertName(r.name, local_name, &e) : local_name == r.name) {
+      if (expert != nullptr) *expert = e;
+      return &r;
+    }
   }
   return nullptr;
 }
@@ -808,6 +1119,20 @@ const TensorRule* FindSlotRule(const FamilyInfo& family, BlockKind kind, Slot sl
   return nullptr;
 }
 
+namespace {
+// The MLP half of a mixture-of-experts family's decoder layer (the other families count it in decoder_layer): a
+// sparse layer's router (linear, float32 softmax, top-k, renormalization, cast: 6), its copy of the choices to the
+// host, and per routed expert a gather, gate, up, activation, product, down, weighting and scatter-add (8); the
+// shared expert's MLP and gate (8). A dense layer's MLP is 11.
+uint32_t MlpKernels(const FamilyInfo& family, const ModelConfig& c) {
+  const bool moe_family =
+      family.family == Family::kMixtral || family.family == Family::kQwen2Moe || family.family == Family::kQwen3Moe;
+  if (!moe_family) return 0;
+  if (c.num_experts == 0) return 11;
+  return 7 + 8 * c.num_experts_per_tok + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
+}
+}  // namespace
+
 uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config) {
   const KernelCounts& k = family.kernels;
   switch (kind) {
@@ -815,7 +1140,8 @@ uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfi
     case BlockKind::kPositionEmbedding: return k.position_embedding;
     case BlockKind::kDecoderLayer:
       return k.decoder_layer +
-             (config.rotary_dim != 0 && config.rotary_dim < config.head_dim ? k.partial_rotary_extra : 0);
+             (config.rotary_dim != 0 && config.rotary_dim < config.head_dim ? k.partial_rotary_extra : 0) +
+             MlpKernels(family, config);
     case BlockKind::kFinalNorm: return k.final_norm;
     case BlockKind::kLmHead: return k.lm_head;
   }
@@ -874,6 +1200,9 @@ Result<ParsedConfig> ParseHfConfig(const nlohmann::json& config, const std::stri
     case Family::kGpt2: BIGPLAN_RETURN_IF_ERROR(ParseGpt2(c, p)); break;
     case Family::kGptj: BIGPLAN_RETURN_IF_ERROR(ParseGptj(c, p)); break;
     case Family::kPhi3: BIGPLAN_RETURN_IF_ERROR(ParsePhi3(c, p)); break;
+    case Family::kMixtral:
+    case Family::kQwen2Moe:
+    case Family::kQwen3Moe: BIGPLAN_RETURN_IF_ERROR(ParseMoe(c, p.model_type, p)); break;
   }
   BIGPLAN_RETURN_IF_ERROR(CheckRefusedKeys(*p.family, c, p.model_type));
   Status st = CheckModelConfig(*p.family, p.config);

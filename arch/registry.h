@@ -77,8 +77,23 @@ struct ModelConfig {
   bool scale_attn_weights = true;           // GPT-2: scores scaled by 1/sqrt(head_dim) (false: unscaled)
   bool scale_attn_by_inverse_layer_idx = false;  // GPT-2: scores also divided by (layer index + 1)
   bool reorder_and_upcast_attn = false;     // GPT-2: scores and softmax in float32, probabilities cast back
+  // Mixture of experts (mixtral, qwen2_moe, qwen3_moe; num_experts 0 for dense models). A sparse layer's MLP: the
+  // router's softmax (float32) over num_experts, the top num_experts_per_tok experts (renormalized to sum 1 when
+  // norm_topk_prob), each a SwiGLU MLP of moe_intermediate_size, their outputs summed with those weights; plus, when
+  // shared_expert_intermediate_size > 0, a shared SwiGLU expert scaled by sigmoid(shared_expert_gate . x).
+  uint32_t num_experts = 0;
+  uint32_t num_experts_per_tok = 0;
+  uint32_t moe_intermediate_size = 0;
+  uint32_t shared_expert_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  std::vector<bool> sparse_layers;          // one flag per decoder layer when num_experts > 0, else empty
+  bool qk_norm = false;                     // Qwen3: RMSNorm over each head of q and k before RoPE
 
   bool operator==(const ModelConfig&) const = default;
+  // Whether decoder layer `layer` is a mixture of experts.
+  bool SparseLayer(int32_t layer) const {
+    return layer >= 0 && static_cast<size_t>(layer) < sparse_layers.size() && sparse_layers[layer];
+  }
 };
 
 // Per-model facts beyond ModelConfig that decide which optional tensors exist and some buffer shapes. Derived from
@@ -107,7 +122,7 @@ uint32_t LengthIndependentRopePositions(const ModelConfig& config);
 // ---- tensor table ----
 
 // The role of a tensor inside its block: what a kernel binds it to. Biases follow their weight.
-enum class Slot : uint8_t {
+enum class Slot : uint16_t {
   kTokenEmbedding,      // [vocab, hidden]
   kPositionEmbedding,   // [positions, hidden] (GPT-2's wpe)
   kInputNorm, kInputNormBias,   // the norm before attention (Llama input_layernorm, GPT ln_1)
@@ -121,10 +136,27 @@ enum class Slot : uint8_t {
   kDown, kDownBias,     // MLP output projection (Llama down_proj, GPT-2 mlp.c_proj, GPT-J fc_out)
   kFinalNorm, kFinalNormBias,
   kLmHead, kLmHeadBias,
+  // Mixture of experts (mixtral, qwen2_moe, qwen3_moe) and Qwen3's per-head q/k RMSNorm:
+  kQNorm, kKNorm,       // [head_dim] (Qwen3-MoE q_norm / k_norm)
+  kRouter,              // [num_experts, hidden] (mlp.gate, block_sparse_moe.gate)
+  kSharedGate, kSharedUp, kSharedDown,  // Qwen2-MoE's shared expert (a SwiGLU MLP of shared_expert_intermediate_size)
+  kSharedExpertGate,    // [1, hidden]: sigmoid gate of the shared expert's output
+  // The roles of one routed expert's matrices in the tensor table (names with "{e}"). A bound block has one slot per
+  // expert and role: ExpertSlot(role, e), numbered from kCount on.
+  kExpertGate, kExpertUp, kExpertDown,
   kCount,
 };
-// "q", "q_bias", "qkv", "gate_up", ... (stable; used in messages and tests).
-const char* SlotName(Slot slot);
+// "q", "q_bias", "qkv", "gate_up", ...; an expert's slot: "expert_gate[5]" (stable; used in messages and tests).
+std::string SlotName(Slot slot);
+
+// The most routed experts a layer may have (the largest published models have a few hundred).
+inline constexpr uint32_t kMaxExperts = 4096;
+// Expert e's slot for `role` (kExpertGate, kExpertUp or kExpertDown): kCount + 3 e + (0, 1, 2).
+Slot ExpertSlot(Slot role, uint32_t expert);
+// Whether `slot` is an expert's slot (>= kCount), its expert and its role.
+inline bool IsExpertSlot(Slot slot) { return static_cast<uint16_t>(slot) >= static_cast<uint16_t>(Slot::kCount); }
+uint32_t ExpertOf(Slot slot);
+Slot ExpertRole(Slot slot);
 
 // A dimension of a shape rule, evaluated against ModelConfig (and TensorFeatures).
 enum class Dim : uint8_t {
@@ -139,6 +171,11 @@ enum class Dim : uint8_t {
   kPositions,          // max_position_embeddings
   kPositionTableDim,   // TensorFeatures::position_table_dim
   kRotaryHalf,         // (rotary_dim + 1) / 2: rotary inverse frequencies
+  kHeadDim,            // head_dim (Qwen3's q/k norms)
+  kNumExperts,         // num_experts (the router's rows)
+  kExpertIntermediate, // moe_intermediate_size
+  kSharedIntermediate, // shared_expert_intermediate_size
+  kOne,                // 1 (the shared expert's gate rows)
 };
 int64_t EvalDim(Dim dim, const ModelConfig& config, const TensorFeatures& features);
 
@@ -149,7 +186,15 @@ enum class Presence : uint8_t {
   kOBias,     // features.o_bias
   kMlpBias,   // features.mlp_bias
   kUntied,    // !features.tied (lm_head.weight; tied models read the embedding instead, see TiedRead)
+  // Per decoder layer (mixture-of-experts families):
+  kDenseMlp,      // a layer whose MLP is dense (!config.sparse_layers[layer])
+  kSparseMlp,     // a layer whose MLP is the routed experts (config.sparse_layers[layer])
+  kSharedExpert,  // a sparse layer of a model with a shared expert (shared_expert_intermediate_size > 0)
+  kQkNorm,        // config.qk_norm (Qwen3-MoE)
 };
+// Whether tensors of `presence` exist in decoder layer `layer` (-1: a block that is not a decoder layer).
+bool IsPresent(Presence presence, const ModelConfig& config, const TensorFeatures& features, int32_t layer);
+// The layer-independent presences only (kAlways .. kUntied); the per-layer ones give true.
 bool IsPresent(Presence presence, const TensorFeatures& features);
 
 // How a matrix is stored.
@@ -251,7 +296,7 @@ struct MathKey {
   const char* default_value = nullptr;
 };
 
-enum class Family : uint8_t { kLlama, kGpt2, kGptj, kPhi3 };
+enum class Family : uint8_t { kLlama, kGpt2, kGptj, kPhi3, kMixtral, kQwen2Moe, kQwen3Moe };
 
 struct FamilyInfo {
   Family family;
@@ -292,7 +337,15 @@ std::vector<std::string> SupportedArchitectures();
 std::string JoinNames(const std::vector<std::string>& names);
 
 // The family's rule for tensor `local_name` (relative to the block prefix) of a block of `kind`; nullptr if none.
-const TensorRule* FindTensorRule(const FamilyInfo& family, BlockKind kind, std::string_view local_name);
+// An expert's tensor ("mlp.experts.5.up_proj.weight") matches its rule's "{e}" with a decimal expert index below
+// kMaxExperts, written to *expert when given (0 for other tensors).
+const TensorRule* FindTensorRule(const FamilyInfo& family, BlockKind kind, std::string_view local_name,
+                                 uint32_t* expert = nullptr);
+// Whether a rule is a routed expert's (its name has "{e}"), and its name for expert e.
+bool IsExpertRule(const TensorRule& rule);
+std::string RuleName(const TensorRule& rule, uint32_t expert);
+// The slots a bound block of this model has room for: kCount + 3 num_experts.
+size_t SlotCount(const ModelConfig& config);
 // The family's rule filling `slot` in a block of `kind` (the stored tensor, possibly fused); nullptr if none.
 const TensorRule* FindSlotRule(const FamilyInfo& family, BlockKind kind, Slot slot);
 // The module name of a block: layout.name with "{i}" replaced by `layer`.

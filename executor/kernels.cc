@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "arch/registry.h"
+#include <map>
+
 #include "executor/kernels_internal.h"
 
 namespace bigplan {
@@ -49,6 +51,42 @@ Status BlockWeights::HostBegin(const at::Tensor& /*x*/) const {
 
 Result<at::Tensor> BlockWeights::HostProduct(arch::Slot slot) const {
   return MakeError(ErrorCode::kInternal, "weight '" + Name(slot) + "' has no rows the host computes");
+}
+
+Result<std::vector<BlockWeights::ExpertTask>> BlockWeights::BeginExperts(const at::Tensor& x, const at::Tensor& topi,
+                                                                          const at::Tensor& topw,
+                                                                          int64_t num_experts) const {
+  if (topi.dim() != 2 || topw.sizes() != topi.sizes() || x.dim() != 2 || x.size(0) != topi.size(0)) {
+    return MakeError(ErrorCode::kInvalidArgument, "routed experts: x, topi and topw disagree on their shapes");
+  }
+  const int64_t tokens = topi.size(0), k = topi.size(1);
+  const at::Tensor ids = topi.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* p = ids.data_ptr<int64_t>();
+  std::map<int32_t, std::vector<int64_t>> rows, picks;  // expert -> token rows, flat (t * k + j) picks
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = p[t * k + j];
+      if (e < 0 || e >= num_experts) return MakeError(ErrorCode::kInvalidArgument, "routed experts: bad expert index");
+      rows[static_cast<int32_t>(e)].push_back(t);
+      picks[static_cast<int32_t>(e)].push_back(t * k + j);
+    }
+  }
+  // Experts streamed in chunks are consumed in order even without rows.
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (NumChunks(arch::ExpertSlot(arch::Slot::kExpertGate, static_cast<uint32_t>(e))) > 0) rows[static_cast<int32_t>(e)];
+  }
+  const at::Tensor flat_w = topw.reshape({-1});
+  std::vector<ExpertTask> tasks;
+  for (auto& [e, r] : rows) {
+    ExpertTask t;
+    t.expert = e;
+    const auto opts = at::TensorOptions().dtype(at::kLong);
+    t.rows = at::tensor(r, opts).to(x.device());
+    const at::Tensor pick = at::tensor(picks[e], opts).to(x.device());
+    t.weights = flat_w.index_select(0, pick).unsqueeze(1);
+    tasks.push_back(std::move(t));
+  }
+  return tasks;
 }
 
 namespace kernels_internal {
@@ -601,6 +639,13 @@ arch::ModelConfig ShapeConfigOf(const ModelSpec& s) {
   c.rotary_dim = static_cast<uint32_t>(s.rotary_dim);
   c.attention_bias = s.attention_bias;
   c.mlp_bias = s.mlp_bias;
+  c.num_experts = static_cast<uint32_t>(s.num_experts);
+  c.num_experts_per_tok = static_cast<uint32_t>(s.num_experts_per_tok);
+  c.moe_intermediate_size = static_cast<uint32_t>(s.moe_intermediate_size);
+  c.shared_expert_intermediate_size = static_cast<uint32_t>(s.shared_expert_intermediate_size);
+  c.norm_topk_prob = s.norm_topk_prob;
+  c.sparse_layers = s.sparse_layers;
+  c.qk_norm = s.qk_norm;
   return c;
 }
 
@@ -648,7 +693,10 @@ Result<std::unique_ptr<ModelKernels>> MakeModelKernels(const ModelSpec& spec_in)
     case arch::Family::kGpt2: return kernels_internal::MakeGpt2Kernels(spec);
     case arch::Family::kGptj: return kernels_internal::MakeGptjKernels(spec);
     case arch::Family::kLlama:
-    case arch::Family::kPhi3: return kernels_internal::MakeLlamaKernels(spec);
+    case arch::Family::kPhi3:
+    case arch::Family::kMixtral:
+    case arch::Family::kQwen2Moe:
+    case arch::Family::kQwen3Moe: return kernels_internal::MakeLlamaKernels(spec);
   }
   return MakeError(ErrorCode::kInternal, "no kernel factory for family " + std::string((*family)->name));
 }

@@ -50,6 +50,15 @@ struct ModelSpec {
   bool scale_attn_weights = true;           // gpt2: scores x 1/sqrt(head_dim)
   bool scale_attn_by_inverse_layer_idx = false;  // gpt2: scores / (layer + 1)
   bool reorder_and_upcast_attn = false;     // gpt2: scores and softmax in float32 (transformers' eager path)
+  // Mixture of experts (mixtral, qwen2_moe, qwen3_moe; arch::ModelConfig says what each means). num_experts 0:
+  // dense.
+  int64_t num_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  int64_t shared_expert_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  std::vector<bool> sparse_layers;
+  bool qk_norm = false;
 };
 
 // How a weight is stored when it is row-quantized (formats/quant.h, plan --weights): its tensor (Find, or each
@@ -116,6 +125,31 @@ class BlockWeights {
   // CPU: [tokens, rows - HostRowBegin(slot)] in x's dtype on x's device, ready in stream order on the current
   // stream.
   virtual Result<at::Tensor> HostProduct(arch::Slot slot) const;
+
+  // ---- routed experts (a sparse decoder layer of a mixture-of-experts model) ----
+  // One expert the kernel computes: the rows of x routed to it (int64 [n] on x's device, ascending; n may be 0 for
+  // an expert whose chunk-streamed weights must still be consumed in order) and their routing weights ([n, 1], the
+  // dtype of `topw` given to BeginExperts).
+  struct ExpertTask {
+    int32_t expert = 0;
+    at::Tensor rows;
+    at::Tensor weights;
+  };
+  // After the router: x [T, hidden] (the normed input), topi [T, k] int64 expert choices, topw [T, k] their
+  // weights; the layer has num_experts experts. Returns the experts the kernel computes, in ascending order, each between AcquireExpert and
+  // ReleaseExpert; the executor may compute others on the host (FinishExperts gives their sum). The default (every
+  // expert's weights in its slots: resident, streamed, or used in place) reads the choices on the host (one
+  // synchronization) and lists every expert with rows, and every expert whose weights stream in chunks.
+  virtual Result<std::vector<ExpertTask>> BeginExperts(const at::Tensor& x, const at::Tensor& topi,
+                                                       const at::Tensor& topw, int64_t num_experts) const;
+  // Makes expert e's weights available in its slots (ExpertSlot(kExpertGate/Up/Down, e)) on the current stream:
+  // a routed expert's copy is waited for. The default does nothing.
+  virtual Status AcquireExpert(int32_t /*expert*/) const { return Status::Ok(); }
+  // Marks expert e's products issued on the current stream (its slot may be reused). The default does nothing.
+  virtual Status ReleaseExpert(int32_t /*expert*/) const { return Status::Ok(); }
+  // The weighted sum of the experts the host computed ([T, hidden] in x's dtype on x's device, in stream order), or
+  // an undefined tensor when it computed none (the default).
+  virtual Result<at::Tensor> FinishExperts() const { return at::Tensor(); }
 };
 
 // A decoder layer's KV cache: k and v each [max_batch, num_kv_heads, max_seq_len, head_dim], execution dtype,

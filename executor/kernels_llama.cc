@@ -26,6 +26,7 @@ class LlamaKernels final : public ModelKernelsBase {
       : ModelKernelsBase(std::move(spec)),
         rope_(rope),
         act_(act),
+        float32_routing_(spec_.architecture == "mixtral"),
         rope_tables_([rope](int64_t length, at::ScalarType dtype, const at::Device& device, at::Tensor* cos,
                             at::Tensor* sin) {
           // The table holds the length-independent frequencies (dynamic NTK unscaled, longrope's short factors,
@@ -69,13 +70,16 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_RETURN_IF_ERROR(proj(Slot::kV, Slot::kVBias, spec_.attention_bias, &v_proj));
     }
     BIGPLAN_RETURN_IF_ERROR(proj(Slot::kO, Slot::kOBias, false, &o_proj));
-    if (fused_gate_up) {
+    const bool sparse = SparseLayer(c.layer);
+    if (sparse) {
+      // The routed experts' weights are read per expert in Moe().
+    } else if (fused_gate_up) {
       BIGPLAN_RETURN_IF_ERROR(proj(Slot::kGateUp, Slot::kCount, false, &gate_up_proj));
     } else {
       BIGPLAN_RETURN_IF_ERROR(proj(Slot::kGate, Slot::kGateBias, spec_.mlp_bias, &gate_proj));
       BIGPLAN_RETURN_IF_ERROR(proj(Slot::kUp, Slot::kUpBias, spec_.mlp_bias, &up_proj));
     }
-    BIGPLAN_RETURN_IF_ERROR(proj(Slot::kDown, Slot::kDownBias, spec_.mlp_bias, &down_proj));
+    if (!sparse) BIGPLAN_RETURN_IF_ERROR(proj(Slot::kDown, Slot::kDownBias, spec_.mlp_bias, &down_proj));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor input_norm, Get(c, Slot::kInputNorm));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor post_norm, Get(c, Slot::kPostNorm));
     auto apply = [](const Proj& pr, const at::Tensor& x) { return LinearW(pr.w, x, pr.b); };
@@ -109,6 +113,12 @@ class LlamaKernels final : public ModelKernelsBase {
     }
     q = q.reshape({batch, seq, heads, head_dim}).transpose(1, 2);
     k = k.reshape({batch, seq, kv_heads, head_dim}).transpose(1, 2);
+    if (spec_.qk_norm) {  // Qwen3: RMSNorm over each head's dims, before RoPE
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor q_norm, Get(c, Slot::kQNorm));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor k_norm, Get(c, Slot::kKNorm));
+      q = RmsNorm(q, q_norm, spec_.norm_eps);
+      k = RmsNorm(k, k_norm, spec_.norm_eps);
+    }
     v = v.reshape({batch, seq, kv_heads, head_dim}).transpose(1, 2);
 
     // cos/sin depend on the position alone, except for dynamic NTK past max_position_embeddings and longrope past
@@ -155,6 +165,11 @@ class LlamaKernels final : public ModelKernelsBase {
     at::Tensor y = x + o;
 
     h = RmsNorm(y, post_norm, spec_.norm_eps);
+    if (sparse) {
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor moe, Moe(c, h));
+      *hidden = y + moe;
+      return Status::Ok();
+    }
     at::Tensor gate, up;
     if (fused_gate_up) {
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_up, apply(gate_up_proj, h));
@@ -168,6 +183,57 @@ class LlamaKernels final : public ModelKernelsBase {
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, apply(down_proj, Activate(act_, gate) * up));
     *hidden = y + mlp;
     return Status::Ok();
+  }
+
+  bool SparseLayer(int layer) const {
+    return layer >= 0 && static_cast<size_t>(layer) < spec_.sparse_layers.size() && spec_.sparse_layers[layer];
+  }
+
+  // A sparse layer's MLP, as transformers' MixtralSparseMoeBlock / Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock:
+  // router logits in the activation dtype, softmax in float32 over every expert, the top k (ties: the lower
+  // index), renormalized when norm_topk_prob; the weights cast to the activation dtype (Qwen) or kept in float32
+  // (Mixtral). Each chosen expert runs its SwiGLU MLP on its rows, scaled by its weight and added (index_add_, in
+  // expert order) into the output in the activation dtype. Qwen2-MoE adds its shared expert, scaled by
+  // sigmoid(shared_expert_gate . h).
+  Result<at::Tensor> Moe(const Call& c, const at::Tensor& h) const {
+    const int64_t hidden = h.size(-1);
+    const at::Tensor x = h.reshape({-1, hidden});
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef router, Ref(c, Slot::kRouter));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, LinearW(router, x, at::Tensor()));
+    const at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
+    auto [topw, topi] = at::topk(probs, spec_.num_experts_per_tok, -1);
+    if (spec_.norm_topk_prob) topw = topw / topw.sum(-1, /*keepdim=*/true);
+    if (!float32_routing_) topw = topw.to(x.scalar_type());
+    BIGPLAN_ASSIGN_OR_RETURN(std::vector<BlockWeights::ExpertTask> tasks,
+                             c.weights.BeginExperts(x, topi, topw, spec_.num_experts));
+    at::Tensor out = at::zeros_like(x);
+    for (const BlockWeights::ExpertTask& t : tasks) {
+      const uint32_t e = static_cast<uint32_t>(t.expert);
+      BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpert(t.expert));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, e)));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef up, Ref(c, arch::ExpertSlot(Slot::kExpertUp, e)));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef down, Ref(c, arch::ExpertSlot(Slot::kExpertDown, e)));
+      const at::Tensor xe = x.index_select(0, t.rows);
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor g, LinearW(gate, xe, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor u, LinearW(up, xe, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ye, LinearW(down, Activate(act_, g) * u, at::Tensor()));
+      out.index_add_(0, t.rows, (ye * t.weights).to(out.scalar_type()));
+      BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor host, c.weights.FinishExperts());
+    if (host.defined()) out = out + host;
+    if (spec_.shared_expert_intermediate_size > 0) {
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sg, Ref(c, Slot::kSharedGate));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef su, Ref(c, Slot::kSharedUp));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sd, Ref(c, Slot::kSharedDown));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sgate, Ref(c, Slot::kSharedExpertGate));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor g, LinearW(sg, x, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor u, LinearW(su, x, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor shared, LinearW(sd, Activate(act_, g) * u, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_logit, LinearW(sgate, x, at::Tensor()));
+      out = out + at::sigmoid(gate_logit) * shared;
+    }
+    return out.view(h.sizes());
   }
 
   Status FinalNorm(const Call& c, at::Tensor* hidden) const override {
@@ -188,6 +254,7 @@ class LlamaKernels final : public ModelKernelsBase {
  private:
   const RopeConfig rope_;
   const Activation act_;
+  const bool float32_routing_;  // Mixtral keeps the routing weights in float32
   const RopeTableCache rope_tables_;
 };
 

@@ -55,7 +55,7 @@ const std::vector<std::string>& Families() {
   static const std::vector<std::string> kFamilies = {
       "llama",      "llama_gqa",  "llama_linear",  "llama_dynamic",   "mistral", "mistral_sliding",
       "qwen2",      "qwen2_sliding", "qwen2_yarn", "phi3",            "phi3_longrope", "gpt2",
-      "gpt2_scaled", "gptj"};
+      "gpt2_scaled", "gptj",      "mixtral",       "qwen2_moe",  "qwen2_moe_sparse_step", "qwen3_moe"};
   return kFamilies;
 }
 
@@ -158,10 +158,13 @@ using arch::Slot;
 // directly in `slots`.
 class MapWeights : public BlockWeights {
  public:
-  at::Tensor Find(Slot slot) const override { return slots[static_cast<size_t>(slot)]; }
+  at::Tensor Find(Slot slot) const override {
+    const size_t s = static_cast<size_t>(slot);
+    return s < slots.size() ? slots[s] : at::Tensor();
+  }
   std::string Name(Slot slot) const override {
-    const std::string& n = names[static_cast<size_t>(slot)];
-    return n.empty() ? BlockWeights::Name(slot) : n;
+    const size_t s = static_cast<size_t>(slot);
+    return s >= names.size() || names[s].empty() ? BlockWeights::Name(slot) : names[s];
   }
   Status Bind(const ModelSpec& spec, const std::vector<arch::BlockRef>& blocks, size_t self) {
     BIGPLAN_ASSIGN_OR_RETURN(const arch::FamilyInfo* family, arch::LookupFamily(spec.architecture));
@@ -175,7 +178,9 @@ class MapWeights : public BlockWeights {
     for (size_t i = 0; i < keys.size(); ++i) tensors.push_back(arch::BlockTensor{keys[i], shapes[i]});
     BIGPLAN_ASSIGN_OR_RETURN(arch::SlotTable table,
                              arch::BindBlock(*family, ShapeConfigOf(spec), blocks, self, tensors, blocks[self].prefix));
-    for (size_t s = 0; s < arch::kSlotCount; ++s) {
+    slots.assign(table.size(), at::Tensor());
+    names.assign(table.size(), std::string());
+    for (size_t s = 0; s < table.size(); ++s) {
       if (table[s] < 0) continue;
       slots[s] = m.at(keys[table[s]]);
       names[s] = keys[table[s]];
@@ -183,8 +188,8 @@ class MapWeights : public BlockWeights {
     return Status::Ok();
   }
   std::map<std::string, at::Tensor> m;
-  std::array<at::Tensor, arch::kSlotCount> slots;
-  std::array<std::string, arch::kSlotCount> names;
+  std::vector<at::Tensor> slots = std::vector<at::Tensor>(arch::kSlotCount);
+  std::vector<std::string> names = std::vector<std::string>(arch::kSlotCount);
 };
 
 struct Block {
@@ -226,6 +231,13 @@ Result<ModelSpec> SpecFromJson(const std::string& text) {
   s.scale_attn_weights = j.value("scale_attn_weights", true);
   s.scale_attn_by_inverse_layer_idx = j.value("scale_attn_by_inverse_layer_idx", false);
   s.reorder_and_upcast_attn = j.value("reorder_and_upcast_attn", false);
+  s.num_experts = j.value("num_experts", int64_t{0});
+  s.num_experts_per_tok = j.value("num_experts_per_tok", int64_t{0});
+  s.moe_intermediate_size = j.value("moe_intermediate_size", int64_t{0});
+  s.shared_expert_intermediate_size = j.value("shared_expert_intermediate_size", int64_t{0});
+  s.norm_topk_prob = j.value("norm_topk_prob", false);
+  if (j.contains("sparse_layers")) s.sparse_layers = j["sparse_layers"].get<std::vector<bool>>();
+  s.qk_norm = j.value("qk_norm", false);
   return s;
 }
 
@@ -297,7 +309,7 @@ std::vector<std::unique_ptr<Block>> MakeBlocks(const TinyModel& m, at::ScalarTyp
   };
   std::vector<Desc> descs;
   const ModelSpec& s = m.spec;
-  const bool llama = s.architecture == "llama" || s.architecture == "phi3";  // model.* layout
+  const bool llama = s.architecture != "gpt2" && s.architecture != "gptj";  // model.* layout
   const std::string root = llama ? "model." : "transformer.";
   const std::string emb = llama ? "model.embed_tokens." : "transformer.wte.";
   const std::string emb_weight = emb + "weight";
@@ -336,7 +348,7 @@ std::vector<std::unique_ptr<Block>> MakeBlocks(const TinyModel& m, at::ScalarTyp
     EXPECT_EQ(used[name], name == emb_weight && s.tie_word_embeddings ? 2 : 1) << "tensor " << name;
   }
   std::vector<arch::BlockRef> refs;
-  for (const auto& b : blocks) refs.push_back(arch::BlockRef{b->kind, b->prefix});
+  for (const auto& b : blocks) refs.push_back(arch::BlockRef{b->kind, b->prefix, b->layer});
   for (size_t i = 0; i < blocks.size(); ++i) {
     Status st = blocks[i]->weights.Bind(s, refs, i);
     EXPECT_TRUE(st.ok()) << blocks[i]->prefix << ": " << (st.ok() ? "" : st.error().ToString());
@@ -504,8 +516,12 @@ TEST_P(KernelsVsTransformers, HalfPrecisionRuns) {
       const double err = MaxRelError(logits, m.reference.Get("logits_" + std::to_string(step)));
       // About twice transformers' own error in these dtypes against its float32 run (bf16 ~1.2-1.8e-2,
       // fp16 ~1.3-3.1e-3 on these models).
-      EXPECT_LE(err, dtype == at::kBFloat16 ? 0.04 : 0.008) << GetParam() << " " << at::toString(dtype)
-                                                            << " step " << step;
+      // Mixture-of-experts models in bf16: a token whose router probabilities nearly tie (qwen2_moe_sparse_step's
+      // closest k-th and (k+1)-th are 2.3e-3 apart, see min_router_gap) may pick another expert than the float32
+      // reference under bf16 rounding (transformers' own bf16 run happens not to); fp16 keeps the usual bound.
+      const bool moe = m.spec.num_experts > 0;
+      EXPECT_LE(err, dtype == at::kBFloat16 ? (moe ? 0.1 : 0.04) : 0.008)
+          << GetParam() << " " << at::toString(dtype) << " step " << step;
       worst = std::max(worst, err);
       pos += ids.size(1);
     }

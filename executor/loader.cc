@@ -180,7 +180,9 @@ struct Loader {
       block_kinds.push_back(BlockKindOf(*b));  // the typed kind, checked by VerifyPlan
       prefixes[i] = Str(b->prefix());
     }
-    for (uint32_t i = 0; i < blocks->size(); ++i) refs.push_back(arch::BlockRef{block_kinds[i], prefixes[i]});
+    for (uint32_t i = 0; i < blocks->size(); ++i) {
+      refs.push_back(arch::BlockRef{block_kinds[i], prefixes[i], blocks->Get(i)->layer()});
+    }
     for (uint32_t i = 0; i < blocks->size(); ++i) {
       const schema::Block* b = blocks->Get(i);
       std::vector<std::string> names;
@@ -918,6 +920,15 @@ ModelSpec SpecFromPlan(const schema::Plan& plan) {
   s.scale_attn_weights = c->scale_attn_weights();
   s.scale_attn_by_inverse_layer_idx = c->scale_attn_by_inverse_layer_idx();
   s.reorder_and_upcast_attn = c->reorder_and_upcast_attn();
+  s.num_experts = c->num_experts();
+  s.num_experts_per_tok = c->num_experts_per_tok();
+  s.moe_intermediate_size = c->moe_intermediate_size();
+  s.shared_expert_intermediate_size = c->shared_expert_intermediate_size();
+  s.norm_topk_prob = c->norm_topk_prob();
+  if (c->sparse_layers() != nullptr) {
+    for (uint32_t i = 0; i < c->sparse_layers()->size(); ++i) s.sparse_layers.push_back(c->sparse_layers()->Get(i) != 0);
+  }
+  s.qk_norm = c->qk_norm();
   return s;
 }
 

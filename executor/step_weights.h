@@ -51,7 +51,7 @@ class StepWeights : public BlockWeights {
   const BlockRuntime* block_ = nullptr;
   const StreamRuntime* stream_ = nullptr;
   at::TensorOptions options_;
-  std::array<Entry, arch::kSlotCount> entries_;
+  std::vector<Entry> entries_;  // by slot (arch::SlotCount of the model)
 };
 
 }  // namespace bigplan::executor_internal

@@ -177,9 +177,22 @@ ModelDescription BuildFromRegistry(const arch::ParsedConfig& p, const DTypeSourc
         const arch::TensorRule* owner = arch::FindSlotRule(f, t.owner, t.owner_slot);
         if (owner != nullptr) block.tied.push_back(prefix_of[t.owner] + owner->name);
       }
+      // A routed expert's matrices are adjacent (gate, up, down), expert after expert, where the first expert
+      // rule stands in the table: an expert's weights then rest together and move in one piece.
+      bool experts_done = false;
       for (const arch::TensorRule& r : f.tensors) {
-        if (r.block == layout.kind && arch::IsPresent(r.presence, p.features)) {
+        if (r.block != layout.kind || !arch::IsPresent(r.presence, p.config, p.features, layer)) continue;
+        if (!arch::IsExpertRule(r)) {
           b.Param(r.name, arch::ShapeOf(r, p.config, p.features));
+          continue;
+        }
+        if (experts_done) continue;
+        experts_done = true;
+        for (uint32_t e = 0; e < p.config.num_experts; ++e) {
+          for (arch::Slot role : {arch::Slot::kExpertGate, arch::Slot::kExpertUp, arch::Slot::kExpertDown}) {
+            const arch::TensorRule* er = arch::FindSlotRule(f, layout.kind, role);
+            if (er != nullptr) b.Param(arch::RuleName(*er, e), arch::ShapeOf(*er, p.config, p.features));
+          }
         }
       }
     }

@@ -267,6 +267,22 @@ Result<ModelConfig> ParseConfig(const json& j, const std::string& source) {
   BIGPLAN_ASSIGN_OR_RETURN(c.scale_attn_weights, f.Bool("scale_attn_weights", true));
   BIGPLAN_ASSIGN_OR_RETURN(c.scale_attn_by_inverse_layer_idx, f.Bool("scale_attn_by_inverse_layer_idx", false));
   BIGPLAN_ASSIGN_OR_RETURN(c.reorder_and_upcast_attn, f.Bool("reorder_and_upcast_attn", false));
+  BIGPLAN_ASSIGN_OR_RETURN(c.num_experts, f.U32("num_experts", 0));
+  BIGPLAN_ASSIGN_OR_RETURN(c.num_experts_per_tok, f.U32("num_experts_per_tok", 0));
+  BIGPLAN_ASSIGN_OR_RETURN(c.moe_intermediate_size, f.U32("moe_intermediate_size", 0));
+  BIGPLAN_ASSIGN_OR_RETURN(c.shared_expert_intermediate_size, f.U32("shared_expert_intermediate_size", 0));
+  BIGPLAN_ASSIGN_OR_RETURN(c.norm_topk_prob, f.Bool("norm_topk_prob", false));
+  BIGPLAN_ASSIGN_OR_RETURN(const json* sparse, f.Array("sparse_layers", false));
+  if (sparse != nullptr) {
+    for (size_t i = 0; i < sparse->size(); ++i) {
+      if (!(*sparse)[i].is_boolean()) {
+        return InvalidAt(source, "config.sparse_layers[" + std::to_string(i) + "]",
+                         "expected true or false, got " + (*sparse)[i].dump());
+      }
+      c.sparse_layers.push_back((*sparse)[i].get<bool>());
+    }
+  }
+  BIGPLAN_ASSIGN_OR_RETURN(c.qk_norm, f.Bool("qk_norm", false));
   return c;
 }
 
@@ -300,6 +316,17 @@ ordered_json ConfigToJson(const ModelConfig& c) {
   if (!c.scale_attn_weights) j["scale_attn_weights"] = false;
   if (c.scale_attn_by_inverse_layer_idx) j["scale_attn_by_inverse_layer_idx"] = true;
   if (c.reorder_and_upcast_attn) j["reorder_and_upcast_attn"] = true;
+  if (c.num_experts != 0) {
+    j["num_experts"] = c.num_experts;
+    j["num_experts_per_tok"] = c.num_experts_per_tok;
+    j["moe_intermediate_size"] = c.moe_intermediate_size;
+    if (c.shared_expert_intermediate_size != 0) {
+      j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+    }
+    j["norm_topk_prob"] = c.norm_topk_prob;
+    j["sparse_layers"] = c.sparse_layers;
+  }
+  if (c.qk_norm) j["qk_norm"] = true;
   return j;
 }
 
@@ -489,6 +516,23 @@ Status ModelDescription::Validate() const {
     return bad("config.sliding_window_layers", "has " + std::to_string(c.sliding_window_layers.size()) +
                                                    " flags for " + std::to_string(c.num_layers) + " layers");
   }
+  if (c.num_experts > arch::kMaxExperts) {
+    return bad("config.num_experts", std::to_string(c.num_experts) + " experts exceed the limit of " +
+                                         std::to_string(arch::kMaxExperts));
+  }
+  if (c.num_experts != 0) {
+    if (c.num_experts_per_tok == 0 || c.num_experts_per_tok > c.num_experts) {
+      return bad("config.num_experts_per_tok", "must be 1.." + std::to_string(c.num_experts));
+    }
+    if (c.moe_intermediate_size == 0) return bad("config.moe_intermediate_size", "must be positive");
+    if (c.sparse_layers.size() != c.num_layers) {
+      return bad("config.sparse_layers", "has " + std::to_string(c.sparse_layers.size()) + " flags for " +
+                                             std::to_string(c.num_layers) + " layers");
+    }
+  } else if (!c.sparse_layers.empty() || c.num_experts_per_tok != 0 || c.moe_intermediate_size != 0 ||
+             c.shared_expert_intermediate_size != 0) {
+    return bad("config.num_experts", "expert fields given without experts");
+  }
   if (Status k = arch::CheckModelConfig(*family, c); !k.ok()) {
     Error e = k.take_error();
     e.message = "field \"config\": " + e.message;
@@ -557,7 +601,7 @@ Status ModelDescription::CheckKernelBinding() const {
   std::vector<arch::BlockRef> refs;
   std::unordered_map<std::string, const TensorSpec*> params;
   for (const BlockDesc& b : blocks) {
-    refs.push_back(arch::BlockRef{b.kind, b.prefix});
+    refs.push_back(arch::BlockRef{b.kind, b.prefix, b.layer});
     for (const TensorSpec& t : b.params) params.emplace(t.name, &t);
   }
   for (size_t i = 0; i < blocks.size(); ++i) {

@@ -62,6 +62,20 @@ namespace {
 // attention input projections, attention output, MLP input projections, MLP output; embeddings and heads alone.
 uint32_t ConsumptionRank(const std::string& name) {
   auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+  // Mixture-of-experts layers (executor/kernels_llama.cc Moe): the router, then each expert's gate, up and down in
+  // expert order, then the shared expert and its gate.
+  constexpr uint32_t kExperts = 8, kShared = kExperts + 3 * arch::kMaxExperts;
+  if (has("shared_expert_gate.")) return kShared + 3;
+  if (has("shared_expert.")) return kShared + (has("gate_proj") ? 0 : has("up_proj") ? 1 : 2);
+  if (has("block_sparse_moe.gate.") || has("mlp.gate.")) return 4;
+  const size_t at = name.find(".experts.");
+  if (at != std::string::npos) {
+    uint32_t e = 0;
+    size_t i = at + 9;
+    while (i < name.size() && name[i] >= '0' && name[i] <= '9' && e < arch::kMaxExperts) e = e * 10 + (name[i++] - '0');
+    const uint32_t role = has("gate_proj") || has(".w1.") ? 0 : has("up_proj") || has(".w3.") ? 1 : 2;
+    return kExperts + 3 * std::min(e, arch::kMaxExperts - 1) + role;
+  }
   if (has("q_proj") || has("qkv_proj") || has("c_attn")) return 0;
   if (has("k_proj")) return 1;
   if (has("v_proj")) return 2;

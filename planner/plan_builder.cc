@@ -268,13 +268,16 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   const std::string rope = mc.rope_scaling.is_null() ? "" : mc.rope_scaling.dump();
   const std::string config_json = model.hf_config.is_null() ? "{}" : model.hf_config.dump();
   const std::vector<uint8_t> sliding_layers(mc.sliding_window_layers.begin(), mc.sliding_window_layers.end());
+  const std::vector<uint8_t> sparse_layers(mc.sparse_layers.begin(), mc.sparse_layers.end());
   auto config = schema::CreateModelConfigDirect(
       fb, model.architecture.c_str(), mc.hidden_size, mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim,
       mc.intermediate_size, mc.vocab_size, mc.max_position_embeddings, mc.norm_eps, rope_params->theta, mc.rotary_dim,
       mc.attention_bias, mc.mlp_bias, mc.tie_word_embeddings, mc.activation.c_str(), rope.c_str(),
       config_json.c_str(), mc.bos_token_id, &mc.eos_token_ids, mc.sliding_window,
       sliding_layers.empty() ? nullptr : &sliding_layers, mc.scale_attn_weights, mc.scale_attn_by_inverse_layer_idx,
-      mc.reorder_and_upcast_attn, rope_table);
+      mc.reorder_and_upcast_attn, rope_table, mc.num_experts, mc.num_experts_per_tok, mc.moe_intermediate_size,
+      mc.shared_expert_intermediate_size, mc.norm_topk_prob, sparse_layers.empty() ? nullptr : &sparse_layers,
+      mc.qk_norm);
 
   const DeviceProfile& p = c.profile;
   auto profile = schema::CreateDeviceProfileDirect(fb, p.name.c_str(), p.h2d_gbps, p.d2h_gbps, p.disk_gbps,

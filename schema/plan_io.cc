@@ -66,6 +66,7 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
       const auto* w = b->weights()->Get(un->weight());
       if (w->tier() == schema::Tier::Gpu || w->tier() != un->source())
         return Corrupt(src, fu + ".source does not match its weight's tier");
+      if (w->routed()) return Corrupt(src, fu + " streams a routed expert's weight (routed weights move on demand)");
       const auto* t = plan.tensors()->Get(w->tensor());
       const int64_t rows = (t->shape() && t->shape()->size() > 0) ? t->shape()->Get(0) : 1;
       if (un->row_begin() < 0 || un->row_begin() >= un->row_end() || un->row_end() > std::max<int64_t>(rows, 1))
@@ -115,6 +116,59 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
       if (next >= 0 && !host_done.count(key))
         return Corrupt(src, f + ": the host-computed rows of blocks[" + std::to_string(key >> 32) + "].weights[" +
                                 std::to_string(key & 0xffffffffu) + "] do not reach its last row");
+    }
+  }
+  return Status::Ok();
+}
+
+// Routed experts (v6): each ring names buffers of the right pool and device whose slots fit them; every routed
+// weight rests in the CPU tier or on disk (a disk ring then exists) in a sparse layer computed by a GPU with a ring.
+Status CheckExperts(const schema::Plan& plan, const std::string& src) {
+  const uint32_t n_buffers = Len(plan.buffers());
+  std::map<int32_t, const schema::ExpertRing*> rings;
+  for (uint32_t i = 0; i < Len(plan.experts()); ++i) {
+    const auto* r = plan.experts()->Get(i);
+    const std::string f = "experts[" + std::to_string(i) + "]";
+    if (r->device() < 0) return Corrupt(src, f + ".device must be a GPU");
+    if (!rings.emplace(r->device(), r).second) return Corrupt(src, f + " repeats device " + std::to_string(r->device()));
+    if (r->ring_buffer() < 0 || r->ring_buffer() >= static_cast<int32_t>(n_buffers))
+      return Corrupt(src, f + ".ring_buffer out of range");
+    const auto* ring = plan.buffers()->Get(r->ring_buffer());
+    if (ring->pool() != schema::Pool::DeviceArena || ring->device() != r->device())
+      return Corrupt(src, f + ".ring_buffer is not in the arena of device " + std::to_string(r->device()));
+    if (r->slots() == 0 || r->slot_bytes() == 0 || r->slot_bytes() > ring->size_bytes() / r->slots())
+      return Corrupt(src, f + ": " + std::to_string(r->slots()) + " slots of " + std::to_string(r->slot_bytes()) +
+                              " bytes do not fit its ring");
+    if (r->disk_ring_buffer() >= 0) {
+      if (r->disk_ring_buffer() >= static_cast<int32_t>(n_buffers)) return Corrupt(src, f + ".disk_ring_buffer out of range");
+      const auto* disk = plan.buffers()->Get(r->disk_ring_buffer());
+      if (disk->pool() != schema::Pool::PinnedHost) return Corrupt(src, f + ".disk_ring_buffer is not pinned");
+      if (r->disk_slots() == 0 || r->slot_bytes() > disk->size_bytes() / r->disk_slots())
+        return Corrupt(src, f + ": its disk slots do not fit its disk ring");
+    } else if (r->disk_ring_buffer() < -1) {
+      return Corrupt(src, f + ".disk_ring_buffer out of range");
+    }
+    if (!(r->cpu_share() >= 0 && r->cpu_share() <= 1)) return Corrupt(src, f + ".cpu_share outside [0, 1]");
+    if (r->decode_max_tokens() > kMaxHostTokens)
+      return Corrupt(src, f + ".decode_max_tokens above " + std::to_string(kMaxHostTokens));
+  }
+  const auto* config = plan.config();
+  for (uint32_t b = 0; b < Len(plan.blocks()); ++b) {
+    const auto* block = plan.blocks()->Get(b);
+    for (uint32_t w = 0; w < Len(block->weights()); ++w) {
+      const auto* weight = block->weights()->Get(w);
+      if (!weight->routed()) continue;
+      const std::string f = "blocks[" + std::to_string(b) + "].weights[" + std::to_string(w) + "]";
+      auto it = rings.find(block->device());
+      if (it == rings.end()) return Corrupt(src, f + " is routed but its device has no expert ring");
+      const int32_t layer = block->layer();
+      if (config == nullptr || config->num_experts() == 0 || layer < 0 || !config->sparse_layers() ||
+          static_cast<uint32_t>(layer) >= config->sparse_layers()->size() || !config->sparse_layers()->Get(layer))
+        return Corrupt(src, f + " is routed but its block is not a sparse layer");
+      if (weight->tier() == schema::Tier::Gpu) return Corrupt(src, f + " is routed but resident");
+      if (weight->tier() == schema::Tier::Disk && it->second->disk_ring_buffer() < 0)
+        return Corrupt(src, f + " is routed from disk but its device's expert ring has no disk ring");
+      if (weight->size_bytes() > it->second->slot_bytes()) return Corrupt(src, f + " is larger than an expert slot");
     }
   }
   return Status::Ok();
@@ -290,7 +344,8 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
     for (uint32_t k = 0; k < Len(s->frees()); ++k)
       if (s->frees()->Get(k) >= n_buffers) return Corrupt(src, f + ".frees out of range");
   }
-  return CheckStreams(plan, src);
+  BIGPLAN_RETURN_IF_ERROR(CheckStreams(plan, src));
+  return CheckExperts(plan, src);
 }
 
 constexpr size_t kChecksumChars = sizeof(kPlanChecksumPlaceholder) - 1;

@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 const std::vector<std::string>& AllFamilies() {
   static const std::vector<std::string> kFamilies = {
       "llama", "llama_gqa",     "llama_linear", "llama_dynamic", "mistral", "mistral_sliding", "qwen2",
-      "qwen2_sliding", "phi3", "phi3_longrope", "gpt2", "gpt2_scaled", "gptj"};
+      "qwen2_sliding", "phi3", "phi3_longrope", "gpt2", "gpt2_scaled", "gptj", "mixtral", "qwen2_moe", "qwen2_moe_sparse_step", "qwen3_moe"};
   return kFamilies;
 }
 
