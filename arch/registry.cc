@@ -312,12 +312,12 @@ constexpr TensorRule kQwen3MoeTensors[] = {
       {"routed_scaling_factor", KeyHandling::kRefused, "scaled routing weights", "1.0"},
 
 constexpr MathKey kMixtralKeys[] = {
-    {"num_local_experts", KeyHandling::kImplemented, "routed experts per layer"},
+    {"num_local_experts", KeyHandling::kImplemented, "routed experts per layer (also num_experts)"},
     {"sliding_window", KeyHandling::kImplemented, "every layer attends to the last sliding_window positions"},
     MOE_KEYS
 };
 constexpr MathKey kQwen2MoeKeys[] = {
-    {"num_experts", KeyHandling::kImplemented, "routed experts per sparse layer"},
+    {"num_experts", KeyHandling::kImplemented, "routed experts per sparse layer (also num_local_experts)"},
     {"moe_intermediate_size", KeyHandling::kImplemented, "the routed experts' inner size"},
     {"shared_expert_intermediate_size", KeyHandling::kImplemented, "the shared expert (sigmoid-gated)"},
     {"decoder_sparse_step", KeyHandling::kImplemented, "layers with (i + 1) % step == 0 are sparse"},
@@ -327,7 +327,7 @@ constexpr MathKey kQwen2MoeKeys[] = {
     MOE_KEYS
 };
 constexpr MathKey kQwen3MoeKeys[] = {
-    {"num_experts", KeyHandling::kImplemented, "routed experts per sparse layer"},
+    {"num_experts", KeyHandling::kImplemented, "routed experts per sparse layer (also num_local_experts)"},
     {"moe_intermediate_size", KeyHandling::kImplemented, "the routed experts' inner size"},
     {"decoder_sparse_step", KeyHandling::kImplemented, "layers with (i + 1) % step == 0 are sparse"},
     {"mlp_only_layers", KeyHandling::kImplemented, "layers with a dense MLP of intermediate_size"},
@@ -810,8 +810,13 @@ Status ParseMoe(const Config& c, const std::string& model_type, ParsedConfig& p)
   BIGPLAN_RETURN_IF_ERROR(ReadTokens(c, mc));
   BIGPLAN_RETURN_IF_ERROR(ReadSlidingWindow(c, model_type, mc));
 
+  // transformers writes either spelling (its attribute_map aliases them; Qwen3MoeConfig saves num_local_experts).
   const char* experts_key = mixtral ? "num_local_experts" : "num_experts";
-  if (mixtral && !c.Has("num_local_experts") && c.Has("num_experts")) experts_key = "num_experts";
+  const char* other_key = mixtral ? "num_experts" : "num_local_experts";
+  if (c.Has(experts_key) && c.Has(other_key) && c.raw()[experts_key] != c.raw()[other_key]) {
+    return c.Bad(experts_key, "disagrees with \"" + std::string(other_key) + "\"");
+  }
+  if (!c.Has(experts_key) && c.Has(other_key)) experts_key = other_key;
   BIGPLAN_ASSIGN_OR_RETURN(mc.num_experts, c.U32(experts_key, mixtral ? 8 : model_type == "qwen2_moe" ? 60 : 128));
   if (mc.num_experts > kMaxExperts) {
     return c.Unsupported(experts_key, std::to_string(mc.num_experts) + " experts exceed the limit of " +

@@ -156,7 +156,7 @@ FAMILIES = {
     "qwen2_moe_sparse_step": ("qwen2_moe", dict(
         hidden_size=64, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
         num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=2, mlp_only_layers=[],
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, qkv_bias=True, vocab_size=160,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, qkv_bias=True, vocab_size=192,
         max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0, use_sliding_window=False,
         tie_word_embeddings=False, hidden_act="silu")),
     # Qwen3-MoE (Qwen3-30B-A3B style): 8 experts top-2, norm_topk_prob True, no shared expert, RMSNorm over each q / k
