@@ -42,6 +42,7 @@ class Executor::Impl {
   std::unique_ptr<ModelKernels> kernels;
   std::unique_ptr<StreamEngine> engine;
   std::unique_ptr<executor_internal::HostProducts> host;  // null without host units (or host_compute off)
+  std::unique_ptr<executor_internal::ExpertEngine> experts;  // null without routed experts (or in CPU mode)
   std::vector<StepWeights> weights;  // per block
   std::vector<BlockKv> kv;           // per block
   Clock::time_point created;
@@ -249,6 +250,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.graph_capture_error = graphs.capture_error();
   }
   const bool host_pass = host != nullptr && batch * seq <= static_cast<int64_t>(state->host_max_tokens);
+  if (experts != nullptr) experts->BeginForward(batch * seq);
   Status run = engine->BeginForward(host_pass);
   if (run.ok()) run = RunSteps(ids, batch, seq, last_only, &out);
   ForwardTimings timings;
@@ -323,8 +325,13 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       for (const auto& w : b.weights)
         if (w.host_row_begin >= 0) info.host_bytes += static_cast<uint64_t>(w.rows - w.host_row_begin) * w.row_bytes();
   }
+  {
+    auto experts = executor_internal::ExpertEngine::Create(*impl->state, options.host_threads, options.host_compute);
+    if (!experts.ok()) return PlanContentError(experts.take_error(), plan_path);
+    impl->experts = std::move(*experts);
+  }
   for (uint32_t b = 0; b < impl->state->blocks.size(); ++b) {
-    auto w = StepWeights::Make(impl->engine.get(), *impl->state, b, impl->host.get());
+    auto w = StepWeights::Make(impl->engine.get(), *impl->state, b, impl->host.get(), impl->experts.get());
     if (!w.ok()) return PlanContentError(w.take_error(), plan_path);
     impl->weights.push_back(std::move(*w));
   }

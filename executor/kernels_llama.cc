@@ -249,7 +249,10 @@ class LlamaKernels final : public ModelKernelsBase {
 
  public:
   // (The registry's arch::GraphDecodeEligible says the same for the planner.)
-  bool StaticDecode(int64_t max_seq_len) const override { return !rope_.LengthDependent(max_seq_len); }
+  // Mixture-of-experts layers read the router's choices on the host: no static (graph-captured) step.
+  bool StaticDecode(int64_t max_seq_len) const override {
+    return spec_.num_experts == 0 && !rope_.LengthDependent(max_seq_len);
+  }
 
  private:
   const RopeConfig rope_;

@@ -294,6 +294,7 @@ struct Loader {
                                                       std::to_string(plain_bytes));
           }
           wr.split = wr.format == quant::Format::kInt4 && wr.tier == schema::Tier::Gpu && br.device >= 0;
+          wr.routed = w->routed();
           if (wr.tier == schema::Tier::Gpu) {
             if (home == nullptr || w->offset_in_block() + wr.bytes > home_size) {
               return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": resident weight " +
@@ -355,7 +356,10 @@ struct Loader {
   // verifier (schema/plan_io) checked indices, rows, byte counts and ring bounds.
   Status BuildStreams() {
     const auto* streams = plan.streams();
-    if (streams == nullptr) return CheckEveryStreamedWeightHasUnits();
+    if (streams == nullptr) {
+      BIGPLAN_RETURN_IF_ERROR(BuildExpertRings());
+      return CheckEveryStreamedWeightHasUnits();
+    }
     for (uint32_t si = 0; si < streams->size(); ++si) {
       const schema::Stream* st = streams->Get(si);
       if (st->units() == nullptr || st->units()->size() == 0) continue;
@@ -434,14 +438,42 @@ struct Loader {
       }
       state.streams.push_back(std::move(sr));
     }
+    BIGPLAN_RETURN_IF_ERROR(BuildExpertRings());
     return CheckEveryStreamedWeightHasUnits();
+  }
+
+  // The routed experts' rings (GPU mode; VerifyPlan checked their buffers' pools and sizes). In CPU mode a routed
+  // disk-resting expert is loaded into host memory instead (FillWeights).
+  Status BuildExpertRings() {
+    const auto* rings = plan.experts();
+    if (rings == nullptr || state.cpu_mode) return Status::Ok();
+    for (const schema::ExpertRing* r : *rings) {
+      ExpertRingRuntime er;
+      er.device = r->device();
+      const std::string what = "expert ring of device " + std::to_string(r->device());
+      BIGPLAN_ASSIGN_OR_RETURN(er.ring, BufferPtr(r->ring_buffer(), schema::Pool::DeviceArena, r->device(), "ring",
+                                                  what, uint64_t{r->slots()} * r->slot_bytes()));
+      er.slots = r->slots();
+      er.slot_bytes = r->slot_bytes();
+      if (r->disk_ring_buffer() >= 0) {
+        BIGPLAN_ASSIGN_OR_RETURN(er.disk_ring, BufferPtr(r->disk_ring_buffer(), schema::Pool::PinnedHost, -1,
+                                                         "disk ring", what, 0));
+        er.disk_slots = r->disk_slots();
+        er.disk_slot_bytes = plan.buffers()->Get(r->disk_ring_buffer())->size_bytes() / std::max(1u, r->disk_slots());
+      }
+      er.cpu_share = r->cpu_share();
+      er.decode_max_tokens = r->decode_max_tokens();
+      er.copy_all_tokens = r->copy_all_tokens();
+      state.expert_rings.push_back(er);
+    }
+    return Status::Ok();
   }
 
   Status CheckEveryStreamedWeightHasUnits() {
     for (BlockRuntime& br : state.blocks) {
       for (const WeightRuntime& w : br.weights) {
         const bool needs_units =
-            w.tier == schema::Tier::Disk || (w.tier == schema::Tier::Cpu && br.plan_device >= 0);
+            !w.routed && (w.tier == schema::Tier::Disk || (w.tier == schema::Tier::Cpu && br.plan_device >= 0));
         if (needs_units && w.units.empty()) {
           return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + w.name +
                                                     " rests in the " + TierName(w.tier) + " tier but no stream carries it");
@@ -587,14 +619,23 @@ struct Loader {
 
   Status FillWeights() {
     uint64_t total = 0;
-    for (const BlockRuntime& br : state.blocks) {
-      for (const WeightRuntime& w : br.weights) total += w.tier == schema::Tier::Disk ? 0 : w.bytes;
+    for (BlockRuntime& br : state.blocks) {
+      for (WeightRuntime& w : br.weights) {
+        if (state.cpu_mode && w.routed && w.tier == schema::Tier::Disk) {
+          // CPU mode computes a routed expert where it rests: a disk-resting one is loaded like a resident one.
+          BIGPLAN_ASSIGN_OR_RETURN(Allocation a,
+                                   Allocation::Host(std::max<uint64_t>(w.bytes, 1), "routed expert " + w.name));
+          w.home = a.data();
+          state.owned.push_back(std::move(a));
+        }
+        total += w.tier == schema::Tier::Disk && w.home == nullptr ? 0 : w.bytes;
+      }
     }
     LoadProgress progress(total, options.progress);
     std::vector<uint8_t> bounce;
     for (BlockRuntime& br : state.blocks) {
       for (WeightRuntime& w : br.weights) {
-        if (w.tier == schema::Tier::Disk) continue;
+        if (w.tier == schema::Tier::Disk && w.home == nullptr) continue;
         const bool device_home = w.tier == schema::Tier::Gpu && br.device >= 0;
         if (device_home) {
           BIGPLAN_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(br.device), "cudaSetDevice"));

@@ -64,6 +64,10 @@ struct WeightRuntime {
   // Act-order GPTQ (formats/quant.h FromGptq): the stored columns are the checkpoint's columns perm[0..cols), so a
   // product takes the activations' columns in that order. Empty otherwise.
   std::vector<int32_t> perm;
+  // A routed expert's matrix (schema::Weight.routed): in no stream; moved or computed by the host when its expert is
+  // chosen (executor/expert_engine.h). In CPU mode it is used where it rests (a disk-resting one is loaded into
+  // `owned` host memory).
+  bool routed = false;
   uint64_t row_bytes() const { return rows > 0 ? bytes / static_cast<uint64_t>(rows) : bytes; }
   uint64_t source_row_bytes() const { return rows > 0 ? source_bytes / static_cast<uint64_t>(rows) : source_bytes; }
   bool quantized() const { return format != quant::Format::kNone; }
@@ -132,6 +136,20 @@ struct StreamRuntime {
   bool chunks_holdable = true;
 };
 
+// A GPU's routed-expert ring (schema::ExpertRing) with its buffers resolved.
+struct ExpertRingRuntime {
+  int32_t device = -1;
+  uint8_t* ring = nullptr;
+  uint32_t slots = 0;
+  uint64_t slot_bytes = 0;
+  uint8_t* disk_ring = nullptr;  // null: no disk-resting experts
+  uint32_t disk_slots = 0;
+  uint64_t disk_slot_bytes = 0;
+  double cpu_share = 0;
+  uint32_t decode_max_tokens = 0;
+  uint32_t copy_all_tokens = 0;
+};
+
 struct StepRuntime {
   uint32_t block = 0;
 };
@@ -150,6 +168,8 @@ struct ModelState {
   std::vector<BlockRuntime> blocks;
   std::vector<StepRuntime> steps;
   std::vector<StreamRuntime> streams;
+  std::vector<ExpertRingRuntime> expert_rings;  // GPU mode only
+  std::vector<Allocation> owned;                // CPU mode: routed disk-resting experts loaded into memory
   std::vector<int> cuda_devices;     // distinct CUDA devices blocks run on (empty in CPU mode)
   bool cpu_mode = false;
   // Plan.host_max_tokens: forwards of at most this many tokens compute the host units on the host (0: none; also in

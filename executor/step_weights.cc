@@ -15,11 +15,12 @@ std::vector<int64_t> RowsShape(const WeightRuntime& w, int64_t rows) {
 }  // namespace
 
 Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& state, uint32_t block,
-                                      HostProducts* host) {
+                                      HostProducts* host, ExpertEngine* experts) {
   StepWeights sw;
   sw.engine_ = engine;
   sw.host_ = host;
   sw.block_ = &state.blocks[block];
+  if (experts != nullptr && experts->Routes(*sw.block_)) sw.experts_ = experts;
   const BlockRuntime& b = *sw.block_;
   sw.stream_ = b.stream >= 0 ? &state.streams[b.stream] : nullptr;
   sw.options_ = at::TensorOptions().dtype(ToScalarType(state.plan->plan().exec_dtype()));
@@ -36,6 +37,7 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
                                               {static_cast<int64_t>(w.perm.size())}, at::TensorOptions().dtype(at::kInt));
         e.perm = host.to(sw.options_.device(), at::kLong);
       }
+      if (w.routed && sw.experts_ != nullptr) continue;  // views set while its expert is acquired
       if (w.units.empty()) {
         // Resident, or a Cpu-tier weight of a block computed on the CPU (used where it rests).
         e.view = at::from_blob(w.home, w.stored_shape(), sw.options_.dtype(ToScalarType(w.stored_dtype())));
@@ -49,6 +51,7 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
 
 Status StepWeights::Prepare() {
   if (host_ != nullptr) host_->Reset();
+  if (experts_ != nullptr) BIGPLAN_RETURN_IF_ERROR(experts_->StepStarted(*block_, engine_->compute_stream(block_->device)));
   try {
     for (Entry& e : entries_) {
       if (e.weight == nullptr) continue;
@@ -155,6 +158,42 @@ Result<at::Tensor> StepWeights::HostProduct(arch::Slot slot) const {
                                                 std::to_string(w.rows) + "]",
                              static_cast<uint64_t>(w.rows - w.host_row_begin) * w.row_bytes(), start, engine_->NowUs());
   return y;
+}
+
+Result<std::vector<BlockWeights::ExpertTask>> StepWeights::BeginExperts(const at::Tensor& x, const at::Tensor& topi,
+                                                                        const at::Tensor& topw,
+                                                                        int64_t num_experts) const {
+  if (experts_ == nullptr) return BlockWeights::BeginExperts(x, topi, topw, num_experts);
+  return experts_->Begin(*block_, x, topi, topw, engine_->compute_stream(block_->device));
+}
+
+Status StepWeights::AcquireExpert(int32_t expert) const {
+  if (experts_ == nullptr) return Status::Ok();
+  at::Tensor views[3];
+  BIGPLAN_ASSIGN_OR_RETURN(bool copied,
+                           experts_->Acquire(*block_, expert, engine_->compute_stream(block_->device), views));
+  if (!copied) return Status::Ok();
+  const arch::Slot roles[3] = {arch::Slot::kExpertGate, arch::Slot::kExpertUp, arch::Slot::kExpertDown};
+  for (int m = 0; m < 3; ++m) {
+    const size_t s = static_cast<size_t>(arch::ExpertSlot(roles[m], static_cast<uint32_t>(expert)));
+    if (s < entries_.size()) entries_[s].view = views[m];
+  }
+  return Status::Ok();
+}
+
+Status StepWeights::ReleaseExpert(int32_t expert) const {
+  if (experts_ == nullptr) return Status::Ok();
+  const arch::Slot roles[3] = {arch::Slot::kExpertGate, arch::Slot::kExpertUp, arch::Slot::kExpertDown};
+  for (const arch::Slot role : roles) {
+    const size_t s = static_cast<size_t>(arch::ExpertSlot(role, static_cast<uint32_t>(expert)));
+    if (s < entries_.size() && entries_[s].weight != nullptr && entries_[s].weight->routed) entries_[s].view = at::Tensor();
+  }
+  return experts_->Release(*block_, expert, engine_->compute_stream(block_->device));
+}
+
+Result<at::Tensor> StepWeights::FinishExperts() const {
+  if (experts_ == nullptr) return at::Tensor();
+  return experts_->Finish(*block_, engine_->compute_stream(block_->device), options_.dtype().toScalarType());
 }
 
 }  // namespace bigplan::executor_internal

@@ -9,6 +9,7 @@
 #include <array>
 #include <vector>
 
+#include "executor/expert_engine.h"
 #include "executor/host_products.h"
 #include "executor/kernels.h"
 #include "executor/model_state.h"
@@ -22,8 +23,9 @@ class StepWeights : public BlockWeights {
  public:
   // Resident and in-place (Cpu tier on the CPU) weights get their views here; kDevice on a LibTorch failure.
   // `host`: the executor's host compute (nullptr when the plan has no host units).
+  // `experts`: the routed experts' engine (nullptr when the plan has none or in CPU mode).
   static Result<StepWeights> Make(StreamEngine* engine, const ModelState& state, uint32_t block,
-                                  HostProducts* host = nullptr);
+                                  HostProducts* host = nullptr, ExpertEngine* experts = nullptr);
 
   // After StreamEngine::BeginStep of the block's step: views of its whole streamed units for this step.
   Status Prepare();
@@ -38,6 +40,11 @@ class StepWeights : public BlockWeights {
   int64_t HostRowBegin(arch::Slot slot) const override;
   Status HostBegin(const at::Tensor& x) const override;
   Result<at::Tensor> HostProduct(arch::Slot slot) const override;
+  Result<std::vector<ExpertTask>> BeginExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
+                                               int64_t num_experts) const override;
+  Status AcquireExpert(int32_t expert) const override;
+  Status ReleaseExpert(int32_t expert) const override;
+  Result<at::Tensor> FinishExperts() const override;
 
  private:
   struct Entry {
@@ -48,10 +55,12 @@ class StepWeights : public BlockWeights {
   const Entry& At(arch::Slot slot) const;
   StreamEngine* engine_ = nullptr;
   HostProducts* host_ = nullptr;
+  ExpertEngine* experts_ = nullptr;  // set only for a block with routed experts
   const BlockRuntime* block_ = nullptr;
   const StreamRuntime* stream_ = nullptr;
   at::TensorOptions options_;
-  std::vector<Entry> entries_;  // by slot (arch::SlotCount of the model)
+  // By slot (arch::SlotCount of the model); a routed expert's views are set between AcquireExpert and ReleaseExpert.
+  mutable std::vector<Entry> entries_;
 };
 
 }  // namespace bigplan::executor_internal

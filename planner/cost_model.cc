@@ -24,6 +24,15 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     w.dequant_bytes += t.format == quant::Format::kInt4 ? n : 2 * n * e;
   };
   for (const TensorSpec& p : block.params) count(p);
+  // A sparse layer reads, per token, its other weights and the num_experts_per_tok experts it routes to.
+  if (block.kind == BlockKind::kDecoderLayer && c.SparseLayer(block.layer) && c.num_experts > 0) {
+    double experts = 0;
+    for (const TensorSpec& p : block.params)
+      if (p.name.find(".experts.") != std::string::npos) experts += static_cast<double>(p.numel());
+    const double unpicked = experts * (1.0 - static_cast<double>(c.num_experts_per_tok) / c.num_experts);
+    matrix_params -= unpicked;
+    w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(unpicked * e));
+  }
   for (const std::string& name : block.tied)
     if (const TensorSpec* p = model.FindParam(name)) count(*p);
   // The registry's kernel counts for the family (a validated description always names one).

@@ -91,6 +91,9 @@ inline constexpr double kHostOpMicros = 10.8;
 // dispatch, and a shorter launch-to-launch gap. Calibrated on an H100 where the Llama-2-7B-shaped decode step
 // replayed in 9.13 ms (32 layers x 41 kernels; 0.129 ms of weight reads per layer at 2991 GB/s).
 inline constexpr double kGraphKernelMicros = 3.8;
+// A sparse layer's wait for its router's choices on the host (a device-to-host copy and a stream synchronization,
+// with the GPU's queue drained): 30 us, an estimate to be measured.
+inline constexpr double kRouteSyncMicros = 30.0;
 inline constexpr double kCpuOpMicros = 2.0;
 // kHostProductMicros: the fixed cost of one matrix whose last rows the host computes in a decode forward (planner/
 // host_compute.h), beyond reading those rows: the activation's copy to the host and the wait for it, waking the

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "arch/registry.h"
+#include "planner/experts.h"
 #include "planner/placement_strategies.h"
 #include "support/units.h"
 
@@ -98,6 +99,7 @@ std::vector<StreamWeight> StreamWeightsFor(const ModelDescription& model, const 
     for (size_t w = 0; w < layout.weights.size(); ++w) {
       const WeightSlot& ws = layout.weights[w];
       if (tiers[w] == Tier::kGpu || (device < 0 && tiers[w] == Tier::kCpu) || ws.size_bytes == 0) continue;
+      if (blocks[i].routed_experts && ExpertOfWeight(model, i, w) >= 0) continue;  // moves when routed
       StreamWeight sw;
       sw.block = static_cast<uint32_t>(i);
       sw.weight = static_cast<uint32_t>(w);
@@ -241,6 +243,8 @@ Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& requ
                                        : DefaultRingBytes(weights, request.options.prefetch_depth);
   };
   uint64_t disk_rings = 0;
+  const std::map<int32_t, ExpertRingPlan> expert_rings = ExpertRingsFor(model, blocks, request.exec_dtype);
+  for (const auto& [d, r] : expert_rings) disk_rings += r.disk_ring_bytes();
   std::vector<DeviceAccount> out;
   for (const auto& [ordinal, budget] : request.budget.gpus) {
     DeviceAccount a;
@@ -252,6 +256,7 @@ Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& requ
       const std::vector<StreamWeight> streamed = StreamWeightsFor(model, blocks, request.exec_dtype, ordinal);
       a.resident_weights = c.resident;
       a.staging = streamed.empty() ? 0 : ring_of(ordinal, streamed);
+      if (auto e = expert_rings.find(ordinal); e != expert_rings.end()) a.staging += e->second.ring_bytes();
       a.kv_cache = c.kv;
       a.activations = EstimateActivations(model, request.run, request.exec_dtype, c.blocks).total;
       a.workspace_reserve = GpuWorkspaceReserveBytes();

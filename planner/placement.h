@@ -69,6 +69,9 @@ struct BlockPlacement {
   // Empty: every weight of the block rests in `tier`. Else one tier per weight of LayoutBlockWeights (a partially
   // resident block: some weights resident, the rest streamed).
   std::vector<Tier> weight_tiers;
+  // A sparse layer whose non-resident experts' matrices move only when the router picks them (planner/experts.h):
+  // they are in no weight stream.
+  bool routed_experts = false;
   bool operator==(const BlockPlacement&) const = default;
 };
 
@@ -97,7 +100,7 @@ struct PlacementOptions {
   uint64_t chunk_bytes = 0;
   // "auto": the candidates it may choose from, by letter ("B", "P", "C"; see Placement::candidates). Others are
   // reported as not considered.
-  std::string auto_candidates = "BPC";
+  std::string auto_candidates = "BPCE";
 };
 
 struct PlacementRequest {

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "planner/placement.h"
+#include "planner/experts.h"
 #include "planner/placement_strategies.h"
 #include "support/units.h"
 
@@ -416,6 +417,25 @@ class AutoPlanner {
         st = ChunkedRange(ranges[g], gpus[g], budgets[g], &cb, &rings, &chunks);
       consider("C", st.ok() ? Candidate("C", cb, rings, chunks) : Result<Placement>(st.take_error()));
     }
+    // E: a mixture-of-experts model on one GPU: everything but the routed experts resident, then as many experts as
+    // fit spread over the sparse layers; the others move only when routed (planner/experts.h). Chosen whenever it
+    // fits: a decode token then moves only its chosen experts, not whole layers.
+    if (model_.config.num_experts > 0) {
+      if (!enabled("E")) {
+        report.push_back(PlacementCandidate{"E", false, 0, "not considered"});
+      } else if (n_gpus != 1) {
+        report.push_back(PlacementCandidate{"E", false, 0, "routed experts are placed on one GPU only"});
+      } else {
+        Result<Placement> e = ExpertCandidate(gpus[0], budgets[0]);
+        if (e.ok()) {
+          PlacementCandidate c{"E", true, ResidentBytes(*e), ""};
+          report.push_back(c);
+          chosen = std::move(*e);
+        } else {
+          report.push_back(PlacementCandidate{"E", false, 0, e.error().message});
+        }
+      }
+    }
     if (!chosen) {
       if (!split_found || !first_error) return Infeasible(gpus);
       return *first_error;
@@ -453,6 +473,38 @@ class AutoPlanner {
     }
     p.chosen = name;
     return p;
+  }
+
+  // Candidate E (one GPU computes every block): the non-expert weights and an expert ring for the largest expert
+  // resident, then experts spread over the sparse layers while they fit what is left; the rest routed.
+  Result<Placement> ExpertCandidate(int gpu, uint64_t budget) const {
+    const size_t n = model_.blocks.size();
+    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available({0, n}, gpu, budget));
+    uint64_t fixed = 0, largest_expert = 0, experts = 0;
+    for (size_t i = 0; i < n; ++i) {
+      std::map<int32_t, uint64_t> per_expert;
+      for (size_t w = 0; w < sizes_[i].size(); ++w) {
+        const int32_t e = ExpertOfWeight(model_, i, w);
+        if (e < 0) {
+          fixed += sizes_[i][w];
+        } else {
+          per_expert[e] += sizes_[i][w];
+          experts += sizes_[i][w];
+        }
+      }
+      for (const auto& [e, b] : per_expert) largest_expert = std::max(largest_expert, b);
+    }
+    uint64_t ring = uint64_t{ExpertRingSlots(model_.config)} * largest_expert;
+    if (fixed + experts <= avail) ring = 0;  // everything resident
+    if (fixed + ring > avail) {
+      return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": the weights other than the routed "
+                                                   "experts (" + FormatBytes(fixed) + ") and an expert ring of " +
+                                                   FormatBytes(ring) + " exceed the " + FormatBytes(avail) +
+                                                   " left for weights");
+    }
+    std::vector<BlockPlacement> blocks(n, BlockPlacement{gpu, Tier::kGpu});
+    SpreadResidentExperts(model_, req_.exec_dtype, avail - fixed - ring, &blocks);
+    return Candidate("E", std::move(blocks), {}, {});
   }
 
   // What a GPU's range leaves for weights and its ring: budget - reserve - activations - KV; kInfeasible if none.
@@ -648,60 +700,79 @@ class AutoPlanner {
   // by the largest disk slot of the weights already on disk or not yet decided, per device. Then each block's
   // weight_tiers is dropped when all its weights share one tier, and `tier` is the slowest of them.
   void AssignHostTiers(std::vector<BlockPlacement>& blocks) const {
+    // An item: one streamed weight, or a routed expert's matrices (they rest together, planner/experts.h). `ring`
+    // 0: the stream's disk ring (StreamOptions::disk_slots slots); 1: the expert disk ring (kExpertDiskSlots).
     struct Item {
-      size_t block, weight;
+      size_t block;
+      std::vector<size_t> weights;
       int32_t device;
       uint64_t bytes, slot;
+      int ring;
     };
     std::vector<std::vector<Tier>> tiers(blocks.size());
     std::vector<Item> items;
     uint64_t total = 0;
     for (size_t i = 0; i < blocks.size(); ++i) {
       tiers[i] = WeightTiersOf(blocks[i], layouts_[i].weights.size());
+      std::map<int32_t, size_t> expert_item;
       for (size_t w = 0; w < tiers[i].size(); ++w) {
         if (tiers[i][w] == Tier::kGpu) continue;
         tiers[i][w] = Tier::kCpu;
         const WeightSlot& ws = layouts_[i].weights[w];
+        const uint64_t a = kDiskSlotAlignment;
+        const int32_t expert = blocks[i].routed_experts ? ExpertOfWeight(model_, i, w) : -1;
+        if (expert >= 0) {
+          auto [it, fresh] = expert_item.try_emplace(expert, items.size());
+          if (fresh) items.push_back({i, {}, blocks[i].device, 0, 0, 1});
+          Item& item = items[it->second];
+          item.weights.push_back(w);
+          item.bytes += AlignUp(ws.size_bytes);
+          item.slot = (item.bytes + a - 1) / a * a + a;
+          total += AlignUp(ws.size_bytes);
+          continue;
+        }
         int64_t numel = 1;
         for (int64_t d : ws.shape) numel *= d;
         const uint64_t file = static_cast<uint64_t>(numel) * DTypeBytes(ws.src_dtype);
-        const uint64_t a = kDiskSlotAlignment;
         const uint64_t slot = ws.src_dtype != ws.dtype ? (std::max(ws.size_bytes, file) + a - 1) / a * a
                                                        : (file + a - 1) / a * a + a;
-        items.push_back({i, w, blocks[i].device, AlignUp(ws.size_bytes), ws.size_bytes == 0 ? 0 : slot});
+        items.push_back({i, {w}, blocks[i].device, AlignUp(ws.size_bytes), ws.size_bytes == 0 ? 0 : slot, 0});
         total += items.back().bytes;
       }
     }
     const uint64_t cap = req_.budget.cpu.value_or(0);
     if (total > cap) {
-      const uint64_t slots = StreamOptions{}.disk_slots;
-      std::map<int32_t, std::vector<uint64_t>> suffix;  // per device: max slot of items k.. of that device
-      for (const Item& it : items) suffix[it.device];
-      for (auto& [d, v] : suffix) {
+      const uint64_t ring_slots[2] = {StreamOptions{}.disk_slots, kExpertDiskSlots};
+      using Key = std::pair<int32_t, int>;  // (device, ring)
+      std::map<Key, std::vector<uint64_t>> suffix;  // max slot of items k.. of that device and ring
+      for (const Item& it : items) suffix[{it.device, it.ring}];
+      for (auto& [key, v] : suffix) {
         v.assign(items.size() + 1, 0);
-        for (size_t k = items.size(); k-- > 0;) v[k] = std::max(v[k + 1], items[k].device == d ? items[k].slot : 0);
+        for (size_t k = items.size(); k-- > 0;) {
+          v[k] = std::max(v[k + 1], Key{items[k].device, items[k].ring} == key ? items[k].slot : 0);
+        }
       }
-      std::map<int32_t, uint64_t> on_disk;
+      std::map<Key, uint64_t> on_disk;
       uint64_t used = 0;
       for (size_t k = 0; k < items.size(); ++k) {
         const Item& it = items[k];
         uint64_t bound = 0;
-        for (const auto& [d, v] : suffix) {
-          if (d < 0) continue;  // no disk ring on the CPU
-          bound += slots * std::max(on_disk[d], v[k + 1]);
+        for (const auto& [key, v] : suffix) {
+          if (key.first < 0) continue;  // no disk ring on the CPU
+          bound += ring_slots[key.second] * std::max(on_disk[key], v[k + 1]);
         }
         if (used + it.bytes + bound <= cap) {
           used += it.bytes;
         } else {
-          tiers[it.block][it.weight] = Tier::kDisk;
-          on_disk[it.device] = std::max(on_disk[it.device], it.slot);
+          for (size_t w : it.weights) tiers[it.block][w] = Tier::kDisk;
+          on_disk[{it.device, it.ring}] = std::max(on_disk[{it.device, it.ring}], it.slot);
         }
       }
     }
     for (size_t i = 0; i < blocks.size(); ++i) {
       const std::vector<Tier>& t = tiers[i];
       const bool uniform = std::all_of(t.begin(), t.end(), [&](Tier x) { return x == t.front(); });
-      if (t.empty() || uniform) {
+      if (t.empty() || (uniform && !blocks[i].routed_experts)) {
         if (!t.empty()) blocks[i].tier = t.front();
         blocks[i].weight_tiers.clear();
       } else {

@@ -199,9 +199,10 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
       auto it = tensor_index.find(ws.tensor);
       if (it == tensor_index.end())
         return MakeError(ErrorCode::kInternal, "block " + bd.name + " reads " + ws.tensor + ", which no block owns");
+        const bool routed = c.placement[i].routed_experts && tiers[w] != Tier::kGpu && ExpertOfWeight(model, i, w) >= 0;
       weights.push_back(schema::CreateWeight(fb, it->second, ToSchema(ws.dtype), ws.size_bytes, tiered.offset[w],
                                              ToSchemaTier(tiers[w]), ToSchemaFormat(ws.format),
-                                             static_cast<uint32_t>(ws.group)));
+                                             static_cast<uint32_t>(ws.group), routed));
     }
     const BlockBuffers& bb = sched.block_buffers[i];
     blocks.push_back(schema::CreateBlockDirect(fb, bd.name.c_str(), BlockKindName(bd.kind), bd.layer,
@@ -249,6 +250,18 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
                                                  st.chunk_bytes, &units));
   }
 
+  std::vector<flatbuffers::Offset<schema::ExpertRing>> experts;
+  for (const auto& [device, r] : c.expert_rings) {
+    auto ring = sched.expert_ring_buffer.find(device);
+    auto disk = sched.expert_disk_ring_buffer.find(device);
+    if (ring == sched.expert_ring_buffer.end())
+      return MakeError(ErrorCode::kInternal, "BuildPlan: the schedule has no expert ring for " + DeviceName(device));
+    experts.push_back(schema::CreateExpertRing(
+        fb, device, ring->second, r.slots, r.slot_bytes, disk == sched.expert_disk_ring_buffer.end() ? -1 : disk->second,
+        r.disk_slots, r.cpu_share, r.decode_max_tokens, r.copy_all_tokens, r.expected_resident_bytes,
+        r.expected_copied_bytes, r.expected_host_bytes));
+  }
+
   std::vector<flatbuffers::Offset<schema::Budget>> budgets;
   for (const auto& [device, bytes] : c.budget.Entries())
     budgets.push_back(schema::CreateBudgetDirect(fb, device.c_str(), bytes));
@@ -290,7 +303,8 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
                                        digest.c_str(), config, fingerprint, ToSchema(c.exec_dtype), run_shape,
                                        &budgets, profile, &tensors, &blocks, &buffers, &arenas, &steps, &usage,
                                        c.predicted_decode_us, c.predicted_prefill_us, kPlanChecksumPlaceholder,
-                                       &streams, ToSchemaFormat(c.weights), c.host_max_tokens);
+                                       &streams, ToSchemaFormat(c.weights), c.host_max_tokens,
+                                       experts.empty() ? nullptr : &experts);
   schema::FinishPlanBuffer(fb, plan);
   std::vector<uint8_t> bytes(fb.GetBufferPointer(), fb.GetBufferPointer() + fb.GetSize());
   BIGPLAN_RETURN_IF_ERROR(SealPlan(&bytes));

@@ -29,6 +29,7 @@
 #include "planner/cost_model.h"
 #include "planner/device_profile.h"
 #include "planner/model_desc.h"
+#include "planner/experts.h"
 #include "planner/placement.h"
 #include "planner/schedule.h"
 #include "schema/plan_generated.h"
@@ -74,6 +75,8 @@ struct PlanContent {
   // Plan.host_max_tokens: forwards of at most this many tokens compute the schedule's `host` units on the host (0
   // when there are none).
   uint32_t host_max_tokens = 0;
+  // Plan.experts: the routed experts' rings (the schedule holds their buffers).
+  std::map<int32_t, ExpertRingPlan> expert_rings;
   double predicted_decode_us = 0;
   double predicted_prefill_us = 0;
   std::vector<DeviceAccount> usage;

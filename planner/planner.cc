@@ -93,6 +93,8 @@ Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& r
   }
   ScheduleOptions sopt;
   sopt.memory_algorithm = request.memory_algorithm;
+  for (const auto& [device, ring] : ExpertRingsFor(model, placement.blocks, exec))
+    sopt.expert_rings[device] = {ring.ring_bytes(), ring.disk_ring_bytes()};
   for (const auto& [device, blocks] : blocks_of_device)
     sopt.activation_bytes[device] = EstimateActivations(model, request.run, exec, blocks).total;
   std::vector<DeviceStreamPlan> streams;
@@ -333,8 +335,40 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   result.decode_copy_floor_us = result.copy_floor_us;
   result.decode_streamed_us = result.decode.total_us;
 
+  // Routed experts: the rings' paths, and each sparse layer's expected expert traffic added to its predictions (a
+  // decode token's chosen experts copied and computed by the host at once, after the router's choices reach the
+  // host; a prefill copies every non-resident expert while the GPU computes).
+  result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
+  const bool routed = !result.expert_rings.empty();
+  if (routed) {
+    const double share = request.cpu_share_off ? 0.0
+                         : (request.cpu_share_auto || request.cpu_share == 0) ? -1.0
+                                                                               : request.cpu_share;
+    PlanExpertPaths(model, placement.blocks, exec, result.profile, share,
+                    std::min<uint32_t>(request.run.max_batch, kMaxHostTokens), &result.expert_rings);
+    const DeviceProfile& pf = result.profile;
+    result.expert_floor_us = 0;
+    for (size_t i = 0; i < n; ++i) {
+      auto ring = result.expert_rings.find(devices[i]);
+      if (!placement.blocks[i].routed_experts || ring == result.expert_rings.end()) continue;
+      const ExpertBytes b = ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring->second.cpu_share);
+      const double copy_us = b.copied / (pf.h2d_gbps * 1e3);
+      const double host_us = pf.cpu_gemv_gbps > 0 ? b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0;
+      const double floor_us = std::max(copy_us, host_us);
+      result.expert_floor_us += floor_us;
+      decode_us[i] += floor_us + kRouteSyncMicros;
+      prefill_us[i] = std::max(prefill_us[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3));
+    }
+    result.decode = SimulateForward(sched, decode_us, devices, result.profile);
+    result.prefill = SimulateForward(sched, prefill_us, devices, result.profile);
+    result.decode_streamed_us = result.decode.total_us;
+  }
+
   // Host compute in decode: each candidate share's schedule, predicted for a decode forward of max_batch tokens.
-  if (request.cpu_share_auto || request.cpu_share != 0) {
+  // (A routed-experts placement with every expert resident has no use for a share.)
+  const bool expert_placement = std::any_of(placement.blocks.begin(), placement.blocks.end(),
+                                            [](const BlockPlacement& b) { return b.routed_experts; });
+  if (!expert_placement && (request.cpu_share_auto || request.cpu_share != 0)) {
     std::vector<double> shares;
     if (request.cpu_share_auto) {
       for (int k = 1; k <= 18; ++k) shares.push_back(0.05 * k);
@@ -409,6 +443,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   content.placement = placement.blocks;
   content.schedule = &result.schedule;
   content.host_max_tokens = result.host_rows.empty() ? 0 : request.run.max_batch;
+  content.expert_rings = result.expert_rings;
   content.block_costs = result.block_costs;
   content.predicted_decode_us = result.decode.total_us;
   content.predicted_prefill_us = result.prefill.total_us;

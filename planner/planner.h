@@ -27,6 +27,7 @@
 #include "planner/device_profile.h"
 #include "planner/host_compute.h"
 #include "planner/model_desc.h"
+#include "planner/experts.h"
 #include "planner/placement.h"
 #include "planner/schedule.h"
 #include "schema/plan_generated.h"
@@ -61,7 +62,7 @@ struct PlanRequest {
   // streaming.h), instead of the layout the placement chose.
   std::optional<uint64_t> chunk_bytes;
   // Strategy "auto": the candidates it may choose from (PlacementOptions::auto_candidates).
-  std::string auto_candidates = "BPC";
+  std::string auto_candidates = "BPCE";
   // Compressed weights (`plan --weights`): every linear-layer matrix is stored in this format (ApplyWeightFormat in
   // planner/weight_format.h), quantized by the executor at load. kNone: as the checkpoint (at the execution dtype).
   // Quantized weights rest on the GPU or in pinned CPU memory; a placement that would leave one on disk is refused.
@@ -77,6 +78,10 @@ struct PlanRequest {
   // kMaxHostTokens. 0 and no auto: off.
   double cpu_share = 0;
   bool cpu_share_auto = false;
+  // Mixture-of-experts plans with routed experts (placement E, planner/experts.h) use the share for the decode
+  // token's non-resident experts instead: the given share, or with cpu_share_auto or no share the profile's
+  // (cpu_gemv_gbps against h2d_gbps); cpu_share_off (`--cpu-share off`) turns it off.
+  bool cpu_share_off = false;
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };
@@ -101,6 +106,10 @@ struct PlanResult {
   double decode_copy_floor_us = 0;
   double decode_streamed_us = 0;
   uint64_t streamed_bytes = 0;         // per forward
+  // Routed experts (planner/experts.h): each GPU's ring and paths, and the floor of a decode token's expert
+  // traffic: per sparse layer the slower of its copies (h2d_gbps) and its host reads (cpu_gemv_gbps), summed.
+  std::map<int32_t, ExpertRingPlan> expert_rings;
+  double expert_floor_us = 0;
   std::vector<DeviceAccount> usage;    // PlanUsage
   bool synthetic_checkpoint = false;
 

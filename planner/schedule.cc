@@ -64,6 +64,17 @@ Result<Schedule> BuildSchedule(const std::vector<ScheduleBlock>& blocks, std::ve
                                           st.disk_ring_bytes, Pinned(), kDiskSlotAlignment);
     }
   }
+  for (const auto& [device, bytes] : options.expert_rings) {
+    if (bytes.first > 0) {
+      s.expert_ring_buffer[device] = add("expert_ring." + DeviceName(device), schema::BufferKind::ExpertStaging, -1,
+                                         bytes.first, DeviceArena(device));
+    }
+    if (bytes.second > 0) {
+      s.expert_disk_ring_buffer[device] = add("expert_disk_ring." + DeviceName(device),
+                                              schema::BufferKind::ExpertDiskStaging, -1, bytes.second, Pinned(),
+                                              kDiskSlotAlignment);
+    }
+  }
   s.streams = std::move(streams);
   std::vector<BufferRequest> requests;
   for (const ScheduledBuffer& b : s.buffers) requests.push_back(b.request);

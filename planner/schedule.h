@@ -41,6 +41,8 @@ struct ScheduleBlock {
 struct ScheduleOptions {
   std::map<int32_t, uint64_t> activation_bytes;  // per compute device; devices absent here get 0 bytes
   std::string memory_algorithm = "greedy_by_size";
+  // Routed experts' rings per GPU: {device ring bytes, pinned disk ring bytes (0: none)}.
+  std::map<int32_t, std::pair<uint64_t, uint64_t>> expert_rings;
 };
 
 struct ScheduledBuffer {
@@ -68,6 +70,8 @@ struct Schedule {
   std::vector<DeviceStreamPlan> streams;    // by device, ascending; each with units
   std::map<int32_t, int32_t> ring_buffer;       // device -> Staging buffer
   std::map<int32_t, int32_t> disk_ring_buffer;  // device -> DiskStaging buffer
+  std::map<int32_t, int32_t> expert_ring_buffer;       // device -> ExpertStaging buffer
+  std::map<int32_t, int32_t> expert_disk_ring_buffer;  // device -> ExpertDiskStaging buffer
   MemoryPlan memory;
 };
 

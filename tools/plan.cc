@@ -70,7 +70,9 @@ constexpr const char* kUsage =
     "                           the CPU multiplies from pinned memory while the rest streams (0 < SHARE < 1),\n"
     "                           auto (the share the cost model predicts fastest; needs a profile with\n"
     "                           cpu_gemv_gbps, such as the bundled h100-pcie5), or off (default). Decode\n"
-    "                           forwards of at most --batch tokens (<= 16) use it; prefill streams every row\n"
+    "                           forwards of at most --batch tokens (<= 16) use it; prefill streams every row.\n"
+    "                           Mixture-of-experts plans (placement E): the share of a decode token's chosen\n"
+    "                           non-resident experts the host computes instead of copying them\n"
     "  --batch N                maximum batch size (default 1)\n"
     "  --seq-len N              maximum sequence length, prompt + generated (default 512)\n"
     "  --strategy NAME          placement strategy: auto (default), sequential (Accelerate's\n"
@@ -82,8 +84,10 @@ constexpr const char* kUsage =
     "  --prefetch-depth N       blocks streamed whole: a ring of N + 1 slots of the largest one (default 1)\n"
     "  --chunk-bytes SIZE       stream every streamed weight larger than SIZE in row chunks of at most SIZE\n"
     "                           (the chunks layout; default: only when a layer does not fit half the ring)\n"
-    "  --auto-candidates LETTERS  which placements auto chooses from (default BPC): B whole blocks, P partly\n"
-    "                           resident blocks, C row-chunked streaming through a quarter of the budget\n"
+    "  --auto-candidates LETTERS  which placements auto chooses from (default BPCE): B whole blocks, P partly\n"
+    "                           resident blocks, C row-chunked streaming through a quarter of the budget, E\n"
+    "                           mixture-of-experts models: experts resident as they fit, the others moved or\n"
+    "                           computed by the host when the router picks them (chosen when it fits)\n"
     "  --profile FILE           device profile JSON (default: the H100 profile, or the CPU profile without GPUs)\n"
     "output:\n"
     "  -o, --output FILE        write the plan (a .bplan flatbuffer)\n"
@@ -163,8 +167,8 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       f.chunk_bytes = *bytes;
     }
     else if (flag == "--auto-candidates") {
-      if (value.empty() || value.find_first_not_of("BPC") != std::string::npos)
-        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C");
+      if (value.empty() || value.find_first_not_of("BPCE") != std::string::npos)
+        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C, E");
       f.auto_candidates = value;
     }
     else if (flag == "--strategy") f.strategy = value;
@@ -228,6 +232,8 @@ Status Main(int argc, char** argv) {
   }
   if (f.cpu_share == "auto") {
     base.cpu_share_auto = true;
+  } else if (f.cpu_share == "off") {
+    base.cpu_share_off = true;
   } else if (!f.cpu_share.empty() && f.cpu_share != "off") {
     char* end = nullptr;
     const double share = std::strtod(f.cpu_share.c_str(), &end);

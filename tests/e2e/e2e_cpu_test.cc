@@ -68,7 +68,9 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
         EXPECT_GE(top1, kBf16TopOne);
       }
       const Stats stats = (*exec)->stats();
-      if (c.summary.disk_tier > 0) {
+      // (CPU mode loads routed disk-resting experts into memory at load: only streamed disk weights are read.)
+      const bool streamed_disk = c.summary.disk_weights > c.summary.routed_disk;
+      if (streamed_disk) {
         EXPECT_GT(stats.disk_tier_bytes, 0u);
       }
       EXPECT_EQ(stats.cpu_tier_bytes, 0u) << "CPU-tier weights are used in place on the CPU";
@@ -76,7 +78,7 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
       // the bounce buffer (never copied from the mapping while disk_direct_io is on).
       EXPECT_EQ(stats.disk_mmap_blocks, 0u);
       EXPECT_EQ(stats.disk_direct_blocks, 0u) << "direct reads are for blocks computed on a GPU";
-      if (c.summary.disk_tier > 0 && dtype == "bf16") {
+      if (streamed_disk && dtype == "bf16") {
         EXPECT_GT(stats.disk_bounce_blocks, 0u) << "float32 checkpoint, bfloat16 execution: disk blocks are cast";
         EXPECT_GT(stats.disk_read_bytes, 0u);
         EXPECT_TRUE((*exec)->info().disk_read_mode == "o_direct" ||
@@ -132,6 +134,10 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
     EXPECT_GT(find("chunked_cpu").chunk_units, 0);
     EXPECT_GT(find("chunked_tiers").chunk_units, 0);
     EXPECT_GT(find("chunked_cpu_compute").chunk_units, 0);
+    if (IsMoeFamily(GetParam())) {
+      EXPECT_GT(find("routed_host").routed, 0);
+      EXPECT_GT(find("routed_disk").routed_disk, 0);
+    }
   }
 };
 

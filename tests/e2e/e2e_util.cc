@@ -156,7 +156,9 @@ Status MakePlan(const std::string& model_dir, const std::string& max_memory, con
 std::string PlanSummary::ToString() const {
   return std::to_string(blocks) + " blocks: gpu " + std::to_string(gpu_tier) + ", cpu " + std::to_string(cpu_tier) +
          ", disk " + std::to_string(disk_tier) + " tier; " + std::to_string(cpu_compute) + " on the cpu; " +
-         std::to_string(chunk_units) + " row chunks; " + exec_dtype;
+         std::to_string(chunk_units) + " row chunks; " +
+         (routed > 0 ? std::to_string(routed) + " routed (" + std::to_string(routed_disk) + " on disk); " : "") +
+         exec_dtype;
 }
 
 Result<PlanSummary> SummarizePlan(const std::string& plan_path) {
@@ -169,6 +171,12 @@ Result<PlanSummary> SummarizePlan(const std::string& plan_path) {
     s.cpu_tier += b->tier() == schema::Tier::Cpu;
     s.disk_tier += b->tier() == schema::Tier::Disk;
     s.cpu_compute += b->device() < 0;
+    if (b->weights() == nullptr) continue;
+    for (const schema::Weight* w : *b->weights()) {
+      s.routed += w->routed();
+      s.routed_disk += w->routed() && w->tier() == schema::Tier::Disk;
+      s.disk_weights += w->tier() == schema::Tier::Disk;
+    }
   }
   if (plan.plan().streams() != nullptr) {
     for (const schema::Stream* st : *plan.plan().streams()) {
@@ -221,7 +229,8 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
     c.name = name;
     c.path = dir + "/" + name + ".bplan";
     c.max_memory = spec + (extra.empty() ? "" : " " + extra.substr(extra.rfind('/') + 1));
-    BIGPLAN_RETURN_IF_ERROR(MakePlan(model_dir, spec, dtype, kBatch, kSeqLen, c.path, extra));
+    Status made = MakePlan(model_dir, spec, dtype, kBatch, kSeqLen, c.path, extra);
+    if (!made.ok()) return WithContext(made.take_error(), "plan case " + name + " (" + spec + " " + extra + ")");
     BIGPLAN_ASSIGN_OR_RETURN(c.summary, SummarizePlan(c.path));
     cases.push_back(std::move(c));
     return Status::Ok();
@@ -294,11 +303,53 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
   BIGPLAN_RETURN_IF_ERROR(add("explicit_tiers", "cuda:0=" + big + ",cpu=" + big, "--device-map " + Quote(tiers_map)));
   // Weights streamed in row chunks (kernels read them chunk by chunk), from pinned memory and from disk, and on the
   // CPU from the mapping.
-  BIGPLAN_RETURN_IF_ERROR(add("chunked_cpu", "cuda:0=" + std::to_string(min_gpu) + ",cpu=" + big, "--chunk-bytes 2048"));
+  // (Mixture-of-experts models: not the routed-experts placement, which streams nothing.)
+  const std::string chunked = "--chunk-bytes 2048 --auto-candidates BPC";
+  BIGPLAN_ASSIGN_OR_RETURN(
+      uint64_t min_chunked, SmallestFeasible(
+                                [&](uint64_t b) {
+                                  return MakePlan(model_dir, "cuda:0=" + std::to_string(b) + ",cpu=" + big, dtype,
+                                                  kBatch, kSeqLen, scratch, chunked)
+                                      .ok();
+                                },
+                                min_gpu, kBig, kGranularity));
+  BIGPLAN_RETURN_IF_ERROR(add("chunked_cpu", "cuda:0=" + std::to_string(min_chunked) + ",cpu=" + big, chunked));
   BIGPLAN_RETURN_IF_ERROR(add("chunked_tiers", "cuda:0=" + big + ",cpu=" + big,
                               "--device-map " + Quote(tiers_map) + " --chunk-bytes 2048"));
   BIGPLAN_RETURN_IF_ERROR(add("chunked_cpu_compute", "cpu=" + big,
                               "--device-map " + Quote(cpu_disk_map) + " --chunk-bytes 2048"));
+  // Mixture-of-experts models (placement E): experts routed from pinned memory, some resident (a budget halfway
+  // between E's smallest and everything resident), then with half those pinned bytes so some rest on disk; the host
+  // computes half of a decode forward's non-resident chosen experts.
+  bool moe = false;
+  {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(cases[0].path));
+    moe = plan.plan().config()->num_experts() > 0;
+  }
+  if (moe) {
+    const std::string only_e = "--auto-candidates E --cpu-share 0.5";
+    BIGPLAN_ASSIGN_OR_RETURN(
+        uint64_t min_e, SmallestFeasible(
+                            [&](uint64_t b) {
+                              return MakePlan(model_dir, "cuda:0=" + std::to_string(b) + ",cpu=" + big, dtype, kBatch,
+                                              kSeqLen, scratch, only_e)
+                                  .ok();
+                            },
+                            0, kBig, kGranularity));
+    const std::string gpu = std::to_string((min_e + std::max(min_e, all_resident)) / 2 / kGranularity * kGranularity);
+    BIGPLAN_RETURN_IF_ERROR(add("routed_host", "cuda:0=" + gpu + ",cpu=" + big, only_e));
+    // The smallest cpu budget E fits: as many routed experts on disk as the pinned disk ring allows.
+    BIGPLAN_ASSIGN_OR_RETURN(
+        uint64_t min_cpu, SmallestFeasible(
+                              [&](uint64_t b) {
+                                return MakePlan(model_dir, "cuda:0=" + gpu + ",cpu=" + std::to_string(b), dtype,
+                                                kBatch, kSeqLen, scratch, only_e)
+                                    .ok();
+                              },
+                              0, kBig, kGranularity));
+    const std::string cpu = std::to_string(min_cpu);
+    BIGPLAN_RETURN_IF_ERROR(add("routed_disk", "cuda:0=" + gpu + ",cpu=" + cpu, only_e));
+  }
   return cases;
 }
 

@@ -50,10 +50,17 @@ struct PlanSummary {
   int disk_tier = 0;
   int chunk_units = 0;  // stream units that are row chunks
   int cpu_compute = 0;  // blocks with device -1
+  int routed = 0;       // routed expert matrices (schema::Weight.routed)
+  int routed_disk = 0;  // of which resting on disk
+  int disk_weights = 0; // weights resting on disk (routed or streamed)
   std::string exec_dtype;
   std::string ToString() const;  // "5 blocks: gpu 1, cpu 2, disk 2 tier; 0 on the cpu; F32"
 };
 Result<PlanSummary> SummarizePlan(const std::string& plan_path);
+// Whether a tiny family (tests/reference/make_tiny_models.py) is a mixture of experts.
+inline bool IsMoeFamily(const std::string& family) {
+  return family == "mixtral" || family.rfind("qwen2_moe", 0) == 0 || family == "qwen3_moe";
+}
 
 // The smallest budget in [lo, hi] (to `granularity` bytes) for which `feasible` holds, assuming monotonicity;
 // kInfeasible if even `hi` fails.

@@ -1,0 +1,162 @@
+// Routed experts on a GPU (internal to executor/): the non-resident experts of the sparse layers of a
+// mixture-of-experts plan (schema::Weight.routed, schema::ExpertRing), moved or computed only when a router picks
+// them.
+//
+// After a sparse layer's router, BlockWeights::BeginExperts reaches Begin: the choices (and, in a decode forward, the
+// normed input as float32) reach the host through mapped pinned memory and one event synchronization. Then:
+//   - resident experts with rows are listed for the GPU as they are;
+//   - of the chosen non-resident experts resting in pinned memory, in forwards of at most decode_max_tokens tokens,
+//     the last round(cpu_share x n) (in expert order) are computed by the host (executor/cpu_experts.h) on a worker
+//     thread while the GPU works; the others are copied into the ring's slots on a copy stream, each copy waiting for
+//     the release of the slot's previous expert; the kernel waits for a copy in Acquire and releases the slot in
+//     Release, which issues the next copy;
+//   - disk-resting experts are read into a pinned disk slot (O_DIRECT where the filesystem allows), cast to the
+//     execution dtype when the checkpoint's differs, then copied like the others.
+// Forwards of at least copy_all_tokens tokens (prefills, where nearly every expert is chosen) start copying the
+// layer's first ring's worth of non-resident experts when the layer's step starts, before its attention, so the
+// copy engine never waits for the router. Finish hands the host's weighted sum back (mapped pinned memory read by a
+// kernel, no copy engine). Nothing is allocated per layer beyond LibTorch's caching allocator.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "executor/arena.h"
+#include "executor/cpu_experts.h"
+#include "executor/cpu_matvec.h"
+#include "executor/cuda_handles.h"
+#include "executor/disk_reads.h"
+#include "executor/kernels.h"
+#include "executor/model_state.h"
+#include "support/result.h"
+
+namespace bigplan::executor_internal {
+
+class ExpertEngine {
+ public:
+  // Counts of one forward (for run's report and the trace).
+  struct Stats {
+    uint64_t layers = 0;
+    uint64_t resident = 0, copied = 0, host = 0, disk = 0;  // expert computations by path
+    uint64_t copied_bytes = 0, host_bytes = 0;
+    double wait_router_us = 0;  // host time waiting for the routers' choices
+    double host_wait_us = 0;    // GPU-side thread time waiting for the host's experts in Finish
+  };
+
+  // For the plan's expert rings (nullptr when it has none, or in CPU mode). `threads`: the host's computing threads
+  // (0: every core); `host_compute` false: the host computes no expert (every chosen one is copied). kInvalidArgument for a routed expert the ring cannot hold or the host cannot multiply; kDevice
+  // for CUDA failures.
+  static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, int threads, bool host_compute = true);
+  ~ExpertEngine();
+  ExpertEngine(const ExpertEngine&) = delete;
+  ExpertEngine& operator=(const ExpertEngine&) = delete;
+
+  // Whether block `b` has routed experts.
+  bool Routes(const BlockRuntime& b) const;
+  // A forward of `tokens` tokens begins (chooses its paths); resets the stats.
+  void BeginForward(int64_t tokens);
+  // Block b's step begins on `compute` (copy-all forwards start copying its experts).
+  Status StepStarted(const BlockRuntime& b, cudaStream_t compute);
+  // See BlockWeights::BeginExperts.
+  Result<std::vector<BlockWeights::ExpertTask>> Begin(const BlockRuntime& b, const at::Tensor& x,
+                                                      const at::Tensor& topi, const at::Tensor& topw,
+                                                      cudaStream_t compute);
+  // For a copied expert: makes `compute` wait for its copy and sets views[0..3) (gate, up, down) into its slot;
+  // returns false for an expert that is not copied in this layer (resident: its slots hold it).
+  Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views);
+  Status Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
+  // The host experts' weighted sum as [tokens, hidden] of `dtype` on the block's device (undefined if none).
+  Result<at::Tensor> Finish(const BlockRuntime& b, cudaStream_t compute, at::ScalarType dtype);
+
+  const Stats& stats() const { return stats_; }
+  double cpu_share() const { return cpu_share_; }
+  int threads() const { return pool_ ? pool_->threads() : 0; }
+
+ private:
+  struct Matrix {  // one of an expert's three matrices
+    const WeightRuntime* w = nullptr;
+    uint64_t slot_offset = 0;  // in a ring slot
+  };
+  struct Expert {
+    bool routed = false;            // else resident (its slots hold it)
+    schema::Tier tier = schema::Tier::Gpu;
+    std::array<Matrix, 3> m;        // gate, up, down
+    const uint8_t* host = nullptr;  // Cpu tier: the first matrix's bytes; the three are contiguous
+    uint64_t span = 0;              // bytes from the first matrix to the end of the last (Cpu tier)
+  };
+  struct Layer {
+    std::vector<Expert> experts;  // by expert index
+  };
+  struct Copy {
+    int32_t expert = -1;
+    int slot = -1;
+    bool used = false;  // holds a chosen expert not yet released (false: released, or prefetched but not chosen)
+  };
+
+  ExpertEngine() = default;
+  Status IssueCopies(const BlockRuntime& b);
+  Status IssueCopy(const BlockRuntime& b, Copy* c);
+  void HostLoop();
+
+  int device_ = -1;
+  int64_t hidden_ = 0, max_tokens_ = 0, top_k_ = 0, num_experts_ = 0;
+  double cpu_share_ = 0;
+  uint32_t decode_max_tokens_ = 0, copy_all_tokens_ = 0;
+  cpu_experts::Activation act_ = cpu_experts::Activation::kSilu;
+  std::vector<Layer> layers_;   // by block index (empty for blocks without routed experts)
+  // The ring.
+  uint8_t* ring_ = nullptr;
+  int slots_ = 0;
+  uint64_t slot_bytes_ = 0;
+  std::vector<CudaEvent> ready_, free_;
+  std::vector<bool> free_recorded_;
+  int next_slot_ = 0;
+  CudaStream copy_stream_;
+  // Disk-resting experts: pinned slots and a reader per shard.
+  uint8_t* disk_ring_ = nullptr;
+  int disk_slots_ = 0;
+  uint64_t disk_slot_bytes_ = 0;
+  std::vector<CudaEvent> disk_copied_;
+  std::vector<bool> disk_pending_;
+  int next_disk_slot_ = 0;
+  std::vector<std::unique_ptr<ShardReader>> readers_;  // by shard index
+  // This layer's copies, in the order the kernel acquires them; copies_[issued_..) wait for a release.
+  std::vector<Copy> copies_;
+  size_t issued_ = 0;
+  std::vector<int32_t> copy_of_;  // expert -> index into copies_ (-1: none)
+  bool prefetched_ = false;       // copy-all: copies_ were issued at StepStarted
+  uint32_t prefetched_block_ = 0;
+  // The forward.
+  int64_t tokens_ = 0;
+  bool decode_ = false, copy_all_ = false;
+  // Mapped pinned buffers: the router's choices and weights, x (float32), index arrays, the host's result.
+  Allocation choices_;  // int64 topi [max_tokens x k], then float topw [max_tokens x k]
+  Allocation x_host_;   // float [max_tokens x hidden]
+  Allocation indices_;  // int64: per task rows then picks
+  Allocation y_host_;   // float [max_tokens x hidden]
+  CudaEvent choices_ready_;
+  // Host compute.
+  std::unique_ptr<cpu_matvec::MatVecPool> pool_;
+  std::unique_ptr<cpu_experts::ExpertRunner> runner_;
+  std::vector<cpu_experts::Expert> host_experts_;        // this layer's, indexed by host_expert_of_
+  std::vector<cpu_experts::Assignment> host_assignments_;
+  std::thread host_thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool host_job_ = false, host_done_ = true, stop_ = false;
+  int host_tokens_ = 0;
+  Status host_status_;
+  bool host_pending_ = false;
+  Stats stats_;
+};
+
+}  // namespace bigplan::executor_internal

@@ -1,0 +1,168 @@
+#include "planner/experts.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "arch/registry.h"
+#include "planner/accounting.h"
+#include "planner/streaming.h"
+
+namespace bigplan {
+
+int32_t ExpertOfWeight(const ModelDescription& model, size_t block, size_t weight) {
+  if (block >= model.blocks.size()) return -1;
+  const BlockDesc& b = model.blocks[block];
+  if (weight >= b.params.size() || b.kind != BlockKind::kDecoderLayer || model.config.num_experts == 0) return -1;
+  const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+  const std::string& name = b.params[weight].name;
+  if (family == nullptr || name.compare(0, b.prefix.size(), b.prefix) != 0) return -1;
+  uint32_t expert = 0;
+  const arch::TensorRule* rule =
+      arch::FindTensorRule(*family, b.kind, std::string_view(name).substr(b.prefix.size()), &expert);
+  if (rule == nullptr || !arch::IsExpertRule(*rule)) return -1;
+  return static_cast<int32_t>(expert);
+}
+
+uint32_t ExpertRingSlots(const ModelConfig& config) {
+  return std::clamp<uint32_t>(2 * config.num_experts_per_tok, 4, 32);
+}
+
+namespace {
+
+// Per block: expert -> its aligned bytes (gate + up + down) and whether any of its matrices rests off the GPU.
+struct ExpertSizes {
+  std::map<int32_t, uint64_t> bytes;
+  std::map<int32_t, bool> off_gpu, on_disk;
+};
+
+ExpertSizes SizesOf(const ModelDescription& model, size_t block, const BlockPlacement& p, DType exec_dtype) {
+  ExpertSizes s;
+  const BlockWeightLayout layout = LayoutBlockWeights(model, block, exec_dtype);
+  const std::vector<Tier> tiers = WeightTiersOf(p, layout.weights.size());
+  for (size_t w = 0; w < layout.weights.size(); ++w) {
+    const int32_t e = ExpertOfWeight(model, block, w);
+    if (e < 0) continue;
+    s.bytes[e] += AlignUp(layout.weights[w].size_bytes);
+    s.off_gpu[e] = s.off_gpu[e] || tiers[w] != Tier::kGpu;
+    s.on_disk[e] = s.on_disk[e] || tiers[w] == Tier::kDisk;
+  }
+  return s;
+}
+
+}  // namespace
+
+std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
+                                                 const std::vector<BlockPlacement>& blocks, DType exec_dtype) {
+  std::map<int32_t, ExpertRingPlan> rings;
+  for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
+    const BlockPlacement& p = blocks[i];
+    if (!p.routed_experts || p.device < 0) continue;
+    const ExpertSizes s = SizesOf(model, i, p, exec_dtype);
+    for (const auto& [e, bytes] : s.bytes) {
+      if (!s.off_gpu.at(e)) continue;
+      ExpertRingPlan& r = rings[p.device];
+      r.device = p.device;
+      r.slots = ExpertRingSlots(model.config);
+      r.slot_bytes = std::max(r.slot_bytes, bytes);
+      if (s.on_disk.at(e)) r.disk_slots = kExpertDiskSlots;
+    }
+  }
+  for (auto& [d, r] : rings) {
+    const uint64_t a = kDiskSlotAlignment;
+    r.disk_slot_bytes = r.disk_slots == 0 ? 0 : (r.slot_bytes + a - 1) / a * a + a;
+  }
+  return rings;
+}
+
+void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlacement>& blocks, DType exec_dtype,
+                     const DeviceProfile& profile, double cpu_share, uint32_t decode_tokens,
+                     std::map<int32_t, ExpertRingPlan>* rings) {
+  const ModelConfig& c = model.config;
+  for (auto& [device, r] : *rings) {
+    if (cpu_share < 0) {
+      r.cpu_share = profile.cpu_gemv_gbps > 0 && profile.h2d_gbps > 0
+                        ? profile.cpu_gemv_gbps / (profile.cpu_gemv_gbps + profile.h2d_gbps)
+                        : 0.0;
+    } else {
+      r.cpu_share = std::clamp(cpu_share, 0.0, 1.0);
+    }
+    r.decode_max_tokens = r.cpu_share > 0 ? std::max<uint32_t>(1, decode_tokens) : 0;
+    // Tokens whose k choices each cover every expert twice on average.
+    r.copy_all_tokens = std::max<uint32_t>(1, (2 * c.num_experts + c.num_experts_per_tok - 1) / c.num_experts_per_tok);
+    r.expected_resident_bytes = r.expected_copied_bytes = r.expected_host_bytes = 0;
+    for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
+      if (blocks[i].device != device) continue;
+      const ExpertBytes b = ExpectedExpertBytes(model, i, blocks[i], exec_dtype, r.cpu_share);
+      r.expected_resident_bytes += b.resident;
+      r.expected_copied_bytes += b.copied;
+      r.expected_host_bytes += b.host;
+    }
+  }
+}
+
+ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, const BlockPlacement& placement,
+                                DType exec_dtype, double cpu_share) {
+  ExpertBytes out;
+  const ModelConfig& c = model.config;
+  if (block >= model.blocks.size() || !c.SparseLayer(model.blocks[block].layer)) return out;
+  const ExpertSizes s = SizesOf(model, block, placement, exec_dtype);
+  double resident = 0, off = 0;
+  for (const auto& [e, bytes] : s.bytes) {
+    if (s.off_gpu.at(e) && placement.routed_experts) {
+      off += static_cast<double>(bytes);
+      out.off_gpu += bytes;
+    } else {
+      resident += static_cast<double>(bytes);
+    }
+  }
+  const double pick = static_cast<double>(c.num_experts_per_tok) / std::max<uint32_t>(1, c.num_experts);
+  out.resident = pick * resident;
+  out.copied = pick * off * (1 - cpu_share);
+  out.host = pick * off * cpu_share;
+  return out;
+}
+
+void SpreadResidentExperts(const ModelDescription& model, DType exec_dtype, uint64_t resident_expert_bytes,
+                           std::vector<BlockPlacement>* blocks) {
+  struct Layer {
+    size_t block;
+    std::vector<Tier> tiers;
+    std::map<int32_t, std::vector<size_t>> weights;  // expert -> its weight indices
+    std::map<int32_t, uint64_t> bytes;
+  };
+  std::vector<Layer> layers;
+  uint32_t max_experts = 0;
+  for (size_t i = 0; i < blocks->size() && i < model.blocks.size(); ++i) {
+    if (!model.config.SparseLayer(model.blocks[i].layer)) continue;
+    const BlockWeightLayout layout = LayoutBlockWeights(model, i, exec_dtype);
+    Layer l;
+    l.block = i;
+    l.tiers.assign(layout.weights.size(), Tier::kGpu);
+    for (size_t w = 0; w < layout.weights.size(); ++w) {
+      const int32_t e = ExpertOfWeight(model, i, w);
+      if (e < 0) continue;
+      l.weights[e].push_back(w);
+      l.bytes[e] += AlignUp(layout.weights[w].size_bytes);
+      l.tiers[w] = Tier::kCpu;
+      max_experts = std::max<uint32_t>(max_experts, static_cast<uint32_t>(e) + 1);
+    }
+    layers.push_back(std::move(l));
+  }
+  uint64_t left = resident_expert_bytes;
+  for (uint32_t e = 0; e < max_experts; ++e) {
+    for (Layer& l : layers) {
+      auto it = l.bytes.find(static_cast<int32_t>(e));
+      if (it == l.bytes.end() || it->second > left) continue;
+      left -= it->second;
+      for (size_t w : l.weights[static_cast<int32_t>(e)]) l.tiers[w] = Tier::kGpu;
+    }
+  }
+  for (Layer& l : layers) {
+    BlockPlacement& p = (*blocks)[l.block];
+    p.weight_tiers = l.tiers;
+    p.tier = SlowestTier(l.tiers);
+    p.routed_experts = true;
+  }
+}
+
+}  // namespace bigplan

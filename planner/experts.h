@@ -1,0 +1,78 @@
+// Routed experts (mixture-of-experts models): which weights are an expert's matrices, how the placement spreads
+// resident experts over the sparse layers, and the rings and paths a compute device serves the others with
+// (schema/plan.fbs ExpertRing).
+//
+// A block placed with `routed_experts` keeps its resident experts in its Gpu-tier buffer and every other expert's
+// matrices in the CPU tier (its pinned host buffer) or on disk, outside the weight stream: after each sparse
+// layer's router the executor copies the chosen non-resident experts into the device's expert ring (slots of one
+// expert each), or, in forwards of at most decode_max_tokens tokens, has the host CPU compute a share of them from
+// pinned memory; disk-resting experts are read into a pinned disk ring first.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "formats/dtype.h"
+#include "planner/device_profile.h"
+#include "planner/model_desc.h"
+#include "planner/placement.h"
+
+namespace bigplan {
+
+// The expert index of weight `weight` (LayoutBlockWeights order) of block `block` when it is a routed expert's
+// matrix (the registry's "{e}" rules), else -1.
+int32_t ExpertOfWeight(const ModelDescription& model, size_t block, size_t weight);
+
+// The slots of a device's expert ring: room for the experts two tokens' routers pick (2 num_experts_per_tok),
+// at least 4 and at most 32.
+uint32_t ExpertRingSlots(const ModelConfig& config);
+// Pinned slots for disk-resting experts: 4.
+inline constexpr uint32_t kExpertDiskSlots = 4;
+
+struct ExpertRingPlan {
+  int32_t device = 0;
+  uint32_t slots = 0;
+  uint64_t slot_bytes = 0;       // the largest routed expert: its gate, up and down matrices, each 256-aligned
+  uint32_t disk_slots = 0;       // 0: no disk-resting experts
+  uint64_t disk_slot_bytes = 0;  // slot_bytes rounded to the disk alignment (O_DIRECT)
+  // Filled by PlanExpertPaths:
+  double cpu_share = 0;          // of a forward's non-resident chosen experts, the host computes this share
+  uint32_t decode_max_tokens = 0;
+  uint32_t copy_all_tokens = 0;
+  double expected_resident_bytes = 0, expected_copied_bytes = 0, expected_host_bytes = 0;  // per decode token
+  uint64_t ring_bytes() const { return uint64_t{slots} * slot_bytes; }
+  uint64_t disk_ring_bytes() const { return uint64_t{disk_slots} * disk_slot_bytes; }
+};
+
+// The expert rings of a placement: one per compute device (a GPU) that computes a block with routed experts
+// resting off the GPU. Deterministic in the placement (the accounting, the schedule and the plan agree).
+std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
+                                                 const std::vector<BlockPlacement>& blocks, DType exec_dtype);
+
+// The paths of each ring: the host's share of the non-resident experts chosen in a decode forward (`cpu_share` <
+// 0: from the profile, the share that makes the host finish with the copies, cpu_gemv_gbps / (cpu_gemv_gbps +
+// h2d_gbps), 0 when the profile has no host rate; otherwise the given share, clamped to [0, 1]), the forward sizes
+// (decode_max_tokens = `decode_tokens`; copy_all_tokens: forwards whose tokens choose, on average, every expert
+// twice), and the expected bytes per decode token by path under uniform routing.
+void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlacement>& blocks, DType exec_dtype,
+                     const DeviceProfile& profile, double cpu_share, uint32_t decode_tokens,
+                     std::map<int32_t, ExpertRingPlan>* rings);
+
+// A sparse layer's expected expert bytes per decode token under uniform routing (num_experts_per_tok of
+// num_experts chosen): read where resident, copied over PCIe, read by the host (the non-resident ones split by
+// `cpu_share`), and every non-resident expert's bytes (what a copy-all forward moves).
+struct ExpertBytes {
+  double resident = 0, copied = 0, host = 0;
+  uint64_t off_gpu = 0;
+};
+ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, const BlockPlacement& placement,
+                                DType exec_dtype, double cpu_share);
+
+// Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on one GPU, already placed
+// with its other weights): layer by layer round-robin, the lower-indexed experts of each layer first. Sets
+// weight_tiers (Gpu for the kept experts and every non-expert weight, Cpu for the rest) and routed_experts.
+void SpreadResidentExperts(const ModelDescription& model, DType exec_dtype, uint64_t resident_expert_bytes,
+                           std::vector<BlockPlacement>* blocks);
+
+}  // namespace bigplan
