@@ -41,14 +41,14 @@ TEST(RegistryTest, EveryAliasResolves) {
     ASSERT_TRUE(upper.ok());
     EXPECT_EQ(*upper, &f);
   }
-  EXPECT_EQ(SupportedModelTypes(), (std::vector<std::string>{"gpt2", "gptj", "llama", "mistral", "phi3", "qwen2"}));
-  EXPECT_EQ(SupportedArchitectures(), (std::vector<std::string>{"gpt2", "gptj", "llama", "phi3"}));
+  EXPECT_EQ(SupportedModelTypes(), (std::vector<std::string>{"gpt2", "gptj", "llama", "mistral", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3_moe"}));
+  EXPECT_EQ(SupportedArchitectures(), (std::vector<std::string>{"gpt2", "gptj", "llama", "mixtral", "phi3", "qwen2_moe", "qwen3_moe"}));
   EXPECT_EQ(FindFamily("mistral"), nullptr);  // an alias, not a family name
   Result<const FamilyInfo*> bert = LookupFamily("bert");
   ASSERT_FALSE(bert.ok());
   EXPECT_EQ(bert.error().code, ErrorCode::kUnsupported);
   EXPECT_NE(bert.error().message.find("\"bert\""), std::string::npos);
-  EXPECT_NE(bert.error().message.find("gpt2, gptj, llama, mistral, phi3, qwen2"), std::string::npos)
+  EXPECT_NE(bert.error().message.find("gpt2, gptj, llama, mistral, mixtral, phi3, qwen2, qwen2_moe, qwen3_moe"), std::string::npos)
       << bert.error().message;
 }
 
@@ -74,7 +74,7 @@ TEST(RegistryTest, TablesAreConsistent) {
       EXPECT_TRUE(slots.insert({r.block, r.slot}).second) << "duplicate slot " << SlotName(r.slot);
       EXPECT_TRUE(r.rank == 1 || r.rank == 2) << r.name;
       EXPECT_EQ(r.rank == 1, r.layout == Layout::kVector) << r.name;
-      EXPECT_EQ(FindTensorRule(f, r.block, r.name), &r);
+      EXPECT_EQ(FindTensorRule(f, r.block, IsExpertRule(r) ? RuleName(r, 17) : std::string(r.name)), &r) << r.name;
       EXPECT_EQ(FindSlotRule(f, r.block, r.slot), &r);
       for (Slot p : r.parts) {
         if (p == Slot::kCount) break;
@@ -82,7 +82,8 @@ TEST(RegistryTest, TablesAreConsistent) {
         EXPECT_EQ(FindSlotRule(f, r.block, p), &r);
       }
       // Norm weights are what the writer fills near 1.
-      const bool norm = r.slot == Slot::kInputNorm || r.slot == Slot::kPostNorm || r.slot == Slot::kFinalNorm;
+      const bool norm = r.slot == Slot::kInputNorm || r.slot == Slot::kPostNorm || r.slot == Slot::kFinalNorm ||
+                        r.slot == Slot::kQNorm || r.slot == Slot::kKNorm;
       for (const BlockLayout& b : f.blocks) {
         if (b.kind != r.block) continue;
         const std::string full = BlockName(b, 0) + "." + r.name;

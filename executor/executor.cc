@@ -266,6 +266,17 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   pos += seq;
   cached_batch = batch;
   Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  if (experts != nullptr) {
+    const executor_internal::ExpertEngine::Stats& es = experts->stats();
+    std::lock_guard<std::mutex> lock(stats_mu);
+    stats.expert_resident += es.resident;
+    stats.expert_copied += es.copied;
+    stats.expert_disk += es.disk;
+    stats.expert_host += es.host;
+    stats.expert_copied_bytes += es.copied_bytes;
+    stats.expert_host_bytes += es.host_bytes;
+    stats.expert_router_wait_ms += es.wait_router_us / 1e3;
+  }
   return out;
 }
 

@@ -178,6 +178,12 @@ struct Stats {
   // the forward passes that did.
   uint64_t host_compute_bytes = 0;
   uint64_t host_compute_forwards = 0;
+  // Routed experts (mixture-of-experts plans, planner/experts.h): expert computations by path over all forwards
+  // (resident on the GPU, copied to it, of which read from disk first, computed by the host), the bytes copied and
+  // read by the host, and the time the host waited for the routers' choices.
+  uint64_t expert_resident = 0, expert_copied = 0, expert_disk = 0, expert_host = 0;
+  uint64_t expert_copied_bytes = 0, expert_host_bytes = 0;
+  double expert_router_wait_ms = 0;
   // Decode steps replayed from a CUDA graph (ExecutorOptions::cuda_graphs), and why graphs turned off when a
   // capture failed ("" otherwise): those steps, and every later one, ran eagerly.
   uint64_t graph_steps = 0;

@@ -139,6 +139,9 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
                                                           " is resident");
       }
       max_inter = std::max(max_inter, ex.m[0].w->rows);
+      for (const Matrix& m : ex.m) {
+        if (m.w->dtype != schema::DType::BF16) e->cpu_share_ = 0;  // the host multiplies bf16 matrices
+      }
     }
   }
 

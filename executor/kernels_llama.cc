@@ -185,6 +185,21 @@ class LlamaKernels final : public ModelKernelsBase {
     return Status::Ok();
   }
 
+  // [gate; up] as one [2 rows, cols] view when both are whole plain matrices of one shape lying back to back in
+  // memory; undefined otherwise.
+  static at::Tensor AdjacentRows(const WeightRef& gate, const WeightRef& up) {
+    const at::Tensor& a = gate.whole;
+    const at::Tensor& b = up.whole;
+    if (!a.defined() || !b.defined() || gate.quant.quantized() || up.quant.quantized() || a.dim() != 2 ||
+        !a.sizes().equals(b.sizes()) || a.scalar_type() != b.scalar_type() || !a.is_contiguous() ||
+        !b.is_contiguous() || a.device() != b.device()) {
+      return at::Tensor();
+    }
+    const auto* pa = static_cast<const uint8_t*>(a.data_ptr());
+    if (pa + a.numel() * a.element_size() != static_cast<const uint8_t*>(b.data_ptr())) return at::Tensor();
+    return at::from_blob(a.data_ptr(), {2 * a.size(0), a.size(1)}, a.options());
+  }
+
   bool SparseLayer(int layer) const {
     return layer >= 0 && static_cast<size_t>(layer) < spec_.sparse_layers.size() && spec_.sparse_layers[layer];
   }
@@ -213,11 +228,25 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, e)));
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef up, Ref(c, arch::ExpertSlot(Slot::kExpertUp, e)));
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef down, Ref(c, arch::ExpertSlot(Slot::kExpertDown, e)));
-      const at::Tensor xe = x.index_select(0, t.rows);
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor g, LinearW(gate, xe, at::Tensor()));
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor u, LinearW(up, xe, at::Tensor()));
+      // One token (decode at batch 1): no gather or scatter.
+      const bool single = x.size(0) == 1 && t.rows.numel() == 1;
+      const at::Tensor xe = single ? x : x.index_select(0, t.rows);
+      at::Tensor g, u;
+      if (at::Tensor gu = AdjacentRows(gate, up); gu.defined()) {
+        // gate and up lie back to back (the planner's layout, and an expert ring slot): one product.
+        const at::Tensor both = Linear(xe, gu, at::Tensor());
+        g = both.narrow(-1, 0, gate.whole.size(0));
+        u = both.narrow(-1, gate.whole.size(0), up.whole.size(0));
+      } else {
+        BIGPLAN_ASSIGN_OR_RETURN(g, LinearW(gate, xe, at::Tensor()));
+        BIGPLAN_ASSIGN_OR_RETURN(u, LinearW(up, xe, at::Tensor()));
+      }
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ye, LinearW(down, Activate(act_, g) * u, at::Tensor()));
-      out.index_add_(0, t.rows, (ye * t.weights).to(out.scalar_type()));
+      if (single) {
+        out.add_((ye * t.weights).to(out.scalar_type()));
+      } else {
+        out.index_add_(0, t.rows, (ye * t.weights).to(out.scalar_type()));
+      }
       BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
     }
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor host, c.weights.FinishExperts());

@@ -79,7 +79,9 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
                      std::map<int32_t, ExpertRingPlan>* rings) {
   const ModelConfig& c = model.config;
   for (auto& [device, r] : *rings) {
-    if (cpu_share < 0) {
+    if (exec_dtype != DType::kBF16) {
+      r.cpu_share = 0;  // the host multiplies bf16 matrices (executor/cpu_matvec.h)
+    } else if (cpu_share < 0) {
       r.cpu_share = profile.cpu_gemv_gbps > 0 && profile.h2d_gbps > 0
                         ? profile.cpu_gemv_gbps / (profile.cpu_gemv_gbps + profile.h2d_gbps)
                         : 0.0;

@@ -50,7 +50,8 @@ struct ExpertRingPlan {
 std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
                                                  const std::vector<BlockPlacement>& blocks, DType exec_dtype);
 
-// The paths of each ring: the host's share of the non-resident experts chosen in a decode forward (`cpu_share` <
+// The paths of each ring: the host's share of the non-resident experts chosen in a decode forward (0 unless the
+// execution dtype is bf16, which the host multiplies; `cpu_share` <
 // 0: from the profile, the share that makes the host finish with the copies, cpu_gemv_gbps / (cpu_gemv_gbps +
 // h2d_gbps), 0 when the profile has no host rate; otherwise the given share, clamped to [0, 1]), the forward sizes
 // (decode_max_tokens = `decode_tokens`; copy_all_tokens: forwards whose tokens choose, on average, every expert

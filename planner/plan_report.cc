@@ -23,6 +23,12 @@ std::string Ms(double us) {
   return buf;
 }
 
+std::string Share(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f", v);
+  return buf;
+}
+
 std::string DeviceName(int32_t device) { return device < 0 ? "cpu" : "cuda:" + std::to_string(device); }
 
 const char* RestsIn(Tier tier) {
@@ -170,6 +176,16 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
     for (const StreamUnitPlan& u : st.units) disk = disk || u.source == Tier::kDisk;
   if (disk) out << " (disk weights read at " << r.profile.disk_gbps << " GB/s)";
   out << ": " << Ms(r.copy_floor_us) << "\n";
+  for (const auto& [device, ring] : r.expert_rings) {
+    out << "  routed experts (cuda:" << device << "): per decode token "
+        << FormatBytes(static_cast<uint64_t>(ring.expected_resident_bytes)) << " read where resident, "
+        << FormatBytes(static_cast<uint64_t>(ring.expected_copied_bytes)) << " copied at " << r.profile.h2d_gbps
+        << " GB/s, " << FormatBytes(static_cast<uint64_t>(ring.expected_host_bytes)) << " computed by the host at "
+        << r.profile.cpu_gemv_gbps << " GB/s (share " << Share(ring.cpu_share) << ", forwards of at most "
+        << ring.decode_max_tokens << " tokens); floor of this mix " << Ms(r.expert_floor_us) << "; ring "
+        << ring.slots << " x " << FormatBytes(ring.slot_bytes) << (ring.disk_slots ? ", disk ring " : "")
+        << (ring.disk_slots ? FormatBytes(ring.disk_ring_bytes()) : "") << "\n";
+  }
   if (r.cpu_share > 0) {
     out << "  host compute: " << r.host_rows.size() << " streamed matrices keep "
         << static_cast<int>(r.cpu_share * 100 + 0.5) << "% of their rows (" << FormatBytes(r.host_bytes)

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -115,6 +116,81 @@ uint64_t BufferSize(const schema::Plan& p, int32_t index) {
 
 // "cuda:0: layout chunks, ring 1.00 GiB (buffer 12), chunks up to 128.00 MiB, disk ring 0 B (buffer -1), 130 units
 // (120 row chunks, 0 from disk), 5.00 GiB per forward"
+
+// Routed experts (plan version 6): per sparse layer, how many experts are resident, in pinned memory, on disk.
+struct ExpertCounts {
+  int32_t layer = -1;
+  std::string block;
+  uint32_t resident = 0, cpu = 0, disk = 0;
+};
+std::vector<ExpertCounts> CountExperts(const schema::Plan& p) {
+  std::vector<ExpertCounts> out;
+  const auto* c = p.config();
+  if (c == nullptr || c->num_experts() == 0) return out;
+  for (uint32_t b = 0; b < Len(p.blocks()); ++b) {
+    const auto* block = p.blocks()->Get(b);
+    const int32_t layer = block->layer();
+    if (layer < 0 || !c->sparse_layers() || static_cast<uint32_t>(layer) >= c->sparse_layers()->size() ||
+        !c->sparse_layers()->Get(layer))
+      continue;
+    ExpertCounts n;
+    n.layer = layer;
+    n.block = Str(block->name());
+    uint32_t cpu = 0, disk = 0;
+    for (uint32_t w = 0; w < Len(block->weights()); ++w) {
+      const auto* weight = block->weights()->Get(w);
+      if (!weight->routed()) continue;
+      (weight->tier() == schema::Tier::Disk ? disk : cpu) += 1;
+    }
+    n.cpu = cpu / 3;
+    n.disk = disk / 3;
+    n.resident = c->num_experts() - n.cpu - n.disk;
+    out.push_back(n);
+  }
+  return out;
+}
+
+std::string ExpertText(const schema::Plan& p) {
+  std::ostringstream o;
+  o << "experts: " << p.config()->num_experts() << " per sparse layer, " << p.config()->num_experts_per_tok()
+    << " routed per token\n";
+  for (uint32_t i = 0; i < Len(p.experts()); ++i) {
+    const auto* r = p.experts()->Get(i);
+    o << "  cuda:" << r->device() << ": ring " << r->slots() << " slots of " << r->slot_bytes() << " bytes (buffer "
+      << r->ring_buffer() << ")";
+    if (r->disk_ring_buffer() >= 0) o << ", disk ring " << r->disk_slots() << " slots (buffer " << r->disk_ring_buffer() << ")";
+    o << ", host share " << Fixed(r->cpu_share()) << " in forwards of at most " << r->decode_max_tokens()
+      << " tokens, copy-all from " << r->copy_all_tokens() << " tokens\n";
+    o << "    expected bytes per decode token: resident " << Fixed(r->expected_resident_bytes()) << ", copied "
+      << Fixed(r->expected_copied_bytes()) << ", host " << Fixed(r->expected_host_bytes()) << "\n";
+  }
+  for (const ExpertCounts& n : CountExperts(p)) {
+    o << "  " << n.block << ": " << n.resident << " resident, " << n.cpu << " in pinned memory, " << n.disk
+      << " on disk\n";
+  }
+  return o.str();
+}
+
+nlohmann::ordered_json ExpertJson(const schema::Plan& p) {
+  using J = nlohmann::ordered_json;
+  J rings = J::array();
+  for (uint32_t i = 0; i < Len(p.experts()); ++i) {
+    const auto* r = p.experts()->Get(i);
+    rings.push_back({{"device", r->device()}, {"ring_buffer", r->ring_buffer()}, {"slots", r->slots()},
+                     {"slot_bytes", r->slot_bytes()}, {"disk_ring_buffer", r->disk_ring_buffer()},
+                     {"disk_slots", r->disk_slots()}, {"cpu_share", r->cpu_share()},
+                     {"decode_max_tokens", r->decode_max_tokens()}, {"copy_all_tokens", r->copy_all_tokens()},
+                     {"expected_resident_bytes", r->expected_resident_bytes()},
+                     {"expected_copied_bytes", r->expected_copied_bytes()},
+                     {"expected_host_bytes", r->expected_host_bytes()}});
+  }
+  J layers = J::array();
+  for (const ExpertCounts& n : CountExperts(p)) {
+    layers.push_back({{"layer", n.layer}, {"block", n.block}, {"resident", n.resident}, {"cpu", n.cpu}, {"disk", n.disk}});
+  }
+  return J{{"rings", rings}, {"layers", layers}};
+}
+
 std::string StreamLine(const schema::Plan& p, const schema::Stream& st) {
   const StreamSummary s = Summarize(st);
   std::string out = DeviceName(st.device()) + ": layout " + StreamLayout(st) + ", ring " +
@@ -237,6 +313,7 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
       o << ", " << Fixed(un->predicted_copy_us()) << " us\n";
     }
   }
+  if (Len(p.experts()) > 0) o << ExpertText(p);
   o << "usage:\n";
   for (uint32_t i = 0; i < Len(p.usage()); ++i) {
     const auto* u = p.usage()->Get(i);
@@ -390,6 +467,7 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
                        {"units", units}});
   }
   j["streams"] = streams;
+  if (Len(p.experts()) > 0) j["experts"] = ExpertJson(p);
   return j;
 }
 

@@ -322,7 +322,72 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                  "%.4f s of this budget%s\n", quant::FormatName(cfg.weights), cfg.cpu_share.c_str(), plan.cpu_share,
                  plan.host_bytes / 1073741824.0, f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s,
                  cpu_bytes + disk_bytes == 0 ? " (every weight resident: nothing streamed)" : "");
-    if (cpu_bytes + disk_bytes == 0) {
+    if (p.experts() != nullptr && p.experts()->size() > 0) {
+      // Routed experts: a KV-cached decode step against the floor of the path mix the planner chose (the expected
+      // copied bytes per token at the measured H2D rate, or the host's bytes at its measured matrix-vector rate,
+      // whichever is slower, plus what the GPU reads from its memory), and the prefill against its streaming
+      // floor (every non-resident expert copied once).
+      double resident = 0, copied = 0, host = 0, share = 0;
+      for (const schema::ExpertRing* r : *p.experts()) {
+        resident += r->expected_resident_bytes();
+        copied += r->expected_copied_bytes();
+        host += r->expected_host_bytes();
+        share = r->cpu_share();
+      }
+      uint64_t off_gpu = 0, gpu_bytes = 0, expert_bytes = 0;
+      for (const schema::Block* b : *p.blocks()) {
+        if (b->weights() == nullptr) continue;
+        for (const schema::Weight* w : *b->weights()) {
+          if (w->routed()) off_gpu += w->size_bytes();
+          const std::string name = p.tensors()->Get(w->tensor())->name()->str();
+          if (name.find(".experts.") != std::string::npos) expert_bytes += w->size_bytes();
+          else gpu_bytes += w->size_bytes();
+        }
+      }
+      const double cpu_rate = floors.cpu_gemv_gbps > 0 ? floors.cpu_gemv_gbps : 1e-9;
+      const double gpu_read_s = (static_cast<double>(gpu_bytes) + resident) / (floors.device_mem_gbps * 1e9);
+      const double path_s = std::max(copied / (floors.h2d_gbps * 1e9), host / (cpu_rate * 1e9));
+      const double decode_floor = path_s + gpu_read_s;
+      const double prefill_floor = static_cast<double>(off_gpu) / (floors.h2d_gbps * 1e9);
+      const Stats before = exec->stats();
+      const std::vector<int64_t> ctx(prompt.begin(), prompt.begin() + std::min<int>(args.prefill, 16));
+      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), ctx, vocab, args.repeat, &j));
+      const Stats after = exec->stats();
+      const double steps = static_cast<double>(args.repeat * 4 + 1);
+      j["moe"] = {{"cpu_share", share},
+                  {"expected_resident_bytes", resident},
+                  {"expected_copied_bytes", copied},
+                  {"expected_host_bytes", host},
+                  {"non_resident_expert_bytes", off_gpu},
+                  {"expert_bytes", expert_bytes},
+                  {"decode_step", TimingJson(dec)},
+                  {"decode_step_s", dec.median},
+                  {"decode_floor_s", decode_floor},
+                  {"decode_path_floor_s", path_s},
+                  {"decode_gpu_read_s", gpu_read_s},
+                  {"ratio_decode_to_floor", dec.median / decode_floor},
+                  {"prefill_floor_s", prefill_floor},
+                  {"ratio_prefill_to_floor", prefill_floor > 0 ? fp.best / prefill_floor : 0.0},
+                  {"prediction_error_decode", plan.decode.total_us / 1e6 / dec.median - 1.0},
+                  {"predicted_floor_s", plan.expert_floor_us / 1e6},
+                  {"experts_per_token", {{"resident", (after.expert_resident - before.expert_resident) / steps},
+                                         {"copied", (after.expert_copied - before.expert_copied) / steps},
+                                         {"disk", (after.expert_disk - before.expert_disk) / steps},
+                                         {"host", (after.expert_host - before.expert_host) / steps}}},
+                  {"copied_bytes_per_token", (after.expert_copied_bytes - before.expert_copied_bytes) / steps},
+                  {"host_bytes_per_token", (after.expert_host_bytes - before.expert_host_bytes) / steps},
+                  {"router_wait_ms_per_token", (after.expert_router_wait_ms - before.expert_router_wait_ms) / steps}};
+      std::fprintf(stderr,
+                   "   MoE: decode step %.2f ms (floor %.2f ms: paths %.2f + GPU reads %.2f; %.2fx), predicted %.2f ms;"
+                   " prefill %.1f ms (streaming floor %.1f ms, %.2fx); per token %.1f resident, %.1f copied, %.1f host "
+                   "experts (share %.2f)\n",
+                   dec.median * 1e3, decode_floor * 1e3, path_s * 1e3, gpu_read_s * 1e3, dec.median / decode_floor,
+                   plan.decode.total_us / 1e3, fp.best * 1e3, prefill_floor * 1e3,
+                   prefill_floor > 0 ? fp.best / prefill_floor : 0.0,
+                   j["moe"]["experts_per_token"]["resident"].get<double>(),
+                   j["moe"]["experts_per_token"]["copied"].get<double>(),
+                   j["moe"]["experts_per_token"]["host"].get<double>(), share);
+    } else if (cpu_bytes + disk_bytes == 0) {
       // All resident: the planner's decode prediction is a KV-cached step (CUDA-graph replayed where eligible),
       // after half a prompt (the plan's run shape holds `prefill` positions).
       const std::vector<int64_t> half(prompt.begin(), prompt.begin() + args.prefill / 2);

@@ -304,15 +304,24 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
   // Weights streamed in row chunks (kernels read them chunk by chunk), from pinned memory and from disk, and on the
   // CPU from the mapping.
   // (Mixture-of-experts models: not the routed-experts placement, which streams nothing.)
+  bool moe = false;
+  {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(cases[0].path));
+    moe = plan.plan().config()->num_experts() > 0;
+  }
   const std::string chunked = "--chunk-bytes 2048 --auto-candidates BPC";
-  BIGPLAN_ASSIGN_OR_RETURN(
-      uint64_t min_chunked, SmallestFeasible(
+  // (A mixture-of-experts model's smallest budget, min_gpu, is placement E's, which B, P and C may not fit.)
+  uint64_t min_chunked = min_gpu;
+  if (moe) {
+    BIGPLAN_ASSIGN_OR_RETURN(
+      min_chunked, SmallestFeasible(
                                 [&](uint64_t b) {
                                   return MakePlan(model_dir, "cuda:0=" + std::to_string(b) + ",cpu=" + big, dtype,
                                                   kBatch, kSeqLen, scratch, chunked)
                                       .ok();
                                 },
                                 min_gpu, kBig, kGranularity));
+  }
   BIGPLAN_RETURN_IF_ERROR(add("chunked_cpu", "cuda:0=" + std::to_string(min_chunked) + ",cpu=" + big, chunked));
   BIGPLAN_RETURN_IF_ERROR(add("chunked_tiers", "cuda:0=" + big + ",cpu=" + big,
                               "--device-map " + Quote(tiers_map) + " --chunk-bytes 2048"));
@@ -321,11 +330,6 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
   // Mixture-of-experts models (placement E): experts routed from pinned memory, some resident (a budget halfway
   // between E's smallest and everything resident), then with half those pinned bytes so some rest on disk; the host
   // computes half of a decode forward's non-resident chosen experts.
-  bool moe = false;
-  {
-    BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(cases[0].path));
-    moe = plan.plan().config()->num_experts() > 0;
-  }
   if (moe) {
     const std::string only_e = "--auto-candidates E --cpu-share 0.5";
     BIGPLAN_ASSIGN_OR_RETURN(
