@@ -342,7 +342,7 @@ constexpr RopeType kNoRope[1] = {RopeType::kDefault};
 const FamilyInfo kFamilies[] = {
     {Family::kLlama, "llama", kLlamaTypes, "LlamaForCausalLM", kLlamaBlocks, kLlamaTensors, kTiedHead, {},
      kRotaryBuffers, kLlamaParameterless, "",
-     KernelCounts{.decoder_layer = 41, .partial_rotary_extra = 0, .final_norm = 8}, kLlamaRope,
+     KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 0, .final_norm = 4}, kLlamaRope,
      /*partial_rotary=*/false, GraphDecode::kWhileRopeLengthIndependent, kLlamaKeys},
     {Family::kGpt2, "gpt2", kGpt2Types, "GPT2LMHeadModel", kGpt2Blocks, kGpt2Tensors, kTiedHead, {}, {},
      kGptParameterless, "transformer.", KernelCounts{.decoder_layer = 13, .partial_rotary_extra = 0, .final_norm = 1},
@@ -351,19 +351,19 @@ const FamilyInfo kFamilies[] = {
      kGptParameterless, "", KernelCounts{.decoder_layer = 24, .partial_rotary_extra = 2, .final_norm = 1}, kGptjRope,
      /*partial_rotary=*/true, GraphDecode::kNever, kGptjKeys},
     {Family::kPhi3, "phi3", kPhi3Types, "Phi3ForCausalLM", kLlamaBlocks, kPhi3Tensors, kTiedHead, {}, kRotaryBuffers,
-     kPhi3Parameterless, "", KernelCounts{.decoder_layer = 41, .partial_rotary_extra = 2, .final_norm = 8},
+     kPhi3Parameterless, "", KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 2, .final_norm = 4},
      kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
     // Mixture-of-experts layers synchronize with the host once per layer (the router's choices), so their decode
     // is not captured in a CUDA graph. decoder_layer counts a layer's attention half; BlockKernels adds the MLP's.
     {Family::kMixtral, "mixtral", kMixtralTypes, "MixtralForCausalLM", kLlamaBlocks, kMixtralTensors, kTiedHead, {},
-     kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
-     .final_norm = 8}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kMixtralKeys},
+     kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
+     .final_norm = 4}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kMixtralKeys},
     {Family::kQwen2Moe, "qwen2_moe", kQwen2MoeTypes, "Qwen2MoeForCausalLM", kLlamaBlocks, kQwen2MoeTensors, kTiedHead,
-     {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
-     .final_norm = 8}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen2MoeKeys},
+     {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
+     .final_norm = 4}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen2MoeKeys},
     {Family::kQwen3Moe, "qwen3_moe", kQwen3MoeTypes, "Qwen3MoeForCausalLM", kLlamaBlocks, kQwen3MoeTensors, kTiedHead,
-     {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 46, .partial_rotary_extra = 0,
-     .final_norm = 8}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen3MoeKeys},
+     {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
+     .final_norm = 4}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen3MoeKeys},
 };
 
 
@@ -1126,15 +1126,17 @@ const TensorRule* FindSlotRule(const FamilyInfo& family, BlockKind kind, Slot sl
 
 namespace {
 // The MLP half of a mixture-of-experts family's decoder layer (the other families count it in decoder_layer): a
-// sparse layer's router (linear, float32 softmax, top-k, renormalization, cast: 6), its copy of the choices to the
-// host, and per routed expert a gather, gate, up, activation, product, down, weighting and scatter-add (8); the
-// shared expert's MLP and gate (8). A dense layer's MLP is 11.
+// sparse layer's router (linear, float32 softmax, top-k, renormalization, cast and zeroed output: 7), then the
+// grouped experts below; the shared expert's MLP and gate (8). A dense layer's MLP is 11.
 uint32_t MlpKernels(const FamilyInfo& family, const ModelConfig& c) {
   const bool moe_family =
       family.family == Family::kMixtral || family.family == Family::kQwen2Moe || family.family == Family::kQwen3Moe;
   if (!moe_family) return 0;
   if (c.num_experts == 0) return 11;
-  return 7 + 8 * c.num_experts_per_tok + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
+  // Decode computes the chosen experts as two groups (executor/kernels_grouped.cc: the pointer arrays' copy, two
+  // batched products, the activation and product, the weighting and sum, the add: 8 each), plus the choices' copy
+  // to the host (3) and the host's result (2).
+  return 7 + 3 + 2 * 8 + 2 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
 }
 }  // namespace
 

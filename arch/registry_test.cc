@@ -226,7 +226,7 @@ TEST(RegistryTest, Phi3FusedRowsAndRope) {
   EXPECT_EQ(mlp[1].row_begin, 96);
   EXPECT_EQ(FusedRows(*FindSlotRule(*p->family, BlockKind::kDecoderLayer, Slot::kO), p->config).size(), 0u);
   EXPECT_TRUE(GraphDecodeEligible(*p->family, p->config, 64));
-  EXPECT_EQ(BlockKernels(*p->family, BlockKind::kDecoderLayer, p->config), 41u);
+  EXPECT_EQ(BlockKernels(*p->family, BlockKind::kDecoderLayer, p->config), 33u);
 
   // Phi-3-128k style: legacy "su" type means longrope; the top-level original length wins; partial rotary.
   std::vector<double> factors(6, 1.5);
@@ -242,7 +242,7 @@ TEST(RegistryTest, Phi3FusedRowsAndRope) {
   EXPECT_EQ(LengthIndependentRopePositions(lr->config), 16u);
   EXPECT_TRUE(GraphDecodeEligible(*lr->family, lr->config, 16));
   EXPECT_FALSE(GraphDecodeEligible(*lr->family, lr->config, 17));
-  EXPECT_EQ(BlockKernels(*lr->family, BlockKind::kDecoderLayer, lr->config), 43u);
+  EXPECT_EQ(BlockKernels(*lr->family, BlockKind::kDecoderLayer, lr->config), 35u);
   EXPECT_EQ(EvalDim(Dim::kRotaryHalf, lr->config, lr->features), 6);
 
   // transformers 5's rope_parameters form.
@@ -334,8 +334,17 @@ TEST(RegistryTest, KernelCountsAndBuffers) {
   ModelConfig c;
   c.head_dim = 16;
   c.rotary_dim = 16;
-  EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, c), 41u);
-  EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kFinalNorm, c), 8u);
+  EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, c), 33u);
+  EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kFinalNorm, c), 4u);
+  // A mixture-of-experts layer: its attention half plus the grouped experts (router 7, choices 3, 2 groups of 8,
+  // host result 2), and Qwen2-MoE's shared expert (8).
+  ModelConfig moe = c;
+  moe.num_experts = 60;
+  moe.num_experts_per_tok = 4;
+  moe.shared_expert_intermediate_size = 64;
+  EXPECT_EQ(BlockKernels(*FindFamily("qwen2_moe"), BlockKind::kDecoderLayer, moe), 22u + 28u + 8u);
+  moe.shared_expert_intermediate_size = 0;
+  EXPECT_EQ(BlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, moe), 30u + 28u);
   EXPECT_EQ(BlockKernels(*FindFamily("gpt2"), BlockKind::kDecoderLayer, c), 13u);
   EXPECT_EQ(BlockKernels(*FindFamily("gptj"), BlockKind::kDecoderLayer, c), 24u);
   EXPECT_EQ(BlockKernels(*FindFamily("gptj"), BlockKind::kFinalNorm, c), 1u);

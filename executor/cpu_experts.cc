@@ -14,6 +14,18 @@
 
 namespace bigplan::cpu_experts {
 namespace {
+// Rounds a float to the nearest bf16 value (ties to even), returned as a float; NaN stays NaN.
+inline float RoundBf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if ((bits & 0x7f800000u) == 0x7f800000u) return v;  // inf, NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  bits &= 0xffff0000u;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+}  // namespace
+namespace {
 
 using cpu_matvec::Job;
 using cpu_matvec::kMaxBatch;
@@ -252,7 +264,14 @@ Status ExpertRunner::Run(std::span<const Expert> experts, std::span<const Assign
       const int64_t inter = e.gate.rows;
       float* g = gate_.data() + ch.row * max_inter_;
       const float* u = up_.data() + ch.row * max_inter_;
-      ActivateRows(act, isa_, g, u, int64_t{count} * inter);
+      if (round_bf16_) {
+        for (int64_t i = 0; i < int64_t{count} * inter; ++i) {
+          const float a = RoundBf16(Activate(act, RoundBf16(g[i])));
+          g[i] = RoundBf16(a * RoundBf16(u[i]));
+        }
+      } else {
+        ActivateRows(act, isa_, g, u, int64_t{count} * inter);
+      }
       jobs_[n_jobs++] = Job{e.down, 0, hidden_, g, xs_.data() + ch.row * hidden_, hidden_};
     }
     if (Status s = RunPool({jobs_.data(), static_cast<size_t>(n_jobs)}, count); !s.ok()) return s;
@@ -264,7 +283,11 @@ Status ExpertRunner::Run(std::span<const Expert> experts, std::span<const Assign
     float* o = out + int64_t{row_token_[r]} * hidden_;
     const float* d = xs_.data() + r * hidden_;
     const float w = row_weight_[r];
-    for (int64_t i = 0; i < hidden_; ++i) o[i] += w * d[i];
+    if (round_bf16_) {
+      for (int64_t i = 0; i < hidden_; ++i) o[i] += RoundBf16(w * RoundBf16(d[i]));
+    } else {
+      for (int64_t i = 0; i < hidden_; ++i) o[i] += w * d[i];
+    }
   }
   return Status::Ok();
 }

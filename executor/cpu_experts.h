@@ -87,10 +87,15 @@ class ExpertRunner {
   // before.
   Status Run(std::span<const Expert> experts, std::span<const Assignment> assignments, const float* x, int tokens,
              Activation act, float* out);
+  // Rounds what a bf16 computation rounds (the products, the activation, act(gate) * up, each expert's output and
+  // its weighted output) to bf16, so the host's experts agree with a bf16 GPU's (transformers' bf16 math) instead
+  // of being more precise than them; the sum over experts stays float32. Off by default.
+  void set_round_bf16(bool on) { round_bf16_ = on; }
 
  private:
   // One expert's batch: up to kMaxBatch distinct tokens routed to one expert, `rows` rows of the scratch starting
   // at `row` (gathered x rows, gate/up/act rows, down rows, in the same order).
+  bool round_bf16_ = false;
   struct Chunk {
     int32_t expert;
     int32_t count;  // tokens in the batch, 1..kMaxBatch

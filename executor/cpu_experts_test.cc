@@ -397,3 +397,40 @@ TEST(CpuExpertsTest, ValidationErrors) {
 
 }  // namespace
 }  // namespace bigplan::cpu_experts
+
+namespace bigplan::cpu_experts {
+namespace {
+
+// bf16 rounding (ExpertRunner::set_round_bf16): every output a bf16 computation's rounding away from the float32
+// result (relative steps of 2^-8 through a few roundings), not equal to it, and each weighted expert output a bf16
+// value (a single expert with weight 1: the output is exactly representable in bf16).
+TEST(CpuExpertsTest, RoundsLikeBf16) {
+  const int64_t hidden = 128;
+  auto experts = MakeExperts(2, hidden, {64}, 800);
+  const auto table = Table(experts);
+  const auto x = RandomX(1, hidden, 9);
+  const std::vector<Assignment> as = {{0, 0, 0.6f}, {1, 0, 0.4f}};
+  MatVecPool pool(1);
+  ExpertRunner exact(&pool, hidden, 64, 1, 4), rounded(&pool, hidden, 64, 1, 4);
+  rounded.set_round_bf16(true);
+  std::vector<float> a(hidden), b(hidden);
+  ASSERT_TRUE(exact.Run(table, as, x.data(), 1, Activation::kSilu, a.data()).ok());
+  ASSERT_TRUE(rounded.Run(table, as, x.data(), 1, Activation::kSilu, b.data()).ok());
+  double worst = 0, scale = 0;
+  for (int64_t i = 0; i < hidden; ++i) {
+    worst = std::max(worst, static_cast<double>(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs(a[i])));
+  }
+  EXPECT_GT(worst, 0.0) << "rounding changed nothing";
+  EXPECT_LE(worst, 0.05 * scale);
+  const std::vector<Assignment> one = {{0, 0, 1.0f}};
+  ASSERT_TRUE(rounded.Run(table, one, x.data(), 1, Activation::kSilu, b.data()).ok());
+  for (int64_t i = 0; i < hidden; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &b[i], sizeof(bits));
+    EXPECT_EQ(bits & 0xffffu, 0u) << "output " << i << " is not a bf16 value";
+  }
+}
+
+}  // namespace
+}  // namespace bigplan::cpu_experts

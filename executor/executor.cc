@@ -276,6 +276,17 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.expert_copied_bytes += es.copied_bytes;
     stats.expert_host_bytes += es.host_bytes;
     stats.expert_router_wait_ms += es.wait_router_us / 1e3;
+    if (options.record_trace) {
+      for (executor_internal::ExpertEngine::Event& e : experts->TakeEvents()) {
+        executor_internal::TraceEvent t;
+        t.name = std::move(e.name);
+        t.track = std::move(e.track);
+        t.start_us = std::chrono::duration<double, std::micro>(e.start - created).count();
+        t.dur_us = e.dur_us;
+        t.args = std::move(e.args);
+        trace.Add(std::move(t));
+      }
+    }
   }
   return out;
 }
@@ -340,6 +351,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     auto experts = executor_internal::ExpertEngine::Create(*impl->state, options.host_threads, options.host_compute);
     if (!experts.ok()) return PlanContentError(experts.take_error(), plan_path);
     impl->experts = std::move(*experts);
+    if (impl->experts != nullptr) impl->experts->SetRecording(options.record_trace);
   }
   for (uint32_t b = 0; b < impl->state->blocks.size(); ++b) {
     auto w = StepWeights::Make(impl->engine.get(), *impl->state, b, impl->host.get(), impl->experts.get());

@@ -145,6 +145,22 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
     }
   }
 
+  // Grouped products need every expert's [gate; up] back to back: resident ones in their block's buffer, routed
+  // ones in a slot (gate at 0, up right after it).
+  e->grouped_ = true;
+  for (const BlockRuntime& b : state.blocks) {
+    if (e->layers_[b.index].experts.empty()) continue;
+    for (const Expert& ex : e->layers_[b.index].experts) {
+      const WeightRuntime& g = *ex.m[0].w;
+      const WeightRuntime& u = *ex.m[1].w;
+      const WeightRuntime& d = *ex.m[2].w;
+      const bool plain = !g.quantized() && !u.quantized() && !d.quantized() && g.shape == u.shape &&
+                         g.shape.size() == 2 && d.shape.size() == 2 && g.dtype == d.dtype && g.dtype == u.dtype;
+      const bool adjacent = ex.routed ? ex.m[1].slot_offset == g.bytes : g.home + g.bytes == u.home;
+      if (!plain || !adjacent) e->grouped_ = false;
+      e->inter_ = g.shape.empty() ? 0 : g.shape[0];
+    }
+  }
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(e->device_), "cudaSetDevice"));
   BIGPLAN_ASSIGN_OR_RETURN(e->copy_stream_, CudaStream::Create(e->device_, "expert copies"));
   for (int s = 0; s < e->slots_; ++s) {
@@ -185,14 +201,18 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
     const uint64_t xb = static_cast<uint64_t>(host_tokens * e->hidden_) * sizeof(float);
     BIGPLAN_ASSIGN_OR_RETURN(e->x_host_, Allocation::Pinned(xb, "host experts' input"));
     BIGPLAN_ASSIGN_OR_RETURN(e->y_host_, Allocation::Pinned(xb, "host experts' output"));
-    const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // The host thread computes too; one core stays with the thread that issues the GPU's work.
+    const int n = threads > 0 ? threads
+                              : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()) - 1);
     e->pool_ = std::make_unique<cpu_matvec::MatVecPool>(n);
     e->runner_ = std::make_unique<cpu_experts::ExpertRunner>(e->pool_.get(), e->hidden_, max_inter,
                                                              static_cast<int>(host_tokens),
                                                              static_cast<int>(host_tokens * e->top_k_));
+    // bf16 plans: the host rounds as the GPU's bf16 experts do (a near tie in a later router then goes the same way).
+    e->runner_->set_round_bf16(plan.exec_dtype() == schema::DType::BF16);
     e->host_experts_.reserve(static_cast<size_t>(e->num_experts_));
-    e->host_assignments_.reserve(static_cast<size_t>(host_tokens * e->top_k_));
     e->host_thread_ = std::thread([p = e.get()] { p->HostLoop(); });
+    e->host_assignments_.reserve(static_cast<size_t>(host_tokens * e->top_k_));
   }
   for (const Allocation* a : {&e->choices_, &e->indices_, &e->x_host_, &e->y_host_}) {
     if (a->data() == nullptr) continue;
@@ -200,6 +220,26 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostGetDevicePointer(&device_ptr, a->data(), 0), "mapping an expert buffer"));
     if (device_ptr != a->data()) {
       return MakeError(ErrorCode::kUnsupported, "routed experts: a pinned buffer is mapped at another device address");
+    }
+  }
+  if (e->grouped_) {
+    const uint64_t n = static_cast<uint64_t>(e->num_experts_);
+    const uint64_t per_group = AlignUp(6 * n * sizeof(void*)) + AlignUp(n * kGroupTokens * sizeof(float));
+    BIGPLAN_ASSIGN_OR_RETURN(e->groups_, Allocation::Pinned(2 * per_group, "expert groups"));
+    void* device_ptr = nullptr;
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostGetDevicePointer(&device_ptr, e->groups_.data(), 0), "mapping expert groups"));
+    if (device_ptr != e->groups_.data()) return MakeError(ErrorCode::kUnsupported, "expert groups mapped elsewhere");
+    const schema::DType dt = plan.exec_dtype();
+    const at::ScalarType st = dt == schema::DType::BF16 ? at::kBFloat16 : dt == schema::DType::F16 ? at::kHalf : at::kFloat;
+    const auto opts = at::TensorOptions().dtype(st).device(at::kCUDA, static_cast<c10::DeviceIndex>(e->device_));
+    try {
+      const int64_t rows = e->num_experts_ * kGroupTokens;
+      e->gu_buf_ = at::empty({rows * 2 * e->inter_}, opts);
+      e->h_buf_ = at::empty({rows * e->inter_}, opts);
+      e->y_buf_ = at::empty({rows * e->hidden_}, opts);
+      e->ptr_dev_ = at::empty({2 * 6 * e->num_experts_}, opts.dtype(at::kLong));
+    } catch (const std::exception& ex) {
+      return MakeError(ErrorCode::kDevice, std::string("expert group buffers: ") + ex.what());
     }
   }
   e->copies_.reserve(static_cast<size_t>(e->num_experts_));
@@ -226,10 +266,14 @@ void ExpertEngine::HostLoop() {
     if (stop_) return;
     host_job_ = false;
     lock.unlock();
+    const auto t0 = std::chrono::steady_clock::now();
     Status st = runner_->Run(host_experts_, host_assignments_, reinterpret_cast<const float*>(x_host_.data()),
                              host_tokens_, act_, reinterpret_cast<float*>(y_host_.data()));
+    const auto t1 = std::chrono::steady_clock::now();
     lock.lock();
     host_status_ = std::move(st);
+    host_start_ = t0;
+    host_end_ = t1;
     host_done_ = true;
     cv_.notify_all();
   }
@@ -314,9 +358,9 @@ Status ExpertEngine::StepStarted(const BlockRuntime& b, cudaStream_t /*compute*/
   return Status::Ok();
 }
 
-Result<std::vector<BlockWeights::ExpertTask>> ExpertEngine::Begin(const BlockRuntime& b, const at::Tensor& x,
-                                                                  const at::Tensor& topi, const at::Tensor& topw,
-                                                                  cudaStream_t compute) {
+Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, const at::Tensor& x,
+                                                     const at::Tensor& topi, const at::Tensor& topw,
+                                                     cudaStream_t compute) {
   const int64_t tokens = topi.size(0), k = topi.size(1);
   if (tokens > max_tokens_ || k != top_k_ || x.size(0) != tokens || x.size(1) != hidden_) {
     return MakeError(ErrorCode::kInvalidArgument, b.name + ": routed experts: " + std::to_string(tokens) + " x " +
@@ -334,7 +378,8 @@ Result<std::vector<BlockWeights::ExpertTask>> ExpertEngine::Begin(const BlockRun
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(choices_ready_.get(), compute), "cudaEventRecord"));
   const auto t0 = std::chrono::steady_clock::now();
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(choices_ready_.get()), "waiting for the router's choices"));
-  stats_.wait_router_us += MicrosSince(t0);
+  const double waited = MicrosSince(t0);
+  stats_.wait_router_us += waited;
   ++stats_.layers;
 
   // Rows per chosen expert.
@@ -421,8 +466,122 @@ Result<std::vector<BlockWeights::ExpertTask>> ExpertEngine::Begin(const BlockRun
     }
   }
 
+  if (recording_) {
+    int resident = 0, copied = 0, host = 0;
+    for (int32_t e = 0; e < num_experts_; ++e) {
+      if (count[e] == 0) continue;
+      if (on_host[e]) ++host;
+      else if (layer.experts[e].routed) ++copied;
+      else ++resident;
+    }
+    std::lock_guard<std::mutex> lock(events_mu_);
+    events_.push_back(Event{"router " + b.name, "experts", t0, waited,
+                            {{"tokens", std::to_string(tokens)}, {"resident", std::to_string(resident)},
+                             {"copied", std::to_string(copied)}, {"host", std::to_string(host)},
+                             {"prefetched", prefetched ? "yes" : "no"}}});
+  }
+
+  BlockWeights::ExpertWork work;
+  copies_grouped_ = false;
+  if (grouped_ && tokens <= kGroupTokens && copies_.size() <= static_cast<size_t>(slots_) && !prefetched &&
+      x.is_contiguous()) {
+    // Two groups: resident experts (group 0), copied ones (group 1); each expert's rows are every token (a token
+    // that does not route to it has weight 0), so the products have one shape.
+    std::vector<int32_t> members[2];
+    for (int32_t e = 0; e < num_experts_; ++e) {
+      if (count[e] == 0 || on_host[e]) continue;
+      members[layer.experts[e].routed ? 1 : 0].push_back(e);
+    }
+    const uint64_t n_all = static_cast<uint64_t>(num_experts_);
+    const uint64_t per_group = AlignUp(6 * n_all * sizeof(void*)) + AlignUp(n_all * kGroupTokens * sizeof(float));
+    const auto dev_opts = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
+    const int64_t e_bytes = static_cast<int64_t>(gu_buf_.element_size());
+    int64_t base = 0;  // experts before this group in the product buffers
+    for (int gi = 0; gi < 2; ++gi) {
+      const int64_t n = static_cast<int64_t>(members[gi].size());
+      if (n == 0) continue;
+      uint8_t* area = groups_.data() + gi * per_group;
+      const void** arr = reinterpret_cast<const void**>(area);
+      const void** a_gu = arr;
+      const void** b_x = arr + n_all;
+      void** c_gu = const_cast<void**>(arr + 2 * n_all);
+      const void** a_down = arr + 3 * n_all;
+      const void** b_h = arr + 4 * n_all;
+      void** c_y = const_cast<void**>(arr + 5 * n_all);
+      float* w = reinterpret_cast<float*>(area + AlignUp(6 * n_all * sizeof(void*)));
+      std::fill(w, w + n * tokens, 0.0f);
+      uint8_t* gu = static_cast<uint8_t*>(gu_buf_.data_ptr()) + base * tokens * 2 * inter_ * e_bytes;
+      uint8_t* h = static_cast<uint8_t*>(h_buf_.data_ptr()) + base * tokens * inter_ * e_bytes;
+      uint8_t* y = static_cast<uint8_t*>(y_buf_.data_ptr()) + base * tokens * hidden_ * e_bytes;
+      for (int64_t i = 0; i < n; ++i) {
+        const int32_t e = members[gi][i];
+        const Expert& ex = layer.experts[e];
+        if (gi == 0) {
+          a_gu[i] = ex.m[0].w->home;
+          a_down[i] = ex.m[2].w->home;
+        } else {
+          const uint8_t* slot = ring_ + static_cast<uint64_t>(copies_[copy_of_[e]].slot) * slot_bytes_;
+          a_gu[i] = slot + ex.m[0].slot_offset;
+          a_down[i] = slot + ex.m[2].slot_offset;
+        }
+        b_x[i] = x.data_ptr();
+        c_gu[i] = gu + i * tokens * 2 * inter_ * e_bytes;
+        b_h[i] = h + i * tokens * inter_ * e_bytes;
+        c_y[i] = y + i * tokens * hidden_ * e_bytes;
+        for (int64_t p = 0; p < tokens * k; ++p) {
+          if (ids[p] == e) w[i * tokens + p / k] += weights[p];
+        }
+        if (gi == 0) ++stats_.resident;
+      }
+      // The arrays move to device memory by a kernel (not the copy engine, busy with experts): cuBLAS reads a
+      // batch's pointers where it computes, which from mapped host memory would cross PCIe on every tile.
+      int64_t* dev = ptr_dev_.data_ptr<int64_t>() + gi * 6 * static_cast<int64_t>(n_all);
+      {
+        at::Tensor dst = at::from_blob(dev, {static_cast<int64_t>(6 * n_all)}, dev_opts.dtype(at::kLong));
+        const at::Tensor src = at::from_blob(arr, {static_cast<int64_t>(6 * n_all)}, dev_opts.dtype(at::kLong));
+        at::bitwise_or_out(dst, src, 0);
+      }
+      const void** darr = reinterpret_cast<const void**>(dev);
+      BlockWeights::ExpertGroup g;
+      g.index = gi;
+      g.n = n;
+      g.tokens = tokens;
+      g.inter = inter_;
+      g.hidden = hidden_;
+      g.gate_up = darr;
+      g.x_ptrs = darr + n_all;
+      g.gu_ptrs = const_cast<void**>(darr + 2 * n_all);
+      g.down = darr + 3 * n_all;
+      g.h_ptrs = darr + 4 * n_all;
+      g.y_ptrs = const_cast<void**>(darr + 5 * n_all);
+      g.gu = at::from_blob(gu, {n, tokens, 2 * inter_}, dev_opts.dtype(gu_buf_.scalar_type()));
+      g.h = at::from_blob(h, {n, tokens, inter_}, dev_opts.dtype(gu_buf_.scalar_type()));
+      g.y = at::from_blob(y, {n, tokens, hidden_}, dev_opts.dtype(gu_buf_.scalar_type()));
+      // The weights in the router's dtype (each is one chosen expert's weight, already a value of that dtype).
+      const at::ScalarType wt = topw.scalar_type();
+      if (wt == at::kBFloat16 || wt == at::kHalf) {
+        uint16_t* w16 = reinterpret_cast<uint16_t*>(w);
+        for (int64_t q = 0; q < n * tokens; ++q) {  // in place, front to back (the 16-bit slot never passes its float)
+          const float v = w[q];
+          uint16_t bits;
+          if (wt == at::kBFloat16) {
+            bits = c10::BFloat16(v).x;
+          } else {
+            bits = c10::Half(v).x;
+          }
+          w16[q] = bits;
+        }
+      }
+      g.weights = at::from_blob(w, {n, tokens, 1}, dev_opts.dtype(wt == at::kBFloat16 || wt == at::kHalf ? wt : at::kFloat));
+      work.groups.push_back(std::move(g));
+      base += n;
+      if (gi == 1) copies_grouped_ = true;
+    }
+    return work;
+  }
+
   // The GPU's tasks: rows and routing weights per expert, the index arrays in mapped memory.
-  std::vector<BlockWeights::ExpertTask> tasks;
+  std::vector<BlockWeights::ExpertTask>& tasks = work.tasks;
   int64_t* idx = reinterpret_cast<int64_t*>(indices_.data());
   int64_t used = 0;
   const at::Tensor flat_w = topw.reshape({-1});
@@ -447,7 +606,29 @@ Result<std::vector<BlockWeights::ExpertTask>> ExpertEngine::Begin(const BlockRun
     if (!layer.experts[e].routed) ++stats_.resident;
     tasks.push_back(std::move(t));
   }
-  return tasks;
+  return work;
+}
+
+Status ExpertEngine::AcquireGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute) {
+  if (index != 1 || !copies_grouped_) return Status::Ok();
+  BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
+  if (issued_ != copies_.size()) return MakeError(ErrorCode::kInternal, b.name + ": grouped expert copies not issued");
+  for (const Copy& c : copies_) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(compute, ready_[c.slot].get(), 0), "waiting for an expert copy"));
+  }
+  return Status::Ok();
+}
+
+Status ExpertEngine::ReleaseGroup(const BlockRuntime& /*b*/, int32_t index, cudaStream_t compute) {
+  if (index != 1 || !copies_grouped_) return Status::Ok();
+  for (Copy& c : copies_) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(free_[c.slot].get(), compute), "cudaEventRecord"));
+    free_recorded_[c.slot] = true;
+    c.used = false;
+    if (c.expert >= 0) copy_of_[c.expert] = -1;
+  }
+  copies_grouped_ = false;
+  return Status::Ok();
 }
 
 Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views) {
@@ -482,14 +663,30 @@ Status ExpertEngine::Release(const BlockRuntime& b, int32_t expert, cudaStream_t
 
 Result<at::Tensor> ExpertEngine::Finish(const BlockRuntime& b, cudaStream_t /*compute*/, at::ScalarType dtype) {
   if (!host_pending_) return at::Tensor();
+  host_pending_ = false;
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return host_done_; });
-  stats_.host_wait_us += MicrosSince(t0);
-  host_pending_ = false;
+  const double waited = MicrosSince(t0);
+  stats_.host_wait_us += waited;
   if (!host_status_.ok()) return WithContext(host_status_.take_error(), b.name + ": host experts");
+  if (recording_) {
+    std::lock_guard<std::mutex> events_lock(events_mu_);
+    events_.push_back(Event{"host experts " + b.name, "host experts", host_start_,
+                            std::chrono::duration<double, std::micro>(host_end_ - host_start_).count(),
+                            {{"experts", std::to_string(host_experts_.size())},
+                             {"tokens", std::to_string(host_tokens_)}}});
+    events_.push_back(Event{"combine " + b.name, "experts", t0, waited, {}});
+  }
   const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
   return at::from_blob(y_host_.data(), {static_cast<int64_t>(host_tokens_), hidden_}, dev.dtype(at::kFloat)).to(dtype);
+}
+
+std::vector<ExpertEngine::Event> ExpertEngine::TakeEvents() {
+  std::lock_guard<std::mutex> lock(events_mu_);
+  std::vector<Event> out;
+  out.swap(events_);
+  return out;
 }
 
 }  // namespace bigplan::executor_internal

@@ -6,8 +6,8 @@
 // normed input as float32) reach the host through mapped pinned memory and one event synchronization. Then:
 //   - resident experts with rows are listed for the GPU as they are;
 //   - of the chosen non-resident experts resting in pinned memory, in forwards of at most decode_max_tokens tokens,
-//     the last round(cpu_share x n) (in expert order) are computed by the host (executor/cpu_experts.h) on a worker
-//     thread while the GPU works; the others are copied into the ring's slots on a copy stream, each copy waiting for
+//     the last round(cpu_share x n) (in expert order) are computed by the host (executor/cpu_experts.h) on a
+//     thread and a pool (leaving a core to the calling thread) while the calling thread issues the GPU's work; the others are copied into the ring's slots on a copy stream, each copy waiting for
 //     the release of the slot's previous expert; the kernel waits for a copy in Acquire and releases the slot in
 //     Release, which issues the next copy;
 //   - disk-resting experts are read into a pinned disk slot (O_DIRECT where the filesystem allows), cast to the
@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -49,7 +50,7 @@ class ExpertEngine {
     uint64_t resident = 0, copied = 0, host = 0, disk = 0;  // expert computations by path
     uint64_t copied_bytes = 0, host_bytes = 0;
     double wait_router_us = 0;  // host time waiting for the routers' choices
-    double host_wait_us = 0;    // GPU-side thread time waiting for the host's experts in Finish
+    double host_wait_us = 0;    // the calling thread's wait for the host's experts in Finish
   };
 
   // For the plan's expert rings (nullptr when it has none, or in CPU mode). `threads`: the host's computing threads
@@ -67,9 +68,13 @@ class ExpertEngine {
   // Block b's step begins on `compute` (copy-all forwards start copying its experts).
   Status StepStarted(const BlockRuntime& b, cudaStream_t compute);
   // See BlockWeights::BeginExperts.
-  Result<std::vector<BlockWeights::ExpertTask>> Begin(const BlockRuntime& b, const at::Tensor& x,
-                                                      const at::Tensor& topi, const at::Tensor& topw,
-                                                      cudaStream_t compute);
+  // Forwards of at most kGroupTokens tokens whose copied experts fit the ring compute the GPU's experts as two
+  // groups (BlockWeights::ExpertGroup): the resident ones, then the copied ones once every copy is in.
+  static constexpr int64_t kGroupTokens = 16;
+  Result<BlockWeights::ExpertWork> Begin(const BlockRuntime& b, const at::Tensor& x, const at::Tensor& topi,
+                                         const at::Tensor& topw, cudaStream_t compute);
+  Status AcquireGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute);
+  Status ReleaseGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute);
   // For a copied expert: makes `compute` wait for its copy and sets views[0..3) (gate, up, down) into its slot;
   // returns false for an expert that is not copied in this layer (resident: its slots hold it).
   Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views);
@@ -78,6 +83,18 @@ class ExpertEngine {
   Result<at::Tensor> Finish(const BlockRuntime& b, cudaStream_t compute, at::ScalarType dtype);
 
   const Stats& stats() const { return stats_; }
+
+  // Host-side timeline of the forward (when recording): per sparse layer the wait for the router's choices (with
+  // the layer's experts by path), the host's experts and the combine's wait for them, on tracks "experts" and
+  // "host experts". Taken by the executor after each forward.
+  struct Event {
+    std::string name, track;
+    std::chrono::steady_clock::time_point start;
+    double dur_us = 0;
+    std::vector<std::pair<std::string, std::string>> args;
+  };
+  void SetRecording(bool on) { recording_ = on; }
+  std::vector<Event> TakeEvents();
   double cpu_share() const { return cpu_share_; }
   int threads() const { return pool_ ? pool_->threads() : 0; }
 
@@ -105,7 +122,6 @@ class ExpertEngine {
   ExpertEngine() = default;
   Status IssueCopies(const BlockRuntime& b);
   Status IssueCopy(const BlockRuntime& b, Copy* c);
-  void HostLoop();
 
   int device_ = -1;
   int64_t hidden_ = 0, max_tokens_ = 0, top_k_ = 0, num_experts_ = 0;
@@ -143,20 +159,34 @@ class ExpertEngine {
   Allocation x_host_;   // float [max_tokens x hidden]
   Allocation indices_;  // int64: per task rows then picks
   Allocation y_host_;   // float [max_tokens x hidden]
+  // Grouped experts: pointer arrays and routing weights (mapped), and the products' device buffers.
+  bool grouped_ = false;   // every expert's gate and up lie back to back (resident and in a slot)
+  Allocation groups_;      // per group: 6 pointer arrays of num_experts, then float weights [num_experts x kGroupTokens]
+  at::Tensor gu_buf_, h_buf_, y_buf_;
+  at::Tensor ptr_dev_;  // int64 [2 x 6 x num_experts]: the pointer arrays in device memory (cuBLAS reads them there)
+  int64_t inter_ = 0;
+  bool copies_grouped_ = false;  // this layer's copies form group 1
   CudaEvent choices_ready_;
   // Host compute.
   std::unique_ptr<cpu_matvec::MatVecPool> pool_;
   std::unique_ptr<cpu_experts::ExpertRunner> runner_;
   std::vector<cpu_experts::Expert> host_experts_;        // this layer's, indexed by host_expert_of_
   std::vector<cpu_experts::Assignment> host_assignments_;
+  // The host's experts run on host_thread_ (with the pool) from Begin on, while the calling thread issues the GPU's
+  // work; Finish waits for them.
+  int host_tokens_ = 0;
+  bool host_pending_ = false;
   std::thread host_thread_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool host_job_ = false, host_done_ = true, stop_ = false;
-  int host_tokens_ = 0;
   Status host_status_;
-  bool host_pending_ = false;
+  std::chrono::steady_clock::time_point host_start_, host_end_;
+  void HostLoop();
   Stats stats_;
+  bool recording_ = false;
+  std::mutex events_mu_;
+  std::vector<Event> events_;
 };
 
 }  // namespace bigplan::executor_internal

@@ -140,8 +140,30 @@ class BlockWeights {
   // ReleaseExpert; the executor may compute others on the host (FinishExperts gives their sum). The default (every
   // expert's weights in its slots: resident, streamed, or used in place) reads the choices on the host (one
   // synchronization) and lists every expert with rows, and every expert whose weights stream in chunks.
-  virtual Result<std::vector<ExpertTask>> BeginExperts(const at::Tensor& x, const at::Tensor& topi,
-                                                       const at::Tensor& topw, int64_t num_experts) const;
+  // Experts computed together: one grouped product per matrix over the group's experts, whose gate and up
+  // matrices lie back to back ([gate; up], 2 x inter rows). The executor owns the arrays (device-readable, n
+  // entries each) and the buffers they point into; x_ptrs name the x given to BeginExperts.
+  struct ExpertGroup {
+    int32_t index = 0;
+    int64_t n = 0, tokens = 0, inter = 0, hidden = 0;
+    const void* const* gate_up = nullptr;  // [2 inter, hidden] matrices
+    const void* const* x_ptrs = nullptr;   // x [tokens, hidden]
+    void* const* gu_ptrs = nullptr;        // gu[i]
+    const void* const* down = nullptr;     // [hidden, inter] matrices
+    const void* const* h_ptrs = nullptr;   // h[i]
+    void* const* y_ptrs = nullptr;         // y[i]
+    at::Tensor gu, h, y;  // [n, tokens, 2 inter], [n, tokens, inter], [n, tokens, hidden] in x's dtype
+    at::Tensor weights;   // [n, tokens, 1] in the router weights' dtype: token t's weight for expert i, 0 if not routed
+  };
+  struct ExpertWork {
+    std::vector<ExpertTask> tasks;    // one by one, between AcquireExpert and ReleaseExpert
+    std::vector<ExpertGroup> groups;  // grouped, between AcquireGroup and ReleaseGroup
+  };
+  virtual Result<ExpertWork> BeginExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
+                                          int64_t num_experts) const;
+  // Makes the current stream wait for group `index`'s copies / marks its products issued.
+  virtual Status AcquireGroup(int32_t /*index*/) const { return Status::Ok(); }
+  virtual Status ReleaseGroup(int32_t /*index*/) const { return Status::Ok(); }
   // Makes expert e's weights available in its slots (ExpertSlot(kExpertGate/Up/Down, e)) on the current stream:
   // a routed expert's copy is waited for. The default does nothing.
   virtual Status AcquireExpert(int32_t /*expert*/) const { return Status::Ok(); }

@@ -167,6 +167,13 @@ at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const a
                                const at::Tensor& rows, const at::Tensor& positions, int64_t attend_len,
                                double scale);
 
+// ---- grouped experts (GPU) ----
+
+// The weighted sum over a group's experts of act(x gate^T) * (x up^T) down^T (executor/kernels_grouped.cc): two
+// cuBLAS batched products through the group's pointer arrays, the activation over every expert at once, and the
+// routing weights applied in `weight_dtype` (the router's) as transformers does. [tokens, hidden] in x's dtype.
+Result<at::Tensor> GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, at::ScalarType weight_dtype);
+
 // ---- the block-kind boundary ----
 
 // Validates the common arguments, dispatches on `kind` and converts LibTorch exceptions into errors naming the

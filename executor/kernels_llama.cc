@@ -219,10 +219,15 @@ class LlamaKernels final : public ModelKernelsBase {
     auto [topw, topi] = at::topk(probs, spec_.num_experts_per_tok, -1);
     if (spec_.norm_topk_prob) topw = topw / topw.sum(-1, /*keepdim=*/true);
     if (!float32_routing_) topw = topw.to(x.scalar_type());
-    BIGPLAN_ASSIGN_OR_RETURN(std::vector<BlockWeights::ExpertTask> tasks,
-                             c.weights.BeginExperts(x, topi, topw, spec_.num_experts));
+    BIGPLAN_ASSIGN_OR_RETURN(BlockWeights::ExpertWork work, c.weights.BeginExperts(x, topi, topw, spec_.num_experts));
     at::Tensor out = at::zeros_like(x);
-    for (const BlockWeights::ExpertTask& t : tasks) {
+    for (const BlockWeights::ExpertGroup& g : work.groups) {
+      BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireGroup(g.index));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor sum, GroupedSwiGlu(g, act_, topw.scalar_type()));
+      out.add_(sum);
+      BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseGroup(g.index));
+    }
+    for (const BlockWeights::ExpertTask& t : work.tasks) {
       const uint32_t e = static_cast<uint32_t>(t.expert);
       BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpert(t.expert));
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, e)));

@@ -160,11 +160,20 @@ Result<at::Tensor> StepWeights::HostProduct(arch::Slot slot) const {
   return y;
 }
 
-Result<std::vector<BlockWeights::ExpertTask>> StepWeights::BeginExperts(const at::Tensor& x, const at::Tensor& topi,
-                                                                        const at::Tensor& topw,
-                                                                        int64_t num_experts) const {
+Result<BlockWeights::ExpertWork> StepWeights::BeginExperts(const at::Tensor& x, const at::Tensor& topi,
+                                                           const at::Tensor& topw, int64_t num_experts) const {
   if (experts_ == nullptr) return BlockWeights::BeginExperts(x, topi, topw, num_experts);
   return experts_->Begin(*block_, x, topi, topw, engine_->compute_stream(block_->device));
+}
+
+Status StepWeights::AcquireGroup(int32_t index) const {
+  if (experts_ == nullptr) return Status::Ok();
+  return experts_->AcquireGroup(*block_, index, engine_->compute_stream(block_->device));
+}
+
+Status StepWeights::ReleaseGroup(int32_t index) const {
+  if (experts_ == nullptr) return Status::Ok();
+  return experts_->ReleaseGroup(*block_, index, engine_->compute_stream(block_->device));
 }
 
 Status StepWeights::AcquireExpert(int32_t expert) const {

@@ -40,8 +40,10 @@ class StepWeights : public BlockWeights {
   int64_t HostRowBegin(arch::Slot slot) const override;
   Status HostBegin(const at::Tensor& x) const override;
   Result<at::Tensor> HostProduct(arch::Slot slot) const override;
-  Result<std::vector<ExpertTask>> BeginExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
-                                               int64_t num_experts) const override;
+  Result<ExpertWork> BeginExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
+                                  int64_t num_experts) const override;
+  Status AcquireGroup(int32_t index) const override;
+  Status ReleaseGroup(int32_t index) const override;
   Status AcquireExpert(int32_t expert) const override;
   Status ReleaseExpert(int32_t expert) const override;
   Result<at::Tensor> FinishExperts() const override;

@@ -23,8 +23,8 @@
 //
 // Kernels per block: the CUDA kernels the executor's eager ops launch (executor/kernels*.cc; views, narrows and
 // transposes launch none). The counts are the architecture registry's (arch::BlockKernels, arch/registry.cc):
-//   Llama family decoder layer, kLlamaDecoderKernels = 41: 2 RMSNorms x 8 (to float, pow, mean, + eps, rsqrt, mul,
-//     to dtype, x weight), q/k/v projections 3, rotary 2 x 5 (neg, cat, 2 mul, add), KV cache writes 2, SDPA 1,
+//   Llama family decoder layer, kLlamaDecoderKernels = 33: 2 RMSNorms x 4 on a GPU (to float, LibTorch's fused
+//     norm, to dtype, x weight; 8 separate ops on the CPU), q/k/v projections 3, rotary 2 x 5 (neg, cat, 2 mul, add), KV cache writes 2, SDPA 1,
 //     transpose-reshape copy 1, o_proj 1, residual 1, MLP 5 (gate, act, up, mul, down), residual 1; Phi-3 the same
 //     (its fused qkv_proj / gate_up_proj are sliced into narrow views: the same matmuls), +2 with partial rotary;
 //   GPT-2 decoder layer, kGpt2DecoderKernels = 13: 2 LayerNorms, c_attn, KV writes 2, SDPA, reshape copy, c_proj,
@@ -32,12 +32,15 @@
 //   GPT-J decoder layer, kGptjDecoderKernels = 24 (+2 with partial rotary, the pass-through cat per q/k): LayerNorm,
 //     q/k/v 3, rotary 2 x 5 (neg, stack, 2 mul, add), KV writes 2, SDPA, reshape copy, out_proj, fc_in, act,
 //     fc_out, 2 adds;
-//   final norm: kRmsNormKernels = 8 (Llama family), kLayerNormKernels = 1 (GPT-2, GPT-J); embedding
+//   mixture-of-experts families: their attention half (Mixtral, Qwen2-MoE 22; Qwen3-MoE 30 with its q/k norms)
+//     plus arch/registry.cc's MlpKernels for the routed experts;
+//   final norm: kRmsNormKernels = 4 (Llama family), kLayerNormKernels = 1 (GPT-2, GPT-J); embedding
 //   kEmbeddingKernels = 2 (the token ids' copy to the device + the lookup); position embedding 1 (add); lm_head
 //   kLmHeadKernels = 2 (matmul + cast of the logits to float).
 //
 // kHostOpMicros = 10.8 us: the host's cost per kernel-launching op, including LibTorch dispatch, the launch, and
-// the op's share of the view ops and per-step event records around it. Calibrated on an H100 (LibTorch eager from
+// the op's share of the view ops and per-step event records around it. (The calibrations below date from when an
+// RMSNorm launched 8 kernels on a GPU, 41 per Llama layer.) Calibrated on an H100 (LibTorch eager from
 // C++, Llama-2-7B bf16, batch 1, weights resident): a KV-cached decode step (512 cached tokens) took 14.3 ms, and
 // the GPU's own work for it is ~2.7 ms, so the step is host-bound: 14.3 ms over 32 x 41 + 2 + 8 + 2 = 1324 kernels
 // = 10.8 us (0.44 ms per decoder layer).
@@ -94,6 +97,10 @@ inline constexpr double kGraphKernelMicros = 3.8;
 // A sparse layer's wait for its router's choices on the host (a device-to-host copy and a stream synchronization,
 // with the GPU's queue drained): 30 us, an estimate to be measured.
 inline constexpr double kRouteSyncMicros = 30.0;
+// The host's rate on a decode token's routed experts, as a share of the profile's cpu_gemv_gbps: a few experts of a
+// few MB each per layer, two pool calls apiece, beside the thread that dispatches the GPU's work. Fitted on an H200
+// host's 16 cores (Qwen3-30B-A3B shape, shares 0.3 and 0.45: 0.30 both; the profile said 99.6 GB/s).
+inline constexpr double kHostExpertEfficiency = 0.3;
 inline constexpr double kCpuOpMicros = 2.0;
 // kHostProductMicros: the fixed cost of one matrix whose last rows the host computes in a decode forward (planner/
 // host_compute.h), beyond reading those rows: the activation's copy to the host and the wait for it, waking the

@@ -114,7 +114,10 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
   std::vector<ScheduleBlock> blocks;
   std::vector<double> decode, prefill, decode_device, prefill_device, host;
   for (size_t i = 0; i < m.blocks.size(); ++i) {
-    const BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
+    BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
+    // The measurements predate the fused RMSNorm (executor/kernels.cc): each norm launched 4 more kernels then.
+    if (m.blocks[i].kind == BlockKind::kDecoderLayer) w.kernels += 8;
+    if (m.blocks[i].kind == BlockKind::kFinalNorm) w.kernels += 4;
     const BlockCost c = EstimateBlockCost(w, run, 0, p);
     decode.push_back(c.decode_us);
     prefill.push_back(c.prefill_us);
@@ -123,7 +126,7 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
     host.push_back(c.host_us);
     blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, w.weight_bytes, 0, 0});
   }
-  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, 41u);  // the registry's Llama decoder layer
+  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, 33u);  // the registry's Llama decoder layer
   // Decode is host-bound in every decoder layer (41 x 10.8 = 443 us vs ~190 us on the GPU), prefill device-bound.
   EXPECT_GT(host[1], decode_device[1]);
   EXPECT_LT(host[1], prefill_device[1]);

@@ -335,33 +335,58 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   result.decode_copy_floor_us = result.copy_floor_us;
   result.decode_streamed_us = result.decode.total_us;
 
-  // Routed experts: the rings' paths, and each sparse layer's expected expert traffic added to its predictions (a
-  // decode token's chosen experts copied and computed by the host at once, after the router's choices reach the
-  // host; a prefill copies every non-resident expert while the GPU computes).
+  // Routed experts: the rings' paths and each sparse layer's prediction. After its router's choices reach the host
+  // (kRouteSyncMicros), a layer takes the longer of its host side (its dispatch, and the host's experts, which
+  // overlap the dispatch of the GPU's expert work, a quarter of it) and its GPU side (its own time and the copies,
+  // which start after the router). The host's expert rate is kHostExpertEfficiency of the profile's matrix-vector
+  // rate. With an automatic share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies
+  // every non-resident expert while the GPU computes.
   result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
   const bool routed = !result.expert_rings.empty();
   if (routed) {
-    const double share = request.cpu_share_off ? 0.0
-                         : (request.cpu_share_auto || request.cpu_share == 0) ? -1.0
-                                                                               : request.cpu_share;
-    PlanExpertPaths(model, placement.blocks, exec, result.profile, share,
-                    std::min<uint32_t>(request.run.max_batch, kMaxHostTokens), &result.expert_rings);
     const DeviceProfile& pf = result.profile;
-    result.expert_floor_us = 0;
-    for (size_t i = 0; i < n; ++i) {
-      auto ring = result.expert_rings.find(devices[i]);
-      if (!placement.blocks[i].routed_experts || ring == result.expert_rings.end()) continue;
-      const ExpertBytes b = ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring->second.cpu_share);
-      const double copy_us = b.copied / (pf.h2d_gbps * 1e3);
-      const double host_us = pf.cpu_gemv_gbps > 0 ? b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0;
-      const double floor_us = std::max(copy_us, host_us);
-      result.expert_floor_us += floor_us;
-      decode_us[i] += floor_us + kRouteSyncMicros;
-      prefill_us[i] = std::max(prefill_us[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3));
+    const bool host_possible = !request.cpu_share_off && exec == DType::kBF16 && pf.cpu_gemv_gbps > 0;
+    std::vector<double> shares;
+    if (!host_possible) {
+      shares.push_back(0.0);
+    } else if (request.cpu_share_auto || request.cpu_share == 0) {
+      for (int k = 0; k <= 18; ++k) shares.push_back(0.05 * k);
+    } else {
+      shares.push_back(request.cpu_share);
     }
-    result.decode = SimulateForward(sched, decode_us, devices, result.profile);
-    result.prefill = SimulateForward(sched, prefill_us, devices, result.profile);
-    result.decode_streamed_us = result.decode.total_us;
+    const uint32_t decode_tokens = std::min<uint32_t>(request.run.max_batch, kMaxHostTokens);
+    const std::vector<double> base_decode = decode_us, base_prefill = prefill_us;
+    double best = -1;
+    for (double share : shares) {
+      std::map<int32_t, ExpertRingPlan> rings = result.expert_rings;
+      PlanExpertPaths(model, placement.blocks, exec, pf, share, decode_tokens, &rings);
+      std::vector<double> dec = base_decode, pre = base_prefill;
+      double floor_us = 0;
+      for (size_t i = 0; i < n; ++i) {
+        auto ring = rings.find(devices[i]);
+        if (!placement.blocks[i].routed_experts || ring == rings.end()) continue;
+        const ExpertBytes b = ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring->second.cpu_share);
+        const double copy_us = b.copied / (pf.h2d_gbps * 1e3);
+        const double host_rate = pf.cpu_gemv_gbps * kHostExpertEfficiency;
+        const double host_us = host_rate > 0 ? b.host / (host_rate * 1e3) : 0.0;
+        const BlockCost& bc = result.block_costs[i];
+        const double dispatch = bc.host_us;
+        const double host_side = dispatch + std::max(0.0, host_us - 0.25 * dispatch);
+        const double gpu_side = bc.decode_device_us + copy_us;
+        dec[i] = std::max(host_side, gpu_side) + kRouteSyncMicros;
+        pre[i] = std::max(pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3));
+        floor_us += std::max(b.copied / (pf.h2d_gbps * 1e3), pf.cpu_gemv_gbps > 0 ? b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0);
+      }
+      const ForwardPrediction d = SimulateForward(sched, dec, devices, pf);
+      if (best < 0 || d.total_us < best) {
+        best = d.total_us;
+        result.expert_rings = rings;
+        result.expert_floor_us = floor_us;
+        result.decode = d;
+        result.prefill = SimulateForward(sched, pre, devices, pf);
+        result.decode_streamed_us = d.total_us;
+      }
+    }
   }
 
   // Host compute in decode: each candidate share's schedule, predicted for a decode forward of max_batch tokens.

@@ -17,6 +17,7 @@ for t in "${targets[@]}"; do
   if [[ -d "bazel-bin/$pkg/$name.runfiles" ]]; then
     cp -rL "bazel-bin/$pkg/$name.runfiles" ".bundle/bin/$name.runfiles" 2>/dev/null || true
     rm -rf ".bundle/bin/$name.runfiles/torch" ".bundle/bin/$name.runfiles/cuda"  # that machine has its own
+    rm -rf ".bundle/bin/$name.runfiles/bigplan/_solib_k8/"_U@cuda_*  # (cuBLAS: its /usr/local/cuda/lib64)
   fi
 done
 # Libraries from this machine's Debian packages that the GPU machine lacks (Google Benchmark, ICU, PCRE2,

@@ -226,7 +226,8 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   req.profile = profile;
   req.weights = cfg.weights;
   if (cfg.cpu_share == "auto") req.cpu_share_auto = true;
-  else if (cfg.cpu_share != "off") req.cpu_share = std::stod(cfg.cpu_share);
+  else if (cfg.cpu_share == "off") req.cpu_share_off = true;
+  else req.cpu_share = std::stod(cfg.cpu_share);
   auto t_plan = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(PlanResult plan, MakePlan(req));
   const double plan_s = Seconds(t_plan);
@@ -244,6 +245,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     bf16.weights = quant::Format::kNone;
     bf16.cpu_share = 0;
     bf16.cpu_share_auto = false;
+    bf16.cpu_share_off = true;
     BIGPLAN_ASSIGN_OR_RETURN(PlanResult b, MakePlan(bf16));
     bf16_floor_s = floor_of(b.plan());
   }
@@ -349,11 +351,28 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       const double path_s = std::max(copied / (floors.h2d_gbps * 1e9), host / (cpu_rate * 1e9));
       const double decode_floor = path_s + gpu_read_s;
       const double prefill_floor = static_cast<double>(off_gpu) / (floors.h2d_gbps * 1e9);
-      const Stats before = exec->stats();
+      // The experts one prefill moves (random weights need not route to every expert).
+      const Stats before_prefill = exec->stats();
+      BIGPLAN_RETURN_IF_ERROR(exec->Forward(prompt, 1, fresh).status());
+      const Stats after_prefill = exec->stats();
+      const double prefill_copied = static_cast<double>(after_prefill.expert_copied_bytes - before_prefill.expert_copied_bytes);
+      // KV-cached decode steps after a 16-token context; the per-token counts exclude the context and the warm-up.
       const std::vector<int64_t> ctx(prompt.begin(), prompt.begin() + std::min<int>(args.prefill, 16));
-      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), ctx, vocab, args.repeat, &j));
+      ForwardOptions reset = fresh;
+      BIGPLAN_RETURN_IF_ERROR(exec->Forward(ctx, 1, reset).status());
+      int64_t next = 0;
+      ForwardOptions cont;
+      cont.last_position_only = true;
+      auto step = [&]() -> Status {
+        std::vector<int64_t> tok{next};
+        next = (next + 1) % vocab;
+        return exec->Forward(tok, 1, cont).status();
+      };
+      BIGPLAN_RETURN_IF_ERROR(step());  // warm-up
+      const Stats before = exec->stats();
+      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeIt(args.repeat * 4 - 1, step));
       const Stats after = exec->stats();
-      const double steps = static_cast<double>(args.repeat * 4 + 1);
+      const double steps = static_cast<double>(args.repeat * 4);
       j["moe"] = {{"cpu_share", share},
                   {"expected_resident_bytes", resident},
                   {"expected_copied_bytes", copied},
@@ -368,6 +387,9 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                   {"ratio_decode_to_floor", dec.median / decode_floor},
                   {"prefill_floor_s", prefill_floor},
                   {"ratio_prefill_to_floor", prefill_floor > 0 ? fp.best / prefill_floor : 0.0},
+                  {"prefill_copied_bytes", prefill_copied},
+                  {"prefill_copied_floor_s", prefill_copied / (floors.h2d_gbps * 1e9)},
+                  {"ratio_prefill_to_copied_floor", prefill_copied > 0 ? fp.best / (prefill_copied / (floors.h2d_gbps * 1e9)) : 0.0},
                   {"prediction_error_decode", plan.decode.total_us / 1e6 / dec.median - 1.0},
                   {"predicted_floor_s", plan.expert_floor_us / 1e6},
                   {"experts_per_token", {{"resident", (after.expert_resident - before.expert_resident) / steps},
@@ -379,11 +401,13 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                   {"router_wait_ms_per_token", (after.expert_router_wait_ms - before.expert_router_wait_ms) / steps}};
       std::fprintf(stderr,
                    "   MoE: decode step %.2f ms (floor %.2f ms: paths %.2f + GPU reads %.2f; %.2fx), predicted %.2f ms;"
-                   " prefill %.1f ms (streaming floor %.1f ms, %.2fx); per token %.1f resident, %.1f copied, %.1f host "
-                   "experts (share %.2f)\n",
+                   " prefill %.1f ms (streaming floor %.1f ms, %.2fx; it copied %.2f GB: %.1f ms at H2D, %.2fx); per "
+                   "token %.1f resident, %.1f copied, %.1f host experts (share %.2f)\n",
                    dec.median * 1e3, decode_floor * 1e3, path_s * 1e3, gpu_read_s * 1e3, dec.median / decode_floor,
                    plan.decode.total_us / 1e3, fp.best * 1e3, prefill_floor * 1e3,
-                   prefill_floor > 0 ? fp.best / prefill_floor : 0.0,
+                   prefill_floor > 0 ? fp.best / prefill_floor : 0.0, prefill_copied / 1e9,
+                   prefill_copied / (floors.h2d_gbps * 1e6),
+                   prefill_copied > 0 ? fp.best / (prefill_copied / (floors.h2d_gbps * 1e9)) : 0.0,
                    j["moe"]["experts_per_token"]["resident"].get<double>(),
                    j["moe"]["experts_per_token"]["copied"].get<double>(),
                    j["moe"]["experts_per_token"]["host"].get<double>(), share);

@@ -159,15 +159,20 @@ make_ckpt() {
 #   run_bigplan MODEL CKPT_DIR BUDGET_GIB
 run_bigplan() {
   local model="$1" dir="$2" budget="$3"
-  say "$model: bigplan at cuda:0=${budget}GiB: NOT IMPLEMENTED YET (placeholder run_bigplan in $0)"
-  # e.g.:
-  #   "${env_wrap[@]}" .bundle/bin/e2e_bench --model "$dir" --gpu-budgets "$budget" --cpu-budget-gib "$cpu_budget" \
-  #     --prefill "$decode_prefill" --repeat "$decode_steps" --out "$out/bigplan_$model.json" 2>&1 \
-  #     | tee "$out/bigplan_$model.txt"
-  printf '{"model": "%s", "checkpoint": "%s", "gpu_budget_gib": %s, "status": "not implemented"}\n' \
-    "$model" "$dir" "$budget" > "$out/bigplan_$model.json"
+  local bin=.bundle/bin; [[ -x "$bin/e2e_bench" ]] || bin=bazel-bin/benchmarks/gpu
+  local shares="${BIGPLAN_CPU_SHARE:-auto,off}"
+  say "$model: bigplan e2e_bench at cuda:0=${budget}GiB,cpu=${cpu_budget}GiB, host shares $shares, prefill 512"
+  mkdir -p "$out/traces_$model"
+  "${env_wrap[@]}" "$bin/e2e_bench" --model "$dir" --gpu-budgets "$budget" --cpu-budget-gib "$cpu_budget" \
+    --prefill 512 --repeat "${BIGPLAN_REPEAT:-3}" --cpu-share "$shares" --trace-dir "$out/traces_$model" \
+    --out "$out/bigplan_$model.json" 2>&1 | tee "$out/bigplan_$model.txt" | grep -E "^==|floors|MoE|1 token|error" || true
+  for plan in "$out/traces_$model"/*.bplan; do
+    [[ -f "$plan" ]] && "${env_wrap[@]}" "$bin/inspect" "$plan" > "${plan%.bplan}.inspect.txt" 2>&1 || true
+  done
+  # One archive of the plans' inspect output and traces (the plans themselves can be remade).
+  rm -f "$out/traces_$model"/*.bplan
+  tar -czf "$out/traces_$model.tar.gz" -C "$out" "traces_$model" && rm -rf "${out:?}/traces_$model"
 }
-# ---------------------------------------------------------------------------------------------------------------------
 
 run_accelerate() {
   local model="$1" dir="$2" budget="$3"

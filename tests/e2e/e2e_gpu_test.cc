@@ -138,7 +138,8 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
       } else {
         EXPECT_EQ(gen->tokens, it->second.first) << "plan " << c.name << " (" << group << ")";
         for (size_t k = 0; k < it->second.second.size(); ++k) {
-          const double same = c.summary.chunk_units == 0 ? kSamePlacementTolerance
+          // (Routed experts the host computes sum in float32, the GPU in bf16: held to the chunked tolerances.)
+          const double same = c.summary.chunk_units == 0 && c.summary.routed == 0 ? kSamePlacementTolerance
                               : dtype == "fp32"          ? kChunkedFp32Tolerance
                                                          : kChunkedBf16Tolerance;
           EXPECT_LE(MaxRelError(errors->logits[k].data, it->second.second[k].data), same)
