@@ -432,6 +432,11 @@ Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>
 }
 
 Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out) {
+  if (experts != nullptr) {
+    int64_t tokens = 0;
+    for (const RowStep& r : rows) tokens += static_cast<int64_t>(r.tokens.size());
+    experts->BeginForward(tokens);
+  }
   try {
     c10::InferenceMode inference;
     std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
