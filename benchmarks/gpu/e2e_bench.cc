@@ -317,9 +317,11 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     j["ratio_1_to_bf16_floor"] = bf16_floor_s > 0 ? f1.best / bf16_floor_s : 0.0;
     j["prediction_error_1"] = plan.decode.total_us / 1e6 / f1.best - 1.0;
     j["prediction_error_prefill"] = plan.prefill.total_us / 1e6 / fp.best - 1.0;
+    if (floor_s > 0 || p.experts() == nullptr)
     std::fprintf(stderr, "   1 token %.4f s, prefill %.4f s, floor %.4f s (%.3fx / %.3fx), predicted %.4f / %.4f s\n",
                  f1.best, fp.best, floor_s, f1.best / std::max(floor_s, 1e-12), fp.best / std::max(floor_s, 1e-12),
                  plan.decode.total_us / 1e6, plan.prefill.total_us / 1e6);
+    if (bf16_floor_s > 0 || p.experts() == nullptr)
     std::fprintf(stderr, "   weights %s, cpu share %s (%.2f, %.2f GiB on the host): 1 token %.4f s = %.3fx the bf16 floor "
                  "%.4f s of this budget%s\n", quant::FormatName(cfg.weights), cfg.cpu_share.c_str(), plan.cpu_share,
                  plan.host_bytes / 1073741824.0, f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s,
