@@ -204,7 +204,6 @@ constexpr MathKey kPhi3Keys[] = {
 // The Hub's per-expert checkpoint layout (what transformers 5 reads and writes): one tensor per expert and matrix;
 // "{e}" stands for the expert index.
 
-constexpr TensorRule VP(BlockKind b, Slot s, const char* name, Dim d, Presence p) { return V(b, s, name, d, p); }
 constexpr TensorRule MP(BlockKind b, Slot s, const char* name, Dim d0, Dim d1, Presence p) {
   return M(b, s, name, d0, d1, Layout::kLinear, p);
 }
@@ -279,8 +278,8 @@ constexpr TensorRule kQwen3MoeTensors[] = {
     V(kLayer, Slot::kVBias, "self_attn.v_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
     V(kLayer, Slot::kOBias, "self_attn.o_proj.bias", Dim::kHidden, Presence::kOBias),
-    VP(kLayer, Slot::kQNorm, "self_attn.q_norm.weight", Dim::kHeadDim, Presence::kQkNorm),
-    VP(kLayer, Slot::kKNorm, "self_attn.k_norm.weight", Dim::kHeadDim, Presence::kQkNorm),
+    V(kLayer, Slot::kQNorm, "self_attn.q_norm.weight", Dim::kHeadDim, Presence::kQkNorm),
+    V(kLayer, Slot::kKNorm, "self_attn.k_norm.weight", Dim::kHeadDim, Presence::kQkNorm),
     QWEN_MOE_MLP_TENSORS,
     V(kLayer, Slot::kInputNorm, "input_layernorm.weight", Dim::kHidden),
     V(kLayer, Slot::kPostNorm, "post_attention_layernorm.weight", Dim::kHidden),

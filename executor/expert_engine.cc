@@ -380,7 +380,6 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(choices_ready_.get()), "waiting for the router's choices"));
   const double waited = MicrosSince(t0);
   stats_.wait_router_us += waited;
-  ++stats_.layers;
 
   // Rows per chosen expert.
   std::vector<int32_t> count(static_cast<size_t>(num_experts_), 0);
@@ -634,10 +633,8 @@ Status ExpertEngine::ReleaseGroup(const BlockRuntime& /*b*/, int32_t index, cuda
 Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views) {
   if (expert < 0 || expert >= num_experts_ || copy_of_[expert] < 0) return false;
   const size_t i = static_cast<size_t>(copy_of_[expert]);
-  while (issued_ <= i) {  // (issued in order ahead of the kernel; this only guards the invariant)
-    BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
-    if (issued_ <= i) return MakeError(ErrorCode::kInternal, b.name + ": expert copy not issued in order");
-  }
+  // (Copies are issued in order ahead of the kernel, which acquires them in that order.)
+  if (issued_ <= i) return MakeError(ErrorCode::kInternal, b.name + ": expert copy not issued in order");
   const Copy& c = copies_[i];
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(compute, ready_[c.slot].get(), 0), "waiting for an expert copy"));
   const Expert& ex = layers_[b.index].experts[static_cast<size_t>(expert)];

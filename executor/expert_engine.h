@@ -46,7 +46,6 @@ class ExpertEngine {
  public:
   // Counts of one forward (for run's report and the trace).
   struct Stats {
-    uint64_t layers = 0;
     uint64_t resident = 0, copied = 0, host = 0, disk = 0;  // expert computations by path
     uint64_t copied_bytes = 0, host_bytes = 0;
     double wait_router_us = 0;  // host time waiting for the routers' choices

@@ -219,8 +219,8 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
   const uint32_t kSeqLen = seq_len;
   constexpr uint64_t kBig = 8ull << 30, kGranularity = 4096;
   const std::string scratch = dir + "/probe.bplan";
-  auto feasible = [&](const std::string& spec) {
-    Status s = MakePlan(model_dir, spec, dtype, kBatch, kSeqLen, scratch);
+  auto feasible = [&](const std::string& spec, const std::string& extra = "") {
+    Status s = MakePlan(model_dir, spec, dtype, kBatch, kSeqLen, scratch, extra);
     return s.ok();
   };
   std::vector<PlanCase> cases;
@@ -316,9 +316,7 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
     BIGPLAN_ASSIGN_OR_RETURN(
       min_chunked, SmallestFeasible(
                                 [&](uint64_t b) {
-                                  return MakePlan(model_dir, "cuda:0=" + std::to_string(b) + ",cpu=" + big, dtype,
-                                                  kBatch, kSeqLen, scratch, chunked)
-                                      .ok();
+                                  return feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big, chunked);
                                 },
                                 min_gpu, kBig, kGranularity));
   }
@@ -335,9 +333,7 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
     BIGPLAN_ASSIGN_OR_RETURN(
         uint64_t min_e, SmallestFeasible(
                             [&](uint64_t b) {
-                              return MakePlan(model_dir, "cuda:0=" + std::to_string(b) + ",cpu=" + big, dtype, kBatch,
-                                              kSeqLen, scratch, only_e)
-                                  .ok();
+                              return feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big, only_e);
                             },
                             0, kBig, kGranularity));
     const std::string gpu = std::to_string((min_e + std::max(min_e, all_resident)) / 2 / kGranularity * kGranularity);
@@ -346,9 +342,7 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
     BIGPLAN_ASSIGN_OR_RETURN(
         uint64_t min_cpu, SmallestFeasible(
                               [&](uint64_t b) {
-                                return MakePlan(model_dir, "cuda:0=" + gpu + ",cpu=" + std::to_string(b), dtype,
-                                                kBatch, kSeqLen, scratch, only_e)
-                                    .ok();
+                                return feasible("cuda:0=" + gpu + ",cpu=" + std::to_string(b), only_e);
                               },
                               0, kBig, kGranularity));
     const std::string cpu = std::to_string(min_cpu);
