@@ -1,0 +1,539 @@
+// Fused CUDA kernels (executor/fused_cuda.h says what each computes).
+#include "executor/fused_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace bigplan::fused {
+namespace {
+
+// ---- element conversions: every Round is what a PyTorch op of the execution dtype stores ----
+
+template <typename T>
+struct Cvt;
+template <>
+struct Cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ float F(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 T(float v) { return __float2bfloat16_rn(v); }
+};
+template <>
+struct Cvt<__half> {
+  static __device__ __forceinline__ float F(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half T(float v) { return __float2half_rn(v); }
+};
+
+template <typename T>
+__device__ __forceinline__ float F(T v) {
+  return Cvt<T>::F(v);
+}
+template <typename T>
+__device__ __forceinline__ T ToT(float v) {
+  return Cvt<T>::T(v);
+}
+template <typename T>
+__device__ __forceinline__ float Round(float v) {
+  return F<T>(ToT<T>(v));
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over a block of up to 1024 threads; every thread gets the result. `scratch` holds 32 floats.
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = WarpSum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float s = lane < warps ? scratch[lane] : 0.f;
+  return WarpSum(s);
+}
+
+__device__ __forceinline__ int64_t PosOf(const Positions& at, int64_t b) {
+  return at.pos_dev != nullptr ? at.pos_dev[at.pos_per_row ? b : 0] : at.pos_host;
+}
+__device__ __forceinline__ int64_t RowOf(const Positions& at, int64_t b) {
+  return at.rows_dev != nullptr ? at.rows_dev[b] : b;
+}
+
+// ---- Gemv: each warp computes R output rows (R = 2 for two rows of x, so each x load serves both rows), with
+// 16-byte loads, four weight loads in flight per lane ----
+
+constexpr int kGemvWarps = 8;
+
+template <typename T, int M, int R>
+__device__ __forceinline__ void GemvAccumulate(const uint4 (&wv)[R], const T* __restrict__ x, int64_t x_stride,
+                                               int64_t c, float (&acc)[M][R]) {
+  float wf[R][8];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const T* wp = reinterpret_cast<const T*>(&wv[r]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) wf[r][i] = F<T>(wp[i]);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const uint4 xv = *reinterpret_cast<const uint4*>(x + m * x_stride + c);
+    const T* xp = reinterpret_cast<const T*>(&xv);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float xf = F<T>(xp[i]);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[m][r] = fmaf(wf[r][i], xf, acc[m][r]);
+    }
+  }
+}
+
+template <typename T, int M, int R>
+__global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restrict__ x, int64_t x_stride,
+                                                              const T* __restrict__ w, const T* __restrict__ bias,
+                                                              const T* residual, int64_t residual_stride, T* y,
+                                                              int64_t y_stride, int64_t n, int64_t k) {
+  constexpr int U = 4 / R;  // unrolled steps: U x R weight loads in flight
+  const int lane = threadIdx.x & 31;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5)) * R;
+  if (row0 >= n) return;
+  const T* wr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) wr[r] = w + (row0 + r < n ? row0 + r : row0) * k;  // past the end: row0 again, unused
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
+  }
+  constexpr int64_t kStep = 32 * 8;  // elements a warp reads per 16-byte load per lane
+  int64_t c = lane * 8;
+  for (; c + (U - 1) * kStep < k; c += U * kStep) {
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[u][r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c + u * kStep));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) GemvAccumulate<T, M, R>(wv[u], x, x_stride, c + u * kStep, acc);
+  }
+  for (; c < k; c += kStep) {
+    uint4 wv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wv[r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c));
+    GemvAccumulate<T, M, R>(wv, x, x_stride, c, acc);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float s = WarpSum(acc[m][r]);
+      const int64_t row = row0 + r;
+      if (lane == 0 && row < n) {
+        float o = bias != nullptr ? s + F<T>(bias[row]) : s;
+        if (residual != nullptr) o = Round<T>(o) + F<T>(residual[m * residual_stride + row]);
+        y[m * y_stride + row] = ToT<T>(o);
+      }
+    }
+  }
+}
+
+template <typename T, int M, int R>
+void LaunchGemvRows(const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
+                    int64_t residual_stride, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream) {
+  const int64_t rows_per_block = int64_t{kGemvWarps} * R;
+  const dim3 grid(static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block));
+  GemvKernel<T, M, R><<<grid, kGemvWarps * 32, 0, stream>>>(
+      static_cast<const T*>(x), x_stride, static_cast<const T*>(w), static_cast<const T*>(bias),
+      static_cast<const T*>(residual), residual_stride, static_cast<T*>(y), y_stride, n, k);
+}
+
+template <typename T>
+cudaError_t LaunchGemv(const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
+                       int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k,
+                       cudaStream_t stream) {
+  switch (m) {
+#define BIGPLAN_GEMV_CASE(M, R)                                                                                  \
+  case M:                                                                                                        \
+    LaunchGemvRows<T, M, R>(x, x_stride, w, bias, residual, residual_stride, y, y_stride, n, k, stream);        \
+    break;
+    BIGPLAN_GEMV_CASE(1, 1)
+    BIGPLAN_GEMV_CASE(2, 2)
+#undef BIGPLAN_GEMV_CASE
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+// ---- RMSNorm: one block per row; 16-byte loads when the row allows ----
+
+template <typename T, bool kVec>
+__global__ void RmsNormKernel(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, T* __restrict__ out,
+                              int64_t out_stride, int64_t cols, float eps) {
+  __shared__ float scratch[32];
+  const T* xr = x + blockIdx.x * x_stride;
+  T* orow = out + blockIdx.x * out_stride;
+  float ss = 0.f;
+  if constexpr (kVec) {
+    for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8) {
+      const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
+      const T* p = reinterpret_cast<const T*>(&v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss = fmaf(F<T>(p[j]), F<T>(p[j]), ss);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) ss = fmaf(F<T>(xr[i]), F<T>(xr[i]), ss);
+  }
+  const float r = rsqrtf(BlockSum(ss, scratch) / static_cast<float>(cols) + eps);
+  if constexpr (kVec) {
+    for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8) {
+      const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
+      const uint4 wv = *reinterpret_cast<const uint4*>(w + i);
+      const T* p = reinterpret_cast<const T*>(&v);
+      const T* wp = reinterpret_cast<const T*>(&wv);
+      uint4 o;
+      T* op = reinterpret_cast<T*>(&o);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) op[j] = ToT<T>(F<T>(wp[j]) * Round<T>(F<T>(p[j]) * r));
+      *reinterpret_cast<uint4*>(orow + i) = o;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+      orow[i] = ToT<T>(F<T>(w[i]) * Round<T>(F<T>(xr[i]) * r));
+    }
+  }
+}
+
+// ---- SiLU(gate) * up: blocks (column range, row); 16-byte loads when the rows allow ----
+
+template <typename T, bool kVec>
+__global__ void SiluMulKernel(const T* __restrict__ gu, int64_t gu_stride, T* __restrict__ out, int64_t inter) {
+  const T* g = gu + blockIdx.y * gu_stride;
+  const T* u = g + inter;
+  T* o = out + blockIdx.y * inter;
+  auto one = [](T gv, T uv) {
+    const float gf = F<T>(gv);
+    return ToT<T>(Round<T>(gf / (1.f + __expf(-gf))) * F<T>(uv));
+  };
+  if constexpr (kVec) {
+    const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+    if (j >= inter) return;
+    const uint4 gv = *reinterpret_cast<const uint4*>(g + j), uv = *reinterpret_cast<const uint4*>(u + j);
+    const T* gp = reinterpret_cast<const T*>(&gv);
+    const T* up = reinterpret_cast<const T*>(&uv);
+    uint4 ov;
+    T* op = reinterpret_cast<T*>(&ov);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) op[i] = one(gp[i], up[i]);
+    *reinterpret_cast<uint4*>(o + j) = ov;
+  } else {
+    const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (j < inter) o[j] = one(g[j], u[j]);
+  }
+}
+
+// ---- RoPE + KV-cache write: one warp per head of one token ----
+
+constexpr int kRopeWarps = 4;
+
+template <typename T>
+__global__ void __launch_bounds__(kRopeWarps * 32) RopeKvKernel(RopeKvArgs a) {
+  __shared__ float buf[kRopeWarps][256];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t token = blockIdx.x;
+  const int64_t b = token / a.seq, s = token - b * a.seq;
+  const int64_t head = static_cast<int64_t>(blockIdx.y) * kRopeWarps + warp;
+  const int64_t D = a.head_dim, half = D / 2;
+  if (head >= a.heads + 2 * a.kv_heads) return;
+  const int64_t pos = PosOf(a.at, b) + s;
+  if (pos < 0 || pos >= a.max_seq || pos >= a.table_rows) return;
+  const int kind = head < a.heads ? 0 : head < a.heads + a.kv_heads ? 1 : 2;  // q, k, v
+  const int64_t h = kind == 0 ? head : kind == 1 ? head - a.heads : head - a.heads - a.kv_heads;
+  const T* src = kind == 0   ? static_cast<const T*>(a.q) + token * a.q_stride + h * D
+                 : kind == 1 ? static_cast<const T*>(a.k) + token * a.k_stride + h * D
+                             : static_cast<const T*>(a.v) + token * a.v_stride + h * D;
+  const int64_t row = RowOf(a.at, b);
+  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + ((b * a.heads + h) * a.seq + s) * D
+           : kind == 1 ? static_cast<T*>(a.k_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D
+                       : static_cast<T*>(a.v_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D;
+  if (kind == 2) {
+    for (int64_t i = lane; i < D; i += 32) dst[i] = src[i];
+    return;
+  }
+  float* x = buf[warp];
+  for (int64_t i = lane; i < D; i += 32) x[i] = F<T>(src[i]);
+  const T* norm = static_cast<const T*>(kind == 0 ? a.q_norm : a.k_norm);
+  if (norm != nullptr) {  // Qwen3's per-head RMSNorm before RoPE
+    float ss = 0.f;
+    for (int64_t i = lane; i < D; i += 32) ss = fmaf(x[i], x[i], ss);
+    const float r = rsqrtf(WarpSum(ss) / static_cast<float>(D) + a.eps);
+    for (int64_t i = lane; i < D; i += 32) x[i] = Round<T>(F<T>(norm[i]) * Round<T>(x[i] * r));
+  }
+  __syncwarp();
+  const T* cs = static_cast<const T*>(a.cos) + pos * D;
+  const T* sn = static_cast<const T*>(a.sin) + pos * D;
+  for (int64_t i = lane; i < D; i += 32) {
+    const float rot = i < half ? -x[i + half] : x[i - half];  // rotate_half
+    const float p = Round<T>(x[i] * F<T>(cs[i])), q = Round<T>(rot * F<T>(sn[i]));
+    dst[i] = ToT<T>(p + q);
+  }
+}
+
+// ---- split-K decode attention ----
+
+constexpr int kAttnWarps = 4;
+constexpr int kMaxGroup = 8;
+
+// Blocks (b * kv_heads + kv head, split): each warp takes every kAttnWarps-th key of the split's range and keeps an
+// online softmax per query head of the group; the warps then merge and write (acc[D], max, sum) per head.
+template <typename T, int E>  // E = head_dim / 32 values per lane
+__global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnArgs a) {
+  constexpr int D = E * 32;
+  __shared__ float s_acc[kAttnWarps][kMaxGroup][D];
+  __shared__ float s_m[kAttnWarps][kMaxGroup];
+  __shared__ float s_l[kAttnWarps][kMaxGroup];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t b = blockIdx.x / a.kv_heads, kh = blockIdx.x - b * a.kv_heads;
+  const int split = blockIdx.y;
+  const int G = static_cast<int>(a.heads / a.kv_heads);
+  const int64_t pos = PosOf(a.at, b);
+  const int64_t row = RowOf(a.at, b);
+  const int64_t hi = (pos < a.max_seq - 1 ? pos : a.max_seq - 1) + 1;  // keys [lo, hi)
+  const int64_t lo = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+  const int64_t n = hi > lo ? hi - lo : 0;
+  const int64_t chunk = (n + a.splits - 1) / a.splits;
+  const int64_t k0 = lo + split * chunk, k1 = k0 + chunk < hi ? k0 + chunk : hi;
+
+  float q[kMaxGroup][E];
+  const T* qb = static_cast<const T*>(a.q) + (b * a.heads + kh * G) * D;
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) q[g][e] = g < G ? F<T>(qb[g * D + lane * E + e]) * a.scale : 0.f;
+  }
+  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][E];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[g][e] = 0.f;
+  }
+  const int64_t head_off = (row * a.kv_heads + kh) * a.max_seq;
+  const T* kc = static_cast<const T*>(a.k_cache) + head_off * D;
+  const T* vc = static_cast<const T*>(a.v_cache) + head_off * D;
+  for (int64_t j = k0 + warp; j < k1; j += kAttnWarps) {
+    float kv[E], vv[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      kv[e] = F<T>(kc[j * D + lane * E + e]);
+      vv[e] = F<T>(vc[j * D + lane * E + e]);
+    }
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g >= G) break;
+      float d = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) d = fmaf(q[g][e], kv[e], d);
+      const float sc = WarpSum(d);
+      const float mn = fmaxf(m[g], sc);
+      const float corr = __expf(m[g] - mn);  // 0 while m is -inf
+      const float p = __expf(sc - mn);
+      l[g] = l[g] * corr + p;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[g][e] = fmaf(acc[g][e], corr, p * vv[e]);
+      m[g] = mn;
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+    if (g >= G) break;
+#pragma unroll
+    for (int e = 0; e < E; ++e) s_acc[warp][g][lane * E + e] = acc[g][e];
+    if (lane == 0) {
+      s_m[warp][g] = m[g];
+      s_l[warp][g] = l[g];
+    }
+  }
+  __syncthreads();
+  // Merge the warps: thread t handles dims t, t + 128, ... of every head of the group.
+  for (int g = 0; g < G; ++g) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, s_m[w][g]);
+    float wsc[kAttnWarps], lsum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) {
+      wsc[w] = mx == -INFINITY ? 0.f : __expf(s_m[w][g] - mx);
+      lsum += wsc[w] * s_l[w][g];
+    }
+    float* out = a.workspace + ((b * a.heads + kh * G + g) * a.splits + split) * (D + 2);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+      float v = 0.f;
+#pragma unroll
+      for (int w = 0; w < kAttnWarps; ++w) v = fmaf(wsc[w], s_acc[w][g][d], v);
+      out[d] = v;
+    }
+    if (threadIdx.x == 0) {
+      out[D] = mx;
+      out[D + 1] = lsum;
+    }
+  }
+}
+
+// Blocks b * heads + h, head_dim threads: merges the splits of one head.
+template <typename T>
+__global__ void AttnCombineKernel(DecodeAttnArgs a) {
+  const int64_t bh = blockIdx.x;
+  const int64_t D = a.head_dim;
+  const float* part = a.workspace + bh * a.splits * (D + 2);
+  float mx = -INFINITY;
+  for (int s = 0; s < a.splits; ++s) mx = fmaxf(mx, part[s * (D + 2) + D]);
+  float num = 0.f, den = 0.f;
+  const int64_t d = threadIdx.x;
+  for (int s = 0; s < a.splits; ++s) {
+    const float* p = part + s * (D + 2);
+    const float w = p[D] == -INFINITY ? 0.f : __expf(p[D] - mx);
+    den = fmaf(w, p[D + 1], den);
+    if (d < D) num = fmaf(w, p[d], num);
+  }
+  if (d < D) static_cast<T*>(a.out)[bh * D + d] = ToT<T>(den > 0.f ? num / den : 0.f);
+}
+
+template <typename T, int E>
+void LaunchAttn(const DecodeAttnArgs& a, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(a.batch * a.kv_heads), static_cast<unsigned>(a.splits));
+  AttnPartialKernel<T, E><<<grid, kAttnWarps * 32, 0, stream>>>(a);
+  AttnCombineKernel<T><<<static_cast<unsigned>(a.batch * a.heads), static_cast<unsigned>(a.head_dim), 0, stream>>>(a);
+}
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+}  // namespace
+
+cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
+                 int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k, cudaStream_t stream) {
+  if (m < 1 || m > kGemvMaxRows || n < 1 || k < 8 || k % 8 != 0 || x_stride % 8 != 0 || !Aligned16(x) ||
+      !Aligned16(w) || x == nullptr || w == nullptr || y == nullptr || n > (int64_t{1} << 31) * kGemvWarps) {
+    return cudaErrorInvalidValue;
+  }
+  return dtype == DType::kBF16
+             ? LaunchGemv<__nv_bfloat16>(x, x_stride, w, bias, residual, residual_stride, y, y_stride, m, n, k, stream)
+             : LaunchGemv<__half>(x, x_stride, w, bias, residual, residual_stride, y, y_stride, m, n, k, stream);
+}
+
+template <typename T>
+void LaunchRmsNorm(const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride, int64_t rows,
+                   int64_t cols, float eps, cudaStream_t stream) {
+  const bool vec = cols % 8 == 0 && x_stride % 8 == 0 && out_stride % 8 == 0 && Aligned16(x) && Aligned16(w) &&
+                   Aligned16(out);
+  const int64_t per_thread = vec ? 8 : 4;
+  const unsigned block =
+      static_cast<unsigned>(std::max<int64_t>(32, std::min<int64_t>(1024, ((cols / per_thread + 31) / 32) * 32)));
+  const auto xs = static_cast<const T*>(x);
+  const auto ws = static_cast<const T*>(w);
+  const auto os = static_cast<T*>(out);
+  if (vec) {
+    RmsNormKernel<T, true><<<static_cast<unsigned>(rows), block, 0, stream>>>(xs, x_stride, ws, os, out_stride, cols, eps);
+  } else {
+    RmsNormKernel<T, false><<<static_cast<unsigned>(rows), block, 0, stream>>>(xs, x_stride, ws, os, out_stride, cols, eps);
+  }
+}
+
+template <typename T>
+void LaunchSiluMul(const void* gu, int64_t gu_stride, void* out, int64_t rows, int64_t inter, cudaStream_t stream) {
+  const bool vec = inter % 8 == 0 && gu_stride % 8 == 0 && Aligned16(gu) && Aligned16(out);
+  const int64_t per_block = 256 * (vec ? 8 : 1);
+  const dim3 grid(static_cast<unsigned>((inter + per_block - 1) / per_block), static_cast<unsigned>(rows));
+  const auto g = static_cast<const T*>(gu);
+  const auto o = static_cast<T*>(out);
+  if (vec) {
+    SiluMulKernel<T, true><<<grid, 256, 0, stream>>>(g, gu_stride, o, inter);
+  } else {
+    SiluMulKernel<T, false><<<grid, 256, 0, stream>>>(g, gu_stride, o, inter);
+  }
+}
+
+cudaError_t RmsNorm(DType dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,
+                    int64_t rows, int64_t cols, float eps, cudaStream_t stream) {
+  if (rows < 1 || cols < 1 || rows > 0x7fffffff || x == nullptr || w == nullptr || out == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  if (dtype == DType::kBF16) {
+    LaunchRmsNorm<__nv_bfloat16>(x, x_stride, w, out, out_stride, rows, cols, eps, stream);
+  } else {
+    LaunchRmsNorm<__half>(x, x_stride, w, out, out_stride, rows, cols, eps, stream);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t SiluMul(DType dtype, const void* gu, int64_t gu_stride, void* out, int64_t rows, int64_t inter,
+                    cudaStream_t stream) {
+  if (rows < 1 || rows > 65535 || inter < 1 || gu == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  if (dtype == DType::kBF16) {
+    LaunchSiluMul<__nv_bfloat16>(gu, gu_stride, out, rows, inter, stream);
+  } else {
+    LaunchSiluMul<__half>(gu, gu_stride, out, rows, inter, stream);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream) {
+  if (a.batch < 1 || a.seq < 1 || a.heads < 1 || a.kv_heads < 1 || a.head_dim < 2 || a.head_dim % 2 != 0 ||
+      a.head_dim > 256 || a.q == nullptr || a.k == nullptr || a.v == nullptr || a.cos == nullptr ||
+      a.sin == nullptr || a.k_cache == nullptr || a.v_cache == nullptr || a.q_out == nullptr ||
+      a.batch * a.seq > 0x7fffffff) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid(static_cast<unsigned>(a.batch * a.seq),
+                  static_cast<unsigned>((a.heads + 2 * a.kv_heads + kRopeWarps - 1) / kRopeWarps));
+  if (a.dtype == DType::kBF16) {
+    RopeKvKernel<__nv_bfloat16><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+  } else {
+    RopeKvKernel<__half><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t DecodeAttention(const DecodeAttnArgs& a, cudaStream_t stream) {
+  if (a.batch < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads != 0 ||
+      a.heads / a.kv_heads > kMaxGroup || a.head_dim % 32 != 0 || a.head_dim < 32 || a.head_dim > 256 ||
+      a.splits < 1 || a.splits > 65535 || a.max_seq < 1 || a.q == nullptr || a.k_cache == nullptr ||
+      a.v_cache == nullptr || a.workspace == nullptr || a.out == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const bool bf16 = a.dtype == DType::kBF16;
+  switch (a.head_dim / 32) {
+#define BIGPLAN_ATTN_CASE(E)                                    \
+  case E:                                                      \
+    if (bf16) {                                                \
+      LaunchAttn<__nv_bfloat16, E>(a, stream);                 \
+    } else {                                                   \
+      LaunchAttn<__half, E>(a, stream);                        \
+    }                                                          \
+    break;
+    BIGPLAN_ATTN_CASE(1)
+    BIGPLAN_ATTN_CASE(2)
+    BIGPLAN_ATTN_CASE(3)
+    BIGPLAN_ATTN_CASE(4)
+    BIGPLAN_ATTN_CASE(5)
+    BIGPLAN_ATTN_CASE(6)
+    BIGPLAN_ATTN_CASE(7)
+    BIGPLAN_ATTN_CASE(8)
+#undef BIGPLAN_ATTN_CASE
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+int DecodeAttentionSplits(int64_t batch, int64_t kv_heads, int64_t max_len, int sms) {
+  const int64_t blocks = std::max<int64_t>(1, batch * kv_heads);
+  const int64_t want = (2 * std::max(1, sms) + blocks - 1) / blocks;
+  const int64_t by_len = std::max<int64_t>(1, max_len / 16);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, 64})));
+}
+
+}  // namespace bigplan::fused

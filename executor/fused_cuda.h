@@ -1,0 +1,104 @@
+// Fused CUDA kernels for the Llama-family decoder layer (CUDA C++ built by nvcc, executor/BUILD): a matrix-vector
+// product for decode-sized batches with its bias and residual in the epilogue, RMSNorm in one pass, SiLU(gate) * up
+// in one pass, RoPE (with Qwen3's per-head q/k RMSNorm) fused with the KV-cache write, and a split-K
+// (flash-decoding) attention over the cache that reads only the positions a token attends to.
+//
+// This header is plain C++ (no LibTorch): executor/fused_ops.h wraps it for at::Tensor. Every launcher checks its
+// arguments (returning cudaErrorInvalidValue without launching when they do not fit the preconditions stated) and
+// returns the launch's error; none synchronizes the host. Pointers are device pointers; strides are in elements.
+// Rounding follows transformers' modules in the execution dtype: every value a PyTorch op would round to bf16/fp16 is
+// rounded here too (products and sums accumulate in float32).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace bigplan::fused {
+
+enum class DType : int { kBF16 = 0, kF16 = 1 };
+
+// The most rows of x Gemv takes (decode batches of 1 or 2; at 4 and 8 rows cuBLAS reads large matrices faster,
+// benchmarks/gpu/fused_ops_bench).
+inline constexpr int kGemvMaxRows = 2;
+
+// y[i, r] = round(x[i, :] . w[r, :] + bias[r]), then (with `residual`) y[i, r] = round(y[i, r] + residual[i, r]),
+// for i < m <= kGemvMaxRows, r < n; w is [n, k] row-major (nn.Linear's layout). k % 8 == 0; x, w and the row
+// strides 16-byte aligned (x_stride % 8 == 0). bias and residual may be null. y may alias residual.
+cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
+                 int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k, cudaStream_t stream);
+
+// LlamaRMSNorm of each row: out = round(w * round(x * rsqrt(mean(x^2) + eps))) with the mean in float32.
+cudaError_t RmsNorm(DType dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,
+                    int64_t rows, int64_t cols, float eps, cudaStream_t stream);
+
+// out[i, j] = round(round(silu(gu[i, j])) * gu[i, inter + j]) for gu [rows, 2 inter] ([gate | up] per row), out
+// [rows, inter] contiguous; rows <= 65535.
+cudaError_t SiluMul(DType dtype, const void* gu, int64_t gu_stride, void* out, int64_t rows, int64_t inter,
+                    cudaStream_t stream);
+
+// Token t = b * seq + s of a step (row b of the batch, its s-th new token) sits at position pos(b) + s, where pos(b)
+// is pos_dev[pos_per_row ? b : 0] when pos_dev is set, else pos_host; its cache row is rows_dev[b] when set, else b.
+struct Positions {
+  const int64_t* pos_dev = nullptr;
+  bool pos_per_row = false;
+  int64_t pos_host = 0;
+  const int64_t* rows_dev = nullptr;
+};
+
+// RoPE (rotate_half, cos/sin tables [table_rows, head_dim] in the execution dtype indexed by position) of q and k,
+// after an optional per-head RMSNorm of each (q_norm / k_norm [head_dim], Qwen3), fused with the KV-cache write:
+// q_out [batch, heads, seq, head_dim] (contiguous) gets the rotated q; k_cache/v_cache [cache_rows, kv_heads,
+// max_seq, head_dim] (contiguous) get the rotated k and v at each token's position of its cache row. q, k, v are
+// token rows ([batch * seq] rows of heads * head_dim / kv_heads * head_dim values at the given strides, e.g. views
+// of one fused qkv product). head_dim even and <= 256. Tokens whose position falls outside [0, max_seq) or the table
+// are not written (callers check positions they know on the host).
+struct RopeKvArgs {
+  DType dtype = DType::kBF16;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t q_stride = 0, k_stride = 0, v_stride = 0;
+  int64_t batch = 0, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  const void* cos = nullptr;
+  const void* sin = nullptr;
+  int64_t table_rows = 0;
+  Positions at;
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  int64_t cache_rows = 0, max_seq = 0;
+  const void* q_norm = nullptr;
+  const void* k_norm = nullptr;
+  float eps = 0;
+  void* q_out = nullptr;
+};
+cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream);
+
+// One new token per row: q [batch, heads, head_dim] (contiguous) attends over positions [lo, pos] of its cache row
+// (lo = max(0, pos - window + 1) when window > 0, else 0), softmax(q k^T x scale) v in float32, GQA (head h reads kv
+// head h / (heads / kv_heads)). out [batch, heads, head_dim] contiguous. The keys are split into `splits` ranges
+// computed by blocks of their own (sized on the device from pos, so a CUDA graph replays at any position), then
+// combined. workspace: float [batch * heads * splits * (head_dim + 2)]. head_dim a multiple of 32 up to 256,
+// heads / kv_heads <= 8.
+struct DecodeAttnArgs {
+  DType dtype = DType::kBF16;
+  const void* q = nullptr;
+  const void* k_cache = nullptr;
+  const void* v_cache = nullptr;
+  int64_t cache_rows = 0, max_seq = 0;
+  int64_t batch = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  Positions at;
+  int64_t window = 0;
+  float scale = 1;
+  int splits = 1;
+  float* workspace = nullptr;
+  void* out = nullptr;
+};
+cudaError_t DecodeAttention(const DecodeAttnArgs& a, cudaStream_t stream);
+
+// The split count DecodeAttention should use for `batch` rows, `kv_heads` and at most `max_len` attended positions
+// on a device with `sms` multiprocessors: enough blocks to fill the device twice, ranges of at least 16 positions,
+// at most 64 splits.
+int DecodeAttentionSplits(int64_t batch, int64_t kv_heads, int64_t max_len, int sms);
+
+}  // namespace bigplan::fused

@@ -1,0 +1,238 @@
+#include "executor/fused_ops.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "executor/fused_cuda.h"
+
+namespace bigplan::fused_ops {
+namespace {
+
+fused::DType DTypeOf(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? fused::DType::kBF16 : fused::DType::kF16;
+}
+
+bool Aligned16(const at::Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15u) == 0; }
+
+void Check(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "fused kernel ", what, ": ", cudaGetErrorString(e));
+}
+
+cudaStream_t Stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+// Rows of x as a 2-D view [rows, last] with a unit last stride, or undefined when x is not laid out that way.
+at::Tensor Rows2d(const at::Tensor& x) {
+  if (x.dim() < 1 || x.numel() == 0 || x.stride(-1) != 1) return at::Tensor();
+  const int64_t last = x.size(-1);
+  int64_t rows = 1, row_stride = -1, expect = 0;
+  // The leading dimensions (of more than one element) must collapse into one row stride.
+  for (int64_t d = x.dim() - 2; d >= 0; --d) {
+    rows *= x.size(d);
+    if (x.size(d) == 1) continue;
+    if (row_stride < 0) {
+      row_stride = x.stride(d);
+      expect = row_stride * x.size(d);
+    } else {
+      if (x.stride(d) != expect) return at::Tensor();
+      expect *= x.size(d);
+    }
+  }
+  if (row_stride < 0) row_stride = last;
+  return x.as_strided({rows, last}, {row_stride, 1});
+}
+
+fused::Positions PositionsOf(const StepPositions& at) {
+  fused::Positions p;
+  if (at.pos.defined()) p.pos_dev = at.pos.data_ptr<int64_t>();
+  p.pos_per_row = at.per_row;
+  p.pos_host = at.pos_host;
+  if (at.rows.defined()) p.rows_dev = at.rows.data_ptr<int64_t>();
+  return p;
+}
+
+bool PositionsOk(const StepPositions& at, int64_t batch, const at::Device& device) {
+  auto ok = [&](const at::Tensor& t, int64_t n) {
+    return !t.defined() || (t.device() == device && t.scalar_type() == at::kLong && t.is_contiguous() && t.numel() >= n);
+  };
+  return ok(at.pos, at.per_row ? batch : 1) && ok(at.rows, batch) && (at.pos.defined() || !at.per_row);
+}
+
+
+}  // namespace
+
+bool Eligible(const at::Tensor& x) {
+  return x.defined() && x.is_cuda() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+}
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual) {
+  if (!Eligible(x) || !w.defined() || w.dim() != 2 || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||
+      !w.is_contiguous() || x.size(-1) != w.size(1)) {
+    return at::Tensor();
+  }
+  const int64_t n = w.size(0), k = w.size(1);
+  if (b.defined() && (b.scalar_type() != x.scalar_type() || b.numel() != n || !b.is_contiguous())) return at::Tensor();
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = n;
+  const at::Tensor x2 = Rows2d(x);
+  if (!x2.defined()) return at::Tensor();
+  const int64_t m = x2.size(0);
+  at::Tensor r2;
+  if (residual.defined()) {
+    if (residual.scalar_type() != x.scalar_type() || residual.device() != x.device() || residual.size(-1) != n ||
+        residual.numel() != m * n) {
+      return at::Tensor();
+    }
+    r2 = Rows2d(residual);
+    if (!r2.defined()) return at::Tensor();
+  }
+  if (m <= fused::kGemvMaxRows && k % 8 == 0 && x2.stride(0) % 8 == 0 && Aligned16(x2) && Aligned16(w)) {
+    at::Tensor y = at::empty({m, n}, x.options());
+    Check(fused::Gemv(DTypeOf(x), x2.data_ptr(), x2.stride(0), w.data_ptr(), b.defined() ? b.data_ptr() : nullptr,
+                      r2.defined() ? r2.data_ptr() : nullptr, r2.defined() ? r2.stride(0) : 0, y.data_ptr(), n, m, n,
+                      k, Stream()),
+          "gemv");
+    return y.view(out_shape);
+  }
+  // Larger batches: cuBLAS, with the residual as addmm's input.
+  at::Tensor y;
+  if (r2.defined() && !b.defined()) {
+    y = at::addmm(r2, x2, w.t());
+  } else {
+    y = b.defined() ? at::addmm(b, x2, w.t()) : at::mm(x2, w.t());
+    if (r2.defined()) y.add_(r2);
+  }
+  return y.view(out_shape);
+}
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  if (!Eligible(x) || !w.defined() || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||
+      !w.is_contiguous() || w.numel() != x.size(-1)) {
+    return at::Tensor();
+  }
+  const at::Tensor x2 = Rows2d(x);
+  if (!x2.defined()) return at::Tensor();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  Check(fused::RmsNorm(DTypeOf(x), x2.data_ptr(), x2.stride(0), w.data_ptr(), out.data_ptr(), x2.size(1), x2.size(0),
+                       x2.size(1), static_cast<float>(eps), Stream()),
+        "rms_norm");
+  return out;
+}
+
+at::Tensor SiluMul(const at::Tensor& gu) {
+  if (!Eligible(gu) || gu.size(-1) % 2 != 0) return at::Tensor();
+  const at::Tensor g2 = Rows2d(gu);
+  if (!g2.defined() || g2.size(0) > 65535) return at::Tensor();
+  const int64_t inter = gu.size(-1) / 2;
+  std::vector<int64_t> shape(gu.sizes().begin(), gu.sizes().end());
+  shape.back() = inter;
+  at::Tensor out = at::empty(shape, gu.options());
+  Check(fused::SiluMul(DTypeOf(gu), g2.data_ptr(), g2.stride(0), out.data_ptr(), g2.size(0), inter, Stream()),
+        "silu_mul");
+  return out;
+}
+
+at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t kv_heads,
+                       int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin, const StepPositions& at,
+                       const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& q_norm,
+                       const at::Tensor& k_norm, double eps) {
+  if (!Eligible(q) || q.dim() != 3 || k.dim() != 3 || v.dim() != 3 || head_dim % 2 != 0 || head_dim > 256) {
+    return at::Tensor();
+  }
+  const int64_t batch = q.size(0), seq = q.size(1);
+  const auto dtype = q.scalar_type();
+  auto same = [&](const at::Tensor& t) {
+    return t.defined() && t.scalar_type() == dtype && t.device() == q.device();
+  };
+  if (!same(k) || !same(v) || !same(cos) || !same(sin) || !same(k_cache) || !same(v_cache) ||
+      q.size(2) != heads * head_dim || k.size(2) != kv_heads * head_dim || v.size(2) != kv_heads * head_dim ||
+      k.size(0) != batch || v.size(0) != batch || k.size(1) != seq || v.size(1) != seq || cos.dim() != 2 ||
+      cos.size(1) != head_dim || !cos.is_contiguous() || !sin.is_contiguous() || sin.sizes() != cos.sizes() ||
+      k_cache.dim() != 4 || !k_cache.is_contiguous() || !v_cache.is_contiguous() || v_cache.sizes() != k_cache.sizes() ||
+      k_cache.size(1) != kv_heads || k_cache.size(3) != head_dim || k_cache.size(0) < batch ||
+      !PositionsOk(at, batch, q.device())) {
+    return at::Tensor();
+  }
+  if ((q_norm.defined() && (!same(q_norm) || q_norm.numel() != head_dim || !q_norm.is_contiguous())) ||
+      (k_norm.defined() && (!same(k_norm) || k_norm.numel() != head_dim || !k_norm.is_contiguous())) ||
+      q_norm.defined() != k_norm.defined()) {
+    return at::Tensor();
+  }
+  const at::Tensor q2 = Rows2d(q), k2 = Rows2d(k), v2 = Rows2d(v);
+  if (!q2.defined() || !k2.defined() || !v2.defined()) return at::Tensor();
+  at::Tensor q_out = at::empty({batch, heads, seq, head_dim}, q.options());
+  fused::RopeKvArgs a;
+  a.dtype = DTypeOf(q);
+  a.q = q2.data_ptr();
+  a.k = k2.data_ptr();
+  a.v = v2.data_ptr();
+  a.q_stride = q2.stride(0);
+  a.k_stride = k2.stride(0);
+  a.v_stride = v2.stride(0);
+  a.batch = batch;
+  a.seq = seq;
+  a.heads = heads;
+  a.kv_heads = kv_heads;
+  a.head_dim = head_dim;
+  a.cos = cos.data_ptr();
+  a.sin = sin.data_ptr();
+  a.table_rows = cos.size(0);
+  a.at = PositionsOf(at);
+  a.k_cache = k_cache.data_ptr();
+  a.v_cache = v_cache.data_ptr();
+  a.cache_rows = k_cache.size(0);
+  a.max_seq = k_cache.size(2);
+  a.q_norm = q_norm.defined() ? q_norm.data_ptr() : nullptr;
+  a.k_norm = k_norm.defined() ? k_norm.data_ptr() : nullptr;
+  a.eps = static_cast<float>(eps);
+  a.q_out = q_out.data_ptr();
+  Check(fused::RopeKvWrite(a, Stream()), "rope_kv_write");
+  return q_out;
+}
+
+bool DecodeAttentionTakes(int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  return heads > 0 && kv_heads > 0 && head_dim % 32 == 0 && head_dim > 0 && head_dim <= 256 && heads % kv_heads == 0 &&
+         heads / kv_heads <= 8;
+}
+
+at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const StepPositions& at, int64_t max_len, int64_t window, double scale) {
+  if (!Eligible(q) || q.dim() != 4 || q.size(2) != 1 || !q.is_contiguous() || !k_cache.defined() ||
+      k_cache.dim() != 4 || !k_cache.is_contiguous() || !v_cache.is_contiguous() ||
+      v_cache.sizes() != k_cache.sizes() || k_cache.scalar_type() != q.scalar_type() ||
+      v_cache.scalar_type() != q.scalar_type() || k_cache.device() != q.device() || v_cache.device() != q.device()) {
+    return at::Tensor();
+  }
+  const int64_t batch = q.size(0), heads = q.size(1), head_dim = q.size(3), kv_heads = k_cache.size(1);
+  if (k_cache.size(3) != head_dim || !DecodeAttentionTakes(heads, kv_heads, head_dim) || k_cache.size(0) < batch ||
+      !PositionsOk(at, batch, q.device())) {
+    return at::Tensor();
+  }
+  fused::DecodeAttnArgs a;
+  a.dtype = DTypeOf(q);
+  a.q = q.data_ptr();
+  a.k_cache = k_cache.data_ptr();
+  a.v_cache = v_cache.data_ptr();
+  a.cache_rows = k_cache.size(0);
+  a.max_seq = k_cache.size(2);
+  a.batch = batch;
+  a.heads = heads;
+  a.kv_heads = kv_heads;
+  a.head_dim = head_dim;
+  a.at = PositionsOf(at);
+  a.window = window;
+  a.scale = static_cast<float>(scale);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  a.splits = fused::DecodeAttentionSplits(batch, kv_heads, std::min(max_len, a.max_seq), sms);
+  at::Tensor workspace = at::empty({batch * heads * a.splits * (head_dim + 2)}, q.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({batch, heads, 1, head_dim}, q.options());
+  a.workspace = workspace.data_ptr<float>();
+  a.out = out.data_ptr();
+  Check(fused::DecodeAttention(a, Stream()), "decode_attention");
+  return out;
+}
+
+}  // namespace bigplan::fused_ops

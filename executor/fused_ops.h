@@ -1,0 +1,61 @@
+// The fused CUDA kernels (executor/fused_cuda.h) for at::Tensor arguments, on the current CUDA stream. Each function
+// computes what the named LibTorch composition computes (within the execution dtype's rounding: the fused kernels
+// accumulate in float32 and round where PyTorch's ops round), or returns an undefined tensor, computing nothing,
+// when its arguments are not ones the fused kernels take (CPU tensors, float32, odd shapes or alignments): the
+// caller then runs its LibTorch path. They never synchronize the host and allocate only their outputs (and
+// DecodeAttention its workspace) through LibTorch's allocator, so they can be captured in CUDA graphs. Errors of a
+// launch throw c10::Error.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace bigplan::fused_ops {
+
+// Whether x is a tensor the fused kernels take: on a CUDA device, bf16 or fp16.
+bool Eligible(const at::Tensor& x);
+
+// at::linear(x, w, b) (+ residual): x [..., k], w [n, k] (contiguous), b [n] or undefined, residual [..., n] or
+// undefined (added after the product is rounded, as `residual + linear(x)`). Up to 2 rows of x: the fused
+// matrix-vector kernel (bias and residual in its epilogue); more rows: cuBLAS (addmm with the residual, so the
+// residual is added before rounding). Result [..., n] contiguous.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual);
+
+// kernels_internal::RmsNorm(x, w, eps) (LlamaRMSNorm): x [..., cols] with a contiguous last dimension.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);
+
+// at::silu(gate) * up for gu [..., 2 inter] holding [gate | up] in its last dimension: [..., inter].
+at::Tensor SiluMul(const at::Tensor& gu);
+
+// Where a step's tokens sit (fused::Positions): `pos` a device int64 tensor of one position (every row) or one per
+// row (`per_row`), else `pos_host`; `rows` (device int64 [batch]) the cache row of each row, or undefined (row b).
+struct StepPositions {
+  at::Tensor pos;
+  bool per_row = false;
+  int64_t pos_host = 0;
+  at::Tensor rows;
+};
+
+// RoPE of q and k (after Qwen3's per-head RMSNorm when q_norm/k_norm are defined) with cos/sin tables [table_rows,
+// head_dim] by position, k and v written into k_cache/v_cache [cache_rows, kv_heads, max_seq, head_dim]
+// (contiguous) at each token's position; returns the rotated q [batch, heads, seq, head_dim]. q, k, v are
+// [batch, seq, heads or kv_heads x head_dim] (views of one product are fine). Undefined when not eligible (full
+// rotary only: the tables' width is head_dim).
+at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t kv_heads,
+                       int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin, const StepPositions& at,
+                       const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& q_norm,
+                       const at::Tensor& k_norm, double eps);
+
+// Whether DecodeAttention takes these head counts and head size (head_dim a multiple of 32 up to 256, heads a
+// multiple of kv_heads, at most 8 query heads per kv head).
+bool DecodeAttentionTakes(int64_t heads, int64_t kv_heads, int64_t head_dim);
+
+// One new token per row: q [batch, heads, 1, head_dim] attends over its cache row's positions up to its own (within
+// `window` when > 0), as kernels_internal::StaticDecodeAttention after the cache write; [batch, heads, 1, head_dim].
+// `max_len` bounds the attended positions (the split count depends on it alone, so a graph-captured step may replay
+// at any position below it). Undefined when not eligible.
+at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const StepPositions& at, int64_t max_len, int64_t window, double scale);
+
+}  // namespace bigplan::fused_ops

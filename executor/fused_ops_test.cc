@@ -1,0 +1,233 @@
+// The fused kernels against the LibTorch compositions they stand for (on CUDA device 0 when built with
+// BIGPLAN_TEST_CUDA), and the wrappers declining what the kernels do not take (everywhere).
+#include "executor/fused_ops.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#ifdef BIGPLAN_TEST_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace bigplan::fused_ops {
+namespace {
+
+TEST(FusedOps, DeclineCpuAndFloat32) {
+  const at::Tensor x = at::randn({2, 64});
+  const at::Tensor w = at::randn({32, 64});
+  EXPECT_FALSE(Eligible(x));
+  EXPECT_FALSE(Linear(x, w, at::Tensor(), at::Tensor()).defined());
+  EXPECT_FALSE(RmsNorm(x, at::ones({64}), 1e-5).defined());
+  EXPECT_FALSE(SiluMul(x).defined());
+  EXPECT_FALSE(Eligible(x.to(at::kBFloat16)));  // on the CPU
+  const at::Tensor cache = at::zeros({1, 2, 16, 32});
+  EXPECT_FALSE(DecodeAttention(at::randn({1, 4, 1, 32}), cache, cache, StepPositions{}, 16, 0, 1.0).defined());
+  EXPECT_FALSE(RopeKvWrite(at::randn({1, 1, 128}), at::randn({1, 1, 64}), at::randn({1, 1, 64}), 4, 2, 32,
+                           at::ones({16, 32}), at::zeros({16, 32}), StepPositions{}, cache, cache, at::Tensor(),
+                           at::Tensor(), 1e-6)
+                   .defined());
+}
+
+#ifdef BIGPLAN_TEST_CUDA
+
+class FusedOpsGpu : public ::testing::TestWithParam<at::ScalarType> {
+ protected:
+  void SetUp() override {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+    at::manual_seed(3);
+  }
+  at::TensorOptions Opts() const { return at::TensorOptions().dtype(GetParam()).device(at::kCUDA, 0); }
+  // Differences of one or two roundings of the execution dtype (the sums run in another order).
+  double Tol() const { return GetParam() == at::kBFloat16 ? 2e-2 : 4e-3; }
+  void ExpectClose(const at::Tensor& got, const at::Tensor& want, const char* what) {
+    ASSERT_TRUE(got.defined()) << what;
+    ASSERT_EQ(got.sizes(), want.sizes()) << what;
+    const at::Tensor g = got.to(at::kFloat).cpu(), w = want.to(at::kFloat).cpu();
+    const double scale = std::max(1.0, w.abs().max().item<double>());
+    const double err = (g - w).abs().max().item<double>() / scale;
+    EXPECT_LE(err, Tol()) << what;
+    EXPECT_FALSE(std::isnan(g.sum().item<double>())) << what;
+  }
+};
+
+at::Tensor RefRmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor h = x.to(at::kFloat);
+  h = h * at::rsqrt(h.pow(2).mean(-1, true) + eps);
+  return w * h.to(x.scalar_type());
+}
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+TEST_P(FusedOpsGpu, LinearMatchesLinearPlusResidual) {
+  for (int64_t m : {1, 2, 3, 17}) {  // the fused kernel (1, 2 rows) and cuBLAS
+    for (auto [n, k] : std::vector<std::pair<int64_t, int64_t>>{{256, 512}, {1000, 4096}, {24, 2056}}) {
+      const at::Tensor x = at::randn({m, k}, Opts());
+      const at::Tensor w = at::randn({n, k}, Opts()) * 0.05;
+      const at::Tensor b = at::randn({n}, Opts());
+      const at::Tensor r = at::randn({m, n}, Opts());
+      ExpectClose(Linear(x, w, at::Tensor(), at::Tensor()), at::linear(x, w), "plain");
+      ExpectClose(Linear(x, w, b, at::Tensor()), at::linear(x, w, b), "bias");
+      ExpectClose(Linear(x, w, at::Tensor(), r), r + at::linear(x, w), "residual");
+      ExpectClose(Linear(x, w, b, r), r + at::linear(x, w, b), "bias and residual");
+      // A column slice of a wider tensor (rows at a stride), as views of one fused product are.
+      const at::Tensor wide = at::randn({m, k + 64}, Opts());
+      const at::Tensor xs = wide.narrow(1, 64, k);
+      ExpectClose(Linear(xs.view({m, 1, k}), w, at::Tensor(), at::Tensor()), at::linear(xs, w).view({m, 1, n}),
+                  "strided rows");
+    }
+  }
+  EXPECT_FALSE(Linear(at::randn({1, 64}, Opts()), at::randn({32, 64}, Opts()).to(at::kFloat), at::Tensor(),
+                      at::Tensor())
+                   .defined());
+}
+
+TEST_P(FusedOpsGpu, RmsNormAndSiluMul) {
+  for (int64_t rows : {1, 5, 512}) {
+    for (int64_t cols : {64, 2048, 4096, 5000}) {
+      const at::Tensor x = at::randn({rows, cols}, Opts()) * 3;
+      const at::Tensor w = at::randn({cols}, Opts());
+      ExpectClose(RmsNorm(x, w, 1e-5), RefRmsNorm(x, w, 1e-5), "rms_norm");
+      const at::Tensor gu = at::randn({rows, 2 * cols}, Opts()) * 4;
+      ExpectClose(SiluMul(gu), at::silu(gu.narrow(1, 0, cols)) * gu.narrow(1, cols, cols), "silu_mul");
+    }
+  }
+}
+
+// RoPE + cache write for a prefill (seq 5 at start 3), a decode step at a device position, and rows at their own
+// positions in their own cache rows, with and without Qwen3's per-head norms.
+TEST_P(FusedOpsGpu, RopeKvWriteMatchesReference) {
+  const int64_t heads = 8, kv_heads = 2, D = 64, max_seq = 32, cache_rows = 4;
+  const at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, D, 2, at::kFloat) / D);
+  const at::Tensor freqs = at::outer(at::arange(max_seq, at::kFloat), inv);
+  const at::Tensor emb = at::cat({freqs, freqs}, -1);
+  const at::Tensor cos = emb.cos().to(Opts()), sin = emb.sin().to(Opts());
+  for (bool norms : {false, true}) {
+    const at::Tensor qn = norms ? at::randn({D}, Opts()) : at::Tensor();
+    const at::Tensor kn = norms ? at::randn({D}, Opts()) : at::Tensor();
+    struct Case {
+      int64_t batch, seq;
+      StepPositions at;
+      std::vector<int64_t> pos, rows;  // per batch row
+    };
+    const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
+    std::vector<Case> cases;
+    cases.push_back({2, 5, StepPositions{at::Tensor(), false, 3, at::Tensor()}, {3, 3}, {0, 1}});
+    cases.push_back({1, 1, StepPositions{at::full({1}, 17, i64), false, 0, at::Tensor()}, {17}, {0}});
+    cases.push_back({3, 1, StepPositions{at::tensor({4, 30, 9}, i64), true, 0, at::tensor({2, 0, 3}, i64)},
+                     {4, 30, 9}, {2, 0, 3}});
+    for (const Case& c : cases) {
+      const at::Tensor qkv = at::randn({c.batch, c.seq, (heads + 2 * kv_heads) * D}, Opts());
+      const at::Tensor q = qkv.narrow(2, 0, heads * D), k = qkv.narrow(2, heads * D, kv_heads * D),
+                       v = qkv.narrow(2, (heads + kv_heads) * D, kv_heads * D);
+      at::Tensor kc = at::zeros({cache_rows, kv_heads, max_seq, D}, Opts()), vc = at::zeros_like(kc);
+      const at::Tensor got = RopeKvWrite(q, k, v, heads, kv_heads, D, cos, sin, c.at, kc, vc, qn, kn, 1e-6);
+      ASSERT_TRUE(got.defined());
+      for (int64_t b = 0; b < c.batch; ++b) {
+        const at::Tensor pos = at::arange(c.pos[b], c.pos[b] + c.seq, i64);
+        const at::Tensor cb = cos.index_select(0, pos).view({1, c.seq, D}), sb = sin.index_select(0, pos).view({1, c.seq, D});
+        at::Tensor qb = q[b].reshape({c.seq, heads, D}).transpose(0, 1);  // [heads, seq, D]
+        at::Tensor kb = k[b].reshape({c.seq, kv_heads, D}).transpose(0, 1);
+        if (norms) {
+          qb = RefRmsNorm(qb, qn, 1e-6);
+          kb = RefRmsNorm(kb, kn, 1e-6);
+        }
+        ExpectClose(got[b], qb * cb + RotateHalf(qb) * sb, "q");
+        ExpectClose(kc[c.rows[b]].narrow(1, c.pos[b], c.seq), kb * cb + RotateHalf(kb) * sb, "k cache");
+        ExpectClose(vc[c.rows[b]].narrow(1, c.pos[b], c.seq), v[b].reshape({c.seq, kv_heads, D}).transpose(0, 1),
+                    "v cache");
+      }
+    }
+  }
+}
+
+// Reference decode attention in float32 over positions [lo, pos] of each row's cache row.
+at::Tensor RefDecode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const std::vector<int64_t>& pos,
+                     const std::vector<int64_t>& rows, int64_t window, double scale) {
+  const int64_t batch = q.size(0), heads = q.size(1), D = q.size(3), kv_heads = kc.size(1);
+  std::vector<at::Tensor> outs;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[b] - window + 1) : 0;
+    at::Tensor keys = kc[rows[b]].narrow(1, lo, pos[b] - lo + 1).to(at::kFloat);  // [kv_heads, L, D]
+    at::Tensor vals = vc[rows[b]].narrow(1, lo, pos[b] - lo + 1).to(at::kFloat);
+    keys = keys.repeat_interleave(heads / kv_heads, 0);
+    vals = vals.repeat_interleave(heads / kv_heads, 0);
+    const at::Tensor qb = q[b].to(at::kFloat);  // [heads, 1, D]
+    const at::Tensor p = at::softmax(at::matmul(qb, keys.transpose(1, 2)) * scale, -1);
+    outs.push_back(at::matmul(p, vals).to(q.scalar_type()));
+  }
+  (void)D;
+  return at::stack(outs);
+}
+
+TEST_P(FusedOpsGpu, DecodeAttentionMatchesReference) {
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
+  for (auto [heads, kv_heads, D] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {32, 8, 128}, {8, 8, 64}, {32, 4, 128}, {16, 2, 256}, {6, 3, 96}}) {
+    const int64_t max_seq = 300, cache_rows = 3;
+    const at::Tensor kc = at::randn({cache_rows, kv_heads, max_seq, D}, Opts());
+    const at::Tensor vc = at::randn({cache_rows, kv_heads, max_seq, D}, Opts());
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    for (int64_t window : {0, 40}) {
+      // One position for one row (device and host), then rows at their own positions in their own cache rows.
+      const at::Tensor q1 = at::randn({1, heads, 1, D}, Opts());
+      for (int64_t pos : {0, 1, 15, 200, 299}) {
+        const at::Tensor want = RefDecode(q1, kc, vc, {pos}, {0}, window, scale);
+        ExpectClose(DecodeAttention(q1, kc, vc, StepPositions{at::full({1}, pos, i64), false, 0, at::Tensor()},
+                                    max_seq, window, scale),
+                    want, "device position");
+        ExpectClose(DecodeAttention(q1, kc, vc, StepPositions{at::Tensor(), false, pos, at::Tensor()}, pos + 1,
+                                    window, scale),
+                    want, "host position");
+      }
+      const at::Tensor q3 = at::randn({3, heads, 1, D}, Opts());
+      const std::vector<int64_t> pos{7, 299, 120}, rows{1, 2, 0};
+      ExpectClose(DecodeAttention(q3, kc, vc, StepPositions{at::tensor(pos, i64), true, 0, at::tensor(rows, i64)},
+                                  max_seq, window, scale),
+                  RefDecode(q3, kc, vc, pos, rows, window, scale), "rows");
+    }
+  }
+}
+
+// The decode attention captured once in a CUDA graph replays at any position written to its position tensor.
+TEST_P(FusedOpsGpu, DecodeAttentionReplaysFromAGraphAtAnyPosition) {
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
+  const int64_t heads = 32, kv_heads = 8, D = 128, max_seq = 512;
+  const at::Tensor kc = at::randn({1, kv_heads, max_seq, D}, Opts());
+  const at::Tensor vc = at::randn({1, kv_heads, max_seq, D}, Opts());
+  const at::Tensor q = at::randn({1, heads, 1, D}, Opts());
+  const at::Tensor pos = at::zeros({1}, i64);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  at::Tensor out;
+  at::cuda::CUDAGraph graph;
+  {
+    c10::cuda::CUDAStreamGuard guard(side);
+    out = DecodeAttention(q, kc, vc, StepPositions{pos, false, 0, at::Tensor()}, max_seq, 0, scale);  // warm-up
+    graph.capture_begin();
+    out = DecodeAttention(q, kc, vc, StepPositions{pos, false, 0, at::Tensor()}, max_seq, 0, scale);
+    graph.capture_end();
+  }
+  for (int64_t p : {3, 511, 64}) {
+    pos.fill_(p);
+    graph.replay();
+    ExpectClose(out, RefDecode(q, kc, vc, {p}, {0}, 0, scale), "replayed");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, FusedOpsGpu, ::testing::Values(at::kBFloat16, at::kHalf),
+                         [](const auto& info) { return std::string(info.param == at::kBFloat16 ? "bf16" : "fp16"); });
+
+#endif  // BIGPLAN_TEST_CUDA
+
+}  // namespace
+}  // namespace bigplan::fused_ops
