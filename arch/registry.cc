@@ -40,16 +40,16 @@ constexpr BlockLayout kLlamaBlocks[] = {
 constexpr TensorRule kLlamaTensors[] = {
     M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
     M(kLayer, Slot::kQ, "self_attn.q_proj.weight", Dim::kQDim, Dim::kHidden),
-    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
     M(kLayer, Slot::kK, "self_attn.k_proj.weight", Dim::kKvDim, Dim::kHidden),
-    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     M(kLayer, Slot::kV, "self_attn.v_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
+    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     V(kLayer, Slot::kVBias, "self_attn.v_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
     V(kLayer, Slot::kOBias, "self_attn.o_proj.bias", Dim::kHidden, Presence::kOBias),
     M(kLayer, Slot::kGate, "mlp.gate_proj.weight", Dim::kIntermediate, Dim::kHidden),
-    V(kLayer, Slot::kGateBias, "mlp.gate_proj.bias", Dim::kIntermediate, Presence::kMlpBias),
     M(kLayer, Slot::kUp, "mlp.up_proj.weight", Dim::kIntermediate, Dim::kHidden),
+    V(kLayer, Slot::kGateBias, "mlp.gate_proj.bias", Dim::kIntermediate, Presence::kMlpBias),
     V(kLayer, Slot::kUpBias, "mlp.up_proj.bias", Dim::kIntermediate, Presence::kMlpBias),
     M(kLayer, Slot::kDown, "mlp.down_proj.weight", Dim::kHidden, Dim::kIntermediate),
     V(kLayer, Slot::kDownBias, "mlp.down_proj.bias", Dim::kHidden, Presence::kMlpBias),
@@ -246,10 +246,10 @@ constexpr const char* kQwen2MoeTypes[] = {"qwen2_moe"};
 constexpr TensorRule kQwen2MoeTensors[] = {
     M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
     M(kLayer, Slot::kQ, "self_attn.q_proj.weight", Dim::kQDim, Dim::kHidden),
-    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
     M(kLayer, Slot::kK, "self_attn.k_proj.weight", Dim::kKvDim, Dim::kHidden),
-    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     M(kLayer, Slot::kV, "self_attn.v_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
+    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     V(kLayer, Slot::kVBias, "self_attn.v_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
     QWEN_MOE_MLP_TENSORS,
@@ -271,10 +271,10 @@ constexpr const char* kQwen3MoeTypes[] = {"qwen3_moe"};
 constexpr TensorRule kQwen3MoeTensors[] = {
     M(kEmb, Slot::kTokenEmbedding, "weight", Dim::kVocab, Dim::kHidden, Layout::kEmbedding),
     M(kLayer, Slot::kQ, "self_attn.q_proj.weight", Dim::kQDim, Dim::kHidden),
-    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
     M(kLayer, Slot::kK, "self_attn.k_proj.weight", Dim::kKvDim, Dim::kHidden),
-    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     M(kLayer, Slot::kV, "self_attn.v_proj.weight", Dim::kKvDim, Dim::kHidden),
+    V(kLayer, Slot::kQBias, "self_attn.q_proj.bias", Dim::kQDim, Presence::kQkvBias),
+    V(kLayer, Slot::kKBias, "self_attn.k_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     V(kLayer, Slot::kVBias, "self_attn.v_proj.bias", Dim::kKvDim, Presence::kQkvBias),
     M(kLayer, Slot::kO, "self_attn.o_proj.weight", Dim::kHidden, Dim::kQDim),
     V(kLayer, Slot::kOBias, "self_attn.o_proj.bias", Dim::kHidden, Presence::kOBias),
@@ -341,7 +341,8 @@ constexpr RopeType kNoRope[1] = {RopeType::kDefault};
 const FamilyInfo kFamilies[] = {
     {Family::kLlama, "llama", kLlamaTypes, "LlamaForCausalLM", kLlamaBlocks, kLlamaTensors, kTiedHead, {},
      kRotaryBuffers, kLlamaParameterless, "",
-     KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 0, .final_norm = 4}, kLlamaRope,
+     KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 0, .final_norm = 4, .fused_decoder_layer = 10,
+                  .fused_final_norm = 1}, kLlamaRope,
      /*partial_rotary=*/false, GraphDecode::kWhileRopeLengthIndependent, kLlamaKeys},
     {Family::kGpt2, "gpt2", kGpt2Types, "GPT2LMHeadModel", kGpt2Blocks, kGpt2Tensors, kTiedHead, {}, {},
      kGptParameterless, "transformer.", KernelCounts{.decoder_layer = 13, .partial_rotary_extra = 0, .final_norm = 1},
@@ -350,19 +351,23 @@ const FamilyInfo kFamilies[] = {
      kGptParameterless, "", KernelCounts{.decoder_layer = 24, .partial_rotary_extra = 2, .final_norm = 1}, kGptjRope,
      /*partial_rotary=*/true, GraphDecode::kNever, kGptjKeys},
     {Family::kPhi3, "phi3", kPhi3Types, "Phi3ForCausalLM", kLlamaBlocks, kPhi3Tensors, kTiedHead, {}, kRotaryBuffers,
-     kPhi3Parameterless, "", KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 2, .final_norm = 4},
+     kPhi3Parameterless, "", KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 2, .final_norm = 4,
+                                     .fused_decoder_layer = 10, .fused_final_norm = 1},
      kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
     // Mixture-of-experts layers synchronize with the host once per layer (the router's choices), so their decode
     // is not captured in a CUDA graph. decoder_layer counts a layer's attention half; BlockKernels adds the MLP's.
     {Family::kMixtral, "mixtral", kMixtralTypes, "MixtralForCausalLM", kLlamaBlocks, kMixtralTensors, kTiedHead, {},
      kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
-     .final_norm = 4}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kMixtralKeys},
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1}, kLlamaRope, /*partial_rotary=*/false,
+     GraphDecode::kNever, kMixtralKeys},
     {Family::kQwen2Moe, "qwen2_moe", kQwen2MoeTypes, "Qwen2MoeForCausalLM", kLlamaBlocks, kQwen2MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
-     .final_norm = 4}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen2MoeKeys},
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1}, kLlamaRope, /*partial_rotary=*/false,
+     GraphDecode::kNever, kQwen2MoeKeys},
     {Family::kQwen3Moe, "qwen3_moe", kQwen3MoeTypes, "Qwen3MoeForCausalLM", kLlamaBlocks, kQwen3MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
-     .final_norm = 4}, kLlamaRope, /*partial_rotary=*/false, GraphDecode::kNever, kQwen3MoeKeys},
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1}, kLlamaRope, /*partial_rotary=*/false,
+     GraphDecode::kNever, kQwen3MoeKeys},
 };
 
 
@@ -1139,16 +1144,28 @@ uint32_t MlpKernels(const FamilyInfo& family, const ModelConfig& c) {
 }
 }  // namespace
 
-uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config) {
+bool FusedKernelsApply(const FamilyInfo& family, const ModelConfig& c) {
+  return family.kernels.fused_decoder_layer > 0 && (c.rotary_dim == 0 || c.rotary_dim == c.head_dim) &&
+         c.head_dim % 32 == 0 && c.head_dim > 0 && c.head_dim <= 256 && c.num_kv_heads > 0 &&
+         c.num_heads % c.num_kv_heads == 0 && c.num_heads / c.num_kv_heads <= 8 && c.hidden_size % 8 == 0;
+}
+
+uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config, bool fused) {
   const KernelCounts& k = family.kernels;
+  // The fused decoder layer (executor/kernels_llama.cc with executor/fused_ops.h): RMSNorm, the q/k/v product, RoPE
+  // with the KV-cache write, the split-K attention (2; a prompt: SDPA and the transpose-reshape copy), the o product
+  // with the residual, RMSNorm, then the gate/up product, SiLU x up and the down product with the residual (dense
+  // layers) or the mixture-of-experts MLP and its residual add.
+  fused = fused && FusedKernelsApply(family, config);
   switch (kind) {
     case BlockKind::kEmbedding: return k.embedding;
     case BlockKind::kPositionEmbedding: return k.position_embedding;
     case BlockKind::kDecoderLayer:
+      if (fused) return k.fused_decoder_layer + MlpKernels(family, config);
       return k.decoder_layer +
              (config.rotary_dim != 0 && config.rotary_dim < config.head_dim ? k.partial_rotary_extra : 0) +
              MlpKernels(family, config);
-    case BlockKind::kFinalNorm: return k.final_norm;
+    case BlockKind::kFinalNorm: return fused ? k.fused_final_norm : k.final_norm;
     case BlockKind::kLmHead: return k.lm_head;
   }
   return 0;

@@ -273,6 +273,10 @@ struct KernelCounts {
   uint32_t partial_rotary_extra = 0;  // added to decoder_layer when 0 < rotary_dim < head_dim
   uint32_t final_norm = 0;
   uint32_t lm_head = 2;
+  // With the executor's fused CUDA kernels (executor/fused_ops.h; 0: the family has none): a decoder layer's
+  // kernels (for mixture-of-experts families its attention half) and the final norm's, on a GPU in bf16/fp16.
+  uint32_t fused_decoder_layer = 0;
+  uint32_t fused_final_norm = 0;
 };
 
 // CUDA-graph decode eligibility (the executor's ModelKernels::StaticDecode).
@@ -304,7 +308,10 @@ struct FamilyInfo {
   std::span<const char* const> model_types;      // config.json model_type values imported as this family
   const char* reference_class;                   // transformers class of the reference, e.g. "LlamaForCausalLM"
   std::span<const BlockLayout> blocks;           // in execution order
-  std::span<const TensorRule> tensors;           // in checkpoint (description) order within each block kind
+  // In description order within each block kind, which is the order a block's weights are laid out in its buffers:
+  // q, k, v (and gate, up) come back to back, their biases after them, so the executor's fused kernels multiply
+  // each group as one matrix.
+  std::span<const TensorRule> tensors;
   std::span<const TiedRead> tied;
   std::span<const RuntimeBufferRule> runtime_buffers;
   std::span<const ModelBufferRule> accelerate_buffers;
@@ -351,8 +358,12 @@ const TensorRule* FindSlotRule(const FamilyInfo& family, BlockKind kind, Slot sl
 // The module name of a block: layout.name with "{i}" replaced by `layer`.
 std::string BlockName(const BlockLayout& layout, int32_t layer);
 
-// Kernels of one block for the cost model.
-uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config);
+// Kernels of one block for the cost model: LibTorch's ops (`fused` false), or on a GPU in bf16/fp16 with
+// unquantized weights (`fused` true) the executor's fused kernels where FusedKernelsApply.
+uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config, bool fused = false);
+// Whether the executor's fused kernels run this model's decoder layers (on a GPU in bf16/fp16): the family has
+// them, full rotary, head_dim a multiple of 32 up to 256, at most 8 query heads per kv head, hidden a multiple of 8.
+bool FusedKernelsApply(const FamilyInfo& family, const ModelConfig& config);
 // Whether decode steps of this model can be replayed from a CUDA graph for runs of max_seq_len positions (the
 // executor's StaticDecode); placement conditions (all resident on one GPU) are the caller's.
 bool GraphDecodeEligible(const FamilyInfo& family, const ModelConfig& config, uint32_t max_seq_len);

@@ -322,7 +322,9 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   // The plan is read and verified once (schema/plan_io); an architecture without kernels fails here, before any
   // weights are read.
   BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
-  auto kernels = MakeModelKernels(executor_internal::SpecFromPlan(plan.plan()));
+  ModelSpec spec = executor_internal::SpecFromPlan(plan.plan());
+  spec.fused_kernels = options.fused_kernels;
+  auto kernels = MakeModelKernels(spec);
   if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
   impl->kernels = std::move(*kernels);
   const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;

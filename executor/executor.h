@@ -73,6 +73,10 @@ struct ExecutorOptions {
   // the execution dtype's rounding). A replayed step has no per-block events: its Stats::last_steps is empty and
   // it adds nothing to the trace but the time it takes in Stats::last_forward_ms.
   bool cuda_graphs = true;
+  // Run the fused CUDA kernels (executor/fused_ops.h: matrix-vector products with their bias and residual, q/k/v and
+  // gate/up as one product each, RMSNorm, SiLU x up, RoPE with the KV-cache write, split-K decode attention) for
+  // Llama-family layers in bf16/fp16 on a GPU. Off: the same math as LibTorch ops (more kernels per layer).
+  bool fused_kernels = true;
   // Host compute (plans made with `plan --cpu-share`): forwards of at most the plan's host_max_tokens tokens
   // multiply the last rows of the streamed matrices the plan marks on the host CPU, with this many threads (0: every
   // core; the calling thread is one of them), while the other rows stream. Off: every row streams (the plan's

@@ -363,9 +363,7 @@ Status CheckKvCache(const KvCache* kv, int64_t batch, int64_t kv_heads, int64_t 
 at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
                            int64_t start_pos, double scale, int64_t window, bool upcast) {
   const int64_t batch = q.size(0);
-  const int64_t heads = q.size(1);
   const int64_t seq = q.size(2);
-  const int64_t kv_heads = k.size(1);
   const int64_t total = start_pos + seq;
   at::Tensor keys = k;
   at::Tensor values = v;
@@ -377,6 +375,16 @@ at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::T
     keys = k_cache.narrow(2, 0, total);
     values = v_cache.narrow(2, 0, total);
   }
+  return AttendCache(q, keys, values, start_pos, scale, window, upcast);
+}
+
+at::Tensor AttendCache(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start_pos,
+                       double scale, int64_t window, bool upcast) {
+  const int64_t heads = q.size(1);
+  const int64_t seq = q.size(2);
+  const int64_t kv_heads = keys.size(1);
+  const int64_t total = start_pos + seq;
+  const at::Tensor& v = values;
   // Sliding window: some token sees a key older than its window only once the keys outnumber the window.
   const bool windowed = window > 0 && total > window;
   upcast = upcast && q.scalar_type() != at::kFloat;

@@ -59,6 +59,9 @@ struct ModelSpec {
   bool norm_topk_prob = false;
   std::vector<bool> sparse_layers;
   bool qk_norm = false;
+  // Not from the plan: run the fused CUDA kernels (executor/fused_ops.h) where they apply (bf16/fp16 on a GPU);
+  // false keeps every op on LibTorch (ExecutorOptions::fused_kernels).
+  bool fused_kernels = true;
 };
 
 // How a weight is stored when it is row-quantized (formats/quant.h, plan --weights): its tensor (Find, or each

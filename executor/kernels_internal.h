@@ -115,6 +115,11 @@ Status CheckKvCache(const KvCache* kv, int64_t batch, int64_t kv_heads, int64_t 
 at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
                            int64_t start_pos, double scale, int64_t window = 0, bool upcast = false);
 
+// CachedAttention's attention alone, for new tokens whose k and v are already in the cache: q [batch, heads, seq,
+// head_dim] over keys/values [batch, kv_heads, start_pos + seq, head_dim] (cache views).
+at::Tensor AttendCache(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start_pos,
+                       double scale, int64_t window = 0, bool upcast = false);
+
 // The static single-token step (ForwardContext::position): writes k, v ([batch, kv_heads, 1, head_dim]) at
 // `position` (a one-element int64 device tensor) of the cache with index_copy_, and attends q ([batch, heads, 1,
 // head_dim]) over every cache position with an additive mask (0 up to `position`, -inf after), as transformers'

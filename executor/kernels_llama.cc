@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "executor/fused_ops.h"
 #include "executor/kernels.h"
 #include "executor/kernels_internal.h"
 
@@ -35,6 +36,12 @@ class LlamaKernels final : public ModelKernelsBase {
         }) {}
 
  protected:
+  // A projection: its weight (whole or streamed in row chunks) and bias (undefined when absent).
+  struct Proj {
+    WeightRef w;
+    at::Tensor b;
+  };
+
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kTokenEmbedding));
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(w, c.ctx.token_ids));
@@ -42,12 +49,8 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
   Status DecoderLayer(const Call& c, KvCache* kv, at::Tensor* hidden) const override {
-    // Projection weight (whole or streamed in row chunks) and bias. Biases are required when the spec says so,
+    // Projection weights (whole or streamed in row chunks) and biases. Biases are required when the spec says so,
     // else used when the block has them (Qwen2: q/k/v biases only; Llama attention_bias: all four).
-    struct Proj {
-      WeightRef w;
-      at::Tensor b;
-    };
     auto proj = [&](Slot weight, Slot bias, bool bias_required, Proj* out) -> Status {
       BIGPLAN_ASSIGN_OR_RETURN(out->w, Ref(c, weight));
       if (bias_required) {
@@ -82,9 +85,30 @@ class LlamaKernels final : public ModelKernelsBase {
     if (!sparse) BIGPLAN_RETURN_IF_ERROR(proj(Slot::kDown, Slot::kDownBias, spec_.mlp_bias, &down_proj));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor input_norm, Get(c, Slot::kInputNorm));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor post_norm, Get(c, Slot::kPostNorm));
-    auto apply = [](const Proj& pr, const at::Tensor& x) { return LinearW(pr.w, x, pr.b); };
-
     const at::Tensor x = *hidden;
+    // The fused CUDA kernels (executor/fused_ops.h) where they apply; each op falls back to LibTorch otherwise.
+    const bool fused = spec_.fused_kernels && fused_ops::Eligible(x);
+    // residual + x w^T (+ b); `residual` may be undefined.
+    auto linear = [&](const Proj& pr, const at::Tensor& in, const at::Tensor& residual) -> Result<at::Tensor> {
+      if (fused && pr.w.whole.defined() && !pr.w.quant.quantized()) {
+        at::Tensor y = fused_ops::Linear(in, pr.w.whole, pr.b, residual);
+        if (y.defined()) return y;
+      }
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor y, LinearW(pr.w, in, pr.b));
+      return residual.defined() ? residual + y : y;
+    };
+    auto apply = [&](const Proj& pr, const at::Tensor& in) { return linear(pr, in, at::Tensor()); };
+    auto norm = [&](const at::Tensor& t, const at::Tensor& w) {
+      at::Tensor out = fused ? fused_ops::RmsNorm(t, w, spec_.norm_eps) : at::Tensor();
+      return out.defined() ? out : RmsNorm(t, w, spec_.norm_eps);
+    };
+    // q, k, v (gate, up) lying back to back in memory (the planner lays a block's weights out in this order) run as
+    // one product.
+    if (fused && !fused_qkv) qkv_proj = Concat({&q_proj, &k_proj, &v_proj});
+    if (fused && !sparse && !fused_gate_up) gate_up_proj = Concat({&gate_proj, &up_proj});
+    const bool qkv_one = fused_qkv || qkv_proj.w.whole.defined();
+    const bool gate_up_one = fused_gate_up || gate_up_proj.w.whole.defined();
+
     const int64_t batch = x.size(0);
     const int64_t seq = x.size(1);
     const int64_t heads = spec_.num_heads;
@@ -94,9 +118,9 @@ class LlamaKernels final : public ModelKernelsBase {
     BIGPLAN_RETURN_IF_ERROR(CheckKvCache(kv, batch, kv_heads, start_pos, seq, head_dim, x.device(), c.block));
 
     // Projections run in the order the planner streams chunked weights: q, k, v, o, gate, up, down.
-    at::Tensor h = RmsNorm(x, input_norm, spec_.norm_eps);
+    at::Tensor h = norm(x, input_norm);
     at::Tensor q, k, v;
-    if (fused_qkv) {
+    if (qkv_one) {
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor qkv, apply(qkv_proj, h));
       const int64_t q_cols = heads * head_dim, kv_cols = kv_heads * head_dim;
       if (qkv.size(-1) != q_cols + 2 * kv_cols) {
@@ -111,6 +135,106 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_ASSIGN_OR_RETURN(k, apply(k_proj, h));
       BIGPLAN_ASSIGN_OR_RETURN(v, apply(v_proj, h));
     }
+    const double scale = std::pow(static_cast<double>(head_dim), -0.5);
+    // Sliding-window layers (Mistral; Qwen2's layers past max_window_layers or marked in layer_types).
+    const bool sliding = spec_.sliding_window > 0 && c.layer >= 0 &&
+                         static_cast<size_t>(c.layer) < spec_.sliding_window_layers.size() &&
+                         spec_.sliding_window_layers[c.layer];
+    const int64_t window = sliding ? spec_.sliding_window : 0;
+    if (c.ctx.rows.defined() && window > 0) {
+      return MakeError(ErrorCode::kUnsupported, c.block + ": rows at their own positions (StepRows) with a sliding "
+                                                          "window are not supported");
+    }
+    const at::Tensor& position = c.ctx.position;
+    if (position.defined() && (seq != 1 || kv == nullptr)) {
+      return MakeError(ErrorCode::kInvalidArgument, c.block + ": a static decode step takes one token per row "
+                                                              "and a KV cache");
+    }
+    at::Tensor attn = fused ? FusedAttention(c, q, k, v, kv, scale, window) : at::Tensor();
+    if (!attn.defined()) {
+      BIGPLAN_ASSIGN_OR_RETURN(attn, Attention(c, q, k, v, kv, scale, window));
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(const at::Tensor y, linear(o_proj, attn, x));
+
+    h = norm(y, post_norm);
+    if (sparse) {
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor moe, Moe(c, h));
+      *hidden = y + moe;
+      return Status::Ok();
+    }
+    at::Tensor act;
+    if (gate_up_one) {
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_up, apply(gate_up_proj, h));
+      if (fused && act_ == Activation::kSilu) act = fused_ops::SiluMul(gate_up);
+      if (!act.defined()) {
+        const int64_t inter = gate_up.size(-1) / 2;
+        act = Activate(act_, gate_up.narrow(-1, 0, inter)) * gate_up.narrow(-1, inter, inter);
+      }
+    } else {
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate, apply(gate_proj, h));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor up, apply(up_proj, h));
+      act = Activate(act_, gate) * up;
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(*hidden, linear(down_proj, act, y));
+    return Status::Ok();
+  }
+
+  // The fused path of the attention (executor/fused_ops.h): RoPE (after Qwen3's q/k norms) fused with the KV-cache
+  // write, then the split-K decode kernel for one new token per row, or SDPA over the cache for a prompt. q, k, v
+  // are the projections [batch, seq, heads or kv_heads x head_dim]. Undefined (nothing written) where it does not
+  // apply: no cache, partial rotary, length-dependent RoPE, shapes the kernels do not take.
+  at::Tensor FusedAttention(const Call& c, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                            double scale, int64_t window) const {
+    const int64_t batch = q.size(0), seq = q.size(1), heads = spec_.num_heads, kv_heads = spec_.num_kv_heads,
+                  head_dim = spec_.head_dim;
+    const int64_t start_pos = c.ctx.start_pos;
+    if (kv == nullptr || (spec_.rotary_dim != 0 && spec_.rotary_dim != head_dim) ||
+        rope_.LengthDependent(std::max<int64_t>(start_pos + seq, kv->k.size(2)))) {
+      return at::Tensor();
+    }
+    const bool one_token = seq == 1;
+    if (one_token && !fused_ops::DecodeAttentionTakes(heads, kv_heads, head_dim)) return at::Tensor();
+    if (!one_token && (c.ctx.position.defined() || c.ctx.rows.defined())) return at::Tensor();
+    at::Tensor q_norm, k_norm;
+    if (spec_.qk_norm) {
+      q_norm = Optional(c, Slot::kQNorm);
+      k_norm = Optional(c, Slot::kKNorm);
+      if (!q_norm.defined() || !k_norm.defined()) return at::Tensor();
+    }
+    fused_ops::StepPositions at;
+    if (c.ctx.rows.defined()) {
+      at = {c.ctx.position, true, 0, c.ctx.rows};
+    } else if (c.ctx.position.defined()) {
+      at = {c.ctx.position, false, 0, at::Tensor()};
+    } else {
+      at.pos_host = start_pos;
+    }
+    at::Tensor cos, sin;
+    rope_tables_.Get(0, kv->k.size(2), q.scalar_type(), q.device(), &cos, &sin);
+    const at::Tensor q_rot = fused_ops::RopeKvWrite(q, k, v, heads, kv_heads, head_dim, cos, sin, at, kv->k, kv->v,
+                                                    q_norm, k_norm, spec_.norm_eps);
+    if (!q_rot.defined()) return at::Tensor();
+    at::Tensor attn;
+    if (one_token) {
+      const int64_t max_len = c.ctx.rows.defined() ? std::max<int64_t>(1, c.ctx.attend_len)
+                              : c.ctx.position.defined() ? kv->k.size(2)
+                                                         : start_pos + 1;
+      attn = fused_ops::DecodeAttention(q_rot, kv->k, kv->v, at, max_len, window, scale);
+      TORCH_CHECK(attn.defined(), c.block, ": the fused decode attention declined arguments it was checked to take");
+    } else {
+      const int64_t total = start_pos + seq;
+      attn = AttendCache(q_rot, kv->k.narrow(0, 0, batch).narrow(2, 0, total),
+                         kv->v.narrow(0, 0, batch).narrow(2, 0, total), start_pos, scale, window);
+    }
+    return attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
+  }
+
+  // The LibTorch path of the attention: [batch, seq, heads x head_dim] from the projections.
+  Result<at::Tensor> Attention(const Call& c, at::Tensor q, at::Tensor k, at::Tensor v, KvCache* kv, double scale,
+                               int64_t window) const {
+    const int64_t batch = q.size(0), seq = q.size(1), heads = spec_.num_heads, kv_heads = spec_.num_kv_heads,
+                  head_dim = spec_.head_dim;
+    const int64_t start_pos = c.ctx.start_pos;
     q = q.reshape({batch, seq, heads, head_dim}).transpose(1, 2);
     k = k.reshape({batch, seq, kv_heads, head_dim}).transpose(1, 2);
     if (spec_.qk_norm) {  // Qwen3: RMSNorm over each head's dims, before RoPE
@@ -126,12 +250,8 @@ class LlamaKernels final : public ModelKernelsBase {
     at::Tensor cos, sin;
     const at::Tensor& position = c.ctx.position;
     if (position.defined()) {
-      if (seq != 1 || kv == nullptr) {
-        return MakeError(ErrorCode::kInvalidArgument, c.block + ": a static decode step takes one token per row "
-                                                                "and a KV cache");
-      }
       // Rows of the whole cache, so the table never grows (and is never reallocated) between steps.
-      rope_tables_.Get(0, kv->k.size(2), x.scalar_type(), x.device(), &cos, &sin);
+      rope_tables_.Get(0, kv->k.size(2), q.scalar_type(), q.device(), &cos, &sin);
       cos = cos.index_select(0, position);
       sin = sin.index_select(0, position);
       if (c.ctx.rows.defined()) {  // one position per row: [n, 1, 1, head_dim] against q/k [n, heads, 1, head_dim]
@@ -139,65 +259,76 @@ class LlamaKernels final : public ModelKernelsBase {
         sin = sin.view({batch, 1, 1, head_dim});
       }
     } else if (rope_.LengthDependent(start_pos + seq)) {
-      RopeCosSin(rope_, start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
+      RopeCosSin(rope_, start_pos, seq, q.scalar_type(), q.device(), &cos, &sin);
     } else {
-      rope_tables_.Get(start_pos, seq, x.scalar_type(), x.device(), &cos, &sin);
+      rope_tables_.Get(start_pos, seq, q.scalar_type(), q.device(), &cos, &sin);
     }
     q = ApplyRopeHalf(q, cos, sin);
     k = ApplyRopeHalf(k, cos, sin);
-
-    const double scale = std::pow(static_cast<double>(head_dim), -0.5);
-    // Sliding-window layers (Mistral; Qwen2's layers past max_window_layers or marked in layer_types).
-    const bool sliding = spec_.sliding_window > 0 && c.layer >= 0 &&
-                         static_cast<size_t>(c.layer) < spec_.sliding_window_layers.size() &&
-                         spec_.sliding_window_layers[c.layer];
-    const int64_t window = sliding ? spec_.sliding_window : 0;
-    if (c.ctx.rows.defined() && window > 0) {
-      return MakeError(ErrorCode::kUnsupported, c.block + ": rows at their own positions (StepRows) with a sliding "
-                                                          "window are not supported");
-    }
     at::Tensor attn = c.ctx.rows.defined()
                           ? RowsDecodeAttention(q, k, v, kv, c.ctx.rows, position, c.ctx.attend_len, scale)
                       : position.defined() ? StaticDecodeAttention(q, k, v, kv, position, scale, window)
                                            : CachedAttention(q, k, v, kv, start_pos, scale, window);
-    attn = attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor o, apply(o_proj, attn));
-    at::Tensor y = x + o;
+    return attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
+  }
 
-    h = RmsNorm(y, post_norm, spec_.norm_eps);
-    if (sparse) {
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor moe, Moe(c, h));
-      *hidden = y + moe;
-      return Status::Ok();
+  // One projection over several whole weights lying back to back in memory (q, k, v; gate, up) with their biases
+  // (all absent, or back to back too); an empty Proj otherwise.
+  static Proj Concat(std::initializer_list<const Proj*> parts) {
+    std::vector<at::Tensor> ws, bs;
+    for (const Proj* p : parts) {
+      if (p->w.quant.quantized()) return Proj{};
+      ws.push_back(p->w.whole);
+      if (p->b.defined()) bs.push_back(p->b);
     }
-    at::Tensor gate, up;
-    if (fused_gate_up) {
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_up, apply(gate_up_proj, h));
-      const int64_t inter = gate_up.size(-1) / 2;
-      gate = gate_up.narrow(-1, 0, inter);
-      up = gate_up.narrow(-1, inter, inter);
-    } else {
-      BIGPLAN_ASSIGN_OR_RETURN(gate, apply(gate_proj, h));
-      BIGPLAN_ASSIGN_OR_RETURN(up, apply(up_proj, h));
+    Proj out;
+    if (!bs.empty() && bs.size() != ws.size()) return Proj{};
+    if (!bs.empty()) {
+      out.b = Adjacent(bs);
+      if (!out.b.defined()) return Proj{};
     }
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, apply(down_proj, Activate(act_, gate) * up));
-    *hidden = y + mlp;
-    return Status::Ok();
+    out.w.whole = Adjacent(ws);
+    if (!out.w.whole.defined()) return Proj{};
+    out.w.weights = parts.begin()[0]->w.weights;
+    out.w.slot = parts.begin()[0]->w.slot;
+    return out;
+  }
+
+  // Tensors of one dtype, device and trailing shape, each contiguous, each starting where the previous one ends, as
+  // one view concatenated along dim 0; undefined otherwise.
+  static at::Tensor Adjacent(const std::vector<at::Tensor>& parts) {
+    if (parts.empty()) return at::Tensor();
+    const at::Tensor& a = parts[0];
+    int64_t rows = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const at::Tensor& t = parts[i];
+      if (!t.defined() || t.dim() != a.dim() || t.dim() < 1 || !t.is_contiguous() ||
+          t.scalar_type() != a.scalar_type() || t.device() != a.device() ||
+          !t.sizes().slice(1).equals(a.sizes().slice(1))) {
+        return at::Tensor();
+      }
+      if (i > 0) {
+        const at::Tensor& p = parts[i - 1];
+        if (static_cast<const uint8_t*>(p.data_ptr()) + p.numel() * p.element_size() !=
+            static_cast<const uint8_t*>(t.data_ptr())) {
+          return at::Tensor();
+        }
+      }
+      rows += t.size(0);
+    }
+    std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end());
+    shape[0] = rows;
+    return at::from_blob(a.data_ptr(), shape, a.options());
   }
 
   // [gate; up] as one [2 rows, cols] view when both are whole plain matrices of one shape lying back to back in
   // memory; undefined otherwise.
   static at::Tensor AdjacentRows(const WeightRef& gate, const WeightRef& up) {
-    const at::Tensor& a = gate.whole;
-    const at::Tensor& b = up.whole;
-    if (!a.defined() || !b.defined() || gate.quant.quantized() || up.quant.quantized() || a.dim() != 2 ||
-        !a.sizes().equals(b.sizes()) || a.scalar_type() != b.scalar_type() || !a.is_contiguous() ||
-        !b.is_contiguous() || a.device() != b.device()) {
+    if (gate.quant.quantized() || up.quant.quantized() || !gate.whole.defined() || gate.whole.dim() != 2 ||
+        !up.whole.defined() || !gate.whole.sizes().equals(up.whole.sizes())) {
       return at::Tensor();
     }
-    const auto* pa = static_cast<const uint8_t*>(a.data_ptr());
-    if (pa + a.numel() * a.element_size() != static_cast<const uint8_t*>(b.data_ptr())) return at::Tensor();
-    return at::from_blob(a.data_ptr(), {2 * a.size(0), a.size(1)}, a.options());
+    return Adjacent({gate.whole, up.whole});
   }
 
   bool SparseLayer(int layer) const {
@@ -214,7 +345,12 @@ class LlamaKernels final : public ModelKernelsBase {
     const int64_t hidden = h.size(-1);
     const at::Tensor x = h.reshape({-1, hidden});
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef router, Ref(c, Slot::kRouter));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, LinearW(router, x, at::Tensor()));
+    at::Tensor logits = spec_.fused_kernels && router.whole.defined() && !router.quant.quantized()
+                            ? fused_ops::Linear(x, router.whole, at::Tensor(), at::Tensor())
+                            : at::Tensor();
+    if (!logits.defined()) {
+      BIGPLAN_ASSIGN_OR_RETURN(logits, LinearW(router, x, at::Tensor()));
+    }
     const at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
     auto [topw, topi] = at::topk(probs, spec_.num_experts_per_tok, -1);
     if (spec_.norm_topk_prob) topw = topw / topw.sum(-1, /*keepdim=*/true);
@@ -272,13 +408,19 @@ class LlamaKernels final : public ModelKernelsBase {
 
   Status FinalNorm(const Call& c, at::Tensor* hidden) const override {
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, Slot::kFinalNorm));
-    *hidden = RmsNorm(*hidden, w, spec_.norm_eps);
+    at::Tensor out = spec_.fused_kernels ? fused_ops::RmsNorm(*hidden, w, spec_.norm_eps) : at::Tensor();
+    *hidden = out.defined() ? out : RmsNorm(*hidden, w, spec_.norm_eps);
     return Status::Ok();
   }
 
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kLmHead));
-    return LinearW(w, h, Optional(c, Slot::kLmHeadBias));
+    const at::Tensor bias = Optional(c, Slot::kLmHeadBias);
+    if (spec_.fused_kernels && w.whole.defined() && !w.quant.quantized()) {
+      at::Tensor y = fused_ops::Linear(h, w.whole, bias, at::Tensor());
+      if (y.defined()) return y;
+    }
+    return LinearW(w, h, bias);
   }
 
  public:

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -393,7 +394,10 @@ struct Runner {
     if (static_step) ctx.position = at::full({1}, start_pos, at::TensorOptions().dtype(at::kLong).device(TestDevice()));
     at::Tensor hidden, logits;
     {
-      [[maybe_unused]] NoSyncScope no_sync;
+      // Mixture-of-experts layers read the router's choices on the host (BlockWeights::BeginExperts, one
+      // synchronization per sparse layer, by design); every other block must never synchronize.
+      std::optional<NoSyncScope> no_sync;
+      if (m.spec.num_experts == 0) no_sync.emplace();
       for (auto& b : blocks) {
         KvCache* kv = b->layer >= 0 ? &caches[b->layer] : nullptr;
         Status st = kernels->RunBlock(b->kind, b->prefix, b->layer, b->weights, ctx, kv, &hidden, &logits);
