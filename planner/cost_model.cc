@@ -37,8 +37,9 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     if (const TensorSpec* p = model.FindParam(name)) count(*p);
   // The registry's kernel counts for the family (a validated description always names one).
   const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
-  w.kernels = arch::BlockKernels(family ? *family : arch::GetFamily(arch::Family::kLlama), block.kind, c) +
-              3 * quantized;
+  const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
+  w.cpu_kernels = arch::BlockKernels(fam, block.kind, c) + 3 * quantized;
+  w.kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/e == 2 && quantized == 0) + 3 * quantized;
   switch (block.kind) {
     case BlockKind::kDecoderLayer:
       w.matmul_params = matrix_params;
@@ -69,7 +70,7 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const bool cpu = device < 0;
   const double flops_per_s = cpu ? p.cpu_gflops * 1e9 : p.matmul_tflops * 1e12;
   const double bytes_per_s = (cpu ? p.cpu_mem_gbps : p.device_mem_gbps) * 1e9;
-  const double overhead_us = w.kernels * (cpu ? kCpuOpMicros : kGpuKernelMicros);
+  const double overhead_us = cpu ? w.cpu_kernels * kCpuOpMicros : w.kernels * kGpuKernelMicros;
   const double host_us = cpu ? 0.0 : HostDispatchMicros(w);
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;

@@ -34,6 +34,10 @@
 //     fc_out, 2 adds;
 //   mixture-of-experts families: their attention half (Mixtral, Qwen2-MoE 22; Qwen3-MoE 30 with its q/k norms)
 //     plus arch/registry.cc's MlpKernels for the routed experts;
+//   with the executor's fused CUDA kernels (bf16/fp16 on a GPU, unquantized weights, arch::FusedKernelsApply): a
+//     Llama-family (and Phi-3) decoder layer 10 (RMSNorm, q/k/v product, RoPE + KV write, split-K attention 2,
+//     o product + residual, RMSNorm, gate/up product, SiLU x up, down product + residual), a mixture-of-experts
+//     family's attention half 8, the final norm 1 (BlockWork::kernels; cpu_kernels keeps LibTorch's counts);
 //   final norm: kRmsNormKernels = 4 (Llama family), kLayerNormKernels = 1 (GPT-2, GPT-J); embedding
 //   kEmbeddingKernels = 2 (the token ids' copy to the device + the lookup); position embedding 1 (add); lm_head
 //   kLmHeadKernels = 2 (matmul + cast of the logits to float).
@@ -116,7 +120,10 @@ struct BlockWork {
   uint64_t attn_dim = 0;             // num_heads x head_dim for decoder layers, else 0
   uint64_t kv_bytes_per_token = 0;   // K + V bytes per token of context per sequence (decoder layers)
   uint64_t act_bytes_per_token = 0;  // activation bytes read + written per token
+  // Kernels on a GPU: with the executor's fused kernels where they apply (bf16/fp16, unquantized weights;
+  // arch::BlockKernels), else LibTorch's ops. cpu_kernels: LibTorch's ops, for blocks the CPU computes.
   uint32_t kernels = 1;
+  uint32_t cpu_kernels = 1;
   // Device-memory traffic of unpacking row-quantized weights per forward (beyond reading them once), on a GPU:
   // int4 is repacked for the tinygemm kernel (0.5 B written + 0.5 B read again per element), fp8/int8 are widened
   // to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized weights.

@@ -13,6 +13,7 @@ TEST(CostModelTest, BlockCostIsRooflinePlusKernels) {
   w.weight_bytes = 2'000'000'000;  // 2 GB of weights
   w.matmul_params = 1e9;
   w.kernels = 10;
+  w.cpu_kernels = 10;
   RunSize run{1, 512};
   BlockCost c = EstimateBlockCost(w, run, 0, p);
   // Decode: 2 GFLOP at 770 TFLOP/s = 2.6 us < 2 GB at 3030 GB/s = 660.07 us; + 10 x 7 us (> host 10 x 10.8 us).
@@ -44,6 +45,7 @@ TEST(CostModelTest, SmallBlocksAreHostBound) {
   BlockWork w;
   w.weight_bytes = 1'000'000;  // 0.33 us of memory traffic
   w.kernels = 10;
+  w.cpu_kernels = 10;
   BlockCost c = EstimateBlockCost(w, RunSize{1, 16}, 0, p);
   EXPECT_NEAR(c.decode_device_us, 1e6 / 3030e9 * 1e6 + 70, 1e-9);
   EXPECT_NEAR(c.host_us, 10 * kHostOpMicros, 1e-9);
@@ -115,7 +117,9 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
   std::vector<double> decode, prefill, decode_device, prefill_device, host;
   for (size_t i = 0; i < m.blocks.size(); ++i) {
     BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
-    // The measurements predate the fused RMSNorm (executor/kernels.cc): each norm launched 4 more kernels then.
+    // The measurements predate the fused kernels (LibTorch's ops then: cpu_kernels) and LibTorch's fused RMSNorm
+    // (each norm launched 4 more kernels then).
+    w.kernels = w.cpu_kernels;
     if (m.blocks[i].kind == BlockKind::kDecoderLayer) w.kernels += 8;
     if (m.blocks[i].kind == BlockKind::kFinalNorm) w.kernels += 4;
     const BlockCost c = EstimateBlockCost(w, run, 0, p);
@@ -126,7 +130,9 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
     host.push_back(c.host_us);
     blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, w.weight_bytes, 0, 0});
   }
-  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, 33u);  // the registry's Llama decoder layer
+  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).cpu_kernels, 33u);  // the registry's Llama decoder layer
+  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, 10u);      // ... with the fused kernels
+  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kF32).kernels, 33u);       // (float32: no fused kernels)
   // Decode is host-bound in every decoder layer (41 x 10.8 = 443 us vs ~190 us on the GPU), prefill device-bound.
   EXPECT_GT(host[1], decode_device[1]);
   EXPECT_LT(host[1], prefill_device[1]);
@@ -148,7 +154,7 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
 }
 
 // The same model with the decode step replayed from a CUDA graph: measured 9.13 ms on an H100 (median of 20 steps
-// at 512 cached tokens), against 22.9 ms dispatched op by op on the same machine.
+// at 512 cached tokens) with LibTorch's ops, against 22.9 ms dispatched op by op on the same machine.
 TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
   const ModelDescription m = Llama2_7b();
   const DeviceProfile p = MeasuredH100();
@@ -156,7 +162,8 @@ TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
   std::vector<ScheduleBlock> blocks;
   std::vector<double> graph, eager;
   for (size_t i = 0; i < m.blocks.size(); ++i) {
-    const BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
+    BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
+    w.kernels = w.cpu_kernels;  // LibTorch's ops (the measurement predates the fused kernels)
     const BlockCost c = EstimateBlockCost(w, run, 0, p);
     graph.push_back(GraphDecodeMicros(c, w));
     eager.push_back(c.decode_us);
@@ -171,6 +178,31 @@ TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
   EXPECT_LT(g.total_us, SimulateForward(*s, eager, devices, p).total_us);
 }
 
+// With the fused kernels (executor/fused_ops.h), measured on an H100 (device memory 2996 GB/s, bf16 matmul 783
+// TFLOP/s; benchmarks/results/h100-2026-11-27-resident): Llama-2-7B bf16 all resident, a graph-replayed decode step
+// at 512 cached tokens 5.713 ms (median), a 512-token prefill 12.513 ms (best of 5).
+TEST(CostModelTest, FusedKernelsMatchMeasurement) {
+  const ModelDescription m = Llama2_7b();
+  DeviceProfile p = MeasuredH100();
+  p.device_mem_gbps = 2996;
+  p.matmul_tflops = 783;
+  const RunSize run{1, 512};
+  std::vector<ScheduleBlock> blocks;
+  std::vector<double> graph, prefill;
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    const BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
+    const BlockCost c = EstimateBlockCost(w, run, 0, p);
+    graph.push_back(GraphDecodeMicros(c, w));
+    prefill.push_back(c.prefill_us);
+    blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, w.weight_bytes, 0, 0});
+  }
+  auto s = BuildSchedule(blocks, {}, {});
+  ASSERT_TRUE(s.ok());
+  const std::vector<int32_t> devices(m.blocks.size(), 0);
+  EXPECT_NEAR(SimulateForward(*s, graph, devices, p).total_us, 5713, 0.15 * 5713);
+  EXPECT_NEAR(SimulateForward(*s, prefill, devices, p).total_us, 12513, 0.15 * 12513);
+}
+
 // Row-quantized matrices: fewer weight bytes, plus their unpacking traffic on the GPU and 3 kernels each.
 TEST(CostModelTest, QuantizedMatricesAddUnpackingWork) {
   ModelDescription m = Llama2_7b();
@@ -181,7 +213,8 @@ TEST(CostModelTest, QuantizedMatricesAddUnpackingWork) {
     t.group = 128;
   }
   const BlockWork q = DescribeBlockWork(m, 1, DType::kBF16);
-  EXPECT_EQ(q.kernels, plain.kernels + 3 * 7);
+  EXPECT_EQ(q.cpu_kernels, plain.cpu_kernels + 3 * 7);
+  EXPECT_EQ(q.kernels, q.cpu_kernels);  // quantized layers are counted on LibTorch's path
   EXPECT_LT(q.weight_bytes * 3, plain.weight_bytes);         // ~0.53 of 2 bytes per element
   EXPECT_EQ(q.dequant_bytes, static_cast<uint64_t>(plain.matmul_params));  // 1 byte per element for int4
   EXPECT_EQ(plain.dequant_bytes, 0u);

@@ -315,7 +315,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
     for (size_t i = 0; i < n; ++i) {
       BlockWork work = DescribeBlockWork(model, i, exec);
       // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
-      work.kernels += 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
+      const uint32_t extra = 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
+      work.kernels += extra;
+      work.cpu_kernels += extra;
       (*block_costs)[i] = EstimateBlockCost(work, run_size, devices[i], result.profile);
       (*decode)[i] = graph_decode ? GraphDecodeMicros((*block_costs)[i], work) : (*block_costs)[i].decode_us;
       // A block the host computes part of waits for the GPU at each host product (its input must be on the host):
