@@ -4,7 +4,7 @@
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
-//             [--host-threads N]
+//             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -17,7 +17,9 @@
 // configurations disk bytes / O_DIRECT disk bandwidth + the rest over PCIe), and the planner's prediction. With
 // --resident-budget-gib it also times a KV-cached decode step at `--prefill` context and a prefill with every
 // weight resident, against weight bytes / device memory bandwidth and FLOPs / matmul rate.
-// Decode steps of the resident plan replay a CUDA graph (ExecutorOptions::cuda_graphs) unless --no-cuda-graphs.
+// Decode steps of the resident plan replay a CUDA graph (ExecutorOptions::cuda_graphs) unless --no-cuda-graphs;
+// --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --decode-batches plans the resident
+// configuration for the largest batch and times its decode steps at each batch size.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,6 +56,8 @@ struct Args {
   std::string trace_dir;
   bool drop_caches = false;
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
+  bool fused_kernels = true;  // ExecutorOptions::fused_kernels
+  std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
   std::vector<quant::Format> weights{quant::Format::kNone};
   std::vector<std::string> cpu_shares{"off"};
   int host_threads = 0;  // ExecutorOptions::host_threads
@@ -95,6 +99,8 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--trace-dir") { BIGPLAN_ASSIGN_OR_RETURN(a.trace_dir, need(i)); }
       else if (f == "--drop-caches") { a.drop_caches = true; }
       else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
+      else if (f == "--no-fused-kernels") { a.fused_kernels = false; }
+      else if (f == "--decode-batches") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.decode_batches = numbers(v); }
       else if (f == "--weights") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
         a.weights.clear();
@@ -182,20 +188,26 @@ struct Config {
 
 // KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
 // token id. Records in *j how many steps replayed a CUDA graph, and why graphs turned off if a capture failed.
+// `batch` rows, each the context, then single-token steps of `batch` tokens.
 Result<Timing> TimeDecodeSteps(Executor* exec, const std::vector<int64_t>& context, int64_t vocab, int repeat,
-                               nlohmann::json* j) {
+                               nlohmann::json* j, int64_t batch = 1) {
   ForwardOptions fresh;
   fresh.reset = true;
   fresh.last_position_only = true;
-  BIGPLAN_RETURN_IF_ERROR(exec->Forward(context, 1, fresh).status());
+  std::vector<int64_t> rows;
+  for (int64_t b = 0; b < batch; ++b) rows.insert(rows.end(), context.begin(), context.end());
+  BIGPLAN_RETURN_IF_ERROR(exec->Forward(rows, batch, fresh).status());
   int64_t next = 0;
   const uint64_t graph_steps = exec->stats().graph_steps;
   BIGPLAN_ASSIGN_OR_RETURN(Timing t, TimeIt(repeat * 4, [&]() -> Status {
-    std::vector<int64_t> tok{next};
-    next = (next + 1) % vocab;
+    std::vector<int64_t> tok;
+    for (int64_t b = 0; b < batch; ++b) {
+      tok.push_back(next);
+      next = (next + 1) % vocab;
+    }
     ForwardOptions cont;
     cont.last_position_only = true;
-    return exec->Forward(tok, 1, cont).status();
+    return exec->Forward(tok, batch, cont).status();
   }));
   const Stats stats = exec->stats();
   (*j)["decode_graph_steps"] = stats.graph_steps - graph_steps;
@@ -221,7 +233,9 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   req.model_dir = args.model;
   BIGPLAN_ASSIGN_OR_RETURN(req.budget, ParseMaxMemory(cfg.max_memory));
   const bool resident = cfg.tier == "resident";
-  req.run = RunShape{1, static_cast<uint32_t>(resident ? 2 * args.prefill : args.prefill)};
+  const double max_batch = *std::max_element(args.decode_batches.begin(), args.decode_batches.end());
+  req.run = RunShape{resident ? static_cast<uint32_t>(std::max(1.0, max_batch)) : 1u,
+                     static_cast<uint32_t>(resident ? 2 * args.prefill : args.prefill)};
   req.exec_dtype = DType::kBF16;
   req.profile = profile;
   req.weights = cfg.weights;
@@ -261,6 +275,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   ExecutorOptions opts;
   opts.record_trace = !args.trace_dir.empty();
   opts.cuda_graphs = args.cuda_graphs;
+  opts.fused_kernels = args.fused_kernels;
   opts.host_threads = args.host_threads;
   auto t_load = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(auto exec, Executor::Load(plan_path, args.model, opts));
@@ -458,6 +473,21 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     j["prefill_floor_s"] = prefill_floor;
     j["ratio_decode_to_floor"] = dec.median / decode_floor;
     j["ratio_prefill_to_floor"] = fp.best / prefill_floor;
+    j["fused_kernels"] = args.fused_kernels;
+    // Larger decode batches (the same weights read once per step for every row).
+    for (double b : args.decode_batches) {
+      if (b <= 1) continue;
+      nlohmann::json jb;
+      BIGPLAN_ASSIGN_OR_RETURN(Timing db, TimeDecodeSteps(exec.get(), prompt, vocab, args.repeat, &jb,
+                                                          static_cast<int64_t>(b)));
+      jb["decode_step"] = TimingJson(db);
+      jb["decode_step_s"] = db.median;
+      jb["ratio_decode_to_floor"] = db.median / decode_floor;
+      j["decode_batch"][std::to_string(static_cast<int64_t>(b))] = jb;
+      std::fprintf(stderr, "   batch %d: decode step %.3f ms (%.2fx the batch-1 floor; %s of %s steps from a graph)\n",
+                   static_cast<int>(b), db.median * 1e3, db.median / decode_floor, jb["decode_graph_steps"].dump().c_str(),
+                   jb["decode_steps"].dump().c_str());
+    }
     std::fprintf(stderr, "   decode step %.3f ms (floor %.3f ms, %.2fx), prefill %.3f ms (floor %.3f ms, %.2fx)\n",
                  dec.median * 1e3, decode_floor * 1e3, dec.median / decode_floor, fp.best * 1e3,
                  prefill_floor * 1e3, fp.best / prefill_floor);
