@@ -56,16 +56,31 @@ class Executor::Impl {
   TraceRecorder trace;
   std::vector<BlockLabel> labels;  // per block, for the trace
 
-  // Captured single-token steps (ExecutorOptions::cuda_graphs), one per batch size; off (device -1) for plans
-  // whose decode steps may not be captured.
-  GraphDecoder graphs{-1};
+  // Captured single-token steps (ExecutorOptions::cuda_graphs), one per batch size, per segment: the plan's steps
+  // cut where the compute device changes (one segment on one GPU). Empty for plans whose decode steps may not be
+  // captured, or once a capture failed.
+  struct GraphSegment {
+    GraphDecoder graphs;
+    uint32_t first = 0, end = 0;  // steps [first, end)
+    at::Tensor hidden_in;         // [max_batch, 1, hidden] on the segment's device: the previous segment's output
+  };
+  std::vector<GraphSegment> segments;
+  std::string capture_error;  // why graphs turned off: the failed capture's message
+  bool GraphsEnabled() const {
+    if (segments.empty()) return false;
+    for (const GraphSegment& s : segments) {
+      if (!s.graphs.enabled()) return false;
+    }
+    return true;
+  }
 
   Status CheckInput(const std::vector<int64_t>& ids, int64_t batch, int64_t seq) const;
   // A decode step from a CUDA graph (graph_decode.h). If the capture fails, graphs are off for this executor from
   // then on and `*out` is left undefined: the step is to run eagerly.
   Status RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out);
-  // The plan's blocks as a static single-token step (ForwardContext::position) on the current stream.
-  Status StaticStep(const at::Tensor& inputs, int64_t batch, at::Tensor* logits);
+  // Segment `seg`'s blocks as a static single-token step (ForwardContext::position) on the current stream; its
+  // output (hidden state, or logits for the last segment) into *out.
+  Status StaticStep(const GraphSegment& seg, const at::Tensor& inputs, int64_t batch, at::Tensor* out);
   // One forward pass; float logits on the host, [batch, seq, vocab] or, with last_only, [batch, 1, vocab].
   Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only);
   Status RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
@@ -190,21 +205,23 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
   return Status::Ok();
 }
 
-Status Executor::Impl::StaticStep(const at::Tensor& inputs, int64_t batch, at::Tensor* logits) {
+Status Executor::Impl::StaticStep(const GraphSegment& seg, const at::Tensor& inputs, int64_t batch, at::Tensor* out) {
   ForwardContext ctx;
   ctx.token_ids = inputs.narrow(0, 0, batch).view({batch, 1});
   ctx.position = inputs.narrow(0, batch, 1);
   ctx.start_pos = pos;
   ctx.logits_last_only = true;
-  at::Tensor hidden;
-  for (uint32_t i = 0; i < state->steps.size(); ++i) {
+  at::Tensor hidden = seg.hidden_in.defined() ? seg.hidden_in.narrow(0, 0, batch) : at::Tensor();
+  at::Tensor logits;
+  for (uint32_t i = seg.first; i < seg.end; ++i) {
     const BlockRuntime& b = state->blocks[state->steps[i].block];
     BlockKv& k = kv[b.index];
     Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr,
-                                 &hidden, logits);
+                                 &hidden, &logits);
     if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
   }
-  if (!logits->defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+  *out = seg.end == state->steps.size() ? logits : hidden;
+  if (!out->defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
   return Status::Ok();
 }
 
@@ -219,8 +236,40 @@ Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t bat
       v.kv.v.narrow(2, at + 1, max_seq - at - 1).zero_();
     }
   };
-  auto step = [this](const at::Tensor& inputs, int64_t b, at::Tensor* logits) { return StaticStep(inputs, b, logits); };
-  return graphs.Step(ids, batch, pos, engine->compute_stream(graphs.device()), clear_kv_tail, step, out);
+  *out = at::Tensor();
+  try {
+    c10::InferenceMode inference;
+    // Every device's current stream is its compute stream, so the hidden state's copy between devices is ordered
+    // after the previous segment's replay and before the next one's (LibTorch orders cross-device copies with both
+    // devices' current streams).
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    GuardComputeStreams(&streams_guard);
+    at::Tensor carry;
+    for (GraphSegment& seg : segments) {
+      const int device = seg.graphs.device();
+      if (seg.hidden_in.defined()) {
+        c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+        seg.hidden_in.narrow(0, 0, batch).copy_(carry, /*non_blocking=*/true);
+      }
+      auto step = [this, &seg](const at::Tensor& inputs, int64_t b, at::Tensor* o) {
+        return StaticStep(seg, inputs, b, o);
+      };
+      BIGPLAN_RETURN_IF_ERROR(seg.graphs.Step(ids, batch, pos, engine->compute_stream(device), clear_kv_tail, step,
+                                              &carry));
+      if (!carry.defined()) {
+        // A capture failed (or graphs were off): no segment replays from now on; this step runs eagerly.
+        for (GraphSegment& s : segments) {
+          if (!s.graphs.capture_error().empty()) capture_error = s.graphs.capture_error();
+        }
+        segments.clear();
+        return Status::Ok();
+      }
+    }
+    *out = carry.to(at::kCPU, at::kFloat).contiguous();
+  } catch (const std::exception& e) {
+    return TorchError(e, "decode step");
+  }
+  return Status::Ok();
 }
 
 Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq,
@@ -228,7 +277,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   BIGPLAN_RETURN_IF_ERROR(CheckInput(ids, batch, seq));
   const auto t0 = Clock::now();
   at::Tensor out;
-  if (seq == 1 && pos > 0 && graphs.enabled()) {
+  if (seq == 1 && pos > 0 && GraphsEnabled()) {
     Status step = RunGraphStep(ids, batch, &out);
     if (step.ok() && out.defined()) {
       pos += seq;
@@ -247,7 +296,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     }
     // The capture failed: graphs are off now; run the step eagerly.
     std::lock_guard<std::mutex> lock(stats_mu);
-    stats.graph_capture_error = graphs.capture_error();
+    stats.graph_capture_error = capture_error;
   }
   const bool host_pass = host != nullptr && batch * seq <= static_cast<int64_t>(state->host_max_tokens);
   if (experts != nullptr) experts->BeginForward(batch * seq);
@@ -363,13 +412,29 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   auto kv = executor_internal::MakeKvViews(*impl->state);
   if (!kv.ok()) return PlanContentError(kv.take_error(), plan_path);
   impl->kv = std::move(*kv);
-  if (options.cuda_graphs && !cpu_mode && impl->state->cuda_devices.size() == 1 && impl->state->streams.empty() &&
+  if (options.cuda_graphs && !cpu_mode && !impl->state->cuda_devices.empty() && impl->state->streams.empty() &&
       impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
     bool resident = true;
-    for (const BlockRuntime& b : impl->state->blocks) {
-      resident &= b.device == impl->state->cuda_devices[0] && b.tier == schema::Tier::Gpu;
+    for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
+    // One segment per run of consecutive steps on one GPU; a later segment takes the hidden state from the one
+    // before it through a buffer of its own (its graph's static input).
+    const auto& steps = impl->state->steps;
+    for (uint32_t i = 0; resident && i < steps.size(); ++i) {
+      const int device = impl->state->blocks[steps[i].block].device;
+      if (impl->segments.empty() || impl->segments.back().graphs.device() != device) {
+        Impl::GraphSegment seg{GraphDecoder(device), i, i, at::Tensor()};
+        if (!impl->segments.empty()) {
+          const schema::Plan& p = impl->state->plan->plan();
+          seg.hidden_in = at::zeros({impl->state->info.max_batch, 1, static_cast<int64_t>(p.config()->hidden_size())},
+                                    at::TensorOptions()
+                                        .dtype(executor_internal::ToScalarType(p.exec_dtype()))
+                                        .device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
+        }
+        impl->segments.push_back(std::move(seg));
+      }
+      impl->segments.back().end = i + 1;
     }
-    if (resident) impl->graphs = GraphDecoder(impl->state->cuda_devices[0]);
+    if (!resident) impl->segments.clear();
   }
   for (const BlockRuntime& b : impl->state->blocks) {
     impl->labels.push_back({b.name, arch::BlockKindName(b.kind), TierName(b.tier)});

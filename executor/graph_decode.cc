@@ -15,7 +15,7 @@ namespace bigplan::executor_internal {
 struct GraphDecoder::Graph {
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   at::Tensor inputs;  // [batch + 1] int64 on the device: the token ids, then the position
-  at::Tensor logits;  // [batch, 1, vocab] float32, written by each replay
+  at::Tensor output;  // the step's output (hidden state or logits), written by each replay
 };
 
 GraphDecoder::GraphDecoder(int device) : device_(device), cache_(device >= 0) {}
@@ -60,7 +60,7 @@ Status GraphDecoder::Step(const std::vector<int64_t>& ids, int64_t batch, int64_
           g.graph = std::make_unique<at::cuda::CUDAGraph>();
           try {
             g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-            captured = step(g.inputs, b, &g.logits);
+            captured = step(g.inputs, b, &g.output);
             g.graph->capture_end();
           } catch (const std::exception& e) {
             captured = MakeError(ErrorCode::kDevice, std::string("capturing the decode step: ") + e.what());
@@ -79,7 +79,7 @@ Status GraphDecoder::Step(const std::vector<int64_t>& ids, int64_t batch, int64_
     if (found.graph == nullptr) return Status::Ok();
     if (!found.captured) found.graph->inputs.copy_(host, /*non_blocking=*/true);
     found.graph->graph->replay();
-    *out = found.graph->logits.to(at::kCPU, at::kFloat).contiguous();
+    *out = found.graph->output;
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kDevice, std::string("decode step: ") + e.what());
   }

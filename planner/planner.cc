@@ -283,14 +283,16 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
 
   // Costs.
   const RunSize run_size{request.run.max_batch, request.run.max_seq_len};
-  // The executor replays decode steps of all-resident single-GPU plans from a CUDA graph (ExecutorOptions::cuda_graphs)
-  // where the registry says the family's kernels have a static decode step for this run length: no host dispatch.
+  // The executor replays decode steps of all-resident plans from CUDA graphs (one per device segment;
+  // ExecutorOptions::cuda_graphs) where the registry says the family's kernels have a static decode step for this run
+  // length: no host dispatch.
   const bool graph_decode = [&] {
     const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
     if (family == nullptr || !arch::GraphDecodeEligible(*family, model.config, request.run.max_seq_len)) return false;
-    if (n == 0 || devices[0] < 0 || !sched.streams.empty()) return false;
+    if (n == 0 || !sched.streams.empty()) return false;
+    // All resident on GPUs: one graph per run of blocks on one device (the executor's graph segments).
     for (size_t i = 0; i < n; ++i)
-      if (devices[i] != devices[0] || result.placement.blocks[i].tier != Tier::kGpu) return false;
+      if (devices[i] < 0 || result.placement.blocks[i].tier != Tier::kGpu) return false;
     return true;
   }();
   // Per-block costs of a schedule; `host_tokens` > 0: a decode forward that computes the host units on the host.

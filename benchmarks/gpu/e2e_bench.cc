@@ -4,7 +4,7 @@
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
-//             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8]
+//             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8] [--resident-split SPEC]...
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -19,7 +19,8 @@
 // weight resident, against weight bytes / device memory bandwidth and FLOPs / matmul rate.
 // Decode steps of the resident plan replay a CUDA graph (ExecutorOptions::cuda_graphs) unless --no-cuda-graphs;
 // --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --decode-batches plans the resident
-// configuration for the largest batch and times its decode steps at each batch size.
+// configuration for the largest batch and times its decode steps at each batch size; --resident-split
+// "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident").
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,6 +59,7 @@ struct Args {
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
   bool fused_kernels = true;  // ExecutorOptions::fused_kernels
   std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
+  std::vector<std::string> resident_splits;  // more all-resident configurations: GPU budgets over several GPUs
   std::vector<quant::Format> weights{quant::Format::kNone};
   std::vector<std::string> cpu_shares{"off"};
   int host_threads = 0;  // ExecutorOptions::host_threads
@@ -100,6 +102,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--drop-caches") { a.drop_caches = true; }
       else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
       else if (f == "--no-fused-kernels") { a.fused_kernels = false; }
+      else if (f == "--resident-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.resident_splits.push_back(v); }
       else if (f == "--decode-batches") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.decode_batches = numbers(v); }
       else if (f == "--weights") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
@@ -536,6 +539,10 @@ Status Main(int argc, char** argv) {
   if (args.resident_budget_gib > 0) {
     std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB", args.resident_budget_gib, args.cpu_budget_gib);
     configs.push_back({"resident", "resident", args.resident_budget_gib, buf});
+  }
+  for (size_t k = 0; k < args.resident_splits.size(); ++k) {
+    std::snprintf(buf, sizeof buf, "%s,cpu=%gGiB", args.resident_splits[k].c_str(), args.cpu_budget_gib);
+    configs.push_back({"resident_split" + std::to_string(k + 1), "resident", 0, buf});
   }
   nlohmann::json results = {{"model", std::filesystem::path(args.model).filename().string()},
                             {"device", floors.device_name},

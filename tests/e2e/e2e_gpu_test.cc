@@ -27,6 +27,7 @@
 // Disk reads in part 1: no plan reads a block from the mapping (no fallback); the explicit_tiers plan's disk-tier
 // blocks (computed on cuda:0) are read directly in float32 (no cast) and through the bounce buffer in bfloat16
 // (cast from the float32 checkpoint).
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -40,6 +41,7 @@
 #include "arch/registry.h"
 #include "executor/executor.h"
 #include "formats/writer.h"
+#include "schema/plan_io.h"
 #include "tests/e2e/e2e_util.h"
 
 namespace bigplan::e2e {
@@ -239,6 +241,75 @@ TEST_P(E2eGpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, 
 TEST_P(E2eGpu, Float32CudaGraphsMatchEager) { RunGraphs("fp32", kF32Tolerance, 1e-5, true); }
 
 TEST_P(E2eGpu, Bfloat16CudaGraphsMatchEager) { RunGraphs("bf16", kBf16Tolerance, kBf16Tolerance, false); }
+
+// A plan split over two GPUs (the embedding and the first half of the layers on cuda:0, the rest on cuda:1, by an
+// explicit map) decodes from CUDA graphs (one per device segment) with the same logits and tokens as the
+// all-resident single-GPU plan and as its own eager steps. Skipped with fewer than two GPUs.
+TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  const std::string family = GetParam();
+  const std::string model = ModelDir(family);
+  std::ifstream config_file(model + "/config.json");
+  auto parsed = arch::ParseHfConfig(nlohmann::json::parse(config_file), model + "/config.json");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  auto ref = LoadReference(model);
+  ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+  const uint32_t seq_len = SuiteSeqLen(model);
+  if (!arch::GraphDecodeEligible(*parsed->family, parsed->config, seq_len)) GTEST_SKIP() << "no static decode step";
+  const int64_t steps = std::min<int64_t>(ref->steps, seq_len - ref->prompt_len);
+  const std::string dir = TempDir(family + "_two_gpus");
+  const std::string one = dir + "/one.bplan", two = dir + "/two.bplan";
+  ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 2, seq_len, one).ok());
+  nlohmann::json map = nlohmann::json::object();
+  {
+    auto plan = PlanFile::Load(one);
+    ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+    const int layers = static_cast<int>(parsed->config.num_layers);
+    for (const schema::Block* b : *plan->plan().blocks()) {
+      const bool first = b->kind()->str() == "embedding" || (b->kind()->str() == "decoder_layer" && b->layer() < layers / 2);
+      map[b->name()->str()] = first ? 0 : 1;
+    }
+  }
+  const std::string map_path = dir + "/split_map.json";
+  std::ofstream(map_path) << map.dump(1);
+  Status planned = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 2, seq_len, two,
+                            "--device-map " + map_path);
+  ASSERT_TRUE(planned.ok()) << planned.error().ToString();
+  std::unique_ptr<Executor> exec[3];  // one GPU (graphs), two GPUs eager, two GPUs graphs
+  for (int i = 0; i < 3; ++i) {
+    ExecutorOptions options;
+    options.progress = false;
+    options.cuda_graphs = i != 1;
+    auto e = Executor::Load(i == 0 ? one : two, model, options);
+    ASSERT_TRUE(e.ok()) << e.error().ToString();
+    exec[i] = std::move(*e);
+  }
+  StepErrors errors[3];
+  for (int i = 0; i < 3; ++i) {
+    auto e = CompareWithReference(*exec[i], *ref, steps);
+    ASSERT_TRUE(e.ok()) << e.error().ToString();
+    errors[i] = std::move(*e);
+    EXPECT_LE(errors[i].max_rel, kF32Tolerance) << i;
+    EXPECT_EQ(exec[i]->stats().graph_capture_error, "") << i;
+    EXPECT_EQ(exec[i]->stats().graph_steps > 0, i != 1 && steps > 0) << i;
+  }
+  double worst = 0;
+  for (size_t k = 0; k < errors[0].logits.size(); ++k) {
+    for (int i = 1; i < 3; ++i) worst = std::max(worst, MaxRelError(errors[i].logits[k].data, errors[0].logits[k].data));
+  }
+  EXPECT_LE(worst, 1e-5);
+  std::printf("%-14s two GPUs (graphs and eager) vs one GPU: max rel %.2e\n", family.c_str(), worst);
+  GenerateOptions greedy;
+  greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(steps + 1, seq_len - ref->prompt_len));
+  auto want = exec[0]->Generate(ref->Prompts(), greedy);
+  ASSERT_TRUE(want.ok()) << want.error().ToString();
+  for (int i = 1; i < 3; ++i) {
+    auto got = exec[i]->Generate(ref->Prompts(), greedy);
+    ASSERT_TRUE(got.ok()) << got.error().ToString();
+    EXPECT_EQ(got->tokens, want->tokens) << (i == 1 ? "eager" : "graphs");
+  }
+}
 
 INSTANTIATE_TEST_SUITE_P(Families, E2eGpu, ::testing::ValuesIn(AllFamilies()),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Two GPUs, a model that fits one (issue "several GPUs"): the Llama-3-8B shape (random bf16 weights) all resident on
+# cuda:0, and split over cuda:0 and cuda:1 (each budget 10 GiB), decode steps replayed from CUDA graphs (one per
+# device segment) and a 512-token prefill, all in one e2e_bench process; then the split tests of the GPU suite.
+#
+#   benchmarks/gpu/multi_gpu_check.sh OUT_DIR [parts...]      parts: ckpt, bigplan, tests (default: all)
+# Env: BIGPLAN_SPLIT (default "cuda:0=10GiB,cuda:1=10GiB"), BIGPLAN_REPEAT (default 5). Run from the repo root on a
+# 2-GPU machine with the bundle in .bundle/ (tools/bundle_gpu.sh //benchmarks/gpu:e2e_bench //tools:gen_checkpoint
+# //tests/e2e:e2e_gpu_test //tools:plan).
+set -uo pipefail
+out="${1:?OUT_DIR}"; shift
+parts=("$@"); ((${#parts[@]})) || parts=(ckpt bigplan tests)
+has() { local p; for p in "${parts[@]}"; do [[ "$p" == "$1" ]] && return 0; done; return 1; }
+mkdir -p "$out"
+env=.bundle/gpu_env.sh; bin=.bundle/bin
+export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off (the device tool's KINDS.md)
+ckpt=/tmp/llama-3-8b-bf16
+nvidia-smi --query-gpu=index,name,memory.total --format=csv | tee "$out/gpus.txt"
+if has ckpt; then BIGPLAN_CKPT=$ckpt benchmarks/gpu/compressed_check.sh "$out" ckpt; fi
+if has bigplan; then
+  "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --resident-budget-gib 70 \
+    --resident-split "${BIGPLAN_SPLIT:-cuda:0=10GiB,cuda:1=10GiB}" --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" \
+    --out "$out/bigplan_split.json" 2>&1 | tee "$out/bigplan_split.txt" | grep -E "^ |floors|=="
+fi
+if has tests && [[ -x $bin/e2e_gpu_test ]]; then
+  BIGPLAN_TINY_MODELS="${BIGPLAN_TINY_MODELS:-/tmp/bigplan-tiny-models}"
+  [[ -d $BIGPLAN_TINY_MODELS/gptj ]] || python3 tests/reference/make_tiny_models.py --out-root "$BIGPLAN_TINY_MODELS" \
+    --families all > /dev/null
+  BIGPLAN_TINY_MODELS=$BIGPLAN_TINY_MODELS "$env" "$bin/e2e_gpu_test" --gtest_filter='*TwoGpu*' 2>&1 |
+    tee "$out/e2e_gpu_test_two_gpus.txt" | grep -E "two GPUs|^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]"
+fi
