@@ -36,8 +36,8 @@ else
   log "Debian packages present"
 fi
 
-if [[ ! -d /usr/local/cuda/include ]]; then
-  log "error: the CUDA Toolkit is expected at /usr/local/cuda (headers and libcudart)"
+if [[ ! -d /usr/local/cuda/include || ! -x /usr/local/cuda/bin/nvcc ]]; then
+  log "error: the CUDA Toolkit is expected at /usr/local/cuda (headers, libcudart, and nvcc for executor/fused_cuda.cu)"
   exit 1
 fi
 
