@@ -9,6 +9,9 @@
 #include <string>
 
 #include <gtest/gtest.h>
+
+#include <functional>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 namespace bigplan::arch {
@@ -347,6 +350,34 @@ TEST(RegistryTest, KernelCountsAndBuffers) {
   EXPECT_EQ(BlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, moe), 30u + 28u);
   EXPECT_EQ(BlockKernels(*FindFamily("gpt2"), BlockKind::kDecoderLayer, c), 13u);
   EXPECT_EQ(BlockKernels(*FindFamily("gptj"), BlockKind::kDecoderLayer, c), 24u);
+  // With the executor's fused kernels, where the shapes allow them (head_dim a multiple of 32 up to 256, full
+  // rotary, <= 8 query heads per kv head, hidden a multiple of 8); families without them keep LibTorch's counts.
+  ModelConfig f;
+  f.hidden_size = 4096;
+  f.num_heads = 32;
+  f.num_kv_heads = 8;
+  f.head_dim = 128;
+  f.rotary_dim = 128;
+  EXPECT_TRUE(FusedKernelsApply(*FindFamily("llama"), f));
+  EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, f, /*fused=*/true), 10u);
+  EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kFinalNorm, f, /*fused=*/true), 1u);
+  EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, f, /*fused=*/false), 33u);
+  EXPECT_EQ(BlockKernels(*FindFamily("gpt2"), BlockKind::kDecoderLayer, f, /*fused=*/true), 13u);
+  ModelConfig fm = f;
+  fm.num_experts = 60;
+  fm.num_experts_per_tok = 4;
+  EXPECT_EQ(BlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, fm, /*fused=*/true), 8u + 28u);
+  for (auto change : std::vector<std::function<void(ModelConfig&)>>{
+           [](ModelConfig& x) { x.head_dim = 80; },      // not a multiple of 32
+           [](ModelConfig& x) { x.rotary_dim = 64; },    // partial rotary
+           [](ModelConfig& x) { x.num_kv_heads = 2; },   // 16 query heads per kv head
+           [](ModelConfig& x) { x.hidden_size = 4092; }}) {
+    ModelConfig g = f;
+    change(g);
+    EXPECT_FALSE(FusedKernelsApply(*FindFamily("llama"), g));
+    EXPECT_EQ(BlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, g, /*fused=*/true),
+              BlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, g, /*fused=*/false));
+  }
   EXPECT_EQ(BlockKernels(*FindFamily("gptj"), BlockKind::kFinalNorm, c), 1u);
   c.rotary_dim = 8;
   EXPECT_EQ(BlockKernels(*FindFamily("gptj"), BlockKind::kDecoderLayer, c), 26u);

@@ -273,7 +273,7 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
   // One projection over several whole weights lying back to back in memory (q, k, v; gate, up) with their biases
-  // (all absent, or back to back too); an empty Proj otherwise.
+  // (all absent, or all present: one view when back to back too, else concatenated); an empty Proj otherwise.
   static Proj Concat(std::initializer_list<const Proj*> parts) {
     std::vector<at::Tensor> ws, bs;
     for (const Proj* p : parts) {
@@ -285,7 +285,12 @@ class LlamaKernels final : public ModelKernelsBase {
     if (!bs.empty() && bs.size() != ws.size()) return Proj{};
     if (!bs.empty()) {
       out.b = Adjacent(bs);
-      if (!out.b.defined()) return Proj{};
+      if (!out.b.defined()) {
+        for (const at::Tensor& b : bs) {
+          if (b.dim() != 1 || b.scalar_type() != bs[0].scalar_type() || b.device() != bs[0].device()) return Proj{};
+        }
+        out.b = at::cat(bs);
+      }
     }
     out.w.whole = Adjacent(ws);
     if (!out.w.whole.defined()) return Proj{};

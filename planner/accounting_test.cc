@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 #include "planner/hf_import.h"
 
 namespace bigplan {
@@ -53,6 +56,42 @@ TEST(AccountingTest, BlockLayoutIsAlignedAndIncludesTiedReads) {
   // Integer params keep their dtype.
   EXPECT_EQ(RuntimeDType(DType::kI64, DType::kBF16), DType::kI64);
   EXPECT_EQ(RuntimeDType(DType::kF32, DType::kBF16), DType::kBF16);
+}
+
+// The executor's fused kernels multiply q, k, v (and gate, up) as one matrix when they lie back to back: a block's
+// layout puts them so, with their biases after them (Qwen2's q/k/v biases; back to back too when their sizes are
+// multiples of the 256-byte alignment, as in real models).
+TEST(AccountingTest, ProjectionsThatRunAsOneProductLieBackToBack) {
+  for (const char* bias : {"false", "true"}) {
+    Result<ModelDescription> m = ImportHfConfigText(
+        std::string(R"({"model_type": "qwen2", "hidden_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 10, "torch_dtype": "bfloat16",
+                        "attention_bias": )") + bias + "}");
+    ASSERT_TRUE(m.ok()) << m.error().ToString();
+    size_t layer = 0;
+    while (m->blocks[layer].kind != BlockKind::kDecoderLayer) ++layer;
+    const BlockWeightLayout l = LayoutBlockWeights(*m, layer, DType::kBF16);
+    auto find = [&](const std::string& suffix) -> const WeightSlot* {
+      for (const WeightSlot& w : l.weights) {
+        if (w.tensor.size() >= suffix.size() && w.tensor.compare(w.tensor.size() - suffix.size(), suffix.size(), suffix) == 0) {
+          return &w;
+        }
+      }
+      return nullptr;
+    };
+    auto back_to_back = [&](std::vector<std::string> names) {
+      for (size_t i = 0; i + 1 < names.size(); ++i) {
+        const WeightSlot* a = find(names[i]);
+        const WeightSlot* b = find(names[i + 1]);
+        ASSERT_NE(a, nullptr) << names[i];
+        ASSERT_NE(b, nullptr) << names[i + 1];
+        EXPECT_EQ(a->offset_in_block + a->size_bytes, b->offset_in_block) << names[i] << " then " << names[i + 1];
+      }
+    };
+    back_to_back({"q_proj.weight", "k_proj.weight", "v_proj.weight"});
+    back_to_back({"gate_proj.weight", "up_proj.weight"});
+    if (std::string(bias) == "true") back_to_back({"q_proj.bias", "k_proj.bias", "v_proj.bias"});
+  }
 }
 
 TEST(AccountingTest, KvCache) {
