@@ -94,10 +94,17 @@ namespace bigplan {
 inline constexpr double kGpuKernelMicros = 7.0;
 inline constexpr double kHostOpMicros = 10.8;
 // kGraphKernelMicros = 3.8 us: the GPU-side time per kernel when the executor replays a decode step from a CUDA
-// graph (all-resident single-GPU Llama-family plans; see executor/executor.h ExecutorOptions::cuda_graphs): no host
+// graph (all-resident Llama-family plans; see executor/executor.h ExecutorOptions::cuda_graphs): no host
 // dispatch, and a shorter launch-to-launch gap. Calibrated on an H100 where the Llama-2-7B-shaped decode step
 // replayed in 9.13 ms (32 layers x 41 kernels; 0.129 ms of weight reads per layer at 2991 GB/s).
 inline constexpr double kGraphKernelMicros = 3.8;
+// kDeviceHopMicros = 150 us: a step whose block computes on another GPU than the step before it waits for the
+// hidden state's copy between the GPUs (peer, in stream order) and, in a graph-replayed decode step, for the next
+// device segment's replay to start. Calibrated on one measurement (2x H200, Llama-3-8B all resident, split over two
+// GPUs: the graph-replayed decode step took 5.11 ms against 4.95 ms on one GPU, one hop); the copy's bytes are
+// added at kPeerGbps.
+inline constexpr double kDeviceHopMicros = 150.0;
+inline constexpr double kPeerGbps = 200.0;
 // A sparse layer's wait for its router's choices on the host (a device-to-host copy and a stream synchronization,
 // with the GPU's queue drained): 30 us, an estimate to be measured.
 inline constexpr double kRouteSyncMicros = 30.0;

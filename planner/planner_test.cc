@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -196,6 +198,32 @@ TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
   EXPECT_EQ(result->streamed_bytes, result->schedule.streams[0].streamed_bytes());
   for (const DeviceAccount& a : result->usage) EXPECT_TRUE(a.fits()) << a.Summary();
   EXPECT_TRUE(CheckPlanMemory(p).ok());
+}
+
+// All resident over two GPUs: decode steps are graph-replayed per device segment, and the hidden state's hop
+// between the GPUs costs kDeviceHopMicros (plus its bytes) over the one-GPU prediction.
+TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
+  auto plan = [](const char* budget) {
+    PlanRequest r;
+    r.model_dir = Runfile("planner/examples/llama-2-7b");
+    auto b = ParseMaxMemory(budget);
+    EXPECT_TRUE(b.ok());
+    r.budget = *b;
+    r.run = RunShape{1, 512};
+    r.exec_dtype = DType::kBF16;
+    return MakePlan(r);
+  };
+  auto one = plan("cuda:0=70GiB,cpu=64GiB");
+  auto two = plan("cuda:0=8GiB,cuda:1=8GiB,cpu=64GiB");
+  ASSERT_TRUE(one.ok()) << one.error().ToString();
+  ASSERT_TRUE(two.ok()) << two.error().ToString();
+  EXPECT_EQ(two->streamed_bytes, 0u);
+  std::set<int32_t> devices;
+  for (const schema::Block* b : *two->plan().blocks()) devices.insert(b->device());
+  EXPECT_EQ(devices, (std::set<int32_t>{0, 1}));
+  const double hop = kDeviceHopMicros + 4096.0 * 2 / (kPeerGbps * 1e3);
+  EXPECT_NEAR(two->decode.total_us - one->decode.total_us, hop, 0.02 * one->decode.total_us);
+  EXPECT_GT(two->decode.total_us, one->decode.total_us);
 }
 
 // Issue 9's target: a Llama-3.1-405B-shaped model (4 layers of 6.4 GB) at cuda:0=4GiB plans by streaming its weights
