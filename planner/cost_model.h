@@ -104,6 +104,9 @@ inline constexpr double kGraphKernelMicros = 3.8;
 // GPUs: the graph-replayed decode step took 5.11 ms against 4.95 ms on one GPU, one hop); the copy's bytes are
 // added at kPeerGbps.
 inline constexpr double kDeviceHopMicros = 150.0;
+// kDeviceHopEagerMicros = 20 us: the same hop between eagerly dispatched steps (prefills, streamed plans): the peer
+// copy of the hidden state and the two devices' event waits; an estimate, not yet measured on its own.
+inline constexpr double kDeviceHopEagerMicros = 20.0;
 inline constexpr double kPeerGbps = 200.0;
 // A sparse layer's wait for its router's choices on the host (a device-to-host copy and a stream synchronization,
 // with the GPU's queue drained): 30 us, an estimate to be measured.

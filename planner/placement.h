@@ -98,9 +98,9 @@ struct PlacementOptions {
   // > 0: devices stream in the chunks layout with chunks of at most this many bytes (PlanRequest::chunk_bytes);
   // their rings default to ChunkedRingBytes instead of DefaultRingBytes.
   uint64_t chunk_bytes = 0;
-  // "auto": the candidates it may choose from, by letter ("B", "P", "C"; see Placement::candidates). Others are
-  // reported as not considered.
-  std::string auto_candidates = "BPCE";
+  // "auto": the candidates it may choose from, by letter ("B", "P", "C", "E", "S"; see Placement::candidates).
+  // Others are reported as not considered.
+  std::string auto_candidates = "BPCES";
 };
 
 struct PlacementRequest {

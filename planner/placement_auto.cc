@@ -14,6 +14,8 @@
 // 3. Candidates at tensor granularity on the same ranges (or, when no block-granular split fits, ranges balanced by
 //    weight bytes): B (step 2's block choice), P (partially resident blocks, slots ring) and C (chunked streaming);
 //    see planner/placement.h. The feasible one with the most resident bytes wins.
+//    With several GPUs, candidate S (striped) deals the decoder layers to the GPUs in turn instead, so every GPU's
+//    link streams all along the forward; it wins when its busiest link copies less than the others' links together.
 // 4. Host tiers, per weight in execution order: CPU (pinned) while the cpu budget holds them and the disk rings of
 //    the rest (bounded by the largest disk slot still possible), else Disk; the disk budget, if given, caps Disk bytes.
 // With no GPU budgeted, the CPU computes everything: the range is all blocks on device -1 with the cpu budget,
@@ -221,11 +223,17 @@ class AutoPlanner {
 
   // Everything the range [begin, end) needs besides weights and staging, on a GPU (or on the CPU).
   uint64_t Overhead(size_t begin, size_t end, bool cpu_compute) const {
-    if (begin == end) return 0;
+    std::vector<size_t> members;
+    for (size_t i = begin; i < end; ++i) members.push_back(i);
+    return Overhead(members, cpu_compute);
+  }
+  // The same for any set of blocks.
+  uint64_t Overhead(const std::vector<size_t>& members, bool cpu_compute) const {
+    if (members.empty()) return 0;
     std::vector<size_t> reps;
     std::map<int, bool> seen;
     uint64_t layers = 0;
-    for (size_t i = begin; i < end; ++i) {
+    for (size_t i : members) {
       const int k = static_cast<int>(model_.blocks[i].kind);
       if (!seen[k]) {
         seen[k] = true;
@@ -273,6 +281,78 @@ class AutoPlanner {
       }
     }
     return s;
+  }
+
+  // Best resident set of the blocks `members` (execution order, any set) on one GPU within `budget`, as Score;
+  // fills `keep` (parallel to members). Infeasible when the overhead alone exceeds the budget.
+  bool ScoreSet(const std::vector<size_t>& members, uint64_t budget, std::vector<bool>* keep) const {
+    keep->assign(members.size(), true);
+    if (members.empty()) return true;
+    const uint64_t overhead = Overhead(members, false);
+    if (overhead > budget) return false;
+    std::map<uint64_t, uint64_t, std::greater<>> by_size;
+    for (size_t i : members) ++by_size[bytes_[i]];
+    std::vector<Group> groups;
+    for (const auto& [size, count] : by_size) groups.push_back({size, count});
+    const KeepChoice choice = BestKeep(groups, budget - overhead, depth_, 1);
+    if (!choice.feasible) return false;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      std::vector<size_t> of_size;
+      for (size_t t = 0; t < members.size(); ++t) {
+        if (bytes_[members[t]] == groups[g].size) of_size.push_back(t);
+      }
+      const std::vector<bool> kept = SpreadKeep(of_size.size(), choice.kept[g]);
+      for (size_t t = 0; t < of_size.size(); ++t) (*keep)[of_size[t]] = kept[t];
+    }
+    return true;
+  }
+
+  // Candidate S (several GPUs): decoder layers dealt to the GPUs in turn (layer i on the (i mod n)-th GPU), the
+  // embedding on the first GPU, the final norm and head on the last layer's; on each GPU the resident subset of its
+  // blocks as candidate B chooses it. Every GPU then streams its own share over its own PCIe link while the others
+  // compute (the hidden state hops between the GPUs at every layer), where contiguous ranges leave the links idle
+  // in turn. Whole blocks; weights rest in the CPU tier or on disk as for the other candidates.
+  Result<Placement> StripedCandidate(const std::vector<int>& gpus, const std::vector<uint64_t>& budgets) const {
+    const size_t n_blocks = model_.blocks.size(), n_gpus = gpus.size();
+    std::vector<size_t> gpu_of(n_blocks, 0);
+    size_t layer = 0, last = 0;
+    for (size_t i = 0; i < n_blocks; ++i) {
+      if (model_.blocks[i].kind == BlockKind::kDecoderLayer) last = gpu_of[i] = layer++ % n_gpus;
+    }
+    for (size_t i = 0; i < n_blocks; ++i) {
+      const BlockKind k = model_.blocks[i].kind;
+      if (k == BlockKind::kFinalNorm || k == BlockKind::kLmHead) gpu_of[i] = last;
+    }
+    std::vector<BlockPlacement> blocks(n_blocks);
+    for (size_t g = 0; g < n_gpus; ++g) {
+      std::vector<size_t> members;
+      for (size_t i = 0; i < n_blocks; ++i) {
+        if (gpu_of[i] == g) members.push_back(i);
+      }
+      std::vector<bool> keep;
+      if (!ScoreSet(members, budgets[g], &keep)) {
+        return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpus[g]) + ": its striped blocks' " +
+                                                     "activations, KV cache and ring do not fit its budget");
+      }
+      for (size_t t = 0; t < members.size(); ++t) {
+        blocks[members[t]] = BlockPlacement{gpus[g], keep[t] ? Tier::kGpu : Tier::kCpu};
+      }
+    }
+    return Candidate("S", std::move(blocks), {}, {});
+  }
+
+  // The bytes that bound a forward's copies, by how the GPUs' links work: striped (S), every link streams all along
+  // the forward, so the busiest link's bytes; contiguous ranges (B, P, C), a GPU's link streams while its own range
+  // computes (its ring holds only a few blocks ahead), so the links take turns: the sum over the GPUs.
+  static uint64_t CopyBoundBytes(const Placement& p, const ModelDescription& model, DType exec, bool striped) {
+    uint64_t worst = 0, sum = 0;
+    for (const auto& [device, ring] : p.ring_bytes) {
+      uint64_t bytes = 0;
+      for (const StreamWeight& w : StreamWeightsFor(model, p.blocks, exec, device)) bytes += w.bytes;
+      worst = std::max(worst, bytes);
+      sum += bytes;
+    }
+    return striped ? worst : sum;
   }
 
   Result<Placement> Run() {
@@ -433,6 +513,27 @@ class AutoPlanner {
           chosen = std::move(*e);
         } else {
           report.push_back(PlacementCandidate{"E", false, 0, e.error().message});
+        }
+      }
+    }
+    // S: striped over several GPUs, chosen when the bytes that bound its copies (its busiest link's) are more than
+    // 5% below the best other candidate's (all its GPUs' streamed bytes: their links take turns), or when no other
+    // fits. An offloaded forward is bound by its copies.
+    if (n_gpus >= 2 && model_.config.num_experts == 0) {
+      if (!enabled("S")) {
+        report.push_back(PlacementCandidate{"S", false, 0, "not considered"});
+      } else if (chosen && CopyBoundBytes(*chosen, model_, req_.exec_dtype, false) == 0) {
+        report.push_back(PlacementCandidate{"S", false, 0, "nothing streams"});
+      } else {
+        Result<Placement> st = StripedCandidate(gpus, budgets);
+        if (st.ok()) {
+          PlacementCandidate c{"S", true, ResidentBytes(*st), ""};
+          report.push_back(c);
+          const uint64_t mine = CopyBoundBytes(*st, model_, req_.exec_dtype, true);
+          const uint64_t best = chosen ? CopyBoundBytes(*chosen, model_, req_.exec_dtype, false) : UINT64_MAX;
+          if (!chosen || mine < best - best / 20) chosen = std::move(*st);
+        } else {
+          report.push_back(PlacementCandidate{"S", false, 0, st.error().message});
         }
       }
     }

@@ -329,15 +329,16 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         (*decode)[i] = (*block_costs)[i].host_us + (*block_costs)[i].decode_device_us;
       (*prefill)[i] = (*block_costs)[i].prefill_us;
     }
-    // The hidden state's hop to another GPU before a step (cost_model.h kDeviceHopMicros).
+    // The hidden state's hop to another GPU before a step (cost_model.h kDeviceHopMicros, kDeviceHopEagerMicros).
     int32_t prev = -1;
     for (const ScheduledStep& step : sc.steps) {
       const int32_t d = devices[step.block];
       if (prev >= 0 && d >= 0 && d != prev) {
         const double bytes = static_cast<double>(model.config.hidden_size) * DTypeBytes(exec);
-        (*decode)[step.block] += kDeviceHopMicros + bytes * request.run.max_batch / (kPeerGbps * 1e3);
+        (*decode)[step.block] +=
+            (graph_decode ? kDeviceHopMicros : kDeviceHopEagerMicros) + bytes * request.run.max_batch / (kPeerGbps * 1e3);
         (*prefill)[step.block] +=
-            kDeviceHopMicros + bytes * request.run.max_batch * request.run.max_seq_len / (kPeerGbps * 1e3);
+            kDeviceHopEagerMicros + bytes * request.run.max_batch * request.run.max_seq_len / (kPeerGbps * 1e3);
       }
       prev = d;
     }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 
 #include <cstdio>
@@ -224,6 +225,43 @@ TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
   const double hop = kDeviceHopMicros + 4096.0 * 2 / (kPeerGbps * 1e3);
   EXPECT_NEAR(two->decode.total_us - one->decode.total_us, hop, 0.02 * one->decode.total_us);
   EXPECT_GT(two->decode.total_us, one->decode.total_us);
+}
+
+// Two GPUs too small for the model: the striped candidate deals the layers to the GPUs in turn, so both GPUs'
+// links stream (about half the bytes each) and the forward is predicted well below streaming everything over one
+// link (candidates B, P, C put the streamed layers on one GPU).
+TEST(PlannerTest, StripedOverTwoGpusStreamsOverBothLinks) {
+  auto plan = [](const std::string& candidates) {
+    PlanRequest r;
+    r.model_dir = Runfile("planner/examples/llama-2-7b");
+    auto b = ParseMaxMemory("cuda:0=4GiB,cuda:1=4GiB,cpu=64GiB");
+    EXPECT_TRUE(b.ok());
+    r.budget = *b;
+    r.run = RunShape{1, 512};
+    r.exec_dtype = DType::kBF16;
+    r.auto_candidates = candidates;
+    return MakePlan(r);
+  };
+  auto striped = plan("BPCES");
+  auto one_link = plan("BPC");
+  ASSERT_TRUE(striped.ok()) << striped.error().ToString();
+  ASSERT_TRUE(one_link.ok()) << one_link.error().ToString();
+  EXPECT_EQ(striped->placement.chosen, "S");
+  const schema::Plan& p = striped->plan();
+  int hops = 0, prev = -1;
+  for (const schema::Block* b : *p.blocks()) {
+    if (prev >= 0 && b->device() != prev) ++hops;
+    prev = b->device();
+  }
+  EXPECT_GE(hops, 30);  // layer after layer on the other GPU
+  std::map<int32_t, uint64_t> link;
+  for (const DeviceStreamPlan& st : striped->schedule.streams) link[st.device] = st.streamed_bytes();
+  ASSERT_EQ(link.size(), 2u);
+  EXPECT_LT(std::max(link[0], link[1]), 0.6 * (link[0] + link[1]));
+  EXPECT_LT(striped->decode.total_us, 0.75 * one_link->decode.total_us);
+  EXPECT_LT(striped->prefill.total_us, 0.75 * one_link->prefill.total_us);
+  for (const DeviceAccount& a : striped->usage) EXPECT_TRUE(a.fits()) << a.Summary();
+  EXPECT_TRUE(CheckPlanMemory(p).ok());
 }
 
 // Issue 9's target: a Llama-3.1-405B-shaped model (4 layers of 6.4 GB) at cuda:0=4GiB plans by streaming its weights

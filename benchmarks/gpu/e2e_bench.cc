@@ -5,6 +5,7 @@
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
 //             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8] [--resident-split SPEC]...
+//             [--offload-split SPEC]... [--auto-candidates LETTERS]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -20,7 +21,8 @@
 // Decode steps of the resident plan replay a CUDA graph (ExecutorOptions::cuda_graphs) unless --no-cuda-graphs;
 // --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --decode-batches plans the resident
 // configuration for the largest batch and times its decode steps at each batch size; --resident-split
-// "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident").
+// "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident"),
+// --offload-split "cuda:0=4GiB,cuda:1=4GiB" a cpu-offload one (its floor: the busiest GPU link's bytes / H2D).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -60,6 +63,8 @@ struct Args {
   bool fused_kernels = true;  // ExecutorOptions::fused_kernels
   std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
   std::vector<std::string> resident_splits;  // more all-resident configurations: GPU budgets over several GPUs
+  std::vector<std::string> offload_splits;   // more cpu-offload configurations over several GPUs
+  std::string auto_candidates;               // plan --auto-candidates (empty: the planner's default)
   std::vector<quant::Format> weights{quant::Format::kNone};
   std::vector<std::string> cpu_shares{"off"};
   int host_threads = 0;  // ExecutorOptions::host_threads
@@ -103,6 +108,8 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
       else if (f == "--no-fused-kernels") { a.fused_kernels = false; }
       else if (f == "--resident-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.resident_splits.push_back(v); }
+      else if (f == "--offload-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.offload_splits.push_back(v); }
+      else if (f == "--auto-candidates") { BIGPLAN_ASSIGN_OR_RETURN(a.auto_candidates, need(i)); }
       else if (f == "--decode-batches") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.decode_batches = numbers(v); }
       else if (f == "--weights") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
@@ -242,6 +249,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   req.exec_dtype = DType::kBF16;
   req.profile = profile;
   req.weights = cfg.weights;
+  if (!args.auto_candidates.empty()) req.auto_candidates = args.auto_candidates;
   if (cfg.cpu_share == "auto") req.cpu_share_auto = true;
   else if (cfg.cpu_share == "off") req.cpu_share_off = true;
   else req.cpu_share = std::stod(cfg.cpu_share);
@@ -249,10 +257,23 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   BIGPLAN_ASSIGN_OR_RETURN(PlanResult plan, MakePlan(req));
   const double plan_s = Seconds(t_plan);
   // The bf16 floor of this budget: what a bf16 plan of it streams per forward / H2D (this plan, when it is bf16).
+  // Per device (each GPU copies over its own PCIe link; disk reads share the disk): the busiest link's bytes / H2D,
+  // + every disk byte / disk bandwidth.
   auto floor_of = [&](const schema::Plan& p) {
-    uint64_t c = 0, d = 0;
-    StreamedBytes(p, &c, &d);
-    return c / (floors.h2d_gbps * 1e9) + (d ? d / (floors.disk_gbps * 1e9) : 0.0);
+    std::map<int32_t, uint64_t> link;
+    uint64_t disk = 0;
+    if (p.streams() != nullptr) {
+      for (const schema::Stream* st : *p.streams()) {
+        if (st->units() == nullptr) continue;
+        for (const schema::Unit* u : *st->units()) {
+          link[st->device()] += u->bytes();
+          if (u->source() == schema::Tier::Disk) disk += u->bytes();
+        }
+      }
+    }
+    uint64_t worst = 0;
+    for (const auto& [device, bytes] : link) worst = std::max(worst, bytes);
+    return worst / (floors.h2d_gbps * 1e9) + (disk ? disk / (floors.disk_gbps * 1e9) : 0.0);
   };
   double bf16_floor_s = 0;
   if (cfg.weights == quant::Format::kNone && cfg.cpu_share == "off") {
@@ -539,6 +560,10 @@ Status Main(int argc, char** argv) {
   if (args.resident_budget_gib > 0) {
     std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB", args.resident_budget_gib, args.cpu_budget_gib);
     configs.push_back({"resident", "resident", args.resident_budget_gib, buf});
+  }
+  for (size_t k = 0; k < args.offload_splits.size(); ++k) {
+    std::snprintf(buf, sizeof buf, "%s,cpu=%gGiB", args.offload_splits[k].c_str(), args.cpu_budget_gib);
+    configs.push_back({"cpu_offload_split" + std::to_string(k + 1), "cpu", 0, buf});
   }
   for (size_t k = 0; k < args.resident_splits.size(); ++k) {
     std::snprintf(buf, sizeof buf, "%s,cpu=%gGiB", args.resident_splits[k].c_str(), args.cpu_budget_gib);

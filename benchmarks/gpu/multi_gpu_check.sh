@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Two GPUs, a model that fits one (issue "several GPUs"): the Llama-3-8B shape (random bf16 weights) all resident on
-# cuda:0, and split over cuda:0 and cuda:1 (each budget 10 GiB), decode steps replayed from CUDA graphs (one per
-# device segment) and a 512-token prefill, all in one e2e_bench process; then the split tests of the GPU suite.
+# Two GPUs (issue "several GPUs"), the Llama-3-8B shape (random bf16 weights), in one e2e_bench process: all
+# resident on cuda:0, and split over cuda:0 and cuda:1 (each budget 10 GiB), decode steps replayed from CUDA graphs
+# (one per device segment); streamed at cuda:0=8GiB (one GPU), and at cuda:0=4GiB,cuda:1=4GiB (the planner's choice:
+# striped, both links streaming); then, in a second process, the same 4+4 GiB budgets planned without the striped
+# candidate (every streamed layer over one link: what the planner chose before); then the split tests of the GPU suite.
 #
 #   benchmarks/gpu/multi_gpu_check.sh OUT_DIR [parts...]      parts: ckpt, bigplan, tests (default: all)
 # Env: BIGPLAN_SPLIT (default "cuda:0=10GiB,cuda:1=10GiB"), BIGPLAN_REPEAT (default 5). Run from the repo root on a
@@ -19,8 +21,12 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv | tee "$out/gpus.txt
 if has ckpt; then BIGPLAN_CKPT=$ckpt benchmarks/gpu/compressed_check.sh "$out" ckpt; fi
 if has bigplan; then
   "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --resident-budget-gib 70 \
-    --resident-split "${BIGPLAN_SPLIT:-cuda:0=10GiB,cuda:1=10GiB}" --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" \
+    --resident-split "${BIGPLAN_SPLIT:-cuda:0=10GiB,cuda:1=10GiB}" --gpu-budgets 8 \
+    --offload-split "${BIGPLAN_OFFLOAD_SPLIT:-cuda:0=4GiB,cuda:1=4GiB}" --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" \
     --out "$out/bigplan_split.json" 2>&1 | tee "$out/bigplan_split.txt" | grep -E "^ |floors|=="
+  "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --offload-split "${BIGPLAN_OFFLOAD_SPLIT:-cuda:0=4GiB,cuda:1=4GiB}" \
+    --auto-candidates BPC --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" --out "$out/bigplan_one_link.json" 2>&1 |
+    tee "$out/bigplan_one_link.txt" | grep -E "^ |floors|=="
 fi
 if has tests && [[ -x $bin/e2e_gpu_test ]]; then
   BIGPLAN_TINY_MODELS="${BIGPLAN_TINY_MODELS:-/tmp/bigplan-tiny-models}"

@@ -35,6 +35,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -244,7 +245,8 @@ TEST_P(E2eGpu, Bfloat16CudaGraphsMatchEager) { RunGraphs("bf16", kBf16Tolerance,
 
 // A plan split over two GPUs (the embedding and the first half of the layers on cuda:0, the rest on cuda:1, by an
 // explicit map) decodes from CUDA graphs (one per device segment) with the same logits and tokens as the
-// all-resident single-GPU plan and as its own eager steps. Skipped with fewer than two GPUs.
+// all-resident single-GPU plan and as its own eager steps; so does a striped plan (layers alternating between the
+// GPUs, each streaming over its own link). Skipped with fewer than two GPUs.
 TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
@@ -276,38 +278,56 @@ TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
   Status planned = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 2, seq_len, two,
                             "--device-map " + map_path);
   ASSERT_TRUE(planned.ok()) << planned.error().ToString();
-  std::unique_ptr<Executor> exec[3];  // one GPU (graphs), two GPUs eager, two GPUs graphs
-  for (int i = 0; i < 3; ++i) {
+  // Striped (placement candidate S) at the smallest budgets it fits: layers alternate between the GPUs (these tiny
+  // layers stay resident: streaming one costs a ring slot as large as itself; E2eGpuStreaming streams striped
+  // layers of a larger model), so a decode step replays one graph segment per layer.
+  const std::string striped = dir + "/striped.bplan";
+  auto striped_at = [&](uint64_t b) {
+    return MakePlan(model, "cuda:0=" + std::to_string(b) + ",cuda:1=" + std::to_string(b) + ",cpu=8GiB", "fp32", 2,
+                    seq_len, striped, "--auto-candidates S");
+  };
+  auto budget = SmallestFeasible([&](uint64_t b) { return striped_at(b).ok(); }, 1 << 16, 1ull << 32, 4096);
+  ASSERT_TRUE(budget.ok()) << budget.error().ToString();
+  ASSERT_TRUE(striped_at(*budget).ok());
+  auto summary = SummarizePlan(striped);
+  ASSERT_TRUE(summary.ok()) << summary.error().ToString();
+  const bool striped_graphs = summary->cpu_tier == 0 && summary->disk_tier == 0;
+  constexpr int kRuns = 4;  // one GPU (graphs), two GPUs eager, two GPUs graphs, striped
+  std::unique_ptr<Executor> exec[kRuns];
+  for (int i = 0; i < kRuns; ++i) {
     ExecutorOptions options;
     options.progress = false;
     options.cuda_graphs = i != 1;
-    auto e = Executor::Load(i == 0 ? one : two, model, options);
+    auto e = Executor::Load(i == 0 ? one : i == 3 ? striped : two, model, options);
     ASSERT_TRUE(e.ok()) << e.error().ToString();
     exec[i] = std::move(*e);
   }
-  StepErrors errors[3];
-  for (int i = 0; i < 3; ++i) {
+  StepErrors errors[kRuns];
+  for (int i = 0; i < kRuns; ++i) {
     auto e = CompareWithReference(*exec[i], *ref, steps);
     ASSERT_TRUE(e.ok()) << e.error().ToString();
     errors[i] = std::move(*e);
     EXPECT_LE(errors[i].max_rel, kF32Tolerance) << i;
     EXPECT_EQ(exec[i]->stats().graph_capture_error, "") << i;
-    EXPECT_EQ(exec[i]->stats().graph_steps > 0, i != 1 && steps > 0) << i;
+    EXPECT_EQ(exec[i]->stats().graph_steps > 0, (i == 0 || i == 2 || (i == 3 && striped_graphs)) && steps > 0) << i;
   }
   double worst = 0;
   for (size_t k = 0; k < errors[0].logits.size(); ++k) {
-    for (int i = 1; i < 3; ++i) worst = std::max(worst, MaxRelError(errors[i].logits[k].data, errors[0].logits[k].data));
+    for (int i = 1; i < kRuns; ++i) {
+      worst = std::max(worst, MaxRelError(errors[i].logits[k].data, errors[0].logits[k].data));
+    }
   }
   EXPECT_LE(worst, 1e-5);
-  std::printf("%-14s two GPUs (graphs and eager) vs one GPU: max rel %.2e\n", family.c_str(), worst);
+  std::printf("%-14s two GPUs (graphs, eager, striped at %s each) vs one GPU: max rel %.2e\n", family.c_str(),
+              std::to_string(*budget).c_str(), worst);
   GenerateOptions greedy;
   greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(steps + 1, seq_len - ref->prompt_len));
   auto want = exec[0]->Generate(ref->Prompts(), greedy);
   ASSERT_TRUE(want.ok()) << want.error().ToString();
-  for (int i = 1; i < 3; ++i) {
+  for (int i = 1; i < kRuns; ++i) {
     auto got = exec[i]->Generate(ref->Prompts(), greedy);
     ASSERT_TRUE(got.ok()) << got.error().ToString();
-    EXPECT_EQ(got->tokens, want->tokens) << (i == 1 ? "eager" : "graphs");
+    EXPECT_EQ(got->tokens, want->tokens) << i;
   }
 }
 
@@ -348,6 +368,63 @@ std::string WriteMediumLlama(const std::string& dir) {
       << R"(, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
           "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})";
   return "";
+}
+
+// Striped over two GPUs (placement candidate S) at budgets that make both GPUs stream: the same prefill and decode
+// logits as the model resident on one GPU. Skipped with fewer than two GPUs.
+TEST(E2eGpuStreaming, StripedOverTwoGpusMatchesOneGpu) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  const std::string dir = TempDir("medium_llama_striped");
+  const std::string model = dir + "/model";
+  ASSERT_EQ(WriteMediumLlama(model), "");
+  constexpr uint32_t kBatch = 2, kSeqLen = 1024;
+  const std::string big = std::to_string(64ull << 30);
+  const std::string resident = dir + "/resident.bplan", striped = dir + "/striped.bplan";
+  Status s = MakePlan(model, "cuda:0=" + big + ",cpu=" + big, "bf16", kBatch, kSeqLen, resident);
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  auto striped_at = [&](uint64_t b0, uint64_t b1) {
+    return MakePlan(model, "cuda:0=" + std::to_string(b0) + ",cuda:1=" + std::to_string(b1) + ",cpu=" + big, "bf16",
+                    kBatch, kSeqLen, striped, "--auto-candidates S");
+  };
+  // Each GPU's smallest budget (the other's large, then its own smallest): both then stream.
+  auto b0 = SmallestFeasible([&](uint64_t b) { return striped_at(b, 64ull << 30).ok(); }, 0, 64ull << 30, 1 << 20);
+  ASSERT_TRUE(b0.ok()) << b0.error().ToString();
+  auto budget = SmallestFeasible([&](uint64_t b) { return striped_at(*b0, b).ok(); }, 0, 64ull << 30, 1 << 20);
+  ASSERT_TRUE(budget.ok()) << budget.error().ToString();
+  ASSERT_TRUE(striped_at(*b0, *budget).ok());
+  auto plan = PlanFile::Load(striped);
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  std::set<int32_t> streaming;
+  for (const schema::Stream* st : *plan->plan().streams()) {
+    if (st->units() != nullptr && st->units()->size() > 0) streaming.insert(st->device());
+  }
+  EXPECT_EQ(streaming, (std::set<int32_t>{0, 1})) << "budgets " << *b0 << " and " << *budget << " bytes";
+  std::vector<int64_t> prompt(kBatch * 512);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int64_t>((i * 7919) % 32000);
+  std::vector<float> want_prefill, want_decode;
+  for (const std::string& name : {resident, striped}) {
+    ExecutorOptions options;
+    options.progress = false;
+    options.cuda_graphs = false;  // eager in both, so they compare bit for bit
+    auto exec = Executor::Load(name, model, options);
+    ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+    auto prefill = (*exec)->Forward(prompt, kBatch, /*reset=*/true);
+    ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
+    auto decode = (*exec)->Forward(std::vector<int64_t>(kBatch, 17), kBatch);
+    ASSERT_TRUE(decode.ok()) << decode.error().ToString();
+    if (want_prefill.empty()) {
+      want_prefill = prefill->data;
+      want_decode = decode->data;
+      continue;
+    }
+    std::printf("striped over two GPUs at %.0f and %.0f MiB: prefill max rel %.2e, decode max rel %.2e vs one GPU\n",
+                *b0 / 1048576.0, *budget / 1048576.0, MaxRelError(prefill->data, want_prefill),
+                MaxRelError(decode->data, want_decode));
+    EXPECT_LE(MaxRelError(prefill->data, want_prefill), kBf16Tolerance);
+    EXPECT_LE(MaxRelError(decode->data, want_decode), kBf16Tolerance);
+    EXPECT_GT((*exec)->stats().last_streamed_bytes, 0u);
+  }
 }
 
 TEST(E2eGpuStreaming, CopiesOverlapComputeAndStreamingIsExact) {
