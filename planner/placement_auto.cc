@@ -308,29 +308,59 @@ class AutoPlanner {
   }
 
   // Candidate S (several GPUs): decoder layers dealt to the GPUs in turn (layer i on the (i mod n)-th GPU), the
-  // embedding on the first GPU, the final norm and head on the last layer's; on each GPU the resident subset of its
-  // blocks as candidate B chooses it. Every GPU then streams its own share over its own PCIe link while the others
+  // embedding on the first GPU, the final norm and head on the last layer's; on each GPU the resident part of its
+  // blocks as candidate B (whole blocks) or P (partly resident blocks) chooses it, whichever keeps more. Every GPU then streams its own share over its own PCIe link while the others
   // compute (the hidden state hops between the GPUs at every layer), where contiguous ranges leave the links idle
-  // in turn. Whole blocks; weights rest in the CPU tier or on disk as for the other candidates.
-  Result<Placement> StripedCandidate(const std::vector<int>& gpus, const std::vector<uint64_t>& budgets) const {
+  // in turn. Streamed weights rest in the CPU tier or on disk as for the other candidates.
+  // `shares`: each GPU's share of the decoder layers (smooth weighted round robin: each layer goes to the GPU with the
+  // most accumulated credit), equal shares dealing them strictly in turn.
+  Result<Placement> StripedCandidate(const std::vector<int>& gpus, const std::vector<uint64_t>& budgets,
+                                     const std::vector<double>& shares) const {
     const size_t n_blocks = model_.blocks.size(), n_gpus = gpus.size();
     std::vector<size_t> gpu_of(n_blocks, 0);
-    size_t layer = 0, last = 0;
+    std::vector<double> credit(n_gpus, 0);
+    size_t last = 0;
     for (size_t i = 0; i < n_blocks; ++i) {
-      if (model_.blocks[i].kind == BlockKind::kDecoderLayer) last = gpu_of[i] = layer++ % n_gpus;
+      if (model_.blocks[i].kind != BlockKind::kDecoderLayer) continue;
+      for (size_t g = 0; g < n_gpus; ++g) credit[g] += shares[g];
+      size_t pick = 0;
+      for (size_t g = 1; g < n_gpus; ++g) {
+        if (credit[g] > credit[pick] + 1e-12) pick = g;
+      }
+      credit[pick] -= 1.0;
+      last = gpu_of[i] = pick;
     }
     for (size_t i = 0; i < n_blocks; ++i) {
       const BlockKind k = model_.blocks[i].kind;
       if (k == BlockKind::kFinalNorm || k == BlockKind::kLmHead) gpu_of[i] = last;
     }
     std::vector<BlockPlacement> blocks(n_blocks);
+    std::map<int32_t, uint64_t> rings;
     for (size_t g = 0; g < n_gpus; ++g) {
       std::vector<size_t> members;
       for (size_t i = 0; i < n_blocks; ++i) {
         if (gpu_of[i] == g) members.push_back(i);
       }
+      // Whole blocks (as B) or partly resident blocks with a ring of their streamed parts (as P), whichever keeps
+      // more bytes on this GPU.
       std::vector<bool> keep;
-      if (!ScoreSet(members, budgets[g], &keep)) {
+      uint64_t whole = 0;
+      const bool whole_ok = ScoreSet(members, budgets[g], &keep);
+      for (size_t t = 0; whole_ok && t < members.size(); ++t) whole += keep[t] ? bytes_[members[t]] : 0;
+      std::vector<BlockPlacement> partial = blocks;
+      std::map<int32_t, uint64_t> partial_rings;
+      const bool partial_ok = PartialSet(members, gpus[g], budgets[g], &partial, &partial_rings).ok();
+      uint64_t kept = 0;
+      for (size_t i : members) {
+        const std::vector<Tier> t = WeightTiersOf(partial[i], sizes_[i].size());
+        for (size_t w = 0; partial_ok && w < t.size(); ++w) kept += t[w] == Tier::kGpu ? sizes_[i][w] : 0;
+      }
+      if (partial_ok && (!whole_ok || kept > whole)) {
+        for (size_t i : members) blocks[i] = partial[i];
+        if (partial_rings.count(gpus[g])) rings[gpus[g]] = partial_rings[gpus[g]];
+        continue;
+      }
+      if (!whole_ok) {
         return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpus[g]) + ": its striped blocks' " +
                                                      "activations, KV cache and ring do not fit its budget");
       }
@@ -338,7 +368,7 @@ class AutoPlanner {
         blocks[members[t]] = BlockPlacement{gpus[g], keep[t] ? Tier::kGpu : Tier::kCpu};
       }
     }
-    return Candidate("S", std::move(blocks), {}, {});
+    return Candidate("S", std::move(blocks), rings, {});
   }
 
   // The bytes that bound a forward's copies, by how the GPUs' links work: striped (S), every link streams all along
@@ -525,7 +555,22 @@ class AutoPlanner {
       } else if (chosen && CopyBoundBytes(*chosen, model_, req_.exec_dtype, false) == 0) {
         report.push_back(PlacementCandidate{"S", false, 0, "nothing streams"});
       } else {
-        Result<Placement> st = StripedCandidate(gpus, budgets);
+        // Equal shares, and with two GPUs shares shifted by up to 3 layers either way (the GPU holding the head or
+        // the embedding has less room): the one whose busiest link copies least.
+        Result<Placement> st = StripedCandidate(gpus, budgets, std::vector<double>(n_gpus, 1.0 / n_gpus));
+        if (n_gpus == 2 && model_.config.num_layers > 0) {
+          const double step = 1.0 / model_.config.num_layers;
+          for (int k : {-3, -2, -1, 1, 2, 3}) {
+            const double s0 = 0.5 + k * step;
+            if (s0 <= 0 || s0 >= 1) continue;
+            Result<Placement> other = StripedCandidate(gpus, budgets, {s0, 1 - s0});
+            if (!other.ok()) continue;
+            if (!st.ok() || CopyBoundBytes(*other, model_, req_.exec_dtype, true) <
+                                CopyBoundBytes(*st, model_, req_.exec_dtype, true)) {
+              st = std::move(other);
+            }
+          }
+        }
         if (st.ok()) {
           PlacementCandidate c{"S", true, ResidentBytes(*st), ""};
           report.push_back(c);
@@ -580,7 +625,7 @@ class AutoPlanner {
   // resident, then experts spread over the sparse layers while they fit what is left; the rest routed.
   Result<Placement> ExpertCandidate(int gpu, uint64_t budget) const {
     const size_t n = model_.blocks.size();
-    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available({0, n}, gpu, budget));
+    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(std::make_pair(size_t{0}, n), gpu, budget));
     uint64_t fixed = 0, largest_expert = 0, experts = 0;
     for (size_t i = 0; i < n; ++i) {
       std::map<int32_t, uint64_t> per_expert;
@@ -610,7 +655,10 @@ class AutoPlanner {
 
   // What a GPU's range leaves for weights and its ring: budget - reserve - activations - KV; kInfeasible if none.
   Result<uint64_t> Available(std::pair<size_t, size_t> range, int gpu, uint64_t budget) const {
-    const uint64_t overhead = Overhead(range.first, range.second, false);
+    return Available(Members(range), gpu, budget);
+  }
+  Result<uint64_t> Available(const std::vector<size_t>& members, int gpu, uint64_t budget) const {
+    const uint64_t overhead = Overhead(members, false);
     if (overhead > budget) {
       return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": the reserve, activations and KV "
                                                    "cache (" + FormatBytes(overhead) + ") exceed its budget");
@@ -690,25 +738,30 @@ class AutoPlanner {
   // depth + 1) slots of the largest stream X' fit.
   Status PartialRange(std::pair<size_t, size_t> range, int gpu, uint64_t budget, std::vector<BlockPlacement>* blocks,
                       std::map<int32_t, uint64_t>* rings) const {
-    const size_t begin = range.first, end = range.second;
-    if (begin == end) return Status::Ok();
-    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(range, gpu, budget));
+    return PartialSet(Members(range), gpu, budget, blocks, rings);
+  }
+  // The same for any set of blocks (execution order).
+  Status PartialSet(const std::vector<size_t>& members, int gpu, uint64_t budget, std::vector<BlockPlacement>* blocks,
+                    std::map<int32_t, uint64_t>* rings) const {
+    if (members.empty()) return Status::Ok();
+    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(members, gpu, budget));
     uint64_t total = 0;
-    for (size_t i = begin; i < end; ++i)
+    for (size_t i : members)
       for (uint64_t v : sizes_[i]) total += v;
-    for (size_t i = begin; i < end; ++i) (*blocks)[i] = BlockPlacement{gpu, Tier::kGpu};
+    for (size_t i : members) (*blocks)[i] = BlockPlacement{gpu, Tier::kGpu};
     if (total <= avail) return Status::Ok();
     std::vector<uint64_t> xs;
-    for (size_t i = begin; i < end; ++i) {
+    for (size_t i : members) {
       const SubsetTable& t = TableFor(sizes_[i]);
       xs.insert(xs.end(), t.sums.begin(), t.sums.end());
     }
     std::sort(xs.begin(), xs.end());
     xs.erase(std::unique(xs.begin(), xs.end()), xs.end());
+    const size_t n = members.size();
     for (uint64_t x : xs) {
       if (x == 0) continue;
       uint64_t streamed = 0, largest = 0, n_streaming = 0;
-      for (size_t i = begin; i < end; ++i) {
+      for (size_t i : members) {
         const uint64_t s = BestSubset(TableFor(sizes_[i]), x).first;
         streamed += s;
         largest = std::max(largest, s);
@@ -716,29 +769,29 @@ class AutoPlanner {
       }
       const uint64_t ring = StagingBufferCount(n_streaming, depth_) * largest;
       if (total - streamed + ring > avail) continue;
-      std::vector<std::vector<bool>> in(end - begin);
-      std::vector<uint64_t> stream(end - begin, 0);
-      for (size_t i = begin; i < end; ++i) std::tie(stream[i - begin], in[i - begin]) = BestSubset(TableFor(sizes_[i]), x);
+      std::vector<std::vector<bool>> in(n);
+      std::vector<uint64_t> stream(n, 0);
+      for (size_t k = 0; k < n; ++k) std::tie(stream[k], in[k]) = BestSubset(TableFor(sizes_[members[k]]), x);
       // What the cap leaves unused: streamed weights (largest first, then in execution order) become resident while
       // the resident bytes and the ring (which shrinks with the largest stream) still fit.
       auto ring_of = [&](const std::vector<uint64_t>& st) {
-        uint64_t n = 0, m = 0;
+        uint64_t c = 0, m = 0;
         for (uint64_t v : st) {
-          n += v > 0;
+          c += v > 0;
           m = std::max(m, v);
         }
-        return StagingBufferCount(n, depth_) * m;
+        return StagingBufferCount(c, depth_) * m;
       };
       uint64_t resident = total - streamed;
-      std::vector<std::pair<size_t, size_t>> movable;  // (block offset, weight)
+      std::vector<std::pair<size_t, size_t>> movable;  // (member, weight)
       for (size_t k = 0; k < in.size(); ++k)
         for (size_t w = 0; w < in[k].size(); ++w)
           if (in[k][w]) movable.emplace_back(k, w);
       std::stable_sort(movable.begin(), movable.end(), [&](const auto& a, const auto& b) {
-        return sizes_[begin + a.first][a.second] > sizes_[begin + b.first][b.second];
+        return sizes_[members[a.first]][a.second] > sizes_[members[b.first]][b.second];
       });
       for (const auto& [k, w] : movable) {
-        const uint64_t v = sizes_[begin + k][w];
+        const uint64_t v = sizes_[members[k]][w];
         stream[k] -= v;
         if (resident + v + ring_of(stream) <= avail) {
           resident += v;
@@ -747,16 +800,22 @@ class AutoPlanner {
           stream[k] += v;
         }
       }
-      for (size_t i = begin; i < end; ++i) {
-        std::vector<Tier> tiers(in[i - begin].size(), Tier::kGpu);
-        for (size_t w = 0; w < tiers.size(); ++w) tiers[w] = in[i - begin][w] ? Tier::kCpu : Tier::kGpu;
-        (*blocks)[i].weight_tiers = tiers;
+      for (size_t k = 0; k < n; ++k) {
+        std::vector<Tier> tiers(in[k].size(), Tier::kGpu);
+        for (size_t w = 0; w < tiers.size(); ++w) tiers[w] = in[k][w] ? Tier::kCpu : Tier::kGpu;
+        (*blocks)[members[k]].weight_tiers = tiers;
       }
       (*rings)[gpu] = ring_of(stream);
       return Status::Ok();
     }
     return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": no per-block stream cap fits " +
                                                  FormatBytes(avail) + " (weights " + FormatBytes(total) + ")");
+  }
+
+  static std::vector<size_t> Members(std::pair<size_t, size_t> range) {
+    std::vector<size_t> m;
+    for (size_t i = range.first; i < range.second; ++i) m.push_back(i);
+    return m;
   }
 
   // Candidate C on one GPU's range: a ring R = clamp(avail / 4, 256 MiB, 2 GiB) with chunks of R / 8; whole weights
