@@ -248,15 +248,23 @@ class AutoPlanner {
   // Best resident set of [begin, end) within `budget`; on the CPU (cpu_compute) streamed blocks are staged twice
   // (pinned disk staging, then the compute staging). Fills `keep` (size end-begin) when given.
   RangeScore Score(size_t begin, size_t end, uint64_t budget, bool cpu_compute, std::vector<bool>* keep) const {
+    return Score(Members({begin, end}), budget, cpu_compute, keep);
+  }
+  // The same for any set of blocks (execution order); `keep` parallel to members.
+  RangeScore Score(const std::vector<size_t>& members, uint64_t budget, bool cpu_compute,
+                   std::vector<bool>* keep) const {
     RangeScore s;
     s.feasible = true;
-    if (begin == end) return s;
+    if (members.empty()) {
+      if (keep) keep->clear();
+      return s;
+    }
     std::map<uint64_t, uint64_t, std::greater<>> by_size;
-    for (size_t i = begin; i < end; ++i) {
+    for (size_t i : members) {
       s.load += bytes_[i];
       ++by_size[bytes_[i]];
     }
-    const uint64_t overhead = Overhead(begin, end, cpu_compute);
+    const uint64_t overhead = Overhead(members, cpu_compute);
     if (overhead > budget) {
       s.feasible = false;
       return s;
@@ -270,41 +278,17 @@ class AutoPlanner {
     }
     s.resident = choice.kept_bytes;
     if (keep) {
-      keep->assign(end - begin, true);
+      keep->assign(members.size(), true);
       for (size_t g = 0; g < groups.size(); ++g) {
-        std::vector<size_t> members;
-        for (size_t i = begin; i < end; ++i) {
-          if (bytes_[i] == groups[g].size) members.push_back(i - begin);
+        std::vector<size_t> of_size;
+        for (size_t t = 0; t < members.size(); ++t) {
+          if (bytes_[members[t]] == groups[g].size) of_size.push_back(t);
         }
-        const std::vector<bool> kept = SpreadKeep(members.size(), choice.kept[g]);
-        for (size_t t = 0; t < members.size(); ++t) (*keep)[members[t]] = kept[t];
+        const std::vector<bool> kept = SpreadKeep(of_size.size(), choice.kept[g]);
+        for (size_t t = 0; t < of_size.size(); ++t) (*keep)[of_size[t]] = kept[t];
       }
     }
     return s;
-  }
-
-  // Best resident set of the blocks `members` (execution order, any set) on one GPU within `budget`, as Score;
-  // fills `keep` (parallel to members). Infeasible when the overhead alone exceeds the budget.
-  bool ScoreSet(const std::vector<size_t>& members, uint64_t budget, std::vector<bool>* keep) const {
-    keep->assign(members.size(), true);
-    if (members.empty()) return true;
-    const uint64_t overhead = Overhead(members, false);
-    if (overhead > budget) return false;
-    std::map<uint64_t, uint64_t, std::greater<>> by_size;
-    for (size_t i : members) ++by_size[bytes_[i]];
-    std::vector<Group> groups;
-    for (const auto& [size, count] : by_size) groups.push_back({size, count});
-    const KeepChoice choice = BestKeep(groups, budget - overhead, depth_, 1);
-    if (!choice.feasible) return false;
-    for (size_t g = 0; g < groups.size(); ++g) {
-      std::vector<size_t> of_size;
-      for (size_t t = 0; t < members.size(); ++t) {
-        if (bytes_[members[t]] == groups[g].size) of_size.push_back(t);
-      }
-      const std::vector<bool> kept = SpreadKeep(of_size.size(), choice.kept[g]);
-      for (size_t t = 0; t < of_size.size(); ++t) (*keep)[of_size[t]] = kept[t];
-    }
-    return true;
   }
 
   // Candidate S (several GPUs): decoder layers dealt to the GPUs in turn (layer i on the (i mod n)-th GPU), the
@@ -344,9 +328,9 @@ class AutoPlanner {
       // Whole blocks (as B) or partly resident blocks with a ring of their streamed parts (as P), whichever keeps
       // more bytes on this GPU.
       std::vector<bool> keep;
-      uint64_t whole = 0;
-      const bool whole_ok = ScoreSet(members, budgets[g], &keep);
-      for (size_t t = 0; whole_ok && t < members.size(); ++t) whole += keep[t] ? bytes_[members[t]] : 0;
+      const RangeScore score = Score(members, budgets[g], false, &keep);
+      const bool whole_ok = score.feasible;
+      const uint64_t whole = score.resident;
       std::vector<BlockPlacement> partial = blocks;
       std::map<int32_t, uint64_t> partial_rings;
       const bool partial_ok = PartialSet(members, gpus[g], budgets[g], &partial, &partial_rings).ok();
