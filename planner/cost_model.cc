@@ -54,9 +54,11 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
       break;
     case BlockKind::kEmbedding:
       w.act_bytes_per_token = uint64_t{c.hidden_size} * e + 8;
+      w.lookup_row_bytes = uint64_t{c.hidden_size} * e;
       break;
     case BlockKind::kPositionEmbedding:
       w.act_bytes_per_token = 2ull * c.hidden_size * e + 8;
+      w.lookup_row_bytes = uint64_t{c.hidden_size} * e;
       break;
     case BlockKind::kLmHead:
       w.matmul_params = matrix_params;
@@ -77,7 +79,10 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
   auto time_us = [&](double tokens, double context) {
     const double flops = 2.0 * w.matmul_params * tokens + 4.0 * static_cast<double>(w.attn_dim) * batch * context;
-    const double bytes = static_cast<double>(w.weight_bytes) + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
+    const double weights = w.lookup_row_bytes > 0
+                               ? std::min(static_cast<double>(w.weight_bytes), static_cast<double>(w.lookup_row_bytes) * tokens)
+                               : static_cast<double>(w.weight_bytes);
+    const double bytes = weights + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
                          static_cast<double>(w.act_bytes_per_token) * tokens;
     return std::max(flops / flops_per_s, bytes / bytes_per_s) * 1e6 + overhead_us;
   };

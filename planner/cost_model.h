@@ -130,6 +130,9 @@ struct BlockWork {
   uint64_t attn_dim = 0;             // num_heads x head_dim for decoder layers, else 0
   uint64_t kv_bytes_per_token = 0;   // K + V bytes per token of context per sequence (decoder layers)
   uint64_t act_bytes_per_token = 0;  // activation bytes read + written per token
+  // Embedding tables: a forward reads one row of this many bytes per token, not the whole table (0: it reads all of
+  // weight_bytes).
+  uint64_t lookup_row_bytes = 0;
   // Kernels on a GPU: with the executor's fused kernels where they apply (bf16/fp16, unquantized weights;
   // arch::BlockKernels), else LibTorch's ops. cpu_kernels: LibTorch's ops, for blocks the CPU computes.
   uint32_t kernels = 1;

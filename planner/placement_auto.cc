@@ -291,32 +291,34 @@ class AutoPlanner {
     return s;
   }
 
-  // Candidate S (several GPUs): decoder layers dealt to the GPUs in turn (layer i on the (i mod n)-th GPU), the
-  // embedding on the first GPU, the final norm and head on the last layer's; on each GPU the resident part of its
-  // blocks as candidate B (whole blocks) or P (partly resident blocks) chooses it, whichever keeps more. Every GPU then streams its own share over its own PCIe link while the others
+  // Candidate S (several GPUs): decoder layers dealt to the GPUs in turn (by `shares`), the final norm and head on
+  // the last GPU with the last layer, the embedding there too or (host_embedding) on the host; on each GPU the
+  // resident part of its blocks as candidate B (whole blocks) or P (partly resident blocks) chooses it, whichever
+  // keeps more. Every GPU then streams its own share over its own PCIe link while the others
   // compute (the hidden state hops between the GPUs at every layer), where contiguous ranges leave the links idle
   // in turn. Streamed weights rest in the CPU tier or on disk as for the other candidates.
   // `shares`: each GPU's share of the decoder layers (smooth weighted round robin: each layer goes to the GPU with the
   // most accumulated credit), equal shares dealing them strictly in turn.
   Result<Placement> StripedCandidate(const std::vector<int>& gpus, const std::vector<uint64_t>& budgets,
-                                     const std::vector<double>& shares) const {
+                                     const std::vector<double>& shares, bool host_embedding) const {
     const size_t n_blocks = model_.blocks.size(), n_gpus = gpus.size();
-    std::vector<size_t> gpu_of(n_blocks, 0);
+    // The head (final norm, lm_head) on the last GPU, dealt from the last layer backwards so the last layer is there
+    // too; with `host_embedding` the token embedding computed by the host from host memory (its lookup reads one row
+    // per token: keeping the table off the GPUs leaves their memory to layers), n_gpus standing for "the host".
+    std::vector<size_t> gpu_of(n_blocks, n_gpus - 1);
     std::vector<double> credit(n_gpus, 0);
-    size_t last = 0;
-    for (size_t i = 0; i < n_blocks; ++i) {
+    for (size_t i = n_blocks; i-- > 0;) {
       if (model_.blocks[i].kind != BlockKind::kDecoderLayer) continue;
       for (size_t g = 0; g < n_gpus; ++g) credit[g] += shares[g];
-      size_t pick = 0;
-      for (size_t g = 1; g < n_gpus; ++g) {
+      size_t pick = n_gpus - 1;
+      for (size_t g = n_gpus - 1; g-- > 0;) {
         if (credit[g] > credit[pick] + 1e-12) pick = g;
       }
       credit[pick] -= 1.0;
-      last = gpu_of[i] = pick;
+      gpu_of[i] = pick;
     }
     for (size_t i = 0; i < n_blocks; ++i) {
-      const BlockKind k = model_.blocks[i].kind;
-      if (k == BlockKind::kFinalNorm || k == BlockKind::kLmHead) gpu_of[i] = last;
+      if (model_.blocks[i].kind == BlockKind::kEmbedding && host_embedding) gpu_of[i] = n_gpus;
     }
     std::vector<BlockPlacement> blocks(n_blocks);
     std::map<int32_t, uint64_t> rings;
@@ -351,6 +353,9 @@ class AutoPlanner {
       for (size_t t = 0; t < members.size(); ++t) {
         blocks[members[t]] = BlockPlacement{gpus[g], keep[t] ? Tier::kGpu : Tier::kCpu};
       }
+    }
+    for (size_t i = 0; i < n_blocks; ++i) {
+      if (gpu_of[i] == n_gpus) blocks[i] = BlockPlacement{-1, Tier::kGpu};
     }
     return Candidate("S", std::move(blocks), rings, {});
   }
@@ -539,20 +544,27 @@ class AutoPlanner {
       } else if (chosen && CopyBoundBytes(*chosen, model_, req_.exec_dtype, false) == 0) {
         report.push_back(PlacementCandidate{"S", false, 0, "nothing streams"});
       } else {
-        // Equal shares, and with two GPUs shares shifted by up to 3 layers either way (the GPU holding the head or
-        // the embedding has less room): the one whose busiest link copies least.
-        Result<Placement> st = StripedCandidate(gpus, budgets, std::vector<double>(n_gpus, 1.0 / n_gpus));
-        if (n_gpus == 2 && model_.config.num_layers > 0) {
+        // Equal shares, and with two GPUs shares shifted by up to 3 layers (at most a tenth of them) either way (the
+        // GPU holding the head has less room): the one whose busiest link copies least.
+        // With the embedding on a GPU, and (when that streams and a cpu budget is given) on the host.
+        Result<Placement> st = StripedCandidate(gpus, budgets, std::vector<double>(n_gpus, 1.0 / n_gpus), false);
+        auto consider_striped = [&](const std::vector<double>& shares, bool host_embedding) {
+          Result<Placement> other = StripedCandidate(gpus, budgets, shares, host_embedding);
+          if (!other.ok()) return;
+          if (!st.ok() || CopyBoundBytes(*other, model_, req_.exec_dtype, true) <
+                              CopyBoundBytes(*st, model_, req_.exec_dtype, true)) {
+            st = std::move(other);
+          }
+        };
+        const bool streams = !st.ok() || CopyBoundBytes(*st, model_, req_.exec_dtype, true) > 0;
+        for (bool host_embedding : {false, true}) {
+          if (host_embedding && (!streams || !req_.budget.cpu)) continue;
+          if (host_embedding) consider_striped(std::vector<double>(n_gpus, 1.0 / n_gpus), true);
+          if (n_gpus != 2 || model_.config.num_layers == 0) continue;
           const double step = 1.0 / model_.config.num_layers;
-          for (int k : {-3, -2, -1, 1, 2, 3}) {
-            const double s0 = 0.5 + k * step;
-            if (s0 <= 0 || s0 >= 1) continue;
-            Result<Placement> other = StripedCandidate(gpus, budgets, {s0, 1 - s0});
-            if (!other.ok()) continue;
-            if (!st.ok() || CopyBoundBytes(*other, model_, req_.exec_dtype, true) <
-                                CopyBoundBytes(*st, model_, req_.exec_dtype, true)) {
-              st = std::move(other);
-            }
+          const int most = static_cast<int>(std::min<uint32_t>(3, model_.config.num_layers / 10));  // <= 10% of them
+          for (int k = -most; k <= most; ++k) {
+            if (k != 0) consider_striped({0.5 + k * step, 0.5 - k * step}, host_embedding);
           }
         }
         if (st.ok()) {

@@ -291,7 +291,7 @@ TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
   ASSERT_TRUE(striped_at(*budget).ok());
   auto summary = SummarizePlan(striped);
   ASSERT_TRUE(summary.ok()) << summary.error().ToString();
-  const bool striped_graphs = summary->cpu_tier == 0 && summary->disk_tier == 0;
+  const bool striped_graphs = summary->cpu_tier == 0 && summary->disk_tier == 0 && summary->cpu_compute == 0;
   constexpr int kRuns = 4;  // one GPU (graphs), two GPUs eager, two GPUs graphs, striped
   std::unique_ptr<Executor> exec[kRuns];
   for (int i = 0; i < kRuns; ++i) {
