@@ -63,6 +63,18 @@ void WriteTinyCheckpoint(const std::string& dir, const std::string& omit = "") {
   f << std::string(offset, '\0');
 }
 
+// A bundled example (planner/examples/..., no weights) at `budget`, batch 1, 512 positions, bf16.
+PlanRequest ExampleRequest(const std::string& example, const std::string& budget) {
+  PlanRequest r;
+  r.model_dir = Runfile(example);
+  auto b = ParseMaxMemory(budget);
+  EXPECT_TRUE(b.ok()) << budget;
+  if (b.ok()) r.budget = *b;
+  r.run = RunShape{1, 512};
+  r.exec_dtype = DType::kBF16;
+  return r;
+}
+
 PlanRequest TinyRequest(const std::string& dir, const std::string& budget) {
   PlanRequest r;
   r.model_dir = dir;
@@ -178,13 +190,7 @@ TEST(PlannerTest, ExplicitMapStreamsBlocks) {
 }
 
 TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
-  PlanRequest r;
-  r.model_dir = Runfile("planner/examples/llama-2-7b");
-  auto b = ParseMaxMemory("cuda:0=4GiB,cpu=64GiB,disk=200GiB");
-  ASSERT_TRUE(b.ok());
-  r.budget = *b;
-  r.run = RunShape{1, 512};
-  r.exec_dtype = DType::kBF16;
+  PlanRequest r = ExampleRequest("planner/examples/llama-2-7b", "cuda:0=4GiB,cpu=64GiB,disk=200GiB");
   auto result = MakePlan(r);
   ASSERT_TRUE(result.ok()) << result.error().ToString();
   const schema::Plan& p = result->plan();
@@ -204,16 +210,7 @@ TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
 // All resident over two GPUs: decode steps are graph-replayed per device segment, and the hidden state's hop
 // between the GPUs costs kDeviceHopMicros (plus its bytes) over the one-GPU prediction.
 TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
-  auto plan = [](const char* budget) {
-    PlanRequest r;
-    r.model_dir = Runfile("planner/examples/llama-2-7b");
-    auto b = ParseMaxMemory(budget);
-    EXPECT_TRUE(b.ok());
-    r.budget = *b;
-    r.run = RunShape{1, 512};
-    r.exec_dtype = DType::kBF16;
-    return MakePlan(r);
-  };
+  auto plan = [](const char* budget) { return MakePlan(ExampleRequest("planner/examples/llama-2-7b", budget)); };
   auto one = plan("cuda:0=70GiB,cpu=64GiB");
   auto two = plan("cuda:0=8GiB,cuda:1=8GiB,cpu=64GiB");
   ASSERT_TRUE(one.ok()) << one.error().ToString();
@@ -232,13 +229,7 @@ TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
 // link (candidates B, P, C put the streamed layers on one GPU).
 TEST(PlannerTest, StripedOverTwoGpusStreamsOverBothLinks) {
   auto plan = [](const std::string& candidates) {
-    PlanRequest r;
-    r.model_dir = Runfile("planner/examples/llama-2-7b");
-    auto b = ParseMaxMemory("cuda:0=4GiB,cuda:1=4GiB,cpu=64GiB");
-    EXPECT_TRUE(b.ok());
-    r.budget = *b;
-    r.run = RunShape{1, 512};
-    r.exec_dtype = DType::kBF16;
+    PlanRequest r = ExampleRequest("planner/examples/llama-2-7b", "cuda:0=4GiB,cuda:1=4GiB,cpu=64GiB");
     r.auto_candidates = candidates;
     return MakePlan(r);
   };
@@ -449,13 +440,7 @@ TEST(PlannerTest, CpuShareErrors) {
 }
 
 TEST(PlannerTest, GreedyNeverUsesMoreThanLinear) {
-  PlanRequest r;
-  r.model_dir = Runfile("planner/examples/gpt-j-6b");
-  auto b = ParseMaxMemory("cuda:0=4GiB,cpu=64GiB");
-  ASSERT_TRUE(b.ok());
-  r.budget = *b;
-  r.run = RunShape{1, 512};
-  r.exec_dtype = DType::kBF16;
+  PlanRequest r = ExampleRequest("planner/examples/gpt-j-6b", "cuda:0=4GiB,cpu=64GiB");
   auto placed = MakePlan(r);
   ASSERT_TRUE(placed.ok()) << placed.error().ToString();
   // The same placement (as a device map) under both algorithms, with room for the linear one.
