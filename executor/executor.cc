@@ -2,7 +2,10 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/core/InferenceMode.h>
+#include <cuda_runtime.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -82,8 +85,29 @@ class Executor::Impl {
   // output (hidden state, or logits for the last segment) into *out.
   Status StaticStep(const GraphSegment& seg, const at::Tensor& inputs, int64_t batch, at::Tensor* out);
   // One forward pass; float logits on the host, [batch, seq, vocab] or, with last_only, [batch, 1, vocab].
-  Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only);
+  // `micro_batch_rows`: ForwardOptions::micro_batch_rows (0: the executor's option).
+  Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
+                                int micro_batch_rows = 0);
   Status RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
+  // Plans whose every block is Gpu tier on a CUDA device, on two or more devices, without routed experts or host
+  // units: their batched passes may be pipelined (ExecutorOptions::micro_batch_rows). Set at load.
+  bool pipelinable = false;
+  double issue_ms = 0;  // the last eager pass's (Stats::last_issue_ms)
+  // Rows per micro-batch for a pass of `batch` rows of `seq` tokens; 0: not pipelined.
+  int64_t MicroBatchRows(int64_t batch, int64_t seq, int requested) const;
+  // RunSteps cut into micro-batches of `rows` rows, each on streams of its own on every device (mb_streams[k]:
+  // micro-batch k's, one per entry of state->cuda_devices, made on first use).
+  std::vector<std::vector<c10::cuda::CUDAStream>> mb_streams;
+  std::vector<std::pair<int, cudaStream_t>> owned_streams;  // mb_streams' CUDA streams, destroyed with the executor
+  ~Impl() {
+    for (auto& [device, stream] : owned_streams) {
+      cudaSetDevice(device);
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+  }
+  Status RunPipelined(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, int64_t rows,
+                      at::Tensor* out);
   // Makes every CUDA device's current stream its compute stream (no-op in CPU mode) until `guard` is destroyed.
   void GuardComputeStreams(std::optional<c10::cuda::CUDAMultiStreamGuard>* guard) const {
     if (state->cuda_devices.empty()) return;
@@ -95,6 +119,8 @@ class Executor::Impl {
   }
   void Account(const ForwardTimings& t, int64_t batch, int64_t seq, double ms) {
     std::lock_guard<std::mutex> lock(stats_mu);
+    stats.last_micro_batches = 0;
+    stats.last_issue_ms = 0;
     const double base = std::chrono::duration<double, std::micro>(t.wall_start - created).count();
     executor_internal::AccountForward(t, batch, seq, ms, base, labels, &stats,
                                       options.record_trace ? &trace : nullptr);
@@ -159,6 +185,7 @@ Status Executor::Impl::CheckInput(const std::vector<int64_t>& ids, int64_t batch
 
 Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
                                 at::Tensor* out) {
+  const auto issue_start = Clock::now();
   try {
     c10::InferenceMode inference;
     std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
@@ -198,9 +225,124 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
     }
     if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
     at::Tensor result = last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits;
+    issue_ms = std::chrono::duration<double, std::milli>(Clock::now() - issue_start).count();
     *out = result.to(at::kCPU, at::kFloat).contiguous();
   } catch (const std::exception& e) {
     return TorchError(e, "forward pass");
+  }
+  return Status::Ok();
+}
+
+int64_t Executor::Impl::MicroBatchRows(int64_t batch, int64_t seq, int requested) const {
+  const int option = requested != 0 ? requested : options.micro_batch_rows;
+  if (!pipelinable || option < 0 || batch < 2) return 0;
+  const int64_t rows = option > 0 ? option : (512 + seq - 1) / seq;
+  return 2 * rows <= batch ? rows : 0;
+}
+
+Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
+                                    int64_t rows, at::Tensor* out) {
+  const auto issue_start = Clock::now();
+  const std::vector<int>& devices = state->cuda_devices;
+  const int64_t n = (batch + rows - 1) / rows;
+  std::vector<at::Tensor> parts(n);
+  try {
+    c10::InferenceMode inference;
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    GuardComputeStreams(&streams_guard);
+    at::Tensor host_ids = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
+    std::memcpy(host_ids.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
+    // Micro-batch k's streams (one per device) are the same in every pass, so what LibTorch caches per stream
+    // (RoPE tables, cuBLAS workspaces, the caching allocator's blocks) is made once. Earlier micro-batches get
+    // higher stream priorities: where a GPU holds work of several micro-batches (layers dealt in groups), the
+    // earliest one's kernels go first, so the next GPU gets its input as early as it can.
+    while (static_cast<int64_t>(mb_streams.size()) < n) {
+      const int64_t k = static_cast<int64_t>(mb_streams.size());
+      std::vector<c10::cuda::CUDAStream> per_device;
+      for (int d : devices) {
+        c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(d));
+        int least = 0, greatest = 0;
+        C10_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+        const int priority = static_cast<int>(std::min<int64_t>(least, greatest + k));  // greatest is negative
+        cudaStream_t raw = nullptr;
+        C10_CUDA_CHECK(cudaStreamCreateWithPriority(&raw, cudaStreamNonBlocking, priority));
+        owned_streams.emplace_back(d, raw);
+        per_device.push_back(c10::cuda::getStreamFromExternal(raw, static_cast<c10::DeviceIndex>(d)));
+      }
+      mb_streams.push_back(std::move(per_device));
+    }
+    // The ids on every device (its compute stream); each micro-batch's streams start after what the compute
+    // streams hold (earlier passes, these copies).
+    std::vector<at::Tensor> ids_on(devices.size());
+    for (size_t d = 0; d < devices.size(); ++d) {
+      const auto index = static_cast<c10::DeviceIndex>(devices[d]);
+      c10::cuda::CUDAGuard guard(index);
+      ids_on[d] = host_ids.to(at::Device(at::kCUDA, index));
+      at::cuda::CUDAEvent fork;
+      fork.record(c10::cuda::getCurrentCUDAStream(index));
+      for (int64_t k = 0; k < n; ++k) fork.block(mb_streams[k][d]);
+    }
+    // Segments: runs of consecutive steps on one device. Micro-batch k runs segment j after micro-batch k - 1 did
+    // (each GPU takes the micro-batches in order, as a pipeline stage) and after its own segment j - 1 (the hidden
+    // state hops to the next GPU by a copy ordered on micro-batch k's two streams only).
+    std::vector<uint32_t> segment_of(state->steps.size(), 0);
+    for (uint32_t i = 1; i < state->steps.size(); ++i) {
+      const bool same = state->blocks[state->steps[i].block].device == state->blocks[state->steps[i - 1].block].device;
+      segment_of[i] = segment_of[i - 1] + (same ? 0 : 1);
+    }
+    const uint32_t n_segments = state->steps.empty() ? 0 : segment_of.back() + 1;
+    std::vector<std::vector<at::cuda::CUDAEvent>> segment_done(n);
+    for (auto& e : segment_done) e.resize(n_segments);
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t r0 = k * rows;
+      const int64_t nr = std::min(rows, batch - r0);
+      c10::cuda::CUDAMultiStreamGuard mb_guard(mb_streams[k]);
+      ForwardContext ctx;
+      ctx.start_pos = pos;
+      ctx.logits_last_only = last_only;
+      at::Tensor hidden, logits;
+      for (uint32_t i = 0; i < state->steps.size(); ++i) {
+        const BlockRuntime& b = state->blocks[state->steps[i].block];
+        size_t slot = 0;
+        while (slot < devices.size() && devices[slot] != b.device) ++slot;
+        if (slot == devices.size()) return MakeError(ErrorCode::kInternal, "block " + b.name + " is not on a GPU");
+        const auto index = static_cast<c10::DeviceIndex>(b.device);
+        c10::cuda::CUDAGuard device_guard(index);
+        const at::Device device(at::kCUDA, index);
+        const uint32_t seg = segment_of[i];
+        if (k > 0 && (i == 0 || segment_of[i - 1] != seg)) segment_done[k - 1][seg].block(mb_streams[k][slot]);
+        ctx.token_ids = ids_on[slot].narrow(0, r0, nr);
+        if (hidden.defined() && hidden.device() != device) hidden = hidden.to(device);
+        BlockKv& v = kv[b.index];
+        KvCache rows_kv;
+        if (v.has_kv) {
+          rows_kv.k = v.kv.k.narrow(0, r0, nr);
+          rows_kv.v = v.kv.v.narrow(0, r0, nr);
+        }
+        // (Resident weights: their views are fixed at load; nothing to prepare per pass.)
+        Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, v.has_kv ? &rows_kv : nullptr,
+                                     &hidden, &logits);
+        if (!s.ok()) return WithContext(s.take_error(), "block " + b.name + " (micro-batch " + std::to_string(k) + ")");
+        if (i + 1 == state->steps.size() || segment_of[i + 1] != seg) segment_done[k][seg].record(mb_streams[k][slot]);
+      }
+      if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+      parts[k] = last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits;
+    }
+    // Every compute stream waits for every micro-batch's stream on its device: later work is ordered after them.
+    for (size_t d = 0; d < devices.size(); ++d) {
+      const auto index = static_cast<c10::DeviceIndex>(devices[d]);
+      c10::cuda::CUDAGuard guard(index);
+      for (int64_t k = 0; k < n; ++k) {
+        at::cuda::CUDAEvent join;
+        join.record(mb_streams[k][d]);
+        join.block(c10::cuda::getCurrentCUDAStream(index));
+      }
+    }
+    issue_ms = std::chrono::duration<double, std::milli>(Clock::now() - issue_start).count();
+    c10::cuda::CUDAGuard guard(parts[0].device().index());
+    *out = at::cat(parts, 0).to(at::kCPU, at::kFloat).contiguous();
+  } catch (const std::exception& e) {
+    return TorchError(e, "forward pass (micro-batches)");
   }
   return Status::Ok();
 }
@@ -273,7 +415,7 @@ Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t bat
 }
 
 Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq,
-                                              bool last_only) {
+                                              bool last_only, int micro_batch_rows) {
   BIGPLAN_RETURN_IF_ERROR(CheckInput(ids, batch, seq));
   const auto t0 = Clock::now();
   at::Tensor out;
@@ -300,10 +442,15 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   }
   const bool host_pass = host != nullptr && batch * seq <= static_cast<int64_t>(state->host_max_tokens);
   if (experts != nullptr) experts->BeginForward(batch * seq);
+  const int64_t mb_rows = MicroBatchRows(batch, seq, micro_batch_rows);
   Status run = engine->BeginForward(host_pass);
-  if (run.ok()) run = RunSteps(ids, batch, seq, last_only, &out);
+  if (run.ok()) {
+    run = mb_rows > 0 ? RunPipelined(ids, batch, seq, last_only, mb_rows, &out)
+                      : RunSteps(ids, batch, seq, last_only, &out);
+  }
   ForwardTimings timings;
   Status end = engine->EndForward(run.ok() ? &timings : nullptr);
+  if (mb_rows > 0) timings.steps.clear();  // no per-block events: the blocks ran once per micro-batch
   // A shard that shrank under us was read as zeros (formats/guarded_copy.h): this pass's results are invalid.
   for (size_t i = 0; run.ok() && end.ok() && i < state->shards.size(); ++i) end = state->shards[i]->CheckIntact();
   if (!run.ok() || !end.ok()) {
@@ -315,6 +462,11 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   pos += seq;
   cached_batch = batch;
   Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  {
+    std::lock_guard<std::mutex> lock(stats_mu);
+    stats.last_micro_batches = mb_rows > 0 ? static_cast<uint32_t>((batch + mb_rows - 1) / mb_rows) : 0;
+    stats.last_issue_ms = issue_ms;
+  }
   if (experts != nullptr) {
     const executor_internal::ExpertEngine::Stats& es = experts->stats();
     std::lock_guard<std::mutex> lock(stats_mu);
@@ -436,6 +588,12 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     }
     if (!resident) impl->segments.clear();
   }
+  {
+    bool resident = !cpu_mode && impl->host == nullptr && impl->experts == nullptr &&
+                    impl->state->streams.empty() && impl->state->cuda_devices.size() >= 2;
+    for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
+    impl->pipelinable = resident;
+  }
   for (const BlockRuntime& b : impl->state->blocks) {
     impl->labels.push_back({b.name, arch::BlockKindName(b.kind), TierName(b.tier)});
   }
@@ -455,8 +613,8 @@ Result<Logits> Executor::Forward(const std::vector<int64_t>& token_ids, int batc
     impl_->cached_batch = 0;
   }
   const int64_t seq = batch > 0 ? static_cast<int64_t>(token_ids.size()) / batch : 0;
-  BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits,
-                           impl_->RunForward(token_ids, batch, seq, options.last_position_only));
+  BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(token_ids, batch, seq, options.last_position_only,
+                                                                options.micro_batch_rows));
   return ToLogits(logits);
 }
 

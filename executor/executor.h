@@ -84,6 +84,17 @@ struct ExecutorOptions {
   // predictions for decode then do not hold).
   bool host_compute = true;
   int host_threads = 0;
+  // Micro-batch pipelining: a batched pass of a plan whose every block is resident on two or more GPUs (and that
+  // has no routed experts or host units) is cut into micro-batches of this many rows; each micro-batch runs on
+  // streams of its own on every GPU, so one GPU computes micro-batch k + 1 while the next computes micro-batch k
+  // (the hidden state hops between them by a peer copy ordered on those two streams only). Results equal the
+  // unpipelined pass's within the execution dtype's rounding (products over fewer rows may take other cuBLAS
+  // kernels). 0 (auto): ceil(512 / tokens per row) rows, so that a micro-batch's products stay compute-bound, and
+  // no pipelining unless that makes at least two micro-batches (decode steps are not pipelined: their cost is
+  // reading the weights, which every micro-batch would repeat); -1: off. ForwardOptions::micro_batch_rows
+  // overrides it for one pass. A pipelined pass records no per-block timings (Stats::last_steps is empty);
+  // Stats::last_micro_batches counts its micro-batches.
+  int micro_batch_rows = 0;
 };
 
 struct ForwardOptions {
@@ -92,6 +103,9 @@ struct ForwardOptions {
   // Logits of the last position only: [batch, 1, vocab]. The lm_head computes only that position, and only it is
   // copied to the host (what a prefill for generation needs).
   bool last_position_only = false;
+  // Overrides ExecutorOptions::micro_batch_rows for this pass when not 0 (-1: no pipelining; N > 0: N rows per
+  // micro-batch).
+  int micro_batch_rows = 0;
 };
 
 // Float logits of one forward pass, row-major [batch, seq, vocab].
@@ -194,6 +208,10 @@ struct Stats {
   uint64_t graph_steps = 0;
   std::string graph_capture_error;
   // The last forward pass.
+  uint32_t last_micro_batches = 0;  // pipelined micro-batches (ExecutorOptions::micro_batch_rows); 0: not pipelined
+  // Host time spent issuing the last eager pass's work, from its start until it waits for the results (GPU mode;
+  // close to last_forward_ms when the pass is bound by the host's kernel launches, not by the GPU).
+  double last_issue_ms = 0;
   uint32_t last_batch = 0;
   uint32_t last_seq = 0;
   double last_forward_ms = 0;

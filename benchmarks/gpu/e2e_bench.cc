@@ -5,7 +5,8 @@
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
 //             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8] [--resident-split SPEC]...
-//             [--offload-split SPEC]... [--auto-candidates LETTERS]
+//             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2]]
+//             [--split-stride 8,16]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -23,6 +24,10 @@
 // configuration for the largest batch and times its decode steps at each batch size; --resident-split
 // "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident"),
 // --offload-split "cuda:0=4GiB,cuda:1=4GiB" a cpu-offload one (its floor: the busiest GPU link's bytes / H2D).
+// --split-stride 8: each --resident-split also planned by an explicit map dealing the decoder layers to its GPUs in
+// groups of 8 (embedding with the first group, head with the last).
+// --prefill-batch N: resident configurations also time a prefill of N fresh `--prefill`-token rows, unpipelined
+// (ForwardOptions::micro_batch_rows -1), with the executor's micro-batches (0) and with each --micro-batch-rows.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -62,6 +67,9 @@ struct Args {
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
   bool fused_kernels = true;  // ExecutorOptions::fused_kernels
   std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
+  int prefill_batch = 0;                  // > 1: resident configurations also time a batched prefill of this many rows
+  std::vector<double> micro_batch_rows;   // ... with these ForwardOptions::micro_batch_rows (-1 off, 0 auto)
+  std::vector<double> split_strides;      // each --resident-split also with layers dealt in groups of these sizes
   std::vector<std::string> resident_splits;  // more all-resident configurations: GPU budgets over several GPUs
   std::vector<std::string> offload_splits;   // more cpu-offload configurations over several GPUs
   std::string auto_candidates;               // plan --auto-candidates (empty: the planner's default)
@@ -110,6 +118,9 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--resident-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.resident_splits.push_back(v); }
       else if (f == "--offload-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.offload_splits.push_back(v); }
       else if (f == "--auto-candidates") { BIGPLAN_ASSIGN_OR_RETURN(a.auto_candidates, need(i)); }
+      else if (f == "--prefill-batch") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.prefill_batch = std::stoi(v); }
+      else if (f == "--split-stride") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.split_strides = numbers(v); }
+      else if (f == "--micro-batch-rows") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.micro_batch_rows = numbers(v); }
       else if (f == "--decode-batches") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.decode_batches = numbers(v); }
       else if (f == "--weights") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
@@ -194,6 +205,7 @@ struct Config {
   std::string max_memory;
   quant::Format weights = quant::Format::kNone;
   std::string cpu_share = "off";  // plan --cpu-share
+  int stride = 0;  // > 0: an explicit map dealing decoder layers to the budget's GPUs in groups of this many
 };
 
 // KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
@@ -243,7 +255,8 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   req.model_dir = args.model;
   BIGPLAN_ASSIGN_OR_RETURN(req.budget, ParseMaxMemory(cfg.max_memory));
   const bool resident = cfg.tier == "resident";
-  const double max_batch = *std::max_element(args.decode_batches.begin(), args.decode_batches.end());
+  const double max_batch = std::max<double>(*std::max_element(args.decode_batches.begin(), args.decode_batches.end()),
+                                            args.prefill_batch);
   req.run = RunShape{resident ? static_cast<uint32_t>(std::max(1.0, max_batch)) : 1u,
                      static_cast<uint32_t>(resident ? 2 * args.prefill : args.prefill)};
   req.exec_dtype = DType::kBF16;
@@ -254,6 +267,26 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   else if (cfg.cpu_share == "off") req.cpu_share_off = true;
   else req.cpu_share = std::stod(cfg.cpu_share);
   auto t_plan = std::chrono::steady_clock::now();
+  if (cfg.stride > 0) {
+    // Layers [0, stride) on the first GPU, the next `stride` on the second, ...; the embedding with the first
+    // layer, the final norm and head with the last.
+    BIGPLAN_ASSIGN_OR_RETURN(PlanResult first, MakePlan(req));
+    std::vector<int> gpus;
+    for (const auto& [device, bytes] : req.budget.gpus) gpus.push_back(device);
+    if (gpus.size() < 2) return MakeError(ErrorCode::kInvalidArgument, "--split-stride needs several GPUs");
+    nlohmann::json map = nlohmann::json::object();
+    int last = gpus[0];
+    for (const schema::Block* b : *first.plan().blocks()) {
+      if (b->kind()->str() == "decoder_layer") last = gpus[(b->layer() / cfg.stride) % gpus.size()];
+    }
+    for (const schema::Block* b : *first.plan().blocks()) {
+      const std::string kind = b->kind()->str();
+      map[b->name()->str()] = kind == "decoder_layer" ? gpus[(b->layer() / cfg.stride) % gpus.size()]
+                              : kind == "embedding" || kind == "position_embedding" ? gpus[0] : last;
+    }
+    req.strategy = "explicit";
+    req.device_map = map;
+  }
   BIGPLAN_ASSIGN_OR_RETURN(PlanResult plan, MakePlan(req));
   const double plan_s = Seconds(t_plan);
   // The bf16 floor of this budget: what a bf16 plan of it streams per forward / H2D (this plan, when it is bf16).
@@ -473,6 +506,8 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     BIGPLAN_ASSIGN_OR_RETURN(Timing fp, TimeIt(args.repeat, [&]() -> Status {
       return exec->Forward(prompt, 1, fresh).status();
     }));
+    j["prefill_issue_ms"] = exec->stats().last_issue_ms;
+    std::fprintf(stderr, "   prefill: host issued it in %.2f ms\n", exec->stats().last_issue_ms);
     // Decode: a prompt of `prefill` tokens is cached, then single-token steps continue it.
     BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), prompt, vocab, args.repeat, &j));
     // FLOPs of a prefill: 2 x params x tokens for the matmuls, + attention 4 x layers x hidden x T^2 / 2 (causal).
@@ -511,6 +546,41 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       std::fprintf(stderr, "   batch %d: decode step %.3f ms (%.2fx the batch-1 floor; %s of %s steps from a graph)\n",
                    static_cast<int>(b), db.median * 1e3, db.median / decode_floor, jb["decode_graph_steps"].dump().c_str(),
                    jb["decode_steps"].dump().c_str());
+    }
+    // A batched prefill (fresh sequences, last position's logits): unpipelined, the executor's choice, and the
+    // listed micro-batch sizes. Throughput in prompt tokens per second; floor: the batch's FLOPs / matmul rate.
+    if (args.prefill_batch > 1) {
+      const int64_t nb = args.prefill_batch;
+      std::vector<int64_t> batch_ids;
+      for (int64_t r = 0; r < nb; ++r) {
+        auto row = RandomTokens(args.prefill, vocab, 100 + static_cast<uint32_t>(r));
+        batch_ids.insert(batch_ids.end(), row.begin(), row.end());
+      }
+      std::vector<double> settings{-1, 0};
+      for (double r : args.micro_batch_rows) {
+        if (std::find(settings.begin(), settings.end(), r) == settings.end()) settings.push_back(r);
+      }
+      nlohmann::json runs = nlohmann::json::array();
+      for (double r : settings) {
+        ForwardOptions o = fresh;
+        o.micro_batch_rows = static_cast<int>(r);
+        uint32_t micro_batches = 0;
+        double issue_ms = 0;
+        BIGPLAN_ASSIGN_OR_RETURN(Timing tb, TimeIt(args.repeat, [&]() -> Status {
+          BIGPLAN_RETURN_IF_ERROR(exec->Forward(batch_ids, static_cast<int>(nb), o).status());
+          micro_batches = exec->stats().last_micro_batches;
+          issue_ms = exec->stats().last_issue_ms;
+          return Status::Ok();
+        }));
+        const double floor_s = nb * prefill_floor;
+        runs.push_back({{"micro_batch_rows", r}, {"micro_batches", micro_batches}, {"prefill", TimingJson(tb)},
+                        {"prefill_s", tb.best}, {"tokens_per_s", nb * args.prefill / tb.best},
+                        {"floor_s", floor_s}, {"ratio_to_floor", tb.best / floor_s}, {"last_issue_ms", issue_ms}});
+        std::fprintf(stderr, "   batch-%d prefill, micro_batch_rows %g (%u micro-batches): %.2f ms, %.0f tokens/s "
+                     "(%.2fx the matmul floor; host issued it in %.1f ms)\n", static_cast<int>(nb), r, micro_batches,
+                     tb.best * 1e3, nb * args.prefill / tb.best, tb.best / floor_s, issue_ms);
+      }
+      j["prefill_batch"] = {{"batch", nb}, {"runs", runs}};
     }
     std::fprintf(stderr, "   decode step %.3f ms (floor %.3f ms, %.2fx), prefill %.3f ms (floor %.3f ms, %.2fx)\n",
                  dec.median * 1e3, decode_floor * 1e3, dec.median / decode_floor, fp.best * 1e3,
@@ -568,6 +638,12 @@ Status Main(int argc, char** argv) {
   for (size_t k = 0; k < args.resident_splits.size(); ++k) {
     std::snprintf(buf, sizeof buf, "%s,cpu=%gGiB", args.resident_splits[k].c_str(), args.cpu_budget_gib);
     configs.push_back({"resident_split" + std::to_string(k + 1), "resident", 0, buf});
+    for (double stride : args.split_strides) {
+      Config c{"resident_split" + std::to_string(k + 1) + "_stride" + std::to_string(static_cast<int>(stride)),
+               "resident", 0, buf};
+      c.stride = static_cast<int>(stride);
+      configs.push_back(c);
+    }
   }
   nlohmann::json results = {{"model", std::filesystem::path(args.model).filename().string()},
                             {"device", floors.device_name},

@@ -4,14 +4,17 @@
 # (one per device segment); streamed at cuda:0=8GiB (one GPU), and at cuda:0=4GiB,cuda:1=4GiB (the planner's choice:
 # striped, both links streaming); then, in a second process, the same 4+4 GiB budgets planned without the striped
 # candidate (every streamed layer over one link: what the planner chose before); then the split tests of the GPU suite.
+# The resident configurations also time a batch-8 prefill of 512-token rows, unpipelined and in micro-batches (the
+# split ones also with layers dealt in groups of 8), and part "accelerate" times the same prefill with transformers +
+# Accelerate's device_map="balanced" over the two GPUs and with the whole model on one GPU.
 #
-#   benchmarks/gpu/multi_gpu_check.sh OUT_DIR [parts...]      parts: ckpt, bigplan, tests (default: all)
+#   benchmarks/gpu/multi_gpu_check.sh OUT_DIR [parts...]   parts: ckpt, bigplan, tests, accelerate (default: all)
 # Env: BIGPLAN_SPLIT (default "cuda:0=10GiB,cuda:1=10GiB"), BIGPLAN_REPEAT (default 5). Run from the repo root on a
 # 2-GPU machine with the bundle in .bundle/ (tools/bundle_gpu.sh //benchmarks/gpu:e2e_bench //tools:gen_checkpoint
 # //tests/e2e:e2e_gpu_test //tools:plan).
 set -uo pipefail
 out="${1:?OUT_DIR}"; shift
-parts=("$@"); ((${#parts[@]})) || parts=(ckpt bigplan tests)
+parts=("$@"); ((${#parts[@]})) || parts=(ckpt bigplan tests accelerate)
 has() { local p; for p in "${parts[@]}"; do [[ "$p" == "$1" ]] && return 0; done; return 1; }
 mkdir -p "$out"
 env=.bundle/gpu_env.sh; bin=.bundle/bin
@@ -23,10 +26,16 @@ if has bigplan; then
   "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --resident-budget-gib 70 \
     --resident-split "${BIGPLAN_SPLIT:-cuda:0=10GiB,cuda:1=10GiB}" --gpu-budgets 8 \
     --offload-split "${BIGPLAN_OFFLOAD_SPLIT:-cuda:0=4GiB,cuda:1=4GiB}" --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" \
-    --out "$out/bigplan_split.json" 2>&1 | tee "$out/bigplan_split.txt" | grep -E "^ |floors|=="
+    --prefill-batch 8 --micro-batch-rows 1,2 --split-stride 8 --out "$out/bigplan_split.json" 2>&1 | tee "$out/bigplan_split.txt" | grep -E "^ |floors|=="
   "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --offload-split "${BIGPLAN_OFFLOAD_SPLIT:-cuda:0=4GiB,cuda:1=4GiB}" \
     --auto-candidates BPC --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" --out "$out/bigplan_one_link.json" 2>&1 |
     tee "$out/bigplan_one_link.txt" | grep -E "^ |floors|=="
+fi
+if has accelerate; then
+  split="${BIGPLAN_SPLIT:-cuda:0=10GiB,cuda:1=10GiB}"
+  python3 benchmarks/accelerate_pipeline_baseline.py --checkpoint "$ckpt" --batch 8 --prefill 512 \
+    --max-memory "${split//cuda:/}" --out "$out/accelerate_pipeline.json" 2>&1 | tee "$out/accelerate_pipeline.txt" |
+    grep -E "tokens/s|Error"
 fi
 if has tests && [[ -x $bin/e2e_gpu_test ]]; then
   BIGPLAN_TINY_MODELS="${BIGPLAN_TINY_MODELS:-/tmp/bigplan-tiny-models}"
