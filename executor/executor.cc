@@ -18,6 +18,7 @@
 #include "executor/generation.h"
 #include "executor/graph_decode.h"
 #include "executor/kernels.h"
+#include "executor/ranks.h"
 #include "executor/loader.h"
 #include "executor/host_products.h"
 #include "executor/step_weights.h"
@@ -99,7 +100,14 @@ class Executor::Impl {
   // micro-batch k's, one per entry of state->cuda_devices, made on first use).
   std::vector<std::vector<c10::cuda::CUDAStream>> mb_streams;
   std::vector<std::pair<int, cudaStream_t>> owned_streams;  // mb_streams' CUDA streams, destroyed with the executor
+  // Ranks (ExecutorOptions::world_size): null in a one-process run.
+  std::unique_ptr<executor_internal::RankGroup> ranks;
+  enum RankCommand : int64_t { kForward = 1 };
+  // One pass of a ranked plan: this rank's blocks, the hidden state received from and sent to the other ranks,
+  // logits to rank 0 (which gets them in *out; other ranks leave it undefined).
+  Status RunRanked(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
   ~Impl() {
+    if (ranks != nullptr && ranks->rank() == 0) (void)ranks->Finish();
     for (auto& [device, stream] : owned_streams) {
       cudaSetDevice(device);
       cudaStreamSynchronize(stream);
@@ -347,6 +355,71 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
   return Status::Ok();
 }
 
+Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
+                                 at::Tensor* out) {
+  const int me = ranks->rank();
+  try {
+    c10::InferenceMode inference;
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    GuardComputeStreams(&streams_guard);
+    const schema::Plan& plan = state->plan->plan();
+    const at::ScalarType dtype = executor_internal::ToScalarType(plan.exec_dtype());
+    int local = -1;  // this rank's compute device (-1: the CPU)
+    for (const BlockRuntime& b : state->blocks) {
+      if (!b.remote) local = b.device;
+    }
+    const at::Device device = local >= 0 ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local)) : at::Device(at::kCPU);
+    std::optional<c10::cuda::CUDAGuard> device_guard;
+    if (local >= 0) device_guard.emplace(static_cast<c10::DeviceIndex>(local));
+    at::Tensor host_ids = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
+    std::memcpy(host_ids.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
+    ForwardContext ctx;
+    ctx.token_ids = host_ids.to(device);
+    ctx.start_pos = pos;
+    ctx.logits_last_only = last_only;
+    at::Tensor hidden, logits;
+    int prev = -1;  // the rank of the step before
+    for (uint32_t i = 0; i < state->steps.size(); ++i) {
+      const BlockRuntime& b = state->blocks[state->steps[i].block];
+      const int owner = b.plan_device;
+      if (b.remote) {
+        if (prev == me && owner != me) BIGPLAN_RETURN_IF_ERROR(ranks->Send(hidden, owner));
+        prev = owner;
+        continue;
+      }
+      if (prev >= 0 && prev != me) {
+        hidden = at::empty({batch, seq, static_cast<int64_t>(plan.config()->hidden_size())},
+                           at::TensorOptions().dtype(dtype).device(device));
+        BIGPLAN_RETURN_IF_ERROR(ranks->Recv(&hidden, prev));
+      }
+      prev = me;
+      BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
+      BlockKv& k = kv[b.index];
+      Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr, &hidden,
+                                   &logits);
+      if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+      BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
+    }
+    // The logits: from the rank that computes the last step to rank 0.
+    const int head = state->steps.empty() ? 0 : state->blocks[state->steps.back().block].plan_device;
+    const int64_t vocab = state->info.vocab_size;
+    at::Tensor result;
+    if (head == me) {
+      if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+      result = (last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits).to(at::kFloat).contiguous();
+      if (me != 0) BIGPLAN_RETURN_IF_ERROR(ranks->Send(result, 0));
+    } else if (me == 0) {
+      result = at::empty({batch, last_only ? 1 : seq, vocab}, at::TensorOptions().dtype(at::kFloat).device(device));
+      BIGPLAN_RETURN_IF_ERROR(ranks->Recv(&result, head));
+    }
+    if (me == 0) *out = result.to(at::kCPU).contiguous();
+    if (local >= 0) c10::cuda::getCurrentCUDAStream().synchronize();
+  } catch (const std::exception& e) {
+    return TorchError(e, "forward pass (rank " + std::to_string(me) + ")");
+  }
+  return Status::Ok();
+}
+
 Status Executor::Impl::StaticStep(const GraphSegment& seg, const at::Tensor& inputs, int64_t batch, at::Tensor* out) {
   ForwardContext ctx;
   ctx.token_ids = inputs.narrow(0, 0, batch).view({batch, 1});
@@ -445,8 +518,16 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   const int64_t mb_rows = MicroBatchRows(batch, seq, micro_batch_rows);
   Status run = engine->BeginForward(host_pass);
   if (run.ok()) {
-    run = mb_rows > 0 ? RunPipelined(ids, batch, seq, last_only, mb_rows, &out)
-                      : RunSteps(ids, batch, seq, last_only, &out);
+    if (ranks != nullptr) {
+      // Every other rank computes its part of this pass: the command carries what it needs.
+      std::vector<int64_t> command{kForward, batch, seq, pos, last_only ? 1 : 0};
+      command.insert(command.end(), ids.begin(), ids.end());
+      run = ranks->Broadcast(command);
+      if (run.ok()) run = RunRanked(ids, batch, seq, last_only, &out);
+    } else {
+      run = mb_rows > 0 ? RunPipelined(ids, batch, seq, last_only, mb_rows, &out)
+                        : RunSteps(ids, batch, seq, last_only, &out);
+    }
   }
   ForwardTimings timings;
   Status end = engine->EndForward(run.ok() ? &timings : nullptr);
@@ -529,9 +610,28 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
   impl->kernels = std::move(*kernels);
   const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;
+  executor_internal::LoadOptions load{.cpu_mode = cpu_mode, .progress = options.progress};
+  if (options.world_size != 0) {
+    if (options.world_size < 2 || options.rank < 0 || options.rank >= options.world_size) {
+      return MakeError(ErrorCode::kInvalidArgument, "rank " + std::to_string(options.rank) + " of world size " +
+                                                        std::to_string(options.world_size) +
+                                                        ": a world of ranks has at least 2, and 0 <= rank < world size");
+    }
+    // Rank r computes the plan's cuda:r; every block must be on one of the world's devices.
+    for (const schema::Block* b : *plan.plan().blocks()) {
+      if (b->device() >= options.world_size) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         plan_path + ": block " + b->name()->str() + " is on cuda:" + std::to_string(b->device()) +
+                             " but the world has " + std::to_string(options.world_size) +
+                             " ranks (rank r computes the plan's cuda:r)");
+      }
+    }
+    load.rank_device = options.rank;
+    const int visible = cpu_mode ? 0 : executor_internal::CudaDeviceCount();
+    load.local_device = options.local_device >= 0 ? options.local_device : (visible > options.rank ? options.rank : 0);
+  }
   BIGPLAN_ASSIGN_OR_RETURN(impl->state,
-                           executor_internal::LoadModelState(std::move(plan), plan_path, checkpoint_dir,
-                                                             {.cpu_mode = cpu_mode, .progress = options.progress}));
+                           executor_internal::LoadModelState(std::move(plan), plan_path, checkpoint_dir, load));
   BIGPLAN_ASSIGN_OR_RETURN(impl->engine,
                            StreamEngine::Create(impl->state.get(), {.disk_workers = options.disk_workers,
                                                                     .timing = true,
@@ -593,6 +693,18 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
                     impl->state->streams.empty() && impl->state->cuda_devices.size() >= 2;
     for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
     impl->pipelinable = resident;
+  }
+  if (options.world_size != 0) {
+    if (!cpu_mode) {
+      const cudaError_t e = cudaSetDevice(load.local_device);
+      if (e != cudaSuccess) return MakeError(ErrorCode::kDevice, std::string("cudaSetDevice: ") + cudaGetErrorString(e));
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(impl->ranks,
+                             executor_internal::RankGroup::Join({.rank = options.rank,
+                                                                 .world_size = options.world_size,
+                                                                 .address = options.rendezvous,
+                                                                 .cuda = !cpu_mode,
+                                                                 .timeout_s = options.rendezvous_timeout_s}));
   }
   for (const BlockRuntime& b : impl->state->blocks) {
     impl->labels.push_back({b.name, arch::BlockKindName(b.kind), TierName(b.tier)});
@@ -778,6 +890,10 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
 Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   const ModelInfo& info = impl_->state->info;
+  if (impl_->ranks != nullptr) {
+    return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " runs over ranks (one process per "
+                                              "GPU), which serve Forward and Generate only");
+  }
   if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "StepRows: no rows");
   bool holdable = true;  // every stream's chunks may stay held until their block's step ends
   for (const auto& s : impl_->state->streams) holdable = holdable && s.chunks_holdable;
@@ -836,6 +952,38 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   impl_->Account(timings, static_cast<int64_t>(rows.size()), max_seq,
                  std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   return ToLogits(out);
+}
+
+Status Executor::ServeRank() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Impl& impl = *impl_;
+  if (impl.ranks == nullptr || impl.ranks->rank() == 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "ServeRank: only ranks other than 0 serve (ExecutorOptions::world_size)");
+  }
+  for (;;) {
+    BIGPLAN_ASSIGN_OR_RETURN(std::vector<int64_t> command, impl.ranks->NextCommand());
+    if (command.empty()) return Status::Ok();  // rank 0's executor ended
+    if (command[0] != Impl::kForward || command.size() < 5) {
+      return MakeError(ErrorCode::kInternal, "rank " + std::to_string(impl.ranks->rank()) + ": unknown command");
+    }
+    const int64_t batch = command[1], seq = command[2];
+    if (batch <= 0 || seq <= 0 || static_cast<int64_t>(command.size()) != 5 + batch * seq) {
+      return MakeError(ErrorCode::kInternal, "rank " + std::to_string(impl.ranks->rank()) + ": malformed command");
+    }
+    impl.pos = command[3];
+    const std::vector<int64_t> ids(command.begin() + 5, command.end());
+    const auto t0 = Clock::now();
+    at::Tensor unused;
+    Status run = impl.engine->BeginForward(false);
+    if (run.ok()) run = impl.RunRanked(ids, batch, seq, command[4] != 0, &unused);
+    executor_internal::ForwardTimings timings;
+    Status end = impl.engine->EndForward(run.ok() ? &timings : nullptr);
+    if (!run.ok()) return run;
+    if (!end.ok()) return end;
+    impl.pos += seq;
+    impl.cached_batch = batch;
+    impl.Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
 }
 
 Status Executor::Reset() {

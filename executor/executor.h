@@ -95,6 +95,21 @@ struct ExecutorOptions {
   // overrides it for one pass. A pipelined pass records no per-block timings (Stats::last_steps is empty);
   // Stats::last_micro_batches counts its micro-batches.
   int micro_batch_rows = 0;
+  // Ranks: one process per plan device, so that a plan spans the GPUs of several hosts (plans whose every block is
+  // resident on a GPU). world_size 0: this process runs the whole plan. Otherwise rank r (0 <= r < world_size) loads
+  // only the blocks the plan places on cuda:r, on its CUDA device `local_device` (-1: cuda:r when this process sees
+  // more than r devices, else cuda:0), and computes them in every pass; the hidden state travels to the next rank
+  // over NCCL (LibTorch's c10d ProcessGroupNCCL; in CPU mode through the rendezvous store), the logits back to rank 0.
+  // The ranks meet at `rendezvous`, "host:port", where rank 0 listens (c10d TCPStore); Load returns once all have
+  // joined (kIo after rendezvous_timeout_s). Rank 0 drives: Forward and Generate on it run the whole plan (StepRows is
+  // refused). Every other rank calls ServeRank(), which computes its part of each pass rank 0 runs and returns
+  // when rank 0's executor is destroyed. Every rank needs the checkpoint directory (all of it). Passes run eagerly
+  // (no CUDA graphs or micro-batches) and give the one-process eager plan's results.
+  int world_size = 0;
+  int rank = 0;
+  std::string rendezvous;
+  int local_device = -1;
+  int rendezvous_timeout_s = 300;
 };
 
 struct ForwardOptions {
@@ -318,6 +333,11 @@ class Executor {
   // tokens, start_pos + tokens > max_seq_len, or a token id outside [0, vocab). A pass that fails after it
   // started (device or I/O error) leaves the rows' caches undefined: start those sequences again.
   Result<Logits> StepRows(const std::vector<RowStep>& rows);
+
+  // Ranks other than 0 (ExecutorOptions::world_size): computes this rank's blocks for every pass rank 0 runs, until
+  // rank 0's executor is destroyed (then Ok). kIo when rank 0 goes away; a pass that fails here returns its error
+  // (rank 0's pass then fails when its wait for this rank times out). kInvalidArgument on rank 0 or without ranks.
+  Status ServeRank();
 
   // Forgets the cached tokens.
   Status Reset();

@@ -117,6 +117,9 @@ struct Loader {
       if (!seen.insert({static_cast<int>(a->pool()), device}).second) {
         return MakeError(ErrorCode::kCorrupt, plan_name + ": two arenas for one pool");
       }
+      if (options.rank_device >= 0 && a->pool() == schema::Pool::DeviceArena && device != options.rank_device) {
+        continue;  // another rank's
+      }
       ArenaRuntime rt;
       rt.pool = a->pool();
       rt.device = device;
@@ -131,13 +134,18 @@ struct Loader {
         const std::string name = device < 0 ? "cpu arena" : "cuda:" + std::to_string(device) + " arena (on the host)";
         BIGPLAN_ASSIGN_OR_RETURN(rt.memory, Allocation::Host(size, name));
       } else {
-        if (device >= cuda_count) {
+        const int cuda = options.rank_device >= 0 ? options.local_device : device;  // a rank computes on its own
+        if (cuda >= cuda_count) {
+          if (cuda != device) {
+            return MakeError(ErrorCode::kDevice, plan_name + ": this rank computes the plan's cuda:" +
+                                                     std::to_string(device) + " on cuda:" + std::to_string(cuda) +
+                                                     " but " + std::to_string(cuda_count) + " CUDA device(s) are visible");
+          }
           return MakeError(ErrorCode::kDevice, plan_name + ": the plan has an arena on cuda:" +
                                                    std::to_string(device) + " but " + std::to_string(cuda_count) +
                                                    " CUDA device(s) are visible (run on the CPU with force_cpu)");
         }
-        BIGPLAN_ASSIGN_OR_RETURN(rt.memory,
-                                 Allocation::Device(device, size, "cuda:" + std::to_string(device) + " arena"));
+        BIGPLAN_ASSIGN_OR_RETURN(rt.memory, Allocation::Device(cuda, size, "cuda:" + std::to_string(cuda) + " arena"));
       }
       state.arenas.push_back(std::move(rt));
     }
@@ -233,6 +241,21 @@ struct Loader {
       }
       br.plan_device = plan_device;
       br.device = state.cpu_mode ? -1 : plan_device;
+      if (options.rank_device >= 0) {
+        if (plan_device < 0 || b->tier() != schema::Tier::Gpu) {
+          return MakeError(ErrorCode::kUnsupported,
+                           plan_name + ": block " + br.name + " is not resident on a GPU; ranks (one process per GPU) "
+                                       "run plans whose every block is resident on a GPU");
+        }
+        if (plan_device != options.rank_device) {
+          // Another rank computes it: no memory, weights or cache here.
+          br.remote = true;
+          br.device = -1;
+          state.blocks.push_back(std::move(br));
+          continue;
+        }
+        br.device = state.cpu_mode ? -1 : options.local_device;
+      }
       if (br.device >= cuda_count) {
         return MakeError(ErrorCode::kDevice, plan_name + ": block " + br.name + " runs on cuda:" +
                                                  std::to_string(br.device) + " but " + std::to_string(cuda_count) +

@@ -20,6 +20,11 @@ namespace bigplan::executor_internal {
 struct LoadOptions {
   bool cpu_mode = false;
   bool progress = true;
+  // Ranks (one process per plan device): >= 0 loads only the blocks the plan places on this plan device, on CUDA
+  // device `local_device` (the host in CPU mode); every other block is remote (BlockRuntime::remote: no weights,
+  // no memory), and the other devices' arenas are not allocated. The plan must keep every block resident on a GPU.
+  int rank_device = -1;
+  int local_device = 0;
 };
 
 // Everything up to (and including) filling resident and CPU-tier weights, from a plan read (and verified) once by

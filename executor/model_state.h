@@ -89,6 +89,9 @@ struct BlockRuntime {
   schema::Tier tier = schema::Tier::Gpu;  // the slowest tier of its weights
   int32_t device = -1;  // where it runs: CUDA ordinal, or -1 for the CPU (always -1 in CPU mode)
   int32_t plan_device = -1;
+  // Ranks (LoadOptions::rank_device): a block another process computes. It has no weights, KV cache or memory
+  // here; `device` is -1 and `plan_device` names the rank that computes it.
+  bool remote = false;
   std::vector<WeightRuntime> weights;
   uint8_t* kv = nullptr;  // KvCache buffer (decoder layers), null otherwise
   uint64_t kv_bytes = 0;

@@ -25,6 +25,7 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
   sw.stream_ = b.stream >= 0 ? &state.streams[b.stream] : nullptr;
   sw.options_ = at::TensorOptions().dtype(ToScalarType(state.plan->plan().exec_dtype()));
   sw.options_ = b.device < 0 ? sw.options_.device(at::kCPU) : sw.options_.device(at::kCUDA, b.device);
+  if (b.remote) return sw;  // another rank computes it
   sw.entries_.resize(b.slots.size());
   try {
     for (size_t s = 0; s < b.slots.size(); ++s) {

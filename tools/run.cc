@@ -3,6 +3,8 @@
 //
 //   run --plan model.bplan --model DIR --prompt-ids 1,2,3 --max-new-tokens 16
 //   run --plan model.bplan --model DIR --chat --prompt "What is the capital of France?"
+//   run --plan split.bplan --model DIR --world-size 2 --rank 1 --rendezvous host0:29500 &   (one process per GPU)
+//   run --plan split.bplan --model DIR --world-size 2 --rank 0 --rendezvous host0:29500 --prompt "..."
 //
 // See kUsage for every flag. Relative paths are taken from the directory `bazel run` was started in.
 
@@ -62,6 +64,12 @@ constexpr const char* kUsage =
     "  --no-direct-io           read disk-tier blocks from the memory-mapped shards (through the page cache)\n"
     "                           instead of with O_DIRECT pread into pinned staging\n"
     "  --trace FILE             write a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing)\n"
+    "  --world-size N           ranks: run the plan as N processes, one per plan device (every block resident on\n"
+    "                           a GPU); start one per GPU, on any hosts, each with the same --plan and --model\n"
+    "  --rank R                 this process's rank (computes the plan's cuda:R); rank 0 takes the prompt and\n"
+    "                           prints the output, the others serve until rank 0 ends (no prompt needed)\n"
+    "  --rendezvous HOST:PORT   where the ranks meet (rank 0 listens there)\n"
+    "  --local-device D         this rank's CUDA device (default: cuda:R if visible, else cuda:0)\n"
     "  --repeat N               generate N times and report each run's timings (default 1)\n"
     "  --quiet                  no load progress on stderr\n"
     "  -h, --help               this text\n"
@@ -140,7 +148,8 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     std::string flag, value;
     switch (SplitFlag(argc, argv, &i,
                       {"--plan", "--model", "--prompt-ids", "--prompt", "--prompt-file", "--system", "--stop", "--batch", "--max-new-tokens", "--temperature", "--top-k",
-                       "--top-p", "--seed", "--stop-ids", "--disk-workers", "--trace", "--repeat"},
+                       "--top-p", "--seed", "--stop-ids", "--disk-workers", "--trace", "--repeat", "--world-size",
+                       "--rank", "--rendezvous", "--local-device"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag " + arg);
@@ -188,12 +197,30 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       f.exec.disk_workers = static_cast<int>(n);
     } else if (flag == "--repeat") {
       BIGPLAN_ASSIGN_OR_RETURN(f.repeat, kCli.ParseInt(flag, value, 1));
+    } else if (flag == "--world-size") {
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t n, kCli.ParseInt(flag, value, 2, 1024));
+      f.exec.world_size = static_cast<int>(n);
+    } else if (flag == "--rank") {
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t r, kCli.ParseInt(flag, value, 0, 1023));
+      f.exec.rank = static_cast<int>(r);
+    } else if (flag == "--rendezvous") {
+      f.exec.rendezvous = value;
+    } else if (flag == "--local-device") {
+      BIGPLAN_ASSIGN_OR_RETURN(int64_t d, kCli.ParseInt(flag, value, 0, 1023));
+      f.exec.local_device = static_cast<int>(d);
     } else {
       return Usage("unknown flag " + flag);
     }
   }
   if (f.plan.empty()) return Usage("--plan is required");
   if (f.model.empty()) return Usage("--model is required");
+  if ((f.exec.world_size > 0) != !f.exec.rendezvous.empty()) {
+    return Usage("--world-size and --rendezvous go together");
+  }
+  if (f.exec.world_size > 0 && f.exec.rank >= f.exec.world_size) {
+    return Usage("--rank " + std::to_string(f.exec.rank) + " is not below --world-size " + std::to_string(f.exec.world_size));
+  }
+  if (f.exec.world_size > 0 && f.exec.rank > 0) return f;  // a serving rank takes no prompt
   const bool text_mode = f.has_text || f.chat;
   if (text_mode && !f.prompt.empty()) return Usage("give either a text prompt (--prompt, --prompt-file, --chat) or --prompt-ids");
   if (!text_mode && f.prompt.empty()) return Usage("a prompt is required: --prompt, --prompt-file, --chat or --prompt-ids");
@@ -303,6 +330,14 @@ Status Main(int argc, char** argv) {
   BIGPLAN_ASSIGN_OR_RETURN(Flags f, ParseFlags(argc, argv, &help));
   if (help) {
     std::fputs(kUsage, stdout);
+    return Status::Ok();
+  }
+  if (f.exec.world_size > 0 && f.exec.rank > 0) {
+    // A serving rank: its part of every pass rank 0 runs, until rank 0 ends.
+    BIGPLAN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, Executor::Load(f.plan, f.model, f.exec));
+    BIGPLAN_RETURN_IF_ERROR(exec->ServeRank());
+    std::fprintf(stderr, "rank %d of %d: served %llu passes\n", f.exec.rank, f.exec.world_size,
+                 static_cast<unsigned long long>(exec->stats().forward_count));
     return Status::Ok();
   }
   if (f.has_text || f.chat) return TextMain(f);

@@ -1,0 +1,216 @@
+// Ranks (ExecutorOptions::world_size): a plan split over cuda:0 and cuda:1 (the embedding and the first half of the
+// layers on cuda:0 by an explicit map), run as two ranks, gives the one-process plan's logits and greedy tokens, for
+// a prefill of two rows, a KV-cached decode step after it and a generation. The ranks are threads of this test
+// process (each its own executor, meeting at a TCPStore on 127.0.0.1), which exercises the same code as one
+// process per host:
+//   CPU mode (runs everywhere): tensors travel through the rendezvous store; float32; results equal bit for bit.
+//   Two CUDA devices (skips otherwise): tensors over NCCL; float32, max relative error 1e-5 (same kernels on other
+//   devices; the one-process plan computes the same blocks on the same GPUs).
+// Also the refusals: a plan with a block that is not resident on a GPU, and a bad rendezvous address.
+#include <arpa/inet.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "executor/executor.h"
+#include "schema/plan_io.h"
+#include "tests/e2e/e2e_util.h"
+
+namespace bigplan::e2e {
+namespace {
+
+// A TCP port that was free a moment ago.
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof addr;
+  int port = 29500;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+class Ranks : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models";
+  }
+
+  // The split plan of `family` (float32, batch 2) at *plan_path.
+  void PlanSplit(const std::string& family, std::string* plan_path, uint32_t* seq_len) {
+    const std::string model = ModelDir(family);
+    *seq_len = SuiteSeqLen(model);
+    const std::string dir = TempDir(family + "_ranks");
+    const std::string one = dir + "/one.bplan";
+    ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 2, *seq_len, one).ok());
+    auto plan = PlanFile::Load(one);
+    ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+    int layers = 0;
+    for (const schema::Block* b : *plan->plan().blocks()) layers += b->kind()->str() == "decoder_layer";
+    nlohmann::json map = nlohmann::json::object();
+    for (const schema::Block* b : *plan->plan().blocks()) {
+      const std::string kind = b->kind()->str();
+      const bool first = kind == "embedding" || kind == "position_embedding" ||
+                         (kind == "decoder_layer" && b->layer() < layers / 2);
+      map[b->name()->str()] = first ? 0 : 1;
+    }
+    const std::string map_path = dir + "/split_map.json";
+    std::ofstream(map_path) << map.dump(1);
+    *plan_path = dir + "/two.bplan";
+    Status planned = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 2, *seq_len, *plan_path,
+                              "--device-map " + map_path);
+    ASSERT_TRUE(planned.ok()) << planned.error().ToString();
+  }
+
+  void RunRanks(bool cpu, double tolerance) {
+    const std::string family = GetParam();
+    const std::string model = ModelDir(family);
+    std::string plan;
+    uint32_t seq_len = 0;
+    PlanSplit(family, &plan, &seq_len);
+    if (HasFatalFailure()) return;
+    auto ref = LoadReference(model);
+    ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+    const std::vector<std::vector<int64_t>> prompts = ref->Prompts();
+    ExecutorOptions base;
+    base.progress = false;
+    base.force_cpu = cpu;
+    base.cuda_graphs = false;  // ranks run eagerly: compare with the eager one-process pass
+    // One process.
+    auto single = Executor::Load(plan, model, base);
+    ASSERT_TRUE(single.ok()) << single.error().ToString();
+    auto want_prefill = (*single)->Forward(prompts, ForwardOptions{.reset = true});
+    ASSERT_TRUE(want_prefill.ok()) << want_prefill.error().ToString();
+    std::vector<std::vector<int64_t>> next(prompts.size());
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      const float* row = want_prefill->row(static_cast<int64_t>(r), want_prefill->seq - 1);
+      next[r] = {static_cast<int64_t>(std::max_element(row, row + want_prefill->vocab) - row)};
+    }
+    auto want_step = (*single)->Forward(next);
+    ASSERT_TRUE(want_step.ok()) << want_step.error().ToString();
+    GenerateOptions greedy;
+    greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(6, seq_len - ref->prompt_len));
+    auto want_tokens = (*single)->Generate(prompts, greedy);
+    ASSERT_TRUE(want_tokens.ok()) << want_tokens.error().ToString();
+    single->reset();
+
+    // Two ranks: rank 1 serves in a thread until rank 0's executor is destroyed.
+    const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+    Status served = MakeError(ErrorCode::kInternal, "rank 1 did not run");
+    uint64_t served_passes = 0;
+    std::thread rank1([&] {
+      ExecutorOptions o = base;
+      o.world_size = 2;
+      o.rank = 1;
+      o.rendezvous = address;
+      o.rendezvous_timeout_s = 60;
+      auto e = Executor::Load(plan, model, o);
+      if (!e.ok()) {
+        served = e.take_error();
+        return;
+      }
+      served = (*e)->ServeRank();
+      served_passes = (*e)->stats().forward_count;
+    });
+    {
+      ExecutorOptions o = base;
+      o.world_size = 2;
+      o.rank = 0;
+      o.rendezvous = address;
+      o.rendezvous_timeout_s = 60;
+      auto rank0 = Executor::Load(plan, model, o);
+      if (!rank0.ok()) {
+        rank1.join();
+        FAIL() << rank0.error().ToString() << " / rank 1: " << served.error().ToString();
+      }
+      auto prefill = (*rank0)->Forward(prompts, ForwardOptions{.reset = true});
+      ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
+      EXPECT_LE(MaxRelError(prefill->data, want_prefill->data), tolerance);
+      auto step = (*rank0)->Forward(next);
+      ASSERT_TRUE(step.ok()) << step.error().ToString();
+      EXPECT_LE(MaxRelError(step->data, want_step->data), tolerance);
+      auto tokens = (*rank0)->Generate(prompts, greedy);
+      ASSERT_TRUE(tokens.ok()) << tokens.error().ToString();
+      EXPECT_EQ(tokens->tokens, want_tokens->tokens);
+      auto rows = (*rank0)->StepRows({RowStep{0, 0, {1, 2}}});
+      EXPECT_FALSE(rows.ok());
+      EXPECT_EQ(rows.error().code, ErrorCode::kUnsupported);
+      std::printf("%-14s two ranks (%s) vs one process: prefill max rel %.2e, decode step %.2e, %zu tokens equal\n",
+                  family.c_str(), cpu ? "cpu, store" : "cuda, nccl", MaxRelError(prefill->data, want_prefill->data),
+                  MaxRelError(step->data, want_step->data), tokens->tokens[0].size());
+    }  // rank 0's executor ends: rank 1 stops serving
+    rank1.join();
+    EXPECT_TRUE(served.ok()) << served.error().ToString();
+    EXPECT_GE(served_passes, 3u);  // prefill, step, and the generation's passes
+  }
+};
+
+TEST_P(Ranks, CpuTwoRanksMatchOneProcess) { RunRanks(/*cpu=*/true, 0.0); }
+
+TEST_P(Ranks, CudaTwoRanksMatchOneProcess) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  RunRanks(/*cpu=*/false, 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, Ranks, ::testing::Values("llama", "qwen2", "gpt2"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// A plan with a block that is not resident on a GPU is refused by every rank (naming the block); so is a
+// rendezvous address without a port.
+TEST(RanksErrors, Refusals) {
+  if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models";
+  const std::string model = ModelDir("llama");
+  const std::string dir = TempDir("ranks_errors");
+  const std::string offload = dir + "/offload.bplan", resident = dir + "/resident.bplan";
+  // The smallest GPU budgets leave some layers on the CPU tier.
+  ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 1, 32, resident).ok());
+  auto summary = SummarizePlan(resident);
+  ASSERT_TRUE(summary.ok());
+  ExecutorOptions o;
+  o.progress = false;
+  o.force_cpu = true;
+  o.world_size = 2;
+  o.rank = 1;
+  o.rendezvous = "127.0.0.1";  // no port
+  auto bad = Executor::Load(resident, model, o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument) << bad.error().ToString();
+  EXPECT_NE(bad.error().message.find("host:port"), std::string::npos) << bad.error().ToString();
+  o.rendezvous = "127.0.0.1:" + std::to_string(FreePort());
+  o.world_size = 1;
+  auto small = Executor::Load(resident, model, o);
+  ASSERT_FALSE(small.ok());
+  EXPECT_EQ(small.error().code, ErrorCode::kInvalidArgument) << small.error().ToString();
+  // Offloaded: find a budget where some block rests in CPU memory.
+  auto offloaded = SmallestFeasible([&](uint64_t b) {
+    return MakePlan(model, "cuda:0=" + std::to_string(b) + ",cpu=8GiB", "fp32", 1, 32, offload).ok();
+  }, 1 << 16, 1ull << 32, 4096);
+  ASSERT_TRUE(offloaded.ok()) << offloaded.error().ToString();
+  ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*offloaded) + ",cpu=8GiB", "fp32", 1, 32, offload).ok());
+  auto os = SummarizePlan(offload);
+  ASSERT_TRUE(os.ok());
+  ASSERT_GT(os->cpu_tier + os->disk_tier, 0) << os->ToString();
+  o.world_size = 2;
+  o.rank = 0;
+  auto refused = Executor::Load(offload, model, o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kUnsupported) << refused.error().ToString();
+  EXPECT_NE(refused.error().message.find("not resident on a GPU"), std::string::npos) << refused.error().ToString();
+}
+
+}  // namespace
+}  // namespace bigplan::e2e
