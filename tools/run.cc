@@ -61,6 +61,7 @@ constexpr const char* kUsage =
     "  --stop-ids IDS           stop a row after one of these token ids (comma-separated)\n"
     "  --cpu                    run every block on the CPU even if a GPU is present\n"
     "  --disk-workers N         threads reading disk-tier blocks (default: automatic)\n"
+    "  --no-cuda-graphs         run every decode step eagerly (no CUDA graph replays)\n"
     "  --no-direct-io           read disk-tier blocks from the memory-mapped shards (through the page cache)\n"
     "                           instead of with O_DIRECT pread into pinned staging\n"
     "  --trace FILE             write a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing)\n"
@@ -131,6 +132,10 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     }
     if (arg == "--quiet") {
       f.exec.progress = false;
+      continue;
+    }
+    if (arg == "--no-cuda-graphs") {
+      f.exec.cuda_graphs = false;
       continue;
     }
     if (arg == "--no-direct-io") {
