@@ -223,6 +223,31 @@ ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<do
                                   const std::vector<int32_t>& devices, const DeviceProfile& profile,
                                   const std::vector<double>& host_us = {}, uint32_t host_tokens = 0);
 
+// A batched pass pipelined in micro-batches over several GPUs (the executor's ExecutorOptions::micro_batch_rows,
+// Executor::Impl::RunPipelined): the pass of B rows is cut into `micro_batches` micro-batches of r rows; the one host
+// thread issues micro-batch after micro-batch, every step of micro-batch k before micro-batch k + 1. Segments are
+// runs of consecutive steps on one GPU; each micro-batch has streams of its own. Replayed here:
+//   * host: issuing is serial over all micro-batches and steps; step i of micro-batch k is issued from
+//     S(k, i) = (k x sum of host_us) + sum of host_us[< i] to E(k, i) = S(k, i) + host_us[i];
+//   * chain: step i of micro-batch k starts after its step i - 1 ended, plus hop_us[i] (the hidden state's peer
+//     copy, when step i is on another device than step i - 1);
+//   * micro-batch order: the first step of segment j of micro-batch k > 0 starts after micro-batch k - 1 ended
+//     segment j (the executor's event wait, issued before the peer copy, so the hop follows the later of the two);
+//   * host: a step's kernels run as the host issues them: it starts no earlier than S(k, i) and ends no earlier than
+//     E(k, i) (end = max(start + step_device_us[i], E(k, i)));
+//   * devices: each GPU runs one step at a time, without preemption; when it is free it takes, of the steps on it
+//     that are ready, the one of the earliest micro-batch (the executor gives earlier micro-batches' streams higher
+//     priorities), and otherwise the step that becomes ready first.
+// Returns the end of the last step of the last micro-batch. With one device the micro-batches run back to back on
+// it (no overlap); with two devices of stage time s each, a free host and hops of h, m micro-batches take
+// (m + 1) x s + m x h. Every micro-batch costs the same (the executor's last micro-batch may have fewer rows: it is
+// charged in full).
+// Per-step values describe ONE micro-batch, steps in execution order; hop_us[i] = 0 where step i's device equals step
+// i - 1's (hop_us may be empty: no hops).
+double SimulatePipelinedPass(const std::vector<double>& step_device_us, const std::vector<double>& step_host_us,
+                             const std::vector<int32_t>& step_devices, const std::vector<double>& hop_us,
+                             uint32_t micro_batches);
+
 // The lower bound for the streamed part of a forward: over devices, the larger of the summed H2D copy times and
 // the summed disk read times of its units (`skip_host`: without the `host` units, as a decode forward that computes
 // them on the host).
