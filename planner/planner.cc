@@ -529,4 +529,72 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   return result;
 }
 
+bool PipelinablePlan(const PlanResult& plan) {
+  if (!plan.schedule.streams.empty() || !plan.expert_rings.empty() || !plan.host_rows.empty()) return false;
+  std::set<int32_t> devices;
+  for (const BlockPlacement& b : plan.placement.blocks) {
+    if (b.device < 0 || b.tier != Tier::kGpu || b.routed_experts) return false;
+    devices.insert(b.device);
+  }
+  return devices.size() >= 2;
+}
+
+Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, uint32_t rows, uint32_t tokens,
+                                                       int micro_batch_rows) {
+  if (rows == 0 || tokens == 0)
+    return MakeError(ErrorCode::kInvalidArgument, "a batched prefill needs at least one row and one token");
+  const ModelDescription& model = plan.model;
+  const size_t n = model.blocks.size();
+  if (plan.placement.blocks.size() != n)
+    return MakeError(ErrorCode::kInvalidArgument, "the plan's placement does not match its model");
+  std::vector<int32_t> devices(n);
+  for (size_t i = 0; i < n; ++i) devices[i] = plan.placement.blocks[i].device;
+  // Per-block costs for a pass of `r` rows: the planner's prefill costs, with the lm_head at one position per row.
+  auto costs_for = [&](uint32_t r) {
+    StepCosts c = StepCostsOf(model, plan.exec_dtype, devices, plan.profile, RunSize{r, tokens}, plan.schedule, {});
+    for (size_t i = 0; i < n; ++i)
+      if (model.blocks[i].kind == BlockKind::kLmHead)
+        c.blocks[i] = EstimateBlockCost(c.work[i], RunSize{r, 1}, devices[i], plan.profile);
+    return c;
+  };
+  auto host_of = [&](const StepCosts& c, size_t block) {
+    return devices[block] < 0 ? 0.0 : c.work[block].kernels * kHostPrefillOpMicros;
+  };
+  BatchedPrefillPrediction out;
+  {
+    // One pass of all rows: the planner's simulation of a forward, with each step's device time (and hop) and the
+    // host issuing it at the prefill rate, as the pipelined pass below.
+    const StepCosts all = costs_for(rows);
+    std::vector<double> device_us, host_us;
+    for (const ScheduledStep& step : plan.schedule.steps) {
+      device_us.push_back(all.blocks[step.block].prefill_device_us + all.prefill_hop_us[step.block]);
+      host_us.push_back(host_of(all, step.block));
+      out.host_us += host_us.back();
+    }
+    out.unpipelined_us = SimulateForward(plan.schedule, device_us, devices, plan.profile, host_us).total_us;
+  }
+  out.total_us = out.unpipelined_us;
+  // The executor's rule (Executor::Impl::MicroBatchRows).
+  if (!PipelinablePlan(plan) || micro_batch_rows < 0 || rows < 2) return out;
+  const uint32_t r = micro_batch_rows > 0 ? static_cast<uint32_t>(micro_batch_rows)
+                                            : (kMicroBatchTokens + tokens - 1) / tokens;
+  if (2ull * r > rows) return out;
+  const uint32_t m = (rows + r - 1) / r;
+  const StepCosts mb = costs_for(r);
+  std::vector<double> device_us, host_us, hop_us;
+  std::vector<int32_t> step_devices;
+  for (const ScheduledStep& step : plan.schedule.steps) {
+    device_us.push_back(mb.blocks[step.block].prefill_device_us);
+    host_us.push_back(host_of(mb, step.block));
+    hop_us.push_back(mb.prefill_hop_us[step.block]);
+    step_devices.push_back(devices[step.block]);
+  }
+  out.micro_batches = m;
+  out.rows_per_micro_batch = r;
+  out.total_us = SimulatePipelinedPass(device_us, host_us, step_devices, hop_us, m);
+  out.host_us = 0;
+  for (double h : host_us) out.host_us += h * m;
+  return out;
+}
+
 }  // namespace bigplan
