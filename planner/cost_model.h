@@ -93,6 +93,12 @@ namespace bigplan {
 
 inline constexpr double kGpuKernelMicros = 7.0;
 inline constexpr double kHostOpMicros = 10.8;
+// kHostPrefillOpMicros = 17.2 us: the host's cost per kernel-launching op of an eager prefill (prompts of many
+// tokens: SDPA's dispatch, the narrows of the KV cache and of the rows, the larger tensors' allocations), used for the
+// host side of pipelined batched prefills (SimulatePipelinedPass below). Calibrated on 2x H200 (Llama-3-8B shape,
+// bf16, one GPU, 1 row x 512 tokens): the host issued the pass's 325 kernels (2 + 32 x 10 + 1 + 2, fused) in
+// 5.4-5.8 ms, i.e. 16.6-17.8 us each.
+inline constexpr double kHostPrefillOpMicros = 17.2;
 // kGraphKernelMicros = 3.8 us: the GPU-side time per kernel when the executor replays a decode step from a CUDA
 // graph (all-resident Llama-family plans; see executor/executor.h ExecutorOptions::cuda_graphs): no host
 // dispatch, and a shorter launch-to-launch gap. Calibrated on an H100 where the Llama-2-7B-shaped decode step
@@ -222,6 +228,54 @@ struct ForwardPrediction {
 ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<double>& compute_us,
                                   const std::vector<int32_t>& devices, const DeviceProfile& profile,
                                   const std::vector<double>& host_us = {}, uint32_t host_tokens = 0);
+
+// A batched pass pipelined in micro-batches over several GPUs (the executor's ExecutorOptions::micro_batch_rows,
+// Executor::Impl::RunPipelined): the pass of B rows is cut into `micro_batches` micro-batches of r rows; the one host
+// thread issues micro-batch after micro-batch, every step of micro-batch k before micro-batch k + 1. Segments are
+// runs of consecutive steps on one GPU; each micro-batch has streams of its own. Replayed here:
+//   * host: issuing is serial over all micro-batches and steps; step i of micro-batch k is issued from
+//     S(k, i) = (k x sum of host_us) + sum of host_us[< i] to E(k, i) = S(k, i) + host_us[i];
+//   * chain: step i of micro-batch k starts after its step i - 1 ended, plus hop_us[i] (the hidden state's peer
+//     copy, when step i is on another device than step i - 1);
+//   * micro-batch order: the first step of segment j of micro-batch k > 0 starts after micro-batch k - 1 ended
+//     segment j (the executor's event wait, issued before the peer copy, so the hop follows the later of the two);
+//   * host: a step's kernels run as the host issues them: it starts no earlier than S(k, i) and ends no earlier than
+//     E(k, i) (end = max(start + step_device_us[i], E(k, i)));
+//   * devices: each GPU runs one step at a time, without preemption; when it is free it takes, of the steps on it
+//     that are ready, the one of the earliest micro-batch (the executor gives earlier micro-batches' streams higher
+//     priorities), and otherwise the step that becomes ready first.
+// Returns the end of the last step of the last micro-batch. With one device the micro-batches run back to back on
+// it (no overlap); with two devices of stage time s each, a free host and hops of h, m micro-batches take
+// (m + 1) x s + m x h. Every micro-batch costs the same (the executor's last micro-batch may have fewer rows: it is
+// charged in full).
+// Per-step values describe ONE micro-batch, steps in execution order; hop_us[i] = 0 where step i's device equals step
+// i - 1's (hop_us may be empty: no hops).
+//
+// Calibration (2x H200, Llama-3-8B shape, bf16, random weights, B = 8 rows x T = 512 tokens, logits of the last
+// position only), measured against predicted by PredictBatchedPrefill (planner/planner.h; the step costs of
+// EstimateBlockCost with the default GPU profile at 780 TFLOP/s and 4230 GB/s, kHostPrefillOpMicros for the host;
+// planner_test's BatchedPrefillPipelinedOverTwoGpus prints this table):
+//   one GPU, unpipelined                       96.4-99.1 ms     predicted 76.6 ms (-22%)
+//   one GPU, 1 row x 512 tokens                12.7-13.1 ms     predicted 11.8 ms (-9%); host issue 5.4-5.8 ms, 5.6 ms
+//   split contiguous (embedding + layers 0-15 on cuda:0, the rest on cuda:1):
+//     unpipelined                              91.8-92.8 ms     predicted 76.8 ms (-17%)
+//     8 micro-batches of 1 row                 66.1-66.5 ms     predicted 54.2 ms (-18%); host 41.9-44.4 ms, 44.7 ms
+//     4 micro-batches of 2 rows                66.1-66.4 ms     predicted 53.2 ms (-20%); host 21.6 ms, 22.4 ms
+//   layers dealt in groups of 4 (8 segments):
+//     8 x 1 row                                66.2-67.9 ms     predicted 57.3 ms (-14%); host 46-47 ms, 44.7 ms
+//     4 x 2 rows                               65.96-69.8 ms    predicted 52.1 ms (-23%); host 23.5 ms, 22.4 ms
+//   groups of 8 (4 segments): 8 x 1 row        77-79 ms         predicted 57.8 ms (-26%)
+//                             4 x 2 rows       69.6 ms          predicted 48.8 ms (-30%)
+// The host's issue times match within 5%. The passes are underestimated mostly through the steps' device times: at
+// 780 TFLOP/s the roofline predicts the one-GPU pass 22% short (that pass implies about 640 TFLOP/s; at that rate the
+// contiguous and groups-of-4 rows above come within 8%, the groups of 8 within 16%). Relative to the predicted
+// unpipelined pass the pipeline itself is close: 8 x 1 row contiguous is 0.71 of it predicted, 0.72 measured. What
+// the model lacks beyond that: interleaved segments cost more than it says (groups of 8 measured 12 ms above
+// contiguous, predicted 3.5 ms above): it lets a GPU take the earliest micro-batch's ready step at once, where the
+// GPU's kernels of several streams interleave less well.
+double SimulatePipelinedPass(const std::vector<double>& step_device_us, const std::vector<double>& step_host_us,
+                             const std::vector<int32_t>& step_devices, const std::vector<double>& hop_us,
+                             uint32_t micro_batches);
 
 // The lower bound for the streamed part of a forward: over devices, the larger of the summed H2D copy times and
 // the summed disk read times of its units (`skip_host`: without the `host` units, as a decode forward that computes

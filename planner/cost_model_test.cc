@@ -408,5 +408,57 @@ TEST(CostModelTest, HostRunsAheadWhileTheGpuWaits) {
   EXPECT_DOUBLE_EQ(g.host_us, 300);
 }
 
+
+// SimulatePipelinedPass: micro-batches through GPU segments, one host thread issuing them all.
+TEST(CostModelTest, PipelinedPassOnOneDeviceDoesNotOverlap) {
+  // Three steps on one device, a free host: the micro-batches run back to back.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {0, 0, 0}, {}, 4), 4 * 6.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {0, 0, 0}, {}, 1), 6.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({}, {}, {}, {}, 4), 0.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1}, {0}, {0}, {}, 0), 0.0);
+}
+
+TEST(CostModelTest, PipelinedPassOverTwoDevicesTakesOneStageMorePerMicroBatch) {
+  // Two stages of 5 on two devices, a free host: m micro-batches take (m + 1) x 5. The hop (the peer copy) follows
+  // the wait for the previous micro-batch's second stage, so every micro-batch adds it to the second device's time.
+  for (uint32_t m : {1u, 2u, 4u, 8u}) {
+    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 0}, {0, 1}, {0, 0}, m), (m + 1) * 5.0) << m;
+    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 0}, {0, 1}, {0, 0.5}, m), (m + 1) * 5.0 + m * 0.5) << m;
+  }
+  // Unequal stages: the slower one paces the pipeline. Stage 0: steps of 1 and 1 (2), stage 1: 3.
+  // End = stage 0 of the first micro-batch + m x 3.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 3}, {0, 0, 0}, {0, 0, 1}, {}, 4), 2 + 4 * 3.0);
+}
+
+TEST(CostModelTest, PipelinedPassBoundByTheHost) {
+  // Steps of 1 on two devices, issued in 4 each: micro-batch k's steps are issued over [8k, 8k + 8], and each ends
+  // when its issue does: the pass ends with the host's last issue, m x 8.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1}, {4, 4}, {0, 1}, {0, 0}, 3), 24.0);
+  // A step starts no earlier than its issue starts: with a host of 1 per step and device steps of 3, micro-batch
+  // k's first step can start at 2k, so the host does not bind; the two stages pipeline as with a free host.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({3, 3}, {1, 1}, {0, 1}, {0, 0}, 3), 4 * 3.0);
+  // More micro-batches of the same steps take more host time, until the host binds.
+  EXPECT_LT(SimulatePipelinedPass({1, 1}, {4, 4}, {0, 1}, {0, 0}, 2),
+            SimulatePipelinedPass({1, 1}, {4, 4}, {0, 1}, {0, 0}, 3));
+}
+
+TEST(CostModelTest, PipelinedPassInterleavedSegments) {
+  // Segments on devices 0, 1, 0, 1 (steps of 2), two micro-batches, a free host:
+  //   device 0: mb0 s0 [0, 2], mb1 s0 [2, 4] (mb0 s2 waits for mb0 s1), mb0 s2 [4, 6], mb1 s2 [6, 8];
+  //   device 1: mb0 s1 [2, 4], mb1 s1 [4, 6], mb0 s3 [6, 8], mb1 s3 [8, 10].
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 0, 0, 0}, {0, 1, 0, 1}, {}, 2), 10.0);
+  // Unpipelined the same steps take 8 per micro-batch.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 0, 0, 0}, {0, 1, 0, 1}, {}, 1), 8.0);
+  // Devices 0, 1, 0, three micro-batches: when device 0 is free at 6, mb2 s0 (ready since 4) and mb1 s2 (ready at
+  // 6) wait; the earlier micro-batch goes first (stream priorities):
+  //   device 0: mb0 s0 [0, 2], mb1 s0 [2, 4], mb0 s2 [4, 6], mb1 s2 [6, 8], mb2 s0 [8, 10], mb2 s2 [12, 14];
+  //   device 1: mb0 s1 [2, 4], mb1 s1 [4, 6], mb2 s1 [10, 12].
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2}, {0, 0, 0}, {0, 1, 0}, {}, 3), 14.0);
+  // Consecutive steps on one device form one segment: micro-batch k + 1 waits for micro-batch k's whole segment.
+  // Steps 1, 1 on device 0 and 2 on device 1: device 0 ends micro-batch k at 2k + 2, device 1 runs it over
+  // [2k + 2, 2k + 4].
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 2}, {0, 0, 0}, {0, 0, 1}, {}, 3), 8.0);
+}
+
 }  // namespace
 }  // namespace bigplan

@@ -169,6 +169,24 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
   out << "  prefill (" << run.max_batch << " x " << run.max_seq_len << " tokens): " << Ms(r.prefill.total_us)
       << "  (compute " << Ms(r.prefill.compute_us) << ", waiting for copies " << Ms(r.prefill.compute_stall_us)
       << ")\n";
+  // A pipelinable plan's batched prefill (PredictBatchedPrefill, with the executor's automatic micro-batches): all
+  // the rows, each with half the run's positions.
+  if (run.max_batch >= 2 && PipelinablePlan(r)) {
+    const uint32_t tokens = std::max<uint32_t>(1, run.max_seq_len / 2);
+    Result<BatchedPrefillPrediction> b = PredictBatchedPrefill(r, run.max_batch, tokens);
+    if (b.ok()) {
+      out << "  batched prefill (" << run.max_batch << " rows x " << tokens << (tokens == 1 ? " token" : " tokens")
+          << "): predicted " << Ms(b->total_us);
+      if (b->micro_batches > 0) {
+        out << " in " << b->micro_batches << " micro-batches of " << b->rows_per_micro_batch
+            << (b->rows_per_micro_batch == 1 ? " row" : " rows") << ", " << Ms(b->unpipelined_us) << " unpipelined";
+      } else {
+        out << ", not pipelined (micro-batches of " << (kMicroBatchTokens + tokens - 1) / tokens
+            << " rows would make fewer than two)";
+      }
+      out << "\n";
+    }
+  }
   out << "  floor: streamed " << FormatBytes(r.streamed_bytes) << " per forward at " << r.profile.h2d_gbps
       << " GB/s H2D";
   bool disk = false;

@@ -1,5 +1,6 @@
 #include "planner/plan_report.h"
 
+#include <cstdio>
 #include <sstream>
 #include <string>
 
@@ -128,6 +129,54 @@ TEST(PlanReportTest, PartlyResidentLayers) {
             "  decode  (1 x 1 token, KV at 64): 1.562 ms  (compute 1.561 ms, waiting for copies 0.001 ms)\n"
             "  prefill (1 x 64 tokens): 1.562 ms  (compute 1.561 ms, waiting for copies 0.001 ms)\n"
             "  floor: streamed 172.00 KiB per forward at 53 GB/s H2D: 0.003 ms\n");
+}
+
+
+// The tiny model split over two GPUs (layers 0-1 with the embedding on cuda:0, the rest on cuda:1), batch 4.
+std::string SplitReport(uint32_t seq_len) {
+  Result<ModelDescription> model = ImportHfConfigText(kTinyConfig);
+  EXPECT_TRUE(model.ok()) << model.error().ToString();
+  model->name = "tiny";
+  PlanRequest req;
+  req.description = *model;
+  Result<MemoryBudget> b = ParseMaxMemory("cuda:0=1GiB,cuda:1=1GiB,cpu=1GiB");
+  EXPECT_TRUE(b.ok()) << b.error().ToString();
+  req.budget = *b;
+  req.run.max_batch = 4;
+  req.run.max_seq_len = seq_len;
+  req.strategy = "explicit";
+  req.device_map = {{"model.embed_tokens", 0}, {"model.layers.0", 0}, {"model.layers.1", 0}, {"model.layers.2", 1},
+                    {"model.layers.3", 1},     {"model.norm", 1},     {"lm_head", 1}};
+  Result<PlanResult> result = MakePlan(req);
+  EXPECT_TRUE(result.ok()) << result.error().ToString();
+  if (!result.ok()) return "";
+  std::ostringstream out;
+  WritePlanReport(out, *result, req);
+  return out.str();
+}
+
+std::string LineWith(const std::string& report, const std::string& start) {
+  const size_t at = report.find(start);
+  if (at == std::string::npos) return "";
+  return report.substr(at, report.find('\n', at) - at);
+}
+
+// A plan the executor pipelines reports its batched prefill (all rows, half the positions each); one that it does not
+// (one GPU, above) reports none.
+TEST(PlanReportTest, BatchedPrefillOfSplitPlans) {
+  // 512 positions: passes of 256 tokens per row, micro-batches of 2 rows.
+  const std::string pipelined = LineWith(SplitReport(512), "  batched prefill");
+  EXPECT_EQ(pipelined.find("  batched prefill (4 rows x 256 tokens): predicted "), 0u) << pipelined;
+  EXPECT_NE(pipelined.find(" ms in 2 micro-batches of 2 rows, "), std::string::npos) << pipelined;
+  EXPECT_NE(pipelined.find(" ms unpipelined"), std::string::npos) << pipelined;
+  std::printf("%s\n", pipelined.c_str());
+  // 64 positions: 32 tokens per row would need micro-batches of 16 rows.
+  const std::string unpipelined = LineWith(SplitReport(64), "  batched prefill");
+  EXPECT_EQ(unpipelined.find("  batched prefill (4 rows x 32 tokens): predicted "), 0u) << unpipelined;
+  EXPECT_NE(unpipelined.find(" ms, not pipelined (micro-batches of 16 rows would make fewer than two)"),
+            std::string::npos)
+      << unpipelined;
+  EXPECT_EQ(Report("cuda:0=1GiB,cpu=1GiB", "auto").find("batched prefill"), std::string::npos);
 }
 
 }  // namespace

@@ -126,6 +126,78 @@ Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& r
 
 namespace {
 
+struct StepCostOptions {
+  bool graph_decode = false;  // decode steps replayed from CUDA graphs (all resident, eligible family)
+  uint32_t host_tokens = 0;   // > 0: a decode forward that computes the schedule's host units on the host
+};
+
+// Per-block costs of a schedule at `run` (decode: run.max_batch tokens; prefill: run.max_batch x run.max_seq_len),
+// each step's hidden-state hop to another GPU included in its decode and prefill times (and given apart too).
+struct StepCosts {
+  std::vector<BlockWork> work;
+  std::vector<BlockCost> blocks;
+  std::vector<double> decode_us, prefill_us;
+  std::vector<double> prefill_hop_us;  // the hop before the block in a prefill (0 where none)
+};
+
+StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vector<int32_t>& devices,
+                      const DeviceProfile& profile, const RunSize& run, const Schedule& sc,
+                      const StepCostOptions& opt) {
+  const size_t n = model.blocks.size();
+  const bool graph_decode = opt.graph_decode;
+  const uint32_t host_tokens = opt.host_tokens;
+  StepCosts out;
+  std::map<uint32_t, uint32_t> chunks_of_block, host_weights_of_block;
+  for (const DeviceStreamPlan& st : sc.streams) {
+    for (size_t u = 0; u < st.units.size(); ++u) {
+      const StreamUnitPlan& un = st.units[u];
+      if (un.whole) continue;
+      if (host_tokens > 0 && un.host) {
+        // The host's product: the activation's cast and copy out, the result's copy in and its placement.
+        if (u == 0 || !st.units[u - 1].host) host_weights_of_block[un.block] += 1;
+      } else {
+        chunks_of_block[un.block] += 1;
+      }
+    }
+  }
+  out.work.assign(n, {});
+  out.blocks.assign(n, {});
+  out.decode_us.assign(n, 0);
+  out.prefill_us.assign(n, 0);
+  out.prefill_hop_us.assign(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    BlockWork work = DescribeBlockWork(model, i, exec);
+    // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
+    const uint32_t extra = 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
+    work.kernels += extra;
+    work.cpu_kernels += extra;
+    out.blocks[i] = EstimateBlockCost(work, run, devices[i], profile);
+    out.decode_us[i] = graph_decode ? GraphDecodeMicros(out.blocks[i], work) : out.blocks[i].decode_us;
+    // A block the host computes part of waits for the GPU at each host product (its input must be on the host):
+    // the host cannot dispatch ahead of the GPU, so dispatch and GPU time add up (the products are added by the
+    // simulation).
+    if (host_weights_of_block[static_cast<uint32_t>(i)] > 0)
+      out.decode_us[i] = out.blocks[i].host_us + out.blocks[i].decode_device_us;
+    out.prefill_us[i] = out.blocks[i].prefill_us;
+    out.work[i] = work;
+  }
+  // The hidden state's hop to another GPU before a step (cost_model.h kDeviceHopMicros, kDeviceHopEagerMicros).
+  int32_t prev = -1;
+  for (const ScheduledStep& step : sc.steps) {
+    const int32_t d = devices[step.block];
+    if (prev >= 0 && d >= 0 && d != prev) {
+      const double bytes = static_cast<double>(model.config.hidden_size) * DTypeBytes(exec);
+      out.decode_us[step.block] +=
+          (graph_decode ? kDeviceHopMicros : kDeviceHopEagerMicros) + bytes * run.max_batch / (kPeerGbps * 1e3);
+      out.prefill_hop_us[step.block] =
+          kDeviceHopEagerMicros + bytes * run.max_batch * run.max_seq_len / (kPeerGbps * 1e3);
+      out.prefill_us[step.block] += out.prefill_hop_us[step.block];
+    }
+    prev = d;
+  }
+  return out;
+}
+
 Status CheckAllFit(const std::vector<DeviceAccount>& usage) {
   std::string shortfalls;
   for (const DeviceAccount& a : usage)
@@ -298,50 +370,13 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   // Per-block costs of a schedule; `host_tokens` > 0: a decode forward that computes the host units on the host.
   auto costs_of = [&](const Schedule& sc, uint32_t host_tokens, std::vector<BlockCost>* block_costs,
                       std::vector<double>* decode, std::vector<double>* prefill) {
-    std::map<uint32_t, uint32_t> chunks_of_block, host_weights_of_block;
-    for (const DeviceStreamPlan& st : sc.streams) {
-      for (size_t u = 0; u < st.units.size(); ++u) {
-        const StreamUnitPlan& un = st.units[u];
-        if (un.whole) continue;
-        if (host_tokens > 0 && un.host) {
-          // The host's product: the activation's cast and copy out, the result's copy in and its placement.
-          if (u == 0 || !st.units[u - 1].host) host_weights_of_block[un.block] += 1;
-        } else {
-          chunks_of_block[un.block] += 1;
-        }
-      }
-    }
-    block_costs->assign(n, {});
-    decode->assign(n, 0);
-    prefill->assign(n, 0);
-    for (size_t i = 0; i < n; ++i) {
-      BlockWork work = DescribeBlockWork(model, i, exec);
-      // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
-      const uint32_t extra = 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
-      work.kernels += extra;
-      work.cpu_kernels += extra;
-      (*block_costs)[i] = EstimateBlockCost(work, run_size, devices[i], result.profile);
-      (*decode)[i] = graph_decode ? GraphDecodeMicros((*block_costs)[i], work) : (*block_costs)[i].decode_us;
-      // A block the host computes part of waits for the GPU at each host product (its input must be on the host):
-      // the host cannot dispatch ahead of the GPU, so dispatch and GPU time add up (the products are added by the
-      // simulation).
-      if (host_weights_of_block[static_cast<uint32_t>(i)] > 0)
-        (*decode)[i] = (*block_costs)[i].host_us + (*block_costs)[i].decode_device_us;
-      (*prefill)[i] = (*block_costs)[i].prefill_us;
-    }
-    // The hidden state's hop to another GPU before a step (cost_model.h kDeviceHopMicros, kDeviceHopEagerMicros).
-    int32_t prev = -1;
-    for (const ScheduledStep& step : sc.steps) {
-      const int32_t d = devices[step.block];
-      if (prev >= 0 && d >= 0 && d != prev) {
-        const double bytes = static_cast<double>(model.config.hidden_size) * DTypeBytes(exec);
-        (*decode)[step.block] +=
-            (graph_decode ? kDeviceHopMicros : kDeviceHopEagerMicros) + bytes * request.run.max_batch / (kPeerGbps * 1e3);
-        (*prefill)[step.block] +=
-            kDeviceHopEagerMicros + bytes * request.run.max_batch * request.run.max_seq_len / (kPeerGbps * 1e3);
-      }
-      prev = d;
-    }
+    StepCostOptions opt;
+    opt.graph_decode = graph_decode;
+    opt.host_tokens = host_tokens;
+    StepCosts c = StepCostsOf(model, exec, devices, result.profile, run_size, sc, opt);
+    *block_costs = std::move(c.blocks);
+    *decode = std::move(c.decode_us);
+    *prefill = std::move(c.prefill_us);
   };
   std::vector<double> decode_us, prefill_us;
   costs_of(sched, 0, &result.block_costs, &decode_us, &prefill_us);
@@ -492,6 +527,74 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   content.usage = result.usage;
   BIGPLAN_ASSIGN_OR_RETURN(result.bytes, BuildPlan(content));
   return result;
+}
+
+bool PipelinablePlan(const PlanResult& plan) {
+  if (!plan.schedule.streams.empty() || !plan.expert_rings.empty() || !plan.host_rows.empty()) return false;
+  std::set<int32_t> devices;
+  for (const BlockPlacement& b : plan.placement.blocks) {
+    if (b.device < 0 || b.tier != Tier::kGpu || b.routed_experts) return false;
+    devices.insert(b.device);
+  }
+  return devices.size() >= 2;
+}
+
+Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, uint32_t rows, uint32_t tokens,
+                                                       int micro_batch_rows) {
+  if (rows == 0 || tokens == 0)
+    return MakeError(ErrorCode::kInvalidArgument, "a batched prefill needs at least one row and one token");
+  const ModelDescription& model = plan.model;
+  const size_t n = model.blocks.size();
+  if (plan.placement.blocks.size() != n)
+    return MakeError(ErrorCode::kInvalidArgument, "the plan's placement does not match its model");
+  std::vector<int32_t> devices(n);
+  for (size_t i = 0; i < n; ++i) devices[i] = plan.placement.blocks[i].device;
+  // Per-block costs for a pass of `r` rows: the planner's prefill costs, with the lm_head at one position per row.
+  auto costs_for = [&](uint32_t r) {
+    StepCosts c = StepCostsOf(model, plan.exec_dtype, devices, plan.profile, RunSize{r, tokens}, plan.schedule, {});
+    for (size_t i = 0; i < n; ++i)
+      if (model.blocks[i].kind == BlockKind::kLmHead)
+        c.blocks[i] = EstimateBlockCost(c.work[i], RunSize{r, 1}, devices[i], plan.profile);
+    return c;
+  };
+  auto host_of = [&](const StepCosts& c, size_t block) {
+    return devices[block] < 0 ? 0.0 : c.work[block].kernels * kHostPrefillOpMicros;
+  };
+  BatchedPrefillPrediction out;
+  {
+    // One pass of all rows: the planner's simulation of a forward, with each step's device time (and hop) and the
+    // host issuing it at the prefill rate, as the pipelined pass below.
+    const StepCosts all = costs_for(rows);
+    std::vector<double> device_us, host_us;
+    for (const ScheduledStep& step : plan.schedule.steps) {
+      device_us.push_back(all.blocks[step.block].prefill_device_us + all.prefill_hop_us[step.block]);
+      host_us.push_back(host_of(all, step.block));
+      out.host_us += host_us.back();
+    }
+    out.unpipelined_us = SimulateForward(plan.schedule, device_us, devices, plan.profile, host_us).total_us;
+  }
+  out.total_us = out.unpipelined_us;
+  // The executor's rule (Executor::Impl::MicroBatchRows).
+  if (!PipelinablePlan(plan) || micro_batch_rows < 0 || rows < 2) return out;
+  const uint32_t r = micro_batch_rows > 0 ? static_cast<uint32_t>(micro_batch_rows)
+                                            : (kMicroBatchTokens + tokens - 1) / tokens;
+  if (2ull * r > rows) return out;
+  const uint32_t m = (rows + r - 1) / r;
+  const StepCosts mb = costs_for(r);
+  std::vector<double> device_us, host_us, hop_us;
+  std::vector<int32_t> step_devices;
+  for (const ScheduledStep& step : plan.schedule.steps) {
+    device_us.push_back(mb.blocks[step.block].prefill_device_us);
+    host_us.push_back(host_of(mb, step.block));
+    hop_us.push_back(mb.prefill_hop_us[step.block]);
+    step_devices.push_back(devices[step.block]);
+  }
+  out.micro_batches = m;
+  out.rows_per_micro_batch = r;
+  out.total_us = SimulatePipelinedPass(device_us, host_us, step_devices, hop_us, m);
+  out.host_us = 0;
+  for (double h : host_us) out.host_us += h * m;
+  return out;
 }
 
 }  // namespace bigplan

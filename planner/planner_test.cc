@@ -554,5 +554,154 @@ TEST(PlannerTest, RecordsTheConfigJsonDigest) {
   EXPECT_EQ(ConfigSha256Of(from_split->plan()), "");
 }
 
+
+// ---- Batched prefills pipelined over two GPUs (PredictBatchedPrefill) ----
+
+// Llama-3-8B's shape (no weights): hidden 4096, 32 layers, MLP 14336, 32 heads, 8 KV heads, vocab 128256, bf16.
+constexpr const char* kLlama3_8bConfig = R"({
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+  "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "hidden_act": "silu", "rope_theta": 500000.0,
+  "tie_word_embeddings": false, "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16"})";
+
+// The H200 the measurements below ran on: the default GPU profile with its matmul rate and memory bandwidth.
+DeviceProfile H200Profile() {
+  DeviceProfile p = DefaultGpuProfile();
+  p.name = "h200";
+  p.matmul_tflops = 780.0;
+  p.device_mem_gbps = 4230.0;
+  return p;
+}
+
+// Plans Llama-3-8B's shape at batch 8 x 1024 positions, bf16, the H200 profile: `budget`, and with `group` > 0 the
+// decoder layers dealt to cuda:0 and cuda:1 in groups of that many (the embedding on cuda:0, the final norm and the
+// head with the last layer).
+Result<PlanResult> PlanLlama3_8b(const std::string& budget, uint32_t group = 0) {
+  PlanRequest r;
+  auto model = ImportHfConfigText(kLlama3_8bConfig);
+  if (!model.ok()) return model.take_error();
+  r.description = *model;
+  auto b = ParseMaxMemory(budget);
+  if (!b.ok()) return b.take_error();
+  r.budget = *b;
+  r.run = RunShape{8, 1024};
+  r.exec_dtype = DType::kBF16;
+  r.profile = H200Profile();
+  if (group > 0) {
+    r.strategy = "explicit";
+    r.device_map = nlohmann::json::object();
+    r.device_map["model.embed_tokens"] = 0;
+    int last = 0;
+    for (uint32_t l = 0; l < 32; ++l) {
+      last = static_cast<int>((l / group) % 2);
+      r.device_map["model.layers." + std::to_string(l)] = last;
+    }
+    r.device_map["model.norm"] = last;
+    r.device_map["lm_head"] = last;
+  }
+  return MakePlan(r);
+}
+
+// Predictions against what 2x H200 measured (cost_model.h SimulatePipelinedPass's calibration): B = 8 rows x T = 512
+// tokens, logits of the last position only. Printed, not asserted: the assertions are the model's structure.
+TEST(PlannerTest, BatchedPrefillPipelinedOverTwoGpus) {
+  auto one = PlanLlama3_8b("cuda:0=40GiB");
+  ASSERT_TRUE(one.ok()) << one.error().ToString();
+  auto split = PlanLlama3_8b("cuda:0=16GiB,cuda:1=16GiB", 16);
+  ASSERT_TRUE(split.ok()) << split.error().ToString();
+  auto groups4 = PlanLlama3_8b("cuda:0=16GiB,cuda:1=16GiB", 4);
+  ASSERT_TRUE(groups4.ok()) << groups4.error().ToString();
+  auto groups8 = PlanLlama3_8b("cuda:0=16GiB,cuda:1=16GiB", 8);
+  ASSERT_TRUE(groups8.ok()) << groups8.error().ToString();
+  // The contiguous split as measured: embedding + layers 0-15 on cuda:0, the rest on cuda:1.
+  ASSERT_EQ(split->placement.blocks.front().device, 0);
+  ASSERT_EQ(split->placement.blocks[16].device, 0);
+  ASSERT_EQ(split->placement.blocks[17].device, 1);
+  ASSERT_EQ(split->placement.blocks.back().device, 1);
+
+  EXPECT_FALSE(PipelinablePlan(*one));
+  for (const PlanResult* p : {&*split, &*groups4, &*groups8}) EXPECT_TRUE(PipelinablePlan(*p));
+
+  auto predict = [](const PlanResult& p, uint32_t rows, uint32_t tokens, int mb_rows) {
+    auto r = PredictBatchedPrefill(p, rows, tokens, mb_rows);
+    EXPECT_TRUE(r.ok()) << r.error().ToString();
+    return r.ok() ? *r : BatchedPrefillPrediction{};
+  };
+  const BatchedPrefillPrediction one8 = predict(*one, 8, 512, 0);
+  const BatchedPrefillPrediction one1 = predict(*one, 1, 512, 0);
+  const BatchedPrefillPrediction split_off = predict(*split, 8, 512, -1);
+  const BatchedPrefillPrediction split_auto = predict(*split, 8, 512, 0);
+  const BatchedPrefillPrediction split_1 = predict(*split, 8, 512, 1);
+  const BatchedPrefillPrediction split_2 = predict(*split, 8, 512, 2);
+  const BatchedPrefillPrediction g4_1 = predict(*groups4, 8, 512, 1);
+  const BatchedPrefillPrediction g4_2 = predict(*groups4, 8, 512, 2);
+  const BatchedPrefillPrediction g8_1 = predict(*groups8, 8, 512, 1);
+  const BatchedPrefillPrediction g8_2 = predict(*groups8, 8, 512, 2);
+
+  struct Row {
+    const char* what;
+    double predicted_ms;
+    double low_ms, high_ms;  // measured
+  };
+  const Row rows[] = {
+      {"one GPU, unpipelined 8 x 512", one8.total_us / 1e3, 96.4, 99.1},
+      {"one GPU, 1 x 512", one1.total_us / 1e3, 12.7, 13.1},
+      {"one GPU, 1 x 512: host issue", one1.host_us / 1e3, 5.4, 5.8},
+      {"contiguous, unpipelined", split_off.total_us / 1e3, 91.8, 92.8},
+      {"contiguous, 8 x 1 row", split_1.total_us / 1e3, 66.1, 66.5},
+      {"contiguous, 8 x 1 row: host issue", split_1.host_us / 1e3, 41.9, 44.4},
+      {"contiguous, 4 x 2 rows", split_2.total_us / 1e3, 66.1, 66.4},
+      {"contiguous, 4 x 2 rows: host issue", split_2.host_us / 1e3, 21.6, 21.6},
+      {"groups of 4, 8 x 1 row", g4_1.total_us / 1e3, 66.2, 67.9},
+      {"groups of 4, 8 x 1 row: host issue", g4_1.host_us / 1e3, 46, 47},
+      {"groups of 4, 4 x 2 rows", g4_2.total_us / 1e3, 65.96, 69.8},
+      {"groups of 4, 4 x 2 rows: host issue", g4_2.host_us / 1e3, 23.5, 23.5},
+      {"groups of 8, 8 x 1 row", g8_1.total_us / 1e3, 77, 79},
+      {"groups of 8, 4 x 2 rows", g8_2.total_us / 1e3, 69.6, 69.6},
+  };
+  std::printf("Llama-3-8B shape, bf16, 2x H200 profile; predicted vs measured (ms):\n");
+  for (const Row& r : rows) {
+    const double mid = (r.low_ms + r.high_ms) / 2;
+    std::printf("  %-38s predicted %7.2f  measured %6.2f-%6.2f  (%+.1f%%)\n", r.what, r.predicted_ms, r.low_ms,
+                r.high_ms, (r.predicted_ms / mid - 1) * 100);
+  }
+
+  // The automatic rule at 512 tokens: one row per micro-batch.
+  EXPECT_EQ(split_auto.micro_batches, 8u);
+  EXPECT_EQ(split_auto.rows_per_micro_batch, 1u);
+  EXPECT_DOUBLE_EQ(split_auto.total_us, split_1.total_us);
+  EXPECT_EQ(split_2.micro_batches, 4u);
+  EXPECT_EQ(split_2.rows_per_micro_batch, 2u);
+  // Not pipelined: one GPU, -1, or micro-batches of more than half the rows.
+  EXPECT_EQ(one8.micro_batches, 0u);
+  EXPECT_DOUBLE_EQ(one8.total_us, one8.unpipelined_us);
+  EXPECT_EQ(split_off.micro_batches, 0u);
+  EXPECT_DOUBLE_EQ(split_off.total_us, split_off.unpipelined_us);
+  EXPECT_EQ(predict(*split, 8, 512, 5).micro_batches, 0u);
+  EXPECT_EQ(predict(*split, 1, 512, 0).micro_batches, 0u);
+  EXPECT_EQ(predict(*split, 8, 128, 0).micro_batches, 2u);   // ceil(512 / 128) = 4 rows
+  EXPECT_EQ(predict(*split, 8, 64, 0).micro_batches, 0u);     // 8 rows per micro-batch: one
+  // Every pipelined prediction knows the unpipelined pass of the same plan.
+  EXPECT_DOUBLE_EQ(split_1.unpipelined_us, split_off.unpipelined_us);
+  // Where the host is not binding (it issues a micro-batch faster than a GPU computes its half), pipelining over two
+  // GPUs beats the unpipelined pass, but cannot beat half of it.
+  for (const BatchedPrefillPrediction* p : {&split_1, &split_2, &g4_1, &g4_2, &g8_1, &g8_2}) {
+    EXPECT_LT(p->total_us, p->unpipelined_us);
+    EXPECT_GT(p->total_us, p->unpipelined_us / 2);
+    EXPECT_LT(p->host_us, p->total_us);
+  }
+  // Short rows: a micro-batch of one row computes in less time than the host takes to issue it, so the pass is bound
+  // by the host's issue of every micro-batch and pipelining loses to one pass of all rows.
+  const BatchedPrefillPrediction short_rows = predict(*split, 8, 16, 1);
+  EXPECT_EQ(short_rows.micro_batches, 8u);
+  EXPECT_GE(short_rows.total_us, short_rows.host_us);
+  EXPECT_GT(short_rows.total_us, short_rows.unpipelined_us);
+  // More micro-batches: more host time (each repeats every kernel's dispatch).
+  EXPECT_GT(split_1.host_us, split_2.host_us);
+  EXPECT_GT(split_2.host_us, split_off.host_us);
+  EXPECT_FALSE(PredictBatchedPrefill(*split, 0, 512).ok());
+  EXPECT_FALSE(PredictBatchedPrefill(*split, 8, 0).ok());
+}
+
 }  // namespace
 }  // namespace bigplan
