@@ -3,12 +3,15 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/InferenceMode.h>
 #include <cuda_runtime.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstring>
@@ -99,6 +102,16 @@ class Executor::Impl {
   // RunSteps cut into micro-batches of `rows` rows, each on streams of its own on every device (mb_streams[k]:
   // micro-batch k's, one per entry of state->cuda_devices, made on first use).
   std::vector<std::vector<c10::cuda::CUDAStream>> mb_streams;
+  // Prefill graphs of pipelined passes (RunPipelined): one per micro-batch and segment (index k x segments + j) of
+  // the shape (batch, rows per micro-batch, tokens, last-position logits) `prefill_shape`.
+  struct PrefillGraph {
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    at::Tensor input, output;  // static: the ids or hidden state in; the hidden state or logits out
+  };
+  std::vector<PrefillGraph> prefill_graphs;
+  std::array<int64_t, 4> prefill_shape{};
+  bool prefill_graphs_ok = false;  // set at load (cuda_graphs, static-step kernels); off after a failed capture
+  uint64_t graph_prefills = 0;
   std::vector<std::pair<int, cudaStream_t>> owned_streams;  // mb_streams' CUDA streams, destroyed with the executor
   // Ranks (ExecutorOptions::world_size): null in a one-process run.
   std::unique_ptr<executor_internal::RankGroup> ranks;
@@ -290,37 +303,38 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
       fork.record(c10::cuda::getCurrentCUDAStream(index));
       for (int64_t k = 0; k < n; ++k) fork.block(mb_streams[k][d]);
     }
-    // Segments: runs of consecutive steps on one device. Micro-batch k runs segment j after micro-batch k - 1 did
-    // (each GPU takes the micro-batches in order, as a pipeline stage) and after its own segment j - 1 (the hidden
-    // state hops to the next GPU by a copy ordered on micro-batch k's two streams only).
+    // Segments: runs of consecutive steps on one device. Micro-batch k runs segment j after its own segment j - 1
+    // (the hidden state hops to the next GPU by a copy ordered on micro-batch k's two streams only) and after the
+    // task its GPU ran before (the schedule below).
     std::vector<uint32_t> segment_of(state->steps.size(), 0);
     for (uint32_t i = 1; i < state->steps.size(); ++i) {
       const bool same = state->blocks[state->steps[i].block].device == state->blocks[state->steps[i - 1].block].device;
       segment_of[i] = segment_of[i - 1] + (same ? 0 : 1);
     }
     const uint32_t n_segments = state->steps.empty() ? 0 : segment_of.back() + 1;
+    std::vector<uint32_t> segment_begin(n_segments + 1, static_cast<uint32_t>(state->steps.size()));
+    for (uint32_t i = state->steps.size(); i-- > 0;) segment_begin[segment_of[i]] = i;
+    auto slot_of = [&](int device) {
+      size_t slot = 0;
+      while (slot < devices.size() && devices[slot] != device) ++slot;
+      return slot;
+    };
     std::vector<std::vector<at::cuda::CUDAEvent>> segment_done(n);
     for (auto& e : segment_done) e.resize(n_segments);
-    for (int64_t k = 0; k < n; ++k) {
+    // Segment j of micro-batch k: its steps on the current streams (micro-batch k's). `input`: the token ids
+    // (j = 0) or the hidden state on the segment's device. Its output (hidden state, or the logits after the last
+    // segment) into *output.
+    auto run_segment = [&](int64_t k, uint32_t j, const at::Tensor& input, at::Tensor* output) -> Status {
       const int64_t r0 = k * rows;
       const int64_t nr = std::min(rows, batch - r0);
-      c10::cuda::CUDAMultiStreamGuard mb_guard(mb_streams[k]);
       ForwardContext ctx;
       ctx.start_pos = pos;
       ctx.logits_last_only = last_only;
       at::Tensor hidden, logits;
-      for (uint32_t i = 0; i < state->steps.size(); ++i) {
+      if (j == 0) ctx.token_ids = input;
+      else hidden = input;
+      for (uint32_t i = segment_begin[j]; i < segment_begin[j + 1]; ++i) {
         const BlockRuntime& b = state->blocks[state->steps[i].block];
-        size_t slot = 0;
-        while (slot < devices.size() && devices[slot] != b.device) ++slot;
-        if (slot == devices.size()) return MakeError(ErrorCode::kInternal, "block " + b.name + " is not on a GPU");
-        const auto index = static_cast<c10::DeviceIndex>(b.device);
-        c10::cuda::CUDAGuard device_guard(index);
-        const at::Device device(at::kCUDA, index);
-        const uint32_t seg = segment_of[i];
-        if (k > 0 && (i == 0 || segment_of[i - 1] != seg)) segment_done[k - 1][seg].block(mb_streams[k][slot]);
-        ctx.token_ids = ids_on[slot].narrow(0, r0, nr);
-        if (hidden.defined() && hidden.device() != device) hidden = hidden.to(device);
         BlockKv& v = kv[b.index];
         KvCache rows_kv;
         if (v.has_kv) {
@@ -331,11 +345,60 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
         Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, v.has_kv ? &rows_kv : nullptr,
                                      &hidden, &logits);
         if (!s.ok()) return WithContext(s.take_error(), "block " + b.name + " (micro-batch " + std::to_string(k) + ")");
-        if (i + 1 == state->steps.size() || segment_of[i + 1] != seg) segment_done[k][seg].record(mb_streams[k][slot]);
       }
-      if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
-      parts[k] = last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits;
+      if (j + 1 < n_segments) {
+        *output = hidden;
+      } else {
+        if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+        *output = last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits;
+      }
+      return Status::Ok();
+    };
+    // Prefill graphs: a pass from an empty cache whose shape (rows per micro-batch, tokens, last-position logits)
+    // ran before replays one captured graph per micro-batch and segment (few launches: the host issues a pass in
+    // about a hundred microseconds instead of milliseconds of kernel launches).
+    const std::array<int64_t, 4> shape{batch, rows, seq, last_only ? 1 : 0};
+    const bool graphs = prefill_graphs_ok && pos == 0 && prefill_shape == shape &&
+                        prefill_graphs.size() == static_cast<size_t>(n * n_segments);
+    // The order in which each GPU takes the (micro-batch k, segment j) tasks, one at a time (interleaved pipeline
+    // schedule): micro-batches in groups of as many as there are GPUs; within a group, segment after segment, and
+    // for each segment the group's micro-batches in order: key (k / GPUs, j, k). With layers dealt to the GPUs in
+    // groups, a GPU then alternates between the micro-batches in flight instead of running two at once (which
+    // slows both and delays the next GPU's input); with one segment per GPU it is plain micro-batch order. Tasks
+    // are issued in that order too, which keeps both the micro-batch's own order and each GPU's.
+    const int64_t group = static_cast<int64_t>(devices.size());
+    std::vector<std::array<int64_t, 3>> tasks;  // (k / group, j, k)
+    for (int64_t k = 0; k < n; ++k)
+      for (uint32_t j = 0; j < n_segments; ++j) tasks.push_back({k / group, j, k});
+    std::sort(tasks.begin(), tasks.end());
+    std::vector<std::pair<int64_t, uint32_t>> last_on(devices.size(), {-1, 0});  // each GPU's previous task
+    std::vector<at::Tensor> carry(n);  // each micro-batch's last segment output
+    for (const auto& [unused_group, j64, k] : tasks) {
+      const uint32_t j = static_cast<uint32_t>(j64);
+      const int64_t r0 = k * rows;
+      const int64_t nr = std::min(rows, batch - r0);
+      c10::cuda::CUDAMultiStreamGuard mb_guard(mb_streams[k]);
+      const int device = state->blocks[state->steps[segment_begin[j]].block].device;
+      const size_t slot = slot_of(device);
+      if (slot == devices.size()) return MakeError(ErrorCode::kInternal, "a block is not on a GPU");
+      const auto index = static_cast<c10::DeviceIndex>(device);
+      c10::cuda::CUDAGuard device_guard(index);
+      if (last_on[slot].first >= 0) segment_done[last_on[slot].first][last_on[slot].second].block(mb_streams[k][slot]);
+      last_on[slot] = {k, j};
+      const at::Tensor input = j == 0 ? ids_on[slot].narrow(0, r0, nr) : carry[k];
+      if (graphs) {
+        PrefillGraph& g = prefill_graphs[k * n_segments + j];
+        g.input.copy_(input, /*non_blocking=*/true);  // across GPUs: ordered on micro-batch k's two streams
+        g.graph->replay();
+        carry[k] = g.output;
+      } else {
+        const at::Tensor here =
+            input.device() == at::Device(at::kCUDA, index) ? input : input.to(at::Device(at::kCUDA, index));
+        BIGPLAN_RETURN_IF_ERROR(run_segment(k, j, here, &carry[k]));
+      }
+      segment_done[k][j].record(mb_streams[k][slot]);
     }
+    for (int64_t k = 0; k < n; ++k) parts[k] = carry[k];
     // Every compute stream waits for every micro-batch's stream on its device: later work is ordered after them.
     for (size_t d = 0; d < devices.size(); ++d) {
       const auto index = static_cast<c10::DeviceIndex>(devices[d]);
@@ -347,8 +410,51 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
       }
     }
     issue_ms = std::chrono::duration<double, std::milli>(Clock::now() - issue_start).count();
-    c10::cuda::CUDAGuard guard(parts[0].device().index());
-    *out = at::cat(parts, 0).to(at::kCPU, at::kFloat).contiguous();
+    {
+      c10::cuda::CUDAGuard guard(parts[0].device().index());
+      *out = at::cat(parts, 0).to(at::kCPU, at::kFloat).contiguous();
+    }
+    if (graphs) {
+      ++graph_prefills;
+    } else if (prefill_graphs_ok && pos == 0) {
+      // This shape ran eagerly (which made what the streams cache: RoPE tables, cuBLAS workspaces): capture its
+      // graphs for the next pass of the same shape. One shape's graphs are kept (a new shape replaces them); a
+      // failed capture turns prefill graphs off (Stats::graph_capture_error).
+      prefill_graphs.clear();
+      prefill_shape = shape;
+      for (int d : devices) {
+        c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(d));
+        c10::cuda::device_synchronize();
+      }
+      Status captured = Status::Ok();
+      for (int64_t k = 0; k < n && captured.ok(); ++k) {
+        const int64_t nr = std::min(rows, batch - k * rows);
+        c10::cuda::CUDAMultiStreamGuard mb_guard(mb_streams[k]);
+        at::Tensor carry;
+        for (uint32_t j = 0; j < n_segments && captured.ok(); ++j) {
+          const auto index = static_cast<c10::DeviceIndex>(state->blocks[state->steps[segment_begin[j]].block].device);
+          c10::cuda::CUDAGuard device_guard(index);
+          const auto on = at::TensorOptions().device(at::kCUDA, index);
+          PrefillGraph g;
+          g.input = j == 0 ? at::zeros({nr, seq}, on.dtype(at::kLong)) : at::empty_like(carry, on);
+          g.graph = std::make_unique<at::cuda::CUDAGraph>();
+          try {
+            g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+            captured = run_segment(k, j, g.input, &g.output);
+            g.graph->capture_end();
+          } catch (const std::exception& e) {
+            captured = MakeError(ErrorCode::kDevice, std::string("capturing a prefill: ") + e.what());
+          }
+          carry = g.output;
+          prefill_graphs.push_back(std::move(g));
+        }
+      }
+      if (!captured.ok()) {
+        prefill_graphs.clear();
+        prefill_graphs_ok = false;
+        capture_error = captured.error().message;
+      }
+    }
   } catch (const std::exception& e) {
     return TorchError(e, "forward pass (micro-batches)");
   }
@@ -547,6 +653,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     std::lock_guard<std::mutex> lock(stats_mu);
     stats.last_micro_batches = mb_rows > 0 ? static_cast<uint32_t>((batch + mb_rows - 1) / mb_rows) : 0;
     stats.last_issue_ms = issue_ms;
+    stats.graph_prefills = graph_prefills;
+    if (!prefill_graphs_ok && !capture_error.empty()) stats.graph_capture_error = capture_error;
   }
   if (experts != nullptr) {
     const executor_internal::ExpertEngine::Stats& es = experts->stats();
@@ -693,6 +801,8 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
                     impl->state->streams.empty() && impl->state->cuda_devices.size() >= 2;
     for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
     impl->pipelinable = resident;
+    impl->prefill_graphs_ok = resident && options.cuda_graphs &&
+                              impl->kernels->StaticDecode(impl->state->info.max_seq_len);
   }
   if (options.world_size != 0) {
     if (!cpu_mode) {

@@ -222,6 +222,10 @@ struct Stats {
   // capture failed ("" otherwise): those steps, and every later one, ran eagerly.
   uint64_t graph_steps = 0;
   std::string graph_capture_error;
+  // Pipelined prefills (ExecutorOptions::micro_batch_rows) replayed from CUDA graphs: a pass from an empty cache of a
+  // shape (rows, tokens per row, rows per micro-batch, last-position logits) that ran before replays one graph per
+  // micro-batch and GPU segment, captured after the shape's first (eager) pass; one shape's graphs are kept.
+  uint64_t graph_prefills = 0;
   // The last forward pass.
   uint32_t last_micro_batches = 0;  // pipelined micro-batches (ExecutorOptions::micro_batch_rows); 0: not pipelined
   // Host time spent issuing the last eager pass's work, from its start until it waits for the results (GPU mode;

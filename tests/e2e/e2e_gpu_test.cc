@@ -247,7 +247,7 @@ TEST_P(E2eGpu, Bfloat16CudaGraphsMatchEager) { RunGraphs("bf16", kBf16Tolerance,
 // explicit map) decodes from CUDA graphs (one per device segment) with the same logits and tokens as the
 // all-resident single-GPU plan and as its own eager steps; so does a striped plan (layers alternating between the
 // GPUs, each streaming over its own link). Their batched prefills, pipelined in micro-batches of one row, give the
-// one-GPU logits and KV cache. Skipped with fewer than two GPUs.
+// one-GPU logits and KV cache, eagerly and (the second time) from prefill graphs. Skipped with fewer than two GPUs.
 TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
@@ -346,11 +346,19 @@ TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
   ASSERT_TRUE(one_step.ok()) << one_step.error().ToString();
   for (int i : {1, 2, 3}) {
     if (i == 3 && !striped_graphs) continue;  // a striped plan that streams is not pipelined
-    for (int rows : {1, -1}) {
+    // micro_batch_rows 1 twice: the second pass replays the prefill graphs captured after the first.
+    int pipelined_passes = 0;
+    for (int rows : {1, 1, -1}) {
       SCOPED_TRACE("plan " + std::to_string(i) + ", micro_batch_rows " + std::to_string(rows));
+      const uint64_t graph_prefills = exec[i]->stats().graph_prefills;
       auto prefill = exec[i]->Forward(prompts, ForwardOptions{.reset = true, .micro_batch_rows = rows});
       ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
       EXPECT_EQ(exec[i]->stats().last_micro_batches, rows > 0 ? prompts.size() : 0u);
+      EXPECT_EQ(exec[i]->stats().graph_capture_error, "");
+      // Plan 1 runs without graphs; the others replay the second pipelined pass of the shape.
+      const bool replayed = i != 1 && rows > 0 && pipelined_passes > 0;
+      EXPECT_EQ(exec[i]->stats().graph_prefills, graph_prefills + (replayed ? 1 : 0));
+      pipelined_passes += rows > 0 ? 1 : 0;
       EXPECT_LE(MaxRelError(prefill->data, one_prefill->data), 1e-5);
       auto step = exec[i]->Forward(next);
       ASSERT_TRUE(step.ok()) << step.error().ToString();
