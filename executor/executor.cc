@@ -257,7 +257,14 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
 int64_t Executor::Impl::MicroBatchRows(int64_t batch, int64_t seq, int requested) const {
   const int option = requested != 0 ? requested : options.micro_batch_rows;
   if (!pipelinable || option < 0 || batch < 2) return 0;
-  const int64_t rows = option > 0 ? option : (512 + seq - 1) / seq;
+  int64_t rows = option;
+  if (option == 0) {
+    // Enough rows for 512 tokens per micro-batch; doubled while that leaves more than two micro-batches per GPU
+    // (fewer, larger micro-batches multiply faster and hop less; two per GPU keep the pipeline full).
+    rows = (512 + seq - 1) / seq;
+    const int64_t most = 2 * static_cast<int64_t>(state->cuda_devices.size());
+    while ((batch + rows - 1) / rows > most && 2 * (2 * rows) <= batch) rows *= 2;
+  }
   return 2 * rows <= batch ? rows : 0;
 }
 

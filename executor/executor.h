@@ -89,11 +89,13 @@ struct ExecutorOptions {
   // streams of its own on every GPU, so one GPU computes micro-batch k + 1 while the next computes micro-batch k
   // (the hidden state hops between them by a peer copy ordered on those two streams only). Results equal the
   // unpipelined pass's within the execution dtype's rounding (products over fewer rows may take other cuBLAS
-  // kernels). 0 (auto): ceil(512 / tokens per row) rows, so that a micro-batch's products stay compute-bound, and
-  // no pipelining unless that makes at least two micro-batches (decode steps are not pipelined: their cost is
-  // reading the weights, which every micro-batch would repeat); -1: off. ForwardOptions::micro_batch_rows
-  // overrides it for one pass. A pipelined pass records no per-block timings (Stats::last_steps is empty);
-  // Stats::last_micro_batches counts its micro-batches.
+  // kernels). 0 (auto): ceil(512 / tokens per row) rows, so that a micro-batch's products stay compute-bound,
+  // doubled while that leaves more than two micro-batches per GPU (2x H200, 8 rows of 512 tokens: 4 micro-batches
+  // of 2 rows ran 3-5% faster than 8 of 1), and no pipelining unless that makes at least two micro-batches (decode
+  // steps are not pipelined: their cost is reading the weights, which every micro-batch would repeat); -1: off.
+  // ForwardOptions::micro_batch_rows overrides it for one pass. A pipelined pass records no per-block timings
+  // (Stats::last_steps is empty); Stats::last_micro_batches counts its micro-batches. A pass from an empty cache
+  // whose shape ran before replays CUDA graphs (Stats::graph_prefills; ExecutorOptions::cuda_graphs, Llama family).
   int micro_batch_rows = 0;
   // Ranks: one process per plan device, so that a plan spans the GPUs of several hosts (plans whose every block is
   // resident on a GPU). world_size 0: this process runs the whole plan. Otherwise rank r (0 <= r < world_size) loads

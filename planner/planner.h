@@ -62,7 +62,7 @@ struct PlanRequest {
   // streaming.h), instead of the layout the placement chose.
   std::optional<uint64_t> chunk_bytes;
   // Strategy "auto": the candidates it may choose from (PlacementOptions::auto_candidates).
-  std::string auto_candidates = "BPCES";
+  std::string auto_candidates = "BPCEIS";
   // Compressed weights (`plan --weights`): every linear-layer matrix is stored in this format (ApplyWeightFormat in
   // planner/weight_format.h), quantized by the executor at load. kNone: as the checkpoint (at the execution dtype).
   // Quantized weights rest on the GPU or in pinned CPU memory; a placement that would leave one on disk is refused.

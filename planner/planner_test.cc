@@ -224,6 +224,43 @@ TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
   EXPECT_GT(two->decode.total_us, one->decode.total_us);
 }
 
+// Every block resident on two GPUs: a plan for batches (max_batch 8) deals the decoder layers to the GPUs in two
+// groups each (candidate I: four segments, the embedding with the first, the head with the last, each GPU as many
+// layers as the contiguous split gave it); a plan for one row keeps the contiguous split (two segments).
+TEST(PlannerTest, InterleavedGroupsForBatchesOverTwoGpus) {
+  auto plan = [](uint32_t batch, const std::string& candidates) {
+    PlanRequest r = ExampleRequest("planner/examples/llama-2-7b", "cuda:0=12GiB,cuda:1=12GiB");
+    r.run = RunShape{batch, 512};
+    r.auto_candidates = candidates;
+    return MakePlan(r);
+  };
+  auto segments = [](const schema::Plan& p, std::vector<int>* per_device) {
+    int n = 0, prev = -1;
+    for (const schema::Block* b : *p.blocks()) {
+      EXPECT_EQ(b->tier(), schema::Tier::Gpu) << b->name()->str();
+      if (b->device() != prev) ++n;
+      prev = b->device();
+      if (b->kind()->str() == "decoder_layer") per_device->at(b->device()) += 1;
+    }
+    return n;
+  };
+  auto batched = plan(8, "BPCEIS");
+  auto single = plan(1, "BPCEIS");
+  auto contiguous = plan(8, "BPCES");
+  ASSERT_TRUE(batched.ok()) << batched.error().ToString();
+  ASSERT_TRUE(single.ok()) << single.error().ToString();
+  ASSERT_TRUE(contiguous.ok()) << contiguous.error().ToString();
+  EXPECT_EQ(batched->placement.chosen, "I");
+  EXPECT_NE(single->placement.chosen, "I");
+  std::vector<int> il(2, 0), cont(2, 0), one(2, 0);
+  EXPECT_EQ(segments(batched->plan(), &il), 4);
+  EXPECT_EQ(segments(contiguous->plan(), &cont), 2);
+  EXPECT_EQ(segments(single->plan(), &one), 2);
+  EXPECT_EQ(il, cont);  // the same layers per GPU: the same memory
+  EXPECT_EQ(batched->plan().blocks()->Get(0)->device(), 0);  // the embedding with the first group
+  EXPECT_EQ(batched->plan().blocks()->Get(batched->plan().blocks()->size() - 1)->device(), 1);  // the head with the last
+}
+
 // Two GPUs too small for the model: the striped candidate deals the layers to the GPUs in turn, so both GPUs'
 // links stream (about half the bytes each) and the forward is predicted well below streaming everything over one
 // link (candidates B, P, C put the streamed layers on one GPU).

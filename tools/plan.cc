@@ -85,12 +85,14 @@ constexpr const char* kUsage =
     "  --prefetch-depth N       blocks streamed whole: a ring of N + 1 slots of the largest one (default 1)\n"
     "  --chunk-bytes SIZE       stream every streamed weight larger than SIZE in row chunks of at most SIZE\n"
     "                           (the chunks layout; default: only when a layer does not fit half the ring)\n"
-    "  --auto-candidates LETTERS  which placements auto chooses from (default BPCES): B whole blocks, P partly\n"
+    "  --auto-candidates LETTERS  which placements auto chooses from (default BPCEIS): B whole blocks, P partly\n"
     "                           resident blocks, C row-chunked streaming through a quarter of the budget, E\n"
     "                           mixture-of-experts models: experts resident as they fit, the others moved or\n"
-    "                           computed by the host when the router picks them (chosen when it fits), S several\n"
-    "                           GPUs: layers dealt to the GPUs in turn so every GPU's link streams (chosen when\n"
-    "                           its busiest link copies over 5% less than the best other candidate's)\n"
+    "                           computed by the host when the router picks them (chosen when it fits), I every\n"
+    "                           block resident on several GPUs and max_batch >= 2: layers dealt to the GPUs in\n"
+    "                           two groups each, for pipelined batches (chosen when it fits), S several GPUs:\n"
+    "                           layers dealt to the GPUs in turn so every GPU's link streams (chosen when its\n"
+    "                           busiest link copies over 5% less than the best other candidate's)\n"
     "  --profile FILE           device profile JSON (default: the H100 profile, or the CPU profile without GPUs)\n"
     "output:\n"
     "  -o, --output FILE        write the plan (a .bplan flatbuffer)\n"
@@ -170,8 +172,8 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       f.chunk_bytes = *bytes;
     }
     else if (flag == "--auto-candidates") {
-      if (value.empty() || value.find_first_not_of("BPCES") != std::string::npos)
-        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C, E, S");
+      if (value.empty() || value.find_first_not_of("BPCEIS") != std::string::npos)
+        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C, E, I, S");
       f.auto_candidates = value;
     }
     else if (flag == "--strategy") f.strategy = value;

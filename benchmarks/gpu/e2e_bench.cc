@@ -25,7 +25,8 @@
 // "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident"),
 // --offload-split "cuda:0=4GiB,cuda:1=4GiB" a cpu-offload one (its floor: the busiest GPU link's bytes / H2D).
 // --split-stride 8: each --resident-split also planned by an explicit map dealing the decoder layers to its GPUs in
-// groups of 8 (embedding with the first group, head with the last).
+// groups of 8 (embedding with the first group, head with the last); 0: also planned without auto's interleaved
+// candidate I (the contiguous split, which auto keeps for max_batch 1).
 // --prefill-batch N: resident configurations also time a prefill of N fresh `--prefill`-token rows, unpipelined
 // (ForwardOptions::micro_batch_rows -1), with the executor's micro-batches (0) and with each --micro-batch-rows.
 #include <sys/stat.h>
@@ -205,7 +206,8 @@ struct Config {
   std::string max_memory;
   quant::Format weights = quant::Format::kNone;
   std::string cpu_share = "off";  // plan --cpu-share
-  int stride = 0;  // > 0: an explicit map dealing decoder layers to the budget's GPUs in groups of this many
+  int stride = -1;  // > 0: an explicit map dealing decoder layers to the budget's GPUs in groups of this many;
+                   // 0: auto without its interleaved candidate I (the contiguous split)
 };
 
 // KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
@@ -267,6 +269,10 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   else if (cfg.cpu_share == "off") req.cpu_share_off = true;
   else req.cpu_share = std::stod(cfg.cpu_share);
   auto t_plan = std::chrono::steady_clock::now();
+  if (cfg.stride == 0) {
+    req.auto_candidates.erase(std::remove(req.auto_candidates.begin(), req.auto_candidates.end(), 'I'),
+                              req.auto_candidates.end());
+  }
   if (cfg.stride > 0) {
     // Layers [0, stride) on the first GPU, the next `stride` on the second, ...; the embedding with the first
     // layer, the final norm and head with the last.

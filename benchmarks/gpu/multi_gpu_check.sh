@@ -5,7 +5,8 @@
 # striped, both links streaming); then, in a second process, the same 4+4 GiB budgets planned without the striped
 # candidate (every streamed layer over one link: what the planner chose before); then the split tests of the GPU suite.
 # The resident configurations also time a batch-8 prefill of 512-token rows, unpipelined and in micro-batches (the
-# split ones also with layers dealt in groups of 8), and part "accelerate" times the same prefill with transformers +
+# split one planned for batch 8 deals layers to the GPUs in groups: candidate I; also measured contiguous), and part
+# "accelerate" times the same prefill with transformers +
 # Accelerate's device_map="balanced" over the two GPUs and with the whole model on one GPU.
 #
 #   benchmarks/gpu/multi_gpu_check.sh OUT_DIR [parts...]   parts: ckpt, bigplan, tests, accelerate (default: all)
@@ -26,7 +27,7 @@ if has bigplan; then
   "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --resident-budget-gib 70 \
     --resident-split "${BIGPLAN_SPLIT:-cuda:0=10GiB,cuda:1=10GiB}" --gpu-budgets 8 \
     --offload-split "${BIGPLAN_OFFLOAD_SPLIT:-cuda:0=4GiB,cuda:1=4GiB}" --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" \
-    --prefill-batch 8 --micro-batch-rows 1,2 --split-stride 8 --out "$out/bigplan_split.json" 2>&1 | tee "$out/bigplan_split.txt" | grep -E "^ |floors|=="
+    --prefill-batch 8 --micro-batch-rows 1,2 --split-stride 0 --out "$out/bigplan_split.json" 2>&1 | tee "$out/bigplan_split.txt" | grep -E "^ |floors|=="
   "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --offload-split "${BIGPLAN_OFFLOAD_SPLIT:-cuda:0=4GiB,cuda:1=4GiB}" \
     --auto-candidates BPC --prefill 512 --repeat "${BIGPLAN_REPEAT:-5}" --out "$out/bigplan_one_link.json" 2>&1 |
     tee "$out/bigplan_one_link.txt" | grep -E "^ |floors|=="
