@@ -40,6 +40,13 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
   w.cpu_kernels = arch::BlockKernels(fam, block.kind, c) + 3 * quantized;
   w.kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/e == 2 && quantized == 0) + 3 * quantized;
+  // LibTorch's ops where the fused kernels do not apply: the ones beyond the fused path's count.
+  const uint32_t fused_kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/true);
+  const uint32_t libtorch_kernels = arch::BlockKernels(fam, block.kind, c);
+  if (!(e == 2 && quantized == 0) && libtorch_kernels > fused_kernels) {
+    w.op_bytes_per_token = static_cast<uint64_t>((libtorch_kernels - fused_kernels) * kLibTorchOpBytesPerHidden *
+                                                 static_cast<double>(c.hidden_size));
+  }
   switch (block.kind) {
     case BlockKind::kDecoderLayer:
       w.matmul_params = matrix_params;
@@ -77,18 +84,34 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
+  auto weights_read = [&](double tokens) {
+    return w.lookup_row_bytes > 0
+               ? std::min(static_cast<double>(w.weight_bytes), static_cast<double>(w.lookup_row_bytes) * tokens)
+               : static_cast<double>(w.weight_bytes);
+  };
+  // The decode form (and the CPU's): the roofline of every FLOP and byte, plus a fixed cost per kernel.
   auto time_us = [&](double tokens, double context) {
     const double flops = 2.0 * w.matmul_params * tokens + 4.0 * static_cast<double>(w.attn_dim) * batch * context;
-    const double weights = w.lookup_row_bytes > 0
-                               ? std::min(static_cast<double>(w.weight_bytes), static_cast<double>(w.lookup_row_bytes) * tokens)
-                               : static_cast<double>(w.weight_bytes);
-    const double bytes = weights + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
+    const double bytes = weights_read(tokens) + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
                          static_cast<double>(w.act_bytes_per_token) * tokens;
     return std::max(flops / flops_per_s, bytes / bytes_per_s) * 1e6 + overhead_us;
   };
+  // A GPU prefill's kernels one after another: the products (their weights read as they go), the attention, the
+  // kernels that move activations, the cache and unpacked weights, and the gaps between kernels.
+  auto prefill_gpu_us = [&](double tokens, double context) {
+    const double products = 2.0 * w.matmul_params * tokens / (kPrefillMatmulEfficiency * flops_per_s);
+    const double attention =
+        4.0 * static_cast<double>(w.attn_dim) * batch * context / (kAttentionEfficiency * flops_per_s);
+    const double moved = static_cast<double>(w.dequant_bytes) + kv_bytes +
+                         static_cast<double>(w.act_bytes_per_token + w.op_bytes_per_token) * tokens;
+    return (std::max(products, weights_read(tokens) / bytes_per_s) + attention + moved / bytes_per_s) * 1e6 +
+           w.kernels * kPrefillKernelMicros;
+  };
   BlockCost cost;
+  const double prefill_tokens = batch * seq, prefill_context = seq * (seq + 1) / 2;
   cost.decode_device_us = time_us(batch, seq);
-  cost.prefill_device_us = time_us(batch * seq, seq * (seq + 1) / 2);
+  cost.prefill_device_us =
+      cpu ? time_us(prefill_tokens, prefill_context) : prefill_gpu_us(prefill_tokens, prefill_context);
   cost.host_us = host_us;
   // Host-bound, the block ends when its last op is dispatched plus that kernel's run (its share of the device time).
   auto block_us = [&](double device_us) {

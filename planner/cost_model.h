@@ -7,7 +7,11 @@
 //
 //   time        = max(device time, host time + device time / kernels)   (host-bound, the last kernel still runs
 //                                                                         after its dispatch)
-//   device time = max(FLOPs / matmul rate, bytes touched / memory bandwidth) + kernels x kGpuKernelMicros
+//   decode device time  = max(FLOPs / matmul rate, bytes touched / memory bandwidth) + kernels x kGpuKernelMicros
+//   prefill device time = max(matmul FLOPs / (kPrefillMatmulEfficiency x matmul rate), weight bytes / bandwidth)
+//                         + attention FLOPs / (kAttentionEfficiency x matmul rate)
+//                         + (KV, activation, LibTorch ops' and unpacking bytes) / bandwidth
+//                         + kernels x kPrefillKernelMicros
 //   host time   = kernels x kHostOpMicros                                        (GPU blocks; 0 for CPU blocks)
 //
 //   FLOPs          = 2 x matmul_params x T                                      (every weight matrix, once per token)
@@ -19,7 +23,15 @@
 //                                                                                prefill: it is written)
 //                  + act_bytes_per_token x T                                    (activations read and written)
 //   GPU: matmul rate = matmul_tflops, bandwidth = device_mem_gbps (read + write).
-//   CPU: matmul rate = cpu_gflops, bandwidth = cpu_mem_gbps, kCpuOpMicros = 2 us per op, no separate host term.
+//   CPU: matmul rate = cpu_gflops, bandwidth = cpu_mem_gbps, kCpuOpMicros = 2 us per op, no separate host term; the
+//   decode form for both passes.
+// A decode step is bound by reading the weights, and its other kernels are short (kGpuKernelMicros covers them). A
+// prefill is compute-bound and its kernels run one after another on the stream: the products (reading their weights
+// as they go) at the rate cuBLAS sustains at these shapes, then the attention, then the kernels that only move
+// activations (norms, RoPE and the cache write, SiLU x up, the attention's transpose copy, residual copies), which
+// the decode form's max() would hide behind the products; see the constants below for their calibration. Without
+// the fused kernels (float32, quantized layers, --no-fused-kernels), LibTorch's extra ops each move about a float32
+// activation in and out (BlockWork::op_bytes_per_token).
 //
 // Kernels per block: the CUDA kernels the executor's eager ops launch (executor/kernels*.cc; views, narrows and
 // transposes launch none). The counts are the architecture registry's (arch::BlockKernels, arch/registry.cc):
@@ -48,13 +60,13 @@
 // C++, Llama-2-7B bf16, batch 1, weights resident): a KV-cached decode step (512 cached tokens) took 14.3 ms, and
 // the GPU's own work for it is ~2.7 ms, so the step is host-bound: 14.3 ms over 32 x 41 + 2 + 8 + 2 = 1324 kernels
 // = 10.8 us (0.44 ms per decoder layer).
-// kGpuKernelMicros = 7 us: the GPU-side time per kernel beyond the roofline term: the launch-to-launch gap plus
-// the run time of the small non-matmul kernels (norms, rotary, residuals, copies), which the roofline's max() hides
-// behind the matmuls. Calibrated from the same run's 512-token prefill (19.0 ms, device-bound: ~0.58 ms per layer,
-// of which the matmuls at the measured 770.6 TFLOP/s are 0.27 ms): (0.58 - 0.27) ms / 41 = ~7.5 us. It does not grow
-// with T, so long prefills (where those kernels' traffic grows) are underestimated somewhat.
-// Predicted with the H100 profile of that run (h2d 53.0, device memory 2991 GB/s, matmul 770.6 TFLOP/s), Llama-2-7B
-// bf16 batch 1 resident: decode at KV 512 14.8 ms (measured 14.3), prefill of 512 tokens 18.3 ms (measured 19.0).
+// kGpuKernelMicros = 7 us: the GPU-side time per kernel of a decode step beyond the roofline term: the
+// launch-to-launch gap plus the run time of the small non-matmul kernels (norms, rotary, residuals, copies), which the
+// roofline's max() hides behind the matmuls. Calibrated from the same run's 512-token prefill (19.0 ms, device-bound:
+// ~0.58 ms per layer, of which the matmuls at the measured 770.6 TFLOP/s are 0.27 ms): (0.58 - 0.27) ms / 41 =
+// ~7.5 us. Predicted with the H100 profile of that run (h2d 53.0, device memory 2991 GB/s, matmul 770.6 TFLOP/s),
+// Llama-2-7B bf16 batch 1 resident, 41 kernels per layer: decode at KV 512 14.8 ms (measured 14.3). Prefills have a
+// form of their own (kPrefillMatmulEfficiency and the constants beside it).
 // Not modelled: a forward without the KV cache (the planner plans cached decode; it measured 19.1 ms for 1 token).
 //
 // Copy time of a streamed block of B bytes: B / h2d_gbps (Cpu tier), B / disk_gbps + B / h2d_gbps (Disk tier: the
@@ -99,6 +111,36 @@ inline constexpr double kHostOpMicros = 10.8;
 // bf16, one GPU, 1 row x 512 tokens): the host issued the pass's 325 kernels (2 + 32 x 10 + 1 + 2, fused) in
 // 5.4-5.8 ms, i.e. 16.6-17.8 us each.
 inline constexpr double kHostPrefillOpMicros = 17.2;
+// kPrefillMatmulEfficiency = 0.83: the share of the profile's matmul rate (an 8192^3 bf16 product) that a prefill's
+// products sustain. cuBLAS at Llama-3-8B's product shapes (q/k/v 6144 x 4096, o 4096 x 4096 and down 4096 x 14336
+// with the residual added, gate/up 28672 x 4096) for M = 512-4096 tokens ran on an H200 (789 TFLOP/s at 8192^3) at
+// 0.90-0.97 of that rate one product at a time and 0.74-0.87 back to back (32 layers' products, passes after the
+// first: 0.80-0.86 at M = 512; Llama-2-7B's shapes 0.83-0.86 one at a time): benchmarks/gpu/prefill_products_bench.py,
+// benchmarks/results/h200-2026-11-27-prefill/. Fitted with kPrefillKernelMicros to four resident prefills (bf16,
+// random weights, logits of the last position only; predicted by PredictBatchedPrefill, planner_test's
+// BatchedPrefillPipelinedOverTwoGpus prints them):
+//   H100, default profile (770 TFLOP/s, 3030 GB/s), 1 x 512 tokens: Llama-3-8B shape 13.39 ms, predicted 13.41;
+//     Llama-2-7B shape 12.51 ms, predicted 12.44 (the decode form predicted 12.00 and 11.07)
+//   H200 (780 TFLOP/s, 4230 GB/s), Llama-3-8B shape: 1 x 512 12.7-13.1 ms, predicted 12.89 (11.78); 8 x 512 on one
+//     GPU 95.0-99.1 ms, predicted 96.6 (76.6)
+// The 8192^3 rate is a burst of one shape; a pass's products, back to back for tens of milliseconds, run below it
+// (the stack above slowed from pass to pass; the first pass after idle is the fastest), and the narrower products
+// (o, q/k/v at M = 512: 64-96 thread blocks) fill the 132 multiprocessors less evenly.
+inline constexpr double kPrefillMatmulEfficiency = 0.83;
+// kAttentionEfficiency = 0.4: a prefill's attention (SDPA, flash attention over the cache's first positions, causal)
+// as a share of the matmul rate, counting the causal FLOPs (4 x attn_dim x rows x T (T + 1) / 2). Measured on the
+// H200 at 8 rows x 512 tokens, 32 query heads over 8 KV heads of 128: 56 us, 305 TFLOP/s = 0.39 of 789.
+inline constexpr double kAttentionEfficiency = 0.4;
+// kPrefillKernelMicros = 2 us: the GPU-side time per kernel of a prefill beyond its products, attention and bytes:
+// the host issues ahead of the GPU (or a graph replays), so the GPU's queue never empties and only the
+// launch-to-launch gap remains. Fitted with kPrefillMatmulEfficiency (above).
+inline constexpr double kPrefillKernelMicros = 2.0;
+// kLibTorchOpBytesPerHidden = 8: a GPU block without the fused kernels runs LibTorch's ops instead (more kernels:
+// 33 per Llama layer against 10); each op beyond the fused path's count reads and writes about one float32
+// activation, 8 x hidden bytes per token (the norms' upcast and its steps, rotary's and SiLU's elementwise ops).
+// Checked on an H100 (benchmarks/RESULTS.md, --no-fused-kernels, 1 x 512 tokens, default profile): Llama-3-8B shape
+// 18.39 ms, predicted 18.9; Llama-2-7B shape 18.20 ms, predicted 18.0 (23 such ops per layer: ~5.5 us each there).
+inline constexpr double kLibTorchOpBytesPerHidden = 8.0;
 // kGraphKernelMicros = 3.8 us: the GPU-side time per kernel when the executor replays a decode step from a CUDA
 // graph (all-resident Llama-family plans; see executor/executor.h ExecutorOptions::cuda_graphs): no host
 // dispatch, and a shorter launch-to-launch gap. Calibrated on an H100 where the Llama-2-7B-shaped decode step
@@ -143,6 +185,9 @@ struct BlockWork {
   // arch::BlockKernels), else LibTorch's ops. cpu_kernels: LibTorch's ops, for blocks the CPU computes.
   uint32_t kernels = 1;
   uint32_t cpu_kernels = 1;
+  // On a GPU without the fused kernels (cpu_kernels == kernels for such blocks): the bytes per token that LibTorch's
+  // ops beyond the fused path's move (kLibTorchOpBytesPerHidden x hidden each); the prefill form adds them.
+  uint64_t op_bytes_per_token = 0;
   // Device-memory traffic of unpacking row-quantized weights per forward (beyond reading them once), on a GPU:
   // int4 is repacked for the tinygemm kernel (0.5 B written + 0.5 B read again per element), fp8/int8 are widened
   // to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized weights.
