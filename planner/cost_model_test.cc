@@ -450,55 +450,60 @@ TEST(CostModelTest, HostRunsAheadWhileTheGpuWaits) {
 }
 
 
-// SimulatePipelinedPass: micro-batches through GPU segments, one host thread issuing them all.
+// SimulatePipelinedPass: micro-batches through GPU segments replayed from graphs, one host thread issuing the tasks.
 TEST(CostModelTest, PipelinedPassOnOneDeviceDoesNotOverlap) {
-  // Three steps on one device, a free host: the micro-batches run back to back.
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {0, 0, 0}, {}, 4), 4 * 6.0);
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {0, 0, 0}, {}, 1), 6.0);
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({}, {}, {}, {}, 4), 0.0);
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1}, {0}, {0}, {}, 0), 0.0);
+  // Three steps on one device (one segment), a free host: the micro-batches run back to back.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {}, 4, 0), 4 * 6.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {}, 1, 0), 6.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({}, {}, {}, 4, 0), 0.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1}, {0}, {}, 0, 0), 0.0);
+  // The host's issue of the first task delays it; later ones are issued while the GPU is busy.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {}, 4, 0.5), 0.5 + 4 * 6.0);
 }
 
 TEST(CostModelTest, PipelinedPassOverTwoDevicesTakesOneStageMorePerMicroBatch) {
   // Two stages of 5 on two devices, a free host: m micro-batches take (m + 1) x 5. The hop (the peer copy) follows
-  // the wait for the previous micro-batch's second stage, so every micro-batch adds it to the second device's time.
-  for (uint32_t m : {1u, 2u, 4u, 8u}) {
-    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 0}, {0, 1}, {0, 0}, m), (m + 1) * 5.0) << m;
-    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 0}, {0, 1}, {0, 0.5}, m), (m + 1) * 5.0 + m * 0.5) << m;
+  // the second device's previous task, so every micro-batch adds it to the second device's time.
+  for (uint32_t m : {1u, 2u, 3u, 4u, 8u}) {
+    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 1}, {0, 0}, m, 0), (m + 1) * 5.0) << m;
+    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 1}, {0, 0.5}, m, 0), (m + 1) * 5.0 + m * 0.5) << m;
   }
   // Unequal stages: the slower one paces the pipeline. Stage 0: steps of 1 and 1 (2), stage 1: 3.
   // End = stage 0 of the first micro-batch + m x 3.
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 3}, {0, 0, 0}, {0, 0, 1}, {}, 4), 2 + 4 * 3.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 3}, {0, 0, 1}, {}, 4, 0), 2 + 4 * 3.0);
 }
 
 TEST(CostModelTest, PipelinedPassBoundByTheHost) {
-  // Steps of 1 on two devices, issued in 4 each: micro-batch k's steps are issued over [8k, 8k + 8], and each ends
-  // when its issue does: the pass ends with the host's last issue, m x 8.
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1}, {4, 4}, {0, 1}, {0, 0}, 3), 24.0);
-  // A step starts no earlier than its issue starts: with a host of 1 per step and device steps of 3, micro-batch
-  // k's first step can start at 2k, so the host does not bind; the two stages pipeline as with a free host.
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({3, 3}, {1, 1}, {0, 1}, {0, 0}, 3), 4 * 3.0);
+  // Steps of 1 on two devices, 4 to issue each task, tasks in the order (0, 0), (1, 0), (0, 1), (1, 1), (2, 0),
+  // (2, 1): each ends 1 after its issue, the last at 6 x 4 + 1.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1}, {0, 1}, {0, 0}, 3, 4), 25.0);
+  // A host faster than the stages does not bind: the two stages pipeline as with a free host, after the first
+  // task's issue.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({3, 3}, {0, 1}, {0, 0}, 3, 1), 1 + 4 * 3.0);
   // More micro-batches of the same steps take more host time, until the host binds.
-  EXPECT_LT(SimulatePipelinedPass({1, 1}, {4, 4}, {0, 1}, {0, 0}, 2),
-            SimulatePipelinedPass({1, 1}, {4, 4}, {0, 1}, {0, 0}, 3));
+  EXPECT_LT(SimulatePipelinedPass({1, 1}, {0, 1}, {0, 0}, 2, 4), SimulatePipelinedPass({1, 1}, {0, 1}, {0, 0}, 3, 4));
 }
 
 TEST(CostModelTest, PipelinedPassInterleavedSegments) {
-  // Segments on devices 0, 1, 0, 1 (steps of 2), two micro-batches, a free host:
-  //   device 0: mb0 s0 [0, 2], mb1 s0 [2, 4] (mb0 s2 waits for mb0 s1), mb0 s2 [4, 6], mb1 s2 [6, 8];
+  // Segments on devices 0, 1, 0, 1 (steps of 2), two micro-batches, a free host; order (0, 0), (1, 0), (0, 1),
+  // (1, 1), (0, 2), (1, 2), (0, 3), (1, 3):
+  //   device 0: mb0 s0 [0, 2], mb1 s0 [2, 4], mb0 s2 [4, 6], mb1 s2 [6, 8];
   //   device 1: mb0 s1 [2, 4], mb1 s1 [4, 6], mb0 s3 [6, 8], mb1 s3 [8, 10].
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 0, 0, 0}, {0, 1, 0, 1}, {}, 2), 10.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {}, 2, 0), 10.0);
   // Unpipelined the same steps take 8 per micro-batch.
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 0, 0, 0}, {0, 1, 0, 1}, {}, 1), 8.0);
-  // Devices 0, 1, 0, three micro-batches: when device 0 is free at 6, mb2 s0 (ready since 4) and mb1 s2 (ready at
-  // 6) wait; the earlier micro-batch goes first (stream priorities):
-  //   device 0: mb0 s0 [0, 2], mb1 s0 [2, 4], mb0 s2 [4, 6], mb1 s2 [6, 8], mb2 s0 [8, 10], mb2 s2 [12, 14];
-  //   device 1: mb0 s1 [2, 4], mb1 s1 [4, 6], mb2 s1 [10, 12].
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2}, {0, 0, 0}, {0, 1, 0}, {}, 3), 14.0);
-  // Consecutive steps on one device form one segment: micro-batch k + 1 waits for micro-batch k's whole segment.
-  // Steps 1, 1 on device 0 and 2 on device 1: device 0 ends micro-batch k at 2k + 2, device 1 runs it over
-  // [2k + 2, 2k + 4].
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 2}, {0, 0, 0}, {0, 0, 1}, {}, 3), 8.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {}, 1, 0), 8.0);
+  // Four micro-batches: the second group (2, 3) follows the first on each GPU; device 0 is never idle, device 1
+  // only for the first stage: 2 + 16.
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {}, 4, 0), 18.0);
+  // Each GPU keeps the order even where a later task is ready first. Segments of 1, 10, 1 on devices 0, 1, 0, three
+  // micro-batches (groups {0, 1}, {2}):
+  //   device 0: mb0 s0 [0, 1], mb1 s0 [1, 2], mb0 s2 [11, 12], mb1 s2 [21, 22], mb2 s0 [22, 23], mb2 s2 [33, 34];
+  //   device 1: mb0 s1 [1, 11], mb1 s1 [11, 21], mb2 s1 [23, 33].
+  // (Taking mb2 s0 as soon as it was ready, at 2, would end at 32.)
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 10, 1}, {0, 1, 0}, {}, 3, 0), 34.0);
+  // Consecutive steps on one device form one segment: steps 1, 1 on device 0 and 2 on device 1; device 0 ends
+  // micro-batch k at 2k + 2, device 1 runs it over [2k + 2, 2k + 4].
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 2}, {0, 0, 1}, {}, 3, 0), 8.0);
 }
 
 }  // namespace
