@@ -40,6 +40,13 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
   w.cpu_kernels = arch::BlockKernels(fam, block.kind, c) + 3 * quantized;
   w.kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/e == 2 && quantized == 0) + 3 * quantized;
+  // LibTorch's ops where the fused kernels do not apply: the ones beyond the fused path's count.
+  const uint32_t fused_kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/true);
+  const uint32_t libtorch_kernels = arch::BlockKernels(fam, block.kind, c);
+  if (!(e == 2 && quantized == 0) && libtorch_kernels > fused_kernels) {
+    w.op_bytes_per_token = static_cast<uint64_t>((libtorch_kernels - fused_kernels) * kLibTorchOpBytesPerHidden *
+                                                 static_cast<double>(c.hidden_size));
+  }
   switch (block.kind) {
     case BlockKind::kDecoderLayer:
       w.matmul_params = matrix_params;
@@ -77,18 +84,34 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
+  auto weights_read = [&](double tokens) {
+    return w.lookup_row_bytes > 0
+               ? std::min(static_cast<double>(w.weight_bytes), static_cast<double>(w.lookup_row_bytes) * tokens)
+               : static_cast<double>(w.weight_bytes);
+  };
+  // The decode form (and the CPU's): the roofline of every FLOP and byte, plus a fixed cost per kernel.
   auto time_us = [&](double tokens, double context) {
     const double flops = 2.0 * w.matmul_params * tokens + 4.0 * static_cast<double>(w.attn_dim) * batch * context;
-    const double weights = w.lookup_row_bytes > 0
-                               ? std::min(static_cast<double>(w.weight_bytes), static_cast<double>(w.lookup_row_bytes) * tokens)
-                               : static_cast<double>(w.weight_bytes);
-    const double bytes = weights + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
+    const double bytes = weights_read(tokens) + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
                          static_cast<double>(w.act_bytes_per_token) * tokens;
     return std::max(flops / flops_per_s, bytes / bytes_per_s) * 1e6 + overhead_us;
   };
+  // A GPU prefill's kernels one after another: the products (their weights read as they go), the attention, the
+  // kernels that move activations, the cache and unpacked weights, and the gaps between kernels.
+  auto prefill_gpu_us = [&](double tokens, double context) {
+    const double products = 2.0 * w.matmul_params * tokens / (kPrefillMatmulEfficiency * flops_per_s);
+    const double attention =
+        4.0 * static_cast<double>(w.attn_dim) * batch * context / (kAttentionEfficiency * flops_per_s);
+    const double moved = static_cast<double>(w.dequant_bytes) + kv_bytes +
+                         static_cast<double>(w.act_bytes_per_token + w.op_bytes_per_token) * tokens;
+    return (std::max(products, weights_read(tokens) / bytes_per_s) + attention + moved / bytes_per_s) * 1e6 +
+           w.kernels * kPrefillKernelMicros;
+  };
   BlockCost cost;
+  const double prefill_tokens = batch * seq, prefill_context = seq * (seq + 1) / 2;
   cost.decode_device_us = time_us(batch, seq);
-  cost.prefill_device_us = time_us(batch * seq, seq * (seq + 1) / 2);
+  cost.prefill_device_us =
+      cpu ? time_us(prefill_tokens, prefill_context) : prefill_gpu_us(prefill_tokens, prefill_context);
   cost.host_us = host_us;
   // Host-bound, the block ends when its last op is dispatched plus that kernel's run (its share of the device time).
   auto block_us = [&](double device_us) {
@@ -259,79 +282,44 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
   return f;
 }
 
-double SimulatePipelinedPass(const std::vector<double>& device_us, const std::vector<double>& host_us,
-                             const std::vector<int32_t>& devices, const std::vector<double>& hop_us,
-                             uint32_t micro_batches) {
+double SimulatePipelinedPass(const std::vector<double>& device_us, const std::vector<int32_t>& devices,
+                             const std::vector<double>& hop_us, uint32_t micro_batches, double host_task_us) {
   const size_t n = device_us.size();
   const size_t m = micro_batches;
   if (n == 0 || m == 0) return 0;
-  auto host_of = [&](size_t i) { return i < host_us.size() ? host_us[i] : 0.0; };
   auto hop_of = [&](size_t i) { return i < hop_us.size() ? hop_us[i] : 0.0; };
-  // Segments: runs of consecutive steps on one device; the last step of each.
-  std::vector<size_t> segment(n, 0);
-  for (size_t i = 1; i < n; ++i) segment[i] = segment[i - 1] + (devices[i] != devices[i - 1] ? 1 : 0);
-  std::vector<size_t> segment_last(segment.back() + 1, 0);
-  for (size_t i = 0; i < n; ++i) segment_last[segment[i]] = i;
-  // Host issue: serial over micro-batches and steps.
-  double host_pass = 0;
-  for (size_t i = 0; i < n; ++i) host_pass += host_of(i);
-  std::vector<double> issue_offset(n, 0);  // within a micro-batch
-  for (size_t i = 1; i < n; ++i) issue_offset[i] = issue_offset[i - 1] + host_of(i - 1);
-  std::vector<std::vector<double>> end(m, std::vector<double>(n, 0));
-  std::vector<size_t> next(m, 0);  // each micro-batch's next step
+  // Segments: runs of consecutive steps on one device; each one's device time, device and incoming hop.
+  std::vector<double> segment_us, segment_hop;
+  std::vector<int32_t> segment_device;
+  for (size_t i = 0; i < n; ++i) {
+    if (i == 0 || devices[i] != devices[i - 1]) {
+      segment_us.push_back(0);
+      segment_hop.push_back(i > 0 ? hop_of(i) : 0.0);
+      segment_device.push_back(devices[i]);
+    }
+    segment_us.back() += device_us[i];
+  }
   std::map<int32_t, double> device_free;
   for (int32_t d : devices) device_free[d] = 0;
-  // The earliest start of step next[k] of micro-batch k, or < 0 while it waits for a step not yet placed.
-  auto ready = [&](size_t k) -> double {
-    const size_t i = next[k];
-    if (i >= n) return -1;
-    const bool first_of_segment = i == 0 || segment[i] != segment[i - 1];
-    double t = i > 0 ? end[k][i - 1] : 0.0;
-    if (first_of_segment && k > 0) {
-      if (next[k - 1] <= segment_last[segment[i]]) return -1;
-      t = std::max(t, end[k - 1][segment_last[segment[i]]]);
-    }
-    if (first_of_segment && i > 0) t += hop_of(i);
-    return std::max(t, static_cast<double>(k) * host_pass + issue_offset[i]);
-  };
-  size_t remaining = n * m;
-  while (remaining > 0) {
-    // The device whose next decision comes first: max(its free time, the earliest ready step on it); there it runs,
-    // of the steps ready by then, the earliest micro-batch's. A step not yet ready waits for a step that starts no
-    // earlier than this decision, so it cannot be ready before it.
-    double best_time = -1;
-    size_t best_k = m;
-    for (const auto& [d, free] : device_free) {
-      double earliest = -1;
-      for (size_t k = 0; k < m; ++k) {
-        if (next[k] >= n || devices[next[k]] != d) continue;
-        const double r = ready(k);
-        if (r >= 0 && (earliest < 0 || r < earliest)) earliest = r;
-      }
-      if (earliest < 0) continue;
-      const double decision = std::max(free, earliest);
-      if (best_time >= 0 && decision >= best_time) continue;
-      for (size_t k = 0; k < m; ++k) {
-        if (next[k] >= n || devices[next[k]] != d) continue;
-        const double r = ready(k);
-        if (r >= 0 && r <= decision) {
-          best_time = decision;
-          best_k = k;
-          break;
-        }
+  const size_t group = device_free.size();
+  // The tasks in the executor's order, key (k / group, j, k): each waits for its micro-batch's previous segment and
+  // its GPU's previous task, then its hop; it starts no earlier than the host issued it.
+  std::vector<double> previous_end(m, 0);  // each micro-batch's last segment's end
+  double issued = 0, last = 0;
+  for (size_t first = 0; first < m; first += group) {
+    for (size_t j = 0; j < segment_us.size(); ++j) {
+      for (size_t k = first; k < std::min(m, first + group); ++k) {
+        issued += host_task_us;
+        double& free = device_free[segment_device[j]];
+        const double ready = std::max(free, j > 0 ? previous_end[k] : 0.0) + segment_hop[j];
+        const double end = std::max(ready, issued) + segment_us[j];
+        free = end;
+        previous_end[k] = end;
+        last = std::max(last, end);
       }
     }
-    if (best_k == m) break;  // unreachable: some micro-batch always has a placeable step
-    const size_t i = next[best_k];
-    const double issued = static_cast<double>(best_k) * host_pass + issue_offset[i] + host_of(i);
-    end[best_k][i] = std::max(best_time + device_us[i], issued);
-    device_free[devices[i]] = end[best_k][i];
-    ++next[best_k];
-    --remaining;
   }
-  double total = 0;
-  for (size_t k = 0; k < m; ++k) total = std::max(total, end[k][n - 1]);
-  return total;
+  return last;
 }
 
 double CopyFloorMicros(const Schedule& s, const DeviceProfile& profile, bool skip_host) {

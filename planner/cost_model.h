@@ -7,7 +7,11 @@
 //
 //   time        = max(device time, host time + device time / kernels)   (host-bound, the last kernel still runs
 //                                                                         after its dispatch)
-//   device time = max(FLOPs / matmul rate, bytes touched / memory bandwidth) + kernels x kGpuKernelMicros
+//   decode device time  = max(FLOPs / matmul rate, bytes touched / memory bandwidth) + kernels x kGpuKernelMicros
+//   prefill device time = max(matmul FLOPs / (kPrefillMatmulEfficiency x matmul rate), weight bytes / bandwidth)
+//                         + attention FLOPs / (kAttentionEfficiency x matmul rate)
+//                         + (KV, activation, LibTorch ops' and unpacking bytes) / bandwidth
+//                         + kernels x kPrefillKernelMicros
 //   host time   = kernels x kHostOpMicros                                        (GPU blocks; 0 for CPU blocks)
 //
 //   FLOPs          = 2 x matmul_params x T                                      (every weight matrix, once per token)
@@ -19,7 +23,15 @@
 //                                                                                prefill: it is written)
 //                  + act_bytes_per_token x T                                    (activations read and written)
 //   GPU: matmul rate = matmul_tflops, bandwidth = device_mem_gbps (read + write).
-//   CPU: matmul rate = cpu_gflops, bandwidth = cpu_mem_gbps, kCpuOpMicros = 2 us per op, no separate host term.
+//   CPU: matmul rate = cpu_gflops, bandwidth = cpu_mem_gbps, kCpuOpMicros = 2 us per op, no separate host term; the
+//   decode form for both passes.
+// A decode step is bound by reading the weights, and its other kernels are short (kGpuKernelMicros covers them). A
+// prefill is compute-bound and its kernels run one after another on the stream: the products (reading their weights
+// as they go) at the rate cuBLAS sustains at these shapes, then the attention, then the kernels that only move
+// activations (norms, RoPE and the cache write, SiLU x up, the attention's transpose copy, residual copies), which
+// the decode form's max() would hide behind the products; see the constants below for their calibration. Without
+// the fused kernels (float32, quantized layers, --no-fused-kernels), LibTorch's extra ops each move about a float32
+// activation in and out (BlockWork::op_bytes_per_token).
 //
 // Kernels per block: the CUDA kernels the executor's eager ops launch (executor/kernels*.cc; views, narrows and
 // transposes launch none). The counts are the architecture registry's (arch::BlockKernels, arch/registry.cc):
@@ -48,13 +60,13 @@
 // C++, Llama-2-7B bf16, batch 1, weights resident): a KV-cached decode step (512 cached tokens) took 14.3 ms, and
 // the GPU's own work for it is ~2.7 ms, so the step is host-bound: 14.3 ms over 32 x 41 + 2 + 8 + 2 = 1324 kernels
 // = 10.8 us (0.44 ms per decoder layer).
-// kGpuKernelMicros = 7 us: the GPU-side time per kernel beyond the roofline term: the launch-to-launch gap plus
-// the run time of the small non-matmul kernels (norms, rotary, residuals, copies), which the roofline's max() hides
-// behind the matmuls. Calibrated from the same run's 512-token prefill (19.0 ms, device-bound: ~0.58 ms per layer,
-// of which the matmuls at the measured 770.6 TFLOP/s are 0.27 ms): (0.58 - 0.27) ms / 41 = ~7.5 us. It does not grow
-// with T, so long prefills (where those kernels' traffic grows) are underestimated somewhat.
-// Predicted with the H100 profile of that run (h2d 53.0, device memory 2991 GB/s, matmul 770.6 TFLOP/s), Llama-2-7B
-// bf16 batch 1 resident: decode at KV 512 14.8 ms (measured 14.3), prefill of 512 tokens 18.3 ms (measured 19.0).
+// kGpuKernelMicros = 7 us: the GPU-side time per kernel of a decode step beyond the roofline term: the
+// launch-to-launch gap plus the run time of the small non-matmul kernels (norms, rotary, residuals, copies), which the
+// roofline's max() hides behind the matmuls. Calibrated from the same run's 512-token prefill (19.0 ms, device-bound:
+// ~0.58 ms per layer, of which the matmuls at the measured 770.6 TFLOP/s are 0.27 ms): (0.58 - 0.27) ms / 41 =
+// ~7.5 us. Predicted with the H100 profile of that run (h2d 53.0, device memory 2991 GB/s, matmul 770.6 TFLOP/s),
+// Llama-2-7B bf16 batch 1 resident, 41 kernels per layer: decode at KV 512 14.8 ms (measured 14.3). Prefills have a
+// form of their own (kPrefillMatmulEfficiency and the constants beside it).
 // Not modelled: a forward without the KV cache (the planner plans cached decode; it measured 19.1 ms for 1 token).
 //
 // Copy time of a streamed block of B bytes: B / h2d_gbps (Cpu tier), B / disk_gbps + B / h2d_gbps (Disk tier: the
@@ -95,10 +107,45 @@ inline constexpr double kGpuKernelMicros = 7.0;
 inline constexpr double kHostOpMicros = 10.8;
 // kHostPrefillOpMicros = 17.2 us: the host's cost per kernel-launching op of an eager prefill (prompts of many
 // tokens: SDPA's dispatch, the narrows of the KV cache and of the rows, the larger tensors' allocations), used for the
-// host side of pipelined batched prefills (SimulatePipelinedPass below). Calibrated on 2x H200 (Llama-3-8B shape,
-// bf16, one GPU, 1 row x 512 tokens): the host issued the pass's 325 kernels (2 + 32 x 10 + 1 + 2, fused) in
-// 5.4-5.8 ms, i.e. 16.6-17.8 us each.
+// host side of the unpipelined batched prefills of PredictBatchedPrefill (planner/planner.h). Calibrated on 2x H200
+// (Llama-3-8B shape, bf16, one GPU, 1 row x 512 tokens): the host issued the pass's 325 kernels (2 + 32 x 10 + 1 + 2,
+// fused) in 5.4-5.8 ms, i.e. 16.6-17.8 us each.
 inline constexpr double kHostPrefillOpMicros = 17.2;
+// kPrefillMatmulEfficiency = 0.83: the share of the profile's matmul rate (an 8192^3 bf16 product) that a prefill's
+// products sustain. cuBLAS at Llama-3-8B's product shapes (q/k/v 6144 x 4096, o 4096 x 4096 and down 4096 x 14336
+// with the residual added, gate/up 28672 x 4096) for M = 512-4096 tokens ran on an H200 (789 TFLOP/s at 8192^3) at
+// 0.90-0.97 of that rate one product at a time and 0.74-0.87 back to back (32 layers' products, passes after the
+// first: 0.80-0.86 at M = 512; Llama-2-7B's shapes 0.83-0.86 one at a time): benchmarks/gpu/prefill_products_bench.py,
+// benchmarks/results/h200-2026-11-27-prefill/. Fitted with kPrefillKernelMicros to four resident prefills (bf16,
+// random weights, logits of the last position only; predicted by PredictBatchedPrefill, planner_test's
+// BatchedPrefillPipelinedOverTwoGpus prints them):
+//   H100, default profile (770 TFLOP/s, 3030 GB/s), 1 x 512 tokens: Llama-3-8B shape 13.39 ms, predicted 13.41;
+//     Llama-2-7B shape 12.51 ms, predicted 12.44 (the decode form predicted 12.00 and 11.07)
+//   H200 (780 TFLOP/s, 4230 GB/s), Llama-3-8B shape: 1 x 512 12.7-13.1 ms, predicted 12.89 (11.78); 8 x 512 on one
+//     GPU 95.0-99.1 ms, predicted 96.6 (76.6)
+// The 8192^3 rate is a burst of one shape; a pass's products, back to back for tens of milliseconds, run below it
+// (the stack above slowed from pass to pass; the first pass after idle is the fastest), and the narrower products
+// (o, q/k/v at M = 512: 64-96 thread blocks) fill the 132 multiprocessors less evenly.
+inline constexpr double kPrefillMatmulEfficiency = 0.83;
+// kAttentionEfficiency = 0.4: a prefill's attention (SDPA, flash attention over the cache's first positions, causal)
+// as a share of the matmul rate, counting the causal FLOPs (4 x attn_dim x rows x T (T + 1) / 2). Measured on the
+// H200 at 8 rows x 512 tokens, 32 query heads over 8 KV heads of 128: 56 us, 305 TFLOP/s = 0.39 of 789.
+inline constexpr double kAttentionEfficiency = 0.4;
+// kPrefillKernelMicros = 2 us: the GPU-side time per kernel of a prefill beyond its products, attention and bytes:
+// the host issues ahead of the GPU (or a graph replays), so the GPU's queue never empties and only the
+// launch-to-launch gap remains. Fitted with kPrefillMatmulEfficiency (above).
+inline constexpr double kPrefillKernelMicros = 2.0;
+// kLibTorchOpBytesPerHidden = 8: a GPU block without the fused kernels runs LibTorch's ops instead (more kernels:
+// 33 per Llama layer against 10); each op beyond the fused path's count reads and writes about one float32
+// activation, 8 x hidden bytes per token (the norms' upcast and its steps, rotary's and SiLU's elementwise ops).
+// Checked on an H100 (benchmarks/RESULTS.md, --no-fused-kernels, 1 x 512 tokens, default profile): Llama-3-8B shape
+// 18.39 ms, predicted 18.9; Llama-2-7B shape 18.20 ms, predicted 18.0 (23 such ops per layer: ~5.5 us each there).
+inline constexpr double kLibTorchOpBytesPerHidden = 8.0;
+// kHostGraphTaskMicros = 30 us: the host's cost per task of a pipelined pass replayed from CUDA graphs (a task: one
+// micro-batch's segment on one GPU: the wait for the GPU's previous task, the input's copy, the graph's replay, an
+// event record; SimulatePipelinedPass below). On 2x H200 the executor issued passes of 16-128 such tasks in about
+// 1-4 ms, the pass's own copies of the token ids and its streams' joins included.
+inline constexpr double kHostGraphTaskMicros = 30.0;
 // kGraphKernelMicros = 3.8 us: the GPU-side time per kernel when the executor replays a decode step from a CUDA
 // graph (all-resident Llama-family plans; see executor/executor.h ExecutorOptions::cuda_graphs): no host
 // dispatch, and a shorter launch-to-launch gap. Calibrated on an H100 where the Llama-2-7B-shaped decode step
@@ -143,6 +190,9 @@ struct BlockWork {
   // arch::BlockKernels), else LibTorch's ops. cpu_kernels: LibTorch's ops, for blocks the CPU computes.
   uint32_t kernels = 1;
   uint32_t cpu_kernels = 1;
+  // On a GPU without the fused kernels (cpu_kernels == kernels for such blocks): the bytes per token that LibTorch's
+  // ops beyond the fused path's move (kLibTorchOpBytesPerHidden x hidden each); the prefill form adds them.
+  uint64_t op_bytes_per_token = 0;
   // Device-memory traffic of unpacking row-quantized weights per forward (beyond reading them once), on a GPU:
   // int4 is repacked for the tinygemm kernel (0.5 B written + 0.5 B read again per element), fp8/int8 are widened
   // to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized weights.
@@ -229,53 +279,51 @@ ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<do
                                   const std::vector<int32_t>& devices, const DeviceProfile& profile,
                                   const std::vector<double>& host_us = {}, uint32_t host_tokens = 0);
 
-// A batched pass pipelined in micro-batches over several GPUs (the executor's ExecutorOptions::micro_batch_rows,
-// Executor::Impl::RunPipelined): the pass of B rows is cut into `micro_batches` micro-batches of r rows; the one host
-// thread issues micro-batch after micro-batch, every step of micro-batch k before micro-batch k + 1. Segments are
-// runs of consecutive steps on one GPU; each micro-batch has streams of its own. Replayed here:
-//   * host: issuing is serial over all micro-batches and steps; step i of micro-batch k is issued from
-//     S(k, i) = (k x sum of host_us) + sum of host_us[< i] to E(k, i) = S(k, i) + host_us[i];
-//   * chain: step i of micro-batch k starts after its step i - 1 ended, plus hop_us[i] (the hidden state's peer
-//     copy, when step i is on another device than step i - 1);
-//   * micro-batch order: the first step of segment j of micro-batch k > 0 starts after micro-batch k - 1 ended
-//     segment j (the executor's event wait, issued before the peer copy, so the hop follows the later of the two);
-//   * host: a step's kernels run as the host issues them: it starts no earlier than S(k, i) and ends no earlier than
-//     E(k, i) (end = max(start + step_device_us[i], E(k, i)));
-//   * devices: each GPU runs one step at a time, without preemption; when it is free it takes, of the steps on it
-//     that are ready, the one of the earliest micro-batch (the executor gives earlier micro-batches' streams higher
-//     priorities), and otherwise the step that becomes ready first.
-// Returns the end of the last step of the last micro-batch. With one device the micro-batches run back to back on
-// it (no overlap); with two devices of stage time s each, a free host and hops of h, m micro-batches take
-// (m + 1) x s + m x h. Every micro-batch costs the same (the executor's last micro-batch may have fewer rows: it is
-// charged in full).
+// A batched pass pipelined in micro-batches over several GPUs as the executor replays it from CUDA graphs
+// (ExecutorOptions::micro_batch_rows, Executor::Impl::RunPipelined): the pass of B rows is cut into `micro_batches`
+// micro-batches of r rows; a task is one micro-batch's segment (a run of consecutive steps on one GPU), replayed from
+// a graph of its own. The executor captures those graphs after a shape's first pass, which runs eagerly; this is the
+// replayed steady state (the first pass is issued op by op, kHostPrefillOpMicros per kernel, and is not predicted
+// here). Replayed:
+//   * order: the tasks are issued, and each GPU runs its own, in one order: micro-batches in groups of as many as
+//     there are GPUs (G, the distinct devices of `step_devices`); within a group, segment after segment, and for
+//     each segment the group's micro-batches in order (key (k / G, j, k)). Each GPU runs one task at a time, in that
+//     order, even where a later task is ready before the next one in order;
+//   * host: one thread issues the tasks in that order, kHostGraphTaskMicros (`host_task_us`) each; a task starts no
+//     earlier than its issue ends;
+//   * chain: segment j of micro-batch k follows its segment j - 1 and the task its GPU ran before; the hidden
+//     state's copy from the previous GPU (hop_us of the segment's first step) follows both (it is ordered on the
+//     task's stream after the wait for the GPU's previous task), then the segment's device time.
+// Returns the end of the last task. With one device the micro-batches run back to back on it (no overlap); with two
+// devices of stage time s each, a free host and hops of h, m micro-batches take (m + 1) x s + m x h. Every
+// micro-batch costs the same (the executor's last micro-batch may have fewer rows: it is charged in full).
 // Per-step values describe ONE micro-batch, steps in execution order; hop_us[i] = 0 where step i's device equals step
 // i - 1's (hop_us may be empty: no hops).
 //
 // Calibration (2x H200, Llama-3-8B shape, bf16, random weights, B = 8 rows x T = 512 tokens, logits of the last
-// position only), measured against predicted by PredictBatchedPrefill (planner/planner.h; the step costs of
-// EstimateBlockCost with the default GPU profile at 780 TFLOP/s and 4230 GB/s, kHostPrefillOpMicros for the host;
-// planner_test's BatchedPrefillPipelinedOverTwoGpus prints this table):
-//   one GPU, unpipelined                       96.4-99.1 ms     predicted 76.6 ms (-22%)
-//   one GPU, 1 row x 512 tokens                12.7-13.1 ms     predicted 11.8 ms (-9%); host issue 5.4-5.8 ms, 5.6 ms
+// position only; the executor replaying graphs, each GPU taking its tasks in the order above), measured median
+// (best) against predicted by PredictBatchedPrefill (planner/planner.h; the step costs of EstimateBlockCost's prefill
+// form with the default GPU profile at 780 TFLOP/s and 4230 GB/s; planner_test's BatchedPrefillPipelinedOverTwoGpus
+// prints this table):
+//   one GPU, unpipelined (eager)                95.0-99.1 ms          predicted 96.6 ms (-1%)
 //   split contiguous (embedding + layers 0-15 on cuda:0, the rest on cuda:1):
-//     unpipelined                              91.8-92.8 ms     predicted 76.8 ms (-17%)
-//     8 micro-batches of 1 row                 66.1-66.5 ms     predicted 54.2 ms (-18%); host 41.9-44.4 ms, 44.7 ms
-//     4 micro-batches of 2 rows                66.1-66.4 ms     predicted 53.2 ms (-20%); host 21.6 ms, 22.4 ms
-//   layers dealt in groups of 4 (8 segments):
-//     8 x 1 row                                66.2-67.9 ms     predicted 57.3 ms (-14%); host 46-47 ms, 44.7 ms
-//     4 x 2 rows                               65.96-69.8 ms    predicted 52.1 ms (-23%); host 23.5 ms, 22.4 ms
-//   groups of 8 (4 segments): 8 x 1 row        77-79 ms         predicted 57.8 ms (-26%)
-//                             4 x 2 rows       69.6 ms          predicted 48.8 ms (-30%)
-// The host's issue times match within 5%. The passes are underestimated mostly through the steps' device times: at
-// 780 TFLOP/s the roofline predicts the one-GPU pass 22% short (that pass implies about 640 TFLOP/s; at that rate the
-// contiguous and groups-of-4 rows above come within 8%, the groups of 8 within 16%). Relative to the predicted
-// unpipelined pass the pipeline itself is close: 8 x 1 row contiguous is 0.71 of it predicted, 0.72 measured. What
-// the model lacks beyond that: interleaved segments cost more than it says (groups of 8 measured 12 ms above
-// contiguous, predicted 3.5 ms above): it lets a GPU take the earliest micro-batch's ready step at once, where the
-// GPU's kernels of several streams interleave less well.
-double SimulatePipelinedPass(const std::vector<double>& step_device_us, const std::vector<double>& step_host_us,
-                             const std::vector<int32_t>& step_devices, const std::vector<double>& hop_us,
-                             uint32_t micro_batches);
+//     unpipelined (eager)                       90.2-92.8 ms          predicted 96.8 ms (+6%)
+//     8 micro-batches of 1 row                  62.1 ms (58.4)        predicted 59.1 ms (-5%)
+//     4 micro-batches of 2 rows                 60.5 ms (58.8)        predicted 62.7 ms (+4%)
+//   layers dealt to the GPUs in groups of 8:  8 x 1 row 59.2 (54.8), predicted 56.3 (-5%); 4 x 2 rows 56.2 (53.9),
+//                                             predicted 56.8 (+1%)
+//   groups of 4:                              8 x 1 row 58.6 (54.8), predicted 55.4 (-5%); 4 x 2 rows 57.0 (55.5),
+//                                             predicted 54.3 (-5%)
+//   groups of 2:                              8 x 1 row 58.2 (54.5), predicted 55.9 (-4%); 4 x 2 rows 55.7 (54.6),
+//                                             predicted 53.7 (-4%)
+// The first repetition after idle is the fastest (the "best" above); the medians are the sustained rate, which
+// kPrefillMatmulEfficiency was fitted to. What the model lacks: larger micro-batches run their products faster (cuBLAS
+// at M = 1024 sustains more of the rate than at M = 512), so 4 x 2 rows measure below 8 x 1 where the model's longer
+// fill and drain put them above; and two GPUs running at once measured faster than one GPU running the same steps
+// (the unpipelined split below the one-GPU pass), which one efficiency cannot say.
+double SimulatePipelinedPass(const std::vector<double>& step_device_us, const std::vector<int32_t>& step_devices,
+                             const std::vector<double>& hop_us, uint32_t micro_batches,
+                             double host_task_us = kHostGraphTaskMicros);
 
 // The lower bound for the streamed part of a forward: over devices, the larger of the summed H2D copy times and
 // the summed disk read times of its units (`skip_host`: without the `host` units, as a decode forward that computes

@@ -557,18 +557,15 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
         c.blocks[i] = EstimateBlockCost(c.work[i], RunSize{r, 1}, devices[i], plan.profile);
     return c;
   };
-  auto host_of = [&](const StepCosts& c, size_t block) {
-    return devices[block] < 0 ? 0.0 : c.work[block].kernels * kHostPrefillOpMicros;
-  };
   BatchedPrefillPrediction out;
   {
-    // One pass of all rows: the planner's simulation of a forward, with each step's device time (and hop) and the
-    // host issuing it at the prefill rate, as the pipelined pass below.
+    // One pass of all rows, issued eagerly: the planner's simulation of a forward, with each step's device time (and
+    // hop) and the host issuing its ops at the prefill rate.
     const StepCosts all = costs_for(rows);
     std::vector<double> device_us, host_us;
     for (const ScheduledStep& step : plan.schedule.steps) {
       device_us.push_back(all.blocks[step.block].prefill_device_us + all.prefill_hop_us[step.block]);
-      host_us.push_back(host_of(all, step.block));
+      host_us.push_back(devices[step.block] < 0 ? 0.0 : all.work[step.block].kernels * kHostPrefillOpMicros);
       out.host_us += host_us.back();
     }
     out.unpipelined_us = SimulateForward(plan.schedule, device_us, devices, plan.profile, host_us).total_us;
@@ -581,19 +578,20 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
   if (2ull * r > rows) return out;
   const uint32_t m = (rows + r - 1) / r;
   const StepCosts mb = costs_for(r);
-  std::vector<double> device_us, host_us, hop_us;
+  std::vector<double> device_us, hop_us;
   std::vector<int32_t> step_devices;
+  size_t segments = 0;
   for (const ScheduledStep& step : plan.schedule.steps) {
+    const int32_t d = devices[step.block];
+    if (step_devices.empty() || step_devices.back() != d) ++segments;
     device_us.push_back(mb.blocks[step.block].prefill_device_us);
-    host_us.push_back(host_of(mb, step.block));
     hop_us.push_back(mb.prefill_hop_us[step.block]);
-    step_devices.push_back(devices[step.block]);
+    step_devices.push_back(d);
   }
   out.micro_batches = m;
   out.rows_per_micro_batch = r;
-  out.total_us = SimulatePipelinedPass(device_us, host_us, step_devices, hop_us, m);
-  out.host_us = 0;
-  for (double h : host_us) out.host_us += h * m;
+  out.total_us = SimulatePipelinedPass(device_us, step_devices, hop_us, m, kHostGraphTaskMicros);
+  out.host_us = static_cast<double>(m * segments) * kHostGraphTaskMicros;
   return out;
 }
 

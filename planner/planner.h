@@ -120,13 +120,15 @@ Result<PlanResult> MakePlan(const PlanRequest& request);
 
 // A batched prefill of `rows` rows x `tokens` tokens returning the logits of the last position only (what a prefill
 // for generation needs; ForwardOptions::last_position_only), as the executor runs it: pipelined in micro-batches
-// over the GPUs where the plan allows it (ExecutorOptions::micro_batch_rows, cost_model.h SimulatePipelinedPass).
+// over the GPUs where the plan allows it (ExecutorOptions::micro_batch_rows, cost_model.h SimulatePipelinedPass),
+// replayed from CUDA graphs (the steady state: the executor captures them after a shape's first, eager pass).
 struct BatchedPrefillPrediction {
   double total_us = 0;              // the pass as the executor runs it (= unpipelined_us when not pipelined)
-  double unpipelined_us = 0;        // one pass of all rows, not pipelined
+  double unpipelined_us = 0;        // one pass of all rows, not pipelined (issued eagerly)
   uint32_t micro_batches = 0;       // 0: not pipelined
   uint32_t rows_per_micro_batch = 0;  // 0: not pipelined
-  double host_us = 0;               // the host's issue time for the whole pass (pipelined: every micro-batch)
+  double host_us = 0;               // the host's issue time for the whole pass (pipelined: every task's replay;
+                                    // unpipelined: every op)
 };
 
 // The executor's automatic micro-batch: ceil(kMicroBatchTokens / tokens per row) rows, so that a micro-batch's
@@ -140,11 +142,12 @@ bool PipelinablePlan(const PlanResult& plan);
 // Predicts that pass with the planner's cost model. `micro_batch_rows`: 0, the executor's automatic rule
 // (ceil(kMicroBatchTokens / tokens) rows, pipelined only if that makes at least two micro-batches); -1, not
 // pipelined; N > 0, N rows per micro-batch (again only if that makes at least two). Steps cost what the planner's
-// prefill prediction charges them (cost_model.h EstimateBlockCost at RunSize{rows per micro-batch, tokens}; the
-// lm_head at one position per row), the hidden state's hops between GPUs kDeviceHopEagerMicros + its bytes
-// (hidden x dtype x rows x tokens) at kPeerGbps, and the host issues kHostPrefillOpMicros per kernel. The
-// unpipelined pass is SimulateForward's with those device and host times (streamed weights' copies included; a plan
-// with routed experts: without their copies). kInvalidArgument for rows or tokens of 0.
+// prefill prediction charges them (cost_model.h EstimateBlockCost's prefill form at RunSize{rows per micro-batch,
+// tokens}; the lm_head at one position per row), the hidden state's hops between GPUs kDeviceHopEagerMicros + its
+// bytes (hidden x dtype x rows x tokens) at kPeerGbps. The unpipelined pass is SimulateForward's with those device
+// times and the host issuing kHostPrefillOpMicros per kernel (streamed weights' copies included; a plan with routed
+// experts: without their copies); the pipelined pass is SimulatePipelinedPass's (kHostGraphTaskMicros per task).
+// kInvalidArgument for rows or tokens of 0.
 Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, uint32_t rows, uint32_t tokens,
                                                        int micro_batch_rows = 0);
 
