@@ -151,12 +151,13 @@ inline constexpr double kHostGraphTaskMicros = 30.0;
 // dispatch, and a shorter launch-to-launch gap. Calibrated on an H100 where the Llama-2-7B-shaped decode step
 // replayed in 9.13 ms (32 layers x 41 kernels; 0.129 ms of weight reads per layer at 2991 GB/s).
 inline constexpr double kGraphKernelMicros = 3.8;
-// kDeviceHopMicros = 150 us: a step whose block computes on another GPU than the step before it waits for the
+// kDeviceHopMicros = 25 us: a step whose block computes on another GPU than the step before it waits for the
 // hidden state's copy between the GPUs (peer, in stream order) and, in a graph-replayed decode step, for the next
-// device segment's replay to start. Calibrated on one measurement (2x H200, Llama-3-8B all resident, split over two
-// GPUs: the graph-replayed decode step took 5.11 ms against 4.95 ms on one GPU, one hop); the copy's bytes are
-// added at kPeerGbps.
-inline constexpr double kDeviceHopMicros = 150.0;
+// device segment's replay to start. Calibrated on 2x H200, Llama-3-8B all resident, graph-replayed decode steps
+// in one process: split contiguously (1 hop) 5.05 ms, layers dealt in groups of 8 / 4 / 2 (3 / 7 / 15 hops) 5.13 /
+// 5.19 / 5.38 ms: about 23 us per hop (one GPU: 4.96-5.05 ms in the same sessions); the copy's bytes are added at
+// kPeerGbps.
+inline constexpr double kDeviceHopMicros = 25.0;
 // kDeviceHopEagerMicros = 20 us: the same hop between eagerly dispatched steps (prefills, streamed plans): the peer
 // copy of the hidden state and the two devices' event waits; an estimate, not yet measured on its own.
 inline constexpr double kDeviceHopEagerMicros = 20.0;

@@ -573,8 +573,14 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
   out.total_us = out.unpipelined_us;
   // The executor's rule (Executor::Impl::MicroBatchRows).
   if (!PipelinablePlan(plan) || micro_batch_rows < 0 || rows < 2) return out;
-  const uint32_t r = micro_batch_rows > 0 ? static_cast<uint32_t>(micro_batch_rows)
-                                            : (kMicroBatchTokens + tokens - 1) / tokens;
+  uint32_t r = micro_batch_rows > 0 ? static_cast<uint32_t>(micro_batch_rows)
+                                      : (kMicroBatchTokens + tokens - 1) / tokens;
+  if (micro_batch_rows == 0) {
+    // Doubled while that leaves more than two micro-batches per GPU.
+    std::set<int32_t> gpus(devices.begin(), devices.end());
+    const uint64_t most = 2ull * gpus.size();
+    while ((rows + r - 1) / r > most && 4ull * r <= rows) r *= 2;
+  }
   if (2ull * r > rows) return out;
   const uint32_t m = (rows + r - 1) / r;
   const StepCosts mb = costs_for(r);

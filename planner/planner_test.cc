@@ -768,10 +768,11 @@ TEST(PlannerTest, BatchedPrefillPipelinedOverTwoGpus) {
   std::printf("  host issue of the replayed passes (predicted): contiguous 8 x 1 %.2f ms, groups of 2 8 x 1 %.2f ms "
               "(measured about 1-4 ms for such passes)\n", split_1.host_us / 1e3, g2_1.host_us / 1e3);
 
-  // The automatic rule at 512 tokens: one row per micro-batch.
-  EXPECT_EQ(split_auto.micro_batches, 8u);
-  EXPECT_EQ(split_auto.rows_per_micro_batch, 1u);
-  EXPECT_DOUBLE_EQ(split_auto.total_us, split_1.total_us);
+  // The automatic rule at 512 tokens and 8 rows over two GPUs: one row per micro-batch, doubled while more than two
+  // micro-batches per GPU remain: 4 micro-batches of 2 rows.
+  EXPECT_EQ(split_auto.micro_batches, 4u);
+  EXPECT_EQ(split_auto.rows_per_micro_batch, 2u);
+  EXPECT_DOUBLE_EQ(split_auto.total_us, split_2.total_us);
   EXPECT_EQ(split_2.micro_batches, 4u);
   EXPECT_EQ(split_2.rows_per_micro_batch, 2u);
   // Not pipelined: one GPU, -1, or micro-batches of more than half the rows.
