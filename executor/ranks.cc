@@ -6,6 +6,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -108,7 +109,8 @@ Status RankGroup::Finish() {
       impl_->store->set(Key("cmd", 0, r, n), std::vector<uint8_t>{});
       read.push_back(Key("done", r, 0, 0));
     }
-    impl_->store->wait(read, std::chrono::seconds(options_.timeout_s));
+    // Live ranks wait in NextCommand and read it at once; a rank that went away must not hold rank 0 for long.
+    impl_->store->wait(read, std::chrono::seconds(std::min(options_.timeout_s, 30)));
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kIo, "ending the other ranks' service: " + std::string(e.what()));
   }

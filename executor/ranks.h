@@ -41,7 +41,7 @@ class RankGroup {
   // Rank 0: sends `command` (not empty) to every other rank.
   Status Broadcast(const std::vector<int64_t>& command);
   // Rank 0: tells every other rank that no command follows (their NextCommand returns an empty vector), then waits
-  // (up to the timeout) until each has read it, so that rank 0's store outlives their last read.
+  // (up to the timeout, at most 30 s) until each has read it, so that rank 0's store outlives their last read.
   Status Finish();
   // Ranks > 0: the next command from rank 0, waiting as long as it takes; empty after Finish. kIo when rank 0 went
   // away.
