@@ -157,6 +157,13 @@ Error TorchError(const std::exception& e, const std::string& what) {
   return MakeError(ErrorCode::kDevice, what + ": " + e.what());
 }
 
+// The token ids of a pass as a host tensor [batch, seq].
+at::Tensor HostIds(const std::vector<int64_t>& ids, int64_t batch, int64_t seq) {
+  at::Tensor t = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
+  std::memcpy(t.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
+  return t;
+}
+
 Logits ToLogits(const at::Tensor& t) {
   Logits out;
   out.batch = t.size(0);
@@ -212,8 +219,7 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
     c10::InferenceMode inference;
     std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
     GuardComputeStreams(&streams_guard);
-    at::Tensor host_ids = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
-    std::memcpy(host_ids.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
+    at::Tensor host_ids = HostIds(ids, batch, seq);
     std::vector<std::pair<int, at::Tensor>> ids_on{{-1, host_ids}};
     ForwardContext ctx;
     ctx.start_pos = pos;
@@ -279,8 +285,7 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
     c10::InferenceMode inference;
     std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
     GuardComputeStreams(&streams_guard);
-    at::Tensor host_ids = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
-    std::memcpy(host_ids.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
+    at::Tensor host_ids = HostIds(ids, batch, seq);
     // Micro-batch k's streams (one per device) are the same in every pass, so what LibTorch caches per stream
     // (RoPE tables, cuBLAS workspaces, the caching allocator's blocks) is made once. Earlier micro-batches get
     // higher stream priorities: where a GPU holds work of several micro-batches (layers dealt in groups), the
@@ -490,8 +495,7 @@ Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch,
     const at::Device device = local >= 0 ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local)) : at::Device(at::kCPU);
     std::optional<c10::cuda::CUDAGuard> device_guard;
     if (local >= 0) device_guard.emplace(static_cast<c10::DeviceIndex>(local));
-    at::Tensor host_ids = at::empty({batch, seq}, at::TensorOptions().dtype(at::kLong));
-    std::memcpy(host_ids.data_ptr<int64_t>(), ids.data(), ids.size() * sizeof(int64_t));
+    at::Tensor host_ids = HostIds(ids, batch, seq);
     ForwardContext ctx;
     ctx.token_ids = host_ids.to(device);
     ctx.start_pos = pos;

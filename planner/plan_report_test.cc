@@ -19,7 +19,8 @@ constexpr const char* kTinyConfig = R"({
   "rope_theta": 10000.0, "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2,
   "torch_dtype": "bfloat16"})";
 
-std::string Report(const std::string& budget, const std::string& strategy, const std::string& candidates = "BPC") {
+// A request for the tiny model under `budget`, batch `batch`, `seq_len` positions.
+PlanRequest TinyRequest(const std::string& budget, uint32_t batch, uint32_t seq_len) {
   Result<ModelDescription> model = ImportHfConfigText(kTinyConfig);
   EXPECT_TRUE(model.ok()) << model.error().ToString();
   model->name = "tiny";
@@ -28,16 +29,26 @@ std::string Report(const std::string& budget, const std::string& strategy, const
   Result<MemoryBudget> b = ParseMaxMemory(budget);
   EXPECT_TRUE(b.ok()) << b.error().ToString();
   req.budget = *b;
-  req.run.max_batch = 1;
-  req.run.max_seq_len = 64;
-  req.strategy = strategy;
-  req.auto_candidates = candidates;
+  req.run.max_batch = batch;
+  req.run.max_seq_len = seq_len;
+  return req;
+}
+
+// The plan report of `req` ("" when it cannot be planned: the test then fails).
+std::string ReportOf(const PlanRequest& req) {
   Result<PlanResult> result = MakePlan(req);
   EXPECT_TRUE(result.ok()) << result.error().ToString();
   if (!result.ok()) return "";
   std::ostringstream out;
   WritePlanReport(out, *result, req);
   return out.str();
+}
+
+std::string Report(const std::string& budget, const std::string& strategy, const std::string& candidates = "BPC") {
+  PlanRequest req = TinyRequest(budget, 1, 64);
+  req.strategy = strategy;
+  req.auto_candidates = candidates;
+  return ReportOf(req);
 }
 
 TEST(PlanReportTest, Resident) {
@@ -134,25 +145,11 @@ TEST(PlanReportTest, PartlyResidentLayers) {
 
 // The tiny model split over two GPUs (layers 0-1 with the embedding on cuda:0, the rest on cuda:1), batch 4.
 std::string SplitReport(uint32_t seq_len) {
-  Result<ModelDescription> model = ImportHfConfigText(kTinyConfig);
-  EXPECT_TRUE(model.ok()) << model.error().ToString();
-  model->name = "tiny";
-  PlanRequest req;
-  req.description = *model;
-  Result<MemoryBudget> b = ParseMaxMemory("cuda:0=1GiB,cuda:1=1GiB,cpu=1GiB");
-  EXPECT_TRUE(b.ok()) << b.error().ToString();
-  req.budget = *b;
-  req.run.max_batch = 4;
-  req.run.max_seq_len = seq_len;
+  PlanRequest req = TinyRequest("cuda:0=1GiB,cuda:1=1GiB,cpu=1GiB", 4, seq_len);
   req.strategy = "explicit";
   req.device_map = {{"model.embed_tokens", 0}, {"model.layers.0", 0}, {"model.layers.1", 0}, {"model.layers.2", 1},
                     {"model.layers.3", 1},     {"model.norm", 1},     {"lm_head", 1}};
-  Result<PlanResult> result = MakePlan(req);
-  EXPECT_TRUE(result.ok()) << result.error().ToString();
-  if (!result.ok()) return "";
-  std::ostringstream out;
-  WritePlanReport(out, *result, req);
-  return out.str();
+  return ReportOf(req);
 }
 
 std::string LineWith(const std::string& report, const std::string& start) {

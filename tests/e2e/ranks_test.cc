@@ -111,13 +111,16 @@ class Ranks : public ::testing::TestWithParam<std::string> {
     const std::string address = "127.0.0.1:" + std::to_string(FreePort());
     Status served = MakeError(ErrorCode::kInternal, "rank 1 did not run");
     uint64_t served_passes = 0;
-    std::thread rank1([&] {
+    auto rank_options = [&](int rank) {
       ExecutorOptions o = base;
       o.world_size = 2;
-      o.rank = 1;
+      o.rank = rank;
       o.rendezvous = address;
       o.rendezvous_timeout_s = 60;
-      auto e = Executor::Load(plan, model, o);
+      return o;
+    };
+    std::thread rank1([&] {
+      auto e = Executor::Load(plan, model, rank_options(1));
       if (!e.ok()) {
         served = e.take_error();
         return;
@@ -126,12 +129,7 @@ class Ranks : public ::testing::TestWithParam<std::string> {
       served_passes = (*e)->stats().forward_count;
     });
     {
-      ExecutorOptions o = base;
-      o.world_size = 2;
-      o.rank = 0;
-      o.rendezvous = address;
-      o.rendezvous_timeout_s = 60;
-      auto rank0 = Executor::Load(plan, model, o);
+      auto rank0 = Executor::Load(plan, model, rank_options(0));
       if (!rank0.ok()) {
         rank1.join();
         FAIL() << rank0.error().ToString() << " / rank 1: " << served.error().ToString();
