@@ -85,6 +85,17 @@ class Executor::Impl {
   // A decode step from a CUDA graph (graph_decode.h). If the capture fails, graphs are off for this executor from
   // then on and `*out` is left undefined: the step is to run eagerly.
   Status RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out);
+  // Masked cache positions enter the attention products with weight 0, so they must hold finite values: before a
+  // capture, clears what no token has written after position `at` (later positions hold zeros or earlier
+  // sequences' tokens).
+  void ClearKvTail(int64_t at) {
+    const int64_t max_seq = state->info.max_seq_len;
+    for (BlockKv& v : kv) {
+      if (!v.has_kv || at + 1 >= max_seq) continue;
+      v.kv.k.narrow(2, at + 1, max_seq - at - 1).zero_();
+      v.kv.v.narrow(2, at + 1, max_seq - at - 1).zero_();
+    }
+  }
   // Segment `seg`'s blocks as a static single-token step (ForwardContext::position) on the current stream; its
   // output (hidden state, or logits for the last segment) into *out.
   Status StaticStep(const GraphSegment& seg, const at::Tensor& inputs, int64_t batch, at::Tensor* out);
@@ -119,6 +130,10 @@ class Executor::Impl {
   // Ranks (ExecutorOptions::world_size): null in a one-process run.
   std::unique_ptr<executor_internal::RankGroup> ranks;
   enum RankCommand : int64_t { kForward = 1 };
+  // This rank's decode-step graphs: one per run of consecutive steps it computes (GraphSegment), when its plan may
+  // capture them (ExecutorOptions::cuda_graphs, static-step kernels); empty otherwise or once a capture failed.
+  std::vector<GraphSegment> rank_segments;
+  bool rank_graph_step = false;  // the last RunRanked replayed them
   // One pass of a ranked plan: this rank's blocks, the hidden state received from and sent to the other ranks,
   // logits to rank 0 (which gets them in *out; other ranks leave it undefined).
   Status RunRanked(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
@@ -501,13 +516,19 @@ Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch,
     ctx.start_pos = pos;
     ctx.logits_last_only = last_only;
     at::Tensor hidden, logits;
-    int prev = -1;  // the rank of the step before
-    for (uint32_t i = 0; i < state->steps.size(); ++i) {
+    // A decode step (one token per row after cached ones) replays this rank's graphs when every one is on.
+    bool graphs = seq == 1 && pos > 0 && !rank_segments.empty();
+    for (const GraphSegment& g : rank_segments) graphs = graphs && g.graphs.enabled();
+    rank_graph_step = false;
+    int prev = -1;           // the rank of the step before
+    size_t local_run = 0;    // index of this rank's current run of steps (rank_segments)
+    for (uint32_t i = 0; i < state->steps.size();) {
       const BlockRuntime& b = state->blocks[state->steps[i].block];
       const int owner = b.plan_device;
       if (b.remote) {
         if (prev == me && owner != me) BIGPLAN_RETURN_IF_ERROR(ranks->Send(hidden, owner));
         prev = owner;
+        ++i;
         continue;
       }
       if (prev >= 0 && prev != me) {
@@ -516,12 +537,42 @@ Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch,
         BIGPLAN_RETURN_IF_ERROR(ranks->Recv(&hidden, prev));
       }
       prev = me;
-      BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
-      BlockKv& k = kv[b.index];
-      Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr, &hidden,
-                                   &logits);
-      if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
-      BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
+      uint32_t end = i;  // this rank's run of steps [i, end)
+      while (end < state->steps.size() && !state->blocks[state->steps[end].block].remote) ++end;
+      bool replayed = false;
+      if (graphs && local_run < rank_segments.size() && rank_segments[local_run].first == i) {
+        GraphSegment& seg = rank_segments[local_run];
+        if (seg.hidden_in.defined()) seg.hidden_in.narrow(0, 0, batch).copy_(hidden, /*non_blocking=*/true);
+        auto step = [this, &seg](const at::Tensor& inputs, int64_t rows, at::Tensor* o) {
+          return StaticStep(seg, inputs, rows, o);
+        };
+        at::Tensor carry;
+        BIGPLAN_RETURN_IF_ERROR(seg.graphs.Step(ids, batch, pos, engine->compute_stream(local),
+                                                [this](int64_t at) { ClearKvTail(at); }, step, &carry));
+        if (carry.defined()) {
+          (end == state->steps.size() ? logits : hidden) = carry;
+          replayed = true;
+          rank_graph_step = true;
+        } else {
+          // The capture failed: this rank decodes eagerly from now on.
+          capture_error = seg.graphs.capture_error();
+          rank_segments.clear();
+          graphs = false;
+        }
+      }
+      if (!replayed) {
+        for (uint32_t s = i; s < end; ++s) {
+          const BlockRuntime& sb = state->blocks[state->steps[s].block];
+          BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(s));
+          BlockKv& k = kv[sb.index];
+          Status st = kernels->RunBlock(sb.kind, sb.name, sb.layer, weights[sb.index], ctx, k.has_kv ? &k.kv : nullptr,
+                                        &hidden, &logits);
+          if (!st.ok()) return WithContext(st.take_error(), "block " + sb.name);
+          BIGPLAN_RETURN_IF_ERROR(engine->EndStep(s));
+        }
+      }
+      ++local_run;
+      i = end;
     }
     // The logits: from the rank that computes the last step to rank 0.
     const int head = state->steps.empty() ? 0 : state->blocks[state->steps.back().block].plan_device;
@@ -564,16 +615,7 @@ Status Executor::Impl::StaticStep(const GraphSegment& seg, const at::Tensor& inp
 }
 
 Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out) {
-  // Masked cache positions enter the attention products with weight 0, so they must hold finite values: before a
-  // capture, clear what no token has written yet (later positions hold zeros or earlier sequences' tokens).
-  auto clear_kv_tail = [this](int64_t at) {
-    const int64_t max_seq = state->info.max_seq_len;
-    for (BlockKv& v : kv) {
-      if (!v.has_kv || at + 1 >= max_seq) continue;
-      v.kv.k.narrow(2, at + 1, max_seq - at - 1).zero_();
-      v.kv.v.narrow(2, at + 1, max_seq - at - 1).zero_();
-    }
-  };
+  auto clear_kv_tail = [this](int64_t at) { ClearKvTail(at); };
   *out = at::Tensor();
   try {
     c10::InferenceMode inference;
@@ -647,6 +689,9 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
       command.insert(command.end(), ids.begin(), ids.end());
       run = ranks->Broadcast(command);
       if (run.ok()) run = RunRanked(ids, batch, seq, last_only, &out);
+      std::lock_guard<std::mutex> lock(stats_mu);
+      if (run.ok() && rank_graph_step) ++stats.graph_steps;
+      if (!capture_error.empty()) stats.graph_capture_error = capture_error;
     } else {
       run = mb_rows > 0 ? RunPipelined(ids, batch, seq, last_only, mb_rows, &out)
                         : RunSteps(ids, batch, seq, last_only, &out);
@@ -832,6 +877,28 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
                                                                  .address = options.rendezvous,
                                                                  .cuda = !cpu_mode,
                                                                  .timeout_s = options.rendezvous_timeout_s}));
+    // Decode graphs: one per run of consecutive steps this rank computes; a run after another rank's steps takes
+    // its hidden state through a buffer of its own (the graph's static input), received from that rank.
+    if (options.cuda_graphs && !cpu_mode && impl->state->streams.empty() &&
+        impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
+      const auto& steps = impl->state->steps;
+      const schema::Plan& p = impl->state->plan->plan();
+      for (uint32_t i = 0; i < steps.size(); ++i) {
+        if (impl->state->blocks[steps[i].block].remote) continue;
+        if (i > 0 && !impl->state->blocks[steps[i - 1].block].remote) {
+          impl->rank_segments.back().end = i + 1;
+          continue;
+        }
+        Impl::GraphSegment seg{GraphDecoder(load.local_device), i, i + 1, at::Tensor()};
+        if (i > 0) {
+          seg.hidden_in = at::zeros({impl->state->info.max_batch, 1, static_cast<int64_t>(p.config()->hidden_size())},
+                                    at::TensorOptions()
+                                        .dtype(executor_internal::ToScalarType(p.exec_dtype()))
+                                        .device(at::kCUDA, static_cast<c10::DeviceIndex>(load.local_device)));
+        }
+        impl->rank_segments.push_back(std::move(seg));
+      }
+    }
   }
   for (const BlockRuntime& b : impl->state->blocks) {
     impl->labels.push_back({b.name, arch::BlockKindName(b.kind), TierName(b.tier)});
@@ -1110,6 +1177,9 @@ Status Executor::ServeRank() {
     impl.pos += seq;
     impl.cached_batch = batch;
     impl.Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    std::lock_guard<std::mutex> lock(impl.stats_mu);
+    if (impl.rank_graph_step) ++impl.stats.graph_steps;
+    if (!impl.capture_error.empty()) impl.stats.graph_capture_error = impl.capture_error;
   }
 }
 

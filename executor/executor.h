@@ -105,8 +105,10 @@ struct ExecutorOptions {
   // The ranks meet at `rendezvous`, "host:port", where rank 0 listens (c10d TCPStore); Load returns once all have
   // joined (kIo after rendezvous_timeout_s). Rank 0 drives: Forward and Generate on it run the whole plan (StepRows is
   // refused). Every other rank calls ServeRank(), which computes its part of each pass rank 0 runs and returns
-  // when rank 0's executor is destroyed. Every rank needs the checkpoint directory (all of it). Passes run eagerly
-  // (no CUDA graphs or micro-batches) and give the one-process eager plan's results.
+  // when rank 0's executor is destroyed. Every rank needs the checkpoint directory (all of it). Decode steps replay
+  // CUDA graphs on each rank as in one process (ExecutorOptions::cuda_graphs: one graph per run of consecutive
+  // blocks a rank computes; the hidden state is received into, and sent from, the graphs' static buffers); other
+  // passes run eagerly (no micro-batches). Results equal the one-process plan's on the same path.
   int world_size = 0;
   int rank = 0;
   std::string rendezvous;

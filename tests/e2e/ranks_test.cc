@@ -5,7 +5,8 @@
 // process per host:
 //   CPU mode (runs everywhere): tensors travel through the rendezvous store; float32; results equal bit for bit.
 //   Two CUDA devices (skips otherwise): tensors over NCCL; float32, max relative error 1e-5 (same kernels on other
-//   devices; the one-process plan computes the same blocks on the same GPUs).
+//   devices; the one-process plan computes the same blocks on the same GPUs), with eager steps, and with decode
+//   steps replayed from CUDA graphs on both sides.
 // Also the refusals: a plan with a block that is not resident on a GPU, and a bad rendezvous address.
 #include <arpa/inet.h>
 #include <cuda_runtime.h>
@@ -19,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "arch/registry.h"
 #include "executor/executor.h"
 #include "schema/plan_io.h"
 #include "tests/e2e/e2e_util.h"
@@ -75,7 +77,7 @@ class Ranks : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(planned.ok()) << planned.error().ToString();
   }
 
-  void RunRanks(bool cpu, double tolerance) {
+  void RunRanks(bool cpu, double tolerance, bool graphs = false) {
     const std::string family = GetParam();
     const std::string model = ModelDir(family);
     std::string plan;
@@ -85,10 +87,17 @@ class Ranks : public ::testing::TestWithParam<std::string> {
     auto ref = LoadReference(model);
     ASSERT_TRUE(ref.ok()) << ref.error().ToString();
     const std::vector<std::vector<int64_t>> prompts = ref->Prompts();
+    if (graphs) {
+      // Only families with a static decode step capture graphs (GPT-2 runs eagerly on both sides).
+      std::ifstream config_file(model + "/config.json");
+      auto parsed = arch::ParseHfConfig(nlohmann::json::parse(config_file), model + "/config.json");
+      ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+      graphs = arch::GraphDecodeEligible(*parsed->family, parsed->config, seq_len);
+    }
     ExecutorOptions base;
     base.progress = false;
     base.force_cpu = cpu;
-    base.cuda_graphs = false;  // ranks run eagerly: compare with the eager one-process pass
+    base.cuda_graphs = graphs;  // the same path in both: eager, or decode steps replayed from graphs
     // One process.
     auto single = Executor::Load(plan, model, base);
     ASSERT_TRUE(single.ok()) << single.error().ToString();
@@ -110,7 +119,7 @@ class Ranks : public ::testing::TestWithParam<std::string> {
     // Two ranks: rank 1 serves in a thread until rank 0's executor is destroyed.
     const std::string address = "127.0.0.1:" + std::to_string(FreePort());
     Status served = MakeError(ErrorCode::kInternal, "rank 1 did not run");
-    uint64_t served_passes = 0;
+    uint64_t served_passes = 0, served_graph_steps = 0;
     auto rank_options = [&](int rank) {
       ExecutorOptions o = base;
       o.world_size = 2;
@@ -127,6 +136,7 @@ class Ranks : public ::testing::TestWithParam<std::string> {
       }
       served = (*e)->ServeRank();
       served_passes = (*e)->stats().forward_count;
+      served_graph_steps = (*e)->stats().graph_steps;
     });
     {
       auto rank0 = Executor::Load(plan, model, rank_options(0));
@@ -143,16 +153,20 @@ class Ranks : public ::testing::TestWithParam<std::string> {
       auto tokens = (*rank0)->Generate(prompts, greedy);
       ASSERT_TRUE(tokens.ok()) << tokens.error().ToString();
       EXPECT_EQ(tokens->tokens, want_tokens->tokens);
+      EXPECT_EQ((*rank0)->stats().graph_capture_error, "");
+      EXPECT_EQ((*rank0)->stats().graph_steps > 0, graphs);
       auto rows = (*rank0)->StepRows({RowStep{0, 0, {1, 2}}});
       EXPECT_FALSE(rows.ok());
       EXPECT_EQ(rows.error().code, ErrorCode::kUnsupported);
       std::printf("%-14s two ranks (%s) vs one process: prefill max rel %.2e, decode step %.2e, %zu tokens equal\n",
-                  family.c_str(), cpu ? "cpu, store" : "cuda, nccl", MaxRelError(prefill->data, want_prefill->data),
+                  family.c_str(), cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl",
+                  MaxRelError(prefill->data, want_prefill->data),
                   MaxRelError(step->data, want_step->data), tokens->tokens[0].size());
     }  // rank 0's executor ends: rank 1 stops serving
     rank1.join();
     EXPECT_TRUE(served.ok()) << served.error().ToString();
     EXPECT_GE(served_passes, 3u);  // prefill, step, and the generation's passes
+    EXPECT_EQ(served_graph_steps > 0, graphs);
   }
 };
 
@@ -162,6 +176,13 @@ TEST_P(Ranks, CudaTwoRanksMatchOneProcess) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
   RunRanks(/*cpu=*/false, 1e-5);
+}
+
+// Decode steps replayed from CUDA graphs on both ranks (one per rank here) against the one-process plan's graphs.
+TEST_P(Ranks, CudaTwoRanksGraphsMatchOneProcess) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  RunRanks(/*cpu=*/false, 1e-5, /*graphs=*/true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, Ranks, ::testing::Values("llama", "qwen2", "gpt2"),
