@@ -2,10 +2,11 @@
 # Ranks (issue "several GPUs", part 4): the Llama-3-8B shape (random bf16 weights) planned over two GPUs
 # (cuda:0=16GiB,cuda:1=16GiB: the embedding and the first half of the layers on cuda:0), generated greedily from
 # the same prompt (32 tokens, batch 1 and batch 4) by
-#   one process (eager steps, --no-cuda-graphs), one process (CUDA graphs, the default), and
-#   two processes, one per GPU (run --world-size 2 --rank R --rendezvous 127.0.0.1:PORT; eager: ranks run eagerly),
-# then compares the tokens (ranks against the eager process) and prints the timings. Then the ranks tests of the
-# GPU suite (two ranks as threads, NCCL, tiny models vs one process).
+#   one process and two processes, one per GPU (run --world-size 2 --rank R --rendezvous 127.0.0.1:PORT), each with
+#   eager steps (--no-cuda-graphs) and with decode steps replayed from CUDA graphs (the default),
+# then compares the tokens (ranks against one process on the same path) and prints the timings. Then the ranks
+# tests of the GPU suite (two ranks as threads, NCCL, tiny models vs one process). The plan is made for batch 4, so
+# the planner deals the layers in two groups per GPU (candidate I): each rank computes two runs of layers.
 #
 #   benchmarks/gpu/ranks_check.sh OUT_DIR [ckpt]     (run from the repo root on a 2-GPU machine with the bundle
 #                                                    from tools/bundle_gpu.sh //tools:run //tools:plan
@@ -26,22 +27,26 @@ run() { "$env" "$bin/run" --plan "$out/split.bplan" --model "$ckpt" --max-new-to
 for batch in 1 4; do
   run --prompt-ids "$ids" --batch $batch --no-cuda-graphs > "$out/one_eager_b$batch.txt" 2>&1
   run --prompt-ids "$ids" --batch $batch > "$out/one_graphs_b$batch.txt" 2>&1
-  port=$((29600 + batch))
-  run --world-size 2 --rank 1 --rendezvous 127.0.0.1:$port > "$out/rank1_b$batch.txt" 2>&1 &
-  run --world-size 2 --rank 0 --rendezvous 127.0.0.1:$port --prompt-ids "$ids" --batch $batch > "$out/rank0_b$batch.txt" 2>&1
-  wait
-  for f in one_eager one_graphs rank0; do
-    printf "batch %d %-11s %s | %s\n" $batch "$f" "$(grep -m1 'decode:' "$out/${f}_b$batch.txt")" \
+  for mode in graphs eager; do
+    flags=(); [[ $mode == eager ]] && flags=(--no-cuda-graphs)
+    port=$((29600 + batch + ${#flags[@]} * 10))
+    run --world-size 2 --rank 1 --rendezvous 127.0.0.1:$port "${flags[@]}" > "$out/rank1_${mode}_b$batch.txt" 2>&1 &
+    run --world-size 2 --rank 0 --rendezvous 127.0.0.1:$port --prompt-ids "$ids" --batch $batch "${flags[@]}" \
+      > "$out/rank0_${mode}_b$batch.txt" 2>&1
+    wait
+  done
+  for f in one_eager rank0_eager one_graphs rank0_graphs; do
+    printf "batch %d %-12s %s | %s\n" $batch "$f" "$(grep -m1 'decode:' "$out/${f}_b$batch.txt")" \
       "$(grep -m1 'time to first' "$out/${f}_b$batch.txt")"
   done
-  tail -1 "$out/rank1_b$batch.txt"
-  if diff <(grep '^tokens' "$out/one_eager_b$batch.txt") <(grep '^tokens' "$out/rank0_b$batch.txt") > /dev/null; then
-    echo "batch $batch: two ranks give the eager process's tokens ($(grep -c '^tokens' "$out/rank0_b$batch.txt") rows)"
-  else
-    echo "batch $batch: TOKENS DIFFER"; grep '^tokens' "$out/one_eager_b$batch.txt" "$out/rank0_b$batch.txt" | head -4
-  fi
-  diff <(grep '^tokens' "$out/one_eager_b$batch.txt") <(grep '^tokens' "$out/one_graphs_b$batch.txt") > /dev/null &&
-    echo "batch $batch: graphs give the eager tokens too" || echo "batch $batch: graph tokens differ from eager (bf16 rounding)"
+  tail -1 "$out/rank1_graphs_b$batch.txt"
+  for mode in eager graphs; do
+    if diff <(grep '^tokens' "$out/one_${mode}_b$batch.txt") <(grep '^tokens' "$out/rank0_${mode}_b$batch.txt") > /dev/null; then
+      echo "batch $batch, $mode: two ranks give the one process's tokens ($(grep -c '^tokens' "$out/rank0_${mode}_b$batch.txt") rows)"
+    else
+      echo "batch $batch, $mode: TOKENS DIFFER"; grep '^tokens' "$out/one_${mode}_b$batch.txt" "$out/rank0_${mode}_b$batch.txt" | head -4
+    fi
+  done
 done
 if [[ -x $bin/ranks_test ]]; then
   BIGPLAN_TINY_MODELS="${BIGPLAN_TINY_MODELS:-/tmp/bigplan-tiny-models}"
