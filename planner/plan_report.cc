@@ -90,8 +90,12 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
     out << "  candidates (resident bytes):";
     for (size_t k = 0; k < r.placement.candidates.size(); ++k) {
       const PlacementCandidate& c = r.placement.candidates[k];
+      // A candidate that does not apply (S when nothing streams) is "not needed", not infeasible.
       out << (k ? ", " : " ") << c.name << " "
-          << (c.feasible ? FormatBytes(c.resident_bytes) : c.why == "not considered" ? "not considered" : "infeasible");
+          << (c.feasible                   ? FormatBytes(c.resident_bytes)
+              : c.why == "not considered"  ? "not considered"
+              : c.why == "nothing streams" ? "not needed"
+                                           : "infeasible");
     }
     out << "; chosen " << r.placement.chosen << "\n";
   }

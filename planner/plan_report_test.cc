@@ -160,6 +160,18 @@ std::string LineWith(const std::string& report, const std::string& start) {
 
 // A plan the executor pipelines reports its batched prefill (all rows, half the positions each); one that it does not
 // (one GPU, above) reports none.
+// Auto over two GPUs holding every block, batch 4: the interleaved candidate I is chosen, and S (nothing streams)
+// is reported as not needed rather than infeasible.
+TEST(PlanReportTest, InterleavedCandidateForBatches) {
+  PlanRequest req = TinyRequest("cuda:0=1GiB,cuda:1=1GiB,cpu=1GiB", 4, 64);
+  req.strategy = "auto";
+  const std::string line = LineWith(ReportOf(req), "  candidates");
+  EXPECT_NE(line.find(", I "), std::string::npos) << line;
+  EXPECT_NE(line.find("S not needed"), std::string::npos) << line;
+  EXPECT_NE(line.find("; chosen I"), std::string::npos) << line;
+  std::printf("%s\n", line.c_str());
+}
+
 TEST(PlanReportTest, BatchedPrefillOfSplitPlans) {
   // 512 positions: passes of 256 tokens per row, micro-batches of 2 rows.
   const std::string pipelined = LineWith(SplitReport(512), "  batched prefill");
