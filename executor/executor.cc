@@ -72,6 +72,14 @@ class Executor::Impl {
     at::Tensor hidden_in;         // [max_batch, 1, hidden] on the segment's device: the previous segment's output
   };
   std::vector<GraphSegment> segments;
+  // A decode graph's static hidden-state input on `device`: [max_batch, 1, hidden] in the execution dtype, zeros.
+  at::Tensor DecodeHiddenBuffer(int device) const {
+    const schema::Plan& p = state->plan->plan();
+    return at::zeros({state->info.max_batch, 1, static_cast<int64_t>(p.config()->hidden_size())},
+                     at::TensorOptions()
+                         .dtype(executor_internal::ToScalarType(p.exec_dtype()))
+                         .device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
+  }
   std::string capture_error;  // why graphs turned off: the failed capture's message
   bool GraphsEnabled() const {
     if (segments.empty()) return false;
@@ -845,13 +853,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       const int device = impl->state->blocks[steps[i].block].device;
       if (impl->segments.empty() || impl->segments.back().graphs.device() != device) {
         Impl::GraphSegment seg{GraphDecoder(device), i, i, at::Tensor()};
-        if (!impl->segments.empty()) {
-          const schema::Plan& p = impl->state->plan->plan();
-          seg.hidden_in = at::zeros({impl->state->info.max_batch, 1, static_cast<int64_t>(p.config()->hidden_size())},
-                                    at::TensorOptions()
-                                        .dtype(executor_internal::ToScalarType(p.exec_dtype()))
-                                        .device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
-        }
+        if (!impl->segments.empty()) seg.hidden_in = impl->DecodeHiddenBuffer(device);
         impl->segments.push_back(std::move(seg));
       }
       impl->segments.back().end = i + 1;
@@ -882,7 +884,6 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     if (options.cuda_graphs && !cpu_mode && impl->state->streams.empty() &&
         impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
       const auto& steps = impl->state->steps;
-      const schema::Plan& p = impl->state->plan->plan();
       for (uint32_t i = 0; i < steps.size(); ++i) {
         if (impl->state->blocks[steps[i].block].remote) continue;
         if (i > 0 && !impl->state->blocks[steps[i - 1].block].remote) {
@@ -890,12 +891,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
           continue;
         }
         Impl::GraphSegment seg{GraphDecoder(load.local_device), i, i + 1, at::Tensor()};
-        if (i > 0) {
-          seg.hidden_in = at::zeros({impl->state->info.max_batch, 1, static_cast<int64_t>(p.config()->hidden_size())},
-                                    at::TensorOptions()
-                                        .dtype(executor_internal::ToScalarType(p.exec_dtype()))
-                                        .device(at::kCUDA, static_cast<c10::DeviceIndex>(load.local_device)));
-        }
+        if (i > 0) seg.hidden_in = impl->DecodeHiddenBuffer(load.local_device);
         impl->rank_segments.push_back(std::move(seg));
       }
     }
