@@ -166,9 +166,17 @@ inline constexpr double kPeerGbps = 200.0;
 // with the GPU's queue drained): 30 us, an estimate to be measured.
 inline constexpr double kRouteSyncMicros = 30.0;
 // The host's rate on a decode token's routed experts, as a share of the profile's cpu_gemv_gbps: a few experts of a
-// few MB each per layer, two pool calls apiece, beside the thread that dispatches the GPU's work. Fitted on an H200
-// host's 16 cores (Qwen3-30B-A3B shape, shares 0.3 and 0.45: 0.30 both; the profile said 99.6 GB/s).
-inline constexpr double kHostExpertEfficiency = 0.3;
+// few MB each per layer, two pool calls apiece, beside the thread that dispatches the GPU's work. Fitted on an H100
+// host's 16 cores (Qwen3-30B-A3B shape, shares 0.3 to 0.55: 1 to 4 experts of 9.4 MB in 184-206, 326-381, 509-548,
+// 669-761 us, about 180 us each, against a profile of 99 GB/s), and when the host's experts start after the router's
+// choices reach the host (waking its thread): 45 us (40-60 us in the same runs).
+inline constexpr double kHostExpertStartMicros = 45.0;
+inline constexpr double kHostExpertEfficiency = 0.53;
+// The share of next-layer prefetches (ExpertRing.prefetch) whose expert the next router chooses: the top
+// predictions of the next router run on this layer's MoE input. Measured on an H100, Qwen3-30B-A3B shape with random
+// weights (24 layers, 8 of 128 experts per token): 88% of single prefetches and 84% of pairs were chosen; trained
+// models' routers are reported as predictable from the previous layer's input too (pre-gating).
+inline constexpr double kExpertPrefetchHitRate = 0.85;
 inline constexpr double kCpuOpMicros = 2.0;
 // kHostProductMicros: the fixed cost of one matrix whose last rows the host computes in a decode forward (planner/
 // host_compute.h), beyond reading those rows: the activation's copy to the host and the wait for it, waking the

@@ -5,6 +5,7 @@
 
 #include "arch/registry.h"
 #include "planner/accounting.h"
+#include "planner/cost_model.h"
 #include "planner/streaming.h"
 
 namespace bigplan {
@@ -76,7 +77,7 @@ std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
 
 void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlacement>& blocks, DType exec_dtype,
                      const DeviceProfile& profile, double cpu_share, uint32_t decode_tokens,
-                     std::map<int32_t, ExpertRingPlan>* rings) {
+                     std::map<int32_t, ExpertRingPlan>* rings, int prefetch) {
   const ModelConfig& c = model.config;
   for (auto& [device, r] : *rings) {
     if (exec_dtype != DType::kBF16) {
@@ -92,9 +93,18 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
     // Tokens whose k choices each cover every expert twice on average.
     r.copy_all_tokens = std::max<uint32_t>(1, (2 * c.num_experts + c.num_experts_per_tok - 1) / c.num_experts_per_tok);
     r.expected_resident_bytes = r.expected_copied_bytes = r.expected_host_bytes = 0;
+    bool pinned = false;  // some routed expert rests in pinned memory (what a prefetch copies)
+    for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
+      if (blocks[i].device == device && ExpectedExpertBytes(model, i, blocks[i], exec_dtype, 0).copied > 0) pinned = true;
+    }
+    const int64_t room = static_cast<int64_t>(r.slots) - c.num_experts_per_tok;
+    r.prefetch = pinned ? static_cast<uint32_t>(std::clamp<int64_t>(prefetch < 0 ? kDefaultExpertPrefetch : prefetch, 0,
+                                                                   std::min<int64_t>(c.num_experts_per_tok, room)))
+                        : 0;
     for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
       if (blocks[i].device != device) continue;
-      const ExpertBytes b = ExpectedExpertBytes(model, i, blocks[i], exec_dtype, r.cpu_share);
+      const ExpertBytes b = WithPrefetch(ExpectedExpertBytes(model, i, blocks[i], exec_dtype, r.cpu_share), r.cpu_share,
+                                         r.prefetch, r.slot_bytes);
       r.expected_resident_bytes += b.resident;
       r.expected_copied_bytes += b.copied;
       r.expected_host_bytes += b.host;
@@ -121,6 +131,15 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   out.resident = pick * resident;
   out.copied = pick * off * (1 - cpu_share);
   out.host = pick * off * cpu_share;
+  return out;
+}
+
+ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes) {
+  ExpertBytes out = b;
+  const double off = b.copied + b.host;  // the chosen non-resident experts' bytes
+  out.prefetched = std::min(off, kExpertPrefetchHitRate * prefetch * static_cast<double>(expert_bytes));
+  out.host = cpu_share * (off - out.prefetched);
+  out.copied = off - out.host;
   return out;
 }
 

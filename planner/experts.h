@@ -40,6 +40,7 @@ struct ExpertRingPlan {
   double cpu_share = 0;          // of a forward's non-resident chosen experts, the host computes this share
   uint32_t decode_max_tokens = 0;
   uint32_t copy_all_tokens = 0;
+  uint32_t prefetch = 0;         // next-layer experts prefetched per sparse layer in decode (executor/expert_engine.h)
   double expected_resident_bytes = 0, expected_copied_bytes = 0, expected_host_bytes = 0;  // per decode token
   uint64_t ring_bytes() const { return uint64_t{slots} * slot_bytes; }
   uint64_t disk_ring_bytes() const { return uint64_t{disk_slots} * disk_slot_bytes; }
@@ -56,9 +57,15 @@ std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
 // h2d_gbps), 0 when the profile has no host rate; otherwise the given share, clamped to [0, 1]), the forward sizes
 // (decode_max_tokens = `decode_tokens`; copy_all_tokens: forwards whose tokens choose, on average, every expert
 // twice), and the expected bytes per decode token by path under uniform routing.
+// `prefetch`: the next-layer experts prefetched per sparse layer in decode (-1: kDefaultExpertPrefetch), clamped to
+// num_experts_per_tok and to what the ring holds beside one token's choices (slots - num_experts_per_tok); 0 when
+// no routed expert rests in pinned memory.
 void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlacement>& blocks, DType exec_dtype,
                      const DeviceProfile& profile, double cpu_share, uint32_t decode_tokens,
-                     std::map<int32_t, ExpertRingPlan>* rings);
+                     std::map<int32_t, ExpertRingPlan>* rings, int prefetch = -1);
+// Next-layer experts prefetched per sparse layer by default: one, the most probable under the next router run on
+// this layer's MoE input. Its copy fills the copy engine's wait for the next router; see kExpertPrefetchHitRate.
+inline constexpr int kDefaultExpertPrefetch = 1;
 
 // A sparse layer's expected expert bytes per decode token under uniform routing (num_experts_per_tok of
 // num_experts chosen): read where resident, copied over PCIe, read by the host (the non-resident ones split by
@@ -66,9 +73,15 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
 struct ExpertBytes {
   double resident = 0, copied = 0, host = 0;
   uint64_t off_gpu = 0;
+  double prefetched = 0;  // of `copied`, what next-layer prefetches move before the router (WithPrefetch)
 };
 ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, const BlockPlacement& placement,
                                 DType exec_dtype, double cpu_share);
+
+// `b` (ExpectedExpertBytes at `cpu_share`) when the previous layer prefetches `prefetch` experts of `expert_bytes`
+// each, kExpertPrefetchHitRate of them chosen: those are copied before the router (prefetched, counted in copied
+// too), and the host's share applies to the other non-resident chosen experts.
+ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes);
 
 // Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on one GPU, already placed
 // with its other weights): layer by layer round-robin, the lower-indexed experts of each layer first. Sets

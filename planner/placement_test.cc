@@ -8,6 +8,8 @@
 
 #include "planner/synthetic_model_testutil.h"
 
+#include "planner/cost_model.h"
+#include "planner/experts.h"
 #include "planner/hf_import.h"
 
 namespace bigplan {
@@ -612,6 +614,29 @@ TEST(ExamplesTest, Llama405BOnEightGpusIsFast) {
   for (const auto& [device, ring] : c->ring_bytes)
     for (const StreamWeight& w : StreamWeightsFor(*m, c->blocks, r.exec_dtype, device)) together += w.bytes;
   EXPECT_LT(busiest * 2, together);  // a forward's copies at least twice as fast
+}
+
+// A prefetch's expected hits are copied before the router; the host's share applies to the other non-resident
+// chosen experts; a hit never exceeds what the router chooses off the GPU; no prefetch changes nothing.
+TEST(ExpertBytesTest, WithPrefetch) {
+  ExpertBytes b;
+  b.resident = 10;
+  b.copied = 60;  // share 0.4 of 100 non-resident bytes on the host
+  b.host = 40;
+  const ExpertBytes none = WithPrefetch(b, 0.4, 0, 20);
+  EXPECT_DOUBLE_EQ(none.copied, 60);
+  EXPECT_DOUBLE_EQ(none.host, 40);
+  EXPECT_DOUBLE_EQ(none.prefetched, 0);
+  const ExpertBytes one = WithPrefetch(b, 0.4, 1, 20);
+  const double hit = kExpertPrefetchHitRate * 20;
+  EXPECT_DOUBLE_EQ(one.prefetched, hit);
+  EXPECT_DOUBLE_EQ(one.host, 0.4 * (100 - hit));
+  EXPECT_DOUBLE_EQ(one.copied + one.host, 100);
+  EXPECT_DOUBLE_EQ(one.resident, 10);
+  const ExpertBytes many = WithPrefetch(b, 0.4, 8, 20);
+  EXPECT_DOUBLE_EQ(many.prefetched, 100);
+  EXPECT_DOUBLE_EQ(many.host, 0);
+  EXPECT_DOUBLE_EQ(many.copied, 100);
 }
 
 }  // namespace

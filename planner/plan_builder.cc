@@ -259,7 +259,7 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
     experts.push_back(schema::CreateExpertRing(
         fb, device, ring->second, r.slots, r.slot_bytes, disk == sched.expert_disk_ring_buffer.end() ? -1 : disk->second,
         r.disk_slots, r.cpu_share, r.decode_max_tokens, r.copy_all_tokens, r.expected_resident_bytes,
-        r.expected_copied_bytes, r.expected_host_bytes));
+        r.expected_copied_bytes, r.expected_host_bytes, r.prefetch));
   }
 
   std::vector<flatbuffers::Offset<schema::Budget>> budgets;

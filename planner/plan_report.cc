@@ -8,6 +8,7 @@
 
 #include "formats/dtype.h"
 #include "planner/budget.h"
+#include "planner/cost_model.h"
 #include "planner/weight_format.h"
 #include "planner/memory_plan.h"
 #include "planner/placement.h"
@@ -206,7 +207,12 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
         << r.profile.cpu_gemv_gbps << " GB/s (share " << Share(ring.cpu_share) << ", forwards of at most "
         << ring.decode_max_tokens << " tokens); floor of this mix " << Ms(r.expert_floor_us) << "; ring "
         << ring.slots << " x " << FormatBytes(ring.slot_bytes) << (ring.disk_slots ? ", disk ring " : "")
-        << (ring.disk_slots ? FormatBytes(ring.disk_ring_bytes()) : "") << "\n";
+        << (ring.disk_slots ? FormatBytes(ring.disk_ring_bytes()) : "");
+    if (ring.prefetch > 0) {
+      out << "; prefetch " << ring.prefetch << " next-layer expert" << (ring.prefetch > 1 ? "s" : "")
+          << " per layer (predicted chosen " << static_cast<int>(kExpertPrefetchHitRate * 100 + 0.5) << "%)";
+    }
+    out << "\n";
   }
   if (r.cpu_share > 0) {
     out << "  host compute: " << r.host_rows.size() << " streamed matrices keep "

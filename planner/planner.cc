@@ -388,11 +388,12 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   result.decode_streamed_us = result.decode.total_us;
 
   // Routed experts: the rings' paths and each sparse layer's prediction. After its router's choices reach the host
-  // (kRouteSyncMicros), a layer takes the longer of its host side (its dispatch, and the host's experts, which
-  // overlap the dispatch of the GPU's expert work, a quarter of it) and its GPU side (its own time and the copies,
-  // which start after the router). The host's expert rate is kHostExpertEfficiency of the profile's matrix-vector
-  // rate. With an automatic share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies
-  // every non-resident expert while the GPU computes.
+  // (kRouteSyncMicros), a layer takes the longer of its host side (the host's experts, starting
+  // kHostExpertStartMicros after the choices, then the GPU's work behind them: the GPU waits for the host's sum and
+  // runs the combine and the next layer's attention, about the layer's device time) and its GPU side (its own time
+  // and the copies, which start after the router, less what the previous layer prefetched for it). The host's expert
+  // rate is kHostExpertEfficiency of the profile's matrix-vector rate. With an automatic share the planner tries 0,
+  // 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert while the GPU computes.
   result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
   const bool routed = !result.expert_rings.empty();
   if (routed) {
@@ -408,23 +409,42 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
     }
     const uint32_t decode_tokens = std::min<uint32_t>(request.run.max_batch, kMaxHostTokens);
     const std::vector<double> base_decode = decode_us, base_prefill = prefill_us;
-    double best = -1;
+    // Next-layer prefetch: the request's count, or the better of none and kDefaultExpertPrefetch (a prefetch only
+    // fills the copy engine's wait for the next router; an expert whose copy outlasts that wait costs its remainder
+    // when the router does not choose it, so large experts are better not prefetched).
+    std::vector<int> prefetches;
+    if (request.expert_prefetch >= 0) {
+      prefetches.push_back(request.expert_prefetch);
+    } else {
+      prefetches = {0, kDefaultExpertPrefetch};
+    }
+    std::vector<std::pair<double, int>> candidates;  // (share, prefetch)
     for (double share : shares) {
+      for (int prefetch : prefetches) candidates.emplace_back(share, prefetch);
+    }
+    double best = -1;
+    for (const auto& [share, prefetch] : candidates) {
       std::map<int32_t, ExpertRingPlan> rings = result.expert_rings;
-      PlanExpertPaths(model, placement.blocks, exec, pf, share, decode_tokens, &rings);
+      PlanExpertPaths(model, placement.blocks, exec, pf, share, decode_tokens, &rings, prefetch);
       std::vector<double> dec = base_decode, pre = base_prefill;
       double floor_us = 0;
       for (size_t i = 0; i < n; ++i) {
         auto ring = rings.find(devices[i]);
         if (!placement.blocks[i].routed_experts || ring == rings.end()) continue;
-        const ExpertBytes b = ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring->second.cpu_share);
-        const double copy_us = b.copied / (pf.h2d_gbps * 1e3);
+        const ExpertRingPlan& ring_plan = ring->second;
+        const ExpertBytes b = WithPrefetch(ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring_plan.cpu_share),
+                                           ring_plan.cpu_share, ring_plan.prefetch, ring_plan.slot_bytes);
         const double host_rate = pf.cpu_gemv_gbps * kHostExpertEfficiency;
         const double host_us = host_rate > 0 ? b.host / (host_rate * 1e3) : 0.0;
         const BlockCost& bc = result.block_costs[i];
-        const double dispatch = bc.host_us;
-        const double host_side = dispatch + std::max(0.0, host_us - 0.25 * dispatch);
-        const double gpu_side = bc.decode_device_us + copy_us;
+        const double host_side = host_us > 0 ? kHostExpertStartMicros + host_us + bc.decode_device_us : 0.0;
+        // Next-layer prefetch: its copies (ring_plan.prefetch experts, issued behind the previous layer's) take the
+        // copy engine's wait for this router, or longer; the chosen ones (b.prefetched) are copies this layer no
+        // longer waits for.
+        const double window = bc.decode_device_us + kRouteSyncMicros;
+        const double prefetch_us = ring_plan.prefetch * static_cast<double>(ring_plan.slot_bytes) / (pf.h2d_gbps * 1e3);
+        const double copy_us = (b.copied - b.prefetched) / (pf.h2d_gbps * 1e3);
+        const double gpu_side = std::max(window, prefetch_us) - kRouteSyncMicros + copy_us;
         dec[i] = std::max(host_side, gpu_side) + kRouteSyncMicros;
         pre[i] = std::max(pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3));
         floor_us += std::max(b.copied / (pf.h2d_gbps * 1e3), pf.cpu_gemv_gbps > 0 ? b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0);

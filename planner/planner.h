@@ -82,6 +82,10 @@ struct PlanRequest {
   // token's non-resident experts instead: the given share, or with cpu_share_auto or no share the profile's
   // (cpu_gemv_gbps against h2d_gbps); cpu_share_off (`--cpu-share off`) turns it off.
   bool cpu_share_off = false;
+  // Mixture-of-experts plans with routed experts: experts of the next sparse layer prefetched per layer in decode
+  // (ExpertRing.prefetch, executor/expert_engine.h), at most num_experts_per_tok and what the ring holds beside one
+  // token's choices; -1 (auto): none or kDefaultExpertPrefetch, whichever the cost model predicts faster.
+  int expert_prefetch = -1;
   // Called with a short message before each long step; may be empty.
   std::function<void(const std::string&)> progress;
 };

@@ -160,7 +160,9 @@ std::string ExpertText(const schema::Plan& p) {
       << r->ring_buffer() << ")";
     if (r->disk_ring_buffer() >= 0) o << ", disk ring " << r->disk_slots() << " slots (buffer " << r->disk_ring_buffer() << ")";
     o << ", host share " << Fixed(r->cpu_share()) << " in forwards of at most " << r->decode_max_tokens()
-      << " tokens, copy-all from " << r->copy_all_tokens() << " tokens\n";
+      << " tokens, copy-all from " << r->copy_all_tokens() << " tokens";
+    if (r->prefetch() > 0) o << ", prefetch " << r->prefetch() << " next-layer expert(s) per layer";
+    o << "\n";
     o << "    expected bytes per decode token: resident " << Fixed(r->expected_resident_bytes()) << ", copied "
       << Fixed(r->expected_copied_bytes()) << ", host " << Fixed(r->expected_host_bytes()) << "\n";
   }
@@ -180,6 +182,7 @@ nlohmann::ordered_json ExpertJson(const schema::Plan& p) {
                      {"slot_bytes", r->slot_bytes()}, {"disk_ring_buffer", r->disk_ring_buffer()},
                      {"disk_slots", r->disk_slots()}, {"cpu_share", r->cpu_share()},
                      {"decode_max_tokens", r->decode_max_tokens()}, {"copy_all_tokens", r->copy_all_tokens()},
+                     {"prefetch", r->prefetch()},
                      {"expected_resident_bytes", r->expected_resident_bytes()},
                      {"expected_copied_bytes", r->expected_copied_bytes()},
                      {"expected_host_bytes", r->expected_host_bytes()}});

@@ -74,6 +74,10 @@ constexpr const char* kUsage =
     "                           forwards of at most --batch tokens (<= 16) use it; prefill streams every row.\n"
     "                           Mixture-of-experts plans (placement E): the share of a decode token's chosen\n"
     "                           non-resident experts the host computes instead of copying them\n"
+    "  --expert-prefetch N      mixture-of-experts plans: experts of the next sparse layer copied ahead of its\n"
+    "                           router in decode, the most probable under that router run on the current\n"
+    "                           layer's input (default: 1 where the cost model predicts it faster than none;\n"
+    "                           0: none; at most num_experts_per_tok)\n"
     "  --batch N                maximum batch size (default 1)\n"
     "  --seq-len N              maximum sequence length, prompt + generated (default 512)\n"
     "  --strategy NAME          placement strategy: auto (default), sequential (Accelerate's\n"
@@ -125,7 +129,7 @@ Result<nlohmann::json> ReadJsonFile(const std::string& path) {
 
 struct Flags {
   std::string model_dir, description, checkpoint, max_memory, dtype, strategy, memory_algorithm, profile,
-      device_map, export_device_map, output, weights, cpu_share;
+      device_map, export_device_map, output, weights, cpu_share, expert_prefetch;
   std::optional<uint32_t> batch, seq_len, prefetch_depth, weights_group;
   std::optional<uint64_t> chunk_bytes;
   std::string auto_candidates;
@@ -149,7 +153,8 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     switch (SplitFlag(argc, argv, &i,
                       {"--model", "--description", "--checkpoint", "--max-memory", "--dtype", "--batch", "--seq-len",
                        "--strategy", "--memory-algorithm", "--profile", "--device-map", "--export-device-map", "-o",
-                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates", "--weights", "--weights-group", "--cpu-share"},
+                       "--output", "--prefetch-depth", "--chunk-bytes", "--auto-candidates", "--weights", "--weights-group", "--cpu-share",
+                       "--expert-prefetch"},
                       &flag, &value)) {
       case FlagSplit::kOk: break;
       case FlagSplit::kUnknown: return Usage("unknown flag \"" + flag + "\"");
@@ -162,6 +167,7 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     else if (flag == "--dtype") f.dtype = value;
     else if (flag == "--weights") f.weights = value;
     else if (flag == "--cpu-share") f.cpu_share = value;
+    else if (flag == "--expert-prefetch") f.expert_prefetch = value;
     else if (flag == "--weights-group") { BIGPLAN_ASSIGN_OR_RETURN(f.weights_group, kCli.ParsePositive(flag, value)); }
     else if (flag == "--batch") { BIGPLAN_ASSIGN_OR_RETURN(f.batch, kCli.ParsePositive(flag, value)); }
     else if (flag == "--seq-len") { BIGPLAN_ASSIGN_OR_RETURN(f.seq_len, kCli.ParsePositive(flag, value)); }
@@ -245,6 +251,10 @@ Status Main(int argc, char** argv) {
     if (end == f.cpu_share.c_str() || *end != '\0' || !(share > 0 && share < 1))
       return Usage("--cpu-share: expected auto, off or a share between 0 and 1, got \"" + f.cpu_share + "\"");
     base.cpu_share = share;
+  }
+  if (!f.expert_prefetch.empty()) {
+    BIGPLAN_ASSIGN_OR_RETURN(int64_t n, kCli.ParseInt("--expert-prefetch", f.expert_prefetch, 0, 4096));
+    base.expert_prefetch = static_cast<int>(n);
   }
   if (!f.auto_candidates.empty()) base.auto_candidates = f.auto_candidates;
   if (!f.quiet) base.progress = [](const std::string& m) { std::fprintf(stderr, "plan: %s\n", m.c_str()); };

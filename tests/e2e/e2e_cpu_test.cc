@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "executor/executor.h"
+#include "schema/plan_io.h"
 #include "tests/e2e/e2e_util.h"
 
 namespace bigplan::e2e {
@@ -140,6 +141,38 @@ class E2eCpu : public ::testing::TestWithParam<std::string> {
     }
   }
 };
+
+// Next-layer prefetch in the plan (ExpertRing.prefetch): by default one expert per sparse layer where the cost model
+// predicts it faster than none (a tiny model's experts copy in far less than the wait for a router, so they get
+// one); `--expert-prefetch N` sets it, clamped to num_experts_per_tok and to what the ring holds beside one token's
+// choices; 0 turns it off.
+TEST_P(E2eCpu, ExpertPrefetchInThePlan) {
+  if (!IsMoeFamily(GetParam())) GTEST_SKIP() << "not a mixture-of-experts family";
+  const std::string model = ModelDir(GetParam());
+  const std::string path = TempDir(GetParam() + "_prefetch_plan") + "/e.bplan";
+  const std::string big = std::to_string(8ull << 30), only_e = "--auto-candidates E --cpu-share 0.5";
+  auto min_e = SmallestFeasible(
+      [&](uint64_t b) { return MakePlan(model, "cuda:0=" + std::to_string(b) + ",cpu=" + big, "fp32", 1, 16, path, only_e).ok(); },
+      0, 8ull << 30, 4096);
+  ASSERT_TRUE(min_e.ok()) << min_e.error().ToString();
+  const std::string spec = "cuda:0=" + std::to_string(*min_e) + ",cpu=" + big;
+  uint32_t top_k = 0, slots = 0;
+  auto prefetch_of = [&](const std::string& extra) -> int64_t {
+    Status made = MakePlan(model, spec, "fp32", 1, 16, path, only_e + extra);
+    EXPECT_TRUE(made.ok()) << made.error().ToString();
+    auto plan = PlanFile::Load(path);
+    EXPECT_TRUE(plan.ok()) << plan.error().ToString();
+    if (!made.ok() || !plan.ok() || plan->plan().experts() == nullptr || plan->plan().experts()->size() != 1) return -1;
+    top_k = plan->plan().config()->num_experts_per_tok();
+    slots = plan->plan().experts()->Get(0)->slots();
+    return plan->plan().experts()->Get(0)->prefetch();
+  };
+  EXPECT_EQ(prefetch_of(""), 1);
+  EXPECT_EQ(prefetch_of(" --expert-prefetch 0"), 0);
+  const int64_t most = prefetch_of(" --expert-prefetch 4096");
+  ASSERT_GT(top_k, 0u);
+  EXPECT_EQ(most, std::min<int64_t>(top_k, static_cast<int64_t>(slots) - top_k));
+}
 
 TEST_P(E2eCpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
 

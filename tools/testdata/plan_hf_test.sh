@@ -61,6 +61,7 @@ expect_exit 2 "--max-memory" "$plan" --model "$work/models/llama" --max-memory "
 expect_exit 1 "infeasible" "$plan" --quiet --model "$work/models/llama" --max-memory "cuda:0=100MiB"
 expect_exit 1 "not_there" "$plan" --quiet --model "$work/not_there"
 expect_exit 2 "--auto-candidates" "$plan" --quiet --model "$work/models/llama" --auto-candidates BX
+expect_exit 2 "--expert-prefetch" "$plan" --quiet --model "$work/models/llama" --expert-prefetch two
 expect_exit 2 "unknown memory algorithm" "$plan" --quiet --model "$work/models/llama" --memory-algorithm best
 # A shard cut short is reported, naming the file.
 cp -r "$work/models/llama" "$work/broken"
