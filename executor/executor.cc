@@ -707,6 +707,10 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   }
   ForwardTimings timings;
   Status end = engine->EndForward(run.ok() ? &timings : nullptr);
+  if (experts != nullptr) {
+    Status experts_end = experts->EndForward();
+    if (end.ok()) end = std::move(experts_end);
+  }
   if (mb_rows > 0) timings.steps.clear();  // no per-block events: the blocks ran once per micro-batch
   // A shard that shrank under us was read as zeros (formats/guarded_copy.h): this pass's results are invalid.
   for (size_t i = 0; run.ok() && end.ok() && i < state->shards.size(); ++i) end = state->shards[i]->CheckIntact();
@@ -727,6 +731,9 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     if (!prefill_graphs_ok && !capture_error.empty()) stats.graph_capture_error = capture_error;
   }
   if (experts != nullptr) {
+    // (Taking the events first completes the stats that come from the GPU's timeline.)
+    std::vector<executor_internal::ExpertEngine::Event> events;
+    if (options.record_trace) events = experts->TakeEvents();
     const executor_internal::ExpertEngine::Stats& es = experts->stats();
     std::lock_guard<std::mutex> lock(stats_mu);
     stats.expert_resident += es.resident;
@@ -736,16 +743,19 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.expert_copied_bytes += es.copied_bytes;
     stats.expert_host_bytes += es.host_bytes;
     stats.expert_router_wait_ms += es.wait_router_us / 1e3;
-    if (options.record_trace) {
-      for (executor_internal::ExpertEngine::Event& e : experts->TakeEvents()) {
-        executor_internal::TraceEvent t;
-        t.name = std::move(e.name);
-        t.track = std::move(e.track);
-        t.start_us = std::chrono::duration<double, std::micro>(e.start - created).count();
-        t.dur_us = e.dur_us;
-        t.args = std::move(e.args);
-        trace.Add(std::move(t));
-      }
+    stats.expert_prefetched += es.prefetched;
+    stats.expert_prefetch_hits += es.prefetch_hits;
+    stats.expert_prefetch_wasted_bytes += es.prefetch_wasted_bytes;
+    stats.expert_copy_busy_ms += es.copy_busy_us / 1e3;
+    stats.expert_copy_idle_ms += es.copy_idle_us / 1e3;
+    for (executor_internal::ExpertEngine::Event& e : events) {
+      executor_internal::TraceEvent t;
+      t.name = std::move(e.name);
+      t.track = std::move(e.track);
+      t.start_us = std::chrono::duration<double, std::micro>(e.start - created).count();
+      t.dur_us = e.dur_us;
+      t.args = std::move(e.args);
+      trace.Add(std::move(t));
     }
   }
   return out;
@@ -829,7 +839,8 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
         if (w.host_row_begin >= 0) info.host_bytes += static_cast<uint64_t>(w.rows - w.host_row_begin) * w.row_bytes();
   }
   {
-    auto experts = executor_internal::ExpertEngine::Create(*impl->state, options.host_threads, options.host_compute);
+    auto experts = executor_internal::ExpertEngine::Create(*impl->state, options.host_threads, options.host_compute,
+                                                           options.expert_prefetch);
     if (!experts.ok()) return PlanContentError(experts.take_error(), plan_path);
     impl->experts = std::move(*experts);
     if (impl->experts != nullptr) impl->experts->SetRecording(options.record_trace);
@@ -1137,6 +1148,10 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   if (run.ok()) run = impl_->RunRowSteps(rows, &out);
   ForwardTimings timings;
   Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);
+  if (impl_->experts != nullptr) {
+    Status experts_end = impl_->experts->EndForward();
+    if (end.ok()) end = std::move(experts_end);
+  }
   if (!run.ok()) return run.take_error();
   if (!end.ok()) return end.take_error();
   impl_->Account(timings, static_cast<int64_t>(rows.size()), max_seq,

@@ -84,6 +84,9 @@ struct ExecutorOptions {
   // predictions for decode then do not hold).
   bool host_compute = true;
   int host_threads = 0;
+  // Mixture-of-experts plans: experts of the next sparse layer prefetched per layer in decode forwards
+  // (executor/expert_engine.h); -1: the plan's (ExpertRing.prefetch), 0: none; at most num_experts_per_tok.
+  int expert_prefetch = -1;
   // Micro-batch pipelining: a batched pass of a plan whose every block is resident on two or more GPUs (and that
   // has no routed experts or host units) is cut into micro-batches of this many rows; each micro-batch runs on
   // streams of its own on every GPU, so one GPU computes micro-batch k + 1 while the next computes micro-batch k
@@ -222,6 +225,12 @@ struct Stats {
   uint64_t expert_resident = 0, expert_copied = 0, expert_disk = 0, expert_host = 0;
   uint64_t expert_copied_bytes = 0, expert_host_bytes = 0;
   double expert_router_wait_ms = 0;
+  // Next-layer prefetch (ExpertRing.prefetch, ExecutorOptions::expert_prefetch): experts copied before their router
+  // chose, of which it chose (their computations count in expert_copied), and the bytes of the others (in
+  // expert_copied_bytes too). With ExecutorOptions::record_trace, the copy stream's busy time over the routed
+  // layers of each forward and the gaps between its spans (the copy engine waiting for routers), GPU clock.
+  uint64_t expert_prefetched = 0, expert_prefetch_hits = 0, expert_prefetch_wasted_bytes = 0;
+  double expert_copy_busy_ms = 0, expert_copy_idle_ms = 0;
   // Decode steps replayed from a CUDA graph (ExecutorOptions::cuda_graphs), and why graphs turned off when a
   // capture failed ("" otherwise): those steps, and every later one, ran eagerly.
   uint64_t graph_steps = 0;

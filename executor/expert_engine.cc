@@ -1,11 +1,15 @@
 #include "executor/expert_engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <chrono>
 #include <cmath>
 #include <string>
 
 #include "arch/binding.h"
+#include "executor/fused_cuda.h"
+#include "executor/fused_ops.h"
 
 namespace bigplan::executor_internal {
 namespace {
@@ -31,7 +35,8 @@ double MicrosSince(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
-Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& state, int threads, bool host_compute) {
+Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& state, int threads, bool host_compute,
+                                                           int prefetch) {
   if (state.cpu_mode || state.expert_rings.empty()) return std::unique_ptr<ExpertEngine>();
   if (state.expert_rings.size() != 1) {
     return MakeError(ErrorCode::kUnsupported, "routed experts on more than one GPU");
@@ -211,10 +216,12 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
     // bf16 plans: the host rounds as the GPU's bf16 experts do (a near tie in a later router then goes the same way).
     e->runner_->set_round_bf16(plan.exec_dtype() == schema::DType::BF16);
     e->host_experts_.reserve(static_cast<size_t>(e->num_experts_));
+    BIGPLAN_ASSIGN_OR_RETURN(e->host_flag_, Allocation::Pinned(kAlign, "host experts' flag"));
+    std::memset(e->host_flag_.data(), 0, kAlign);
     e->host_thread_ = std::thread([p = e.get()] { p->HostLoop(); });
     e->host_assignments_.reserve(static_cast<size_t>(host_tokens * e->top_k_));
   }
-  for (const Allocation* a : {&e->choices_, &e->indices_, &e->x_host_, &e->y_host_}) {
+  for (const Allocation* a : {&e->choices_, &e->indices_, &e->x_host_, &e->y_host_, &e->host_flag_}) {
     if (a->data() == nullptr) continue;
     void* device_ptr = nullptr;
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostGetDevicePointer(&device_ptr, a->data(), 0), "mapping an expert buffer"));
@@ -244,6 +251,48 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   }
   e->copies_.reserve(static_cast<size_t>(e->num_experts_));
   e->copy_of_.assign(static_cast<size_t>(e->num_experts_), -1);
+
+  // Next-layer prefetch: each sparse layer's next sparse layer on this device, when that layer's router is a plain
+  // resident matrix and both layers have their post-attention norm resident.
+  e->prefetch_ = static_cast<int>(std::min<int64_t>(prefetch >= 0 ? prefetch : r.prefetch, e->top_k_));
+  e->next_.resize(state.blocks.size());
+  if (e->prefetch_ > 0) {
+    auto resident = [](const BlockRuntime& b, arch::Slot s) -> const WeightRuntime* {
+      const size_t i = static_cast<size_t>(s);
+      if (i >= b.slots.size() || b.slots[i] < 0) return nullptr;
+      const WeightRuntime& w = b.weights[b.slots[i]];
+      return w.tier == schema::Tier::Gpu && w.units.empty() && !w.quantized() && w.home != nullptr ? &w : nullptr;
+    };
+    const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(e->device_));
+    int32_t prev = -1;
+    for (const BlockRuntime& b : state.blocks) {  // in block order, which is execution order
+      if (e->layers_[b.index].experts.empty()) continue;
+      if (prev >= 0) {
+        const BlockRuntime& pb = state.blocks[prev];
+        const WeightRuntime* router = resident(b, arch::Slot::kRouter);
+        const WeightRuntime* norm = resident(pb, arch::Slot::kPostNorm);
+        const WeightRuntime* next_norm = resident(b, arch::Slot::kPostNorm);
+        if (router != nullptr && norm != nullptr && next_norm != nullptr && router->shape.size() == 2 &&
+            router->shape[0] == e->num_experts_ && router->shape[1] == e->hidden_ && norm->numel == e->hidden_ &&
+            next_norm->numel == e->hidden_) {
+          Next& n = e->next_[prev];
+          n.block = static_cast<int32_t>(b.index);
+          n.name = b.name;
+          n.router = at::from_blob(router->home, router->shape, dev.dtype(ScalarOf(router->dtype)));
+          n.norm = norm;
+          n.next_norm = next_norm;
+        }
+      }
+      prev = static_cast<int32_t>(b.index);
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(e->predicted_, Allocation::Pinned(static_cast<uint64_t>(e->prefetch_) * 8 + kAlign,
+                                                               "predicted experts"));
+    void* device_ptr = nullptr;
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostGetDevicePointer(&device_ptr, e->predicted_.data(), 0), "mapping predictions"));
+    if (device_ptr != e->predicted_.data()) return MakeError(ErrorCode::kUnsupported, "predictions mapped elsewhere");
+    BIGPLAN_ASSIGN_OR_RETURN(e->predicted_ready_, CudaEvent::Create(e->device_, false, "predicted experts"));
+    e->next_copies_.reserve(static_cast<size_t>(e->prefetch_));
+  }
   return e;
 }
 
@@ -265,19 +314,49 @@ void ExpertEngine::HostLoop() {
     cv_.wait(lock, [&] { return stop_ || host_job_; });
     if (stop_) return;
     host_job_ = false;
+    const uint32_t seq = host_seq_;
+    const std::string name = host_block_;
     lock.unlock();
     const auto t0 = std::chrono::steady_clock::now();
     Status st = runner_->Run(host_experts_, host_assignments_, reinterpret_cast<const float*>(x_host_.data()),
                              host_tokens_, act_, reinterpret_cast<float*>(y_host_.data()));
     const auto t1 = std::chrono::steady_clock::now();
+    if (recording_) {
+      std::lock_guard<std::mutex> events_lock(events_mu_);
+      events_.push_back(Event{"host experts " + name, "host experts", t0,
+                              std::chrono::duration<double, std::micro>(t1 - t0).count(),
+                              {{"experts", std::to_string(host_experts_.size())},
+                               {"tokens", std::to_string(host_tokens_)}}});
+    }
     lock.lock();
     host_status_ = std::move(st);
-    host_start_ = t0;
-    host_end_ = t1;
     host_done_ = true;
+    // The GPU waits for this number (Finish), then reads y_host_: the result's stores come first.
+    std::atomic_thread_fence(std::memory_order_release);
+    *reinterpret_cast<volatile uint32_t*>(host_flag_.data()) = seq;
     cv_.notify_all();
   }
 }
+
+Status ExpertEngine::WaitHostJob(const std::string& where) {
+  if (pool_ == nullptr) return Status::Ok();
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return host_done_; });
+  if (!host_status_.ok()) {
+    Status st = std::move(host_status_);
+    host_status_ = Status::Ok();
+    return WithContext(st.take_error(), where + ": host experts");
+  }
+  if (host_flag_.data() != nullptr &&
+      reinterpret_cast<volatile uint32_t*>(host_flag_.data())[1] != 0) {
+    return MakeError(ErrorCode::kDevice, where + ": the GPU waited more than " +
+                                             std::to_string(kHostWaitTimeoutNs / 1000000000ull) +
+                                             " s for the host's experts and went on without them");
+  }
+  return Status::Ok();
+}
+
+Status ExpertEngine::EndForward() { return WaitHostJob("routed experts"); }
 
 bool ExpertEngine::Routes(const BlockRuntime& b) const {
   return b.index < layers_.size() && !layers_[b.index].experts.empty();
@@ -288,11 +367,78 @@ void ExpertEngine::BeginForward(int64_t tokens) {
   decode_ = cpu_share_ > 0 && decode_max_tokens_ > 0 && tokens <= static_cast<int64_t>(decode_max_tokens_);
   copy_all_ = !decode_ && tokens >= static_cast<int64_t>(copy_all_tokens_);
   prefetched_ = false;
+  // A prefetch left from an earlier forward is dropped (its copies were ordered before any later copy into its
+  // slots on the one copy stream, and nothing reads them).
+  next_copies_.clear();
+  next_copies_block_ = -1;
+  predicting_ = false;
   stats_ = Stats{};
+  marks_.clear();
+  first_sync_set_ = false;
+  copy_span_open_ = false;
 }
 
-Status ExpertEngine::IssueCopy(const BlockRuntime& b, Copy* c) {
-  const Expert& ex = layers_[b.index].experts[static_cast<size_t>(c->expert)];
+void ExpertEngine::MarkGpu(const std::string& label, const std::string& track, cudaStream_t stream, bool span_end) {
+  if (marks_.size() >= mark_pool_.size()) {
+    Result<CudaEvent> ev = CudaEvent::Create(device_, true, "expert timeline");
+    if (!ev.ok()) return;  // the timeline is a report: a mark that cannot be made is left out
+    mark_pool_.push_back(std::move(*ev));
+  }
+  const int i = static_cast<int>(marks_.size());
+  if (cudaEventRecord(mark_pool_[i].get(), stream) != cudaSuccess) return;
+  marks_.push_back(Mark{label, track, i, span_end});
+}
+
+void ExpertEngine::CollectGpuMarks() {
+  // Times relative to the first router mark, which the host saw when its synchronization returned.
+  int base = -1;
+  for (const Mark& m : marks_) {
+    if (m.track == "router (GPU)") {
+      base = m.event;
+      break;
+    }
+  }
+  if (base < 0 || !first_sync_set_) {
+    marks_.clear();
+    return;
+  }
+  auto at_us = [&](int event, double* us) {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, mark_pool_[base].get(), mark_pool_[event].get()) != cudaSuccess) return false;
+    *us = ms * 1000.0;
+    return true;
+  };
+  double last_copy_end = -1;
+  std::lock_guard<std::mutex> lock(events_mu_);
+  for (size_t i = 0; i < marks_.size(); ++i) {
+    const Mark& m = marks_[i];
+    double t = 0;
+    if (!at_us(m.event, &t)) continue;
+    const auto when = first_sync_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                        std::chrono::duration<double, std::micro>(t));
+    if (!m.span_end) {
+      if (m.track != "expert copies (GPU)") events_.push_back(Event{m.label, m.track, when, 1.0, {}});
+      continue;
+    }
+    // A span's start is the previous mark on its track.
+    for (size_t j = i; j-- > 0;) {
+      if (marks_[j].track != m.track || marks_[j].span_end) continue;
+      double t0 = 0;
+      if (!at_us(marks_[j].event, &t0)) break;
+      const auto start = first_sync_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                           std::chrono::duration<double, std::micro>(t0));
+      events_.push_back(Event{m.label, m.track, start, t - t0, {}});
+      stats_.copy_busy_us += t - t0;
+      if (last_copy_end >= 0 && t0 > last_copy_end) stats_.copy_idle_us += t0 - last_copy_end;
+      last_copy_end = std::max(last_copy_end, t);
+      break;
+    }
+  }
+  marks_.clear();
+}
+
+Status ExpertEngine::IssueCopy(uint32_t block, Copy* c) {
+  const Expert& ex = layers_[block].experts[static_cast<size_t>(c->expert)];
   const int s = c->slot;
   cudaStream_t cs = copy_stream_.get();
   if (free_recorded_[s]) BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(cs, free_[s].get(), 0), "expert slot wait"));
@@ -324,7 +470,6 @@ Status ExpertEngine::IssueCopy(const BlockRuntime& b, Copy* c) {
     ++stats_.disk;
   }
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(ready_[s].get(), cs), "cudaEventRecord"));
-  ++stats_.copied;
   return Status::Ok();
 }
 
@@ -334,9 +479,79 @@ Status ExpertEngine::IssueCopies(const BlockRuntime& b) {
   const size_t ring = static_cast<size_t>(slots_);
   while (issued_ < copies_.size()) {
     if (issued_ >= ring && copies_[issued_ - ring].used) break;
-    BIGPLAN_RETURN_IF_ERROR(IssueCopy(b, &copies_[issued_]));
+    BIGPLAN_RETURN_IF_ERROR(IssueCopy(b.index, &copies_[issued_]));
+    ++stats_.copied;
     ++issued_;
   }
+  if (copy_span_open_ && issued_ == copies_.size()) {
+    MarkGpu(copy_span_label_, "expert copies (GPU)", copy_stream_.get(), true);
+    copy_span_open_ = false;
+  }
+  return Status::Ok();
+}
+
+Status ExpertEngine::Predict(const BlockRuntime& b, const at::Tensor& x, cudaStream_t compute) {
+  // (LibTorch issues on the current stream, which is `compute` while a block's step runs.)
+  Next& n = next_[b.index];
+  const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
+  int64_t* out = reinterpret_cast<int64_t*>(predicted_.data());
+  try {
+    if (!n.ratio.defined()) {
+      // The next layer normalizes the same residual stream with its own weights: x / w * w_next (0 where w is 0).
+      const at::Tensor w = at::from_blob(n.norm->home, {hidden_}, dev.dtype(ScalarOf(n.norm->dtype))).to(at::kFloat);
+      const at::Tensor wn =
+          at::from_blob(n.next_norm->home, {hidden_}, dev.dtype(ScalarOf(n.next_norm->dtype))).to(at::kFloat);
+      n.ratio = at::where(w.abs() > 1e-12, wn / w, at::zeros_like(w)).contiguous();
+    }
+    // One token (decode at batch 1): one kernel scores the router's rows and writes the top ones; more tokens, or
+    // float32: the sum over the tokens of the next router's probabilities, by LibTorch ops.
+    if (!(x.size(0) == 1 && fused_ops::TopRows(x, n.ratio, n.router, prefetch_, out))) {
+      const at::Tensor xin = (x.to(at::kFloat) * n.ratio).to(n.router.scalar_type());
+      const at::Tensor probs = at::softmax(at::linear(xin, n.router).to(at::kFloat), -1);
+      const at::Tensor top = std::get<1>(at::topk(probs.sum(0), prefetch_));
+      at::from_blob(out, {prefetch_}, dev.dtype(at::kLong)).copy_(top);
+    }
+  } catch (const std::exception& ex) {
+    return MakeError(ErrorCode::kDevice, b.name + ": predicting the next layer's experts: " + ex.what());
+  }
+  return Cuda(cudaEventRecord(predicted_ready_.get(), compute), "cudaEventRecord");
+}
+
+Status ExpertEngine::IssuePrefetch(const BlockRuntime& b, bool wait) {
+  if (!predicting_) return Status::Ok();
+  // This layer's copies all issued (else a prefetch would pass them on the copy stream), and the prediction in: a
+  // call that may not wait leaves it to a later one (the calling thread's busy waits would slow the host's experts).
+  if (issued_ != copies_.size()) {
+    if (wait) predicting_ = false;
+    return Status::Ok();
+  }
+  if (wait) {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(predicted_ready_.get()), "waiting for the predicted experts"));
+  } else {
+    const cudaError_t q = cudaEventQuery(predicted_ready_.get());
+    if (q == cudaErrorNotReady) return Status::Ok();
+    BIGPLAN_RETURN_IF_ERROR(Cuda(q, "querying the predicted experts"));
+  }
+  predicting_ = false;
+  const uint32_t nb = static_cast<uint32_t>(next_[b.index].block);
+  const Layer& next = layers_[nb];
+  const int64_t* ids = reinterpret_cast<const int64_t*>(predicted_.data());
+  next_copies_.clear();
+  // The prefetch's slots follow this layer's copies (at most tokens x top_k of them; the ring holds both).
+  for (int i = 0; i < prefetch_; ++i) {
+    const int64_t e = ids[i];
+    if (e < 0 || e >= num_experts_) return MakeError(ErrorCode::kInternal, b.name + ": predicted expert " + std::to_string(e));
+    const Expert& ex = next.experts[static_cast<size_t>(e)];
+    if (!ex.routed || ex.tier != schema::Tier::Cpu) continue;
+    next_copies_.push_back(Copy{static_cast<int32_t>(e), (next_slot_ + static_cast<int>(next_copies_.size())) % slots_, true});
+  }
+  if (next_copies_.empty()) return Status::Ok();
+  next_slot_ = (next_slot_ + static_cast<int>(next_copies_.size())) % slots_;
+  const std::string label = "prefetch " + next_[b.index].name;
+  if (recording_) MarkGpu(label, "expert copies (GPU)", copy_stream_.get(), false);
+  for (Copy& c : next_copies_) BIGPLAN_RETURN_IF_ERROR(IssueCopy(nb, &c));
+  if (recording_) MarkGpu(label, "expert copies (GPU)", copy_stream_.get(), true);
+  next_copies_block_ = static_cast<int32_t>(nb);
   return Status::Ok();
 }
 
@@ -351,6 +566,11 @@ Status ExpertEngine::StepStarted(const BlockRuntime& b, cudaStream_t /*compute*/
     if (!layer.experts[x].routed) continue;
     copy_of_[x] = static_cast<int32_t>(copies_.size());
     copies_.push_back(Copy{x, (next_slot_ + static_cast<int>(copies_.size())) % slots_, true});
+  }
+  if (recording_) {
+    MarkGpu("copies " + b.name, "expert copies (GPU)", copy_stream_.get(), false);
+    copy_span_open_ = true;
+    copy_span_label_ = "copies " + b.name;
   }
   BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
   prefetched_ = true;
@@ -376,10 +596,15 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
   at::from_blob(weights, {tokens, k}, dev.dtype(at::kFloat)).copy_(topw);
   if (host_path) at::from_blob(x_host_.data(), {tokens, hidden_}, dev.dtype(at::kFloat)).copy_(x);
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(choices_ready_.get(), compute), "cudaEventRecord"));
+  if (recording_) MarkGpu("router " + b.name, "router (GPU)", compute, false);
   const auto t0 = std::chrono::steady_clock::now();
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventSynchronize(choices_ready_.get()), "waiting for the router's choices"));
   const double waited = MicrosSince(t0);
   stats_.wait_router_us += waited;
+  if (recording_ && !first_sync_set_) {
+    first_sync_ = std::chrono::steady_clock::now();
+    first_sync_set_ = true;
+  }
 
   // Rows per chosen expert.
   std::vector<int32_t> count(static_cast<size_t>(num_experts_), 0);
@@ -389,38 +614,62 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     }
     ++count[static_cast<size_t>(ids[i])];
   }
-  // The host's experts: the last round(share x n) chosen pinned-resting experts, in decode forwards.
-  std::vector<bool> on_host(static_cast<size_t>(num_experts_), false);
-  if (host_path) {
-    int n = 0;
-    for (int32_t e = 0; e < num_experts_; ++e) n += count[e] > 0 && layer.experts[e].routed && layer.experts[e].tier == schema::Tier::Cpu;
-    int take = static_cast<int>(std::lround(cpu_share_ * n));
-    for (int32_t e = num_experts_ - 1; e >= 0 && take > 0; --e) {
-      if (count[e] > 0 && layer.experts[e].routed && layer.experts[e].tier == schema::Tier::Cpu) {
-        on_host[e] = true;
-        --take;
-      }
-    }
-  }
-  // The copies: prefetched ones first (copy-all), then the other chosen routed experts in order.
+  // Copies already issued for this layer: a copy-all forward's first ring (StepStarted), or the previous layer's
+  // prediction (next-layer prefetch).
   const bool prefetched = prefetched_ && prefetched_block_ == b.index;
   prefetched_ = false;
+  const bool predicted = next_copies_block_ == static_cast<int32_t>(b.index);
   if (!prefetched) {
     copies_.clear();
     std::fill(copy_of_.begin(), copy_of_.end(), -1);
     issued_ = 0;
   }
-  int32_t last_prefetched = -1;
+  size_t ahead = 0;  // prefetched copies whose slots next_slot_ already passed
+  if (predicted) {
+    for (Copy& c : next_copies_) {
+      copy_of_[c.expert] = static_cast<int32_t>(copies_.size());
+      copies_.push_back(c);
+    }
+    issued_ = ahead = copies_.size();
+    next_copies_.clear();
+    next_copies_block_ = -1;
+  }
+  // The host's experts: the last round(share x n) chosen pinned-resting experts not already copied, in decode
+  // forwards.
+  std::vector<bool> on_host(static_cast<size_t>(num_experts_), false);
+  if (host_path) {
+    auto hostable = [&](int32_t e) {
+      return count[e] > 0 && layer.experts[e].routed && layer.experts[e].tier == schema::Tier::Cpu && copy_of_[e] < 0;
+    };
+    int n = 0;
+    for (int32_t e = 0; e < num_experts_; ++e) n += hostable(e);
+    int take = static_cast<int>(std::lround(cpu_share_ * n));
+    for (int32_t e = num_experts_ - 1; e >= 0 && take > 0; --e) {
+      if (hostable(e)) {
+        on_host[e] = true;
+        --take;
+      }
+    }
+  }
+  // The copies: those already issued first, then the other chosen routed experts in order.
   for (Copy& c : copies_) {
     c.used = count[c.expert] > 0;
-    last_prefetched = std::max(last_prefetched, c.expert);
+    if (predicted) {
+      ++stats_.prefetched;
+      if (c.used) {
+        ++stats_.prefetch_hits;
+        ++stats_.copied;
+      } else {
+        stats_.prefetch_wasted_bytes += layer.experts[c.expert].span;
+      }
+    }
   }
-  for (int32_t e = last_prefetched + 1; e < num_experts_; ++e) {
-    if (count[e] == 0 || !layer.experts[e].routed || on_host[e]) continue;
+  for (int32_t e = 0; e < num_experts_; ++e) {
+    if (count[e] == 0 || !layer.experts[e].routed || on_host[e] || copy_of_[e] >= 0) continue;
     copy_of_[e] = static_cast<int32_t>(copies_.size());
-    copies_.push_back(Copy{e, (next_slot_ + static_cast<int>(copies_.size())) % slots_, true});
+    copies_.push_back(Copy{e, (next_slot_ + static_cast<int>(copies_.size() - ahead)) % slots_, true});
   }
-  next_slot_ = (next_slot_ + static_cast<int>(copies_.size())) % std::max(1, slots_);
+  next_slot_ = (next_slot_ + static_cast<int>(copies_.size() - ahead)) % std::max(1, slots_);
   // Unchosen prefetched experts free their slots now.
   for (Copy& c : copies_) {
     if (c.used) continue;
@@ -428,10 +677,17 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     free_recorded_[c.slot] = true;
     copy_of_[c.expert] = -1;
   }
+  if (recording_ && issued_ < copies_.size() && !copy_span_open_) {
+    MarkGpu("copies " + b.name, "expert copies (GPU)", copy_stream_.get(), false);
+    copy_span_open_ = true;
+    copy_span_label_ = "copies " + b.name;
+  }
   BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
 
-  // The host's job.
+  // The host's job. (The previous one is done: the GPU waited for it before this router ran; this also collects
+  // its status.)
   if (host_path) {
+    BIGPLAN_RETURN_IF_ERROR(WaitHostJob(b.name));
     host_experts_.clear();
     host_assignments_.clear();
     std::vector<int32_t> index_of(static_cast<size_t>(num_experts_), -1);
@@ -458,12 +714,20 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     if (!host_experts_.empty()) {
       std::lock_guard<std::mutex> lock(mu_);
       host_tokens_ = static_cast<int>(tokens);
+      host_block_ = b.name;
+      ++host_seq_;
       host_done_ = false;
       host_job_ = true;
       host_pending_ = true;
       cv_.notify_all();
     }
   }
+
+  // The next layer's prediction, on the GPU once this layer's copies and the host's job are under way (its launch
+  // must not delay them); its copies are issued once it is in (IssuePrefetch, from here on).
+  predicting_ = prefetch_ > 0 && !copy_all_ && next_[b.index].block >= 0 && tokens <= kGroupTokens &&
+                tokens * top_k_ + prefetch_ <= slots_;
+  if (predicting_) BIGPLAN_RETURN_IF_ERROR(Predict(b, x, compute));
 
   if (recording_) {
     int resident = 0, copied = 0, host = 0;
@@ -477,7 +741,8 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     events_.push_back(Event{"router " + b.name, "experts", t0, waited,
                             {{"tokens", std::to_string(tokens)}, {"resident", std::to_string(resident)},
                              {"copied", std::to_string(copied)}, {"host", std::to_string(host)},
-                             {"prefetched", prefetched ? "yes" : "no"}}});
+                             {"prefetched", prefetched ? "yes" : "no"},
+                             {"predicted", predicted ? "yes" : "no"}}});
   }
 
   BlockWeights::ExpertWork work;
@@ -609,6 +874,7 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
 }
 
 Status ExpertEngine::AcquireGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute) {
+  BIGPLAN_RETURN_IF_ERROR(IssuePrefetch(b, false));
   if (index != 1 || !copies_grouped_) return Status::Ok();
   BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
   if (issued_ != copies_.size()) return MakeError(ErrorCode::kInternal, b.name + ": grouped expert copies not issued");
@@ -655,31 +921,26 @@ Status ExpertEngine::Release(const BlockRuntime& b, int32_t expert, cudaStream_t
   free_recorded_[c.slot] = true;
   copy_of_[expert] = -1;
   copies_[i].used = false;  // released
-  return IssueCopies(b);
+  BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
+  return IssuePrefetch(b, false);
 }
 
-Result<at::Tensor> ExpertEngine::Finish(const BlockRuntime& b, cudaStream_t /*compute*/, at::ScalarType dtype) {
+Result<at::Tensor> ExpertEngine::Finish(const BlockRuntime& b, cudaStream_t compute, at::ScalarType dtype) {
+  BIGPLAN_RETURN_IF_ERROR(IssuePrefetch(b, true));
   if (!host_pending_) return at::Tensor();
   host_pending_ = false;
-  const auto t0 = std::chrono::steady_clock::now();
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return host_done_; });
-  const double waited = MicrosSince(t0);
-  stats_.host_wait_us += waited;
-  if (!host_status_.ok()) return WithContext(host_status_.take_error(), b.name + ": host experts");
-  if (recording_) {
-    std::lock_guard<std::mutex> events_lock(events_mu_);
-    events_.push_back(Event{"host experts " + b.name, "host experts", host_start_,
-                            std::chrono::duration<double, std::micro>(host_end_ - host_start_).count(),
-                            {{"experts", std::to_string(host_experts_.size())},
-                             {"tokens", std::to_string(host_tokens_)}}});
-    events_.push_back(Event{"combine " + b.name, "experts", t0, waited, {}});
-  }
+  // The GPU, not this thread, waits for the host's experts: the combine and the next layer's work are queued now and
+  // run as soon as the host's sum is in (its status is checked at the next Begin or at EndForward).
+  uint32_t* flag = reinterpret_cast<uint32_t*>(host_flag_.data());
+  BIGPLAN_RETURN_IF_ERROR(Cuda(fused::WaitFlag(flag, host_seq_, kHostWaitTimeoutNs, flag + 1, compute),
+                               b.name + ": waiting for the host's experts"));
+  if (recording_) MarkGpu("host experts in " + b.name, "expert waits (GPU)", compute, false);
   const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
   return at::from_blob(y_host_.data(), {static_cast<int64_t>(host_tokens_), hidden_}, dev.dtype(at::kFloat)).to(dtype);
 }
 
 std::vector<ExpertEngine::Event> ExpertEngine::TakeEvents() {
+  CollectGpuMarks();
   std::lock_guard<std::mutex> lock(events_mu_);
   std::vector<Event> out;
   out.swap(events_);

@@ -16,6 +16,16 @@
 // layer's first ring's worth of non-resident experts when the layer's step starts, before its attention, so the
 // copy engine never waits for the router. Finish hands the host's weighted sum back (mapped pinned memory read by a
 // kernel, no copy engine). Nothing is allocated per layer beyond LibTorch's caching allocator.
+//
+// Next-layer prefetch (decode forwards, `prefetch` > 0 experts a layer): right after a sparse layer's router, the
+// GPU also runs the next sparse layer's router on this layer's MoE input (rescaled from this layer's post-attention
+// norm weights to the next layer's), and the host, once this layer's copies are issued, copies the `prefetch` most
+// probable of those next-layer experts that rest in pinned memory into free ring slots, behind this layer's copies.
+// They cross PCIe while the copy engine would otherwise wait: for this layer's experts to be computed, the combine,
+// the next layer's attention and router, and the host's sync. When the next router chooses a prefetched expert its
+// copy is used (no second copy, and the host does not compute it); the others free their slots. A prediction never
+// changes a result, only which bytes are already on the GPU. Prefetch runs only while a layer's chosen experts
+// (tokens x top_k) and the prefetched ones fit the ring together, so no slot is taken twice.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -49,13 +59,20 @@ class ExpertEngine {
     uint64_t resident = 0, copied = 0, host = 0, disk = 0;  // expert computations by path
     uint64_t copied_bytes = 0, host_bytes = 0;
     double wait_router_us = 0;  // host time waiting for the routers' choices
-    double host_wait_us = 0;    // the calling thread's wait for the host's experts in Finish
+    // Next-layer prefetch: experts copied ahead of their router, of which it chose (their computations count in
+    // `copied`), and the bytes of those it did not choose (in copied_bytes too: they crossed PCIe).
+    uint64_t prefetched = 0, prefetch_hits = 0, prefetch_wasted_bytes = 0;
+    // When recording (SetRecording): the copy stream's busy time (sum of the layers' copy spans, GPU clock) and the
+    // gaps between consecutive spans (the copy engine waiting for routers), over the forward's routed layers.
+    double copy_busy_us = 0, copy_idle_us = 0;
   };
 
   // For the plan's expert rings (nullptr when it has none, or in CPU mode). `threads`: the host's computing threads
-  // (0: every core); `host_compute` false: the host computes no expert (every chosen one is copied). kInvalidArgument for a routed expert the ring cannot hold or the host cannot multiply; kDevice
-  // for CUDA failures.
-  static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, int threads, bool host_compute = true);
+  // (0: every core); `host_compute` false: the host computes no expert (every chosen one is copied); `prefetch`:
+  // next-layer experts prefetched per sparse layer in decode (-1: the plan's ExpertRing.prefetch; at most top_k).
+  // kInvalidArgument for a routed expert the ring cannot hold or the host cannot multiply; kDevice for CUDA failures.
+  static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, int threads, bool host_compute = true,
+                                                      int prefetch = -1);
   ~ExpertEngine();
   ExpertEngine(const ExpertEngine&) = delete;
   ExpertEngine& operator=(const ExpertEngine&) = delete;
@@ -78,14 +95,23 @@ class ExpertEngine {
   // returns false for an expert that is not copied in this layer (resident: its slots hold it).
   Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views);
   Status Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
-  // The host experts' weighted sum as [tokens, hidden] of `dtype` on the block's device (undefined if none).
+  // The host experts' weighted sum as [tokens, hidden] of `dtype` on the block's device (undefined if none). Does not
+  // wait for the host: `compute` waits (fused::WaitFlag on a sequence number the host thread writes after the sum),
+  // so what follows is queued at once; the host job's error surfaces at the next Begin or at EndForward.
   Result<at::Tensor> Finish(const BlockRuntime& b, cudaStream_t compute, at::ScalarType dtype);
+  // After a forward's work has finished on the GPU: the last host job's status (kDevice also when the GPU gave up
+  // waiting for the host, kHostWaitTimeoutNs).
+  Status EndForward();
+  static constexpr uint64_t kHostWaitTimeoutNs = 30'000'000'000ull;
 
   const Stats& stats() const { return stats_; }
 
-  // Host-side timeline of the forward (when recording): per sparse layer the wait for the router's choices (with
-  // the layer's experts by path), the host's experts and the combine's wait for them, on tracks "experts" and
-  // "host experts". Taken by the executor after each forward.
+  // Timeline of the forward (when recording): per sparse layer the wait for the router's choices (with the layer's
+  // experts by path), the host's experts and the combine's wait for them, on tracks "experts" and "host experts"
+  // (host clock); and from CUDA events, when each router's choices were ready ("router (GPU)") and the spans of each
+  // layer's copies and prefetches on the copy stream ("expert copies (GPU)"), aligned to the host clock at the first
+  // router's synchronization. Taken by the executor after each forward (the forward's work has finished); fills
+  // Stats::copy_busy_us and copy_idle_us.
   struct Event {
     std::string name, track;
     std::chrono::steady_clock::time_point start;
@@ -93,6 +119,7 @@ class ExpertEngine {
     std::vector<std::pair<std::string, std::string>> args;
   };
   void SetRecording(bool on) { recording_ = on; }
+  int prefetch() const { return prefetch_; }
   std::vector<Event> TakeEvents();
   double cpu_share() const { return cpu_share_; }
   int threads() const { return pool_ ? pool_->threads() : 0; }
@@ -120,7 +147,14 @@ class ExpertEngine {
 
   ExpertEngine() = default;
   Status IssueCopies(const BlockRuntime& b);
-  Status IssueCopy(const BlockRuntime& b, Copy* c);
+  Status IssueCopy(uint32_t block, Copy* c);
+  // Next-layer prefetch: the prediction's kernels after block b's router (decode), then its copies.
+  Status Predict(const BlockRuntime& b, const at::Tensor& x, cudaStream_t compute);
+  // Issues the prediction's copies once this layer's copies are issued and the prediction is in; without `wait`, a
+  // prediction still running is left for a later call (AcquireGroup, Release, Finish; Finish waits).
+  Status IssuePrefetch(const BlockRuntime& b, bool wait);
+  // Recording: a timing event recorded on `stream` now (from a pool made once), kept with `label` for TakeEvents.
+  void MarkGpu(const std::string& label, const std::string& track, cudaStream_t stream, bool span_end);
 
   int device_ = -1;
   int64_t hidden_ = 0, max_tokens_ = 0, top_k_ = 0, num_experts_ = 0;
@@ -150,6 +184,23 @@ class ExpertEngine {
   std::vector<int32_t> copy_of_;  // expert -> index into copies_ (-1: none)
   bool prefetched_ = false;       // copy-all: copies_ were issued at StepStarted
   uint32_t prefetched_block_ = 0;
+  // Next-layer prefetch: per block, the next sparse block on this device (-1: none), its router's weight and the
+  // ratio of its post-attention norm weights to this block's (float32; made at the first prediction).
+  struct Next {
+    int32_t block = -1;
+    std::string name;
+    at::Tensor router;
+    const WeightRuntime* norm = nullptr;
+    const WeightRuntime* next_norm = nullptr;
+    at::Tensor ratio;
+  };
+  std::vector<Next> next_;
+  int prefetch_ = 0;
+  Allocation predicted_;            // mapped int64 [prefetch]: the next layer's most probable experts
+  CudaEvent predicted_ready_;
+  bool predicting_ = false;         // this layer launched a prediction
+  std::vector<Copy> next_copies_;   // prefetched for next_copies_block_
+  int32_t next_copies_block_ = -1;
   // The forward.
   int64_t tokens_ = 0;
   bool decode_ = false, copy_all_ = false;
@@ -180,12 +231,31 @@ class ExpertEngine {
   std::condition_variable cv_;
   bool host_job_ = false, host_done_ = true, stop_ = false;
   Status host_status_;
-  std::chrono::steady_clock::time_point host_start_, host_end_;
+  uint32_t host_seq_ = 0;        // the last job's number; the host thread writes it to host_flag_ when done
+  std::string host_block_;
+  Allocation host_flag_;         // mapped: [0] the last finished job's number, [1] set by the GPU on a timeout
   void HostLoop();
+  // Waits for the host's job in progress (none: returns at once); its error with `where`, or the GPU's timeout.
+  Status WaitHostJob(const std::string& where);
   Stats stats_;
   bool recording_ = false;
   std::mutex events_mu_;
   std::vector<Event> events_;
+  // GPU-side marks of the forward (recording): pool of timing events, and per mark its label, track, event and
+  // whether it ends the span its previous mark on the track started. The first router mark is aligned with the host
+  // time its synchronization returned (first_sync_).
+  std::vector<CudaEvent> mark_pool_;
+  struct Mark {
+    std::string label, track;
+    int event = -1;
+    bool span_end = false;
+  };
+  std::vector<Mark> marks_;
+  std::chrono::steady_clock::time_point first_sync_;
+  bool first_sync_set_ = false;
+  bool copy_span_open_ = false;  // a layer's copies began on the copy stream's track; the last one ends it
+  std::string copy_span_label_;
+  void CollectGpuMarks();
 };
 
 }  // namespace bigplan::executor_internal

@@ -412,6 +412,93 @@ void LaunchAttn(const DecodeAttnArgs& a, cudaStream_t stream) {
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+
+
+// ---- WaitFlag: one thread polls the host's sequence number ----
+
+__global__ void WaitFlagKernel(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
+                               volatile uint32_t* timed_out) {
+  uint64_t start = 0, now = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  while (static_cast<int32_t>(*flag - value) < 0) {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    if (now - start > timeout_ns) {
+      *timed_out = 1u;
+      break;
+    }
+    __nanosleep(200);
+  }
+  __threadfence_system();
+}
+
+// ---- TopRows: one block scores every row (a warp per row at a time, 16-byte loads), then picks the top ----
+
+template <typename T>
+__global__ void TopRowsKernel(const T* __restrict__ x, const float* __restrict__ scale, const T* __restrict__ w,
+                              int n, int64_t k, int top, int64_t* __restrict__ out) {
+  __shared__ float score[kTopRowsMax];
+  __shared__ float best_v[32];
+  __shared__ int best_i[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int r = warp; r < n; r += warps) {
+    const T* wr = w + static_cast<int64_t>(r) * k;
+    float acc = 0.f;
+    for (int64_t i = static_cast<int64_t>(lane) * 8; i < k; i += 32 * 8) {
+      const uint4 xv = *reinterpret_cast<const uint4*>(x + i);
+      const uint4 wv = *reinterpret_cast<const uint4*>(wr + i);
+      const float4 s0 = *reinterpret_cast<const float4*>(scale + i);
+      const float4 s1 = *reinterpret_cast<const float4*>(scale + i + 4);
+      const T* xp = reinterpret_cast<const T*>(&xv);
+      const T* wp = reinterpret_cast<const T*>(&wv);
+      const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc = fmaf(F<T>(xp[j]) * sc[j], F<T>(wp[j]), acc);
+    }
+    acc = WarpSum(acc);
+    if (lane == 0) score[r] = acc;
+  }
+  __syncthreads();
+  for (int t = 0; t < top; ++t) {
+    float v = -INFINITY;
+    int idx = n;
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+      const float sr = score[r];
+      if (sr > v || (sr == v && r < idx)) {
+        v = sr;
+        idx = r;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+      if (ov > v || (ov == v && oi < idx)) {
+        v = ov;
+        idx = oi;
+      }
+    }
+    if (lane == 0) {
+      best_v[warp] = v;
+      best_i[warp] = idx;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float bv = best_v[0];
+      int bi = best_i[0];
+      for (int q = 1; q < warps; ++q) {
+        if (best_v[q] > bv || (best_v[q] == bv && best_i[q] < bi)) {
+          bv = best_v[q];
+          bi = best_i[q];
+        }
+      }
+      if (bi >= n) bi = 0;  // (only with NaN scores)
+      out[t] = bi;
+      score[bi] = -INFINITY;
+    }
+    __syncthreads();
+  }
+}
+
 }  // namespace
 
 cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
@@ -526,6 +613,31 @@ cudaError_t DecodeAttention(const DecodeAttnArgs& a, cudaStream_t stream) {
 #undef BIGPLAN_ATTN_CASE
     default: return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
+}
+
+cudaError_t TopRows(DType dtype, const void* x, const float* scale, const void* w, int64_t n, int64_t k, int top,
+                    int64_t* out, cudaStream_t stream) {
+  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  if (n < 1 || n > kTopRowsMax || k < 8 || k % 8 != 0 || top < 1 || top > 64 || top > n || x == nullptr ||
+      scale == nullptr || w == nullptr || out == nullptr || !aligned(x) || !aligned(scale) || !aligned(w)) {
+    return cudaErrorInvalidValue;
+  }
+  if (dtype == DType::kBF16) {
+    TopRowsKernel<__nv_bfloat16><<<1, 1024, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), scale,
+                                                         static_cast<const __nv_bfloat16*>(w), static_cast<int>(n), k,
+                                                         top, out);
+  } else {
+    TopRowsKernel<__half><<<1, 1024, 0, stream>>>(static_cast<const __half*>(x), scale,
+                                                  static_cast<const __half*>(w), static_cast<int>(n), k, top, out);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t WaitFlag(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out,
+                     cudaStream_t stream) {
+  if (flag == nullptr || timed_out == nullptr) return cudaErrorInvalidValue;
+  WaitFlagKernel<<<1, 1, 0, stream>>>(flag, value, timeout_ns, timed_out);
   return cudaGetLastError();
 }
 

@@ -28,6 +28,20 @@ inline constexpr int kGemvMaxRows = 2;
 cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
                  int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k, cudaStream_t stream);
 
+// The `top` largest of s[r] = sum_j x[j] * scale[j] * w[r, j] (float32 sums; r < n), their indices written to
+// out[0..top) from the largest (ties: the lower index); w is [n, k] row-major. A prediction of which experts a router
+// picks (executor/expert_engine.h), not a rounding-faithful product. k % 8 == 0 and x, scale, w 16-byte aligned;
+// 1 <= n <= kTopRowsMax, 1 <= top <= min(n, 64). `out` may be mapped host memory.
+inline constexpr int64_t kTopRowsMax = 4096;
+cudaError_t TopRows(DType dtype, const void* x, const float* scale, const void* w, int64_t n, int64_t k, int top,
+                    int64_t* out, cudaStream_t stream);
+
+// Makes `stream` wait until the 32-bit sequence number at `flag` (written by the host, in mapped pinned memory) has
+// reached `value` (wrapping: (int32)(*flag - value) >= 0), polling it from one thread. After `timeout_ns` of
+// waiting it gives up and sets *timed_out = 1 (mapped memory too), so a host that never writes cannot hang the GPU.
+cudaError_t WaitFlag(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out,
+                     cudaStream_t stream);
+
 // LlamaRMSNorm of each row: out = round(w * round(x * rsqrt(mean(x^2) + eps))) with the mean in float32.
 cudaError_t RmsNorm(DType dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,
                     int64_t rows, int64_t cols, float eps, cudaStream_t stream);

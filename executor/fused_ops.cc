@@ -108,6 +108,17 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   return y.view(out_shape);
 }
 
+bool TopRows(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w, int top, int64_t* out) {
+  if (!Eligible(x) || x.numel() != x.size(-1) || !x.is_contiguous() || !w.defined() || w.dim() != 2 ||
+      w.scalar_type() != x.scalar_type() || w.device() != x.device() || !w.is_contiguous() || w.size(1) != x.size(-1) ||
+      !scale.defined() || scale.scalar_type() != at::kFloat || scale.device() != x.device() || !scale.is_contiguous() ||
+      scale.numel() != x.size(-1) || !Aligned16(x) || !Aligned16(w) || !Aligned16(scale)) {
+    return false;
+  }
+  return fused::TopRows(DTypeOf(x), x.data_ptr(), scale.data_ptr<float>(), w.data_ptr(), w.size(0), w.size(1), top, out,
+                        Stream()) == cudaSuccess;
+}
+
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
   if (!Eligible(x) || !w.defined() || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||
       !w.is_contiguous() || w.numel() != x.size(-1)) {

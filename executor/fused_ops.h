@@ -22,6 +22,11 @@ bool Eligible(const at::Tensor& x);
 // residual is added before rounding). Result [..., n] contiguous.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual);
 
+// The `top` rows r of w [n, k] with the largest x . (scale * w[r]) for one row x [k] (or [1, k]), float32 `scale`
+// [k], written as int64 indices into out[0..top) (a device-accessible pointer, e.g. mapped pinned memory), largest
+// first. False, computing nothing, when not eligible (fused::TopRows's preconditions, dtypes of x and w differ).
+bool TopRows(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w, int top, int64_t* out);
+
 // kernels_internal::RmsNorm(x, w, eps) (LlamaRMSNorm): x [..., cols] with a contiguous last dimension.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);
 

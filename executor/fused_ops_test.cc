@@ -5,8 +5,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #ifdef BIGPLAN_TEST_CUDA
@@ -14,6 +17,9 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include "executor/fused_cuda.h"
 #endif
 
 namespace bigplan::fused_ops {
@@ -29,6 +35,9 @@ TEST(FusedOps, DeclineCpuAndFloat32) {
   EXPECT_FALSE(Eligible(x.to(at::kBFloat16)));  // on the CPU
   const at::Tensor cache = at::zeros({1, 2, 16, 32});
   EXPECT_FALSE(DecodeAttention(at::randn({1, 4, 1, 32}), cache, cache, StepPositions{}, 16, 0, 1.0).defined());
+  int64_t top = -1;
+  EXPECT_FALSE(TopRows(at::randn({1, 64}), at::ones({64}), w, 2, &top));
+  EXPECT_EQ(top, -1);
   EXPECT_FALSE(RopeKvWrite(at::randn({1, 1, 128}), at::randn({1, 1, 64}), at::randn({1, 1, 64}), 4, 2, 32,
                            at::ones({16, 32}), at::zeros({16, 32}), StepPositions{}, cache, cache, at::Tensor(),
                            at::Tensor(), 1e-6)
@@ -224,8 +233,70 @@ TEST_P(FusedOpsGpu, DecodeAttentionReplaysFromAGraphAtAnyPosition) {
   }
 }
 
+// TopRows: the indices of the largest x . (scale * w[r]), largest first, as LibTorch's topk of the float32 product
+// (the router of a sparse layer scored on another layer's input: executor/expert_engine.h); ties go to the lower row.
+TEST_P(FusedOpsGpu, TopRowsMatchesTopk) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, 0);
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
+  for (const auto& [n, k, top] : std::vector<std::tuple<int64_t, int64_t, int>>{{128, 2048, 8}, {8, 4096, 2},
+                                                                               {60, 64, 3}, {4096, 128, 64}}) {
+    const at::Tensor x = at::randn({1, k}, Opts());
+    const at::Tensor scale = at::rand({k}, f32) + 0.5;
+    const at::Tensor w = at::randn({n, k}, Opts());
+    at::Tensor out = at::full({top}, -1, i64);
+    ASSERT_TRUE(TopRows(x, scale, w, top, out.data_ptr<int64_t>())) << n << " x " << k;
+    const at::Tensor score = at::matmul(w.to(at::kFloat), (x.to(at::kFloat)[0] * scale));
+    const at::Tensor want = std::get<1>(at::topk(score, top));
+    // (float32 sums in another order may swap two nearly equal scores: compare the scores picked.)
+    const at::Tensor got_scores = score.index_select(0, out), want_scores = score.index_select(0, want);
+    EXPECT_LE((got_scores - want_scores).abs().max().item<double>(), 1e-3 * want_scores.abs().max().item<double>())
+        << n << " x " << k;
+  }
+  // Equal scores: the lower rows first.
+  const at::Tensor w = at::ones({16, 64}, Opts());
+  at::Tensor out = at::full({4}, -1, i64);
+  ASSERT_TRUE(TopRows(at::ones({1, 64}, Opts()), at::ones({64}, f32), w, 4, out.data_ptr<int64_t>()));
+  EXPECT_TRUE(at::equal(out.cpu(), at::arange(4, at::kLong)));
+  // Declined: more than one row, top above n, columns not a multiple of 8.
+  EXPECT_FALSE(TopRows(at::ones({2, 64}, Opts()), at::ones({64}, f32), w, 2, out.data_ptr<int64_t>()));
+  EXPECT_FALSE(TopRows(at::ones({1, 64}, Opts()), at::ones({64}, f32), w, 17, out.data_ptr<int64_t>()));
+  EXPECT_FALSE(TopRows(at::ones({1, 60}, Opts()), at::ones({60}, f32), at::ones({16, 60}, Opts()), 2,
+                       out.data_ptr<int64_t>()));
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedOpsGpu, ::testing::Values(at::kBFloat16, at::kHalf),
                          [](const auto& info) { return std::string(info.param == at::kBFloat16 ? "bf16" : "fp16"); });
+
+// WaitFlag holds a stream until the host writes the number (the work queued behind it waits), and gives up after its
+// timeout, saying so, when the host never does.
+TEST(FusedCudaGpu, WaitFlagHoldsTheStreamUntilTheHostWrites) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  uint32_t* flag = nullptr;
+  ASSERT_EQ(cudaHostAlloc(reinterpret_cast<void**>(&flag), 2 * sizeof(uint32_t), cudaHostAllocMapped), cudaSuccess);
+  flag[0] = 0;
+  flag[1] = 0;
+  c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
+  const at::Tensor done = at::zeros({1}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, 0));
+  ASSERT_EQ(fused::WaitFlag(flag, 7, 10'000'000'000ull, flag + 1, stream.stream()), cudaSuccess);
+  {
+    c10::cuda::CUDAStreamGuard guard(stream);
+    done.fill_(1);  // queued behind the wait
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(cudaStreamQuery(stream.stream()), cudaErrorNotReady);
+  reinterpret_cast<volatile uint32_t*>(flag)[0] = 6;  // not yet
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(cudaStreamQuery(stream.stream()), cudaErrorNotReady);
+  reinterpret_cast<volatile uint32_t*>(flag)[0] = 7;
+  ASSERT_EQ(cudaStreamSynchronize(stream.stream()), cudaSuccess);
+  EXPECT_EQ(done.item<int>(), 1);
+  EXPECT_EQ(flag[1], 0u);
+  // A number that never comes: the stream goes on after the timeout, with the flag's second word set.
+  ASSERT_EQ(fused::WaitFlag(flag, 9, 2'000'000ull, flag + 1, stream.stream()), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream.stream()), cudaSuccess);
+  EXPECT_EQ(flag[1], 1u);
+  cudaFreeHost(flag);
+}
 
 #endif  // BIGPLAN_TEST_CUDA
 

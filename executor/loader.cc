@@ -487,6 +487,7 @@ struct Loader {
       er.cpu_share = r->cpu_share();
       er.decode_max_tokens = r->decode_max_tokens();
       er.copy_all_tokens = r->copy_all_tokens();
+      er.prefetch = r->prefetch();
       state.expert_rings.push_back(er);
     }
     return Status::Ok();

@@ -151,6 +151,7 @@ struct ExpertRingRuntime {
   double cpu_share = 0;
   uint32_t decode_max_tokens = 0;
   uint32_t copy_all_tokens = 0;
+  uint32_t prefetch = 0;  // next-layer experts prefetched per sparse layer in decode
 };
 
 struct StepRuntime {

@@ -235,6 +235,67 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
   }
 };
 
+// Next-layer prefetch (executor/expert_engine.h) changes which experts are on the GPU before their router chooses,
+// never a result: batch-1 decode steps with it (every chosen expert's copy may come from a prediction) give the
+// same greedy tokens and, within the dtype's rounding, the same logits as without it. In fp32 the GPU computes the
+// same experts either way (bitwise equal); in bf16 the host's share may take other experts (float32 sums).
+TEST_P(E2eGpu, ExpertPrefetchKeepsResults) {
+  const std::string family = GetParam();
+  if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
+  const std::string model = ModelDir(family);
+  constexpr uint32_t kSeq = 16;
+  constexpr int kSteps = 10;
+  const std::string big = std::to_string(8ull << 30);
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    SCOPED_TRACE(family + " " + dtype);
+    const std::string path = TempDir(family + "_prefetch_" + dtype) + "/e.bplan";
+    const std::string only_e = "--auto-candidates E --cpu-share 0.5";
+    // The smallest budget E fits: the most experts routed from pinned memory.
+    auto min_e = SmallestFeasible(
+        [&](uint64_t b) { return MakePlan(model, "cuda:0=" + std::to_string(b) + ",cpu=" + big, dtype, 1, kSeq, path, only_e).ok(); },
+        0, 8ull << 30, 4096);
+    ASSERT_TRUE(min_e.ok()) << min_e.error().ToString();
+    ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + big, dtype, 1, kSeq, path, only_e).ok());
+    std::vector<int64_t> tokens[2];
+    std::vector<std::vector<float>> logits[2];
+    Stats stats[2];
+    for (int run = 0; run < 2; ++run) {
+      ExecutorOptions options;
+      options.progress = false;
+      options.cuda_graphs = false;
+      options.expert_prefetch = run == 0 ? 0 : 2;
+      auto exec = Executor::Load(path, model, options);
+      ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+      ForwardOptions fresh;
+      fresh.reset = true;
+      fresh.last_position_only = true;
+      auto out = (*exec)->Forward(std::vector<int64_t>{1, 5, 9, 3}, 1, fresh);
+      ASSERT_TRUE(out.ok()) << out.error().ToString();
+      ForwardOptions step;
+      step.last_position_only = true;
+      for (int i = 0; i < kSteps; ++i) {
+        const float* row = out->row(0, 0);
+        const int64_t next = std::max_element(row, row + out->vocab) - row;
+        tokens[run].push_back(next);
+        logits[run].push_back(out->data);
+        out = (*exec)->Forward(std::vector<int64_t>{next}, 1, step);
+        ASSERT_TRUE(out.ok()) << out.error().ToString();
+      }
+      stats[run] = (*exec)->stats();
+    }
+    EXPECT_EQ(stats[0].expert_prefetched, 0u);
+    EXPECT_GT(stats[1].expert_prefetched, 0u) << "no expert was prefetched";
+    EXPECT_LE(stats[1].expert_prefetch_hits, stats[1].expert_prefetched);
+    EXPECT_EQ(tokens[0], tokens[1]);
+    for (int i = 0; i < kSteps; ++i) {
+      EXPECT_LE(MaxRelError(logits[0][i], logits[1][i]), dtype == "fp32" ? 0.0 : kChunkedBf16Tolerance) << "step " << i;
+    }
+    std::printf("%-14s %-5s prefetch: %llu prefetched, %llu chosen over %d decode steps\n", family.c_str(),
+                dtype.c_str(), static_cast<unsigned long long>(stats[1].expert_prefetched),
+                static_cast<unsigned long long>(stats[1].expert_prefetch_hits), kSteps);
+  }
+}
+
 TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
 
 TEST_P(E2eGpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, false); }
