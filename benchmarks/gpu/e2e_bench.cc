@@ -6,13 +6,15 @@
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
 //             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8] [--resident-split SPEC]...
 //             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2]]
-//             [--split-stride 8,16]
+//             [--split-stride 8,16] [--expert-prefetch plan,0,1,2]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
 // and hybrid plans are measured against.
 // --cpu-share: every cpu-offload configuration is planned once per listed host share (plan --cpu-share; "off" is
 // the plain streamed plan), with the host's matrix-vector rate measured in this run in the profile.
+// --expert-prefetch: mixture-of-experts plans run once per listed next-layer prefetch (ExecutorOptions::
+// expert_prefetch; "plan": the plan's own), each reporting its hits and the floor of the bytes its decode moved.
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
 // fresh sequence), the floor (bytes streamed per forward / pinned H2D bandwidth measured in this run; for disk
@@ -77,6 +79,7 @@ struct Args {
   std::vector<quant::Format> weights{quant::Format::kNone};
   std::vector<std::string> cpu_shares{"off"};
   int host_threads = 0;  // ExecutorOptions::host_threads
+  std::vector<int> expert_prefetch{-1};  // ExecutorOptions::expert_prefetch per cpu-offload configuration
 };
 
 Result<Args> ParseArgs(int argc, char** argv) {
@@ -131,6 +134,20 @@ Result<Args> ParseArgs(int argc, char** argv) {
           const size_t c = std::min(v.find(',', p), v.size());
           BIGPLAN_ASSIGN_OR_RETURN(quant::Format fmt, quant::ParseFormat(v.substr(p, c - p)));
           a.weights.push_back(fmt);
+          p = c + 1;
+        }
+      }
+      else if (f == "--expert-prefetch") {
+        BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
+        a.expert_prefetch.clear();
+        size_t p = 0;
+        while (p <= v.size()) {
+          const size_t c = std::min(v.find(',', p), v.size());
+          const std::string n = v.substr(p, c - p);
+          if (n == "plan") a.expert_prefetch.push_back(-1);
+          else if (!n.empty() && n.find_first_not_of("0123456789") == std::string::npos && n.size() < 4)
+            a.expert_prefetch.push_back(std::stoi(n));
+          else return MakeError(ErrorCode::kInvalidArgument, "--expert-prefetch: plan or a count, not \"" + n + "\"");
           p = c + 1;
         }
       }
@@ -208,6 +225,7 @@ struct Config {
   std::string cpu_share = "off";  // plan --cpu-share
   int stride = -1;  // > 0: an explicit map dealing decoder layers to the budget's GPUs in groups of this many;
                    // 0: auto without its interleaved candidate I (the contiguous split)
+  int prefetch = -1;  // ExecutorOptions::expert_prefetch
 };
 
 // KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
@@ -340,6 +358,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   opts.cuda_graphs = args.cuda_graphs;
   opts.fused_kernels = args.fused_kernels;
   opts.host_threads = args.host_threads;
+  opts.expert_prefetch = cfg.prefetch;
   auto t_load = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(auto exec, Executor::Load(plan_path, args.model, opts));
   const double load_s = Seconds(t_load);
@@ -410,11 +429,13 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       // whichever is slower, plus what the GPU reads from its memory), and the prefill against its streaming
       // floor (every non-resident expert copied once).
       double resident = 0, copied = 0, host = 0, share = 0;
+      uint32_t plan_prefetch = 0;
       for (const schema::ExpertRing* r : *p.experts()) {
         resident += r->expected_resident_bytes();
         copied += r->expected_copied_bytes();
         host += r->expected_host_bytes();
         share = r->cpu_share();
+        plan_prefetch = r->prefetch();
       }
       uint64_t off_gpu = 0, gpu_bytes = 0, expert_bytes = 0;
       for (const schema::Block* b : *p.blocks()) {
@@ -453,6 +474,26 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeIt(args.repeat * 4 - 1, step));
       const Stats after = exec->stats();
       const double steps = static_cast<double>(args.repeat * 4);
+      // The floor of what the decode steps moved: the chosen experts' bytes that crossed PCIe (prefetched ones the
+      // router did not choose left out) and the host's, each at its measured rate.
+      const double moved_copy = (static_cast<double>(after.expert_copied_bytes - before.expert_copied_bytes) -
+                                 static_cast<double>(after.expert_prefetch_wasted_bytes - before.expert_prefetch_wasted_bytes)) / steps;
+      const double moved_host = static_cast<double>(after.expert_host_bytes - before.expert_host_bytes) / steps;
+      const double moved_floor = std::max(moved_copy / (floors.h2d_gbps * 1e9), moved_host / (cpu_rate * 1e9)) + gpu_read_s;
+      const double prefetched = static_cast<double>(after.expert_prefetched - before.expert_prefetched) / steps;
+      const double hits = static_cast<double>(after.expert_prefetch_hits - before.expert_prefetch_hits) / steps;
+      j["moe_moved"] = {{"copied_bytes_per_token", moved_copy},
+                        {"host_bytes_per_token", moved_host},
+                        {"floor_s", moved_floor},
+                        {"ratio_decode_to_floor", dec.median / moved_floor},
+                        {"prefetch_option", cfg.prefetch},
+                        {"plan_prefetch", plan_prefetch},
+                        {"prefetched_per_token", prefetched},
+                        {"prefetch_hits_per_token", hits},
+                        {"prefetch_wasted_bytes_per_token",
+                         static_cast<double>(after.expert_prefetch_wasted_bytes - before.expert_prefetch_wasted_bytes) / steps},
+                        {"copy_busy_ms_per_token", (after.expert_copy_busy_ms - before.expert_copy_busy_ms) / steps},
+                        {"copy_idle_ms_per_token", (after.expert_copy_idle_ms - before.expert_copy_idle_ms) / steps}};
       j["moe"] = {{"cpu_share", share},
                   {"expected_resident_bytes", resident},
                   {"expected_copied_bytes", copied},
@@ -491,6 +532,14 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                    j["moe"]["experts_per_token"]["resident"].get<double>(),
                    j["moe"]["experts_per_token"]["copied"].get<double>(),
                    j["moe"]["experts_per_token"]["host"].get<double>(), share);
+      std::fprintf(stderr,
+                   "   MoE moved: %.1f MB copied + %.1f MB host per token, floor %.2f ms (%.2fx); prefetch %.2f experts "
+                   "per token, %.2f chosen (%.0f%%); copy stream busy %.2f ms, idle %.2f ms per token%s\n",
+                   moved_copy / 1e6, moved_host / 1e6, moved_floor * 1e3, dec.median / moved_floor, prefetched, hits,
+                   prefetched > 0 ? 100.0 * hits / prefetched : 0.0,
+                   (after.expert_copy_busy_ms - before.expert_copy_busy_ms) / steps,
+                   (after.expert_copy_idle_ms - before.expert_copy_idle_ms) / steps,
+                   opts.record_trace ? "" : " (timeline: --trace-dir)");
     } else if (cpu_bytes + disk_bytes == 0) {
       // All resident: the planner's decode prediction is a KV-cached step (CUDA-graph replayed where eligible),
       // after half a prompt (the plan's run shape holds `prefill` positions).
@@ -633,9 +682,14 @@ Status Main(int argc, char** argv) {
     std::snprintf(buf, sizeof buf, "cuda:0=%gGiB,cpu=%gGiB", g, args.cpu_budget_gib);
     for (quant::Format w : args.weights) {
       for (const std::string& share : args.cpu_shares) {
-        std::string suffix = w == quant::Format::kNone ? "" : std::string("_") + quant::FormatName(w);
-        if (share != "off") suffix += "_host_" + share;
-        configs.push_back({"cpu_offload_" + std::to_string(static_cast<int>(g * 10)) + suffix, "cpu", g, buf, w, share});
+        for (int pf : args.expert_prefetch) {
+          std::string suffix = w == quant::Format::kNone ? "" : std::string("_") + quant::FormatName(w);
+          if (share != "off") suffix += "_host_" + share;
+          if (pf >= 0) suffix += "_prefetch" + std::to_string(pf);
+          Config c{"cpu_offload_" + std::to_string(static_cast<int>(g * 10)) + suffix, "cpu", g, buf, w, share};
+          c.prefetch = pf;
+          configs.push_back(c);
+        }
       }
     }
   }
