@@ -349,6 +349,7 @@ Status ExpertEngine::WaitHostJob(const std::string& where) {
   }
   if (host_flag_.data() != nullptr &&
       reinterpret_cast<volatile uint32_t*>(host_flag_.data())[1] != 0) {
+    reinterpret_cast<volatile uint32_t*>(host_flag_.data())[1] = 0;  // reported once
     return MakeError(ErrorCode::kDevice, where + ": the GPU waited more than " +
                                              std::to_string(kHostWaitTimeoutNs / 1000000000ull) +
                                              " s for the host's experts and went on without them");

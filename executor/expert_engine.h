@@ -107,10 +107,10 @@ class ExpertEngine {
   const Stats& stats() const { return stats_; }
 
   // Timeline of the forward (when recording): per sparse layer the wait for the router's choices (with the layer's
-  // experts by path), the host's experts and the combine's wait for them, on tracks "experts" and "host experts"
-  // (host clock); and from CUDA events, when each router's choices were ready ("router (GPU)") and the spans of each
-  // layer's copies and prefetches on the copy stream ("expert copies (GPU)"), aligned to the host clock at the first
-  // router's synchronization. Taken by the executor after each forward (the forward's work has finished); fills
+  // experts by path) and the host's experts, on tracks "experts" and "host experts" (host clock); and from CUDA
+  // events, when each router's choices were ready ("router (GPU)"), when the GPU had the host's sum ("expert waits
+  // (GPU)") and the spans of each layer's copies and prefetches on the copy stream ("expert copies (GPU)"), aligned to
+  // the host clock at the first router's synchronization. Taken by the executor after each forward (the forward's work has finished); fills
   // Stats::copy_busy_us and copy_idle_us.
   struct Event {
     std::string name, track;
