@@ -88,6 +88,17 @@ Result<Args> ParseArgs(int argc, char** argv) {
     if (i + 1 >= argc) return MakeError(ErrorCode::kInvalidArgument, std::string(argv[i]) + " needs a value");
     return std::string(argv[++i]);
   };
+  // A comma-separated list's items, empty ones included ("a,,b" has three).
+  auto items = [](const std::string& s) {
+    std::vector<std::string> out;
+    size_t p = 0;
+    while (p <= s.size()) {
+      const size_t c = std::min(s.find(',', p), s.size());
+      out.push_back(s.substr(p, c - p));
+      p = c + 1;
+    }
+    return out;
+  };
   auto numbers = [](const std::string& s) {
     std::vector<double> v;
     size_t p = 0;
@@ -129,40 +140,29 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--weights") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
         a.weights.clear();
-        size_t p = 0;
-        while (p <= v.size()) {
-          const size_t c = std::min(v.find(',', p), v.size());
-          BIGPLAN_ASSIGN_OR_RETURN(quant::Format fmt, quant::ParseFormat(v.substr(p, c - p)));
+        for (const std::string& item : items(v)) {
+          BIGPLAN_ASSIGN_OR_RETURN(quant::Format fmt, quant::ParseFormat(item));
           a.weights.push_back(fmt);
-          p = c + 1;
         }
       }
       else if (f == "--expert-prefetch") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
         a.expert_prefetch.clear();
-        size_t p = 0;
-        while (p <= v.size()) {
-          const size_t c = std::min(v.find(',', p), v.size());
-          const std::string n = v.substr(p, c - p);
+        for (const std::string& n : items(v)) {
           if (n == "plan") a.expert_prefetch.push_back(-1);
           else if (!n.empty() && n.find_first_not_of("0123456789") == std::string::npos && n.size() < 4)
             a.expert_prefetch.push_back(std::stoi(n));
           else return MakeError(ErrorCode::kInvalidArgument, "--expert-prefetch: plan or a count, not \"" + n + "\"");
-          p = c + 1;
         }
       }
       else if (f == "--host-threads") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.host_threads = std::stoi(v); }
       else if (f == "--cpu-share") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
         a.cpu_shares.clear();
-        size_t p = 0;
-        while (p <= v.size()) {
-          const size_t c = std::min(v.find(',', p), v.size());
-          const std::string share = v.substr(p, c - p);
+        for (const std::string& share : items(v)) {
           if (share != "auto" && share != "off" && !(std::stod(share) > 0 && std::stod(share) < 1))
             return MakeError(ErrorCode::kInvalidArgument, "--cpu-share: auto, off or a share in (0, 1), not " + share);
           a.cpu_shares.push_back(share);
-          p = c + 1;
         }
       }
       else return MakeError(ErrorCode::kInvalidArgument, "unknown flag " + f);
