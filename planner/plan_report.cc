@@ -174,6 +174,11 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
   out << "  prefill (" << run.max_batch << " x " << run.max_seq_len << " tokens): " << Ms(r.prefill.total_us)
       << "  (compute " << Ms(r.prefill.compute_us) << ", waiting for copies " << Ms(r.prefill.compute_stall_us)
       << ")\n";
+  // The decode step as ranks, one process per GPU.
+  if (const RanksDecodePrediction ranks = PredictRanksDecode(r); ranks.ranks >= 2) {
+    out << "  decode as ranks (--world-size " << ranks.ranks << ", one process per GPU): " << Ms(ranks.total_us) << "  ("
+        << ranks.crossings << " crossing" << (ranks.crossings == 1 ? "" : "s") << " between processes a step)\n";
+  }
   // A pipelinable plan's batched prefill (PredictBatchedPrefill, with the executor's automatic micro-batches): all
   // the rows, each with half the run's positions.
   if (run.max_batch >= 2 && PipelinablePlan(r)) {

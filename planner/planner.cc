@@ -386,6 +386,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   result.copy_floor_us = CopyFloorMicros(sched, result.profile);
   result.decode_copy_floor_us = result.copy_floor_us;
   result.decode_streamed_us = result.decode.total_us;
+  result.graph_decode = graph_decode;
 
   // Routed experts: the rings' paths and each sparse layer's prediction. After its router's choices reach the host
   // (kRouteSyncMicros), a layer takes the longer of its host side (the host's experts, starting
@@ -557,6 +558,26 @@ bool PipelinablePlan(const PlanResult& plan) {
     devices.insert(b.device);
   }
   return devices.size() >= 2;
+}
+
+RanksDecodePrediction PredictRanksDecode(const PlanResult& plan) {
+  RanksDecodePrediction out;
+  std::set<int32_t> gpus;
+  int32_t prev = -1, last = -1;
+  for (const ScheduledStep& step : plan.schedule.steps) {
+    if (step.block >= plan.placement.blocks.size()) continue;
+    const int32_t d = plan.placement.blocks[step.block].device;
+    if (d < 0) return out;  // a block the host computes: ranks need every block on a GPU
+    gpus.insert(d);
+    if (prev >= 0 && d != prev) ++out.crossings;
+    prev = last = d;
+  }
+  if (gpus.size() < 2) return RanksDecodePrediction{};
+  if (last != 0) ++out.crossings;  // the logits go back to rank 0
+  out.ranks = static_cast<uint32_t>(*gpus.rbegin() + 1);
+  out.total_us = plan.decode.total_us +
+                 out.crossings * (plan.graph_decode ? kRankHopExtraMicros : kRankHopExtraEagerMicros);
+  return out;
 }
 
 Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, uint32_t rows, uint32_t tokens,

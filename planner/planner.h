@@ -116,6 +116,7 @@ struct PlanResult {
   double expert_floor_us = 0;
   std::vector<DeviceAccount> usage;    // PlanUsage
   bool synthetic_checkpoint = false;
+  bool graph_decode = false;           // decode predicted as CUDA-graph replays (all resident, eligible family)
 
   const schema::Plan& plan() const { return *schema::GetPlan(bytes.data()); }
 };
@@ -154,6 +155,18 @@ bool PipelinablePlan(const PlanResult& plan);
 // kInvalidArgument for rows or tokens of 0.
 Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, uint32_t rows, uint32_t tokens,
                                                        int micro_batch_rows = 0);
+
+// A decode step of the plan run as ranks (ExecutorOptions::world_size: one process per plan GPU, rank r on cuda:r):
+// the one-process step (decode.total_us) plus, for each time the hidden state crosses between processes (every
+// change of GPU from step to step, and the logits' way back to rank 0 when the head is elsewhere), what a NCCL
+// point-to-point transfer and the ranks' hand-off add over an in-process peer copy (kRankHopExtraMicros, graph
+// replayed, or kRankHopExtraEagerMicros). ranks 0 for a plan on fewer than two GPUs.
+struct RanksDecodePrediction {
+  uint32_t ranks = 0;
+  uint32_t crossings = 0;
+  double total_us = 0;
+};
+RanksDecodePrediction PredictRanksDecode(const PlanResult& plan);
 
 // Resolves a request's model source and opens its checkpoint, if any (used by MakePlan and the tools).
 struct ResolvedModel {

@@ -222,6 +222,14 @@ TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
   const double hop = kDeviceHopMicros + 4096.0 * 2 / (kPeerGbps * 1e3);
   EXPECT_NEAR(two->decode.total_us - one->decode.total_us, hop, 0.02 * one->decode.total_us);
   EXPECT_GT(two->decode.total_us, one->decode.total_us);
+  // As ranks (one process per GPU): one hop and the logits' way back to rank 0, each kRankHopExtraMicros over the
+  // in-process step; a one-GPU plan has no ranks to predict.
+  EXPECT_TRUE(two->graph_decode);
+  const RanksDecodePrediction ranks = PredictRanksDecode(*two);
+  EXPECT_EQ(ranks.ranks, 2u);
+  EXPECT_EQ(ranks.crossings, 2u);
+  EXPECT_DOUBLE_EQ(ranks.total_us, two->decode.total_us + 2 * kRankHopExtraMicros);
+  EXPECT_EQ(PredictRanksDecode(*one).ranks, 0u);
 }
 
 // Every block resident on two GPUs: a plan for batches (max_batch 8) deals the decoder layers to the GPUs in two
