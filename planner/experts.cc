@@ -92,10 +92,12 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
     r.decode_max_tokens = r.cpu_share > 0 ? std::max<uint32_t>(1, decode_tokens) : 0;
     // Tokens whose k choices each cover every expert twice on average.
     r.copy_all_tokens = std::max<uint32_t>(1, (2 * c.num_experts + c.num_experts_per_tok - 1) / c.num_experts_per_tok);
-    r.expected_resident_bytes = r.expected_copied_bytes = r.expected_host_bytes = 0;
-    bool pinned = false;  // some routed expert rests in pinned memory (what a prefetch copies)
-    for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
-      if (blocks[i].device == device && ExpectedExpertBytes(model, i, blocks[i], exec_dtype, 0).copied > 0) pinned = true;
+    r.expected_resident_bytes = r.expected_copied_bytes = r.expected_host_bytes = r.expected_disk_bytes = 0;
+    bool pinned = false;  // some routed expert rests in pinned memory (what a prefetch copies; not disk-resting ones)
+    for (size_t i = 0; i < blocks.size() && i < model.blocks.size() && !pinned; ++i) {
+      if (blocks[i].device != device || !blocks[i].routed_experts) continue;
+      const ExpertSizes sizes = SizesOf(model, i, blocks[i], exec_dtype);
+      for (const auto& [e, off] : sizes.off_gpu) pinned = pinned || (off && !sizes.on_disk.at(e));
     }
     const int64_t room = static_cast<int64_t>(r.slots) - c.num_experts_per_tok;
     r.prefetch = pinned ? static_cast<uint32_t>(std::clamp<int64_t>(prefetch < 0 ? kDefaultExpertPrefetch : prefetch, 0,
@@ -108,6 +110,7 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
       r.expected_resident_bytes += b.resident;
       r.expected_copied_bytes += b.copied;
       r.expected_host_bytes += b.host;
+      r.expected_disk_bytes += b.disk;
     }
   }
 }
@@ -118,28 +121,30 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   const ModelConfig& c = model.config;
   if (block >= model.blocks.size() || !c.SparseLayer(model.blocks[block].layer)) return out;
   const ExpertSizes s = SizesOf(model, block, placement, exec_dtype);
-  double resident = 0, off = 0;
+  double resident = 0, pinned = 0, disk = 0;
   for (const auto& [e, bytes] : s.bytes) {
     if (s.off_gpu.at(e) && placement.routed_experts) {
-      off += static_cast<double>(bytes);
+      (s.on_disk.at(e) ? disk : pinned) += static_cast<double>(bytes);
       out.off_gpu += bytes;
+      if (s.on_disk.at(e)) out.off_disk += bytes;
     } else {
       resident += static_cast<double>(bytes);
     }
   }
   const double pick = static_cast<double>(c.num_experts_per_tok) / std::max<uint32_t>(1, c.num_experts);
   out.resident = pick * resident;
-  out.copied = pick * off * (1 - cpu_share);
-  out.host = pick * off * cpu_share;
+  out.disk = pick * disk;
+  out.host = pick * pinned * cpu_share;
+  out.copied = pick * (pinned + disk) - out.host;
   return out;
 }
 
 ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes) {
   ExpertBytes out = b;
-  const double off = b.copied + b.host;  // the chosen non-resident experts' bytes
-  out.prefetched = std::min(off, kExpertPrefetchHitRate * prefetch * static_cast<double>(expert_bytes));
-  out.host = cpu_share * (off - out.prefetched);
-  out.copied = off - out.host;
+  const double pinned = b.copied + b.host - b.disk;  // the chosen pinned-resting experts' bytes
+  out.prefetched = std::min(pinned, kExpertPrefetchHitRate * prefetch * static_cast<double>(expert_bytes));
+  out.host = cpu_share * (pinned - out.prefetched);
+  out.copied = b.copied + b.host - out.host;
   return out;
 }
 

@@ -42,6 +42,7 @@ struct ExpertRingPlan {
   uint32_t copy_all_tokens = 0;
   uint32_t prefetch = 0;         // next-layer experts prefetched per sparse layer in decode (executor/expert_engine.h)
   double expected_resident_bytes = 0, expected_copied_bytes = 0, expected_host_bytes = 0;  // per decode token
+  double expected_disk_bytes = 0;  // of expected_copied_bytes, read from disk first
   uint64_t ring_bytes() const { return uint64_t{slots} * slot_bytes; }
   uint64_t disk_ring_bytes() const { return uint64_t{disk_slots} * disk_slot_bytes; }
 };
@@ -68,19 +69,22 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
 inline constexpr int kDefaultExpertPrefetch = 1;
 
 // A sparse layer's expected expert bytes per decode token under uniform routing (num_experts_per_tok of
-// num_experts chosen): read where resident, copied over PCIe, read by the host (the non-resident ones split by
-// `cpu_share`), and every non-resident expert's bytes (what a copy-all forward moves).
+// num_experts chosen): read where resident, copied over PCIe, read by the host (the chosen pinned-resting ones split
+// by `cpu_share`; the host does not compute disk-resting experts), and every non-resident expert's bytes (what a
+// copy-all forward moves), of which those resting on disk.
 struct ExpertBytes {
   double resident = 0, copied = 0, host = 0;
+  double disk = 0;        // of `copied`, read from disk first (disk-resting experts)
   uint64_t off_gpu = 0;
+  uint64_t off_disk = 0;  // of off_gpu, on disk
   double prefetched = 0;  // of `copied`, what next-layer prefetches move before the router (WithPrefetch)
 };
 ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, const BlockPlacement& placement,
                                 DType exec_dtype, double cpu_share);
 
 // `b` (ExpectedExpertBytes at `cpu_share`) when the previous layer prefetches `prefetch` experts of `expert_bytes`
-// each, kExpertPrefetchHitRate of them chosen: those are copied before the router (prefetched, counted in copied
-// too), and the host's share applies to the other non-resident chosen experts.
+// each, kExpertPrefetchHitRate of them chosen (pinned-resting ones only): those are copied before the router
+// (prefetched, counted in copied too), and the host's share applies to the other chosen pinned-resting experts.
 ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes);
 
 // Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on one GPU, already placed

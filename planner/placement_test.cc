@@ -637,6 +637,17 @@ TEST(ExpertBytesTest, WithPrefetch) {
   EXPECT_DOUBLE_EQ(many.prefetched, 100);
   EXPECT_DOUBLE_EQ(many.host, 0);
   EXPECT_DOUBLE_EQ(many.copied, 100);
+  // Disk-resting experts are neither computed by the host nor prefetched: 50 pinned bytes (20 on the host at share
+  // 0.4) and 50 on disk.
+  ExpertBytes d;
+  d.copied = 80;
+  d.host = 20;
+  d.disk = 50;
+  const ExpertBytes all = WithPrefetch(d, 0.4, 8, 20);
+  EXPECT_DOUBLE_EQ(all.prefetched, 50);
+  EXPECT_DOUBLE_EQ(all.host, 0);
+  EXPECT_DOUBLE_EQ(all.copied, 100);
+  EXPECT_DOUBLE_EQ(all.disk, 50);
 }
 
 }  // namespace

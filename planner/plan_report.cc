@@ -208,7 +208,11 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
     out << "  routed experts (cuda:" << device << "): per decode token "
         << FormatBytes(static_cast<uint64_t>(ring.expected_resident_bytes)) << " read where resident, "
         << FormatBytes(static_cast<uint64_t>(ring.expected_copied_bytes)) << " copied at " << r.profile.h2d_gbps
-        << " GB/s, " << FormatBytes(static_cast<uint64_t>(ring.expected_host_bytes)) << " computed by the host at "
+        << " GB/s"
+        << (ring.expected_disk_bytes > 0 ? " (" + FormatBytes(static_cast<uint64_t>(ring.expected_disk_bytes)) +
+                                               " of it read from disk first at " + Share(r.profile.disk_gbps) + " GB/s)"
+                                         : std::string())
+        << ", " << FormatBytes(static_cast<uint64_t>(ring.expected_host_bytes)) << " computed by the host at "
         << r.profile.cpu_gemv_gbps << " GB/s (share " << Share(ring.cpu_share) << ", forwards of at most "
         << ring.decode_max_tokens << " tokens); floor of this mix " << Ms(r.expert_floor_us) << "; ring "
         << ring.slots << " x " << FormatBytes(ring.slot_bytes) << (ring.disk_slots ? ", disk ring " : "")

@@ -445,10 +445,15 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double window = bc.decode_device_us + kRouteSyncMicros;
         const double prefetch_us = ring_plan.prefetch * static_cast<double>(ring_plan.slot_bytes) / (pf.h2d_gbps * 1e3);
         const double copy_us = (b.copied - b.prefetched) / (pf.h2d_gbps * 1e3);
-        const double gpu_side = std::max(window, prefetch_us) - kRouteSyncMicros + copy_us;
+        // Disk-resting experts are read (O_DIRECT, on the dispatching thread) before their copies.
+        const double disk_gbps = pf.disk_gbps > 0 ? pf.disk_gbps : 1e-3;
+        const double disk_us = b.disk / (disk_gbps * 1e3);
+        const double gpu_side = std::max(window, prefetch_us) - kRouteSyncMicros + disk_us + copy_us;
         dec[i] = std::max(host_side, gpu_side) + kRouteSyncMicros;
-        pre[i] = std::max(pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3));
-        floor_us += std::max(b.copied / (pf.h2d_gbps * 1e3), pf.cpu_gemv_gbps > 0 ? b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0);
+        pre[i] = std::max({pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3),
+                           static_cast<double>(b.off_disk) / (disk_gbps * 1e3)});
+        floor_us += std::max({b.copied / (pf.h2d_gbps * 1e3), pf.cpu_gemv_gbps > 0 ? b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0,
+                              disk_us});
       }
       const ForwardPrediction d = SimulateForward(sched, dec, devices, pf);
       if (best < 0 || d.total_us < best) {
