@@ -491,6 +491,13 @@ Status ExpertEngine::IssueCopies(const BlockRuntime& b) {
   return Status::Ok();
 }
 
+void ExpertEngine::OpenCopySpan(const BlockRuntime& b) {
+  if (!recording_ || copy_span_open_) return;
+  copy_span_label_ = "copies " + b.name;
+  MarkGpu(copy_span_label_, "expert copies (GPU)", copy_stream_.get(), false);
+  copy_span_open_ = true;
+}
+
 Status ExpertEngine::Predict(const BlockRuntime& b, const at::Tensor& x, cudaStream_t compute) {
   // (LibTorch issues on the current stream, which is `compute` while a block's step runs.)
   Next& n = next_[b.index];
@@ -568,11 +575,7 @@ Status ExpertEngine::StepStarted(const BlockRuntime& b, cudaStream_t /*compute*/
     copy_of_[x] = static_cast<int32_t>(copies_.size());
     copies_.push_back(Copy{x, (next_slot_ + static_cast<int>(copies_.size())) % slots_, true});
   }
-  if (recording_) {
-    MarkGpu("copies " + b.name, "expert copies (GPU)", copy_stream_.get(), false);
-    copy_span_open_ = true;
-    copy_span_label_ = "copies " + b.name;
-  }
+  OpenCopySpan(b);
   BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
   prefetched_ = true;
   prefetched_block_ = b.index;
@@ -678,11 +681,7 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     free_recorded_[c.slot] = true;
     copy_of_[c.expert] = -1;
   }
-  if (recording_ && issued_ < copies_.size() && !copy_span_open_) {
-    MarkGpu("copies " + b.name, "expert copies (GPU)", copy_stream_.get(), false);
-    copy_span_open_ = true;
-    copy_span_label_ = "copies " + b.name;
-  }
+  if (issued_ < copies_.size()) OpenCopySpan(b);
   BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
 
   // The host's job. (The previous one is done: the GPU waited for it before this router ran; this also collects

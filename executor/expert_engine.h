@@ -155,6 +155,9 @@ class ExpertEngine {
   Status IssuePrefetch(const BlockRuntime& b, bool wait);
   // Recording: a timing event recorded on `stream` now (from a pool made once), kept with `label` for TakeEvents.
   void MarkGpu(const std::string& label, const std::string& track, cudaStream_t stream, bool span_end);
+  // Recording: marks the start of block b's copies on the copy stream (IssueCopies marks their end), unless a span
+  // is open.
+  void OpenCopySpan(const BlockRuntime& b);
 
   int device_ = -1;
   int64_t hidden_ = 0, max_tokens_ = 0, top_k_ = 0, num_experts_ = 0;

@@ -150,15 +150,12 @@ TEST_P(E2eCpu, ExpertPrefetchInThePlan) {
   if (!IsMoeFamily(GetParam())) GTEST_SKIP() << "not a mixture-of-experts family";
   const std::string model = ModelDir(GetParam());
   const std::string path = TempDir(GetParam() + "_prefetch_plan") + "/e.bplan";
-  const std::string big = std::to_string(8ull << 30), only_e = "--auto-candidates E --cpu-share 0.5";
-  auto min_e = SmallestFeasible(
-      [&](uint64_t b) { return MakePlan(model, "cuda:0=" + std::to_string(b) + ",cpu=" + big, "fp32", 1, 16, path, only_e).ok(); },
-      0, 8ull << 30, 4096);
+  auto min_e = SmallestRoutedGpuBudget(model, "fp32", 1, 16, path);
   ASSERT_TRUE(min_e.ok()) << min_e.error().ToString();
-  const std::string spec = "cuda:0=" + std::to_string(*min_e) + ",cpu=" + big;
+  const std::string spec = "cuda:0=" + std::to_string(*min_e) + ",cpu=" + std::to_string(kRoutedHostBudget);
   uint32_t top_k = 0, slots = 0;
   auto prefetch_of = [&](const std::string& extra) -> int64_t {
-    Status made = MakePlan(model, spec, "fp32", 1, 16, path, only_e + extra);
+    Status made = MakePlan(model, spec, "fp32", 1, 16, path, kRoutedPlanFlags + extra);
     EXPECT_TRUE(made.ok()) << made.error().ToString();
     auto plan = PlanFile::Load(path);
     EXPECT_TRUE(plan.ok()) << plan.error().ToString();

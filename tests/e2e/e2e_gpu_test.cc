@@ -245,17 +245,15 @@ TEST_P(E2eGpu, ExpertPrefetchKeepsResults) {
   const std::string model = ModelDir(family);
   constexpr uint32_t kSeq = 16;
   constexpr int kSteps = 10;
-  const std::string big = std::to_string(8ull << 30);
   for (const std::string dtype : {"fp32", "bf16"}) {
     SCOPED_TRACE(family + " " + dtype);
     const std::string path = TempDir(family + "_prefetch_" + dtype) + "/e.bplan";
-    const std::string only_e = "--auto-candidates E --cpu-share 0.5";
     // The smallest budget E fits: the most experts routed from pinned memory.
-    auto min_e = SmallestFeasible(
-        [&](uint64_t b) { return MakePlan(model, "cuda:0=" + std::to_string(b) + ",cpu=" + big, dtype, 1, kSeq, path, only_e).ok(); },
-        0, 8ull << 30, 4096);
+    auto min_e = SmallestRoutedGpuBudget(model, dtype, 1, kSeq, path);
     ASSERT_TRUE(min_e.ok()) << min_e.error().ToString();
-    ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + big, dtype, 1, kSeq, path, only_e).ok());
+    ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + std::to_string(kRoutedHostBudget), dtype,
+                         1, kSeq, path, kRoutedPlanFlags)
+                    .ok());
     std::vector<int64_t> tokens[2];
     std::vector<std::vector<float>> logits[2];
     Stats stats[2];

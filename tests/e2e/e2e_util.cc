@@ -213,6 +213,16 @@ uint32_t SuiteSeqLen(const std::string& model_dir) {
   return len;
 }
 
+Result<uint64_t> SmallestRoutedGpuBudget(const std::string& model_dir, const std::string& dtype, uint32_t batch,
+                                         uint32_t seq_len, const std::string& scratch) {
+  const std::string cpu = ",cpu=" + std::to_string(kRoutedHostBudget);
+  return SmallestFeasible(
+      [&](uint64_t b) {
+        return MakePlan(model_dir, "cuda:0=" + std::to_string(b) + cpu, dtype, batch, seq_len, scratch, kRoutedPlanFlags).ok();
+      },
+      0, kRoutedHostBudget, 4096);
+}
+
 Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std::string& dir,
                                         const std::string& dtype, uint32_t seq_len) {
   constexpr uint32_t kBatch = 2;
@@ -329,13 +339,8 @@ Result<std::vector<PlanCase>> PlanSuite(const std::string& model_dir, const std:
   // between E's smallest and everything resident), then with half those pinned bytes so some rest on disk; the host
   // computes half of a decode forward's non-resident chosen experts.
   if (moe) {
-    const std::string only_e = "--auto-candidates E --cpu-share 0.5";
-    BIGPLAN_ASSIGN_OR_RETURN(
-        uint64_t min_e, SmallestFeasible(
-                            [&](uint64_t b) {
-                              return feasible("cuda:0=" + std::to_string(b) + ",cpu=" + big, only_e);
-                            },
-                            0, kBig, kGranularity));
+    const std::string only_e = kRoutedPlanFlags;
+    BIGPLAN_ASSIGN_OR_RETURN(uint64_t min_e, SmallestRoutedGpuBudget(model_dir, dtype, kBatch, kSeqLen, scratch));
     const std::string gpu = std::to_string((min_e + std::max(min_e, all_resident)) / 2 / kGranularity * kGranularity);
     BIGPLAN_RETURN_IF_ERROR(add("routed_host", "cuda:0=" + gpu + ",cpu=" + big, only_e));
     // The smallest cpu budget E fits: as many routed experts on disk as the pinned disk ring allows.

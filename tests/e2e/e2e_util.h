@@ -67,6 +67,15 @@ inline bool IsMoeFamily(const std::string& family) {
 Result<uint64_t> SmallestFeasible(const std::function<bool(uint64_t)>& feasible, uint64_t lo, uint64_t hi,
                                   uint64_t granularity);
 
+// Mixture-of-experts models: the routed-experts placement (E) with the host computing half of a decode forward's
+// non-resident chosen experts, as the suites plan it; kRoutedHostBudget of cpu memory.
+inline constexpr const char* kRoutedPlanFlags = "--auto-candidates E --cpu-share 0.5";
+inline constexpr uint64_t kRoutedHostBudget = 8ull << 30;
+// The smallest cuda:0 budget (to 4 KiB) that plan fits with kRoutedPlanFlags and kRoutedHostBudget for a batch x
+// seq_len run (the most experts routed from pinned memory); `scratch` receives the probe plans.
+Result<uint64_t> SmallestRoutedGpuBudget(const std::string& model_dir, const std::string& dtype, uint32_t batch,
+                                         uint32_t seq_len, const std::string& scratch);
+
 // A named plan of one model.
 struct PlanCase {
   std::string name;
