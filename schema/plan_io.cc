@@ -505,9 +505,14 @@ uint64_t WeightRowBytes(const schema::Weight& w, const schema::Tensor& t) {
   const auto* shape = t.shape();
   const int64_t rows = (shape && shape->size() > 0) ? shape->Get(0) : 1;
   if (w.format() == schema::WeightFormat::Plain) {
-    int64_t numel = 1;
-    for (uint32_t d = 0; shape && d < shape->size(); ++d) numel *= shape->Get(d);
-    return rows > 0 ? uint64_t(numel / rows) * DTypeSize(w.dtype()) : 0;
+    // The product of the other dimensions (a damaged shape's negative dimension or overflowing product: no row).
+    if (rows <= 0) return 0;
+    uint64_t row = DTypeSize(w.dtype());
+    for (uint32_t d = 1; shape && d < shape->size(); ++d) {
+      const int64_t dim = shape->Get(d);
+      if (dim < 0 || __builtin_mul_overflow(row, static_cast<uint64_t>(dim), &row)) return 0;
+    }
+    return row;
   }
   if (shape == nullptr || shape->size() != 2) return 0;
   Result<uint64_t> r = quant::RowBytes(FormatOf(w.format()), shape->Get(1), w.group_size());

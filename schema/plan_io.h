@@ -99,7 +99,8 @@ size_t DTypeSize(schema::DType dtype);           // bytes per element
 const char* TierName(schema::Tier tier);         // "gpu", "cpu", "disk"
 // The bytes of one row (shape[0] slice) of a weight of `tensor`'s shape stored as `weight` says: numel / rows x
 // DTypeSize(dtype) for Plain, quant::RowBytes(format, cols, group_size) for a quantized 2-D weight; 0 when the
-// weight's format does not fit its shape (VerifyPlan refuses such plans).
+// weight's format does not fit its shape (VerifyPlan refuses such plans), or the shape has no rows, a negative
+// dimension or a row too large for 64 bits.
 uint64_t WeightRowBytes(const schema::Weight& weight, const schema::Tensor& tensor);
 
 }  // namespace bigplan

@@ -27,6 +27,7 @@ struct ModelFields {
   schema::PreQuantKind prequant = schema::PreQuantKind::None;
   std::vector<std::pair<std::string, schema::DType>> sources;
   bool moved_source = false;
+  std::vector<int64_t> shape{16, 16};  // the tensor's shape
 };
 
 // A minimal valid plan: one shard, one tensor, one resident block, one buffer, one arena, one step.
@@ -37,7 +38,7 @@ flatbuffers::DetachedBuffer MinimalPlan(uint32_t version = kPlanVersion, uint64_
   auto shard = schema::CreateShardInfoDirect(fb, "model.safetensors", 4096, "00");
   std::vector<flatbuffers::Offset<schema::ShardInfo>> shards{shard};
   auto fp = schema::CreateFingerprintDirect(fb, &shards, "ff");
-  std::vector<int64_t> shape{16, 16};
+  std::vector<int64_t> shape = m.shape;
   std::vector<flatbuffers::Offset<schema::SourceTensor>> sources;
   for (size_t i = 0; i < m.sources.size(); ++i) {
     std::vector<int64_t> source_shape{16};
@@ -173,6 +174,23 @@ TEST(PlanIoTest, ChecksPreQuantizedTensors) {
   bad.format = schema::WeightFormat::Fp8E4M3;
   bad.weight_bytes = 16 * (16 + 4);
   expect_corrupt(bad, "has 3 source tensors, expected 2");
+}
+
+// A row's bytes from a damaged shape: dimensions whose product overflows, or negative ones, give 0 (no row), never
+// an overflowed product.
+TEST(PlanIoTest, WeightRowBytesOfDamagedShapes) {
+  ModelFields m;
+  auto ok = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+  auto plan = VerifyPlan(ok.data(), ok.size(), "p.bplan");
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  EXPECT_EQ(WeightRowBytes(*(*plan)->blocks()->Get(0)->weights()->Get(0), *(*plan)->tensors()->Get(0)), 64u);
+  for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{
+           {47416438947840, 7306087009443905571}, {16, int64_t{1} << 62, 8}, {16, -16}, {0, 16}}) {
+    m.shape = shape;
+    auto buf = MinimalPlan(kPlanVersion, 1024, 0, nullptr, m);
+    const schema::Plan* p = schema::GetPlan(buf.data());
+    EXPECT_EQ(WeightRowBytes(*p->blocks()->Get(0)->weights()->Get(0), *p->tensors()->Get(0)), 0u) << shape[1];
+  }
 }
 
 // A quantized weight's size is rows x RowBytes of its format; a group that does not divide its columns, or another
