@@ -15,13 +15,15 @@
 // 768, SiLU) with all hardware threads: T tokens, each routed to 8 of 64 experts (604 MiB, rotated through so the
 // weights come from DRAM); bytes/s counts the weights of the distinct experts read. BM_ExpertMatrices/1: the same
 // matrices for one token in one plain MatVecPool::Run (no activation, no dependency between gate/up and down), the
-// bound that the runner's two pool calls can approach.
+// bound that the runner's two pool calls can approach. BM_ExpertCount/N/T: one token through N of those experts with
+// T threads; BM_LargeExpert/T: one Mixtral-8x7B-shaped expert (see each).
 
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "executor/cpu_experts.h"
@@ -330,6 +332,72 @@ void BM_Experts(benchmark::State& state) {
   state.SetLabel("bf16 " + std::string(IsaName(pool.isa())) + " threads " + std::to_string(pool.threads()));
 }
 
+// BM_ExpertCount/N/T: one token routed to N of the Qwen3-shaped experts (routing r takes experts rN..rN+N-1 of the
+// 64, so consecutive calls read different weights) with T pool threads (0: every core; -1: every core but one, as
+// the executor's expert engine runs); bytes/s counts the N experts' weights. Separates a call's fixed cost from its
+// rate (the executor's host gets about 3 of a layer's 8 in Qwen3 decode).
+void BM_ExpertCount(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  const int t = static_cast<int>(state.range(1));
+  const MoeWeights& w = Moe();
+  const int threads = t >= 0 ? t : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1);
+  MatVecPool pool(threads);
+  cpu_experts::ExpertRunner runner(&pool, kMoeHidden, kMoeInter, 1, n);
+  std::vector<std::vector<cpu_experts::Assignment>> routings;
+  for (int r = 0; r < kMoeExperts; ++r) {
+    std::vector<cpu_experts::Assignment> as;
+    for (int k = 0; k < n; ++k) as.push_back({(r * n + k) % kMoeExperts, 0, 1.0f / n});
+    routings.push_back(as);
+  }
+  std::vector<float> x(kMoeHidden, 0.5f), out(kMoeHidden);
+  int r = 0;
+  for (auto _ : state) {
+    Status s = runner.Run(w.experts, routings[r], x.data(), 1, cpu_experts::Activation::kSilu, out.data());
+    if (!s.ok()) state.SkipWithError(s.error().ToString().c_str());
+    r = (r + 1) % kMoeExperts;
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * n * w.expert_bytes);
+  state.SetLabel("bf16 " + std::string(IsaName(pool.isa())) + " threads " + std::to_string(pool.threads()));
+}
+
+// BM_LargeExpert/T: one token through one Mixtral-8x7B-shaped expert (hidden 4096, intermediate 14336; 352 MB), two
+// alternating so the weights come from DRAM, T threads as BM_ExpertCount.
+void BM_LargeExpert(benchmark::State& state) {
+  constexpr int64_t kH = 4096, kI = 14336;
+  static const auto* experts = [] {
+    auto* v = new std::vector<std::pair<std::unique_ptr<uint8_t[]>, cpu_experts::Expert>>();
+    uint64_t seed = 0x13198A2E03707344ull;
+    for (int e = 0; e < 2; ++e) {
+      auto buf = std::make_unique<uint8_t[]>(3 * kH * kI * 2);
+      uint8_t* b = buf.get();
+      FillRows(Format::kNone, b, 2 * kI, kH, seed);
+      FillRows(Format::kNone, b + 2 * kI * kH * 2, kH, kI, seed);
+      cpu_experts::Expert ex{Matrix{Format::kNone, b, kI, kH, 0, kH * 2},
+                             Matrix{Format::kNone, b + kI * kH * 2, kI, kH, 0, kH * 2},
+                             Matrix{Format::kNone, b + 2 * kI * kH * 2, kH, kI, 0, kI * 2}};
+      v->emplace_back(std::move(buf), ex);
+    }
+    return v;
+  }();
+  const int t = static_cast<int>(state.range(0));
+  const int threads = t >= 0 ? t : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1);
+  MatVecPool pool(threads);
+  cpu_experts::ExpertRunner runner(&pool, kH, kI, 1, 1);
+  std::vector<float> x(kH, 0.5f), out(kH);
+  int r = 0;
+  for (auto _ : state) {
+    const cpu_experts::Expert table[1] = {(*experts)[r].second};
+    const cpu_experts::Assignment as[1] = {{0, 0, 1.0f}};
+    Status s = runner.Run(table, as, x.data(), 1, cpu_experts::Activation::kSilu, out.data());
+    if (!s.ok()) state.SkipWithError(s.error().ToString().c_str());
+    r ^= 1;
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * 3 * kH * kI * 2);
+  state.SetLabel("bf16 " + std::string(IsaName(pool.isa())) + " threads " + std::to_string(pool.threads()));
+}
+
 // The same weights as BM_Experts in one pool call per routing: each distinct expert's gate, up and down matrices
 // as independent jobs for a batch of `tokens`.
 void BM_ExpertMatrices(benchmark::State& state) {
@@ -379,6 +447,13 @@ BENCHMARK(BM_OneThread)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::
 BENCHMARK(BM_InCache)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_SmallRun)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Experts)->Arg(1)->Arg(4)->Arg(16)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5);
+BENCHMARK(BM_ExpertCount)
+    ->ArgsProduct({{1, 2, 3, 4, 8, 16}, {-1}})
+    ->Args({4, 0})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.3);
+BENCHMARK(BM_LargeExpert)->Arg(-1)->Arg(0)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_ExpertMatrices)->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_PlainLoop)->Apply(FormatBatchArgs)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
 

@@ -36,6 +36,13 @@ inline uint16_t LoadU16(const uint8_t* p) {
   return v;
 }
 inline void Prefetch(const uint8_t* p) { __builtin_prefetch(p, 0, 3); }
+// Prefetches kPrefetchBytes ahead of byte `pos` of a row of `row_bytes` data bytes, or, past its end, as far into
+// `next` (the row the kernel reads after it at the same place in its block). A prefetch never faults, so `next` may
+// lie past the matrix.
+inline void PrefetchAhead(const uint8_t* row, const uint8_t* next, int64_t pos, int64_t row_bytes) {
+  const int64_t a = pos + kPrefetchBytes;
+  Prefetch(a < row_bytes ? row + a : next + (a - row_bytes));
+}
 
 // Bytes of a row's data before its scale records.
 inline int64_t DataBytes(Format f, int64_t k) {
