@@ -222,6 +222,40 @@ TEST(CpuExpertsTest, OneTokenFourExperts) {
     }
 }
 
+// An expert cut along its intermediate (the executor's host/GPU split): the first rows of gate and up with the first
+// columns of down (row stride kept), and the rest likewise, each run as an expert of its own; their outputs add up
+// to the whole expert's (the reference of the whole), within the sum of the two parts' bounds.
+TEST(CpuExpertsTest, PartsOfAnExpertAddUp) {
+  const int64_t hidden = 200, inter = 96;
+  auto experts = MakeExperts(1, hidden, {inter}, 300);
+  const Expert whole = experts[0].e;
+  const auto x = RandomX(3, hidden, 11);
+  const std::vector<Assignment> as = {{0, 0, 0.7f}, {0, 2, -0.4f}};
+  for (int64_t cut : {int64_t{8}, int64_t{40}, int64_t{88}}) {
+    Expert head = whole, tail = whole;
+    head.gate.rows = head.up.rows = head.down.cols = cut;
+    tail.gate.base += cut * whole.gate.row_stride;
+    tail.up.base += cut * whole.up.row_stride;
+    tail.down.base += 2 * cut;
+    tail.gate.rows = tail.up.rows = tail.down.cols = inter - cut;
+    MatVecPool pool(2);
+    ExpertRunner runner(&pool, hidden, inter, 3, 4);
+    std::vector<float> a(3 * hidden), b(3 * hidden), sum(3 * hidden);
+    ASSERT_TRUE(runner.Run(std::span<const Expert>(&head, 1), as, x.data(), 3, Activation::kSilu, a.data()).ok());
+    ASSERT_TRUE(runner.Run(std::span<const Expert>(&tail, 1), as, x.data(), 3, Activation::kSilu, b.data()).ok());
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] = a[i] + b[i];
+    Reference ref = ReferenceRun(std::span<const Expert>(&whole, 1), as, x, 3, hidden, Activation::kSilu);
+    const Reference rh = ReferenceRun(std::span<const Expert>(&head, 1), as, x, 3, hidden, Activation::kSilu);
+    const Reference rt = ReferenceRun(std::span<const Expert>(&tail, 1), as, x, 3, hidden, Activation::kSilu);
+    for (size_t i = 0; i < ref.bound.size(); ++i) {
+      // The parts' references add up to the whole's (double arithmetic), and each part's float32 error is bounded.
+      ASSERT_NEAR(rh.out[i] + rt.out[i], ref.out[i], 1e-9 * (1 + std::fabs(ref.out[i])));
+      ref.bound[i] = rh.bound[i] + rt.bound[i] + 1e-7 * std::fabs(ref.out[i]);
+    }
+    ExpectNear(sum, ref, "cut at " + std::to_string(cut));
+  }
+}
+
 // 16 tokens, 6 experts with uneven token counts (16, 1, 5, 0, 3, 7), tokens routed to 0..3 experts (some none),
 // both activations; run twice on the same runner (scratch reused) with identical results.
 TEST(CpuExpertsTest, SixteenTokensUnevenCounts) {

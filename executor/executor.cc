@@ -744,6 +744,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.expert_host_bytes += es.host_bytes;
     stats.expert_router_wait_ms += es.wait_router_us / 1e3;
     stats.expert_prefetched += es.prefetched;
+    stats.expert_split += es.split;
     stats.expert_prefetch_hits += es.prefetch_hits;
     stats.expert_prefetch_wasted_bytes += es.prefetch_wasted_bytes;
     stats.expert_copy_busy_ms += es.copy_busy_us / 1e3;
@@ -839,8 +840,11 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
         if (w.host_row_begin >= 0) info.host_bytes += static_cast<uint64_t>(w.rows - w.host_row_begin) * w.row_bytes();
   }
   {
-    auto experts = executor_internal::ExpertEngine::Create(*impl->state, options.host_threads, options.host_compute,
-                                                           options.expert_prefetch);
+    auto experts = executor_internal::ExpertEngine::Create(
+        *impl->state, options.host_threads, options.host_compute, options.expert_prefetch,
+        options.expert_split_rows < 0 ? executor_internal::ExpertEngine::kSplitRows : options.expert_split_rows,
+        options.expert_split_min_bytes < 0 ? executor_internal::ExpertEngine::kSplitMinBytes
+                                           : static_cast<uint64_t>(options.expert_split_min_bytes));
     if (!experts.ok()) return PlanContentError(experts.take_error(), plan_path);
     impl->experts = std::move(*experts);
     if (impl->experts != nullptr) impl->experts->SetRecording(options.record_trace);

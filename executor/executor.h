@@ -87,6 +87,13 @@ struct ExecutorOptions {
   // Mixture-of-experts plans: experts of the next sparse layer prefetched per layer in decode forwards
   // (executor/expert_engine.h); -1: the plan's (ExpertRing.prefetch), 0: none; at most num_experts_per_tok.
   int expert_prefetch = -1;
+  // Mixture-of-experts plans, decode forwards with a host share: where a layer's host share ends inside an expert,
+  // the host computes the first rows of its intermediate (a multiple of this many) and the GPU copies and computes
+  // the rest, so every layer splits its bytes at the share (executor/expert_engine.h). -1: 64 rows; 0: whole experts
+  // only (the host takes the last round(share x n) of a layer's n). Only experts of at least expert_split_min_bytes
+  // are split (-1: 32 MiB; smaller ones lost more to the GPU's extra task and narrow copies than they gained).
+  int expert_split_rows = -1;
+  int64_t expert_split_min_bytes = -1;
   // Micro-batch pipelining: a batched pass of a plan whose every block is resident on two or more GPUs (and that
   // has no routed experts or host units) is cut into micro-batches of this many rows; each micro-batch runs on
   // streams of its own on every GPU, so one GPU computes micro-batch k + 1 while the next computes micro-batch k
@@ -224,6 +231,7 @@ struct Stats {
   // read by the host, and the time the host waited for the routers' choices.
   uint64_t expert_resident = 0, expert_copied = 0, expert_disk = 0, expert_host = 0;
   uint64_t expert_copied_bytes = 0, expert_host_bytes = 0;
+  uint64_t expert_split = 0;  // experts split between the host and the GPU (counted in expert_host and expert_copied)
   double expert_router_wait_ms = 0;
   // Next-layer prefetch (ExpertRing.prefetch, ExecutorOptions::expert_prefetch): experts copied before their router
   // chose, of which it chose (their computations count in expert_copied), and the bytes of the others (in

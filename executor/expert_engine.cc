@@ -36,7 +36,7 @@ double MicrosSince(std::chrono::steady_clock::time_point t) {
 }  // namespace
 
 Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& state, int threads, bool host_compute,
-                                                           int prefetch) {
+                                                           int prefetch, int64_t split_rows, uint64_t split_min_bytes) {
   if (state.cpu_mode || state.expert_rings.empty()) return std::unique_ptr<ExpertEngine>();
   if (state.expert_rings.size() != 1) {
     return MakeError(ErrorCode::kUnsupported, "routed experts on more than one GPU");
@@ -153,6 +153,9 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   // Grouped products need every expert's [gate; up] back to back: resident ones in their block's buffer, routed
   // ones in a slot (gate at 0, up right after it).
   e->grouped_ = true;
+  // Splitting needs plain matrices: gate and up [inter, hidden] alike, down [hidden, inter].
+  e->split_rows_ = std::max<int64_t>(0, split_rows);
+  e->split_min_bytes_ = split_min_bytes;
   for (const BlockRuntime& b : state.blocks) {
     if (e->layers_[b.index].experts.empty()) continue;
     for (const Expert& ex : e->layers_[b.index].experts) {
@@ -163,6 +166,8 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
                          g.shape.size() == 2 && d.shape.size() == 2 && g.dtype == d.dtype && g.dtype == u.dtype;
       const bool adjacent = ex.routed ? ex.m[1].slot_offset == g.bytes : g.home + g.bytes == u.home;
       if (!plain || !adjacent) e->grouped_ = false;
+      if (ex.routed && (!plain || d.shape[0] != e->hidden_ || d.shape[1] != g.shape[0] || g.shape[1] != e->hidden_))
+        e->split_rows_ = 0;
       e->inter_ = g.shape.empty() ? 0 : g.shape[0];
     }
   }
@@ -251,6 +256,10 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   }
   e->copies_.reserve(static_cast<size_t>(e->num_experts_));
   e->copy_of_.assign(static_cast<size_t>(e->num_experts_), -1);
+  e->count_.assign(static_cast<size_t>(e->num_experts_), 0);
+  e->host_rows_.assign(static_cast<size_t>(e->num_experts_), 0);
+  e->index_of_.assign(static_cast<size_t>(e->num_experts_), -1);
+  for (auto& m : e->members_) m.reserve(static_cast<size_t>(e->num_experts_));
 
   // Next-layer prefetch: each sparse layer's next sparse layer on this device, when that layer's router is a plain
   // resident matrix and both layers have their post-attention norm resident.
@@ -438,13 +447,38 @@ void ExpertEngine::CollectGpuMarks() {
   marks_.clear();
 }
 
+ExpertEngine::SplitLayout ExpertEngine::SplitOf(const Expert& ex, int64_t row0) const {
+  SplitLayout l;
+  l.rows = ex.m[0].w->rows - row0;
+  l.up_offset = static_cast<uint64_t>(l.rows) * ex.m[0].w->row_bytes();
+  l.down_offset = AlignUp(2 * l.up_offset);
+  return l;
+}
+
 Status ExpertEngine::IssueCopy(uint32_t block, Copy* c) {
   const Expert& ex = layers_[block].experts[static_cast<size_t>(c->expert)];
   const int s = c->slot;
   cudaStream_t cs = copy_stream_.get();
   if (free_recorded_[s]) BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(cs, free_[s].get(), 0), "expert slot wait"));
   uint8_t* dst = ring_ + static_cast<uint64_t>(s) * slot_bytes_;
-  if (ex.tier == schema::Tier::Cpu) {
+  if (c->row0 > 0) {
+    // A split expert (pinned, plain matrices): the GPU's gate and up rows, then down's columns by one 2-D copy.
+    const SplitLayout l = SplitOf(ex, c->row0);
+    const WeightRuntime& g = *ex.m[0].w;
+    const WeightRuntime& u = *ex.m[1].w;
+    const WeightRuntime& d = *ex.m[2].w;
+    const uint64_t element = g.row_bytes() / static_cast<uint64_t>(g.shape[1]);
+    const uint64_t skip = static_cast<uint64_t>(c->row0) * g.row_bytes();
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(dst, g.home + skip, l.up_offset, cudaMemcpyHostToDevice, cs),
+                                 "expert copy"));
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(dst + l.up_offset, u.home + skip, l.up_offset,
+                                                 cudaMemcpyHostToDevice, cs), "expert copy"));
+    const uint64_t width = static_cast<uint64_t>(l.rows) * element;
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpy2DAsync(dst + l.down_offset, width, d.home + c->row0 * element, d.row_bytes(),
+                                                   width, static_cast<size_t>(d.rows), cudaMemcpyHostToDevice, cs),
+                                 "expert copy (down columns)"));
+    stats_.copied_bytes += 2 * l.up_offset + width * static_cast<uint64_t>(d.rows);
+  } else if (ex.tier == schema::Tier::Cpu) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(dst, ex.host, ex.span, cudaMemcpyHostToDevice, cs), "expert copy"));
     stats_.copied_bytes += ex.span;
   } else {
@@ -611,7 +645,8 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
   }
 
   // Rows per chosen expert.
-  std::vector<int32_t> count(static_cast<size_t>(num_experts_), 0);
+  int32_t* count = count_.data();
+  std::fill(count_.begin(), count_.end(), 0);
   for (int64_t i = 0; i < tokens * k; ++i) {
     if (ids[i] < 0 || ids[i] >= num_experts_) {
       return MakeError(ErrorCode::kInternal, b.name + ": the router chose expert " + std::to_string(ids[i]));
@@ -638,21 +673,44 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     next_copies_.clear();
     next_copies_block_ = -1;
   }
-  // The host's experts: the last round(share x n) chosen pinned-resting experts not already copied, in decode
-  // forwards.
-  std::vector<bool> on_host(static_cast<size_t>(num_experts_), false);
+  // The host's experts, in decode forwards, among the chosen pinned-resting experts not already copied: cpu_share_ of
+  // their bytes, whole experts from the last; where the share ends inside an expert of at least split_min_bytes_,
+  // the first rows of it (split), else that expert whole if the share covers half of it or more (so equal experts
+  // go round(share x n) to the host). host_rows_[e]: the host's intermediate rows of expert e (0: none).
+  int64_t* host_rows = host_rows_.data();
+  std::fill(host_rows_.begin(), host_rows_.end(), 0);
+  split_expert_ = -1;
+  auto inter_of = [&](int32_t e) { return layer.experts[e].m[0].w->rows; };
+  auto on_host = [&](int32_t e) { return host_rows[e] > 0 && host_rows[e] == inter_of(e); };  // all of it
   if (host_path) {
     auto hostable = [&](int32_t e) {
       return count[e] > 0 && layer.experts[e].routed && layer.experts[e].tier == schema::Tier::Cpu && copy_of_[e] < 0;
     };
-    int n = 0;
-    for (int32_t e = 0; e < num_experts_; ++e) n += hostable(e);
-    int take = static_cast<int>(std::lround(cpu_share_ * n));
-    for (int32_t e = num_experts_ - 1; e >= 0 && take > 0; --e) {
-      if (hostable(e)) {
-        on_host[e] = true;
-        --take;
+    double left = 0;
+    for (int32_t e = 0; e < num_experts_; ++e) {
+      if (hostable(e)) left += static_cast<double>(layer.experts[e].span);
+    }
+    left *= cpu_share_;
+    for (int32_t e = num_experts_ - 1; e >= 0 && left > 0; --e) {
+      if (!hostable(e)) continue;
+      const int64_t inter = inter_of(e);
+      const double span = static_cast<double>(layer.experts[e].span);
+      const bool splittable = split_rows_ > 0 && layer.experts[e].span >= split_min_bytes_;
+      const double want = left / span * static_cast<double>(inter);  // rows the share still covers
+      const double whole_at = splittable ? static_cast<double>(inter - split_rows_ / 2) : 0.5 * static_cast<double>(inter);
+      if (want >= whole_at) {
+        host_rows[e] = inter;
+        left -= span;
+        continue;
       }
+      if (splittable) {
+        const int64_t rows = std::llround(want / static_cast<double>(split_rows_)) * split_rows_;
+        if (rows >= split_rows_ && inter - rows >= split_rows_) {
+          host_rows[e] = rows;
+          split_expert_ = e;
+        }
+      }
+      break;
     }
   }
   // The copies: those already issued first, then the other chosen routed experts in order.
@@ -669,9 +727,9 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     }
   }
   for (int32_t e = 0; e < num_experts_; ++e) {
-    if (count[e] == 0 || !layer.experts[e].routed || on_host[e] || copy_of_[e] >= 0) continue;
+    if (count[e] == 0 || !layer.experts[e].routed || on_host(e) || copy_of_[e] >= 0) continue;
     copy_of_[e] = static_cast<int32_t>(copies_.size());
-    copies_.push_back(Copy{e, (next_slot_ + static_cast<int>(copies_.size() - ahead)) % slots_, true});
+    copies_.push_back(Copy{e, (next_slot_ + static_cast<int>(copies_.size() - ahead)) % slots_, true, host_rows[e]});
   }
   next_slot_ = (next_slot_ + static_cast<int>(copies_.size() - ahead)) % std::max(1, slots_);
   // Unchosen prefetched experts free their slots now.
@@ -690,9 +748,10 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     BIGPLAN_RETURN_IF_ERROR(WaitHostJob(b.name));
     host_experts_.clear();
     host_assignments_.clear();
-    std::vector<int32_t> index_of(static_cast<size_t>(num_experts_), -1);
+    int32_t* index_of = index_of_.data();
     for (int32_t e = 0; e < num_experts_; ++e) {
-      if (!on_host[e]) continue;
+      index_of[e] = -1;
+      if (host_rows[e] == 0) continue;
       const Expert& ex = layer.experts[e];
       index_of[e] = static_cast<int32_t>(host_experts_.size());
       cpu_experts::Expert he;
@@ -702,13 +761,20 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
         *mats[m] = cpu_matvec::Matrix{quant::Format::kNone, w.home, w.rows, w.shape[1], 0,
                                       static_cast<int64_t>(w.row_bytes())};
       }
+      const int64_t rows = host_rows[e];
+      if (rows < inter_of(e)) {  // split: gate and up rows [0, rows), down columns [0, rows) (its row stride kept)
+        he.gate.rows = he.up.rows = rows;
+        he.down.cols = rows;
+        ++stats_.split;
+      }
       host_experts_.push_back(he);
       ++stats_.host;
-      stats_.host_bytes += ex.span;
+      stats_.host_bytes += static_cast<uint64_t>(static_cast<double>(ex.span) * static_cast<double>(rows) /
+                                                 static_cast<double>(inter_of(e)));
     }
     for (int64_t i = 0; i < tokens * k; ++i) {
       const int32_t e = static_cast<int32_t>(ids[i]);
-      if (!on_host[e]) continue;
+      if (index_of[e] < 0) continue;
       host_assignments_.push_back(cpu_experts::Assignment{index_of[e], static_cast<int32_t>(i / k), weights[i]});
     }
     if (!host_experts_.empty()) {
@@ -733,27 +799,55 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     int resident = 0, copied = 0, host = 0;
     for (int32_t e = 0; e < num_experts_; ++e) {
       if (count[e] == 0) continue;
-      if (on_host[e]) ++host;
-      else if (layer.experts[e].routed) ++copied;
-      else ++resident;
+      if (host_rows[e] > 0) ++host;
+      if (!on_host(e) && layer.experts[e].routed) ++copied;
+      if (!layer.experts[e].routed) ++resident;
     }
     std::lock_guard<std::mutex> lock(events_mu_);
     events_.push_back(Event{"router " + b.name, "experts", t0, waited,
                             {{"tokens", std::to_string(tokens)}, {"resident", std::to_string(resident)},
                              {"copied", std::to_string(copied)}, {"host", std::to_string(host)},
+                             {"split", split_expert_ >= 0 ? std::to_string(split_expert_) : "none"},
                              {"prefetched", prefetched ? "yes" : "no"},
                              {"predicted", predicted ? "yes" : "no"}}});
   }
 
   BlockWeights::ExpertWork work;
+  // A task: expert e's rows and routing weights, the index arrays in mapped memory.
+  int64_t* idx = reinterpret_cast<int64_t*>(indices_.data());
+  int64_t used = 0;
+  const at::Tensor flat_w = topw.reshape({-1});
+  auto add_task = [&](int32_t e) {
+    const int64_t n = count[e];
+    int64_t* rows = idx + used;
+    int64_t* picks = rows + n;
+    int64_t j = 0;
+    for (int64_t i = 0; i < tokens * k; ++i) {
+      if (ids[i] != e) continue;
+      rows[j] = i / k;
+      picks[j] = i;
+      ++j;
+    }
+    BlockWeights::ExpertTask t;
+    t.expert = e;
+    t.rows = at::from_blob(rows, {n}, dev.dtype(at::kLong));
+    t.weights = n == 1 ? flat_w.narrow(0, picks[0], 1).view({1, 1})
+                       : flat_w.index_select(0, at::from_blob(picks, {n}, dev.dtype(at::kLong))).unsqueeze(1);
+    used += 2 * n;
+    if (!layer.experts[e].routed) ++stats_.resident;
+    work.tasks.push_back(std::move(t));
+  };
   copies_grouped_ = false;
   if (grouped_ && tokens <= kGroupTokens && copies_.size() <= static_cast<size_t>(slots_) && !prefetched &&
       x.is_contiguous()) {
     // Two groups: resident experts (group 0), copied ones (group 1); each expert's rows are every token (a token
-    // that does not route to it has weight 0), so the products have one shape.
-    std::vector<int32_t> members[2];
+    // that does not route to it has weight 0), so the products have one shape. A split expert's part is a task after
+    // them.
+    std::vector<int32_t>* members = members_;
+    members[0].clear();
+    members[1].clear();
     for (int32_t e = 0; e < num_experts_; ++e) {
-      if (count[e] == 0 || on_host[e]) continue;
+      if (count[e] == 0 || host_rows[e] > 0) continue;
       members[layer.experts[e].routed ? 1 : 0].push_back(e);
     }
     const uint64_t n_all = static_cast<uint64_t>(num_experts_);
@@ -841,34 +935,14 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
       base += n;
       if (gi == 1) copies_grouped_ = true;
     }
+    if (split_expert_ >= 0) add_task(split_expert_);
     return work;
   }
 
-  // The GPU's tasks: rows and routing weights per expert, the index arrays in mapped memory.
-  std::vector<BlockWeights::ExpertTask>& tasks = work.tasks;
-  int64_t* idx = reinterpret_cast<int64_t*>(indices_.data());
-  int64_t used = 0;
-  const at::Tensor flat_w = topw.reshape({-1});
+  // The GPU's tasks, one per expert it computes (all or part of).
   for (int32_t e = 0; e < num_experts_; ++e) {
-    if (count[e] == 0 || on_host[e]) continue;
-    const int64_t n = count[e];
-    int64_t* rows = idx + used;
-    int64_t* picks = rows + n;
-    int64_t j = 0;
-    for (int64_t i = 0; i < tokens * k; ++i) {
-      if (ids[i] != e) continue;
-      rows[j] = i / k;
-      picks[j] = i;
-      ++j;
-    }
-    BlockWeights::ExpertTask t;
-    t.expert = e;
-    t.rows = at::from_blob(rows, {n}, dev.dtype(at::kLong));
-    t.weights = n == 1 ? flat_w.narrow(0, picks[0], 1).view({1, 1})
-                       : flat_w.index_select(0, at::from_blob(picks, {n}, dev.dtype(at::kLong))).unsqueeze(1);
-    used += 2 * n;
-    if (!layer.experts[e].routed) ++stats_.resident;
-    tasks.push_back(std::move(t));
+    if (count[e] == 0 || on_host(e)) continue;
+    add_task(e);
   }
   return work;
 }
@@ -879,6 +953,7 @@ Status ExpertEngine::AcquireGroup(const BlockRuntime& b, int32_t index, cudaStre
   BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
   if (issued_ != copies_.size()) return MakeError(ErrorCode::kInternal, b.name + ": grouped expert copies not issued");
   for (const Copy& c : copies_) {
+    if (c.row0 > 0) continue;  // a split expert is a task of its own
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(compute, ready_[c.slot].get(), 0), "waiting for an expert copy"));
   }
   return Status::Ok();
@@ -887,6 +962,7 @@ Status ExpertEngine::AcquireGroup(const BlockRuntime& b, int32_t index, cudaStre
 Status ExpertEngine::ReleaseGroup(const BlockRuntime& /*b*/, int32_t index, cudaStream_t compute) {
   if (index != 1 || !copies_grouped_) return Status::Ok();
   for (Copy& c : copies_) {
+    if (c.row0 > 0) continue;  // released by its task
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(free_[c.slot].get(), compute), "cudaEventRecord"));
     free_recorded_[c.slot] = true;
     c.used = false;
@@ -906,6 +982,14 @@ Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaSt
   const Expert& ex = layers_[b.index].experts[static_cast<size_t>(expert)];
   uint8_t* base = ring_ + static_cast<uint64_t>(c.slot) * slot_bytes_;
   const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
+  if (c.row0 > 0) {
+    const SplitLayout l = SplitOf(ex, c.row0);
+    const auto opts = dev.dtype(ScalarOf(ex.m[0].w->dtype));
+    views[0] = at::from_blob(base, {l.rows, hidden_}, opts);
+    views[1] = at::from_blob(base + l.up_offset, {l.rows, hidden_}, opts);
+    views[2] = at::from_blob(base + l.down_offset, {hidden_, l.rows}, opts);
+    return true;
+  }
   for (int m = 0; m < 3; ++m) {
     const WeightRuntime& w = *ex.m[m].w;
     views[m] = at::from_blob(base + ex.m[m].slot_offset, w.stored_shape(), dev.dtype(ScalarOf(w.stored_dtype())));

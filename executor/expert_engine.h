@@ -6,10 +6,18 @@
 // normed input as float32) reach the host through mapped pinned memory and one event synchronization. Then:
 //   - resident experts with rows are listed for the GPU as they are;
 //   - of the chosen non-resident experts resting in pinned memory, in forwards of at most decode_max_tokens tokens,
-//     the last round(cpu_share x n) (in expert order) are computed by the host (executor/cpu_experts.h) on a
-//     thread and a pool (leaving a core to the calling thread) while the calling thread issues the GPU's work; the others are copied into the ring's slots on a copy stream, each copy waiting for
-//     the release of the slot's previous expert; the kernel waits for a copy in Acquire and releases the slot in
-//     Release, which issues the next copy;
+//     cpu_share of their bytes go to the host (executor/cpu_experts.h), computed on a thread and a pool (leaving a
+//     core to the calling thread) while the calling thread issues the GPU's work: whole experts from the last (in
+//     expert order), then, where the share ends inside an expert, the first rows of its intermediate (gate and up
+//     rows, down columns; a multiple of `split_rows`) — the GPU copies and computes the rest of that expert and the
+//     two partial sums add up to its output (FFN(x) = sum over intermediate slices of down[:, s] act(gate[s] x)
+//     up[s] x). So each layer's host and copy work keep the planned ratio however few experts it has off the GPU
+//     (2 of 8 per token in Mixtral: whole experts gave the host all or none of a layer's one non-resident expert).
+//     Experts below Create's split_min_bytes (or with splitting off) stay whole: the host takes such an expert where
+//     the share covers at least half of it (so round(cpu_share x n) of n equal experts). The
+//     others are copied into the ring's slots on a copy stream, each copy waiting for the release of the slot's
+//     previous expert (a split expert's down columns by one 2-D copy); the kernel waits for a copy in Acquire and
+//     releases the slot in Release, which issues the next copy;
 //   - disk-resting experts are read into a pinned disk slot (O_DIRECT where the filesystem allows), cast to the
 //     execution dtype when the checkpoint's differs, then copied like the others.
 // Forwards of at least copy_all_tokens tokens (prefills, where nearly every expert is chosen) start copying the
@@ -58,6 +66,7 @@ class ExpertEngine {
   struct Stats {
     uint64_t resident = 0, copied = 0, host = 0, disk = 0;  // expert computations by path
     uint64_t copied_bytes = 0, host_bytes = 0;
+    uint64_t split = 0;  // experts split between the host and the GPU (each counted in `host` and `copied` too)
     double wait_router_us = 0;  // host time waiting for the routers' choices
     // Next-layer prefetch: experts copied ahead of their router, of which it chose (their computations count in
     // `copied`), and the bytes of those it did not choose (in copied_bytes too: they crossed PCIe).
@@ -71,8 +80,16 @@ class ExpertEngine {
   // (0: every core); `host_compute` false: the host computes no expert (every chosen one is copied); `prefetch`:
   // next-layer experts prefetched per sparse layer in decode (-1: the plan's ExpertRing.prefetch; at most top_k).
   // kInvalidArgument for a routed expert the ring cannot hold or the host cannot multiply; kDevice for CUDA failures.
+  // `split_rows`: the host may take part of one expert per layer (see above), a multiple of this many intermediate
+  // rows (and the GPU at least as many), of an expert of at least `split_min_bytes`; 0: whole experts only.
   static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, int threads, bool host_compute = true,
-                                                      int prefetch = -1);
+                                                      int prefetch = -1, int64_t split_rows = kSplitRows,
+                                                      uint64_t split_min_bytes = kSplitMinBytes);
+  static constexpr int64_t kSplitRows = 64;
+  // Smaller experts stay whole: a split costs the GPU a task of its own and narrow 2-D copies, more than the half
+  // expert it saves at most (Qwen3-30B-A3B's 9.4 MB experts, H100: 18.37 ms a token split against 17.64 whole;
+  // Mixtral's 352 MB ones: 20.62 against 26.81).
+  static constexpr uint64_t kSplitMinBytes = 32ull << 20;
   ~ExpertEngine();
   ExpertEngine(const ExpertEngine&) = delete;
   ExpertEngine& operator=(const ExpertEngine&) = delete;
@@ -91,8 +108,9 @@ class ExpertEngine {
                                          const at::Tensor& topw, cudaStream_t compute);
   Status AcquireGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute);
   Status ReleaseGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute);
-  // For a copied expert: makes `compute` wait for its copy and sets views[0..3) (gate, up, down) into its slot;
-  // returns false for an expert that is not copied in this layer (resident: its slots hold it).
+  // For a copied expert: makes `compute` wait for its copy and sets views[0..3) (gate, up, down) into its slot (a
+  // split expert's: the GPU's rows of gate and up, [inter - host rows, hidden], and down's columns, [hidden, inter -
+  // host rows]); returns false for an expert that is not copied in this layer (resident: its slots hold it).
   Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views);
   Status Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
   // The host experts' weighted sum as [tokens, hidden] of `dtype` on the block's device (undefined if none). Does not
@@ -143,7 +161,15 @@ class ExpertEngine {
     int32_t expert = -1;
     int slot = -1;
     bool used = false;  // holds a chosen expert not yet released (false: released, or prefetched but not chosen)
+    int64_t row0 = 0;   // a split expert: the GPU's intermediate rows start here (the host computes [0, row0))
   };
+  // A split expert's part in a slot: gate rows [row0, inter) at 0, up's right after (gate and up back to back),
+  // down's columns [row0, inter) as a [hidden, inter - row0] matrix at down_offset.
+  struct SplitLayout {
+    int64_t rows = 0;  // inter - row0
+    uint64_t up_offset = 0, down_offset = 0;
+  };
+  SplitLayout SplitOf(const Expert& ex, int64_t row0) const;
 
   ExpertEngine() = default;
   Status IssueCopies(const BlockRuntime& b);
@@ -185,6 +211,15 @@ class ExpertEngine {
   std::vector<Copy> copies_;
   size_t issued_ = 0;
   std::vector<int32_t> copy_of_;  // expert -> index into copies_ (-1: none)
+  // Per layer (sized once): chosen rows per expert, the host's experts (0: none, else its rows, inter for all of it),
+  // the host's index of each expert.
+  std::vector<int32_t> count_;
+  std::vector<int64_t> host_rows_;
+  std::vector<int32_t> index_of_;
+  std::vector<int32_t> members_[2];  // grouped experts (Begin), capacity num_experts
+  int64_t split_rows_ = 0;      // 0: no split
+  uint64_t split_min_bytes_ = 0;  // experts smaller than this stay whole
+  int32_t split_expert_ = -1;  // this layer's split expert (-1: none)
   bool prefetched_ = false;       // copy-all: copies_ were issued at StepStarted
   uint32_t prefetched_block_ = 0;
   // Next-layer prefetch: per block, the next sparse block on this device (-1: none), its router's weight and the

@@ -294,6 +294,71 @@ TEST_P(E2eGpu, ExpertPrefetchKeepsResults) {
   }
 }
 
+// Splitting an expert between the host and the GPU (ExecutorOptions::expert_split_rows: the host computes the first
+// rows of its intermediate, the GPU copies and computes the rest) gives the tokens and, within bf16 rounding, the
+// logits of whole experts on the host. bf16 only: the host computes bf16 experts.
+TEST_P(E2eGpu, ExpertSplitKeepsResults) {
+  const std::string family = GetParam();
+  if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
+  const std::string model = ModelDir(family);
+  constexpr uint32_t kSeq = 16;
+  constexpr int kSteps = 10;
+  const std::string dtype = "bf16";
+  const std::string path = TempDir(family + "_split_" + dtype) + "/e.bplan";
+  auto min_e = SmallestRoutedGpuBudget(model, dtype, 1, kSeq, path);
+  ASSERT_TRUE(min_e.ok()) << min_e.error().ToString();
+  ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + std::to_string(kRoutedHostBudget), dtype, 1,
+                       kSeq, path, kRoutedPlanFlags)
+                  .ok());
+  std::vector<int64_t> tokens[2];
+  std::vector<std::vector<float>> logits[2];
+  Stats stats[2];
+  for (int run = 0; run < 2; ++run) {
+    for (int prefetch : {0, 1}) {
+      SCOPED_TRACE(family + (run == 0 ? " whole experts" : " split") + " prefetch " + std::to_string(prefetch));
+      ExecutorOptions options;
+      options.progress = false;
+      options.cuda_graphs = false;
+      options.expert_prefetch = prefetch;
+      options.expert_split_rows = run == 0 ? 0 : 8;  // the tiny experts have 32 or 128 intermediate rows
+      options.expert_split_min_bytes = 0;
+      auto exec = Executor::Load(path, model, options);
+      ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+      ForwardOptions fresh;
+      fresh.reset = true;
+      fresh.last_position_only = true;
+      auto out = (*exec)->Forward(std::vector<int64_t>{1, 5, 9, 3}, 1, fresh);
+      ASSERT_TRUE(out.ok()) << out.error().ToString();
+      ForwardOptions step;
+      step.last_position_only = true;
+      for (int i = 0; i < kSteps; ++i) {
+        const float* row = out->row(0, 0);
+        const int64_t next = std::max_element(row, row + out->vocab) - row;
+        if (prefetch == 0) {
+          tokens[run].push_back(next);
+          logits[run].push_back(out->data);
+        }
+        out = (*exec)->Forward(std::vector<int64_t>{next}, 1, step);
+        ASSERT_TRUE(out.ok()) << out.error().ToString();
+      }
+      const Stats s = (*exec)->stats();
+      stats[run].expert_split += s.expert_split;
+      stats[run].expert_host += s.expert_host;
+    }
+  }
+  EXPECT_EQ(stats[0].expert_split, 0u);
+  EXPECT_GT(stats[1].expert_split, 0u) << "no expert was split";
+  EXPECT_GT(stats[0].expert_host, 0u) << "the host computed no expert";
+  EXPECT_EQ(tokens[0], tokens[1]);
+  for (int i = 0; i < kSteps; ++i) {
+    EXPECT_LE(MaxRelError(logits[0][i], logits[1][i]), kChunkedBf16Tolerance) << "step " << i;
+  }
+  std::printf("%-14s bf16 split: %llu experts split, %llu on the host (whole: %llu) over 2 x %d decode steps\n",
+              family.c_str(), static_cast<unsigned long long>(stats[1].expert_split),
+              static_cast<unsigned long long>(stats[1].expert_host), static_cast<unsigned long long>(stats[0].expert_host),
+              kSteps);
+}
+
 TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
 
 TEST_P(E2eGpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, false); }
