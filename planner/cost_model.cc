@@ -1,6 +1,7 @@
 #include "planner/cost_model.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include "arch/registry.h"
@@ -147,6 +148,23 @@ double HostGemvGbps(const DeviceProfile& p, quant::Format format) {
 
 double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& p, quant::Format format) {
   return static_cast<double>(bytes) / (HostGemvGbps(p, format) * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
+}
+
+double MixFloorMicros(double copy_bytes, double host_bytes, const DeviceProfile& profile) {
+  const double a = profile.h2d_gbps * 1e3;  // bytes per microsecond
+  const double b = (profile.cpu_gemv_alone_gbps > 0 ? profile.cpu_gemv_alone_gbps : profile.cpu_gemv_gbps) * 1e3;
+  const double c = (profile.h2d_busy_gbps > 0 ? profile.h2d_busy_gbps : profile.h2d_gbps) * 1e3;
+  const double h = profile.cpu_gemv_gbps * 1e3;
+  const double copy = std::max(0.0, copy_bytes), host = std::max(0.0, host_bytes);
+  if (host <= 0) return a > 0 ? copy / a : 0.0;
+  if (b <= 0 || h <= 0) return std::numeric_limits<double>::infinity();
+  if (copy <= 0) return host / b;
+  if (a <= 0) return std::numeric_limits<double>::infinity();
+  const double sequential = copy / a + host / b;
+  // Both at once until one side is done, then the other alone.
+  const double together = copy / c >= host / h ? host / h + (copy - c * host / h) / a
+                                                : copy / c + (host - h * copy / c) / b;
+  return std::max(std::min(sequential, together), std::max(copy / a, host / b));
 }
 
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& p) {

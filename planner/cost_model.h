@@ -172,13 +172,14 @@ inline constexpr double kRankHopExtraEagerMicros = 51.0;
 // A sparse layer's wait for its router's choices on the host (a device-to-host copy and a stream synchronization,
 // with the GPU's queue drained): 30 us, an estimate to be measured.
 inline constexpr double kRouteSyncMicros = 30.0;
-// The host's rate on a decode token's routed experts, as a share of the profile's cpu_gemv_gbps: a few experts of a
-// few MB each per layer, two pool calls apiece, beside the thread that dispatches the GPU's work. Fitted on an H100
-// host's 16 cores (Qwen3-30B-A3B shape, shares 0.3 to 0.55: 1 to 4 experts of 9.4 MB in 184-206, 326-381, 509-548,
-// 669-761 us, about 180 us each, against a profile of 99 GB/s), and when the host's experts start after the router's
-// choices reach the host (waking its thread): 45 us (40-60 us in the same runs).
+// The host's time for a decode token's routed experts in one layer (a job of executor/cpu_experts.h, beside the
+// thread that dispatches the GPU's work and the copy engine's reads of host memory): its experts' bytes at the
+// profile's cpu_gemv_gbps (the rate the host keeps while copies run) plus kHostExpertJobMicros; it starts
+// kHostExpertStartMicros after the router's choices reach the host (waking its thread), 40-60 us on an H100 host.
+// Fitted on H100 hosts (16 cores): Mixtral-8x7B shape, a layer's host part of 227 MB in 2.67-2.80 ms against the
+// 86.2 GB/s the host kept beside copies in the same run (2.63 ms); Qwen3-30B-A3B shape in RESULTS.md.
 inline constexpr double kHostExpertStartMicros = 45.0;
-inline constexpr double kHostExpertEfficiency = 0.53;
+inline constexpr double kHostExpertJobMicros = 68.0;
 // The share of next-layer prefetches (ExpertRing.prefetch) whose expert the next router chooses: the top
 // predictions of the next router run on this layer's MoE input. Measured on an H100, Qwen3-30B-A3B shape with random
 // weights (24 layers, 8 of 128 experts per token): 88% of single prefetches and 84% of pairs were chosen; trained
@@ -263,6 +264,13 @@ double HostGemvGbps(const DeviceProfile& profile, quant::Format format);
 inline constexpr double kHostFormatFactor[] = {1.0, 0.33, 0.6, 0.3};  // kNone, kFp8E4M3, kInt8, kInt4
 
 // A stream unit's H2D copy (bytes / h2d_gbps) and its disk read (file bytes / disk_gbps).
+// The least time, in microseconds, to copy `copy_bytes` over H2D while the host reads `host_bytes` (its products)
+// when both draw on host memory, from three measured operating points: copies alone at h2d_gbps, the host alone at
+// cpu_gemv_alone_gbps (0: cpu_gemv_gbps), and both at once at h2d_busy_gbps and cpu_gemv_gbps (0: h2d_gbps). The
+// minimum over time-sharing between the points (a linear program over three modes; at most two are used):
+// max(C / a, H / b) when both run at their solo rates together (a profile without busy rates), else the better of
+// one after the other and both at once until one finishes, the rest alone. 0 bytes on one side: the other alone.
+double MixFloorMicros(double copy_bytes, double host_bytes, const DeviceProfile& profile);
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& profile);
 double UnitReadMicros(uint64_t file_bytes, const DeviceProfile& profile);
 

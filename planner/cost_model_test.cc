@@ -461,6 +461,33 @@ TEST(CostModelTest, PipelinedPassOnOneDeviceDoesNotOverlap) {
   EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 2, 3}, {0, 0, 0}, {}, 4, 0.5), 0.5 + 4 * 6.0);
 }
 
+// Copies and host products sharing host memory: copies alone 50 GB/s, the host alone 120, both at once 40 and 80.
+TEST(CostModelTest, MixFloorSharesHostMemory) {
+  DeviceProfile p;
+  p.h2d_gbps = 50;
+  p.cpu_gemv_alone_gbps = 120;
+  p.h2d_busy_gbps = 40;
+  p.cpu_gemv_gbps = 80;
+  // One side only: its rate alone (bytes / (GB/s x 1e3) = microseconds).
+  EXPECT_DOUBLE_EQ(MixFloorMicros(1e9, 0, p), 1e9 / 50e3);
+  EXPECT_DOUBLE_EQ(MixFloorMicros(0, 1.2e9, p), 1e9 / 100e3);
+  // Host-heavy: together until the copies are done (400 MB in 10 ms, the host 800 MB), then the host alone (400 MB
+  // at 120 GB/s): 13.33 ms; one after the other would take 8 + 10 ms.
+  EXPECT_NEAR(MixFloorMicros(400e6, 1200e6, p), 10000 + 400e6 / 120e3, 1e-6);
+  // Copy-heavy: together until the host is done (800 MB in 10 ms, copies 400 MB), the other 600 MB alone: 22 ms.
+  EXPECT_NEAR(MixFloorMicros(1000e6, 800e6, p), 10000 + 600e6 / 50e3, 1e-6);
+  // Never below either side at its solo rate; where running together is worse than taking turns, turns.
+  DeviceProfile bad = p;
+  bad.h2d_busy_gbps = 10;
+  bad.cpu_gemv_gbps = 20;
+  EXPECT_NEAR(MixFloorMicros(500e6, 600e6, bad), 500e6 / 50e3 + 600e6 / 120e3, 1e-6);
+  // Without busy rates the copies keep their solo rate and the host its (only) rate: both at once.
+  DeviceProfile plain;
+  plain.h2d_gbps = 50;
+  plain.cpu_gemv_gbps = 100;
+  EXPECT_NEAR(MixFloorMicros(500e6, 600e6, plain), 10000, 1e-6);
+}
+
 TEST(CostModelTest, PipelinedPassOverTwoDevicesTakesOneStageMorePerMicroBatch) {
   // Two stages of 5 on two devices, a free host: m micro-batches take (m + 1) x 5. The hop (the peer copy) follows
   // the second device's previous task, so every micro-batch adds it to the second device's time.

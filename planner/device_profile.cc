@@ -25,6 +25,7 @@ constexpr RateField kOptionalRates[] = {
     {"cpu_gemv_gbps", &DeviceProfile::cpu_gemv_gbps},           {"cpu_gemv_fp8_gbps", &DeviceProfile::cpu_gemv_fp8_gbps},
     {"cpu_gemv_int8_gbps", &DeviceProfile::cpu_gemv_int8_gbps}, {"cpu_gemv_int4_gbps", &DeviceProfile::cpu_gemv_int4_gbps},
     {"h2d_busy_gbps", &DeviceProfile::h2d_busy_gbps},
+    {"cpu_gemv_alone_gbps", &DeviceProfile::cpu_gemv_alone_gbps},
 };
 
 Error Invalid(const std::string& source, const std::string& what) {
@@ -99,11 +100,12 @@ DeviceProfile DefaultGpuProfile() {
   p.matmul_tflops = 770.0;
   p.cpu_mem_gbps = 100.0;
   p.cpu_gflops = 1000.0;
-  p.cpu_gemv_gbps = 101.8;
+  p.cpu_gemv_gbps = 86.0;
+  p.cpu_gemv_alone_gbps = 121.0;
   p.cpu_gemv_fp8_gbps = 54.8;
   p.cpu_gemv_int8_gbps = 54.8;
   p.cpu_gemv_int4_gbps = 29.8;
-  p.h2d_busy_gbps = 47.4;
+  p.h2d_busy_gbps = 45.0;
   return p;
 }
 

@@ -11,11 +11,13 @@
 //   "cpu_gflops"       host matmul rate (for blocks computed on the CPU), GFLOP/s
 // and optionally
 //   "cpu_gemv_gbps"    the host's multi-threaded matrix-vector product over bf16 weight rows in pinned memory while
-//                      H2D copies run, GB/s of weights read (planner/host_compute.h; absent or 0: not measured, and
+//                      H2D copies run at the same time (the rate it keeps over the copies' window; h2d_busy_gbps is
+//                      theirs), GB/s of weights read (planner/host_compute.h; absent or 0: not measured, and
 //                      `plan --cpu-share auto` cannot choose a share)
 //   "cpu_gemv_fp8_gbps", "cpu_gemv_int8_gbps", "cpu_gemv_int4_gbps"
 //                      the same over row-quantized weights (formats/quant.h), GB/s of their stored bytes (absent or
 //                      0: cpu_gemv_gbps x kHostFormatFactor of planner/cost_model.h)
+//   "cpu_gemv_alone_gbps" the same product with no copies running (absent or 0: cpu_gemv_gbps)
 //   "h2d_busy_gbps"    pinned H2D copies while the host computes those products (host memory is shared), GB/s
 //                      (absent or 0: h2d_gbps)
 // Bundled: planner/profiles/h100-pcie5.json (measured) and planner/profiles/cpu.json (conservative, for CPU-only
@@ -41,6 +43,7 @@ struct DeviceProfile {
   double cpu_mem_gbps = 0;
   double cpu_gflops = 0;
   double cpu_gemv_gbps = 0;  // 0: not measured
+  double cpu_gemv_alone_gbps = 0;  // 0: not measured (cpu_gemv_gbps stands in)
   double h2d_busy_gbps = 0;  // 0: not measured (h2d_gbps stands in)
   double cpu_gemv_fp8_gbps = 0, cpu_gemv_int8_gbps = 0, cpu_gemv_int4_gbps = 0;  // 0: not measured
   bool operator==(const DeviceProfile&) const = default;
@@ -60,8 +63,9 @@ nlohmann::json DeviceProfileToJson(const DeviceProfile& profile);
 // H100 80GB (PCIe Gen5 host link), measured: pinned H2D 53 GB/s, D2H 54 GB/s, checkpoint reads 1.4 GB/s (buffered;
 // 1.3 GB/s with O_DIRECT), device memory 3030 GB/s (read + write), bf16 dense matmul 770 TFLOP/s. Host figures are
 // conservative estimates for a server CPU (not measured): 100 GB/s memory, 1000 GFLOP/s. Host compute in decode,
-// measured on the same machine's 16-core host with benchmarks/gpu/measure_profile: bf16 products 101.8 GB/s, fp8
-// and int8 54.8, int4 29.8 (with H2D copies running), H2D 47.4 GB/s while the host computes.
+// measured on such machines' 16-core hosts (benchmarks/gpu/floors.h): bf16 products 121 GB/s alone, and 86 GB/s
+// while H2D copies run at 45 GB/s beside them (three H100 machines: 79.7-93.0 and 40.5-46.5); fp8 and int8 54.8,
+// int4 29.8 (best of four with copies queued, an earlier kernel).
 DeviceProfile DefaultGpuProfile();
 // Conservative host-only figures for CPU-only plans: "transfers" are host memcpys (10 GB/s), disk 1 GB/s, memory
 // 20 GB/s, 200 GFLOP/s. device_mem_gbps/matmul_tflops mirror the host figures.

@@ -393,8 +393,8 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   // kHostExpertStartMicros after the choices, then the GPU's work behind them: the GPU waits for the host's sum and
   // runs the combine and the next layer's attention, about the layer's device time) and its GPU side (its own time
   // and the copies, which start after the router, less what the previous layer prefetched for it). The host's expert
-  // rate is kHostExpertEfficiency of the profile's matrix-vector rate. With an automatic share the planner tries 0,
-  // 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert while the GPU computes.
+  // time is its bytes at the profile's matrix-vector rate and a fixed cost (kHostExpertJobMicros).
+  // With an automatic share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert while the GPU computes.
   result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
   const bool routed = !result.expert_rings.empty();
   if (routed) {
@@ -435,16 +435,19 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const ExpertRingPlan& ring_plan = ring->second;
         const ExpertBytes b = WithPrefetch(ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring_plan.cpu_share),
                                            ring_plan.cpu_share, ring_plan.prefetch, ring_plan.slot_bytes);
-        const double host_rate = pf.cpu_gemv_gbps * kHostExpertEfficiency;
-        const double host_us = host_rate > 0 ? b.host / (host_rate * 1e3) : 0.0;
+        // The host's experts: their bytes at the profile's rate and a job's fixed cost.
+        const double host_us =
+            b.host > 0 && pf.cpu_gemv_gbps > 0 ? kHostExpertJobMicros + b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0;
         const BlockCost& bc = result.block_costs[i];
         const double host_side = host_us > 0 ? kHostExpertStartMicros + host_us + bc.decode_device_us : 0.0;
         // Next-layer prefetch: its copies (ring_plan.prefetch experts, issued behind the previous layer's) take the
         // copy engine's wait for this router, or longer; the chosen ones (b.prefetched) are copies this layer no
         // longer waits for.
+        // While the host computes experts it shares host memory with the copies: they run at h2d_busy_gbps.
+        const double copy_gbps = b.host > 0 && pf.h2d_busy_gbps > 0 ? pf.h2d_busy_gbps : pf.h2d_gbps;
         const double window = bc.decode_device_us + kRouteSyncMicros;
-        const double prefetch_us = ring_plan.prefetch * static_cast<double>(ring_plan.slot_bytes) / (pf.h2d_gbps * 1e3);
-        const double copy_us = (b.copied - b.prefetched) / (pf.h2d_gbps * 1e3);
+        const double prefetch_us = ring_plan.prefetch * static_cast<double>(ring_plan.slot_bytes) / (copy_gbps * 1e3);
+        const double copy_us = (b.copied - b.prefetched) / (copy_gbps * 1e3);
         // Disk-resting experts are read (O_DIRECT, on the dispatching thread) before their copies.
         const double disk_gbps = pf.disk_gbps > 0 ? pf.disk_gbps : 1e-3;
         const double disk_us = b.disk / (disk_gbps * 1e3);
@@ -452,8 +455,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         dec[i] = std::max(host_side, gpu_side) + kRouteSyncMicros;
         pre[i] = std::max({pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3),
                            static_cast<double>(b.off_disk) / (disk_gbps * 1e3)});
-        floor_us += std::max({b.copied / (pf.h2d_gbps * 1e3), pf.cpu_gemv_gbps > 0 ? b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0,
-                              disk_us});
+        // The floor of the paths: the copies and the host's reads sharing host memory (MixFloorMicros), or the
+        // disk reads.
+        floor_us += std::max(MixFloorMicros(b.copied, b.host, pf), disk_us);
       }
       const ForwardPrediction d = SimulateForward(sched, dec, devices, pf);
       if (best < 0 || d.total_us < best) {

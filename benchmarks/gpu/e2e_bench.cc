@@ -6,7 +6,7 @@
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
 //             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8] [--resident-split SPEC]...
 //             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2]]
-//             [--split-stride 8,16] [--expert-prefetch plan,0,1,2]
+//             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -15,6 +15,8 @@
 // the plain streamed plan), with the host's matrix-vector rate measured in this run in the profile.
 // --expert-prefetch: mixture-of-experts plans run once per listed next-layer prefetch (ExecutorOptions::
 // expert_prefetch; "plan": the plan's own), each reporting its hits and the floor of the bytes its decode moved.
+// --expert-split: and once per listed ExecutorOptions::expert_split_rows (0: whole experts on the host; default: the
+// executor's own, 64).
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
 // fresh sequence), the floor (bytes streamed per forward / pinned H2D bandwidth measured in this run; for disk
@@ -80,6 +82,7 @@ struct Args {
   std::vector<std::string> cpu_shares{"off"};
   int host_threads = 0;  // ExecutorOptions::host_threads
   std::vector<int> expert_prefetch{-1};  // ExecutorOptions::expert_prefetch per cpu-offload configuration
+  std::vector<int> expert_split{-1};     // ExecutorOptions::expert_split_rows per cpu-offload configuration
 };
 
 Result<Args> ParseArgs(int argc, char** argv) {
@@ -155,6 +158,15 @@ Result<Args> ParseArgs(int argc, char** argv) {
           else return MakeError(ErrorCode::kInvalidArgument, "--expert-prefetch: plan or a count, not \"" + n + "\"");
         }
       }
+      else if (f == "--expert-split") {
+        BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
+        a.expert_split.clear();
+        for (const std::string& n : items(v)) {
+          if (!n.empty() && n.find_first_not_of("0123456789") == std::string::npos && n.size() < 6)
+            a.expert_split.push_back(std::stoi(n));
+          else return MakeError(ErrorCode::kInvalidArgument, "--expert-split: a row count (0: off), not \"" + n + "\"");
+        }
+      }
       else if (f == "--host-threads") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.host_threads = std::stoi(v); }
       else if (f == "--cpu-share") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
@@ -226,6 +238,7 @@ struct Config {
   int stride = -1;  // > 0: an explicit map dealing decoder layers to the budget's GPUs in groups of this many;
                    // 0: auto without its interleaved candidate I (the contiguous split)
   int prefetch = -1;  // ExecutorOptions::expert_prefetch
+  int split = -1;     // ExecutorOptions::expert_split_rows
 };
 
 // KV-cached single-token steps after `context` (a fresh sequence): repeat x 4 timed steps, each feeding the next
@@ -359,6 +372,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   opts.fused_kernels = args.fused_kernels;
   opts.host_threads = args.host_threads;
   opts.expert_prefetch = cfg.prefetch;
+  opts.expert_split_rows = cfg.split;
   auto t_load = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(auto exec, Executor::Load(plan_path, args.model, opts));
   const double load_s = Seconds(t_load);
@@ -449,7 +463,12 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       }
       const double cpu_rate = floors.cpu_gemv_gbps > 0 ? floors.cpu_gemv_gbps : 1e-9;
       const double gpu_read_s = (static_cast<double>(gpu_bytes) + resident) / (floors.device_mem_gbps * 1e9);
-      const double path_s = std::max(copied / (floors.h2d_gbps * 1e9), host / (cpu_rate * 1e9));
+      // The copies and the host's products share host memory: the floor of the paths is the least time for both from
+      // the three rates measured in this run (copies alone, the host alone, both at once; MixFloorMicros). Beside it,
+      // the floor if each ran at its rate alone with no interference at all (a bound no run can beat).
+      const double path_s = MixFloorMicros(copied, host, profile) / 1e6;
+      const double path_solo_s =
+          std::max(copied / (floors.h2d_gbps * 1e9), host / (std::max(floors.cpu_gemv_alone_gbps, cpu_rate) * 1e9));
       const double decode_floor = path_s + gpu_read_s;
       const double prefill_floor = static_cast<double>(off_gpu) / (floors.h2d_gbps * 1e9);
       // The experts one prefill moves (random weights need not route to every expert).
@@ -479,7 +498,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       const double moved_copy = (static_cast<double>(after.expert_copied_bytes - before.expert_copied_bytes) -
                                  static_cast<double>(after.expert_prefetch_wasted_bytes - before.expert_prefetch_wasted_bytes)) / steps;
       const double moved_host = static_cast<double>(after.expert_host_bytes - before.expert_host_bytes) / steps;
-      const double moved_floor = std::max(moved_copy / (floors.h2d_gbps * 1e9), moved_host / (cpu_rate * 1e9)) + gpu_read_s;
+      const double moved_floor = MixFloorMicros(moved_copy, moved_host, profile) / 1e6 + gpu_read_s;
       const double prefetched = static_cast<double>(after.expert_prefetched - before.expert_prefetched) / steps;
       const double hits = static_cast<double>(after.expert_prefetch_hits - before.expert_prefetch_hits) / steps;
       j["moe_moved"] = {{"copied_bytes_per_token", moved_copy},
@@ -487,6 +506,8 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                         {"floor_s", moved_floor},
                         {"ratio_decode_to_floor", dec.median / moved_floor},
                         {"prefetch_option", cfg.prefetch},
+                        {"split_option", cfg.split},
+                        {"split_per_token", static_cast<double>(after.expert_split - before.expert_split) / steps},
                         {"plan_prefetch", plan_prefetch},
                         {"prefetched_per_token", prefetched},
                         {"prefetch_hits_per_token", hits},
@@ -504,6 +525,8 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                   {"decode_step_s", dec.median},
                   {"decode_floor_s", decode_floor},
                   {"decode_path_floor_s", path_s},
+                  {"decode_floor_solo_h2d_s", path_solo_s + gpu_read_s},
+
                   {"decode_gpu_read_s", gpu_read_s},
                   {"ratio_decode_to_floor", dec.median / decode_floor},
                   {"prefill_floor_s", prefill_floor},
@@ -521,10 +544,12 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                   {"host_bytes_per_token", (after.expert_host_bytes - before.expert_host_bytes) / steps},
                   {"router_wait_ms_per_token", (after.expert_router_wait_ms - before.expert_router_wait_ms) / steps}};
       std::fprintf(stderr,
-                   "   MoE: decode step %.2f ms (floor %.2f ms: paths %.2f + GPU reads %.2f; %.2fx), predicted %.2f ms;"
+                   "   MoE: decode step %.2f ms (floor %.2f ms: paths %.2f + GPU reads %.2f; %.2fx; with each path at its "
+                   "rate alone %.2f ms, %.2fx), predicted %.2f ms;"
                    " prefill %.1f ms (streaming floor %.1f ms, %.2fx; it copied %.2f GB: %.1f ms at H2D, %.2fx); per "
                    "token %.1f resident, %.1f copied, %.1f host experts (share %.2f)\n",
                    dec.median * 1e3, decode_floor * 1e3, path_s * 1e3, gpu_read_s * 1e3, dec.median / decode_floor,
+                   (path_solo_s + gpu_read_s) * 1e3, dec.median / (path_solo_s + gpu_read_s),
                    plan.decode.total_us / 1e3, fp.best * 1e3, prefill_floor * 1e3,
                    prefill_floor > 0 ? fp.best / prefill_floor : 0.0, prefill_copied / 1e9,
                    prefill_copied / (floors.h2d_gbps * 1e6),
@@ -534,9 +559,11 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                    j["moe"]["experts_per_token"]["host"].get<double>(), share);
       std::fprintf(stderr,
                    "   MoE moved: %.1f MB copied + %.1f MB host per token, floor %.2f ms (%.2fx); prefetch %.2f experts "
-                   "per token, %.2f chosen (%.0f%%); copy stream busy %.2f ms, idle %.2f ms per token%s\n",
+                   "per token, %.2f chosen (%.0f%%); %.2f experts split per token; copy stream busy %.2f ms, idle %.2f "
+                   "ms per token%s\n",
                    moved_copy / 1e6, moved_host / 1e6, moved_floor * 1e3, dec.median / moved_floor, prefetched, hits,
                    prefetched > 0 ? 100.0 * hits / prefetched : 0.0,
+                   static_cast<double>(after.expert_split - before.expert_split) / steps,
                    (after.expert_copy_busy_ms - before.expert_copy_busy_ms) / steps,
                    (after.expert_copy_idle_ms - before.expert_copy_idle_ms) / steps,
                    opts.record_trace ? "" : " (timeline: --trace-dir)");
@@ -669,10 +696,11 @@ Status Main(int argc, char** argv) {
   if (args.drop_caches) DropPageCache();
   BIGPLAN_ASSIGN_OR_RETURN(Floors floors, MeasureFloors(shards, uint64_t{8} << 30));
   std::fprintf(stderr, "floors: %s: H2D %.1f GB/s, D2H %.1f GB/s, device memory %.0f GB/s, bf16 matmul %.0f TFLOP/s, "
-               "disk (O_DIRECT) %.2f GB/s, host bf16 gemv %.1f GB/s (%.1f GB/s without copies, %d threads)\n",
+               "disk (O_DIRECT) %.2f GB/s; host bf16 gemv and H2D at once %.1f and %.1f GB/s (gemv %.1f GB/s alone, "
+               "best of five with copies queued %.1f GB/s, %d threads)\n",
                floors.device_name.c_str(), floors.h2d_gbps, floors.d2h_gbps, floors.device_mem_gbps,
-               floors.matmul_tflops, floors.disk_gbps, floors.cpu_gemv_gbps, floors.cpu_gemv_alone_gbps,
-               floors.cpu_threads);
+               floors.matmul_tflops, floors.disk_gbps, floors.cpu_gemv_gbps, floors.h2d_busy_gbps,
+               floors.cpu_gemv_alone_gbps, floors.cpu_gemv_queued_gbps, floors.cpu_threads);
   BIGPLAN_ASSIGN_OR_RETURN(DeviceProfile profile, ParseDeviceProfile(FloorsToProfileJson(floors), "measured floors"));
   if (!args.trace_dir.empty()) std::filesystem::create_directories(args.trace_dir);
 
@@ -683,12 +711,16 @@ Status Main(int argc, char** argv) {
     for (quant::Format w : args.weights) {
       for (const std::string& share : args.cpu_shares) {
         for (int pf : args.expert_prefetch) {
-          std::string suffix = w == quant::Format::kNone ? "" : std::string("_") + quant::FormatName(w);
-          if (share != "off") suffix += "_host_" + share;
-          if (pf >= 0) suffix += "_prefetch" + std::to_string(pf);
-          Config c{"cpu_offload_" + std::to_string(static_cast<int>(g * 10)) + suffix, "cpu", g, buf, w, share};
-          c.prefetch = pf;
-          configs.push_back(c);
+          for (int split : args.expert_split) {
+            std::string suffix = w == quant::Format::kNone ? "" : std::string("_") + quant::FormatName(w);
+            if (share != "off") suffix += "_host_" + share;
+            if (pf >= 0) suffix += "_prefetch" + std::to_string(pf);
+            if (split >= 0) suffix += "_split" + std::to_string(split);
+            Config c{"cpu_offload_" + std::to_string(static_cast<int>(g * 10)) + suffix, "cpu", g, buf, w, share};
+            c.prefetch = pf;
+            c.split = split;
+            configs.push_back(c);
+          }
         }
       }
     }
@@ -724,6 +756,9 @@ Status Main(int argc, char** argv) {
                                         {"matmul_tflops", floors.matmul_tflops}, {"disk_gbps", floors.disk_gbps},
                                         {"cpu_gemv_gbps", floors.cpu_gemv_gbps},
                                         {"cpu_gemv_alone_gbps", floors.cpu_gemv_alone_gbps},
+                                        {"h2d_busy_gbps", floors.h2d_busy_gbps},
+                                        {"cpu_gemv_concurrent_gbps", floors.cpu_gemv_concurrent_gbps},
+                                        {"cpu_gemv_queued_gbps", floors.cpu_gemv_queued_gbps},
                                         {"cpu_threads", floors.cpu_threads}}},
                             {"configs", nlohmann::json::array()}};
   for (const auto& cfg : configs) {

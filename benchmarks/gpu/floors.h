@@ -18,11 +18,15 @@ struct Floors {
   double matmul_tflops = 0;     // bf16 8192^3 at::matmul
   double disk_gbps = 0;         // O_DIRECT sequential read of the given files (0 if none given)
   // The host's multi-threaded bf16 matrix-vector product (executor/cpu_matvec.h, every core) over a 1.5 GiB
-  // matrix in pinned memory, GB/s of weights read: alone, and while pinned H2D copies of another buffer run (what
-  // host compute in decode sees; the profile's cpu_gemv_gbps).
+  // matrix in pinned memory, GB/s of weights read: alone; the best of five products with H2D copies of another
+  // buffer queued (which may find the copy engine between copies); and the rate the host keeps while H2D copies run
+  // without pause, over the copies' window (products of 64 MiB one after another; the profile's cpu_gemv_gbps, what
+  // host compute in decode sees beside the copies; the queued rate stands in if that window held too few products).
   double cpu_gemv_alone_gbps = 0;
+  double cpu_gemv_queued_gbps = 0;
+  double cpu_gemv_concurrent_gbps = 0;
   double cpu_gemv_gbps = 0;
-  // Pinned H2D copies while the host computes those products without pause (the profile's h2d_busy_gbps).
+  // Pinned H2D copies over that window, while the host computes (the profile's h2d_busy_gbps).
   double h2d_busy_gbps = 0;
   // The host's products over fp8, int8 and int4 rows (groups of 128 columns for int4) with copies running, GB/s of
   // their bytes.

@@ -26,6 +26,7 @@
 #   BIGPLAN_SKIP_ACCELERATE=1               leave Accelerate out
 #   BIGPLAN_CPU_SHARE [auto,off]            e2e_bench --cpu-share
 #   BIGPLAN_EXPERT_PREFETCH [plan]          e2e_bench --expert-prefetch (plan, or counts: 0,1,2)
+#   BIGPLAN_EXPERT_SPLIT []                 e2e_bench --expert-split (rows, e.g. 64,0; 0: whole experts on the host)
 #   BIGPLAN_GEN_CHECKPOINT                  the gen_checkpoint binary; PYTHON [python3]
 # Writes OUT_DIR/{spec,accelerate,bigplan}_<model>.{json,txt} and OUT_DIR/moe_check.json (a summary).
 set -euo pipefail
@@ -167,7 +168,7 @@ run_bigplan() {
   mkdir -p "$out/traces_$model"
   "${env_wrap[@]}" "$bin/e2e_bench" --model "$dir" --gpu-budgets "$budget" --cpu-budget-gib "$cpu_budget" \
     --prefill 512 --repeat "${BIGPLAN_REPEAT:-3}" --cpu-share "$shares" --trace-dir "$out/traces_$model" \
-    --expert-prefetch "${BIGPLAN_EXPERT_PREFETCH:-plan}" \
+    --expert-prefetch "${BIGPLAN_EXPERT_PREFETCH:-plan}" ${BIGPLAN_EXPERT_SPLIT:+--expert-split "$BIGPLAN_EXPERT_SPLIT"} \
     --out "$out/bigplan_$model.json" 2>&1 | tee "$out/bigplan_$model.txt" | grep -E "^==|floors|MoE|1 token|error" || true
   for plan in "$out/traces_$model"/*.bplan; do
     [[ -f "$plan" ]] && "${env_wrap[@]}" "$bin/inspect" "$plan" > "${plan%.bplan}.inspect.txt" 2>&1 || true
