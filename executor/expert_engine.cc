@@ -294,7 +294,10 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
       }
       prev = static_cast<int32_t>(b.index);
     }
-    BIGPLAN_ASSIGN_OR_RETURN(e->predicted_, Allocation::Pinned(static_cast<uint64_t>(e->prefetch_) * 8 + kAlign,
+    // Candidates: the next router's top_k (at least the prefetch count; TopRows ranks at most 64 rows).
+    e->candidates_ = static_cast<int>(std::min<int64_t>(std::max<int64_t>(e->prefetch_, e->top_k_),
+                                                        std::min<int64_t>(e->num_experts_, 64)));
+    BIGPLAN_ASSIGN_OR_RETURN(e->predicted_, Allocation::Pinned(static_cast<uint64_t>(e->candidates_) * 8 + kAlign,
                                                                "predicted experts"));
     void* device_ptr = nullptr;
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaHostGetDevicePointer(&device_ptr, e->predicted_.data(), 0), "mapping predictions"));
@@ -547,11 +550,11 @@ Status ExpertEngine::Predict(const BlockRuntime& b, const at::Tensor& x, cudaStr
     }
     // One token (decode at batch 1): one kernel scores the router's rows and writes the top ones; more tokens, or
     // float32: the sum over the tokens of the next router's probabilities, by LibTorch ops.
-    if (!(x.size(0) == 1 && fused_ops::TopRows(x, n.ratio, n.router, prefetch_, out))) {
+    if (!(x.size(0) == 1 && fused_ops::TopRows(x, n.ratio, n.router, candidates_, out))) {
       const at::Tensor xin = (x.to(at::kFloat) * n.ratio).to(n.router.scalar_type());
       const at::Tensor probs = at::softmax(at::linear(xin, n.router).to(at::kFloat), -1);
-      const at::Tensor top = std::get<1>(at::topk(probs.sum(0), prefetch_));
-      at::from_blob(out, {prefetch_}, dev.dtype(at::kLong)).copy_(top);
+      const at::Tensor top = std::get<1>(at::topk(probs.sum(0), candidates_));
+      at::from_blob(out, {candidates_}, dev.dtype(at::kLong)).copy_(top);
     }
   } catch (const std::exception& ex) {
     return MakeError(ErrorCode::kDevice, b.name + ": predicting the next layer's experts: " + ex.what());
@@ -579,8 +582,9 @@ Status ExpertEngine::IssuePrefetch(const BlockRuntime& b, bool wait) {
   const Layer& next = layers_[nb];
   const int64_t* ids = reinterpret_cast<const int64_t*>(predicted_.data());
   next_copies_.clear();
-  // The prefetch's slots follow this layer's copies (at most tokens x top_k of them; the ring holds both).
-  for (int i = 0; i < prefetch_; ++i) {
+  // The prefetch's slots follow this layer's copies (at most tokens x top_k of them; the ring holds both): the most
+  // probable candidates that rest in pinned memory (a resident or disk-resting one is passed over for the next).
+  for (int i = 0; i < candidates_ && static_cast<int>(next_copies_.size()) < prefetch_; ++i) {
     const int64_t e = ids[i];
     if (e < 0 || e >= num_experts_) return MakeError(ErrorCode::kInternal, b.name + ": predicted expert " + std::to_string(e));
     const Expert& ex = next.experts[static_cast<size_t>(e)];

@@ -27,8 +27,9 @@
 //
 // Next-layer prefetch (decode forwards, `prefetch` > 0 experts a layer): right after a sparse layer's router, the
 // GPU also runs the next sparse layer's router on this layer's MoE input (rescaled from this layer's post-attention
-// norm weights to the next layer's), and the host, once this layer's copies are issued, copies the `prefetch` most
-// probable of those next-layer experts that rest in pinned memory into free ring slots, behind this layer's copies.
+// norm weights to the next layer's) and ranks its top_k, and the host, once this layer's copies are issued, copies
+// the `prefetch` most probable of those that rest in pinned memory (a resident top one is passed over for the next)
+// into free ring slots, behind this layer's copies.
 // They cross PCIe while the copy engine would otherwise wait: for this layer's experts to be computed, the combine,
 // the next layer's attention and router, and the host's sync. When the next router chooses a prefetched expert its
 // copy is used (no second copy, and the host does not compute it); the others free their slots. A prediction never
@@ -234,7 +235,8 @@ class ExpertEngine {
   };
   std::vector<Next> next_;
   int prefetch_ = 0;
-  Allocation predicted_;            // mapped int64 [prefetch]: the next layer's most probable experts
+  int candidates_ = 0;              // experts ranked per prediction (the next router's top_k, at most 64)
+  Allocation predicted_;            // mapped int64 [candidates_]: the next layer's most probable experts, in order
   CudaEvent predicted_ready_;
   bool predicting_ = false;         // this layer launched a prediction
   std::vector<Copy> next_copies_;   // prefetched for next_copies_block_
