@@ -176,8 +176,10 @@ inline constexpr double kRouteSyncMicros = 30.0;
 // thread that dispatches the GPU's work and the copy engine's reads of host memory): its experts' bytes at the
 // profile's cpu_gemv_gbps (the rate the host keeps while copies run) plus kHostExpertJobMicros; it starts
 // kHostExpertStartMicros after the router's choices reach the host (waking its thread), 40-60 us on an H100 host.
-// Fitted on H100 hosts (16 cores): Mixtral-8x7B shape, a layer's host part of 227 MB in 2.67-2.80 ms against the
-// 86.2 GB/s the host kept beside copies in the same run (2.63 ms); Qwen3-30B-A3B shape in RESULTS.md.
+// The job's cost is the intercept of Qwen3-30B-A3B-shaped jobs of 1 to 4 experts (9.4 MB each) on an H200
+// machine's 16 cores: 190, 311, 447, 557 us (medians over 24 layers x 16 tokens), about 122 us an expert after it.
+// Checked on H100 machines: a Mixtral-8x7B layer's host part of 227 MB in 2.67-2.80 ms against 2.63 ms at the
+// 86.2 GB/s the host kept beside copies in the same run; predictions within 10% (benchmarks/RESULTS.md).
 inline constexpr double kHostExpertStartMicros = 45.0;
 inline constexpr double kHostExpertJobMicros = 68.0;
 // The share of next-layer prefetches (ExpertRing.prefetch) whose expert the next router chooses: the top

@@ -235,6 +235,60 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
   }
 };
 
+// A routed-experts plan at the smallest budget placement E fits (the most experts routed from pinned memory), batch 1,
+// kRoutedSeq positions, with the suites' host share: its path.
+constexpr uint32_t kRoutedSeq = 16;
+std::string SmallestRoutedPlan(const std::string& family, const std::string& model, const std::string& dtype,
+                               const std::string& tag) {
+  const std::string path = TempDir(family + "_" + tag + "_" + dtype) + "/e.bplan";
+  auto min_e = SmallestRoutedGpuBudget(model, dtype, 1, kRoutedSeq, path);
+  if (!min_e.ok()) {
+    ADD_FAILURE() << min_e.error().ToString();
+    return "";
+  }
+  Status made = MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + std::to_string(kRoutedHostBudget), dtype,
+                         1, kRoutedSeq, path, kRoutedPlanFlags);
+  if (!made.ok()) {
+    ADD_FAILURE() << made.error().ToString();
+    return "";
+  }
+  return path;
+}
+
+// Greedy batch-1 decode of `steps` tokens after a 4-token prompt, eager: each step's token and logits, and the
+// executor's stats at the end.
+struct DecodeRun {
+  std::vector<int64_t> tokens;
+  std::vector<std::vector<float>> logits;
+  Stats stats;
+};
+DecodeRun GreedyDecode(const std::string& plan, const std::string& model, ExecutorOptions options, int steps) {
+  DecodeRun r;
+  options.progress = false;
+  options.cuda_graphs = false;
+  auto exec = Executor::Load(plan, model, options);
+  if (!exec.ok()) {
+    ADD_FAILURE() << exec.error().ToString();
+    return r;
+  }
+  ForwardOptions fresh;
+  fresh.reset = true;
+  fresh.last_position_only = true;
+  auto out = (*exec)->Forward(std::vector<int64_t>{1, 5, 9, 3}, 1, fresh);
+  ForwardOptions step;
+  step.last_position_only = true;
+  for (int i = 0; i < steps && out.ok(); ++i) {
+    const float* row = out->row(0, 0);
+    const int64_t next = std::max_element(row, row + out->vocab) - row;
+    r.tokens.push_back(next);
+    r.logits.push_back(out->data);
+    out = (*exec)->Forward(std::vector<int64_t>{next}, 1, step);
+  }
+  if (!out.ok()) ADD_FAILURE() << out.error().ToString();
+  r.stats = (*exec)->stats();
+  return r;
+}
+
 // Next-layer prefetch (executor/expert_engine.h) changes which experts are on the GPU before their router chooses,
 // never a result: batch-1 decode steps with it (every chosen expert's copy may come from a prediction) give the
 // same greedy tokens and, within the dtype's rounding, the same logits as without it. In fp32 the GPU computes the
@@ -243,120 +297,67 @@ TEST_P(E2eGpu, ExpertPrefetchKeepsResults) {
   const std::string family = GetParam();
   if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
   const std::string model = ModelDir(family);
-  constexpr uint32_t kSeq = 16;
   constexpr int kSteps = 10;
   for (const std::string dtype : {"fp32", "bf16"}) {
     SCOPED_TRACE(family + " " + dtype);
-    const std::string path = TempDir(family + "_prefetch_" + dtype) + "/e.bplan";
-    // The smallest budget E fits: the most experts routed from pinned memory.
-    auto min_e = SmallestRoutedGpuBudget(model, dtype, 1, kSeq, path);
-    ASSERT_TRUE(min_e.ok()) << min_e.error().ToString();
-    ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + std::to_string(kRoutedHostBudget), dtype,
-                         1, kSeq, path, kRoutedPlanFlags)
-                    .ok());
-    std::vector<int64_t> tokens[2];
-    std::vector<std::vector<float>> logits[2];
-    Stats stats[2];
+    const std::string path = SmallestRoutedPlan(family, model, dtype, "prefetch");
+    ASSERT_FALSE(path.empty());
+    DecodeRun runs[2];
     for (int run = 0; run < 2; ++run) {
       ExecutorOptions options;
-      options.progress = false;
-      options.cuda_graphs = false;
       options.expert_prefetch = run == 0 ? 0 : 2;
-      auto exec = Executor::Load(path, model, options);
-      ASSERT_TRUE(exec.ok()) << exec.error().ToString();
-      ForwardOptions fresh;
-      fresh.reset = true;
-      fresh.last_position_only = true;
-      auto out = (*exec)->Forward(std::vector<int64_t>{1, 5, 9, 3}, 1, fresh);
-      ASSERT_TRUE(out.ok()) << out.error().ToString();
-      ForwardOptions step;
-      step.last_position_only = true;
-      for (int i = 0; i < kSteps; ++i) {
-        const float* row = out->row(0, 0);
-        const int64_t next = std::max_element(row, row + out->vocab) - row;
-        tokens[run].push_back(next);
-        logits[run].push_back(out->data);
-        out = (*exec)->Forward(std::vector<int64_t>{next}, 1, step);
-        ASSERT_TRUE(out.ok()) << out.error().ToString();
-      }
-      stats[run] = (*exec)->stats();
+      runs[run] = GreedyDecode(path, model, options, kSteps);
+      ASSERT_EQ(runs[run].tokens.size(), static_cast<size_t>(kSteps));
     }
-    EXPECT_EQ(stats[0].expert_prefetched, 0u);
-    EXPECT_GT(stats[1].expert_prefetched, 0u) << "no expert was prefetched";
-    EXPECT_LE(stats[1].expert_prefetch_hits, stats[1].expert_prefetched);
-    EXPECT_EQ(tokens[0], tokens[1]);
+    EXPECT_EQ(runs[0].stats.expert_prefetched, 0u);
+    EXPECT_GT(runs[1].stats.expert_prefetched, 0u) << "no expert was prefetched";
+    EXPECT_LE(runs[1].stats.expert_prefetch_hits, runs[1].stats.expert_prefetched);
+    EXPECT_EQ(runs[0].tokens, runs[1].tokens);
     for (int i = 0; i < kSteps; ++i) {
-      EXPECT_LE(MaxRelError(logits[0][i], logits[1][i]), dtype == "fp32" ? 0.0 : kChunkedBf16Tolerance) << "step " << i;
+      EXPECT_LE(MaxRelError(runs[0].logits[i], runs[1].logits[i]), dtype == "fp32" ? 0.0 : kChunkedBf16Tolerance)
+          << "step " << i;
     }
     std::printf("%-14s %-5s prefetch: %llu prefetched, %llu chosen over %d decode steps\n", family.c_str(),
-                dtype.c_str(), static_cast<unsigned long long>(stats[1].expert_prefetched),
-                static_cast<unsigned long long>(stats[1].expert_prefetch_hits), kSteps);
+                dtype.c_str(), static_cast<unsigned long long>(runs[1].stats.expert_prefetched),
+                static_cast<unsigned long long>(runs[1].stats.expert_prefetch_hits), kSteps);
   }
 }
 
 // Splitting an expert between the host and the GPU (ExecutorOptions::expert_split_rows: the host computes the first
 // rows of its intermediate, the GPU copies and computes the rest) gives the tokens and, within bf16 rounding, the
-// logits of whole experts on the host. bf16 only: the host computes bf16 experts.
+// logits of whole experts on the host, with and without next-layer prefetch. bf16 only: the host computes bf16
+// experts.
 TEST_P(E2eGpu, ExpertSplitKeepsResults) {
   const std::string family = GetParam();
   if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
   const std::string model = ModelDir(family);
-  constexpr uint32_t kSeq = 16;
   constexpr int kSteps = 10;
-  const std::string dtype = "bf16";
-  const std::string path = TempDir(family + "_split_" + dtype) + "/e.bplan";
-  auto min_e = SmallestRoutedGpuBudget(model, dtype, 1, kSeq, path);
-  ASSERT_TRUE(min_e.ok()) << min_e.error().ToString();
-  ASSERT_TRUE(MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + std::to_string(kRoutedHostBudget), dtype, 1,
-                       kSeq, path, kRoutedPlanFlags)
-                  .ok());
-  std::vector<int64_t> tokens[2];
-  std::vector<std::vector<float>> logits[2];
-  Stats stats[2];
-  for (int run = 0; run < 2; ++run) {
-    for (int prefetch : {0, 1}) {
-      SCOPED_TRACE(family + (run == 0 ? " whole experts" : " split") + " prefetch " + std::to_string(prefetch));
+  const std::string path = SmallestRoutedPlan(family, model, "bf16", "split");
+  ASSERT_FALSE(path.empty());
+  for (int prefetch : {0, 1}) {
+    SCOPED_TRACE(family + " prefetch " + std::to_string(prefetch));
+    DecodeRun runs[2];
+    for (int run = 0; run < 2; ++run) {
       ExecutorOptions options;
-      options.progress = false;
-      options.cuda_graphs = false;
       options.expert_prefetch = prefetch;
       options.expert_split_rows = run == 0 ? 0 : 8;  // the tiny experts have 32 or 128 intermediate rows
       options.expert_split_min_bytes = 0;
-      auto exec = Executor::Load(path, model, options);
-      ASSERT_TRUE(exec.ok()) << exec.error().ToString();
-      ForwardOptions fresh;
-      fresh.reset = true;
-      fresh.last_position_only = true;
-      auto out = (*exec)->Forward(std::vector<int64_t>{1, 5, 9, 3}, 1, fresh);
-      ASSERT_TRUE(out.ok()) << out.error().ToString();
-      ForwardOptions step;
-      step.last_position_only = true;
-      for (int i = 0; i < kSteps; ++i) {
-        const float* row = out->row(0, 0);
-        const int64_t next = std::max_element(row, row + out->vocab) - row;
-        if (prefetch == 0) {
-          tokens[run].push_back(next);
-          logits[run].push_back(out->data);
-        }
-        out = (*exec)->Forward(std::vector<int64_t>{next}, 1, step);
-        ASSERT_TRUE(out.ok()) << out.error().ToString();
-      }
-      const Stats s = (*exec)->stats();
-      stats[run].expert_split += s.expert_split;
-      stats[run].expert_host += s.expert_host;
+      runs[run] = GreedyDecode(path, model, options, kSteps);
+      ASSERT_EQ(runs[run].tokens.size(), static_cast<size_t>(kSteps));
     }
+    EXPECT_EQ(runs[0].stats.expert_split, 0u);
+    EXPECT_GT(runs[1].stats.expert_split, 0u) << "no expert was split";
+    EXPECT_GT(runs[0].stats.expert_host, 0u) << "the host computed no expert";
+    EXPECT_EQ(runs[0].tokens, runs[1].tokens);
+    for (int i = 0; i < kSteps; ++i) {
+      EXPECT_LE(MaxRelError(runs[0].logits[i], runs[1].logits[i]), kChunkedBf16Tolerance) << "step " << i;
+    }
+    std::printf("%-14s bf16 split, prefetch %d: %llu experts split, %llu on the host (whole: %llu) over %d decode "
+                "steps\n",
+                family.c_str(), prefetch, static_cast<unsigned long long>(runs[1].stats.expert_split),
+                static_cast<unsigned long long>(runs[1].stats.expert_host),
+                static_cast<unsigned long long>(runs[0].stats.expert_host), kSteps);
   }
-  EXPECT_EQ(stats[0].expert_split, 0u);
-  EXPECT_GT(stats[1].expert_split, 0u) << "no expert was split";
-  EXPECT_GT(stats[0].expert_host, 0u) << "the host computed no expert";
-  EXPECT_EQ(tokens[0], tokens[1]);
-  for (int i = 0; i < kSteps; ++i) {
-    EXPECT_LE(MaxRelError(logits[0][i], logits[1][i]), kChunkedBf16Tolerance) << "step " << i;
-  }
-  std::printf("%-14s bf16 split: %llu experts split, %llu on the host (whole: %llu) over 2 x %d decode steps\n",
-              family.c_str(), static_cast<unsigned long long>(stats[1].expert_split),
-              static_cast<unsigned long long>(stats[1].expert_host), static_cast<unsigned long long>(stats[0].expert_host),
-              kSteps);
 }
 
 TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
