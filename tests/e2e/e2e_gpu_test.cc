@@ -334,6 +334,9 @@ TEST_P(E2eGpu, ExpertSplitKeepsResults) {
   constexpr int kSteps = 10;
   const std::string path = SmallestRoutedPlan(family, model, "bf16", "split");
   ASSERT_FALSE(path.empty());
+  // With the plan's share 0.5 and two hostable experts a layer, the host takes one whole; a split comes with an odd
+  // count, mostly where a prefetched expert left one hostable (so splits are counted over both settings).
+  uint64_t splits = 0;
   for (int prefetch : {0, 1}) {
     SCOPED_TRACE(family + " prefetch " + std::to_string(prefetch));
     DecodeRun runs[2];
@@ -346,7 +349,7 @@ TEST_P(E2eGpu, ExpertSplitKeepsResults) {
       ASSERT_EQ(runs[run].tokens.size(), static_cast<size_t>(kSteps));
     }
     EXPECT_EQ(runs[0].stats.expert_split, 0u);
-    EXPECT_GT(runs[1].stats.expert_split, 0u) << "no expert was split";
+    splits += runs[1].stats.expert_split;
     EXPECT_GT(runs[0].stats.expert_host, 0u) << "the host computed no expert";
     EXPECT_EQ(runs[0].tokens, runs[1].tokens);
     for (int i = 0; i < kSteps; ++i) {
@@ -358,6 +361,7 @@ TEST_P(E2eGpu, ExpertSplitKeepsResults) {
                 static_cast<unsigned long long>(runs[1].stats.expert_host),
                 static_cast<unsigned long long>(runs[0].stats.expert_host), kSteps);
   }
+  EXPECT_GT(splits, 0u) << "no expert was split";
 }
 
 TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
