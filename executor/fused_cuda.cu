@@ -616,6 +616,101 @@ cudaError_t DecodeAttention(const DecodeAttnArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// ---- RouterTopK: one warp, softmax as PyTorch's warp softmax, then the top by repeated warp argmax ----
+
+namespace {
+
+__device__ __forceinline__ float LoadElem(const void* p, Elem e, int64_t i) {
+  switch (e) {
+    case Elem::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case Elem::kF16: return __half2float(static_cast<const __half*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+__device__ __forceinline__ void StoreElem(void* p, Elem e, int64_t i, float v) {
+  switch (e) {
+    case Elem::kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    case Elem::kF16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+    default: static_cast<float*>(p)[i] = v; break;
+  }
+}
+
+__global__ void RouterTopKKernel(Elem le, const void* __restrict__ logits, int n, int top, bool renorm,
+                                 int64_t* __restrict__ ids, Elem we, void* __restrict__ weights) {
+  __shared__ float p[kTopRowsMax];
+  __shared__ float pick_v[64];
+  __shared__ int pick_i[64];
+  const int lane = threadIdx.x;
+  float m = -INFINITY;
+  for (int i = lane; i < n; i += 32) {
+    const float v = LoadElem(logits, le, i);
+    p[i] = v;
+    m = m > v ? m : v;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, m, o);
+    m = m > other ? m : other;
+  }
+  float s = 0.f;
+  for (int i = lane; i < n; i += 32) {
+    const float e = expf(p[i] - m);
+    p[i] = e;
+    s += e;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  for (int i = lane; i < n; i += 32) p[i] = p[i] / s;
+  __syncwarp();
+  for (int t = 0; t < top; ++t) {
+    float v = -INFINITY;
+    int idx = n;
+    for (int i = lane; i < n; i += 32) {
+      if (p[i] > v || (p[i] == v && i < idx)) {
+        v = p[i];
+        idx = i;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+      if (ov > v || (ov == v && oi < idx)) {
+        v = ov;
+        idx = oi;
+      }
+    }
+    if (lane == 0) {
+      if (idx >= n) idx = 0;  // (only with NaN probabilities)
+      pick_i[t] = idx;
+      pick_v[t] = p[idx];
+      p[idx] = -INFINITY;
+    }
+    __syncwarp();
+  }
+  if (lane == 0) {
+    float sum = 0.f;
+    for (int t = 0; t < top; ++t) sum += pick_v[t];
+    for (int t = 0; t < top; ++t) {
+      ids[t] = pick_i[t];
+      StoreElem(weights, we, t, renorm ? pick_v[t] / sum : pick_v[t]);
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
+                       Elem weight_elem, void* weights, cudaStream_t stream) {
+  if (n < 1 || n > kTopRowsMax || top < 1 || top > 64 || top > n || logits == nullptr || ids == nullptr ||
+      weights == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  RouterTopKKernel<<<1, 32, 0, stream>>>(logits_elem, logits, static_cast<int>(n), top, renorm, ids, weight_elem,
+                                         weights);
+  return cudaGetLastError();
+}
+
 cudaError_t TopRows(DType dtype, const void* x, const float* scale, const void* w, int64_t n, int64_t k, int top,
                     int64_t* out, cudaStream_t stream) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };

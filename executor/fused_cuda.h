@@ -36,6 +36,15 @@ inline constexpr int64_t kTopRowsMax = 4096;
 cudaError_t TopRows(DType dtype, const void* x, const float* scale, const void* w, int64_t n, int64_t k, int top,
                     int64_t* out, cudaStream_t stream);
 
+// A router's choices for one token, as transformers' MoE blocks make them: p = softmax(float32(logits[0..n))) (the
+// max, then exp(x - max) summed per lane of one warp, lane l taking l, l + 32, ..., and the lanes' sums combined by
+// XOR shuffles, as PyTorch's warp softmax does for n <= 1024), the `top` largest p (ties: the lower index) written
+// to ids[0..top) from the largest, and their p, divided by their sum when `renorm`, to weights[0..top) in
+// `weight_elem`. 1 <= n <= kTopRowsMax, 1 <= top <= min(n, 64).
+enum class Elem : int { kBF16 = 0, kF16 = 1, kF32 = 2 };
+cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
+                       Elem weight_elem, void* weights, cudaStream_t stream);
+
 // Makes `stream` wait until the 32-bit sequence number at `flag` (written by the host, in mapped pinned memory) has
 // reached `value` (wrapping: (int32)(*flag - value) >= 0), polling it from one thread. After `timeout_ns` of
 // waiting it gives up and sets *timed_out = 1 (mapped memory too), so a host that never writes cannot hang the GPU.

@@ -119,6 +119,28 @@ bool TopRows(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w, 
                         Stream()) == cudaSuccess;
 }
 
+std::pair<at::Tensor, at::Tensor> RouterTopK(const at::Tensor& logits, int top, bool renorm, at::ScalarType weight_dtype) {
+  auto elem = [](at::ScalarType t, fused::Elem* e) {
+    if (t == at::kBFloat16) *e = fused::Elem::kBF16;
+    else if (t == at::kHalf) *e = fused::Elem::kF16;
+    else if (t == at::kFloat) *e = fused::Elem::kF32;
+    else return false;
+    return true;
+  };
+  fused::Elem le, we;
+  if (!logits.defined() || !logits.is_cuda() || logits.dim() != 2 || logits.size(0) != 1 || !logits.is_contiguous() ||
+      logits.size(1) < 1 || logits.size(1) > fused::kTopRowsMax || top < 1 || top > 64 || top > logits.size(1) ||
+      !elem(logits.scalar_type(), &le) || !elem(weight_dtype, &we)) {
+    return {};
+  }
+  at::Tensor ids = at::empty({1, top}, logits.options().dtype(at::kLong));
+  at::Tensor weights = at::empty({1, top}, logits.options().dtype(weight_dtype));
+  Check(fused::RouterTopK(le, logits.data_ptr(), logits.size(1), top, renorm, ids.data_ptr<int64_t>(), we,
+                          weights.data_ptr(), Stream()),
+        "RouterTopK");
+  return {weights, ids};
+}
+
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
   if (!Eligible(x) || !w.defined() || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||
       !w.is_contiguous() || w.numel() != x.size(-1)) {

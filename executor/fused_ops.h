@@ -9,6 +9,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 #include <cstdint>
 
 namespace bigplan::fused_ops {
@@ -26,6 +28,13 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
 // [k], written as int64 indices into out[0..top) (a device-accessible pointer, e.g. mapped pinned memory), largest
 // first. False, computing nothing, when not eligible (fused::TopRows's preconditions, dtypes of x and w differ).
 bool TopRows(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w, int top, int64_t* out);
+
+// A router's choices for one token in one kernel (fused::RouterTopK): logits [1, n] (bf16, fp16 or fp32, contiguous,
+// on the GPU) -> {weights [1, top] of `weight_dtype` (the top softmax probabilities, divided by their sum when
+// `renorm`), ids [1, top] int64}, as at::softmax over float32 logits, at::topk and the division compute them (the
+// same softmax sums for n <= 1024; the renormalizing sum may differ in its last bit). Undefined tensors when not
+// eligible.
+std::pair<at::Tensor, at::Tensor> RouterTopK(const at::Tensor& logits, int top, bool renorm, at::ScalarType weight_dtype);
 
 // kernels_internal::RmsNorm(x, w, eps) (LlamaRMSNorm): x [..., cols] with a contiguous last dimension.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);

@@ -264,6 +264,38 @@ TEST_P(FusedOpsGpu, TopRowsMatchesTopk) {
                        out.data_ptr<int64_t>()));
 }
 
+// RouterTopK against the LibTorch ops it replaces (softmax over float32 logits, topk, the division, the cast): the
+// same choices (compared by their probabilities: an exact tie may list either first) and weights within the last
+// bit of the weight dtype.
+TEST_P(FusedOpsGpu, RouterTopKMatchesSoftmaxTopk) {
+  for (const auto& [n, top] : std::vector<std::pair<int64_t, int>>{{128, 8}, {8, 2}, {60, 4}, {1024, 64}, {4096, 8}}) {
+    for (const bool renorm : {true, false}) {
+      for (const at::ScalarType logit_type : {GetParam(), at::kFloat}) {
+        for (const at::ScalarType weight_type : {GetParam(), at::kFloat}) {
+          SCOPED_TRACE(std::to_string(n) + " top " + std::to_string(top) + (renorm ? " renorm" : "") + " logits " +
+                       c10::toString(logit_type) + " weights " + c10::toString(weight_type));
+          const at::Tensor logits = (at::randn({1, n}, Opts()) * 3).to(logit_type);
+          auto [w, ids] = RouterTopK(logits, top, renorm, weight_type);
+          ASSERT_TRUE(w.defined() && ids.defined());
+          const at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
+          auto [want_w, want_ids] = at::topk(probs, top, -1);
+          if (renorm) want_w = want_w / want_w.sum(-1, true);
+          want_w = want_w.to(weight_type);
+          const at::Tensor got_p = probs.index_select(1, ids[0]), want_p = probs.index_select(1, want_ids[0]);
+          EXPECT_TRUE(at::equal(got_p, want_p));
+          const double ulp = weight_type == at::kFloat ? 1.2e-7 : weight_type == at::kHalf ? 9.8e-4 : 7.9e-3;
+          const double err = (w.to(at::kFloat) - want_w.to(at::kFloat)).abs().max().item<double>();
+          EXPECT_LE(err, 2 * ulp * want_w.to(at::kFloat).abs().max().item<double>());
+        }
+      }
+    }
+  }
+  // Declined: more than one row, top above 64 or n.
+  EXPECT_FALSE(RouterTopK(at::randn({2, 16}, Opts()), 2, true, at::kFloat).first.defined());
+  EXPECT_FALSE(RouterTopK(at::randn({1, 128}, Opts()), 65, true, at::kFloat).first.defined());
+  EXPECT_FALSE(RouterTopK(at::randn({1, 4}, Opts()), 5, true, at::kFloat).first.defined());
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedOpsGpu, ::testing::Values(at::kBFloat16, at::kHalf),
                          [](const auto& info) { return std::string(info.param == at::kBFloat16 ? "bf16" : "fp16"); });
 

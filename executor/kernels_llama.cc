@@ -9,6 +9,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -356,10 +357,17 @@ class LlamaKernels final : public ModelKernelsBase {
     if (!logits.defined()) {
       BIGPLAN_ASSIGN_OR_RETURN(logits, LinearW(router, x, at::Tensor()));
     }
-    const at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
-    auto [topw, topi] = at::topk(probs, spec_.num_experts_per_tok, -1);
-    if (spec_.norm_topk_prob) topw = topw / topw.sum(-1, /*keepdim=*/true);
-    if (!float32_routing_) topw = topw.to(x.scalar_type());
+    // One token with fused kernels: softmax, top k, renormalization and the cast in one kernel.
+    auto [topw, topi] = spec_.fused_kernels && logits.size(0) == 1
+                            ? fused_ops::RouterTopK(logits, static_cast<int>(spec_.num_experts_per_tok),
+                                                    spec_.norm_topk_prob, float32_routing_ ? at::kFloat : x.scalar_type())
+                            : std::pair<at::Tensor, at::Tensor>();
+    if (!topw.defined()) {
+      const at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
+      std::tie(topw, topi) = at::topk(probs, spec_.num_experts_per_tok, -1);
+      if (spec_.norm_topk_prob) topw = topw / topw.sum(-1, /*keepdim=*/true);
+      if (!float32_routing_) topw = topw.to(x.scalar_type());
+    }
     BIGPLAN_ASSIGN_OR_RETURN(BlockWeights::ExpertWork work, c.weights.BeginExperts(x, topi, topw, spec_.num_experts));
     at::Tensor out = at::zeros_like(x);
     for (const BlockWeights::ExpertGroup& g : work.groups) {
