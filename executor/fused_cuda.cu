@@ -55,6 +55,30 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
   return WarpSum(s);
 }
 
+// Each lane's best (v, idx) of a[i] for i = first, first + step, ... < n (ties: the lower index; idx = n when none
+// beats -inf), then the best over the warp, which every lane gets.
+__device__ __forceinline__ void WarpArgMax(const float* a, int first, int step, int n, float* v_out, int* idx_out) {
+  float v = -INFINITY;
+  int idx = n;
+  for (int i = first; i < n; i += step) {
+    if (a[i] > v || (a[i] == v && i < idx)) {
+      v = a[i];
+      idx = i;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+    if (ov > v || (ov == v && oi < idx)) {
+      v = ov;
+      idx = oi;
+    }
+  }
+  *v_out = v;
+  *idx_out = idx;
+}
+
 __device__ __forceinline__ int64_t PosOf(const Positions& at, int64_t b) {
   return at.pos_dev != nullptr ? at.pos_dev[at.pos_per_row ? b : 0] : at.pos_host;
 }
@@ -459,24 +483,9 @@ __global__ void TopRowsKernel(const T* __restrict__ x, const float* __restrict__
   }
   __syncthreads();
   for (int t = 0; t < top; ++t) {
-    float v = -INFINITY;
-    int idx = n;
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
-      const float sr = score[r];
-      if (sr > v || (sr == v && r < idx)) {
-        v = sr;
-        idx = r;
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-      if (ov > v || (ov == v && oi < idx)) {
-        v = ov;
-        idx = oi;
-      }
-    }
+    float v;
+    int idx;
+    WarpArgMax(score, threadIdx.x, blockDim.x, n, &v, &idx);
     if (lane == 0) {
       best_v[warp] = v;
       best_i[warp] = idx;
@@ -663,23 +672,9 @@ __global__ void RouterTopKKernel(Elem le, const void* __restrict__ logits, int n
   for (int i = lane; i < n; i += 32) p[i] = p[i] / s;
   __syncwarp();
   for (int t = 0; t < top; ++t) {
-    float v = -INFINITY;
-    int idx = n;
-    for (int i = lane; i < n; i += 32) {
-      if (p[i] > v || (p[i] == v && i < idx)) {
-        v = p[i];
-        idx = i;
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-      if (ov > v || (ov == v && oi < idx)) {
-        v = ov;
-        idx = oi;
-      }
-    }
+    float v;
+    int idx;
+    WarpArgMax(p, lane, 32, n, &v, &idx);
     if (lane == 0) {
       if (idx >= n) idx = 0;  // (only with NaN probabilities)
       pick_i[t] = idx;
