@@ -260,6 +260,9 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   e->host_rows_.assign(static_cast<size_t>(e->num_experts_), 0);
   e->index_of_.assign(static_cast<size_t>(e->num_experts_), -1);
   for (auto& m : e->members_) m.reserve(static_cast<size_t>(e->num_experts_));
+  e->hostable_.reserve(static_cast<size_t>(e->num_experts_));
+  e->hostable_ids_.reserve(static_cast<size_t>(e->num_experts_));
+  e->share_rows_.reserve(static_cast<size_t>(e->num_experts_));
 
   // Next-layer prefetch: each sparse layer's next sparse layer on this device, when that layer's router is a plain
   // resident matrix and both layers have their post-attention norm resident.
@@ -677,45 +680,27 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     next_copies_.clear();
     next_copies_block_ = -1;
   }
-  // The host's experts, in decode forwards, among the chosen pinned-resting experts not already copied: cpu_share_ of
-  // their bytes, whole experts from the last; where the share ends inside an expert of at least split_min_bytes_,
-  // the first rows of it (split), else that expert whole if the share covers half of it or more (so equal experts
-  // go round(share x n) to the host). host_rows_[e]: the host's intermediate rows of expert e (0: none).
+  // The host's experts, in decode forwards, among the chosen pinned-resting experts not already copied
+  // (ShareHostRows: cpu_share_ of their bytes, a large expert split where the share ends). host_rows_[e]: the
+  // host's intermediate rows of expert e (0: none).
   int64_t* host_rows = host_rows_.data();
   std::fill(host_rows_.begin(), host_rows_.end(), 0);
   split_expert_ = -1;
   auto inter_of = [&](int32_t e) { return layer.experts[e].m[0].w->rows; };
   auto on_host = [&](int32_t e) { return host_rows[e] > 0 && host_rows[e] == inter_of(e); };  // all of it
   if (host_path) {
-    auto hostable = [&](int32_t e) {
-      return count[e] > 0 && layer.experts[e].routed && layer.experts[e].tier == schema::Tier::Cpu && copy_of_[e] < 0;
-    };
-    double left = 0;
+    hostable_.clear();
+    hostable_ids_.clear();
     for (int32_t e = 0; e < num_experts_; ++e) {
-      if (hostable(e)) left += static_cast<double>(layer.experts[e].span);
+      const Expert& ex = layer.experts[e];
+      if (count[e] == 0 || !ex.routed || ex.tier != schema::Tier::Cpu || copy_of_[e] >= 0) continue;
+      hostable_.push_back(HostableExpert{ex.span, inter_of(e)});
+      hostable_ids_.push_back(e);
     }
-    left *= cpu_share_;
-    for (int32_t e = num_experts_ - 1; e >= 0 && left > 0; --e) {
-      if (!hostable(e)) continue;
-      const int64_t inter = inter_of(e);
-      const double span = static_cast<double>(layer.experts[e].span);
-      const bool splittable = split_rows_ > 0 && layer.experts[e].span >= split_min_bytes_;
-      const double want = left / span * static_cast<double>(inter);  // rows the share still covers
-      const double whole_at = splittable ? static_cast<double>(inter - split_rows_ / 2) : 0.5 * static_cast<double>(inter);
-      if (want >= whole_at) {
-        host_rows[e] = inter;
-        left -= span;
-        continue;
-      }
-      if (splittable) {
-        const int64_t rows = std::llround(want / static_cast<double>(split_rows_)) * split_rows_;
-        if (rows >= split_rows_ && inter - rows >= split_rows_) {
-          host_rows[e] = rows;
-          split_expert_ = e;
-        }
-      }
-      break;
-    }
+    share_rows_.resize(hostable_.size());
+    const int split = ShareHostRows(hostable_, cpu_share_, split_rows_, split_min_bytes_, share_rows_);
+    for (size_t i = 0; i < hostable_ids_.size(); ++i) host_rows[hostable_ids_[i]] = share_rows_[i];
+    if (split >= 0) split_expert_ = hostable_ids_[static_cast<size_t>(split)];
   }
   // The copies: those already issued first, then the other chosen routed experts in order.
   for (Copy& c : copies_) {

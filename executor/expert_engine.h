@@ -55,6 +55,7 @@
 #include "executor/cpu_matvec.h"
 #include "executor/cuda_handles.h"
 #include "executor/disk_reads.h"
+#include "executor/expert_share.h"
 #include "executor/kernels.h"
 #include "executor/model_state.h"
 #include "support/result.h"
@@ -218,6 +219,9 @@ class ExpertEngine {
   std::vector<int64_t> host_rows_;
   std::vector<int32_t> index_of_;
   std::vector<int32_t> members_[2];  // grouped experts (Begin), capacity num_experts
+  std::vector<HostableExpert> hostable_;  // Begin: the experts the host may take, their ids, its rows of each
+  std::vector<int32_t> hostable_ids_;
+  std::vector<int64_t> share_rows_;
   int64_t split_rows_ = 0;      // 0: no split
   uint64_t split_min_bytes_ = 0;  // experts smaller than this stay whole
   int32_t split_expert_ = -1;  // this layer's split expert (-1: none)
