@@ -150,10 +150,14 @@ double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& p
   return static_cast<double>(bytes) / (HostGemvGbps(p, format) * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
 }
 
+double H2dGbps(const DeviceProfile& profile, bool beside_host) {
+  return beside_host && profile.h2d_busy_gbps > 0 ? profile.h2d_busy_gbps : profile.h2d_gbps;
+}
+
 double MixFloorMicros(double copy_bytes, double host_bytes, const DeviceProfile& profile) {
   const double a = profile.h2d_gbps * 1e3;  // bytes per microsecond
   const double b = (profile.cpu_gemv_alone_gbps > 0 ? profile.cpu_gemv_alone_gbps : profile.cpu_gemv_gbps) * 1e3;
-  const double c = (profile.h2d_busy_gbps > 0 ? profile.h2d_busy_gbps : profile.h2d_gbps) * 1e3;
+  const double c = H2dGbps(profile, true) * 1e3;
   const double h = profile.cpu_gemv_gbps * 1e3;
   const double copy = std::max(0.0, copy_bytes), host = std::max(0.0, host_bytes);
   if (host <= 0) return a > 0 ? copy / a : 0.0;
@@ -228,9 +232,7 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
       }
       const double start = std::max(ss.copy_free, ready);
       // While the host computes, it shares host memory with the copies: they run at h2d_busy_gbps.
-      const double us = host_mode && profile.h2d_busy_gbps > 0
-                            ? static_cast<double>(un.bytes) / (profile.h2d_busy_gbps * 1e9) * 1e6
-                            : UnitCopyMicros(un.bytes, profile);
+      const double us = static_cast<double>(un.bytes) / (H2dGbps(profile, host_mode) * 1e9) * 1e6;
       ss.copy_end[u] = start + us;
       ss.copy_free = ss.copy_end[u];
       f.copy_start[ss.first_unit + u] = start;

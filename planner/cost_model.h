@@ -266,6 +266,9 @@ double HostGemvGbps(const DeviceProfile& profile, quant::Format format);
 inline constexpr double kHostFormatFactor[] = {1.0, 0.33, 0.6, 0.3};  // kNone, kFp8E4M3, kInt8, kInt4
 
 // A stream unit's H2D copy (bytes / h2d_gbps) and its disk read (file bytes / disk_gbps).
+// The pinned H2D rate, GB/s: h2d_busy_gbps while the host computes beside the copies (they share host memory) when
+// the profile has it, else h2d_gbps.
+double H2dGbps(const DeviceProfile& profile, bool beside_host);
 // The least time, in microseconds, to copy `copy_bytes` over H2D while the host reads `host_bytes` (its products)
 // when both draw on host memory, from three measured operating points: copies alone at h2d_gbps, the host alone at
 // cpu_gemv_alone_gbps (0: cpu_gemv_gbps), and both at once at h2d_busy_gbps and cpu_gemv_gbps (0: h2d_gbps). The

@@ -208,7 +208,7 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
     out << "  routed experts (cuda:" << device << "): per decode token "
         << FormatBytes(static_cast<uint64_t>(ring.expected_resident_bytes)) << " read where resident, "
         << FormatBytes(static_cast<uint64_t>(ring.expected_copied_bytes)) << " copied at "
-        << (ring.expected_host_bytes > 0 && r.profile.h2d_busy_gbps > 0 ? r.profile.h2d_busy_gbps : r.profile.h2d_gbps)
+        << H2dGbps(r.profile, ring.expected_host_bytes > 0)
         << " GB/s"
         << (ring.expected_disk_bytes > 0 ? " (" + FormatBytes(static_cast<uint64_t>(ring.expected_disk_bytes)) +
                                                " of it read from disk first at " + Share(r.profile.disk_gbps) + " GB/s)"

@@ -393,8 +393,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   // kHostExpertStartMicros after the choices, then the GPU's work behind them: the GPU waits for the host's sum and
   // runs the combine and the next layer's attention, about the layer's device time) and its GPU side (its own time
   // and the copies, which start after the router, less what the previous layer prefetched for it). The host's expert
-  // time is its bytes at the profile's matrix-vector rate and a fixed cost (kHostExpertJobMicros).
-  // With an automatic share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert while the GPU computes.
+  // time is its bytes at the profile's matrix-vector rate and a fixed cost (kHostExpertJobMicros). With an automatic
+  // share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert
+  // while the GPU computes.
   result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
   const bool routed = !result.expert_rings.empty();
   if (routed) {
@@ -444,7 +445,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         // copy engine's wait for this router, or longer; the chosen ones (b.prefetched) are copies this layer no
         // longer waits for.
         // While the host computes experts it shares host memory with the copies: they run at h2d_busy_gbps.
-        const double copy_gbps = b.host > 0 && pf.h2d_busy_gbps > 0 ? pf.h2d_busy_gbps : pf.h2d_gbps;
+        const double copy_gbps = H2dGbps(pf, b.host > 0);
         const double window = bc.decode_device_us + kRouteSyncMicros;
         const double prefetch_us = ring_plan.prefetch * static_cast<double>(ring_plan.slot_bytes) / (copy_gbps * 1e3);
         const double copy_us = (b.copied - b.prefetched) / (copy_gbps * 1e3);

@@ -438,10 +438,10 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                  plan.host_bytes / 1073741824.0, f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s,
                  cpu_bytes + disk_bytes == 0 ? " (every weight resident: nothing streamed)" : "");
     if (p.experts() != nullptr && p.experts()->size() > 0) {
-      // Routed experts: a KV-cached decode step against the floor of the path mix the planner chose (the expected
-      // copied bytes per token at the measured H2D rate, or the host's bytes at its measured matrix-vector rate,
-      // whichever is slower, plus what the GPU reads from its memory), and the prefill against its streaming
-      // floor (every non-resident expert copied once).
+      // Routed experts: a KV-cached decode step against the floor of the path mix the planner chose (the least time
+      // for its expected copied and host bytes per token at the rates measured in this run, MixFloorMicros, plus
+      // what the GPU reads from its memory), and the prefill against its streaming floor (every non-resident expert
+      // copied once).
       double resident = 0, copied = 0, host = 0, share = 0;
       uint32_t plan_prefetch = 0;
       for (const schema::ExpertRing* r : *p.experts()) {
