@@ -4,9 +4,9 @@
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
-//             [--host-threads N] [--no-fused-kernels] [--decode-batches 1,8] [--resident-split SPEC]...
+//             [--host-threads N] [--no-fused-kernels] [--prefill-graphs N] [--decode-batches 1,8] [--resident-split SPEC]...
 //             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2]]
-//             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0]
+//             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0] [--kineto DIR]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -17,6 +17,9 @@
 // expert_prefetch; "plan": the plan's own), each reporting its hits and the floor of the bytes its decode moved.
 // --expert-split: and once per listed ExecutorOptions::expert_split_rows (0: whole experts on the host; default: the
 // executor's own, 64).
+// --kineto: a few more KV-cached decode steps of each mixture-of-experts configuration, and one more prefill of each
+// all-resident one, run under LibTorch's Kineto profiler (CUPTI: every kernel, copy and runtime call with the device's own timestamps), saved as a Chrome trace
+// DIR/NAME.kineto.json (benchmarks/gpu/kineto_summary.py summarizes one).
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
 // fresh sequence), the floor (bytes streamed per forward / pinned H2D bandwidth measured in this run; for disk
@@ -24,6 +27,7 @@
 // --resident-budget-gib it also times a KV-cached decode step at `--prefill` context and a prefill with every
 // weight resident, against weight bytes / device memory bandwidth and FLOPs / matmul rate.
 // Decode steps of the resident plan replay a CUDA graph (ExecutorOptions::cuda_graphs) unless --no-cuda-graphs;
+// --prefill-graphs N: ExecutorOptions::prefill_graph_shapes (0: one-GPU prefills unpadded and eager).
 // --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --decode-batches plans the resident
 // configuration for the largest batch and times its decode steps at each batch size; --resident-split
 // "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident"),
@@ -44,8 +48,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
+
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "benchmarks/gpu/floors.h"
 #include "executor/executor.h"
@@ -68,9 +75,11 @@ struct Args {
   int repeat = 5;
   std::string out = "e2e_results.json";
   std::string trace_dir;
+  std::string kineto_dir;
   bool drop_caches = false;
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
   bool fused_kernels = true;  // ExecutorOptions::fused_kernels
+  int prefill_graphs = -1;    // ExecutorOptions::prefill_graph_shapes (-1: the executor's default)
   std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
   int prefill_batch = 0;                  // > 1: resident configurations also time a batched prefill of this many rows
   std::vector<double> micro_batch_rows;   // ... with these ForwardOptions::micro_batch_rows (-1 off, 0 auto)
@@ -130,9 +139,11 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--repeat") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.repeat = std::stoi(v); }
       else if (f == "--out") { BIGPLAN_ASSIGN_OR_RETURN(a.out, need(i)); }
       else if (f == "--trace-dir") { BIGPLAN_ASSIGN_OR_RETURN(a.trace_dir, need(i)); }
+      else if (f == "--kineto") { BIGPLAN_ASSIGN_OR_RETURN(a.kineto_dir, need(i)); }
       else if (f == "--drop-caches") { a.drop_caches = true; }
       else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
       else if (f == "--no-fused-kernels") { a.fused_kernels = false; }
+      else if (f == "--prefill-graphs") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.prefill_graphs = std::stoi(v); }
       else if (f == "--resident-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.resident_splits.push_back(v); }
       else if (f == "--offload-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.offload_splits.push_back(v); }
       else if (f == "--auto-candidates") { BIGPLAN_ASSIGN_OR_RETURN(a.auto_candidates, need(i)); }
@@ -224,6 +235,24 @@ Result<Timing> TimeIt(int repeat, Fn fn) {
   t.best = s.front();
   t.median = s[s.size() / 2];
   return t;
+}
+
+// Runs fn under LibTorch's Kineto profiler (host calls and the device's kernels and copies) and saves the Chrome
+// trace at path.
+template <typename Fn>
+Status Profiled(const std::string& path, Fn fn) {
+  namespace prof = torch::profiler::impl;
+  const std::set<prof::ActivityType> activities{prof::ActivityType::CPU, prof::ActivityType::CUDA};
+  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+  torch::autograd::profiler::prepareProfiler(config, activities);
+  torch::autograd::profiler::enableProfiler(config, activities);
+  const Status s = fn();
+  std::unique_ptr<torch::autograd::profiler::ProfilerResult> result = torch::autograd::profiler::disableProfiler();
+  BIGPLAN_RETURN_IF_ERROR(s);
+  if (result == nullptr) return MakeError(ErrorCode::kInternal, "the Kineto profiler returned no result");
+  result->save(path);
+  std::fprintf(stderr, "   Kineto trace: %s\n", path.c_str());
+  return Status::Ok();
 }
 
 nlohmann::json TimingJson(const Timing& t) { return {{"best_s", t.best}, {"median_s", t.median}, {"all_s", t.all}}; }
@@ -370,6 +399,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   opts.record_trace = !args.trace_dir.empty();
   opts.cuda_graphs = args.cuda_graphs;
   opts.fused_kernels = args.fused_kernels;
+  if (args.prefill_graphs >= 0) opts.prefill_graph_shapes = args.prefill_graphs;
   opts.host_threads = args.host_threads;
   opts.expert_prefetch = cfg.prefetch;
   opts.expert_split_rows = cfg.split;
@@ -567,6 +597,12 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                    (after.expert_copy_busy_ms - before.expert_copy_busy_ms) / steps,
                    (after.expert_copy_idle_ms - before.expert_copy_idle_ms) / steps,
                    opts.record_trace ? "" : " (timeline: --trace-dir)");
+      if (!args.kineto_dir.empty()) {
+        BIGPLAN_RETURN_IF_ERROR(Profiled(args.kineto_dir + "/" + cfg.name + ".kineto.json", [&]() -> Status {
+          for (int s = 0; s < 3; ++s) BIGPLAN_RETURN_IF_ERROR(step());
+          return Status::Ok();
+        }));
+      }
     } else if (cpu_bytes + disk_bytes == 0) {
       // All resident: the planner's decode prediction is a KV-cached step (CUDA-graph replayed where eligible),
       // after half a prompt (the plan's run shape holds `prefill` positions).
@@ -675,9 +711,17 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       }
       j["prefill_batch"] = {{"batch", nb}, {"runs", runs}};
     }
-    std::fprintf(stderr, "   decode step %.3f ms (floor %.3f ms, %.2fx), prefill %.3f ms (floor %.3f ms, %.2fx)\n",
-                 dec.median * 1e3, decode_floor * 1e3, dec.median / decode_floor, fp.best * 1e3,
-                 prefill_floor * 1e3, fp.best / prefill_floor);
+    j["graph_prefills"] = exec->stats().graph_prefills;
+    j["prefill_median_s"] = fp.median;
+    std::fprintf(stderr, "   decode step %.3f ms (floor %.3f ms, %.2fx), prefill %.3f ms (median %.3f; floor %.3f ms, "
+                 "%.2fx; %llu prefills replayed a graph)\n", dec.median * 1e3, decode_floor * 1e3,
+                 dec.median / decode_floor, fp.best * 1e3, fp.median * 1e3, prefill_floor * 1e3,
+                 fp.best / prefill_floor, static_cast<unsigned long long>(exec->stats().graph_prefills));
+    if (!args.kineto_dir.empty()) {
+      BIGPLAN_RETURN_IF_ERROR(Profiled(args.kineto_dir + "/" + cfg.name + ".prefill.kineto.json", [&]() -> Status {
+        return exec->Forward(prompt, 1, fresh).status();
+      }));
+    }
   }
   if (!args.trace_dir.empty()) {
     BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, fresh).status());

@@ -6,7 +6,8 @@
 #
 #   benchmarks/gpu/resident_check.sh OUT_DIR [parts...]
 # parts: tests, ckpt, bigplan, transformers (default: all). Env: BIGPLAN_RESIDENT_MODELS (default llama3,llama2),
-# BIGPLAN_DECODE_BATCHES (default 1,2,4,8), BIGPLAN_MODES (default fused,unfused), BIGPLAN_REPEAT (default 5).
+# BIGPLAN_DECODE_BATCHES (default 1,2,4,8), BIGPLAN_MODES (default fused,unfused), BIGPLAN_REPEAT (default 5),
+# BIGPLAN_KINETO=1 (a Kineto trace of one more prefill per run: OUT_DIR/resident_*.prefill.kineto.json).
 # Run from the repo root on the GPU machine with the bundle in .bundle/ (tools/bundle_gpu.sh //benchmarks/gpu:e2e_bench
 # //executor:fused_ops_gpu_test //tools:gen_checkpoint).
 set -uo pipefail
@@ -34,6 +35,7 @@ for m in "${models[@]}"; do
       flag=(); [[ $mode == unfused ]] && flag=(--no-fused-kernels)
       "$env" "$bin/e2e_bench" --model "$ckpt" --gpu-budgets "" --resident-budget-gib 70 --prefill 512 \
         --repeat "$repeat" --decode-batches "${BIGPLAN_DECODE_BATCHES:-1,2,4,8}" "${flag[@]}" \
+        ${BIGPLAN_KINETO:+--kineto "$out"} \
         --out "$out/bigplan_${m}_${mode}.json" 2>&1 | tee "$out/bigplan_${m}_${mode}.txt" | grep -E "^ |floors|==" 
     done
   fi
