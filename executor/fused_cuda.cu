@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvKernel(RopeKvArgs a) {
                  : kind == 1 ? static_cast<const T*>(a.k) + token * a.k_stride + h * D
                              : static_cast<const T*>(a.v) + token * a.v_stride + h * D;
   const int64_t row = RowOf(a.at, b);
-  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + ((b * a.heads + h) * a.seq + s) * D
+  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + (token * a.heads + h) * D
            : kind == 1 ? static_cast<T*>(a.k_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D
                        : static_cast<T*>(a.v_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D;
   if (kind == 2) {
@@ -304,6 +304,93 @@ __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvKernel(RopeKvArgs a) {
     const float p = Round<T>(x[i] * F<T>(cs[i])), q = Round<T>(rot * F<T>(sn[i]));
     dst[i] = ToT<T>(p + q);
   }
+}
+
+// E 16-bit values as one load: 4, 8 or 16 bytes.
+template <typename T, int E>
+struct VecOf;
+template <typename T>
+struct VecOf<T, 2> {
+  using type = uint32_t;
+};
+template <typename T>
+struct VecOf<T, 4> {
+  using type = uint2;
+};
+template <typename T>
+struct VecOf<T, 8> {
+  using type = uint4;
+};
+
+// The same for head_dim = 32 x E (E = 2, 4, 8: 64, 128, 256): lane l holds elements [l E, l E + E) in registers
+// (one 4-, 8- or 16-byte load and store); rotate_half's partner of an element is in lane l ^ 16. Bit for bit the
+// scalar kernel's results.
+template <typename T, int E>
+__global__ void __launch_bounds__(kRopeWarps * 32) RopeKvVecKernel(RopeKvArgs a) {
+  using Vec = typename VecOf<T, E>::type;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t token = blockIdx.x;
+  const int64_t b = token / a.seq, s = token - b * a.seq;
+  const int64_t head = static_cast<int64_t>(blockIdx.y) * kRopeWarps + warp;
+  constexpr int64_t D = 32 * E;
+  if (head >= a.heads + 2 * a.kv_heads) return;
+  const int64_t pos = PosOf(a.at, b) + s;
+  if (pos < 0 || pos >= a.max_seq || pos >= a.table_rows) return;
+  const int kind = head < a.heads ? 0 : head < a.heads + a.kv_heads ? 1 : 2;  // q, k, v
+  const int64_t h = kind == 0 ? head : kind == 1 ? head - a.heads : head - a.heads - a.kv_heads;
+  const T* src = kind == 0   ? static_cast<const T*>(a.q) + token * a.q_stride + h * D
+                 : kind == 1 ? static_cast<const T*>(a.k) + token * a.k_stride + h * D
+                             : static_cast<const T*>(a.v) + token * a.v_stride + h * D;
+  const int64_t row = RowOf(a.at, b);
+  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + (token * a.heads + h) * D
+           : kind == 1 ? static_cast<T*>(a.k_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D
+                       : static_cast<T*>(a.v_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D;
+  const Vec in = *reinterpret_cast<const Vec*>(src + lane * E);
+  if (kind == 2) {
+    *reinterpret_cast<Vec*>(dst + lane * E) = in;
+    return;
+  }
+  const T* iv = reinterpret_cast<const T*>(&in);
+  float x[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) x[e] = F<T>(iv[e]);
+  const T* norm = static_cast<const T*>(kind == 0 ? a.q_norm : a.k_norm);
+  if (norm != nullptr) {  // Qwen3's per-head RMSNorm before RoPE
+    // The scalar kernel's sum: lane j accumulates elements j, j + 32, ... in that order (fmaf), then WarpSum. Here
+    // element j + 32 i lies in lane (j + 32 i) / E at (j + 32 i) % E: fetched by shuffles, summed in the same order.
+    const Vec nv = *reinterpret_cast<const Vec*>(norm + lane * E);
+    const T* np = reinterpret_cast<const T*>(&nv);
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      const int idx = lane + 32 * i;
+      float v = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float got = __shfl_sync(0xffffffffu, x[e], idx / E);
+        if (idx % E == e) v = got;
+      }
+      ss = fmaf(v, v, ss);
+    }
+    const float r = rsqrtf(WarpSum(ss) / static_cast<float>(D) + a.eps);
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = Round<T>(F<T>(np[e]) * Round<T>(x[e] * r));
+  }
+  const Vec cv = *reinterpret_cast<const Vec*>(static_cast<const T*>(a.cos) + pos * D + lane * E);
+  const Vec sv = *reinterpret_cast<const Vec*>(static_cast<const T*>(a.sin) + pos * D + lane * E);
+  const T* cp = reinterpret_cast<const T*>(&cv);
+  const T* sp = reinterpret_cast<const T*>(&sv);
+  Vec out;
+  T* op = reinterpret_cast<T*>(&out);
+  const bool low = lane < 16;  // elements below head_dim / 2
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const float partner = __shfl_xor_sync(0xffffffffu, x[e], 16);
+    const float rot = low ? -partner : partner;  // rotate_half
+    const float p = Round<T>(x[e] * F<T>(cp[e])), q = Round<T>(rot * F<T>(sp[e]));
+    op[e] = ToT<T>(p + q);
+  }
+  *reinterpret_cast<Vec*>(dst + lane * E) = out;
 }
 
 // ---- split-K decode attention ----
@@ -586,10 +673,24 @@ cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream) {
   }
   const dim3 grid(static_cast<unsigned>(a.batch * a.seq),
                   static_cast<unsigned>((a.heads + 2 * a.kv_heads + kRopeWarps - 1) / kRopeWarps));
+  // Vector loads need every row, table and cache base 4/8/16-byte aligned for the head_dim's width.
+  const int e = a.head_dim == 64 ? 2 : a.head_dim == 128 ? 4 : a.head_dim == 256 ? 8 : 0;
+  const uintptr_t align = static_cast<uintptr_t>(e * 2);
+  auto aligned = [&](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % align == 0; };
+  const bool vec = e > 0 && aligned(a.q) && aligned(a.k) && aligned(a.v) && aligned(a.cos) && aligned(a.sin) &&
+                   aligned(a.k_cache) && aligned(a.v_cache) && aligned(a.q_norm) && aligned(a.k_norm) &&
+                   aligned(a.q_out) && a.q_stride % e == 0 && a.k_stride % e == 0 && a.v_stride % e == 0;
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    if (!vec) RopeKvKernel<T><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+    else if (e == 2) RopeKvVecKernel<T, 2><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+    else if (e == 4) RopeKvVecKernel<T, 4><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+    else RopeKvVecKernel<T, 8><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+  };
   if (a.dtype == DType::kBF16) {
-    RopeKvKernel<__nv_bfloat16><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+    launch(__nv_bfloat16{});
   } else {
-    RopeKvKernel<__half><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+    launch(__half{});
   }
   return cudaGetLastError();
 }

@@ -71,7 +71,7 @@ struct Positions {
 
 // RoPE (rotate_half, cos/sin tables [table_rows, head_dim] in the execution dtype indexed by position) of q and k,
 // after an optional per-head RMSNorm of each (q_norm / k_norm [head_dim], Qwen3), fused with the KV-cache write:
-// q_out [batch, heads, seq, head_dim] (contiguous) gets the rotated q; k_cache/v_cache [cache_rows, kv_heads,
+// q_out [batch, seq, heads, head_dim] (contiguous, token-major) gets the rotated q; k_cache/v_cache [cache_rows, kv_heads,
 // max_seq, head_dim] (contiguous) get the rotated k and v at each token's position of its cache row. q, k, v are
 // token rows ([batch * seq] rows of heads * head_dim / kv_heads * head_dim values at the given strides, e.g. views
 // of one fused qkv product). head_dim even and <= 256. Tokens whose position falls outside [0, max_seq) or the table

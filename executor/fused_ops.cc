@@ -68,7 +68,8 @@ bool Eligible(const at::Tensor& x) {
   return x.defined() && x.is_cuda() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
 }
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual) {
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual,
+                  bool overwrite_residual) {
   if (!Eligible(x) || !w.defined() || w.dim() != 2 || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||
       !w.is_contiguous() || x.size(-1) != w.size(1)) {
     return at::Tensor();
@@ -99,7 +100,11 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   }
   // Larger batches: cuBLAS, with the residual as addmm's input.
   at::Tensor y;
-  if (r2.defined() && !b.defined()) {
+  if (r2.defined() && !b.defined() && overwrite_residual && r2.is_contiguous() &&
+      !r2.is_alias_of(x2) && !r2.is_alias_of(w)) {
+    // The same product, accumulated in the residual's own memory: no copy of it into a new output first.
+    y = r2.addmm_(x2, w.t());
+  } else if (r2.defined() && !b.defined()) {
     y = at::addmm(r2, x2, w.t());
   } else {
     y = b.defined() ? at::addmm(b, x2, w.t()) : at::mm(x2, w.t());
@@ -196,7 +201,9 @@ at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   }
   const at::Tensor q2 = Rows2d(q), k2 = Rows2d(k), v2 = Rows2d(v);
   if (!q2.defined() || !k2.defined() || !v2.defined()) return at::Tensor();
-  at::Tensor q_out = at::empty({batch, heads, seq, head_dim}, q.options());
+  // Written [batch, seq, heads, head_dim] (token-major), returned as the [batch, heads, seq, head_dim] view: SDPA's
+  // flash kernel then writes its output token-major too, and [batch, seq, heads x head_dim] is a view of it.
+  at::Tensor q_out = at::empty({batch, seq, heads, head_dim}, q.options());
   fused::RopeKvArgs a;
   a.dtype = DTypeOf(q);
   a.q = q2.data_ptr();
@@ -223,7 +230,7 @@ at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   a.eps = static_cast<float>(eps);
   a.q_out = q_out.data_ptr();
   Check(fused::RopeKvWrite(a, Stream()), "rope_kv_write");
-  return q_out;
+  return q_out.transpose(1, 2);
 }
 
 bool DecodeAttentionTakes(int64_t heads, int64_t kv_heads, int64_t head_dim) {

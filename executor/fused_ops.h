@@ -21,8 +21,10 @@ bool Eligible(const at::Tensor& x);
 // at::linear(x, w, b) (+ residual): x [..., k], w [n, k] (contiguous), b [n] or undefined, residual [..., n] or
 // undefined (added after the product is rounded, as `residual + linear(x)`). Up to 2 rows of x: the fused
 // matrix-vector kernel (bias and residual in its epilogue); more rows: cuBLAS (addmm with the residual, so the
-// residual is added before rounding). Result [..., n] contiguous.
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual);
+// residual is added before rounding). Result [..., n] contiguous. overwrite_residual: the caller never reads
+// `residual` again, so cuBLAS may accumulate into its memory (the result is then a view of it; same values).
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual,
+                  bool overwrite_residual = false);
 
 // The `top` rows r of w [n, k] with the largest x . (scale * w[r]) for one row x [k] (or [1, k]), float32 `scale`
 // [k], written as int64 indices into out[0..top) (a device-accessible pointer, e.g. mapped pinned memory), largest
@@ -53,7 +55,8 @@ struct StepPositions {
 
 // RoPE of q and k (after Qwen3's per-head RMSNorm when q_norm/k_norm are defined) with cos/sin tables [table_rows,
 // head_dim] by position, k and v written into k_cache/v_cache [cache_rows, kv_heads, max_seq, head_dim]
-// (contiguous) at each token's position; returns the rotated q [batch, heads, seq, head_dim]. q, k, v are
+// (contiguous) at each token's position; returns the rotated q [batch, heads, seq, head_dim], a transposed view of
+// token-major memory [batch, seq, heads, head_dim] (contiguous when seq is 1). q, k, v are
 // [batch, seq, heads or kv_heads x head_dim] (views of one product are fine). Undefined when not eligible (full
 // rotary only: the tables' width is head_dim).
 at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t kv_heads,

@@ -159,6 +159,45 @@ TEST_P(FusedOpsGpu, RopeKvWriteMatchesReference) {
   }
 }
 
+// The vectorized kernel (head_dim 64, 128, 256 with aligned rows) and the scalar one (taken when a row is not
+// aligned) write the same bits, with and without Qwen3's per-head norms; q comes back as a view of token-major memory.
+TEST_P(FusedOpsGpu, RopeKvVectorAndScalarAgreeBitForBit) {
+  const int64_t heads = 4, kv_heads = 2, max_seq = 24, batch = 2, seq = 7;
+  for (int64_t D : {64, 128, 256}) {
+    const at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, D, 2, at::kFloat) / D);
+    const at::Tensor emb = at::cat({at::outer(at::arange(max_seq, at::kFloat), inv), at::outer(at::arange(max_seq, at::kFloat), inv)}, -1);
+    const at::Tensor cos = emb.cos().to(Opts()), sin = emb.sin().to(Opts());
+    for (bool norms : {false, true}) {
+      const at::Tensor qn = norms ? at::randn({D}, Opts()) : at::Tensor();
+      const at::Tensor kn = norms ? at::randn({D}, Opts()) : at::Tensor();
+      const int64_t width = (heads + 2 * kv_heads) * D;
+      // The same values twice: at an aligned base, and one element past it (every row misaligned).
+      const at::Tensor buf = at::randn({batch * seq * width + 1}, Opts());
+      const at::Tensor aligned = buf.narrow(0, 0, batch * seq * width).view({batch, seq, width}).clone();
+      at::Tensor shifted_buf = at::empty({batch * seq * width + 1}, Opts());
+      shifted_buf.narrow(0, 1, batch * seq * width).copy_(aligned.view({-1}));
+      const at::Tensor shifted = shifted_buf.narrow(0, 1, batch * seq * width).view({batch, seq, width});
+      at::Tensor outs[2], kcs[2], vcs[2];
+      int i = 0;
+      for (const at::Tensor& qkv : {aligned, shifted}) {
+        kcs[i] = at::zeros({batch, kv_heads, max_seq, D}, Opts());
+        vcs[i] = at::zeros_like(kcs[i]);
+        outs[i] = RopeKvWrite(qkv.narrow(2, 0, heads * D), qkv.narrow(2, heads * D, kv_heads * D),
+                              qkv.narrow(2, (heads + kv_heads) * D, kv_heads * D), heads, kv_heads, D, cos, sin,
+                              StepPositions{at::Tensor(), false, 5, at::Tensor()}, kcs[i], vcs[i], qn, kn, 1e-6);
+        ASSERT_TRUE(outs[i].defined()) << D;
+        ++i;
+      }
+      EXPECT_EQ(outs[0].sizes(), (at::IntArrayRef{batch, heads, seq, D}));
+      EXPECT_TRUE(outs[0].transpose(1, 2).is_contiguous()) << "token-major q";
+      EXPECT_TRUE(at::equal(outs[0], outs[1])) << "q, head_dim " << D << (norms ? ", norms" : "");
+      EXPECT_TRUE(at::equal(kcs[0], kcs[1])) << "k cache, head_dim " << D << (norms ? ", norms" : "");
+      EXPECT_TRUE(at::equal(vcs[0], vcs[1])) << "v cache, head_dim " << D;
+      EXPECT_GT(kcs[0].abs().sum().item<double>(), 0.0);
+    }
+  }
+}
+
 // Reference decode attention in float32 over positions [lo, pos] of each row's cache row.
 at::Tensor RefDecode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const std::vector<int64_t>& pos,
                      const std::vector<int64_t>& rows, int64_t window, double scale) {

@@ -89,10 +89,13 @@ class LlamaKernels final : public ModelKernelsBase {
     const at::Tensor x = *hidden;
     // The fused CUDA kernels (executor/fused_ops.h) where they apply; each op falls back to LibTorch otherwise.
     const bool fused = spec_.fused_kernels && fused_ops::Eligible(x);
-    // residual + x w^T (+ b); `residual` may be undefined.
+    // residual + x w^T (+ b); `residual` may be undefined. The residuals (the layer's input, then its attention
+    // output) are read nowhere after their product, so cuBLAS accumulates into them, except in a static decode step,
+    // whose input buffer a graph capture's warm-up runs read again.
+    const bool residual_dead = !c.ctx.position.defined();
     auto linear = [&](const Proj& pr, const at::Tensor& in, const at::Tensor& residual) -> Result<at::Tensor> {
       if (fused && pr.w.whole.defined() && !pr.w.quant.quantized()) {
-        at::Tensor y = fused_ops::Linear(in, pr.w.whole, pr.b, residual);
+        at::Tensor y = fused_ops::Linear(in, pr.w.whole, pr.b, residual, residual_dead);
         if (y.defined()) return y;
       }
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor y, LinearW(pr.w, in, pr.b));
