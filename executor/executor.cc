@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
@@ -19,6 +20,7 @@
 #include <optional>
 
 #include "executor/generation.h"
+#include "executor/graph_cache.h"
 #include "executor/graph_decode.h"
 #include "executor/kernels.h"
 #include "executor/ranks.h"
@@ -135,6 +137,19 @@ class Executor::Impl {
   bool prefill_graphs_ok = false;  // set at load (cuda_graphs, static-step kernels); off after a failed capture
   uint64_t graph_prefills = 0;
   std::vector<std::pair<int, cudaStream_t>> owned_streams;  // mb_streams' CUDA streams, destroyed with the executor
+  // Prefill graphs of one GPU (ExecutorOptions::prefill_graph_shapes): a pass from an empty cache of a plan whose
+  // every block is resident on one GPU runs its steps before the lm_head on the prompt padded to a bucket
+  // (executor_internal::PrefillGraphCache), from a graph once the (rows, bucket) shape ran eagerly once before; the
+  // lm_head runs after it, eagerly, on the real positions. Off unless set at load (cuda_graphs, static-step kernels,
+  // the plan ends with its lm_head steps).
+  struct BucketGraph {
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    at::Tensor ids;     // static input: [rows, bucket] int64
+    at::Tensor hidden;  // static output: the hidden state before the lm_head
+  };
+  executor_internal::PrefillGraphCache<BucketGraph> bucket_graphs{false, 0, 0};
+  uint32_t head_step = 0;  // the first of the trailing lm_head steps
+  Status RunBucketed(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
   // Ranks (ExecutorOptions::world_size): null in a one-process run.
   std::unique_ptr<executor_internal::RankGroup> ranks;
   enum RankCommand : int64_t { kForward = 1 };
@@ -175,6 +190,9 @@ class Executor::Impl {
 };
 
 namespace {
+
+// Prefill graphs of one GPU pad prompts to a multiple of this many tokens (Impl::bucket_graphs).
+constexpr int64_t kPrefillBucketTokens = 64;
 
 Error TorchError(const std::exception& e, const std::string& what) {
   return MakeError(ErrorCode::kDevice, what + ": " + e.what());
@@ -502,6 +520,101 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
   return Status::Ok();
 }
 
+Status Executor::Impl::RunBucketed(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
+                                   at::Tensor* out) {
+  const auto issue_start = Clock::now();
+  try {
+    c10::InferenceMode inference;
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    GuardComputeStreams(&streams_guard);
+    const auto index = static_cast<c10::DeviceIndex>(state->cuda_devices.front());
+    c10::cuda::CUDAGuard device_guard(index);
+    const auto on_device = at::TensorOptions().device(at::kCUDA, index);
+    const int64_t bucket = bucket_graphs.Bucket(seq, state->info.max_seq_len);
+    // The rows padded at their ends with token 0 (pinned, so the copy to the device is asynchronous).
+    at::Tensor host_ids = at::zeros({batch, bucket}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    for (int64_t r = 0; r < batch; ++r) {
+      std::memcpy(host_ids.data_ptr<int64_t>() + r * bucket, ids.data() + r * seq, seq * sizeof(int64_t));
+    }
+    // The steps before the lm_head, from `token_ids` on the device; the hidden state into *hidden.
+    auto body = [&](const at::Tensor& token_ids, at::Tensor* hidden) -> Status {
+      ForwardContext ctx;
+      ctx.start_pos = 0;
+      ctx.token_ids = token_ids;
+      at::Tensor unused;
+      for (uint32_t i = 0; i < head_step; ++i) {
+        const BlockRuntime& b = state->blocks[state->steps[i].block];
+        BlockKv& k = kv[b.index];
+        Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr,
+                                     hidden, &unused);
+        if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+      }
+      return Status::Ok();
+    };
+    at::Tensor hidden;
+    if (BucketGraph* g = bucket_graphs.Find(batch, bucket); g != nullptr) {
+      g->ids.copy_(host_ids, /*non_blocking=*/true);
+      g->graph->replay();
+      hidden = g->hidden;
+      ++graph_prefills;
+    } else if (bucket_graphs.CountEager(batch, bucket)) {
+      // The shape's second pass: as GraphDecoder does, on a side stream (non-blocking, from LibTorch's pool), run
+      // it (this pass's result; it also makes what that stream caches: cuBLAS workspaces) and capture it for the
+      // next ones (the capture runs nothing).
+      BucketGraph g;
+      g.ids = at::empty({batch, bucket}, on_device.dtype(at::kLong));
+      g.ids.copy_(host_ids, /*non_blocking=*/true);
+      const c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(index);
+      const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index);
+      at::cuda::CUDAEvent to_side, to_compute;
+      to_side.record(compute);
+      to_side.block(side);
+      Status captured = Status::Ok();
+      {
+        c10::cuda::CUDAStreamGuard side_guard(side);
+        BIGPLAN_RETURN_IF_ERROR(body(g.ids, &hidden));
+        g.graph = std::make_unique<at::cuda::CUDAGraph>();
+        try {
+          g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+          captured = body(g.ids, &g.hidden);
+          g.graph->capture_end();
+        } catch (const std::exception& e) {
+          captured = MakeError(ErrorCode::kDevice, std::string("capturing a prefill: ") + e.what());
+        }
+      }
+      to_compute.record(side);
+      to_compute.block(compute);
+      // (The result, made on the side stream, is read on the compute stream: its memory waits for both.)
+      c10::cuda::CUDACachingAllocator::recordStream(hidden.storage().data_ptr(), compute);
+      if (captured.ok()) {
+        bucket_graphs.Put(batch, bucket, std::move(g));
+      } else {
+        bucket_graphs.Disable();
+        capture_error = captured.error().message;
+      }
+    } else {
+      BIGPLAN_RETURN_IF_ERROR(body(host_ids.to(on_device.dtype(at::kLong), /*non_blocking=*/true), &hidden));
+    }
+    // The lm_head on the real positions.
+    ForwardContext ctx;
+    ctx.start_pos = 0;
+    ctx.logits_last_only = last_only;
+    at::Tensor h = last_only ? hidden.narrow(1, seq - 1, 1) : hidden.narrow(1, 0, seq);
+    at::Tensor logits;
+    for (uint32_t i = head_step; i < state->steps.size(); ++i) {
+      const BlockRuntime& b = state->blocks[state->steps[i].block];
+      Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, nullptr, &h, &logits);
+      if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+    }
+    if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+    issue_ms = std::chrono::duration<double, std::milli>(Clock::now() - issue_start).count();
+    *out = logits.to(at::kCPU, at::kFloat).contiguous();
+  } catch (const std::exception& e) {
+    return TorchError(e, "forward pass (prefill graph)");
+  }
+  return Status::Ok();
+}
+
 Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
                                  at::Tensor* out) {
   const int me = ranks->rank();
@@ -689,6 +802,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   const bool host_pass = host != nullptr && batch * seq <= static_cast<int64_t>(state->host_max_tokens);
   if (experts != nullptr) experts->BeginForward(batch * seq);
   const int64_t mb_rows = MicroBatchRows(batch, seq, micro_batch_rows);
+  const bool bucketed = mb_rows == 0 && ranks == nullptr && bucket_graphs.enabled() && pos == 0 && seq > 1;
   Status run = engine->BeginForward(host_pass);
   if (run.ok()) {
     if (ranks != nullptr) {
@@ -700,9 +814,12 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
       std::lock_guard<std::mutex> lock(stats_mu);
       if (run.ok() && rank_graph_step) ++stats.graph_steps;
       if (!capture_error.empty()) stats.graph_capture_error = capture_error;
+    } else if (mb_rows > 0) {
+      run = RunPipelined(ids, batch, seq, last_only, mb_rows, &out);
+    } else if (bucketed) {
+      run = RunBucketed(ids, batch, seq, last_only, &out);
     } else {
-      run = mb_rows > 0 ? RunPipelined(ids, batch, seq, last_only, mb_rows, &out)
-                        : RunSteps(ids, batch, seq, last_only, &out);
+      run = RunSteps(ids, batch, seq, last_only, &out);
     }
   }
   ForwardTimings timings;
@@ -711,7 +828,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     Status experts_end = experts->EndForward();
     if (end.ok()) end = std::move(experts_end);
   }
-  if (mb_rows > 0) timings.steps.clear();  // no per-block events: the blocks ran once per micro-batch
+  // No per-block events: the blocks ran once per micro-batch, or as one graph (or its eager form) of padded rows.
+  if (mb_rows > 0 || bucketed) timings.steps.clear();
   // A shard that shrank under us was read as zeros (formats/guarded_copy.h): this pass's results are invalid.
   for (size_t i = 0; run.ok() && end.ok() && i < state->shards.size(); ++i) end = state->shards[i]->CheckIntact();
   if (!run.ok() || !end.ok()) {
@@ -882,6 +1000,21 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     impl->pipelinable = resident;
     impl->prefill_graphs_ok = resident && options.cuda_graphs &&
                               impl->kernels->StaticDecode(impl->state->info.max_seq_len);
+  }
+  if (options.world_size == 0 && options.cuda_graphs && options.prefill_graph_shapes > 0 && !cpu_mode &&
+      impl->host == nullptr && impl->experts == nullptr && impl->state->streams.empty() &&
+      impl->state->cuda_devices.size() == 1 && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
+    // One GPU, every block resident, and the plan's steps end with its lm_head (which runs outside the graph).
+    const auto& steps = impl->state->steps;
+    bool resident = true;
+    for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
+    uint32_t head = static_cast<uint32_t>(steps.size());
+    while (head > 0 && impl->state->blocks[steps[head - 1].block].kind == arch::BlockKind::kLmHead) --head;
+    if (resident && head > 0 && head < steps.size()) {
+      impl->head_step = head;
+      impl->bucket_graphs = executor_internal::PrefillGraphCache<Impl::BucketGraph>(
+          true, static_cast<size_t>(options.prefill_graph_shapes), kPrefillBucketTokens);
+    }
   }
   if (options.world_size != 0) {
     if (!cpu_mode) {

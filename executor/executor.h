@@ -107,6 +107,15 @@ struct ExecutorOptions {
   // (Stats::last_steps is empty); Stats::last_micro_batches counts its micro-batches. A pass from an empty cache
   // whose shape ran before replays CUDA graphs (Stats::graph_prefills; ExecutorOptions::cuda_graphs, Llama family).
   int micro_batch_rows = 0;
+  // Prefill graphs on one GPU: for plans whose every block is resident on one GPU (Llama family, cuda_graphs on), a
+  // pass from an empty cache pads each row at its end to a multiple of 64 tokens (at most max_seq_len) and runs the
+  // blocks before the lm_head; a (rows, padded length) shape's second pass captures them in a CUDA graph, which its
+  // later passes replay (Stats::graph_prefills); the lm_head runs on the real positions. Padding leaves the real
+  // positions' results as unpadded passes give them (within the execution dtype's rounding: products over more rows
+  // may take other cuBLAS kernels), and the padded positions' KV-cache entries lie past the sequence's end, where
+  // later steps write before they attend. Up to this many shapes' graphs are kept (the least recently used goes
+  // first; each holds its activations' memory, outside the plan's activation reserve); 0: no padding, no graphs.
+  int prefill_graph_shapes = 4;
   // Ranks: one process per plan device, so that a plan spans the GPUs of several hosts (plans whose every block is
   // resident on a GPU). world_size 0: this process runs the whole plan. Otherwise rank r (0 <= r < world_size) loads
   // only the blocks the plan places on cuda:r, on its CUDA device `local_device` (-1: cuda:r when this process sees
@@ -243,7 +252,8 @@ struct Stats {
   // capture failed ("" otherwise): those steps, and every later one, ran eagerly.
   uint64_t graph_steps = 0;
   std::string graph_capture_error;
-  // Pipelined prefills (ExecutorOptions::micro_batch_rows) replayed from CUDA graphs: a pass from an empty cache of a
+  // Prefills replayed from CUDA graphs: one-GPU passes of a padded shape that ran before (ExecutorOptions::
+  // prefill_graph_shapes), and pipelined prefills (ExecutorOptions::micro_batch_rows): a pass from an empty cache of a
   // shape (rows, tokens per row, rows per micro-batch, last-position logits) that ran before replays one graph per
   // micro-batch and GPU segment, captured after the shape's first (eager) pass; one shape's graphs are kept.
   uint64_t graph_prefills = 0;

@@ -93,5 +93,50 @@ TEST(GraphCache, DisabledFromTheStart) {
   EXPECT_FALSE(called);
 }
 
+// Prefill graphs: buckets, capture on a shape's second eager pass, least recently used out, off for good.
+TEST(PrefillGraphCache, BucketsRoundUpWithinTheCache) {
+  PrefillGraphCache<FakeGraph> cache(true, 4, 64);
+  EXPECT_EQ(cache.Bucket(1, 4096), 64);
+  EXPECT_EQ(cache.Bucket(64, 4096), 64);
+  EXPECT_EQ(cache.Bucket(65, 4096), 128);
+  EXPECT_EQ(cache.Bucket(500, 4096), 512);
+  EXPECT_EQ(cache.Bucket(500, 510), 510);  // never past the cache
+  EXPECT_EQ(cache.Bucket(510, 510), 510);
+  EXPECT_EQ(cache.Bucket(7, 5), 7);        // never below the prompt (the caller refuses it elsewhere)
+}
+
+TEST(PrefillGraphCache, CapturesOnTheSecondPassAndKeepsTheMostRecent) {
+  PrefillGraphCache<FakeGraph> cache(true, 2, 64);
+  EXPECT_EQ(cache.Find(1, 512), nullptr);
+  EXPECT_FALSE(cache.CountEager(1, 512));
+  EXPECT_TRUE(cache.CountEager(1, 512));  // the second pass: capture now
+  FakeGraph* a = cache.Put(1, 512, FakeGraph{1, 1});
+  EXPECT_EQ(cache.Find(1, 512), a);
+  EXPECT_EQ(cache.Find(2, 512), nullptr);  // rows are part of the shape
+  EXPECT_FALSE(cache.CountEager(1, 128));
+  EXPECT_TRUE(cache.CountEager(1, 128));
+  cache.Put(1, 128, FakeGraph{1, 2});
+  EXPECT_NE(cache.Find(1, 512), nullptr);  // (1, 512) is now the most recently used
+  cache.Put(8, 512, FakeGraph{8, 3});      // over capacity: (1, 128) goes
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(cache.Find(1, 128), nullptr);
+  ASSERT_NE(cache.Find(1, 512), nullptr);
+  EXPECT_EQ(cache.Find(1, 512)->id, 1);
+  EXPECT_EQ(cache.Find(8, 512)->id, 3);
+}
+
+TEST(PrefillGraphCache, OffForGoodOrWithoutCapacity) {
+  PrefillGraphCache<FakeGraph> cache(true, 4, 64);
+  EXPECT_FALSE(cache.CountEager(1, 64));
+  cache.Put(1, 64, FakeGraph{1, 1});
+  cache.Disable();
+  EXPECT_FALSE(cache.enabled());
+  EXPECT_EQ(cache.size(), 0u);
+  EXPECT_FALSE(cache.CountEager(1, 64));
+  EXPECT_FALSE(cache.CountEager(1, 64));
+  EXPECT_FALSE(PrefillGraphCache<FakeGraph>(true, 0, 64).enabled());
+  EXPECT_FALSE(PrefillGraphCache<FakeGraph>(false, 4, 64).enabled());
+}
+
 }  // namespace
 }  // namespace bigplan::executor_internal

@@ -663,7 +663,11 @@ Status StreamEngine::EndForward(ForwardTimings* t) {
     for (const Device& d : devices_) {
       if (d.device != device) continue;
       float ms = 0;
-      if (e == nullptr || cudaEventElapsedTime(&ms, d.forward_start.get(), e) != cudaSuccess) return false;
+      if (e == nullptr) return false;
+      if (cudaEventElapsedTime(&ms, d.forward_start.get(), e) != cudaSuccess) {
+        cudaGetLastError();  // an event this pass did not record (a graph-replayed or padded pass): no time
+        return false;
+      }
       *out = d.start_offset_us + ms * 1000.0;
       return true;
     }
