@@ -74,6 +74,9 @@ class Executor::Impl {
     at::Tensor hidden_in;         // [max_batch, 1, hidden] on the segment's device: the previous segment's output
   };
   std::vector<GraphSegment> segments;
+  // The one segment's steps stream weights (a one-GPU plan whose streams copy pinned units only): its warm-ups and
+  // capture are the stream engine's inline passes, and each replay first waits for the copy streams (Quiesce).
+  bool streamed_graphs = false;
   // A decode graph's static hidden-state input on `device`: [max_batch, 1, hidden] in the execution dtype, zeros.
   at::Tensor DecodeHiddenBuffer(int device) const {
     const schema::Plan& p = state->plan->plan();
@@ -723,13 +726,30 @@ Status Executor::Impl::StaticStep(const GraphSegment& seg, const at::Tensor& inp
   ctx.logits_last_only = true;
   at::Tensor hidden = seg.hidden_in.defined() ? seg.hidden_in.narrow(0, 0, batch) : at::Tensor();
   at::Tensor logits;
-  for (uint32_t i = seg.first; i < seg.end; ++i) {
+  if (streamed_graphs) {
+    const int device = state->blocks[state->steps[seg.first].block].device;
+    BIGPLAN_RETURN_IF_ERROR(
+        engine->BeginInline(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream()));
+  }
+  Status status = Status::Ok();
+  for (uint32_t i = seg.first; i < seg.end && status.ok(); ++i) {
     const BlockRuntime& b = state->blocks[state->steps[i].block];
     BlockKv& k = kv[b.index];
-    Status s = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr,
-                                 &hidden, &logits);
-    if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+    if (streamed_graphs) {
+      status = engine->BeginStep(i);
+      if (status.ok()) status = weights[b.index].Prepare();
+      if (!status.ok()) break;
+    }
+    status = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx, k.has_kv ? &k.kv : nullptr, &hidden,
+                               &logits);
+    if (!status.ok()) status = WithContext(status.take_error(), "block " + b.name);
+    if (status.ok() && streamed_graphs) status = engine->EndStep(i);
   }
+  if (streamed_graphs) {
+    Status end = engine->EndInline();
+    if (status.ok()) status = std::move(end);
+  }
+  BIGPLAN_RETURN_IF_ERROR(status);
   *out = seg.end == state->steps.size() ? logits : hidden;
   if (!out->defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
   return Status::Ok();
@@ -755,6 +775,8 @@ Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t bat
       auto step = [this, &seg](const at::Tensor& inputs, int64_t b, at::Tensor* o) {
         return StaticStep(seg, inputs, b, o);
       };
+      // A streamed step's graph copies into ring bytes the copy streams may still be filling (a run-ahead).
+      if (streamed_graphs) BIGPLAN_RETURN_IF_ERROR(engine->Quiesce(engine->compute_stream(device)));
       BIGPLAN_RETURN_IF_ERROR(seg.graphs.Step(ids, batch, pos, engine->compute_stream(device), clear_kv_tail, step,
                                               &carry));
       if (!carry.defined()) {
@@ -992,6 +1014,19 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       impl->segments.back().end = i + 1;
     }
     if (!resident) impl->segments.clear();
+  }
+  if (options.cuda_graphs && options.world_size == 0 && !cpu_mode && impl->state->cuda_devices.size() == 1 &&
+      !impl->state->streams.empty() && impl->engine->CanInline() && impl->host == nullptr &&
+      impl->experts == nullptr && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
+    // One GPU streaming pinned units: the decode step is captured with its copies (StreamEngine inline passes).
+    bool on_gpu = true;
+    for (const BlockRuntime& b : impl->state->blocks) on_gpu &= b.device == impl->state->cuda_devices.front();
+    if (on_gpu && !impl->state->steps.empty()) {
+      impl->segments.clear();
+      impl->segments.push_back(Impl::GraphSegment{GraphDecoder(impl->state->cuda_devices.front()), 0,
+                                                  static_cast<uint32_t>(impl->state->steps.size()), at::Tensor()});
+      impl->streamed_graphs = true;
+    }
   }
   {
     bool resident = !cpu_mode && impl->host == nullptr && impl->experts == nullptr &&

@@ -37,6 +37,8 @@ struct StreamEngine::Stream {
   std::vector<int> read_worker;
   std::vector<int> read_path;  // 0 direct, 1 bounce (cast), 2 plain
   uint64_t done = 0;           // the last pass the copy thread finished
+  uint32_t next_inline = 0;    // inline passes: the next unit to issue
+  CudaEvent fork, join;        // inline passes: the copy stream after the pass's stream, and back
 };
 
 StreamEngine::StreamEngine(ModelState* state, const StreamEngineOptions& options) : state_(state), options_(options) {}
@@ -95,6 +97,8 @@ Status StreamEngine::Init() {
                                                                            std::to_string(s->device)));
       for (const Device& d : devices_)
         if (d.device == s->device) s->compute = d.compute.get();
+      BIGPLAN_ASSIGN_OR_RETURN(s->fork, CudaEvent::Create(s->device, false, "an inline pass's fork event"));
+      BIGPLAN_ASSIGN_OR_RETURN(s->join, CudaEvent::Create(s->device, false, "an inline pass's join event"));
       s->ready.resize(n);
       s->release.resize(n);
       s->copy_start.resize(n);
@@ -221,9 +225,9 @@ void StreamEngine::CopyLoop(Stream* s) {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || gen_ > gen; });
+      cv_.wait(lock, [&] { return stop_ || forward_gen_ > gen; });
       if (stop_) return;
-      gen = gen_;
+      gen = forward_gen_;
       host_pass = host_pass_ == gen;
     }
     Status st = Cuda(cudaSetDevice(s->device), "cudaSetDevice");
@@ -266,7 +270,19 @@ void StreamEngine::CopyLoop(Stream* s) {
       s->done = gen;
     }
     cv_.notify_all();
-    if (st.ok()) RunAhead(s, gen, host_pass);
+    if (st.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (gen_ != gen) continue;  // an inline pass began: no run-ahead
+        ++ahead_running_;
+      }
+      RunAhead(s, gen, host_pass);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --ahead_running_;
+      }
+      cv_.notify_all();
+    }
   }
 }
 
@@ -299,6 +315,99 @@ void StreamEngine::RunAhead(Stream* s, uint64_t gen, bool host_pass) {
     }
     cv_.notify_all();
   }
+}
+
+bool StreamEngine::CanInline() const {
+  if (streams_.empty()) return false;
+  for (const auto& s : streams_) {
+    if (!s->gpu) return false;
+    for (const UnitRuntime& un : s->rt->units) {
+      if (un.source != schema::Tier::Cpu || un.host_compute) return false;
+    }
+  }
+  return true;
+}
+
+void StreamEngine::StopRunAhead() {
+  std::unique_lock<std::mutex> lock(mu_);
+  ++gen_;  // the run-ahead stops at its next unit, and what it copied (marked for the pass after) no longer counts
+  cv_.notify_all();
+  cv_.wait(lock, [&] { return ahead_running_ == 0; });
+}
+
+Status StreamEngine::Quiesce(cudaStream_t stream) {
+  StopRunAhead();
+  for (const auto& s : streams_) {
+    if (!s->gpu) continue;
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->join.get(), s->copy.get()), "cudaEventRecord"));
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(stream, s->join.get(), 0), "cudaStreamWaitEvent"));
+  }
+  return Status::Ok();
+}
+
+Status StreamEngine::BeginInline(cudaStream_t stream) {
+  if (!CanInline()) return MakeError(ErrorCode::kInternal, "inline passes need GPU streams of pinned units only");
+  if (inline_ != nullptr) return MakeError(ErrorCode::kInternal, "an inline pass is already under way");
+  StopRunAhead();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    abort_ = false;
+    error_ = Status::Ok();
+  }
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamIsCapturing(stream, &capturing), "cudaStreamIsCapturing"));
+  if (capturing != cudaStreamCaptureStatusNone) events_captured_ = true;
+  hold_chunks_ = false;
+  cpu_bytes_ = disk_bytes_ = disk_h2d_bytes_ = disk_read_bytes_ = host_bytes_ = 0;
+  units_ = 0;
+  for (const auto& s : streams_) {
+    s->next_inline = 0;
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->fork.get(), stream), "cudaEventRecord"));
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(s->copy.get(), s->fork.get(), 0), "cudaStreamWaitEvent"));
+  }
+  inline_ = stream;
+  return Status::Ok();
+}
+
+Status StreamEngine::IssueInline(Stream* s, uint32_t upto) {
+  const std::vector<UnitRuntime>& units = s->rt->units;
+  cudaStream_t copy = s->copy.get();
+  for (; s->next_inline <= upto; ++s->next_inline) {
+    const uint32_t u = s->next_inline;
+    const UnitRuntime& un = units[u];
+    const int32_t w = un.wait_unit;
+    if (w >= 0 && static_cast<uint32_t>(w) < u) {
+      bool released;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        released = s->released[w] == gen_;
+      }
+      if (!released) {
+        return MakeError(ErrorCode::kInternal, "inline pass: " + UnitName(*state_, un) +
+                                                   " would wait for a release that comes after its use");
+      }
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(copy, s->release[w].get(), 0), "cudaStreamWaitEvent"));
+    }
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(un.ring, un.host, un.bytes, cudaMemcpyHostToDevice, copy),
+                                 "copying " + UnitName(*state_, un) + " to cuda:" + std::to_string(s->device)));
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->ready[u].get(), copy), "cudaEventRecord"));
+    std::lock_guard<std::mutex> lock(mu_);
+    s->issued[u] = gen_;
+  }
+  return Status::Ok();
+}
+
+Status StreamEngine::EndInline() {
+  if (inline_ == nullptr) return MakeError(ErrorCode::kInternal, "no inline pass under way");
+  cudaStream_t stream = inline_;
+  inline_ = nullptr;
+  Status status;
+  for (const auto& s : streams_) {
+    Status st = Cuda(cudaEventRecord(s->join.get(), s->copy.get()), "cudaEventRecord");
+    if (st.ok()) st = Cuda(cudaStreamWaitEvent(stream, s->join.get(), 0), "cudaStreamWaitEvent");
+    if (status.ok() && !st.ok()) status = st;
+  }
+  return status;
 }
 
 void StreamEngine::ReadLoop(int worker) {
@@ -422,6 +531,19 @@ Status StreamEngine::BeginForward(bool host_compute, bool hold_chunks) {
   cpu_bytes_ = disk_bytes_ = disk_h2d_bytes_ = disk_read_bytes_ = host_bytes_ = 0;
   host_products_.clear();
   direct_units_ = bounce_units_ = mmap_units_ = units_ = 0;
+  if (events_captured_) {
+    // Events last recorded in a graph capture are recorded again (already complete: the graph's replays ended
+    // before this pass), so this pass's copies and kernels may wait for them.
+    for (const auto& s : streams_) {
+      if (!s->gpu) continue;
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s->device), "cudaSetDevice"));
+      for (size_t u = 0; u < s->ready.size(); ++u) {
+        BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->ready[u].get(), s->compute), "cudaEventRecord"));
+        BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->release[u].get(), s->compute), "cudaEventRecord"));
+      }
+    }
+    events_captured_ = false;
+  }
   for (Device& d : devices_) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(d.device), "cudaSetDevice"));
     d.start_offset_us = WallUs();
@@ -429,7 +551,9 @@ Status StreamEngine::BeginForward(bool host_compute, bool hold_chunks) {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (inline_ != nullptr) return MakeError(ErrorCode::kInternal, "a forward pass began inside an inline pass");
     ++gen_;
+    forward_gen_ = gen_;
     if (host_compute) host_pass_ = gen_;
     abort_ = false;
     error_ = Status::Ok();
@@ -495,6 +619,13 @@ Status StreamEngine::Acquire(Stream* s, uint32_t u) {
   const UnitRuntime& un = s->rt->units[u];
   if (hold_chunks_ && !un.whole && s->acquired[u] == gen_) return Status::Ok();  // held since its first use
   if (!s->gpu) return PrepareOnCpu(s, u);
+  if (inline_ != nullptr) {
+    BIGPLAN_RETURN_IF_ERROR(IssueInline(s, u));
+    ++units_;
+    s->acquired[u] = gen_;
+    cpu_bytes_ += un.bytes;
+    return Cuda(cudaStreamWaitEvent(inline_, s->ready[u].get(), 0), "waiting for " + UnitName(*state_, un));
+  }
   {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return abort_ || s->issued[u] == gen_; });
@@ -528,7 +659,8 @@ Status StreamEngine::Release(Stream* s, uint32_t u) {
 }
 
 Status StreamEngine::ReleaseNow(Stream* s, uint32_t u) {
-  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->release[u].get(), s->compute), "recording a release"));
+  BIGPLAN_RETURN_IF_ERROR(
+      Cuda(cudaEventRecord(s->release[u].get(), inline_ != nullptr ? inline_ : s->compute), "recording a release"));
   {
     std::lock_guard<std::mutex> lock(mu_);
     s->released[u] = gen_;
@@ -547,7 +679,7 @@ Status StreamEngine::BeginStep(uint32_t step) {
     for (uint32_t u : b.whole_units) BIGPLAN_RETURN_IF_ERROR(Acquire(s, u));
   }
   step_wall_start_[step] = WallUs();
-  if (step_start_[step]) {
+  if (step_start_[step] && inline_ == nullptr) {
     BIGPLAN_RETURN_IF_ERROR(
         Cuda(cudaEventRecord(step_start_[step].get(), compute_stream(b.device)), "cudaEventRecord"));
   }
@@ -579,7 +711,7 @@ Status StreamEngine::ReleaseChunk(int32_t stream, uint32_t unit) {
 
 Status StreamEngine::EndStep(uint32_t step) {
   const BlockRuntime& b = state_->blocks[state_->steps[step].block];
-  if (step_end_[step]) {
+  if (step_end_[step] && inline_ == nullptr) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(step_end_[step].get(), compute_stream(b.device)), "cudaEventRecord"));
   }
   step_wall_end_[step] = WallUs();

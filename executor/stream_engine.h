@@ -85,6 +85,23 @@ class StreamEngine {
   Status EndStep(uint32_t step);
   Status EndForward(ForwardTimings* timings);
 
+  // Inline passes: decode steps of streamed plans captured in CUDA graphs (the executor's GraphDecoder warms up and
+  // captures a step as inline passes, then replays the graph). Only where CanInline(): every stream is a GPU's,
+  // every unit comes from the pinned pool (Cpu tier) and none is a host unit. Between BeginInline(stream) and
+  // EndInline() the calling thread issues the copies itself, in unit order, exactly as the copy thread would: an
+  // Acquire issues every unit up to the acquired one (each after its wait_unit's release in this pass, an event
+  // recorded on `stream`; a wait_unit of the previous pass needs no wait: the previous pass ended before `stream`'s
+  // work began), and then makes `stream` wait for its copy; releases are recorded on `stream`. The copy streams join
+  // `stream`'s work at BeginInline and `stream` waits for them at EndInline, so a capture on `stream` takes the
+  // copies, their waits and the kernels' waits as the graph's edges. No copy thread runs, no timing is recorded,
+  // and no BeginForward / EndForward is needed (an inline pass is not a forward of its own).
+  bool CanInline() const;
+  Status BeginInline(cudaStream_t stream);
+  Status EndInline();
+  // Before a replayed graph that copies units on `stream`'s device: ends the copy threads' run-ahead copies (and
+  // forgets them: the graph's copies reuse their ring bytes) and makes `stream` wait for every copy stream.
+  Status Quiesce(cudaStream_t stream);
+
  private:
   struct Stream;
   StreamEngine(ModelState* state, const StreamEngineOptions& options);
@@ -94,6 +111,10 @@ class StreamEngine {
   void RunAhead(Stream* s, uint64_t gen, bool host_pass);
   // Enqueues one unit's H2D copy on its stream's copy stream (after its wait_unit's release) with its events.
   Status IssueCopy(Stream* s, uint32_t u);
+  // Inline passes: issues s's units from the next unissued one through `upto`.
+  Status IssueInline(Stream* s, uint32_t upto);
+  // Ends the copy threads' run-ahead (bumping the pass) and waits until none runs.
+  void StopRunAhead();
   void ReadLoop(int worker);
   Status ReadUnit(int worker, Stream* s, uint32_t u);
   Status Acquire(Stream* s, uint32_t u);
@@ -125,6 +146,12 @@ class StreamEngine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   uint64_t gen_ = 0;        // the current pass
+  uint64_t forward_gen_ = 0;  // the latest pass BeginForward began (the copy threads' cue; inline passes are not)
+  int ahead_running_ = 0;     // copy threads in RunAhead
+  cudaStream_t inline_ = nullptr;  // the stream of the current inline pass (compute thread only)
+  // An inline pass was captured: its units' ready and release events were recorded inside a graph capture, where
+  // they cannot be waited for outside it; the next forward records them again first (compute thread only).
+  bool events_captured_ = false;
   uint64_t host_pass_ = 0;  // the latest pass that computes the host units on the host
   bool hold_chunks_ = false;  // this pass (compute thread only)
   bool abort_ = false;      // the current pass failed: threads stop waiting

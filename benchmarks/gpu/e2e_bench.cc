@@ -4,7 +4,7 @@
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
-//             [--host-threads N] [--no-fused-kernels] [--prefill-graphs N] [--decode-batches 1,8] [--resident-split SPEC]...
+//             [--host-threads N] [--no-fused-kernels] [--prefill-graphs N] [--streamed-decode] [--decode-batches 1,8] [--resident-split SPEC]...
 //             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2]]
 //             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0] [--kineto DIR]
 //
@@ -28,6 +28,8 @@
 // weight resident, against weight bytes / device memory bandwidth and FLOPs / matmul rate.
 // Decode steps of the resident plan replay a CUDA graph (ExecutorOptions::cuda_graphs) unless --no-cuda-graphs;
 // --prefill-graphs N: ExecutorOptions::prefill_graph_shapes (0: one-GPU prefills unpadded and eager).
+// --streamed-decode: streamed (cpu-offload) configurations also time KV-cached decode steps (replayed from CUDA graphs
+// where the executor captures them; --no-cuda-graphs for the eager steps).
 // --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --decode-batches plans the resident
 // configuration for the largest batch and times its decode steps at each batch size; --resident-split
 // "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident"),
@@ -80,6 +82,7 @@ struct Args {
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
   bool fused_kernels = true;  // ExecutorOptions::fused_kernels
   int prefill_graphs = -1;    // ExecutorOptions::prefill_graph_shapes (-1: the executor's default)
+  bool streamed_decode = false;  // --streamed-decode: KV-cached decode steps of streamed plans too
   std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
   int prefill_batch = 0;                  // > 1: resident configurations also time a batched prefill of this many rows
   std::vector<double> micro_batch_rows;   // ... with these ForwardOptions::micro_batch_rows (-1 off, 0 auto)
@@ -143,6 +146,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--drop-caches") { a.drop_caches = true; }
       else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
       else if (f == "--no-fused-kernels") { a.fused_kernels = false; }
+      else if (f == "--streamed-decode") { a.streamed_decode = true; }
       else if (f == "--prefill-graphs") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.prefill_graphs = std::stoi(v); }
       else if (f == "--resident-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.resident_splits.push_back(v); }
       else if (f == "--offload-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.offload_splits.push_back(v); }
@@ -467,6 +471,20 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                  "%.4f s of this budget%s\n", quant::FormatName(cfg.weights), cfg.cpu_share.c_str(), plan.cpu_share,
                  plan.host_bytes / 1073741824.0, f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s,
                  cpu_bytes + disk_bytes == 0 ? " (every weight resident: nothing streamed)" : "");
+    if ((p.experts() == nullptr || p.experts()->size() == 0) && args.streamed_decode) {
+      // KV-cached decode steps after a 16-token context (replayed from a CUDA graph with their copies where the
+      // executor captures streamed steps), against the same floor as the 1-token forward.
+      const std::vector<int64_t> ctx(prompt.begin(), prompt.begin() + std::min<int>(args.prefill, 16));
+      BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), ctx, vocab, args.repeat, &j));
+      j["decode_step"] = TimingJson(dec);
+      j["decode_step_s"] = dec.median;
+      j["ratio_decode_step_to_floor"] = floor_s > 0 ? dec.median / floor_s : 0.0;
+      std::fprintf(stderr, "   KV-cached decode step %.4f s median (best %.4f s, %.3fx the floor); %s of %s steps "
+                   "replayed a CUDA graph%s%s\n", dec.median, dec.best, dec.median / std::max(floor_s, 1e-12),
+                   j["decode_graph_steps"].dump().c_str(), j["decode_steps"].dump().c_str(),
+                   j["graph_capture_error"].get<std::string>().empty() ? "" : ": ",
+                   j["graph_capture_error"].get<std::string>().c_str());
+    }
     if (p.experts() != nullptr && p.experts()->size() > 0) {
       // Routed experts: a KV-cached decode step against the floor of the path mix the planner chose (the least time
       // for its expected copied and host bytes per token at the rates measured in this run, MixFloorMicros, plus
