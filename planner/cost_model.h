@@ -111,30 +111,29 @@ inline constexpr double kHostOpMicros = 10.8;
 // (Llama-3-8B shape, bf16, one GPU, 1 row x 512 tokens): the host issued the pass's 325 kernels (2 + 32 x 10 + 1 + 2,
 // fused) in 5.4-5.8 ms, i.e. 16.6-17.8 us each.
 inline constexpr double kHostPrefillOpMicros = 17.2;
-// kPrefillMatmulEfficiency = 0.83: the share of the profile's matmul rate (an 8192^3 bf16 product) that a prefill's
-// products sustain. cuBLAS at Llama-3-8B's product shapes (q/k/v 6144 x 4096, o 4096 x 4096 and down 4096 x 14336
-// with the residual added, gate/up 28672 x 4096) for M = 512-4096 tokens ran on an H200 (789 TFLOP/s at 8192^3) at
-// 0.90-0.97 of that rate one product at a time and 0.74-0.87 back to back (32 layers' products, passes after the
-// first: 0.80-0.86 at M = 512; Llama-2-7B's shapes 0.83-0.86 one at a time): benchmarks/gpu/prefill_products_bench.py,
-// benchmarks/results/h200-2026-11-27-prefill/. Fitted with kPrefillKernelMicros to four resident prefills (bf16,
-// random weights, logits of the last position only; predicted by PredictBatchedPrefill, planner_test's
-// BatchedPrefillPipelinedOverTwoGpus prints them):
-//   H100, default profile (770 TFLOP/s, 3030 GB/s), 1 x 512 tokens: Llama-3-8B shape 13.39 ms, predicted 13.41;
-//     Llama-2-7B shape 12.51 ms, predicted 12.44 (the decode form predicted 12.00 and 11.07)
-//   H200 (780 TFLOP/s, 4230 GB/s), Llama-3-8B shape: 1 x 512 12.7-13.1 ms, predicted 12.89 (11.78); 8 x 512 on one
-//     GPU 95.0-99.1 ms, predicted 96.6 (76.6)
-// The 8192^3 rate is a burst of one shape; a pass's products, back to back for tens of milliseconds, run below it
-// (the stack above slowed from pass to pass; the first pass after idle is the fastest), and the narrower products
-// (o, q/k/v at M = 512: 64-96 thread blocks) fill the 132 multiprocessors less evenly.
-inline constexpr double kPrefillMatmulEfficiency = 0.83;
+// kPrefillMatmulEfficiency = 0.92: the share of the profile's matmul rate (an 8192^3 bf16 product) that a prefill's
+// products sustain. Kineto traces of 512-token prefills on an H100 (benchmarks/results/h100-2026-11-27-graphs/) put
+// cuBLAS's products back to back at 0.96-0.97 of the 8192^3 rate measured in the same process (Llama-2-7B: 8.68 ms
+// of products for 8.38 ms at 792 TFLOP/s; Llama-3-8B: 9.21 for 8.97 at 797), and gemm_algos_bench found no cublasLt
+// algorithm faster than cuBLAS's default at those shapes (M = 512: 0.86-0.95 one product at a time). Fitted with
+// kPrefillKernelMicros to the resident prefills the executor now runs (fused RoPE with token-major q, residuals
+// accumulated in place, one-GPU passes replayed from CUDA graphs; bf16, random weights, last position's logits;
+// planner_test ResidentPrefillAndDecodeOnAnH100 prints them):
+//   H100, default profile (770 TFLOP/s, 3030 GB/s), 1 x 512 tokens: Llama-3-8B shape 11.65-12.58 ms (best, median),
+//     predicted 12.16; Llama-2-7B shape 10.85-10.95 ms, predicted 11.26.
+// The two-GPU rows of planner_test (BatchedPrefillPipelinedOverTwoGpus) were measured on 2x H200 with the build before
+// these kernels (0.83 and 2 us were fitted to them); they are predicted 4-14% below those older times.
+// The 8192^3 rate is a burst of one shape; the narrower products (o, q/k/v at M = 512: 64-96 thread blocks) fill the
+// 132 multiprocessors less evenly.
+inline constexpr double kPrefillMatmulEfficiency = 0.92;
 // kAttentionEfficiency = 0.4: a prefill's attention (SDPA, flash attention over the cache's first positions, causal)
 // as a share of the matmul rate, counting the causal FLOPs (4 x attn_dim x rows x T (T + 1) / 2). Measured on the
 // H200 at 8 rows x 512 tokens, 32 query heads over 8 KV heads of 128: 56 us, 305 TFLOP/s = 0.39 of 789.
 inline constexpr double kAttentionEfficiency = 0.4;
-// kPrefillKernelMicros = 2 us: the GPU-side time per kernel of a prefill beyond its products, attention and bytes:
+// kPrefillKernelMicros = 1.5 us: the GPU-side time per kernel of a prefill beyond its products, attention and bytes:
 // the host issues ahead of the GPU (or a graph replays), so the GPU's queue never empties and only the
 // launch-to-launch gap remains. Fitted with kPrefillMatmulEfficiency (above).
-inline constexpr double kPrefillKernelMicros = 2.0;
+inline constexpr double kPrefillKernelMicros = 1.5;
 // kLibTorchOpBytesPerHidden = 8: a GPU block without the fused kernels runs LibTorch's ops instead (more kernels:
 // 33 per Llama layer against 10); each op beyond the fused path's count reads and writes about one float32
 // activation, 8 x hidden bytes per token (the norms' upcast and its steps, rotary's and SiLU's elementwise ops).

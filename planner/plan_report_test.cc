@@ -73,7 +73,7 @@ TEST(PlanReportTest, Resident) {
             "    cpu              0 B of 1.00 GiB\n"
             "predicted per forward (profile h100-pcie5):\n"
             "  decode  (1 x 1 token, KV at 64): 0.532 ms  (compute 0.532 ms, waiting for copies 0.000 ms)\n"
-            "  prefill (1 x 64 tokens): 1.526 ms  (compute 1.526 ms, waiting for copies 0.000 ms)\n"
+            "  prefill (1 x 64 tokens): 1.523 ms  (compute 1.523 ms, waiting for copies 0.000 ms)\n"
             "  floor: streamed 0 B per forward at 53 GB/s H2D: 0.000 ms\n");
 }
 
@@ -106,7 +106,7 @@ TEST(PlanReportTest, GroupsStreamedLayers) {
             "stream cuda:0: 28 units (0 row chunks), ring 169.00 KiB (2 slots)\n"
             "predicted per forward (profile h100-pcie5):\n"
             "  decode  (1 x 1 token, KV at 64): 1.561 ms  (compute 1.561 ms, waiting for copies 0.000 ms)\n"
-            "  prefill (1 x 64 tokens): 1.526 ms  (compute 1.526 ms, waiting for copies 0.000 ms)\n"
+            "  prefill (1 x 64 tokens): 1.523 ms  (compute 1.523 ms, waiting for copies 0.000 ms)\n"
             "  floor: streamed 284.75 KiB per forward at 53 GB/s H2D: 0.006 ms\n");
 }
 
@@ -138,7 +138,7 @@ TEST(PlanReportTest, PartlyResidentLayers) {
             "stream cuda:0: 13 units (0 row chunks), ring 64.00 KiB (2 slots)\n"
             "predicted per forward (profile h100-pcie5):\n"
             "  decode  (1 x 1 token, KV at 64): 1.562 ms  (compute 1.561 ms, waiting for copies 0.001 ms)\n"
-            "  prefill (1 x 64 tokens): 1.527 ms  (compute 1.526 ms, waiting for copies 0.001 ms)\n"
+            "  prefill (1 x 64 tokens): 1.523 ms  (compute 1.523 ms, waiting for copies 0.001 ms)\n"
             "  floor: streamed 172.00 KiB per forward at 53 GB/s H2D: 0.003 ms\n");
 }
 

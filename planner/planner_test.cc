@@ -667,9 +667,9 @@ void PrintRows(const char* title, const std::vector<MeasuredRow>& rows) {
 }
 
 // One GPU, the default (H100) profile, all resident: the Llama-2-7B and Llama-3-8B shapes against what an H100
-// measured (benchmarks/RESULTS.md, "Resident speed: fused CUDA kernels": e2e_bench's resident configuration, a fresh
-// 512-token prefill with the last position's logits, best of 5; a graph-replayed decode step at 512 cached tokens,
-// median of 20). e2e_bench plans that configuration at max_batch rows x 2 x 512 positions and records the plan's
+// measured (benchmarks/RESULTS.md, "Resident speed: prefill graphs": e2e_bench's resident configuration, a fresh
+// 512-token prefill with the last position's logits, best and median of 7; a graph-replayed decode step at 256
+// cached tokens, median of 28). e2e_bench plans that configuration at max_batch rows x 2 x 512 positions and records the plan's
 // own prefill prediction (a prefill of all those positions), which is not the pass it times; the prediction for that
 // pass is PredictBatchedPrefill's for 1 row x 512 tokens. `plan` at 1 x 512 positions reports the prefill of the
 // run shape (`result.prefill`, every position's logits) and the decode step that RESULTS.md compared.
@@ -703,12 +703,13 @@ TEST(PlannerTest, ResidentPrefillAndDecodeOnAnH100) {
     prefill_ms[index] = at512->prefill.total_us / 1e3;
     const bool l3 = index == 0;
     const std::string name = l3 ? "Llama-3-8B" : "Llama-2-7B";
-    rows.push_back({name + " 1 x 512 prefill, last position", batched_ms[index], l3 ? 13.39 : 12.51,
-                    l3 ? 13.39 : 12.51});
-    rows.push_back({name + " 1 x 512 prefill, every position", prefill_ms[index], l3 ? 13.39 : 12.51,
-                    l3 ? 13.39 : 12.51});
-    rows.push_back({name + " decode step (graph), KV 512", at512->decode.total_us / 1e3, l3 ? 6.35 : 5.71,
-                    l3 ? 6.35 : 5.71});
+    // Best and median of 7 graph-replayed prefills (benchmarks/results/h100-2026-11-27-graphs/).
+    rows.push_back({name + " 1 x 512 prefill, last position", batched_ms[index], l3 ? 11.65 : 10.85,
+                    l3 ? 12.58 : 10.95});
+    rows.push_back({name + " 1 x 512 prefill, every position", prefill_ms[index], l3 ? 11.65 : 10.85,
+                    l3 ? 12.58 : 10.95});
+    rows.push_back({name + " decode step (graph), KV 512", at512->decode.total_us / 1e3, l3 ? 6.20 : 5.63,
+                    l3 ? 6.20 : 5.63});
     ++index;
   }
   PrintRows("Resident on one GPU, default H100 profile; predicted vs measured on an H100 (ms):", rows);
