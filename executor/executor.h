@@ -66,11 +66,13 @@ struct ExecutorOptions {
   bool disk_direct_io = true;
   // Replay decode steps (one token per row after at least one cached token) from CUDA graphs. Applies to plans
   // whose every block is Gpu tier (on one or several CUDA devices: one graph per run of consecutive blocks on one
-  // device, the hidden state copied to the next device's graph between replays), for architectures whose kernels
-  // have a static decode step (the Llama family; not dynamic NTK RoPE past max_position_embeddings). The first
-  // decode step at a batch size runs eagerly on a side stream (warm-up) and is captured; later ones copy the token
-  // ids and the position to the device and replay it. Everything else (prefills, a first pass of one token, other plans, CPU mode) runs
-  // eagerly. The captured step attends over the whole KV cache with a mask (results equal the eager path's within
+  // device, the hidden state copied to the next device's graph between replays), and to one-GPU plans whose streams
+  // copy pinned weights only (no disk-tier, host-computed or routed-expert units: the graph holds the step's copies
+  // and their waits, issued by the stream engine's inline passes), for architectures whose kernels have a static
+  // decode step (the Llama family; not dynamic NTK RoPE past max_position_embeddings). The first decode step at a
+  // batch size runs eagerly on a side stream (warm-up) and is captured; later ones copy the token ids and the
+  // position to the device and replay it. Prefills: see prefill_graph_shapes and micro_batch_rows. Everything else
+  // (a first pass of one token, other plans, CPU mode) runs eagerly. The captured step attends over the whole KV cache with a mask (results equal the eager path's within
   // the execution dtype's rounding). A replayed step has no per-block events: its Stats::last_steps is empty and
   // it adds nothing to the trace but the time it takes in Stats::last_forward_ms.
   bool cuda_graphs = true;
