@@ -583,6 +583,11 @@ Status Executor::Impl::RunBucketed(const std::vector<int64_t>& ids, int64_t batc
           g.graph->capture_end();
         } catch (const std::exception& e) {
           captured = MakeError(ErrorCode::kDevice, std::string("capturing a prefill: ") + e.what());
+          try {
+            g.graph->capture_end();  // leave capture mode (the graph is discarded)
+          } catch (const std::exception&) {
+            // The capture was already ended, or never began.
+          }
         }
       }
       to_compute.record(side);
