@@ -113,9 +113,9 @@ class Executor::Impl {
   // output (hidden state, or logits for the last segment) into *out.
   Status StaticStep(const GraphSegment& seg, const at::Tensor& inputs, int64_t batch, at::Tensor* out);
   // One forward pass; float logits on the host, [batch, seq, vocab] or, with last_only, [batch, 1, vocab].
-  // `micro_batch_rows`: ForwardOptions::micro_batch_rows (0: the executor's option).
+  // `micro_batch_rows`, `micro_batch_group`: ForwardOptions' (0: the executor's options).
   Result<at::Tensor> RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
-                                int micro_batch_rows = 0);
+                                int micro_batch_rows = 0, int micro_batch_group = 0);
   Status RunSteps(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
   // Plans whose every block is Gpu tier on a CUDA device, on two or more devices, without routed experts or host
   // units: their batched passes may be pipelined (ExecutorOptions::micro_batch_rows). Set at load.
@@ -125,8 +125,9 @@ class Executor::Impl {
   int64_t MicroBatchRows(int64_t batch, int64_t seq, int requested) const;
   // RunSteps cut into micro-batches of `rows` rows, each on streams of its own on every device, replayed from prefill
   // graphs where it can (see ExecutorOptions::micro_batch_rows).
+  // `group`: micro-batches in flight at once (ExecutorOptions::micro_batch_group; 0: all of the pass's).
   Status RunPipelined(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, int64_t rows,
-                      at::Tensor* out);
+                      int group, at::Tensor* out);
   // mb_streams[k]: micro-batch k's streams, one per entry of state->cuda_devices, made on first use.
   std::vector<std::vector<c10::cuda::CUDAStream>> mb_streams;
   // Prefill graphs of pipelined passes (RunPipelined): one per micro-batch and segment (index k x segments + j) of
@@ -320,7 +321,7 @@ int64_t Executor::Impl::MicroBatchRows(int64_t batch, int64_t seq, int requested
 }
 
 Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
-                                    int64_t rows, at::Tensor* out) {
+                                    int64_t rows, int group_option, at::Tensor* out) {
   const auto issue_start = Clock::now();
   const std::vector<int>& devices = state->cuda_devices;
   const int64_t n = (batch + rows - 1) / rows;
@@ -417,13 +418,15 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
     const std::array<int64_t, 4> shape{batch, rows, seq, last_only ? 1 : 0};
     const bool graphs = prefill_graphs_ok && pos == 0 && prefill_shape == shape &&
                         prefill_graphs.size() == static_cast<size_t>(n * n_segments);
-    // The order in which each GPU takes the (micro-batch k, segment j) tasks, one at a time (interleaved pipeline
-    // schedule): micro-batches in groups of as many as there are GPUs; within a group, segment after segment, and
-    // for each segment the group's micro-batches in order: key (k / GPUs, j, k). With layers dealt to the GPUs in
-    // groups, a GPU then alternates between the micro-batches in flight instead of running two at once (which
-    // slows both and delays the next GPU's input); with one segment per GPU it is plain micro-batch order. Tasks
-    // are issued in that order too, which keeps both the micro-batch's own order and each GPU's.
-    const int64_t group = static_cast<int64_t>(devices.size());
+    // The order in which each GPU takes the (micro-batch k, segment j) tasks, one at a time: micro-batches in groups
+    // of `group_option` (0: one group of them all); within a group, segment after segment, and for each segment the
+    // group's micro-batches in order: key (k / group, j, k). A GPU then alternates between the micro-batches in flight
+    // instead of running two at once (which slows both and delays the next GPU's input); with one segment per GPU it
+    // is plain micro-batch order. With every micro-batch in flight, a GPU's next task's input was made a task or more
+    // before it is needed, so the hops hide behind its work (groups of as many as there are GPUs leave each hop's
+    // latency between two tasks). Tasks are issued in that order too, which keeps both the micro-batch's own order
+    // and each GPU's.
+    const int64_t group = group_option > 0 ? group_option : n;
     std::vector<std::array<int64_t, 3>> tasks;  // (k / group, j, k)
     for (int64_t k = 0; k < n; ++k)
       for (uint32_t j = 0; j < n_segments; ++j) tasks.push_back({k / group, j, k});
@@ -440,17 +443,23 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
       if (slot == devices.size()) return MakeError(ErrorCode::kInternal, "a block is not on a GPU");
       const auto index = static_cast<c10::DeviceIndex>(device);
       c10::cuda::CUDAGuard device_guard(index);
-      if (last_on[slot].first >= 0) segment_done[last_on[slot].first][last_on[slot].second].block(mb_streams[k][slot]);
-      last_on[slot] = {k, j};
+      // The input first: its hop from the previous GPU is ordered after the segment that made it (on micro-batch k's
+      // streams) but not after this GPU's previous task, so it runs while that task computes.
       const at::Tensor input = j == 0 ? ids_on[slot].narrow(0, r0, nr) : carry[k];
+      at::Tensor here;
       if (graphs) {
         PrefillGraph& g = prefill_graphs[k * n_segments + j];
         g.input.copy_(input, /*non_blocking=*/true);  // across GPUs: ordered on micro-batch k's two streams
+      } else {
+        here = input.device() == at::Device(at::kCUDA, index) ? input : input.to(at::Device(at::kCUDA, index));
+      }
+      if (last_on[slot].first >= 0) segment_done[last_on[slot].first][last_on[slot].second].block(mb_streams[k][slot]);
+      last_on[slot] = {k, j};
+      if (graphs) {
+        PrefillGraph& g = prefill_graphs[k * n_segments + j];
         g.graph->replay();
         carry[k] = g.output;
       } else {
-        const at::Tensor here =
-            input.device() == at::Device(at::kCUDA, index) ? input : input.to(at::Device(at::kCUDA, index));
         BIGPLAN_RETURN_IF_ERROR(run_segment(k, j, here, &carry[k]));
       }
       segment_done[k][j].record(mb_streams[k][slot]);
@@ -801,7 +810,7 @@ Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t bat
 }
 
 Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, int64_t batch, int64_t seq,
-                                              bool last_only, int micro_batch_rows) {
+                                              bool last_only, int micro_batch_rows, int micro_batch_group) {
   BIGPLAN_RETURN_IF_ERROR(CheckInput(ids, batch, seq));
   const auto t0 = Clock::now();
   at::Tensor out;
@@ -842,7 +851,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
       if (run.ok() && rank_graph_step) ++stats.graph_steps;
       if (!capture_error.empty()) stats.graph_capture_error = capture_error;
     } else if (mb_rows > 0) {
-      run = RunPipelined(ids, batch, seq, last_only, mb_rows, &out);
+      run = RunPipelined(ids, batch, seq, last_only, mb_rows,
+                         micro_batch_group != 0 ? micro_batch_group : options.micro_batch_group, &out);
     } else if (bucketed) {
       run = RunBucketed(ids, batch, seq, last_only, &out);
     } else {
@@ -1104,7 +1114,7 @@ Result<Logits> Executor::Forward(const std::vector<int64_t>& token_ids, int batc
   }
   const int64_t seq = batch > 0 ? static_cast<int64_t>(token_ids.size()) / batch : 0;
   BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(token_ids, batch, seq, options.last_position_only,
-                                                                options.micro_batch_rows));
+                                                                options.micro_batch_rows, options.micro_batch_group));
   return ToLogits(logits);
 }
 

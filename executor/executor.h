@@ -109,6 +109,13 @@ struct ExecutorOptions {
   // (Stats::last_steps is empty); Stats::last_micro_batches counts its micro-batches. A pass from an empty cache
   // whose shape ran before replays CUDA graphs (Stats::graph_prefills; ExecutorOptions::cuda_graphs, Llama family).
   int micro_batch_rows = 0;
+  // How many micro-batches of a pipelined pass are in flight at once: each GPU takes its tasks (one micro-batch's run
+  // of consecutive blocks on it) one at a time, micro-batches in groups of this many, within a group segment after
+  // segment and the group's micro-batches in order. 0: one group of every micro-batch (the default: a GPU's next
+  // input then crossed from the other GPU while it ran other micro-batches, so the hops hide; on 2x H200 with the
+  // layers dealt in groups of 4, a batch-8 prefill of 4 micro-batches ran 50.8-51.3 ms, median, against 51.8-52.0 in
+  // groups of 2). 2 with two GPUs is the schedule of earlier builds.
+  int micro_batch_group = 0;
   // Prefill graphs on one GPU: for plans whose every block is resident on one GPU (Llama family, cuda_graphs on), a
   // pass from an empty cache pads each row at its end to a multiple of 64 tokens (at most max_seq_len) and runs the
   // blocks before the lm_head; a (rows, padded length) shape's second pass captures them in a CUDA graph, which its
@@ -146,6 +153,8 @@ struct ForwardOptions {
   // Overrides ExecutorOptions::micro_batch_rows for this pass when not 0 (-1: no pipelining; N > 0: N rows per
   // micro-batch).
   int micro_batch_rows = 0;
+  // Overrides ExecutorOptions::micro_batch_group for this pass when not 0.
+  int micro_batch_group = 0;
 };
 
 // Float logits of one forward pass, row-major [batch, seq, vocab].

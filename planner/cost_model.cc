@@ -303,7 +303,8 @@ ForwardPrediction SimulateForward(const Schedule& s, const std::vector<double>& 
 }
 
 double SimulatePipelinedPass(const std::vector<double>& device_us, const std::vector<int32_t>& devices,
-                             const std::vector<double>& hop_us, uint32_t micro_batches, double host_task_us) {
+                             const std::vector<double>& hop_us, uint32_t micro_batches, double host_task_us,
+                             uint32_t group_size) {
   const size_t n = device_us.size();
   const size_t m = micro_batches;
   if (n == 0 || m == 0) return 0;
@@ -321,9 +322,9 @@ double SimulatePipelinedPass(const std::vector<double>& device_us, const std::ve
   }
   std::map<int32_t, double> device_free;
   for (int32_t d : devices) device_free[d] = 0;
-  const size_t group = device_free.size();
-  // The tasks in the executor's order, key (k / group, j, k): each waits for its micro-batch's previous segment and
-  // its GPU's previous task, then its hop; it starts no earlier than the host issued it.
+  const size_t group = group_size > 0 ? group_size : m;
+  // The tasks in the executor's order, key (k / group, j, k): each waits for its GPU's previous task and for its
+  // micro-batch's previous segment and the hop after it; it starts no earlier than the host issued it.
   std::vector<double> previous_end(m, 0);  // each micro-batch's last segment's end
   double issued = 0, last = 0;
   for (size_t first = 0; first < m; first += group) {
@@ -331,7 +332,7 @@ double SimulatePipelinedPass(const std::vector<double>& device_us, const std::ve
       for (size_t k = first; k < std::min(m, first + group); ++k) {
         issued += host_task_us;
         double& free = device_free[segment_device[j]];
-        const double ready = std::max(free, j > 0 ? previous_end[k] : 0.0) + segment_hop[j];
+        const double ready = std::max(free, j > 0 ? previous_end[k] + segment_hop[j] : 0.0);
         const double end = std::max(ready, issued) + segment_us[j];
         free = end;
         previous_end[k] = end;

@@ -313,45 +313,43 @@ ForwardPrediction SimulateForward(const Schedule& schedule, const std::vector<do
 // a graph of its own. The executor captures those graphs after a shape's first pass, which runs eagerly; this is the
 // replayed steady state (the first pass is issued op by op, kHostPrefillOpMicros per kernel, and is not predicted
 // here). Replayed:
-//   * order: the tasks are issued, and each GPU runs its own, in one order: micro-batches in groups of as many as
-//     there are GPUs (G, the distinct devices of `step_devices`); within a group, segment after segment, and for
-//     each segment the group's micro-batches in order (key (k / G, j, k)). Each GPU runs one task at a time, in that
-//     order, even where a later task is ready before the next one in order;
+//   * order: the tasks are issued, and each GPU runs its own, in one order: micro-batches in groups of `group_size`
+//     (0: one group of all m; ExecutorOptions::micro_batch_group); within a group, segment after segment, and for
+//     each segment the group's micro-batches in order (key (k / group, j, k)). Each GPU runs one task at a time, in
+//     that order, even where a later task is ready before the next one in order;
 //   * host: one thread issues the tasks in that order, kHostGraphTaskMicros (`host_task_us`) each; a task starts no
 //     earlier than its issue ends;
-//   * chain: segment j of micro-batch k follows its segment j - 1 and the task its GPU ran before; the hidden
-//     state's copy from the previous GPU (hop_us of the segment's first step) follows both (it is ordered on the
-//     task's stream after the wait for the GPU's previous task), then the segment's device time.
+//   * chain: segment j of micro-batch k follows the task its GPU ran before and the hidden state's copy from the
+//     previous GPU (hop_us of the segment's first step), which follows segment j - 1 of micro-batch k (the executor
+//     issues it before the wait for the GPU's previous task, so it runs while that task computes).
 // Returns the end of the last task. With one device the micro-batches run back to back on it (no overlap); with two
-// devices of stage time s each, a free host and hops of h, m micro-batches take (m + 1) x s + m x h. Every
+// devices of stage time s each, a free host and hops of h, m micro-batches take (m + 1) x s + h. Every
 // micro-batch costs the same (the executor's last micro-batch may have fewer rows: it is charged in full).
 // Per-step values describe ONE micro-batch, steps in execution order; hop_us[i] = 0 where step i's device equals step
 // i - 1's (hop_us may be empty: no hops).
 //
 // Calibration (2x H200, Llama-3-8B shape, bf16, random weights, B = 8 rows x T = 512 tokens, logits of the last
-// position only; the executor replaying graphs, each GPU taking its tasks in the order above), measured median
-// (best) against predicted by PredictBatchedPrefill (planner/planner.h; the step costs of EstimateBlockCost's prefill
-// form with the default GPU profile at 780 TFLOP/s and 4230 GB/s; planner_test's BatchedPrefillPipelinedOverTwoGpus
-// prints this table):
-//   one GPU, unpipelined (eager)                95.0-99.1 ms          predicted 96.6 ms (-1%)
+// position only; the executor replaying graphs, every micro-batch in flight), measured medians of 7 against predicted
+// by PredictBatchedPrefill (planner/planner.h; the step costs of EstimateBlockCost's prefill form with the default GPU
+// profile at 780 TFLOP/s and 4230 GB/s; planner_test's BatchedPrefillPipelinedOverTwoGpus prints this table):
+//   one GPU, unpipelined (graph-replayed)       94.6-97.8 ms          predicted 87.8 ms (-9%)
 //   split contiguous (embedding + layers 0-15 on cuda:0, the rest on cuda:1):
-//     unpipelined (eager)                       90.2-92.8 ms          predicted 96.8 ms (+6%)
-//     8 micro-batches of 1 row                  62.1 ms (58.4)        predicted 59.1 ms (-5%)
-//     4 micro-batches of 2 rows                 60.5 ms (58.8)        predicted 62.7 ms (+4%)
-//   layers dealt to the GPUs in groups of 8:  8 x 1 row 59.2 (54.8), predicted 56.3 (-5%); 4 x 2 rows 56.2 (53.9),
-//                                             predicted 56.8 (+1%)
-//   groups of 4:                              8 x 1 row 58.6 (54.8), predicted 55.4 (-5%); 4 x 2 rows 57.0 (55.5),
-//                                             predicted 54.3 (-5%)
-//   groups of 2:                              8 x 1 row 58.2 (54.5), predicted 55.9 (-4%); 4 x 2 rows 55.7 (54.6),
-//                                             predicted 53.7 (-4%)
-// The first repetition after idle is the fastest (the "best" above); the medians are the sustained rate, which
-// kPrefillMatmulEfficiency was fitted to. What the model lacks: larger micro-batches run their products faster (cuBLAS
-// at M = 1024 sustains more of the rate than at M = 512), so 4 x 2 rows measure below 8 x 1 where the model's longer
-// fill and drain put them above; and two GPUs running at once measured faster than one GPU running the same steps
-// (the unpipelined split below the one-GPU pass), which one efficiency cannot say.
+//     unpipelined (eager)                       83.5 ms               predicted 88.0 ms (+5%)
+//     8 micro-batches of 1 row                  59.8 ms               predicted 53.2 ms (-11%)
+//     4 micro-batches of 2 rows                 61.1 ms               predicted 56.7 ms (-7%)
+//   layers dealt to the GPUs in groups of 8:  8 x 1 row 55.3, predicted 50.4 (-9%); 4 x 2 rows 53.0, predicted 51.2 (-3%)
+//   groups of 4:                              8 x 1 row 54.9, predicted 49.0 (-11%); 4 x 2 rows 50.8-51.3, predicted
+//                                             48.4 (-5%); two micro-batches in flight 51.8-52.0, predicted 49.1 (-5%)
+//   groups of 2:                              8 x 1 row 54.4, predicted 48.3 (-11%); 4 x 2 rows 50.0-53.1, predicted
+//                                             47.0 (-9%)
+// Repetitions after an idle moment run fastest; the medians are the sustained rate (identical configurations' medians
+// spread by up to 3 ms in one process). What the model lacks: larger micro-batches run their products faster (cuBLAS
+// at M = 1024 sustains more of the rate than at M = 512), so 4 x 2 rows measure below 8 x 1 where the model puts them
+// close; and two GPUs running at once measured faster than one GPU running the same steps (the unpipelined split
+// below the one-GPU pass), which one efficiency cannot say.
 double SimulatePipelinedPass(const std::vector<double>& step_device_us, const std::vector<int32_t>& step_devices,
                              const std::vector<double>& hop_us, uint32_t micro_batches,
-                             double host_task_us = kHostGraphTaskMicros);
+                             double host_task_us = kHostGraphTaskMicros, uint32_t group_size = 0);
 
 // The lower bound for the streamed part of a forward: over devices, the larger of the summed H2D copy times and
 // the summed disk read times of its units (`skip_host`: without the `host` units, as a decode forward that computes

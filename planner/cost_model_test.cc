@@ -493,10 +493,10 @@ TEST(CostModelTest, MixFloorSharesHostMemory) {
 
 TEST(CostModelTest, PipelinedPassOverTwoDevicesTakesOneStageMorePerMicroBatch) {
   // Two stages of 5 on two devices, a free host: m micro-batches take (m + 1) x 5. The hop (the peer copy) follows
-  // the second device's previous task, so every micro-batch adds it to the second device's time.
+  // the segment that made its input, not the second device's previous task: only the first one delays the pipeline.
   for (uint32_t m : {1u, 2u, 3u, 4u, 8u}) {
     EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 1}, {0, 0}, m, 0), (m + 1) * 5.0) << m;
-    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 1}, {0, 0.5}, m, 0), (m + 1) * 5.0 + m * 0.5) << m;
+    EXPECT_DOUBLE_EQ(SimulatePipelinedPass({5, 5}, {0, 1}, {0, 0.5}, m, 0), (m + 1) * 5.0 + 0.5) << m;
   }
   // Unequal stages: the slower one paces the pipeline. Stage 0: steps of 1 and 1 (2), stage 1: 3.
   // End = stage 0 of the first micro-batch + m x 3.
@@ -504,7 +504,7 @@ TEST(CostModelTest, PipelinedPassOverTwoDevicesTakesOneStageMorePerMicroBatch) {
 }
 
 TEST(CostModelTest, PipelinedPassBoundByTheHost) {
-  // Steps of 1 on two devices, 4 to issue each task, tasks in the order (0, 0), (1, 0), (0, 1), (1, 1), (2, 0),
+  // Steps of 1 on two devices, 4 to issue each task, tasks in the order (0, 0), (1, 0), (2, 0), (0, 1), (1, 1),
   // (2, 1): each ends 1 after its issue, the last at 6 x 4 + 1.
   EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1}, {0, 1}, {0, 0}, 3, 4), 25.0);
   // A host faster than the stages does not bind: the two stages pipeline as with a free host, after the first
@@ -522,15 +522,27 @@ TEST(CostModelTest, PipelinedPassInterleavedSegments) {
   EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {}, 2, 0), 10.0);
   // Unpipelined the same steps take 8 per micro-batch.
   EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {}, 1, 0), 8.0);
-  // Four micro-batches: the second group (2, 3) follows the first on each GPU; device 0 is never idle, device 1
-  // only for the first stage: 2 + 16.
+  // Four micro-batches, all in flight: device 0 runs segment 0 of each, then segment 2 of each, never idle; device 1
+  // waits only for the first task: 2 + 16. In groups of two ((0, 1), then (2, 3)) the same: the second group follows
+  // the first on each GPU.
   EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {}, 4, 0), 18.0);
-  // Each GPU keeps the order even where a later task is ready first. Segments of 1, 10, 1 on devices 0, 1, 0, three
-  // micro-batches (groups {0, 1}, {2}):
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {}, 4, 0, 2), 18.0);
+  // Hops of 1: with every micro-batch in flight a GPU's next input crossed while it ran other micro-batches, so only
+  // the first hop shows (19); in groups of two each GPU waits for the other's output every other task:
+  //   device 0: mb0 s0 [0, 2], mb1 s0 [2, 4], mb0 s2 [6, 8], mb1 s2 [8, 10], mb2 s0 [10, 12], mb3 s0 [12, 14],
+  //             mb2 s2 [16, 18], mb3 s2 [18, 20];
+  //   device 1: mb0 s1 [3, 5], mb1 s1 [5, 7], mb0 s3 [9, 11], mb1 s3 [11, 13], mb2 s1 [13, 15], mb3 s1 [15, 17],
+  //             mb2 s3 [19, 21], mb3 s3 [21, 23].
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {0, 1, 1, 1}, 4, 0), 19.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({2, 2, 2, 2}, {0, 1, 0, 1}, {0, 1, 1, 1}, 4, 0, 2), 23.0);
+  // Each GPU keeps the order even where a later task is ready before the next one in order. Segments of 1, 10, 1 on
+  // devices 0, 1, 0, three micro-batches in groups {0, 1}, {2}:
   //   device 0: mb0 s0 [0, 1], mb1 s0 [1, 2], mb0 s2 [11, 12], mb1 s2 [21, 22], mb2 s0 [22, 23], mb2 s2 [33, 34];
   //   device 1: mb0 s1 [1, 11], mb1 s1 [11, 21], mb2 s1 [23, 33].
-  // (Taking mb2 s0 as soon as it was ready, at 2, would end at 32.)
-  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 10, 1}, {0, 1, 0}, {}, 3, 0), 34.0);
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 10, 1}, {0, 1, 0}, {}, 3, 0, 2), 34.0);
+  // All three in flight, device 0 runs segment 0 of each first and device 1 is never idle after the first:
+  //   device 0: mb0 s0 [0, 1], mb1 s0 [1, 2], mb2 s0 [2, 3], mb0 s2 [11, 12], mb1 s2 [21, 22], mb2 s2 [31, 32].
+  EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 10, 1}, {0, 1, 0}, {}, 3, 0), 32.0);
   // Consecutive steps on one device form one segment: steps 1, 1 on device 0 and 2 on device 1; device 0 ends
   // micro-batch k at 2k + 2, device 1 runs it over [2k + 2, 2k + 4].
   EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 2}, {0, 0, 1}, {}, 3, 0), 8.0);

@@ -591,7 +591,7 @@ RanksDecodePrediction PredictRanksDecode(const PlanResult& plan) {
 }
 
 Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, uint32_t rows, uint32_t tokens,
-                                                       int micro_batch_rows) {
+                                                       int micro_batch_rows, int micro_batch_group) {
   if (rows == 0 || tokens == 0)
     return MakeError(ErrorCode::kInvalidArgument, "a batched prefill needs at least one row and one token");
   const ModelDescription& model = plan.model;
@@ -647,7 +647,8 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
   }
   out.micro_batches = m;
   out.rows_per_micro_batch = r;
-  out.total_us = SimulatePipelinedPass(device_us, step_devices, hop_us, m, kHostGraphTaskMicros);
+  out.total_us = SimulatePipelinedPass(device_us, step_devices, hop_us, m, kHostGraphTaskMicros,
+                                       static_cast<uint32_t>(std::max(0, micro_batch_group)));
   out.host_us = static_cast<double>(m * segments) * kHostGraphTaskMicros;
   return out;
 }

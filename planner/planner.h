@@ -151,10 +151,11 @@ bool PipelinablePlan(const PlanResult& plan);
 // tokens}; the lm_head at one position per row), the hidden state's hops between GPUs kDeviceHopEagerMicros + its
 // bytes (hidden x dtype x rows x tokens) at kPeerGbps. The unpipelined pass is SimulateForward's with those device
 // times and the host issuing kHostPrefillOpMicros per kernel (streamed weights' copies included; a plan with routed
-// experts: without their copies); the pipelined pass is SimulatePipelinedPass's (kHostGraphTaskMicros per task).
+// experts: without their copies); the pipelined pass is SimulatePipelinedPass's (kHostGraphTaskMicros per task;
+// `micro_batch_group` micro-batches in flight, ExecutorOptions::micro_batch_group: 0, all of them).
 // kInvalidArgument for rows or tokens of 0.
 Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, uint32_t rows, uint32_t tokens,
-                                                       int micro_batch_rows = 0);
+                                                       int micro_batch_rows = 0, int micro_batch_group = 0);
 
 // A decode step of the plan run as ranks (ExecutorOptions::world_size: one process per plan GPU, rank r on cuda:r):
 // the one-process step (decode.total_us) plus, for each time the hidden state crosses between processes (every

@@ -5,7 +5,7 @@
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
 //             [--host-threads N] [--no-fused-kernels] [--prefill-graphs N] [--streamed-decode] [--decode-batches 1,8] [--resident-split SPEC]...
-//             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2]]
+//             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2] [--micro-batch-groups 0,2]]
 //             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0] [--kineto DIR]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
@@ -38,7 +38,8 @@
 // groups of 8 (embedding with the first group, head with the last); 0: also planned without auto's interleaved
 // candidate I (the contiguous split, which auto keeps for max_batch 1).
 // --prefill-batch N: resident configurations also time a prefill of N fresh `--prefill`-token rows, unpipelined
-// (ForwardOptions::micro_batch_rows -1), with the executor's micro-batches (0) and with each --micro-batch-rows.
+// (ForwardOptions::micro_batch_rows -1), with the executor's micro-batches (0) and with each --micro-batch-rows;
+// --micro-batch-groups 0,2 runs each pipelined setting with each ForwardOptions::micro_batch_group (0: all in flight).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -86,6 +87,7 @@ struct Args {
   std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
   int prefill_batch = 0;                  // > 1: resident configurations also time a batched prefill of this many rows
   std::vector<double> micro_batch_rows;   // ... with these ForwardOptions::micro_batch_rows (-1 off, 0 auto)
+  std::vector<double> micro_batch_groups{0};  // ... each with these ForwardOptions::micro_batch_group
   std::vector<double> split_strides;      // each --resident-split also with layers dealt in groups of these sizes
   std::vector<std::string> resident_splits;  // more all-resident configurations: GPU budgets over several GPUs
   std::vector<std::string> offload_splits;   // more cpu-offload configurations over several GPUs
@@ -154,6 +156,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--prefill-batch") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.prefill_batch = std::stoi(v); }
       else if (f == "--split-stride") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.split_strides = numbers(v); }
       else if (f == "--micro-batch-rows") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.micro_batch_rows = numbers(v); }
+      else if (f == "--micro-batch-groups") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.micro_batch_groups = numbers(v); }
       else if (f == "--decode-batches") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.decode_batches = numbers(v); }
       else if (f == "--weights") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
@@ -697,9 +700,15 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
         if (std::find(settings.begin(), settings.end(), r) == settings.end()) settings.push_back(r);
       }
       nlohmann::json runs = nlohmann::json::array();
+      std::vector<std::pair<double, double>> runs_asked;  // (micro_batch_rows, micro_batch_group)
       for (double r : settings) {
+        if (r < 0) runs_asked.push_back({r, 0});
+        else for (double g : args.micro_batch_groups) runs_asked.push_back({r, g});
+      }
+      for (const auto& [r, group] : runs_asked) {
         ForwardOptions o = fresh;
         o.micro_batch_rows = static_cast<int>(r);
+        o.micro_batch_group = static_cast<int>(group);
         uint32_t micro_batches = 0;
         double issue_ms = 0;
         BIGPLAN_ASSIGN_OR_RETURN(Timing tb, TimeIt(args.repeat, [&]() -> Status {
@@ -712,18 +721,19 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
         // The planner's prediction of this pass (a pipelined one: its graph-replayed steady state).
         BIGPLAN_ASSIGN_OR_RETURN(BatchedPrefillPrediction pred,
                                  PredictBatchedPrefill(plan, static_cast<uint32_t>(nb),
-                                                       static_cast<uint32_t>(args.prefill), static_cast<int>(r)));
+                                                       static_cast<uint32_t>(args.prefill), static_cast<int>(r),
+                                                       static_cast<int>(group)));
         const double predicted_s = pred.total_us / 1e6;
-        runs.push_back({{"micro_batch_rows", r}, {"micro_batches", micro_batches}, {"prefill", TimingJson(tb)},
+        runs.push_back({{"micro_batch_rows", r}, {"micro_batch_group", group}, {"micro_batches", micro_batches}, {"prefill", TimingJson(tb)},
                         {"prefill_s", tb.best}, {"prefill_median_s", tb.median},
                         {"tokens_per_s", nb * args.prefill / tb.best},
                         {"tokens_per_s_median", nb * args.prefill / tb.median}, {"floor_s", floor_s},
                         {"ratio_to_floor", tb.best / floor_s}, {"last_issue_ms", issue_ms},
                         {"predicted_s", predicted_s}, {"predicted_micro_batches", pred.micro_batches},
                         {"prediction_error_median", predicted_s / tb.median - 1.0}});
-        std::fprintf(stderr, "   batch-%d prefill, micro_batch_rows %g (%u micro-batches): best %.2f ms, median %.2f "
+        std::fprintf(stderr, "   batch-%d prefill, micro_batch_rows %g, group %g (%u micro-batches): best %.2f ms, median %.2f "
                      "ms, %.0f tokens/s (median; %.2fx the matmul floor; host issued it in %.1f ms); predicted %.2f ms "
-                     "(%+.1f%%)\n", static_cast<int>(nb), r, micro_batches, tb.best * 1e3, tb.median * 1e3,
+                     "(%+.1f%%)\n", static_cast<int>(nb), r, group, micro_batches, tb.best * 1e3, tb.median * 1e3,
                      nb * args.prefill / tb.median, tb.median / floor_s, issue_ms, predicted_s * 1e3,
                      100.0 * (predicted_s / tb.median - 1.0));
       }

@@ -6,7 +6,7 @@
 #   eager steps (--no-cuda-graphs) and with decode steps replayed from CUDA graphs (the default),
 # then compares the tokens (ranks against one process on the same path) and prints the timings. Then the ranks
 # tests of the GPU suite (two ranks as threads, NCCL, tiny models vs one process). The plan is made for batch 4, so
-# the planner deals the layers in two groups per GPU (candidate I): each rank computes two runs of layers.
+# the planner deals the layers in groups of 4 (candidate I): each rank computes four runs of layers.
 #
 #   benchmarks/gpu/ranks_check.sh OUT_DIR [ckpt]     (run from the repo root on a 2-GPU machine with the bundle
 #                                                    from tools/bundle_gpu.sh //tools:run //tools:plan
