@@ -999,7 +999,8 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
         *impl->state, options.host_threads, options.host_compute, options.expert_prefetch,
         options.expert_split_rows < 0 ? executor_internal::ExpertEngine::kSplitRows : options.expert_split_rows,
         options.expert_split_min_bytes < 0 ? executor_internal::ExpertEngine::kSplitMinBytes
-                                           : static_cast<uint64_t>(options.expert_split_min_bytes));
+                                           : static_cast<uint64_t>(options.expert_split_min_bytes),
+        options.host_spin_us);
     if (!experts.ok()) return PlanContentError(experts.take_error(), plan_path);
     impl->experts = std::move(*experts);
     if (impl->experts != nullptr) impl->experts->SetRecording(options.record_trace);

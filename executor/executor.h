@@ -96,6 +96,12 @@ struct ExecutorOptions {
   // are split (-1: 32 MiB; smaller ones lost more to the GPU's extra task and narrow copies than they gained).
   int expert_split_rows = -1;
   int64_t expert_split_min_bytes = -1;
+  // Mixture-of-experts plans with a host share: how long the thread that runs the host's expert jobs spins waiting
+  // for the next layer's job before it sleeps, in microseconds (-1: ExpertEngine::kSpinMicros, none). On an H100
+  // host (16 cores), 1000 us took the Mixtral shape's rare late starts away (layers whose job started over 200 us
+  // after the router: 4-6% without, up to 3.3 ms late; 1% with, at most 230 us) but made the Qwen3 shape's jobs 7%
+  // slower and its decode 0.9-1.8 ms slower (benchmarks/RESULTS.md), so it is off by default.
+  int host_spin_us = -1;
   // Micro-batch pipelining: a batched pass of a plan whose every block is resident on two or more GPUs (and that
   // has no routed experts or host units) is cut into micro-batches of this many rows; each micro-batch runs on
   // streams of its own on every GPU, so one GPU computes micro-batch k + 1 while the next computes micro-batch k

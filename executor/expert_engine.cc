@@ -36,7 +36,8 @@ double MicrosSince(std::chrono::steady_clock::time_point t) {
 }  // namespace
 
 Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& state, int threads, bool host_compute,
-                                                           int prefetch, int64_t split_rows, uint64_t split_min_bytes) {
+                                                           int prefetch, int64_t split_rows, uint64_t split_min_bytes,
+                                                           int spin_us) {
   if (state.cpu_mode || state.expert_rings.empty()) return std::unique_ptr<ExpertEngine>();
   if (state.expert_rings.size() != 1) {
     return MakeError(ErrorCode::kUnsupported, "routed experts on more than one GPU");
@@ -176,8 +177,10 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   for (int s = 0; s < e->slots_; ++s) {
     BIGPLAN_ASSIGN_OR_RETURN(CudaEvent ready, CudaEvent::Create(e->device_, false, "expert copy"));
     BIGPLAN_ASSIGN_OR_RETURN(CudaEvent freed, CudaEvent::Create(e->device_, false, "expert release"));
+    BIGPLAN_ASSIGN_OR_RETURN(CudaEvent gate_up, CudaEvent::Create(e->device_, false, "expert copy (gate and up)"));
     e->ready_.push_back(std::move(ready));
     e->free_.push_back(std::move(freed));
+    e->gate_up_ready_.push_back(std::move(gate_up));
   }
   e->free_recorded_.assign(static_cast<size_t>(e->slots_), false);
   for (int s = 0; s < e->disk_slots_; ++s) {
@@ -215,6 +218,7 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
     const int n = threads > 0 ? threads
                               : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()) - 1);
     e->pool_ = std::make_unique<cpu_matvec::MatVecPool>(n);
+    e->host_spin_ = std::chrono::microseconds(spin_us >= 0 ? spin_us : kSpinMicros);
     e->runner_ = std::make_unique<cpu_experts::ExpertRunner>(e->pool_.get(), e->hidden_, max_inter,
                                                              static_cast<int>(host_tokens),
                                                              static_cast<int>(host_tokens * e->top_k_));
@@ -317,6 +321,7 @@ ExpertEngine::~ExpertEngine() {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
+    host_posts_.fetch_add(1, std::memory_order_release);
     cv_.notify_all();
     host_thread_.join();
   }
@@ -324,9 +329,23 @@ ExpertEngine::~ExpertEngine() {
 }
 
 void ExpertEngine::HostLoop() {
+  uint32_t seen = 0;
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
+    if (!stop_ && !host_job_ && host_spin_.count() > 0) {
+      // Spin for the next post (host_spin_) before sleeping on the condition variable.
+      lock.unlock();
+      const auto until = std::chrono::steady_clock::now() + host_spin_;
+      for (int spins = 0; host_posts_.load(std::memory_order_acquire) == seen; ++spins) {
+        if ((spins & 63) == 63 && std::chrono::steady_clock::now() > until) break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+      lock.lock();
+    }
     cv_.wait(lock, [&] { return stop_ || host_job_; });
+    seen = host_posts_.load(std::memory_order_acquire);
     if (stop_) return;
     host_job_ = false;
     const uint32_t seq = host_seq_;
@@ -479,6 +498,7 @@ Status ExpertEngine::IssueCopy(uint32_t block, Copy* c) {
                                  "expert copy"));
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(dst + l.up_offset, u.home + skip, l.up_offset,
                                                  cudaMemcpyHostToDevice, cs), "expert copy"));
+    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(gate_up_ready_[s].get(), cs), "cudaEventRecord"));
     const uint64_t width = static_cast<uint64_t>(l.rows) * element;
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpy2DAsync(dst + l.down_offset, width, d.home + c->row0 * element, d.row_bytes(),
                                                    width, static_cast<size_t>(d.rows), cudaMemcpyHostToDevice, cs),
@@ -774,6 +794,7 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
       host_done_ = false;
       host_job_ = true;
       host_pending_ = true;
+      host_posts_.fetch_add(1, std::memory_order_release);
       cv_.notify_all();
     }
   }
@@ -967,7 +988,9 @@ Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaSt
   // (Copies are issued in order ahead of the kernel, which acquires them in that order.)
   if (issued_ <= i) return MakeError(ErrorCode::kInternal, b.name + ": expert copy not issued in order");
   const Copy& c = copies_[i];
-  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(compute, ready_[c.slot].get(), 0), "waiting for an expert copy"));
+  // A split expert's gate and up rows only: its down columns are waited for by AcquireDown.
+  const CudaEvent& ready = c.row0 > 0 ? gate_up_ready_[c.slot] : ready_[c.slot];
+  BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(compute, ready.get(), 0), "waiting for an expert copy"));
   const Expert& ex = layers_[b.index].experts[static_cast<size_t>(expert)];
   uint8_t* base = ring_ + static_cast<uint64_t>(c.slot) * slot_bytes_;
   const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
@@ -984,6 +1007,15 @@ Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaSt
     views[m] = at::from_blob(base + ex.m[m].slot_offset, w.stored_shape(), dev.dtype(ScalarOf(w.stored_dtype())));
   }
   return true;
+}
+
+Status ExpertEngine::AcquireDown(const BlockRuntime& b, int32_t expert, cudaStream_t compute) {
+  if (expert < 0 || expert >= num_experts_ || copy_of_[expert] < 0) return Status::Ok();
+  const size_t i = static_cast<size_t>(copy_of_[expert]);
+  if (issued_ <= i) return MakeError(ErrorCode::kInternal, b.name + ": expert copy not issued in order");
+  const Copy& c = copies_[i];
+  if (c.row0 <= 0) return Status::Ok();  // Acquire waited for the whole copy
+  return Cuda(cudaStreamWaitEvent(compute, ready_[c.slot].get(), 0), "waiting for an expert copy (down columns)");
 }
 
 Status ExpertEngine::Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute) {

@@ -41,6 +41,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -84,9 +85,12 @@ class ExpertEngine {
   // kInvalidArgument for a routed expert the ring cannot hold or the host cannot multiply; kDevice for CUDA failures.
   // `split_rows`: the host may take part of one expert per layer (see above), a multiple of this many intermediate
   // rows (and the GPU at least as many), of an expert of at least `split_min_bytes`; 0: whole experts only.
+  // `spin_us`: how long the thread that runs the host's jobs spins for the next one before it sleeps (-1:
+  // kSpinMicros; the pool's workers keep their own short spin).
   static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, int threads, bool host_compute = true,
                                                       int prefetch = -1, int64_t split_rows = kSplitRows,
-                                                      uint64_t split_min_bytes = kSplitMinBytes);
+                                                      uint64_t split_min_bytes = kSplitMinBytes, int spin_us = -1);
+  static constexpr int kSpinMicros = 0;
   static constexpr int64_t kSplitRows = 64;
   // Smaller experts stay whole: a split costs the GPU a task of its own and narrow 2-D copies, more than the half
   // expert it saves at most (Qwen3-30B-A3B's 9.4 MB experts, H100: 18.37 ms a token split against 17.64 whole;
@@ -113,7 +117,10 @@ class ExpertEngine {
   // For a copied expert: makes `compute` wait for its copy and sets views[0..3) (gate, up, down) into its slot (a
   // split expert's: the GPU's rows of gate and up, [inter - host rows, hidden], and down's columns, [hidden, inter -
   // host rows]); returns false for an expert that is not copied in this layer (resident: its slots hold it).
+  // A split expert's copy records two events, after its gate and up rows and after down's columns: Acquire waits for
+  // the first only, AcquireDown (before the down product) for the second. For other experts AcquireDown does nothing.
   Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views);
+  Status AcquireDown(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
   Status Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
   // The host experts' weighted sum as [tokens, hidden] of `dtype` on the block's device (undefined if none). Does not
   // wait for the host: `compute` waits (fused::WaitFlag on a sequence number the host thread writes after the sum),
@@ -198,6 +205,7 @@ class ExpertEngine {
   int slots_ = 0;
   uint64_t slot_bytes_ = 0;
   std::vector<CudaEvent> ready_, free_;
+  std::vector<CudaEvent> gate_up_ready_;  // per slot: a split expert's gate and up rows are in
   std::vector<bool> free_recorded_;
   int next_slot_ = 0;
   CudaStream copy_stream_;
@@ -274,6 +282,8 @@ class ExpertEngine {
   std::mutex mu_;
   std::condition_variable cv_;
   bool host_job_ = false, host_done_ = true, stop_ = false;
+  std::atomic<uint32_t> host_posts_{0};  // bumped with each job posted and at shutdown (host_thread_ spins on it)
+  std::chrono::microseconds host_spin_{0};
   Status host_status_;
   uint32_t host_seq_ = 0;        // the last job's number; the host thread writes it to host_flag_ when done
   std::string host_block_;

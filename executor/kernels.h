@@ -170,6 +170,10 @@ class BlockWeights {
   // Makes expert e's weights available in its slots (ExpertSlot(kExpertGate/Up/Down, e)) on the current stream:
   // a routed expert's copy is waited for. The default does nothing.
   virtual Status AcquireExpert(int32_t /*expert*/) const { return Status::Ok(); }
+  // Called after AcquireExpert and before the first use of expert e's down projection: where AcquireExpert waited
+  // only for the gate and up weights (an expert whose down weights arrive after them), waits for the down weights
+  // on the current stream, so that the gate/up product runs while they cross. The default does nothing.
+  virtual Status AcquireExpertDown(int32_t /*expert*/) const { return Status::Ok(); }
   // Marks expert e's products issued on the current stream (its slot may be reused). The default does nothing.
   virtual Status ReleaseExpert(int32_t /*expert*/) const { return Status::Ok(); }
   // The weighted sum of the experts the host computed ([T, hidden] in x's dtype on x's device, in stream order), or

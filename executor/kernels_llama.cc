@@ -398,7 +398,9 @@ class LlamaKernels final : public ModelKernelsBase {
         BIGPLAN_ASSIGN_OR_RETURN(g, LinearW(gate, xe, at::Tensor()));
         BIGPLAN_ASSIGN_OR_RETURN(u, LinearW(up, xe, at::Tensor()));
       }
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ye, LinearW(down, Activate(act_, g) * u, at::Tensor()));
+      const at::Tensor h = Activate(act_, g) * u;
+      BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpertDown(t.expert));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ye, LinearW(down, h, at::Tensor()));
       if (single) {
         out.add_((ye * t.weights).to(out.scalar_type()));
       } else {

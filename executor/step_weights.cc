@@ -191,6 +191,11 @@ Status StepWeights::AcquireExpert(int32_t expert) const {
   return Status::Ok();
 }
 
+Status StepWeights::AcquireExpertDown(int32_t expert) const {
+  if (experts_ == nullptr) return Status::Ok();
+  return experts_->AcquireDown(*block_, expert, engine_->compute_stream(block_->device));
+}
+
 Status StepWeights::ReleaseExpert(int32_t expert) const {
   if (experts_ == nullptr) return Status::Ok();
   const arch::Slot roles[3] = {arch::Slot::kExpertGate, arch::Slot::kExpertUp, arch::Slot::kExpertDown};

@@ -45,6 +45,7 @@ class StepWeights : public BlockWeights {
   Status AcquireGroup(int32_t index) const override;
   Status ReleaseGroup(int32_t index) const override;
   Status AcquireExpert(int32_t expert) const override;
+  Status AcquireExpertDown(int32_t expert) const override;
   Status ReleaseExpert(int32_t expert) const override;
   Result<at::Tensor> FinishExperts() const override;
 

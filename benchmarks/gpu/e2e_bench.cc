@@ -4,7 +4,7 @@
 //   e2e_bench --model DIR [--gpu-budgets 4,6,8] [--cpu-budget-gib 100] [--disk-config GPU_GIB:CPU_GIB]
 //             [--resident-budget-gib 40] [--prefill 512] [--repeat 5] [--out results.json] [--trace-dir DIR]
 //             [--drop-caches] [--no-cuda-graphs] [--weights bf16,fp8,int8,int4] [--cpu-share auto|off|SHARE,...]
-//             [--host-threads N] [--no-fused-kernels] [--prefill-graphs N] [--streamed-decode] [--decode-batches 1,8] [--resident-split SPEC]...
+//             [--host-threads N] [--host-spin-us N] [--no-fused-kernels] [--prefill-graphs N] [--streamed-decode] [--decode-batches 1,8] [--resident-split SPEC]...
 //             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2] [--micro-batch-groups 0,2]]
 //             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0] [--kineto DIR]
 //
@@ -95,6 +95,7 @@ struct Args {
   std::vector<quant::Format> weights{quant::Format::kNone};
   std::vector<std::string> cpu_shares{"off"};
   int host_threads = 0;  // ExecutorOptions::host_threads
+  int host_spin_us = -1;  // ExecutorOptions::host_spin_us
   std::vector<int> expert_prefetch{-1};  // ExecutorOptions::expert_prefetch per cpu-offload configuration
   std::vector<int> expert_split{-1};     // ExecutorOptions::expert_split_rows per cpu-offload configuration
 };
@@ -186,6 +187,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
         }
       }
       else if (f == "--host-threads") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.host_threads = std::stoi(v); }
+      else if (f == "--host-spin-us") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.host_spin_us = std::stoi(v); }
       else if (f == "--cpu-share") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
         a.cpu_shares.clear();
@@ -408,6 +410,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   opts.fused_kernels = args.fused_kernels;
   if (args.prefill_graphs >= 0) opts.prefill_graph_shapes = args.prefill_graphs;
   opts.host_threads = args.host_threads;
+  opts.host_spin_us = args.host_spin_us;
   opts.expert_prefetch = cfg.prefetch;
   opts.expert_split_rows = cfg.split;
   auto t_load = std::chrono::steady_clock::now();
@@ -773,6 +776,13 @@ Status Main(int argc, char** argv) {
                floors.device_name.c_str(), floors.h2d_gbps, floors.d2h_gbps, floors.device_mem_gbps,
                floors.matmul_tflops, floors.disk_gbps, floors.cpu_gemv_gbps, floors.h2d_busy_gbps,
                floors.cpu_gemv_alone_gbps, floors.cpu_gemv_queued_gbps, floors.cpu_threads);
+  std::string windows;
+  for (const auto& [h2d, host] : floors.concurrent_windows) {
+    char w[48];
+    std::snprintf(w, sizeof w, " %.1f/%.1f", h2d, host);
+    windows += w;
+  }
+  std::fprintf(stderr, "floors: the pair at once kept of the windows (H2D/host GB/s):%s\n", windows.c_str());
   BIGPLAN_ASSIGN_OR_RETURN(DeviceProfile profile, ParseDeviceProfile(FloorsToProfileJson(floors), "measured floors"));
   if (!args.trace_dir.empty()) std::filesystem::create_directories(args.trace_dir);
 
@@ -830,6 +840,7 @@ Status Main(int argc, char** argv) {
                                         {"cpu_gemv_alone_gbps", floors.cpu_gemv_alone_gbps},
                                         {"h2d_busy_gbps", floors.h2d_busy_gbps},
                                         {"cpu_gemv_concurrent_gbps", floors.cpu_gemv_concurrent_gbps},
+                                        {"concurrent_windows", floors.concurrent_windows},
                                         {"cpu_gemv_queued_gbps", floors.cpu_gemv_queued_gbps},
                                         {"cpu_threads", floors.cpu_threads}}},
                             {"configs", nlohmann::json::array()}};

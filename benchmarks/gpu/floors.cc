@@ -115,58 +115,73 @@ Status MeasureCpuGemv(Floors* f) {
   // The other way round: H2D copies timed while the host computes bf16 products of 64 MiB one after another (the
   // size of a layer's matrices, with the pause between products that each call has).
   // The host's own rate over the same window (products finished while the copies ran) is the other half of the
-  // pair: both paths at once.
-  std::atomic<bool> stop{false};
-  Status host_status;
+  // pair: both paths at once. How the two share host memory moves from one window to the next, so three windows are
+  // measured and the pair that moved the most bytes per second in all is kept (the fastest sharing seen).
   using Clock = std::chrono::steady_clock;
-  std::vector<std::pair<Clock::time_point, uint64_t>> done;  // (end of a product, bytes done by then)
-  done.reserve(1 << 16);
-  std::thread host([&] {
-    constexpr int64_t kPiece = (64 << 20) / (kCols * 2);
-    cpu_matvec::Job piece = job;
-    uint64_t total = 0;
-    for (int64_t r = 0; !stop.load() && host_status.ok(); r = (r + kPiece) % (kRows - kPiece)) {
-      piece.w.base = static_cast<const uint8_t*>(w) + r * kCols * 2;
-      piece.w.rows = kPiece;
-      piece.row_end = kPiece;
-      host_status = pool.Run(std::span<const cpu_matvec::Job>(&piece, 1), 1);
-      total += static_cast<uint64_t>(kPiece * kCols * 2);
-      if (done.size() < done.capacity()) done.emplace_back(Clock::now(), total);
+  auto window = [&](double* h2d, double* host_gbps) -> Status {
+    std::atomic<bool> stop{false};
+    Status host_status;
+    std::vector<std::pair<Clock::time_point, uint64_t>> done;  // (end of a product, bytes done by then)
+    done.reserve(1 << 16);
+    std::thread host([&] {
+      constexpr int64_t kPiece = (64 << 20) / (kCols * 2);
+      cpu_matvec::Job piece = job;
+      uint64_t total = 0;
+      for (int64_t r = 0; !stop.load() && host_status.ok(); r = (r + kPiece) % (kRows - kPiece)) {
+        piece.w.base = static_cast<const uint8_t*>(w) + r * kCols * 2;
+        piece.w.rows = kPiece;
+        piece.row_end = kPiece;
+        host_status = pool.Run(std::span<const cpu_matvec::Job>(&piece, 1), 1);
+        total += static_cast<uint64_t>(kPiece * kCols * 2);
+        if (done.size() < done.capacity()) done.emplace_back(Clock::now(), total);
+      }
+    });
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const Clock::time_point copies_start = Clock::now();
+    cudaEventRecord(a, s);
+    for (int i = 0; i < 8; ++i) cudaMemcpyAsync(dst, src, kCopyBytes, cudaMemcpyHostToDevice, s);
+    cudaEventRecord(b, s);
+    const Status copies = Cuda(cudaEventSynchronize(b), "cudaEventSynchronize");
+    const Clock::time_point copies_end = Clock::now();
+    stop = true;
+    host.join();
+    *host_gbps = 0;
+    {
+      // Products that ended inside the window: bytes between the first and the last of them over their time.
+      const std::pair<Clock::time_point, uint64_t>* first = nullptr;
+      const std::pair<Clock::time_point, uint64_t>* last = nullptr;
+      for (const auto& d : done) {
+        if (d.first < copies_start || d.first > copies_end) continue;
+        if (first == nullptr) first = &d;
+        last = &d;
+      }
+      if (first != nullptr && last != first) {
+        *host_gbps = static_cast<double>(last->second - first->second) /
+                     std::chrono::duration<double>(last->first - first->first).count() / 1e9;
+      }
     }
-  });
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  const Clock::time_point copies_start = Clock::now();
-  cudaEventRecord(a, s);
-  for (int i = 0; i < 8; ++i) cudaMemcpyAsync(dst, src, kCopyBytes, cudaMemcpyHostToDevice, s);
-  cudaEventRecord(b, s);
-  const Status copies = Cuda(cudaEventSynchronize(b), "cudaEventSynchronize");
-  const Clock::time_point copies_end = Clock::now();
-  stop = true;
-  host.join();
-  {
-    // Products that ended inside the window: bytes between the first and the last of them over their time.
-    const std::pair<Clock::time_point, uint64_t>* first = nullptr;
-    const std::pair<Clock::time_point, uint64_t>* last = nullptr;
-    for (const auto& d : done) {
-      if (d.first < copies_start || d.first > copies_end) continue;
-      if (first == nullptr) first = &d;
-      last = &d;
-    }
-    if (first != nullptr && last != first) {
-      f->cpu_gemv_concurrent_gbps = static_cast<double>(last->second - first->second) /
-                                    std::chrono::duration<double>(last->first - first->first).count() / 1e9;
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    BIGPLAN_RETURN_IF_ERROR(copies);
+    BIGPLAN_RETURN_IF_ERROR(host_status);
+    *h2d = 8.0 * kCopyBytes / (ms * 1e6);
+    return Status::Ok();
+  };
+  for (int i = 0; i < 3; ++i) {
+    double h2d = 0, host_gbps = 0;
+    BIGPLAN_RETURN_IF_ERROR(window(&h2d, &host_gbps));
+    f->concurrent_windows.push_back({h2d, host_gbps});
+    if (host_gbps > 0 && h2d + host_gbps > f->h2d_busy_gbps + f->cpu_gemv_concurrent_gbps) {
+      f->h2d_busy_gbps = h2d;
+      f->cpu_gemv_concurrent_gbps = host_gbps;
     }
   }
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  BIGPLAN_RETURN_IF_ERROR(copies);
-  BIGPLAN_RETURN_IF_ERROR(host_status);
-  f->h2d_busy_gbps = 8.0 * kCopyBytes / (ms * 1e6);
+  if (f->cpu_gemv_concurrent_gbps == 0) f->h2d_busy_gbps = f->concurrent_windows.back().first;
   // The quantized formats, over the same bytes reinterpreted: random codes (fp8 without NaN codes), scales 0.01.
   for (auto [format, out] : {std::pair<cpu_matvec::Format, double*>{cpu_matvec::Format::kFp8E4M3, &f->cpu_gemv_fp8_gbps},
                              {cpu_matvec::Format::kInt8, &f->cpu_gemv_int8_gbps},

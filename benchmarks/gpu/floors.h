@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/result.h"
@@ -28,6 +29,8 @@ struct Floors {
   double cpu_gemv_gbps = 0;
   // Pinned H2D copies over that window, while the host computes (the profile's h2d_busy_gbps).
   double h2d_busy_gbps = 0;
+  // Each window measured (H2D, host GB/s); the pair above is the one that moved the most bytes per second in all.
+  std::vector<std::pair<double, double>> concurrent_windows;
   // The host's products over fp8, int8 and int4 rows (groups of 128 columns for int4) with copies running, GB/s of
   // their bytes.
   double cpu_gemv_fp8_gbps = 0, cpu_gemv_int8_gbps = 0, cpu_gemv_int4_gbps = 0;

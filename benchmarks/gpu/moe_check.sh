@@ -27,6 +27,7 @@
 #   BIGPLAN_CPU_SHARE [auto,off]            e2e_bench --cpu-share
 #   BIGPLAN_EXPERT_PREFETCH [plan]          e2e_bench --expert-prefetch (plan, or counts: 0,1,2)
 #   BIGPLAN_EXPERT_SPLIT []                 e2e_bench --expert-split (rows, e.g. 64,0; 0: whole experts on the host)
+#   BIGPLAN_HOST_SPIN []                    e2e_bench --host-spin-us (the host job thread's spin for the next job, us)
 #   BIGPLAN_KINETO=1                        also a Kineto trace of 3 decode steps per configuration (e2e_bench
 #                                           --kineto), summarized by kineto_summary.py into the traces archive
 #   BIGPLAN_GEN_CHECKPOINT                  the gen_checkpoint binary; PYTHON [python3]
@@ -171,7 +172,7 @@ run_bigplan() {
   "${env_wrap[@]}" "$bin/e2e_bench" --model "$dir" --gpu-budgets "$budget" --cpu-budget-gib "$cpu_budget" \
     --prefill 512 --repeat "${BIGPLAN_REPEAT:-3}" --cpu-share "$shares" --trace-dir "$out/traces_$model" \
     --expert-prefetch "${BIGPLAN_EXPERT_PREFETCH:-plan}" ${BIGPLAN_EXPERT_SPLIT:+--expert-split "$BIGPLAN_EXPERT_SPLIT"} \
-    ${BIGPLAN_KINETO:+--kineto "$out/traces_$model"} \
+    ${BIGPLAN_KINETO:+--kineto "$out/traces_$model"} ${BIGPLAN_HOST_SPIN:+--host-spin-us "$BIGPLAN_HOST_SPIN"} \
     --out "$out/bigplan_$model.json" 2>&1 | tee "$out/bigplan_$model.txt" | grep -E "^==|floors|MoE|1 token|error" || true
   for plan in "$out/traces_$model"/*.bplan; do
     [[ -f "$plan" ]] && "${env_wrap[@]}" "$bin/inspect" "$plan" > "${plan%.bplan}.inspect.txt" 2>&1 || true
