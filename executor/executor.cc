@@ -504,18 +504,8 @@ Status Executor::Impl::RunPipelined(const std::vector<int64_t>& ids, int64_t bat
           PrefillGraph g;
           g.input = j == 0 ? at::zeros({nr, seq}, on.dtype(at::kLong)) : at::empty_like(carry, on);
           g.graph = std::make_unique<at::cuda::CUDAGraph>();
-          try {
-            g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-            captured = run_segment(k, j, g.input, &g.output);
-            g.graph->capture_end();
-          } catch (const std::exception& e) {
-            captured = MakeError(ErrorCode::kDevice, std::string("capturing a prefill: ") + e.what());
-            try {
-              g.graph->capture_end();  // leave capture mode (the graph is discarded)
-            } catch (const std::exception&) {
-              // The capture was already ended or invalidated.
-            }
-          }
+          captured = executor_internal::CaptureGraph(
+              g.graph.get(), [&] { return run_segment(k, j, g.input, &g.output); }, "a prefill");
           carry = g.output;
           prefill_graphs.push_back(std::move(g));
         }
@@ -586,18 +576,7 @@ Status Executor::Impl::RunBucketed(const std::vector<int64_t>& ids, int64_t batc
         c10::cuda::CUDAStreamGuard side_guard(side);
         BIGPLAN_RETURN_IF_ERROR(body(g.ids, &hidden));
         g.graph = std::make_unique<at::cuda::CUDAGraph>();
-        try {
-          g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-          captured = body(g.ids, &g.hidden);
-          g.graph->capture_end();
-        } catch (const std::exception& e) {
-          captured = MakeError(ErrorCode::kDevice, std::string("capturing a prefill: ") + e.what());
-          try {
-            g.graph->capture_end();  // leave capture mode (the graph is discarded)
-          } catch (const std::exception&) {
-            // The capture was already ended, or never began.
-          }
-        }
+        captured = executor_internal::CaptureGraph(g.graph.get(), [&] { return body(g.ids, &g.hidden); }, "a prefill");
       }
       to_compute.record(side);
       to_compute.block(compute);

@@ -263,26 +263,51 @@ __global__ void SiluMulKernel(const T* __restrict__ gu, int64_t gu_stride, T* __
 
 constexpr int kRopeWarps = 4;
 
+// What warp `warp` of a RoPE + KV-write block works on: head blockIdx.y x kRopeWarps + warp (the q heads, then k,
+// then v) of token blockIdx.x, its source row, its destination (q_out, or the KV cache at the token's position) and
+// that position; false when the warp has nothing to do (a head past the last, or a position outside the cache or
+// the tables).
+template <typename T>
+struct RopeSite {
+  int kind;  // 0 q, 1 k, 2 v
+  int64_t pos;
+  const T* src;
+  T* dst;
+};
+
+template <typename T>
+__device__ __forceinline__ bool RopeSiteOf(const RopeKvArgs& a, int64_t D, int warp, RopeSite<T>* site) {
+  const int64_t token = blockIdx.x;
+  const int64_t b = token / a.seq, s = token - b * a.seq;
+  const int64_t head = static_cast<int64_t>(blockIdx.y) * kRopeWarps + warp;
+  if (head >= a.heads + 2 * a.kv_heads) return false;
+  const int64_t pos = PosOf(a.at, b) + s;
+  if (pos < 0 || pos >= a.max_seq || pos >= a.table_rows) return false;
+  const int kind = head < a.heads ? 0 : head < a.heads + a.kv_heads ? 1 : 2;
+  const int64_t h = kind == 0 ? head : kind == 1 ? head - a.heads : head - a.heads - a.kv_heads;
+  const int64_t row = RowOf(a.at, b);
+  site->kind = kind;
+  site->pos = pos;
+  site->src = kind == 0   ? static_cast<const T*>(a.q) + token * a.q_stride + h * D
+              : kind == 1 ? static_cast<const T*>(a.k) + token * a.k_stride + h * D
+                          : static_cast<const T*>(a.v) + token * a.v_stride + h * D;
+  site->dst = kind == 0   ? static_cast<T*>(a.q_out) + (token * a.heads + h) * D
+              : kind == 1 ? static_cast<T*>(a.k_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D
+                          : static_cast<T*>(a.v_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D;
+  return true;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvKernel(RopeKvArgs a) {
   __shared__ float buf[kRopeWarps][256];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t token = blockIdx.x;
-  const int64_t b = token / a.seq, s = token - b * a.seq;
-  const int64_t head = static_cast<int64_t>(blockIdx.y) * kRopeWarps + warp;
   const int64_t D = a.head_dim, half = D / 2;
-  if (head >= a.heads + 2 * a.kv_heads) return;
-  const int64_t pos = PosOf(a.at, b) + s;
-  if (pos < 0 || pos >= a.max_seq || pos >= a.table_rows) return;
-  const int kind = head < a.heads ? 0 : head < a.heads + a.kv_heads ? 1 : 2;  // q, k, v
-  const int64_t h = kind == 0 ? head : kind == 1 ? head - a.heads : head - a.heads - a.kv_heads;
-  const T* src = kind == 0   ? static_cast<const T*>(a.q) + token * a.q_stride + h * D
-                 : kind == 1 ? static_cast<const T*>(a.k) + token * a.k_stride + h * D
-                             : static_cast<const T*>(a.v) + token * a.v_stride + h * D;
-  const int64_t row = RowOf(a.at, b);
-  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + (token * a.heads + h) * D
-           : kind == 1 ? static_cast<T*>(a.k_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D
-                       : static_cast<T*>(a.v_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D;
+  RopeSite<T> site;
+  if (!RopeSiteOf(a, D, warp, &site)) return;
+  const int kind = site.kind;
+  const int64_t pos = site.pos;
+  const T* src = site.src;
+  T* dst = site.dst;
   if (kind == 2) {
     for (int64_t i = lane; i < D; i += 32) dst[i] = src[i];
     return;
@@ -329,22 +354,13 @@ template <typename T, int E>
 __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvVecKernel(RopeKvArgs a) {
   using Vec = typename VecOf<T, E>::type;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t token = blockIdx.x;
-  const int64_t b = token / a.seq, s = token - b * a.seq;
-  const int64_t head = static_cast<int64_t>(blockIdx.y) * kRopeWarps + warp;
   constexpr int64_t D = 32 * E;
-  if (head >= a.heads + 2 * a.kv_heads) return;
-  const int64_t pos = PosOf(a.at, b) + s;
-  if (pos < 0 || pos >= a.max_seq || pos >= a.table_rows) return;
-  const int kind = head < a.heads ? 0 : head < a.heads + a.kv_heads ? 1 : 2;  // q, k, v
-  const int64_t h = kind == 0 ? head : kind == 1 ? head - a.heads : head - a.heads - a.kv_heads;
-  const T* src = kind == 0   ? static_cast<const T*>(a.q) + token * a.q_stride + h * D
-                 : kind == 1 ? static_cast<const T*>(a.k) + token * a.k_stride + h * D
-                             : static_cast<const T*>(a.v) + token * a.v_stride + h * D;
-  const int64_t row = RowOf(a.at, b);
-  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + (token * a.heads + h) * D
-           : kind == 1 ? static_cast<T*>(a.k_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D
-                       : static_cast<T*>(a.v_cache) + ((row * a.kv_heads + h) * a.max_seq + pos) * D;
+  RopeSite<T> site;
+  if (!RopeSiteOf(a, D, warp, &site)) return;
+  const int kind = site.kind;
+  const int64_t pos = site.pos;
+  const T* src = site.src;
+  T* dst = site.dst;
   const Vec in = *reinterpret_cast<const Vec*>(src + lane * E);
   if (kind == 2) {
     *reinterpret_cast<Vec*>(dst + lane * E) = in;

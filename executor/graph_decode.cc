@@ -12,6 +12,22 @@
 
 namespace bigplan::executor_internal {
 
+Status CaptureGraph(at::cuda::CUDAGraph* graph, const std::function<Status()>& issue, const std::string& what) {
+  try {
+    graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+    Status issued = issue();
+    graph->capture_end();
+    return issued;
+  } catch (const std::exception& e) {
+    try {
+      graph->capture_end();  // leave capture mode
+    } catch (const std::exception&) {
+      // The capture was already ended or invalidated, or never began.
+    }
+    return MakeError(ErrorCode::kDevice, "capturing " + what + ": " + e.what());
+  }
+}
+
 struct GraphDecoder::Graph {
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   at::Tensor inputs;  // [batch + 1] int64 on the device: the token ids, then the position
@@ -58,13 +74,7 @@ Status GraphDecoder::Step(const std::vector<int64_t>& ids, int64_t batch, int64_
         }
         if (captured.ok()) {
           g.graph = std::make_unique<at::cuda::CUDAGraph>();
-          try {
-            g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-            captured = step(g.inputs, b, &g.output);
-            g.graph->capture_end();
-          } catch (const std::exception& e) {
-            captured = MakeError(ErrorCode::kDevice, std::string("capturing the decode step: ") + e.what());
-          }
+          captured = CaptureGraph(g.graph.get(), [&] { return step(g.inputs, b, &g.output); }, "the decode step");
         }
       }
       to_compute.record(side);

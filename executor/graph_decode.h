@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -21,6 +22,11 @@
 #include "support/result.h"
 
 namespace bigplan::executor_internal {
+
+// Captures the work `issue` puts on the current stream into *graph (capture mode thread-local): issue's status, or
+// kDevice naming `what` for an exception thrown by the capture or by issue, after leaving capture mode (that graph is
+// then not to be replayed).
+Status CaptureGraph(at::cuda::CUDAGraph* graph, const std::function<Status()>& issue, const std::string& what);
 
 class GraphDecoder {
  public:

@@ -335,14 +335,20 @@ void StreamEngine::StopRunAhead() {
   cv_.wait(lock, [&] { return ahead_running_ == 0; });
 }
 
-Status StreamEngine::Quiesce(cudaStream_t stream) {
-  StopRunAhead();
+Status StreamEngine::JoinCopies(cudaStream_t stream) {
+  Status status;
   for (const auto& s : streams_) {
     if (!s->gpu) continue;
-    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(s->join.get(), s->copy.get()), "cudaEventRecord"));
-    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaStreamWaitEvent(stream, s->join.get(), 0), "cudaStreamWaitEvent"));
+    Status st = Cuda(cudaEventRecord(s->join.get(), s->copy.get()), "cudaEventRecord");
+    if (st.ok()) st = Cuda(cudaStreamWaitEvent(stream, s->join.get(), 0), "cudaStreamWaitEvent");
+    if (status.ok() && !st.ok()) status = std::move(st);
   }
-  return Status::Ok();
+  return status;
+}
+
+Status StreamEngine::Quiesce(cudaStream_t stream) {
+  StopRunAhead();
+  return JoinCopies(stream);
 }
 
 Status StreamEngine::BeginInline(cudaStream_t stream) {
@@ -401,13 +407,7 @@ Status StreamEngine::EndInline() {
   if (inline_ == nullptr) return MakeError(ErrorCode::kInternal, "no inline pass under way");
   cudaStream_t stream = inline_;
   inline_ = nullptr;
-  Status status;
-  for (const auto& s : streams_) {
-    Status st = Cuda(cudaEventRecord(s->join.get(), s->copy.get()), "cudaEventRecord");
-    if (st.ok()) st = Cuda(cudaStreamWaitEvent(stream, s->join.get(), 0), "cudaStreamWaitEvent");
-    if (status.ok() && !st.ok()) status = st;
-  }
-  return status;
+  return JoinCopies(stream);
 }
 
 void StreamEngine::ReadLoop(int worker) {

@@ -115,6 +115,9 @@ class StreamEngine {
   Status IssueInline(Stream* s, uint32_t upto);
   // Ends the copy threads' run-ahead (bumping the pass) and waits until none runs.
   void StopRunAhead();
+  // Makes `stream` wait for what every GPU stream's copy stream holds (its join event); every stream is joined even
+  // after a failure, and the first failure is returned.
+  Status JoinCopies(cudaStream_t stream);
   void ReadLoop(int worker);
   Status ReadUnit(int worker, Stream* s, uint32_t u);
   Status Acquire(Stream* s, uint32_t u);
