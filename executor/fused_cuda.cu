@@ -304,10 +304,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvKernel(RopeKvArgs a) {
   const int64_t D = a.head_dim, half = D / 2;
   RopeSite<T> site;
   if (!RopeSiteOf(a, D, warp, &site)) return;
-  const int kind = site.kind;
-  const int64_t pos = site.pos;
-  const T* src = site.src;
-  T* dst = site.dst;
+  const auto [kind, pos, src, dst] = site;
   if (kind == 2) {
     for (int64_t i = lane; i < D; i += 32) dst[i] = src[i];
     return;
@@ -357,10 +354,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvVecKernel(RopeKvArgs a)
   constexpr int64_t D = 32 * E;
   RopeSite<T> site;
   if (!RopeSiteOf(a, D, warp, &site)) return;
-  const int kind = site.kind;
-  const int64_t pos = site.pos;
-  const T* src = site.src;
-  T* dst = site.dst;
+  const auto [kind, pos, src, dst] = site;
   const Vec in = *reinterpret_cast<const Vec*>(src + lane * E);
   if (kind == 2) {
     *reinterpret_cast<Vec*>(dst + lane * E) = in;
