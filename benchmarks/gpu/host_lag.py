@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Per sparse layer of a mixture-of-experts trace (e2e_bench --trace-dir: NAME.trace.json), how long after the router's
-choices reached the host the host's expert job started ("host lag"), how long the job ran, and how long the GPU's copies
-of that layer took; summarized over the decode steps (one-token forwards).
+"""Per sparse layer of a mixture-of-experts trace (e2e_bench --trace-dir: NAME.trace.json) whose router gave the host
+experts, how long after the router's choices reached the host the host's expert job started ("host lag") and how long
+the job ran; summarized over the decode steps (one-token forwards).
 
   benchmarks/gpu/host_lag.py TRACE.json [...]
 """
@@ -13,7 +13,7 @@ import sys
 def summarize(path):
     events = json.load(open(path))["traceEvents"]
     tracks = {e["tid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e["name"] == "thread_name"}
-    routers, hosts, copies = [], {}, {}
+    routers, hosts = [], {}
     for e in events:
         if e.get("ph") != "X":
             continue
@@ -23,8 +23,6 @@ def summarize(path):
             routers.append((e["ts"] + e["dur"], e["name"][len("router "):]))
         elif track == "host experts":
             hosts.setdefault(e["name"][len("host experts "):], []).append((e["ts"], e["dur"]))
-        elif track == "expert copies (GPU)":
-            copies.setdefault(e["name"][len("copies "):], []).append((e["ts"], e["dur"]))
     lags, runs = [], []
     for end, layer in routers:
         # The host job of this layer that started first after the router's choices arrived (this router gave the
