@@ -539,8 +539,8 @@ class AutoPlanner {
       }
     }
     // I: interleaved. A plan that keeps every block resident on two or more GPUs and serves batches (max_batch >= 2)
-    // has its decoder layers dealt to the GPUs in rounds (kInterleaveRounds: each GPU's layers in R groups of at
-    // least kInterleaveMinGroup, at least 2 and at most 4 groups; every GPU keeps as many layers as the contiguous
+    // has its decoder layers dealt to the GPUs in rounds (each GPU's layers in groups of at least
+    // kInterleaveMinGroup, 2 to kInterleaveMaxRounds groups; every GPU keeps as many layers as the contiguous
     // split gave it: the same memory; the embedding stays with the first group, the head with the last), so that the
     // executor's pipelined micro-batches keep every GPU busy: a shorter task fills and drains the pipeline sooner.
     // On 2x H200, a batch-8 prefill of 512-token rows of a Llama-3-8B shape (4 micro-batches of 2 rows, all in
