@@ -36,15 +36,15 @@ class AllReduce {
   // every other (already enabled is fine; a pair without peer access is an error naming the two devices) and
   // allocates on each device its receive buffers (2 parities x N source ranks x max_elements x 4 bytes), its flags
   // [kMaxBlocks][kMaxRanks], call and done counters and abort and failed words (all zeroed), a non-blocking stream
-  // of its own (for Abort, Reset and Failed) and two pinned host words. On success *out holds the group. On failure returns
-  // the CUDA error (cudaErrorInvalidValue for bad arguments, cudaErrorInvalidDevice for a bad ordinal,
+  // of its own (for Abort, Reset and Failed) and two pinned host words. On success *out holds the group. On failure
+  // returns the CUDA error (cudaErrorInvalidValue for bad arguments, cudaErrorInvalidDevice for a bad ordinal,
   // cudaErrorPeerAccessUnsupported for a pair without peer access), writes a message into *error, leaves *out
   // untouched and frees whatever it had allocated (peer access it enabled stays enabled). The caller's current
   // device is restored either way.
   static cudaError_t Create(const std::vector<int>& devices, int64_t max_elements, std::unique_ptr<AllReduce>* out,
                             std::string* error);
 
-  // Frees every buffer, stream and the host word, setting each device current in turn and restoring the caller's
+  // Frees every buffer, stream and host word, setting each device current in turn and restoring the caller's
   // current device. No kernel of the group may still be running (synchronize every device's streams first, after
   // an Abort if a pass was abandoned). Peer access stays enabled.
   ~AllReduce();
@@ -82,11 +82,10 @@ class AllReduce {
   // one, which every rank must then issue. Restores the caller's current device.
   cudaError_t Reset();
 
-  // Once a kernel has given up (timeout or Abort), every later call of the group passes through without waiting
-  // (garbage outputs) until Reset.
   // Whether a kernel gave up waiting (spun longer than kTimeoutSeconds, read from %globaltimer) or was released by
   // Abort, or Abort was called, since the last Reset (or Create). Reads a word from each device (synchronous: call it
-  // after synchronizing the group's streams). A read that fails counts as failed.
+  // after synchronizing the group's streams). A read that fails counts as failed. Once a kernel of a device has given
+  // up, that device's later calls pass through without waiting (garbage outputs) until Reset.
   bool Failed();
 
  private:

@@ -7,7 +7,8 @@
 // kIterations replays (kIterations x 64 calls): the reported time is per call, so Google Benchmark's minimum time
 // (which counts that manual time) would otherwise run 64 times its wall-clock budget.
 //
-//   NCCL_NVLS_ENABLE=0 tp_allreduce_bench [--benchmark_filter=...]   (bazel build -c opt //benchmarks/gpu:tp_allreduce_bench)
+//   NCCL_NVLS_ENABLE=0 tp_allreduce_bench [--benchmark_filter=...]
+//   (bazel build -c opt //benchmarks/gpu:tp_allreduce_bench, or tools/bundle_gpu.sh for a GPU machine)
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -49,7 +50,8 @@ Pair* MakePair() {
     const bool ok = cudaSetDevice(r) == cudaSuccess &&
                     cudaStreamCreateWithFlags(&p->stream[r], cudaStreamNonBlocking) == cudaSuccess &&
                     cudaEventCreate(&p->start[r]) == cudaSuccess && cudaEventCreate(&p->stop[r]) == cudaSuccess &&
-                    cudaMalloc(&p->in[r], kMaxN * 2) == cudaSuccess && cudaMalloc(&p->out[r], kMaxN * 2) == cudaSuccess &&
+                    cudaMalloc(&p->in[r], kMaxN * 2) == cudaSuccess &&
+                    cudaMalloc(&p->out[r], kMaxN * 2) == cudaSuccess &&
                     cudaMemset(p->in[r], 0, kMaxN * 2) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess;
     if (!ok) {
       p->error = std::string("setting up device ") + std::to_string(r) + ": " + cudaGetErrorString(cudaGetLastError());
