@@ -1,0 +1,82 @@
+#include "arch/tensor_parallel.h"
+
+namespace bigplan::arch {
+
+Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& c, uint32_t shards) {
+  auto no = [&](const std::string& why) {
+    return MakeError(ErrorCode::kUnsupported, "tensor parallelism over " + std::to_string(shards) + " GPUs: " + why);
+  };
+  if (shards < 2 || shards > kMaxTensorParallel)
+    return no("takes 2 to " + std::to_string(kMaxTensorParallel) + " GPUs");
+  if (family.family != Family::kLlama)
+    return no(std::string("the ") + family.name + " family has no tensor-parallel rules (llama, mistral, qwen2 do)");
+  if (c.num_experts > 0) return no("mixture-of-experts layers are not split");
+  if (c.num_heads % shards != 0 || c.num_kv_heads % shards != 0)
+    return no(std::to_string(c.num_heads) + " heads and " + std::to_string(c.num_kv_heads) +
+              " key/value heads do not divide evenly");
+  if (c.intermediate_size % shards != 0)
+    return no("intermediate_size " + std::to_string(c.intermediate_size) + " does not divide evenly");
+  if (c.vocab_size < shards) return no("the vocabulary is smaller than the GPU count");
+  return Status::Ok();
+}
+
+ModelConfig ShardConfig(const ModelConfig& config, uint32_t shards) {
+  ModelConfig c = config;
+  c.num_heads /= shards;
+  c.num_kv_heads /= shards;
+  c.intermediate_size /= shards;
+  return c;
+}
+
+TensorSlice VocabSlice(int64_t vocab, uint32_t shard, uint32_t shards) {
+  return TensorSlice{0, vocab * shard / shards, vocab * (shard + 1) / shards};
+}
+
+Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const ModelConfig& c, uint32_t shard,
+                               uint32_t shards) {
+  auto part = [&](int32_t dim, int64_t unit) -> Result<TensorSlice> {
+    if (dim >= static_cast<int32_t>(shape.size()) || shape[dim] % shards != 0 || unit <= 0 ||
+        shape[dim] / shards % unit != 0) {
+      return MakeError(ErrorCode::kInvalidArgument, "slot " + SlotName(slot) + ": its dimension " +
+                                                        std::to_string(dim) + " does not split " +
+                                                        std::to_string(shards) + " ways");
+    }
+    const int64_t n = shape[dim] / shards;
+    return TensorSlice{dim, n * shard, n * (shard + 1)};
+  };
+  const int64_t hd = c.head_dim;
+  switch (slot) {
+    case Slot::kTokenEmbedding:
+    case Slot::kLmHead:
+      if (shape.empty()) return MakeError(ErrorCode::kInvalidArgument, "slot " + SlotName(slot) + " is a scalar");
+      return VocabSlice(shape[0], shard, shards);
+    case Slot::kInputNorm:
+    case Slot::kPostNorm:
+    case Slot::kFinalNorm:
+    case Slot::kQNorm:
+    case Slot::kKNorm:
+    case Slot::kOBias:      // added once, by shard 0, to the sum
+    case Slot::kDownBias:
+      return TensorSlice{};
+    case Slot::kQ:
+    case Slot::kQBias:
+    case Slot::kK:
+    case Slot::kKBias:
+    case Slot::kV:
+    case Slot::kVBias:
+      return part(0, hd);  // whole heads
+    case Slot::kO:
+      return part(1, hd);
+    case Slot::kGate:
+    case Slot::kGateBias:
+    case Slot::kUp:
+    case Slot::kUpBias:
+      return part(0, 1);
+    case Slot::kDown:
+      return part(1, 1);
+    default:
+      return MakeError(ErrorCode::kUnsupported, "slot " + SlotName(slot) + " has no tensor-parallel rule");
+  }
+}
+
+}  // namespace bigplan::arch

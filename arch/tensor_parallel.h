@@ -1,0 +1,55 @@
+// Tensor parallelism (plan version 7): every block of a model split over N GPUs, each GPU ("shard") computing a
+// slice of every matrix, as Megatron-LM splits a transformer.
+//
+//   - attention: q, k, v (and their biases) by heads (rows); o_proj by the same heads (columns);
+//   - MLP: gate and up (and their biases) by rows of the intermediate size; down_proj by the same columns;
+//   - embedding and lm_head (tied or not): by vocabulary rows, shard r holding rows
+//     [vocab x r / N, vocab x (r + 1) / N);
+//   - norms, and o_proj's and down_proj's biases: whole on every shard (shard 0 adds the biases to its part).
+// A shard's attention output (after o_proj) and MLP output (after down_proj) are partial sums, as are its embedding
+// rows (zero for tokens outside its vocabulary slice) and its logits (its slice): the executor adds them over the
+// shards (an all-reduce in shard order) so every shard holds the same hidden state.
+//
+// The rules are the registry's: one place says which families split and how. No LibTorch.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "arch/registry.h"
+#include "support/result.h"
+
+namespace bigplan::arch {
+
+// The most shards a plan may have.
+inline constexpr uint32_t kMaxTensorParallel = 8;
+
+// dim -1: the whole tensor; else [begin, end) of dimension `dim` (0: rows, 1: columns).
+struct TensorSlice {
+  int32_t dim = -1;
+  int64_t begin = 0;
+  int64_t end = 0;
+  bool whole() const { return dim < 0; }
+  bool operator==(const TensorSlice&) const = default;
+};
+
+// Whether `family`'s model `config` splits over `shards` GPUs (2..kMaxTensorParallel): a dense model of a family
+// with tensor-parallel rules (Llama, Mistral, Qwen2), q/k/v and gate/up as separate matrices, num_heads,
+// num_kv_heads and intermediate_size divisible by `shards`, vocab_size >= shards.
+// kUnsupported naming the reason otherwise.
+Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& config, uint32_t shards);
+
+// The config a shard's kernels compute with: num_heads, num_kv_heads and intermediate_size divided by `shards`
+// (everything else, vocab_size included, unchanged). Requires CheckTensorParallel.
+ModelConfig ShardConfig(const ModelConfig& config, uint32_t shards);
+
+// Shard `shard`'s vocabulary rows [begin, end) of a vocabulary of `vocab` rows split `shards` ways.
+TensorSlice VocabSlice(int64_t vocab, uint32_t shard, uint32_t shards);
+
+// The part of the tensor bound to `slot` (of shape `shape`, the model's full tensor) that shard `shard` holds.
+// Requires CheckTensorParallel; kUnsupported for a slot that has no rule (e.g. fused qkv).
+Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const ModelConfig& config, uint32_t shard,
+                               uint32_t shards);
+
+}  // namespace bigplan::arch
