@@ -221,6 +221,8 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
   o << "run shape: batch " << p.run_shape()->max_batch() << ", seq " << p.run_shape()->max_seq_len() << "\n";
   if (p.host_max_tokens() > 0)
     o << "host compute: forwards of at most " << p.host_max_tokens() << " tokens compute the host units on the CPU\n";
+  if (p.tensor_parallel() > 0)
+    o << "tensor parallel: every block split over " << p.tensor_parallel() << " GPUs (its shards are consecutive blocks)\n";
   const schema::ModelConfig& c = *p.config();
   o << "config: hidden " << c.hidden_size() << ", layers " << c.num_layers() << ", heads " << c.num_heads() << "/"
     << c.num_kv_heads() << " kv, head_dim " << c.head_dim() << ", intermediate " << c.intermediate_size()
@@ -267,12 +269,16 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
     const auto* b = p.blocks()->Get(i);
     o << "  [" << i << "] " << Str(b->name()) << " " << arch::BlockKindName(BlockKindOf(*b));
     if (b->layer() >= 0) o << " layer " << b->layer();
+    if (p.tensor_parallel() > 0) o << " shard " << b->shard() << "/" << p.tensor_parallel();
     o << ", " << Placement(*b) << ", " << b->weight_bytes() << " bytes, buffers home " << b->home_buffer()
       << " host " << b->host_buffer() << " kv " << b->kv_buffer() << "\n";
     for (uint32_t w = 0; w < Len(b->weights()); ++w) {
       const auto* wt = b->weights()->Get(w);
       o << "      weight tensor " << wt->tensor() << " " << DTypeName(wt->dtype()) << " " << TierName(wt->tier())
-        << " @" << wt->offset_in_block() << " +" << wt->size_bytes() << "\n";
+        << " @" << wt->offset_in_block() << " +" << wt->size_bytes();
+      if (wt->slice_dim() >= 0)
+        o << " " << (wt->slice_dim() == 0 ? "rows" : "columns") << " [" << wt->slice_begin() << ", " << wt->slice_end() << ")";
+      o << "\n";
     }
   }
   o << "arenas:\n";
@@ -383,6 +389,7 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
       if (v > 0) j["profile"][key] = v;
   }
   if (p.host_max_tokens() > 0) j["host_max_tokens"] = p.host_max_tokens();
+  if (p.tensor_parallel() > 0) j["tensor_parallel"] = p.tensor_parallel();
   J tensors = J::array();
   for (uint32_t i = 0; i < Len(p.tensors()); ++i) {
     const auto* t = p.tensors()->Get(i);
@@ -399,6 +406,8 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
       const auto* wt = b->weights()->Get(w);
       weights.push_back({{"tensor", wt->tensor()}, {"dtype", DTypeName(wt->dtype())}, {"size_bytes", wt->size_bytes()},
                          {"offset_in_block", wt->offset_in_block()}, {"tier", TierName(wt->tier())}});
+      if (wt->slice_dim() >= 0)
+        weights.back()["slice"] = {{"dim", wt->slice_dim()}, {"begin", wt->slice_begin()}, {"end", wt->slice_end()}};
     }
     blocks.push_back({{"name", Str(b->name())}, {"kind", Str(b->kind())}, {"layer", b->layer()},
                       {"prefix", Str(b->prefix())}, {"device", b->device()}, {"tier", TierName(b->tier())},
@@ -406,6 +415,7 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
                       {"staging_buffer", b->staging_buffer()}, {"disk_staging_buffer", b->disk_staging_buffer()},
                       {"kv_buffer", b->kv_buffer()}, {"host_buffer", b->host_buffer()},
                       {"block_kind", arch::BlockKindName(BlockKindOf(*b))}});
+    if (p.tensor_parallel() > 0) blocks.back()["shard"] = b->shard();
   }
   j["blocks"] = blocks;
   J buffers = J::array();

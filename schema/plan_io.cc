@@ -123,6 +123,67 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
 
 // Routed experts (v6): each ring names buffers of the right pool and device whose slots fit them; every routed
 // weight rests in the CPU tier or on disk (a disk ring then exists) in a sparse layer computed by a GPU with a ring.
+// Tensor parallelism (v7): see Plan.tensor_parallel. Without it, every block is shard 0 and every weight whole.
+Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
+  const uint32_t n = plan.tensor_parallel();
+  const uint32_t n_blocks = Len(plan.blocks());
+  if (n == 1 || n > 8) return Corrupt(src, "tensor_parallel " + std::to_string(n) + " is not 0 or 2 to 8");
+  if (n == 0) {
+    for (uint32_t i = 0; i < n_blocks; ++i) {
+      const auto* b = plan.blocks()->Get(i);
+      if (b->shard() != 0) return Corrupt(src, "blocks[" + std::to_string(i) + "] is a shard of a plan without tensor_parallel");
+      for (uint32_t w = 0; w < Len(b->weights()); ++w)
+        if (b->weights()->Get(w)->slice_dim() != -1)
+          return Corrupt(src, "blocks[" + std::to_string(i) + "].weights[" + std::to_string(w) +
+                                  "] is a slice in a plan without tensor_parallel");
+    }
+    return Status::Ok();
+  }
+  if (Len(plan.streams()) > 0 || Len(plan.experts()) > 0 || plan.host_max_tokens() > 0)
+    return Corrupt(src, "a tensor-parallel plan streams weights, routes experts or computes on the host");
+  if (n_blocks % n != 0) return Corrupt(src, std::to_string(n_blocks) + " blocks are not whole groups of " + std::to_string(n) + " shards");
+  std::vector<int32_t> shard_device(n, -2);
+  for (uint32_t i = 0; i < n_blocks; ++i) {
+    const auto* b = plan.blocks()->Get(i);
+    const auto* first = plan.blocks()->Get(i - i % n);
+    const std::string f = "blocks[" + std::to_string(i) + "]";
+    if (b->shard() != i % n) return Corrupt(src, f + ".shard " + std::to_string(b->shard()) + ", expected " + std::to_string(i % n));
+    if (b->device() < 0 || b->tier() != schema::Tier::Gpu) return Corrupt(src, f + " is a shard not resident on a GPU");
+    if (shard_device[b->shard()] == -2) shard_device[b->shard()] = b->device();
+    if (b->device() != shard_device[b->shard()])
+      return Corrupt(src, f + ": shard " + std::to_string(b->shard()) + " runs on cuda:" + std::to_string(b->device()) +
+                              " here but on cuda:" + std::to_string(shard_device[b->shard()]) + " elsewhere");
+    if (b != first && (b->layer() != first->layer() || b->block_kind() != first->block_kind() || !b->name() ||
+                       !first->name() || b->name()->str() != first->name()->str()))
+      return Corrupt(src, f + " is not a shard of the same block as blocks[" + std::to_string(i - i % n) + "]");
+    for (uint32_t w = 0; w < Len(b->weights()); ++w) {
+      const auto* wt = b->weights()->Get(w);
+      const std::string fw = f + ".weights[" + std::to_string(w) + "]";
+      if (wt->slice_dim() == -1) continue;
+      const auto* t = plan.tensors()->Get(wt->tensor());
+      const uint32_t rank = t->shape() ? t->shape()->size() : 0;
+      if (wt->slice_dim() < 0 || wt->slice_dim() > 1 || static_cast<uint32_t>(wt->slice_dim()) >= rank)
+        return Corrupt(src, fw + ".slice_dim " + std::to_string(wt->slice_dim()) + " is not a dimension of its tensor");
+      const int64_t extent = t->shape()->Get(wt->slice_dim());
+      if (wt->slice_begin() < 0 || wt->slice_begin() >= wt->slice_end() || wt->slice_end() > extent)
+        return Corrupt(src, fw + " slices [" + std::to_string(wt->slice_begin()) + ", " + std::to_string(wt->slice_end()) +
+                                ") of a dimension of " + std::to_string(extent));
+      if (wt->format() != schema::WeightFormat::Plain || t->prequant() != schema::PreQuantKind::None)
+        return Corrupt(src, fw + " is a slice of a quantized weight");
+      uint64_t numel = 1;
+      for (uint32_t d = 0; d < rank; ++d)
+        numel *= static_cast<uint64_t>(d == static_cast<uint32_t>(wt->slice_dim()) ? wt->slice_end() - wt->slice_begin()
+                                                                                  : t->shape()->Get(d));
+      if (wt->size_bytes() != numel * DTypeSize(wt->dtype()))
+        return Corrupt(src, fw + ".size_bytes " + std::to_string(wt->size_bytes()) + ", expected " +
+                                std::to_string(numel * DTypeSize(wt->dtype())) + " for its slice");
+    }
+  }
+  std::set<int32_t> distinct(shard_device.begin(), shard_device.end());
+  if (distinct.size() != n) return Corrupt(src, "two shards of a tensor-parallel plan share a GPU");
+  return Status::Ok();
+}
+
 Status CheckExperts(const schema::Plan& plan, const std::string& src) {
   const uint32_t n_buffers = Len(plan.buffers());
   std::map<int32_t, const schema::ExpertRing*> rings;
@@ -345,6 +406,7 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
       if (s->frees()->Get(k) >= n_buffers) return Corrupt(src, f + ".frees out of range");
   }
   BIGPLAN_RETURN_IF_ERROR(CheckStreams(plan, src));
+  BIGPLAN_RETURN_IF_ERROR(CheckTensorParallel(plan, src));
   return CheckExperts(plan, src);
 }
 

@@ -14,7 +14,7 @@
 namespace bigplan {
 
 // The plan layout version this build writes and reads. See schema/README.md for when it changes.
-inline constexpr uint32_t kPlanVersion = 6;
+inline constexpr uint32_t kPlanVersion = 7;
 // The most tokens a forward may have for the host to compute a plan's `host` stream units (Plan.host_max_tokens).
 inline constexpr uint32_t kMaxHostTokens = 16;
 

@@ -106,13 +106,14 @@ TEST(PlanIoTest, RejectsOtherVersionAsIncompatible) {
       << r.error().message;
 }
 
+// Version 7 (tensor parallelism): a version-6 reader would load a shard's sliced weights as whole tensors.
 // Version 6 (routed experts): a version-5 reader would stream nothing for a routed expert's weights. Version 5
 // (pre-quantized checkpoints): a version-4 reader would read a pre-quantized weight's first source
 // tensor as the weight. Version 4 (weight formats): a version-3 reader would read quantized weights as plain ones.
 // Older plans are refused with "plan again", never read with a guessed field.
-TEST(PlanIoTest, RefusesVersion2To5PlansWithPlanAgain) {
-  ASSERT_EQ(kPlanVersion, 6u);
-  for (uint32_t version : {2u, 3u, 4u, 5u}) {
+TEST(PlanIoTest, RefusesVersion2To6PlansWithPlanAgain) {
+  ASSERT_EQ(kPlanVersion, 7u);
+  for (uint32_t version : {2u, 3u, 4u, 5u, 6u}) {
     ModelFields old;
     old.rope_table = version >= 3;
     auto buf = MinimalPlan(version, 1024, 0, nullptr, old);
@@ -120,7 +121,7 @@ TEST(PlanIoTest, RefusesVersion2To5PlansWithPlanAgain) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().code, ErrorCode::kIncompatible);
     EXPECT_NE(r.error().message.find("old.bplan: made by an older planner (plan version " + std::to_string(version) +
-                                     "; this build reads version 6): plan again"),
+                                     "; this build reads version 7): plan again"),
               std::string::npos)
         << r.error().message;
   }
