@@ -100,7 +100,7 @@ struct PlacementOptions {
   uint64_t chunk_bytes = 0;
   // "auto": the candidates it may choose from, by letter ("B", "P", "C", "E", "S"; see Placement::candidates).
   // Others are reported as not considered.
-  std::string auto_candidates = "BPCEIS";
+  std::string auto_candidates = "BPCEIST";
 };
 
 struct PlacementRequest {

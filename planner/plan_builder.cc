@@ -111,6 +111,12 @@ std::vector<DeviceAccount> PlanUsage(const ModelDescription& model, const Memory
 Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
   if (!c.model || !c.schedule) return MakeError(ErrorCode::kInternal, "BuildPlan: model or schedule missing");
   const ModelDescription& model = *c.model;
+  const bool tp = c.tensor_parallel > 0;
+  if (tp && (c.source_model == nullptr || c.shard == nullptr || c.slices == nullptr ||
+             c.shard->size() != model.blocks.size() || c.slices->size() != model.blocks.size()))
+    return MakeError(ErrorCode::kInternal, "BuildPlan: a tensor-parallel plan without its shards");
+  // The model as read: the plan's tensors, config, name and digest.
+  const ModelDescription& source = tp ? *c.source_model : model;
   const Schedule& sched = *c.schedule;
   const size_t n = model.blocks.size();
   if (c.placement.size() != n || sched.steps.size() != n || c.block_costs.size() != n)
@@ -154,7 +160,7 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
     if (it != c.synthetic_shard_of.end()) fallback.shard = it->second;
     return fallback;
   };
-  for (const BlockDesc& block : model.blocks) {
+  for (const BlockDesc& block : source.blocks) {
     for (const TensorSpec& p : block.params) {
       if (p.prequant.kind != PreQuant::Kind::kNone) {
         // (v5) A pre-quantized weight: its source tensors, and its own location that of the first.
@@ -199,16 +205,23 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
       auto it = tensor_index.find(ws.tensor);
       if (it == tensor_index.end())
         return MakeError(ErrorCode::kInternal, "block " + bd.name + " reads " + ws.tensor + ", which no block owns");
-        const bool routed = c.placement[i].routed_experts && tiers[w] != Tier::kGpu && ExpertOfWeight(model, i, w) >= 0;
+      const bool routed = c.placement[i].routed_experts && tiers[w] != Tier::kGpu && ExpertOfWeight(model, i, w) >= 0;
+      arch::TensorSlice slice;
+      if (tp) {
+        auto s = (*c.slices)[i].find(ws.tensor);
+        if (s != (*c.slices)[i].end()) slice = s->second;
+      }
       weights.push_back(schema::CreateWeight(fb, it->second, ToSchema(ws.dtype), ws.size_bytes, tiered.offset[w],
                                              ToSchemaTier(tiers[w]), ToSchemaFormat(ws.format),
-                                             static_cast<uint32_t>(ws.group), routed));
+                                             static_cast<uint32_t>(ws.group), routed, slice.dim, slice.begin,
+                                             slice.end));
     }
     const BlockBuffers& bb = sched.block_buffers[i];
     blocks.push_back(schema::CreateBlockDirect(fb, bd.name.c_str(), BlockKindName(bd.kind), bd.layer,
                                                bd.prefix.c_str(), c.placement[i].device,
                                                ToSchemaTier(SlowestTier(tiers)), &weights, layout.total_bytes, bb.home,
-                                               -1, -1, bb.kv, bb.host, ToSchemaBlockKind(bd.kind)));
+                                               -1, -1, bb.kv, bb.host, ToSchemaBlockKind(bd.kind),
+                                               tp ? (*c.shard)[i] : 0));
   }
 
   std::vector<flatbuffers::Offset<schema::Buffer>> buffers;
@@ -271,19 +284,19 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
     usage.push_back(schema::CreateDeviceUsageDirect(fb, a.device.c_str(), a.resident_weights, a.staging, a.kv_cache,
                                                     a.activations, a.workspace_reserve, a.total, a.budget));
 
-  const ModelConfig& mc = model.config;
+  const ModelConfig& mc = source.config;
   // The RoPE the executor computes, resolved here once (the description was checked with the same rules).
-  Result<const arch::FamilyInfo*> family = arch::LookupFamily(model.architecture);
+  Result<const arch::FamilyInfo*> family = arch::LookupFamily(source.architecture);
   if (!family.ok()) return WithContext(family.take_error(), "BuildPlan");
   Result<arch::RopeParams> rope_params = arch::ResolveRope(**family, mc);
-  if (!rope_params.ok()) return WithContext(rope_params.take_error(), "BuildPlan: model " + model.name);
+  if (!rope_params.ok()) return WithContext(rope_params.take_error(), "BuildPlan: model " + source.name);
   auto rope_table = CreateRopeParams(fb, *rope_params);
   const std::string rope = mc.rope_scaling.is_null() ? "" : mc.rope_scaling.dump();
-  const std::string config_json = model.hf_config.is_null() ? "{}" : model.hf_config.dump();
+  const std::string config_json = source.hf_config.is_null() ? "{}" : source.hf_config.dump();
   const std::vector<uint8_t> sliding_layers(mc.sliding_window_layers.begin(), mc.sliding_window_layers.end());
   const std::vector<uint8_t> sparse_layers(mc.sparse_layers.begin(), mc.sparse_layers.end());
   auto config = schema::CreateModelConfigDirect(
-      fb, model.architecture.c_str(), mc.hidden_size, mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim,
+      fb, source.architecture.c_str(), mc.hidden_size, mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim,
       mc.intermediate_size, mc.vocab_size, mc.max_position_embeddings, mc.norm_eps, rope_params->theta, mc.rotary_dim,
       mc.attention_bias, mc.mlp_bias, mc.tie_word_embeddings, mc.activation.c_str(), rope.c_str(),
       config_json.c_str(), mc.bos_token_id, &mc.eos_token_ids, mc.sliding_window,
@@ -298,13 +311,13 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
                                                    p.cpu_gemv_gbps, p.h2d_busy_gbps, p.cpu_gemv_fp8_gbps,
                                                    p.cpu_gemv_int8_gbps, p.cpu_gemv_int4_gbps);
   auto run_shape = schema::CreateRunShape(fb, c.run.max_batch, c.run.max_seq_len);
-  const std::string digest = model.Digest();
-  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, kGeneratorName, c.strategy.c_str(), model.name.c_str(),
+  const std::string digest = source.Digest();
+  auto plan = schema::CreatePlanDirect(fb, kPlanVersion, kGeneratorName, c.strategy.c_str(), source.name.c_str(),
                                        digest.c_str(), config, fingerprint, ToSchema(c.exec_dtype), run_shape,
                                        &budgets, profile, &tensors, &blocks, &buffers, &arenas, &steps, &usage,
                                        c.predicted_decode_us, c.predicted_prefill_us, kPlanChecksumPlaceholder,
                                        &streams, ToSchemaFormat(c.weights), c.host_max_tokens,
-                                       experts.empty() ? nullptr : &experts);
+                                       experts.empty() ? nullptr : &experts, c.tensor_parallel);
   schema::FinishPlanBuffer(fb, plan);
   std::vector<uint8_t> bytes(fb.GetBufferPointer(), fb.GetBufferPointer() + fb.GetSize());
   BIGPLAN_RETURN_IF_ERROR(SealPlan(&bytes));

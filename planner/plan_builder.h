@@ -20,6 +20,8 @@
 
 #include <cstdint>
 #include <map>
+
+#include "arch/tensor_parallel.h"
 #include <string>
 #include <vector>
 
@@ -80,6 +82,13 @@ struct PlanContent {
   double predicted_decode_us = 0;
   double predicted_prefill_us = 0;
   std::vector<DeviceAccount> usage;
+  // Tensor parallelism (planner/tensor_parallel.h): 0 for none; else `model` is the sharded description (its blocks
+  // the shards), `source_model` the model as read (the plan's tensors, config, name and digest come from it), and
+  // shard / slices are ShardedModel's, parallel to model->blocks.
+  uint32_t tensor_parallel = 0;
+  const ModelDescription* source_model = nullptr;
+  const std::vector<uint32_t>* shard = nullptr;
+  const std::vector<std::map<std::string, arch::TensorSlice>>* slices = nullptr;
 };
 
 // Builds the plan, then runs VerifyPlan and the overlap checker on the finished bytes. kMismatch when a param is

@@ -55,25 +55,35 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
     uint64_t bytes;
   };
   std::vector<Row> rows;
-  for (size_t i = 0; i < m.blocks.size();) {
+  // Blocks in plan order; a tensor-parallel plan's shards by shard (shard 0's blocks, then shard 1's, ...).
+  std::vector<size_t> order;
+  const uint32_t shards = std::max<uint32_t>(1, r.tensor_parallel);
+  for (uint32_t s = 0; s < shards; ++s)
+    for (size_t i = s; i < m.blocks.size(); i += shards) order.push_back(i);
+  for (size_t k = 0; k < order.size();) {
+    const size_t i = order[k];
     const BlockDesc& b = m.blocks[i];
     const BlockPlacement& p = r.placement.blocks[i];
-    size_t j = i + 1;
+    size_t kj = k + 1;
     uint64_t bytes = r.placement.block_weight_bytes[i];
     const std::string layer_suffix = std::to_string(b.layer);
     const bool numbered = b.kind == BlockKind::kDecoderLayer && b.name.size() > layer_suffix.size() &&
                           b.name.compare(b.name.size() - layer_suffix.size(), layer_suffix.size(), layer_suffix) == 0;
     const std::string stem = numbered ? b.name.substr(0, b.name.size() - layer_suffix.size()) : "";
     if (numbered) {
-      while (j < m.blocks.size() && m.blocks[j].kind == BlockKind::kDecoderLayer &&
-             m.blocks[j].layer == m.blocks[j - 1].layer + 1 && m.blocks[j].name == stem + std::to_string(m.blocks[j].layer) &&
-             r.placement.blocks[j] == p) {
+      while (kj < order.size()) {
+        const size_t j = order[kj], prev = order[kj - 1];
+        if (m.blocks[j].kind != BlockKind::kDecoderLayer || m.blocks[j].layer != m.blocks[prev].layer + 1 ||
+            m.blocks[j].name != stem + std::to_string(m.blocks[j].layer) || !(r.placement.blocks[j] == p)) {
+          break;
+        }
         bytes += r.placement.block_weight_bytes[j];
-        ++j;
+        ++kj;
       }
     }
     std::string name = b.name;
-    if (j - i > 1) name = stem + std::to_string(b.layer) + "-" + std::to_string(m.blocks[j - 1].layer);
+    if (kj - k > 1) name = stem + std::to_string(b.layer) + "-" + std::to_string(m.blocks[order[kj - 1]].layer);
+    if (r.tensor_parallel > 0) name += " [shard " + std::to_string(i % shards) + "]";
     std::string rests = RestsIn(p.tier);
     if (!p.weight_tiers.empty()) {
       size_t resident = 0;
@@ -81,8 +91,8 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
       if (resident > 0 && resident < p.weight_tiers.size())
         rests = std::string("partly resident + ") + TierName(p.tier);
     }
-    rows.push_back({name, p.device, rests, j - i, bytes});
-    i = j;
+    rows.push_back({name, p.device, rests, kj - k, bytes});
+    k = kj;
   }
   size_t width = 10;
   for (const Row& row : rows) width = std::max(width, row.name.size() + 2);
@@ -100,6 +110,9 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
     }
     out << "; chosen " << r.placement.chosen << "\n";
   }
+  if (r.tensor_parallel > 0)
+    out << "  tensor parallel: every block split over " << r.tensor_parallel
+        << " GPUs (heads, MLP rows and vocabulary; partial sums added after each attention, MLP and embedding)\n";
   out << "  " << Pad("block", width) << Pad("compute", 9) << Pad("weights", 24) << PadLeft("blocks", 6)
       << PadLeft("bytes", 14) << "\n";
   for (const Row& row : rows)
@@ -181,13 +194,15 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
   }
   // A pipelinable plan's batched prefill (PredictBatchedPrefill, with the executor's automatic micro-batches): all
   // the rows, each with half the run's positions.
-  if (run.max_batch >= 2 && PipelinablePlan(r)) {
+  if (run.max_batch >= 2 && (PipelinablePlan(r) || r.tensor_parallel > 0)) {
     const uint32_t tokens = std::max<uint32_t>(1, run.max_seq_len / 2);
     Result<BatchedPrefillPrediction> b = PredictBatchedPrefill(r, run.max_batch, tokens);
     if (b.ok()) {
       out << "  batched prefill (" << run.max_batch << " rows x " << tokens << (tokens == 1 ? " token" : " tokens")
           << "): predicted " << Ms(b->total_us);
-      if (b->micro_batches > 0) {
+      if (r.tensor_parallel > 0) {
+        out << " (every shard at once)";
+      } else if (b->micro_batches > 0) {
         out << " in " << b->micro_batches << " micro-batches of " << b->rows_per_micro_batch
             << (b->rows_per_micro_batch == 1 ? " row" : " rows") << ", " << Ms(b->unpipelined_us) << " unpipelined";
       } else {

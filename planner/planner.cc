@@ -1,6 +1,7 @@
 #include "planner/planner.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <set>
 
@@ -10,6 +11,7 @@
 #include "planner/memory_plan.h"
 #include "planner/placement_balanced.h"
 #include "planner/plan_builder.h"
+#include "planner/tensor_parallel.h"
 #include "planner/validate.h"
 #include "planner/weight_format.h"
 #include "schema/plan_io.h"
@@ -326,7 +328,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   preq.options.prefetch_depth = request.prefetch_depth.value_or(1);
   preq.options.chunk_bytes = request.chunk_bytes.value_or(0);
   preq.options.device_map = request.device_map;
-  preq.options.auto_candidates = request.auto_candidates;
+  // "T" alone: the tensor-parallel candidate or nothing (the others are still weighed, for the report).
+  const bool only_tensor_parallel = request.auto_candidates == "T";
+  preq.options.auto_candidates = only_tensor_parallel ? "BPCEIS" : request.auto_candidates;
   preq.options.enforce_budget = true;
   RegisterBalancedStrategies();
   BIGPLAN_ASSIGN_OR_RETURN(result.placement, PlaceModel(request.strategy, preq));
@@ -531,6 +535,88 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
                        "at least " + std::to_string(2 * kHostRowAlign) + " rows)");
     result.host_bytes = HostRowBytes(model, result.host_rows, exec);
   }
+  // Candidate T (several GPUs): every block split over the budgeted GPUs (planner/tensor_parallel.h), all resident.
+  // Chosen when its predicted decode step is at least kTensorParallelGain faster than the placement's.
+  if (request.strategy == "auto" && request.budget.gpus.size() >= 2 && result.host_rows.empty() && !routed) {
+    PlacementCandidate cand{"T", false, 0, ""};
+    std::vector<int32_t> gpus;
+    for (const auto& [ordinal, bytes] : request.budget.gpus) gpus.push_back(ordinal);
+    if (request.auto_candidates.find('T') == std::string::npos) {
+      cand.why = "not considered";
+    } else if (Result<ShardedModel> sm = ShardModel(model, static_cast<uint32_t>(gpus.size())); !sm.ok()) {
+      cand.why = sm.error().message;
+    } else {
+      Placement tp_placement;
+      tp_placement.strategy = placement.strategy;
+      tp_placement.blocks = ShardPlacement(*sm, gpus);
+      tp_placement.block_weight_bytes = AllBlockWeightBytes(sm->model, exec);
+      Result<Schedule> sc = ScheduleFor(sm->model, request, tp_placement, exec);
+      std::vector<DeviceAccount> usage;
+      if (sc.ok()) usage = PlanUsage(sm->model, request.budget, tp_placement.blocks, *sc);
+      Status fits = sc.ok() ? CheckAllFit(usage) : Status(sc.error());
+      if (!fits.ok()) {
+        cand.why = fits.error().message;
+      } else {
+        const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+        const bool graphs = family != nullptr && arch::GraphDecodeEligible(*family, model.config, request.run.max_seq_len);
+        const size_t nb = sm->model.blocks.size();
+        std::vector<BlockCost> costs(nb);
+        std::vector<double> dec(nb), dec_host(nb), pre(nb), pre_host(nb);
+        for (size_t i = 0; i < nb; ++i) {
+          const BlockWork work = DescribeBlockWork(sm->model, i, exec);
+          costs[i] = EstimateBlockCost(work, run_size, tp_placement.blocks[i].device, result.profile);
+          dec[i] = graphs ? GraphDecodeMicros(costs[i], work) : costs[i].decode_device_us;
+          dec_host[i] = costs[i].host_us;
+          pre[i] = costs[i].prefill_device_us;
+          pre_host[i] = costs[i].host_us;
+        }
+        const uint64_t batch = request.run.max_batch;
+        const double tp_decode = TensorParallelPassMicros(*sm, dec, graphs ? std::vector<double>() : dec_host, batch,
+                                                          batch, exec, graphs);
+        const double tp_prefill = TensorParallelPassMicros(*sm, pre, pre_host, batch * request.run.max_seq_len,
+                                                           batch * request.run.max_seq_len, exec, false);
+        cand.feasible = true;
+        for (const DeviceAccount& a : usage) cand.resident_bytes += a.device == "cpu" || a.device == "disk" ? 0 : a.resident_weights;
+        auto ms = [](double us) {
+          char buf[32];
+          std::snprintf(buf, sizeof buf, "%.3f ms", us / 1e3);
+          return std::string(buf);
+        };
+        Progress(request, "tensor-parallel candidate T: decode " + ms(tp_decode) + " against " +
+                              ms(result.decode.total_us) + " for candidate " + placement.chosen);
+        if (only_tensor_parallel || tp_decode < kTensorParallelGain * result.decode.total_us) {
+          const uint32_t shards = sm->shards;
+          result.source_model = std::move(result.model);
+          result.model = std::move(sm->model);
+          result.shard = std::move(sm->shard);
+          result.slices = std::move(sm->slices);
+          result.tensor_parallel = shards;
+          std::vector<PlacementCandidate> report = std::move(result.placement.candidates);
+          result.placement = std::move(tp_placement);
+          result.placement.candidates = std::move(report);
+          result.placement.chosen = "T";
+          result.placement.usage = usage;
+          result.schedule = std::move(*sc);
+          result.block_costs = costs;
+          result.decode = ForwardPrediction{};
+          result.decode.total_us = result.decode.compute_us = tp_decode;
+          result.prefill = ForwardPrediction{};
+          result.prefill.total_us = result.prefill.compute_us = tp_prefill;
+          result.copy_floor_us = result.decode_copy_floor_us = 0;
+          result.decode_streamed_us = tp_decode;
+          result.graph_decode = graphs;
+          // Per-block predictions for the plan's steps: each shard's own time.
+          for (size_t i = 0; i < nb; ++i) result.block_costs[i].decode_us = dec[i];
+        }
+      }
+    }
+    result.placement.candidates.push_back(cand);
+    if (only_tensor_parallel && result.tensor_parallel == 0)
+      return MakeError(ErrorCode::kInfeasible, "--auto-candidates T: " + cand.why);
+  }
+  if (only_tensor_parallel && result.tensor_parallel == 0)
+    return MakeError(ErrorCode::kInvalidArgument, "--auto-candidates T: tensor parallelism needs the auto strategy, "
+                                                  "two or more GPU budgets and no host compute or routed experts");
   result.usage = PlanUsage(model, request.budget, placement.blocks, result.schedule);
   BIGPLAN_RETURN_IF_ERROR(CheckAllFit(result.usage));
   for (const DeviceStreamPlan& st : result.schedule.streams) result.streamed_bytes += st.streamed_bytes();
@@ -538,6 +624,10 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   Progress(request, "writing the plan");
   PlanContent content;
   content.model = &model;
+  content.tensor_parallel = result.tensor_parallel;
+  content.source_model = &result.source_model;
+  content.shard = &result.shard;
+  content.slices = &result.slices;
   content.checkpoint = checkpoint ? &*checkpoint : nullptr;
   content.synthetic_shards = resolved.synthetic_shards;
   content.synthetic_shard_of = resolved.synthetic_shard_of;
@@ -561,6 +651,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
 }
 
 bool PipelinablePlan(const PlanResult& plan) {
+  if (plan.tensor_parallel > 0) return false;  // its shards run every block at once
   if (!plan.schedule.streams.empty() || !plan.expert_rings.empty() || !plan.host_rows.empty()) return false;
   std::set<int32_t> devices;
   for (const BlockPlacement& b : plan.placement.blocks) {
@@ -572,6 +663,7 @@ bool PipelinablePlan(const PlanResult& plan) {
 
 RanksDecodePrediction PredictRanksDecode(const PlanResult& plan) {
   RanksDecodePrediction out;
+  if (plan.tensor_parallel > 0) return out;  // ranks run split plans
   std::set<int32_t> gpus;
   int32_t prev = -1, last = -1;
   for (const ScheduledStep& step : plan.schedule.steps) {
@@ -609,6 +701,24 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
     return c;
   };
   BatchedPrefillPrediction out;
+  if (plan.tensor_parallel > 0) {
+    // Every shard at once, issued eagerly, with the all-reduces of rows x tokens hidden states and the logits of
+    // the last position of each row.
+    ShardedModel sharded{model, plan.tensor_parallel, plan.shard, plan.slices};
+    std::vector<double> device_us(n), host_us(n);
+    for (size_t i = 0; i < n; ++i) {
+      const BlockWork work = DescribeBlockWork(model, i, plan.exec_dtype);
+      const bool head = model.blocks[i].kind == BlockKind::kLmHead;
+      const BlockCost c = EstimateBlockCost(work, RunSize{rows, head ? 1 : tokens}, devices[i], plan.profile);
+      device_us[i] = c.prefill_device_us;
+      host_us[i] = work.kernels * kHostPrefillOpMicros;
+      out.host_us += host_us[i];
+    }
+    out.unpipelined_us = out.total_us = TensorParallelPassMicros(sharded, device_us, host_us,
+                                                                 static_cast<uint64_t>(rows) * tokens, rows,
+                                                                 plan.exec_dtype, false);
+    return out;
+  }
   {
     // One pass of all rows, issued eagerly: the planner's simulation of a forward, with each step's device time (and
     // hop) and the host issuing its ops at the prefill rate.

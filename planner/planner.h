@@ -12,12 +12,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "arch/tensor_parallel.h"
 #include "formats/checkpoint.h"
 #include "formats/quant.h"
 #include "formats/dtype.h"
@@ -62,7 +64,7 @@ struct PlanRequest {
   // streaming.h), instead of the layout the placement chose.
   std::optional<uint64_t> chunk_bytes;
   // Strategy "auto": the candidates it may choose from (PlacementOptions::auto_candidates).
-  std::string auto_candidates = "BPCEIS";
+  std::string auto_candidates = "BPCEIST";
   // Compressed weights (`plan --weights`): every linear-layer matrix is stored in this format (ApplyWeightFormat in
   // planner/weight_format.h), quantized by the executor at load. kNone: as the checkpoint (at the execution dtype).
   // Quantized weights rest on the GPU or in pinned CPU memory; a placement that would leave one on disk is refused.
@@ -117,6 +119,13 @@ struct PlanResult {
   std::vector<DeviceAccount> usage;    // PlanUsage
   bool synthetic_checkpoint = false;
   bool graph_decode = false;           // decode predicted as CUDA-graph replays (all resident, eligible family)
+  // Tensor parallelism (placement candidate T, planner/tensor_parallel.h): the shard count, 0 when not chosen. When
+  // chosen, `model` is the sharded description (its blocks are the shards, parallel to placement.blocks and
+  // block_costs), source_model the model as read, and `shard` / `slices` ShardedModel's.
+  uint32_t tensor_parallel = 0;
+  ModelDescription source_model;
+  std::vector<uint32_t> shard;
+  std::vector<std::map<std::string, arch::TensorSlice>> slices;
 
   const schema::Plan& plan() const { return *schema::GetPlan(bytes.data()); }
 };

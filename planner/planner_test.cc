@@ -14,6 +14,7 @@
 #include "planner/hf_import.h"
 #include "planner/overlap_check.h"
 #include "planner/plan_builder.h"
+#include "planner/tensor_parallel.h"
 #include "schema/plan_io.h"
 #include "support/sha256.h"
 
@@ -210,7 +211,12 @@ TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
 // All resident over two GPUs: decode steps are graph-replayed per device segment, and the hidden state's hop
 // between the GPUs costs kDeviceHopMicros (plus its bytes) over the one-GPU prediction.
 TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
-  auto plan = [](const char* budget) { return MakePlan(ExampleRequest("planner/examples/llama-2-7b", budget)); };
+  // The split candidates only (candidate T, below, splits every block instead).
+  auto plan = [](const char* budget) {
+    PlanRequest r = ExampleRequest("planner/examples/llama-2-7b", budget);
+    r.auto_candidates = "BPCEIS";
+    return MakePlan(r);
+  };
   auto one = plan("cuda:0=70GiB,cpu=64GiB");
   auto two = plan("cuda:0=8GiB,cuda:1=8GiB,cpu=64GiB");
   ASSERT_TRUE(one.ok()) << one.error().ToString();
@@ -230,6 +236,92 @@ TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {
   EXPECT_EQ(ranks.crossings, 2u);
   EXPECT_DOUBLE_EQ(ranks.total_us, two->decode.total_us + 2 * kRankHopExtraMicros);
   EXPECT_EQ(PredictRanksDecode(*one).ranks, 0u);
+}
+
+// Every block resident on two GPUs, batch 1: candidate T splits every block over both (plan version 7): shard r of
+// each block on cuda:r, its weights slices of the checkpoint's tensors (q/k/v and gate/up rows, o_proj and down_proj
+// columns, the vocabulary's rows, norms whole), half the KV cache per GPU, and a decode step predicted well below
+// the split plan's, which reads one GPU's share after the other.
+TEST(PlannerTest, TensorParallelSplitsEveryBlockOverTwoGpus) {
+  auto plan = [](const std::string& candidates, const char* budget) {
+    PlanRequest r = ExampleRequest("planner/examples/llama-2-7b", budget);
+    r.auto_candidates = candidates;
+    return MakePlan(r);
+  };
+  auto tp = plan("BPCEIST", "cuda:0=8GiB,cuda:1=8GiB,cpu=64GiB");
+  auto split = plan("BPCEIS", "cuda:0=8GiB,cuda:1=8GiB,cpu=64GiB");
+  ASSERT_TRUE(tp.ok()) << tp.error().ToString();
+  ASSERT_TRUE(split.ok()) << split.error().ToString();
+  EXPECT_EQ(tp->placement.chosen, "T");
+  EXPECT_EQ(tp->tensor_parallel, 2u);
+  EXPECT_EQ(tp->streamed_bytes, 0u);
+  EXPECT_LT(tp->decode.total_us, kTensorParallelGain * split->decode.total_us);
+  const schema::Plan& p = tp->plan();
+  ASSERT_EQ(p.tensor_parallel(), 2u);
+  ASSERT_EQ(p.blocks()->size(), 2 * split->plan().blocks()->size());
+  const ModelConfig& c = tp->source_model.config;
+  const uint64_t q_rows = static_cast<uint64_t>(c.num_heads) * c.head_dim / 2;
+  int sliced = 0, whole = 0;
+  for (uint32_t i = 0; i < p.blocks()->size(); ++i) {
+    const schema::Block* b = p.blocks()->Get(i);
+    EXPECT_EQ(b->shard(), i % 2);
+    EXPECT_EQ(b->device(), static_cast<int32_t>(i % 2));
+    EXPECT_EQ(b->tier(), schema::Tier::Gpu);
+    for (const schema::Weight* w : *b->weights()) {
+      const std::string name = p.tensors()->Get(w->tensor())->name()->str();
+      if (w->slice_dim() < 0) {
+        ++whole;
+        EXPECT_NE(name.find("norm"), std::string::npos) << name;
+        continue;
+      }
+      ++sliced;
+      if (name.find("q_proj") != std::string::npos) {
+        EXPECT_EQ(w->slice_dim(), 0);
+        EXPECT_EQ(w->slice_begin(), static_cast<int64_t>(b->shard() * q_rows));
+        EXPECT_EQ(w->slice_end(), static_cast<int64_t>((b->shard() + 1) * q_rows));
+      }
+      if (name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos) {
+        EXPECT_EQ(w->slice_dim(), 1) << name;
+      }
+      if (name.find("embed_tokens") != std::string::npos || name.find("lm_head") != std::string::npos) {
+        EXPECT_EQ(w->slice_begin(), b->shard() == 0 ? 0 : static_cast<int64_t>(c.vocab_size / 2)) << name;
+      }
+    }
+  }
+  EXPECT_EQ(sliced, 2 * (2 + 7 * static_cast<int>(c.num_layers)));
+  EXPECT_EQ(whole, 2 * (1 + 2 * static_cast<int>(c.num_layers)));
+  // A shard caches half the key/value heads.
+  uint64_t kv_tp = 0, kv_split = 0;
+  for (const DeviceAccount& a : tp->usage) kv_tp += a.kv_cache;
+  for (const DeviceAccount& a : split->usage) kv_split += a.kv_cache;
+  EXPECT_NEAR(static_cast<double>(kv_tp), static_cast<double>(kv_split), 0.01 * kv_split);
+  // Not as ranks, not pipelined; a batched prefill runs every shard at once.
+  EXPECT_EQ(PredictRanksDecode(*tp).ranks, 0u);
+  EXPECT_FALSE(PipelinablePlan(*tp));
+  auto batched = PredictBatchedPrefill(*tp, 4, 128);
+  ASSERT_TRUE(batched.ok()) << batched.error().ToString();
+  EXPECT_EQ(batched->micro_batches, 0u);
+  EXPECT_GT(batched->total_us, 0);
+
+  // Without T, or with one GPU, or a family without rules: no tensor parallelism.
+  EXPECT_EQ(split->tensor_parallel, 0u);
+  bool reported = false;
+  for (const PlacementCandidate& k : split->placement.candidates) reported |= k.name == "T" && k.why == "not considered";
+  EXPECT_TRUE(reported);
+  auto one_gpu = plan("T", "cuda:0=40GiB,cpu=64GiB");
+  ASSERT_FALSE(one_gpu.ok());
+  EXPECT_NE(one_gpu.error().message.find("two or more GPU budgets"), std::string::npos) << one_gpu.error().message;
+  PlanRequest gptj = ExampleRequest("planner/examples/gpt-j-6b", "cuda:0=12GiB,cuda:1=12GiB,cpu=64GiB");
+  gptj.auto_candidates = "T";
+  auto refused = MakePlan(gptj);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kInfeasible);
+  EXPECT_NE(refused.error().message.find("gptj family has no tensor-parallel rules"), std::string::npos)
+      << refused.error().message;
+  // Too small even split: T is infeasible and the best other candidate stands.
+  auto small = plan("BPCEIST", "cuda:0=3GiB,cuda:1=3GiB,cpu=64GiB");
+  ASSERT_TRUE(small.ok()) << small.error().ToString();
+  EXPECT_EQ(small->tensor_parallel, 0u);
 }
 
 // Every block resident on two GPUs: a plan for batches (max_batch 8) deals the decoder layers to the GPUs in groups

@@ -106,7 +106,7 @@ TEST(PreQuantPlan, EveryLayoutPlansAndVerifies) {
     ASSERT_TRUE(r.ok()) << r.error().message;
     Result<const schema::Plan*> v = VerifyPlan(r->bytes.data(), r->bytes.size(), "plan");
     ASSERT_TRUE(v.ok()) << v.error().message;
-    EXPECT_EQ((*v)->version(), 6u);
+    EXPECT_EQ((*v)->version(), kPlanVersion);
     int prequant = 0;
     for (const schema::Tensor* t : *(*v)->tensors()) {
       if (t->prequant() == schema::PreQuantKind::None) continue;

@@ -89,7 +89,7 @@ constexpr const char* kUsage =
     "  --prefetch-depth N       blocks streamed whole: a ring of N + 1 slots of the largest one (default 1)\n"
     "  --chunk-bytes SIZE       stream every streamed weight larger than SIZE in row chunks of at most SIZE\n"
     "                           (the chunks layout; default: only when a layer does not fit half the ring)\n"
-    "  --auto-candidates LETTERS  which placements auto chooses from (default BPCEIS): B whole blocks, P partly\n"
+    "  --auto-candidates LETTERS  which placements auto chooses from (default BPCEIST): B whole blocks, P partly\n"
     "                           resident blocks, C row-chunked streaming through a quarter of the budget, E\n"
     "                           mixture-of-experts models: experts resident as they fit, the others moved or\n"
     "                           computed by the host when the router picks them (chosen when it fits), I every\n"
@@ -97,7 +97,11 @@ constexpr const char* kUsage =
     "                           groups of 4 or more (2-4 per GPU), for pipelined batches (chosen when it fits),\n"
     "                           S several GPUs:\n"
     "                           layers dealt to the GPUs in turn so every GPU's link streams (chosen when its\n"
-    "                           busiest link copies over 5% less than the best other candidate's)\n"
+    "                           busiest link copies over 5% less than the best other candidate's), T several\n"
+    "                           GPUs, every block resident: each block split over all of them (heads, MLP rows,\n"
+    "                           vocabulary), so a decode step reads every GPU's share at once (chosen when its\n"
+    "                           predicted decode step is at least 10% faster; T alone: always, or an error saying\n"
+    "                           why it does not apply)\n"
     "  --profile FILE           device profile JSON (default: the H100 profile, or the CPU profile without GPUs)\n"
     "output:\n"
     "  -o, --output FILE        write the plan (a .bplan flatbuffer)\n"
@@ -179,8 +183,8 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
       f.chunk_bytes = *bytes;
     }
     else if (flag == "--auto-candidates") {
-      if (value.empty() || value.find_first_not_of("BPCEIS") != std::string::npos)
-        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C, E, I, S");
+      if (value.empty() || value.find_first_not_of("BPCEIST") != std::string::npos)
+        return Usage("--auto-candidates: \"" + value + "\" is not a set of the letters B, P, C, E, I, S, T");
       f.auto_candidates = value;
     }
     else if (flag == "--strategy") f.strategy = value;
@@ -288,6 +292,12 @@ Status Main(int argc, char** argv) {
       std::fprintf(stderr, "plan: wrote %s (%zu bytes)\n", f.output.c_str(), result.bytes.size());
     }
     if (!f.export_device_map.empty()) {
+      if (result.tensor_parallel > 0)
+        return MakeError(ErrorCode::kUnsupported,
+                         "--export-device-map: the plan splits every block over " +
+                             std::to_string(result.tensor_parallel) +
+                             " GPUs (tensor parallel), which a device map cannot say; plan with --auto-candidates "
+                             "BPCEIS for a map");
       const std::string text = PlacementToDeviceMap(result.model, result.placement.blocks).dump(2) + "\n";
       BIGPLAN_RETURN_IF_ERROR(WriteFileBytes(f.export_device_map, reinterpret_cast<const uint8_t*>(text.data()),
                                              text.size()));

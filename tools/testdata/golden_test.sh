@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Golden tests of the tools' text output: `plan` with no arguments (the bundled examples) and `inspect` of a small
-# plan (tools/testdata/tiny-llama planned with an explicit device map that streams from cpu and disk).
+# plan (tools/testdata/tiny-llama planned with an explicit device map that streams from cpu and disk), and `plan` and
+# `inspect` of the same model split over two GPUs (tensor parallel).
 #
 # Regenerate after an intended change:
 #   bazel run //tools:golden_test -- --update       (or UPDATE_GOLDENS=1 bazel run //tools:golden_test)
@@ -24,9 +25,13 @@ unset BUILD_WORKING_DIRECTORY
 "$plan" --quiet --model "$data/tiny-llama" --max-memory "cuda:0=1GiB,cpu=1GiB" --seq-len 64 \
   --device-map "$data/tiny-llama-device-map.json" -o "$work/tiny.bplan" > "$work/plan_tiny.out"
 "$inspect" "$work/tiny.bplan" > "$work/inspect_tiny.out"
+# Tensor parallel: every block of the tiny Llama split over two GPUs (placement candidate T).
+"$plan" --quiet --model "$data/tiny-llama" --max-memory "cuda:0=1GiB,cuda:1=1GiB" --seq-len 64 \
+  --auto-candidates T -o "$work/tiny_tp.bplan" > "$work/plan_tiny_tp.out"
+"$inspect" "$work/tiny_tp.bplan" > "$work/inspect_tiny_tp.out"
 
 status=0
-for name in plan_examples plan_tiny inspect_tiny; do
+for name in plan_examples plan_tiny inspect_tiny plan_tiny_tp inspect_tiny_tp; do
   golden="$data/$name.golden"
   if ((update)); then
     if [[ -z "${BUILD_WORKSPACE_DIRECTORY:-}" ]]; then

@@ -23,7 +23,7 @@ for m in llama llama-tied gptj gpt2; do
   grep -q "checkpoint: 1 shard(s)" "$work/$m.txt" || fail "$m: plan did not use the checkpoint"
   "$inspect" "$work/$m.bplan" > "$work/$m.inspect" || fail "inspect $m"
   "$inspect" --json "$work/$m.bplan" > "$work/$m.json" || fail "inspect --json $m"
-  "$python" -c "import json,sys; p=json.load(open(sys.argv[1])); assert p['version'] == 6 and p['blocks'] and 'streams' in p and 'rope' in p['config'] and all('block_kind' in b for b in p['blocks'])" \
+  "$python" -c "import json,sys; p=json.load(open(sys.argv[1])); assert p['version'] == 7 and p['blocks'] and 'streams' in p and 'rope' in p['config'] and all('block_kind' in b for b in p['blocks'])" \
     "$work/$m.json" || fail "$m: inspect --json is not the plan"
   # Stream every decoder layer: alternate cpu and disk.
   "$python" - "$work/$m.map.json" "$work/$m.stream.json" <<'PY'

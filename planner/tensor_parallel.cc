@@ -1,0 +1,121 @@
+#include "planner/tensor_parallel.h"
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "arch/binding.h"
+
+namespace bigplan {
+
+Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) {
+  const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+  if (family == nullptr)
+    return MakeError(ErrorCode::kUnsupported, "unsupported architecture \"" + model.architecture + "\"");
+  BIGPLAN_RETURN_IF_ERROR(arch::CheckTensorParallel(*family, model.config, shards));
+  std::vector<arch::BlockRef> refs;
+  std::unordered_map<std::string, const TensorSpec*> params;
+  for (const BlockDesc& b : model.blocks) {
+    refs.push_back(arch::BlockRef{b.kind, b.prefix, b.layer});
+    for (const TensorSpec& t : b.params) params.emplace(t.name, &t);
+  }
+  ShardedModel out;
+  out.shards = shards;
+  out.model.name = model.name;
+  out.model.architecture = model.architecture;
+  out.model.config = arch::ShardConfig(model.config, shards);
+  out.model.hf_config = model.hf_config;
+  for (size_t i = 0; i < model.blocks.size(); ++i) {
+    const BlockDesc& b = model.blocks[i];
+    // The block's tensors, own then tied, as the kernels bind them.
+    std::vector<const TensorSpec*> specs;
+    std::vector<arch::BlockTensor> tensors;
+    for (const TensorSpec& t : b.params) specs.push_back(&t);
+    for (const std::string& name : b.tied) {
+      auto it = params.find(name);
+      if (it == params.end())
+        return MakeError(ErrorCode::kMismatch, "block " + b.name + ": tied tensor '" + name + "' is no block's param");
+      specs.push_back(it->second);
+    }
+    for (const TensorSpec* t : specs) {
+      if (t->format != quant::Format::kNone || t->prequant.kind != PreQuant::Kind::kNone)
+        return MakeError(ErrorCode::kUnsupported, "tensor parallelism: " + t->name + " is quantized; quantized "
+                                                  "weights are not split");
+      tensors.push_back(arch::BlockTensor{t->name, t->shape});
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(arch::SlotTable table,
+                             arch::BindBlock(*family, model.config, refs, i, tensors, b.name));
+    std::vector<arch::Slot> slot_of(specs.size(), arch::Slot::kCount);
+    for (size_t s = 0; s < table.size(); ++s)
+      if (table[s] >= 0) slot_of[table[s]] = static_cast<arch::Slot>(s);
+    for (uint32_t r = 0; r < shards; ++r) {
+      BlockDesc shard = b;
+      shard.params.clear();
+      shard.tied.clear();
+      std::map<std::string, arch::TensorSlice> slices;
+      for (size_t t = 0; t < specs.size(); ++t) {
+        if (slot_of[t] == arch::Slot::kCount)
+          return MakeError(ErrorCode::kInternal, "block " + b.name + ": " + specs[t]->name + " bound to no slot");
+        Result<arch::TensorSlice> slice = arch::ShardSlice(slot_of[t], specs[t]->shape, model.config, r, shards);
+        if (!slice.ok()) return WithContext(slice.take_error(), "tensor parallelism: block " + b.name + ", " + specs[t]->name);
+        TensorSpec p = *specs[t];
+        if (!slice->whole()) {
+          p.shape[slice->dim] = slice->end - slice->begin;
+          slices[p.name] = *slice;
+        }
+        shard.params.push_back(std::move(p));
+      }
+      out.model.blocks.push_back(std::move(shard));
+      out.shard.push_back(r);
+      out.slices.push_back(std::move(slices));
+    }
+  }
+  return out;
+}
+
+std::vector<BlockPlacement> ShardPlacement(const ShardedModel& sharded, const std::vector<int32_t>& gpus) {
+  std::vector<BlockPlacement> out(sharded.model.blocks.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i].device = gpus[sharded.shard[i]];
+    out[i].tier = Tier::kGpu;
+  }
+  return out;
+}
+
+double AllReduceMicros(double bytes, uint32_t shards, bool graphs) {
+  return (graphs ? kAllReduceMicros : kAllReduceEagerMicros) + bytes * (shards - 1) / (kPeerGbps * 1e3);
+}
+
+double TensorParallelPassMicros(const ShardedModel& sharded, const std::vector<double>& step_us,
+                                const std::vector<double>& host_us, uint64_t tokens, uint64_t logit_rows, DType exec,
+                                bool graphs) {
+  const uint32_t n = sharded.shards;
+  const ModelConfig& c = sharded.model.config;
+  const double e = DTypeBytes(exec);
+  const double hidden_bytes = static_cast<double>(tokens) * c.hidden_size * e;
+  double total = 0;
+  for (size_t i = 0; i + n <= sharded.model.blocks.size(); i += n) {
+    double device = 0, host = 0;
+    for (uint32_t r = 0; r < n; ++r) {
+      device = std::max(device, step_us[i + r]);
+      if (!host_us.empty()) host += host_us[i + r];
+    }
+    double reduce = 0;
+    switch (sharded.model.blocks[i].kind) {
+      case BlockKind::kEmbedding:
+        reduce = AllReduceMicros(hidden_bytes, n, graphs);
+        break;
+      case BlockKind::kDecoderLayer:
+        reduce = 2 * AllReduceMicros(hidden_bytes, n, graphs);
+        break;
+      case BlockKind::kLmHead:
+        reduce = AllReduceMicros(static_cast<double>(logit_rows) * c.vocab_size * e, n, graphs);
+        break;
+      default:
+        break;
+    }
+    total += std::max(device, host) + reduce;
+  }
+  return total;
+}
+
+}  // namespace bigplan
