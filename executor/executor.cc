@@ -24,12 +24,14 @@
 #include "executor/graph_decode.h"
 #include "executor/kernels.h"
 #include "executor/ranks.h"
+#include "executor/shard_group.h"
 #include "executor/loader.h"
 #include "executor/host_products.h"
 #include "executor/step_weights.h"
 #include "executor/stream_engine.h"
 #include "executor/trace.h"
 #include "support/units.h"
+#include "arch/tensor_parallel.h"
 
 namespace bigplan {
 
@@ -191,6 +193,27 @@ class Executor::Impl {
   }
   // StepRows' pass: every block once, each group of rows through it in turn.
   Status RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out);
+
+  // Tensor parallelism (Plan.tensor_parallel): the shards' GPUs as one group, and each shard's context for the
+  // kernels (its vocabulary rows, its all-reduce). Null / empty for other plans.
+  std::unique_ptr<executor_internal::ShardGroup> shard_group;
+  std::vector<ForwardContext::Shards> shard_ctx;
+  // A pass of a tensor-parallel plan, issued eagerly: each step's block on its shard's GPU, the shards' kernels
+  // meeting at their all-reduces on the GPUs; logits from shard 0 (every shard holds them).
+  Status RunShards(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
+  // Decode steps of a tensor-parallel plan from CUDA graphs: per batch size, one graph per shard (its blocks only),
+  // captured one after the other after two eager warm-up steps of all the shards; a step replays them all.
+  struct ShardGraph {
+    std::vector<std::unique_ptr<at::cuda::CUDAGraph>> graphs;  // per shard
+    std::vector<at::Tensor> inputs;   // per shard: [batch + 1] int64 (the token ids, then the position)
+    std::vector<at::Tensor> outputs;  // per shard: the logits [batch, 1, vocab]
+  };
+  executor_internal::GraphCache<ShardGraph> shard_graphs{false};
+  // The static single-token step of shard `only` (every shard, interleaved, for -1) from g's inputs; the shards'
+  // logits into (*outs)[shard].
+  Status ShardStaticStep(const ShardGraph& g, int64_t batch, int only, std::vector<at::Tensor>* outs);
+  // As RunGraphStep: OK with *out undefined when graphs are off (the step is then to run eagerly).
+  Status RunShardGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out);
 };
 
 namespace {
@@ -302,6 +325,161 @@ Status Executor::Impl::RunSteps(const std::vector<int64_t>& ids, int64_t batch, 
     *out = result.to(at::kCPU, at::kFloat).contiguous();
   } catch (const std::exception& e) {
     return TorchError(e, "forward pass");
+  }
+  return Status::Ok();
+}
+
+Status Executor::Impl::RunShards(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only,
+                                 at::Tensor* out) {
+  const auto issue_start = Clock::now();
+  Status status = Status::Ok();
+  try {
+    c10::InferenceMode inference;
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    GuardComputeStreams(&streams_guard);
+    const int n = shard_group->shards();
+    const at::Tensor host_ids = HostIds(ids, batch, seq);
+    std::vector<ForwardContext> ctx(n);
+    std::vector<at::Tensor> hidden(n), logits(n);
+    for (int s = 0; s < n; ++s) {
+      c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(shard_group->device(s)));
+      ctx[s].token_ids = host_ids.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(shard_group->device(s))));
+      ctx[s].start_pos = pos;
+      ctx[s].logits_last_only = last_only;
+      ctx[s].shards = &shard_ctx[s];
+    }
+    for (uint32_t i = 0; i < state->steps.size() && status.ok(); ++i) {
+      const BlockRuntime& b = state->blocks[state->steps[i].block];
+      const int s = static_cast<int>(b.shard);
+      c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(b.device));
+      status = engine->BeginStep(i);
+      if (status.ok()) status = weights[b.index].Prepare();
+      if (status.ok()) {
+        BlockKv& k = kv[b.index];
+        status = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx[s], k.has_kv ? &k.kv : nullptr,
+                                   &hidden[s], &logits[s]);
+        if (!status.ok()) status = WithContext(status.take_error(), "block " + b.name + " (shard " + std::to_string(s) + ")");
+      }
+      if (status.ok()) status = engine->EndStep(i);
+    }
+    if (status.ok() && !logits[0].defined()) status = MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+    if (status.ok()) {
+      const at::Tensor result = last_only ? logits[0].narrow(1, logits[0].size(1) - 1, 1) : logits[0];
+      issue_ms = std::chrono::duration<double, std::milli>(Clock::now() - issue_start).count();
+      *out = result.to(at::kCPU, at::kFloat).contiguous();
+    }
+  } catch (const std::exception& e) {
+    status = TorchError(e, "forward pass");
+  }
+  if (!status.ok()) {
+    // Some shards' kernels may wait for all-reduces the others never issued.
+    Status recovered = shard_group->Recover();
+    if (!recovered.ok()) return WithContext(status.take_error(), recovered.error().message);
+  }
+  return status;
+}
+
+Status Executor::Impl::ShardStaticStep(const ShardGraph& g, int64_t batch, int only, std::vector<at::Tensor>* outs) {
+  const int n = shard_group->shards();
+  std::vector<ForwardContext> ctx(n);
+  std::vector<at::Tensor> hidden(n), logits(n);
+  for (int s = 0; s < n; ++s) {
+    ctx[s].token_ids = g.inputs[s].narrow(0, 0, batch).view({batch, 1});
+    ctx[s].position = g.inputs[s].narrow(0, batch, 1);
+    ctx[s].start_pos = pos;
+    ctx[s].logits_last_only = true;
+    ctx[s].shards = &shard_ctx[s];
+  }
+  for (uint32_t i = 0; i < state->steps.size(); ++i) {
+    const BlockRuntime& b = state->blocks[state->steps[i].block];
+    const int s = static_cast<int>(b.shard);
+    if (only >= 0 && s != only) continue;
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(b.device));
+    BlockKv& k = kv[b.index];
+    Status status = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx[s], k.has_kv ? &k.kv : nullptr,
+                                      &hidden[s], &logits[s]);
+    if (!status.ok()) return WithContext(status.take_error(), "block " + b.name + " (shard " + std::to_string(s) + ")");
+  }
+  *outs = std::move(logits);
+  return Status::Ok();
+}
+
+Status Executor::Impl::RunShardGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out) {
+  *out = at::Tensor();
+  const int n = shard_group->shards();
+  bool warming = false;
+  try {
+    c10::InferenceMode inference;
+    std::optional<c10::cuda::CUDAMultiStreamGuard> streams_guard;
+    GuardComputeStreams(&streams_guard);
+    at::Tensor host = at::empty({batch + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    std::memcpy(host.data_ptr<int64_t>(), ids.data(), batch * sizeof(int64_t));
+    host.data_ptr<int64_t>()[batch] = pos;
+    auto device_of = [&](int s) { return static_cast<c10::DeviceIndex>(shard_group->device(s)); };
+    auto capture = [&](int64_t b) -> Result<std::optional<ShardGraph>> {
+      ShardGraph g;
+      std::vector<c10::cuda::CUDAStream> side;
+      for (int s = 0; s < n; ++s) {
+        c10::cuda::CUDAGuard guard(device_of(s));
+        g.inputs.push_back(at::empty({b + 1}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA, device_of(s))));
+        g.inputs.back().copy_(host, /*non_blocking=*/true);
+        side.push_back(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_of(s)));
+        at::cuda::CUDAEvent to_side;
+        to_side.record(c10::cuda::getCurrentCUDAStream(device_of(s)));
+        to_side.block(side.back());
+      }
+      ClearKvTail(pos);
+      Status captured;
+      {
+        // Warm up (every shard, interleaved: their kernels meet at the all-reduces) and capture (one shard at a
+        // time: nothing runs while capturing) on side streams. Each run writes the same K/V at the same position.
+        c10::cuda::CUDAMultiStreamGuard side_guard(side);
+        warming = true;
+        for (int w = 0; w < 2 && captured.ok(); ++w) {
+          std::vector<at::Tensor> warm;
+          captured = ShardStaticStep(g, b, -1, &warm);
+        }
+        warming = false;
+        g.graphs.resize(n);
+        g.outputs.resize(n);
+        for (int s = 0; s < n && captured.ok(); ++s) {
+          c10::cuda::CUDAGuard guard(device_of(s));
+          g.graphs[s] = std::make_unique<at::cuda::CUDAGraph>();
+          captured = executor_internal::CaptureGraph(
+              g.graphs[s].get(),
+              [&] {
+                std::vector<at::Tensor> outs;
+                Status st = ShardStaticStep(g, b, s, &outs);
+                if (st.ok()) g.outputs[s] = outs[s];
+                return st;
+              },
+              "the decode step of shard " + std::to_string(s));
+        }
+      }
+      for (int s = 0; s < n; ++s) {
+        at::cuda::CUDAEvent to_compute;
+        to_compute.record(side[s]);
+        to_compute.block(c10::cuda::getCurrentCUDAStream(device_of(s)));
+      }
+      if (!captured.ok()) {
+        BIGPLAN_RETURN_IF_ERROR(shard_group->Recover());
+        capture_error = captured.error().message;
+        return std::optional<ShardGraph>();
+      }
+      return std::optional<ShardGraph>(std::move(g));
+    };
+    BIGPLAN_ASSIGN_OR_RETURN(auto found, shard_graphs.Get(batch, capture));
+    if (found.graph == nullptr) return Status::Ok();
+    ShardGraph& g = *found.graph;
+    for (int s = 0; s < n; ++s) {
+      c10::cuda::CUDAGuard guard(device_of(s));
+      if (!found.captured) g.inputs[s].copy_(host, /*non_blocking=*/true);
+      g.graphs[s]->replay();
+    }
+    *out = g.outputs[0].to(at::kCPU, at::kFloat).contiguous();
+  } catch (const std::exception& e) {
+    if (warming) (void)shard_group->Recover();
+    return TorchError(e, "decode step");
   }
   return Status::Ok();
 }
@@ -793,8 +971,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   BIGPLAN_RETURN_IF_ERROR(CheckInput(ids, batch, seq));
   const auto t0 = Clock::now();
   at::Tensor out;
-  if (seq == 1 && pos > 0 && GraphsEnabled()) {
-    Status step = RunGraphStep(ids, batch, &out);
+  if (seq == 1 && pos > 0 && (GraphsEnabled() || (shard_group != nullptr && shard_graphs.enabled()))) {
+    Status step = shard_group != nullptr ? RunShardGraphStep(ids, batch, &out) : RunGraphStep(ids, batch, &out);
     if (step.ok() && out.defined()) {
       pos += seq;
       cached_batch = batch;
@@ -834,6 +1012,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
                          micro_batch_group != 0 ? micro_batch_group : options.micro_batch_group, &out);
     } else if (bucketed) {
       run = RunBucketed(ids, batch, seq, last_only, &out);
+    } else if (shard_group != nullptr) {
+      run = RunShards(ids, batch, seq, last_only, &out);
     } else {
       run = RunSteps(ids, batch, seq, last_only, &out);
     }
@@ -929,10 +1109,24 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
   ModelSpec spec = executor_internal::SpecFromPlan(plan.plan());
   spec.fused_kernels = options.fused_kernels;
+  const uint32_t shards = plan.plan().tensor_parallel();
+  if (shards > 0) {
+    // A tensor-parallel plan's kernels compute one shard's heads and MLP rows (arch::ShardConfig).
+    spec.num_heads /= shards;
+    spec.num_kv_heads /= shards;
+    spec.intermediate_size /= shards;
+  }
   auto kernels = MakeModelKernels(spec);
   if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
   impl->kernels = std::move(*kernels);
   const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;
+  if (shards > 0 && (cpu_mode || options.world_size != 0)) {
+    return MakeError(ErrorCode::kUnsupported,
+                     plan_path + ": the plan splits every block over " + std::to_string(shards) +
+                         " GPUs (tensor parallel), which run in one process on those GPUs" +
+                         (cpu_mode ? std::string(", not on the CPU") : std::string(", not as ranks")) +
+                         ": plan for this setup (e.g. plan --auto-candidates BPCEIS)");
+  }
   executor_internal::LoadOptions load{.cpu_mode = cpu_mode, .progress = options.progress};
   if (options.world_size != 0) {
     if (options.world_size < 2 || options.rank < 0 || options.rank >= options.world_size) {
@@ -992,8 +1186,29 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   auto kv = executor_internal::MakeKvViews(*impl->state);
   if (!kv.ok()) return PlanContentError(kv.take_error(), plan_path);
   impl->kv = std::move(*kv);
-  if (options.cuda_graphs && !cpu_mode && !impl->state->cuda_devices.empty() && impl->state->streams.empty() &&
-      impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
+  if (shards > 0) {
+    // The shards' GPUs in shard order, and each shard's context for the kernels.
+    std::vector<int> devices(shards, -1);
+    for (const BlockRuntime& b : impl->state->blocks) devices[b.shard] = b.device;
+    BIGPLAN_ASSIGN_OR_RETURN(impl->shard_group, executor_internal::ShardGroup::Create(devices));
+    const int64_t vocab = impl->state->info.vocab_size;
+    impl->shard_ctx.resize(shards);
+    for (uint32_t s = 0; s < shards; ++s) {
+      ForwardContext::Shards& c = impl->shard_ctx[s];
+      const arch::TensorSlice v = arch::VocabSlice(vocab, s, shards);
+      c.shard = static_cast<int>(s);
+      c.count = static_cast<int>(shards);
+      c.vocab_begin = v.begin;
+      c.vocab_end = v.end;
+      c.vocab = vocab;
+      executor_internal::ShardGroup* group = impl->shard_group.get();
+      c.all_reduce = [group, s](const at::Tensor& x) { return group->AllReduce(static_cast<int>(s), x); };
+    }
+    impl->shard_graphs = executor_internal::GraphCache<Impl::ShardGraph>(
+        options.cuda_graphs && impl->kernels->StaticDecode(impl->state->info.max_seq_len));
+  }
+  if (shards == 0 && options.cuda_graphs && !cpu_mode && !impl->state->cuda_devices.empty() &&
+      impl->state->streams.empty() && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
     bool resident = true;
     for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
     // One segment per run of consecutive steps on one GPU; a later segment takes the hidden state from the one
@@ -1024,7 +1239,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     }
   }
   {
-    bool resident = !cpu_mode && impl->host == nullptr && impl->experts == nullptr &&
+    bool resident = !cpu_mode && impl->host == nullptr && impl->experts == nullptr && shards == 0 &&
                     impl->state->streams.empty() && impl->state->cuda_devices.size() >= 2;
     for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
     impl->pipelinable = resident;
@@ -1261,6 +1476,11 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   if (impl_->ranks != nullptr) {
     return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " runs over ranks (one process per "
                                               "GPU), which serve Forward and Generate only");
+  }
+  if (impl_->shard_group != nullptr) {
+    return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " splits every block over " +
+                                              std::to_string(impl_->shard_group->shards()) +
+                                              " GPUs (tensor parallel), which serve Forward and Generate only");
   }
   if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "StepRows: no rows");
   bool holdable = true;  // every stream's chunks may stay held until their block's step ends

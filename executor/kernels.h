@@ -210,6 +210,19 @@ struct ForwardContext {
   // below attend_len that a row has not written must hold finite values.
   at::Tensor rows;
   int64_t attend_len = 0;
+  // Tensor parallelism (schema Plan.tensor_parallel; arch/tensor_parallel.h): set when the block is one shard of a
+  // block split over several GPUs; the kernels (built for arch::ShardConfig's heads and intermediate size) compute
+  // the shard's part and combine the shards' parts through all_reduce. Null otherwise.
+  struct Shards {
+    int shard = 0;
+    int count = 1;
+    int64_t vocab_begin = 0, vocab_end = 0;  // this shard's rows of the embedding and lm_head
+    int64_t vocab = 0;                       // the whole vocabulary
+    // Replaces x (contiguous, on the shard's device) by the sum over the shards of their x, in shard order, in
+    // stream order on the current stream. Every shard calls it at the same points with the same shapes.
+    std::function<Status(const at::Tensor& x)> all_reduce;
+  };
+  const Shards* shards = nullptr;
 };
 
 // Block kinds (arch::BlockKind): embedding, decoder_layer, final_norm, lm_head, and position_embedding (GPT-2's

@@ -45,6 +45,16 @@ class LlamaKernels final : public ModelKernelsBase {
 
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kTokenEmbedding));
+    if (const ForwardContext::Shards* tp = c.ctx.shards) {
+      // This shard's vocabulary rows: zeros for the other tokens, then the sum over the shards.
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor table, Get(c, Slot::kTokenEmbedding));
+      const int64_t rows = table.size(0);
+      const at::Tensor local = c.ctx.token_ids - tp->vocab_begin;
+      const at::Tensor inside = at::logical_and(local >= 0, local < rows);
+      *hidden = (at::embedding(table, local.clamp(0, rows - 1)) * inside.unsqueeze(-1).to(table.scalar_type()))
+                    .contiguous();
+      return tp->all_reduce(*hidden);
+    }
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(w, c.ctx.token_ids));
     return Status::Ok();
   }
@@ -158,7 +168,19 @@ class LlamaKernels final : public ModelKernelsBase {
     if (!attn.defined()) {
       BIGPLAN_ASSIGN_OR_RETURN(attn, Attention(c, q, k, v, kv, scale, window));
     }
-    BIGPLAN_ASSIGN_OR_RETURN(const at::Tensor y, linear(o_proj, attn, x));
+    // A shard's products are partial sums over its heads (and below, its MLP rows): the first shard adds the
+    // residual, then every shard adds the others' parts.
+    const ForwardContext::Shards* tp = c.ctx.shards;
+    const bool adds_residual = tp == nullptr || tp->shard == 0;
+    if (!adds_residual) {
+      o_proj.b = at::Tensor();  // o_proj's and down_proj's biases: shard 0 adds them (arch/tensor_parallel.h)
+      down_proj.b = at::Tensor();
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor y, linear(o_proj, attn, adds_residual ? x : at::Tensor()));
+    if (tp != nullptr) {
+      y = y.contiguous();
+      BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(y));
+    }
 
     h = norm(y, post_norm);
     if (sparse) {
@@ -179,7 +201,11 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor up, apply(up_proj, h));
       act = Activate(act_, gate) * up;
     }
-    BIGPLAN_ASSIGN_OR_RETURN(*hidden, linear(down_proj, act, y));
+    BIGPLAN_ASSIGN_OR_RETURN(*hidden, linear(down_proj, act, adds_residual ? y : at::Tensor()));
+    if (tp != nullptr) {
+      *hidden = hidden->contiguous();
+      BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(*hidden));
+    }
     return Status::Ok();
   }
 
@@ -432,6 +458,18 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
+    if (const ForwardContext::Shards* tp = c.ctx.shards) {
+      // This shard's vocabulary columns of the logits, placed in the whole vocabulary, summed over the shards.
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, Slot::kLmHead));
+      at::Tensor part = spec_.fused_kernels ? fused_ops::Linear(h, w, at::Tensor(), at::Tensor()) : at::Tensor();
+      if (!part.defined()) part = at::linear(h, w);
+      std::vector<int64_t> shape(part.sizes().begin(), part.sizes().end());
+      shape.back() = tp->vocab;
+      at::Tensor full = at::zeros(shape, part.options());
+      full.narrow(-1, tp->vocab_begin, tp->vocab_end - tp->vocab_begin).copy_(part);
+      BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(full));
+      return full;
+    }
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kLmHead));
     const at::Tensor bias = Optional(c, Slot::kLmHeadBias);
     if (spec_.fused_kernels && w.whole.defined() && !w.quant.quantized()) {

@@ -220,13 +220,16 @@ struct Loader {
     if (config == nullptr || run == nullptr) {
       return MakeError(ErrorCode::kCorrupt, plan_name + ": no model config or run shape");
     }
-    const uint64_t kv_bytes_needed = 2ull * run->max_batch() * config->num_kv_heads() * run->max_seq_len() *
+    // A tensor-parallel shard caches its own key/value heads.
+    const uint64_t kv_bytes_needed = 2ull * run->max_batch() * config->num_kv_heads() /
+                                     std::max<uint32_t>(1, plan.tensor_parallel()) * run->max_seq_len() *
                                      config->head_dim() * DTypeSize(plan.exec_dtype());
     std::set<int> devices;
     for (uint32_t i = 0; i < blocks->size(); ++i) {
       const schema::Block* b = blocks->Get(i);
       BlockRuntime br;
       br.index = i;
+      br.shard = b->shard();
       br.name = Str(b->name());
       br.kind = block_kinds[i];
       br.slots = slot_tables[i];
@@ -292,6 +295,24 @@ struct Loader {
           wr.shard = state.shards[t->shard()].get();
           wr.shard_index = t->shard();
           BIGPLAN_ASSIGN_OR_RETURN(wr.source, wr.shard->View(t->offset(), t->size_bytes()));
+          if (w->slice_dim() >= 0) {
+            // A tensor-parallel shard's slice (VerifyPlan checked it against the tensor's shape): rows are a range
+            // of the tensor's bytes; columns are gathered from every row at load.
+            const int64_t begin = w->slice_begin(), extent = w->slice_end() - w->slice_begin();
+            const uint64_t row_bytes = wr.shape[0] > 0 ? wr.source_bytes / static_cast<uint64_t>(wr.shape[0]) : 0;
+            if (w->slice_dim() == 0) {
+              wr.source += begin * row_bytes;
+              wr.source_offset += begin * row_bytes;
+              wr.source_bytes = extent * row_bytes;
+            } else {
+              wr.col_begin = begin;
+              wr.src_cols = wr.shape[1];
+            }
+            wr.shape[w->slice_dim()] = extent;
+            wr.numel = 1;
+            for (int64_t d : wr.shape) wr.numel *= d;
+            wr.rows = wr.shape.empty() ? 1 : std::max<int64_t>(1, wr.shape[0]);
+          }
           wr.format = FormatOf(w->format());
           wr.group = w->group_size();
           wr.prequant = t->prequant();
@@ -344,6 +365,7 @@ struct Loader {
       state.blocks.push_back(std::move(br));
     }
     state.cuda_devices.assign(devices.begin(), devices.end());
+    state.tensor_parallel = plan.tensor_parallel();
     return Status::Ok();
   }
 
@@ -676,6 +698,32 @@ struct Loader {
         }
         const size_t src_elem = DTypeSize(w.source_dtype);
         const size_t dst_elem = DTypeSize(w.dtype);
+        if (w.col_begin >= 0) {
+          // A shard's columns: each row's segment gathered into `gather`, then cast and copied as below.
+          const int64_t cols = w.shape[1];
+          const int64_t rows_per = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / (cols * std::max(src_elem, dst_elem))));
+          std::vector<uint8_t> gather;
+          for (int64_t r = 0; r < w.rows; r += rows_per) {
+            const int64_t nr = std::min(rows_per, w.rows - r);
+            gather.resize(nr * cols * src_elem);
+            for (int64_t i = 0; i < nr; ++i) {
+              std::memcpy(gather.data() + i * cols * src_elem,
+                          w.source + ((r + i) * w.src_cols + w.col_begin) * src_elem, cols * src_elem);
+            }
+            uint8_t* d = dst + r * cols * dst_elem;
+            const int64_t n = nr * cols;
+            if (!device_home) {
+              BIGPLAN_RETURN_IF_ERROR(CastInto(d, w.dtype, gather.data(), w.source_dtype, n));
+            } else {
+              bounce.resize(std::max<size_t>(bounce.size(), n * dst_elem));
+              BIGPLAN_RETURN_IF_ERROR(CastInto(bounce.data(), w.dtype, gather.data(), w.source_dtype, n));
+              BIGPLAN_RETURN_IF_ERROR(
+                  CudaStatus(cudaMemcpy(d, bounce.data(), n * dst_elem, cudaMemcpyHostToDevice), "loading " + w.name));
+            }
+            progress.Add(n * dst_elem);
+          }
+          continue;
+        }
         const int64_t chunk_elems =
             std::max<int64_t>(1, kLoadChunkBytes / std::max<size_t>({src_elem, dst_elem, size_t{1}}));
         for (int64_t e = 0; e < w.numel; e += chunk_elems) {
@@ -944,8 +992,10 @@ Result<std::vector<BlockKv>> MakeKvViews(const ModelState& state) {
     for (const BlockRuntime& br : state.blocks) {
       if (br.kv == nullptr) continue;
       BlockKv& v = views[br.index];
-      const std::vector<int64_t> shape{run->max_batch(), config->num_kv_heads(), run->max_seq_len(),
-                                       config->head_dim()};
+      // A tensor-parallel shard caches its own key/value heads.
+      const std::vector<int64_t> shape{run->max_batch(),
+                                       config->num_kv_heads() / std::max<uint32_t>(1, plan.tensor_parallel()),
+                                       run->max_seq_len(), config->head_dim()};
       const auto opts = OptionsFor(plan.exec_dtype(), br.device);
       v.kv.k = at::from_blob(br.kv, shape, opts);
       v.kv.v = at::from_blob(br.kv + br.kv_bytes / 2, shape, opts);

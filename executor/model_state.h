@@ -64,6 +64,11 @@ struct WeightRuntime {
   // Act-order GPTQ (formats/quant.h FromGptq): the stored columns are the checkpoint's columns perm[0..cols), so a
   // product takes the activations' columns in that order. Empty otherwise.
   std::vector<int32_t> perm;
+  // A tensor-parallel shard's columns (schema::Weight.slice_dim 1): columns [col_begin, col_begin + shape[1]) of
+  // each of the checkpoint tensor's rows of src_cols columns, gathered at load (`source` is then the whole tensor's
+  // bytes). -1: none (a row slice is a plain range of `source`).
+  int64_t col_begin = -1;
+  int64_t src_cols = 0;
   // A routed expert's matrix (schema::Weight.routed): in no stream; moved or computed by the host when its expert is
   // chosen (executor/expert_engine.h). In CPU mode it is used where it rests (a disk-resting one is loaded into
   // `owned` host memory).
@@ -80,6 +85,7 @@ struct WeightRuntime {
 
 struct BlockRuntime {
   uint32_t index = 0;
+  uint32_t shard = 0;  // a tensor-parallel plan's shard (schema::Block.shard); 0 otherwise
   std::string name;
   arch::BlockKind kind = arch::BlockKind::kEmbedding;
   std::string prefix;
@@ -175,6 +181,7 @@ struct ModelState {
   std::vector<ExpertRingRuntime> expert_rings;  // GPU mode only
   std::vector<Allocation> owned;                // CPU mode: routed disk-resting experts loaded into memory
   std::vector<int> cuda_devices;     // distinct CUDA devices blocks run on (empty in CPU mode)
+  uint32_t tensor_parallel = 0;      // schema::Plan.tensor_parallel: shards per block (0: none)
   bool cpu_mode = false;
   // Plan.host_max_tokens: forwards of at most this many tokens compute the host units on the host (0: none; also in
   // CPU mode, where every weight is used where it rests).

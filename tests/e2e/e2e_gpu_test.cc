@@ -570,6 +570,83 @@ TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
   }
 }
 
+// A tensor-parallel plan (placement candidate T, plan version 7): every block split over two GPUs, each computing
+// its heads, MLP rows and vocabulary slice, the shards' partial sums added by the all-reduce (executor/tp_comm.h).
+// In float32 it matches transformers as part 1, eagerly and from CUDA graphs (one per shard), gives the one-GPU
+// plan's greedy tokens, and its graph steps agree with its eager steps within 1e-5 (only the summation order of the
+// split products differs from one GPU). In bfloat16 it agrees with transformers within part 1's tolerance. Families
+// without tensor-parallel rules are skipped (the plan says why). Skipped with fewer than two GPUs.
+TEST_P(E2eGpu, TwoGpuTensorParallelMatchesTransformers) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  const std::string family = GetParam();
+  const std::string model = ModelDir(family);
+  auto ref = LoadReference(model);
+  ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+  const uint32_t seq_len = SuiteSeqLen(model);
+  const int64_t steps = std::min<int64_t>(ref->steps, seq_len - ref->prompt_len);
+  const std::string dir = TempDir(family + "_tensor_parallel");
+  const std::string one = dir + "/one.bplan", tp = dir + "/tp.bplan", tp_bf16 = dir + "/tp_bf16.bplan";
+  Status planned = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 2, seq_len, tp, "--auto-candidates T");
+  if (!planned.ok()) {
+    ASSERT_NE(planned.error().message.find("has no tensor-parallel rules"), std::string::npos)
+        << planned.error().ToString();
+    GTEST_SKIP() << planned.error().message;
+  }
+  ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 2, seq_len, one).ok());
+  ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "bf16", 2, seq_len, tp_bf16, "--auto-candidates T").ok());
+  {
+    auto plan = PlanFile::Load(tp);
+    ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+    EXPECT_EQ(plan->plan().tensor_parallel(), 2u);
+  }
+  constexpr int kRuns = 4;  // one GPU (graphs), tensor parallel eager, tensor parallel graphs, bf16 graphs
+  std::unique_ptr<Executor> exec[kRuns];
+  for (int i = 0; i < kRuns; ++i) {
+    ExecutorOptions options;
+    options.progress = false;
+    options.cuda_graphs = i != 1;
+    auto e = Executor::Load(i == 0 ? one : i == 3 ? tp_bf16 : tp, model, options);
+    ASSERT_TRUE(e.ok()) << e.error().ToString();
+    exec[i] = std::move(*e);
+  }
+  StepErrors errors[kRuns];
+  for (int i = 0; i < kRuns; ++i) {
+    SCOPED_TRACE("run " + std::to_string(i));
+    auto e = CompareWithReference(*exec[i], *ref, steps);
+    ASSERT_TRUE(e.ok()) << e.error().ToString();
+    errors[i] = std::move(*e);
+    EXPECT_LE(errors[i].max_rel, i == 3 ? kBf16Tolerance : kF32Tolerance);
+    EXPECT_EQ(exec[i]->stats().graph_capture_error, "");
+  }
+  std::ifstream config_file(model + "/config.json");
+  auto parsed = arch::ParseHfConfig(nlohmann::json::parse(config_file), model + "/config.json");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  const bool graphs = arch::GraphDecodeEligible(*parsed->family, parsed->config, seq_len) && steps > 0;
+  EXPECT_EQ(exec[2]->stats().graph_steps > 0, graphs);
+  EXPECT_EQ(exec[1]->stats().graph_steps, 0u);
+  double worst = 0;
+  for (size_t k = 0; k < errors[1].logits.size(); ++k)
+    worst = std::max(worst, MaxRelError(errors[2].logits[k].data, errors[1].logits[k].data));
+  EXPECT_LE(worst, 1e-5);
+  std::printf("%-14s tensor parallel over two GPUs: max rel vs transformers %.2e (eager), %.2e (graphs), %.2e (bf16); "
+              "graphs vs eager %.2e\n",
+              family.c_str(), errors[1].max_rel, errors[2].max_rel, errors[3].max_rel, worst);
+  GenerateOptions greedy;
+  greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(steps + 1, seq_len - ref->prompt_len));
+  auto want = exec[0]->Generate(ref->Prompts(), greedy);
+  ASSERT_TRUE(want.ok()) << want.error().ToString();
+  for (int i : {1, 2}) {
+    auto got = exec[i]->Generate(ref->Prompts(), greedy);
+    ASSERT_TRUE(got.ok()) << got.error().ToString();
+    EXPECT_EQ(got->tokens, want->tokens) << i;
+  }
+  // Continuous batching is refused with the reason.
+  auto rows = exec[2]->StepRows({RowStep{0, 0, {1}}});
+  ASSERT_FALSE(rows.ok());
+  EXPECT_NE(rows.error().message.find("tensor parallel"), std::string::npos) << rows.error().message;
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, E2eGpu, ::testing::ValuesIn(AllFamilies()),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
