@@ -6,7 +6,9 @@
 #
 #   benchmarks/gpu/compressed_check.sh OUT_DIR [parts...]
 # parts: kernels (kernels_quant_gpu_test), matvec (cpu_matvec_bench), ckpt, bigplan, accelerate (default: all).
-# Run from the repo root on the GPU machine with the bundle in .bundle/ (tools/bundle_gpu.sh).
+# Run from the repo root on the GPU machine with the bundle in .bundle/ (tools/bundle_gpu.sh). Part ckpt writes
+# BIGPLAN_CKPT (default /tmp/llama-3-8b-bf16) in the shape BIGPLAN_CKPT_SHAPE "hidden,intermediate,layers,heads,
+# kv_heads" (default the Llama-3-8B's "4096,14336,32,32,8"; head_dim 128, vocab 128256).
 set -uo pipefail
 out="${1:?OUT_DIR}"; shift
 parts=("$@"); ((${#parts[@]})) || parts=(kernels matvec ckpt bigplan accelerate)
@@ -27,10 +29,11 @@ if has matvec && [[ -x $bin/cpu_matvec_bench ]]; then
 fi
 if has ckpt && [[ ! -f "$ckpt/model.safetensors.index.json" ]]; then
   mkdir -p "$ckpt"
-  python3 - "$ckpt" <<'PY'
+  python3 - "$ckpt" "${BIGPLAN_CKPT_SHAPE:-4096,14336,32,32,8}" <<'PY'
 import json, sys
 d = sys.argv[1]
-H, I, L, V, NH, KV, HD = 4096, 14336, 32, 128256, 32, 8, 128
+H, I, L, NH, KV = (int(x) for x in sys.argv[2].split(","))  # the Llama-3-8B shape by default
+V, HD = 128256, 128
 cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": I,
        "num_hidden_layers": L, "num_attention_heads": NH, "num_key_value_heads": KV, "head_dim": HD,
        "vocab_size": V, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "hidden_act": "silu",

@@ -36,7 +36,8 @@
 // --offload-split "cuda:0=4GiB,cuda:1=4GiB" a cpu-offload one (its floor: the busiest GPU link's bytes / H2D).
 // --split-stride 8: each --resident-split also planned by an explicit map dealing the decoder layers to its GPUs in
 // groups of 8 (embedding with the first group, head with the last); 0: also planned without auto's interleaved
-// candidate I (the contiguous split, which auto keeps for max_batch 1).
+// candidate I and its tensor-parallel candidate T (the contiguous split). Resident configurations over several GPUs
+// also report the HBM floor of the larger share (the most weight bytes one GPU holds / device memory bandwidth).
 // --prefill-batch N: resident configurations also time a prefill of N fresh `--prefill`-token rows, unpipelined
 // (ForwardOptions::micro_batch_rows -1), with the executor's micro-batches (0) and with each --micro-batch-rows;
 // --micro-batch-groups 0,2 runs each pipelined setting with each ForwardOptions::micro_batch_group (0: all in flight).
@@ -339,8 +340,10 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   else req.cpu_share = std::stod(cfg.cpu_share);
   auto t_plan = std::chrono::steady_clock::now();
   if (cfg.stride == 0) {
-    req.auto_candidates.erase(std::remove(req.auto_candidates.begin(), req.auto_candidates.end(), 'I'),
-                              req.auto_candidates.end());
+    // The contiguous split: neither interleaved groups (I) nor every block split over the GPUs (T).
+    for (char letter : {'I', 'T'})
+      req.auto_candidates.erase(std::remove(req.auto_candidates.begin(), req.auto_candidates.end(), letter),
+                                req.auto_candidates.end());
   }
   if (cfg.stride > 0) {
     // Layers [0, stride) on the first GPU, the next `stride` on the second, ...; the embedding with the first
@@ -644,7 +647,13 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     }
   } else {
     uint64_t weight_bytes = 0;
-    for (uint32_t i = 0; i < p.blocks()->size(); ++i) weight_bytes += p.blocks()->Get(i)->weight_bytes();
+    std::map<int32_t, uint64_t> device_bytes;  // each GPU's share of the weights
+    for (uint32_t i = 0; i < p.blocks()->size(); ++i) {
+      weight_bytes += p.blocks()->Get(i)->weight_bytes();
+      device_bytes[p.blocks()->Get(i)->device()] += p.blocks()->Get(i)->weight_bytes();
+    }
+    uint64_t larger_share = 0;
+    for (const auto& [device, bytes] : device_bytes) larger_share = std::max(larger_share, bytes);
     BIGPLAN_ASSIGN_OR_RETURN(Timing fp, TimeIt(args.repeat, [&]() -> Status {
       return exec->Forward(prompt, 1, fresh).status();
     }));
@@ -675,6 +684,21 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     j["ratio_decode_to_floor"] = dec.median / decode_floor;
     j["ratio_prefill_to_floor"] = fp.best / prefill_floor;
     j["fused_kernels"] = args.fused_kernels;
+    j["tensor_parallel"] = p.tensor_parallel();
+    j["prediction_error_decode_step"] = plan.decode.total_us / 1e6 / dec.median - 1.0;
+    if (device_bytes.size() > 1) {
+      // Several GPUs: the HBM floor of the larger share (what the GPU holding the most weight bytes reads), which
+      // a step reaches only when every GPU reads its share at once.
+      const double share_floor = larger_share / (floors.device_mem_gbps * 1e9);
+      j["larger_share_bytes"] = larger_share;
+      j["decode_floor_larger_share_s"] = share_floor;
+      j["ratio_decode_to_larger_share_floor"] = dec.median / share_floor;
+      std::fprintf(stderr, "   %s: decode step %.3f ms = %.2fx the HBM floor of the larger share (%.2f GB, %.3f ms), "
+                   "%.2fx the whole model's floor; predicted %.3f ms (%+.1f%%)\n",
+                   p.tensor_parallel() > 0 ? "tensor parallel" : "split", dec.median * 1e3, dec.median / share_floor,
+                   larger_share / 1e9, share_floor * 1e3, dec.median / decode_floor, plan.decode.total_us / 1e3,
+                   100.0 * (plan.decode.total_us / 1e6 / dec.median - 1.0));
+    }
     // Larger decode batches (the same weights read once per step for every row).
     for (double b : args.decode_batches) {
       if (b <= 1) continue;

@@ -19,7 +19,7 @@ export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off (the device tool's KINDS
 ckpt=/tmp/llama-3-8b-bf16
 if [[ "${1:-}" == ckpt || ! -d $ckpt ]]; then BIGPLAN_CKPT=$ckpt benchmarks/gpu/compressed_check.sh "$out" ckpt; fi
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$out/gpus.txt"
-"$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=16GiB,cuda:1=16GiB --batch 4 --seq-len 128 -o "$out/split.bplan" \
+"$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=16GiB,cuda:1=16GiB --batch 4 --seq-len 128 --auto-candidates BPCEIS -o "$out/split.bplan" \
   > "$out/plan.txt" 2>&1 || { cat "$out/plan.txt"; exit 1; }
 grep -E "cuda:|placement|predicted" "$out/plan.txt" | head -8
 ids=$(python3 -c 'import random; r=random.Random(5); print(",".join(str(r.randrange(128000)) for _ in range(32)))')
