@@ -1,0 +1,79 @@
+#include "arch/tensor_parallel.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace bigplan::arch {
+namespace {
+
+ModelConfig Llama() {
+  ModelConfig c;
+  c.hidden_size = 64;
+  c.num_layers = 2;
+  c.num_heads = 8;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.intermediate_size = 96;
+  c.vocab_size = 101;
+  c.activation = "silu";
+  return c;
+}
+
+TEST(TensorParallel, LlamaSplitsTwoWays) {
+  const FamilyInfo* llama = FindFamily("llama");
+  ASSERT_NE(llama, nullptr);
+  EXPECT_TRUE(CheckTensorParallel(*llama, Llama(), 2).ok());
+  const ModelConfig s = ShardConfig(Llama(), 2);
+  EXPECT_EQ(s.num_heads, 4u);
+  EXPECT_EQ(s.num_kv_heads, 1u);
+  EXPECT_EQ(s.intermediate_size, 48u);
+  EXPECT_EQ(s.vocab_size, 101u);
+  EXPECT_EQ(s.hidden_size, 64u);
+}
+
+TEST(TensorParallel, RefusesWhatDoesNotSplit) {
+  const FamilyInfo* llama = FindFamily("llama");
+  ModelConfig c = Llama();
+  EXPECT_EQ(CheckTensorParallel(*llama, c, 4).error().code, ErrorCode::kUnsupported);  // 2 kv heads
+  EXPECT_EQ(CheckTensorParallel(*llama, c, 1).error().code, ErrorCode::kUnsupported);
+  EXPECT_EQ(CheckTensorParallel(*llama, c, 16).error().code, ErrorCode::kUnsupported);
+  c.intermediate_size = 97;
+  EXPECT_NE(CheckTensorParallel(*llama, c, 2).error().message.find("intermediate_size"), std::string::npos);
+  c = Llama();
+  c.attention_bias = true;  // o_proj's bias: whole, added by shard 0
+  EXPECT_TRUE(CheckTensorParallel(*llama, c, 2).ok());
+  c = Llama();
+  c.num_experts = 8;
+  EXPECT_EQ(CheckTensorParallel(*llama, c, 2).error().code, ErrorCode::kUnsupported);
+  const FamilyInfo* gpt2 = FindFamily("gpt2");
+  ASSERT_NE(gpt2, nullptr);
+  const Status s = CheckTensorParallel(*gpt2, Llama(), 2);
+  EXPECT_EQ(s.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(s.error().message.find("gpt2"), std::string::npos);
+}
+
+TEST(TensorParallel, SlicesBySlot) {
+  const ModelConfig c = Llama();
+  const std::vector<int64_t> q{64, 64}, kv{16, 64}, o{64, 64}, gate{96, 64}, down{64, 96}, emb{101, 64}, norm{64};
+  EXPECT_EQ(*ShardSlice(Slot::kQ, q, c, 1, 2), (TensorSlice{0, 32, 64}));
+  EXPECT_EQ(*ShardSlice(Slot::kK, kv, c, 0, 2), (TensorSlice{0, 0, 8}));
+  EXPECT_EQ(*ShardSlice(Slot::kV, kv, c, 1, 2), (TensorSlice{0, 8, 16}));
+  EXPECT_EQ(*ShardSlice(Slot::kO, o, c, 1, 2), (TensorSlice{1, 32, 64}));
+  EXPECT_EQ(*ShardSlice(Slot::kGate, gate, c, 0, 2), (TensorSlice{0, 0, 48}));
+  EXPECT_EQ(*ShardSlice(Slot::kDown, down, c, 1, 2), (TensorSlice{1, 48, 96}));
+  // An odd vocabulary: shard 0 takes 50 rows, shard 1 takes 51.
+  EXPECT_EQ(*ShardSlice(Slot::kTokenEmbedding, emb, c, 0, 2), (TensorSlice{0, 0, 50}));
+  EXPECT_EQ(*ShardSlice(Slot::kLmHead, emb, c, 1, 2), (TensorSlice{0, 50, 101}));
+  EXPECT_TRUE(ShardSlice(Slot::kInputNorm, norm, c, 1, 2)->whole());
+  EXPECT_EQ(ShardSlice(Slot::kQkv, q, c, 0, 2).error().code, ErrorCode::kUnsupported);
+  EXPECT_TRUE(ShardSlice(Slot::kOBias, norm, c, 1, 2)->whole());
+  EXPECT_TRUE(ShardSlice(Slot::kDownBias, norm, c, 1, 2)->whole());
+  EXPECT_EQ(ShardSlice(Slot::kRouter, norm, c, 0, 2).error().code, ErrorCode::kUnsupported);
+  // A head is never cut.
+  const std::vector<int64_t> odd{24, 64};
+  EXPECT_FALSE(ShardSlice(Slot::kQ, odd, c, 0, 2).ok());
+}
+
+}  // namespace
+}  // namespace bigplan::arch
