@@ -705,6 +705,16 @@ struct Loader {
           std::vector<uint8_t> gather;
           for (int64_t r = 0; r < w.rows; r += rows_per) {
             const int64_t nr = std::min(rows_per, w.rows - r);
+            if (device_home && w.dtype == w.source_dtype) {
+              // No cast: one strided copy from the mapping.
+              BIGPLAN_RETURN_IF_ERROR(CudaStatus(
+                  cudaMemcpy2D(dst + r * cols * dst_elem, cols * dst_elem,
+                               w.source + (r * w.src_cols + w.col_begin) * src_elem, w.src_cols * src_elem,
+                               cols * src_elem, nr, cudaMemcpyHostToDevice),
+                  "loading " + w.name));
+              progress.Add(nr * cols * dst_elem);
+              continue;
+            }
             gather.resize(nr * cols * src_elem);
             for (int64_t i = 0; i < nr; ++i) {
               std::memcpy(gather.data() + i * cols * src_elem,

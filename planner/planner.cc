@@ -200,6 +200,27 @@ StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vect
   return out;
 }
 
+// A batched prefill (rows x tokens, the logits of each row's last position) of a tensor-parallel plan: every
+// shard at once, issued eagerly, with the all-reduces of rows x tokens hidden states. *host_us: the host's issue
+// time.
+double TensorParallelBatchedPrefill(const ShardedModel& sharded, const std::vector<int32_t>& devices,
+                                    const DeviceProfile& profile, DType exec, uint32_t rows, uint32_t tokens,
+                                    double* host_us_total) {
+  const size_t n = sharded.model.blocks.size();
+  std::vector<double> device_us(n), host_us(n);
+  *host_us_total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const BlockWork work = DescribeBlockWork(sharded.model, i, exec);
+    const bool head = sharded.model.blocks[i].kind == BlockKind::kLmHead;
+    const BlockCost c = EstimateBlockCost(work, RunSize{rows, head ? 1 : tokens}, devices[i], profile);
+    device_us[i] = c.prefill_device_us;
+    host_us[i] = work.kernels * kHostPrefillOpMicros;
+    *host_us_total += host_us[i];
+  }
+  return TensorParallelPassMicros(sharded, device_us, host_us, static_cast<uint64_t>(rows) * tokens, rows, exec,
+                                  false);
+}
+
 Status CheckAllFit(const std::vector<DeviceAccount>& usage) {
   std::string shortfalls;
   for (const DeviceAccount& a : usage)
@@ -584,7 +605,22 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         };
         Progress(request, "tensor-parallel candidate T: decode " + ms(tp_decode) + " against " +
                               ms(result.decode.total_us) + " for candidate " + placement.chosen);
-        if (only_tensor_parallel || tp_decode < kTensorParallelGain * result.decode.total_us) {
+        // A plan for batches (max_batch >= 2) keeps the placement whose batched prefill (max_batch rows of half
+        // the run's positions, pipelined where it can be) is faster, as the report predicts it.
+        bool prefill_ok = true;
+        if (request.run.max_batch >= 2) {
+          const uint32_t tokens = std::max<uint32_t>(1, request.run.max_seq_len / 2);
+          double host_us = 0;
+          std::vector<int32_t> tp_devices;
+          for (const BlockPlacement& b : tp_placement.blocks) tp_devices.push_back(b.device);
+          const double tp_batched = TensorParallelBatchedPrefill(*sm, tp_devices, result.profile, exec,
+                                                                 request.run.max_batch, tokens, &host_us);
+          Result<BatchedPrefillPrediction> other = PredictBatchedPrefill(result, request.run.max_batch, tokens);
+          prefill_ok = !other.ok() || tp_batched <= other->total_us;
+          Progress(request, "tensor-parallel candidate T: batched prefill " + ms(tp_batched) + " against " +
+                                (other.ok() ? ms(other->total_us) : std::string("?")));
+        }
+        if (only_tensor_parallel || (tp_decode < kTensorParallelGain * result.decode.total_us && prefill_ok)) {
           const uint32_t shards = sm->shards;
           result.source_model = std::move(result.model);
           result.model = std::move(sm->model);
@@ -702,21 +738,9 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
   };
   BatchedPrefillPrediction out;
   if (plan.tensor_parallel > 0) {
-    // Every shard at once, issued eagerly, with the all-reduces of rows x tokens hidden states and the logits of
-    // the last position of each row.
-    ShardedModel sharded{model, plan.tensor_parallel, plan.shard, plan.slices};
-    std::vector<double> device_us(n), host_us(n);
-    for (size_t i = 0; i < n; ++i) {
-      const BlockWork work = DescribeBlockWork(model, i, plan.exec_dtype);
-      const bool head = model.blocks[i].kind == BlockKind::kLmHead;
-      const BlockCost c = EstimateBlockCost(work, RunSize{rows, head ? 1 : tokens}, devices[i], plan.profile);
-      device_us[i] = c.prefill_device_us;
-      host_us[i] = work.kernels * kHostPrefillOpMicros;
-      out.host_us += host_us[i];
-    }
-    out.unpipelined_us = out.total_us = TensorParallelPassMicros(sharded, device_us, host_us,
-                                                                 static_cast<uint64_t>(rows) * tokens, rows,
-                                                                 plan.exec_dtype, false);
+    const ShardedModel sharded{model, plan.tensor_parallel, plan.shard, plan.slices};
+    out.unpipelined_us = out.total_us =
+        TensorParallelBatchedPrefill(sharded, devices, plan.profile, plan.exec_dtype, rows, tokens, &out.host_us);
     return out;
   }
   {

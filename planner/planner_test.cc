@@ -318,6 +318,25 @@ TEST(PlannerTest, TensorParallelSplitsEveryBlockOverTwoGpus) {
   EXPECT_EQ(refused.error().code, ErrorCode::kInfeasible);
   EXPECT_NE(refused.error().message.find("gptj family has no tensor-parallel rules"), std::string::npos)
       << refused.error().message;
+  // A plan for batches keeps the pipelined candidate I when its batched prefill is predicted faster than T's
+  // (every shard at once, its all-reduces carrying rows x tokens hidden states); T alone forces it.
+  auto batches = plan("BPCEIST", "cuda:0=12GiB,cuda:1=12GiB,cpu=64GiB");
+  PlanRequest batch_request = ExampleRequest("planner/examples/llama-2-7b", "cuda:0=12GiB,cuda:1=12GiB,cpu=64GiB");
+  batch_request.run = RunShape{8, 512};
+  auto batched_plan = MakePlan(batch_request);
+  ASSERT_TRUE(batched_plan.ok()) << batched_plan.error().ToString();
+  EXPECT_EQ(batched_plan->placement.chosen, "I");
+  batch_request.auto_candidates = "T";
+  auto forced = MakePlan(batch_request);
+  ASSERT_TRUE(forced.ok()) << forced.error().ToString();
+  EXPECT_EQ(forced->tensor_parallel, 2u);
+  auto tp_batched = PredictBatchedPrefill(*forced, 8, 256);
+  auto i_batched = PredictBatchedPrefill(*batched_plan, 8, 256);
+  ASSERT_TRUE(tp_batched.ok() && i_batched.ok());
+  EXPECT_GT(tp_batched->total_us, i_batched->total_us);
+  EXPECT_LT(forced->decode.total_us, batched_plan->decode.total_us);
+  ASSERT_TRUE(batches.ok()) << batches.error().ToString();
+  EXPECT_EQ(batches->placement.chosen, "T");  // batch 1
   // Too small even split: T is infeasible and the best other candidate stands.
   auto small = plan("BPCEIST", "cuda:0=3GiB,cuda:1=3GiB,cpu=64GiB");
   ASSERT_TRUE(small.ok()) << small.error().ToString();

@@ -41,7 +41,8 @@ std::vector<BlockPlacement> ShardPlacement(const ShardedModel& sharded, const st
 // kernels) + bytes x (shards - 1) at kPeerGbps.
 double AllReduceMicros(double bytes, uint32_t shards, bool graphs);
 // The planner chooses candidate T when its predicted decode step takes at most this share of the best other
-// placement's.
+// placement's and, in a plan for batches (max_batch >= 2), its batched prefill of max_batch rows x max_seq_len / 2
+// tokens is predicted no slower than that placement's (pipelined in micro-batches where it can be).
 inline constexpr double kTensorParallelGain = 0.9;
 // Calibrated on 2x H200 (NV18; tp_allreduce_bench, graphs of 64 calls): 6.3 us for 4096 to 65536 bf16 values,
 // 15.8 us for 2^20 and 45.4 us for 2^22 (8 MiB: about 200 GB/s past the fixed cost, kPeerGbps).
