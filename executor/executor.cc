@@ -193,6 +193,8 @@ class Executor::Impl {
   }
   // StepRows' pass: every block once, each group of rows through it in turn.
   Status RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out);
+  // RunRowSteps, then, for a tensor-parallel plan whose pass failed, the shards' group recovered (ShardGroup).
+  Status RunRowStepsRecovering(const std::vector<RowStep>& rows, at::Tensor* out);
 
   // Tensor parallelism (Plan.tensor_parallel): the shards' GPUs as one group, and each shard's context for the
   // kernels (its vocabulary rows, its all-reduce). Null / empty for other plans.
@@ -1370,8 +1372,10 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
       at::Tensor host_ids, host_rows, host_pos;
       std::vector<std::pair<int, std::array<at::Tensor, 3>>> on_device;  // ids, rows, positions per device
       int64_t start_pos = 0, attend_len = 0;
-      at::Tensor hidden, logits;
+      // Per shard of a tensor-parallel plan (one entry otherwise): each shard keeps its hidden state on its GPU.
+      std::vector<at::Tensor> hidden, logits;
     };
+    const size_t shards = shard_group != nullptr ? static_cast<size_t>(shard_group->shards()) : 1;
     std::vector<Group> groups;
     const bool per_row = kernels->StaticDecode(state->info.max_seq_len);
     Group decode;
@@ -1388,6 +1392,8 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
     }
     if (!decode.members.empty()) groups.insert(groups.begin(), std::move(decode));
     for (Group& g : groups) {
+      g.hidden.resize(shards);
+      g.logits.resize(shards);
       const int64_t n = static_cast<int64_t>(g.members.size());
       const int64_t seq = static_cast<int64_t>(rows[g.members[0]].tokens.size());
       g.host_ids = at::empty({n, seq}, at::TensorOptions().dtype(at::kLong));
@@ -1435,6 +1441,9 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
         ForwardContext ctx;
         ctx.token_ids = (*inputs)[0];
         ctx.logits_last_only = true;
+        // A tensor-parallel shard's blocks meet the other shards' at the all-reduces, group by group in this order.
+        const size_t s = shard_group != nullptr ? b.shard : 0;
+        if (shard_group != nullptr) ctx.shards = &shard_ctx[s];
         KvCache row_kv;
         KvCache* block_kv = nullptr;
         if (g.batched) {
@@ -1452,17 +1461,19 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
             block_kv = &row_kv;
           }
         }
-        if (g.hidden.defined() && g.hidden.device() != device) g.hidden = g.hidden.to(device);
-        Status s = kernels->RunBlock(b.kind, b.name, b.layer, w, ctx, block_kv, &g.hidden, &g.logits);
-        if (!s.ok()) return WithContext(s.take_error(), "block " + b.name);
+        at::Tensor& hidden = g.hidden[s];
+        if (hidden.defined() && hidden.device() != device) hidden = hidden.to(device);
+        Status st = kernels->RunBlock(b.kind, b.name, b.layer, w, ctx, block_kv, &hidden, &g.logits[s]);
+        if (!st.ok()) return WithContext(st.take_error(), "block " + b.name);
       }
       BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
     }
     const int64_t vocab = state->info.vocab_size;
     at::Tensor result = at::empty({static_cast<int64_t>(rows.size()), 1, vocab}, at::TensorOptions().dtype(at::kFloat));
     for (Group& g : groups) {
-      if (!g.logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
-      at::Tensor l = g.logits.narrow(1, g.logits.size(1) - 1, 1).to(at::kCPU, at::kFloat).contiguous();
+      const at::Tensor& logits = g.logits[0];  // (every shard holds them)
+      if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
+      at::Tensor l = logits.narrow(1, logits.size(1) - 1, 1).to(at::kCPU, at::kFloat).contiguous();
       for (size_t j = 0; j < g.members.size(); ++j) result[g.members[j]].copy_(l[j]);
     }
     *out = result;
@@ -1472,17 +1483,22 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
   return Status::Ok();
 }
 
+Status Executor::Impl::RunRowStepsRecovering(const std::vector<RowStep>& rows, at::Tensor* out) {
+  Status status = RunRowSteps(rows, out);
+  if (!status.ok() && shard_group != nullptr) {
+    // Some shards' kernels may wait for all-reduces the others never issued.
+    Status recovered = shard_group->Recover();
+    if (!recovered.ok()) return WithContext(status.take_error(), recovered.error().message);
+  }
+  return status;
+}
+
 Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   const ModelInfo& info = impl_->state->info;
   if (impl_->ranks != nullptr) {
     return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " runs over ranks (one process per "
                                               "GPU), which serve Forward and Generate only");
-  }
-  if (impl_->shard_group != nullptr) {
-    return MakeError(ErrorCode::kUnsupported, "StepRows: plan " + info.plan_path + " splits every block over " +
-                                              std::to_string(impl_->shard_group->shards()) +
-                                              " GPUs (tensor parallel), which serve Forward and Generate only");
   }
   if (rows.empty()) return MakeError(ErrorCode::kInvalidArgument, "StepRows: no rows");
   bool holdable = true;  // every stream's chunks may stay held until their block's step ends
@@ -1534,7 +1550,7 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   const bool host_pass =
       impl_->host != nullptr && total_tokens <= static_cast<int64_t>(impl_->state->host_max_tokens);
   Status run = impl_->engine->BeginForward(host_pass, /*hold_chunks=*/info.chunk_units > 0);
-  if (run.ok()) run = impl_->RunRowSteps(rows, &out);
+  if (run.ok()) run = impl_->RunRowStepsRecovering(rows, &out);
   ForwardTimings timings;
   Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);
   if (impl_->experts != nullptr) {

@@ -574,7 +574,7 @@ TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
 // its heads, MLP rows and vocabulary slice, the shards' partial sums added by the all-reduce (executor/tp_comm.h).
 // In float32 it matches transformers as part 1, eagerly and from CUDA graphs (one per shard), gives the one-GPU
 // plan's greedy tokens, and its graph steps agree with its eager steps within 1e-5 (only the summation order of the
-// split products differs from one GPU). In bfloat16 it agrees with transformers within part 1's tolerance. Families
+// split products differs from one GPU); so do rows stepped at their own positions (StepRows). In bfloat16 it agrees with transformers within part 1's tolerance. Families
 // without tensor-parallel rules are skipped (the plan says why). Skipped with fewer than two GPUs.
 TEST_P(E2eGpu, TwoGpuTensorParallelMatchesTransformers) {
   int devices = 0;
@@ -641,10 +641,23 @@ TEST_P(E2eGpu, TwoGpuTensorParallelMatchesTransformers) {
     ASSERT_TRUE(got.ok()) << got.error().ToString();
     EXPECT_EQ(got->tokens, want->tokens) << i;
   }
-  // Continuous batching is refused with the reason.
-  auto rows = exec[2]->StepRows({RowStep{0, 0, {1}}});
-  ASSERT_FALSE(rows.ok());
-  EXPECT_NE(rows.error().message.find("tensor parallel"), std::string::npos) << rows.error().message;
+  // Continuous batching (StepRows, what `serve` runs): each prompt in its own KV-cache row, then one token per row
+  // at its own position, gives the one-GPU plan's logits.
+  const std::vector<std::vector<int64_t>> prompts = ref->Prompts();
+  std::vector<RowStep> prefill_rows, step_rows;
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    prefill_rows.push_back(RowStep{static_cast<int>(r), 0, prompts[r]});
+    step_rows.push_back(RowStep{static_cast<int>(r), static_cast<int64_t>(prompts[r].size()), {7}});
+  }
+  for (const auto* pass : {&prefill_rows, &step_rows}) {
+    auto want_rows = exec[0]->StepRows(*pass);
+    ASSERT_TRUE(want_rows.ok()) << want_rows.error().ToString();
+    for (int i : {1, 2}) {
+      auto got_rows = exec[i]->StepRows(*pass);
+      ASSERT_TRUE(got_rows.ok()) << got_rows.error().ToString();
+      EXPECT_LE(MaxRelError(got_rows->data, want_rows->data), 1e-5) << i;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, E2eGpu, ::testing::ValuesIn(AllFamilies()),
