@@ -1407,6 +1407,21 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
         g.attend_len = std::max(g.attend_len, r.start_pos + 1);
       }
     }
+    // Every group's inputs on every device its blocks run on, before any block is issued: a copy from pageable host
+    // memory synchronizes its device's stream, which, in a tensor-parallel plan, may hold a shard's all-reduce
+    // waiting for a shard not yet issued.
+    std::vector<int> input_devices;
+    for (const BlockRuntime& b : state->blocks) {
+      if (std::find(input_devices.begin(), input_devices.end(), b.device) == input_devices.end())
+        input_devices.push_back(b.device);
+    }
+    for (Group& g : groups) {
+      for (int d : input_devices) {
+        const at::Device device = d >= 0 ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d)) : at::Device(at::kCPU);
+        g.on_device.emplace_back(d, std::array<at::Tensor, 3>{g.host_ids.to(device), g.host_rows.to(device),
+                                                              g.host_pos.to(device)});
+      }
+    }
     // New sequences start from a cleared row: masked positions must hold finite values.
     for (const RowStep& r : rows) {
       if (r.start_pos != 0) continue;
@@ -1433,11 +1448,7 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
         for (auto& [d, t] : g.on_device) {
           if (d == b.device) inputs = &t;
         }
-        if (inputs == nullptr) {
-          g.on_device.emplace_back(b.device, std::array<at::Tensor, 3>{g.host_ids.to(device), g.host_rows.to(device),
-                                                                       g.host_pos.to(device)});
-          inputs = &g.on_device.back().second;
-        }
+        if (inputs == nullptr) return MakeError(ErrorCode::kInternal, "block " + b.name + ": no inputs on its device");
         ForwardContext ctx;
         ctx.token_ids = (*inputs)[0];
         ctx.logits_last_only = true;

@@ -651,6 +651,13 @@ TEST_P(E2eGpu, TwoGpuTensorParallelMatchesTransformers) {
   }
   for (const auto* pass : {&prefill_rows, &step_rows}) {
     auto want_rows = exec[0]->StepRows(*pass);
+    if (!want_rows.ok() && want_rows.error().code == ErrorCode::kUnsupported) {
+      // (Rows at their own positions with a sliding window: refused on one GPU too.)
+      auto got_rows = exec[2]->StepRows(*pass);
+      ASSERT_FALSE(got_rows.ok());
+      EXPECT_EQ(got_rows.error().code, ErrorCode::kUnsupported) << got_rows.error().ToString();
+      break;
+    }
     ASSERT_TRUE(want_rows.ok()) << want_rows.error().ToString();
     for (int i : {1, 2}) {
       auto got_rows = exec[i]->StepRows(*pass);
