@@ -124,7 +124,9 @@ void TimePair(benchmark::State& state, Pair& p, const std::function<cudaError_t(
   if (p.ar->Failed()) state.SkipWithError("the all-reduce reported a timeout or abort");
 }
 
-void BM_AllReduce(benchmark::State& state) {
+// Times kCalls of `call(rank)` per rank on both GPUs (TimePair), n bf16 values each; skips without two GPUs.
+template <typename Call>
+void TimeCalls(benchmark::State& state, Call call) {
   Pair& p = GetPair();
   if (!p.error.empty()) {
     state.SkipWithError(p.error.c_str());
@@ -133,35 +135,26 @@ void BM_AllReduce(benchmark::State& state) {
   const int64_t n = state.range(0);
   TimePair(state, p, [&](int r) {
     for (int i = 0; i < kCalls; ++i) {
-      if (cudaError_t err = p.ar->Launch(r, tp::DType::kBF16, p.in[r], p.out[r], n, p.stream[r]); err != cudaSuccess) {
-        return err;
-      }
+      if (cudaError_t err = call(p, r, n); err != cudaSuccess) return err;
     }
     return cudaSuccess;
   });
   state.counters["bytes_per_second"] = benchmark::Counter(n * 2.0 * state.iterations(), benchmark::Counter::kIsRate);
+}
+
+void BM_AllReduce(benchmark::State& state) {
+  TimeCalls(state, [](Pair& p, int r, int64_t n) {
+    return p.ar->Launch(r, tp::DType::kBF16, p.in[r], p.out[r], n, p.stream[r]);
+  });
 }
 BENCHMARK(BM_AllReduce)
     ->Arg(4096)->Arg(8192)->Arg(65536)->Arg(1 << 20)->Arg(1 << 22)
     ->Iterations(kIterations)->UseManualTime()->Unit(benchmark::kMicrosecond)->ArgName("n");
 
 void BM_PeerCopy(benchmark::State& state) {
-  Pair& p = GetPair();
-  if (!p.error.empty()) {
-    state.SkipWithError(p.error.c_str());
-    return;
-  }
-  const int64_t n = state.range(0);
-  TimePair(state, p, [&](int r) {
-    for (int i = 0; i < kCalls; ++i) {
-      if (cudaError_t err = cudaMemcpyPeerAsync(p.out[1 - r], 1 - r, p.in[r], r, n * 2, p.stream[r]);
-          err != cudaSuccess) {
-        return err;
-      }
-    }
-    return cudaSuccess;
+  TimeCalls(state, [](Pair& p, int r, int64_t n) {
+    return cudaMemcpyPeerAsync(p.out[1 - r], 1 - r, p.in[r], r, n * 2, p.stream[r]);
   });
-  state.counters["bytes_per_second"] = benchmark::Counter(n * 2.0 * state.iterations(), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_PeerCopy)
     ->Arg(4096)->Arg(8192)->Arg(65536)->Arg(1 << 20)->Arg(1 << 22)

@@ -58,6 +58,19 @@ constexpr double kSamePlacementTolerance = 1e-6;
 constexpr double kChunkedBf16Tolerance = 3e-2;  // = the bf16 tolerance against transformers
 constexpr double kChunkedFp32Tolerance = 1e-5;
 
+// Loads plans[i] into exec[i] with CUDA graphs on, except for plans[eager] (eager steps).
+void LoadEach(const std::vector<std::string>& plans, size_t eager, const std::string& model,
+              std::unique_ptr<Executor>* exec) {
+  for (size_t i = 0; i < plans.size(); ++i) {
+    ExecutorOptions options;
+    options.progress = false;
+    options.cuda_graphs = i != eager;
+    auto e = Executor::Load(plans[i], model, options);
+    ASSERT_TRUE(e.ok()) << plans[i] << ": " << e.error().ToString();
+    exec[i] = std::move(*e);
+  }
+}
+
 class E2eGpu : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -498,14 +511,7 @@ TEST_P(E2eGpu, TwoGpuSplitGraphsMatchOneGpu) {
   const bool striped_graphs = summary->cpu_tier == 0 && summary->disk_tier == 0 && summary->cpu_compute == 0;
   constexpr int kRuns = 4;  // one GPU (graphs), two GPUs eager, two GPUs graphs, striped
   std::unique_ptr<Executor> exec[kRuns];
-  for (int i = 0; i < kRuns; ++i) {
-    ExecutorOptions options;
-    options.progress = false;
-    options.cuda_graphs = i != 1;
-    auto e = Executor::Load(i == 0 ? one : i == 3 ? striped : two, model, options);
-    ASSERT_TRUE(e.ok()) << e.error().ToString();
-    exec[i] = std::move(*e);
-  }
+  ASSERT_NO_FATAL_FAILURE(LoadEach({one, two, two, striped}, 1, model, exec));
   StepErrors errors[kRuns];
   for (int i = 0; i < kRuns; ++i) {
     auto e = CompareWithReference(*exec[i], *ref, steps);
@@ -602,14 +608,7 @@ TEST_P(E2eGpu, TwoGpuTensorParallelMatchesTransformers) {
   }
   constexpr int kRuns = 4;  // one GPU (graphs), tensor parallel eager, tensor parallel graphs, bf16 graphs
   std::unique_ptr<Executor> exec[kRuns];
-  for (int i = 0; i < kRuns; ++i) {
-    ExecutorOptions options;
-    options.progress = false;
-    options.cuda_graphs = i != 1;
-    auto e = Executor::Load(i == 0 ? one : i == 3 ? tp_bf16 : tp, model, options);
-    ASSERT_TRUE(e.ok()) << e.error().ToString();
-    exec[i] = std::move(*e);
-  }
+  ASSERT_NO_FATAL_FAILURE(LoadEach({one, tp, tp, tp_bf16}, 1, model, exec));
   StepErrors errors[kRuns];
   for (int i = 0; i < kRuns; ++i) {
     SCOPED_TRACE("run " + std::to_string(i));
