@@ -44,7 +44,6 @@ class LlamaKernels final : public ModelKernelsBase {
   };
 
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kTokenEmbedding));
     if (const ForwardContext::Shards* tp = c.ctx.shards) {
       // This shard's vocabulary rows: zeros for the other tokens, then the sum over the shards.
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor table, Get(c, Slot::kTokenEmbedding));
@@ -55,6 +54,7 @@ class LlamaKernels final : public ModelKernelsBase {
                     .contiguous();
       return tp->all_reduce(*hidden);
     }
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kTokenEmbedding));
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(w, c.ctx.token_ids));
     return Status::Ok();
   }

@@ -699,7 +699,8 @@ struct Loader {
         const size_t src_elem = DTypeSize(w.source_dtype);
         const size_t dst_elem = DTypeSize(w.dtype);
         if (w.col_begin >= 0) {
-          // A shard's columns: each row's segment gathered into `gather`, then cast and copied as below.
+          // A shard's columns, each row's segment: one strided copy to the GPU when no cast is needed, else
+          // gathered into `gather`, cast, and copied as below.
           const int64_t cols = w.shape[1];
           const int64_t rows_per = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / (cols * std::max(src_elem, dst_elem))));
           std::vector<uint8_t> gather;
