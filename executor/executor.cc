@@ -193,8 +193,6 @@ class Executor::Impl {
   }
   // StepRows' pass: every block once, each group of rows through it in turn.
   Status RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out);
-  // RunRowSteps, then, for a tensor-parallel plan whose pass failed, the shards' group recovered (ShardGroup).
-  Status RunRowStepsRecovering(const std::vector<RowStep>& rows, at::Tensor* out);
 
   // Tensor parallelism (Plan.tensor_parallel): the shards' GPUs as one group, and each shard's context for the
   // kernels (its vocabulary rows, its all-reduce). Null / empty for other plans.
@@ -203,6 +201,14 @@ class Executor::Impl {
   // A pass of a tensor-parallel plan, issued eagerly: each step's block on its shard's GPU, the shards' kernels
   // meeting at their all-reduces on the GPUs; logits from shard 0 (every shard holds them).
   Status RunShards(const std::vector<int64_t>& ids, int64_t batch, int64_t seq, bool last_only, at::Tensor* out);
+  // The plan's steps for the shards in ctx (one context per shard; shard `only`'s steps alone when >= 0), each
+  // block on its shard's GPU, between the stream engine's BeginStep and EndStep when `engine_steps`; each shard's
+  // logits into (*logits)[shard].
+  Status IssueShards(const std::vector<ForwardContext>& ctx, int only, bool engine_steps,
+                     std::vector<at::Tensor>* logits);
+  // `status` of a tensor-parallel pass; a failed one first recovers the shards' group (some shards' kernels may
+  // wait for all-reduces the others never issued).
+  Status ShardPassStatus(Status status);
   // Decode steps of a tensor-parallel plan from CUDA graphs: per batch size, one graph per shard (its blocks only),
   // captured one after the other after two eager warm-up steps of all the shards; a step replays them all.
   struct ShardGraph {
@@ -342,7 +348,7 @@ Status Executor::Impl::RunShards(const std::vector<int64_t>& ids, int64_t batch,
     const int n = shard_group->shards();
     const at::Tensor host_ids = HostIds(ids, batch, seq);
     std::vector<ForwardContext> ctx(n);
-    std::vector<at::Tensor> hidden(n), logits(n);
+    std::vector<at::Tensor> logits;
     for (int s = 0; s < n; ++s) {
       c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(shard_group->device(s)));
       ctx[s].token_ids = host_ids.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(shard_group->device(s))));
@@ -350,20 +356,7 @@ Status Executor::Impl::RunShards(const std::vector<int64_t>& ids, int64_t batch,
       ctx[s].logits_last_only = last_only;
       ctx[s].shards = &shard_ctx[s];
     }
-    for (uint32_t i = 0; i < state->steps.size() && status.ok(); ++i) {
-      const BlockRuntime& b = state->blocks[state->steps[i].block];
-      const int s = static_cast<int>(b.shard);
-      c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(b.device));
-      status = engine->BeginStep(i);
-      if (status.ok()) status = weights[b.index].Prepare();
-      if (status.ok()) {
-        BlockKv& k = kv[b.index];
-        status = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx[s], k.has_kv ? &k.kv : nullptr,
-                                   &hidden[s], &logits[s]);
-        if (!status.ok()) status = WithContext(status.take_error(), "block " + b.name + " (shard " + std::to_string(s) + ")");
-      }
-      if (status.ok()) status = engine->EndStep(i);
-    }
+    status = IssueShards(ctx, -1, /*engine_steps=*/true, &logits);
     if (status.ok() && !logits[0].defined()) status = MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
     if (status.ok()) {
       const at::Tensor result = last_only ? logits[0].narrow(1, logits[0].size(1) - 1, 1) : logits[0];
@@ -373,18 +366,42 @@ Status Executor::Impl::RunShards(const std::vector<int64_t>& ids, int64_t batch,
   } catch (const std::exception& e) {
     status = TorchError(e, "forward pass");
   }
-  if (!status.ok()) {
-    // Some shards' kernels may wait for all-reduces the others never issued.
-    Status recovered = shard_group->Recover();
-    if (!recovered.ok()) return WithContext(status.take_error(), recovered.error().message);
+  return ShardPassStatus(std::move(status));
+}
+
+Status Executor::Impl::IssueShards(const std::vector<ForwardContext>& ctx, int only, bool engine_steps,
+                                   std::vector<at::Tensor>* logits) {
+  const int n = shard_group->shards();
+  std::vector<at::Tensor> hidden(n);
+  logits->assign(n, at::Tensor());
+  for (uint32_t i = 0; i < state->steps.size(); ++i) {
+    const BlockRuntime& b = state->blocks[state->steps[i].block];
+    const int s = static_cast<int>(b.shard);
+    if (only >= 0 && s != only) continue;
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(b.device));
+    if (engine_steps) {
+      BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
+      BIGPLAN_RETURN_IF_ERROR(weights[b.index].Prepare());
+    }
+    BlockKv& k = kv[b.index];
+    Status status = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx[s], k.has_kv ? &k.kv : nullptr,
+                                      &hidden[s], &(*logits)[s]);
+    if (!status.ok()) return WithContext(status.take_error(), "block " + b.name + " (shard " + std::to_string(s) + ")");
+    if (engine_steps) BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
   }
+  return Status::Ok();
+}
+
+Status Executor::Impl::ShardPassStatus(Status status) {
+  if (status.ok()) return status;
+  Status recovered = shard_group->Recover();
+  if (!recovered.ok()) return WithContext(status.take_error(), recovered.error().message);
   return status;
 }
 
 Status Executor::Impl::ShardStaticStep(const ShardGraph& g, int64_t batch, int only, std::vector<at::Tensor>* outs) {
   const int n = shard_group->shards();
   std::vector<ForwardContext> ctx(n);
-  std::vector<at::Tensor> hidden(n), logits(n);
   for (int s = 0; s < n; ++s) {
     ctx[s].token_ids = g.inputs[s].narrow(0, 0, batch).view({batch, 1});
     ctx[s].position = g.inputs[s].narrow(0, batch, 1);
@@ -392,18 +409,7 @@ Status Executor::Impl::ShardStaticStep(const ShardGraph& g, int64_t batch, int o
     ctx[s].logits_last_only = true;
     ctx[s].shards = &shard_ctx[s];
   }
-  for (uint32_t i = 0; i < state->steps.size(); ++i) {
-    const BlockRuntime& b = state->blocks[state->steps[i].block];
-    const int s = static_cast<int>(b.shard);
-    if (only >= 0 && s != only) continue;
-    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(b.device));
-    BlockKv& k = kv[b.index];
-    Status status = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx[s], k.has_kv ? &k.kv : nullptr,
-                                      &hidden[s], &logits[s]);
-    if (!status.ok()) return WithContext(status.take_error(), "block " + b.name + " (shard " + std::to_string(s) + ")");
-  }
-  *outs = std::move(logits);
-  return Status::Ok();
+  return IssueShards(ctx, only, /*engine_steps=*/false, outs);
 }
 
 Status Executor::Impl::RunShardGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out) {
@@ -1199,7 +1205,6 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       ForwardContext::Shards& c = impl->shard_ctx[s];
       const arch::TensorSlice v = arch::VocabSlice(vocab, s, shards);
       c.shard = static_cast<int>(s);
-      c.count = static_cast<int>(shards);
       c.vocab_begin = v.begin;
       c.vocab_end = v.end;
       c.vocab = vocab;
@@ -1492,16 +1497,6 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
   return Status::Ok();
 }
 
-Status Executor::Impl::RunRowStepsRecovering(const std::vector<RowStep>& rows, at::Tensor* out) {
-  Status status = RunRowSteps(rows, out);
-  if (!status.ok() && shard_group != nullptr) {
-    // Some shards' kernels may wait for all-reduces the others never issued.
-    Status recovered = shard_group->Recover();
-    if (!recovered.ok()) return WithContext(status.take_error(), recovered.error().message);
-  }
-  return status;
-}
-
 Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   const ModelInfo& info = impl_->state->info;
@@ -1559,7 +1554,10 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   const bool host_pass =
       impl_->host != nullptr && total_tokens <= static_cast<int64_t>(impl_->state->host_max_tokens);
   Status run = impl_->engine->BeginForward(host_pass, /*hold_chunks=*/info.chunk_units > 0);
-  if (run.ok()) run = impl_->RunRowStepsRecovering(rows, &out);
+  if (run.ok()) {
+    run = impl_->RunRowSteps(rows, &out);
+    if (impl_->shard_group != nullptr) run = impl_->ShardPassStatus(std::move(run));
+  }
   ForwardTimings timings;
   Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);
   if (impl_->experts != nullptr) {

@@ -215,7 +215,6 @@ struct ForwardContext {
   // the shard's part and combine the shards' parts through all_reduce. Null otherwise.
   struct Shards {
     int shard = 0;
-    int count = 1;
     int64_t vocab_begin = 0, vocab_end = 0;  // this shard's rows of the embedding and lm_head
     int64_t vocab = 0;                       // the whole vocabulary
     // Replaces x (contiguous, on the shard's device) by the sum over the shards of their x, in shard order, in

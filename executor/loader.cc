@@ -23,6 +23,11 @@ using Clock = std::chrono::steady_clock;
 
 std::string Str(const flatbuffers::String* s) { return s == nullptr ? std::string() : s->str(); }
 
+// Key/value heads in one block's KV cache: a tensor-parallel shard caches its own (num_kv_heads / shards).
+int64_t BlockKvHeads(const schema::Plan& plan) {
+  return plan.config()->num_kv_heads() / std::max<uint32_t>(1, plan.tensor_parallel());
+}
+
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -220,9 +225,7 @@ struct Loader {
     if (config == nullptr || run == nullptr) {
       return MakeError(ErrorCode::kCorrupt, plan_name + ": no model config or run shape");
     }
-    // A tensor-parallel shard caches its own key/value heads.
-    const uint64_t kv_bytes_needed = 2ull * run->max_batch() * config->num_kv_heads() /
-                                     std::max<uint32_t>(1, plan.tensor_parallel()) * run->max_seq_len() *
+    const uint64_t kv_bytes_needed = 2ull * run->max_batch() * BlockKvHeads(plan) * run->max_seq_len() *
                                      config->head_dim() * DTypeSize(plan.exec_dtype());
     std::set<int> devices;
     for (uint32_t i = 0; i < blocks->size(); ++i) {
@@ -365,7 +368,6 @@ struct Loader {
       state.blocks.push_back(std::move(br));
     }
     state.cuda_devices.assign(devices.begin(), devices.end());
-    state.tensor_parallel = plan.tensor_parallel();
     return Status::Ok();
   }
 
@@ -1003,10 +1005,8 @@ Result<std::vector<BlockKv>> MakeKvViews(const ModelState& state) {
     for (const BlockRuntime& br : state.blocks) {
       if (br.kv == nullptr) continue;
       BlockKv& v = views[br.index];
-      // A tensor-parallel shard caches its own key/value heads.
-      const std::vector<int64_t> shape{run->max_batch(),
-                                       config->num_kv_heads() / std::max<uint32_t>(1, plan.tensor_parallel()),
-                                       run->max_seq_len(), config->head_dim()};
+      const std::vector<int64_t> shape{run->max_batch(), BlockKvHeads(plan), run->max_seq_len(),
+                                       config->head_dim()};
       const auto opts = OptionsFor(plan.exec_dtype(), br.device);
       v.kv.k = at::from_blob(br.kv, shape, opts);
       v.kv.v = at::from_blob(br.kv + br.kv_bytes / 2, shape, opts);

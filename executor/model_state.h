@@ -181,7 +181,6 @@ struct ModelState {
   std::vector<ExpertRingRuntime> expert_rings;  // GPU mode only
   std::vector<Allocation> owned;                // CPU mode: routed disk-resting experts loaded into memory
   std::vector<int> cuda_devices;     // distinct CUDA devices blocks run on (empty in CPU mode)
-  uint32_t tensor_parallel = 0;      // schema::Plan.tensor_parallel: shards per block (0: none)
   bool cpu_mode = false;
   // Plan.host_max_tokens: forwards of at most this many tokens compute the host units on the host (0: none; also in
   // CPU mode, where every weight is used where it rests).
