@@ -206,9 +206,10 @@ class Executor::Impl {
   // logits into (*logits)[shard].
   Status IssueShards(const std::vector<ForwardContext>& ctx, int only, bool engine_steps,
                      std::vector<at::Tensor>* logits);
-  // `status` of a tensor-parallel pass; a failed one first recovers the shards' group (some shards' kernels may
-  // wait for all-reduces the others never issued).
-  Status ShardPassStatus(Status status);
+  // `status` of a tensor-parallel pass issued at `issued`: a failed one first recovers the shards' group (some
+  // shards' kernels may wait for all-reduces the others never issued); a completed one is checked for an all-reduce
+  // that gave up waiting (ShardGroup::CheckPass), whose results would be garbage.
+  Status ShardPassStatus(Status status, Clock::time_point issued);
   // Decode steps of a tensor-parallel plan from CUDA graphs: per batch size, one graph per shard (its blocks only),
   // captured one after the other after two eager warm-up steps of all the shards; a step replays them all.
   struct ShardGraph {
@@ -366,7 +367,7 @@ Status Executor::Impl::RunShards(const std::vector<int64_t>& ids, int64_t batch,
   } catch (const std::exception& e) {
     status = TorchError(e, "forward pass");
   }
-  return ShardPassStatus(std::move(status));
+  return ShardPassStatus(std::move(status), issue_start);
 }
 
 Status Executor::Impl::IssueShards(const std::vector<ForwardContext>& ctx, int only, bool engine_steps,
@@ -392,8 +393,8 @@ Status Executor::Impl::IssueShards(const std::vector<ForwardContext>& ctx, int o
   return Status::Ok();
 }
 
-Status Executor::Impl::ShardPassStatus(Status status) {
-  if (status.ok()) return status;
+Status Executor::Impl::ShardPassStatus(Status status, Clock::time_point issued) {
+  if (status.ok()) return shard_group->CheckPass(issued);
   Status recovered = shard_group->Recover();
   if (!recovered.ok()) return WithContext(status.take_error(), recovered.error().message);
   return status;
@@ -413,6 +414,7 @@ Status Executor::Impl::ShardStaticStep(const ShardGraph& g, int64_t batch, int o
 }
 
 Status Executor::Impl::RunShardGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out) {
+  const auto issued = Clock::now();
   *out = at::Tensor();
   const int n = shard_group->shards();
   bool warming = false;
@@ -489,7 +491,7 @@ Status Executor::Impl::RunShardGraphStep(const std::vector<int64_t>& ids, int64_
     if (warming) (void)shard_group->Recover();
     return TorchError(e, "decode step");
   }
-  return Status::Ok();
+  return shard_group->CheckPass(issued);
 }
 
 int64_t Executor::Impl::MicroBatchRows(int64_t batch, int64_t seq, int requested) const {
@@ -1556,7 +1558,7 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   Status run = impl_->engine->BeginForward(host_pass, /*hold_chunks=*/info.chunk_units > 0);
   if (run.ok()) {
     run = impl_->RunRowSteps(rows, &out);
-    if (impl_->shard_group != nullptr) run = impl_->ShardPassStatus(std::move(run));
+    if (impl_->shard_group != nullptr) run = impl_->ShardPassStatus(std::move(run), t0);
   }
   ForwardTimings timings;
   Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);

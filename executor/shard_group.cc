@@ -51,6 +51,16 @@ Status ShardGroup::AllReduce(int shard, const at::Tensor& x) {
   return Status::Ok();
 }
 
+Status ShardGroup::CheckPass(std::chrono::steady_clock::time_point issued) {
+  if (std::chrono::steady_clock::now() - issued < std::chrono::seconds(tp::kTimeoutSeconds) || !comm_->Failed())
+    return Status::Ok();
+  BIGPLAN_RETURN_IF_ERROR(Recover());
+  return MakeError(ErrorCode::kDevice, "an all-reduce between the tensor-parallel shards waited over " +
+                                           std::to_string(tp::kTimeoutSeconds) +
+                                           " s for another GPU's matching call and gave up: the pass's results are "
+                                           "dropped");
+}
+
 Status ShardGroup::Recover() {
   cudaError_t e = comm_->Abort();
   for (int d : devices_) {

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -29,6 +30,12 @@ class ShardGroup {
   // shard order (bit-identical on every shard), in stream order on that device's current stream. Every shard makes
   // the same calls in the same order; a call waits on the GPU for the other shards' matching calls.
   Status AllReduce(int shard, const at::Tensor& x);
+
+  // After a pass issued at `issued` whose results have reached the host: kDevice when an all-reduce of the group
+  // gave up waiting for another shard (tp::AllReduce's timeout) since then, its results being garbage (the group is
+  // recovered first). An all-reduce gives up only after waiting tp::kTimeoutSeconds, so a pass that took less cannot
+  // have failed: only longer ones read the devices' words (a synchronous read).
+  Status CheckPass(std::chrono::steady_clock::time_point issued);
 
   // A pass abandoned between shards (one shard's kernels issued, another's not): releases the shards' kernels that
   // wait for the missing calls, waits for every device, and resets the group so later passes match again. Their
