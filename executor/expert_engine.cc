@@ -643,23 +643,40 @@ Status ExpertEngine::StepStarted(const BlockRuntime& b, cudaStream_t /*compute*/
   return Status::Ok();
 }
 
+BlockWeights::HostChoices ExpertEngine::ChoicesForHost(int64_t tokens) const {
+  BlockWeights::HostChoices h;
+  if (choices_.data() == nullptr || tokens > max_tokens_) return h;
+  h.ids = reinterpret_cast<int64_t*>(choices_.data());
+  h.weights = reinterpret_cast<float*>(choices_.data() + AlignUp(static_cast<uint64_t>(max_tokens_ * top_k_) * 8));
+  if (HostPath(tokens)) h.x = reinterpret_cast<float*>(x_host_.data());
+  return h;
+}
+
+bool ExpertEngine::HostPath(int64_t tokens) const {
+  return decode_ && pool_ != nullptr && tokens <= static_cast<int64_t>(decode_max_tokens_);
+}
+
 Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, const at::Tensor& x,
                                                      const at::Tensor& topi, const at::Tensor& topw,
-                                                     cudaStream_t compute) {
+                                                     cudaStream_t compute, bool written) {
   const int64_t tokens = topi.size(0), k = topi.size(1);
   if (tokens > max_tokens_ || k != top_k_ || x.size(0) != tokens || x.size(1) != hidden_) {
     return MakeError(ErrorCode::kInvalidArgument, b.name + ": routed experts: " + std::to_string(tokens) + " x " +
                                                       std::to_string(k) + " choices exceed the run shape");
   }
   const Layer& layer = layers_[b.index];
-  const bool host_path = decode_ && pool_ != nullptr && tokens <= static_cast<int64_t>(decode_max_tokens_);
-  // The choices (and the host's input) through mapped memory, then one synchronization.
+  const bool host_path = HostPath(tokens);
+  // The choices (and the host's input) through mapped memory (unless the router's kernel wrote them there), then
+  // one synchronization.
   const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
-  int64_t* ids = reinterpret_cast<int64_t*>(choices_.data());
-  float* weights = reinterpret_cast<float*>(choices_.data() + AlignUp(static_cast<uint64_t>(max_tokens_ * top_k_) * 8));
-  at::from_blob(ids, {tokens, k}, dev.dtype(at::kLong)).copy_(topi);
-  at::from_blob(weights, {tokens, k}, dev.dtype(at::kFloat)).copy_(topw);
-  if (host_path) at::from_blob(x_host_.data(), {tokens, hidden_}, dev.dtype(at::kFloat)).copy_(x);
+  const BlockWeights::HostChoices mapped = ChoicesForHost(tokens);
+  int64_t* ids = mapped.ids;
+  float* weights = mapped.weights;
+  if (!written) {
+    at::from_blob(ids, {tokens, k}, dev.dtype(at::kLong)).copy_(topi);
+    at::from_blob(weights, {tokens, k}, dev.dtype(at::kFloat)).copy_(topw);
+    if (host_path) at::from_blob(x_host_.data(), {tokens, hidden_}, dev.dtype(at::kFloat)).copy_(x);
+  }
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(choices_ready_.get(), compute), "cudaEventRecord"));
   if (recording_) MarkGpu("router " + b.name, "router (GPU)", compute, false);
   const auto t0 = std::chrono::steady_clock::now();
@@ -748,11 +765,8 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     free_recorded_[c.slot] = true;
     copy_of_[c.expert] = -1;
   }
-  if (issued_ < copies_.size()) OpenCopySpan(b);
-  BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
-
-  // The host's job. (The previous one is done: the GPU waited for it before this router ran; this also collects
-  // its status.)
+  // The host's job first (the host's experts are the longer path; the copies' few calls follow at once). (The
+  // previous job is done: the GPU waited for it before this router ran; this also collects its status.)
   if (host_path) {
     BIGPLAN_RETURN_IF_ERROR(WaitHostJob(b.name));
     host_experts_.clear();
@@ -798,6 +812,8 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
       cv_.notify_all();
     }
   }
+  if (issued_ < copies_.size()) OpenCopySpan(b);
+  BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
 
   // The next layer's prediction, on the GPU once this layer's copies and the host's job are under way (its launch
   // must not delay them); its copies are issued once it is in (IssuePrefetch, from here on).
@@ -1030,18 +1046,38 @@ Status ExpertEngine::Release(const BlockRuntime& b, int32_t expert, cudaStream_t
   return IssuePrefetch(b, false);
 }
 
-Result<at::Tensor> ExpertEngine::Finish(const BlockRuntime& b, cudaStream_t compute, at::ScalarType dtype) {
+Status ExpertEngine::Finish(const BlockRuntime& b, cudaStream_t compute, at::Tensor* out) {
   BIGPLAN_RETURN_IF_ERROR(IssuePrefetch(b, true));
-  if (!host_pending_) return at::Tensor();
+  if (!host_pending_) return Status::Ok();
   host_pending_ = false;
   // The GPU, not this thread, waits for the host's experts: the combine and the next layer's work are queued now and
   // run as soon as the host's sum is in (its status is checked at the next Begin or at EndForward).
   uint32_t* flag = reinterpret_cast<uint32_t*>(host_flag_.data());
-  BIGPLAN_RETURN_IF_ERROR(Cuda(fused::WaitFlag(flag, host_seq_, kHostWaitTimeoutNs, flag + 1, compute),
-                               b.name + ": waiting for the host's experts"));
+  const float* y = reinterpret_cast<const float*>(y_host_.data());
+  const int64_t n = static_cast<int64_t>(host_tokens_) * hidden_;
+  fused::Elem elem = fused::Elem::kF32;
+  const at::ScalarType t = out->scalar_type();
+  const bool one_kernel = out->is_cuda() && out->is_contiguous() && out->numel() == n &&
+                          (t == at::kBFloat16 || t == at::kHalf || t == at::kFloat);
+  if (one_kernel) {
+    elem = t == at::kBFloat16 ? fused::Elem::kBF16 : t == at::kHalf ? fused::Elem::kF16 : fused::Elem::kF32;
+    BIGPLAN_RETURN_IF_ERROR(Cuda(fused::WaitFlagAdd(flag, host_seq_, kHostWaitTimeoutNs, flag + 1, elem,
+                                                    out->data_ptr(), y, n, compute),
+                                 b.name + ": waiting for the host's experts"));
+  } else {
+    BIGPLAN_RETURN_IF_ERROR(Cuda(fused::WaitFlag(flag, host_seq_, kHostWaitTimeoutNs, flag + 1, compute),
+                                 b.name + ": waiting for the host's experts"));
+  }
   if (recording_) MarkGpu("host experts in " + b.name, "expert waits (GPU)", compute, false);
-  const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
-  return at::from_blob(y_host_.data(), {static_cast<int64_t>(host_tokens_), hidden_}, dev.dtype(at::kFloat)).to(dtype);
+  if (one_kernel) return Status::Ok();
+  try {
+    const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
+    *out = *out + at::from_blob(const_cast<float*>(y), {static_cast<int64_t>(host_tokens_), hidden_},
+                                dev.dtype(at::kFloat)).to(t).view(out->sizes());
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kDevice, b.name + ": adding the host's experts: " + e.what());
+  }
+  return Status::Ok();
 }
 
 std::vector<ExpertEngine::Event> ExpertEngine::TakeEvents() {

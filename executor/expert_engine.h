@@ -3,7 +3,9 @@
 // them.
 //
 // After a sparse layer's router, BlockWeights::BeginExperts reaches Begin: the choices (and, in a decode forward, the
-// normed input as float32) reach the host through mapped pinned memory and one event synchronization. Then:
+// normed input as float32) reach the host through mapped pinned memory (for one token the router's kernel writes
+// them there itself: ChoicesForHost) and one event synchronization. Then (the host's job is posted before the
+// copies are issued: it is the longer path):
 //   - resident experts with rows are listed for the GPU as they are;
 //   - of the chosen non-resident experts resting in pinned memory, in forwards of at most decode_max_tokens tokens,
 //     cpu_share of their bytes go to the host (executor/cpu_experts.h), computed on a thread and a pool (leaving a
@@ -22,8 +24,8 @@
 //     execution dtype when the checkpoint's differs, then copied like the others.
 // Forwards of at least copy_all_tokens tokens (prefills, where nearly every expert is chosen) start copying the
 // layer's first ring's worth of non-resident experts when the layer's step starts, before its attention, so the
-// copy engine never waits for the router. Finish hands the host's weighted sum back (mapped pinned memory read by a
-// kernel, no copy engine). Nothing is allocated per layer beyond LibTorch's caching allocator.
+// copy engine never waits for the router. Finish adds the host's weighted sum to the GPU's (mapped pinned memory read,
+// once the host's number is in, by the kernel that waited for it: fused::WaitFlagAdd; no copy engine). Nothing is allocated per layer beyond LibTorch's caching allocator.
 //
 // Next-layer prefetch (decode forwards, `prefetch` > 0 experts a layer): right after a sparse layer's router, the
 // GPU also runs the next sparse layer's router on this layer's MoE input (rescaled from this layer's post-attention
@@ -110,8 +112,12 @@ class ExpertEngine {
   // Forwards of at most kGroupTokens tokens whose copied experts fit the ring compute the GPU's experts as two
   // groups (BlockWeights::ExpertGroup): the resident ones, then the copied ones once every copy is in.
   static constexpr int64_t kGroupTokens = 16;
+  // `written`: the router's kernel wrote the choices (and x) to ChoicesForHost(tokens)'s buffers.
   Result<BlockWeights::ExpertWork> Begin(const BlockRuntime& b, const at::Tensor& x, const at::Tensor& topi,
-                                         const at::Tensor& topw, cudaStream_t compute);
+                                         const at::Tensor& topw, cudaStream_t compute, bool written);
+  // The mapped buffers Begin reads a forward's choices from, for `tokens` tokens (BlockWeights::ChoicesForHost): x
+  // only where the host computes experts for that many tokens in this forward.
+  BlockWeights::HostChoices ChoicesForHost(int64_t tokens) const;
   Status AcquireGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute);
   Status ReleaseGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute);
   // For a copied expert: makes `compute` wait for its copy and sets views[0..3) (gate, up, down) into its slot (a
@@ -122,10 +128,11 @@ class ExpertEngine {
   Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views);
   Status AcquireDown(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
   Status Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
-  // The host experts' weighted sum as [tokens, hidden] of `dtype` on the block's device (undefined if none). Does not
-  // wait for the host: `compute` waits (fused::WaitFlag on a sequence number the host thread writes after the sum),
-  // so what follows is queued at once; the host job's error surfaces at the next Begin or at EndForward.
-  Result<at::Tensor> Finish(const BlockRuntime& b, cudaStream_t compute, at::ScalarType dtype);
+  // Adds the host experts' weighted sum to *out ([tokens, hidden] on the block's device; out + sum.to(out's dtype);
+  // nothing if the host computed none). Does not wait for the host: `compute` waits (fused::WaitFlagAdd on a
+  // sequence number the host thread writes after the sum, then the add), so what follows is queued at once; the host
+  // job's error surfaces at the next Begin or at EndForward.
+  Status Finish(const BlockRuntime& b, cudaStream_t compute, at::Tensor* out);
   // After a forward's work has finished on the GPU: the last host job's status (kDevice also when the GPU gave up
   // waiting for the host, kHostWaitTimeoutNs).
   Status EndForward();
@@ -152,6 +159,8 @@ class ExpertEngine {
   int threads() const { return pool_ ? pool_->threads() : 0; }
 
  private:
+  // Whether the host computes experts in a forward of `tokens` tokens (a decode forward with host compute).
+  bool HostPath(int64_t tokens) const;
   struct Matrix {  // one of an expert's three matrices
     const WeightRuntime* w = nullptr;
     uint64_t slot_offset = 0;  // in a ring slot

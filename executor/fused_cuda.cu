@@ -756,10 +756,17 @@ __device__ __forceinline__ void StoreElem(void* p, Elem e, int64_t i, float v) {
 }
 
 __global__ void RouterTopKKernel(Elem le, const void* __restrict__ logits, int n, int top, bool renorm,
-                                 int64_t* __restrict__ ids, Elem we, void* __restrict__ weights) {
+                                 int64_t* __restrict__ ids, Elem we, void* __restrict__ weights, RouterExport ex) {
   __shared__ float p[kTopRowsMax];
   __shared__ float pick_v[64];
   __shared__ int pick_i[64];
+  // Warps past the first copy x for the host (stores to mapped memory, spread so that none waits long).
+  if (threadIdx.x >= 32) {
+    if (ex.host_x != nullptr) {
+      for (int64_t i = threadIdx.x - 32; i < ex.x_n; i += blockDim.x - 32) ex.host_x[i] = LoadElem(ex.x, ex.x_elem, i);
+    }
+    return;
+  }
   const int lane = threadIdx.x;
   float m = -INFINITY;
   for (int i = lane; i < n; i += 32) {
@@ -800,7 +807,59 @@ __global__ void RouterTopKKernel(Elem le, const void* __restrict__ logits, int n
     for (int t = 0; t < top; ++t) {
       ids[t] = pick_i[t];
       StoreElem(weights, we, t, renorm ? pick_v[t] / sum : pick_v[t]);
+      if (ex.host_ids != nullptr) ex.host_ids[t] = pick_i[t];
+      if (ex.host_weights != nullptr) ex.host_weights[t] = LoadElem(weights, we, t);
     }
+  }
+}
+
+// ---- ExpertSum: one thread per output value, the experts in order ----
+
+__device__ __forceinline__ float RoundTo(Elem e, float v) {
+  switch (e) {
+    case Elem::kBF16: return __bfloat162float(__float2bfloat16_rn(v));
+    case Elem::kF16: return __half2float(__float2half_rn(v));
+    default: return v;
+  }
+}
+
+__global__ void ExpertSumKernel(Elem e, const void* __restrict__ y, Elem we, const void* __restrict__ w, int n,
+                                int64_t tokens, int64_t hidden, void* __restrict__ out) {
+  const int64_t values = tokens * hidden;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < values;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = idx / hidden;
+    float sum = 0.f;
+    for (int i = 0; i < n; ++i) sum += RoundTo(e, LoadElem(y, e, i * values + idx) * LoadElem(w, we, i * tokens + t));
+    StoreElem(out, e, idx, LoadElem(out, e, idx) + RoundTo(e, sum));
+  }
+}
+
+// ---- WaitFlagAdd: every block waits for the host's number (thread 0 polls), then adds its part of y ----
+
+__global__ void WaitFlagAddKernel(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
+                                  volatile uint32_t* timed_out, Elem oe, void* out, const volatile float* y,
+                                  int64_t n) {
+  if (threadIdx.x == 0) {
+    uint64_t start = 0, now = 0;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    while (static_cast<int32_t>(*flag - value) < 0) {
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+      if (now - start > timeout_ns) {
+        *timed_out = 1u;
+        break;
+      }
+      __nanosleep(200);
+    }
+    __threadfence_system();
+  }
+  __syncthreads();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = y[i];
+    if (oe == Elem::kBF16) v = __bfloat162float(__float2bfloat16_rn(v));
+    if (oe == Elem::kF16) v = __half2float(__float2half_rn(v));
+    StoreElem(out, oe, i, LoadElem(out, oe, i) + v);
   }
 }
 
@@ -813,7 +872,43 @@ cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top,
     return cudaErrorInvalidValue;
   }
   RouterTopKKernel<<<1, 32, 0, stream>>>(logits_elem, logits, static_cast<int>(n), top, renorm, ids, weight_elem,
-                                         weights);
+                                         weights, RouterExport{});
+  return cudaGetLastError();
+}
+
+cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
+                       Elem weight_elem, void* weights, const RouterExport& exported, cudaStream_t stream) {
+  if (n < 1 || n > kTopRowsMax || top < 1 || top > 64 || top > n || logits == nullptr || ids == nullptr ||
+      weights == nullptr || (exported.host_x != nullptr && (exported.x == nullptr || exported.x_n < 0))) {
+    return cudaErrorInvalidValue;
+  }
+  const unsigned threads = exported.host_x != nullptr ? 32 + 256 : 32;
+  RouterTopKKernel<<<1, threads, 0, stream>>>(logits_elem, logits, static_cast<int>(n), top, renorm, ids, weight_elem,
+                                              weights, exported);
+  return cudaGetLastError();
+}
+
+cudaError_t ExpertSum(Elem elem, const void* y, Elem w_elem, const void* w, int64_t n, int64_t tokens, int64_t hidden,
+                      void* out, cudaStream_t stream) {
+  if (y == nullptr || w == nullptr || out == nullptr || n < 1 || n > (int64_t{1} << 20) || tokens < 1 || hidden < 1) {
+    return cudaErrorInvalidValue;
+  }
+  constexpr int kThreads = 256;
+  const int64_t blocks = std::min<int64_t>((tokens * hidden + kThreads - 1) / kThreads, 4096);
+  ExpertSumKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(elem, y, w_elem, w, static_cast<int>(n),
+                                                                          tokens, hidden, out);
+  return cudaGetLastError();
+}
+
+cudaError_t WaitFlagAdd(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out, Elem out_elem,
+                        void* out, const float* y, int64_t n, cudaStream_t stream) {
+  if (flag == nullptr || timed_out == nullptr || out == nullptr || y == nullptr || n < 0) return cudaErrorInvalidValue;
+  // One block (its thread 0 polls, as WaitFlag's one thread does) per 8192 values, at most 16: a decode step's sum
+  // is one block, and each thread's loads from mapped memory are few.
+  constexpr int kThreads = 1024;
+  const int64_t blocks = std::min<int64_t>(std::max<int64_t>(1, (n + 8191) / 8192), 16);
+  WaitFlagAddKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(flag, value, timeout_ns, timed_out,
+                                                                            out_elem, out, y, n);
   return cudaGetLastError();
 }
 

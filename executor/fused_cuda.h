@@ -44,12 +44,36 @@ cudaError_t TopRows(DType dtype, const void* x, const float* scale, const void* 
 enum class Elem : int { kBF16 = 0, kF16 = 1, kF32 = 2 };
 cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
                        Elem weight_elem, void* weights, cudaStream_t stream);
+// The same, also writing a copy for the host (each pointer may be null, e.g. mapped pinned memory): host_ids[0..top)
+// the ids, host_weights[0..top) each stored weight's value as float32, and host_x[0..x_n) = float32(x[0..x_n))
+// (x of `x_elem`: the router's input, which the host's experts read).
+struct RouterExport {
+  int64_t* host_ids = nullptr;
+  float* host_weights = nullptr;
+  const void* x = nullptr;
+  Elem x_elem = Elem::kF32;
+  int64_t x_n = 0;
+  float* host_x = nullptr;
+};
+cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
+                       Elem weight_elem, void* weights, const RouterExport& exported, cudaStream_t stream);
 
 // Makes `stream` wait until the 32-bit sequence number at `flag` (written by the host, in mapped pinned memory) has
 // reached `value` (wrapping: (int32)(*flag - value) >= 0), polling it from one thread. After `timeout_ns` of
 // waiting it gives up and sets *timed_out = 1 (mapped memory too), so a host that never writes cannot hang the GPU.
 cudaError_t WaitFlag(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out,
                      cudaStream_t stream);
+// A group of experts' outputs combined: out[t, j] = round(float(out[t, j]) + float(round(sum_i round(y[i, t, j] *
+// w[i, t])))) for y [n, tokens, hidden] and out [tokens, hidden] of `elem`, w [n, tokens] of `w_elem` (float32 sums;
+// round: to `elem`), as LibTorch's out.add_((y * w).to(y's dtype).sum(0)) computes it. n >= 1.
+cudaError_t ExpertSum(Elem elem, const void* y, Elem w_elem, const void* w, int64_t n, int64_t tokens, int64_t hidden,
+                      void* out, cudaStream_t stream);
+
+// WaitFlag, then out[i] = round(float(out[i]) + float(round(y[i]))) for i < n (out of `out_elem` in device memory; y
+// float32, e.g. the host's sum in mapped pinned memory, read only once the flag has reached `value`): the wait and
+// what LibTorch's out + y.to(out's dtype) computes, in one kernel.
+cudaError_t WaitFlagAdd(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out, Elem out_elem,
+                        void* out, const float* y, int64_t n, cudaStream_t stream);
 
 // LlamaRMSNorm of each row: out = round(w * round(x * rsqrt(mean(x^2) + eps))) with the mean in float32.
 cudaError_t RmsNorm(DType dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,

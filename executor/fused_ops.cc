@@ -124,24 +124,45 @@ bool TopRows(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w, 
                         Stream()) == cudaSuccess;
 }
 
+namespace {
+bool ElemOf(at::ScalarType t, fused::Elem* e) {
+  if (t == at::kBFloat16) *e = fused::Elem::kBF16;
+  else if (t == at::kHalf) *e = fused::Elem::kF16;
+  else if (t == at::kFloat) *e = fused::Elem::kF32;
+  else return false;
+  return true;
+}
+}  // namespace
+
 std::pair<at::Tensor, at::Tensor> RouterTopK(const at::Tensor& logits, int top, bool renorm, at::ScalarType weight_dtype) {
-  auto elem = [](at::ScalarType t, fused::Elem* e) {
-    if (t == at::kBFloat16) *e = fused::Elem::kBF16;
-    else if (t == at::kHalf) *e = fused::Elem::kF16;
-    else if (t == at::kFloat) *e = fused::Elem::kF32;
-    else return false;
-    return true;
-  };
+  return RouterTopK(logits, top, renorm, weight_dtype, nullptr, nullptr, at::Tensor(), nullptr);
+}
+
+std::pair<at::Tensor, at::Tensor> RouterTopK(const at::Tensor& logits, int top, bool renorm,
+                                             at::ScalarType weight_dtype, int64_t* host_ids, float* host_weights,
+                                             const at::Tensor& x, float* host_x) {
   fused::Elem le, we;
   if (!logits.defined() || !logits.is_cuda() || logits.dim() != 2 || logits.size(0) != 1 || !logits.is_contiguous() ||
       logits.size(1) < 1 || logits.size(1) > fused::kTopRowsMax || top < 1 || top > 64 || top > logits.size(1) ||
-      !elem(logits.scalar_type(), &le) || !elem(weight_dtype, &we)) {
+      !ElemOf(logits.scalar_type(), &le) || !ElemOf(weight_dtype, &we)) {
     return {};
+  }
+  fused::RouterExport ex;
+  ex.host_ids = host_ids;
+  ex.host_weights = host_weights;
+  if (host_x != nullptr) {
+    if (!x.defined() || !x.is_cuda() || x.device() != logits.device() || !x.is_contiguous() || x.numel() < 1 ||
+        (x.dim() == 2 && x.size(0) != 1) || !ElemOf(x.scalar_type(), &ex.x_elem)) {
+      return {};
+    }
+    ex.x = x.data_ptr();
+    ex.x_n = x.numel();
+    ex.host_x = host_x;
   }
   at::Tensor ids = at::empty({1, top}, logits.options().dtype(at::kLong));
   at::Tensor weights = at::empty({1, top}, logits.options().dtype(weight_dtype));
   Check(fused::RouterTopK(le, logits.data_ptr(), logits.size(1), top, renorm, ids.data_ptr<int64_t>(), we,
-                          weights.data_ptr(), Stream()),
+                          weights.data_ptr(), ex, Stream()),
         "RouterTopK");
   return {weights, ids};
 }
@@ -171,6 +192,31 @@ at::Tensor SiluMul(const at::Tensor& gu) {
   Check(fused::SiluMul(DTypeOf(gu), g2.data_ptr(), g2.stride(0), out.data_ptr(), g2.size(0), inter, Stream()),
         "silu_mul");
   return out;
+}
+
+bool SiluMulInto(const at::Tensor& gu, const at::Tensor& out) {
+  if (!Eligible(gu) || gu.size(-1) % 2 != 0 || !out.defined() || out.scalar_type() != gu.scalar_type() ||
+      out.device() != gu.device() || !out.is_contiguous() || out.numel() * 2 != gu.numel()) {
+    return false;
+  }
+  const at::Tensor g2 = Rows2d(gu);
+  if (!g2.defined() || g2.size(0) > 65535) return false;
+  Check(fused::SiluMul(DTypeOf(gu), g2.data_ptr(), g2.stride(0), out.data_ptr(), g2.size(0), gu.size(-1) / 2, Stream()),
+        "silu_mul");
+  return true;
+}
+
+bool ExpertSum(const at::Tensor& y, const at::Tensor& w, const at::Tensor& out) {
+  fused::Elem ye, we;
+  if (!y.defined() || !y.is_cuda() || y.dim() != 3 || !y.is_contiguous() || !ElemOf(y.scalar_type(), &ye) ||
+      !w.defined() || !w.is_contiguous() || w.numel() != y.size(0) * y.size(1) || !ElemOf(w.scalar_type(), &we) ||
+      !out.defined() || out.device() != y.device() || out.scalar_type() != y.scalar_type() || !out.is_contiguous() ||
+      out.numel() != y.size(1) * y.size(2) || y.size(0) < 1) {
+    return false;
+  }
+  Check(fused::ExpertSum(ye, y.data_ptr(), we, w.data_ptr(), y.size(0), y.size(1), y.size(2), out.data_ptr(), Stream()),
+        "expert_sum");
+  return true;
 }
 
 at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t kv_heads,

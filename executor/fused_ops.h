@@ -37,6 +37,23 @@ bool TopRows(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& w, 
 // same softmax sums for n <= 1024; the renormalizing sum may differ in its last bit). Undefined tensors when not
 // eligible.
 std::pair<at::Tensor, at::Tensor> RouterTopK(const at::Tensor& logits, int top, bool renorm, at::ScalarType weight_dtype);
+// The same, also writing the choices for the host (fused::RouterExport; each pointer may be null, e.g. mapped pinned
+// memory): the ids to host_ids[0..top), the weights' values as float32 to host_weights[0..top), and x (the router's
+// input, one contiguous row of bf16, fp16 or fp32 on the GPU) as float32 to host_x. Undefined tensors, writing
+// nothing, when not eligible.
+std::pair<at::Tensor, at::Tensor> RouterTopK(const at::Tensor& logits, int top, bool renorm,
+                                             at::ScalarType weight_dtype, int64_t* host_ids, float* host_weights,
+                                             const at::Tensor& x, float* host_x);
+
+// out.add_((y * w).to(y's dtype).sum(0)) in one kernel (fused::ExpertSum): y [n, tokens, hidden] bf16, fp16 or fp32
+// contiguous on the GPU, w [n, tokens, 1] (or [n, tokens]) contiguous of any of those dtypes, device-readable (e.g.
+// mapped pinned memory), out [tokens, hidden] contiguous of y's dtype on y's device. False, queuing nothing, when not
+// eligible.
+bool ExpertSum(const at::Tensor& y, const at::Tensor& w, const at::Tensor& out);
+
+// at::mul_out(out, at::silu(gate), up) for gu [..., 2 inter] = [gate | up] into out [..., inter] (contiguous, gu's
+// dtype and device) by fused::SiluMul. False, queuing nothing, when not eligible.
+bool SiluMulInto(const at::Tensor& gu, const at::Tensor& out);
 
 // kernels_internal::RmsNorm(x, w, eps) (LlamaRMSNorm): x [..., cols] with a contiguous last dimension.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps);

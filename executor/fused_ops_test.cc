@@ -5,8 +5,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <thread>
 #include <tuple>
@@ -329,10 +331,67 @@ TEST_P(FusedOpsGpu, RouterTopKMatchesSoftmaxTopk) {
       }
     }
   }
+  // The copy for the host (here device memory standing in for mapped memory): the same ids, each weight's value in
+  // float32, and x in float32.
+  for (const at::ScalarType weight_type : {GetParam(), at::kFloat}) {
+    const at::Tensor logits = (at::randn({1, 128}, Opts()) * 3).to(GetParam());
+    const at::Tensor x = at::randn({1, 2048}, Opts());
+    at::Tensor host_ids = at::full({8}, -1, Opts().dtype(at::kLong));
+    at::Tensor host_w = at::zeros({8}, Opts().dtype(at::kFloat));
+    at::Tensor host_x = at::zeros({2048}, Opts().dtype(at::kFloat));
+    auto [w, ids] = RouterTopK(logits, 8, true, weight_type, host_ids.data_ptr<int64_t>(), host_w.data_ptr<float>(), x,
+                               host_x.data_ptr<float>());
+    ASSERT_TRUE(w.defined());
+    auto [w2, ids2] = RouterTopK(logits, 8, true, weight_type);
+    EXPECT_TRUE(at::equal(ids, ids2));
+    EXPECT_TRUE(at::equal(w, w2));
+    EXPECT_TRUE(at::equal(host_ids, ids[0]));
+    EXPECT_TRUE(at::equal(host_w, w[0].to(at::kFloat)));
+    EXPECT_TRUE(at::equal(host_x, x[0].to(at::kFloat)));
+    // Declined: x on more than one row.
+    EXPECT_FALSE(RouterTopK(logits, 8, true, weight_type, nullptr, nullptr, at::randn({2, 16}, Opts()),
+                            host_x.data_ptr<float>())
+                     .first.defined());
+  }
   // Declined: more than one row, top above 64 or n.
   EXPECT_FALSE(RouterTopK(at::randn({2, 16}, Opts()), 2, true, at::kFloat).first.defined());
   EXPECT_FALSE(RouterTopK(at::randn({1, 128}, Opts()), 65, true, at::kFloat).first.defined());
   EXPECT_FALSE(RouterTopK(at::randn({1, 4}, Opts()), 5, true, at::kFloat).first.defined());
+}
+
+// ExpertSum against the LibTorch ops it replaces (out.add_((y * w).to(y's dtype).sum(0))), weights in the activation
+// dtype (Qwen) and in float32 (Mixtral), one token and several; SiluMulInto against at::mul_out(out, silu(gate), up).
+TEST_P(FusedOpsGpu, ExpertSumAndSiluMulIntoMatchLibTorch) {
+  for (const auto& [n, tokens, hidden] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 64}, {7, 1, 2048},
+                                                                                          {3, 5, 4096}}) {
+    for (const at::ScalarType wt : {GetParam(), at::kFloat}) {
+      SCOPED_TRACE(std::to_string(n) + " experts, " + std::to_string(tokens) + " tokens, weights " + c10::toString(wt));
+      const at::Tensor y = at::randn({n, tokens, hidden}, Opts());
+      const at::Tensor w = at::rand({n, tokens, 1}, Opts().dtype(wt));
+      const at::Tensor base = at::randn({tokens, hidden}, Opts());
+      at::Tensor want = base.clone();
+      at::Tensor weighted = y * w;
+      if (weighted.scalar_type() != y.scalar_type()) weighted = weighted.to(y.scalar_type());
+      want.add_(weighted.sum(0));
+      at::Tensor got = base.clone();
+      ASSERT_TRUE(ExpertSum(y, w, got));
+      // (LibTorch's sum may add in another order: within a unit of the last place.)
+      const double ulp = GetParam() == at::kBFloat16 ? 7.9e-3 : 9.8e-4;
+      EXPECT_LE((got.to(at::kFloat) - want.to(at::kFloat)).abs().max().item<double>(),
+                ulp * (want.to(at::kFloat).abs().max().item<double>() + 1));
+      EXPECT_GE((got == want).to(at::kFloat).mean().item<double>(), 0.99);
+    }
+  }
+  const at::Tensor gu = at::randn({6, 2 * 768}, Opts());
+  at::Tensor h = at::empty({6, 768}, Opts());
+  ASSERT_TRUE(SiluMulInto(gu, h));
+  EXPECT_TRUE(at::equal(h, SiluMul(gu)));
+  ExpectClose(h, at::silu(gu.narrow(-1, 0, 768)) * gu.narrow(-1, 768, 768), "silu_mul into");
+  // Declined: out of another size or dtype; y not 3-D.
+  EXPECT_FALSE(SiluMulInto(gu, at::empty({6, 767}, Opts())));
+  EXPECT_FALSE(ExpertSum(at::randn({2, 4}, Opts()), at::rand({2, 1}, Opts()), at::zeros({1, 4}, Opts())));
+  EXPECT_FALSE(ExpertSum(at::randn({2, 1, 4}, Opts()), at::rand({2, 1, 1}, Opts()),
+                         at::zeros({1, 4}, Opts().dtype(at::kFloat))));
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedOpsGpu, ::testing::Values(at::kBFloat16, at::kHalf),
@@ -366,6 +425,41 @@ TEST(FusedCudaGpu, WaitFlagHoldsTheStreamUntilTheHostWrites) {
   ASSERT_EQ(fused::WaitFlag(flag, 9, 2'000'000ull, flag + 1, stream.stream()), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(stream.stream()), cudaSuccess);
   EXPECT_EQ(flag[1], 1u);
+  cudaFreeHost(flag);
+}
+
+// WaitFlagAdd holds the stream as WaitFlag does, then adds the host's float32 sum as out + y.to(out's dtype) does,
+// bit for bit, reading y only after the host wrote the number.
+TEST(FusedCudaGpu, WaitFlagAddAddsTheHostsSumOnceWritten) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  uint32_t* flag = nullptr;
+  ASSERT_EQ(cudaHostAlloc(reinterpret_cast<void**>(&flag), 2 * sizeof(uint32_t), cudaHostAllocMapped), cudaSuccess);
+  float* y = nullptr;
+  constexpr int64_t kN = 4096 + 3;  // past the kernel's 16 blocks of 256
+  ASSERT_EQ(cudaHostAlloc(reinterpret_cast<void**>(&y), kN * sizeof(float), cudaHostAllocMapped), cudaSuccess);
+  c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
+  const auto dev = at::TensorOptions().device(at::kCUDA, 0);
+  for (const auto& [type, elem] : std::vector<std::pair<at::ScalarType, fused::Elem>>{
+           {at::kBFloat16, fused::Elem::kBF16}, {at::kHalf, fused::Elem::kF16}, {at::kFloat, fused::Elem::kF32}}) {
+    SCOPED_TRACE(c10::toString(type));
+    flag[0] = 0;
+    flag[1] = 0;
+    const at::Tensor sum = at::randn({kN}, at::kFloat) * 4;
+    const at::Tensor out = at::randn({kN}, dev.dtype(type));
+    const at::Tensor want = out + sum.to(dev).to(type);
+    for (int64_t i = 0; i < kN; ++i) y[i] = -1.0f;  // not the sum yet
+    ASSERT_EQ(fused::WaitFlagAdd(flag, 3, 10'000'000'000ull, flag + 1, elem, out.data_ptr(), y, kN, stream.stream()),
+              cudaSuccess);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(cudaStreamQuery(stream.stream()), cudaErrorNotReady);
+    std::memcpy(y, sum.data_ptr<float>(), kN * sizeof(float));
+    std::atomic_thread_fence(std::memory_order_release);
+    reinterpret_cast<volatile uint32_t*>(flag)[0] = 3;
+    ASSERT_EQ(cudaStreamSynchronize(stream.stream()), cudaSuccess);
+    EXPECT_TRUE(at::equal(out, want));
+    EXPECT_EQ(flag[1], 0u);
+  }
+  cudaFreeHost(y);
   cudaFreeHost(flag);
 }
 

@@ -54,7 +54,8 @@ Result<at::Tensor> BlockWeights::HostProduct(arch::Slot slot) const {
 }
 
 Result<BlockWeights::ExpertWork> BlockWeights::BeginExperts(const at::Tensor& x, const at::Tensor& topi,
-                                                             const at::Tensor& topw, int64_t num_experts) const {
+                                                             const at::Tensor& topw, int64_t num_experts,
+                                                             bool /*written*/) const {
   if (topi.dim() != 2 || topw.sizes() != topi.sizes() || x.dim() != 2 || x.size(0) != topi.size(0)) {
     return MakeError(ErrorCode::kInvalidArgument, "routed experts: x, topi and topw disagree on their shapes");
   }

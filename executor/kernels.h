@@ -162,8 +162,19 @@ class BlockWeights {
     std::vector<ExpertTask> tasks;    // one by one, between AcquireExpert and ReleaseExpert
     std::vector<ExpertGroup> groups;  // grouped, between AcquireGroup and ReleaseGroup
   };
+  // `written`: the router's kernel also wrote the choices to ChoicesForHost()'s buffers (which were not null).
   virtual Result<ExpertWork> BeginExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
-                                          int64_t num_experts) const;
+                                          int64_t num_experts, bool written) const;
+  // Where a router's kernel may also write one token's choices for BeginExperts to read on the host (memory the
+  // GPU writes and the host reads, e.g. mapped pinned): ids [k] int64, weights [k] float32 (each stored weight's
+  // value), x [hidden] float32 (the router's input; null when no expert runs on the host). All null (the default):
+  // BeginExperts moves the choices itself.
+  struct HostChoices {
+    int64_t* ids = nullptr;
+    float* weights = nullptr;
+    float* x = nullptr;
+  };
+  virtual HostChoices ChoicesForHost() const { return {}; }
   // Makes the current stream wait for group `index`'s copies / marks its products issued.
   virtual Status AcquireGroup(int32_t /*index*/) const { return Status::Ok(); }
   virtual Status ReleaseGroup(int32_t /*index*/) const { return Status::Ok(); }
@@ -176,9 +187,9 @@ class BlockWeights {
   virtual Status AcquireExpertDown(int32_t /*expert*/) const { return Status::Ok(); }
   // Marks expert e's products issued on the current stream (its slot may be reused). The default does nothing.
   virtual Status ReleaseExpert(int32_t /*expert*/) const { return Status::Ok(); }
-  // The weighted sum of the experts the host computed ([T, hidden] in x's dtype on x's device, in stream order), or
-  // an undefined tensor when it computed none (the default).
-  virtual Result<at::Tensor> FinishExperts() const { return at::Tensor(); }
+  // Adds the weighted sum of the experts the host computed to *out ([T, hidden] in x's dtype on x's device: out +
+  // sum.to(out's dtype), in stream order); leaves it as it is when the host computed none (the default).
+  virtual Status FinishExperts(at::Tensor* /*out*/) const { return Status::Ok(); }
 };
 
 // A decoder layer's KV cache: k and v each [max_batch, num_kv_heads, max_seq_len, head_dim], execution dtype,

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "executor/fused_ops.h"
 #include "executor/kernels_internal.h"
 
 namespace bigplan::kernels_internal {
@@ -38,18 +39,21 @@ Status BatchedLinear(const void* const* a, const void* const* b, void* const* c,
 
 }  // namespace
 
-Result<at::Tensor> GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, at::ScalarType weight_dtype) {
+Status GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, bool fused_kernels, at::Tensor* out) {
   BIGPLAN_ASSIGN_OR_RETURN(const cudaDataType_t type, CudaType(g.gu.scalar_type()));
   BIGPLAN_RETURN_IF_ERROR(BatchedLinear(g.gate_up, g.x_ptrs, g.gu_ptrs, g.n, g.tokens, 2 * g.inter, g.hidden, type));
   at::Tensor h = g.h;  // the buffer the second product's arrays point into
-  at::mul_out(h, Activate(act, g.gu.narrow(-1, 0, g.inter)), g.gu.narrow(-1, g.inter, g.inter));
+  if (!(fused_kernels && act == Activation::kSilu && fused_ops::SiluMulInto(g.gu, h))) {
+    at::mul_out(h, Activate(act, g.gu.narrow(-1, 0, g.inter)), g.gu.narrow(-1, g.inter, g.inter));
+  }
   BIGPLAN_RETURN_IF_ERROR(BatchedLinear(g.down, g.h_ptrs, g.y_ptrs, g.n, g.tokens, g.hidden, g.inter, type));
   // Each expert's output scaled by its routing weights (in their dtype, as transformers: bf16 for Qwen, float32 for
-  // Mixtral), cast back, summed over the group's experts.
-  // (weights arrive in weight_dtype: the executor writes them so.)
+  // Mixtral; the executor writes them so), cast back, summed over the group's experts, added to *out.
+  if (fused_kernels && fused_ops::ExpertSum(g.y, g.weights, *out)) return Status::Ok();
   at::Tensor weighted = g.y * g.weights;
   if (weighted.scalar_type() != g.y.scalar_type()) weighted = weighted.to(g.y.scalar_type());
-  return weighted.sum(0);
+  out->add_(weighted.sum(0));
+  return Status::Ok();
 }
 
 }  // namespace bigplan::kernels_internal

@@ -386,23 +386,29 @@ class LlamaKernels final : public ModelKernelsBase {
     if (!logits.defined()) {
       BIGPLAN_ASSIGN_OR_RETURN(logits, LinearW(router, x, at::Tensor()));
     }
-    // One token with fused kernels: softmax, top k, renormalization and the cast in one kernel.
+    // One token with fused kernels: softmax, top k, renormalization and the cast in one kernel, which also writes
+    // the choices (and x) where the host reads them.
+    const BlockWeights::HostChoices host_choices =
+        spec_.fused_kernels && logits.size(0) == 1 ? c.weights.ChoicesForHost() : BlockWeights::HostChoices{};
+    const at::ScalarType weight_dtype = float32_routing_ ? at::kFloat : x.scalar_type();
     auto [topw, topi] = spec_.fused_kernels && logits.size(0) == 1
                             ? fused_ops::RouterTopK(logits, static_cast<int>(spec_.num_experts_per_tok),
-                                                    spec_.norm_topk_prob, float32_routing_ ? at::kFloat : x.scalar_type())
+                                                    spec_.norm_topk_prob, weight_dtype, host_choices.ids,
+                                                    host_choices.weights, x, host_choices.x)
                             : std::pair<at::Tensor, at::Tensor>();
+    const bool written = topw.defined() && host_choices.ids != nullptr;
     if (!topw.defined()) {
       const at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
       std::tie(topw, topi) = at::topk(probs, spec_.num_experts_per_tok, -1);
       if (spec_.norm_topk_prob) topw = topw / topw.sum(-1, /*keepdim=*/true);
       if (!float32_routing_) topw = topw.to(x.scalar_type());
     }
-    BIGPLAN_ASSIGN_OR_RETURN(BlockWeights::ExpertWork work, c.weights.BeginExperts(x, topi, topw, spec_.num_experts));
+    BIGPLAN_ASSIGN_OR_RETURN(BlockWeights::ExpertWork work,
+                             c.weights.BeginExperts(x, topi, topw, spec_.num_experts, written));
     at::Tensor out = at::zeros_like(x);
     for (const BlockWeights::ExpertGroup& g : work.groups) {
       BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireGroup(g.index));
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor sum, GroupedSwiGlu(g, act_, topw.scalar_type()));
-      out.add_(sum);
+      BIGPLAN_RETURN_IF_ERROR(GroupedSwiGlu(g, act_, spec_.fused_kernels, &out));
       BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseGroup(g.index));
     }
     for (const BlockWeights::ExpertTask& t : work.tasks) {
@@ -434,8 +440,7 @@ class LlamaKernels final : public ModelKernelsBase {
       }
       BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
     }
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor host, c.weights.FinishExperts());
-    if (host.defined()) out = out + host;
+    BIGPLAN_RETURN_IF_ERROR(c.weights.FinishExperts(&out));
     if (spec_.shared_expert_intermediate_size > 0) {
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef sg, Ref(c, Slot::kSharedGate));
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef su, Ref(c, Slot::kSharedUp));

@@ -162,9 +162,15 @@ Result<at::Tensor> StepWeights::HostProduct(arch::Slot slot) const {
 }
 
 Result<BlockWeights::ExpertWork> StepWeights::BeginExperts(const at::Tensor& x, const at::Tensor& topi,
-                                                           const at::Tensor& topw, int64_t num_experts) const {
-  if (experts_ == nullptr) return BlockWeights::BeginExperts(x, topi, topw, num_experts);
-  return experts_->Begin(*block_, x, topi, topw, engine_->compute_stream(block_->device));
+                                                           const at::Tensor& topw, int64_t num_experts,
+                                                           bool written) const {
+  if (experts_ == nullptr) return BlockWeights::BeginExperts(x, topi, topw, num_experts, written);
+  return experts_->Begin(*block_, x, topi, topw, engine_->compute_stream(block_->device), written);
+}
+
+BlockWeights::HostChoices StepWeights::ChoicesForHost() const {
+  if (experts_ == nullptr) return {};
+  return experts_->ChoicesForHost(1);
 }
 
 Status StepWeights::AcquireGroup(int32_t index) const {
@@ -206,9 +212,9 @@ Status StepWeights::ReleaseExpert(int32_t expert) const {
   return experts_->Release(*block_, expert, engine_->compute_stream(block_->device));
 }
 
-Result<at::Tensor> StepWeights::FinishExperts() const {
-  if (experts_ == nullptr) return at::Tensor();
-  return experts_->Finish(*block_, engine_->compute_stream(block_->device), options_.dtype().toScalarType());
+Status StepWeights::FinishExperts(at::Tensor* out) const {
+  if (experts_ == nullptr) return Status::Ok();
+  return experts_->Finish(*block_, engine_->compute_stream(block_->device), out);
 }
 
 }  // namespace bigplan::executor_internal

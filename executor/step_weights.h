@@ -41,13 +41,14 @@ class StepWeights : public BlockWeights {
   Status HostBegin(const at::Tensor& x) const override;
   Result<at::Tensor> HostProduct(arch::Slot slot) const override;
   Result<ExpertWork> BeginExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
-                                  int64_t num_experts) const override;
+                                  int64_t num_experts, bool written) const override;
+  HostChoices ChoicesForHost() const override;
   Status AcquireGroup(int32_t index) const override;
   Status ReleaseGroup(int32_t index) const override;
   Status AcquireExpert(int32_t expert) const override;
   Status AcquireExpertDown(int32_t expert) const override;
   Status ReleaseExpert(int32_t expert) const override;
-  Result<at::Tensor> FinishExperts() const override;
+  Status FinishExperts(at::Tensor* out) const override;
 
  private:
   struct Entry {

@@ -107,6 +107,17 @@ def main():
     for k, (c, d) in sorted(agg.items(), key=lambda kv: -kv[1][1])[:40]:
         print(f"{c / n:7.1f} {d / n:10.1f} {d / c:8.2f}  {k}")
 
+    # The host's launch call of each device event (same correlation id): a device event whose launch call ended
+    # after the stream's previous event ended waited for the host.
+    launch_end = {}
+    for r in runtime:
+        c = r.get("args", {}).get("correlation")
+        if c is not None:
+            launch_end[c] = r["ts"] + r.get("dur", 0)
+
+    def launched(e):
+        return launch_end.get(e.get("args", {}).get("correlation"))
+
     # MoE tails: WaitFlag end -> next RouterTopK end, on the stream of the WaitFlag.
     tails = []
     heads = []
@@ -119,6 +130,8 @@ def main():
             st = stream_of(e)
             start = e["ts"] + e.get("dur", 0)
             busy = 0.0
+            host_wait = 0.0  # idle time on the stream spent waiting for a kernel's launch call
+            prev_end = start
             names = []
             end = None
             for f in ks[i + 1:]:
@@ -126,12 +139,16 @@ def main():
                     continue
                 busy += f.get("dur", 0)
                 names.append(short(f["name"], 30))
+                le = launched(f)
+                if le is not None and le > prev_end:
+                    host_wait += min(f["ts"], le) - prev_end
+                prev_end = f["ts"] + f.get("dur", 0)
                 if "RouterTopK" in f["name"]:
                     end = f["ts"] + f.get("dur", 0)
                     break
             if end is None:
                 continue
-            tails.append((end - start, busy, names))
+            tails.append((end - start, busy, names, host_wait))
         for e in ks:
             if "RouterTopK" not in e["name"]:
                 continue
@@ -145,6 +162,8 @@ def main():
         print(f"\nMoE tails (the host's experts seen by the GPU -> the next router done): {len(tails)}; span median "
               f"{statistics.median(spans):.1f} us (min {min(spans):.1f}, max {max(spans):.1f}); kernels busy median "
               f"{statistics.median(busy):.1f} us, {statistics.median([len(t[2]) for t in tails]):.0f} kernels")
+        print(f"  of the idle time, waiting for the host's launch calls: median "
+              f"{statistics.median([t[3] for t in tails]):.1f} us a tail")
         mid = tails[len(tails) // 2]
         print("  one tail:", " | ".join(mid[2]))
     if heads:
@@ -154,9 +173,12 @@ def main():
     if a.dump:
         s = steps[a.step if a.step >= 0 else len(steps) // 2]
         t0 = s[0]["ts"]
-        print("\nstart us   dur us  stream  name")
+        print("\nstart us   dur us  stream  launch call ended (us)  name")
         for e in s:
-            print(f"{e['ts'] - t0:9.1f} {e.get('dur', 0):8.1f}  {str(stream_of(e)):>6}  {short(e['name'], 90)}")
+            le = launched(e)
+            lc = f"{le - t0:9.1f}" if le is not None else "        -"
+            print(f"{e['ts'] - t0:9.1f} {e.get('dur', 0):8.1f}  {str(stream_of(e)):>6}  {lc:>22}  "
+                  f"{short(e['name'], 90)}")
     return 0
 
 

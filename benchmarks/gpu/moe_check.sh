@@ -28,9 +28,11 @@
 #   BIGPLAN_EXPERT_PREFETCH [plan]          e2e_bench --expert-prefetch (plan, or counts: 0,1,2)
 #   BIGPLAN_EXPERT_SPLIT []                 e2e_bench --expert-split (rows, e.g. 64,0; 0: whole experts on the host)
 #   BIGPLAN_HOST_SPIN []                    e2e_bench --host-spin-us (the host job thread's spin for the next job, us)
+#   BIGPLAN_HOST_THREADS []                 e2e_bench --host-threads (the host's computing threads; default: cores - 1)
 #   BIGPLAN_KINETO=1                        also a Kineto trace of 3 decode steps per configuration (e2e_bench
 #                                           --kineto), summarized by kineto_summary.py into the traces archive
 #   BIGPLAN_GEN_CHECKPOINT                  the gen_checkpoint binary; PYTHON [python3]
+#   BIGPLAN_E2E_BENCH                       the e2e_bench binary (e.g. another build's, to compare on one machine)
 # Writes OUT_DIR/{spec,accelerate,bigplan}_<model>.{json,txt} and OUT_DIR/moe_check.json (a summary).
 set -euo pipefail
 out="${1:?usage: moe_check.sh OUT_DIR [ckpt|bigplan|accelerate ...]}"; shift
@@ -169,10 +171,12 @@ run_bigplan() {
   local shares="${BIGPLAN_CPU_SHARE:-auto,off}"
   say "$model: bigplan e2e_bench at cuda:0=${budget}GiB,cpu=${cpu_budget}GiB, host shares $shares, prefill 512"
   mkdir -p "$out/traces_$model"
-  "${env_wrap[@]}" "$bin/e2e_bench" --model "$dir" --gpu-budgets "$budget" --cpu-budget-gib "$cpu_budget" \
+  "${env_wrap[@]}" "${BIGPLAN_E2E_BENCH:-$bin/e2e_bench}" --model "$dir" --gpu-budgets "$budget" \
+    --cpu-budget-gib "$cpu_budget" \
     --prefill 512 --repeat "${BIGPLAN_REPEAT:-3}" --cpu-share "$shares" --trace-dir "$out/traces_$model" \
     --expert-prefetch "${BIGPLAN_EXPERT_PREFETCH:-plan}" ${BIGPLAN_EXPERT_SPLIT:+--expert-split "$BIGPLAN_EXPERT_SPLIT"} \
     ${BIGPLAN_KINETO:+--kineto "$out/traces_$model"} ${BIGPLAN_HOST_SPIN:+--host-spin-us "$BIGPLAN_HOST_SPIN"} \
+    ${BIGPLAN_HOST_THREADS:+--host-threads "$BIGPLAN_HOST_THREADS"} \
     --out "$out/bigplan_$model.json" 2>&1 | tee "$out/bigplan_$model.txt" | grep -E "^==|floors|MoE|1 token|error" || true
   for plan in "$out/traces_$model"/*.bplan; do
     [[ -f "$plan" ]] && "${env_wrap[@]}" "$bin/inspect" "$plan" > "${plan%.bplan}.inspect.txt" 2>&1 || true
