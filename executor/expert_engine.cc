@@ -253,7 +253,7 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
       e->gu_buf_ = at::empty({rows * 2 * e->inter_}, opts);
       e->h_buf_ = at::empty({rows * e->inter_}, opts);
       e->y_buf_ = at::empty({rows * e->hidden_}, opts);
-      e->ptr_dev_ = at::empty({2 * 6 * e->num_experts_}, opts.dtype(at::kLong));
+      e->ptr_dev_ = at::empty({static_cast<int64_t>(2 * per_group / 8)}, opts.dtype(at::kLong));
     } catch (const std::exception& ex) {
       return MakeError(ErrorCode::kDevice, std::string("expert group buffers: ") + ex.what());
     }
@@ -880,7 +880,9 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     const uint64_t per_group = AlignUp(6 * n_all * sizeof(void*)) + AlignUp(n_all * kGroupTokens * sizeof(float));
     const auto dev_opts = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
     const int64_t e_bytes = static_cast<int64_t>(gu_buf_.element_size());
-    int64_t base = 0;  // experts before this group in the product buffers
+    int64_t base = 0;     // experts before this group in the product buffers
+    uint64_t filled = 0;  // bytes of groups_ the groups use
+    uint8_t* const dev_groups = reinterpret_cast<uint8_t*>(ptr_dev_.data_ptr());
     for (int gi = 0; gi < 2; ++gi) {
       const int64_t n = static_cast<int64_t>(members[gi].size());
       if (n == 0) continue;
@@ -917,15 +919,9 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
         }
         if (gi == 0) ++stats_.resident;
       }
-      // The arrays move to device memory by a kernel (not the copy engine, busy with experts): cuBLAS reads a
-      // batch's pointers where it computes, which from mapped host memory would cross PCIe on every tile.
-      int64_t* dev = ptr_dev_.data_ptr<int64_t>() + gi * 6 * static_cast<int64_t>(n_all);
-      {
-        at::Tensor dst = at::from_blob(dev, {static_cast<int64_t>(6 * n_all)}, dev_opts.dtype(at::kLong));
-        const at::Tensor src = at::from_blob(arr, {static_cast<int64_t>(6 * n_all)}, dev_opts.dtype(at::kLong));
-        at::bitwise_or_out(dst, src, 0);
-      }
-      const void** darr = reinterpret_cast<const void**>(dev);
+      // The group's arrays and weights as they will lie in device memory (one kernel moves both groups' below).
+      uint8_t* dev_area = dev_groups + gi * per_group;
+      const void** darr = reinterpret_cast<const void**>(dev_area);
       BlockWeights::ExpertGroup g;
       g.index = gi;
       g.n = n;
@@ -956,10 +952,22 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
           w16[q] = bits;
         }
       }
-      g.weights = at::from_blob(w, {n, tokens, 1}, dev_opts.dtype(wt == at::kBFloat16 || wt == at::kHalf ? wt : at::kFloat));
+      const at::ScalarType stored = wt == at::kBFloat16 || wt == at::kHalf ? wt : at::kFloat;
+      g.weights = at::from_blob(dev_area + AlignUp(6 * n_all * sizeof(void*)), {n, tokens, 1}, dev_opts.dtype(stored));
+      filled = gi * per_group + AlignUp(6 * n_all * sizeof(void*)) +
+               AlignUp(static_cast<uint64_t>(n * tokens) * sizeof(float));
       work.groups.push_back(std::move(g));
       base += n;
       if (gi == 1) copies_grouped_ = true;
+    }
+    // The groups' arrays and weights move to device memory by one kernel (not the copy engine, busy with experts):
+    // cuBLAS reads a batch's pointers where it computes, which from mapped host memory would cross PCIe on every
+    // tile, and so would each output value's weight read.
+    if (filled > 0) {
+      const int64_t words = static_cast<int64_t>(filled / sizeof(int64_t));
+      at::Tensor dst = ptr_dev_.narrow(0, 0, words);
+      const at::Tensor src = at::from_blob(groups_.data(), {words}, dev_opts.dtype(at::kLong));
+      at::bitwise_or_out(dst, src, 0);
     }
     if (split_expert_ >= 0) add_task(split_expert_);
     return work;

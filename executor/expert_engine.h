@@ -274,7 +274,7 @@ class ExpertEngine {
   bool grouped_ = false;   // every expert's gate and up lie back to back (resident and in a slot)
   Allocation groups_;      // per group: 6 pointer arrays of num_experts, then float weights [num_experts x kGroupTokens]
   at::Tensor gu_buf_, h_buf_, y_buf_;
-  at::Tensor ptr_dev_;  // int64 [2 x 6 x num_experts]: the pointer arrays in device memory (cuBLAS reads them there)
+  at::Tensor ptr_dev_;  // groups_ mirrored in device memory (the pointer arrays cuBLAS reads, the routing weights)
   int64_t inter_ = 0;
   bool copies_grouped_ = false;  // this layer's copies form group 1
   CudaEvent choices_ready_;
