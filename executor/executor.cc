@@ -16,6 +16,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <optional>
 
@@ -30,6 +31,7 @@
 #include "executor/step_weights.h"
 #include "executor/stream_engine.h"
 #include "executor/trace.h"
+#include "executor/worker_pool.h"
 #include "support/units.h"
 #include "arch/tensor_parallel.h"
 
@@ -204,8 +206,19 @@ class Executor::Impl {
   // The plan's steps for the shards in ctx (one context per shard; shard `only`'s steps alone when >= 0), each
   // block on its shard's GPU, between the stream engine's BeginStep and EndStep when `engine_steps`; each shard's
   // logits into (*logits)[shard].
+  // All the shards (only < 0) are issued at once, each from a thread of its own (shard 0 from the calling one, the
+  // others from shard_issuers), on the streams current in the calling thread: a host synchronization with one GPU
+  // while its shard is issued (the caching allocator returning memory, a library's first call there) then holds
+  // that shard's thread alone, while the others issue the calls its all-reduces wait for.
   Status IssueShards(const std::vector<ForwardContext>& ctx, int only, bool engine_steps,
                      std::vector<at::Tensor>* logits);
+  // Shard s's steps of IssueShards, on the calling thread; its hidden state in *hidden.
+  Status IssueShard(const std::vector<ForwardContext>& ctx, int s, bool engine_steps, at::Tensor* hidden,
+                    at::Tensor* logits);
+  // Runs issue(s) for every shard s at once, each on a thread of its own (shard_issuers and the calling thread), with
+  // the calling thread's inference mode and current streams; the lowest shard's error, if any.
+  Status OnShardThreads(const std::function<Status(int)>& issue);
+  std::unique_ptr<executor_internal::WorkerPool> shard_issuers;  // shards - 1 threads
   // `status` of a tensor-parallel pass issued at `issued`: a failed one first recovers the shards' group (some
   // shards' kernels may wait for all-reduces the others never issued); a completed one is checked for an all-reduce
   // that gave up waiting (ShardGroup::CheckPass), whose results would be garbage.
@@ -375,10 +388,37 @@ Status Executor::Impl::IssueShards(const std::vector<ForwardContext>& ctx, int o
   const int n = shard_group->shards();
   std::vector<at::Tensor> hidden(n);
   logits->assign(n, at::Tensor());
+  if (only >= 0) return IssueShard(ctx, only, engine_steps, &hidden[only], &(*logits)[only]);
+  return OnShardThreads([&](int s) { return IssueShard(ctx, s, engine_steps, &hidden[s], &(*logits)[s]); });
+}
+
+Status Executor::Impl::OnShardThreads(const std::function<Status(int)>& issue) {
+  const int n = shard_group->shards();
+  std::vector<c10::cuda::CUDAStream> streams;
+  for (int s = 0; s < n; ++s) {
+    streams.push_back(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(shard_group->device(s))));
+  }
+  const bool inference = c10::InferenceMode::is_enabled();
+  std::vector<std::function<Status()>> tasks;
+  for (int s = 0; s < n; ++s) {
+    tasks.push_back([&, s]() -> Status {
+      try {
+        c10::InferenceMode mode(inference);
+        c10::cuda::CUDAStreamGuard guard(streams[s]);
+        return issue(s);
+      } catch (const std::exception& e) {
+        return TorchError(e, "shard " + std::to_string(s));
+      }
+    });
+  }
+  return shard_issuers->RunAll(std::move(tasks));
+}
+
+Status Executor::Impl::IssueShard(const std::vector<ForwardContext>& ctx, int s, bool engine_steps, at::Tensor* hidden,
+                                  at::Tensor* logits) {
   for (uint32_t i = 0; i < state->steps.size(); ++i) {
     const BlockRuntime& b = state->blocks[state->steps[i].block];
-    const int s = static_cast<int>(b.shard);
-    if (only >= 0 && s != only) continue;
+    if (static_cast<int>(b.shard) != s) continue;
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(b.device));
     if (engine_steps) {
       BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
@@ -386,7 +426,7 @@ Status Executor::Impl::IssueShards(const std::vector<ForwardContext>& ctx, int o
     }
     BlockKv& k = kv[b.index];
     Status status = kernels->RunBlock(b.kind, b.name, b.layer, weights[b.index], ctx[s], k.has_kv ? &k.kv : nullptr,
-                                      &hidden[s], &(*logits)[s]);
+                                      hidden, logits);
     if (!status.ok()) return WithContext(status.take_error(), "block " + b.name + " (shard " + std::to_string(s) + ")");
     if (engine_steps) BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
   }
@@ -1201,6 +1241,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     std::vector<int> devices(shards, -1);
     for (const BlockRuntime& b : impl->state->blocks) devices[b.shard] = b.device;
     BIGPLAN_ASSIGN_OR_RETURN(impl->shard_group, executor_internal::ShardGroup::Create(devices));
+    impl->shard_issuers = std::make_unique<executor_internal::WorkerPool>(static_cast<int>(shards) - 1);
     const int64_t vocab = impl->state->info.vocab_size;
     impl->shard_ctx.resize(shards);
     for (uint32_t s = 0; s < shards; ++s) {
@@ -1436,54 +1477,60 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
         v.kv.v.select(0, r.row).zero_();
       }
     }
-    for (uint32_t i = 0; i < state->steps.size(); ++i) {
-      const BlockRuntime& b = state->blocks[state->steps[i].block];
-      std::optional<c10::cuda::CUDAGuard> device_guard;
-      at::Device device(at::kCPU);
-      if (b.device >= 0) {
-        device_guard.emplace(static_cast<c10::DeviceIndex>(b.device));
-        device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(b.device));
-      }
-      BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
-      StepWeights& w = weights[b.index];
-      BIGPLAN_RETURN_IF_ERROR(w.Prepare());
-      BlockKv& v = kv[b.index];
-      for (Group& g : groups) {
-        std::array<at::Tensor, 3>* inputs = nullptr;
-        for (auto& [d, t] : g.on_device) {
-          if (d == b.device) inputs = &t;
+    // The steps (of shard `only`, in a tensor-parallel plan: each shard's from its own thread, see IssueShards).
+    auto run_steps = [&](int only) -> Status {
+      for (uint32_t i = 0; i < state->steps.size(); ++i) {
+        const BlockRuntime& b = state->blocks[state->steps[i].block];
+        if (only >= 0 && static_cast<int>(b.shard) != only) continue;
+        std::optional<c10::cuda::CUDAGuard> device_guard;
+        at::Device device(at::kCPU);
+        if (b.device >= 0) {
+          device_guard.emplace(static_cast<c10::DeviceIndex>(b.device));
+          device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(b.device));
         }
-        if (inputs == nullptr) return MakeError(ErrorCode::kInternal, "block " + b.name + ": no inputs on its device");
-        ForwardContext ctx;
-        ctx.token_ids = (*inputs)[0];
-        ctx.logits_last_only = true;
-        // A tensor-parallel shard's blocks meet the other shards' at the all-reduces, group by group in this order.
-        const size_t s = shard_group != nullptr ? b.shard : 0;
-        if (shard_group != nullptr) ctx.shards = &shard_ctx[s];
-        KvCache row_kv;
-        KvCache* block_kv = nullptr;
-        if (g.batched) {
-          ctx.rows = (*inputs)[1];
-          ctx.position = (*inputs)[2];
-          ctx.attend_len = g.attend_len;
-          ctx.start_pos = g.attend_len - 1;
-          if (v.has_kv) block_kv = &v.kv;
-        } else {
-          ctx.start_pos = g.start_pos;
-          if (v.has_kv) {
-            const int row = rows[g.members[0]].row;
-            row_kv.k = v.kv.k.narrow(0, row, 1);
-            row_kv.v = v.kv.v.narrow(0, row, 1);
-            block_kv = &row_kv;
+        BIGPLAN_RETURN_IF_ERROR(engine->BeginStep(i));
+        StepWeights& w = weights[b.index];
+        BIGPLAN_RETURN_IF_ERROR(w.Prepare());
+        BlockKv& v = kv[b.index];
+        for (Group& g : groups) {
+          std::array<at::Tensor, 3>* inputs = nullptr;
+          for (auto& [d, t] : g.on_device) {
+            if (d == b.device) inputs = &t;
           }
+          if (inputs == nullptr) return MakeError(ErrorCode::kInternal, "block " + b.name + ": no inputs on its device");
+          ForwardContext ctx;
+          ctx.token_ids = (*inputs)[0];
+          ctx.logits_last_only = true;
+          // A tensor-parallel shard's blocks meet the other shards' at the all-reduces, group by group in this order.
+          const size_t s = shard_group != nullptr ? b.shard : 0;
+          if (shard_group != nullptr) ctx.shards = &shard_ctx[s];
+          KvCache row_kv;
+          KvCache* block_kv = nullptr;
+          if (g.batched) {
+            ctx.rows = (*inputs)[1];
+            ctx.position = (*inputs)[2];
+            ctx.attend_len = g.attend_len;
+            ctx.start_pos = g.attend_len - 1;
+            if (v.has_kv) block_kv = &v.kv;
+          } else {
+            ctx.start_pos = g.start_pos;
+            if (v.has_kv) {
+              const int row = rows[g.members[0]].row;
+              row_kv.k = v.kv.k.narrow(0, row, 1);
+              row_kv.v = v.kv.v.narrow(0, row, 1);
+              block_kv = &row_kv;
+            }
+          }
+          at::Tensor& hidden = g.hidden[s];
+          if (hidden.defined() && hidden.device() != device) hidden = hidden.to(device);
+          Status st = kernels->RunBlock(b.kind, b.name, b.layer, w, ctx, block_kv, &hidden, &g.logits[s]);
+          if (!st.ok()) return WithContext(st.take_error(), "block " + b.name);
         }
-        at::Tensor& hidden = g.hidden[s];
-        if (hidden.defined() && hidden.device() != device) hidden = hidden.to(device);
-        Status st = kernels->RunBlock(b.kind, b.name, b.layer, w, ctx, block_kv, &hidden, &g.logits[s]);
-        if (!st.ok()) return WithContext(st.take_error(), "block " + b.name);
+        BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
       }
-      BIGPLAN_RETURN_IF_ERROR(engine->EndStep(i));
-    }
+      return Status::Ok();
+    };
+    BIGPLAN_RETURN_IF_ERROR(shard_group != nullptr ? OnShardThreads(run_steps) : run_steps(-1));
     const int64_t vocab = state->info.vocab_size;
     at::Tensor result = at::empty({static_cast<int64_t>(rows.size()), 1, vocab}, at::TensorOptions().dtype(at::kFloat));
     for (Group& g : groups) {
