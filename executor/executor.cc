@@ -1254,8 +1254,10 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       executor_internal::ShardGroup* group = impl->shard_group.get();
       c.all_reduce = [group, s](const at::Tensor& x) { return group->AllReduce(static_cast<int>(s), x); };
     }
+    // Decode graphs when every shard rests on its GPU (a streamed shard's steps wait for its copies: eager).
     impl->shard_graphs = executor_internal::GraphCache<Impl::ShardGraph>(
-        options.cuda_graphs && impl->kernels->StaticDecode(impl->state->info.max_seq_len));
+        options.cuda_graphs && impl->state->streams.empty() &&
+        impl->kernels->StaticDecode(impl->state->info.max_seq_len));
   }
   if (shards == 0 && options.cuda_graphs && !cpu_mode && !impl->state->cuda_devices.empty() &&
       impl->state->streams.empty() && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {

@@ -575,11 +575,29 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
       std::vector<DeviceAccount> usage;
       if (sc.ok()) usage = PlanUsage(sm->model, request.budget, tp_placement.blocks, *sc);
       Status fits = sc.ok() ? CheckAllFit(usage) : Status(sc.error());
+      // Too large to rest on the GPUs: every shard streams the same weights over its own GPU's link.
+      bool streamed = false;
+      Placement one_shard;
+      if (!fits.ok()) {
+        Result<Placement> sp = StreamedShardPlacement(*sm, gpus, preq, &one_shard);
+        if (sp.ok()) {
+          tp_placement = std::move(*sp);
+          tp_placement.block_weight_bytes = AllBlockWeightBytes(sm->model, exec);
+          sc = ScheduleFor(sm->model, request, tp_placement, exec);
+          if (sc.ok()) usage = PlanUsage(sm->model, request.budget, tp_placement.blocks, *sc);
+          fits = sc.ok() ? CheckAllFit(usage) : Status(sc.error());
+          streamed = fits.ok();
+        } else {
+          fits = MakeError(ErrorCode::kInfeasible,
+                           "resident: " + fits.error().message + "; streamed: " + sp.error().message);
+        }
+      }
       if (!fits.ok()) {
         cand.why = fits.error().message;
       } else {
         const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
-        const bool graphs = family != nullptr && arch::GraphDecodeEligible(*family, model.config, request.run.max_seq_len);
+        const bool graphs = !streamed && family != nullptr &&
+                            arch::GraphDecodeEligible(*family, model.config, request.run.max_seq_len);
         const size_t nb = sm->model.blocks.size();
         std::vector<BlockCost> costs(nb);
         std::vector<double> dec(nb), dec_host(nb), pre(nb), pre_host(nb);
@@ -592,10 +610,28 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
           pre_host[i] = costs[i].host_us;
         }
         const uint64_t batch = request.run.max_batch;
-        const double tp_decode = TensorParallelPassMicros(*sm, dec, graphs ? std::vector<double>() : dec_host, batch,
-                                                          batch, exec, graphs);
-        const double tp_prefill = TensorParallelPassMicros(*sm, pre, pre_host, batch * request.run.max_seq_len,
-                                                           batch * request.run.max_seq_len, exec, false);
+        ForwardPrediction shard_decode, shard_prefill;  // a streamed shard's simulation (streamed only)
+        double tp_decode = TensorParallelPassMicros(*sm, dec, graphs ? std::vector<double>() : dec_host, batch, batch,
+                                                    exec, graphs);
+        double tp_prefill = TensorParallelPassMicros(*sm, pre, pre_host, batch * request.run.max_seq_len,
+                                                     batch * request.run.max_seq_len, exec, false);
+        if (streamed) {
+          // One shard's forward as the planner simulates a one-GPU plan (its copies over its own link), plus the
+          // all-reduces (the shards stream and compute alike, at once).
+          const ModelDescription shard = ShardOf(*sm, sm->shards - 1);
+          Result<Schedule> shard_sc = ScheduleFor(shard, request, one_shard, exec);
+          if (shard_sc.ok()) {
+            std::vector<int32_t> shard_devices(shard.blocks.size());
+            for (size_t i = 0; i < shard.blocks.size(); ++i) shard_devices[i] = one_shard.blocks[i].device;
+            StepCosts c = StepCostsOf(shard, exec, shard_devices, result.profile, run_size, *shard_sc, {});
+            const std::vector<double> none(nb, 0.0);
+            shard_decode = SimulateForward(*shard_sc, c.decode_us, shard_devices, result.profile);
+            shard_prefill = SimulateForward(*shard_sc, c.prefill_us, shard_devices, result.profile);
+            tp_decode = shard_decode.total_us + TensorParallelPassMicros(*sm, none, {}, batch, batch, exec, false);
+            tp_prefill = shard_prefill.total_us + TensorParallelPassMicros(*sm, none, {}, batch * request.run.max_seq_len,
+                                                                           batch * request.run.max_seq_len, exec, false);
+          }
+        }
         cand.feasible = true;
         for (const DeviceAccount& a : usage) cand.resident_bytes += a.device == "cpu" || a.device == "disk" ? 0 : a.resident_weights;
         auto ms = [](double us) {
@@ -634,11 +670,16 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
           result.placement.usage = usage;
           result.schedule = std::move(*sc);
           result.block_costs = costs;
+          // (Per shard: a streamed shard's compute and its waits for copies; the all-reduces count as compute.)
           result.decode = ForwardPrediction{};
-          result.decode.total_us = result.decode.compute_us = tp_decode;
+          result.decode.total_us = tp_decode;
+          result.decode.compute_us = tp_decode - shard_decode.compute_stall_us;
+          result.decode.compute_stall_us = shard_decode.compute_stall_us;
           result.prefill = ForwardPrediction{};
-          result.prefill.total_us = result.prefill.compute_us = tp_prefill;
-          result.copy_floor_us = result.decode_copy_floor_us = 0;
+          result.prefill.total_us = tp_prefill;
+          result.prefill.compute_us = tp_prefill - shard_prefill.compute_stall_us;
+          result.prefill.compute_stall_us = shard_prefill.compute_stall_us;
+          result.copy_floor_us = result.decode_copy_floor_us = CopyFloorMicros(result.schedule, result.profile);
           result.decode_streamed_us = tp_decode;
           result.graph_decode = graphs;
           // Per-block predictions for the plan's steps: each shard's own time.

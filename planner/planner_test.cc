@@ -337,10 +337,31 @@ TEST(PlannerTest, TensorParallelSplitsEveryBlockOverTwoGpus) {
   EXPECT_LT(forced->decode.total_us, batched_plan->decode.total_us);
   ASSERT_TRUE(batches.ok()) << batches.error().ToString();
   EXPECT_EQ(batches->placement.chosen, "T");  // batch 1
-  // Too small even split: T is infeasible and the best other candidate stands.
+  // Too small even split: every shard streams what it cannot hold, each GPU over its own link, the shards placed
+  // alike (column slices never on disk). Auto weighs it against the striped candidate S.
   auto small = plan("BPCEIST", "cuda:0=3GiB,cuda:1=3GiB,cpu=64GiB");
   ASSERT_TRUE(small.ok()) << small.error().ToString();
-  EXPECT_EQ(small->tensor_parallel, 0u);
+  bool weighed = false;
+  for (const PlacementCandidate& k : small->placement.candidates) weighed |= k.name == "T" && k.feasible;
+  EXPECT_TRUE(weighed);
+  auto streamed = plan("T", "cuda:0=3GiB,cuda:1=3GiB,cpu=64GiB");
+  ASSERT_TRUE(streamed.ok()) << streamed.error().ToString();
+  EXPECT_EQ(streamed->tensor_parallel, 2u);
+  std::map<int32_t, uint64_t> streamed_by_device;
+  for (const DeviceStreamPlan& st : streamed->schedule.streams) streamed_by_device[st.device] += st.streamed_bytes();
+  ASSERT_EQ(streamed_by_device.size(), 2u);
+  EXPECT_GT(streamed_by_device[0], 0u);
+  EXPECT_NEAR(static_cast<double>(streamed_by_device[0]), static_cast<double>(streamed_by_device[1]),
+              0.01 * streamed_by_device[0]);
+  EXPECT_GT(streamed->decode.total_us, tp->decode.total_us);
+  const schema::Plan& sp = streamed->plan();
+  for (const schema::Block* b : *sp.blocks())
+    for (const schema::Weight* w : *b->weights())
+      EXPECT_FALSE(w->slice_dim() == 1 && w->tier() == schema::Tier::Disk) << b->name()->str();
+  // Without cpu memory for the shards' streamed columns, it says why.
+  auto no_cpu = plan("T", "cuda:0=3GiB,cuda:1=3GiB,cpu=1GiB,disk=100GiB");
+  ASSERT_FALSE(no_cpu.ok());
+  EXPECT_NE(no_cpu.error().message.find("streamed:"), std::string::npos) << no_cpu.error().message;
 }
 
 // Every block resident on two GPUs: a plan for batches (max_batch 8) deals the decoder layers to the GPUs in groups

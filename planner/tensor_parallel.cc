@@ -81,6 +81,62 @@ std::vector<BlockPlacement> ShardPlacement(const ShardedModel& sharded, const st
   return out;
 }
 
+ModelDescription ShardOf(const ShardedModel& sharded, uint32_t shard) {
+  ModelDescription m;
+  m.name = sharded.model.name;
+  m.architecture = sharded.model.architecture;
+  m.config = sharded.model.config;
+  m.hf_config = sharded.model.hf_config;
+  for (size_t i = 0; i < sharded.model.blocks.size(); ++i)
+    if (sharded.shard[i] == shard) m.blocks.push_back(sharded.model.blocks[i]);
+  return m;
+}
+
+Result<Placement> StreamedShardPlacement(const ShardedModel& sharded, const std::vector<int32_t>& gpus,
+                                         const PlacementRequest& request, Placement* one_shard) {
+  const uint32_t n = sharded.shards;
+  const uint32_t ref = n - 1;
+  const ModelDescription shard = ShardOf(sharded, ref);
+  PlacementRequest req = request;
+  req.model = &shard;
+  uint64_t smallest = UINT64_MAX;
+  for (int32_t g : gpus) smallest = std::min(smallest, request.budget.gpus.at(g));
+  req.budget.gpus = {{gpus[ref], smallest}};
+  if (request.budget.cpu) req.budget.cpu = *request.budget.cpu / n;
+  if (request.budget.disk) req.budget.disk = *request.budget.disk / n;
+  req.options.auto_candidates = "BPC";
+  BIGPLAN_ASSIGN_OR_RETURN(Placement p, PlaceModel("auto", req));
+  // Every shard as the reference, on its own GPU.
+  Placement out;
+  out.strategy = p.strategy;
+  const size_t per = shard.blocks.size();
+  if (per == 0 || sharded.model.blocks.size() != per * n)
+    return MakeError(ErrorCode::kInternal, "tensor parallelism: shards of unequal block counts");
+  for (size_t i = 0; i < sharded.model.blocks.size(); ++i) {
+    const size_t k = i / n;  // the block's position within its shard
+    BlockPlacement b = p.blocks[k];
+    if (b.device != gpus[ref])
+      return MakeError(ErrorCode::kInfeasible, "tensor parallelism: a shard would compute " + shard.blocks[k].name +
+                                                   " on the CPU");
+    b.device = gpus[sharded.shard[i]];
+    const std::vector<Tier> tiers = WeightTiersOf(b, sharded.model.blocks[i].params.size());
+    for (size_t w = 0; w < tiers.size(); ++w) {
+      auto slice = sharded.slices[i].find(sharded.model.blocks[i].params[w].name);
+      if (tiers[w] == Tier::kDisk && slice != sharded.slices[i].end() && slice->second.dim == 1)
+        return MakeError(ErrorCode::kInfeasible,
+                         "tensor parallelism: " + sharded.model.blocks[i].params[w].name +
+                             "'s columns would rest on disk, which is read in rows: raise the cpu budget");
+    }
+    out.blocks.push_back(std::move(b));
+  }
+  for (int32_t g : gpus) {
+    if (auto r = p.ring_bytes.find(gpus[ref]); r != p.ring_bytes.end()) out.ring_bytes[g] = r->second;
+    if (auto c = p.chunk_bytes.find(gpus[ref]); c != p.chunk_bytes.end()) out.chunk_bytes[g] = c->second;
+  }
+  *one_shard = std::move(p);
+  return out;
+}
+
 double AllReduceMicros(double bytes, uint32_t shards, bool graphs) {
   return (graphs ? kAllReduceMicros : kAllReduceEagerMicros) + bytes * (shards - 1) / (kPeerGbps * 1e3);
 }

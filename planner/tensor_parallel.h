@@ -36,6 +36,18 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards);
 // Shard r of every block on gpus[r], every weight resident.
 std::vector<BlockPlacement> ShardPlacement(const ShardedModel& sharded, const std::vector<int32_t>& gpus);
 
+// The shards of one GPU as a model of their own (shard `shard`'s blocks, in order): what a GPU of a tensor-parallel
+// plan computes, for placing and predicting one shard.
+ModelDescription ShardOf(const ShardedModel& sharded, uint32_t shard);
+
+// When the shards do not fit resident: the last shard (the largest: it holds the vocabulary's remainder) placed by
+// the auto strategy's block-granular candidates (B, P, C) on the smallest GPU budget with 1/N of the cpu and disk
+// budgets, and every shard placed as it, each on its GPU, so each GPU streams its share of every streamed layer over
+// its own PCIe link. A column slice (o_proj, down_proj) cannot be read from disk in rows: kInfeasible when the
+// reference placement leaves one there. `one_shard` receives the reference placement (for predicting a shard).
+Result<Placement> StreamedShardPlacement(const ShardedModel& sharded, const std::vector<int32_t>& gpus,
+                                         const PlacementRequest& request, Placement* one_shard);
+
 // One all-reduce of `bytes` per shard over `shards` GPUs (the executor's one-shot push over peer memory: each shard
 // writes its part to every other, then adds them): kAllReduceMicros (kAllReduceEagerMicros between eagerly issued
 // kernels) + bytes x (shards - 1) at kPeerGbps.

@@ -68,11 +68,15 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
         return Corrupt(src, fu + ".source does not match its weight's tier");
       if (w->routed()) return Corrupt(src, fu + " streams a routed expert's weight (routed weights move on demand)");
       const auto* t = plan.tensors()->Get(w->tensor());
-      const int64_t rows = (t->shape() && t->shape()->size() > 0) ? t->shape()->Get(0) : 1;
+      int64_t rows = (t->shape() && t->shape()->size() > 0) ? t->shape()->Get(0) : 1;
+      uint64_t row_bytes = WeightRowBytes(*w, *t);
+      if (w->slice_dim() >= 0) {  // a tensor-parallel shard's (plain) slice: its own rows
+        if (w->slice_dim() == 0) rows = w->slice_end() - w->slice_begin();
+        row_bytes = rows > 0 ? w->size_bytes() / static_cast<uint64_t>(rows) : 0;
+      }
       if (un->row_begin() < 0 || un->row_begin() >= un->row_end() || un->row_end() > std::max<int64_t>(rows, 1))
         return Corrupt(src, fu + " rows [" + std::to_string(un->row_begin()) + ", " + std::to_string(un->row_end()) +
                                 ") outside the weight's " + std::to_string(rows) + " rows");
-      const uint64_t row_bytes = WeightRowBytes(*w, *t);
       const uint64_t expect = rows > 0 ? uint64_t(un->row_end() - un->row_begin()) * row_bytes : w->size_bytes();
       if (un->bytes() != expect)
         return Corrupt(src, fu + ".bytes " + std::to_string(un->bytes()) + ", expected " + std::to_string(expect));
@@ -139,8 +143,8 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
     }
     return Status::Ok();
   }
-  if (Len(plan.streams()) > 0 || Len(plan.experts()) > 0 || plan.host_max_tokens() > 0)
-    return Corrupt(src, "a tensor-parallel plan streams weights, routes experts or computes on the host");
+  if (Len(plan.experts()) > 0 || plan.host_max_tokens() > 0)
+    return Corrupt(src, "a tensor-parallel plan routes experts or computes on the host");
   if (n_blocks % n != 0) return Corrupt(src, std::to_string(n_blocks) + " blocks are not whole groups of " + std::to_string(n) + " shards");
   std::vector<int32_t> shard_device(n, -2);
   for (uint32_t i = 0; i < n_blocks; ++i) {
@@ -148,7 +152,7 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
     const auto* first = plan.blocks()->Get(i - i % n);
     const std::string f = "blocks[" + std::to_string(i) + "]";
     if (b->shard() != i % n) return Corrupt(src, f + ".shard " + std::to_string(b->shard()) + ", expected " + std::to_string(i % n));
-    if (b->device() < 0 || b->tier() != schema::Tier::Gpu) return Corrupt(src, f + " is a shard not resident on a GPU");
+    if (b->device() < 0) return Corrupt(src, f + " is a shard not computed on a GPU");
     if (shard_device[b->shard()] == -2) shard_device[b->shard()] = b->device();
     if (b->device() != shard_device[b->shard()])
       return Corrupt(src, f + ": shard " + std::to_string(b->shard()) + " runs on cuda:" + std::to_string(b->device()) +
@@ -170,6 +174,8 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
                                 ") of a dimension of " + std::to_string(extent));
       if (wt->format() != schema::WeightFormat::Plain || t->prequant() != schema::PreQuantKind::None)
         return Corrupt(src, fw + " is a slice of a quantized weight");
+      if (wt->slice_dim() == 1 && wt->tier() == schema::Tier::Disk)
+        return Corrupt(src, fw + " is a column slice resting on disk (disk is read in rows)");
       uint64_t numel = 1;
       for (uint32_t d = 0; d < rank; ++d)
         numel *= static_cast<uint64_t>(d == static_cast<uint32_t>(wt->slice_dim()) ? wt->slice_end() - wt->slice_begin()

@@ -769,6 +769,64 @@ TEST(E2eGpuStreaming, StripedOverTwoGpusMatchesOneGpu) {
   }
 }
 
+// Tensor parallel over two GPUs too small to hold the shards (placement candidate T, streamed): every shard places
+// and streams its weights as the others, each GPU over its own link (row and column slices from pinned CPU memory,
+// cast at load). Eager prefill and decode give the resident tensor-parallel plan's logits bit for bit (the same
+// products in the same order), and both GPUs' links stream.
+TEST(E2eGpuStreaming, TensorParallelStreamedMatchesResident) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  const std::string dir = TempDir("medium_llama_tp_streamed");
+  const std::string model = dir + "/model";
+  ASSERT_EQ(WriteMediumLlama(model), "");
+  constexpr uint32_t kBatch = 2, kSeqLen = 1024;
+  const std::string big = std::to_string(64ull << 30);
+  const std::string resident = dir + "/resident_tp.bplan", streamed = dir + "/streamed_tp.bplan";
+  Status s = MakePlan(model, "cuda:0=" + big + ",cuda:1=" + big + ",cpu=" + big, "bf16", kBatch, kSeqLen, resident,
+                      "--auto-candidates T");
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  auto streamed_at = [&](uint64_t b) {
+    return MakePlan(model, "cuda:0=" + std::to_string(b) + ",cuda:1=" + std::to_string(b) + ",cpu=" + big, "bf16",
+                    kBatch, kSeqLen, streamed, "--auto-candidates T");
+  };
+  auto budget = SmallestFeasible([&](uint64_t b) { return streamed_at(b).ok(); }, 0, 64ull << 30, 1 << 20);
+  ASSERT_TRUE(budget.ok()) << budget.error().ToString();
+  ASSERT_TRUE(streamed_at(*budget).ok());
+  auto plan = PlanFile::Load(streamed);
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  EXPECT_EQ(plan->plan().tensor_parallel(), 2u);
+  std::set<int32_t> streaming;
+  for (const schema::Stream* st : *plan->plan().streams()) {
+    if (st->units() != nullptr && st->units()->size() > 0) streaming.insert(st->device());
+  }
+  EXPECT_EQ(streaming, (std::set<int32_t>{0, 1})) << "budget " << *budget << " bytes";
+  std::vector<int64_t> prompt(kBatch * 512);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int64_t>((i * 7919) % 32000);
+  std::vector<float> want_prefill, want_decode;
+  for (const std::string& name : {resident, streamed}) {
+    ExecutorOptions options;
+    options.progress = false;
+    options.cuda_graphs = false;  // eager in both, so they compare bit for bit
+    auto exec = Executor::Load(name, model, options);
+    ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+    auto prefill = (*exec)->Forward(prompt, kBatch, /*reset=*/true);
+    ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
+    auto decode = (*exec)->Forward(std::vector<int64_t>(kBatch, 17), kBatch);
+    ASSERT_TRUE(decode.ok()) << decode.error().ToString();
+    if (want_prefill.empty()) {
+      want_prefill = prefill->data;
+      want_decode = decode->data;
+      EXPECT_EQ((*exec)->stats().last_streamed_bytes, 0u);
+      continue;
+    }
+    std::printf("tensor parallel streamed at %.0f MiB per GPU: prefill max rel %.2e, decode max rel %.2e vs resident\n",
+                *budget / 1048576.0, MaxRelError(prefill->data, want_prefill), MaxRelError(decode->data, want_decode));
+    EXPECT_EQ(MaxRelError(prefill->data, want_prefill), 0.0);
+    EXPECT_EQ(MaxRelError(decode->data, want_decode), 0.0);
+    EXPECT_GT((*exec)->stats().last_streamed_bytes, 0u);
+  }
+}
+
 // Decode steps of a streamed plan (one GPU, CPU-tier weights copied every step) replayed from CUDA graphs that hold
 // the copies and their waits (StreamEngine inline passes): the eager steps' logits within 1e-2 (bf16) at batch 1
 // and 2, over steps that cross from graph to eager and back (a new prefill between them: its copy thread's run-ahead
