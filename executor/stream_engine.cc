@@ -627,27 +627,29 @@ Status StreamEngine::Acquire(Stream* s, uint32_t u) {
     return Cuda(cudaStreamWaitEvent(inline_, s->ready[u].get(), 0), "waiting for " + UnitName(*state_, un));
   }
   {
+    // (The counts under the lock too: a tensor-parallel plan's shards acquire their streams' units from threads of
+    // their own.)
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return abort_ || s->issued[u] == gen_; });
     if (abort_) {
       return error_.ok() ? MakeError(ErrorCode::kInternal, "the forward pass was aborted") : error_;
     }
-  }
-  ++units_;
-  s->acquired[u] = gen_;
-  if (un.host_compute && host_pass_ == gen_) {
-    host_bytes_ += un.bytes;  // not copied: the host computes its rows from where they rest
-    return Status::Ok();
-  }
-  if (un.source == schema::Tier::Cpu) {
-    cpu_bytes_ += un.bytes;
-  } else {
-    disk_bytes_ += un.file_bytes;
-    disk_h2d_bytes_ += un.bytes;
-    const int path = s->read_path[u];
-    direct_units_ += path == 0 || path == 2;
-    bounce_units_ += path == 1;
-    mmap_units_ += path == 3;
+    ++units_;
+    s->acquired[u] = gen_;
+    if (un.host_compute && host_pass_ == gen_) {
+      host_bytes_ += un.bytes;  // not copied: the host computes its rows from where they rest
+      return Status::Ok();
+    }
+    if (un.source == schema::Tier::Cpu) {
+      cpu_bytes_ += un.bytes;
+    } else {
+      disk_bytes_ += un.file_bytes;
+      disk_h2d_bytes_ += un.bytes;
+      const int path = s->read_path[u];
+      direct_units_ += path == 0 || path == 2;
+      bounce_units_ += path == 1;
+      mmap_units_ += path == 3;
+    }
   }
   return Cuda(cudaStreamWaitEvent(s->compute, s->ready[u].get(), 0), "waiting for " + UnitName(*state_, un));
 }
