@@ -537,8 +537,9 @@ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 // ---- WaitFlag: one thread polls the host's sequence number ----
 
-__global__ void WaitFlagKernel(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
-                               volatile uint32_t* timed_out) {
+// Polls until *flag reaches value (wrapping) or timeout_ns pass (then sets *timed_out); one thread.
+__device__ void PollFlag(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
+                         volatile uint32_t* timed_out) {
   uint64_t start = 0, now = 0;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
   while (static_cast<int32_t>(*flag - value) < 0) {
@@ -550,6 +551,11 @@ __global__ void WaitFlagKernel(const volatile uint32_t* flag, uint32_t value, ui
     __nanosleep(200);
   }
   __threadfence_system();
+}
+
+__global__ void WaitFlagKernel(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
+                               volatile uint32_t* timed_out) {
+  PollFlag(flag, value, timeout_ns, timed_out);
 }
 
 // ---- TopRows: one block scores every row (a warp per row at a time, 16-byte loads), then picks the top ----
@@ -840,19 +846,7 @@ __global__ void ExpertSumKernel(Elem e, const void* __restrict__ y, Elem we, con
 __global__ void WaitFlagAddKernel(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
                                   volatile uint32_t* timed_out, Elem oe, void* out, const volatile float* y,
                                   int64_t n) {
-  if (threadIdx.x == 0) {
-    uint64_t start = 0, now = 0;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-    while (static_cast<int32_t>(*flag - value) < 0) {
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-      if (now - start > timeout_ns) {
-        *timed_out = 1u;
-        break;
-      }
-      __nanosleep(200);
-    }
-    __threadfence_system();
-  }
+  if (threadIdx.x == 0) PollFlag(flag, value, timeout_ns, timed_out);
   __syncthreads();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

@@ -705,6 +705,31 @@ std::string WriteMediumLlama(const std::string& dir) {
   return "";
 }
 
+// An eager prefill of `prompt` (`batch` rows) and one decode step with plan `name`: their logits, and the
+// bytes the decode step streamed. (Eager on every plan compared, so they compare bit for bit.)
+struct EagerLogits {
+  std::vector<float> prefill, decode;
+  uint64_t streamed = 0;
+};
+EagerLogits EagerPrefillAndDecode(const std::string& name, const std::string& model, const std::vector<int64_t>& prompt,
+                                  uint32_t batch) {
+  EagerLogits out;
+  ExecutorOptions options;
+  options.progress = false;
+  options.cuda_graphs = false;
+  auto exec = Executor::Load(name, model, options);
+  EXPECT_TRUE(exec.ok()) << exec.error().ToString();
+  if (!exec.ok()) return out;
+  auto prefill = (*exec)->Forward(prompt, batch, /*reset=*/true);
+  EXPECT_TRUE(prefill.ok()) << prefill.error().ToString();
+  auto decode = (*exec)->Forward(std::vector<int64_t>(batch, 17), batch);
+  EXPECT_TRUE(decode.ok()) << decode.error().ToString();
+  if (prefill.ok()) out.prefill = prefill->data;
+  if (decode.ok()) out.decode = decode->data;
+  out.streamed = (*exec)->stats().last_streamed_bytes;
+  return out;
+}
+
 // Striped over two GPUs (placement candidate S) at budgets that make it stream: the same prefill and decode logits as
 // the model resident on one GPU. Skipped with fewer than two GPUs.
 TEST(E2eGpuStreaming, StripedOverTwoGpusMatchesOneGpu) {
@@ -744,29 +769,15 @@ TEST(E2eGpuStreaming, StripedOverTwoGpusMatchesOneGpu) {
   EXPECT_GE(hops, 3);
   std::vector<int64_t> prompt(kBatch * 512);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int64_t>((i * 7919) % 32000);
-  std::vector<float> want_prefill, want_decode;
-  for (const std::string& name : {resident, striped}) {
-    ExecutorOptions options;
-    options.progress = false;
-    options.cuda_graphs = false;  // eager in both, so they compare bit for bit
-    auto exec = Executor::Load(name, model, options);
-    ASSERT_TRUE(exec.ok()) << exec.error().ToString();
-    auto prefill = (*exec)->Forward(prompt, kBatch, /*reset=*/true);
-    ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
-    auto decode = (*exec)->Forward(std::vector<int64_t>(kBatch, 17), kBatch);
-    ASSERT_TRUE(decode.ok()) << decode.error().ToString();
-    if (want_prefill.empty()) {
-      want_prefill = prefill->data;
-      want_decode = decode->data;
-      continue;
-    }
-    std::printf("striped over two GPUs at %.0f and %.0f MiB: prefill max rel %.2e, decode max rel %.2e vs one GPU\n",
-                *b0 / 1048576.0, *budget / 1048576.0, MaxRelError(prefill->data, want_prefill),
-                MaxRelError(decode->data, want_decode));
-    EXPECT_LE(MaxRelError(prefill->data, want_prefill), kBf16Tolerance);
-    EXPECT_LE(MaxRelError(decode->data, want_decode), kBf16Tolerance);
-    EXPECT_GT((*exec)->stats().last_streamed_bytes, 0u);
-  }
+  const EagerLogits want = EagerPrefillAndDecode(resident, model, prompt, kBatch);
+  const EagerLogits got = EagerPrefillAndDecode(striped, model, prompt, kBatch);
+  ASSERT_FALSE(want.prefill.empty() || want.decode.empty() || got.prefill.empty() || got.decode.empty());
+  std::printf("striped over two GPUs at %.0f and %.0f MiB: prefill max rel %.2e, decode max rel %.2e vs one GPU\n",
+              *b0 / 1048576.0, *budget / 1048576.0, MaxRelError(got.prefill, want.prefill),
+              MaxRelError(got.decode, want.decode));
+  EXPECT_LE(MaxRelError(got.prefill, want.prefill), kBf16Tolerance);
+  EXPECT_LE(MaxRelError(got.decode, want.decode), kBf16Tolerance);
+  EXPECT_GT(got.streamed, 0u);
 }
 
 // Tensor parallel over two GPUs too small to hold the shards (placement candidate T, streamed): every shard places
@@ -802,29 +813,15 @@ TEST(E2eGpuStreaming, TensorParallelStreamedMatchesResident) {
   EXPECT_EQ(streaming, (std::set<int32_t>{0, 1})) << "budget " << *budget << " bytes";
   std::vector<int64_t> prompt(kBatch * 512);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int64_t>((i * 7919) % 32000);
-  std::vector<float> want_prefill, want_decode;
-  for (const std::string& name : {resident, streamed}) {
-    ExecutorOptions options;
-    options.progress = false;
-    options.cuda_graphs = false;  // eager in both, so they compare bit for bit
-    auto exec = Executor::Load(name, model, options);
-    ASSERT_TRUE(exec.ok()) << exec.error().ToString();
-    auto prefill = (*exec)->Forward(prompt, kBatch, /*reset=*/true);
-    ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
-    auto decode = (*exec)->Forward(std::vector<int64_t>(kBatch, 17), kBatch);
-    ASSERT_TRUE(decode.ok()) << decode.error().ToString();
-    if (want_prefill.empty()) {
-      want_prefill = prefill->data;
-      want_decode = decode->data;
-      EXPECT_EQ((*exec)->stats().last_streamed_bytes, 0u);
-      continue;
-    }
-    std::printf("tensor parallel streamed at %.0f MiB per GPU: prefill max rel %.2e, decode max rel %.2e vs resident\n",
-                *budget / 1048576.0, MaxRelError(prefill->data, want_prefill), MaxRelError(decode->data, want_decode));
-    EXPECT_EQ(MaxRelError(prefill->data, want_prefill), 0.0);
-    EXPECT_EQ(MaxRelError(decode->data, want_decode), 0.0);
-    EXPECT_GT((*exec)->stats().last_streamed_bytes, 0u);
-  }
+  const EagerLogits want = EagerPrefillAndDecode(resident, model, prompt, kBatch);
+  const EagerLogits got = EagerPrefillAndDecode(streamed, model, prompt, kBatch);
+  ASSERT_FALSE(want.prefill.empty() || want.decode.empty() || got.prefill.empty() || got.decode.empty());
+  EXPECT_EQ(want.streamed, 0u);
+  std::printf("tensor parallel streamed at %.0f MiB per GPU: prefill max rel %.2e, decode max rel %.2e vs resident\n",
+              *budget / 1048576.0, MaxRelError(got.prefill, want.prefill), MaxRelError(got.decode, want.decode));
+  EXPECT_EQ(MaxRelError(got.prefill, want.prefill), 0.0);
+  EXPECT_EQ(MaxRelError(got.decode, want.decode), 0.0);
+  EXPECT_GT(got.streamed, 0u);
 }
 
 // Decode steps of a streamed plan (one GPU, CPU-tier weights copied every step) replayed from CUDA graphs that hold
