@@ -443,7 +443,9 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                       {"cpu_share_asked", cfg.cpu_share}, {"cpu_share", plan.cpu_share},
                       {"host_bytes", plan.host_bytes}, {"host_threads", exec->info().host_threads},
                       {"predicted_1_streamed_s", plan.decode_streamed_us / 1e6},
-                      {"decode_copy_floor_predicted_s", plan.decode_copy_floor_us / 1e6}};
+                      {"decode_copy_floor_predicted_s", plan.decode_copy_floor_us / 1e6},
+                      {"placement", plan.placement.chosen.empty() ? plan.placement.strategy : plan.placement.chosen},
+                      {"tensor_parallel", plan.plan().tensor_parallel()}};
   if (!resident) {
     auto drop = [&] { if (args.drop_caches && disk_bytes) DropPageCache(); };
     BIGPLAN_ASSIGN_OR_RETURN(Timing f1, TimeIt(args.repeat, [&]() -> Status {
