@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 namespace bigplan::fused {
 namespace {
@@ -407,12 +408,36 @@ __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvVecKernel(RopeKvArgs a)
 
 constexpr int kAttnWarps = 4;
 constexpr int kMaxGroup = 8;
+constexpr int kMaxSplits = 64;  // DecodeAttentionSplits' most
 
-// Blocks (b * kv_heads + kv head, split): each warp takes every kAttnWarps-th key of the split's range and keeps an
-// online softmax per query head of the group; the warps then merge and write (acc[D], max, sum) per head.
+// E consecutive elements of a key or value row into floats: one vector load where E elements fill 4, 8 or 16
+// bytes and the address allows it (`vec`), else element by element.
+template <typename T, int E>
+__device__ __forceinline__ void LoadRow(const T* p, bool vec, float (&out)[E]) {
+  constexpr int kBytes = E * static_cast<int>(sizeof(T));
+  if constexpr (kBytes == 4 || kBytes == 8 || kBytes == 16) {
+    if (vec) {
+      using V = typename std::conditional<kBytes == 4, uint32_t, typename std::conditional<kBytes == 8, uint2,
+                                                                                            uint4>::type>::type;
+      const V u = *reinterpret_cast<const V*>(p);
+      const T* t = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int e = 0; e < E; ++e) out[e] = F<T>(t[e]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) out[e] = F<T>(p[e]);
+}
+
+// Blocks (b * kv_heads + kv head, split): each warp takes batches of kAttnBatch consecutive keys of the split's
+// range (batch i of the block goes to warp i % kAttnWarps), loads a batch's keys and values at once, and keeps an
+// online softmax per query head of the group, updated once per batch; the warps then merge and write (acc[D], max,
+// sum) per head.
 template <typename T, int E>  // E = head_dim / 32 values per lane
 __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnArgs a) {
   constexpr int D = E * 32;
+  constexpr int B = E >= 6 ? 2 : 4;  // keys per batch (fewer for wide heads: registers)
   __shared__ float s_acc[kAttnWarps][kMaxGroup][D];
   __shared__ float s_m[kAttnWarps][kMaxGroup];
   __shared__ float s_l[kAttnWarps][kMaxGroup];
@@ -446,26 +471,50 @@ __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnA
   const int64_t head_off = (row * a.kv_heads + kh) * a.max_seq;
   const T* kc = static_cast<const T*>(a.k_cache) + head_off * D;
   const T* vc = static_cast<const T*>(a.v_cache) + head_off * D;
-  for (int64_t j = k0 + warp; j < k1; j += kAttnWarps) {
-    float kv[E], vv[E];
+  const bool vec = ((reinterpret_cast<uintptr_t>(kc) | reinterpret_cast<uintptr_t>(vc)) & 15u) == 0;
+  for (int64_t j0 = k0 + warp * B; j0 < k1; j0 += kAttnWarps * B) {
+    float kv[B][E], vv[B][E];
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      kv[e] = F<T>(kc[j * D + lane * E + e]);
-      vv[e] = F<T>(vc[j * D + lane * E + e]);
+    for (int u = 0; u < B; ++u) {
+      if (j0 + u < k1) {
+        LoadRow<T, E>(kc + (j0 + u) * D + lane * E, vec, kv[u]);
+        LoadRow<T, E>(vc + (j0 + u) * D + lane * E, vec, vv[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) kv[u][e] = vv[u][e] = 0.f;
+      }
     }
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) {
       if (g >= G) break;
-      float d = 0.f;
+      float sc[B];
 #pragma unroll
-      for (int e = 0; e < E; ++e) d = fmaf(q[g][e], kv[e], d);
-      const float sc = WarpSum(d);
-      const float mn = fmaxf(m[g], sc);
-      const float corr = __expf(m[g] - mn);  // 0 while m is -inf
-      const float p = __expf(sc - mn);
-      l[g] = l[g] * corr + p;
+      for (int u = 0; u < B; ++u) {
+        float d = 0.f;
 #pragma unroll
-      for (int e = 0; e < E; ++e) acc[g][e] = fmaf(acc[g][e], corr, p * vv[e]);
+        for (int e = 0; e < E; ++e) d = fmaf(q[g][e], kv[u][e], d);
+        sc[u] = WarpSum(d);
+      }
+      float mn = m[g];
+#pragma unroll
+      for (int u = 0; u < B; ++u) {
+        if (j0 + u < k1) mn = fmaxf(mn, sc[u]);
+      }
+      const float corr = __expf(m[g] - mn);  // 0 while m is -inf (key j0 is in range, so mn is finite)
+      float p[B], psum = 0.f;
+#pragma unroll
+      for (int u = 0; u < B; ++u) {
+        p[u] = j0 + u < k1 ? __expf(sc[u] - mn) : 0.f;
+        psum += p[u];
+      }
+      l[g] = l[g] * corr + psum;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        float v = acc[g][e] * corr;
+#pragma unroll
+        for (int u = 0; u < B; ++u) v = fmaf(p[u], vv[u][e], v);
+        acc[g][e] = v;
+      }
       m[g] = mn;
     }
   }
@@ -505,23 +554,43 @@ __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnA
   }
 }
 
-// Blocks b * heads + h, head_dim threads: merges the splits of one head.
+// Blocks b * heads + h, head_dim threads: merges the splits of one head. The splits' weights exp(max_s - max) are
+// computed once per split into shared memory; each thread then sums its dimension over the splits, its loads
+// independent of one another (in split order, as the sums were made before).
 template <typename T>
 __global__ void AttnCombineKernel(DecodeAttnArgs a) {
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float s_l[kMaxSplits];
+  __shared__ float s_max[32];
   const int64_t bh = blockIdx.x;
   const int64_t D = a.head_dim;
-  const float* part = a.workspace + bh * a.splits * (D + 2);
+  const int S = a.splits;
+  const float* part = a.workspace + bh * S * (D + 2);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   float mx = -INFINITY;
-  for (int s = 0; s < a.splits; ++s) mx = fmaxf(mx, part[s * (D + 2) + D]);
-  float num = 0.f, den = 0.f;
-  const int64_t d = threadIdx.x;
-  for (int s = 0; s < a.splits; ++s) {
-    const float* p = part + s * (D + 2);
-    const float w = p[D] == -INFINITY ? 0.f : __expf(p[D] - mx);
-    den = fmaf(w, p[D + 1], den);
-    if (d < D) num = fmaf(w, p[d], num);
+  for (int s = threadIdx.x; s < S; s += blockDim.x) {
+    s_w[s] = part[s * (D + 2) + D];
+    s_l[s] = part[s * (D + 2) + D + 1];
+    mx = fmaxf(mx, s_w[s]);
   }
-  if (d < D) static_cast<T*>(a.out)[bh * D + d] = ToT<T>(den > 0.f ? num / den : 0.f);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) s_max[warp] = mx;
+  __syncthreads();
+  mx = -INFINITY;
+  for (int w = 0; w < warps; ++w) mx = fmaxf(mx, s_max[w]);
+  for (int s = threadIdx.x; s < S; s += blockDim.x) s_w[s] = s_w[s] == -INFINITY ? 0.f : __expf(s_w[s] - mx);
+  __syncthreads();
+  const int64_t d = threadIdx.x;
+  if (d >= D) return;
+  float num = 0.f, den = 0.f;
+  const float* p = part + d;
+#pragma unroll 8
+  for (int s = 0; s < S; ++s) {
+    den = fmaf(s_w[s], s_l[s], den);
+    num = fmaf(s_w[s], p[s * (D + 2)], num);
+  }
+  static_cast<T*>(a.out)[bh * D + d] = ToT<T>(den > 0.f ? num / den : 0.f);
 }
 
 template <typename T, int E>
@@ -714,7 +783,7 @@ cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream) {
 cudaError_t DecodeAttention(const DecodeAttnArgs& a, cudaStream_t stream) {
   if (a.batch < 1 || a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads != 0 ||
       a.heads / a.kv_heads > kMaxGroup || a.head_dim % 32 != 0 || a.head_dim < 32 || a.head_dim > 256 ||
-      a.splits < 1 || a.splits > 65535 || a.max_seq < 1 || a.q == nullptr || a.k_cache == nullptr ||
+      a.splits < 1 || a.splits > kMaxSplits || a.max_seq < 1 || a.q == nullptr || a.k_cache == nullptr ||
       a.v_cache == nullptr || a.workspace == nullptr || a.out == nullptr) {
     return cudaErrorInvalidValue;
   }

@@ -125,8 +125,9 @@ cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream);
 // (lo = max(0, pos - window + 1) when window > 0, else 0), softmax(q k^T x scale) v in float32, GQA (head h reads kv
 // head h / (heads / kv_heads)). out [batch, heads, head_dim] contiguous. The keys are split into `splits` ranges
 // computed by blocks of their own (sized on the device from pos, so a CUDA graph replays at any position), then
-// combined. workspace: float [batch * heads * splits * (head_dim + 2)]. head_dim a multiple of 32 up to 256,
-// heads / kv_heads <= 8.
+// combined; within a range, each warp loads a few consecutive keys and values at once (vector loads where the cache
+// is 16-byte aligned). workspace: float [batch * heads * splits * (head_dim + 2)]. head_dim a multiple of 32 up to
+// 256, heads / kv_heads <= 8, 1 <= splits <= 64.
 struct DecodeAttnArgs {
   DType dtype = DType::kBF16;
   const void* q = nullptr;
