@@ -17,8 +17,8 @@
 // expert_prefetch; "plan": the plan's own), each reporting its hits and the floor of the bytes its decode moved.
 // --expert-split: and once per listed ExecutorOptions::expert_split_rows (0: whole experts on the host; default: the
 // executor's own, 64).
-// --kineto: a few more KV-cached decode steps of each mixture-of-experts configuration, and one more prefill of each
-// all-resident one, run under LibTorch's Kineto profiler (CUPTI: every kernel, copy and runtime call with the device's own timestamps), saved as a Chrome trace
+// --kineto: a few more KV-cached decode steps of each mixture-of-experts configuration, and one more prefill and
+// three decode steps of each all-resident one, run under LibTorch's Kineto profiler (CUPTI: every kernel, copy and runtime call with the device's own timestamps), saved as a Chrome trace
 // DIR/NAME.kineto.json (benchmarks/gpu/kineto_summary.py summarizes one).
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
@@ -778,6 +778,15 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       BIGPLAN_RETURN_IF_ERROR(Profiled(args.kineto_dir + "/" + cfg.name + ".prefill.kineto.json", [&]() -> Status {
         return exec->Forward(prompt, 1, fresh).status();
       }));
+      // Three KV-cached decode steps (replayed graphs where the plan has them) after the prompt.
+      BIGPLAN_RETURN_IF_ERROR(exec->Forward(prompt, 1, fresh).status());
+      ForwardOptions cont;
+      cont.last_position_only = true;
+      for (int s = 0; s < 3; ++s) BIGPLAN_RETURN_IF_ERROR(exec->Forward({1}, 1, cont).status());
+      BIGPLAN_RETURN_IF_ERROR(Profiled(args.kineto_dir + "/" + cfg.name + ".decode.kineto.json", [&]() -> Status {
+        for (int s = 0; s < 3; ++s) BIGPLAN_RETURN_IF_ERROR(exec->Forward({1}, 1, cont).status());
+        return Status::Ok();
+      }));
     }
   }
   if (!args.trace_dir.empty()) {
@@ -811,6 +820,7 @@ Status Main(int argc, char** argv) {
   std::fprintf(stderr, "floors: the pair at once kept of the windows (H2D/host GB/s):%s\n", windows.c_str());
   BIGPLAN_ASSIGN_OR_RETURN(DeviceProfile profile, ParseDeviceProfile(FloorsToProfileJson(floors), "measured floors"));
   if (!args.trace_dir.empty()) std::filesystem::create_directories(args.trace_dir);
+  if (!args.kineto_dir.empty()) std::filesystem::create_directories(args.kineto_dir);
 
   std::vector<Config> configs;
   char buf[256];
