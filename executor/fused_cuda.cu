@@ -430,10 +430,10 @@ __device__ __forceinline__ void LoadRow(const T* p, bool vec, float (&out)[E]) {
   for (int e = 0; e < E; ++e) out[e] = F<T>(p[e]);
 }
 
-// Blocks (b * kv_heads + kv head, split): each warp takes batches of kAttnBatch consecutive keys of the split's
-// range (batch i of the block goes to warp i % kAttnWarps), loads a batch's keys and values at once, and keeps an
-// online softmax per query head of the group, updated once per batch; the warps then merge and write (acc[D], max,
-// sum) per head.
+// Blocks (b * kv_heads + kv head, split): each warp takes batches of B consecutive keys of the split's range (4; 2
+// for heads of 192 dims or more; batch i of the block goes to warp i % kAttnWarps), loads a batch's keys and values
+// at once, and keeps an online softmax per query head of the group, updated once per batch; the warps then merge
+// and write (acc[D], max, sum) per head.
 template <typename T, int E>  // E = head_dim / 32 values per lane
 __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnArgs a) {
   constexpr int D = E * 32;
