@@ -124,7 +124,7 @@ class Executor::Impl {
   // Plans whose every block is Gpu tier on a CUDA device, on two or more devices, without routed experts or host
   // units: their batched passes may be pipelined (ExecutorOptions::micro_batch_rows). Set at load.
   bool pipelinable = false;
-  double issue_ms = 0;  // the last eager pass's (Stats::last_issue_ms)
+  double issue_ms = 0;  // the last pass's (Stats::last_issue_ms)
   // Rows per micro-batch for a pass of `batch` rows of `seq` tokens; 0: not pipelined.
   int64_t MicroBatchRows(int64_t batch, int64_t seq, int requested) const;
   // RunSteps cut into micro-batches of `rows` rows, each on streams of its own on every device, replayed from prefill
@@ -526,6 +526,7 @@ Status Executor::Impl::RunShardGraphStep(const std::vector<int64_t>& ids, int64_
       if (!found.captured) g.inputs[s].copy_(host, /*non_blocking=*/true);
       g.graphs[s]->replay();
     }
+    issue_ms = std::chrono::duration<double, std::milli>(Clock::now() - issued).count();
     *out = g.outputs[0].to(at::kCPU, at::kFloat).contiguous();
   } catch (const std::exception& e) {
     if (warming) (void)shard_group->Recover();
@@ -977,6 +978,7 @@ Status Executor::Impl::StaticStep(const GraphSegment& seg, const at::Tensor& inp
 }
 
 Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t batch, at::Tensor* out) {
+  const auto issue_start = Clock::now();
   auto clear_kv_tail = [this](int64_t at) { ClearKvTail(at); };
   *out = at::Tensor();
   try {
@@ -1009,6 +1011,7 @@ Status Executor::Impl::RunGraphStep(const std::vector<int64_t>& ids, int64_t bat
         return Status::Ok();
       }
     }
+    issue_ms = std::chrono::duration<double, std::milli>(Clock::now() - issue_start).count();
     *out = carry.to(at::kCPU, at::kFloat).contiguous();
   } catch (const std::exception& e) {
     return TorchError(e, "decode step");
@@ -1031,6 +1034,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
       Account(timings, batch, seq, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
       std::lock_guard<std::mutex> lock(stats_mu);
       ++stats.graph_steps;
+      stats.last_issue_ms = issue_ms;
       return out;
     }
     if (!step.ok()) {

@@ -276,8 +276,9 @@ struct Stats {
   uint64_t graph_prefills = 0;
   // The last forward pass.
   uint32_t last_micro_batches = 0;  // pipelined micro-batches (ExecutorOptions::micro_batch_rows); 0: not pipelined
-  // Host time spent issuing the last eager pass's work, from its start until it waits for the results (GPU mode;
-  // close to last_forward_ms when the pass is bound by the host's kernel launches, not by the GPU).
+  // Host time spent issuing the last pass's work, from its start until it waits for the results (GPU mode; close to
+  // last_forward_ms when the pass is bound by the host's kernel launches, not by the GPU). For a decode step replayed
+  // from CUDA graphs: until every graph was launched (the first step of a batch size includes its capture).
   double last_issue_ms = 0;
   uint32_t last_batch = 0;
   uint32_t last_seq = 0;
