@@ -1,5 +1,6 @@
 // Fused CUDA kernels (executor/fused_cuda.h says what each computes).
 #include "executor/fused_cuda.h"
+#include "executor/pdl.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -135,6 +136,24 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
   }
   constexpr int64_t kStep = 32 * 8;  // elements a warp reads per 16-byte load per lane
   int64_t c = lane * 8;
+  // The first step's loads read weights only: they are issued before waiting for the kernels before this one
+  // (executor/pdl.cuh), so a product launched while the previous op still runs starts with its loads in flight.
+  const bool peeled = c + (U - 1) * kStep < k;
+  uint4 first[U][R];
+  if (peeled) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) first[u][r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c + u * kStep));
+    }
+  }
+  pdl::PdlWait();
+  pdl::PdlLaunchDependents();
+  if (peeled) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) GemvAccumulate<T, M, R>(first[u], x, x_stride, c + u * kStep, acc);
+    c += U * kStep;
+  }
   for (; c + (U - 1) * kStep < k; c += U * kStep) {
     uint4 wv[U][R];
 #pragma unroll
@@ -171,9 +190,9 @@ void LaunchGemvRows(const void* x, int64_t x_stride, const void* w, const void* 
                     int64_t residual_stride, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream) {
   const int64_t rows_per_block = int64_t{kGemvWarps} * R;
   const dim3 grid(static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block));
-  GemvKernel<T, M, R><<<grid, kGemvWarps * 32, 0, stream>>>(
-      static_cast<const T*>(x), x_stride, static_cast<const T*>(w), static_cast<const T*>(bias),
-      static_cast<const T*>(residual), residual_stride, static_cast<T*>(y), y_stride, n, k);
+  pdl::LaunchDependent(GemvKernel<T, M, R>, grid, dim3(kGemvWarps * 32), stream, static_cast<const T*>(x), x_stride,
+                       static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<const T*>(residual),
+                       residual_stride, static_cast<T*>(y), y_stride, n, k);
 }
 
 template <typename T>
@@ -198,6 +217,8 @@ cudaError_t LaunchGemv(const void* x, int64_t x_stride, const void* w, const voi
 template <typename T, bool kVec>
 __global__ void RmsNormKernel(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, T* __restrict__ out,
                               int64_t out_stride, int64_t cols, float eps) {
+  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
+  pdl::PdlLaunchDependents();
   __shared__ float scratch[32];
   const T* xr = x + blockIdx.x * x_stride;
   T* orow = out + blockIdx.x * out_stride;
@@ -236,6 +257,8 @@ __global__ void RmsNormKernel(const T* __restrict__ x, int64_t x_stride, const T
 
 template <typename T, bool kVec>
 __global__ void SiluMulKernel(const T* __restrict__ gu, int64_t gu_stride, T* __restrict__ out, int64_t inter) {
+  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
+  pdl::PdlLaunchDependents();
   const T* g = gu + blockIdx.y * gu_stride;
   const T* u = g + inter;
   T* o = out + blockIdx.y * inter;
@@ -300,6 +323,8 @@ __device__ __forceinline__ bool RopeSiteOf(const RopeKvArgs& a, int64_t D, int w
 
 template <typename T>
 __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvKernel(RopeKvArgs a) {
+  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
+  pdl::PdlLaunchDependents();
   __shared__ float buf[kRopeWarps][256];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t D = a.head_dim, half = D / 2;
@@ -350,6 +375,8 @@ struct VecOf<T, 8> {
 // scalar kernel's results.
 template <typename T, int E>
 __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvVecKernel(RopeKvArgs a) {
+  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
+  pdl::PdlLaunchDependents();
   using Vec = typename VecOf<T, E>::type;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   constexpr int64_t D = 32 * E;
@@ -436,6 +463,8 @@ __device__ __forceinline__ void LoadRow(const T* p, bool vec, float (&out)[E]) {
 // and write (acc[D], max, sum) per head.
 template <typename T, int E>  // E = head_dim / 32 values per lane
 __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnArgs a) {
+  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
+  pdl::PdlLaunchDependents();
   constexpr int D = E * 32;
   constexpr int B = E >= 6 ? 2 : 4;  // keys per batch (fewer for wide heads: registers)
   __shared__ float s_acc[kAttnWarps][kMaxGroup][D];
@@ -559,6 +588,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnA
 // independent of one another (in split order, as the sums were made before).
 template <typename T>
 __global__ void AttnCombineKernel(DecodeAttnArgs a) {
+  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
+  pdl::PdlLaunchDependents();
   __shared__ float s_w[kMaxSplits];
   __shared__ float s_l[kMaxSplits];
   __shared__ float s_max[32];
@@ -596,8 +627,9 @@ __global__ void AttnCombineKernel(DecodeAttnArgs a) {
 template <typename T, int E>
 void LaunchAttn(const DecodeAttnArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.batch * a.kv_heads), static_cast<unsigned>(a.splits));
-  AttnPartialKernel<T, E><<<grid, kAttnWarps * 32, 0, stream>>>(a);
-  AttnCombineKernel<T><<<static_cast<unsigned>(a.batch * a.heads), static_cast<unsigned>(a.head_dim), 0, stream>>>(a);
+  pdl::LaunchDependent(AttnPartialKernel<T, E>, grid, dim3(kAttnWarps * 32), stream, a);
+  pdl::LaunchDependent(AttnCombineKernel<T>, dim3(static_cast<unsigned>(a.batch * a.heads)),
+                       dim3(static_cast<unsigned>(a.head_dim)), stream, a);
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -705,9 +737,11 @@ void LaunchRmsNorm(const void* x, int64_t x_stride, const void* w, void* out, in
   const auto ws = static_cast<const T*>(w);
   const auto os = static_cast<T*>(out);
   if (vec) {
-    RmsNormKernel<T, true><<<static_cast<unsigned>(rows), block, 0, stream>>>(xs, x_stride, ws, os, out_stride, cols, eps);
+    pdl::LaunchDependent(RmsNormKernel<T, true>, dim3(static_cast<unsigned>(rows)), dim3(block), stream, xs, x_stride, ws,
+                         os, out_stride, cols, eps);
   } else {
-    RmsNormKernel<T, false><<<static_cast<unsigned>(rows), block, 0, stream>>>(xs, x_stride, ws, os, out_stride, cols, eps);
+    pdl::LaunchDependent(RmsNormKernel<T, false>, dim3(static_cast<unsigned>(rows)), dim3(block), stream, xs, x_stride,
+                         ws, os, out_stride, cols, eps);
   }
 }
 
@@ -719,9 +753,9 @@ void LaunchSiluMul(const void* gu, int64_t gu_stride, void* out, int64_t rows, i
   const auto g = static_cast<const T*>(gu);
   const auto o = static_cast<T*>(out);
   if (vec) {
-    SiluMulKernel<T, true><<<grid, 256, 0, stream>>>(g, gu_stride, o, inter);
+    pdl::LaunchDependent(SiluMulKernel<T, true>, grid, dim3(256), stream, g, gu_stride, o, inter);
   } else {
-    SiluMulKernel<T, false><<<grid, 256, 0, stream>>>(g, gu_stride, o, inter);
+    pdl::LaunchDependent(SiluMulKernel<T, false>, grid, dim3(256), stream, g, gu_stride, o, inter);
   }
 }
 
@@ -767,10 +801,11 @@ cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream) {
                    aligned(a.q_out) && a.q_stride % e == 0 && a.k_stride % e == 0 && a.v_stride % e == 0;
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    if (!vec) RopeKvKernel<T><<<grid, kRopeWarps * 32, 0, stream>>>(a);
-    else if (e == 2) RopeKvVecKernel<T, 2><<<grid, kRopeWarps * 32, 0, stream>>>(a);
-    else if (e == 4) RopeKvVecKernel<T, 4><<<grid, kRopeWarps * 32, 0, stream>>>(a);
-    else RopeKvVecKernel<T, 8><<<grid, kRopeWarps * 32, 0, stream>>>(a);
+    const dim3 block(kRopeWarps * 32);
+    if (!vec) pdl::LaunchDependent(RopeKvKernel<T>, grid, block, stream, a);
+    else if (e == 2) pdl::LaunchDependent(RopeKvVecKernel<T, 2>, grid, block, stream, a);
+    else if (e == 4) pdl::LaunchDependent(RopeKvVecKernel<T, 4>, grid, block, stream, a);
+    else pdl::LaunchDependent(RopeKvVecKernel<T, 8>, grid, block, stream, a);
   };
   if (a.dtype == DType::kBF16) {
     launch(__nv_bfloat16{});

@@ -26,6 +26,7 @@
 // a larger epoch), so a flag that a run of small grids leaves unused never falls 2^31 epochs behind, where the
 // wrapping comparison would go wrong.
 #include "executor/tp_comm.h"
+#include "executor/pdl.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -108,6 +109,8 @@ __global__ void __launch_bounds__(kThreads) AllReduceKernel(Params p) {
   using Bits = typename E::Bits;
   constexpr int V = 16 / static_cast<int>(sizeof(Bits));  // elements per 16-byte vector
   __shared__ uint32_t epoch_shared;
+  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it (the input, the last call's counters)
+  pdl::PdlLaunchDependents();
   const int tid = threadIdx.x, b = blockIdx.x, G = gridDim.x, N = p.nranks, rank = p.rank;
   uint32_t* const ctrl = p.ctrl[rank];
 
@@ -409,9 +412,9 @@ cudaError_t AllReduce::Launch(int rank, DType dtype, const void* in, void* out, 
   p.vec = ((reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out)) & 15u) == 0 ? 1 : 0;
   const dim3 grid(static_cast<unsigned>(Grid(n)));
   switch (dtype) {
-    case DType::kBF16: AllReduceKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(p); break;
-    case DType::kF16: AllReduceKernel<__half><<<grid, kThreads, 0, stream>>>(p); break;
-    case DType::kF32: AllReduceKernel<float><<<grid, kThreads, 0, stream>>>(p); break;
+    case DType::kBF16: pdl::LaunchDependent(AllReduceKernel<__nv_bfloat16>, grid, dim3(kThreads), stream, p); break;
+    case DType::kF16: pdl::LaunchDependent(AllReduceKernel<__half>, grid, dim3(kThreads), stream, p); break;
+    case DType::kF32: pdl::LaunchDependent(AllReduceKernel<float>, grid, dim3(kThreads), stream, p); break;
   }
   return cudaGetLastError();
 }
