@@ -114,6 +114,51 @@ TEST_P(FusedOpsGpu, RmsNormAndSiluMul) {
   }
 }
 
+// The fused kernels are launched as programmatic dependents of the kernel before them (executor/pdl.cuh): each
+// waits for its predecessors before it reads their outputs. A chain of dependent products, norms and SiLU issued back
+// to back (eagerly and replayed from a graph) gives the same bits as the same chain with the host waiting for the
+// GPU after every op, where nothing can overlap.
+TEST_P(FusedOpsGpu, ChainedKernelsSeeTheirPredecessorsWrites) {
+  constexpr int64_t kHidden = 2048, kInter = 4096;
+  constexpr int kLayers = 24;
+  std::vector<at::Tensor> norm, up, down;
+  for (int l = 0; l < kLayers; ++l) {
+    norm.push_back(at::randn({kHidden}, Opts()));
+    up.push_back(at::randn({2 * kInter, kHidden}, Opts()) * 0.03);
+    down.push_back(at::randn({kHidden, kInter}, Opts()) * 0.03);
+  }
+  const at::Tensor x0 = at::randn({1, kHidden}, Opts());
+  // The inputs were written on the default stream; the chains run on a side stream that does not wait for it.
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  auto chain = [&](bool sync) {
+    at::Tensor x = x0;
+    for (int l = 0; l < kLayers; ++l) {
+      const at::Tensor h = RmsNorm(x, norm[l], 1e-5);
+      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
+      const at::Tensor gu = Linear(h, up[l], at::Tensor(), at::Tensor());
+      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
+      const at::Tensor act = SiluMul(gu);
+      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
+      x = Linear(act, down[l], at::Tensor(), x);
+      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
+    }
+    return x;
+  };
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  c10::cuda::CUDAStreamGuard guard(side);
+  const at::Tensor want = chain(true);
+  EXPECT_TRUE(at::equal(chain(false), want));
+  at::cuda::CUDAGraph graph;
+  graph.capture_begin();
+  const at::Tensor captured = chain(false);
+  graph.capture_end();
+  for (int r = 0; r < 3; ++r) {
+    graph.replay();
+    side.synchronize();
+    EXPECT_TRUE(at::equal(captured, want)) << "replay " << r;
+  }
+}
+
 // RoPE + cache write for a prefill (seq 5 at start 3), a decode step at a device position, and rows at their own
 // positions in their own cache rows, with and without Qwen3's per-head norms.
 TEST_P(FusedOpsGpu, RopeKvWriteMatchesReference) {
@@ -257,6 +302,7 @@ TEST_P(FusedOpsGpu, DecodeAttentionReplaysFromAGraphAtAnyPosition) {
   const at::Tensor q = at::randn({1, heads, 1, D}, Opts());
   const at::Tensor pos = at::zeros({1}, i64);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the inputs, written on the default stream, before the side one
   c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
   at::Tensor out;
   at::cuda::CUDAGraph graph;
