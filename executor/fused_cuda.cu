@@ -147,8 +147,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
       for (int r = 0; r < R; ++r) first[u][r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c + u * kStep));
     }
   }
-  pdl::PdlWait();
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();
   if (peeled) {
 #pragma unroll
     for (int u = 0; u < U; ++u) GemvAccumulate<T, M, R>(first[u], x, x_stride, c + u * kStep, acc);
@@ -217,8 +216,7 @@ cudaError_t LaunchGemv(const void* x, int64_t x_stride, const void* w, const voi
 template <typename T, bool kVec>
 __global__ void RmsNormKernel(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ w, T* __restrict__ out,
                               int64_t out_stride, int64_t cols, float eps) {
-  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
   __shared__ float scratch[32];
   const T* xr = x + blockIdx.x * x_stride;
   T* orow = out + blockIdx.x * out_stride;
@@ -257,8 +255,7 @@ __global__ void RmsNormKernel(const T* __restrict__ x, int64_t x_stride, const T
 
 template <typename T, bool kVec>
 __global__ void SiluMulKernel(const T* __restrict__ gu, int64_t gu_stride, T* __restrict__ out, int64_t inter) {
-  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
   const T* g = gu + blockIdx.y * gu_stride;
   const T* u = g + inter;
   T* o = out + blockIdx.y * inter;
@@ -323,8 +320,7 @@ __device__ __forceinline__ bool RopeSiteOf(const RopeKvArgs& a, int64_t D, int w
 
 template <typename T>
 __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvKernel(RopeKvArgs a) {
-  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
   __shared__ float buf[kRopeWarps][256];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t D = a.head_dim, half = D / 2;
@@ -375,8 +371,7 @@ struct VecOf<T, 8> {
 // scalar kernel's results.
 template <typename T, int E>
 __global__ void __launch_bounds__(kRopeWarps * 32) RopeKvVecKernel(RopeKvArgs a) {
-  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
   using Vec = typename VecOf<T, E>::type;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   constexpr int64_t D = 32 * E;
@@ -463,8 +458,7 @@ __device__ __forceinline__ void LoadRow(const T* p, bool vec, float (&out)[E]) {
 // and write (acc[D], max, sum) per head.
 template <typename T, int E>  // E = head_dim / 32 values per lane
 __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnArgs a) {
-  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
   constexpr int D = E * 32;
   constexpr int B = E >= 6 ? 2 : 4;  // keys per batch (fewer for wide heads: registers)
   __shared__ float s_acc[kAttnWarps][kMaxGroup][D];
@@ -588,8 +582,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnA
 // independent of one another (in split order, as the sums were made before).
 template <typename T>
 __global__ void AttnCombineKernel(DecodeAttnArgs a) {
-  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();  // executor/pdl.cuh: after the kernels before it, then the next may be scheduled
   __shared__ float s_w[kMaxSplits];
   __shared__ float s_l[kMaxSplits];
   __shared__ float s_max[32];

@@ -131,16 +131,17 @@ TEST_P(FusedOpsGpu, ChainedKernelsSeeTheirPredecessorsWrites) {
   // The inputs were written on the default stream; the chains run on a side stream that does not wait for it.
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   auto chain = [&](bool sync) {
+    // Each op's result, with the host waiting for it first when `sync`.
+    auto op = [sync](at::Tensor t) {
+      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
+      return t;
+    };
     at::Tensor x = x0;
     for (int l = 0; l < kLayers; ++l) {
-      const at::Tensor h = RmsNorm(x, norm[l], 1e-5);
-      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
-      const at::Tensor gu = Linear(h, up[l], at::Tensor(), at::Tensor());
-      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
-      const at::Tensor act = SiluMul(gu);
-      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
-      x = Linear(act, down[l], at::Tensor(), x);
-      if (sync) c10::cuda::getCurrentCUDAStream().synchronize();
+      const at::Tensor h = op(RmsNorm(x, norm[l], 1e-5));
+      const at::Tensor gu = op(Linear(h, up[l], at::Tensor(), at::Tensor()));
+      const at::Tensor act = op(SiluMul(gu));
+      x = op(Linear(act, down[l], at::Tensor(), x));
     }
     return x;
   };

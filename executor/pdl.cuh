@@ -28,6 +28,12 @@ __device__ __forceinline__ void PdlLaunchDependents() {
 #endif
 }
 
+// PdlWait, then PdlLaunchDependents: how a kernel that reads nothing before its wait begins.
+__device__ __forceinline__ void PdlBegin() {
+  PdlWait();
+  PdlLaunchDependents();
+}
+
 // Whether the current device runs programmatic dependent launches (compute capability 9.0 or later); cached per
 // device.
 inline bool PdlSupported() {

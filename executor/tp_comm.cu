@@ -109,8 +109,7 @@ __global__ void __launch_bounds__(kThreads) AllReduceKernel(Params p) {
   using Bits = typename E::Bits;
   constexpr int V = 16 / static_cast<int>(sizeof(Bits));  // elements per 16-byte vector
   __shared__ uint32_t epoch_shared;
-  pdl::PdlWait();  // executor/pdl.cuh: after the kernels before it (the input, the last call's counters)
-  pdl::PdlLaunchDependents();
+  pdl::PdlBegin();  // executor/pdl.cuh: after the kernels before it (the input, the last call's counters)
   const int tid = threadIdx.x, b = blockIdx.x, G = gridDim.x, N = p.nranks, rank = p.rank;
   uint32_t* const ctrl = p.ctrl[rank];
 
