@@ -817,6 +817,10 @@ Status Main(int argc, char** argv) {
                floors.device_name.c_str(), floors.h2d_gbps, floors.d2h_gbps, floors.device_mem_gbps,
                floors.matmul_tflops, floors.disk_gbps, floors.cpu_gemv_gbps, floors.h2d_busy_gbps,
                floors.cpu_gemv_alone_gbps, floors.cpu_gemv_queued_gbps, floors.cpu_threads);
+  if (!floors.disk_error.empty()) {
+    std::fprintf(stderr, "floors: disk not measured (%s); the profile assumes %.1f GB/s\n", floors.disk_error.c_str(),
+                 kUnmeasuredDiskGbps);
+  }
   std::string windows;
   for (const auto& [h2d, host] : floors.concurrent_windows) {
     char w[48];

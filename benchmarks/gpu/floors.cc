@@ -61,14 +61,21 @@ Result<double> DiskGbps(const std::vector<std::string>& files, uint64_t cap) {
     }
     while (total < cap) {
       ssize_t n = ::read(fd, buf, kChunk);
-      if (n <= 0) break;
+      if (n < 0) {
+        const int err = errno;
+        ::close(fd);
+        std::free(buf);
+        return MakeError(ErrorCode::kIo, path + ": O_DIRECT read failed: " + std::strerror(err));
+      }
+      if (n == 0) break;
       total += static_cast<uint64_t>(n);
     }
     ::close(fd);
   }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::free(buf);
-  return total ? total / s / 1e9 : 0.0;
+  if (total == 0) return MakeError(ErrorCode::kIo, "the files to read held no bytes");
+  return total / s / 1e9;
 }
 
 // The host's bf16 matrix-vector rate (GB/s of weights), best of 5, alone and with H2D copies running.
@@ -278,7 +285,14 @@ Result<Floors> MeasureFloors(const std::vector<std::string>& disk_files, uint64_
   cudaStreamDestroy(s);
   BIGPLAN_RETURN_IF_ERROR(MeasureCpuGemv(&f));
   if (!disk_files.empty()) {
-    BIGPLAN_ASSIGN_OR_RETURN(f.disk_gbps, DiskGbps(disk_files, disk_bytes_cap));
+    Result<double> disk = DiskGbps(disk_files, disk_bytes_cap);
+    if (disk.ok()) {
+      f.disk_gbps = *disk;
+    } else {
+      f.disk_error = disk.error().ToString();
+    }
+  } else {
+    f.disk_error = "no files to read";
   }
   return f;
 }
@@ -287,7 +301,7 @@ std::string FloorsToProfileJson(const Floors& f) {
   nlohmann::json j = {{"name", f.device_name + " (measured)"},
                       {"h2d_gbps", f.h2d_gbps},
                       {"d2h_gbps", f.d2h_gbps},
-                      {"disk_gbps", f.disk_gbps},
+                      {"disk_gbps", f.disk_gbps > 0 ? f.disk_gbps : kUnmeasuredDiskGbps},
                       {"device_mem_gbps", f.device_mem_gbps},
                       {"matmul_tflops", f.matmul_tflops},
                       {"cpu_mem_gbps", 20.0},

@@ -17,7 +17,8 @@ struct Floors {
   double d2h_gbps = 0;          // device -> pinned host
   double device_mem_gbps = 0;   // device-to-device copy, bytes read + written per second
   double matmul_tflops = 0;     // bf16 8192^3 at::matmul
-  double disk_gbps = 0;         // O_DIRECT sequential read of the given files (0 if none given)
+  double disk_gbps = 0;         // O_DIRECT sequential read of the given files (0 when not measured)
+  std::string disk_error;       // why disk_gbps was not measured (no files, or a filesystem without O_DIRECT)
   // The host's multi-threaded bf16 matrix-vector product (executor/cpu_matvec.h, every core) over a 1.5 GiB
   // matrix in pinned memory, GB/s of weights read: alone; the best of five products with H2D copies of another
   // buffer queued (which may find the copy engine between copies); and the rate the host keeps while H2D copies run
@@ -40,7 +41,12 @@ struct Floors {
 // Measures on CUDA device 0. `disk_files`: files to read with O_DIRECT (up to `disk_bytes_cap` bytes in all).
 Result<Floors> MeasureFloors(const std::vector<std::string>& disk_files, uint64_t disk_bytes_cap);
 
-// The floors as a planner device profile JSON (planner/profiles format).
+// The disk rate a profile gets when the floors could not measure one: the default GPU profile's
+// (planner/device_profile.cc DefaultGpuProfile), so plans that read from disk still cost their reads.
+inline constexpr double kUnmeasuredDiskGbps = 1.4;
+
+// The floors as a planner device profile JSON (planner/profiles format); disk_gbps kUnmeasuredDiskGbps where the
+// floors have none.
 std::string FloorsToProfileJson(const Floors& f);
 
 }  // namespace bigplan
