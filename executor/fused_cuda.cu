@@ -88,8 +88,8 @@ __device__ __forceinline__ int64_t RowOf(const Positions& at, int64_t b) {
   return at.rows_dev != nullptr ? at.rows_dev[b] : b;
 }
 
-// ---- Gemv: each warp computes R output rows (R = 2 for two rows of x, so each x load serves both rows), with
-// 16-byte loads, four weight loads in flight per lane ----
+// ---- Gemv: each warp computes one unit of R weight rows (R = 2 for two rows of x, so each x load serves both
+// rows, and for the paired outputs), with 16-byte loads, four weight loads in flight per lane ----
 
 constexpr int kGemvWarps = 8;
 
@@ -116,18 +116,100 @@ __device__ __forceinline__ void GemvAccumulate(const uint4 (&wv)[R], const T* __
   }
 }
 
-template <typename T, int M, int R>
-__global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restrict__ x, int64_t x_stride,
-                                                              const T* __restrict__ w, const T* __restrict__ bias,
-                                                              const T* residual, int64_t residual_stride, T* y,
-                                                              int64_t y_stride, int64_t n, int64_t k) {
+// The block size RmsNorm launches for rows of `cols` elements on its vector path (LaunchRmsNorm).
+__host__ __device__ __forceinline__ int64_t RmsNormBlock(int64_t cols) {
+  const int64_t t = ((cols / 8 + 31) / 32) * 32;
+  return t < 32 ? 32 : t > 1024 ? 1024 : t;
+}
+
+// rsqrt(mean(x^2) + eps) of one row x [cols] (cols % 8 == 0, 16-byte aligned), summed in exactly the order
+// RmsNormKernel<T, true> sums it with RmsNormBlock(cols) threads, by a block of any whole number of warps: each warp
+// takes that kernel's warps w, w + warps, ... (each lane that warp's lane), so the result is the same float.
+// `scratch` holds 32 floats; every thread of the block must call it.
+template <typename T>
+__device__ __forceinline__ float RmsScaleAsNormKernel(const T* __restrict__ xr, int64_t cols, float eps,
+                                                      float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int64_t vblock = RmsNormBlock(cols);
+  const int vwarps = static_cast<int>(vblock / 32);
+  __syncthreads();  // scratch may still be read by a previous call
+  for (int vw = warp; vw < vwarps; vw += warps) {
+    float ss = 0.f;
+    for (int64_t i = (vw * 32 + lane) * 8; i < cols; i += vblock * 8) {
+      const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
+      const T* p = reinterpret_cast<const T*>(&v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss = fmaf(F<T>(p[j]), F<T>(p[j]), ss);
+    }
+    ss = WarpSum(ss);
+    if (lane == 0) scratch[vw] = ss;
+  }
+  __syncthreads();
+  const float s = lane < vwarps ? scratch[lane] : 0.f;
+  return rsqrtf(WarpSum(s) / static_cast<float>(cols) + eps);
+}
+
+// The weight rows of unit `unit`: R consecutive rows (kRows); gate row j and up row inter + j (kSiluPairs, j =
+// unit); element i and i + head_dim / 2 of a head's rows (kRope, unit = head x head_dim / 2 + i).
+template <GemvOut kOut, int R>
+__device__ __forceinline__ void GemvRowsOf(const GemvArgs& a, int64_t unit, int64_t (&rows)[R]) {
+  if constexpr (kOut == GemvOut::kRows) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[r] = unit * R + r;
+  } else if constexpr (kOut == GemvOut::kSiluPairs) {
+    rows[0] = unit;
+    rows[1] = unit + a.n / 2;
+  } else {
+    const int64_t half = a.rope.head_dim / 2;
+    const int64_t head = unit / half;
+    rows[0] = head * a.rope.head_dim + (unit - head * half);
+    rows[1] = rows[0] + half;
+  }
+}
+
+// The kRope epilogue for token `t`: x0, x1 (the rounded products of elements i and i + half of a q, k or v head)
+// rotated as RopeKvWrite rotates them (v: as they are) and written where it writes them.
+template <typename T>
+__device__ __forceinline__ void GemvRopeStore(const RopeKvArgs& a, int64_t t, int64_t unit, float x0, float x1) {
+  const int64_t D = a.head_dim, half = D / 2;
+  const int64_t b = t / a.seq, s = t - b * a.seq;
+  const int64_t pos = PosOf(a.at, b) + s;
+  if (pos < 0 || pos >= a.max_seq || pos >= a.table_rows) return;
+  const int64_t head = unit / half, i = unit - head * half;
+  const int kind = head < a.heads ? 0 : head < a.heads + a.kv_heads ? 1 : 2;
+  const int64_t h = kind == 0 ? head : kind == 1 ? head - a.heads : head - a.heads - a.kv_heads;
+  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + (t * a.heads + h) * D
+                     : static_cast<T*>(kind == 1 ? a.k_cache : a.v_cache) +
+                           ((RowOf(a.at, b) * a.kv_heads + h) * a.max_seq + pos) * D;
+  if (kind == 2) {
+    dst[i] = ToT<T>(x0);
+    dst[i + half] = ToT<T>(x1);
+    return;
+  }
+  const T* cs = static_cast<const T*>(a.cos) + pos * D;
+  const T* sn = static_cast<const T*>(a.sin) + pos * D;
+  dst[i] = ToT<T>(Round<T>(x0 * F<T>(cs[i])) + Round<T>(-x1 * F<T>(sn[i])));
+  dst[i + half] = ToT<T>(Round<T>(x1 * F<T>(cs[i + half])) + Round<T>(x0 * F<T>(sn[i + half])));
+}
+
+// kNorm: the block first stages RMSNorm(x) * norm_w of its M rows in shared memory (as RmsNorm computes them) and
+// reads x there.
+template <typename T, int M, int R, bool kNorm, GemvOut kOut>
+__global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const GemvArgs a) {
+  extern __shared__ __align__(16) unsigned char gemv_smem[];
   constexpr int U = 4 / R;  // unrolled steps: U x R weight loads in flight
   const int lane = threadIdx.x & 31;
-  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5)) * R;
-  if (row0 >= n) return;
+  const int64_t n = a.n, k = a.k;
+  const int64_t units = kOut == GemvOut::kRows ? (n + R - 1) / R : n / 2;
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  const bool active = unit < units;
+  if (!kNorm && !active) return;
+  const T* __restrict__ w = static_cast<const T*>(a.w);
+  int64_t rows[R];
+  GemvRowsOf<kOut, R>(a, active ? unit : 0, rows);
   const T* wr[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) wr[r] = w + (row0 + r < n ? row0 + r : row0) * k;  // past the end: row0 again, unused
+  for (int r = 0; r < R; ++r) wr[r] = w + (rows[r] < n ? rows[r] : rows[0]) * k;  // past the end: rows[0], unused
   float acc[M][R];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -138,7 +220,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
   int64_t c = lane * 8;
   // The first step's loads read weights only: they are issued before waiting for the kernels before this one
   // (executor/pdl.cuh), so a product launched while the previous op still runs starts with its loads in flight.
-  const bool peeled = c + (U - 1) * kStep < k;
+  const bool peeled = active && c + (U - 1) * kStep < k;
   uint4 first[U][R];
   if (peeled) {
 #pragma unroll
@@ -148,6 +230,33 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
     }
   }
   pdl::PdlBegin();
+  const T* x = static_cast<const T*>(a.x);
+  int64_t x_stride = a.x_stride;
+  if constexpr (kNorm) {
+    T* staged = reinterpret_cast<T*>(gemv_smem);
+    float* scratch = reinterpret_cast<float*>(gemv_smem + M * k * sizeof(T));
+    const T* nw = static_cast<const T*>(a.norm_w);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const T* xr = x + m * x_stride;
+      const float r = RmsScaleAsNormKernel<T>(xr, k, a.eps, scratch);
+      for (int64_t i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+        const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
+        const uint4 wv = *reinterpret_cast<const uint4*>(nw + i);
+        const T* p = reinterpret_cast<const T*>(&v);
+        const T* wp = reinterpret_cast<const T*>(&wv);
+        uint4 o;
+        T* op = reinterpret_cast<T*>(&o);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) op[j] = ToT<T>(F<T>(wp[j]) * Round<T>(F<T>(p[j]) * r));
+        *reinterpret_cast<uint4*>(staged + m * k + i) = o;
+      }
+    }
+    __syncthreads();
+    if (!active) return;
+    x = staged;
+    x_stride = k;
+  }
   if (peeled) {
 #pragma unroll
     for (int u = 0; u < U; ++u) GemvAccumulate<T, M, R>(first[u], x, x_stride, c + u * kStep, acc);
@@ -169,46 +278,64 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const T* __restric
     for (int r = 0; r < R; ++r) wv[r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c));
     GemvAccumulate<T, M, R>(wv, x, x_stride, c, acc);
   }
+  float sum[M][R];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float s = WarpSum(acc[m][r]);
-      const int64_t row = row0 + r;
-      if (lane == 0 && row < n) {
-        float o = bias != nullptr ? s + F<T>(bias[row]) : s;
-        if (residual != nullptr) o = Round<T>(o) + F<T>(residual[m * residual_stride + row]);
-        y[m * y_stride + row] = ToT<T>(o);
+    for (int r = 0; r < R; ++r) sum[m][r] = WarpSum(acc[m][r]);
+  }
+  if (lane != 0) return;
+  const T* bias = static_cast<const T*>(a.bias);
+  T* y = static_cast<T*>(a.y);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    if constexpr (kOut == GemvOut::kRows) {
+      const T* residual = static_cast<const T*>(a.residual);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int64_t row = rows[r];
+        if (row < n) {
+          float o = bias != nullptr ? sum[m][r] + F<T>(bias[row]) : sum[m][r];
+          if (residual != nullptr) o = Round<T>(o) + F<T>(residual[m * a.residual_stride + row]);
+          y[m * a.y_stride + row] = ToT<T>(o);
+        }
+      }
+    } else {
+      // Each product rounded as the plain product stores it (bias added first).
+      const float x0 = Round<T>(bias != nullptr ? sum[m][0] + F<T>(bias[rows[0]]) : sum[m][0]);
+      const float x1 = Round<T>(bias != nullptr ? sum[m][1] + F<T>(bias[rows[1]]) : sum[m][1]);
+      if constexpr (kOut == GemvOut::kSiluPairs) {
+        y[m * a.y_stride + unit] = ToT<T>(Round<T>(x0 / (1.f + __expf(-x0))) * x1);  // as SiluMulKernel
+      } else {
+        GemvRopeStore<T>(a.rope, m, unit, x0, x1);
       }
     }
   }
 }
 
-template <typename T, int M, int R>
-void LaunchGemvRows(const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
-                    int64_t residual_stride, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream) {
-  const int64_t rows_per_block = int64_t{kGemvWarps} * R;
-  const dim3 grid(static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block));
-  pdl::LaunchDependent(GemvKernel<T, M, R>, grid, dim3(kGemvWarps * 32), stream, static_cast<const T*>(x), x_stride,
-                       static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<const T*>(residual),
-                       residual_stride, static_cast<T*>(y), y_stride, n, k);
+template <typename T, int M, int R, bool kNorm, GemvOut kOut>
+cudaError_t LaunchGemvKernel(const GemvArgs& a, cudaStream_t stream) {
+  const int64_t units = kOut == GemvOut::kRows ? (a.n + R - 1) / R : a.n / 2;
+  const dim3 grid(static_cast<unsigned>((units + kGemvWarps - 1) / kGemvWarps));
+  const size_t smem = kNorm ? GemvNormSmemBytes(M, a.k, sizeof(T)) : 0;
+  return pdl::LaunchDependentSmem(GemvKernel<T, M, R, kNorm, kOut>, grid, dim3(kGemvWarps * 32), smem, stream, a);
+}
+
+template <typename T, int M, bool kNorm>
+cudaError_t LaunchGemvOut(const GemvArgs& a, cudaStream_t stream) {
+  switch (a.out) {
+    case GemvOut::kRows: return LaunchGemvKernel<T, M, M, kNorm, GemvOut::kRows>(a, stream);
+    case GemvOut::kSiluPairs: return LaunchGemvKernel<T, M, 2, kNorm, GemvOut::kSiluPairs>(a, stream);
+    case GemvOut::kRope: return LaunchGemvKernel<T, M, 2, kNorm, GemvOut::kRope>(a, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
 template <typename T>
-cudaError_t LaunchGemv(const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
-                       int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k,
-                       cudaStream_t stream) {
-  switch (m) {
-#define BIGPLAN_GEMV_CASE(M, R)                                                                                  \
-  case M:                                                                                                        \
-    LaunchGemvRows<T, M, R>(x, x_stride, w, bias, residual, residual_stride, y, y_stride, n, k, stream);        \
-    break;
-    BIGPLAN_GEMV_CASE(1, 1)
-    BIGPLAN_GEMV_CASE(2, 2)
-#undef BIGPLAN_GEMV_CASE
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+cudaError_t LaunchGemv(const GemvArgs& a, cudaStream_t stream) {
+  const bool norm = a.norm_w != nullptr;
+  if (a.m == 1) return norm ? LaunchGemvOut<T, 1, true>(a, stream) : LaunchGemvOut<T, 1, false>(a, stream);
+  return norm ? LaunchGemvOut<T, 2, true>(a, stream) : LaunchGemvOut<T, 2, false>(a, stream);
 }
 
 // ---- RMSNorm: one block per row; 16-byte loads when the row allows ----
@@ -707,15 +834,57 @@ __global__ void TopRowsKernel(const T* __restrict__ x, const float* __restrict__
 
 }  // namespace
 
-cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
-                 int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k, cudaStream_t stream) {
-  if (m < 1 || m > kGemvMaxRows || n < 1 || k < 8 || k % 8 != 0 || x_stride % 8 != 0 || !Aligned16(x) ||
-      !Aligned16(w) || x == nullptr || w == nullptr || y == nullptr || n > (int64_t{1} << 31) * kGemvWarps) {
+cudaError_t Gemv(const GemvArgs& a, cudaStream_t stream) {
+  if (a.m < 1 || a.m > kGemvMaxRows || a.n < 1 || a.k < 8 || a.k % 8 != 0 || a.x_stride % 8 != 0 || !Aligned16(a.x) ||
+      !Aligned16(a.w) || a.x == nullptr || a.w == nullptr || a.n > (int64_t{1} << 31) * kGemvWarps) {
     return cudaErrorInvalidValue;
   }
-  return dtype == DType::kBF16
-             ? LaunchGemv<__nv_bfloat16>(x, x_stride, w, bias, residual, residual_stride, y, y_stride, m, n, k, stream)
-             : LaunchGemv<__half>(x, x_stride, w, bias, residual, residual_stride, y, y_stride, m, n, k, stream);
+  if (a.norm_w != nullptr &&
+      (!Aligned16(a.norm_w) || GemvNormSmemBytes(a.m, a.k, 2) > static_cast<size_t>(kGemvNormMaxSmem))) {
+    return cudaErrorInvalidValue;
+  }
+  switch (a.out) {
+    case GemvOut::kRows:
+      if (a.y == nullptr) return cudaErrorInvalidValue;
+      break;
+    case GemvOut::kSiluPairs:
+      if (a.y == nullptr || a.n % 2 != 0 || a.residual != nullptr || (a.m > 1 && a.y_stride < a.n / 2)) {
+        return cudaErrorInvalidValue;
+      }
+      break;
+    case GemvOut::kRope: {
+      const RopeKvArgs& r = a.rope;
+      if (a.residual != nullptr || r.head_dim < 2 || r.head_dim % 2 != 0 || r.head_dim > 256 || r.heads < 1 ||
+          r.kv_heads < 1 || r.seq < 1 || r.batch < 1 || r.batch * r.seq != a.m ||
+          a.n != (r.heads + 2 * r.kv_heads) * r.head_dim || r.cos == nullptr || r.sin == nullptr ||
+          r.k_cache == nullptr || r.v_cache == nullptr || r.q_out == nullptr || r.q_norm != nullptr ||
+          r.k_norm != nullptr || r.max_seq < 1 || r.table_rows < 1) {
+        return cudaErrorInvalidValue;
+      }
+      break;
+    }
+    default: return cudaErrorInvalidValue;
+  }
+  const cudaError_t e = a.dtype == DType::kBF16 ? LaunchGemv<__nv_bfloat16>(a, stream) : LaunchGemv<__half>(a, stream);
+  return e != cudaSuccess ? e : cudaGetLastError();
+}
+
+cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
+                 int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k, cudaStream_t stream) {
+  GemvArgs a;
+  a.dtype = dtype;
+  a.x = x;
+  a.x_stride = x_stride;
+  a.w = w;
+  a.bias = bias;
+  a.residual = residual;
+  a.residual_stride = residual_stride;
+  a.y = y;
+  a.y_stride = y_stride;
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  return Gemv(a, stream);
 }
 
 template <typename T>
@@ -723,9 +892,9 @@ void LaunchRmsNorm(const void* x, int64_t x_stride, const void* w, void* out, in
                    int64_t cols, float eps, cudaStream_t stream) {
   const bool vec = cols % 8 == 0 && x_stride % 8 == 0 && out_stride % 8 == 0 && Aligned16(x) && Aligned16(w) &&
                    Aligned16(out);
-  const int64_t per_thread = vec ? 8 : 4;
-  const unsigned block =
-      static_cast<unsigned>(std::max<int64_t>(32, std::min<int64_t>(1024, ((cols / per_thread + 31) / 32) * 32)));
+  // (RmsScaleAsNormKernel sums the vector path's way: keep the two in step.)
+  const unsigned block = static_cast<unsigned>(
+      vec ? RmsNormBlock(cols) : std::max<int64_t>(32, std::min<int64_t>(1024, ((cols / 4 + 31) / 32) * 32)));
   const auto xs = static_cast<const T*>(x);
   const auto ws = static_cast<const T*>(w);
   const auto os = static_cast<T*>(out);

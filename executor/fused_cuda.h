@@ -121,6 +121,42 @@ struct RopeKvArgs {
 };
 cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream);
 
+// Gemv with what may precede and follow the product in a decoder layer fused into it (one kernel):
+//   - norm_w set: x's rows first become RMSNorm's rows, round(norm_w * round(x * rsqrt(mean(x^2) + eps))), the
+//     bits RmsNorm computes (the same float32 sum in the same order), staged in shared memory: m x k elements of
+//     2 bytes, at most GemvNormSmemBytes(m, k, 2) <= kGemvNormMaxSmem. norm_w [k], 16-byte aligned.
+//   - out = kRows: Gemv's y (bias, residual).
+//   - out = kSiluPairs: w holds [gate; up] (n = 2 inter rows); y[i, j] = SiluMul's value of the plain product's
+//     row i (gate j and up inter + j, each rounded after its bias), for j < inter; no residual.
+//   - out = kRope: w holds [q; k; v] (n = (heads + 2 kv_heads) head_dim rows, bias [n] or null); the product's
+//     token rows (m = batch x seq) go through RopeKvWrite with `rope`'s tables, positions, caches and q_out (its
+//     q/k/v pointers and strides are not read; q_norm and k_norm must be null): the same bits RopeKvWrite writes,
+//     and nothing else is written. No residual.
+// Other preconditions as Gemv's.
+enum class GemvOut : int { kRows = 0, kSiluPairs = 1, kRope = 2 };
+struct GemvArgs {
+  DType dtype = DType::kBF16;
+  const void* x = nullptr;
+  int64_t x_stride = 0;
+  const void* w = nullptr;
+  const void* bias = nullptr;
+  const void* residual = nullptr;
+  int64_t residual_stride = 0;
+  void* y = nullptr;
+  int64_t y_stride = 0;
+  int m = 0;
+  int64_t n = 0, k = 0;
+  const void* norm_w = nullptr;
+  float eps = 0;
+  GemvOut out = GemvOut::kRows;
+  RopeKvArgs rope;
+};
+inline constexpr int64_t kGemvNormMaxSmem = 48 * 1024;
+constexpr size_t GemvNormSmemBytes(int m, int64_t k, size_t element_bytes) {
+  return static_cast<size_t>(m) * static_cast<size_t>(k) * element_bytes + 32 * sizeof(float);
+}
+cudaError_t Gemv(const GemvArgs& a, cudaStream_t stream);
+
 // One new token per row: q [batch, heads, head_dim] (contiguous) attends over positions [lo, pos] of its cache row
 // (lo = max(0, pos - window + 1) when window > 0, else 0), softmax(q k^T x scale) v in float32, GQA (head h reads kv
 // head h / (heads / kv_heads)). out [batch, heads, head_dim] contiguous. The keys are split into `splits` ranges

@@ -219,30 +219,148 @@ bool ExpertSum(const at::Tensor& y, const at::Tensor& w, const at::Tensor& out) 
   return true;
 }
 
-at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t kv_heads,
-                       int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin, const StepPositions& at,
-                       const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& q_norm,
-                       const at::Tensor& k_norm, double eps) {
-  if (!Eligible(q) || q.dim() != 3 || k.dim() != 3 || v.dim() != 3 || head_dim % 2 != 0 || head_dim > 256) {
-    return at::Tensor();
-  }
-  const int64_t batch = q.size(0), seq = q.size(1);
-  const auto dtype = q.scalar_type();
-  auto same = [&](const at::Tensor& t) {
-    return t.defined() && t.scalar_type() == dtype && t.device() == q.device();
-  };
-  if (!same(k) || !same(v) || !same(cos) || !same(sin) || !same(k_cache) || !same(v_cache) ||
-      q.size(2) != heads * head_dim || k.size(2) != kv_heads * head_dim || v.size(2) != kv_heads * head_dim ||
-      k.size(0) != batch || v.size(0) != batch || k.size(1) != seq || v.size(1) != seq || cos.dim() != 2 ||
-      cos.size(1) != head_dim || !cos.is_contiguous() || !sin.is_contiguous() || sin.sizes() != cos.sizes() ||
-      k_cache.dim() != 4 || !k_cache.is_contiguous() || !v_cache.is_contiguous() || v_cache.sizes() != k_cache.sizes() ||
-      k_cache.size(1) != kv_heads || k_cache.size(3) != head_dim || k_cache.size(0) < batch ||
-      !PositionsOk(at, batch, q.device())) {
-    return at::Tensor();
+namespace {
+
+// The arguments RopeKvWrite's kernels take besides q, k, v (tables, positions, caches, norms) for `batch` rows of
+// `seq` tokens of `dtype` on `device`, filled into *a with q_out; false when they are not ones they take.
+bool RopeArgs(at::ScalarType dtype, const at::Device& device, int64_t batch, int64_t seq, int64_t heads,
+              int64_t kv_heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin, const StepPositions& at,
+              const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& q_norm, const at::Tensor& k_norm,
+              double eps, const at::Tensor& q_out, fused::RopeKvArgs* a) {
+  auto same = [&](const at::Tensor& t) { return t.defined() && t.scalar_type() == dtype && t.device() == device; };
+  if (head_dim % 2 != 0 || head_dim > 256 || !same(cos) || !same(sin) || !same(k_cache) || !same(v_cache) ||
+      cos.dim() != 2 || cos.size(1) != head_dim || !cos.is_contiguous() || !sin.is_contiguous() ||
+      sin.sizes() != cos.sizes() || k_cache.dim() != 4 || !k_cache.is_contiguous() || !v_cache.is_contiguous() ||
+      v_cache.sizes() != k_cache.sizes() || k_cache.size(1) != kv_heads || k_cache.size(3) != head_dim ||
+      k_cache.size(0) < batch || !PositionsOk(at, batch, device)) {
+    return false;
   }
   if ((q_norm.defined() && (!same(q_norm) || q_norm.numel() != head_dim || !q_norm.is_contiguous())) ||
       (k_norm.defined() && (!same(k_norm) || k_norm.numel() != head_dim || !k_norm.is_contiguous())) ||
       q_norm.defined() != k_norm.defined()) {
+    return false;
+  }
+  a->dtype = dtype == at::kBFloat16 ? fused::DType::kBF16 : fused::DType::kF16;
+  a->batch = batch;
+  a->seq = seq;
+  a->heads = heads;
+  a->kv_heads = kv_heads;
+  a->head_dim = head_dim;
+  a->cos = cos.data_ptr();
+  a->sin = sin.data_ptr();
+  a->table_rows = cos.size(0);
+  a->at = PositionsOf(at);
+  a->k_cache = k_cache.data_ptr();
+  a->v_cache = v_cache.data_ptr();
+  a->cache_rows = k_cache.size(0);
+  a->max_seq = k_cache.size(2);
+  a->q_norm = q_norm.defined() ? q_norm.data_ptr() : nullptr;
+  a->k_norm = k_norm.defined() ? k_norm.data_ptr() : nullptr;
+  a->eps = static_cast<float>(eps);
+  a->q_out = q_out.data_ptr();
+  return true;
+}
+
+// fused::GemvArgs for x (rows [.., k]) times w [n, k] (+ b), RMSNorm'ed first when norm_w is defined, with the
+// checks the fused product's kernel needs; false when they fail. *x2 gets x's 2-D rows view.
+bool ProductArgs(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w, const at::Tensor& b,
+                 fused::GemvArgs* a, at::Tensor* x2) {
+  if (!Eligible(x) || !w.defined() || w.dim() != 2 || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||
+      !w.is_contiguous() || x.size(-1) != w.size(1) || !Aligned16(w) || w.size(1) % 8 != 0) {
+    return false;
+  }
+  const int64_t n = w.size(0), k = w.size(1);
+  if (b.defined() && (b.scalar_type() != x.scalar_type() || b.device() != x.device() || b.numel() != n ||
+                      !b.is_contiguous())) {
+    return false;
+  }
+  *x2 = Rows2d(x);
+  if (!x2->defined() || x2->size(0) > fused::kGemvMaxRows || x2->stride(0) % 8 != 0 || !Aligned16(*x2)) return false;
+  const int m = static_cast<int>(x2->size(0));
+  if (norm_w.defined()) {
+    if (norm_w.scalar_type() != x.scalar_type() || norm_w.device() != x.device() || !norm_w.is_contiguous() ||
+        norm_w.numel() != k || !Aligned16(norm_w) ||
+        fused::GemvNormSmemBytes(m, k, x.element_size()) > static_cast<size_t>(fused::kGemvNormMaxSmem)) {
+      return false;
+    }
+    a->norm_w = norm_w.data_ptr();
+    a->eps = static_cast<float>(eps);
+  }
+  a->dtype = DTypeOf(x);
+  a->x = x2->data_ptr();
+  a->x_stride = x2->stride(0);
+  a->w = w.data_ptr();
+  a->bias = b.defined() ? b.data_ptr() : nullptr;
+  a->m = m;
+  a->n = n;
+  a->k = k;
+  return true;
+}
+
+}  // namespace
+
+at::Tensor NormLinear(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
+                      const at::Tensor& b) {
+  fused::GemvArgs a;
+  at::Tensor x2;
+  if (!norm_w.defined() || !ProductArgs(x, norm_w, eps, w, b, &a, &x2)) return at::Tensor();
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = a.n;
+  at::Tensor y = at::empty({a.m, a.n}, x.options());
+  a.y = y.data_ptr();
+  a.y_stride = a.n;
+  Check(fused::Gemv(a, Stream()), "norm_gemv");
+  return y.view(shape);
+}
+
+at::Tensor GateUpSiluMul(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
+                         const at::Tensor& b) {
+  fused::GemvArgs a;
+  at::Tensor x2;
+  if (!ProductArgs(x, norm_w, eps, w, b, &a, &x2) || a.n % 2 != 0) return at::Tensor();
+  const int64_t inter = a.n / 2;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = inter;
+  at::Tensor y = at::empty({a.m, inter}, x.options());
+  a.y = y.data_ptr();
+  a.y_stride = inter;
+  a.out = fused::GemvOut::kSiluPairs;
+  Check(fused::Gemv(a, Stream()), "gate_up_silu_gemv");
+  return y.view(shape);
+}
+
+at::Tensor QkvRopeKvWrite(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
+                          const at::Tensor& b, int64_t heads, int64_t kv_heads, int64_t head_dim, const at::Tensor& cos,
+                          const at::Tensor& sin, const StepPositions& at, const at::Tensor& k_cache,
+                          const at::Tensor& v_cache) {
+  fused::GemvArgs a;
+  at::Tensor x2;
+  if (x.dim() != 3 || !ProductArgs(x, norm_w, eps, w, b, &a, &x2) || a.n != (heads + 2 * kv_heads) * head_dim) {
+    return at::Tensor();
+  }
+  const int64_t batch = x.size(0), seq = x.size(1);
+  at::Tensor q_out = at::empty({batch, seq, heads, head_dim}, x.options());
+  if (!RopeArgs(x.scalar_type(), x.device(), batch, seq, heads, kv_heads, head_dim, cos, sin, at, k_cache, v_cache,
+                at::Tensor(), at::Tensor(), eps, q_out, &a.rope)) {
+    return at::Tensor();
+  }
+  a.out = fused::GemvOut::kRope;
+  Check(fused::Gemv(a, Stream()), "qkv_rope_gemv");
+  return q_out.transpose(1, 2);
+}
+
+at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, int64_t kv_heads,
+                       int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin, const StepPositions& at,
+                       const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& q_norm,
+                       const at::Tensor& k_norm, double eps) {
+  if (!Eligible(q) || q.dim() != 3 || k.dim() != 3 || v.dim() != 3) return at::Tensor();
+  const int64_t batch = q.size(0), seq = q.size(1);
+  auto same = [&](const at::Tensor& t) {
+    return t.defined() && t.scalar_type() == q.scalar_type() && t.device() == q.device();
+  };
+  if (!same(k) || !same(v) || q.size(2) != heads * head_dim || k.size(2) != kv_heads * head_dim ||
+      v.size(2) != kv_heads * head_dim || k.size(0) != batch || v.size(0) != batch || k.size(1) != seq ||
+      v.size(1) != seq) {
     return at::Tensor();
   }
   const at::Tensor q2 = Rows2d(q), k2 = Rows2d(k), v2 = Rows2d(v);
@@ -251,30 +369,16 @@ at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   // flash kernel then writes its output token-major too, and [batch, seq, heads x head_dim] is a view of it.
   at::Tensor q_out = at::empty({batch, seq, heads, head_dim}, q.options());
   fused::RopeKvArgs a;
-  a.dtype = DTypeOf(q);
+  if (!RopeArgs(q.scalar_type(), q.device(), batch, seq, heads, kv_heads, head_dim, cos, sin, at, k_cache, v_cache,
+                q_norm, k_norm, eps, q_out, &a)) {
+    return at::Tensor();
+  }
   a.q = q2.data_ptr();
   a.k = k2.data_ptr();
   a.v = v2.data_ptr();
   a.q_stride = q2.stride(0);
   a.k_stride = k2.stride(0);
   a.v_stride = v2.stride(0);
-  a.batch = batch;
-  a.seq = seq;
-  a.heads = heads;
-  a.kv_heads = kv_heads;
-  a.head_dim = head_dim;
-  a.cos = cos.data_ptr();
-  a.sin = sin.data_ptr();
-  a.table_rows = cos.size(0);
-  a.at = PositionsOf(at);
-  a.k_cache = k_cache.data_ptr();
-  a.v_cache = v_cache.data_ptr();
-  a.cache_rows = k_cache.size(0);
-  a.max_seq = k_cache.size(2);
-  a.q_norm = q_norm.defined() ? q_norm.data_ptr() : nullptr;
-  a.k_norm = k_norm.defined() ? k_norm.data_ptr() : nullptr;
-  a.eps = static_cast<float>(eps);
-  a.q_out = q_out.data_ptr();
   Check(fused::RopeKvWrite(a, Stream()), "rope_kv_write");
   return q_out.transpose(1, 2);
 }

@@ -81,6 +81,24 @@ at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& q_norm,
                        const at::Tensor& k_norm, double eps);
 
+// Products with what precedes and follows them in a decoder layer, each one kernel (fused::GemvArgs) for up to
+// fused::kGemvMaxRows rows of x (decode); undefined tensors, computing nothing, when not eligible (the caller then
+// runs the ops one by one). Each gives the bits of the ops one by one (RmsNorm, Linear, SiluMul, RopeKvWrite).
+//   NormLinear: Linear(RmsNorm(x, norm_w, eps), w, b).
+at::Tensor NormLinear(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
+                      const at::Tensor& b);
+//   GateUpSiluMul: SiluMul(Linear(x', w, b)) for w = [gate; up] (2 inter rows), x' = RmsNorm(x, norm_w, eps) when
+//   norm_w is defined, else x: [..., inter].
+at::Tensor GateUpSiluMul(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
+                         const at::Tensor& b);
+//   QkvRopeKvWrite: RopeKvWrite(q, k, v, ...) (no q/k norms) of [q | k | v] = Linear(x', w, b) for w = [q; k; v]
+//   ((heads + 2 kv_heads) head_dim rows), x [batch, seq, hidden], x' as above; returns the rotated q as RopeKvWrite
+//   does. The product itself is not kept.
+at::Tensor QkvRopeKvWrite(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
+                          const at::Tensor& b, int64_t heads, int64_t kv_heads, int64_t head_dim, const at::Tensor& cos,
+                          const at::Tensor& sin, const StepPositions& at, const at::Tensor& k_cache,
+                          const at::Tensor& v_cache);
+
 // Whether DecodeAttention takes these head counts and head size (head_dim a multiple of 32 up to 256, heads a
 // multiple of kv_heads, at most 8 query heads per kv head).
 bool DecodeAttentionTakes(int64_t heads, int64_t kv_heads, int64_t head_dim);

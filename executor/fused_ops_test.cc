@@ -44,6 +44,11 @@ TEST(FusedOps, DeclineCpuAndFloat32) {
                            at::ones({16, 32}), at::zeros({16, 32}), StepPositions{}, cache, cache, at::Tensor(),
                            at::Tensor(), 1e-6)
                    .defined());
+  EXPECT_FALSE(NormLinear(x, at::ones({64}), 1e-5, w, at::Tensor()).defined());
+  EXPECT_FALSE(GateUpSiluMul(x, at::ones({64}), 1e-5, w, at::Tensor()).defined());
+  EXPECT_FALSE(QkvRopeKvWrite(at::randn({1, 1, 64}), at::ones({64}), 1e-6, at::randn({256, 64}), at::Tensor(), 4, 2,
+                              32, at::ones({16, 32}), at::zeros({16, 32}), StepPositions{}, cache, cache)
+                   .defined());
 }
 
 #ifdef BIGPLAN_TEST_CUDA
@@ -145,18 +150,125 @@ TEST_P(FusedOpsGpu, ChainedKernelsSeeTheirPredecessorsWrites) {
     }
     return x;
   };
+  // The same chain with the norm, the product and SiLU in one kernel (GateUpSiluMul), issued back to back.
+  auto fused_chain = [&] {
+    at::Tensor x = x0;
+    for (int l = 0; l < kLayers; ++l) x = Linear(GateUpSiluMul(x, norm[l], 1e-5, up[l], at::Tensor()), down[l],
+                                                 at::Tensor(), x);
+    return x;
+  };
   c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
   c10::cuda::CUDAStreamGuard guard(side);
   const at::Tensor want = chain(true);
   EXPECT_TRUE(at::equal(chain(false), want));
+  EXPECT_TRUE(at::equal(fused_chain(), want)) << "fused products";
   at::cuda::CUDAGraph graph;
   graph.capture_begin();
   const at::Tensor captured = chain(false);
   graph.capture_end();
+  at::cuda::CUDAGraph fused_graph;
+  fused_graph.capture_begin();
+  const at::Tensor fused_captured = fused_chain();
+  fused_graph.capture_end();
   for (int r = 0; r < 3; ++r) {
     graph.replay();
+    fused_graph.replay();
     side.synchronize();
     EXPECT_TRUE(at::equal(captured, want)) << "replay " << r;
+    EXPECT_TRUE(at::equal(fused_captured, want)) << "fused products, replay " << r;
+  }
+}
+
+// The products with their neighbours fused in (NormLinear, GateUpSiluMul, QkvRopeKvWrite) give the bits of the ops
+// one by one, for one and two rows, row lengths whose norm block is smaller and larger than the product's, biases and
+// rows at a stride; they decline what they cannot stage.
+TEST_P(FusedOpsGpu, FusedProductsEqualTheOpsOneByOne) {
+  const double eps = 1e-5;
+  for (int64_t m : {1, 2}) {
+    for (int64_t k : {64, 1000, 4096, 5000, 8192}) {
+      const int64_t n = 2 * 344;
+      const at::Tensor wide = at::randn({m, k + 8}, Opts()) * 2;
+      for (bool strided : {false, true}) {
+        const at::Tensor x = strided ? wide.narrow(1, 8, k) : wide.narrow(1, 0, k).contiguous();
+        const at::Tensor nw = at::randn({k}, Opts());
+        const at::Tensor w = at::randn({n, k}, Opts()) * 0.05;
+        const at::Tensor b = at::randn({n}, Opts());
+        const at::Tensor h = RmsNorm(x, nw, eps);
+        for (const at::Tensor& bias : {at::Tensor(), b}) {
+          const at::Tensor got = NormLinear(x, nw, eps, w, bias);
+          ASSERT_TRUE(got.defined()) << m << " x " << k;
+          EXPECT_TRUE(at::equal(got, Linear(h, w, bias, at::Tensor()))) << "norm + product, " << m << " x " << k;
+          EXPECT_TRUE(at::equal(GateUpSiluMul(x, nw, eps, w, bias), SiluMul(Linear(h, w, bias, at::Tensor()))))
+              << "norm + gate/up + silu, " << m << " x " << k;
+          EXPECT_TRUE(at::equal(GateUpSiluMul(x, at::Tensor(), eps, w, bias),
+                                SiluMul(Linear(x, w, bias, at::Tensor()))))
+              << "gate/up + silu, " << m << " x " << k;
+        }
+      }
+    }
+  }
+  // Two rows of 16384 do not fit the staging memory: declined, nothing computed.
+  const at::Tensor big = at::randn({2, 16384}, Opts());
+  EXPECT_FALSE(NormLinear(big, at::randn({16384}, Opts()), eps, at::randn({8, 16384}, Opts()), at::Tensor()).defined());
+  EXPECT_TRUE(NormLinear(big.narrow(0, 0, 1), at::randn({16384}, Opts()), eps, at::randn({8, 16384}, Opts()),
+                         at::Tensor())
+                  .defined());
+  EXPECT_FALSE(GateUpSiluMul(big, at::Tensor(), eps, at::randn({7, 16384}, Opts()), at::Tensor()).defined())
+      << "odd row count";
+}
+
+// QkvRopeKvWrite writes what RopeKvWrite writes after the norm and the product: the rotated q and both caches, for
+// a decode step at a device position, two rows at their own positions in their own cache rows, and a two-token
+// prompt at a host position, with and without biases, head_dim 64 and 128.
+TEST_P(FusedOpsGpu, QkvRopeKvWriteEqualsTheOpsOneByOne) {
+  const int64_t heads = 8, kv_heads = 2, hidden = 512, max_seq = 40, cache_rows = 3;
+  const double eps = 1e-6;
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
+  for (int64_t D : {64, 128}) {
+    const at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, D, 2, at::kFloat) / D);
+    const at::Tensor emb = at::cat({at::outer(at::arange(max_seq, at::kFloat), inv),
+                                    at::outer(at::arange(max_seq, at::kFloat), inv)}, -1);
+    const at::Tensor cos = emb.cos().to(Opts()), sin = emb.sin().to(Opts());
+    const int64_t n = (heads + 2 * kv_heads) * D;
+    const at::Tensor w = at::randn({n, hidden}, Opts()) * 0.05;
+    const at::Tensor nw = at::randn({hidden}, Opts());
+    struct Case {
+      int64_t batch, seq;
+      StepPositions at;
+    };
+    const std::vector<Case> cases = {
+        {1, 1, StepPositions{at::full({1}, 17, i64), false, 0, at::Tensor()}},
+        {2, 1, StepPositions{at::tensor({33, 4}, i64), true, 0, at::tensor({2, 0}, i64)}},
+        {1, 2, StepPositions{at::Tensor(), false, 38, at::Tensor()}},
+    };
+    for (const Case& c : cases) {
+      for (bool with_bias : {false, true}) {
+        const at::Tensor b = with_bias ? at::randn({n}, Opts()) : at::Tensor();
+        const at::Tensor x = at::randn({c.batch, c.seq, hidden}, Opts());
+        const at::Tensor kc0 = at::randn({cache_rows, kv_heads, max_seq, D}, Opts()), vc0 = at::randn_like(kc0);
+        at::Tensor kc[2] = {kc0.clone(), kc0.clone()}, vc[2] = {vc0.clone(), vc0.clone()};
+        const at::Tensor got = QkvRopeKvWrite(x, nw, eps, w, b, heads, kv_heads, D, cos, sin, c.at, kc[0], vc[0]);
+        ASSERT_TRUE(got.defined()) << D;
+        const at::Tensor qkv = Linear(RmsNorm(x, nw, eps), w, b, at::Tensor());
+        const at::Tensor want = RopeKvWrite(qkv.narrow(2, 0, heads * D), qkv.narrow(2, heads * D, kv_heads * D),
+                                            qkv.narrow(2, (heads + kv_heads) * D, kv_heads * D), heads, kv_heads, D,
+                                            cos, sin, c.at, kc[1], vc[1], at::Tensor(), at::Tensor(), eps);
+        ASSERT_TRUE(want.defined());
+        EXPECT_EQ(got.sizes(), want.sizes());
+        EXPECT_TRUE(at::equal(got, want)) << "q, head_dim " << D << ", batch " << c.batch << ", seq " << c.seq;
+        EXPECT_TRUE(at::equal(kc[0], kc[1])) << "k cache, head_dim " << D << ", batch " << c.batch;
+        EXPECT_TRUE(at::equal(vc[0], vc[1])) << "v cache, head_dim " << D << ", batch " << c.batch;
+        EXPECT_FALSE(at::equal(kc[0], kc0)) << "the cache was written";
+      }
+    }
+    // Qwen3's per-head norms are not fused: RopeKvWrite takes them, the fused product is not offered them. A product
+    // of the wrong width is declined.
+    const at::Tensor x = at::randn({1, 1, hidden}, Opts());
+    at::Tensor kc = at::zeros({cache_rows, kv_heads, max_seq, D}, Opts()), vc = at::zeros_like(kc);
+    EXPECT_FALSE(QkvRopeKvWrite(x, nw, eps, w.narrow(0, 0, n - 2 * D), at::Tensor(), heads, kv_heads, D, cos, sin,
+                                StepPositions{at::Tensor(), false, 1, at::Tensor()}, kc, vc)
+                     .defined());
+    EXPECT_EQ(kc.abs().sum().item<double>(), 0.0);
   }
 }
 

@@ -131,24 +131,6 @@ class LlamaKernels final : public ModelKernelsBase {
     const int64_t start_pos = c.ctx.start_pos;
     BIGPLAN_RETURN_IF_ERROR(CheckKvCache(kv, batch, kv_heads, start_pos, seq, head_dim, x.device(), c.block));
 
-    // Projections run in the order the planner streams chunked weights: q, k, v, o, gate, up, down.
-    at::Tensor h = norm(x, input_norm);
-    at::Tensor q, k, v;
-    if (qkv_one) {
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor qkv, apply(qkv_proj, h));
-      const int64_t q_cols = heads * head_dim, kv_cols = kv_heads * head_dim;
-      if (qkv.size(-1) != q_cols + 2 * kv_cols) {
-        return MakeError(ErrorCode::kInvalidArgument, c.block + ": qkv_proj gives " + std::to_string(qkv.size(-1)) +
-                                                          " columns, expected " + std::to_string(q_cols + 2 * kv_cols));
-      }
-      q = qkv.narrow(-1, 0, q_cols);
-      k = qkv.narrow(-1, q_cols, kv_cols);
-      v = qkv.narrow(-1, q_cols + kv_cols, kv_cols);
-    } else {
-      BIGPLAN_ASSIGN_OR_RETURN(q, apply(q_proj, h));
-      BIGPLAN_ASSIGN_OR_RETURN(k, apply(k_proj, h));
-      BIGPLAN_ASSIGN_OR_RETURN(v, apply(v_proj, h));
-    }
     const double scale = std::pow(static_cast<double>(head_dim), -0.5);
     // Sliding-window layers (Mistral; Qwen2's layers past max_window_layers or marked in layer_types).
     const bool sliding = spec_.sliding_window > 0 && c.layer >= 0 &&
@@ -164,9 +146,48 @@ class LlamaKernels final : public ModelKernelsBase {
       return MakeError(ErrorCode::kInvalidArgument, c.block + ": a static decode step takes one token per row "
                                                               "and a KV cache");
     }
-    at::Tensor attn = fused ? FusedAttention(c, q, k, v, kv, scale, window) : at::Tensor();
+    const auto whole = [](const Proj& pr) { return pr.w.whole.defined() && !pr.w.quant.quantized(); };
+    // Decode-sized batches with whole q/k/v weights: the input norm, the q/k/v product, RoPE and the cache write in
+    // one kernel (fused_ops::QkvRopeKvWrite), then the attention.
+    at::Tensor attn;
+    if (fused && qkv_one && whole(qkv_proj)) {
+      RopeStep rs;
+      if (FusedRopeSetup(c, kv, seq, x.scalar_type(), x.device(), &rs) && !rs.q_norm.defined()) {
+        const at::Tensor q_rot = fused_ops::QkvRopeKvWrite(x, input_norm, spec_.norm_eps, qkv_proj.w.whole, qkv_proj.b,
+                                                           heads, kv_heads, head_dim, rs.cos, rs.sin, rs.at, kv->k, kv->v);
+        if (q_rot.defined()) attn = FusedAttend(c, q_rot, kv, rs, scale, window);
+      }
+    }
     if (!attn.defined()) {
-      BIGPLAN_ASSIGN_OR_RETURN(attn, Attention(c, q, k, v, kv, scale, window));
+      // Projections run in the order the planner streams chunked weights: q, k, v, o, gate, up, down.
+      at::Tensor q, k, v;
+      if (qkv_one) {
+        // The norm in the product's kernel where it fits (Qwen3's q/k norms, partial rotary), else one by one.
+        at::Tensor qkv = fused && whole(qkv_proj) ? fused_ops::NormLinear(x, input_norm, spec_.norm_eps,
+                                                                          qkv_proj.w.whole, qkv_proj.b)
+                                                  : at::Tensor();
+        if (!qkv.defined()) {
+          BIGPLAN_ASSIGN_OR_RETURN(qkv, apply(qkv_proj, norm(x, input_norm)));
+        }
+        const int64_t q_cols = heads * head_dim, kv_cols = kv_heads * head_dim;
+        if (qkv.size(-1) != q_cols + 2 * kv_cols) {
+          return MakeError(ErrorCode::kInvalidArgument, c.block + ": qkv_proj gives " + std::to_string(qkv.size(-1)) +
+                                                            " columns, expected " +
+                                                            std::to_string(q_cols + 2 * kv_cols));
+        }
+        q = qkv.narrow(-1, 0, q_cols);
+        k = qkv.narrow(-1, q_cols, kv_cols);
+        v = qkv.narrow(-1, q_cols + kv_cols, kv_cols);
+      } else {
+        const at::Tensor h = norm(x, input_norm);
+        BIGPLAN_ASSIGN_OR_RETURN(q, apply(q_proj, h));
+        BIGPLAN_ASSIGN_OR_RETURN(k, apply(k_proj, h));
+        BIGPLAN_ASSIGN_OR_RETURN(v, apply(v_proj, h));
+      }
+      if (fused) attn = FusedAttention(c, q, k, v, kv, scale, window);
+      if (!attn.defined()) {
+        BIGPLAN_ASSIGN_OR_RETURN(attn, Attention(c, q, k, v, kv, scale, window));
+      }
     }
     // A shard's products are partial sums over its heads (and below, its MLP rows): the first shard adds the
     // residual, then every shard adds the others' parts.
@@ -182,21 +203,27 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(y));
     }
 
-    h = norm(y, post_norm);
     if (sparse) {
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor moe, Moe(c, h));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor moe, Moe(c, norm(y, post_norm)));
       *hidden = y + moe;
       return Status::Ok();
     }
+    // Decode-sized batches with a whole [gate; up] weight: the norm, the product and SiLU(gate) * up in one kernel.
     at::Tensor act;
-    if (gate_up_one) {
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_up, apply(gate_up_proj, h));
+    if (fused && gate_up_one && act_ == Activation::kSilu && whole(gate_up_proj)) {
+      act = fused_ops::GateUpSiluMul(y, post_norm, spec_.norm_eps, gate_up_proj.w.whole, gate_up_proj.b);
+    }
+    if (act.defined()) {
+      // (done)
+    } else if (gate_up_one) {
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_up, apply(gate_up_proj, norm(y, post_norm)));
       if (fused && act_ == Activation::kSilu) act = fused_ops::SiluMul(gate_up);
       if (!act.defined()) {
         const int64_t inter = gate_up.size(-1) / 2;
         act = Activate(act_, gate_up.narrow(-1, 0, inter)) * gate_up.narrow(-1, inter, inter);
       }
     } else {
+      const at::Tensor h = norm(y, post_norm);
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate, apply(gate_proj, h));
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor up, apply(up_proj, h));
       act = Activate(act_, gate) * up;
@@ -209,47 +236,53 @@ class LlamaKernels final : public ModelKernelsBase {
     return Status::Ok();
   }
 
-  // The fused path of the attention (executor/fused_ops.h): RoPE (after Qwen3's q/k norms) fused with the KV-cache
-  // write, then the split-K decode kernel for one new token per row, or SDPA over the cache for a prompt. q, k, v
-  // are the projections [batch, seq, heads or kv_heads x head_dim]. Undefined (nothing written) where it does not
-  // apply: no cache, partial rotary, length-dependent RoPE, shapes the kernels do not take.
-  at::Tensor FusedAttention(const Call& c, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
-                            double scale, int64_t window) const {
-    const int64_t batch = q.size(0), seq = q.size(1), heads = spec_.num_heads, kv_heads = spec_.num_kv_heads,
-                  head_dim = spec_.head_dim;
+  // What the fused RoPE + KV-write kernels take for a step: positions, the cos/sin tables and (Qwen3) the q/k norms.
+  struct RopeStep {
+    fused_ops::StepPositions at;
+    at::Tensor cos, sin, q_norm, k_norm;
+  };
+
+  // Fills *out for the fused path of the attention (executor/fused_ops.h); false where it does not apply: no cache,
+  // partial rotary, length-dependent RoPE, shapes the kernels do not take.
+  bool FusedRopeSetup(const Call& c, KvCache* kv, int64_t seq, at::ScalarType dtype, const at::Device& device,
+                      RopeStep* out) const {
+    const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
     const int64_t start_pos = c.ctx.start_pos;
     if (kv == nullptr || (spec_.rotary_dim != 0 && spec_.rotary_dim != head_dim) ||
         rope_.LengthDependent(std::max<int64_t>(start_pos + seq, kv->k.size(2)))) {
-      return at::Tensor();
+      return false;
     }
     const bool one_token = seq == 1;
-    if (one_token && !fused_ops::DecodeAttentionTakes(heads, kv_heads, head_dim)) return at::Tensor();
-    if (!one_token && (c.ctx.position.defined() || c.ctx.rows.defined())) return at::Tensor();
-    at::Tensor q_norm, k_norm;
+    if (one_token && !fused_ops::DecodeAttentionTakes(heads, kv_heads, head_dim)) return false;
+    if (!one_token && (c.ctx.position.defined() || c.ctx.rows.defined())) return false;
     if (spec_.qk_norm) {
-      q_norm = Optional(c, Slot::kQNorm);
-      k_norm = Optional(c, Slot::kKNorm);
-      if (!q_norm.defined() || !k_norm.defined()) return at::Tensor();
+      out->q_norm = Optional(c, Slot::kQNorm);
+      out->k_norm = Optional(c, Slot::kKNorm);
+      if (!out->q_norm.defined() || !out->k_norm.defined()) return false;
     }
-    fused_ops::StepPositions at;
     if (c.ctx.rows.defined()) {
-      at = {c.ctx.position, true, 0, c.ctx.rows};
+      out->at = {c.ctx.position, true, 0, c.ctx.rows};
     } else if (c.ctx.position.defined()) {
-      at = {c.ctx.position, false, 0, at::Tensor()};
+      out->at = {c.ctx.position, false, 0, at::Tensor()};
     } else {
-      at.pos_host = start_pos;
+      out->at.pos_host = start_pos;
     }
-    at::Tensor cos, sin;
-    rope_tables_.Get(0, kv->k.size(2), q.scalar_type(), q.device(), &cos, &sin);
-    const at::Tensor q_rot = fused_ops::RopeKvWrite(q, k, v, heads, kv_heads, head_dim, cos, sin, at, kv->k, kv->v,
-                                                    q_norm, k_norm, spec_.norm_eps);
-    if (!q_rot.defined()) return at::Tensor();
+    rope_tables_.Get(0, kv->k.size(2), dtype, device, &out->cos, &out->sin);
+    return true;
+  }
+
+  // The attention over the cache after the fused RoPE + KV write: the split-K decode kernel for one new token per
+  // row, or SDPA over the cache for a prompt; [batch, seq, heads x head_dim].
+  at::Tensor FusedAttend(const Call& c, const at::Tensor& q_rot, KvCache* kv, const RopeStep& rs, double scale,
+                         int64_t window) const {
+    const int64_t batch = q_rot.size(0), seq = q_rot.size(2), heads = spec_.num_heads, head_dim = spec_.head_dim;
+    const int64_t start_pos = c.ctx.start_pos;
     at::Tensor attn;
-    if (one_token) {
+    if (seq == 1) {
       const int64_t max_len = c.ctx.rows.defined() ? std::max<int64_t>(1, c.ctx.attend_len)
                               : c.ctx.position.defined() ? kv->k.size(2)
                                                          : start_pos + 1;
-      attn = fused_ops::DecodeAttention(q_rot, kv->k, kv->v, at, max_len, window, scale);
+      attn = fused_ops::DecodeAttention(q_rot, kv->k, kv->v, rs.at, max_len, window, scale);
       TORCH_CHECK(attn.defined(), c.block, ": the fused decode attention declined arguments it was checked to take");
     } else {
       const int64_t total = start_pos + seq;
@@ -257,6 +290,20 @@ class LlamaKernels final : public ModelKernelsBase {
                          kv->v.narrow(0, 0, batch).narrow(2, 0, total), start_pos, scale, window);
     }
     return attn.transpose(1, 2).reshape({batch, seq, heads * head_dim});
+  }
+
+  // The fused path of the attention from the projections q, k, v [batch, seq, heads or kv_heads x head_dim]: RoPE
+  // (after Qwen3's q/k norms) fused with the KV-cache write, then FusedAttend. Undefined (nothing written) where it
+  // does not apply (FusedRopeSetup).
+  at::Tensor FusedAttention(const Call& c, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
+                            double scale, int64_t window) const {
+    RopeStep rs;
+    if (!FusedRopeSetup(c, kv, q.size(1), q.scalar_type(), q.device(), &rs)) return at::Tensor();
+    const at::Tensor q_rot = fused_ops::RopeKvWrite(q, k, v, spec_.num_heads, spec_.num_kv_heads, spec_.head_dim,
+                                                    rs.cos, rs.sin, rs.at, kv->k, kv->v, rs.q_norm, rs.k_norm,
+                                                    spec_.norm_eps);
+    if (!q_rot.defined()) return at::Tensor();
+    return FusedAttend(c, q_rot, kv, rs, scale, window);
   }
 
   // The LibTorch path of the attention: [batch, seq, heads x head_dim] from the projections.

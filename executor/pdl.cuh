@@ -49,15 +49,15 @@ inline bool PdlSupported() {
   return k == 2;
 }
 
-// kernel<<<grid, block, 0, stream>>>(args...) as a programmatic dependent of the work before it in `stream` where the
-// device supports it. Returns the launch's error.
+// kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the work before it in `stream` where
+// the device supports it. Returns the launch's error.
 template <typename... KernelArgs, typename... Args>
-cudaError_t LaunchDependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
-                            Args&&... args) {
+cudaError_t LaunchDependentSmem(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = smem;
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -65,6 +65,13 @@ cudaError_t LaunchDependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block
   config.attrs = attribute;
   config.numAttrs = PdlSupported() ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...);
+}
+
+// The same without dynamic shared memory.
+template <typename... KernelArgs, typename... Args>
+cudaError_t LaunchDependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream,
+                            Args&&... args) {
+  return LaunchDependentSmem(kernel, grid, block, 0, stream, static_cast<Args&&>(args)...);
 }
 
 }  // namespace bigplan::pdl
