@@ -57,7 +57,11 @@ for x in t: x["dtype"] = "BF16"
 json.dump({"tensors": t}, open(d + "/spec.json", "w"))
 PY
   start=$(date +%s)
-  "$env" "$bin/gen_checkpoint" --out "$ckpt" --spec "$ckpt/spec.json" --max-shard-bytes 2GiB --seed 7
+  if ! "$env" "$bin/gen_checkpoint" --out "$ckpt" --spec "$ckpt/spec.json" --max-shard-bytes 2GiB --seed 7; then
+    echo "compressed_check: writing the checkpoint $ckpt failed (is $bin/gen_checkpoint bundled?)" >&2
+    rm -f "$ckpt/config.json"  # so a later run writes it again
+    exit 1
+  fi
   sync; sleep 3
   echo "checkpoint written in $(( $(date +%s) - start )) s: $(du -sh "$ckpt" | cut -f1)"
 fi
