@@ -342,7 +342,7 @@ const FamilyInfo kFamilies[] = {
     {Family::kLlama, "llama", kLlamaTypes, "LlamaForCausalLM", kLlamaBlocks, kLlamaTensors, kTiedHead, {},
      kRotaryBuffers, kLlamaParameterless, "",
      KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 0, .final_norm = 4, .fused_decoder_layer = 10,
-                  .fused_final_norm = 1}, kLlamaRope,
+                  .fused_final_norm = 1, .fused_decode_layer = 6}, kLlamaRope,
      /*partial_rotary=*/false, GraphDecode::kWhileRopeLengthIndependent, kLlamaKeys},
     {Family::kGpt2, "gpt2", kGpt2Types, "GPT2LMHeadModel", kGpt2Blocks, kGpt2Tensors, kTiedHead, {}, {},
      kGptParameterless, "transformer.", KernelCounts{.decoder_layer = 13, .partial_rotary_extra = 0, .final_norm = 1},
@@ -352,21 +352,21 @@ const FamilyInfo kFamilies[] = {
      /*partial_rotary=*/true, GraphDecode::kNever, kGptjKeys},
     {Family::kPhi3, "phi3", kPhi3Types, "Phi3ForCausalLM", kLlamaBlocks, kPhi3Tensors, kTiedHead, {}, kRotaryBuffers,
      kPhi3Parameterless, "", KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 2, .final_norm = 4,
-                                     .fused_decoder_layer = 10, .fused_final_norm = 1},
+                                     .fused_decoder_layer = 10, .fused_final_norm = 1, .fused_decode_layer = 6},
      kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
     // Mixture-of-experts layers synchronize with the host once per layer (the router's choices), so their decode
     // is not captured in a CUDA graph. decoder_layer counts a layer's attention half; BlockKernels adds the MLP's.
     {Family::kMixtral, "mixtral", kMixtralTypes, "MixtralForCausalLM", kLlamaBlocks, kMixtralTensors, kTiedHead, {},
      kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
-     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1}, kLlamaRope, /*partial_rotary=*/false,
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 6}, kLlamaRope, /*partial_rotary=*/false,
      GraphDecode::kNever, kMixtralKeys},
     {Family::kQwen2Moe, "qwen2_moe", kQwen2MoeTypes, "Qwen2MoeForCausalLM", kLlamaBlocks, kQwen2MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
-     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1}, kLlamaRope, /*partial_rotary=*/false,
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 6}, kLlamaRope, /*partial_rotary=*/false,
      GraphDecode::kNever, kQwen2MoeKeys},
     {Family::kQwen3Moe, "qwen3_moe", kQwen3MoeTypes, "Qwen3MoeForCausalLM", kLlamaBlocks, kQwen3MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
-     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1}, kLlamaRope, /*partial_rotary=*/false,
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 7}, kLlamaRope, /*partial_rotary=*/false,
      GraphDecode::kNever, kQwen3MoeKeys},
 };
 
@@ -1169,6 +1169,17 @@ uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfi
     case BlockKind::kLmHead: return k.lm_head;
   }
   return 0;
+}
+
+uint32_t DecodeBlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config) {
+  // A decode step's fused decoder layer: the q/k/v product with the input norm, RoPE and the KV-cache write in its
+  // kernel (Qwen3-MoE's q/k norms keep RoPE a kernel of its own), the split-K attention (2), the o product with the
+  // residual, then the gate/up product with the norm and SiLU x up in its kernel and the down product with the
+  // residual (dense layers), or the norm, the mixture-of-experts MLP and its residual add.
+  if (kind == BlockKind::kDecoderLayer && family.kernels.fused_decode_layer > 0 && FusedKernelsApply(family, config)) {
+    return family.kernels.fused_decode_layer + MlpKernels(family, config);
+  }
+  return BlockKernels(family, kind, config, /*fused=*/true);
 }
 
 bool GraphDecodeEligible(const FamilyInfo& family, const ModelConfig& config, uint32_t max_seq_len) {

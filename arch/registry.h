@@ -277,7 +277,14 @@ struct KernelCounts {
   // kernels (for mixture-of-experts families its attention half) and the final norm's, on a GPU in bf16/fp16.
   uint32_t fused_decoder_layer = 0;
   uint32_t fused_final_norm = 0;
+  // The same decoder layer in a decode step of up to kFusedDecodeMaxRows rows, where the products take their
+  // neighbours into their kernels (executor/fused_ops.h NormLinear, GateUpSiluMul, QkvRopeKvWrite).
+  uint32_t fused_decode_layer = 0;
 };
+
+// The most rows (batch x new tokens) a step's fused products take (executor/fused_cuda.h kGemvMaxRows); larger
+// batches run the fused decoder layer's kernels one by one.
+inline constexpr uint32_t kFusedDecodeMaxRows = 2;
 
 // CUDA-graph decode eligibility (the executor's ModelKernels::StaticDecode).
 enum class GraphDecode : uint8_t {
@@ -361,6 +368,9 @@ std::string BlockName(const BlockLayout& layout, int32_t layer);
 // Kernels of one block for the cost model: LibTorch's ops (`fused` false), or on a GPU in bf16/fp16 with
 // unquantized weights (`fused` true) the executor's fused kernels where FusedKernelsApply.
 uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config, bool fused = false);
+// BlockKernels(fused = true) for a decode step of up to kFusedDecodeMaxRows rows (the fused decode layer's count
+// where the family has one and the fused kernels apply, else BlockKernels' count).
+uint32_t DecodeBlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config);
 // Whether the executor's fused kernels run this model's decoder layers (on a GPU in bf16/fp16): the family has
 // them, full rotary, head_dim a multiple of 32 up to 256, at most 8 query heads per kv head, hidden a multiple of 8.
 bool FusedKernelsApply(const FamilyInfo& family, const ModelConfig& config);

@@ -367,6 +367,15 @@ TEST(RegistryTest, KernelCountsAndBuffers) {
   fm.num_experts = 60;
   fm.num_experts_per_tok = 4;
   EXPECT_EQ(BlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, fm, /*fused=*/true), 8u + 28u);
+  // A decode step's fused layer: the products take the norms, RoPE + the KV write and SiLU x up into their kernels
+  // (Qwen3-MoE's q/k norms keep RoPE a kernel of its own); other blocks and families as BlockKernels(fused).
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, f), 6u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("phi3"), BlockKind::kDecoderLayer, f), 6u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("mixtral"), BlockKind::kDecoderLayer, fm), 6u + 28u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, fm), 7u + 28u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("llama"), BlockKind::kFinalNorm, f), 1u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("gpt2"), BlockKind::kDecoderLayer, f), 13u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, c), 33u) << "the fused kernels do not apply";
   for (auto change : std::vector<std::function<void(ModelConfig&)>>{
            [](ModelConfig& x) { x.head_dim = 80; },      // not a multiple of 32
            [](ModelConfig& x) { x.rotary_dim = 64; },    // partial rotary

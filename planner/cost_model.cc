@@ -41,6 +41,7 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
   w.cpu_kernels = arch::BlockKernels(fam, block.kind, c) + 3 * quantized;
   w.kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/e == 2 && quantized == 0) + 3 * quantized;
+  w.decode_kernels = e == 2 && quantized == 0 ? arch::DecodeBlockKernels(fam, block.kind, c) : w.kernels;
   // LibTorch's ops where the fused kernels do not apply: the ones beyond the fused path's count.
   const uint32_t fused_kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/true);
   const uint32_t libtorch_kernels = arch::BlockKernels(fam, block.kind, c);
@@ -80,8 +81,12 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const bool cpu = device < 0;
   const double flops_per_s = cpu ? p.cpu_gflops * 1e9 : p.matmul_tflops * 1e12;
   const double bytes_per_s = (cpu ? p.cpu_mem_gbps : p.device_mem_gbps) * 1e9;
-  const double overhead_us = cpu ? w.cpu_kernels * kCpuOpMicros : w.kernels * kGpuKernelMicros;
-  const double host_us = cpu ? 0.0 : HostDispatchMicros(w);
+  // A decode step of up to kFusedDecodeMaxRows rows runs the fused products with their neighbours in.
+  const uint32_t decode_kernels =
+      run.max_batch <= arch::kFusedDecodeMaxRows && w.decode_kernels > 0 ? w.decode_kernels : w.kernels;
+  const double overhead_us = cpu ? w.cpu_kernels * kCpuOpMicros : decode_kernels * kGpuKernelMicros;
+  const double host_us = cpu ? 0.0 : HostDispatchMicros(decode_kernels);
+  const double prefill_host_us = cpu ? 0.0 : HostDispatchMicros(w.kernels);
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
@@ -114,19 +119,22 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   cost.prefill_device_us =
       cpu ? time_us(prefill_tokens, prefill_context) : prefill_gpu_us(prefill_tokens, prefill_context);
   cost.host_us = host_us;
+  cost.prefill_host_us = prefill_host_us;
+  cost.decode_kernels = decode_kernels;
   // Host-bound, the block ends when its last op is dispatched plus that kernel's run (its share of the device time).
-  auto block_us = [&](double device_us) {
-    return host_us > 0 ? std::max(device_us, host_us + device_us / std::max<uint32_t>(1, w.kernels)) : device_us;
+  auto block_us = [&](double device_us, double host, uint32_t kernels) {
+    return host > 0 ? std::max(device_us, host + device_us / std::max<uint32_t>(1, kernels)) : device_us;
   };
-  cost.decode_us = block_us(cost.decode_device_us);
-  cost.prefill_us = block_us(cost.prefill_device_us);
+  cost.decode_us = block_us(cost.decode_device_us, host_us, decode_kernels);
+  cost.prefill_us = block_us(cost.prefill_device_us, prefill_host_us, w.kernels);
   return cost;
 }
 
-double HostDispatchMicros(const BlockWork& w) { return w.kernels * kHostOpMicros; }
+double HostDispatchMicros(uint32_t kernels) { return kernels * kHostOpMicros; }
 
 double GraphDecodeMicros(const BlockCost& cost, const BlockWork& w) {
-  return cost.decode_device_us - w.kernels * (kGpuKernelMicros - kGraphKernelMicros);
+  (void)w;
+  return cost.decode_device_us - cost.decode_kernels * (kGpuKernelMicros - kGraphKernelMicros);
 }
 
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& p) {

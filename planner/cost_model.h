@@ -50,6 +50,9 @@
 //     Llama-family (and Phi-3) decoder layer 10 (RMSNorm, q/k/v product, RoPE + KV write, split-K attention 2,
 //     o product + residual, RMSNorm, gate/up product, SiLU x up, down product + residual), a mixture-of-experts
 //     family's attention half 8, the final norm 1 (BlockWork::kernels; cpu_kernels keeps LibTorch's counts);
+//     a decode step of up to 2 rows fuses the norms into the products, RoPE + KV write into the q/k/v product and
+//     SiLU x up into the gate/up product: a Llama-family layer 6, a mixture-of-experts attention half 6 (Qwen3-MoE
+//     7: its q/k norms keep RoPE apart) (BlockWork::decode_kernels, arch::DecodeBlockKernels);
 //   final norm: kRmsNormKernels = 4 (Llama family), kLayerNormKernels = 1 (GPT-2, GPT-J); embedding
 //   kEmbeddingKernels = 2 (the token ids' copy to the device + the lookup); position embedding 1 (add); lm_head
 //   kLmHeadKernels = 2 (matmul + cast of the logits to float).
@@ -208,6 +211,9 @@ struct BlockWork {
   // arch::BlockKernels), else LibTorch's ops. cpu_kernels: LibTorch's ops, for blocks the CPU computes.
   uint32_t kernels = 1;
   uint32_t cpu_kernels = 1;
+  // A decode step's kernels on a GPU for batches of up to arch::kFusedDecodeMaxRows rows, where the fused products
+  // take their neighbours in (arch::DecodeBlockKernels); 0: the same as kernels.
+  uint32_t decode_kernels = 0;
   // On a GPU without the fused kernels (cpu_kernels == kernels for such blocks): the bytes per token that LibTorch's
   // ops beyond the fused path's move (kLibTorchOpBytesPerHidden x hidden each); the prefill form adds them.
   uint64_t op_bytes_per_token = 0;
@@ -237,17 +243,20 @@ struct BlockCost {
   double prefill_us = 0;         // the same with prefill_device_us
   double decode_device_us = 0;   // the GPU's (or, on the CPU, the host's) own time
   double prefill_device_us = 0;
-  double host_us = 0;            // host dispatch time (GPU blocks; 0 on the CPU, where it is in the device time)
+  double host_us = 0;            // a decode step's host dispatch time (GPU blocks; 0 on the CPU, where it is in the
+                                 // device time)
+  double prefill_host_us = 0;    // the same for a prefill
+  uint32_t decode_kernels = 0;   // the kernels the decode form counted (BlockWork::decode_kernels for small batches)
 };
 
 // Compute time of a block on `device` (-1 = CPU) for the run size.
 BlockCost EstimateBlockCost(const BlockWork& work, const RunSize& run, int32_t device, const DeviceProfile& profile);
 // A GPU block's decode time when the step is replayed from a CUDA graph: its device time with kGraphKernelMicros per
-// kernel instead of kGpuKernelMicros, and no host dispatch term.
+// kernel (cost.decode_kernels of them) instead of kGpuKernelMicros, and no host dispatch term.
 double GraphDecodeMicros(const BlockCost& cost, const BlockWork& work);
 
 // Host time to dispatch a GPU block's ops: kernels x kHostOpMicros.
-double HostDispatchMicros(const BlockWork& work);
+double HostDispatchMicros(uint32_t kernels);
 
 // Copy time of `bytes` of a streamed block from `source` (Cpu or Disk) to `device`: B / h2d (+ B / disk for Disk).
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& profile);

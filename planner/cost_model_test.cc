@@ -125,6 +125,7 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
     // The measurements predate the fused kernels (LibTorch's ops then: cpu_kernels) and LibTorch's fused RMSNorm
     // (each norm launched 4 more kernels then).
     w.kernels = w.cpu_kernels;
+    w.decode_kernels = 0;  // (the same ops in a decode step)
     if (m.blocks[i].kind == BlockKind::kDecoderLayer) w.kernels += 8;
     if (m.blocks[i].kind == BlockKind::kFinalNorm) w.kernels += 4;
     // LibTorch's ops beyond the fused path's (10 per layer, 1 per final norm) move their activations.
@@ -140,6 +141,7 @@ TEST(CostModelTest, ResidentLlama2_7bMatchesMeasurement) {
   }
   EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).cpu_kernels, 33u);  // the registry's Llama decoder layer
   EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).kernels, 10u);      // ... with the fused kernels
+  EXPECT_EQ(DescribeBlockWork(m, 1, DType::kBF16).decode_kernels, 6u); // ... in a decode step of <= 2 rows
   EXPECT_EQ(DescribeBlockWork(m, 1, DType::kF32).kernels, 33u);       // (float32: no fused kernels)
   // Decode is host-bound in every decoder layer (41 x 10.8 = 443 us vs ~190 us on the GPU), prefill device-bound.
   EXPECT_GT(host[1], decode_device[1]);
@@ -172,6 +174,7 @@ TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
   for (size_t i = 0; i < m.blocks.size(); ++i) {
     BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
     w.kernels = w.cpu_kernels;  // LibTorch's ops (the measurement predates the fused kernels)
+    w.decode_kernels = 0;
     const BlockCost c = EstimateBlockCost(w, run, 0, p);
     graph.push_back(GraphDecodeMicros(c, w));
     eager.push_back(c.decode_us);
@@ -201,6 +204,7 @@ TEST(CostModelTest, FusedKernelsMatchMeasurement) {
   std::vector<double> graph, prefill, libtorch_prefill;
   for (size_t i = 0; i < m.blocks.size(); ++i) {
     BlockWork w = DescribeBlockWork(m, i, DType::kBF16);
+    w.decode_kernels = 0;  // (measured when a decode step ran the prefill's 10 fused kernels per layer)
     const bool head = m.blocks[i].kind == BlockKind::kLmHead;
     const BlockCost c = EstimateBlockCost(w, run, 0, p);
     graph.push_back(GraphDecodeMicros(c, w));

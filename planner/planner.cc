@@ -173,6 +173,9 @@ StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vect
     const uint32_t extra = 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
     work.kernels += extra;
     work.cpu_kernels += extra;
+    // Chunked weights are not whole: their layer's products run one by one, as a prefill's do.
+    work.decode_kernels =
+        chunks_of_block[static_cast<uint32_t>(i)] > 0 || work.decode_kernels == 0 ? 0 : work.decode_kernels + extra;
     out.blocks[i] = EstimateBlockCost(work, run, devices[i], profile);
     out.decode_us[i] = graph_decode ? GraphDecodeMicros(out.blocks[i], work) : out.blocks[i].decode_us;
     // A block the host computes part of waits for the GPU at each host product (its input must be on the host):
@@ -607,7 +610,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
           dec[i] = graphs ? GraphDecodeMicros(costs[i], work) : costs[i].decode_device_us;
           dec_host[i] = costs[i].host_us;
           pre[i] = costs[i].prefill_device_us;
-          pre_host[i] = costs[i].host_us;
+          pre_host[i] = costs[i].prefill_host_us;
         }
         const uint64_t batch = request.run.max_batch;
         ForwardPrediction shard_decode, shard_prefill;  // a streamed shard's simulation (streamed only)
