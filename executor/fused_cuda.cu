@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <type_traits>
+#include <vector>
 
 namespace bigplan::fused {
 namespace {
@@ -192,21 +194,18 @@ __device__ __forceinline__ void GemvRopeStore(const RopeKvArgs& a, int64_t t, in
   dst[i + half] = ToT<T>(Round<T>(x1 * F<T>(cs[i + half])) + Round<T>(x0 * F<T>(sn[i + half])));
 }
 
-// kNorm: the block first stages RMSNorm(x) * norm_w of its M rows in shared memory (as RmsNorm computes them) and
-// reads x there.
-template <typename T, int M, int R, bool kNorm, GemvOut kOut>
-__global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const GemvArgs a) {
-  extern __shared__ __align__(16) unsigned char gemv_smem[];
-  constexpr int U = 4 / R;  // unrolled steps: U x R weight loads in flight
+// One unit of GemvKernel: its weight rows' products with x (x_stride apart for M rows), then the epilogue. kPeeled:
+// `first` holds the unit's first U steps of weights, loaded already.
+template <typename T, int M, int R, GemvOut kOut, bool kPeeled>
+__device__ __forceinline__ void GemvUnit(const GemvArgs& a, int64_t unit, const T* x, int64_t x_stride,
+                                         const uint4 (&first)[4 / R][R]) {
+  constexpr int U = 4 / R;
+  constexpr int64_t kStep = 32 * 8;
   const int lane = threadIdx.x & 31;
   const int64_t n = a.n, k = a.k;
-  const int64_t units = kOut == GemvOut::kRows ? (n + R - 1) / R : n / 2;
-  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
-  const bool active = unit < units;
-  if (!kNorm && !active) return;
   const T* __restrict__ w = static_cast<const T*>(a.w);
   int64_t rows[R];
-  GemvRowsOf<kOut, R>(a, active ? unit : 0, rows);
+  GemvRowsOf<kOut, R>(a, unit, rows);
   const T* wr[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) wr[r] = w + (rows[r] < n ? rows[r] : rows[0]) * k;  // past the end: rows[0], unused
@@ -216,48 +215,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const GemvArgs a) 
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
   }
-  constexpr int64_t kStep = 32 * 8;  // elements a warp reads per 16-byte load per lane
   int64_t c = lane * 8;
-  // The first step's loads read weights only: they are issued before waiting for the kernels before this one
-  // (executor/pdl.cuh), so a product launched while the previous op still runs starts with its loads in flight.
-  const bool peeled = active && c + (U - 1) * kStep < k;
-  uint4 first[U][R];
-  if (peeled) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int r = 0; r < R; ++r) first[u][r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c + u * kStep));
-    }
-  }
-  pdl::PdlBegin();
-  const T* x = static_cast<const T*>(a.x);
-  int64_t x_stride = a.x_stride;
-  if constexpr (kNorm) {
-    T* staged = reinterpret_cast<T*>(gemv_smem);
-    float* scratch = reinterpret_cast<float*>(gemv_smem + M * k * sizeof(T));
-    const T* nw = static_cast<const T*>(a.norm_w);
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const T* xr = x + m * x_stride;
-      const float r = RmsScaleAsNormKernel<T>(xr, k, a.eps, scratch);
-      for (int64_t i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
-        const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
-        const uint4 wv = *reinterpret_cast<const uint4*>(nw + i);
-        const T* p = reinterpret_cast<const T*>(&v);
-        const T* wp = reinterpret_cast<const T*>(&wv);
-        uint4 o;
-        T* op = reinterpret_cast<T*>(&o);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) op[j] = ToT<T>(F<T>(wp[j]) * Round<T>(F<T>(p[j]) * r));
-        *reinterpret_cast<uint4*>(staged + m * k + i) = o;
-      }
-    }
-    __syncthreads();
-    if (!active) return;
-    x = staged;
-    x_stride = k;
-  }
-  if (peeled) {
+  if constexpr (kPeeled) {
 #pragma unroll
     for (int u = 0; u < U; ++u) GemvAccumulate<T, M, R>(first[u], x, x_stride, c + u * kStep, acc);
     c += U * kStep;
@@ -313,12 +272,133 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const GemvArgs a) 
   }
 }
 
+// kNorm: the block first stages RMSNorm(x) * norm_w of its M rows in shared memory (as RmsNorm computes them) and
+// reads x there; its grid is capped at what the device holds at once, each warp taking units unit0, unit0 + the
+// grid's warps, ..., so the staging is paid once per resident block rather than once per row group.
+template <typename T, int M, int R, bool kNorm, GemvOut kOut>
+__device__ __forceinline__ void GemvBody(const GemvArgs& a) {
+  extern __shared__ __align__(16) unsigned char gemv_smem[];
+  constexpr int U = 4 / R;  // unrolled steps: U x R weight loads in flight
+  const int lane = threadIdx.x & 31;
+  const int64_t n = a.n, k = a.k;
+  const int64_t units = kOut == GemvOut::kRows ? (n + R - 1) / R : n / 2;
+  const int64_t unit0 = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  const int64_t unit_step = static_cast<int64_t>(gridDim.x) * kGemvWarps;
+  if (!kNorm && unit0 >= units) return;
+  const T* __restrict__ w = static_cast<const T*>(a.w);
+  constexpr int64_t kStep = 32 * 8;  // elements a warp reads per 16-byte load per lane
+  // The first unit's first step reads weights only: its loads are issued before waiting for the kernels before this
+  // one (executor/pdl.cuh), so a product launched while the previous op still runs starts with its loads in flight.
+  const bool peeled = unit0 < units && lane * 8 + (U - 1) * kStep < k;
+  uint4 first[U][R];
+  if (peeled) {
+    int64_t rows[R];
+    GemvRowsOf<kOut, R>(a, unit0, rows);
+    const T* wr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wr[r] = w + (rows[r] < n ? rows[r] : rows[0]) * k;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) first[u][r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + lane * 8 + u * kStep));
+    }
+  }
+  pdl::PdlBegin();
+  const T* x = static_cast<const T*>(a.x);
+  int64_t x_stride = a.x_stride;
+  if constexpr (kNorm) {
+    T* staged = reinterpret_cast<T*>(gemv_smem);
+    float* scratch = reinterpret_cast<float*>(gemv_smem + M * k * sizeof(T));
+    const T* nw = static_cast<const T*>(a.norm_w);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const T* xr = x + m * x_stride;
+      const float r = RmsScaleAsNormKernel<T>(xr, k, a.eps, scratch);
+      for (int64_t i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+        const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
+        const uint4 wv = *reinterpret_cast<const uint4*>(nw + i);
+        const T* p = reinterpret_cast<const T*>(&v);
+        const T* wp = reinterpret_cast<const T*>(&wv);
+        uint4 o;
+        T* op = reinterpret_cast<T*>(&o);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) op[j] = ToT<T>(F<T>(wp[j]) * Round<T>(F<T>(p[j]) * r));
+        *reinterpret_cast<uint4*>(staged + m * k + i) = o;
+      }
+    }
+    __syncthreads();
+    x = staged;
+    x_stride = k;
+  }
+  if (unit0 >= units) return;
+  if (peeled) {
+    GemvUnit<T, M, R, kOut, true>(a, unit0, x, x_stride, first);
+  } else {
+    GemvUnit<T, M, R, kOut, false>(a, unit0, x, x_stride, first);
+  }
+  if constexpr (kNorm) {  // (other grids give every warp one unit)
+    for (int64_t unit = unit0 + unit_step; unit < units; unit += unit_step) {
+      GemvUnit<T, M, R, kOut, false>(a, unit, x, x_stride, first);
+    }
+  }
+}
+
+template <typename T, int M, int R, bool kNorm, GemvOut kOut>
+__global__ void __launch_bounds__(kGemvWarps * 32) GemvKernel(const GemvArgs a) {
+  GemvBody<T, M, R, false, kOut>(a);
+}
+// (at most 85 registers a thread: three blocks a multiprocessor, the grid's cap)
+template <typename T, int M, int R, bool kNorm, GemvOut kOut>
+__global__ void __launch_bounds__(kGemvWarps * 32, 3) GemvNormKernel(const GemvArgs a) {
+  GemvBody<T, M, R, true, kOut>(a);
+}
+
+// The blocks of a GemvNormKernel the current device holds at once with `smem` bytes each (cached per
+// device and size).
+template <typename Kernel>
+int64_t ResidentBlocks(Kernel kernel, size_t smem) {
+  struct Entry {
+    int device;
+    size_t smem;
+    int64_t blocks;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> cache;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  std::lock_guard<std::mutex> lock(mu);
+  for (const Entry& e : cache) {
+    if (e.device == device && e.smem == smem) return e.blocks;
+  }
+  int per_sm = 0, sms = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvWarps * 32, smem) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  const int64_t blocks = static_cast<int64_t>(std::max(1, per_sm)) * sms;
+  cache.push_back({device, smem, blocks});
+  return blocks;
+}
+
 template <typename T, int M, int R, bool kNorm, GemvOut kOut>
 cudaError_t LaunchGemvKernel(const GemvArgs& a, cudaStream_t stream) {
   const int64_t units = kOut == GemvOut::kRows ? (a.n + R - 1) / R : a.n / 2;
-  const dim3 grid(static_cast<unsigned>((units + kGemvWarps - 1) / kGemvWarps));
+  int64_t blocks = (units + kGemvWarps - 1) / kGemvWarps;
   const size_t smem = kNorm ? GemvNormSmemBytes(M, a.k, sizeof(T)) : 0;
-  return pdl::LaunchDependentSmem(GemvKernel<T, M, R, kNorm, kOut>, grid, dim3(kGemvWarps * 32), smem, stream, a);
+  if constexpr (kNorm) {
+    // At most the resident blocks, every warp with the same number of units (but the last ones).
+    const int64_t resident = ResidentBlocks(GemvNormKernel<T, M, R, kNorm, kOut>, smem);
+    if (resident > 0 && blocks > resident) {
+      const int64_t per_warp = (units + resident * kGemvWarps - 1) / (resident * kGemvWarps);
+      blocks = (units + per_warp * kGemvWarps - 1) / (per_warp * kGemvWarps);
+    }
+    return pdl::LaunchDependentSmem(GemvNormKernel<T, M, R, kNorm, kOut>, dim3(static_cast<unsigned>(blocks)),
+                                    dim3(kGemvWarps * 32), smem, stream, a);
+  } else {
+    return pdl::LaunchDependentSmem(GemvKernel<T, M, R, kNorm, kOut>, dim3(static_cast<unsigned>(blocks)),
+                                    dim3(kGemvWarps * 32), smem, stream, a);
+  }
 }
 
 template <typename T, int M, bool kNorm>

@@ -207,6 +207,18 @@ TEST_P(FusedOpsGpu, FusedProductsEqualTheOpsOneByOne) {
       }
     }
   }
+  // More rows than the device's resident blocks take at one row group a warp: each warp loops over several.
+  for (int64_t m : {1, 2}) {
+    const int64_t k = 64, n = 2 * 40000;
+    const at::Tensor x = at::randn({m, k}, Opts());
+    const at::Tensor nw = at::randn({k}, Opts());
+    const at::Tensor w = at::randn({n, k}, Opts()) * 0.1;
+    const at::Tensor h = RmsNorm(x, nw, eps);
+    EXPECT_TRUE(at::equal(NormLinear(x, nw, eps, w, at::Tensor()), Linear(h, w, at::Tensor(), at::Tensor())))
+        << "norm + product, " << m << " x " << n;
+    EXPECT_TRUE(at::equal(GateUpSiluMul(x, nw, eps, w, at::Tensor()), SiluMul(Linear(h, w, at::Tensor(), at::Tensor()))))
+        << "norm + gate/up + silu, " << m << " x " << n;
+  }
   // Two rows of 16384 do not fit the staging memory: declined, nothing computed.
   const at::Tensor big = at::randn({2, 16384}, Opts());
   EXPECT_FALSE(NormLinear(big, at::randn({16384}, Opts()), eps, at::randn({8, 16384}, Opts()), at::Tensor()).defined());
@@ -221,10 +233,12 @@ TEST_P(FusedOpsGpu, FusedProductsEqualTheOpsOneByOne) {
 // a decode step at a device position, two rows at their own positions in their own cache rows, and a two-token
 // prompt at a host position, with and without biases, head_dim 64 and 128.
 TEST_P(FusedOpsGpu, QkvRopeKvWriteEqualsTheOpsOneByOne) {
-  const int64_t heads = 8, kv_heads = 2, hidden = 512, max_seq = 40, cache_rows = 3;
+  const int64_t max_seq = 40, cache_rows = 3;
   const double eps = 1e-6;
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
-  for (int64_t D : {64, 128}) {
+  // (heads, kv_heads, hidden, head_dim); the last has more row pairs than the device's resident warps take at once.
+  for (auto [heads, kv_heads, hidden, D] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {8, 2, 512, 64}, {8, 2, 512, 128}, {64, 16, 64, 128}}) {
     const at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, D, 2, at::kFloat) / D);
     const at::Tensor emb = at::cat({at::outer(at::arange(max_seq, at::kFloat), inv),
                                     at::outer(at::arange(max_seq, at::kFloat), inv)}, -1);
@@ -248,7 +262,7 @@ TEST_P(FusedOpsGpu, QkvRopeKvWriteEqualsTheOpsOneByOne) {
         const at::Tensor kc0 = at::randn({cache_rows, kv_heads, max_seq, D}, Opts()), vc0 = at::randn_like(kc0);
         at::Tensor kc[2] = {kc0.clone(), kc0.clone()}, vc[2] = {vc0.clone(), vc0.clone()};
         const at::Tensor got = QkvRopeKvWrite(x, nw, eps, w, b, heads, kv_heads, D, cos, sin, c.at, kc[0], vc[0]);
-        ASSERT_TRUE(got.defined()) << D;
+        ASSERT_TRUE(got.defined()) << heads << " heads of " << D;
         const at::Tensor qkv = Linear(RmsNorm(x, nw, eps), w, b, at::Tensor());
         const at::Tensor want = RopeKvWrite(qkv.narrow(2, 0, heads * D), qkv.narrow(2, heads * D, kv_heads * D),
                                             qkv.narrow(2, (heads + kv_heads) * D, kv_heads * D), heads, kv_heads, D,
