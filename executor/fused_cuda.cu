@@ -151,6 +151,24 @@ __device__ __forceinline__ float RmsScaleAsNormKernel(const T* __restrict__ xr, 
   return rsqrtf(WarpSum(s) / static_cast<float>(cols) + eps);
 }
 
+// out[i] = round(w[i] * round(x[i] * r)) for i < cols (cols % 8 == 0, 16-byte aligned rows), 8 elements a thread
+// at a time, the block's threads striding over the row: RMSNorm's output once its scale r is known.
+template <typename T>
+__device__ __forceinline__ void WriteNormRow(const T* __restrict__ xr, const T* __restrict__ w, float r, int64_t cols,
+                                             T* __restrict__ out) {
+  for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8) {
+    const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
+    const uint4 wv = *reinterpret_cast<const uint4*>(w + i);
+    const T* p = reinterpret_cast<const T*>(&v);
+    const T* wp = reinterpret_cast<const T*>(&wv);
+    uint4 o;
+    T* op = reinterpret_cast<T*>(&o);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) op[j] = ToT<T>(F<T>(wp[j]) * Round<T>(F<T>(p[j]) * r));
+    *reinterpret_cast<uint4*>(out + i) = o;
+  }
+}
+
 // The weight rows of unit `unit`: R consecutive rows (kRows); gate row j and up row inter + j (kSiluPairs, j =
 // unit); element i and i + head_dim / 2 of a head's rows (kRope, unit = head x head_dim / 2 + i).
 template <GemvOut kOut, int R>
@@ -313,18 +331,7 @@ __device__ __forceinline__ void GemvBody(const GemvArgs& a) {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const T* xr = x + m * x_stride;
-      const float r = RmsScaleAsNormKernel<T>(xr, k, a.eps, scratch);
-      for (int64_t i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
-        const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
-        const uint4 wv = *reinterpret_cast<const uint4*>(nw + i);
-        const T* p = reinterpret_cast<const T*>(&v);
-        const T* wp = reinterpret_cast<const T*>(&wv);
-        uint4 o;
-        T* op = reinterpret_cast<T*>(&o);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) op[j] = ToT<T>(F<T>(wp[j]) * Round<T>(F<T>(p[j]) * r));
-        *reinterpret_cast<uint4*>(staged + m * k + i) = o;
-      }
+      WriteNormRow<T>(xr, nw, RmsScaleAsNormKernel<T>(xr, k, a.eps, scratch), k, staged + m * k);
     }
     __syncthreads();
     x = staged;
@@ -440,17 +447,7 @@ __global__ void RmsNormKernel(const T* __restrict__ x, int64_t x_stride, const T
   }
   const float r = rsqrtf(BlockSum(ss, scratch) / static_cast<float>(cols) + eps);
   if constexpr (kVec) {
-    for (int64_t i = threadIdx.x * 8; i < cols; i += blockDim.x * 8) {
-      const uint4 v = *reinterpret_cast<const uint4*>(xr + i);
-      const uint4 wv = *reinterpret_cast<const uint4*>(w + i);
-      const T* p = reinterpret_cast<const T*>(&v);
-      const T* wp = reinterpret_cast<const T*>(&wv);
-      uint4 o;
-      T* op = reinterpret_cast<T*>(&o);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) op[j] = ToT<T>(F<T>(wp[j]) * Round<T>(F<T>(p[j]) * r));
-      *reinterpret_cast<uint4*>(orow + i) = o;
-    }
+    WriteNormRow<T>(xr, w, r, cols, orow);
   } else {
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
       orow[i] = ToT<T>(F<T>(w[i]) * Round<T>(F<T>(xr[i]) * r));
