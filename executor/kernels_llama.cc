@@ -214,7 +214,7 @@ class LlamaKernels final : public ModelKernelsBase {
       act = fused_ops::GateUpSiluMul(y, post_norm, spec_.norm_eps, gate_up_proj.w.whole, gate_up_proj.b);
     }
     if (act.defined()) {
-      // (done)
+      // (the fused kernel computed it)
     } else if (gate_up_one) {
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_up, apply(gate_up_proj, norm(y, post_norm)));
       if (fused && act_ == Activation::kSilu) act = fused_ops::SiluMul(gate_up);

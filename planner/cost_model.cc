@@ -132,8 +132,7 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
 
 double HostDispatchMicros(uint32_t kernels) { return kernels * kHostOpMicros; }
 
-double GraphDecodeMicros(const BlockCost& cost, const BlockWork& w) {
-  (void)w;
+double GraphDecodeMicros(const BlockCost& cost) {
   return cost.decode_device_us - cost.decode_kernels * (kGpuKernelMicros - kGraphKernelMicros);
 }
 

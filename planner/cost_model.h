@@ -253,7 +253,7 @@ struct BlockCost {
 BlockCost EstimateBlockCost(const BlockWork& work, const RunSize& run, int32_t device, const DeviceProfile& profile);
 // A GPU block's decode time when the step is replayed from a CUDA graph: its device time with kGraphKernelMicros per
 // kernel (cost.decode_kernels of them) instead of kGpuKernelMicros, and no host dispatch term.
-double GraphDecodeMicros(const BlockCost& cost, const BlockWork& work);
+double GraphDecodeMicros(const BlockCost& cost);
 
 // Host time to dispatch a GPU block's ops: kernels x kHostOpMicros.
 double HostDispatchMicros(uint32_t kernels);

@@ -176,7 +176,7 @@ TEST(CostModelTest, GraphReplayedDecodeMatchesMeasurement) {
     w.kernels = w.cpu_kernels;  // LibTorch's ops (the measurement predates the fused kernels)
     w.decode_kernels = 0;
     const BlockCost c = EstimateBlockCost(w, run, 0, p);
-    graph.push_back(GraphDecodeMicros(c, w));
+    graph.push_back(GraphDecodeMicros(c));
     eager.push_back(c.decode_us);
     EXPECT_NEAR(graph.back(), c.decode_device_us - w.kernels * (kGpuKernelMicros - kGraphKernelMicros), 1e-9);
     blocks.push_back(ScheduleBlock{m.blocks[i].name, 0, w.weight_bytes, 0, 0});
@@ -207,7 +207,7 @@ TEST(CostModelTest, FusedKernelsMatchMeasurement) {
     w.decode_kernels = 0;  // (measured when a decode step ran the prefill's 10 fused kernels per layer)
     const bool head = m.blocks[i].kind == BlockKind::kLmHead;
     const BlockCost c = EstimateBlockCost(w, run, 0, p);
-    graph.push_back(GraphDecodeMicros(c, w));
+    graph.push_back(GraphDecodeMicros(c));
     prefill.push_back(head ? EstimateBlockCost(w, RunSize{1, 1}, 0, p).prefill_us : c.prefill_us);
     // LibTorch's ops: what DescribeBlockWork gives where the fused kernels do not apply.
     EXPECT_EQ(w.op_bytes_per_token, 0u);

@@ -177,7 +177,7 @@ StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vect
     work.decode_kernels =
         chunks_of_block[static_cast<uint32_t>(i)] > 0 || work.decode_kernels == 0 ? 0 : work.decode_kernels + extra;
     out.blocks[i] = EstimateBlockCost(work, run, devices[i], profile);
-    out.decode_us[i] = graph_decode ? GraphDecodeMicros(out.blocks[i], work) : out.blocks[i].decode_us;
+    out.decode_us[i] = graph_decode ? GraphDecodeMicros(out.blocks[i]) : out.blocks[i].decode_us;
     // A block the host computes part of waits for the GPU at each host product (its input must be on the host):
     // the host cannot dispatch ahead of the GPU, so dispatch and GPU time add up (the products are added by the
     // simulation).
@@ -607,7 +607,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         for (size_t i = 0; i < nb; ++i) {
           const BlockWork work = DescribeBlockWork(sm->model, i, exec);
           costs[i] = EstimateBlockCost(work, run_size, tp_placement.blocks[i].device, result.profile);
-          dec[i] = graphs ? GraphDecodeMicros(costs[i], work) : costs[i].decode_device_us;
+          dec[i] = graphs ? GraphDecodeMicros(costs[i]) : costs[i].decode_device_us;
           dec_host[i] = costs[i].host_us;
           pre[i] = costs[i].prefill_device_us;
           pre_host[i] = costs[i].prefill_host_us;
