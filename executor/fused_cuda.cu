@@ -946,24 +946,6 @@ cudaError_t Gemv(const GemvArgs& a, cudaStream_t stream) {
   return e != cudaSuccess ? e : cudaGetLastError();
 }
 
-cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
-                 int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k, cudaStream_t stream) {
-  GemvArgs a;
-  a.dtype = dtype;
-  a.x = x;
-  a.x_stride = x_stride;
-  a.w = w;
-  a.bias = bias;
-  a.residual = residual;
-  a.residual_stride = residual_stride;
-  a.y = y;
-  a.y_stride = y_stride;
-  a.m = m;
-  a.n = n;
-  a.k = k;
-  return Gemv(a, stream);
-}
-
 template <typename T>
 void LaunchRmsNorm(const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride, int64_t rows,
                    int64_t cols, float eps, cudaStream_t stream) {

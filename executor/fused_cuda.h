@@ -22,11 +22,10 @@ enum class DType : int { kBF16 = 0, kF16 = 1 };
 // benchmarks/gpu/fused_ops_bench).
 inline constexpr int kGemvMaxRows = 2;
 
+// The matrix-vector product (Gemv, with GemvArgs below, after the RoPE arguments it may take):
 // y[i, r] = round(x[i, :] . w[r, :] + bias[r]), then (with `residual`) y[i, r] = round(y[i, r] + residual[i, r]),
 // for i < m <= kGemvMaxRows, r < n; w is [n, k] row-major (nn.Linear's layout). k % 8 == 0; x, w and the row
 // strides 16-byte aligned (x_stride % 8 == 0). bias and residual may be null. y may alias residual.
-cudaError_t Gemv(DType dtype, const void* x, int64_t x_stride, const void* w, const void* bias, const void* residual,
-                 int64_t residual_stride, void* y, int64_t y_stride, int m, int64_t n, int64_t k, cudaStream_t stream);
 
 // The `top` largest of s[r] = sum_j x[j] * scale[j] * w[r, j] (float32 sums; r < n), their indices written to
 // out[0..top) from the largest (ties: the lower index); w is [n, k] row-major. A prediction of which experts a router
@@ -121,18 +120,18 @@ struct RopeKvArgs {
 };
 cudaError_t RopeKvWrite(const RopeKvArgs& a, cudaStream_t stream);
 
-// Gemv with what may precede and follow the product in a decoder layer fused into it (one kernel):
+// Gemv: the product above, with what may precede and follow it in a decoder layer fused into it (one kernel):
 //   - norm_w set: x's rows first become RMSNorm's rows, round(norm_w * round(x * rsqrt(mean(x^2) + eps))), the
 //     bits RmsNorm computes (the same float32 sum in the same order), staged in shared memory: m x k elements of
 //     2 bytes, at most GemvNormSmemBytes(m, k, 2) <= kGemvNormMaxSmem. norm_w [k], 16-byte aligned.
-//   - out = kRows: Gemv's y (bias, residual).
+//   - out = kRows: the plain product's y (bias, residual).
 //   - out = kSiluPairs: w holds [gate; up] (n = 2 inter rows); y[i, j] = SiluMul's value of the plain product's
 //     row i (gate j and up inter + j, each rounded after its bias), for j < inter; no residual.
 //   - out = kRope: w holds [q; k; v] (n = (heads + 2 kv_heads) head_dim rows, bias [n] or null); the product's
 //     token rows (m = batch x seq) go through RopeKvWrite with `rope`'s tables, positions, caches and q_out (its
 //     q/k/v pointers and strides are not read; q_norm and k_norm must be null): the same bits RopeKvWrite writes,
 //     and nothing else is written. No residual.
-// Other preconditions as Gemv's.
+// The other preconditions are the plain product's (above).
 enum class GemvOut : int { kRows = 0, kSiluPairs = 1, kRope = 2 };
 struct GemvArgs {
   DType dtype = DType::kBF16;

@@ -92,10 +92,19 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   }
   if (m <= fused::kGemvMaxRows && k % 8 == 0 && x2.stride(0) % 8 == 0 && Aligned16(x2) && Aligned16(w)) {
     at::Tensor y = at::empty({m, n}, x.options());
-    Check(fused::Gemv(DTypeOf(x), x2.data_ptr(), x2.stride(0), w.data_ptr(), b.defined() ? b.data_ptr() : nullptr,
-                      r2.defined() ? r2.data_ptr() : nullptr, r2.defined() ? r2.stride(0) : 0, y.data_ptr(), n, m, n,
-                      k, Stream()),
-          "gemv");
+    const fused::GemvArgs a{.dtype = DTypeOf(x),
+                            .x = x2.data_ptr(),
+                            .x_stride = x2.stride(0),
+                            .w = w.data_ptr(),
+                            .bias = b.defined() ? b.data_ptr() : nullptr,
+                            .residual = r2.defined() ? r2.data_ptr() : nullptr,
+                            .residual_stride = r2.defined() ? r2.stride(0) : 0,
+                            .y = y.data_ptr(),
+                            .y_stride = n,
+                            .m = static_cast<int>(m),
+                            .n = n,
+                            .k = k};
+    Check(fused::Gemv(a, Stream()), "gemv");
     return y.view(out_shape);
   }
   // Larger batches: cuBLAS, with the residual as addmm's input.
