@@ -38,9 +38,9 @@ start_server() {
   [[ -n "$port" ]] || fail "serve did not start: $(cat "$3")"
 }
 
-# stop_server LOG: SIGTERM, expect exit 0 and the shutdown report.
+# stop_server LOG: SIGTERM (unless it is exiting already, as after a drain), expect exit 0 and the shutdown report.
 stop_server() {
-  kill -TERM "$pid"
+  kill -TERM "$pid" 2>/dev/null || true
   local rc=0
   wait "$pid" || rc=$?
   pid=
