@@ -80,7 +80,9 @@ def decode_times(model, ids, steps):
 
 
 def load_offloaded(args, config, budget, no_split, loader, dtype):
-    max_memory = {0: f"{budget}GiB", "cpu": f"{args.cpu_budget_gib}GiB"} if CUDA else \
+    # budget: GiB on cuda:0, or a list of GiB for cuda:0, cuda:1, ... ("8+8" on the command line).
+    gpus = budget if isinstance(budget, list) else [budget]
+    max_memory = {**{i: f"{b}GiB" for i, b in enumerate(gpus)}, "cpu": f"{args.cpu_budget_gib}GiB"} if CUDA else \
         {"cpu": f"{args.cpu_budget_gib}GiB"}
     if loader == "from_pretrained":
         return AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=dtype, device_map="auto",
@@ -102,7 +104,8 @@ def summarize(device_map):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="HF model directory (config.json + safetensors + index)")
-    ap.add_argument("--gpu-budgets-gib", default="4", help="comma-separated GPU max_memory values in GiB")
+    ap.add_argument("--gpu-budgets-gib", default="4",
+                    help="comma-separated GPU max_memory values in GiB; '8+8' gives cuda:0 and cuda:1 8 GiB each")
     ap.add_argument("--cpu-budget-gib", type=float, default=100.0)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
@@ -131,7 +134,11 @@ def main():
               "transformers": transformers.__version__, "accelerate": accelerate.__version__,
               "prefill_tokens": args.prefill, "configs": []}
 
-    for budget in [float(x) for x in args.gpu_budgets_gib.split(",") if x]:
+    def parse_budget(x):
+        parts = [float(v) for v in x.split("+")]
+        return parts[0] if len(parts) == 1 else parts
+
+    for budget in [parse_budget(x) for x in args.gpu_budgets_gib.split(",") if x]:
         t_load = time.time()
         model = load_offloaded(args, config, budget, no_split, loader, dtype)
         model.eval()

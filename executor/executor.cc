@@ -55,7 +55,16 @@ class Executor::Impl {
   std::unique_ptr<ModelKernels> kernels;
   std::unique_ptr<StreamEngine> engine;
   std::unique_ptr<executor_internal::HostProducts> host;  // null without host units (or host_compute off)
-  std::unique_ptr<executor_internal::ExpertEngine> experts;  // null without routed experts (or in CPU mode)
+  // One per expert ring: per GPU that computes sparse layers with experts off the GPU (none without routed experts,
+  // or in CPU mode).
+  std::vector<std::unique_ptr<executor_internal::ExpertEngine>> experts;
+  // The engine that serves block `b` (nullptr: none does).
+  executor_internal::ExpertEngine* ExpertsFor(const BlockRuntime& b) const {
+    for (const auto& e : experts) {
+      if (e->Routes(b)) return e.get();
+    }
+    return nullptr;
+  }
   std::vector<StepWeights> weights;  // per block
   std::vector<BlockKv> kv;           // per block
   Clock::time_point created;
@@ -1047,7 +1056,7 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.graph_capture_error = capture_error;
   }
   const bool host_pass = host != nullptr && batch * seq <= static_cast<int64_t>(state->host_max_tokens);
-  if (experts != nullptr) experts->BeginForward(batch * seq);
+  for (const auto& e : experts) e->BeginForward(batch * seq);
   const int64_t mb_rows = MicroBatchRows(batch, seq, micro_batch_rows);
   const bool bucketed = mb_rows == 0 && ranks == nullptr && bucket_graphs.enabled() && pos == 0 && seq > 1;
   Status run = engine->BeginForward(host_pass);
@@ -1074,8 +1083,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   }
   ForwardTimings timings;
   Status end = engine->EndForward(run.ok() ? &timings : nullptr);
-  if (experts != nullptr) {
-    Status experts_end = experts->EndForward();
+  for (const auto& e : experts) {
+    Status experts_end = e->EndForward();
     if (end.ok()) end = std::move(experts_end);
   }
   // No per-block events: the blocks ran once per micro-batch, or as one graph (or its eager form) of padded rows.
@@ -1098,11 +1107,11 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.graph_prefills = graph_prefills;
     if (!prefill_graphs_ok && !capture_error.empty()) stats.graph_capture_error = capture_error;
   }
-  if (experts != nullptr) {
+  for (const auto& engine : experts) {
     // (Taking the events first completes the stats that come from the GPU's timeline.)
     std::vector<executor_internal::ExpertEngine::Event> events;
-    if (options.record_trace) events = experts->TakeEvents();
-    const executor_internal::ExpertEngine::Stats& es = experts->stats();
+    if (options.record_trace) events = engine->TakeEvents();
+    const executor_internal::ExpertEngine::Stats& es = engine->stats();
     std::lock_guard<std::mutex> lock(stats_mu);
     stats.expert_resident += es.resident;
     stats.expert_copied += es.copied;
@@ -1221,19 +1230,32 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       for (const auto& w : b.weights)
         if (w.host_row_begin >= 0) info.host_bytes += static_cast<uint64_t>(w.rows - w.host_row_begin) * w.row_bytes();
   }
-  {
+  for (size_t ring = 0; ring < impl->state->expert_rings.size(); ++ring) {
     auto experts = executor_internal::ExpertEngine::Create(
-        *impl->state, options.host_threads, options.host_compute, options.expert_prefetch,
+        *impl->state, ring, options.host_threads, options.host_compute, options.expert_prefetch,
         options.expert_split_rows < 0 ? executor_internal::ExpertEngine::kSplitRows : options.expert_split_rows,
         options.expert_split_min_bytes < 0 ? executor_internal::ExpertEngine::kSplitMinBytes
                                            : static_cast<uint64_t>(options.expert_split_min_bytes),
         options.host_spin_us);
     if (!experts.ok()) return PlanContentError(experts.take_error(), plan_path);
-    impl->experts = std::move(*experts);
-    if (impl->experts != nullptr) impl->experts->SetRecording(options.record_trace);
+    if (*experts == nullptr) continue;
+    (*experts)->SetRecording(options.record_trace);
+    impl->experts.push_back(std::move(*experts));
   }
   for (uint32_t b = 0; b < impl->state->blocks.size(); ++b) {
-    auto w = StepWeights::Make(impl->engine.get(), *impl->state, b, impl->host.get(), impl->experts.get());
+    const BlockRuntime& block = impl->state->blocks[b];
+    executor_internal::ExpertEngine* experts = impl->ExpertsFor(block);
+    if (experts == nullptr && !impl->state->cpu_mode) {
+      for (const auto& w : block.weights) {
+        if (w.routed) {
+          return PlanContentError(MakeError(ErrorCode::kInvalidArgument,
+                                            block.name + " has routed experts but the plan has no expert ring on cuda:" +
+                                                std::to_string(block.device)),
+                                  plan_path);
+        }
+      }
+    }
+    auto w = StepWeights::Make(impl->engine.get(), *impl->state, b, impl->host.get(), experts);
     if (!w.ok()) return PlanContentError(w.take_error(), plan_path);
     impl->weights.push_back(std::move(*w));
   }
@@ -1283,7 +1305,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   }
   if (options.cuda_graphs && options.world_size == 0 && !cpu_mode && impl->state->cuda_devices.size() == 1 &&
       !impl->state->streams.empty() && impl->engine->CanInline() && impl->host == nullptr &&
-      impl->experts == nullptr && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
+      impl->experts.empty() && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
     // One GPU streaming pinned units: the decode step is captured with its copies (StreamEngine inline passes).
     bool on_gpu = true;
     for (const BlockRuntime& b : impl->state->blocks) on_gpu &= b.device == impl->state->cuda_devices.front();
@@ -1295,7 +1317,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     }
   }
   {
-    bool resident = !cpu_mode && impl->host == nullptr && impl->experts == nullptr && shards == 0 &&
+    bool resident = !cpu_mode && impl->host == nullptr && impl->experts.empty() && shards == 0 &&
                     impl->state->streams.empty() && impl->state->cuda_devices.size() >= 2;
     for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
     impl->pipelinable = resident;
@@ -1303,7 +1325,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
                               impl->kernels->StaticDecode(impl->state->info.max_seq_len);
   }
   if (options.world_size == 0 && options.cuda_graphs && options.prefill_graph_shapes > 0 && !cpu_mode &&
-      impl->host == nullptr && impl->experts == nullptr && impl->state->streams.empty() &&
+      impl->host == nullptr && impl->experts.empty() && impl->state->streams.empty() &&
       impl->state->cuda_devices.size() == 1 && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
     // One GPU, every block resident, and the plan's steps end with its lm_head (which runs outside the graph).
     const auto& steps = impl->state->steps;
@@ -1408,10 +1430,10 @@ Result<GenerateResult> Executor::Generate(const std::vector<std::vector<int64_t>
 }
 
 Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor* out) {
-  if (experts != nullptr) {
+  if (!experts.empty()) {
     int64_t tokens = 0;
     for (const RowStep& r : rows) tokens += static_cast<int64_t>(r.tokens.size());
-    experts->BeginForward(tokens);
+    for (const auto& e : experts) e->BeginForward(tokens);
   }
   try {
     c10::InferenceMode inference;
@@ -1615,8 +1637,8 @@ Result<Logits> Executor::StepRows(const std::vector<RowStep>& rows) {
   }
   ForwardTimings timings;
   Status end = impl_->engine->EndForward(run.ok() ? &timings : nullptr);
-  if (impl_->experts != nullptr) {
-    Status experts_end = impl_->experts->EndForward();
+  for (const auto& e : impl_->experts) {
+    Status experts_end = e->EndForward();
     if (end.ok()) end = std::move(experts_end);
   }
   if (!run.ok()) return run.take_error();

@@ -35,14 +35,16 @@ double MicrosSince(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
-Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& state, int threads, bool host_compute,
-                                                           int prefetch, int64_t split_rows, uint64_t split_min_bytes,
-                                                           int spin_us) {
-  if (state.cpu_mode || state.expert_rings.empty()) return std::unique_ptr<ExpertEngine>();
-  if (state.expert_rings.size() != 1) {
-    return MakeError(ErrorCode::kUnsupported, "routed experts on more than one GPU");
+Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& state, size_t ring, int threads,
+                                                           bool host_compute, int prefetch, int64_t split_rows,
+                                                           uint64_t split_min_bytes, int spin_us) {
+  if (state.cpu_mode || ring >= state.expert_rings.size()) return std::unique_ptr<ExpertEngine>();
+  const ExpertRingRuntime& r = state.expert_rings[ring];
+  for (size_t other = 0; other < ring; ++other) {
+    if (state.expert_rings[other].device == r.device) {
+      return MakeError(ErrorCode::kInvalidArgument, "two expert rings on cuda:" + std::to_string(r.device));
+    }
   }
-  const ExpertRingRuntime& r = state.expert_rings[0];
   const schema::Plan& plan = state.plan->plan();
   const schema::ModelConfig* config = plan.config();
   std::unique_ptr<ExpertEngine> e(new ExpertEngine());
@@ -77,11 +79,7 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   for (const BlockRuntime& b : state.blocks) {
     bool routed_any = false;
     for (const WeightRuntime& w : b.weights) routed_any = routed_any || w.routed;
-    if (!routed_any) continue;
-    if (b.device != e->device_) {
-      return MakeError(ErrorCode::kInvalidArgument, b.name + " has routed experts but is not computed on cuda:" +
-                                                        std::to_string(e->device_));
-    }
+    if (!routed_any || b.device != e->device_) continue;  // (another GPU's ring serves a block computed there)
     Layer& layer = e->layers_[b.index];
     layer.experts.resize(static_cast<size_t>(e->num_experts_));
     for (uint32_t x = 0; x < e->num_experts_; ++x) {

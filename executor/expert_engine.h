@@ -81,7 +81,10 @@ class ExpertEngine {
     double copy_busy_us = 0, copy_idle_us = 0;
   };
 
-  // For the plan's expert rings (nullptr when it has none, or in CPU mode). `threads`: the host's computing threads
+  // For the plan's expert ring `ring` (an index into ModelState::expert_rings; nullptr when there is no such ring,
+  // or in CPU mode): the sparse layers computed on that ring's GPU. A plan whose sparse layers are computed on
+  // several GPUs has a ring, and an engine, per GPU: each copies its layers' experts over its own GPU's link, and
+  // the host computes the share of each. `threads`: the host's computing threads
   // (0: every core); `host_compute` false: the host computes no expert (every chosen one is copied); `prefetch`:
   // next-layer experts prefetched per sparse layer in decode (-1: the plan's ExpertRing.prefetch; at most top_k).
   // kInvalidArgument for a routed expert the ring cannot hold or the host cannot multiply; kDevice for CUDA failures.
@@ -89,7 +92,8 @@ class ExpertEngine {
   // rows (and the GPU at least as many), of an expert of at least `split_min_bytes`; 0: whole experts only.
   // `spin_us`: how long the thread that runs the host's jobs spins for the next one before it sleeps (-1:
   // kSpinMicros; the pool's workers keep their own short spin).
-  static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, int threads, bool host_compute = true,
+  static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, size_t ring, int threads,
+                                                      bool host_compute = true,
                                                       int prefetch = -1, int64_t split_rows = kSplitRows,
                                                       uint64_t split_min_bytes = kSplitMinBytes, int spin_us = -1);
   static constexpr int kSpinMicros = 0;

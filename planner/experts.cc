@@ -149,7 +149,7 @@ ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefet
 }
 
 void SpreadResidentExperts(const ModelDescription& model, DType exec_dtype, uint64_t resident_expert_bytes,
-                           std::vector<BlockPlacement>* blocks) {
+                           std::vector<BlockPlacement>* blocks, int device) {
   struct Layer {
     size_t block;
     std::vector<Tier> tiers;
@@ -160,6 +160,7 @@ void SpreadResidentExperts(const ModelDescription& model, DType exec_dtype, uint
   uint32_t max_experts = 0;
   for (size_t i = 0; i < blocks->size() && i < model.blocks.size(); ++i) {
     if (!model.config.SparseLayer(model.blocks[i].layer)) continue;
+    if (device >= 0 && (*blocks)[i].device != device) continue;
     const BlockWeightLayout layout = LayoutBlockWeights(model, i, exec_dtype);
     Layer l;
     l.block = i;

@@ -87,10 +87,11 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
 // (prefetched, counted in copied too), and the host's share applies to the other chosen pinned-resting experts.
 ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes);
 
-// Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on one GPU, already placed
-// with its other weights): layer by layer round-robin, the lower-indexed experts of each layer first. Sets
-// weight_tiers (Gpu for the kept experts and every non-expert weight, Cpu for the rest) and routed_experts.
+// Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on a GPU, already placed
+// with its other weights; `device` >= 0: only the layers placed on that GPU): layer by layer round-robin, the
+// lower-indexed experts of each layer first. Sets those layers' weight_tiers (Gpu for the kept experts and every
+// non-expert weight, Cpu for the rest) and routed_experts.
 void SpreadResidentExperts(const ModelDescription& model, DType exec_dtype, uint64_t resident_expert_bytes,
-                           std::vector<BlockPlacement>* blocks);
+                           std::vector<BlockPlacement>* blocks, int device = -1);
 
 }  // namespace bigplan

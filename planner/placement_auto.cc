@@ -519,16 +519,15 @@ class AutoPlanner {
         st = ChunkedRange(ranges[g], gpus[g], budgets[g], &cb, &rings, &chunks);
       consider("C", st.ok() ? Candidate("C", cb, rings, chunks) : Result<Placement>(st.take_error()));
     }
-    // E: a mixture-of-experts model on one GPU: everything but the routed experts resident, then as many experts as
-    // fit spread over the sparse layers; the others move only when routed (planner/experts.h). Chosen whenever it
-    // fits: a decode token then moves only its chosen experts, not whole layers.
+    // E: a mixture-of-experts model: its blocks in contiguous ranges over the GPUs (one GPU: all of them), each GPU
+    // keeping everything but its layers' routed experts resident, then as many of those experts as fit; the others
+    // move to that GPU over its own link, or the host computes them, only when routed (planner/experts.h). Chosen
+    // whenever it fits: a decode token then moves only its chosen experts, not whole layers.
     if (model_.config.num_experts > 0) {
       if (!enabled("E")) {
         report.push_back(PlacementCandidate{"E", false, 0, "not considered"});
-      } else if (n_gpus != 1) {
-        report.push_back(PlacementCandidate{"E", false, 0, "routed experts are placed on one GPU only"});
       } else {
-        Result<Placement> e = ExpertCandidate(gpus[0], budgets[0]);
+        Result<Placement> e = ExpertCandidate(gpus, budgets);
         if (e.ok()) {
           PlacementCandidate c{"E", true, ResidentBytes(*e), ""};
           report.push_back(c);
@@ -677,35 +676,107 @@ class AutoPlanner {
     return p;
   }
 
-  // Candidate E (one GPU computes every block): the non-expert weights and an expert ring for the largest expert
-  // resident, then experts spread over the sparse layers while they fit what is left; the rest routed.
-  Result<Placement> ExpertCandidate(int gpu, uint64_t budget) const {
-    const size_t n = model_.blocks.size();
-    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t avail, Available(std::make_pair(size_t{0}, n), gpu, budget));
-    uint64_t fixed = 0, largest_expert = 0, experts = 0;
+  // Candidate E: contiguous ranges of blocks, one per GPU in order (one GPU: every block). On each GPU its blocks'
+  // weights other than the routed experts and, unless all its experts fit too, an expert ring (ExpertRingSlots of
+  // the model's largest expert) are resident, then its layers' experts spread while they fit what is left
+  // (SpreadResidentExperts); the rest are routed. Over several GPUs the split keeps the most expert bytes resident
+  // (each GPU's layers' non-resident experts cross that GPU's own link); among equals, the one whose GPU with the
+  // most non-resident expert bytes has the fewest, then the one whose GPU with the most weights has the fewest.
+  Result<Placement> ExpertCandidate(const std::vector<int>& gpus, const std::vector<uint64_t>& budgets) const {
+    const size_t n = model_.blocks.size(), n_gpus = gpus.size();
+    std::vector<uint64_t> fixed(n, 0), experts(n, 0);
+    uint64_t largest_expert = 0;
     for (size_t i = 0; i < n; ++i) {
       std::map<int32_t, uint64_t> per_expert;
       for (size_t w = 0; w < sizes_[i].size(); ++w) {
         const int32_t e = ExpertOfWeight(model_, i, w);
         if (e < 0) {
-          fixed += sizes_[i][w];
+          fixed[i] += sizes_[i][w];
         } else {
           per_expert[e] += sizes_[i][w];
-          experts += sizes_[i][w];
+          experts[i] += sizes_[i][w];
         }
       }
       for (const auto& [e, b] : per_expert) largest_expert = std::max(largest_expert, b);
     }
-    uint64_t ring = uint64_t{ExpertRingSlots(model_.config)} * largest_expert;
-    if (fixed + experts <= avail) ring = 0;  // everything resident
-    if (fixed + ring > avail) {
-      return MakeError(ErrorCode::kInfeasible, "cuda:" + std::to_string(gpu) + ": the weights other than the routed "
-                                                   "experts (" + FormatBytes(fixed) + ") and an expert ring of " +
-                                                   FormatBytes(ring) + " exceed the " + FormatBytes(avail) +
-                                                   " left for weights");
+    const uint64_t ring_bytes = uint64_t{ExpertRingSlots(model_.config)} * largest_expert;
+    // One GPU's range [begin, end): what it leaves for resident experts, and its ring; an error when its other
+    // weights and ring do not fit.
+    struct Range {
+      uint64_t avail = 0, fixed = 0, experts = 0, ring = 0;
+      uint64_t resident() const { return std::min(experts, avail - fixed - ring); }
+      uint64_t routed() const { return experts - resident(); }
+      uint64_t weights() const { return fixed + experts; }
+    };
+    auto range = [&](size_t begin, size_t end, size_t g) -> Result<Range> {
+      Range r;
+      BIGPLAN_ASSIGN_OR_RETURN(r.avail, Available(std::make_pair(begin, end), gpus[g], budgets[g]));
+      for (size_t i = begin; i < end; ++i) {
+        r.fixed += fixed[i];
+        r.experts += experts[i];
+      }
+      r.ring = r.fixed + r.experts <= r.avail ? 0 : ring_bytes;
+      if (r.fixed + r.ring > r.avail) {
+        return MakeError(ErrorCode::kInfeasible,
+                         "cuda:" + std::to_string(gpus[g]) + ": the weights other than the routed experts (" +
+                             FormatBytes(r.fixed) + ") and an expert ring of " + FormatBytes(r.ring) + " exceed the " +
+                             FormatBytes(r.avail) + " left for weights");
+      }
+      return r;
+    };
+    std::vector<size_t> ends(n_gpus, n);  // GPU g's range ends at ends[g] (and begins where g - 1's ends)
+    if (n_gpus > 1) {
+      // best[g][i]: the most resident expert bytes GPUs g.. reach covering blocks i.. (and their largest routed
+      // bytes and weights on one GPU); end_of[g][i]: GPU g's range end.
+      struct Best {
+        bool feasible = false;
+        uint64_t resident = 0, max_routed = 0, max_weights = 0;
+        bool Beats(const Best& o) const {
+          if (!o.feasible) return feasible;
+          if (resident != o.resident) return resident > o.resident;
+          if (max_routed != o.max_routed) return max_routed < o.max_routed;
+          return max_weights < o.max_weights;
+        }
+      };
+      std::vector<std::vector<Best>> best(n_gpus + 1, std::vector<Best>(n + 1));
+      std::vector<std::vector<size_t>> end_of(n_gpus + 1, std::vector<size_t>(n + 1, n));
+      best[n_gpus][n] = Best{true, 0, 0, 0};
+      std::optional<Error> why;
+      for (size_t g = n_gpus; g-- > 0;) {
+        for (size_t i = 0; i <= n; ++i) {
+          if (g == 0 && i > 0) break;
+          Best b;
+          for (size_t end = i; end <= n; ++end) {
+            const Best& rest = best[g + 1][end];
+            if (!rest.feasible) continue;
+            Result<Range> r = range(i, end, g);
+            if (!r.ok()) {
+              if (!why) why = r.error();
+              continue;
+            }
+            const Best cand{true, r->resident() + rest.resident, std::max(r->routed(), rest.max_routed),
+                            std::max(r->weights(), rest.max_weights)};
+            if (cand.Beats(b)) {
+              b = cand;
+              end_of[g][i] = end;
+            }
+          }
+          best[g][i] = b;
+        }
+      }
+      if (!best[0][0].feasible) {
+        return MakeError(ErrorCode::kInfeasible, "no split of the blocks over the GPUs fits each one's weights other "
+                                                 "than the routed experts and an expert ring" +
+                                                     (why ? " (e.g. " + why->message + ")" : std::string()));
+      }
+      for (size_t g = 0, begin = 0; g < n_gpus; ++g) begin = ends[g] = end_of[g][begin];
     }
-    std::vector<BlockPlacement> blocks(n, BlockPlacement{gpu, Tier::kGpu});
-    SpreadResidentExperts(model_, req_.exec_dtype, avail - fixed - ring, &blocks);
+    std::vector<BlockPlacement> blocks(n);
+    for (size_t g = 0, begin = 0; g < n_gpus; begin = ends[g++]) {
+      BIGPLAN_ASSIGN_OR_RETURN(const Range r, range(begin, ends[g], g));
+      for (size_t i = begin; i < ends[g]; ++i) blocks[i] = BlockPlacement{gpus[g], Tier::kGpu};
+      SpreadResidentExperts(model_, req_.exec_dtype, r.avail - r.fixed - r.ring, &blocks, gpus[g]);
+    }
     return Candidate("E", std::move(blocks), {}, {});
   }
 

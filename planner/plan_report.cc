@@ -230,7 +230,8 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
                                          : std::string())
         << ", " << FormatBytes(static_cast<uint64_t>(ring.expected_host_bytes)) << " computed by the host at "
         << r.profile.cpu_gemv_gbps << " GB/s (share " << Share(ring.cpu_share) << ", forwards of at most "
-        << ring.decode_max_tokens << " tokens); floor of this mix " << Ms(r.expert_floor_us) << "; ring "
+        << ring.decode_max_tokens << " tokens)"
+        << (r.expert_rings.size() == 1 ? "; floor of this mix " + Ms(r.expert_floor_us) : std::string()) << "; ring "
         << ring.slots << " x " << FormatBytes(ring.slot_bytes) << (ring.disk_slots ? ", disk ring " : "")
         << (ring.disk_slots ? FormatBytes(ring.disk_ring_bytes()) : "");
     if (ring.prefetch > 0) {
@@ -238,6 +239,10 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
           << " per layer (predicted chosen " << static_cast<int>(kExpertPrefetchHitRate * 100 + 0.5) << "%)";
     }
     out << "\n";
+  }
+  if (r.expert_rings.size() > 1) {
+    out << "  routed experts on " << r.expert_rings.size() << " GPUs (each GPU's layers' experts cross its own link): "
+        << "floor of the mix " << Ms(r.expert_floor_us) << "\n";
   }
   if (r.cpu_share > 0) {
     out << "  host compute: " << r.host_rows.size() << " streamed matrices keep "

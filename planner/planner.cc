@@ -749,7 +749,9 @@ RanksDecodePrediction PredictRanksDecode(const PlanResult& plan) {
   for (const ScheduledStep& step : plan.schedule.steps) {
     if (step.block >= plan.placement.blocks.size()) continue;
     const int32_t d = plan.placement.blocks[step.block].device;
-    if (d < 0) return out;  // a block the host computes: ranks need every block on a GPU
+    // A block the host computes, or one not resident (streamed, partly resident, routed experts): ranks run plans
+    // whose every block is resident on a GPU.
+    if (d < 0 || plan.placement.blocks[step.block].tier != Tier::kGpu) return out;
     gpus.insert(d);
     if (prev >= 0 && d != prev) ++out.crossings;
     prev = last = d;

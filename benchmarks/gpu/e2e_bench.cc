@@ -33,7 +33,8 @@
 // --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --decode-batches plans the resident
 // configuration for the largest batch and times its decode steps at each batch size; --resident-split
 // "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident"),
-// --offload-split "cuda:0=4GiB,cuda:1=4GiB" a cpu-offload one (its floor: the busiest GPU link's bytes / H2D).
+// --offload-split "cuda:0=4GiB,cuda:1=4GiB" a cpu-offload one (its floor: the busiest GPU link's bytes / H2D; one per
+// --cpu-share, as a mixture-of-experts plan over several GPUs has the host compute some of each GPU's experts).
 // --split-stride 8: each --resident-split also planned by an explicit map dealing the decoder layers to its GPUs in
 // groups of 8 (embedding with the first group, head with the last); 0: also planned without auto's interleaved
 // candidate I and its tensor-parallel candidate T (the contiguous split). Resident configurations over several GPUs
@@ -478,14 +479,20 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     j["ratio_1_to_bf16_floor"] = bf16_floor_s > 0 ? f1.best / bf16_floor_s : 0.0;
     j["prediction_error_1"] = plan.decode.total_us / 1e6 / f1.best - 1.0;
     j["prediction_error_prefill"] = plan.prefill.total_us / 1e6 / fp.best - 1.0;
+    // (Ratios to a floor of zero, where nothing streams, are left out.)
+    auto times = [](double t, double floor) {
+      char r[48] = "";
+      if (floor > 0) std::snprintf(r, sizeof r, " = %.3fx", t / floor);
+      return std::string(r);
+    };
     if (floor_s > 0 || p.experts() == nullptr)
-    std::fprintf(stderr, "   1 token %.4f s, prefill %.4f s, floor %.4f s (%.3fx / %.3fx), predicted %.4f / %.4f s\n",
-                 f1.best, fp.best, floor_s, f1.best / std::max(floor_s, 1e-12), fp.best / std::max(floor_s, 1e-12),
+    std::fprintf(stderr, "   1 token %.4f s%s, prefill %.4f s%s, floor %.4f s, predicted %.4f / %.4f s\n", f1.best,
+                 times(f1.best, floor_s).c_str(), fp.best, times(fp.best, floor_s).c_str(), floor_s,
                  plan.decode.total_us / 1e6, plan.prefill.total_us / 1e6);
     if (bf16_floor_s > 0 || p.experts() == nullptr)
-    std::fprintf(stderr, "   weights %s, cpu share %s (%.2f, %.2f GiB on the host): 1 token %.4f s = %.3fx the bf16 floor "
+    std::fprintf(stderr, "   weights %s, cpu share %s (%.2f, %.2f GiB on the host): 1 token %.4f s%s the bf16 floor "
                  "%.4f s of this budget%s\n", quant::FormatName(cfg.weights), cfg.cpu_share.c_str(), plan.cpu_share,
-                 plan.host_bytes / 1073741824.0, f1.best, f1.best / std::max(bf16_floor_s, 1e-12), bf16_floor_s,
+                 plan.host_bytes / 1073741824.0, f1.best, times(f1.best, bf16_floor_s).c_str(), bf16_floor_s,
                  cpu_bytes + disk_bytes == 0 ? " (every weight resident: nothing streamed)" : "");
     if ((p.experts() == nullptr || p.experts()->size() == 0) && args.streamed_decode) {
       // KV-cached decode steps after a 16-token context (replayed from a CUDA graph with their copies where the
@@ -646,8 +653,9 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       j["decode_step_s"] = dec.median;
       j["ratio_decode_step_to_bf16_floor"] = bf16_floor_s > 0 ? dec.median / bf16_floor_s : 0.0;
       j["prediction_error_decode_step"] = plan.decode.total_us / 1e6 / dec.median - 1.0;
-      std::fprintf(stderr, "   KV-cached decode step %.4f s (%.3fx the bf16 floor), predicted %.4f s; %s of %s steps "
-                   "replayed a CUDA graph%s%s\n", dec.median, dec.median / std::max(bf16_floor_s, 1e-12),
+      std::fprintf(stderr, "   KV-cached decode step %.4f s%s, predicted %.4f s; %s of %s steps "
+                   "replayed a CUDA graph%s%s\n", dec.median,
+                   bf16_floor_s > 0 ? times(dec.median, bf16_floor_s).append(" the bf16 floor").c_str() : "",
                    plan.decode.total_us / 1e6, j["decode_graph_steps"].dump().c_str(), j["decode_steps"].dump().c_str(),
                    j["graph_capture_error"].get<std::string>().empty() ? "" : ": ",
                    j["graph_capture_error"].get<std::string>().c_str());
@@ -864,7 +872,12 @@ Status Main(int argc, char** argv) {
   }
   for (size_t k = 0; k < args.offload_splits.size(); ++k) {
     std::snprintf(buf, sizeof buf, "%s,cpu=%gGiB", args.offload_splits[k].c_str(), args.cpu_budget_gib);
-    configs.push_back({"cpu_offload_split" + std::to_string(k + 1), "cpu", 0, buf});
+    // (A host share over several GPUs: a mixture-of-experts plan's, whose host computes each GPU's experts.)
+    for (const std::string& share : args.cpu_shares) {
+      Config c{"cpu_offload_split" + std::to_string(k + 1) + (share == "off" ? "" : "_host_" + share), "cpu", 0, buf};
+      c.cpu_share = share;
+      configs.push_back(c);
+    }
   }
   for (size_t k = 0; k < args.resident_splits.size(); ++k) {
     std::snprintf(buf, sizeof buf, "%s,cpu=%gGiB", args.resident_splits[k].c_str(), args.cpu_budget_gib);

@@ -29,6 +29,9 @@
 #   BIGPLAN_EXPERT_SPLIT []                 e2e_bench --expert-split (rows, e.g. 64,0; 0: whole experts on the host)
 #   BIGPLAN_HOST_SPIN []                    e2e_bench --host-spin-us (the host job thread's spin for the next job, us)
 #   BIGPLAN_HOST_THREADS []                 e2e_bench --host-threads (the host's computing threads; default: cores - 1)
+#   BIGPLAN_MOE_SPLIT_GIB []                also over several GPUs, GiB each joined by '+' (e.g. 8+8: e2e_bench
+#                                           --offload-split cuda:0=8GiB,cuda:1=8GiB with the same host shares, and
+#                                           Accelerate with max_memory {0: 8GiB, 1: 8GiB, cpu})
 #   BIGPLAN_KINETO=1                        also a Kineto trace of 3 decode steps per configuration (e2e_bench
 #                                           --kineto), summarized by kineto_summary.py into the traces archive
 #   BIGPLAN_GEN_CHECKPOINT                  the gen_checkpoint binary; PYTHON [python3]
@@ -169,6 +172,13 @@ run_bigplan() {
   local model="$1" dir="$2" budget="$3"
   local bin=.bundle/bin; [[ -x "$bin/e2e_bench" ]] || bin=bazel-bin/benchmarks/gpu
   local shares="${BIGPLAN_CPU_SHARE:-auto,off}"
+  local split=() spec="" g=0 b
+  if [[ -n "${BIGPLAN_MOE_SPLIT_GIB:-}" ]]; then
+    IFS=+ read -r -a gib <<< "$BIGPLAN_MOE_SPLIT_GIB"
+    for b in "${gib[@]}"; do spec+="${spec:+,}cuda:$g=${b}GiB"; g=$((g + 1)); done
+    split=(--offload-split "$spec")
+    say "$model: also over $g GPUs: $spec"
+  fi
   say "$model: bigplan e2e_bench at cuda:0=${budget}GiB,cpu=${cpu_budget}GiB, host shares $shares, prefill 512"
   mkdir -p "$out/traces_$model"
   "${env_wrap[@]}" "${BIGPLAN_E2E_BENCH:-$bin/e2e_bench}" --model "$dir" --gpu-budgets "$budget" \
@@ -176,7 +186,7 @@ run_bigplan() {
     --prefill 512 --repeat "${BIGPLAN_REPEAT:-3}" --cpu-share "$shares" --trace-dir "$out/traces_$model" \
     --expert-prefetch "${BIGPLAN_EXPERT_PREFETCH:-plan}" ${BIGPLAN_EXPERT_SPLIT:+--expert-split "$BIGPLAN_EXPERT_SPLIT"} \
     ${BIGPLAN_KINETO:+--kineto "$out/traces_$model"} ${BIGPLAN_HOST_SPIN:+--host-spin-us "$BIGPLAN_HOST_SPIN"} \
-    ${BIGPLAN_HOST_THREADS:+--host-threads "$BIGPLAN_HOST_THREADS"} \
+    ${BIGPLAN_HOST_THREADS:+--host-threads "$BIGPLAN_HOST_THREADS"} "${split[@]}" \
     --out "$out/bigplan_$model.json" 2>&1 | tee "$out/bigplan_$model.txt" | grep -E "^==|floors|MoE|1 token|error" || true
   for plan in "$out/traces_$model"/*.bplan; do
     [[ -f "$plan" ]] && "${env_wrap[@]}" "$bin/inspect" "$plan" > "${plan%.bplan}.inspect.txt" 2>&1 || true
@@ -196,7 +206,7 @@ run_accelerate() {
       "prefill $decode_prefill + $decode_steps decode steps"
   local rc=0
   PYTHONUNBUFFERED=1 "$PY" benchmarks/accelerate_baseline.py --checkpoint "$dir" --loader from_pretrained \
-    --gpu-budgets-gib "$budget" --cpu-budget-gib "$cpu_budget" --skip-forward --decode-steps "$decode_steps" \
+    --gpu-budgets-gib "$budget${BIGPLAN_MOE_SPLIT_GIB:+,$BIGPLAN_MOE_SPLIT_GIB}" --cpu-budget-gib "$cpu_budget" --skip-forward --decode-steps "$decode_steps" \
     --decode-prefill "$decode_prefill" --out "$out/accelerate_$model.json" > "$out/accelerate_$model.txt" 2>&1 || rc=$?
   tail -4 "$out/accelerate_$model.txt"
   ((rc == 0)) || say "$model: Accelerate FAILED (exit $rc; log in $out/accelerate_$model.txt)"

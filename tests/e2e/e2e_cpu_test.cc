@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <set>
 
 #include "executor/executor.h"
 #include "schema/plan_io.h"
@@ -169,6 +170,59 @@ TEST_P(E2eCpu, ExpertPrefetchInThePlan) {
   const int64_t most = prefetch_of(" --expert-prefetch 4096");
   ASSERT_GT(top_k, 0u);
   EXPECT_EQ(most, std::min<int64_t>(top_k, static_cast<int64_t>(slots) - top_k));
+}
+
+// Placement E over two GPUs (the smallest equal budgets it fits): the blocks in one contiguous range per GPU, each
+// GPU keeping its own layers' attention and as many of their experts as fit, with an expert ring of its own where
+// some of its layers' experts rest off it; the plan, run on the CPU, gives transformers' tokens. (Whether a GPU needs
+// a ring depends on the model: a tiny model whose one-layer range holds no more experts than a ring of
+// 2 x top_k slots keeps them all resident.)
+TEST_P(E2eCpu, RoutedExpertsOverTwoGpusInThePlan) {
+  if (!IsMoeFamily(GetParam())) GTEST_SKIP() << "not a mixture-of-experts family";
+  const std::string family = GetParam();
+  const std::string model = ModelDir(family);
+  auto ref = LoadReference(model);
+  ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+  const uint32_t seq_len = SuiteSeqLen(model);
+  const std::string dir = TempDir(family + "_routed_two_gpus");
+  const uint32_t batch = static_cast<uint32_t>(ref->batch);
+  auto min_two = SmallestRoutedGpuBudget(model, "fp32", batch, seq_len, dir + "/probe.bplan", 2);
+  ASSERT_TRUE(min_two.ok()) << min_two.error().ToString();
+  const std::string path = dir + "/e2.bplan";
+  Status made = MakePlan(model, RoutedBudgets(*min_two, 2), "fp32", batch, seq_len, path, kRoutedPlanFlags);
+  ASSERT_TRUE(made.ok()) << made.error().ToString();
+  auto plan = PlanFile::Load(path);
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  std::set<int> devices, sparse_devices;
+  int last = -1;
+  for (const schema::Block* b : *plan->plan().blocks()) {
+    EXPECT_GE(b->device(), last) << b->name()->str() << ": the ranges are contiguous, in GPU order";
+    last = b->device();
+    devices.insert(b->device());
+    bool routed = false;
+    for (const schema::Weight* w : *b->weights()) routed = routed || w->routed();
+    if (routed) sparse_devices.insert(b->device());
+  }
+  EXPECT_EQ(devices, (std::set<int>{0, 1}));
+  std::set<int> rings;
+  if (plan->plan().experts() != nullptr) {
+    for (const schema::ExpertRing* r : *plan->plan().experts()) EXPECT_TRUE(rings.insert(r->device()).second);
+  }
+  EXPECT_EQ(rings, sparse_devices) << "a ring on every GPU whose layers route experts, and only there";
+  if (family == "qwen3_moe") {
+    EXPECT_EQ(rings.size(), 2u) << "both GPUs route experts at these budgets";
+  }
+  std::printf("%-14s fp32 E over two GPUs at %llu bytes each: expert rings on %zu GPU(s)\n", family.c_str(),
+              static_cast<unsigned long long>(*min_two), rings.size());
+  ExecutorOptions options;
+  options.force_cpu = true;
+  options.progress = false;
+  auto exec = Executor::Load(path, model, options);
+  ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+  const int64_t steps = std::min<int64_t>(ref->steps, seq_len - ref->prompt_len);
+  auto errors = CompareWithReference(**exec, *ref, steps);
+  ASSERT_TRUE(errors.ok()) << errors.error().ToString();
+  EXPECT_LE(errors->max_rel, kF32Tolerance);
 }
 
 TEST_P(E2eCpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }

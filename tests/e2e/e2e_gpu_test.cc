@@ -382,6 +382,89 @@ TEST_P(E2eGpu, ExpertSplitKeepsResults) {
   EXPECT_GT(splits, 0u) << "no expert was split";
 }
 
+// Placement E over two GPUs (the smallest equal budgets it fits; each GPU's sparse layers' non-resident experts
+// copied over its own link into its own ring, or computed by the host: one expert engine per GPU): the prefill and
+// decode steps match transformers as the one-GPU suites do (fp32: within 1e-4 and the same greedy tokens), and
+// batch-1 greedy decode gives the one-GPU routed plan's tokens (fp32: its logits to kChunkedFp32Tolerance, as the
+// suites hold routed plans to each other: other experts resident sum in another order; bf16, where the host
+// computes half of each GPU's non-resident chosen experts: within bf16 rounding). Where the tiny model makes a GPU
+// route experts (qwen3_moe: 8 experts a layer, one layer per GPU), both GPUs copy some and the host computes some.
+TEST_P(E2eGpu, TwoGpuRoutedExpertsMatchOneGpu) {
+  const std::string family = GetParam();
+  if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  const std::string model = ModelDir(family);
+  auto ref = LoadReference(model);
+  ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+  const uint32_t seq_len = SuiteSeqLen(model);
+  const int64_t steps = std::min<int64_t>(ref->steps, seq_len - ref->prompt_len);
+  constexpr int kSteps = 10;
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    SCOPED_TRACE(family + " " + dtype);
+    const std::string dir = TempDir(family + "_two_gpu_routed_" + dtype);
+    const uint32_t batch = static_cast<uint32_t>(ref->batch);
+    // Against transformers: the reference's batch.
+    auto min_two = SmallestRoutedGpuBudget(model, dtype, batch, seq_len, dir + "/probe.bplan", 2);
+    ASSERT_TRUE(min_two.ok()) << min_two.error().ToString();
+    const std::string suite_plan = dir + "/e2_batch.bplan";
+    Status made = MakePlan(model, RoutedBudgets(*min_two, 2), dtype, batch, seq_len, suite_plan, kRoutedPlanFlags);
+    ASSERT_TRUE(made.ok()) << made.error().ToString();
+    {
+      ExecutorOptions options;
+      options.progress = false;
+      options.cuda_graphs = false;
+      auto exec = Executor::Load(suite_plan, model, options);
+      ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+      auto errors = CompareWithReference(**exec, *ref, steps);
+      ASSERT_TRUE(errors.ok()) << errors.error().ToString();
+      EXPECT_LE(errors->max_rel, dtype == "fp32" ? kF32Tolerance : kBf16Tolerance);
+      if (dtype == "bf16") {
+        EXPECT_GE(TopOneAgreement(*errors, *ref, kTopOneMargin), kBf16TopOne);
+      }
+    }
+    // Against one GPU: batch-1 greedy decode, the routed plans' run shape.
+    auto min_two_decode = SmallestRoutedGpuBudget(model, dtype, 1, kRoutedSeq, dir + "/probe1.bplan", 2);
+    ASSERT_TRUE(min_two_decode.ok()) << min_two_decode.error().ToString();
+    const std::string two = dir + "/e2.bplan";
+    made = MakePlan(model, RoutedBudgets(*min_two_decode, 2), dtype, 1, kRoutedSeq, two, kRoutedPlanFlags);
+    ASSERT_TRUE(made.ok()) << made.error().ToString();
+    const std::string one = SmallestRoutedPlan(family, model, dtype, "two_gpu_ref");
+    ASSERT_FALSE(one.empty());
+    auto plan = PlanFile::Load(two);
+    ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+    const size_t rings = plan->plan().experts() == nullptr ? 0 : plan->plan().experts()->size();
+    std::set<uint32_t> used;
+    for (const schema::Block* b : *plan->plan().blocks()) used.insert(b->device());
+    EXPECT_EQ(used, (std::set<uint32_t>{0, 1}));
+    if (family == "qwen3_moe") {
+      EXPECT_EQ(rings, 2u) << "both GPUs route experts at these budgets";
+    }
+    DecodeRun runs[2];
+    runs[0] = GreedyDecode(one, model, ExecutorOptions{}, kSteps);
+    runs[1] = GreedyDecode(two, model, ExecutorOptions{}, kSteps);
+    ASSERT_EQ(runs[0].tokens.size(), static_cast<size_t>(kSteps));
+    ASSERT_EQ(runs[1].tokens.size(), static_cast<size_t>(kSteps));
+    EXPECT_EQ(runs[0].tokens, runs[1].tokens);
+    for (int i = 0; i < kSteps; ++i) {
+      EXPECT_LE(MaxRelError(runs[1].logits[i], runs[0].logits[i]),
+                dtype == "fp32" ? kChunkedFp32Tolerance : kChunkedBf16Tolerance)
+          << "step " << i;
+    }
+    if (rings > 0) {
+      EXPECT_GT(runs[1].stats.expert_copied, 0u) << "no expert was copied";
+      if (dtype == "bf16") {
+        EXPECT_GT(runs[1].stats.expert_host, 0u) << "the host computed no expert";
+      }
+    }
+    std::printf("%-14s %-5s two GPUs, %zu expert ring(s): %llu experts copied, %llu on the host, %llu resident over "
+                "%d decode steps; tokens as one GPU\n",
+                family.c_str(), dtype.c_str(), rings, static_cast<unsigned long long>(runs[1].stats.expert_copied),
+                static_cast<unsigned long long>(runs[1].stats.expert_host),
+                static_cast<unsigned long long>(runs[1].stats.expert_resident), kSteps);
+  }
+}
+
 // One-GPU prefill graphs (ExecutorOptions::prefill_graph_shapes): a prompt padded to its bucket, run eagerly, then
 // captured, then replayed, gives the unpadded pass's logits (every position, and the last one alone) within 1e-5 in
 // float32, and a KV cache from which decode steps continue as from the unpadded pass (same greedy tokens). Families

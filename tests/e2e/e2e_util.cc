@@ -213,12 +213,17 @@ uint32_t SuiteSeqLen(const std::string& model_dir) {
   return len;
 }
 
+std::string RoutedBudgets(uint64_t gpu_budget, int gpus) {
+  std::string spec;
+  for (int g = 0; g < gpus; ++g) spec += "cuda:" + std::to_string(g) + "=" + std::to_string(gpu_budget) + ",";
+  return spec + "cpu=" + std::to_string(kRoutedHostBudget);
+}
+
 Result<uint64_t> SmallestRoutedGpuBudget(const std::string& model_dir, const std::string& dtype, uint32_t batch,
-                                         uint32_t seq_len, const std::string& scratch) {
-  const std::string cpu = ",cpu=" + std::to_string(kRoutedHostBudget);
+                                         uint32_t seq_len, const std::string& scratch, int gpus) {
   return SmallestFeasible(
       [&](uint64_t b) {
-        return MakePlan(model_dir, "cuda:0=" + std::to_string(b) + cpu, dtype, batch, seq_len, scratch, kRoutedPlanFlags).ok();
+        return MakePlan(model_dir, RoutedBudgets(b, gpus), dtype, batch, seq_len, scratch, kRoutedPlanFlags).ok();
       },
       0, kRoutedHostBudget, 4096);
 }

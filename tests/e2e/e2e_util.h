@@ -71,10 +71,13 @@ Result<uint64_t> SmallestFeasible(const std::function<bool(uint64_t)>& feasible,
 // non-resident chosen experts, as the suites plan it; kRoutedHostBudget of cpu memory.
 inline constexpr const char* kRoutedPlanFlags = "--auto-candidates E --cpu-share 0.5";
 inline constexpr uint64_t kRoutedHostBudget = 8ull << 30;
-// The smallest cuda:0 budget (to 4 KiB) that plan fits with kRoutedPlanFlags and kRoutedHostBudget for a batch x
-// seq_len run (the most experts routed from pinned memory); `scratch` receives the probe plans.
+// The smallest budget (to 4 KiB) for each of `gpus` GPUs (cuda:0, ...) that plan fits with kRoutedPlanFlags and
+// kRoutedHostBudget for a batch x seq_len run (the most experts routed from pinned memory); `scratch` receives the
+// probe plans.
 Result<uint64_t> SmallestRoutedGpuBudget(const std::string& model_dir, const std::string& dtype, uint32_t batch,
-                                         uint32_t seq_len, const std::string& scratch);
+                                         uint32_t seq_len, const std::string& scratch, int gpus = 1);
+// "cuda:0=B,...,cuda:{gpus-1}=B,cpu=kRoutedHostBudget".
+std::string RoutedBudgets(uint64_t gpu_budget, int gpus);
 
 // A named plan of one model.
 struct PlanCase {
