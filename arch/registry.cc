@@ -354,20 +354,21 @@ const FamilyInfo kFamilies[] = {
      kPhi3Parameterless, "", KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 2, .final_norm = 4,
                                      .fused_decoder_layer = 10, .fused_final_norm = 1, .fused_decode_layer = 6},
      kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
-    // Mixture-of-experts layers synchronize with the host once per layer (the router's choices), so their decode
-    // is not captured in a CUDA graph. decoder_layer counts a layer's attention half; BlockKernels adds the MLP's.
+    // Mixture-of-experts layers: decoder_layer counts a layer's attention half; BlockKernels adds the MLP's. Their
+    // decode steps are captured in a CUDA graph where the executor reads the chosen experts on the device (every
+    // expert resident: GraphDecodeEligible's conditions, and the planner's on the placement).
     {Family::kMixtral, "mixtral", kMixtralTypes, "MixtralForCausalLM", kLlamaBlocks, kMixtralTensors, kTiedHead, {},
      kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
      .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 6}, kLlamaRope, /*partial_rotary=*/false,
-     GraphDecode::kNever, kMixtralKeys},
+     GraphDecode::kWhileRopeLengthIndependent, kMixtralKeys},
     {Family::kQwen2Moe, "qwen2_moe", kQwen2MoeTypes, "Qwen2MoeForCausalLM", kLlamaBlocks, kQwen2MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
      .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 6}, kLlamaRope, /*partial_rotary=*/false,
-     GraphDecode::kNever, kQwen2MoeKeys},
+     GraphDecode::kWhileRopeLengthIndependent, kQwen2MoeKeys},
     {Family::kQwen3Moe, "qwen3_moe", kQwen3MoeTypes, "Qwen3MoeForCausalLM", kLlamaBlocks, kQwen3MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
      .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 7}, kLlamaRope, /*partial_rotary=*/false,
-     GraphDecode::kNever, kQwen3MoeKeys},
+     GraphDecode::kWhileRopeLengthIndependent, kQwen3MoeKeys},
 };
 
 
@@ -1132,11 +1133,14 @@ namespace {
 // The MLP half of a mixture-of-experts family's decoder layer (the other families count it in decoder_layer): a
 // sparse layer's router (linear, float32 softmax, top-k, renormalization, cast and zeroed output: 7), then the
 // grouped experts below; the shared expert's MLP and gate (8). A dense layer's MLP is 11.
-uint32_t MlpKernels(const FamilyInfo& family, const ModelConfig& c) {
+uint32_t MlpKernels(const FamilyInfo& family, const ModelConfig& c, bool experts_on_device = false) {
   const bool moe_family =
       family.family == Family::kMixtral || family.family == Family::kQwen2Moe || family.family == Family::kQwen3Moe;
   if (!moe_family) return 0;
   if (c.num_experts == 0) return 11;
+  // Read on the device (executor/fused_ops.h MoeExperts): the router's product, its softmax and top k, the experts'
+  // two products, the residual add; the shared expert's ops.
+  if (experts_on_device) return 5 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
   // Decode computes the chosen experts as two groups (executor/kernels_grouped.cc: the pointer arrays' copy, two
   // batched products, the activation and product, the weighting and sum, the add: 8 each), plus the choices' copy
   // to the host (3) and the host's result (2).
@@ -1171,18 +1175,25 @@ uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfi
   return 0;
 }
 
-uint32_t DecodeBlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config) {
+uint32_t DecodeBlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config,
+                            bool experts_on_device) {
   // A decode step's fused decoder layer: the q/k/v product with the input norm, RoPE and the KV-cache write in its
   // kernel (Qwen3-MoE's q/k norms keep RoPE a kernel of its own), the split-K attention (2), the o product with the
   // residual, then the gate/up product with the norm and SiLU x up in its kernel and the down product with the
   // residual (dense layers), or the norm, the mixture-of-experts MLP and its residual add.
   if (kind == BlockKind::kDecoderLayer && family.kernels.fused_decode_layer > 0 && FusedKernelsApply(family, config)) {
-    return family.kernels.fused_decode_layer + MlpKernels(family, config);
+    return family.kernels.fused_decode_layer + MlpKernels(family, config, experts_on_device);
   }
   return BlockKernels(family, kind, config, /*fused=*/true);
 }
 
 bool GraphDecodeEligible(const FamilyInfo& family, const ModelConfig& config, uint32_t max_seq_len) {
+  // Mixture-of-experts layers: the device path's limits (executor/fused_ops.h MoeExperts: SiLU experts).
+  if (config.num_experts > 0 &&
+      (config.num_experts > kGraphDecodeMaxExperts || config.num_experts_per_tok > 32 ||
+       !(config.activation.empty() || config.activation == "silu" || config.activation == "swish"))) {
+    return false;
+  }
   switch (family.graph_decode) {
     case GraphDecode::kNever: return false;
     case GraphDecode::kWhileRopeLengthIndependent: return max_seq_len <= LengthIndependentRopePositions(config);

@@ -370,12 +370,20 @@ std::string BlockName(const BlockLayout& layout, int32_t layer);
 uint32_t BlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config, bool fused = false);
 // BlockKernels(fused = true) for a decode step of up to kFusedDecodeMaxRows rows (the fused decode layer's count
 // where the family has one and the fused kernels apply, else BlockKernels' count).
-uint32_t DecodeBlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config);
+// `experts_on_device`: a sparse layer whose experts are all resident, read on the device when chosen (the executor's
+// graph-captured decode); else dispatched from the host.
+uint32_t DecodeBlockKernels(const FamilyInfo& family, BlockKind kind, const ModelConfig& config,
+                            bool experts_on_device = false);
 // Whether the executor's fused kernels run this model's decoder layers (on a GPU in bf16/fp16): the family has
 // them, full rotary, head_dim a multiple of 32 up to 256, at most 8 query heads per kv head, hidden a multiple of 8.
 bool FusedKernelsApply(const FamilyInfo& family, const ModelConfig& config);
 // Whether decode steps of this model can be replayed from a CUDA graph for runs of max_seq_len positions (the
-// executor's StaticDecode); placement conditions (all resident on one GPU) are the caller's.
+// executor's ModelKernels::GraphDecode): length-independent RoPE; for mixture-of-experts models also at most
+// kGraphDecodeMaxExperts SiLU experts, top k <= 32. Placement conditions (every block, and for mixture-of-experts
+// models every expert, resident on GPUs, unquantized; decode batches of at most kGraphDecodeMaxExpertTokens rows) are
+// the caller's.
+inline constexpr uint32_t kGraphDecodeMaxExperts = 128;      // = executor fused_ops::kMoeMaxExperts
+inline constexpr uint32_t kGraphDecodeMaxExpertTokens = 16;  // = executor fused_ops::kMoeMaxTokens
 bool GraphDecodeEligible(const FamilyInfo& family, const ModelConfig& config, uint32_t max_seq_len);
 // Whether `module` is a parameter-free module of this family that a device map may name.
 bool IsParameterlessModule(const FamilyInfo& family, std::string_view module);

@@ -23,6 +23,7 @@
 #include "executor/generation.h"
 #include "executor/graph_cache.h"
 #include "executor/graph_decode.h"
+#include "executor/fused_ops.h"
 #include "executor/kernels.h"
 #include "executor/ranks.h"
 #include "executor/shard_group.h"
@@ -33,6 +34,7 @@
 #include "executor/trace.h"
 #include "executor/worker_pool.h"
 #include "support/units.h"
+#include "arch/registry.h"
 #include "arch/tensor_parallel.h"
 
 namespace bigplan {
@@ -1285,10 +1287,20 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
         options.cuda_graphs && impl->state->streams.empty() &&
         impl->kernels->StaticDecode(impl->state->info.max_seq_len));
   }
+  // A block whose routed experts are read on the device when chosen (BlockWeights::ResidentExperts, decode batches
+  // of at most fused_ops::kMoeMaxTokens rows), or that has none: its decode step waits for nothing on the host.
+  auto device_routed = [&](const BlockRuntime& b) {
+    const size_t first = static_cast<size_t>(arch::ExpertSlot(arch::Slot::kExpertGate, 0));
+    const bool has_experts = first < b.slots.size() && b.slots[first] >= 0;
+    return !has_experts || (impl->weights[b.index].ResidentExperts() != nullptr &&
+                            impl->state->info.max_batch <= fused_ops::kMoeMaxTokens);
+  };
   if (shards == 0 && options.cuda_graphs && !cpu_mode && !impl->state->cuda_devices.empty() &&
-      impl->state->streams.empty() && impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
+      impl->state->streams.empty() && impl->kernels->GraphDecode(impl->state->info.max_seq_len)) {
     bool resident = true;
-    for (const BlockRuntime& b : impl->state->blocks) resident &= b.device >= 0 && b.tier == schema::Tier::Gpu;
+    for (const BlockRuntime& b : impl->state->blocks) {
+      resident &= b.device >= 0 && b.tier == schema::Tier::Gpu && device_routed(b);
+    }
     // One segment per run of consecutive steps on one GPU; a later segment takes the hidden state from the one
     // before it through a buffer of its own (its graph's static input).
     const auto& steps = impl->state->steps;

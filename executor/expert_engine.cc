@@ -268,7 +268,9 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
 
   // Next-layer prefetch: each sparse layer's next sparse layer on this device, when that layer's router is a plain
   // resident matrix and both layers have their post-attention norm resident.
-  e->prefetch_ = static_cast<int>(std::min<int64_t>(prefetch >= 0 ? prefetch : r.prefetch, e->top_k_));
+  // (At most top_k, and what the ring holds beside one token's choices: a prediction runs only when both fit.)
+  e->prefetch_ = static_cast<int>(std::min<int64_t>({prefetch >= 0 ? prefetch : r.prefetch, e->top_k_,
+                                                     std::max<int64_t>(0, e->slots_ - e->top_k_)}));
   e->next_.resize(state.blocks.size());
   if (e->prefetch_ > 0) {
     auto resident = [](const BlockRuntime& b, arch::Slot s) -> const WeightRuntime* {

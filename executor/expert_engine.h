@@ -86,7 +86,8 @@ class ExpertEngine {
   // several GPUs has a ring, and an engine, per GPU: each copies its layers' experts over its own GPU's link, and
   // the host computes the share of each. `threads`: the host's computing threads
   // (0: every core); `host_compute` false: the host computes no expert (every chosen one is copied); `prefetch`:
-  // next-layer experts prefetched per sparse layer in decode (-1: the plan's ExpertRing.prefetch; at most top_k).
+  // next-layer experts prefetched per sparse layer in decode (-1: the plan's ExpertRing.prefetch; at most top_k and
+  // the ring's slots beyond one token's top_k).
   // kInvalidArgument for a routed expert the ring cannot hold or the host cannot multiply; kDevice for CUDA failures.
   // `split_rows`: the host may take part of one expert per layer (see above), a multiple of this many intermediate
   // rows (and the GPU at least as many), of an expert of at least `split_min_bytes`; 0: whole experts only.

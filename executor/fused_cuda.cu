@@ -1182,7 +1182,165 @@ __global__ void WaitFlagAddKernel(const volatile uint32_t* flag, uint32_t value,
   }
 }
 
+// ---- MoeExperts: one warp per output row; each lane reads 16 bytes of every row it multiplies per step ----
+
+template <typename T>
+__device__ __forceinline__ float ToF(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return F<T>(v);
+  }
+}
+template <typename T>
+__device__ __forceinline__ float RoundAs(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return Round<T>(v);
+  }
+}
+template <typename T>
+__device__ __forceinline__ T FromF(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return ToT<T>(v);
+  }
+}
+
+// out[r] = w[r] . x[r] over n elements (n % (16 / sizeof(T)) == 0, 16-byte aligned rows) for R rows, each with its own
+// x, summed over the warp (every lane gets the sums).
+template <typename T, int R>
+__device__ __forceinline__ void WarpDots(const T* const (&w)[R], const T* const (&x)[R], int64_t n, float (&out)[R]) {
+  constexpr int V = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+#pragma unroll 2
+  for (int64_t c = lane * V; c < n; c += 32 * V) {
+    uint4 wv[R], xv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      wv[r] = __ldg(reinterpret_cast<const uint4*>(w[r] + c));
+      xv[r] = *reinterpret_cast<const uint4*>(x[r] + c);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const T* wp = reinterpret_cast<const T*>(&wv[r]);
+      const T* xp = reinterpret_cast<const T*>(&xv[r]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[r] = fmaf(ToF<T>(wp[i]), ToF<T>(xp[i]), acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) out[r] = WarpSum(acc[r]);
+}
+
+constexpr int kMoeWarps = 8;
+
+// grid (ceil(inter / kMoeWarps), tokens * k): warp w of block (b, j) computes h[j, b * kMoeWarps + w].
+template <typename T>
+__global__ void __launch_bounds__(kMoeWarps * 32) MoeGateUpKernel(const MoeArgs a) {
+  const int64_t j = blockIdx.y, r = static_cast<int64_t>(blockIdx.x) * kMoeWarps + (threadIdx.x >> 5);
+  if (r >= a.inter) return;
+  const int64_t e = a.ids[j];
+  T* h = static_cast<T*>(a.h) + j * a.inter + r;
+  if (e < 0 || e >= a.num_experts) {
+    if ((threadIdx.x & 31) == 0) *h = FromF<T>(NAN);
+    return;
+  }
+  const T* gu = reinterpret_cast<const T*>(a.gate_up[e]);
+  const T* x = static_cast<const T*>(a.x) + (j / a.k) * a.hidden;
+  const T* const rows[2] = {gu + r * a.hidden, gu + (a.inter + r) * a.hidden};
+  const T* const xs[2] = {x, x};
+  float d[2];
+  WarpDots<T, 2>(rows, xs, a.hidden, d);
+  if ((threadIdx.x & 31) == 0) {
+    const float g = RoundAs<T>(d[0]), u = RoundAs<T>(d[1]);
+    const float act = RoundAs<T>(g / (1.f + expf(-g)));  // SiLU, as PyTorch computes it in float
+    *h = FromF<T>(act * u);
+  }
+}
+
+// grid (ceil(hidden / kMoeWarps), tokens): warp w of block (b, t) computes out[t, b * kMoeWarps + w], token t's
+// choices taken in expert order, two products at a time.
+template <typename T>
+__global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a) {
+  const int64_t t = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kMoeWarps + (threadIdx.x >> 5);
+  if (c >= a.hidden) return;
+  // Token t's choices by expert (ids are distinct within a token; an invalid one poisons the row).
+  int order[32];
+  const int k = static_cast<int>(a.k);
+  bool bad = false;
+  for (int i = 0; i < k; ++i) {
+    const int64_t e = a.ids[t * a.k + i];
+    bad = bad || e < 0 || e >= a.num_experts;
+    int at = i;
+    while (at > 0 && a.ids[t * a.k + order[at - 1]] > e) {
+      order[at] = order[at - 1];
+      --at;
+    }
+    order[at] = i;
+  }
+  T* out = static_cast<T*>(a.out) + t * a.hidden + c;
+  if (bad) {
+    if ((threadIdx.x & 31) == 0) *out = FromF<T>(NAN);
+    return;
+  }
+  float sum = 0.f;
+  for (int i0 = 0; i0 < k; i0 += 2) {
+    const T* rows[2];
+    const T* hs[2];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      // (An odd count's last pair multiplies its one row twice and keeps one result.)
+      const int j = static_cast<int>(t * a.k) + order[i0 + q < k ? i0 + q : i0];
+      rows[q] = reinterpret_cast<const T*>(a.down[a.ids[j]]) + c * a.inter;
+      hs[q] = static_cast<const T*>(a.h) + j * a.inter;
+    }
+    float d[2];
+    WarpDots<T, 2>(rows, hs, a.inter, d);
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      if (i0 + q >= k) break;
+      const int64_t j = t * a.k + order[i0 + q];
+      const float y = RoundAs<T>(d[q]);
+      sum = RoundAs<T>(sum + RoundAs<T>(y * LoadElem(a.w, a.w_elem, j)));
+    }
+  }
+  if ((threadIdx.x & 31) == 0) *out = FromF<T>(sum);
+}
+
+template <typename T>
+void LaunchMoe(const MoeArgs& a, cudaStream_t stream) {
+  const dim3 gu(static_cast<unsigned>((a.inter + kMoeWarps - 1) / kMoeWarps), static_cast<unsigned>(a.tokens * a.k));
+  MoeGateUpKernel<T><<<gu, kMoeWarps * 32, 0, stream>>>(a);
+  const dim3 dn(static_cast<unsigned>((a.hidden + kMoeWarps - 1) / kMoeWarps), static_cast<unsigned>(a.tokens));
+  MoeDownKernel<T><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+}
+
 }  // namespace
+
+cudaError_t MoeExperts(const MoeArgs& a, cudaStream_t stream) {
+  const auto aligned = [](uint64_t p) { return p != 0 && (p & 15u) == 0; };
+  if (a.x == nullptr || a.ids == nullptr || a.w == nullptr || a.h == nullptr || a.out == nullptr ||
+      a.num_experts < 1 || a.num_experts > kMoeMaxExperts || a.tokens < 1 || a.tokens > kMoeMaxTokens || a.k < 1 ||
+      a.k > 32 || a.hidden < 8 || a.hidden % 8 != 0 || a.inter < 8 || a.inter % 8 != 0 ||
+      !aligned(reinterpret_cast<uint64_t>(a.x)) || !aligned(reinterpret_cast<uint64_t>(a.h))) {
+    return cudaErrorInvalidValue;
+  }
+  for (int64_t e = 0; e < a.num_experts; ++e) {
+    if (!aligned(a.gate_up[e]) || !aligned(a.down[e])) return cudaErrorInvalidValue;
+  }
+  switch (a.elem) {
+    case Elem::kBF16: LaunchMoe<__nv_bfloat16>(a, stream); break;
+    case Elem::kF16: LaunchMoe<__half>(a, stream); break;
+    case Elem::kF32: LaunchMoe<float>(a, stream); break;
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
                        Elem weight_elem, void* weights, cudaStream_t stream) {

@@ -74,6 +74,33 @@ cudaError_t ExpertSum(Elem elem, const void* y, Elem w_elem, const void* w, int6
 cudaError_t WaitFlagAdd(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out, Elem out_elem,
                         void* out, const float* y, int64_t n, cudaStream_t stream);
 
+// Routed experts resident on the GPU, for a few tokens, without the host (so a decode step may be captured in a
+// graph): the chosen experts' SwiGLU products read their matrices through tables of addresses indexed by the router's
+// choices. For choice j = t * k + i of token t (expert e = ids[j]):
+//   h[j, r] = round(round(silu(round(gate_e[r] . x[t]))) * round(up_e[r] . x[t]))            (r < inter)
+//   out[t, c] = the sum over t's choices in expert order, from 0, of round(round(down_e[c] . h[j]) * w[j]), rounded
+//               after each addition: what transformers' index_add_ of each expert's weighted output does.
+// gate_up[e]: the address of expert e's [2 inter, hidden] rows (gate's, then up's), down[e]: its [hidden, inter]
+// matrix, row-major; x [tokens, hidden], h [tokens * k, inter] (scratch) and out [tokens, hidden] contiguous, all of
+// `elem`; w [tokens, k] of `w_elem`; ids int64 [tokens, k] (an id outside [0, num_experts) makes its outputs NaN).
+// hidden % 8 == 0 and inter % 8 == 0, every address 16-byte aligned; 1 <= num_experts <= kMoeMaxExperts,
+// 1 <= tokens <= kMoeMaxTokens, 1 <= k <= 32. Sums in float32.
+inline constexpr int kMoeMaxExperts = 128;
+inline constexpr int kMoeMaxTokens = 16;
+struct MoeArgs {
+  Elem elem = Elem::kBF16;
+  const void* x = nullptr;
+  const int64_t* ids = nullptr;
+  Elem w_elem = Elem::kF32;
+  const void* w = nullptr;
+  int64_t tokens = 0, k = 0, hidden = 0, inter = 0, num_experts = 0;
+  uint64_t gate_up[kMoeMaxExperts] = {};
+  uint64_t down[kMoeMaxExperts] = {};
+  void* h = nullptr;
+  void* out = nullptr;
+};
+cudaError_t MoeExperts(const MoeArgs& a, cudaStream_t stream);
+
 // LlamaRMSNorm of each row: out = round(w * round(x * rsqrt(mean(x^2) + eps))) with the mean in float32.
 cudaError_t RmsNorm(DType dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,
                     int64_t rows, int64_t cols, float eps, cudaStream_t stream);

@@ -215,6 +215,45 @@ bool SiluMulInto(const at::Tensor& gu, const at::Tensor& out) {
   return true;
 }
 
+static_assert(kMoeMaxTokens == fused::kMoeMaxTokens && kMoeMaxExperts == fused::kMoeMaxExperts);
+
+at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& w,
+                      const std::vector<uint64_t>& gate_up, const std::vector<uint64_t>& down, int64_t inter) {
+  fused::MoeArgs a;
+  const int64_t n = static_cast<int64_t>(gate_up.size());
+  if (!x.defined() || !x.is_cuda() || x.dim() != 2 || !x.is_contiguous() || !ElemOf(x.scalar_type(), &a.elem) ||
+      !ids.defined() || ids.device() != x.device() || ids.scalar_type() != at::kLong || ids.dim() != 2 ||
+      ids.size(0) != x.size(0) || !ids.is_contiguous() || !w.defined() || w.device() != x.device() ||
+      w.sizes() != ids.sizes() || !w.is_contiguous() || !ElemOf(w.scalar_type(), &a.w_elem) || n < 1 ||
+      n > fused::kMoeMaxExperts || static_cast<int64_t>(down.size()) != n || x.size(0) < 1 ||
+      x.size(0) > fused::kMoeMaxTokens || ids.size(1) < 1 || ids.size(1) > 32 || x.size(1) % 8 != 0 || inter < 8 ||
+      inter % 8 != 0 || !Aligned16(x)) {
+    return at::Tensor();
+  }
+  a.x = x.data_ptr();
+  a.ids = ids.data_ptr<int64_t>();
+  a.w = w.data_ptr();
+  a.tokens = x.size(0);
+  a.k = ids.size(1);
+  a.hidden = x.size(1);
+  a.inter = inter;
+  a.num_experts = n;
+  std::copy(gate_up.begin(), gate_up.end(), a.gate_up);
+  std::copy(down.begin(), down.end(), a.down);
+  const at::Tensor h = at::empty({a.tokens * a.k, inter}, x.options());
+  at::Tensor out = at::empty_like(x);
+  a.h = h.data_ptr();
+  a.out = out.data_ptr();
+  if (!Aligned16(h)) return at::Tensor();
+  const cudaError_t e = fused::MoeExperts(a, Stream());
+  if (e == cudaErrorInvalidValue) {
+    (void)cudaGetLastError();
+    return at::Tensor();
+  }
+  Check(e, "moe_experts");
+  return out;
+}
+
 bool ExpertSum(const at::Tensor& y, const at::Tensor& w, const at::Tensor& out) {
   fused::Elem ye, we;
   if (!y.defined() || !y.is_cuda() || y.dim() != 3 || !y.is_contiguous() || !ElemOf(y.scalar_type(), &ye) ||

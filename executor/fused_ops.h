@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <utility>
+#include <vector>
 
 #include <cstdint>
 
@@ -50,6 +51,16 @@ std::pair<at::Tensor, at::Tensor> RouterTopK(const at::Tensor& logits, int top, 
 // mapped pinned memory), out [tokens, hidden] contiguous of y's dtype on y's device. False, queuing nothing, when not
 // eligible.
 bool ExpertSum(const at::Tensor& y, const at::Tensor& w, const at::Tensor& out);
+
+// Routed experts resident on x's GPU, for up to fused::kMoeMaxTokens tokens (fused::MoeExperts, SiLU experts): each
+// token's chosen experts' SwiGLU outputs weighted and summed as transformers' MoE blocks do, [tokens, hidden] in x's
+// dtype, from x [tokens, hidden] (bf16, fp16 or fp32), ids [tokens, k] int64 and w [tokens, k] (bf16, fp16 or fp32)
+// on x's device, and per expert e the device addresses of its [gate; up] rows ([2 inter, hidden]) and of its down
+// matrix ([hidden, inter]), in x's dtype. Reads the choices on the device: nothing waits for the host. Undefined,
+// queuing nothing, when these are not what the kernels take.
+inline constexpr int64_t kMoeMaxTokens = 16, kMoeMaxExperts = 128;  // = fused::kMoeMaxTokens, kMoeMaxExperts
+at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& w,
+                      const std::vector<uint64_t>& gate_up, const std::vector<uint64_t>& down, int64_t inter);
 
 // at::mul_out(out, at::silu(gate), up) for gu [..., 2 inter] = [gate | up] into out [..., inter] (contiguous, gu's
 // dtype and device) by fused::SiluMul. False, queuing nothing, when not eligible.

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -565,6 +566,103 @@ TEST_P(FusedOpsGpu, ExpertSumAndSiluMulIntoMatchLibTorch) {
   EXPECT_FALSE(ExpertSum(at::randn({2, 4}, Opts()), at::rand({2, 1}, Opts()), at::zeros({1, 4}, Opts())));
   EXPECT_FALSE(ExpertSum(at::randn({2, 1, 4}, Opts()), at::rand({2, 1, 1}, Opts()),
                          at::zeros({1, 4}, Opts().dtype(at::kFloat))));
+}
+
+// The experts' products read on the device (MoeExperts) against what the executor's host-dispatched path computes with
+// LibTorch (kernels_llama.cc: gate and up as one product, SiLU(gate) x up, the down product, each output scaled by
+// its routing weight, cast, and added in expert order), within a rounding or two of the dtype (cuBLAS sums in another
+// order): in the execution dtype and in float32, the weights of either dtype, 1 to 16 tokens, 2 to 8 choices of up to
+// 128 experts; replayed from a CUDA graph with other choices it gives what it gives eagerly; an expert id out of range
+// poisons its token's outputs (NaN) instead of reading elsewhere; and what the kernels do not take is declined.
+TEST_P(FusedOpsGpu, MoeExpertsMatchTheExpertsOneByOne) {
+  struct Case {
+    int64_t experts, k, tokens, hidden, inter;
+    at::ScalarType dtype;
+  };
+  const at::ScalarType dt = GetParam();
+  for (const Case& c : std::vector<Case>{{8, 2, 1, 256, 512, dt}, {8, 2, 2, 4096, 1024, dt}, {128, 8, 1, 2048, 768, dt},
+                                          {60, 4, 16, 512, 256, dt}, {16, 3, 3, 256, 128, at::kFloat}}) {
+    for (const at::ScalarType wt : {c.dtype, at::kFloat}) {
+      SCOPED_TRACE(std::to_string(c.experts) + " experts top " + std::to_string(c.k) + ", " +
+                   std::to_string(c.tokens) + " tokens, " + c10::toString(c.dtype) + ", weights " + c10::toString(wt));
+      const auto o = at::TensorOptions().dtype(c.dtype).device(at::kCUDA, 0);
+      const at::Tensor gate_up = at::randn({c.experts, 2 * c.inter, c.hidden}, o) * 0.05;
+      const at::Tensor down = at::randn({c.experts, c.hidden, c.inter}, o) * 0.05;
+      const at::Tensor x = at::randn({c.tokens, c.hidden}, o);
+      // Distinct choices per token, in no particular order, and their weights.
+      const at::Tensor ids = at::argsort(at::rand({c.tokens, c.experts}), int64_t{1}, false).narrow(1, 0, c.k).contiguous().to(
+          at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0));
+      const at::Tensor w = at::rand({c.tokens, c.k}, o.dtype(wt));
+      std::vector<uint64_t> gu_ptr, down_ptr;
+      for (int64_t e = 0; e < c.experts; ++e) {
+        gu_ptr.push_back(reinterpret_cast<uint64_t>(gate_up[e].data_ptr()));
+        down_ptr.push_back(reinterpret_cast<uint64_t>(down[e].data_ptr()));
+      }
+      const at::Tensor got = MoeExperts(x, ids, w, gu_ptr, down_ptr, c.inter);
+      ASSERT_TRUE(got.defined());
+      at::Tensor want = at::zeros_like(x);
+      const at::Tensor ids_cpu = ids.cpu();
+      for (int64_t t = 0; t < c.tokens; ++t) {
+        std::vector<std::pair<int64_t, int64_t>> order;  // (expert, choice)
+        for (int64_t j = 0; j < c.k; ++j) order.emplace_back(ids_cpu[t][j].item<int64_t>(), j);
+        std::sort(order.begin(), order.end());
+        const at::Tensor xt = x.narrow(0, t, 1);
+        at::Tensor out = want.narrow(0, t, 1);
+        for (const auto& [e, j] : order) {
+          const at::Tensor both = at::linear(xt, gate_up[e]);
+          const at::Tensor h = at::silu(both.narrow(-1, 0, c.inter)) * both.narrow(-1, c.inter, c.inter);
+          const at::Tensor y = at::linear(h, down[e]);
+          out.add_((y * w.narrow(0, t, 1).narrow(1, j, 1)).to(c.dtype));
+        }
+      }
+      const at::Tensor g = got.to(at::kFloat).cpu(), r = want.to(at::kFloat).cpu();
+      const double tol = c.dtype == at::kFloat ? 1e-5 : Tol();
+      EXPECT_LE((g - r).abs().max().item<double>() / std::max(1e-6, r.abs().max().item<double>()), tol);
+      EXPECT_FALSE(std::isnan(g.sum().item<double>()));
+      // From a graph, with other choices written into the same ids before the replay.
+      if (wt == c.dtype) {
+        at::Tensor ids_static = ids.clone(), graph_out;
+        c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, 0);
+        at::cuda::getCurrentCUDAStream().synchronize();  // (the inputs were written on the default stream)
+        at::cuda::CUDAGraph graph;
+        {
+          c10::cuda::CUDAStreamGuard guard(side);
+          graph_out = MoeExperts(x, ids_static, w, gu_ptr, down_ptr, c.inter);  // warm-up
+          graph.capture_begin();
+          graph_out = MoeExperts(x, ids_static, w, gu_ptr, down_ptr, c.inter);
+          graph.capture_end();
+        }
+        const at::Tensor other = at::argsort(at::rand({c.tokens, c.experts}), int64_t{1}, false).narrow(1, 0, c.k).contiguous();
+        ids_static.copy_(other);
+        graph.replay();
+        at::cuda::getCurrentCUDAStream().synchronize();
+        side.synchronize();
+        EXPECT_TRUE(at::equal(graph_out, MoeExperts(x, ids_static, w, gu_ptr, down_ptr, c.inter)));
+      }
+    }
+  }
+  // An id out of range: that token's outputs are NaN, the other token's are not.
+  {
+    const at::Tensor gate_up = at::randn({4, 2 * 64, 64}, Opts()), down = at::randn({4, 64, 64}, Opts());
+    std::vector<uint64_t> gu_ptr, down_ptr;
+    for (int64_t e = 0; e < 4; ++e) {
+      gu_ptr.push_back(reinterpret_cast<uint64_t>(gate_up[e].data_ptr()));
+      down_ptr.push_back(reinterpret_cast<uint64_t>(down[e].data_ptr()));
+    }
+    const at::Tensor ids = at::tensor({0, 1, 2, 7}, at::TensorOptions().dtype(at::kLong)).view({2, 2}).to(at::kCUDA);
+    const at::Tensor out = MoeExperts(at::randn({2, 64}, Opts()), ids, at::rand({2, 2}, Opts()), gu_ptr, down_ptr, 64);
+    ASSERT_TRUE(out.defined());
+    EXPECT_FALSE(at::isnan(out[0]).any().item<bool>());
+    EXPECT_TRUE(at::isnan(out[1]).all().item<bool>());
+    // Declined: 17 tokens, more than 128 experts, hidden not a multiple of 8, ids of another dtype.
+    const at::Tensor w2 = at::rand({2, 2}, Opts());
+    EXPECT_FALSE(MoeExperts(at::randn({17, 64}, Opts()), at::zeros({17, 2}, ids.options()), at::rand({17, 2}, Opts()),
+                            gu_ptr, down_ptr, 64).defined());
+    EXPECT_FALSE(MoeExperts(at::randn({2, 64}, Opts()), ids, w2, std::vector<uint64_t>(129, gu_ptr[0]),
+                            std::vector<uint64_t>(129, down_ptr[0]), 64).defined());
+    EXPECT_FALSE(MoeExperts(at::randn({2, 60}, Opts()), ids, w2, gu_ptr, down_ptr, 64).defined());
+    EXPECT_FALSE(MoeExperts(at::randn({2, 64}, Opts()), ids.to(at::kInt), w2, gu_ptr, down_ptr, 64).defined());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedOpsGpu, ::testing::Values(at::kBFloat16, at::kHalf),

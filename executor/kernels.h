@@ -190,6 +190,16 @@ class BlockWeights {
   // Adds the weighted sum of the experts the host computed to *out ([T, hidden] in x's dtype on x's device: out +
   // sum.to(out's dtype), in stream order); leaves it as it is when the host computed none (the default).
   virtual Status FinishExperts(at::Tensor* /*out*/) const { return Status::Ok(); }
+  // A sparse layer whose routed experts all rest on the block's GPU where they stay (none moved or computed by the
+  // host, streamed, chunked or quantized), each expert's gate and up rows back to back, in the execution dtype: per
+  // expert (in index order) the device address of its [gate; up] rows ([2 inter, hidden]) and of its down matrix
+  // ([hidden, inter]), fixed for the executor's life, so kernels may read the chosen experts on the device without
+  // the host (fused_ops::MoeExperts). Null otherwise (the default).
+  struct ResidentExpertTable {
+    std::vector<uint64_t> gate_up, down;
+    int64_t inter = 0, hidden = 0;
+  };
+  virtual const ResidentExpertTable* ResidentExperts() const { return nullptr; }
 };
 
 // A decoder layer's KV cache: k and v each [max_batch, num_kv_heads, max_seq_len, head_dim], execution dtype,
@@ -250,6 +260,12 @@ class ModelKernels {
   // original_max_position_embeddings (their frequencies depend on the length). False for the other architectures.
   // arch::GraphDecodeEligible gives the planner the same answer.
   virtual bool StaticDecode(int64_t /*max_seq_len*/) const { return false; }
+  // Whether a decode step may be captured in a CUDA graph for KV caches of max_seq_len positions: a static step
+  // (StaticDecode) in which nothing waits for the host. Mixture-of-experts layers: where the fused kernels read the
+  // chosen experts on the device (fused_ops::MoeExperts), which they do only for a layer whose experts are all
+  // resident (BlockWeights::ResidentExperts; the executor checks each block before it captures). The default:
+  // StaticDecode.
+  virtual bool GraphDecode(int64_t max_seq_len) const { return StaticDecode(max_seq_len); }
 };
 
 // kUnsupported naming the architecture if the architecture registry (arch/registry.h) has no such family or

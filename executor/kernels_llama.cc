@@ -450,6 +450,44 @@ class LlamaKernels final : public ModelKernelsBase {
       if (spec_.norm_topk_prob) topw = topw / topw.sum(-1, /*keepdim=*/true);
       if (!float32_routing_) topw = topw.to(x.scalar_type());
     }
+    // Routed experts all resident on the GPU, a few tokens: the chosen experts' products read their matrices on the
+    // device (fused_ops::MoeExperts), so nothing waits for the host and a decode step can be captured in a graph.
+    at::Tensor out = DeviceExperts(c, x, topi, topw);
+    if (!out.defined()) {
+      BIGPLAN_ASSIGN_OR_RETURN(out, HostDispatchedExperts(c, x, topi, topw, written));
+    }
+    if (spec_.shared_expert_intermediate_size > 0) {
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sg, Ref(c, Slot::kSharedGate));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef su, Ref(c, Slot::kSharedUp));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sd, Ref(c, Slot::kSharedDown));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sgate, Ref(c, Slot::kSharedExpertGate));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor g, LinearW(sg, x, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor u, LinearW(su, x, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor shared, LinearW(sd, Activate(act_, g) * u, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_logit, LinearW(sgate, x, at::Tensor()));
+      out = out + at::sigmoid(gate_logit) * shared;
+    }
+    return out.view(h.sizes());
+  }
+
+  // The device path of Moe (see there): undefined when the layer's experts are not all resident on the GPU, the
+  // activation is not SiLU, or the tokens or experts are more than the kernels take.
+  at::Tensor DeviceExperts(const Call& c, const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw) const {
+    if (!spec_.fused_kernels || act_ != Activation::kSilu || !x.is_cuda() || x.size(0) > fused_ops::kMoeMaxTokens) {
+      return at::Tensor();
+    }
+    const BlockWeights::ResidentExpertTable* table = c.weights.ResidentExperts();
+    if (table == nullptr || table->gate_up.size() != spec_.num_experts || table->hidden != x.size(1)) {
+      return at::Tensor();
+    }
+    return fused_ops::MoeExperts(x.contiguous(), topi.contiguous(), topw.contiguous(), table->gate_up, table->down,
+                                 table->inter);
+  }
+
+  // The experts dispatched from the host: the choices reach the host (BlockWeights::BeginExperts), and the chosen
+  // experts run as groups or one by one, wherever the expert engine put them; the host's sum is added last.
+  Result<at::Tensor> HostDispatchedExperts(const Call& c, const at::Tensor& x, const at::Tensor& topi,
+                                           const at::Tensor& topw, bool written) const {
     BIGPLAN_ASSIGN_OR_RETURN(BlockWeights::ExpertWork work,
                              c.weights.BeginExperts(x, topi, topw, spec_.num_experts, written));
     at::Tensor out = at::zeros_like(x);
@@ -488,18 +526,7 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
     }
     BIGPLAN_RETURN_IF_ERROR(c.weights.FinishExperts(&out));
-    if (spec_.shared_expert_intermediate_size > 0) {
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sg, Ref(c, Slot::kSharedGate));
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef su, Ref(c, Slot::kSharedUp));
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sd, Ref(c, Slot::kSharedDown));
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef sgate, Ref(c, Slot::kSharedExpertGate));
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor g, LinearW(sg, x, at::Tensor()));
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor u, LinearW(su, x, at::Tensor()));
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor shared, LinearW(sd, Activate(act_, g) * u, at::Tensor()));
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_logit, LinearW(sgate, x, at::Tensor()));
-      out = out + at::sigmoid(gate_logit) * shared;
-    }
-    return out.view(h.sizes());
+    return out;
   }
 
   Status FinalNorm(const Call& c, at::Tensor* hidden) const override {
@@ -533,9 +560,18 @@ class LlamaKernels final : public ModelKernelsBase {
 
  public:
   // (The registry's arch::GraphDecodeEligible says the same for the planner.)
-  // Mixture-of-experts layers read the router's choices on the host: no static (graph-captured) step.
+  // Mixture-of-experts layers read the router's choices on the host (continuous batching's per-row steps and the
+  // prefill graphs leave them out), but their decode steps may be captured where the chosen experts are read on the
+  // device (GraphDecode).
   bool StaticDecode(int64_t max_seq_len) const override {
     return spec_.num_experts == 0 && !rope_.LengthDependent(max_seq_len);
+  }
+  static_assert(fused_ops::kMoeMaxExperts == arch::kGraphDecodeMaxExperts &&
+                fused_ops::kMoeMaxTokens == arch::kGraphDecodeMaxExpertTokens);
+  bool GraphDecode(int64_t max_seq_len) const override {
+    if (spec_.num_experts == 0) return StaticDecode(max_seq_len);
+    return spec_.fused_kernels && act_ == Activation::kSilu && spec_.num_experts <= fused_ops::kMoeMaxExperts &&
+           spec_.num_experts_per_tok <= 32 && !rope_.LengthDependent(max_seq_len);
   }
 
  private:

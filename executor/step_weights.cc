@@ -47,7 +47,40 @@ Result<StepWeights> StepWeights::Make(StreamEngine* engine, const ModelState& st
   } catch (const std::exception& ex) {
     return MakeError(ErrorCode::kDevice, b.name + ": making weight views: " + ex.what());
   }
+  sw.FindResidentExperts(state);
   return sw;
+}
+
+void StepWeights::FindResidentExperts(const ModelState& state) {
+  const BlockRuntime& b = *block_;
+  if (b.device < 0 || experts_ != nullptr) return;
+  const schema::DType exec = state.plan->plan().exec_dtype();
+  ResidentExpertTable t;
+  for (uint32_t e = 0;; ++e) {
+    const WeightRuntime* m[3] = {};
+    const arch::Slot roles[3] = {arch::Slot::kExpertGate, arch::Slot::kExpertUp, arch::Slot::kExpertDown};
+    for (int k = 0; k < 3; ++k) {
+      const size_t slot = static_cast<size_t>(arch::ExpertSlot(roles[k], e));
+      if (slot < b.slots.size() && b.slots[slot] >= 0) m[k] = &b.weights[b.slots[slot]];
+    }
+    if (m[0] == nullptr && m[1] == nullptr && m[2] == nullptr) break;  // past the last expert
+    for (const WeightRuntime* w : m) {
+      if (w == nullptr || w->routed || !w->units.empty() || w->chunked || w->quantized() || w->home == nullptr ||
+          w->tier != schema::Tier::Gpu || w->dtype != exec || w->shape.size() != 2) {
+        return;
+      }
+    }
+    const int64_t inter = m[0]->shape[0], hidden = m[0]->shape[1];
+    if (m[1]->shape != m[0]->shape || m[2]->shape[0] != hidden || m[2]->shape[1] != inter ||
+        m[0]->home + m[0]->bytes != m[1]->home || (t.inter != 0 && (t.inter != inter || t.hidden != hidden))) {
+      return;
+    }
+    t.inter = inter;
+    t.hidden = hidden;
+    t.gate_up.push_back(reinterpret_cast<uint64_t>(m[0]->home));
+    t.down.push_back(reinterpret_cast<uint64_t>(m[2]->home));
+  }
+  resident_experts_ = std::move(t);
 }
 
 Status StepWeights::Prepare() {

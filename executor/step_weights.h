@@ -49,6 +49,9 @@ class StepWeights : public BlockWeights {
   Status AcquireExpertDown(int32_t expert) const override;
   Status ReleaseExpert(int32_t expert) const override;
   Status FinishExperts(at::Tensor* out) const override;
+  const ResidentExpertTable* ResidentExperts() const override {
+    return resident_experts_.gate_up.empty() ? nullptr : &resident_experts_;
+  }
 
  private:
   struct Entry {
@@ -65,6 +68,8 @@ class StepWeights : public BlockWeights {
   at::TensorOptions options_;
   // By slot (arch::SlotCount of the model); a routed expert's views are set between AcquireExpert and ReleaseExpert.
   mutable std::vector<Entry> entries_;
+  ResidentExpertTable resident_experts_;  // filled at Make when the block's experts all rest on its GPU
+  void FindResidentExperts(const ModelState& state);
 };
 
 }  // namespace bigplan::executor_internal

@@ -95,7 +95,7 @@ Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& r
   }
   ScheduleOptions sopt;
   sopt.memory_algorithm = request.memory_algorithm;
-  for (const auto& [device, ring] : ExpertRingsFor(model, placement.blocks, exec))
+  for (const auto& [device, ring] : ExpertRingsFor(model, placement.blocks, exec, request.run.max_batch))
     sopt.expert_rings[device] = {ring.ring_bytes(), ring.disk_ring_bytes()};
   for (const auto& [device, blocks] : blocks_of_device)
     sopt.activation_bytes[device] = EstimateActivations(model, request.run, exec, blocks).total;
@@ -169,6 +169,13 @@ StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vect
   out.prefill_hop_us.assign(n, 0);
   for (size_t i = 0; i < n; ++i) {
     BlockWork work = DescribeBlockWork(model, i, exec);
+    // A graph-captured decode step reads a sparse layer's chosen experts on the device (all resident).
+    if (graph_decode && model.config.num_experts > 0 && model.blocks[i].kind == BlockKind::kDecoderLayer &&
+        model.config.SparseLayer(model.blocks[i].layer) && work.decode_kernels > 0) {
+      const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+      if (family != nullptr)
+        work.decode_kernels = arch::DecodeBlockKernels(*family, BlockKind::kDecoderLayer, model.config, true);
+    }
     // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
     const uint32_t extra = 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
     work.kernels += extra;
@@ -393,6 +400,16 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
     // All resident on GPUs: one graph per run of blocks on one device (the executor's graph segments).
     for (size_t i = 0; i < n; ++i)
       if (devices[i] < 0 || result.placement.blocks[i].tier != Tier::kGpu) return false;
+    // Mixture-of-experts layers: the chosen experts are read on the device for decode batches of at most
+    // kGraphDecodeMaxExpertTokens rows of unquantized experts.
+    if (model.config.num_experts > 0) {
+      if (request.run.max_batch > arch::kGraphDecodeMaxExpertTokens || request.weights != quant::Format::kNone) {
+        return false;
+      }
+      for (size_t i = 0; i < n; ++i)
+        for (const TensorSpec& t : model.blocks[i].params)
+          if (t.format != quant::Format::kNone && t.name.find(".experts.") != std::string::npos) return false;
+    }
     return true;
   }();
   // Per-block costs of a schedule; `host_tokens` > 0: a decode forward that computes the host units on the host.
@@ -424,7 +441,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   // time is its bytes at the profile's matrix-vector rate and a fixed cost (kHostExpertJobMicros). With an automatic
   // share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert
   // while the GPU computes.
-  result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
+  result.expert_rings = ExpertRingsFor(model, placement.blocks, exec, request.run.max_batch);
   const bool routed = !result.expert_rings.empty();
   if (routed) {
     const DeviceProfile& pf = result.profile;
