@@ -661,11 +661,25 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                    j["graph_capture_error"].get<std::string>().c_str());
     }
   } else {
+    // The bytes a decode token reads: every weight, except that a mixture-of-experts layer reads num_experts_per_tok
+    // of its num_experts experts (their expected share under uniform routing).
     uint64_t weight_bytes = 0;
-    std::map<int32_t, uint64_t> device_bytes;  // each GPU's share of the weights
+    std::map<int32_t, uint64_t> device_bytes;  // each GPU's share of what a token reads
+    const double picked = p.config()->num_experts() > 0
+                              ? static_cast<double>(p.config()->num_experts_per_tok()) / p.config()->num_experts()
+                              : 1.0;
     for (uint32_t i = 0; i < p.blocks()->size(); ++i) {
-      weight_bytes += p.blocks()->Get(i)->weight_bytes();
-      device_bytes[p.blocks()->Get(i)->device()] += p.blocks()->Get(i)->weight_bytes();
+      const schema::Block* b = p.blocks()->Get(i);
+      uint64_t read = b->weight_bytes();
+      if (picked < 1.0 && b->weights() != nullptr) {
+        for (const schema::Weight* w : *b->weights()) {
+          if (p.tensors()->Get(w->tensor())->name()->str().find(".experts.") != std::string::npos) {
+            read -= static_cast<uint64_t>((1.0 - picked) * static_cast<double>(w->size_bytes()));
+          }
+        }
+      }
+      weight_bytes += read;
+      device_bytes[b->device()] += read;
     }
     uint64_t larger_share = 0;
     for (const auto& [device, bytes] : device_bytes) larger_share = std::max(larger_share, bytes);
