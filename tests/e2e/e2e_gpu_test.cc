@@ -425,7 +425,7 @@ TEST_P(E2eGpu, TwoGpuRoutedExpertsMatchOneGpu) {
       }
     }
     // Every expert resident, split over the two GPUs: decode steps replayed from graphs (one per GPU's segment, the
-    // chosen experts read on the device) match transformers and the eager steps of the same plan.
+    // chosen experts read on the device) match transformers and the eager steps of the same plan (fp32: to 1e-5).
     {
       const std::string resident = dir + "/resident.bplan";
       made = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", dtype, batch, seq_len, resident);
@@ -449,8 +449,11 @@ TEST_P(E2eGpu, TwoGpuRoutedExpertsMatchOneGpu) {
         EXPECT_EQ(exec[g]->stats().graph_capture_error, "") << g;
         EXPECT_EQ(exec[g]->stats().graph_steps > 0, g == 1 && steps > 0) << g;
       }
+      // (The graphs' static attention sums in another order than the eager step's: bf16 roundings may differ.)
       for (size_t k = 0; k < errors[0].logits.size(); ++k) {
-        EXPECT_LE(MaxRelError(errors[1].logits[k].data, errors[0].logits[k].data), 1e-5) << "step " << k;
+        EXPECT_LE(MaxRelError(errors[1].logits[k].data, errors[0].logits[k].data),
+                  dtype == "fp32" ? 1e-5 : kBf16Tolerance)
+            << "step " << k;
       }
       std::printf("%-14s %-5s two GPUs, every expert resident: graphs %llu steps, vs transformers %.2e (eager %.2e)\n",
                   family.c_str(), dtype.c_str(), static_cast<unsigned long long>(exec[1]->stats().graph_steps),
