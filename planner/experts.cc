@@ -24,8 +24,7 @@ int32_t ExpertOfWeight(const ModelDescription& model, size_t block, size_t weigh
   return static_cast<int32_t>(expert);
 }
 
-uint32_t ExpertRingSlots(const ModelConfig& config, uint32_t max_batch) {
-  if (max_batch <= 1) return std::clamp<uint32_t>(config.num_experts_per_tok + 1, 2, 32);
+uint32_t ExpertRingSlots(const ModelConfig& config) {
   return std::clamp<uint32_t>(2 * config.num_experts_per_tok, 4, 32);
 }
 
@@ -54,8 +53,7 @@ ExpertSizes SizesOf(const ModelDescription& model, size_t block, const BlockPlac
 }  // namespace
 
 std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
-                                                 const std::vector<BlockPlacement>& blocks, DType exec_dtype,
-                                                 uint32_t max_batch) {
+                                                 const std::vector<BlockPlacement>& blocks, DType exec_dtype) {
   std::map<int32_t, ExpertRingPlan> rings;
   for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
     const BlockPlacement& p = blocks[i];
@@ -65,7 +63,7 @@ std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
       if (!s.off_gpu.at(e)) continue;
       ExpertRingPlan& r = rings[p.device];
       r.device = p.device;
-      r.slots = ExpertRingSlots(model.config, max_batch);
+      r.slots = ExpertRingSlots(model.config);
       r.slot_bytes = std::max(r.slot_bytes, bytes);
       if (s.on_disk.at(e)) r.disk_slots = kExpertDiskSlots;
     }

@@ -24,12 +24,11 @@ namespace bigplan {
 // matrix (the registry's "{e}" rules), else -1.
 int32_t ExpertOfWeight(const ModelDescription& model, size_t block, size_t weight);
 
-// The slots of a device's expert ring (each holds the largest expert; the ring's bytes are resident experts it
-// displaces). For a run of at most one token a forward (max_batch 1: decode, and prefills cycling their experts
-// through the slots): one token's choices and one next-layer prefetch, num_experts_per_tok + 1, at least 2; for
-// batches, room for the experts two tokens' routers pick, 2 num_experts_per_tok, at least 4. At most 32.
-// (Mixtral-8x7B, top-2 of 352 MB experts: 3 slots at batch 1, where 4 held one expert fewer on the GPU.)
-uint32_t ExpertRingSlots(const ModelConfig& config, uint32_t max_batch);
+// The slots of a device's expert ring: room for the experts two tokens' routers pick (2 num_experts_per_tok),
+// at least 4 and at most 32. (Tried: num_experts_per_tok + 1 for batch-1 runs, one token's choices and a
+// prefetch. On 2x H200 the Mixtral-8x7B shape at 16 GiB decoded in 16.25 ms against 16.30 with 4 slots, one more
+// 352 MB expert resident; the Qwen3-30B-A3B shape at 8 GiB in 16.32 ms against 15.14 with 16 slots.)
+uint32_t ExpertRingSlots(const ModelConfig& config);
 // Pinned slots for disk-resting experts: 4.
 inline constexpr uint32_t kExpertDiskSlots = 4;
 
@@ -51,11 +50,9 @@ struct ExpertRingPlan {
 };
 
 // The expert rings of a placement: one per compute device (a GPU) that computes a block with routed experts
-// resting off the GPU, of ExpertRingSlots(config, max_batch) slots. Deterministic in the placement and the run's
-// max_batch (the accounting, the schedule and the plan agree).
+// resting off the GPU. Deterministic in the placement (the accounting, the schedule and the plan agree).
 std::map<int32_t, ExpertRingPlan> ExpertRingsFor(const ModelDescription& model,
-                                                 const std::vector<BlockPlacement>& blocks, DType exec_dtype,
-                                                 uint32_t max_batch);
+                                                 const std::vector<BlockPlacement>& blocks, DType exec_dtype);
 
 // The paths of each ring: the host's share of the non-resident experts chosen in a decode forward (0 unless the
 // execution dtype is bf16, which the host multiplies; `cpu_share` <

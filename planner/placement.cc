@@ -243,7 +243,7 @@ Result<std::vector<DeviceAccount>> AccountPlacement(const PlacementRequest& requ
                                        : DefaultRingBytes(weights, request.options.prefetch_depth);
   };
   uint64_t disk_rings = 0;
-  const std::map<int32_t, ExpertRingPlan> expert_rings = ExpertRingsFor(model, blocks, request.exec_dtype, request.run.max_batch);
+  const std::map<int32_t, ExpertRingPlan> expert_rings = ExpertRingsFor(model, blocks, request.exec_dtype);
   for (const auto& [d, r] : expert_rings) disk_rings += r.disk_ring_bytes();
   std::vector<DeviceAccount> out;
   for (const auto& [ordinal, budget] : request.budget.gpus) {

@@ -699,7 +699,7 @@ class AutoPlanner {
       }
       for (const auto& [e, b] : per_expert) largest_expert = std::max(largest_expert, b);
     }
-    const uint64_t ring_bytes = uint64_t{ExpertRingSlots(model_.config, req_.run.max_batch)} * largest_expert;
+    const uint64_t ring_bytes = uint64_t{ExpertRingSlots(model_.config)} * largest_expert;
     // One GPU's range [begin, end): what it leaves for resident experts, and its ring; an error when its other
     // weights and ring do not fit.
     struct Range {

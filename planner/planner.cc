@@ -95,7 +95,7 @@ Result<Schedule> ScheduleFor(const ModelDescription& model, const PlanRequest& r
   }
   ScheduleOptions sopt;
   sopt.memory_algorithm = request.memory_algorithm;
-  for (const auto& [device, ring] : ExpertRingsFor(model, placement.blocks, exec, request.run.max_batch))
+  for (const auto& [device, ring] : ExpertRingsFor(model, placement.blocks, exec))
     sopt.expert_rings[device] = {ring.ring_bytes(), ring.disk_ring_bytes()};
   for (const auto& [device, blocks] : blocks_of_device)
     sopt.activation_bytes[device] = EstimateActivations(model, request.run, exec, blocks).total;
@@ -441,7 +441,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   // time is its bytes at the profile's matrix-vector rate and a fixed cost (kHostExpertJobMicros). With an automatic
   // share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert
   // while the GPU computes.
-  result.expert_rings = ExpertRingsFor(model, placement.blocks, exec, request.run.max_batch);
+  result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
   const bool routed = !result.expert_rings.empty();
   if (routed) {
     const DeviceProfile& pf = result.profile;

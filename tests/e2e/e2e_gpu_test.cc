@@ -308,8 +308,7 @@ DecodeRun GreedyDecode(const std::string& plan, const std::string& model, Execut
 }
 
 // Next-layer prefetch (executor/expert_engine.h) changes which experts are on the GPU before their router chooses,
-// never a result: batch-1 decode steps with it (asked for 2 a layer, the executor prefetches what the batch-1 ring
-// holds beside a token's choices: 1) give the
+// never a result: batch-1 decode steps with it (every chosen expert's copy may come from a prediction) give the
 // same greedy tokens and, within the dtype's rounding, the same logits as without it. In fp32 the GPU computes the
 // same experts either way (bitwise equal); in bf16 the host's share may take other experts (float32 sums).
 TEST_P(E2eGpu, ExpertPrefetchKeepsResults) {
