@@ -28,6 +28,11 @@ struct Cvt<__half> {
   static __device__ __forceinline__ float F(__half v) { return __half2float(v); }
   static __device__ __forceinline__ __half T(float v) { return __float2half_rn(v); }
 };
+template <>
+struct Cvt<float> {  // (float32 execution: no rounding)
+  static __device__ __forceinline__ float F(float v) { return v; }
+  static __device__ __forceinline__ float T(float v) { return v; }
+};
 
 template <typename T>
 __device__ __forceinline__ float F(T v) {
@@ -1184,31 +1189,6 @@ __global__ void WaitFlagAddKernel(const volatile uint32_t* flag, uint32_t value,
 
 // ---- MoeExperts: one warp per output row; each lane reads 16 bytes of every row it multiplies per step ----
 
-template <typename T>
-__device__ __forceinline__ float ToF(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    return F<T>(v);
-  }
-}
-template <typename T>
-__device__ __forceinline__ float RoundAs(float v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    return Round<T>(v);
-  }
-}
-template <typename T>
-__device__ __forceinline__ T FromF(float v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    return ToT<T>(v);
-  }
-}
-
 // out[r] = w[r] . x[r] over n elements (n % (16 / sizeof(T)) == 0, 16-byte aligned rows) for R rows, each with its own
 // x, summed over the warp (every lane gets the sums).
 template <typename T, int R>
@@ -1231,7 +1211,7 @@ __device__ __forceinline__ void WarpDots(const T* const (&w)[R], const T* const 
       const T* wp = reinterpret_cast<const T*>(&wv[r]);
       const T* xp = reinterpret_cast<const T*>(&xv[r]);
 #pragma unroll
-      for (int i = 0; i < V; ++i) acc[r] = fmaf(ToF<T>(wp[i]), ToF<T>(xp[i]), acc[r]);
+      for (int i = 0; i < V; ++i) acc[r] = fmaf(F<T>(wp[i]), F<T>(xp[i]), acc[r]);
     }
   }
 #pragma unroll
@@ -1248,7 +1228,7 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeGateUpKernel(const MoeArgs 
   const int64_t e = a.ids[j];
   T* h = static_cast<T*>(a.h) + j * a.inter + r;
   if (e < 0 || e >= a.num_experts) {
-    if ((threadIdx.x & 31) == 0) *h = FromF<T>(NAN);
+    if ((threadIdx.x & 31) == 0) *h = ToT<T>(NAN);
     return;
   }
   const T* gu = reinterpret_cast<const T*>(a.gate_up[e]);
@@ -1258,9 +1238,9 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeGateUpKernel(const MoeArgs 
   float d[2];
   WarpDots<T, 2>(rows, xs, a.hidden, d);
   if ((threadIdx.x & 31) == 0) {
-    const float g = RoundAs<T>(d[0]), u = RoundAs<T>(d[1]);
-    const float act = RoundAs<T>(g / (1.f + expf(-g)));  // SiLU, as PyTorch computes it in float
-    *h = FromF<T>(act * u);
+    const float g = Round<T>(d[0]), u = Round<T>(d[1]);
+    const float act = Round<T>(g / (1.f + expf(-g)));  // SiLU, as PyTorch computes it in float
+    *h = ToT<T>(act * u);
   }
 }
 
@@ -1286,7 +1266,7 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a)
   }
   T* out = static_cast<T*>(a.out) + t * a.hidden + c;
   if (bad) {
-    if ((threadIdx.x & 31) == 0) *out = FromF<T>(NAN);
+    if ((threadIdx.x & 31) == 0) *out = ToT<T>(NAN);
     return;
   }
   float sum = 0.f;
@@ -1306,11 +1286,11 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a)
     for (int q = 0; q < 2; ++q) {
       if (i0 + q >= k) break;
       const int64_t j = t * a.k + order[i0 + q];
-      const float y = RoundAs<T>(d[q]);
-      sum = RoundAs<T>(sum + RoundAs<T>(y * LoadElem(a.w, a.w_elem, j)));
+      const float y = Round<T>(d[q]);
+      sum = Round<T>(sum + Round<T>(y * LoadElem(a.w, a.w_elem, j)));
     }
   }
-  if ((threadIdx.x & 31) == 0) *out = FromF<T>(sum);
+  if ((threadIdx.x & 31) == 0) *out = ToT<T>(sum);
 }
 
 template <typename T>
