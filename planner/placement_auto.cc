@@ -638,8 +638,12 @@ class AutoPlanner {
       }
     }
     if (!chosen) {
-      if (!split_found || !first_error) return Infeasible(gpus);
-      return *first_error;
+      Error e = !split_found || !first_error ? Infeasible(gpus) : *first_error;
+      // A mixture-of-experts model: why its own placement did not fit either.
+      for (const PlacementCandidate& c : report) {
+        if (c.name == "E" && !c.feasible && c.why != "not considered") e.message += "; placement E: " + c.why;
+      }
+      return e;
     }
     chosen->candidates = std::move(report);
     return std::move(*chosen);
@@ -765,9 +769,12 @@ class AutoPlanner {
         }
       }
       if (!best[0][0].feasible) {
-        return MakeError(ErrorCode::kInfeasible, "no split of the blocks over the GPUs fits each one's weights other "
-                                                 "than the routed experts and an expert ring" +
-                                                     (why ? " (e.g. " + why->message + ")" : std::string()));
+        uint64_t all_fixed = 0;
+        for (uint64_t f : fixed) all_fixed += f;
+        return MakeError(ErrorCode::kInfeasible,
+                         "no split of the blocks over the GPUs fits each one's weights other than the routed experts (" +
+                             FormatBytes(all_fixed) + " in all) and an expert ring of " + FormatBytes(ring_bytes) +
+                             (why ? " (e.g. " + why->message + ")" : std::string()));
       }
       for (size_t g = 0, begin = 0; g < n_gpus; ++g) begin = ends[g] = end_of[g][begin];
     }
