@@ -990,8 +990,8 @@ Result<PlanResult> PlanMixtral8Layers(const std::string& budget, const std::stri
 // A mixture-of-experts model over two GPUs keeps placement E: one contiguous range of blocks per GPU, each GPU with its
 // own expert ring for its layers' experts off it (the executor copies them over that GPU's link), and only the chosen
 // experts move, where whole layers streamed before (placement P: predicted 5x slower, measured 13x on 2x H200). With
-// every expert resident the
-// decode step is predicted from CUDA graphs, and split over two GPUs it costs no more than the hidden state's hop.
+// every expert resident the decode step is predicted from CUDA graphs, and split over two GPUs it costs no more than
+// the hidden state's hop.
 TEST(PlannerTest, MixtureOfExpertsOverTwoGpusRoutesEachGpusExperts) {
   auto two = PlanMixtral8Layers("cuda:0=8GiB,cuda:1=8GiB,cpu=100GiB");
   ASSERT_TRUE(two.ok()) << two.error().ToString();
