@@ -754,17 +754,19 @@ DeviceProfile H200Profile() {
 // Plans Llama-3-8B's shape at batch 8 x 1024 positions, bf16, the H200 profile: `budget`, and with `group` > 0 the
 // decoder layers dealt to cuda:0 and cuda:1 in groups of that many (the embedding on cuda:0, the final norm and the
 // head with the last layer).
-Result<PlanResult> PlanLlama3_8b(const std::string& budget, uint32_t group = 0) {
+// A bf16 request for the model of `config` (config.json text) at `budget` (--max-memory) and `run`, the H200 profile.
+Result<PlanRequest> H200Request(const char* config, const std::string& budget, RunShape run) {
   PlanRequest r;
-  auto model = ImportHfConfigText(kLlama3_8bConfig);
-  if (!model.ok()) return model.take_error();
-  r.description = *model;
-  auto b = ParseMaxMemory(budget);
-  if (!b.ok()) return b.take_error();
-  r.budget = *b;
-  r.run = RunShape{8, 1024};
+  BIGPLAN_ASSIGN_OR_RETURN(r.description, ImportHfConfigText(config));
+  BIGPLAN_ASSIGN_OR_RETURN(r.budget, ParseMaxMemory(budget));
+  r.run = run;
   r.exec_dtype = DType::kBF16;
   r.profile = H200Profile();
+  return r;
+}
+
+Result<PlanResult> PlanLlama3_8b(const std::string& budget, uint32_t group = 0) {
+  BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(kLlama3_8bConfig, budget, RunShape{8, 1024}));
   if (group > 0) {
     r.strategy = "explicit";
     r.device_map = nlohmann::json::object();
@@ -966,22 +968,13 @@ TEST(PlannerTest, BatchedPrefillPipelinedOverTwoGpus) {
 
 // The Mixtral-8x7B shape (8 of its 32 layers), bf16, batch 1, the H200 profile with a host rate.
 Result<PlanResult> PlanMixtral8Layers(const std::string& budget, const std::string& candidates = "") {
-  PlanRequest r;
-  auto model = ImportHfConfigText(R"({
+  BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
     "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
     "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
     "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
-    "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
-  if (!model.ok()) return model.take_error();
-  r.description = *model;
-  auto b = ParseMaxMemory(budget);
-  if (!b.ok()) return b.take_error();
-  r.budget = *b;
-  r.run = RunShape{1, 512};
-  r.exec_dtype = DType::kBF16;
-  DeviceProfile profile = H200Profile();
-  profile.cpu_gemv_gbps = 100;
-  r.profile = profile;
+    "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
+                                                       budget, RunShape{1, 512}));
+  r.profile->cpu_gemv_gbps = 100;
   r.cpu_share_auto = true;
   if (!candidates.empty()) r.auto_candidates = candidates;
   return MakePlan(r);
