@@ -223,6 +223,36 @@ TEST_P(E2eCpu, RoutedExpertsOverTwoGpusInThePlan) {
   auto errors = CompareWithReference(**exec, *ref, steps);
   ASSERT_TRUE(errors.ok()) << errors.error().ToString();
   EXPECT_LE(errors->max_rel, kF32Tolerance);
+  if (rings.empty()) return;
+  // The smallest cpu budget at those GPU budgets: the routed experts the pinned memory cannot hold rest on disk, and
+  // each ring whose GPU has some gets a disk ring; the plan still gives transformers' tokens.
+  auto gpu_only = [&](uint64_t cpu) {
+    std::string spec = RoutedBudgets(*min_two, 2);
+    return spec.substr(0, spec.rfind("cpu=")) + "cpu=" + std::to_string(cpu);
+  };
+  auto min_cpu = SmallestFeasible(
+      [&](uint64_t cpu) {
+        return MakePlan(model, gpu_only(cpu), "fp32", batch, seq_len, dir + "/probe.bplan", kRoutedPlanFlags).ok();
+      },
+      0, kRoutedHostBudget, 4096);
+  ASSERT_TRUE(min_cpu.ok()) << min_cpu.error().ToString();
+  const std::string disk_path = dir + "/e2_disk.bplan";
+  made = MakePlan(model, gpu_only(*min_cpu), "fp32", batch, seq_len, disk_path, kRoutedPlanFlags);
+  ASSERT_TRUE(made.ok()) << made.error().ToString();
+  auto summary = SummarizePlan(disk_path);
+  ASSERT_TRUE(summary.ok()) << summary.error().ToString();
+  EXPECT_GT(summary->routed_disk, 0);
+  auto disk_plan = PlanFile::Load(disk_path);
+  ASSERT_TRUE(disk_plan.ok()) << disk_plan.error().ToString();
+  ASSERT_NE(disk_plan->plan().experts(), nullptr);
+  int disk_rings = 0;
+  for (const schema::ExpertRing* r : *disk_plan->plan().experts()) disk_rings += r->disk_ring_buffer() >= 0 ? 1 : 0;
+  EXPECT_GT(disk_rings, 0);
+  auto disk_exec = Executor::Load(disk_path, model, options);
+  ASSERT_TRUE(disk_exec.ok()) << disk_exec.error().ToString();
+  auto disk_errors = CompareWithReference(**disk_exec, *ref, steps);
+  ASSERT_TRUE(disk_errors.ok()) << disk_errors.error().ToString();
+  EXPECT_LE(disk_errors->max_rel, kF32Tolerance);
 }
 
 TEST_P(E2eCpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
