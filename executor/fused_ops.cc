@@ -230,6 +230,9 @@ at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tens
       inter % 8 != 0 || !Aligned16(x)) {
     return at::Tensor();
   }
+  for (int64_t e = 0; e < n; ++e) {
+    if (gate_up[e] == 0 || down[e] == 0 || ((gate_up[e] | down[e]) & 15u) != 0) return at::Tensor();
+  }
   a.x = x.data_ptr();
   a.ids = ids.data_ptr<int64_t>();
   a.w = w.data_ptr();
@@ -244,13 +247,7 @@ at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tens
   at::Tensor out = at::empty_like(x);
   a.h = h.data_ptr();
   a.out = out.data_ptr();
-  if (!Aligned16(h)) return at::Tensor();
-  const cudaError_t e = fused::MoeExperts(a, Stream());
-  if (e == cudaErrorInvalidValue) {
-    (void)cudaGetLastError();
-    return at::Tensor();
-  }
-  Check(e, "moe_experts");
+  Check(fused::MoeExperts(a, Stream()), "moe_experts");
   return out;
 }
 
