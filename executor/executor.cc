@@ -35,6 +35,7 @@
 #include "executor/worker_pool.h"
 #include "support/units.h"
 #include "arch/registry.h"
+#include "arch/temporaries.h"
 #include "arch/tensor_parallel.h"
 
 namespace bigplan {
@@ -1398,9 +1399,39 @@ Result<Logits> Executor::Forward(const std::vector<int64_t>& token_ids, int batc
     impl_->cached_batch = 0;
   }
   const int64_t seq = batch > 0 ? static_cast<int64_t>(token_ids.size()) / batch : 0;
-  BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(token_ids, batch, seq, options.last_position_only,
-                                                                options.micro_batch_rows, options.micro_batch_group));
-  return ToLogits(logits);
+  // Every position's logits of more than arch::kLogitsTokens tokens: consecutive passes of at most that many (at
+  // least one position per row), each pass's logits on the host before the next runs, so the device holds the
+  // logits the plan reserved room for (arch/temporaries.h). The KV cache continues from pass to pass.
+  const int64_t step = std::max<int64_t>(1, arch::kLogitsTokens / std::max<int64_t>(1, batch));
+  if (options.last_position_only || seq <= step) {
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor logits, impl_->RunForward(token_ids, batch, seq, options.last_position_only,
+                                                                  options.micro_batch_rows, options.micro_batch_group));
+    return ToLogits(logits);
+  }
+  BIGPLAN_RETURN_IF_ERROR(impl_->CheckInput(token_ids, batch, seq));
+  Logits out;
+  out.batch = batch;
+  out.seq = seq;
+  std::vector<int64_t> ids;
+  for (int64_t s0 = 0; s0 < seq; s0 += step) {
+    const int64_t n = std::min(step, seq - s0);
+    ids.resize(static_cast<size_t>(batch * n));
+    for (int64_t b = 0; b < batch; ++b) {
+      std::copy_n(token_ids.begin() + b * seq + s0, n, ids.begin() + b * n);
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor part, impl_->RunForward(ids, batch, n, false, options.micro_batch_rows,
+                                                                options.micro_batch_group));
+    if (out.data.empty()) {
+      out.vocab = part.size(2);
+      out.data.resize(static_cast<size_t>(batch * seq * out.vocab));
+    }
+    const float* src = part.data_ptr<float>();
+    for (int64_t b = 0; b < batch; ++b) {
+      std::memcpy(out.data.data() + (b * seq + s0) * out.vocab, src + b * n * out.vocab,
+                  static_cast<size_t>(n * out.vocab) * sizeof(float));
+    }
+  }
+  return out;
 }
 
 Result<Logits> Executor::Forward(const std::vector<std::vector<int64_t>>& rows, bool reset) {

@@ -345,7 +345,11 @@ class Executor {
   // KV cache (or, with `reset`, starting a new sequence: Reset() and the pass as one call). Returns float logits
   // [batch, seq, vocab]. kInvalidArgument (with the numbers) for a token id outside [0, vocab), batch > the plan's
   // max_batch, cached + new tokens > max_seq_len, an empty or ragged input, or a batch size different from the
-  // cached sequence's. A pass that fails after it started (device or I/O error) resets the cache.
+  // cached sequence's. A pass that fails after it started (device or I/O error) resets the cache. Every position's
+  // logits of more than arch::kLogitsTokens tokens (arch/temporaries.h) come from consecutive passes over the rows'
+  // positions, at most that many tokens each (at least one position per row), as the plan's activation reserve
+  // assumes; within the execution dtype's rounding the logits are those of one pass (products over fewer rows may
+  // take other kernels). A failure in a later pass resets the cache as above.
   //
   // Shards that change under a loaded executor: a shard truncated (or rewritten shorter) after Load is never a
   // dead process. Reads that copy from a shard (disk staging, casts) stop with kIo naming the shard at the first

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "arch/registry.h"
+#include "arch/temporaries.h"
 #include <map>
 
 #include "executor/kernels_internal.h"
@@ -379,7 +380,40 @@ at::Tensor CachedAttention(const at::Tensor& q, const at::Tensor& k, const at::T
   return AttendCache(q, keys, values, start_pos, scale, window, upcast);
 }
 
+namespace {
+
+// AttendCache for queries whose scores LibTorch may hold whole.
+at::Tensor AttendWhole(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start_pos,
+                       double scale, int64_t window, bool upcast);
+
+}  // namespace
+
 at::Tensor AttendCache(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start_pos,
+                       double scale, int64_t window, bool upcast) {
+  const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2);
+  const int64_t total = start_pos + seq;
+  // A causal prompt from position 0 in half precision on a GPU is SDPA's fused (flash) kernel, which holds no scores.
+  // Other prompts may take LibTorch's eager attention, whose scores are batch x heads x seq x total floats: the
+  // queries are taken in chunks that keep those within arch::kAttentionScoreElements (arch/temporaries.h), each
+  // chunk attending over the keys up to its last position (the same mask row by row).
+  const bool fused = q.is_cuda() && (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16) && !upcast &&
+                     start_pos == 0 && !(window > 0 && total > window);
+  const int64_t chunk = fused ? seq : arch::AttentionQueryChunk(batch, heads, total, seq);
+  if (chunk >= seq) return AttendWhole(q, keys, values, start_pos, scale, window, upcast);
+  std::vector<at::Tensor> parts;
+  parts.reserve(static_cast<size_t>((seq + chunk - 1) / chunk));
+  for (int64_t q0 = 0; q0 < seq; q0 += chunk) {
+    const int64_t n = std::min(chunk, seq - q0);
+    const int64_t end = start_pos + q0 + n;
+    parts.push_back(AttendWhole(q.narrow(2, q0, n), keys.narrow(2, 0, end), values.narrow(2, 0, end), start_pos + q0,
+                                scale, window, upcast));
+  }
+  return at::cat(parts, 2);
+}
+
+namespace {
+
+at::Tensor AttendWhole(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start_pos,
                        double scale, int64_t window, bool upcast) {
   const int64_t heads = q.size(1);
   const int64_t seq = q.size(2);
@@ -417,6 +451,8 @@ at::Tensor AttendCache(const at::Tensor& q, const at::Tensor& keys, const at::Te
   return at::scaled_dot_product_attention(q, keys, values, mask, /*dropout_p=*/0.0, is_causal, scale,
                                           /*enable_gqa=*/heads != kv_heads);
 }
+
+}  // namespace
 
 at::Tensor StaticDecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, KvCache* kv,
                                  const at::Tensor& position, double scale, int64_t window) {

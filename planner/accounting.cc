@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include "arch/temporaries.h"
 #include "support/checked_math.h"
 #include "support/units.h"
 
@@ -54,6 +55,22 @@ uint64_t KvCacheBytesPerLayer(const ModelConfig& c, const RunShape& run, DType e
   return AlignUp(SatProduct({2, run.max_batch, run.max_seq_len, c.num_kv_heads, c.head_dim, DTypeBytes(exec_dtype)}));
 }
 
+uint64_t AttentionScoresBytes(const ModelConfig& c, const RunShape& run) {
+  // One chunk's float32 scores: every query's where they fit the bound, else the bound or one query row.
+  const uint64_t whole = SatProduct({run.max_batch, c.num_heads, run.max_seq_len, run.max_seq_len});
+  const uint64_t row = SatProduct({run.max_batch, c.num_heads, run.max_seq_len});
+  const uint64_t chunk = std::min(whole, std::max<uint64_t>(arch::kAttentionScoreElements, row));
+  // LibTorch's eager attention over grouped keys repeats them per head (float32 where it upcasts).
+  const uint64_t repeated = c.num_heads != c.num_kv_heads
+                                ? SatProduct({2, run.max_batch, c.num_heads, run.max_seq_len, c.head_dim, 4})
+                                : 0;
+  return AlignUp(SatSum({SatProduct({chunk, 4, arch::kAttentionScoreCopies}), repeated}));
+}
+
+uint64_t LogitsTokens(const RunShape& run) {
+  return std::min<uint64_t>(run.tokens(), std::max<uint64_t>(arch::kLogitsTokens, run.max_batch));
+}
+
 ActivationEstimate EstimateActivations(const ModelDescription& model, const RunShape& run, DType exec_dtype,
                                        const std::vector<size_t>& blocks) {
   ActivationEstimate a;
@@ -74,11 +91,19 @@ ActivationEstimate EstimateActivations(const ModelDescription& model, const RunS
   a.hidden_states = AlignUp(SatProduct({4, t, c.hidden_size, e}));
   if (decoder) {
     a.attention = SatSum({AlignUp(SatProduct({t, uint64_t{c.num_heads} + 2 * uint64_t{c.num_kv_heads}, c.head_dim, e})),
-                          AlignUp(SatProduct({t, c.num_heads, c.head_dim, e})),
-                          AlignUp(SatProduct({run.max_batch, c.num_heads, run.max_seq_len, run.max_seq_len, 4}))});
+                          AlignUp(SatProduct({t, c.num_heads, c.head_dim, e})), AttentionScoresBytes(c, run)});
     a.mlp = AlignUp(SatProduct({3, t, c.intermediate_size, e}));
+    if (c.num_experts > 0) {
+      // A prompt over resident experts: one chunk's (token, expert) pairs (arch/temporaries.h).
+      const uint64_t pairs =
+          SatMul(std::min<uint64_t>(t, arch::kMoeGroupedTokens), std::max<uint32_t>(1, c.num_experts_per_tok));
+      const uint64_t per_pair = static_cast<uint64_t>(arch::MoeGroupedBytesPerPair(
+          c.hidden_size, c.moe_intermediate_size != 0 ? c.moe_intermediate_size : c.intermediate_size,
+          static_cast<int64_t>(e)));
+      a.mlp = std::max(a.mlp, AlignUp(SatMul(pairs, per_pair)));
+    }
   }
-  if (head) a.logits = AlignUp(SatProduct({t, c.vocab_size, 4}));
+  if (head) a.logits = AlignUp(SatProduct({LogitsTokens(run), c.vocab_size, 4}));
   if (embed) a.embedding = AlignUp(SatMul(t, 8));
   a.total = SatSum({a.hidden_states, std::max(a.attention, a.mlp), a.logits, a.embedding});
   return a;
@@ -131,11 +156,13 @@ Status CheckAccountingSizes(const ModelDescription& model, const RunShape& run, 
   BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({4, t, c.hidden_size, e}), "the hidden states (4 x batch x seq x hidden)"));
   BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({t, uint64_t{c.num_heads} + 2 * uint64_t{c.num_kv_heads}, c.head_dim, e}),
                                 "q, k and v (batch x seq x (heads + 2 x kv_heads) x head_dim)"));
-  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({run.max_batch, c.num_heads, run.max_seq_len, run.max_seq_len, 4}),
-                                "the attention scores (batch x heads x seq^2 x 4 bytes)"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({run.max_batch, c.num_heads, run.max_seq_len, c.head_dim, 8}),
+                                "the attention's keys and values repeated per head (2 x batch x heads x seq x head_dim "
+                                "x 4 bytes)"));
   BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({3, t, c.intermediate_size, e}), "the MLP temporaries (3 x batch x seq x "
                                                                                  "intermediate)"));
-  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({t, c.vocab_size, 4}), "the logits (batch x seq x vocab x 4 bytes)"));
+  BIGPLAN_RETURN_IF_ERROR(check(CheckedProduct({LogitsTokens(run), c.vocab_size, 4}),
+                                "the logits of one pass (tokens x vocab x 4 bytes)"));
   return Status::Ok();
 }
 

@@ -86,14 +86,27 @@ uint64_t KvCacheBytesPerLayer(const ModelConfig& config, const RunShape& run, DT
 //   hidden_states = 4 x T x hidden x e         (input, residual, normed input, block output)
 //   attention     = T x (num_heads + 2 x num_kv_heads) x head_dim x e    (q, k, v)
 //                 + T x num_heads x head_dim x e                          (attention output)
-//                 + max_batch x num_heads x max_seq_len^2 x 4             (fp32 scores of the non-fused path)
-//   mlp           = 3 x T x intermediate x e   (gate, up and their product; act(fc_in) for GPT-2/GPT-J)
-//   logits        = T x vocab x 4              (fp32 logits; only on the device that computes the lm_head)
+//                 + AttentionScoresBytes                                   (the eager path's scores, see there)
+//   mlp           = 3 x T x intermediate x e   (gate, up and their product; act(fc_in) for GPT-2/GPT-J);
+//                   mixture of experts: at least min(T, arch::kMoeGroupedTokens) x num_experts_per_tok x
+//                   arch::MoeGroupedBytesPerPair(hidden, moe_intermediate, e) (a prompt's grouped expert products)
+//   logits        = LogitsTokens x vocab x 4   (fp32 logits of one pass; only on the device that computes the lm_head)
 //   embedding     = T x 8                      (token ids / positions; only where an embedding block runs)
 //   total = hidden_states + max(attention, mlp) (if it computes a decoder layer) + logits + embedding, each
 //   term rounded up to 256 bytes.
 // Attention and MLP temporaries are not alive at once (the MLP starts after attention's output is added to the
 // residual); GPT-J's parallel block runs them on the same normed input, one after the other, so the same max holds.
+// The float32 scores of one chunk of queries of the eager attention, which the executor keeps within
+// arch::kAttentionScoreElements (arch/temporaries.h; queries in chunks, at least one row): min(max_batch x num_heads x
+// max_seq_len^2, max(kAttentionScoreElements, max_batch x num_heads x max_seq_len)) x 4 bytes x kAttentionScoreCopies,
+// plus, for grouped-query attention, the keys and values repeated per head (2 x max_batch x num_heads x max_seq_len x
+// head_dim x 4 bytes); rounded up to 256 bytes. (A causal prompt in half precision on a GPU takes the fused kernel,
+// which holds none of this; the estimate does not count on it.)
+uint64_t AttentionScoresBytes(const ModelConfig& config, const RunShape& run);
+// Tokens whose float32 logits one pass holds: min(max_batch x max_seq_len, max(arch::kLogitsTokens, max_batch))
+// (Executor::Forward computes every position's logits of longer inputs in consecutive passes).
+uint64_t LogitsTokens(const RunShape& run);
+
 struct ActivationEstimate {
   uint64_t hidden_states = 0;
   uint64_t attention = 0;

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "arch/temporaries.h"
 #include "planner/hf_import.h"
 
 namespace bigplan {
@@ -110,7 +111,10 @@ TEST(AccountingTest, Activations) {
   const RunShape run{2, 16};          // T = 32 tokens
   ActivationEstimate all = EstimateActivations(m, run, DType::kF32);
   EXPECT_EQ(all.hidden_states, AlignUp(4 * 32 * 8 * 4));
-  EXPECT_EQ(all.attention, AlignUp(32 * (4 + 4) * 2 * 4) + AlignUp(32 * 4 * 2 * 4) + AlignUp(2 * 4 * 16 * 16 * 4));
+  // Scores: every query's (2 x 4 x 16 x 16 floats, 2 copies) and the 2 kv heads' keys and values repeated for 4 heads.
+  EXPECT_EQ(AttentionScoresBytes(m.config, run), AlignUp(2 * 4 * 16 * 16 * 4 * 2 + 2 * 2 * 4 * 16 * 2 * 4));
+  EXPECT_EQ(all.attention,
+            AlignUp(32 * (4 + 4) * 2 * 4) + AlignUp(32 * 4 * 2 * 4) + AttentionScoresBytes(m.config, run));
   EXPECT_EQ(all.mlp, AlignUp(3 * 32 * 24 * 4));
   EXPECT_EQ(all.logits, AlignUp(32 * 10 * 4));
   EXPECT_EQ(all.embedding, AlignUp(32 * 8));
@@ -124,6 +128,26 @@ TEST(AccountingTest, Activations) {
   ActivationEstimate head = EstimateActivations(m, run, DType::kF32, {m.blocks.size() - 1});
   EXPECT_EQ(head.total, head.hidden_states + head.logits);
   EXPECT_EQ(EstimateActivations(m, run, DType::kF32, {}).total, 0u);
+}
+
+// Long sequences: the scores are one chunk's (the executor takes the queries in chunks) and the logits one pass's
+// (Executor::Forward splits longer inputs), so neither grows with seq^2 or with seq x vocab past the bounds.
+TEST(AccountingTest, LongSequencesAccountOneChunksScoresAndOnePasssLogits) {
+  ModelConfig c;  // Llama-3-8B's attention and vocabulary
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.vocab_size = 128256;
+  const RunShape run{1, 8192};
+  const uint64_t repeated = 2ull * 32 * 8192 * 128 * 4;
+  EXPECT_EQ(AttentionScoresBytes(c, run), AlignUp(uint64_t(arch::kAttentionScoreElements) * 4 * 2 + repeated));
+  EXPECT_LT(AttentionScoresBytes(c, run), 700 * kMiB);  // against 8 GiB of whole scores (32 x 8192^2 x 4)
+  EXPECT_EQ(LogitsTokens(run), uint64_t(arch::kLogitsTokens));
+  EXPECT_EQ(LogitsTokens(RunShape{1, 100}), 100u);
+  EXPECT_EQ(LogitsTokens(RunShape{1024, 4}), 1024u);  // one position of every row at least
+  // One query row over a million keys is more than the bound: a row's scores.
+  const RunShape longest{8, 1u << 20};
+  EXPECT_EQ(AttentionScoresBytes(c, longest), AlignUp(8ull * 32 * (1u << 20) * 4 * 2 + 2ull * 8 * 32 * (1u << 20) * 128 * 4));
 }
 
 TEST(AccountingTest, StagingAndReserve) {
@@ -175,23 +199,21 @@ ModelDescription LongContext() {
 
 TEST(AccountingTest, OverflowingRunShapeIsAnErrorNotAWrappedSize) {
   ModelDescription m = LongContext();
-  const RunShape huge{65536, 2147483648u};
-  // Plain arithmetic wraps the scores term to 0; the estimate saturates instead.
-  EXPECT_EQ(uint64_t{huge.max_batch} * 4 * huge.max_seq_len * huge.max_seq_len * 4, 0u);
+  const RunShape huge{4294967295u, 4294967295u};
+  // Plain arithmetic wraps the KV cache's product; the estimate saturates instead.
   ActivationEstimate a = EstimateActivations(m, huge, DType::kF32);
-  EXPECT_GT(a.attention, kMaxAccountedBytes);
   EXPECT_GT(a.total, kMaxAccountedBytes);
   Status s = CheckAccountingSizes(m, huge, DType::kF32);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.error().code, ErrorCode::kInvalidArgument);
-  EXPECT_NE(s.error().message.find("run shape batch 65536 x seq 2147483648: the attention scores (batch x heads x seq^2 x 4 bytes) "
-                                    "overflow 64 bits"), std::string::npos)
+  EXPECT_NE(s.error().message.find("run shape batch 4294967295 x seq 4294967295: the KV cache per layer (2 x batch x "
+                                    "seq x kv_heads x head_dim x dtype bytes) overflow 64 bits"),
+            std::string::npos)
       << s.error().message;
-  // Scores alone: a shape whose KV cache fits but whose seq^2 term does not.
-  Status s2 = CheckAccountingSizes(m, RunShape{1, 536870912u}, DType::kF32);
+  // A shape within 64 bits whose KV cache comes to more than 1 EiB.
+  Status s2 = CheckAccountingSizes(m, RunShape{1u << 24, 2147483648u}, DType::kF32);
   ASSERT_FALSE(s2.ok());
-  EXPECT_NE(s2.error().message.find("attention scores (batch x heads x seq^2 x 4 bytes) come to"), std::string::npos)
-      << s2.error().message;
+  EXPECT_NE(s2.error().message.find("the KV cache of all layers come to"), std::string::npos) << s2.error().message;
   EXPECT_TRUE(CheckAccountingSizes(m, RunShape{1, 4096}, DType::kF32).ok());
   EXPECT_GT(KvCacheBytesPerLayer(m.config, RunShape{4294967295u, 4294967295u}, DType::kF32), kMaxAccountedBytes);
   EXPECT_EQ(AlignUp(~uint64_t{0} - 3), ~uint64_t{0} / 256 * 256);

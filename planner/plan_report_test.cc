@@ -66,9 +66,9 @@ TEST(PlanReportTest, Resident) {
             "  lm_head             cuda:0   resident                     1     32.00 KiB\n"
             "  weights by location: cuda:0 402.25 KiB\n"
             "memory plan (greedy_by_size):\n"
-            "  arena cuda:0    618.75 KiB  (12 buffers)\n"
+            "  arena cuda:0    714.75 KiB  (12 buffers)\n"
             "  usage vs budget:\n"
-            "    cuda:0    320.60 MiB of 1.00 GiB  (resident 402.25 KiB + KV 32.00 KiB + activations 184.50 KiB + "
+            "    cuda:0    320.70 MiB of 1.00 GiB  (resident 402.25 KiB + KV 32.00 KiB + activations 280.50 KiB + "
             "reserve 320.00 MiB)\n"
             "    cpu              0 B of 1.00 GiB\n"
             "predicted per forward (profile h100-pcie5):\n"
@@ -80,9 +80,9 @@ TEST(PlanReportTest, Resident) {
 // A budget just short of everything resident, whole blocks only (candidate B): consecutive layers with the same
 // placement become one row.
 TEST(PlanReportTest, GroupsStreamedLayers) {
-  EXPECT_EQ(Report("cuda:0=320.5MiB,cpu=1GiB,disk=1GiB", "auto", "B"),
+  EXPECT_EQ(Report("cuda:0=320.59375MiB,cpu=1GiB,disk=1GiB", "auto", "B"),
             "== tiny (llama, 7 blocks, 205376 params, 402.25 KiB at BF16) ==\n"
-            "budget: cuda:0=320.50 MiB,cpu=1.00 GiB,disk=1.00 GiB\n"
+            "budget: cuda:0=320.59 MiB,cpu=1.00 GiB,disk=1.00 GiB\n"
             "run: batch 1, seq 64, dtype BF16\n"
             "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n"
             "placement (auto):\n"
@@ -96,11 +96,11 @@ TEST(PlanReportTest, GroupsStreamedLayers) {
             "  lm_head             cuda:0   cpu (pinned, streamed)       1     32.00 KiB\n"
             "  weights by location: cpu 285.50 KiB, cuda:0 116.75 KiB\n"
             "memory plan (greedy_by_size):\n"
-            "  arena cuda:0    502.25 KiB  (9 buffers)\n"
+            "  arena cuda:0    598.25 KiB  (9 buffers)\n"
             "  arena pinned    285.50 KiB  (4 buffers)\n"
             "  usage vs budget:\n"
-            "    cuda:0    320.49 MiB of 320.50 MiB  (resident 116.75 KiB + staging 169.00 KiB + KV 32.00 KiB + "
-            "activations 184.50 KiB + reserve 320.00 MiB)\n"
+            "    cuda:0    320.58 MiB of 320.59 MiB  (resident 116.75 KiB + staging 169.00 KiB + KV 32.00 KiB + "
+            "activations 280.50 KiB + reserve 320.00 MiB)\n"
             "    cpu       285.50 KiB of 1.00 GiB  (weights 285.50 KiB)\n"
             "    disk             0 B of 1.00 GiB\n"
             "stream cuda:0: 28 units (0 row chunks), ring 169.00 KiB (2 slots)\n"
@@ -113,9 +113,9 @@ TEST(PlanReportTest, GroupsStreamedLayers) {
 // The same budget with every candidate: keeping part of each layer resident (candidate P) holds 230.25 KiB (what
 // the stream cap leaves is filled with streamed weights made resident) instead of 116.75 KiB.
 TEST(PlanReportTest, PartlyResidentLayers) {
-  EXPECT_EQ(Report("cuda:0=320.5MiB,cpu=1GiB,disk=1GiB", "auto"),
+  EXPECT_EQ(Report("cuda:0=320.59375MiB,cpu=1GiB,disk=1GiB", "auto"),
             "== tiny (llama, 7 blocks, 205376 params, 402.25 KiB at BF16) ==\n"
-            "budget: cuda:0=320.50 MiB,cpu=1.00 GiB,disk=1.00 GiB\n"
+            "budget: cuda:0=320.59 MiB,cpu=1.00 GiB,disk=1.00 GiB\n"
             "run: batch 1, seq 64, dtype BF16\n"
             "checkpoint: none (synthetic fingerprint; the executor will refuse this plan)\n"
             "placement (auto):\n"
@@ -128,11 +128,11 @@ TEST(PlanReportTest, PartlyResidentLayers) {
             "  lm_head             cuda:0   cpu (pinned, streamed)       1     32.00 KiB\n"
             "  weights by location: cpu 172.00 KiB, cuda:0 230.25 KiB\n"
             "memory plan (greedy_by_size):\n"
-            "  arena cuda:0    510.75 KiB  (11 buffers)\n"
+            "  arena cuda:0    606.75 KiB  (11 buffers)\n"
             "  arena pinned    172.00 KiB  (6 buffers)\n"
             "  usage vs budget:\n"
-            "    cuda:0    320.50 MiB of 320.50 MiB  (resident 230.25 KiB + staging 64.00 KiB + KV 32.00 KiB + "
-            "activations 184.50 KiB + reserve 320.00 MiB)\n"
+            "    cuda:0    320.59 MiB of 320.59 MiB  (resident 230.25 KiB + staging 64.00 KiB + KV 32.00 KiB + "
+            "activations 280.50 KiB + reserve 320.00 MiB)\n"
             "    cpu       172.00 KiB of 1.00 GiB  (weights 172.00 KiB)\n"
             "    disk             0 B of 1.00 GiB\n"
             "stream cuda:0: 13 units (0 row chunks), ring 64.00 KiB (2 slots)\n"

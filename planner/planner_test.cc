@@ -208,6 +208,24 @@ TEST(PlannerTest, PlansABundledExampleWithoutWeights) {
   EXPECT_TRUE(CheckPlanMemory(p).ok());
 }
 
+// A long context no longer reserves whole attention scores or every position's logits (arch/temporaries.h): the
+// bundled Llama-2-7B at 4096 positions fits a 16 GiB GPU whole (13.5 GB of weights, 2 GiB of KV cache), where
+// seq^2 scores (2 GiB) and 4096 positions' logits (500 MiB) used to stream a third of it.
+TEST(PlannerTest, LongContextKeepsTheModelResident) {
+  PlanRequest r = ExampleRequest("planner/examples/llama-2-7b", "cuda:0=16GiB,cpu=64GiB");
+  r.run.max_seq_len = 4096;
+  auto result = MakePlan(r);
+  ASSERT_TRUE(result.ok()) << result.error().ToString();
+  EXPECT_EQ(result->streamed_bytes, 0u);
+  for (const DeviceAccount& a : result->usage) {
+    EXPECT_TRUE(a.fits()) << a.Summary();
+    if (a.device == "cuda:0") {
+      EXPECT_LT(a.activations, 700ull << 20) << a.Summary();
+      EXPECT_EQ(a.kv_cache, 2ull << 30) << a.Summary();
+    }
+  }
+}
+
 // All resident over two GPUs: decode steps are graph-replayed per device segment, and the hidden state's hop
 // between the GPUs costs kDeviceHopMicros (plus its bytes) over the one-GPU prediction.
 TEST(PlannerTest, SplitOverTwoGpusPredictsTheHop) {

@@ -1,0 +1,107 @@
+// Every position's logits of a prompt longer than arch::kLogitsTokens come from consecutive passes (Executor::Forward,
+// so the device holds one pass's logits, as the plan's activation reserve assumes): each position's logits equal the
+// last-position logits of one pass over the prompt up to it, and the KV cache continues after them. CPU, float32, a
+// small random Llama written by gen_checkpoint (2048 positions).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "arch/temporaries.h"
+#include "executor/executor.h"
+#include "tests/e2e/e2e_util.h"
+
+namespace bigplan::e2e {
+namespace {
+
+constexpr int kVocab = 256;
+
+Status WriteModel(const std::string& dir) {
+  std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5, "hidden_act": "silu", "rope_theta": 10000.0, "tie_word_embeddings": false,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"})";
+  std::string t = R"({"tensors": [{"name": "model.embed_tokens.weight", "shape": [256, 64], "dtype": "F32"})";
+  auto add = [&](const std::string& name, int rows, int cols) {
+    t += R"(, {"name": ")" + name + R"(", "dtype": "F32", "shape": [)" + std::to_string(rows) +
+         (cols > 0 ? ", " + std::to_string(cols) : "") + "]}";
+  };
+  for (int i = 0; i < 2; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "input_layernorm.weight", 64, 0);
+    add(p + "self_attn.q_proj.weight", 64, 64);
+    add(p + "self_attn.k_proj.weight", 32, 64);
+    add(p + "self_attn.v_proj.weight", 32, 64);
+    add(p + "self_attn.o_proj.weight", 64, 64);
+    add(p + "post_attention_layernorm.weight", 64, 0);
+    add(p + "mlp.gate_proj.weight", 128, 64);
+    add(p + "mlp.up_proj.weight", 128, 64);
+    add(p + "mlp.down_proj.weight", 64, 128);
+  }
+  add("model.norm.weight", 64, 0);
+  add("lm_head.weight", kVocab, 64);
+  t += "]}";
+  std::ofstream(dir + "/spec.json") << t;
+  const std::string tool = Runfile("tools/gen_checkpoint");
+  if (tool.empty()) return MakeError(ErrorCode::kNotFound, "tools/gen_checkpoint");
+  std::string out;
+  if (RunCommand(tool + " --out " + dir + " --spec " + dir + "/spec.json --seed 3 --scale 0.2", &out) != 0) {
+    return MakeError(ErrorCode::kInternal, "gen_checkpoint: " + out);
+  }
+  return Status::Ok();
+}
+
+std::vector<float> Row(const Logits& l, int64_t b, int64_t s) { return {l.row(b, s), l.row(b, s) + l.vocab}; }
+
+TEST(LongPrompt, EveryPositionsLogitsComeFromPassesOfBoundedLength) {
+  const std::string dir = TempDir("long_prompt_model");
+  ASSERT_TRUE(WriteModel(dir).ok());
+  const std::string plan = dir + "/plan.bplan";
+  Status planned = MakePlan(dir, "cpu=4GiB", "fp32", 2, 1200, plan);
+  ASSERT_TRUE(planned.ok()) << planned.error().ToString();
+  ExecutorOptions options;
+  options.progress = false;
+  options.force_cpu = true;
+  auto exec = Executor::Load(plan, dir, options);
+  ASSERT_TRUE(exec.ok()) << exec.error().ToString();
+  // Two rows of 1000 tokens: 2000 tokens, passes of kLogitsTokens / 2 positions.
+  constexpr int64_t kLen = 1000;
+  static_assert(2 * kLen > arch::kLogitsTokens);
+  std::vector<std::vector<int64_t>> rows(2);
+  for (int64_t i = 0; i < kLen; ++i) {
+    rows[0].push_back((i * 37 + 11) % kVocab);
+    rows[1].push_back((i * i + 5) % kVocab);
+  }
+  auto all = (*exec)->Forward(rows, ForwardOptions{.reset = true});
+  ASSERT_TRUE(all.ok()) << all.error().ToString();
+  ASSERT_EQ(all->batch, 2);
+  ASSERT_EQ(all->seq, kLen);
+  ASSERT_EQ(all->vocab, kVocab);
+  EXPECT_EQ((*exec)->cached_tokens(), kLen);
+  // The cache continues: the next token's logits equal those of one pass over the 1001 tokens.
+  auto next = (*exec)->Forward(std::vector<std::vector<int64_t>>{{7}, {9}}, false);
+  ASSERT_TRUE(next.ok()) << next.error().ToString();
+  const int64_t per_pass = arch::kLogitsTokens / 2;
+  for (int64_t end : {int64_t{1}, per_pass - 1, per_pass, per_pass + 1, kLen - 1, kLen}) {
+    SCOPED_TRACE("positions up to " + std::to_string(end));
+    std::vector<std::vector<int64_t>> prefix(2);
+    for (int b = 0; b < 2; ++b) prefix[b].assign(rows[b].begin(), rows[b].begin() + std::min(end, kLen));
+    if (end == kLen) {
+      prefix[0].push_back(7);
+      prefix[1].push_back(9);
+    }
+    auto one = (*exec)->Forward(prefix, ForwardOptions{.reset = true, .last_position_only = true});
+    ASSERT_TRUE(one.ok()) << one.error().ToString();
+    for (int b = 0; b < 2; ++b) {
+      const std::vector<float> want = Row(*one, b, 0);
+      const std::vector<float> got = end == kLen ? Row(*next, b, 0) : Row(*all, b, end - 1);
+      EXPECT_LE(MaxRelError(got, want), 1e-5) << "row " << b;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace bigplan::e2e
