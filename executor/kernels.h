@@ -195,9 +195,13 @@ class BlockWeights {
   // expert (in index order) the device address of its [gate; up] rows ([2 inter, hidden]) and of its down matrix
   // ([hidden, inter]), fixed for the executor's life, so kernels may read the chosen experts on the device without
   // the host (fused_ops::MoeExperts). Null otherwise (the default).
+  // Where the experts lie at equal distances (the planner lays a resident layer's experts out one after another),
+  // gate_up_stride and down_stride give them in bytes (expert e's [gate; up] at gate_up[0] + e x gate_up_stride),
+  // so that grouped products may read them as one [experts, ...] tensor; 0 otherwise.
   struct ResidentExpertTable {
     std::vector<uint64_t> gate_up, down;
     int64_t inter = 0, hidden = 0;
+    int64_t gate_up_stride = 0, down_stride = 0;
   };
   virtual const ResidentExpertTable* ResidentExperts() const { return nullptr; }
 };

@@ -181,6 +181,17 @@ at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const a
 // weighted sum as one kernel each (fused_ops::SiluMulInto, fused_ops::ExpertSum) where eligible.
 Status GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, bool fused_kernels, at::Tensor* out);
 
+// A sparse layer's routed experts (SwiGLU) for the tokens x [T, hidden] with the router's choices topi [T, k] (int64)
+// and weights topw [T, k] (x's dtype, or float32 for Mixtral), where every expert rests on x's GPU at equal distances
+// (table's strides): the (token, expert) pairs sorted by expert, gathered, and two grouped products
+// (at::_grouped_mm: [gate; up], then down) over all the experts at once, nothing read on the host; each token's
+// experts' outputs, scaled by their weights and cast to x's dtype, summed in expert order (the host-dispatched path's
+// order and roundings; the products' own sums may round differently). Tokens in chunks of arch::kMoeGroupedTokens.
+// Undefined (nothing queued) where it does not apply: x not bfloat16, a GPU before sm_90, strides of 0 or addresses,
+// strides, hidden or inter not multiples of 16 bytes.
+at::Tensor GroupedResidentExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
+                                  const BlockWeights::ResidentExpertTable& table);
+
 // ---- the block-kind boundary ----
 
 // Validates the common arguments, dispatches on `kind` and converts LibTorch exceptions into errors naming the

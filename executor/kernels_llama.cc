@@ -470,15 +470,17 @@ class LlamaKernels final : public ModelKernelsBase {
     return out.view(h.sizes());
   }
 
-  // The device path of Moe (see there): undefined when the layer's experts are not all resident on the GPU, the
-  // activation is not SiLU, or the tokens or experts are more than the kernels take.
+  // The device path of Moe (see there): undefined when the layer's experts are not all resident on the GPU or the
+  // activation is not SiLU. A few tokens: fused_ops::MoeExperts; more (a prompt): GroupedResidentExperts, where it
+  // applies (bf16, experts at equal distances, a GPU with grouped products).
   at::Tensor DeviceExperts(const Call& c, const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw) const {
-    if (!spec_.fused_kernels || act_ != Activation::kSilu || !x.is_cuda() || x.size(0) > fused_ops::kMoeMaxTokens) {
-      return at::Tensor();
-    }
+    if (!spec_.fused_kernels || act_ != Activation::kSilu || !x.is_cuda()) return at::Tensor();
     const BlockWeights::ResidentExpertTable* table = c.weights.ResidentExperts();
     if (table == nullptr || table->gate_up.size() != spec_.num_experts || table->hidden != x.size(1)) {
       return at::Tensor();
+    }
+    if (x.size(0) > fused_ops::kMoeMaxTokens) {
+      return GroupedResidentExperts(x.contiguous(), topi.contiguous(), topw.contiguous(), *table);
     }
     return fused_ops::MoeExperts(x.contiguous(), topi.contiguous(), topw.contiguous(), table->gate_up, table->down,
                                  table->inter);

@@ -80,6 +80,18 @@ void StepWeights::FindResidentExperts(const ModelState& state) {
     t.gate_up.push_back(reinterpret_cast<uint64_t>(m[0]->home));
     t.down.push_back(reinterpret_cast<uint64_t>(m[2]->home));
   }
+  // Equal distances between consecutive experts (in either direction the products would read them wrong: only
+  // increasing addresses count).
+  auto stride = [](const std::vector<uint64_t>& a) -> int64_t {
+    if (a.size() < 2 || a[1] <= a[0]) return 0;
+    const uint64_t d = a[1] - a[0];
+    for (size_t i = 2; i < a.size(); ++i) {
+      if (a[i] <= a[i - 1] || a[i] - a[i - 1] != d) return 0;
+    }
+    return static_cast<int64_t>(d);
+  };
+  t.gate_up_stride = stride(t.gate_up);
+  t.down_stride = stride(t.down);
   resident_experts_ = std::move(t);
 }
 
