@@ -57,6 +57,7 @@
 #include <string>
 #include <vector>
 
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "benchmarks/gpu/floors.h"
@@ -425,6 +426,11 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   auto t_load = std::chrono::steady_clock::now();
   BIGPLAN_ASSIGN_OR_RETURN(auto exec, Executor::Load(plan_path, args.model, opts));
   const double load_s = Seconds(t_load);
+  // LibTorch's caching allocator holds what the plan's activation reserve is for (activations, temporaries, and
+  // prefill graphs' pools, which the executor keeps outside it): its peaks from here on, per GPU, against the plan.
+  for (const DeviceAccount& a : plan.usage) {
+    if (a.device.rfind("cuda:", 0) == 0) c10::cuda::CUDACachingAllocator::resetPeakStats(std::stoi(a.device.substr(5)));
+  }
   const int64_t vocab = exec->info().vocab_size;
   auto one = RandomTokens(1, vocab, 1);
   auto prompt = RandomTokens(args.prefill, vocab, 2);
@@ -820,6 +826,21 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   if (!args.trace_dir.empty()) {
     BIGPLAN_RETURN_IF_ERROR(exec->Forward(one, 1, fresh).status());
     BIGPLAN_RETURN_IF_ERROR(exec->WriteTrace(args.trace_dir + "/" + cfg.name + ".trace.json"));
+  }
+  for (const DeviceAccount& a : plan.usage) {
+    if (a.device.rfind("cuda:", 0) != 0) continue;
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(std::stoi(a.device.substr(5)));
+    const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    const uint64_t allocated = static_cast<uint64_t>(stats.allocated_bytes[all].peak);
+    const uint64_t reserved = static_cast<uint64_t>(stats.reserved_bytes[all].peak);
+    j["libtorch_peak"][a.device] = {{"allocated_bytes", allocated}, {"reserved_bytes", reserved},
+                                    {"plan_activations_bytes", a.activations},
+                                    {"plan_reserve_bytes", a.workspace_reserve}, {"plan_total_bytes", a.total},
+                                    {"budget_bytes", a.budget}};
+    std::fprintf(stderr, "   %s: LibTorch's peak %s allocated, %s reserved; the plan's activations %s + reserve %s "
+                 "(plan %s of %s)\n", a.device.c_str(), FormatBytes(allocated).c_str(), FormatBytes(reserved).c_str(),
+                 FormatBytes(a.activations).c_str(), FormatBytes(a.workspace_reserve).c_str(),
+                 FormatBytes(a.total).c_str(), FormatBytes(a.budget).c_str());
   }
   *out = j;
   return Status::Ok();
