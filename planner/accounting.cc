@@ -94,13 +94,14 @@ ActivationEstimate EstimateActivations(const ModelDescription& model, const RunS
                           AlignUp(SatProduct({t, c.num_heads, c.head_dim, e})), AttentionScoresBytes(c, run)});
     a.mlp = AlignUp(SatProduct({3, t, c.intermediate_size, e}));
     if (c.num_experts > 0) {
-      // A prompt over resident experts: one chunk's (token, expert) pairs (arch/temporaries.h).
+      // A prompt over resident experts: one chunk's (token, expert) pairs (arch/temporaries.h); dispatched from the
+      // host: one expert's rows at a time, up to every token (its input, [gate; up], SiLU x up, output, weighted).
       const uint64_t pairs =
           SatMul(std::min<uint64_t>(t, arch::kMoeGroupedTokens), std::max<uint32_t>(1, c.num_experts_per_tok));
       const uint64_t per_pair = static_cast<uint64_t>(arch::MoeGroupedBytesPerPair(
           c.hidden_size, c.moe_intermediate_size != 0 ? c.moe_intermediate_size : c.intermediate_size,
           static_cast<int64_t>(e)));
-      a.mlp = std::max(a.mlp, AlignUp(SatMul(pairs, per_pair)));
+      a.mlp = std::max({a.mlp, AlignUp(SatMul(std::max(pairs, t), per_pair))});
     }
   }
   if (head) a.logits = AlignUp(SatProduct({LogitsTokens(run), c.vocab_size, 4}));

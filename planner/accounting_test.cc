@@ -150,6 +150,25 @@ TEST(AccountingTest, LongSequencesAccountOneChunksScoresAndOnePasssLogits) {
   EXPECT_EQ(AttentionScoresBytes(c, longest), AlignUp(8ull * 32 * (1u << 20) * 4 * 2 + 2ull * 8 * 32 * (1u << 20) * 128 * 4));
 }
 
+// Mixture-of-experts layers: a prompt's grouped expert products hold one chunk's (token, expert) pairs, the
+// host-dispatched path one expert's rows (up to every token): the MLP term is the larger of those and the dense one.
+TEST(AccountingTest, MixtureOfExpertsReservesTheExpertProductsOfAPrompt) {
+  Result<ModelDescription> m = ImportHfConfigText(
+      R"({"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
+          "vocab_size": 10, "torch_dtype": "bfloat16", "max_position_embeddings": 8192})");
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  const uint64_t per_pair = uint64_t(arch::MoeGroupedBytesPerPair(64, 96, 2));
+  EXPECT_EQ(per_pair, (3u * 64 + 3 * 96) * 2 + 4 * 64);
+  // 100 tokens: 200 pairs.
+  EXPECT_EQ(EstimateActivations(*m, RunShape{1, 100}, DType::kBF16).mlp, AlignUp(200 * per_pair));
+  // 4096 tokens: the pairs of one chunk of kMoeGroupedTokens tokens.
+  EXPECT_EQ(EstimateActivations(*m, RunShape{1, 4096}, DType::kBF16).mlp,
+            AlignUp(uint64_t(arch::kMoeGroupedTokens) * 2 * per_pair));
+  // 8192 tokens: one host-dispatched expert's rows, every token.
+  EXPECT_EQ(EstimateActivations(*m, RunShape{1, 8192}, DType::kBF16).mlp, AlignUp(8192 * per_pair));
+}
+
 TEST(AccountingTest, StagingAndReserve) {
   EXPECT_EQ(StagingBufferCount(0, 1), 0u);
   EXPECT_EQ(StagingBufferCount(1, 1), 1u);
