@@ -669,7 +669,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   } else {
     // The bytes a decode token reads: every weight, except that a mixture-of-experts layer reads num_experts_per_tok
     // of its num_experts experts (their expected share under uniform routing).
-    uint64_t weight_bytes = 0;
+    uint64_t weight_bytes = 0, all_weight_bytes = 0;
     std::map<int32_t, uint64_t> device_bytes;  // each GPU's share of what a token reads
     const double picked = p.config()->num_experts() > 0
                               ? static_cast<double>(p.config()->num_experts_per_tok()) / p.config()->num_experts()
@@ -685,6 +685,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
         }
       }
       weight_bytes += read;
+      all_weight_bytes += b->weight_bytes();
       device_bytes[b->device()] += read;
     }
     uint64_t larger_share = 0;
@@ -696,18 +697,23 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     std::fprintf(stderr, "   prefill: host issued it in %.2f ms\n", exec->stats().last_issue_ms);
     // Decode: a prompt of `prefill` tokens is cached, then single-token steps continue it.
     BIGPLAN_ASSIGN_OR_RETURN(Timing dec, TimeDecodeSteps(exec.get(), prompt, vocab, args.repeat, &j));
-    // FLOPs of a prefill: 2 x params x tokens for the matmuls, + attention 4 x layers x hidden x T^2 / 2 (causal).
+    // FLOPs of a prefill: 2 x params x tokens for the matmuls (a routed expert's params count for the tokens that
+    // choose it: num_experts_per_tok / num_experts of them under uniform routing), + attention 4 x layers x hidden x
+    // T^2 / 2 (causal). The floor: those at the matmul rate, or every weight read once from HBM, whichever is slower.
     const auto* c = p.config();
     double params = 0;
     for (uint32_t i = 0; i < p.tensors()->size(); ++i) {
       double n = 1;
       for (auto d : *p.tensors()->Get(i)->shape()) n *= d;
+      if (p.tensors()->Get(i)->name()->str().find(".experts.") != std::string::npos) n *= picked;
       params += n;
     }
     const double T = args.prefill;
     const double flops = 2.0 * params * T + 2.0 * c->num_layers() * c->hidden_size() * T * T;
     const double decode_floor = weight_bytes / (floors.device_mem_gbps * 1e9);
-    const double prefill_floor = flops / (floors.matmul_tflops * 1e12);
+    const double prefill_compute_floor = flops / (floors.matmul_tflops * 1e12);
+    const double read_once_floor = static_cast<double>(all_weight_bytes) / (floors.device_mem_gbps * 1e9);
+    const double prefill_floor = std::max(prefill_compute_floor, read_once_floor);
     j["weight_bytes"] = weight_bytes;
     j["prefill"] = TimingJson(fp);
     j["decode_step"] = TimingJson(dec);
@@ -779,7 +785,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
           issue_ms = exec->stats().last_issue_ms;
           return Status::Ok();
         }));
-        const double floor_s = nb * prefill_floor;
+        const double floor_s = std::max(nb * prefill_compute_floor, read_once_floor);
         // The planner's prediction of this pass (a pipelined one: its graph-replayed steady state).
         BIGPLAN_ASSIGN_OR_RETURN(BatchedPrefillPrediction pred,
                                  PredictBatchedPrefill(plan, static_cast<uint32_t>(nb),
