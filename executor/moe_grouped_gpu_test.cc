@@ -143,7 +143,7 @@ TEST(GroupedResidentExpertsTest, DeclinesWhatItDoesNotTake) {
   EXPECT_FALSE(GroupedResidentExperts(r.x, r.topi, r.topw, uneven).defined());
   // A stride shorter than an expert's matrices.
   BlockWeights::ResidentExpertTable overlapping = ex.table;
-  overlapping.down_stride = 2 * 64 * 128;
+  overlapping.down_stride = 2 * 64 * 128 - 16;
   EXPECT_FALSE(GroupedResidentExperts(r.x, r.topi, r.topw, overlapping).defined());
   // Choices that do not match the tokens.
   EXPECT_FALSE(GroupedResidentExperts(r.x, r.topi.narrow(0, 0, 16), r.topw.narrow(0, 0, 16), ex.table).defined());

@@ -574,6 +574,43 @@ TEST_P(E2eGpu, Float32PrefillGraphsMatchUnpadded) {
               static_cast<unsigned long long>(exec[1]->stats().graph_prefills));
 }
 
+// A prompt of more tokens than the decode kernels take, over a layer whose experts all rest on the GPU, runs the
+// grouped products (kernels_internal::GroupedResidentExperts, bf16): its logits equal, within bf16 rounding, those
+// of the same plan with the fused kernels off (every expert dispatched from the host, LibTorch ops), for each
+// position, and greedy decode steps after it pick the same tokens.
+TEST_P(E2eGpu, Bfloat16ResidentExpertsPromptMatchesHostDispatch) {
+  const std::string family = GetParam();
+  if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
+  const std::string model = ModelDir(family);
+  const std::string path = TempDir(family + "_grouped") + "/resident.bplan";
+  ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "bf16", 1, 96, path).ok());
+  std::unique_ptr<Executor> exec[2];
+  for (int i = 0; i < 2; ++i) {
+    ExecutorOptions options;
+    options.progress = false;
+    options.fused_kernels = i == 0;
+    auto loaded = Executor::Load(path, model, options);
+    ASSERT_TRUE(loaded.ok()) << loaded.error().ToString();
+    exec[i] = std::move(*loaded);
+  }
+  const int64_t vocab = exec[0]->info().vocab_size;
+  std::vector<int64_t> prompt;
+  for (int i = 0; i < 60; ++i) prompt.push_back((i * 7919 + 13) % vocab);
+  ForwardOptions fresh;
+  fresh.reset = true;
+  Result<Logits> outs[2] = {exec[0]->Forward(prompt, 1, fresh), exec[1]->Forward(prompt, 1, fresh)};
+  ForwardOptions step;
+  step.last_position_only = true;
+  for (int k = 0; k < 4; ++k) {
+    for (int i = 0; i < 2; ++i) ASSERT_TRUE(outs[i].ok()) << outs[i].error().ToString();
+    ASSERT_EQ(outs[0]->data.size(), outs[1]->data.size());
+    EXPECT_LE(MaxRelError(outs[0]->data, outs[1]->data), kBf16Tolerance) << (k == 0 ? "prompt" : "decode step");
+    const float* row = outs[1]->row(0, outs[1]->seq - 1);
+    const int64_t next = std::max_element(row, row + vocab) - row;
+    for (int i = 0; i < 2; ++i) outs[i] = exec[i]->Forward(std::vector<int64_t>{next}, 1, step);
+  }
+}
+
 TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
 
 TEST_P(E2eGpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, false); }
