@@ -24,6 +24,12 @@ inline constexpr int64_t kAttentionScoreCopies = 2;
 // Tokens per pass whose float32 logits a pass returning every position's logits holds on the device.
 inline constexpr int64_t kLogitsTokens = 512;
 
+// One GPU's prefill graphs (ExecutorOptions::prefill_graph_shapes) hold a padded prompt's activations in their own
+// memory pools, outside the plan's activation reserve: only passes of at most this many tokens (rows x padded tokens)
+// are captured, so each pool holds at most that many tokens' activations. Longer prompts run eagerly (their launches
+// are a small part of their time).
+inline constexpr int64_t kPrefillGraphTokens = 2048;
+
 // Mixture-of-experts layers whose routed experts are all resident, computed by grouped products over every expert:
 // the (token, expert) pairs of at most kMoeGroupedTokens tokens at once. Per pair the temporaries are the gathered
 // input, [gate; up], SiLU(gate) x up, the output, its weighted copy (float32 for Mixtral's weights) and its place in

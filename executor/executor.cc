@@ -1061,7 +1061,8 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
   const bool host_pass = host != nullptr && batch * seq <= static_cast<int64_t>(state->host_max_tokens);
   for (const auto& e : experts) e->BeginForward(batch * seq);
   const int64_t mb_rows = MicroBatchRows(batch, seq, micro_batch_rows);
-  const bool bucketed = mb_rows == 0 && ranks == nullptr && bucket_graphs.enabled() && pos == 0 && seq > 1;
+  const bool bucketed = mb_rows == 0 && ranks == nullptr && bucket_graphs.enabled() && pos == 0 && seq > 1 &&
+                        batch * bucket_graphs.Bucket(seq, state->info.max_seq_len) <= arch::kPrefillGraphTokens;
   Status run = engine->BeginForward(host_pass);
   if (run.ok()) {
     if (ranks != nullptr) {

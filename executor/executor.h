@@ -130,6 +130,8 @@ struct ExecutorOptions {
   // may take other cuBLAS kernels), and the padded positions' KV-cache entries lie past the sequence's end, where
   // later steps write before they attend. Up to this many shapes' graphs are kept (the least recently used goes
   // first; each holds its activations' memory, outside the plan's activation reserve); 0: no padding, no graphs.
+  // Only passes of at most arch::kPrefillGraphTokens (2048) tokens, rows x padded tokens, are padded and captured;
+  // longer ones run eagerly, so a graph's pool holds at most that many tokens' activations.
   int prefill_graph_shapes = 4;
   // Ranks: one process per plan device, so that a plan spans the GPUs of several hosts (plans whose every block is
   // resident on a GPU). world_size 0: this process runs the whole plan. Otherwise rank r (0 <= r < world_size) loads

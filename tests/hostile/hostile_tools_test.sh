@@ -177,7 +177,11 @@ expect_error integer_weight "int_weight/model-0000" "model.layers.1.mlp.up_proj.
   "$plan" --quiet --model "$work/int_weight" --max-memory cpu=1GiB --seq-len 32
 
 # ---- arithmetic that would wrap around 64 bits ----
-expect_error overflow_run_shape "attention scores (batch x heads x seq^2 x 4 bytes) overflow 64 bits" -- \
+expect_error overflow_run_shape "the KV cache per layer (2 x batch x seq x kv_heads x head_dim x dtype bytes) overflow 64 bits" -- \
+  "$plan" --quiet --model "$work/long_context" --max-memory cpu=1GiB --batch 999999999 --seq-len 999999999
+# Past 1 PiB but within 64 bits: infeasible, with the KV cache and activations it would need (the scores are one
+# chunk's, not seq^2).
+expect_error huge_run_shape "cpu needs 52.62 PiB (disk staging 21.00 KiB + KV 14.90 PiB + activations 37.72 PiB)" -- \
   "$plan" --quiet --model "$work/long_context" --max-memory cpu=1GiB --batch 65536 --seq-len 999999999
 
 # ---- sampling parameters are doubles: --top-p 1e-300 keeps only the most likely token ----

@@ -135,7 +135,7 @@ def main(work):
         cfg.update(extra)
         write_model(os.path.join(work, tag), cfg=cfg)
     write_model(os.path.join(work, "int_weight"), int_tensor="model.layers.1.mlp.up_proj.weight")
-    # A huge context: batch x heads x seq^2 x 4 overflows 64 bits.
+    # A huge context: run shapes whose KV cache overflows 64 bits, or comes to petabytes.
     cfg = dict(CONFIG)
     cfg["max_position_embeddings"] = 4294967295
     write_model(os.path.join(work, "long_context"), cfg=cfg)
