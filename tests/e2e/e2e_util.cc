@@ -64,6 +64,53 @@ std::string Runfile(const std::string& rel) {
   return "";
 }
 
+Status WriteRandomLlama(const std::string& dir, const RandomLlama& m) {
+  const std::string torch_dtype = m.dtype == "BF16" ? "bfloat16" : "float32";
+  std::ofstream(dir + "/config.json")
+      << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": )" << m.hidden
+      << R"(, "intermediate_size": )" << m.intermediate << R"(, "num_hidden_layers": )" << m.layers
+      << R"(, "num_attention_heads": )" << m.heads << R"(, "num_key_value_heads": )" << m.kv_heads
+      << R"(, "head_dim": )" << m.head_dim << R"(, "vocab_size": )" << m.vocab
+      << R"(, "max_position_embeddings": )" << m.max_positions
+      << R"(, "rms_norm_eps": 1e-5, "hidden_act": "silu", "rope_theta": 10000.0, "tie_word_embeddings": false,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": ")" << torch_dtype << R"("})";
+  std::string t = R"({"tensors": [)";
+  bool first = true;
+  auto add = [&](const std::string& name, int rows, int cols) {
+    t += std::string(first ? "" : ", ") + R"({"name": ")" + name + R"(", "dtype": ")" + m.dtype + R"(", "shape": [)" +
+         std::to_string(rows) + (cols > 0 ? ", " + std::to_string(cols) : "") + "]}";
+    first = false;
+  };
+  add("model.embed_tokens.weight", m.vocab, m.hidden);
+  for (int i = 0; i < m.layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "input_layernorm.weight", m.hidden, 0);
+    add(p + "self_attn.q_proj.weight", m.heads * m.head_dim, m.hidden);
+    add(p + "self_attn.k_proj.weight", m.kv_heads * m.head_dim, m.hidden);
+    add(p + "self_attn.v_proj.weight", m.kv_heads * m.head_dim, m.hidden);
+    add(p + "self_attn.o_proj.weight", m.hidden, m.heads * m.head_dim);
+    add(p + "post_attention_layernorm.weight", m.hidden, 0);
+    add(p + "mlp.gate_proj.weight", m.intermediate, m.hidden);
+    add(p + "mlp.up_proj.weight", m.intermediate, m.hidden);
+    add(p + "mlp.down_proj.weight", m.hidden, m.intermediate);
+  }
+  add("model.norm.weight", m.hidden, 0);
+  add("lm_head.weight", m.vocab, m.hidden);
+  t += "]}";
+  std::ofstream(dir + "/spec.json") << t;
+  const std::string tool = Runfile("tools/gen_checkpoint");
+  if (tool.empty()) return MakeError(ErrorCode::kNotFound, "tools/gen_checkpoint (a runfile of the test)");
+  std::string out;
+  char scale[32];
+  std::snprintf(scale, sizeof scale, "%g", m.scale);
+  if (RunCommand(tool + " --out " + dir + " --spec " + dir + "/spec.json --seed " + std::to_string(m.seed) +
+                     " --scale " + scale,
+                 &out) != 0) {
+    return MakeError(ErrorCode::kInternal, "gen_checkpoint: " + out);
+  }
+  return Status::Ok();
+}
+
 std::string TempDir(const std::string& name) {
   static std::atomic<int> counter{0};
   const std::string base = Env("TEST_TMPDIR").empty() ? "/tmp" : Env("TEST_TMPDIR");

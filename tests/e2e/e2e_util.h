@@ -43,6 +43,17 @@ Status MakePlan(const std::string& model_dir, const std::string& max_memory, con
 // Runs a shell command; its combined output in *output. Returns the exit status.
 int RunCommand(const std::string& command, std::string* output);
 
+// A Llama of random weights written by the gen_checkpoint tool (a runfile of the test): config.json, spec.json and
+// the safetensors shards in `dir`, every tensor in `dtype` ("F32" or "BF16"), untied embeddings.
+struct RandomLlama {
+  int hidden = 64, intermediate = 128, layers = 2, heads = 4, kv_heads = 2, head_dim = 16, vocab = 256;
+  int max_positions = 2048;
+  std::string dtype = "F32";
+  int seed = 3;
+  double scale = 0.2;
+};
+Status WriteRandomLlama(const std::string& dir, const RandomLlama& m);
+
 struct PlanSummary {
   int blocks = 0;
   int gpu_tier = 0;

@@ -23,38 +23,10 @@ constexpr int kHidden = 512, kInter = 1024, kLayers = 3, kHeads = 8, kKvHeads = 
 
 // config.json, spec.json and the random bf16 checkpoint (gen_checkpoint) in `dir`.
 Status WriteModel(const std::string& dir) {
-  std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-    "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 3, "num_attention_heads": 8,
-    "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 2048, "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-5, "hidden_act": "silu", "rope_theta": 10000.0, "tie_word_embeddings": false,
-    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"})";
-  std::string t = R"({"tensors": [{"name": "model.embed_tokens.weight", "shape": [2048, 512], "dtype": "BF16"})";
-  auto add = [&](const std::string& name, std::vector<int> shape) {
-    t += R"(, {"name": ")" + name + R"(", "dtype": "BF16", "shape": [)" + std::to_string(shape[0]) +
-         (shape.size() > 1 ? ", " + std::to_string(shape[1]) : "") + "]}";
-  };
-  for (int i = 0; i < kLayers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    add(p + "input_layernorm.weight", {kHidden});
-    add(p + "self_attn.q_proj.weight", {kHeads * kHeadDim, kHidden});
-    add(p + "self_attn.k_proj.weight", {kKvHeads * kHeadDim, kHidden});
-    add(p + "self_attn.v_proj.weight", {kKvHeads * kHeadDim, kHidden});
-    add(p + "self_attn.o_proj.weight", {kHidden, kHeads * kHeadDim});
-    add(p + "post_attention_layernorm.weight", {kHidden});
-    add(p + "mlp.gate_proj.weight", {kInter, kHidden});
-    add(p + "mlp.up_proj.weight", {kInter, kHidden});
-    add(p + "mlp.down_proj.weight", {kHidden, kInter});
-  }
-  add("model.norm.weight", {kHidden});
-  add("lm_head.weight", {kVocab, kHidden});
-  t += "]}";
-  std::ofstream(dir + "/spec.json") << t;
-  const std::string tool = Runfile("tools/gen_checkpoint");
-  if (tool.empty()) return MakeError(ErrorCode::kNotFound, "tools/gen_checkpoint");
-  std::string out;
-  if (RunCommand(tool + " --out " + dir + " --spec " + dir + "/spec.json --seed 11 --scale 0.05", &out) != 0)
-    return MakeError(ErrorCode::kInternal, "gen_checkpoint: " + out);
-  return Status::Ok();
+  return WriteRandomLlama(dir, RandomLlama{.hidden = kHidden, .intermediate = kInter, .layers = kLayers,
+                                           .heads = kHeads, .kv_heads = kKvHeads, .head_dim = kHeadDim,
+                                           .vocab = kVocab, .max_positions = 256, .dtype = "BF16", .seed = 11,
+                                           .scale = 0.05});
 }
 
 struct RunResult {

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -18,41 +17,7 @@ namespace {
 
 constexpr int kVocab = 256;
 
-Status WriteModel(const std::string& dir) {
-  std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5, "hidden_act": "silu", "rope_theta": 10000.0, "tie_word_embeddings": false,
-    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"})";
-  std::string t = R"({"tensors": [{"name": "model.embed_tokens.weight", "shape": [256, 64], "dtype": "F32"})";
-  auto add = [&](const std::string& name, int rows, int cols) {
-    t += R"(, {"name": ")" + name + R"(", "dtype": "F32", "shape": [)" + std::to_string(rows) +
-         (cols > 0 ? ", " + std::to_string(cols) : "") + "]}";
-  };
-  for (int i = 0; i < 2; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    add(p + "input_layernorm.weight", 64, 0);
-    add(p + "self_attn.q_proj.weight", 64, 64);
-    add(p + "self_attn.k_proj.weight", 32, 64);
-    add(p + "self_attn.v_proj.weight", 32, 64);
-    add(p + "self_attn.o_proj.weight", 64, 64);
-    add(p + "post_attention_layernorm.weight", 64, 0);
-    add(p + "mlp.gate_proj.weight", 128, 64);
-    add(p + "mlp.up_proj.weight", 128, 64);
-    add(p + "mlp.down_proj.weight", 64, 128);
-  }
-  add("model.norm.weight", 64, 0);
-  add("lm_head.weight", kVocab, 64);
-  t += "]}";
-  std::ofstream(dir + "/spec.json") << t;
-  const std::string tool = Runfile("tools/gen_checkpoint");
-  if (tool.empty()) return MakeError(ErrorCode::kNotFound, "tools/gen_checkpoint");
-  std::string out;
-  if (RunCommand(tool + " --out " + dir + " --spec " + dir + "/spec.json --seed 3 --scale 0.2", &out) != 0) {
-    return MakeError(ErrorCode::kInternal, "gen_checkpoint: " + out);
-  }
-  return Status::Ok();
-}
+Status WriteModel(const std::string& dir) { return WriteRandomLlama(dir, RandomLlama{.vocab = kVocab}); }
 
 std::vector<float> Row(const Logits& l, int64_t b, int64_t s) { return {l.row(b, s), l.row(b, s) + l.vocab}; }
 
