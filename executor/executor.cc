@@ -1495,7 +1495,7 @@ Status Executor::Impl::RunRowSteps(const std::vector<RowStep>& rows, at::Tensor*
     };
     const size_t shards = shard_group != nullptr ? static_cast<size_t>(shard_group->shards()) : 1;
     std::vector<Group> groups;
-    const bool per_row = kernels->StaticDecode(state->info.max_seq_len);
+    const bool per_row = kernels->RowSteps(state->info.max_seq_len);
     Group decode;
     decode.batched = true;
     for (size_t i = 0; i < rows.size(); ++i) {

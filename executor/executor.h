@@ -380,7 +380,8 @@ class Executor {
   // KV-cache row at its own position (e.g. requests that joined a server at different times). Returns the logits
   // of each row's last new token, [rows.size(), 1, vocab] in the order of `rows`. Every block's weights are
   // fetched once for all rows (a streamed block is copied once per call, whatever the number of rows). Rows with
-  // one new token are computed together as one batch (Llama family: per-row positions, ForwardContext::rows);
+  // one new token are computed together as one batch (Llama family, mixture-of-experts layers included: per-row
+  // positions, ForwardContext::rows; ModelKernels::RowSteps);
   // prompts, and one-token rows of other architectures, are computed one row after the other inside each block.
   // A row with start_pos 0 starts a new sequence: its cache row is cleared first. StepRows and Forward/Generate
   // share the KV cache: after StepRows, Forward starts a new sequence (cached_tokens() is 0), and Forward or

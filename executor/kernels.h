@@ -270,6 +270,10 @@ class ModelKernels {
   // resident (BlockWeights::ResidentExperts; the executor checks each block before it captures). The default:
   // StaticDecode.
   virtual bool GraphDecode(int64_t max_seq_len) const { return StaticDecode(max_seq_len); }
+  // Whether RunBlock takes ForwardContext::rows (per-row positions: continuous batching's one-token rows as one
+  // batch) for KV caches of max_seq_len positions. The Llama family (mixture-of-experts layers included: their
+  // experts see tokens, not positions) and Phi-3, as StaticDecode for the rest. The default: StaticDecode.
+  virtual bool RowSteps(int64_t max_seq_len) const { return StaticDecode(max_seq_len); }
 };
 
 // kUnsupported naming the architecture if the architecture registry (arch/registry.h) has no such family or

@@ -562,14 +562,15 @@ class LlamaKernels final : public ModelKernelsBase {
 
  public:
   // (The registry's arch::GraphDecodeEligible says the same for the planner.)
-  // Mixture-of-experts layers read the router's choices on the host (continuous batching's per-row steps and the
-  // prefill graphs leave them out), but their decode steps may be captured where the chosen experts are read on the
-  // device (GraphDecode).
+  // Mixture-of-experts layers may read the router's choices on the host (prefill graphs leave them out), but their
+  // decode steps may be captured where the chosen experts are read on the device (GraphDecode), and continuous
+  // batching's per-row steps take them (RowSteps).
   bool StaticDecode(int64_t max_seq_len) const override {
     return spec_.num_experts == 0 && !rope_.LengthDependent(max_seq_len);
   }
   static_assert(fused_ops::kMoeMaxExperts == arch::kGraphDecodeMaxExperts &&
                 fused_ops::kMoeMaxTokens == arch::kGraphDecodeMaxExpertTokens);
+  bool RowSteps(int64_t max_seq_len) const override { return !rope_.LengthDependent(max_seq_len); }
   bool GraphDecode(int64_t max_seq_len) const override {
     if (spec_.num_experts == 0) return StaticDecode(max_seq_len);
     return spec_.fused_kernels && act_ == Activation::kSilu && spec_.num_experts <= fused_ops::kMoeMaxExperts &&

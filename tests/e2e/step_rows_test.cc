@@ -1,7 +1,8 @@
 // Executor::StepRows (continuous batching): sequences that start at different steps, each in its own KV-cache
 // row at its own position, give the logits each sequence gets alone with Forward (prefill, then one token per
-// step), for the Llama family's batched per-row step (llama_gqa, qwen2) and the one-row-at-a-time path of other
-// architectures (gpt2); plus StepRows' argument checks.
+// step), for the Llama family's batched per-row step (llama_gqa, qwen2, and the mixture-of-experts families, whose
+// one-token rows reach their experts as one batch) and the one-row-at-a-time path of other architectures (gpt2);
+// plus StepRows' argument checks.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -113,7 +114,7 @@ void CheckStaggered(const std::string& family, bool gpu) {
 
 TEST(StepRows, StaggeredSequencesEqualEachAlone) {
   ASSERT_FALSE(ModelsRoot().empty()) << "no tiny models";
-  for (const char* family : {"llama_gqa", "qwen2", "gpt2"}) {
+  for (const char* family : {"llama_gqa", "qwen2", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe"}) {
     SCOPED_TRACE(family);
     CheckStaggered(family, /*gpu=*/false);
   }
@@ -122,7 +123,7 @@ TEST(StepRows, StaggeredSequencesEqualEachAlone) {
 // The same on cuda:0 (a no-op without a CUDA device; run on the GPU machine).
 TEST(StepRows, StaggeredSequencesEqualEachAloneOnGpu) {
   ASSERT_FALSE(ModelsRoot().empty()) << "no tiny models";
-  for (const char* family : {"llama_gqa", "qwen2", "gpt2"}) {
+  for (const char* family : {"llama_gqa", "qwen2", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe"}) {
     SCOPED_TRACE(family);
     CheckStaggered(family, /*gpu=*/true);
   }
