@@ -1322,6 +1322,111 @@ cudaError_t MoeExperts(const MoeArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+namespace {
+
+__global__ void __launch_bounds__(1024) MoeRouteKernel(const int64_t* ids, int64_t pairs, int64_t k,
+                                                      int64_t num_experts, int32_t* offs, int64_t* token,
+                                                      int64_t* place) {
+  __shared__ int count[kMoeRouteMaxExperts], cursor[kMoeRouteMaxExperts];
+  for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) count[e] = 0;
+  for (int64_t s = threadIdx.x; s < pairs; s += blockDim.x) token[s] = 0;
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int64_t e = ids[p];
+    if (e >= 0 && e < num_experts) atomicAdd(&count[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int run = 0;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      cursor[e] = run;
+      run += count[e];
+      offs[e] = run;
+    }
+  }
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int64_t e = ids[p];
+    if (e >= 0 && e < num_experts) {
+      const int s = atomicAdd(&cursor[e], 1);
+      token[s] = p / k;
+      place[p] = s;
+    } else {
+      place[p] = -1;
+    }
+  }
+}
+
+// grid (ceil(hidden / 256), tokens), 256 threads: thread i of block (b, t) writes out[t, b * 256 + i].
+template <typename T>
+__global__ void __launch_bounds__(256) MoeCombineKernel(const T* y, int64_t y_stride, Elem w_elem, const void* w,
+                                                        const int64_t* ids, const int64_t* place, int64_t k,
+                                                        int64_t hidden, T* out) {
+  const int64_t t = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= hidden) return;
+  // Token t's choices by expert (ids are distinct within a token).
+  int order[32];
+  const int kk = static_cast<int>(k);
+  for (int i = 0; i < kk; ++i) {
+    const int64_t e = ids[t * k + i];
+    int at = i;
+    while (at > 0 && ids[t * k + order[at - 1]] > e) {
+      order[at] = order[at - 1];
+      --at;
+    }
+    order[at] = i;
+  }
+  float sum = 0.f;
+  for (int i = 0; i < kk; ++i) {
+    const int64_t j = t * k + order[i];
+    const int64_t s = place[j];
+    if (s < 0) {
+      sum = NAN;
+      break;
+    }
+    sum = Round<T>(sum + Round<T>(F<T>(y[s * y_stride + c]) * LoadElem(w, w_elem, j)));
+  }
+  out[t * hidden + c] = ToT<T>(sum);
+}
+
+}  // namespace
+
+cudaError_t MoeRoute(const int64_t* ids, int64_t pairs, int64_t k, int64_t num_experts, int32_t* offs,
+                     int64_t* token, int64_t* place, cudaStream_t stream) {
+  if (ids == nullptr || offs == nullptr || token == nullptr || place == nullptr || pairs < 1 || k < 1 ||
+      num_experts < 1 || num_experts > kMoeRouteMaxExperts || pairs > (int64_t{1} << 30)) {
+    return cudaErrorInvalidValue;
+  }
+  MoeRouteKernel<<<1, 1024, 0, stream>>>(ids, pairs, k, num_experts, offs, token, place);
+  return cudaGetLastError();
+}
+
+cudaError_t MoeCombine(Elem elem, const void* y, int64_t y_stride, Elem w_elem, const void* w, const int64_t* ids,
+                       const int64_t* place, int64_t tokens, int64_t k, int64_t hidden, void* out,
+                       cudaStream_t stream) {
+  if (y == nullptr || w == nullptr || ids == nullptr || place == nullptr || out == nullptr || tokens < 1 ||
+      tokens > 65535 || k < 1 || k > 32 || hidden < 1 || y_stride < hidden) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid(static_cast<unsigned>((hidden + 255) / 256), static_cast<unsigned>(tokens));
+  switch (elem) {
+    case Elem::kBF16:
+      MoeCombineKernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(y), y_stride, w_elem,
+                                                                w, ids, place, k, hidden,
+                                                                static_cast<__nv_bfloat16*>(out));
+      break;
+    case Elem::kF16:
+      MoeCombineKernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(y), y_stride, w_elem, w, ids,
+                                                         place, k, hidden, static_cast<__half*>(out));
+      break;
+    case Elem::kF32:
+      MoeCombineKernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(y), y_stride, w_elem, w, ids, place,
+                                                        k, hidden, static_cast<float*>(out));
+      break;
+  }
+  return cudaGetLastError();
+}
+
 cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
                        Elem weight_elem, void* weights, cudaStream_t stream) {
   if (n < 1 || n > kTopRowsMax || top < 1 || top > 64 || top > n || logits == nullptr || ids == nullptr ||

@@ -101,6 +101,23 @@ struct MoeArgs {
 };
 cudaError_t MoeExperts(const MoeArgs& a, cudaStream_t stream);
 
+// A prompt's (token, choice) pairs grouped by expert, for grouped products over every expert. For ids int64
+// [pairs] (pair p: token p / k, choice p % k) over num_experts experts (1 <= num_experts <= kMoeRouteMaxExperts,
+// 1 <= pairs): offs[e] (int32) = the number of pairs choosing experts 0..e; the pairs of expert e take sorted places
+// [offs[e-1], offs[e]) (their order within an expert is unspecified); token[s] (int64 [pairs]) = the token of the
+// pair at sorted place s, 0 past the pairs with a valid id; place[p] (int64 [pairs]) = pair p's sorted place, -1
+// for an id outside [0, num_experts). One block.
+inline constexpr int kMoeRouteMaxExperts = 1024;
+cudaError_t MoeRoute(const int64_t* ids, int64_t pairs, int64_t k, int64_t num_experts, int32_t* offs,
+                     int64_t* token, int64_t* place, cudaStream_t stream);
+// The pairs' outputs combined per token: out[t, c] = the sum over token t's choices in expert order, from 0, of
+// round(y[place[t k + j], c] x w[t, j]) rounded after each addition (the host-dispatched path's index_add_ of each
+// expert's weighted output), for y [rows, hidden] (row stride y_stride) and out [tokens, hidden] contiguous, both of
+// `elem`, w [tokens, k] of `w_elem`, ids and place int64 [tokens, k] (a place of -1 makes the row NaN); k <= 32.
+cudaError_t MoeCombine(Elem elem, const void* y, int64_t y_stride, Elem w_elem, const void* w, const int64_t* ids,
+                       const int64_t* place, int64_t tokens, int64_t k, int64_t hidden, void* out,
+                       cudaStream_t stream);
+
 // LlamaRMSNorm of each row: out = round(w * round(x * rsqrt(mean(x^2) + eps))) with the mean in float32.
 cudaError_t RmsNorm(DType dtype, const void* x, int64_t x_stride, const void* w, void* out, int64_t out_stride,
                     int64_t rows, int64_t cols, float eps, cudaStream_t stream);

@@ -251,6 +251,39 @@ at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tens
   return out;
 }
 
+bool MoeRoute(const at::Tensor& ids, int64_t num_experts, at::Tensor* offs, at::Tensor* token, at::Tensor* place) {
+  if (!ids.defined() || !ids.is_cuda() || ids.scalar_type() != at::kLong || ids.dim() != 2 || !ids.is_contiguous() ||
+      ids.numel() < 1 || ids.numel() > (int64_t{1} << 30) || num_experts < 1 ||
+      num_experts > fused::kMoeRouteMaxExperts) {
+    return false;
+  }
+  static_assert(kMoeRouteMaxExperts == fused::kMoeRouteMaxExperts);
+  *offs = at::empty({num_experts}, ids.options().dtype(at::kInt));
+  *token = at::empty({ids.numel()}, ids.options());
+  *place = at::empty(ids.sizes(), ids.options());
+  Check(fused::MoeRoute(ids.data_ptr<int64_t>(), ids.numel(), ids.size(1), num_experts, offs->data_ptr<int32_t>(),
+                        token->data_ptr<int64_t>(), place->data_ptr<int64_t>(), Stream()),
+        "moe_route");
+  return true;
+}
+
+at::Tensor MoeCombine(const at::Tensor& y, const at::Tensor& ids, const at::Tensor& w, const at::Tensor& place) {
+  fused::Elem ye, we;
+  if (!y.defined() || !y.is_cuda() || y.dim() != 2 || y.stride(1) != 1 || y.stride(0) < y.size(1) ||
+      !ElemOf(y.scalar_type(), &ye) || !ids.defined() || ids.device() != y.device() || ids.scalar_type() != at::kLong ||
+      ids.dim() != 2 || !ids.is_contiguous() || ids.size(0) < 1 || ids.size(0) > 65535 || ids.size(1) < 1 ||
+      ids.size(1) > 32 || !w.defined() || w.device() != y.device() || w.sizes() != ids.sizes() ||
+      !w.is_contiguous() || !ElemOf(w.scalar_type(), &we) || !place.defined() || place.device() != y.device() ||
+      place.scalar_type() != at::kLong || place.sizes() != ids.sizes() || !place.is_contiguous()) {
+    return at::Tensor();
+  }
+  at::Tensor out = at::empty({ids.size(0), y.size(1)}, y.options());
+  Check(fused::MoeCombine(ye, y.data_ptr(), y.stride(0), we, w.data_ptr(), ids.data_ptr<int64_t>(),
+                          place.data_ptr<int64_t>(), ids.size(0), ids.size(1), y.size(1), out.data_ptr(), Stream()),
+        "moe_combine");
+  return out;
+}
+
 bool ExpertSum(const at::Tensor& y, const at::Tensor& w, const at::Tensor& out) {
   fused::Elem ye, we;
   if (!y.defined() || !y.is_cuda() || y.dim() != 3 || !y.is_contiguous() || !ElemOf(y.scalar_type(), &ye) ||

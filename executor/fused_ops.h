@@ -62,6 +62,18 @@ inline constexpr int64_t kMoeMaxTokens = 16, kMoeMaxExperts = 128;  // = fused::
 at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& w,
                       const std::vector<uint64_t>& gate_up, const std::vector<uint64_t>& down, int64_t inter);
 
+// A prompt's (token, choice) pairs grouped by expert on the device (fused::MoeRoute), for ids [tokens, k] int64 on
+// the GPU over num_experts experts: *offs [num_experts] int32 (where each expert's rows end, as at::_grouped_mm takes
+// them), *token [tokens x k] int64 (the token of each sorted pair, to gather the inputs; 0 past the valid pairs) and
+// *place [tokens, k] int64 (each pair's sorted row; -1 for an id out of range). False, queuing nothing, when not
+// eligible (num_experts above kMoeRouteMaxExperts).
+inline constexpr int64_t kMoeRouteMaxExperts = 1024;  // = fused::kMoeRouteMaxExperts
+bool MoeRoute(const at::Tensor& ids, int64_t num_experts, at::Tensor* offs, at::Tensor* token, at::Tensor* place);
+// Each token's experts' outputs y [rows, hidden] (rows sorted by MoeRoute; row stride at least hidden) weighted by w
+// [tokens, k] (any of bf16, fp16, fp32) and summed in expert order with the host-dispatched path's roundings
+// (fused::MoeCombine): [tokens, hidden] in y's dtype. Undefined, queuing nothing, when not eligible.
+at::Tensor MoeCombine(const at::Tensor& y, const at::Tensor& ids, const at::Tensor& w, const at::Tensor& place);
+
 // at::mul_out(out, at::silu(gate), up) for gu [..., 2 inter] = [gate | up] into out [..., inter] (contiguous, gu's
 // dtype and device) by fused::SiluMul. False, queuing nothing, when not eligible.
 bool SiluMulInto(const at::Tensor& gu, const at::Tensor& out);

@@ -63,37 +63,20 @@ Status GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, bool fu
 namespace {
 
 // GroupedResidentExperts for one chunk of tokens; w1 [E, hidden, 2 inter] and w2 [E, inter, hidden] are the experts'
-// matrices viewed column-major (the row-major nn.Linear weights, transposed).
+// matrices viewed column-major (the row-major nn.Linear weights, transposed). Undefined where the routing kernel
+// declines.
 at::Tensor GroupedChunk(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw, const at::Tensor& w1,
                         const at::Tensor& w2, int64_t inter) {
-  const int64_t n = x.size(0), k = topi.size(1), experts = w1.size(0), hidden = x.size(1);
-  const at::Tensor flat = topi.reshape({-1});  // pair p = token p / k, choice p % k
-  // Pairs sorted by expert (stable: by token within an expert), and where each expert's rows end.
-  const at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const at::Tensor counts = at::zeros({experts}, flat.options()).scatter_add_(0, flat, at::ones_like(flat));
-  const at::Tensor offs = counts.cumsum(0).to(at::kInt);
-  const at::Tensor token = order.div(k, "floor");
-  at::Tensor gu = at::_grouped_mm(x.index_select(0, token), w1, offs);  // [P, 2 inter]
+  // The pairs grouped by expert on the device: each expert's rows end at offs[e]; token[s]: the token of row s.
+  at::Tensor offs, token, place;
+  if (!fused_ops::MoeRoute(topi, w1.size(0), &offs, &token, &place)) return at::Tensor();
+  at::Tensor gu = at::_grouped_mm(x.index_select(0, token), w1, offs);  // [pairs, 2 inter]
   at::Tensor h = at::empty({gu.size(0), inter}, x.options());
-  if (!fused_ops::SiluMulInto(gu, h)) {
-    at::mul_out(h, at::silu(gu.narrow(-1, 0, inter)), gu.narrow(-1, inter, inter));
-  }
+  if (!fused_ops::SiluMulInto(gu, h)) at::mul_out(h, at::silu(gu.narrow(-1, 0, inter)), gu.narrow(-1, inter, inter));
   gu = at::Tensor();
-  at::Tensor y = at::_grouped_mm(h, w2, offs);  // [P, hidden]
-  h = at::Tensor();
-  at::Tensor weighted = y * topw.reshape({-1, 1}).index_select(0, order);
-  if (weighted.scalar_type() != x.scalar_type()) weighted = weighted.to(x.scalar_type());
-  y = at::Tensor();
-  // Each pair's place among its token's choices in expert order: row rank x n + token of `ranked`.
-  const at::Tensor by_expert = std::get<1>(topi.sort(-1));  // [n, k]: the choice holding the token's j-th expert
-  const at::Tensor rank = at::empty_like(by_expert).scatter_(
-      1, by_expert, at::arange(k, by_expert.options()).unsqueeze(0).expand({n, k}));
-  const at::Tensor dest = rank.reshape({-1}).index_select(0, order) * n + token;
-  const at::Tensor ranked = at::empty({k * n, hidden}, x.options()).index_copy_(0, dest, weighted);
-  // Summed in expert order, rounding to x's dtype after each add, as the host-dispatched path's index_add_.
-  at::Tensor out = ranked.narrow(0, 0, n).clone();
-  for (int64_t j = 1; j < k; ++j) out.add_(ranked.narrow(0, j * n, n));
-  return out;
+  const at::Tensor y = at::_grouped_mm(h, w2, offs);  // [pairs, hidden]
+  // Each token's weighted outputs summed in expert order, rounded to x's dtype after each addition.
+  return fused_ops::MoeCombine(y, topi, topw, place);
 }
 
 }  // namespace
@@ -102,6 +85,7 @@ at::Tensor GroupedResidentExperts(const at::Tensor& x, const at::Tensor& topi, c
                                   const BlockWeights::ResidentExpertTable& t) {
   const int64_t experts = static_cast<int64_t>(t.gate_up.size()), hidden = t.hidden, inter = t.inter;
   if (x.scalar_type() != at::kBFloat16 || !x.is_cuda() || x.dim() != 2 || x.size(1) != hidden || experts == 0 ||
+      experts > fused_ops::kMoeRouteMaxExperts ||
       t.down.size() != t.gate_up.size() || topi.dim() != 2 || topi.size(0) != x.size(0) || topw.sizes() != topi.sizes()) {
     return at::Tensor();
   }
@@ -123,8 +107,10 @@ at::Tensor GroupedResidentExperts(const at::Tensor& x, const at::Tensor& topi, c
   at::Tensor out = at::empty_like(x);
   for (int64_t t0 = 0; t0 < tokens; t0 += arch::kMoeGroupedTokens) {
     const int64_t n = std::min(arch::kMoeGroupedTokens, tokens - t0);
-    out.narrow(0, t0, n).copy_(GroupedChunk(x.narrow(0, t0, n), topi.narrow(0, t0, n), topw.narrow(0, t0, n), w1, w2,
-                                            inter));
+    const at::Tensor part = GroupedChunk(x.narrow(0, t0, n), topi.narrow(0, t0, n), topw.narrow(0, t0, n), w1, w2,
+                                         inter);
+    if (!part.defined()) return at::Tensor();
+    out.narrow(0, t0, n).copy_(part);
   }
   return out;
 }

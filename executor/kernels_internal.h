@@ -184,11 +184,12 @@ Status GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, bool fu
 // A sparse layer's routed experts (SwiGLU) for the tokens x [T, hidden] with the router's choices topi [T, k] (int64)
 // and weights topw [T, k] (x's dtype, or float32 for Mixtral), where every expert rests on x's GPU at equal distances
 // (table's strides): the (token, expert) pairs sorted by expert, gathered, and two grouped products
-// (at::_grouped_mm: [gate; up], then down) over all the experts at once, nothing read on the host; each token's
-// experts' outputs, scaled by their weights and cast to x's dtype, summed in expert order (the host-dispatched path's
-// order and roundings; the products' own sums may round differently). Tokens in chunks of arch::kMoeGroupedTokens.
-// Undefined (nothing queued) where it does not apply: x not bfloat16, a GPU before sm_90, strides of 0 or addresses,
-// strides, hidden or inter not multiples of 16 bytes.
+// (at::_grouped_mm: [gate; up], then down) over all the experts at once, nothing read on the host (the pairs are
+// grouped by fused_ops::MoeRoute and combined by fused_ops::MoeCombine); each token's experts' outputs, scaled by
+// their weights and cast to x's dtype, summed in expert order (the host-dispatched path's order and roundings; the
+// products' own sums may round differently). Tokens in chunks of arch::kMoeGroupedTokens. Undefined (nothing
+// queued) where it does not apply: x not bfloat16, a GPU before sm_90, more than fused_ops::kMoeRouteMaxExperts
+// experts, strides of 0 or addresses, strides, hidden or inter not multiples of 16 bytes.
 at::Tensor GroupedResidentExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
                                   const BlockWeights::ResidentExpertTable& table);
 

@@ -1,7 +1,7 @@
 // A prompt's routed experts as grouped products over every resident expert (kernels_internal::
-// GroupedResidentExperts) against the host-dispatched path's math (each expert's rows gathered, its SwiGLU products,
-// scaled by the routing weights, cast and added in expert order) and against float32. GPU only (sm_90: the grouped
-// products); skips without a CUDA device.
+// GroupedResidentExperts, with its routing and combining kernels) against the host-dispatched path's math (each
+// expert's rows gathered, its SwiGLU products, scaled by the routing weights, cast and added in expert order) and
+// against float32. GPU only (sm_90: the grouped products); skips without a CUDA device.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <gtest/gtest.h>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "arch/temporaries.h"
+#include "executor/fused_ops.h"
 #include "executor/kernels_internal.h"
 
 namespace bigplan::kernels_internal {
@@ -127,6 +128,52 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{64, 8, 256, 128, 17, false},                               // Qwen-like, just past decode
                       Case{128, 8, 512, 128, 300, false},                             // 128 experts, some unused
                       Case{16, 4, 128, 64, arch::kMoeGroupedTokens + 45, false}));  // two chunks of tokens
+
+// The routing kernel: offs are the cumulative counts per expert, each pair's place lies in its expert's rows and
+// holds its token, the places are a permutation of the rows; an id out of range gets place -1 and makes its token's
+// combined row NaN.
+TEST(GroupedResidentExpertsTest, RouteGroupsThePairsByExpert) {
+  if (!HaveGroupedProducts()) GTEST_SKIP() << "needs a CUDA device of sm_90 or later";
+  at::manual_seed(9);
+  const int64_t experts = 128, tokens = 300, k = 8;
+  const Routing r = Route(tokens, 64, experts, k, false);
+  at::Tensor ids = r.topi.clone();
+  ids[7][3] = experts;  // out of range
+  at::Tensor offs, token, place;
+  ASSERT_TRUE(fused_ops::MoeRoute(ids, experts, &offs, &token, &place));
+  const at::Tensor ids_h = ids.cpu(), offs_h = offs.cpu(), token_h = token.cpu(), place_h = place.cpu();
+  std::vector<int64_t> count(experts, 0);
+  for (int64_t p = 0; p < tokens * k; ++p) {
+    const int64_t e = ids_h.view({-1})[p].item<int64_t>();
+    if (e < experts) ++count[e];
+  }
+  int64_t run = 0;
+  std::vector<bool> seen(tokens * k, false);
+  for (int64_t e = 0; e < experts; ++e) {
+    run += count[e];
+    ASSERT_EQ(offs_h[e].item<int32_t>(), run) << "expert " << e;
+  }
+  EXPECT_EQ(run, tokens * k - 1);
+  for (int64_t p = 0; p < tokens * k; ++p) {
+    const int64_t e = ids_h.view({-1})[p].item<int64_t>(), s = place_h.view({-1})[p].item<int64_t>();
+    if (e >= experts) {
+      EXPECT_EQ(s, -1);
+      continue;
+    }
+    ASSERT_GE(s, e == 0 ? 0 : offs_h[e - 1].item<int32_t>());
+    ASSERT_LT(s, offs_h[e].item<int32_t>());
+    EXPECT_FALSE(seen[s]) << "place " << s << " twice";
+    seen[s] = true;
+    EXPECT_EQ(token_h[s].item<int64_t>(), p / k);
+  }
+  // The combine: token 7's row is NaN, the others finite.
+  const at::Tensor y = at::randn({tokens * k, 64}, r.x.options());
+  const at::Tensor out = fused_ops::MoeCombine(y, ids, r.topw, place);
+  ASSERT_TRUE(out.defined());
+  EXPECT_TRUE(at::isnan(out[7]).all().item<bool>());
+  EXPECT_FALSE(at::isnan(out.narrow(0, 8, tokens - 8)).any().item<bool>());
+  EXPECT_FALSE(fused_ops::MoeRoute(ids, fused_ops::kMoeRouteMaxExperts + 1, &offs, &token, &place));
+}
 
 // Where the grouped products do not apply it declines (undefined, nothing queued) and the caller dispatches.
 TEST(GroupedResidentExpertsTest, DeclinesWhatItDoesNotTake) {
