@@ -1220,6 +1220,20 @@ __device__ __forceinline__ void WarpDots(const T* const (&w)[R], const T* const 
 
 constexpr int kMoeWarps = 8;
 
+// A token's k <= 32 choices `ids` (distinct experts) in expert order: order[0..k) holds their indices by increasing
+// expert (an insertion sort: k is small).
+__device__ __forceinline__ void ExpertOrder(const int64_t* ids, int k, int (&order)[32]) {
+  for (int i = 0; i < k; ++i) {
+    const int64_t e = ids[i];
+    int at = i;
+    while (at > 0 && ids[order[at - 1]] > e) {
+      order[at] = order[at - 1];
+      --at;
+    }
+    order[at] = i;
+  }
+}
+
 // grid (ceil(inter / kMoeWarps), tokens * k): warp w of block (b, j) computes h[j, b * kMoeWarps + w].
 template <typename T>
 __global__ void __launch_bounds__(kMoeWarps * 32) MoeGateUpKernel(const MoeArgs a) {
@@ -1250,20 +1264,12 @@ template <typename T>
 __global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a) {
   const int64_t t = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kMoeWarps + (threadIdx.x >> 5);
   if (c >= a.hidden) return;
-  // Token t's choices by expert (ids are distinct within a token; an invalid one poisons the row).
+  // Token t's choices by expert (an invalid one poisons the row).
   int order[32];
   const int k = static_cast<int>(a.k);
+  ExpertOrder(a.ids + t * a.k, k, order);
   bool bad = false;
-  for (int i = 0; i < k; ++i) {
-    const int64_t e = a.ids[t * a.k + i];
-    bad = bad || e < 0 || e >= a.num_experts;
-    int at = i;
-    while (at > 0 && a.ids[t * a.k + order[at - 1]] > e) {
-      order[at] = order[at - 1];
-      --at;
-    }
-    order[at] = i;
-  }
+  for (int i = 0; i < k; ++i) bad = bad || a.ids[t * a.k + i] < 0 || a.ids[t * a.k + i] >= a.num_experts;
   T* out = static_cast<T*>(a.out) + t * a.hidden + c;
   if (bad) {
     if ((threadIdx.x & 31) == 0) *out = ToT<T>(NAN);
@@ -1364,18 +1370,10 @@ __global__ void __launch_bounds__(256) MoeCombineKernel(const T* y, int64_t y_st
                                                         int64_t hidden, T* out) {
   const int64_t t = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= hidden) return;
-  // Token t's choices by expert (ids are distinct within a token).
+  // Token t's choices by expert.
   int order[32];
   const int kk = static_cast<int>(k);
-  for (int i = 0; i < kk; ++i) {
-    const int64_t e = ids[t * k + i];
-    int at = i;
-    while (at > 0 && ids[t * k + order[at - 1]] > e) {
-      order[at] = order[at - 1];
-      --at;
-    }
-    order[at] = i;
-  }
+  ExpertOrder(ids + t * k, kk, order);
   float sum = 0.f;
   for (int i = 0; i < kk; ++i) {
     const int64_t j = t * k + order[i];
