@@ -7,7 +7,8 @@
 //   * logits: Executor::Forward asked for every position's logits computes a pass of more than kLogitsTokens tokens
 //     as consecutive passes of at most kLogitsTokens tokens (at least one position per row), so the float logits
 //     on the device are at most that many tokens' (each pass's go to the host before the next begins);
-//   * mixture-of-experts prompts over resident experts: kMoeGroupedTokens tokens' (token, expert) pairs at once.
+//   * mixture-of-experts prompts over resident experts: kMoeGroupedTokens tokens' (token, expert) pairs at once;
+//   * one GPU's prefill graphs, whose pools lie outside the reserve: passes of at most kPrefillGraphTokens tokens.
 // No LibTorch; the planner and the executor both include it.
 #pragma once
 

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <string>
-#include <tuple>
 
 #include "arch/temporaries.h"
 #include "executor/fused_ops.h"
