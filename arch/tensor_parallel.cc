@@ -8,14 +8,25 @@ Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& c, uint3
   };
   if (shards < 2 || shards > kMaxTensorParallel)
     return no("takes 2 to " + std::to_string(kMaxTensorParallel) + " GPUs");
-  if (family.family != Family::kLlama)
-    return no(std::string("the ") + family.name + " family has no tensor-parallel rules (llama, mistral, qwen2 do)");
-  if (c.num_experts > 0) return no("mixture-of-experts layers are not split");
+  const bool moe = family.family == Family::kMixtral || family.family == Family::kQwen2Moe ||
+                   family.family == Family::kQwen3Moe;
+  if (family.family != Family::kLlama && !moe) {
+    return no(std::string("the ") + family.name +
+              " family has no tensor-parallel rules (llama, mistral, qwen2, mixtral, qwen2_moe, qwen3_moe do)");
+  }
+  if (!moe && c.num_experts > 0) return no("mixture-of-experts layers of the " + std::string(family.name) +
+                                           " family are not split");
   if (c.num_heads % shards != 0 || c.num_kv_heads % shards != 0)
     return no(std::to_string(c.num_heads) + " heads and " + std::to_string(c.num_kv_heads) +
               " key/value heads do not divide evenly");
   if (c.intermediate_size % shards != 0)
     return no("intermediate_size " + std::to_string(c.intermediate_size) + " does not divide evenly");
+  if (c.num_experts > 0 && c.moe_intermediate_size % shards != 0)
+    return no("moe_intermediate_size " + std::to_string(c.moe_intermediate_size) + " does not divide evenly");
+  if (c.shared_expert_intermediate_size % shards != 0) {
+    return no("shared_expert_intermediate_size " + std::to_string(c.shared_expert_intermediate_size) +
+              " does not divide evenly");
+  }
   if (c.vocab_size < shards) return no("the vocabulary is smaller than the GPU count");
   return Status::Ok();
 }
@@ -25,6 +36,8 @@ ModelConfig ShardConfig(const ModelConfig& config, uint32_t shards) {
   c.num_heads /= shards;
   c.num_kv_heads /= shards;
   c.intermediate_size /= shards;
+  c.moe_intermediate_size /= shards;
+  c.shared_expert_intermediate_size /= shards;
   return c;
 }
 
@@ -45,6 +58,10 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
     return TensorSlice{dim, n * shard, n * (shard + 1)};
   };
   const int64_t hd = c.head_dim;
+  if (IsExpertSlot(slot)) {
+    // A routed expert as a SwiGLU MLP: gate and up by rows of moe_intermediate_size, down by the same columns.
+    return ExpertRole(slot) == Slot::kExpertDown ? part(1, 1) : part(0, 1);
+  }
   switch (slot) {
     case Slot::kTokenEmbedding:
     case Slot::kLmHead:
@@ -57,6 +74,8 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
     case Slot::kKNorm:
     case Slot::kOBias:      // added once, by shard 0, to the sum
     case Slot::kDownBias:
+    case Slot::kRouter:            // every shard routes every token alike
+    case Slot::kSharedExpertGate:  // [1, hidden]: the same scale of every shard's part of the shared expert
       return TensorSlice{};
     case Slot::kQ:
     case Slot::kQBias:
@@ -72,7 +91,11 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
     case Slot::kUp:
     case Slot::kUpBias:
       return part(0, 1);
+    case Slot::kSharedGate:
+    case Slot::kSharedUp:
+      return part(0, 1);
     case Slot::kDown:
+    case Slot::kSharedDown:
       return part(1, 1);
     default:
       return MakeError(ErrorCode::kUnsupported, "slot " + SlotName(slot) + " has no tensor-parallel rule");

@@ -3,10 +3,14 @@
 //
 //   - attention: q, k, v (and their biases) by heads (rows); o_proj by the same heads (columns);
 //   - MLP: gate and up (and their biases) by rows of the intermediate size; down_proj by the same columns;
+//   - mixture of experts: every routed expert (and Qwen2-MoE's shared expert) as an MLP, by rows of its
+//     intermediate size, so each shard computes part of every chosen expert; the router and the shared expert's
+//     sigmoid gate whole (every shard routes every token alike: the same input, the same kernel);
 //   - embedding and lm_head (tied or not): by vocabulary rows, shard r holding rows
 //     [vocab x r / N, vocab x (r + 1) / N);
 //   - norms, and o_proj's and down_proj's biases: whole on every shard (shard 0 adds the biases to its part).
-// A shard's attention output (after o_proj) and MLP output (after down_proj) are partial sums, as are its embedding
+// A shard's attention output (after o_proj) and MLP output (after down_proj, or the weighted sum of the experts) are
+// partial sums, as are its embedding
 // rows (zero for tokens outside its vocabulary slice) and its logits (its slice): the executor adds them over the
 // shards (an all-reduce in shard order) so every shard holds the same hidden state.
 //
@@ -34,13 +38,15 @@ struct TensorSlice {
   bool operator==(const TensorSlice&) const = default;
 };
 
-// Whether `family`'s model `config` splits over `shards` GPUs (2..kMaxTensorParallel): a dense model of a family
-// with tensor-parallel rules (Llama, Mistral, Qwen2), q/k/v and gate/up as separate matrices, num_heads,
-// num_kv_heads and intermediate_size divisible by `shards`, vocab_size >= shards.
+// Whether `family`'s model `config` splits over `shards` GPUs (2..kMaxTensorParallel): a model of a family with
+// tensor-parallel rules (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE), q/k/v and gate/up as separate
+// matrices, num_heads, num_kv_heads, intermediate_size, moe_intermediate_size and shared_expert_intermediate_size
+// divisible by `shards`, vocab_size >= shards.
 // kUnsupported naming the reason otherwise.
 Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& config, uint32_t shards);
 
-// The config a shard's kernels compute with: num_heads, num_kv_heads and intermediate_size divided by `shards`
+// The config a shard's kernels compute with: num_heads, num_kv_heads and the intermediate sizes (dense, routed
+// experts', shared expert's) divided by `shards`
 // (everything else, vocab_size included, unchanged). Requires CheckTensorParallel.
 ModelConfig ShardConfig(const ModelConfig& config, uint32_t shards);
 

@@ -69,10 +69,60 @@ TEST(TensorParallel, SlicesBySlot) {
   EXPECT_EQ(ShardSlice(Slot::kQkv, q, c, 0, 2).error().code, ErrorCode::kUnsupported);
   EXPECT_TRUE(ShardSlice(Slot::kOBias, norm, c, 1, 2)->whole());
   EXPECT_TRUE(ShardSlice(Slot::kDownBias, norm, c, 1, 2)->whole());
-  EXPECT_EQ(ShardSlice(Slot::kRouter, norm, c, 0, 2).error().code, ErrorCode::kUnsupported);
+  EXPECT_EQ(ShardSlice(Slot::kFcIn, q, c, 0, 2).error().code, ErrorCode::kUnsupported);
   // A head is never cut.
   const std::vector<int64_t> odd{24, 64};
   EXPECT_FALSE(ShardSlice(Slot::kQ, odd, c, 0, 2).ok());
+}
+
+ModelConfig Qwen2Moe() {
+  ModelConfig c = Llama();
+  c.num_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.moe_intermediate_size = 32;
+  c.shared_expert_intermediate_size = 48;
+  c.sparse_layers = {true, true};
+  return c;
+}
+
+// Mixture-of-experts layers split every expert by rows of its intermediate size: each shard computes part of every
+// chosen expert, and the router (and the shared expert's gate) whole on every shard route every token alike.
+TEST(TensorParallel, ExpertsSplitByTheirIntermediateSize) {
+  for (const char* name : {"mixtral", "qwen2_moe", "qwen3_moe"}) {
+    const FamilyInfo* family = FindFamily(name);
+    ASSERT_NE(family, nullptr) << name;
+    EXPECT_TRUE(CheckTensorParallel(*family, Qwen2Moe(), 2).ok()) << name;
+  }
+  const ModelConfig c = Qwen2Moe();
+  const ModelConfig s = ShardConfig(c, 2);
+  EXPECT_EQ(s.moe_intermediate_size, 16u);
+  EXPECT_EQ(s.shared_expert_intermediate_size, 24u);
+  EXPECT_EQ(s.intermediate_size, 48u);
+  EXPECT_EQ(s.num_experts, 8u);
+  EXPECT_EQ(s.num_experts_per_tok, 2u);
+  const std::vector<int64_t> gate{32, 64}, down{64, 32}, shared_gate{48, 64}, shared_down{64, 48}, router{8, 64},
+      one{1, 64};
+  EXPECT_EQ(*ShardSlice(ExpertSlot(Slot::kExpertGate, 5), gate, c, 1, 2), (TensorSlice{0, 16, 32}));
+  EXPECT_EQ(*ShardSlice(ExpertSlot(Slot::kExpertUp, 0), gate, c, 0, 2), (TensorSlice{0, 0, 16}));
+  EXPECT_EQ(*ShardSlice(ExpertSlot(Slot::kExpertDown, 7), down, c, 1, 2), (TensorSlice{1, 16, 32}));
+  EXPECT_EQ(*ShardSlice(Slot::kSharedGate, shared_gate, c, 1, 2), (TensorSlice{0, 24, 48}));
+  EXPECT_EQ(*ShardSlice(Slot::kSharedUp, shared_gate, c, 0, 2), (TensorSlice{0, 0, 24}));
+  EXPECT_EQ(*ShardSlice(Slot::kSharedDown, shared_down, c, 1, 2), (TensorSlice{1, 24, 48}));
+  EXPECT_TRUE(ShardSlice(Slot::kRouter, router, c, 1, 2)->whole());
+  EXPECT_TRUE(ShardSlice(Slot::kSharedExpertGate, one, c, 0, 2)->whole());
+}
+
+TEST(TensorParallel, RefusesExpertsThatDoNotSplit) {
+  const FamilyInfo* qwen2_moe = FindFamily("qwen2_moe");
+  ModelConfig c = Qwen2Moe();
+  c.moe_intermediate_size = 33;
+  EXPECT_NE(CheckTensorParallel(*qwen2_moe, c, 2).error().message.find("moe_intermediate_size 33"),
+            std::string::npos);
+  c = Qwen2Moe();
+  c.shared_expert_intermediate_size = 51;
+  EXPECT_NE(CheckTensorParallel(*qwen2_moe, c, 2).error().message.find("shared_expert_intermediate_size 51"),
+            std::string::npos);
+  EXPECT_FALSE(ShardSlice(ExpertSlot(Slot::kExpertGate, 0), std::vector<int64_t>{33, 64}, c, 0, 2).ok());
 }
 
 }  // namespace

@@ -486,6 +486,11 @@ Status Executor::Impl::RunShardGraphStep(const std::vector<int64_t>& ids, int64_
         g.inputs.push_back(at::empty({b + 1}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA, device_of(s))));
         g.inputs.back().copy_(host, /*non_blocking=*/true);
         side.push_back(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_of(s)));
+        {
+          // The warm-up below issues shard s > 0 from a thread of its own; its capture is issued from this one.
+          c10::cuda::CUDAStreamGuard on_side(side.back());
+          executor_internal::PrepareCaptureThread();
+        }
         at::cuda::CUDAEvent to_side;
         to_side.record(c10::cuda::getCurrentCUDAStream(device_of(s)));
         to_side.block(side.back());
@@ -1182,6 +1187,8 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     spec.num_heads /= shards;
     spec.num_kv_heads /= shards;
     spec.intermediate_size /= shards;
+    spec.moe_intermediate_size /= shards;
+    spec.shared_expert_intermediate_size /= shards;
   }
   auto kernels = MakeModelKernels(spec);
   if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
@@ -1284,10 +1291,6 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       executor_internal::ShardGroup* group = impl->shard_group.get();
       c.all_reduce = [group, s](const at::Tensor& x) { return group->AllReduce(static_cast<int>(s), x); };
     }
-    // Decode graphs when every shard rests on its GPU (a streamed shard's steps wait for its copies: eager).
-    impl->shard_graphs = executor_internal::GraphCache<Impl::ShardGraph>(
-        options.cuda_graphs && impl->state->streams.empty() &&
-        impl->kernels->StaticDecode(impl->state->info.max_seq_len));
   }
   // A block whose routed experts are read on the device when chosen (BlockWeights::ResidentExperts, decode batches
   // of at most fused_ops::kMoeMaxTokens rows), or that has none: its decode step waits for nothing on the host.
@@ -1297,6 +1300,15 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     return !has_experts || (impl->weights[b.index].ResidentExperts() != nullptr &&
                             impl->state->info.max_batch <= fused_ops::kMoeMaxTokens);
   };
+  if (shards > 0) {
+    // Decode graphs when every shard rests on its GPU (a streamed shard's steps wait for its copies: eager) and,
+    // for mixture-of-experts layers, reads its rows of the chosen experts on the device.
+    bool device_steps = true;
+    for (const BlockRuntime& b : impl->state->blocks) device_steps &= device_routed(b);
+    impl->shard_graphs = executor_internal::GraphCache<Impl::ShardGraph>(
+        options.cuda_graphs && impl->state->streams.empty() && device_steps &&
+        impl->kernels->GraphDecode(impl->state->info.max_seq_len));
+  }
   if (shards == 0 && options.cuda_graphs && !cpu_mode && !impl->state->cuda_devices.empty() &&
       impl->state->streams.empty() && impl->kernels->GraphDecode(impl->state->info.max_seq_len)) {
     bool resident = true;

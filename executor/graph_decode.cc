@@ -1,5 +1,6 @@
 #include "executor/graph_decode.h"
 
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/InferenceMode.h>
@@ -26,6 +27,11 @@ Status CaptureGraph(at::cuda::CUDAGraph* graph, const std::function<Status()>& i
     }
     return MakeError(ErrorCode::kDevice, "capturing " + what + ": " + e.what());
   }
+}
+
+void PrepareCaptureThread() {
+  (void)at::cuda::getCurrentCUDABlasHandle();
+  (void)at::cuda::getCurrentCUDABlasLtHandle();
 }
 
 struct GraphDecoder::Graph {

@@ -28,6 +28,11 @@ namespace bigplan::executor_internal {
 // then not to be replayed).
 Status CaptureGraph(at::cuda::CUDAGraph* graph, const std::function<Status()>& issue, const std::string& what);
 
+// Makes the calling thread's library state for the current device and stream: its cuBLAS and cuBLASLt handles and
+// their workspaces for this stream (LibTorch makes them on first use, per thread, device and stream; made while
+// capturing, they invalidate the capture). For a capture whose warm-up ran on other threads.
+void PrepareCaptureThread();
+
 class GraphDecoder {
  public:
   // `device` < 0: never replays (enabled() false).

@@ -204,7 +204,13 @@ class LlamaKernels final : public ModelKernelsBase {
     }
 
     if (sparse) {
+      // A shard's experts are its rows of every expert: its sum is a part of the layer's, added over the shards
+      // before the residual.
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor moe, Moe(c, norm(y, post_norm)));
+      if (tp != nullptr) {
+        moe = moe.contiguous();
+        BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(moe));
+      }
       *hidden = y + moe;
       return Status::Ok();
     }

@@ -142,6 +142,17 @@ struct StepCosts {
   std::vector<double> prefill_hop_us;  // the hop before the block in a prefill (0 where none)
 };
 
+// A graph-captured decode step reads a sparse layer's chosen experts on the device (all resident): the registry's
+// kernel count for that path.
+void ExpertsOnDevice(const ModelDescription& model, size_t i, BlockWork* work) {
+  if (model.config.num_experts == 0 || model.blocks[i].kind != BlockKind::kDecoderLayer ||
+      !model.config.SparseLayer(model.blocks[i].layer) || work->decode_kernels == 0) {
+    return;
+  }
+  if (const arch::FamilyInfo* family = arch::FindFamily(model.architecture))
+    work->decode_kernels = arch::DecodeBlockKernels(*family, BlockKind::kDecoderLayer, model.config, true);
+}
+
 StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vector<int32_t>& devices,
                       const DeviceProfile& profile, const RunSize& run, const Schedule& sc,
                       const StepCostOptions& opt) {
@@ -169,13 +180,7 @@ StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vect
   out.prefill_hop_us.assign(n, 0);
   for (size_t i = 0; i < n; ++i) {
     BlockWork work = DescribeBlockWork(model, i, exec);
-    // A graph-captured decode step reads a sparse layer's chosen experts on the device (all resident).
-    if (graph_decode && model.config.num_experts > 0 && model.blocks[i].kind == BlockKind::kDecoderLayer &&
-        model.config.SparseLayer(model.blocks[i].layer) && work.decode_kernels > 0) {
-      const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
-      if (family != nullptr)
-        work.decode_kernels = arch::DecodeBlockKernels(*family, BlockKind::kDecoderLayer, model.config, true);
-    }
+    if (graph_decode) ExpertsOnDevice(model, i, &work);
     // A chunked weight is computed chunk by chunk: one matmul and one copy into the output per chunk.
     const uint32_t extra = 2 * chunks_of_block[static_cast<uint32_t>(i)] + 3 * host_weights_of_block[static_cast<uint32_t>(i)];
     work.kernels += extra;
@@ -622,7 +627,8 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         std::vector<BlockCost> costs(nb);
         std::vector<double> dec(nb), dec_host(nb), pre(nb), pre_host(nb);
         for (size_t i = 0; i < nb; ++i) {
-          const BlockWork work = DescribeBlockWork(sm->model, i, exec);
+          BlockWork work = DescribeBlockWork(sm->model, i, exec);
+          if (graphs) ExpertsOnDevice(sm->model, i, &work);
           costs[i] = EstimateBlockCost(work, run_size, tp_placement.blocks[i].device, result.profile);
           dec[i] = graphs ? GraphDecodeMicros(costs[i]) : costs[i].decode_device_us;
           dec_host[i] = costs[i].host_us;

@@ -1026,16 +1026,49 @@ TEST(PlannerTest, MixtureOfExpertsOverTwoGpusRoutesEachGpusExperts) {
   ASSERT_TRUE(streamed.ok()) << streamed.error().ToString();
   EXPECT_TRUE(streamed->expert_rings.empty());
   EXPECT_GT(streamed->decode.total_us, 4 * two->decode.total_us);
-  // Every expert resident: graphs, and the split within a few percent of one GPU.
+  // Every expert resident: graphs, and the split by layers (E over both GPUs) within a few percent of one GPU.
   auto one = PlanMixtral8Layers("cuda:0=60GiB,cpu=100GiB");
-  auto split = PlanMixtral8Layers("cuda:0=16GiB,cuda:1=16GiB,cpu=100GiB");
+  auto split = PlanMixtral8Layers("cuda:0=16GiB,cuda:1=16GiB,cpu=100GiB", "BPCEIS");
   ASSERT_TRUE(one.ok()) << one.error().ToString();
   ASSERT_TRUE(split.ok()) << split.error().ToString();
   EXPECT_TRUE(one->expert_rings.empty());
   EXPECT_TRUE(split->expert_rings.empty());
   EXPECT_TRUE(one->graph_decode);
   EXPECT_TRUE(split->graph_decode);
+  EXPECT_EQ(split->tensor_parallel, 0u);
   EXPECT_LE(split->decode.total_us, 1.05 * one->decode.total_us);
+  // With candidate T, every block split over both GPUs: each GPU holds its rows of every expert (gate and up by
+  // rows, down by columns of the expert's intermediate size), the router whole, and a decode step reads half of
+  // each chosen expert on each GPU at once: predicted well below the split by layers.
+  auto tp = PlanMixtral8Layers("cuda:0=16GiB,cuda:1=16GiB,cpu=100GiB");
+  ASSERT_TRUE(tp.ok()) << tp.error().ToString();
+  EXPECT_EQ(tp->placement.chosen, "T");
+  EXPECT_EQ(tp->tensor_parallel, 2u);
+  EXPECT_TRUE(tp->graph_decode);
+  EXPECT_TRUE(tp->expert_rings.empty());
+  EXPECT_LT(tp->decode.total_us, kTensorParallelGain * split->decode.total_us);
+  const uint32_t inter = tp->source_model.config.moe_intermediate_size;
+  int experts = 0, routers = 0;
+  const schema::Plan& p = tp->plan();
+  for (const schema::Block* b : *p.blocks()) {
+    EXPECT_EQ(b->tier(), schema::Tier::Gpu);
+    for (const schema::Weight* w : *b->weights()) {
+      const std::string name = p.tensors()->Get(w->tensor())->name()->str();
+      if (name.find(".experts.") != std::string::npos) {
+        ++experts;
+        const bool down = name.find(".w2.") != std::string::npos;
+        EXPECT_EQ(w->slice_dim(), down ? 1 : 0) << name;
+        EXPECT_EQ(w->slice_begin(), static_cast<int64_t>(b->shard() * inter / 2)) << name;
+        EXPECT_EQ(w->slice_end(), static_cast<int64_t>((b->shard() + 1) * inter / 2)) << name;
+      } else if (name.find("block_sparse_moe.gate.") != std::string::npos) {
+        ++routers;
+        EXPECT_LT(w->slice_dim(), 0) << name;
+      }
+    }
+  }
+  const ModelConfig& c = tp->source_model.config;
+  EXPECT_EQ(experts, static_cast<int>(2 * 3 * c.num_experts * c.num_layers));
+  EXPECT_EQ(routers, static_cast<int>(2 * c.num_layers));
   // Budgets E cannot split: the error says what each GPU must hold.
   auto tight = PlanMixtral8Layers("cuda:0=1GiB,cuda:1=1GiB,cpu=100GiB", "E");
   ASSERT_FALSE(tight.ok());

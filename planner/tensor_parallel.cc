@@ -44,16 +44,21 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
     }
     BIGPLAN_ASSIGN_OR_RETURN(arch::SlotTable table,
                              arch::BindBlock(*family, model.config, refs, i, tensors, b.name));
+    // (Expert 0's gate is slot kCount: whether a tensor is bound is kept apart.)
     std::vector<arch::Slot> slot_of(specs.size(), arch::Slot::kCount);
-    for (size_t s = 0; s < table.size(); ++s)
-      if (table[s] >= 0) slot_of[table[s]] = static_cast<arch::Slot>(s);
+    std::vector<bool> bound(specs.size(), false);
+    for (size_t s = 0; s < table.size(); ++s) {
+      if (table[s] < 0) continue;
+      slot_of[table[s]] = static_cast<arch::Slot>(s);
+      bound[table[s]] = true;
+    }
     for (uint32_t r = 0; r < shards; ++r) {
       BlockDesc shard = b;
       shard.params.clear();
       shard.tied.clear();
       std::map<std::string, arch::TensorSlice> slices;
       for (size_t t = 0; t < specs.size(); ++t) {
-        if (slot_of[t] == arch::Slot::kCount)
+        if (!bound[t])
           return MakeError(ErrorCode::kInternal, "block " + b.name + ": " + specs[t]->name + " bound to no slot");
         Result<arch::TensorSlice> slice = arch::ShardSlice(slot_of[t], specs[t]->shape, model.config, r, shards);
         if (!slice.ok()) return WithContext(slice.take_error(), "tensor parallelism: block " + b.name + ", " + specs[t]->name);

@@ -766,23 +766,36 @@ TEST_P(E2eGpu, TwoGpuTensorParallelMatchesTransformers) {
   }
   ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 2, seq_len, one).ok());
   ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "bf16", 2, seq_len, tp_bf16, "--auto-candidates T").ok());
+  const std::string one_bf16 = dir + "/one_bf16.bplan";
+  ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "bf16", 2, seq_len, one_bf16).ok());
   {
     auto plan = PlanFile::Load(tp);
     ASSERT_TRUE(plan.ok()) << plan.error().ToString();
     EXPECT_EQ(plan->plan().tensor_parallel(), 2u);
   }
-  constexpr int kRuns = 4;  // one GPU (graphs), tensor parallel eager, tensor parallel graphs, bf16 graphs
+  // one GPU (graphs), tensor parallel eager, tensor parallel graphs, bf16 graphs, bf16 on one GPU (graphs)
+  constexpr int kRuns = 5;
   std::unique_ptr<Executor> exec[kRuns];
-  ASSERT_NO_FATAL_FAILURE(LoadEach({one, tp, tp, tp_bf16}, 1, model, exec));
+  ASSERT_NO_FATAL_FAILURE(LoadEach({one, tp, tp, tp_bf16, one_bf16}, 1, model, exec));
   StepErrors errors[kRuns];
   for (int i = 0; i < kRuns; ++i) {
     SCOPED_TRACE("run " + std::to_string(i));
     auto e = CompareWithReference(*exec[i], *ref, steps);
     ASSERT_TRUE(e.ok()) << e.error().ToString();
     errors[i] = std::move(*e);
-    EXPECT_LE(errors[i].max_rel, i == 3 ? kBf16Tolerance : kF32Tolerance);
+    EXPECT_LE(errors[i].max_rel, i >= 3 ? kBf16Tolerance : kF32Tolerance);
     EXPECT_EQ(exec[i]->stats().graph_capture_error, "");
   }
+  // bf16: each step's error against transformers, tensor parallel and one GPU, and between the two.
+  std::string bf16_steps;
+  for (size_t k = 0; k < errors[3].rel.size() && k < errors[4].rel.size(); ++k) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " [%zu] %.2e / %.2e / %.2e", k, errors[3].rel[k], errors[4].rel[k],
+                  MaxRelError(errors[3].logits[k].data, errors[4].logits[k].data));
+    bf16_steps += buf;
+  }
+  std::printf("%-14s bf16 per step (0: prompt), tensor parallel / one GPU vs transformers / between them:%s\n",
+              family.c_str(), bf16_steps.c_str());
   std::ifstream config_file(model + "/config.json");
   auto parsed = arch::ParseHfConfig(nlohmann::json::parse(config_file), model + "/config.json");
   ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();

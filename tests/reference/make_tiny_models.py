@@ -27,9 +27,10 @@ qwen2_moe_sparse_step, qwen3_moe).
 
 Mixture-of-experts families are saved in the Hub's per-expert layout (transformers 5 splits its fused 3-D expert
 parameters back into one tensor per expert and projection on save_pretrained), and transformers runs them with the
-eager experts implementation. The reference run checks that every routed token's k-th and (k+1)-th router
-probabilities are at least ROUTER_MIN_GAP apart (else an executor's rounding could legitimately pick another expert)
-and records the smallest gap in the metadata as min_router_gap.
+eager experts implementation. Their reference run keeps every routed token's k-th and (k+1)-th router
+probabilities at least ROUTER_MIN_GAP apart (else an executor's rounding could legitimately pick another expert),
+drawing the prompt again until they are, and records the smallest gap in the metadata as min_router_gap (and the
+prompt's seed as prompt_seed).
 """
 
 import argparse
@@ -46,8 +47,12 @@ SEED = 1234
 # Each family: (model_type, config kwargs). Sizes are tiny; vocab/layers chosen so save_pretrained makes >= 2 shards
 # with MAX_SHARD_SIZE.
 MAX_SHARD_SIZE = "150KB"
-# Smallest allowed gap between a token's k-th and (k+1)-th router probabilities in the reference run.
-ROUTER_MIN_GAP = 1e-3
+# Smallest allowed gap between a token's k-th and (k+1)-th router probabilities in the reference run: bf16 rounding
+# moves a tiny model's router probabilities by up to about 0.01 (transformers in bf16 against float32), and a
+# tensor-parallel plan's partial sums round once more.
+ROUTER_MIN_GAP = 1.5e-2
+# Prompts drawn (seeds SEED + 2, + 3, ...) until one keeps every gap.
+ROUTER_PROMPT_ATTEMPTS = 400
 
 FAMILIES = {
     # Llama, MHA, default RoPE, no biases, untied.
@@ -285,6 +290,29 @@ def watch_routers(model, torch):
     return gaps
 
 
+def run_reference(model, config, gen, torch, DynamicCache):
+    """The reference run: a random prompt of BATCH x PROMPT_LEN tokens from `gen`, then DECODE_STEPS greedy steps;
+    the tensors saved (input ids, each step's logits and input tokens) and the generated tokens."""
+    input_ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT_LEN), generator=gen, dtype=torch.int64)
+    tensors = {"input_ids": input_ids.clone()}
+    generated = []
+    with torch.no_grad():
+        cache = DynamicCache(config=config)
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        tensors["logits_0"] = out.logits.float().contiguous()
+        token = out.logits[:, -1, :].argmax(-1, keepdim=True)
+        generated.append(token)
+        for step in range(1, DECODE_STEPS + 1):
+            tensors[f"tokens_{step}"] = token.clone()
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            tensors[f"logits_{step}"] = out.logits.float().contiguous()
+            token = out.logits[:, -1, :].argmax(-1, keepdim=True)
+            generated.append(token)
+    return tensors, generated
+
+
 def make(family, out_dir):
     import torch
     import transformers
@@ -308,31 +336,29 @@ def make(family, out_dir):
     shards = [f for f in os.listdir(out_dir) if f.endswith(".safetensors") and f != "reference.safetensors"]
     assert len(shards) >= 2, f"{family}: expected >= 2 shards, got {shards}"
 
-    gen = torch.Generator().manual_seed(SEED + 2)
-    input_ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT_LEN), generator=gen, dtype=torch.int64)
-    tensors = {"input_ids": input_ids.clone()}
-    generated = []
-    with torch.no_grad():
-        cache = DynamicCache(config=config)
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        tensors["logits_0"] = out.logits.float().contiguous()
-        token = out.logits[:, -1, :].argmax(-1, keepdim=True)
-        generated.append(token)
-        for step in range(1, DECODE_STEPS + 1):
-            tensors[f"tokens_{step}"] = token.clone()
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            tensors[f"logits_{step}"] = out.logits.float().contiguous()
-            token = out.logits[:, -1, :].argmax(-1, keepdim=True)
-            generated.append(token)
+    # A mixture-of-experts family's prompt is drawn again (the next seed) until every routed token's k-th and
+    # (k+1)-th router probabilities are ROUTER_MIN_GAP apart: a near-tie would let an executor's rounding pick
+    # another expert and change the logits legitimately.
+    # (None keeps it: the prompt with the widest smallest gap is kept, with a warning.)
+    best = None
+    for attempt in range(ROUTER_PROMPT_ATTEMPTS if model_type in MOE_TYPES else 1):
+        router_gaps.clear()
+        gen = torch.Generator().manual_seed(SEED + 2 + attempt)
+        run = run_reference(model, config, gen, torch, DynamicCache)
+        gap = min(router_gaps) if model_type in MOE_TYPES else 0.0
+        if model_type in MOE_TYPES:
+            assert router_gaps, f"{family}: no router ran"
+        if best is None or gap > best[0]:
+            best = (gap, attempt, run)
+        if model_type not in MOE_TYPES or gap >= ROUTER_MIN_GAP:
+            break
+    min_gap, attempt, (tensors, generated) = best
     tensors["generated"] = torch.cat(generated, dim=1).contiguous()
     if model_type in MOE_TYPES:
-        assert router_gaps, f"{family}: no router ran"
-        min_gap = min(router_gaps)
         if min_gap < ROUTER_MIN_GAP:
             print(f"WARNING: {family}: a token's k-th and (k+1)-th router probabilities are only {min_gap:.2e} apart "
-                  f"(< {ROUTER_MIN_GAP}); an executor may route it differently", file=sys.stderr)
+                  f"(< {ROUTER_MIN_GAP}) after {ROUTER_PROMPT_ATTEMPTS} prompts; an executor may route it differently",
+                  file=sys.stderr)
 
     metadata = {
         "family": family,
@@ -346,7 +372,8 @@ def make(family, out_dir):
         "torch": torch.__version__,
     }
     if model_type in MOE_TYPES:
-        metadata["min_router_gap"] = repr(min(router_gaps))
+        metadata["min_router_gap"] = repr(min_gap)
+        metadata["prompt_seed"] = str(SEED + 2 + attempt)
     save_file(tensors, os.path.join(out_dir, "reference.safetensors"), metadata=metadata)
 
 
