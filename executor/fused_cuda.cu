@@ -1259,8 +1259,9 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeGateUpKernel(const MoeArgs 
 }
 
 // grid (ceil(hidden / kMoeWarps), tokens): warp w of block (b, t) computes out[t, b * kMoeWarps + w], token t's
-// choices taken in expert order, two products at a time.
-template <typename T>
+// choices taken in expert order, R products at a time (their rows' loads in flight together: with few columns of
+// `inter` a warp's products are short, and one at a time they would wait on memory in turn).
+template <typename T, int R>
 __global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a) {
   const int64_t t = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kMoeWarps + (threadIdx.x >> 5);
   if (c >= a.hidden) return;
@@ -1276,20 +1277,20 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a)
     return;
   }
   float sum = 0.f;
-  for (int i0 = 0; i0 < k; i0 += 2) {
-    const T* rows[2];
-    const T* hs[2];
+  for (int i0 = 0; i0 < k; i0 += R) {
+    const T* rows[R];
+    const T* hs[R];
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      // (An odd count's last pair multiplies its one row twice and keeps one result.)
-      const int j = static_cast<int>(t * a.k) + order[i0 + q < k ? i0 + q : i0];
+    for (int q = 0; q < R; ++q) {
+      // (Past the last choice, a group multiplies its last row again and keeps one result.)
+      const int j = static_cast<int>(t * a.k) + order[i0 + q < k ? i0 + q : k - 1];
       rows[q] = reinterpret_cast<const T*>(a.down[a.ids[j]]) + c * a.inter;
       hs[q] = static_cast<const T*>(a.h) + j * a.inter;
     }
-    float d[2];
-    WarpDots<T, 2>(rows, hs, a.inter, d);
+    float d[R];
+    WarpDots<T, R>(rows, hs, a.inter, d);
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
+    for (int q = 0; q < R; ++q) {
       if (i0 + q >= k) break;
       const int64_t j = t * a.k + order[i0 + q];
       const float y = Round<T>(d[q]);
@@ -1304,7 +1305,13 @@ void LaunchMoe(const MoeArgs& a, cudaStream_t stream) {
   const dim3 gu(static_cast<unsigned>((a.inter + kMoeWarps - 1) / kMoeWarps), static_cast<unsigned>(a.tokens * a.k));
   MoeGateUpKernel<T><<<gu, kMoeWarps * 32, 0, stream>>>(a);
   const dim3 dn(static_cast<unsigned>((a.hidden + kMoeWarps - 1) / kMoeWarps), static_cast<unsigned>(a.tokens));
-  MoeDownKernel<T><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+  if (a.k >= 8) {
+    MoeDownKernel<T, 8><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+  } else if (a.k >= 4) {
+    MoeDownKernel<T, 4><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+  } else {
+    MoeDownKernel<T, 2><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+  }
 }
 
 }  // namespace
