@@ -879,15 +879,42 @@ Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch,
     ctx.start_pos = pos;
     ctx.logits_last_only = last_only;
     at::Tensor hidden, logits;
+    // A tensor-parallel plan: this rank's shard of every block, in order; the shards meet at the all-reduces (no
+    // hidden state travels), and every rank ends with the whole logits.
+    const bool tensor_parallel = plan.tensor_parallel() > 0;
+    if (tensor_parallel) ctx.shards = &shard_ctx[me];
     // A decode step (one token per row after cached ones) replays this rank's graphs when every one is on.
     bool graphs = seq == 1 && pos > 0 && !rank_segments.empty();
     for (const GraphSegment& g : rank_segments) graphs = graphs && g.graphs.enabled();
     rank_graph_step = false;
     int prev = -1;           // the rank of the step before
     size_t local_run = 0;    // index of this rank's current run of steps (rank_segments)
-    for (uint32_t i = 0; i < state->steps.size();) {
+    bool whole_step_replayed = false;  // (a tensor-parallel rank's graph holds its whole step)
+    if (tensor_parallel && graphs) {
+      // This rank's shard of the whole step from one graph.
+      GraphSegment& seg = rank_segments.front();
+      auto step = [this, &seg](const at::Tensor& inputs, int64_t rows, at::Tensor* o) {
+        return StaticStep(seg, inputs, rows, o);
+      };
+      BIGPLAN_RETURN_IF_ERROR(seg.graphs.Step(ids, batch, pos, engine->compute_stream(local),
+                                              [this](int64_t at) { ClearKvTail(at); }, step, &logits));
+      if (logits.defined()) {
+        rank_graph_step = true;
+        whole_step_replayed = true;
+      } else {
+        // The capture failed: this rank decodes eagerly from now on (its all-reduces meet the other ranks' all
+        // the same).
+        capture_error = seg.graphs.capture_error();
+        rank_segments.clear();
+      }
+    }
+    for (uint32_t i = 0; i < state->steps.size() && !whole_step_replayed;) {
       const BlockRuntime& b = state->blocks[state->steps[i].block];
       const int owner = b.plan_device;
+      if (b.remote && tensor_parallel) {
+        ++i;
+        continue;
+      }
       if (b.remote) {
         if (prev == me && owner != me) BIGPLAN_RETURN_IF_ERROR(ranks->Send(hidden, owner));
         prev = owner;
@@ -902,6 +929,7 @@ Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch,
       prev = me;
       uint32_t end = i;  // this rank's run of steps [i, end)
       while (end < state->steps.size() && !state->blocks[state->steps[end].block].remote) ++end;
+      if (tensor_parallel) end = i + 1;  // (the other shards' steps lie between this rank's)
       bool replayed = false;
       if (graphs && local_run < rank_segments.size() && rank_segments[local_run].first == i) {
         GraphSegment& seg = rank_segments[local_run];
@@ -938,13 +966,14 @@ Status Executor::Impl::RunRanked(const std::vector<int64_t>& ids, int64_t batch,
       i = end;
     }
     // The logits: from the rank that computes the last step to rank 0.
-    const int head = state->steps.empty() ? 0 : state->blocks[state->steps.back().block].plan_device;
+    const int head =
+        tensor_parallel || state->steps.empty() ? me : state->blocks[state->steps.back().block].plan_device;
     const int64_t vocab = state->info.vocab_size;
     at::Tensor result;
     if (head == me) {
       if (!logits.defined()) return MakeError(ErrorCode::kInternal, "the plan's blocks produced no logits");
       result = (last_only ? logits.narrow(1, logits.size(1) - 1, 1) : logits).to(at::kFloat).contiguous();
-      if (me != 0) BIGPLAN_RETURN_IF_ERROR(ranks->Send(result, 0));
+      if (me != 0 && !tensor_parallel) BIGPLAN_RETURN_IF_ERROR(ranks->Send(result, 0));
     } else if (me == 0) {
       result = at::empty({batch, last_only ? 1 : seq, vocab}, at::TensorOptions().dtype(at::kFloat).device(device));
       BIGPLAN_RETURN_IF_ERROR(ranks->Recv(&result, head));
@@ -963,6 +992,9 @@ Status Executor::Impl::StaticStep(const GraphSegment& seg, const at::Tensor& inp
   ctx.position = inputs.narrow(0, batch, 1);
   ctx.start_pos = pos;
   ctx.logits_last_only = true;
+  // A tensor-parallel plan's rank: its shard of every block (the others' are remote).
+  const bool rank_shards = ranks != nullptr && state->plan->plan().tensor_parallel() > 0;
+  if (rank_shards) ctx.shards = &shard_ctx[ranks->rank()];
   at::Tensor hidden = seg.hidden_in.defined() ? seg.hidden_in.narrow(0, 0, batch) : at::Tensor();
   at::Tensor logits;
   if (streamed_graphs) {
@@ -973,6 +1005,7 @@ Status Executor::Impl::StaticStep(const GraphSegment& seg, const at::Tensor& inp
   Status status = Status::Ok();
   for (uint32_t i = seg.first; i < seg.end && status.ok(); ++i) {
     const BlockRuntime& b = state->blocks[state->steps[i].block];
+    if (rank_shards && b.remote) continue;
     BlockKv& k = kv[b.index];
     if (streamed_graphs) {
       status = engine->BeginStep(i);
@@ -1194,12 +1227,18 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   if (!kernels.ok()) return PlanContentError(kernels.take_error(), plan_path);
   impl->kernels = std::move(*kernels);
   const bool cpu_mode = options.force_cpu || executor_internal::CudaDeviceCount() == 0;
-  if (shards > 0 && (cpu_mode || options.world_size != 0)) {
+  if (shards > 0 && options.world_size == 0 && cpu_mode) {
     return MakeError(ErrorCode::kUnsupported,
                      plan_path + ": the plan splits every block over " + std::to_string(shards) +
-                         " GPUs (tensor parallel), which run in one process on those GPUs" +
-                         (cpu_mode ? std::string(", not on the CPU") : std::string(", not as ranks")) +
-                         ": plan for this setup (e.g. plan --auto-candidates BPCEIS)");
+                         " GPUs (tensor parallel), which run in one process on those GPUs or as one rank per shard "
+                         "(ExecutorOptions::world_size), not in one process on the CPU: plan for this setup (e.g. "
+                         "plan --auto-candidates BPCEIS)");
+  }
+  if (shards > 0 && options.world_size != 0 && options.world_size != static_cast<int>(shards)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     plan_path + ": the plan splits every block over " + std::to_string(shards) +
+                         " GPUs (tensor parallel): it runs as " + std::to_string(shards) + " ranks (rank r computes "
+                         "shard r), not " + std::to_string(options.world_size));
   }
   executor_internal::LoadOptions load{.cpu_mode = cpu_mode, .progress = options.progress};
   if (options.world_size != 0) {
@@ -1273,7 +1312,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   auto kv = executor_internal::MakeKvViews(*impl->state);
   if (!kv.ok()) return PlanContentError(kv.take_error(), plan_path);
   impl->kv = std::move(*kv);
-  if (shards > 0) {
+  if (shards > 0 && options.world_size == 0) {
     // The shards' GPUs in shard order, and each shard's context for the kernels.
     std::vector<int> devices(shards, -1);
     for (const BlockRuntime& b : impl->state->blocks) devices[b.shard] = b.device;
@@ -1300,7 +1339,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     return !has_experts || (impl->weights[b.index].ResidentExperts() != nullptr &&
                             impl->state->info.max_batch <= fused_ops::kMoeMaxTokens);
   };
-  if (shards > 0) {
+  if (shards > 0 && options.world_size == 0) {
     // Decode graphs when every shard rests on its GPU (a streamed shard's steps wait for its copies: eager) and,
     // for mixture-of-experts layers, reads its rows of the chosen experts on the device.
     bool device_steps = true;
@@ -1376,9 +1415,34 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
                                                                  .address = options.rendezvous,
                                                                  .cuda = !cpu_mode,
                                                                  .timeout_s = options.rendezvous_timeout_s}));
+    if (shards > 0) {
+      // A tensor-parallel plan: this rank computes shard `rank` of every block, adding the shards' partial sums
+      // through the group's all-reduce. Its decode steps replay one graph (its shard of every block, the NCCL
+      // all-reduces in it) where the one-process plan's would (every block resident, experts read on the device).
+      const arch::TensorSlice v = arch::VocabSlice(impl->state->info.vocab_size, options.rank, shards);
+      impl->shard_ctx.resize(shards);
+      ForwardContext::Shards& c = impl->shard_ctx[options.rank];
+      c.shard = options.rank;
+      c.vocab_begin = v.begin;
+      c.vocab_end = v.end;
+      c.vocab = impl->state->info.vocab_size;
+      executor_internal::RankGroup* group = impl->ranks.get();
+      c.all_reduce = [group](const at::Tensor& x) {
+        at::Tensor t = x;
+        return group->AllReduce(&t);
+      };
+      bool device_steps = true;
+      for (const BlockRuntime& b : impl->state->blocks) device_steps &= b.remote || device_routed(b);
+      if (options.cuda_graphs && !cpu_mode && impl->state->streams.empty() && device_steps &&
+          impl->kernels->GraphDecode(impl->state->info.max_seq_len)) {
+        impl->rank_segments.push_back(Impl::GraphSegment{GraphDecoder(load.local_device), 0,
+                                                         static_cast<uint32_t>(impl->state->steps.size()),
+                                                         at::Tensor()});
+      }
+    }
     // Decode graphs: one per run of consecutive steps this rank computes; a run after another rank's steps takes
     // its hidden state through a buffer of its own (the graph's static input), received from that rank.
-    if (options.cuda_graphs && !cpu_mode && impl->state->streams.empty() &&
+    if (shards == 0 && options.cuda_graphs && !cpu_mode && impl->state->streams.empty() &&
         impl->kernels->StaticDecode(impl->state->info.max_seq_len)) {
       const auto& steps = impl->state->steps;
       for (uint32_t i = 0; i < steps.size(); ++i) {

@@ -144,7 +144,10 @@ struct ExecutorOptions {
   // when rank 0's executor is destroyed. Every rank needs the checkpoint directory (all of it). Decode steps replay
   // CUDA graphs on each rank as in one process (ExecutorOptions::cuda_graphs: one graph per run of consecutive
   // blocks a rank computes; the hidden state is received into, and sent from, the graphs' static buffers); other
-  // passes run eagerly (no micro-batches). Results equal the one-process plan's on the same path.
+  // passes run eagerly (no micro-batches). Results equal the one-process plan's on the same path. A tensor-parallel
+  // plan (Plan.tensor_parallel N) runs as exactly N ranks (kInvalidArgument otherwise): rank r computes shard r of
+  // every block, the shards' partial sums added by NCCL all-reduces (in CPU mode through the store, which also lets
+  // such a plan run on the CPU), and its decode steps replay one graph of its whole shard.
   int world_size = 0;
   int rank = 0;
   std::string rendezvous;

@@ -186,4 +186,35 @@ Status RankGroup::Recv(at::Tensor* t, int from) {
   return Status::Ok();
 }
 
+Status RankGroup::AllReduce(at::Tensor* t) {
+  try {
+    if (t->is_cuda()) {
+      if (!impl_->nccl) return MakeError(ErrorCode::kInternal, "a CUDA tensor in a group without NCCL");
+      std::vector<at::Tensor> ts{*t};
+      c10d::AllreduceOptions opts;
+      opts.reduceOp = c10d::ReduceOp::SUM;
+      impl_->nccl->allreduce(ts, opts)->wait();
+      return Status::Ok();
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kIo, "rank " + std::to_string(options_.rank) + ": all-reduce over NCCL: " + e.what());
+  }
+  // Host tensors: gathered at rank 0, added in rank order, sent back.
+  if (options_.rank != 0) {
+    BIGPLAN_RETURN_IF_ERROR(Send(*t, 0));
+    return Recv(t, 0);
+  }
+  try {
+    at::Tensor part = at::empty_like(*t);
+    for (int r = 1; r < options_.world_size; ++r) {
+      BIGPLAN_RETURN_IF_ERROR(Recv(&part, r));
+      t->add_(part);
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kIo, "rank 0: adding the ranks' parts: " + std::string(e.what()));
+  }
+  for (int r = 1; r < options_.world_size; ++r) BIGPLAN_RETURN_IF_ERROR(Send(*t, r));
+  return Status::Ok();
+}
+
 }  // namespace bigplan::executor_internal

@@ -5,7 +5,8 @@
 // Rank 0 listens on the rendezvous address (host:port) and drives; every other rank connects to it and waits for
 // commands. A command is a vector of numbers from rank 0 to every other rank; tensors travel between two ranks in
 // the order they were sent: CUDA tensors over NCCL (point to point, ordered on the current CUDA streams: the host
-// does not wait), host tensors through the store (CPU mode, where ranks run on one machine's cores).
+// does not wait), host tensors through the store (CPU mode, where ranks run on one machine's cores). A
+// tensor-parallel plan's shards, one per rank, add their partial sums through AllReduce.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -50,6 +51,11 @@ class RankGroup {
   // shape, dtype and device kind). kIo naming the peer on failure or after the timeout.
   Status Send(const at::Tensor& t, int to);
   Status Recv(at::Tensor* t, int from);
+  // Every rank calls it with its tensor of the same shape and dtype (contiguous); each gets the sum over the ranks
+  // in *t. CUDA tensors: an NCCL all-reduce, ordered on the current stream (the host does not wait). Host tensors:
+  // rank 0 adds the others' parts to its own in rank order (the in-process all-reduce's order) and sends the sum
+  // back through the store. kIo naming the step on failure or after the timeout.
+  Status AllReduce(at::Tensor* t);
 
   class Impl;
 

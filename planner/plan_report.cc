@@ -189,8 +189,12 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
       << ")\n";
   // The decode step as ranks, one process per GPU.
   if (const RanksDecodePrediction ranks = PredictRanksDecode(r); ranks.ranks >= 2) {
-    out << "  decode as ranks (--world-size " << ranks.ranks << ", one process per GPU): " << Ms(ranks.total_us) << "  ("
-        << ranks.crossings << " crossing" << (ranks.crossings == 1 ? "" : "s") << " between processes a step)\n";
+    out << "  decode as ranks (--world-size " << ranks.ranks << ", one process per GPU): " << Ms(ranks.total_us) << "  (";
+    if (r.tensor_parallel > 0) {
+      out << ranks.all_reduces << " all-reduces between processes a step)\n";
+    } else {
+      out << ranks.crossings << " crossing" << (ranks.crossings == 1 ? "" : "s") << " between processes a step)\n";
+    }
   }
   // A pipelinable plan's batched prefill (PredictBatchedPrefill, with the executor's automatic micro-batches): all
   // the rows, each with half the run's positions.

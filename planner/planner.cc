@@ -766,7 +766,20 @@ bool PipelinablePlan(const PlanResult& plan) {
 
 RanksDecodePrediction PredictRanksDecode(const PlanResult& plan) {
   RanksDecodePrediction out;
-  if (plan.tensor_parallel > 0) return out;  // ranks run split plans
+  if (plan.tensor_parallel > 0) {
+    // One rank per shard, meeting at every all-reduce; a streamed shard does not run as a rank.
+    for (const BlockPlacement& b : plan.placement.blocks)
+      if (b.device < 0 || b.tier != Tier::kGpu) return out;
+    for (const BlockDesc& b : plan.model.blocks) {
+      if (b.kind == BlockKind::kEmbedding || b.kind == BlockKind::kLmHead) out.all_reduces += 1;
+      if (b.kind == BlockKind::kDecoderLayer) out.all_reduces += 2;
+    }
+    out.all_reduces /= plan.tensor_parallel;  // (the model's blocks are the shards)
+    out.ranks = plan.tensor_parallel;
+    out.total_us = plan.decode.total_us +
+                   out.all_reduces * (plan.graph_decode ? kRankAllReduceExtraMicros : kRankAllReduceExtraEagerMicros);
+    return out;
+  }
   std::set<int32_t> gpus;
   int32_t prev = -1, last = -1;
   for (const ScheduledStep& step : plan.schedule.steps) {

@@ -170,10 +170,14 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
 // the one-process step (decode.total_us) plus, for each time the hidden state crosses between processes (every
 // change of GPU from step to step, and the logits' way back to rank 0 when the head is elsewhere), what a NCCL
 // point-to-point transfer and the ranks' hand-off add over an in-process peer copy (kRankHopExtraMicros, graph
-// replayed, or kRankHopExtraEagerMicros). ranks 0 for a plan on fewer than two GPUs.
+// replayed, or kRankHopExtraEagerMicros). A tensor-parallel plan runs one rank per shard: the one-process step plus,
+// for each all-reduce (one after the embedding, two a decoder layer, one for the logits), what an NCCL all-reduce
+// adds over the in-process one (kRankAllReduceExtraMicros, or kRankAllReduceExtraEagerMicros). ranks 0 for a plan
+// on fewer than two GPUs.
 struct RanksDecodePrediction {
   uint32_t ranks = 0;
-  uint32_t crossings = 0;
+  uint32_t crossings = 0;    // hidden-state crossings between processes (split plans)
+  uint32_t all_reduces = 0;  // all-reduces between processes (tensor-parallel plans)
   double total_us = 0;
 };
 RanksDecodePrediction PredictRanksDecode(const PlanResult& plan);

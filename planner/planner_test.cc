@@ -313,8 +313,14 @@ TEST(PlannerTest, TensorParallelSplitsEveryBlockOverTwoGpus) {
   for (const DeviceAccount& a : tp->usage) kv_tp += a.kv_cache;
   for (const DeviceAccount& a : split->usage) kv_split += a.kv_cache;
   EXPECT_NEAR(static_cast<double>(kv_tp), static_cast<double>(kv_split), 0.01 * kv_split);
-  // Not as ranks, not pipelined; a batched prefill runs every shard at once.
-  EXPECT_EQ(PredictRanksDecode(*tp).ranks, 0u);
+  // As ranks, one per shard: the one-process step and what an NCCL all-reduce adds to each of its all-reduces (one
+  // after the embedding, two a layer, one for the logits). Not pipelined; a batched prefill runs every shard at once.
+  const RanksDecodePrediction as_ranks = PredictRanksDecode(*tp);
+  EXPECT_EQ(as_ranks.ranks, 2u);
+  EXPECT_EQ(as_ranks.all_reduces, 2 + 2 * c.num_layers);
+  EXPECT_DOUBLE_EQ(as_ranks.total_us, tp->decode.total_us + as_ranks.all_reduces * (tp->graph_decode
+                                                                                         ? kRankAllReduceExtraMicros
+                                                                                         : kRankAllReduceExtraEagerMicros));
   EXPECT_FALSE(PipelinablePlan(*tp));
   auto batched = PredictBatchedPrefill(*tp, 4, 128);
   ASSERT_TRUE(batched.ok()) << batched.error().ToString();

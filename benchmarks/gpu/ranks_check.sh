@@ -7,6 +7,8 @@
 # then compares the tokens (ranks against one process on the same path) and prints the timings. Then the ranks
 # tests of the GPU suite (two ranks as threads, NCCL, tiny models vs one process). The plan is made for batch 4, so
 # the planner deals the layers in groups of 4 (candidate I): each rank computes four runs of layers.
+# BIGPLAN_RANKS_CANDIDATES=T plans every block split over both GPUs instead (tensor parallel): rank r computes shard r
+# of every block, the shards' partial sums added by NCCL all-reduces (default BPCEIS: the split by layers).
 #
 #   benchmarks/gpu/ranks_check.sh OUT_DIR [ckpt]     (run from the repo root on a 2-GPU machine with the bundle
 #                                                    from tools/bundle_gpu.sh //tools:run //tools:plan
@@ -19,7 +21,8 @@ export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off (the device tool's KINDS
 ckpt=/tmp/llama-3-8b-bf16
 if [[ "${1:-}" == ckpt || ! -d $ckpt ]]; then BIGPLAN_CKPT=$ckpt benchmarks/gpu/compressed_check.sh "$out" ckpt; fi
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$out/gpus.txt"
-"$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=16GiB,cuda:1=16GiB --batch 4 --seq-len 128 --auto-candidates BPCEIS -o "$out/split.bplan" \
+"$env" "$bin/plan" --model "$ckpt" --max-memory cuda:0=16GiB,cuda:1=16GiB --batch 4 --seq-len 128 \
+  --auto-candidates "${BIGPLAN_RANKS_CANDIDATES:-BPCEIS}" -o "$out/split.bplan" \
   > "$out/plan.txt" 2>&1 || { cat "$out/plan.txt"; exit 1; }
 grep -E "cuda:|placement|predicted" "$out/plan.txt" | head -8
 ids=$(python3 -c 'import random; r=random.Random(5); print(",".join(str(r.randrange(128000)) for _ in range(32)))')

@@ -7,7 +7,8 @@
 //   Two CUDA devices (skips otherwise): tensors over NCCL; float32, max relative error 1e-5 (same kernels on other
 //   devices; the one-process plan computes the same blocks on the same GPUs), with eager steps, and with decode
 //   steps replayed from CUDA graphs on both sides.
-// Also the refusals: a plan with a block that is not resident on a GPU, and a bad rendezvous address.
+// Also the refusals: a plan with a block that is not resident on a GPU, and a bad rendezvous address. And a
+// tensor-parallel plan as two ranks (TensorParallelRanks below).
 #include <arpa/inet.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -187,6 +188,145 @@ TEST_P(Ranks, CudaTwoRanksGraphsMatchOneProcess) {
 
 INSTANTIATE_TEST_SUITE_P(Families, Ranks, ::testing::Values("llama", "qwen2", "gpt2"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// A tensor-parallel plan (candidate T) run as two ranks, rank r computing shard r of every block and the shards'
+// partial sums added by the group's all-reduce: the same logits and greedy tokens as in one process. CPU mode (runs
+// everywhere; one process cannot run a tensor-parallel plan on the CPU): against the one-GPU plan on the CPU, float32,
+// within 1e-5 (the split products sum in another order). Two CUDA devices: against the plan's one-process run over
+// both GPUs (its all-reduce over peer memory), float32, eagerly on both sides, and with decode steps replayed from
+// CUDA graphs on both sides (a rank's graph holds its NCCL all-reduces).
+class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models";
+  }
+
+  void Run(bool cpu, double tolerance, bool graphs = false) {
+    const std::string family = GetParam();
+    const std::string model = ModelDir(family);
+    const uint32_t seq_len = SuiteSeqLen(model);
+    const std::string dir = TempDir(family + "_tp_ranks");
+    const std::string one = dir + "/one.bplan", tp = dir + "/tp.bplan";
+    ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 2, seq_len, one).ok());
+    Status planned = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 2, seq_len, tp, "--auto-candidates T");
+    ASSERT_TRUE(planned.ok()) << planned.error().ToString();
+    auto ref = LoadReference(model);
+    ASSERT_TRUE(ref.ok()) << ref.error().ToString();
+    const std::vector<std::vector<int64_t>> prompts = ref->Prompts();
+    ExecutorOptions base;
+    base.progress = false;
+    base.force_cpu = cpu;
+    base.cuda_graphs = graphs;
+    auto single = Executor::Load(cpu ? one : tp, model, base);
+    ASSERT_TRUE(single.ok()) << single.error().ToString();
+    auto want_prefill = (*single)->Forward(prompts, ForwardOptions{.reset = true});
+    ASSERT_TRUE(want_prefill.ok()) << want_prefill.error().ToString();
+    std::vector<std::vector<int64_t>> next(prompts.size());
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      const float* row = want_prefill->row(static_cast<int64_t>(r), want_prefill->seq - 1);
+      next[r] = {static_cast<int64_t>(std::max_element(row, row + want_prefill->vocab) - row)};
+    }
+    auto want_step = (*single)->Forward(next);
+    ASSERT_TRUE(want_step.ok()) << want_step.error().ToString();
+    GenerateOptions greedy;
+    greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(6, seq_len - ref->prompt_len));
+    auto want_tokens = (*single)->Generate(prompts, greedy);
+    ASSERT_TRUE(want_tokens.ok()) << want_tokens.error().ToString();
+    const bool single_graphs = (*single)->stats().graph_steps > 0;
+    single->reset();
+
+    const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+    Status served = MakeError(ErrorCode::kInternal, "rank 1 did not run");
+    uint64_t served_passes = 0, served_graph_steps = 0;
+    auto rank_options = [&](int rank) {
+      ExecutorOptions o = base;
+      o.world_size = 2;
+      o.rank = rank;
+      o.rendezvous = address;
+      o.rendezvous_timeout_s = 60;
+      return o;
+    };
+    std::thread rank1([&] {
+      auto e = Executor::Load(tp, model, rank_options(1));
+      if (!e.ok()) {
+        served = e.take_error();
+        return;
+      }
+      served = (*e)->ServeRank();
+      served_passes = (*e)->stats().forward_count;
+      served_graph_steps = (*e)->stats().graph_steps;
+    });
+    {
+      auto rank0 = Executor::Load(tp, model, rank_options(0));
+      if (!rank0.ok()) {
+        rank1.join();
+        FAIL() << rank0.error().ToString() << " / rank 1: " << served.error().ToString();
+      }
+      auto prefill = (*rank0)->Forward(prompts, ForwardOptions{.reset = true});
+      ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
+      EXPECT_LE(MaxRelError(prefill->data, want_prefill->data), tolerance);
+      auto step = (*rank0)->Forward(next);
+      ASSERT_TRUE(step.ok()) << step.error().ToString();
+      EXPECT_LE(MaxRelError(step->data, want_step->data), tolerance);
+      auto tokens = (*rank0)->Generate(prompts, greedy);
+      ASSERT_TRUE(tokens.ok()) << tokens.error().ToString();
+      EXPECT_EQ(tokens->tokens, want_tokens->tokens);
+      EXPECT_EQ((*rank0)->stats().graph_capture_error, "");
+      EXPECT_EQ((*rank0)->stats().graph_steps > 0, graphs);
+      EXPECT_EQ(single_graphs, graphs);
+      std::printf("%-14s tensor parallel as two ranks (%s) vs %s: prefill max rel %.2e, decode step %.2e, %zu "
+                  "tokens equal\n",
+                  family.c_str(), cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl",
+                  cpu ? "the one-GPU plan on the CPU" : "one process",
+                  MaxRelError(prefill->data, want_prefill->data), MaxRelError(step->data, want_step->data),
+                  tokens->tokens[0].size());
+    }
+    rank1.join();
+    EXPECT_TRUE(served.ok()) << served.error().ToString();
+    EXPECT_GE(served_passes, 3u);
+    EXPECT_EQ(served_graph_steps > 0, graphs);
+  }
+};
+
+TEST_P(TensorParallelRanks, CpuTwoRanksMatchTheOneGpuPlan) { Run(/*cpu=*/true, 1e-5); }
+
+TEST_P(TensorParallelRanks, CudaTwoRanksMatchOneProcess) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  Run(/*cpu=*/false, 1e-6);
+}
+
+TEST_P(TensorParallelRanks, CudaTwoRanksGraphsMatchOneProcess) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  Run(/*cpu=*/false, 1e-6, /*graphs=*/true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama", "qwen2", "qwen3_moe"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// A tensor-parallel plan over two GPUs runs as exactly two ranks.
+TEST(RanksErrors, TensorParallelNeedsOneRankPerShard) {
+  if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models";
+  const std::string model = ModelDir("llama");
+  const std::string tp = TempDir("ranks_tp_errors") + "/tp.bplan";
+  ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 1, 32, tp, "--auto-candidates T").ok());
+  ExecutorOptions o;
+  o.progress = false;
+  o.force_cpu = true;
+  o.world_size = 3;
+  o.rank = 2;
+  o.rendezvous = "127.0.0.1:" + std::to_string(FreePort());
+  auto three = Executor::Load(tp, model, o);
+  ASSERT_FALSE(three.ok());
+  EXPECT_EQ(three.error().code, ErrorCode::kInvalidArgument) << three.error().ToString();
+  EXPECT_NE(three.error().message.find("runs as 2 ranks"), std::string::npos) << three.error().ToString();
+  o.world_size = 0;
+  o.rank = 0;
+  auto one_process = Executor::Load(tp, model, o);
+  ASSERT_FALSE(one_process.ok());
+  EXPECT_EQ(one_process.error().code, ErrorCode::kUnsupported) << one_process.error().ToString();
+}
 
 // A plan with a block that is not resident on a GPU is refused by every rank (naming the block); so is a
 // rendezvous address without a port.
