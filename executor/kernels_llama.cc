@@ -547,9 +547,13 @@ class LlamaKernels final : public ModelKernelsBase {
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
     if (const ForwardContext::Shards* tp = c.ctx.shards) {
       // This shard's vocabulary columns of the logits, placed in the whole vocabulary, summed over the shards.
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor w, Get(c, Slot::kLmHead));
-      at::Tensor part = spec_.fused_kernels ? fused_ops::Linear(h, w, at::Tensor(), at::Tensor()) : at::Tensor();
-      if (!part.defined()) part = at::linear(h, w);
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kLmHead));
+      at::Tensor part = spec_.fused_kernels && w.whole.defined() && !w.quant.quantized()
+                            ? fused_ops::Linear(h, w.whole, at::Tensor(), at::Tensor())
+                            : at::Tensor();
+      if (!part.defined()) {
+        BIGPLAN_ASSIGN_OR_RETURN(part, LinearW(w, h, at::Tensor()));  // (quantized, or chunked when streamed)
+      }
       std::vector<int64_t> shape(part.sizes().begin(), part.sizes().end());
       shape.back() = tp->vocab;
       at::Tensor full = at::zeros(shape, part.options());

@@ -545,9 +545,21 @@ struct Loader {
     const int64_t cols = w.shape.size() == 2 ? w.shape[1] : 0;
     const uint64_t src_row = w.source_row_bytes();
     const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / std::max<uint64_t>(src_row, 1)));
+    // A tensor-parallel shard's columns: each row's segment gathered first.
+    const size_t src_elem = DTypeSize(w.source_dtype);
+    std::vector<uint8_t> gather;
     return StoreQuantized(w, device_home, bounce, progress, step,
                           [&](int64_t r, int64_t n, std::span<uint8_t> out) -> Status {
                             std::span<const uint8_t> src(w.source + r * src_row, n * src_row);
+                            if (w.col_begin >= 0) {
+                              gather.resize(n * cols * src_elem);
+                              for (int64_t i = 0; i < n; ++i) {
+                                std::memcpy(gather.data() + i * cols * src_elem,
+                                            w.source + ((r + i) * w.src_cols + w.col_begin) * src_elem,
+                                            cols * src_elem);
+                              }
+                              src = std::span<const uint8_t>(gather.data(), gather.size());
+                            }
                             Status q = quant::Quantize(src, static_cast<DType>(w.source_dtype), n, cols, w.format,
                                                        w.group, out);
                             if (!q.ok()) return WithContext(q.take_error(), plan_name + ": quantizing " + w.name);

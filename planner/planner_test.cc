@@ -1004,6 +1004,39 @@ Result<PlanResult> PlanMixtral8Layers(const std::string& budget, const std::stri
   return MakePlan(r);
 }
 
+// Weights quantized at load split over the GPUs as plain ones: a shard's columns of a per-row-scaled weight are
+// scaled per row of those columns; with groups, a shard's columns must hold whole groups, else T says which tensor.
+TEST(PlannerTest, TensorParallelSplitsQuantizedWeights) {
+  auto plan = [](quant::Format f, int64_t group) {
+    PlanRequest r = ExampleRequest("planner/examples/llama-2-7b", "cuda:0=8GiB,cuda:1=8GiB,cpu=64GiB");
+    r.auto_candidates = "T";
+    r.weights = f;
+    r.weights_group = group;
+    return MakePlan(r);
+  };
+  auto int8 = plan(quant::Format::kInt8, 0);
+  ASSERT_TRUE(int8.ok()) << int8.error().ToString();
+  EXPECT_EQ(int8->tensor_parallel, 2u);
+  int columns = 0;
+  for (size_t i = 0; i < int8->model.blocks.size(); ++i) {
+    for (const TensorSpec& t : int8->model.blocks[i].params) {
+      auto slice = int8->slices[i].find(t.name);
+      if (t.format == quant::Format::kNone || slice == int8->slices[i].end() || slice->second.dim != 1) continue;
+      ++columns;
+      EXPECT_EQ(t.group, t.shape[1]) << t.name;  // per row of the shard's columns
+    }
+  }
+  EXPECT_EQ(columns, 2 * 2 * static_cast<int>(int8->source_model.config.num_layers));  // o_proj, down_proj
+  auto int4 = plan(quant::Format::kInt4, 128);
+  ASSERT_TRUE(int4.ok()) << int4.error().ToString();
+  EXPECT_EQ(int4->tensor_parallel, 2u);
+  // down_proj's 11008 columns are 43 groups of 256: a shard's 5504 cut one.
+  auto cut = plan(quant::Format::kInt8, 256);
+  ASSERT_FALSE(cut.ok());
+  EXPECT_NE(cut.error().message.find("groups of 256 columns do not fit a shard's 5504 columns"), std::string::npos)
+      << cut.error().message;
+}
+
 // A mixture-of-experts model over two GPUs keeps placement E: one contiguous range of blocks per GPU, each GPU with its
 // own expert ring for its layers' experts off it (the executor copies them over that GPU's link), and only the chosen
 // experts move, where whole layers streamed before (placement P: predicted 5x slower, measured 13x on 2x H200). With

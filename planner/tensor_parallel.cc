@@ -37,9 +37,9 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
       specs.push_back(it->second);
     }
     for (const TensorSpec* t : specs) {
-      if (t->format != quant::Format::kNone || t->prequant.kind != PreQuant::Kind::kNone)
-        return MakeError(ErrorCode::kUnsupported, "tensor parallelism: " + t->name + " is quantized; quantized "
-                                                  "weights are not split");
+      if (t->prequant.kind != PreQuant::Kind::kNone)
+        return MakeError(ErrorCode::kUnsupported, "tensor parallelism: " + t->name + " is pre-quantized in the "
+                                                  "checkpoint; pre-quantized weights are not split");
       tensors.push_back(arch::BlockTensor{t->name, t->shape});
     }
     BIGPLAN_ASSIGN_OR_RETURN(arch::SlotTable table,
@@ -66,6 +66,20 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
         if (!slice->whole()) {
           p.shape[slice->dim] = slice->end - slice->begin;
           slices[p.name] = *slice;
+          if (p.format != quant::Format::kNone && slice->dim == 1) {
+            // A quantized weight's columns (--weights): scaled per row of the shard's columns where the whole
+            // weight was scaled per row, else in the same groups, which the shard's columns must hold whole.
+            const int64_t whole_cols = specs[t]->shape[1], cols = p.shape[1];
+            if (p.group == whole_cols) {
+              p.group = cols;
+            } else if (p.group <= 0 || cols % p.group != 0 || slice->begin % p.group != 0) {
+              return MakeError(ErrorCode::kUnsupported,
+                               "tensor parallelism: block " + b.name + ", " + p.name + ": " +
+                                   quant::FormatName(p.format) + " groups of " + std::to_string(p.group) +
+                                   " columns do not fit a shard's " + std::to_string(cols) +
+                                   " columns (--weights-group)");
+            }
+          }
         }
         shard.params.push_back(std::move(p));
       }

@@ -30,7 +30,9 @@ struct ShardedModel {
   std::vector<std::map<std::string, arch::TensorSlice>> slices;
 };
 
-// kUnsupported (arch::CheckTensorParallel's reason, or a quantized weight) when the model does not split.
+// A quantized weight (--weights) is split as a plain one: a shard's columns of a per-row-scaled weight are scaled
+// per row of those columns; with groups, its columns hold whole groups. kUnsupported (arch::CheckTensorParallel's
+// reason, a pre-quantized weight, or groups a shard's columns cut) when the model does not split.
 Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards);
 
 // Shard r of every block on gpus[r], every weight resident.

@@ -172,10 +172,11 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
       if (wt->slice_begin() < 0 || wt->slice_begin() >= wt->slice_end() || wt->slice_end() > extent)
         return Corrupt(src, fw + " slices [" + std::to_string(wt->slice_begin()) + ", " + std::to_string(wt->slice_end()) +
                                 ") of a dimension of " + std::to_string(extent));
-      if (wt->format() != schema::WeightFormat::Plain || t->prequant() != schema::PreQuantKind::None)
-        return Corrupt(src, fw + " is a slice of a quantized weight");
+      if (t->prequant() != schema::PreQuantKind::None)
+        return Corrupt(src, fw + " is a slice of a pre-quantized weight");
       if (wt->slice_dim() == 1 && wt->tier() == schema::Tier::Disk)
         return Corrupt(src, fw + " is a column slice resting on disk (disk is read in rows)");
+      if (wt->format() != schema::WeightFormat::Plain) continue;  // (its size was checked with its format above)
       uint64_t numel = 1;
       for (uint32_t d = 0; d < rank; ++d)
         numel *= static_cast<uint64_t>(d == static_cast<uint32_t>(wt->slice_dim()) ? wt->slice_end() - wt->slice_begin()
@@ -346,9 +347,11 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
         if (row_bytes == 0)
           return Corrupt(src, fw + ": a " + quant::FormatName(FormatOf(wt->format())) + " weight with group size " +
                                   std::to_string(wt->group_size()) + " does not fit its tensor's shape");
-        if (wt->size_bytes() != row_bytes * uint64_t(t->shape()->Get(0)))
+        // (A tensor-parallel shard's rows of it: its slice's rows; its columns: RowBytes of its slice's columns.)
+        const int64_t rows = wt->slice_dim() == 0 ? wt->slice_end() - wt->slice_begin() : t->shape()->Get(0);
+        if (rows <= 0 || wt->size_bytes() != row_bytes * uint64_t(rows))
           return Corrupt(src, fw + ".size_bytes " + std::to_string(wt->size_bytes()) + ", expected " +
-                                  std::to_string(row_bytes * uint64_t(t->shape()->Get(0))) + " for its format");
+                                  std::to_string(row_bytes * uint64_t(std::max<int64_t>(rows, 0))) + " for its format");
         // The executor quantizes it at load from a floating-point tensor (or converts a pre-quantized one) into GPU
         // or pinned CPU memory: a quantized weight is never read from disk while streaming.
         const schema::DType s = t->src_dtype();
@@ -572,6 +575,12 @@ size_t DTypeSize(schema::DType d) {
 uint64_t WeightRowBytes(const schema::Weight& w, const schema::Tensor& t) {
   const auto* shape = t.shape();
   const int64_t rows = (shape && shape->size() > 0) ? shape->Get(0) : 1;
+  if (w.format() != schema::WeightFormat::Plain && w.slice_dim() == 1) {
+    // A tensor-parallel shard's columns of a quantized weight: its rows hold only those columns' groups.
+    if (shape == nullptr || shape->size() != 2 || w.slice_end() <= w.slice_begin()) return 0;
+    Result<uint64_t> r = quant::RowBytes(FormatOf(w.format()), w.slice_end() - w.slice_begin(), w.group_size());
+    return r.ok() ? *r : 0;
+  }
   if (w.format() == schema::WeightFormat::Plain) {
     // The product of the other dimensions (a damaged shape's negative dimension or overflowing product: no row).
     if (rows <= 0) return 0;

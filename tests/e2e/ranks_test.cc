@@ -201,14 +201,16 @@ class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
     if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models";
   }
 
-  void Run(bool cpu, double tolerance, bool graphs = false) {
+  // `weights`: plan flags for both plans (e.g. "--weights int8 --weights-group 32").
+  void Run(bool cpu, double tolerance, bool graphs = false, const std::string& weights = "") {
     const std::string family = GetParam();
     const std::string model = ModelDir(family);
     const uint32_t seq_len = SuiteSeqLen(model);
     const std::string dir = TempDir(family + "_tp_ranks");
     const std::string one = dir + "/one.bplan", tp = dir + "/tp.bplan";
-    ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 2, seq_len, one).ok());
-    Status planned = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 2, seq_len, tp, "--auto-candidates T");
+    ASSERT_TRUE(MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "fp32", 2, seq_len, one, weights).ok());
+    Status planned = MakePlan(model, "cuda:0=8GiB,cuda:1=8GiB,cpu=8GiB", "fp32", 2, seq_len, tp,
+                              "--auto-candidates T " + weights);
     ASSERT_TRUE(planned.ok()) << planned.error().ToString();
     auto ref = LoadReference(model);
     ASSERT_TRUE(ref.ok()) << ref.error().ToString();
@@ -274,9 +276,10 @@ class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
       EXPECT_EQ((*rank0)->stats().graph_capture_error, "");
       EXPECT_EQ((*rank0)->stats().graph_steps > 0, graphs);
       EXPECT_EQ(single_graphs, graphs);
-      std::printf("%-14s tensor parallel as two ranks (%s) vs %s: prefill max rel %.2e, decode step %.2e, %zu "
+      std::printf("%-14s tensor parallel as two ranks (%s%s%s) vs %s: prefill max rel %.2e, decode step %.2e, %zu "
                   "tokens equal\n",
                   family.c_str(), cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl",
+                  weights.empty() ? "" : ", ", weights.c_str(),
                   cpu ? "the one-GPU plan on the CPU" : "one process",
                   MaxRelError(prefill->data, want_prefill->data), MaxRelError(step->data, want_step->data),
                   tokens->tokens[0].size());
@@ -289,6 +292,17 @@ class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(TensorParallelRanks, CpuTwoRanksMatchTheOneGpuPlan) { Run(/*cpu=*/true, 1e-5); }
+
+// Weights quantized at load (--weights) split as plain ones: with groups of 16 columns, which a shard's columns hold
+// whole, every shard's groups are the whole weight's, so the two ranks give the one-GPU plan's logits within float32
+// summation order.
+TEST_P(TensorParallelRanks, CpuTwoRanksQuantizedMatchTheOneGpuPlan) {
+  for (const char* weights : {"--weights int8 --weights-group 16", "--weights int4 --weights-group 16",
+                              "--weights fp8 --weights-group 16"}) {
+    SCOPED_TRACE(weights);
+    Run(/*cpu=*/true, 1e-5, /*graphs=*/false, weights);
+  }
+}
 
 TEST_P(TensorParallelRanks, CudaTwoRanksMatchOneProcess) {
   int devices = 0;
