@@ -46,6 +46,94 @@ int FreePort() {
   return port;
 }
 
+// What one process gives for the suite's passes: a prefill of the prompts, one greedy step after it, a greedy
+// generation.
+struct OneProcess {
+  Logits prefill, step;
+  std::vector<std::vector<int64_t>> next;    // the step's tokens
+  std::vector<std::vector<int64_t>> tokens;  // the generation's
+  bool graph_steps = false;
+};
+
+void RunOneProcess(const std::string& plan, const std::string& model, const ExecutorOptions& options,
+                   const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& greedy, OneProcess* out) {
+  auto single = Executor::Load(plan, model, options);
+  ASSERT_TRUE(single.ok()) << single.error().ToString();
+  auto prefill = (*single)->Forward(prompts, ForwardOptions{.reset = true});
+  ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
+  out->next.assign(prompts.size(), {});
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    const float* row = prefill->row(static_cast<int64_t>(r), prefill->seq - 1);
+    out->next[r] = {static_cast<int64_t>(std::max_element(row, row + prefill->vocab) - row)};
+  }
+  auto step = (*single)->Forward(out->next);
+  ASSERT_TRUE(step.ok()) << step.error().ToString();
+  auto tokens = (*single)->Generate(prompts, greedy);
+  ASSERT_TRUE(tokens.ok()) << tokens.error().ToString();
+  out->prefill = std::move(*prefill);
+  out->step = std::move(*step);
+  out->tokens = std::move(tokens->tokens);
+  out->graph_steps = (*single)->stats().graph_steps > 0;
+}
+
+// Runs `plan` as two ranks (rank 1 serving from a thread of this process until rank 0's executor ends) through the
+// same passes as `want`: its logits within `tolerance`, its tokens equal, decode steps from graphs on both ranks
+// exactly when `graphs`, StepRows refused. Prints "<label> vs <against>: ...".
+void RunTwoRanks(const std::string& plan, const std::string& model, const ExecutorOptions& base,
+                 const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& greedy,
+                 const OneProcess& want, double tolerance, bool graphs, const std::string& label,
+                 const std::string& against) {
+  const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+  Status served = MakeError(ErrorCode::kInternal, "rank 1 did not run");
+  uint64_t served_passes = 0, served_graph_steps = 0;
+  auto rank_options = [&](int rank) {
+    ExecutorOptions o = base;
+    o.world_size = 2;
+    o.rank = rank;
+    o.rendezvous = address;
+    o.rendezvous_timeout_s = 60;
+    return o;
+  };
+  std::thread rank1([&] {
+    auto e = Executor::Load(plan, model, rank_options(1));
+    if (!e.ok()) {
+      served = e.take_error();
+      return;
+    }
+    served = (*e)->ServeRank();
+    served_passes = (*e)->stats().forward_count;
+    served_graph_steps = (*e)->stats().graph_steps;
+  });
+  {
+    auto rank0 = Executor::Load(plan, model, rank_options(0));
+    if (!rank0.ok()) {
+      rank1.join();
+      FAIL() << rank0.error().ToString() << " / rank 1: " << served.error().ToString();
+    }
+    auto prefill = (*rank0)->Forward(prompts, ForwardOptions{.reset = true});
+    ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
+    EXPECT_LE(MaxRelError(prefill->data, want.prefill.data), tolerance);
+    auto step = (*rank0)->Forward(want.next);
+    ASSERT_TRUE(step.ok()) << step.error().ToString();
+    EXPECT_LE(MaxRelError(step->data, want.step.data), tolerance);
+    auto tokens = (*rank0)->Generate(prompts, greedy);
+    ASSERT_TRUE(tokens.ok()) << tokens.error().ToString();
+    EXPECT_EQ(tokens->tokens, want.tokens);
+    EXPECT_EQ((*rank0)->stats().graph_capture_error, "");
+    EXPECT_EQ((*rank0)->stats().graph_steps > 0, graphs);
+    auto rows = (*rank0)->StepRows({RowStep{0, 0, {1, 2}}});
+    EXPECT_FALSE(rows.ok());
+    EXPECT_EQ(rows.error().code, ErrorCode::kUnsupported);
+    std::printf("%s vs %s: prefill max rel %.2e, decode step %.2e, %zu tokens equal\n", label.c_str(),
+                against.c_str(), MaxRelError(prefill->data, want.prefill.data),
+                MaxRelError(step->data, want.step.data), tokens->tokens[0].size());
+  }  // rank 0's executor ends: rank 1 stops serving
+  rank1.join();
+  EXPECT_TRUE(served.ok()) << served.error().ToString();
+  EXPECT_GE(served_passes, 3u);  // prefill, step, and the generation's passes
+  EXPECT_EQ(served_graph_steps > 0, graphs);
+}
+
 class Ranks : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -99,75 +187,14 @@ class Ranks : public ::testing::TestWithParam<std::string> {
     base.progress = false;
     base.force_cpu = cpu;
     base.cuda_graphs = graphs;  // the same path in both: eager, or decode steps replayed from graphs
-    // One process.
-    auto single = Executor::Load(plan, model, base);
-    ASSERT_TRUE(single.ok()) << single.error().ToString();
-    auto want_prefill = (*single)->Forward(prompts, ForwardOptions{.reset = true});
-    ASSERT_TRUE(want_prefill.ok()) << want_prefill.error().ToString();
-    std::vector<std::vector<int64_t>> next(prompts.size());
-    for (size_t r = 0; r < prompts.size(); ++r) {
-      const float* row = want_prefill->row(static_cast<int64_t>(r), want_prefill->seq - 1);
-      next[r] = {static_cast<int64_t>(std::max_element(row, row + want_prefill->vocab) - row)};
-    }
-    auto want_step = (*single)->Forward(next);
-    ASSERT_TRUE(want_step.ok()) << want_step.error().ToString();
     GenerateOptions greedy;
     greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(6, seq_len - ref->prompt_len));
-    auto want_tokens = (*single)->Generate(prompts, greedy);
-    ASSERT_TRUE(want_tokens.ok()) << want_tokens.error().ToString();
-    single->reset();
-
-    // Two ranks: rank 1 serves in a thread until rank 0's executor is destroyed.
-    const std::string address = "127.0.0.1:" + std::to_string(FreePort());
-    Status served = MakeError(ErrorCode::kInternal, "rank 1 did not run");
-    uint64_t served_passes = 0, served_graph_steps = 0;
-    auto rank_options = [&](int rank) {
-      ExecutorOptions o = base;
-      o.world_size = 2;
-      o.rank = rank;
-      o.rendezvous = address;
-      o.rendezvous_timeout_s = 60;
-      return o;
-    };
-    std::thread rank1([&] {
-      auto e = Executor::Load(plan, model, rank_options(1));
-      if (!e.ok()) {
-        served = e.take_error();
-        return;
-      }
-      served = (*e)->ServeRank();
-      served_passes = (*e)->stats().forward_count;
-      served_graph_steps = (*e)->stats().graph_steps;
-    });
-    {
-      auto rank0 = Executor::Load(plan, model, rank_options(0));
-      if (!rank0.ok()) {
-        rank1.join();
-        FAIL() << rank0.error().ToString() << " / rank 1: " << served.error().ToString();
-      }
-      auto prefill = (*rank0)->Forward(prompts, ForwardOptions{.reset = true});
-      ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
-      EXPECT_LE(MaxRelError(prefill->data, want_prefill->data), tolerance);
-      auto step = (*rank0)->Forward(next);
-      ASSERT_TRUE(step.ok()) << step.error().ToString();
-      EXPECT_LE(MaxRelError(step->data, want_step->data), tolerance);
-      auto tokens = (*rank0)->Generate(prompts, greedy);
-      ASSERT_TRUE(tokens.ok()) << tokens.error().ToString();
-      EXPECT_EQ(tokens->tokens, want_tokens->tokens);
-      EXPECT_EQ((*rank0)->stats().graph_capture_error, "");
-      EXPECT_EQ((*rank0)->stats().graph_steps > 0, graphs);
-      auto rows = (*rank0)->StepRows({RowStep{0, 0, {1, 2}}});
-      EXPECT_FALSE(rows.ok());
-      EXPECT_EQ(rows.error().code, ErrorCode::kUnsupported);
-      std::printf("%-14s two ranks (%s) vs one process: prefill max rel %.2e, decode step %.2e, %zu tokens equal\n",
-                  family.c_str(), cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl",
-                  MaxRelError(prefill->data, want_prefill->data),
-                  MaxRelError(step->data, want_step->data), tokens->tokens[0].size());
-    }  // rank 0's executor ends: rank 1 stops serving
-    rank1.join();
-    EXPECT_TRUE(served.ok()) << served.error().ToString();
-    EXPECT_GE(served_passes, 3u);  // prefill, step, and the generation's passes
-    EXPECT_EQ(served_graph_steps > 0, graphs);
+    OneProcess want;
+    ASSERT_NO_FATAL_FAILURE(RunOneProcess(plan, model, base, prompts, greedy, &want));
+    char label[96];
+    std::snprintf(label, sizeof label, "%-14s two ranks (%s)", family.c_str(),
+                  cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl");
+    RunTwoRanks(plan, model, base, prompts, greedy, want, tolerance, graphs, label, "one process");
   }
 };
 
@@ -219,75 +246,17 @@ class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
     base.progress = false;
     base.force_cpu = cpu;
     base.cuda_graphs = graphs;
-    auto single = Executor::Load(cpu ? one : tp, model, base);
-    ASSERT_TRUE(single.ok()) << single.error().ToString();
-    auto want_prefill = (*single)->Forward(prompts, ForwardOptions{.reset = true});
-    ASSERT_TRUE(want_prefill.ok()) << want_prefill.error().ToString();
-    std::vector<std::vector<int64_t>> next(prompts.size());
-    for (size_t r = 0; r < prompts.size(); ++r) {
-      const float* row = want_prefill->row(static_cast<int64_t>(r), want_prefill->seq - 1);
-      next[r] = {static_cast<int64_t>(std::max_element(row, row + want_prefill->vocab) - row)};
-    }
-    auto want_step = (*single)->Forward(next);
-    ASSERT_TRUE(want_step.ok()) << want_step.error().ToString();
     GenerateOptions greedy;
     greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(6, seq_len - ref->prompt_len));
-    auto want_tokens = (*single)->Generate(prompts, greedy);
-    ASSERT_TRUE(want_tokens.ok()) << want_tokens.error().ToString();
-    const bool single_graphs = (*single)->stats().graph_steps > 0;
-    single->reset();
-
-    const std::string address = "127.0.0.1:" + std::to_string(FreePort());
-    Status served = MakeError(ErrorCode::kInternal, "rank 1 did not run");
-    uint64_t served_passes = 0, served_graph_steps = 0;
-    auto rank_options = [&](int rank) {
-      ExecutorOptions o = base;
-      o.world_size = 2;
-      o.rank = rank;
-      o.rendezvous = address;
-      o.rendezvous_timeout_s = 60;
-      return o;
-    };
-    std::thread rank1([&] {
-      auto e = Executor::Load(tp, model, rank_options(1));
-      if (!e.ok()) {
-        served = e.take_error();
-        return;
-      }
-      served = (*e)->ServeRank();
-      served_passes = (*e)->stats().forward_count;
-      served_graph_steps = (*e)->stats().graph_steps;
-    });
-    {
-      auto rank0 = Executor::Load(tp, model, rank_options(0));
-      if (!rank0.ok()) {
-        rank1.join();
-        FAIL() << rank0.error().ToString() << " / rank 1: " << served.error().ToString();
-      }
-      auto prefill = (*rank0)->Forward(prompts, ForwardOptions{.reset = true});
-      ASSERT_TRUE(prefill.ok()) << prefill.error().ToString();
-      EXPECT_LE(MaxRelError(prefill->data, want_prefill->data), tolerance);
-      auto step = (*rank0)->Forward(next);
-      ASSERT_TRUE(step.ok()) << step.error().ToString();
-      EXPECT_LE(MaxRelError(step->data, want_step->data), tolerance);
-      auto tokens = (*rank0)->Generate(prompts, greedy);
-      ASSERT_TRUE(tokens.ok()) << tokens.error().ToString();
-      EXPECT_EQ(tokens->tokens, want_tokens->tokens);
-      EXPECT_EQ((*rank0)->stats().graph_capture_error, "");
-      EXPECT_EQ((*rank0)->stats().graph_steps > 0, graphs);
-      EXPECT_EQ(single_graphs, graphs);
-      std::printf("%-14s tensor parallel as two ranks (%s%s%s) vs %s: prefill max rel %.2e, decode step %.2e, %zu "
-                  "tokens equal\n",
-                  family.c_str(), cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl",
-                  weights.empty() ? "" : ", ", weights.c_str(),
-                  cpu ? "the one-GPU plan on the CPU" : "one process",
-                  MaxRelError(prefill->data, want_prefill->data), MaxRelError(step->data, want_step->data),
-                  tokens->tokens[0].size());
-    }
-    rank1.join();
-    EXPECT_TRUE(served.ok()) << served.error().ToString();
-    EXPECT_GE(served_passes, 3u);
-    EXPECT_EQ(served_graph_steps > 0, graphs);
+    OneProcess want;
+    ASSERT_NO_FATAL_FAILURE(RunOneProcess(cpu ? one : tp, model, base, prompts, greedy, &want));
+    EXPECT_EQ(want.graph_steps, graphs);
+    const std::string label = (family + std::string(14 - std::min<size_t>(14, family.size()), ' ')) +
+                              " tensor parallel as two ranks (" +
+                              (cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl") +
+                              (weights.empty() ? "" : ", " + weights) + ")";
+    RunTwoRanks(tp, model, base, prompts, greedy, want, tolerance, graphs, label,
+                cpu ? "the one-GPU plan on the CPU" : "one process");
   }
 };
 
