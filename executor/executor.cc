@@ -44,6 +44,24 @@ using executor_internal::BlockKv;
 using executor_internal::BlockLabel;
 using executor_internal::BlockRuntime;
 using executor_internal::GraphDecoder;
+
+namespace {
+
+// Shard `s` of a tensor-parallel plan's context for the kernels: its vocabulary rows and how the shards' partial
+// sums meet.
+ForwardContext::Shards ShardContext(int64_t vocab, uint32_t s, uint32_t shards,
+                                    std::function<Status(const at::Tensor&)> all_reduce) {
+  ForwardContext::Shards c;
+  const arch::TensorSlice v = arch::VocabSlice(vocab, s, shards);
+  c.shard = static_cast<int>(s);
+  c.vocab_begin = v.begin;
+  c.vocab_end = v.end;
+  c.vocab = vocab;
+  c.all_reduce = std::move(all_reduce);
+  return c;
+}
+
+}  // namespace
 using executor_internal::StepWeights;
 using executor_internal::StreamEngine;
 using executor_internal::ForwardTimings;
@@ -1318,17 +1336,12 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
     for (const BlockRuntime& b : impl->state->blocks) devices[b.shard] = b.device;
     BIGPLAN_ASSIGN_OR_RETURN(impl->shard_group, executor_internal::ShardGroup::Create(devices));
     impl->shard_issuers = std::make_unique<executor_internal::WorkerPool>(static_cast<int>(shards) - 1);
-    const int64_t vocab = impl->state->info.vocab_size;
     impl->shard_ctx.resize(shards);
     for (uint32_t s = 0; s < shards; ++s) {
-      ForwardContext::Shards& c = impl->shard_ctx[s];
-      const arch::TensorSlice v = arch::VocabSlice(vocab, s, shards);
-      c.shard = static_cast<int>(s);
-      c.vocab_begin = v.begin;
-      c.vocab_end = v.end;
-      c.vocab = vocab;
       executor_internal::ShardGroup* group = impl->shard_group.get();
-      c.all_reduce = [group, s](const at::Tensor& x) { return group->AllReduce(static_cast<int>(s), x); };
+      impl->shard_ctx[s] = ShardContext(impl->state->info.vocab_size, s, shards, [group, s](const at::Tensor& x) {
+        return group->AllReduce(static_cast<int>(s), x);
+      });
     }
   }
   // A block whose routed experts are read on the device when chosen (BlockWeights::ResidentExperts, decode batches
@@ -1419,18 +1432,14 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
       // A tensor-parallel plan: this rank computes shard `rank` of every block, adding the shards' partial sums
       // through the group's all-reduce. Its decode steps replay one graph (its shard of every block, the NCCL
       // all-reduces in it) where the one-process plan's would (every block resident, experts read on the device).
-      const arch::TensorSlice v = arch::VocabSlice(impl->state->info.vocab_size, options.rank, shards);
       impl->shard_ctx.resize(shards);
-      ForwardContext::Shards& c = impl->shard_ctx[options.rank];
-      c.shard = options.rank;
-      c.vocab_begin = v.begin;
-      c.vocab_end = v.end;
-      c.vocab = impl->state->info.vocab_size;
       executor_internal::RankGroup* group = impl->ranks.get();
-      c.all_reduce = [group](const at::Tensor& x) {
-        at::Tensor t = x;
-        return group->AllReduce(&t);
-      };
+      impl->shard_ctx[options.rank] =
+          ShardContext(impl->state->info.vocab_size, static_cast<uint32_t>(options.rank), shards,
+                       [group](const at::Tensor& x) {
+                         at::Tensor t = x;
+                         return group->AllReduce(&t);
+                       });
       bool device_steps = true;
       for (const BlockRuntime& b : impl->state->blocks) device_steps &= b.remote || device_routed(b);
       if (options.cuda_graphs && !cpu_mode && impl->state->streams.empty() && device_steps &&
