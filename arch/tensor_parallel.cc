@@ -10,9 +10,9 @@ Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& c, uint3
     return no("takes 2 to " + std::to_string(kMaxTensorParallel) + " GPUs");
   const bool moe = family.family == Family::kMixtral || family.family == Family::kQwen2Moe ||
                    family.family == Family::kQwen3Moe;
-  if (family.family != Family::kLlama && !moe) {
+  if (family.family != Family::kLlama && family.family != Family::kGptj && !moe) {
     return no(std::string("the ") + family.name +
-              " family has no tensor-parallel rules (llama, mistral, qwen2, mixtral, qwen2_moe, qwen3_moe do)");
+              " family has no tensor-parallel rules (llama, mistral, qwen2, mixtral, qwen2_moe, qwen3_moe, gptj do)");
   }
   if (!moe && c.num_experts > 0) return no("mixture-of-experts layers of the " + std::string(family.name) +
                                            " family are not split");
@@ -30,6 +30,8 @@ Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& c, uint3
   if (c.vocab_size < shards) return no("the vocabulary is smaller than the GPU count");
   return Status::Ok();
 }
+
+uint32_t LayerAllReduces(const FamilyInfo& family) { return family.family == Family::kGptj ? 1 : 2; }
 
 ModelConfig ShardConfig(const ModelConfig& config, uint32_t shards) {
   ModelConfig c = config;
@@ -65,11 +67,14 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
   switch (slot) {
     case Slot::kTokenEmbedding:
     case Slot::kLmHead:
+    case Slot::kLmHeadBias:  // (GPT-J) its rows with the lm_head's
       if (shape.empty()) return MakeError(ErrorCode::kInvalidArgument, "slot " + SlotName(slot) + " is a scalar");
       return VocabSlice(shape[0], shard, shards);
     case Slot::kInputNorm:
+    case Slot::kInputNormBias:
     case Slot::kPostNorm:
     case Slot::kFinalNorm:
+    case Slot::kFinalNormBias:
     case Slot::kQNorm:
     case Slot::kKNorm:
     case Slot::kOBias:      // added once, by shard 0, to the sum
@@ -93,6 +98,8 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
       return part(0, 1);
     case Slot::kSharedGate:
     case Slot::kSharedUp:
+    case Slot::kFcIn:      // (GPT-J) by rows, as gate and up
+    case Slot::kFcInBias:
       return part(0, 1);
     case Slot::kDown:
     case Slot::kSharedDown:

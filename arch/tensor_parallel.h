@@ -8,7 +8,10 @@
 //     sigmoid gate whole (every shard routes every token alike: the same input, the same kernel);
 //   - embedding and lm_head (tied or not): by vocabulary rows, shard r holding rows
 //     [vocab x r / N, vocab x (r + 1) / N);
-//   - norms, and o_proj's and down_proj's biases: whole on every shard (shard 0 adds the biases to its part).
+//   - GPT-J: q, k, v by heads, out_proj by the same columns, fc_in and its bias by rows, fc_out by the same columns,
+//     lm_head's bias by vocabulary rows; its parallel attention and MLP make one partial sum a layer;
+//   - norms (and their biases), and o_proj's and down_proj's biases: whole on every shard (shard 0 adds the biases
+//     to its part).
 // A shard's attention output (after o_proj) and MLP output (after down_proj, or the weighted sum of the experts) are
 // partial sums, as are its embedding
 // rows (zero for tokens outside its vocabulary slice) and its logits (its slice): the executor adds them over the
@@ -39,11 +42,15 @@ struct TensorSlice {
 };
 
 // Whether `family`'s model `config` splits over `shards` GPUs (2..kMaxTensorParallel): a model of a family with
-// tensor-parallel rules (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE), q/k/v and gate/up as separate
+// tensor-parallel rules (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE, GPT-J), q/k/v and gate/up as separate
 // matrices, num_heads, num_kv_heads, intermediate_size, moe_intermediate_size and shared_expert_intermediate_size
 // divisible by `shards`, vocab_size >= shards.
 // kUnsupported naming the reason otherwise.
 Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& config, uint32_t shards);
+
+// The all-reduces a decoder layer of `family` makes in tensor parallel: 2 (after the attention and after the MLP), 1
+// for GPT-J (its attention and MLP read the same input and add into one output).
+uint32_t LayerAllReduces(const FamilyInfo& family);
 
 // The config a shard's kernels compute with: num_heads, num_kv_heads and the intermediate sizes (dense, routed
 // experts', shared expert's) divided by `shards`

@@ -69,7 +69,7 @@ TEST(TensorParallel, SlicesBySlot) {
   EXPECT_EQ(ShardSlice(Slot::kQkv, q, c, 0, 2).error().code, ErrorCode::kUnsupported);
   EXPECT_TRUE(ShardSlice(Slot::kOBias, norm, c, 1, 2)->whole());
   EXPECT_TRUE(ShardSlice(Slot::kDownBias, norm, c, 1, 2)->whole());
-  EXPECT_EQ(ShardSlice(Slot::kFcIn, q, c, 0, 2).error().code, ErrorCode::kUnsupported);
+  EXPECT_EQ(ShardSlice(Slot::kFcInBias, std::vector<int64_t>{}, c, 0, 2).error().code, ErrorCode::kInvalidArgument);
   // A head is never cut.
   const std::vector<int64_t> odd{24, 64};
   EXPECT_FALSE(ShardSlice(Slot::kQ, odd, c, 0, 2).ok());
@@ -110,6 +110,25 @@ TEST(TensorParallel, ExpertsSplitByTheirIntermediateSize) {
   EXPECT_EQ(*ShardSlice(Slot::kSharedDown, shared_down, c, 1, 2), (TensorSlice{1, 24, 48}));
   EXPECT_TRUE(ShardSlice(Slot::kRouter, router, c, 1, 2)->whole());
   EXPECT_TRUE(ShardSlice(Slot::kSharedExpertGate, one, c, 0, 2)->whole());
+}
+
+// GPT-J: fc_in and its bias by rows, fc_out by columns, the lm_head's bias with its vocabulary rows, LayerNorm
+// biases whole; one all-reduce a layer (the attention and the MLP add into one output).
+TEST(TensorParallel, GptjSplitsItsParallelBlock) {
+  const FamilyInfo* gptj = FindFamily("gptj");
+  ASSERT_NE(gptj, nullptr);
+  ModelConfig c = Llama();
+  c.num_kv_heads = c.num_heads;
+  EXPECT_TRUE(CheckTensorParallel(*gptj, c, 2).ok());
+  EXPECT_EQ(LayerAllReduces(*gptj), 1u);
+  EXPECT_EQ(LayerAllReduces(*FindFamily("llama")), 2u);
+  const std::vector<int64_t> fc_in{96, 64}, fc_in_bias{96}, fc_out{64, 96}, head_bias{101}, norm{64};
+  EXPECT_EQ(*ShardSlice(Slot::kFcIn, fc_in, c, 1, 2), (TensorSlice{0, 48, 96}));
+  EXPECT_EQ(*ShardSlice(Slot::kFcInBias, fc_in_bias, c, 0, 2), (TensorSlice{0, 0, 48}));
+  EXPECT_EQ(*ShardSlice(Slot::kDown, fc_out, c, 1, 2), (TensorSlice{1, 48, 96}));
+  EXPECT_EQ(*ShardSlice(Slot::kLmHeadBias, head_bias, c, 1, 2), (TensorSlice{0, 50, 101}));
+  EXPECT_TRUE(ShardSlice(Slot::kInputNormBias, norm, c, 0, 2)->whole());
+  EXPECT_TRUE(ShardSlice(Slot::kFinalNormBias, norm, c, 1, 2)->whole());
 }
 
 TEST(TensorParallel, RefusesExpertsThatDoNotSplit) {

@@ -20,6 +20,7 @@
 #include "arch/temporaries.h"
 #include <map>
 
+#include "executor/fused_ops.h"
 #include "executor/kernels_internal.h"
 
 namespace bigplan {
@@ -609,6 +610,34 @@ Result<at::Tensor> EmbeddingW(const WeightRef& w, const at::Tensor& ids) {
 Status ModelKernelsBase::PositionEmbedding(const Call& c, at::Tensor* /*hidden*/) const {
   return MakeError(ErrorCode::kUnsupported,
                    c.block + ": architecture '" + spec_.architecture + "' has no position_embedding block");
+}
+
+Status ModelKernelsBase::ShardEmbedding(const Call& c, at::Tensor* hidden) const {
+  const ForwardContext::Shards* tp = c.ctx.shards;
+  BIGPLAN_ASSIGN_OR_RETURN(at::Tensor table, Get(c, arch::Slot::kTokenEmbedding));
+  const int64_t rows = table.size(0);
+  const at::Tensor local = c.ctx.token_ids - tp->vocab_begin;
+  const at::Tensor inside = at::logical_and(local >= 0, local < rows);
+  *hidden =
+      (at::embedding(table, local.clamp(0, rows - 1)) * inside.unsqueeze(-1).to(table.scalar_type())).contiguous();
+  return tp->all_reduce(*hidden);
+}
+
+Result<at::Tensor> ModelKernelsBase::ShardLmHead(const Call& c, const at::Tensor& h, const at::Tensor& bias) const {
+  const ForwardContext::Shards* tp = c.ctx.shards;
+  BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, arch::Slot::kLmHead));
+  at::Tensor part = spec_.fused_kernels && w.whole.defined() && !w.quant.quantized()
+                        ? fused_ops::Linear(h, w.whole, bias, at::Tensor())
+                        : at::Tensor();
+  if (!part.defined()) {
+    BIGPLAN_ASSIGN_OR_RETURN(part, LinearW(w, h, bias));  // (quantized, or chunked when streamed)
+  }
+  std::vector<int64_t> shape(part.sizes().begin(), part.sizes().end());
+  shape.back() = tp->vocab;
+  at::Tensor full = at::zeros(shape, part.options());
+  full.narrow(-1, tp->vocab_begin, tp->vocab_end - tp->vocab_begin).copy_(part);
+  BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(full));
+  return full;
 }
 
 Result<at::Tensor> ModelKernelsBase::Get(const Call& c, arch::Slot slot) const {

@@ -24,6 +24,7 @@ class GptKernelsBase : public ModelKernelsBase {
 
  protected:
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
+    if (c.ctx.shards != nullptr) return ShardEmbedding(c, hidden);  // (GPT-J; GPT-2 has no tensor-parallel rules)
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef wte, Ref(c, Slot::kTokenEmbedding));
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(wte, c.ctx.token_ids));
     return Status::Ok();
@@ -44,6 +45,7 @@ class GptKernelsBase : public ModelKernelsBase {
     } else {
       b = Optional(c, Slot::kLmHeadBias);
     }
+    if (c.ctx.shards != nullptr) return ShardLmHead(c, h, b);  // (its rows of the bias with its rows of the weight)
     return LinearW(w, h, b);
   }
 
@@ -191,6 +193,14 @@ class GptjKernels final : public GptKernelsBase {
     at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, 1.0 / std::sqrt(static_cast<double>(head_dim)));
     BIGPLAN_ASSIGN_OR_RETURN(attn, LinearW(wo, attn.transpose(1, 2).reshape({batch, seq, width}), {}));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc, LinearW(fc_in_w, h, fc_in_b));
+    if (const ForwardContext::Shards* tp = c.ctx.shards) {
+      // A shard's attention (its heads) and MLP (its rows of fc_in) are partial sums of the parallel block: one
+      // all-reduce a layer; shard 0 adds fc_out's bias and the residual.
+      const bool first = tp->shard == 0;
+      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, LinearW(fc_out_w, Activate(act_, fc), first ? fc_out_b : at::Tensor()));
+      *hidden = (first ? attn + mlp + x : attn + mlp).contiguous();
+      return tp->all_reduce(*hidden);
+    }
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, LinearW(fc_out_w, Activate(act_, fc), fc_out_b));
     *hidden = attn + mlp + x;
     return Status::Ok();

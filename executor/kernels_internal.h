@@ -226,6 +226,13 @@ class ModelKernelsBase : public ModelKernels {
   // A weight that may be chunked; kNotFound naming the block and the slot when `required` and absent.
   Result<WeightRef> Ref(const Call& c, arch::Slot slot, bool required = true) const;
 
+  // Tensor parallelism (c.ctx.shards set; arch/tensor_parallel.h): the embedding from this shard's vocabulary rows
+  // (zeros for the other tokens), summed over the shards.
+  Status ShardEmbedding(const Call& c, at::Tensor* hidden) const;
+  // The logits from this shard's vocabulary rows of the lm_head (and of `bias`, its slice, when defined), placed in
+  // the whole vocabulary and summed over the shards.
+  Result<at::Tensor> ShardLmHead(const Call& c, const at::Tensor& h, const at::Tensor& bias) const;
+
   const ModelSpec spec_;
 };
 

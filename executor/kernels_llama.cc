@@ -44,16 +44,7 @@ class LlamaKernels final : public ModelKernelsBase {
   };
 
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    if (const ForwardContext::Shards* tp = c.ctx.shards) {
-      // This shard's vocabulary rows: zeros for the other tokens, then the sum over the shards.
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor table, Get(c, Slot::kTokenEmbedding));
-      const int64_t rows = table.size(0);
-      const at::Tensor local = c.ctx.token_ids - tp->vocab_begin;
-      const at::Tensor inside = at::logical_and(local >= 0, local < rows);
-      *hidden = (at::embedding(table, local.clamp(0, rows - 1)) * inside.unsqueeze(-1).to(table.scalar_type()))
-                    .contiguous();
-      return tp->all_reduce(*hidden);
-    }
+    if (c.ctx.shards != nullptr) return ShardEmbedding(c, hidden);
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kTokenEmbedding));
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(w, c.ctx.token_ids));
     return Status::Ok();
@@ -545,22 +536,7 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
   Result<at::Tensor> LmHead(const Call& c, const at::Tensor& h) const override {
-    if (const ForwardContext::Shards* tp = c.ctx.shards) {
-      // This shard's vocabulary columns of the logits, placed in the whole vocabulary, summed over the shards.
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kLmHead));
-      at::Tensor part = spec_.fused_kernels && w.whole.defined() && !w.quant.quantized()
-                            ? fused_ops::Linear(h, w.whole, at::Tensor(), at::Tensor())
-                            : at::Tensor();
-      if (!part.defined()) {
-        BIGPLAN_ASSIGN_OR_RETURN(part, LinearW(w, h, at::Tensor()));  // (quantized, or chunked when streamed)
-      }
-      std::vector<int64_t> shape(part.sizes().begin(), part.sizes().end());
-      shape.back() = tp->vocab;
-      at::Tensor full = at::zeros(shape, part.options());
-      full.narrow(-1, tp->vocab_begin, tp->vocab_end - tp->vocab_begin).copy_(part);
-      BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(full));
-      return full;
-    }
+    if (c.ctx.shards != nullptr) return ShardLmHead(c, h, at::Tensor());
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef w, Ref(c, Slot::kLmHead));
     const at::Tensor bias = Optional(c, Slot::kLmHeadBias);
     if (spec_.fused_kernels && w.whole.defined() && !w.quant.quantized()) {

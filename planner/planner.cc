@@ -770,9 +770,11 @@ RanksDecodePrediction PredictRanksDecode(const PlanResult& plan) {
     // One rank per shard, meeting at every all-reduce; a streamed shard does not run as a rank.
     for (const BlockPlacement& b : plan.placement.blocks)
       if (b.device < 0 || b.tier != Tier::kGpu) return out;
+    const arch::FamilyInfo* family = arch::FindFamily(plan.model.architecture);
+    const uint32_t layer_reduces = family != nullptr ? arch::LayerAllReduces(*family) : 2;
     for (const BlockDesc& b : plan.model.blocks) {
       if (b.kind == BlockKind::kEmbedding || b.kind == BlockKind::kLmHead) out.all_reduces += 1;
-      if (b.kind == BlockKind::kDecoderLayer) out.all_reduces += 2;
+      if (b.kind == BlockKind::kDecoderLayer) out.all_reduces += layer_reduces;
     }
     out.all_reduces /= plan.tensor_parallel;  // (the model's blocks are the shards)
     out.ranks = plan.tensor_parallel;

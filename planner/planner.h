@@ -171,9 +171,9 @@ Result<BatchedPrefillPrediction> PredictBatchedPrefill(const PlanResult& plan, u
 // change of GPU from step to step, and the logits' way back to rank 0 when the head is elsewhere), what a NCCL
 // point-to-point transfer and the ranks' hand-off add over an in-process peer copy (kRankHopExtraMicros, graph
 // replayed, or kRankHopExtraEagerMicros). A tensor-parallel plan runs one rank per shard: the one-process step plus,
-// for each all-reduce (one after the embedding, two a decoder layer, one for the logits), what an NCCL all-reduce
-// adds over the in-process one (kRankAllReduceExtraMicros, or kRankAllReduceExtraEagerMicros). ranks 0 for a plan
-// on fewer than two GPUs.
+// for each all-reduce (one after the embedding, arch::LayerAllReduces a decoder layer, one for the logits), what an
+// NCCL all-reduce adds over the in-process one (kRankAllReduceExtraMicros, or kRankAllReduceExtraEagerMicros).
+// ranks 0 for a plan on fewer than two GPUs.
 struct RanksDecodePrediction {
   uint32_t ranks = 0;
   uint32_t crossings = 0;    // hidden-state crossings between processes (split plans)

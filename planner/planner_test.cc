@@ -335,12 +335,29 @@ TEST(PlannerTest, TensorParallelSplitsEveryBlockOverTwoGpus) {
   auto one_gpu = plan("T", "cuda:0=40GiB,cpu=64GiB");
   ASSERT_FALSE(one_gpu.ok());
   EXPECT_NE(one_gpu.error().message.find("two or more GPU budgets"), std::string::npos) << one_gpu.error().message;
+  // GPT-J splits, one all-reduce a layer (its attention and MLP add into one output); GPT-2 (q, k and v fused in
+  // c_attn's columns) does not.
   PlanRequest gptj = ExampleRequest("planner/examples/gpt-j-6b", "cuda:0=12GiB,cuda:1=12GiB,cpu=64GiB");
   gptj.auto_candidates = "T";
-  auto refused = MakePlan(gptj);
+  auto gptj_tp = MakePlan(gptj);
+  ASSERT_TRUE(gptj_tp.ok()) << gptj_tp.error().ToString();
+  EXPECT_EQ(gptj_tp->tensor_parallel, 2u);
+  EXPECT_EQ(PredictRanksDecode(*gptj_tp).all_reduces, 2 + gptj_tp->source_model.config.num_layers);
+  PlanRequest gpt2;
+  auto gpt2_desc = ImportHfConfigText(R"({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768,
+      "n_layer": 2, "n_head": 12, "vocab_size": 50257, "n_positions": 1024})");
+  ASSERT_TRUE(gpt2_desc.ok()) << gpt2_desc.error().ToString();
+  gpt2.description = std::move(*gpt2_desc);
+  auto budget = ParseMaxMemory("cuda:0=12GiB,cuda:1=12GiB,cpu=64GiB");
+  ASSERT_TRUE(budget.ok());
+  gpt2.budget = *budget;
+  gpt2.exec_dtype = DType::kBF16;
+  gpt2.run = RunShape{1, 512};
+  gpt2.auto_candidates = "T";
+  auto refused = MakePlan(gpt2);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().code, ErrorCode::kInfeasible);
-  EXPECT_NE(refused.error().message.find("gptj family has no tensor-parallel rules"), std::string::npos)
+  EXPECT_NE(refused.error().message.find("gpt2 family has no tensor-parallel rules"), std::string::npos)
       << refused.error().message;
   // A plan for batches keeps the pipelined candidate I when its batched prefill is predicted faster than T's
   // (every shard at once, its all-reduces carrying rows x tokens hidden states); T alone forces it.

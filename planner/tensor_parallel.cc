@@ -167,6 +167,8 @@ double TensorParallelPassMicros(const ShardedModel& sharded, const std::vector<d
   const ModelConfig& c = sharded.model.config;
   const double e = DTypeBytes(exec);
   const double hidden_bytes = static_cast<double>(tokens) * c.hidden_size * e;
+  const arch::FamilyInfo* family = arch::FindFamily(sharded.model.architecture);
+  const uint32_t layer_reduces = family != nullptr ? arch::LayerAllReduces(*family) : 2;
   double total = 0;
   for (size_t i = 0; i + n <= sharded.model.blocks.size(); i += n) {
     double device = 0, host = 0;
@@ -180,7 +182,7 @@ double TensorParallelPassMicros(const ShardedModel& sharded, const std::vector<d
         reduce = AllReduceMicros(hidden_bytes, n, graphs);
         break;
       case BlockKind::kDecoderLayer:
-        reduce = 2 * AllReduceMicros(hidden_bytes, n, graphs);
+        reduce = layer_reduces * AllReduceMicros(hidden_bytes, n, graphs);
         break;
       case BlockKind::kLmHead:
         reduce = AllReduceMicros(static_cast<double>(logit_rows) * c.vocab_size * e, n, graphs);

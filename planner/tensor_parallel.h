@@ -65,8 +65,8 @@ inline constexpr double kAllReduceEagerMicros = 12.0;
 
 // A pass of a tensor-parallel plan: per source block, its slowest shard's time (`step_us`, per block of
 // sharded.model), or, issued eagerly, the host's issue of all its shards when that is longer (`host_us`, empty for
-// graphs), plus its all-reduces: two per decoder layer (tokens x hidden), one for the embedding, one for the logits
-// (logit_rows x vocab) at the lm_head.
+// graphs), plus its all-reduces: arch::LayerAllReduces a decoder layer (tokens x hidden), one for the embedding,
+// one for the logits (logit_rows x vocab) at the lm_head.
 double TensorParallelPassMicros(const ShardedModel& sharded, const std::vector<double>& step_us,
                                 const std::vector<double>& host_us, uint64_t tokens, uint64_t logit_rows,
                                 DType exec, bool graphs);

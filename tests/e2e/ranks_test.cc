@@ -46,6 +46,14 @@ int FreePort() {
   return port;
 }
 
+// Whether the family's decode steps are captured in graphs at all (GPT-2 and GPT-J run eagerly on every side).
+bool GraphsEligible(const std::string& model, uint32_t seq_len) {
+  std::ifstream config_file(model + "/config.json");
+  auto parsed = arch::ParseHfConfig(nlohmann::json::parse(config_file), model + "/config.json");
+  EXPECT_TRUE(parsed.ok()) << parsed.error().ToString();
+  return parsed.ok() && arch::GraphDecodeEligible(*parsed->family, parsed->config, seq_len);
+}
+
 // What one process gives for the suite's passes: a prefill of the prompts, one greedy step after it, a greedy
 // generation.
 struct OneProcess {
@@ -176,13 +184,7 @@ class Ranks : public ::testing::TestWithParam<std::string> {
     auto ref = LoadReference(model);
     ASSERT_TRUE(ref.ok()) << ref.error().ToString();
     const std::vector<std::vector<int64_t>> prompts = ref->Prompts();
-    if (graphs) {
-      // Only families with a static decode step capture graphs (GPT-2 runs eagerly on both sides).
-      std::ifstream config_file(model + "/config.json");
-      auto parsed = arch::ParseHfConfig(nlohmann::json::parse(config_file), model + "/config.json");
-      ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
-      graphs = arch::GraphDecodeEligible(*parsed->family, parsed->config, seq_len);
-    }
+    if (graphs) ASSERT_NO_FATAL_FAILURE(graphs = GraphsEligible(model, seq_len));
     ExecutorOptions base;
     base.progress = false;
     base.force_cpu = cpu;
@@ -242,6 +244,7 @@ class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
     auto ref = LoadReference(model);
     ASSERT_TRUE(ref.ok()) << ref.error().ToString();
     const std::vector<std::vector<int64_t>> prompts = ref->Prompts();
+    if (graphs) graphs = GraphsEligible(model, seq_len);
     ExecutorOptions base;
     base.progress = false;
     base.force_cpu = cpu;
@@ -285,7 +288,7 @@ TEST_P(TensorParallelRanks, CudaTwoRanksGraphsMatchOneProcess) {
   Run(/*cpu=*/false, 1e-6, /*graphs=*/true);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama", "qwen2", "qwen3_moe"),
+INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama", "qwen2", "qwen3_moe", "gptj"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // A tensor-parallel plan over two GPUs runs as exactly two ranks.
