@@ -10,9 +10,9 @@ Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& c, uint3
     return no("takes 2 to " + std::to_string(kMaxTensorParallel) + " GPUs");
   const bool moe = family.family == Family::kMixtral || family.family == Family::kQwen2Moe ||
                    family.family == Family::kQwen3Moe;
-  if (family.family != Family::kLlama && family.family != Family::kGptj && !moe) {
-    return no(std::string("the ") + family.name +
-              " family has no tensor-parallel rules (llama, mistral, qwen2, mixtral, qwen2_moe, qwen3_moe, gptj do)");
+  if (family.family != Family::kLlama && family.family != Family::kGptj && family.family != Family::kPhi3 && !moe) {
+    return no(std::string("the ") + family.name + " family has no tensor-parallel rules (llama, mistral, qwen2, "
+              "mixtral, qwen2_moe, qwen3_moe, gptj, phi3 do)");
   }
   if (!moe && c.num_experts > 0) return no("mixture-of-experts layers of the " + std::string(family.name) +
                                            " family are not split");
@@ -91,6 +91,30 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
       return part(0, hd);  // whole heads
     case Slot::kO:
       return part(1, hd);
+    case Slot::kQkv: {
+      // [q; k; v] rows: the shard's q heads, then its k heads, then its v heads.
+      const int64_t q = int64_t{c.num_heads} * hd, kv = int64_t{c.num_kv_heads} * hd;
+      if (shape.size() != 2 || shape[0] != q + 2 * kv || q % shards != 0 || kv % shards != 0 ||
+          q / shards % hd != 0 || kv / shards % hd != 0) {
+        return MakeError(ErrorCode::kInvalidArgument, "slot qkv: its " + std::to_string(shape.empty() ? 0 : shape[0]) +
+                                                          " rows do not split into whole heads " +
+                                                          std::to_string(shards) + " ways");
+      }
+      const int64_t qs = q / shards, ks = kv / shards;
+      return TensorSlice{0, qs * shard, qs * (shard + 1),
+                         {{q + ks * shard, q + ks * (shard + 1)}, {q + kv + ks * shard, q + kv + ks * (shard + 1)}}};
+    }
+    case Slot::kGateUp: {
+      // [gate; up] rows: the shard's gate rows, then its up rows.
+      const int64_t inter = c.intermediate_size;
+      if (shape.size() != 2 || shape[0] != 2 * inter || inter % shards != 0) {
+        return MakeError(ErrorCode::kInvalidArgument, "slot gate_up: its " +
+                                                          std::to_string(shape.empty() ? 0 : shape[0]) +
+                                                          " rows do not split " + std::to_string(shards) + " ways");
+      }
+      const int64_t is = inter / shards;
+      return TensorSlice{0, is * shard, is * (shard + 1), {{inter + is * shard, inter + is * (shard + 1)}}};
+    }
     case Slot::kGate:
     case Slot::kGateBias:
     case Slot::kUp:

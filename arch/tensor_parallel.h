@@ -1,7 +1,8 @@
 // Tensor parallelism (plan version 7): every block of a model split over N GPUs, each GPU ("shard") computing a
 // slice of every matrix, as Megatron-LM splits a transformer.
 //
-//   - attention: q, k, v (and their biases) by heads (rows); o_proj by the same heads (columns);
+//   - attention: q, k, v (and their biases) by heads (rows); o_proj by the same heads (columns); Phi-3's fused
+//     qkv_proj as three row ranges (the shard's q, k and v heads) and gate_up_proj as two (its gate and up rows);
 //   - MLP: gate and up (and their biases) by rows of the intermediate size; down_proj by the same columns;
 //   - mixture of experts: every routed expert (and Qwen2-MoE's shared expert) as an MLP, by rows of its
 //     intermediate size, so each shard computes part of every chosen expert; the router and the shared expert's
@@ -23,6 +24,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "arch/registry.h"
 #include "support/result.h"
@@ -37,14 +40,23 @@ struct TensorSlice {
   int32_t dim = -1;
   int64_t begin = 0;
   int64_t end = 0;
+  // Rows only (dim 0): further ranges after [begin, end), increasing; the part is their concatenation (a fused
+  // tensor's rows, e.g. Phi-3's [q; k; v]).
+  std::vector<std::pair<int64_t, int64_t>> more;
   bool whole() const { return dim < 0; }
+  // The part's extent along `dim`.
+  int64_t extent() const {
+    int64_t n = end - begin;
+    for (const auto& [b, e] : more) n += e - b;
+    return n;
+  }
   bool operator==(const TensorSlice&) const = default;
 };
 
 // Whether `family`'s model `config` splits over `shards` GPUs (2..kMaxTensorParallel): a model of a family with
-// tensor-parallel rules (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE, GPT-J), q/k/v and gate/up as separate
-// matrices, num_heads, num_kv_heads, intermediate_size, moe_intermediate_size and shared_expert_intermediate_size
-// divisible by `shards`, vocab_size >= shards.
+// tensor-parallel rules (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE, GPT-J, Phi-3), num_heads,
+// num_kv_heads, intermediate_size, moe_intermediate_size and shared_expert_intermediate_size divisible by `shards`,
+// vocab_size >= shards.
 // kUnsupported naming the reason otherwise.
 Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& config, uint32_t shards);
 

@@ -66,7 +66,9 @@ TEST(TensorParallel, SlicesBySlot) {
   EXPECT_EQ(*ShardSlice(Slot::kTokenEmbedding, emb, c, 0, 2), (TensorSlice{0, 0, 50}));
   EXPECT_EQ(*ShardSlice(Slot::kLmHead, emb, c, 1, 2), (TensorSlice{0, 50, 101}));
   EXPECT_TRUE(ShardSlice(Slot::kInputNorm, norm, c, 1, 2)->whole());
-  EXPECT_EQ(ShardSlice(Slot::kQkv, q, c, 0, 2).error().code, ErrorCode::kUnsupported);
+  EXPECT_EQ(ShardSlice(Slot::kQkv, q, c, 0, 2).error().code, ErrorCode::kInvalidArgument);  // 64 rows, not 96
+  EXPECT_EQ(ShardSlice(Slot::kRouter, norm, c, 0, 2)->whole(), true);
+  EXPECT_EQ(ShardSlice(Slot::kPositionEmbedding, norm, c, 0, 2).error().code, ErrorCode::kUnsupported);
   EXPECT_TRUE(ShardSlice(Slot::kOBias, norm, c, 1, 2)->whole());
   EXPECT_TRUE(ShardSlice(Slot::kDownBias, norm, c, 1, 2)->whole());
   EXPECT_EQ(ShardSlice(Slot::kFcInBias, std::vector<int64_t>{}, c, 0, 2).error().code, ErrorCode::kInvalidArgument);
@@ -129,6 +131,22 @@ TEST(TensorParallel, GptjSplitsItsParallelBlock) {
   EXPECT_EQ(*ShardSlice(Slot::kLmHeadBias, head_bias, c, 1, 2), (TensorSlice{0, 50, 101}));
   EXPECT_TRUE(ShardSlice(Slot::kInputNormBias, norm, c, 0, 2)->whole());
   EXPECT_TRUE(ShardSlice(Slot::kFinalNormBias, norm, c, 1, 2)->whole());
+}
+
+// Phi-3's fused [q; k; v] rows split into the shard's q, k and v heads (three row ranges), its [gate; up] rows into
+// its gate and up rows (two).
+TEST(TensorParallel, Phi3FusedRowsSplitIntoRanges) {
+  const FamilyInfo* phi3 = FindFamily("phi3");
+  ASSERT_NE(phi3, nullptr);
+  const ModelConfig c = Llama();  // 8 heads, 2 kv heads of 8: q 64 rows, k and v 16 each
+  EXPECT_TRUE(CheckTensorParallel(*phi3, c, 2).ok());
+  const std::vector<int64_t> qkv{96, 64}, gate_up{192, 64};
+  const TensorSlice s1 = *ShardSlice(Slot::kQkv, qkv, c, 1, 2);
+  EXPECT_EQ(s1, (TensorSlice{0, 32, 64, {{72, 80}, {88, 96}}}));
+  EXPECT_EQ(s1.extent(), 48);
+  EXPECT_EQ(*ShardSlice(Slot::kQkv, qkv, c, 0, 2), (TensorSlice{0, 0, 32, {{64, 72}, {80, 88}}}));
+  EXPECT_EQ(*ShardSlice(Slot::kGateUp, gate_up, c, 1, 2), (TensorSlice{0, 48, 96, {{144, 192}}}));
+  EXPECT_FALSE(ShardSlice(Slot::kGateUp, std::vector<int64_t>{190, 64}, c, 0, 2).ok());
 }
 
 TEST(TensorParallel, RefusesExpertsThatDoNotSplit) {

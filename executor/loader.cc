@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 
+#include "schema/plan_io.h"
 #include "support/file_read.h"
 #include "support/sha256.h"
 #include "support/units.h"
@@ -83,6 +84,9 @@ struct Loader {
   std::string plan_name;
   std::vector<arch::BlockKind> block_kinds;  // per block, from BindSlots
   std::vector<arch::SlotTable> slot_tables;  // per block, from BindSlots
+  // A tensor-parallel shard's rows from several ranges of its tensor (Weight.slice_rows), gathered for the load
+  // (such a weight never rests on disk, so nothing reads its source afterwards).
+  std::vector<std::vector<uint8_t>> gathered_rows;
 
   Result<uint8_t*> BufferPtr(int32_t index, schema::Pool pool, int32_t device, const std::string& what,
                              const std::string& block, uint64_t min_size) {
@@ -300,10 +304,28 @@ struct Loader {
           BIGPLAN_ASSIGN_OR_RETURN(wr.source, wr.shard->View(t->offset(), t->size_bytes()));
           if (w->slice_dim() >= 0) {
             // A tensor-parallel shard's slice (VerifyPlan checked it against the tensor's shape): rows are a range
-            // of the tensor's bytes; columns are gathered from every row at load.
-            const int64_t begin = w->slice_begin(), extent = w->slice_end() - w->slice_begin();
+            // of the tensor's bytes (or several, gathered here); columns are gathered from every row at load.
+            const int64_t begin = w->slice_begin(), extent = SliceExtent(*w);
             const uint64_t row_bytes = wr.shape[0] > 0 ? wr.source_bytes / static_cast<uint64_t>(wr.shape[0]) : 0;
-            if (w->slice_dim() == 0) {
+            if (w->slice_dim() == 0 && w->slice_rows() != nullptr && w->slice_rows()->size() > 0) {
+              if (w->tier() == schema::Tier::Disk) {
+                return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
+                                                          " takes several row ranges but rests on disk");
+              }
+              std::vector<uint8_t> rows(static_cast<size_t>(extent) * row_bytes);
+              uint64_t at = 0;
+              auto take = [&](int64_t b, int64_t e) {
+                std::memcpy(rows.data() + at, wr.source + b * row_bytes, (e - b) * row_bytes);
+                at += (e - b) * row_bytes;
+              };
+              take(begin, w->slice_end());
+              for (uint32_t r = 0; r + 1 < w->slice_rows()->size(); r += 2)
+                take(w->slice_rows()->Get(r), w->slice_rows()->Get(r + 1));
+              gathered_rows.push_back(std::move(rows));
+              wr.source = gathered_rows.back().data();
+              wr.source_offset += begin * row_bytes;
+              wr.source_bytes = extent * row_bytes;
+            } else if (w->slice_dim() == 0) {
               wr.source += begin * row_bytes;
               wr.source_offset += begin * row_bytes;
               wr.source_bytes = extent * row_bytes;

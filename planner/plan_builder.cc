@@ -211,10 +211,19 @@ Result<std::vector<uint8_t>> BuildPlan(const PlanContent& c) {
         auto s = (*c.slices)[i].find(ws.tensor);
         if (s != (*c.slices)[i].end()) slice = s->second;
       }
+      flatbuffers::Offset<flatbuffers::Vector<int64_t>> more_rows;
+      if (!slice.more.empty()) {
+        std::vector<int64_t> flat;
+        for (const auto& [b, e] : slice.more) {
+          flat.push_back(b);
+          flat.push_back(e);
+        }
+        more_rows = fb.CreateVector(flat);
+      }
       weights.push_back(schema::CreateWeight(fb, it->second, ToSchema(ws.dtype), ws.size_bytes, tiered.offset[w],
                                              ToSchemaTier(tiers[w]), ToSchemaFormat(ws.format),
                                              static_cast<uint32_t>(ws.group), routed, slice.dim, slice.begin,
-                                             slice.end));
+                                             slice.end, more_rows));
     }
     const BlockBuffers& bb = sched.block_buffers[i];
     blocks.push_back(schema::CreateBlockDirect(fb, bd.name.c_str(), BlockKindName(bd.kind), bd.layer,

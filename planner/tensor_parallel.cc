@@ -64,7 +64,7 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
         if (!slice.ok()) return WithContext(slice.take_error(), "tensor parallelism: block " + b.name + ", " + specs[t]->name);
         TensorSpec p = *specs[t];
         if (!slice->whole()) {
-          p.shape[slice->dim] = slice->end - slice->begin;
+          p.shape[slice->dim] = slice->extent();
           slices[p.name] = *slice;
           if (p.format != quant::Format::kNone && slice->dim == 1) {
             // A quantized weight's columns (--weights): scaled per row of the shard's columns where the whole
@@ -141,10 +141,12 @@ Result<Placement> StreamedShardPlacement(const ShardedModel& sharded, const std:
     const std::vector<Tier> tiers = WeightTiersOf(b, sharded.model.blocks[i].params.size());
     for (size_t w = 0; w < tiers.size(); ++w) {
       auto slice = sharded.slices[i].find(sharded.model.blocks[i].params[w].name);
-      if (tiers[w] == Tier::kDisk && slice != sharded.slices[i].end() && slice->second.dim == 1)
+      if (tiers[w] == Tier::kDisk && slice != sharded.slices[i].end() &&
+          (slice->second.dim == 1 || !slice->second.more.empty()))
         return MakeError(ErrorCode::kInfeasible,
-                         "tensor parallelism: " + sharded.model.blocks[i].params[w].name +
-                             "'s columns would rest on disk, which is read in rows: raise the cpu budget");
+                         "tensor parallelism: " + sharded.model.blocks[i].params[w].name + "'s " +
+                             (slice->second.dim == 1 ? "columns" : "row ranges") +
+                             " would rest on disk, which is read in one range of rows: raise the cpu budget");
     }
     out.blocks.push_back(std::move(b));
   }

@@ -276,8 +276,12 @@ void WritePlanText(std::ostream& o, const schema::Plan& p) {
       const auto* wt = b->weights()->Get(w);
       o << "      weight tensor " << wt->tensor() << " " << DTypeName(wt->dtype()) << " " << TierName(wt->tier())
         << " @" << wt->offset_in_block() << " +" << wt->size_bytes();
-      if (wt->slice_dim() >= 0)
+      if (wt->slice_dim() >= 0) {
         o << " " << (wt->slice_dim() == 0 ? "rows" : "columns") << " [" << wt->slice_begin() << ", " << wt->slice_end() << ")";
+        if (wt->slice_rows() != nullptr)
+          for (uint32_t r = 0; r + 1 < wt->slice_rows()->size(); r += 2)
+            o << " [" << wt->slice_rows()->Get(r) << ", " << wt->slice_rows()->Get(r + 1) << ")";
+      }
       o << "\n";
     }
   }
@@ -406,8 +410,11 @@ nlohmann::ordered_json PlanToJson(const schema::Plan& p) {
       const auto* wt = b->weights()->Get(w);
       weights.push_back({{"tensor", wt->tensor()}, {"dtype", DTypeName(wt->dtype())}, {"size_bytes", wt->size_bytes()},
                          {"offset_in_block", wt->offset_in_block()}, {"tier", TierName(wt->tier())}});
-      if (wt->slice_dim() >= 0)
+      if (wt->slice_dim() >= 0) {
         weights.back()["slice"] = {{"dim", wt->slice_dim()}, {"begin", wt->slice_begin()}, {"end", wt->slice_end()}};
+        if (wt->slice_rows() != nullptr && wt->slice_rows()->size() > 0)
+          weights.back()["slice"]["rows"] = std::vector<int64_t>(wt->slice_rows()->begin(), wt->slice_rows()->end());
+      }
     }
     blocks.push_back({{"name", Str(b->name())}, {"kind", Str(b->kind())}, {"layer", b->layer()},
                       {"prefix", Str(b->prefix())}, {"device", b->device()}, {"tier", TierName(b->tier())},

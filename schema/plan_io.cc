@@ -71,7 +71,7 @@ Status CheckStreams(const schema::Plan& plan, const std::string& src) {
       int64_t rows = (t->shape() && t->shape()->size() > 0) ? t->shape()->Get(0) : 1;
       uint64_t row_bytes = WeightRowBytes(*w, *t);
       if (w->slice_dim() >= 0) {  // a tensor-parallel shard's (plain) slice: its own rows
-        if (w->slice_dim() == 0) rows = w->slice_end() - w->slice_begin();
+        if (w->slice_dim() == 0) rows = SliceExtent(*w);
         row_bytes = rows > 0 ? w->size_bytes() / static_cast<uint64_t>(rows) : 0;
       }
       if (un->row_begin() < 0 || un->row_begin() >= un->row_end() || un->row_end() > std::max<int64_t>(rows, 1))
@@ -172,6 +172,19 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
       if (wt->slice_begin() < 0 || wt->slice_begin() >= wt->slice_end() || wt->slice_end() > extent)
         return Corrupt(src, fw + " slices [" + std::to_string(wt->slice_begin()) + ", " + std::to_string(wt->slice_end()) +
                                 ") of a dimension of " + std::to_string(extent));
+      if (const auto* more = wt->slice_rows(); more != nullptr && more->size() > 0) {
+        // Further row ranges: pairs, each nonempty, after the one before it, inside the tensor's rows.
+        if (wt->slice_dim() != 0 || more->size() % 2 != 0)
+          return Corrupt(src, fw + ".slice_rows is not pairs of row bounds of a row slice");
+        int64_t after = wt->slice_end();
+        for (uint32_t r = 0; r < more->size(); r += 2) {
+          if (more->Get(r) < after || more->Get(r) >= more->Get(r + 1) || more->Get(r + 1) > extent)
+            return Corrupt(src, fw + ".slice_rows [" + std::to_string(more->Get(r)) + ", " +
+                                    std::to_string(more->Get(r + 1)) + ") is not after the range before it inside " +
+                                    std::to_string(extent) + " rows");
+          after = more->Get(r + 1);
+        }
+      }
       if (t->prequant() != schema::PreQuantKind::None)
         return Corrupt(src, fw + " is a slice of a pre-quantized weight");
       if (wt->slice_dim() == 1 && wt->tier() == schema::Tier::Disk)
@@ -179,7 +192,7 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
       if (wt->format() != schema::WeightFormat::Plain) continue;  // (its size was checked with its format above)
       uint64_t numel = 1;
       for (uint32_t d = 0; d < rank; ++d)
-        numel *= static_cast<uint64_t>(d == static_cast<uint32_t>(wt->slice_dim()) ? wt->slice_end() - wt->slice_begin()
+        numel *= static_cast<uint64_t>(d == static_cast<uint32_t>(wt->slice_dim()) ? SliceExtent(*wt)
                                                                                   : t->shape()->Get(d));
       if (wt->size_bytes() != numel * DTypeSize(wt->dtype()))
         return Corrupt(src, fw + ".size_bytes " + std::to_string(wt->size_bytes()) + ", expected " +
@@ -348,7 +361,7 @@ Status CheckIndices(const schema::Plan& plan, const std::string& src) {
           return Corrupt(src, fw + ": a " + quant::FormatName(FormatOf(wt->format())) + " weight with group size " +
                                   std::to_string(wt->group_size()) + " does not fit its tensor's shape");
         // (A tensor-parallel shard's rows of it: its slice's rows; its columns: RowBytes of its slice's columns.)
-        const int64_t rows = wt->slice_dim() == 0 ? wt->slice_end() - wt->slice_begin() : t->shape()->Get(0);
+        const int64_t rows = wt->slice_dim() == 0 ? SliceExtent(*wt) : t->shape()->Get(0);
         if (rows <= 0 || wt->size_bytes() != row_bytes * uint64_t(rows))
           return Corrupt(src, fw + ".size_bytes " + std::to_string(wt->size_bytes()) + ", expected " +
                                   std::to_string(row_bytes * uint64_t(std::max<int64_t>(rows, 0))) + " for its format");
@@ -570,6 +583,15 @@ size_t DTypeSize(schema::DType d) {
     case schema::DType::F16: case schema::DType::BF16: case schema::DType::I16: return 2;
     default: return 1;
   }
+}
+
+int64_t SliceExtent(const schema::Weight& w) {
+  if (w.slice_dim() < 0) return 0;
+  int64_t n = w.slice_end() - w.slice_begin();
+  if (w.slice_rows() != nullptr) {
+    for (uint32_t i = 0; i + 1 < w.slice_rows()->size(); i += 2) n += w.slice_rows()->Get(i + 1) - w.slice_rows()->Get(i);
+  }
+  return n;
 }
 
 uint64_t WeightRowBytes(const schema::Weight& w, const schema::Tensor& t) {

@@ -94,6 +94,10 @@ arch::RopeParams RopeParamsOf(const schema::RopeParams& rope);
 flatbuffers::Offset<schema::RopeParams> CreateRopeParams(flatbuffers::FlatBufferBuilder& fb,
                                                          const arch::RopeParams& rope);
 
+// A tensor-parallel weight's extent along its slice_dim: slice_end - slice_begin plus its further row ranges
+// (slice_rows). 0 for a weight that is not a slice.
+int64_t SliceExtent(const schema::Weight& w);
+
 const char* DTypeName(schema::DType dtype);      // "BF16"
 size_t DTypeSize(schema::DType dtype);           // bytes per element
 const char* TierName(schema::Tier tier);         // "gpu", "cpu", "disk"

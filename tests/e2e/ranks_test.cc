@@ -288,7 +288,7 @@ TEST_P(TensorParallelRanks, CudaTwoRanksGraphsMatchOneProcess) {
   Run(/*cpu=*/false, 1e-6, /*graphs=*/true);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama", "qwen2", "qwen3_moe", "gptj"),
+INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama", "qwen2", "qwen3_moe", "gptj", "phi3", "phi3_longrope"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // A tensor-parallel plan over two GPUs runs as exactly two ranks.
