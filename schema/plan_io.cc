@@ -587,9 +587,15 @@ size_t DTypeSize(schema::DType d) {
 
 int64_t SliceExtent(const schema::Weight& w) {
   if (w.slice_dim() < 0) return 0;
-  int64_t n = w.slice_end() - w.slice_begin();
+  // (A damaged plan's reversed range or overflowing sum: -1, which no check accepts.)
+  int64_t n = 0;
+  auto add = [&n](int64_t b, int64_t e) {
+    int64_t d = 0;
+    if (n < 0 || __builtin_sub_overflow(e, b, &d) || d < 0 || __builtin_add_overflow(n, d, &n)) n = -1;
+  };
+  add(w.slice_begin(), w.slice_end());
   if (w.slice_rows() != nullptr) {
-    for (uint32_t i = 0; i + 1 < w.slice_rows()->size(); i += 2) n += w.slice_rows()->Get(i + 1) - w.slice_rows()->Get(i);
+    for (uint32_t i = 0; i + 1 < w.slice_rows()->size(); i += 2) add(w.slice_rows()->Get(i), w.slice_rows()->Get(i + 1));
   }
   return n;
 }
@@ -599,8 +605,9 @@ uint64_t WeightRowBytes(const schema::Weight& w, const schema::Tensor& t) {
   const int64_t rows = (shape && shape->size() > 0) ? shape->Get(0) : 1;
   if (w.format() != schema::WeightFormat::Plain && w.slice_dim() == 1) {
     // A tensor-parallel shard's columns of a quantized weight: its rows hold only those columns' groups.
-    if (shape == nullptr || shape->size() != 2 || w.slice_end() <= w.slice_begin()) return 0;
-    Result<uint64_t> r = quant::RowBytes(FormatOf(w.format()), w.slice_end() - w.slice_begin(), w.group_size());
+    const int64_t cols = SliceExtent(w);
+    if (shape == nullptr || shape->size() != 2 || cols <= 0) return 0;
+    Result<uint64_t> r = quant::RowBytes(FormatOf(w.format()), cols, w.group_size());
     return r.ok() ? *r : 0;
   }
   if (w.format() == schema::WeightFormat::Plain) {

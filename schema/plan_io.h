@@ -95,7 +95,7 @@ flatbuffers::Offset<schema::RopeParams> CreateRopeParams(flatbuffers::FlatBuffer
                                                          const arch::RopeParams& rope);
 
 // A tensor-parallel weight's extent along its slice_dim: slice_end - slice_begin plus its further row ranges
-// (slice_rows). 0 for a weight that is not a slice.
+// (slice_rows). 0 for a weight that is not a slice; -1 for a reversed range or a sum past int64.
 int64_t SliceExtent(const schema::Weight& w);
 
 const char* DTypeName(schema::DType dtype);      // "BF16"
