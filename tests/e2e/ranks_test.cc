@@ -230,8 +230,10 @@ class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
     if (ModelsRoot().empty()) GTEST_FAIL() << "no tiny models";
   }
 
-  // `weights`: plan flags for both plans (e.g. "--weights int8 --weights-group 32").
-  void Run(bool cpu, double tolerance, bool graphs = false, const std::string& weights = "") {
+  // `weights`: plan flags for both plans (e.g. "--weights int8 --weights-group 32"). `against_one_gpu`: on CUDA
+  // devices too, the reference is the one-GPU plan run in one process (not the tensor-parallel plan's one process).
+  void Run(bool cpu, double tolerance, bool graphs = false, const std::string& weights = "",
+           bool against_one_gpu = false) {
     const std::string family = GetParam();
     const std::string model = ModelDir(family);
     const uint32_t seq_len = SuiteSeqLen(model);
@@ -252,14 +254,17 @@ class TensorParallelRanks : public ::testing::TestWithParam<std::string> {
     GenerateOptions greedy;
     greedy.max_new_tokens = static_cast<int>(std::min<int64_t>(6, seq_len - ref->prompt_len));
     OneProcess want;
-    ASSERT_NO_FATAL_FAILURE(RunOneProcess(cpu ? one : tp, model, base, prompts, greedy, &want));
+    const bool one_gpu = cpu || against_one_gpu;
+    ASSERT_NO_FATAL_FAILURE(RunOneProcess(one_gpu ? one : tp, model, base, prompts, greedy, &want));
+    // (Against the one-GPU plan, the ranks take its path: quantized weights may keep a plan's steps eager.)
+    if (against_one_gpu && !cpu) graphs = want.graph_steps;
     EXPECT_EQ(want.graph_steps, graphs);
     const std::string label = (family + std::string(14 - std::min<size_t>(14, family.size()), ' ')) +
                               " tensor parallel as two ranks (" +
                               (cpu ? "cpu, store" : graphs ? "cuda, nccl, graphs" : "cuda, nccl") +
                               (weights.empty() ? "" : ", " + weights) + ")";
     RunTwoRanks(tp, model, base, prompts, greedy, want, tolerance, graphs, label,
-                cpu ? "the one-GPU plan on the CPU" : "one process");
+                cpu ? "the one-GPU plan on the CPU" : one_gpu ? "the one-GPU plan" : "one process");
   }
 };
 
@@ -286,6 +291,20 @@ TEST_P(TensorParallelRanks, CudaTwoRanksGraphsMatchOneProcess) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
   Run(/*cpu=*/false, 1e-6, /*graphs=*/true);
+}
+
+// The same on two GPUs: two NCCL ranks of quantized shards against the one-GPU quantized plan, eagerly and with
+// decode steps replayed from CUDA graphs.
+TEST_P(TensorParallelRanks, CudaTwoRanksQuantizedMatchTheOneGpuPlan) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  for (const char* weights : {"--weights int8 --weights-group 16", "--weights int4 --weights-group 16",
+                              "--weights fp8 --weights-group 16"}) {
+    for (bool graphs : {false, true}) {
+      SCOPED_TRACE(std::string(weights) + (graphs ? ", graphs" : ", eager"));
+      Run(/*cpu=*/false, 1e-5, graphs, weights, /*against_one_gpu=*/true);
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama", "qwen2", "qwen3_moe", "gptj", "phi3", "phi3_longrope"),
