@@ -132,6 +132,26 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
 
 double HostDispatchMicros(uint32_t kernels) { return kernels * kHostOpMicros; }
 
+double SparseLayerDenseMicros(const ModelDescription& model, size_t index, DType exec_dtype, const RunSize& run,
+                              const DeviceProfile& p) {
+  const BlockDesc& block = model.blocks[index];
+  const ModelConfig& c = model.config;
+  const uint64_t e = DTypeBytes(exec_dtype);
+  double bytes = 0;
+  for (const TensorSpec& t : block.params) {
+    if (t.name.find(".experts.") == std::string::npos) bytes += static_cast<double>(t.numel()) * static_cast<double>(e);
+  }
+  bytes += 2.0 * c.num_kv_heads * c.head_dim * static_cast<double>(e) * run.max_batch * run.max_seq_len;
+  const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
+  const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
+  const uint32_t attention = fam.kernels.fused_decode_layer > 0 && arch::FusedKernelsApply(fam, c)
+                                 ? fam.kernels.fused_decode_layer
+                                 : fam.kernels.decoder_layer;
+  const uint32_t kernels = attention + 3 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
+  const double gbps = p.device_mem_gbps > 0 ? p.device_mem_gbps : 1e3;
+  return bytes / (gbps * 1e3) + kernels * kGpuKernelMicros;
+}
+
 double GraphDecodeMicros(const BlockCost& cost) {
   return cost.decode_device_us - cost.decode_kernels * (kGpuKernelMicros - kGraphKernelMicros);
 }

@@ -178,19 +178,27 @@ inline constexpr double kRankHopExtraEagerMicros = 51.0;
 // eager 5.374 against 3.803 ms (13 and 24 us an all-reduce).
 inline constexpr double kRankAllReduceExtraMicros = 13.0;
 inline constexpr double kRankAllReduceExtraEagerMicros = 24.0;
-// A sparse layer's wait for its router's choices on the host (a device-to-host copy and a stream synchronization,
-// with the GPU's queue drained): 30 us, an estimate to be measured.
+// A decode step's sparse layer whose experts are copied or computed by the host (executor/expert_engine.h) goes:
+// the router's choices reach the host (kRouteSyncMicros); then the host computes its experts while the copy engine
+// moves the others and the GPU multiplies the resident and copied ones as they land; the GPU waits for the later of
+// the host's sum (kHostSumMicros after the host's job ends) and its own last copied expert (kExpertCopyTailMicros
+// after the copy ends); then it adds the sum and runs the next layer's attention half and router
+// (SparseLayerDenseMicros). Measured from the decode traces of one H100 machine (e2e_bench --trace-dir; medians over
+// every sparse layer of the timed steps): Qwen3-30B-A3B shape at cuda:0=8GiB (host-bound), router to host start
+// 14 us, host job 471 us, its end to the GPU's resumption 26 us, resumption to the next router 71 us, a layer 589
+// us; Mixtral-8x7B shape at cuda:0=16GiB (copy-bound), router to host start 22 us, last copy to the GPU's
+// resumption 54 us, resumption to the next router 64 us.
 inline constexpr double kRouteSyncMicros = 30.0;
+inline constexpr double kHostSumMicros = 40.0;
+inline constexpr double kExpertCopyTailMicros = 50.0;
 // The host's time for a decode token's routed experts in one layer (a job of executor/cpu_experts.h, beside the
 // thread that dispatches the GPU's work and the copy engine's reads of host memory): its experts' bytes at the
-// profile's cpu_gemv_gbps (the rate the host keeps while copies run) plus kHostExpertJobMicros; it starts
-// kHostExpertStartMicros after the router's choices reach the host (waking its thread), 40-60 us on an H100 host.
-// The job's cost is the intercept of Qwen3-30B-A3B-shaped jobs of 1 to 4 experts (9.4 MB each) on an H200
-// machine's 16 cores: 190, 311, 447, 557 us (medians over 24 layers x 16 tokens), about 122 us an expert after it.
-// Checked on H100 machines: a Mixtral-8x7B layer's host part of 227 MB in 2.67-2.80 ms against 2.63 ms at the
-// 86.2 GB/s the host kept beside copies in the same run; predictions within 10% (benchmarks/RESULTS.md).
-inline constexpr double kHostExpertStartMicros = 45.0;
-inline constexpr double kHostExpertJobMicros = 68.0;
+// profile's cpu_gemv_gbps (the rate the host keeps while copies run), plus kHostExpertJobMicros a job and
+// kHostExpertEachMicros an expert (a split expert counts as one). Fitted to the same traces: Qwen3 jobs of about 4
+// experts of 9.4 MB took 471 us against 334 us at the profile's 112.5 GB/s (136 us more); Mixtral jobs of one
+// expert or two split ones (332 MB a layer on average) ran at 100.7 against 104.0 GB/s (about 100 us more).
+inline constexpr double kHostExpertJobMicros = 80.0;
+inline constexpr double kHostExpertEachMicros = 14.0;
 // The share of next-layer prefetches (ExpertRing.prefetch) whose expert the next router chooses: the top
 // predictions of the next router run on this layer's MoE input. Measured on an H100, Qwen3-30B-A3B shape with random
 // weights (24 layers, 8 of 128 experts per token): 88% of single prefetches and 84% of pairs were chosen; trained
@@ -264,6 +272,14 @@ double GraphDecodeMicros(const BlockCost& cost);
 
 // Host time to dispatch a GPU block's ops: kernels x kHostOpMicros.
 double HostDispatchMicros(uint32_t kernels);
+
+// The decode-step device time of sparse layer `index`'s part outside its routed experts, on GPU: the attention half
+// (the family's fused decode kernels, or its unfused ones), the router's product and top-k and the add of the
+// experts' sum (3 kernels), a shared expert's 8; every non-routed weight of the block read once, and the KV cache
+// at run.max_seq_len positions. The time between a sparse layer's resumption after its experts and the next
+// router's choices.
+double SparseLayerDenseMicros(const ModelDescription& model, size_t index, DType exec_dtype, const RunSize& run,
+                              const DeviceProfile& profile);
 
 // Copy time of `bytes` of a streamed block from `source` (Cpu or Disk) to `device`: B / h2d (+ B / disk for Disk).
 double CopyMicros(uint64_t bytes, schema::Tier source, const DeviceProfile& profile);

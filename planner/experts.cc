@@ -122,7 +122,9 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   if (block >= model.blocks.size() || !c.SparseLayer(model.blocks[block].layer)) return out;
   const ExpertSizes s = SizesOf(model, block, placement, exec_dtype);
   double resident = 0, pinned = 0, disk = 0;
+  uint32_t resident_experts = 0;
   for (const auto& [e, bytes] : s.bytes) {
+    if (!(s.off_gpu.at(e) && placement.routed_experts)) ++resident_experts;
     if (s.off_gpu.at(e) && placement.routed_experts) {
       (s.on_disk.at(e) ? disk : pinned) += static_cast<double>(bytes);
       out.off_gpu += bytes;
@@ -136,6 +138,11 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   out.disk = pick * disk;
   out.host = pick * pinned * cpu_share;
   out.copied = pick * (pinned + disk) - out.host;
+  const uint32_t n = std::max<uint32_t>(1, c.num_experts);
+  out.all_resident = 1;
+  for (uint32_t j = 0; j < c.num_experts_per_tok && j < n; ++j) {
+    out.all_resident *= resident_experts > j ? static_cast<double>(resident_experts - j) / (n - j) : 0.0;
+  }
   return out;
 }
 

@@ -80,6 +80,10 @@ struct ExpertBytes {
   uint64_t off_gpu = 0;
   uint64_t off_disk = 0;  // of off_gpu, on disk
   double prefetched = 0;  // of `copied`, what next-layer prefetches move before the router (WithPrefetch)
+  // The chance that all of a token's choices are resident (none copied or computed by the host), for distinct
+  // choices drawn uniformly: C(resident experts, k) / C(experts, k). The off-GPU bytes above are expectations over
+  // every token: a token that moves any moves them / (1 - all_resident).
+  double all_resident = 1;
 };
 ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, const BlockPlacement& placement,
                                 DType exec_dtype, double cpu_share);

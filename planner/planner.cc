@@ -1,6 +1,7 @@
 #include "planner/planner.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <set>
@@ -438,12 +439,12 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   result.decode_streamed_us = result.decode.total_us;
   result.graph_decode = graph_decode;
 
-  // Routed experts: the rings' paths and each sparse layer's prediction. After its router's choices reach the host
-  // (kRouteSyncMicros), a layer takes the longer of its host side (the host's experts, starting
-  // kHostExpertStartMicros after the choices, then the GPU's work behind them: the GPU waits for the host's sum and
-  // runs the combine and the next layer's attention, about the layer's device time) and its GPU side (its own time
-  // and the copies, which start after the router, less what the previous layer prefetched for it). The host's expert
-  // time is its bytes at the profile's matrix-vector rate and a fixed cost (kHostExpertJobMicros). With an automatic
+  // Routed experts: the rings' paths and each sparse layer's prediction (cost_model.h, kRouteSyncMicros). After its
+  // router's choices reach the host, a layer takes the longer of its host side (the host's experts, then the GPU's
+  // pickup of their sum) and its GPU side (the resident and copied experts' reads, and the copies, which start after
+  // the router, less what the previous layer prefetched for it, then the last copied expert's product); then the sum's
+  // add and the next attention half and router (SparseLayerDenseMicros). The host's expert time is its bytes at the
+  // profile's matrix-vector rate and fixed costs (kHostExpertJobMicros, kHostExpertEachMicros). With an automatic
   // share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert
   // while the GPU computes.
   result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
@@ -486,24 +487,36 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const ExpertRingPlan& ring_plan = ring->second;
         const ExpertBytes b = WithPrefetch(ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring_plan.cpu_share),
                                            ring_plan.cpu_share, ring_plan.prefetch, ring_plan.slot_bytes);
-        // The host's experts: their bytes at the profile's rate and a job's fixed cost.
-        const double host_us =
-            b.host > 0 && pf.cpu_gemv_gbps > 0 ? kHostExpertJobMicros + b.host / (pf.cpu_gemv_gbps * 1e3) : 0.0;
-        const BlockCost& bc = result.block_costs[i];
-        const double host_side = host_us > 0 ? kHostExpertStartMicros + host_us + bc.decode_device_us : 0.0;
+        // A token whose choices are all resident (b.all_resident of them) reads them on the GPU; the others move the
+        // off-GPU bytes / (1 - b.all_resident).
+        const double busy = 1.0 - b.all_resident;
+        const double moved = busy > 1e-9 ? 1.0 / busy : 0.0;
+        const double host_b = b.host * moved, copied_b = (b.copied - b.prefetched) * moved, disk_b = b.disk * moved;
+        const double dense_us = SparseLayerDenseMicros(model, i, exec, run_size, pf);
+        const double hbm = std::max(1.0, pf.device_mem_gbps) * 1e3;
+        // The host's experts: their bytes at the profile's rate, a job's and each expert's fixed cost.
+        const double slot = static_cast<double>(std::max<uint64_t>(1, ring_plan.slot_bytes));
+        const double host_us = host_b > 0 && pf.cpu_gemv_gbps > 0
+                                   ? kHostExpertJobMicros + kHostExpertEachMicros * std::max(1.0, std::round(host_b / slot)) +
+                                         host_b / (pf.cpu_gemv_gbps * 1e3)
+                                   : 0.0;
+        const double host_side = host_us > 0 ? host_us + kHostSumMicros : 0.0;
         // Next-layer prefetch: its copies (ring_plan.prefetch experts, issued behind the previous layer's) take the
-        // copy engine's wait for this router, or longer; the chosen ones (b.prefetched) are copies this layer no
-        // longer waits for.
+        // copy engine's wait for this router (the previous layer's tail, attention half and router), or longer; the
+        // chosen ones (b.prefetched) are copies this layer no longer waits for.
         // While the host computes experts it shares host memory with the copies: they run at h2d_busy_gbps.
         const double copy_gbps = H2dGbps(pf, b.host > 0);
-        const double window = bc.decode_device_us + kRouteSyncMicros;
+        const double window = kExpertCopyTailMicros + dense_us + kRouteSyncMicros;
         const double prefetch_us = ring_plan.prefetch * static_cast<double>(ring_plan.slot_bytes) / (copy_gbps * 1e3);
-        const double copy_us = (b.copied - b.prefetched) / (copy_gbps * 1e3);
+        const double copy_us = copied_b / (copy_gbps * 1e3);
         // Disk-resting experts are read (O_DIRECT, on the dispatching thread) before their copies.
         const double disk_gbps = pf.disk_gbps > 0 ? pf.disk_gbps : 1e-3;
-        const double disk_us = b.disk / (disk_gbps * 1e3);
-        const double gpu_side = std::max(window, prefetch_us) - kRouteSyncMicros + disk_us + copy_us;
-        dec[i] = std::max(host_side, gpu_side) + kRouteSyncMicros;
+        const double disk_us = disk_b / (disk_gbps * 1e3);
+        const double copies_us = std::max(0.0, prefetch_us - window) + disk_us + copy_us;
+        const double reads_us = (b.resident + b.copied) / hbm + 2 * kGpuKernelMicros;
+        const double gpu_side = std::max(reads_us, copies_us > 0 ? copies_us + kExpertCopyTailMicros : 0.0);
+        const double all_resident_us = (b.resident + b.copied + b.host) / hbm + 2 * kGpuKernelMicros;
+        dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us + busy * std::max(host_side, gpu_side);
         pre[i] = std::max({pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3),
                            static_cast<double>(b.off_disk) / (disk_gbps * 1e3)});
         // The floor of the paths: the copies and the host's reads sharing host memory (MixFloorMicros), or the

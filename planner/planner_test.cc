@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "formats/checkpoint.h"
+#include "planner/experts.h"
 #include "planner/hf_import.h"
 #include "planner/overlap_check.h"
 #include "planner/plan_builder.h"
@@ -1019,6 +1020,49 @@ Result<PlanResult> PlanMixtral8Layers(const std::string& budget, const std::stri
   r.cpu_share_auto = true;
   if (!candidates.empty()) r.auto_candidates = candidates;
   return MakePlan(r);
+}
+
+// One GPU at 16 GiB: a sparse layer's decode is predicted from its paths (cost_model.h, kRouteSyncMicros): a token
+// whose two choices are resident (C(resident, 2) / C(8, 2) of them) reads them on the GPU; the others move their
+// off-GPU bytes, the host and the copies at once, then the GPU runs the next attention half and router
+// (SparseLayerDenseMicros: every non-expert weight, the KV cache and the attention half's kernels).
+TEST(PlannerTest, MixtureOfExpertsDecodeFollowsItsPaths) {
+  auto plan = PlanMixtral8Layers("cuda:0=16GiB,cpu=100GiB", "BPCE");
+  ASSERT_TRUE(plan.ok()) << plan.error().ToString();
+  ASSERT_EQ(plan->placement.chosen, "E");
+  ASSERT_EQ(plan->expert_rings.size(), 1u);
+  const ModelDescription& model = plan->model;
+  const ModelConfig& c = model.config;
+  int sparse = 0;
+  for (size_t i = 0; i < model.blocks.size(); ++i) {
+    if (!plan->placement.blocks[i].routed_experts) continue;
+    ++sparse;
+    // The resident experts of the layer: those whose weights all rest on the GPU.
+    std::map<int32_t, bool> resident;
+    const BlockWeightLayout layout = LayoutBlockWeights(model, i, DType::kBF16);
+    for (size_t w = 0; w < layout.weights.size(); ++w) {
+      const int32_t e = ExpertOfWeight(model, i, w);
+      if (e < 0) continue;
+      const bool gpu = plan->placement.blocks[i].weight_tiers[w] == Tier::kGpu;
+      resident[e] = resident.count(e) ? resident[e] && gpu : gpu;
+    }
+    ASSERT_EQ(resident.size(), c.num_experts);
+    double r = 0;
+    for (const auto& [e, gpu] : resident) r += gpu;
+    const ExpertBytes b = ExpectedExpertBytes(model, i, plan->placement.blocks[i], DType::kBF16, 0.5);
+    EXPECT_NEAR(b.all_resident, r * (r - 1) / (8.0 * 7.0), 1e-12) << i;
+    EXPECT_GT(b.host + b.copied, 0) << i;
+    // The attention half: its weights (q, k, v, o: 4096 x 6144 and 4096 x 4096), the norms and the router read at the
+    // profile's HBM rate, the KV cache at 512 positions, 6 + 3 kernels.
+    const double bytes = 2.0 * (4096.0 * 6144 + 4096.0 * 4096 + 2 * 4096 + 8 * 4096) + 2.0 * 8 * 128 * 2 * 512;
+    EXPECT_NEAR(SparseLayerDenseMicros(model, i, DType::kBF16, RunSize{1, 512}, plan->profile),
+                bytes / (plan->profile.device_mem_gbps * 1e3) + 9 * kGpuKernelMicros, 1e-6)
+        << i;
+  }
+  EXPECT_EQ(sparse, 8);
+  // The decode step is at least its paths' floor and the GPU's part of every layer, and within 1.5x of the floor.
+  EXPECT_GT(plan->decode.total_us, plan->expert_floor_us);
+  EXPECT_LT(plan->decode.total_us, 1.5 * plan->expert_floor_us);
 }
 
 // Weights quantized at load split over the GPUs as plain ones: a shard's columns of a per-row-scaled weight are
