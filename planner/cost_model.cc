@@ -1,6 +1,7 @@
 #include "planner/cost_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 
@@ -25,14 +26,27 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     w.dequant_bytes += t.format == quant::Format::kInt4 ? n : 2 * n * e;
   };
   for (const TensorSpec& p : block.params) count(p);
-  // A sparse layer reads, per token, its other weights and the num_experts_per_tok experts it routes to.
+  // A sparse layer reads, per token, its other weights and the num_experts_per_tok experts it routes to (and
+  // unpacks only those, where they are quantized).
   if (block.kind == BlockKind::kDecoderLayer && c.SparseLayer(block.layer) && c.num_experts > 0) {
-    double experts = 0;
-    for (const TensorSpec& p : block.params)
-      if (p.name.find(".experts.") != std::string::npos) experts += static_cast<double>(p.numel());
-    const double unpicked = experts * (1.0 - static_cast<double>(c.num_experts_per_tok) / c.num_experts);
+    double experts = 0, expert_dequant = 0;
+    uint32_t expert_quantized = 0;
+    for (const TensorSpec& p : block.params) {
+      if (p.name.find(".experts.") == std::string::npos) continue;
+      experts += static_cast<double>(p.numel());
+      if (p.format != quant::Format::kNone) {
+        const double n = static_cast<double>(p.numel());
+        expert_dequant += p.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
+        ++expert_quantized;
+      }
+    }
+    const double unpicked_share = 1.0 - static_cast<double>(c.num_experts_per_tok) / c.num_experts;
+    const double unpicked = experts * unpicked_share;
     matrix_params -= unpicked;
     w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(unpicked * e));
+    w.dequant_bytes -= std::min<uint64_t>(w.dequant_bytes, static_cast<uint64_t>(expert_dequant * unpicked_share));
+    // (The unpacking kernels too: the chosen experts' only.)
+    quantized -= std::min(quantized, static_cast<uint32_t>(std::floor(expert_quantized * unpicked_share)));
   }
   for (const std::string& name : block.tied)
     if (const TensorSpec* p = model.FindParam(name)) count(*p);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 #include <set>
 
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "arch/registry.h"
 #include "formats/checkpoint.h"
 #include "planner/experts.h"
 #include "planner/hf_import.h"
@@ -1063,6 +1065,43 @@ TEST(PlannerTest, MixtureOfExpertsDecodeFollowsItsPaths) {
   // The decode step is at least its paths' floor and the GPU's part of every layer, and within 1.5x of the floor.
   EXPECT_GT(plan->decode.total_us, plan->expert_floor_us);
   EXPECT_LT(plan->decode.total_us, 1.5 * plan->expert_floor_us);
+}
+
+// Quantized experts (--weights int8): a sparse layer's decode unpacks the experts its tokens choose (k of E), not
+// every expert of the layer.
+TEST(PlannerTest, QuantizedSparseLayerUnpacksTheChosenExperts) {
+  auto plan = [](std::optional<quant::Format> f) -> Result<PlanResult> {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
+      "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+      "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+      "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+      "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
+                                                         "cuda:0=40GiB,cpu=100GiB", RunShape{1, 512}));
+    if (f) r.weights = *f;
+    return MakePlan(r);
+  };
+  auto q = plan(quant::Format::kInt8);
+  ASSERT_TRUE(q.ok()) << q.error().ToString();
+  const ModelDescription& model = q->model;
+  for (size_t i = 0; i < model.blocks.size(); ++i) {
+    if (model.blocks[i].kind != BlockKind::kDecoderLayer) continue;
+    double expert = 0, other = 0;
+    uint32_t expert_tensors = 0, other_tensors = 0;
+    for (const TensorSpec& t : model.blocks[i].params) {
+      if (t.format == quant::Format::kNone) continue;
+      const bool is_expert = t.name.find(".experts.") != std::string::npos;
+      (is_expert ? expert : other) += 2.0 * 2.0 * static_cast<double>(t.numel());  // int8 unpacked to bf16
+      ++(is_expert ? expert_tensors : other_tensors);
+    }
+    ASSERT_EQ(expert_tensors, 24u);
+    const BlockWork w = DescribeBlockWork(model, i, DType::kBF16);
+    EXPECT_NEAR(static_cast<double>(w.dequant_bytes), other + expert * 2.0 / 8.0, 2.0) << i;
+    // Three unpacking kernels per quantized matrix the token uses.
+    EXPECT_EQ(w.cpu_kernels, arch::BlockKernels(*arch::FindFamily(model.architecture), BlockKind::kDecoderLayer,
+                                                model.config) +
+                                 3 * (other_tensors + expert_tensors * 2 / 8))
+        << i;
+  }
 }
 
 // Weights quantized at load split over the GPUs as plain ones: a shard's columns of a per-row-scaled weight are
