@@ -690,6 +690,7 @@ class AutoPlanner {
     const size_t n = model_.blocks.size(), n_gpus = gpus.size();
     std::vector<uint64_t> fixed(n, 0), experts(n, 0);
     uint64_t largest_expert = 0;
+    std::string quantized_expert;  // a quantized routed-expert matrix (--weights), if any
     for (size_t i = 0; i < n; ++i) {
       std::map<int32_t, uint64_t> per_expert;
       for (size_t w = 0; w < sizes_[i].size(); ++w) {
@@ -699,6 +700,10 @@ class AutoPlanner {
         } else {
           per_expert[e] += sizes_[i][w];
           experts[i] += sizes_[i][w];
+          if (quantized_expert.empty() && w < model_.blocks[i].params.size() &&
+              model_.blocks[i].params[w].format != quant::Format::kNone) {
+            quantized_expert = model_.blocks[i].params[w].name;
+          }
         }
       }
       for (const auto& [e, b] : per_expert) largest_expert = std::max(largest_expert, b);
@@ -720,6 +725,16 @@ class AutoPlanner {
         r.experts += experts[i];
       }
       r.ring = r.fixed + r.experts <= r.avail ? 0 : ring_bytes;
+      // Routed experts move and are computed in the execution dtype (executor/expert_engine.h): quantized ones must
+      // all stay resident.
+      if (r.ring > 0 && !quantized_expert.empty()) {
+        return MakeError(ErrorCode::kInfeasible,
+                         "cuda:" + std::to_string(gpus[g]) + ": its layers' experts (" + FormatBytes(r.experts) +
+                             ") do not all fit the " + FormatBytes(r.avail > r.fixed ? r.avail - r.fixed : 0) +
+                             " left beside its other weights, and quantized experts (--weights; e.g. " +
+                             quantized_expert + ") are not moved to the GPU when chosen: only bf16, fp16 and fp32 "
+                             "experts are");
+      }
       if (r.fixed + r.ring > r.avail) {
         return MakeError(ErrorCode::kInfeasible,
                          "cuda:" + std::to_string(gpus[g]) + ": the weights other than the routed experts (" +

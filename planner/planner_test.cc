@@ -1104,6 +1104,35 @@ TEST(PlannerTest, QuantizedSparseLayerUnpacksTheChosenExperts) {
   }
 }
 
+// Routed experts move in the execution dtype: with --weights, placement E keeps every expert resident or is
+// infeasible (saying why), so auto streams whole layers instead of writing a plan the executor refuses at load.
+TEST(PlannerTest, QuantizedExpertsAreNotRouted) {
+  auto plan = [](const std::string& budget, const std::string& candidates) -> Result<PlanResult> {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
+      "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+      "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+      "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+      "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
+                                                         budget, RunShape{1, 512}));
+    r.weights = quant::Format::kInt8;
+    r.auto_candidates = candidates;
+    return MakePlan(r);
+  };
+  auto fits = plan("cuda:0=16GiB,cpu=100GiB", "BPCE");  // 11.2 GiB in int8: every expert resident
+  ASSERT_TRUE(fits.ok()) << fits.error().ToString();
+  EXPECT_EQ(fits->placement.chosen, "E");
+  EXPECT_TRUE(fits->expert_rings.empty());
+  auto tight = plan("cuda:0=8GiB,cpu=100GiB", "E");
+  ASSERT_FALSE(tight.ok());
+  EXPECT_NE(tight.error().message.find("quantized experts (--weights; e.g. model.layers.0.block_sparse_moe.experts."),
+            std::string::npos)
+      << tight.error().message;
+  auto streamed = plan("cuda:0=8GiB,cpu=100GiB", "BPCE");
+  ASSERT_TRUE(streamed.ok()) << streamed.error().ToString();
+  EXPECT_NE(streamed->placement.chosen, "E");
+  EXPECT_TRUE(streamed->expert_rings.empty());
+}
+
 // Weights quantized at load split over the GPUs as plain ones: a shard's columns of a per-row-scaled weight are
 // scaled per row of those columns; with groups, a shard's columns must hold whole groups, else T says which tensor.
 TEST(PlannerTest, TensorParallelSplitsQuantizedWeights) {
