@@ -307,7 +307,19 @@ struct Loader {
             // of the tensor's bytes (or several, gathered here); columns are gathered from every row at load.
             const int64_t begin = w->slice_begin(), extent = SliceExtent(*w);
             const uint64_t row_bytes = wr.shape[0] > 0 ? wr.source_bytes / static_cast<uint64_t>(wr.shape[0]) : 0;
-            if (w->slice_dim() == 0 && w->slice_rows() != nullptr && w->slice_rows()->size() > 0) {
+            if (t->prequant() != schema::PreQuantKind::None) {
+              // Converted whole from its sources at load (ConvertWeight), then cut to the shard's rows or columns.
+              wr.src_rows = wr.shape[0];
+              if (w->slice_dim() == 0) {
+                wr.row_ranges.emplace_back(begin, w->slice_end());
+                for (uint32_t r = 0; w->slice_rows() != nullptr && r + 1 < w->slice_rows()->size(); r += 2)
+                  wr.row_ranges.emplace_back(w->slice_rows()->Get(r), w->slice_rows()->Get(r + 1));
+              } else {
+                wr.row_ranges.emplace_back(0, wr.shape[0]);
+                wr.col_begin = begin;
+                wr.src_cols = wr.shape[1];
+              }
+            } else if (w->slice_dim() == 0 && w->slice_rows() != nullptr && w->slice_rows()->size() > 0) {
               if (w->tier() == schema::Tier::Disk) {
                 return MakeError(ErrorCode::kCorrupt, plan_name + ": block " + br.name + ": weight " + wr.name +
                                                           " takes several row ranges but rests on disk");
@@ -589,14 +601,77 @@ struct Loader {
                           });
   }
 
+  // Keeps w's slice of the whole converted [n, k] tensor (groups of `group` columns) in *converted: the rows of
+  // w.row_ranges and, for a column slice, each row's data for columns [col_begin, col_begin + cols) and the records
+  // of their groups (a per-row record, group == k, is kept as the slice's one record).
+  Status CutSlice(const WeightRuntime& w, int64_t n, int64_t k, int64_t group, std::vector<uint8_t>* converted,
+                  const std::string& what) {
+    const quant::Format f = w.format;
+    BIGPLAN_ASSIGN_OR_RETURN(const uint64_t whole_row, quant::RowBytes(f, k, group));
+    const int64_t cols = w.col_begin >= 0 ? w.shape[1] : k;
+    const uint64_t row_bytes = w.row_bytes();
+    const uint64_t data_bytes = f == quant::Format::kInt4 ? static_cast<uint64_t>(k / 2) : static_cast<uint64_t>(k);
+    const uint64_t record_bytes = (whole_row - data_bytes) / static_cast<uint64_t>(k / group);
+    const int64_t c0 = w.col_begin >= 0 ? w.col_begin : 0;
+    const bool per_row = group == k;
+    if (w.col_begin >= 0 && (f == quant::Format::kInt4 ? c0 % 2 != 0 || cols % 2 != 0 : false)) {
+      return MakeError(ErrorCode::kCorrupt, what + ": an int4 column slice at an odd column");
+    }
+    if (w.col_begin >= 0 && !per_row && (c0 % group != 0 || cols % group != 0)) {
+      return MakeError(ErrorCode::kCorrupt, what + ": columns [" + std::to_string(c0) + ", " + std::to_string(c0 + cols) +
+                                                ") do not hold whole groups of " + std::to_string(group));
+    }
+    const uint64_t col_data = f == quant::Format::kInt4 ? static_cast<uint64_t>(cols / 2) : static_cast<uint64_t>(cols);
+    const uint64_t data_at = f == quant::Format::kInt4 ? static_cast<uint64_t>(c0 / 2) : static_cast<uint64_t>(c0);
+    const uint64_t records = per_row ? 1 : static_cast<uint64_t>(cols / group);
+    const uint64_t record_at = per_row ? 0 : static_cast<uint64_t>(c0 / group);
+    if (col_data + records * record_bytes != row_bytes) {
+      return MakeError(ErrorCode::kCorrupt, what + ": a slice row of " + std::to_string(row_bytes) + " bytes, not " +
+                                                std::to_string(col_data + records * record_bytes));
+    }
+    std::vector<uint8_t> out(static_cast<size_t>(row_bytes) * static_cast<size_t>(w.rows));
+    uint64_t at = 0;
+    for (const auto& [begin, end] : w.row_ranges) {
+      if (begin < 0 || end > n || begin >= end) {
+        return MakeError(ErrorCode::kCorrupt, what + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                                                  ") outside its " + std::to_string(n));
+      }
+      for (int64_t r = begin; r < end; ++r) {
+        if (at + row_bytes > out.size()) return MakeError(ErrorCode::kCorrupt, what + ": more rows than its slice");
+        const uint8_t* row = converted->data() + static_cast<uint64_t>(r) * whole_row;
+        std::memcpy(out.data() + at, row + data_at, col_data);
+        std::memcpy(out.data() + at + col_data, row + data_bytes + record_at * record_bytes, records * record_bytes);
+        at += row_bytes;
+      }
+    }
+    if (at != out.size()) return MakeError(ErrorCode::kCorrupt, what + ": fewer rows than its slice");
+    *converted = std::move(out);
+    return Status::Ok();
+  }
+
   // A pre-quantized checkpoint's weight: converted from its source tensors (exactly for fp8; GPTQ's f16 scales
   // rounded to bf16) into the row-quantized layout in host memory, then stored as QuantizeWeight stores. Act-order
   // GPTQ leaves its column order in w.perm.
   Status ConvertWeight(WeightRuntime& w, bool device_home, std::vector<uint8_t>* bounce,
                        LoadProgress* progress) {
-    const int64_t n = w.rows, k = w.shape.size() == 2 ? w.shape[1] : 0;
-    std::vector<uint8_t> converted(w.bytes);
+    // A tensor-parallel shard's slice: the whole tensor is converted, then the shard's rows (of a column slice: each
+    // row's columns) are kept; a per-row-scaled weight's column slice keeps its row's scale.
+    const bool sliced = !w.row_ranges.empty();
+    const int64_t n = sliced ? w.src_rows : w.rows;
+    const int64_t k = w.col_begin >= 0 ? w.src_cols : w.shape.size() == 2 ? w.shape[1] : 0;
+    // The whole tensor's groups: a column slice's may differ (a per-row scale is one group of the slice's columns).
+    int64_t group = w.group;
+    if (w.col_begin >= 0) {
+      if (w.prequant == schema::PreQuantKind::Fp8) {
+        group = w.block_cols > 0 ? w.block_cols : k;
+      } else if (w.sources.size() > 2 && w.sources[2].shape.size() == 2 && w.sources[2].shape[0] > 0) {
+        group = k / w.sources[2].shape[0];  // GPTQ scales [k / g, n]
+      }
+    }
     const std::string what = plan_name + ": converting " + w.name;
+    const Result<uint64_t> whole_bytes = quant::TensorBytes(w.format, n, k, group);
+    if (!whole_bytes.ok()) return WithContext(whole_bytes.error(), what);
+    std::vector<uint8_t> converted(*whole_bytes);
     if (w.prequant == schema::PreQuantKind::Fp8) {
       const WeightRuntime::Source& weight = w.sources[0];
       const WeightRuntime::Source& scale = w.sources[1];
@@ -614,13 +689,13 @@ struct Loader {
         return MakeError(ErrorCode::kMismatch, what + ": scale tensor " + scale.name + " has " +
                                                    std::to_string(scales.size()) + " values for its shape");
       }
-      int64_t group = 0;
+      int64_t fp8_group = 0;
       Status st = quant::FromFp8(std::span<const uint8_t>(weight.data, weight.bytes), scales.data(), shape, w.block_rows,
-                                 w.block_cols, n, k, converted, &group);
+                                 w.block_cols, n, k, converted, &fp8_group);
       if (!st.ok()) return WithContext(st.take_error(), what + " (from " + weight.name + ", " + scale.name + ")");
-      if (group != w.group) {
-        return MakeError(ErrorCode::kCorrupt, what + ": the checkpoint's fp8 groups are " + std::to_string(group) +
-                                                  " columns, the plan's " + std::to_string(w.group));
+      if (fp8_group != group) {
+        return MakeError(ErrorCode::kCorrupt, what + ": the checkpoint's fp8 groups are " + std::to_string(fp8_group) +
+                                                  " columns, the plan's " + std::to_string(group));
       }
     } else if (w.prequant == schema::PreQuantKind::Gptq) {
       quant::GptqTensors g;
@@ -640,13 +715,19 @@ struct Loader {
         g.g_idx_shape = w.sources[3].shape;
       }
       std::vector<int32_t> perm;
-      Status st = quant::FromGptq(g, n, k, w.group, w.gptq_v1_zero_offset, converted, &perm);
+      Status st = quant::FromGptq(g, n, k, group, w.gptq_v1_zero_offset, converted, &perm);
       if (!st.ok()) return WithContext(st.take_error(), what + " (from " + w.sources[0].name + ", ...)");
       // Act-order: our column i is the checkpoint's column perm[i]; the kernels multiply with x[..., perm].
+      // (The planner does not split such a weight's columns: PreQuant::act_order.)
+      if (!perm.empty() && w.col_begin >= 0) {
+        return MakeError(ErrorCode::kUnsupported, what + ": its columns are permuted (act-order GPTQ), so a shard "
+                                                         "cannot take a range of them");
+      }
       w.perm = std::move(perm);
     } else {
       return MakeError(ErrorCode::kInternal, what + ": not a pre-quantized weight");
     }
+    if (sliced) BIGPLAN_RETURN_IF_ERROR(CutSlice(w, n, k, group, &converted, what));
     const uint64_t row_bytes = w.row_bytes();
     const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kLoadChunkBytes / std::max<uint64_t>(row_bytes, 1)));
     return StoreQuantized(w, device_home, bounce, progress, step,

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "arch/binding.h"
@@ -69,6 +70,11 @@ struct WeightRuntime {
   // bytes). -1: none (a row slice is a plain range of `source`).
   int64_t col_begin = -1;
   int64_t src_cols = 0;
+  // A tensor-parallel shard's rows of a pre-quantized weight (schema::Weight.slice_dim 0): the whole tensor's rows
+  // (src_rows) and the shard's ranges of them, in order; the loader converts the whole tensor and keeps these rows
+  // (of a column slice: each row's columns [col_begin, col_begin + shape[1])). Empty for other weights.
+  int64_t src_rows = 0;
+  std::vector<std::pair<int64_t, int64_t>> row_ranges;
   // A routed expert's matrix (schema::Weight.routed): in no stream; moved or computed by the host when its expert is
   // chosen (executor/expert_engine.h). In CPU mode it is used where it rests (a disk-resting one is loaded into
   // `owned` host memory).

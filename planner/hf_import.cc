@@ -398,20 +398,22 @@ class PreQuantMarker {
     }
     // Act-order (desc_act, or any g_idx that is not c / g) is run: the loader orders the columns by group and the
     // kernels multiply with the activations in the same order (formats/quant.h FromGptq).
-    if (has_g_idx && !synthesized()) BIGPLAN_RETURN_IF_ERROR(CheckGIdx(g_idx, k, g));
+    bool permuted = q_.gptq.desc_act;
+    if (has_g_idx && !synthesized()) BIGPLAN_RETURN_IF_ERROR(CheckGIdx(g_idx, k, g, &permuted));
     t->dtype = scale_dtype;
     t->format = quant::Format::kInt4;
     t->group = g;
     t->prequant.kind = PreQuant::Kind::kGptq;
     t->prequant.v1_zero_offset = q_.gptq.v1_zero_offset;
+    t->prequant.act_order = permuted;
     t->prequant.sources = {qweight, qzeros, scales};
     if (has_g_idx) t->prequant.sources.push_back(g_idx);
     return Status::Ok();
   }
 
   // With the checkpoint at hand: every g_idx entry names a group, and every group holds exactly g columns (in order,
-  // c / g, or permuted: act-order).
-  Status CheckGIdx(const std::string& name, int64_t k, int64_t g) const {
+  // c / g, or permuted: act-order, which sets *permuted).
+  Status CheckGIdx(const std::string& name, int64_t k, int64_t g, bool* permuted) const {
     if (options_.checkpoint == nullptr) return Status::Ok();
     const TensorLocation* loc = options_.checkpoint->Find(name);
     if (loc == nullptr || loc->shard >= options_.checkpoint->shard_paths().size()) return Status::Ok();
@@ -430,6 +432,7 @@ class PreQuantMarker {
                                                   std::to_string(groups - 1));
       }
       ++count[static_cast<size_t>(values[c])];
+      if (values[c] != c / g) *permuted = true;
     }
     for (int64_t i = 0; i < groups; ++i) {
       if (count[static_cast<size_t>(i)] != g) {

@@ -182,6 +182,11 @@ Result<TensorSpec> ParseTensorSpec(const json& j, const std::string& path, const
       if (!v.is_boolean()) return q.Bad("v1_zero_offset", "expected a boolean");
       t.prequant.v1_zero_offset = v.get<bool>();
     }
+    if (pq->contains("act_order")) {
+      const json& v = pq->at("act_order");
+      if (!v.is_boolean()) return q.Bad("act_order", "expected a boolean");
+      t.prequant.act_order = v.get<bool>();
+    }
     BIGPLAN_ASSIGN_OR_RETURN(const json* sources, q.Array("sources"));
     for (const json& s : *sources) {
       if (!s.is_string() || s.get<std::string>().empty()) return q.Bad("sources", "expected tensor names");
@@ -210,6 +215,7 @@ ordered_json TensorSpecToJson(const TensorSpec& t) {
     q["method"] = PreQuantKindName(t.prequant.kind);
     if (t.prequant.block_rows > 0) q["block"] = {t.prequant.block_rows, t.prequant.block_cols};
     if (t.prequant.kind == PreQuant::Kind::kGptq) q["v1_zero_offset"] = t.prequant.v1_zero_offset;
+    if (t.prequant.act_order) q["act_order"] = true;
     q["sources"] = t.prequant.sources;
     j["prequant"] = std::move(q);
   }

@@ -45,6 +45,9 @@ struct PreQuant {
   int64_t block_rows = 0;  // kFp8 with block scales: weight_block_size; 0 and 0: per-channel or per-tensor scale
   int64_t block_cols = 0;
   bool v1_zero_offset = true;        // kGptq: checkpoint_format "gptq" (stored zero = z - 1); false: "gptq_v2"
+  // kGptq: act-order (desc_act, or a g_idx that is not c / g): the loader permutes the columns, so a shard cannot
+  // take a range of them (a tensor-parallel column slice).
+  bool act_order = false;
   std::vector<std::string> sources;  // checkpoint tensor names, in the order above
   bool operator==(const PreQuant&) const = default;
 };

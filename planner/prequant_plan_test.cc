@@ -90,11 +90,25 @@ TEST(PreQuantImport, Fp8ChannelAndGptq) {
     EXPECT_EQ(q->format, quant::Format::kInt4);
     EXPECT_EQ(q->group, 32);
     EXPECT_TRUE(q->prequant.v1_zero_offset);
+    EXPECT_FALSE(q->prequant.act_order);  // g_idx is c / 32
     EXPECT_EQ(q->prequant.sources.size(), 4u);
     EXPECT_EQ(q->prequant.sources[0], "model.layers.1.mlp.down_proj.qweight");
     Result<ModelDescription> again = ModelDescription::Parse(m->ToJson(), "round trip");
     ASSERT_TRUE(again.ok()) << again.error().message;
     EXPECT_EQ(*again, *m);
+  }
+  {
+    // Act-order: its columns are permuted at load, which the description records (a tensor-parallel shard cannot
+    // take a range of them).
+    Result<ModelDescription> m = ImportHfDirectory(Write("gptq_act", TinyQuant::kGptqActOrder));
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    const TensorSpec* q = Param(*m, "model.layers.1.mlp.down_proj.weight");
+    ASSERT_NE(q, nullptr);
+    EXPECT_TRUE(q->prequant.act_order);
+    Result<ModelDescription> again = ModelDescription::Parse(m->ToJson(), "round trip");
+    ASSERT_TRUE(again.ok()) << again.error().message;
+    EXPECT_EQ(*again, *m);
+    EXPECT_NE(m->ToJson().find("\"act_order\": true"), std::string::npos);
   }
 }
 

@@ -36,12 +36,7 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
         return MakeError(ErrorCode::kMismatch, "block " + b.name + ": tied tensor '" + name + "' is no block's param");
       specs.push_back(it->second);
     }
-    for (const TensorSpec* t : specs) {
-      if (t->prequant.kind != PreQuant::Kind::kNone)
-        return MakeError(ErrorCode::kUnsupported, "tensor parallelism: " + t->name + " is pre-quantized in the "
-                                                  "checkpoint; pre-quantized weights are not split");
-      tensors.push_back(arch::BlockTensor{t->name, t->shape});
-    }
+    for (const TensorSpec* t : specs) tensors.push_back(arch::BlockTensor{t->name, t->shape});
     BIGPLAN_ASSIGN_OR_RETURN(arch::SlotTable table,
                              arch::BindBlock(*family, model.config, refs, i, tensors, b.name));
     // (Expert 0's gate is slot kCount: whether a tensor is bound is kept apart.)
@@ -67,8 +62,16 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
           p.shape[slice->dim] = slice->extent();
           slices[p.name] = *slice;
           if (p.format != quant::Format::kNone && slice->dim == 1) {
-            // A quantized weight's columns (--weights): scaled per row of the shard's columns where the whole
-            // weight was scaled per row, else in the same groups, which the shard's columns must hold whole.
+            // A quantized weight's columns (--weights, or a pre-quantized checkpoint's): scaled per row of the
+            // shard's columns where the whole weight was scaled per row (a pre-quantized weight keeps its row's
+            // scale), else in the same groups, which the shard's columns must hold whole. Act-order GPTQ permutes
+            // its columns at load: a shard cannot take a range of them.
+            if (p.prequant.act_order) {
+              return MakeError(ErrorCode::kUnsupported,
+                               "tensor parallelism: block " + b.name + ", " + p.name +
+                                   ": an act-order GPTQ weight (desc_act, or a permuted g_idx) does not split by "
+                                   "columns");
+            }
             const int64_t whole_cols = specs[t]->shape[1], cols = p.shape[1];
             if (p.group == whole_cols) {
               p.group = cols;
@@ -76,8 +79,9 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
               return MakeError(ErrorCode::kUnsupported,
                                "tensor parallelism: block " + b.name + ", " + p.name + ": " +
                                    quant::FormatName(p.format) + " groups of " + std::to_string(p.group) +
-                                   " columns do not fit a shard's " + std::to_string(cols) +
-                                   " columns (--weights-group)");
+                                   " columns do not fit a shard's " + std::to_string(cols) + " columns" +
+                                   (p.prequant.kind != PreQuant::Kind::kNone ? " (the checkpoint's groups)"
+                                                                             : " (--weights-group)"));
             }
           }
         }

@@ -185,8 +185,6 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
           after = more->Get(r + 1);
         }
       }
-      if (t->prequant() != schema::PreQuantKind::None)
-        return Corrupt(src, fw + " is a slice of a pre-quantized weight");
       if (wt->slice_dim() == 1 && wt->tier() == schema::Tier::Disk)
         return Corrupt(src, fw + " is a column slice resting on disk (disk is read in rows)");
       if (wt->format() != schema::WeightFormat::Plain) continue;  // (its size was checked with its format above)

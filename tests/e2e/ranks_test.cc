@@ -25,6 +25,7 @@
 #include "executor/executor.h"
 #include "schema/plan_io.h"
 #include "tests/e2e/e2e_util.h"
+#include "tools/tiny_prequant.h"
 
 namespace bigplan::e2e {
 namespace {
@@ -309,6 +310,61 @@ TEST_P(TensorParallelRanks, CudaTwoRanksQuantizedMatchTheOneGpuPlan) {
 
 INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama", "qwen2", "qwen3_moe", "gptj", "phi3", "phi3_longrope"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// Pre-quantized checkpoints (tools/tiny_prequant.h: FP8 with block or per-channel scales, GPTQ int4) split too: each
+// shard's rows, or each row's columns (whole groups; a per-channel scale kept for the row's part), cut from the
+// weight converted whole at load. Two ranks against the one-GPU plan of the same checkpoint, float32: on the CPU
+// (store ranks) within 1e-5, on two GPUs (NCCL ranks) within 1e-5 too. Act-order GPTQ does not split by columns.
+class PreQuantTensorParallelRanks : public ::testing::TestWithParam<std::string> {
+ protected:
+  void Run(bool cpu) {
+    Result<TinyQuant> kind = ParseTinyQuant(GetParam());
+    ASSERT_TRUE(kind.ok());
+    const std::string dir = TempDir("prequant_tp_" + GetParam()), model = dir + "/model";
+    Status written = WriteTinyPreQuantLlama(model, "", *kind);
+    ASSERT_TRUE(written.ok()) << written.error().ToString();
+    const std::string one = dir + "/one.bplan", tp = dir + "/tp.bplan";
+    ASSERT_TRUE(MakePlan(model, "cuda:0=1GiB,cpu=1GiB", "fp32", 2, 16, one).ok());
+    Status planned = MakePlan(model, "cuda:0=1GiB,cuda:1=1GiB,cpu=1GiB", "fp32", 2, 16, tp, "--auto-candidates T");
+    if (*kind == TinyQuant::kGptqActOrder) {
+      ASSERT_FALSE(planned.ok());
+      EXPECT_NE(planned.error().message.find("an act-order GPTQ weight (desc_act, or a permuted g_idx) does not split "
+                                             "by columns"),
+                std::string::npos)
+          << planned.error().message;
+      return;
+    }
+    ASSERT_TRUE(planned.ok()) << planned.error().ToString();
+    const std::vector<std::vector<int64_t>> prompts = {{1, 17, 200, 33, 5, 99}, {1, 250, 3, 64, 64, 12}};
+    ExecutorOptions base;
+    base.progress = false;
+    base.force_cpu = cpu;
+    GenerateOptions greedy;
+    greedy.max_new_tokens = 6;
+    OneProcess want;
+    ASSERT_NO_FATAL_FAILURE(RunOneProcess(one, model, base, prompts, greedy, &want));
+    const std::string label = GetParam() + std::string(14 - std::min<size_t>(14, GetParam().size()), ' ') +
+                              " tensor parallel as two ranks (" + (cpu ? "cpu, store" : "cuda, nccl") + ")";
+    RunTwoRanks(tp, model, base, prompts, greedy, want, 1e-5, /*graphs=*/false, label,
+                cpu ? "the one-GPU plan on the CPU" : "the one-GPU plan");
+  }
+};
+
+TEST_P(PreQuantTensorParallelRanks, CpuTwoRanksMatchTheOneGpuPlan) { Run(/*cpu=*/true); }
+
+TEST_P(PreQuantTensorParallelRanks, CudaTwoRanksMatchTheOneGpuPlan) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  Run(/*cpu=*/false);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, PreQuantTensorParallelRanks,
+                         ::testing::Values("fp8-block", "fp8-channel", "gptq", "gptq-act"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string n = info.param;
+                           for (char& ch : n) ch = ch == '-' ? '_' : ch;
+                           return n;
+                         });
 
 // A tensor-parallel plan over two GPUs runs as exactly two ranks.
 TEST(RanksErrors, TensorParallelNeedsOneRankPerShard) {
