@@ -4,6 +4,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cmath>
@@ -428,6 +429,96 @@ cudaError_t LaunchGemv(const GemvArgs& a, cudaStream_t stream) {
   const bool norm = a.norm_w != nullptr;
   if (a.m == 1) return norm ? LaunchGemvOut<T, 1, true>(a, stream) : LaunchGemvOut<T, 1, false>(a, stream);
   return norm ? LaunchGemvOut<T, 2, true>(a, stream) : LaunchGemvOut<T, 2, false>(a, stream);
+}
+
+// ---- QuantGemv: per-row-scaled fp8/int8 weights; each warp takes kQuantRows rows, each lane 4 values of each at a
+// time (4-byte loads: a row of k values and its scale is not 16-byte aligned), kQuantUnroll steps in flight ----
+
+constexpr int kQuantWarps = 8, kQuantRows = 2, kQuantUnroll = 4;
+
+__device__ __forceinline__ void Decode4(uint32_t v, bool fp8, float (&out)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint8_t b = static_cast<uint8_t>(v >> (8 * i));
+    if (fp8) {
+      __nv_fp8_e4m3 f;
+      f.__x = b;
+      out[i] = static_cast<float>(f);
+    } else {
+      out[i] = static_cast<float>(static_cast<int8_t>(b));
+    }
+  }
+}
+
+template <typename T, int M>
+__global__ void __launch_bounds__(kQuantWarps * 32) QuantGemvKernel(const QuantGemvArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kQuantWarps + (threadIdx.x >> 5)) * kQuantRows;
+  if (row0 >= a.n) return;
+  const uint8_t* w = static_cast<const uint8_t*>(a.w);
+  const uint32_t* wr[kQuantRows];
+#pragma unroll
+  for (int r = 0; r < kQuantRows; ++r) {
+    const int64_t row = row0 + r < a.n ? row0 + r : row0;  // past the end: row0 again, unused
+    wr[r] = reinterpret_cast<const uint32_t*>(w + row * a.row_bytes);
+  }
+  const T* x = static_cast<const T*>(a.x);
+  float acc[M][kQuantRows];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = 0.f;
+  }
+  const int64_t words = a.k / 4;  // 4 values a word
+  auto step = [&](const uint32_t (&wv)[kQuantRows], int64_t word) {
+    float wf[kQuantRows][4];
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) Decode4(wv[r], a.fp8, wf[r]);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const T* xp = x + m * a.x_stride + word * 4;
+      const uint2 xv = *reinterpret_cast<const uint2*>(xp);  // 4 values of T (8 bytes: x 8-byte aligned, x_stride % 4 == 0)
+      const T* xe = reinterpret_cast<const T*>(&xv);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float xf = F<T>(xe[i]);
+#pragma unroll
+        for (int r = 0; r < kQuantRows; ++r) acc[m][r] = fmaf(wf[r][i], xf, acc[m][r]);
+      }
+    }
+  };
+  int64_t word = lane;
+  for (; word + (kQuantUnroll - 1) * 32 < words; word += kQuantUnroll * 32) {
+    uint32_t wv[kQuantUnroll][kQuantRows];
+#pragma unroll
+    for (int u = 0; u < kQuantUnroll; ++u) {
+#pragma unroll
+      for (int r = 0; r < kQuantRows; ++r) wv[u][r] = __ldg(wr[r] + word + u * 32);
+    }
+#pragma unroll
+    for (int u = 0; u < kQuantUnroll; ++u) step(wv[u], word + u * 32);
+  }
+  for (; word < words; word += 32) {
+    uint32_t wv[kQuantRows];
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) wv[r] = __ldg(wr[r] + word);
+    step(wv, word);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = WarpSum(acc[m][r]);
+  }
+  if (lane != 0) return;
+  T* y = static_cast<T*>(a.y);
+#pragma unroll
+  for (int r = 0; r < kQuantRows; ++r) {
+    const int64_t row = row0 + r;
+    if (row >= a.n) break;
+    const float s = *reinterpret_cast<const float*>(w + row * a.row_bytes + a.k);
+#pragma unroll
+    for (int m = 0; m < M; ++m) y[m * a.n + row] = ToT<T>(Round<T>(acc[m][r]) * s);
+  }
 }
 
 // ---- RMSNorm: one block per row; 16-byte loads when the row allows ----
@@ -915,6 +1006,27 @@ __global__ void TopRowsKernel(const T* __restrict__ x, const float* __restrict__
 }
 
 }  // namespace
+
+cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream) {
+  const auto aligned4 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3u) == 0; };
+  const auto aligned8 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7u) == 0; };
+  if (a.m < 1 || a.m > kGemvMaxRows || a.n < 1 || a.k < 4 || a.k % 4 != 0 || a.row_bytes != a.k + 4 ||
+      a.x_stride % 4 != 0 || a.x == nullptr || a.w == nullptr || a.y == nullptr || !aligned8(a.x) || !aligned4(a.w) ||
+      (a.dtype != DType::kBF16 && a.dtype != DType::kF16) ||
+      a.n > (int64_t{1} << 31) * kQuantWarps * kQuantRows) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t units = (a.n + kQuantRows - 1) / kQuantRows;
+  const dim3 grid(static_cast<unsigned>((units + kQuantWarps - 1) / kQuantWarps));
+  if (a.dtype == DType::kBF16) {
+    if (a.m == 1) QuantGemvKernel<__nv_bfloat16, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+    else QuantGemvKernel<__nv_bfloat16, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+  } else {
+    if (a.m == 1) QuantGemvKernel<__half, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+    else QuantGemvKernel<__half, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t Gemv(const GemvArgs& a, cudaStream_t stream) {
   if (a.m < 1 || a.m > kGemvMaxRows || a.n < 1 || a.k < 8 || a.k % 8 != 0 || a.x_stride % 8 != 0 || !Aligned16(a.x) ||

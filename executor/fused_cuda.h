@@ -200,6 +200,25 @@ constexpr size_t GemvNormSmemBytes(int m, int64_t k, size_t element_bytes) {
 }
 cudaError_t Gemv(const GemvArgs& a, cudaStream_t stream);
 
+// y[i, r] = T(T(sum_c q[r, c] * x[i, c]) * s[r]) for i < m <= kGemvMaxRows, r < n: a row-quantized weight with one
+// float32 scale per row (formats/quant.h: fp8 e4m3 or int8 values `q`, group == k), as QuantLinear's LibTorch path
+// computes it (the product of x with the values cast to T, rounded to T, then scaled in float32 and rounded), the
+// sum in float32 in another order. Rows of row_bytes = k + 4 bytes (k values then the scale), k % 4 == 0, w 4-byte
+// aligned, x rows of k elements x_stride apart (x 8-byte aligned, x_stride % 4 == 0), y [m, n] contiguous; T bf16 or
+// fp16.
+struct QuantGemvArgs {
+  DType dtype = DType::kBF16;
+  bool fp8 = false;  // fp8 e4m3 values; else int8
+  const void* x = nullptr;
+  int64_t x_stride = 0;
+  const void* w = nullptr;
+  int64_t row_bytes = 0;
+  void* y = nullptr;
+  int m = 0;
+  int64_t n = 0, k = 0;
+};
+cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream);
+
 // One new token per row: q [batch, heads, head_dim] (contiguous) attends over positions [lo, pos] of its cache row
 // (lo = max(0, pos - window + 1) when window > 0, else 0), softmax(q k^T x scale) v in float32, GQA (head h reads kv
 // head h / (heads / kv_heads)). out [batch, heads, head_dim] contiguous. The keys are split into `splits` ranges

@@ -68,6 +68,35 @@ bool Eligible(const at::Tensor& x) {
   return x.defined() && x.is_cuda() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
 }
 
+at::Tensor QuantGemv(const at::Tensor& x, const at::Tensor& wq, bool fp8, int64_t k) {
+  if (!Eligible(x) || !wq.defined() || wq.dim() != 2 || wq.scalar_type() != at::kByte || wq.device() != x.device() ||
+      wq.size(1) != k + 4 || wq.stride(1) != 1 || wq.stride(0) != k + 4 || x.size(-1) != k) {
+    return at::Tensor();
+  }
+  const at::Tensor x2 = Rows2d(x);
+  if (!x2.defined() || x2.size(0) > fused::kGemvMaxRows) return at::Tensor();
+  const int64_t m = x2.size(0), n = wq.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = n;
+  at::Tensor y = at::empty({m, n}, x.options());
+  const fused::QuantGemvArgs a{.dtype = DTypeOf(x),
+                               .fp8 = fp8,
+                               .x = x2.data_ptr(),
+                               .x_stride = x2.stride(0),
+                               .w = wq.data_ptr(),
+                               .row_bytes = k + 4,
+                               .y = y.data_ptr(),
+                               .m = static_cast<int>(m),
+                               .n = n,
+                               .k = k};
+  if (fused::QuantGemv(a, Stream()) == cudaErrorInvalidValue) {
+    cudaGetLastError();  // (not launched: its preconditions, e.g. alignment)
+    return at::Tensor();
+  }
+  Check(cudaGetLastError(), "quant_gemv");
+  return y.view(out_shape);
+}
+
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual,
                   bool overwrite_residual) {
   if (!Eligible(x) || !w.defined() || w.dim() != 2 || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||

@@ -27,6 +27,12 @@ bool Eligible(const at::Tensor& x);
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual,
                   bool overwrite_residual = false);
 
+// A row-quantized weight's product for up to 2 rows of x (fused::QuantGemv): wq [n, k + 4] uint8 rows of fp8 e4m3
+// (`fp8`) or int8 values and one float32 scale each (formats/quant.h, group == k) on x's device; x [..., k] bf16 or
+// fp16. The result [..., n] as QuantLinear's LibTorch path rounds it: T(T(x . q[r]) * s[r]). Undefined when not
+// eligible (more rows, another layout or alignment).
+at::Tensor QuantGemv(const at::Tensor& x, const at::Tensor& wq, bool fp8, int64_t k);
+
 // The `top` rows r of w [n, k] with the largest x . (scale * w[r]) for one row x [k] (or [1, k]), float32 `scale`
 // [k], written as int64 indices into out[0..top) (a device-accessible pointer, e.g. mapped pinned memory), largest
 // first. False, computing nothing, when not eligible (fused::TopRows's preconditions, dtypes of x and w differ).

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "executor/fused_ops.h"
 #include "executor/kernels_internal.h"
 
 namespace bigplan::kernels_internal {
@@ -111,6 +112,10 @@ at::Tensor QuantLinear(const at::Tensor& x, const at::Tensor& wq, const WeightQu
     at::Tensor packed = at::_convert_weight_to_int4pack(p.data.contiguous(), InnerKTiles(q.cols));
     at::Tensor scale_zero = p.records.transpose(0, 1).contiguous();  // [groups, n, 2]
     y = at::_weight_int4pack_mm(x.reshape({-1, q.cols}).contiguous(), packed, q.group, scale_zero).view(out_shape);
+  } else if (q.format != quant::Format::kInt4 && q.group == q.cols && !q.split && x.is_cuda() &&
+             (y = fused_ops::QuantGemv(x, wq, q.format == quant::Format::kFp8E4M3, q.cols)).defined()) {
+    // One scale per row, a decode step's rows: one kernel reads the stored values (a quarter or half of a bf16
+    // weight's bytes) and scales the outputs as the path below rounds them.
   } else if (q.format != quant::Format::kInt4 && q.group == q.cols) {
     // One scale per row: multiply by the stored values, scale the output columns (no scaled copy of the weight).
     const Parts p = Split(wq, q);

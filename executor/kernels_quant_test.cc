@@ -82,6 +82,23 @@ TEST_P(QuantLinearTest, MatchesTheDequantizedWeight) {
         at::Tensor ys = QuantLinear(x.to(dev).to(at::kBFloat16), split.to(dev), qs, bias.to(dev).to(at::kBFloat16));
         EXPECT_LT(((ys.to(at::kCPU).to(at::kFloat) - ref).norm() / ref.norm()).item<double>(), 0.02) << "split, m=" << m;
       }
+      // Per-row fp8/int8 at up to 2 rows of x: the fused kernel (fused_ops::QuantGemv), against the LibTorch path's
+      // roundings (the product with the values in bf16, rounded, then scaled in float32 and rounded) within a bf16
+      // step of the pre-scale sum (the sums run in another order).
+      if (c.format != quant::Format::kInt4 && c.group == c.k && m <= 2) {
+        const at::Tensor xb = x.to(dev).to(at::kBFloat16);
+        const at::Tensor values = wq.narrow(1, 0, c.k).contiguous().view(
+            c.format == quant::Format::kInt8 ? at::kChar : at::kFloat8_e4m3fn);
+        const at::Tensor scales = wq.narrow(1, c.k, 4).contiguous().view(at::kFloat).view({c.n});
+        const at::Tensor path =
+            (at::linear(xb, values.to(dev).to(at::kBFloat16)).to(at::kFloat) * scales.to(dev)).to(at::kBFloat16);
+        const at::Tensor fused = QuantLinear(xb, wq.to(dev), q, {});
+        ASSERT_EQ(fused.sizes(), path.sizes());
+        const at::Tensor diff = (fused.to(at::kFloat) - path.to(at::kFloat)).abs();
+        const at::Tensor bound = path.to(at::kFloat).abs() * (1.0 / 64) + scales.to(dev).abs() * 1e-2;
+        EXPECT_TRUE(diff.le(bound).all().item<bool>()) << "fused per-row product, m=" << m << ": max diff "
+                                                        << diff.max().item<float>();
+      }
       // A chunk of rows (8 rows, or the last 4 of a small weight) multiplies like the whole weight's rows.
       const int64_t first = c.n >= 16 ? 8 : c.n - 4, rows = c.n >= 16 ? 8 : 4;
       at::Tensor part = QuantLinear(x.to(dev).to(at::kBFloat16), wq.narrow(0, first, rows).to(dev), q, {});
@@ -95,6 +112,8 @@ INSTANTIATE_TEST_SUITE_P(Formats, QuantLinearTest,
                          ::testing::Values(Case{quant::Format::kFp8E4M3, 64, 256, 256},
                                            Case{quant::Format::kFp8E4M3, 48, 256, 128},
                                            Case{quant::Format::kInt8, 64, 256, 256},
+                                           Case{quant::Format::kInt8, 33, 4100, 4100},  // odd rows, a word tail
+                                           Case{quant::Format::kFp8E4M3, 130, 2048, 2048},
                                            Case{quant::Format::kInt4, 64, 256, 128},
                                            Case{quant::Format::kInt4, 64, 576, 64},
                                            Case{quant::Format::kInt4, 40, 1024, 32},
