@@ -18,19 +18,28 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   w.weight_bytes = BlockWeightBytes(model, index, exec_dtype);
   double matrix_params = 0;
   uint32_t quantized = 0;
+  // Per-row-scaled fp8/int8 matrices: a decode step's product reads them in one kernel (fused::QuantGemv).
+  const auto fused_decode = [&](const TensorSpec& t) {
+    return (t.format == quant::Format::kInt8 || t.format == quant::Format::kFp8E4M3) && t.shape.size() == 2 &&
+           t.group == t.shape[1] && e == 2;
+  };
   auto count = [&](const TensorSpec& t) {
     if (t.shape.size() >= 2) matrix_params += static_cast<double>(t.numel());
     if (t.format == quant::Format::kNone) return;
     ++quantized;
     const uint64_t n = static_cast<uint64_t>(t.numel());
     w.dequant_bytes += t.format == quant::Format::kInt4 ? n : 2 * n * e;
+    if (fused_decode(t)) {
+      w.fused_dequant_bytes += 2 * n * e;
+      ++w.fused_quantized;
+    }
   };
   for (const TensorSpec& p : block.params) count(p);
   // A sparse layer reads, per token, its other weights and the num_experts_per_tok experts it routes to (and
   // unpacks only those, where they are quantized).
   if (block.kind == BlockKind::kDecoderLayer && c.SparseLayer(block.layer) && c.num_experts > 0) {
-    double experts = 0, expert_dequant = 0;
-    uint32_t expert_quantized = 0;
+    double experts = 0, expert_dequant = 0, expert_fused_dequant = 0;
+    uint32_t expert_quantized = 0, expert_fused = 0;
     for (const TensorSpec& p : block.params) {
       if (p.name.find(".experts.") == std::string::npos) continue;
       experts += static_cast<double>(p.numel());
@@ -38,6 +47,10 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
         const double n = static_cast<double>(p.numel());
         expert_dequant += p.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
         ++expert_quantized;
+        if (fused_decode(p)) {
+          expert_fused_dequant += 2 * n * static_cast<double>(e);
+          ++expert_fused;
+        }
       }
     }
     const double unpicked_share = 1.0 - static_cast<double>(c.num_experts_per_tok) / c.num_experts;
@@ -45,8 +58,11 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     matrix_params -= unpicked;
     w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(unpicked * e));
     w.dequant_bytes -= std::min<uint64_t>(w.dequant_bytes, static_cast<uint64_t>(expert_dequant * unpicked_share));
+    w.fused_dequant_bytes -=
+        std::min<uint64_t>(w.fused_dequant_bytes, static_cast<uint64_t>(expert_fused_dequant * unpicked_share));
     // (The unpacking kernels too: the chosen experts' only.)
     quantized -= std::min(quantized, static_cast<uint32_t>(std::floor(expert_quantized * unpicked_share)));
+    w.fused_quantized -= std::min(w.fused_quantized, static_cast<uint32_t>(std::floor(expert_fused * unpicked_share)));
   }
   for (const std::string& name : block.tied)
     if (const TensorSpec* p = model.FindParam(name)) count(*p);
@@ -55,7 +71,8 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
   w.cpu_kernels = arch::BlockKernels(fam, block.kind, c) + 3 * quantized;
   w.kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/e == 2 && quantized == 0) + 3 * quantized;
-  w.decode_kernels = e == 2 && quantized == 0 ? arch::DecodeBlockKernels(fam, block.kind, c) : w.kernels;
+  w.decode_kernels = e == 2 && quantized == 0 ? arch::DecodeBlockKernels(fam, block.kind, c)
+                                              : w.kernels - std::min(w.kernels - 1, 3 * w.fused_quantized);
   // LibTorch's ops where the fused kernels do not apply: the ones beyond the fused path's count.
   const uint32_t fused_kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/true);
   const uint32_t libtorch_kernels = arch::BlockKernels(fam, block.kind, c);
@@ -110,9 +127,14 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
                : static_cast<double>(w.weight_bytes);
   };
   // The decode form (and the CPU's): the roofline of every FLOP and byte, plus a fixed cost per kernel.
+  // (A decode step of a few rows reads per-row fp8/int8 weights without unpacking them: fused_dequant_bytes.)
+  const double decode_dequant =
+      static_cast<double>(w.dequant_bytes) -
+      (run.max_batch <= arch::kFusedDecodeMaxRows ? static_cast<double>(w.fused_dequant_bytes) : 0.0);
   auto time_us = [&](double tokens, double context) {
     const double flops = 2.0 * w.matmul_params * tokens + 4.0 * static_cast<double>(w.attn_dim) * batch * context;
-    const double bytes = weights_read(tokens) + (cpu ? 0.0 : static_cast<double>(w.dequant_bytes)) + kv_bytes +
+    const double dequant = tokens <= batch ? decode_dequant : static_cast<double>(w.dequant_bytes);
+    const double bytes = weights_read(tokens) + (cpu ? 0.0 : dequant) + kv_bytes +
                          static_cast<double>(w.act_bytes_per_token) * tokens;
     return std::max(flops / flops_per_s, bytes / bytes_per_s) * 1e6 + overhead_us;
   };

@@ -236,6 +236,11 @@ struct BlockWork {
   // int4 is repacked for the tinygemm kernel (0.5 B written + 0.5 B read again per element), fp8/int8 are widened
   // to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized weights.
   uint64_t dequant_bytes = 0;
+  // Of dequant_bytes, what a decode step of up to arch::kFusedDecodeMaxRows rows does not move: per-row-scaled fp8 and
+  // int8 products read their stored values in one kernel there (executor fused::QuantGemv), and their three
+  // unpacking kernels (counted in `kernels`) are fused_quantized of them.
+  uint64_t fused_dequant_bytes = 0;
+  uint32_t fused_quantized = 0;
 };
 
 // The work of block `index` of `model` at `exec_dtype` (weight_bytes = the block's weight-buffer bytes, as

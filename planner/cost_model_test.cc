@@ -268,6 +268,35 @@ TEST(CostModelTest, QuantizedMatricesAddUnpackingWork) {
   EXPECT_EQ(plain.dequant_bytes, 0u);
 }
 
+// Per-row int8 (and fp8) matrices: a decode step of up to 2 rows reads their stored values in one kernel each
+// (executor fused::QuantGemv), with no unpacking traffic; larger batches and prompts unpack them.
+TEST(CostModelTest, PerRowInt8DecodeReadsTheStoredValues) {
+  ModelDescription m = Llama2_7b();
+  for (TensorSpec& t : m.blocks[1].params) {
+    if (t.shape.size() != 2) continue;
+    t.format = quant::Format::kInt8;
+    t.group = t.shape[1];
+  }
+  const BlockWork q = DescribeBlockWork(m, 1, DType::kBF16);
+  EXPECT_EQ(q.fused_quantized, 7u);
+  EXPECT_EQ(q.fused_dequant_bytes, q.dequant_bytes);
+  EXPECT_EQ(q.decode_kernels, q.kernels - 3 * 7);
+  const DeviceProfile p = DefaultGpuProfile();
+  const BlockCost one = EstimateBlockCost(q, RunSize{1, 512}, 0, p);
+  const BlockCost eight = EstimateBlockCost(q, RunSize{8, 512}, 0, p);
+  // Batch 1: the weights once (and the KV cache), the decode kernels; batch 8: the unpacking traffic and kernels too.
+  EXPECT_LT(one.decode_device_us, eight.decode_device_us - q.dequant_bytes / (p.device_mem_gbps * 1e3) * 0.9);
+  EXPECT_EQ(one.decode_kernels, q.decode_kernels);
+  EXPECT_EQ(eight.decode_kernels, q.kernels);
+  // Grouped int8 (--weights-group) is unpacked at every batch size.
+  for (TensorSpec& t : m.blocks[1].params) {
+    if (t.shape.size() == 2) t.group = 128;
+  }
+  const BlockWork g = DescribeBlockWork(m, 1, DType::kBF16);
+  EXPECT_EQ(g.fused_quantized, 0u);
+  EXPECT_EQ(g.fused_dequant_bytes, 0u);
+}
+
 TEST(CostModelTest, CopyTimes) {
   DeviceProfile p = DefaultGpuProfile();
   EXPECT_NEAR(CopyMicros(53'000'000, schema::Tier::Cpu, p), 1000.0, 1e-9);

@@ -317,7 +317,8 @@ INSTANTIATE_TEST_SUITE_P(Families, TensorParallelRanks, ::testing::Values("llama
 // (store ranks) within 1e-5, on two GPUs (NCCL ranks) within 1e-5 too. Act-order GPTQ does not split by columns.
 class PreQuantTensorParallelRanks : public ::testing::TestWithParam<std::string> {
  protected:
-  void Run(bool cpu) {
+  // `graphs`: decode steps from CUDA graphs on both sides where the one-GPU plan's are (else eager on both).
+  void Run(bool cpu, bool graphs = false) {
     Result<TinyQuant> kind = ParseTinyQuant(GetParam());
     ASSERT_TRUE(kind.ok());
     const std::string dir = TempDir("prequant_tp_" + GetParam()), model = dir + "/model";
@@ -339,13 +340,16 @@ class PreQuantTensorParallelRanks : public ::testing::TestWithParam<std::string>
     ExecutorOptions base;
     base.progress = false;
     base.force_cpu = cpu;
+    base.cuda_graphs = graphs;
     GenerateOptions greedy;
     greedy.max_new_tokens = 6;
     OneProcess want;
     ASSERT_NO_FATAL_FAILURE(RunOneProcess(one, model, base, prompts, greedy, &want));
+    if (!graphs) EXPECT_FALSE(want.graph_steps);
     const std::string label = GetParam() + std::string(14 - std::min<size_t>(14, GetParam().size()), ' ') +
-                              " tensor parallel as two ranks (" + (cpu ? "cpu, store" : "cuda, nccl") + ")";
-    RunTwoRanks(tp, model, base, prompts, greedy, want, 1e-5, /*graphs=*/false, label,
+                              " tensor parallel as two ranks (" +
+                              (cpu ? "cpu, store" : want.graph_steps ? "cuda, nccl, graphs" : "cuda, nccl") + ")";
+    RunTwoRanks(tp, model, base, prompts, greedy, want, 1e-5, want.graph_steps, label,
                 cpu ? "the one-GPU plan on the CPU" : "the one-GPU plan");
   }
 };
@@ -356,6 +360,7 @@ TEST_P(PreQuantTensorParallelRanks, CudaTwoRanksMatchTheOneGpuPlan) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
   Run(/*cpu=*/false);
+  Run(/*cpu=*/false, /*graphs=*/true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, PreQuantTensorParallelRanks,
