@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <map>
-#include <optional>
 #include <set>
 
 #include <cstdio>
@@ -1010,14 +1009,20 @@ TEST(PlannerTest, BatchedPrefillPipelinedOverTwoGpus) {
 }
 
 
+// The Mixtral-8x7B shape cut to `layers` layers, bf16, batch 1, sequence 512, the H200 profile.
+Result<PlanRequest> MixtralRequest(int layers, const std::string& budget) {
+  const std::string config = R"({
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": )" + std::to_string(layers) + R"(, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false,
+    "torch_dtype": "bfloat16"})";
+  return H200Request(config.c_str(), budget, RunShape{1, 512});
+}
+
 // The Mixtral-8x7B shape (8 of its 32 layers), bf16, batch 1, the H200 profile with a host rate.
 Result<PlanResult> PlanMixtral8Layers(const std::string& budget, const std::string& candidates = "") {
-  BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
-    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
-    "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
-    "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
-    "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
-                                                       budget, RunShape{1, 512}));
+  BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, MixtralRequest(8, budget));
   r.profile->cpu_gemv_gbps = 100;
   r.cpu_share_auto = true;
   if (!candidates.empty()) r.auto_candidates = candidates;
@@ -1070,17 +1075,11 @@ TEST(PlannerTest, MixtureOfExpertsDecodeFollowsItsPaths) {
 // Quantized experts (--weights int8): a sparse layer's decode unpacks the experts its tokens choose (k of E), not
 // every expert of the layer.
 TEST(PlannerTest, QuantizedSparseLayerUnpacksTheChosenExperts) {
-  auto plan = [](std::optional<quant::Format> f) -> Result<PlanResult> {
-    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
-      "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
-      "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
-      "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
-      "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
-                                                         "cuda:0=40GiB,cpu=100GiB", RunShape{1, 512}));
-    if (f) r.weights = *f;
+  auto q = [&]() -> Result<PlanResult> {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, MixtralRequest(2, "cuda:0=40GiB,cpu=100GiB"));
+    r.weights = quant::Format::kInt8;
     return MakePlan(r);
-  };
-  auto q = plan(quant::Format::kInt8);
+  }();
   ASSERT_TRUE(q.ok()) << q.error().ToString();
   const ModelDescription& model = q->model;
   for (size_t i = 0; i < model.blocks.size(); ++i) {
@@ -1108,12 +1107,7 @@ TEST(PlannerTest, QuantizedSparseLayerUnpacksTheChosenExperts) {
 // infeasible (saying why), so auto streams whole layers instead of writing a plan the executor refuses at load.
 TEST(PlannerTest, QuantizedExpertsAreNotRouted) {
   auto plan = [](const std::string& budget, const std::string& candidates) -> Result<PlanResult> {
-    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
-      "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
-      "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
-      "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
-      "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
-                                                         budget, RunShape{1, 512}));
+    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, MixtralRequest(8, budget));
     r.weights = quant::Format::kInt8;
     r.auto_candidates = candidates;
     return MakePlan(r);
