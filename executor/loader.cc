@@ -614,7 +614,7 @@ struct Loader {
     const uint64_t record_bytes = (whole_row - data_bytes) / static_cast<uint64_t>(k / group);
     const int64_t c0 = w.col_begin >= 0 ? w.col_begin : 0;
     const bool per_row = group == k;
-    if (w.col_begin >= 0 && (f == quant::Format::kInt4 ? c0 % 2 != 0 || cols % 2 != 0 : false)) {
+    if (w.col_begin >= 0 && f == quant::Format::kInt4 && (c0 % 2 != 0 || cols % 2 != 0)) {
       return MakeError(ErrorCode::kCorrupt, what + ": an int4 column slice at an odd column");
     }
     if (w.col_begin >= 0 && !per_row && (c0 % group != 0 || cols % group != 0)) {
