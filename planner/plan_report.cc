@@ -109,6 +109,11 @@ void PrintPlacement(std::ostream& out, const PlanResult& r) {
                                            : "infeasible");
     }
     out << "; chosen " << r.placement.chosen << "\n";
+    // A mixture-of-experts model placed otherwise: why its experts could not be placement units.
+    for (const PlacementCandidate& c : r.placement.candidates) {
+      if (c.name == "E" && !c.feasible && m.config.num_experts > 0 && c.why != "not considered")
+        out << "  E infeasible: " << c.why << "\n";
+    }
   }
   if (r.tensor_parallel > 0)
     out << "  tensor parallel: every block split over " << r.tensor_parallel

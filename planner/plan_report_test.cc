@@ -51,6 +51,29 @@ std::string Report(const std::string& budget, const std::string& strategy, const
   return ReportOf(req);
 }
 
+// A mixture-of-experts model that placement E cannot take (quantized experts that do not all fit): the report says
+// why under the candidates. (Dense models have no such line.)
+TEST(PlanReportTest, SaysWhyExpertsAreNotPlacementUnits) {
+  Result<ModelDescription> model = ImportHfConfigText(R"({
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 256, "intermediate_size": 1024,
+    "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 8,
+    "num_experts_per_tok": 2, "vocab_size": 256, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+  ASSERT_TRUE(model.ok()) << model.error().ToString();
+  model->name = "tiny-moe";
+  PlanRequest req;
+  req.description = *model;
+  req.budget = *ParseMaxMemory("cuda:0=340MiB,cpu=1GiB");  // 48.6 MiB of int8 experts: whole layers stream
+  req.run.max_batch = 1;
+  req.run.max_seq_len = 64;
+  req.weights = quant::Format::kInt8;
+  req.auto_candidates = "BPCE";
+  const std::string report = ReportOf(req);
+  EXPECT_NE(report.find("E infeasible; chosen"), std::string::npos) << report;
+  EXPECT_NE(report.find("\n  E infeasible: cuda:0: its layers' experts ("), std::string::npos) << report;
+  EXPECT_EQ(Report("cuda:0=1GiB,cpu=1GiB", "auto", "BPCE").find("E infeasible:"), std::string::npos);
+}
+
 TEST(PlanReportTest, Resident) {
   EXPECT_EQ(Report("cuda:0=1GiB,cpu=1GiB", "auto"),
             "== tiny (llama, 7 blocks, 205376 params, 402.25 KiB at BF16) ==\n"
