@@ -16,56 +16,54 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   const uint64_t e = DTypeBytes(exec_dtype);
   BlockWork w;
   w.weight_bytes = BlockWeightBytes(model, index, exec_dtype);
-  double matrix_params = 0;
-  uint32_t quantized = 0;
   // Per-row-scaled fp8/int8 matrices: a decode step's product reads them in one kernel (fused::QuantGemv).
   const auto fused_decode = [&](const TensorSpec& t) {
     return (t.format == quant::Format::kInt8 || t.format == quant::Format::kFp8E4M3) && t.shape.size() == 2 &&
            t.group == t.shape[1] && e == 2;
   };
-  auto count = [&](const TensorSpec& t) {
-    if (t.shape.size() >= 2) matrix_params += static_cast<double>(t.numel());
+  // Matrix elements, unpacking traffic and quantized matrices of a set of tensors.
+  struct Tally {
+    double params = 0, dequant = 0, fused_dequant = 0;
+    uint32_t quantized = 0, fused = 0;
+  };
+  const auto add = [&](const TensorSpec& t, Tally* to) {
+    if (t.shape.size() >= 2) to->params += static_cast<double>(t.numel());
     if (t.format == quant::Format::kNone) return;
-    ++quantized;
-    const uint64_t n = static_cast<uint64_t>(t.numel());
-    w.dequant_bytes += t.format == quant::Format::kInt4 ? n : 2 * n * e;
+    ++to->quantized;
+    const double n = static_cast<double>(t.numel());
+    to->dequant += t.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
     if (fused_decode(t)) {
-      w.fused_dequant_bytes += 2 * n * e;
-      ++w.fused_quantized;
+      to->fused_dequant += 2 * n * static_cast<double>(e);
+      ++to->fused;
     }
   };
-  for (const TensorSpec& p : block.params) count(p);
   // A sparse layer reads, per token, its other weights and the num_experts_per_tok experts it routes to (and
   // unpacks only those, where they are quantized).
-  if (block.kind == BlockKind::kDecoderLayer && c.SparseLayer(block.layer) && c.num_experts > 0) {
-    double experts = 0, expert_dequant = 0, expert_fused_dequant = 0;
-    uint32_t expert_quantized = 0, expert_fused = 0;
-    for (const TensorSpec& p : block.params) {
-      if (p.name.find(".experts.") == std::string::npos) continue;
-      experts += static_cast<double>(p.numel());
-      if (p.format != quant::Format::kNone) {
-        const double n = static_cast<double>(p.numel());
-        expert_dequant += p.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
-        ++expert_quantized;
-        if (fused_decode(p)) {
-          expert_fused_dequant += 2 * n * static_cast<double>(e);
-          ++expert_fused;
-        }
-      }
-    }
-    const double unpicked_share = 1.0 - static_cast<double>(c.num_experts_per_tok) / c.num_experts;
-    const double unpicked = experts * unpicked_share;
-    matrix_params -= unpicked;
-    w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(unpicked * e));
-    w.dequant_bytes -= std::min<uint64_t>(w.dequant_bytes, static_cast<uint64_t>(expert_dequant * unpicked_share));
-    w.fused_dequant_bytes -=
-        std::min<uint64_t>(w.fused_dequant_bytes, static_cast<uint64_t>(expert_fused_dequant * unpicked_share));
-    // (The unpacking kernels too: the chosen experts' only.)
-    quantized -= std::min(quantized, static_cast<uint32_t>(std::floor(expert_quantized * unpicked_share)));
-    w.fused_quantized -= std::min(w.fused_quantized, static_cast<uint32_t>(std::floor(expert_fused * unpicked_share)));
+  const bool sparse = block.kind == BlockKind::kDecoderLayer && c.SparseLayer(block.layer) && c.num_experts > 0;
+  Tally all, experts;
+  for (const TensorSpec& p : block.params) {
+    add(p, &all);
+    if (sparse && p.name.find(".experts.") != std::string::npos) add(p, &experts);
   }
   for (const std::string& name : block.tied)
-    if (const TensorSpec* p = model.FindParam(name)) count(*p);
+    if (const TensorSpec* p = model.FindParam(name)) add(*p, &all);
+  double matrix_params = all.params;
+  uint32_t quantized = all.quantized;
+  w.dequant_bytes = static_cast<uint64_t>(all.dequant);
+  w.fused_dequant_bytes = static_cast<uint64_t>(all.fused_dequant);
+  w.fused_quantized = all.fused;
+  if (sparse) {
+    const double unpicked_share = 1.0 - static_cast<double>(c.num_experts_per_tok) / c.num_experts;
+    const double unpicked = experts.params * unpicked_share;
+    matrix_params -= unpicked;
+    w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(unpicked * e));
+    w.dequant_bytes -= std::min<uint64_t>(w.dequant_bytes, static_cast<uint64_t>(experts.dequant * unpicked_share));
+    w.fused_dequant_bytes -=
+        std::min<uint64_t>(w.fused_dequant_bytes, static_cast<uint64_t>(experts.fused_dequant * unpicked_share));
+    // (The unpacking kernels too: the chosen experts' only.)
+    quantized -= std::min(quantized, static_cast<uint32_t>(std::floor(experts.quantized * unpicked_share)));
+    w.fused_quantized -= std::min(w.fused_quantized, static_cast<uint32_t>(std::floor(experts.fused * unpicked_share)));
+  }
   // The registry's kernel counts for the family (a validated description always names one).
   const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
   const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);

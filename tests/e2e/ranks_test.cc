@@ -47,6 +47,12 @@ int FreePort() {
   return port;
 }
 
+// Whether this machine has two CUDA devices (the CUDA variants skip otherwise).
+bool TwoGpus() {
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices >= 2;
+}
+
 // Whether the family's decode steps are captured in graphs at all (GPT-2 and GPT-J run eagerly on every side).
 bool GraphsEligible(const std::string& model, uint32_t seq_len) {
   std::ifstream config_file(model + "/config.json");
@@ -204,15 +210,13 @@ class Ranks : public ::testing::TestWithParam<std::string> {
 TEST_P(Ranks, CpuTwoRanksMatchOneProcess) { RunRanks(/*cpu=*/true, 0.0); }
 
 TEST_P(Ranks, CudaTwoRanksMatchOneProcess) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  if (!TwoGpus()) GTEST_SKIP() << "fewer than two CUDA devices";
   RunRanks(/*cpu=*/false, 1e-5);
 }
 
 // Decode steps replayed from CUDA graphs on both ranks (one per rank here) against the one-process plan's graphs.
 TEST_P(Ranks, CudaTwoRanksGraphsMatchOneProcess) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  if (!TwoGpus()) GTEST_SKIP() << "fewer than two CUDA devices";
   RunRanks(/*cpu=*/false, 1e-5, /*graphs=*/true);
 }
 
@@ -283,22 +287,19 @@ TEST_P(TensorParallelRanks, CpuTwoRanksQuantizedMatchTheOneGpuPlan) {
 }
 
 TEST_P(TensorParallelRanks, CudaTwoRanksMatchOneProcess) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  if (!TwoGpus()) GTEST_SKIP() << "fewer than two CUDA devices";
   Run(/*cpu=*/false, 1e-6);
 }
 
 TEST_P(TensorParallelRanks, CudaTwoRanksGraphsMatchOneProcess) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  if (!TwoGpus()) GTEST_SKIP() << "fewer than two CUDA devices";
   Run(/*cpu=*/false, 1e-6, /*graphs=*/true);
 }
 
 // The same on two GPUs: two NCCL ranks of quantized shards against the one-GPU quantized plan, eagerly and with
 // decode steps replayed from CUDA graphs.
 TEST_P(TensorParallelRanks, CudaTwoRanksQuantizedMatchTheOneGpuPlan) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  if (!TwoGpus()) GTEST_SKIP() << "fewer than two CUDA devices";
   for (const char* weights : {"--weights int8 --weights-group 16", "--weights int4 --weights-group 16",
                               "--weights fp8 --weights-group 16"}) {
     for (bool graphs : {false, true}) {
@@ -357,8 +358,7 @@ class PreQuantTensorParallelRanks : public ::testing::TestWithParam<std::string>
 TEST_P(PreQuantTensorParallelRanks, CpuTwoRanksMatchTheOneGpuPlan) { Run(/*cpu=*/true); }
 
 TEST_P(PreQuantTensorParallelRanks, CudaTwoRanksMatchTheOneGpuPlan) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 2) GTEST_SKIP() << "fewer than two CUDA devices";
+  if (!TwoGpus()) GTEST_SKIP() << "fewer than two CUDA devices";
   Run(/*cpu=*/false);
   Run(/*cpu=*/false, /*graphs=*/true);
 }
