@@ -455,14 +455,15 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemvKernel(const QuantG
   const int lane = threadIdx.x & 31;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kQuantWarps + (threadIdx.x >> 5)) * kQuantRows;
   if (row0 >= a.n) return;
-  const uint8_t* w = static_cast<const uint8_t*>(a.w);
+  const bool batched = a.batch > 0;
+  const uint8_t* w = static_cast<const uint8_t*>(batched ? a.ws[blockIdx.y] : a.w);
   const uint32_t* wr[kQuantRows];
 #pragma unroll
   for (int r = 0; r < kQuantRows; ++r) {
     const int64_t row = row0 + r < a.n ? row0 + r : row0;  // past the end: row0 again, unused
     wr[r] = reinterpret_cast<const uint32_t*>(w + row * a.row_bytes);
   }
-  const T* x = static_cast<const T*>(a.x);
+  const T* x = static_cast<const T*>(batched ? a.xs[blockIdx.y] : a.x);
   float acc[M][kQuantRows];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -510,7 +511,7 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemvKernel(const QuantG
     for (int r = 0; r < kQuantRows; ++r) acc[m][r] = WarpSum(acc[m][r]);
   }
   if (lane != 0) return;
-  T* y = static_cast<T*>(a.y);
+  T* y = static_cast<T*>(batched ? a.ys[blockIdx.y] : a.y);
 #pragma unroll
   for (int r = 0; r < kQuantRows; ++r) {
     const int64_t row = row0 + r;
@@ -518,6 +519,88 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemvKernel(const QuantG
     const float s = *reinterpret_cast<const float*>(w + row * a.row_bytes + a.k);
 #pragma unroll
     for (int m = 0; m < M; ++m) y[m * a.n + row] = ToT<T>(Round<T>(acc[m][r]) * s);
+  }
+}
+
+// int4 rows (QuantGemvArgs::int4): each lane reads 4 bytes (8 values) of each of its warp's kQuantRows rows a step,
+// with the group's scale and zero.
+template <typename T, int M>
+__global__ void __launch_bounds__(kQuantWarps * 32) QuantGemv4Kernel(const QuantGemvArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kQuantWarps + (threadIdx.x >> 5)) * kQuantRows;
+  if (row0 >= a.n) return;
+  const bool batched = a.batch > 0;
+  const uint8_t* w = static_cast<const uint8_t*>(batched ? a.ws[blockIdx.y] : a.w);
+  const int64_t data = a.k / 2;  // bytes of values a row
+  // Row r's values at wr[r], its group g's record at rec[r] + g * rec_step.
+  const uint8_t* wr[kQuantRows];
+  const uint8_t* rec[kQuantRows];
+  int64_t rec_step = 4;
+#pragma unroll
+  for (int r = 0; r < kQuantRows; ++r) {
+    const int64_t row = row0 + r < a.n ? row0 + r : row0;
+    if (a.split_rows > 0) {
+      const int64_t mat = row / a.split_rows, local = row - mat * a.split_rows;
+      const uint8_t* base = w + mat * a.split_rows * a.row_bytes;
+      wr[r] = base + local * data;
+      rec[r] = base + a.split_rows * data + local * 4;
+      rec_step = a.split_rows * 4;
+    } else {
+      wr[r] = w + row * a.row_bytes;
+      rec[r] = wr[r] + data;
+    }
+  }
+  const T* x = static_cast<const T*>(batched ? a.xs[blockIdx.y] : a.x);
+  float acc[M][kQuantRows];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = 0.f;
+  }
+  const int64_t words = a.k / 8;  // 8 values a word
+  for (int64_t word = lane; word < words; word += 32) {
+    const int64_t g = word * 8 / a.group;
+    uint32_t wv[kQuantRows];
+    float sc[kQuantRows], ze[kQuantRows];
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) {
+      wv[r] = __ldg(reinterpret_cast<const uint32_t*>(wr[r]) + word);
+      const uint32_t sz = __ldg(reinterpret_cast<const uint32_t*>(rec[r] + g * rec_step));
+      sc[r] = __uint_as_float((sz & 0xFFFFu) << 16);
+      ze[r] = __uint_as_float(sz & 0xFFFF0000u);
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const T* xp = x + m * a.x_stride + word * 8;
+      const uint2 x0 = *reinterpret_cast<const uint2*>(xp), x1 = *reinterpret_cast<const uint2*>(xp + 4);
+      const T* xa = reinterpret_cast<const T*>(&x0);
+      const T* xb = reinterpret_cast<const T*>(&x1);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float xf = F<T>(i < 4 ? xa[i] : xb[i - 4]);
+#pragma unroll
+        for (int r = 0; r < kQuantRows; ++r) {
+          // Byte b of the word holds columns 2b (high nibble) and 2b + 1 (low).
+          const uint32_t byte = (wv[r] >> (8 * (i / 2))) & 0xFFu;
+          const float q = static_cast<float>((i % 2 == 0) ? (byte >> 4) : (byte & 15u));
+          acc[m][r] = fmaf(fmaf(q - 8.f, sc[r], ze[r]), xf, acc[m][r]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = WarpSum(acc[m][r]);
+  }
+  if (lane != 0) return;
+  T* y = static_cast<T*>(batched ? a.ys[blockIdx.y] : a.y);
+#pragma unroll
+  for (int r = 0; r < kQuantRows; ++r) {
+    const int64_t row = row0 + r;
+    if (row >= a.n) break;
+#pragma unroll
+    for (int m = 0; m < M; ++m) y[m * a.n + row] = ToT<T>(acc[m][r]);
   }
 }
 
@@ -1010,14 +1093,33 @@ __global__ void TopRowsKernel(const T* __restrict__ x, const float* __restrict__
 cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream) {
   const auto aligned4 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3u) == 0; };
   const auto aligned8 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7u) == 0; };
-  if (a.m < 1 || a.m > kGemvMaxRows || a.n < 1 || a.k < 4 || a.k % 4 != 0 || a.row_bytes != a.k + 4 ||
-      a.x_stride % 4 != 0 || a.x == nullptr || a.w == nullptr || a.y == nullptr || !aligned8(a.x) || !aligned4(a.w) ||
-      (a.dtype != DType::kBF16 && a.dtype != DType::kF16) ||
-      a.n > (int64_t{1} << 31) * kQuantWarps * kQuantRows) {
+  const bool batched = a.batch > 0;
+  const bool rows_ok = a.int4 ? a.k % 8 == 0 && a.group >= 8 && a.group % 8 == 0 && a.k % a.group == 0 &&
+                                    a.row_bytes == a.k / 2 + 4 * (a.k / a.group) && a.split_rows >= 0 &&
+                                    (a.split_rows == 0 || a.n % a.split_rows == 0)
+                              : a.k % 4 == 0 && a.row_bytes == a.k + 4 && a.split_rows == 0;
+  if (a.m < 1 || a.m > kGemvMaxRows || a.n < 1 || a.k < 4 || !rows_ok ||
+      a.x_stride % 4 != 0 || (a.dtype != DType::kBF16 && a.dtype != DType::kF16) ||
+      a.n > (int64_t{1} << 31) * kQuantWarps * kQuantRows || a.batch < 0 || a.batch > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  if (batched ? a.ws == nullptr || a.xs == nullptr || a.ys == nullptr
+              : a.x == nullptr || a.w == nullptr || a.y == nullptr || !aligned8(a.x) || !aligned4(a.w)) {
     return cudaErrorInvalidValue;
   }
   const int64_t units = (a.n + kQuantRows - 1) / kQuantRows;
-  const dim3 grid(static_cast<unsigned>((units + kQuantWarps - 1) / kQuantWarps));
+  const dim3 grid(static_cast<unsigned>((units + kQuantWarps - 1) / kQuantWarps),
+                  static_cast<unsigned>(batched ? a.batch : 1));
+  if (a.int4) {
+    if (a.dtype == DType::kBF16) {
+      if (a.m == 1) QuantGemv4Kernel<__nv_bfloat16, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+      else QuantGemv4Kernel<__nv_bfloat16, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+    } else {
+      if (a.m == 1) QuantGemv4Kernel<__half, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+      else QuantGemv4Kernel<__half, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+    }
+    return cudaGetLastError();
+  }
   if (a.dtype == DType::kBF16) {
     if (a.m == 1) QuantGemvKernel<__nv_bfloat16, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
     else QuantGemvKernel<__nv_bfloat16, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);

@@ -206,9 +206,20 @@ cudaError_t Gemv(const GemvArgs& a, cudaStream_t stream);
 // sum in float32 in another order. Rows of row_bytes = k + 4 bytes (k values then the scale), k % 4 == 0, w 4-byte
 // aligned, x rows of k elements x_stride apart (x 8-byte aligned, x_stride % 4 == 0), y [m, n] contiguous; T bf16 or
 // fp16.
+//
+// int4 (`int4`): rows of k / 2 bytes of values (the high nibble of byte j is column 2j, q in 0..15) then k / group
+// records of two bf16, the scale s and the zero z: w = (q - 8) s + z (formats/quant.h), row_bytes = k / 2 + 4 k /
+// group, k % 8 == 0, group % 8 == 0; y[i, r] = T(sum_c w[r, c] x[i, c]) summed in float32 (tinygemm's sum rounds
+// otherwise: within bf16 rounding of it).
 struct QuantGemvArgs {
   DType dtype = DType::kBF16;
   bool fp8 = false;  // fp8 e4m3 values; else int8
+  bool int4 = false;
+  int64_t group = 0;  // int4's columns per record
+  // int4 only, > 0: the n rows are n / split_rows matrices of split_rows rows one after another, each in the split
+  // layout (the executor's GPU-resident int4: its values [split_rows, k / 2], then its records [k / group,
+  // split_rows] of 4 bytes); n % split_rows == 0. 0: rows of row_bytes.
+  int64_t split_rows = 0;
   const void* x = nullptr;
   int64_t x_stride = 0;
   const void* w = nullptr;
@@ -216,6 +227,12 @@ struct QuantGemvArgs {
   void* y = nullptr;
   int m = 0;
   int64_t n = 0, k = 0;
+  // Batched (`batch` > 0): `batch` products of the same shape, the i-th reading ws[i], xs[i] and writing ys[i]
+  // (device-readable arrays, each pointer aligned as above); w, x and y are then ignored.
+  int64_t batch = 0;
+  const void* const* ws = nullptr;
+  const void* const* xs = nullptr;
+  void* const* ys = nullptr;
 };
 cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream);
 

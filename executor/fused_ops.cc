@@ -97,6 +97,66 @@ at::Tensor QuantGemv(const at::Tensor& x, const at::Tensor& wq, bool fp8, int64_
   return y.view(out_shape);
 }
 
+at::Tensor QuantGemvInt4(const at::Tensor& x, const at::Tensor& wq, int64_t k, int64_t group, bool split) {
+  if (!Eligible(x) || !wq.defined() || wq.dim() != 2 || wq.scalar_type() != at::kByte || wq.device() != x.device() ||
+      !wq.is_contiguous() || x.size(-1) != k || k % 8 != 0 || group < 8 || group % 8 != 0 || k % group != 0 ||
+      wq.size(1) != k / 2 + 4 * (k / group)) {
+    return at::Tensor();
+  }
+  const at::Tensor x2 = Rows2d(x);
+  if (!x2.defined() || x2.size(0) > fused::kGemvMaxRows) return at::Tensor();
+  const int64_t m = x2.size(0), n = wq.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = n;
+  at::Tensor y = at::empty({m, n}, x.options());
+  const fused::QuantGemvArgs a{.dtype = DTypeOf(x),
+                               .int4 = true,
+                               .group = group,
+                               .split_rows = split ? n : 0,
+                               .x = x2.data_ptr(),
+                               .x_stride = x2.stride(0),
+                               .w = wq.data_ptr(),
+                               .row_bytes = k / 2 + 4 * (k / group),
+                               .y = y.data_ptr(),
+                               .m = static_cast<int>(m),
+                               .n = n,
+                               .k = k};
+  if (fused::QuantGemv(a, Stream()) == cudaErrorInvalidValue) {
+    cudaGetLastError();
+    return at::Tensor();
+  }
+  Check(cudaGetLastError(), "quant_gemv (int4)");
+  return y.view(out_shape);
+}
+
+bool QuantGemvBatched(const void* const* ws, const void* const* xs, void* const* ys, int64_t batch, int64_t m,
+                      int64_t n, int64_t k, quant::Format format, int64_t group, const at::Tensor& like,
+                      int64_t split_rows) {
+  if (!Eligible(like) || batch < 1 || m < 1 || m > fused::kGemvMaxRows || format == quant::Format::kNone) return false;
+  const bool int4 = format == quant::Format::kInt4;
+  if (int4 ? group <= 0 || k % group != 0 : group != k) return false;
+  const fused::QuantGemvArgs a{.dtype = DTypeOf(like),
+                               .fp8 = format == quant::Format::kFp8E4M3,
+                               .int4 = int4,
+                               .group = int4 ? group : 0,
+                               .split_rows = int4 ? split_rows : 0,
+                               .x_stride = k,
+                               .row_bytes = int4 ? k / 2 + 4 * (k / group) : k + 4,
+                               .m = static_cast<int>(m),
+                               .n = n,
+                               .k = k,
+                               .batch = batch,
+                               .ws = ws,
+                               .xs = xs,
+                               .ys = ys};
+  if (fused::QuantGemv(a, Stream()) == cudaErrorInvalidValue) {
+    cudaGetLastError();
+    return false;
+  }
+  Check(cudaGetLastError(), "quant_gemv (batched)");
+  return true;
+}
+
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& residual,
                   bool overwrite_residual) {
   if (!Eligible(x) || !w.defined() || w.dim() != 2 || w.scalar_type() != x.scalar_type() || w.device() != x.device() ||

@@ -9,10 +9,11 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <utility>
 #include <vector>
 
-#include <cstdint>
+#include "formats/quant.h"
 
 namespace bigplan::fused_ops {
 
@@ -32,6 +33,18 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
 // fp16. The result [..., n] as QuantLinear's LibTorch path rounds it: T(T(x . q[r]) * s[r]). Undefined when not
 // eligible (more rows, another layout or alignment).
 at::Tensor QuantGemv(const at::Tensor& x, const at::Tensor& wq, bool fp8, int64_t k);
+// An int4 weight's product for up to 2 rows of x (fused::QuantGemv, int4): wq [n, k / 2 + 4 k / group] uint8 in the
+// row layout, or the same bytes in the split layout (`split`: values, then records [groups, n]); x [..., k] bf16 or
+// fp16. The result [..., n], summed in float32 and rounded once. Undefined when not eligible.
+at::Tensor QuantGemvInt4(const at::Tensor& x, const at::Tensor& wq, int64_t k, int64_t group, bool split);
+// The same for `batch` weights at once (fused::QuantGemv batched): for i < batch, ys[i] [m, n] = xs[i] [m, k] (rows k
+// apart) times ws[i] (n uint8 rows of `format`: per-row fp8 / int8, k + 4 bytes, or int4 in groups of `group`
+// columns, k / 2 + 4 k / group bytes; with split_rows > 0, int4 matrices of split_rows rows in the split layout one
+// after another, fused::QuantGemvArgs::split_rows), in `like`'s dtype on its device (the arrays device-readable).
+// False, computing nothing, when not eligible (m > 2, alignment, dtype, layout).
+bool QuantGemvBatched(const void* const* ws, const void* const* xs, void* const* ys, int64_t batch, int64_t m,
+                      int64_t n, int64_t k, quant::Format format, int64_t group, const at::Tensor& like,
+                      int64_t split_rows = 0);
 
 // The `top` rows r of w [n, k] with the largest x . (scale * w[r]) for one row x [k] (or [1, k]), float32 `scale`
 // [k], written as int64 indices into out[0..top) (a device-accessible pointer, e.g. mapped pinned memory), largest

@@ -107,7 +107,11 @@ at::Tensor QuantLinear(const at::Tensor& x, const at::Tensor& wq, const WeightQu
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = n;
   at::Tensor y;
-  if (TinyGemmEligible(x, wq, q)) {
+  if (q.format == quant::Format::kInt4 && x.is_cuda() &&
+      (y = fused_ops::QuantGemvInt4(x, wq, q.cols, q.group, q.split)).defined()) {
+    // int4 at a decode step's rows: one kernel reads the packed values and their records where they lie (tinygemm
+    // would repack the weight on every call).
+  } else if (TinyGemmEligible(x, wq, q)) {
     const Parts p = Split(wq, q);
     at::Tensor packed = at::_convert_weight_to_int4pack(p.data.contiguous(), InnerKTiles(q.cols));
     at::Tensor scale_zero = p.records.transpose(0, 1).contiguous();  // [groups, n, 2]

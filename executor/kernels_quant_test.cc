@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "executor/fused_ops.h"
 #include "executor/kernels_internal.h"
 #include "formats/quant.h"
 
@@ -118,6 +119,78 @@ INSTANTIATE_TEST_SUITE_P(Formats, QuantLinearTest,
                                            Case{quant::Format::kInt4, 64, 576, 64},
                                            Case{quant::Format::kInt4, 40, 1024, 32},
                                            Case{quant::Format::kInt4, 12, 96, 32}));  // rows not a multiple of 8
+
+#ifdef BIGPLAN_TEST_CUDA
+// The batched quantized product (fused_ops::QuantGemvBatched, what grouped experts run): per-row fp8/int8 give each
+// weight's product bit for bit as the single one (fused_ops::QuantGemv: the same kernel, a weight per grid row);
+// int4, in the row layout and in the GPU-resident split one (two stacked matrices, as an expert's gate and up), the
+// product with the dequantized weight within bf16 rounding.
+TEST(QuantGemvBatched, MatchesEachProduct) {
+  const at::Device dev = TestDevice();
+  at::manual_seed(11);
+  auto on_device = [&](const auto& pointers) {
+    at::Tensor t = at::empty({static_cast<int64_t>(pointers.size())}, at::kLong);
+    std::memcpy(t.data_ptr(), pointers.data(), pointers.size() * sizeof(void*));
+    return t.to(dev);
+  };
+  for (quant::Format f : {quant::Format::kInt8, quant::Format::kFp8E4M3, quant::Format::kInt4}) {
+    for (bool split : {false, true}) {
+      if (split && f != quant::Format::kInt4) continue;
+      for (int64_t m : {1, 2}) {
+        SCOPED_TRACE(std::string(quant::FormatName(f)) + (split ? " split" : "") + " m=" + std::to_string(m));
+        // (k + 4) % 16 != 0: per-row rows not 16-byte aligned; int4 in groups of 64 (k = 8 x 33)
+        constexpr int64_t kBatch = 5, n = 96, k = 264;
+        const int64_t group = f == quant::Format::kInt4 ? 8 : k;
+        std::vector<at::Tensor> ws, xs, ys, refs;
+        std::vector<const void*> wp, xp;
+        std::vector<void*> yp;
+        for (int64_t i = 0; i < kBatch; ++i) {
+          const at::Tensor w = at::randn({n, k}) * 0.05;
+          at::Tensor wq = QuantizedRows(w, f, group);
+          const WeightQuant q{f, group, k};
+          refs.push_back(DequantizeWeight(wq, q, at::kFloat));
+          if (split) {  // two matrices of n / 2 rows, each values then transposed records
+            std::vector<at::Tensor> parts;
+            for (int64_t h = 0; h < 2; ++h) {
+              const at::Tensor rows = wq.narrow(0, h * n / 2, n / 2);
+              parts.push_back(rows.narrow(1, 0, k / 2).contiguous().reshape({-1}));
+              parts.push_back(rows.narrow(1, k / 2, 4 * (k / group)).contiguous().view({n / 2, k / group, 4})
+                                  .transpose(0, 1).contiguous().reshape({-1}));
+            }
+            wq = at::cat(parts).view(wq.sizes());
+          }
+          ws.push_back(wq.to(dev));
+          xs.push_back(at::randn({m, k}).to(dev).to(at::kBFloat16));
+          ys.push_back(at::full({m, n}, 7.0, xs.back().options()));
+          wp.push_back(ws.back().data_ptr());
+          xp.push_back(xs.back().data_ptr());
+          yp.push_back(ys.back().data_ptr());
+        }
+        const at::Tensor dw = on_device(wp), dx = on_device(xp), dy = on_device(yp);
+        const auto* a = static_cast<const void* const*>(dw.data_ptr());
+        const auto* b = static_cast<const void* const*>(dx.data_ptr());
+        auto* c = static_cast<void* const*>(dy.data_ptr());
+        ASSERT_TRUE(fused_ops::QuantGemvBatched(a, b, c, kBatch, m, n, k, f, group, xs[0], split ? n / 2 : 0));
+        for (int64_t i = 0; i < kBatch; ++i) {
+          if (f != quant::Format::kInt4) {
+            const at::Tensor one = fused_ops::QuantGemv(xs[i], ws[i], f == quant::Format::kFp8E4M3, k);
+            ASSERT_TRUE(one.defined());
+            EXPECT_TRUE(at::equal(one, ys[i])) << "weight " << i;
+          } else {
+            const at::Tensor ref = at::linear(xs[i].to(at::kCPU).to(at::kFloat), refs[i]);
+            const at::Tensor got = ys[i].to(at::kCPU).to(at::kFloat);
+            EXPECT_TRUE(at::allclose(got, ref, 1.0 / 128, 1e-3)) << "weight " << i << ": max diff "
+                                                                 << (got - ref).abs().max().item<float>();
+          }
+        }
+        // Not eligible: 3 rows; a group that does not divide k.
+        EXPECT_FALSE(fused_ops::QuantGemvBatched(a, b, c, kBatch, 3, n, k, f, group, xs[0]));
+        EXPECT_FALSE(fused_ops::QuantGemvBatched(a, b, c, kBatch, m, n, k, f, 7, xs[0]));
+      }
+    }
+  }
+}
+#endif
 
 TEST(QuantLinear, WrongShapesThrow) {
   at::Tensor wq = at::zeros({4, 10}, at::kByte);
