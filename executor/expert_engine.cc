@@ -5,7 +5,9 @@
 #include <cstring>
 #include <chrono>
 #include <cmath>
+#include <set>
 #include <string>
+#include <tuple>
 
 #include "arch/binding.h"
 #include "executor/fused_cuda.h"
@@ -27,6 +29,13 @@ at::ScalarType ScalarOf(schema::DType d) {
     case schema::DType::U8: return at::kByte;
     default: return at::kFloat;
   }
+}
+
+// A routed expert's matrix as it rests in pinned memory: bf16 rows, or row-quantized ones (formats/quant.h).
+cpu_matvec::Matrix HostMatrixOf(const WeightRuntime& w) {
+  const int64_t cols = w.shape.size() == 2 ? w.shape[1] : 0;
+  return cpu_matvec::Matrix{w.quantized() ? w.format : quant::Format::kNone, w.home, w.rows, cols,
+                            w.quantized() ? w.group : 0, static_cast<int64_t>(w.row_bytes())};
 }
 
 double MicrosSince(std::chrono::steady_clock::time_point t) {
@@ -98,9 +107,16 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
         ex.m[k].slot_offset = offset;
         offset += AlignUp(w.bytes);
         routed += w.routed ? 1 : 0;
-        if (w.routed && w.quantized()) {
+        if (w.routed && w.quantized() && w.tier == schema::Tier::Disk) {
+          // (A disk read would have to quantize the checkpoint's rows on the way; the planner keeps quantized
+          // experts in pinned memory.)
           return MakeError(ErrorCode::kUnsupported, b.name + ": routed expert matrix " + w.name +
-                                                        " is row-quantized (routed experts move in bf16/fp16/fp32)");
+                                                        " is row-quantized and rests on disk (quantized experts "
+                                                        "move from pinned memory only)");
+        }
+        if (w.routed && w.quantized() && w.split) {
+          return MakeError(ErrorCode::kInvalidArgument, b.name + ": routed expert matrix " + w.name +
+                                                            " is stored split (a GPU-resident int4 layout)");
         }
       }
       if (routed != 0 && routed != 3) {
@@ -144,7 +160,11 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
       }
       max_inter = std::max(max_inter, ex.m[0].w->rows);
       for (const Matrix& m : ex.m) {
-        if (m.w->dtype != schema::DType::BF16) e->cpu_share_ = 0;  // the host multiplies bf16 matrices
+        // The host multiplies bf16 rows and row-quantized ones (cpu_matvec's layouts; int4 with even groups).
+        // (Act-order GPTQ columns are permuted: the host's products do not permute x.)
+        const bool host_rows = m.w->quantized() ? cpu_matvec::Validate(HostMatrixOf(*m.w)).ok() && m.w->perm.empty()
+                                                : m.w->dtype == schema::DType::BF16;
+        if (!host_rows) e->cpu_share_ = 0;
       }
     }
   }
@@ -155,6 +175,8 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   // Splitting needs plain matrices: gate and up [inter, hidden] alike, down [hidden, inter].
   e->split_rows_ = std::max<int64_t>(0, split_rows);
   e->split_min_bytes_ = split_min_bytes;
+  bool any_plain = false, any_resident = false;
+  std::set<std::tuple<quant::Format, int64_t, int64_t>> formats;  // of quantized experts: (format, gate/up group, down's)
   for (const BlockRuntime& b : state.blocks) {
     if (e->layers_[b.index].experts.empty()) continue;
     for (const Expert& ex : e->layers_[b.index].experts) {
@@ -163,13 +185,38 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
       const WeightRuntime& d = *ex.m[2].w;
       const bool plain = !g.quantized() && !u.quantized() && !d.quantized() && g.shape == u.shape &&
                          g.shape.size() == 2 && d.shape.size() == 2 && g.dtype == d.dtype && g.dtype == u.dtype;
+      // Quantized experts group too, through fused::QuantGemv's batched products: per-row fp8/int8 (one scale a
+      // row) and int4 in groups of a multiple of 8 columns, in the row layout (not a GPU-resident split one).
+      const auto groupable = [](const WeightRuntime& w) {
+        if (w.shape.size() != 2 || (w.split && w.routed) || !w.perm.empty()) return false;
+        const int64_t k = w.shape[1];
+        if (w.format == quant::Format::kInt8 || w.format == quant::Format::kFp8E4M3) return w.group == k && k % 4 == 0;
+        return w.format == quant::Format::kInt4 && k % 8 == 0 && w.group > 0 && w.group % 8 == 0 && k % w.group == 0;
+      };
+      const bool quant_rows = groupable(g) && groupable(u) && groupable(d) && g.format == u.format &&
+                              g.format == d.format && g.shape == u.shape && g.group == u.group &&
+                              d.shape[1] == g.shape[0] && d.shape[0] == g.shape[1];
       const bool adjacent = ex.routed ? ex.m[1].slot_offset == g.bytes : g.home + g.bytes == u.home;
-      if (!plain || !adjacent) e->grouped_ = false;
+      if (!(plain || quant_rows) || !adjacent) e->grouped_ = false;
+      any_plain = any_plain || plain;
+      if (quant_rows) formats.insert({g.format, g.group, d.group});
+      if (quant_rows && !ex.routed) {  // (GPU-resident int4 is stored split: the kernel reads either layout)
+        if (g.split != u.split || g.split != d.split || (any_resident && g.split != e->resident_split_)) {
+          e->grouped_ = false;
+        }
+        e->resident_split_ = g.split;
+        any_resident = true;
+      }
       if (ex.routed && (!plain || d.shape[0] != e->hidden_ || d.shape[1] != g.shape[0] || g.shape[1] != e->hidden_))
         e->split_rows_ = 0;
       e->inter_ = g.shape.empty() ? 0 : g.shape[0];
     }
   }
+  // (One kind of group: plain matrices, or per-row rows of one format, whose batched products take bf16 or fp16.)
+  const schema::DType exec = plan.exec_dtype();
+  if (!any_plain && exec != schema::DType::BF16 && exec != schema::DType::F16) e->grouped_ = false;
+  if (any_plain ? !formats.empty() : formats.size() != 1) e->grouped_ = false;
+  if (e->grouped_ && !any_plain) std::tie(e->group_format_, e->group_cols_[0], e->group_cols_[1]) = *formats.begin();
   BIGPLAN_RETURN_IF_ERROR(Cuda(cudaSetDevice(e->device_), "cudaSetDevice"));
   BIGPLAN_ASSIGN_OR_RETURN(e->copy_stream_, CudaStream::Create(e->device_, "expert copies"));
   for (int s = 0; s < e->slots_; ++s) {
@@ -781,8 +828,7 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
       cpu_matvec::Matrix* mats[3] = {&he.gate, &he.up, &he.down};
       for (int m = 0; m < 3; ++m) {
         const WeightRuntime& w = *ex.m[m].w;
-        *mats[m] = cpu_matvec::Matrix{quant::Format::kNone, w.home, w.rows, w.shape[1], 0,
-                                      static_cast<int64_t>(w.row_bytes())};
+        *mats[m] = HostMatrixOf(w);
       }
       const int64_t rows = host_rows[e];
       if (rows < inter_of(e)) {  // split: gate and up rows [0, rows), down columns [0, rows) (its row stride kept)
@@ -864,7 +910,8 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     work.tasks.push_back(std::move(t));
   };
   copies_grouped_ = false;
-  if (grouped_ && tokens <= kGroupTokens && copies_.size() <= static_cast<size_t>(slots_) && !prefetched &&
+  const int64_t group_tokens = group_format_ == quant::Format::kNone ? kGroupTokens : fused::kGemvMaxRows;
+  if (grouped_ && tokens <= group_tokens && copies_.size() <= static_cast<size_t>(slots_) && !prefetched &&
       x.is_contiguous()) {
     // Two groups: resident experts (group 0), copied ones (group 1); each expert's rows are every token (a token
     // that does not route to it has weight 0), so the products have one shape. A split expert's part is a task after
@@ -924,6 +971,10 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
       const void** darr = reinterpret_cast<const void**>(dev_area);
       BlockWeights::ExpertGroup g;
       g.index = gi;
+      g.format = group_format_;
+      g.gate_up_group = group_cols_[0];
+      g.down_group = group_cols_[1];
+      g.split = gi == 0 && resident_split_;
       g.n = n;
       g.tokens = tokens;
       g.inter = inter_;

@@ -22,6 +22,12 @@
 //     releases the slot in Release, which issues the next copy;
 //   - disk-resting experts are read into a pinned disk slot (O_DIRECT where the filesystem allows), cast to the
 //     execution dtype when the checkpoint's differs, then copied like the others.
+// Quantized experts (plan --weights, pre-quantized checkpoints) move as they rest in pinned memory, their rows in
+// formats/quant.h's layout: the ring's slots hold those bytes, the host multiplies its share of them in that format
+// (cpu_matvec; not act-order GPTQ's permuted columns), and the GPU computes them as grouped quantized products
+// (fused::QuantGemv batched: per-row fp8/int8, int4 in groups of a multiple of 8 columns, GPU-resident int4 in its
+// split layout) or, for other layouts, one by one. They never rest on disk (a read would have to quantize on the
+// way; Create refuses such a plan).
 // Forwards of at least copy_all_tokens tokens (prefills, where nearly every expert is chosen) start copying the
 // layer's first ring's worth of non-resident experts when the layer's step starts, before its attention, so the
 // copy engine never waits for the router. Finish adds the host's weighted sum to the GPU's (mapped pinned memory read,
@@ -277,6 +283,11 @@ class ExpertEngine {
   Allocation y_host_;   // float [max_tokens x hidden]
   // Grouped experts: pointer arrays and routing weights (mapped), and the products' device buffers.
   bool grouped_ = false;   // every expert's gate and up lie back to back (resident and in a slot)
+  // kNone: the grouped experts are plain matrices; else every expert's are quantized rows of this format (per-row
+  // fp8/int8, or int4 in groups of group_cols_ columns: gate and up's, down's).
+  quant::Format group_format_ = quant::Format::kNone;
+  int64_t group_cols_[2] = {0, 0};
+  bool resident_split_ = false;  // the resident quantized experts are int4 in the split layout (copied ones never)
   Allocation groups_;      // per group: 6 pointer arrays of num_experts, then float weights [num_experts x kGroupTokens]
   at::Tensor gu_buf_, h_buf_, y_buf_;
   at::Tensor ptr_dev_;  // groups_ mirrored in device memory (the pointer arrays cuBLAS reads, the routing weights)

@@ -148,6 +148,13 @@ class BlockWeights {
   // entries each) and the buffers they point into; x_ptrs name the x given to BeginExperts.
   struct ExpertGroup {
     int32_t index = 0;
+    // kNone: the matrices are plain, in x's dtype; else row-quantized (formats/quant.h): kInt8 / kFp8E4M3 with one
+    // float32 scale a row, kInt4 in groups of gate_up_group (of hidden) and down_group (of inter) columns; at most
+    // fused::kGemvMaxRows tokens.
+    quant::Format format = quant::Format::kNone;
+    int64_t gate_up_group = 0, down_group = 0;
+    // int4 matrices in the split layout (GPU-resident ones: fused::QuantGemvArgs::split_rows), gate and up each.
+    bool split = false;
     int64_t n = 0, tokens = 0, inter = 0, hidden = 0;
     const void* const* gate_up = nullptr;  // [2 inter, hidden] matrices
     const void* const* x_ptrs = nullptr;   // x [tokens, hidden]

@@ -43,13 +43,28 @@ Status BatchedLinear(const void* const* a, const void* const* b, void* const* c,
 }  // namespace
 
 Status GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, bool fused_kernels, at::Tensor* out) {
-  BIGPLAN_ASSIGN_OR_RETURN(const cudaDataType_t type, CudaType(g.gu.scalar_type()));
-  BIGPLAN_RETURN_IF_ERROR(BatchedLinear(g.gate_up, g.x_ptrs, g.gu_ptrs, g.n, g.tokens, 2 * g.inter, g.hidden, type));
+  const bool quantized = g.format != quant::Format::kNone;
+  auto product = [&](const void* const* a, const void* const* b, void* const* c, int64_t rows, int64_t cols,
+                     int64_t group, int64_t split_rows) -> Status {
+    if (quantized) {
+      // Quantized rows: the products QuantLinear computes one expert at a time, batched.
+      if (!fused_ops::QuantGemvBatched(a, b, c, g.n, g.tokens, rows, cols, g.format, group, g.gu,
+                                       g.split ? split_rows : 0)) {
+        return MakeError(ErrorCode::kUnsupported, std::string("grouped ") + quant::FormatName(g.format) +
+                                                      " expert products: not eligible (" + std::to_string(g.tokens) +
+                                                      " tokens, " + std::to_string(cols) + " columns)");
+      }
+      return Status::Ok();
+    }
+    BIGPLAN_ASSIGN_OR_RETURN(const cudaDataType_t type, CudaType(g.gu.scalar_type()));
+    return BatchedLinear(a, b, c, g.n, g.tokens, rows, cols, type);
+  };
+  BIGPLAN_RETURN_IF_ERROR(product(g.gate_up, g.x_ptrs, g.gu_ptrs, 2 * g.inter, g.hidden, g.gate_up_group, g.inter));
   at::Tensor h = g.h;  // the buffer the second product's arrays point into
   if (!(fused_kernels && act == Activation::kSilu && fused_ops::SiluMulInto(g.gu, h))) {
     at::mul_out(h, Activate(act, g.gu.narrow(-1, 0, g.inter)), g.gu.narrow(-1, g.inter, g.inter));
   }
-  BIGPLAN_RETURN_IF_ERROR(BatchedLinear(g.down, g.h_ptrs, g.y_ptrs, g.n, g.tokens, g.hidden, g.inter, type));
+  BIGPLAN_RETURN_IF_ERROR(product(g.down, g.h_ptrs, g.y_ptrs, g.hidden, g.inter, g.down_group, g.hidden));
   // Each expert's output scaled by its routing weights (in their dtype, as transformers: bf16 for Qwen, float32 for
   // Mixtral; the executor writes them so), cast back, summed over the group's experts, added to *out.
   if (fused_kernels && fused_ops::ExpertSum(g.y, g.weights, *out)) return Status::Ok();

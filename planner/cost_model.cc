@@ -16,10 +16,12 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   const uint64_t e = DTypeBytes(exec_dtype);
   BlockWork w;
   w.weight_bytes = BlockWeightBytes(model, index, exec_dtype);
-  // Per-row-scaled fp8/int8 matrices: a decode step's product reads them in one kernel (fused::QuantGemv).
+  // Per-row-scaled fp8/int8 matrices and int4 ones in groups of a multiple of 8 columns: a decode step's product
+  // reads them in one kernel (fused::QuantGemv).
   const auto fused_decode = [&](const TensorSpec& t) {
-    return (t.format == quant::Format::kInt8 || t.format == quant::Format::kFp8E4M3) && t.shape.size() == 2 &&
-           t.group == t.shape[1] && e == 2;
+    if (t.shape.size() != 2 || e != 2) return false;
+    if (t.format == quant::Format::kInt4) return t.shape[1] % 8 == 0 && t.group > 0 && t.group % 8 == 0;
+    return (t.format == quant::Format::kInt8 || t.format == quant::Format::kFp8E4M3) && t.group == t.shape[1];
   };
   // Matrix elements, unpacking traffic and quantized matrices of a set of tensors.
   struct Tally {
@@ -33,7 +35,7 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     const double n = static_cast<double>(t.numel());
     to->dequant += t.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
     if (fused_decode(t)) {
-      to->fused_dequant += 2 * n * static_cast<double>(e);
+      to->fused_dequant += t.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
       ++to->fused;
     }
   };
@@ -215,11 +217,15 @@ double H2dGbps(const DeviceProfile& profile, bool beside_host) {
   return beside_host && profile.h2d_busy_gbps > 0 ? profile.h2d_busy_gbps : profile.h2d_gbps;
 }
 
-double MixFloorMicros(double copy_bytes, double host_bytes, const DeviceProfile& profile) {
+double MixFloorMicros(double copy_bytes, double host_bytes, const DeviceProfile& profile, quant::Format format) {
   const double a = profile.h2d_gbps * 1e3;  // bytes per microsecond
-  const double b = (profile.cpu_gemv_alone_gbps > 0 ? profile.cpu_gemv_alone_gbps : profile.cpu_gemv_gbps) * 1e3;
+  // (The host's rate for `format` against its bf16 rate, which the alone and beside-copies rates are measured in.)
+  const double f = format == quant::Format::kNone || !(profile.cpu_gemv_gbps > 0)
+                       ? 1.0
+                       : HostGemvGbps(profile, format) / profile.cpu_gemv_gbps;
+  const double b = f * (profile.cpu_gemv_alone_gbps > 0 ? profile.cpu_gemv_alone_gbps : profile.cpu_gemv_gbps) * 1e3;
   const double c = H2dGbps(profile, true) * 1e3;
-  const double h = profile.cpu_gemv_gbps * 1e3;
+  const double h = f * profile.cpu_gemv_gbps * 1e3;
   const double copy = std::max(0.0, copy_bytes), host = std::max(0.0, host_bytes);
   if (host <= 0) return a > 0 ? copy / a : 0.0;
   if (b <= 0 || h <= 0) return std::numeric_limits<double>::infinity();

@@ -199,6 +199,10 @@ inline constexpr double kExpertCopyTailMicros = 50.0;
 // expert or two split ones (332 MB a layer on average) ran at 100.7 against 104.0 GB/s (about 100 us more).
 inline constexpr double kHostExpertJobMicros = 80.0;
 inline constexpr double kHostExpertEachMicros = 14.0;
+// A chosen expert the GPU computes as a task of its own (quantized experts the grouped products do not take,
+// planner/experts.h ExpertsGrouped): about 8 ops issued by the host (gate, up, the activation and product, down,
+// the weighted add), each kHostOpMicros.
+inline constexpr double kExpertTaskMicros = 8 * kHostOpMicros;
 // The share of next-layer prefetches (ExpertRing.prefetch) whose expert the next router chooses: the top
 // predictions of the next router run on this layer's MoE input. Measured on an H100, Qwen3-30B-A3B shape with random
 // weights (24 layers, 8 of 128 experts per token): 88% of single prefetches and 84% of pairs were chosen; trained
@@ -237,8 +241,9 @@ struct BlockWork {
   // to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized weights.
   uint64_t dequant_bytes = 0;
   // Of dequant_bytes, what a decode step of up to arch::kFusedDecodeMaxRows rows does not move: per-row-scaled fp8 and
-  // int8 products read their stored values in one kernel there (executor fused::QuantGemv), and their three
-  // unpacking kernels (counted in `kernels`) are fused_quantized of them.
+  // int8 products, and int4 ones in groups of a multiple of 8 columns, read their stored values in one kernel there
+  // (executor fused::QuantGemv), and their three unpacking kernels (counted in `kernels`) are fused_quantized of
+  // them.
   uint64_t fused_dequant_bytes = 0;
   uint32_t fused_quantized = 0;
 };
@@ -311,7 +316,10 @@ double H2dGbps(const DeviceProfile& profile, bool beside_host);
 // minimum over time-sharing between the points (a linear program over three modes; at most two are used):
 // max(C / a, H / b) when both run at their solo rates together (a profile without busy rates), else the better of
 // one after the other and both at once until one finishes, the rest alone. 0 bytes on one side: the other alone.
-double MixFloorMicros(double copy_bytes, double host_bytes, const DeviceProfile& profile);
+// `format`: the host's bytes are rows of that format, read at HostGemvGbps(format) in place of the bf16 rate (the
+// alone and beside-copies rates scaled alike).
+double MixFloorMicros(double copy_bytes, double host_bytes, const DeviceProfile& profile,
+                      quant::Format format = quant::Format::kNone);
 double UnitCopyMicros(uint64_t bytes, const DeviceProfile& profile);
 double UnitReadMicros(uint64_t file_bytes, const DeviceProfile& profile);
 

@@ -266,6 +266,9 @@ TEST(CostModelTest, QuantizedMatricesAddUnpackingWork) {
   EXPECT_LT(q.weight_bytes * 3, plain.weight_bytes);         // ~0.53 of 2 bytes per element
   EXPECT_EQ(q.dequant_bytes, static_cast<uint64_t>(plain.matmul_params));  // 1 byte per element for int4
   EXPECT_EQ(plain.dequant_bytes, 0u);
+  // In groups of a multiple of 8 columns, a decode step's int4 products read the packed values in one kernel each.
+  EXPECT_EQ(q.fused_quantized, 7u);
+  EXPECT_EQ(q.fused_dequant_bytes, q.dequant_bytes);
 }
 
 // Per-row int8 (and fp8) matrices: a decode step of up to 2 rows reads their stored values in one kernel each

@@ -24,6 +24,31 @@ int32_t ExpertOfWeight(const ModelDescription& model, size_t block, size_t weigh
   return static_cast<int32_t>(expert);
 }
 
+quant::Format ExpertFormat(const ModelDescription& model, size_t block) {
+  if (block >= model.blocks.size()) return quant::Format::kNone;
+  for (size_t w = 0; w < model.blocks[block].params.size(); ++w) {
+    if (ExpertOfWeight(model, block, w) >= 0) return model.blocks[block].params[w].format;
+  }
+  return quant::Format::kNone;
+}
+
+bool ExpertsGrouped(const ModelDescription& model, size_t block, DType exec_dtype) {
+  if (block >= model.blocks.size()) return true;
+  for (size_t w = 0; w < model.blocks[block].params.size(); ++w) {
+    if (ExpertOfWeight(model, block, w) < 0) continue;
+    const TensorSpec& t = model.blocks[block].params[w];
+    if (t.format == quant::Format::kNone) continue;
+    if (exec_dtype != DType::kBF16 && exec_dtype != DType::kF16) return false;
+    if (t.prequant.act_order) return false;  // (permuted columns: the products gather x)
+    const int64_t k = t.shape.size() == 2 ? t.shape[1] : 0;
+    const bool per_row = (t.format == quant::Format::kInt8 || t.format == quant::Format::kFp8E4M3) && t.group == k &&
+                         k % 4 == 0;
+    const bool int4 = t.format == quant::Format::kInt4 && k % 8 == 0 && t.group > 0 && t.group % 8 == 0;
+    if (!per_row && !int4) return false;
+  }
+  return true;
+}
+
 uint32_t ExpertRingSlots(const ModelConfig& config) {
   return std::clamp<uint32_t>(2 * config.num_experts_per_tok, 4, 32);
 }

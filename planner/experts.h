@@ -23,6 +23,15 @@ namespace bigplan {
 // The expert index of weight `weight` (LayoutBlockWeights order) of block `block` when it is a routed expert's
 // matrix (the registry's "{e}" rules), else -1.
 int32_t ExpertOfWeight(const ModelDescription& model, size_t block, size_t weight);
+// The format of block `block`'s routed-expert matrices (--weights, or a pre-quantized checkpoint's): that of its
+// first expert matrix; kNone for plain ones or a block without experts.
+quant::Format ExpertFormat(const ModelDescription& model, size_t block);
+// Whether the executor computes block `block`'s experts on the GPU in decode as grouped products (a few launches a
+// layer, executor/expert_engine.h): plain matrices in a 16-bit `exec_dtype` or float32, or quantized ones it
+// batches (per-row fp8/int8 with columns a multiple of 4; int4 in groups of a multiple of 8 columns) in bf16/fp16.
+// Otherwise (e.g. FP8 checkpoints with block scales) each chosen expert is a task of its own, its ops issued by
+// the host (kExpertTaskMicros).
+bool ExpertsGrouped(const ModelDescription& model, size_t block, DType exec_dtype);
 
 // The slots of a device's expert ring: room for the experts two tokens' routers pick (2 num_experts_per_tok),
 // at least 4 and at most 32. (Tried: num_experts_per_tok + 1 for batch-1 runs, one token's choices and a

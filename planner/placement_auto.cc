@@ -725,16 +725,6 @@ class AutoPlanner {
         r.experts += experts[i];
       }
       r.ring = r.fixed + r.experts <= r.avail ? 0 : ring_bytes;
-      // Routed experts move and are computed in the execution dtype (executor/expert_engine.h): quantized ones must
-      // all stay resident.
-      if (r.ring > 0 && !quantized_expert.empty()) {
-        return MakeError(ErrorCode::kInfeasible,
-                         "cuda:" + std::to_string(gpus[g]) + ": its layers' experts (" + FormatBytes(r.experts) +
-                             ") do not all fit the " + FormatBytes(r.avail > r.fixed ? r.avail - r.fixed : 0) +
-                             " left beside its other weights, and quantized experts (--weights; e.g. " +
-                             quantized_expert + ") are not moved to the GPU when chosen: only bf16, fp16 and fp32 "
-                             "experts are");
-      }
       if (r.fixed + r.ring > r.avail) {
         return MakeError(ErrorCode::kInfeasible,
                          "cuda:" + std::to_string(gpus[g]) + ": the weights other than the routed experts (" +
@@ -799,7 +789,28 @@ class AutoPlanner {
       for (size_t i = begin; i < ends[g]; ++i) blocks[i] = BlockPlacement{gpus[g], Tier::kGpu};
       SpreadResidentExperts(model_, req_.exec_dtype, r.avail - r.fixed - r.ring, &blocks, gpus[g]);
     }
-    return Candidate("E", std::move(blocks), {}, {});
+    BIGPLAN_ASSIGN_OR_RETURN(Placement p, Candidate("E", std::move(blocks), {}, {}));
+    // Quantized experts (--weights, or a pre-quantized checkpoint) move from pinned memory only: a disk read would
+    // have to convert the checkpoint's values on the way (executor/expert_engine.h).
+    if (!quantized_expert.empty()) {
+      uint64_t on_disk = 0, routed = 0;
+      for (size_t i = 0; i < n; ++i) {
+        if (!p.blocks[i].routed_experts) continue;
+        const std::vector<Tier> tiers = WeightTiersOf(p.blocks[i], sizes_[i].size());
+        for (size_t w = 0; w < tiers.size(); ++w) {
+          if (tiers[w] == Tier::kGpu || ExpertOfWeight(model_, i, w) < 0) continue;
+          routed += sizes_[i][w];
+          if (tiers[w] == Tier::kDisk) on_disk += sizes_[i][w];
+        }
+      }
+      if (on_disk > 0) {
+        return MakeError(ErrorCode::kInfeasible,
+                         FormatBytes(on_disk) + " of the " + FormatBytes(routed) + " of routed experts would rest on "
+                         "disk beyond the CPU budget, and quantized experts (e.g. " + quantized_expert +
+                         ") move to the GPU from pinned memory only");
+      }
+    }
+    return p;
   }
 
   // What a GPU's range leaves for weights and its ring: budget - reserve - activations - KV; kInfeasible if none.

@@ -9,6 +9,7 @@
 #include "formats/dtype.h"
 #include "planner/budget.h"
 #include "planner/cost_model.h"
+#include "planner/experts.h"
 #include "planner/weight_format.h"
 #include "planner/memory_plan.h"
 #include "planner/placement.h"
@@ -229,6 +230,14 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
   if (disk) out << " (disk weights read at " << r.profile.disk_gbps << " GB/s)";
   out << ": " << Ms(r.copy_floor_us) << "\n";
   for (const auto& [device, ring] : r.expert_rings) {
+    // The host multiplies the experts in their row format (quantized ones at that format's rate).
+    quant::Format format = quant::Format::kNone;
+    for (size_t i = 0; i < r.placement.blocks.size() && i < r.model.blocks.size(); ++i) {
+      if (r.placement.blocks[i].device == device && r.placement.blocks[i].routed_experts) {
+        format = ExpertFormat(r.model, i);
+        break;
+      }
+    }
     out << "  routed experts (cuda:" << device << "): per decode token "
         << FormatBytes(static_cast<uint64_t>(ring.expected_resident_bytes)) << " read where resident, "
         << FormatBytes(static_cast<uint64_t>(ring.expected_copied_bytes)) << " copied at "
@@ -238,7 +247,9 @@ void PrintPrediction(std::ostream& out, const PlanResult& r, const RunShape& run
                                                " of it read from disk first at " + Share(r.profile.disk_gbps) + " GB/s)"
                                          : std::string())
         << ", " << FormatBytes(static_cast<uint64_t>(ring.expected_host_bytes)) << " computed by the host at "
-        << r.profile.cpu_gemv_gbps << " GB/s (share " << Share(ring.cpu_share) << ", forwards of at most "
+        << HostGemvGbps(r.profile, format) << " GB/s"
+        << (format != quant::Format::kNone ? std::string(" of ") + quant::FormatName(format) + " rows" : "")
+        << " (share " << Share(ring.cpu_share) << ", forwards of at most "
         << ring.decode_max_tokens << " tokens)"
         << (r.expert_rings.size() == 1 ? "; floor of this mix " + Ms(r.expert_floor_us) : std::string()) << "; ring "
         << ring.slots << " x " << FormatBytes(ring.slot_bytes) << (ring.disk_slots ? ", disk ring " : "")

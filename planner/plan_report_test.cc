@@ -51,9 +51,30 @@ std::string Report(const std::string& budget, const std::string& strategy, const
   return ReportOf(req);
 }
 
-// A mixture-of-experts model that placement E cannot take (quantized experts that do not all fit): the report says
-// why under the candidates. (Dense models have no such line.)
+// A mixture-of-experts model that placement E cannot take (its weights other than the routed experts, and a ring,
+// beyond the GPU budget): the report says why under the candidates. (Dense models have no such line.) Quantized
+// experts routed: the host's rate is that of their rows.
 TEST(PlanReportTest, SaysWhyExpertsAreNotPlacementUnits) {
+  // Wide attention (8 MiB a layer, 64 MiB in all) beside small experts: P streams it, E must keep it resident.
+  Result<ModelDescription> wide = ImportHfConfigText(R"({
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 1024, "intermediate_size": 64,
+    "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "num_local_experts": 8,
+    "num_experts_per_tok": 2, "vocab_size": 256, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+  ASSERT_TRUE(wide.ok()) << wide.error().ToString();
+  wide->name = "tiny-moe";
+  PlanRequest req;
+  req.description = *wide;
+  req.budget = *ParseMaxMemory("cuda:0=370MiB,cpu=1GiB");
+  req.run.max_batch = 1;
+  req.run.max_seq_len = 64;
+  req.auto_candidates = "BPCE";
+  const std::string report = ReportOf(req);
+  EXPECT_NE(report.find("E infeasible; chosen"), std::string::npos) << report;
+  EXPECT_NE(report.find("\n  E infeasible: cuda:0: the weights other than the routed experts ("), std::string::npos)
+      << report;
+  EXPECT_EQ(Report("cuda:0=1GiB,cpu=1GiB", "auto", "BPCE").find("E infeasible:"), std::string::npos);
+  // int8 experts (48.6 MiB) at 340 MiB: routed, the host multiplying int8 rows.
   Result<ModelDescription> model = ImportHfConfigText(R"({
     "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 256, "intermediate_size": 1024,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 8,
@@ -61,17 +82,13 @@ TEST(PlanReportTest, SaysWhyExpertsAreNotPlacementUnits) {
     "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
   ASSERT_TRUE(model.ok()) << model.error().ToString();
   model->name = "tiny-moe";
-  PlanRequest req;
   req.description = *model;
-  req.budget = *ParseMaxMemory("cuda:0=340MiB,cpu=1GiB");  // 48.6 MiB of int8 experts: whole layers stream
-  req.run.max_batch = 1;
-  req.run.max_seq_len = 64;
+  req.budget = *ParseMaxMemory("cuda:0=340MiB,cpu=1GiB");
   req.weights = quant::Format::kInt8;
-  req.auto_candidates = "BPCE";
-  const std::string report = ReportOf(req);
-  EXPECT_NE(report.find("E infeasible; chosen"), std::string::npos) << report;
-  EXPECT_NE(report.find("\n  E infeasible: cuda:0: its layers' experts ("), std::string::npos) << report;
-  EXPECT_EQ(Report("cuda:0=1GiB,cpu=1GiB", "auto", "BPCE").find("E infeasible:"), std::string::npos);
+  req.cpu_share_auto = true;
+  const std::string quantized = ReportOf(req);
+  EXPECT_NE(quantized.find("; chosen E"), std::string::npos) << quantized;
+  EXPECT_NE(quantized.find(" GB/s of int8 rows (share "), std::string::npos) << quantized;
 }
 
 TEST(PlanReportTest, Resident) {

@@ -451,7 +451,11 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   const bool routed = !result.expert_rings.empty();
   if (routed) {
     const DeviceProfile& pf = result.profile;
-    const bool host_possible = !request.cpu_share_off && exec == DType::kBF16 && pf.cpu_gemv_gbps > 0;
+    // (The host multiplies bf16 rows and quantized ones, but not act-order GPTQ's permuted columns.)
+    bool act_order = false;
+    for (const BlockDesc& b : model.blocks)
+      for (const TensorSpec& t : b.params) act_order = act_order || t.prequant.act_order;
+    const bool host_possible = !request.cpu_share_off && exec == DType::kBF16 && pf.cpu_gemv_gbps > 0 && !act_order;
     std::vector<double> shares;
     if (!host_possible) {
       shares.push_back(0.0);
@@ -496,9 +500,10 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double hbm = std::max(1.0, pf.device_mem_gbps) * 1e3;
         // The host's experts: their bytes at the profile's rate, a job's and each expert's fixed cost.
         const double slot = static_cast<double>(std::max<uint64_t>(1, ring_plan.slot_bytes));
+        const double host_gbps = HostGemvGbps(pf, ExpertFormat(model, i));
         const double host_us = host_b > 0 && pf.cpu_gemv_gbps > 0
                                    ? kHostExpertJobMicros + kHostExpertEachMicros * std::max(1.0, std::round(host_b / slot)) +
-                                         host_b / (pf.cpu_gemv_gbps * 1e3)
+                                         host_b / (host_gbps * 1e3)
                                    : 0.0;
         const double host_side = host_us > 0 ? host_us + kHostSumMicros : 0.0;
         // Next-layer prefetch: its copies (ring_plan.prefetch experts, issued behind the previous layer's) take the
@@ -513,15 +518,18 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double disk_gbps = pf.disk_gbps > 0 ? pf.disk_gbps : 1e-3;
         const double disk_us = disk_b / (disk_gbps * 1e3);
         const double copies_us = std::max(0.0, prefetch_us - window) + disk_us + copy_us;
-        const double reads_us = (b.resident + b.copied) / hbm + 2 * kGpuKernelMicros;
+        // Experts the GPU computes one by one (ExpertsGrouped false): each costs its ops' issue.
+        const double task_us = ExpertsGrouped(model, i, exec) ? 0.0 : kExpertTaskMicros / slot;  // per byte
+        const double reads_us = (b.resident + b.copied) / hbm + 2 * kGpuKernelMicros + (b.resident + b.copied) * task_us;
         const double gpu_side = std::max(reads_us, copies_us > 0 ? copies_us + kExpertCopyTailMicros : 0.0);
-        const double all_resident_us = (b.resident + b.copied + b.host) / hbm + 2 * kGpuKernelMicros;
+        const double all_resident_us = (b.resident + b.copied + b.host) / hbm + 2 * kGpuKernelMicros +
+                                       (b.resident + b.copied + b.host) * task_us;
         dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us + busy * std::max(host_side, gpu_side);
         pre[i] = std::max({pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3),
                            static_cast<double>(b.off_disk) / (disk_gbps * 1e3)});
         // The floor of the paths: the copies and the host's reads sharing host memory (MixFloorMicros), or the
         // disk reads.
-        floor_us += std::max(MixFloorMicros(b.copied, b.host, pf), disk_us);
+        floor_us += std::max(MixFloorMicros(b.copied, b.host, pf, ExpertFormat(model, i)), disk_us);
       }
       const ForwardPrediction d = SimulateForward(sched, dec, devices, pf);
       if (best < 0 || d.total_us < best) {

@@ -1103,28 +1103,54 @@ TEST(PlannerTest, QuantizedSparseLayerUnpacksTheChosenExperts) {
   }
 }
 
-// Routed experts move in the execution dtype: with --weights, placement E keeps every expert resident or is
-// infeasible (saying why), so auto streams whole layers instead of writing a plan the executor refuses at load.
-TEST(PlannerTest, QuantizedExpertsAreNotRouted) {
-  auto plan = [](const std::string& budget, const std::string& candidates) -> Result<PlanResult> {
-    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, MixtralRequest(8, budget));
-    r.weights = quant::Format::kInt8;
+// Quantized experts (--weights) are routed as bf16 ones: the ring's slots hold an expert's quantized rows, the host
+// multiplies its share of them in their format; where the CPU budget would put some on disk, E says why (a disk read
+// would have to quantize on the way).
+TEST(PlannerTest, QuantizedExpertsAreRouted) {
+  auto plan = [](const std::string& budget, const std::string& candidates, quant::Format format) -> Result<PlanResult> {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
+      "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+      "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+      "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+      "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
+                                                         budget, RunShape{1, 512}));
+    r.weights = format;
     r.auto_candidates = candidates;
+    r.cpu_share_auto = true;
     return MakePlan(r);
   };
-  auto fits = plan("cuda:0=16GiB,cpu=100GiB", "BPCE");  // 11.2 GiB in int8: every expert resident
+  auto fits = plan("cuda:0=16GiB,cpu=100GiB", "BPCE", quant::Format::kInt8);  // 11.2 GiB in int8: all resident
   ASSERT_TRUE(fits.ok()) << fits.error().ToString();
   EXPECT_EQ(fits->placement.chosen, "E");
   EXPECT_TRUE(fits->expert_rings.empty());
-  auto tight = plan("cuda:0=8GiB,cpu=100GiB", "E");
+  for (quant::Format format : {quant::Format::kInt8, quant::Format::kFp8E4M3, quant::Format::kInt4}) {
+    SCOPED_TRACE(quant::FormatName(format));
+    // (int4 takes 5.9 GiB: every expert would fit 8 GiB)
+    auto routed = plan(format == quant::Format::kInt4 ? "cuda:0=4GiB,cpu=100GiB" : "cuda:0=8GiB,cpu=100GiB", "BPCE",
+                       format);
+    ASSERT_TRUE(routed.ok()) << routed.error().ToString();
+    EXPECT_EQ(routed->placement.chosen, "E");
+    ASSERT_EQ(routed->expert_rings.size(), 1u);
+    const ExpertRingPlan& ring = routed->expert_rings.begin()->second;
+    // A slot holds one expert's three quantized matrices, each 256-aligned.
+    auto rows = [&](int64_t k) { return *quant::RowBytes(format, k, *quant::DefaultGroup(format, k)); };
+    const uint64_t gate = (14336 * rows(4096) + 255) / 256 * 256, down = (4096 * rows(14336) + 255) / 256 * 256;
+    EXPECT_EQ(ring.slot_bytes, 2 * gate + down);
+    EXPECT_EQ(ring.disk_slots, 0u);
+    EXPECT_GT(ring.expected_copied_bytes, 0.0);
+    EXPECT_GT(ring.cpu_share, 0.0);  // the host multiplies quantized rows too
+    EXPECT_GT(ring.expected_host_bytes, 0.0);
+  }
+  // 8 GiB of GPU and 4 GiB of CPU: some experts would rest on disk.
+  auto tight = plan("cuda:0=8GiB,cpu=4GiB,disk=100GiB", "E", quant::Format::kInt8);
   ASSERT_FALSE(tight.ok());
-  EXPECT_NE(tight.error().message.find("quantized experts (--weights; e.g. model.layers.0.block_sparse_moe.experts."),
-            std::string::npos)
+  EXPECT_NE(tight.error().message.find("move to the GPU from pinned memory only"), std::string::npos)
       << tight.error().message;
-  auto streamed = plan("cuda:0=8GiB,cpu=100GiB", "BPCE");
-  ASSERT_TRUE(streamed.ok()) << streamed.error().ToString();
-  EXPECT_NE(streamed->placement.chosen, "E");
-  EXPECT_TRUE(streamed->expert_rings.empty());
+  EXPECT_NE(tight.error().message.find("model.layers."), std::string::npos) << tight.error().message;
+  // (No placement leaves quantized weights on disk.)
+  auto any = plan("cuda:0=8GiB,cpu=4GiB,disk=100GiB", "BPCE", quant::Format::kInt8);
+  ASSERT_FALSE(any.ok());
+  EXPECT_NE(any.error().message.find("raise the cpu budget"), std::string::npos) << any.error().message;
 }
 
 // Weights quantized at load split over the GPUs as plain ones: a shard's columns of a per-row-scaled weight are

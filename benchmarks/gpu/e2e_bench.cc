@@ -529,10 +529,13 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
         plan_prefetch = r->prefetch();
       }
       uint64_t off_gpu = 0, gpu_bytes = 0, expert_bytes = 0;
+      // The routed experts' row format: the host's products of quantized rows run at that format's measured rate.
+      quant::Format expert_format = quant::Format::kNone;
       for (const schema::Block* b : *p.blocks()) {
         if (b->weights() == nullptr) continue;
         for (const schema::Weight* w : *b->weights()) {
           if (w->routed()) off_gpu += w->size_bytes();
+          if (w->routed()) expert_format = static_cast<quant::Format>(w->format());
           const std::string name = p.tensors()->Get(w->tensor())->name()->str();
           if (name.find(".experts.") != std::string::npos) expert_bytes += w->size_bytes();
           else gpu_bytes += w->size_bytes();
@@ -543,9 +546,11 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       // The copies and the host's products share host memory: the floor of the paths is the least time for both from
       // the three rates measured in this run (copies alone, the host alone, both at once; MixFloorMicros). Beside it,
       // the floor if each ran at its rate alone with no interference at all (a bound no run can beat).
-      const double path_s = MixFloorMicros(copied, host, profile) / 1e6;
+      const double path_s = MixFloorMicros(copied, host, profile, expert_format) / 1e6;
       const double path_solo_s =
-          std::max(copied / (floors.h2d_gbps * 1e9), host / (std::max(floors.cpu_gemv_alone_gbps, cpu_rate) * 1e9));
+          std::max(copied / (floors.h2d_gbps * 1e9),
+                   host / (std::max(floors.cpu_gemv_alone_gbps, cpu_rate) * 1e9 *
+                           (expert_format == quant::Format::kNone ? 1.0 : HostGemvGbps(profile, expert_format) / cpu_rate)));
       const double decode_floor = path_s + gpu_read_s;
       const double prefill_floor = static_cast<double>(off_gpu) / (floors.h2d_gbps * 1e9);
       // The experts one prefill moves (random weights need not route to every expert).
@@ -575,7 +580,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       const double moved_copy = (static_cast<double>(after.expert_copied_bytes - before.expert_copied_bytes) -
                                  static_cast<double>(after.expert_prefetch_wasted_bytes - before.expert_prefetch_wasted_bytes)) / steps;
       const double moved_host = static_cast<double>(after.expert_host_bytes - before.expert_host_bytes) / steps;
-      const double moved_floor = MixFloorMicros(moved_copy, moved_host, profile) / 1e6 + gpu_read_s;
+      const double moved_floor = MixFloorMicros(moved_copy, moved_host, profile, expert_format) / 1e6 + gpu_read_s;
       const double prefetched = static_cast<double>(after.expert_prefetched - before.expert_prefetched) / steps;
       const double hits = static_cast<double>(after.expert_prefetch_hits - before.expert_prefetch_hits) / steps;
       j["moe_moved"] = {{"copied_bytes_per_token", moved_copy},
