@@ -174,18 +174,41 @@ double SparseLayerDenseMicros(const ModelDescription& model, size_t index, DType
   const ModelConfig& c = model.config;
   const uint64_t e = DTypeBytes(exec_dtype);
   double bytes = 0;
+  uint32_t quantized = 0;  // the non-expert matrices stored quantized (read as stored)
   for (const TensorSpec& t : block.params) {
-    if (t.name.find(".experts.") == std::string::npos) bytes += static_cast<double>(t.numel()) * static_cast<double>(e);
+    if (t.name.find(".experts.") != std::string::npos) continue;
+    if (t.format != quant::Format::kNone && t.shape.size() == 2) {
+      const Result<uint64_t> stored = quant::TensorBytes(t.format, t.shape[0], t.shape[1], t.group);
+      if (stored.ok()) {
+        bytes += static_cast<double>(*stored);
+        ++quantized;
+        continue;
+      }
+    }
+    bytes += static_cast<double>(t.numel()) * static_cast<double>(e);
   }
   bytes += 2.0 * c.num_kv_heads * c.head_dim * static_cast<double>(e) * run.max_batch * run.max_seq_len;
+  const double gbps = p.device_mem_gbps > 0 ? p.device_mem_gbps : 1e3;
+  return bytes / (gbps * 1e3) + SparseLayerDenseKernels(model, index, quantized) * kGpuKernelMicros;
+}
+
+uint32_t SparseLayerDenseKernels(const ModelDescription& model, size_t index, uint32_t quantized) {
+  const ModelConfig& c = model.config;
   const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
   const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
-  const uint32_t attention = fam.kernels.fused_decode_layer > 0 && arch::FusedKernelsApply(fam, c)
-                                 ? fam.kernels.fused_decode_layer
-                                 : fam.kernels.decoder_layer;
-  const uint32_t kernels = attention + 3 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
-  const double gbps = p.device_mem_gbps > 0 ? p.device_mem_gbps : 1e3;
-  return bytes / (gbps * 1e3) + kernels * kGpuKernelMicros;
+  const uint32_t rest = 3 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
+  if (!arch::FusedKernelsApply(fam, c) || fam.kernels.fused_decode_layer == 0) return fam.kernels.decoder_layer + rest;
+  // Quantized products do not take their neighbours into their kernels: the fused layer's kernels one by one.
+  return (quantized > 0 ? fam.kernels.fused_decoder_layer : fam.kernels.fused_decode_layer) + rest;
+}
+
+double SparseLayerIssueMicros(const ModelDescription& model, size_t index) {
+  uint32_t quantized = 0;
+  for (const TensorSpec& t : model.blocks[index].params) {
+    if (t.name.find(".experts.") == std::string::npos && t.format != quant::Format::kNone) ++quantized;
+  }
+  // A quantized product is LibTorch calls around its kernel (QuantLinear): one more op each.
+  return (SparseLayerDenseKernels(model, index, quantized) + quantized + kExpertIssueOps) * kHostOpMicros;
 }
 
 double GraphDecodeMicros(const BlockCost& cost) {

@@ -525,6 +525,8 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double all_resident_us = (b.resident + b.copied + b.host) / hbm + 2 * kGpuKernelMicros +
                                        (b.resident + b.copied + b.host) * task_us;
         dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us + busy * std::max(host_side, gpu_side);
+        // (The host issues the layer's eager steps meanwhile: where the paths are short, that is the bound.)
+        dec[i] = std::max(dec[i], kRouteSyncMicros + SparseLayerIssueMicros(model, i));
         pre[i] = std::max({pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3),
                            static_cast<double>(b.off_disk) / (disk_gbps * 1e3)});
         // The floor of the paths: the copies and the host's reads sharing host memory (MixFloorMicros), or the

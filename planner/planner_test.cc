@@ -1123,6 +1123,8 @@ TEST(PlannerTest, QuantizedExpertsAreRouted) {
   ASSERT_TRUE(fits.ok()) << fits.error().ToString();
   EXPECT_EQ(fits->placement.chosen, "E");
   EXPECT_TRUE(fits->expert_rings.empty());
+  auto plain = plan("cuda:0=8GiB,cpu=100GiB", "BPCE", quant::Format::kNone);
+  ASSERT_TRUE(plain.ok()) << plain.error().ToString();
   for (quant::Format format : {quant::Format::kInt8, quant::Format::kFp8E4M3, quant::Format::kInt4}) {
     SCOPED_TRACE(quant::FormatName(format));
     // (int4 takes 5.9 GiB: every expert would fit 8 GiB)
@@ -1140,6 +1142,17 @@ TEST(PlannerTest, QuantizedExpertsAreRouted) {
     EXPECT_GT(ring.expected_copied_bytes, 0.0);
     EXPECT_GT(ring.cpu_share, 0.0);  // the host multiplies quantized rows too
     EXPECT_GT(ring.expected_host_bytes, 0.0);
+    // Each sparse layer takes at least the router's synchronization and the host's issue of its eager ops, more
+    // of them than with plain attention (its quantized products unfused).
+    double issue_bound = 0;
+    for (size_t i = 0; i < routed->model.blocks.size(); ++i) {
+      if (!routed->placement.blocks[i].routed_experts) continue;
+      const double issue = SparseLayerIssueMicros(routed->model, i);
+      EXPECT_GT(issue, SparseLayerIssueMicros(plain->model, i));
+      issue_bound += kRouteSyncMicros + issue;
+    }
+    EXPECT_GT(issue_bound, 0.0);
+    EXPECT_GE(routed->decode.total_us, issue_bound);
   }
   // 8 GiB of GPU and 4 GiB of CPU: some experts would rest on disk.
   auto tight = plan("cuda:0=8GiB,cpu=4GiB,disk=100GiB", "E", quant::Format::kInt8);
