@@ -1186,6 +1186,10 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.expert_prefetch_wasted_bytes += es.prefetch_wasted_bytes;
     stats.expert_copy_busy_ms += es.copy_busy_us / 1e3;
     stats.expert_copy_idle_ms += es.copy_idle_us / 1e3;
+    stats.expert_host_wait_ms += es.host_wait_us / 1e3;
+    stats.expert_host_busy_ms += es.host_busy_us / 1e3;
+    stats.expert_host_copy_ms += es.host_copy_us / 1e3;
+    stats.expert_share = es.share;
     for (executor_internal::ExpertEngine::Event& e : events) {
       executor_internal::TraceEvent t;
       t.name = std::move(e.name);
@@ -1304,7 +1308,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
         options.expert_split_rows < 0 ? executor_internal::ExpertEngine::kSplitRows : options.expert_split_rows,
         options.expert_split_min_bytes < 0 ? executor_internal::ExpertEngine::kSplitMinBytes
                                            : static_cast<uint64_t>(options.expert_split_min_bytes),
-        options.host_spin_us);
+        options.host_spin_us, options.adapt_expert_share);
     if (!experts.ok()) return PlanContentError(experts.take_error(), plan_path);
     if (*experts == nullptr) continue;
     (*experts)->SetRecording(options.record_trace);

@@ -102,6 +102,11 @@ struct ExecutorOptions {
   // after the router: 4-6% without, up to 3.3 ms late; 1% with, at most 230 us) but made the Qwen3 shape's jobs 7%
   // slower and its decode 0.9-1.8 ms slower (benchmarks/RESULTS.md), so it is off by default.
   int host_spin_us = -1;
+  // Mixture-of-experts plans with a host share: after each decode forward, move the share toward the point where
+  // neither the GPU (polling for the host's sums) nor the host waits (executor/expert_share.h AdaptShare), so a host slower or
+  // faster than the plan's profile (other load, fewer host_threads) keeps both sides busy. Off by default: the plan's
+  // share throughout, so which experts the host computes, and the logits' float32 roundings, do not depend on timing.
+  bool adapt_expert_share = false;
   // Micro-batch pipelining: a batched pass of a plan whose every block is resident on two or more GPUs (and that
   // has no routed experts or host units) is cut into micro-batches of this many rows; each micro-batch runs on
   // streams of its own on every GPU, so one GPU computes micro-batch k + 1 while the next computes micro-batch k
@@ -270,6 +275,11 @@ struct Stats {
   // layers of each forward and the gaps between its spans (the copy engine waiting for routers), GPU clock.
   uint64_t expert_prefetched = 0, expert_prefetch_hits = 0, expert_prefetch_wasted_bytes = 0;
   double expert_copy_busy_ms = 0, expert_copy_idle_ms = 0;
+  // Decode forwards with host experts: the GPU's polling for the host's sums, the host's job time, and the host
+  // share in effect after the last forward (the plan's, or where ExecutorOptions::adapt_expert_share moved it).
+  double expert_host_wait_ms = 0, expert_host_busy_ms = 0;
+  double expert_host_copy_ms = 0;  // with adapt_expert_share: the copies' time in the layers the host computed in
+  double expert_share = 0;
   // Decode steps replayed from a CUDA graph (ExecutorOptions::cuda_graphs), and why graphs turned off when a
   // capture failed ("" otherwise): those steps, and every later one, ran eagerly.
   uint64_t graph_steps = 0;

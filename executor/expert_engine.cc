@@ -46,7 +46,7 @@ double MicrosSince(std::chrono::steady_clock::time_point t) {
 
 Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& state, size_t ring, int threads,
                                                            bool host_compute, int prefetch, int64_t split_rows,
-                                                           uint64_t split_min_bytes, int spin_us) {
+                                                           uint64_t split_min_bytes, int spin_us, bool adapt_share) {
   if (state.cpu_mode || ring >= state.expert_rings.size()) return std::unique_ptr<ExpertEngine>();
   const ExpertRingRuntime& r = state.expert_rings[ring];
   for (size_t other = 0; other < ring; ++other) {
@@ -62,6 +62,7 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   e->top_k_ = config->num_experts_per_tok();
   e->num_experts_ = config->num_experts();
   e->cpu_share_ = host_compute ? r.cpu_share : 0.0;
+  e->adapt_ = adapt_share;
   e->decode_max_tokens_ = r.decode_max_tokens;
   e->copy_all_tokens_ = std::max<uint32_t>(1, r.copy_all_tokens);
   e->max_tokens_ = int64_t{plan.run_shape()->max_batch()} * plan.run_shape()->max_seq_len();
@@ -396,6 +397,7 @@ void ExpertEngine::HostLoop() {
     if (stop_) return;
     host_job_ = false;
     const uint32_t seq = host_seq_;
+    const bool spanned = host_job_spanned_;
     const std::string name = host_block_;
     lock.unlock();
     const auto t0 = std::chrono::steady_clock::now();
@@ -410,6 +412,8 @@ void ExpertEngine::HostLoop() {
                                {"tokens", std::to_string(host_tokens_)}}});
     }
     lock.lock();
+    host_busy_us_ += std::chrono::duration<double, std::micro>(t1 - t0).count();
+    if (spanned) host_spanned_us_ += std::chrono::duration<double, std::micro>(t1 - t0).count();
     host_status_ = std::move(st);
     host_done_ = true;
     // The GPU waits for this number (Finish), then reads y_host_: the result's stores come first.
@@ -438,7 +442,36 @@ Status ExpertEngine::WaitHostJob(const std::string& where) {
   return Status::Ok();
 }
 
-Status ExpertEngine::EndForward() { return WaitHostJob("routed experts"); }
+Status ExpertEngine::EndForward() {
+  Status st = WaitHostJob("routed experts");
+  if (host_flag_.data() != nullptr && host_layers_ > 0) {
+    volatile uint64_t* waited = reinterpret_cast<volatile uint64_t*>(host_flag_.data() + 8);
+    stats_.host_wait_us = static_cast<double>(*waited) / 1e3;
+    double spanned_us = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.host_busy_us = host_busy_us_;
+      spanned_us = host_spanned_us_;
+    }
+    // The copies' time (the forward's work is done: its span events have completed).
+    double copy_us = 0;
+    for (size_t i = 0; i < adapt_used_; ++i) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, adapt_spans_[2 * i].get(), adapt_spans_[2 * i + 1].get()) == cudaSuccess) {
+        copy_us += ms * 1e3;
+      } else {
+        cudaGetLastError();
+      }
+    }
+    stats_.host_copy_us = copy_us;
+    // (The host's jobs and the copies of the same layers: those whose copies were timed.)
+    if (adapt_ && decode_ && st.ok()) cpu_share_ = AdaptShare(cpu_share_, spanned_us, copy_us);
+  }
+  adapt_span_open_ = false;  // (open only where a forward ended before its copies were all issued: an error)
+  stats_.share = cpu_share_;
+  return st;
+}
+
 
 bool ExpertEngine::Routes(const BlockRuntime& b) const {
   return b.index < layers_.size() && !layers_[b.index].experts.empty();
@@ -458,6 +491,15 @@ void ExpertEngine::BeginForward(int64_t tokens) {
   marks_.clear();
   first_sync_set_ = false;
   copy_span_open_ = false;
+  host_layers_ = 0;
+  adapt_used_ = 0;
+  adapt_span_open_ = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    host_busy_us_ = 0;
+    host_spanned_us_ = 0;
+  }
+  if (host_flag_.data() != nullptr) *reinterpret_cast<volatile uint64_t*>(host_flag_.data() + 8) = 0;
 }
 
 void ExpertEngine::MarkGpu(const std::string& label, const std::string& track, cudaStream_t stream, bool span_end) {
@@ -595,6 +637,28 @@ Status ExpertEngine::IssueCopies(const BlockRuntime& b) {
     MarkGpu(copy_span_label_, "expert copies (GPU)", copy_stream_.get(), true);
     copy_span_open_ = false;
   }
+  if (adapt_span_open_ && issued_ == copies_.size()) {
+    BIGPLAN_RETURN_IF_ERROR(
+        Cuda(cudaEventRecord(adapt_spans_[2 * adapt_used_ + 1].get(), copy_stream_.get()), "cudaEventRecord"));
+    ++adapt_used_;
+    adapt_span_open_ = false;
+  }
+  return Status::Ok();
+}
+
+// The adaptive share's timing of a host-computing layer's copies (Create's adapt_share): an event before them on the
+// copy stream; IssueCopies records the one after the last.
+Status ExpertEngine::OpenAdaptSpan() {
+  if (!adapt_ || adapt_span_open_ || !decode_) return Status::Ok();
+  if (2 * adapt_used_ + 2 > adapt_spans_.size()) {
+    for (int i = 0; i < 2; ++i) {
+      BIGPLAN_ASSIGN_OR_RETURN(CudaEvent ev, CudaEvent::Create(device_, true, "expert copy span"));
+      adapt_spans_.push_back(std::move(ev));
+    }
+  }
+  BIGPLAN_RETURN_IF_ERROR(
+      Cuda(cudaEventRecord(adapt_spans_[2 * adapt_used_].get(), copy_stream_.get()), "cudaEventRecord"));
+  adapt_span_open_ = true;
   return Status::Ok();
 }
 
@@ -847,9 +911,12 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
       host_assignments_.push_back(cpu_experts::Assignment{index_of[e], static_cast<int32_t>(i / k), weights[i]});
     }
     if (!host_experts_.empty()) {
+      ++host_layers_;
       std::lock_guard<std::mutex> lock(mu_);
       host_tokens_ = static_cast<int>(tokens);
       host_block_ = b.name;
+      // (Its layer's copies are timed where some are still to be issued: OpenAdaptSpan below.)
+      host_job_spanned_ = adapt_ && issued_ < copies_.size();
       ++host_seq_;
       host_done_ = false;
       host_job_ = true;
@@ -859,6 +926,7 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     }
   }
   if (issued_ < copies_.size()) OpenCopySpan(b);
+  if (issued_ < copies_.size() && !host_experts_.empty()) BIGPLAN_RETURN_IF_ERROR(OpenAdaptSpan());
   BIGPLAN_RETURN_IF_ERROR(IssueCopies(b));
 
   // The next layer's prediction, on the GPU once this layer's copies and the host's job are under way (its launch
@@ -1121,7 +1189,8 @@ Status ExpertEngine::Finish(const BlockRuntime& b, cudaStream_t compute, at::Ten
   if (one_kernel) {
     elem = t == at::kBFloat16 ? fused::Elem::kBF16 : t == at::kHalf ? fused::Elem::kF16 : fused::Elem::kF32;
     BIGPLAN_RETURN_IF_ERROR(Cuda(fused::WaitFlagAdd(flag, host_seq_, kHostWaitTimeoutNs, flag + 1, elem,
-                                                    out->data_ptr(), y, n, compute),
+                                                    out->data_ptr(), y, n, compute,
+                                                    reinterpret_cast<uint64_t*>(host_flag_.data() + 8)),
                                  b.name + ": waiting for the host's experts"));
   } else {
     BIGPLAN_RETURN_IF_ERROR(Cuda(fused::WaitFlag(flag, host_seq_, kHostWaitTimeoutNs, flag + 1, compute),

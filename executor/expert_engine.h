@@ -85,6 +85,11 @@ class ExpertEngine {
     // When recording (SetRecording): the copy stream's busy time (sum of the layers' copy spans, GPU clock) and the
     // gaps between consecutive spans (the copy engine waiting for routers), over the forward's routed layers.
     double copy_busy_us = 0, copy_idle_us = 0;
+    // Decode forwards with host experts: how long the GPU waited for the host's sums (its polling, summed over the
+    // layers), the host's job time, and the share in effect (after adapting, see Create's adapt_share).
+    double host_wait_us = 0, host_busy_us = 0;
+    double host_copy_us = 0;  // with adapt_share: the copies' time in the layers the host computed in
+    double share = 0;
   };
 
   // For the plan's expert ring `ring` (an index into ModelState::expert_rings; nullptr when there is no such ring,
@@ -99,10 +104,16 @@ class ExpertEngine {
   // rows (and the GPU at least as many), of an expert of at least `split_min_bytes`; 0: whole experts only.
   // `spin_us`: how long the thread that runs the host's jobs spins for the next one before it sleeps (-1:
   // kSpinMicros; the pool's workers keep their own short spin).
+  // `adapt_share`: after each decode forward with host experts, the share moves toward the point where the host's
+  // jobs and the copies of the layers they ran in take equally long (executor/expert_share.h AdaptShare; the jobs
+  // timed by the host thread, the copies by events on the copy stream). Off: the plan's share throughout (the host's
+  // experts, and so the logits' roundings, are the same from run to run; adapting makes them depend on timing).
   static Result<std::unique_ptr<ExpertEngine>> Create(const ModelState& state, size_t ring, int threads,
                                                       bool host_compute = true,
                                                       int prefetch = -1, int64_t split_rows = kSplitRows,
-                                                      uint64_t split_min_bytes = kSplitMinBytes, int spin_us = -1);
+                                                      uint64_t split_min_bytes = kSplitMinBytes, int spin_us = -1,
+                                                      bool adapt_share = false);
+
   static constexpr int kSpinMicros = 0;
   static constexpr int64_t kSplitRows = 64;
   // Smaller experts stay whole: a split costs the GPU a task of its own and narrow 2-D copies, more than the half
@@ -217,6 +228,15 @@ class ExpertEngine {
   int device_ = -1;
   int64_t hidden_ = 0, max_tokens_ = 0, top_k_ = 0, num_experts_ = 0;
   double cpu_share_ = 0;
+  bool adapt_ = false;
+  std::vector<CudaEvent> adapt_spans_;  // timing events, two a host-computing layer: before and after its copies
+  size_t adapt_used_ = 0;               // spans closed in this forward
+  bool adapt_span_open_ = false;
+  Status OpenAdaptSpan();
+  int host_layers_ = 0;        // this forward's host jobs
+  double host_busy_us_ = 0;    // their time (the host thread adds under mu_)
+  double host_spanned_us_ = 0; // of it, the jobs whose layers' copies were timed (adapt_)
+  bool host_job_spanned_ = false;  // the posted job's layer's copies are timed (under mu_)
   uint32_t decode_max_tokens_ = 0, copy_all_tokens_ = 0;
   cpu_experts::Activation act_ = cpu_experts::Activation::kSilu;
   std::vector<Layer> layers_;   // by block index (empty for blocks without routed experts)
@@ -312,7 +332,8 @@ class ExpertEngine {
   Status host_status_;
   uint32_t host_seq_ = 0;        // the last job's number; the host thread writes it to host_flag_ when done
   std::string host_block_;
-  Allocation host_flag_;         // mapped: [0] the last finished job's number, [1] set by the GPU on a timeout
+  Allocation host_flag_;         // mapped: [0] the last finished job's number, [1] set by the GPU on a timeout,
+                                 // bytes [8, 16): the GPU's polling for the host's sums in this forward, ns
   void HostLoop();
   // Waits for the host's job in progress (none: returns at once); its error with `where`, or the GPU's timeout.
   Status WaitHostJob(const std::string& where);

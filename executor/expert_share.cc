@@ -1,5 +1,6 @@
 #include "executor/expert_share.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace bigplan::executor_internal {
@@ -35,6 +36,13 @@ int ShareHostRows(std::span<const HostableExpert> experts, double share, int64_t
     break;
   }
   return -1;
+}
+
+double AdaptShare(double share, double host_us, double copy_us) {
+  if (!(share > 0) || !(share < 1) || !(host_us > 0) || !(copy_us > 0)) return share;
+  const double host_rate = share / host_us, copy_rate = (1 - share) / copy_us;
+  const double balanced = host_rate / (host_rate + copy_rate);
+  return std::clamp(share + kShareGain * (balanced - share), kShareMin, kShareMax);
 }
 
 }  // namespace bigplan::executor_internal

@@ -24,4 +24,12 @@ struct HostableExpert {
 int ShareHostRows(std::span<const HostableExpert> experts, double share, int64_t split_rows, uint64_t split_min_bytes,
                   std::span<int64_t> rows);
 
+// The adaptive share (ExecutorOptions::adapt_expert_share): the share after a decode forward in whose host-computing
+// layers the host's jobs took `host_us` and the copies `copy_us` in all. The host's and the copies' rates follow
+// from them (share / host_us, (1 - share) / copy_us), and the share at which both would take equally long is
+// share* = (share / host_us) / (share / host_us + (1 - share) / copy_us); the result moves half-way there
+// (kShareGain), clamped to [kShareMin, kShareMax]. Unchanged without a share or times.
+inline constexpr double kShareGain = 0.5, kShareMin = 0.02, kShareMax = 0.95;
+double AdaptShare(double share, double host_us, double copy_us);
+
 }  // namespace bigplan::executor_internal

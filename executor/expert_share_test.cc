@@ -89,4 +89,27 @@ TEST(ExpertShareTest, EmptyAndDegenerate) {
 }
 
 }  // namespace
+// The adaptive share moves half-way to where the host's jobs and the copies would take equally long, within
+// [kShareMin, kShareMax]; nothing to adapt without a share or times.
+TEST(ExpertShareTest, AdaptShareBalancesHostAndCopies) {
+  // Equal times: already balanced.
+  EXPECT_DOUBLE_EQ(AdaptShare(0.6, 1000.0, 1000.0), 0.6);
+  // The host took twice as long as the copies at share 0.5: its rate is half the copies', balance at 1/3.
+  EXPECT_DOUBLE_EQ(AdaptShare(0.5, 2000.0, 1000.0), 0.5 + kShareGain * (1.0 / 3 - 0.5));
+  // The copies took longer: the share grows.
+  EXPECT_GT(AdaptShare(0.5, 1000.0, 3000.0), 0.5);
+  // Clamped.
+  EXPECT_DOUBLE_EQ(AdaptShare(0.94, 1.0, 1e9), kShareMax);
+  EXPECT_DOUBLE_EQ(AdaptShare(0.03, 1e9, 1.0), kShareMin);
+  // Nothing to adapt.
+  EXPECT_DOUBLE_EQ(AdaptShare(0.0, 100.0, 100.0), 0.0);
+  EXPECT_DOUBLE_EQ(AdaptShare(0.6, 0.0, 100.0), 0.6);
+  EXPECT_DOUBLE_EQ(AdaptShare(0.6, 100.0, 0.0), 0.6);
+  // Repeated forwards of a host at half the copies' rate with fixed costs on each side (100 us) settle near where
+  // both take equally long.
+  double share = 0.65;
+  for (int i = 0; i < 30; ++i) share = AdaptShare(share, 100 + 2000 * share, 100 + 1000 * (1 - share));
+  EXPECT_NEAR(100 + 2000 * share, 100 + 1000 * (1 - share), 30);
+}
+
 }  // namespace bigplan::executor_internal

@@ -1016,9 +1016,10 @@ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 // Polls until *flag reaches value (wrapping) or timeout_ns pass (then sets *timed_out); one thread.
 __device__ void PollFlag(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
-                         volatile uint32_t* timed_out) {
+                         volatile uint32_t* timed_out, unsigned long long* waited_ns = nullptr) {
   uint64_t start = 0, now = 0;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  now = start;
   while (static_cast<int32_t>(*flag - value) < 0) {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
     if (now - start > timeout_ns) {
@@ -1027,6 +1028,7 @@ __device__ void PollFlag(const volatile uint32_t* flag, uint32_t value, uint64_t
     }
     __nanosleep(200);
   }
+  if (waited_ns != nullptr) atomicAdd(waited_ns, static_cast<unsigned long long>(now - start));
   __threadfence_system();
 }
 
@@ -1389,8 +1391,8 @@ __global__ void ExpertSumKernel(Elem e, const void* __restrict__ y, Elem we, con
 
 __global__ void WaitFlagAddKernel(const volatile uint32_t* flag, uint32_t value, uint64_t timeout_ns,
                                   volatile uint32_t* timed_out, Elem oe, void* out, const volatile float* y,
-                                  int64_t n) {
-  if (threadIdx.x == 0) PollFlag(flag, value, timeout_ns, timed_out);
+                                  int64_t n, unsigned long long* waited_ns) {
+  if (threadIdx.x == 0) PollFlag(flag, value, timeout_ns, timed_out, blockIdx.x == 0 ? waited_ns : nullptr);
   __syncthreads();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -1682,14 +1684,15 @@ cudaError_t ExpertSum(Elem elem, const void* y, Elem w_elem, const void* w, int6
 }
 
 cudaError_t WaitFlagAdd(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out, Elem out_elem,
-                        void* out, const float* y, int64_t n, cudaStream_t stream) {
+                        void* out, const float* y, int64_t n, cudaStream_t stream, uint64_t* waited_ns) {
   if (flag == nullptr || timed_out == nullptr || out == nullptr || y == nullptr || n < 0) return cudaErrorInvalidValue;
   // One block (its thread 0 polls, as WaitFlag's one thread does) per 8192 values, at most 16: a decode step's sum
   // is one block, and each thread's loads from mapped memory are few.
   constexpr int kThreads = 1024;
   const int64_t blocks = std::min<int64_t>(std::max<int64_t>(1, (n + 8191) / 8192), 16);
   WaitFlagAddKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(flag, value, timeout_ns, timed_out,
-                                                                            out_elem, out, y, n);
+                                                                            out_elem, out, y, n,
+                                                                            reinterpret_cast<unsigned long long*>(waited_ns));
   return cudaGetLastError();
 }
 

@@ -70,9 +70,10 @@ cudaError_t ExpertSum(Elem elem, const void* y, Elem w_elem, const void* w, int6
 
 // WaitFlag, then out[i] = round(float(out[i]) + float(round(y[i]))) for i < n (out of `out_elem` in device memory; y
 // float32, e.g. the host's sum in mapped pinned memory, read only once the flag has reached `value`): the wait and
-// what LibTorch's out + y.to(out's dtype) computes, in one kernel.
+// what LibTorch's out + y.to(out's dtype) computes, in one kernel. `waited_ns` (optional, device-writable, e.g. mapped
+// pinned memory): the nanoseconds the GPU spent polling are added to it.
 cudaError_t WaitFlagAdd(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, uint32_t* timed_out, Elem out_elem,
-                        void* out, const float* y, int64_t n, cudaStream_t stream);
+                        void* out, const float* y, int64_t n, cudaStream_t stream, uint64_t* waited_ns = nullptr);
 
 // Routed experts resident on the GPU, for a few tokens, without the host (so a decode step may be captured in a
 // graph): the chosen experts' SwiGLU products read their matrices through tables of addresses indexed by the router's

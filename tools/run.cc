@@ -64,6 +64,9 @@ constexpr const char* kUsage =
     "  --no-cuda-graphs         run every decode step eagerly (no CUDA graph replays)\n"
     "  --no-direct-io           read disk-tier blocks from the memory-mapped shards (through the page cache)\n"
     "                           instead of with O_DIRECT pread into pinned staging\n"
+    "  --adapt-expert-share     mixture-of-experts plans with a host share: after each decode step move the share\n"
+    "                           toward the host's measured speed (faster when the host is slower or faster than\n"
+    "                           the plan's profile; the host's experts then depend on timing)\n"
     "  --trace FILE             write a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing)\n"
     "  --world-size N           ranks: run the plan as N processes, one per plan device (every block resident on\n"
     "                           a GPU); start one per GPU, on any hosts, each with the same --plan and --model\n"
@@ -140,6 +143,10 @@ Result<Flags> ParseFlags(int argc, char** argv, bool* help) {
     }
     if (arg == "--no-direct-io") {
       f.exec.disk_direct_io = false;
+      continue;
+    }
+    if (arg == "--adapt-expert-share") {
+      f.exec.adapt_expert_share = true;
       continue;
     }
     if (arg == "--chat") {

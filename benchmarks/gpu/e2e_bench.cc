@@ -7,6 +7,7 @@
 //             [--host-threads N] [--host-spin-us N] [--no-fused-kernels] [--prefill-graphs N] [--streamed-decode] [--decode-batches 1,8] [--resident-split SPEC]...
 //             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2] [--micro-batch-groups 0,2]]
 //             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0] [--kineto DIR]
+//             [--adapt-share]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -99,6 +100,7 @@ struct Args {
   std::vector<std::string> cpu_shares{"off"};
   int host_threads = 0;  // ExecutorOptions::host_threads
   int host_spin_us = -1;  // ExecutorOptions::host_spin_us
+  bool adapt_share = false;  // ExecutorOptions::adapt_expert_share
   std::vector<int> expert_prefetch{-1};  // ExecutorOptions::expert_prefetch per cpu-offload configuration
   std::vector<int> expert_split{-1};     // ExecutorOptions::expert_split_rows per cpu-offload configuration
 };
@@ -190,6 +192,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
         }
       }
       else if (f == "--host-threads") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.host_threads = std::stoi(v); }
+      else if (f == "--adapt-share") { a.adapt_share = true; }
       else if (f == "--host-spin-us") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.host_spin_us = std::stoi(v); }
       else if (f == "--cpu-share") {
         BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i));
@@ -421,6 +424,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   if (args.prefill_graphs >= 0) opts.prefill_graph_shapes = args.prefill_graphs;
   opts.host_threads = args.host_threads;
   opts.host_spin_us = args.host_spin_us;
+  opts.adapt_expert_share = args.adapt_share;
   opts.expert_prefetch = cfg.prefetch;
   opts.expert_split_rows = cfg.split;
   auto t_load = std::chrono::steady_clock::now();
@@ -508,8 +512,10 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       j["decode_step"] = TimingJson(dec);
       j["decode_step_s"] = dec.median;
       j["ratio_decode_step_to_floor"] = floor_s > 0 ? dec.median / floor_s : 0.0;
-      std::fprintf(stderr, "   KV-cached decode step %.4f s median (best %.4f s, %.3fx the floor); %s of %s steps "
-                   "replayed a CUDA graph%s%s\n", dec.median, dec.best, dec.median / std::max(floor_s, 1e-12),
+      char vs_floor[48] = ", nothing streamed";
+      if (floor_s > 0) std::snprintf(vs_floor, sizeof vs_floor, ", %.3fx the floor", dec.median / floor_s);
+      std::fprintf(stderr, "   KV-cached decode step %.4f s median (best %.4f s%s); %s of %s steps "
+                   "replayed a CUDA graph%s%s\n", dec.median, dec.best, vs_floor,
                    j["decode_graph_steps"].dump().c_str(), j["decode_steps"].dump().c_str(),
                    j["graph_capture_error"].get<std::string>().empty() ? "" : ": ",
                    j["graph_capture_error"].get<std::string>().c_str());
@@ -596,7 +602,14 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
                         {"prefetch_wasted_bytes_per_token",
                          static_cast<double>(after.expert_prefetch_wasted_bytes - before.expert_prefetch_wasted_bytes) / steps},
                         {"copy_busy_ms_per_token", (after.expert_copy_busy_ms - before.expert_copy_busy_ms) / steps},
-                        {"copy_idle_ms_per_token", (after.expert_copy_idle_ms - before.expert_copy_idle_ms) / steps}};
+                        {"copy_idle_ms_per_token", (after.expert_copy_idle_ms - before.expert_copy_idle_ms) / steps},
+                        {"gpu_wait_for_host_ms_per_token",
+                         (after.expert_host_wait_ms - before.expert_host_wait_ms) / steps},
+                        {"host_busy_ms_per_token", (after.expert_host_busy_ms - before.expert_host_busy_ms) / steps},
+                        {"host_layer_copies_ms_per_token",
+                         (after.expert_host_copy_ms - before.expert_host_copy_ms) / steps},
+                        {"adapt_share", args.adapt_share},
+                        {"share_after", after.expert_share}};
       j["moe"] = {{"cpu_share", share},
                   {"expected_resident_bytes", resident},
                   {"expected_copied_bytes", copied},
@@ -642,13 +655,18 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       std::fprintf(stderr,
                    "   MoE moved: %.1f MB copied + %.1f MB host per token, floor %.2f ms (%.2fx); prefetch %.2f experts "
                    "per token, %.2f chosen (%.0f%%); %.2f experts split per token; copy stream busy %.2f ms, idle %.2f "
-                   "ms per token%s\n",
+                   "ms per token%s; host jobs %.2f ms (their layers' copies %.2f ms), the GPU waiting for them %.2f ms "
+                   "per token; share %.3f%s\n",
                    moved_copy / 1e6, moved_host / 1e6, moved_floor * 1e3, dec.median / moved_floor, prefetched, hits,
                    prefetched > 0 ? 100.0 * hits / prefetched : 0.0,
                    static_cast<double>(after.expert_split - before.expert_split) / steps,
                    (after.expert_copy_busy_ms - before.expert_copy_busy_ms) / steps,
                    (after.expert_copy_idle_ms - before.expert_copy_idle_ms) / steps,
-                   opts.record_trace ? "" : " (timeline: --trace-dir)");
+                   opts.record_trace ? "" : " (timeline: --trace-dir)",
+                   (after.expert_host_busy_ms - before.expert_host_busy_ms) / steps,
+                   (after.expert_host_copy_ms - before.expert_host_copy_ms) / steps,
+                   (after.expert_host_wait_ms - before.expert_host_wait_ms) / steps, after.expert_share,
+                   args.adapt_share ? " (adapting)" : "");
       if (!args.kineto_dir.empty()) {
         BIGPLAN_RETURN_IF_ERROR(Profiled(args.kineto_dir + "/" + cfg.name + ".kineto.json", [&]() -> Status {
           for (int s = 0; s < 3; ++s) BIGPLAN_RETURN_IF_ERROR(step());

@@ -32,6 +32,7 @@
 #   BIGPLAN_WEIGHTS []                      e2e_bench --weights (fp8, int8, int4: experts and other weights quantized
 #                                           at load; routed experts then move and are computed in that format)
 #   BIGPLAN_AUTO_CANDIDATES []              e2e_bench --auto-candidates (e.g. P: whole layers streamed, for comparison)
+#   BIGPLAN_ADAPT_SHARE=1                   e2e_bench --adapt-share (the host share follows the host's measured speed)
 #   BIGPLAN_MOE_SPLIT_GIB []                also over several GPUs, GiB each joined by '+' (e.g. 8+8: e2e_bench
 #                                           --offload-split cuda:0=8GiB,cuda:1=8GiB with the same host shares, and
 #                                           Accelerate with max_memory {0: 8GiB, 1: 8GiB, cpu})
@@ -191,6 +192,7 @@ run_bigplan() {
     ${BIGPLAN_KINETO:+--kineto "$out/traces_$model"} ${BIGPLAN_HOST_SPIN:+--host-spin-us "$BIGPLAN_HOST_SPIN"} \
     ${BIGPLAN_HOST_THREADS:+--host-threads "$BIGPLAN_HOST_THREADS"} "${split[@]}" \
     ${BIGPLAN_WEIGHTS:+--weights "$BIGPLAN_WEIGHTS"} ${BIGPLAN_AUTO_CANDIDATES:+--auto-candidates "$BIGPLAN_AUTO_CANDIDATES"} \
+    ${BIGPLAN_ADAPT_SHARE:+--adapt-share} \
     --out "$out/bigplan_$model.json" 2>&1 | tee "$out/bigplan_$model.txt" | grep -E "^==|floors|MoE|1 token|error" || true
   for plan in "$out/traces_$model"/*.bplan; do
     [[ -f "$plan" ]] && "${env_wrap[@]}" "$bin/inspect" "$plan" > "${plan%.bplan}.inspect.txt" 2>&1 || true

@@ -41,6 +41,7 @@
 
 #include "arch/registry.h"
 #include "executor/executor.h"
+#include "executor/expert_share.h"
 #include "formats/writer.h"
 #include "schema/plan_io.h"
 #include "tests/e2e/e2e_util.h"
@@ -380,6 +381,39 @@ TEST_P(E2eGpu, ExpertSplitKeepsResults) {
                 static_cast<unsigned long long>(runs[0].stats.expert_host), kSteps);
   }
   EXPECT_GT(splits, 0u) << "no expert was split";
+}
+
+// The adaptive host share (ExecutorOptions::adapt_expert_share) moves the share between decode forwards, changing
+// which experts the host computes, never a result beyond rounding: batch-1 greedy decode gives the plan's-share
+// run's tokens and its logits within bf16 rounding, and the share in effect has moved off the plan's, within
+// [kShareMin, kShareMax].
+TEST_P(E2eGpu, AdaptiveExpertShareKeepsResults) {
+  const std::string family = GetParam();
+  if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
+  const std::string model = ModelDir(family);
+  constexpr int kSteps = 10;
+  const std::string path = SmallestRoutedPlan(family, model, "bf16", "adapt");
+  ASSERT_FALSE(path.empty());
+  DecodeRun runs[2];
+  for (int run = 0; run < 2; ++run) {
+    ExecutorOptions options;
+    options.adapt_expert_share = run == 1;
+    runs[run] = GreedyDecode(path, model, options, kSteps);
+    ASSERT_EQ(runs[run].tokens.size(), static_cast<size_t>(kSteps));
+  }
+  EXPECT_EQ(runs[0].tokens, runs[1].tokens);
+  for (int i = 0; i < kSteps; ++i) {
+    EXPECT_LE(MaxRelError(runs[0].logits[i], runs[1].logits[i]), kChunkedBf16Tolerance) << "step " << i;
+  }
+  EXPECT_DOUBLE_EQ(runs[0].stats.expert_share, 0.5);  // the suites' plans: --cpu-share 0.5
+  EXPECT_NE(runs[1].stats.expert_share, 0.5);
+  EXPECT_GE(runs[1].stats.expert_share, executor_internal::kShareMin);
+  EXPECT_LE(runs[1].stats.expert_share, executor_internal::kShareMax);
+  EXPECT_GT(runs[1].stats.expert_host_busy_ms, 0.0);
+  std::printf("%-14s bf16 adaptive share: 0.5 -> %.3f after %d decode steps (the host's jobs %.3f ms, their layers' "
+              "copies %.3f ms, the GPU waiting for the host %.3f ms)\n", family.c_str(), runs[1].stats.expert_share,
+              kSteps, runs[1].stats.expert_host_busy_ms, runs[1].stats.expert_host_copy_ms,
+              runs[1].stats.expert_host_wait_ms);
 }
 
 // Quantized experts routed (--weights int8 / fp8 / int4 at the smallest GPU budget placement E fits, the host
