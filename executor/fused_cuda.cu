@@ -450,6 +450,27 @@ __device__ __forceinline__ void Decode4(uint32_t v, bool fp8, float (&out)[4]) {
   }
 }
 
+// The end of a QuantGemv warp's rows: each sum over the warp, then lane 0 stores y[m, row] = T(out(row, sum)) for its
+// rows within n (y: ys[blockIdx.y] when batched).
+template <typename T, int M, typename Out>
+__device__ __forceinline__ void StoreQuantRows(const QuantGemvArgs& a, int64_t row0, float (&acc)[M][kQuantRows],
+                                               Out out) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = WarpSum(acc[m][r]);
+  }
+  if ((threadIdx.x & 31) != 0) return;
+  T* y = static_cast<T*>(a.batch > 0 ? a.ys[blockIdx.y] : a.y);
+#pragma unroll
+  for (int r = 0; r < kQuantRows; ++r) {
+    const int64_t row = row0 + r;
+    if (row >= a.n) break;
+#pragma unroll
+    for (int m = 0; m < M; ++m) y[m * a.n + row] = ToT<T>(out(row, acc[m][r]));
+  }
+}
+
 template <typename T, int M>
 __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemvKernel(const QuantGemvArgs a) {
   const int lane = threadIdx.x & 31;
@@ -505,21 +526,10 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemvKernel(const QuantG
     for (int r = 0; r < kQuantRows; ++r) wv[r] = __ldg(wr[r] + word);
     step(wv, word);
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = WarpSum(acc[m][r]);
-  }
-  if (lane != 0) return;
-  T* y = static_cast<T*>(batched ? a.ys[blockIdx.y] : a.y);
-#pragma unroll
-  for (int r = 0; r < kQuantRows; ++r) {
-    const int64_t row = row0 + r;
-    if (row >= a.n) break;
-    const float s = *reinterpret_cast<const float*>(w + row * a.row_bytes + a.k);
-#pragma unroll
-    for (int m = 0; m < M; ++m) y[m * a.n + row] = ToT<T>(Round<T>(acc[m][r]) * s);
-  }
+  // The product rounded to T, then scaled by the row's float32 scale (after its k values).
+  StoreQuantRows<T, M>(a, row0, acc, [&](int64_t row, float sum) {
+    return Round<T>(sum) * *reinterpret_cast<const float*>(w + row * a.row_bytes + a.k);
+  });
 }
 
 // int4 rows (QuantGemvArgs::int4): each lane reads 4 bytes (8 values) of each of its warp's kQuantRows rows a step,
@@ -588,20 +598,7 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemv4Kernel(const Quant
       }
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = WarpSum(acc[m][r]);
-  }
-  if (lane != 0) return;
-  T* y = static_cast<T*>(batched ? a.ys[blockIdx.y] : a.y);
-#pragma unroll
-  for (int r = 0; r < kQuantRows; ++r) {
-    const int64_t row = row0 + r;
-    if (row >= a.n) break;
-#pragma unroll
-    for (int m = 0; m < M; ++m) y[m * a.n + row] = ToT<T>(acc[m][r]);
-  }
+  StoreQuantRows<T, M>(a, row0, acc, [](int64_t, float sum) { return sum; });
 }
 
 // ---- RMSNorm: one block per row; 16-byte loads when the row allows ----

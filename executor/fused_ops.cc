@@ -68,33 +68,36 @@ bool Eligible(const at::Tensor& x) {
   return x.defined() && x.is_cuda() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
 }
 
-at::Tensor QuantGemv(const at::Tensor& x, const at::Tensor& wq, bool fp8, int64_t k) {
-  if (!Eligible(x) || !wq.defined() || wq.dim() != 2 || wq.scalar_type() != at::kByte || wq.device() != x.device() ||
-      wq.size(1) != k + 4 || wq.stride(1) != 1 || wq.stride(0) != k + 4 || x.size(-1) != k) {
-    return at::Tensor();
-  }
+// fused::QuantGemv of `a` (its layout fields set) for x's rows: undefined where x has more than kGemvMaxRows rows or
+// the kernel declines the arguments.
+at::Tensor RunQuantGemv(const at::Tensor& x, fused::QuantGemvArgs a, const at::Tensor& wq, const char* what) {
   const at::Tensor x2 = Rows2d(x);
   if (!x2.defined() || x2.size(0) > fused::kGemvMaxRows) return at::Tensor();
   const int64_t m = x2.size(0), n = wq.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = n;
   at::Tensor y = at::empty({m, n}, x.options());
-  const fused::QuantGemvArgs a{.dtype = DTypeOf(x),
-                               .fp8 = fp8,
-                               .x = x2.data_ptr(),
-                               .x_stride = x2.stride(0),
-                               .w = wq.data_ptr(),
-                               .row_bytes = k + 4,
-                               .y = y.data_ptr(),
-                               .m = static_cast<int>(m),
-                               .n = n,
-                               .k = k};
+  a.dtype = DTypeOf(x);
+  a.x = x2.data_ptr();
+  a.x_stride = x2.stride(0);
+  a.w = wq.data_ptr();
+  a.y = y.data_ptr();
+  a.m = static_cast<int>(m);
+  a.n = n;
   if (fused::QuantGemv(a, Stream()) == cudaErrorInvalidValue) {
     cudaGetLastError();  // (not launched: its preconditions, e.g. alignment)
     return at::Tensor();
   }
-  Check(cudaGetLastError(), "quant_gemv");
+  Check(cudaGetLastError(), what);
   return y.view(out_shape);
+}
+
+at::Tensor QuantGemv(const at::Tensor& x, const at::Tensor& wq, bool fp8, int64_t k) {
+  if (!Eligible(x) || !wq.defined() || wq.dim() != 2 || wq.scalar_type() != at::kByte || wq.device() != x.device() ||
+      wq.size(1) != k + 4 || wq.stride(1) != 1 || wq.stride(0) != k + 4 || x.size(-1) != k) {
+    return at::Tensor();
+  }
+  return RunQuantGemv(x, fused::QuantGemvArgs{.fp8 = fp8, .row_bytes = k + 4, .k = k}, wq, "quant_gemv");
 }
 
 at::Tensor QuantGemvInt4(const at::Tensor& x, const at::Tensor& wq, int64_t k, int64_t group, bool split) {
@@ -103,30 +106,13 @@ at::Tensor QuantGemvInt4(const at::Tensor& x, const at::Tensor& wq, int64_t k, i
       wq.size(1) != k / 2 + 4 * (k / group)) {
     return at::Tensor();
   }
-  const at::Tensor x2 = Rows2d(x);
-  if (!x2.defined() || x2.size(0) > fused::kGemvMaxRows) return at::Tensor();
-  const int64_t m = x2.size(0), n = wq.size(0);
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = n;
-  at::Tensor y = at::empty({m, n}, x.options());
-  const fused::QuantGemvArgs a{.dtype = DTypeOf(x),
-                               .int4 = true,
-                               .group = group,
-                               .split_rows = split ? n : 0,
-                               .x = x2.data_ptr(),
-                               .x_stride = x2.stride(0),
-                               .w = wq.data_ptr(),
-                               .row_bytes = k / 2 + 4 * (k / group),
-                               .y = y.data_ptr(),
-                               .m = static_cast<int>(m),
-                               .n = n,
-                               .k = k};
-  if (fused::QuantGemv(a, Stream()) == cudaErrorInvalidValue) {
-    cudaGetLastError();
-    return at::Tensor();
-  }
-  Check(cudaGetLastError(), "quant_gemv (int4)");
-  return y.view(out_shape);
+  return RunQuantGemv(x,
+                      fused::QuantGemvArgs{.int4 = true,
+                                           .group = group,
+                                           .split_rows = split ? wq.size(0) : 0,
+                                           .row_bytes = k / 2 + 4 * (k / group),
+                                           .k = k},
+                      wq, "quant_gemv (int4)");
 }
 
 bool QuantGemvBatched(const void* const* ws, const void* const* xs, void* const* ys, int64_t batch, int64_t m,

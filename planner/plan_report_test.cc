@@ -55,14 +55,24 @@ std::string Report(const std::string& budget, const std::string& strategy, const
 // beyond the GPU budget): the report says why under the candidates. (Dense models have no such line.) Quantized
 // experts routed: the host's rate is that of their rows.
 TEST(PlanReportTest, SaysWhyExpertsAreNotPlacementUnits) {
+  // An 8-layer Mixtral-family model of `hidden` width, experts `inter` wide, `heads` heads of 64 (GQA to `kv`).
+  auto tiny_moe = [](int hidden, int inter, int heads, int kv) {
+    const std::string config =
+        R"({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": )" +
+        std::to_string(hidden) + R"(, "intermediate_size": )" + std::to_string(inter) +
+        R"(, "num_hidden_layers": 8, "num_attention_heads": )" + std::to_string(heads) +
+        R"(, "num_key_value_heads": )" + std::to_string(kv) +
+        R"(, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 256, "max_position_embeddings": 512,
+          "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false,
+          "torch_dtype": "bfloat16"})";
+    Result<ModelDescription> m = ImportHfConfigText(config);
+    EXPECT_TRUE(m.ok()) << m.error().ToString();
+    if (m.ok()) m->name = "tiny-moe";
+    return m;
+  };
   // Wide attention (8 MiB a layer, 64 MiB in all) beside small experts: P streams it, E must keep it resident.
-  Result<ModelDescription> wide = ImportHfConfigText(R"({
-    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 1024, "intermediate_size": 64,
-    "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "num_local_experts": 8,
-    "num_experts_per_tok": 2, "vocab_size": 256, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
-    "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
-  ASSERT_TRUE(wide.ok()) << wide.error().ToString();
-  wide->name = "tiny-moe";
+  Result<ModelDescription> wide = tiny_moe(1024, 64, 16, 16);
+  ASSERT_TRUE(wide.ok());
   PlanRequest req;
   req.description = *wide;
   req.budget = *ParseMaxMemory("cuda:0=370MiB,cpu=1GiB");
@@ -75,13 +85,8 @@ TEST(PlanReportTest, SaysWhyExpertsAreNotPlacementUnits) {
       << report;
   EXPECT_EQ(Report("cuda:0=1GiB,cpu=1GiB", "auto", "BPCE").find("E infeasible:"), std::string::npos);
   // int8 experts (48.6 MiB) at 340 MiB: routed, the host multiplying int8 rows.
-  Result<ModelDescription> model = ImportHfConfigText(R"({
-    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 256, "intermediate_size": 1024,
-    "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 8,
-    "num_experts_per_tok": 2, "vocab_size": 256, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
-    "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
-  ASSERT_TRUE(model.ok()) << model.error().ToString();
-  model->name = "tiny-moe";
+  Result<ModelDescription> model = tiny_moe(256, 1024, 4, 2);
+  ASSERT_TRUE(model.ok());
   req.description = *model;
   req.budget = *ParseMaxMemory("cuda:0=340MiB,cpu=1GiB");
   req.weights = quant::Format::kInt8;

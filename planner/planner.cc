@@ -479,11 +479,12 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
     for (double share : shares) {
       for (int prefetch : prefetches) candidates.emplace_back(share, prefetch);
     }
-    double best = -1;
+    double best = -1, best_paths = 0;
     for (const auto& [share, prefetch] : candidates) {
       std::map<int32_t, ExpertRingPlan> rings = result.expert_rings;
       PlanExpertPaths(model, placement.blocks, exec, pf, share, decode_tokens, &rings, prefetch);
       std::vector<double> dec = base_decode, pre = base_prefill;
+      std::vector<double> dec_paths = base_decode;  // without the host's issue bound: breaks ties between candidates
       double floor_us = 0;
       for (size_t i = 0; i < n; ++i) {
         auto ring = rings.find(devices[i]);
@@ -526,6 +527,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
                                        (b.resident + b.copied + b.host) * task_us;
         dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us + busy * std::max(host_side, gpu_side);
         // (The host issues the layer's eager steps meanwhile: where the paths are short, that is the bound.)
+        dec_paths[i] = dec[i];
         dec[i] = std::max(dec[i], kRouteSyncMicros + SparseLayerIssueMicros(model, i));
         pre[i] = std::max({pre[i], static_cast<double>(b.off_gpu) / (pf.h2d_gbps * 1e3),
                            static_cast<double>(b.off_disk) / (disk_gbps * 1e3)});
@@ -534,8 +536,12 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         floor_us += std::max(MixFloorMicros(b.copied, b.host, pf, ExpertFormat(model, i)), disk_us);
       }
       const ForwardPrediction d = SimulateForward(sched, dec, devices, pf);
-      if (best < 0 || d.total_us < best) {
+      // Equal predictions (the host's issue the bound for both) go to the shorter paths: where a prefetch or a share
+      // shortens them, it is the one that leaves the host's issue the whole step.
+      const double paths = SimulateForward(sched, dec_paths, devices, pf).total_us;
+      if (best < 0 || d.total_us < best - 1e-6 || (d.total_us <= best + 1e-6 && paths < best_paths)) {
         best = d.total_us;
+        best_paths = paths;
         result.expert_rings = rings;
         result.expert_floor_us = floor_us;
         result.decode = d;
