@@ -485,12 +485,7 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemvKernel(const QuantG
     wr[r] = reinterpret_cast<const uint32_t*>(w + row * a.row_bytes);
   }
   const T* x = static_cast<const T*>(batched ? a.xs[blockIdx.y] : a.x);
-  float acc[M][kQuantRows];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = 0.f;
-  }
+  float acc[M][kQuantRows] = {};
   const int64_t words = a.k / 4;  // 4 values a word
   auto step = [&](const uint32_t (&wv)[kQuantRows], int64_t word) {
     float wf[kQuantRows][4];
@@ -561,12 +556,7 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemv4Kernel(const Quant
     }
   }
   const T* x = static_cast<const T*>(batched ? a.xs[blockIdx.y] : a.x);
-  float acc[M][kQuantRows];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < kQuantRows; ++r) acc[m][r] = 0.f;
-  }
+  float acc[M][kQuantRows] = {};
   const int64_t words = a.k / 8;  // 8 values a word
   for (int64_t word = lane; word < words; word += 32) {
     const int64_t g = word * 8 / a.group;
