@@ -163,6 +163,23 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   out.disk = pick * disk;
   out.host = pick * pinned * cpu_share;
   out.copied = pick * (pinned + disk) - out.host;
+  out.experts = static_cast<uint32_t>(s.bytes.size());
+  out.resident_experts = resident_experts;
+  for (const auto& [e, bytes] : s.bytes) {
+    if (s.off_gpu.at(e) && placement.routed_experts && !s.on_disk.at(e)) ++out.pinned_experts;
+  }
+  // Quantized experts go whole to the host or the GPU (the executor does not split them): of a token's n chosen
+  // pinned-resting experts the host takes HostWholeExperts(share, n), not share x n.
+  if (ExpertFormat(model, block) != quant::Format::kNone && out.pinned_experts > 0 && cpu_share > 0) {
+    const double each = pinned / out.pinned_experts;
+    double host_experts = 0;
+    for (uint32_t chosen = 1; chosen <= c.num_experts_per_tok; ++chosen) {
+      host_experts += ChoiceCountChance(out.experts, out.pinned_experts, c.num_experts_per_tok, chosen) *
+                      HostWholeExperts(cpu_share, chosen);
+    }
+    out.host = host_experts * each;
+    out.copied = pick * (pinned + disk) - out.host;
+  }
   const uint32_t n = std::max<uint32_t>(1, c.num_experts);
   out.all_resident = 1;
   for (uint32_t j = 0; j < c.num_experts_per_tok && j < n; ++j) {
@@ -171,7 +188,19 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   return out;
 }
 
+uint32_t HostWholeExperts(double cpu_share, uint32_t n) {
+  return static_cast<uint32_t>(std::clamp(std::floor(cpu_share * n + 0.5), 0.0, static_cast<double>(n)));
+}
+
+double ChoiceCountChance(uint32_t experts, uint32_t subset, uint32_t k, uint32_t n) {
+  if (subset > experts || k > experts || n > k || n > subset || k - n > experts - subset) return 0.0;
+  // (log-gamma: exact enough, and safe for 128 experts)
+  auto log_choose = [](double a, double b) { return std::lgamma(a + 1) - std::lgamma(b + 1) - std::lgamma(a - b + 1); };
+  return std::exp(log_choose(subset, n) + log_choose(experts - subset, k - n) - log_choose(experts, k));
+}
+
 ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes) {
+  if (prefetch == 0) return b;
   ExpertBytes out = b;
   const double pinned = b.copied + b.host - b.disk;  // the chosen pinned-resting experts' bytes
   out.prefetched = std::min(pinned, kExpertPrefetchHitRate * prefetch * static_cast<double>(expert_bytes));

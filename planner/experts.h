@@ -93,13 +93,26 @@ struct ExpertBytes {
   // choices drawn uniformly: C(resident experts, k) / C(experts, k). The off-GPU bytes above are expectations over
   // every token: a token that moves any moves them / (1 - all_resident).
   double all_resident = 1;
+  // The layer's experts: all of them, those resident on the GPU, those resting in pinned memory (the rest on disk).
+  uint32_t experts = 0, resident_experts = 0, pinned_experts = 0;
 };
 ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, const BlockPlacement& placement,
                                 DType exec_dtype, double cpu_share);
 
+// The executor splits a chosen expert between the host and the GPU only from this size on (ExpertEngine's
+// kSplitMinBytes) and only plain ones (not quantized); smaller or quantized experts go whole to one side.
+inline constexpr uint64_t kExpertSplitMinBytes = 32ull << 20;
+// How many of `n` equal whole experts the host takes at `cpu_share` (ShareHostRows: an expert the share covers at
+// least half of): round(cpu_share x n), halves up.
+uint32_t HostWholeExperts(double cpu_share, uint32_t n);
+// The chance that exactly `n` of a token's k distinct choices (uniform over `experts`) fall among `subset` of them:
+// C(subset, n) C(experts - subset, k - n) / C(experts, k).
+double ChoiceCountChance(uint32_t experts, uint32_t subset, uint32_t k, uint32_t n);
+
 // `b` (ExpectedExpertBytes at `cpu_share`) when the previous layer prefetches `prefetch` experts of `expert_bytes`
 // each, kExpertPrefetchHitRate of them chosen (pinned-resting ones only): those are copied before the router
-// (prefetched, counted in copied too), and the host's share applies to the other chosen pinned-resting experts.
+// (prefetched, counted in copied too), and the host's share applies to the other chosen pinned-resting experts (as
+// a share of their bytes). `b` itself for no prefetch.
 ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes);
 
 // Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on a GPU, already placed

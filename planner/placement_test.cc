@@ -650,5 +650,24 @@ TEST(ExpertBytesTest, WithPrefetch) {
   EXPECT_DOUBLE_EQ(all.disk, 50);
 }
 
+// Whole experts: the host takes round(share x n) of n chosen ones, halves up; the chances of n of k choices among a
+// subset are hypergeometric and sum to 1.
+TEST(ExpertBytesTest, WholeExpertsAndChoiceCounts) {
+  EXPECT_EQ(HostWholeExperts(0.5, 1), 1u);
+  EXPECT_EQ(HostWholeExperts(0.4, 1), 0u);
+  EXPECT_EQ(HostWholeExperts(0.6, 2), 1u);
+  EXPECT_EQ(HostWholeExperts(0.65, 8), 5u);
+  EXPECT_EQ(HostWholeExperts(1.0, 3), 3u);
+  EXPECT_EQ(HostWholeExperts(0.0, 3), 0u);
+  // 2 of 8 choices among 5: P(0) = C(3,2)/C(8,2) = 3/28, P(1) = 5 x 3/28, P(2) = C(5,2)/28 = 10/28.
+  EXPECT_NEAR(ChoiceCountChance(8, 5, 2, 0), 3.0 / 28, 1e-12);
+  EXPECT_NEAR(ChoiceCountChance(8, 5, 2, 1), 15.0 / 28, 1e-12);
+  EXPECT_NEAR(ChoiceCountChance(8, 5, 2, 2), 10.0 / 28, 1e-12);
+  EXPECT_EQ(ChoiceCountChance(8, 5, 2, 3), 0.0);
+  double sum = 0;
+  for (uint32_t n = 0; n <= 8; ++n) sum += ChoiceCountChance(128, 90, 8, n);
+  EXPECT_NEAR(sum, 1.0, 1e-9);
+}
+
 }  // namespace
 }  // namespace bigplan

@@ -526,6 +526,28 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double all_resident_us = (b.resident + b.copied + b.host) / hbm + 2 * kGpuKernelMicros +
                                        (b.resident + b.copied + b.host) * task_us;
         dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us + busy * std::max(host_side, gpu_side);
+        if (ExpertFormat(model, i) != quant::Format::kNone && ring_plan.prefetch == 0 && b.disk == 0 &&
+            decode_tokens == 1 && b.pinned_experts > 0 && b.host > 0) {
+          // Quantized experts go whole to one side: a token's n chosen pinned-resting experts are split
+          // HostWholeExperts(share, n) to the host, the rest copied, and the layer waits for the longer side of
+          // that split, in expectation over n (with one or two such experts a layer, as Mixtral's, the host may take
+          // all while the copy engine idles).
+          const uint32_t k = model.config.num_experts_per_tok;
+          double paths_us = b.all_resident * all_resident_us;
+          for (uint32_t chosen = 1; chosen <= k && chosen <= b.pinned_experts; ++chosen) {
+            const double chance = ChoiceCountChance(b.experts, b.pinned_experts, k, chosen);
+            const uint32_t on_host = HostWholeExperts(ring_plan.cpu_share, chosen), on_gpu = chosen - on_host;
+            const double host_n = on_host > 0 ? kHostExpertJobMicros + kHostExpertEachMicros * on_host +
+                                                    on_host * slot / (host_gbps * 1e3) + kHostSumMicros
+                                              : 0.0;
+            const double copies_n = on_gpu * slot / (H2dGbps(pf, on_host > 0) * 1e3);
+            const double gpu_bytes = (k - chosen + on_gpu) * slot;
+            const double reads_n = gpu_bytes / hbm + 2 * kGpuKernelMicros + gpu_bytes * task_us;
+            paths_us += chance * std::max(host_n, std::max(reads_n, copies_n > 0 ? copies_n + kExpertCopyTailMicros
+                                                                                   : 0.0));
+          }
+          dec[i] = kRouteSyncMicros + dense_us + paths_us;
+        }
         // (The host issues the layer's eager steps meanwhile: where the paths are short, that is the bound.)
         dec_paths[i] = dec[i];
         dec[i] = std::max(dec[i], kRouteSyncMicros + SparseLayerIssueMicros(model, i));

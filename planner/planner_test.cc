@@ -1107,7 +1107,9 @@ TEST(PlannerTest, QuantizedSparseLayerUnpacksTheChosenExperts) {
 // multiplies its share of them in their format; where the CPU budget would put some on disk, E says why (a disk read
 // would have to quantize on the way).
 TEST(PlannerTest, QuantizedExpertsAreRouted) {
-  auto plan = [](const std::string& budget, const std::string& candidates, quant::Format format) -> Result<PlanResult> {
+  // (share < 0: the planner's choice)
+  auto plan = [](const std::string& budget, const std::string& candidates, quant::Format format,
+                 double share = -1) -> Result<PlanResult> {
     BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(R"({
       "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
       "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
@@ -1116,7 +1118,8 @@ TEST(PlannerTest, QuantizedExpertsAreRouted) {
                                                          budget, RunShape{1, 512}));
     r.weights = format;
     r.auto_candidates = candidates;
-    r.cpu_share_auto = true;
+    r.cpu_share_auto = share < 0;
+    if (share >= 0) r.cpu_share = share;
     return MakePlan(r);
   };
   auto fits = plan("cuda:0=16GiB,cpu=100GiB", "BPCE", quant::Format::kInt8);  // 11.2 GiB in int8: all resident
@@ -1129,7 +1132,7 @@ TEST(PlannerTest, QuantizedExpertsAreRouted) {
     SCOPED_TRACE(quant::FormatName(format));
     // (int4 takes 5.9 GiB: every expert would fit 8 GiB)
     auto routed = plan(format == quant::Format::kInt4 ? "cuda:0=4GiB,cpu=100GiB" : "cuda:0=8GiB,cpu=100GiB", "BPCE",
-                       format);
+                       format, 0.5);
     ASSERT_TRUE(routed.ok()) << routed.error().ToString();
     EXPECT_EQ(routed->placement.chosen, "E");
     ASSERT_EQ(routed->expert_rings.size(), 1u);
@@ -1140,7 +1143,12 @@ TEST(PlannerTest, QuantizedExpertsAreRouted) {
     EXPECT_EQ(ring.slot_bytes, 2 * gate + down);
     EXPECT_EQ(ring.disk_slots, 0u);
     EXPECT_GT(ring.expected_copied_bytes, 0.0);
-    EXPECT_GT(ring.cpu_share, 0.0);  // the host multiplies quantized rows too
+    EXPECT_DOUBLE_EQ(ring.cpu_share, 0.5);  // the host multiplies quantized rows too
+    // ... whole experts: of a token's n chosen pinned-resting ones, round(0.5 n) halves up, so one for n = 1 or 2.
+    const ExpertBytes layer = ExpectedExpertBytes(routed->model, 1, routed->placement.blocks[1], DType::kBF16, 0.5);
+    ASSERT_GT(layer.pinned_experts, 0u);
+    const double whole = ChoiceCountChance(8, layer.pinned_experts, 2, 1) + ChoiceCountChance(8, layer.pinned_experts, 2, 2);
+    EXPECT_NEAR(layer.host, whole * static_cast<double>(2 * gate + down), 1.0);
     EXPECT_GT(ring.expected_host_bytes, 0.0);
     // Each sparse layer takes at least the router's synchronization and the host's issue of its eager ops, more
     // of them than with plain attention (its quantized products unfused).
