@@ -472,7 +472,6 @@ Status ExpertEngine::EndForward() {
   return st;
 }
 
-
 bool ExpertEngine::Routes(const BlockRuntime& b) const {
   return b.index < layers_.size() && !layers_[b.index].experts.empty();
 }

@@ -1,5 +1,6 @@
-// Grouped expert products on a GPU: one cuBLAS batched GEMM over several experts' matrices (pointer arrays), so a
-// decode step's chosen experts cost a handful of launches instead of a handful each; and a prompt's routed experts,
+// Grouped expert products on a GPU: one cuBLAS batched GEMM over several experts' matrices (pointer arrays; for
+// quantized experts one batched fused::QuantGemv), so a decode step's chosen experts cost a handful of launches
+// instead of a handful each; and a prompt's routed experts,
 // where all rest on the GPU, as two grouped products over every expert (at::_grouped_mm).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>

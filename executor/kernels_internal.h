@@ -175,7 +175,8 @@ at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const a
 // ---- grouped experts (GPU) ----
 
 // Adds to *out ([tokens, hidden], x's dtype) the weighted sum over a group's experts of act(x gate^T) * (x up^T)
-// down^T (executor/kernels_grouped.cc): two cuBLAS batched products through the group's pointer arrays, the
+// down^T (executor/kernels_grouped.cc): two cuBLAS batched products through the group's pointer arrays (for a
+// quantized group, g.format, two batched fused_ops::QuantGemvBatched products: kUnsupported where not eligible), the
 // activation over every expert at once, and the routing weights applied in their dtype (g.weights', the router's) as
 // transformers does, the sum rounded to x's dtype before it is added. `fused_kernels`: the activation and the
 // weighted sum as one kernel each (fused_ops::SiluMulInto, fused_ops::ExpertSum) where eligible.
