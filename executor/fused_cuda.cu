@@ -1079,6 +1079,18 @@ __global__ void TopRowsKernel(const T* __restrict__ x, const float* __restrict__
 
 }  // namespace
 
+namespace {
+// QuantGemv's kernel for the layout (int4 or per-row fp8/int8), T and M.
+template <typename T, int M>
+void LaunchQuantGemv(const QuantGemvArgs& a, dim3 grid, cudaStream_t stream) {
+  if (a.int4) {
+    QuantGemv4Kernel<T, M><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+  } else {
+    QuantGemvKernel<T, M><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+  }
+}
+}  // namespace
+
 cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream) {
   const auto aligned4 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3u) == 0; };
   const auto aligned8 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7u) == 0; };
@@ -1099,22 +1111,12 @@ cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream) {
   const int64_t units = (a.n + kQuantRows - 1) / kQuantRows;
   const dim3 grid(static_cast<unsigned>((units + kQuantWarps - 1) / kQuantWarps),
                   static_cast<unsigned>(batched ? a.batch : 1));
-  if (a.int4) {
-    if (a.dtype == DType::kBF16) {
-      if (a.m == 1) QuantGemv4Kernel<__nv_bfloat16, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
-      else QuantGemv4Kernel<__nv_bfloat16, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
-    } else {
-      if (a.m == 1) QuantGemv4Kernel<__half, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
-      else QuantGemv4Kernel<__half, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
-    }
-    return cudaGetLastError();
-  }
   if (a.dtype == DType::kBF16) {
-    if (a.m == 1) QuantGemvKernel<__nv_bfloat16, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
-    else QuantGemvKernel<__nv_bfloat16, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+    if (a.m == 1) LaunchQuantGemv<__nv_bfloat16, 1>(a, grid, stream);
+    else LaunchQuantGemv<__nv_bfloat16, 2>(a, grid, stream);
   } else {
-    if (a.m == 1) QuantGemvKernel<__half, 1><<<grid, kQuantWarps * 32, 0, stream>>>(a);
-    else QuantGemvKernel<__half, 2><<<grid, kQuantWarps * 32, 0, stream>>>(a);
+    if (a.m == 1) LaunchQuantGemv<__half, 1>(a, grid, stream);
+    else LaunchQuantGemv<__half, 2>(a, grid, stream);
   }
   return cudaGetLastError();
 }

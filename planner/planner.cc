@@ -501,12 +501,15 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double hbm = std::max(1.0, pf.device_mem_gbps) * 1e3;
         // The host's experts: their bytes at the profile's rate, a job's and each expert's fixed cost.
         const double slot = static_cast<double>(std::max<uint64_t>(1, ring_plan.slot_bytes));
-        const double host_gbps = HostGemvGbps(pf, ExpertFormat(model, i));
-        const double host_us = host_b > 0 && pf.cpu_gemv_gbps > 0
-                                   ? kHostExpertJobMicros + kHostExpertEachMicros * std::max(1.0, std::round(host_b / slot)) +
-                                         host_b / (host_gbps * 1e3)
-                                   : 0.0;
-        const double host_side = host_us > 0 ? host_us + kHostSumMicros : 0.0;
+        const quant::Format format = ExpertFormat(model, i);
+        const double host_gbps = HostGemvGbps(pf, format);
+        // The host's side for `bytes` of `experts` experts (then the GPU's pickup of its sum); none for no bytes.
+        const auto host_side_of = [&](double bytes, double experts) {
+          return bytes > 0 && pf.cpu_gemv_gbps > 0
+                     ? kHostExpertJobMicros + kHostExpertEachMicros * experts + bytes / (host_gbps * 1e3) + kHostSumMicros
+                     : 0.0;
+        };
+        const double host_side = host_side_of(host_b, std::max(1.0, std::round(host_b / slot)));
         // Next-layer prefetch: its copies (ring_plan.prefetch experts, issued behind the previous layer's) take the
         // copy engine's wait for this router (the previous layer's tail, attention half and router), or longer; the
         // chosen ones (b.prefetched) are copies this layer no longer waits for.
@@ -521,13 +524,16 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double copies_us = std::max(0.0, prefetch_us - window) + disk_us + copy_us;
         // Experts the GPU computes one by one (ExpertsGrouped false): each costs its ops' issue.
         const double task_us = ExpertsGrouped(model, i, exec) ? 0.0 : kExpertTaskMicros / slot;  // per byte
-        const double reads_us = (b.resident + b.copied) / hbm + 2 * kGpuKernelMicros + (b.resident + b.copied) * task_us;
-        const double gpu_side = std::max(reads_us, copies_us > 0 ? copies_us + kExpertCopyTailMicros : 0.0);
-        const double all_resident_us = (b.resident + b.copied + b.host) / hbm + 2 * kGpuKernelMicros +
-                                       (b.resident + b.copied + b.host) * task_us;
-        dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us + busy * std::max(host_side, gpu_side);
-        if (ExpertFormat(model, i) != quant::Format::kNone && ring_plan.prefetch == 0 && b.disk == 0 &&
-            decode_tokens == 1 && b.pinned_experts > 0 && b.host > 0) {
+        // The GPU's reads of `bytes` of chosen experts; its side: those reads, or its copies and the last product.
+        const auto reads_of = [&](double bytes) { return bytes / hbm + 2 * kGpuKernelMicros + bytes * task_us; };
+        const auto gpu_side_of = [&](double bytes, double copies) {
+          return std::max(reads_of(bytes), copies > 0 ? copies + kExpertCopyTailMicros : 0.0);
+        };
+        const double all_resident_us = reads_of(b.resident + b.copied + b.host);
+        dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us +
+                 busy * std::max(host_side, gpu_side_of(b.resident + b.copied, copies_us));
+        if (format != quant::Format::kNone && ring_plan.prefetch == 0 && b.disk == 0 && decode_tokens == 1 &&
+            b.pinned_experts > 0 && b.host > 0) {
           // Quantized experts go whole to one side: a token's n chosen pinned-resting experts are split
           // HostWholeExperts(share, n) to the host, the rest copied, and the layer waits for the longer side of
           // that split, in expectation over n (with one or two such experts a layer, as Mixtral's, the host may take
@@ -537,14 +543,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
           for (uint32_t chosen = 1; chosen <= k && chosen <= b.pinned_experts; ++chosen) {
             const double chance = ChoiceCountChance(b.experts, b.pinned_experts, k, chosen);
             const uint32_t on_host = HostWholeExperts(ring_plan.cpu_share, chosen), on_gpu = chosen - on_host;
-            const double host_n = on_host > 0 ? kHostExpertJobMicros + kHostExpertEachMicros * on_host +
-                                                    on_host * slot / (host_gbps * 1e3) + kHostSumMicros
-                                              : 0.0;
             const double copies_n = on_gpu * slot / (H2dGbps(pf, on_host > 0) * 1e3);
-            const double gpu_bytes = (k - chosen + on_gpu) * slot;
-            const double reads_n = gpu_bytes / hbm + 2 * kGpuKernelMicros + gpu_bytes * task_us;
-            paths_us += chance * std::max(host_n, std::max(reads_n, copies_n > 0 ? copies_n + kExpertCopyTailMicros
-                                                                                   : 0.0));
+            paths_us += chance * std::max(host_side_of(on_host * slot, on_host),
+                                          gpu_side_of((k - chosen + on_gpu) * slot, copies_n));
           }
           dec[i] = kRouteSyncMicros + dense_us + paths_us;
         }
@@ -555,7 +556,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
                            static_cast<double>(b.off_disk) / (disk_gbps * 1e3)});
         // The floor of the paths: the copies and the host's reads sharing host memory (MixFloorMicros), or the
         // disk reads.
-        floor_us += std::max(MixFloorMicros(b.copied, b.host, pf, ExpertFormat(model, i)), disk_us);
+        floor_us += std::max(MixFloorMicros(b.copied, b.host, pf, format), disk_us);
       }
       const ForwardPrediction d = SimulateForward(sched, dec, devices, pf);
       // Equal predictions (the host's issue the bound for both) go to the shorter paths: where a prefetch or a share
