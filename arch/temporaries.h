@@ -7,7 +7,8 @@
 //   * logits: Executor::Forward asked for every position's logits computes a pass of more than kLogitsTokens tokens
 //     as consecutive passes of at most kLogitsTokens tokens (at least one position per row), so the float logits
 //     on the device are at most that many tokens' (each pass's go to the host before the next begins);
-//   * mixture-of-experts prompts over resident experts: kMoeGroupedTokens tokens' (token, expert) pairs at once;
+//   * mixture-of-experts prompts over resident experts: kMoeGroupedTokens tokens' (token, expert) pairs at once; over
+//     quantized experts dispatched from the host, also a dequantized scratch of kMoeDequantScratchBytes;
 //   * one GPU's prefill graphs, whose pools lie outside the reserve: passes of at most kPrefillGraphTokens tokens.
 // No LibTorch; the planner and the executor both include it.
 #pragma once
@@ -38,6 +39,17 @@ inline constexpr int64_t kPrefillGraphTokens = 2048;
 inline constexpr int64_t kMoeGroupedTokens = 2048;
 inline int64_t MoeGroupedBytesPerPair(int64_t hidden, int64_t inter, int64_t dtype_bytes) {
   return (3 * hidden + 3 * inter) * dtype_bytes + 4 * hidden;
+}
+
+// A prompt's quantized experts dispatched from the host (not all resident, or not in the execution dtype) are
+// dequantized into a scratch of at most this many bytes, as many consecutive experts at a time as fit, and computed by
+// grouped products over them (where at least two fit; else one expert at a time, its matrices dequantized one by one).
+inline constexpr int64_t kMoeDequantScratchBytes = int64_t{128} << 20;
+// Experts of `experts` whose [gate; up] and down matrices (3 x hidden x inter values) the scratch holds in
+// `dtype_bytes`: at most all of them.
+inline int64_t MoeDequantScratchExperts(int64_t hidden, int64_t inter, int64_t dtype_bytes, int64_t experts) {
+  const int64_t per = 3 * hidden * inter * dtype_bytes;
+  return per > 0 ? std::min(experts, kMoeDequantScratchBytes / per) : 0;
 }
 
 // Queries per chunk for `batch` rows of `heads` heads attending over `keys` keys: at least 1, at most `queries`.

@@ -1167,6 +1167,10 @@ Result<at::Tensor> Executor::Impl::RunForward(const std::vector<int64_t>& ids, i
     stats.graph_prefills = graph_prefills;
     if (!prefill_graphs_ok && !capture_error.empty()) stats.graph_capture_error = capture_error;
   }
+  {
+    std::lock_guard<std::mutex> lock(stats_mu);
+    stats.expert_grouped_prompt = kernels->GroupedPromptExperts();
+  }
   for (const auto& engine : experts) {
     // (Taking the events first completes the stats that come from the GPU's timeline.)
     std::vector<executor_internal::ExpertEngine::Event> events;
@@ -1236,6 +1240,7 @@ Result<std::unique_ptr<Executor>> Executor::Load(const std::string& plan_path, c
   BIGPLAN_ASSIGN_OR_RETURN(PlanFile plan, PlanFile::Load(plan_path));
   ModelSpec spec = executor_internal::SpecFromPlan(plan.plan());
   spec.fused_kernels = options.fused_kernels;
+  spec.grouped_prompt_experts = options.grouped_prompt_experts;
   const uint32_t shards = plan.plan().tensor_parallel();
   if (shards > 0) {
     // A tensor-parallel plan's kernels compute one shard's heads and MLP rows (arch::ShardConfig).

@@ -80,6 +80,11 @@ struct ExecutorOptions {
   // gate/up as one product each, RMSNorm, SiLU x up, RoPE with the KV-cache write, split-K decode attention) for
   // Llama-family layers in bf16/fp16 on a GPU. Off: the same math as LibTorch ops (more kernels per layer).
   bool fused_kernels = true;
+  // A prompt's quantized experts dispatched from the host (with fused_kernels, bf16, a GPU with grouped products):
+  // dequantized into a scratch, a window of consecutive experts at a time, and computed by two grouped products per
+  // window (Stats::expert_grouped_prompt counts them). Off: each expert by itself (its matrices dequantized, or
+  // per-row fp8/int8 multiplied by their values and scaled). The same math within the execution dtype's rounding.
+  bool grouped_prompt_experts = true;
   // Host compute (plans made with `plan --cpu-share`): forwards of at most the plan's host_max_tokens tokens
   // multiply the last rows of the streamed matrices the plan marks on the host CPU, with this many threads (0: every
   // core; the calling thread is one of them), while the other rows stream. Off: every row streams (the plan's
@@ -268,6 +273,8 @@ struct Stats {
   uint64_t expert_resident = 0, expert_copied = 0, expert_disk = 0, expert_host = 0;
   uint64_t expert_copied_bytes = 0, expert_host_bytes = 0;
   uint64_t expert_split = 0;  // experts split between the host and the GPU (counted in expert_host and expert_copied)
+  // Quantized experts of prompts dequantized into a scratch and computed by grouped products (the others one by one).
+  uint64_t expert_grouped_prompt = 0;
   double expert_router_wait_ms = 0;
   // Next-layer prefetch (ExpertRing.prefetch, ExecutorOptions::expert_prefetch): experts copied before their router
   // chose, of which it chose (their computations count in expert_copied), and the bytes of the others (in

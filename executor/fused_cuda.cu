@@ -591,6 +591,78 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemv4Kernel(const Quant
   StoreQuantRows<T, M>(a, row0, acc, [](int64_t, float sum) { return sum; });
 }
 
+// ---- Dequantize: each thread writes 8 consecutive values of one row (one 16-byte store) ----
+
+constexpr int kDequantThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kDequantThreads) DequantizeKernel(const DequantArgs a) {
+  const DequantJob& j = a.job[blockIdx.y];
+  const int64_t per_row = j.k / 8;
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kDequantThreads + threadIdx.x;
+  if (unit >= j.n * per_row) return;
+  const int64_t row = unit / per_row, col0 = (unit - row * per_row) * 8;
+  const uint8_t* w = static_cast<const uint8_t*>(j.w);
+  float v[8];
+  if (a.int4) {
+    const int64_t data = j.k / 2;
+    const uint8_t* values = j.split ? w + row * data : w + row * j.row_stride;
+    const uint8_t* rec = j.split ? w + j.n * data + row * 4 : values + data;
+    const int64_t rec_step = j.split ? j.n * 4 : 4;
+    const uint32_t word = __ldg(reinterpret_cast<const uint32_t*>(values + col0 / 2));
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t sz = __ldg(reinterpret_cast<const uint32_t*>(rec + ((col0 + i) / j.group) * rec_step));
+      const float s = Round<T>(__uint_as_float((sz & 0xFFFFu) << 16));
+      const float z = Round<T>(__uint_as_float(sz & 0xFFFF0000u));
+      // Byte b of the word holds columns 2b (high nibble) and 2b + 1 (low).
+      const uint32_t byte = (word >> (8 * (i / 2))) & 0xFFu;
+      const float q = static_cast<float>((i % 2 == 0) ? (byte >> 4) : (byte & 15u)) - 8.f;
+      v[i] = z + q * s;
+    }
+  } else {
+    const uint8_t* values = w + row * j.row_stride;
+    const uint8_t* rec = values + j.k;
+    float q[8];
+    Decode4(__ldg(reinterpret_cast<const uint32_t*>(values + col0)), a.fp8, *reinterpret_cast<float(*)[4]>(q));
+    Decode4(__ldg(reinterpret_cast<const uint32_t*>(values + col0 + 4)), a.fp8, *reinterpret_cast<float(*)[4]>(q + 4));
+    if (j.scales != nullptr) {  // the values alone; the row's scale beside them
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = q[i];
+      if (col0 == 0) j.scales[row] = __ldg(reinterpret_cast<const float*>(rec));
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float s = Round<T>(__ldg(reinterpret_cast<const float*>(rec + ((col0 + i) / j.group) * 4)));
+        v[i] = Round<T>(q[i]) * s;
+      }
+    }
+  }
+  uint4 packed;
+  T* o = reinterpret_cast<T*>(&packed);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = ToT<T>(v[i]);
+  *reinterpret_cast<uint4*>(static_cast<T*>(j.out) + row * j.out_stride + col0) = packed;
+}
+
+// ---- ScaleGroupedRows: one block per row; its group found by the first thread ----
+
+template <typename T>
+__global__ void __launch_bounds__(256) ScaleGroupedRowsKernel(T* y, int64_t y_stride, int64_t n, const int32_t* ends,
+                                                              int groups, const float* scales, int64_t scale_stride) {
+  __shared__ int group;
+  const int64_t r = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int g = 0;
+    while (g + 1 < groups && r >= ends[g]) ++g;
+    group = g;
+  }
+  __syncthreads();
+  T* row = y + r * y_stride;
+  const float* s = scales + group * scale_stride;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) row[j] = ToT<T>(F<T>(row[j]) * s[j]);
+}
+
 // ---- RMSNorm: one block per row; 16-byte loads when the row allows ----
 
 template <typename T, bool kVec>
@@ -1117,6 +1189,54 @@ cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream) {
   } else {
     if (a.m == 1) LaunchQuantGemv<__half, 1>(a, grid, stream);
     else LaunchQuantGemv<__half, 2>(a, grid, stream);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t Dequantize(const DequantArgs& a, cudaStream_t stream) {
+  if (a.jobs < 1 || a.jobs > kDequantMaxJobs || (a.dtype != DType::kBF16 && a.dtype != DType::kF16)) {
+    return cudaErrorInvalidValue;
+  }
+  int64_t units = 0;
+  for (int i = 0; i < a.jobs; ++i) {
+    const DequantJob& j = a.job[i];
+    const int64_t groups = j.group > 0 ? j.k / j.group : 0;
+    const int64_t row_bytes = a.int4 ? j.k / 2 + 4 * groups : j.k + 4 * groups;
+    const bool layout_ok = (j.split ? a.int4 : j.row_stride >= row_bytes && j.row_stride % 4 == 0) &&
+                           (j.scales == nullptr || (!a.int4 && j.group == j.k));
+    if (j.w == nullptr || j.out == nullptr || j.n < 1 || j.k < 8 || j.k % 8 != 0 || j.group < 1 || j.k % j.group != 0 ||
+        !layout_ok || (reinterpret_cast<uintptr_t>(j.w) & 3u) != 0 || !Aligned16(j.out) || j.out_stride < j.k ||
+        j.out_stride % 8 != 0) {
+      return cudaErrorInvalidValue;
+    }
+    units = std::max(units, j.n * (j.k / 8));
+  }
+  const int64_t blocks = (units + kDequantThreads - 1) / kDequantThreads;
+  if (blocks > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.jobs));
+  if (a.dtype == DType::kBF16) {
+    DequantizeKernel<__nv_bfloat16><<<grid, kDequantThreads, 0, stream>>>(a);
+  } else {
+    DequantizeKernel<__half><<<grid, kDequantThreads, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t ScaleGroupedRows(DType dtype, void* y, int64_t y_stride, int64_t rows, int64_t n, const int32_t* ends,
+                             int groups, const float* scales, int64_t scale_stride, cudaStream_t stream) {
+  if (y == nullptr || ends == nullptr || scales == nullptr || rows < 0 || n < 1 || y_stride < n || groups < 1 ||
+      groups > 1024 || scale_stride < n || rows > (int64_t{1} << 31) - 1 ||
+      (dtype != DType::kBF16 && dtype != DType::kF16)) {
+    return cudaErrorInvalidValue;
+  }
+  if (rows == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(rows));
+  if (dtype == DType::kBF16) {
+    ScaleGroupedRowsKernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), y_stride, n, ends,
+                                                                    groups, scales, scale_stride);
+  } else {
+    ScaleGroupedRowsKernel<__half><<<grid, 256, 0, stream>>>(static_cast<__half*>(y), y_stride, n, ends, groups, scales,
+                                                             scale_stride);
   }
   return cudaGetLastError();
 }

@@ -237,6 +237,40 @@ struct QuantGemvArgs {
 };
 cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream);
 
+// Row-quantized weights (formats/quant.h) dequantized to T (bf16 or fp16), as kernels_internal::DequantizeWeight
+// computes them in T: fp8/int8 T(T(q) x T(s)) with the group's float32 scale s; int4 T(z + (q - 8) s) with the group's
+// bf16 scale s and zero z (each first converted to T), computed in float32. Up to kDequantMaxJobs weights of one format
+// in one launch, each with its own shape: job j reads n rows of k columns from w (the row layout: rows of
+// k / 2 + 4 k / group bytes for int4, k + 4 k / group for fp8/int8, row_stride bytes apart, w 4-byte aligned,
+// row_stride % 4 == 0; or int4's split layout, `split`: n rows of values, then records [k / group, n]) and writes
+// out [n, k] rows out_stride elements apart (out 16-byte aligned, out_stride % 8 == 0). k % 8 == 0, k % group == 0.
+// With `scales` (fp8/int8 with one scale a row, group == k): out takes the values alone, T(q) (exact), and scales[r]
+// row r's float32 scale, for products scaled after they are rounded (as QuantLinear's per-row path computes them).
+inline constexpr int kDequantMaxJobs = 4;
+struct DequantJob {
+  const void* w = nullptr;
+  int64_t row_stride = 0;  // bytes (the row layout)
+  bool split = false;      // int4 only
+  int64_t n = 0, k = 0, group = 0;
+  void* out = nullptr;
+  int64_t out_stride = 0;  // elements
+  float* scales = nullptr;
+};
+struct DequantArgs {
+  DType dtype = DType::kBF16;
+  bool fp8 = false;  // fp8 e4m3 values; else int8 (ignored for int4)
+  bool int4 = false;
+  int jobs = 0;
+  DequantJob job[kDequantMaxJobs];
+};
+cudaError_t Dequantize(const DequantArgs& a, cudaStream_t stream);
+
+// Rows of grouped products scaled in place by their group's per-column scales: for r < rows and j < n,
+// y[r * y_stride + j] = T(float(y[...]) x scales[g * scale_stride + j]), g the group of row r (the first g with
+// r < ends[g]; ends ascending int32, `groups` of them at most 1024, ends[groups - 1] >= rows). T bf16 or fp16.
+cudaError_t ScaleGroupedRows(DType dtype, void* y, int64_t y_stride, int64_t rows, int64_t n, const int32_t* ends,
+                             int groups, const float* scales, int64_t scale_stride, cudaStream_t stream);
+
 // One new token per row: q [batch, heads, head_dim] (contiguous) attends over positions [lo, pos] of its cache row
 // (lo = max(0, pos - window + 1) when window > 0, else 0), softmax(q k^T x scale) v in float32, GQA (head h reads kv
 // head h / (heads / kv_heads)). out [batch, heads, head_dim] contiguous. The keys are split into `splits` ranges

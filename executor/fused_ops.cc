@@ -115,6 +115,81 @@ at::Tensor QuantGemvInt4(const at::Tensor& x, const at::Tensor& wq, int64_t k, i
                       wq, "quant_gemv (int4)");
 }
 
+bool DequantizeInto(const std::vector<DequantInput>& inputs, quant::Format format) {
+  if (inputs.empty() || inputs.size() > static_cast<size_t>(fused::kDequantMaxJobs) || format == quant::Format::kNone) {
+    return false;
+  }
+  fused::DequantArgs a;
+  a.int4 = format == quant::Format::kInt4;
+  a.fp8 = format == quant::Format::kFp8E4M3;
+  a.jobs = static_cast<int>(inputs.size());
+  const at::Tensor& first = inputs[0].out;
+  if (!Eligible(first)) return false;
+  a.dtype = DTypeOf(first);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const DequantInput& in = inputs[i];
+    if (!in.wq.defined() || in.wq.dim() != 2 || in.wq.scalar_type() != at::kByte || in.wq.device() != first.device() ||
+        !in.out.defined() || in.out.dim() != 2 || in.out.scalar_type() != first.scalar_type() ||
+        in.out.device() != first.device() || in.out.stride(1) != 1 || in.out.size(0) != in.wq.size(0) ||
+        in.out.size(1) != in.cols || in.cols <= 0 || in.group <= 0 || in.cols % in.group != 0) {
+      return false;
+    }
+    const Result<uint64_t> row_bytes = quant::RowBytes(format, in.cols, in.group);
+    if (!row_bytes.ok() || in.wq.size(1) != static_cast<int64_t>(*row_bytes)) return false;
+    if (in.split ? !a.int4 || !in.wq.is_contiguous() : in.wq.stride(1) != 1) return false;
+    if (in.scales.defined() &&
+        (a.int4 || in.group != in.cols || in.scales.scalar_type() != at::kFloat ||
+         in.scales.device() != first.device() || in.scales.dim() != 1 || in.scales.size(0) != in.wq.size(0) ||
+         !in.scales.is_contiguous())) {
+      return false;
+    }
+    a.job[i] = fused::DequantJob{.w = in.wq.data_ptr(),
+                                 .row_stride = in.split ? 0 : in.wq.stride(0),
+                                 .split = in.split,
+                                 .n = in.wq.size(0),
+                                 .k = in.cols,
+                                 .group = in.group,
+                                 .out = in.out.data_ptr(),
+                                 .out_stride = in.out.stride(0),
+                                 .scales = in.scales.defined() ? in.scales.data_ptr<float>() : nullptr};
+  }
+  if (fused::Dequantize(a, Stream()) == cudaErrorInvalidValue) {
+    cudaGetLastError();  // (not launched: its preconditions, e.g. alignment)
+    return false;
+  }
+  Check(cudaGetLastError(), "dequantize");
+  return true;
+}
+
+bool ScaleGroupedRows(const at::Tensor& y, const at::Tensor& ends, const at::Tensor& scales) {
+  if (!Eligible(y) || y.dim() != 2 || y.stride(1) != 1 || !ends.defined() || ends.scalar_type() != at::kInt ||
+      ends.dim() != 1 || !ends.is_contiguous() || ends.device() != y.device() || !scales.defined() ||
+      scales.scalar_type() != at::kFloat || scales.dim() != 2 || scales.stride(1) != 1 ||
+      scales.device() != y.device() || scales.size(0) != ends.size(0) || scales.size(1) != y.size(1)) {
+    return false;
+  }
+  if (fused::ScaleGroupedRows(DTypeOf(y), y.data_ptr(), y.stride(0), y.size(0), y.size(1), ends.data_ptr<int32_t>(),
+                              static_cast<int>(ends.size(0)), scales.data_ptr<float>(), scales.stride(0),
+                              Stream()) == cudaErrorInvalidValue) {
+    cudaGetLastError();
+    return false;
+  }
+  Check(cudaGetLastError(), "scale_grouped_rows");
+  return true;
+}
+
+at::Tensor Dequantize(const at::Tensor& wq, quant::Format format, int64_t cols, int64_t group, bool split,
+                      at::ScalarType dtype) {
+  if (!wq.defined() || !wq.is_cuda() || wq.dim() != 2 || (dtype != at::kBFloat16 && dtype != at::kHalf)) {
+    return at::Tensor();
+  }
+  at::Tensor out = at::empty({wq.size(0), cols}, wq.options().dtype(dtype));
+  if (!DequantizeInto({DequantInput{.wq = wq, .cols = cols, .group = group, .split = split, .out = out}}, format)) {
+    return at::Tensor();
+  }
+  return out;
+}
+
 bool QuantGemvBatched(const void* const* ws, const void* const* xs, void* const* ys, int64_t batch, int64_t m,
                       int64_t n, int64_t k, quant::Format format, int64_t group, const at::Tensor& like,
                       int64_t split_rows) {

@@ -46,6 +46,29 @@ bool QuantGemvBatched(const void* const* ws, const void* const* xs, void* const*
                       int64_t n, int64_t k, quant::Format format, int64_t group, const at::Tensor& like,
                       int64_t split_rows = 0);
 
+// Row-quantized weights dequantized as kernels_internal::DequantizeWeight computes them in the outputs' dtype
+// (fused::Dequantize), up to fused::kDequantMaxJobs at once in one launch: for each input, out [n, cols] (bf16 or fp16,
+// on wq's device, rows out.stride(0) apart and 16-byte aligned) takes the values of wq (uint8 [n, row bytes] of
+// `format` in groups of `group` columns: rows of contiguous bytes, maybe a strided view of longer rows; `split`: int4's
+// split layout, wq contiguous). False, writing nothing, when not eligible (layout, alignment, dtypes).
+struct DequantInput {
+  at::Tensor wq;
+  int64_t cols = 0, group = 0;
+  bool split = false;
+  at::Tensor out;
+  // Defined (float32 [n] contiguous on the device; per-row fp8/int8 only, group == cols): out takes the values alone
+  // (exact in its dtype) and scales each row's scale (fused::DequantJob::scales).
+  at::Tensor scales;
+};
+bool DequantizeInto(const std::vector<DequantInput>& inputs, quant::Format format);
+// Rows of grouped products scaled in place by their group's scales (fused::ScaleGroupedRows): y [rows, n] (bf16 or
+// fp16, rows contiguous), ends int32 [groups] on y's device (each group's end row, ascending, as at::_grouped_mm's
+// offsets), scales float32 [groups, n] (rows contiguous). False, computing nothing, when not eligible.
+bool ScaleGroupedRows(const at::Tensor& y, const at::Tensor& ends, const at::Tensor& scales);
+// One weight's dequantized values [n, cols] in `dtype` (bf16 or fp16); undefined when not eligible.
+at::Tensor Dequantize(const at::Tensor& wq, quant::Format format, int64_t cols, int64_t group, bool split,
+                      at::ScalarType dtype);
+
 // The `top` rows r of w [n, k] with the largest x . (scale * w[r]) for one row x [k] (or [1, k]), float32 `scale`
 // [k], written as int64 indices into out[0..top) (a device-accessible pointer, e.g. mapped pinned memory), largest
 // first. False, computing nothing, when not eligible (fused::TopRows's preconditions, dtypes of x and w differ).

@@ -62,6 +62,7 @@ struct ModelSpec {
   // Not from the plan: run the fused CUDA kernels (executor/fused_ops.h) where they apply (bf16/fp16 on a GPU);
   // false keeps every op on LibTorch (ExecutorOptions::fused_kernels).
   bool fused_kernels = true;
+  bool grouped_prompt_experts = true;  // ExecutorOptions::grouped_prompt_experts
 };
 
 // How a weight is stored when it is row-quantized (formats/quant.h, plan --weights): its tensor (Find, or each
@@ -281,6 +282,9 @@ class ModelKernels {
   // batch) for KV caches of max_seq_len positions. The Llama family (mixture-of-experts layers included: their
   // experts see tokens, not positions) and Phi-3, as StaticDecode for the rest. The default: StaticDecode.
   virtual bool RowSteps(int64_t max_seq_len) const { return StaticDecode(max_seq_len); }
+  // Experts whose prompt products ran as grouped products over their dequantized matrices (quantized experts
+  // dispatched from the host), since the kernels were made. The default: 0.
+  virtual uint64_t GroupedPromptExperts() const { return 0; }
 };
 
 // kUnsupported naming the architecture if the architecture registry (arch/registry.h) has no such family or

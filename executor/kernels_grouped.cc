@@ -96,6 +96,10 @@ at::Tensor GroupedChunk(const at::Tensor& x, const at::Tensor& topi, const at::T
 
 }  // namespace
 
+bool GroupedProductsRun(const at::Tensor& x) {
+  return x.is_cuda() && at::cuda::getDeviceProperties(x.get_device())->major >= 9;
+}
+
 at::Tensor GroupedResidentExperts(const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
                                   const BlockWeights::ResidentExpertTable& t) {
   const int64_t experts = static_cast<int64_t>(t.gate_up.size()), hidden = t.hidden, inter = t.inter;
@@ -110,7 +114,7 @@ at::Tensor GroupedResidentExperts(const at::Tensor& x, const at::Tensor& topi, c
       t.gate_up_stride < 2 * inter * hidden * e || t.down_stride < hidden * inter * e) {
     return at::Tensor();
   }
-  if (at::cuda::getDeviceProperties(x.get_device())->major < 9) return at::Tensor();
+  if (!GroupedProductsRun(x)) return at::Tensor();
   const at::TensorOptions opts = x.options();
   // Element (e, h, j) of w1 is row j, column h of expert e's [gate; up]; of w2, row h, column i of its down matrix.
   const at::Tensor w1 = at::from_blob(reinterpret_cast<void*>(t.gate_up[0]), {experts, hidden, 2 * inter},

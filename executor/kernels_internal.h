@@ -182,6 +182,8 @@ at::Tensor RowsDecodeAttention(const at::Tensor& q, const at::Tensor& k, const a
 // weighted sum as one kernel each (fused_ops::SiluMulInto, fused_ops::ExpertSum) where eligible.
 Status GroupedSwiGlu(const BlockWeights::ExpertGroup& g, Activation act, bool fused_kernels, at::Tensor* out);
 
+// Whether x's GPU runs at::_grouped_mm (compute capability 9 or above).
+bool GroupedProductsRun(const at::Tensor& x);
 // A sparse layer's routed experts (SwiGLU) for the tokens x [T, hidden] with the router's choices topi [T, k] (int64)
 // and weights topw [T, k] (x's dtype, or float32 for Mixtral), where every expert rests on x's GPU at equal distances
 // (table's strides): the (token, expert) pairs sorted by expert, gathered, and two grouped products

@@ -6,6 +6,7 @@
 // rotary_dim dims of each head.
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "arch/temporaries.h"
 #include "executor/fused_ops.h"
 #include "executor/kernels.h"
 #include "executor/kernels_internal.h"
@@ -495,37 +497,196 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_RETURN_IF_ERROR(GroupedSwiGlu(g, act_, spec_.fused_kernels, &out));
       BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseGroup(g.index));
     }
+    if (GroupedPromptEligible(x, topi, work.tasks)) {
+      BIGPLAN_RETURN_IF_ERROR(GroupedQuantizedPrompt(c, x, topi, topw, work.tasks, &out));
+      BIGPLAN_RETURN_IF_ERROR(c.weights.FinishExperts(&out));
+      return out;
+    }
     for (const BlockWeights::ExpertTask& t : work.tasks) {
-      const uint32_t e = static_cast<uint32_t>(t.expert);
       BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpert(t.expert));
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, e)));
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef up, Ref(c, arch::ExpertSlot(Slot::kExpertUp, e)));
-      BIGPLAN_ASSIGN_OR_RETURN(WeightRef down, Ref(c, arch::ExpertSlot(Slot::kExpertDown, e)));
-      // One token (decode at batch 1): no gather or scatter.
-      const bool single = x.size(0) == 1 && t.rows.numel() == 1;
-      const at::Tensor xe = single ? x : x.index_select(0, t.rows);
-      at::Tensor g, u;
-      if (at::Tensor gu = AdjacentRows(gate, up); gu.defined()) {
-        // gate and up lie back to back (the planner's layout, and an expert ring slot): one product.
-        const at::Tensor both = Linear(xe, gu, at::Tensor());
-        g = both.narrow(-1, 0, gate.whole.size(0));
-        u = both.narrow(-1, gate.whole.size(0), up.whole.size(0));
-      } else {
-        BIGPLAN_ASSIGN_OR_RETURN(g, LinearW(gate, xe, at::Tensor()));
-        BIGPLAN_ASSIGN_OR_RETURN(u, LinearW(up, xe, at::Tensor()));
-      }
-      const at::Tensor h = Activate(act_, g) * u;
-      BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpertDown(t.expert));
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ye, LinearW(down, h, at::Tensor()));
-      if (single) {
-        out.add_((ye * t.weights).to(out.scalar_type()));
-      } else {
-        out.index_add_(0, t.rows, (ye * t.weights).to(out.scalar_type()));
-      }
-      BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
+      BIGPLAN_RETURN_IF_ERROR(ExpertByItself(c, x, t, &out));
     }
     BIGPLAN_RETURN_IF_ERROR(c.weights.FinishExperts(&out));
     return out;
+  }
+
+  // Whether a prompt's experts dispatched from the host may run as GroupedQuantizedPrompt: SiLU experts whose
+  // [gate; up] and down matrices' bf16 copies fit arch::kMoeDequantScratchBytes at least twice, bf16 on a GPU with
+  // grouped products, more tokens than a decode step's kernels take and at most one grouped chunk's, and the tasks
+  // covering every (token, choice) pair (none on the host). Whether the experts are quantized is seen per expert.
+  bool GroupedPromptEligible(const at::Tensor& x, const at::Tensor& topi,
+                             const std::vector<BlockWeights::ExpertTask>& tasks) const {
+    const int64_t hidden = x.size(1), inter = spec_.moe_intermediate_size;
+    if (!spec_.fused_kernels || !spec_.grouped_prompt_experts || act_ != Activation::kSilu || !x.is_cuda() ||
+        x.scalar_type() != at::kBFloat16 || x.size(0) <= fused_ops::kMoeMaxTokens ||
+        x.size(0) > arch::kMoeGroupedTokens || tasks.empty() ||
+        spec_.num_experts > fused_ops::kMoeRouteMaxExperts || inter <= 0 || hidden % 8 != 0 || inter % 8 != 0 ||
+        arch::MoeDequantScratchExperts(hidden, inter, 2, spec_.num_experts) < 2 || topi.dim() != 2 ||
+        topi.size(0) != x.size(0)) {
+      return false;
+    }
+    if (!GroupedProductsRun(x)) return false;
+    int64_t pairs = 0;
+    for (const BlockWeights::ExpertTask& t : tasks) pairs += t.rows.numel();
+    return pairs == topi.numel();
+  }
+
+  // A prompt's routed experts, dispatched from the host, as grouped products (GroupedPromptEligible): the (token,
+  // choice) pairs grouped by expert on the device (fused_ops::MoeRoute); the experts, in index order, taken in
+  // windows of arch::MoeDequantScratchExperts consecutive indices: each quantized expert's matrices dequantized into
+  // the window's bf16 scratch in one launch between AcquireExpert and ReleaseExpert (so its ring slot frees at once),
+  // then one grouped product per matrix over the window (at::_grouped_mm, as GroupedResidentExperts). Per-row
+  // fp8/int8 experts go in as their values alone and their products are scaled after rounding
+  // (fused_ops::ScaleGroupedRows), QuantLinear's per-row path's roundings; other formats go in dequantized, as
+  // QuantLinear multiplies them for a prompt. An expert the kernel does not take (plain or chunked weights, another
+  // layout) runs by itself into *out, its scratch zeroed so its pairs' grouped outputs are 0. The pairs' outputs are
+  // combined once (fused_ops::MoeCombine) and added to *out.
+  Status GroupedQuantizedPrompt(const Call& c, const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
+                                const std::vector<BlockWeights::ExpertTask>& tasks, at::Tensor* out) const {
+    const int64_t hidden = x.size(1), inter = spec_.moe_intermediate_size;
+    const int64_t window = arch::MoeDequantScratchExperts(hidden, inter, 2, spec_.num_experts);
+    const at::Tensor xc = x.contiguous(), ids = topi.contiguous();
+    at::Tensor offs, token, place;
+    if (!fused_ops::MoeRoute(ids, spec_.num_experts, &offs, &token, &place)) {
+      return MakeError(ErrorCode::kInternal, "grouped prompt experts: the routing kernel declined");
+    }
+    const at::Tensor xs = xc.index_select(0, token);  // the pairs' inputs, sorted by expert
+    at::Tensor y = at::zeros({ids.numel(), hidden}, x.options());
+    const at::Tensor gu_scratch = at::empty({window, 2 * inter, hidden}, x.options());
+    const at::Tensor down_scratch = at::empty({window, hidden, inter}, x.options());
+    // Per-row fp8/int8 experts: their values alone in the scratch, their rows' scales here, applied to the rounded
+    // products (QuantLinear's per-row path); 1 for the window's other experts where some are scaled.
+    const at::TensorOptions f32 = x.options().dtype(at::kFloat);
+    at::Tensor gu_scales, down_scales;
+    bool scaled = false;             // some expert of the window is scaled
+    std::vector<int64_t> unscaled;  // the window's other slots
+    // Rows before expert e in the sorted order (the tasks list every expert with pairs, ascending).
+    std::vector<int64_t> first(static_cast<size_t>(spec_.num_experts) + 1, 0);
+    for (const BlockWeights::ExpertTask& t : tasks) first[static_cast<size_t>(t.expert) + 1] = t.rows.numel();
+    for (size_t e = 1; e < first.size(); ++e) first[e] += first[e - 1];
+    int64_t w0 = -1, w_end = -1;  // the window's first expert, and one past its last filled one
+    auto flush = [&]() -> Status {
+      if (w0 < 0) return Status::Ok();
+      const int64_t start = first[w0], len = first[w_end] - start, n = w_end - w0;
+      if (len > 0) {
+        const at::Tensor offs_w = offs.narrow(0, w0, n) - static_cast<int32_t>(start);
+        const at::Tensor w1 = gu_scratch.narrow(0, 0, n).transpose(1, 2);    // [n, hidden, 2 inter], column-major
+        const at::Tensor w2 = down_scratch.narrow(0, 0, n).transpose(1, 2);  // [n, inter, hidden]
+        if (scaled) {
+          for (int64_t s : unscaled) {
+            gu_scales[s].fill_(1.0);
+            down_scales[s].fill_(1.0);
+          }
+        }
+        auto scale = [&](const at::Tensor& p, const at::Tensor& scales) -> Status {
+          if (!scaled || fused_ops::ScaleGroupedRows(p, offs_w, scales.narrow(0, 0, n))) return Status::Ok();
+          return MakeError(ErrorCode::kInternal, "grouped prompt experts: the scaling kernel declined");
+        };
+        const at::Tensor gu = at::_grouped_mm(xs.narrow(0, start, len), w1, offs_w);
+        BIGPLAN_RETURN_IF_ERROR(scale(gu, gu_scales));
+        at::Tensor h = at::empty({len, inter}, x.options());
+        if (!fused_ops::SiluMulInto(gu, h)) {
+          at::mul_out(h, at::silu(gu.narrow(-1, 0, inter)), gu.narrow(-1, inter, inter));
+        }
+        const at::Tensor yw = at::_grouped_mm(h, w2, offs_w);
+        BIGPLAN_RETURN_IF_ERROR(scale(yw, down_scales));
+        y.narrow(0, start, len).copy_(yw);
+      }
+      w0 = -1;
+      scaled = false;
+      unscaled.clear();
+      return Status::Ok();
+    };
+    for (const BlockWeights::ExpertTask& t : tasks) {
+      const int64_t e = t.expert;
+      if (w0 >= 0 && e >= w0 + window) BIGPLAN_RETURN_IF_ERROR(flush());
+      if (w0 < 0) w0 = e;
+      w_end = e + 1;
+      const uint32_t ue = static_cast<uint32_t>(e);
+      BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpert(t.expert));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, ue)));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef up, Ref(c, arch::ExpertSlot(Slot::kExpertUp, ue)));
+      BIGPLAN_ASSIGN_OR_RETURN(WeightRef down, Ref(c, arch::ExpertSlot(Slot::kExpertDown, ue)));
+      const at::Tensor gu_slot = gu_scratch[e - w0], down_slot = down_scratch[e - w0];
+      bool done = false, per_row = false;
+      const quant::Format f = gate.quant.format;
+      if (f != quant::Format::kNone && gate.whole.defined() && up.whole.defined() && down.whole.defined() &&
+          up.quant.format == f && down.quant.format == f && gate.whole.size(0) == inter &&
+          up.whole.size(0) == inter && down.whole.size(0) == hidden && gate.quant.cols == hidden &&
+          up.quant.cols == hidden && down.quant.cols == inter) {
+        BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpertDown(t.expert));
+        per_row = f != quant::Format::kInt4 && gate.quant.group == hidden && up.quant.group == hidden &&
+                  down.quant.group == inter;
+        if (per_row && !gu_scales.defined()) {
+          gu_scales = at::empty({window, 2 * inter}, f32);
+          down_scales = at::empty({window, hidden}, f32);
+        }
+        const int64_t slot = e - w0;
+        auto input = [&](const WeightRef& w, const at::Tensor& into, const at::Tensor& scales) {
+          return fused_ops::DequantInput{.wq = w.whole, .cols = w.quant.cols, .group = w.quant.group,
+                                         .split = w.quant.split, .out = into,
+                                         .scales = per_row ? scales : at::Tensor()};
+        };
+        const at::Tensor gs = per_row ? gu_scales[slot] : at::Tensor();
+        done = fused_ops::DequantizeInto(
+            {input(gate, gu_slot.narrow(0, 0, inter), per_row ? gs.narrow(0, 0, inter) : at::Tensor()),
+             input(up, gu_slot.narrow(0, inter, inter), per_row ? gs.narrow(0, inter, inter) : at::Tensor()),
+             input(down, down_slot, per_row ? down_scales[slot] : at::Tensor())},
+            f);
+      }
+      if (done && per_row) {
+        scaled = true;
+      } else {
+        unscaled.push_back(e - w0);
+      }
+      if (done) {
+        grouped_prompt_experts_.fetch_add(1, std::memory_order_relaxed);
+        BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
+      } else {
+        gu_slot.zero_();
+        down_slot.zero_();
+        BIGPLAN_RETURN_IF_ERROR(ExpertByItself(c, xc, t, out));
+      }
+    }
+    BIGPLAN_RETURN_IF_ERROR(flush());
+    const at::Tensor routed = fused_ops::MoeCombine(y, ids, topw.contiguous(), place);
+    if (!routed.defined()) {
+      return MakeError(ErrorCode::kInternal, "grouped prompt experts: the combining kernel declined");
+    }
+    out->add_(routed);
+    return Status::Ok();
+  }
+
+  // One expert's products for its rows (between AcquireExpert, done by the caller, and ReleaseExpert, done here),
+  // its weighted output added into *out at its rows.
+  Status ExpertByItself(const Call& c, const at::Tensor& x, const BlockWeights::ExpertTask& t, at::Tensor* out) const {
+    const uint32_t e = static_cast<uint32_t>(t.expert);
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, e)));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef up, Ref(c, arch::ExpertSlot(Slot::kExpertUp, e)));
+    BIGPLAN_ASSIGN_OR_RETURN(WeightRef down, Ref(c, arch::ExpertSlot(Slot::kExpertDown, e)));
+    // One token (decode at batch 1): no gather or scatter.
+    const bool single = x.size(0) == 1 && t.rows.numel() == 1;
+    const at::Tensor xe = single ? x : x.index_select(0, t.rows);
+    at::Tensor g, u;
+    if (at::Tensor gu = AdjacentRows(gate, up); gu.defined()) {
+      // gate and up lie back to back (the planner's layout, and an expert ring slot): one product.
+      const at::Tensor both = Linear(xe, gu, at::Tensor());
+      g = both.narrow(-1, 0, gate.whole.size(0));
+      u = both.narrow(-1, gate.whole.size(0), up.whole.size(0));
+    } else {
+      BIGPLAN_ASSIGN_OR_RETURN(g, LinearW(gate, xe, at::Tensor()));
+      BIGPLAN_ASSIGN_OR_RETURN(u, LinearW(up, xe, at::Tensor()));
+    }
+    const at::Tensor h = Activate(act_, g) * u;
+    BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpertDown(t.expert));
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ye, LinearW(down, h, at::Tensor()));
+    if (single) {
+      out->add_((ye * t.weights).to(out->scalar_type()));
+    } else {
+      out->index_add_(0, t.rows, (ye * t.weights).to(out->scalar_type()));
+    }
+    BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
+    return Status::Ok();
   }
 
   Status FinalNorm(const Call& c, at::Tensor* hidden) const override {
@@ -557,6 +718,7 @@ class LlamaKernels final : public ModelKernelsBase {
   static_assert(fused_ops::kMoeMaxExperts == arch::kGraphDecodeMaxExperts &&
                 fused_ops::kMoeMaxTokens == arch::kGraphDecodeMaxExpertTokens);
   bool RowSteps(int64_t max_seq_len) const override { return !rope_.LengthDependent(max_seq_len); }
+  uint64_t GroupedPromptExperts() const override { return grouped_prompt_experts_.load(std::memory_order_relaxed); }
   bool GraphDecode(int64_t max_seq_len) const override {
     if (spec_.num_experts == 0) return StaticDecode(max_seq_len);
     return spec_.fused_kernels && act_ == Activation::kSilu && spec_.num_experts <= fused_ops::kMoeMaxExperts &&
@@ -568,6 +730,7 @@ class LlamaKernels final : public ModelKernelsBase {
   const Activation act_;
   const bool float32_routing_;  // Mixtral keeps the routing weights in float32
   const RopeTableCache rope_tables_;
+  mutable std::atomic<uint64_t> grouped_prompt_experts_{0};  // GroupedPromptExperts
 };
 
 }  // namespace

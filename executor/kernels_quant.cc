@@ -131,7 +131,10 @@ at::Tensor QuantLinear(const at::Tensor& x, const at::Tensor& wq, const WeightQu
       y = (y.to(at::kFloat) * p.records.view({n})).to(x.scalar_type());
     }
   } else {
-    y = at::linear(x, DequantizeWeight(wq, q, x.scalar_type()));
+    // Dequantized once (one kernel on a GPU, as DequantizeWeight computes it), then one product.
+    at::Tensor w = x.is_cuda() ? fused_ops::Dequantize(wq, q.format, q.cols, q.group, q.split, x.scalar_type())
+                               : at::Tensor();
+    y = at::linear(x, w.defined() ? w : DequantizeWeight(wq, q, x.scalar_type()));
   }
   if (b.defined()) y.add_(b);
   return y;

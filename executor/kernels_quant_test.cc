@@ -190,6 +190,107 @@ TEST(QuantGemvBatched, MatchesEachProduct) {
     }
   }
 }
+
+// The dequantizing kernel (fused_ops::Dequantize / DequantizeInto: what quantized prompts and grouped prompt experts
+// run) against DequantizeWeight's LibTorch ops in the same dtype: every format and group, int4 in both layouts, rows
+// read from a strided view of longer rows, several weights of different shapes in one launch, into views of wider
+// outputs. fp8/int8 bit for bit; int4 within one step of the dtype (z + (q - 8) s may round once less where the
+// compiler fuses it).
+TEST(Dequantize, MatchesTheLibTorchOps) {
+  const at::Device dev = TestDevice();
+  at::manual_seed(13);
+  auto close = [](const at::Tensor& got, const at::Tensor& ref, bool exact) {
+    const at::Tensor g = got.to(at::kCPU).to(at::kFloat), r = ref.to(at::kCPU).to(at::kFloat);
+    if (exact) return at::equal(g, r);
+    return (g - r).abs().le(r.abs() * (1.0 / 128) + 1e-6).all().item<bool>();
+  };
+  for (const Case& c : {Case{quant::Format::kFp8E4M3, 64, 256, 256}, Case{quant::Format::kFp8E4M3, 48, 256, 128},
+                        Case{quant::Format::kInt8, 33, 4104, 4104}, Case{quant::Format::kInt8, 20, 96, 24},
+                        Case{quant::Format::kInt4, 64, 576, 64}, Case{quant::Format::kInt4, 40, 1024, 32},
+                        Case{quant::Format::kInt4, 12, 96, 12}}) {
+    for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+      SCOPED_TRACE(std::string(quant::FormatName(c.format)) + " " + std::to_string(c.n) + "x" + std::to_string(c.k) +
+                   "/" + std::to_string(c.group) + " " + at::toString(dtype));
+      const bool exact = c.format != quant::Format::kInt4;
+      const WeightQuant q{c.format, c.group, c.k};
+      const at::Tensor wq = QuantizedRows(at::randn({c.n, c.k}) * 0.05, c.format, c.group).to(dev);
+      const at::Tensor ref = DequantizeWeight(wq, q, dtype);
+      const at::Tensor got = fused_ops::Dequantize(wq, c.format, c.k, c.group, false, dtype);
+      ASSERT_TRUE(got.defined());
+      EXPECT_TRUE(close(got, ref, exact));
+      // Rows 4 bytes longer than the weight's (a strided view), written into the left part of wider rows, with a
+      // second weight of another shape (the first's rows transposed in shape) in the same launch.
+      const int64_t rb = wq.size(1);
+      const at::Tensor wide = at::zeros({c.n, rb + 4}, wq.options());
+      wide.narrow(1, 0, rb).copy_(wq);
+      const at::Tensor second = QuantizedRows(at::randn({2 * c.n, c.k}) * 0.05, c.format, c.group).to(dev);
+      const at::Tensor out1 = at::full({c.n, c.k + 8}, 3.0, at::TensorOptions().dtype(dtype).device(dev));
+      const at::Tensor out2 = at::empty({2 * c.n, c.k}, out1.options());
+      ASSERT_TRUE(fused_ops::DequantizeInto(
+          {fused_ops::DequantInput{
+               .wq = wide.narrow(1, 0, rb), .cols = c.k, .group = c.group, .out = out1.narrow(1, 0, c.k)},
+           fused_ops::DequantInput{.wq = second, .cols = c.k, .group = c.group, .out = out2}},
+          c.format));
+      EXPECT_TRUE(close(out1.narrow(1, 0, c.k), ref, exact));
+      EXPECT_TRUE(at::equal(out1.narrow(1, c.k, 8).to(at::kCPU),
+                            at::full({c.n, 8}, 3.0, at::TensorOptions().dtype(dtype))));  // untouched
+      EXPECT_TRUE(close(out2, DequantizeWeight(second, q, dtype), exact));
+      if (c.format == quant::Format::kInt4) {  // the split layout
+        const int64_t data = c.k / 2, groups = c.k / c.group;
+        const at::Tensor values = wq.narrow(1, 0, data).contiguous().reshape({-1});
+        const at::Tensor records = wq.narrow(1, data, 4 * groups).contiguous().view({c.n, groups, 4}).transpose(0, 1);
+        const at::Tensor split = at::cat({values, records.contiguous().reshape({-1})}).view(wq.sizes());
+        const at::Tensor gs = fused_ops::Dequantize(split, c.format, c.k, c.group, true, dtype);
+        ASSERT_TRUE(gs.defined());
+        EXPECT_TRUE(at::equal(gs, got));
+      }
+      if (c.format != quant::Format::kInt4 && c.group == c.k) {
+        // The values alone and each row's scale (what grouped prompt experts scale their products by).
+        const at::Tensor raw = at::empty({c.n, c.k}, out2.options());
+        const at::Tensor scales = at::empty({c.n}, at::TensorOptions().dtype(at::kFloat).device(dev));
+        ASSERT_TRUE(fused_ops::DequantizeInto(
+            {fused_ops::DequantInput{.wq = wq, .cols = c.k, .group = c.group, .out = raw, .scales = scales}},
+            c.format));
+        const at::Tensor cpu = wq.to(at::kCPU);
+        const at::Tensor values = cpu.narrow(1, 0, c.k).contiguous().view(
+            c.format == quant::Format::kInt8 ? at::kChar : at::kFloat8_e4m3fn);
+        EXPECT_TRUE(at::equal(raw.to(at::kCPU), values.to(dtype)));
+        EXPECT_TRUE(at::equal(scales.to(at::kCPU), cpu.narrow(1, c.k, 4).contiguous().view(at::kFloat).view({c.n})));
+      }
+      // Not eligible: float32 outputs; a group that does not divide the columns; a CPU weight.
+      EXPECT_FALSE(fused_ops::Dequantize(wq, c.format, c.k, c.group, false, at::kFloat).defined());
+      EXPECT_FALSE(fused_ops::Dequantize(wq, c.format, c.k, c.group + 1, false, dtype).defined());
+      EXPECT_FALSE(fused_ops::Dequantize(wq.to(at::kCPU), c.format, c.k, c.group, false, dtype).defined());
+    }
+  }
+}
+#endif
+
+#ifdef BIGPLAN_TEST_CUDA
+// Grouped products' rows scaled by their group's scales (fused_ops::ScaleGroupedRows): each row by the scales of the
+// group its row falls in (groups given by their end rows, some empty), rounded once, against LibTorch's ops.
+TEST(ScaleGroupedRows, ScalesEachRowByItsGroup) {
+  const at::Device dev = TestDevice();
+  at::manual_seed(17);
+  for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+    const int64_t rows = 37, n = 300;
+    const std::vector<int32_t> ends = {5, 5, 20, 36, 37};  // the second group empty
+    const at::Tensor y = at::randn({rows, n}).to(dtype).to(dev);
+    const at::Tensor scales = at::rand({static_cast<int64_t>(ends.size()), n}).to(dev) + 0.5;
+    std::vector<int64_t> group_of;
+    for (size_t g = 0, r = 0; g < ends.size(); ++g) {
+      for (; r < static_cast<size_t>(ends[g]); ++r) group_of.push_back(static_cast<int64_t>(g));
+    }
+    const at::Tensor index = at::tensor(group_of, at::kLong).to(dev);
+    const at::Tensor ref = (y.to(at::kFloat) * scales.index_select(0, index)).to(dtype);
+    const at::Tensor got = y.clone();
+    ASSERT_TRUE(fused_ops::ScaleGroupedRows(got, at::tensor(ends, at::kInt).to(dev), scales));
+    EXPECT_TRUE(at::equal(got, ref)) << at::toString(dtype);
+    // Not eligible: float32 rows; scales of another width.
+    EXPECT_FALSE(fused_ops::ScaleGroupedRows(y.to(at::kFloat), at::tensor(ends, at::kInt).to(dev), scales));
+    EXPECT_FALSE(fused_ops::ScaleGroupedRows(got, at::tensor(ends, at::kInt).to(dev), scales.narrow(1, 0, 8)));
+  }
+}
 #endif
 
 TEST(QuantLinear, WrongShapesThrow) {

@@ -67,6 +67,18 @@ uint64_t AttentionScoresBytes(const ModelConfig& c, const RunShape& run) {
   return AlignUp(SatSum({SatProduct({chunk, 4, arch::kAttentionScoreCopies}), repeated}));
 }
 
+namespace {
+// Whether any of `blocks` holds a row-quantized weight (plan --weights, or a pre-quantized checkpoint).
+bool QuantizedWeights(const ModelDescription& model, const std::vector<size_t>& blocks) {
+  for (size_t i : blocks) {
+    for (const TensorSpec& p : model.blocks.at(i).params) {
+      if (p.format != quant::Format::kNone || p.prequant.kind != PreQuant::Kind::kNone) return true;
+    }
+  }
+  return false;
+}
+}  // namespace
+
 uint64_t LogitsTokens(const RunShape& run) {
   return std::min<uint64_t>(run.tokens(), std::max<uint64_t>(arch::kLogitsTokens, run.max_batch));
 }
@@ -102,6 +114,17 @@ ActivationEstimate EstimateActivations(const ModelDescription& model, const RunS
           c.hidden_size, c.moe_intermediate_size != 0 ? c.moe_intermediate_size : c.intermediate_size,
           static_cast<int64_t>(e)));
       a.mlp = std::max({a.mlp, AlignUp(SatMul(std::max(pairs, t), per_pair))});
+      // Quantized experts' prompts: their dequantized scratch (arch/temporaries.h), or one matrix's dequantized copy
+      // where fewer than two experts fit it, beside the pairs' temporaries.
+      if (t > 1 && QuantizedWeights(model, blocks)) {
+        const uint64_t inter = c.moe_intermediate_size != 0 ? c.moe_intermediate_size : c.intermediate_size;
+        const int64_t fit = arch::MoeDequantScratchExperts(static_cast<int64_t>(c.hidden_size),
+                                                           static_cast<int64_t>(inter), static_cast<int64_t>(e),
+                                                           static_cast<int64_t>(c.num_experts));
+        const uint64_t scratch = fit >= 2 ? SatProduct({static_cast<uint64_t>(fit), 3, c.hidden_size, inter, e})
+                                          : SatProduct({c.hidden_size, inter, e});
+        a.mlp = std::max(a.mlp, SatSum({AlignUp(SatMul(pairs, per_pair)), AlignUp(scratch)}));
+      }
     }
   }
   if (head) a.logits = AlignUp(SatProduct({LogitsTokens(run), c.vocab_size, 4}));

@@ -90,7 +90,11 @@ uint64_t KvCacheBytesPerLayer(const ModelConfig& config, const RunShape& run, DT
 //   mlp           = 3 x T x intermediate x e   (gate, up and their product; act(fc_in) for GPT-2/GPT-J);
 //                   mixture of experts: at least max(T, min(T, arch::kMoeGroupedTokens) x num_experts_per_tok) x
 //                   arch::MoeGroupedBytesPerPair(hidden, moe_intermediate, e) (a prompt's grouped expert products,
-//                   or one host-dispatched expert's rows, up to every token)
+//                   or one host-dispatched expert's rows, up to every token); where the blocks hold quantized
+//                   weights and T > 1, at least min(T, kMoeGroupedTokens) x num_experts_per_tok pairs' bytes plus
+//                   the dequantized scratch of a prompt's quantized experts (arch::MoeDequantScratchExperts (at most
+//                   num_experts) x 3 x
+//                   hidden x moe_intermediate x e, or hidden x moe_intermediate x e where fewer than two fit)
 //   logits        = LogitsTokens x vocab x 4   (fp32 logits of one pass; only on the device that computes the lm_head)
 //   embedding     = T x 8                      (token ids / positions; only where an embedding block runs)
 //   total = hidden_states + max(attention, mlp) (if it computes a decoder layer) + logits + embedding, each

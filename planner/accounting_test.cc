@@ -169,6 +169,37 @@ TEST(AccountingTest, MixtureOfExpertsReservesTheExpertProductsOfAPrompt) {
   EXPECT_EQ(EstimateActivations(*m, RunShape{1, 8192}, DType::kBF16).mlp, AlignUp(8192 * per_pair));
 }
 
+// Quantized experts' prompts also hold a dequantized scratch of as many experts as arch::kMoeDequantScratchBytes
+// takes (or one matrix where fewer than two fit); a decode-only run shape holds none.
+TEST(AccountingTest, QuantizedExpertsReserveTheirDequantizedScratch) {
+  for (int64_t inter : {96, 16384}) {
+    Result<ModelDescription> m = ImportHfConfigText(
+        R"({"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": )" + std::to_string(inter) +
+        R"(, "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 4,
+            "num_experts_per_tok": 2, "vocab_size": 10, "torch_dtype": "bfloat16", "max_position_embeddings": 8192})");
+    ASSERT_TRUE(m.ok()) << m.error().ToString();
+    const uint64_t plain = EstimateActivations(*m, RunShape{1, 512}, DType::kBF16).mlp;
+    const uint64_t plain_decode = EstimateActivations(*m, RunShape{1, 1}, DType::kBF16).mlp;
+    for (BlockDesc& b : m->blocks) {
+      for (TensorSpec& p : b.params) {
+        if (p.name.find(".experts.") != std::string::npos) {
+          p.format = quant::Format::kInt8;
+          p.group = p.shape[1];
+        }
+      }
+    }
+    const uint64_t per_pair = uint64_t(arch::MoeGroupedBytesPerPair(4096, inter, 2));
+    const int64_t fit = arch::MoeDequantScratchExperts(4096, inter, 2, 4);
+    const uint64_t scratch = fit >= 2 ? uint64_t(fit) * 3 * 4096 * inter * 2 : uint64_t(4096) * inter * 2;
+    EXPECT_EQ(fit >= 2, inter == 96);
+    EXPECT_EQ(EstimateActivations(*m, RunShape{1, 512}, DType::kBF16).mlp,
+              std::max(plain, AlignUp(1024 * per_pair) + AlignUp(scratch)))
+        << "inter " << inter;
+    EXPECT_GT(EstimateActivations(*m, RunShape{1, 512}, DType::kBF16).mlp, plain);
+    EXPECT_EQ(EstimateActivations(*m, RunShape{1, 1}, DType::kBF16).mlp, plain_decode);
+  }
+}
+
 TEST(AccountingTest, StagingAndReserve) {
   EXPECT_EQ(StagingBufferCount(0, 1), 0u);
   EXPECT_EQ(StagingBufferCount(1, 1), 1u);

@@ -7,7 +7,7 @@
 //             [--host-threads N] [--host-spin-us N] [--no-fused-kernels] [--prefill-graphs N] [--streamed-decode] [--decode-batches 1,8] [--resident-split SPEC]...
 //             [--offload-split SPEC]... [--auto-candidates LETTERS] [--prefill-batch 8 [--micro-batch-rows 1,2] [--micro-batch-groups 0,2]]
 //             [--split-stride 8,16] [--expert-prefetch plan,0,1,2] [--expert-split 64,0] [--kineto DIR]
-//             [--adapt-share]
+//             [--adapt-share] [--no-grouped-prompt-experts]
 //
 // --weights: every cpu-offload budget is planned once per weight format (plan --weights); each configuration also
 // reports the bf16 floor of its budget (the bytes a bf16 plan of the same budget streams / H2D), which compressed
@@ -31,7 +31,8 @@
 // --prefill-graphs N: ExecutorOptions::prefill_graph_shapes (0: one-GPU prefills unpadded and eager).
 // --streamed-decode: streamed (cpu-offload) configurations also time KV-cached decode steps (replayed from CUDA graphs
 // where the executor captures them; --no-cuda-graphs for the eager steps).
-// --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --decode-batches plans the resident
+// --no-fused-kernels runs every op on LibTorch (ExecutorOptions::fused_kernels); --no-grouped-prompt-experts runs a
+// prompt's quantized experts one at a time (ExecutorOptions::grouped_prompt_experts); --decode-batches plans the resident
 // configuration for the largest batch and times its decode steps at each batch size; --resident-split
 // "cuda:0=10GiB,cuda:1=10GiB" adds an all-resident configuration over those GPU budgets (measured like "resident"),
 // --offload-split "cuda:0=4GiB,cuda:1=4GiB" a cpu-offload one (its floor: the busiest GPU link's bytes / H2D; one per
@@ -86,6 +87,7 @@ struct Args {
   bool drop_caches = false;
   bool cuda_graphs = true;  // ExecutorOptions::cuda_graphs
   bool fused_kernels = true;  // ExecutorOptions::fused_kernels
+  bool grouped_prompt_experts = true;  // ExecutorOptions::grouped_prompt_experts
   int prefill_graphs = -1;    // ExecutorOptions::prefill_graph_shapes (-1: the executor's default)
   bool streamed_decode = false;  // --streamed-decode: KV-cached decode steps of streamed plans too
   std::vector<double> decode_batches{1};  // the all-resident configuration's decode steps, per batch size
@@ -154,6 +156,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
       else if (f == "--drop-caches") { a.drop_caches = true; }
       else if (f == "--no-cuda-graphs") { a.cuda_graphs = false; }
       else if (f == "--no-fused-kernels") { a.fused_kernels = false; }
+      else if (f == "--no-grouped-prompt-experts") { a.grouped_prompt_experts = false; }
       else if (f == "--streamed-decode") { a.streamed_decode = true; }
       else if (f == "--prefill-graphs") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.prefill_graphs = std::stoi(v); }
       else if (f == "--resident-split") { BIGPLAN_ASSIGN_OR_RETURN(std::string v, need(i)); a.resident_splits.push_back(v); }
@@ -421,6 +424,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
   opts.record_trace = !args.trace_dir.empty();
   opts.cuda_graphs = args.cuda_graphs;
   opts.fused_kernels = args.fused_kernels;
+  opts.grouped_prompt_experts = args.grouped_prompt_experts;
   if (args.prefill_graphs >= 0) opts.prefill_graph_shapes = args.prefill_graphs;
   opts.host_threads = args.host_threads;
   opts.host_spin_us = args.host_spin_us;
@@ -748,6 +752,7 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
     j["ratio_decode_to_floor"] = dec.median / decode_floor;
     j["ratio_prefill_to_floor"] = fp.best / prefill_floor;
     j["fused_kernels"] = args.fused_kernels;
+    j["grouped_prompt_experts"] = args.grouped_prompt_experts;
     j["tensor_parallel"] = p.tensor_parallel();
     j["prediction_error_decode_step"] = plan.decode.total_us / 1e6 / dec.median - 1.0;
     if (device_bytes.size() > 1) {

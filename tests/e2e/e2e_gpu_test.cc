@@ -704,6 +704,87 @@ TEST_P(E2eGpu, Bfloat16ResidentExpertsPromptMatchesHostDispatch) {
   }
 }
 
+// A prompt over quantized experts (--weights int8 / fp8 / int4), routed at the smallest GPU budget placement E fits
+// and all resident: each quantized expert dequantized into a scratch and computed by grouped products over a window
+// of experts (kernels_llama's GroupedQuantizedPrompt) gives, within bf16 rounding, the logits of every position of
+// the same plan with ExecutorOptions::grouped_prompt_experts off (each expert by itself), and the routed plan's equal
+// the resident plan's; greedy decode steps after it pick the same tokens.
+TEST_P(E2eGpu, QuantizedExpertsPromptMatchesOneByOne) {
+  const std::string family = GetParam();
+  if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
+  const std::string model = ModelDir(family);
+  constexpr uint32_t kSeq = 96;
+  for (const std::string format : {"int8", "fp8", "int4"}) {
+    SCOPED_TRACE(family + " " + format);
+    const std::string dir = TempDir(family + "_quant_prompt_" + format);
+    const std::string flags = "--weights " + format;
+    const std::string resident = dir + "/resident.bplan", routed = dir + "/routed.bplan";
+    const Status planned = MakePlan(model, "cuda:0=8GiB,cpu=8GiB", "bf16", 1, kSeq, resident, flags);
+    if (!planned.ok() && planned.error().message.find("int4 needs a column count") != std::string::npos) {
+      std::printf("%-14s %-4s not planned: %s\n", family.c_str(), format.c_str(), planned.error().message.c_str());
+      continue;
+    }
+    ASSERT_TRUE(planned.ok()) << planned.error().ToString();
+    const std::string routed_flags = flags + " " + kRoutedPlanFlags;
+    auto budget = SmallestFeasible(
+        [&](uint64_t b) { return MakePlan(model, RoutedBudgets(b, 1), "bf16", 1, kSeq, routed, routed_flags).ok(); },
+        0, kRoutedHostBudget, 4096);
+    ASSERT_TRUE(budget.ok()) << budget.error().ToString();
+    ASSERT_TRUE(MakePlan(model, RoutedBudgets(*budget, 1), "bf16", 1, kSeq, routed, routed_flags).ok());
+    std::unique_ptr<Executor> exec[3];  // routed grouped, routed one by one, resident grouped
+    for (int i = 0; i < 3; ++i) {
+      ExecutorOptions options;
+      options.progress = false;
+      options.cuda_graphs = false;
+      options.grouped_prompt_experts = i != 1;
+      auto loaded = Executor::Load(i == 2 ? resident : routed, model, options);
+      ASSERT_TRUE(loaded.ok()) << loaded.error().ToString();
+      exec[i] = std::move(*loaded);
+    }
+    const int64_t vocab = exec[0]->info().vocab_size;
+    std::vector<int64_t> prompt;
+    for (int i = 0; i < 60; ++i) prompt.push_back((i * 7919 + 13) % vocab);
+    ForwardOptions fresh;
+    fresh.reset = true;
+    Result<Logits> outs[3] = {exec[0]->Forward(prompt, 1, fresh), exec[1]->Forward(prompt, 1, fresh),
+                              exec[2]->Forward(prompt, 1, fresh)};
+    ForwardOptions step;
+    step.last_position_only = true;
+    for (int k = 0; k < 4; ++k) {
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE(outs[i].ok()) << outs[i].error().ToString();
+      for (int i = 1; i < 3; ++i) {
+        ASSERT_EQ(outs[0]->data.size(), outs[i]->data.size());
+        const double err = MaxRelError(outs[i]->data, outs[0]->data);
+        EXPECT_LE(err, kChunkedBf16Tolerance) << (i == 1 ? "one by one" : "resident")
+                                              << (k == 0 ? ", prompt" : ", decode step");
+        if (err > kChunkedBf16Tolerance && k == 0) {  // where: each position's error
+          const int64_t seq = outs[0]->seq;
+          std::string where;
+          for (int64_t p = 0; p < seq; ++p) {
+            const std::vector<float> a(outs[i]->row(0, p), outs[i]->row(0, p) + vocab);
+            const std::vector<float> b(outs[0]->row(0, p), outs[0]->row(0, p) + vocab);
+            const double e = MaxRelError(a, b);
+            if (e > kChunkedBf16Tolerance) where += " " + std::to_string(p) + ":" + std::to_string(e);
+          }
+          std::printf("positions over the tolerance:%s\n", where.c_str());
+        }
+      }
+      const float* row = outs[1]->row(0, outs[1]->seq - 1);
+      const int64_t next = std::max_element(row, row + vocab) - row;
+      for (int i = 0; i < 3; ++i) outs[i] = exec[i]->Forward(std::vector<int64_t>{next}, 1, step);
+    }
+    const uint64_t grouped[3] = {exec[0]->stats().expert_grouped_prompt, exec[1]->stats().expert_grouped_prompt,
+                                 exec[2]->stats().expert_grouped_prompt};
+    EXPECT_GT(grouped[0], 0u) << "no routed expert ran grouped";
+    EXPECT_EQ(grouped[1], 0u);
+    EXPECT_GT(grouped[2], 0u) << "no resident expert ran grouped";
+    std::printf("%-14s %-4s prompt experts grouped: routed %llu (%llu copied), resident %llu\n", family.c_str(),
+                format.c_str(), static_cast<unsigned long long>(grouped[0]),
+                static_cast<unsigned long long>(exec[0]->stats().expert_copied),
+                static_cast<unsigned long long>(grouped[2]));
+  }
+}
+
 TEST_P(E2eGpu, Float32EveryPlacementMatchesTransformers) { RunSuite("fp32", kF32Tolerance, true); }
 
 TEST_P(E2eGpu, Bfloat16EveryPlacementAgrees) { RunSuite("bf16", kBf16Tolerance, false); }
