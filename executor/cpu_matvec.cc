@@ -45,7 +45,7 @@ inline void PrefetchAhead(const uint8_t* row, const uint8_t* next, int64_t pos, 
 }
 
 // Bytes of a row's data before its scale records.
-inline int64_t DataBytes(Format f, int64_t k) {
+inline int64_t RowData(Format f, int64_t k) {
   switch (f) {
     case Format::kNone: return 2 * k;
     case Format::kFp8E4M3:
@@ -55,6 +55,10 @@ inline int64_t DataBytes(Format f, int64_t k) {
   return 0;
 }
 inline int64_t RecordBytes(Format f) { return f == Format::kNone ? 0 : 4; }
+// Bytes from a row's start to its first scale record.
+inline int64_t RecordOffset(const Matrix& w) {
+  return w.record_offset > 0 ? w.record_offset : RowData(w.format, w.cols);
+}
 
 // quant::RowBytes, with the kernels' own limits: a known format, at most 2^40 columns, even int4 groups.
 Result<int64_t> KernelRowBytes(Format format, int64_t cols, int64_t group) {
@@ -85,7 +89,7 @@ void ScalarRows(const Job& job, int64_t r0, int64_t r1, int batch) {
   const Matrix& w = job.w;
   const int64_t k = w.cols;
   const int64_t group = F == Format::kNone ? k : w.group;
-  const int64_t data_bytes = DataBytes(F, k);
+  const int64_t rec = RecordOffset(w);
   const float* fp8 = Fp8().v;
   constexpr int kChunk = 64;
   for (int64_t r = r0; r < r1; ++r) {
@@ -93,10 +97,10 @@ void ScalarRows(const Job& job, int64_t r0, int64_t r1, int batch) {
     float acc[kMaxBatch][4] = {};
     for (int64_t g = 0; g < k / group; ++g) {
       float s = 1, z = 0;
-      if constexpr (F == Format::kFp8E4M3 || F == Format::kInt8) s = LoadF32(row + data_bytes + 4 * g);
+      if constexpr (F == Format::kFp8E4M3 || F == Format::kInt8) s = LoadF32(row + rec + 4 * g);
       if constexpr (F == Format::kInt4) {
-        s = Bf16ToFloat(LoadU16(row + data_bytes + 4 * g));
-        z = Bf16ToFloat(LoadU16(row + data_bytes + 4 * g + 2));
+        s = Bf16ToFloat(LoadU16(row + rec + 4 * g));
+        z = Bf16ToFloat(LoadU16(row + rec + 4 * g + 2));
       }
       for (int64_t j0 = g * group; j0 < (g + 1) * group; j0 += kChunk) {
         const int n = static_cast<int>(std::min<int64_t>(kChunk, (g + 1) * group - j0));
@@ -321,6 +325,14 @@ Status Validate(const Matrix& w) {
   if (w.row_stride < *bytes)
     return MakeError(ErrorCode::kInvalidArgument, what() + ": row stride " + Str(w.row_stride) +
                                                       " is below the row's " + Str(*bytes) + " bytes");
+  if (w.record_offset != 0) {
+    const int64_t data = RowData(w.format, w.cols);
+    const int64_t records = w.format == Format::kNone ? 0 : 4 * (w.cols / w.group);
+    if (w.format == Format::kNone || w.record_offset < data || w.record_offset > w.row_stride - records)
+      return MakeError(ErrorCode::kInvalidArgument, what() + ": records at byte " + Str(w.record_offset) +
+                                                        " of rows of " + Str(w.row_stride) + " bytes (data " +
+                                                        Str(data) + ", records " + Str(records) + ")");
+  }
   if (w.rows > 0 && w.base == nullptr) return MakeError(ErrorCode::kInvalidArgument, what() + ": null base");
   if (MulOverflows(w.rows, w.row_stride)) return MakeError(ErrorCode::kInvalidArgument, what() + ": size overflows");
   return Status::Ok();

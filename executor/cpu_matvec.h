@@ -45,10 +45,14 @@ struct Matrix {
   int64_t cols = 0;
   int64_t group = 0;       // columns per scale record (quantized formats); ignored for bf16 rows
   int64_t row_stride = 0;  // bytes from one row to the next, >= quant::RowBytes(format, cols, group)
+  // Quantized formats: bytes from a row's start to its first scale record; 0: right after its `cols` columns' data.
+  // More: the first `cols` columns of longer rows (their records where the longer rows keep them), e.g. a split
+  // expert's first columns of its down matrix. The row stride must hold the records past it.
+  int64_t record_offset = 0;
 };
 
 // Checks a matrix's shape and layout (not its bytes): quant::RowBytes accepts the format, columns and group, int4
-// groups are even, the stride holds a row. kInvalidArgument naming the problem.
+// groups are even, the stride holds a row (and its records past record_offset). kInvalidArgument naming the problem.
 Status Validate(const Matrix& w);
 
 // One product over rows [row_begin, row_end) of w, for each b < batch:

@@ -47,13 +47,14 @@ double WeightRef(const Matrix& w, int64_t r, int64_t j) {
     return static_cast<double>(f);
   };
   auto u16 = [](const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); };
+  const auto rec0 = [&](int64_t data) { return w.record_offset > 0 ? w.record_offset : data; };
   switch (w.format) {
     case Format::kNone: return Bf16Ref(u16(row + 2 * j));
-    case Format::kFp8E4M3: return Fp8Ref(row[j]) * f32(row + k + 4 * (j / w.group));
-    case Format::kInt8: return static_cast<int8_t>(row[j]) * f32(row + k + 4 * (j / w.group));
+    case Format::kFp8E4M3: return Fp8Ref(row[j]) * f32(row + rec0(k) + 4 * (j / w.group));
+    case Format::kInt8: return static_cast<int8_t>(row[j]) * f32(row + rec0(k) + 4 * (j / w.group));
     case Format::kInt4: {
       const int q = j % 2 == 0 ? row[j / 2] >> 4 : row[j / 2] & 15;
-      const uint8_t* rec = row + k / 2 + 4 * (j / w.group);
+      const uint8_t* rec = row + rec0(k / 2) + 4 * (j / w.group);
       return (q - 8) * Bf16Ref(u16(rec)) + Bf16Ref(u16(rec + 2));
     }
   }
@@ -276,6 +277,55 @@ TEST(CpuMatVecTest, OddGroupsAndColumns) {
                                       std::to_string(c.cols) + " group " + std::to_string(c.group));
       }
   }
+}
+
+// The first columns of longer rows, their records where the longer rows keep them (Matrix::record_offset: a split
+// expert's first down columns): each format, one scale a row and groups, every instruction set; the product is that
+// of the full rows' first columns. Records that do not fit the row are refused.
+TEST(CpuMatVecTest, LeadingColumnsOfLongerRows) {
+  struct Case {
+    Format f;
+    int64_t cols, group, lead;
+  };
+  const Case cases[] = {{Format::kInt8, 576, 576, 192}, {Format::kFp8E4M3, 576, 576, 64},
+                        {Format::kInt8, 576, 64, 128},  {Format::kInt4, 576, 32, 64},
+                        {Format::kInt4, 1024, 128, 512}};
+  uint32_t seed = 300;
+  for (Isa isa : SupportedIsas()) {
+    MatVecPool pool(2, isa);
+    for (const Case& c : cases)
+      for (int batch : {1, 3}) {
+        TestMatrix t = MakeMatrix(c.f, 19, c.cols, c.group, 4, seed++);
+        Matrix lead = t.m;
+        lead.cols = c.lead;
+        lead.group = c.group == c.cols ? c.lead : c.group;  // one scale a row stays one
+        lead.record_offset = c.f == Format::kInt4 ? c.cols / 2 : c.cols;
+        ASSERT_TRUE(Validate(lead).ok()) << Validate(lead).error().ToString();
+        std::vector<float> x = RandomX(batch, c.lead, seed++);
+        std::vector<float> y(batch * 19);
+        Job job{lead, 0, 19, x.data(), y.data(), 19};
+        const std::string what = std::string(IsaName(isa)) + " " + quant::FormatName(c.f) + " first " +
+                                 std::to_string(c.lead) + " of " + std::to_string(c.cols);
+        ASSERT_TRUE(pool.Run({&job, 1}, batch).ok()) << what;
+        ExpectMatches(job, batch, what);
+        // The same values as the full rows' first columns (x zero past them).
+        std::vector<float> xf(batch * c.cols, 0.0f), yf(batch * 19);
+        for (int b = 0; b < batch; ++b) std::copy_n(&x[b * c.lead], c.lead, &xf[b * c.cols]);
+        Job full{t.m, 0, 19, xf.data(), yf.data(), 19};
+        ASSERT_TRUE(pool.Run({&full, 1}, batch).ok());
+        for (int i = 0; i < batch * 19; ++i) EXPECT_NEAR(y[i], yf[i], 1e-4 * (1 + std::fabs(yf[i]))) << what;
+      }
+  }
+  TestMatrix t = MakeMatrix(Format::kInt8, 4, 64, 64, 0, 9);
+  Matrix bad = t.m;
+  bad.cols = 32;
+  bad.group = 32;
+  bad.record_offset = 16;  // inside the 32 columns' data
+  EXPECT_FALSE(Validate(bad).ok());
+  bad.record_offset = 64 + 4;  // the record would end past the row
+  EXPECT_FALSE(Validate(bad).ok());
+  bad.record_offset = 64;
+  EXPECT_TRUE(Validate(bad).ok());
 }
 
 // Several jobs in one call (sharing x, with row sub-ranges), on more threads than pieces and on many.

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <set>
 #include <string>
 #include <tuple>
@@ -173,8 +174,11 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
   // Grouped products need every expert's [gate; up] back to back: resident ones in their block's buffer, routed
   // ones in a slot (gate at 0, up right after it).
   e->grouped_ = true;
-  // Splitting needs plain matrices: gate and up [inter, hidden] alike, down [hidden, inter].
+  // Splitting takes gate's and up's first rows and down's first columns: gate and up [inter, hidden] alike, down
+  // [hidden, inter], plain or row-quantized as the grouped products take them (per-row fp8/int8: the GPU's columns
+  // keep a multiple of 8; int4: the split's rows a multiple of down's group, so its groups stay whole).
   e->split_rows_ = std::max<int64_t>(0, split_rows);
+  int64_t split_quantum = 1;
   e->split_min_bytes_ = split_min_bytes;
   bool any_plain = false, any_resident = false;
   std::set<std::tuple<quant::Format, int64_t, int64_t>> formats;  // of quantized experts: (format, gate/up group, down's)
@@ -208,11 +212,17 @@ Result<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(const ModelState& sta
         e->resident_split_ = g.split;
         any_resident = true;
       }
-      if (ex.routed && (!plain || d.shape[0] != e->hidden_ || d.shape[1] != g.shape[0] || g.shape[1] != e->hidden_))
+      if (ex.routed && (!(plain || quant_rows) || d.shape[0] != e->hidden_ || d.shape[1] != g.shape[0] ||
+                        g.shape[1] != e->hidden_)) {
         e->split_rows_ = 0;
+      }
+      if (ex.routed && quant_rows) {
+        split_quantum = std::lcm(split_quantum, g.format == quant::Format::kInt4 ? d.group : int64_t{8});
+      }
       e->inter_ = g.shape.empty() ? 0 : g.shape[0];
     }
   }
+  if (e->split_rows_ > 0) e->split_rows_ = std::lcm(e->split_rows_, split_quantum);
   // (One kind of group: plain matrices, or per-row rows of one format, whose batched products take bf16 or fp16.)
   const schema::DType exec = plan.exec_dtype();
   if (!any_plain && exec != schema::DType::BF16 && exec != schema::DType::F16) e->grouped_ = false;
@@ -562,9 +572,17 @@ void ExpertEngine::CollectGpuMarks() {
 
 ExpertEngine::SplitLayout ExpertEngine::SplitOf(const Expert& ex, int64_t row0) const {
   SplitLayout l;
+  const WeightRuntime& d = *ex.m[2].w;
   l.rows = ex.m[0].w->rows - row0;
   l.up_offset = static_cast<uint64_t>(l.rows) * ex.m[0].w->row_bytes();
   l.down_offset = AlignUp(2 * l.up_offset);
+  if (d.quantized()) {
+    l.down_group = d.group == d.shape[1] ? l.rows : d.group;
+    const Result<uint64_t> row_bytes = quant::RowBytes(d.format, l.rows, l.down_group);
+    l.down_row_bytes = row_bytes.ok() ? *row_bytes : 0;
+  } else {
+    l.down_row_bytes = static_cast<uint64_t>(l.rows) * (d.row_bytes() / static_cast<uint64_t>(d.shape[1]));
+  }
   return l;
 }
 
@@ -580,18 +598,39 @@ Status ExpertEngine::IssueCopy(uint32_t block, Copy* c) {
     const WeightRuntime& g = *ex.m[0].w;
     const WeightRuntime& u = *ex.m[1].w;
     const WeightRuntime& d = *ex.m[2].w;
-    const uint64_t element = g.row_bytes() / static_cast<uint64_t>(g.shape[1]);
     const uint64_t skip = static_cast<uint64_t>(c->row0) * g.row_bytes();
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(dst, g.home + skip, l.up_offset, cudaMemcpyHostToDevice, cs),
                                  "expert copy"));
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(dst + l.up_offset, u.home + skip, l.up_offset,
                                                  cudaMemcpyHostToDevice, cs), "expert copy"));
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaEventRecord(gate_up_ready_[s].get(), cs), "cudaEventRecord"));
-    const uint64_t width = static_cast<uint64_t>(l.rows) * element;
-    BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpy2DAsync(dst + l.down_offset, width, d.home + c->row0 * element, d.row_bytes(),
-                                                   width, static_cast<size_t>(d.rows), cudaMemcpyHostToDevice, cs),
-                                 "expert copy (down columns)"));
-    stats_.copied_bytes += 2 * l.up_offset + width * static_cast<uint64_t>(d.rows);
+    const size_t rows = static_cast<size_t>(d.rows);
+    if (!d.quantized()) {
+      const uint64_t element = d.row_bytes() / static_cast<uint64_t>(d.shape[1]);
+      BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpy2DAsync(dst + l.down_offset, l.down_row_bytes, d.home + c->row0 * element,
+                                                     d.row_bytes(), l.down_row_bytes, rows, cudaMemcpyHostToDevice, cs),
+                                   "expert copy (down columns)"));
+    } else {
+      // Row-quantized: the columns' values, then their groups' records (with one scale a row, right after them).
+      const int64_t inter = d.shape[1];
+      const uint64_t v0 = quant::DataBytes(d.format, c->row0), v1 = quant::DataBytes(d.format, inter);
+      const uint64_t g0 = d.group == inter ? 0 : static_cast<uint64_t>(c->row0 / d.group);
+      const uint64_t records = l.down_row_bytes - (v1 - v0);
+      if (g0 == 0) {
+        BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpy2DAsync(dst + l.down_offset, l.down_row_bytes, d.home + v0, d.row_bytes(),
+                                                       l.down_row_bytes, rows, cudaMemcpyHostToDevice, cs),
+                                     "expert copy (down columns)"));
+      } else {
+        BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpy2DAsync(dst + l.down_offset, l.down_row_bytes, d.home + v0, d.row_bytes(),
+                                                       v1 - v0, rows, cudaMemcpyHostToDevice, cs),
+                                     "expert copy (down columns)"));
+        BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpy2DAsync(dst + l.down_offset + (v1 - v0), l.down_row_bytes,
+                                                       d.home + v1 + 4 * g0, d.row_bytes(), records, rows,
+                                                       cudaMemcpyHostToDevice, cs),
+                                     "expert copy (down records)"));
+      }
+    }
+    stats_.copied_bytes += 2 * l.up_offset + l.down_row_bytes * static_cast<uint64_t>(d.rows);
   } else if (ex.tier == schema::Tier::Cpu) {
     BIGPLAN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(dst, ex.host, ex.span, cudaMemcpyHostToDevice, cs), "expert copy"));
     stats_.copied_bytes += ex.span;
@@ -896,6 +935,11 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
       const int64_t rows = host_rows[e];
       if (rows < inter_of(e)) {  // split: gate and up rows [0, rows), down columns [0, rows) (its row stride kept)
         he.gate.rows = he.up.rows = rows;
+        if (he.down.format != cpu_matvec::Format::kNone) {
+          // (The records stay where the full rows keep them; one scale a row stays one.)
+          he.down.record_offset = static_cast<int64_t>(quant::DataBytes(he.down.format, he.down.cols));
+          if (he.down.group == he.down.cols) he.down.group = rows;
+        }
         he.down.cols = rows;
         ++stats_.split;
       }
@@ -1124,7 +1168,8 @@ Status ExpertEngine::ReleaseGroup(const BlockRuntime& /*b*/, int32_t index, cuda
   return Status::Ok();
 }
 
-Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views) {
+Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views,
+                                   SplitQuant* down_quant) {
   if (expert < 0 || expert >= num_experts_ || copy_of_[expert] < 0) return false;
   const size_t i = static_cast<size_t>(copy_of_[expert]);
   // (Copies are issued in order ahead of the kernel, which acquires them in that order.)
@@ -1138,6 +1183,15 @@ Result<bool> ExpertEngine::Acquire(const BlockRuntime& b, int32_t expert, cudaSt
   const auto dev = at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(device_));
   if (c.row0 > 0) {
     const SplitLayout l = SplitOf(ex, c.row0);
+    if (ex.m[0].w->quantized()) {
+      const auto bytes = dev.dtype(at::kByte);
+      const int64_t gu_row = static_cast<int64_t>(ex.m[0].w->row_bytes());
+      views[0] = at::from_blob(base, {l.rows, gu_row}, bytes);
+      views[1] = at::from_blob(base + l.up_offset, {l.rows, gu_row}, bytes);
+      views[2] = at::from_blob(base + l.down_offset, {hidden_, static_cast<int64_t>(l.down_row_bytes)}, bytes);
+      if (down_quant != nullptr) *down_quant = SplitQuant{l.rows, l.down_group};
+      return true;
+    }
     const auto opts = dev.dtype(ScalarOf(ex.m[0].w->dtype));
     views[0] = at::from_blob(base, {l.rows, hidden_}, opts);
     views[1] = at::from_blob(base + l.up_offset, {l.rows, hidden_}, opts);

@@ -144,10 +144,16 @@ class ExpertEngine {
   Status ReleaseGroup(const BlockRuntime& b, int32_t index, cudaStream_t compute);
   // For a copied expert: makes `compute` wait for its copy and sets views[0..3) (gate, up, down) into its slot (a
   // split expert's: the GPU's rows of gate and up, [inter - host rows, hidden], and down's columns, [hidden, inter -
-  // host rows]); returns false for an expert that is not copied in this layer (resident: its slots hold it).
+  // host rows]; for a row-quantized one, uint8 rows of those columns, and *down_quant the down matrix's columns and
+  // group, else left as they are); returns false for an expert that is not copied in this layer (resident: its slots
+  // hold it).
   // A split expert's copy records two events, after its gate and up rows and after down's columns: Acquire waits for
   // the first only, AcquireDown (before the down product) for the second. For other experts AcquireDown does nothing.
-  Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views);
+  struct SplitQuant {
+    int64_t cols = 0, group = 0;  // 0: not a split quantized expert
+  };
+  Result<bool> Acquire(const BlockRuntime& b, int32_t expert, cudaStream_t compute, at::Tensor* views,
+                       SplitQuant* down_quant = nullptr);
   Status AcquireDown(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
   Status Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
   // Adds the host experts' weighted sum to *out ([tokens, hidden] on the block's device; out + sum.to(out's dtype);
@@ -205,9 +211,14 @@ class ExpertEngine {
   };
   // A split expert's part in a slot: gate rows [row0, inter) at 0, up's right after (gate and up back to back),
   // down's columns [row0, inter) as a [hidden, inter - row0] matrix at down_offset.
+  // A split expert's GPU part in its slot: gate's and up's rows [row0, inter), then down's columns [row0, inter) in
+  // rows of down_row_bytes (row-quantized: those columns' values, then their records; per-row scales stay one a row:
+  // down_group == rows).
   struct SplitLayout {
     int64_t rows = 0;  // inter - row0
     uint64_t up_offset = 0, down_offset = 0;
+    uint64_t down_row_bytes = 0;
+    int64_t down_group = 0;  // row-quantized down only
   };
   SplitLayout SplitOf(const Expert& ex, int64_t row0) const;
 

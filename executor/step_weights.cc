@@ -138,6 +138,7 @@ std::vector<int64_t> StepWeights::Shape(arch::Slot slot) const {
 WeightQuant StepWeights::Quant(arch::Slot slot) const {
   const Entry& e = At(slot);
   if (e.weight == nullptr || !e.weight->quantized() || e.weight->shape.size() != 2) return {};
+  if (e.split_cols > 0) return WeightQuant{e.weight->format, e.split_group, e.split_cols, false, e.perm};
   return WeightQuant{e.weight->format, e.weight->group, e.weight->shape[1], e.weight->split, e.perm};
 }
 
@@ -231,13 +232,17 @@ Status StepWeights::ReleaseGroup(int32_t index) const {
 Status StepWeights::AcquireExpert(int32_t expert) const {
   if (experts_ == nullptr) return Status::Ok();
   at::Tensor views[3];
-  BIGPLAN_ASSIGN_OR_RETURN(bool copied,
-                           experts_->Acquire(*block_, expert, engine_->compute_stream(block_->device), views));
+  ExpertEngine::SplitQuant down_quant;
+  BIGPLAN_ASSIGN_OR_RETURN(
+      bool copied, experts_->Acquire(*block_, expert, engine_->compute_stream(block_->device), views, &down_quant));
   if (!copied) return Status::Ok();
   const arch::Slot roles[3] = {arch::Slot::kExpertGate, arch::Slot::kExpertUp, arch::Slot::kExpertDown};
   for (int m = 0; m < 3; ++m) {
     const size_t s = static_cast<size_t>(arch::ExpertSlot(roles[m], static_cast<uint32_t>(expert)));
-    if (s < entries_.size()) entries_[s].view = views[m];
+    if (s >= entries_.size()) continue;
+    entries_[s].view = views[m];
+    entries_[s].split_cols = m == 2 ? down_quant.cols : 0;
+    entries_[s].split_group = m == 2 ? down_quant.group : 0;
   }
   return Status::Ok();
 }
@@ -252,7 +257,10 @@ Status StepWeights::ReleaseExpert(int32_t expert) const {
   const arch::Slot roles[3] = {arch::Slot::kExpertGate, arch::Slot::kExpertUp, arch::Slot::kExpertDown};
   for (const arch::Slot role : roles) {
     const size_t s = static_cast<size_t>(arch::ExpertSlot(role, static_cast<uint32_t>(expert)));
-    if (s < entries_.size() && entries_[s].weight != nullptr && entries_[s].weight->routed) entries_[s].view = at::Tensor();
+    if (s < entries_.size() && entries_[s].weight != nullptr && entries_[s].weight->routed) {
+      entries_[s].view = at::Tensor();
+      entries_[s].split_cols = entries_[s].split_group = 0;
+    }
   }
   return experts_->Release(*block_, expert, engine_->compute_stream(block_->device));
 }

@@ -58,6 +58,9 @@ class StepWeights : public BlockWeights {
     const WeightRuntime* weight = nullptr;  // null: the block has nothing in this slot
     at::Tensor view;  // resident / in place, or this step's whole streamed unit
     at::Tensor perm;  // act-order GPTQ: WeightQuant::perm on the compute device
+    // A split row-quantized expert's down columns on the GPU (ExpertEngine::Acquire): their count and group while
+    // acquired (0: the weight's own).
+    int64_t split_cols = 0, split_group = 0;
   };
   const Entry& At(arch::Slot slot) const;
   StreamEngine* engine_ = nullptr;

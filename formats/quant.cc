@@ -388,6 +388,18 @@ Result<uint64_t> RowBytes(Format format, int64_t k, int64_t group) {
   return *r;
 }
 
+uint64_t DataBytes(Format format, int64_t k) {
+  if (k <= 0) return 0;
+  const uint64_t n = static_cast<uint64_t>(k);
+  switch (format) {
+    case Format::kNone: return 2 * n;
+    case Format::kFp8E4M3:
+    case Format::kInt8: return n;
+    case Format::kInt4: return n / 2;
+  }
+  return 0;
+}
+
 Result<uint64_t> TensorBytes(Format format, int64_t n, int64_t k, int64_t group) {
   if (n < 0) return Invalid("negative row count " + Str(n));
   BIGPLAN_ASSIGN_OR_RETURN(uint64_t row, RowBytes(format, k, group));

@@ -43,6 +43,9 @@ Result<int64_t> DefaultGroup(Format format, int64_t k);
 // Bytes of one row. kNone: 2 * k (a bf16 row; `group` is not looked at). Otherwise kInvalidArgument, naming the
 // values, for k <= 0, group <= 0, a group that does not divide k, or an odd k for int4.
 Result<uint64_t> RowBytes(Format format, int64_t k, int64_t group);
+// Bytes of the values of a row's first k columns (where its records begin, for a row of k columns): 2 k (kNone),
+// k (fp8, int8), k / 2 (int4; k even). 0 for k <= 0.
+uint64_t DataBytes(Format format, int64_t k);
 // n * RowBytes; also kInvalidArgument for n < 0 and for a size that does not fit in 64 bits.
 Result<uint64_t> TensorBytes(Format format, int64_t n, int64_t k, int64_t group);
 

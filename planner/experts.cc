@@ -168,10 +168,12 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   for (const auto& [e, bytes] : s.bytes) {
     if (s.off_gpu.at(e) && placement.routed_experts && !s.on_disk.at(e)) ++out.pinned_experts;
   }
-  // Quantized experts go whole to the host or the GPU (the executor does not split them): of a token's n chosen
-  // pinned-resting experts the host takes HostWholeExperts(share, n), not share x n.
-  if (ExpertFormat(model, block) != quant::Format::kNone && out.pinned_experts > 0 && cpu_share > 0) {
-    const double each = pinned / out.pinned_experts;
+  // Quantized experts the executor does not split (smaller than kExpertSplitMinBytes, or in a layout the grouped
+  // products do not take) go whole to the host or the GPU: of a token's n chosen pinned-resting experts the host takes
+  // HostWholeExperts(share, n), not share x n. (Larger ones are split where the share ends, as plain ones are.)
+  const double each = out.pinned_experts > 0 ? pinned / out.pinned_experts : 0.0;
+  if (ExpertFormat(model, block) != quant::Format::kNone && out.pinned_experts > 0 && cpu_share > 0 &&
+      (each < static_cast<double>(kExpertSplitMinBytes) || !ExpertsGrouped(model, block, exec_dtype))) {
     double host_experts = 0;
     for (uint32_t chosen = 1; chosen <= c.num_experts_per_tok; ++chosen) {
       host_experts += ChoiceCountChance(out.experts, out.pinned_experts, c.num_experts_per_tok, chosen) *

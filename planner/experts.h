@@ -100,7 +100,8 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
                                 DType exec_dtype, double cpu_share);
 
 // The executor splits a chosen expert between the host and the GPU only from this size on (ExpertEngine's
-// kSplitMinBytes) and only plain ones (not quantized); smaller or quantized experts go whole to one side.
+// kSplitMinBytes), plain ones and row-quantized ones its grouped products take (ExpertsGrouped); smaller ones go
+// whole to one side.
 inline constexpr uint64_t kExpertSplitMinBytes = 32ull << 20;
 // How many of `n` equal whole experts the host takes at `cpu_share` (ShareHostRows: an expert the share covers at
 // least half of): round(cpu_share x n), halves up.

@@ -1144,11 +1144,10 @@ TEST(PlannerTest, QuantizedExpertsAreRouted) {
     EXPECT_EQ(ring.disk_slots, 0u);
     EXPECT_GT(ring.expected_copied_bytes, 0.0);
     EXPECT_DOUBLE_EQ(ring.cpu_share, 0.5);  // the host multiplies quantized rows too
-    // ... whole experts: of a token's n chosen pinned-resting ones, round(0.5 n) halves up, so one for n = 1 or 2.
+    // ... these experts (90-176 MB) are split where the share ends, as plain ones: half the chosen pinned bytes.
     const ExpertBytes layer = ExpectedExpertBytes(routed->model, 1, routed->placement.blocks[1], DType::kBF16, 0.5);
     ASSERT_GT(layer.pinned_experts, 0u);
-    const double whole = ChoiceCountChance(8, layer.pinned_experts, 2, 1) + ChoiceCountChance(8, layer.pinned_experts, 2, 2);
-    EXPECT_NEAR(layer.host, whole * static_cast<double>(2 * gate + down), 1.0);
+    EXPECT_NEAR(layer.host, 2.0 / 8 * layer.pinned_experts * static_cast<double>(2 * gate + down) * 0.5, 1.0);
     EXPECT_GT(ring.expected_host_bytes, 0.0);
     // Each sparse layer takes at least the router's synchronization and the host's issue of its eager ops, more
     // of them than with plain attention (its quantized products unfused).
@@ -1161,6 +1160,32 @@ TEST(PlannerTest, QuantizedExpertsAreRouted) {
     }
     EXPECT_GT(issue_bound, 0.0);
     EXPECT_GE(routed->decode.total_us, issue_bound);
+  }
+  // Experts under the executor's split size go whole to one side: of a token's n chosen pinned-resting ones the
+  // host takes round(0.5 n), halves up.
+  {
+    auto small = H200Request(R"({
+      "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+      "moe_intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 32, "num_key_value_heads": 4,
+      "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": true, "vocab_size": 151936,
+      "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "hidden_act": "silu",
+      "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
+                             "cuda:0=2GiB,cpu=100GiB", RunShape{1, 512});
+    ASSERT_TRUE(small.ok()) << small.error().ToString();
+    small->weights = quant::Format::kInt8;
+    small->auto_candidates = "E";
+    small->cpu_share_auto = false;
+    small->cpu_share = 0.5;
+    auto routed = MakePlan(*small);
+    ASSERT_TRUE(routed.ok()) << routed.error().ToString();
+    const ExpertBytes layer = ExpectedExpertBytes(routed->model, 1, routed->placement.blocks[1], DType::kBF16, 0.5);
+    ASSERT_GT(layer.pinned_experts, 0u);
+    const uint64_t each = (768 * *quant::RowBytes(quant::Format::kInt8, 2048, 2048) + 255) / 256 * 256 * 2 +
+                          2048 * *quant::RowBytes(quant::Format::kInt8, 768, 768);
+    ASSERT_LT(each, kExpertSplitMinBytes);
+    double whole = 0;
+    for (uint32_t n = 1; n <= 8; ++n) whole += ChoiceCountChance(128, layer.pinned_experts, 8, n) * HostWholeExperts(0.5, n);
+    EXPECT_NEAR(layer.host, whole * static_cast<double>(each), 0.01 * whole * static_cast<double>(each));
   }
   // 8 GiB of GPU and 4 GiB of CPU: some experts would rest on disk.
   auto tight = plan("cuda:0=8GiB,cpu=4GiB,disk=100GiB", "E", quant::Format::kInt8);

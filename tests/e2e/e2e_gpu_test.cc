@@ -31,6 +31,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -257,16 +258,21 @@ class E2eGpu : public ::testing::TestWithParam<std::string> {
 // A routed-experts plan at the smallest budget placement E fits (the most experts routed from pinned memory), batch 1,
 // kRoutedSeq positions, with the suites' host share: its path.
 constexpr uint32_t kRoutedSeq = 16;
+// `extra`: plan flags after kRoutedPlanFlags (e.g. --weights, or another --cpu-share), or empty.
 std::string SmallestRoutedPlan(const std::string& family, const std::string& model, const std::string& dtype,
-                               const std::string& tag) {
-  const std::string path = TempDir(family + "_" + tag + "_" + dtype) + "/e.bplan";
-  auto min_e = SmallestRoutedGpuBudget(model, dtype, 1, kRoutedSeq, path);
+                               const std::string& tag, const std::string& extra = "") {
+  std::string name = extra;
+  for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+  const std::string path = TempDir(family + "_" + tag + "_" + dtype + name) + "/e.bplan";
+  const std::string flags = extra.empty() ? kRoutedPlanFlags : std::string(kRoutedPlanFlags) + " " + extra;
+  auto min_e = SmallestFeasible(
+      [&](uint64_t b) { return MakePlan(model, RoutedBudgets(b, 1), dtype, 1, kRoutedSeq, path, flags).ok(); }, 0,
+      kRoutedHostBudget, 4096);
   if (!min_e.ok()) {
     ADD_FAILURE() << min_e.error().ToString();
     return "";
   }
-  Status made = MakePlan(model, "cuda:0=" + std::to_string(*min_e) + ",cpu=" + std::to_string(kRoutedHostBudget), dtype,
-                         1, kRoutedSeq, path, kRoutedPlanFlags);
+  Status made = MakePlan(model, RoutedBudgets(*min_e, 1), dtype, 1, kRoutedSeq, path, flags);
   if (!made.ok()) {
     ADD_FAILURE() << made.error().ToString();
     return "";
@@ -344,43 +350,50 @@ TEST_P(E2eGpu, ExpertPrefetchKeepsResults) {
 
 // Splitting an expert between the host and the GPU (ExecutorOptions::expert_split_rows: the host computes the first
 // rows of its intermediate, the GPU copies and computes the rest) gives the tokens and, within bf16 rounding, the
-// logits of whole experts on the host, with and without next-layer prefetch. bf16 only: the host computes bf16
-// experts.
+// logits of whole experts on the host, with and without next-layer prefetch: bf16 experts, and row-quantized ones
+// (--weights int8 / fp8: the GPU's down columns copied with their rows' scales; int4 in groups of 8 columns, so the
+// tiny experts' 32 rows split: whole groups of down's columns, their records beside them). The quantized plans take
+// a host share of 0.25, so a layer's share ends inside an expert (their routers stay quantized: no prefetch).
 TEST_P(E2eGpu, ExpertSplitKeepsResults) {
   const std::string family = GetParam();
   if (!IsMoeFamily(family)) GTEST_SKIP() << "not a mixture-of-experts family";
   const std::string model = ModelDir(family);
   constexpr int kSteps = 10;
-  const std::string path = SmallestRoutedPlan(family, model, "bf16", "split");
-  ASSERT_FALSE(path.empty());
-  // With the plan's share 0.5 and two hostable experts a layer, the host takes one whole; a split comes with an odd
-  // count, mostly where a prefetched expert left one hostable (so splits are counted over both settings).
-  uint64_t splits = 0;
-  for (int prefetch : {0, 1}) {
-    SCOPED_TRACE(family + " prefetch " + std::to_string(prefetch));
-    DecodeRun runs[2];
-    for (int run = 0; run < 2; ++run) {
-      ExecutorOptions options;
-      options.expert_prefetch = prefetch;
-      options.expert_split_rows = run == 0 ? 0 : 8;  // the tiny experts have 32 or 128 intermediate rows
-      options.expert_split_min_bytes = 0;
-      runs[run] = GreedyDecode(path, model, options, kSteps);
-      ASSERT_EQ(runs[run].tokens.size(), static_cast<size_t>(kSteps));
+  for (const std::string format : {"bf16", "int8", "fp8", "int4"}) {
+    const std::string extra = format == "bf16"   ? ""
+                              : format == "int4" ? "--weights int4 --weights-group 8 --cpu-share 0.25"
+                                                 : "--weights " + format + " --cpu-share 0.25";
+    const std::string path = SmallestRoutedPlan(family, model, "bf16", "split", extra);
+    if (path.empty()) continue;  // (a failure was added)
+    // With the plan's share 0.5 and two hostable experts a layer, the host takes one whole; a split comes with an odd
+    // count, mostly where a prefetched expert left one hostable (so splits are counted over both settings).
+    uint64_t splits = 0;
+    for (int prefetch : {0, 1}) {
+      SCOPED_TRACE(family + " " + format + " prefetch " + std::to_string(prefetch));
+      DecodeRun runs[2];
+      for (int run = 0; run < 2; ++run) {
+        ExecutorOptions options;
+        options.expert_prefetch = prefetch;
+        options.expert_split_rows = run == 0 ? 0 : 8;  // the tiny experts have 32 or 128 intermediate rows
+        options.expert_split_min_bytes = 0;
+        runs[run] = GreedyDecode(path, model, options, kSteps);
+        ASSERT_EQ(runs[run].tokens.size(), static_cast<size_t>(kSteps));
+      }
+      EXPECT_EQ(runs[0].stats.expert_split, 0u);
+      splits += runs[1].stats.expert_split;
+      EXPECT_GT(runs[0].stats.expert_host, 0u) << "the host computed no expert";
+      EXPECT_EQ(runs[0].tokens, runs[1].tokens);
+      for (int i = 0; i < kSteps; ++i) {
+        EXPECT_LE(MaxRelError(runs[0].logits[i], runs[1].logits[i]), kChunkedBf16Tolerance) << "step " << i;
+      }
+      std::printf("%-14s %-4s split, prefetch %d: %llu experts split, %llu on the host (whole: %llu) over %d decode "
+                  "steps\n",
+                  family.c_str(), format.c_str(), prefetch, static_cast<unsigned long long>(runs[1].stats.expert_split),
+                  static_cast<unsigned long long>(runs[1].stats.expert_host),
+                  static_cast<unsigned long long>(runs[0].stats.expert_host), kSteps);
     }
-    EXPECT_EQ(runs[0].stats.expert_split, 0u);
-    splits += runs[1].stats.expert_split;
-    EXPECT_GT(runs[0].stats.expert_host, 0u) << "the host computed no expert";
-    EXPECT_EQ(runs[0].tokens, runs[1].tokens);
-    for (int i = 0; i < kSteps; ++i) {
-      EXPECT_LE(MaxRelError(runs[0].logits[i], runs[1].logits[i]), kChunkedBf16Tolerance) << "step " << i;
-    }
-    std::printf("%-14s bf16 split, prefetch %d: %llu experts split, %llu on the host (whole: %llu) over %d decode "
-                "steps\n",
-                family.c_str(), prefetch, static_cast<unsigned long long>(runs[1].stats.expert_split),
-                static_cast<unsigned long long>(runs[1].stats.expert_host),
-                static_cast<unsigned long long>(runs[0].stats.expert_host), kSteps);
+    EXPECT_GT(splits, 0u) << format << ": no expert was split";
   }
-  EXPECT_GT(splits, 0u) << "no expert was split";
 }
 
 // The adaptive host share (ExecutorOptions::adapt_expert_share) moves the share between decode forwards, changing
