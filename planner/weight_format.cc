@@ -20,6 +20,9 @@ Status ApplyWeightFormat(ModelDescription* model, quant::Format format, int64_t 
       const std::string local = t.name.substr(b.prefix.size());
       const arch::TensorRule* rule = arch::FindTensorRule(*family, b.kind, local);
       if (rule == nullptr || rule->layout != arch::Layout::kLinear || t.shape.size() != 2) continue;
+      // A router stays at the execution dtype: a few kilobytes a layer, its choices as the checkpoint's, and its
+      // rows read by the next-layer expert prediction (fused::TopRows).
+      if (rule->slot == arch::Slot::kRouter) continue;
       if (!IsFloatingPoint(t.dtype)) {
         return MakeError(ErrorCode::kUnsupported, "tensor " + t.name + " is " + DTypeString(t.dtype) +
                                                       " in the checkpoint; only floating-point weights are quantized");

@@ -10,8 +10,8 @@ namespace bigplan {
 // Marks every linear-layer matrix of `model` (the registry's Layout::kLinear tensors: attention and MLP projections
 // of each decoder layer, and an untied lm_head) to be stored in `format` with quant::DefaultGroup's group size
 // (fp8 and int8 per row, int4 in groups of 128 columns, or 64/32 where 128 does not divide the columns). Norms,
-// biases and embeddings stay at the execution dtype; tensors already quantized (a pre-quantized checkpoint) keep
-// their format. kNone leaves the model unchanged.
+// biases, embeddings and mixture-of-experts routers stay at the execution dtype; tensors already quantized (a
+// pre-quantized checkpoint) keep their format. kNone leaves the model unchanged.
 // `group` > 0 replaces the default group size for every matrix (e.g. 32 for a checkpoint whose weights were
 // quantized before in blocks of 32 columns, as GGUF's Q4 types are: a group of 128 would quantize them again onto a
 // grid that does not line up with theirs).

@@ -47,6 +47,33 @@ TEST(WeightFormatTest, Int4MarksEveryLinearMatrixAndNothingElse) {
   EXPECT_LT(s.bytes * 3, s.plain_bytes);  // under a third of bf16
 }
 
+// A mixture-of-experts model: every expert's, attention's and the head's matrices, not the routers (they stay at the
+// execution dtype: their choices as the checkpoint's, and the next-layer prediction reads their rows).
+TEST(WeightFormatTest, RoutersStayPlain) {
+  Result<ModelDescription> m = ImportHfConfigText(R"({
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 256, "intermediate_size": 512,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 4,
+    "num_experts_per_tok": 2, "vocab_size": 512, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
+    "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  ASSERT_TRUE(ApplyWeightFormat(&*m, quant::Format::kInt8).ok());
+  int routers = 0, experts = 0;
+  for (const BlockDesc& b : m->blocks) {
+    for (const TensorSpec& t : b.params) {
+      if (t.name.find("block_sparse_moe.gate.weight") != std::string::npos) {
+        ++routers;
+        EXPECT_EQ(t.format, quant::Format::kNone) << t.name;
+      }
+      if (t.name.find(".experts.") != std::string::npos) {
+        ++experts;
+        EXPECT_EQ(t.format, quant::Format::kInt8) << t.name;
+      }
+    }
+  }
+  EXPECT_EQ(routers, 2);
+  EXPECT_EQ(experts, 2 * 4 * 3);
+}
+
 TEST(WeightFormatTest, BlockLayoutsUseTheQuantizedSizes) {
   ModelDescription plain = Llama(false), fp8 = Llama(false);
   ASSERT_TRUE(ApplyWeightFormat(&fp8, quant::Format::kFp8E4M3).ok());

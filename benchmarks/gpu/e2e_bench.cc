@@ -894,6 +894,8 @@ Status Main(int argc, char** argv) {
                floors.device_name.c_str(), floors.h2d_gbps, floors.d2h_gbps, floors.device_mem_gbps,
                floors.matmul_tflops, floors.disk_gbps, floors.cpu_gemv_gbps, floors.h2d_busy_gbps,
                floors.cpu_gemv_alone_gbps, floors.cpu_gemv_queued_gbps, floors.cpu_threads);
+  std::fprintf(stderr, "floors: host products of quantized rows (groups of 128) with copies running: fp8 %.1f, int8 %.1f, "
+               "int4 %.1f GB/s\n", floors.cpu_gemv_fp8_gbps, floors.cpu_gemv_int8_gbps, floors.cpu_gemv_int4_gbps);
   if (!floors.disk_error.empty()) {
     std::fprintf(stderr, "floors: disk not measured (%s); the profile assumes %.1f GB/s\n", floors.disk_error.c_str(),
                  kUnmeasuredDiskGbps);
@@ -970,6 +972,9 @@ Status Main(int argc, char** argv) {
                                         {"cpu_gemv_concurrent_gbps", floors.cpu_gemv_concurrent_gbps},
                                         {"concurrent_windows", floors.concurrent_windows},
                                         {"cpu_gemv_queued_gbps", floors.cpu_gemv_queued_gbps},
+                                        {"cpu_gemv_fp8_gbps", floors.cpu_gemv_fp8_gbps},
+                                        {"cpu_gemv_int8_gbps", floors.cpu_gemv_int8_gbps},
+                                        {"cpu_gemv_int4_gbps", floors.cpu_gemv_int4_gbps},
                                         {"cpu_threads", floors.cpu_threads}}},
                             {"configs", nlohmann::json::array()}};
   for (const auto& cfg : configs) {
