@@ -45,15 +45,7 @@ inline void PrefetchAhead(const uint8_t* row, const uint8_t* next, int64_t pos, 
 }
 
 // Bytes of a row's data before its scale records.
-inline int64_t RowData(Format f, int64_t k) {
-  switch (f) {
-    case Format::kNone: return 2 * k;
-    case Format::kFp8E4M3:
-    case Format::kInt8: return k;
-    case Format::kInt4: return k / 2;
-  }
-  return 0;
-}
+inline int64_t RowData(Format f, int64_t k) { return static_cast<int64_t>(quant::DataBytes(f, k)); }
 inline int64_t RecordBytes(Format f) { return f == Format::kNone ? 0 : 4; }
 // Bytes from a row's start to its first scale record.
 inline int64_t RecordOffset(const Matrix& w) {
