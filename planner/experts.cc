@@ -128,10 +128,14 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
     r.prefetch = pinned ? static_cast<uint32_t>(std::clamp<int64_t>(prefetch < 0 ? kDefaultExpertPrefetch : prefetch, 0,
                                                                    std::min<int64_t>(c.num_experts_per_tok, room)))
                         : 0;
+    bool previous_routed = false;  // a routed layer of this GPU ran before (it prefetches for the next)
     for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
       if (blocks[i].device != device) continue;
-      const ExpertBytes b = WithPrefetch(ExpectedExpertBytes(model, i, blocks[i], exec_dtype, r.cpu_share), r.cpu_share,
-                                         r.prefetch, r.slot_bytes);
+      const ExpertBytes plain = ExpectedExpertBytes(model, i, blocks[i], exec_dtype, r.cpu_share);
+      const ExpertBytes b = WithPrefetch(plain, r.cpu_share,
+                                         ExpectedPrefetches(plain, c.num_experts_per_tok, r.prefetch, previous_routed),
+                                         r.slot_bytes);
+      previous_routed = previous_routed || blocks[i].routed_experts;
       r.expected_resident_bytes += b.resident;
       r.expected_copied_bytes += b.copied;
       r.expected_host_bytes += b.host;
@@ -172,8 +176,7 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   // products do not take) go whole to the host or the GPU: of a token's n chosen pinned-resting experts the host takes
   // HostWholeExperts(share, n), not share x n. (Larger ones are split where the share ends, as plain ones are.)
   const double each = out.pinned_experts > 0 ? pinned / out.pinned_experts : 0.0;
-  if (ExpertFormat(model, block) != quant::Format::kNone && out.pinned_experts > 0 && cpu_share > 0 &&
-      (each < static_cast<double>(kExpertSplitMinBytes) || !ExpertsGrouped(model, block, exec_dtype))) {
+  if (out.pinned_experts > 0 && cpu_share > 0 && QuantizedExpertsWhole(model, block, exec_dtype, each)) {
     double host_experts = 0;
     for (uint32_t chosen = 1; chosen <= c.num_experts_per_tok; ++chosen) {
       host_experts += ChoiceCountChance(out.experts, out.pinned_experts, c.num_experts_per_tok, chosen) *
@@ -190,6 +193,11 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
   return out;
 }
 
+bool QuantizedExpertsWhole(const ModelDescription& model, size_t block, DType exec_dtype, double expert_bytes) {
+  return ExpertFormat(model, block) != quant::Format::kNone &&
+         (expert_bytes < static_cast<double>(kExpertSplitMinBytes) || !ExpertsGrouped(model, block, exec_dtype));
+}
+
 uint32_t HostWholeExperts(double cpu_share, uint32_t n) {
   return static_cast<uint32_t>(std::clamp(std::floor(cpu_share * n + 0.5), 0.0, static_cast<double>(n)));
 }
@@ -201,14 +209,24 @@ double ChoiceCountChance(uint32_t experts, uint32_t subset, uint32_t k, uint32_t
   return std::exp(log_choose(subset, n) + log_choose(experts - subset, k - n) - log_choose(experts, k));
 }
 
-ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes) {
-  if (prefetch == 0) return b;
+ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, double prefetch, uint64_t expert_bytes) {
+  if (prefetch <= 0) return b;
   ExpertBytes out = b;
   const double pinned = b.copied + b.host - b.disk;  // the chosen pinned-resting experts' bytes
   out.prefetched = std::min(pinned, kExpertPrefetchHitRate * prefetch * static_cast<double>(expert_bytes));
   out.host = cpu_share * (pinned - out.prefetched);
   out.copied = b.copied + b.host - out.host;
   return out;
+}
+
+double ExpectedPrefetches(const ExpertBytes& b, uint32_t k, uint32_t prefetch, bool previous_routed) {
+  if (!previous_routed || prefetch == 0 || b.experts == 0 || b.pinned_experts == 0) return 0.0;
+  const uint32_t candidates = std::min(std::max(prefetch, k), std::min<uint32_t>(b.experts, 64));
+  double expected = 0;
+  for (uint32_t j = 1; j <= candidates && j <= b.pinned_experts; ++j) {
+    expected += ChoiceCountChance(b.experts, b.pinned_experts, candidates, j) * std::min(prefetch, j);
+  }
+  return expected;
 }
 
 void SpreadResidentExperts(const ModelDescription& model, DType exec_dtype, uint64_t resident_expert_bytes,

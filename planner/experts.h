@@ -103,6 +103,10 @@ ExpertBytes ExpectedExpertBytes(const ModelDescription& model, size_t block, con
 // kSplitMinBytes), plain ones and row-quantized ones its grouped products take (ExpertsGrouped); smaller ones go
 // whole to one side.
 inline constexpr uint64_t kExpertSplitMinBytes = 32ull << 20;
+// Whether the executor keeps layer `block`'s quantized experts (of `expert_bytes` each) whole, to the host or to the
+// GPU: quantized, and smaller than kExpertSplitMinBytes or in a layout the grouped products do not take. False for
+// plain experts.
+bool QuantizedExpertsWhole(const ModelDescription& model, size_t block, DType exec_dtype, double expert_bytes);
 // How many of `n` equal whole experts the host takes at `cpu_share` (ShareHostRows: an expert the share covers at
 // least half of): round(cpu_share x n), halves up.
 uint32_t HostWholeExperts(double cpu_share, uint32_t n);
@@ -111,10 +115,15 @@ uint32_t HostWholeExperts(double cpu_share, uint32_t n);
 double ChoiceCountChance(uint32_t experts, uint32_t subset, uint32_t k, uint32_t n);
 
 // `b` (ExpectedExpertBytes at `cpu_share`) when the previous layer prefetches `prefetch` experts of `expert_bytes`
-// each, kExpertPrefetchHitRate of them chosen (pinned-resting ones only): those are copied before the router
-// (prefetched, counted in copied too), and the host's share applies to the other chosen pinned-resting experts (as
-// a share of their bytes). `b` itself for no prefetch.
-ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, uint32_t prefetch, uint64_t expert_bytes);
+// each (an expectation: ExpectedPrefetches), kExpertPrefetchHitRate of them chosen (pinned-resting ones only): those
+// are copied before the router (prefetched, counted in copied too), and the host's share applies to the other chosen
+// pinned-resting experts (as a share of their bytes). `b` itself for no prefetch.
+ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, double prefetch, uint64_t expert_bytes);
+// The experts a routed layer (`b`: its ExpectedExpertBytes) receives, in expectation under uniform routing, from the
+// previous routed layer's prefetch of up to `prefetch` (the executor's ExpertEngine): none for the first routed layer
+// of its GPU (`previous_routed` false); else the pinned-resting ones among the next router's predicted top
+// max(prefetch, k) (at most 64), at most `prefetch` of them (a resident or disk-resting prediction is passed over).
+double ExpectedPrefetches(const ExpertBytes& b, uint32_t k, uint32_t prefetch, bool previous_routed);
 
 // Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on a GPU, already placed
 // with its other weights; `device` >= 0: only the layers placed on that GPU): layer by layer round-robin, the

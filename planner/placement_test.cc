@@ -650,6 +650,25 @@ TEST(ExpertBytesTest, WithPrefetch) {
   EXPECT_DOUBLE_EQ(all.disk, 50);
 }
 
+// A layer's expected prefetches: none for its GPU's first routed layer; else the pinned-resting ones among the
+// prediction's top max(prefetch, k) candidates, at most `prefetch`; with every expert pinned, all of them.
+TEST(ExpertBytesTest, ExpectedPrefetches) {
+  ExpertBytes b;
+  b.experts = 8;
+  b.pinned_experts = 8;
+  EXPECT_DOUBLE_EQ(ExpectedPrefetches(b, 2, 1, /*previous_routed=*/false), 0.0);
+  EXPECT_DOUBLE_EQ(ExpectedPrefetches(b, 2, 0, true), 0.0);
+  EXPECT_NEAR(ExpectedPrefetches(b, 2, 1, true), 1.0, 1e-12);
+  EXPECT_NEAR(ExpectedPrefetches(b, 2, 2, true), 2.0, 1e-12);
+  // 4 of 8 pinned, 2 candidates for one prefetch: none pinned with chance C(4,2)/C(8,2) = 6/28.
+  b.pinned_experts = 4;
+  EXPECT_NEAR(ExpectedPrefetches(b, 2, 1, true), 1.0 - 6.0 / 28, 1e-12);
+  // Two prefetches: the expected pinned count among the 2 candidates, 2 x 4/8.
+  EXPECT_NEAR(ExpectedPrefetches(b, 2, 2, true), 1.0, 1e-12);
+  b.pinned_experts = 0;
+  EXPECT_DOUBLE_EQ(ExpectedPrefetches(b, 2, 1, true), 0.0);
+}
+
 // Whole experts: the host takes round(share x n) of n chosen ones, halves up; the chances of n of k choices among a
 // subset are hypergeometric and sum to 1.
 TEST(ExpertBytesTest, WholeExpertsAndChoiceCounts) {

@@ -490,8 +490,16 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         auto ring = rings.find(devices[i]);
         if (!placement.blocks[i].routed_experts || ring == rings.end()) continue;
         const ExpertRingPlan& ring_plan = ring->second;
-        const ExpertBytes b = WithPrefetch(ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring_plan.cpu_share),
-                                           ring_plan.cpu_share, ring_plan.prefetch, ring_plan.slot_bytes);
+        // (The first routed layer of its GPU receives no prefetch; the others the pinned-resting ones of the
+        // prediction's candidates.)
+        bool previous_routed = false;
+        for (size_t j = 0; j < i && !previous_routed; ++j) {
+          previous_routed = placement.blocks[j].routed_experts && devices[j] == devices[i];
+        }
+        const ExpertBytes plain = ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring_plan.cpu_share);
+        const double prefetches =
+            ExpectedPrefetches(plain, model.config.num_experts_per_tok, ring_plan.prefetch, previous_routed);
+        const ExpertBytes b = WithPrefetch(plain, ring_plan.cpu_share, prefetches, ring_plan.slot_bytes);
         // A token whose choices are all resident (b.all_resident of them) reads them on the GPU; the others move the
         // off-GPU bytes / (1 - b.all_resident).
         const double busy = 1.0 - b.all_resident;
@@ -516,7 +524,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         // While the host computes experts it shares host memory with the copies: they run at h2d_busy_gbps.
         const double copy_gbps = H2dGbps(pf, b.host > 0);
         const double window = kExpertCopyTailMicros + dense_us + kRouteSyncMicros;
-        const double prefetch_us = ring_plan.prefetch * static_cast<double>(ring_plan.slot_bytes) / (copy_gbps * 1e3);
+        const double prefetch_us = prefetches * static_cast<double>(ring_plan.slot_bytes) / (copy_gbps * 1e3);
         const double copy_us = copied_b / (copy_gbps * 1e3);
         // Disk-resting experts are read (O_DIRECT, on the dispatching thread) before their copies.
         const double disk_gbps = pf.disk_gbps > 0 ? pf.disk_gbps : 1e-3;
@@ -532,9 +540,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         const double all_resident_us = reads_of(b.resident + b.copied + b.host);
         dec[i] = kRouteSyncMicros + dense_us + b.all_resident * all_resident_us +
                  busy * std::max(host_side, gpu_side_of(b.resident + b.copied, copies_us));
-        if (format != quant::Format::kNone && ring_plan.prefetch == 0 && b.disk == 0 && decode_tokens == 1 &&
-            b.pinned_experts > 0 && b.host > 0) {
-          // Quantized experts go whole to one side: a token's n chosen pinned-resting experts are split
+        if (prefetches <= 0 && b.disk == 0 && decode_tokens == 1 && b.pinned_experts > 0 && b.host > 0 &&
+            QuantizedExpertsWhole(model, i, exec, slot)) {
+          // Quantized experts that go whole to one side: a token's n chosen pinned-resting experts are split
           // HostWholeExperts(share, n) to the host, the rest copied, and the layer waits for the longer side of
           // that split, in expectation over n (with one or two such experts a layer, as Mixtral's, the host may take
           // all while the copy engine idles).
