@@ -65,6 +65,7 @@ constexpr const char* kUsage =
     "  --weights FORMAT         how linear-layer weights are stored and streamed: bf16 (as the execution dtype,\n"
     "                           default), fp8 (e4m3, a scale per row), int8 (a scale per row), int4 (groups of\n"
     "                           128 columns with a scale and a zero each); quantized by the executor at load\n"
+    "                           (mixture-of-experts routers stay at the execution dtype)\n"
     "  --weights-group N        columns per scale of every quantized matrix (default: per row for fp8/int8,\n"
     "                           128 for int4); 32 for checkpoints converted from GGUF Q4 blocks\n"
     "  --cpu-share SHARE        host compute in decode: the share of each streamed linear-layer matrix's rows\n"
