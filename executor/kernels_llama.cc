@@ -622,10 +622,9 @@ class LlamaKernels final : public ModelKernelsBase {
           down_scales = at::empty({window, hidden}, f32);
         }
         const int64_t slot = e - w0;
-        auto input = [&](const WeightRef& w, const at::Tensor& into, const at::Tensor& scales) {
+        auto input = [](const WeightRef& w, const at::Tensor& into, const at::Tensor& scales) {
           return fused_ops::DequantInput{.wq = w.whole, .cols = w.quant.cols, .group = w.quant.group,
-                                         .split = w.quant.split, .out = into,
-                                         .scales = per_row ? scales : at::Tensor()};
+                                         .split = w.quant.split, .out = into, .scales = scales};
         };
         const at::Tensor gs = per_row ? gu_scales[slot] : at::Tensor();
         done = fused_ops::DequantizeInto(

@@ -128,14 +128,10 @@ void PlanExpertPaths(const ModelDescription& model, const std::vector<BlockPlace
     r.prefetch = pinned ? static_cast<uint32_t>(std::clamp<int64_t>(prefetch < 0 ? kDefaultExpertPrefetch : prefetch, 0,
                                                                    std::min<int64_t>(c.num_experts_per_tok, room)))
                         : 0;
-    bool previous_routed = false;  // a routed layer of this GPU ran before (it prefetches for the next)
     for (size_t i = 0; i < blocks.size() && i < model.blocks.size(); ++i) {
       if (blocks[i].device != device) continue;
-      const ExpertBytes plain = ExpectedExpertBytes(model, i, blocks[i], exec_dtype, r.cpu_share);
-      const ExpertBytes b = WithPrefetch(plain, r.cpu_share,
-                                         ExpectedPrefetches(plain, c.num_experts_per_tok, r.prefetch, previous_routed),
-                                         r.slot_bytes);
-      previous_routed = previous_routed || blocks[i].routed_experts;
+      const ExpertBytes b =
+          PrefetchedExpertBytes(model, blocks, i, exec_dtype, r.cpu_share, r.prefetch, r.slot_bytes);
       r.expected_resident_bytes += b.resident;
       r.expected_copied_bytes += b.copied;
       r.expected_host_bytes += b.host;
@@ -227,6 +223,19 @@ double ExpectedPrefetches(const ExpertBytes& b, uint32_t k, uint32_t prefetch, b
     expected += ChoiceCountChance(b.experts, b.pinned_experts, candidates, j) * std::min(prefetch, j);
   }
   return expected;
+}
+
+ExpertBytes PrefetchedExpertBytes(const ModelDescription& model, const std::vector<BlockPlacement>& blocks,
+                                  size_t block, DType exec_dtype, double cpu_share, uint32_t prefetch,
+                                  uint64_t expert_bytes, double* prefetches) {
+  bool previous_routed = false;
+  for (size_t j = 0; j < block && !previous_routed; ++j) {
+    previous_routed = blocks[j].routed_experts && blocks[j].device == blocks[block].device;
+  }
+  const ExpertBytes plain = ExpectedExpertBytes(model, block, blocks[block], exec_dtype, cpu_share);
+  const double n = ExpectedPrefetches(plain, model.config.num_experts_per_tok, prefetch, previous_routed);
+  if (prefetches != nullptr) *prefetches = n;
+  return WithPrefetch(plain, cpu_share, n, expert_bytes);
 }
 
 void SpreadResidentExperts(const ModelDescription& model, DType exec_dtype, uint64_t resident_expert_bytes,

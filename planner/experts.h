@@ -124,6 +124,12 @@ ExpertBytes WithPrefetch(const ExpertBytes& b, double cpu_share, double prefetch
 // of its GPU (`previous_routed` false); else the pinned-resting ones among the next router's predicted top
 // max(prefetch, k) (at most 64), at most `prefetch` of them (a resident or disk-resting prediction is passed over).
 double ExpectedPrefetches(const ExpertBytes& b, uint32_t k, uint32_t prefetch, bool previous_routed);
+// Layer `block`'s ExpectedExpertBytes at `cpu_share` with the prefetch it receives from a ring of `prefetch`
+// (ExpectedPrefetches: none unless a routed layer of its GPU comes before it) of `expert_bytes` each (WithPrefetch);
+// *prefetches, where given, receives the expected count.
+ExpertBytes PrefetchedExpertBytes(const ModelDescription& model, const std::vector<BlockPlacement>& blocks,
+                                  size_t block, DType exec_dtype, double cpu_share, uint32_t prefetch,
+                                  uint64_t expert_bytes, double* prefetches = nullptr);
 
 // Spreads `resident` experts over the sparse layers of the blocks (each a decoder layer on a GPU, already placed
 // with its other weights; `device` >= 0: only the layers placed on that GPU): layer by layer round-robin, the

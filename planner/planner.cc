@@ -490,16 +490,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         auto ring = rings.find(devices[i]);
         if (!placement.blocks[i].routed_experts || ring == rings.end()) continue;
         const ExpertRingPlan& ring_plan = ring->second;
-        // (The first routed layer of its GPU receives no prefetch; the others the pinned-resting ones of the
-        // prediction's candidates.)
-        bool previous_routed = false;
-        for (size_t j = 0; j < i && !previous_routed; ++j) {
-          previous_routed = placement.blocks[j].routed_experts && devices[j] == devices[i];
-        }
-        const ExpertBytes plain = ExpectedExpertBytes(model, i, placement.blocks[i], exec, ring_plan.cpu_share);
-        const double prefetches =
-            ExpectedPrefetches(plain, model.config.num_experts_per_tok, ring_plan.prefetch, previous_routed);
-        const ExpertBytes b = WithPrefetch(plain, ring_plan.cpu_share, prefetches, ring_plan.slot_bytes);
+        double prefetches = 0;  // what the previous routed layer of this GPU prefetches for this one
+        const ExpertBytes b = PrefetchedExpertBytes(model, placement.blocks, i, exec, ring_plan.cpu_share,
+                                                    ring_plan.prefetch, ring_plan.slot_bytes, &prefetches);
         // A token whose choices are all resident (b.all_resident of them) reads them on the GPU; the others move the
         // off-GPU bytes / (1 - b.all_resident).
         const double busy = 1.0 - b.all_resident;
