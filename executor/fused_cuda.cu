@@ -591,58 +591,84 @@ __global__ void __launch_bounds__(kQuantWarps * 32) QuantGemv4Kernel(const Quant
   StoreQuantRows<T, M>(a, row0, acc, [](int64_t, float sum) { return sum; });
 }
 
-// ---- Dequantize: each thread writes 8 consecutive values of one row (one 16-byte store) ----
+// ---- Dequantize: one block a row; each thread writes units of 8 consecutive values (one 16-byte store each) ----
+// A block's threads take units kDequantThreads apart (each load and store instruction of a warp is contiguous); a
+// thread issues the loads of kDequantBatch units before their stores (a few independent loads in flight). Rows from
+// the grid and 32-bit column arithmetic: no 64-bit division per unit, which cost as much as the memory traffic.
 
-constexpr int kDequantThreads = 256;
+constexpr int kDequantThreads = 128;
+constexpr int kDequantBatch = 4;
 
 template <typename T>
 __global__ void __launch_bounds__(kDequantThreads) DequantizeKernel(const DequantArgs a) {
   const DequantJob& j = a.job[blockIdx.y];
-  const int64_t per_row = j.k / 8;
-  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kDequantThreads + threadIdx.x;
-  if (unit >= j.n * per_row) return;
-  const int64_t row = unit / per_row, col0 = (unit - row * per_row) * 8;
+  const int64_t r = blockIdx.x;
+  if (r >= j.n) return;
+  const uint32_t per_row = static_cast<uint32_t>(j.k / 8);
+  const uint32_t group = static_cast<uint32_t>(j.group);
+  // Groups of a multiple of 8 columns (per row, or plan --weights' 128, 64, 32): a unit's 8 values share a record.
+  const bool one_group = group % 8 == 0;
   const uint8_t* w = static_cast<const uint8_t*>(j.w);
-  float v[8];
-  if (a.int4) {
-    const int64_t data = j.k / 2;
-    const uint8_t* values = j.split ? w + row * data : w + row * j.row_stride;
-    const uint8_t* rec = j.split ? w + j.n * data + row * 4 : values + data;
-    const int64_t rec_step = j.split ? j.n * 4 : 4;
-    const uint32_t word = __ldg(reinterpret_cast<const uint32_t*>(values + col0 / 2));
+  const int64_t data = a.int4 ? j.k / 2 : j.k;  // a row's value bytes
+  const bool split = a.int4 && j.split;
+  const uint8_t* values = split ? w + r * data : w + r * j.row_stride;
+  const uint8_t* rec = split ? w + j.n * data + r * 4 : values + data;
+  const int64_t rec_step = split ? j.n * 4 : 4;
+  T* out = static_cast<T*>(j.out) + r * j.out_stride;
+  for (uint32_t first = threadIdx.x; first < per_row; first += kDequantThreads * kDequantBatch) {
+    uint32_t v0[kDequantBatch], v1[kDequantBatch], r0[kDequantBatch];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t sz = __ldg(reinterpret_cast<const uint32_t*>(rec + ((col0 + i) / j.group) * rec_step));
-      const float s = Round<T>(__uint_as_float((sz & 0xFFFFu) << 16));
-      const float z = Round<T>(__uint_as_float(sz & 0xFFFF0000u));
-      // Byte b of the word holds columns 2b (high nibble) and 2b + 1 (low).
-      const uint32_t byte = (word >> (8 * (i / 2))) & 0xFFu;
-      const float q = static_cast<float>((i % 2 == 0) ? (byte >> 4) : (byte & 15u)) - 8.f;
-      v[i] = z + q * s;
-    }
-  } else {
-    const uint8_t* values = w + row * j.row_stride;
-    const uint8_t* rec = values + j.k;
-    float q[8];
-    Decode4(__ldg(reinterpret_cast<const uint32_t*>(values + col0)), a.fp8, *reinterpret_cast<float(*)[4]>(q));
-    Decode4(__ldg(reinterpret_cast<const uint32_t*>(values + col0 + 4)), a.fp8, *reinterpret_cast<float(*)[4]>(q + 4));
-    if (j.scales != nullptr) {  // the values alone; the row's scale beside them
-#pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = q[i];
-      if (col0 == 0) j.scales[row] = __ldg(reinterpret_cast<const float*>(rec));
-    } else {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const float s = Round<T>(__ldg(reinterpret_cast<const float*>(rec + ((col0 + i) / j.group) * 4)));
-        v[i] = Round<T>(q[i]) * s;
+    for (int b = 0; b < kDequantBatch; ++b) {
+      const uint32_t c0 = (first + b * kDequantThreads) * 8;
+      if (c0 >= per_row * 8) continue;
+      if (a.int4) {
+        v0[b] = __ldg(reinterpret_cast<const uint32_t*>(values + c0 / 2));
+      } else {
+        v0[b] = __ldg(reinterpret_cast<const uint32_t*>(values + c0));
+        v1[b] = __ldg(reinterpret_cast<const uint32_t*>(values + c0 + 4));
       }
+      r0[b] = __ldg(reinterpret_cast<const uint32_t*>(rec + (c0 / group) * rec_step));
+    }
+#pragma unroll
+    for (int b = 0; b < kDequantBatch; ++b) {
+      const uint32_t c0 = (first + b * kDequantThreads) * 8;
+      if (c0 >= per_row * 8) continue;
+      // The record of value i of the unit (loaded above for the unit's first value).
+      auto record = [&](int i) {
+        return one_group || i == 0 ? r0[b] : __ldg(reinterpret_cast<const uint32_t*>(rec + ((c0 + i) / group) * rec_step));
+      };
+      float v[8];
+      if (a.int4) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const uint32_t sz = record(i);
+          const float s = Round<T>(__uint_as_float((sz & 0xFFFFu) << 16));
+          const float z = Round<T>(__uint_as_float(sz & 0xFFFF0000u));
+          // Byte b of the word holds columns 2b (high nibble) and 2b + 1 (low).
+          const uint32_t byte = (v0[b] >> (8 * (i / 2))) & 0xFFu;
+          const float q = static_cast<float>((i % 2 == 0) ? (byte >> 4) : (byte & 15u)) - 8.f;
+          v[i] = z + q * s;
+        }
+      } else {
+        float q[8];
+        Decode4(v0[b], a.fp8, *reinterpret_cast<float(*)[4]>(q));
+        Decode4(v1[b], a.fp8, *reinterpret_cast<float(*)[4]>(q + 4));
+        if (j.scales != nullptr) {  // the values alone; the row's scale beside them
+#pragma unroll
+          for (int i = 0; i < 8; ++i) v[i] = q[i];
+          if (c0 == 0) j.scales[r] = __uint_as_float(r0[b]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) v[i] = Round<T>(q[i]) * Round<T>(__uint_as_float(record(i)));
+        }
+      }
+      uint4 packed;
+      T* o = reinterpret_cast<T*>(&packed);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[i] = ToT<T>(v[i]);
+      *reinterpret_cast<uint4*>(out + c0) = packed;
     }
   }
-  uint4 packed;
-  T* o = reinterpret_cast<T*>(&packed);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) o[i] = ToT<T>(v[i]);
-  *reinterpret_cast<uint4*>(static_cast<T*>(j.out) + row * j.out_stride + col0) = packed;
 }
 
 // ---- ScaleGroupedRows: one block per row; its group found by the first thread ----
@@ -1197,7 +1223,7 @@ cudaError_t Dequantize(const DequantArgs& a, cudaStream_t stream) {
   if (a.jobs < 1 || a.jobs > kDequantMaxJobs || (a.dtype != DType::kBF16 && a.dtype != DType::kF16)) {
     return cudaErrorInvalidValue;
   }
-  int64_t units = 0;
+  int64_t rows = 0;  // a block a row of the longest job
   for (int i = 0; i < a.jobs; ++i) {
     const DequantJob& j = a.job[i];
     const int64_t groups = j.group > 0 ? j.k / j.group : 0;
@@ -1206,14 +1232,13 @@ cudaError_t Dequantize(const DequantArgs& a, cudaStream_t stream) {
                            (j.scales == nullptr || (!a.int4 && j.group == j.k));
     if (j.w == nullptr || j.out == nullptr || j.n < 1 || j.k < 8 || j.k % 8 != 0 || j.group < 1 || j.k % j.group != 0 ||
         !layout_ok || (reinterpret_cast<uintptr_t>(j.w) & 3u) != 0 || !Aligned16(j.out) || j.out_stride < j.k ||
-        j.out_stride % 8 != 0) {
+        j.out_stride % 8 != 0 || j.k > (int64_t{1} << 31)) {
       return cudaErrorInvalidValue;
     }
-    units = std::max(units, j.n * (j.k / 8));
+    rows = std::max(rows, j.n);
   }
-  const int64_t blocks = (units + kDequantThreads - 1) / kDequantThreads;
-  if (blocks > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.jobs));
+  if (rows > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(a.jobs));
   if (a.dtype == DType::kBF16) {
     DequantizeKernel<__nv_bfloat16><<<grid, kDequantThreads, 0, stream>>>(a);
   } else {

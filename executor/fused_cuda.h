@@ -243,7 +243,8 @@ cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream);
 // in one launch, each with its own shape: job j reads n rows of k columns from w (the row layout: rows of
 // k / 2 + 4 k / group bytes for int4, k + 4 k / group for fp8/int8, row_stride bytes apart, w 4-byte aligned,
 // row_stride % 4 == 0; or int4's split layout, `split`: n rows of values, then records [k / group, n]) and writes
-// out [n, k] rows out_stride elements apart (out 16-byte aligned, out_stride % 8 == 0). k % 8 == 0, k % group == 0.
+// out [n, k] rows out_stride elements apart (out 16-byte aligned, out_stride % 8 == 0). k % 8 == 0, k % group == 0,
+// k <= 2^31, n < 2^31.
 // With `scales` (fp8/int8 with one scale a row, group == k): out takes the values alone, T(q) (exact), and scales[r]
 // row r's float32 scale, for products scaled after they are rounded (as QuantLinear's per-row path computes them).
 inline constexpr int kDequantMaxJobs = 4;

@@ -1,7 +1,9 @@
 // The fused kernels against the LibTorch ops they replace, on CUDA device 0 (bf16): the matrix-vector product
 // (Llama-3-8B's q/k/v, o, gate/up, down and lm_head shapes at 1 and 2 rows) against at::linear, and the split-K
-// decode attention against the masked attention over the whole cache that graph-replayed steps used before.
-// Counters: bytes_per_second = weight (or KV) bytes read / time.
+// decode attention against the masked attention over the whole cache that graph-replayed steps used before; the
+// unpacking of quantized weights (fused_ops::Dequantize) against a device copy of its output's bytes, and a
+// prompt's quantized product (unpacked, then cuBLAS) against the same product of bf16 weights.
+// Counters: bytes_per_second = weight (or KV) bytes read / time; for Dequantize and the copy, bytes read + written.
 //
 //   fused_ops_bench [--benchmark_filter=...]      (bazel build -c opt //benchmarks/gpu:fused_ops_bench)
 #include <ATen/ATen.h>
@@ -12,6 +14,7 @@
 #include <limits>
 
 #include "executor/fused_ops.h"
+#include "formats/quant.h"
 
 namespace bigplan {
 namespace {
@@ -102,6 +105,82 @@ void BM_DecodeAttention(benchmark::State& state) {
 BENCHMARK(BM_DecodeAttention)
     ->Args({512, 1024, 1})->Args({512, 1024, 0})->Args({4096, 8192, 1})->Args({4096, 8192, 0})
     ->UseManualTime()->ArgNames({"len", "max_seq", "fused"});
+
+// Quantized weights for the benchmarks below: random bytes in the stored layout of `format` (values and scale records
+// alike: the kernels' time does not depend on them). Format codes: 1 int8 per row, 2 fp8 per row, 3 int4 in groups
+// of 128 columns (plan --weights' formats).
+quant::Format BenchFormat(int64_t code) {
+  return code == 1 ? quant::Format::kInt8 : code == 2 ? quant::Format::kFp8E4M3 : quant::Format::kInt4;
+}
+int64_t BenchGroup(int64_t code, int64_t k) { return code == 3 ? 128 : k; }
+at::Tensor RandomStored(quant::Format format, int64_t n, int64_t k, int64_t group) {
+  const Result<uint64_t> row = quant::RowBytes(format, k, group);
+  return at::randint(0, 256, {n, static_cast<int64_t>(*row)},
+                     at::TensorOptions().dtype(at::kByte).device(at::kCUDA, 0));
+}
+
+// Args: format code (0: a bf16 device copy of the same [n, k], the floor), n, k.
+void BM_Dequantize(benchmark::State& state) {
+  if (!at::hasCUDA()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const int64_t code = state.range(0), n = state.range(1), k = state.range(2);
+  at::Tensor out = at::empty({n, k}, Opts());
+  if (code == 0) {
+    const at::Tensor src = at::randn({n, k}, Opts());
+    TimeOnGpu(state, [&] { out.copy_(src); }, 4.0 * n * k);
+    return;
+  }
+  const quant::Format f = BenchFormat(code);
+  const int64_t group = BenchGroup(code, k);
+  const at::Tensor wq = RandomStored(f, n, k, group);
+  TimeOnGpu(state, [&] {
+    if (!fused_ops::DequantizeInto({fused_ops::DequantInput{.wq = wq, .cols = k, .group = group, .out = out}}, f)) {
+      state.SkipWithError("not eligible");
+    }
+  }, static_cast<double>(wq.numel()) + 2.0 * n * k);
+}
+void DequantArgs(benchmark::internal::Benchmark* b) {
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {1536, 2048}, {2048, 768}}) {
+    for (int64_t code : {0, 1, 2, 3}) b->Args({code, n, k});
+  }
+}
+BENCHMARK(BM_Dequantize)->Apply(DequantArgs)->UseManualTime()->ArgNames({"format", "n", "k"});
+
+// A prompt's product of m rows with a quantized [n, k] weight as QuantLinear runs it: unpacked into a bf16 scratch,
+// then at::linear. Format code 0: at::linear of the bf16 weight alone. Bytes: the stored weight's.
+void BM_QuantPromptProduct(benchmark::State& state) {
+  if (!at::hasCUDA()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const int64_t code = state.range(0), m = state.range(1), n = state.range(2), k = state.range(3);
+  const at::Tensor x = at::randn({m, k}, Opts());
+  if (code == 0) {
+    const at::Tensor w = at::randn({n, k}, Opts());
+    TimeOnGpu(state, [&] { benchmark::DoNotOptimize(at::linear(x, w)); }, 2.0 * n * k);
+    return;
+  }
+  const quant::Format f = BenchFormat(code);
+  const int64_t group = BenchGroup(code, k);
+  const at::Tensor wq = RandomStored(f, n, k, group);
+  at::Tensor w = at::empty({n, k}, Opts());
+  TimeOnGpu(state, [&] {
+    if (!fused_ops::DequantizeInto({fused_ops::DequantInput{.wq = wq, .cols = k, .group = group, .out = w}}, f)) {
+      state.SkipWithError("not eligible");
+    }
+    benchmark::DoNotOptimize(at::linear(x, w));
+  }, static_cast<double>(wq.numel()));
+}
+void PromptProductArgs(benchmark::internal::Benchmark* b) {
+  for (int64_t m : {128, 512}) {
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{28672, 4096}, {4096, 14336}}) {
+      for (int64_t code : {0, 1, 3}) b->Args({code, m, n, k});
+    }
+  }
+}
+BENCHMARK(BM_QuantPromptProduct)->Apply(PromptProductArgs)->UseManualTime()->ArgNames({"format", "m", "n", "k"});
 
 }  // namespace
 }  // namespace bigplan
