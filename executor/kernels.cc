@@ -77,16 +77,32 @@ Result<BlockWeights::ExpertWork> BlockWeights::BeginExperts(const at::Tensor& x,
   for (int64_t e = 0; e < num_experts; ++e) {
     if (NumChunks(arch::ExpertSlot(arch::Slot::kExpertGate, static_cast<uint32_t>(e))) > 0) rows[static_cast<int32_t>(e)];
   }
+  // Every expert's rows, then its picks, in one host buffer (pinned for a GPU) that reaches the device in one copy
+  // issued without waiting: a copy from pageable memory would wait for the stream's work before each expert.
+  const int64_t picked = tokens * k;
+  const at::Tensor host =
+      at::empty({2 * picked}, at::TensorOptions().dtype(at::kLong).pinned_memory(x.is_cuda()));
+  int64_t* h = host.data_ptr<int64_t>();
+  std::vector<std::pair<int64_t, int64_t>> spans;  // (offset, count) per expert, in rows' order
+  int64_t offset = 0;
+  for (const auto& [e, r] : rows) {
+    const std::vector<int64_t>& pk = picks[e];
+    std::copy(r.begin(), r.end(), h + offset);
+    std::copy(pk.begin(), pk.end(), h + picked + offset);
+    spans.emplace_back(offset, static_cast<int64_t>(r.size()));
+    offset += static_cast<int64_t>(r.size());
+  }
+  const at::Tensor dev = x.is_cuda() ? host.to(x.device(), /*non_blocking=*/true) : host;
   const at::Tensor flat_w = topw.reshape({-1});
   ExpertWork work;
   std::vector<ExpertTask>& tasks = work.tasks;
-  for (auto& [e, r] : rows) {
+  size_t i = 0;
+  for (const auto& entry : rows) {
+    const auto [off, count] = spans[i++];
     ExpertTask t;
-    t.expert = e;
-    const auto opts = at::TensorOptions().dtype(at::kLong);
-    t.rows = at::tensor(r, opts).to(x.device());
-    const at::Tensor pick = at::tensor(picks[e], opts).to(x.device());
-    t.weights = flat_w.index_select(0, pick).unsqueeze(1);
+    t.expert = entry.first;
+    t.rows = dev.narrow(0, off, count);
+    t.weights = flat_w.index_select(0, dev.narrow(0, picked + off, count)).unsqueeze(1);
     tasks.push_back(std::move(t));
   }
   return work;
