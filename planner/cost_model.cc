@@ -23,17 +23,21 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     if (t.format == quant::Format::kInt4) return t.shape[1] % 8 == 0 && t.group > 0 && t.group % 8 == 0;
     return (t.format == quant::Format::kInt8 || t.format == quant::Format::kFp8E4M3) && t.group == t.shape[1];
   };
-  // Matrix elements, unpacking traffic and quantized matrices of a set of tensors.
+  // Matrix elements, stored bytes, unpacking traffic and quantized matrices of a set of tensors.
   struct Tally {
-    double params = 0, dequant = 0, fused_dequant = 0;
+    double params = 0, bytes = 0, dequant = 0, prefill_dequant = 0, fused_dequant = 0;
     uint32_t quantized = 0, fused = 0;
   };
   const auto add = [&](const TensorSpec& t, Tally* to) {
     if (t.shape.size() >= 2) to->params += static_cast<double>(t.numel());
+    to->bytes += static_cast<double>(t.bytes_as(exec_dtype));
     if (t.format == quant::Format::kNone) return;
     ++to->quantized;
     const double n = static_cast<double>(t.numel());
     to->dequant += t.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
+    // A prompt's product unpacks every format into the execution dtype (fused::Dequantize, or the per-row values'
+    // widening) and reads that copy.
+    to->prefill_dequant += 2 * n * static_cast<double>(e);
     if (fused_decode(t)) {
       to->fused_dequant += t.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
       ++to->fused;
@@ -52,13 +56,20 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   double matrix_params = all.params;
   uint32_t quantized = all.quantized;
   w.dequant_bytes = static_cast<uint64_t>(all.dequant);
+  w.prefill_dequant_bytes = static_cast<uint64_t>(all.prefill_dequant);
   w.fused_dequant_bytes = static_cast<uint64_t>(all.fused_dequant);
   w.fused_quantized = all.fused;
   if (sparse) {
-    const double unpicked_share = 1.0 - static_cast<double>(c.num_experts_per_tok) / c.num_experts;
+    const double picked_share = static_cast<double>(c.num_experts_per_tok) / c.num_experts;
+    const double unpicked_share = 1.0 - picked_share;
     const double unpicked = experts.params * unpicked_share;
     matrix_params -= unpicked;
-    w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(unpicked * e));
+    w.expert_pick_share = picked_share;
+    w.expert_bytes = static_cast<uint64_t>(experts.bytes);
+    w.expert_prefill_dequant_bytes = static_cast<uint64_t>(experts.prefill_dequant);
+    w.prefill_dequant_bytes -= std::min(w.prefill_dequant_bytes, w.expert_prefill_dequant_bytes);
+    // (The experts' bytes as stored: a quantized expert's are its values and records.)
+    w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(experts.bytes * unpicked_share));
     w.dequant_bytes -= std::min<uint64_t>(w.dequant_bytes, static_cast<uint64_t>(experts.dequant * unpicked_share));
     w.fused_dequant_bytes -=
         std::min<uint64_t>(w.fused_dequant_bytes, static_cast<uint64_t>(experts.fused_dequant * unpicked_share));
@@ -121,10 +132,19 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
+  // A sparse layer's routed experts that `tokens` tokens choose, as a share of them: each token picks its
+  // num_experts_per_tok of num_experts (expert_pick_share), taken as independent across tokens. One token: the pick
+  // share itself; a 512-token prompt of Mixtral's (2 of 8): all of them.
+  auto experts_hit = [&](double tokens) {
+    return w.expert_pick_share > 0 ? 1.0 - std::pow(1.0 - w.expert_pick_share, std::max(1.0, tokens)) : 0.0;
+  };
   auto weights_read = [&](double tokens) {
-    return w.lookup_row_bytes > 0
-               ? std::min(static_cast<double>(w.weight_bytes), static_cast<double>(w.lookup_row_bytes) * tokens)
-               : static_cast<double>(w.weight_bytes);
+    if (w.lookup_row_bytes > 0) {
+      return std::min(static_cast<double>(w.weight_bytes), static_cast<double>(w.lookup_row_bytes) * tokens);
+    }
+    // (weight_bytes holds one token's experts.)
+    return static_cast<double>(w.weight_bytes) +
+           static_cast<double>(w.expert_bytes) * (experts_hit(tokens) - w.expert_pick_share);
   };
   // The decode form (and the CPU's): the roofline of every FLOP and byte, plus a fixed cost per kernel.
   // (A decode step of a few rows reads per-row fp8/int8 weights without unpacking them: fused_dequant_bytes.)
@@ -144,8 +164,9 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
     const double products = 2.0 * w.matmul_params * tokens / (kPrefillMatmulEfficiency * flops_per_s);
     const double attention =
         4.0 * static_cast<double>(w.attn_dim) * batch * context / (kAttentionEfficiency * flops_per_s);
-    const double moved = static_cast<double>(w.dequant_bytes) + kv_bytes +
-                         static_cast<double>(w.act_bytes_per_token + w.op_bytes_per_token) * tokens;
+    const double dequant = static_cast<double>(w.prefill_dequant_bytes) +
+                           static_cast<double>(w.expert_prefill_dequant_bytes) * experts_hit(tokens);
+    const double moved = dequant + kv_bytes + static_cast<double>(w.act_bytes_per_token + w.op_bytes_per_token) * tokens;
     return (std::max(products, weights_read(tokens) / bytes_per_s) + attention + moved / bytes_per_s) * 1e6 +
            w.kernels * kPrefillKernelMicros;
   };

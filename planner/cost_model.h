@@ -236,9 +236,10 @@ struct BlockWork {
   // On a GPU without the fused kernels (cpu_kernels == kernels for such blocks): the bytes per token that LibTorch's
   // ops beyond the fused path's move (kLibTorchOpBytesPerHidden x hidden each); the prefill form adds them.
   uint64_t op_bytes_per_token = 0;
-  // Device-memory traffic of unpacking row-quantized weights per forward (beyond reading them once), on a GPU:
-  // int4 is repacked for the tinygemm kernel (0.5 B written + 0.5 B read again per element), fp8/int8 are widened
-  // to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized weights.
+  // Device-memory traffic of unpacking row-quantized weights per decode forward (beyond reading them once), on a
+  // GPU: int4 is repacked for the tinygemm kernel (0.5 B written + 0.5 B read again per element), fp8/int8 are
+  // widened to the execution dtype (written, then read by the product: 2 x e per element). 0 without quantized
+  // weights. (The prefill form: prefill_dequant_bytes.)
   uint64_t dequant_bytes = 0;
   // Of dequant_bytes, what a decode step of up to arch::kFusedDecodeMaxRows rows does not move: per-row-scaled fp8 and
   // int8 products, and int4 ones in groups of a multiple of 8 columns, read their stored values in one kernel there
@@ -246,6 +247,16 @@ struct BlockWork {
   // them.
   uint64_t fused_dequant_bytes = 0;
   uint32_t fused_quantized = 0;
+  // A prompt's (the prefill form's) unpacking traffic of the matrices other than a sparse layer's routed experts:
+  // every quantized format widened to the execution dtype, written and read back (2 x e per element).
+  uint64_t prefill_dequant_bytes = 0;
+  // A sparse layer (0 elsewhere): the share of its routed experts one token picks (num_experts_per_tok /
+  // num_experts), and all its routed experts' stored bytes and prefill unpacking traffic. weight_bytes,
+  // matmul_params and dequant_bytes hold one token's picks; the prefill form reads and unpacks the experts its
+  // tokens hit, 1 - (1 - share)^tokens of them.
+  double expert_pick_share = 0;
+  uint64_t expert_bytes = 0;
+  uint64_t expert_prefill_dequant_bytes = 0;
 };
 
 // The work of block `index` of `model` at `exec_dtype` (weight_bytes = the block's weight-buffer bytes, as

@@ -1,5 +1,7 @@
 #include "planner/cost_model.h"
 
+#include "planner/hf_import.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -266,9 +268,50 @@ TEST(CostModelTest, QuantizedMatricesAddUnpackingWork) {
   EXPECT_LT(q.weight_bytes * 3, plain.weight_bytes);         // ~0.53 of 2 bytes per element
   EXPECT_EQ(q.dequant_bytes, static_cast<uint64_t>(plain.matmul_params));  // 1 byte per element for int4
   EXPECT_EQ(plain.dequant_bytes, 0u);
+  // A prompt unpacks into bf16 and reads that copy: 4 bytes per element.
+  EXPECT_EQ(q.prefill_dequant_bytes, static_cast<uint64_t>(4 * plain.matmul_params));
+  EXPECT_EQ(plain.prefill_dequant_bytes, 0u);
   // In groups of a multiple of 8 columns, a decode step's int4 products read the packed values in one kernel each.
   EXPECT_EQ(q.fused_quantized, 7u);
   EXPECT_EQ(q.fused_dequant_bytes, q.dequant_bytes);
+}
+
+// A sparse layer's decode step reads and unpacks one token's experts (num_experts_per_tok of num_experts); a prompt,
+// the experts its tokens hit: all of them for 512 tokens choosing 2 of 8.
+TEST(CostModelTest, PromptReadsAndUnpacksTheExpertsItsTokensHit) {
+  Result<ModelDescription> m = ImportHfConfigText(
+      R"({"model_type": "mixtral", "hidden_size": 1024, "intermediate_size": 3584, "num_hidden_layers": 1,
+          "num_attention_heads": 8, "num_key_value_heads": 2, "num_local_experts": 8, "num_experts_per_tok": 2,
+          "vocab_size": 1000, "torch_dtype": "bfloat16", "max_position_embeddings": 4096})");
+  ASSERT_TRUE(m.ok()) << m.error().ToString();
+  size_t layer = 0;
+  while (m->blocks[layer].kind != BlockKind::kDecoderLayer) ++layer;
+  double expert_params = 0;
+  for (TensorSpec& t : m->blocks[layer].params) {
+    if (t.name.find(".experts.") == std::string::npos) continue;
+    t.format = quant::Format::kInt4;
+    t.group = 128;
+    expert_params += static_cast<double>(t.numel());
+  }
+  ASSERT_EQ(expert_params, 8.0 * 3 * 1024 * 3584);
+  const BlockWork w = DescribeBlockWork(*m, layer, DType::kBF16);
+  EXPECT_DOUBLE_EQ(w.expert_pick_share, 0.25);
+  EXPECT_EQ(w.expert_prefill_dequant_bytes, static_cast<uint64_t>(4 * expert_params));
+  EXPECT_EQ(w.prefill_dequant_bytes, 0u);  // the attention's matrices are plain
+  EXPECT_GT(w.expert_bytes, static_cast<uint64_t>(0.5 * expert_params));  // values and records
+  // Without the experts' own terms: one token's picks only, at any token count.
+  BlockWork picks = w;
+  picks.expert_pick_share = 0;
+  picks.expert_bytes = picks.expert_prefill_dequant_bytes = 0;
+  const DeviceProfile p = DefaultGpuProfile();
+  const double bw = p.device_mem_gbps * 1e3;  // bytes per us
+  EXPECT_NEAR(EstimateBlockCost(w, RunSize{1, 512}, 0, p).decode_device_us,
+              EstimateBlockCost(picks, RunSize{1, 512}, 0, p).decode_device_us, 1e-9);
+  // A 512-token prompt: every expert unpacked (1 - 0.75^512 of them) and its bytes read.
+  const double prompt = EstimateBlockCost(w, RunSize{1, 512}, 0, p).prefill_device_us;
+  const double picked = EstimateBlockCost(picks, RunSize{1, 512}, 0, p).prefill_device_us;
+  EXPECT_GT(prompt - picked, 0.99 * w.expert_prefill_dequant_bytes / bw);
+  EXPECT_LT(prompt - picked, (w.expert_prefill_dequant_bytes + w.expert_bytes) / bw);
 }
 
 // Per-row int8 (and fp8) matrices: a decode step of up to 2 rows reads their stored values in one kernel each

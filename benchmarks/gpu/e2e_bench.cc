@@ -18,8 +18,9 @@
 // expert_prefetch; "plan": the plan's own), each reporting its hits and the floor of the bytes its decode moved.
 // --expert-split: and once per listed ExecutorOptions::expert_split_rows (0: whole experts on the host; default: the
 // executor's own, 64).
-// --kineto: a few more KV-cached decode steps of each mixture-of-experts configuration, and one more prefill and
-// three decode steps of each all-resident one, run under LibTorch's Kineto profiler (CUPTI: every kernel, copy and runtime call with the device's own timestamps), saved as a Chrome trace
+// --kineto: one more prompt of each offload configuration (NAME.prompt.kineto.json), a few more KV-cached decode
+// steps of each mixture-of-experts configuration, and one more prefill and three decode steps of each all-resident
+// one, run under LibTorch's Kineto profiler (CUPTI: every kernel, copy and runtime call with the device's own timestamps), saved as a Chrome trace
 // DIR/NAME.kineto.json (benchmarks/gpu/kineto_summary.py summarizes one).
 //
 // For every offload configuration it reports forward time for 1 token and for a `--prefill`-token prompt (each a
@@ -478,6 +479,11 @@ Status RunConfig(const Args& args, const Floors& floors, const DeviceProfile& pr
       drop();
       return exec->Forward(prompt, 1, fresh).status();
     }));
+    if (!args.kineto_dir.empty()) {
+      BIGPLAN_RETURN_IF_ERROR(Profiled(args.kineto_dir + "/" + cfg.name + ".prompt.kineto.json", [&]() -> Status {
+        return exec->Forward(prompt, 1, fresh).status();
+      }));
+    }
     const double floor_s = floor_of(p);
     j["forward_1"] = TimingJson(f1);
     j["forward_prefill"] = TimingJson(fp);
