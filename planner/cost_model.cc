@@ -253,6 +253,10 @@ double HostGemvGbps(const DeviceProfile& p, quant::Format format) {
   return bf16 * kHostFormatFactor[static_cast<int>(format)];
 }
 
+double HostExpertGbps(const DeviceProfile& p, quant::Format format) {
+  return HostGemvGbps(p, format) * (format == quant::Format::kNone ? 1.0 : kHostQuantizedExpertShare);
+}
+
 double HostProductMicros(uint64_t bytes, uint32_t tokens, const DeviceProfile& p, quant::Format format) {
   return static_cast<double>(bytes) / (HostGemvGbps(p, format) * 1e9) * 1e6 * std::max(1.0, tokens / 4.0);
 }

@@ -326,6 +326,15 @@ double HostGemvGbps(const DeviceProfile& profile, quant::Format format);
 // costs instructions; fewer bytes per weight): measured on the H100 machine's 16-core host with H2D copies running,
 // fp8 30 vs 90 GB/s, int8 ~0.6x, int4 ~0.3x (executor/cpu_matvec.h, benchmarks/cpu_matvec_bench.cc).
 inline constexpr double kHostFormatFactor[] = {1.0, 0.33, 0.6, 0.3};  // kNone, kFp8E4M3, kInt8, kInt4
+// The rate the host keeps over a decode step's quantized experts, GB/s: HostGemvGbps x kHostQuantizedExpertShare for
+// fp8/int8/int4 rows (bf16 rows: HostGemvGbps). A profile's quantized rates come from one product over a GB of rows
+// (benchmarks/gpu/floors.cc); a step's jobs are a layer's experts, tens of MB in two phases (gate and up, then down).
+// Measured on 2026-11-28's H200 hosts (Mixtral shape, 8 layers, e2e_bench "host jobs" less kHostExpertJobMicros and
+// kHostExpertEachMicros a layer): int4 25.9 GB/s against 34.5 (0.75) and int8 61 against 76.9 (0.79) in one call,
+// int4 24.5 against 32 (0.77) in another; bf16 experts keep about 0.97 of theirs (their rate is measured in pieces of
+// a layer's size), which kHostExpertJobMicros covers.
+inline constexpr double kHostQuantizedExpertShare = 0.77;
+double HostExpertGbps(const DeviceProfile& profile, quant::Format format);
 
 // A stream unit's H2D copy (bytes / h2d_gbps) and its disk read (file bytes / disk_gbps).
 // The pinned H2D rate, GB/s: h2d_busy_gbps while the host computes beside the copies (they share host memory) when

@@ -498,6 +498,9 @@ TEST(CostModelTest, HostUnitsAreComputedInsteadOfCopied) {
   EXPECT_DOUBLE_EQ(HostGemvGbps(p, quant::Format::kInt4), 0.25);
   EXPECT_DOUBLE_EQ(HostGemvGbps(p, quant::Format::kFp8E4M3), 2.0 * kHostFormatFactor[1]);
   EXPECT_DOUBLE_EQ(HostProductMicros(1000000, 8, p), 1000.0);  // 500 us x 8 tokens / 4
+  // A decode step's quantized experts keep a share of that rate; bf16 experts all of it.
+  EXPECT_DOUBLE_EQ(HostExpertGbps(p, quant::Format::kInt4), 0.25 * kHostQuantizedExpertShare);
+  EXPECT_DOUBLE_EQ(HostExpertGbps(p, quant::Format::kNone), HostGemvGbps(p, quant::Format::kNone));
 }
 
 TEST(CostModelTest, CopyStreamsPerDevice) {

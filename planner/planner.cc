@@ -444,9 +444,9 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
   // pickup of their sum) and its GPU side (the resident and copied experts' reads, and the copies, which start after
   // the router, less what the previous layer prefetched for it, then the last copied expert's product); then the sum's
   // add and the next attention half and router (SparseLayerDenseMicros). The host's expert time is its bytes at the
-  // profile's matrix-vector rate and fixed costs (kHostExpertJobMicros, kHostExpertEachMicros). With an automatic
-  // share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every non-resident expert
-  // while the GPU computes.
+  // host's rate over experts (HostExpertGbps) and fixed costs (kHostExpertJobMicros, kHostExpertEachMicros). With an
+  // automatic share the planner tries 0, 5%, ..., 90% and keeps the fastest decode; a prefill copies every
+  // non-resident expert while the GPU computes.
   result.expert_rings = ExpertRingsFor(model, placement.blocks, exec);
   const bool routed = !result.expert_rings.empty();
   if (routed) {
@@ -503,7 +503,7 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         // The host's experts: their bytes at the profile's rate, a job's and each expert's fixed cost.
         const double slot = static_cast<double>(std::max<uint64_t>(1, ring_plan.slot_bytes));
         const quant::Format format = ExpertFormat(model, i);
-        const double host_gbps = HostGemvGbps(pf, format);
+        const double host_gbps = HostExpertGbps(pf, format);
         // The host's side for `bytes` of `experts` experts (then the GPU's pickup of its sum); none for no bytes.
         const auto host_side_of = [&](double bytes, double experts) {
           return bytes > 0 && pf.cpu_gemv_gbps > 0
