@@ -6,6 +6,7 @@
 #include <map>
 
 #include "arch/registry.h"
+#include "arch/temporaries.h"
 #include "planner/accounting.h"
 
 namespace bigplan {
@@ -25,8 +26,9 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   };
   // Matrix elements, stored bytes, unpacking traffic and quantized matrices of a set of tensors.
   struct Tally {
-    double params = 0, bytes = 0, dequant = 0, prefill_dequant = 0, fused_dequant = 0;
-    uint32_t quantized = 0, fused = 0;
+    double params = 0, bytes = 0, dequant = 0, fused_dequant = 0;
+    double unpack = 0, unpacked_extra = 0, rescaled_rows = 0;  // a prompt's (below)
+    uint32_t quantized = 0, fused = 0, per_row = 0;
   };
   const auto add = [&](const TensorSpec& t, Tally* to) {
     if (t.shape.size() >= 2) to->params += static_cast<double>(t.numel());
@@ -35,9 +37,16 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     ++to->quantized;
     const double n = static_cast<double>(t.numel());
     to->dequant += t.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
-    // A prompt's product unpacks every format into the execution dtype (fused::Dequantize, or the per-row values'
-    // widening) and reads that copy.
-    to->prefill_dequant += 2 * n * static_cast<double>(e);
+    // A prompt unpacks every format into the execution dtype (fused::Dequantize, or the per-row values' widening:
+    // the stored bytes read, e per element written), and its product reads that copy in place of the stored bytes.
+    // Per-row fp8/int8 products are scaled after rounding (QuantLinear: three elementwise ops over the output).
+    const double stored = static_cast<double>(t.bytes_as(exec_dtype));
+    to->unpack += stored + n * static_cast<double>(e);
+    to->unpacked_extra += std::max(0.0, n * static_cast<double>(e) - stored);
+    if (t.format != quant::Format::kInt4 && t.shape.size() == 2 && t.group == t.shape[1]) {
+      ++to->per_row;
+      to->rescaled_rows += static_cast<double>(t.shape[0]);
+    }
     if (fused_decode(t)) {
       to->fused_dequant += t.format == quant::Format::kInt4 ? n : 2 * n * static_cast<double>(e);
       ++to->fused;
@@ -56,7 +65,8 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   double matrix_params = all.params;
   uint32_t quantized = all.quantized;
   w.dequant_bytes = static_cast<uint64_t>(all.dequant);
-  w.prefill_dequant_bytes = static_cast<uint64_t>(all.prefill_dequant);
+  w.prefill_unpack_bytes = static_cast<uint64_t>(all.unpack - experts.unpack);
+  w.prefill_unpacked_extra_bytes = static_cast<uint64_t>(all.unpacked_extra - experts.unpacked_extra);
   w.fused_dequant_bytes = static_cast<uint64_t>(all.fused_dequant);
   w.fused_quantized = all.fused;
   if (sparse) {
@@ -66,8 +76,9 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     matrix_params -= unpicked;
     w.expert_pick_share = picked_share;
     w.expert_bytes = static_cast<uint64_t>(experts.bytes);
-    w.expert_prefill_dequant_bytes = static_cast<uint64_t>(experts.prefill_dequant);
-    w.prefill_dequant_bytes -= std::min(w.prefill_dequant_bytes, w.expert_prefill_dequant_bytes);
+    w.num_experts = c.num_experts;
+    w.expert_prefill_unpack_bytes = static_cast<uint64_t>(experts.unpack);
+    w.expert_prefill_unpacked_extra_bytes = static_cast<uint64_t>(experts.unpacked_extra);
     // (The experts' bytes as stored: a quantized expert's are its values and records.)
     w.weight_bytes -= std::min<uint64_t>(w.weight_bytes, static_cast<uint64_t>(experts.bytes * unpicked_share));
     w.dequant_bytes -= std::min<uint64_t>(w.dequant_bytes, static_cast<uint64_t>(experts.dequant * unpicked_share));
@@ -84,6 +95,26 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
   w.kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/e == 2 && quantized == 0) + 3 * quantized;
   w.decode_kernels = e == 2 && quantized == 0 ? arch::DecodeBlockKernels(fam, block.kind, c)
                                               : w.kernels - std::min(w.kernels - 1, 3 * w.fused_quantized);
+  // A prompt in bf16/fp16 with quantized matrices runs the fused kernels around its products all the same, and one
+  // unpacking kernel a quantized matrix (three more for a per-row one's scaling); a sparse layer's quantized experts
+  // add theirs per expert hit. (Plain blocks: `kernels` and op_bytes_per_token, as a decode step.)
+  if (e == 2 && all.quantized > 0) {
+    const uint32_t dense_quantized = all.quantized - experts.quantized;
+    const uint32_t dense_per_row = all.per_row - experts.per_row;
+    w.prefill_kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/true) + dense_quantized + 3 * dense_per_row;
+    w.prefill_rescale_bytes_per_token =
+        static_cast<uint64_t>(kRescaleBytesPerElement * (all.rescaled_rows - experts.rescaled_rows));
+    if (sparse && experts.quantized > 0) {
+      // An expert run by itself (too large for two in the unpacking scratch): its gather, products, activation,
+      // weighting and scatter (kExpertTaskOps) and its three matrices' unpacking kernels; in the scratch's windows,
+      // one unpacking launch for the three.
+      const int64_t inter = static_cast<int64_t>(c.moe_intermediate_size > 0 ? c.moe_intermediate_size
+                                                                            : c.intermediate_size);
+      const bool windows =
+          arch::MoeDequantScratchExperts(static_cast<int64_t>(c.hidden_size), inter, 2, c.num_experts) >= 2;
+      w.expert_prompt_kernels = windows ? 1 : 3 + kExpertTaskOps;
+    }
+  }
   // LibTorch's ops where the fused kernels do not apply: the ones beyond the fused path's count.
   const uint32_t fused_kernels = arch::BlockKernels(fam, block.kind, c, /*fused=*/true);
   const uint32_t libtorch_kernels = arch::BlockKernels(fam, block.kind, c);
@@ -128,7 +159,7 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
       run.max_batch <= arch::kFusedDecodeMaxRows && w.decode_kernels > 0 ? w.decode_kernels : w.kernels;
   const double overhead_us = cpu ? w.cpu_kernels * kCpuOpMicros : decode_kernels * kGpuKernelMicros;
   const double host_us = cpu ? 0.0 : HostDispatchMicros(decode_kernels);
-  const double prefill_host_us = cpu ? 0.0 : HostDispatchMicros(w.kernels);
+
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
@@ -160,18 +191,32 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   };
   // A GPU prefill's kernels one after another: the products (their weights read as they go), the attention, the
   // kernels that move activations, the cache and unpacked weights, and the gaps between kernels.
+  // Quantized matrices: unpacked first (their stored bytes read, the copy written, at kUnpackEfficiency of the
+  // bandwidth), the products reading the copies.
+  auto prefill_kernels = [&](double tokens) {
+    if (w.prefill_kernels == 0) return w.kernels;
+    return w.prefill_kernels +
+           static_cast<uint32_t>(std::lround(w.num_experts * experts_hit(tokens))) * w.expert_prompt_kernels;
+  };
   auto prefill_gpu_us = [&](double tokens, double context) {
+    const double hit = experts_hit(tokens);
     const double products = 2.0 * w.matmul_params * tokens / (kPrefillMatmulEfficiency * flops_per_s);
+    const double reads = weights_read(tokens) + static_cast<double>(w.prefill_unpacked_extra_bytes) +
+                         static_cast<double>(w.expert_prefill_unpacked_extra_bytes) * hit;
     const double attention =
         4.0 * static_cast<double>(w.attn_dim) * batch * context / (kAttentionEfficiency * flops_per_s);
-    const double dequant = static_cast<double>(w.prefill_dequant_bytes) +
-                           static_cast<double>(w.expert_prefill_dequant_bytes) * experts_hit(tokens);
-    const double moved = dequant + kv_bytes + static_cast<double>(w.act_bytes_per_token + w.op_bytes_per_token) * tokens;
-    return (std::max(products, weights_read(tokens) / bytes_per_s) + attention + moved / bytes_per_s) * 1e6 +
-           w.kernels * kPrefillKernelMicros;
+    const double unpack =
+        static_cast<double>(w.prefill_unpack_bytes) + static_cast<double>(w.expert_prefill_unpack_bytes) * hit;
+    const uint64_t op_bytes = w.prefill_kernels > 0 ? w.prefill_rescale_bytes_per_token : w.op_bytes_per_token;
+    const double moved = kv_bytes + static_cast<double>(w.act_bytes_per_token + op_bytes) * tokens;
+    return (std::max(products, reads / (kPrefillReadEfficiency * bytes_per_s)) + attention + moved / bytes_per_s +
+            unpack / (kUnpackEfficiency * bytes_per_s)) * 1e6 +
+           prefill_kernels(tokens) * kPrefillKernelMicros;
   };
   BlockCost cost;
   const double prefill_tokens = batch * seq, prefill_context = seq * (seq + 1) / 2;
+  const uint32_t prompt_kernels = cpu ? w.cpu_kernels : prefill_kernels(prefill_tokens);
+  const double prefill_host_us = cpu ? 0.0 : HostDispatchMicros(prompt_kernels);
   cost.decode_device_us = time_us(batch, seq);
   cost.prefill_device_us =
       cpu ? time_us(prefill_tokens, prefill_context) : prefill_gpu_us(prefill_tokens, prefill_context);
@@ -183,7 +228,7 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
     return host > 0 ? std::max(device_us, host + device_us / std::max<uint32_t>(1, kernels)) : device_us;
   };
   cost.decode_us = block_us(cost.decode_device_us, host_us, decode_kernels);
-  cost.prefill_us = block_us(cost.prefill_device_us, prefill_host_us, w.kernels);
+  cost.prefill_us = block_us(cost.prefill_device_us, prefill_host_us, prompt_kernels);
   return cost;
 }
 

@@ -137,6 +137,21 @@ inline constexpr double kAttentionEfficiency = 0.4;
 // the host issues ahead of the GPU (or a graph replays), so the GPU's queue never empties and only the
 // launch-to-launch gap remains. Fitted with kPrefillMatmulEfficiency (above).
 inline constexpr double kPrefillKernelMicros = 1.5;
+// kUnpackEfficiency = 0.72: the share of device_mem_gbps (the floors' device-to-device copy) that the unpacking of
+// quantized weights for a prompt (executor fused::Dequantize) keeps: fused_ops_bench on an H200, a 14336 x 4096 int4
+// matrix (148 MB read and written) in 48.7 us, int8 176 MB in 57.1 us, 3.05-3.08 TB/s against the copy's 4.04 TB/s
+// and the floors' 4.2 TB/s.
+inline constexpr double kUnpackEfficiency = 0.72;
+// kPrefillReadEfficiency = 0.65: the share of device_mem_gbps at which a prompt's products read their weights where
+// the reads bound them (few rows a product, as a prompt's experts): Kineto, H200, the Mixtral shape's 512-token int4
+// prompt, 192 expert products of about 128 rows, 44 us each on average for 117 MB of unpacked weights (2.7 TB/s).
+inline constexpr double kPrefillReadEfficiency = 0.65;
+// A per-row fp8/int8 product's output scaling in a prompt (QuantLinear: to float32, times the scales, back):
+// bytes moved per output element.
+inline constexpr double kRescaleBytesPerElement = 20.0;
+// The ops of an expert the GPU computes by itself (gate, up, the activation and product, down, the weighted add,
+// the gather of its rows and the scatter of its sum).
+inline constexpr uint32_t kExpertTaskOps = 9;
 // kLibTorchOpBytesPerHidden = 8: a GPU block without the fused kernels runs LibTorch's ops instead (more kernels:
 // 33 per Llama layer against 10); each op beyond the fused path's count reads and writes about one float32
 // activation, 8 x hidden bytes per token (the norms' upcast and its steps, rotary's and SiLU's elementwise ops).
@@ -247,16 +262,26 @@ struct BlockWork {
   // them.
   uint64_t fused_dequant_bytes = 0;
   uint32_t fused_quantized = 0;
-  // A prompt's (the prefill form's) unpacking traffic of the matrices other than a sparse layer's routed experts:
-  // every quantized format widened to the execution dtype, written and read back (2 x e per element).
-  uint64_t prefill_dequant_bytes = 0;
+  // A prompt (the prefill form), for the matrices other than a sparse layer's routed experts: the unpacking
+  // kernels' traffic (each quantized matrix's stored bytes read and its copy in the execution dtype written) and the
+  // bytes its products read beyond the stored ones (the copies). 0 without quantized weights.
+  uint64_t prefill_unpack_bytes = 0;
+  uint64_t prefill_unpacked_extra_bytes = 0;
+  // A prompt's kernels on a GPU in bf16/fp16 where the block has quantized matrices (0: `kernels`): the fused
+  // kernels around the products, one unpacking kernel a quantized matrix and three more a per-row fp8/int8 one (its
+  // output's scaling, which moves prefill_rescale_bytes_per_token a token in place of op_bytes_per_token).
+  uint32_t prefill_kernels = 0;
+  uint64_t prefill_rescale_bytes_per_token = 0;
   // A sparse layer (0 elsewhere): the share of its routed experts one token picks (num_experts_per_tok /
-  // num_experts), and all its routed experts' stored bytes and prefill unpacking traffic. weight_bytes,
+  // num_experts), all its routed experts' stored bytes, and their prompt terms as above. weight_bytes,
   // matmul_params and dequant_bytes hold one token's picks; the prefill form reads and unpacks the experts its
-  // tokens hit, 1 - (1 - share)^tokens of them.
+  // tokens hit, 1 - (1 - share)^tokens of them, each adding expert_prompt_kernels kernels.
   double expert_pick_share = 0;
+  uint32_t num_experts = 0;
   uint64_t expert_bytes = 0;
-  uint64_t expert_prefill_dequant_bytes = 0;
+  uint64_t expert_prefill_unpack_bytes = 0;
+  uint64_t expert_prefill_unpacked_extra_bytes = 0;
+  uint32_t expert_prompt_kernels = 0;
 };
 
 // The work of block `index` of `model` at `exec_dtype` (weight_bytes = the block's weight-buffer bytes, as

@@ -268,9 +268,15 @@ TEST(CostModelTest, QuantizedMatricesAddUnpackingWork) {
   EXPECT_LT(q.weight_bytes * 3, plain.weight_bytes);         // ~0.53 of 2 bytes per element
   EXPECT_EQ(q.dequant_bytes, static_cast<uint64_t>(plain.matmul_params));  // 1 byte per element for int4
   EXPECT_EQ(plain.dequant_bytes, 0u);
-  // A prompt unpacks into bf16 and reads that copy: 4 bytes per element.
-  EXPECT_EQ(q.prefill_dequant_bytes, static_cast<uint64_t>(4 * plain.matmul_params));
-  EXPECT_EQ(plain.prefill_dequant_bytes, 0u);
+  // A prompt unpacks into bf16 (the stored bytes read, 2 bytes an element written) and its products read that copy;
+  // its kernels are the fused ones and one unpacking kernel a matrix.
+  EXPECT_NEAR(static_cast<double>(q.prefill_unpack_bytes), q.weight_bytes + 2 * plain.matmul_params,
+              0.01 * q.weight_bytes);
+  EXPECT_NEAR(static_cast<double>(q.prefill_unpacked_extra_bytes), 2 * plain.matmul_params - q.weight_bytes,
+              0.01 * q.weight_bytes);
+  EXPECT_EQ(q.prefill_kernels, plain.kernels + 7);
+  EXPECT_EQ(plain.prefill_unpack_bytes, 0u);
+  EXPECT_EQ(plain.prefill_kernels, 0u);  // (plain blocks: `kernels`)
   // In groups of a multiple of 8 columns, a decode step's int4 products read the packed values in one kernel each.
   EXPECT_EQ(q.fused_quantized, 7u);
   EXPECT_EQ(q.fused_dequant_bytes, q.dequant_bytes);
@@ -296,22 +302,31 @@ TEST(CostModelTest, PromptReadsAndUnpacksTheExpertsItsTokensHit) {
   ASSERT_EQ(expert_params, 8.0 * 3 * 1024 * 3584);
   const BlockWork w = DescribeBlockWork(*m, layer, DType::kBF16);
   EXPECT_DOUBLE_EQ(w.expert_pick_share, 0.25);
-  EXPECT_EQ(w.expert_prefill_dequant_bytes, static_cast<uint64_t>(4 * expert_params));
-  EXPECT_EQ(w.prefill_dequant_bytes, 0u);  // the attention's matrices are plain
+  EXPECT_EQ(w.num_experts, 8u);
   EXPECT_GT(w.expert_bytes, static_cast<uint64_t>(0.5 * expert_params));  // values and records
+  EXPECT_EQ(w.expert_prefill_unpack_bytes, static_cast<uint64_t>(w.expert_bytes + 2 * expert_params));
+  EXPECT_EQ(w.expert_prefill_unpacked_extra_bytes, static_cast<uint64_t>(2 * expert_params - w.expert_bytes));
+  EXPECT_EQ(w.prefill_unpack_bytes, 0u);  // the attention's matrices are plain
+  // These experts (3 x 1024 x 3584 bf16, 22 MB) fit the unpacking scratch five times: one unpacking launch an
+  // expert hit.
+  EXPECT_EQ(w.expert_prompt_kernels, 1u);
   // Without the experts' own terms: one token's picks only, at any token count.
   BlockWork picks = w;
   picks.expert_pick_share = 0;
-  picks.expert_bytes = picks.expert_prefill_dequant_bytes = 0;
+  picks.expert_bytes = picks.expert_prefill_unpack_bytes = picks.expert_prefill_unpacked_extra_bytes = 0;
+  picks.expert_prompt_kernels = 0;
   const DeviceProfile p = DefaultGpuProfile();
   const double bw = p.device_mem_gbps * 1e3;  // bytes per us
   EXPECT_NEAR(EstimateBlockCost(w, RunSize{1, 512}, 0, p).decode_device_us,
               EstimateBlockCost(picks, RunSize{1, 512}, 0, p).decode_device_us, 1e-9);
-  // A 512-token prompt: every expert unpacked (1 - 0.75^512 of them) and its bytes read.
+  // A 512-token prompt: every expert unpacked (1 - 0.75^512 of them), the copies read by the products, 8 more
+  // kernels.
   const double prompt = EstimateBlockCost(w, RunSize{1, 512}, 0, p).prefill_device_us;
   const double picked = EstimateBlockCost(picks, RunSize{1, 512}, 0, p).prefill_device_us;
-  EXPECT_GT(prompt - picked, 0.99 * w.expert_prefill_dequant_bytes / bw);
-  EXPECT_LT(prompt - picked, (w.expert_prefill_dequant_bytes + w.expert_bytes) / bw);
+  const double unpack = w.expert_prefill_unpack_bytes / (kUnpackEfficiency * bw);
+  EXPECT_GT(prompt - picked, unpack + 8 * kPrefillKernelMicros - 1e-6);
+  EXPECT_LT(prompt - picked, unpack + 8 * kPrefillKernelMicros +
+                                 (w.expert_bytes + w.expert_prefill_unpacked_extra_bytes) / (kPrefillReadEfficiency * bw));
 }
 
 // Per-row int8 (and fp8) matrices: a decode step of up to 2 rows reads their stored values in one kernel each
