@@ -726,10 +726,16 @@ class AutoPlanner {
       }
       r.ring = r.fixed + r.experts <= r.avail ? 0 : ring_bytes;
       if (r.fixed + r.ring > r.avail) {
+        // The budget that would leave them room (the rest of the budget's use stays as it is), in tenths of a GiB.
+        const uint64_t tenth = (uint64_t{1} << 30) / 10;
+        const uint64_t needed = (budgets[g] + (r.fixed + r.ring - r.avail) + tenth - 1) / tenth;
         return MakeError(ErrorCode::kInfeasible,
                          "cuda:" + std::to_string(gpus[g]) + ": the weights other than the routed experts (" +
                              FormatBytes(r.fixed) + ") and an expert ring of " + FormatBytes(r.ring) + " exceed the " +
-                             FormatBytes(r.avail) + " left for weights");
+                             FormatBytes(r.avail) + " left for weights (routing experts from this GPU needs cuda:" +
+                             std::to_string(gpus[g]) + "=" + std::to_string(needed / 10) + "." +
+                             std::to_string(needed % 10) + "GiB" +
+                             (quantized_expert.empty() ? ", or smaller weights: --weights int8 or int4" : "") + ")");
       }
       return r;
     };

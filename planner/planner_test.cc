@@ -1072,6 +1072,42 @@ TEST(PlannerTest, MixtureOfExpertsDecodeFollowsItsPaths) {
   EXPECT_LT(plan->decode.total_us, 1.5 * plan->expert_floor_us);
 }
 
+// Where a GPU cannot hold the weights other than the routed experts and an expert ring, candidate E says which budget
+// would (and, for plain experts, that --weights shrinks them); at that budget E is chosen, a tenth of a GiB below it
+// is not feasible. (This shape's streamed layers need more staging than E needs in all, so below E's budget no
+// placement fits and the plan's error carries E's reason.)
+TEST(PlannerTest, ExpertPlacementNamesTheBudgetItNeeds) {
+  const char* config = R"({
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 4096, "intermediate_size": 12288,
+    "moe_intermediate_size": 1536, "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": true,
+    "num_hidden_layers": 4, "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 128,
+    "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})";
+  auto plan_at = [&](const std::string& gpu) -> Result<PlanResult> {
+    BIGPLAN_ASSIGN_OR_RETURN(PlanRequest r, H200Request(config, "cuda:0=" + gpu + ",cpu=100GiB", RunShape{1, 512}));
+    return MakePlan(r);
+  };
+  Result<PlanResult> small = plan_at("2GiB");
+  ASSERT_FALSE(small.ok());
+  const std::string why = small.error().message;
+  const std::string key = "routing experts from this GPU needs cuda:0=";
+  const size_t at = why.find(key);
+  ASSERT_NE(at, std::string::npos) << why;
+  EXPECT_NE(why.find("placement E: cuda:0: the weights other than the routed experts"), std::string::npos) << why;
+  EXPECT_NE(why.find("--weights int8 or int4"), std::string::npos) << why;
+  const std::string needed = why.substr(at + key.size(), why.find("GiB", at) - at - key.size());
+  const double gib = std::stod(needed);
+  EXPECT_GT(gib, 2.0);
+  Result<PlanResult> enough = plan_at(needed + "GiB");
+  ASSERT_TRUE(enough.ok()) << enough.error().ToString();
+  EXPECT_EQ(enough->placement.chosen, "E");
+  char below[32];
+  std::snprintf(below, sizeof below, "%.1fGiB", gib - 0.1);
+  Result<PlanResult> short_of = plan_at(below);
+  ASSERT_FALSE(short_of.ok());
+  EXPECT_NE(short_of.error().message.find(key + needed + "GiB"), std::string::npos) << short_of.error().message;
+}
+
 // Quantized experts (--weights int8): a sparse layer's decode unpacks the experts its tokens choose (k of E), not
 // every expert of the layer.
 TEST(PlannerTest, QuantizedSparseLayerUnpacksTheChosenExperts) {
