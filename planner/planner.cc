@@ -627,7 +627,8 @@ Result<PlanResult> MakePlan(const PlanRequest& request) {
         result.decode_copy_floor_us = CopyFloorMicros(result.schedule, result.profile, true);
       }
     }
-    if (!any_rows)
+    // (An automatic share where nothing streams, or nothing the host computes, is no share: the plan stands.)
+    if (!any_rows && !request.cpu_share_auto)
       return MakeError(ErrorCode::kInvalidArgument,
                        "--cpu-share: no streamed matrix can be computed by the host (it computes linear-layer "
                        "matrices in pinned CPU memory of blocks computed on a GPU, in bf16 or a --weights format, with "

@@ -658,6 +658,18 @@ TEST(PlannerTest, CpuShareErrors) {
   ASSERT_TRUE(big.ok());
   r.budget = *big;
   EXPECT_FALSE(MakePlan(r).ok());
+  // An automatic share there is no share: the plan stands, nothing on the host (and likewise in float16).
+  r.cpu_share = 0;
+  r.cpu_share_auto = true;
+  auto resident = MakePlan(r);
+  ASSERT_TRUE(resident.ok()) << resident.error().ToString();
+  EXPECT_EQ(resident->cpu_share, 0.0);
+  EXPECT_TRUE(resident->host_rows.empty());
+  r.budget = *b;
+  r.exec_dtype = DType::kF16;
+  auto f16_auto = MakePlan(r);
+  ASSERT_TRUE(f16_auto.ok()) << f16_auto.error().ToString();
+  EXPECT_TRUE(f16_auto->host_rows.empty());
 }
 
 TEST(PlannerTest, GreedyNeverUsesMoreThanLinear) {
