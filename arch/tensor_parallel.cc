@@ -10,9 +10,10 @@ Status CheckTensorParallel(const FamilyInfo& family, const ModelConfig& c, uint3
     return no("takes 2 to " + std::to_string(kMaxTensorParallel) + " GPUs");
   const bool moe = family.family == Family::kMixtral || family.family == Family::kQwen2Moe ||
                    family.family == Family::kQwen3Moe;
-  if (family.family != Family::kLlama && family.family != Family::kGptj && family.family != Family::kPhi3 && !moe) {
+  if (family.family != Family::kLlama && family.family != Family::kGpt2 && family.family != Family::kGptj &&
+      family.family != Family::kPhi3 && !moe) {
     return no(std::string("the ") + family.name + " family has no tensor-parallel rules (llama, mistral, qwen2, "
-              "mixtral, qwen2_moe, qwen3_moe, gptj, phi3 do)");
+              "mixtral, qwen2_moe, qwen3_moe, gpt2, gptj, phi3 do)");
   }
   if (!moe && c.num_experts > 0) return no("mixture-of-experts layers of the " + std::string(family.name) +
                                            " family are not split");
@@ -48,7 +49,10 @@ TensorSlice VocabSlice(int64_t vocab, uint32_t shard, uint32_t shards) {
 }
 
 Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const ModelConfig& c, uint32_t shard,
-                               uint32_t shards) {
+                               uint32_t shards, Layout layout) {
+  // A Conv1D matrix [in, out] is a Linear one [out, in] transposed: its rule's dimension is the other one.
+  const bool conv1d = layout == Layout::kConv1D;
+  auto dim_of = [conv1d](int32_t linear_dim) { return conv1d ? 1 - linear_dim : linear_dim; };
   auto part = [&](int32_t dim, int64_t unit) -> Result<TensorSlice> {
     if (dim >= static_cast<int32_t>(shape.size()) || shape[dim] % shards != 0 || unit <= 0 ||
         shape[dim] / shards % unit != 0) {
@@ -73,6 +77,8 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
     case Slot::kInputNorm:
     case Slot::kInputNormBias:
     case Slot::kPostNorm:
+    case Slot::kPostNormBias:
+    case Slot::kPositionEmbedding:  // (GPT-2's wpe) every shard adds it to the whole hidden state
     case Slot::kFinalNorm:
     case Slot::kFinalNormBias:
     case Slot::kQNorm:
@@ -90,18 +96,24 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
     case Slot::kVBias:
       return part(0, hd);  // whole heads
     case Slot::kO:
-      return part(1, hd);
-    case Slot::kQkv: {
-      // [q; k; v] rows: the shard's q heads, then its k heads, then its v heads.
+      return part(dim_of(1), hd);
+    case Slot::kQkv:
+    case Slot::kQkvBias: {
+      // [q; k; v] rows (a Conv1D weight's columns, a bias's elements): the shard's q heads, then its k heads, then
+      // its v heads.
+      const int32_t dim = slot == Slot::kQkvBias ? 0 : dim_of(0);
+      const size_t rank = slot == Slot::kQkvBias ? 1 : 2;
       const int64_t q = int64_t{c.num_heads} * hd, kv = int64_t{c.num_kv_heads} * hd;
-      if (shape.size() != 2 || shape[0] != q + 2 * kv || q % shards != 0 || kv % shards != 0 ||
+      if (shape.size() != rank || shape[dim] != q + 2 * kv || q % shards != 0 || kv % shards != 0 ||
           q / shards % hd != 0 || kv / shards % hd != 0) {
-        return MakeError(ErrorCode::kInvalidArgument, "slot qkv: its " + std::to_string(shape.empty() ? 0 : shape[0]) +
-                                                          " rows do not split into whole heads " +
-                                                          std::to_string(shards) + " ways");
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "slot " + SlotName(slot) + ": its " +
+                             std::to_string(shape.size() > static_cast<size_t>(dim) ? shape[dim] : 0) + " " +
+                             (dim == 0 ? "rows" : "columns") + " do not split into whole heads " +
+                             std::to_string(shards) + " ways");
       }
       const int64_t qs = q / shards, ks = kv / shards;
-      return TensorSlice{0, qs * shard, qs * (shard + 1),
+      return TensorSlice{dim, qs * shard, qs * (shard + 1),
                          {{q + ks * shard, q + ks * (shard + 1)}, {q + kv + ks * shard, q + kv + ks * (shard + 1)}}};
     }
     case Slot::kGateUp: {
@@ -122,12 +134,13 @@ Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const 
       return part(0, 1);
     case Slot::kSharedGate:
     case Slot::kSharedUp:
-    case Slot::kFcIn:      // (GPT-J) by rows, as gate and up
+    case Slot::kFcIn:      // (GPT-J, GPT-2) by rows of the intermediate size, as gate and up
+      return part(dim_of(0), 1);
     case Slot::kFcInBias:
       return part(0, 1);
     case Slot::kDown:
     case Slot::kSharedDown:
-      return part(1, 1);
+      return part(dim_of(1), 1);
     default:
       return MakeError(ErrorCode::kUnsupported, "slot " + SlotName(slot) + " has no tensor-parallel rule");
   }

@@ -11,6 +11,9 @@
 //     [vocab x r / N, vocab x (r + 1) / N);
 //   - GPT-J: q, k, v by heads, out_proj by the same columns, fc_in and its bias by rows, fc_out by the same columns,
 //     lm_head's bias by vocabulary rows; its parallel attention and MLP make one partial sum a layer;
+//   - GPT-2 (Conv1D [in, out] weights): c_attn by columns as three ranges (the shard's q, k and v heads) and its
+//     bias alike, attn.c_proj by the same rows, mlp.c_fc and its bias by columns, mlp.c_proj by the same rows; wpe
+//     whole;
 //   - norms (and their biases), and o_proj's and down_proj's biases: whole on every shard (shard 0 adds the biases
 //     to its part).
 // A shard's attention output (after o_proj) and MLP output (after down_proj, or the weighted sum of the experts) are
@@ -40,8 +43,8 @@ struct TensorSlice {
   int32_t dim = -1;
   int64_t begin = 0;
   int64_t end = 0;
-  // Rows only (dim 0): further ranges after [begin, end), increasing; the part is their concatenation (a fused
-  // tensor's rows, e.g. Phi-3's [q; k; v]).
+  // Further ranges of `dim` after [begin, end), increasing; the part is their concatenation (a fused tensor's rows,
+  // e.g. Phi-3's [q; k; v], or columns, GPT-2's Conv1D c_attn [hidden, q | k | v]).
   std::vector<std::pair<int64_t, int64_t>> more;
   bool whole() const { return dim < 0; }
   // The part's extent along `dim`.
@@ -54,7 +57,7 @@ struct TensorSlice {
 };
 
 // Whether `family`'s model `config` splits over `shards` GPUs (2..kMaxTensorParallel): a model of a family with
-// tensor-parallel rules (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE, GPT-J, Phi-3), num_heads,
+// tensor-parallel rules (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE, GPT-2, GPT-J, Phi-3), num_heads,
 // num_kv_heads, intermediate_size, moe_intermediate_size and shared_expert_intermediate_size divisible by `shards`,
 // vocab_size >= shards.
 // kUnsupported naming the reason otherwise.
@@ -72,9 +75,10 @@ ModelConfig ShardConfig(const ModelConfig& config, uint32_t shards);
 // Shard `shard`'s vocabulary rows [begin, end) of a vocabulary of `vocab` rows split `shards` ways.
 TensorSlice VocabSlice(int64_t vocab, uint32_t shard, uint32_t shards);
 
-// The part of the tensor bound to `slot` (of shape `shape`, the model's full tensor) that shard `shard` holds.
-// Requires CheckTensorParallel; kUnsupported for a slot that has no rule (e.g. fused qkv).
+// The part of the tensor bound to `slot` (of shape `shape`, the model's full tensor, stored in `layout`: a Conv1D
+// [in, out] matrix splits along the other dimension than a Linear [out, in] one) that shard `shard` holds.
+// Requires CheckTensorParallel; kUnsupported for a slot that has no rule.
 Result<TensorSlice> ShardSlice(Slot slot, std::span<const int64_t> shape, const ModelConfig& config, uint32_t shard,
-                               uint32_t shards);
+                               uint32_t shards, Layout layout = Layout::kLinear);
 
 }  // namespace bigplan::arch

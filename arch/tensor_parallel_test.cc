@@ -46,11 +46,36 @@ TEST(TensorParallel, RefusesWhatDoesNotSplit) {
   c = Llama();
   c.num_experts = 8;
   EXPECT_EQ(CheckTensorParallel(*llama, c, 2).error().code, ErrorCode::kUnsupported);
+}
+
+// GPT-2's Conv1D weights [in, out] split along the other dimension than Linear ones: c_attn [hidden, q | k | v] by
+// three column ranges (the shard's q, k and v heads) and its bias alike, attn.c_proj by the same rows, mlp.c_fc and
+// its bias by columns, mlp.c_proj by the same rows; wpe, the norms and the c_proj biases whole.
+TEST(TensorParallel, Gpt2Conv1DWeightsSplitAcross) {
   const FamilyInfo* gpt2 = FindFamily("gpt2");
   ASSERT_NE(gpt2, nullptr);
-  const Status s = CheckTensorParallel(*gpt2, Llama(), 2);
-  EXPECT_EQ(s.error().code, ErrorCode::kUnsupported);
-  EXPECT_NE(s.error().message.find("gpt2"), std::string::npos);
+  ModelConfig c = Llama();  // 8 heads of 8: q, k and v 64 each
+  c.num_kv_heads = c.num_heads;
+  c.intermediate_size = 256;
+  EXPECT_TRUE(CheckTensorParallel(*gpt2, c, 2).ok());
+  EXPECT_EQ(LayerAllReduces(*gpt2), 2u);
+  const auto layout = [&](Slot slot) { return FindSlotRule(*gpt2, BlockKind::kDecoderLayer, slot)->layout; };
+  EXPECT_EQ(layout(Slot::kQkv), Layout::kConv1D);
+  const std::vector<int64_t> c_attn{64, 192}, c_attn_bias{192}, c_proj{64, 64}, c_fc{64, 256}, fc_bias{256},
+      mlp_proj{256, 64}, wpe{32, 64}, norm{64};
+  EXPECT_EQ(*ShardSlice(Slot::kQkv, c_attn, c, 1, 2, layout(Slot::kQkv)),
+            (TensorSlice{1, 32, 64, {{96, 128}, {160, 192}}}));
+  EXPECT_EQ(*ShardSlice(Slot::kQkvBias, c_attn_bias, c, 0, 2), (TensorSlice{0, 0, 32, {{64, 96}, {128, 160}}}));
+  EXPECT_EQ(*ShardSlice(Slot::kO, c_proj, c, 1, 2, layout(Slot::kO)), (TensorSlice{0, 32, 64}));
+  EXPECT_EQ(*ShardSlice(Slot::kFcIn, c_fc, c, 1, 2, layout(Slot::kFcIn)), (TensorSlice{1, 128, 256}));
+  EXPECT_EQ(*ShardSlice(Slot::kFcInBias, fc_bias, c, 1, 2), (TensorSlice{0, 128, 256}));
+  EXPECT_EQ(*ShardSlice(Slot::kDown, mlp_proj, c, 0, 2, layout(Slot::kDown)), (TensorSlice{0, 0, 128}));
+  for (Slot whole : {Slot::kPositionEmbedding, Slot::kInputNormBias, Slot::kPostNorm, Slot::kPostNormBias,
+                     Slot::kOBias, Slot::kDownBias}) {
+    EXPECT_TRUE(ShardSlice(whole, whole == Slot::kPositionEmbedding ? wpe : norm, c, 1, 2)->whole()) << SlotName(whole);
+  }
+  // The same c_attn read as a Linear weight would split its rows, which it does not hold.
+  EXPECT_FALSE(ShardSlice(Slot::kQkv, c_attn, c, 0, 2).ok());
 }
 
 TEST(TensorParallel, SlicesBySlot) {
@@ -68,7 +93,7 @@ TEST(TensorParallel, SlicesBySlot) {
   EXPECT_TRUE(ShardSlice(Slot::kInputNorm, norm, c, 1, 2)->whole());
   EXPECT_EQ(ShardSlice(Slot::kQkv, q, c, 0, 2).error().code, ErrorCode::kInvalidArgument);  // 64 rows, not 96
   EXPECT_EQ(ShardSlice(Slot::kRouter, norm, c, 0, 2)->whole(), true);
-  EXPECT_EQ(ShardSlice(Slot::kPositionEmbedding, norm, c, 0, 2).error().code, ErrorCode::kUnsupported);
+  EXPECT_TRUE(ShardSlice(Slot::kPositionEmbedding, norm, c, 0, 2)->whole());  // (GPT-2's wpe)
   EXPECT_TRUE(ShardSlice(Slot::kOBias, norm, c, 1, 2)->whole());
   EXPECT_TRUE(ShardSlice(Slot::kDownBias, norm, c, 1, 2)->whole());
   EXPECT_EQ(ShardSlice(Slot::kFcInBias, std::vector<int64_t>{}, c, 0, 2).error().code, ErrorCode::kInvalidArgument);

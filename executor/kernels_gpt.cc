@@ -24,7 +24,7 @@ class GptKernelsBase : public ModelKernelsBase {
 
  protected:
   Status Embedding(const Call& c, at::Tensor* hidden) const override {
-    if (c.ctx.shards != nullptr) return ShardEmbedding(c, hidden);  // (GPT-J; GPT-2 has no tensor-parallel rules)
+    if (c.ctx.shards != nullptr) return ShardEmbedding(c, hidden);  // (its rows of wte; GPT-2's wpe comes after)
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef wte, Ref(c, Slot::kTokenEmbedding));
     BIGPLAN_ASSIGN_OR_RETURN(*hidden, EmbeddingW(wte, c.ctx.token_ids));
     return Status::Ok();
@@ -113,13 +113,27 @@ class Gpt2Kernels final : public GptKernelsBase {
     double scale = spec_.scale_attn_weights ? std::pow(static_cast<double>(head_dim), -0.5) : 1.0;
     if (spec_.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(c.layer + 1);
     at::Tensor attn = CachedAttention(q, k, v, kv, start_pos, scale, /*window=*/0, spec_.reorder_and_upcast_attn);
-    BIGPLAN_ASSIGN_OR_RETURN(attn, Conv1DW(proj_w, attn.transpose(1, 2).reshape({batch, seq, width}), proj_b));
-    at::Tensor y = attn + x;
+    // Tensor parallel (arch/tensor_parallel.h): the shard's heads (its c_attn columns, its c_proj rows) and its
+    // c_fc columns (its mlp.c_proj rows) give partial sums; shard 0 adds the biases of the two c_proj and the
+    // residuals, and an all-reduce after each half gives every shard the whole hidden state.
+    const ForwardContext::Shards* tp = c.ctx.shards;
+    const bool first = tp == nullptr || tp->shard == 0;
+    BIGPLAN_ASSIGN_OR_RETURN(attn, Conv1DW(proj_w, attn.transpose(1, 2).reshape({batch, seq, width}),
+                                           first ? proj_b : at::Tensor()));
+    at::Tensor y = first ? attn + x : attn;
+    if (tp != nullptr) {
+      y = y.contiguous();
+      BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(y));
+    }
 
     h = LayerNorm(y, ln2_w, ln2_b, spec_.norm_eps);
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor fc, Conv1DW(fc_w, h, fc_b));
-    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, Conv1DW(out_w, Activate(act_, fc), out_b));
-    *hidden = y + mlp;
+    BIGPLAN_ASSIGN_OR_RETURN(at::Tensor mlp, Conv1DW(out_w, Activate(act_, fc), first ? out_b : at::Tensor()));
+    *hidden = first ? y + mlp : mlp;
+    if (tp != nullptr) {
+      *hidden = hidden->contiguous();
+      return tp->all_reduce(*hidden);
+    }
     return Status::Ok();
   }
 };

@@ -315,6 +315,10 @@ struct Loader {
                 for (uint32_t r = 0; w->slice_rows() != nullptr && r + 1 < w->slice_rows()->size(); r += 2)
                   wr.row_ranges.emplace_back(w->slice_rows()->Get(r), w->slice_rows()->Get(r + 1));
               } else {
+                if (w->slice_rows() != nullptr && w->slice_rows()->size() > 0) {
+                  return MakeError(ErrorCode::kUnsupported, plan_name + ": block " + br.name + ": weight " + wr.name +
+                                                                " is pre-quantized and takes several column ranges");
+                }
                 wr.row_ranges.emplace_back(0, wr.shape[0]);
                 wr.col_begin = begin;
                 wr.src_cols = wr.shape[1];
@@ -344,6 +348,11 @@ struct Loader {
             } else {
               wr.col_begin = begin;
               wr.src_cols = wr.shape[1];
+              if (w->slice_rows() != nullptr && w->slice_rows()->size() > 0) {
+                wr.col_ranges.emplace_back(begin, w->slice_end());
+                for (uint32_t r = 0; r + 1 < w->slice_rows()->size(); r += 2)
+                  wr.col_ranges.emplace_back(w->slice_rows()->Get(r), w->slice_rows()->Get(r + 1));
+              }
             }
             wr.shape[w->slice_dim()] = extent;
             wr.numel = 1;
@@ -587,11 +596,8 @@ struct Loader {
                             std::span<const uint8_t> src(w.source + r * src_row, n * src_row);
                             if (w.col_begin >= 0) {
                               gather.resize(n * cols * src_elem);
-                              for (int64_t i = 0; i < n; ++i) {
-                                std::memcpy(gather.data() + i * cols * src_elem,
-                                            w.source + ((r + i) * w.src_cols + w.col_begin) * src_elem,
-                                            cols * src_elem);
-                              }
+                              for (int64_t i = 0; i < n; ++i)
+                                w.GatherColumns(r + i, src_elem, gather.data() + i * cols * src_elem);
                               src = std::span<const uint8_t>(gather.data(), gather.size());
                             }
                             Status q = quant::Quantize(src, static_cast<DType>(w.source_dtype), n, cols, w.format,
@@ -823,8 +829,8 @@ struct Loader {
           std::vector<uint8_t> gather;
           for (int64_t r = 0; r < w.rows; r += rows_per) {
             const int64_t nr = std::min(rows_per, w.rows - r);
-            if (device_home && w.dtype == w.source_dtype) {
-              // No cast: one strided copy from the mapping.
+            if (device_home && w.dtype == w.source_dtype && w.col_ranges.empty()) {
+              // No cast, one range: one strided copy from the mapping.
               BIGPLAN_RETURN_IF_ERROR(CudaStatus(
                   cudaMemcpy2D(dst + r * cols * dst_elem, cols * dst_elem,
                                w.source + (r * w.src_cols + w.col_begin) * src_elem, w.src_cols * src_elem,
@@ -834,10 +840,7 @@ struct Loader {
               continue;
             }
             gather.resize(nr * cols * src_elem);
-            for (int64_t i = 0; i < nr; ++i) {
-              std::memcpy(gather.data() + i * cols * src_elem,
-                          w.source + ((r + i) * w.src_cols + w.col_begin) * src_elem, cols * src_elem);
-            }
+            for (int64_t i = 0; i < nr; ++i) w.GatherColumns(r + i, src_elem, gather.data() + i * cols * src_elem);
             uint8_t* d = dst + r * cols * dst_elem;
             const int64_t n = nr * cols;
             if (!device_home) {

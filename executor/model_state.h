@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -70,6 +71,21 @@ struct WeightRuntime {
   // bytes). -1: none (a row slice is a plain range of `source`).
   int64_t col_begin = -1;
   int64_t src_cols = 0;
+  // A column slice of several ranges (GPT-2's Conv1D c_attn: the shard's q, k and v columns): every range, in
+  // order, the first at col_begin; their widths sum to shape[1]. Empty for one range.
+  std::vector<std::pair<int64_t, int64_t>> col_ranges;
+  // Row r's columns of this slice (its ranges' segments, each `elem` bytes a value) written to dst, from `source`.
+  void GatherColumns(int64_t r, size_t elem, uint8_t* dst) const {
+    const uint8_t* row = source + static_cast<size_t>(r) * static_cast<size_t>(src_cols) * elem;
+    if (col_ranges.empty()) {
+      std::memcpy(dst, row + static_cast<size_t>(col_begin) * elem, static_cast<size_t>(shape[1]) * elem);
+      return;
+    }
+    for (const auto& [b, e] : col_ranges) {
+      std::memcpy(dst, row + static_cast<size_t>(b) * elem, static_cast<size_t>(e - b) * elem);
+      dst += static_cast<size_t>(e - b) * elem;
+    }
+  }
   // A tensor-parallel shard's rows of a pre-quantized weight (schema::Weight.slice_dim 0): the whole tensor's rows
   // (src_rows) and the shard's ranges of them, in order; the loader converts the whole tensor and keeps these rows
   // (of a column slice: each row's columns [col_begin, col_begin + shape[1])). Empty for other weights.

@@ -337,8 +337,8 @@ TEST(PlannerTest, TensorParallelSplitsEveryBlockOverTwoGpus) {
   auto one_gpu = plan("T", "cuda:0=40GiB,cpu=64GiB");
   ASSERT_FALSE(one_gpu.ok());
   EXPECT_NE(one_gpu.error().message.find("two or more GPU budgets"), std::string::npos) << one_gpu.error().message;
-  // GPT-J splits, one all-reduce a layer (its attention and MLP add into one output); GPT-2 (q, k and v fused in
-  // c_attn's columns) does not.
+  // GPT-J splits, one all-reduce a layer (its attention and MLP add into one output); GPT-2 too, two a layer, its
+  // Conv1D c_attn [hidden, q | k | v] by three ranges of columns.
   PlanRequest gptj = ExampleRequest("planner/examples/gpt-j-6b", "cuda:0=12GiB,cuda:1=12GiB,cpu=64GiB");
   gptj.auto_candidates = "T";
   auto gptj_tp = MakePlan(gptj);
@@ -356,11 +356,30 @@ TEST(PlannerTest, TensorParallelSplitsEveryBlockOverTwoGpus) {
   gpt2.exec_dtype = DType::kBF16;
   gpt2.run = RunShape{1, 512};
   gpt2.auto_candidates = "T";
-  auto refused = MakePlan(gpt2);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().code, ErrorCode::kInfeasible);
-  EXPECT_NE(refused.error().message.find("gpt2 family has no tensor-parallel rules"), std::string::npos)
-      << refused.error().message;
+  auto gpt2_tp = MakePlan(gpt2);
+  ASSERT_TRUE(gpt2_tp.ok()) << gpt2_tp.error().ToString();
+  EXPECT_EQ(gpt2_tp->tensor_parallel, 2u);
+  EXPECT_EQ(PredictRanksDecode(*gpt2_tp).all_reduces, 2 + 2 * gpt2_tp->source_model.config.num_layers);
+  Result<ShardedModel> gpt2_shards = ShardModel(gpt2_tp->source_model, 2);
+  ASSERT_TRUE(gpt2_shards.ok()) << gpt2_shards.error().ToString();
+  int c_attn = 0;
+  for (size_t i = 0; i < gpt2_shards->model.blocks.size(); ++i) {
+    const uint32_t r = gpt2_shards->shard[i];
+    for (const auto& [name, slice] : gpt2_shards->slices[i]) {
+      if (name.find("attn.c_attn.weight") != std::string::npos) {
+        // Columns: the shard's 6 q heads of 64, then its k and v heads.
+        EXPECT_EQ(slice, (arch::TensorSlice{1, 384 * r, 384 * (r + 1),
+                                            {{768 + 384 * r, 768 + 384 * (r + 1)},
+                                             {1536 + 384 * r, 1536 + 384 * (r + 1)}}})) << name;
+        ++c_attn;
+      } else if (name.find("attn.c_proj.weight") != std::string::npos || name.find("mlp.c_proj.weight") != std::string::npos) {
+        EXPECT_EQ(slice.dim, 0) << name;  // Conv1D [in, out]: the shard's inputs are rows
+      } else if (name.find("mlp.c_fc.weight") != std::string::npos) {
+        EXPECT_EQ(slice, (arch::TensorSlice{1, 1536 * r, 1536 * (r + 1)})) << name;
+      }
+    }
+  }
+  EXPECT_EQ(c_attn, 4);  // 2 layers x 2 shards
   // A plan for batches keeps the pipelined candidate I when its batched prefill is predicted faster than T's
   // (every shard at once, its all-reduces carrying rows x tokens hidden states); T alone forces it.
   auto batches = plan("BPCEIST", "cuda:0=12GiB,cuda:1=12GiB,cpu=64GiB");

@@ -55,12 +55,22 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
       for (size_t t = 0; t < specs.size(); ++t) {
         if (!bound[t])
           return MakeError(ErrorCode::kInternal, "block " + b.name + ": " + specs[t]->name + " bound to no slot");
-        Result<arch::TensorSlice> slice = arch::ShardSlice(slot_of[t], specs[t]->shape, model.config, r, shards);
+        const arch::TensorRule* rule = arch::FindSlotRule(*family, b.kind, slot_of[t]);
+        Result<arch::TensorSlice> slice = arch::ShardSlice(slot_of[t], specs[t]->shape, model.config, r, shards,
+                                                           rule != nullptr ? rule->layout : arch::Layout::kLinear);
         if (!slice.ok()) return WithContext(slice.take_error(), "tensor parallelism: block " + b.name + ", " + specs[t]->name);
         TensorSpec p = *specs[t];
         if (!slice->whole()) {
           p.shape[slice->dim] = slice->extent();
           slices[p.name] = *slice;
+          if (p.format != quant::Format::kNone && slice->dim == 1 && !slice->more.empty() &&
+              p.prequant.kind != PreQuant::Kind::kNone) {
+            // (A pre-quantized weight is converted whole at load, then cut to one range of columns.)
+            return MakeError(ErrorCode::kUnsupported,
+                             "tensor parallelism: block " + b.name + ", " + p.name +
+                                 ": a pre-quantized weight's columns split into several ranges (a fused Conv1D "
+                                 "weight's) are not taken");
+          }
           if (p.format != quant::Format::kNone && slice->dim == 1) {
             // A quantized weight's columns (--weights, or a pre-quantized checkpoint's): scaled per row of the
             // shard's columns where the whole weight was scaled per row (a pre-quantized weight keeps its row's
@@ -75,7 +85,11 @@ Result<ShardedModel> ShardModel(const ModelDescription& model, uint32_t shards) 
             const int64_t whole_cols = specs[t]->shape[1], cols = p.shape[1];
             if (p.group == whole_cols) {
               p.group = cols;
-            } else if (p.group <= 0 || cols % p.group != 0 || slice->begin % p.group != 0) {
+            } else if (p.group <= 0 || cols % p.group != 0 || slice->begin % p.group != 0 ||
+                       (slice->end - slice->begin) % p.group != 0 ||
+                       std::any_of(slice->more.begin(), slice->more.end(), [&](const auto& range) {
+                         return range.first % p.group != 0 || (range.second - range.first) % p.group != 0;
+                       })) {
               return MakeError(ErrorCode::kUnsupported,
                                "tensor parallelism: block " + b.name + ", " + p.name + ": " +
                                    quant::FormatName(p.format) + " groups of " + std::to_string(p.group) +

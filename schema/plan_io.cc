@@ -173,15 +173,15 @@ Status CheckTensorParallel(const schema::Plan& plan, const std::string& src) {
         return Corrupt(src, fw + " slices [" + std::to_string(wt->slice_begin()) + ", " + std::to_string(wt->slice_end()) +
                                 ") of a dimension of " + std::to_string(extent));
       if (const auto* more = wt->slice_rows(); more != nullptr && more->size() > 0) {
-        // Further row ranges: pairs, each nonempty, after the one before it, inside the tensor's rows.
-        if (wt->slice_dim() != 0 || more->size() % 2 != 0)
-          return Corrupt(src, fw + ".slice_rows is not pairs of row bounds of a row slice");
+        // Further ranges of the sliced dimension: pairs, each nonempty, after the one before it, inside the tensor.
+        const std::string unit = wt->slice_dim() == 0 ? "rows" : "columns";
+        if (more->size() % 2 != 0) return Corrupt(src, fw + ".slice_rows is not pairs of bounds");
         int64_t after = wt->slice_end();
         for (uint32_t r = 0; r < more->size(); r += 2) {
           if (more->Get(r) < after || more->Get(r) >= more->Get(r + 1) || more->Get(r + 1) > extent)
             return Corrupt(src, fw + ".slice_rows [" + std::to_string(more->Get(r)) + ", " +
                                     std::to_string(more->Get(r + 1)) + ") is not after the range before it inside " +
-                                    std::to_string(extent) + " rows");
+                                    std::to_string(extent) + " " + unit);
           after = more->Get(r + 1);
         }
       }
