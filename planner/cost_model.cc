@@ -159,7 +159,6 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
       run.max_batch <= arch::kFusedDecodeMaxRows && w.decode_kernels > 0 ? w.decode_kernels : w.kernels;
   const double overhead_us = cpu ? w.cpu_kernels * kCpuOpMicros : decode_kernels * kGpuKernelMicros;
   const double host_us = cpu ? 0.0 : HostDispatchMicros(decode_kernels);
-
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;
   const double kv_bytes = static_cast<double>(w.kv_bytes_per_token) * batch * seq;
@@ -209,7 +208,9 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
         static_cast<double>(w.prefill_unpack_bytes) + static_cast<double>(w.expert_prefill_unpack_bytes) * hit;
     const uint64_t op_bytes = w.prefill_kernels > 0 ? w.prefill_rescale_bytes_per_token : w.op_bytes_per_token;
     const double moved = kv_bytes + static_cast<double>(w.act_bytes_per_token + op_bytes) * tokens;
-    return (std::max(products, reads / (kPrefillReadEfficiency * bytes_per_s)) + attention + moved / bytes_per_s +
+    // (Reads at kPrefillReadEfficiency where it was measured: products of unpacked copies.)
+    const double read_share = w.prefill_kernels > 0 ? kPrefillReadEfficiency : 1.0;
+    return (std::max(products, reads / (read_share * bytes_per_s)) + attention + moved / bytes_per_s +
             unpack / (kUnpackEfficiency * bytes_per_s)) * 1e6 +
            prefill_kernels(tokens) * kPrefillKernelMicros;
   };

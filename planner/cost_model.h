@@ -143,8 +143,10 @@ inline constexpr double kPrefillKernelMicros = 1.5;
 // and the floors' 4.2 TB/s.
 inline constexpr double kUnpackEfficiency = 0.72;
 // kPrefillReadEfficiency = 0.65: the share of device_mem_gbps at which a prompt's products read their weights where
-// the reads bound them (few rows a product, as a prompt's experts): Kineto, H200, the Mixtral shape's 512-token int4
-// prompt, 192 expert products of about 128 rows, 44 us each on average for 117 MB of unpacked weights (2.7 TB/s).
+// the reads bound them (few rows a product, as a prompt's experts), in blocks with quantized matrices (their
+// products read the unpacked copies): Kineto, H200, the Mixtral shape's 512-token int4 prompt, 192 expert products
+// of about 128 rows, 44 us each on average for 117 MB of unpacked weights (2.7 TB/s). (Plain blocks' prompts were
+// fitted without it; the resident bf16 Qwen3 shape's grouped expert products read at 98% of the HBM rate.)
 inline constexpr double kPrefillReadEfficiency = 0.65;
 // A per-row fp8/int8 product's output scaling in a prompt (QuantLinear: to float32, times the scales, back):
 // bytes moved per output element.
