@@ -386,6 +386,10 @@ Status CheckDeviceStream(const DeviceStreamPlan& s) {
   std::vector<int> issued(n, -1), released(n, -1);  // forward pass of the latest issue / release
   std::vector<std::pair<uint64_t, uint64_t>> occupied(n, {0, 0});
   std::vector<bool> live(n, false);
+  // The live units' ring ranges by start: start -> (end, unit). They are disjoint (each is checked as it is added), so
+  // a new range overlaps one iff it overlaps the live range with the greatest start below its end: one lookup, where
+  // a scan of every unit made the check quadratic (52335 units of a Qwen3-235B-shaped plan took 90 s).
+  std::map<uint64_t, std::pair<uint64_t, size_t>> live_at;
   size_t next = 0;  // next occurrence to issue: forward next / n, unit next % n
   auto released_in = [&](size_t unit, int forward) { return forward < 0 || released[unit] >= forward; };
   auto run_issuer = [&]() -> Status {
@@ -398,14 +402,16 @@ Status CheckDeviceStream(const DeviceStreamPlan& s) {
         if (!released_in(static_cast<size_t>(w), wf)) break;
       }
       const uint64_t a0 = s.units[u].ring_offset, a1 = a0 + AlignUp(s.units[u].bytes);
-      for (size_t p = 0; p < n; ++p) {
-        if (live[p] && Overlap(a0, a1, occupied[p].first, occupied[p].second)) {
+      if (auto below = live_at.lower_bound(a1); below != live_at.begin()) {
+        const auto& [start, range] = *std::prev(below);
+        if (Overlap(a0, a1, start, range.first)) {
           return MakeError(ErrorCode::kInternal,
-                           where + name(u) + " would be copied over " + name(p) + ", which is still in use");
+                           where + name(u) + " would be copied over " + name(range.second) + ", which is still in use");
         }
       }
       live[u] = true;
       occupied[u] = {a0, a1};
+      live_at[a0] = {a1, u};
       issued[u] = f;
       ++next;
     }
@@ -422,6 +428,7 @@ Status CheckDeviceStream(const DeviceStreamPlan& s) {
                                                                            "holds at once)");
           }
         } else {
+          if (live[e.unit]) live_at.erase(occupied[e.unit].first);
           live[e.unit] = false;
           released[e.unit] = f;
         }
