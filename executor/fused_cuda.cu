@@ -607,8 +607,8 @@ __host__ __device__ inline int64_t DequantRowsPerBlock(int64_t k) {
   return rows > 1 ? rows : 1;
 }
 
-// One unit: the 8 values of row r from column c0, whose value bytes start at `values` and records at `rec` (records
-// rec_step bytes apart), v0/v1 its value words and r0 its first value's record, loaded by the caller.
+// One unit: the 8 values of row r from column c0, written to j.out. The row's records start at `rec`, rec_step bytes
+// apart; v0 (and v1 for fp8/int8) are the unit's value words and r0 its first value's record, loaded by the caller.
 template <typename T>
 __device__ __forceinline__ void DequantUnit(const DequantArgs& a, const DequantJob& j, int64_t r, uint32_t c0,
                                             const uint8_t* rec, int64_t rec_step, uint32_t v0, uint32_t v1,

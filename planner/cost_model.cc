@@ -31,8 +31,9 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     uint32_t quantized = 0, fused = 0, per_row = 0;
   };
   const auto add = [&](const TensorSpec& t, Tally* to) {
+    const double stored = static_cast<double>(t.bytes_as(exec_dtype));
     if (t.shape.size() >= 2) to->params += static_cast<double>(t.numel());
-    to->bytes += static_cast<double>(t.bytes_as(exec_dtype));
+    to->bytes += stored;
     if (t.format == quant::Format::kNone) return;
     ++to->quantized;
     const double n = static_cast<double>(t.numel());
@@ -40,7 +41,6 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     // A prompt unpacks every format into the execution dtype (fused::Dequantize, or the per-row values' widening:
     // the stored bytes read, e per element written), and its product reads that copy in place of the stored bytes.
     // Per-row fp8/int8 products are scaled after rounding (QuantLinear: three elementwise ops over the output).
-    const double stored = static_cast<double>(t.bytes_as(exec_dtype));
     to->unpack += stored + n * static_cast<double>(e);
     to->unpacked_extra += std::max(0.0, n * static_cast<double>(e) - stored);
     if (t.format != quant::Format::kInt4 && t.shape.size() == 2 && t.group == t.shape[1]) {
@@ -106,13 +106,13 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
         static_cast<uint64_t>(kRescaleBytesPerElement * (all.rescaled_rows - experts.rescaled_rows));
     if (sparse && experts.quantized > 0) {
       // An expert run by itself (too large for two in the unpacking scratch): its gather, products, activation,
-      // weighting and scatter (kExpertTaskOps) and its three matrices' unpacking kernels; in the scratch's windows,
-      // one unpacking launch for the three.
+      // weighting and scatter (kExpertPromptTaskOps) and its three matrices' unpacking kernels; in the scratch's
+      // windows, one unpacking launch for the three.
       const int64_t inter = static_cast<int64_t>(c.moe_intermediate_size > 0 ? c.moe_intermediate_size
                                                                             : c.intermediate_size);
       const bool windows =
           arch::MoeDequantScratchExperts(static_cast<int64_t>(c.hidden_size), inter, 2, c.num_experts) >= 2;
-      w.expert_prompt_kernels = windows ? 1 : 3 + kExpertTaskOps;
+      w.expert_prompt_kernels = windows ? 1 : 3 + kExpertPromptTaskOps;
     }
   }
   // LibTorch's ops where the fused kernels do not apply: the ones beyond the fused path's count.

@@ -151,9 +151,10 @@ inline constexpr double kPrefillReadEfficiency = 0.65;
 // A per-row fp8/int8 product's output scaling in a prompt (QuantLinear: to float32, times the scales, back):
 // bytes moved per output element.
 inline constexpr double kRescaleBytesPerElement = 20.0;
-// The ops of an expert the GPU computes by itself (gate, up, the activation and product, down, the weighted add,
-// the gather of its rows and the scatter of its sum).
-inline constexpr uint32_t kExpertTaskOps = 9;
+// The ops of an expert the GPU computes by itself in a decode step (gate, up, the activation and product, down, the
+// weighted add: kExpertTaskMicros below), and in a prompt, which also gathers its rows.
+inline constexpr uint32_t kExpertTaskOps = 8;
+inline constexpr uint32_t kExpertPromptTaskOps = kExpertTaskOps + 1;
 // kLibTorchOpBytesPerHidden = 8: a GPU block without the fused kernels runs LibTorch's ops instead (more kernels:
 // 33 per Llama layer against 10); each op beyond the fused path's count reads and writes about one float32
 // activation, 8 x hidden bytes per token (the norms' upcast and its steps, rotary's and SiLU's elementwise ops).
@@ -219,7 +220,7 @@ inline constexpr double kHostExpertEachMicros = 14.0;
 // A chosen expert the GPU computes as a task of its own (quantized experts the grouped products do not take,
 // planner/experts.h ExpertsGrouped): about 8 ops issued by the host (gate, up, the activation and product, down,
 // the weighted add), each kHostOpMicros.
-inline constexpr double kExpertTaskMicros = 8 * kHostOpMicros;
+inline constexpr double kExpertTaskMicros = kExpertTaskOps * kHostOpMicros;
 // The share of next-layer prefetches (ExpertRing.prefetch) whose expert the next router chooses: the top
 // predictions of the next router run on this layer's MoE input. Measured on an H100, Qwen3-30B-A3B shape with random
 // weights (24 layers, 8 of 128 experts per token): 88% of single prefetches and 84% of pairs were chosen; trained

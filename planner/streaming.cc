@@ -284,23 +284,22 @@ Result<DeviceStreamPlan> BuildDeviceStream(int32_t device, const std::vector<Str
 
   // The disk ring.
   std::vector<size_t> disk;
-  uint64_t max_slot = 0;
-  // A unit's weight by (block, weight): the last such entry, looked up once a unit (a scan of every weight for every
-  // disk unit took 30 s for a Qwen3-235B-A22B-shaped plan).
-  std::map<std::pair<uint32_t, uint32_t>, const StreamWeight*> weight_of;
-  for (const StreamWeight& cand : weights) weight_of[{cand.block, cand.weight}] = &cand;
-  for (size_t u = 0; u < n; ++u) {
-    if (s.units[u].source != Tier::kDisk) continue;
-    disk.push_back(u);
-    const StreamUnitPlan& un = s.units[u];
-    const auto found = weight_of.find({un.block, un.weight});
-    const StreamWeight* w = found != weight_of.end() ? found->second : nullptr;
-    const bool cast = w != nullptr && w->cast;
-    s.units[u].disk_slot_bytes = cast ? Align(std::max(un.bytes, un.file_bytes), kDiskSlotAlignment)
-                                      : Align(un.file_bytes, kDiskSlotAlignment) + kDiskSlotAlignment;
-    max_slot = std::max(max_slot, s.units[u].disk_slot_bytes);
-  }
+  for (size_t u = 0; u < n; ++u)
+    if (s.units[u].source == Tier::kDisk) disk.push_back(u);
   if (!disk.empty()) {
+    // A unit's weight by (block, weight): the last such entry, looked up once a unit (a scan of every weight for
+    // every disk unit took 30 s for a Qwen3-235B-A22B-shaped plan).
+    std::map<std::pair<uint32_t, uint32_t>, const StreamWeight*> weight_of;
+    for (const StreamWeight& cand : weights) weight_of[{cand.block, cand.weight}] = &cand;
+    uint64_t max_slot = 0;
+    for (size_t u : disk) {
+      StreamUnitPlan& un = s.units[u];
+      const auto found = weight_of.find({un.block, un.weight});
+      const bool cast = found != weight_of.end() && found->second->cast;
+      un.disk_slot_bytes = cast ? Align(std::max(un.bytes, un.file_bytes), kDiskSlotAlignment)
+                                : Align(un.file_bytes, kDiskSlotAlignment) + kDiskSlotAlignment;
+      max_slot = std::max(max_slot, un.disk_slot_bytes);
+    }
     s.disk_ring_bytes = std::max<uint64_t>(2, options.disk_slots) * max_slot;
     uint64_t cursor = 0;
     for (size_t u : disk) {
