@@ -74,6 +74,15 @@ Result<std::unique_ptr<RankGroup>> RankGroup::Join(const RankOptions& options) {
       // NVLink multicast (NVLS) stays off unless the caller set it: point-to-point copies do not use it, and it
       // reserves memory and fails where the fabric manager does not allow it.
       ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
+      // c10d's flight recorder (a process-wide ring of every collective, for debugging hangs) stays off unless the
+      // caller set its size: LibTorch 2.11's recorder adds a group's first entry to a std::map outside its lock, so
+      // two groups of one process (ranks as threads) that record their first collectives at once corrupt the map
+      // (a SIGSEGV in FlightRecorder::recordWithResetEnabled under ProcessGroupNCCL::initWork, or a hang), and a
+      // decode step's all-reduces need none of its per-call bookkeeping. Read when the first group is made.
+      if (std::getenv("TORCH_FR_BUFFER_SIZE") == nullptr && std::getenv("TORCH_NCCL_TRACE_BUFFER_SIZE") == nullptr) {
+        ::setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
+        ::setenv("TORCH_NCCL_TRACE_BUFFER_SIZE", "0", /*overwrite=*/0);
+      }
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = std::chrono::milliseconds(std::chrono::seconds(options.timeout_s));
       impl->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <thread>
 
@@ -30,8 +31,37 @@
 namespace bigplan::e2e {
 namespace {
 
-// A TCP port that was free a moment ago.
+// A TCP port that was free a moment ago, below the kernel's ephemeral range where it can: a port the kernel hands
+// out to outgoing connections (NCCL's and the stores' sockets of earlier cases, opened all the time) could be taken
+// between this check and rank 0's listen (EADDRINUSE), and one below that range is never handed out so.
+bool PortFree(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
 int FreePort() {
+  int lo = 32768;  // the ephemeral range's start (Linux's default where /proc does not say)
+  if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    int a = 0, b = 0;
+    if (std::fscanf(f, "%d %d", &a, &b) == 2 && a > 0) lo = a;
+    std::fclose(f);
+  }
+  static int next = 0;  // successive calls try successive ports
+  if (lo > 12000) {
+    const int first = 10000, span = lo - first;
+    const int start = static_cast<int>(::getpid() * 7919 % span);
+    for (int i = 0; i < 2000; ++i) {
+      const int port = first + (start + next++) % span;
+      if (PortFree(port)) return port;
+    }
+  }
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
