@@ -156,6 +156,10 @@ class ExpertEngine {
                        SplitQuant* down_quant = nullptr);
   Status AcquireDown(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
   Status Release(const BlockRuntime& b, int32_t expert, cudaStream_t compute);
+  // Whether `expert` is copied in the layer begun last and not yet released (Acquire returns true for it).
+  bool Moves(int32_t expert) const {
+    return expert >= 0 && expert < num_experts_ && copy_of_[static_cast<size_t>(expert)] >= 0;
+  }
   // Adds the host experts' weighted sum to *out ([tokens, hidden] on the block's device; out + sum.to(out's dtype);
   // nothing if the host computed none). Does not wait for the host: `compute` waits (fused::WaitFlagAdd on a
   // sequence number the host thread writes after the sum, then the add), so what follows is queued at once; the host

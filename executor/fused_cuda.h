@@ -247,7 +247,8 @@ cudaError_t QuantGemv(const QuantGemvArgs& a, cudaStream_t stream);
 // k <= 2^31, n < 2^31.
 // With `scales` (fp8/int8 with one scale a row, group == k): out takes the values alone, T(q) (exact), and scales[r]
 // row r's float32 scale, for products scaled after they are rounded (as QuantLinear's per-row path computes them).
-inline constexpr int kDequantMaxJobs = 4;
+// (48: sixteen experts' three matrices in one launch; the arguments stay within a kernel's 4 KB of parameters.)
+inline constexpr int kDequantMaxJobs = 48;
 struct DequantJob {
   const void* w = nullptr;
   int64_t row_stride = 0;  // bytes (the row layout)
@@ -264,6 +265,7 @@ struct DequantArgs {
   int jobs = 0;
   DequantJob job[kDequantMaxJobs];
 };
+static_assert(sizeof(DequantArgs) <= 4096, "fused::Dequantize's arguments exceed a kernel's parameter space");
 cudaError_t Dequantize(const DequantArgs& a, cudaStream_t stream);
 
 // Rows of grouped products scaled in place by their group's per-column scales: for r < rows and j < n,

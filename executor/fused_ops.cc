@@ -161,6 +161,50 @@ bool DequantizeInto(const std::vector<DequantInput>& inputs, quant::Format forma
   return true;
 }
 
+DequantBatch::DequantBatch(quant::Format format, at::ScalarType dtype) : format_(format) {
+  args_.int4 = format == quant::Format::kInt4;
+  args_.fp8 = format == quant::Format::kFp8E4M3;
+  args_.dtype = dtype == at::kHalf ? fused::DType::kF16 : fused::DType::kBF16;
+  if (dtype != at::kHalf && dtype != at::kBFloat16) format_ = quant::Format::kNone;  // (Add refuses everything)
+}
+
+bool DequantBatch::Add(const at::Tensor& wq, int64_t cols, int64_t group, bool split, void* out, int64_t out_stride,
+                       float* scales) {
+  if (format_ == quant::Format::kNone || full() || !wq.defined() || wq.dim() != 2 ||
+      wq.scalar_type() != at::kByte || !wq.is_cuda() || out == nullptr || (reinterpret_cast<uintptr_t>(out) & 15u) != 0 ||
+      cols <= 0 || group <= 0 || cols % group != 0 || out_stride < cols || out_stride % 8 != 0) {
+    return false;
+  }
+  const Result<uint64_t> row_bytes = quant::RowBytes(format_, cols, group);
+  if (!row_bytes.ok() || wq.size(1) != static_cast<int64_t>(*row_bytes)) return false;
+  if (split ? !args_.int4 || !wq.is_contiguous() : wq.stride(1) != 1) return false;
+  if (scales != nullptr && (args_.int4 || group != cols)) return false;
+  if (args_.jobs > 0 && wq.get_device() != device_) return false;  // (one launch: one device)
+  device_ = wq.get_device();
+  args_.job[args_.jobs++] = fused::DequantJob{.w = wq.data_ptr(),
+                                              .row_stride = split ? 0 : wq.stride(0),
+                                              .split = split,
+                                              .n = wq.size(0),
+                                              .k = cols,
+                                              .group = group,
+                                              .out = out,
+                                              .out_stride = out_stride,
+                                              .scales = scales};
+  return true;
+}
+
+bool DequantBatch::Launch() {
+  if (args_.jobs == 0) return true;
+  const cudaError_t e = fused::Dequantize(args_, Stream());
+  args_.jobs = 0;
+  if (e == cudaErrorInvalidValue) {
+    cudaGetLastError();  // (not launched: its preconditions)
+    return false;
+  }
+  Check(e, "dequantize");
+  return true;
+}
+
 bool ScaleGroupedRows(const at::Tensor& y, const at::Tensor& ends, const at::Tensor& scales) {
   if (!Eligible(y) || y.dim() != 2 || y.stride(1) != 1 || !ends.defined() || ends.scalar_type() != at::kInt ||
       ends.dim() != 1 || !ends.is_contiguous() || ends.device() != y.device() || !scales.defined() ||

@@ -9,10 +9,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
 
+#include "executor/fused_cuda.h"
 #include "formats/quant.h"
 
 namespace bigplan::fused_ops {
@@ -61,6 +63,34 @@ struct DequantInput {
   at::Tensor scales;
 };
 bool DequantizeInto(const std::vector<DequantInput>& inputs, quant::Format format);
+// DequantizeInto's work gathered over several calls into launches of up to fused::kDequantMaxJobs weights, for a
+// caller that fills many outputs in raw memory (a MoE prompt's experts): Add checks one weight as DequantizeInto does
+// and queues it; Launch issues the queued ones (one fused::Dequantize on the current stream) and empties the queue.
+// The weights' and outputs' memory must stay as they are until Launch has issued them.
+class DequantBatch {
+ public:
+  // Outputs in `dtype` (bf16 or fp16) of weights in `format` (not kNone).
+  DequantBatch(quant::Format format, at::ScalarType dtype);
+  // Queues wq (uint8 [n, row bytes] on the current CUDA device, as DequantInput's; the queue's weights on one device) into out: n rows of `cols` values in the
+  // batch's dtype, `out_stride` elements apart (16-byte aligned, a multiple of 8, >= cols), and for per-row
+  // fp8/int8 (group == cols) optionally `scales` (n float32, device memory): DequantInput's scales. False, queuing
+  // nothing, when not eligible. Callers launch first when full().
+  bool Add(const at::Tensor& wq, int64_t cols, int64_t group, bool split, void* out, int64_t out_stride,
+           float* scales = nullptr);
+  // Whether `more` further weights would not fit the queue.
+  bool full(int more = 1) const { return args_.jobs + more > fused::kDequantMaxJobs; }
+  int size() const { return args_.jobs; }
+  // Drops the weights queued after the first `jobs` (0 <= jobs <= size()).
+  void Truncate(int jobs) { args_.jobs = std::clamp(jobs, 0, args_.jobs); }
+  // Issues the queued weights (nothing when none). False when the kernel declined them (none issued; the queue is
+  // emptied either way).
+  bool Launch();
+
+ private:
+  quant::Format format_;
+  fused::DequantArgs args_;
+  int device_ = -1;  // the queued weights' device
+};
 // Rows of grouped products scaled in place by their group's scales (fused::ScaleGroupedRows): y [rows, n] (bf16 or
 // fp16, rows contiguous), ends int32 [groups] on y's device (each group's end row, ascending, as at::_grouped_mm's
 // offsets), scales float32 [groups, n] (rows contiguous). False, computing nothing, when not eligible.

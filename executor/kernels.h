@@ -195,6 +195,10 @@ class BlockWeights {
   virtual Status AcquireExpertDown(int32_t /*expert*/) const { return Status::Ok(); }
   // Marks expert e's products issued on the current stream (its slot may be reused). The default does nothing.
   virtual Status ReleaseExpert(int32_t /*expert*/) const { return Status::Ok(); }
+  // Whether expert e's weights reach the GPU for this pass through a slot of their own (a copy AcquireExpert waits
+  // for): work reading them must then be issued before ReleaseExpert. False (the default): they rest where their
+  // slots point for the whole pass, and work reading them may be issued after ReleaseExpert.
+  virtual bool ExpertMoves(int32_t /*expert*/) const { return false; }
   // Adds the weighted sum of the experts the host computed to *out ([T, hidden] in x's dtype on x's device: out +
   // sum.to(out's dtype), in stream order); leaves it as it is when the host computed none (the default).
   virtual Status FinishExperts(at::Tensor* /*out*/) const { return Status::Ok(); }

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -534,8 +535,9 @@ class LlamaKernels final : public ModelKernelsBase {
   // A prompt's routed experts, dispatched from the host, as grouped products (GroupedPromptEligible): the (token,
   // choice) pairs grouped by expert on the device (fused_ops::MoeRoute); the experts, in index order, taken in
   // windows of arch::MoeDequantScratchExperts consecutive indices: each quantized expert's matrices dequantized into
-  // the window's bf16 scratch in one launch between AcquireExpert and ReleaseExpert (so its ring slot frees at once),
-  // then one grouped product per matrix over the window (at::_grouped_mm, as GroupedResidentExperts). Per-row
+  // the window's bf16 scratch (fused_ops::DequantBatch: the experts resting on the GPU in launches of up to
+  // fused::kDequantMaxJobs matrices; one copied into a ring slot in a launch of its own between AcquireExpert and
+  // ReleaseExpert, so its slot frees at once), then one grouped product per matrix over the window (at::_grouped_mm, as GroupedResidentExperts). Per-row
   // fp8/int8 experts go in as their values alone and their products are scaled after rounding
   // (fused_ops::ScaleGroupedRows), QuantLinear's per-row path's roundings; other formats go in dequantized, as
   // QuantLinear multiplies them for a prompt. An expert the kernel does not take (plain or chunked weights, another
@@ -597,9 +599,24 @@ class LlamaKernels final : public ModelKernelsBase {
       unscaled.clear();
       return Status::Ok();
     };
+    // Experts that rest on the GPU are unpacked in batches (one launch for up to fused::kDequantMaxJobs matrices,
+    // issued before the window's products); an expert copied into a ring slot is unpacked at once, before its
+    // ReleaseExpert lets the slot be reused.
+    std::optional<fused_ops::DequantBatch> batch;
+    quant::Format batch_format = quant::Format::kNone;
+    auto launch_batch = [&]() -> Status {
+      if (!batch.has_value() || batch->size() == 0 || batch->Launch()) return Status::Ok();
+      return MakeError(ErrorCode::kInternal, "grouped prompt experts: the unpacking kernel declined its batch");
+    };
+    const int64_t esize = x.element_size();
+    char* const gu_base = static_cast<char*>(gu_scratch.data_ptr());
+    char* const down_base = static_cast<char*>(down_scratch.data_ptr());
     for (const BlockWeights::ExpertTask& t : tasks) {
       const int64_t e = t.expert;
-      if (w0 >= 0 && e >= w0 + window) BIGPLAN_RETURN_IF_ERROR(flush());
+      if (w0 >= 0 && e >= w0 + window) {
+        BIGPLAN_RETURN_IF_ERROR(launch_batch());
+        BIGPLAN_RETURN_IF_ERROR(flush());
+      }
       if (w0 < 0) w0 = e;
       w_end = e + 1;
       const uint32_t ue = static_cast<uint32_t>(e);
@@ -607,7 +624,7 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, ue)));
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef up, Ref(c, arch::ExpertSlot(Slot::kExpertUp, ue)));
       BIGPLAN_ASSIGN_OR_RETURN(WeightRef down, Ref(c, arch::ExpertSlot(Slot::kExpertDown, ue)));
-      const at::Tensor gu_slot = gu_scratch[e - w0], down_slot = down_scratch[e - w0];
+      const int64_t slot = e - w0;
       bool done = false, per_row = false;
       const quant::Format f = gate.quant.format;
       if (f != quant::Format::kNone && gate.whole.defined() && up.whole.defined() && down.whole.defined() &&
@@ -621,32 +638,42 @@ class LlamaKernels final : public ModelKernelsBase {
           gu_scales = at::empty({window, 2 * inter}, f32);
           down_scales = at::empty({window, hidden}, f32);
         }
-        const int64_t slot = e - w0;
-        auto input = [](const WeightRef& w, const at::Tensor& into, const at::Tensor& scales) {
-          return fused_ops::DequantInput{.wq = w.whole, .cols = w.quant.cols, .group = w.quant.group,
-                                         .split = w.quant.split, .out = into, .scales = scales};
-        };
-        const at::Tensor gs = per_row ? gu_scales[slot] : at::Tensor();
-        done = fused_ops::DequantizeInto(
-            {input(gate, gu_slot.narrow(0, 0, inter), per_row ? gs.narrow(0, 0, inter) : at::Tensor()),
-             input(up, gu_slot.narrow(0, inter, inter), per_row ? gs.narrow(0, inter, inter) : at::Tensor()),
-             input(down, down_slot, per_row ? down_scales[slot] : at::Tensor())},
-            f);
+        const bool moves = c.weights.ExpertMoves(t.expert);
+        if (batch.has_value() && (batch_format != f || batch->full(3) || moves)) {
+          BIGPLAN_RETURN_IF_ERROR(launch_batch());
+        }
+        if (!batch.has_value() || batch_format != f) {
+          batch.emplace(f, x.scalar_type());
+          batch_format = f;
+        }
+        // The slot's [gate; up] rows [2 inter, hidden] and down rows [hidden, inter], row-major.
+        char* const gu_out = gu_base + slot * 2 * inter * hidden * esize;
+        char* const down_out = down_base + slot * hidden * inter * esize;
+        float* const gs = per_row ? gu_scales.data_ptr<float>() + slot * 2 * inter : nullptr;
+        float* const ds = per_row ? down_scales.data_ptr<float>() + slot * hidden : nullptr;
+        const int queued = batch->size();
+        done = batch->Add(gate.whole, gate.quant.cols, gate.quant.group, gate.quant.split, gu_out, hidden, gs) &&
+               batch->Add(up.whole, up.quant.cols, up.quant.group, up.quant.split, gu_out + inter * hidden * esize,
+                          hidden, gs != nullptr ? gs + inter : nullptr) &&
+               batch->Add(down.whole, down.quant.cols, down.quant.group, down.quant.split, down_out, inter, ds);
+        if (!done) batch->Truncate(queued);  // (not eligible: none of its matrices stays queued)
+        if (done && moves) BIGPLAN_RETURN_IF_ERROR(launch_batch());
       }
       if (done && per_row) {
         scaled = true;
       } else {
-        unscaled.push_back(e - w0);
+        unscaled.push_back(slot);
       }
       if (done) {
         grouped_prompt_experts_.fetch_add(1, std::memory_order_relaxed);
         BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
       } else {
-        gu_slot.zero_();
-        down_slot.zero_();
+        gu_scratch[slot].zero_();
+        down_scratch[slot].zero_();
         BIGPLAN_RETURN_IF_ERROR(ExpertByItself(c, xc, t, out));
       }
     }
+    BIGPLAN_RETURN_IF_ERROR(launch_batch());
     BIGPLAN_RETURN_IF_ERROR(flush());
     const at::Tensor routed = fused_ops::MoeCombine(y, ids, topw.contiguous(), place);
     if (!routed.defined()) {

@@ -264,6 +264,83 @@ TEST(Dequantize, MatchesTheLibTorchOps) {
     }
   }
 }
+
+// fused_ops::DequantBatch (a MoE prompt's experts unpacked many matrices a launch): a full batch of
+// fused::kDequantMaxJobs weights of two shapes, launched once, equals each weight dequantized by itself, in rows of a
+// wider raw output; weights it does not take (a group that does not divide the columns, a scaled int4 weight) queue
+// nothing; Truncate drops what was queued after a point (those outputs stay untouched); per-row scales go where Add
+// points them.
+TEST(DequantBatch, EqualsEachWeightDequantizedByItself) {
+  const at::Device dev = TestDevice();
+  at::manual_seed(17);
+  for (const Case& c : {Case{quant::Format::kInt4, 24, 256, 64}, Case{quant::Format::kInt8, 24, 256, 256},
+                        Case{quant::Format::kFp8E4M3, 16, 128, 128}}) {
+    SCOPED_TRACE(quant::FormatName(c.format));
+    const int jobs = fused::kDequantMaxJobs;
+    const at::TensorOptions bf16 = at::TensorOptions().dtype(at::kBFloat16).device(dev);
+    std::vector<at::Tensor> ws;
+    int64_t rows = 0;
+    for (int j = 0; j < jobs; ++j) {
+      const int64_t n = j % 2 == 0 ? c.n : 2 * c.n;  // two shapes alternating (gate/up and down's rows)
+      ws.push_back(QuantizedRows(at::randn({n, c.k}) * 0.05, c.format, c.group).to(dev));
+      rows += n;
+    }
+    const int64_t stride = c.k + 8;  // the outputs' rows, wider than the weights'
+    const at::Tensor out = at::full({rows, stride}, 5.0, bf16);
+    const bool per_row = c.format != quant::Format::kInt4;
+    const at::Tensor scales = at::zeros({rows}, bf16.dtype(at::kFloat));
+    fused_ops::DequantBatch batch(c.format, at::kBFloat16);
+    EXPECT_FALSE(batch.Add(ws[0], c.k, c.group + 1, false, out.data_ptr(), stride));
+    if (!per_row) {
+      EXPECT_FALSE(batch.Add(ws[0], c.k, c.group, false, out.data_ptr(), stride, scales.data_ptr<float>()));
+    }
+    EXPECT_EQ(batch.size(), 0);
+    int64_t row = 0;
+    std::vector<int64_t> first;
+    for (int j = 0; j < jobs; ++j) {
+      ASSERT_FALSE(batch.full());
+      char* o = static_cast<char*>(out.data_ptr()) + row * stride * 2;
+      float* sc = per_row && j % 3 == 0 ? scales.data_ptr<float>() + row : nullptr;
+      ASSERT_TRUE(batch.Add(ws[j], c.k, c.group, false, o, stride, sc));
+      first.push_back(row);
+      row += ws[j].size(0);
+    }
+    EXPECT_TRUE(batch.full());
+    EXPECT_FALSE(batch.Add(ws[0], c.k, c.group, false, out.data_ptr(), stride));  // full: nothing queued
+    ASSERT_TRUE(batch.Launch());
+    EXPECT_EQ(batch.size(), 0);
+    const at::Tensor cpu = out.to(at::kCPU);
+    for (int j = 0; j < jobs; ++j) {
+      const int64_t n = ws[j].size(0);
+      const at::Tensor got = cpu.narrow(0, first[j], n);
+      if (per_row && j % 3 == 0) {  // the values alone, and the rows' scales
+        const at::Tensor raw = at::empty({n, c.k}, bf16);
+        const at::Tensor want_scales = at::empty({n}, bf16.dtype(at::kFloat));
+        ASSERT_TRUE(fused_ops::DequantizeInto(
+            {fused_ops::DequantInput{.wq = ws[j], .cols = c.k, .group = c.group, .out = raw, .scales = want_scales}},
+            c.format));
+        EXPECT_TRUE(at::equal(got.narrow(1, 0, c.k), raw.to(at::kCPU))) << j;
+        EXPECT_TRUE(at::equal(scales.narrow(0, first[j], n).to(at::kCPU), want_scales.to(at::kCPU))) << j;
+      } else {
+        const at::Tensor want = fused_ops::Dequantize(ws[j], c.format, c.k, c.group, false, at::kBFloat16);
+        ASSERT_TRUE(want.defined());
+        EXPECT_TRUE(at::equal(got.narrow(1, 0, c.k), want.to(at::kCPU))) << j;
+      }
+      EXPECT_TRUE(at::equal(got.narrow(1, c.k, 8), at::full({n, 8}, 5.0, at::kBFloat16))) << j;  // untouched
+    }
+    // Truncate: the second weight queued is dropped; its output keeps its old values.
+    const at::Tensor out2 = at::full({2 * c.n + c.n, c.k}, 7.0, bf16);
+    ASSERT_TRUE(batch.Add(ws[0], c.k, c.group, false, out2.data_ptr(), c.k));
+    ASSERT_TRUE(batch.Add(ws[1], c.k, c.group, false, static_cast<char*>(out2.data_ptr()) + c.n * c.k * 2, c.k));
+    batch.Truncate(1);
+    EXPECT_EQ(batch.size(), 1);
+    ASSERT_TRUE(batch.Launch());
+    const at::Tensor want0 = fused_ops::Dequantize(ws[0], c.format, c.k, c.group, false, at::kBFloat16);
+    EXPECT_TRUE(at::equal(out2.narrow(0, 0, c.n).to(at::kCPU), want0.to(at::kCPU)));
+    EXPECT_TRUE(at::equal(out2.narrow(0, c.n, 2 * c.n).to(at::kCPU), at::full({2 * c.n, c.k}, 7.0, at::kBFloat16)));
+    EXPECT_TRUE(batch.Launch());  // nothing queued: nothing to do
+  }
+}
 #endif
 
 #ifdef BIGPLAN_TEST_CUDA

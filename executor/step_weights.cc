@@ -265,6 +265,10 @@ Status StepWeights::ReleaseExpert(int32_t expert) const {
   return experts_->Release(*block_, expert, engine_->compute_stream(block_->device));
 }
 
+bool StepWeights::ExpertMoves(int32_t expert) const {
+  return experts_ != nullptr && experts_->Moves(expert);
+}
+
 Status StepWeights::FinishExperts(at::Tensor* out) const {
   if (experts_ == nullptr) return Status::Ok();
   return experts_->Finish(*block_, engine_->compute_stream(block_->device), out);

@@ -48,6 +48,7 @@ class StepWeights : public BlockWeights {
   Status AcquireExpert(int32_t expert) const override;
   Status AcquireExpertDown(int32_t expert) const override;
   Status ReleaseExpert(int32_t expert) const override;
+  bool ExpertMoves(int32_t expert) const override;
   Status FinishExperts(at::Tensor* out) const override;
   const ResidentExpertTable* ResidentExperts() const override {
     return resident_experts_.gate_up.empty() ? nullptr : &resident_experts_;
