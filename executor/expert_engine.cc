@@ -996,10 +996,9 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
   }
 
   BlockWeights::ExpertWork work;
-  // A task: expert e's rows and routing weights, the index arrays in mapped memory.
+  // A task: expert e's rows and picks, the index arrays in mapped memory.
   int64_t* idx = reinterpret_cast<int64_t*>(indices_.data());
   int64_t used = 0;
-  const at::Tensor flat_w = topw.reshape({-1});
   auto add_task = [&](int32_t e) {
     const int64_t n = count[e];
     int64_t* rows = idx + used;
@@ -1014,8 +1013,8 @@ Result<BlockWeights::ExpertWork> ExpertEngine::Begin(const BlockRuntime& b, cons
     BlockWeights::ExpertTask t;
     t.expert = e;
     t.rows = at::from_blob(rows, {n}, dev.dtype(at::kLong));
-    t.weights = n == 1 ? flat_w.narrow(0, picks[0], 1).view({1, 1})
-                       : flat_w.index_select(0, at::from_blob(picks, {n}, dev.dtype(at::kLong))).unsqueeze(1);
+    t.picks = at::from_blob(picks, {n}, dev.dtype(at::kLong));
+    t.first_pick = n > 0 ? picks[0] : -1;
     used += 2 * n;
     if (!layer.experts[e].routed) ++stats_.resident;
     work.tasks.push_back(std::move(t));

@@ -93,7 +93,6 @@ Result<BlockWeights::ExpertWork> BlockWeights::BeginExperts(const at::Tensor& x,
     offset += static_cast<int64_t>(r.size());
   }
   const at::Tensor dev = x.is_cuda() ? host.to(x.device(), /*non_blocking=*/true) : host;
-  const at::Tensor flat_w = topw.reshape({-1});
   ExpertWork work;
   std::vector<ExpertTask>& tasks = work.tasks;
   size_t i = 0;
@@ -102,10 +101,17 @@ Result<BlockWeights::ExpertWork> BlockWeights::BeginExperts(const at::Tensor& x,
     ExpertTask t;
     t.expert = entry.first;
     t.rows = dev.narrow(0, off, count);
-    t.weights = flat_w.index_select(0, dev.narrow(0, picked + off, count)).unsqueeze(1);
+    t.picks = dev.narrow(0, picked + off, count);
+    t.first_pick = count > 0 ? h[picked + off] : -1;
     tasks.push_back(std::move(t));
   }
   return work;
+}
+
+at::Tensor BlockWeights::TaskWeights(const ExpertTask& t, const at::Tensor& topw) {
+  const at::Tensor flat_w = topw.reshape({-1});
+  if (t.picks.numel() == 1 && t.first_pick >= 0) return flat_w.narrow(0, t.first_pick, 1).view({1, 1});
+  return flat_w.index_select(0, t.picks).unsqueeze(1);
 }
 
 namespace kernels_internal {

@@ -132,13 +132,19 @@ class BlockWeights {
 
   // ---- routed experts (a sparse decoder layer of a mixture-of-experts model) ----
   // One expert the kernel computes: the rows of x routed to it (int64 [n] on x's device, ascending; n may be 0 for
-  // an expert whose chunk-streamed weights must still be consumed in order) and their routing weights ([n, 1], the
-  // dtype of `topw` given to BeginExperts).
+  // an expert whose chunk-streamed weights must still be consumed in order) and where their choices lie among the
+  // router's (`picks`, int64 [n] on x's device: positions in the flattened [T * k] `topw` given to BeginExperts;
+  // `first_pick` the first of them, on the host, -1 when n is 0). TaskWeights gathers their routing weights, for a
+  // kernel that needs them per expert (a grouped prompt combines every pair at once and gathers none).
   struct ExpertTask {
     int32_t expert = 0;
     at::Tensor rows;
-    at::Tensor weights;
+    at::Tensor picks;
+    int64_t first_pick = -1;
   };
+  // Task t's routing weights [n, 1] in topw's dtype: topw [T, k] flattened, taken at t.picks (for one pick, a view of
+  // topw).
+  static at::Tensor TaskWeights(const ExpertTask& t, const at::Tensor& topw);
   // After the router: x [T, hidden] (the normed input), topi [T, k] int64 expert choices, topw [T, k] their
   // weights; the layer has num_experts experts. Returns the experts the kernel computes, in ascending order, each between AcquireExpert and
   // ReleaseExpert; the executor may compute others on the host (FinishExperts gives their sum). The default (every

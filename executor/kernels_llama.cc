@@ -505,7 +505,7 @@ class LlamaKernels final : public ModelKernelsBase {
     }
     for (const BlockWeights::ExpertTask& t : work.tasks) {
       BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpert(t.expert));
-      BIGPLAN_RETURN_IF_ERROR(ExpertByItself(c, x, t, &out));
+      BIGPLAN_RETURN_IF_ERROR(ExpertByItself(c, x, topw, t, &out));
     }
     BIGPLAN_RETURN_IF_ERROR(c.weights.FinishExperts(&out));
     return out;
@@ -670,7 +670,7 @@ class LlamaKernels final : public ModelKernelsBase {
       } else {
         gu_scratch[slot].zero_();
         down_scratch[slot].zero_();
-        BIGPLAN_RETURN_IF_ERROR(ExpertByItself(c, xc, t, out));
+        BIGPLAN_RETURN_IF_ERROR(ExpertByItself(c, xc, topw, t, out));
       }
     }
     BIGPLAN_RETURN_IF_ERROR(launch_batch());
@@ -684,8 +684,9 @@ class LlamaKernels final : public ModelKernelsBase {
   }
 
   // One expert's products for its rows (between AcquireExpert, done by the caller, and ReleaseExpert, done here),
-  // its weighted output added into *out at its rows.
-  Status ExpertByItself(const Call& c, const at::Tensor& x, const BlockWeights::ExpertTask& t, at::Tensor* out) const {
+  // its output weighted by its rows' routing weights (of the router's topw) added into *out at its rows.
+  Status ExpertByItself(const Call& c, const at::Tensor& x, const at::Tensor& topw, const BlockWeights::ExpertTask& t,
+                        at::Tensor* out) const {
     const uint32_t e = static_cast<uint32_t>(t.expert);
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef gate, Ref(c, arch::ExpertSlot(Slot::kExpertGate, e)));
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef up, Ref(c, arch::ExpertSlot(Slot::kExpertUp, e)));
@@ -707,9 +708,9 @@ class LlamaKernels final : public ModelKernelsBase {
     BIGPLAN_RETURN_IF_ERROR(c.weights.AcquireExpertDown(t.expert));
     BIGPLAN_ASSIGN_OR_RETURN(at::Tensor ye, LinearW(down, h, at::Tensor()));
     if (single) {
-      out->add_((ye * t.weights).to(out->scalar_type()));
+      out->add_((ye * BlockWeights::TaskWeights(t, topw)).to(out->scalar_type()));
     } else {
-      out->index_add_(0, t.rows, (ye * t.weights).to(out->scalar_type()));
+      out->index_add_(0, t.rows, (ye * BlockWeights::TaskWeights(t, topw)).to(out->scalar_type()));
     }
     BIGPLAN_RETURN_IF_ERROR(c.weights.ReleaseExpert(t.expert));
     return Status::Ok();
