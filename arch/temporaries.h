@@ -45,6 +45,9 @@ inline int64_t MoeGroupedBytesPerPair(int64_t hidden, int64_t inter, int64_t dty
 // dequantized into a scratch of at most this many bytes, as many consecutive experts at a time as fit, and computed by
 // grouped products over them (where at least two fit; else one expert at a time, its matrices dequantized one by one).
 inline constexpr int64_t kMoeDequantScratchBytes = int64_t{128} << 20;
+// The experts resting on the GPU are dequantized this many matrices a launch (executor fused::kDequantMaxJobs:
+// sixteen experts' three).
+inline constexpr int64_t kMoeDequantBatchMatrices = 48;
 // Experts of `experts` whose [gate; up] and down matrices (3 x hidden x inter values) the scratch holds in
 // `dtype_bytes`: at most all of them.
 inline int64_t MoeDequantScratchExperts(int64_t hidden, int64_t inter, int64_t dtype_bytes, int64_t experts) {

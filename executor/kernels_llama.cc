@@ -742,6 +742,7 @@ class LlamaKernels final : public ModelKernelsBase {
   bool StaticDecode(int64_t max_seq_len) const override {
     return spec_.num_experts == 0 && !rope_.LengthDependent(max_seq_len);
   }
+  static_assert(fused::kDequantMaxJobs == arch::kMoeDequantBatchMatrices);
   static_assert(fused_ops::kMoeMaxExperts == arch::kGraphDecodeMaxExperts &&
                 fused_ops::kMoeMaxTokens == arch::kGraphDecodeMaxExpertTokens);
   bool RowSteps(int64_t max_seq_len) const override { return !rope_.LengthDependent(max_seq_len); }

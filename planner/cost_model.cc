@@ -107,12 +107,16 @@ BlockWork DescribeBlockWork(const ModelDescription& model, size_t index, DType e
     if (sparse && experts.quantized > 0) {
       // An expert run by itself (too large for two in the unpacking scratch): its gather, products, activation,
       // weighting and scatter (kExpertPromptTaskOps) and its three matrices' unpacking kernels; in the scratch's
-      // windows, one unpacking launch for the three.
+      // windows, its share of its window's ops (kExpertWindowOps) and of a batched unpacking launch.
       const int64_t inter = static_cast<int64_t>(c.moe_intermediate_size > 0 ? c.moe_intermediate_size
                                                                             : c.intermediate_size);
-      const bool windows =
-          arch::MoeDequantScratchExperts(static_cast<int64_t>(c.hidden_size), inter, 2, c.num_experts) >= 2;
-      w.expert_prompt_kernels = windows ? 1 : 3 + kExpertPromptTaskOps;
+      const int64_t window =
+          arch::MoeDequantScratchExperts(static_cast<int64_t>(c.hidden_size), inter, 2, c.num_experts);
+      const bool windows = window >= 2;
+      w.expert_prompt_kernels =
+          windows ? kExpertWindowOps / static_cast<double>(window) + 3.0 / arch::kMoeDequantBatchMatrices
+                  : 3 + kExpertPromptTaskOps;
+      w.expert_prompt_windows = windows;
     }
   }
   // LibTorch's ops where the fused kernels do not apply: the ones beyond the fused path's count.
@@ -194,8 +198,8 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   // bandwidth), the products reading the copies.
   auto prefill_kernels = [&](double tokens) {
     if (w.prefill_kernels == 0) return w.kernels;
-    return w.prefill_kernels +
-           static_cast<uint32_t>(std::lround(w.num_experts * experts_hit(tokens))) * w.expert_prompt_kernels;
+    return w.prefill_kernels + static_cast<uint32_t>(std::lround(
+                                   std::round(w.num_experts * experts_hit(tokens)) * w.expert_prompt_kernels));
   };
   auto prefill_gpu_us = [&](double tokens, double context) {
     const double hit = experts_hit(tokens);
@@ -208,9 +212,17 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
         static_cast<double>(w.prefill_unpack_bytes) + static_cast<double>(w.expert_prefill_unpack_bytes) * hit;
     const uint64_t op_bytes = w.prefill_kernels > 0 ? w.prefill_rescale_bytes_per_token : w.op_bytes_per_token;
     const double moved = kv_bytes + static_cast<double>(w.act_bytes_per_token + op_bytes) * tokens;
-    // (Reads at kPrefillReadEfficiency where it was measured: products of unpacked copies.)
+    // (Reads at kPrefillReadEfficiency where it was measured: products of unpacked copies; a window's grouped
+    // products of experts' copies at kExpertWindowReadEfficiency.)
     const double read_share = w.prefill_kernels > 0 ? kPrefillReadEfficiency : 1.0;
-    return (std::max(products, reads / (read_share * bytes_per_s)) + attention + moved / bytes_per_s +
+    const double window_reads =
+        w.expert_prompt_windows
+            ? std::min(reads, (static_cast<double>(w.expert_bytes) +
+                               static_cast<double>(w.expert_prefill_unpacked_extra_bytes)) * hit)
+            : 0.0;
+    const double read_us = (reads - window_reads) / (read_share * bytes_per_s) +
+                           window_reads / (kExpertWindowReadEfficiency * bytes_per_s);
+    return (std::max(products, read_us) + attention + moved / bytes_per_s +
             unpack / (kUnpackEfficiency * bytes_per_s)) * 1e6 +
            prefill_kernels(tokens) * kPrefillKernelMicros;
   };

@@ -148,6 +148,12 @@ inline constexpr double kUnpackEfficiency = 0.72;
 // of about 128 rows, 44 us each on average for 117 MB of unpacked weights (2.7 TB/s). (Plain blocks' prompts were
 // fitted without it; the resident bf16 Qwen3 shape's grouped expert products read at 98% of the HBM rate.)
 inline constexpr double kPrefillReadEfficiency = 0.65;
+// kExpertWindowReadEfficiency = 0.94: the same for a prompt's quantized experts run in the unpacking scratch's
+// windows (executor GroupedQuantizedPrompt: two grouped products over up to 16 experts' unpacked copies, a few dozen
+// rows each): Kineto, H200, the Qwen3-30B-A3B shape's 512-token int4 prompt, 374 grouped products in 7.1 ms for
+// about 29 GB of unpacked bf16 experts (4.1 TB/s against the floors' 4.2 TB/s), and the prompt measured at 33.6-34.8
+// ms with every expert unpacked so (benchmarks/RESULTS.md, 2026-11-28 prompt batches).
+inline constexpr double kExpertWindowReadEfficiency = 0.94;
 // A per-row fp8/int8 product's output scaling in a prompt (QuantLinear: to float32, times the scales, back):
 // bytes moved per output element.
 inline constexpr double kRescaleBytesPerElement = 20.0;
@@ -155,6 +161,12 @@ inline constexpr double kRescaleBytesPerElement = 20.0;
 // weighted add: kExpertTaskMicros below), and in a prompt, which also gathers its rows.
 inline constexpr uint32_t kExpertTaskOps = 8;
 inline constexpr uint32_t kExpertPromptTaskOps = kExpertTaskOps + 1;
+// kExpertWindowOps = 9.5: a prompt's window of quantized experts in the unpacking scratch, in host ops (kHostOpMicros):
+// its two grouped products (about three ops' host time each), the offsets' shift, the activation, the copy out and
+// the views: 103 us a window on the issuing thread of the Qwen3-30B-A3B shape's int4 prompt (Kineto, H200 x2 host,
+// benchmarks/RESULTS.md 2026-11-28 prompt batches: 374 grouped products at 33 us, 187 shifts at 14 us, 235 copies at
+// 9.6 us). Its experts' unpacking takes 3 / arch::kMoeDequantBatchMatrices launches each.
+inline constexpr double kExpertWindowOps = 9.5;
 // kLibTorchOpBytesPerHidden = 8: a GPU block without the fused kernels runs LibTorch's ops instead (more kernels:
 // 33 per Llama layer against 10); each op beyond the fused path's count reads and writes about one float32
 // activation, 8 x hidden bytes per token (the norms' upcast and its steps, rotary's and SiLU's elementwise ops).
@@ -278,13 +290,17 @@ struct BlockWork {
   // A sparse layer (0 elsewhere): the share of its routed experts one token picks (num_experts_per_tok /
   // num_experts), all its routed experts' stored bytes, and their prompt terms as above. weight_bytes,
   // matmul_params and dequant_bytes hold one token's picks; the prefill form reads and unpacks the experts its
-  // tokens hit, 1 - (1 - share)^tokens of them, each adding expert_prompt_kernels kernels.
+  // tokens hit, 1 - (1 - share)^tokens of them, each adding expert_prompt_kernels kernels (a share of its window's
+  // and batch's where they run in the unpacking scratch's windows).
   double expert_pick_share = 0;
   uint32_t num_experts = 0;
   uint64_t expert_bytes = 0;
   uint64_t expert_prefill_unpack_bytes = 0;
   uint64_t expert_prefill_unpacked_extra_bytes = 0;
-  uint32_t expert_prompt_kernels = 0;
+  double expert_prompt_kernels = 0;
+  // Whether a prompt runs the quantized experts in the unpacking scratch's windows (their copies read at
+  // kExpertWindowReadEfficiency; else one by one, at kPrefillReadEfficiency).
+  bool expert_prompt_windows = false;
 };
 
 // The work of block `index` of `model` at `exec_dtype` (weight_bytes = the block's weight-buffer bytes, as

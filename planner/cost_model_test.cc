@@ -1,9 +1,11 @@
 #include "planner/cost_model.h"
 
+#include "arch/temporaries.h"
 #include "planner/hf_import.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 
@@ -307,9 +309,13 @@ TEST(CostModelTest, PromptReadsAndUnpacksTheExpertsItsTokensHit) {
   EXPECT_EQ(w.expert_prefill_unpack_bytes, static_cast<uint64_t>(w.expert_bytes + 2 * expert_params));
   EXPECT_EQ(w.expert_prefill_unpacked_extra_bytes, static_cast<uint64_t>(2 * expert_params - w.expert_bytes));
   EXPECT_EQ(w.prefill_unpack_bytes, 0u);  // the attention's matrices are plain
-  // These experts (3 x 1024 x 3584 bf16, 22 MB) fit the unpacking scratch five times: one unpacking launch an
-  // expert hit.
-  EXPECT_EQ(w.expert_prompt_kernels, 1u);
+  // These experts (3 x 1024 x 3584 bf16, 22 MB) fit the unpacking scratch six times: an expert hit takes a sixth of
+  // its window's ops and its three matrices' share of a batched unpacking launch.
+  const int64_t window = arch::MoeDequantScratchExperts(1024, 3584, 2, 8);
+  ASSERT_EQ(window, 6);
+  EXPECT_DOUBLE_EQ(w.expert_prompt_kernels, kExpertWindowOps / 6 + 3.0 / arch::kMoeDequantBatchMatrices);
+  EXPECT_TRUE(w.expert_prompt_windows);
+  const double added = std::round(8 * w.expert_prompt_kernels);  // kernels the 8 experts add
   // Without the experts' own terms: one token's picks only, at any token count.
   BlockWork picks = w;
   picks.expert_pick_share = 0;
@@ -319,14 +325,21 @@ TEST(CostModelTest, PromptReadsAndUnpacksTheExpertsItsTokensHit) {
   const double bw = p.device_mem_gbps * 1e3;  // bytes per us
   EXPECT_NEAR(EstimateBlockCost(w, RunSize{1, 512}, 0, p).decode_device_us,
               EstimateBlockCost(picks, RunSize{1, 512}, 0, p).decode_device_us, 1e-9);
-  // A 512-token prompt: every expert unpacked (1 - 0.75^512 of them), the copies read by the products, 8 more
-  // kernels.
+  // A 512-token prompt: every expert unpacked (1 - 0.75^512 of them), the copies read by the window's products,
+  // `added` more kernels.
   const double prompt = EstimateBlockCost(w, RunSize{1, 512}, 0, p).prefill_device_us;
   const double picked = EstimateBlockCost(picks, RunSize{1, 512}, 0, p).prefill_device_us;
   const double unpack = w.expert_prefill_unpack_bytes / (kUnpackEfficiency * bw);
-  EXPECT_GT(prompt - picked, unpack + 8 * kPrefillKernelMicros - 1e-6);
-  EXPECT_LT(prompt - picked, unpack + 8 * kPrefillKernelMicros +
-                                 (w.expert_bytes + w.expert_prefill_unpacked_extra_bytes) / (kPrefillReadEfficiency * bw));
+  EXPECT_GT(prompt - picked, unpack + added * kPrefillKernelMicros - 1e-6);
+  EXPECT_LT(prompt - picked,
+            unpack + added * kPrefillKernelMicros +
+                (w.expert_bytes + w.expert_prefill_unpacked_extra_bytes) / (kExpertWindowReadEfficiency * bw) + 1e-6);
+  // The same experts run one by one (a scratch too small for two): their copies read at kPrefillReadEfficiency,
+  // which is slower.
+  BlockWork alone = w;
+  alone.expert_prompt_windows = false;
+  alone.expert_prompt_kernels = added / 8;
+  EXPECT_GT(EstimateBlockCost(alone, RunSize{1, 512}, 0, p).prefill_device_us, prompt);
 }
 
 // Per-row int8 (and fp8) matrices: a decode step of up to 2 rows reads their stored values in one kernel each

@@ -37,7 +37,8 @@
 #                                           --offload-split cuda:0=8GiB,cuda:1=8GiB with the same host shares, and
 #                                           Accelerate with max_memory {0: 8GiB, 1: 8GiB, cpu})
 #   BIGPLAN_KINETO=1                        also a Kineto trace of 3 decode steps per configuration (e2e_bench
-#                                           --kineto), summarized by kineto_summary.py into the traces archive
+#                                           --kineto), summarized by kineto_summary.py (the device) and
+#                                           kineto_host_ops.py (the issuing thread) into the traces archive
 #   BIGPLAN_GEN_CHECKPOINT                  the gen_checkpoint binary; PYTHON [python3]
 #   BIGPLAN_E2E_BENCH                       the e2e_bench binary (e.g. another build's, to compare on one machine)
 # Writes OUT_DIR/{spec,accelerate,bigplan}_<model>.{json,txt} and OUT_DIR/moe_check.json (a summary).
@@ -199,6 +200,7 @@ run_bigplan() {
   done
   for k in "$out/traces_$model"/*.kineto.json; do
     [[ -f "$k" ]] && "$PY" benchmarks/gpu/kineto_summary.py "$k" --dump > "${k%.kineto.json}.kineto.txt" 2>&1 || true
+    [[ -f "$k" ]] && "$PY" benchmarks/gpu/kineto_host_ops.py "$k" > "${k%.kineto.json}.host.txt" 2>&1 || true
   done
   # One archive of the plans' inspect output and traces (the plans themselves can be remade).
   rm -f "$out/traces_$model"/*.bplan
