@@ -170,9 +170,9 @@ DequantBatch::DequantBatch(quant::Format format, at::ScalarType dtype) : format_
 
 bool DequantBatch::Add(const at::Tensor& wq, int64_t cols, int64_t group, bool split, void* out, int64_t out_stride,
                        float* scales) {
-  if (format_ == quant::Format::kNone || full() || !wq.defined() || wq.dim() != 2 ||
-      wq.scalar_type() != at::kByte || !wq.is_cuda() || out == nullptr || (reinterpret_cast<uintptr_t>(out) & 15u) != 0 ||
-      cols <= 0 || group <= 0 || cols % group != 0 || out_stride < cols || out_stride % 8 != 0) {
+  if (format_ == quant::Format::kNone || full() || !wq.defined() || wq.dim() != 2 || wq.scalar_type() != at::kByte ||
+      !wq.is_cuda() || out == nullptr || (reinterpret_cast<uintptr_t>(out) & 15u) != 0 || cols <= 0 || group <= 0 ||
+      cols % group != 0 || out_stride < cols || out_stride % 8 != 0) {
     return false;
   }
   const Result<uint64_t> row_bytes = quant::RowBytes(format_, cols, group);

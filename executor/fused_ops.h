@@ -71,10 +71,10 @@ class DequantBatch {
  public:
   // Outputs in `dtype` (bf16 or fp16) of weights in `format` (not kNone).
   DequantBatch(quant::Format format, at::ScalarType dtype);
-  // Queues wq (uint8 [n, row bytes] on the current CUDA device, as DequantInput's; the queue's weights on one device) into out: n rows of `cols` values in the
-  // batch's dtype, `out_stride` elements apart (16-byte aligned, a multiple of 8, >= cols), and for per-row
-  // fp8/int8 (group == cols) optionally `scales` (n float32, device memory): DequantInput's scales. False, queuing
-  // nothing, when not eligible. Callers launch first when full().
+  // Queues wq (uint8 [n, row bytes] on the current CUDA device, as DequantInput's; a queue's weights on one device)
+  // into out: n rows of `cols` values in the batch's dtype, `out_stride` elements apart (16-byte aligned, a multiple
+  // of 8, >= cols), and for per-row fp8/int8 (group == cols) optionally `scales` (n float32, device memory):
+  // DequantInput's scales. False, queuing nothing, when not eligible (also when full(): callers launch first).
   bool Add(const at::Tensor& wq, int64_t cols, int64_t group, bool split, void* out, int64_t out_stride,
            float* scales = nullptr);
   // Whether `more` further weights would not fit the queue.

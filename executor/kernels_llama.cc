@@ -537,12 +537,12 @@ class LlamaKernels final : public ModelKernelsBase {
   // windows of arch::MoeDequantScratchExperts consecutive indices: each quantized expert's matrices dequantized into
   // the window's bf16 scratch (fused_ops::DequantBatch: the experts resting on the GPU in launches of up to
   // fused::kDequantMaxJobs matrices; one copied into a ring slot in a launch of its own between AcquireExpert and
-  // ReleaseExpert, so its slot frees at once), then one grouped product per matrix over the window (at::_grouped_mm, as GroupedResidentExperts). Per-row
-  // fp8/int8 experts go in as their values alone and their products are scaled after rounding
-  // (fused_ops::ScaleGroupedRows), QuantLinear's per-row path's roundings; other formats go in dequantized, as
-  // QuantLinear multiplies them for a prompt. An expert the kernel does not take (plain or chunked weights, another
-  // layout) runs by itself into *out, its scratch zeroed so its pairs' grouped outputs are 0. The pairs' outputs are
-  // combined once (fused_ops::MoeCombine) and added to *out.
+  // ReleaseExpert, so its slot frees at once), then one grouped product per matrix over the window (at::_grouped_mm,
+  // as GroupedResidentExperts). Per-row fp8/int8 experts go in as their values alone and their products are scaled
+  // after rounding (fused_ops::ScaleGroupedRows), QuantLinear's per-row path's roundings; other formats go in
+  // dequantized, as QuantLinear multiplies them for a prompt. An expert the kernel does not take (plain or chunked
+  // weights, another layout) runs by itself into *out, its scratch zeroed so its pairs' grouped outputs are 0. The
+  // pairs' outputs are combined once (fused_ops::MoeCombine) and added to *out.
   Status GroupedQuantizedPrompt(const Call& c, const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
                                 const std::vector<BlockWeights::ExpertTask>& tasks, at::Tensor* out) const {
     const int64_t hidden = x.size(1), inter = spec_.moe_intermediate_size;
