@@ -31,21 +31,27 @@
 namespace bigplan::e2e {
 namespace {
 
-// A TCP port that was free a moment ago, below the kernel's ephemeral range where it can: a port the kernel hands
-// out to outgoing connections (NCCL's and the stores' sockets of earlier cases, opened all the time) could be taken
-// between this check and rank 0's listen (EADDRINUSE), and one below that range is never handed out so.
-bool PortFree(int port) {
+// Binds a loopback TCP socket to `port` (0: the kernel's choice) and closes it: the port it got, or -1.
+int BindLoopback(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
+  if (fd < 0) return -1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = htons(static_cast<uint16_t>(port));
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  socklen_t len = sizeof addr;
+  int got = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    got = ntohs(addr.sin_port);
+  }
   ::close(fd);
-  return ok;
+  return got;
 }
 
+// A TCP port that was free a moment ago, below the kernel's ephemeral range where it can: a port the kernel hands
+// out to outgoing connections (NCCL's and the stores' sockets of earlier cases, opened all the time) could be taken
+// between this check and rank 0's listen (EADDRINUSE), and one below that range is never handed out so.
 int FreePort() {
   int lo = 32768;  // the ephemeral range's start (Linux's default where /proc does not say)
   if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
@@ -59,22 +65,11 @@ int FreePort() {
     const int start = static_cast<int>(::getpid() * 7919 % span);
     for (int i = 0; i < 2000; ++i) {
       const int port = first + (start + next++) % span;
-      if (PortFree(port)) return port;
+      if (BindLoopback(port) == port) return port;
     }
   }
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof addr;
-  int port = 29500;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
+  const int port = BindLoopback(0);
+  return port > 0 ? port : 29500;
 }
 
 // Whether this machine has two CUDA devices (the CUDA variants skip otherwise).
