@@ -354,20 +354,22 @@ const FamilyInfo kFamilies[] = {
      kPhi3Parameterless, "", KernelCounts{.decoder_layer = 33, .partial_rotary_extra = 2, .final_norm = 4,
                                      .fused_decoder_layer = 10, .fused_final_norm = 1, .fused_decode_layer = 6},
      kPhi3Rope, /*partial_rotary=*/true, GraphDecode::kWhileRopeLengthIndependent, kPhi3Keys},
-    // Mixture-of-experts layers: decoder_layer counts a layer's attention half; BlockKernels adds the MLP's. Their
+    // Mixture-of-experts layers: decoder_layer counts a layer's attention half (fused_decode_layer: the q/k/v
+    // product with the norm and RoPE, Qwen3-MoE's RoPE apart, the attention's two kernels, the o product with the
+    // residual); BlockKernels and DecodeBlockKernels add the MLP's. Their
     // decode steps are captured in a CUDA graph where the executor reads the chosen experts on the device (every
     // expert resident: GraphDecodeEligible's conditions, and the planner's on the placement).
     {Family::kMixtral, "mixtral", kMixtralTypes, "MixtralForCausalLM", kLlamaBlocks, kMixtralTensors, kTiedHead, {},
      kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
-     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 6}, kLlamaRope, /*partial_rotary=*/false,
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 4}, kLlamaRope, /*partial_rotary=*/false,
      GraphDecode::kWhileRopeLengthIndependent, kMixtralKeys},
     {Family::kQwen2Moe, "qwen2_moe", kQwen2MoeTypes, "Qwen2MoeForCausalLM", kLlamaBlocks, kQwen2MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 22, .partial_rotary_extra = 0,
-     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 6}, kLlamaRope, /*partial_rotary=*/false,
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 4}, kLlamaRope, /*partial_rotary=*/false,
      GraphDecode::kWhileRopeLengthIndependent, kQwen2MoeKeys},
     {Family::kQwen3Moe, "qwen3_moe", kQwen3MoeTypes, "Qwen3MoeForCausalLM", kLlamaBlocks, kQwen3MoeTensors, kTiedHead,
      {}, kRotaryBuffers, kLlamaParameterless, "", KernelCounts{.decoder_layer = 30, .partial_rotary_extra = 0,
-     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 7}, kLlamaRope, /*partial_rotary=*/false,
+     .final_norm = 4, .fused_decoder_layer = 8, .fused_final_norm = 1, .fused_decode_layer = 5}, kLlamaRope, /*partial_rotary=*/false,
      GraphDecode::kWhileRopeLengthIndependent, kQwen3MoeKeys},
 };
 
@@ -1133,18 +1135,20 @@ namespace {
 // The MLP half of a mixture-of-experts family's decoder layer (the other families count it in decoder_layer): a
 // sparse layer's router (linear, float32 softmax, top-k, renormalization, cast and zeroed output: 7), then the
 // grouped experts below; the shared expert's MLP and gate (8). A dense layer's MLP is 11.
-uint32_t MlpKernels(const FamilyInfo& family, const ModelConfig& c, bool experts_on_device = false) {
+uint32_t MlpKernels(const FamilyInfo& family, const ModelConfig& c, bool experts_on_device = false, bool decode = false) {
   const bool moe_family =
       family.family == Family::kMixtral || family.family == Family::kQwen2Moe || family.family == Family::kQwen3Moe;
   if (!moe_family) return 0;
   if (c.num_experts == 0) return 11;
-  // Read on the device (executor/fused_ops.h MoeExperts): the router's product, its softmax and top k, the experts'
-  // two products, the residual add; the shared expert's ops.
-  if (experts_on_device) return 5 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
+  // A decode step's MLP after its attention half (DecodeBlockKernels). Read on the device (executor/fused_ops.h
+  // MoeExperts): the router's product with the norm (fused_ops::NormLinear), its softmax and top k, the experts' two
+  // products with the residual in the second; with a shared expert, its ops (8) and the residual's add.
+  if (experts_on_device) return 4 + (c.shared_expert_intermediate_size > 0 ? 8 + 1 : 0);
   // Decode computes the chosen experts as two groups (executor/kernels_grouped.cc: the pointer arrays' copy, two
   // batched products, the activation and product, the weighting and sum, the add: 8 each), plus the choices' copy
-  // to the host (3) and the host's result (2).
-  return 7 + 3 + 2 * 8 + 2 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
+  // to the host (3) and the host's result (2); in a decode step also the residual's add (a prompt's counts it in
+  // the layer's).
+  return 7 + (decode ? 1 : 0) + 3 + 2 * 8 + 2 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
 }
 }  // namespace
 
@@ -1182,7 +1186,7 @@ uint32_t DecodeBlockKernels(const FamilyInfo& family, BlockKind kind, const Mode
   // residual, then the gate/up product with the norm and SiLU x up in its kernel and the down product with the
   // residual (dense layers), or the norm, the mixture-of-experts MLP and its residual add.
   if (kind == BlockKind::kDecoderLayer && family.kernels.fused_decode_layer > 0 && FusedKernelsApply(family, config)) {
-    return family.kernels.fused_decode_layer + MlpKernels(family, config, experts_on_device);
+    return family.kernels.fused_decode_layer + MlpKernels(family, config, experts_on_device, /*decode=*/true);
   }
   return BlockKernels(family, kind, config, /*fused=*/true);
 }

@@ -371,8 +371,15 @@ TEST(RegistryTest, KernelCountsAndBuffers) {
   // (Qwen3-MoE's q/k norms keep RoPE a kernel of its own); other blocks and families as BlockKernels(fused).
   EXPECT_EQ(DecodeBlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, f), 6u);
   EXPECT_EQ(DecodeBlockKernels(*FindFamily("phi3"), BlockKind::kDecoderLayer, f), 6u);
-  EXPECT_EQ(DecodeBlockKernels(*FindFamily("mixtral"), BlockKind::kDecoderLayer, fm), 6u + 28u);
-  EXPECT_EQ(DecodeBlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, fm), 7u + 28u);
+  // Sparse layers: the attention half (4; 5 with Qwen3-MoE's RoPE apart), then the router's product with the norm,
+  // its top k and the experts read on the device, the second product adding the residual (4), or dispatched from
+  // the host (29).
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("mixtral"), BlockKind::kDecoderLayer, fm), 4u + 29u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, fm), 5u + 29u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("mixtral"), BlockKind::kDecoderLayer, fm, /*experts_on_device=*/true),
+            4u + 4u);
+  EXPECT_EQ(DecodeBlockKernels(*FindFamily("qwen3_moe"), BlockKind::kDecoderLayer, fm, /*experts_on_device=*/true),
+            5u + 4u);
   EXPECT_EQ(DecodeBlockKernels(*FindFamily("llama"), BlockKind::kFinalNorm, f), 1u);
   EXPECT_EQ(DecodeBlockKernels(*FindFamily("gpt2"), BlockKind::kDecoderLayer, f), 13u);
   EXPECT_EQ(DecodeBlockKernels(*FindFamily("llama"), BlockKind::kDecoderLayer, c), 33u) << "the fused kernels do not apply";

@@ -340,6 +340,11 @@ __device__ __forceinline__ void GemvBody(const GemvArgs& a) {
       WriteNormRow<T>(xr, nw, RmsScaleAsNormKernel<T>(xr, k, a.eps, scratch), k, staged + m * k);
     }
     __syncthreads();
+    if (a.norm_out != nullptr && blockIdx.x == 0) {  // the normed rows for the kernels after this one
+      for (int64_t i = threadIdx.x * 8; i < M * k; i += blockDim.x * 8) {
+        *reinterpret_cast<uint4*>(static_cast<T*>(a.norm_out) + i) = *reinterpret_cast<const uint4*>(staged + i);
+      }
+    }
     x = staged;
     x_stride = k;
   }
@@ -948,6 +953,18 @@ __device__ __forceinline__ void LoadRow(const T* p, bool vec, float (&out)[E]) {
   for (int e = 0; e < E; ++e) out[e] = F<T>(p[e]);
 }
 
+// The keys a split of a row attending n keys takes (DecodeAttnArgs::min_chunk), and the splits that hold them (at
+// least one: a row with no keys still writes its empty split 0).
+__device__ __forceinline__ int64_t AttnChunk(int64_t n, const DecodeAttnArgs& a) {
+  const int64_t even = (n + a.splits - 1) / a.splits;
+  return even > a.min_chunk ? even : (a.min_chunk > 0 ? a.min_chunk : 1);
+}
+__device__ __forceinline__ int AttnUsedSplits(int64_t n, const DecodeAttnArgs& a) {
+  const int64_t chunk = AttnChunk(n, a);
+  const int64_t used = (n + chunk - 1) / chunk;
+  return static_cast<int>(used < 1 ? 1 : used > a.splits ? a.splits : used);
+}
+
 // Blocks (b * kv_heads + kv head, split): each warp takes batches of B consecutive keys of the split's range (4; 2
 // for heads of 192 dims or more; batch i of the block goes to warp i % kAttnWarps), loads a batch's keys and values
 // at once, and keeps an online softmax per query head of the group, updated once per batch; the warps then merge
@@ -969,8 +986,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32) AttnPartialKernel(DecodeAttnA
   const int64_t hi = (pos < a.max_seq - 1 ? pos : a.max_seq - 1) + 1;  // keys [lo, hi)
   const int64_t lo = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
   const int64_t n = hi > lo ? hi - lo : 0;
-  const int64_t chunk = (n + a.splits - 1) / a.splits;
+  const int64_t chunk = AttnChunk(n, a);
   const int64_t k0 = lo + split * chunk, k1 = k0 + chunk < hi ? k0 + chunk : hi;
+  if (split > 0 && k0 >= hi) return;  // a split past the row's keys (the combine reads only those before it)
 
   float q[kMaxGroup][E];
   const T* qb = static_cast<const T*>(a.q) + (b * a.heads + kh * G) * D;
@@ -1084,8 +1102,16 @@ __global__ void AttnCombineKernel(DecodeAttnArgs a) {
   __shared__ float s_max[32];
   const int64_t bh = blockIdx.x;
   const int64_t D = a.head_dim;
-  const int S = a.splits;
-  const float* part = a.workspace + bh * S * (D + 2);
+  const float* part = a.workspace + bh * a.splits * (D + 2);
+  // The splits holding this row's keys (AttnPartialKernel's ranges).
+  int S;
+  {
+    const int64_t b = bh / a.heads;
+    const int64_t pos = PosOf(a.at, b);
+    const int64_t hi = (pos < a.max_seq - 1 ? pos : a.max_seq - 1) + 1;
+    const int64_t lo = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+    S = AttnUsedSplits(hi > lo ? hi - lo : 0, a);
+  }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   float mx = -INFINITY;
   for (int s = threadIdx.x; s < S; s += blockDim.x) {
@@ -1105,10 +1131,19 @@ __global__ void AttnCombineKernel(DecodeAttnArgs a) {
   if (d >= D) return;
   float num = 0.f, den = 0.f;
   const float* p = part + d;
-#pragma unroll 8
-  for (int s = 0; s < S; ++s) {
-    den = fmaf(s_w[s], s_l[s], den);
-    num = fmaf(s_w[s], p[s * (D + 2)], num);
+  // 16 splits' loads in flight at a time, summed in split order.
+  constexpr int kLoads = 16;
+  for (int s0 = 0; s0 < S; s0 += kLoads) {
+    float v[kLoads];
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) v[i] = s0 + i < S ? p[(s0 + i) * (D + 2)] : 0.f;
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      if (s0 + i < S) {
+        den = fmaf(s_w[s0 + i], s_l[s0 + i], den);
+        num = fmaf(s_w[s0 + i], v[i], num);
+      }
+    }
   }
   static_cast<T*>(a.out)[bh * D + d] = ToT<T>(den > 0.f ? num / den : 0.f);
 }
@@ -1309,6 +1344,7 @@ cudaError_t Gemv(const GemvArgs& a, cudaStream_t stream) {
       (!Aligned16(a.norm_w) || GemvNormSmemBytes(a.m, a.k, 2) > static_cast<size_t>(kGemvNormMaxSmem))) {
     return cudaErrorInvalidValue;
   }
+  if (a.norm_out != nullptr && (a.norm_w == nullptr || !Aligned16(a.norm_out))) return cudaErrorInvalidValue;
   switch (a.out) {
     case GemvOut::kRows:
       if (a.y == nullptr) return cudaErrorInvalidValue;
@@ -1480,6 +1516,7 @@ __global__ void RouterTopKKernel(Elem le, const void* __restrict__ logits, int n
   __shared__ float p[kTopRowsMax];
   __shared__ float pick_v[64];
   __shared__ int pick_i[64];
+  pdl::PdlBegin();  // executor/pdl.cuh: after the router's product, then the next may be scheduled
   // Warps past the first copy x for the host (stores to mapped memory, spread so that none waits long).
   if (threadIdx.x >= 32) {
     if (ex.host_x != nullptr) {
@@ -1578,18 +1615,13 @@ __global__ void WaitFlagAddKernel(const volatile uint32_t* flag, uint32_t value,
 template <typename T, int R>
 __device__ __forceinline__ void WarpDots(const T* const (&w)[R], const T* const (&x)[R], int64_t n, float (&out)[R]) {
   constexpr int V = 16 / sizeof(T);
+  constexpr int U = R <= 2 ? 4 : R <= 4 ? 2 : 1;  // steps whose loads are issued together (U x R weight loads)
+  constexpr int64_t kStep = 32 * V;
   const int lane = threadIdx.x & 31;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
-#pragma unroll 2
-  for (int64_t c = lane * V; c < n; c += 32 * V) {
-    uint4 wv[R], xv[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      wv[r] = __ldg(reinterpret_cast<const uint4*>(w[r] + c));
-      xv[r] = *reinterpret_cast<const uint4*>(x[r] + c);
-    }
+  const auto step = [&](const uint4 (&wv)[R], const uint4 (&xv)[R]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const T* wp = reinterpret_cast<const T*>(&wv[r]);
@@ -1597,12 +1629,36 @@ __device__ __forceinline__ void WarpDots(const T* const (&w)[R], const T* const 
 #pragma unroll
       for (int i = 0; i < V; ++i) acc[r] = fmaf(F<T>(wp[i]), F<T>(xp[i]), acc[r]);
     }
+  };
+  int64_t c = lane * V;
+  for (; c + (U - 1) * kStep < n; c += U * kStep) {
+    uint4 wv[U][R], xv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        wv[u][r] = __ldg(reinterpret_cast<const uint4*>(w[r] + c + u * kStep));
+        xv[u][r] = *reinterpret_cast<const uint4*>(x[r] + c + u * kStep);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) step(wv[u], xv[u]);
+  }
+  for (; c < n; c += kStep) {
+    uint4 wv[R], xv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      wv[r] = __ldg(reinterpret_cast<const uint4*>(w[r] + c));
+      xv[r] = *reinterpret_cast<const uint4*>(x[r] + c);
+    }
+    step(wv, xv);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) out[r] = WarpSum(acc[r]);
 }
 
-constexpr int kMoeWarps = 8;
+constexpr int kMoeWarps = 8;      // MoeGateUpKernel's warps a block
+constexpr int kMoeDownWarps = 4;  // MoeDownKernel's
 
 // A token's k <= 32 choices `ids` (distinct experts) in expert order: order[0..k) holds their indices by increasing
 // expert (an insertion sort: k is small).
@@ -1619,8 +1675,11 @@ __device__ __forceinline__ void ExpertOrder(const int64_t* ids, int k, int (&ord
 }
 
 // grid (ceil(inter / kMoeWarps), tokens * k): warp w of block (b, j) computes h[j, b * kMoeWarps + w].
+// Launched as a programmatic dependent (executor/pdl.cuh): it waits for the router's choices, and lets the down
+// products be scheduled only once its blocks are done (they would hold the places its later blocks need).
 template <typename T>
 __global__ void __launch_bounds__(kMoeWarps * 32) MoeGateUpKernel(const MoeArgs a) {
+  pdl::PdlWait();
   const int64_t j = blockIdx.y, r = static_cast<int64_t>(blockIdx.x) * kMoeWarps + (threadIdx.x >> 5);
   if (r >= a.inter) return;
   const int64_t e = a.ids[j];
@@ -1640,14 +1699,18 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeGateUpKernel(const MoeArgs 
     const float act = Round<T>(g / (1.f + expf(-g)));  // SiLU, as PyTorch computes it in float
     *h = ToT<T>(act * u);
   }
+  pdl::PdlLaunchDependents();
 }
 
-// grid (ceil(hidden / kMoeWarps), tokens): warp w of block (b, t) computes out[t, b * kMoeWarps + w], token t's
-// choices taken in expert order, R products at a time (their rows' loads in flight together: with few columns of
-// `inter` a warp's products are short, and one at a time they would wait on memory in turn).
+// grid (ceil(hidden / kMoeDownWarps), tokens): warp w of block (b, t) computes out[t, b * kMoeDownWarps + w], token
+// t's choices taken in expert order, R products at a time (their rows' loads in flight together: with few columns
+// of `inter` a warp's products are short, and one at a time they would wait on memory in turn), plus the residual's
+// value where there is one (rounded after the sum, as adding the two tensors rounds). A programmatic dependent: it
+// waits for the gate/up products, and lets the next kernel be scheduled once its own products are done.
 template <typename T, int R>
-__global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a) {
-  const int64_t t = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kMoeWarps + (threadIdx.x >> 5);
+__global__ void __launch_bounds__(kMoeDownWarps * 32) MoeDownKernel(const MoeArgs a) {
+  pdl::PdlWait();
+  const int64_t t = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kMoeDownWarps + (threadIdx.x >> 5);
   if (c >= a.hidden) return;
   // Token t's choices by expert (an invalid one poisons the row).
   int order[32];
@@ -1681,20 +1744,24 @@ __global__ void __launch_bounds__(kMoeWarps * 32) MoeDownKernel(const MoeArgs a)
       sum = Round<T>(sum + Round<T>(y * LoadElem(a.w, a.w_elem, j)));
     }
   }
-  if ((threadIdx.x & 31) == 0) *out = ToT<T>(sum);
+  pdl::PdlLaunchDependents();
+  if ((threadIdx.x & 31) == 0) {
+    const T* residual = static_cast<const T*>(a.residual);
+    *out = ToT<T>(residual != nullptr ? F<T>(residual[t * a.hidden + c]) + sum : sum);
+  }
 }
 
 template <typename T>
 void LaunchMoe(const MoeArgs& a, cudaStream_t stream) {
   const dim3 gu(static_cast<unsigned>((a.inter + kMoeWarps - 1) / kMoeWarps), static_cast<unsigned>(a.tokens * a.k));
-  MoeGateUpKernel<T><<<gu, kMoeWarps * 32, 0, stream>>>(a);
-  const dim3 dn(static_cast<unsigned>((a.hidden + kMoeWarps - 1) / kMoeWarps), static_cast<unsigned>(a.tokens));
+  pdl::LaunchDependent(MoeGateUpKernel<T>, gu, dim3(kMoeWarps * 32), stream, a);
+  const dim3 dn(static_cast<unsigned>((a.hidden + kMoeDownWarps - 1) / kMoeDownWarps), static_cast<unsigned>(a.tokens));
   if (a.k >= 8) {
-    MoeDownKernel<T, 8><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+    pdl::LaunchDependent(MoeDownKernel<T, 8>, dn, dim3(kMoeDownWarps * 32), stream, a);
   } else if (a.k >= 4) {
-    MoeDownKernel<T, 4><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+    pdl::LaunchDependent(MoeDownKernel<T, 4>, dn, dim3(kMoeDownWarps * 32), stream, a);
   } else {
-    MoeDownKernel<T, 2><<<dn, kMoeWarps * 32, 0, stream>>>(a);
+    pdl::LaunchDependent(MoeDownKernel<T, 2>, dn, dim3(kMoeDownWarps * 32), stream, a);
   }
 }
 
@@ -1822,9 +1889,8 @@ cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top,
       weights == nullptr) {
     return cudaErrorInvalidValue;
   }
-  RouterTopKKernel<<<1, 32, 0, stream>>>(logits_elem, logits, static_cast<int>(n), top, renorm, ids, weight_elem,
-                                         weights, RouterExport{});
-  return cudaGetLastError();
+  return pdl::LaunchDependent(RouterTopKKernel, dim3(1), dim3(32), stream, logits_elem, logits, static_cast<int>(n), top,
+                              renorm, ids, weight_elem, weights, RouterExport{});
 }
 
 cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top, bool renorm, int64_t* ids,
@@ -1834,9 +1900,8 @@ cudaError_t RouterTopK(Elem logits_elem, const void* logits, int64_t n, int top,
     return cudaErrorInvalidValue;
   }
   const unsigned threads = exported.host_x != nullptr ? 32 + 256 : 32;
-  RouterTopKKernel<<<1, threads, 0, stream>>>(logits_elem, logits, static_cast<int>(n), top, renorm, ids, weight_elem,
-                                              weights, exported);
-  return cudaGetLastError();
+  return pdl::LaunchDependent(RouterTopKKernel, dim3(1), dim3(threads), stream, logits_elem, logits, static_cast<int>(n),
+                              top, renorm, ids, weight_elem, weights, exported);
 }
 
 cudaError_t ExpertSum(Elem elem, const void* y, Elem w_elem, const void* w, int64_t n, int64_t tokens, int64_t hidden,
@@ -1889,10 +1954,11 @@ cudaError_t WaitFlag(const uint32_t* flag, uint32_t value, uint64_t timeout_ns, 
   return cudaGetLastError();
 }
 
-int DecodeAttentionSplits(int64_t batch, int64_t kv_heads, int64_t max_len, int sms) {
+int DecodeAttentionSplits(int64_t batch, int64_t kv_heads, int64_t max_len, int sms, int min_chunk) {
   const int64_t blocks = std::max<int64_t>(1, batch * kv_heads);
   const int64_t want = (2 * std::max(1, sms) + blocks - 1) / blocks;
-  const int64_t by_len = std::max<int64_t>(1, max_len / 16);
+  const int64_t chunk = std::max(1, min_chunk);
+  const int64_t by_len = std::max<int64_t>(1, (max_len + chunk - 1) / chunk);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, 64})));
 }
 

@@ -99,6 +99,9 @@ struct MoeArgs {
   uint64_t down[kMoeMaxExperts] = {};
   void* h = nullptr;
   void* out = nullptr;
+  // [tokens, hidden] contiguous, of `elem`, or null: out = round(residual + the experts' sum), rounded as adding the
+  // two tensors rounds. Must not overlap out.
+  const void* residual = nullptr;
 };
 cudaError_t MoeExperts(const MoeArgs& a, cudaStream_t stream);
 
@@ -192,6 +195,8 @@ struct GemvArgs {
   int64_t n = 0, k = 0;
   const void* norm_w = nullptr;
   float eps = 0;
+  // With norm_w: also RmsNorm(x)'s rows, m x k contiguous, written here (the bits RmsNorm writes), or null.
+  void* norm_out = nullptr;
   GemvOut out = GemvOut::kRows;
   RopeKvArgs rope;
 };
@@ -292,14 +297,20 @@ struct DecodeAttnArgs {
   int64_t window = 0;
   float scale = 1;
   int splits = 1;
+  // The fewest keys a split takes: a row attending n keys uses max(min_chunk, ceil(n / splits)) keys a split and
+  // only the splits that cover them, so short rows pay for few splits (the combine reads only those).
+  int min_chunk = 1;
   float* workspace = nullptr;
   void* out = nullptr;
 };
 cudaError_t DecodeAttention(const DecodeAttnArgs& a, cudaStream_t stream);
 
 // The split count DecodeAttention should use for `batch` rows, `kv_heads` and at most `max_len` attended positions
-// on a device with `sms` multiprocessors: enough blocks to fill the device twice, ranges of at least 16 positions,
-// at most 64 splits.
-int DecodeAttentionSplits(int64_t batch, int64_t kv_heads, int64_t max_len, int sms);
+// on a device with `sms` multiprocessors, with splits of at least `min_chunk` keys (DecodeAttnArgs::min_chunk):
+// enough blocks to fill the device twice, no more splits than max_len needs, at most 64. A row's ranges then depend
+// on max_len only through this count, and not at all while it attends at most min_chunk x the count keys: a step
+// captured for a long cache splits a short row as the step made for that row alone does.
+inline constexpr int kAttnMinChunk = 16;
+int DecodeAttentionSplits(int64_t batch, int64_t kv_heads, int64_t max_len, int sms, int min_chunk = kAttnMinChunk);
 
 }  // namespace bigplan::fused

@@ -412,7 +412,8 @@ bool SiluMulInto(const at::Tensor& gu, const at::Tensor& out) {
 static_assert(kMoeMaxTokens == fused::kMoeMaxTokens && kMoeMaxExperts == fused::kMoeMaxExperts);
 
 at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& w,
-                      const std::vector<uint64_t>& gate_up, const std::vector<uint64_t>& down, int64_t inter) {
+                      const std::vector<uint64_t>& gate_up, const std::vector<uint64_t>& down, int64_t inter,
+                      const at::Tensor& residual) {
   fused::MoeArgs a;
   const int64_t n = static_cast<int64_t>(gate_up.size());
   if (!x.defined() || !x.is_cuda() || x.dim() != 2 || !x.is_contiguous() || !ElemOf(x.scalar_type(), &a.elem) ||
@@ -427,6 +428,11 @@ at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tens
   for (int64_t e = 0; e < n; ++e) {
     if (gate_up[e] == 0 || down[e] == 0 || ((gate_up[e] | down[e]) & 15u) != 0) return at::Tensor();
   }
+  if (residual.defined() && (residual.sizes() != x.sizes() || residual.scalar_type() != x.scalar_type() ||
+                             residual.device() != x.device() || !residual.is_contiguous())) {
+    return at::Tensor();
+  }
+  a.residual = residual.defined() ? residual.data_ptr() : nullptr;
   a.x = x.data_ptr();
   a.ids = ids.data_ptr<int64_t>();
   a.w = w.data_ptr();
@@ -572,7 +578,7 @@ bool ProductArgs(const at::Tensor& x, const at::Tensor& norm_w, double eps, cons
 }  // namespace
 
 at::Tensor NormLinear(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
-                      const at::Tensor& b) {
+                      const at::Tensor& b, at::Tensor* normed) {
   fused::GemvArgs a;
   at::Tensor x2;
   if (!norm_w.defined() || !ProductArgs(x, norm_w, eps, w, b, &a, &x2)) return at::Tensor();
@@ -581,6 +587,10 @@ at::Tensor NormLinear(const at::Tensor& x, const at::Tensor& norm_w, double eps,
   at::Tensor y = at::empty({a.m, a.n}, x.options());
   a.y = y.data_ptr();
   a.y_stride = a.n;
+  if (normed != nullptr) {
+    *normed = at::empty(x.sizes(), x.options());
+    a.norm_out = normed->data_ptr();
+  }
   Check(fused::Gemv(a, Stream()), "norm_gemv");
   return y.view(shape);
 }
@@ -688,7 +698,8 @@ at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const
   a.window = window;
   a.scale = static_cast<float>(scale);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  a.splits = fused::DecodeAttentionSplits(batch, kv_heads, std::min(max_len, a.max_seq), sms);
+  a.min_chunk = fused::kAttnMinChunk;
+  a.splits = fused::DecodeAttentionSplits(batch, kv_heads, std::min(max_len, a.max_seq), sms, a.min_chunk);
   at::Tensor workspace = at::empty({batch * heads * a.splits * (head_dim + 2)}, q.options().dtype(at::kFloat));
   at::Tensor out = at::empty({batch, heads, 1, head_dim}, q.options());
   a.workspace = workspace.data_ptr<float>();

@@ -128,11 +128,13 @@ bool ExpertSum(const at::Tensor& y, const at::Tensor& w, const at::Tensor& out);
 // token's chosen experts' SwiGLU outputs weighted and summed as transformers' MoE blocks do, [tokens, hidden] in x's
 // dtype, from x [tokens, hidden] (bf16, fp16 or fp32), ids [tokens, k] int64 and w [tokens, k] (bf16, fp16 or fp32)
 // on x's device, and per expert e the device addresses of its [gate; up] rows ([2 inter, hidden]) and of its down
-// matrix ([hidden, inter]), in x's dtype. Reads the choices on the device: nothing waits for the host. Undefined,
-// queuing nothing, when these are not what the kernels take.
+// matrix ([hidden, inter]), in x's dtype. Reads the choices on the device: nothing waits for the host. With
+// `residual` (x's shape, dtype and device, contiguous): residual + that sum, rounded as adding the two tensors rounds.
+// Undefined, queuing nothing, when these are not what the kernels take.
 inline constexpr int64_t kMoeMaxTokens = 16, kMoeMaxExperts = 128;  // = fused::kMoeMaxTokens, kMoeMaxExperts
 at::Tensor MoeExperts(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& w,
-                      const std::vector<uint64_t>& gate_up, const std::vector<uint64_t>& down, int64_t inter);
+                      const std::vector<uint64_t>& gate_up, const std::vector<uint64_t>& down, int64_t inter,
+                      const at::Tensor& residual = at::Tensor());
 
 // A prompt's (token, choice) pairs grouped by expert on the device (fused::MoeRoute), for ids [tokens, k] int64 on
 // the GPU over num_experts experts: *offs [num_experts] int32 (where each expert's rows end, as at::_grouped_mm takes
@@ -179,9 +181,10 @@ at::Tensor RopeKvWrite(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 // Products with what precedes and follows them in a decoder layer, each one kernel (fused::GemvArgs) for up to
 // fused::kGemvMaxRows rows of x (decode); undefined tensors, computing nothing, when not eligible (the caller then
 // runs the ops one by one). Each gives the bits of the ops one by one (RmsNorm, Linear, SiluMul, RopeKvWrite).
-//   NormLinear: Linear(RmsNorm(x, norm_w, eps), w, b).
+//   NormLinear: Linear(RmsNorm(x, norm_w, eps), w, b); with `normed`, RmsNorm(x, norm_w, eps) too (a new tensor
+//   shaped as x, written by the same kernel).
 at::Tensor NormLinear(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,
-                      const at::Tensor& b);
+                      const at::Tensor& b, at::Tensor* normed = nullptr);
 //   GateUpSiluMul: SiluMul(Linear(x', w, b)) for w = [gate; up] (2 inter rows), x' = RmsNorm(x, norm_w, eps) when
 //   norm_w is defined, else x: [..., inter].
 at::Tensor GateUpSiluMul(const at::Tensor& x, const at::Tensor& norm_w, double eps, const at::Tensor& w,

@@ -199,6 +199,12 @@ TEST_P(FusedOpsGpu, FusedProductsEqualTheOpsOneByOne) {
           const at::Tensor got = NormLinear(x, nw, eps, w, bias);
           ASSERT_TRUE(got.defined()) << m << " x " << k;
           EXPECT_TRUE(at::equal(got, Linear(h, w, bias, at::Tensor()))) << "norm + product, " << m << " x " << k;
+          // The normed rows written beside the product: RmsNorm's bits, the product unchanged.
+          at::Tensor normed;
+          EXPECT_TRUE(at::equal(NormLinear(x, nw, eps, w, bias, &normed), got)) << m << " x " << k;
+          ASSERT_TRUE(normed.defined());
+          EXPECT_EQ(normed.sizes(), x.sizes());
+          EXPECT_TRUE(at::equal(normed, h)) << "normed rows, " << m << " x " << k;
           EXPECT_TRUE(at::equal(GateUpSiluMul(x, nw, eps, w, bias), SiluMul(Linear(h, w, bias, at::Tensor()))))
               << "norm + gate/up + silu, " << m << " x " << k;
           EXPECT_TRUE(at::equal(GateUpSiluMul(x, at::Tensor(), eps, w, bias),
@@ -217,6 +223,9 @@ TEST_P(FusedOpsGpu, FusedProductsEqualTheOpsOneByOne) {
     const at::Tensor h = RmsNorm(x, nw, eps);
     EXPECT_TRUE(at::equal(NormLinear(x, nw, eps, w, at::Tensor()), Linear(h, w, at::Tensor(), at::Tensor())))
         << "norm + product, " << m << " x " << n;
+    at::Tensor normed;
+    EXPECT_TRUE(NormLinear(x, nw, eps, w, at::Tensor(), &normed).defined());
+    EXPECT_TRUE(normed.defined() && at::equal(normed, h)) << "normed rows, several blocks, " << m << " x " << n;
     EXPECT_TRUE(at::equal(GateUpSiluMul(x, nw, eps, w, at::Tensor()), SiluMul(Linear(h, w, at::Tensor(), at::Tensor()))))
         << "norm + gate/up + silu, " << m << " x " << n;
   }
@@ -421,6 +430,27 @@ TEST_P(FusedOpsGpu, DecodeAttentionMatchesReference) {
   }
 }
 
+// A row attending few keys uses the same splits whatever the cache's length (DecodeAttnArgs::min_chunk), so a decode
+// step captured for a long cache gives the bits of the eager step, which splits by the keys attended.
+TEST_P(FusedOpsGpu, DecodeAttentionOfShortRowsDoesNotDependOnTheCacheLength) {
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
+  for (auto [heads, kv_heads] : std::vector<std::pair<int64_t, int64_t>>{{32, 8}, {16, 4}, {8, 1}}) {
+    const int64_t D = 128, max_seq = 4096;
+    const at::Tensor kc = at::randn({1, kv_heads, max_seq, D}, Opts());
+    const at::Tensor vc = at::randn({1, kv_heads, max_seq, D}, Opts());
+    const at::Tensor q = at::randn({1, heads, 1, D}, Opts());
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    for (int64_t pos : {0, 20, 100, 511}) {
+      const at::Tensor whole =
+          DecodeAttention(q, kc, vc, StepPositions{at::full({1}, pos, i64), false, 0, at::Tensor()}, max_seq, 0, scale);
+      const at::Tensor eager =
+          DecodeAttention(q, kc, vc, StepPositions{at::Tensor(), false, pos, at::Tensor()}, pos + 1, 0, scale);
+      EXPECT_TRUE(at::equal(whole, eager)) << heads << "/" << kv_heads << " heads, position " << pos;
+      ExpectClose(whole, RefDecode(q, kc, vc, {pos}, {0}, 0, scale), "long cache");
+    }
+  }
+}
+
 // The decode attention captured once in a CUDA graph replays at any position written to its position tensor.
 TEST_P(FusedOpsGpu, DecodeAttentionReplaysFromAGraphAtAnyPosition) {
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA, 0);
@@ -600,6 +630,11 @@ TEST_P(FusedOpsGpu, MoeExpertsMatchTheExpertsOneByOne) {
       }
       const at::Tensor got = MoeExperts(x, ids, w, gu_ptr, down_ptr, c.inter);
       ASSERT_TRUE(got.defined());
+      // With a residual: the residual plus the same sum, rounded as adding the two tensors rounds.
+      const at::Tensor residual = at::randn({c.tokens, c.hidden}, o);
+      const at::Tensor with_residual = MoeExperts(x, ids, w, gu_ptr, down_ptr, c.inter, residual);
+      ASSERT_TRUE(with_residual.defined());
+      EXPECT_TRUE(at::equal(with_residual, residual + got));
       at::Tensor want = at::zeros_like(x);
       const at::Tensor ids_cpu = ids.cpu();
       for (int64_t t = 0; t < c.tokens; ++t) {
@@ -662,6 +697,12 @@ TEST_P(FusedOpsGpu, MoeExpertsMatchTheExpertsOneByOne) {
                             std::vector<uint64_t>(129, down_ptr[0]), 64).defined());
     EXPECT_FALSE(MoeExperts(at::randn({2, 60}, Opts()), ids, w2, gu_ptr, down_ptr, 64).defined());
     EXPECT_FALSE(MoeExperts(at::randn({2, 64}, Opts()), ids.to(at::kInt), w2, gu_ptr, down_ptr, 64).defined());
+    // A residual of another shape or dtype.
+    EXPECT_FALSE(MoeExperts(at::randn({2, 64}, Opts()), ids, w2, gu_ptr, down_ptr, 64, at::randn({1, 64}, Opts()))
+                     .defined());
+    EXPECT_FALSE(MoeExperts(at::randn({2, 64}, Opts()), ids, w2, gu_ptr, down_ptr, 64,
+                            at::randn({2, 64}, Opts().dtype(at::kFloat)))
+                     .defined());
   }
 }
 

@@ -198,14 +198,14 @@ class LlamaKernels final : public ModelKernelsBase {
     }
 
     if (sparse) {
-      // A shard's experts are its rows of every expert: its sum is a part of the layer's, added over the shards
-      // before the residual.
-      BIGPLAN_ASSIGN_OR_RETURN(at::Tensor moe, Moe(c, norm(y, post_norm)));
+      // A shard's experts are its rows of every expert: its sum is a part of the layer's. As the dense products,
+      // the first shard adds the residual (in the down products' kernel where the experts run there), then every
+      // shard adds the others' parts.
+      BIGPLAN_ASSIGN_OR_RETURN(*hidden, Moe(c, y, post_norm, fused, adds_residual ? y : at::Tensor()));
       if (tp != nullptr) {
-        moe = moe.contiguous();
-        BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(moe));
+        *hidden = hidden->contiguous();
+        BIGPLAN_RETURN_IF_ERROR(tp->all_reduce(*hidden));
       }
-      *hidden = y + moe;
       return Status::Ok();
     }
     // Decode-sized batches with a whole [gate; up] weight: the norm, the product and SiLU(gate) * up in one kernel.
@@ -423,15 +423,33 @@ class LlamaKernels final : public ModelKernelsBase {
   // (Mixtral). Each chosen expert runs its SwiGLU MLP on its rows, scaled by its weight and added (index_add_, in
   // expert order) into the output in the activation dtype. Qwen2-MoE adds its shared expert, scaled by
   // sigmoid(shared_expert_gate . h).
-  Result<at::Tensor> Moe(const Call& c, const at::Tensor& h) const {
-    const int64_t hidden = h.size(-1);
-    const at::Tensor x = h.reshape({-1, hidden});
+  //
+  // Takes the attention's output y (the MLP's input is RMSNorm(y, post_norm)) and returns residual + the MLP's output
+  // (the MLP's output alone when `residual` is undefined). `fused`: the fused RMSNorm applies to y.
+  Result<at::Tensor> Moe(const Call& c, const at::Tensor& y, const at::Tensor& post_norm, bool fused,
+                         const at::Tensor& residual) const {
+    const int64_t hidden = y.size(-1);
     BIGPLAN_ASSIGN_OR_RETURN(WeightRef router, Ref(c, Slot::kRouter));
-    at::Tensor logits = spec_.fused_kernels && router.whole.defined() && !router.quant.quantized()
-                            ? fused_ops::Linear(x, router.whole, at::Tensor(), at::Tensor())
-                            : at::Tensor();
+    const bool router_whole = router.whole.defined() && !router.quant.quantized();
+    // Decode rows: the norm and the router's product in one kernel, which also writes the normed rows.
+    at::Tensor x, logits;
+    if (fused && router_whole) {
+      at::Tensor normed;
+      logits = fused_ops::NormLinear(y, post_norm, spec_.norm_eps, router.whole, at::Tensor(), &normed);
+      if (logits.defined()) {
+        x = normed.reshape({-1, hidden});
+        logits = logits.reshape({x.size(0), -1});
+      }
+    }
     if (!logits.defined()) {
-      BIGPLAN_ASSIGN_OR_RETURN(logits, LinearW(router, x, at::Tensor()));
+      at::Tensor h = fused ? fused_ops::RmsNorm(y, post_norm, spec_.norm_eps) : at::Tensor();
+      if (!h.defined()) h = RmsNorm(y, post_norm, spec_.norm_eps);
+      x = h.reshape({-1, hidden});
+      logits = spec_.fused_kernels && router_whole ? fused_ops::Linear(x, router.whole, at::Tensor(), at::Tensor())
+                                                   : at::Tensor();
+      if (!logits.defined()) {
+        BIGPLAN_ASSIGN_OR_RETURN(logits, LinearW(router, x, at::Tensor()));
+      }
     }
     // One token with fused kernels: softmax, top k, renormalization and the cast in one kernel, which also writes
     // the choices (and x) where the host reads them.
@@ -452,7 +470,14 @@ class LlamaKernels final : public ModelKernelsBase {
     }
     // Routed experts all resident on the GPU, a few tokens: the chosen experts' products read their matrices on the
     // device (fused_ops::MoeExperts), so nothing waits for the host and a decode step can be captured in a graph.
-    at::Tensor out = DeviceExperts(c, x, topi, topw);
+    // There the residual is added in the down products' kernel (but for a shared expert, added before it).
+    const bool shared_expert = spec_.shared_expert_intermediate_size > 0;
+    const at::Tensor fold = !shared_expert && residual.defined() && residual.is_contiguous() &&
+                                    residual.scalar_type() == x.scalar_type() && residual.numel() == x.numel()
+                                ? residual.reshape({-1, hidden})
+                                : at::Tensor();
+    bool residual_added = false;
+    at::Tensor out = DeviceExperts(c, x, topi, topw, fold, &residual_added);
     if (!out.defined()) {
       BIGPLAN_ASSIGN_OR_RETURN(out, HostDispatchedExperts(c, x, topi, topw, written));
     }
@@ -467,13 +492,18 @@ class LlamaKernels final : public ModelKernelsBase {
       BIGPLAN_ASSIGN_OR_RETURN(at::Tensor gate_logit, LinearW(sgate, x, at::Tensor()));
       out = out + at::sigmoid(gate_logit) * shared;
     }
-    return out.view(h.sizes());
+    if (residual.defined() && !residual_added) out = residual.reshape({-1, hidden}) + out;
+    return out.view(y.sizes());
   }
 
   // The device path of Moe (see there): undefined when the layer's experts are not all resident on the GPU or the
   // activation is not SiLU. A few tokens: fused_ops::MoeExperts; more (a prompt): GroupedResidentExperts, where it
   // applies (bf16, experts at equal distances, a GPU with grouped products).
-  at::Tensor DeviceExperts(const Call& c, const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw) const {
+  // `residual` ([tokens, hidden] contiguous, x's dtype, or undefined) is added to the sum where the kernel takes it;
+  // *added says whether it was.
+  at::Tensor DeviceExperts(const Call& c, const at::Tensor& x, const at::Tensor& topi, const at::Tensor& topw,
+                           const at::Tensor& residual, bool* added) const {
+    *added = false;
     if (!spec_.fused_kernels || act_ != Activation::kSilu || !x.is_cuda()) return at::Tensor();
     const BlockWeights::ResidentExpertTable* table = c.weights.ResidentExperts();
     if (table == nullptr || table->gate_up.size() != spec_.num_experts || table->hidden != x.size(1)) {
@@ -482,8 +512,10 @@ class LlamaKernels final : public ModelKernelsBase {
     if (x.size(0) > fused_ops::kMoeMaxTokens) {
       return GroupedResidentExperts(x.contiguous(), topi.contiguous(), topw.contiguous(), *table);
     }
-    return fused_ops::MoeExperts(x.contiguous(), topi.contiguous(), topw.contiguous(), table->gate_up, table->down,
-                                 table->inter);
+    at::Tensor out = fused_ops::MoeExperts(x.contiguous(), topi.contiguous(), topw.contiguous(), table->gate_up,
+                                           table->down, table->inter, residual);
+    *added = out.defined() && residual.defined();
+    return out;
   }
 
   // The experts dispatched from the host: the choices reach the host (BlockWeights::BeginExperts), and the chosen

@@ -275,6 +275,8 @@ uint32_t SparseLayerDenseKernels(const ModelDescription& model, size_t index, ui
   const ModelConfig& c = model.config;
   const arch::FamilyInfo* family = arch::FindFamily(model.architecture);
   const arch::FamilyInfo& fam = family ? *family : arch::GetFamily(arch::Family::kLlama);
+  // After the attention half: the router's product (with the norm where the products take it), its top k, the
+  // residual's add, and a shared expert's ops.
   const uint32_t rest = 3 + (c.shared_expert_intermediate_size > 0 ? 8 : 0);
   if (!arch::FusedKernelsApply(fam, c) || fam.kernels.fused_decode_layer == 0) return fam.kernels.decoder_layer + rest;
   // Quantized products do not take their neighbours into their kernels: the fused layer's kernels one by one.
