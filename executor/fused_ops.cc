@@ -119,46 +119,27 @@ bool DequantizeInto(const std::vector<DequantInput>& inputs, quant::Format forma
   if (inputs.empty() || inputs.size() > static_cast<size_t>(fused::kDequantMaxJobs) || format == quant::Format::kNone) {
     return false;
   }
-  fused::DequantArgs a;
-  a.int4 = format == quant::Format::kInt4;
-  a.fp8 = format == quant::Format::kFp8E4M3;
-  a.jobs = static_cast<int>(inputs.size());
   const at::Tensor& first = inputs[0].out;
   if (!Eligible(first)) return false;
-  a.dtype = DTypeOf(first);
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    const DequantInput& in = inputs[i];
-    if (!in.wq.defined() || in.wq.dim() != 2 || in.wq.scalar_type() != at::kByte || in.wq.device() != first.device() ||
-        !in.out.defined() || in.out.dim() != 2 || in.out.scalar_type() != first.scalar_type() ||
-        in.out.device() != first.device() || in.out.stride(1) != 1 || in.out.size(0) != in.wq.size(0) ||
-        in.out.size(1) != in.cols || in.cols <= 0 || in.group <= 0 || in.cols % in.group != 0) {
+  // The outputs' and scales' tensors checked here; each weight as DequantBatch::Add checks it.
+  DequantBatch batch(format, first.scalar_type());
+  for (const DequantInput& in : inputs) {
+    if (!in.out.defined() || in.out.dim() != 2 || in.out.scalar_type() != first.scalar_type() ||
+        in.out.device() != first.device() || in.out.stride(1) != 1 || !in.wq.defined() ||
+        in.wq.device() != first.device() || in.out.size(0) != in.wq.size(0) || in.out.size(1) != in.cols) {
       return false;
     }
-    const Result<uint64_t> row_bytes = quant::RowBytes(format, in.cols, in.group);
-    if (!row_bytes.ok() || in.wq.size(1) != static_cast<int64_t>(*row_bytes)) return false;
-    if (in.split ? !a.int4 || !in.wq.is_contiguous() : in.wq.stride(1) != 1) return false;
     if (in.scales.defined() &&
-        (a.int4 || in.group != in.cols || in.scales.scalar_type() != at::kFloat ||
-         in.scales.device() != first.device() || in.scales.dim() != 1 || in.scales.size(0) != in.wq.size(0) ||
-         !in.scales.is_contiguous())) {
+        (in.scales.scalar_type() != at::kFloat || in.scales.device() != first.device() || in.scales.dim() != 1 ||
+         in.scales.size(0) != in.wq.size(0) || !in.scales.is_contiguous())) {
       return false;
     }
-    a.job[i] = fused::DequantJob{.w = in.wq.data_ptr(),
-                                 .row_stride = in.split ? 0 : in.wq.stride(0),
-                                 .split = in.split,
-                                 .n = in.wq.size(0),
-                                 .k = in.cols,
-                                 .group = in.group,
-                                 .out = in.out.data_ptr(),
-                                 .out_stride = in.out.stride(0),
-                                 .scales = in.scales.defined() ? in.scales.data_ptr<float>() : nullptr};
+    if (!batch.Add(in.wq, in.cols, in.group, in.split, in.out.data_ptr(), in.out.stride(0),
+                   in.scales.defined() ? in.scales.data_ptr<float>() : nullptr)) {
+      return false;
+    }
   }
-  if (fused::Dequantize(a, Stream()) == cudaErrorInvalidValue) {
-    cudaGetLastError();  // (not launched: its preconditions, e.g. alignment)
-    return false;
-  }
-  Check(cudaGetLastError(), "dequantize");
-  return true;
+  return batch.Launch();
 }
 
 DequantBatch::DequantBatch(quant::Format format, at::ScalarType dtype) : format_(format) {
