@@ -286,6 +286,8 @@ cudaError_t ScaleGroupedRows(DType dtype, void* y, int64_t y_stride, int64_t row
 // combined; within a range, each warp loads a few consecutive keys and values at once (vector loads where the cache
 // is 16-byte aligned). workspace: float [batch * heads * splits * (head_dim + 2)]. head_dim a multiple of 32 up to
 // 256, heads / kv_heads <= 8, 1 <= splits <= 64.
+// DecodeAttnArgs::min_chunk's default and DecodeAttentionSplits': splits of at least 16 keys.
+inline constexpr int kAttnMinChunk = 16;
 struct DecodeAttnArgs {
   DType dtype = DType::kBF16;
   const void* q = nullptr;
@@ -299,7 +301,7 @@ struct DecodeAttnArgs {
   int splits = 1;
   // The fewest keys a split takes: a row attending n keys uses max(min_chunk, ceil(n / splits)) keys a split and
   // only the splits that cover them, so short rows pay for few splits (the combine reads only those).
-  int min_chunk = 1;
+  int min_chunk = kAttnMinChunk;
   float* workspace = nullptr;
   void* out = nullptr;
 };
@@ -310,7 +312,6 @@ cudaError_t DecodeAttention(const DecodeAttnArgs& a, cudaStream_t stream);
 // enough blocks to fill the device twice, no more splits than max_len needs, at most 64. A row's ranges then depend
 // on max_len only through this count, and not at all while it attends at most min_chunk x the count keys: a step
 // captured for a long cache splits a short row as the step made for that row alone does.
-inline constexpr int kAttnMinChunk = 16;
 int DecodeAttentionSplits(int64_t batch, int64_t kv_heads, int64_t max_len, int sms, int min_chunk = kAttnMinChunk);
 
 }  // namespace bigplan::fused

@@ -679,7 +679,6 @@ at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const
   a.window = window;
   a.scale = static_cast<float>(scale);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  a.min_chunk = fused::kAttnMinChunk;
   a.splits = fused::DecodeAttentionSplits(batch, kv_heads, std::min(max_len, a.max_seq), sms, a.min_chunk);
   at::Tensor workspace = at::empty({batch * heads * a.splits * (head_dim + 2)}, q.options().dtype(at::kFloat));
   at::Tensor out = at::empty({batch, heads, 1, head_dim}, q.options());
