@@ -161,7 +161,10 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   // A decode step of up to kFusedDecodeMaxRows rows runs the fused products with their neighbours in.
   const uint32_t decode_kernels =
       run.max_batch <= arch::kFusedDecodeMaxRows && w.decode_kernels > 0 ? w.decode_kernels : w.kernels;
-  const double overhead_us = cpu ? w.cpu_kernels * kCpuOpMicros : decode_kernels * kGpuKernelMicros;
+  const double overhead_us =
+      cpu ? w.cpu_kernels * kCpuOpMicros
+          : decode_kernels * kGpuKernelMicros +
+                (decode_kernels == w.decode_kernels ? 2.0 * w.device_expert_choices * kMoeDeviceChoiceMicros : 0.0);
   const double host_us = cpu ? 0.0 : HostDispatchMicros(decode_kernels);
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;

@@ -183,6 +183,14 @@ inline constexpr double kHostGraphTaskMicros = 30.0;
 // dispatch, and a shorter launch-to-launch gap. Calibrated on an H100 where the Llama-2-7B-shaped decode step
 // replayed in 9.13 ms (32 layers x 41 kernels; 0.129 ms of weight reads per layer at 2991 GB/s).
 inline constexpr double kGraphKernelMicros = 3.8;
+// kMoeDeviceChoiceMicros = 0.7 us: what each of a token's chosen experts adds to each of the two expert products of a
+// decode step that reads them on the device (executor fused::MoeExperts), beyond kGraphKernelMicros and their bytes
+// at the HBM rate: a choice's gate/up rows run as blocks of their own, and the down products sum the choices in turn.
+// Kineto on 2x H200 (2026-11-28, benchmarks/results/h200x2-2026-11-28-moe-decode-kernels, calls 3 and 6): the
+// Qwen3-30B-A3B shape (8 choices) ran its gate/up and down products 8.5 and 11.6 us over their bytes' time on one
+// GPU, 8.3 and 9.6 us on a tensor-parallel shard (about 0.7 us a choice each past kGraphKernelMicros); Mixtral's (2
+// choices) -0.9 to 6.9 us, within a kernel's spread.
+inline constexpr double kMoeDeviceChoiceMicros = 0.7;
 // kDeviceHopMicros = 25 us: a step whose block computes on another GPU than the step before it waits for the
 // hidden state's copy between the GPUs (peer, in stream order) and, in a graph-replayed decode step, for the next
 // device segment's replay to start. Calibrated on 2x H200, Llama-3-8B all resident, graph-replayed decode steps
@@ -263,6 +271,9 @@ struct BlockWork {
   // A decode step's kernels on a GPU for batches of up to arch::kFusedDecodeMaxRows rows, where the fused products
   // take their neighbours in (arch::DecodeBlockKernels); 0: the same as kernels.
   uint32_t decode_kernels = 0;
+  // A sparse layer whose chosen experts are read on the device in a decode step (the planner's graph-decode path):
+  // the choices per token, each adding kMoeDeviceChoiceMicros to each of the two expert products there. 0 elsewhere.
+  uint32_t device_expert_choices = 0;
   // On a GPU without the fused kernels (cpu_kernels == kernels for such blocks): the bytes per token that LibTorch's
   // ops beyond the fused path's move (kLibTorchOpBytesPerHidden x hidden each); the prefill form adds them.
   uint64_t op_bytes_per_token = 0;

@@ -658,5 +658,26 @@ TEST(CostModelTest, PipelinedPassInterleavedSegments) {
   EXPECT_DOUBLE_EQ(SimulatePipelinedPass({1, 1, 2}, {0, 0, 1}, {}, 3, 0), 8.0);
 }
 
+// A sparse layer whose chosen experts are read on the device: each choice adds kMoeDeviceChoiceMicros to each of the
+// two expert products of a decode step (its fused decode form); a prompt, and a batch past the fused decode rows, do
+// not take the term.
+TEST(CostModelTest, DeviceExpertsCostTheirChoicesInADecodeStep) {
+  const DeviceProfile p = MeasuredH100();
+  BlockWork w;
+  w.weight_bytes = 100'000'000;
+  w.kernels = 20;
+  w.decode_kernels = 8;
+  BlockWork chosen = w;
+  chosen.device_expert_choices = 8;
+  const BlockCost plain = EstimateBlockCost(w, RunSize{1, 512}, 0, p);
+  const BlockCost with = EstimateBlockCost(chosen, RunSize{1, 512}, 0, p);
+  EXPECT_NEAR(with.decode_device_us - plain.decode_device_us, 2 * 8 * kMoeDeviceChoiceMicros, 1e-9);
+  EXPECT_DOUBLE_EQ(with.prefill_device_us, plain.prefill_device_us);
+  EXPECT_NEAR(GraphDecodeMicros(with) - GraphDecodeMicros(plain), 2 * 8 * kMoeDeviceChoiceMicros, 1e-9);
+  const RunSize batch{arch::kFusedDecodeMaxRows + 1, 512};
+  EXPECT_DOUBLE_EQ(EstimateBlockCost(chosen, batch, 0, p).decode_device_us,
+                   EstimateBlockCost(w, batch, 0, p).decode_device_us);
+}
+
 }  // namespace
 }  // namespace bigplan

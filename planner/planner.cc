@@ -144,14 +144,16 @@ struct StepCosts {
 };
 
 // A graph-captured decode step reads a sparse layer's chosen experts on the device (all resident): the registry's
-// kernel count for that path.
+// kernel count for that path, and its per-choice term (BlockWork::device_expert_choices).
 void ExpertsOnDevice(const ModelDescription& model, size_t i, BlockWork* work) {
   if (model.config.num_experts == 0 || model.blocks[i].kind != BlockKind::kDecoderLayer ||
       !model.config.SparseLayer(model.blocks[i].layer) || work->decode_kernels == 0) {
     return;
   }
-  if (const arch::FamilyInfo* family = arch::FindFamily(model.architecture))
+  if (const arch::FamilyInfo* family = arch::FindFamily(model.architecture)) {
     work->decode_kernels = arch::DecodeBlockKernels(*family, BlockKind::kDecoderLayer, model.config, true);
+    work->device_expert_choices = model.config.num_experts_per_tok;
+  }
 }
 
 StepCosts StepCostsOf(const ModelDescription& model, DType exec, const std::vector<int32_t>& devices,
