@@ -159,12 +159,12 @@ BlockCost EstimateBlockCost(const BlockWork& w, const RunSize& run, int32_t devi
   const double flops_per_s = cpu ? p.cpu_gflops * 1e9 : p.matmul_tflops * 1e12;
   const double bytes_per_s = (cpu ? p.cpu_mem_gbps : p.device_mem_gbps) * 1e9;
   // A decode step of up to kFusedDecodeMaxRows rows runs the fused products with their neighbours in.
-  const uint32_t decode_kernels =
-      run.max_batch <= arch::kFusedDecodeMaxRows && w.decode_kernels > 0 ? w.decode_kernels : w.kernels;
+  const bool fused_decode = run.max_batch <= arch::kFusedDecodeMaxRows && w.decode_kernels > 0;
+  const uint32_t decode_kernels = fused_decode ? w.decode_kernels : w.kernels;
   const double overhead_us =
       cpu ? w.cpu_kernels * kCpuOpMicros
           : decode_kernels * kGpuKernelMicros +
-                (decode_kernels == w.decode_kernels ? 2.0 * w.device_expert_choices * kMoeDeviceChoiceMicros : 0.0);
+                (fused_decode ? 2.0 * w.device_expert_choices * kMoeDeviceChoiceMicros : 0.0);
   const double host_us = cpu ? 0.0 : HostDispatchMicros(decode_kernels);
   const double batch = run.max_batch;
   const double seq = run.max_seq_len;

@@ -677,6 +677,10 @@ TEST(CostModelTest, DeviceExpertsCostTheirChoicesInADecodeStep) {
   const RunSize batch{arch::kFusedDecodeMaxRows + 1, 512};
   EXPECT_DOUBLE_EQ(EstimateBlockCost(chosen, batch, 0, p).decode_device_us,
                    EstimateBlockCost(w, batch, 0, p).decode_device_us);
+  chosen.kernels = chosen.decode_kernels;  // (even where both forms count the same kernels)
+  w.kernels = w.decode_kernels;
+  EXPECT_DOUBLE_EQ(EstimateBlockCost(chosen, batch, 0, p).decode_device_us,
+                   EstimateBlockCost(w, batch, 0, p).decode_device_us);
 }
 
 }  // namespace
