@@ -106,10 +106,7 @@ class LlamaKernels final : public ModelKernelsBase {
       return residual.defined() ? residual + y : y;
     };
     auto apply = [&](const Proj& pr, const at::Tensor& in) { return linear(pr, in, at::Tensor()); };
-    auto norm = [&](const at::Tensor& t, const at::Tensor& w) {
-      at::Tensor out = fused ? fused_ops::RmsNorm(t, w, spec_.norm_eps) : at::Tensor();
-      return out.defined() ? out : RmsNorm(t, w, spec_.norm_eps);
-    };
+    auto norm = [&](const at::Tensor& t, const at::Tensor& w) { return Norm(t, w, fused); };
     // q, k, v (gate, up) lying back to back in memory (the planner lays a block's weights out in this order) run as
     // one product.
     if (fused && !fused_qkv) qkv_proj = Concat({&q_proj, &k_proj, &v_proj});
@@ -417,6 +414,12 @@ class LlamaKernels final : public ModelKernelsBase {
     return layer >= 0 && static_cast<size_t>(layer) < spec_.sparse_layers.size() && spec_.sparse_layers[layer];
   }
 
+  // RMSNorm(t) with weight w: the fused kernel where `fused` and it applies, else LibTorch's ops.
+  at::Tensor Norm(const at::Tensor& t, const at::Tensor& w, bool fused) const {
+    at::Tensor out = fused ? fused_ops::RmsNorm(t, w, spec_.norm_eps) : at::Tensor();
+    return out.defined() ? out : RmsNorm(t, w, spec_.norm_eps);
+  }
+
   // A sparse layer's MLP, as transformers' MixtralSparseMoeBlock / Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock:
   // router logits in the activation dtype, softmax in float32 over every expert, the top k (ties: the lower
   // index), renormalized when norm_topk_prob; the weights cast to the activation dtype (Qwen) or kept in float32
@@ -442,9 +445,7 @@ class LlamaKernels final : public ModelKernelsBase {
       }
     }
     if (!logits.defined()) {
-      at::Tensor h = fused ? fused_ops::RmsNorm(y, post_norm, spec_.norm_eps) : at::Tensor();
-      if (!h.defined()) h = RmsNorm(y, post_norm, spec_.norm_eps);
-      x = h.reshape({-1, hidden});
+      x = Norm(y, post_norm, fused).reshape({-1, hidden});
       logits = spec_.fused_kernels && router_whole ? fused_ops::Linear(x, router.whole, at::Tensor(), at::Tensor())
                                                    : at::Tensor();
       if (!logits.defined()) {
